@@ -1,0 +1,437 @@
+/* ds-train: train a network file with a DeepSpeed config on a dataset. A thin client of the
+ * engine API: argument parsing, data feeding, printing and exit codes live here, the training
+ * in libds. Exit status: 0 done, 1 failed while training, 2 bad input or usage. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ds/ds.h"
+
+static const char *usage_text =
+    "usage: ds-train NET.json --config DS.json --data PATH [options]\n"
+    "       ds-train --summary NET.json [--config DS.json]\n"
+    "\n"
+    "Train the network described by NET.json (see ds-net(5)) with the DeepSpeed config DS.json\n"
+    "(see ds-config(5)) on the CPU.\n"
+    "\n"
+    "  --config, --deepspeed_config FILE   DeepSpeed ds_config.json\n"
+    "  --data PATH           tokens: a text file or directory of text files (bytes are tokens),\n"
+    "                        an llm.c .bin shard, or a Megatron dataset prefix (PATH.bin/.idx);\n"
+    "                        features: X.npy (with --labels)\n"
+    "  --labels Y.npy        labels for features data: class ids [N] or targets [N, out] (mse)\n"
+    "  --steps N             optimizer steps (default: one pass over the data)\n"
+    "  --seed S              seed for initialization, shuffling and dropout (default: the\n"
+    "                        config's \"seed\", else 42)\n"
+    "  --data-order ORDER    shuffled (default) or sequential\n"
+    "  --init-from FILE      start from these weights (safetensors, by parameter name)\n"
+    "  --save-weights FILE   write the trained weights (safetensors) at the end\n"
+    "  --log-json FILE       one JSON object per optimizer step\n"
+    "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
+    "  --strict-config       unknown config keys are errors, not warnings\n"
+    "  --backend NAME        cpu (default), cpu:avx2 or cpu:generic\n"
+    "  --force               overwrite existing output files\n"
+    "  --summary             print the layer table and exit\n"
+    "  --quiet               no periodic lines (errors and the final line only)\n"
+    "  -h, --help            this text;  --version  the version\n";
+
+enum {
+    OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
+    OPT_LOG, OPT_MICRO, OPT_STRICT, OPT_BACKEND, OPT_FORCE, OPT_SUMMARY, OPT_QUIET, OPT_VERSION,
+    OPT_DEEPSPEED
+};
+
+typedef struct args {
+    const char *net, *config, *data, *labels, *init_from, *save, *log_json, *backend;
+    int64_t steps, micro;
+    int seed_set, strict, force, summary, quiet;
+    uint64_t seed;
+    ds_data_order order;
+} args;
+
+static int fail_usage(const char *fmt, const char *a)
+{
+    fprintf(stderr, "ds-train: ");
+    fprintf(stderr, fmt, a);
+    fprintf(stderr, "\n(see ds-train --help)\n");
+    return 2;
+}
+
+static int parse_i64(const char *flag, const char *s, int64_t min, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || end == s || v < min) {
+        fprintf(stderr, "ds-train: %s: expected an integer >= %lld, found \"%s\"\n", flag, (long long)min, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, args *a)
+{
+    static const struct option longopts[] = {
+        {"config", required_argument, 0, OPT_CONFIG},
+        {"deepspeed_config", required_argument, 0, OPT_CONFIG},
+        {"deepspeed", no_argument, 0, OPT_DEEPSPEED},
+        {"data", required_argument, 0, OPT_DATA},
+        {"labels", required_argument, 0, OPT_LABELS},
+        {"steps", required_argument, 0, OPT_STEPS},
+        {"seed", required_argument, 0, OPT_SEED},
+        {"data-order", required_argument, 0, OPT_ORDER},
+        {"init-from", required_argument, 0, OPT_INIT},
+        {"save-weights", required_argument, 0, OPT_SAVE},
+        {"log-json", required_argument, 0, OPT_LOG},
+        {"micro-batch", required_argument, 0, OPT_MICRO},
+        {"strict-config", no_argument, 0, OPT_STRICT},
+        {"backend", required_argument, 0, OPT_BACKEND},
+        {"force", no_argument, 0, OPT_FORCE},
+        {"summary", no_argument, 0, OPT_SUMMARY},
+        {"quiet", no_argument, 0, OPT_QUIET},
+        {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, OPT_VERSION},
+        {0, 0, 0, 0},
+    };
+    memset(a, 0, sizeof *a);
+    a->steps = -1;
+    a->order = DS_ORDER_SHUFFLED;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_CONFIG: a->config = optarg; break;
+        case OPT_DEEPSPEED: break; /* DeepSpeed's helper flag: means nothing by itself */
+        case OPT_DATA: a->data = optarg; break;
+        case OPT_LABELS: a->labels = optarg; break;
+        case OPT_STEPS:
+            if (parse_i64("--steps", optarg, 1, &a->steps))
+                return 2;
+            break;
+        case OPT_SEED: {
+            int64_t s;
+            if (parse_i64("--seed", optarg, 0, &s))
+                return 2;
+            a->seed = (uint64_t)s;
+            a->seed_set = 1;
+            break;
+        }
+        case OPT_ORDER:
+            if (strcmp(optarg, "shuffled") == 0)
+                a->order = DS_ORDER_SHUFFLED;
+            else if (strcmp(optarg, "sequential") == 0)
+                a->order = DS_ORDER_SEQUENTIAL;
+            else
+                return fail_usage("--data-order: expected shuffled or sequential, found \"%s\"", optarg);
+            break;
+        case OPT_INIT: a->init_from = optarg; break;
+        case OPT_SAVE: a->save = optarg; break;
+        case OPT_LOG: a->log_json = optarg; break;
+        case OPT_MICRO:
+            if (parse_i64("--micro-batch", optarg, 1, &a->micro))
+                return 2;
+            break;
+        case OPT_STRICT: a->strict = 1; break;
+        case OPT_BACKEND: a->backend = optarg; break;
+        case OPT_FORCE: a->force = 1; break;
+        case OPT_SUMMARY: a->summary = 1; break;
+        case OPT_QUIET: a->quiet = 1; break;
+        case 'h': fputs(usage_text, stdout); return 0;
+        case OPT_VERSION: printf("ds-train (ds) %s\n", DS_VERSION); return 0;
+        case '?':
+        default:
+            if (optopt >= OPT_CONFIG)
+                return fail_usage("option %s needs a value", argv[optind - 1]);
+            return fail_usage("unknown option %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        a->net = argv[optind++];
+    if (optind < argc)
+        return fail_usage("unexpected argument \"%s\"", argv[optind]);
+    if (!a->net)
+        return fail_usage("%sno network file given", "");
+    if (a->summary)
+        return -1;
+    if (!a->config)
+        return fail_usage("%sno DeepSpeed config given (--config DS.json)", "");
+    if (!a->data)
+        return fail_usage("%sno data given (--data PATH)", "");
+    return -1; /* go on */
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int summary_only(const args *a)
+{
+    ds_error err = {0};
+    ds_net *net;
+    if (ds_net_parse_file(&net, a->net, &err) != DS_OK) {
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+        return 2;
+    }
+    int64_t batch = 1;
+    if (a->config) {
+        ds_config cfg;
+        ds_config_hints hints = {.micro_batch = a->micro};
+        if (ds_config_load_file(&cfg, a->config, 1, a->strict, &hints, &err) != DS_OK) {
+            fprintf(stderr, "ds-train: %s\n", err.msg);
+            ds_net_free(net);
+            return 2;
+        }
+        batch = cfg.micro_batch;
+        ds_config_free(&cfg);
+    }
+    char *s = ds_net_summary(net, batch);
+    if (s)
+        fputs(s, stdout);
+    free(s);
+    ds_net_free(net);
+    return 0;
+}
+
+/* Refuse to clobber outputs before any work is done. */
+static int check_output(const char *flag, const char *path, int force)
+{
+    struct stat sb;
+    if (path && !force && stat(path, &sb) == 0) {
+        fprintf(stderr, "ds-train: %s %s: the file exists; not overwriting it (use --force)\n", flag, path);
+        return -1;
+    }
+    return 0;
+}
+
+static void progress(int64_t step, int64_t total, double loss, double tps, const char *unit)
+{
+    int width = 30, filled = total > 0 ? (int)((double)width * (double)step / (double)total) : 0;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
+    bar[width] = '\0';
+    printf("\r[%s] %lld/%lld loss %.4f %.0f %s/s\033[K", bar, (long long)step, (long long)total, loss, tps, unit);
+    fflush(stdout);
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+int main(int argc, char **argv)
+{
+    args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0)
+        return rc;
+    if (a.summary)
+        return summary_only(&a);
+    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force))
+        return 2;
+
+    ds_error err = {0};
+    ds_engine_options eo = {.config_path = a.config, .net_path = a.net, .backend = a.backend,
+                            .strict_config = a.strict, .micro_batch_hint = a.micro,
+                            .seed_set = a.seed_set, .seed = a.seed, .init_from = a.init_from};
+    ds_engine *eng;
+    ds_status st = ds_initialize(&eng, &eo, &err);
+    if (st != DS_OK) {
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+        return 2;
+    }
+    const ds_config *cfg = ds_engine_config(eng);
+    const ds_net *net = ds_engine_net(eng);
+    for (int i = 0; i < cfg->n_warnings; i++)
+        fprintf(stderr, "ds-train: warning: %s\n", cfg->warnings[i]);
+    if (!cfg->has_optimizer)
+        fprintf(stderr, "ds-train: note: %s has no \"optimizer\" block; using AdamW (lr 1e-3, betas "
+                        "0.9/0.999, eps 1e-8, weight_decay 0.01)\n", a.config);
+
+    /* data */
+    ds_dataset *ds = NULL;
+    if (net->input == DS_INPUT_TOKENS) {
+        if (a.labels) {
+            fprintf(stderr, "ds-train: --labels is for features networks; %s takes tokens\n", a.net);
+            ds_engine_destroy(eng);
+            return 2;
+        }
+        st = ds_dataset_open_tokens(&ds, a.data, (int)net->seq_len, (int)net->vocab_size, &err);
+    } else {
+        if (!a.labels) {
+            fprintf(stderr, "ds-train: %s takes features: give --data X.npy --labels Y.npy\n", a.net);
+            ds_engine_destroy(eng);
+            return 2;
+        }
+        int vec = net->loss == DS_LOSS_MSE;
+        st = ds_dataset_open_npy(&ds, a.data, a.labels, (int)net->feature_dim,
+                                 vec ? DS_LABEL_VECTOR : DS_LABEL_CLASS, vec ? 0 : (int)net->out_dim,
+                                 vec ? (int)net->out_dim : 0, &err);
+    }
+    if (st != DS_OK) {
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+        ds_engine_destroy(eng);
+        return 2;
+    }
+    const int64_t MB = cfg->micro_batch, GAS = cfg->grad_accum, TB = cfg->train_batch_size;
+    const int64_t N = ds_dataset_len(ds), T = net->positions;
+    if (N < TB) {
+        fprintf(stderr, "ds-train: %s: %lld samples, fewer than one batch of %lld (train_batch_size)\n",
+                a.data, (long long)N, (long long)TB);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        return 2;
+    }
+    int64_t steps = a.steps > 0 ? a.steps : N / TB;
+    ds_sampler sampler;
+    if ((st = ds_sampler_init(&sampler, a.order, a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42), N, &err))) {
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        return 1;
+    }
+    FILE *logf = NULL;
+    if (a.log_json && !(logf = fopen(a.log_json, "w"))) {
+        fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, strerror(errno));
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        return 2;
+    }
+
+    size_t pb, gb, ob, ab;
+    ds_engine_memory(eng, &pb, &gb, &ob, &ab);
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    int tokens = net->input == DS_INPUT_TOKENS;
+    const char *unit = tokens ? "tokens" : "samples";
+    printf("ds-train %s: %s, %lld parameters; backend cpu (%s kernels, %d threads)\n", DS_VERSION, a.net,
+           (long long)net->total_params, ds_engine_backend_name(eng), threads);
+    printf("data: %s (%lld samples, %s order); batch %lld = micro %lld x accumulation %lld; %lld steps\n",
+           ds_dataset_describe(ds), (long long)N, a.order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
+           (long long)TB, (long long)MB, (long long)GAS, (long long)steps);
+    printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
+           ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
+    fflush(stdout);
+
+    const int64_t F = net->input == DS_INPUT_FEATURES ? net->feature_dim : 0;
+    const int64_t out_dim = net->out_dim;
+    int32_t *tok = NULL, *tgt = NULL, *lab = NULL;
+    float *x = NULL, *y = NULL;
+    if (tokens) {
+        tok = malloc((size_t)(MB * T) * sizeof *tok);
+        tgt = malloc((size_t)(MB * T) * sizeof *tgt);
+    } else {
+        x = malloc((size_t)(MB * F) * sizeof *x);
+        lab = malloc((size_t)MB * sizeof *lab);
+        y = malloc((size_t)(MB * out_dim) * sizeof *y);
+    }
+    double *ms_hist = malloc((size_t)steps * sizeof *ms_hist);
+    int tty = isatty(STDOUT_FILENO) && !a.quiet;
+    int64_t print_every = cfg->steps_per_print > 0 ? cfg->steps_per_print : 10;
+    double first_loss = NAN, last_loss = NAN, t_start = now_s();
+    rc = 0;
+    for (int64_t s = 0; s < steps && rc == 0; s++) {
+        double t0 = now_s();
+        for (int64_t u = 0; u < GAS && rc == 0; u++) {
+            for (int64_t i = 0; i < MB && rc == 0; i++) {
+                int64_t k = ds_sampler_index(&sampler, s * TB + u * MB + i);
+                if (tokens)
+                    st = ds_dataset_get_tokens(ds, k, tok + i * T, tgt + i * T, &err);
+                else
+                    st = ds_dataset_get_features(ds, k, x + i * F, lab + i, y + i * out_dim, &err);
+                if (st != DS_OK)
+                    rc = 1;
+            }
+            if (rc)
+                break;
+            ds_batch b = {.tokens = tok, .targets = tgt, .x = x, .labels = lab, .y = y};
+            double loss;
+            if ((st = ds_engine_forward(eng, &b, &loss, &err)) || (st = ds_engine_backward(eng, &err)) ||
+                (st = ds_engine_step(eng, &err)))
+                rc = 1;
+        }
+        if (rc)
+            break;
+        double ms = (now_s() - t0) * 1e3;
+        ms_hist[s] = ms;
+        double loss = ds_engine_last_loss(eng);
+        if (s == 0)
+            first_loss = loss;
+        last_loss = loss;
+        double rate = (double)(TB * (tokens ? T : 1)) / (ms / 1e3);
+        int64_t step = ds_engine_global_steps(eng);
+        if (logf) {
+            fprintf(logf,
+                    "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, \"ms\": %.3f, "
+                    "\"%s\": %.1f, \"samples\": %lld}\n",
+                    (long long)step, loss, ds_engine_get_lr(eng), ds_engine_get_global_grad_norm(eng), ms,
+                    tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng));
+            fflush(logf);
+        }
+        if (!a.quiet && (step % print_every == 0 || step == steps)) {
+            if (tty)
+                printf("\r\033[K");
+            printf("step %lld/%lld | loss %.4f | lr %.3g | grad_norm %.4f | %.1f ms/step | %.0f %s/s\n",
+                   (long long)step, (long long)steps, loss, ds_engine_get_lr(eng),
+                   ds_engine_get_global_grad_norm(eng), ms, rate, unit);
+            fflush(stdout);
+        } else if (tty) {
+            progress(step, steps, loss, rate, unit);
+        }
+    }
+    if (tty)
+        printf("\r\033[K");
+    if (rc) {
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+    } else {
+        double total = now_s() - t_start;
+        qsort(ms_hist, (size_t)steps, sizeof *ms_hist, cmp_double);
+        double med = ms_hist[steps / 2];
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("done: %lld steps in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
+               "%.2f GFLOP/s; peak RSS %.0f MB\n",
+               (long long)steps, total, first_loss, last_loss, med,
+               (double)(TB * (tokens ? T : 1)) / (med / 1e3), unit,
+               3.0 * (double)net->flops_per_sample * (double)TB / (med / 1e3) / 1e9, ru.ru_maxrss / 1024.0);
+        if (a.save) {
+            if ((st = ds_engine_save_weights(eng, a.save, a.force, &err)) != DS_OK) {
+                fprintf(stderr, "ds-train: %s\n", err.msg);
+                rc = 1;
+            } else {
+                printf("weights written to %s\n", a.save);
+            }
+        }
+    }
+    if (logf && fclose(logf) != 0 && rc == 0) {
+        fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, strerror(errno));
+        rc = 1;
+    }
+    free(tok);
+    free(tgt);
+    free(x);
+    free(lab);
+    free(y);
+    free(ms_hist);
+    ds_sampler_free(&sampler);
+    ds_dataset_close(ds);
+    ds_engine_destroy(eng);
+    return rc;
+}

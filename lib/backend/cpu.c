@@ -1,0 +1,242 @@
+/* The CPU backend: the ops table over host memory. Matrix products go to oneDNN; every other
+ * op to the kernel variant chosen at creation (AVX2+FMA when cpuid has them, else portable). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_dnnl.h"
+#include "cpu_kernels.h"
+#include "ds/backend.h"
+
+typedef struct cpu_impl {
+    const ds_cpu_kernels *k;
+    ds_dnnl *dnnl;
+} cpu_impl;
+
+#define K(b) (((cpu_impl *)(b)->impl)->k)
+#define DNNL(b) (((cpu_impl *)(b)->impl)->dnnl)
+
+static void cpu_destroy(ds_backend *b)
+{
+    cpu_impl *c = b->impl;
+    ds_dnnl_destroy(c->dnnl);
+    free(c);
+    free(b);
+}
+
+/* 64-byte aligned, zeroed. */
+static void *cpu_alloc(ds_backend *b, size_t bytes)
+{
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void *p = aligned_alloc(64, rounded ? rounded : 64);
+    if (!p) {
+        ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    memset(p, 0, rounded);
+    return p;
+}
+
+static void cpu_free(ds_backend *b, void *p)
+{
+    (void)b;
+    free(p);
+}
+
+static ds_status cpu_copy(ds_backend *b, void *dst, const void *src, size_t bytes)
+{
+    (void)b;
+    if (bytes)
+        memmove(dst, src, bytes);
+    return DS_OK;
+}
+
+static ds_status cpu_zero(ds_backend *b, void *p, size_t bytes)
+{
+    (void)b;
+    memset(p, 0, bytes);
+    return DS_OK;
+}
+
+static ds_status cpu_sync(ds_backend *b)
+{
+    (void)b;
+    return DS_OK;
+}
+
+static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, const float *bias,
+                                float *y, int64_t M, int64_t K, int64_t N)
+{
+    /* W^T as a strided view: B(k, n) = W[n*K + k] */
+    return ds_dnnl_matmul(DNNL(b), M, N, K, x, K, 1, w, 1, K, bias, y, 0, &b->err);
+}
+
+static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, const float *w,
+                                float *dx, float *dw, float *dbias, int64_t M, int64_t K,
+                                int64_t N, int accumulate)
+{
+    ds_status st = DS_OK;
+    if (dx) /* dX[M,K] = dY[M,N] W[N,K] */
+        st = ds_dnnl_matmul(DNNL(b), M, K, N, dy, N, 1, w, K, 1, NULL, dx, accumulate, &b->err);
+    if (st == DS_OK && dw) /* dW[N,K] += dY^T X: A(n, m) = dY[m*N + n] */
+        st = ds_dnnl_matmul(DNNL(b), N, K, M, dy, 1, N, x, K, 1, NULL, dw, 1, &b->err);
+    if (st == DS_OK && dbias)
+        K(b)->colsum_acc(dy, dbias, M, N);
+    return st;
+}
+
+/* The remaining ops forward to the kernel table; they cannot fail. */
+#define FWD(name, params, args)                                                                 \
+    static ds_status cpu_##name params                                                          \
+    {                                                                                           \
+        K(b)->name args;                                                                        \
+        return DS_OK;                                                                           \
+    }
+
+FWD(embedding_fwd, (ds_backend * b, const int32_t *ids, const float *t, float *o, int64_t M, int64_t C),
+    (ids, t, o, M, C))
+FWD(embedding_bwd, (ds_backend * b, const int32_t *ids, const float *d, float *dt, int64_t M, int64_t C),
+    (ids, d, dt, M, C))
+FWD(posadd_fwd, (ds_backend * b, const float *x, const float *p, float *y, int64_t B, int64_t T, int64_t C),
+    (x, p, y, B, T, C))
+FWD(posadd_bwd, (ds_backend * b, const float *dy, float *dp, int64_t B, int64_t T, int64_t C),
+    (dy, dp, B, T, C))
+FWD(layernorm_fwd,
+    (ds_backend * b, const float *x, const float *w, const float *bi, float *y, float *mean,
+     float *rstd, int64_t M, int64_t C, float eps),
+    (x, w, bi, y, mean, rstd, M, C, eps))
+FWD(layernorm_bwd,
+    (ds_backend * b, const float *dy, const float *x, const float *w, const float *mean,
+     const float *rstd, float *dx, float *dw, float *db, int64_t M, int64_t C, int acc),
+    (dy, x, w, mean, rstd, dx, dw, db, M, C, acc))
+FWD(gelu_fwd, (ds_backend * b, const float *x, float *y, int64_t n, int ap), (x, y, n, ap))
+FWD(gelu_bwd, (ds_backend * b, const float *x, const float *dy, float *dx, int64_t n, int ap, int acc),
+    (x, dy, dx, n, ap, acc))
+FWD(relu_fwd, (ds_backend * b, const float *x, float *y, int64_t n), (x, y, n))
+FWD(relu_bwd, (ds_backend * b, const float *y, const float *dy, float *dx, int64_t n, int acc),
+    (y, dy, dx, n, acc))
+FWD(dropout_fwd, (ds_backend * b, const float *x, float *y, int64_t n, float p, uint64_t seed),
+    (x, y, n, p, seed))
+FWD(dropout_bwd,
+    (ds_backend * b, const float *dy, float *dx, int64_t n, float p, uint64_t seed, int acc),
+    (dy, dx, n, p, seed, acc))
+FWD(add, (ds_backend * b, const float *a, const float *c, float *y, int64_t n), (a, c, y, n))
+FWD(accumulate, (ds_backend * b, const float *x, float *y, int64_t n, int acc), (x, y, n, acc))
+FWD(attention_fwd,
+    (ds_backend * b, const float *qkv, float *out, float *att, int64_t B, int64_t T, int64_t C,
+     int64_t H, int causal),
+    (qkv, out, att, B, T, C, H, causal))
+FWD(attention_bwd,
+    (ds_backend * b, const float *dout, const float *qkv, const float *att, float *dqkv,
+     int64_t B, int64_t T, int64_t C, int64_t H, int causal),
+    (dout, qkv, att, dqkv, B, T, C, H, causal))
+FWD(xent_fwd,
+    (ds_backend * b, const float *z, const int32_t *t, float *l, float *dz, float gs, int64_t M,
+     int64_t V),
+    (z, t, l, dz, gs, M, V))
+FWD(mse_fwd,
+    (ds_backend * b, const float *y, const float *t, float *l, float *dy, float gs, int64_t M,
+     int64_t N),
+    (y, t, l, dy, gs, M, N))
+FWD(scale, (ds_backend * b, float *x, int64_t n, float s), (x, n, s))
+FWD(adamw_step,
+    (ds_backend * b, float *p, const float *g, float *m, float *v, int64_t n, const ds_adamw_args *a),
+    (p, g, m, v, n, a))
+FWD(sgd_step, (ds_backend * b, float *p, const float *g, float *buf, int64_t n, const ds_sgd_args *a),
+    (p, g, buf, n, a))
+
+static ds_status cpu_sum(ds_backend *b, const float *x, int64_t n, double *out)
+{
+    *out = K(b)->sum(x, n);
+    return DS_OK;
+}
+
+static ds_status cpu_sumsq(ds_backend *b, const float *x, int64_t n, double *out)
+{
+    *out = K(b)->sumsq(x, n);
+    return DS_OK;
+}
+
+static ds_status cpu_nonfinite(ds_backend *b, const float *x, int64_t n, int64_t *out)
+{
+    *out = K(b)->nonfinite(x, n);
+    return DS_OK;
+}
+
+static const ds_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .zero = cpu_zero,
+    .copy = cpu_copy,
+    .synchronize = cpu_sync,
+    .linear_fwd = cpu_linear_fwd,
+    .linear_bwd = cpu_linear_bwd,
+    .embedding_fwd = cpu_embedding_fwd,
+    .embedding_bwd = cpu_embedding_bwd,
+    .posadd_fwd = cpu_posadd_fwd,
+    .posadd_bwd = cpu_posadd_bwd,
+    .layernorm_fwd = cpu_layernorm_fwd,
+    .layernorm_bwd = cpu_layernorm_bwd,
+    .gelu_fwd = cpu_gelu_fwd,
+    .gelu_bwd = cpu_gelu_bwd,
+    .relu_fwd = cpu_relu_fwd,
+    .relu_bwd = cpu_relu_bwd,
+    .dropout_fwd = cpu_dropout_fwd,
+    .dropout_bwd = cpu_dropout_bwd,
+    .add = cpu_add,
+    .accumulate = cpu_accumulate,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .xent_fwd = cpu_xent_fwd,
+    .mse_fwd = cpu_mse_fwd,
+    .sum = cpu_sum,
+    .sumsq = cpu_sumsq,
+    .nonfinite = cpu_nonfinite,
+    .scale = cpu_scale,
+    .adamw_step = cpu_adamw_step,
+    .sgd_step = cpu_sgd_step,
+};
+
+/* variant: NULL or "" picks by cpuid; "avx2" or "generic" forces one. */
+ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error *err)
+{
+    const ds_cpu_kernels *k;
+    int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("f16c");
+    if (!variant || !*variant) {
+        k = has_avx2 ? &ds_cpu_kernels_avx2 : &ds_cpu_kernels_generic;
+    } else if (strcmp(variant, "generic") == 0) {
+        k = &ds_cpu_kernels_generic;
+    } else if (strcmp(variant, "avx2") == 0) {
+        if (!has_avx2)
+            return ds_error_set(err, DS_ERR_UNSUPPORTED,
+                                "backend cpu:avx2: this CPU lacks AVX2/FMA/F16C");
+        k = &ds_cpu_kernels_avx2;
+    } else {
+        return ds_error_set(err, DS_ERR_INVALID,
+                            "unknown CPU kernel variant \"%s\" (expected avx2 or generic)", variant);
+    }
+    ds_backend *b = calloc(1, sizeof *b);
+    cpu_impl *c = calloc(1, sizeof *c);
+    if (!b || !c) {
+        free(b);
+        free(c);
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    ds_status st = ds_dnnl_create(&c->dnnl, err);
+    if (st != DS_OK) {
+        free(b);
+        free(c);
+        return st;
+    }
+    c->k = k;
+    b->ops = &cpu_ops;
+    b->impl = c;
+    *out = b;
+    return DS_OK;
+}
+
+const char *ds_cpu_backend_variant(const ds_backend *b) { return K(b)->variant; }

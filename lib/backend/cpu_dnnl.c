@@ -1,0 +1,169 @@
+/* oneDNN matmul primitives, created once per (shape, strides, bias, accumulate) and cached:
+ * creating a primitive costs far more than running a small one. */
+#include "cpu_dnnl.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct mm_key {
+    int64_t M, N, K, as0, as1, bs0, bs1;
+    int bias, accumulate;
+} mm_key;
+
+typedef struct mm_entry {
+    mm_key key;
+    dnnl_primitive_t prim;
+    dnnl_memory_t a, b, c, bias;
+} mm_entry;
+
+struct ds_dnnl {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    mm_entry *cache;
+    int n, cap;
+    char last_impl[64];
+};
+
+static ds_status dnnl_fail(ds_error *err, const char *what, dnnl_status_t s)
+{
+    return ds_error_set(err, DS_ERR_BACKEND, "oneDNN: %s failed (status %d)", what, (int)s);
+}
+
+ds_status ds_dnnl_create(ds_dnnl **out, ds_error *err)
+{
+    ds_dnnl *d = calloc(1, sizeof *d);
+    if (!d)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    dnnl_status_t s = dnnl_engine_create(&d->engine, dnnl_cpu, 0);
+    if (s != dnnl_success) {
+        free(d);
+        return dnnl_fail(err, "engine creation", s);
+    }
+    s = dnnl_stream_create(&d->stream, d->engine, dnnl_stream_default_flags);
+    if (s != dnnl_success) {
+        dnnl_engine_destroy(d->engine);
+        free(d);
+        return dnnl_fail(err, "stream creation", s);
+    }
+    *out = d;
+    return DS_OK;
+}
+
+void ds_dnnl_destroy(ds_dnnl *d)
+{
+    if (!d)
+        return;
+    for (int i = 0; i < d->n; i++) {
+        mm_entry *e = &d->cache[i];
+        dnnl_primitive_destroy(e->prim);
+        dnnl_memory_destroy(e->a);
+        dnnl_memory_destroy(e->b);
+        dnnl_memory_destroy(e->c);
+        if (e->bias)
+            dnnl_memory_destroy(e->bias);
+    }
+    free(d->cache);
+    dnnl_stream_destroy(d->stream);
+    dnnl_engine_destroy(d->engine);
+    free(d);
+}
+
+const char *ds_dnnl_last_impl(const ds_dnnl *d) { return d->last_impl; }
+
+static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error *err)
+{
+    dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
+    dnnl_dims_t a_dims = {k->M, k->K}, a_str = {k->as0, k->as1};
+    dnnl_dims_t b_dims = {k->K, k->N}, b_str = {k->bs0, k->bs1};
+    dnnl_dims_t c_dims = {k->M, k->N}, c_str = {k->N, 1};
+    dnnl_dims_t bias_dims = {1, k->N}, bias_str = {k->N, 1};
+    dnnl_status_t s;
+    if ((s = dnnl_memory_desc_init_by_strides(&a_md, 2, a_dims, dnnl_f32, a_str)) ||
+        (s = dnnl_memory_desc_init_by_strides(&b_md, 2, b_dims, dnnl_f32, b_str)) ||
+        (s = dnnl_memory_desc_init_by_strides(&c_md, 2, c_dims, dnnl_f32, c_str)) ||
+        (s = dnnl_memory_desc_init_by_strides(&bias_md, 2, bias_dims, dnnl_f32, bias_str)))
+        return dnnl_fail(err, "memory descriptor", s);
+    dnnl_matmul_desc_t md;
+    if ((s = dnnl_matmul_desc_init(&md, &a_md, &b_md, k->bias ? &bias_md : NULL, &c_md)))
+        return dnnl_fail(err, "matmul descriptor", s);
+    dnnl_primitive_attr_t attr;
+    if ((s = dnnl_primitive_attr_create(&attr)))
+        return dnnl_fail(err, "attribute creation", s);
+    if (k->accumulate) {
+        dnnl_post_ops_t po;
+        if ((s = dnnl_post_ops_create(&po)) || (s = dnnl_post_ops_append_sum(po, 1.0f)) ||
+            (s = dnnl_primitive_attr_set_post_ops(attr, po))) {
+            dnnl_primitive_attr_destroy(attr);
+            return dnnl_fail(err, "sum post-op", s);
+        }
+        dnnl_post_ops_destroy(po);
+    }
+    dnnl_primitive_desc_t pd;
+    s = dnnl_primitive_desc_create(&pd, &md, attr, d->engine, NULL);
+    dnnl_primitive_attr_destroy(attr);
+    if (s)
+        return dnnl_fail(err, "matmul primitive descriptor", s);
+    const char *impl = NULL;
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+        snprintf(d->last_impl, sizeof d->last_impl, "%s", impl);
+    s = dnnl_primitive_create(&e->prim, pd);
+    dnnl_primitive_desc_destroy(pd);
+    if (s)
+        return dnnl_fail(err, "matmul primitive", s);
+    e->key = *k;
+    e->bias = NULL;
+    if ((s = dnnl_memory_create(&e->a, &a_md, d->engine, DNNL_MEMORY_NONE)) ||
+        (s = dnnl_memory_create(&e->b, &b_md, d->engine, DNNL_MEMORY_NONE)) ||
+        (s = dnnl_memory_create(&e->c, &c_md, d->engine, DNNL_MEMORY_NONE)) ||
+        (k->bias && (s = dnnl_memory_create(&e->bias, &bias_md, d->engine, DNNL_MEMORY_NONE))))
+        return dnnl_fail(err, "memory object", s);
+    return DS_OK;
+}
+
+ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
+                         const float *bias, float *C, int accumulate, ds_error *err)
+{
+    mm_key k;
+    memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding bytes */
+    k.M = M, k.N = N, k.K = K, k.as0 = as0, k.as1 = as1, k.bs0 = bs0, k.bs1 = bs1;
+    k.bias = bias != NULL;
+    k.accumulate = accumulate != 0;
+    mm_entry *e = NULL;
+    for (int i = 0; i < d->n; i++)
+        if (memcmp(&d->cache[i].key, &k, sizeof k) == 0) {
+            e = &d->cache[i];
+            break;
+        }
+    if (!e) {
+        if (d->n == d->cap) {
+            int cap = d->cap ? 2 * d->cap : 16;
+            mm_entry *c = realloc(d->cache, (size_t)cap * sizeof *c);
+            if (!c)
+                return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+            d->cache = c;
+            d->cap = cap;
+        }
+        e = &d->cache[d->n];
+        memset(e, 0, sizeof *e);
+        ds_status st = create_entry(d, &k, e, err);
+        if (st != DS_OK)
+            return st;
+        d->n++;
+    }
+    dnnl_status_t s;
+    if ((s = dnnl_memory_set_data_handle(e->a, (void *)A)) ||
+        (s = dnnl_memory_set_data_handle(e->b, (void *)B)) ||
+        (s = dnnl_memory_set_data_handle(e->c, C)) ||
+        (bias && (s = dnnl_memory_set_data_handle(e->bias, (void *)bias))))
+        return dnnl_fail(err, "setting data handles", s);
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->a}, {DNNL_ARG_WEIGHTS, e->b}, {DNNL_ARG_DST, e->c},
+                               {DNNL_ARG_BIAS, e->bias}};
+    if ((s = dnnl_primitive_execute(e->prim, d->stream, bias ? 4 : 3, args)))
+        return dnnl_fail(err, "matmul execution", s);
+    if ((s = dnnl_stream_wait(d->stream)))
+        return dnnl_fail(err, "stream wait", s);
+    return DS_OK;
+}

@@ -1,0 +1,23 @@
+/* The one place libds calls oneDNN (v2 C API, Debian 12's 2.6): strided fp32 matrix products
+ * with primitives cached by shape. A port to the v3 API changes this file only. */
+#ifndef DS_CPU_DNNL_H
+#define DS_CPU_DNNL_H
+
+#include <stdint.h>
+
+#include "ds/status.h"
+
+typedef struct ds_dnnl ds_dnnl;
+
+ds_status ds_dnnl_create(ds_dnnl **out, ds_error *err);
+void ds_dnnl_destroy(ds_dnnl *d);
+
+/* C[M,N] (=|+=) A[M,K] B[K,N] (+ bias[N]) with element strides: A(m,k) = A[m*as0 + k*as1],
+ * B(k,n) = B[k*bs0 + n*bs1], C row-major with leading dimension N. accumulate adds to C. */
+ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
+                         const float *bias, float *C, int accumulate, ds_error *err);
+/* The implementation oneDNN chose for the last created primitive ("brg:avx512_core", ...). */
+const char *ds_dnnl_last_impl(const ds_dnnl *d);
+
+#endif

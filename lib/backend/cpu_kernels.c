@@ -1,0 +1,641 @@
+/* CPU kernels for everything but matrix products: embeddings, layernorm, activations, attention,
+ * losses, reductions and the fused optimizers. Built twice (AVX2+FMA and portable x86-64) with
+ * DS_KERNEL_SUFFIX naming the instance; loops are written so the compiler vectorizes them
+ * (`omp simd`, and our own exp/erf so that no libm call blocks vectorization). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ds/rng.h"
+#include "cpu_kernels.h"
+
+#ifndef DS_KERNEL_SUFFIX
+#error "DS_KERNEL_SUFFIX must be defined (_avx2 or _generic)"
+#endif
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+#define KTABLE CAT(ds_cpu_kernels, DS_KERNEL_SUFFIX)
+#define STR2(x) #x
+#define STR(x) STR2(x)
+#define DS_KERNEL_SUFFIX_NAME (STR(DS_KERNEL_SUFFIX) + 1) /* "_avx2" -> "avx2" */
+
+/* Parallelize only when there is enough work to pay for waking the threads. */
+#define PAR_MIN 16384
+
+/* ---- vectorizable math ------------------------------------------------------------------ */
+
+/* exp(x) to about 2 ulp: x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by bits. */
+static inline float vexp(float x)
+{
+    x = fminf(fmaxf(x, -87.3f), 88.7f);
+    /* round to nearest with the 1.5*2^23 trick: vectorizes without SSE4.1's roundps */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = fmaf(n, -0.693145751953125f, x);
+    r = fmaf(n, -1.428606765330187045e-06f, r);
+    float p = 1.0f / 720.0f;
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+/* tanh via exp; absolute error ~1e-7, which is what GELU needs (it adds 1 to it). */
+static inline float vtanh(float x)
+{
+    float a = fabsf(x);
+    float e = vexp(-2.0f * a);
+    float t = (1.0f - e) / (1.0f + e);
+    return copysignf(t, x);
+}
+
+/* erf(x), Abramowitz & Stegun 7.1.26 refined: absolute error < 1.5e-7. */
+static inline float verf(float x)
+{
+    float a = fabsf(x);
+    float t = 1.0f / fmaf(0.3275911f, a, 1.0f);
+    float y = fmaf(1.061405429f, t, -1.453152027f);
+    y = fmaf(y, t, 1.421413741f);
+    y = fmaf(y, t, -0.284496736f);
+    y = fmaf(y, t, 0.254829592f);
+    y = 1.0f - y * t * vexp(-a * a);
+    return copysignf(y, x);
+}
+
+#define SQRT_2_OVER_PI 0.7978845608028654f
+#define GELU_COEF 0.044715f
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+/* ---- embeddings ------------------------------------------------------------------------- */
+
+static void embedding_fwd(const int32_t *ids, const float *table, float *out, int64_t M, int64_t C)
+{
+#pragma omp parallel for if (M * C > PAR_MIN)
+    for (int64_t m = 0; m < M; m++)
+        memcpy(out + m * C, table + (int64_t)ids[m] * C, (size_t)C * sizeof(float));
+}
+
+/* Threads split the columns, so no two threads add to the same element (no atomics). */
+static void embedding_bwd(const int32_t *ids, const float *dout, float *dtable, int64_t M, int64_t C)
+{
+#pragma omp parallel if (M * C > PAR_MIN)
+    {
+        int nt = 1, tid = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        tid = omp_get_thread_num();
+#endif
+        int64_t c0 = C * tid / nt, c1 = C * (tid + 1) / nt;
+        for (int64_t m = 0; m < M; m++) {
+            float *dst = dtable + (int64_t)ids[m] * C;
+            const float *src = dout + m * C;
+#pragma omp simd
+            for (int64_t c = c0; c < c1; c++)
+                dst[c] += src[c];
+        }
+    }
+}
+
+static void posadd_fwd(const float *x, const float *pos, float *y, int64_t B, int64_t T, int64_t C)
+{
+#pragma omp parallel for collapse(2) if (B * T * C > PAR_MIN)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            const float *xr = x + (b * T + t) * C, *pr = pos + t * C;
+            float *yr = y + (b * T + t) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++)
+                yr[c] = xr[c] + pr[c];
+        }
+}
+
+static void posadd_bwd(const float *dy, float *dpos, int64_t B, int64_t T, int64_t C)
+{
+#pragma omp parallel for if (B * T * C > PAR_MIN)
+    for (int64_t t = 0; t < T; t++) {
+        float *dp = dpos + t * C;
+        for (int64_t b = 0; b < B; b++) {
+            const float *g = dy + (b * T + t) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++)
+                dp[c] += g[c];
+        }
+    }
+}
+
+/* dbias[n] += sum_m dy[m, n]; threads split the columns. */
+static void colsum_acc(const float *dy, float *dbias, int64_t M, int64_t N)
+{
+#pragma omp parallel if (M * N > PAR_MIN)
+    {
+        int nt = 1, tid = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        tid = omp_get_thread_num();
+#endif
+        int64_t n0 = N * tid / nt, n1 = N * (tid + 1) / nt;
+        for (int64_t m = 0; m < M; m++) {
+            const float *r = dy + m * N;
+#pragma omp simd
+            for (int64_t n = n0; n < n1; n++)
+                dbias[n] += r[n];
+        }
+    }
+}
+
+/* ---- layernorm -------------------------------------------------------------------------- */
+
+static void layernorm_fwd(const float *x, const float *w, const float *b, float *y, float *mean,
+                          float *rstd, int64_t M, int64_t C, float eps)
+{
+#pragma omp parallel for if (M * C > PAR_MIN)
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * C;
+        float *yr = y + m * C;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = 0; c < C; c++)
+            s += xr[c];
+        float mu = s / (float)C;
+        float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+        for (int64_t c = 0; c < C; c++) {
+            float d = xr[c] - mu;
+            v += d * d;
+        }
+        float rs = 1.0f / sqrtf(v / (float)C + eps);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++)
+            yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
+        mean[m] = mu;
+        rstd[m] = rs;
+    }
+}
+
+static void layernorm_bwd(const float *dy, const float *x, const float *w, const float *mean,
+                          const float *rstd, float *dx, float *dw, float *db, int64_t M,
+                          int64_t C, int accumulate)
+{
+#pragma omp parallel if (M * C > PAR_MIN)
+    {
+        /* per-thread partial sums for dw and db, added under a critical section at the end */
+        float *pw = calloc((size_t)(2 * C), sizeof(float));
+        float *pb = pw ? pw + C : NULL;
+#pragma omp for
+        for (int64_t m = 0; m < M; m++) {
+            const float *g = dy + m * C, *xr = x + m * C;
+            float *d = dx + m * C;
+            float mu = mean[m], rs = rstd[m];
+            float sum_g = 0.0f, sum_gx = 0.0f;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+            for (int64_t c = 0; c < C; c++) {
+                float xhat = (xr[c] - mu) * rs;
+                float gw = g[c] * w[c];
+                sum_g += gw;
+                sum_gx += gw * xhat;
+            }
+            sum_g /= (float)C;
+            sum_gx /= (float)C;
+            if (accumulate) {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    float xhat = (xr[c] - mu) * rs;
+                    d[c] += rs * (g[c] * w[c] - sum_g - xhat * sum_gx);
+                }
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    float xhat = (xr[c] - mu) * rs;
+                    d[c] = rs * (g[c] * w[c] - sum_g - xhat * sum_gx);
+                }
+            }
+            if (pw) {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    pw[c] += g[c] * (xr[c] - mu) * rs;
+                    pb[c] += g[c];
+                }
+            } else {
+#pragma omp critical
+                for (int64_t c = 0; c < C; c++) {
+                    dw[c] += g[c] * (xr[c] - mu) * rs;
+                    db[c] += g[c];
+                }
+            }
+        }
+        if (pw) {
+#pragma omp critical
+            for (int64_t c = 0; c < C; c++) {
+                dw[c] += pw[c];
+                db[c] += pb[c];
+            }
+            free(pw);
+        }
+    }
+}
+
+/* ---- activations ------------------------------------------------------------------------ */
+
+static void gelu_fwd(const float *x, float *y, int64_t n, int approximate)
+{
+    if (approximate) {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
+            y[i] = 0.5f * v * (1.0f + vtanh(u));
+        }
+    } else {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            y[i] = 0.5f * v * (1.0f + verf(v * INV_SQRT2));
+        }
+    }
+}
+
+static void gelu_bwd(const float *x, const float *dy, float *dx, int64_t n, int approximate,
+                     int accumulate)
+{
+    float keep = accumulate ? 1.0f : 0.0f;
+    if (approximate) {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
+            float t = vtanh(u);
+            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
+            float d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+            float prev = accumulate ? dx[i] : 0.0f;
+            dx[i] = keep * prev + d * dy[i];
+        }
+    } else {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            float cdf = 0.5f * (1.0f + verf(v * INV_SQRT2));
+            float pdf = INV_SQRT_2PI * vexp(-0.5f * v * v);
+            float prev = accumulate ? dx[i] : 0.0f;
+            dx[i] = keep * prev + (cdf + v * pdf) * dy[i];
+        }
+    }
+}
+
+static void relu_fwd(const float *x, float *y, int64_t n)
+{
+#pragma omp parallel for simd if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+static void relu_bwd(const float *y, const float *dy, float *dx, int64_t n, int accumulate)
+{
+    if (accumulate) {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+    } else {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    }
+}
+
+/* keep element i iff its hash, as a uniform in [0,1), is >= p */
+static inline float dropout_factor(uint64_t seed, int64_t i, float p)
+{
+    float u = (float)(ds_hash64(seed, (uint64_t)i) >> 40) * (1.0f / 16777216.0f);
+    return u >= p ? 1.0f / (1.0f - p) : 0.0f;
+}
+
+static void dropout_fwd(const float *x, float *y, int64_t n, float p, uint64_t seed)
+{
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] * dropout_factor(seed, i, p);
+}
+
+static void dropout_bwd(const float *dy, float *dx, int64_t n, float p, uint64_t seed,
+                        int accumulate)
+{
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float g = dy[i] * dropout_factor(seed, i, p);
+        dx[i] = accumulate ? dx[i] + g : g;
+    }
+}
+
+static void add(const float *a, const float *c, float *y, int64_t n)
+{
+#pragma omp parallel for simd if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = a[i] + c[i];
+}
+
+static void accumulate_k(const float *x, float *y, int64_t n, int accumulate)
+{
+    if (!accumulate) {
+        memcpy(y, x, (size_t)n * sizeof(float));
+        return;
+    }
+#pragma omp parallel for simd if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+/* ---- attention -------------------------------------------------------------------------- */
+
+static void attention_fwd(const float *qkv, float *out, float *att, int64_t B, int64_t T,
+                          int64_t C, int64_t H, int causal)
+{
+    const int64_t D = C / H, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *base = qkv + b * T * C3;
+            float *A = att + (b * H + h) * T * T;
+            for (int64_t t = 0; t < T; t++) {
+                const float *q = base + t * C3 + h * D;
+                float *row = A + t * T;
+                int64_t smax = causal ? t + 1 : T;
+                float mx = -INFINITY;
+                for (int64_t s = 0; s < smax; s++) {
+                    const float *k = base + s * C3 + C + h * D;
+                    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                    for (int64_t d = 0; d < D; d++)
+                        dot += q[d] * k[d];
+                    dot *= scale;
+                    row[s] = dot;
+                    mx = dot > mx ? dot : mx;
+                }
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t s = 0; s < smax; s++) {
+                    float e = vexp(row[s] - mx);
+                    row[s] = e;
+                    sum += e;
+                }
+                float inv = 1.0f / sum;
+#pragma omp simd
+                for (int64_t s = 0; s < smax; s++)
+                    row[s] *= inv;
+                for (int64_t s = smax; s < T; s++)
+                    row[s] = 0.0f;
+                float *o = out + (b * T + t) * C + h * D;
+#pragma omp simd
+                for (int64_t d = 0; d < D; d++)
+                    o[d] = 0.0f;
+                for (int64_t s = 0; s < smax; s++) {
+                    const float *v = base + s * C3 + 2 * C + h * D;
+                    float pr = row[s];
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++)
+                        o[d] += pr * v[d];
+                }
+            }
+        }
+}
+
+static void attention_bwd(const float *dout, const float *qkv, const float *att, float *dqkv,
+                          int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    const int64_t D = C / H, C3 = 3 * C;
+    const float scale = 1.0f / sqrtf((float)D);
+#pragma omp parallel
+    {
+        float *ds = malloc((size_t)T * sizeof(float));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++) {
+                const float *base = qkv + b * T * C3;
+                float *dbase = dqkv + b * T * C3;
+                const float *A = att + (b * H + h) * T * T;
+                for (int64_t t = 0; t < T; t++)
+                    for (int j = 0; j < 3; j++)
+                        memset(dbase + t * C3 + j * C + h * D, 0, (size_t)D * sizeof(float));
+                for (int64_t t = 0; t < T; t++) {
+                    const float *g = dout + (b * T + t) * C + h * D;
+                    const float *row = A + t * T;
+                    const float *q = base + t * C3 + h * D;
+                    float *dq = dbase + t * C3 + h * D;
+                    int64_t smax = causal ? t + 1 : T;
+                    float dot_sum = 0.0f;
+                    for (int64_t s = 0; s < smax; s++) {
+                        const float *v = base + s * C3 + 2 * C + h * D;
+                        float *dv = dbase + s * C3 + 2 * C + h * D;
+                        float pr = row[s], dp = 0.0f;
+#pragma omp simd reduction(+ : dp)
+                        for (int64_t d = 0; d < D; d++) {
+                            dp += g[d] * v[d];
+                            dv[d] += pr * g[d];
+                        }
+                        ds[s] = dp;
+                        dot_sum += pr * dp;
+                    }
+                    for (int64_t s = 0; s < smax; s++) {
+                        const float *k = base + s * C3 + C + h * D;
+                        float *dk = dbase + s * C3 + C + h * D;
+                        float dsc = row[s] * (ds[s] - dot_sum) * scale;
+#pragma omp simd
+                        for (int64_t d = 0; d < D; d++) {
+                            dq[d] += dsc * k[d];
+                            dk[d] += dsc * q[d];
+                        }
+                    }
+                }
+            }
+        free(ds);
+    }
+}
+
+/* ---- losses ----------------------------------------------------------------------------- */
+
+static void xent_fwd(const float *logits, const int32_t *targets, float *losses, float *dlogits,
+                     float grad_scale, int64_t M, int64_t V)
+{
+#pragma omp parallel for if (M * V > PAR_MIN)
+    for (int64_t m = 0; m < M; m++) {
+        const float *z = logits + m * V;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < V; j++)
+            mx = z[j] > mx ? z[j] : mx;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < V; j++)
+            sum += vexp(z[j] - mx);
+        int32_t tgt = targets[m];
+        losses[m] = logf(sum) + mx - z[tgt];
+        if (dlogits) {
+            float *d = dlogits + m * V;
+            float inv = grad_scale / sum;
+#pragma omp simd
+            for (int64_t j = 0; j < V; j++)
+                d[j] = vexp(z[j] - mx) * inv;
+            d[tgt] -= grad_scale;
+        }
+    }
+}
+
+static void mse_fwd(const float *y, const float *target, float *losses, float *dy,
+                    float grad_scale, int64_t M, int64_t N)
+{
+#pragma omp parallel for if (M * N > PAR_MIN)
+    for (int64_t m = 0; m < M; m++) {
+        const float *a = y + m * N, *t = target + m * N;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < N; j++) {
+            float d = a[j] - t[j];
+            s += d * d;
+        }
+        losses[m] = s;
+        if (dy) {
+#pragma omp simd
+            for (int64_t j = 0; j < N; j++)
+                dy[m * N + j] = 2.0f * (a[j] - t[j]) * grad_scale;
+        }
+    }
+}
+
+/* ---- reductions ------------------------------------------------------------------------- */
+
+/* Sums in double per block of floats so large buffers keep their precision. */
+static double sum_k(const float *x, int64_t n)
+{
+    double total = 0.0;
+#pragma omp parallel for reduction(+ : total) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+        int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = i0; i < i1; i++)
+            s += x[i];
+        total += s;
+    }
+    return total;
+}
+
+static double sumsq_k(const float *x, int64_t n)
+{
+    double total = 0.0;
+#pragma omp parallel for reduction(+ : total) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+        int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = i0; i < i1; i++)
+            s += x[i] * x[i];
+        total += s;
+    }
+    return total;
+}
+
+static int64_t nonfinite_k(const float *x, int64_t n)
+{
+    int64_t bad = 0;
+#pragma omp parallel for simd reduction(+ : bad) if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        bad += (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad;
+}
+
+static void scale_k(float *x, int64_t n, float s)
+{
+#pragma omp parallel for simd if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= s;
+}
+
+/* ---- fused optimizers ------------------------------------------------------------------- */
+
+/* DeepSpeed FusedAdam == torch Adam/AdamW; the order of operations follows torch's
+ * single-tensor implementation (decay p first, then m, v, then p -= step * m / denom). */
+static void adamw_step(float *p, const float *g, float *m, float *v, int64_t n,
+                       const ds_adamw_args *a)
+{
+    const float b1 = a->beta1, b2 = a->beta2, gs = a->grad_scale;
+    float c1 = 1.0f, c2 = 1.0f;
+    if (a->bias_correction) {
+        c1 = 1.0f - (float)pow(a->beta1, (double)a->step);
+        c2 = 1.0f - (float)pow(a->beta2, (double)a->step);
+    }
+    const float step_size = a->lr / c1, c2_sqrt = sqrtf(c2), eps = a->eps;
+    const float decay = a->adam_w_mode ? 1.0f - a->lr * a->weight_decay : 1.0f;
+    const float l2 = a->adam_w_mode ? 0.0f : a->weight_decay;
+#pragma omp parallel for simd if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float pi = p[i] * decay;
+        float gi = g[i] * gs + l2 * p[i];
+        float mi = m[i] * b1 + (1.0f - b1) * gi;
+        float vi = v[i] * b2 + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) / c2_sqrt + eps;
+        p[i] = pi - step_size * (mi / denom);
+    }
+}
+
+static void sgd_step(float *p, const float *g, float *buf, int64_t n, const ds_sgd_args *a)
+{
+    const float lr = a->lr, mom = a->momentum, damp = 1.0f - a->dampening, wd = a->weight_decay,
+                gs = a->grad_scale;
+    if (mom == 0.0f) {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            p[i] -= lr * (g[i] * gs + wd * p[i]);
+        return;
+    }
+    const int first = a->first_step, nesterov = a->nesterov;
+#pragma omp parallel for simd if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float d = g[i] * gs + wd * p[i];
+        float bi = first ? d : buf[i] * mom + damp * d;
+        buf[i] = bi;
+        float step = nesterov ? d + mom * bi : bi;
+        p[i] -= lr * step;
+    }
+}
+
+const ds_cpu_kernels KTABLE = {
+    .variant = DS_KERNEL_SUFFIX_NAME,
+    .embedding_fwd = embedding_fwd,
+    .embedding_bwd = embedding_bwd,
+    .posadd_fwd = posadd_fwd,
+    .posadd_bwd = posadd_bwd,
+    .colsum_acc = colsum_acc,
+    .layernorm_fwd = layernorm_fwd,
+    .layernorm_bwd = layernorm_bwd,
+    .gelu_fwd = gelu_fwd,
+    .gelu_bwd = gelu_bwd,
+    .relu_fwd = relu_fwd,
+    .relu_bwd = relu_bwd,
+    .dropout_fwd = dropout_fwd,
+    .dropout_bwd = dropout_bwd,
+    .add = add,
+    .accumulate = accumulate_k,
+    .attention_fwd = attention_fwd,
+    .attention_bwd = attention_bwd,
+    .xent_fwd = xent_fwd,
+    .mse_fwd = mse_fwd,
+    .sum = sum_k,
+    .sumsq = sumsq_k,
+    .nonfinite = nonfinite_k,
+    .scale = scale_k,
+    .adamw_step = adamw_step,
+    .sgd_step = sgd_step,
+};

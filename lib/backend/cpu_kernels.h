@@ -1,0 +1,53 @@
+/* CPU compute kernels (internal). cpu_kernels.c is compiled twice, with AVX2+FMA and for any
+ * x86-64, giving two instances of this table; cpu.c picks one at run time. Matrix products are
+ * not here: they go to oneDNN (cpu_dnnl.c). */
+#ifndef DS_CPU_KERNELS_H
+#define DS_CPU_KERNELS_H
+
+#include <stdint.h>
+
+#include "ds/backend.h"
+
+typedef struct ds_cpu_kernels {
+    const char *variant;
+    void (*embedding_fwd)(const int32_t *ids, const float *table, float *out, int64_t M, int64_t C);
+    void (*embedding_bwd)(const int32_t *ids, const float *dout, float *dtable, int64_t M, int64_t C);
+    void (*posadd_fwd)(const float *x, const float *pos, float *y, int64_t B, int64_t T, int64_t C);
+    void (*posadd_bwd)(const float *dy, float *dpos, int64_t B, int64_t T, int64_t C);
+    void (*colsum_acc)(const float *dy, float *dbias, int64_t M, int64_t N);
+    void (*layernorm_fwd)(const float *x, const float *w, const float *b, float *y, float *mean,
+                          float *rstd, int64_t M, int64_t C, float eps);
+    void (*layernorm_bwd)(const float *dy, const float *x, const float *w, const float *mean,
+                          const float *rstd, float *dx, float *dw, float *db, int64_t M,
+                          int64_t C, int accumulate);
+    void (*gelu_fwd)(const float *x, float *y, int64_t n, int approximate);
+    void (*gelu_bwd)(const float *x, const float *dy, float *dx, int64_t n, int approximate,
+                     int accumulate);
+    void (*relu_fwd)(const float *x, float *y, int64_t n);
+    void (*relu_bwd)(const float *y, const float *dy, float *dx, int64_t n, int accumulate);
+    void (*dropout_fwd)(const float *x, float *y, int64_t n, float p, uint64_t seed);
+    void (*dropout_bwd)(const float *dy, float *dx, int64_t n, float p, uint64_t seed,
+                        int accumulate);
+    void (*add)(const float *a, const float *c, float *y, int64_t n);
+    void (*accumulate)(const float *x, float *y, int64_t n, int accumulate);
+    void (*attention_fwd)(const float *qkv, float *out, float *att, int64_t B, int64_t T,
+                          int64_t C, int64_t H, int causal);
+    void (*attention_bwd)(const float *dout, const float *qkv, const float *att, float *dqkv,
+                          int64_t B, int64_t T, int64_t C, int64_t H, int causal);
+    void (*xent_fwd)(const float *logits, const int32_t *targets, float *losses, float *dlogits,
+                     float grad_scale, int64_t M, int64_t V);
+    void (*mse_fwd)(const float *y, const float *target, float *losses, float *dy,
+                    float grad_scale, int64_t M, int64_t N);
+    double (*sum)(const float *x, int64_t n);
+    double (*sumsq)(const float *x, int64_t n);
+    int64_t (*nonfinite)(const float *x, int64_t n);
+    void (*scale)(float *x, int64_t n, float s);
+    void (*adamw_step)(float *p, const float *g, float *m, float *v, int64_t n,
+                       const ds_adamw_args *a);
+    void (*sgd_step)(float *p, const float *g, float *buf, int64_t n, const ds_sgd_args *a);
+} ds_cpu_kernels;
+
+extern const ds_cpu_kernels ds_cpu_kernels_avx2;
+extern const ds_cpu_kernels ds_cpu_kernels_generic;
+
+#endif

@@ -1,0 +1,208 @@
+/* json-c helpers: parsing with positions, duplicate-key detection, type names for messages. */
+#include "json_util.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* json-c keeps the last of duplicate keys silently; DeepSpeed refuses duplicates in files.
+ * We scan the text once with a tiny tokenizer that tracks the keys of each open object. */
+typedef struct key_frame {
+    char **keys;
+    int n, cap;
+    int is_object;
+    int expect_key;
+} key_frame;
+
+static void frame_free(key_frame *f)
+{
+    for (int i = 0; i < f->n; i++)
+        free(f->keys[i]);
+    free(f->keys);
+    f->keys = NULL;
+    f->n = f->cap = 0;
+}
+
+static ds_status find_duplicate_keys(const char *text, const char *name, ds_error *err)
+{
+    key_frame stack[128];
+    int depth = 0, line = 1;
+    ds_status st = DS_OK;
+    for (const char *p = text; *p && st == DS_OK; p++) {
+        char c = *p;
+        if (c == '\n')
+            line++;
+        if (c == '{' || c == '[') {
+            if (depth == 128)
+                break; /* absurd nesting: leave it to json-c */
+            stack[depth] = (key_frame){0};
+            stack[depth].is_object = (c == '{');
+            stack[depth].expect_key = (c == '{');
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (depth > 0)
+                frame_free(&stack[--depth]);
+        } else if (c == ',') {
+            if (depth > 0 && stack[depth - 1].is_object)
+                stack[depth - 1].expect_key = 1;
+        } else if (c == '"') {
+            const char *start = ++p;
+            while (*p && *p != '"') {
+                if (*p == '\\' && p[1])
+                    p++;
+                p++;
+            }
+            if (!*p)
+                break;
+            if (depth > 0 && stack[depth - 1].is_object && stack[depth - 1].expect_key) {
+                key_frame *f = &stack[depth - 1];
+                size_t len = (size_t)(p - start);
+                for (int i = 0; i < f->n; i++)
+                    if (strlen(f->keys[i]) == len && memcmp(f->keys[i], start, len) == 0) {
+                        st = ds_error_set(err, DS_ERR_INVALID, "%s:%d: duplicate key \"%.*s\"",
+                                          name, line, (int)len, start);
+                        break;
+                    }
+                if (f->n == f->cap) {
+                    f->cap = f->cap ? 2 * f->cap : 8;
+                    f->keys = realloc(f->keys, (size_t)f->cap * sizeof *f->keys);
+                }
+                f->keys[f->n++] = strndup(start, len);
+                f->expect_key = 0;
+            }
+        }
+    }
+    while (depth > 0)
+        frame_free(&stack[--depth]);
+    return st;
+}
+
+ds_status ds_json_parse(const char *text, const char *name, json_object **out, ds_error *err)
+{
+    json_tokener *tok = json_tokener_new();
+    if (!tok)
+        return ds_error_set(err, DS_ERR_NOMEM, "%s: out of memory", name);
+    size_t len = strlen(text);
+    json_object *obj = json_tokener_parse_ex(tok, text, (int)len);
+    enum json_tokener_error jerr = json_tokener_get_error(tok);
+    if (!obj || jerr != json_tokener_success) {
+        size_t off = json_tokener_get_parse_end(tok);
+        int line = 1, col = 1;
+        for (size_t i = 0; i < off && i < len; i++) {
+            if (text[i] == '\n') {
+                line++;
+                col = 1;
+            } else {
+                col++;
+            }
+        }
+        const char *why = jerr == json_tokener_continue ? "unexpected end of file"
+                                                         : json_tokener_error_desc(jerr);
+        json_tokener_free(tok);
+        if (obj)
+            json_object_put(obj);
+        return ds_error_set(err, DS_ERR_INVALID, "%s:%d:%d: invalid JSON: %s", name, line, col,
+                            why);
+    }
+    /* trailing garbage after the value */
+    size_t end = json_tokener_get_parse_end(tok);
+    json_tokener_free(tok);
+    for (size_t i = end; i < len; i++)
+        if (text[i] != ' ' && text[i] != '\n' && text[i] != '\r' && text[i] != '\t') {
+            json_object_put(obj);
+            return ds_error_set(err, DS_ERR_INVALID, "%s: invalid JSON: text after the end of the value",
+                                name);
+        }
+    ds_status st = find_duplicate_keys(text, name, err);
+    if (st != DS_OK) {
+        json_object_put(obj);
+        return st;
+    }
+    *out = obj;
+    return DS_OK;
+}
+
+ds_status ds_json_parse_file(const char *path, json_object **out, char **text_out, ds_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ds_error_set(err, DS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            fclose(f);
+            return ds_error_set(err, DS_ERR_NOMEM, "%s: out of memory", path);
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (n < cap - 1)
+            break;
+        cap *= 2;
+        buf = realloc(buf, cap);
+    }
+    int rerr = ferror(f);
+    fclose(f);
+    if (rerr) {
+        free(buf);
+        return ds_error_set(err, DS_ERR_IO, "%s: read error", path);
+    }
+    buf[n] = '\0';
+    if (strlen(buf) != n) {
+        free(buf);
+        return ds_error_set(err, DS_ERR_INVALID, "%s: not a JSON text file (contains a NUL byte)", path);
+    }
+    ds_status st = ds_json_parse(buf, path, out, err);
+    if (st == DS_OK && text_out)
+        *text_out = buf;
+    else
+        free(buf);
+    return st;
+}
+
+const char *ds_json_type_name(json_object *v)
+{
+    switch (json_object_get_type(v)) {
+    case json_type_null: return "null";
+    case json_type_boolean: return "a boolean";
+    case json_type_double: return "a number";
+    case json_type_int: return "an integer";
+    case json_type_object: return "an object";
+    case json_type_array: return "an array";
+    case json_type_string: return "a string";
+    }
+    return "a value";
+}
+
+void ds_json_render(json_object *v, char *buf, size_t size)
+{
+    const char *s = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    if (!s)
+        s = "?";
+    if (strlen(s) < size && strlen(s) <= 60) {
+        snprintf(buf, size, "%s", s);
+    } else {
+        snprintf(buf, size, "%.57s...", s);
+    }
+}
+
+int ds_edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64)
+        return 99;
+    int d[65][65];
+    for (size_t i = 0; i <= la; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            int sub = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            int del = d[i - 1][j] + 1, ins = d[i][j - 1] + 1;
+            int m = sub < del ? sub : del;
+            d[i][j] = m < ins ? m : ins;
+        }
+    return d[la][lb];
+}

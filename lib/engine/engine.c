@@ -1,0 +1,459 @@
+/* The engine: config + network + backend + flat buffers + optimizer, and DeepSpeed's step
+ * semantics (accumulation boundary, global-norm clipping, counters). No printing: the caller
+ * reads the counters and decides what to show. */
+#include "ds/engine.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ds/backend.h"
+#include "ds/optim.h"
+#include "ds/safetensors.h"
+#include "nn/net_internal.h"
+
+#define DEFAULT_SEED 42
+
+struct ds_engine {
+    ds_config cfg;
+    int cfg_loaded;
+    ds_net *net;
+    ds_backend *be;
+    ds_model *model;
+    float *params, *grads; /* flat, net->params.total floats each */
+    ds_optimizer opt;
+    uint64_t seed;
+    int64_t micro_steps, global_steps, global_samples;
+    int have_forward;
+    double window_loss;    /* sum over the window's micro-batches of loss / GAS */
+    double last_loss;
+    double grad_norm;
+    double lr;
+    float *host_scratch;   /* a host buffer of the largest tensor */
+    int64_t largest;
+};
+
+static ds_status backend_err(ds_engine *e, ds_status st, ds_error *err)
+{
+    if (err)
+        *err = e->be->err;
+    return st;
+}
+
+void ds_engine_destroy(ds_engine *e)
+{
+    if (!e)
+        return;
+    if (e->be) {
+        ds_optimizer_free(&e->opt);
+        ds_model_destroy(e->model);
+        if (e->params)
+            e->be->ops->free(e->be, e->params);
+        if (e->grads)
+            e->be->ops->free(e->be, e->grads);
+        ds_backend_destroy(e->be);
+    }
+    ds_net_free(e->net);
+    if (e->cfg_loaded)
+        ds_config_free(&e->cfg);
+    free(e->host_scratch);
+    free(e);
+}
+
+ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
+{
+    ds_status st;
+    ds_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    ds_config_hints hints = {.micro_batch = opts->micro_batch_hint};
+    if (opts->config_path)
+        st = ds_config_load_file(&e->cfg, opts->config_path, 1, opts->strict_config, &hints, err);
+    else if (opts->config_json)
+        st = ds_config_load_string(&e->cfg, opts->config_json, opts->config_name ? opts->config_name : "config",
+                                   1, opts->strict_config, &hints, err);
+    else
+        st = ds_error_set(err, DS_ERR_INVALID, "no DeepSpeed config given");
+    if (st != DS_OK)
+        goto fail;
+    e->cfg_loaded = 1;
+    if (opts->net_path)
+        st = ds_net_parse_file(&e->net, opts->net_path, err);
+    else if (opts->net_json)
+        st = ds_net_parse_string(&e->net, opts->net_json, opts->net_name ? opts->net_name : "network", err);
+    else
+        st = ds_error_set(err, DS_ERR_INVALID, "no network given");
+    if (st != DS_OK)
+        goto fail;
+    if (!e->cfg.has_optimizer) {
+        /* DeepSpeed leaves the optimizer to the client when the config has none; ds-train's
+         * (documented) choice is torch's AdamW defaults. */
+        ds_optimizer_config *o = &e->cfg.optimizer;
+        memset(o, 0, sizeof *o);
+        o->type = DS_OPTIM_ADAMW;
+        snprintf(o->name, sizeof o->name, "AdamW");
+        o->lr = 1e-3;
+        o->beta1 = 0.9;
+        o->beta2 = 0.999;
+        o->eps = 1e-8;
+        o->weight_decay = 0.01;
+        o->adam_w_mode = 1;
+        o->bias_correction = 1;
+    }
+    e->seed = opts->seed_set ? opts->seed : e->cfg.seed_set ? e->cfg.seed : DEFAULT_SEED;
+    e->lr = e->cfg.optimizer.lr;
+    e->grad_norm = -1;
+    if ((st = ds_backend_create(&e->be, opts->backend ? opts->backend : "cpu", err)) != DS_OK)
+        goto fail;
+    const ds_tensor_table *tab = &e->net->params;
+    size_t bytes = (size_t)tab->total * sizeof(float);
+    e->params = e->be->ops->alloc(e->be, bytes);
+    e->grads = e->be->ops->alloc(e->be, bytes);
+    if (!e->params || !e->grads) {
+        st = ds_error_set(err, DS_ERR_NOMEM, "out of memory for %lld parameters", (long long)tab->total);
+        goto fail;
+    }
+    for (int i = 0; i < tab->n; i++)
+        if (tab->t[i].numel > e->largest)
+            e->largest = tab->t[i].numel;
+    e->host_scratch = malloc((size_t)e->largest * sizeof(float) + 64);
+    float *host = malloc(bytes);
+    if (!host || !e->host_scratch) {
+        free(host);
+        st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    ds_net_init_params(e->net, host, e->seed);
+    st = e->be->ops->upload(e->be, e->params, host, bytes);
+    free(host);
+    if (st != DS_OK) {
+        backend_err(e, st, err);
+        goto fail;
+    }
+    if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, err)) != DS_OK)
+        goto fail;
+    if ((st = ds_optimizer_init(&e->opt, &e->cfg.optimizer, e->be, tab->total, err)) != DS_OK)
+        goto fail;
+    if (opts->init_from && (st = ds_engine_load_weights(e, opts->init_from, err)) != DS_OK)
+        goto fail;
+    *out = e;
+    return DS_OK;
+fail:
+    ds_engine_destroy(e);
+    return st;
+}
+
+static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
+{
+    const ds_net *net = e->net;
+    int64_t B = e->cfg.micro_batch, M = B * net->positions;
+    void *in = ds_model_input_buffer(e->model), *tg = ds_model_target_buffer(e->model);
+    const void *src_in, *src_tg;
+    /* out-of-range ids would index outside the tables: refuse them here, on the host */
+    if (net->input == DS_INPUT_TOKENS) {
+        if (!b->tokens || !b->targets)
+            return ds_error_set(err, DS_ERR_INVALID, "batch: a tokens network needs tokens and targets");
+        for (int64_t i = 0; i < M; i++) {
+            if (b->tokens[i] < 0 || b->tokens[i] >= net->vocab_size)
+                return ds_error_set(err, DS_ERR_INVALID, "batch: token %d at position %lld is outside the vocabulary [0, %lld)",
+                                    b->tokens[i], (long long)i, (long long)net->vocab_size);
+            if (b->targets[i] < 0 || b->targets[i] >= net->out_dim)
+                return ds_error_set(err, DS_ERR_INVALID, "batch: target %d at position %lld is outside [0, %lld)",
+                                    b->targets[i], (long long)i, (long long)net->out_dim);
+        }
+        src_in = b->tokens;
+        src_tg = b->targets;
+    } else {
+        if (!b->x)
+            return ds_error_set(err, DS_ERR_INVALID, "batch: a features network needs x");
+        src_in = b->x;
+        if (net->loss == DS_LOSS_MSE) {
+            if (!b->y)
+                return ds_error_set(err, DS_ERR_INVALID, "batch: an mse loss needs y");
+            src_tg = b->y;
+        } else {
+            if (!b->labels)
+                return ds_error_set(err, DS_ERR_INVALID, "batch: a cross_entropy loss needs labels");
+            for (int64_t i = 0; i < M; i++)
+                if (b->labels[i] < 0 || b->labels[i] >= net->out_dim)
+                    return ds_error_set(err, DS_ERR_INVALID, "batch: label %d of sample %lld is outside [0, %lld)",
+                                        b->labels[i], (long long)i, (long long)net->out_dim);
+            src_tg = b->labels;
+        }
+    }
+    ds_status st = e->be->ops->upload(e->be, in, src_in, ds_model_input_bytes(e->model));
+    if (st == DS_OK)
+        st = e->be->ops->upload(e->be, tg, src_tg, ds_model_target_bytes(e->model));
+    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+}
+
+ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
+{
+    ds_status st = upload_batch(e, batch, err);
+    if (st != DS_OK)
+        return st;
+    /* DeepSpeed's backward divides the loss by gradient_accumulation_steps; the loss gradient
+     * is prepared here, fused with the loss, so the factor goes in now. */
+    float scale = 1.0f / (float)e->cfg.grad_accum;
+    uint64_t seed = e->seed ^ ((uint64_t)e->micro_steps * 0x9e3779b97f4a7c15ull);
+    double l;
+    st = ds_model_forward(e->model, e->params, 1, scale, seed, &l, err);
+    if (st != DS_OK)
+        return st;
+    e->have_forward = 1;
+    e->window_loss += l / (double)e->cfg.grad_accum;
+    *loss = l;
+    return DS_OK;
+}
+
+ds_status ds_engine_eval(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
+{
+    ds_status st = upload_batch(e, batch, err);
+    if (st != DS_OK)
+        return st;
+    e->have_forward = 0;
+    return ds_model_forward(e->model, e->params, 0, 0.0f, 0, loss, err);
+}
+
+ds_status ds_engine_backward(ds_engine *e, ds_error *err)
+{
+    if (!e->have_forward)
+        return ds_error_set(err, DS_ERR_INVALID, "backward without a training forward");
+    e->have_forward = 0;
+    return ds_model_backward(e->model, e->params, e->grads, err);
+}
+
+int ds_engine_is_gradient_accumulation_boundary(const ds_engine *e)
+{
+    return (e->micro_steps + 1) % e->cfg.grad_accum == 0;
+}
+
+ds_status ds_engine_step(ds_engine *e, ds_error *err)
+{
+    if (!ds_engine_is_gradient_accumulation_boundary(e)) {
+        e->micro_steps++;
+        return DS_OK;
+    }
+    const ds_backend_ops *ops = e->be->ops;
+    int64_t n = e->net->params.total;
+    double sumsq;
+    ds_status st = ops->sumsq(e->be, e->grads, n, &sumsq);
+    if (st != DS_OK)
+        return backend_err(e, st, err);
+    double norm = sqrt(sumsq);
+    if (!isfinite(norm))
+        return ds_error_set(err, DS_ERR_NUMERIC,
+                            "step %lld: the gradient is not finite (inf or NaN) in fp32 training; "
+                            "lower the learning rate or check the data",
+                            (long long)e->global_steps + 1);
+    e->grad_norm = norm;
+    /* DeepSpeed clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when below 1 */
+    float grad_scale = 1.0f;
+    if (e->cfg.gradient_clipping > 0) {
+        double coef = e->cfg.gradient_clipping / (norm + 1e-6);
+        if (coef < 1.0)
+            grad_scale = (float)coef;
+    }
+    if ((st = ds_optimizer_step(&e->opt, e->params, e->grads, (float)e->lr, grad_scale, err)) != DS_OK)
+        return st;
+    if ((st = ops->zero(e->be, e->grads, (size_t)n * sizeof(float))) != DS_OK)
+        return backend_err(e, st, err);
+    e->last_loss = e->window_loss;
+    e->window_loss = 0;
+    e->micro_steps++;
+    e->global_steps++;
+    e->global_samples += e->cfg.train_batch_size;
+    return DS_OK;
+}
+
+int64_t ds_engine_global_steps(const ds_engine *e) { return e->global_steps; }
+int64_t ds_engine_global_samples(const ds_engine *e) { return e->global_samples; }
+int64_t ds_engine_micro_steps(const ds_engine *e) { return e->micro_steps; }
+double ds_engine_get_lr(const ds_engine *e) { return e->lr; }
+double ds_engine_get_global_grad_norm(const ds_engine *e) { return e->grad_norm; }
+double ds_engine_last_loss(const ds_engine *e) { return e->last_loss; }
+const ds_config *ds_engine_config(const ds_engine *e) { return &e->cfg; }
+const ds_net *ds_engine_net(const ds_engine *e) { return e->net; }
+const char *ds_engine_backend_name(const ds_engine *e) { return ds_backend_describe(e->be); }
+
+void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t *optim,
+                      size_t *activations)
+{
+    size_t flat = (size_t)e->net->params.total * sizeof(float);
+    if (params)
+        *params = flat;
+    if (grads)
+        *grads = flat;
+    if (optim)
+        *optim = ds_optimizer_state_bytes(&e->opt);
+    if (activations)
+        *activations = ds_model_activation_bytes(e->model);
+}
+
+static ds_status tensor_copy(ds_engine *e, float *base, const char *name, float *host,
+                             const float *src_host, int64_t numel, ds_error *err)
+{
+    int i = ds_table_find(&e->net->params, name);
+    if (i < 0)
+        return ds_error_set(err, DS_ERR_INVALID, "no parameter named %s", name);
+    const ds_tensor_info *t = &e->net->params.t[i];
+    if (t->numel != numel)
+        return ds_error_set(err, DS_ERR_INVALID, "%s has %lld elements, not %lld", name,
+                            (long long)t->numel, (long long)numel);
+    ds_status st = src_host ? e->be->ops->upload(e->be, base + t->offset, src_host, (size_t)numel * sizeof(float))
+                            : e->be->ops->download(e->be, host, base + t->offset, (size_t)numel * sizeof(float));
+    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+}
+
+ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
+{
+    return tensor_copy(e, e->params, name, host, NULL, numel, err);
+}
+
+ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
+{
+    return tensor_copy(e, e->grads, name, host, NULL, numel, err);
+}
+
+ds_status ds_engine_set_param(ds_engine *e, const char *name, const float *host, int64_t numel,
+                              ds_error *err)
+{
+    return tensor_copy(e, e->params, name, NULL, host, numel, err);
+}
+
+ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err)
+{
+    int64_t want = e->cfg.micro_batch * e->net->positions * e->net->out_dim;
+    if (count != want)
+        return ds_error_set(err, DS_ERR_INVALID, "output has %lld values, not %lld", (long long)want,
+                            (long long)count);
+    ds_status st = e->be->ops->download(e->be, host, ds_model_output(e->model), (size_t)count * sizeof(float));
+    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+}
+
+/* The name a tied layer would have in a PyTorch state_dict ("lm_head.weight"): accepted on
+ * load when its shape matches the tied weight, since torch saves shared tensors under both. */
+static int is_tied_alias(const ds_net *net, const char *name, const ds_st_tensor *t)
+{
+    for (int i = 0; i < net->n_layers; i++) {
+        const ds_layer *l = &net->layers[i];
+        char alias[DS_NAME_MAX + 8];
+        snprintf(alias, sizeof alias, "%s.weight", l->path);
+        if (l->tied && strcmp(alias, name) == 0) {
+            const ds_tensor_info *w = &net->params.t[l->w];
+            return t->ndim == 2 && t->shape[0] == w->shape[0] && t->shape[1] == w->shape[1];
+        }
+    }
+    return 0;
+}
+
+static void append(char *buf, size_t size, const char *fmt, const char *a, const char *b)
+{
+    size_t used = strlen(buf);
+    if (used + 1 < size)
+        snprintf(buf + used, size - used, fmt, a, b);
+}
+
+ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
+{
+    ds_safetensors *st_file;
+    ds_status st = ds_st_open(&st_file, path, err);
+    if (st != DS_OK)
+        return st;
+    const ds_tensor_table *tab = &e->net->params;
+    char missing[512] = "", unexpected[512] = "", misshaped[512] = "";
+    for (int i = 0; i < tab->n; i++) {
+        const ds_tensor_info *ti = &tab->t[i];
+        const ds_st_tensor *t = ds_st_find(st_file, ti->name);
+        if (!t) {
+            append(missing, sizeof missing, "%s%s", *missing ? ", " : "", ti->name);
+            continue;
+        }
+        int same = t->ndim == ti->ndim && (t->dtype == DS_F32 || t->dtype == DS_BF16 || t->dtype == DS_F16);
+        for (int d = 0; same && d < ti->ndim; d++)
+            same = t->shape[d] == ti->shape[d];
+        if (!same) {
+            char have[64], want[64], item[DS_NAME_MAX + 160];
+            ds_shape_str(t->ndim, t->shape, have, sizeof have);
+            ds_shape_str(ti->ndim, ti->shape, want, sizeof want);
+            snprintf(item, sizeof item, "%s is %s %s, expected F32 %s", ti->name, ds_dtype_name(t->dtype), have, want);
+            append(misshaped, sizeof misshaped, "%s%s", *misshaped ? "; " : "", item);
+        }
+    }
+    for (int j = 0; j < st_file->n; j++) {
+        const ds_st_tensor *t = &st_file->tensors[j];
+        if (ds_table_find(tab, t->name) < 0 && !is_tied_alias(e->net, t->name, t))
+            append(unexpected, sizeof unexpected, "%s%s", *unexpected ? ", " : "", t->name);
+    }
+    if (*missing || *unexpected || *misshaped) {
+        char msg[DS_ERROR_MSG_MAX - 64] = "";
+        if (*missing)
+            append(msg, sizeof msg, "%smissing: %s", "", missing);
+        if (*unexpected)
+            append(msg, sizeof msg, "%sunexpected: %s", *msg ? "; " : "", unexpected);
+        if (*misshaped)
+            append(msg, sizeof msg, "%smis-shaped: %s", *msg ? "; " : "", misshaped);
+        ds_st_close(st_file);
+        return ds_error_set(err, DS_ERR_INVALID, "%s: weights do not match the network (%s)", path, msg);
+    }
+    for (int i = 0; i < tab->n && st == DS_OK; i++) {
+        const ds_tensor_info *ti = &tab->t[i];
+        const ds_st_tensor *t = ds_st_find(st_file, ti->name);
+        const void *src = ds_st_data(st_file, t);
+        float *h = e->host_scratch;
+        for (int64_t k = 0; k < ti->numel; k++) {
+            if (t->dtype == DS_F32) {
+                memcpy(&h[k], (const char *)src + 4 * k, 4);
+            } else {
+                uint16_t u;
+                memcpy(&u, (const char *)src + 2 * k, 2);
+                h[k] = t->dtype == DS_BF16 ? ds_bf16_to_f32(u) : ds_f16_to_f32(u);
+            }
+        }
+        st = e->be->ops->upload(e->be, e->params + ti->offset, h, (size_t)ti->numel * sizeof(float));
+        if (st != DS_OK)
+            backend_err(e, st, err);
+    }
+    ds_st_close(st_file);
+    return st;
+}
+
+ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err)
+{
+    struct stat sb;
+    if (!overwrite && stat(path, &sb) == 0)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: exists; not overwriting it", path);
+    const ds_tensor_table *tab = &e->net->params;
+    size_t bytes = (size_t)tab->total * sizeof(float);
+    float *host = malloc(bytes ? bytes : 1);
+    ds_st_entry *ent = calloc((size_t)tab->n, sizeof *ent);
+    if (!host || !ent) {
+        free(host);
+        free(ent);
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    ds_status st = e->be->ops->download(e->be, host, e->params, bytes);
+    if (st != DS_OK) {
+        free(host);
+        free(ent);
+        return backend_err(e, st, err);
+    }
+    for (int i = 0; i < tab->n; i++) {
+        ent[i].name = tab->t[i].name;
+        ent[i].dtype = DS_F32;
+        ent[i].ndim = tab->t[i].ndim;
+        ent[i].shape = tab->t[i].shape;
+        ent[i].data = host + tab->t[i].offset;
+    }
+    char steps[32];
+    snprintf(steps, sizeof steps, "%lld", (long long)e->global_steps);
+    const char *keys[] = {"format", "global_steps", "producer"};
+    const char *vals[] = {"pt", steps, "ds " "0.1.0"};
+    st = ds_st_write(path, ent, tab->n, keys, vals, 3, err);
+    free(host);
+    free(ent);
+    return st;
+}

@@ -1,0 +1,141 @@
+/* The backend interface: a table of functions, one entry per op with forward and backward
+ * explicit (ggml's shape). The engine calls ops only through this table and never touches
+ * device memory directly, so a CUDA backend can implement the same table over device
+ * pointers and streams. The CPU backend is the reference every other backend is tested
+ * against. All matrices are row-major; all float tensors are fp32 unless an op says otherwise.
+ * Backward ops that produce an input gradient take `accumulate`: 0 writes dx, 1 adds to it. */
+#ifndef DS_BACKEND_H
+#define DS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ds/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ds_backend ds_backend;
+
+typedef struct ds_adamw_args {
+    float lr, beta1, beta2, eps, weight_decay;
+    int64_t step;        /* 1-based step count of this update */
+    int adam_w_mode;     /* 1: decoupled decay (AdamW); 0: L2 added to the gradient (Adam) */
+    int bias_correction;
+    float grad_scale;    /* gradients are multiplied by this first (unscale * clip), one pass */
+} ds_adamw_args;
+
+typedef struct ds_sgd_args {
+    float lr, momentum, dampening, weight_decay;
+    int nesterov;
+    int first_step;      /* torch: the momentum buffer is the gradient itself on the first step */
+    float grad_scale;
+} ds_sgd_args;
+
+typedef struct ds_backend_ops {
+    const char *name; /* "cpu", "cuda" */
+    void (*destroy)(ds_backend *b);
+
+    /* memory */
+    void *(*alloc)(ds_backend *b, size_t bytes); /* zeroed; NULL on failure (error set) */
+    void (*free)(ds_backend *b, void *p);
+    ds_status (*upload)(ds_backend *b, void *dst, const void *host, size_t bytes);
+    ds_status (*download)(ds_backend *b, void *host, const void *src, size_t bytes);
+    ds_status (*zero)(ds_backend *b, void *p, size_t bytes);
+    ds_status (*copy)(ds_backend *b, void *dst, const void *src, size_t bytes);
+    ds_status (*synchronize)(ds_backend *b);
+
+    /* Y[M,N] = X[M,K] W[N,K]^T (+ bias[N]); W is PyTorch's Linear layout [out, in]. */
+    ds_status (*linear_fwd)(ds_backend *b, const float *x, const float *w, const float *bias,
+                            float *y, int64_t M, int64_t K, int64_t N);
+    /* dX (=|+=) dY W; dW += dY^T X; dbias += column sums of dY. dx, dw, dbias may be NULL. */
+    ds_status (*linear_bwd)(ds_backend *b, const float *dy, const float *x, const float *w,
+                            float *dx, float *dw, float *dbias, int64_t M, int64_t K, int64_t N,
+                            int accumulate);
+
+    /* out[m,:] = table[ids[m],:]; dtable[ids[m],:] += dout[m,:]. ids are int32 host-or-device
+     * memory of the backend. */
+    ds_status (*embedding_fwd)(ds_backend *b, const int32_t *ids, const float *table, float *out,
+                               int64_t M, int64_t C);
+    ds_status (*embedding_bwd)(ds_backend *b, const int32_t *ids, const float *dout, float *dtable,
+                               int64_t M, int64_t C);
+    /* y[b,t,:] = x[b,t,:] + pos[t,:]; dpos[t,:] += sum_b dy[b,t,:]. */
+    ds_status (*posadd_fwd)(ds_backend *b, const float *x, const float *pos, float *y, int64_t B,
+                            int64_t T, int64_t C);
+    ds_status (*posadd_bwd)(ds_backend *b, const float *dy, float *dpos, int64_t B, int64_t T,
+                            int64_t C);
+
+    /* LayerNorm over the last dim C with eps; mean and rstd [M] are saved for backward. */
+    ds_status (*layernorm_fwd)(ds_backend *b, const float *x, const float *w, const float *bias,
+                               float *y, float *mean, float *rstd, int64_t M, int64_t C, float eps);
+    ds_status (*layernorm_bwd)(ds_backend *b, const float *dy, const float *x, const float *w,
+                               const float *mean, const float *rstd, float *dx, float *dw,
+                               float *dbias, int64_t M, int64_t C, int accumulate);
+
+    /* approximate: 0 exact (erf), 1 tanh. */
+    ds_status (*gelu_fwd)(ds_backend *b, const float *x, float *y, int64_t n, int approximate);
+    ds_status (*gelu_bwd)(ds_backend *b, const float *x, const float *dy, float *dx, int64_t n,
+                          int approximate, int accumulate);
+    ds_status (*relu_fwd)(ds_backend *b, const float *x, float *y, int64_t n);
+    ds_status (*relu_bwd)(ds_backend *b, const float *y, const float *dy, float *dx, int64_t n,
+                          int accumulate);
+    /* Inverted dropout: keep with probability 1-p, scale kept values by 1/(1-p). The mask is a
+     * pure function of (seed, element index), so it is the same on every backend. */
+    ds_status (*dropout_fwd)(ds_backend *b, const float *x, float *y, int64_t n, float p,
+                             uint64_t seed);
+    ds_status (*dropout_bwd)(ds_backend *b, const float *dy, float *dx, int64_t n, float p,
+                             uint64_t seed, int accumulate);
+
+    /* y = a + c (residual). */
+    ds_status (*add)(ds_backend *b, const float *a, const float *c, float *y, int64_t n);
+    /* y (=|+=) x */
+    ds_status (*accumulate)(ds_backend *b, const float *x, float *y, int64_t n, int accumulate);
+
+    /* Multi-head attention on a packed qkv [B,T,3C] (q | k | v; head h = columns h*D..h*D+D of
+     * each, D = C/H). out [B,T,C]; att [B,H,T,T] keeps the softmax probabilities for backward. */
+    ds_status (*attention_fwd)(ds_backend *b, const float *qkv, float *out, float *att, int64_t B,
+                               int64_t T, int64_t C, int64_t H, int causal);
+    /* dqkv is written (not accumulated). */
+    ds_status (*attention_bwd)(ds_backend *b, const float *dout, const float *qkv,
+                               const float *att, float *dqkv, int64_t B, int64_t T, int64_t C,
+                               int64_t H, int causal);
+
+    /* Softmax cross-entropy per row: losses[m] = logsumexp(logits[m]) - logits[m, target[m]].
+     * If dlogits is not NULL it also writes (softmax - onehot) * grad_scale (fused, one pass). */
+    ds_status (*xent_fwd)(ds_backend *b, const float *logits, const int32_t *targets,
+                          float *losses, float *dlogits, float grad_scale, int64_t M, int64_t V);
+    /* Squared error per element summed per row: losses[m] = sum_j (y-t)^2; dy = 2(y-t)*scale. */
+    ds_status (*mse_fwd)(ds_backend *b, const float *y, const float *target, float *losses,
+                         float *dy, float grad_scale, int64_t M, int64_t N);
+
+    /* Reductions to the host. sumsq in double; nonfinite counts inf/NaN. */
+    ds_status (*sum)(ds_backend *b, const float *x, int64_t n, double *out);
+    ds_status (*sumsq)(ds_backend *b, const float *x, int64_t n, double *out);
+    ds_status (*nonfinite)(ds_backend *b, const float *x, int64_t n, int64_t *out);
+    ds_status (*scale)(ds_backend *b, float *x, int64_t n, float s);
+
+    /* Fused optimizers over flat buffers, one pass. */
+    ds_status (*adamw_step)(ds_backend *b, float *p, const float *g, float *m, float *v,
+                            int64_t n, const ds_adamw_args *a);
+    ds_status (*sgd_step)(ds_backend *b, float *p, const float *g, float *buf, int64_t n,
+                          const ds_sgd_args *a);
+} ds_backend_ops;
+
+struct ds_backend {
+    const ds_backend_ops *ops;
+    ds_error err;   /* the last error of an op that failed */
+    void *impl;     /* backend-private state */
+};
+
+/* Create a backend by name ("cpu"). The CPU backend chooses its kernels by cpuid (AVX2+FMA or
+ * portable); DS_CPU_KERNELS=generic forces the portable ones. */
+ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err);
+void ds_backend_destroy(ds_backend *b);
+/* Which CPU kernel variant is in use ("avx2", "generic"), for logs. */
+const char *ds_backend_describe(const ds_backend *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

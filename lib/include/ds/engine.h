@@ -1,0 +1,91 @@
+/* The engine: DeepSpeed's core API in C. initialize from a config and a network, then for every
+ * micro-batch forward -> backward -> step; the optimizer update happens at the gradient
+ * accumulation boundary, as in DeepSpeed. ds-train is a thin client of this API, and so can a
+ * user's own program be. */
+#ifndef DS_ENGINE_H
+#define DS_ENGINE_H
+
+#include <stdint.h>
+
+#include "ds/config.h"
+#include "ds/net.h"
+#include "ds/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ds_engine ds_engine;
+
+typedef struct ds_engine_options {
+    const char *config_path;  /* ds.json (or config_json with config_name) */
+    const char *config_json;
+    const char *config_name;
+    const char *net_path;     /* network file (or net_json with net_name) */
+    const char *net_json;
+    const char *net_name;
+    const char *backend;      /* "cpu" (default), "cpu:generic", "cpu:avx2" */
+    int strict_config;        /* unknown top-level config keys are errors */
+    int64_t micro_batch_hint; /* used when the config leaves the micro-batch "auto" */
+    int seed_set;             /* override the config's seed */
+    uint64_t seed;
+    const char *init_from;    /* safetensors weights to start from (by name), or NULL */
+} ds_engine_options;
+
+/* One micro-batch on the host. Tokens nets: tokens and targets [B*T]. Features nets: x [B*F]
+ * and labels [B] (cross_entropy) or y [B*out] (mse). */
+typedef struct ds_batch {
+    const int32_t *tokens, *targets;
+    const float *x;
+    const int32_t *labels;
+    const float *y;
+} ds_batch;
+
+ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err);
+void ds_engine_destroy(ds_engine *e);
+
+/* Training forward: uploads the batch, computes the mean loss and prepares its gradient. */
+ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err);
+/* Adds this micro-batch's gradients (divided by gradient_accumulation_steps). */
+ds_status ds_engine_backward(ds_engine *e, ds_error *err);
+/* Call after every micro-batch; at the accumulation boundary: global norm, clipping, the
+ * optimizer update, zeroed gradients, global_steps + 1. */
+ds_status ds_engine_step(ds_engine *e, ds_error *err);
+/* Forward without gradients or dropout. */
+ds_status ds_engine_eval(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err);
+
+int ds_engine_is_gradient_accumulation_boundary(const ds_engine *e);
+int64_t ds_engine_global_steps(const ds_engine *e);
+int64_t ds_engine_global_samples(const ds_engine *e);
+int64_t ds_engine_micro_steps(const ds_engine *e);
+double ds_engine_get_lr(const ds_engine *e);
+/* Global L2 norm of the gradients at the last update (before clipping); -1 before any. */
+double ds_engine_get_global_grad_norm(const ds_engine *e);
+/* Mean loss over the micro-batches of the last completed effective batch. */
+double ds_engine_last_loss(const ds_engine *e);
+
+const ds_config *ds_engine_config(const ds_engine *e);
+const ds_net *ds_engine_net(const ds_engine *e);
+const char *ds_engine_backend_name(const ds_engine *e);
+/* Bytes held: parameters, gradients, optimizer state, activations. */
+void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t *optim,
+                      size_t *activations);
+
+/* Weights by name. Load: missing, unexpected and mis-shaped names are listed in the error.
+ * Save: a safetensors file PyTorch reads (refuses to overwrite unless overwrite is set). */
+ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err);
+ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err);
+/* Copy a parameter or its gradient (by name) to host memory of numel floats. */
+ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64_t numel,
+                              ds_error *err);
+ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_t numel,
+                             ds_error *err);
+ds_status ds_engine_set_param(ds_engine *e, const char *name, const float *host, int64_t numel,
+                              ds_error *err);
+/* Copy the logits of the last forward: [B*positions*out_dim] floats. */
+ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,352 @@
+/* The network at run time: one output and one gradient buffer per layer, forward and backward
+ * through the backend ops. A residual's BEGIN aliases its input; the branch's last layer shares
+ * its gradient buffer with the END. Input gradients are written by the first consumer in
+ * backward order and accumulated by the others (accumulate flags fixed at creation). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ds/rng.h"
+#include "net_internal.h"
+
+typedef struct layer_rt {
+    float *out, *dout;   /* [M, out_dim] */
+    int src;             /* index of the layer whose output is this layer's input (-1: input) */
+    int acc_dx;          /* accumulate into the input gradient instead of writing it */
+    int acc_skip;        /* residual END: accumulate into the skip gradient */
+    float *mean, *rstd;  /* layernorm */
+    float *qkv, *att, *attn_out, *dqkv, *dattn_out; /* attention */
+    int owns_out, owns_dout;
+} layer_rt;
+
+struct ds_model {
+    const ds_net *net;
+    ds_backend *be;
+    int64_t B, T, M;     /* samples, positions per sample, rows = B*T */
+    layer_rt *rt;
+    void *inputs, *targets;
+    size_t input_bytes, target_bytes;
+    float *losses;       /* [M] per-row losses */
+    float *host_losses;
+    int have_grad;       /* the last forward prepared the loss gradient */
+    uint64_t seed;       /* dropout seed of the last forward */
+    size_t act_bytes;
+};
+
+#define OPS (m->be->ops)
+#define P(base, idx) ((base) + m->net->params.t[(idx)].offset)
+#define CHECK(call)                                                                              \
+    do {                                                                                         \
+        ds_status st_ = (call);                                                                  \
+        if (st_ != DS_OK) {                                                                      \
+            if (err)                                                                             \
+                *err = m->be->err;                                                               \
+            return st_;                                                                          \
+        }                                                                                        \
+    } while (0)
+
+static float *balloc(ds_model *m, int64_t floats)
+{
+    size_t bytes = (size_t)floats * sizeof(float);
+    m->act_bytes += bytes;
+    return OPS->alloc(m->be, bytes);
+}
+
+void ds_model_destroy(ds_model *m)
+{
+    if (!m)
+        return;
+    if (m->rt) {
+        for (int i = 0; i < m->net->n_layers; i++) {
+            layer_rt *r = &m->rt[i];
+            if (r->owns_out)
+                OPS->free(m->be, r->out);
+            if (r->owns_dout)
+                OPS->free(m->be, r->dout);
+            float *extra[] = {r->mean, r->rstd, r->qkv, r->att, r->attn_out, r->dqkv, r->dattn_out};
+            for (size_t j = 0; j < sizeof extra / sizeof *extra; j++)
+                if (extra[j])
+                    OPS->free(m->be, extra[j]);
+        }
+    }
+    if (m->inputs)
+        OPS->free(m->be, m->inputs);
+    if (m->targets)
+        OPS->free(m->be, m->targets);
+    if (m->losses)
+        OPS->free(m->be, m->losses);
+    free(m->host_losses);
+    free(m->rt);
+    free(m);
+}
+
+ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
+                          ds_error *err)
+{
+    ds_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    m->net = net;
+    m->be = be;
+    m->B = batch;
+    m->T = net->positions;
+    m->M = batch * m->T;
+    const int64_t M = m->M;
+    int n = net->n_layers;
+    m->rt = calloc((size_t)n, sizeof *m->rt);
+    m->host_losses = malloc((size_t)M * sizeof(float));
+    if (!m->rt || !m->host_losses) {
+        ds_model_destroy(m);
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    /* who feeds whom: sources, ignoring BEGIN markers (they alias their input) */
+    for (int i = 0; i < n; i++) {
+        const ds_layer *l = &net->layers[i];
+        layer_rt *r = &m->rt[i];
+        int prev = i - 1;
+        r->src = prev < 0 ? -1 : (net->layers[prev].kind == DS_LAYER_RESIDUAL_BEGIN ? m->rt[prev].src : prev);
+        if (l->kind == DS_LAYER_RESIDUAL_BEGIN) {
+            r->src = prev < 0 ? -1 : r->src;
+            continue;
+        }
+    }
+    /* allocate outputs; END shares its gradient with the branch's last layer */
+    for (int i = 0; i < n; i++) {
+        const ds_layer *l = &net->layers[i];
+        layer_rt *r = &m->rt[i];
+        if (l->kind == DS_LAYER_RESIDUAL_BEGIN)
+            continue;
+        r->out = balloc(m, M * l->out_dim);
+        r->owns_out = 1;
+        if (!r->out)
+            goto nomem;
+        if (l->kind == DS_LAYER_LAYERNORM) {
+            if (!(r->mean = balloc(m, M)) || !(r->rstd = balloc(m, M)))
+                goto nomem;
+        }
+        if (l->kind == DS_LAYER_ATTENTION) {
+            int64_t C = l->in_dim;
+            if (!(r->qkv = balloc(m, M * 3 * C)) || !(r->att = balloc(m, m->B * l->heads * m->T * m->T)) ||
+                !(r->attn_out = balloc(m, M * C)) || !(r->dqkv = balloc(m, M * 3 * C)) ||
+                !(r->dattn_out = balloc(m, M * C)))
+                goto nomem;
+        }
+    }
+    for (int i = n - 1; i >= 0; i--) {
+        const ds_layer *l = &net->layers[i];
+        layer_rt *r = &m->rt[i];
+        if (l->kind == DS_LAYER_RESIDUAL_BEGIN || r->dout)
+            continue;
+        r->dout = balloc(m, M * l->out_dim);
+        r->owns_dout = 1;
+        if (!r->dout)
+            goto nomem;
+        if (l->kind == DS_LAYER_RESIDUAL_END) {
+            /* the branch's last layer: its output gradient is the END's, unchanged */
+            layer_rt *last = &m->rt[i - 1];
+            last->dout = r->dout;
+        }
+    }
+    /* accumulate flags: walk backward; the first writer of a source's gradient writes */
+    {
+        char *written = calloc((size_t)n, 1);
+        if (!written)
+            goto nomem;
+        for (int i = n - 1; i >= 0; i--) {
+            const ds_layer *l = &net->layers[i];
+            layer_rt *r = &m->rt[i];
+            if (l->kind == DS_LAYER_RESIDUAL_BEGIN)
+                continue;
+            if (l->kind == DS_LAYER_RESIDUAL_END) {
+                /* writes the skip source's gradient; the branch part is shared memory */
+                int skip = m->rt[l->begin].src;
+                if (skip >= 0) {
+                    r->acc_skip = written[skip];
+                    written[skip] = 1;
+                }
+                continue;
+            }
+            if (r->src >= 0) {
+                r->acc_dx = written[r->src];
+                written[r->src] = 1;
+            }
+        }
+        free(written);
+    }
+    m->input_bytes = (size_t)M * (net->input == DS_INPUT_TOKENS ? sizeof(int32_t) : (size_t)net->feature_dim * sizeof(float));
+    if (net->loss == DS_LOSS_MSE)
+        m->target_bytes = (size_t)M * (size_t)net->out_dim * sizeof(float);
+    else
+        m->target_bytes = (size_t)M * sizeof(int32_t);
+    if (!(m->inputs = OPS->alloc(be, m->input_bytes)) || !(m->targets = OPS->alloc(be, m->target_bytes)) ||
+        !(m->losses = OPS->alloc(be, (size_t)M * sizeof(float))))
+        goto nomem;
+    *out = m;
+    return DS_OK;
+nomem:
+    ds_model_destroy(m);
+    return ds_error_set(err, DS_ERR_NOMEM, "out of memory allocating activations for micro-batch %lld",
+                        (long long)batch);
+}
+
+void *ds_model_input_buffer(ds_model *m) { return m->inputs; }
+void *ds_model_target_buffer(ds_model *m) { return m->targets; }
+size_t ds_model_input_bytes(const ds_model *m) { return m->input_bytes; }
+size_t ds_model_target_bytes(const ds_model *m) { return m->target_bytes; }
+size_t ds_model_activation_bytes(const ds_model *m) { return m->act_bytes; }
+
+const float *ds_model_output(const ds_model *m) { return m->rt[m->net->n_layers - 1].out; }
+
+static const float *input_of(ds_model *m, int i)
+{
+    int s = m->rt[i].src;
+    return s < 0 ? (const float *)m->inputs : m->rt[s].out;
+}
+
+static float *dinput_of(ds_model *m, int i)
+{
+    int s = m->rt[i].src;
+    return s < 0 ? NULL : m->rt[s].dout;
+}
+
+static uint64_t layer_seed(uint64_t seed, int i) { return ds_hash64(seed, (uint64_t)i); }
+
+ds_status ds_model_forward(ds_model *m, const float *params, int train, float grad_scale,
+                           uint64_t seed, double *loss, ds_error *err)
+{
+    const ds_net *net = m->net;
+    const int64_t M = m->M, B = m->B, T = m->T;
+    m->seed = seed;
+    for (int i = 0; i < net->n_layers; i++) {
+        const ds_layer *l = &net->layers[i];
+        layer_rt *r = &m->rt[i];
+        const float *x = input_of(m, i);
+        switch (l->kind) {
+        case DS_LAYER_EMBEDDING:
+            CHECK(OPS->embedding_fwd(m->be, (const int32_t *)m->inputs, P(params, l->w), r->out, M, l->out_dim));
+            break;
+        case DS_LAYER_POSITION_EMBEDDING:
+            CHECK(OPS->posadd_fwd(m->be, x, P(params, l->w), r->out, B, T, l->out_dim));
+            break;
+        case DS_LAYER_LAYERNORM:
+            CHECK(OPS->layernorm_fwd(m->be, x, P(params, l->w), P(params, l->b), r->out, r->mean, r->rstd,
+                                     M, l->out_dim, l->eps));
+            break;
+        case DS_LAYER_LINEAR:
+            CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), l->b >= 0 ? P(params, l->b) : NULL, r->out,
+                                  M, l->in_dim, l->out_dim));
+            break;
+        case DS_LAYER_ATTENTION: {
+            int64_t C = l->in_dim;
+            CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), P(params, l->b), r->qkv, M, C, 3 * C));
+            CHECK(OPS->attention_fwd(m->be, r->qkv, r->attn_out, r->att, B, T, C, l->heads, l->causal));
+            CHECK(OPS->linear_fwd(m->be, r->attn_out, P(params, l->w2), P(params, l->b2), r->out, M, C, C));
+            break;
+        }
+        case DS_LAYER_GELU:
+            CHECK(OPS->gelu_fwd(m->be, x, r->out, M * l->out_dim, l->approximate));
+            break;
+        case DS_LAYER_RELU:
+            CHECK(OPS->relu_fwd(m->be, x, r->out, M * l->out_dim));
+            break;
+        case DS_LAYER_DROPOUT:
+            if (train && l->p > 0)
+                CHECK(OPS->dropout_fwd(m->be, x, r->out, M * l->out_dim, l->p, layer_seed(seed, i)));
+            else
+                CHECK(OPS->copy(m->be, r->out, x, (size_t)(M * l->out_dim) * sizeof(float)));
+            break;
+        case DS_LAYER_RESIDUAL_BEGIN:
+            break;
+        case DS_LAYER_RESIDUAL_END: {
+            int skip = m->rt[l->begin].src;
+            const float *xs = skip < 0 ? (const float *)m->inputs : m->rt[skip].out;
+            CHECK(OPS->add(m->be, x, xs, r->out, M * l->out_dim));
+            break;
+        }
+        }
+    }
+    const float *logits = ds_model_output(m);
+    float *dlogits = grad_scale > 0 ? m->rt[net->n_layers - 1].dout : NULL;
+    int64_t rows = M, count;
+    if (net->loss == DS_LOSS_CROSS_ENTROPY) {
+        count = rows;
+        CHECK(OPS->xent_fwd(m->be, logits, (const int32_t *)m->targets, m->losses, dlogits,
+                            grad_scale / (float)count, rows, net->out_dim));
+    } else {
+        count = rows * net->out_dim;
+        CHECK(OPS->mse_fwd(m->be, logits, (const float *)m->targets, m->losses, dlogits,
+                           grad_scale / (float)count, rows, net->out_dim));
+    }
+    double total;
+    CHECK(OPS->sum(m->be, m->losses, rows, &total));
+    *loss = total / (double)count;
+    m->have_grad = grad_scale > 0;
+    return DS_OK;
+}
+
+ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_error *err)
+{
+    const ds_net *net = m->net;
+    const int64_t M = m->M, B = m->B, T = m->T;
+    if (!m->have_grad)
+        return ds_error_set(err, DS_ERR_INTERNAL, "backward called without a training forward");
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        const ds_layer *l = &net->layers[i];
+        layer_rt *r = &m->rt[i];
+        const float *x = input_of(m, i);
+        float *dx = dinput_of(m, i);
+        int acc = r->acc_dx;
+        switch (l->kind) {
+        case DS_LAYER_EMBEDDING:
+            CHECK(OPS->embedding_bwd(m->be, (const int32_t *)m->inputs, r->dout, P(grads, l->w), M, l->out_dim));
+            break;
+        case DS_LAYER_POSITION_EMBEDDING:
+            CHECK(OPS->posadd_bwd(m->be, r->dout, P(grads, l->w), B, T, l->out_dim));
+            if (dx)
+                CHECK(OPS->accumulate(m->be, r->dout, dx, M * l->out_dim, acc));
+            break;
+        case DS_LAYER_LAYERNORM:
+            CHECK(OPS->layernorm_bwd(m->be, r->dout, x, P(params, l->w), r->mean, r->rstd, dx,
+                                     P(grads, l->w), P(grads, l->b), M, l->out_dim, acc));
+            break;
+        case DS_LAYER_LINEAR:
+            CHECK(OPS->linear_bwd(m->be, r->dout, x, P(params, l->w), dx, P(grads, l->w),
+                                  l->b >= 0 ? P(grads, l->b) : NULL, M, l->in_dim, l->out_dim, acc));
+            break;
+        case DS_LAYER_ATTENTION: {
+            int64_t C = l->in_dim;
+            CHECK(OPS->linear_bwd(m->be, r->dout, r->attn_out, P(params, l->w2), r->dattn_out,
+                                  P(grads, l->w2), P(grads, l->b2), M, C, C, 0));
+            CHECK(OPS->attention_bwd(m->be, r->dattn_out, r->qkv, r->att, r->dqkv, B, T, C, l->heads, l->causal));
+            CHECK(OPS->linear_bwd(m->be, r->dqkv, x, P(params, l->w), dx, P(grads, l->w), P(grads, l->b),
+                                  M, C, 3 * C, acc));
+            break;
+        }
+        case DS_LAYER_GELU:
+            if (dx)
+                CHECK(OPS->gelu_bwd(m->be, x, r->dout, dx, M * l->out_dim, l->approximate, acc));
+            break;
+        case DS_LAYER_RELU:
+            if (dx)
+                CHECK(OPS->relu_bwd(m->be, r->out, r->dout, dx, M * l->out_dim, acc));
+            break;
+        case DS_LAYER_DROPOUT:
+            if (dx) {
+                if (l->p > 0)
+                    CHECK(OPS->dropout_bwd(m->be, r->dout, dx, M * l->out_dim, l->p, layer_seed(m->seed, i), acc));
+                else
+                    CHECK(OPS->accumulate(m->be, r->dout, dx, M * l->out_dim, acc));
+            }
+            break;
+        case DS_LAYER_RESIDUAL_BEGIN:
+            break;
+        case DS_LAYER_RESIDUAL_END: {
+            int skip = m->rt[l->begin].src;
+            if (skip >= 0)
+                CHECK(OPS->accumulate(m->be, r->dout, m->rt[skip].dout, M * l->out_dim, r->acc_skip));
+            break;
+        }
+        }
+    }
+    m->have_grad = 0;
+    return DS_OK;
+}
