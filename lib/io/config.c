@@ -1,0 +1,1040 @@
+/* ds_config loader: reads a DeepSpeed ds_config.json with DeepSpeed's batch-size inference and
+ * checks, "auto" values and old spellings, and refuses, naming the key, every feature that is
+ * not built yet. Reference: spec/engine.md §1 (DeepSpeed 0.16.5 runtime/config.py). */
+#include "ds/config.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/json_util.h"
+
+/* How a key was given: missing (or null: DeepSpeed's get_scalar_param returns None for both),
+ * "auto" (infer it or use the default), or a value. */
+typedef enum { V_ABSENT, V_AUTO, V_SET } vstate;
+
+enum { TB, MB, GAS }; /* the three batch keys, in DeepSpeed's order */
+static const char *const BATCH_KEYS[3] = {"train_batch_size", "train_micro_batch_size_per_gpu",
+                                          "gradient_accumulation_steps"};
+
+typedef struct rd {
+    ds_config *cfg;
+    const char *name; /* the file name, first in every message */
+    ds_error *err;
+    int strict;
+    vstate bstate[3];
+    int64_t bval[3];
+    int n_refused;                  /* features not built yet: all are reported together */
+    char refused[DS_ERROR_MSG_MAX]; /* "<path>=<value> is not supported yet; ..." */
+} rd;
+
+/* What a key holds and what we do with it. Sections are tables of fields, so the rule for every
+ * key DeepSpeed knows is written down in one place. */
+typedef enum {
+    F_ANY,    /* accepted, value not checked (knobs of a switched-off or harmless feature) */
+    F_BOOL,   /* boolean, accepted */
+    F_SIZE,   /* integer >= 0, accepted (DeepSpeed's pydantic size fields are ge=0) */
+    F_INT,    /* integer, accepted */
+    F_OFF,    /* boolean switch; true asks for a feature not built yet */
+    F_NULL,   /* null; any value asks for a feature not built yet */
+    F_BLOCK,  /* object; a non-empty one asks for a feature not built yet */
+    F_LIMIT,  /* integer; above .lim asks for a feature not built yet */
+    F_ONE,    /* number; anything but 1 asks for a feature not built yet */
+    F_DTYPE,  /* data type name; fp32 is what we do, fp16/bf16 are not built yet */
+    F_DEVICE, /* offload device: "none", or "cpu"/"nvme" (not built yet) */
+    F_TAGVAL, /* checkpoint.tag_validation: Warn (what we do), Ignore, Fail */
+    F_OBJ,    /* sub-section described by .sub */
+    F_SKIP,   /* read by the section's own handler */
+    F_BATCH, F_OPTIM, F_SCHED, F_ZERO, F_CLIP, F_STEPS, F_SEED /* top-level keys we implement */
+} fkind;
+
+typedef struct field {
+    const char *name; /* "*": any other key is accepted */
+    fkind kind;
+    const struct field *sub; /* F_OBJ */
+    const char *use;         /* deprecated: the key that replaces it (warning) */
+    int lim;                 /* F_LIMIT */
+} field;
+
+/* ---- messages ------------------------------------------------------------------------- */
+
+static int ieq(const char *a, const char *b) /* ASCII case-insensitive equality */
+{
+    for (; *a && *b; a++, b++) {
+        char x = *a >= 'A' && *a <= 'Z' ? *a + 32 : *a, y = *b >= 'A' && *b <= 'Z' ? *b + 32 : *b;
+        if (x != y)
+            return 0;
+    }
+    return *a == *b;
+}
+
+static ds_status fail(rd *r, ds_status code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static ds_status fail(rd *r, ds_status code, const char *path, const char *fmt, ...)
+{
+    char msg[DS_ERROR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (*path)
+        return ds_error_set(r->err, code, "%s: %s: %s", r->name, path, msg);
+    return ds_error_set(r->err, code, "%s: %s", r->name, msg);
+}
+
+static ds_status bad_type(rd *r, const char *path, const char *expected, json_object *v)
+{
+    char found[96];
+    ds_json_render(v, found, sizeof found);
+    return fail(r, DS_ERR_INVALID, path, "expected %s, found %s", expected, found);
+}
+
+/* Note a feature that is not built yet. The walk goes on, so that one message lists them all
+ * (an invalid value still stops it); load() turns the list into the error. */
+static ds_status refuse(rd *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static ds_status refuse(rd *r, const char *fmt, ...)
+{
+    char item[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(item, sizeof item, fmt, ap);
+    va_end(ap);
+    size_t n = strlen(r->refused);
+    if (n + strlen(item) + 8 < sizeof r->refused)
+        snprintf(r->refused + n, sizeof r->refused - n, "%s%s", n ? "; " : "", item);
+    else if (n + 6 < sizeof r->refused && strcmp(r->refused + n - 3, "...") != 0)
+        snprintf(r->refused + n, sizeof r->refused - n, "; ...");
+    r->n_refused++;
+    return DS_ERR_UNSUPPORTED;
+}
+
+/* "<path>=<value> is not supported yet". Strings are shown bare (optimizer.type=Lamb) unless
+ * they would read as another type (fp16.enabled="true"); objects are not shown. */
+static ds_status unsupported(rd *r, const char *path, json_object *v)
+{
+    char val[96] = "";
+    if (json_object_is_type(v, json_type_string)) {
+        const char *s = json_object_get_string(v);
+        int bare = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z');
+        bare = bare && !ieq(s, "true") && !ieq(s, "false") && !ieq(s, "null");
+        snprintf(val, sizeof val, bare ? "=%.60s" : "=\"%.60s\"", s);
+    } else if (v && !json_object_is_type(v, json_type_object) &&
+               !json_object_is_type(v, json_type_array)) {
+        val[0] = '=';
+        ds_json_render(v, val + 1, sizeof val - 1);
+    }
+    return refuse(r, "%s%s is not supported yet", path, val);
+}
+
+static void warn(rd *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(rd *r, const char *fmt, ...)
+{
+    ds_config *c = r->cfg;
+    if (c->n_warnings >= DS_CONFIG_MAX_WARNINGS)
+        return;
+    char *w = c->warnings[c->n_warnings++];
+    size_t size = sizeof c->warnings[0];
+    if (c->n_warnings == DS_CONFIG_MAX_WARNINGS) {
+        snprintf(w, size, "%s: more warnings not shown", r->name);
+        return;
+    }
+    int n = snprintf(w, size, "%s: ", r->name);
+    if (n < 0 || (size_t)n >= size)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w + n, size - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+static const char *join(char *buf, size_t size, const char *parent, const char *key)
+{
+    if (snprintf(buf, size, "%s%s%s", parent, *parent ? "." : "", key) >= (int)size)
+        buf[size - 1] = '\0';
+    return buf;
+}
+
+/* The nearest name for "did you mean": case-insensitive edit distance, close enough to be a
+ * likely typo, or a name that starts with what was written. */
+static const char *nearest(const char *key, const char *cand, const char *best, int *best_d)
+{
+    char a[65], b[65];
+    size_t la = strlen(key), lb = strlen(cand);
+    if (la > 64 || lb > 64 || !strcmp(cand, "*"))
+        return best;
+    for (size_t i = 0; i <= la; i++)
+        a[i] = key[i] >= 'A' && key[i] <= 'Z' ? key[i] + 32 : key[i];
+    for (size_t i = 0; i <= lb; i++)
+        b[i] = cand[i] >= 'A' && cand[i] <= 'Z' ? cand[i] + 32 : cand[i];
+    int d = ds_edit_distance(a, b);
+    int limit = la / 3 > 2 ? (int)(la / 3) : 2;
+    if (d > limit && !(la >= 4 && strncmp(a, b, la) == 0))
+        return best;
+    if (d < *best_d) {
+        *best_d = d;
+        return cand;
+    }
+    return best;
+}
+
+static void suggestion(const char *key, const field *fields, char *buf, size_t size)
+{
+    const char *best = NULL;
+    int d = 1000;
+    for (const field *f = fields; f->name; f++)
+        best = nearest(key, f->name, best, &d);
+    if (best)
+        snprintf(buf, size, " (did you mean \"%s\"?)", best);
+    else
+        buf[0] = '\0';
+}
+
+/* ---- typed values ------------------------------------------------------------------------ */
+
+/* A number. As DeepSpeed's pydantic sections do, strings holding a number ("1e5") are read as
+ * that number and "auto" is dropped (the default applies); we do both everywhere. */
+static ds_status read_num(rd *r, const char *path, json_object *v, const char *expected, vstate *st,
+                          double *out)
+{
+    *st = V_ABSENT;
+    switch (json_object_get_type(v)) {
+    case json_type_null:
+        return DS_OK;
+    case json_type_int:
+        *out = (double)json_object_get_int64(v);
+        break;
+    case json_type_double:
+        *out = json_object_get_double(v);
+        break;
+    case json_type_string: {
+        const char *s = json_object_get_string(v);
+        char *end;
+        if (!strcmp(s, "auto")) {
+            *st = V_AUTO;
+            return DS_OK;
+        }
+        *out = strtod(s, &end);
+        if (end == s || *end || *s == ' ' || *s == '\t')
+            return bad_type(r, path, expected, v);
+        break;
+    }
+    default:
+        return bad_type(r, path, expected, v);
+    }
+    if (!isfinite(*out))
+        return bad_type(r, path, expected, v);
+    *st = V_SET;
+    return DS_OK;
+}
+
+static ds_status get_num(rd *r, const char *path, json_object *v, vstate *st, double *out)
+{
+    return read_num(r, path, v, "a number", st, out);
+}
+
+/* An integer; 1e5 or "32" are accepted when integral (configs write sizes as 5e8). */
+static ds_status get_int(rd *r, const char *path, json_object *v, vstate *st, int64_t *out)
+{
+    if (json_object_is_type(v, json_type_int)) {
+        *st = V_SET;
+        *out = json_object_get_int64(v); /* json-c clamps 2^63.. to INT64_MAX: refuse those */
+        if (*out == INT64_MAX && json_object_get_uint64(v) != (uint64_t)INT64_MAX)
+            return bad_type(r, path, "an integer below 2^63", v);
+        return DS_OK;
+    }
+    if (json_object_is_type(v, json_type_string)) { /* exact for big integers, unlike strtod */
+        const char *s = json_object_get_string(v);
+        char *end;
+        errno = 0;
+        long long x = strtoll(s, &end, 10);
+        if (end != s && !*end && *s != ' ' && *s != '\t' && errno == 0) {
+            *st = V_SET;
+            *out = x;
+            return DS_OK;
+        }
+    }
+    double d;
+    ds_status s = read_num(r, path, v, "an integer", st, &d);
+    if (s != DS_OK || *st != V_SET)
+        return s;
+    if (d != floor(d) || fabs(d) >= 9.2e18)
+        return bad_type(r, path, "an integer", v);
+    *out = (int64_t)d;
+    return DS_OK;
+}
+
+/* A boolean. pydantic's lax mode (DeepSpeed's pydantic sections) also takes 0/1 and the strings
+ * true/false, yes/no, on/off, t/f, y/n, 1/0 in any case; we do that everywhere. Plain-dict
+ * sections in DeepSpeed use Python truthiness, where "false" would mean true: we do not copy it. */
+static ds_status get_bool(rd *r, const char *path, json_object *v, vstate *st, int *out)
+{
+    static const char *const yes[] = {"true", "yes", "on", "t", "y", "1", NULL};
+    static const char *const no[] = {"false", "no", "off", "f", "n", "0", NULL};
+    *st = V_SET;
+    switch (json_object_get_type(v)) {
+    case json_type_null:
+        *st = V_ABSENT;
+        return DS_OK;
+    case json_type_boolean:
+        *out = json_object_get_boolean(v);
+        return DS_OK;
+    case json_type_int:
+        if (json_object_get_int64(v) == 0 || json_object_get_int64(v) == 1) {
+            *out = (int)json_object_get_int64(v);
+            return DS_OK;
+        }
+        break;
+    case json_type_string: {
+        const char *s = json_object_get_string(v);
+        if (!strcmp(s, "auto")) {
+            *st = V_AUTO;
+            return DS_OK;
+        }
+        for (int i = 0; yes[i]; i++)
+            if (ieq(s, yes[i]) || ieq(s, no[i])) {
+                *out = ieq(s, yes[i]);
+                return DS_OK;
+            }
+        break;
+    }
+    default:
+        break;
+    }
+    return bad_type(r, path, "a boolean", v);
+}
+
+/* A string; null and "auto" leave *out NULL. */
+static ds_status get_str(rd *r, const char *path, json_object *v, const char **out)
+{
+    *out = NULL;
+    if (!v)
+        return DS_OK;
+    if (!json_object_is_type(v, json_type_string))
+        return bad_type(r, path, "a string", v);
+    if (strcmp(json_object_get_string(v), "auto") != 0)
+        *out = json_object_get_string(v);
+    return DS_OK;
+}
+
+/* ---- sections ---------------------------------------------------------------------------- */
+
+/* Table entries (designated, so unnamed members are zero). */
+#define K(n, k) {.name = n, .kind = k}
+#define OBJ(n, s) {.name = n, .kind = F_OBJ, .sub = s}
+#define LIM(n, l) {.name = n, .kind = F_LIMIT, .lim = l}
+#define OLD(n, k, u) {.name = n, .kind = k, .use = u}
+#define N(n) {.name = n, .kind = F_ANY} /* a name only */
+#define END {.name = NULL}
+#define ENABLED_OPEN {K("enabled", F_OFF), N("*"), END}
+
+/* Sections of features not built yet: only the switch is read (true is refused); the other
+ * keys are checked for their names, not their values. DeepSpeed ignores unknown keys in its
+ * plain-dict sections, but DECISIONS.md makes them errors everywhere below the top level;
+ * sections whose keys are passed on to other code (amp to apex, ...) stay open ("*"). */
+static const field FP16_FIELDS[] = {
+    K("enabled", F_OFF), N("auto_cast"), N("loss_scale"), N("initial_scale_power"),
+    N("loss_scale_window"), N("hysteresis"), N("consecutive_hysteresis"), N("min_loss_scale"),
+    N("fp16_master_weights_and_grads"), END};
+static const field BF16_FIELDS[] = { /* newer DeepSpeed adds the last three */
+    K("enabled", F_OFF), N("immediate_grad_update"), N("check_grad_overflow"),
+    N("bf16_master_weights_and_grads"), N("bf16_optimizer_states"), END};
+static const field OPEN_FIELDS[] = ENABLED_OPEN; /* amp, elasticity, autotuning, ... */
+static const field COMPILE_FIELDS[] = {K("deepcompile", F_OFF), N("*"), END};
+static const field ACTCKPT_FIELDS[] = {
+    K("partition_activations", F_OFF), K("contiguous_memory_optimization", F_OFF),
+    K("cpu_checkpointing", F_OFF), K("number_checkpoints", F_NULL), K("profile", F_OFF),
+    K("synchronize_checkpoint_boundary", F_OFF), END};
+static const field FLOPS_FIELDS[] = {
+    K("enabled", F_OFF), N("recompute_fwd_factor"), N("profile_step"), N("module_depth"),
+    N("top_modules"), N("detailed"), N("output_file"), END};
+static const field MONITOR_FIELDS[] = { /* tensorboard, csv_monitor */
+    K("enabled", F_OFF), N("output_path"), N("job_name"), END};
+static const field WANDB_FIELDS[] = {
+    K("enabled", F_OFF), N("group"), N("team"), N("project"), END};
+static const field COMET_FIELDS[] = {
+    K("enabled", F_OFF), N("samples_log_interval"), N("project"), N("workspace"), N("api_key"),
+    N("experiment_name"), N("experiment_key"), N("online"), N("mode"), END};
+static const field COMMS_FIELDS[] = {
+    K("enabled", F_OFF), N("prof_all"), N("prof_ops"), N("verbose"), N("debug"), END};
+static const field HYBRID_FIELDS[] = {
+    K("enabled", F_OFF), N("max_out_tokens"), N("inference_tp_size"),
+    N("release_inference_cache"), N("pin_parameters"), N("tp_gather_partition_size"), END};
+static const field PARALLEL_WRITE_FIELDS[] = {K("pipeline_stage", F_OFF), END};
+static const field CKPT_FIELDS[] = {
+    K("tag_validation", F_TAGVAL), K("load_universal", F_OFF), K("use_node_local_storage", F_OFF),
+    OBJ("parallel_write", PARALLEL_WRITE_FIELDS), K("writer", F_NULL), END};
+static const field DATA_TYPES_FIELDS[] = {K("grad_accum_dtype", F_DTYPE), END};
+static const field TP_INNER_FIELDS[] = {LIM("tp_size", 1), N("*"), END};
+static const field TP_FIELDS[] = {
+    LIM("autotp_size", 1), OBJ("tensor_parallel", TP_INNER_FIELDS), OBJ("tp", TP_INNER_FIELDS),
+    N("*"), END};
+
+/* zero_optimization (pydantic DeepSpeedZeroConfig, extra="forbid"). Only stage 0 is built; at
+ * stage 0 the ZeRO tuning knobs do nothing, so they are accepted once their type is right, while
+ * keys that ask for a feature (offload, quantized weights, ...) are refused. */
+static const field OFFLOAD_PARAM_FIELDS[] = {
+    K("device", F_DEVICE), N("nvme_path"), N("buffer_count"), N("buffer_size"), N("max_in_cpu"),
+    N("pin_memory"), END};
+static const field OFFLOAD_OPT_FIELDS[] = {
+    K("device", F_DEVICE), N("nvme_path"), N("buffer_count"), N("pin_memory"), N("pipeline_read"),
+    N("pipeline_write"), N("fast_init"), N("ratio"), END};
+static const field ZERO_FIELDS[] = {
+    K("stage", F_SKIP),
+    K("contiguous_gradients", F_BOOL), K("reduce_scatter", F_BOOL), K("reduce_bucket_size", F_SIZE),
+    K("use_multi_rank_bucket_allreduce", F_BOOL), K("allgather_partitions", F_BOOL),
+    K("allgather_bucket_size", F_SIZE), K("overlap_comm", F_BOOL),
+    K("load_from_fp32_weights", F_BOOL), K("elastic_checkpoint", F_BOOL),
+    OBJ("offload_param", OFFLOAD_PARAM_FIELDS), OBJ("offload_optimizer", OFFLOAD_OPT_FIELDS),
+    K("sub_group_size", F_SIZE),
+    OLD("cpu_offload_param", F_OFF, "offload_param"),
+    OLD("cpu_offload_use_pin_memory", F_BOOL, "offload_param or offload_optimizer"),
+    OLD("cpu_offload", F_OFF, "offload_optimizer"),
+    K("prefetch_bucket_size", F_SIZE), K("stage3_prefetch_bucket_size", F_SIZE),
+    K("param_persistence_threshold", F_SIZE), K("stage3_param_persistence_threshold", F_SIZE),
+    K("model_persistence_threshold", F_SIZE), K("stage3_model_persistence_threshold", F_SIZE),
+    K("max_live_parameters", F_SIZE), K("stage3_max_live_parameters", F_SIZE),
+    K("max_reuse_distance", F_SIZE), K("stage3_max_reuse_distance", F_SIZE),
+    K("gather_16bit_weights_on_model_save", F_BOOL),
+    K("stage3_gather_16bit_weights_on_model_save", F_BOOL),
+    OLD("stage3_gather_fp16_weights_on_model_save", F_BOOL, "gather_16bit_weights_on_model_save"),
+    K("module_granularity_threshold", F_INT), K("stage3_module_granularity_threshold", F_INT),
+    K("use_all_reduce_for_fetch_params", F_BOOL),
+    K("stage3_use_all_reduce_for_fetch_params", F_BOOL),
+    K("allgather_sequential", F_BOOL), K("stage3_allgather_sequential", F_BOOL),
+    K("ignore_unused_parameters", F_BOOL), K("legacy_stage1", F_OFF),
+    K("round_robin_gradients", F_BOOL), LIM("zero_hpz_partition_size", 1),
+    K("zero_quantized_weights", F_OFF), K("zero_quantized_nontrainable_weights", F_OFF),
+    K("zero_quantized_gradients", F_OFF), K("zeropp_loco_param", F_NULL),
+    LIM("mics_shard_size", 0), K("mics_hierarchical_params_gather", F_BOOL),
+    K("memory_efficient_linear", F_BOOL), K("pipeline_loading_checkpoint", F_BOOL),
+    K("override_module_apply", F_BOOL), K("log_trace_cache_warnings", F_BOOL),
+    K("enable_sanity_checks", F_BOOL), N("leaf_module"), K("zenflow", F_NULL), END};
+
+/* Every top-level key DeepSpeed reads (plus "seed"). DeepSpeed ignores unknown top-level keys;
+ * we warn, suggesting the nearest of these. */
+static const field TOP_FIELDS[] = {
+    K("train_batch_size", F_BATCH), K("train_micro_batch_size_per_gpu", F_BATCH),
+    K("gradient_accumulation_steps", F_BATCH), K("optimizer", F_OPTIM), K("scheduler", F_SCHED),
+    K("gradient_clipping", F_CLIP), K("steps_per_print", F_STEPS), K("seed", F_SEED),
+    OBJ("fp16", FP16_FIELDS), OBJ("bf16", BF16_FIELDS),
+    {.name = "bfloat16", .kind = F_OBJ, .sub = BF16_FIELDS, .use = "bf16"}, OBJ("amp", OPEN_FIELDS),
+    K("zero_optimization", F_ZERO), K("zero_allow_untested_optimizer", F_BOOL),
+    K("zero_force_ds_cpu_optimizer", F_BOOL), K("allgather_size", F_SIZE),
+    K("prescale_gradients", F_OFF), K("gradient_predivide_factor", F_ONE),
+    K("sparse_gradients", F_OFF), K("communication_data_type", F_DTYPE),
+    K("seq_parallel_communication_data_type", F_DTYPE), K("disable_allgather", F_OFF),
+    K("wall_clock_breakdown", F_OFF), K("memory_breakdown", F_OFF), K("dump_state", F_OFF),
+    K("dataloader_drop_last", F_OFF), K("graph_harvesting", F_OFF),
+    K("use_data_before_expert_parallelism", F_OFF), K("vocabulary_size", F_INT),
+    LIM("sequence_parallel_size", 1),
+    OBJ("activation_checkpointing", ACTCKPT_FIELDS), OBJ("flops_profiler", FLOPS_FIELDS),
+    OBJ("tensorboard", MONITOR_FIELDS), OBJ("csv_monitor", MONITOR_FIELDS),
+    OBJ("wandb", WANDB_FIELDS), OBJ("comet", COMET_FIELDS),
+    OBJ("comms_logger", COMMS_FIELDS), OBJ("hybrid_engine", HYBRID_FIELDS),
+    OBJ("checkpoint", CKPT_FIELDS), OBJ("data_types", DATA_TYPES_FIELDS),
+    OBJ("elasticity", OPEN_FIELDS), OBJ("autotuning", OPEN_FIELDS),
+    OBJ("data_efficiency", OPEN_FIELDS), OBJ("curriculum_learning", OPEN_FIELDS),
+    OBJ("progressive_layer_drop", OPEN_FIELDS), OBJ("eigenvalue", OPEN_FIELDS),
+    OBJ("quantize_training", OPEN_FIELDS), OBJ("nebula", OPEN_FIELDS),
+    OBJ("torch_autocast", OPEN_FIELDS), OBJ("compile", COMPILE_FIELDS),
+    OBJ("tensor_parallel", TP_FIELDS),
+    K("pipeline", F_BLOCK), K("compression_training", F_BLOCK), K("sparse_attention", F_BLOCK),
+    K("weight_quantization", F_BLOCK),
+    /* aio only tunes NVMe offload (refused under zero_optimization); timers only the
+     * throughput report: both are harmless to accept. */
+    N("aio"), N("timers"),
+    END};
+
+static ds_status check_section(rd *r, const char *path, json_object *obj, const field *fields);
+static ds_status read_optimizer(rd *r, json_object *v);
+
+static ds_status check_dtype(rd *r, const char *path, json_object *v)
+{
+    static const char *const fp32[] = {"fp32", "float32", "float", "torch.float32", NULL};
+    static const char *const half[] = {"fp16", "float16", "half", "torch.float16", "bf16",
+                                       "bfloat16", "bfp16", "torch.bfloat16", NULL};
+    const char *s;
+    ds_status st = get_str(r, path, v, &s);
+    if (st != DS_OK || !s)
+        return st;
+    for (int i = 0; fp32[i]; i++)
+        if (ieq(s, fp32[i]))
+            return DS_OK;
+    for (int i = 0; half[i]; i++)
+        if (ieq(s, half[i]))
+            return unsupported(r, path, v);
+    return bad_type(r, path, "\"fp32\", \"fp16\" or \"bf16\"", v);
+}
+
+static ds_status check_field(rd *r, const char *parent, const char *path, json_object *v,
+                             const field *f)
+{
+    vstate s;
+    int b;
+    int64_t i;
+    double d;
+    const char *str;
+    ds_status st = DS_OK;
+    if (f->use) {
+        char p[256];
+        warn(r, "%s is deprecated, use %s instead", path, join(p, sizeof p, parent, f->use));
+    }
+    switch (f->kind) {
+    case F_ANY:
+    case F_SKIP:
+        return DS_OK;
+    case F_BOOL:
+        return get_bool(r, path, v, &s, &b);
+    case F_OFF:
+        if ((st = get_bool(r, path, v, &s, &b)) == DS_OK && s == V_SET && b)
+            return unsupported(r, path, v);
+        return st;
+    case F_INT:
+        return get_int(r, path, v, &s, &i);
+    case F_SIZE:
+        if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 0)
+            return bad_type(r, path, "an integer >= 0", v);
+        return st;
+    case F_LIMIT:
+        if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i > f->lim)
+            return unsupported(r, path, v);
+        return st;
+    case F_ONE:
+        if ((st = get_num(r, path, v, &s, &d)) == DS_OK && s == V_SET && d != 1.0)
+            return unsupported(r, path, v);
+        return st;
+    case F_NULL:
+        if (v && !(json_object_is_type(v, json_type_string) &&
+                   !strcmp(json_object_get_string(v), "auto")))
+            return unsupported(r, path, v);
+        return DS_OK;
+    case F_BLOCK:
+        if (v && (!json_object_is_type(v, json_type_object) || json_object_object_length(v) > 0))
+            return unsupported(r, path, NULL);
+        return DS_OK;
+    case F_DTYPE:
+        return check_dtype(r, path, v);
+    case F_DEVICE:
+        if ((st = get_str(r, path, v, &str)) != DS_OK || !str || !strcmp(str, "none"))
+            return st;
+        if (!strcmp(str, "cpu") || !strcmp(str, "nvme"))
+            return unsupported(r, path, v);
+        return bad_type(r, path, "\"none\", \"cpu\" or \"nvme\"", v);
+    case F_TAGVAL: /* DeepSpeed upper-cases it and accepts WARN, IGNORE, FAIL */
+        if ((st = get_str(r, path, v, &str)) != DS_OK || !str || ieq(str, "warn"))
+            return st;
+        if (ieq(str, "ignore") || ieq(str, "fail"))
+            return unsupported(r, path, v);
+        return bad_type(r, path, "\"Warn\", \"Ignore\" or \"Fail\"", v);
+    case F_OBJ:
+        if (!v)
+            return DS_OK;
+        if (!json_object_is_type(v, json_type_object))
+            return bad_type(r, path, "an object", v);
+        return check_section(r, path, v, f->sub);
+    case F_BATCH:
+        for (int k = 0; k < 3; k++)
+            if (!strcmp(path, BATCH_KEYS[k]))
+                return get_int(r, path, v, &r->bstate[k], &r->bval[k]);
+        return DS_ERR_INTERNAL;
+    case F_OPTIM:
+        return read_optimizer(r, v);
+    case F_SCHED: /* no scheduler is built: any scheduler block is refused, naming its type */
+        if (!v || (json_object_is_type(v, json_type_object) && json_object_object_length(v) == 0))
+            return DS_OK;
+        json_object *t;
+        if (json_object_object_get_ex(v, "type", &t) && json_object_is_type(t, json_type_string))
+            return refuse(r, "scheduler (type %.60s) is not supported yet",
+                          json_object_get_string(t));
+        return unsupported(r, path, NULL);
+    case F_ZERO:
+        if (json_object_is_type(v, json_type_boolean)) { /* the old form: true means stage 1 */
+            if (json_object_get_boolean(v))
+                return refuse(r, "zero_optimization=true (the old form of ZeRO stage 1) is not "
+                                 "supported yet");
+            warn(r, "zero_optimization=false is deprecated, use {\"stage\": 0} instead");
+            return DS_OK;
+        }
+        if (!v)
+            return DS_OK;
+        if (!json_object_is_type(v, json_type_object))
+            return bad_type(r, path, "an object", v);
+        json_object *sv;
+        if (json_object_object_get_ex(v, "stage", &sv)) { /* first: it decides everything else */
+            char p[64];
+            join(p, sizeof p, path, "stage");
+            if ((st = get_int(r, p, sv, &s, &i)) != DS_OK)
+                return st;
+            if (s == V_SET && (i < 0 || i > 3))
+                return bad_type(r, p, "0, 1, 2 or 3", sv);
+            if (s == V_SET && i > 0)
+                return unsupported(r, p, sv);
+        }
+        return check_section(r, path, v, ZERO_FIELDS);
+    case F_CLIP:
+        if ((st = get_num(r, path, v, &s, &d)) != DS_OK)
+            return st;
+        if (s == V_AUTO)
+            warn(r, "gradient_clipping is \"auto\": using the default 0 (no clipping)");
+        if (s == V_SET && d < 0)
+            return bad_type(r, path, "a number >= 0", v);
+        r->cfg->gradient_clipping = s == V_SET ? d : 0.0;
+        return DS_OK;
+    case F_STEPS:
+        if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 0)
+            return bad_type(r, path, "an integer >= 0", v);
+        r->cfg->steps_per_print = s == V_SET ? i : 0;
+        return st;
+    case F_SEED: /* a uint64: json-c keeps 2^63..2^64-1 as uint64 */
+        if (json_object_is_type(v, json_type_int) && json_object_get_int64(v) == INT64_MAX) {
+            r->cfg->seed_set = 1;
+            r->cfg->seed = json_object_get_uint64(v);
+            return DS_OK;
+        }
+        if ((st = get_int(r, path, v, &s, &i)) != DS_OK)
+            return st;
+        if (s == V_SET && i < 0)
+            return bad_type(r, path, "an integer >= 0", v);
+        r->cfg->seed_set = s == V_SET;
+        r->cfg->seed = (uint64_t)i;
+        return DS_OK;
+    }
+    return DS_ERR_INTERNAL;
+}
+
+/* Walk one object: every key must be in fields (or match a "*" entry). At the top level an
+ * unknown key is a warning (an error with strict) and keys starting with '_' are comments.
+ * Returns DS_ERR_UNSUPPORTED when something was refused but nothing was invalid. */
+static ds_status check_section(rd *r, const char *path, json_object *obj, const field *fields)
+{
+    ds_status result = DS_OK;
+    json_object_object_foreach(obj, key, val) {
+        const field *f = NULL;
+        for (const field *g = fields; g->name && !f; g++)
+            if (!strcmp(g->name, key) || !strcmp(g->name, "*"))
+                f = g;
+        char p[256], hint[128];
+        if (!f) {
+            suggestion(key, fields, hint, sizeof hint);
+            if (*path)
+                return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\"%s", key, hint);
+            if (key[0] == '_')
+                continue;
+            if (r->strict)
+                return fail(r, DS_ERR_INVALID, "", "unknown key \"%s\"%s", key, hint);
+            warn(r, "unknown key \"%s\"%s", key, hint);
+            continue;
+        }
+        ds_status st = check_field(r, path, join(p, sizeof p, path, key), val, f);
+        if (st == DS_ERR_UNSUPPORTED)
+            result = st;
+        else if (st != DS_OK)
+            return st;
+    }
+    return result;
+}
+
+/* ---- optimizer (engine.md §1.4, §4.1, §4.3) ---------------------------------------------- */
+
+/* DeepSpeed lower-cases these names before matching; any other name is looked up exactly as a
+ * torch.optim class. Only Adam, AdamW and SGD are built. */
+static const field DS_OPTIMIZERS[] = {
+    N("Adam"), N("AdamW"), N("Adagrad"), N("Lamb"), N("OneBitAdam"), N("OneBitLamb"),
+    N("ZeroOneAdam"), N("MuAdam"), N("MuAdamW"), N("MuSGD"), N("Lion"), END};
+static const field TORCH_OPTIMIZERS[] = {
+    N("SGD"), N("Adadelta"), N("Adafactor"), N("Adamax"), N("ASGD"), N("LBFGS"), N("NAdam"),
+    N("RAdam"), N("RMSprop"), N("Rprop"), N("SparseAdam"), END};
+static const field ADAM_PARAMS[] = {
+    N("lr"), N("betas"), N("eps"), N("weight_decay"), N("adam_w_mode"), N("bias_correction"),
+    N("torch_adam"), N("amsgrad"), N("set_grad_none"), END};
+static const field SGD_PARAMS[] = {
+    N("lr"), N("momentum"), N("dampening"), N("weight_decay"), N("nesterov"), END};
+
+static void append(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void append(char *buf, size_t size, const char *fmt, ...)
+{
+    size_t n = strlen(buf);
+    if (n + 1 >= size)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + n, size - n, fmt, ap);
+    va_end(ap);
+}
+
+static ds_status optimizer_type(rd *r, json_object *t, ds_optimizer_type *out)
+{
+    const char *name = json_object_get_string(t);
+    for (const field *f = DS_OPTIMIZERS; f->name; f++)
+        if (ieq(name, f->name)) {
+            if (f == &DS_OPTIMIZERS[0] || f == &DS_OPTIMIZERS[1]) {
+                *out = f == DS_OPTIMIZERS ? DS_OPTIM_ADAM : DS_OPTIM_ADAMW;
+                return DS_OK;
+            }
+            return unsupported(r, "optimizer.type", t);
+        }
+    for (const field *f = TORCH_OPTIMIZERS; f->name; f++)
+        if (!strcmp(name, f->name)) {
+            if (f != TORCH_OPTIMIZERS)
+                return unsupported(r, "optimizer.type", t);
+            *out = DS_OPTIM_SGD;
+            return DS_OK;
+        }
+    /* DeepSpeed: AssertionError "<name> is not a supported DeepSpeed Optimizer" ("sgd" too). */
+    char hint[128] = "";
+    for (const field *f = TORCH_OPTIMIZERS; f->name && !hint[0]; f++)
+        if (ieq(name, f->name))
+            snprintf(hint, sizeof hint,
+                     " (torch optimizer names are case-sensitive: did you mean \"%s\"?)", f->name);
+    if (!hint[0]) {
+        suggestion(name, DS_OPTIMIZERS, hint, sizeof hint);
+        if (!hint[0])
+            suggestion(name, TORCH_OPTIMIZERS, hint, sizeof hint);
+    }
+    return fail(r, DS_ERR_INVALID, "optimizer.type",
+                "\"%.60s\" is not a supported DeepSpeed optimizer%s; built so far: \"Adam\", "
+                "\"AdamW\", \"SGD\"", name, hint);
+}
+
+/* Read a non-negative number; "auto" keeps *out (the default) and is noted in autos. */
+static ds_status opt_num(rd *r, const char *path, const char *key, json_object *v, double *out,
+                         vstate *s, char *autos, size_t size)
+{
+    double d = 0;
+    ds_status st = get_num(r, path, v, s, &d);
+    if (st != DS_OK)
+        return st;
+    if (*s == V_AUTO)
+        append(autos, size, "%s%s=%g", *autos ? ", " : "", key, *out);
+    if (*s == V_SET && d < 0)
+        return bad_type(r, path, "a number >= 0", v);
+    if (*s == V_SET)
+        *out = d;
+    return DS_OK;
+}
+
+static ds_status opt_betas(rd *r, const char *path, json_object *v, ds_optimizer_config *o,
+                           char *autos, size_t size)
+{
+    if (!v)
+        return DS_OK;
+    if (json_object_is_type(v, json_type_string) && !strcmp(json_object_get_string(v), "auto")) {
+        append(autos, size, "%sbetas=[%g, %g]", *autos ? ", " : "", o->beta1, o->beta2);
+        return DS_OK;
+    }
+    if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) != 2)
+        return bad_type(r, path, "an array of 2 numbers", v);
+    double b[2];
+    for (int k = 0; k < 2; k++) {
+        char p[192];
+        vstate s;
+        json_object *e = json_object_array_get_idx(v, (size_t)k);
+        snprintf(p, sizeof p, "%s[%d]", path, k);
+        ds_status st = read_num(r, p, e, "a number", &s, &b[k]);
+        if (st != DS_OK)
+            return st;
+        if (s != V_SET || b[k] < 0 || b[k] >= 1) /* torch: "Invalid beta parameter" */
+            return bad_type(r, p, "a number in [0, 1)", e);
+    }
+    o->beta1 = b[0];
+    o->beta2 = b[1];
+    return DS_OK;
+}
+
+static ds_status read_optimizer(rd *r, json_object *v)
+{
+    ds_optimizer_config *o = &r->cfg->optimizer;
+    json_object *type = NULL, *params = NULL;
+    ds_status st;
+    if (!v || (json_object_is_type(v, json_type_object) && json_object_object_length(v) == 0))
+        return DS_OK; /* no optimizer: the client supplies one */
+    if (!json_object_is_type(v, json_type_object))
+        return bad_type(r, "optimizer", "an object", v);
+    int refused = 0;
+    json_object_object_foreach(v, key, val) {
+        vstate s;
+        int b;
+        if (!strcmp(key, "type")) {
+            type = val;
+        } else if (!strcmp(key, "params")) {
+            params = val;
+        } else if (!strcmp(key, "legacy_fusion")) {
+            if ((st = get_bool(r, "optimizer.legacy_fusion", val, &s, &b)) != DS_OK)
+                return st;
+            if (s == V_SET && b)
+                refused = unsupported(r, "optimizer.legacy_fusion", val);
+        } else {
+            static const field known[] = {N("type"), N("params"), N("legacy_fusion"), END};
+            char hint[128];
+            suggestion(key, known, hint, sizeof hint);
+            return fail(r, DS_ERR_INVALID, "optimizer", "unknown key \"%s\"%s", key, hint);
+        }
+    }
+    if (!type)
+        return fail(r, DS_ERR_INVALID, "optimizer.type",
+                    "missing: name the optimizer (\"Adam\", \"AdamW\" or \"SGD\")");
+    if (!json_object_is_type(type, json_type_string))
+        return bad_type(r, "optimizer.type", "a string", type);
+    if ((st = optimizer_type(r, type, &o->type)) != DS_OK)
+        return st;
+    snprintf(o->name, sizeof o->name, "%s", json_object_get_string(type));
+    if (params && !json_object_is_type(params, json_type_object))
+        return bad_type(r, "optimizer.params", "an object", params);
+    json_object *mg;
+    if (params && json_object_object_get_ex(params, "max_grad_norm", &mg))
+        return fail(r, DS_ERR_INVALID, "optimizer.params.max_grad_norm",
+                    "'max_grad_norm' is not supported as an optimizer parameter, please switch to "
+                    "using the deepspeed parameter 'gradient_clipping'");
+
+    const int sgd = o->type == DS_OPTIM_SGD;
+    char autos[200] = "";
+    vstate lr_state = V_ABSENT, s;
+    int adam_w_mode = 1, adam_w_set = 0, b;
+    if (sgd) { /* torch.optim.SGD defaults; lr has none */
+        o->momentum = o->dampening = o->weight_decay = 0.0;
+        o->nesterov = 0;
+    } else { /* FusedAdam defaults (engine.md §4.1) */
+        o->lr = 1e-3;
+        o->beta1 = 0.9;
+        o->beta2 = 0.999;
+        o->eps = 1e-8;
+        o->weight_decay = 0.0;
+        o->bias_correction = 1;
+    }
+    if (params) {
+        json_object_object_foreach(params, pkey, pval) {
+            char path[160];
+            join(path, sizeof path, "optimizer.params", pkey);
+            st = DS_OK;
+            if (!strcmp(pkey, "lr"))
+                st = opt_num(r, path, pkey, pval, &o->lr, &lr_state, autos, sizeof autos);
+            else if (!strcmp(pkey, "weight_decay"))
+                st = opt_num(r, path, pkey, pval, &o->weight_decay, &s, autos, sizeof autos);
+            else if (!sgd && !strcmp(pkey, "eps"))
+                st = opt_num(r, path, pkey, pval, &o->eps, &s, autos, sizeof autos);
+            else if (!sgd && !strcmp(pkey, "betas"))
+                st = opt_betas(r, path, pval, o, autos, sizeof autos);
+            else if (!sgd && !strcmp(pkey, "adam_w_mode")) {
+                if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
+                    adam_w_mode = b, adam_w_set = 1;
+            } else if (!sgd && !strcmp(pkey, "bias_correction")) {
+                if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
+                    o->bias_correction = b;
+            } else if (!sgd && (!strcmp(pkey, "torch_adam") || !strcmp(pkey, "set_grad_none"))) {
+                st = get_bool(r, path, pval, &s, &b); /* same math either way */
+            } else if (!sgd && !strcmp(pkey, "amsgrad")) {
+                if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET && b)
+                    st = unsupported(r, path, pval); /* FusedAdam refuses AMSGrad too */
+            } else if (sgd && !strcmp(pkey, "momentum"))
+                st = opt_num(r, path, pkey, pval, &o->momentum, &s, autos, sizeof autos);
+            else if (sgd && !strcmp(pkey, "dampening"))
+                st = opt_num(r, path, pkey, pval, &o->dampening, &s, autos, sizeof autos);
+            else if (sgd && !strcmp(pkey, "nesterov")) {
+                if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
+                    o->nesterov = b;
+            } else {
+                char hint[128];
+                suggestion(pkey, sgd ? SGD_PARAMS : ADAM_PARAMS, hint, sizeof hint);
+                return fail(r, DS_ERR_INVALID, "optimizer.params", "unknown key \"%s\" for %s%s",
+                            pkey, o->name, hint);
+            }
+            if (st == DS_ERR_UNSUPPORTED)
+                refused = 1;
+            else if (st != DS_OK)
+                return st;
+        }
+    }
+    if (refused)
+        return DS_ERR_UNSUPPORTED;
+    if (sgd) {
+        if (lr_state != V_SET) /* torch.optim.SGD has no default learning rate */
+            return fail(r, DS_ERR_INVALID, "optimizer.params.lr",
+                        "%s: SGD has no default learning rate; give a number",
+                        lr_state == V_AUTO ? "\"auto\" cannot be inferred" : "missing");
+        if (o->nesterov && (o->momentum <= 0 || o->dampening != 0))
+            return fail(r, DS_ERR_INVALID, "optimizer.params.nesterov",
+                        "Nesterov momentum requires a momentum and zero dampening (found "
+                        "momentum %g, dampening %g)", o->momentum, o->dampening);
+    } else {
+        /* DeepSpeed: effective AdamW = (type == adamw) or adam_w_mode, default true. So "Adam"
+         * is AdamW unless adam_w_mode is false (DECISIONS.md keeps this). */
+        if (o->type == DS_OPTIM_ADAMW && adam_w_set && !adam_w_mode)
+            warn(r, "optimizer.params.adam_w_mode=false has no effect with \"%s\" (it is always "
+                    "AdamW; use \"Adam\" for L2 weight decay)", o->name);
+        o->adam_w_mode = o->type == DS_OPTIM_ADAMW || adam_w_mode;
+    }
+    if (autos[0])
+        warn(r, "optimizer.params: \"auto\" values take their defaults: %s", autos);
+    r->cfg->has_optimizer = 1;
+    return DS_OK;
+}
+
+/* ---- batch sizes (engine.md §1.1: _set_batch_related_parameters, then _batch_assertion) ---- */
+
+static int64_t floordiv(int64_t a, int64_t b) /* Python's // */
+{
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+static ds_status resolve_batch(rd *r, int world_size, const ds_config_hints *hints)
+{
+    const int64_t W = world_size;
+    int set[3];
+    int64_t v[3];
+    char how[3][160] = {"", "", ""};
+    for (int k = 0; k < 3; k++) {
+        set[k] = r->bstate[k] == V_SET;
+        v[k] = r->bval[k];
+    }
+    if (!set[TB] && !set[MB]) { /* nothing to infer the micro batch from: ask the caller */
+        const char *tb = r->bstate[TB] == V_AUTO ? "\"auto\"" : "missing";
+        const char *mb = r->bstate[MB] == V_AUTO ? "\"auto\"" : "missing";
+        if (!hints || hints->micro_batch == 0)
+            return fail(r, DS_ERR_INVALID, "",
+                        "train_batch_size is %s and train_micro_batch_size_per_gpu is %s: "
+                        "cannot infer the batch size; set one of them (DeepSpeed: either "
+                        "train_batch_size or train_micro_batch_size_per_gpu needs to be provided)",
+                        tb, mb);
+        set[MB] = 1;
+        v[MB] = hints->micro_batch;
+        snprintf(how[MB], sizeof how[MB], " (supplied by the caller)");
+        warn(r, "train_micro_batch_size_per_gpu is %s: using %lld supplied by the caller", mb,
+             (long long)v[MB]);
+    }
+    if (set[TB] && set[MB] && set[GAS]) {
+    } else if (set[TB] && set[MB]) {
+        if (v[MB] == 0) /* Python would raise ZeroDivisionError; report check 2 */
+            return fail(r, DS_ERR_INVALID, BATCH_KEYS[MB], "0 has to be greater than 0");
+        v[GAS] = floordiv(floordiv(v[TB], v[MB]), W);
+        snprintf(how[GAS], sizeof how[GAS],
+                 " (inferred as train_batch_size // train_micro_batch_size_per_gpu // world_size"
+                 " = %lld // %lld // %lld)", (long long)v[TB], (long long)v[MB], (long long)W);
+    } else if (set[TB] && set[GAS]) {
+        if (v[GAS] == 0)
+            return fail(r, DS_ERR_INVALID, BATCH_KEYS[GAS], "0 has to be greater than 0");
+        v[MB] = floordiv(floordiv(v[TB], W), v[GAS]);
+        snprintf(how[MB], sizeof how[MB],
+                 " (inferred as train_batch_size // world_size // gradient_accumulation_steps"
+                 " = %lld // %lld // %lld)", (long long)v[TB], (long long)W, (long long)v[GAS]);
+    } else if (set[TB]) {
+        v[GAS] = 1;
+        v[MB] = floordiv(v[TB], W);
+        snprintf(how[MB], sizeof how[MB],
+                 " (inferred as train_batch_size // world_size = %lld // %lld)", (long long)v[TB],
+                 (long long)W);
+    } else {
+        if (!set[GAS])
+            v[GAS] = 1;
+        if (__builtin_mul_overflow(v[MB], v[GAS], &v[TB]) ||
+            __builtin_mul_overflow(v[TB], W, &v[TB]))
+            return fail(r, DS_ERR_INVALID, BATCH_KEYS[TB],
+                        "train_micro_batch_size_per_gpu * gradient_accumulation_steps * "
+                        "world_size is too large");
+        snprintf(how[TB], sizeof how[TB],
+                 " (inferred as train_micro_batch_size_per_gpu * gradient_accumulation_steps * "
+                 "world_size = %lld * %lld * %lld)", (long long)v[MB], (long long)v[GAS],
+                 (long long)W);
+    }
+    for (int k = 0; k < 3; k++) /* DeepSpeed's checks 1-3, in its order */
+        if (v[k] <= 0)
+            return fail(r, DS_ERR_INVALID, BATCH_KEYS[k], "%lld%s has to be greater than 0",
+                        (long long)v[k], how[k]);
+    int64_t prod;
+    if (__builtin_mul_overflow(v[MB], v[GAS], &prod) || __builtin_mul_overflow(prod, W, &prod) ||
+        prod != v[TB]) {
+        char note[400] = "";
+        for (int k = MB; k <= GAS; k++)
+            if (how[k][0])
+                append(note, sizeof note, "; %s %lld%s", BATCH_KEYS[k], (long long)v[k], how[k]);
+        return fail(r, DS_ERR_INVALID, BATCH_KEYS[TB],
+                    "%lld != %lld * %lld * %lld (train_batch_size must equal "
+                    "train_micro_batch_size_per_gpu * gradient_accumulation_steps * world_size%s)",
+                    (long long)v[TB], (long long)v[MB], (long long)v[GAS], (long long)W, note);
+    }
+    r->cfg->train_batch_size = v[TB];
+    r->cfg->micro_batch = v[MB];
+    r->cfg->grad_accum = v[GAS];
+    r->cfg->world_size = world_size;
+    return DS_OK;
+}
+
+/* ---- entry points ------------------------------------------------------------------------ */
+
+static char *dup_str(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    return d ? memcpy(d, s, n) : NULL;
+}
+
+/* Takes root and text (owned). */
+static ds_status load(ds_config *cfg, json_object *root, char *text, const char *name,
+                      int world_size, int strict, const ds_config_hints *hints, ds_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->json_text = text;
+    cfg->source_name = dup_str(name);
+    rd r = {.cfg = cfg, .name = name, .err = err, .strict = strict};
+    ds_status st = DS_OK;
+    if (!text || !cfg->source_name)
+        st = ds_error_set(err, DS_ERR_NOMEM, "%s: out of memory", name);
+    else if (world_size < 1)
+        st = ds_error_set(err, DS_ERR_INVALID, "%s: world_size must be at least 1, got %d", name,
+                          world_size);
+    else if (!json_object_is_type(root, json_type_object))
+        st = bad_type(&r, "", "a JSON object at the top level", root);
+    if (st == DS_OK)
+        st = check_section(&r, "", root, TOP_FIELDS);
+    if (st == DS_ERR_UNSUPPORTED || (st == DS_OK && r.n_refused))
+        st = ds_error_set(err, DS_ERR_UNSUPPORTED, "%s: %s", name, r.refused);
+    if (st == DS_OK)
+        st = resolve_batch(&r, world_size, hints);
+    json_object_put(root);
+    if (st != DS_OK)
+        ds_config_free(cfg);
+    return st;
+}
+
+ds_status ds_config_load_file(ds_config *cfg, const char *path, int world_size, int strict,
+                              const ds_config_hints *hints, ds_error *err)
+{
+    json_object *root;
+    char *text = NULL;
+    if (!cfg || !path)
+        return ds_error_set(err, DS_ERR_INVALID, "ds_config_load_file: no config or path");
+    memset(cfg, 0, sizeof *cfg);
+    ds_status st = ds_json_parse_file(path, &root, &text, err);
+    if (st != DS_OK)
+        return st;
+    return load(cfg, root, text, path, world_size, strict, hints, err);
+}
+
+ds_status ds_config_load_string(ds_config *cfg, const char *json, const char *name,
+                                int world_size, int strict, const ds_config_hints *hints,
+                                ds_error *err)
+{
+    json_object *root;
+    if (!name)
+        name = "ds_config";
+    if (!cfg || !json)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: no config or JSON text", name);
+    memset(cfg, 0, sizeof *cfg);
+    ds_status st = ds_json_parse(json, name, &root, err);
+    if (st != DS_OK)
+        return st;
+    return load(cfg, root, dup_str(json), name, world_size, strict, hints, err);
+}
+
+void ds_config_free(ds_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->source_name);
+    free(cfg->json_text);
+    memset(cfg, 0, sizeof *cfg);
+}

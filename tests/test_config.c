@@ -1,0 +1,693 @@
+/* Tests of the ds_config loader: DeepSpeed's batch-size table and checks (engine.md §1.1 test
+ * vectors), "auto", old spellings, typed errors naming the JSON path, optimizer semantics,
+ * refusals of features not built yet, and the 58 real configs in tests/data/dsconfigs. */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <json-c/json.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ds/config.h"
+
+#ifndef DS_TEST_DIR
+#define DS_TEST_DIR "tests"
+#endif
+#define CONFIG_DIR DS_TEST_DIR "/data/dsconfigs"
+
+static ds_status load(ds_config *c, const char *json, int world, int strict, int64_t hint,
+                      ds_error *e)
+{
+    ds_config_hints h = {.micro_batch = hint};
+    memset(e, 0, sizeof *e);
+    return ds_config_load_string(c, json, "ds.json", world, strict, &h, e);
+}
+
+/* Load and expect DS_OK. */
+static void load_ok(ds_config *c, const char *json, int world)
+{
+    ds_error e;
+    ds_status st = load(c, json, world, 0, 0, &e);
+    cr_assert_eq(st, DS_OK, "%s\n-> %s", json, e.msg);
+}
+
+/* Load and expect an error of the given status whose message holds each of the strings. */
+static void load_fails(const char *json, int world, int strict, ds_status want, const char *s1,
+                       const char *s2)
+{
+    ds_config c;
+    ds_error e;
+    ds_status st = load(&c, json, world, strict, 0, &e);
+    cr_assert_eq(st, want, "%s\n-> status %d: %s", json, st, e.msg);
+    cr_assert(strstr(e.msg, s1), "message \"%s\" lacks \"%s\"", e.msg, s1);
+    cr_assert(!s2 || strstr(e.msg, s2), "message \"%s\" lacks \"%s\"", e.msg, s2);
+}
+
+static int has_warning(const ds_config *c, const char *s)
+{
+    for (int i = 0; i < c->n_warnings; i++)
+        if (strstr(c->warnings[i], s))
+            return 1;
+    return 0;
+}
+
+/* ---- batch sizes: engine.md §1.1 test vectors ------------------------------------------------ */
+
+#define NO INT64_MIN /* key absent */
+
+typedef struct {
+    int world;
+    int64_t tb, mb, gas;           /* given */
+    int64_t want_tb, want_mb, want_gas; /* resolved, when want_err is NULL */
+    const char *want_err;
+} batch_case;
+
+static const batch_case BATCH[] = {
+    {2, 32, 16, 1, 32, 16, 1, NULL},
+    {2, 32, 8, 2, 32, 8, 2, NULL},
+    {2, 33, 17, 2, 0, 0, 0, "ds.json: train_batch_size: 33 != 17 * 2 * 2 (train_batch_size must "
+                            "equal train_micro_batch_size_per_gpu * gradient_accumulation_steps * "
+                            "world_size)"},
+    {2, 32, 8, NO, 32, 8, 2, NULL},
+    {2, 32, 18, NO, 0, 0, 0, "ds.json: gradient_accumulation_steps: 0 (inferred as"},
+    {2, 32, NO, 2, 32, 8, 2, NULL},
+    {2, 30, NO, 4, 0, 0, 0, "ds.json: train_batch_size: 30 != 3 * 4 * 2"},
+    {2, NO, 4, 3, 24, 4, 3, NULL},
+    {4, 64, NO, NO, 64, 16, 1, NULL},
+    {4, 10, NO, NO, 0, 0, 0, "ds.json: train_batch_size: 10 != 2 * 1 * 4"},
+    {4, 2, NO, NO, 0, 0, 0, "ds.json: train_micro_batch_size_per_gpu: 0 (inferred as"},
+    {4, NO, 4, NO, 16, 4, 1, NULL},
+    /* DeepSpeed's checks 1-3 on given values, in its order */
+    {1, 0, 1, 1, 0, 0, 0, "train_batch_size: 0 has to be greater than 0"},
+    {1, 4, -1, 1, 0, 0, 0, "train_micro_batch_size_per_gpu: -1 has to be greater than 0"},
+    {1, 4, 4, 0, 0, 0, 0, "gradient_accumulation_steps: 0 has to be greater than 0"},
+    {1, 8, 0, NO, 0, 0, 0, "train_micro_batch_size_per_gpu: 0 has to be greater than 0"},
+    {1, NO, NO, 2, 0, 0, 0, "train_batch_size is missing and train_micro_batch_size_per_gpu is "
+                            "missing"},
+    {1, NO, NO, NO, 0, 0, 0, "either train_batch_size or train_micro_batch_size_per_gpu"},
+};
+
+static void batch_json(char *buf, size_t size, const batch_case *b)
+{
+    const int64_t v[3] = {b->tb, b->mb, b->gas};
+    const char *keys[3] = {"train_batch_size", "train_micro_batch_size_per_gpu",
+                           "gradient_accumulation_steps"};
+    size_t n = (size_t)snprintf(buf, size, "{");
+    for (int k = 0; k < 3; k++)
+        if (v[k] != NO)
+            n += (size_t)snprintf(buf + n, size - n, "%s\"%s\": %lld", n > 1 ? ", " : "", keys[k],
+                                  (long long)v[k]);
+    snprintf(buf + n, size - n, "}");
+}
+
+Test(batch, deepspeed_table_and_checks)
+{
+    for (size_t i = 0; i < sizeof BATCH / sizeof BATCH[0]; i++) {
+        const batch_case *b = &BATCH[i];
+        char json[256];
+        batch_json(json, sizeof json, b);
+        if (b->want_err) {
+            load_fails(json, b->world, 0, DS_ERR_INVALID, b->want_err, NULL);
+            continue;
+        }
+        ds_config c;
+        load_ok(&c, json, b->world);
+        cr_expect_eq(c.train_batch_size, b->want_tb, "%s W=%d: tb %lld", json, b->world,
+                     (long long)c.train_batch_size);
+        cr_expect_eq(c.micro_batch, b->want_mb, "%s W=%d: mb %lld", json, b->world,
+                     (long long)c.micro_batch);
+        cr_expect_eq(c.grad_accum, b->want_gas, "%s W=%d: gas %lld", json, b->world,
+                     (long long)c.grad_accum);
+        cr_expect_eq(c.world_size, b->world);
+        ds_config_free(&c);
+    }
+}
+
+Test(batch, auto_uses_hints_or_names_the_keys)
+{
+    const char *all_auto = "{\"train_batch_size\": \"auto\", \"train_micro_batch_size_per_gpu\": "
+                           "\"auto\", \"gradient_accumulation_steps\": \"auto\"}";
+    ds_config c;
+    ds_error e;
+    cr_assert_eq(load(&c, all_auto, 2, 0, 8, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.micro_batch, 8);
+    cr_expect_eq(c.grad_accum, 1); /* "auto" GAS: nothing to infer it from -> 1 */
+    cr_expect_eq(c.train_batch_size, 16);
+    cr_expect(has_warning(&c, "train_micro_batch_size_per_gpu is \"auto\": using 8"));
+    ds_config_free(&c);
+
+    load_fails(all_auto, 2, 0, DS_ERR_INVALID,
+               "train_batch_size is \"auto\" and train_micro_batch_size_per_gpu is \"auto\"",
+               "ds.json");
+
+    /* a hint is only used when nothing else gives the micro batch */
+    cr_assert_eq(load(&c, "{\"train_batch_size\": 32, \"train_micro_batch_size_per_gpu\": \"auto\"}",
+                      2, 0, 8, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.micro_batch, 16);
+    cr_expect_eq(c.n_warnings, 0);
+    ds_config_free(&c);
+
+    cr_assert_eq(load(&c, "{\"gradient_accumulation_steps\": 4}", 1, 0, 2, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.train_batch_size, 8);
+    cr_expect(has_warning(&c, "train_micro_batch_size_per_gpu is missing: using 2"));
+    ds_config_free(&c);
+
+    /* "auto" train_batch_size is inferred from the others; "auto" GAS is inferred */
+    load_ok(&c, "{\"train_batch_size\": \"auto\", \"train_micro_batch_size_per_gpu\": 4, "
+                "\"gradient_accumulation_steps\": 2}", 2);
+    cr_expect_eq(c.train_batch_size, 16);
+    ds_config_free(&c);
+    load_ok(&c, "{\"train_batch_size\": 64, \"train_micro_batch_size_per_gpu\": 4, "
+                "\"gradient_accumulation_steps\": \"auto\"}", 2);
+    cr_expect_eq(c.grad_accum, 8);
+    ds_config_free(&c);
+}
+
+/* ---- JSON text, types, numbers, booleans ------------------------------------------------------ */
+
+Test(json, duplicate_keys_and_position)
+{
+    load_fails("{\"train_batch_size\": 8, \"train_batch_size\": 16}", 1, 0, DS_ERR_INVALID,
+               "duplicate key \"train_batch_size\"", "ds.json");
+    load_fails("{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"Adam\", \"params\": "
+               "{\"lr\": 1, \"lr\": 2}}}", 1, 0, DS_ERR_INVALID, "duplicate key \"lr\"", NULL);
+    load_fails("{\n  \"train_batch_size\": 8,\n  \"steps_per_print\": ]\n}", 1, 0, DS_ERR_INVALID,
+               "ds.json:3:", "invalid JSON");
+    load_fails("{\"train_batch_size\": 8", 1, 0, DS_ERR_INVALID, "ds.json:1:", "invalid JSON");
+    load_fails("[1, 2]", 1, 0, DS_ERR_INVALID, "ds.json: expected a JSON object at the top level",
+               NULL);
+}
+
+Test(json, wrong_types_name_the_path)
+{
+    load_fails("{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"Adam\", \"params\": {\"lr\": "
+               "\"fast\"}}}", 1, 0, DS_ERR_INVALID,
+               "ds.json: optimizer.params.lr: expected a number, found \"fast\"", NULL);
+    load_fails("{\"train_batch_size\": true}", 1, 0, DS_ERR_INVALID,
+               "ds.json: train_batch_size: expected an integer, found true", NULL);
+    load_fails("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": \"two\"}}", 1, 0,
+               DS_ERR_INVALID, "zero_optimization.stage: expected an integer, found \"two\"", NULL);
+    load_fails("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 4}}", 1, 0,
+               DS_ERR_INVALID, "zero_optimization.stage: expected 0, 1, 2 or 3, found 4", NULL);
+    load_fails("{\"train_batch_size\": 8, \"zero_optimization\": {\"overlap_comm\": 3}}", 1, 0,
+               DS_ERR_INVALID, "zero_optimization.overlap_comm: expected a boolean, found 3", NULL);
+    load_fails("{\"train_batch_size\": 8, \"zero_optimization\": {\"reduce_bucket_size\": -1}}", 1,
+               0, DS_ERR_INVALID, "zero_optimization.reduce_bucket_size: expected an integer >= 0",
+               NULL);
+    load_fails("{\"train_batch_size\": 8, \"fp16\": \"yes\"}", 1, 0, DS_ERR_INVALID,
+               "fp16: expected an object, found \"yes\"", NULL);
+    load_fails("{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"Adam\", \"params\": "
+               "{\"betas\": [0.9]}}}", 1, 0, DS_ERR_INVALID,
+               "optimizer.params.betas: expected an array of 2 numbers, found [0.9]", NULL);
+    load_fails("{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"Adam\", \"params\": "
+               "{\"betas\": [0.9, 1.5]}}}", 1, 0, DS_ERR_INVALID,
+               "optimizer.params.betas[1]: expected a number in [0, 1), found 1.5", NULL);
+    load_fails("{\"train_batch_size\": 8, \"gradient_clipping\": -1}", 1, 0, DS_ERR_INVALID,
+               "gradient_clipping: expected a number >= 0, found -1", NULL);
+    load_fails("{\"train_batch_size\": 8, \"seed\": -1}", 1, 0, DS_ERR_INVALID,
+               "seed: expected an integer >= 0", NULL);
+    load_fails("{\"train_batch_size\": 8, \"optimizer\": {\"type\": 3}}", 1, 0, DS_ERR_INVALID,
+               "optimizer.type: expected a string, found 3", NULL);
+}
+
+Test(json, numbers_as_strings_and_floats_in_integer_fields)
+{
+    ds_config c;
+    load_ok(&c, "{\"train_batch_size\": \"32\", \"train_micro_batch_size_per_gpu\": \"8\", "
+                "\"steps_per_print\": \"1e5\", \"gradient_clipping\": \"1.0\", \"optimizer\": "
+                "{\"type\": \"AdamW\", \"params\": {\"lr\": \"1e-3\", \"betas\": [\"0.8\", 0.99]}}}",
+            1);
+    cr_expect_eq(c.train_batch_size, 32);
+    cr_expect_eq(c.grad_accum, 4);
+    cr_expect_eq(c.steps_per_print, 100000);
+    cr_expect_float_eq(c.gradient_clipping, 1.0, 1e-12);
+    cr_expect_float_eq(c.optimizer.lr, 1e-3, 1e-15);
+    cr_expect_float_eq(c.optimizer.beta1, 0.8, 1e-15);
+    ds_config_free(&c);
+
+    load_ok(&c, "{\"train_batch_size\": 3.2e1, \"steps_per_print\": 1e5, \"zero_optimization\": "
+                "{\"stage\": 0, \"reduce_bucket_size\": 5e8, \"sub_group_size\": 1e14}}", 1);
+    cr_expect_eq(c.train_batch_size, 32);
+    cr_expect_eq(c.steps_per_print, 100000);
+    ds_config_free(&c);
+
+    load_fails("{\"train_batch_size\": 2.5}", 1, 0, DS_ERR_INVALID,
+               "ds.json: train_batch_size: expected an integer, found 2.5", NULL);
+    load_fails("{\"train_batch_size\": \"2.5\"}", 1, 0, DS_ERR_INVALID,
+               "train_batch_size: expected an integer, found \"2.5\"", NULL);
+    load_fails("{\"train_batch_size\": 8, \"steps_per_print\": 1.5e0}", 1, 0, DS_ERR_INVALID,
+               "steps_per_print: expected an integer, found 1.5", NULL);
+    load_fails("{\"train_batch_size\": [8]}", 1, 0, DS_ERR_INVALID,
+               "train_batch_size: expected an integer, found [8]", NULL);
+}
+
+Test(json, booleans_as_strings)
+{
+    ds_config c;
+    load_ok(&c, "{\"train_batch_size\": 8, \"fp16\": {\"enabled\": \"false\"}, "
+                "\"wall_clock_breakdown\": \"False\", \"zero_optimization\": {\"stage\": 0, "
+                "\"overlap_comm\": \"true\", \"contiguous_gradients\": 1}}", 1);
+    ds_config_free(&c);
+    load_fails("{\"train_batch_size\": 8, \"fp16\": {\"enabled\": \"true\"}}", 1, 0,
+               DS_ERR_UNSUPPORTED, "fp16.enabled=\"true\" is not supported yet", NULL);
+    load_fails("{\"train_batch_size\": 8, \"fp16\": {\"enabled\": \"maybe\"}}", 1, 0,
+               DS_ERR_INVALID, "fp16.enabled: expected a boolean, found \"maybe\"", NULL);
+}
+
+Test(json, unknown_keys_warn_or_fail_with_strict)
+{
+    const char *json = "{\"train_batch_size\": 8, \"gradient_clip\": 1.0, \"_comment\": \"hi\"}";
+    ds_config c;
+    ds_error e;
+    cr_assert_eq(load(&c, json, 1, 0, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.n_warnings, 1);
+    cr_expect_str_eq(c.warnings[0],
+                     "ds.json: unknown key \"gradient_clip\" (did you mean \"gradient_clipping\"?)");
+    cr_expect_float_eq(c.gradient_clipping, 0.0, 0.0);
+    ds_config_free(&c);
+    load_fails(json, 1, 1, DS_ERR_INVALID,
+               "ds.json: unknown key \"gradient_clip\" (did you mean \"gradient_clipping\"?)", NULL);
+    /* "_comment" is a comment, even with strict; a key far from every name gets no suggestion */
+    load_ok(&c, "{\"train_batch_size\": 8, \"_comment\": \"x\"}", 1);
+    cr_expect_eq(c.n_warnings, 0);
+    ds_config_free(&c);
+    cr_assert_eq(load(&c, "{\"train_batch_size\": 8, \"cuda_visible_devices\": 0}", 1, 0, 0, &e),
+                 DS_OK);
+    cr_expect_str_eq(c.warnings[0], "ds.json: unknown key \"cuda_visible_devices\"");
+    ds_config_free(&c);
+    /* inside a section (pydantic, extra="forbid") an unknown key is an error */
+    load_fails("{\"train_batch_size\": 8, \"zero_optimization\": {\"stage\": 0, "
+               "\"stage3_param_persitence_threshold\": 1e5}}", 1, 0, DS_ERR_INVALID,
+               "ds.json: zero_optimization: unknown key \"stage3_param_persitence_threshold\" (did "
+               "you mean \"stage3_param_persistence_threshold\"?)", NULL);
+    load_fails("{\"train_batch_size\": 8, \"fp16\": {\"enabeld\": true}}", 1, 0, DS_ERR_INVALID,
+               "fp16: unknown key \"enabeld\" (did you mean \"enabled\"?)", NULL);
+}
+
+/* ---- optimizer ------------------------------------------------------------------------------- */
+
+#define OPT(type, params) "{\"train_batch_size\": 8, \"optimizer\": {\"type\": \"" type "\", " \
+                          "\"params\": {" params "}}}"
+
+Test(optimizer, adam_means_adamw_unless_adam_w_mode_false)
+{
+    ds_config c;
+    load_ok(&c, OPT("Adam", ""), 1);
+    cr_expect(c.has_optimizer);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_ADAM);
+    cr_expect_str_eq(c.optimizer.name, "Adam");
+    cr_expect_eq(c.optimizer.adam_w_mode, 1);
+    cr_expect_eq(c.optimizer.bias_correction, 1);
+    cr_expect_float_eq(c.optimizer.lr, 1e-3, 0);
+    cr_expect_float_eq(c.optimizer.beta1, 0.9, 0);
+    cr_expect_float_eq(c.optimizer.beta2, 0.999, 0);
+    cr_expect_float_eq(c.optimizer.eps, 1e-8, 0);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0, 0);
+    ds_config_free(&c);
+
+    load_ok(&c, OPT("Adam", "\"adam_w_mode\": false, \"weight_decay\": 0.01"), 1);
+    cr_expect_eq(c.optimizer.adam_w_mode, 0);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0.01, 0);
+    ds_config_free(&c);
+
+    load_ok(&c, OPT("AdamW", "\"adam_w_mode\": false"), 1);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_ADAMW);
+    cr_expect_eq(c.optimizer.adam_w_mode, 1);
+    cr_expect(has_warning(&c, "adam_w_mode=false has no effect"));
+    ds_config_free(&c);
+
+    load_ok(&c, OPT("adamw", "\"torch_adam\": true, \"bias_correction\": false, \"amsgrad\": false"),
+            1);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_ADAMW);
+    cr_expect_eq(c.optimizer.bias_correction, 0);
+    ds_config_free(&c);
+
+    load_ok(&c, OPT("ADAM", "\"lr\": \"auto\", \"betas\": \"auto\", \"eps\": \"auto\", "
+                            "\"weight_decay\": \"auto\""), 1);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_ADAM);
+    cr_expect_float_eq(c.optimizer.lr, 1e-3, 0);
+    cr_expect_float_eq(c.optimizer.beta2, 0.999, 0);
+    cr_expect(has_warning(&c, "\"auto\" values take their defaults: lr=0.001, betas=[0.9, 0.999], "
+                              "eps=1e-08, weight_decay=0"));
+    ds_config_free(&c);
+
+    load_fails(OPT("Adam", "\"amsgrad\": true"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: optimizer.params.amsgrad=true is not supported yet", NULL);
+    load_fails(OPT("Adam", "\"lr\": -1"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params.lr: expected a number >= 0, found -1", NULL);
+    load_fails(OPT("AdamW", "\"max_grad_norm\": 1.0"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params.max_grad_norm: 'max_grad_norm' is not supported as an optimizer "
+               "parameter", "'gradient_clipping'");
+    load_fails(OPT("Adam", "\"betas1\": 0.9"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params: unknown key \"betas1\" for Adam (did you mean \"betas\"?)", NULL);
+    load_fails("{\"train_batch_size\": 8, \"optimizer\": {\"params\": {\"lr\": 1}}}", 1, 0,
+               DS_ERR_INVALID, "optimizer.type: missing", NULL);
+}
+
+Test(optimizer, sgd_and_type_names)
+{
+    ds_config c;
+    load_ok(&c, OPT("SGD", "\"lr\": 0.1, \"momentum\": 0.9, \"nesterov\": true, "
+                           "\"weight_decay\": 1e-4"), 1);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_SGD);
+    cr_expect_float_eq(c.optimizer.lr, 0.1, 0);
+    cr_expect_float_eq(c.optimizer.momentum, 0.9, 0);
+    cr_expect_float_eq(c.optimizer.dampening, 0, 0);
+    cr_expect_eq(c.optimizer.nesterov, 1);
+    ds_config_free(&c);
+
+    load_fails(OPT("SGD", "\"lr\": 0.1, \"nesterov\": true"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params.nesterov: Nesterov momentum requires a momentum and zero "
+               "dampening", NULL);
+    load_fails(OPT("SGD", "\"lr\": 0.1, \"momentum\": 0.9, \"dampening\": 0.1, \"nesterov\": true"),
+               1, 0, DS_ERR_INVALID, "Nesterov momentum requires a momentum and zero dampening",
+               NULL);
+    load_fails(OPT("SGD", "\"momentum\": 0.9"), 1, 0, DS_ERR_INVALID,
+               "ds.json: optimizer.params.lr: missing", NULL);
+    load_fails(OPT("SGD", "\"lr\": \"auto\""), 1, 0, DS_ERR_INVALID,
+               "ds.json: optimizer.params.lr: \"auto\" cannot be inferred", NULL);
+    load_fails(OPT("SGD", "\"lr\": 0.1, \"betas\": [0.9, 0.99]"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params: unknown key \"betas\" for SGD", NULL);
+    load_fails(OPT("sgd", "\"lr\": 0.1"), 1, 0, DS_ERR_INVALID,
+               "optimizer.type: \"sgd\" is not a supported DeepSpeed optimizer",
+               "did you mean \"SGD\"?");
+    load_fails(OPT("Adamw2", ""), 1, 0, DS_ERR_INVALID, "\"Adamw2\" is not a supported DeepSpeed",
+               "did you mean \"AdamW\"?");
+    load_fails(OPT("Lamb", "\"lr\": 11e-3"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: optimizer.type=Lamb is not supported yet", NULL);
+    load_fails(OPT("OnebitAdam", ""), 1, 0, DS_ERR_UNSUPPORTED,
+               "optimizer.type=OnebitAdam is not supported yet", NULL);
+    load_fails(OPT("RMSprop", "\"lr\": 0.1"), 1, 0, DS_ERR_UNSUPPORTED,
+               "optimizer.type=RMSprop is not supported yet", NULL);
+}
+
+/* ---- features not built yet, defaults, old spellings ----------------------------------------- */
+
+#define TB8(rest) "{\"train_batch_size\": 8, " rest "}"
+
+Test(features, refused_naming_the_key)
+{
+    load_fails(TB8("\"fp16\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: fp16.enabled=true is not supported yet", NULL);
+    load_fails(TB8("\"bf16\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "bf16.enabled=true is not supported yet", NULL);
+    load_fails(TB8("\"bfloat16\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "bfloat16.enabled=true is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 2}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: zero_optimization.stage=2 is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": true"), 1, 0, DS_ERR_UNSUPPORTED,
+               "zero_optimization=true (the old form of ZeRO stage 1) is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"cpu\"}}"), 1, 0,
+               DS_ERR_UNSUPPORTED,
+               "zero_optimization.offload_optimizer.device=cpu is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"cpu_offload\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "zero_optimization.cpu_offload=true is not supported yet", NULL);
+    load_fails(TB8("\"scheduler\": {\"type\": \"WarmupLR\", \"params\": {}}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "ds.json: scheduler (type WarmupLR) is not supported yet", NULL);
+    load_fails(TB8("\"wall_clock_breakdown\": true"), 1, 0, DS_ERR_UNSUPPORTED,
+               "wall_clock_breakdown=true is not supported yet", NULL);
+    load_fails(TB8("\"prescale_gradients\": true"), 1, 0, DS_ERR_UNSUPPORTED,
+               "prescale_gradients=true is not supported yet", NULL);
+    load_fails(TB8("\"gradient_predivide_factor\": 8"), 1, 0, DS_ERR_UNSUPPORTED,
+               "gradient_predivide_factor=8 is not supported yet", NULL);
+    load_fails(TB8("\"communication_data_type\": \"fp16\""), 1, 0, DS_ERR_UNSUPPORTED,
+               "communication_data_type=fp16 is not supported yet", NULL);
+    load_fails(TB8("\"communication_data_type\": \"fp8\""), 1, 0, DS_ERR_INVALID,
+               "communication_data_type: expected \"fp32\", \"fp16\" or \"bf16\", found \"fp8\"",
+               NULL);
+    load_fails(TB8("\"activation_checkpointing\": {\"cpu_checkpointing\": true}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "activation_checkpointing.cpu_checkpointing=true is not", NULL);
+    load_fails(TB8("\"flops_profiler\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "flops_profiler.enabled=true is not supported yet", NULL);
+    load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"output_path\": \"/tmp\"}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "tensorboard.enabled=true is not supported yet", NULL);
+    load_fails(TB8("\"pipeline\": {\"stages\": 2}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: pipeline is not supported yet", NULL);
+    load_fails(TB8("\"elasticity\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "elasticity.enabled=true is not supported yet", NULL);
+    /* every refusal is listed in one message */
+    load_fails(TB8("\"fp16\": {\"enabled\": true}, \"scheduler\": {\"type\": \"OneCycle\"}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "fp16.enabled=true is not supported yet; scheduler (type "
+               "OneCycle) is not supported yet", NULL);
+    /* an invalid value wins over refusals: it must be fixed in any case */
+    load_fails(TB8("\"fp16\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
+               DS_ERR_INVALID, "steps_per_print: expected an integer", NULL);
+}
+
+Test(features, accepted_at_their_default_or_disabled_value)
+{
+    ds_config c;
+    ds_error e;
+    const char *json = TB8(
+        "\"fp16\": {\"enabled\": \"auto\", \"loss_scale\": 0, \"initial_scale_power\": 16}, "
+        "\"bf16\": {\"enabled\": false}, \"amp\": {\"enabled\": false, \"opt_level\": \"O1\"}, "
+        "\"zero_optimization\": {\"stage\": 0, \"allgather_bucket_size\": 5e8, \"overlap_comm\": "
+        "\"auto\", \"offload_optimizer\": {\"device\": \"none\", \"pin_memory\": true}, "
+        "\"stage3_gather_fp16_weights_on_model_save\": false, \"round_robin_gradients\": true}, "
+        "\"zero_allow_untested_optimizer\": true, \"wall_clock_breakdown\": false, "
+        "\"prescale_gradients\": false, \"gradient_predivide_factor\": 1.0, "
+        "\"communication_data_type\": \"FP32\", \"scheduler\": {}, \"aio\": {\"block_size\": 1}, "
+        "\"activation_checkpointing\": {\"partition_activations\": false, \"number_checkpoints\": "
+        "null}, \"tensorboard\": {\"enabled\": false}, \"checkpoint\": {\"tag_validation\": "
+        "\"warn\"}, \"sequence_parallel_size\": 1");
+    cr_assert_eq(load(&c, json, 1, 1, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect(!c.has_optimizer);
+    cr_expect(has_warning(&c, "zero_optimization.stage3_gather_fp16_weights_on_model_save is "
+                              "deprecated, use zero_optimization.gather_16bit_weights_on_model_save"));
+    ds_config_free(&c);
+
+    cr_assert_eq(load(&c, TB8("\"bfloat16\": {\"enabled\": false}, \"zero_optimization\": false"),
+                      1, 0, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect(has_warning(&c, "bfloat16 is deprecated, use bf16 instead"));
+    cr_expect(has_warning(&c, "zero_optimization=false is deprecated"));
+    ds_config_free(&c);
+}
+
+Test(config, scalar_defaults_seed_and_stored_text)
+{
+    const char *json = "{\"train_batch_size\": 8}";
+    ds_config c;
+    load_ok(&c, json, 1);
+    cr_expect_eq(c.steps_per_print, 0);
+    cr_expect_float_eq(c.gradient_clipping, 0.0, 0.0);
+    cr_expect_eq(c.seed_set, 0);
+    cr_expect_eq(c.has_optimizer, 0);
+    cr_expect_eq(c.n_warnings, 0);
+    cr_expect_str_eq(c.source_name, "ds.json");
+    cr_expect_str_eq(c.json_text, json);
+    ds_config_free(&c);
+    cr_expect_null(c.source_name);
+    cr_expect_null(c.json_text);
+
+    load_ok(&c, TB8("\"seed\": 18446744073709551615, \"steps_per_print\": 10, "
+                    "\"gradient_clipping\": 1"), 1);
+    cr_expect_eq(c.seed_set, 1);
+    cr_expect_eq(c.seed, UINT64_MAX);
+    cr_expect_eq(c.steps_per_print, 10);
+    cr_expect_float_eq(c.gradient_clipping, 1.0, 0.0);
+    ds_config_free(&c);
+
+    ds_config_hints h = {.micro_batch = 8};
+    load_ok(&c, TB8("\"gradient_clipping\": \"auto\", \"steps_per_print\": null"), 1);
+    cr_expect(has_warning(&c, "gradient_clipping is \"auto\": using the default 0"));
+    ds_config_free(&c);
+
+    ds_error e;
+    cr_expect_eq(ds_config_load_string(&c, json, "ds.json", 0, 0, &h, &e), DS_ERR_INVALID);
+    cr_expect(strstr(e.msg, "world_size"));
+    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/no-such.json", 1, 0, &h, &e), DS_ERR_IO);
+    cr_expect(strstr(e.msg, "no-such.json"));
+    ds_config_free(NULL);
+}
+
+/* ---- the 58 real configs --------------------------------------------------------------------- */
+
+/* What each real config gives today (world size 1, hint micro batch 8): DS_OK or the first
+ * words of the message after the file name. Update this table as features get built. */
+static const struct {
+    const char *file;
+    ds_status st;
+    const char *msg;
+} REAL[] = {
+    {"alpaca__default_offload_opt_param.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupDecayLR)"},
+    {"bmds-tests__ds_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
+    {"bmds-tests__ds_config_bf16.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+    {"bmds-tests__ds_config_cl.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
+    {"chatglm6b__deepspeed.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2 is not supported yet"},
+    {"ds-docs__autotuning_block2.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"ds-docs__getting-started_block5.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"ds-tests-gpt2__ds_config_func_bs8_zero0_gas3.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2"},
+    {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2"},
+    {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
+    {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.offload_param.device=cpu"},
+    {"ds-tests-squad__deepspeed_bsz24_fp16_eigenvalue_quantize_config.json", DS_ERR_UNSUPPORTED,
+     "fp16.enabled=true"},
+    {"ds-tests-torch_compile__ds_config_z3.json", DS_ERR_INVALID, "bf16: unknown key \"loss_scale\""},
+    {"ds-tests-torch_compile__ds_config_z3_deepcompile_no_persist.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupLR)"},
+    {"ds-tests-unit__ds_batch_config.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"dse-BingBertSquad__deepspeed_onebitadam_bsz96_config.json", DS_ERR_UNSUPPORTED,
+     "optimizer.type=OnebitAdam"},
+    {"dse-MoQ__test.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"dse-alpaca-lora-zero3__ds_config.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"dse-autosp__autosp_config.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+    {"dse-autotuning__ds_config.json", DS_ERR_INVALID,
+     "train_micro_batch_size_per_gpu: expected an integer, found [8]"},
+    {"dse-bf16_master_weight__bf16_full.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+    {"dse-bing_bert__deepspeed_bsz4k_01adam_config_seq128_nccl.json", DS_ERR_UNSUPPORTED,
+     "optimizer.type=ZeroOneAdam"},
+    {"dse-bing_bert__deepspeed_bsz4k_progressive_layer_drop_config_seq128.json",
+     DS_ERR_UNSUPPORTED, "prescale_gradients=true"},
+    {"dse-bing_bert__deepspeed_bsz64k_lamb_config_seq128.json", DS_ERR_UNSUPPORTED,
+     "optimizer.type=Lamb"},
+    {"dse-bing_bert__deepspeed_bsz64k_onebitlamb_config_seq128_nccl.json", DS_ERR_UNSUPPORTED,
+     "optimizer.type=OneBitLamb"},
+    {"dse-cifar__ds_config.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+    {"dse-compression-bert__ds_config_layer_reduction_fp16.json", DS_ERR_UNSUPPORTED,
+     "prescale_gradients=true"},
+    {"dse-data_efficiency__ds_config_gpt_base_random_ltd.json", DS_ERR_UNSUPPORTED,
+     "prescale_gradients=true"},
+    {"dse-hf-transformers__ds_config.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"dse-imagenet__ds_fp16_z1_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
+    {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"dse-megatron-zero3__ds_zero_stage_3_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3"},
+    {"dse-megatron-zero3__ds_zero_stage_infinity_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3"},
+    {"dse-megatron__ds_zero-offload_10B_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2"},
+    {"dse-megatron__ds_zero2_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2"},
+    {"dse-pipeline_parallelism__ds_config.json", DS_OK, NULL},
+    {"dse-qanet__ds_bsz512_1cycle.json", DS_ERR_UNSUPPORTED, "scheduler (type OneCycle)"},
+    {"dse-tensor_parallel__ds_config.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupDecayLR)"},
+    {"dse-zenflow__zf_config.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+    {"fastchat__deepspeed_config_s2.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2"},
+    {"fastchat__deepspeed_config_s3.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=3"},
+    {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+    {"hf-accelerate-templates__zero_stage3_offload_config.json", DS_ERR_UNSUPPORTED,
+     "fp16.enabled=true"},
+    {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3"},
+    {"hf-transformers__ds_config_zero2.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+    {"hf-transformers__ds_config_zero3.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+    {"hf-transformers__ds_config_zero3_bf16.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+    {"llamafactory__ds_z0_config.json", DS_OK, NULL},
+    {"llamafactory__ds_z2_autotp_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2"},
+    {"llamafactory__ds_z3_fp8_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=3"},
+    {"llamafactory__ds_z3_offload_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=3"},
+    {"llava__zero3_offload.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+    {"mmds-finetune_hf_llama__ds_config_empty.json", DS_OK, NULL},
+    {"mmds-universal_checkpointing__ds_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=1"},
+    {"openassistant__deepspeed_rl.json", DS_ERR_UNSUPPORTED, "fp16.enabled=\"true\""},
+    {"openassistant__zero3_config_sft.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupDecayLR)"},
+    {"qwen__ds_config_zero2.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+};
+#define N_REAL (sizeof REAL / sizeof REAL[0])
+
+/* Does msg name one of the config's top-level keys (or a batch key, for batch errors)? */
+static int names_a_key(const char *path, const char *msg)
+{
+    json_object *root = json_object_from_file(path);
+    int found = strstr(msg, "train_batch_size") || strstr(msg, "train_micro_batch_size_per_gpu");
+    if (root && json_object_is_type(root, json_type_object)) {
+        json_object_object_foreach(root, key, val) {
+            (void)val;
+            found = found || strstr(msg, key) != NULL;
+        }
+    }
+    json_object_put(root);
+    return found;
+}
+
+Test(real_configs, all_58_load_or_are_refused_naming_a_key)
+{
+    size_t seen = 0;
+    DIR *d = opendir(CONFIG_DIR);
+    cr_assert(d, "cannot open %s", CONFIG_DIR);
+    for (struct dirent *de; (de = readdir(d));) {
+        size_t n = strlen(de->d_name);
+        if (n < 5 || strcmp(de->d_name + n - 5, ".json") != 0)
+            continue;
+        seen++;
+        size_t i = 0;
+        while (i < N_REAL && strcmp(REAL[i].file, de->d_name) != 0)
+            i++;
+        cr_expect(i < N_REAL, "%s is not in the table of expected outcomes", de->d_name);
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", CONFIG_DIR, de->d_name);
+        ds_config c;
+        ds_error e = {0};
+        ds_config_hints h = {.micro_batch = 8};
+        ds_status st = ds_config_load_file(&c, path, 1, 0, &h, &e);
+        if (st == DS_OK) {
+            cr_expect_str_eq(c.source_name, path);
+            cr_expect(c.json_text && c.json_text[0]);
+            cr_expect(c.train_batch_size == c.micro_batch * c.grad_accum);
+            ds_config_free(&c);
+        } else {
+            cr_expect(st == DS_ERR_UNSUPPORTED || st == DS_ERR_INVALID, "%s: status %d", path, st);
+            cr_expect(strstr(e.msg, de->d_name), "%s: message lacks the file name: %s", path,
+                      e.msg);
+            cr_expect(names_a_key(path, e.msg), "%s: message names no key: %s", path, e.msg);
+        }
+        if (i < N_REAL) {
+            cr_expect_eq(st, REAL[i].st, "%s: status %d, expected %d (%s)", de->d_name, st,
+                         REAL[i].st, e.msg);
+            cr_expect(!REAL[i].msg || strstr(e.msg, REAL[i].msg), "%s: \"%s\" lacks \"%s\"",
+                      de->d_name, e.msg, REAL[i].msg);
+        }
+    }
+    closedir(d);
+    cr_expect_eq(seen, 58, "found %zu configs in %s", seen, CONFIG_DIR);
+}
+
+Test(real_configs, specific_outcomes)
+{
+    ds_config c;
+    ds_error e;
+    ds_config_hints h = {.micro_batch = 8};
+    /* fp32, no optimizer block: TB 256, MB 16 -> GAS 16 */
+    cr_assert_eq(ds_config_load_file(&c, CONFIG_DIR "/mmds-finetune_hf_llama__ds_config_empty.json",
+                                     1, 1, NULL, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.grad_accum, 16);
+    cr_expect_eq(c.steps_per_print, 100);
+    ds_config_free(&c);
+    /* fp32 Adam (leading space, spaces before colons): AdamW mode, GAS 256 / 8 / 2 = 16 at W=2 */
+    cr_assert_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-pipeline_parallelism__ds_config.json", 2,
+                                     1, NULL, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_ADAM);
+    cr_expect_eq(c.optimizer.adam_w_mode, 1);
+    cr_expect_eq(c.grad_accum, 16);
+    ds_config_free(&c);
+    /* HF/LLaMA-Factory "auto" everywhere: loads with a hint, else names the auto keys */
+    cr_assert_eq(ds_config_load_file(&c, CONFIG_DIR "/llamafactory__ds_z0_config.json", 4, 1, &h,
+                                     &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.train_batch_size, 32);
+    cr_expect(has_warning(&c, "using 8 supplied by the caller"));
+    ds_config_free(&c);
+    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/llamafactory__ds_z0_config.json", 1, 0, NULL,
+                                     &e), DS_ERR_INVALID);
+    cr_expect(strstr(e.msg, "train_micro_batch_size_per_gpu is \"auto\""), "%s", e.msg);
+    /* llamafactory with "_comment" and strict: a comment is not an unknown key */
+    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/llamafactory__ds_z2_autotp_config.json", 1, 1,
+                                     &h, &e), DS_ERR_UNSUPPORTED);
+    cr_expect(strstr(e.msg, "tensor_parallel.autotp_size=2 is not supported yet"), "%s", e.msg);
+    /* a ZeRO-2 config */
+    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-megatron__ds_zero2_config.json", 1, 0, &h,
+                                     &e), DS_ERR_UNSUPPORTED);
+    cr_expect(strstr(e.msg, "zero_optimization.stage=2 is not supported yet"), "%s", e.msg);
+    /* the legacy boolean zero_optimization */
+    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/ds-docs__getting-started_block5.json", 1, 0,
+                                     &h, &e), DS_ERR_UNSUPPORTED);
+    cr_expect(strstr(e.msg, "zero_optimization=true"), "%s", e.msg);
+    /* unknown top-level key: a warning, an error with strict */
+    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-imagenet__ds_fp16_z1_config.json", 1, 1,
+                                     &h, &e), DS_ERR_INVALID);
+    cr_expect(strstr(e.msg, "unknown key \"cuda_visible_devices\""), "%s", e.msg);
+}
