@@ -31,7 +31,9 @@
 /* exp(x) to about 2 ulp: x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by bits. */
 static inline float vexp(float x)
 {
-    x = fminf(fmaxf(x, -87.3f), 88.7f);
+    /* clamp with selects: fminf/fmaxf are library calls (NaN rules) that stop vectorization */
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.7f ? 88.7f : x;
     /* round to nearest with the 1.5*2^23 trick: vectorizes without SSE4.1's roundps */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = fmaf(n, -0.693145751953125f, x);
@@ -131,6 +133,19 @@ static void posadd_bwd(const float *dy, float *dpos, int64_t B, int64_t T, int64
                 dp[c] += g[c];
         }
     }
+}
+
+/* Blocked transpose: 32x32 tiles keep both sides in cache. */
+static void transpose(const float *src, float *dst, int64_t rows, int64_t cols)
+{
+#pragma omp parallel for collapse(2) if (rows * cols > PAR_MIN)
+    for (int64_t r0 = 0; r0 < rows; r0 += 32)
+        for (int64_t c0 = 0; c0 < cols; c0 += 32) {
+            int64_t r1 = r0 + 32 < rows ? r0 + 32 : rows, c1 = c0 + 32 < cols ? c0 + 32 : cols;
+            for (int64_t c = c0; c < c1; c++)
+                for (int64_t r = r0; r < r1; r++)
+                    dst[c * rows + r] = src[r * cols + c];
+        }
 }
 
 /* dbias[n] += sum_m dy[m, n]; threads split the columns. */
@@ -617,6 +632,7 @@ const ds_cpu_kernels KTABLE = {
     .embedding_bwd = embedding_bwd,
     .posadd_fwd = posadd_fwd,
     .posadd_bwd = posadd_bwd,
+    .transpose = transpose,
     .colsum_acc = colsum_acc,
     .layernorm_fwd = layernorm_fwd,
     .layernorm_bwd = layernorm_bwd,

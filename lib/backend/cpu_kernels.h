@@ -14,6 +14,8 @@ typedef struct ds_cpu_kernels {
     void (*embedding_bwd)(const int32_t *ids, const float *dout, float *dtable, int64_t M, int64_t C);
     void (*posadd_fwd)(const float *x, const float *pos, float *y, int64_t B, int64_t T, int64_t C);
     void (*posadd_bwd)(const float *dy, float *dpos, int64_t B, int64_t T, int64_t C);
+    /* dst[cols, rows] = src[rows, cols]^T */
+    void (*transpose)(const float *src, float *dst, int64_t rows, int64_t cols);
     void (*colsum_acc)(const float *dy, float *dbias, int64_t M, int64_t N);
     void (*layernorm_fwd)(const float *x, const float *w, const float *b, float *y, float *mean,
                           float *rstd, int64_t M, int64_t C, float eps);
