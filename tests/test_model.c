@@ -110,7 +110,7 @@ static void check_optimizer(const char *name, const char *prefix, double atol)
     ds_error err = {0};
     open_fixture(&f, name, prefix);
     const ds_net *n = ds_engine_net(f.eng);
-    char key[128];
+    char key[DS_NAME_MAX + 64];
     snprintf(key, sizeof key, "%s.losses", prefix);
     int64_t steps;
     const float *ref_losses = fx_f32(f.st, key, &steps);
