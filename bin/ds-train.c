@@ -41,7 +41,7 @@ static const char *usage_text =
     "  --backend NAME        cpu (default), cpu:avx2 or cpu:generic\n"
     "  --force               overwrite existing output files\n"
     "  --summary             print the layer table and exit\n"
-    "  --quiet               no periodic lines (errors and the final line only)\n"
+    "  --quiet               no per-step lines and no progress line\n"
     "  -h, --help            this text;  --version  the version\n";
 
 enum {
@@ -407,7 +407,7 @@ int main(int argc, char **argv)
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         printf("done: %lld steps in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
-               "%.2f GFLOP/s; peak RSS %.0f MB\n",
+               "%.2f GFLOP/s; peak RSS %.0f MiB\n",
                (long long)steps, total, first_loss, last_loss, med,
                (double)(TB * (tokens ? T : 1)) / (med / 1e3), unit,
                3.0 * (double)net->flops_per_sample * (double)TB / (med / 1e3) / 1e9, ru.ru_maxrss / 1024.0);

@@ -379,7 +379,7 @@ ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
             char have[64], want[64], item[DS_NAME_MAX + 160];
             ds_shape_str(t->ndim, t->shape, have, sizeof have);
             ds_shape_str(ti->ndim, ti->shape, want, sizeof want);
-            snprintf(item, sizeof item, "%s is %s %s, expected F32 %s", ti->name, ds_dtype_name(t->dtype), have, want);
+            snprintf(item, sizeof item, "%s is %s %s, expected F32/BF16/F16 %s", ti->name, ds_dtype_name(t->dtype), have, want);
             append(misshaped, sizeof misshaped, "%s%s", *misshaped ? "; " : "", item);
         }
     }

@@ -128,8 +128,8 @@ struct ds_backend {
     void *impl;     /* backend-private state */
 };
 
-/* Create a backend by name ("cpu"). The CPU backend chooses its kernels by cpuid (AVX2+FMA or
- * portable); DS_CPU_KERNELS=generic forces the portable ones. */
+/* Create a backend by name: "cpu" chooses its kernels by cpuid (AVX2+FMA, else portable);
+ * "cpu:avx2" and "cpu:generic" force one variant. */
 ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err);
 void ds_backend_destroy(ds_backend *b);
 /* Which CPU kernel variant is in use ("avx2", "generic"), for logs. */
