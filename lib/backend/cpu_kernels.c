@@ -439,7 +439,16 @@ static void attention_fwd(const float *qkv, float *out, float *att, int64_t B, i
 #pragma omp simd
                     for (int64_t d = 0; d < D; d++)
                         o[d] = 0.0f;
-                    for (int64_t s = 0; s < smax; s++) {
+                    int64_t s = 0;
+                    for (; s + 4 <= smax; s += 4) { /* four positions per pass over o */
+                        const float *v0 = base + s * C3 + 2 * C + h * D, *v1 = v0 + C3,
+                                    *v2 = v1 + C3, *v3 = v2 + C3;
+                        const float p0 = row[s], p1 = row[s + 1], p2 = row[s + 2], p3 = row[s + 3];
+#pragma omp simd
+                        for (int64_t d = 0; d < D; d++)
+                            o[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d];
+                    }
+                    for (; s < smax; s++) {
                         const float *v = base + s * C3 + 2 * C + h * D;
                         float pr = row[s];
 #pragma omp simd
@@ -503,14 +512,27 @@ static void attention_bwd(const float *dout, const float *qkv, const float *att,
 #pragma omp simd
                     for (int64_t s = 0; s < smax; s++)
                         dp[s] = row[s] * (dp[s] - dot_sum) * scale;
-                    for (int64_t s = 0; s < smax; s++) {
-                        const float *k = base + s * C3 + C + h * D;
+                    int64_t s = 0;
+                    for (; s + 4 <= smax; s += 4) { /* dq: four positions per pass */
+                        const float *k0 = base + s * C3 + C + h * D, *k1 = k0 + C3, *k2 = k1 + C3,
+                                    *k3 = k2 + C3;
+                        const float d0 = dp[s], d1 = dp[s + 1], d2 = dp[s + 2], d3 = dp[s + 3];
+#pragma omp simd
+                        for (int64_t d = 0; d < D; d++)
+                            dq[d] += d0 * k0[d] + d1 * k1[d] + d2 * k2[d] + d3 * k3[d];
+                    }
+                    for (; s < smax; s++) {
+                        const float *k = base + s * C3 + C + h * D, dsc = dp[s];
+#pragma omp simd
+                        for (int64_t d = 0; d < D; d++)
+                            dq[d] += dsc * k[d];
+                    }
+                    for (s = 0; s < smax; s++) {
                         float *dk = dbase + s * C3 + C + h * D;
                         float *dv = dbase + s * C3 + 2 * C + h * D;
                         const float dsc = dp[s], pr = row[s];
 #pragma omp simd
                         for (int64_t d = 0; d < D; d++) {
-                            dq[d] += dsc * k[d];
                             dk[d] += dsc * q[d];
                             dv[d] += pr * g[d];
                         }
