@@ -343,6 +343,21 @@ int main(int argc, char **argv)
         y = malloc((size_t)(MB * out_dim) * sizeof *y);
     }
     double *ms_hist = malloc((size_t)steps * sizeof *ms_hist);
+    if (!ms_hist || (tokens && (!tok || !tgt)) || (!tokens && (!x || !lab || !y))) {
+        fprintf(stderr, "ds-train: out of memory for %lld steps of batch %lld\n", (long long)steps, (long long)MB);
+        free(ms_hist);
+        free(tok);
+        free(tgt);
+        free(x);
+        free(lab);
+        free(y);
+        if (logf)
+            fclose(logf);
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        return 1;
+    }
     int tty = isatty(STDOUT_FILENO) && !a.quiet;
     int64_t print_every = cfg->steps_per_print > 0 ? cfg->steps_per_print : 10;
     double first_loss = NAN, last_loss = NAN, t_start = now_s();

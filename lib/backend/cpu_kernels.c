@@ -33,7 +33,7 @@ static inline float vexp(float x)
 {
     /* clamp with selects: fminf/fmaxf are library calls (NaN rules) that stop vectorization */
     x = x < -87.3f ? -87.3f : x;
-    x = x > 88.7f ? 88.7f : x;
+    x = x > 88.3f ? 88.3f : x; /* 2^127 * p stays finite */
     /* round to nearest with the 1.5*2^23 trick: vectorizes without SSE4.1's roundps */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = fmaf(n, -0.693145751953125f, x);

@@ -42,6 +42,20 @@ int ds_table_add(ds_tensor_table *tab, const char *name, int ndim, const int64_t
         tab->t = t;
         tab->cap = cap;
     }
+    /* 2^40 elements per tensor and in total: far beyond any real model, far from overflow */
+    const int64_t limit = (int64_t)1 << 40;
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] < 0 || (shape[d] > 0 && numel > limit / shape[d])) {
+            ds_error_set(err, DS_ERR_INVALID, "%s: shape too large", name);
+            return -1;
+        }
+        numel *= shape[d];
+    }
+    if (tab->total + numel + DS_TENSOR_ALIGN > limit) {
+        ds_error_set(err, DS_ERR_INVALID, "%s: the parameters exceed 2^40 elements in total", name);
+        return -1;
+    }
     ds_tensor_info *ti = &tab->t[tab->n];
     memset(ti, 0, sizeof *ti);
     snprintf(ti->name, sizeof ti->name, "%s", name);

@@ -90,6 +90,12 @@ static ds_status get_int(parser *p, json_object *obj, const char *jpath, const c
         ds_json_render(v, found, sizeof found);
         return perr(p, path, "expected an integer, found %s", found, NULL);
     }
+    /* sizes beyond 2^31 are never meant and would overflow the products below */
+    if (x > 2147483647) {
+        char m[64];
+        snprintf(m, sizeof m, "%lld", (long long)x);
+        return perr(p, path, "%s is too large (at most 2147483647)", m, NULL);
+    }
     if (x < min) {
         char m[64];
         snprintf(m, sizeof m, "%lld, found %lld", (long long)min, (long long)x);
@@ -166,7 +172,8 @@ static int add_param(parser *p, const char *prefix, const char *suffix, int ndim
     int64_t shape[2] = {d0, d1};
     int idx = ds_table_add(&p->net->params, name, ndim, shape, p->err);
     if (idx < 0) {
-        ds_error_prefix(p->err, "%s: ", p->file);
+        const char *jpath = p->net->n_layers > 0 ? p->net->layers[p->net->n_layers - 1].json_path : "";
+        ds_error_prefix(p->err, "%s: %s%s", p->file, jpath, *jpath ? ": " : "");
         return -1;
     }
     ds_param_init *in = realloc(p->net->init, (size_t)p->net->params.cap * sizeof *in);

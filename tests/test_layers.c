@@ -1,0 +1,1114 @@
+/* Op-level checks of the CPU backend, both kernel variants: every backward op against central
+ * finite differences of its forward op, the `accumulate` flag, forward values against double
+ * references, the fused optimizers against torch's formulas, reductions, and avx2 == generic. */
+#include <float.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "testutil.h"
+
+/* lib/backend/cpu_kernels.c parallelizes a kernel only above this many elements: the "large"
+ * cases below exceed it (asserted), the "small" ones stay under it. */
+#define PAR_MIN 16384
+
+/* ---- helpers ---------------------------------------------------------------------------- */
+
+#define CALL(be, op, ...)                                                                         \
+    cr_assert_eq((be)->ops->op((be), __VA_ARGS__), DS_OK, "%s: %s", #op, (be)->err.msg)
+
+static float *fbuf(int64_t n)
+{
+    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+    cr_assert(p != NULL);
+    return p;
+}
+
+static float *fconst(int64_t n, float v)
+{
+    float *p = fbuf(n);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = v;
+    return p;
+}
+
+static float *frandn(ds_rng *r, int64_t n, double mean, double sd)
+{
+    float *p = fbuf(n);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = (float)(mean + sd * ds_rng_normal(r));
+    return p;
+}
+
+static float *fcopy(const float *x, int64_t n)
+{
+    float *p = fbuf(n);
+    memcpy(p, x, (size_t)n * sizeof(float));
+    return p;
+}
+
+static int32_t *irand(ds_rng *r, int64_t n, int32_t hi)
+{
+    int32_t *p = calloc((size_t)n, sizeof(int32_t));
+    cr_assert(p != NULL);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = (int32_t)(ds_rng_next(r) % (uint64_t)hi);
+    return p;
+}
+
+static double maxabs(const float *x, int64_t n)
+{
+    double m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (fabs((double)x[i]) > m)
+            m = fabs((double)x[i]);
+    return m;
+}
+
+/* Run the "large" cases with 3 threads: the work splits unevenly (columns, rows, blocks). On 2
+ * cores this oversubscribes, which is fast only with OMP_WAIT_POLICY=PASSIVE (make check sets
+ * it; run by hand without it on a busy machine, spinning threads make this 10x slower). */
+static void large_threads(int large)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(large ? 3 : omp_get_num_procs());
+#else
+    (void)large;
+#endif
+}
+
+static ds_backend *open_backend(const char *name)
+{
+    ds_backend *be = NULL;
+    ds_error err = {0};
+    ds_status st = ds_backend_create(&be, name, &err);
+    if (st == DS_ERR_UNSUPPORTED)
+        cr_skip_test("%s is not available here: %s", name, err.msg);
+    cr_assert_eq(st, DS_OK, "%s: %s", name, err.msg);
+    return be;
+}
+
+/* Output arrays an op check keeps, to compare the kernel variants on the same inputs. */
+#define MAX_OUTS 8
+typedef struct outs {
+    int n;
+    char name[MAX_OUTS][48];
+    float *v[MAX_OUTS];
+    int64_t len[MAX_OUTS];
+} outs;
+
+static void keep(outs *o, const char *name, const float *v, int64_t len)
+{
+    if (!o)
+        return;
+    cr_assert(o->n < MAX_OUTS);
+    snprintf(o->name[o->n], sizeof o->name[0], "%s", name);
+    o->v[o->n] = fcopy(v, len);
+    o->len[o->n] = len;
+    o->n++;
+}
+
+static void outs_free(outs *o)
+{
+    for (int i = 0; i < o->n; i++)
+        free(o->v[i]);
+    o->n = 0;
+}
+
+/* got == prev + g up to float rounding of the addition (and of a reordered product for
+ * oneDNN's accumulating matmul): tolerance 1e-5 of the magnitudes involved. A kernel that
+ * ignores accumulate (got == g) or adds twice misses by |prev| or |g|, far outside it. */
+static void expect_added(const char *what, const float *got, const float *prev, const float *g,
+                         int64_t n)
+{
+    double scale = maxabs(prev, n) + maxabs(g, n);
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; i++) {
+        double want = (double)prev[i] + (double)g[i];
+        if (!(fabs((double)got[i] - want) <= 1e-5 * scale))
+            bad = i;
+    }
+    cr_expect(bad < 0, "%s: element %lld is %.9g, expected previous %.9g + gradient %.9g", what,
+              (long long)bad, bad < 0 ? 0 : got[bad], bad < 0 ? 0 : prev[bad], bad < 0 ? 0 : g[bad]);
+}
+
+/* Central differences. L(x) = sum_i r_i f(x)_i; for a perturbed element x_j,
+ * dL/dx_j ~ sum_i r_i (f(x+h)_i - f(x-h)_i) / (x_j+h - x_j-h), summed in double over the
+ * difference of the outputs (outputs x_j does not touch are bitwise equal and cancel exactly, so
+ * large outputs add no noise). The step is the float-rounded one actually applied.
+ *
+ * Tolerance: |fd - analytic| <= 2e-3 * max|analytic| + 1% * |analytic|. Justification: with
+ * h = 1e-2 and O(1) inputs the truncation error h^2/6 |f'''| is ~1e-5 relative; each float32
+ * output carries ~1e-7 relative rounding (a few ulp after a reduction), which the division by
+ * 2h turns into ~1e-5 * |y| * sqrt(#outputs touched) -- about 1e-4 of the gradient scale in
+ * the worst case here (layernorm and attention rows). A real error (a missing term or factor,
+ * a wrong index, a mask that differs from the forward's) moves gradients by O(1) relative. */
+typedef void (*fwd_fn)(void *ctx, float *y);
+
+static void grad_check(const char *what, fwd_fn f, void *ctx, int64_t ny, const float *r,
+                       float *x, int64_t n, const float *ana, double h)
+{
+    float *yp = fbuf(ny), *ym = fbuf(ny);
+    ds_rng rng;
+    ds_rng_seed(&rng, 0x5eedull ^ (uint64_t)n);
+    const int all = n <= 256;
+    int64_t count = all ? n : 52; /* first, last and 50 random elements of big inputs */
+    double amax = maxabs(ana, n);
+    double atol = 2e-3 * amax + 1e-6, rtol = 1e-2;
+    int64_t worst = -1;
+    double worst_excess = 0, worst_fd = 0;
+    for (int64_t c = 0; c < count; c++) {
+        int64_t j = all ? c : c == 0 ? 0 : c == 1 ? n - 1 : (int64_t)(ds_rng_next(&rng) % (uint64_t)n);
+        float x0 = x[j], xp = (float)(x0 + h), xm = (float)(x0 - h);
+        x[j] = xp;
+        f(ctx, yp);
+        x[j] = xm;
+        f(ctx, ym);
+        x[j] = x0;
+        double d = 0;
+        for (int64_t i = 0; i < ny; i++)
+            d += (double)r[i] * ((double)yp[i] - (double)ym[i]);
+        double fd = d / ((double)xp - (double)xm);
+        double excess = fabs(fd - (double)ana[j]) - (atol + rtol * fabs((double)ana[j]));
+        if (!(excess <= 0) && (worst < 0 || !(excess <= worst_excess))) {
+            worst = j;
+            worst_excess = excess;
+            worst_fd = fd;
+        }
+    }
+    cr_expect(worst < 0,
+              "%s: element %lld: analytic gradient %.7g, finite difference %.7g "
+              "(tolerance %.3g + 1%%; max |gradient| %.3g)",
+              what, (long long)worst, worst < 0 ? 0.0 : (double)ana[worst], worst_fd, atol, amax);
+    /* guard against a vacuous comparison of zeros with zeros */
+    cr_expect(amax > 0, "%s: the analytic gradient is all zeros", what);
+    free(yp);
+    free(ym);
+}
+
+/* An op check builds its inputs from a fixed seed, checks everything on backend be, and keeps
+ * its outputs in o (may be NULL). */
+typedef void (*op_check)(ds_backend *be, int large, outs *o);
+
+static void run_generic(op_check fn, int large)
+{
+    large_threads(large);
+    ds_backend *be = open_backend("cpu:generic");
+    fn(be, large, NULL);
+    ds_backend_destroy(be);
+}
+
+/* All checks on avx2, then the same inputs through generic: every kept output must agree to
+ * 1e-5 relative (of the array's largest magnitude): same formulas, only the order of float
+ * reductions (8 vs 4 lanes, FMA contraction) differs. */
+static void run_avx2_vs_generic(op_check fn, int large)
+{
+    large_threads(large);
+    ds_backend *ba = open_backend("cpu:avx2");
+    cr_assert_str_eq(ds_backend_describe(ba), "avx2");
+    outs a = {0}, g = {0};
+    fn(ba, large, &a);
+    ds_backend_destroy(ba);
+    ds_backend *bg = open_backend("cpu:generic");
+    cr_assert_str_eq(ds_backend_describe(bg), "generic");
+    fn(bg, large, &g);
+    ds_backend_destroy(bg);
+    cr_assert_eq(a.n, g.n);
+    cr_assert_gt(a.n, 0);
+    for (int i = 0; i < a.n; i++) {
+        char what[96];
+        snprintf(what, sizeof what, "%s: avx2 vs generic", a.name[i]);
+        expect_close(what, a.v[i], g.v[i], a.len[i], 1e-5 * maxabs(g.v[i], g.len[i]) + 1e-30, 1e-5);
+    }
+    outs_free(&a);
+    outs_free(&g);
+}
+
+#define OP_TESTS(suite, fn)                                                                       \
+    Test(suite, small_generic) { run_generic(fn, 0); }                                            \
+    Test(suite, large_generic) { run_generic(fn, 1); }                                            \
+    Test(suite, small_avx2_vs_generic) { run_avx2_vs_generic(fn, 0); }                            \
+    Test(suite, large_avx2_vs_generic) { run_avx2_vs_generic(fn, 1); }
+
+static void check_size(int large, int64_t n)
+{
+    if (large)
+        cr_assert_gt(n, PAR_MIN, "a large case must exceed PAR_MIN");
+    else
+        cr_assert_leq(n, PAR_MIN, "a small case must stay under PAR_MIN");
+}
+
+/* ---- linear ----------------------------------------------------------------------------- */
+
+typedef struct lin_ctx {
+    ds_backend *be;
+    float *x, *w, *b;
+    int64_t M, K, N;
+} lin_ctx;
+
+static void lin_fwd(void *vc, float *y)
+{
+    lin_ctx *c = vc;
+    CALL(c->be, linear_fwd, c->x, c->w, c->b, y, c->M, c->K, c->N);
+}
+
+static void check_linear(ds_backend *be, int large, outs *o)
+{
+    const int64_t M = large ? 200 : 6, K = large ? 40 : 5, N = large ? 96 : 7;
+    check_size(large, M * N);
+    ds_rng rng;
+    ds_rng_seed(&rng, 101 + (uint64_t)large);
+    float *x = frandn(&rng, M * K, 0, 1), *w = frandn(&rng, N * K, 0, 0.5), *b = frandn(&rng, N, 0, 1);
+    float *r = frandn(&rng, M * N, 0, 1);
+    float *y = fbuf(M * N), *y0 = fbuf(M * N);
+    lin_ctx c = {be, x, w, b, M, K, N};
+    lin_fwd(&c, y);
+    /* forward against double: a float32 dot product of K terms is within ~K ulp of the sum of
+     * magnitudes; 1e-5 of it is ample. */
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double s = b[n], mag = fabs((double)b[n]);
+            for (int64_t k = 0; k < K; k++) {
+                s += (double)x[m * K + k] * w[n * K + k];
+                mag += fabs((double)x[m * K + k] * w[n * K + k]);
+            }
+            cr_assert(fabs(y[m * N + n] - s) <= 1e-5 * mag + 1e-7, "linear y[%lld,%lld] = %.9g, expected %.9g",
+                      (long long)m, (long long)n, y[m * N + n], s);
+        }
+    /* without bias */
+    CALL(be, linear_fwd, x, w, NULL, y0, M, K, N);
+    for (int64_t i = 0; i < M * N; i++)
+        cr_assert(fabs((double)y0[i] + b[i % N] - y[i]) <= 1e-5 * (fabs((double)y[i]) + 1),
+                  "linear without bias: y[%lld] = %.9g, with bias %.9g, bias %.9g", (long long)i, y0[i],
+                  y[i], b[i % N]);
+
+    /* backward: accumulate = 0 writes dx whatever was there (NaN); dw, dbias add */
+    float *dx = fconst(M * K, NAN), *dw = fbuf(N * K), *db = fbuf(N);
+    CALL(be, linear_bwd, r, x, w, dx, dw, db, M, K, N, 0);
+    grad_check("linear dx", lin_fwd, &c, M * N, r, x, M * K, dx, 1e-2);
+    grad_check("linear dw", lin_fwd, &c, M * N, r, w, N * K, dw, 1e-2);
+    grad_check("linear dbias", lin_fwd, &c, M * N, r, b, N, db, 1e-2);
+
+    /* accumulate = 1 adds to dx; dw and dbias always add to what is there */
+    float *px = frandn(&rng, M * K, 0, 1), *pw = frandn(&rng, N * K, 0, 1), *pb = frandn(&rng, N, 0, 1);
+    float *ax = fcopy(px, M * K), *aw = fcopy(pw, N * K), *ab = fcopy(pb, N);
+    CALL(be, linear_bwd, r, x, w, ax, aw, ab, M, K, N, 1);
+    expect_added("linear dx, accumulate=1", ax, px, dx, M * K);
+    expect_added("linear dw", aw, pw, dw, N * K);
+    expect_added("linear dbias", ab, pb, db, N);
+
+    /* dx and dbias may be NULL */
+    float *dw2 = fbuf(N * K);
+    CALL(be, linear_bwd, r, x, w, NULL, dw2, NULL, M, K, N, 0);
+    expect_close("linear dw with dx = dbias = NULL", dw2, dw, N * K, 1e-6 * maxabs(dw, N * K), 1e-6);
+
+    keep(o, "linear y", y, M * N);
+    keep(o, "linear dx", dx, M * K);
+    keep(o, "linear dw", dw, N * K);
+    keep(o, "linear dbias", db, N);
+    free(x), free(w), free(b), free(r), free(y), free(y0), free(dx), free(dw), free(db);
+    free(px), free(pw), free(pb), free(ax), free(aw), free(ab), free(dw2);
+}
+OP_TESTS(linear, check_linear)
+
+/* ---- embedding -------------------------------------------------------------------------- */
+
+typedef struct emb_ctx {
+    ds_backend *be;
+    const int32_t *ids;
+    float *table;
+    int64_t M, C;
+} emb_ctx;
+
+static void emb_fwd(void *vc, float *y)
+{
+    emb_ctx *c = vc;
+    CALL(c->be, embedding_fwd, c->ids, c->table, y, c->M, c->C);
+}
+
+static void check_embedding(ds_backend *be, int large, outs *o)
+{
+    /* few rows, many lookups: ids repeat (gradients must add up); the last row is never
+     * looked up (its gradient must stay exactly what it was) */
+    const int64_t V = large ? 11 : 5, C = large ? 150 : 6, M = large ? 120 : 9;
+    check_size(large, M * C);
+    ds_rng rng;
+    ds_rng_seed(&rng, 202 + (uint64_t)large);
+    int32_t *ids = irand(&rng, M, (int32_t)V - 1);
+    float *table = frandn(&rng, V * C, 0, 1), *r = frandn(&rng, M * C, 0, 1), *y = fbuf(M * C);
+    emb_ctx c = {be, ids, table, M, C};
+    emb_fwd(&c, y);
+    for (int64_t m = 0; m < M; m++)
+        cr_assert(memcmp(y + m * C, table + ids[m] * C, (size_t)C * sizeof(float)) == 0,
+                  "embedding row %lld is not table row %d", (long long)m, ids[m]);
+    float *dt = fbuf(V * C);
+    CALL(be, embedding_bwd, ids, r, dt, M, C);
+    grad_check("embedding dtable", emb_fwd, &c, M * C, r, table, V * C, dt, 1e-2);
+    for (int64_t j = 0; j < C; j++)
+        cr_expect(dt[(V - 1) * C + j] == 0.0f, "embedding: an unused row got a gradient");
+    float *p = frandn(&rng, V * C, 0, 1), *a = fcopy(p, V * C);
+    CALL(be, embedding_bwd, ids, r, a, M, C);
+    expect_added("embedding dtable accumulates", a, p, dt, V * C);
+    keep(o, "embedding y", y, M * C);
+    keep(o, "embedding dtable", dt, V * C);
+    free(ids), free(table), free(r), free(y), free(dt), free(p), free(a);
+}
+OP_TESTS(embedding, check_embedding)
+
+/* ---- position embedding ----------------------------------------------------------------- */
+
+typedef struct pos_ctx {
+    ds_backend *be;
+    float *x, *pos;
+    int64_t B, T, C;
+} pos_ctx;
+
+static void pos_fwd(void *vc, float *y)
+{
+    pos_ctx *c = vc;
+    CALL(c->be, posadd_fwd, c->x, c->pos, y, c->B, c->T, c->C);
+}
+
+static void check_posadd(ds_backend *be, int large, outs *o)
+{
+    const int64_t B = large ? 3 : 2, T = large ? 40 : 3, C = large ? 150 : 5;
+    check_size(large, B * T * C);
+    ds_rng rng;
+    ds_rng_seed(&rng, 303 + (uint64_t)large);
+    float *x = frandn(&rng, B * T * C, 0, 1), *pos = frandn(&rng, T * C, 0, 1);
+    float *r = frandn(&rng, B * T * C, 0, 1), *y = fbuf(B * T * C);
+    pos_ctx c = {be, x, pos, B, T, C};
+    pos_fwd(&c, y);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t k = 0; k < C; k++) {
+                int64_t i = (b * T + t) * C + k;
+                cr_assert(y[i] == x[i] + pos[t * C + k], "posadd y[%lld,%lld,%lld]", (long long)b,
+                          (long long)t, (long long)k);
+            }
+    float *dpos = fbuf(T * C);
+    CALL(be, posadd_bwd, r, dpos, B, T, C);
+    grad_check("posadd dpos", pos_fwd, &c, B * T * C, r, pos, T * C, dpos, 1e-2);
+    float *p = frandn(&rng, T * C, 0, 1), *a = fcopy(p, T * C);
+    CALL(be, posadd_bwd, r, a, B, T, C);
+    expect_added("posadd dpos accumulates", a, p, dpos, T * C);
+    keep(o, "posadd y", y, B * T * C);
+    keep(o, "posadd dpos", dpos, T * C);
+    free(x), free(pos), free(r), free(y), free(dpos), free(p), free(a);
+}
+OP_TESTS(posadd, check_posadd)
+
+/* ---- layernorm -------------------------------------------------------------------------- */
+
+typedef struct ln_ctx {
+    ds_backend *be;
+    float *x, *w, *b, *mean, *rstd;
+    int64_t M, C;
+} ln_ctx;
+
+#define LN_EPS 1e-5f
+
+static void ln_fwd(void *vc, float *y)
+{
+    ln_ctx *c = vc;
+    CALL(c->be, layernorm_fwd, c->x, c->w, c->b, y, c->mean, c->rstd, c->M, c->C, LN_EPS);
+}
+
+static void check_layernorm(ds_backend *be, int large, outs *o)
+{
+    const int64_t M = large ? 100 : 5, C = large ? 170 : 8;
+    check_size(large, M * C);
+    ds_rng rng;
+    ds_rng_seed(&rng, 404 + (uint64_t)large);
+    float *x = frandn(&rng, M * C, 0, 1.5);
+    for (int64_t m = 0; m < M; m++) { /* rows with their own offset: the mean must come off */
+        float off = (float)(3 * ds_rng_normal(&rng));
+        for (int64_t k = 0; k < C; k++)
+            x[m * C + k] += off;
+    }
+    float *w = frandn(&rng, C, 1, 0.3), *b = frandn(&rng, C, 0, 0.2), *r = frandn(&rng, M * C, 0, 1);
+    float *y = fbuf(M * C), *mean = fconst(M, NAN), *rstd = fconst(M, NAN);
+    ln_ctx c = {be, x, w, b, mean, rstd, M, C};
+    ln_fwd(&c, y);
+    /* forward against double (biased variance, as torch): float32 rounding of mean and
+     * variance over C <= 170 terms stays well below these bounds */
+    for (int64_t m = 0; m < M; m++) {
+        double mu = 0, var = 0;
+        for (int64_t k = 0; k < C; k++)
+            mu += x[m * C + k];
+        mu /= (double)C;
+        for (int64_t k = 0; k < C; k++)
+            var += ((double)x[m * C + k] - mu) * ((double)x[m * C + k] - mu);
+        var /= (double)C;
+        double rs = 1.0 / sqrt(var + (double)LN_EPS);
+        cr_assert(fabs(mean[m] - mu) <= 1e-6 * (fabs(mu) + 1), "layernorm mean[%lld] %.9g, expected %.9g",
+                  (long long)m, mean[m], mu);
+        cr_assert(fabs(rstd[m] - rs) <= 1e-5 * rs, "layernorm rstd[%lld] %.9g, expected %.9g", (long long)m,
+                  rstd[m], rs);
+        for (int64_t k = 0; k < C; k++) {
+            double want = ((double)x[m * C + k] - mu) * rs * w[k] + b[k];
+            cr_assert(fabs(y[m * C + k] - want) <= 2e-5 * (fabs(want) + 1),
+                      "layernorm y[%lld,%lld] %.9g, expected %.9g", (long long)m, (long long)k, y[m * C + k], want);
+        }
+    }
+    float *dx = fconst(M * C, NAN), *dw = fbuf(C), *db = fbuf(C);
+    CALL(be, layernorm_bwd, r, x, w, mean, rstd, dx, dw, db, M, C, 0);
+    float *dx0 = fcopy(dx, M * C), *dw0 = fcopy(dw, C), *db0 = fcopy(db, C);
+    grad_check("layernorm dx", ln_fwd, &c, M * C, r, x, M * C, dx0, 1e-2);
+    grad_check("layernorm dw", ln_fwd, &c, M * C, r, w, C, dw0, 1e-2);
+    grad_check("layernorm dbias", ln_fwd, &c, M * C, r, b, C, db0, 1e-2);
+    ln_fwd(&c, y); /* restore mean, rstd of the unperturbed input */
+    float *px = frandn(&rng, M * C, 0, 1), *pw = frandn(&rng, C, 0, 1), *pb = frandn(&rng, C, 0, 1);
+    float *ax = fcopy(px, M * C), *aw = fcopy(pw, C), *ab = fcopy(pb, C);
+    CALL(be, layernorm_bwd, r, x, w, mean, rstd, ax, aw, ab, M, C, 1);
+    expect_added("layernorm dx, accumulate=1", ax, px, dx0, M * C);
+    expect_added("layernorm dw accumulates", aw, pw, dw0, C);
+    expect_added("layernorm dbias accumulates", ab, pb, db0, C);
+    keep(o, "layernorm y", y, M * C);
+    keep(o, "layernorm rstd", rstd, M);
+    keep(o, "layernorm dx", dx0, M * C);
+    keep(o, "layernorm dw", dw0, C);
+    keep(o, "layernorm dbias", db0, C);
+    free(x), free(w), free(b), free(r), free(y), free(mean), free(rstd), free(dx), free(dw), free(db);
+    free(dx0), free(dw0), free(db0), free(px), free(pw), free(pb), free(ax), free(aw), free(ab);
+}
+OP_TESTS(layernorm, check_layernorm)
+
+/* ---- elementwise: gelu (both forms), relu, dropout -------------------------------------- */
+
+typedef struct ew_ctx {
+    ds_backend *be;
+    float *x;
+    int64_t n;
+    int approximate;
+    float p;
+    uint64_t seed;
+} ew_ctx;
+
+static void gelu_fwd_c(void *vc, float *y)
+{
+    ew_ctx *c = vc;
+    CALL(c->be, gelu_fwd, c->x, y, c->n, c->approximate);
+}
+
+static double gelu_ref(double x, int approximate)
+{
+    if (approximate)
+        return 0.5 * x * (1 + tanh(sqrt(2 / 3.14159265358979323846) * (x + 0.044715 * x * x * x)));
+    return 0.5 * x * (1 + erf(x / sqrt(2)));
+}
+
+static void check_gelu(ds_backend *be, int large, outs *o, int approximate)
+{
+    const int64_t n = large ? 17000 : 40;
+    check_size(large, n);
+    ds_rng rng;
+    ds_rng_seed(&rng, 505 + (uint64_t)large);
+    float *x = frandn(&rng, n, 0, 2.5);
+    const float special[] = {0.0f, 1e-3f, -1e-3f, 0.5f, -0.5f, 3.0f, -3.0f, 6.0f, -6.0f, 9.0f, -9.0f, 12.0f};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++)
+        x[i * 3] = special[i];
+    float *r = frandn(&rng, n, 0, 1), *y = fbuf(n);
+    ew_ctx c = {be, x, n, approximate, 0, 0};
+    gelu_fwd_c(&c, y);
+    /* the kernels' tanh/erf are accurate to ~1.5e-7 absolute, scaled by 0.5|x| */
+    for (int64_t i = 0; i < n; i++) {
+        double want = gelu_ref(x[i], approximate);
+        cr_assert(fabs(y[i] - want) <= 1e-6 * (1 + fabs((double)x[i])), "gelu(%s)(%.9g) = %.9g, expected %.9g",
+                  approximate ? "tanh" : "erf", x[i], y[i], want);
+    }
+    float *dx = fconst(n, NAN);
+    CALL(be, gelu_bwd, x, r, dx, n, approximate, 0);
+    grad_check(approximate ? "gelu tanh dx" : "gelu erf dx", gelu_fwd_c, &c, n, r, x, n, dx, 1e-2);
+    float *p = frandn(&rng, n, 0, 1), *a = fcopy(p, n);
+    CALL(be, gelu_bwd, x, r, a, n, approximate, 1);
+    expect_added("gelu dx, accumulate=1", a, p, dx, n);
+    keep(o, "gelu y", y, n);
+    keep(o, "gelu dx", dx, n);
+    free(x), free(r), free(y), free(dx), free(p), free(a);
+}
+
+static void check_gelu_tanh(ds_backend *be, int large, outs *o) { check_gelu(be, large, o, 1); }
+static void check_gelu_erf(ds_backend *be, int large, outs *o) { check_gelu(be, large, o, 0); }
+OP_TESTS(gelu_tanh, check_gelu_tanh)
+OP_TESTS(gelu_erf, check_gelu_erf)
+
+static void relu_fwd_c(void *vc, float *y)
+{
+    ew_ctx *c = vc;
+    CALL(c->be, relu_fwd, c->x, y, c->n);
+}
+
+static void check_relu(ds_backend *be, int large, outs *o)
+{
+    const int64_t n = large ? 17000 : 40;
+    check_size(large, n);
+    ds_rng rng;
+    ds_rng_seed(&rng, 606 + (uint64_t)large);
+    float *x = frandn(&rng, n, 0, 1);
+    for (int64_t i = 0; i < n; i++) /* keep |x| > 2h: the kink at 0 has no derivative */
+        x[i] = x[i] < 0 ? x[i] - 0.05f : x[i] + 0.05f;
+    float *r = frandn(&rng, n, 0, 1), *y = fbuf(n);
+    ew_ctx c = {be, x, n, 0, 0, 0};
+    relu_fwd_c(&c, y);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(y[i] == (x[i] > 0 ? x[i] : 0.0f), "relu(%g) = %g", x[i], y[i]);
+    float *dx = fconst(n, NAN);
+    CALL(be, relu_bwd, y, r, dx, n, 0);
+    grad_check("relu dx", relu_fwd_c, &c, n, r, x, n, dx, 1e-2);
+    float *p = frandn(&rng, n, 0, 1), *a = fcopy(p, n);
+    CALL(be, relu_bwd, y, r, a, n, 1);
+    expect_added("relu dx, accumulate=1", a, p, dx, n);
+    keep(o, "relu y", y, n);
+    keep(o, "relu dx", dx, n);
+    free(x), free(r), free(y), free(dx), free(p), free(a);
+}
+OP_TESTS(relu, check_relu)
+
+static void dropout_fwd_c(void *vc, float *y)
+{
+    ew_ctx *c = vc;
+    CALL(c->be, dropout_fwd, c->x, y, c->n, c->p, c->seed);
+}
+
+static void check_dropout(ds_backend *be, int large, outs *o)
+{
+    const int64_t n = large ? 17000 : 40;
+    check_size(large, n);
+    ds_rng rng;
+    ds_rng_seed(&rng, 707 + (uint64_t)large);
+    float *x = frandn(&rng, n, 0, 1), *r = frandn(&rng, n, 0, 1), *y = fbuf(n), *y2 = fbuf(n);
+    for (int64_t i = 0; i < n; i++) /* no zeros in x: a zero output means dropped */
+        if (x[i] == 0.0f)
+            x[i] = 1.0f;
+    const float p = 0.3f, inv = 1.0f / (1.0f - p);
+    ew_ctx c = {be, x, n, 0, p, 1234 + (uint64_t)large};
+    dropout_fwd_c(&c, y);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        cr_assert(y[i] == 0.0f || y[i] == x[i] * inv, "dropout y[%lld] = %g for x %g: neither 0 nor x/(1-p)",
+                  (long long)i, y[i], x[i]);
+        kept += y[i] != 0.0f;
+    }
+    /* kept fraction ~ Binomial(n, 0.7)/n: sd 0.0035 at n = 17000, 0.072 at n = 40 */
+    double frac = (double)kept / (double)n, tol = large ? 0.02 : 0.35;
+    cr_expect(fabs(frac - (1 - p)) <= tol, "dropout kept %.4f of the elements, expected ~%.2f", frac, 1 - p);
+    /* the mask is a function of the seed: the same again, another seed another mask */
+    dropout_fwd_c(&c, y2);
+    cr_expect(memcmp(y, y2, (size_t)n * sizeof(float)) == 0, "dropout with the same seed differs");
+    c.seed++;
+    dropout_fwd_c(&c, y2);
+    c.seed--;
+    int64_t differ = 0;
+    for (int64_t i = 0; i < n; i++)
+        differ += (y[i] == 0.0f) != (y2[i] == 0.0f);
+    cr_expect(differ > n / 10, "dropout masks of two seeds differ in only %lld of %lld elements",
+              (long long)differ, (long long)n);
+    /* p = 0 keeps everything unchanged */
+    ew_ctx c0 = c;
+    c0.p = 0.0f;
+    dropout_fwd_c(&c0, y2);
+    cr_expect(memcmp(x, y2, (size_t)n * sizeof(float)) == 0, "dropout with p = 0 changed its input");
+
+    float *dx = fconst(n, NAN);
+    CALL(be, dropout_bwd, r, dx, n, p, c.seed, 0);
+    grad_check("dropout dx (same mask as the forward)", dropout_fwd_c, &c, n, r, x, n, dx, 1e-2);
+    float *pp = frandn(&rng, n, 0, 1), *a = fcopy(pp, n);
+    CALL(be, dropout_bwd, r, a, n, p, c.seed, 1);
+    expect_added("dropout dx, accumulate=1", a, pp, dx, n);
+    keep(o, "dropout y", y, n);
+    keep(o, "dropout dx", dx, n);
+    free(x), free(r), free(y), free(y2), free(dx), free(pp), free(a);
+}
+OP_TESTS(dropout, check_dropout)
+
+/* ---- residual: add, accumulate, and a residual block's backward ------------------------- */
+
+typedef struct res_ctx {
+    ds_backend *be;
+    float *x, *tmp;
+    int64_t n;
+} res_ctx;
+
+/* y = x + gelu(x), the engine's residual: branch then add */
+static void res_fwd(void *vc, float *y)
+{
+    res_ctx *c = vc;
+    CALL(c->be, gelu_fwd, c->x, c->tmp, c->n, 1);
+    CALL(c->be, add, c->x, c->tmp, y, c->n);
+}
+
+static void check_residual(ds_backend *be, int large, outs *o)
+{
+    const int64_t n = large ? 17000 : 37;
+    check_size(large, n);
+    ds_rng rng;
+    ds_rng_seed(&rng, 808 + (uint64_t)large);
+    float *a = frandn(&rng, n, 0, 1), *b = frandn(&rng, n, 0, 1), *y = fconst(n, NAN);
+    CALL(be, add, a, b, y, n);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(y[i] == a[i] + b[i], "add y[%lld]", (long long)i);
+    /* accumulate 0 copies (whatever was there), 1 adds */
+    float *z = fconst(n, NAN);
+    CALL(be, accumulate, a, z, n, 0);
+    cr_assert(memcmp(z, a, (size_t)n * sizeof(float)) == 0, "accumulate=0 does not copy");
+    memcpy(z, b, (size_t)n * sizeof(float));
+    CALL(be, accumulate, a, z, n, 1);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(z[i] == b[i] + a[i], "accumulate=1: z[%lld] %g, expected %g + %g", (long long)i, z[i], b[i], a[i]);
+
+    /* backward of x + gelu(x) as the engine does it: dx = dy (skip, accumulate 0), then the
+     * branch's gelu_bwd adds (accumulate 1) */
+    float *x = frandn(&rng, n, 0, 1.5), *tmp = fbuf(n), *r = frandn(&rng, n, 0, 1), *dx = fconst(n, NAN);
+    res_ctx c = {be, x, tmp, n};
+    res_fwd(&c, y);
+    CALL(be, accumulate, r, dx, n, 0);
+    CALL(be, gelu_bwd, x, r, dx, n, 1, 1);
+    grad_check("residual x + gelu(x) dx", res_fwd, &c, n, r, x, n, dx, 1e-2);
+    keep(o, "add y", y, n);
+    keep(o, "residual dx", dx, n);
+    free(a), free(b), free(y), free(z), free(x), free(tmp), free(r), free(dx);
+}
+OP_TESTS(residual, check_residual)
+
+/* ---- attention -------------------------------------------------------------------------- */
+
+typedef struct att_ctx {
+    ds_backend *be;
+    float *qkv, *att;
+    int64_t B, T, C, H;
+    int causal;
+} att_ctx;
+
+static void att_fwd(void *vc, float *y)
+{
+    att_ctx *c = vc;
+    CALL(c->be, attention_fwd, c->qkv, y, c->att, c->B, c->T, c->C, c->H, c->causal);
+}
+
+static void check_attention(ds_backend *be, int large, outs *o, int causal)
+{
+    const int64_t B = 2, T = large ? 48 : 5, C = large ? 64 : 8, H = large ? 4 : 2, D = C / H;
+    check_size(large, B * T * 3 * C);
+    ds_rng rng;
+    ds_rng_seed(&rng, 909 + (uint64_t)large + 10 * (uint64_t)causal);
+    const int64_t nq = B * T * 3 * C, no = B * T * C, na = B * H * T * T;
+    float *qkv = frandn(&rng, nq, 0, 1), *r = frandn(&rng, no, 0, 1);
+    float *out = fbuf(no), *att = fconst(na, NAN);
+    att_ctx c = {be, qkv, att, B, T, C, H, causal};
+    att_fwd(&c, out);
+    /* softmax attention in double; probabilities and outputs are O(1), float32 error ~1e-6 */
+    double *pr = malloc((size_t)T * sizeof *pr);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                const float *q = qkv + (b * T + t) * 3 * C + h * D;
+                int64_t smax = causal ? t + 1 : T;
+                double mx = -INFINITY, sum = 0;
+                for (int64_t s = 0; s < smax; s++) {
+                    const float *k = qkv + (b * T + s) * 3 * C + C + h * D;
+                    double dot = 0;
+                    for (int64_t d = 0; d < D; d++)
+                        dot += (double)q[d] * k[d];
+                    pr[s] = dot / sqrt((double)D);
+                    mx = fmax(mx, pr[s]);
+                }
+                for (int64_t s = 0; s < smax; s++)
+                    sum += (pr[s] = exp(pr[s] - mx));
+                const float *arow = att + ((b * H + h) * T + t) * T;
+                for (int64_t s = 0; s < T; s++) {
+                    double want = s < smax ? pr[s] / sum : 0.0;
+                    cr_assert(fabs(arow[s] - want) <= 2e-6, "att[%lld,%lld,%lld,%lld] = %.9g, expected %.9g",
+                              (long long)b, (long long)h, (long long)t, (long long)s, arow[s], want);
+                }
+                for (int64_t d = 0; d < D; d++) {
+                    double want = 0;
+                    for (int64_t s = 0; s < smax; s++)
+                        want += pr[s] / sum * qkv[(b * T + s) * 3 * C + 2 * C + h * D + d];
+                    float got = out[(b * T + t) * C + h * D + d];
+                    cr_assert(fabs(got - want) <= 1e-5, "attention out[%lld,%lld,%lld] = %.9g, expected %.9g",
+                              (long long)b, (long long)t, (long long)(h * D + d), got, want);
+                }
+            }
+    free(pr);
+    float *dqkv = fconst(nq, NAN);
+    CALL(be, attention_bwd, r, qkv, att, dqkv, B, T, C, H, causal);
+    float *att0 = fcopy(att, na);
+    grad_check(causal ? "causal attention dqkv" : "attention dqkv", att_fwd, &c, no, r, qkv, nq, dqkv, 1e-2);
+    /* dqkv is written, not accumulated: the same again over other contents */
+    float *d2 = frandn(&rng, nq, 0, 1);
+    CALL(be, attention_bwd, r, qkv, att0, d2, B, T, C, H, causal);
+    expect_close("attention dqkv overwrites", d2, dqkv, nq, 0, 0);
+    keep(o, "attention out", out, no);
+    keep(o, "attention att", att0, na);
+    keep(o, "attention dqkv", dqkv, nq);
+    free(qkv), free(r), free(out), free(att), free(dqkv), free(att0), free(d2);
+}
+
+static void check_attention_causal(ds_backend *be, int large, outs *o) { check_attention(be, large, o, 1); }
+static void check_attention_full(ds_backend *be, int large, outs *o) { check_attention(be, large, o, 0); }
+OP_TESTS(attention_causal, check_attention_causal)
+OP_TESTS(attention_noncausal, check_attention_full)
+
+/* ---- losses ----------------------------------------------------------------------------- */
+
+typedef struct loss_ctx {
+    ds_backend *be;
+    float *z;
+    const int32_t *t;
+    const float *ty;
+    int64_t M, V;
+} loss_ctx;
+
+static void xent_fwd_c(void *vc, float *losses)
+{
+    loss_ctx *c = vc;
+    CALL(c->be, xent_fwd, c->z, c->t, losses, NULL, 1.0f, c->M, c->V);
+}
+
+static double logsumexp_ref(const float *z, int64_t V)
+{
+    double mx = -INFINITY, s = 0;
+    for (int64_t j = 0; j < V; j++)
+        mx = fmax(mx, z[j]);
+    for (int64_t j = 0; j < V; j++)
+        s += exp(z[j] - mx);
+    return mx + log(s);
+}
+
+static void check_xent(ds_backend *be, int large, outs *o)
+{
+    const int64_t M = large ? 60 : 4, V = large ? 300 : 7;
+    check_size(large, M * V);
+    ds_rng rng;
+    ds_rng_seed(&rng, 1010 + (uint64_t)large);
+    float *z = frandn(&rng, M * V, 0, 2), *losses = fbuf(M), *l2 = fbuf(M), *dz = fconst(M * V, NAN);
+    int32_t *t = irand(&rng, M, (int32_t)V);
+    const float gs = 0.37f;
+    loss_ctx c = {be, z, t, NULL, M, V};
+    CALL(be, xent_fwd, z, t, losses, dz, gs, M, V);
+    xent_fwd_c(&c, l2);
+    cr_expect(memcmp(losses, l2, (size_t)M * sizeof(float)) == 0, "xent losses depend on dlogits being asked for");
+    for (int64_t m = 0; m < M; m++) {
+        double want = logsumexp_ref(z + m * V, V) - z[m * V + t[m]];
+        cr_assert(fabs(losses[m] - want) <= 1e-5 * (1 + fabs(want)), "xent loss[%lld] = %.9g, expected %.9g",
+                  (long long)m, losses[m], want);
+        double lse = logsumexp_ref(z + m * V, V);
+        for (int64_t j = 0; j < V; j++) {
+            double d = gs * (exp(z[m * V + j] - lse) - (j == t[m]));
+            cr_assert(fabs(dz[m * V + j] - d) <= 1e-6, "xent dlogits[%lld,%lld] = %.9g, expected %.9g",
+                      (long long)m, (long long)j, dz[m * V + j], d);
+        }
+    }
+    /* dlogits is the gradient of grad_scale * sum(losses) */
+    float *r = fconst(M, gs);
+    grad_check("xent dlogits", xent_fwd_c, &c, M, r, z, M * V, dz, 1e-2);
+    keep(o, "xent losses", losses, M);
+    keep(o, "xent dlogits", dz, M * V);
+    free(z), free(losses), free(l2), free(dz), free(t), free(r);
+}
+OP_TESTS(xent, check_xent)
+
+/* Extreme logits: the max is subtracted before exponentiating. */
+Test(xent, extreme_logits)
+{
+    ds_backend *be = open_backend("cpu");
+    const int64_t V = 5;
+    float z[4 * 5] = {1000, 0, -1000, 5, 1,     /* target 0: loss ~0 */
+                      1000, 0, -1000, 5, 1,     /* target 2: loss ~2000 */
+                      -3, -3, -3, -3, -3,       /* uniform: log 5 */
+                      80, 80, 80, 80, 80};     /* uniform with a big offset: log 5 */
+    int32_t t[4] = {0, 2, 4, 1};
+    float losses[4], dz[20];
+    CALL(be, xent_fwd, z, t, losses, dz, 1.0f, 4, V);
+    for (int m = 0; m < 4; m++) {
+        double want = logsumexp_ref(z + m * V, V) - z[m * V + t[m]];
+        cr_expect(isfinite(losses[m]) && fabs(losses[m] - want) <= 1e-6 * (1 + fabs(want)) + 1e-4,
+                  "row %d: loss %.9g, expected %.9g", m, losses[m], want);
+    }
+    cr_expect(fabs(losses[2] - log(5.0)) < 1e-6);
+    cr_expect(fabs(dz[0]) < 1e-6 && fabs(dz[5 + 0] - 1.0) < 1e-6 && fabs(dz[5 + 2] + 1.0) < 1e-6);
+    for (int j = 0; j < 20; j++)
+        cr_expect(isfinite(dz[j]), "dlogits[%d] is not finite", j);
+    ds_backend_destroy(be);
+}
+
+static void mse_fwd_c(void *vc, float *losses)
+{
+    loss_ctx *c = vc;
+    CALL(c->be, mse_fwd, c->z, c->ty, losses, NULL, 1.0f, c->M, c->V);
+}
+
+static void check_mse(ds_backend *be, int large, outs *o)
+{
+    const int64_t M = large ? 100 : 3, N = large ? 170 : 5;
+    check_size(large, M * N);
+    ds_rng rng;
+    ds_rng_seed(&rng, 1111 + (uint64_t)large);
+    float *y = frandn(&rng, M * N, 0, 1), *ty = frandn(&rng, M * N, 0, 1);
+    float *losses = fbuf(M), *dy = fconst(M * N, NAN);
+    const float gs = 0.61f;
+    loss_ctx c = {be, y, NULL, ty, M, N};
+    CALL(be, mse_fwd, y, ty, losses, dy, gs, M, N);
+    for (int64_t m = 0; m < M; m++) {
+        double want = 0;
+        for (int64_t j = 0; j < N; j++)
+            want += ((double)y[m * N + j] - ty[m * N + j]) * ((double)y[m * N + j] - ty[m * N + j]);
+        cr_assert(fabs(losses[m] - want) <= 1e-5 * want + 1e-7, "mse loss[%lld] = %.9g, expected %.9g",
+                  (long long)m, losses[m], want);
+        for (int64_t j = 0; j < N; j++) {
+            double d = 2.0 * gs * ((double)y[m * N + j] - ty[m * N + j]);
+            cr_assert(fabs(dy[m * N + j] - d) <= 1e-6 * (1 + fabs(d)), "mse dy[%lld,%lld]", (long long)m,
+                      (long long)j);
+        }
+    }
+    float *r = fconst(M, gs);
+    grad_check("mse dy", mse_fwd_c, &c, M, r, y, M * N, dy, 1e-2);
+    keep(o, "mse losses", losses, M);
+    keep(o, "mse dy", dy, M * N);
+    free(y), free(ty), free(losses), free(dy), free(r);
+}
+OP_TESTS(mse, check_mse)
+
+/* ---- backends by name ------------------------------------------------------------------- */
+
+Test(backend, names)
+{
+    ds_backend *be = NULL;
+    ds_error err = {0};
+    cr_assert_eq(ds_backend_create(&be, "cpu", &err), DS_OK, "%s", err.msg);
+    const char *v = ds_backend_describe(be);
+    cr_expect(strcmp(v, "avx2") == 0 || strcmp(v, "generic") == 0, "cpu describes itself as %s", v);
+    ds_backend_destroy(be);
+    cr_assert_eq(ds_backend_create(&be, "cpu:generic", &err), DS_OK, "%s", err.msg);
+    cr_expect_str_eq(ds_backend_describe(be), "generic");
+    ds_backend_destroy(be);
+    cr_expect_eq(ds_backend_create(&be, "cpu:sse9", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "sse9") != NULL, "%s", err.msg);
+    cr_expect_eq(ds_backend_create(&be, "tpu", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "tpu") != NULL, "%s", err.msg);
+    cr_expect_eq(ds_backend_create(&be, "cuda", &err), DS_ERR_UNSUPPORTED);
+    ds_status st = ds_backend_create(&be, "cpu:avx2", &err);
+    cr_expect(st == DS_OK || st == DS_ERR_UNSUPPORTED, "cpu:avx2: %s", err.msg);
+    if (st == DS_OK)
+        ds_backend_destroy(be);
+}
+
+/* ---- optimizers: one fused step against torch's formulas in double ---------------------- */
+
+static const char *const variants[] = {"cpu:generic", "cpu:avx2"};
+
+/* NULL where the variant is not available (avx2 on an old CPU) */
+static ds_backend *try_backend(const char *name)
+{
+    ds_backend *be = NULL;
+    ds_error err = {0};
+    ds_status st = ds_backend_create(&be, name, &err);
+    if (st == DS_ERR_UNSUPPORTED) {
+        cr_log_info("%s not available: %s", name, err.msg);
+        return NULL;
+    }
+    cr_assert_eq(st, DS_OK, "%s: %s", name, err.msg);
+    return be;
+}
+
+/* torch.optim.Adam / AdamW (single-tensor), g already multiplied by grad_scale:
+ *   AdamW: p *= 1 - lr*wd.   Adam (L2): g += wd*p, no decay.
+ *   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+ *   p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)   (no bias correction: the 1-b^t are 1) */
+static void adam_ref(double *p, double g, double *m, double *v, const ds_adamw_args *a)
+{
+    g *= a->grad_scale;
+    if (a->adam_w_mode)
+        *p *= 1.0 - (double)a->lr * a->weight_decay;
+    else
+        g += (double)a->weight_decay * *p;
+    *m = a->beta1 * *m + (1.0 - a->beta1) * g;
+    *v = a->beta2 * *v + (1.0 - a->beta2) * g * g;
+    double c1 = 1, c2 = 1;
+    if (a->bias_correction) {
+        c1 = 1.0 - pow(a->beta1, (double)a->step);
+        c2 = 1.0 - pow(a->beta2, (double)a->step);
+    }
+    *p -= a->lr / c1 * *m / (sqrt(*v) / sqrt(c2) + a->eps);
+}
+
+static void check_adam_case(ds_backend *be, int64_t n, int adam_w_mode, int bias_correction)
+{
+    ds_rng rng;
+    ds_rng_seed(&rng, 1212 + (uint64_t)n);
+    float *p = frandn(&rng, n, 0, 1), *m = fbuf(n), *v = fbuf(n);
+    ds_adamw_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                       .adam_w_mode = adam_w_mode, .bias_correction = bias_correction, .grad_scale = 0.5f};
+    for (int64_t step = 1; step <= 3; step++) {
+        a.step = step;
+        float *g = frandn(&rng, n, 0, 1);
+        g[0] = 0.0f; /* a zero gradient: the step is lr*m/(sqrt v + eps), m from earlier steps */
+        double *rp = malloc((size_t)n * sizeof *rp), *rm = malloc((size_t)n * sizeof *rm),
+               *rv = malloc((size_t)n * sizeof *rv);
+        for (int64_t i = 0; i < n; i++) {
+            rp[i] = p[i], rm[i] = m[i], rv[i] = v[i];
+            adam_ref(&rp[i], g[i], &rm[i], &rv[i], &a);
+        }
+        float *p0 = fcopy(p, n), *m0 = fcopy(m, n), *v0 = fcopy(v, n);
+        CALL(be, adamw_step, p, g, m, v, n, &a);
+        for (int64_t i = 0; i < n; i++) {
+            /* float32 arithmetic of a handful of operations: ~1e-6 relative; the update itself
+             * is O(lr), checked to 1e-4 of lr */
+            cr_assert(fabs(p[i] - rp[i]) <= 1e-6 * fabs(rp[i]) + 1e-4 * a.lr,
+                      "%s adam(w_mode %d, bias_correction %d) step %lld p[%lld] = %.9g, expected %.9g",
+                      ds_backend_describe(be), adam_w_mode, bias_correction, (long long)step, (long long)i,
+                      p[i], rp[i]);
+            /* m and v: float rounding of each term (the gradient with L2 and m may cancel to ~0) */
+            double gi = fabs((double)g[i] * a.grad_scale) + (adam_w_mode ? 0.0 : fabs(a.weight_decay * (double)p0[i]));
+            double mscale = a.beta1 * fabs((double)m0[i]) + (1 - a.beta1) * gi;
+            double vscale = a.beta2 * (double)v0[i] + (1 - a.beta2) * gi * gi;
+            cr_assert(fabs(m[i] - rm[i]) <= 1e-6 * mscale + 1e-12, "step %lld m[%lld] = %.9g, expected %.9g",
+                      (long long)step, (long long)i, m[i], rm[i]);
+            cr_assert(fabs(v[i] - rv[i]) <= 1e-6 * vscale + 1e-15, "step %lld v[%lld] = %.9g, expected %.9g",
+                      (long long)step, (long long)i, v[i], rv[i]);
+        }
+        free(g), free(rp), free(rm), free(rv), free(p0), free(m0), free(v0);
+    }
+    free(p), free(m), free(v);
+}
+
+Test(optim, adamw_step_against_torch_formula)
+{
+    for (size_t k = 0; k < 2; k++) {
+        ds_backend *be = try_backend(variants[k]);
+        if (!be)
+            continue;
+        for (int large = 0; large <= 1; large++) {
+            large_threads(large);
+            int64_t n = large ? 20000 : 37;
+            check_adam_case(be, n, 1, 1); /* AdamW */
+            check_adam_case(be, n, 0, 1); /* Adam with L2 */
+            check_adam_case(be, n, 1, 0); /* no bias correction */
+        }
+        ds_backend_destroy(be);
+    }
+}
+
+/* The first AdamW step with bias correction moves every parameter by ~lr against the sign of
+ * its gradient (m/sqrt(v) = g/|g|), whatever the gradient's scale. */
+Test(optim, adamw_first_step_is_lr_sign)
+{
+    ds_backend *be = open_backend("cpu");
+    float p[4] = {1, 1, 1, 1}, g[4] = {1e-3f, -50, 7, -0.25f}, m[4] = {0}, v[4] = {0};
+    ds_adamw_args a = {.lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0,
+                       .step = 1, .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 1};
+    CALL(be, adamw_step, p, g, m, v, 4, &a);
+    for (int i = 0; i < 4; i++)
+        cr_expect(fabs((1.0f - p[i]) - (g[i] > 0 ? 0.01 : -0.01)) < 1e-5, "p[%d] = %.9g", i, p[i]);
+    ds_backend_destroy(be);
+}
+
+/* torch.optim.SGD: d = g*grad_scale + wd*p; with momentum: buf = d on the first step, else
+ * buf = momentum*buf + (1-dampening)*d; step = nesterov ? d + momentum*buf : buf; p -= lr*step.
+ * Without momentum: p -= lr*d. */
+static void sgd_ref(double *p, double g, double *buf, const ds_sgd_args *a)
+{
+    double d = g * a->grad_scale + (double)a->weight_decay * *p;
+    if (a->momentum == 0) {
+        *p -= a->lr * d;
+        return;
+    }
+    *buf = a->first_step ? d : a->momentum * *buf + (1.0 - a->dampening) * d;
+    double step = a->nesterov ? d + a->momentum * *buf : *buf;
+    *p -= a->lr * step;
+}
+
+static void check_sgd_case(ds_backend *be, int64_t n, float momentum, float dampening, int nesterov)
+{
+    ds_rng rng;
+    ds_rng_seed(&rng, 1313 + (uint64_t)n);
+    float *p = frandn(&rng, n, 0, 1), *buf = fconst(n, NAN);
+    ds_sgd_args a = {.lr = 0.05f, .momentum = momentum, .dampening = dampening, .weight_decay = 0.01f,
+                     .nesterov = nesterov, .grad_scale = 0.8f};
+    for (int step = 1; step <= 3; step++) {
+        a.first_step = step == 1; /* NaN in buf before the first step: it must not be read */
+        float *g = frandn(&rng, n, 0, 1);
+        double *rp = malloc((size_t)n * sizeof *rp), *rb = malloc((size_t)n * sizeof *rb);
+        for (int64_t i = 0; i < n; i++) {
+            rp[i] = p[i], rb[i] = buf[i];
+            sgd_ref(&rp[i], g[i], &rb[i], &a);
+        }
+        CALL(be, sgd_step, p, g, buf, n, &a);
+        for (int64_t i = 0; i < n; i++) {
+            cr_assert(fabs(p[i] - rp[i]) <= 1e-6 * (fabs(rp[i]) + 1),
+                      "%s sgd(momentum %g, dampening %g, nesterov %d) step %d p[%lld] = %.9g, expected %.9g",
+                      ds_backend_describe(be), momentum, dampening, nesterov, step, (long long)i, p[i], rp[i]);
+            if (momentum != 0)
+                cr_assert(fabs(buf[i] - rb[i]) <= 1e-6 * (fabs(rb[i]) + 1), "step %d buf[%lld] = %.9g, expected %.9g",
+                          step, (long long)i, buf[i], rb[i]);
+        }
+        free(g), free(rp), free(rb);
+    }
+    free(p), free(buf);
+}
+
+Test(optim, sgd_step_against_torch_formula)
+{
+    for (size_t k = 0; k < 2; k++) {
+        ds_backend *be = try_backend(variants[k]);
+        if (!be)
+            continue;
+        for (int large = 0; large <= 1; large++) {
+            large_threads(large);
+            int64_t n = large ? 20000 : 37;
+            check_sgd_case(be, n, 0.0f, 0.0f, 0);  /* plain */
+            check_sgd_case(be, n, 0.9f, 0.0f, 0);  /* momentum */
+            check_sgd_case(be, n, 0.9f, 0.25f, 0); /* momentum with dampening */
+            check_sgd_case(be, n, 0.9f, 0.0f, 1);  /* nesterov */
+        }
+        ds_backend_destroy(be);
+    }
+}
+
+/* ---- reductions and scale --------------------------------------------------------------- */
+
+Test(reduce, sum_sumsq_nonfinite_scale)
+{
+    for (size_t k = 0; k < 2; k++) {
+        ds_backend *be = try_backend(variants[k]);
+        if (!be)
+            continue;
+        for (int large = 0; large <= 1; large++) {
+            large_threads(large);
+            const int64_t n = large ? 50001 : 37; /* not a multiple of the 4096-element blocks */
+            ds_rng rng;
+            ds_rng_seed(&rng, 1414);
+            float *x = frandn(&rng, n, 0.5, 2);
+            double s = 0, ss = 0, got;
+            for (int64_t i = 0; i < n; i++)
+                s += x[i], ss += (double)x[i] * x[i];
+            /* float partial sums over blocks of <= 4096, added in double: ~1e-6 relative of
+             * the sum of magnitudes */
+            CALL(be, sum, x, n, &got);
+            cr_expect(fabs(got - s) <= 1e-6 * (n * 2.5), "%s sum %.12g, expected %.12g", variants[k], got, s);
+            CALL(be, sumsq, x, n, &got);
+            cr_expect(fabs(got - ss) <= 1e-6 * ss, "%s sumsq %.12g, expected %.12g", variants[k], got, ss);
+            int64_t bad = -1;
+            CALL(be, nonfinite, x, n, &bad);
+            cr_expect_eq(bad, 0);
+            /* finite extremes are not counted; NaN (either sign), +inf and -inf are */
+            x[1] = FLT_MAX, x[2] = -FLT_MAX, x[3] = 1e-45f, x[4] = -0.0f;
+            CALL(be, nonfinite, x, n, &bad);
+            cr_expect_eq(bad, 0, "%s: finite extremes counted as non-finite: %lld", variants[k], (long long)bad);
+            x[0] = NAN, x[5] = INFINITY, x[6] = -INFINITY, x[7] = -NAN, x[n - 1] = INFINITY;
+            int64_t want = 5;
+            if (large)
+                x[PAR_MIN + 3] = NAN, x[n - 2] = -INFINITY, want += 2;
+            CALL(be, nonfinite, x, n, &bad);
+            cr_expect_eq(bad, want, "%s nonfinite: %lld, expected %lld", variants[k], (long long)bad, (long long)want);
+            /* scale */
+            float *y = frandn(&rng, n, 0, 1), *y0 = fcopy(y, n);
+            CALL(be, scale, y, n, 0.375f);
+            for (int64_t i = 0; i < n; i++)
+                cr_assert(y[i] == y0[i] * 0.375f, "scale y[%lld]", (long long)i);
+            free(x), free(y), free(y0);
+        }
+        ds_backend_destroy(be);
+    }
+}
