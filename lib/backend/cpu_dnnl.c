@@ -8,7 +8,8 @@
 #include <string.h>
 
 typedef struct mm_key {
-    int64_t M, N, K, as0, as1, bs0, bs1;
+    int64_t nb0, nb1, M, N, K;
+    int64_t as[4], bs[4], cs[4];
     int bias, accumulate;
 } mm_key;
 
@@ -74,15 +75,22 @@ const char *ds_dnnl_last_impl(const ds_dnnl *d) { return d->last_impl; }
 
 static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error *err)
 {
+    /* 2-D when there is no batch, else 4-D {nb0, nb1, rows, cols} */
+    int nd = (k->nb0 == 1 && k->nb1 == 1) ? 2 : 4, o = 4 - nd;
     dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
-    dnnl_dims_t a_dims = {k->M, k->K}, a_str = {k->as0, k->as1};
-    dnnl_dims_t b_dims = {k->K, k->N}, b_str = {k->bs0, k->bs1};
-    dnnl_dims_t c_dims = {k->M, k->N}, c_str = {k->N, 1};
+    dnnl_dims_t a_dims = {k->nb0, k->nb1, k->M, k->K}, b_dims = {k->nb0, k->nb1, k->K, k->N},
+                c_dims = {k->nb0, k->nb1, k->M, k->N};
+    dnnl_dims_t a_str, b_str, c_str;
+    for (int i = 0; i < 4; i++) {
+        a_str[i] = k->as[i];
+        b_str[i] = k->bs[i];
+        c_str[i] = k->cs[i];
+    }
     dnnl_dims_t bias_dims = {1, k->N}, bias_str = {k->N, 1};
     dnnl_status_t s;
-    if ((s = dnnl_memory_desc_init_by_strides(&a_md, 2, a_dims, dnnl_f32, a_str)) ||
-        (s = dnnl_memory_desc_init_by_strides(&b_md, 2, b_dims, dnnl_f32, b_str)) ||
-        (s = dnnl_memory_desc_init_by_strides(&c_md, 2, c_dims, dnnl_f32, c_str)) ||
+    if ((s = dnnl_memory_desc_init_by_strides(&a_md, nd, a_dims + o, dnnl_f32, a_str + o)) ||
+        (s = dnnl_memory_desc_init_by_strides(&b_md, nd, b_dims + o, dnnl_f32, b_str + o)) ||
+        (s = dnnl_memory_desc_init_by_strides(&c_md, nd, c_dims + o, dnnl_f32, c_str + o)) ||
         (s = dnnl_memory_desc_init_by_strides(&bias_md, 2, bias_dims, dnnl_f32, bias_str)))
         return dnnl_fail(err, "memory descriptor", s);
     dnnl_matmul_desc_t md;
@@ -122,18 +130,12 @@ static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error
     return DS_OK;
 }
 
-ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
-                         const float *bias, float *C, int accumulate, ds_error *err)
+static ds_status run(ds_dnnl *d, const mm_key *k, const float *A, const float *B, const float *bias,
+                     float *C, ds_error *err)
 {
-    mm_key k;
-    memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding bytes */
-    k.M = M, k.N = N, k.K = K, k.as0 = as0, k.as1 = as1, k.bs0 = bs0, k.bs1 = bs1;
-    k.bias = bias != NULL;
-    k.accumulate = accumulate != 0;
     mm_entry *e = NULL;
     for (int i = 0; i < d->n; i++)
-        if (memcmp(&d->cache[i].key, &k, sizeof k) == 0) {
+        if (memcmp(&d->cache[i].key, k, sizeof *k) == 0) {
             e = &d->cache[i];
             break;
         }
@@ -148,7 +150,7 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
         }
         e = &d->cache[d->n];
         memset(e, 0, sizeof *e);
-        ds_status st = create_entry(d, &k, e, err);
+        ds_status st = create_entry(d, k, e, err);
         if (st != DS_OK)
             return st;
         d->n++;
@@ -166,4 +168,34 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
     if ((s = dnnl_stream_wait(d->stream)))
         return dnnl_fail(err, "stream wait", s);
     return DS_OK;
+}
+
+ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
+                         const float *bias, float *C, int accumulate, ds_error *err)
+{
+    mm_key k;
+    memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding bytes */
+    k.nb0 = k.nb1 = 1;
+    k.M = M, k.N = N, k.K = K;
+    k.as[2] = as0, k.as[3] = as1, k.bs[2] = bs0, k.bs[3] = bs1, k.cs[2] = N, k.cs[3] = 1;
+    k.as[0] = k.as[1] = M * K, k.bs[0] = k.bs[1] = K * N, k.cs[0] = k.cs[1] = M * N;
+    k.bias = bias != NULL;
+    k.accumulate = accumulate != 0;
+    return run(d, &k, A, B, bias, C, err);
+}
+
+ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N,
+                                 int64_t K, const float *A, const int64_t as[4], const float *B,
+                                 const int64_t bs[4], float *C, const int64_t cs[4],
+                                 int accumulate, ds_error *err)
+{
+    mm_key k;
+    memset(&k, 0, sizeof k);
+    k.nb0 = nb0, k.nb1 = nb1, k.M = M, k.N = N, k.K = K;
+    memcpy(k.as, as, sizeof k.as);
+    memcpy(k.bs, bs, sizeof k.bs);
+    memcpy(k.cs, cs, sizeof k.cs);
+    k.accumulate = accumulate != 0;
+    return run(d, &k, A, B, NULL, C, err);
 }

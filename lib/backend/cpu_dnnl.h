@@ -17,6 +17,12 @@ void ds_dnnl_destroy(ds_dnnl *d);
 ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
                          int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
                          const float *bias, float *C, int accumulate, ds_error *err);
+/* Batched: C[b0,b1] = A[b0,b1] B[b0,b1] for batch dims (nb0, nb1), every operand with explicit
+ * element strides {batch0, batch1, row, col} (C too); accumulate adds to C. */
+ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N,
+                                 int64_t K, const float *A, const int64_t as[4], const float *B,
+                                 const int64_t bs[4], float *C, const int64_t cs[4],
+                                 int accumulate, ds_error *err);
 /* The implementation oneDNN chose for the last created primitive ("brg:avx512_core", ...). */
 const char *ds_dnnl_last_impl(const ds_dnnl *d);
 

@@ -135,16 +135,27 @@ static void posadd_bwd(const float *dy, float *dpos, int64_t B, int64_t T, int64
     }
 }
 
-/* Transpose in strips of 8 rows: reads stream 8 rows, writes go out 32 bytes at a time, and
- * a power-of-two row stride touches only 8 lines of one cache set (larger tiles thrash it). */
-static void transpose(const float *src, float *dst, int64_t rows, int64_t cols)
+/* Transpose in strips of 8 columns of dst: each thread owns whole rows of dst (columns of src),
+ * so it can also sum them for the bias gradient without sharing. Reads walk 8 rows at a time
+ * (a power-of-two row stride then touches only 8 lines of one cache set). */
+static void transpose(const float *src, float *dst, int64_t rows, int64_t cols, float *colsum)
 {
 #pragma omp parallel for if (rows * cols > PAR_MIN)
-    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-        int64_t r1 = r0 + 8 < rows ? r0 + 8 : rows;
-        for (int64_t c = 0; c < cols; c++)
-            for (int64_t r = r0; r < r1; r++)
-                dst[c * rows + r] = src[r * cols + c];
+    for (int64_t c0 = 0; c0 < cols; c0 += 8) {
+        int64_t c1 = c0 + 8 < cols ? c0 + 8 : cols;
+        float sums[8] = {0};
+        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+            int64_t r1 = r0 + 8 < rows ? r0 + 8 : rows;
+            for (int64_t c = c0; c < c1; c++)
+                for (int64_t r = r0; r < r1; r++) {
+                    float v = src[r * cols + c];
+                    dst[c * rows + r] = v;
+                    sums[c - c0] += v;
+                }
+        }
+        if (colsum)
+            for (int64_t c = c0; c < c1; c++)
+                colsum[c] += sums[c - c0];
     }
 }
 
@@ -368,178 +379,48 @@ static void accumulate_k(const float *x, float *y, int64_t n, int accumulate)
         y[i] += x[i];
 }
 
-/* ---- attention -------------------------------------------------------------------------- */
+/* ---- attention softmax ------------------------------------------------------------------ */
+/* The products (Q K^T, P V and their gradients) are batched oneDNN matmuls in cpu.c; these are
+ * the row-wise parts between them. */
 
-/* Per (batch, head): K and V are first transposed into [D, T] tiles, so that every inner loop
- * is a long unit-stride axpy over positions or head dims (no horizontal sums per score). */
-static void head_transpose(const float *base, int64_t off, int64_t T, int64_t C3, int64_t D,
-                           float *dst)
+static void attn_softmax_fwd(float *att, int64_t BH, int64_t T, float scale, int causal)
 {
-    for (int64_t s = 0; s < T; s++) {
-        const float *src = base + s * C3 + off;
-        for (int64_t d = 0; d < D; d++)
-            dst[d * T + s] = src[d];
-    }
-}
-
-static void attention_fwd(const float *qkv, float *out, float *att, int64_t B, int64_t T,
-                          int64_t C, int64_t H, int causal)
-{
-    const int64_t D = C / H, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)D);
-#pragma omp parallel
-    {
-        float *kt = malloc((size_t)(D * T) * sizeof(float));
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++) {
-                const float *base = qkv + b * T * C3;
-                float *A = att + (b * H + h) * T * T;
-                head_transpose(base, C + h * D, T, C3, D, kt);
-                for (int64_t t = 0; t < T; t++) {
-                    const float *q = base + t * C3 + h * D;
-                    float *row = A + t * T;
-                    int64_t smax = causal ? t + 1 : T;
-#pragma omp simd
-                    for (int64_t s = 0; s < smax; s++)
-                        row[s] = 0.0f;
-                    /* four head dims per pass: 5 loads and 1 store per 4 FMAs */
-                    int64_t d = 0;
-                    for (; d + 4 <= D; d += 4) {
-                        const float q0 = q[d] * scale, q1 = q[d + 1] * scale, q2 = q[d + 2] * scale,
-                                    q3 = q[d + 3] * scale;
-                        const float *k0 = kt + d * T, *k1 = k0 + T, *k2 = k1 + T, *k3 = k2 + T;
-#pragma omp simd
-                        for (int64_t s = 0; s < smax; s++)
-                            row[s] += q0 * k0[s] + q1 * k1[s] + q2 * k2[s] + q3 * k3[s];
-                    }
-                    for (; d < D; d++) {
-                        const float qd = q[d] * scale, *kd = kt + d * T;
-#pragma omp simd
-                        for (int64_t s = 0; s < smax; s++)
-                            row[s] += qd * kd[s];
-                    }
-                    float mx = -INFINITY;
-                    for (int64_t s = 0; s < smax; s++)
-                        mx = row[s] > mx ? row[s] : mx;
-                    float sum = 0.0f;
+#pragma omp parallel for if (BH * T * T > PAR_MIN)
+    for (int64_t r = 0; r < BH * T; r++) {
+        float *row = att + r * T;
+        int64_t t = r % T, smax = causal ? t + 1 : T;
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < smax; s++)
+            mx = row[s] > mx ? row[s] : mx;
+        float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-                    for (int64_t s = 0; s < smax; s++) {
-                        float e = vexp(row[s] - mx);
-                        row[s] = e;
-                        sum += e;
-                    }
-                    float inv = 1.0f / sum;
+        for (int64_t s = 0; s < smax; s++) {
+            float e = vexp((row[s] - mx) * scale);
+            row[s] = e;
+            sum += e;
+        }
+        float inv = 1.0f / sum;
 #pragma omp simd
-                    for (int64_t s = 0; s < smax; s++)
-                        row[s] *= inv;
-                    for (int64_t s = smax; s < T; s++)
-                        row[s] = 0.0f;
-                    float *o = out + (b * T + t) * C + h * D;
-#pragma omp simd
-                    for (int64_t d = 0; d < D; d++)
-                        o[d] = 0.0f;
-                    int64_t s = 0;
-                    for (; s + 4 <= smax; s += 4) { /* four positions per pass over o */
-                        const float *v0 = base + s * C3 + 2 * C + h * D, *v1 = v0 + C3,
-                                    *v2 = v1 + C3, *v3 = v2 + C3;
-                        const float p0 = row[s], p1 = row[s + 1], p2 = row[s + 2], p3 = row[s + 3];
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++)
-                            o[d] += p0 * v0[d] + p1 * v1[d] + p2 * v2[d] + p3 * v3[d];
-                    }
-                    for (; s < smax; s++) {
-                        const float *v = base + s * C3 + 2 * C + h * D;
-                        float pr = row[s];
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++)
-                            o[d] += pr * v[d];
-                    }
-                }
-            }
-        free(kt);
+        for (int64_t s = 0; s < smax; s++)
+            row[s] *= inv;
+        for (int64_t s = smax; s < T; s++)
+            row[s] = 0.0f;
     }
 }
 
-static void attention_bwd(const float *dout, const float *qkv, const float *att, float *dqkv,
-                          int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+static void attn_softmax_bwd(const float *att, float *dp, int64_t BH, int64_t T, float scale)
 {
-    const int64_t D = C / H, C3 = 3 * C;
-    const float scale = 1.0f / sqrtf((float)D);
-#pragma omp parallel
-    {
-        float *vt = malloc((size_t)(D * T + T) * sizeof(float));
-        float *dp = vt + D * T;
-#pragma omp for collapse(2) schedule(dynamic, 1)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++) {
-                const float *base = qkv + b * T * C3;
-                float *dbase = dqkv + b * T * C3;
-                const float *A = att + (b * H + h) * T * T;
-                head_transpose(base, 2 * C + h * D, T, C3, D, vt);
-                for (int64_t t = 0; t < T; t++)
-                    for (int j = 0; j < 3; j++)
-                        memset(dbase + t * C3 + j * C + h * D, 0, (size_t)D * sizeof(float));
-                for (int64_t t = 0; t < T; t++) {
-                    const float *g = dout + (b * T + t) * C + h * D;
-                    const float *row = A + t * T;
-                    const float *q = base + t * C3 + h * D;
-                    float *dq = dbase + t * C3 + h * D;
-                    int64_t smax = causal ? t + 1 : T;
-                    /* dP[s] = g . v_s */
+#pragma omp parallel for if (BH * T * T > PAR_MIN)
+    for (int64_t r = 0; r < BH * T; r++) {
+        const float *p = att + r * T;
+        float *g = dp + r * T;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t s = 0; s < T; s++)
+            dot += p[s] * g[s];
 #pragma omp simd
-                    for (int64_t s = 0; s < smax; s++)
-                        dp[s] = 0.0f;
-                    int64_t d = 0;
-                    for (; d + 4 <= D; d += 4) {
-                        const float g0 = g[d], g1 = g[d + 1], g2 = g[d + 2], g3 = g[d + 3];
-                        const float *v0 = vt + d * T, *v1 = v0 + T, *v2 = v1 + T, *v3 = v2 + T;
-#pragma omp simd
-                        for (int64_t s = 0; s < smax; s++)
-                            dp[s] += g0 * v0[s] + g1 * v1[s] + g2 * v2[s] + g3 * v3[s];
-                    }
-                    for (; d < D; d++) {
-                        const float gd = g[d], *vd = vt + d * T;
-#pragma omp simd
-                        for (int64_t s = 0; s < smax; s++)
-                            dp[s] += gd * vd[s];
-                    }
-                    float dot_sum = 0.0f;
-#pragma omp simd reduction(+ : dot_sum)
-                    for (int64_t s = 0; s < smax; s++)
-                        dot_sum += row[s] * dp[s];
-                    /* dS = P * (dP - sum P dP) * scale, reusing dp */
-#pragma omp simd
-                    for (int64_t s = 0; s < smax; s++)
-                        dp[s] = row[s] * (dp[s] - dot_sum) * scale;
-                    int64_t s = 0;
-                    for (; s + 4 <= smax; s += 4) { /* dq: four positions per pass */
-                        const float *k0 = base + s * C3 + C + h * D, *k1 = k0 + C3, *k2 = k1 + C3,
-                                    *k3 = k2 + C3;
-                        const float d0 = dp[s], d1 = dp[s + 1], d2 = dp[s + 2], d3 = dp[s + 3];
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++)
-                            dq[d] += d0 * k0[d] + d1 * k1[d] + d2 * k2[d] + d3 * k3[d];
-                    }
-                    for (; s < smax; s++) {
-                        const float *k = base + s * C3 + C + h * D, dsc = dp[s];
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++)
-                            dq[d] += dsc * k[d];
-                    }
-                    for (s = 0; s < smax; s++) {
-                        float *dk = dbase + s * C3 + C + h * D;
-                        float *dv = dbase + s * C3 + 2 * C + h * D;
-                        const float dsc = dp[s], pr = row[s];
-#pragma omp simd
-                        for (int64_t d = 0; d < D; d++) {
-                            dk[d] += dsc * q[d];
-                            dv[d] += pr * g[d];
-                        }
-                    }
-                }
-            }
-        free(vt);
+        for (int64_t s = 0; s < T; s++)
+            g[s] = p[s] * (g[s] - dot) * scale;
     }
 }
 
@@ -712,8 +593,8 @@ const ds_cpu_kernels KTABLE = {
     .dropout_bwd = dropout_bwd,
     .add = add,
     .accumulate = accumulate_k,
-    .attention_fwd = attention_fwd,
-    .attention_bwd = attention_bwd,
+    .attn_softmax_fwd = attn_softmax_fwd,
+    .attn_softmax_bwd = attn_softmax_bwd,
     .xent_fwd = xent_fwd,
     .mse_fwd = mse_fwd,
     .sum = sum_k,

@@ -14,8 +14,9 @@ typedef struct ds_cpu_kernels {
     void (*embedding_bwd)(const int32_t *ids, const float *dout, float *dtable, int64_t M, int64_t C);
     void (*posadd_fwd)(const float *x, const float *pos, float *y, int64_t B, int64_t T, int64_t C);
     void (*posadd_bwd)(const float *dy, float *dpos, int64_t B, int64_t T, int64_t C);
-    /* dst[cols, rows] = src[rows, cols]^T */
-    void (*transpose)(const float *src, float *dst, int64_t rows, int64_t cols);
+    /* dst[cols, rows] = src[rows, cols]^T; with colsum not NULL also colsum[c] += sum_r src[r, c]
+     * (a linear layer's bias gradient, in the same pass) */
+    void (*transpose)(const float *src, float *dst, int64_t rows, int64_t cols, float *colsum);
     void (*colsum_acc)(const float *dy, float *dbias, int64_t M, int64_t N);
     void (*layernorm_fwd)(const float *x, const float *w, const float *b, float *y, float *mean,
                           float *rstd, int64_t M, int64_t C, float eps);
@@ -32,10 +33,11 @@ typedef struct ds_cpu_kernels {
                         int accumulate);
     void (*add)(const float *a, const float *c, float *y, int64_t n);
     void (*accumulate)(const float *x, float *y, int64_t n, int accumulate);
-    void (*attention_fwd)(const float *qkv, float *out, float *att, int64_t B, int64_t T,
-                          int64_t C, int64_t H, int causal);
-    void (*attention_bwd)(const float *dout, const float *qkv, const float *att, float *dqkv,
-                          int64_t B, int64_t T, int64_t C, int64_t H, int causal);
+    /* Attention's softmax over rows of [BH, T, T] scores, in place: scaled, causal-masked
+     * (row t keeps columns 0..t, the rest become 0). */
+    void (*attn_softmax_fwd)(float *att, int64_t BH, int64_t T, float scale, int causal);
+    /* dS = P * (dP - sum_s P dP) * scale, in place over dp. */
+    void (*attn_softmax_bwd)(const float *att, float *dp, int64_t BH, int64_t T, float scale);
     void (*xent_fwd)(const float *logits, const int32_t *targets, float *losses, float *dlogits,
                      float grad_scale, int64_t M, int64_t V);
     void (*mse_fwd)(const float *y, const float *target, float *losses, float *dy,
