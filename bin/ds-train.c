@@ -22,7 +22,7 @@ static const char *usage_text =
     "       ds-train --summary NET.json [--config DS.json]\n"
     "\n"
     "Train the network described by NET.json (see ds-net(5)) with the DeepSpeed config DS.json\n"
-    "(see ds-config(5)) on the CPU.\n"
+    "(see ds-config(5)) on the CPU or a CUDA GPU.\n"
     "\n"
     "  --config, --deepspeed_config FILE   DeepSpeed ds_config.json\n"
     "  --data PATH           tokens: a text file or directory of text files (bytes are tokens),\n"
@@ -38,7 +38,9 @@ static const char *usage_text =
     "  --log-json FILE       one JSON object per optimizer step\n"
     "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
     "  --strict-config       unknown config keys are errors, not warnings\n"
-    "  --backend NAME        cpu (default), cpu:avx2 or cpu:generic\n"
+    "  --device DEV          cuda, cpu, or auto (the default: cuda when a CUDA GPU is usable,\n"
+    "                        else cpu)\n"
+    "  --backend NAME        cpu, cpu:avx2, cpu:generic, cuda or cuda:N (GPU N)\n"
     "  --force               overwrite existing output files\n"
     "  --summary             print the layer table and exit\n"
     "  --quiet               no per-step lines and no progress line\n"
@@ -47,11 +49,11 @@ static const char *usage_text =
 enum {
     OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
     OPT_LOG, OPT_MICRO, OPT_STRICT, OPT_BACKEND, OPT_FORCE, OPT_SUMMARY, OPT_QUIET, OPT_VERSION,
-    OPT_DEEPSPEED
+    OPT_DEEPSPEED, OPT_DEVICE
 };
 
 typedef struct args {
-    const char *net, *config, *data, *labels, *init_from, *save, *log_json, *backend;
+    const char *net, *config, *data, *labels, *init_from, *save, *log_json, *backend, *device;
     int64_t steps, micro;
     int seed_set, strict, force, summary, quiet;
     uint64_t seed;
@@ -96,6 +98,7 @@ static int parse_args(int argc, char **argv, args *a)
         {"micro-batch", required_argument, 0, OPT_MICRO},
         {"strict-config", no_argument, 0, OPT_STRICT},
         {"backend", required_argument, 0, OPT_BACKEND},
+        {"device", required_argument, 0, OPT_DEVICE},
         {"force", no_argument, 0, OPT_FORCE},
         {"summary", no_argument, 0, OPT_SUMMARY},
         {"quiet", no_argument, 0, OPT_QUIET},
@@ -143,6 +146,11 @@ static int parse_args(int argc, char **argv, args *a)
             break;
         case OPT_STRICT: a->strict = 1; break;
         case OPT_BACKEND: a->backend = optarg; break;
+        case OPT_DEVICE:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
+                return fail_usage("--device: expected cpu, cuda or auto, found \"%s\"", optarg);
+            a->device = optarg;
+            break;
         case OPT_FORCE: a->force = 1; break;
         case OPT_SUMMARY: a->summary = 1; break;
         case OPT_QUIET: a->quiet = 1; break;
@@ -161,6 +169,12 @@ static int parse_args(int argc, char **argv, args *a)
         return fail_usage("unexpected argument \"%s\"", argv[optind]);
     if (!a->net)
         return fail_usage("%sno network file given", "");
+    /* --device picks the kind, --backend may name the variant; they must agree */
+    if (a->device && a->backend && strcmp(a->device, "auto") != 0 &&
+        strncmp(a->backend, a->device, strlen(a->device)) != 0)
+        return fail_usage("--device and --backend disagree (backend \"%s\")", a->backend);
+    if (!a->backend)
+        a->backend = a->device ? a->device : "auto";
     if (a->summary)
         return -1;
     if (!a->config)
@@ -321,8 +335,13 @@ int main(int argc, char **argv)
 #endif
     int tokens = net->input == DS_INPUT_TOKENS;
     const char *unit = tokens ? "tokens" : "samples";
-    printf("ds-train %s: %s, %lld parameters; backend cpu (%s kernels, %d threads)\n", DS_VERSION, a.net,
-           (long long)net->total_params, ds_engine_backend_name(eng), threads);
+    const char *backend = ds_engine_backend_name(eng);
+    if (strncmp(backend, "cuda", 4) == 0) /* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, ...)" */
+        printf("ds-train %s: %s, %lld parameters; backend %s\n", DS_VERSION, a.net,
+               (long long)net->total_params, backend);
+    else
+        printf("ds-train %s: %s, %lld parameters; backend cpu (%s kernels, %d threads)\n", DS_VERSION,
+               a.net, (long long)net->total_params, backend, threads);
     printf("data: %s (%lld samples, %s order); batch %lld = micro %lld x accumulation %lld; %lld steps\n",
            ds_dataset_describe(ds), (long long)N, a.order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
            (long long)TB, (long long)MB, (long long)GAS, (long long)steps);

@@ -152,14 +152,16 @@ Test(model, gpt_tiny_forward_backward) { check_forward_backward("gpt_tiny"); }
 Test(model, mlp_forward_backward) { check_forward_backward("mlp"); }
 Test(model, mlp_mse_forward_backward) { check_forward_backward("mlp_mse"); }
 
-/* Parameter tolerances: ten float32 updates of O(lr) each; Adam divides by sqrt(v) so its
- * relative rounding is amplified where gradients are tiny. */
+/* Parameter tolerances: ten float32 updates of O(lr) each. Adam divides by sqrt(v), so where a
+ * gradient is tiny its float32 rounding moves m/sqrt(v) by a visible fraction: PyTorch's own
+ * float32 run lands up to ~1e-4 from the float64 reference (tolerance_hint in the fixture), i.e.
+ * 1% of lr = 1e-2. SGD has no such amplification. */
 #define OPT_TESTS(fx)                                                                            \
-    Test(optim_##fx, adamw) { check_optimizer(#fx, "adamw", 2e-5); }                             \
-    Test(optim_##fx, adam_l2) { check_optimizer(#fx, "adam_l2", 2e-5); }                         \
+    Test(optim_##fx, adamw) { check_optimizer(#fx, "adamw", 1e-4); }                             \
+    Test(optim_##fx, adam_l2) { check_optimizer(#fx, "adam_l2", 1e-4); }                         \
     Test(optim_##fx, sgd) { check_optimizer(#fx, "sgd", 5e-6); }                                 \
     Test(optim_##fx, sgd_nesterov) { check_optimizer(#fx, "sgd_nesterov", 5e-6); }               \
-    Test(optim_##fx, adamw_clip) { check_optimizer(#fx, "adamw_clip", 2e-5); }
+    Test(optim_##fx, adamw_clip) { check_optimizer(#fx, "adamw_clip", 1e-4); }
 
 OPT_TESTS(gpt_tiny)
 OPT_TESTS(mlp)

@@ -1,10 +1,14 @@
-/* Backend selection by name. "cpu" (kernels chosen by cpuid), "cpu:avx2", "cpu:generic". */
+/* Backend selection by name. "cpu" (kernels chosen by cpuid), "cpu:avx2", "cpu:generic";
+ * "cuda", "cuda:N" (loaded at run time, cuda_loader.c); "auto". */
 #include <string.h>
 
 #include "ds/backend.h"
 
 ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error *err);
 const char *ds_cpu_backend_variant(const ds_backend *b);
+/* cuda_loader.c: the CUDA backend, loaded at run time */
+ds_status ds_cuda_backend_load(ds_backend **out, const char *variant, ds_error *err);
+int ds_cuda_device_present(void);
 
 ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err)
 {
@@ -12,10 +16,17 @@ ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err)
         return ds_cpu_backend_create(out, NULL, err);
     if (strncmp(name, "cpu:", 4) == 0)
         return ds_cpu_backend_create(out, name + 4, err);
-    if (strcmp(name, "cuda") == 0)
-        return ds_error_set(err, DS_ERR_UNSUPPORTED,
-                            "backend \"cuda\" is not built yet in this version of ds (CPU only)");
-    return ds_error_set(err, DS_ERR_INVALID, "unknown backend \"%s\" (expected cpu or cuda)", name);
+    if (strcmp(name, "cuda") == 0 || strncmp(name, "cuda:", 5) == 0)
+        return ds_cuda_backend_load(out, name[4] ? name + 5 : NULL, err);
+    if (strcmp(name, "auto") == 0) {
+        /* cuda when a GPU is there and the CUDA backend loads; the device-node check first
+         * keeps CPU-only machines from loading any CUDA library */
+        ds_error ignored = {0};
+        if (ds_cuda_device_present() && ds_cuda_backend_load(out, NULL, &ignored) == DS_OK)
+            return DS_OK;
+        return ds_cpu_backend_create(out, NULL, err);
+    }
+    return ds_error_set(err, DS_ERR_INVALID, "unknown backend \"%s\" (expected cpu, cuda or auto)", name);
 }
 
 void ds_backend_destroy(ds_backend *b)
@@ -26,6 +37,8 @@ void ds_backend_destroy(ds_backend *b)
 
 const char *ds_backend_describe(const ds_backend *b)
 {
+    if (b->ops->describe)
+        return b->ops->describe(b);
     if (strcmp(b->ops->name, "cpu") == 0)
         return ds_cpu_backend_variant(b);
     return b->ops->name;

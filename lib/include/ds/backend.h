@@ -120,6 +120,10 @@ typedef struct ds_backend_ops {
                             int64_t n, const ds_adamw_args *a);
     ds_status (*sgd_step)(ds_backend *b, float *p, const float *g, float *buf, int64_t n,
                           const ds_sgd_args *a);
+
+    /* Optional (NULL: the name): what runs the ops, for logs, e.g. "cuda (NVIDIA H100 80GB
+     * HBM3, sm_90, ...)". */
+    const char *(*describe)(const ds_backend *b);
 } ds_backend_ops;
 
 struct ds_backend {
@@ -129,10 +133,13 @@ struct ds_backend {
 };
 
 /* Create a backend by name: "cpu" chooses its kernels by cpuid (AVX2+FMA, else portable);
- * "cpu:avx2" and "cpu:generic" force one variant. */
+ * "cpu:avx2" and "cpu:generic" force one variant. "cuda" (or "cuda:N", device N) loads the CUDA
+ * backend, libds-cuda.so, at run time (see ds-cuda(7)); DS_ERR_UNSUPPORTED when it is not built
+ * or there is no CUDA device. "auto": cuda when a CUDA device is usable, else cpu. */
 ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err);
 void ds_backend_destroy(ds_backend *b);
-/* Which CPU kernel variant is in use ("avx2", "generic"), for logs. */
+/* For logs: which CPU kernel variant is in use ("avx2", "generic"), or the backend's own
+ * description ("cuda (NVIDIA H100 80GB HBM3, sm_90, ...)"). */
 const char *ds_backend_describe(const ds_backend *b);
 
 #ifdef __cplusplus

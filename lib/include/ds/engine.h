@@ -24,7 +24,7 @@ typedef struct ds_engine_options {
     const char *net_path;     /* network file (or net_json with net_name) */
     const char *net_json;
     const char *net_name;
-    const char *backend;      /* "cpu" (default), "cpu:generic", "cpu:avx2" */
+    const char *backend;      /* "cpu" (default), "cpu:generic", "cpu:avx2", "cuda", "cuda:N", "auto" */
     int strict_config;        /* unknown top-level config keys are errors */
     int64_t micro_batch_hint; /* used when the config leaves the micro-batch "auto" */
     int seed_set;             /* override the config's seed */

@@ -1,0 +1,318 @@
+/* The CUDA backend: device selection, memory (cudaMalloc, zeroed), one stream, the cuBLAS
+ * handle, error messages, and the ops table. The kernels live in the other .cu files of
+ * kernels/. This is libds-cuda.so, which libds loads with dlopen only when backend "cuda" is
+ * asked for (lib/backend/cuda_loader.c); its only exported symbols are ds_cuda_backend_create
+ * and ds_cuda_backend_abi. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+/* ---- errors ----------------------------------------------------------------------------- */
+
+static ds_status set_error(ds_error *err, ds_status code, const char *fmt, va_list ap)
+{
+    if (err) {
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        err->code = code;
+    }
+    return code;
+}
+
+static ds_status err_set(ds_error *err, ds_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static ds_status err_set(ds_error *err, ds_status code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_error(err, code, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+extern "C" ds_status ds_cuda_error(ds_backend *b, ds_status code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_error(&b->err, code, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static const char *short_file(const char *f)
+{
+    const char *s = strstr(f, "kernels/");
+    return s ? s : f;
+}
+
+extern "C" ds_status ds_cuda_fail(ds_backend *b, const char *what, cudaError_t e,
+                                  const char *file, int line)
+{
+    ds_status code = e == cudaErrorMemoryAllocation ? DS_ERR_NOMEM : DS_ERR_BACKEND;
+    return ds_cuda_error(b, code, "CUDA: %s: %s (%s) [%s:%d]", what, cudaGetErrorString(e),
+                         cudaGetErrorName(e), short_file(file), line);
+}
+
+extern "C" ds_status ds_cuda_blas_fail(ds_backend *b, const char *what, cublasStatus_t s,
+                                       const char *file, int line)
+{
+    ds_status code = s == CUBLAS_STATUS_ALLOC_FAILED ? DS_ERR_NOMEM : DS_ERR_BACKEND;
+    return ds_cuda_error(b, code, "cuBLAS: %s: %s (%s) [%s:%d]", what, cublasGetStatusString(s),
+                         cublasGetStatusName(s), short_file(file), line);
+}
+
+/* ---- memory ----------------------------------------------------------------------------- */
+
+static void *cuda_alloc(ds_backend *b, size_t bytes)
+{
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* an allocation failure is not sticky: clear it */
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        ds_cuda_error(b, DS_ERR_NOMEM,
+                      "CUDA: out of device memory allocating %zu bytes (%.2f of %.2f GiB free): %s",
+                      bytes, free_b / 1073741824.0, total_b / 1073741824.0, cudaGetErrorString(e));
+        return NULL;
+    }
+    /* the alloc contract: zeroed. Ordered on the stream before any op that uses p. */
+    e = cudaMemsetAsync(p, 0, bytes ? bytes : 1, STREAM(b));
+    if (e != cudaSuccess) {
+        ds_cuda_fail(b, "cudaMemsetAsync", e, __FILE__, __LINE__);
+        cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(ds_backend *b, void *p)
+{
+    (void)b;
+    if (p)
+        cudaFree(p); /* synchronizes with the device: no op can still be using p */
+}
+
+static ds_status cuda_upload(ds_backend *b, void *dst, const void *host, size_t bytes)
+{
+    /* from pageable memory this returns once the host data is staged: the caller may reuse
+     * its buffer at once */
+    if (bytes)
+        CU_TRY(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, STREAM(b)));
+    return DS_OK;
+}
+
+static ds_status cuda_download(ds_backend *b, void *host, const void *src, size_t bytes)
+{
+    if (bytes)
+        CU_TRY(cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, STREAM(b)));
+    CU_TRY(cudaStreamSynchronize(STREAM(b)));
+    return DS_OK;
+}
+
+static ds_status cuda_zero(ds_backend *b, void *p, size_t bytes)
+{
+    if (bytes)
+        CU_TRY(cudaMemsetAsync(p, 0, bytes, STREAM(b)));
+    return DS_OK;
+}
+
+static ds_status cuda_copy(ds_backend *b, void *dst, const void *src, size_t bytes)
+{
+    if (bytes && dst != src)
+        CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, STREAM(b)));
+    return DS_OK;
+}
+
+static ds_status cuda_sync(ds_backend *b)
+{
+    CU_TRY(cudaStreamSynchronize(STREAM(b)));
+    return DS_OK;
+}
+
+extern "C" void *ds_cuda_scratch(ds_backend *b, size_t bytes)
+{
+    ds_cuda *c = DS_CUDA(b);
+    if (c->scratch_bytes >= bytes)
+        return c->scratch;
+    if (c->scratch)
+        cudaFree(c->scratch); /* synchronizes: the previous op using it has finished */
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    size_t want = bytes + bytes / 4; /* some headroom against many small growths */
+    cudaError_t e = cudaMalloc(&c->scratch, want);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        c->scratch = NULL;
+        ds_cuda_error(b, DS_ERR_NOMEM, "CUDA: out of device memory for %zu bytes of scratch: %s",
+                      want, cudaGetErrorString(e));
+        return NULL;
+    }
+    c->scratch_bytes = want;
+    return c->scratch;
+}
+
+/* ---- lifetime --------------------------------------------------------------------------- */
+
+static void cuda_destroy(ds_backend *b)
+{
+    ds_cuda *c = DS_CUDA(b);
+    if (c) {
+        if (c->stream)
+            cudaStreamSynchronize(c->stream);
+        if (c->blas)
+            cublasDestroy(c->blas);
+        if (c->scratch)
+            cudaFree(c->scratch);
+        if (c->red)
+            cudaFree(c->red);
+        if (c->host_red)
+            cudaFreeHost(c->host_red);
+        if (c->stream)
+            cudaStreamDestroy(c->stream);
+        free(c);
+    }
+    free(b);
+}
+
+static const char *cuda_describe(const ds_backend *b) { return DS_CUDA(b)->describe; }
+
+static const ds_backend_ops cuda_ops = {
+    /* .name = */ "cuda",
+    /* .destroy = */ cuda_destroy,
+    /* .alloc = */ cuda_alloc,
+    /* .free = */ cuda_free,
+    /* .upload = */ cuda_upload,
+    /* .download = */ cuda_download,
+    /* .zero = */ cuda_zero,
+    /* .copy = */ cuda_copy,
+    /* .synchronize = */ cuda_sync,
+    /* .linear_fwd = */ ds_cuda_linear_fwd,
+    /* .linear_bwd = */ ds_cuda_linear_bwd,
+    /* .embedding_fwd = */ ds_cuda_embedding_fwd,
+    /* .embedding_bwd = */ ds_cuda_embedding_bwd,
+    /* .posadd_fwd = */ ds_cuda_posadd_fwd,
+    /* .posadd_bwd = */ ds_cuda_posadd_bwd,
+    /* .layernorm_fwd = */ ds_cuda_layernorm_fwd,
+    /* .layernorm_bwd = */ ds_cuda_layernorm_bwd,
+    /* .gelu_fwd = */ ds_cuda_gelu_fwd,
+    /* .gelu_bwd = */ ds_cuda_gelu_bwd,
+    /* .relu_fwd = */ ds_cuda_relu_fwd,
+    /* .relu_bwd = */ ds_cuda_relu_bwd,
+    /* .dropout_fwd = */ ds_cuda_dropout_fwd,
+    /* .dropout_bwd = */ ds_cuda_dropout_bwd,
+    /* .add = */ ds_cuda_add,
+    /* .accumulate = */ ds_cuda_accumulate,
+    /* .attention_fwd = */ ds_cuda_attention_fwd,
+    /* .attention_bwd = */ ds_cuda_attention_bwd,
+    /* .xent_fwd = */ ds_cuda_xent_fwd,
+    /* .mse_fwd = */ ds_cuda_mse_fwd,
+    /* .sum = */ ds_cuda_sum,
+    /* .sumsq = */ ds_cuda_sumsq,
+    /* .nonfinite = */ ds_cuda_nonfinite,
+    /* .scale = */ ds_cuda_scale,
+    /* .adamw_step = */ ds_cuda_adamw_step,
+    /* .sgd_step = */ ds_cuda_sgd_step,
+    /* .describe = */ cuda_describe,
+};
+
+/* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as
+ * PyTorch does with torch.backends.cuda.matmul.allow_tf32 = True; "0" keeps them in full fp32. */
+static int tf32_setting(ds_error *err, int *tf32)
+{
+    const char *s = getenv("DS_CUDA_TF32");
+    *tf32 = 1;
+    if (!s || !*s || strcmp(s, "1") == 0)
+        return 0;
+    if (strcmp(s, "0") == 0) {
+        *tf32 = 0;
+        return 0;
+    }
+    err_set(err, DS_ERR_INVALID, "DS_CUDA_TF32=%s: expected 0 (full fp32 GEMMs) or 1 (TF32)", s);
+    return -1;
+}
+
+/* variant: NULL or "" (device 0 of CUDA_VISIBLE_DEVICES) or a device number ("cuda:1"). */
+EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, ds_error *err)
+{
+    int tf32;
+    if (tf32_setting(err, &tf32))
+        return DS_ERR_INVALID;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess)
+        return err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: %s (%s)", cudaGetErrorString(e),
+                       cudaGetErrorName(e));
+    if (count < 1)
+        return err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: the CUDA runtime sees none");
+    int dev = 0;
+    if (variant && *variant) {
+        char *end;
+        long v = strtol(variant, &end, 10);
+        if (*end || end == variant || v < 0)
+            return err_set(err, DS_ERR_INVALID,
+                           "backend cuda:%s: expected a device number (cuda:0, cuda:1, ...)", variant);
+        if (v >= count)
+            return err_set(err, DS_ERR_INVALID, "backend cuda:%ld: there are %d CUDA device(s)", v,
+                           count);
+        dev = (int)v;
+    }
+    e = cudaSetDevice(dev);
+    cudaDeviceProp prop;
+    if (e == cudaSuccess)
+        e = cudaGetDeviceProperties(&prop, dev);
+    if (e != cudaSuccess)
+        return err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: device %d: %s (%s)", dev,
+                       cudaGetErrorString(e), cudaGetErrorName(e));
+
+    ds_backend *b = (ds_backend *)calloc(1, sizeof *b);
+    ds_cuda *c = (ds_cuda *)calloc(1, sizeof *c);
+    if (!b || !c) {
+        free(b);
+        free(c);
+        return err_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    b->ops = &cuda_ops;
+    b->impl = c;
+    c->device = dev;
+    c->sm_count = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
+    c->tf32 = tf32;
+    const char *step = "creating the stream";
+    ds_status st = DS_OK;
+    cublasStatus_t bs;
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        goto cuda_failed;
+    step = "allocating reduction buffers";
+    if ((e = cudaMalloc(&c->red, (RED_BLOCKS + 1) * sizeof(double))) != cudaSuccess)
+        goto cuda_failed;
+    if ((e = cudaMallocHost(&c->host_red, 64)) != cudaSuccess)
+        goto cuda_failed;
+    if ((bs = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
+            CUBLAS_STATUS_SUCCESS) {
+        st = err_set(err, DS_ERR_BACKEND, "cuBLAS: initialization failed: %s (%s)",
+                     cublasGetStatusString(bs), cublasGetStatusName(bs));
+        cuda_destroy(b);
+        return st;
+    }
+    snprintf(c->describe, sizeof c->describe, "cuda:%d (%.120s, sm_%d%d, %d SMs, %.1f GiB, %s GEMMs)",
+             dev, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
+             prop.totalGlobalMem / 1073741824.0, tf32 ? "TF32" : "fp32");
+    *out = b;
+    return DS_OK;
+cuda_failed:
+    st = err_set(err, e == cudaErrorMemoryAllocation ? DS_ERR_NOMEM : DS_ERR_BACKEND,
+                 "CUDA: %s on device %d (%s): %s (%s)", step, dev, prop.name, cudaGetErrorString(e),
+                 cudaGetErrorName(e));
+    cuda_destroy(b);
+    return st;
+}
+
+/* libds checks that it and this module were built from the same ds/backend.h. */
+EXPORT size_t ds_cuda_backend_abi(void) { return sizeof(ds_backend_ops) * 4096 + sizeof(ds_backend); }

@@ -1,0 +1,111 @@
+/* Internal to the CUDA backend (libds-cuda.so): the backend's private state, the checked-call
+ * macros that turn a CUDA or cuBLAS failure into a ds_status with the message in b->err, launch
+ * helpers and warp reductions. Every .cu of kernels/ includes it; nothing outside kernels/ does. */
+#ifndef DS_CUDA_COMMON_CUH
+#define DS_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "ds/backend.h"
+
+typedef struct ds_cuda {
+    int device;
+    int sm_count;
+    int tf32;              /* GEMMs may use TF32 tensor cores (DS_CUDA_TF32, default 1) */
+    cudaStream_t stream;   /* every op runs on this one stream, in order */
+    cublasHandle_t blas;
+    void *scratch;         /* per-op temporary device memory, grown on demand */
+    size_t scratch_bytes;
+    void *red;             /* device: reduction partials (RED_BLOCKS doubles) + the result */
+    void *host_red;        /* pinned host: the result of a reduction */
+    char describe[256];
+} ds_cuda;
+
+#define DS_CUDA(b) ((ds_cuda *)(b)->impl)
+#define STREAM(b) (DS_CUDA(b)->stream)
+
+/* Reductions to the host use a fixed grid, so their summation order (and result) does not
+ * depend on timing: deterministic run to run. */
+#define RED_BLOCKS 1024
+#define RED_THREADS 256
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* b->err = message; returns code. printf-style. */
+ds_status ds_cuda_error(ds_backend *b, ds_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+ds_status ds_cuda_fail(ds_backend *b, const char *what, cudaError_t e, const char *file, int line);
+ds_status ds_cuda_blas_fail(ds_backend *b, const char *what, cublasStatus_t s, const char *file,
+                            int line);
+/* Device scratch of at least `bytes`, valid until the next call (ops run in stream order, so one
+ * op's scratch is free again when the next op is enqueued). NULL with b->err set on failure. */
+void *ds_cuda_scratch(ds_backend *b, size_t bytes);
+#ifdef __cplusplus
+}
+#endif
+
+#define CU_TRY(call)                                                                             \
+    do {                                                                                         \
+        cudaError_t e_ = (call);                                                                 \
+        if (e_ != cudaSuccess)                                                                   \
+            return ds_cuda_fail(b, #call, e_, __FILE__, __LINE__);                               \
+    } while (0)
+
+#define BLAS_TRY(call)                                                                           \
+    do {                                                                                         \
+        cublasStatus_t s_ = (call);                                                              \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                         \
+            return ds_cuda_blas_fail(b, #call, s_, __FILE__, __LINE__);                          \
+    } while (0)
+
+/* After every launch: a bad configuration shows here; a fault inside the kernel shows at the
+ * next synchronizing call (download, sum, synchronize), also as a ds_status. */
+#define LAUNCHED(name)                                                                           \
+    do {                                                                                         \
+        cudaError_t e_ = cudaGetLastError();                                                     \
+        if (e_ != cudaSuccess)                                                                   \
+            return ds_cuda_fail(b, "launch of " name, e_, __FILE__, __LINE__);                   \
+    } while (0)
+
+/* Grid for a grid-stride loop over n elements: enough blocks to fill the GPU, no more. */
+static inline unsigned grid_for(ds_backend *b, int64_t n, int threads)
+{
+    int64_t want = (n + threads - 1) / threads;
+    int64_t cap = (int64_t)DS_CUDA(b)->sm_count * 16;
+    if (want > cap)
+        want = cap;
+    return (unsigned)(want < 1 ? 1 : want);
+}
+
+#define GRID_STRIDE(i, n)                                                                        \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                   \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* cuBLAS takes int dimensions. */
+#define DIM_OK(x) ((x) >= 0 && (x) <= 2147483647LL)
+
+#endif

@@ -1,0 +1,131 @@
+/* Token and position embeddings, forward and backward. The backward passes are deterministic
+ * and add in the CPU's order (bit-identical results): no atomics. */
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#define THREADS 256
+
+__global__ void embedding_fwd_k(const int32_t *ids, const float *table, float *out, int64_t M,
+                                int64_t C)
+{
+    for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
+        const float *src = table + (int64_t)ids[m] * C;
+        float *dst = out + m * C;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C;
+             c += (int64_t)gridDim.x * blockDim.x)
+            dst[c] = src[c];
+    }
+}
+
+/* dtable[ids[m], :] += dout[m, :]. One block per position m; only the block of an id's first
+ * position works: it adds the rows of every position with that id, in increasing m, onto the
+ * table row (the CPU's order), each thread holding EMB_COLS columns in registers. The ids are
+ * scanned through shared memory. O(M^2 / blockDim) id reads in all: fine for micro-batches of
+ * up to ~10^5 positions. */
+#define EMB_COLS 4
+__global__ void embedding_bwd_k(const int32_t *ids, const float *dout, float *dtable, int64_t M,
+                                int64_t C)
+{
+    __shared__ int32_t sid[THREADS];
+    const int64_t m = blockIdx.x;
+    const int32_t id = ids[m];
+    int dup = 0;
+    for (int64_t j = threadIdx.x; j < m && !dup; j += blockDim.x)
+        dup = ids[j] == id;
+    if (__syncthreads_or(dup))
+        return; /* the whole block: an earlier position has this id */
+    float *row = dtable + (int64_t)id * C;
+    for (int64_t c0 = 0; c0 < C; c0 += (int64_t)blockDim.x * EMB_COLS) {
+        float acc[EMB_COLS];
+#pragma unroll
+        for (int k = 0; k < EMB_COLS; k++) {
+            int64_t c = c0 + threadIdx.x + (int64_t)k * blockDim.x;
+            acc[k] = c < C ? row[c] : 0.0f;
+        }
+        for (int64_t j0 = m; j0 < M; j0 += blockDim.x) {
+            __syncthreads();
+            if (j0 + threadIdx.x < M)
+                sid[threadIdx.x] = ids[j0 + threadIdx.x];
+            __syncthreads();
+            int cnt = (int)(M - j0 < (int64_t)blockDim.x ? M - j0 : (int64_t)blockDim.x);
+            for (int t = 0; t < cnt; t++) {
+                if (sid[t] != id)
+                    continue;
+                const float *g = dout + (j0 + t) * C;
+#pragma unroll
+                for (int k = 0; k < EMB_COLS; k++) {
+                    int64_t c = c0 + threadIdx.x + (int64_t)k * blockDim.x;
+                    if (c < C)
+                        acc[k] += g[c];
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < EMB_COLS; k++) {
+            int64_t c = c0 + threadIdx.x + (int64_t)k * blockDim.x;
+            if (c < C)
+                row[c] = acc[k];
+        }
+    }
+}
+
+__global__ void posadd_fwd_k(const float *x, const float *pos, float *y, int64_t B, int64_t TC)
+{
+    GRID_STRIDE(i, B * TC) y[i] = x[i] + pos[i % TC];
+}
+
+/* dpos[t, c] += sum over b of dy[b, t, c], adding b in increasing order (the CPU's). */
+__global__ void posadd_bwd_k(const float *dy, float *dpos, int64_t B, int64_t TC)
+{
+    GRID_STRIDE(i, TC)
+    {
+        float acc = dpos[i];
+        for (int64_t bb = 0; bb < B; bb++)
+            acc += dy[bb * TC + i];
+        dpos[i] = acc;
+    }
+}
+
+extern "C" ds_status ds_cuda_embedding_fwd(ds_backend *b, const int32_t *ids, const float *table,
+                                           float *out, int64_t M, int64_t C)
+{
+    if (M <= 0 || C <= 0)
+        return DS_OK;
+    dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)(M < 65535 ? M : 65535));
+    embedding_fwd_k<<<grid, THREADS, 0, STREAM(b)>>>(ids, table, out, M, C);
+    LAUNCHED("embedding_fwd_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_embedding_bwd(ds_backend *b, const int32_t *ids, const float *dout,
+                                           float *dtable, int64_t M, int64_t C)
+{
+    if (M <= 0 || C <= 0)
+        return DS_OK;
+    if (M > 2147483647LL)
+        return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "embedding_bwd: %lld positions is too many",
+                             (long long)M);
+    embedding_bwd_k<<<(unsigned)M, THREADS, 0, STREAM(b)>>>(ids, dout, dtable, M, C);
+    LAUNCHED("embedding_bwd_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_posadd_fwd(ds_backend *b, const float *x, const float *pos, float *y,
+                                        int64_t B, int64_t T, int64_t C)
+{
+    if (B * T * C <= 0)
+        return DS_OK;
+    posadd_fwd_k<<<grid_for(b, B * T * C, THREADS), THREADS, 0, STREAM(b)>>>(x, pos, y, B, T * C);
+    LAUNCHED("posadd_fwd_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_posadd_bwd(ds_backend *b, const float *dy, float *dpos, int64_t B,
+                                        int64_t T, int64_t C)
+{
+    if (T * C <= 0)
+        return DS_OK;
+    posadd_bwd_k<<<grid_for(b, T * C, THREADS), THREADS, 0, STREAM(b)>>>(dy, dpos, B, T * C);
+    LAUNCHED("posadd_bwd_k");
+    return DS_OK;
+}

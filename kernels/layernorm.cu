@@ -1,0 +1,190 @@
+/* LayerNorm forward and backward (one warp per row), and deterministic column sums: the weight
+ * and bias gradients of LayerNorm and the bias gradient of a linear layer. Column sums go in two
+ * launches: per-chunk partials over a fixed partition of the rows, then one thread per column
+ * adds the partials in order. No atomics, so the result is the same on every run. */
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#define ROWS_PER_BLOCK 8 /* warps per block, one row each */
+
+__global__ void layernorm_fwd_k(const float *x, const float *w, const float *bias, float *y,
+                                float *mean, float *rstd, int64_t M, int64_t C, float eps)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= M)
+        return;
+    const float *xr = x + row * C;
+    float s = 0.0f;
+    for (int64_t c = lane; c < C; c += 32)
+        s += xr[c];
+    const float mu = warp_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) {
+        float d = xr[c] - mu;
+        v += d * d;
+    }
+    const float rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
+    float *yr = y + row * C;
+    for (int64_t c = lane; c < C; c += 32)
+        yr[c] = (xr[c] - mu) * rs * w[c] + bias[c];
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+/* dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)) */
+__global__ void layernorm_dx_k(const float *dy, const float *x, const float *w, const float *mean,
+                               const float *rstd, float *dx, int64_t M, int64_t C, int accumulate)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (row >= M)
+        return;
+    const float *g = dy + row * C, *xr = x + row * C;
+    float *d = dx + row * C;
+    const float mu = mean[row], rs = rstd[row];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int64_t c = lane; c < C; c += 32) {
+        float xhat = (xr[c] - mu) * rs;
+        float gw = g[c] * w[c];
+        sg += gw;
+        sgx += gw * xhat;
+    }
+    sg = warp_sum(sg) / (float)C;
+    sgx = warp_sum(sgx) / (float)C;
+    for (int64_t c = lane; c < C; c += 32) {
+        float xhat = (xr[c] - mu) * rs;
+        float v = rs * (g[c] * w[c] - sg - xhat * sgx);
+        d[c] = accumulate ? d[c] + v : v;
+    }
+}
+
+/* Column-sum partials: block (32 columns) x (8 row lanes); block (cx, chunk) sums rows
+ * [chunk*rows_per, (chunk+1)*rows_per) of its 32 columns. With x != NULL it also sums
+ * dy * xhat (LayerNorm's weight gradient) into part_w. */
+#define CS_COLS 32
+#define CS_LANES 8
+__global__ void colsum_part_k(const float *dy, const float *x, const float *mean,
+                              const float *rstd, float *part_b, float *part_w, int64_t M,
+                              int64_t C, int64_t rows_per)
+{
+    __shared__ float sb[CS_LANES][CS_COLS], sw[CS_LANES][CS_COLS];
+    const int tx = threadIdx.x % CS_COLS, ty = threadIdx.x / CS_COLS;
+    const int64_t c = (int64_t)blockIdx.x * CS_COLS + tx;
+    const int64_t r0 = (int64_t)blockIdx.y * rows_per;
+    int64_t r1 = r0 + rows_per;
+    if (r1 > M)
+        r1 = M;
+    float ab = 0.0f, aw = 0.0f;
+    if (c < C) {
+        for (int64_t r = r0 + ty; r < r1; r += CS_LANES) {
+            float g = dy[r * C + c];
+            ab += g;
+            if (x)
+                aw += g * ((x[r * C + c] - mean[r]) * rstd[r]);
+        }
+    }
+    sb[ty][tx] = ab;
+    sw[ty][tx] = aw;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        float tb = 0.0f, tw = 0.0f;
+        for (int k = 0; k < CS_LANES; k++) {
+            tb += sb[k][tx];
+            tw += sw[k][tx];
+        }
+        part_b[(int64_t)blockIdx.y * C + c] = tb;
+        if (x)
+            part_w[(int64_t)blockIdx.y * C + c] = tw;
+    }
+}
+
+__global__ void colsum_final_k(const float *part_b, const float *part_w, float *db, float *dw,
+                               int64_t C, int64_t chunks)
+{
+    GRID_STRIDE(c, C)
+    {
+        float tb = 0.0f, tw = 0.0f;
+        for (int64_t k = 0; k < chunks; k++) {
+            tb += part_b[k * C + c];
+            if (dw)
+                tw += part_w[k * C + c];
+        }
+        if (db)
+            db[c] += tb;
+        if (dw)
+            dw[c] += tw;
+    }
+}
+
+/* db += colsum(dy); with x: dw += colsum(dy * xhat). Either of db, dw may be NULL. */
+static ds_status colsums(ds_backend *b, const float *dy, const float *x, const float *mean,
+                         const float *rstd, float *db, float *dw, int64_t M, int64_t C)
+{
+    if (M <= 0 || C <= 0 || (!db && !dw))
+        return DS_OK;
+    const int64_t col_blocks = (C + CS_COLS - 1) / CS_COLS;
+    /* about 4 blocks per SM in all, at least 64 rows per chunk; depends only on the shape and
+     * the GPU, so the summation order is fixed */
+    int64_t chunks = (4 * (int64_t)DS_CUDA(b)->sm_count + col_blocks - 1) / col_blocks;
+    int64_t max_chunks = (M + 63) / 64;
+    if (chunks > max_chunks)
+        chunks = max_chunks;
+    if (chunks > 65535)
+        chunks = 65535;
+    if (chunks < 1)
+        chunks = 1;
+    const int64_t rows_per = (M + chunks - 1) / chunks;
+    chunks = (M + rows_per - 1) / rows_per;
+    float *part = (float *)ds_cuda_scratch(b, (size_t)(2 * chunks * C) * sizeof(float));
+    if (!part)
+        return b->err.code;
+    float *part_b = part, *part_w = part + chunks * C;
+    dim3 grid((unsigned)col_blocks, (unsigned)chunks);
+    colsum_part_k<<<grid, CS_COLS * CS_LANES, 0, STREAM(b)>>>(dy, x, mean, rstd, part_b,
+                                                               x ? part_w : NULL, M, C, rows_per);
+    LAUNCHED("colsum_part_k");
+    colsum_final_k<<<grid_for(b, C, 256), 256, 0, STREAM(b)>>>(part_b, x ? part_w : NULL, db,
+                                                               x ? dw : NULL, C, chunks);
+    LAUNCHED("colsum_final_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_colsum_acc(ds_backend *b, const float *dy, float *dbias, int64_t M,
+                                        int64_t N)
+{
+    return colsums(b, dy, NULL, NULL, NULL, dbias, NULL, M, N);
+}
+
+extern "C" ds_status ds_cuda_layernorm_fwd(ds_backend *b, const float *x, const float *w,
+                                           const float *bias, float *y, float *mean, float *rstd,
+                                           int64_t M, int64_t C, float eps)
+{
+    if (M <= 0)
+        return DS_OK;
+    unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+    layernorm_fwd_k<<<blocks, 32 * ROWS_PER_BLOCK, 0, STREAM(b)>>>(x, w, bias, y, mean, rstd, M, C,
+                                                                   eps);
+    LAUNCHED("layernorm_fwd_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_layernorm_bwd(ds_backend *b, const float *dy, const float *x,
+                                           const float *w, const float *mean, const float *rstd,
+                                           float *dx, float *dw, float *dbias, int64_t M,
+                                           int64_t C, int accumulate)
+{
+    if (M <= 0)
+        return DS_OK;
+    if (dx) {
+        unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+        layernorm_dx_k<<<blocks, 32 * ROWS_PER_BLOCK, 0, STREAM(b)>>>(dy, x, w, mean, rstd, dx, M,
+                                                                      C, accumulate);
+        LAUNCHED("layernorm_dx_k");
+    }
+    if (dbias && !dw)
+        return colsums(b, dy, NULL, NULL, NULL, dbias, NULL, M, C);
+    return colsums(b, dy, dw ? x : NULL, mean, rstd, dbias, dw, M, C);
+}

@@ -1,0 +1,127 @@
+/* Losses: softmax cross-entropy fused with its gradient (one block per row: an online max/sum
+ * pass over the logits, then the gradient pass; the probabilities are never stored), and the
+ * squared error. */
+#include <math.h>
+
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#define XENT_THREADS 512
+
+/* running (max, sum of exp(z - max)) pairs, merged */
+__device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2)
+{
+    if (m2 > m) {
+        s = s * expf(m - m2) + s2; /* exp(-inf) = 0 when m is still -inf */
+        m = m2;
+    } else if (m2 > -INFINITY || s2 != s2) { /* keep a NaN of a part with no finite max */
+        s += s2 * expf(m2 - m);
+    }
+}
+
+__global__ void xent_k(const float *logits, const int32_t *targets, float *losses, float *dlogits,
+                       float grad_scale, int64_t V)
+{
+    __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32];
+    __shared__ float row_max, row_sum;
+    const int64_t m = blockIdx.x;
+    const float *z = logits + m * V;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+        float v = z[j];
+        if (v > mx) {
+            sum = sum * expf(mx - v) + 1.0f;
+            mx = v;
+        } else if (v != -INFINITY) {
+            sum += expf(v - mx); /* a NaN propagates into the sum, as on the CPU */
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, sum, o);
+        lse_merge(mx, sum, m2, s2);
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) {
+        sm[warp] = mx;
+        ss[warp] = sum;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int nw = blockDim.x >> 5;
+        mx = lane < nw ? sm[lane] : -INFINITY;
+        sum = lane < nw ? ss[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) {
+            float m2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, sum, o);
+            lse_merge(mx, sum, m2, s2);
+        }
+        if (lane == 0) {
+            row_max = mx;
+            row_sum = sum;
+            losses[m] = logf(sum) + mx - z[targets[m]];
+        }
+    }
+    __syncthreads();
+    if (!dlogits)
+        return;
+    const float rmax = row_max, inv = grad_scale / row_sum;
+    const int32_t tgt = targets[m];
+    float *d = dlogits + m * V;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+        float g = expf(z[j] - rmax) * inv;
+        d[j] = j == tgt ? g - grad_scale : g;
+    }
+}
+
+#define MSE_THREADS 256
+__global__ void mse_k(const float *y, const float *target, float *losses, float *dy,
+                      float grad_scale, int64_t N)
+{
+    __shared__ float part[MSE_THREADS / 32];
+    const int64_t m = blockIdx.x;
+    const float *a = y + m * N, *t = target + m * N;
+    float s = 0.0f;
+    for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
+        float d = a[j] - t[j];
+        s += d * d;
+        if (dy)
+            dy[m * N + j] = 2.0f * d * grad_scale;
+    }
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0)
+        part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        s = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
+        s = warp_sum(s);
+        if (threadIdx.x == 0)
+            losses[m] = s;
+    }
+}
+
+extern "C" ds_status ds_cuda_xent_fwd(ds_backend *b, const float *logits, const int32_t *targets,
+                                      float *losses, float *dlogits, float grad_scale, int64_t M,
+                                      int64_t V)
+{
+    if (M <= 0)
+        return DS_OK;
+    if (M > 2147483647LL)
+        return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "xent: %lld rows is too many", (long long)M);
+    int threads = V >= 4096 ? XENT_THREADS : 128;
+    xent_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(logits, targets, losses, dlogits, grad_scale, V);
+    LAUNCHED("xent_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_mse_fwd(ds_backend *b, const float *y, const float *target,
+                                     float *losses, float *dy, float grad_scale, int64_t M,
+                                     int64_t N)
+{
+    if (M <= 0)
+        return DS_OK;
+    if (M > 2147483647LL)
+        return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "mse: %lld rows is too many", (long long)M);
+    int threads = N >= 1024 ? MSE_THREADS : 64;
+    mse_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(y, target, losses, dy, grad_scale, N);
+    LAUNCHED("mse_k");
+    return DS_OK;
+}

@@ -1,0 +1,206 @@
+/* Per-op timings of the CUDA backend at GPT-2-small shapes (dim 768, 12 heads, vocab 50304,
+ * seq T, micro-batch B), through the backend ops as the engine calls them, and the fp32/TF32
+ * GEMM rate of this GPU (8192^3). Prints one table; the last lines estimate a training step
+ * from the op times (12 layers), to compare with what ds-train measures. Not a test: `make
+ * tests/bench_cuda`, run by scripts/gpu-check.sh. Usage: bench_cuda [B [T]]; BENCH_GEMM_N and
+ * BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry run on tests/cuda_emu). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ds/ds.h"
+
+static ds_backend *be;
+static const ds_backend_ops *ops;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench_cuda: %s: %s\n", what, be ? be->err.msg : "");
+    exit(1);
+}
+
+#define CK(call)                                                                                 \
+    do {                                                                                         \
+        if ((call) != DS_OK)                                                                     \
+            die(#call);                                                                          \
+    } while (0)
+
+/* device buffer of n floats, filled with N(0, sd) (in 1M-float pieces) */
+static float *rnd(int64_t n, float sd, ds_rng *r)
+{
+    float *d = ops->alloc(be, (size_t)n * sizeof(float));
+    if (!d)
+        die("alloc");
+    static float *h;
+    const int64_t piece = 1 << 20;
+    if (!h) {
+        h = malloc((size_t)piece * sizeof(float));
+        for (int64_t i = 0; i < piece; i++)
+            h[i] = (float)ds_rng_normal(r);
+    }
+    for (int64_t o = 0; o < n; o += piece) {
+        int64_t k = n - o < piece ? n - o : piece;
+        /* shift the piece so that buffers do not all hold the same numbers */
+        int64_t off = (int64_t)(ds_rng_next(r) % (uint64_t)(piece - k + 1));
+        CK(ops->upload(be, d + o, h + off, (size_t)k * sizeof(float)));
+    }
+    if (sd != 1.0f)
+        CK(ops->scale(be, d, n, sd));
+    return d;
+}
+
+typedef struct row {
+    const char *name;
+    double ms, gflop, gbytes;
+    int per_step; /* times per training step (12 layers) */
+} row;
+
+static row rows[64];
+static int nrows;
+
+#define TIME(label, flop, bytes, count, body)                                                    \
+    do {                                                                                         \
+        for (int w_ = 0; w_ < 2; w_++)                                                           \
+            body;                                                                                \
+        CK(ops->synchronize(be));                                                                \
+        int reps_ = 10;                                                                          \
+        double t0_ = now_s();                                                                    \
+        for (int r_ = 0; r_ < reps_; r_++)                                                       \
+            body;                                                                                \
+        CK(ops->synchronize(be));                                                                \
+        double ms_ = (now_s() - t0_) * 1e3 / reps_;                                              \
+        rows[nrows++] = (row){label, ms_, (flop) / 1e9, (bytes) / 1e9, count};                   \
+        fprintf(stderr, "  %-34s %9.3f ms\n", label, ms_);                                       \
+    } while (0)
+
+int main(int argc, char **argv)
+{
+    int64_t B = argc > 1 ? atoll(argv[1]) : 8, T = argc > 2 ? atoll(argv[2]) : 1024;
+    const int64_t C = 768, H = 12, V = 50304, L = 12, M = B * T, F = 4 * C;
+    ds_error err = {0};
+    if (ds_backend_create(&be, "cuda", &err) != DS_OK) {
+        fprintf(stderr, "bench_cuda: %s\n", err.msg);
+        return 2;
+    }
+    ops = be->ops;
+    printf("bench_cuda: %s; GPT-2 small shapes: B %lld, T %lld, C %lld, H %lld, V %lld\n",
+           ds_backend_describe(be), (long long)B, (long long)T, (long long)C, (long long)H, (long long)V);
+    fflush(stdout);
+    ds_rng r;
+    ds_rng_seed(&r, 7);
+
+    /* the GEMM rate of this GPU in this backend's mode (BENCH_GEMM_N: another size) */
+    {
+        const int64_t n = getenv("BENCH_GEMM_N") ? atoll(getenv("BENCH_GEMM_N")) : 8192;
+        float *a = rnd(n * n, 1, &r), *w = rnd(n * n, 1, &r), *y = rnd(n * n, 1, &r);
+        TIME(n == 8192 ? "gemm 8192^3 (linear_fwd)" : "gemm n^3 (linear_fwd)", 2.0 * n * n * n, 0, 0,
+             CK(ops->linear_fwd(be, a, w, NULL, y, n, n, n)));
+        ops->free(be, a);
+        ops->free(be, w);
+        ops->free(be, y);
+    }
+    float *x = rnd(M * C, 1, &r), *dx = rnd(M * C, 1, &r), *gy = rnd(M * C, 1, &r);
+    float *wqkv = rnd(3 * C * C, 0.02f, &r), *bqkv = rnd(3 * C, 0.02f, &r), *gwqkv = rnd(3 * C * C, 1, &r);
+    float *gbqkv = rnd(3 * C, 1, &r);
+    float *qkv = rnd(M * 3 * C, 1, &r), *dqkv = rnd(M * 3 * C, 1, &r);
+    float *att = rnd(B * H * T * T, 1, &r), *ao = rnd(M * C, 1, &r);
+    float *wfc = rnd(F * C, 0.02f, &r), *bfc = rnd(F, 0.02f, &r), *gwfc = rnd(F * C, 1, &r), *gbfc = rnd(F, 1, &r);
+    float *hfc = rnd(M * F, 1, &r), *hg = rnd(M * F, 1, &r), *ghfc = rnd(M * F, 1, &r);
+    float *wte = rnd(V * C, 0.02f, &r), *gwte = rnd(V * C, 1, &r);
+    float *logits = rnd(M * V, 1, &r), *dlogits = rnd(M * V, 1, &r), *losses = rnd(M, 1, &r);
+    float *lnw = rnd(C, 1, &r), *lnb = rnd(C, 1, &r), *glnw = rnd(C, 1, &r), *glnb = rnd(C, 1, &r);
+    float *mean = rnd(M, 1, &r), *rstd = rnd(M, 1, &r), *wpe = rnd(T * C, 0.02f, &r);
+    int32_t *hids = malloc((size_t)M * sizeof *hids);
+    for (int64_t i = 0; i < M; i++)
+        hids[i] = (int32_t)(ds_rng_next(&r) % 256); /* byte tokens, as ds-train's text data */
+    int32_t *ids = ops->alloc(be, (size_t)M * sizeof *ids), *tg = ops->alloc(be, (size_t)M * sizeof *tg);
+    if (!ids || !tg)
+        die("alloc");
+    CK(ops->upload(be, ids, hids, (size_t)M * sizeof *ids));
+    CK(ops->upload(be, tg, hids, (size_t)M * sizeof *tg));
+    const double fb = 4.0; /* bytes per float */
+
+    TIME("embedding_fwd", 0, fb * 2 * M * C, 1, CK(ops->embedding_fwd(be, ids, wte, x, M, C)));
+    TIME("posadd_fwd", 0, fb * 3 * M * C, 1, CK(ops->posadd_fwd(be, x, wpe, dx, B, T, C)));
+    TIME("layernorm_fwd", 0, fb * 2 * M * C, 2 * L + 1,
+         CK(ops->layernorm_fwd(be, x, lnw, lnb, dx, mean, rstd, M, C, 1e-5f)));
+    TIME("linear_fwd qkv", 2.0 * M * C * 3 * C, 0, L,
+         CK(ops->linear_fwd(be, x, wqkv, bqkv, qkv, M, C, 3 * C)));
+    TIME("attention_fwd (causal)", 4.0 * B * H * T * T * (C / H), fb * 3 * B * H * T * T, L,
+         CK(ops->attention_fwd(be, qkv, ao, att, B, T, C, H, 1)));
+    TIME("linear_fwd attn.proj", 2.0 * M * C * C, 0, L, CK(ops->linear_fwd(be, ao, wqkv, bqkv, x, M, C, C)));
+    TIME("add (residual)", 0, fb * 3 * M * C, 2 * L, CK(ops->add(be, x, dx, gy, M * C)));
+    TIME("linear_fwd fc", 2.0 * M * C * F, 0, L, CK(ops->linear_fwd(be, x, wfc, bfc, hfc, M, C, F)));
+    TIME("gelu_fwd (tanh)", 0, fb * 2 * M * F, L, CK(ops->gelu_fwd(be, hfc, hg, M * F, 1)));
+    TIME("linear_fwd proj", 2.0 * M * F * C, 0, L, CK(ops->linear_fwd(be, hg, wfc, bfc, x, M, F, C)));
+    TIME("linear_fwd lm_head", 2.0 * M * C * V, 0, 1, CK(ops->linear_fwd(be, x, wte, NULL, logits, M, C, V)));
+    TIME("xent_fwd + grad", 0, fb * 3 * M * V, 1,
+         CK(ops->xent_fwd(be, logits, tg, losses, dlogits, 1.0f / (float)M, M, V)));
+    double s;
+    TIME("sum (losses, to host)", 0, fb * M, 1, CK(ops->sum(be, losses, M, &s)));
+    TIME("linear_bwd lm_head", 4.0 * M * C * V, 0, 1,
+         CK(ops->linear_bwd(be, dlogits, x, wte, dx, gwte, NULL, M, C, V, 0)));
+    TIME("layernorm_bwd", 0, fb * 4 * M * C, 2 * L + 1,
+         CK(ops->layernorm_bwd(be, gy, x, lnw, mean, rstd, dx, glnw, glnb, M, C, 1)));
+    TIME("linear_bwd proj", 4.0 * M * F * C, 0, L,
+         CK(ops->linear_bwd(be, gy, hg, wfc, ghfc, gwfc, gbfc, M, F, C, 0)));
+    TIME("gelu_bwd (tanh)", 0, fb * 3 * M * F, L, CK(ops->gelu_bwd(be, hfc, ghfc, hg, M * F, 1, 0)));
+    TIME("linear_bwd fc", 4.0 * M * C * F, 0, L,
+         CK(ops->linear_bwd(be, hg, x, wfc, dx, gwfc, gbfc, M, C, F, 1)));
+    TIME("accumulate (residual grad)", 0, fb * 3 * M * C, 2 * L, CK(ops->accumulate(be, gy, dx, M * C, 1)));
+    TIME("linear_bwd attn.proj", 4.0 * M * C * C, 0, L,
+         CK(ops->linear_bwd(be, gy, ao, wqkv, dx, gwqkv, gbqkv, M, C, C, 0)));
+    TIME("attention_bwd (causal)", 8.0 * B * H * T * T * (C / H), fb * 4 * B * H * T * T, L,
+         CK(ops->attention_bwd(be, gy, qkv, att, dqkv, B, T, C, H, 1)));
+    TIME("linear_bwd qkv", 4.0 * M * C * 3 * C, 0, L,
+         CK(ops->linear_bwd(be, dqkv, x, wqkv, dx, gwqkv, gbqkv, M, C, 3 * C, 1)));
+    TIME("posadd_bwd", 0, fb * 2 * M * C, 1, CK(ops->posadd_bwd(be, gy, wpe, B, T, C)));
+    TIME("embedding_bwd (deterministic)", 0, fb * 2 * M * C, 1, CK(ops->embedding_bwd(be, ids, gy, gwte, M, C)));
+    ops->free(be, logits);
+    ops->free(be, dlogits);
+    ops->free(be, att);
+    /* the optimizer over a GPT-2-small-sized flat buffer */
+    const int64_t P = getenv("BENCH_PARAMS") ? atoll(getenv("BENCH_PARAMS")) : 124475904;
+    float *p = rnd(P, 0.02f, &r), *g = rnd(P, 1e-3f, &r), *m = rnd(P, 1e-3f, &r), *v = rnd(P, 1e-3f, &r);
+    CK(ops->scale(be, v, P, 0.0f)); /* v must be >= 0 */
+    ds_adamw_args aa = {.lr = 6e-4f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                        .step = 1, .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 1.0f};
+    TIME("sumsq (grad norm, to host)", 0, fb * P, 1, CK(ops->sumsq(be, g, P, &s)));
+    TIME("adamw_step (124M params)", 0, fb * 7 * P, 1, CK(ops->adamw_step(be, p, g, m, v, P, &aa)));
+    TIME("zero (grads)", 0, fb * P, 1, CK(ops->zero(be, g, (size_t)P * sizeof(float))));
+
+    printf("\n%-34s %9s %9s %9s %6s %10s\n", "op (GPT-2 small shapes)", "ms", "TFLOP/s", "GB/s", "x/step", "ms/step");
+    double total = 0, gemm_total = 0, attn_total = 0;
+    for (int i = 0; i < nrows; i++) {
+        row *w = &rows[i];
+        double tf = w->gflop > 0 ? w->gflop / w->ms : 0, gbs = w->gbytes > 0 ? w->gbytes / (w->ms / 1e3) : 0;
+        double per = w->ms * w->per_step;
+        total += per;
+        if (strncmp(w->name, "linear", 6) == 0)
+            gemm_total += per;
+        if (strncmp(w->name, "attention", 9) == 0)
+            attn_total += per;
+        char tfs[16] = "", gbss[16] = "", ps[16] = "";
+        if (tf > 0)
+            snprintf(tfs, sizeof tfs, "%.1f", tf);
+        if (gbs > 0)
+            snprintf(gbss, sizeof gbss, "%.0f", gbs);
+        if (w->per_step)
+            snprintf(ps, sizeof ps, "%d", w->per_step);
+        printf("%-34s %9.3f %9s %9s %6s %10.2f\n", w->name, w->ms, tfs, gbss, ps, per);
+    }
+    double tokens = (double)M;
+    printf("\nestimated step from the op times: %.1f ms (linear %.1f ms, attention %.1f ms, other %.1f ms)"
+           " = %.0f tokens/s\n",
+           total, gemm_total, attn_total, total - gemm_total - attn_total, tokens / (total / 1e3));
+    return 0;
+}

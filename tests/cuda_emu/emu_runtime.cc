@@ -1,0 +1,400 @@
+/* CPU emulation of the CUDA subset kernels/ uses, to run the CUDA backend's code paths on a
+ * machine without a GPU (tests/cuda_emu/README). Each block runs alone; its threads are fibers
+ * (a small x86-64 stack switch) that switch only at __syncthreads and warp shuffles, so barriers and shuffles have
+ * CUDA's meaning, and an unsynchronized shared-memory race shows up as wrong results only where
+ * the scheduling order matters. Memory is host memory; cuBLAS is a reference SGEMM. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <vector>
+
+#include "cublas_v2.h"
+#include "cuda_runtime.h"
+
+/* ---- runtime API ------------------------------------------------------------------------ */
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+    default: return "emulated error";
+    }
+}
+
+const char *cudaGetErrorName(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
+    default: return "cudaErrorUnknown";
+    }
+}
+
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+
+cudaError_t cudaGetDeviceCount(int *n)
+{
+    if (getenv("DS_CUDA_EMU_NODEV")) {
+        *n = 0;
+        return cudaErrorNoDevice;
+    }
+    *n = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int)
+{
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "CPU emulation of CUDA");
+    p->major = 9;
+    /* few SMs: grids stay small, so the grid-stride loops and chunked sums go round */
+    p->multiProcessorCount = getenv("DS_CUDA_EMU_SMS") ? atoi(getenv("DS_CUDA_EMU_SMS")) : 2;
+    p->totalGlobalMem = (size_t)8 << 30;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    *p = NULL;
+    if (bytes > ((size_t)8 << 30))
+        return cudaErrorMemoryAllocation;
+    *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+    if (!*p)
+        return cudaErrorMemoryAllocation;
+    memset(*p, 0xff, bytes); /* garbage (NaN), as cudaMalloc promises nothing */
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p)
+{
+    free(p);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void **p, size_t bytes) { return cudaMalloc(p, bytes); }
+cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
+
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
+{
+    *free_b = (size_t)4 << 30;
+    *total_b = (size_t)8 << 30;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t)
+{
+    memset(p, v, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t)
+{
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+struct emu_stream {
+    int unused;
+};
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
+{
+    *s = new emu_stream();
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+    delete s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+/* ---- threads as fibers ------------------------------------------------------------------ */
+
+emu_uint3 emu_blockIdx;
+dim3 emu_blockDim, emu_gridDim;
+
+enum { RUNNABLE, AT_BLOCK_BARRIER, AT_WARP_SHUFFLE, DONE };
+
+struct fiber {
+    void *sp;
+    unsigned tid;
+    int state;
+    int pred, result_pred;
+    uint64_t val, result;
+    int lane_mask;
+};
+
+/* emu_switch(&save, to): saves the callee-saved registers and the stack pointer of the caller
+ * in *save and continues on the stack `to` (System V x86-64). */
+extern "C" void emu_switch(void **save, void *to);
+asm(".text\n"
+    ".globl emu_switch\n"
+    ".hidden emu_switch\n"
+    ".type emu_switch,@function\n"
+    "emu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+    "  ret\n"
+    ".size emu_switch, .-emu_switch\n");
+
+#define STACK_BYTES (256 * 1024)
+static std::vector<fiber> fibers;
+static std::vector<char *> stacks;
+static void *sched_sp;
+static fiber *cur;
+static const std::function<void()> *body;
+
+unsigned emu_tid(void) { return cur->tid; }
+
+static void yield_to_scheduler(void) { emu_switch(&cur->sp, sched_sp); }
+
+void __syncthreads(void)
+{
+    cur->state = AT_BLOCK_BARRIER;
+    yield_to_scheduler();
+}
+
+int __syncthreads_or(int pred)
+{
+    cur->pred = pred != 0;
+    cur->state = AT_BLOCK_BARRIER;
+    yield_to_scheduler();
+    return cur->result_pred;
+}
+
+uint64_t emu_shfl_xor(uint64_t bits, int lane_mask)
+{
+    cur->val = bits;
+    cur->lane_mask = lane_mask;
+    cur->state = AT_WARP_SHUFFLE;
+    yield_to_scheduler();
+    return cur->result;
+}
+
+static void fiber_entry(void)
+{
+    (*body)();
+    cur->state = DONE;
+    yield_to_scheduler(); /* never resumed */
+    abort();
+}
+
+/* a fresh fiber's stack: six zero registers, then fiber_entry as the return address, then a
+ * fake return address for fiber_entry, with the ABI's alignment at its entry */
+static void *fresh_stack(char *base)
+{
+    uintptr_t top = ((uintptr_t)(base + STACK_BYTES)) & ~(uintptr_t)15;
+    void **sp = (void **)top;
+    *--sp = NULL;
+    *--sp = (void *)fiber_entry;
+    for (int i = 0; i < 6; i++)
+        *--sp = NULL;
+    return sp;
+}
+
+static void run_block(unsigned n)
+{
+    if (fibers.size() < n)
+        fibers.resize(n);
+    while (stacks.size() < n)
+        stacks.push_back((char *)malloc(STACK_BYTES));
+    for (unsigned i = 0; i < n; i++) {
+        fiber &f = fibers[i];
+        f.tid = i;
+        f.state = RUNNABLE;
+        f.pred = f.result_pred = 0;
+        f.sp = fresh_stack(stacks[i]);
+    }
+    for (;;) {
+        for (unsigned i = 0; i < n; i++) {
+            if (fibers[i].state != RUNNABLE)
+                continue;
+            cur = &fibers[i];
+            emu_switch(&sched_sp, cur->sp);
+        }
+        unsigned alive = 0, at_block = 0;
+        int any = 0;
+        for (unsigned i = 0; i < n; i++) {
+            alive += fibers[i].state != DONE;
+            at_block += fibers[i].state == AT_BLOCK_BARRIER;
+            any |= fibers[i].state == AT_BLOCK_BARRIER && fibers[i].pred;
+        }
+        if (!alive)
+            return;
+        int released = 0;
+        if (at_block == alive) {
+            for (unsigned i = 0; i < n; i++)
+                if (fibers[i].state == AT_BLOCK_BARRIER) {
+                    fibers[i].result_pred = any;
+                    fibers[i].pred = 0;
+                    fibers[i].state = RUNNABLE;
+                }
+            continue;
+        }
+        for (unsigned w = 0; w < (n + 31) / 32; w++) {
+            unsigned lo = w * 32, hi = lo + 32 < n ? lo + 32 : n, live = 0, waiting = 0;
+            for (unsigned i = lo; i < hi; i++) {
+                live += fibers[i].state != DONE;
+                waiting += fibers[i].state == AT_WARP_SHUFFLE;
+            }
+            if (!waiting || waiting != live)
+                continue;
+            if (live != hi - lo) {
+                fprintf(stderr, "cuda-emu: a shuffle in warp %u with %u of %u lanes exited (undefined in CUDA)\n",
+                        w, hi - lo - live, hi - lo);
+                abort();
+            }
+            for (unsigned i = lo; i < hi; i++) {
+                unsigned src = lo + ((i - lo) ^ (unsigned)fibers[i].lane_mask);
+                fibers[i].result = src < hi ? fibers[src].val : fibers[i].val;
+            }
+            for (unsigned i = lo; i < hi; i++)
+                fibers[i].state = RUNNABLE;
+            released = 1;
+        }
+        if (!released) {
+            fprintf(stderr, "cuda-emu: deadlock in block (%u,%u): %u threads alive, %u at __syncthreads\n",
+                    emu_blockIdx.x, emu_blockIdx.y, alive, at_block);
+            abort();
+        }
+    }
+}
+
+void emu_launch(dim3 grid, dim3 block, size_t, cudaStream_t, const std::function<void()> &fn)
+{
+    if (block.y != 1 || block.z != 1 || block.x == 0 || block.x > 1024 || grid.x == 0 || grid.y == 0 ||
+        grid.y > 65535 || grid.z == 0) {
+        fprintf(stderr, "cuda-emu: bad launch configuration grid (%u,%u,%u) block (%u,%u,%u)\n", grid.x, grid.y,
+                grid.z, block.x, block.y, block.z);
+        abort();
+    }
+    emu_gridDim = grid;
+    emu_blockDim = block;
+    body = &fn;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                emu_blockIdx = emu_uint3{x, y, z};
+                run_block(block.x);
+            }
+}
+
+/* ---- cuBLAS ----------------------------------------------------------------------------- */
+
+struct emu_blas {
+    int tf32;
+};
+
+cublasStatus_t cublasCreate(cublasHandle_t *h)
+{
+    *h = new emu_blas();
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasDestroy(cublasHandle_t h)
+{
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m)
+{
+    h->tf32 = m == CUBLAS_TF32_TENSOR_OP_MATH;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+const char *cublasGetStatusString(cublasStatus_t s) { return s ? "emulated failure" : "success"; }
+const char *cublasGetStatusName(cublasStatus_t s) { return s ? "CUBLAS_STATUS_EMULATED" : "CUBLAS_STATUS_SUCCESS"; }
+
+/* TF32: 10 explicit mantissa bits, round to nearest */
+static inline float tf32(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) {
+        u += 0x1000u;
+        u &= 0xffffe000u;
+    }
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static void gemm1(int tf, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    /* op(A) as m rows of k, op(B)^T as n rows of k: dot products over contiguous rows */
+    std::vector<float> a((size_t)m * k), bt((size_t)n * k);
+    for (int i = 0; i < m; i++)
+        for (int l = 0; l < k; l++) {
+            float v = ta == CUBLAS_OP_N ? A[i + (size_t)l * lda] : A[l + (size_t)i * lda];
+            a[(size_t)i * k + l] = tf ? tf32(v) : v;
+        }
+    for (int j = 0; j < n; j++)
+        for (int l = 0; l < k; l++) {
+            float v = tb == CUBLAS_OP_N ? B[l + (size_t)j * ldb] : B[j + (size_t)l * ldb];
+            bt[(size_t)j * k + l] = tf ? tf32(v) : v;
+        }
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            const float *x = &a[(size_t)i * k], *y = &bt[(size_t)j * k];
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            int l = 0;
+            for (; l + 8 <= k; l += 8)
+                for (int u = 0; u < 8; u++)
+                    acc[u] += x[l + u] * y[l + u];
+            float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+            for (; l < k; l++)
+                s += x[l] * y[l];
+            float *c = &C[i + (size_t)j * ldc];
+            *c = beta == 0.0f ? alpha * s : alpha * s + beta * *c; /* BLAS: C unread when beta == 0 */
+        }
+}
+
+static int bad_args(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, int lda, int ldb, int ldc)
+{
+    int rows_a = ta == CUBLAS_OP_N ? m : k, rows_b = tb == CUBLAS_OP_N ? k : n;
+    if (m < 0 || n < 0 || k < 0 || lda < (rows_a > 1 ? rows_a : 1) || ldb < (rows_b > 1 ? rows_b : 1) ||
+        ldc < (m > 1 ? m : 1)) {
+        fprintf(stderr, "cuda-emu: cublasSgemm: invalid arguments m %d n %d k %d lda %d ldb %d ldc %d\n", m, n, k, lda,
+                ldb, ldc);
+        return 1;
+    }
+    return 0;
+}
+
+cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                           const float *alpha, const float *A, int lda, const float *B, int ldb,
+                           const float *beta, float *C, int ldc)
+{
+    if (bad_args(ta, tb, m, n, k, lda, ldb, ldc))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    gemm1(h->tf32, ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                                         int n, int k, const float *alpha, const float *A, int lda,
+                                         long long sA, const float *B, int ldb, long long sB,
+                                         const float *beta, float *C, int ldc, long long sC, int batch)
+{
+    if (bad_args(ta, tb, m, n, k, lda, ldb, ldc) || batch < 0)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    for (int i = 0; i < batch; i++)
+        gemm1(h->tf32, ta, tb, m, n, k, *alpha, A + i * sA, lda, B + i * sB, ldb, *beta, C + i * sC, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}

@@ -1,0 +1,775 @@
+/* The CUDA backend against the CPU backend, op by op, on fresh random inputs (the seed is in
+ * every failure message; DS_TEST_SEED=N repeats a run): every output of the GPU is poisoned
+ * with NaN before the op, so an element it does not write fails, and NaN never passes. Then the
+ * fused optimizers over a few steps, and a tiny GPT trained 20 steps through the engine on both
+ * backends. Every test skips (not fails) where there is no CUDA device or no CUDA backend.
+ * DS_TEST_VERBOSE=1 prints each comparison's error. */
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+/* Normwise relative error bounds, ||gpu - cpu|| / ||cpu||. The GEMM-based ops with TF32 (the
+ * default) are bounded by TF32's 10-bit mantissa: ~3e-4 per product is typical. */
+#define TOL_EXACTISH 2e-6 /* elementwise fp32 math; different libm / summation order */
+#define TOL_REDUCE 1e-5   /* fp32 sums over a row in another order (layernorm, xent, colsums) */
+#define TOL_FP32_GEMM 2e-5
+#define TOL_TF32_GEMM 2e-3
+#define TOL_TF32_ATTN 5e-3 /* two or three chained TF32 products and a softmax */
+
+typedef struct ctx {
+    ds_backend *cpu, *gpu;
+    ds_rng rng;
+    unsigned long long seed;
+    int tf32;
+} ctx;
+
+#define CALL(be, op, ...)                                                                         \
+    cr_assert_eq((be)->ops->op((be), __VA_ARGS__), DS_OK, "%s %s: %s", (be)->ops->name, #op,     \
+                 (be)->err.msg)
+
+static int verbose(void)
+{
+    const char *v = getenv("DS_TEST_VERBOSE");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+/* Skips the test when there is no CUDA backend or device. tf32: the GEMM mode. */
+static void open_ctx(ctx *c, int tf32)
+{
+    memset(c, 0, sizeof *c);
+    setenv("DS_CUDA_TF32", tf32 ? "1" : "0", 1);
+    ds_error err = {0};
+    ds_status st = ds_backend_create(&c->gpu, "cuda", &err);
+    if (st == DS_ERR_UNSUPPORTED)
+        cr_skip_test("no CUDA here: %s", err.msg);
+    cr_assert_eq(st, DS_OK, "backend cuda: %s", err.msg);
+    cr_assert(strncmp(ds_backend_describe(c->gpu), "cuda", 4) == 0, "%s", ds_backend_describe(c->gpu));
+    cr_assert_eq(ds_backend_create(&c->cpu, "cpu", &err), DS_OK, "backend cpu: %s", err.msg);
+    const char *s = getenv("DS_TEST_SEED");
+    c->seed = s ? strtoull(s, NULL, 10)
+                : ((unsigned long long)time(NULL) * 2654435761ull) ^ ((unsigned long long)getpid() << 20);
+    ds_rng_seed(&c->rng, c->seed);
+    c->tf32 = tf32;
+}
+
+static void close_ctx(ctx *c)
+{
+    ds_backend_destroy(c->gpu);
+    ds_backend_destroy(c->cpu);
+}
+
+static float *hbuf(int64_t n)
+{
+    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    cr_assert(p != NULL);
+    return p;
+}
+
+static float *hfill(int64_t n, float v)
+{
+    float *p = hbuf(n);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = v;
+    return p;
+}
+
+static float *hrandn(ctx *c, int64_t n, double mean, double sd)
+{
+    float *p = hbuf(n);
+    for (int64_t i = 0; i < n; i++)
+        p[i] = (float)(mean + sd * ds_rng_normal(&c->rng));
+    return p;
+}
+
+static void *dev(ctx *c, const void *host, size_t bytes)
+{
+    void *d = c->gpu->ops->alloc(c->gpu, bytes);
+    cr_assert(d != NULL, "cuda alloc %zu: %s", bytes, c->gpu->err.msg);
+    if (host)
+        CALL(c->gpu, upload, d, host, bytes);
+    return d;
+}
+
+static float *devf(ctx *c, const float *host, int64_t n) { return dev(c, host, (size_t)n * sizeof(float)); }
+
+/* a device buffer full of NaN: what the op does not write stays NaN */
+static float *dpoison(ctx *c, int64_t n)
+{
+    float *h = hfill(n, NAN);
+    float *d = devf(c, h, n);
+    free(h);
+    return d;
+}
+
+static float *down(ctx *c, const float *d, int64_t n)
+{
+    float *h = hbuf(n);
+    CALL(c->gpu, download, h, d, (size_t)n * sizeof(float));
+    return h;
+}
+
+/* got (GPU) against ref (CPU): every element finite where ref is, ||got - ref|| / ||ref|| <= tol,
+ * and no element off by more than 10 * tol * max|ref| (a few wrong elements in a large output
+ * hardly move the norm). */
+static void check(ctx *c, const char *what, const float *got, const float *ref, int64_t n, double tol)
+{
+    double num = 0, den = 0, maxref = 0, maxd = 0;
+    int64_t bad = -1, worst = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(ref[i])) {
+            if (isfinite(got[i]) && bad < 0)
+                bad = i;
+            continue;
+        }
+        if (!isfinite(got[i])) {
+            if (bad < 0)
+                bad = i;
+            continue;
+        }
+        double d = (double)got[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+        if (fabs(ref[i]) > maxref)
+            maxref = fabs(ref[i]);
+        if (fabs(d) > maxd || worst < 0) {
+            maxd = fabs(d);
+            worst = i;
+        }
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    if (verbose())
+        fprintf(stderr, "  %-44s n %-9lld rel %.2e (bound %.0e)  max|diff| %.2e\n", what, (long long)n,
+                rel, tol, maxd);
+    cr_expect(bad < 0, "%s: element %lld is %g, expected %g (unwritten, or not finite) [seed %llu]", what,
+              (long long)bad, bad < 0 ? 0.0 : got[bad], bad < 0 ? 0.0 : ref[bad], c->seed);
+    cr_expect(rel <= tol, "%s: relative error %.3g > %.3g (largest difference at %lld: %.9g vs %.9g) [seed %llu]",
+              what, rel, tol, (long long)worst, worst < 0 ? 0.0 : got[worst], worst < 0 ? 0.0 : ref[worst],
+              c->seed);
+    double lim = 10 * tol * (maxref > 0 ? maxref : 1);
+    cr_expect(maxd <= lim, "%s: element %lld off by %.3g, more than %.3g (10 x bound x max|ref|) [seed %llu]",
+              what, (long long)worst, maxd, lim, c->seed);
+}
+
+static void check_dev(ctx *c, const char *what, const float *d, const float *ref, int64_t n, double tol)
+{
+    float *h = down(c, d, n);
+    check(c, what, h, ref, n, tol);
+    free(h);
+}
+
+static double gemm_tol(const ctx *c) { return c->tf32 ? TOL_TF32_GEMM : TOL_FP32_GEMM; }
+static double attn_tol(const ctx *c) { return c->tf32 ? TOL_TF32_ATTN : TOL_FP32_GEMM; }
+
+/* ---- backend basics ---------------------------------------------------------------------- */
+
+Test(cuda, memory_and_errors)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 100003;
+    float *d = c.gpu->ops->alloc(c.gpu, (size_t)n * sizeof(float));
+    cr_assert(d != NULL, "%s", c.gpu->err.msg);
+    float *h = down(&c, d, n);
+    int64_t nonzero = 0;
+    for (int64_t i = 0; i < n; i++)
+        nonzero += h[i] != 0.0f;
+    cr_expect_eq(nonzero, 0, "alloc must return zeroed memory: %lld nonzero", (long long)nonzero);
+    float *x = hrandn(&c, n, 0, 1);
+    CALL(c.gpu, upload, d, x, (size_t)n * sizeof(float));
+    float *d2 = dpoison(&c, n);
+    CALL(c.gpu, copy, d2, d, (size_t)n * sizeof(float));
+    float *back = down(&c, d2, n);
+    cr_expect(memcmp(back, x, (size_t)n * sizeof(float)) == 0, "upload/copy/download round trip");
+    CALL(c.gpu, zero, d2, 40 * sizeof(float));
+    cr_assert_eq(c.gpu->ops->synchronize(c.gpu), DS_OK, "%s", c.gpu->err.msg);
+    float *z = down(&c, d2, n);
+    cr_expect(z[0] == 0.0f && z[39] == 0.0f && z[40] == x[40], "zero clears exactly the bytes asked");
+    /* an absurd allocation fails with a message, not a crash */
+    void *huge = c.gpu->ops->alloc(c.gpu, (size_t)1 << 60);
+    cr_expect(huge == NULL);
+    cr_expect(strstr(c.gpu->err.msg, "out of device memory") != NULL, "%s", c.gpu->err.msg);
+    /* and the backend still works afterwards */
+    double s;
+    CALL(c.gpu, sum, d, n, &s);
+    if (verbose())
+        fprintf(stderr, "  backend: %s\n", ds_backend_describe(c.gpu));
+    c.gpu->ops->free(c.gpu, d);
+    c.gpu->ops->free(c.gpu, d2);
+    free(h);
+    free(x);
+    free(back);
+    free(z);
+    close_ctx(&c);
+}
+
+Test(cuda, bad_device_number)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    ds_backend *b = NULL;
+    ds_error err = {0};
+    cr_expect_eq(ds_backend_create(&b, "cuda:999", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "999") != NULL, "%s", err.msg);
+    cr_expect_eq(ds_backend_create(&b, "cuda:x", &err), DS_ERR_INVALID);
+    setenv("DS_CUDA_TF32", "maybe", 1);
+    cr_expect_eq(ds_backend_create(&b, "cuda", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "DS_CUDA_TF32") != NULL, "%s", err.msg);
+    close_ctx(&c);
+}
+
+/* ---- linear ------------------------------------------------------------------------------ */
+
+static void linear_case(ctx *c, int64_t M, int64_t K, int64_t N, int with_bias)
+{
+    char what[128];
+    float *x = hrandn(c, M * K, 0, 1), *w = hrandn(c, N * K, 0, 1);
+    float *bias = with_bias ? hrandn(c, N, 0, 1) : NULL;
+    float *y = hbuf(M * N);
+    CALL(c->cpu, linear_fwd, x, w, bias, y, M, K, N);
+    float *dx_ = devf(c, x, M * K), *dw_ = devf(c, w, N * K), *db_ = bias ? devf(c, bias, N) : NULL;
+    float *dy_ = dpoison(c, M * N);
+    CALL(c->gpu, linear_fwd, dx_, dw_, db_, dy_, M, K, N);
+    snprintf(what, sizeof what, "linear_fwd %lldx%lldx%lld%s", (long long)M, (long long)K, (long long)N,
+             bias ? " +bias" : "");
+    check_dev(c, what, dy_, y, M * N, gemm_tol(c));
+
+    float *g = hrandn(c, M * N, 0, 1);
+    float *g_ = devf(c, g, M * N);
+    for (int acc = 0; acc <= 1; acc++) {
+        float *gx = acc ? hrandn(c, M * K, 0, 1) : hfill(M * K, 0.0f);
+        float *gw = hrandn(c, N * K, 0, 1), *gb = hrandn(c, N, 0, 1);
+        float *gx_ = acc ? devf(c, gx, M * K) : dpoison(c, M * K), *gw_ = devf(c, gw, N * K),
+              *gb_ = devf(c, gb, N);
+        CALL(c->cpu, linear_bwd, g, x, w, gx, gw, bias ? gb : NULL, M, K, N, acc);
+        CALL(c->gpu, linear_bwd, g_, dx_, dw_, gx_, gw_, bias ? gb_ : NULL, M, K, N, acc);
+        snprintf(what, sizeof what, "linear_bwd dx %lldx%lldx%lld acc=%d", (long long)M, (long long)K,
+                 (long long)N, acc);
+        check_dev(c, what, gx_, gx, M * K, gemm_tol(c));
+        snprintf(what, sizeof what, "linear_bwd dw += %lldx%lldx%lld", (long long)M, (long long)K, (long long)N);
+        check_dev(c, what, gw_, gw, N * K, gemm_tol(c));
+        if (bias) {
+            snprintf(what, sizeof what, "linear_bwd dbias += (M %lld, N %lld)", (long long)M, (long long)N);
+            check_dev(c, what, gb_, gb, N, TOL_REDUCE);
+        }
+        free(gx);
+        free(gw);
+        free(gb);
+    }
+    /* dx only (no weight gradient), and dw only */
+    float *gx = hfill(M * K, 0.0f), *gx_ = dpoison(c, M * K);
+    CALL(c->cpu, linear_bwd, g, x, w, gx, NULL, NULL, M, K, N, 0);
+    CALL(c->gpu, linear_bwd, g_, dx_, dw_, gx_, NULL, NULL, M, K, N, 0);
+    check_dev(c, "linear_bwd dx only", gx_, gx, M * K, gemm_tol(c));
+    float *gw = hrandn(c, N * K, 0, 1), *gw_ = devf(c, gw, N * K);
+    CALL(c->cpu, linear_bwd, g, x, w, NULL, gw, NULL, M, K, N, 0);
+    CALL(c->gpu, linear_bwd, g_, dx_, dw_, NULL, gw_, NULL, M, K, N, 0);
+    check_dev(c, "linear_bwd dw only", gw_, gw, N * K, gemm_tol(c));
+    free(x);
+    free(w);
+    free(bias);
+    free(y);
+    free(g);
+    free(gx);
+    free(gw);
+}
+
+Test(cuda, linear_tf32)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    linear_case(&c, 333, 190, 257, 1);
+    linear_case(&c, 1, 7, 3, 1);
+    linear_case(&c, 64, 768, 2304, 0);
+    close_ctx(&c);
+}
+
+Test(cuda, linear_fp32)
+{
+    ctx c;
+    open_ctx(&c, 0);
+    linear_case(&c, 333, 190, 257, 1);
+    linear_case(&c, 130, 96, 33, 0);
+    close_ctx(&c);
+}
+
+/* ---- embeddings ------------------------------------------------------------------------- */
+
+Test(cuda, embedding_and_position)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t V = 50, C = 300, B = 3, T = 341, M = B * T;
+    int32_t *ids = malloc((size_t)M * sizeof *ids);
+    for (int64_t i = 0; i < M; i++) /* skewed: many repeats of a few ids, as text has */
+        ids[i] = (int32_t)(ds_rng_next(&c.rng) % 4 == 0 ? ds_rng_next(&c.rng) % V : ds_rng_next(&c.rng) % 5);
+    int32_t *ids_ = dev(&c, ids, (size_t)M * sizeof *ids);
+    float *tab = hrandn(&c, V * C, 0, 1), *tab_ = devf(&c, tab, V * C);
+    float *out = hbuf(M * C), *out_ = dpoison(&c, M * C);
+    CALL(c.cpu, embedding_fwd, ids, tab, out, M, C);
+    CALL(c.gpu, embedding_fwd, ids_, tab_, out_, M, C);
+    check_dev(&c, "embedding_fwd", out_, out, M * C, 0);
+    float *g = hrandn(&c, M * C, 0, 1), *g_ = devf(&c, g, M * C);
+    float *dt = hrandn(&c, V * C, 0, 1), *dt_ = devf(&c, dt, V * C);
+    CALL(c.cpu, embedding_bwd, ids, g, dt, M, C);
+    CALL(c.gpu, embedding_bwd, ids_, g_, dt_, M, C);
+    check_dev(&c, "embedding_bwd (+=, repeated ids)", dt_, dt, V * C, TOL_EXACTISH);
+
+    float *pos = hrandn(&c, T * C, 0, 1), *pos_ = devf(&c, pos, T * C);
+    float *y = hbuf(M * C), *y_ = dpoison(&c, M * C);
+    CALL(c.cpu, posadd_fwd, out, pos, y, B, T, C);
+    CALL(c.gpu, posadd_fwd, out_, pos_, y_, B, T, C);
+    check_dev(&c, "posadd_fwd", y_, y, M * C, 0);
+    float *dp = hrandn(&c, T * C, 0, 1), *dp_ = devf(&c, dp, T * C);
+    CALL(c.cpu, posadd_bwd, g, dp, B, T, C);
+    CALL(c.gpu, posadd_bwd, g_, dp_, B, T, C);
+    check_dev(&c, "posadd_bwd (+=)", dp_, dp, T * C, TOL_EXACTISH);
+    close_ctx(&c);
+}
+
+/* ---- layernorm -------------------------------------------------------------------------- */
+
+static void layernorm_case(ctx *c, int64_t M, int64_t C)
+{
+    char what[128];
+    float *x = hrandn(c, M * C, 0.5, 2), *w = hrandn(c, C, 1, 0.3), *bi = hrandn(c, C, 0, 0.3);
+    float *y = hbuf(M * C), *mean = hbuf(M), *rstd = hbuf(M);
+    float *x_ = devf(c, x, M * C), *w_ = devf(c, w, C), *bi_ = devf(c, bi, C);
+    float *y_ = dpoison(c, M * C), *mean_ = dpoison(c, M), *rstd_ = dpoison(c, M);
+    CALL(c->cpu, layernorm_fwd, x, w, bi, y, mean, rstd, M, C, 1e-5f);
+    CALL(c->gpu, layernorm_fwd, x_, w_, bi_, y_, mean_, rstd_, M, C, 1e-5f);
+    snprintf(what, sizeof what, "layernorm_fwd y (M %lld, C %lld)", (long long)M, (long long)C);
+    check_dev(c, what, y_, y, M * C, TOL_REDUCE);
+    check_dev(c, "layernorm_fwd mean", mean_, mean, M, TOL_REDUCE);
+    check_dev(c, "layernorm_fwd rstd", rstd_, rstd, M, TOL_REDUCE);
+    float *g = hrandn(c, M * C, 0, 1), *g_ = devf(c, g, M * C);
+    for (int acc = 0; acc <= 1; acc++) {
+        float *dx = acc ? hrandn(c, M * C, 0, 1) : hfill(M * C, 0.0f);
+        float *dw = hrandn(c, C, 0, 1), *db = hrandn(c, C, 0, 1);
+        float *dx_ = acc ? devf(c, dx, M * C) : dpoison(c, M * C), *dw_ = devf(c, dw, C), *db_ = devf(c, db, C);
+        /* the GPU gets its own (exact) mean and rstd, the CPU its own: as in training */
+        CALL(c->cpu, layernorm_bwd, g, x, w, mean, rstd, dx, dw, db, M, C, acc);
+        CALL(c->gpu, layernorm_bwd, g_, x_, w_, mean_, rstd_, dx_, dw_, db_, M, C, acc);
+        snprintf(what, sizeof what, "layernorm_bwd dx (C %lld) acc=%d", (long long)C, acc);
+        check_dev(c, what, dx_, dx, M * C, TOL_REDUCE);
+        check_dev(c, "layernorm_bwd dw +=", dw_, dw, C, TOL_REDUCE);
+        check_dev(c, "layernorm_bwd db +=", db_, db, C, TOL_REDUCE);
+        free(dx);
+        free(dw);
+        free(db);
+    }
+    free(x);
+    free(w);
+    free(bi);
+    free(y);
+    free(mean);
+    free(rstd);
+    free(g);
+}
+
+Test(cuda, layernorm)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    layernorm_case(&c, 257, 768);
+    layernorm_case(&c, 1000, 100);
+    layernorm_case(&c, 3, 31);
+    close_ctx(&c);
+}
+
+/* ---- elementwise ------------------------------------------------------------------------ */
+
+Test(cuda, activations_dropout_add)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 300007;
+    float *x = hrandn(&c, n, 0, 2.5), *x_ = devf(&c, x, n);
+    float *g = hrandn(&c, n, 0, 1), *g_ = devf(&c, g, n);
+    float *y = hbuf(n);
+    for (int ap = 0; ap <= 1; ap++) {
+        float *y_ = dpoison(&c, n);
+        CALL(c.cpu, gelu_fwd, x, y, n, ap);
+        CALL(c.gpu, gelu_fwd, x_, y_, n, ap);
+        check_dev(&c, ap ? "gelu_fwd tanh" : "gelu_fwd erf", y_, y, n, TOL_EXACTISH);
+        for (int acc = 0; acc <= 1; acc++) {
+            float *dx = acc ? hrandn(&c, n, 0, 1) : hfill(n, 0.0f);
+            float *dx_ = acc ? devf(&c, dx, n) : dpoison(&c, n);
+            CALL(c.cpu, gelu_bwd, x, g, dx, n, ap, acc);
+            CALL(c.gpu, gelu_bwd, x_, g_, dx_, n, ap, acc);
+            check_dev(&c, ap ? (acc ? "gelu_bwd tanh acc" : "gelu_bwd tanh") : (acc ? "gelu_bwd erf acc" : "gelu_bwd erf"),
+                      dx_, dx, n, TOL_EXACTISH);
+            free(dx);
+        }
+    }
+    {
+        float *y_ = dpoison(&c, n);
+        CALL(c.cpu, relu_fwd, x, y, n);
+        CALL(c.gpu, relu_fwd, x_, y_, n);
+        check_dev(&c, "relu_fwd", y_, y, n, 0);
+        for (int acc = 0; acc <= 1; acc++) {
+            float *dx = acc ? hrandn(&c, n, 0, 1) : hfill(n, 0.0f);
+            float *dx_ = acc ? devf(&c, dx, n) : dpoison(&c, n);
+            CALL(c.cpu, relu_bwd, y, g, dx, n, acc);
+            CALL(c.gpu, relu_bwd, y_, g_, dx_, n, acc);
+            check_dev(&c, acc ? "relu_bwd acc" : "relu_bwd", dx_, dx, n, 0);
+            free(dx);
+        }
+    }
+    /* dropout: the same mask bit for bit (a pure function of seed and index) */
+    for (int k = 0; k < 2; k++) {
+        float p = k ? 0.5f : 0.1f;
+        uint64_t seed = ds_rng_next(&c.rng);
+        float *y_ = dpoison(&c, n);
+        CALL(c.cpu, dropout_fwd, x, y, n, p, seed);
+        CALL(c.gpu, dropout_fwd, x_, y_, n, p, seed);
+        float *h = down(&c, y_, n);
+        int64_t differ = 0, dropped = 0;
+        for (int64_t i = 0; i < n; i++) {
+            differ += memcmp(&h[i], &y[i], sizeof(float)) != 0;
+            dropped += y[i] == 0.0f;
+        }
+        cr_expect_eq(differ, 0, "dropout_fwd p=%g: %lld of %lld elements differ from the CPU's [seed %llu]",
+                     p, (long long)differ, (long long)n, c.seed);
+        cr_expect(fabs((double)dropped / n - p) < 0.01, "dropout p=%g dropped %.4f", p, (double)dropped / n);
+        if (verbose())
+            fprintf(stderr, "  dropout_fwd p=%.1f: bit-identical to the CPU: %s\n", p, differ ? "NO" : "yes");
+        free(h);
+        for (int acc = 0; acc <= 1; acc++) {
+            float *dx = acc ? hrandn(&c, n, 0, 1) : hfill(n, 0.0f);
+            float *dx_ = acc ? devf(&c, dx, n) : dpoison(&c, n);
+            CALL(c.cpu, dropout_bwd, g, dx, n, p, seed, acc);
+            CALL(c.gpu, dropout_bwd, g_, dx_, n, p, seed, acc);
+            check_dev(&c, acc ? "dropout_bwd acc" : "dropout_bwd", dx_, dx, n, 0);
+            free(dx);
+        }
+    }
+    {
+        float *y_ = dpoison(&c, n);
+        CALL(c.cpu, add, x, g, y, n);
+        CALL(c.gpu, add, x_, g_, y_, n);
+        check_dev(&c, "add", y_, y, n, 0);
+        for (int acc = 0; acc <= 1; acc++) {
+            float *a = acc ? hrandn(&c, n, 0, 1) : hfill(n, 0.0f);
+            float *a_ = acc ? devf(&c, a, n) : dpoison(&c, n);
+            CALL(c.cpu, accumulate, x, a, n, acc);
+            CALL(c.gpu, accumulate, x_, a_, n, acc);
+            check_dev(&c, acc ? "accumulate +=" : "accumulate =", a_, a, n, 0);
+            free(a);
+        }
+        CALL(c.cpu, scale, x, n, -0.37f);
+        CALL(c.gpu, scale, x_, n, -0.37f);
+        check_dev(&c, "scale", x_, x, n, 0);
+    }
+    close_ctx(&c);
+}
+
+/* ---- attention -------------------------------------------------------------------------- */
+
+static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    char what[160];
+    const int64_t n3 = B * T * 3 * C, n = B * T * C, na = B * H * T * T;
+    float *qkv = hrandn(c, n3, 0, 1), *qkv_ = devf(c, qkv, n3);
+    float *out = hbuf(n), *att = hbuf(na), *out_ = dpoison(c, n), *att_ = dpoison(c, na);
+    CALL(c->cpu, attention_fwd, qkv, out, att, B, T, C, H, causal);
+    CALL(c->gpu, attention_fwd, qkv_, out_, att_, B, T, C, H, causal);
+    snprintf(what, sizeof what, "attention_fwd out B%lld T%lld C%lld H%lld%s", (long long)B, (long long)T,
+             (long long)C, (long long)H, causal ? " causal" : "");
+    check_dev(c, what, out_, out, n, attn_tol(c));
+    snprintf(what, sizeof what, "attention_fwd att (probabilities)%s", causal ? " causal" : "");
+    check_dev(c, what, att_, att, na, attn_tol(c));
+    if (causal) { /* exact zeros above the diagonal */
+        float *h = down(c, att_, na);
+        int64_t nz = 0;
+        for (int64_t r = 0; r < B * H * T; r++)
+            for (int64_t s = r % T + 1; s < T; s++)
+                nz += h[r * T + s] != 0.0f;
+        cr_expect_eq(nz, 0, "attention_fwd: %lld probabilities above the causal diagonal are not 0", (long long)nz);
+        free(h);
+    }
+    float *g = hrandn(c, n, 0, 1), *g_ = devf(c, g, n);
+    float *dq = hfill(n3, 0.0f), *dq_ = dpoison(c, n3);
+    CALL(c->cpu, attention_bwd, g, qkv, att, dq, B, T, C, H, causal);
+    CALL(c->gpu, attention_bwd, g_, qkv_, att_, dq_, B, T, C, H, causal);
+    snprintf(what, sizeof what, "attention_bwd dqkv%s", causal ? " causal" : "");
+    check_dev(c, what, dq_, dq, n3, attn_tol(c));
+    free(qkv);
+    free(out);
+    free(att);
+    free(g);
+    free(dq);
+}
+
+Test(cuda, attention_tf32)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    attention_case(&c, 2, 77, 96, 4, 1);
+    attention_case(&c, 2, 77, 96, 4, 0);
+    attention_case(&c, 1, 256, 128, 2, 1);
+    attention_case(&c, 1, 1024, 64, 2, 1); /* the longest row kept in registers */
+    attention_case(&c, 1, 1030, 32, 2, 1); /* rows longer than 1024: the multi-pass kernels */
+    attention_case(&c, 1, 1030, 32, 2, 0);
+    close_ctx(&c);
+}
+
+Test(cuda, attention_fp32)
+{
+    ctx c;
+    open_ctx(&c, 0);
+    attention_case(&c, 3, 50, 48, 3, 1);
+    attention_case(&c, 1, 33, 64, 1, 0);
+    close_ctx(&c);
+}
+
+/* ---- losses ----------------------------------------------------------------------------- */
+
+static void xent_case(ctx *c, int64_t M, int64_t V, double sd)
+{
+    char what[128];
+    float *z = hrandn(c, M * V, 0, sd), *z_ = devf(c, z, M * V);
+    int32_t *t = malloc((size_t)M * sizeof *t);
+    for (int64_t i = 0; i < M; i++)
+        t[i] = (int32_t)(ds_rng_next(&c->rng) % (uint64_t)V);
+    int32_t *t_ = dev(c, t, (size_t)M * sizeof *t);
+    float *l = hbuf(M), *d = hbuf(M * V), *l_ = dpoison(c, M), *d_ = dpoison(c, M * V);
+    CALL(c->cpu, xent_fwd, z, t, l, d, 0.37f, M, V);
+    CALL(c->gpu, xent_fwd, z_, t_, l_, d_, 0.37f, M, V);
+    snprintf(what, sizeof what, "xent losses (M %lld, V %lld, sd %g)", (long long)M, (long long)V, sd);
+    check_dev(c, what, l_, l, M, TOL_REDUCE);
+    snprintf(what, sizeof what, "xent dlogits (M %lld, V %lld)", (long long)M, (long long)V);
+    check_dev(c, what, d_, d, M * V, TOL_REDUCE);
+    float *l2_ = dpoison(c, M);
+    CALL(c->gpu, xent_fwd, z_, t_, l2_, NULL, 1.0f, M, V);
+    check_dev(c, "xent losses without gradient", l2_, l, M, TOL_REDUCE);
+    free(z);
+    free(t);
+    free(l);
+    free(d);
+}
+
+Test(cuda, losses)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    xent_case(&c, 37, 50304, 3.0);
+    xent_case(&c, 100, 7, 1.0);
+    xent_case(&c, 20, 1000, 30.0); /* extreme logits */
+    const int64_t M = 50, N = 33;
+    float *y = hrandn(&c, M * N, 0, 1), *t = hrandn(&c, M * N, 0, 1);
+    float *y_ = devf(&c, y, M * N), *t_ = devf(&c, t, M * N);
+    float *l = hbuf(M), *d = hbuf(M * N), *l_ = dpoison(&c, M), *d_ = dpoison(&c, M * N);
+    CALL(c.cpu, mse_fwd, y, t, l, d, 0.25f, M, N);
+    CALL(c.gpu, mse_fwd, y_, t_, l_, d_, 0.25f, M, N);
+    check_dev(&c, "mse losses", l_, l, M, TOL_REDUCE);
+    check_dev(&c, "mse dy", d_, d, M * N, TOL_EXACTISH);
+    close_ctx(&c);
+}
+
+/* ---- reductions ------------------------------------------------------------------------- */
+
+Test(cuda, reductions)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 1000003;
+    float *x = hrandn(&c, n, 0.1, 1), *x_ = devf(&c, x, n);
+    double sc, sg, qc, qg, exact = 0, exactq = 0;
+    for (int64_t i = 0; i < n; i++) {
+        exact += x[i];
+        exactq += (double)x[i] * x[i];
+    }
+    CALL(c.cpu, sum, x, n, &sc);
+    CALL(c.gpu, sum, x_, n, &sg);
+    CALL(c.cpu, sumsq, x, n, &qc);
+    CALL(c.gpu, sumsq, x_, n, &qg);
+    if (verbose())
+        fprintf(stderr, "  sum: gpu %.10g cpu %.10g double %.10g; sumsq: gpu %.10g cpu %.10g double %.10g\n", sg,
+                sc, exact, qg, qc, exactq);
+    cr_expect(fabs(sg - exact) <= 1e-9 * fabs(exact) + 1e-6, "sum %.12g, exact %.12g", sg, exact);
+    cr_expect(fabs(sg - sc) <= 1e-6 * fabs(exact) + 1e-3, "sum gpu %.12g cpu %.12g", sg, sc);
+    cr_expect(fabs(qg - exactq) <= 1e-9 * exactq, "sumsq %.12g, exact %.12g", qg, exactq);
+    cr_expect(fabs(qg - qc) <= 1e-6 * exactq, "sumsq gpu %.12g cpu %.12g", qg, qc);
+    double again;
+    CALL(c.gpu, sum, x_, n, &again);
+    cr_expect(memcmp(&again, &sg, sizeof again) == 0, "sum is deterministic (%.17g vs %.17g)", again, sg);
+    int64_t bad;
+    CALL(c.gpu, nonfinite, x_, n, &bad);
+    cr_expect_eq(bad, 0);
+    x[5] = INFINITY;
+    x[n - 1] = NAN;
+    x[77777] = -INFINITY;
+    CALL(c.gpu, upload, x_, x, (size_t)n * sizeof(float));
+    int64_t badc;
+    CALL(c.gpu, nonfinite, x_, n, &bad);
+    CALL(c.cpu, nonfinite, x, n, &badc);
+    cr_expect_eq(bad, 3, "nonfinite counted %lld", (long long)bad);
+    cr_expect_eq(bad, badc);
+    CALL(c.gpu, sum, x_, 1, &sg);
+    cr_expect(sg == (double)x[0], "sum of one element");
+    CALL(c.gpu, sum, x_, 0, &sg);
+    cr_expect(sg == 0.0, "sum of nothing");
+    free(x);
+    close_ctx(&c);
+}
+
+/* ---- fused optimizers ------------------------------------------------------------------- */
+
+Test(cuda, optimizers)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 100003;
+    for (int mode = 0; mode < 4; mode++) {
+        ds_adamw_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                           .adam_w_mode = mode != 1, .bias_correction = mode != 2,
+                           .grad_scale = mode == 3 ? 0.25f : 1.0f};
+        float *p = hrandn(&c, n, 0, 1), *m = hrandn(&c, n, 0, 0.1), *v = hfill(n, 0.0f);
+        for (int64_t i = 0; i < n; i++)
+            v[i] = (float)fabs(ds_rng_normal(&c.rng)) * 0.01f;
+        float *p_ = devf(&c, p, n), *m_ = devf(&c, m, n), *v_ = devf(&c, v, n);
+        for (int step = 1; step <= 3; step++) {
+            float *g = hrandn(&c, n, 0, 1), *g_ = devf(&c, g, n);
+            a.step = step;
+            CALL(c.cpu, adamw_step, p, g, m, v, n, &a);
+            CALL(c.gpu, adamw_step, p_, g_, m_, v_, n, &a);
+            free(g);
+            c.gpu->ops->free(c.gpu, g_);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "adamw 3 steps (w_mode %d, bias_corr %d, gs %g): p", a.adam_w_mode,
+                 a.bias_correction, a.grad_scale);
+        check_dev(&c, what, p_, p, n, TOL_EXACTISH);
+        check_dev(&c, "adamw m", m_, m, n, TOL_EXACTISH);
+        check_dev(&c, "adamw v", v_, v, n, TOL_EXACTISH);
+        free(p);
+        free(m);
+        free(v);
+    }
+    for (int mode = 0; mode < 3; mode++) {
+        ds_sgd_args a = {.lr = 0.05f, .momentum = mode ? 0.9f : 0.0f, .dampening = mode == 2 ? 0.0f : 0.1f,
+                         .weight_decay = 0.01f, .nesterov = mode == 2, .grad_scale = 0.5f};
+        float *p = hrandn(&c, n, 0, 1), *buf = hfill(n, 0.0f);
+        float *p_ = devf(&c, p, n), *buf_ = devf(&c, buf, n);
+        for (int step = 1; step <= 3; step++) {
+            float *g = hrandn(&c, n, 0, 1), *g_ = devf(&c, g, n);
+            a.first_step = step == 1;
+            CALL(c.cpu, sgd_step, p, g, buf, n, &a);
+            CALL(c.gpu, sgd_step, p_, g_, buf_, n, &a);
+            free(g);
+            c.gpu->ops->free(c.gpu, g_);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "sgd 3 steps (momentum %g, nesterov %d): p", a.momentum, a.nesterov);
+        check_dev(&c, what, p_, p, n, TOL_EXACTISH);
+        if (mode)
+            check_dev(&c, "sgd momentum buffer", buf_, buf, n, TOL_EXACTISH);
+        free(p);
+        free(buf);
+    }
+    close_ctx(&c);
+}
+
+/* ---- a tiny GPT through the engine ------------------------------------------------------ */
+
+/* gpt-tiny (share/configs/gpt-tiny.json) with 2 layers and a dropout in the MLP: the dropout
+ * masks must match for the losses to follow. */
+static const char *tiny_net =
+    "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 256, \"seq_len\": 128},"
+    " \"layers\": ["
+    "  {\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 256},"
+    "  {\"type\": \"position_embedding\", \"name\": \"wpe\"},"
+    "  {\"type\": \"repeat\", \"name\": \"h\", \"count\": 2, \"layers\": ["
+    "    {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_1\"},"
+    "      {\"type\": \"attention\", \"name\": \"attn\", \"heads\": 4, \"causal\": true}]},"
+    "    {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_2\"},"
+    "      {\"type\": \"linear\", \"name\": \"fc\", \"out\": 1024},"
+    "      {\"type\": \"gelu\", \"approximate\": \"tanh\"},"
+    "      {\"type\": \"linear\", \"name\": \"proj\", \"out\": 256},"
+    "      {\"type\": \"dropout\", \"p\": 0.1}]}]},"
+    "  {\"type\": \"layernorm\", \"name\": \"ln_f\"},"
+    "  {\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 256, \"bias\": false, \"tied_to\": \"wte\"}],"
+    " \"loss\": {\"type\": \"cross_entropy\"}}";
+
+static const char *tiny_cfg =
+    "{\"train_micro_batch_size_per_gpu\": 4, \"gradient_accumulation_steps\": 2,"
+    " \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.001, \"betas\": [0.9, 0.95],"
+    " \"eps\": 1e-8, \"weight_decay\": 0.1}}, \"gradient_clipping\": 1.0, \"seed\": 1234}";
+
+#define TINY_STEPS 20
+
+/* Losses and grad norms of TINY_STEPS steps on a fixed text-like byte stream. */
+static void train_tiny(const char *backend, double *losses, double *norms)
+{
+    ds_engine_options o = {.config_json = tiny_cfg, .config_name = "tiny.ds.json", .net_json = tiny_net,
+                           .net_name = "tiny.json", .backend = backend};
+    ds_engine *e;
+    ds_error err = {0};
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s: %s", backend, err.msg);
+    const int64_t B = 4, T = 128;
+    int32_t tok[4 * 128], tgt[4 * 128];
+    static const char text[] = "the quick brown fox jumps over the lazy dog; a stitch in time saves nine. "
+                               "to be or not to be, that is the question. all that glitters is not gold. ";
+    const int64_t L = (int64_t)sizeof text - 1;
+    int64_t micro = 0;
+    for (int s = 0; s < TINY_STEPS; s++) {
+        for (int u = 0; u < 2; u++, micro++) {
+            for (int64_t i = 0; i < B * T; i++) {
+                int64_t at = (micro * 37 + (i / T) * 101 + i % T) % L;
+                tok[i] = (unsigned char)text[at];
+                tgt[i] = (unsigned char)text[(at + 1) % L];
+            }
+            ds_batch b = {.tokens = tok, .targets = tgt};
+            double loss;
+            cr_assert_eq(ds_engine_forward(e, &b, &loss, &err), DS_OK, "%s: %s", backend, err.msg);
+            cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s: %s", backend, err.msg);
+            cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s: %s", backend, err.msg);
+        }
+        losses[s] = ds_engine_last_loss(e);
+        norms[s] = ds_engine_get_global_grad_norm(e);
+    }
+    ds_engine_destroy(e);
+}
+
+static void tiny_gpt_case(int tf32, double tol)
+{
+    ctx c;
+    open_ctx(&c, tf32); /* only for the skip and DS_CUDA_TF32 */
+    close_ctx(&c);
+    double lc[TINY_STEPS], lg[TINY_STEPS], nc[TINY_STEPS], ng[TINY_STEPS];
+    train_tiny("cpu", lc, nc);
+    train_tiny("cuda", lg, ng);
+    double worst = 0, worst_norm = 0;
+    for (int s = 0; s < TINY_STEPS; s++) {
+        double d = fabs(lg[s] - lc[s]) / fabs(lc[s]);
+        double dn = fabs(ng[s] - nc[s]) / fabs(nc[s]);
+        if (verbose())
+            fprintf(stderr, "  tiny GPT (%s) step %2d: loss cpu %.6f cuda %.6f (rel %.1e); grad norm cpu %.5f cuda %.5f\n",
+                    tf32 ? "TF32" : "fp32", s + 1, lc[s], lg[s], d, nc[s], ng[s]);
+        cr_expect(isfinite(lg[s]) && d <= tol, "step %d: loss cuda %.7g, cpu %.7g: relative %.3g > %.3g", s + 1, lg[s],
+                  lc[s], d, tol);
+        if (d > worst)
+            worst = d;
+        if (dn > worst_norm)
+            worst_norm = dn;
+    }
+    cr_expect(lg[TINY_STEPS - 1] < lg[0] - 0.5, "cuda: the loss fell only from %.4f to %.4f", lg[0],
+              lg[TINY_STEPS - 1]);
+    fprintf(stderr, "tiny GPT, %d steps, %s GEMMs: largest relative loss difference cuda vs cpu %.2e (bound %.0e), "
+                    "grad norm %.2e; loss %.4f -> %.4f\n",
+            TINY_STEPS, tf32 ? "TF32" : "fp32", worst, tol, worst_norm, lg[0], lg[TINY_STEPS - 1]);
+}
+
+/* fp32 GEMMs: the two backends differ only by rounding; over 20 AdamW steps that stays small */
+Test(cuda, tiny_gpt_fp32_follows_cpu, .timeout = 600)
+{
+    tiny_gpt_case(0, 2e-3);
+}
+
+/* TF32 (the default): each product rounds its inputs to 10 bits of mantissa */
+Test(cuda, tiny_gpt_tf32_follows_cpu, .timeout = 600)
+{
+    tiny_gpt_case(1, 3e-2);
+}
