@@ -260,6 +260,32 @@ else
     notok "--init-from a foreign file $(why)"
 fi
 expect_fail "--init-from a missing file names it" 2 "nosuch.safetensors" "${TRAIN[@]}" --steps 1 --init-from nosuch.safetensors
+# PyTorch saves a tied weight under both names: the copy is accepted only if it is the same
+python3 - w.safetensors tied_same.safetensors tied_diff.safetensors <<'EOF'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+h.pop("__metadata__", None)
+data = b[8 + n:]
+def write(path, extra):
+    tensors = [(k, v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in h.items()]
+    tensors.append(("lm_head.weight", "F32", h["wte.weight"]["shape"], extra))
+    hdr, off, blob = {}, 0, b""
+    for name, dt, shape, raw in tensors:
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+        blob += raw
+    j = json.dumps(hdr).encode()
+    j += b" " * (-len(j) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(j)) + j + blob)
+w = h["wte.weight"]["data_offsets"]
+same = data[w[0]:w[1]]
+write(sys.argv[2], same)
+write(sys.argv[3], bytes([same[0] ^ 1]) + same[1:])
+EOF
+expect_ok "--init-from accepts a tied copy (lm_head.weight) equal to wte.weight" "${TRAIN[@]}" --steps 1 --init-from tied_same.safetensors
+expect_fail "--init-from refuses a tied copy that differs from wte.weight" 2 "unexpected: lm_head.weight" "${TRAIN[@]}" --steps 1 --init-from tied_diff.safetensors
 
 # ---- features from .npy -----------------------------------------------------------------
 

@@ -335,16 +335,19 @@ ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_erro
 }
 
 /* The name a tied layer would have in a PyTorch state_dict ("lm_head.weight"): accepted on
- * load when its shape matches the tied weight, since torch saves shared tensors under both. */
-static int is_tied_alias(const ds_net *net, const char *name, const ds_st_tensor *t)
+ * load when it holds exactly the bytes of the weight it is tied to, as torch saves a shared
+ * tensor under both names; anything else would be silently dropped, so it is refused. */
+static int is_tied_alias(const ds_net *net, const ds_safetensors *f, const ds_st_tensor *t)
 {
     for (int i = 0; i < net->n_layers; i++) {
         const ds_layer *l = &net->layers[i];
         char alias[DS_NAME_MAX + 8];
         snprintf(alias, sizeof alias, "%s.weight", l->path);
-        if (l->tied && strcmp(alias, name) == 0) {
-            const ds_tensor_info *w = &net->params.t[l->w];
-            return t->ndim == 2 && t->shape[0] == w->shape[0] && t->shape[1] == w->shape[1];
+        if (l->tied && strcmp(alias, t->name) == 0) {
+            const ds_st_tensor *owner = ds_st_find(f, net->params.t[l->w].name);
+            return owner && owner->dtype == t->dtype && owner->ndim == t->ndim &&
+                   owner->end - owner->begin == t->end - t->begin &&
+                   memcmp(ds_st_data(f, owner), ds_st_data(f, t), t->end - t->begin) == 0;
         }
     }
     return 0;
@@ -385,7 +388,7 @@ ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
     }
     for (int j = 0; j < st_file->n; j++) {
         const ds_st_tensor *t = &st_file->tensors[j];
-        if (ds_table_find(tab, t->name) < 0 && !is_tied_alias(e->net, t->name, t))
+        if (ds_table_find(tab, t->name) < 0 && !is_tied_alias(e->net, st_file, t))
             append(unexpected, sizeof unexpected, "%s%s", *unexpected ? ", " : "", t->name);
     }
     if (*missing || *unexpected || *misshaped) {
