@@ -197,21 +197,9 @@ static ds_status run(ds_dnnl *d, const mm_key *k, dnnl_stream_t stream, const fl
     return DS_OK;
 }
 
-/* 2-D products are split by rows of C between the OpenMP threads, each running its own
- * single-threaded product: measured on 2 cores, oneDNN's own threading of these shapes (M about
- * 1024, K and N 256..1024) loses a fifth of the speed in the middle of a training step. */
-ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
-                         const float *bias, float *C, int accumulate, ds_error *err)
+/* Threads to split n units of work over (1: let oneDNN thread the product itself). */
+static int threads_for(int64_t n, int64_t min_per_thread)
 {
-    mm_key k;
-    memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding bytes */
-    k.nb0 = k.nb1 = 1;
-    k.N = N, k.K = K;
-    k.as[2] = as0, k.as[3] = as1, k.bs[2] = bs0, k.bs[3] = bs1, k.cs[2] = N, k.cs[3] = 1;
-    k.bs[0] = k.bs[1] = K * N;
-    k.bias = bias != NULL;
-    k.accumulate = accumulate != 0;
     int nt = 1;
 #ifdef _OPENMP
     if (!omp_in_parallel())
@@ -219,11 +207,20 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
 #endif
     if (nt > MAX_SLOTS)
         nt = MAX_SLOTS;
-    if (nt < 2 || M < 64 * nt) {
-        k.M = M;
-        k.as[0] = k.as[1] = M * K, k.cs[0] = k.cs[1] = M * N;
-        return run(d, &k, d->stream, A, B, bias, C, err);
-    }
+    while (nt > 1 && n < min_per_thread * nt)
+        nt--;
+    return nt;
+}
+
+/* Run k split along its leading dimension (rows for 2-D, the first batch dimension otherwise)
+ * between nt threads, each a single-threaded oneDNN product on its own stream. a_step, b_step
+ * and c_step are the element strides of that dimension (b_step 0: B is shared). */
+static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const float *A, int64_t a_step,
+                           const float *B, int64_t b_step, float *C, int64_t c_step,
+                           const float *bias, ds_error *err)
+{
+    int two_d = k->nb0 == 1 && k->nb1 == 1;
+    int64_t total = two_d ? k->M : k->nb0;
     ds_status st = DS_OK;
     for (int t = 0; t < nt && st == DS_OK; t++)
         if (!d->slot_stream[t]) {
@@ -241,12 +238,17 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
 #ifdef _OPENMP
         t = omp_get_thread_num();
 #endif
-        int64_t m0 = M * t / nt, m1 = M * (t + 1) / nt;
-        mm_key kt = k;
-        kt.M = m1 - m0;
+        int64_t i0 = total * t / nt, i1 = total * (t + 1) / nt;
+        mm_key kt = *k;
         kt.slot = t;
-        kt.as[0] = kt.as[1] = kt.M * K, kt.cs[0] = kt.cs[1] = kt.M * N;
-        sts[t] = run(d, &kt, d->slot_stream[t], A + m0 * as0, B, bias, C + m0 * N, &errs[t]);
+        if (two_d) {
+            kt.M = i1 - i0;
+            kt.as[0] = kt.as[1] = kt.M * k->K, kt.cs[0] = kt.cs[1] = kt.M * k->N;
+        } else {
+            kt.nb0 = i1 - i0;
+        }
+        sts[t] = run(d, &kt, d->slot_stream[t], A + i0 * a_step, B + i0 * b_step, bias,
+                     C + i0 * c_step, &errs[t]);
     }
     for (int t = 0; t < nt; t++)
         if (sts[t] != DS_OK) {
@@ -257,6 +259,29 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
     return DS_OK;
 }
 
+/* 2-D products are split by rows of C between the OpenMP threads, each running its own
+ * single-threaded product: measured on 2 cores, oneDNN's own threading of these shapes (M about
+ * 1024, K and N 256..1024) loses a fifth of the speed in the middle of a training step. */
+ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
+                         const float *bias, float *C, int accumulate, ds_error *err)
+{
+    mm_key k;
+    memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding bytes */
+    k.nb0 = k.nb1 = 1;
+    k.M = M, k.N = N, k.K = K;
+    k.as[2] = as0, k.as[3] = as1, k.bs[2] = bs0, k.bs[3] = bs1, k.cs[2] = N, k.cs[3] = 1;
+    k.as[0] = k.as[1] = M * K, k.bs[0] = k.bs[1] = K * N, k.cs[0] = k.cs[1] = M * N;
+    k.bias = bias != NULL;
+    k.accumulate = accumulate != 0;
+    int nt = threads_for(M, 64);
+    if (nt < 2)
+        return run(d, &k, d->stream, A, B, bias, C, err);
+    return run_split(d, &k, nt, A, as0, B, 0, C, N, bias, err);
+}
+
+/* Batched products are split by the first batch dimension between the threads, like the rows
+ * of 2-D products above. */
 ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N,
                                  int64_t K, const float *A, const int64_t as[4], const float *B,
                                  const int64_t bs[4], float *C, const int64_t cs[4],
@@ -269,5 +294,8 @@ ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M
     memcpy(k.bs, bs, sizeof k.bs);
     memcpy(k.cs, cs, sizeof k.cs);
     k.accumulate = accumulate != 0;
-    return run(d, &k, d->stream, A, B, NULL, C, err);
+    int nt = threads_for(nb0, 1);
+    if (nt < 2)
+        return run(d, &k, d->stream, A, B, NULL, C, err);
+    return run_split(d, &k, nt, A, as[0], B, bs[0], C, cs[0], NULL, err);
 }
