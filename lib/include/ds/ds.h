@@ -13,6 +13,7 @@
 #include "ds/safetensors.h"
 #include "ds/data.h"
 #include "ds/engine.h"
+#include "ds/launch.h"
 
 #define DS_VERSION "0.1.0"
 

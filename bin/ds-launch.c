@@ -1,0 +1,837 @@
+/* ds-launch: DeepSpeed's launcher for native programs, local mode. Resolves the plan (libds,
+ * <ds/launch.h>), then forks one process group per rank, streams their output, and tears the
+ * whole job down when a rank fails or ds-launch is signalled. Remote nodes (ssh) are not here. */
+#define _GNU_SOURCE
+#include <ds/ds.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_USAGE 2
+
+static const char usage_text[] =
+    "usage: ds-launch [options] PROGRAM [ARGS...]\n"
+    "\n"
+    "Run PROGRAM as the ranks of one job, with DeepSpeed's rank environment (RANK, LOCAL_RANK,\n"
+    "WORLD_SIZE, ...). Everything after PROGRAM is passed to it untouched. See ds-launch(1).\n"
+    "\n"
+    "  -H, --hostfile FILE         MPI-style hostfile (\"<host> slots=<n>\"; default /job/hostfile\n"
+    "                              if it exists); without one: local mode\n"
+    "  -i, --include SPEC          only these hosts/slots: host1:0,1@host2\n"
+    "  -e, --exclude SPEC          all but these hosts/slots\n"
+    "  --num_nodes N               the first N hosts of the hostfile\n"
+    "  --num_gpus N                slots 0..N-1 on every host; local mode: N ranks (default 1)\n"
+    "  --master_addr ADDR          rank 0's address (default 127.0.0.1)\n"
+    "  --master_port PORT          default 29500; 0 picks a free port and says which\n"
+    "  --enable_each_rank_log DIR  write each rank's output to DIR/<time>_rank<N>.log\n"
+    "  --kill_grace SECONDS        SIGTERM to SIGKILL delay when tearing a job down (default 30)\n"
+    "  --export VAR[=VAL]          pass VAR (from this environment, or set to VAL) to every rank\n"
+    "  --dry-run                   print the resolved plan as JSON and start nothing\n"
+    "  -h, --help                  this text\n";
+
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("ds-launch: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\n(ds-launch --help for the options)\n", stderr);
+    exit(EXIT_USAGE);
+}
+
+typedef struct options {
+    const char *hostfile;
+    bool hostfile_given;
+    const char *include, *exclude;
+    int num_nodes, num_gpus;
+    const char *master_addr;
+    int master_port;
+    const char *rank_log_dir;
+    int kill_grace;
+    const char **exports;
+    int num_exports;
+    bool dry_run;
+    char **program; /* argv of the ranks, NULL-terminated */
+    int program_argc;
+} options;
+
+static int parse_int(const char *flag, const char *s, int lo, int hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi)
+        usage_error("%s: expected an integer from %d to %d, got \"%s\"", flag, lo, hi, s);
+    return (int)v;
+}
+
+/* Flags DeepSpeed has that are not built (yet), with the reason. */
+static const struct {
+    const char *flag;
+    bool takes_value;
+    const char *why;
+} refused[] = {
+    {"--no_ssh", false, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--node_rank", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--ssh_port", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--force_multi", false, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--launcher", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--launcher_args", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--venv_script", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--save_pid", false, "not built yet"},
+    {"--bind_cores_to_rank", false, "not built yet"},
+    {"--bind_core_list", true, "not built yet"},
+    {"--module", false, "ds-launch runs native programs directly, not Python modules"},
+    {"--autotuning", true, "the autotuner is out of scope for ds-launch"},
+    {"--elastic_training", false, "elastic training is out of scope for ds-launch"},
+    {"--min_elastic_nodes", true, "elastic training is out of scope for ds-launch"},
+    {"--max_elastic_nodes", true, "elastic training is out of scope for ds-launch"},
+};
+
+static void parse_args(options *o, int argc, char **argv)
+{
+    memset(o, 0, sizeof *o);
+    o->hostfile = "/job/hostfile";
+    o->num_nodes = -1;
+    o->num_gpus = -1;
+    o->master_port = 29500;
+    o->kill_grace = 30;
+    o->exports = calloc((size_t)argc, sizeof *o->exports);
+    int i = 1;
+    for (; i < argc; i++) {
+        char *a = argv[i];
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (a[0] != '-' || a[1] == '\0')
+            break; /* the program: everything from here on is its own */
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            fputs(usage_text, stdout);
+            exit(0);
+        }
+        /* --flag=value, --flag value, -X value, -Xvalue */
+        char name[64];
+        const char *inline_value = NULL;
+        if (a[1] == '-') {
+            const char *eq = strchr(a, '=');
+            size_t n = eq ? (size_t)(eq - a) : strlen(a);
+            if (n >= sizeof name)
+                usage_error("unrecognized option %s", a);
+            memcpy(name, a, n);
+            name[n] = '\0';
+            if (eq)
+                inline_value = eq + 1;
+        } else {
+            snprintf(name, sizeof name, "-%c", a[1]);
+            if (a[2])
+                inline_value = a + 2;
+        }
+#define VALUE()                                                                                    \
+    (inline_value ? inline_value                                                                   \
+                  : (i + 1 < argc ? argv[++i] : (usage_error("%s needs a value", name), "")))
+        if (strcmp(name, "-H") == 0 || strcmp(name, "--hostfile") == 0) {
+            o->hostfile = VALUE();
+            o->hostfile_given = true;
+        } else if (strcmp(name, "-i") == 0 || strcmp(name, "--include") == 0) {
+            o->include = VALUE();
+        } else if (strcmp(name, "-e") == 0 || strcmp(name, "--exclude") == 0) {
+            o->exclude = VALUE();
+        } else if (strcmp(name, "--num_nodes") == 0 || strcmp(name, "--num-nodes") == 0) {
+            o->num_nodes = parse_int(name, VALUE(), -1, INT_MAX);
+        } else if (strcmp(name, "--num_gpus") == 0 || strcmp(name, "--num-gpus") == 0 ||
+                   strcmp(name, "--num_accelerators") == 0) {
+            o->num_gpus = parse_int(name, VALUE(), -1, 65536);
+        } else if (strcmp(name, "--master_addr") == 0 || strcmp(name, "--master-addr") == 0) {
+            o->master_addr = VALUE();
+            if (!*o->master_addr)
+                usage_error("--master_addr: empty address");
+        } else if (strcmp(name, "--master_port") == 0 || strcmp(name, "--master-port") == 0) {
+            o->master_port = parse_int(name, VALUE(), 0, 65535);
+        } else if (strcmp(name, "--enable_each_rank_log") == 0) {
+            o->rank_log_dir = VALUE();
+            if (strcmp(o->rank_log_dir, "None") == 0) /* DeepSpeed's "off" */
+                o->rank_log_dir = NULL;
+        } else if (strcmp(name, "--kill_grace") == 0 || strcmp(name, "--kill-grace") == 0) {
+            o->kill_grace = parse_int(name, VALUE(), 0, 86400);
+        } else if (strcmp(name, "--export") == 0) {
+            o->exports[o->num_exports++] = VALUE();
+        } else if (strcmp(name, "--dry-run") == 0 || strcmp(name, "--dry_run") == 0) {
+            o->dry_run = true;
+        } else if (strcmp(name, "--no_python") == 0 || strcmp(name, "--no_local_rank") == 0 ||
+                   strcmp(name, "--no_ssh_check") == 0) {
+            /* what ds-launch always does: run the program directly, no --local_rank, no ssh */
+        } else {
+            size_t k = 0;
+            for (; k < sizeof refused / sizeof refused[0]; k++)
+                if (strcmp(name, refused[k].flag) == 0)
+                    break;
+            if (k == sizeof refused / sizeof refused[0])
+                usage_error("unrecognized option %s", a);
+            fprintf(stderr, "ds-launch: %s: %s\n", name, refused[k].why);
+            exit(EXIT_USAGE);
+        }
+#undef VALUE
+    }
+    if (i >= argc)
+        usage_error("no program to run");
+    o->program = argv + i;
+    o->program_argc = argc - i;
+}
+
+/* ---- plan ----------------------------------------------------------------------------- */
+
+static bool host_is_local(const char *host)
+{
+    if (strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0)
+        return true;
+    char me[HOST_NAME_MAX + 1] = "";
+    if (gethostname(me, sizeof me) != 0)
+        return false;
+    me[HOST_NAME_MAX] = '\0';
+    if (strcmp(host, me) == 0)
+        return true;
+    size_t short_len = strcspn(me, ".");
+    return strlen(host) == short_len && strncmp(host, me, short_len) == 0;
+}
+
+static void fail_status(const char *what, const ds_error *err)
+{
+    if (what)
+        fprintf(stderr, "ds-launch: %s: %s\n", what, err->msg);
+    else
+        fprintf(stderr, "ds-launch: %s\n", err->msg);
+    exit(EXIT_USAGE);
+}
+
+static void make_plan(const options *o, ds_launch_plan *plan)
+{
+    ds_error err = {0};
+    struct stat sb;
+    bool have_hostfile = stat(o->hostfile, &sb) == 0 && S_ISREG(sb.st_mode);
+    if (!have_hostfile && o->hostfile_given)
+        fprintf(stderr, "ds-launch: warning: %s is not a file; running in local mode\n", o->hostfile);
+    ds_status st;
+    if (have_hostfile) {
+        st = ds_launch_hostfile_load(plan, o->hostfile, &err);
+    } else {
+        /* Local mode: --num_gpus ranks on this machine (DeepSpeed counts the devices; on a CPU
+         * machine there is nothing to count, so the user says how many). */
+        st = ds_launch_plan_local(plan, o->num_gpus > 0 ? o->num_gpus : 1, &err);
+    }
+    if (st != DS_OK)
+        fail_status(NULL, &err);
+    for (int k = 0; k < plan->num_warnings; k++)
+        fprintf(stderr, "ds-launch: warning: %s\n", plan->warnings[k]);
+    bool filtered = (o->include && *o->include) || (o->exclude && *o->exclude);
+    st = ds_launch_plan_filter(plan, o->include, o->exclude, &err);
+    if (st == DS_OK)
+        st = ds_launch_plan_limit(plan, o->num_nodes, o->num_gpus, filtered, &err);
+    if (st == DS_OK)
+        st = ds_launch_plan_finish(plan, &err);
+    if (st != DS_OK)
+        fail_status(NULL, &err);
+    for (int n = 0; n < plan->num_nodes; n++)
+        if (!host_is_local(plan->nodes[n].host)) {
+            fprintf(stderr,
+                    "ds-launch: %s: host '%s' is remote: remote hosts need ssh, not built yet "
+                    "(run on this machine only, or leave it out with --exclude %s)\n",
+                    o->hostfile, plan->nodes[n].host, plan->nodes[n].host);
+            exit(EXIT_USAGE);
+        }
+}
+
+static int pick_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+    socklen_t len = sizeof sa;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+        port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+static int count_cores(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* Variables every rank gets besides the rank's own: .deepspeed_env (home, then the working
+ * directory; DS_ENV_FILE names the file), then --export. */
+static void load_exports(const options *o, ds_launch_env *exports)
+{
+    ds_error err = {0};
+    const char *name = getenv("DS_ENV_FILE");
+    if (!name || !*name)
+        name = ".deepspeed_env";
+    char *paths[2] = {NULL, NULL};
+    const char *home = getenv("HOME");
+    if (name[0] == '/') {
+        paths[0] = strdup(name);
+    } else {
+        if (home && *home && asprintf(&paths[0], "%s/%s", home, name) < 0)
+            paths[0] = NULL;
+        char *cwd = getcwd(NULL, 0);
+        if (cwd && asprintf(&paths[1], "%s/%s", cwd, name) < 0)
+            paths[1] = NULL;
+        if (paths[0] && paths[1] && strcmp(paths[0], paths[1]) == 0) {
+            free(paths[1]); /* home is the working directory: read it once */
+            paths[1] = NULL;
+        }
+        free(cwd);
+    }
+    for (int k = 0; k < 2; k++) {
+        struct stat sb;
+        if (paths[k] && stat(paths[k], &sb) == 0 &&
+            ds_launch_envfile_load(exports, paths[k], &err) != DS_OK)
+            fail_status(NULL, &err);
+        free(paths[k]);
+    }
+    for (int k = 0; k < o->num_exports; k++) {
+        const char *e = o->exports[k], *eq = strchr(e, '=');
+        char *key = eq ? strndup(e, (size_t)(eq - e)) : strdup(e);
+        const char *value = eq ? eq + 1 : getenv(key);
+        if (!value) {
+            fprintf(stderr, "ds-launch: --export %s: %s is not set in this environment\n", e, key);
+            exit(EXIT_USAGE);
+        }
+        if (ds_launch_env_set(exports, key, value, &err) != DS_OK)
+            fail_status("--export", &err);
+        free(key);
+    }
+}
+
+/* Everything a rank gets: the exports, then ds-launch's own variables (which win). */
+static void rank_env(const ds_launch_plan *plan, int node, int local, const char *addr, int port,
+                     int cores, const ds_launch_env *exports, ds_launch_env *out)
+{
+    ds_error err = {0};
+    bool omp_user_set = getenv("OMP_NUM_THREADS") != NULL;
+    for (int k = 0; k < exports->count; k++)
+        if (strcmp(exports->vars[k].name, "OMP_NUM_THREADS") == 0)
+            omp_user_set = true;
+    ds_launch_env own;
+    if (ds_launch_rank_env(plan, node, local, addr, port, cores, omp_user_set, &own, &err) != DS_OK)
+        fail_status(NULL, &err);
+    memset(out, 0, sizeof *out);
+    for (int k = 0; k < exports->count; k++)
+        if (ds_launch_env_set(out, exports->vars[k].name, exports->vars[k].value, &err) != DS_OK)
+            fail_status(NULL, &err);
+    for (int k = 0; k < own.count; k++)
+        if (ds_launch_env_set(out, own.vars[k].name, own.vars[k].value, &err) != DS_OK)
+            fail_status(NULL, &err);
+    ds_launch_env_free(&own);
+}
+
+static void print_plan(const options *o, const ds_launch_plan *plan, const char *addr, int port,
+                       int cores, const ds_launch_env *exports)
+{
+    json_object *root = json_object_new_object();
+    json_object_object_add(root, "world_size", json_object_new_int(plan->world_size));
+    json_object_object_add(root, "master_addr", json_object_new_string(addr));
+    json_object_object_add(root, "master_port", json_object_new_int(port));
+    json_object_object_add(root, "hostfile",
+                           plan->from_hostfile ? json_object_new_string(o->hostfile) : NULL);
+    json_object *prog = json_object_new_array();
+    for (int k = 0; k < o->program_argc; k++)
+        json_object_array_add(prog, json_object_new_string(o->program[k]));
+    json_object_object_add(root, "program", prog);
+    json_object *nodes = json_object_new_array();
+    for (int n = 0; n < plan->num_nodes; n++) {
+        const ds_launch_node *nd = &plan->nodes[n];
+        json_object *jn = json_object_new_object();
+        json_object_object_add(jn, "host", json_object_new_string(nd->host));
+        json_object_object_add(jn, "node_rank", json_object_new_int(n));
+        json_object *ids = json_object_new_array(), *ranks = json_object_new_array();
+        json_object *per_rank = json_object_new_array();
+        for (int l = 0; l < nd->num_ids; l++) {
+            json_object_array_add(ids, json_object_new_int(nd->slot_ids[l]));
+            json_object_array_add(ranks, json_object_new_int(nd->first_rank + l));
+            ds_launch_env env;
+            rank_env(plan, n, l, addr, port, cores, exports, &env);
+            json_object *jr = json_object_new_object(), *je = json_object_new_object();
+            json_object_object_add(jr, "rank", json_object_new_int(nd->first_rank + l));
+            json_object_object_add(jr, "local_rank", json_object_new_int(l));
+            for (int k = 0; k < env.count; k++)
+                json_object_object_add(je, env.vars[k].name, json_object_new_string(env.vars[k].value));
+            json_object_object_add(jr, "env", je);
+            json_object_array_add(per_rank, jr);
+            ds_launch_env_free(&env);
+        }
+        json_object_object_add(jn, "slot_ids", ids);
+        json_object_object_add(jn, "global_ranks", ranks);
+        json_object_object_add(jn, "ranks", per_rank);
+        json_object_array_add(nodes, jn);
+    }
+    json_object_object_add(root, "nodes", nodes);
+    puts(json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(root);
+}
+
+/* ---- running the job ------------------------------------------------------------------ */
+
+typedef struct stream {
+    int fd;       /* -1 when closed */
+    int out_fd;   /* 1 or 2 */
+    char buf[8192];
+    size_t len;
+} stream;
+
+typedef struct rank_proc {
+    int rank, node;
+    pid_t pid;    /* also its process group id */
+    bool running;
+    int status;   /* wait status once reaped */
+    stream out, err;
+} rank_proc;
+
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t r = write(signal_pipe[1], &b, 1);
+    (void)r;
+    errno = saved;
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return; /* our own stdout is gone: keep watching the ranks anyway */
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Emit complete lines of s with the rank prefix; at eof, also the unterminated tail. */
+static void stream_emit(stream *s, int rank, bool eof)
+{
+    char prefix[32];
+    int plen = snprintf(prefix, sizeof prefix, "[rank %d] ", rank);
+    size_t start = 0;
+    for (size_t k = 0; k < s->len; k++)
+        if (s->buf[k] == '\n') {
+            write_all(s->out_fd, prefix, (size_t)plen);
+            write_all(s->out_fd, s->buf + start, k + 1 - start);
+            start = k + 1;
+        }
+    if ((eof || (start == 0 && s->len == sizeof s->buf)) && start < s->len) {
+        write_all(s->out_fd, prefix, (size_t)plen);
+        write_all(s->out_fd, s->buf + start, s->len - start);
+        write_all(s->out_fd, "\n", 1);
+        start = s->len;
+    }
+    memmove(s->buf, s->buf + start, s->len - start);
+    s->len -= start;
+}
+
+/* Read what is there; at end of file the stream is flushed and closed. */
+static void stream_read(stream *s, int rank)
+{
+    ssize_t n = read(s->fd, s->buf + s->len, sizeof s->buf - s->len);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    if (n <= 0) {
+        stream_emit(s, rank, true);
+        close(s->fd);
+        s->fd = -1;
+        return;
+    }
+    s->len += (size_t)n;
+    stream_emit(s, rank, false);
+}
+
+static const char *signal_name(int sig)
+{
+    switch (sig) {
+    case SIGINT: return "SIGINT";
+    case SIGTERM: return "SIGTERM";
+    case SIGHUP: return "SIGHUP";
+    }
+    return strsignal(sig);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int exit_code_of(int status)
+{
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return 1;
+}
+
+static void describe(int status, char *out, size_t n)
+{
+    if (WIFSIGNALED(status))
+        snprintf(out, n, "was killed by signal %d (%s), status %d", WTERMSIG(status),
+                 strsignal(WTERMSIG(status)), 128 + WTERMSIG(status));
+    else
+        snprintf(out, n, "exited with status %d", exit_code_of(status));
+}
+
+/* Signal every rank's process group: the rank and whatever it started. Only these groups,
+ * which this ds-launch created, are ever signalled. */
+static void signal_job(rank_proc *r, int n, int sig)
+{
+    for (int k = 0; k < n; k++)
+        if (r[k].pid > 0)
+            kill(-r[k].pid, sig);
+}
+
+static int make_log_dir(const char *dir)
+{
+    struct stat sb;
+    if (stat(dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "ds-launch: --enable_each_rank_log %s: not a directory\n", dir);
+            return -1;
+        }
+        return 0;
+    }
+    if (mkdir(dir, 0777) != 0) {
+        fprintf(stderr, "ds-launch: --enable_each_rank_log %s: cannot create the directory: %s\n",
+                dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int run_job(const options *o, const ds_launch_plan *plan, const char *addr, int port,
+                   int cores, const ds_launch_env *exports)
+{
+    int world = plan->world_size;
+    bool prefix = world > 1 && !o->rank_log_dir;
+    bool stdin_is_tty = isatty(0);
+    char stamp[32] = "";
+    if (o->rank_log_dir) {
+        if (make_log_dir(o->rank_log_dir) != 0)
+            return EXIT_USAGE;
+        time_t t = time(NULL);
+        struct tm tm;
+        localtime_r(&t, &tm);
+        strftime(stamp, sizeof stamp, "%Y%m%d%H%M%S", &tm); /* DeepSpeed's log name */
+    }
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        perror("ds-launch: pipe");
+        return 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    const int caught[] = {SIGCHLD, SIGINT, SIGTERM, SIGHUP};
+    sigset_t block, old;
+    sigemptyset(&block);
+    for (size_t k = 0; k < 4; k++) {
+        sigaction(caught[k], &sa, NULL);
+        sigaddset(&block, caught[k]);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    /* Orphans of the ranks become our children, so they can be reaped and counted. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+
+    rank_proc *ranks = calloc((size_t)world, sizeof *ranks);
+    if (!ranks) {
+        fputs("ds-launch: out of memory\n", stderr);
+        return 1;
+    }
+    int running = 0, exit_code = 0, failed_rank = -1, stop_signal = 0;
+    bool tearing_down = false, killed = false;
+    double kill_at = 0;
+
+    for (int n = 0; n < plan->num_nodes; n++)
+        for (int l = 0; l < plan->nodes[n].num_ids; l++) {
+            int rk = plan->nodes[n].first_rank + l;
+            rank_proc *r = &ranks[rk];
+            r->rank = rk;
+            r->node = n;
+            r->out.fd = r->err.fd = -1;
+            r->out.out_fd = 1;
+            r->err.out_fd = 2;
+            ds_launch_env env;
+            rank_env(plan, n, l, addr, port, cores, exports, &env);
+            int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, log_fd = -1;
+            if (o->rank_log_dir) {
+                char path[PATH_MAX];
+                snprintf(path, sizeof path, "%s/%s_rank%d.log", o->rank_log_dir, stamp, rk);
+                log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+                if (log_fd < 0)
+                    fprintf(stderr, "ds-launch: %s: %s\n", path, strerror(errno));
+            } else if (prefix && (pipe2(out_pipe, O_CLOEXEC) != 0 || pipe2(err_pipe, O_CLOEXEC) != 0)) {
+                perror("ds-launch: pipe");
+            }
+            bool setup_failed = (o->rank_log_dir && log_fd < 0) ||
+                                (prefix && (out_pipe[1] < 0 || err_pipe[1] < 0));
+            pid_t pid = -1;
+            if (!setup_failed && !tearing_down) {
+                sigprocmask(SIG_BLOCK, &block, &old);
+                pid = fork();
+                if (pid == 0) {
+                    struct sigaction dfl = {.sa_handler = SIG_DFL};
+                    sigemptyset(&dfl.sa_mask);
+                    for (size_t k = 0; k < 4; k++)
+                        sigaction(caught[k], &dfl, NULL);
+                    signal(SIGPIPE, SIG_DFL);
+                    sigprocmask(SIG_SETMASK, &old, NULL);
+                    setpgid(0, 0);
+                    /* A rank in its own process group that read the terminal would be stopped
+                     * (SIGTTIN) and hang the job; a terminal is not the ranks' input. */
+                    if (stdin_is_tty) {
+                        int null_fd = open("/dev/null", O_RDONLY);
+                        if (null_fd >= 0 && null_fd != 0) {
+                            dup2(null_fd, 0);
+                            close(null_fd);
+                        }
+                    }
+                    if (log_fd >= 0) {
+                        dup2(log_fd, 1);
+                        dup2(log_fd, 2);
+                    } else if (prefix) {
+                        dup2(out_pipe[1], 1);
+                        dup2(err_pipe[1], 2);
+                    }
+                    for (int k = 0; k < env.count; k++)
+                        setenv(env.vars[k].name, env.vars[k].value, 1);
+                    execvp(o->program[0], o->program);
+                    fprintf(stderr, "ds-launch: rank %d: cannot run %s: %s\n", rk, o->program[0],
+                            strerror(errno));
+                    _exit(127);
+                }
+                if (pid > 0)
+                    setpgid(pid, pid); /* both sides, so no signal can miss the group */
+                else
+                    perror("ds-launch: fork");
+                sigprocmask(SIG_SETMASK, &old, NULL);
+            }
+            ds_launch_env_free(&env);
+            if (log_fd >= 0)
+                close(log_fd);
+            if (out_pipe[1] >= 0)
+                close(out_pipe[1]);
+            if (err_pipe[1] >= 0)
+                close(err_pipe[1]);
+            r->out.fd = out_pipe[0];
+            r->err.fd = err_pipe[0];
+            if (pid > 0) {
+                r->pid = pid;
+                r->running = true;
+                running++;
+            } else if (!tearing_down) {
+                /* Could not start this rank: stop the ones already started. */
+                fprintf(stderr, "ds-launch: rank %d could not be started; stopping the job\n", rk);
+                exit_code = 1;
+                failed_rank = rk;
+                tearing_down = true;
+                signal_job(ranks, world, SIGTERM);
+                kill_at = now_s() + o->kill_grace;
+            }
+        }
+
+    while (running > 0) {
+        struct pollfd pfd[1 + 2 * (size_t)world];
+        rank_proc *owner[1 + 2 * (size_t)world];
+        stream *which[1 + 2 * (size_t)world];
+        nfds_t nfd = 0;
+        pfd[nfd++] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
+        for (int k = 0; k < world; k++) {
+            stream *ss[2] = {&ranks[k].out, &ranks[k].err};
+            for (int j = 0; j < 2; j++)
+                if (ss[j]->fd >= 0) {
+                    owner[nfd] = &ranks[k];
+                    which[nfd] = ss[j];
+                    pfd[nfd++] = (struct pollfd){.fd = ss[j]->fd, .events = POLLIN};
+                }
+        }
+        int timeout = -1;
+        if (tearing_down && !killed) {
+            double left = kill_at - now_s();
+            timeout = left > 0 ? (int)(left * 1000) + 1 : 0;
+        }
+        int ready = poll(pfd, nfd, timeout);
+        if (ready < 0 && errno != EINTR) {
+            perror("ds-launch: poll");
+            break;
+        }
+        for (nfds_t k = 1; ready > 0 && k < nfd; k++)
+            if (pfd[k].revents)
+                stream_read(which[k], owner[k]->rank);
+        if (ready > 0 && pfd[0].revents) {
+            unsigned char sigs[64];
+            ssize_t got = read(signal_pipe[0], sigs, sizeof sigs);
+            for (ssize_t k = 0; k < got; k++) {
+                int sig = sigs[k];
+                if (sig == SIGCHLD)
+                    continue;
+                if (!tearing_down) {
+                    fprintf(stderr, "ds-launch: received %s; stopping all %d ranks\n", signal_name(sig),
+                            world);
+                    stop_signal = sig;
+                    tearing_down = true;
+                    signal_job(ranks, world, SIGTERM);
+                    kill_at = now_s() + o->kill_grace;
+                } else if (!killed) {
+                    /* a second signal: do not wait out the grace period */
+                    fprintf(stderr, "ds-launch: received %s again; killing all ranks\n",
+                            signal_name(sig));
+                    signal_job(ranks, world, SIGKILL);
+                    killed = true;
+                }
+            }
+        }
+        /* Reap whatever has exited (SIGCHLD may be coalesced, so loop). As a subreaper we also
+         * get the ranks' orphaned descendants: reaped here, so no zombie outlives the job. */
+        for (;;) {
+            int status;
+            pid_t w = waitpid(-1, &status, WNOHANG);
+            if (w <= 0)
+                break;
+            rank_proc *r = NULL;
+            for (int k = 0; k < world && !r; k++)
+                if (ranks[k].pid == w && ranks[k].running)
+                    r = &ranks[k];
+            if (!r)
+                continue;
+            r->running = false;
+            r->status = status;
+            running--;
+            bool bad = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+            if (bad && !tearing_down) {
+                char what[128];
+                describe(status, what, sizeof what);
+                fprintf(stderr, "ds-launch: rank %d on %s %s; stopping the other ranks\n", r->rank,
+                        plan->nodes[r->node].host, what);
+                failed_rank = r->rank;
+                exit_code = exit_code_of(status);
+                tearing_down = true;
+                signal_job(ranks, world, SIGTERM);
+                kill_at = now_s() + o->kill_grace;
+            }
+        }
+        if (tearing_down && !killed && running > 0 && now_s() >= kill_at) {
+            fprintf(stderr, "ds-launch: %d rank(s) still running after %d s; sending SIGKILL\n",
+                    running, o->kill_grace);
+            signal_job(ranks, world, SIGKILL);
+            killed = true;
+        }
+    }
+    /* The ranks are gone; take what is left in the pipes without waiting for processes the
+     * ranks may have left holding them. */
+    for (int k = 0; k < world; k++) {
+        stream *ss[2] = {&ranks[k].out, &ranks[k].err};
+        for (int j = 0; j < 2; j++)
+            if (ss[j]->fd >= 0) {
+                fcntl(ss[j]->fd, F_SETFL, O_NONBLOCK);
+                while (ss[j]->fd >= 0) {
+                    ssize_t n = read(ss[j]->fd, ss[j]->buf + ss[j]->len, sizeof ss[j]->buf - ss[j]->len);
+                    if (n > 0) {
+                        ss[j]->len += (size_t)n;
+                        stream_emit(ss[j], ranks[k].rank, false);
+                        continue;
+                    }
+                    stream_emit(ss[j], ranks[k].rank, true);
+                    close(ss[j]->fd);
+                    ss[j]->fd = -1;
+                }
+            }
+    }
+    /* After a failure, nothing the ranks started may outlive the job: kill their groups and
+     * reap what we inherited (bounded: a process that left its group is not ours to wait on). */
+    if (tearing_down) {
+        signal_job(ranks, world, SIGKILL);
+        for (int tries = 0; tries < 100; tries++) {
+            pid_t w;
+            while ((w = waitpid(-1, NULL, WNOHANG)) > 0)
+                ;
+            if (w < 0)
+                break; /* ECHILD: nothing left */
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (failed_rank >= 0) {
+        fprintf(stderr, "ds-launch: job failed: rank %d on %s, exit status %d\n", failed_rank,
+                plan->nodes[ranks[failed_rank].node].host, exit_code);
+    } else if (stop_signal) {
+        exit_code = 128 + stop_signal;
+    }
+    free(ranks);
+    return exit_code;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    parse_args(&o, argc, argv);
+    ds_launch_plan plan;
+    make_plan(&o, &plan);
+    /* DECISIONS.md: --master_addr is honoured in every mode (DeepSpeed forces 127.0.0.1 locally). */
+    const char *addr = o.master_addr ? o.master_addr : "127.0.0.1";
+    int port = o.master_port;
+    if (port == 0) {
+        port = pick_free_port();
+        if (port <= 0) {
+            fprintf(stderr, "ds-launch: --master_port 0: could not find a free port: %s\n",
+                    strerror(errno));
+            return 1;
+        }
+        fprintf(stderr, "ds-launch: --master_port 0: using free port %d\n", port);
+    }
+    ds_launch_env exports = {0};
+    load_exports(&o, &exports);
+    int cores = count_cores();
+    int rc;
+    if (o.dry_run) {
+        print_plan(&o, &plan, addr, port, cores, &exports);
+        rc = 0;
+    } else {
+        fflush(stdout);
+        rc = run_job(&o, &plan, addr, port, cores, &exports);
+    }
+    ds_launch_env_free(&exports);
+    ds_launch_plan_free(&plan);
+    free(o.exports);
+    return rc;
+}
