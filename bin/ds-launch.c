@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -540,6 +541,41 @@ static int make_log_dir(const char *dir)
     return 0;
 }
 
+/* The per-job secret the ranks prove to the rendezvous (libds <ds/dist.h>): 32 random bytes
+ * in hex, passed in the environment only (never on a command line, never printed). A secret
+ * already in DS_JOB_SECRET is kept, so that the launchers of one job on several nodes
+ * (--no_ssh) can share one. */
+static int set_job_secret(void)
+{
+    const char *have = getenv("DS_JOB_SECRET");
+    if (have && *have)
+        return 0;
+    unsigned char raw[32];
+    size_t got = 0;
+    while (got < sizeof raw) {
+        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            fprintf(stderr, "ds-launch: cannot make the job secret: getrandom: %s\n",
+                    strerror(errno));
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    char hex[2 * sizeof raw + 1];
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    int rc = setenv("DS_JOB_SECRET", hex, 1);
+    memset(raw, 0, sizeof raw);
+    memset(hex, 0, sizeof hex);
+    if (rc != 0) {
+        fprintf(stderr, "ds-launch: cannot set DS_JOB_SECRET: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 static int run_job(const options *o, const ds_launch_plan *plan, const char *addr, int port,
                    int cores, const ds_launch_env *exports)
 {
@@ -828,7 +864,7 @@ int main(int argc, char **argv)
         rc = 0;
     } else {
         fflush(stdout);
-        rc = run_job(&o, &plan, addr, port, cores, &exports);
+        rc = set_job_secret() == 0 ? run_job(&o, &plan, addr, port, cores, &exports) : 1;
     }
     ds_launch_env_free(&exports);
     ds_launch_plan_free(&plan);

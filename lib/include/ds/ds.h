@@ -14,6 +14,7 @@
 #include "ds/data.h"
 #include "ds/engine.h"
 #include "ds/launch.h"
+#include "ds/dist.h"
 
 #define DS_VERSION "0.1.0"
 

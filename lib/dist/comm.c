@@ -1,0 +1,502 @@
+/* The communicator interface's checked wrappers and the CPU communicator: a TCP ring between
+ * the ranks, bootstrapped through the rendezvous store, with ring reduce-scatter, all-gather
+ * (all-reduce is the two), pipelined broadcast and barrier, on the world or a sub-group.
+ * Shared memory between ranks on one host is not here yet. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dist/dist_internal.h"
+
+/* Ring steps move at most this many floats at a time, so the receive scratch stays 1 MiB
+ * whatever the buffer size. */
+#define SEGMENT_FLOATS ((size_t)1 << 18)
+
+typedef struct cpu_comm {
+    ds_comm base;
+    int next_fd; /* our connection to rank + 1 */
+    int prev_fd; /* rank - 1's connection to us */
+    double timeout_s;
+    float *scratch;
+    int me, next, prev; /* global ranks (of the store's world), for messages and keys */
+} cpu_comm;
+
+static int ring_mod(int a, int n) { return ((a % n) + n) % n; }
+
+/* ---- wrappers ---------------------------------------------------------------------------- */
+
+static ds_status check_op(const ds_comm *c, ds_reduce_op op, ds_error *err)
+{
+    if (op != DS_REDUCE_SUM && op != DS_REDUCE_MEAN && op != DS_REDUCE_MAX)
+        return ds_error_set(err, DS_ERR_INVALID, "rank %d: unknown reduce op %d", c->rank, (int)op);
+    return DS_OK;
+}
+
+ds_status ds_comm_all_reduce(ds_comm *c, float *buf, size_t count, ds_reduce_op op,
+                             ds_error *err)
+{
+    ds_status st = check_op(c, op, err);
+    if (st != DS_OK) return st;
+    if (count && !buf) return ds_error_set(err, DS_ERR_INVALID, "all_reduce: NULL buffer");
+    return c->ops->all_reduce(c, buf, count, op, err);
+}
+
+ds_status ds_comm_reduce_scatter(ds_comm *c, const float *send, float *recv, size_t recv_count,
+                                 ds_reduce_op op, ds_error *err)
+{
+    ds_status st = check_op(c, op, err);
+    if (st != DS_OK) return st;
+    if (recv_count && (!send || !recv))
+        return ds_error_set(err, DS_ERR_INVALID, "reduce_scatter: NULL buffer");
+    return c->ops->reduce_scatter(c, send, recv, recv_count, op, err);
+}
+
+ds_status ds_comm_all_gather(ds_comm *c, const float *send, float *recv, size_t send_count,
+                             ds_error *err)
+{
+    if (send_count && (!send || !recv))
+        return ds_error_set(err, DS_ERR_INVALID, "all_gather: NULL buffer");
+    return c->ops->all_gather(c, send, recv, send_count, err);
+}
+
+ds_status ds_comm_broadcast(ds_comm *c, void *buf, size_t bytes, int root, ds_error *err)
+{
+    if (root < 0 || root >= c->size)
+        return ds_error_set(err, DS_ERR_INVALID, "broadcast: root %d is not a rank of a world "
+                            "of %d", root, c->size);
+    if (bytes && !buf) return ds_error_set(err, DS_ERR_INVALID, "broadcast: NULL buffer");
+    return c->ops->broadcast(c, buf, bytes, root, err);
+}
+
+ds_status ds_comm_barrier(ds_comm *c, ds_error *err) { return c->ops->barrier(c, err); }
+
+void ds_comm_destroy(ds_comm *c)
+{
+    if (c) c->ops->destroy(c);
+}
+
+/* ---- CPU ring ---------------------------------------------------------------------------- */
+
+/* Send sn bytes to the next rank while receiving rn bytes from the previous one (both at
+ * once, so that rings of any buffer size never deadlock on full socket buffers). */
+static ds_status exchange(cpu_comm *c, const void *sbuf, size_t sn, void *rbuf, size_t rn,
+                          const char *what, ds_error *err)
+{
+    const char *sp = sbuf;
+    char *rp = rbuf;
+    size_t sent = 0, got = 0;
+    int r = c->me, next = c->next, prev = c->prev;
+    while (sent < sn || got < rn) {
+        int progress = 0;
+        if (sent < sn) {
+            ssize_t put = send(c->next_fd, sp + sent, sn - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (put > 0) {
+                sent += (size_t)put;
+                progress = 1;
+            } else if (put < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                return ds_error_set(err, DS_ERR_IO, "rank %d: %s: sending to rank %d: %s%s", r,
+                                    what, next, strerror(errno),
+                                    errno == EPIPE || errno == ECONNRESET ? " (did it exit?)" : "");
+            }
+        }
+        if (got < rn) {
+            ssize_t in = recv(c->prev_fd, rp + got, rn - got, MSG_DONTWAIT);
+            if (in > 0) {
+                got += (size_t)in;
+                progress = 1;
+            } else if (in == 0) {
+                return ds_error_set(err, DS_ERR_IO, "rank %d: %s: rank %d closed its connection "
+                                    "(did it exit?)", r, what, prev);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                return ds_error_set(err, DS_ERR_IO, "rank %d: %s: receiving from rank %d: %s", r,
+                                    what, prev, strerror(errno));
+            }
+        }
+        if (progress) continue;
+        struct pollfd pf[2];
+        int np = 0;
+        if (sent < sn) pf[np++] = (struct pollfd){.fd = c->next_fd, .events = POLLOUT};
+        if (got < rn) pf[np++] = (struct pollfd){.fd = c->prev_fd, .events = POLLIN};
+        int ready = poll(pf, (nfds_t)np, (int)(c->timeout_s * 1000));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready == 0)
+            return ds_error_set(err, DS_ERR_IO, "rank %d: %s: no progress with rank %d after %g s",
+                                r, what, got < rn ? prev : next, c->timeout_s);
+        if (ready < 0)
+            return ds_error_set(err, DS_ERR_IO, "rank %d: %s: poll: %s", r, what, strerror(errno));
+    }
+    return DS_OK;
+}
+
+static void combine(float *acc, const float *in, size_t count, ds_reduce_op op)
+{
+    if (op == DS_REDUCE_MAX) {
+        for (size_t i = 0; i < count; i++) /* NaN propagates, as in torch.max */
+            acc[i] = (in[i] > acc[i] || isnan(in[i])) ? in[i] : acc[i];
+    } else {
+        for (size_t i = 0; i < count; i++) acc[i] = in[i] + acc[i];
+    }
+}
+
+static size_t seg_len(size_t len, size_t pos)
+{
+    if (pos >= len) return 0;
+    return len - pos < SEGMENT_FLOATS ? len - pos : SEGMENT_FLOATS;
+}
+
+/* Ring reduce-scatter in place over blocks (off, len): rank r ends owning block r, reduced over
+ * all ranks (and divided by the world size for MEAN). Block b's partial sum starts at rank b+1
+ * and travels the ring once, so its order of summation is fixed. */
+static ds_status ring_reduce_scatter(cpu_comm *c, float *work, const size_t *off,
+                                     const size_t *len, ds_reduce_op op, const char *what,
+                                     ds_error *err)
+{
+    int n = c->base.size, r = c->base.rank;
+    for (int s = 0; s < n - 1; s++) {
+        int sb = ring_mod(r - s - 1, n), rb = ring_mod(r - s - 2, n);
+        size_t most = len[sb] > len[rb] ? len[sb] : len[rb];
+        for (size_t pos = 0; pos < most; pos += SEGMENT_FLOATS) {
+            size_t sn = seg_len(len[sb], pos), rn = seg_len(len[rb], pos);
+            ds_status st = exchange(c, work + off[sb] + pos, sn * sizeof(float), c->scratch,
+                                    rn * sizeof(float), what, err);
+            if (st != DS_OK) return st;
+            combine(work + off[rb] + pos, c->scratch, rn, op);
+        }
+    }
+    if (op == DS_REDUCE_MEAN) {
+        float *mine = work + off[r];
+        for (size_t i = 0; i < len[r]; i++) mine[i] = mine[i] / (float)n;
+    }
+    return DS_OK;
+}
+
+/* Ring all-gather in place: rank r contributes block r. */
+static ds_status ring_all_gather(cpu_comm *c, float *work, const size_t *off, const size_t *len,
+                                 const char *what, ds_error *err)
+{
+    int n = c->base.size, r = c->base.rank;
+    for (int s = 0; s < n - 1; s++) {
+        int sb = ring_mod(r - s, n), rb = ring_mod(r - s - 1, n);
+        ds_status st = exchange(c, work + off[sb], len[sb] * sizeof(float), work + off[rb],
+                                len[rb] * sizeof(float), what, err);
+        if (st != DS_OK) return st;
+    }
+    return DS_OK;
+}
+
+static ds_status blocks(int n, size_t total, size_t **off, size_t **len, ds_error *err)
+{
+    *off = malloc((size_t)n * sizeof **off);
+    *len = malloc((size_t)n * sizeof **len);
+    if (!*off || !*len) {
+        free(*off);
+        free(*len);
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    /* uneven counts: block b is [total*b/n, total*(b+1)/n) */
+    for (int b = 0; b < n; b++) {
+        size_t lo = (size_t)((unsigned __int128)total * (unsigned)b / (unsigned)n);
+        size_t hi = (size_t)((unsigned __int128)total * (unsigned)(b + 1) / (unsigned)n);
+        (*off)[b] = lo;
+        (*len)[b] = hi - lo;
+    }
+    return DS_OK;
+}
+
+static ds_status cpu_all_reduce(ds_comm *base, float *buf, size_t count, ds_reduce_op op,
+                                ds_error *err)
+{
+    cpu_comm *c = (cpu_comm *)base;
+    if (base->size == 1) {
+        return DS_OK; /* MEAN over one rank divides by 1 */
+    }
+    size_t *off, *len;
+    ds_status st = blocks(base->size, count, &off, &len, err);
+    if (st != DS_OK) return st;
+    st = ring_reduce_scatter(c, buf, off, len, op, "all_reduce", err);
+    if (st == DS_OK) st = ring_all_gather(c, buf, off, len, "all_reduce", err);
+    free(off);
+    free(len);
+    return st;
+}
+
+static ds_status cpu_reduce_scatter(ds_comm *base, const float *send, float *recv,
+                                    size_t recv_count, ds_reduce_op op, ds_error *err)
+{
+    cpu_comm *c = (cpu_comm *)base;
+    int n = base->size;
+    if (n == 1) {
+        memmove(recv, send, recv_count * sizeof(float));
+        return DS_OK;
+    }
+    size_t total = recv_count * (size_t)n;
+    float *work = malloc(total ? total * sizeof(float) : 1);
+    size_t *off, *len;
+    if (!work) return ds_error_set(err, DS_ERR_NOMEM, "reduce_scatter: out of memory");
+    ds_status st = blocks(n, total, &off, &len, err);
+    if (st != DS_OK) {
+        free(work);
+        return st;
+    }
+    memcpy(work, send, total * sizeof(float));
+    st = ring_reduce_scatter(c, work, off, len, op, "reduce_scatter", err);
+    if (st == DS_OK) memcpy(recv, work + off[base->rank], recv_count * sizeof(float));
+    free(work);
+    free(off);
+    free(len);
+    return st;
+}
+
+static ds_status cpu_all_gather(ds_comm *base, const float *send, float *recv, size_t send_count,
+                                ds_error *err)
+{
+    cpu_comm *c = (cpu_comm *)base;
+    int n = base->size;
+    memmove(recv + (size_t)base->rank * send_count, send, send_count * sizeof(float));
+    if (n == 1) return DS_OK;
+    size_t *off, *len;
+    ds_status st = blocks(n, send_count * (size_t)n, &off, &len, err);
+    if (st != DS_OK) return st;
+    st = ring_all_gather(c, recv, off, len, "all_gather", err);
+    free(off);
+    free(len);
+    return st;
+}
+
+/* A pipelined chain root -> root+1 -> ... in segments: bandwidth-optimal for one root. */
+static ds_status cpu_broadcast(ds_comm *base, void *buf, size_t bytes, int root, ds_error *err)
+{
+    cpu_comm *c = (cpu_comm *)base;
+    int n = base->size, d = ring_mod(base->rank - root, n);
+    const size_t seg = SEGMENT_FLOATS * sizeof(float);
+    for (size_t pos = 0; pos < bytes && n > 1; pos += seg) {
+        size_t m = bytes - pos < seg ? bytes - pos : seg;
+        ds_status st;
+        if (d > 0 && (st = exchange(c, NULL, 0, (char *)buf + pos, m, "broadcast", err)) != DS_OK)
+            return st;
+        if (d < n - 1 && (st = exchange(c, (char *)buf + pos, m, NULL, 0, "broadcast", err)) != DS_OK)
+            return st;
+    }
+    return DS_OK;
+}
+
+/* An all-reduce that moves one float per rank at every step, so no rank leaves before all
+ * have arrived. */
+static ds_status cpu_barrier(ds_comm *base, ds_error *err)
+{
+    int n = base->size;
+    if (n == 1) return DS_OK;
+    float *x = calloc((size_t)n, sizeof *x);
+    if (!x) return ds_error_set(err, DS_ERR_NOMEM, "barrier: out of memory");
+    ds_status st = cpu_all_reduce(base, x, (size_t)n, DS_REDUCE_MAX, err);
+    free(x);
+    if (st != DS_OK) ds_error_prefix(err, "barrier: ");
+    return st;
+}
+
+static void cpu_destroy(ds_comm *base)
+{
+    cpu_comm *c = (cpu_comm *)base;
+    if (c->next_fd >= 0) close(c->next_fd);
+    if (c->prev_fd >= 0) close(c->prev_fd);
+    free(c->scratch);
+    free(c);
+}
+
+static const ds_comm_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .all_reduce = cpu_all_reduce,
+    .reduce_scatter = cpu_reduce_scatter,
+    .all_gather = cpu_all_gather,
+    .broadcast = cpu_broadcast,
+    .barrier = cpu_barrier,
+};
+
+/* ---- bootstrap --------------------------------------------------------------------------- */
+
+/* What a connecting rank sends first: its rank and SHA-256(listener's token || secret || rank),
+ * so a stranger who finds a rank's port cannot join the ring. */
+static void peer_proof(const uint8_t token[32], const char *secret, uint32_t rank, uint8_t out[36])
+{
+    uint8_t rb[4] = {(uint8_t)rank, (uint8_t)(rank >> 8), (uint8_t)(rank >> 16),
+                     (uint8_t)(rank >> 24)};
+    const void *parts[3] = {token, secret, rb};
+    size_t lens[3] = {32, strlen(secret), 4};
+    memcpy(out, rb, 4);
+    ds_sha256(parts, lens, 3, out + 4);
+}
+
+static void to_hex(const uint8_t *p, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", p[i]);
+}
+
+static int from_hex(const char *s, uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(s + 2 * i, "%2x", &v) != 1) return -1;
+        p[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+static ds_status listen_on(const char *ip, int *fd_out, int *port_out, int rank, ds_error *err)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+    socklen_t sl = sizeof sa;
+    if (fd < 0 || inet_pton(AF_INET, ip, &sa.sin_addr) != 1 ||
+        bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 64) ||
+        getsockname(fd, (struct sockaddr *)&sa, &sl)) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        return ds_error_set(err, DS_ERR_IO, "rank %d: cannot listen on %s: %s", rank, ip,
+                            strerror(e));
+    }
+    *fd_out = fd;
+    *port_out = ntohs(sa.sin_port);
+    return DS_OK;
+}
+
+/* Accept the previous rank's connection, refusing anyone without the proof. */
+static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], const char *secret,
+                             const char *ip, int port, double timeout_s, ds_error *err)
+{
+    int r = c->me, prev = c->prev;
+    double deadline = ds_dist_now() + timeout_s;
+    uint8_t want[36];
+    peer_proof(token, secret, (uint32_t)prev, want);
+    for (;;) {
+        double left = deadline - ds_dist_now();
+        struct pollfd pf = {.fd = lfd, .events = POLLIN};
+        if (left <= 0 || poll(&pf, 1, (int)(left * 1000) + 1) == 0) break;
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) continue;
+        uint8_t got[36];
+        double d2 = ds_dist_now() + 5 < deadline ? ds_dist_now() + 5 : deadline;
+        if (ds_io_read(fd, got, 36, d2) == DS_IO_OK && memcmp(got, want, 4) == 0 &&
+            ds_digest_equal(got + 4, want + 4)) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            c->prev_fd = fd;
+            return DS_OK;
+        }
+        close(fd); /* a stranger, or a rank of another job */
+    }
+    return ds_error_set(err, DS_ERR_IO, "rank %d: rank %d did not connect to %s:%d after %g s", r,
+                        prev, ip, port, timeout_s);
+}
+
+ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ranks,
+                                   int num_ranks, double timeout_s, ds_error *err)
+{
+    *out = NULL;
+    int world = ds_store_world_size(store), me = ds_store_rank(store);
+    /* every rank of the world takes the id, members or not, so ids stay in step */
+    unsigned id = ds_store_next_comm_id(store);
+    if (ranks && (num_ranks < 1 || num_ranks > world))
+        return ds_error_set(err, DS_ERR_INVALID, "rank %d: a group of %d ranks in a world of %d",
+                            me, num_ranks, world);
+    int n = ranks ? num_ranks : world, pos = ranks ? -1 : me;
+    for (int i = 0; ranks && i < n; i++) {
+        if (ranks[i] < 0 || ranks[i] >= world)
+            return ds_error_set(err, DS_ERR_INVALID, "rank %d: group rank %d is not a rank of a "
+                                "world of %d", me, ranks[i], world);
+        for (int j = 0; j < i; j++)
+            if (ranks[j] == ranks[i])
+                return ds_error_set(err, DS_ERR_INVALID, "rank %d: rank %d is twice in a group",
+                                    me, ranks[i]);
+        if (ranks[i] == me) pos = i;
+    }
+    if (pos < 0) return DS_OK; /* not a member */
+    cpu_comm *c = calloc(1, sizeof *c);
+    if (!c) return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    c->base.ops = &cpu_ops;
+    c->base.rank = pos;
+    c->base.size = n;
+    c->next_fd = c->prev_fd = -1;
+    c->timeout_s = timeout_s > 0 ? timeout_s : 1800;
+    c->me = me;
+    c->next = ranks ? ranks[ring_mod(pos + 1, n)] : ring_mod(pos + 1, n);
+    c->prev = ranks ? ranks[ring_mod(pos - 1, n)] : ring_mod(pos - 1, n);
+    int r = me;
+    if (n == 1) {
+        *out = &c->base;
+        return DS_OK;
+    }
+    c->scratch = malloc(SEGMENT_FLOATS * sizeof(float));
+    if (!c->scratch) {
+        free(c);
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    double wait_s = ds_store_timeout(store);
+    const char *secret = ds_store_secret(store);
+    char ip[64], key[96], value[160];
+    uint8_t token[32];
+    int lfd = -1, port = 0;
+    ds_status st = ds_store_local_ip(store, ip, sizeof ip, err);
+    if (st == DS_OK) st = ds_random_bytes(token, 32, err);
+    if (st == DS_OK) st = listen_on(ip, &lfd, &port, r, err);
+    if (st == DS_OK) {
+        int k = snprintf(value, sizeof value, "%s %d ", ip, port);
+        to_hex(token, 32, value + k);
+        snprintf(key, sizeof key, "comm/%u/rank/%d", id, r);
+        st = ds_store_set(store, key, value, strlen(value), err);
+    }
+    int next = c->next;
+    char *peer = NULL;
+    if (st == DS_OK) {
+        snprintf(key, sizeof key, "comm/%u/rank/%d", id, next);
+        ds_error e = {0};
+        size_t len;
+        st = ds_store_get(store, key, (void **)&peer, &len, &e);
+        if (st != DS_OK && strstr(e.msg, "nothing after"))
+            ds_error_set(err, st, "rank %d: rank %d did not publish its address at the rendezvous "
+                         "at %s:%d after %g s", r, next, ds_store_addr(store),
+                         ds_store_port(store), wait_s);
+        else if (st != DS_OK)
+            ds_error_set(err, st, "%s", e.msg);
+    }
+    if (st == DS_OK) {
+        char pip[64], hex[65];
+        int pport;
+        uint8_t ptoken[32], proof[36];
+        if (sscanf(peer, "%63s %d %64s", pip, &pport, hex) != 3 || strlen(hex) != 64 ||
+            from_hex(hex, ptoken, 32)) {
+            st = ds_error_set(err, DS_ERR_INTERNAL, "rank %d: bad address of rank %d in the "
+                              "rendezvous: \"%.80s\"", r, next, peer);
+        } else {
+            double deadline = ds_dist_now() + wait_s;
+            c->next_fd = ds_tcp_connect(pip, pport, deadline);
+            peer_proof(ptoken, secret, (uint32_t)r, proof);
+            if (c->next_fd < 0 || ds_io_write(c->next_fd, proof, 36, deadline) != DS_IO_OK)
+                st = ds_error_set(err, DS_ERR_IO, "rank %d: cannot connect to rank %d at %s:%d: "
+                                  "%s", r, next, pip, pport, strerror(errno));
+        }
+    }
+    free(peer);
+    if (st == DS_OK) st = accept_prev(c, lfd, token, secret, ip, port, wait_s, err);
+    if (lfd >= 0) close(lfd);
+    if (st != DS_OK) {
+        cpu_destroy(&c->base);
+        return st;
+    }
+    *out = &c->base;
+    return DS_OK;
+}
+
+ds_status ds_comm_cpu_create(ds_comm **out, ds_store *store, double timeout_s, ds_error *err)
+{
+    return ds_comm_cpu_create_group(out, store, NULL, 0, timeout_s, err);
+}

@@ -1,0 +1,38 @@
+/* Internal to lib/dist: SHA-256, socket I/O with deadlines, and what the CPU communicator
+ * needs from the store (the secret never leaves the process). Not installed. */
+#ifndef DS_DIST_INTERNAL_H
+#define DS_DIST_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ds/dist.h"
+
+void ds_sha256(const void *const *parts, const size_t *lens, int nparts, uint8_t out[32]);
+/* Constant-time comparison of 32-byte digests: 1 when equal. */
+int ds_digest_equal(const uint8_t a[32], const uint8_t b[32]);
+/* Random bytes from getrandom(); DS_OK or an error. */
+ds_status ds_random_bytes(void *buf, size_t n, ds_error *err);
+
+double ds_dist_now(void); /* CLOCK_MONOTONIC seconds */
+
+enum { DS_IO_OK = 0, DS_IO_ERROR = -1, DS_IO_TIMEOUT = -2, DS_IO_EOF = -3 };
+/* Read/write exactly n bytes before the monotonic deadline (errno set for DS_IO_ERROR). */
+int ds_io_read(int fd, void *buf, size_t n, double deadline);
+int ds_io_write(int fd, const void *buf, size_t n, double deadline);
+int ds_io_set_nonblocking(int fd);
+/* A non-blocking TCP connection (TCP_NODELAY) to addr:port, made before the deadline; -1
+ * with errno set on failure. */
+int ds_tcp_connect(const char *addr, int port, double deadline);
+
+/* What the CPU communicator needs from the store. */
+const char *ds_store_secret(const ds_store *s);
+const char *ds_store_addr(const ds_store *s);
+int ds_store_port(const ds_store *s);
+double ds_store_timeout(const ds_store *s);
+/* The IPv4 address this process reaches rank 0 from ("127.0.0.1" on one host). */
+ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, ds_error *err);
+/* A fresh id for a communicator's store keys (same sequence on every rank). */
+unsigned ds_store_next_comm_id(ds_store *s);
+
+#endif

@@ -1,0 +1,548 @@
+/* Tests for lib/dist: the rendezvous store (challenge-response with the job secret, strangers
+ * refused while the job goes on, timeouts that name rank, address and wait) and the CPU
+ * collectives on 1-4 forked ranks on 127.0.0.1 against references computed locally, with the
+ * same result bits on every rank. */
+#define _GNU_SOURCE
+#include <criterion/criterion.h>
+#include <arpa/inet.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ds/dist.h"
+#include "dist/dist_internal.h"
+
+#define SECRET "job-secret-4f1c"
+#define MAX_RANKS 4
+#define MAX_CASES 64
+
+typedef struct shared {
+    int failed[MAX_RANKS];
+    char msg[MAX_RANKS][1024];
+    uint64_t hash[MAX_RANKS][MAX_CASES];
+    int num_cases[MAX_RANKS];
+} shared;
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    cr_assert(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    cr_assert(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static shared *shared_new(void)
+{
+    shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert(sh != MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    return sh;
+}
+
+static void fail(shared *sh, int rank, const char *fmt, ...)
+{
+    if (sh->failed[rank]) return;
+    sh->failed[rank] = 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sh->msg[rank], sizeof sh->msg[rank], fmt, ap);
+    va_end(ap);
+}
+
+static ds_store_options options(int rank, int n, int port, const char *secret, double timeout)
+{
+    return (ds_store_options){.addr = "127.0.0.1", .port = port, .rank = rank, .world_size = n,
+                              .secret = secret, .timeout_s = timeout};
+}
+
+/* Deterministic data of rank r for case c, in [-1, 1), exactly representable. */
+static float value(int r, int c, size_t i)
+{
+    uint64_t x = (uint64_t)(r + 1) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(c + 7) * 0xBF58476D1CE4E5B9ull ^
+                 (uint64_t)i * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    x *= 0xD6E9F8CC1C2E3A5Bull;
+    x ^= x >> 29;
+    return (float)((int64_t)(x >> 40) - (1 << 23)) / (float)(1 << 23);
+}
+
+static uint64_t hash_bytes(const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+    return h;
+}
+
+static int reduce_ok(float got, int n, int c, size_t i, ds_reduce_op op)
+{
+    double sum = 0, sumabs = 0;
+    float mx = -INFINITY;
+    for (int r = 0; r < n; r++) {
+        float v = value(r, c, i);
+        sum += v;
+        sumabs += fabs(v);
+        mx = v > mx ? v : mx;
+    }
+    if (op == DS_REDUCE_MAX) return got == mx;
+    if (op == DS_REDUCE_MEAN) {
+        sum /= n;
+        sumabs /= n;
+    }
+    return fabs(got - sum) <= 1e-6 * sumabs + 1e-30;
+}
+
+static const char *op_name(ds_reduce_op op)
+{
+    return op == DS_REDUCE_SUM ? "sum" : op == DS_REDUCE_MEAN ? "mean" : "max";
+}
+
+/* One rank of the collectives test. */
+static void collectives_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    ds_store_options opt = options(rank, n, port, SECRET, 10);
+    if (ds_store_open(&store, &opt, &err) || ds_comm_cpu_create(&comm, store, 10, &err)) {
+        fail(sh, rank, "%s", err.msg);
+        return;
+    }
+    int cases = 0;
+    /* all-reduce: counts below, at and above the world size and the 2^18-float segment */
+    const size_t counts[] = {0, 1, 3, 7, 1000, 262147, 600011};
+    const ds_reduce_op ops[] = {DS_REDUCE_SUM, DS_REDUCE_MEAN, DS_REDUCE_MAX};
+    for (size_t k = 0; k < sizeof counts / sizeof *counts; k++)
+        for (int o = 0; o < 3; o++) {
+            int c = cases++;
+            size_t count = counts[k];
+            float *buf = malloc((count + 1) * sizeof *buf);
+            for (size_t i = 0; i < count; i++) buf[i] = value(rank, c, i);
+            if (ds_comm_all_reduce(comm, buf, count, ops[o], &err)) {
+                fail(sh, rank, "%s", err.msg);
+            } else {
+                for (size_t i = 0; i < count; i++)
+                    if (!reduce_ok(buf[i], n, c, i, ops[o])) {
+                        fail(sh, rank, "all_reduce %s count %zu: element %zu is %.9g", op_name(ops[o]),
+                             count, i, buf[i]);
+                        break;
+                    }
+                sh->hash[rank][c] = hash_bytes(buf, count * sizeof *buf);
+            }
+            free(buf);
+        }
+    /* reduce-scatter: NCCL's shape, block `rank` of size*recv_count */
+    const size_t recv_counts[] = {0, 1, 5, 70001};
+    for (size_t k = 0; k < 4; k++)
+        for (int o = 0; o < 3; o++) {
+            int c = cases++;
+            size_t rc = recv_counts[k], total = rc * (size_t)n;
+            float *send = malloc((total + 1) * sizeof *send), *recv = malloc((rc + 1) * sizeof *recv);
+            for (size_t i = 0; i < total; i++) send[i] = value(rank, c, i);
+            if (ds_comm_reduce_scatter(comm, send, recv, rc, ops[o], &err)) {
+                fail(sh, rank, "%s", err.msg);
+            } else {
+                for (size_t i = 0; i < rc; i++)
+                    if (!reduce_ok(recv[i], n, c, (size_t)rank * rc + i, ops[o])) {
+                        fail(sh, rank, "reduce_scatter %s count %zu: element %zu is %.9g",
+                             op_name(ops[o]), rc, i, recv[i]);
+                        break;
+                    }
+            }
+            free(send);
+            free(recv);
+        }
+    /* all-gather */
+    for (size_t k = 0; k < 4; k++) {
+        int c = cases++;
+        size_t sc = recv_counts[k], total = sc * (size_t)n;
+        float *send = malloc((sc + 1) * sizeof *send), *recv = malloc((total + 1) * sizeof *recv);
+        for (size_t i = 0; i < sc; i++) send[i] = value(rank, c, i);
+        if (ds_comm_all_gather(comm, send, recv, sc, &err)) {
+            fail(sh, rank, "%s", err.msg);
+        } else {
+            for (size_t i = 0; i < total; i++)
+                if (recv[i] != value((int)(i / sc), c, i % sc)) {
+                    fail(sh, rank, "all_gather count %zu: element %zu is %.9g", sc, i, recv[i]);
+                    break;
+                }
+        }
+        free(send);
+        free(recv);
+    }
+    /* broadcast from the last rank: bytes not a multiple of a float or a segment */
+    {
+        size_t bytes = 3 * 1048576 + 5;
+        uint8_t *buf = malloc(bytes);
+        for (size_t i = 0; i < bytes; i++) buf[i] = rank == n - 1 ? (uint8_t)(i * 31 + 7) : 0;
+        if (ds_comm_broadcast(comm, buf, bytes, n - 1, &err)) {
+            fail(sh, rank, "%s", err.msg);
+        } else {
+            for (size_t i = 0; i < bytes; i++)
+                if (buf[i] != (uint8_t)(i * 31 + 7)) {
+                    fail(sh, rank, "broadcast: byte %zu is %u", i, buf[i]);
+                    break;
+                }
+        }
+        free(buf);
+    }
+    if (ds_comm_barrier(comm, &err)) fail(sh, rank, "%s", err.msg);
+    sh->num_cases[rank] = cases;
+    ds_comm_destroy(comm);
+    if (ds_store_barrier(store, &err)) fail(sh, rank, "%s", err.msg);
+    ds_store_close(store);
+}
+
+typedef void (*rank_fn)(shared *sh, int rank, int n, int port);
+
+/* Fork ranks [0, started) of a world of n; each gets 20 s before SIGALRM ends it. */
+static void run_ranks(shared *sh, int started, int n, int port, rank_fn fn, pid_t *pids)
+{
+    for (int r = 0; r < started; r++) {
+        pid_t pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+            alarm(20);
+            fn(sh, r, n, port);
+            _exit(sh->failed[r] ? 1 : 0);
+        }
+        pids[r] = pid;
+    }
+}
+
+static void wait_ranks(shared *sh, int started, pid_t *pids)
+{
+    for (int r = 0; r < started; r++) {
+        int status = 0;
+        cr_assert(waitpid(pids[r], &status, 0) == pids[r]);
+        cr_expect(WIFEXITED(status), "rank %d died by signal %d", r,
+                  WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        cr_expect(!sh->failed[r], "rank %d: %s", r, sh->msg[r]);
+    }
+}
+
+static void collectives_world(int n)
+{
+    shared *sh = shared_new();
+    int port = free_port();
+    pid_t pids[MAX_RANKS];
+    run_ranks(sh, n, n, port, collectives_rank, pids);
+    wait_ranks(sh, n, pids);
+    for (int r = 1; r < n; r++) {
+        cr_assert_eq(sh->num_cases[r], sh->num_cases[0]);
+        for (int c = 0; c < sh->num_cases[0]; c++)
+            cr_expect_eq(sh->hash[r][c], sh->hash[0][c],
+                         "all_reduce case %d: rank %d's bits differ from rank 0's", c, r);
+    }
+    munmap(sh, sizeof *sh);
+}
+
+Test(dist, collectives_world_1, .timeout = 30) { collectives_world(1); }
+Test(dist, collectives_world_2, .timeout = 30) { collectives_world(2); }
+Test(dist, collectives_world_3, .timeout = 30) { collectives_world(3); }
+Test(dist, collectives_world_4, .timeout = 30) { collectives_world(4); }
+
+/* ---- the store --------------------------------------------------------------------------- */
+
+Test(dist, sha256_vectors)
+{
+    uint8_t d[32];
+    char hex[65];
+    const void *parts[2] = {"ab", "c"};
+    size_t lens[2] = {2, 1};
+    ds_sha256(parts, lens, 2, d);
+    for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", d[i]);
+    cr_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    /* two blocks of padding */
+    const char *m = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    const void *p1[1] = {m};
+    size_t l1[1] = {strlen(m)};
+    ds_sha256(p1, l1, 1, d);
+    for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", d[i]);
+    cr_assert_str_eq(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+}
+
+Test(dist, store_set_get_add_and_timeout, .timeout = 20)
+{
+    int port = free_port();
+    ds_error err = {0};
+    ds_store *s = NULL;
+    ds_store_options opt = options(0, 1, port, SECRET, 0.3);
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_store_set(s, "greeting", "hello", 5, &err), DS_OK, "%s", err.msg);
+    void *v = NULL;
+    size_t len = 0;
+    cr_assert_eq(ds_store_get(s, "greeting", &v, &len, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(len, 5);
+    cr_assert_str_eq(v, "hello");
+    free(v);
+    int64_t x = 0;
+    cr_assert_eq(ds_store_add(s, "n", 5, &x, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_store_add(s, "n", -2, &x, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(x, 3);
+    cr_assert_eq(ds_store_get(s, "missing", &v, &len, &err), DS_ERR_IO);
+    char want[256];
+    snprintf(want, sizeof want, "rank 0: waiting for \"missing\" at the rendezvous at "
+             "127.0.0.1:%d: nothing after 0.3 s", port);
+    cr_assert_str_eq(err.msg, want);
+    /* the store still answers after a timed-out wait */
+    cr_assert_eq(ds_store_barrier(s, &err), DS_OK, "%s", err.msg);
+    ds_store_close(s);
+}
+
+Test(dist, no_rendezvous_names_rank_address_and_wait, .timeout = 20)
+{
+    int port = free_port();
+    ds_error err = {0};
+    ds_store *s = NULL;
+    ds_store_options opt = options(3, 4, port, SECRET, 0.5);
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_ERR_IO);
+    char want[256];
+    snprintf(want, sizeof want, "rank 3: no rendezvous at 127.0.0.1:%d after 0.5 s (", port);
+    cr_assert(strncmp(err.msg, want, strlen(want)) == 0, "%s", err.msg);
+    opt.secret = "";
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_ERR_INVALID);
+}
+
+Test(dist, options_from_env)
+{
+    ds_store_options opt;
+    ds_error err = {0};
+    setenv("RANK", "2", 1);
+    setenv("WORLD_SIZE", "4", 1);
+    setenv("MASTER_ADDR", "10.0.0.1", 1);
+    setenv("MASTER_PORT", "29500", 1);
+    unsetenv("DS_JOB_SECRET");
+    cr_assert_eq(ds_store_options_from_env(&opt, &err), DS_ERR_INVALID);
+    cr_assert_str_eq(err.msg, "DS_JOB_SECRET is not set (ds-launch sets it)");
+    setenv("DS_JOB_SECRET", "abc", 1);
+    cr_assert_eq(ds_store_options_from_env(&opt, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(opt.rank, 2);
+    cr_assert_eq(opt.world_size, 4);
+    cr_assert_eq(opt.port, 29500);
+    cr_assert_str_eq(opt.addr, "10.0.0.1");
+    setenv("RANK", "x", 1);
+    cr_assert_eq(ds_store_options_from_env(&opt, &err), DS_ERR_INVALID);
+    cr_assert_str_eq(err.msg, "RANK is \"x\", not a valid value (ds-launch sets it)");
+}
+
+/* Two ranks wait for "go" while strangers knock: garbage, a silent connection, the wrong
+ * secret, and a bad proof at a rank's ring port. Then the job runs an all-reduce. */
+static void stranger_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    ds_store_options opt = options(rank, n, port, SECRET, 10);
+    void *go = NULL;
+    if (ds_store_open(&store, &opt, &err) || ds_store_get(store, "go", &go, NULL, &err) ||
+        ds_comm_cpu_create(&comm, store, 10, &err)) {
+        fail(sh, rank, "%s", err.msg);
+        return;
+    }
+    free(go);
+    float x[3] = {(float)rank, 1, 2};
+    if (ds_comm_all_reduce(comm, x, 3, DS_REDUCE_SUM, &err)) fail(sh, rank, "%s", err.msg);
+    else if (x[0] != 1 || x[1] != 2 || x[2] != 4) fail(sh, rank, "wrong sum %g %g %g", x[0], x[1], x[2]);
+    ds_comm_destroy(comm);
+    if (ds_store_barrier(store, &err)) fail(sh, rank, "%s", err.msg);
+    ds_store_close(store);
+}
+
+static int raw_connect(int port)
+{
+    double deadline = ds_dist_now() + 10;
+    int fd;
+    while ((fd = ds_tcp_connect("127.0.0.1", port, deadline)) < 0 && ds_dist_now() < deadline)
+        usleep(20000);
+    return fd;
+}
+
+Test(dist, stranger_refused_job_proceeds, .timeout = 30)
+{
+    shared *sh = shared_new();
+    int port = free_port();
+    pid_t pids[2];
+    run_ranks(sh, 2, 2, port, stranger_rank, pids);
+
+    /* a silent stranger holds a connection open all along */
+    int silent = raw_connect(port);
+    cr_assert(silent >= 0);
+    /* garbage instead of the answer: refused (a 0 byte or the connection closed) */
+    int g = raw_connect(port);
+    uint8_t nonce[32], junk[32] = {1, 2, 3}, verdict = 9;
+    cr_assert_eq(ds_io_read(g, nonce, 32, ds_dist_now() + 5), DS_IO_OK);
+    cr_assert_eq(ds_io_write(g, junk, 32, ds_dist_now() + 5), DS_IO_OK);
+    int r = ds_io_read(g, &verdict, 1, ds_dist_now() + 5);
+    cr_assert(r == DS_IO_EOF || (r == DS_IO_OK && verdict == 0), "r %d verdict %d", r, verdict);
+    close(g);
+    /* the wrong secret */
+    ds_error err = {0};
+    ds_store *s = NULL;
+    ds_store_options opt = options(1, 2, port, "not-the-secret", 5);
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_ERR_INVALID);
+    char want[256];
+    snprintf(want, sizeof want, "rank 1: the rendezvous at 127.0.0.1:%d refused this process: "
+             "its job secret (DS_JOB_SECRET) is not this job's", port);
+    cr_assert_str_eq(err.msg, want);
+    /* the job's own secret gets in (this test process plays a rank-1 client) */
+    opt.secret = SECRET;
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_store_set(s, "go", "1", 1, &err), DS_OK, "%s", err.msg);
+    /* knock at rank 1's ring port with a bad proof (it may have accepted rank 0 already) */
+    void *addr = NULL;
+    size_t len;
+    cr_assert_eq(ds_store_get(s, "comm/0/rank/1", &addr, &len, &err), DS_OK, "%s", err.msg);
+    char ip[64];
+    int rport = 0;
+    cr_assert_eq(sscanf(addr, "%63s %d", ip, &rport), 2);
+    free(addr);
+    int k = ds_tcp_connect(ip, rport, ds_dist_now() + 2);
+    if (k >= 0) {
+        uint8_t proof[36] = {0};
+        (void)ds_io_write(k, proof, 36, ds_dist_now() + 2);
+        close(k);
+    }
+    wait_ranks(sh, 2, pids);
+    close(silent);
+    ds_store_close(s);
+    munmap(sh, sizeof *sh);
+}
+
+/* A world of 3 where rank 2 never starts: each rank's error names who it waited for, where,
+ * and how long. */
+static void missing_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    ds_store_options opt = options(rank, n, port, SECRET, 1);
+    if (ds_store_open(&store, &opt, &err) == DS_OK &&
+        ds_comm_cpu_create(&comm, store, 1, &err) == DS_OK) {
+        ds_comm_destroy(comm);
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "no error");
+    } else {
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "%s", err.msg);
+    }
+    ds_store_close(store);
+}
+
+Test(dist, missing_rank_times_out_with_named_error, .timeout = 30)
+{
+    shared *sh = shared_new();
+    int port = free_port();
+    pid_t pids[2];
+    run_ranks(sh, 2, 3, port, missing_rank, pids);
+    for (int r = 0; r < 2; r++) {
+        int status = 0;
+        cr_assert(waitpid(pids[r], &status, 0) == pids[r]);
+        cr_assert(WIFEXITED(status));
+    }
+    char want[256];
+    snprintf(want, sizeof want, "rank 1: rank 2 did not publish its address at the rendezvous at "
+             "127.0.0.1:%d after 1 s", port);
+    cr_expect_str_eq(sh->msg[1], want);
+    snprintf(want, sizeof want, "rank 0: rank 2 did not connect to 127.0.0.1:");
+    cr_expect(strncmp(sh->msg[0], want, strlen(want)) == 0, "%s", sh->msg[0]);
+    cr_expect(strstr(sh->msg[0], " after 1 s") != NULL, "%s", sh->msg[0]);
+    munmap(sh, sizeof *sh);
+}
+
+/* A store barrier that a rank never reaches says how many arrived. */
+static void barrier_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_store_options opt = options(rank, n, port, SECRET, 1);
+    if (ds_store_open(&store, &opt, &err) || ds_store_barrier(store, &err) == DS_OK)
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "no barrier error");
+    else
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "%s", err.msg);
+    ds_store_close(store);
+}
+
+Test(dist, barrier_timeout_counts_arrivals, .timeout = 30)
+{
+    shared *sh = shared_new();
+    int port = free_port();
+    pid_t pids[1];
+    run_ranks(sh, 1, 2, port, barrier_rank, pids);
+    int status = 0;
+    cr_assert(waitpid(pids[0], &status, 0) == pids[0]);
+    char want[256];
+    snprintf(want, sizeof want, "rank 0: barrier 1: 1 of 2 ranks arrived at the rendezvous at "
+             "127.0.0.1:%d after 1 s", port);
+    cr_expect_str_eq(sh->msg[0], want);
+    munmap(sh, sizeof *sh);
+}
+
+/* Sub-groups {3, 1} and {0, 2} of a world of 4, created by every rank in the same order; each
+ * group reduces and broadcasts among its own members, and the world communicator still works. */
+static void groups_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *world = NULL, *ga = NULL, *gb = NULL;
+    const int a[2] = {3, 1}, b[2] = {0, 2};
+    ds_store_options opt = options(rank, n, port, SECRET, 10);
+    if (ds_store_open(&store, &opt, &err) || ds_comm_cpu_create(&world, store, 10, &err) ||
+        ds_comm_cpu_create_group(&ga, store, a, 2, 10, &err) ||
+        ds_comm_cpu_create_group(&gb, store, b, 2, 10, &err)) {
+        fail(sh, rank, "%s", err.msg);
+        return;
+    }
+    ds_comm *mine = (rank == 1 || rank == 3) ? ga : gb, *other = mine == ga ? gb : ga;
+    const int *members = mine == ga ? a : b;
+    if (!mine || other) fail(sh, rank, "membership: mine %p other %p", (void *)mine, (void *)other);
+    else if (mine->size != 2 || members[mine->rank] != rank)
+        fail(sh, rank, "group rank %d of %d", mine->rank, mine->size);
+    if (sh->failed[rank]) return;
+    enum { COUNT = 1001 };
+    float *x = malloc(COUNT * sizeof *x);
+    for (int i = 0; i < COUNT; i++) x[i] = value(rank, 99, (size_t)i);
+    if (ds_comm_all_reduce(mine, x, COUNT, DS_REDUCE_MAX, &err)) fail(sh, rank, "%s", err.msg);
+    for (int i = 0; i < COUNT && !sh->failed[rank]; i++) {
+        float want = fmaxf(value(members[0], 99, (size_t)i), value(members[1], 99, (size_t)i));
+        if (x[i] != want) fail(sh, rank, "group max: element %d is %g, not %g", i, x[i], want);
+    }
+    int token = rank == members[0] ? 1000 + rank : -1;
+    if (ds_comm_broadcast(mine, &token, sizeof token, 0, &err)) fail(sh, rank, "%s", err.msg);
+    else if (token != 1000 + members[0]) fail(sh, rank, "group broadcast gave %d", token);
+    float one = 1;
+    if (ds_comm_all_reduce(world, &one, 1, DS_REDUCE_SUM, &err)) fail(sh, rank, "%s", err.msg);
+    else if (one != (float)n) fail(sh, rank, "world sum after groups: %g", one);
+    const int twice[2] = {1, 1};
+    ds_comm *bad = NULL;
+    char want[64];
+    snprintf(want, sizeof want, "rank %d: rank 1 is twice in a group", rank);
+    if (ds_comm_cpu_create_group(&bad, store, twice, 2, 10, &err) != DS_ERR_INVALID ||
+        strcmp(err.msg, want) != 0)
+        fail(sh, rank, "a group with a rank twice: \"%s\"", err.msg);
+    free(x);
+    ds_comm_destroy(ga);
+    ds_comm_destroy(gb);
+    ds_comm_destroy(world);
+    if (ds_store_barrier(store, &err)) fail(sh, rank, "%s", err.msg);
+    ds_store_close(store);
+}
+
+Test(dist, sub_groups, .timeout = 30)
+{
+    shared *sh = shared_new();
+    int port = free_port();
+    pid_t pids[4];
+    run_ranks(sh, 4, 4, port, groups_rank, pids);
+    wait_ranks(sh, 4, pids);
+    munmap(sh, sizeof *sh);
+}
