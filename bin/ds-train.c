@@ -255,17 +255,52 @@ int main(int argc, char **argv)
         return rc;
     if (a.summary)
         return summary_only(&a);
-    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force))
-        return 2;
-
     ds_error err = {0};
+    /* Under ds-launch with WORLD_SIZE > 1: data parallelism over the job's rendezvous. Rank 0
+     * alone prints, logs and writes weights; every rank trains its share of each batch. */
+    int rank = 0, world = 1;
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    const char *ws = getenv("WORLD_SIZE");
+    if (ws && atoi(ws) > 1) {
+        ds_store_options so;
+        ds_status sst = ds_store_options_from_env(&so, &err);
+        if (sst == DS_OK)
+            sst = ds_store_open(&store, &so, &err);
+        if (sst == DS_OK)
+            sst = ds_comm_cpu_create(&comm, store, 0, &err);
+        if (sst != DS_OK) {
+            fprintf(stderr, "ds-train: %s\n", err.msg);
+            if (store)
+                ds_store_close(store);
+            return 1;
+        }
+        rank = so.rank;
+        world = so.world_size;
+        if (rank != 0) {
+            a.quiet = 1;
+            a.log_json = NULL;
+            a.save = NULL;
+        }
+    }
+    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force)) {
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
+        return 2;
+    }
+
     ds_engine_options eo = {.config_path = a.config, .net_path = a.net, .backend = a.backend,
                             .strict_config = a.strict, .micro_batch_hint = a.micro,
-                            .seed_set = a.seed_set, .seed = a.seed, .init_from = a.init_from};
+                            .seed_set = a.seed_set, .seed = a.seed, .init_from = a.init_from,
+                            .comm = comm, .rank = rank, .world_size = world};
     ds_engine *eng;
     ds_status st = ds_initialize(&eng, &eo, &err);
     if (st != DS_OK) {
         fprintf(stderr, "ds-train: %s\n", err.msg);
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
         return 2;
     }
     const ds_config *cfg = ds_engine_config(eng);
@@ -336,18 +371,23 @@ int main(int argc, char **argv)
     int tokens = net->input == DS_INPUT_TOKENS;
     const char *unit = tokens ? "tokens" : "samples";
     const char *backend = ds_engine_backend_name(eng);
-    if (strncmp(backend, "cuda", 4) == 0) /* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, ...)" */
+    if (rank != 0)
+        ; /* rank 0 speaks for the job */
+    else if (strncmp(backend, "cuda", 4) == 0) /* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, ...)" */
         printf("ds-train %s: %s, %lld parameters; backend %s\n", DS_VERSION, a.net,
                (long long)net->total_params, backend);
     else
         printf("ds-train %s: %s, %lld parameters; backend cpu (%s kernels, %d threads)\n", DS_VERSION,
                a.net, (long long)net->total_params, backend, threads);
-    printf("data: %s (%lld samples, %s order); batch %lld = micro %lld x accumulation %lld; %lld steps\n",
-           ds_dataset_describe(ds), (long long)N, a.order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
-           (long long)TB, (long long)MB, (long long)GAS, (long long)steps);
-    printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
-           ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
-    fflush(stdout);
+    if (rank == 0) {
+        printf("data: %s (%lld samples, %s order); batch %lld = micro %lld x accumulation %lld x ranks %d; "
+               "%lld steps\n",
+               ds_dataset_describe(ds), (long long)N, a.order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
+               (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps);
+        printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
+               ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
+        fflush(stdout);
+    }
 
     const int64_t F = net->input == DS_INPUT_FEATURES ? net->feature_dim : 0;
     const int64_t out_dim = net->out_dim;
@@ -385,7 +425,9 @@ int main(int argc, char **argv)
         double t0 = now_s();
         for (int64_t u = 0; u < GAS && rc == 0; u++) {
             for (int64_t i = 0; i < MB && rc == 0; i++) {
-                int64_t k = ds_sampler_index(&sampler, s * TB + u * MB + i);
+                /* DeepSpeed's distributed sampler: rank r takes every W-th sample of the global
+                 * batch, so step s covers samples s*TB .. s*TB+TB-1 whatever the split */
+                int64_t k = ds_sampler_index(&sampler, s * TB + u * MB * world + i * world + rank);
                 if (tokens)
                     st = ds_dataset_get_tokens(ds, k, tok + i * T, tgt + i * T, &err);
                 else
@@ -412,11 +454,15 @@ int main(int argc, char **argv)
         double rate = (double)(TB * (tokens ? T : 1)) / (ms / 1e3);
         int64_t step = ds_engine_global_steps(eng);
         if (logf) {
+            int64_t ar_calls, ar_bytes;
+            ds_engine_last_allreduce(eng, &ar_calls, &ar_bytes);
             fprintf(logf,
                     "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, \"ms\": %.3f, "
-                    "\"%s\": %.1f, \"samples\": %lld}\n",
+                    "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
+                    "\"allreduce_bytes\": %lld}\n",
                     (long long)step, loss, ds_engine_get_lr(eng), ds_engine_get_global_grad_norm(eng), ms,
-                    tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng));
+                    tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
+                    world, (long long)ar_calls, (long long)ar_bytes);
             fflush(logf);
         }
         if (!a.quiet && (step % print_every == 0 || step == steps)) {
@@ -434,7 +480,7 @@ int main(int argc, char **argv)
         printf("\r\033[K");
     if (rc) {
         fprintf(stderr, "ds-train: %s\n", err.msg);
-    } else {
+    } else if (rank == 0) {
         double total = now_s() - t_start;
         qsort(ms_hist, (size_t)steps, sizeof *ms_hist, cmp_double);
         double med = ms_hist[steps / 2];
@@ -467,5 +513,8 @@ int main(int argc, char **argv)
     ds_sampler_free(&sampler);
     ds_dataset_close(ds);
     ds_engine_destroy(eng);
+    ds_comm_destroy(comm);
+    if (store)
+        ds_store_close(store);
     return rc;
 }

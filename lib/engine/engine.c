@@ -34,6 +34,10 @@ struct ds_engine {
     double lr;
     float *host_scratch;   /* a host buffer of the largest tensor */
     int64_t largest;
+    ds_comm *comm;         /* data-parallel ranks, or NULL */
+    int world_size;
+    int64_t bucket;        /* elements per gradient all-reduce */
+    int64_t ar_calls, ar_bytes;
 };
 
 static ds_status backend_err(ds_engine *e, ds_status st, ds_error *err)
@@ -70,16 +74,25 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     if (!e)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     ds_config_hints hints = {.micro_batch = opts->micro_batch_hint};
+    e->world_size = opts->world_size > 1 ? opts->world_size : 1;
+    e->comm = e->world_size > 1 ? opts->comm : NULL;
+    if (e->world_size > 1 && !e->comm) {
+        ds_engine_destroy(e);
+        return ds_error_set(err, DS_ERR_INVALID, "world size %d without a communicator", opts->world_size);
+    }
     if (opts->config_path)
-        st = ds_config_load_file(&e->cfg, opts->config_path, 1, opts->strict_config, &hints, err);
+        st = ds_config_load_file(&e->cfg, opts->config_path, e->world_size, opts->strict_config, &hints, err);
     else if (opts->config_json)
         st = ds_config_load_string(&e->cfg, opts->config_json, opts->config_name ? opts->config_name : "config",
-                                   1, opts->strict_config, &hints, err);
+                                   e->world_size, opts->strict_config, &hints, err);
     else
         st = ds_error_set(err, DS_ERR_INVALID, "no DeepSpeed config given");
     if (st != DS_OK)
         goto fail;
     e->cfg_loaded = 1;
+    /* DeepSpeed's stage-0 all-reduce works in constant buffers of 5e8 elements by default */
+    e->bucket = opts->allreduce_bucket > 0 ? opts->allreduce_bucket
+              : e->cfg.allreduce_bucket_size > 0 ? e->cfg.allreduce_bucket_size : 500000000;
     if (opts->net_path)
         st = ds_net_parse_file(&e->net, opts->net_path, err);
     else if (opts->net_json)
@@ -108,6 +121,11 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     e->grad_norm = -1;
     if ((st = ds_backend_create(&e->be, opts->backend ? opts->backend : "cpu", err)) != DS_OK)
         goto fail;
+    if (e->comm && strcmp(e->be->ops->name, "cpu") != 0) {
+        st = ds_error_set(err, DS_ERR_UNSUPPORTED,
+                          "data parallelism on backend %s is not built yet (CPU collectives only)", e->be->ops->name);
+        goto fail;
+    }
     const ds_tensor_table *tab = &e->net->params;
     size_t bytes = (size_t)tab->total * sizeof(float);
     e->params = e->be->ops->alloc(e->be, bytes);
@@ -239,8 +257,25 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     }
     const ds_backend_ops *ops = e->be->ops;
     int64_t n = e->net->params.total;
+    ds_status st;
+    e->ar_calls = e->ar_bytes = 0;
+    if (e->comm) {
+        /* one bucketed all-reduce per effective batch (micro-batches accumulated locally):
+         * the mean over ranks, in constant-size buckets of the flat gradient buffer */
+        for (int64_t off = 0; off < n; off += e->bucket) {
+            int64_t len = n - off < e->bucket ? n - off : e->bucket;
+            if ((st = ds_comm_all_reduce(e->comm, e->grads + off, (size_t)len, DS_REDUCE_MEAN, err)) != DS_OK)
+                return st;
+            e->ar_calls++;
+            e->ar_bytes += len * (int64_t)sizeof(float);
+        }
+        float l = (float)e->window_loss;
+        if ((st = ds_comm_all_reduce(e->comm, &l, 1, DS_REDUCE_MEAN, err)) != DS_OK)
+            return st;
+        e->window_loss = l;
+    }
     double sumsq;
-    ds_status st = ops->sumsq(e->be, e->grads, n, &sumsq);
+    st = ops->sumsq(e->be, e->grads, n, &sumsq);
     if (st != DS_OK)
         return backend_err(e, st, err);
     double norm = sqrt(sumsq);
@@ -275,6 +310,14 @@ int64_t ds_engine_micro_steps(const ds_engine *e) { return e->micro_steps; }
 double ds_engine_get_lr(const ds_engine *e) { return e->lr; }
 double ds_engine_get_global_grad_norm(const ds_engine *e) { return e->grad_norm; }
 double ds_engine_last_loss(const ds_engine *e) { return e->last_loss; }
+
+void ds_engine_last_allreduce(const ds_engine *e, int64_t *calls, int64_t *bytes)
+{
+    if (calls)
+        *calls = e->ar_calls;
+    if (bytes)
+        *bytes = e->ar_bytes;
+}
 const ds_config *ds_engine_config(const ds_engine *e) { return &e->cfg; }
 const ds_net *ds_engine_net(const ds_engine *e) { return e->net; }
 const char *ds_engine_backend_name(const ds_engine *e) { return ds_backend_describe(e->be); }

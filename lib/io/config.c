@@ -48,7 +48,8 @@ typedef enum {
     F_TAGVAL, /* checkpoint.tag_validation: Warn (what we do), Ignore, Fail */
     F_OBJ,    /* sub-section described by .sub */
     F_SKIP,   /* read by the section's own handler */
-    F_BATCH, F_OPTIM, F_SCHED, F_ZERO, F_CLIP, F_STEPS, F_SEED /* top-level keys we implement */
+    F_BATCH, F_OPTIM, F_SCHED, F_ZERO, F_CLIP, F_STEPS, F_SEED, /* top-level keys we implement */
+    F_BUCKET  /* allreduce_bucket_size: elements per gradient all-reduce (Constant Buffer Opt.) */
 } fkind;
 
 typedef struct field {
@@ -419,6 +420,7 @@ static const field TOP_FIELDS[] = {
     K("train_batch_size", F_BATCH), K("train_micro_batch_size_per_gpu", F_BATCH),
     K("gradient_accumulation_steps", F_BATCH), K("optimizer", F_OPTIM), K("scheduler", F_SCHED),
     K("gradient_clipping", F_CLIP), K("steps_per_print", F_STEPS), K("seed", F_SEED),
+    K("allreduce_bucket_size", F_BUCKET),
     OBJ("fp16", FP16_FIELDS), OBJ("bf16", BF16_FIELDS),
     {.name = "bfloat16", .kind = F_OBJ, .sub = BF16_FIELDS, .use = "bf16"}, OBJ("amp", OPEN_FIELDS),
     K("zero_optimization", F_ZERO), K("zero_allow_untested_optimizer", F_BOOL),
@@ -583,6 +585,11 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             return bad_type(r, path, "a number >= 0", v);
         r->cfg->gradient_clipping = s == V_SET ? d : 0.0;
         return DS_OK;
+    case F_BUCKET:
+        if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 1)
+            return bad_type(r, path, "an integer >= 1 (elements)", v);
+        r->cfg->allreduce_bucket_size = s == V_SET ? i : 0;
+        return st;
     case F_STEPS:
         if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 0)
             return bad_type(r, path, "an integer >= 0", v);

@@ -48,6 +48,7 @@ typedef struct ds_config {
     int world_size;         /* the data-parallel size the sizes were resolved for */
 
     double gradient_clipping; /* 0 = off */
+    int64_t allreduce_bucket_size; /* elements per gradient all-reduce bucket; 0 = 5e8 */
     int64_t steps_per_print;  /* 0 = no periodic print (DeepSpeed default: None) */
     int seed_set;             /* "seed" present */
     uint64_t seed;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "ds/config.h"
+#include "ds/dist.h"
 #include "ds/net.h"
 #include "ds/status.h"
 
@@ -30,6 +31,12 @@ typedef struct ds_engine_options {
     int seed_set;             /* override the config's seed */
     uint64_t seed;
     const char *init_from;    /* safetensors weights to start from (by name), or NULL */
+    /* Data parallelism: the communicator of the data-parallel ranks (NULL: one process), this
+     * process's rank in it and its size. The batch sizes of the config are resolved for
+     * world_size; gradients are averaged over the ranks once per effective batch. */
+    ds_comm *comm;
+    int rank, world_size;
+    int64_t allreduce_bucket; /* elements per all-reduce bucket (0: DeepSpeed's 5e8) */
 } ds_engine_options;
 
 /* One micro-batch on the host. Tokens nets: tokens and targets [B*T]. Features nets: x [B*F]
@@ -61,8 +68,11 @@ int64_t ds_engine_micro_steps(const ds_engine *e);
 double ds_engine_get_lr(const ds_engine *e);
 /* Global L2 norm of the gradients at the last update (before clipping); -1 before any. */
 double ds_engine_get_global_grad_norm(const ds_engine *e);
-/* Mean loss over the micro-batches of the last completed effective batch. */
+/* Mean loss over the micro-batches of the last completed effective batch (averaged over the
+ * data-parallel ranks). */
 double ds_engine_last_loss(const ds_engine *e);
+/* All-reduce calls and bytes of the last optimizer step (0 for one process). */
+void ds_engine_last_allreduce(const ds_engine *e, int64_t *calls, int64_t *bytes);
 
 const ds_config *ds_engine_config(const ds_engine *e);
 const ds_net *ds_engine_net(const ds_engine *e);
