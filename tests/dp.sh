@@ -27,7 +27,8 @@ EOF
 opt='"optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "gradient_clipping": 1.0, "seed": 7'
 echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 8, $opt}" > mb8.json
 echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 2, \"allreduce_bucket_size\": 5000, $opt}" > mb2.json
-echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 4, $opt}" > mb4.json
+echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 4, \"gradient_predivide_factor\": 2.0, $opt}" > mb4.json
+echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 2, \"prescale_gradients\": true, $opt}" > pre.json
 echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": 2, \"gradient_accumulation_steps\": 4, $opt}" > gas4.json
 common=(net.json --data text.txt --steps 20 --data-order sequential --quiet)
 
@@ -38,13 +39,15 @@ common=(net.json --data text.txt --steps 20 --data-order sequential --quiet)
 "$B/ds-launch" --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb2.json \
     --log-json four.jsonl >/dev/null 2>err4 && ok "ds-launch: 4 ranks x micro-batch 2" || notok "4 ranks: $(head -c 300 err4)"
 "$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb4.json \
-    --log-json two.jsonl >/dev/null 2>err3 && ok "ds-launch: 2 ranks x micro-batch 4" || notok "2 ranks: $(head -c 300 err3)"
+    --log-json two.jsonl >/dev/null 2>err3 && ok "ds-launch: 2 ranks x micro-batch 4, gradient_predivide_factor 2" || notok "2 ranks: $(head -c 300 err3)"
+"$B/ds-launch" --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config pre.json \
+    --log-json pre.jsonl >/dev/null 2>err5 && ok "ds-launch: 4 ranks, prescale_gradients" || notok "prescale: $(head -c 300 err5)"
 
 check() { # name, python condition over L (dict of run -> list of records)
     if python3 - "$2" <<'EOF' 2>pyerr; then ok "$1"; else notok "$1: $(head -c 300 pyerr)"; fi
 import json, sys
 L = {}
-for k in ("one", "gas", "four", "two"):
+for k in ("one", "gas", "four", "two", "pre"):
     try:
         L[k] = [json.loads(l) for l in open(k + ".jsonl")]
     except OSError:
@@ -59,7 +62,8 @@ EOF
 }
 check "4 ranks x mb 2 give the losses of 1 rank x mb 8 (1e-5 relative)" 'same("four", "one")'
 check "1 rank x mb 2 x 4 accumulation gives the same losses" 'same("gas", "one")'
-check "2 ranks x mb 4 give the same losses" 'same("two", "one")'
+check "2 ranks x mb 4 with predivide factor 2 give the same losses" 'same("two", "one")'
+check "4 ranks with prescale_gradients give the same losses" 'same("pre", "one")'
 check "the loss goes down" 'L["four"][-1]["loss"] < L["four"][0]["loss"] - 0.5'
 # 21984 padded gradient elements in buckets of 5000: 5 all-reduce calls per optimizer step
 check "one bucketed all-reduce per effective batch: calls = buckets = 5, bytes = the flat gradient" \

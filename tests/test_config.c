@@ -386,6 +386,21 @@ Test(optimizer, sgd_and_type_names)
 
 #define TB8(rest) "{\"train_batch_size\": 8, " rest "}"
 
+/* prescale_gradients and gradient_predivide_factor are implemented (data-parallel averaging) */
+Test(features, gradient_averaging_keys)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"prescale_gradients\": true, \"gradient_predivide_factor\": 8"), 1);
+    cr_expect_eq(c.prescale_gradients, 1);
+    cr_expect_eq(c.gradient_predivide_factor, 8.0);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"seed\": 1"), 1);
+    cr_expect_eq(c.prescale_gradients, 0);
+    cr_expect_eq(c.gradient_predivide_factor, 1.0, "the default factor is 1");
+    ds_config_free(&c);
+    load_fails(TB8("\"gradient_predivide_factor\": 0"), 1, 0, DS_ERR_INVALID, "gradient_predivide_factor", NULL);
+}
+
 Test(features, refused_naming_the_key)
 {
     load_fails(TB8("\"fp16\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
@@ -407,10 +422,6 @@ Test(features, refused_naming_the_key)
                DS_ERR_UNSUPPORTED, "ds.json: scheduler (type WarmupLR) is not supported yet", NULL);
     load_fails(TB8("\"wall_clock_breakdown\": true"), 1, 0, DS_ERR_UNSUPPORTED,
                "wall_clock_breakdown=true is not supported yet", NULL);
-    load_fails(TB8("\"prescale_gradients\": true"), 1, 0, DS_ERR_UNSUPPORTED,
-               "prescale_gradients=true is not supported yet", NULL);
-    load_fails(TB8("\"gradient_predivide_factor\": 8"), 1, 0, DS_ERR_UNSUPPORTED,
-               "gradient_predivide_factor=8 is not supported yet", NULL);
     load_fails(TB8("\"communication_data_type\": \"fp16\""), 1, 0, DS_ERR_UNSUPPORTED,
                "communication_data_type=fp16 is not supported yet", NULL);
     load_fails(TB8("\"communication_data_type\": \"fp8\""), 1, 0, DS_ERR_INVALID,
@@ -542,16 +553,16 @@ static const struct {
     {"dse-bing_bert__deepspeed_bsz4k_01adam_config_seq128_nccl.json", DS_ERR_UNSUPPORTED,
      "optimizer.type=ZeroOneAdam"},
     {"dse-bing_bert__deepspeed_bsz4k_progressive_layer_drop_config_seq128.json",
-     DS_ERR_UNSUPPORTED, "prescale_gradients=true"},
+     DS_ERR_UNSUPPORTED, "progressive_layer_drop.enabled=true"},
     {"dse-bing_bert__deepspeed_bsz64k_lamb_config_seq128.json", DS_ERR_UNSUPPORTED,
      "optimizer.type=Lamb"},
     {"dse-bing_bert__deepspeed_bsz64k_onebitlamb_config_seq128_nccl.json", DS_ERR_UNSUPPORTED,
      "optimizer.type=OneBitLamb"},
     {"dse-cifar__ds_config.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
     {"dse-compression-bert__ds_config_layer_reduction_fp16.json", DS_ERR_UNSUPPORTED,
-     "prescale_gradients=true"},
+     "compression_training"},
     {"dse-data_efficiency__ds_config_gpt_base_random_ltd.json", DS_ERR_UNSUPPORTED,
-     "prescale_gradients=true"},
+     "data_efficiency.enabled=true"},
     {"dse-hf-transformers__ds_config.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
     {"dse-imagenet__ds_fp16_z1_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
     {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},

@@ -260,12 +260,21 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     ds_status st;
     e->ar_calls = e->ar_bytes = 0;
     if (e->comm) {
-        /* one bucketed all-reduce per effective batch (micro-batches accumulated locally):
-         * the mean over ranks, in constant-size buckets of the flat gradient buffer */
+        /* One bucketed all-reduce per effective batch (micro-batches accumulated locally), in
+         * constant-size buckets of the flat gradient buffer. DeepSpeed's averaging: with
+         * prescale_gradients, g/W then a sum; otherwise g/f, a sum, then g*f/W (skipped when
+         * f == W). Either way the result is the mean; f only moves the division. */
+        const double W = e->world_size, f = e->cfg.gradient_predivide_factor;
+        const float pre = (float)(e->cfg.prescale_gradients ? 1.0 / W : 1.0 / f);
+        const float post = (float)(e->cfg.prescale_gradients ? 1.0 : f / W);
         for (int64_t off = 0; off < n; off += e->bucket) {
             int64_t len = n - off < e->bucket ? n - off : e->bucket;
-            if ((st = ds_comm_all_reduce(e->comm, e->grads + off, (size_t)len, DS_REDUCE_MEAN, err)) != DS_OK)
+            if (pre != 1.0f && (st = ops->scale(e->be, e->grads + off, len, pre)) != DS_OK)
+                return backend_err(e, st, err);
+            if ((st = ds_comm_all_reduce(e->comm, e->grads + off, (size_t)len, DS_REDUCE_SUM, err)) != DS_OK)
                 return st;
+            if (post != 1.0f && (st = ops->scale(e->be, e->grads + off, len, post)) != DS_OK)
+                return backend_err(e, st, err);
             e->ar_calls++;
             e->ar_bytes += len * (int64_t)sizeof(float);
         }

@@ -49,7 +49,8 @@ typedef enum {
     F_OBJ,    /* sub-section described by .sub */
     F_SKIP,   /* read by the section's own handler */
     F_BATCH, F_OPTIM, F_SCHED, F_ZERO, F_CLIP, F_STEPS, F_SEED, /* top-level keys we implement */
-    F_BUCKET  /* allreduce_bucket_size: elements per gradient all-reduce (Constant Buffer Opt.) */
+    F_BUCKET, /* allreduce_bucket_size: elements per gradient all-reduce (Constant Buffer Opt.) */
+    F_PRESCALE, F_PREDIV /* prescale_gradients, gradient_predivide_factor */
 } fkind;
 
 typedef struct field {
@@ -425,7 +426,7 @@ static const field TOP_FIELDS[] = {
     {.name = "bfloat16", .kind = F_OBJ, .sub = BF16_FIELDS, .use = "bf16"}, OBJ("amp", OPEN_FIELDS),
     K("zero_optimization", F_ZERO), K("zero_allow_untested_optimizer", F_BOOL),
     K("zero_force_ds_cpu_optimizer", F_BOOL), K("allgather_size", F_SIZE),
-    K("prescale_gradients", F_OFF), K("gradient_predivide_factor", F_ONE),
+    K("prescale_gradients", F_PRESCALE), K("gradient_predivide_factor", F_PREDIV),
     K("sparse_gradients", F_OFF), K("communication_data_type", F_DTYPE),
     K("seq_parallel_communication_data_type", F_DTYPE), K("disable_allgather", F_OFF),
     K("wall_clock_breakdown", F_OFF), K("memory_breakdown", F_OFF), K("dump_state", F_OFF),
@@ -585,6 +586,16 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             return bad_type(r, path, "a number >= 0", v);
         r->cfg->gradient_clipping = s == V_SET ? d : 0.0;
         return DS_OK;
+    case F_PRESCALE:
+        if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
+            r->cfg->prescale_gradients = s == V_SET ? b : 0;
+        return st;
+    case F_PREDIV:
+        if ((st = get_num(r, path, v, &s, &d)) == DS_OK && s == V_SET && !(d > 0))
+            return bad_type(r, path, "a number > 0", v);
+        if (st == DS_OK)
+            r->cfg->gradient_predivide_factor = s == V_SET ? d : 1.0;
+        return st;
     case F_BUCKET:
         if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 1)
             return bad_type(r, path, "an integer >= 1 (elements)", v);
@@ -984,6 +995,7 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
                       int world_size, int strict, const ds_config_hints *hints, ds_error *err)
 {
     memset(cfg, 0, sizeof *cfg);
+    cfg->gradient_predivide_factor = 1.0; /* DeepSpeed's default */
     cfg->json_text = text;
     cfg->source_name = dup_str(name);
     rd r = {.cfg = cfg, .name = name, .err = err, .strict = strict};

@@ -49,6 +49,8 @@ typedef struct ds_config {
 
     double gradient_clipping; /* 0 = off */
     int64_t allreduce_bucket_size; /* elements per gradient all-reduce bucket; 0 = 5e8 */
+    int prescale_gradients;           /* divide by the world size before the all-reduce */
+    double gradient_predivide_factor; /* f: divide by f before the sum, by W/f after (1.0) */
     int64_t steps_per_print;  /* 0 = no periodic print (DeepSpeed default: None) */
     int seed_set;             /* "seed" present */
     uint64_t seed;
