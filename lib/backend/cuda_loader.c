@@ -19,9 +19,8 @@
 typedef ds_status (*create_fn)(ds_backend **out, const char *variant, ds_error *err);
 typedef size_t (*abi_fn)(void);
 
-/* Loaded once and never unloaded (the CUDA runtime does not like being unloaded). Not
- * thread-safe: create backends from one thread. */
-static create_fn cuda_create;
+/* The module is never unloaded (the CUDA runtime does not like being unloaded); opening it
+ * again only finds the loaded copy, so nothing is cached here and libds keeps no global state. */
 
 /* A GPU device node: cheap to test, and needs no CUDA library. */
 int ds_cuda_device_present(void)
@@ -29,7 +28,7 @@ int ds_cuda_device_present(void)
     return access("/dev/nvidiactl", F_OK) == 0 || access("/dev/dxg", F_OK) == 0;
 }
 
-static ds_status open_module(const char *path, ds_error *err)
+static ds_status open_module(const char *path, create_fn *out, ds_error *err)
 {
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
@@ -54,19 +53,19 @@ static ds_status open_module(const char *path, ds_error *err)
                             "rebuild it with this libds",
                             path);
     }
-    cuda_create = create;
+    *out = create;
     return DS_OK;
 }
 
 static int exists(const char *p) { return access(p, F_OK) == 0; }
 
-static ds_status find_module(ds_error *err)
+static ds_status find_module(create_fn *out, ds_error *err)
 {
     const char *env = getenv("DS_CUDA_BACKEND");
     if (env && *env) {
         if (!exists(env))
             return ds_error_set(err, DS_ERR_UNSUPPORTED, "backend cuda: DS_CUDA_BACKEND=%s: no such file", env);
-        return open_module(env, err);
+        return open_module(env, out, err);
     }
     char cand[3][4096];
     int n = 0;
@@ -83,7 +82,7 @@ static ds_status find_module(ds_error *err)
 #endif
     for (int i = 0; i < n; i++)
         if (exists(cand[i]))
-            return open_module(cand[i], err);
+            return open_module(cand[i], out, err);
 #ifdef DS_WITH_CUDA
     return ds_error_set(err, DS_ERR_UNSUPPORTED,
                         "backend cuda: %s not found (looked next to libds, in its ds/ folder and in "
@@ -98,10 +97,9 @@ static ds_status find_module(ds_error *err)
 
 ds_status ds_cuda_backend_load(ds_backend **out, const char *variant, ds_error *err)
 {
-    if (!cuda_create) {
-        ds_status st = find_module(err);
-        if (st != DS_OK)
-            return st;
-    }
-    return cuda_create(out, variant, err);
+    create_fn create = NULL;
+    ds_status st = find_module(&create, err);
+    if (st != DS_OK)
+        return st;
+    return create(out, variant, err);
 }
