@@ -1,6 +1,8 @@
-/* ds-launch: DeepSpeed's launcher for native programs, local mode. Resolves the plan (libds,
+/* ds-launch: DeepSpeed's launcher for native programs. Resolves the plan (libds,
  * <ds/launch.h>), then forks one process group per rank, streams their output, and tears the
- * whole job down when a rank fails or ds-launch is signalled. Remote nodes (ssh) are not here. */
+ * whole job down when a rank fails or ds-launch is signalled. With a remote host in the plan,
+ * every node is reached over libssh and runs `ds-launch --node-agent`, which does the same
+ * for its ranks (plan as JSON on stdin; its stdin closing tears them down). */
 #define _GNU_SOURCE
 #include <ds/ds.h>
 
@@ -8,6 +10,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <libssh/libssh.h>
+#include <pthread.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -45,6 +49,8 @@ static const char usage_text[] =
     "  --master_port PORT          default 29500; 0 picks a free port and says which\n"
     "  --enable_each_rank_log DIR  write each rank's output to DIR/<time>_rank<N>.log\n"
     "  --kill_grace SECONDS        SIGTERM to SIGKILL delay when tearing a job down (default 30)\n"
+    "  --ssh_port PORT             ssh port of the remote nodes (default: ~/.ssh/config, else 22)\n"
+    "  --ssh_timeout SECONDS       time to connect to a remote node (default 10)\n"
     "  --export VAR[=VAL]          pass VAR (from this environment, or set to VAL) to every rank\n"
     "  --dry-run                   print the resolved plan as JSON and start nothing\n"
     "  -h, --help                  this text\n";
@@ -70,6 +76,8 @@ typedef struct options {
     int master_port;
     const char *rank_log_dir;
     int kill_grace;
+    int ssh_port;    /* 0: ssh's own (~/.ssh/config, else 22) */
+    int ssh_timeout; /* seconds to connect to a node */
     const char **exports;
     int num_exports;
     bool dry_run;
@@ -93,13 +101,12 @@ static const struct {
     bool takes_value;
     const char *why;
 } refused[] = {
-    {"--no_ssh", false, "remote nodes need ssh, not built yet (next part of issue 3)"},
-    {"--node_rank", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
-    {"--ssh_port", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
-    {"--force_multi", false, "remote nodes need ssh, not built yet (next part of issue 3)"},
-    {"--launcher", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
-    {"--launcher_args", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
-    {"--venv_script", true, "remote nodes need ssh, not built yet (next part of issue 3)"},
+    {"--no_ssh", false, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
+    {"--node_rank", true, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
+    {"--force_multi", false, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
+    {"--launcher", true, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
+    {"--launcher_args", true, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
+    {"--venv_script", true, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
     {"--save_pid", false, "not built yet"},
     {"--bind_cores_to_rank", false, "not built yet"},
     {"--bind_core_list", true, "not built yet"},
@@ -118,6 +125,7 @@ static void parse_args(options *o, int argc, char **argv)
     o->num_gpus = -1;
     o->master_port = 29500;
     o->kill_grace = 30;
+    o->ssh_timeout = 10;
     o->exports = calloc((size_t)argc, sizeof *o->exports);
     int i = 1;
     for (; i < argc; i++) {
@@ -176,6 +184,10 @@ static void parse_args(options *o, int argc, char **argv)
                 o->rank_log_dir = NULL;
         } else if (strcmp(name, "--kill_grace") == 0 || strcmp(name, "--kill-grace") == 0) {
             o->kill_grace = parse_int(name, VALUE(), 0, 86400);
+        } else if (strcmp(name, "--ssh_port") == 0 || strcmp(name, "--ssh-port") == 0) {
+            o->ssh_port = parse_int(name, VALUE(), 1, 65535);
+        } else if (strcmp(name, "--ssh_timeout") == 0 || strcmp(name, "--ssh-timeout") == 0) {
+            o->ssh_timeout = parse_int(name, VALUE(), 1, 3600);
         } else if (strcmp(name, "--export") == 0) {
             o->exports[o->num_exports++] = VALUE();
         } else if (strcmp(name, "--dry-run") == 0 || strcmp(name, "--dry_run") == 0) {
@@ -203,9 +215,11 @@ static void parse_args(options *o, int argc, char **argv)
 
 /* ---- plan ----------------------------------------------------------------------------- */
 
+/* A host is this machine only if it is "localhost", 127.0.0.1, ::1 or this machine's host
+ * name (full or short). Anything else, 127.0.0.2 included, is reached over ssh. */
 static bool host_is_local(const char *host)
 {
-    if (strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0)
+    if (strcmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 || strcmp(host, "::1") == 0)
         return true;
     char me[HOST_NAME_MAX + 1] = "";
     if (gethostname(me, sizeof me) != 0)
@@ -226,7 +240,8 @@ static void fail_status(const char *what, const ds_error *err)
     exit(EXIT_USAGE);
 }
 
-static void make_plan(const options *o, ds_launch_plan *plan)
+/* Whether the plan has a remote node: then every node, this one included, runs over ssh. */
+static bool make_plan(const options *o, ds_launch_plan *plan)
 {
     ds_error err = {0};
     struct stat sb;
@@ -254,13 +269,9 @@ static void make_plan(const options *o, ds_launch_plan *plan)
     if (st != DS_OK)
         fail_status(NULL, &err);
     for (int n = 0; n < plan->num_nodes; n++)
-        if (!host_is_local(plan->nodes[n].host)) {
-            fprintf(stderr,
-                    "ds-launch: %s: host '%s' is remote: remote hosts need ssh, not built yet "
-                    "(run on this machine only, or leave it out with --exclude %s)\n",
-                    o->hostfile, plan->nodes[n].host, plan->nodes[n].host);
-            exit(EXIT_USAGE);
-        }
+        if (!host_is_local(plan->nodes[n].host))
+            return true;
+    return false;
 }
 
 static int pick_free_port(void)
@@ -576,12 +587,21 @@ static int set_job_secret(void)
     return 0;
 }
 
-static int run_job(const options *o, const ds_launch_plan *plan, const char *addr, int port,
-                   int cores, const ds_launch_env *exports)
+/* One rank to start: its global rank, its host (for messages) and its whole environment. */
+typedef struct job_rank {
+    int rank;
+    const char *host;
+    ds_launch_env env;
+} job_rank;
+
+/* Run these ranks on this machine: one process group each, output streamed (prefixed with
+ * the rank when `prefix`), torn down on a failure or a signal. watch_fd >= 0 (the node agent's
+ * stdin, the ssh channel): when it reaches end of file the ranks are torn down as for a signal.
+ * Returns the exit status of the job. */
+static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, bool stdin_to_null,
+                     int watch_fd)
 {
-    int world = plan->world_size;
-    bool prefix = world > 1 && !o->rank_log_dir;
-    bool stdin_is_tty = isatty(0);
+    bool stdin_is_tty = stdin_to_null || isatty(0);
     char stamp[32] = "";
     if (o->rank_log_dir) {
         if (make_log_dir(o->rank_log_dir) != 0)
@@ -618,21 +638,19 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
     bool tearing_down = false, killed = false;
     double kill_at = 0;
 
-    for (int n = 0; n < plan->num_nodes; n++)
-        for (int l = 0; l < plan->nodes[n].num_ids; l++) {
-            int rk = plan->nodes[n].first_rank + l;
+    for (int rk = 0; rk < world; rk++) {
+        {
             rank_proc *r = &ranks[rk];
-            r->rank = rk;
-            r->node = n;
+            r->rank = jr[rk].rank;
+            r->node = rk;
             r->out.fd = r->err.fd = -1;
             r->out.out_fd = 1;
             r->err.out_fd = 2;
-            ds_launch_env env;
-            rank_env(plan, n, l, addr, port, cores, exports, &env);
+            ds_launch_env env = jr[rk].env;
             int out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1}, log_fd = -1;
             if (o->rank_log_dir) {
                 char path[PATH_MAX];
-                snprintf(path, sizeof path, "%s/%s_rank%d.log", o->rank_log_dir, stamp, rk);
+                snprintf(path, sizeof path, "%s/%s_rank%d.log", o->rank_log_dir, stamp, r->rank);
                 log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
                 if (log_fd < 0)
                     fprintf(stderr, "ds-launch: %s: %s\n", path, strerror(errno));
@@ -672,7 +690,7 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
                     for (int k = 0; k < env.count; k++)
                         setenv(env.vars[k].name, env.vars[k].value, 1);
                     execvp(o->program[0], o->program);
-                    fprintf(stderr, "ds-launch: rank %d: cannot run %s: %s\n", rk, o->program[0],
+                    fprintf(stderr, "ds-launch: rank %d: cannot run %s: %s\n", r->rank, o->program[0],
                             strerror(errno));
                     _exit(127);
                 }
@@ -682,7 +700,6 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
                     perror("ds-launch: fork");
                 sigprocmask(SIG_SETMASK, &old, NULL);
             }
-            ds_launch_env_free(&env);
             if (log_fd >= 0)
                 close(log_fd);
             if (out_pipe[1] >= 0)
@@ -697,19 +714,20 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
                 running++;
             } else if (!tearing_down) {
                 /* Could not start this rank: stop the ones already started. */
-                fprintf(stderr, "ds-launch: rank %d could not be started; stopping the job\n", rk);
+                fprintf(stderr, "ds-launch: rank %d could not be started; stopping the job\n", r->rank);
                 exit_code = 1;
-                failed_rank = rk;
+                failed_rank = rk; /* an index into ranks */
                 tearing_down = true;
                 signal_job(ranks, world, SIGTERM);
                 kill_at = now_s() + o->kill_grace;
             }
         }
+    }
 
     while (running > 0) {
-        struct pollfd pfd[1 + 2 * (size_t)world];
-        rank_proc *owner[1 + 2 * (size_t)world];
-        stream *which[1 + 2 * (size_t)world];
+        struct pollfd pfd[2 + 2 * (size_t)world];
+        rank_proc *owner[2 + 2 * (size_t)world];
+        stream *which[2 + 2 * (size_t)world];
         nfds_t nfd = 0;
         pfd[nfd++] = (struct pollfd){.fd = signal_pipe[0], .events = POLLIN};
         for (int k = 0; k < world; k++) {
@@ -720,6 +738,13 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
                     which[nfd] = ss[j];
                     pfd[nfd++] = (struct pollfd){.fd = ss[j]->fd, .events = POLLIN};
                 }
+        }
+        nfds_t watch_at = 0;
+        if (watch_fd >= 0) {
+            watch_at = nfd;
+            owner[nfd] = NULL;
+            which[nfd] = NULL;
+            pfd[nfd++] = (struct pollfd){.fd = watch_fd, .events = POLLIN};
         }
         int timeout = -1;
         if (tearing_down && !killed) {
@@ -732,8 +757,25 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
             break;
         }
         for (nfds_t k = 1; ready > 0 && k < nfd; k++)
-            if (pfd[k].revents)
+            if (pfd[k].revents && which[k])
                 stream_read(which[k], owner[k]->rank);
+        if (ready > 0 && watch_at > 0 && pfd[watch_at].revents) {
+            /* The node agent's stdin is the ssh channel: end of file means the launcher closed
+             * it (teardown) or the connection dropped. Either way, the ranks go. */
+            char junk[256];
+            ssize_t got = read(watch_fd, junk, sizeof junk);
+            if (got <= 0 && !(got < 0 && (errno == EINTR || errno == EAGAIN))) {
+                watch_fd = -1;
+                if (!tearing_down) {
+                    fprintf(stderr, "ds-launch: node agent: the launcher's connection closed; "
+                                    "stopping %d rank(s)\n", world);
+                    stop_signal = SIGHUP;
+                    tearing_down = true;
+                    signal_job(ranks, world, SIGTERM);
+                    kill_at = now_s() + o->kill_grace;
+                }
+            }
+        }
         if (ready > 0 && pfd[0].revents) {
             unsigned char sigs[64];
             ssize_t got = read(signal_pipe[0], sigs, sizeof sigs);
@@ -778,8 +820,8 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
                 char what[128];
                 describe(status, what, sizeof what);
                 fprintf(stderr, "ds-launch: rank %d on %s %s; stopping the other ranks\n", r->rank,
-                        plan->nodes[r->node].host, what);
-                failed_rank = r->rank;
+                        jr[r->node].host, what);
+                failed_rank = r->node;
                 exit_code = exit_code_of(status);
                 tearing_down = true;
                 signal_job(ranks, world, SIGTERM);
@@ -828,8 +870,8 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
         }
     }
     if (failed_rank >= 0) {
-        fprintf(stderr, "ds-launch: job failed: rank %d on %s, exit status %d\n", failed_rank,
-                plan->nodes[ranks[failed_rank].node].host, exit_code);
+        fprintf(stderr, "ds-launch: job failed: rank %d on %s, exit status %d\n",
+                ranks[failed_rank].rank, jr[failed_rank].host, exit_code);
     } else if (stop_signal) {
         exit_code = 128 + stop_signal;
     }
@@ -837,12 +879,498 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
     return exit_code;
 }
 
+/* Local mode: every rank of the plan on this machine. */
+static int run_job(const options *o, const ds_launch_plan *plan, const char *addr, int port,
+                   int cores, const ds_launch_env *exports)
+{
+    int world = plan->world_size;
+    job_rank *jr = calloc((size_t)world, sizeof *jr);
+    if (!jr) {
+        fputs("ds-launch: out of memory\n", stderr);
+        return 1;
+    }
+    for (int n = 0; n < plan->num_nodes; n++)
+        for (int l = 0; l < plan->nodes[n].num_ids; l++) {
+            int rk = plan->nodes[n].first_rank + l;
+            jr[rk].rank = rk;
+            jr[rk].host = plan->nodes[n].host;
+            rank_env(plan, n, l, addr, port, cores, exports, &jr[rk].env);
+        }
+    int rc = run_ranks(o, jr, world, world > 1 && !o->rank_log_dir, false, -1);
+    for (int k = 0; k < world; k++)
+        ds_launch_env_free(&jr[k].env);
+    free(jr);
+    return rc;
+}
+
+/* ---- remote nodes: the per-node agent ------------------------------------------------- */
+
+/* `ds-launch --node-agent`: what the launcher runs on each remote node over ssh. Its plan
+ * comes as one line of JSON on stdin (so no value goes through the remote shell): host,
+ * prefix, kill_grace, rank_log_dir, cwd, secret, program (argv), ranks ([{rank, env}]).
+ * It runs the ranks as local mode does and exits with the job's status; when stdin (the
+ * ssh channel) closes, it tears its ranks down. */
+static int node_agent(void)
+{
+    size_t cap = 4096, len = 0;
+    char *line = malloc(cap);
+    for (;;) {
+        if (!line)
+            return 1;
+        char c;
+        ssize_t n = read(0, &c, 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || c == '\n')
+            break;
+        if (len + 1 >= cap) {
+            cap *= 2;
+            char *bigger = realloc(line, cap);
+            if (!bigger) {
+                free(line);
+                return 1;
+            }
+            line = bigger;
+        }
+        line[len++] = c;
+    }
+    line[len] = '\0';
+    json_object *root = json_tokener_parse(line);
+    memset(line, 0, len); /* it held the job secret */
+    free(line);
+    json_object *v, *prog, *rks;
+    if (!root || !json_object_object_get_ex(root, "program", &prog) ||
+        !json_object_object_get_ex(root, "ranks", &rks) ||
+        !json_object_is_type(prog, json_type_array) || !json_object_is_type(rks, json_type_array)) {
+        fputs("ds-launch: node agent: no valid plan on stdin\n", stderr);
+        return EXIT_USAGE;
+    }
+    options o;
+    memset(&o, 0, sizeof o);
+    o.kill_grace = json_object_object_get_ex(root, "kill_grace", &v) ? json_object_get_int(v) : 30;
+    if (json_object_object_get_ex(root, "rank_log_dir", &v) && json_object_is_type(v, json_type_string))
+        o.rank_log_dir = json_object_get_string(v);
+    bool prefix = json_object_object_get_ex(root, "prefix", &v) && json_object_get_boolean(v);
+    const char *host = json_object_object_get_ex(root, "host", &v) ? json_object_get_string(v) : "?";
+    if (json_object_object_get_ex(root, "secret", &v) && json_object_is_type(v, json_type_string))
+        setenv("DS_JOB_SECRET", json_object_get_string(v), 1);
+    if (json_object_object_get_ex(root, "cwd", &v) && json_object_is_type(v, json_type_string) &&
+        chdir(json_object_get_string(v)) != 0)
+        fprintf(stderr, "ds-launch: node agent on %s: warning: cannot cd to %s: %s\n", host,
+                json_object_get_string(v), strerror(errno));
+    size_t argc = json_object_array_length(prog);
+    if (argc == 0) {
+        fputs("ds-launch: node agent: empty program\n", stderr);
+        return EXIT_USAGE;
+    }
+    o.program = calloc(argc + 1, sizeof *o.program);
+    for (size_t k = 0; k < argc; k++)
+        o.program[k] = (char *)json_object_get_string(json_object_array_get_idx(prog, k));
+    o.program_argc = (int)argc;
+    int world = (int)json_object_array_length(rks);
+    job_rank *jr = calloc((size_t)world + 1, sizeof *jr);
+    ds_error err = {0};
+    for (int k = 0; k < world; k++) {
+        json_object *r = json_object_array_get_idx(rks, (size_t)k), *env;
+        jr[k].rank = json_object_object_get_ex(r, "rank", &v) ? json_object_get_int(v) : k;
+        jr[k].host = host;
+        if (json_object_object_get_ex(r, "env", &env) && json_object_is_type(env, json_type_object)) {
+            json_object_object_foreach(env, name, val)
+            {
+                if (ds_launch_env_set(&jr[k].env, name, json_object_get_string(val), &err) != DS_OK)
+                    fail_status("node agent", &err);
+            }
+        }
+    }
+    int rc = run_ranks(&o, jr, world, prefix, true, 0);
+    for (int k = 0; k < world; k++)
+        ds_launch_env_free(&jr[k].env);
+    free(jr);
+    free(o.program);
+    json_object_put(root);
+    return rc;
+}
+
+/* ---- remote nodes: the launcher side (libssh) ------------------------------------------ */
+
+typedef struct node_conn {
+    const options *o;
+    const char *host;
+    char *command;   /* the remote command: the agent's path, shell-quoted, and --node-agent */
+    char *plan_json; /* the agent's stdin */
+    pthread_t thread;
+    int exit_code;
+    int index;
+    bool started;
+} node_conn;
+
+static node_conn *remote_nodes;
+static pthread_mutex_t remote_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool remote_teardown;  /* under remote_lock */
+static int remote_failed = -1; /* the first node that failed */
+static int remote_done;
+static int wake_pipe[2] = {-1, -1};
+
+static void wake_main(void)
+{
+    char b = 1;
+    ssize_t r = write(wake_pipe[1], &b, 1);
+    (void)r;
+}
+
+static bool teardown_requested(void)
+{
+    pthread_mutex_lock(&remote_lock);
+    bool t = remote_teardown;
+    pthread_mutex_unlock(&remote_lock);
+    return t;
+}
+
+static void locked_write(int fd, const char *p, size_t n)
+{
+    pthread_mutex_lock(&remote_lock);
+    write_all(fd, p, n);
+    pthread_mutex_unlock(&remote_lock);
+}
+
+static void node_fail(node_conn *nc, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void node_fail(node_conn *nc, int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    nc->exit_code = code;
+    pthread_mutex_lock(&remote_lock);
+    if (msg[0])
+        fprintf(stderr, "ds-launch: %s\n", msg);
+    if (!remote_teardown) {
+        remote_teardown = true;
+        remote_failed = nc->index;
+    }
+    pthread_mutex_unlock(&remote_lock);
+}
+
+static void *node_thread(void *arg)
+{
+    node_conn *nc = arg;
+    const options *o = nc->o;
+    ssh_session s = ssh_new();
+    ssh_channel ch = NULL;
+    char port_text[16] = "22";
+    if (!s) {
+        node_fail(nc, 1, "%s: cannot make an ssh session", nc->host);
+        goto out;
+    }
+    ssh_options_set(s, SSH_OPTIONS_HOST, nc->host);
+    ssh_options_parse_config(s, NULL); /* ~/.ssh/config: User, Port, IdentityFile, ... */
+    if (o->ssh_port > 0)
+        ssh_options_set(s, SSH_OPTIONS_PORT, &o->ssh_port);
+    unsigned int port_now = 22;
+    if (ssh_options_get_port(s, &port_now) == SSH_OK)
+        snprintf(port_text, sizeof port_text, "%u", port_now);
+    long timeout = o->ssh_timeout;
+    ssh_options_set(s, SSH_OPTIONS_TIMEOUT, &timeout);
+    if (ssh_connect(s) != SSH_OK) {
+        node_fail(nc, 255, "host %s (port %s): cannot connect over ssh (timeout %d s): %s",
+                  nc->host, port_text, o->ssh_timeout, ssh_get_error(s));
+        goto out;
+    }
+    enum ssh_known_hosts_e kh = ssh_session_is_known_server(s);
+    if (kh != SSH_KNOWN_HOSTS_OK) {
+        const char *why = "";
+        switch (kh) {
+        case SSH_KNOWN_HOSTS_CHANGED:
+            why = "the host key has CHANGED from the one in known_hosts (possible "
+                  "man-in-the-middle attack); refusing to connect";
+            break;
+        case SSH_KNOWN_HOSTS_OTHER:
+            why = "known_hosts has a key of another type for this host; refusing to connect";
+            break;
+        case SSH_KNOWN_HOSTS_NOT_FOUND:
+            why = "no known_hosts file (add the host key to ~/.ssh/known_hosts, e.g. with "
+                  "ssh-keyscan)";
+            break;
+        case SSH_KNOWN_HOSTS_UNKNOWN:
+            why = "the host key is unknown: not in ~/.ssh/known_hosts (add it, e.g. with "
+                  "ssh-keyscan, after checking it)";
+            break;
+        default:
+            why = ssh_get_error(s);
+            break;
+        }
+        node_fail(nc, 255, "host %s (port %s): host key not verified: %s", nc->host, port_text,
+                  why);
+        goto out;
+    }
+    int auth = ssh_userauth_publickey_auto(s, NULL, NULL);
+    if (auth != SSH_AUTH_SUCCESS) {
+        node_fail(nc, 255, "host %s (port %s): key authentication failed (agent and default keys): %s",
+                  nc->host, port_text, ssh_get_error(s));
+        goto out;
+    }
+    ch = ssh_channel_new(s);
+    if (!ch || ssh_channel_open_session(ch) != SSH_OK ||
+        ssh_channel_request_exec(ch, nc->command) != SSH_OK) {
+        node_fail(nc, 255, "host %s: cannot run the node agent: %s", nc->host, ssh_get_error(s));
+        goto out;
+    }
+    nc->started = true;
+    size_t jl = strlen(nc->plan_json);
+    if (ssh_channel_write(ch, nc->plan_json, (uint32_t)jl) != (int)jl ||
+        ssh_channel_write(ch, "\n", 1) != 1) {
+        node_fail(nc, 255, "host %s: cannot send the plan to the node agent: %s", nc->host,
+                  ssh_get_error(s));
+        goto out;
+    }
+    bool eof_sent = false, lost = false;
+    double deadline = 0;
+    char buf[16384];
+    for (;;) {
+        if (!eof_sent && teardown_requested()) {
+            ssh_channel_send_eof(ch); /* the agent sees end of file: it stops its ranks */
+            eof_sent = true;
+            deadline = now_s() + o->kill_grace + 15;
+        }
+        int n = ssh_channel_read_timeout(ch, buf, sizeof buf, 0, 200);
+        if (n > 0)
+            locked_write(1, buf, (size_t)n);
+        int e;
+        while ((e = ssh_channel_read_nonblocking(ch, buf, sizeof buf, 1)) > 0)
+            locked_write(2, buf, (size_t)e);
+        if (e == SSH_EOF)
+            e = 0;
+        if (n == SSH_EOF)
+            n = 0;
+        if (n == SSH_ERROR || e == SSH_ERROR) {
+            lost = true;
+            break;
+        }
+        if ((ssh_channel_is_eof(ch) || ssh_channel_is_closed(ch)) && n == 0 && e == 0)
+            break;
+        if (eof_sent && now_s() > deadline) {
+            lost = true;
+            break;
+        }
+    }
+    if (lost) {
+        node_fail(nc, 255, "host %s: lost the connection to the node agent: %s", nc->host,
+                  ssh_get_error(s));
+        goto out;
+    }
+    int st = ssh_channel_get_exit_status(ch);
+    if (st < 0) {
+        node_fail(nc, 255, "host %s: the node agent ended without an exit status", nc->host);
+    } else if (st != 0) {
+        bool first = !teardown_requested();
+        node_fail(nc, st, first ? "node %s failed with status %d; stopping the other nodes" : "",
+                  nc->host, st);
+    } else {
+        nc->exit_code = 0;
+    }
+out:
+    pthread_mutex_lock(&remote_lock);
+    remote_done++;
+    pthread_mutex_unlock(&remote_lock);
+    if (ch) {
+        ssh_channel_close(ch);
+        ssh_channel_free(ch);
+    }
+    if (s) {
+        ssh_disconnect(s);
+        ssh_free(s);
+    }
+    wake_main();
+    return NULL;
+}
+
+/* Quote s for a POSIX shell: '...' with each ' as '\''. */
+static char *shell_quote(const char *s)
+{
+    size_t n = 3;
+    for (const char *p = s; *p; p++)
+        n += *p == '\'' ? 4 : 1;
+    char *q = malloc(n), *w = q;
+    if (!q)
+        return NULL;
+    *w++ = '\'';
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'') {
+            memcpy(w, "'\\''", 4);
+            w += 4;
+        } else {
+            *w++ = *p;
+        }
+    }
+    *w++ = '\'';
+    *w = '\0';
+    return q;
+}
+
+/* Remote mode: one ssh connection per node (opened in parallel), each running the node agent.
+ * A node's failure or a signal to ds-launch closes every agent's stdin, which tears its ranks
+ * down (SIGTERM, SIGKILL after --kill_grace). */
+static int run_remote(const options *o, const ds_launch_plan *plan, const char *addr, int port,
+                      int cores, const ds_launch_env *exports)
+{
+    int nn = plan->num_nodes;
+    bool prefix = plan->world_size > 1 && !o->rank_log_dir;
+    const char *agent = getenv("DS_LAUNCH_AGENT");
+    char self[PATH_MAX];
+    if (!agent || !*agent) {
+        ssize_t l = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (l <= 0) {
+            perror("ds-launch: /proc/self/exe");
+            return 1;
+        }
+        self[l] = '\0';
+        agent = self;
+        /* Run from a libtool build tree, this is .libs/[lt-]ds-launch, which cannot find
+         * libds.so by itself: use the wrapper script beside .libs instead. */
+        char *slash = strrchr(self, '/');
+        if (slash && slash - self >= 6 && strncmp(slash - 6, "/.libs", 6) == 0) {
+            const char *base = slash + 1;
+            if (strncmp(base, "lt-", 3) == 0)
+                base += 3;
+            static char wrapper[PATH_MAX];
+            int wl = snprintf(wrapper, sizeof wrapper, "%.*s/%s", (int)(slash - 6 - self), self, base);
+            if (wl > 0 && (size_t)wl < sizeof wrapper && access(wrapper, X_OK) == 0)
+                agent = wrapper;
+        }
+    }
+    char *quoted = shell_quote(agent);
+    char *cwd = getcwd(NULL, 0);
+    remote_nodes = calloc((size_t)nn, sizeof *remote_nodes);
+    if (!quoted || !remote_nodes) {
+        fputs("ds-launch: out of memory\n", stderr);
+        return 1;
+    }
+    for (int n = 0; n < nn; n++) {
+        node_conn *nc = &remote_nodes[n];
+        nc->o = o;
+        nc->index = n;
+        nc->host = plan->nodes[n].host;
+        if (asprintf(&nc->command, "exec %s --node-agent", quoted) < 0)
+            return 1;
+        json_object *root = json_object_new_object();
+        json_object_object_add(root, "host", json_object_new_string(nc->host));
+        json_object_object_add(root, "prefix", json_object_new_boolean(prefix));
+        json_object_object_add(root, "kill_grace", json_object_new_int(o->kill_grace));
+        if (o->rank_log_dir)
+            json_object_object_add(root, "rank_log_dir", json_object_new_string(o->rank_log_dir));
+        if (cwd)
+            json_object_object_add(root, "cwd", json_object_new_string(cwd));
+        json_object_object_add(root, "secret", json_object_new_string(getenv("DS_JOB_SECRET")));
+        json_object *prog = json_object_new_array();
+        for (int k = 0; k < o->program_argc; k++)
+            json_object_array_add(prog, json_object_new_string(o->program[k]));
+        json_object_object_add(root, "program", prog);
+        json_object *rks = json_object_new_array();
+        for (int l = 0; l < plan->nodes[n].num_ids; l++) {
+            ds_launch_env env;
+            rank_env(plan, n, l, addr, port, cores, exports, &env);
+            json_object *r = json_object_new_object(), *e = json_object_new_object();
+            json_object_object_add(r, "rank", json_object_new_int(plan->nodes[n].first_rank + l));
+            for (int k = 0; k < env.count; k++)
+                json_object_object_add(e, env.vars[k].name, json_object_new_string(env.vars[k].value));
+            json_object_object_add(r, "env", e);
+            json_object_array_add(rks, r);
+            ds_launch_env_free(&env);
+        }
+        json_object_object_add(root, "ranks", rks);
+        nc->plan_json = strdup(json_object_to_json_string_ext(
+            root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(root);
+    }
+    free(quoted);
+    free(cwd);
+    if (pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0 || pipe2(wake_pipe, O_CLOEXEC) != 0) {
+        perror("ds-launch: pipe");
+        return 1;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    const int caught[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t k = 0; k < 3; k++)
+        sigaction(caught[k], &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    ssh_init();
+    int started = 0;
+    for (int n = 0; n < nn; n++) {
+        if (pthread_create(&remote_nodes[n].thread, NULL, node_thread, &remote_nodes[n]) != 0) {
+            fprintf(stderr, "ds-launch: cannot start a thread for host %s\n", remote_nodes[n].host);
+            pthread_mutex_lock(&remote_lock);
+            remote_teardown = true;
+            pthread_mutex_unlock(&remote_lock);
+            break;
+        }
+        started++;
+    }
+    int stop_signal = 0;
+    for (;;) {
+        pthread_mutex_lock(&remote_lock);
+        bool all_done = remote_done >= started;
+        pthread_mutex_unlock(&remote_lock);
+        if (all_done)
+            break;
+        struct pollfd pfd[2] = {{.fd = signal_pipe[0], .events = POLLIN},
+                                {.fd = wake_pipe[0], .events = POLLIN}};
+        if (poll(pfd, 2, 1000) < 0 && errno != EINTR)
+            break;
+        char junk[64];
+        if (pfd[1].revents && read(wake_pipe[0], junk, sizeof junk) < 0)
+            continue;
+        if (pfd[0].revents) {
+            ssize_t got = read(signal_pipe[0], junk, sizeof junk);
+            if (got > 0) {
+                pthread_mutex_lock(&remote_lock);
+                if (!remote_teardown && !stop_signal) {
+                    stop_signal = (unsigned char)junk[0];
+                    remote_teardown = true;
+                    fprintf(stderr, "ds-launch: received %s; stopping all %d ranks on %d nodes\n",
+                            signal_name(stop_signal), plan->world_size, nn);
+                }
+                pthread_mutex_unlock(&remote_lock);
+            }
+        }
+    }
+    for (int n = 0; n < started; n++)
+        pthread_join(remote_nodes[n].thread, NULL);
+    int rc = 0;
+    if (remote_failed >= 0 && remote_failed < nn) {
+        rc = remote_nodes[remote_failed].exit_code;
+        fprintf(stderr, "ds-launch: job failed: node %s, exit status %d\n",
+                remote_nodes[remote_failed].host, rc);
+    } else if (stop_signal) {
+        rc = 128 + stop_signal;
+    } else {
+        for (int n = 0; n < nn && !rc; n++)
+            rc = remote_nodes[n].exit_code;
+        if (started < nn)
+            rc = 1;
+    }
+    for (int n = 0; n < nn; n++) {
+        free(remote_nodes[n].command);
+        if (remote_nodes[n].plan_json) {
+            memset(remote_nodes[n].plan_json, 0, strlen(remote_nodes[n].plan_json));
+            free(remote_nodes[n].plan_json);
+        }
+    }
+    free(remote_nodes);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--node-agent") == 0)
+        return node_agent();
     options o;
     parse_args(&o, argc, argv);
     ds_launch_plan plan;
-    make_plan(&o, &plan);
+    bool remote = make_plan(&o, &plan);
     /* DECISIONS.md: --master_addr is honoured in every mode (DeepSpeed forces 127.0.0.1 locally). */
     const char *addr = o.master_addr ? o.master_addr : "127.0.0.1";
     int port = o.master_port;
@@ -864,7 +1392,12 @@ int main(int argc, char **argv)
         rc = 0;
     } else {
         fflush(stdout);
-        rc = set_job_secret() == 0 ? run_job(&o, &plan, addr, port, cores, &exports) : 1;
+        if (set_job_secret() != 0)
+            rc = 1;
+        else if (remote)
+            rc = run_remote(&o, &plan, addr, port, cores, &exports);
+        else
+            rc = run_job(&o, &plan, addr, port, cores, &exports);
     }
     ds_launch_env_free(&exports);
     ds_launch_plan_free(&plan);

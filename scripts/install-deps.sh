@@ -9,5 +9,5 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential autoconf automake libtool pkg-config \
     libjson-c-dev libsqlite3-dev libssh-dev libcriterion-dev libdnnl-dev \
-    python3 ca-certificates >/dev/null
+    openssh-server openssh-client python3 ca-certificates >/dev/null
 echo "install-deps: build dependencies installed"

@@ -1,0 +1,138 @@
+#!/bin/bash
+# ds-launch over ssh (libssh), against the private sshd that .ci/run starts with
+# scripts/ssh-loopback.sh (127.0.0.1 and 127.0.0.2 port 2222; an impostor with another host key
+# on 127.0.0.2 port 2223). Skipped (exit 77) when nothing answers on 127.0.0.2:2222.
+# A two-node job and its environment, arguments and values with spaces, quotes, $, ; and
+# newlines, a failing rank on node 2 (its status, no process left), an unreachable host, a
+# changed host key. One "ok"/"not ok" line per check.
+set -u
+
+BUILD=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+L="$BUILD/ds-launch"
+# The node agent is ds-launch itself (from the build tree: the libtool wrapper, which
+# ds-launch finds beside .libs).
+unset DS_LAUNCH_AGENT
+
+if ! (exec 3<>/dev/tcp/127.0.0.2/2222) 2>/dev/null; then
+    echo "no sshd on 127.0.0.2:2222 (scripts/ssh-loopback.sh start, as root): skipping"
+    echo "0 passed, 0 failed"
+    exit 77
+fi
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/ds-ssh.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+unset DS_ENV_FILE
+
+pass=0
+fail=0
+ok() {
+    echo "ok - $1"
+    pass=$((pass + 1))
+}
+notok() {
+    echo "not ok - $1"
+    fail=$((fail + 1))
+}
+why() {
+    echo "(rc=$rc; out: $(head -c 600 "$T/out"); err: $(head -c 600 "$T/err"))"
+}
+run() {
+    timeout 120 "$L" "$@" >"$T/out" 2>"$T/err"
+    rc=$?
+}
+
+printf '127.0.0.1 slots=1\n127.0.0.2 slots=1\n' >hosts
+
+run -H hosts --ssh_port 2222 sh -c 'echo "R=$RANK W=$WORLD_SIZE C=$CROSS_RANK CS=$CROSS_SIZE L=$LOCAL_RANK S=${#DS_JOB_SECRET}"'
+if [ "$rc" = 0 ] && grep -qx '\[rank 0\] R=0 W=2 C=0 CS=2 L=0 S=64' out &&
+    grep -qx '\[rank 1\] R=1 W=2 C=1 CS=2 L=0 S=64' out; then
+    ok "two-node job over ssh: RANK, WORLD_SIZE, CROSS_RANK, the job secret"
+else
+    notok "two-node job over ssh $(why)"
+fi
+
+weird1='a b'
+weird2="it's \"quoted\""
+weird3='$HOME;echo pwned `id` $(id)'
+weird4=$(printf 'line1\nline2; rm -rf x')
+weird5='*'
+run -H hosts --ssh_port 2222 --export "WEIRD=$weird3 $weird2" \
+    sh -c 'printf "%s\n" "$@" "$WEIRD" >"$PWD/args.$RANK"' x "$weird1" "$weird2" "$weird3" "$weird4" "$weird5" ""
+printf '%s\n' "$weird1" "$weird2" "$weird3" "$weird4" "$weird5" "" "$weird3 $weird2" >expected
+if [ "$rc" = 0 ] && cmp -s expected args.0 && cmp -s expected args.1; then
+    ok "arguments and exported values with spaces, quotes, \$, ; and newlines arrive untouched"
+else
+    notok "quoting $(why) $(diff expected args.1 2>&1 | head -c 400)"
+fi
+
+start=$(date +%s)
+run -H hosts --ssh_port 2222 --kill_grace 2 \
+    sh -c 'echo $$ >"$PWD/pid.$RANK"; if [ "$RANK" = 1 ]; then sleep 1; exit 7; fi; trap "" TERM; exec sleep 300'
+took=$(($(date +%s) - start))
+sleep 0.5
+left=""
+for f in pid.0 pid.1; do
+    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && left="$left $(cat "$f")"
+done
+if [ "$rc" = 7 ] && [ -f pid.0 ] && [ -f pid.1 ] && [ -z "$left" ] && [ "$took" -lt 30 ] &&
+    grep -q 'node 127.0.0.2' err; then
+    ok "a failing rank on node 2 ends the job with its status ($took s) and leaves no process"
+else
+    notok "failing rank on node 2 (took $took s, left:$left) $(why)"
+    [ -n "$left" ] && kill -9 $left 2>/dev/null
+fi
+
+# SIGTERM to ds-launch, and a dropped connection (ds-launch killed outright): every rank goes.
+for how in TERM KILL; do
+    rm -f pid.0 pid.1
+    "$L" -H hosts --ssh_port 2222 --kill_grace 2 sh -c 'echo $$ >"$PWD/pid.$RANK"; exec sleep 300' \
+        >"$T/out" 2>"$T/err" &
+    lp=$!
+    for _ in $(seq 100); do [ -s pid.0 ] && [ -s pid.1 ] && break; sleep 0.1; done
+    kill -$how $lp
+    wait $lp 2>/dev/null
+    rc=$?
+    left=""
+    for _ in $(seq 50); do
+        left=""
+        for f in pid.0 pid.1; do
+            [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null && left="$left $(cat "$f")"
+        done
+        [ -z "$left" ] && break
+        sleep 0.1
+    done
+    want=143
+    [ $how = KILL ] && want=137
+    if [ "$rc" = $want ] && [ -f pid.0 ] && [ -f pid.1 ] && [ -z "$left" ]; then
+        ok "SIG$how to ds-launch: the ranks on both nodes are gone (status $rc)"
+    else
+        notok "SIG$how to ds-launch (left:$left) $(why)"
+        [ -n "$left" ] && kill -9 $left 2>/dev/null
+    fi
+done
+
+printf '127.0.0.1 slots=1\n127.0.0.3 slots=1\n' >unreachable
+start=$(date +%s)
+run -H unreachable --ssh_port 2222 --ssh_timeout 5 true
+took=$(($(date +%s) - start))
+if [ "$rc" != 0 ] && grep -q 'host 127.0.0.3 (port 2222): cannot connect' err && [ "$took" -le 10 ]; then
+    ok "an unreachable host gives an error naming it ($took s)"
+else
+    notok "unreachable host (took $took s) $(why)"
+fi
+
+if (exec 3<>/dev/tcp/127.0.0.2/2223) 2>/dev/null; then
+    printf '127.0.0.2 slots=1\n' >impostor
+    run -H impostor --ssh_port 2223 sh -c 'echo ran >"$PWD/impostor.ran"'
+    if [ "$rc" != 0 ] && [ ! -e impostor.ran ] && grep -q 'host 127.0.0.2 (port 2223): host key not verified: the host key has CHANGED' err; then
+        ok "a changed host key is refused, naming the host"
+    else
+        notok "changed host key $(why)"
+    fi
+else
+    echo "# no impostor sshd on 127.0.0.2:2223: the changed-host-key check is skipped"
+fi
+
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]
