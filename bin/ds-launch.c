@@ -81,6 +81,8 @@ typedef struct options {
     const char **exports;
     int num_exports;
     bool dry_run;
+    bool no_ssh;    /* run only node node_rank's ranks here (each node runs its own ds-launch) */
+    int node_rank;
     char **program; /* argv of the ranks, NULL-terminated */
     int program_argc;
 } options;
@@ -101,8 +103,6 @@ static const struct {
     bool takes_value;
     const char *why;
 } refused[] = {
-    {"--no_ssh", false, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
-    {"--node_rank", true, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
     {"--force_multi", false, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
     {"--launcher", true, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
     {"--launcher_args", true, "not built yet (ds-launch starts remote nodes itself, over libssh)"},
@@ -126,6 +126,7 @@ static void parse_args(options *o, int argc, char **argv)
     o->master_port = 29500;
     o->kill_grace = 30;
     o->ssh_timeout = 10;
+    o->node_rank = -1;
     o->exports = calloc((size_t)argc, sizeof *o->exports);
     int i = 1;
     for (; i < argc; i++) {
@@ -188,6 +189,10 @@ static void parse_args(options *o, int argc, char **argv)
             o->ssh_port = parse_int(name, VALUE(), 1, 65535);
         } else if (strcmp(name, "--ssh_timeout") == 0 || strcmp(name, "--ssh-timeout") == 0) {
             o->ssh_timeout = parse_int(name, VALUE(), 1, 3600);
+        } else if (strcmp(name, "--no_ssh") == 0 || strcmp(name, "--no-ssh") == 0) {
+            o->no_ssh = true;
+        } else if (strcmp(name, "--node_rank") == 0 || strcmp(name, "--node-rank") == 0) {
+            o->node_rank = parse_int(name, VALUE(), 0, 1 << 20);
         } else if (strcmp(name, "--export") == 0) {
             o->exports[o->num_exports++] = VALUE();
         } else if (strcmp(name, "--dry-run") == 0 || strcmp(name, "--dry_run") == 0) {
@@ -879,7 +884,8 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
     return exit_code;
 }
 
-/* Local mode: every rank of the plan on this machine. */
+/* Local mode: every rank of the plan on this machine, or with --no_ssh only the ranks of node
+ * --node_rank (DeepSpeed's --no_ssh: the user starts one ds-launch per node). */
 static int run_job(const options *o, const ds_launch_plan *plan, const char *addr, int port,
                    int cores, const ds_launch_env *exports)
 {
@@ -889,15 +895,20 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
         fputs("ds-launch: out of memory\n", stderr);
         return 1;
     }
-    for (int n = 0; n < plan->num_nodes; n++)
+    int count = 0;
+    for (int n = 0; n < plan->num_nodes; n++) {
+        if (o->no_ssh && n != o->node_rank)
+            continue;
         for (int l = 0; l < plan->nodes[n].num_ids; l++) {
             int rk = plan->nodes[n].first_rank + l;
-            jr[rk].rank = rk;
-            jr[rk].host = plan->nodes[n].host;
-            rank_env(plan, n, l, addr, port, cores, exports, &jr[rk].env);
+            jr[count].rank = rk;
+            jr[count].host = plan->nodes[n].host;
+            rank_env(plan, n, l, addr, port, cores, exports, &jr[count].env);
+            count++;
         }
-    int rc = run_ranks(o, jr, world, world > 1 && !o->rank_log_dir, false, -1);
-    for (int k = 0; k < world; k++)
+    }
+    int rc = run_ranks(o, jr, count, world > 1 && !o->rank_log_dir, false, -1);
+    for (int k = 0; k < count; k++)
         ds_launch_env_free(&jr[k].env);
     free(jr);
     return rc;
@@ -1371,6 +1382,31 @@ int main(int argc, char **argv)
     parse_args(&o, argc, argv);
     ds_launch_plan plan;
     bool remote = make_plan(&o, &plan);
+    if (o.no_ssh || o.node_rank >= 0) {
+        /* DeepSpeed: --no_ssh needs --node_rank; each node runs its own launcher */
+        if (!o.no_ssh || o.node_rank < 0 || o.node_rank >= plan.num_nodes) {
+            fprintf(stderr, "ds-launch: --no_ssh and --node_rank go together, with a node rank from 0 to %d "
+                            "(the hostfile's nodes after filtering); got%s%s --node_rank %d\n",
+                    plan.num_nodes - 1, o.no_ssh ? " --no_ssh" : "", o.no_ssh ? "," : "", o.node_rank);
+            ds_launch_plan_free(&plan);
+            return 2;
+        }
+        const char *sec = getenv("DS_JOB_SECRET");
+        if (plan.num_nodes > 1 && !o.dry_run && !(sec && *sec)) {
+            fprintf(stderr, "ds-launch: --no_ssh with %d nodes: export the same DS_JOB_SECRET on every node "
+                            "(each node's ds-launch would otherwise make its own, and the rendezvous would "
+                            "refuse the others)\n", plan.num_nodes);
+            ds_launch_plan_free(&plan);
+            return 2;
+        }
+        if (!o.master_addr && plan.num_nodes > 1) {
+            fprintf(stderr, "ds-launch: --no_ssh with %d nodes: give --master_addr (node 0's address)\n",
+                    plan.num_nodes);
+            ds_launch_plan_free(&plan);
+            return 2;
+        }
+        remote = false;
+    }
     /* DECISIONS.md: --master_addr is honoured in every mode (DeepSpeed forces 127.0.0.1 locally). */
     const char *addr = o.master_addr ? o.master_addr : "127.0.0.1";
     int port = o.master_port;

@@ -43,11 +43,40 @@ common=(net.json --data text.txt --steps 20 --data-order sequential --quiet)
 "$B/ds-launch" --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config pre.json \
     --log-json pre.jsonl >/dev/null 2>err5 && ok "ds-launch: 4 ranks, prescale_gradients" || notok "prescale: $(head -c 300 err5)"
 
+# --no_ssh: one ds-launch per "node" (here both on this machine), sharing DS_JOB_SECRET
+printf '127.0.0.1 slots=1\n127.0.0.2 slots=1\n' > hosts2
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+DS_JOB_SECRET=dp-test-secret "$B/ds-launch" -H hosts2 --no_ssh --node_rank 1 --master_addr 127.0.0.1 \
+    --master_port "$port" --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb4.json >/dev/null 2>errn1 &
+n1=$!
+DS_JOB_SECRET=dp-test-secret "$B/ds-launch" -H hosts2 --no_ssh --node_rank 0 --master_addr 127.0.0.1 \
+    --master_port "$port" --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb4.json \
+    --log-json nossh.jsonl >/dev/null 2>errn0
+rc0=$?
+wait $n1
+rc1=$?
+if [ $rc0 = 0 ] && [ $rc1 = 0 ]; then ok "--no_ssh: two launchers (--node_rank 0 and 1) train one job"
+else notok "--no_ssh: exit $rc0/$rc1: $(head -c 300 errn0) $(head -c 300 errn1)"; fi
+if "$B/ds-launch" -H hosts2 --no_ssh --node_rank 0 --master_addr 127.0.0.1 true 2>errs; then
+    notok "--no_ssh across nodes without DS_JOB_SECRET must fail"
+elif grep -q "DS_JOB_SECRET" errs; then ok "--no_ssh across nodes without a shared DS_JOB_SECRET is refused"
+else notok "--no_ssh without a secret: $(head -c 300 errs)"; fi
+# a taken master port: the rendezvous says so
+if python3 - "$B" <<'EOF'; then ok "a taken master port gives a clear error naming it"; else notok "taken port"; fi
+import socket, subprocess, sys
+b = sys.argv[1]
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1); port = s.getsockname()[1]
+r = subprocess.run([b + "/ds-launch", "--num_gpus", "2", "--master_port", str(port), "--export", "OMP_NUM_THREADS=1",
+                    b + "/ds-train", "net.json", "--config", "mb2.json", "--data", "text.txt", "--steps", "2", "--quiet"],
+                   capture_output=True, text=True, timeout=120)
+sys.exit(0 if r.returncode != 0 and str(port) in r.stderr and "Address already in use" in r.stderr else 1)
+EOF
+
 check() { # name, python condition over L (dict of run -> list of records)
     if python3 - "$2" <<'EOF' 2>pyerr; then ok "$1"; else notok "$1: $(head -c 300 pyerr)"; fi
 import json, sys
 L = {}
-for k in ("one", "gas", "four", "two", "pre"):
+for k in ("one", "gas", "four", "two", "pre", "nossh"):
     try:
         L[k] = [json.loads(l) for l in open(k + ".jsonl")]
     except OSError:
@@ -64,6 +93,7 @@ check "4 ranks x mb 2 give the losses of 1 rank x mb 8 (1e-5 relative)" 'same("f
 check "1 rank x mb 2 x 4 accumulation gives the same losses" 'same("gas", "one")'
 check "2 ranks x mb 4 with predivide factor 2 give the same losses" 'same("two", "one")'
 check "4 ranks with prescale_gradients give the same losses" 'same("pre", "one")'
+check "--no_ssh, 2 launchers x mb 4 give the same losses" 'same("nossh", "one")'
 check "the loss goes down" 'L["four"][-1]["loss"] < L["four"][0]["loss"] - 0.5'
 # 21984 padded gradient elements in buckets of 5000: 5 all-reduce calls per optimizer step
 check "one bucketed all-reduce per effective batch: calls = buckets = 5, bytes = the flat gradient" \
