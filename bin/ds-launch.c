@@ -305,9 +305,46 @@ static int count_cores(void)
 
 /* Variables every rank gets besides the rank's own: .deepspeed_env (home, then the working
  * directory; DS_ENV_FILE names the file), then --export. */
+/* DeepSpeed's runner exports every variable of its own environment whose name starts with one
+ * of these (runner.py add_export; NCCL is the CUDA accelerator's list), so that remote ranks see
+ * them; local ranks inherit the whole environment anyway. */
+static const char *const export_prefixes[] = {
+    "MLFLOW", "PYTHON", "MV2", "UCX", "NCCL", "DLTS_JOB_ID", "DLTS_NUM_WORKER",
+    "NEBULA_PERSISTENT_STORAGE_PATH", "NEBULA_PERSISTENT_TIME_INTERVAL", "AML_RUN_ID",
+    "AZUREML_RUN_TOKEN", "AZUREML_WORKSPACE_SCOPE", "AZUREML_EXPERIMENT_SCOPE",
+    "AZUREML_RUN_HISTORY_SERVICE_ENDPOINT", "AZUREML_RUN_ID", "NEBULA_MEMORY_BUFFER_SIZE",
+    "AZUREML_PARAMETER_ITPJOB_NAME", "FC_TASKROLE_NAME", "FC_TASK_INDEX", "MASTER_HOST",
+    "LOCAL_HOST", "AZUREML_BLOB_ACCOUNT_NAME", "AZUREML_BLOB_ACCOUNT_KEY", NULL};
+
+extern char **environ;
+
+static void load_prefix_exports(ds_launch_env *exports)
+{
+    ds_error err = {0};
+    int aisc = getenv("AISC_JOB_NAME") != NULL;
+    for (char **e = environ; e && *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (!eq)
+            continue;
+        size_t len = (size_t)(eq - *e);
+        int match = 0;
+        for (int k = 0; export_prefixes[k] && !match; k++)
+            match = strncmp(*e, export_prefixes[k], strlen(export_prefixes[k])) == 0;
+        if (!match)
+            continue;
+        char *key = strndup(*e, len);
+        /* DeepSpeed: under AISC these two are left to the platform */
+        if (key && !(aisc && (strcmp(key, "NCCL_IB_HCA") == 0 || strcmp(key, "UCX_NET_DEVICES") == 0)) &&
+            ds_launch_env_set(exports, key, eq + 1, &err) != DS_OK)
+            fail_status("export", &err);
+        free(key);
+    }
+}
+
 static void load_exports(const options *o, ds_launch_env *exports)
 {
     ds_error err = {0};
+    load_prefix_exports(exports);
     const char *name = getenv("DS_ENV_FILE");
     if (!name || !*name)
         name = ".deepspeed_env";

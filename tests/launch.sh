@@ -85,6 +85,10 @@ OMP_NUM_THREADS=7 run --dry-run true
 if [ "$rc" = 0 ] && python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); assert "OMP_NUM_THREADS" not in p["nodes"][0]["ranks"][0]["env"]' "$T/out"; then
     ok "OMP_NUM_THREADS set by the user is left alone"
 else notok "user OMP_NUM_THREADS $(why)"; fi
+NCCL_DEBUG=INFO UCX_TLS=tcp run --dry-run true
+if [ "$rc" = 0 ] && python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["nodes"][0]["ranks"][0]["env"]; assert e.get("NCCL_DEBUG")=="INFO" and e.get("UCX_TLS")=="tcp", e' "$T/out"; then
+    ok "DeepSpeed's prefixes (NCCL, UCX, ...) are exported to the ranks"
+else notok "prefix exports $(why)"; fi
 
 # --- local jobs ---------------------------------------------------------------------------
 run sh -c "$PRINT"
