@@ -1445,7 +1445,15 @@ int main(int argc, char **argv)
         remote = false;
     }
     /* DECISIONS.md: --master_addr is honoured in every mode (DeepSpeed forces 127.0.0.1 locally). */
-    const char *addr = o.master_addr ? o.master_addr : "127.0.0.1";
+    /* Remote mode without --master_addr: the first node's name as the hostfile gives it (DeepSpeed
+     * asks that host for `hostname -I`); a name that only means "this machine" cannot work there. */
+    const char *addr = o.master_addr ? o.master_addr : remote ? plan.nodes[0].host : "127.0.0.1";
+    if (!o.master_addr && remote && (strcmp(addr, "localhost") == 0 || strcmp(addr, "::1") == 0)) {
+        fprintf(stderr, "ds-launch: the first node is \"%s\", which other nodes cannot reach: give "
+                        "--master_addr (this machine's address)\n", addr);
+        ds_launch_plan_free(&plan);
+        return 2;
+    }
     int port = o.master_port;
     if (port == 0) {
         port = pick_free_port();
