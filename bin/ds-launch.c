@@ -1448,11 +1448,11 @@ int main(int argc, char **argv)
     /* Remote mode without --master_addr: the first node's name as the hostfile gives it (DeepSpeed
      * asks that host for `hostname -I`); a name that only means "this machine" cannot work there. */
     const char *addr = o.master_addr ? o.master_addr : remote ? plan.nodes[0].host : "127.0.0.1";
-    if (!o.master_addr && remote && (strcmp(addr, "localhost") == 0 || strcmp(addr, "::1") == 0)) {
-        fprintf(stderr, "ds-launch: the first node is \"%s\", which other nodes cannot reach: give "
-                        "--master_addr (this machine's address)\n", addr);
-        ds_launch_plan_free(&plan);
-        return 2;
+    char this_host[256];
+    if (!o.master_addr && remote && (strcmp(addr, "localhost") == 0 || strcmp(addr, "::1") == 0) &&
+        gethostname(this_host, sizeof this_host) == 0) {
+        this_host[sizeof this_host - 1] = '\0';
+        addr = this_host; /* "localhost" means this machine, which the others know by its name */
     }
     int port = o.master_port;
     if (port == 0) {
