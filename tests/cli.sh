@@ -2,6 +2,7 @@
 # ds-train from the outside: usage errors and exit codes, file errors that name the file,
 # --summary, short training runs (tiny GPT on text, MLPs on .npy), --log-json, --save-weights /
 # --force / --init-from, data errors, and seed determinism. One "ok"/"not ok" line per check.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 
 BUILD=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -22,16 +23,6 @@ fi
 T=$(mktemp -d "${TMPDIR:-/tmp}/ds-cli.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 
-pass=0
-fail=0
-ok() {
-    echo "ok - $1"
-    pass=$((pass + 1))
-}
-notok() {
-    echo "not ok - $1"
-    fail=$((fail + 1))
-}
 # check DESC COMMAND...: ok when the command succeeds
 check() {
     local desc=$1
@@ -349,5 +340,4 @@ else
     notok "--backend cpu:generic $(why)"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tap_summary

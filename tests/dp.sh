@@ -3,14 +3,12 @@
 # micro-batch 8 and 1 rank x micro-batch 2 x 4 accumulation steps give the same losses over 20
 # steps (sequential data, fp32, within 1e-5 relative); the all-reduce count per effective batch
 # equals the number of gradient buckets; 2 ranks agree too. One "ok"/"not ok" line per check.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 B=${DS_BUILD_DIR:-.}
 T=$(mktemp -d "${TMPDIR:-/tmp}/ds-dp.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
-pass=0; fail=0
-ok() { echo "ok - $*"; pass=$((pass + 1)); }
-notok() { echo "not ok - $*"; fail=$((fail + 1)); }
 
 head -c 60000 /usr/share/common-licenses/GPL-3 > text.txt 2>/dev/null || python3 -c "
 import random; random.seed(1); open('text.txt','w').write(' '.join(random.choice(['the','data','rank','sum','mean']) for _ in range(12000)))"
@@ -100,5 +98,4 @@ check "one bucketed all-reduce per effective batch: calls = buckets = 5, bytes =
     'all(r["allreduce_calls"] == 5 and r["allreduce_bytes"] == 21984 * 4 and r["world_size"] == 4 for r in L["four"])'
 check "one process does no all-reduce" 'all(r["allreduce_calls"] == 0 for r in L["one"] + L["gas"])'
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+tap_summary

@@ -3,6 +3,7 @@
 # tests/dist_probe, the per-job secret (DS_JOB_SECRET: in each rank's environment, the same for
 # every rank, new for each job, never on a command line or in --dry-run), a rank started with
 # another secret refused. One "ok"/"not ok" line per check.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 
 BUILD=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -24,10 +25,6 @@ export HOME="$T/home"
 mkdir -p "$HOME"
 unset DS_ENV_FILE OMP_NUM_THREADS DS_JOB_SECRET
 
-pass=0
-fail=0
-ok() { echo "ok - $1"; pass=$((pass + 1)); }
-notok() { echo "not ok - $1"; fail=$((fail + 1)); }
 run() {
     "$L" "$@" >"$T/out" 2>"$T/err"
     rc=$?
@@ -76,5 +73,4 @@ if [ "$rc" != 0 ] && grep -qF "rank 1: the rendezvous at" "$T/err" &&
     ok "a rank with the wrong secret is refused"
 else notok "wrong secret $(why)"; fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+tap_summary

@@ -2,6 +2,7 @@
 # ds-launch from the outside, local mode: --dry-run JSON, jobs of 1, 2 and 4 ranks and their
 # environment, arguments passed untouched, failure and signal teardown (exit status, no process
 # left), per-rank logs, hostfile/filter errors, --master_port 0. One "ok"/"not ok" line per check.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 
 BUILD=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -24,16 +25,6 @@ export HOME="$T/home" # no user .deepspeed_env may leak in
 mkdir -p "$HOME"
 unset DS_ENV_FILE OMP_NUM_THREADS
 
-pass=0
-fail=0
-ok() {
-    echo "ok - $1"
-    pass=$((pass + 1))
-}
-notok() {
-    echo "not ok - $1"
-    fail=$((fail + 1))
-}
 run() {
     "$L" "$@" >"$T/out" 2>"$T/err"
     rc=$?
@@ -207,5 +198,4 @@ else notok "--master_port 0 $(why)"; fi
 run --master_port 0 sh -c 'echo $MASTER_PORT'
 if [ "$rc" = 0 ] && grep -qF "using free port $(cat "$T/out")" "$T/err"; then ok "--master_port 0: the ranks get the picked port"; else notok "--master_port 0 run $(why)"; fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+tap_summary

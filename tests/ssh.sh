@@ -5,6 +5,7 @@
 # A two-node job and its environment, arguments and values with spaces, quotes, $, ; and
 # newlines, a failing rank on node 2 (its status, no process left), an unreachable host, a
 # changed host key. One "ok"/"not ok" line per check.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 
 BUILD=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -24,16 +25,6 @@ trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
 unset DS_ENV_FILE
 
-pass=0
-fail=0
-ok() {
-    echo "ok - $1"
-    pass=$((pass + 1))
-}
-notok() {
-    echo "not ok - $1"
-    fail=$((fail + 1))
-}
 why() {
     echo "(rc=$rc; out: $(head -c 600 "$T/out"); err: $(head -c 600 "$T/err"))"
 }
@@ -134,5 +125,4 @@ else
     echo "# no impostor sshd on 127.0.0.2:2223: the changed-host-key check is skipped"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" = 0 ]
+tap_summary
