@@ -42,6 +42,8 @@ static const char *usage_text =
     "                        else cpu)\n"
     "  --backend NAME        cpu, cpu:avx2, cpu:generic, cuda or cuda:N (GPU N)\n"
     "  --force               overwrite existing output files\n"
+    "  --inject-grad-inf S[:R]  testing: put +inf in a gradient of rank R (default 0) at optimizer\n"
+    "                        step S, to exercise fp16 overflow handling\n"
     "  --summary             print the layer table and exit\n"
     "  --quiet               no per-step lines and no progress line\n"
     "  -h, --help            this text;  --version  the version\n";
@@ -49,16 +51,34 @@ static const char *usage_text =
 enum {
     OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
     OPT_LOG, OPT_MICRO, OPT_STRICT, OPT_BACKEND, OPT_FORCE, OPT_SUMMARY, OPT_QUIET, OPT_VERSION,
-    OPT_DEEPSPEED, OPT_DEVICE
+    OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT
 };
 
 typedef struct args {
     const char *net, *config, *data, *labels, *init_from, *save, *log_json, *backend, *device;
     int64_t steps, micro;
+    int64_t inject_step; /* --inject-grad-inf: 0 = off */
+    int inject_rank;
     int seed_set, strict, force, summary, quiet;
     uint64_t seed;
     ds_data_order order;
 } args;
+
+/* --inject-grad-inf: +inf in the first element of the first parameter's gradient. */
+static ds_status inject_inf(ds_engine *eng, const ds_net *net, ds_error *err)
+{
+    const ds_tensor_info *t = &net->params.t[0];
+    float *g = malloc((size_t)t->numel * sizeof *g);
+    if (!g)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    ds_status st = ds_engine_get_grad(eng, t->name, g, t->numel, err);
+    if (st == DS_OK) {
+        g[0] = INFINITY;
+        st = ds_engine_set_grad(eng, t->name, g, t->numel, err);
+    }
+    free(g);
+    return st;
+}
 
 static int fail_usage(const char *fmt, const char *a)
 {
@@ -99,6 +119,7 @@ static int parse_args(int argc, char **argv, args *a)
         {"strict-config", no_argument, 0, OPT_STRICT},
         {"backend", required_argument, 0, OPT_BACKEND},
         {"device", required_argument, 0, OPT_DEVICE},
+        {"inject-grad-inf", required_argument, 0, OPT_INJECT},
         {"force", no_argument, 0, OPT_FORCE},
         {"summary", no_argument, 0, OPT_SUMMARY},
         {"quiet", no_argument, 0, OPT_QUIET},
@@ -140,6 +161,20 @@ static int parse_args(int argc, char **argv, args *a)
         case OPT_INIT: a->init_from = optarg; break;
         case OPT_SAVE: a->save = optarg; break;
         case OPT_LOG: a->log_json = optarg; break;
+        case OPT_INJECT: {
+            char *end;
+            long long st_ = strtoll(optarg, &end, 10), rk = 0;
+            if (*end == ':') {
+                char *e2;
+                rk = strtoll(end + 1, &e2, 10);
+                end = e2 == end + 1 ? end : e2;
+            }
+            if (end == optarg || *end || st_ < 1 || rk < 0 || rk > 1000000)
+                return fail_usage("--inject-grad-inf: expected STEP or STEP:RANK (STEP >= 1), found \"%s\"", optarg);
+            a->inject_step = st_;
+            a->inject_rank = (int)rk;
+            break;
+        }
         case OPT_MICRO:
             if (parse_i64("--micro-batch", optarg, 1, &a->micro))
                 return 2;
@@ -386,6 +421,14 @@ int main(int argc, char **argv)
                (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps);
         printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
                ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
+        if (cfg->precision == DS_PREC_FP16 && cfg->fp16.loss_scale > 0)
+            printf("precision: fp16, static loss scale %g\n", cfg->fp16.loss_scale);
+        else if (cfg->precision == DS_PREC_FP16)
+            printf("precision: fp16, dynamic loss scale from %g (window %lld, hysteresis %d%s, min %g)\n",
+                   ds_engine_loss_scale(eng), (long long)cfg->fp16.loss_scale_window, cfg->fp16.hysteresis,
+                   cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale);
+        else if (cfg->precision == DS_PREC_BF16)
+            printf("precision: bf16%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "");
         fflush(stdout);
     }
 
@@ -439,8 +482,12 @@ int main(int argc, char **argv)
                 break;
             ds_batch b = {.tokens = tok, .targets = tgt, .x = x, .labels = lab, .y = y};
             double loss;
-            if ((st = ds_engine_forward(eng, &b, &loss, &err)) || (st = ds_engine_backward(eng, &err)) ||
-                (st = ds_engine_step(eng, &err)))
+            if ((st = ds_engine_forward(eng, &b, &loss, &err)) || (st = ds_engine_backward(eng, &err)))
+                rc = 1;
+            else if (a.inject_step == s + 1 && a.inject_rank == rank && u == GAS - 1 &&
+                     (st = inject_inf(eng, net, &err)) != DS_OK)
+                rc = 1;
+            else if ((st = ds_engine_step(eng, &err)))
                 rc = 1;
         }
         if (rc)
@@ -453,17 +500,27 @@ int main(int argc, char **argv)
         last_loss = loss;
         double rate = (double)(TB * (tokens ? T : 1)) / (ms / 1e3);
         int64_t step = ds_engine_global_steps(eng);
+        int applied = ds_engine_was_step_applied(eng);
         if (logf) {
             int64_t ar_calls, ar_bytes;
             ds_engine_last_allreduce(eng, &ar_calls, &ar_bytes);
             fprintf(logf,
                     "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, \"ms\": %.3f, "
                     "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
-                    "\"allreduce_bytes\": %lld}\n",
+                    "\"allreduce_bytes\": %lld, \"loss_scale\": %.9g, \"skipped\": %s, "
+                    "\"skipped_steps\": %lld}\n",
                     (long long)step, loss, ds_engine_get_lr(eng), ds_engine_get_global_grad_norm(eng), ms,
                     tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
-                    world, (long long)ar_calls, (long long)ar_bytes);
+                    world, (long long)ar_calls, (long long)ar_bytes, ds_engine_last_step_loss_scale(eng),
+                    applied ? "false" : "true", (long long)ds_engine_skipped_steps(eng));
             fflush(logf);
+        }
+        if (!applied && rank == 0 && !a.quiet) {
+            if (tty)
+                printf("\r\033[K");
+            printf("step %lld: overflow, loss scale %.0f -> %.0f, step skipped\n", (long long)step,
+                   ds_engine_last_step_loss_scale(eng), ds_engine_loss_scale(eng));
+            fflush(stdout);
         }
         if (!a.quiet && (step % print_every == 0 || step == steps)) {
             if (tty)
@@ -486,6 +543,9 @@ int main(int argc, char **argv)
         double med = ms_hist[steps / 2];
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
+        if (ds_engine_skipped_steps(eng) > 0)
+            printf("skipped %lld of %lld steps for gradient overflow; loss scale now %g\n",
+                   (long long)ds_engine_skipped_steps(eng), (long long)steps, ds_engine_loss_scale(eng));
         printf("done: %lld steps in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
                "%.2f GFLOP/s; peak RSS %.0f MiB\n",
                (long long)steps, total, first_loss, last_loss, med,

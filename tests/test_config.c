@@ -249,8 +249,9 @@ Test(json, booleans_as_strings)
                 "\"wall_clock_breakdown\": \"False\", \"zero_optimization\": {\"stage\": 0, "
                 "\"overlap_comm\": \"true\", \"contiguous_gradients\": 1}}", 1);
     ds_config_free(&c);
-    load_fails("{\"train_batch_size\": 8, \"fp16\": {\"enabled\": \"true\"}}", 1, 0,
-               DS_ERR_UNSUPPORTED, "fp16.enabled=\"true\" is not supported yet", NULL);
+    load_ok(&c, "{\"train_batch_size\": 8, \"fp16\": {\"enabled\": \"true\"}}", 1);
+    cr_expect_eq(c.precision, DS_PREC_FP16);
+    ds_config_free(&c);
     load_fails("{\"train_batch_size\": 8, \"fp16\": {\"enabled\": \"maybe\"}}", 1, 0,
                DS_ERR_INVALID, "fp16.enabled: expected a boolean, found \"maybe\"", NULL);
 }
@@ -374,8 +375,8 @@ Test(optimizer, sgd_and_type_names)
                "did you mean \"SGD\"?");
     load_fails(OPT("Adamw2", ""), 1, 0, DS_ERR_INVALID, "\"Adamw2\" is not a supported DeepSpeed",
                "did you mean \"AdamW\"?");
-    load_fails(OPT("Lamb", "\"lr\": 11e-3"), 1, 0, DS_ERR_UNSUPPORTED,
-               "ds.json: optimizer.type=Lamb is not supported yet", NULL);
+    load_fails(OPT("Lion", "\"lr\": 11e-3"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: optimizer.type=Lion is not supported yet", NULL);
     load_fails(OPT("OnebitAdam", ""), 1, 0, DS_ERR_UNSUPPORTED,
                "optimizer.type=OnebitAdam is not supported yet", NULL);
     load_fails(OPT("RMSprop", "\"lr\": 0.1"), 1, 0, DS_ERR_UNSUPPORTED,
@@ -403,12 +404,10 @@ Test(features, gradient_averaging_keys)
 
 Test(features, refused_naming_the_key)
 {
-    load_fails(TB8("\"fp16\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "ds.json: fp16.enabled=true is not supported yet", NULL);
-    load_fails(TB8("\"bf16\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "bf16.enabled=true is not supported yet", NULL);
-    load_fails(TB8("\"bfloat16\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "bfloat16.enabled=true is not supported yet", NULL);
+    load_fails(TB8("\"fp16\": {\"enabled\": true, \"auto_cast\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: fp16.auto_cast=true is not supported yet", NULL);
+    load_fails(TB8("\"bf16\": {\"enabled\": true, \"bf16_optimizer_states\": true}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "bf16.bf16_optimizer_states=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 2}"), 1, 0, DS_ERR_UNSUPPORTED,
                "ds.json: zero_optimization.stage=2 is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": true"), 1, 0, DS_ERR_UNSUPPORTED,
@@ -438,11 +437,11 @@ Test(features, refused_naming_the_key)
     load_fails(TB8("\"elasticity\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "elasticity.enabled=true is not supported yet", NULL);
     /* every refusal is listed in one message */
-    load_fails(TB8("\"fp16\": {\"enabled\": true}, \"scheduler\": {\"type\": \"OneCycle\"}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "fp16.enabled=true is not supported yet; scheduler (type "
-               "OneCycle) is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 2}, \"tensorboard\": {\"enabled\": true}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "zero_optimization.stage=2 is not supported yet; tensorboard.enabled=true "
+               "is not supported yet", NULL);
     /* an invalid value wins over refusals: it must be fixed in any case */
-    load_fails(TB8("\"fp16\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
+    load_fails(TB8("\"tensorboard\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
                DS_ERR_INVALID, "steps_per_print: expected an integer", NULL);
 }
 
@@ -521,83 +520,117 @@ static const struct {
     ds_status st;
     const char *msg;
 } REAL[] = {
-    {"alpaca__default_offload_opt_param.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupDecayLR)"},
-    {"bmds-tests__ds_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
-    {"bmds-tests__ds_config_bf16.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
-    {"bmds-tests__ds_config_cl.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
-    {"chatglm6b__deepspeed.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2 is not supported yet"},
-    {"ds-docs__autotuning_block2.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
-    {"ds-docs__getting-started_block5.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
-    {"ds-tests-gpt2__ds_config_func_bs8_zero0_gas3.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+    {"alpaca__default_offload_opt_param.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupDecayLR) is not supported yet"},
+    {"bmds-tests__ds_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=1 is not supported yet"},
+    {"bmds-tests__ds_config_bf16.json", DS_OK, NULL},
+    {"bmds-tests__ds_config_cl.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=1 is not supported yet"},
+    {"chatglm6b__deepspeed.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2 is not supported yet"},
+    {"ds-docs__autotuning_block2.json", DS_ERR_UNSUPPORTED,
+     "autotuning.enabled=true is not supported yet"},
+    {"ds-docs__getting-started_block5.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization=true (the old form of ZeRO stage 1) is not supported yet"},
+    {"ds-tests-gpt2__ds_config_func_bs8_zero0_gas3.json", DS_ERR_UNSUPPORTED,
+     "activation_checkpointing.partition_activations=true is not supported yet"},
     {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2"},
+     "zero_optimization.stage=2 is not supported yet"},
     {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2"},
-    {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
+     "zero_optimization.stage=2 is not supported yet"},
+    {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=1 is not supported yet"},
     {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.offload_param.device=cpu"},
+     "zero_optimization.offload_param.device=cpu is not supported yet"},
     {"ds-tests-squad__deepspeed_bsz24_fp16_eigenvalue_quantize_config.json", DS_ERR_UNSUPPORTED,
-     "fp16.enabled=true"},
-    {"ds-tests-torch_compile__ds_config_z3.json", DS_ERR_INVALID, "bf16: unknown key \"loss_scale\""},
+     "tensorboard.enabled=true is not supported yet"},
+    {"ds-tests-torch_compile__ds_config_z3.json", DS_ERR_INVALID,
+     "bf16: unknown key \"loss_scale\""},
     {"ds-tests-torch_compile__ds_config_z3_deepcompile_no_persist.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR)"},
-    {"ds-tests-unit__ds_batch_config.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+     "scheduler (type WarmupLR) is not supported yet"},
+    {"ds-tests-unit__ds_batch_config.json", DS_OK, NULL},
     {"dse-BingBertSquad__deepspeed_onebitadam_bsz96_config.json", DS_ERR_UNSUPPORTED,
-     "optimizer.type=OnebitAdam"},
-    {"dse-MoQ__test.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
-    {"dse-alpaca-lora-zero3__ds_config.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
-    {"dse-autosp__autosp_config.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+     "optimizer.type=OnebitAdam is not supported yet"},
+    {"dse-MoQ__test.json", DS_ERR_UNSUPPORTED,
+     "quantize_training.enabled=true is not supported yet"},
+    {"dse-alpaca-lora-zero3__ds_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3 is not supported yet"},
+    {"dse-autosp__autosp_config.json", DS_ERR_UNSUPPORTED,
+     "compile.deepcompile=true is not supported yet"},
     {"dse-autotuning__ds_config.json", DS_ERR_INVALID,
      "train_micro_batch_size_per_gpu: expected an integer, found [8]"},
-    {"dse-bf16_master_weight__bf16_full.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+    {"dse-bf16_master_weight__bf16_full.json", DS_ERR_UNSUPPORTED,
+     "bf16.bf16_master_weights_and_grads=true is not supported yet"},
     {"dse-bing_bert__deepspeed_bsz4k_01adam_config_seq128_nccl.json", DS_ERR_UNSUPPORTED,
-     "optimizer.type=ZeroOneAdam"},
-    {"dse-bing_bert__deepspeed_bsz4k_progressive_layer_drop_config_seq128.json",
-     DS_ERR_UNSUPPORTED, "progressive_layer_drop.enabled=true"},
+     "optimizer.type=ZeroOneAdam is not supported yet"},
+    {"dse-bing_bert__deepspeed_bsz4k_progressive_layer_drop_config_seq128.json", DS_ERR_UNSUPPORTED,
+     "progressive_layer_drop.enabled=true is not supported yet"},
     {"dse-bing_bert__deepspeed_bsz64k_lamb_config_seq128.json", DS_ERR_UNSUPPORTED,
-     "optimizer.type=Lamb"},
+     "sparse_attention is not supported yet"},
     {"dse-bing_bert__deepspeed_bsz64k_onebitlamb_config_seq128_nccl.json", DS_ERR_UNSUPPORTED,
-     "optimizer.type=OneBitLamb"},
-    {"dse-cifar__ds_config.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+     "optimizer.type=OneBitLamb is not supported yet"},
+    {"dse-cifar__ds_config.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupLR) is not supported yet"},
     {"dse-compression-bert__ds_config_layer_reduction_fp16.json", DS_ERR_UNSUPPORTED,
-     "compression_training"},
+     "compression_training is not supported yet"},
     {"dse-data_efficiency__ds_config_gpt_base_random_ltd.json", DS_ERR_UNSUPPORTED,
-     "data_efficiency.enabled=true"},
-    {"dse-hf-transformers__ds_config.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
-    {"dse-imagenet__ds_fp16_z1_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=1"},
-    {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED, "fp16.enabled=true"},
+     "data_efficiency.enabled=true is not supported yet"},
+    {"dse-hf-transformers__ds_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2 is not supported yet"},
+    {"dse-imagenet__ds_fp16_z1_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=1 is not supported yet"},
+    {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron-zero3__ds_zero_stage_3_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3"},
+     "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron-zero3__ds_zero_stage_infinity_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3"},
+     "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron__ds_zero-offload_10B_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2"},
-    {"dse-megatron__ds_zero2_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2"},
+     "zero_optimization.stage=2 is not supported yet"},
+    {"dse-megatron__ds_zero2_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2 is not supported yet"},
     {"dse-pipeline_parallelism__ds_config.json", DS_OK, NULL},
-    {"dse-qanet__ds_bsz512_1cycle.json", DS_ERR_UNSUPPORTED, "scheduler (type OneCycle)"},
-    {"dse-tensor_parallel__ds_config.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupDecayLR)"},
-    {"dse-zenflow__zf_config.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
-    {"fastchat__deepspeed_config_s2.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2"},
-    {"fastchat__deepspeed_config_s3.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=3"},
-    {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED, "bf16.enabled=true"},
+    {"dse-qanet__ds_bsz512_1cycle.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type OneCycle) is not supported yet"},
+    {"dse-tensor_parallel__ds_config.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupDecayLR) is not supported yet"},
+    {"dse-zenflow__zf_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2 is not supported yet"},
+    {"fastchat__deepspeed_config_s2.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2 is not supported yet"},
+    {"fastchat__deepspeed_config_s3.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3 is not supported yet"},
+    {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3 is not supported yet"},
     {"hf-accelerate-templates__zero_stage3_offload_config.json", DS_ERR_UNSUPPORTED,
-     "fp16.enabled=true"},
+     "scheduler (type WarmupDecayLR) is not supported yet"},
     {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3"},
-    {"hf-transformers__ds_config_zero2.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
-    {"hf-transformers__ds_config_zero3.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
-    {"hf-transformers__ds_config_zero3_bf16.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+     "zero_optimization.stage=3 is not supported yet"},
+    {"hf-transformers__ds_config_zero2.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupLR) is not supported yet"},
+    {"hf-transformers__ds_config_zero3.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupLR) is not supported yet"},
+    {"hf-transformers__ds_config_zero3_bf16.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupLR) is not supported yet"},
     {"llamafactory__ds_z0_config.json", DS_OK, NULL},
-    {"llamafactory__ds_z2_autotp_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=2"},
-    {"llamafactory__ds_z3_fp8_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=3"},
-    {"llamafactory__ds_z3_offload_config.json", DS_ERR_UNSUPPORTED, "zero_optimization.stage=3"},
-    {"llava__zero3_offload.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+    {"llamafactory__ds_z2_autotp_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2 is not supported yet"},
+    {"llamafactory__ds_z3_fp8_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3 is not supported yet"},
+    {"llamafactory__ds_z3_offload_config.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=3 is not supported yet"},
+    {"llava__zero3_offload.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupLR) is not supported yet"},
     {"mmds-finetune_hf_llama__ds_config_empty.json", DS_OK, NULL},
     {"mmds-universal_checkpointing__ds_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=1"},
-    {"openassistant__deepspeed_rl.json", DS_ERR_UNSUPPORTED, "fp16.enabled=\"true\""},
-    {"openassistant__zero3_config_sft.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupDecayLR)"},
-    {"qwen__ds_config_zero2.json", DS_ERR_UNSUPPORTED, "scheduler (type WarmupLR)"},
+     "zero_optimization.stage=1 is not supported yet"},
+    {"openassistant__deepspeed_rl.json", DS_ERR_UNSUPPORTED,
+     "zero_optimization.stage=2 is not supported yet"},
+    {"openassistant__zero3_config_sft.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupDecayLR) is not supported yet"},
+    {"qwen__ds_config_zero2.json", DS_ERR_UNSUPPORTED,
+     "scheduler (type WarmupLR) is not supported yet"},
 };
 #define N_REAL (sizeof REAL / sizeof REAL[0])
 
@@ -701,4 +734,119 @@ Test(real_configs, specific_outcomes)
     cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-imagenet__ds_fp16_z1_config.json", 1, 1,
                                      &h, &e), DS_ERR_INVALID);
     cr_expect(strstr(e.msg, "unknown key \"cuda_visible_devices\""), "%s", e.msg);
+}
+
+/* ---- fp16 / bf16 and the optimizers of the mixed-precision issue ------------------------- */
+
+Test(precision, fp16_keys_and_defaults)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"fp16\": {\"enabled\": true}"), 1);
+    cr_expect_eq(c.precision, DS_PREC_FP16);
+    /* DECISIONS.md: these defaults whether or not the block names a scaling key */
+    cr_expect_eq(c.fp16.loss_scale, 0);
+    cr_expect_eq(c.fp16.initial_scale_power, 16);
+    cr_expect_eq(c.fp16.loss_scale_window, 1000);
+    cr_expect_eq(c.fp16.hysteresis, 2);
+    cr_expect_eq(c.fp16.consecutive_hysteresis, 0);
+    cr_expect_eq(c.fp16.min_loss_scale, 1);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"fp16\": {\"enabled\": true, \"loss_scale\": 128, \"initial_scale_power\": 12, "
+                    "\"loss_scale_window\": 500, \"hysteresis\": 4, \"consecutive_hysteresis\": true, "
+                    "\"min_loss_scale\": 0.25, \"fp16_master_weights_and_grads\": false}"), 1);
+    cr_expect_eq(c.fp16.loss_scale, 128);
+    cr_expect_eq(c.fp16.initial_scale_power, 12);
+    cr_expect_eq(c.fp16.loss_scale_window, 500);
+    cr_expect_eq(c.fp16.hysteresis, 4);
+    cr_expect_eq(c.fp16.consecutive_hysteresis, 1);
+    cr_expect_eq(c.fp16.min_loss_scale, 0.25);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"fp16\": {\"enabled\": false, \"loss_scale\": 0}"), 1);
+    cr_expect_eq(c.precision, DS_PREC_FP32);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"bfloat16\": {\"enabled\": true}"), 1);
+    cr_expect_eq(c.precision, DS_PREC_BF16);
+    cr_expect(has_warning(&c, "bfloat16 is deprecated, use bf16 instead"));
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"bf16\": {\"enabled\": true, \"immediate_grad_update\": true, \"check_grad_overflow\": true}"), 1);
+    cr_expect_eq(c.precision, DS_PREC_BF16);
+    cr_expect_eq(c.bf16_check_overflow, 1);
+    ds_config_free(&c);
+}
+
+Test(precision, bad_values_name_the_key)
+{
+    load_fails(TB8("\"fp16\": {\"enabled\": true}, \"bf16\": {\"enabled\": true}"), 1, 0, DS_ERR_INVALID,
+               "bfloat16 and fp16 modes cannot be simultaneously enabled", NULL);
+    load_fails(TB8("\"fp16\": {\"loss_scale\": -1}"), 1, 0, DS_ERR_INVALID,
+               "ds.json: fp16.loss_scale: expected a number >= 0 (0: dynamic scaling), found -1", NULL);
+    load_fails(TB8("\"fp16\": {\"initial_scale_power\": 200}"), 1, 0, DS_ERR_INVALID,
+               "fp16.initial_scale_power: expected an integer in [0, 100], found 200", NULL);
+    load_fails(TB8("\"fp16\": {\"loss_scale_window\": 0}"), 1, 0, DS_ERR_INVALID,
+               "fp16.loss_scale_window: expected an integer in [1,", NULL);
+    load_fails(TB8("\"fp16\": {\"hysteresis\": 0.5}"), 1, 0, DS_ERR_INVALID,
+               "fp16.hysteresis: expected an integer, found 0.5", NULL);
+    load_fails(TB8("\"fp16\": {\"min_loss_scale\": 0}"), 1, 0, DS_ERR_INVALID,
+               "fp16.min_loss_scale: expected a number > 0, found 0", NULL);
+    load_fails(TB8("\"fp16\": {\"consecutive_hysteresis\": \"sometimes\"}"), 1, 0, DS_ERR_INVALID,
+               "fp16.consecutive_hysteresis: expected a boolean", NULL);
+    load_fails(TB8("\"fp16\": {\"initial_scale\": 16}"), 1, 0, DS_ERR_INVALID,
+               "fp16: unknown key \"initial_scale\" (did you mean \"initial_scale_power\"?)", NULL);
+    load_fails(TB8("\"bf16\": {\"loss_scale\": 1}"), 1, 0, DS_ERR_INVALID,
+               "bf16: unknown key \"loss_scale\"", NULL);
+    load_fails(TB8("\"fp16\": [true]"), 1, 0, DS_ERR_INVALID, "fp16: expected an object", NULL);
+}
+
+Test(optimizer, lamb_and_adagrad)
+{
+    ds_config c;
+    load_ok(&c, OPT("Lamb", "\"lr\": 11e-3, \"betas\": [0.8, 0.9], \"eps\": 1e-6, \"weight_decay\": 0.01, "
+                    "\"bias_correction\": false, \"max_coeff\": 5, \"min_coeff\": 0.1, \"eps_inside_sqrt\": true"), 1);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_LAMB);
+    cr_expect_eq(c.optimizer.lr, 11e-3);
+    cr_expect_eq(c.optimizer.beta1, 0.8);
+    cr_expect_eq(c.optimizer.max_coeff, 5);
+    cr_expect_eq(c.optimizer.min_coeff, 0.1);
+    cr_expect_eq(c.optimizer.eps_inside_sqrt, 1);
+    cr_expect_eq(c.optimizer.bias_correction, 0);
+    ds_config_free(&c);
+    load_ok(&c, OPT("lamb", ""), 1); /* DeepSpeed lower-cases its own names */
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_LAMB);
+    cr_expect_eq(c.optimizer.max_coeff, 10);
+    cr_expect_eq(c.optimizer.min_coeff, 0.01);
+    ds_config_free(&c);
+    load_ok(&c, OPT("Adagrad", "\"lr_decay\": 0.01, \"initial_accumulator_value\": 0.1"), 1);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_ADAGRAD);
+    cr_expect_eq(c.optimizer.lr, 1e-2); /* torch's default */
+    cr_expect_eq(c.optimizer.eps, 1e-10);
+    cr_expect_eq(c.optimizer.lr_decay, 0.01);
+    cr_expect_eq(c.optimizer.initial_accumulator_value, 0.1);
+    ds_config_free(&c);
+    load_fails(OPT("Lamb", "\"min_coeff\": 2, \"max_coeff\": 1"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params.min_coeff: 2 is above max_coeff 1", NULL);
+    load_fails(OPT("Lamb", "\"momentum\": 0.9"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params: unknown key \"momentum\" for Lamb", NULL);
+    load_fails(OPT("Adagrad", "\"betas\": [0.9, 0.99]"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params: unknown key \"betas\" for Adagrad", NULL);
+    load_fails(OPT("Adagrad", "\"maximize\": true"), 1, 0, DS_ERR_UNSUPPORTED,
+               "optimizer.params.maximize=true is not supported yet", NULL);
+    load_fails(OPT("MyOpt", "\"lr\": 0.1"), 1, 0, DS_ERR_INVALID,
+               "optimizer.type: \"MyOpt\" is not a supported DeepSpeed optimizer", NULL);
+}
+
+Test(optimizer, user_names_come_from_the_client)
+{
+    ds_config c;
+    ds_error e = {0};
+    const char *names[] = {"MyOpt"};
+    ds_config_hints h = {.micro_batch = 8, .user_optimizers = names, .n_user_optimizers = 1};
+    cr_assert_eq(ds_config_load_string(&c, OPT("MyOpt", "\"lr\": 0.1, \"rho\": [1, 2]"), "ds.json", 1, 0, &h, &e),
+                 DS_OK, "%s", e.msg);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_USER);
+    cr_expect_eq(c.optimizer.lr, 0.1);
+    cr_expect_str_eq(c.optimizer.name, "MyOpt");
+    cr_expect(strstr(c.optimizer.params_json, "\"rho\""), "%s", c.optimizer.params_json);
+    ds_config_free(&c);
+    /* exact names: "myopt" is not MyOpt */
+    cr_expect_eq(ds_config_load_string(&c, OPT("myopt", ""), "ds.json", 1, 0, &h, &e), DS_ERR_INVALID);
 }

@@ -229,6 +229,12 @@ FWD(adamw_step,
     (p, g, m, v, n, a))
 FWD(sgd_step, (ds_backend * b, float *p, const float *g, float *buf, int64_t n, const ds_sgd_args *a),
     (p, g, buf, n, a))
+FWD(round16, (ds_backend * b, float *x, int64_t n, int mode), (x, n, mode))
+FWD(adagrad_step,
+    (ds_backend * b, float *p, const float *g, float *sum, int64_t n, const ds_adagrad_args *a),
+    (p, g, sum, n, a))
+FWD(lamb_step, (ds_backend * b, float *p, const float *g, float *m, float *v, const ds_lamb_args *a),
+    (p, g, m, v, a))
 
 static ds_status cpu_sum(ds_backend *b, const float *x, int64_t n, double *out)
 {
@@ -284,6 +290,10 @@ static const ds_backend_ops cpu_ops = {
     .scale = cpu_scale,
     .adamw_step = cpu_adamw_step,
     .sgd_step = cpu_sgd_step,
+    .describe = NULL,
+    .round16 = cpu_round16,
+    .adagrad_step = cpu_adagrad_step,
+    .lamb_step = cpu_lamb_step,
 };
 
 /* variant: NULL or "" picks by cpuid; "avx2" or "generic" forces one. */

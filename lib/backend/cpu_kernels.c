@@ -525,7 +525,86 @@ static void scale_k(float *x, int64_t n, float s)
         x[i] *= s;
 }
 
+/* ---- 16-bit rounding ----------------------------------------------------------------------- */
+
+/* Round to the nearest bfloat16 (ties to even), as a float; NaN stays NaN, overflow gives inf. */
+static inline float round_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    r = (u & 0x7fffffffu) > 0x7f800000u ? ((u | 0x00400000u) & 0xffff0000u) : r;
+    float y;
+    memcpy(&y, &r, 4);
+    return y;
+}
+
+/* Round to the nearest IEEE half (ties to even), as a float: normal halves keep 10 mantissa
+ * bits (the bf16 trick with 13 bits), |x| < 2^-14 is rounded to a multiple of 2^-24 by adding
+ * and removing 0.5 (whose float ulp is 2^-24), |x| >= 65520 becomes inf. Branch-free, so it
+ * vectorizes; checked against ds_f32_to_f16 in tests/test_core.c. */
+static inline float round_fp16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t a = u & 0x7fffffffu, sign = u & 0x80000000u;
+    uint32_t n = (a + 0xfffu + ((a >> 13) & 1u)) & 0xffffe000u;
+    float ax;
+    memcpy(&ax, &a, 4);
+    float sub = (ax + 0.5f) - 0.5f;
+    uint32_t s;
+    memcpy(&s, &sub, 4);
+    uint32_t r = a < 0x38800000u ? s : n;               /* below 2^-14: subnormal halves */
+    r = a >= 0x477ff000u ? 0x7f800000u : r;             /* 65520 and above: inf */
+    r = a > 0x7f800000u ? (a | 0x00400000u) : r;        /* NaN stays NaN */
+    r |= sign;
+    float y;
+    memcpy(&y, &r, 4);
+    return y;
+}
+
+static inline float round16(float x, int mode)
+{
+    return mode == DS_ROUND_BF16 ? round_bf16(x) : round_fp16(x);
+}
+
+static void round16_k(float *x, int64_t n, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            x[i] = round_bf16(x[i]);
+    } else if (mode == DS_ROUND_FP16) {
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++)
+            x[i] = round_fp16(x[i]);
+    }
+}
+
 /* ---- fused optimizers ------------------------------------------------------------------- */
+
+/* The loop body of each optimizer is written once, as a macro over the per-element update, and
+ * instantiated without and with the 16-bit working-weight write, so that the common case has no
+ * branch in its inner loop. */
+#define OPT_LOOP(n, a, BODY)                                                                      \
+    do {                                                                                          \
+        float *pw_ = (a)->pw;                                                                     \
+        if (!pw_) {                                                                               \
+            _Pragma("omp parallel for simd if (n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+                BODY;                                                                             \
+            }                                                                                     \
+        } else if ((a)->round == DS_ROUND_BF16) {                                                 \
+            _Pragma("omp parallel for simd if (n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+                BODY;                                                                             \
+                pw_[i] = round_bf16(p[i]);                                                        \
+            }                                                                                     \
+        } else {                                                                                  \
+            _Pragma("omp parallel for simd if (n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+                BODY;                                                                             \
+                pw_[i] = round_fp16(p[i]);                                                        \
+            }                                                                                     \
+        }                                                                                         \
+    } while (0)
 
 /* DeepSpeed FusedAdam == torch Adam/AdamW; the order of operations follows torch's
  * single-tensor implementation (decay p first, then m, v, then p -= step * m / denom). */
@@ -541,8 +620,7 @@ static void adamw_step(float *p, const float *g, float *m, float *v, int64_t n,
     const float step_size = a->lr / c1, c2_sqrt = sqrtf(c2), eps = a->eps;
     const float decay = a->adam_w_mode ? 1.0f - a->lr * a->weight_decay : 1.0f;
     const float l2 = a->adam_w_mode ? 0.0f : a->weight_decay;
-#pragma omp parallel for simd if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
+    OPT_LOOP(n, a, {
         float pi = p[i] * decay;
         float gi = g[i] * gs + l2 * p[i];
         float mi = m[i] * b1 + (1.0f - b1) * gi;
@@ -551,7 +629,7 @@ static void adamw_step(float *p, const float *g, float *m, float *v, int64_t n,
         v[i] = vi;
         float denom = sqrtf(vi) / c2_sqrt + eps;
         p[i] = pi - step_size * (mi / denom);
-    }
+    });
 }
 
 static void sgd_step(float *p, const float *g, float *buf, int64_t n, const ds_sgd_args *a)
@@ -559,19 +637,86 @@ static void sgd_step(float *p, const float *g, float *buf, int64_t n, const ds_s
     const float lr = a->lr, mom = a->momentum, damp = 1.0f - a->dampening, wd = a->weight_decay,
                 gs = a->grad_scale;
     if (mom == 0.0f) {
-#pragma omp parallel for simd if (n > PAR_MIN)
-        for (int64_t i = 0; i < n; i++)
-            p[i] -= lr * (g[i] * gs + wd * p[i]);
+        OPT_LOOP(n, a, { p[i] -= lr * (g[i] * gs + wd * p[i]); });
         return;
     }
     const int first = a->first_step, nesterov = a->nesterov;
-#pragma omp parallel for simd if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++) {
+    OPT_LOOP(n, a, {
         float d = g[i] * gs + wd * p[i];
         float bi = first ? d : buf[i] * mom + damp * d;
         buf[i] = bi;
         float step = nesterov ? d + mom * bi : bi;
         p[i] -= lr * step;
+    });
+}
+
+/* torch.optim.Adagrad (single-tensor): g += wd p; sum += g*g; p -= clr * g / (sqrt(sum) + eps) */
+static void adagrad_step(float *p, const float *g, float *sum, int64_t n, const ds_adagrad_args *a)
+{
+    const float clr = a->lr / (1.0f + (float)(a->step - 1) * a->lr_decay);
+    const float wd = a->weight_decay, eps = a->eps, gs = a->grad_scale;
+    OPT_LOOP(n, a, {
+        float gi = g[i] * gs + wd * p[i];
+        float si = sum[i] + gi * gi;
+        sum[i] = si;
+        p[i] -= clr * (gi / (sqrtf(si) + eps));
+    });
+}
+
+/* FusedLamb: per tensor, pass 1 updates m and v and sums |p|^2 and |u|^2 (double across
+ * chunks); pass 2 recomputes u from m, v, p and applies the trust ratio. */
+static void lamb_step(float *p, const float *g, float *m, float *v, const ds_lamb_args *a)
+{
+    const float b1 = a->beta1, b2 = a->beta2, eps = a->eps, wd = a->weight_decay,
+                gs = a->grad_scale;
+    float step_size = a->lr;
+    if (a->bias_correction)
+        step_size = (float)(a->lr * sqrt(1.0 - pow(a->beta2, (double)a->step)) /
+                            (1.0 - pow(a->beta1, (double)a->step)));
+    const int inside = a->eps_inside_sqrt;
+    for (int t = 0; t < a->n_tensors; t++) {
+        const int64_t o = a->offsets[t], n = a->offsets[t + 1] - o;
+        float *pt = p + o, *mt = m + o, *vt = v + o;
+        const float *gt = g + o;
+        double wsum = 0.0, usum = 0.0;
+#pragma omp parallel for reduction(+ : wsum, usum) if (n > PAR_MIN)
+        for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+            int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
+            float ws = 0.0f, us = 0.0f;
+#pragma omp simd reduction(+ : ws, us)
+            for (int64_t i = i0; i < i1; i++) {
+                float gi = gt[i] * gs;
+                float mi = mt[i] * b1 + (1.0f - b1) * gi;
+                float vi = vt[i] * b2 + (1.0f - b2) * gi * gi;
+                mt[i] = mi;
+                vt[i] = vi;
+                float denom = inside ? sqrtf(vi + eps) : sqrtf(vi) + eps;
+                float u = mi / denom + wd * pt[i];
+                ws += pt[i] * pt[i];
+                us += u * u;
+            }
+            wsum += ws;
+            usum += us;
+        }
+        float coeff = 1.0f;
+        if (wsum > 0.0 && usum > 0.0) {
+            double c = sqrt(wsum) / sqrt(usum);
+            c = c < a->min_coeff ? a->min_coeff : c > a->max_coeff ? a->max_coeff : c;
+            coeff = (float)c;
+        }
+        if (a->coeffs)
+            a->coeffs[t] = coeff;
+        const float k = step_size * coeff;
+        float *pwt = a->pw ? a->pw + o : NULL;
+        const int mode = a->round;
+#pragma omp parallel for simd if (n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            float denom = inside ? sqrtf(vt[i] + eps) : sqrtf(vt[i]) + eps;
+            float u = mt[i] / denom + wd * pt[i];
+            pt[i] -= k * u;
+            if (pwt)
+                pwt[i] = round16(pt[i], mode);
+        }
     }
 }
 
@@ -603,4 +748,7 @@ const ds_cpu_kernels KTABLE = {
     .scale = scale_k,
     .adamw_step = adamw_step,
     .sgd_step = sgd_step,
+    .round16 = round16_k,
+    .adagrad_step = adagrad_step,
+    .lamb_step = lamb_step,
 };

@@ -49,6 +49,9 @@ typedef struct ds_cpu_kernels {
     void (*adamw_step)(float *p, const float *g, float *m, float *v, int64_t n,
                        const ds_adamw_args *a);
     void (*sgd_step)(float *p, const float *g, float *buf, int64_t n, const ds_sgd_args *a);
+    void (*round16)(float *x, int64_t n, int mode);
+    void (*adagrad_step)(float *p, const float *g, float *sum, int64_t n, const ds_adagrad_args *a);
+    void (*lamb_step)(float *p, const float *g, float *m, float *v, const ds_lamb_args *a);
 } ds_cpu_kernels;
 
 extern const ds_cpu_kernels ds_cpu_kernels_avx2;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "ds/backend.h"
@@ -23,7 +24,15 @@ struct ds_engine {
     ds_net *net;
     ds_backend *be;
     ds_model *model;
-    float *params, *grads; /* flat, net->params.total floats each */
+    float *params, *grads; /* flat, net->params.total floats each; params are what the model
+                              reads: in 16-bit mode the working weights, rounded from master */
+    float *master;         /* fp32 master weights (== params in fp32 mode) */
+    int round;             /* ds_round_mode of the 16-bit mode, 0 for fp32 */
+    ds_loss_scaler scaler;
+    double step_scale;     /* the loss scale the last update used */
+    int64_t skipped;
+    int applied;
+    int check_overflow;    /* fp16, or bf16 with check_grad_overflow */
     ds_optimizer opt;
     uint64_t seed;
     int64_t micro_steps, global_steps, global_samples;
@@ -56,6 +65,8 @@ void ds_engine_destroy(ds_engine *e)
         ds_model_destroy(e->model);
         if (e->params)
             e->be->ops->free(e->be, e->params);
+        if (e->master && e->master != e->params)
+            e->be->ops->free(e->be, e->master);
         if (e->grads)
             e->be->ops->free(e->be, e->grads);
         ds_backend_destroy(e->be);
@@ -67,13 +78,47 @@ void ds_engine_destroy(ds_engine *e)
     free(e);
 }
 
+/* 16-bit mode: the working weights the model reads = the master weights rounded. */
+static ds_status refresh_working(ds_engine *e)
+{
+    if (!e->round)
+        return DS_OK;
+    size_t bytes = (size_t)e->net->params.total * sizeof(float);
+    ds_status st = e->be->ops->copy(e->be, e->params, e->master, bytes);
+    if (st == DS_OK)
+        st = e->be->ops->round16(e->be, e->params, e->net->params.total, e->round);
+    return st;
+}
+
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
 {
     ds_status st;
     ds_engine *e = calloc(1, sizeof *e);
     if (!e)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
-    ds_config_hints hints = {.micro_batch = opts->micro_batch_hint};
+    const char *names[64];
+    if (opts->n_user_optimizers < 0 || opts->n_user_optimizers > 64 ||
+        (opts->n_user_optimizers > 0 && !opts->user_optimizers)) {
+        free(e);
+        return ds_error_set(err, DS_ERR_INVALID, "user optimizers: %d given (at most 64)", opts->n_user_optimizers);
+    }
+    for (int i = 0; i < opts->n_user_optimizers; i++) {
+        const char *nm = opts->user_optimizers[i].name;
+        static const char *const taken[] = {"adam", "adamw", "lamb", "adagrad", "sgd", NULL};
+        int clash = !nm || !*nm;
+        for (int k = 0; !clash && taken[k]; k++)
+            clash = strcasecmp(nm, taken[k]) == 0;
+        for (int k = 0; !clash && k < i; k++)
+            clash = strcmp(nm, names[k]) == 0;
+        if (clash) {
+            free(e);
+            return ds_error_set(err, DS_ERR_INVALID, "user optimizer %d: the name \"%s\" is empty, built in or registered twice",
+                                i, nm ? nm : "");
+        }
+        names[i] = nm;
+    }
+    ds_config_hints hints = {.micro_batch = opts->micro_batch_hint, .user_optimizers = names,
+                             .n_user_optimizers = opts->n_user_optimizers};
     e->world_size = opts->world_size > 1 ? opts->world_size : 1;
     e->comm = e->world_size > 1 ? opts->comm : NULL;
     if (e->world_size > 1 && !e->comm) {
@@ -126,11 +171,24 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                           "data parallelism on backend %s is not built yet (CPU collectives only)", e->be->ops->name);
         goto fail;
     }
+    e->round = e->cfg.precision == DS_PREC_FP16 ? DS_ROUND_FP16
+             : e->cfg.precision == DS_PREC_BF16 ? DS_ROUND_BF16 : DS_ROUND_NONE;
+    if (e->round && !e->be->ops->round16) {
+        st = ds_error_set(err, DS_ERR_UNSUPPORTED, "%s training is not built for backend %s yet",
+                          e->round == DS_ROUND_FP16 ? "fp16" : "bf16", e->be->ops->name);
+        goto fail;
+    }
+    ds_loss_scaler_init(&e->scaler, &e->cfg.fp16, e->cfg.precision);
+    e->step_scale = e->scaler.scale;
+    e->check_overflow = e->cfg.precision == DS_PREC_FP16 ||
+                        (e->cfg.precision == DS_PREC_BF16 && e->cfg.bf16_check_overflow);
+    e->applied = 1;
     const ds_tensor_table *tab = &e->net->params;
     size_t bytes = (size_t)tab->total * sizeof(float);
     e->params = e->be->ops->alloc(e->be, bytes);
     e->grads = e->be->ops->alloc(e->be, bytes);
-    if (!e->params || !e->grads) {
+    e->master = e->round ? e->be->ops->alloc(e->be, bytes) : e->params;
+    if (!e->params || !e->grads || !e->master) {
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory for %lld parameters", (long long)tab->total);
         goto fail;
     }
@@ -145,15 +203,22 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         goto fail;
     }
     ds_net_init_params(e->net, host, e->seed);
-    st = e->be->ops->upload(e->be, e->params, host, bytes);
+    st = e->be->ops->upload(e->be, e->master, host, bytes);
     free(host);
+    if (st == DS_OK)
+        st = refresh_working(e);
     if (st != DS_OK) {
         backend_err(e, st, err);
         goto fail;
     }
     if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, err)) != DS_OK)
         goto fail;
-    if ((st = ds_optimizer_init(&e->opt, &e->cfg.optimizer, e->be, tab->total, err)) != DS_OK)
+    ds_model_set_round(e->model, e->round);
+    const ds_user_optimizer *user = NULL;
+    for (int i = 0; i < opts->n_user_optimizers; i++)
+        if (e->cfg.optimizer.type == DS_OPTIM_USER && !strcmp(opts->user_optimizers[i].name, e->cfg.optimizer.name))
+            user = &opts->user_optimizers[i];
+    if ((st = ds_optimizer_init(&e->opt, &e->cfg.optimizer, e->be, tab, user, err)) != DS_OK)
         goto fail;
     if (opts->init_from && (st = ds_engine_load_weights(e, opts->init_from, err)) != DS_OK)
         goto fail;
@@ -215,7 +280,7 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
         return st;
     /* DeepSpeed's backward divides the loss by gradient_accumulation_steps; the loss gradient
      * is prepared here, fused with the loss, so the factor goes in now. */
-    float scale = 1.0f / (float)e->cfg.grad_accum;
+    float scale = (float)(e->scaler.scale / (double)e->cfg.grad_accum);
     uint64_t seed = e->seed ^ ((uint64_t)e->micro_steps * 0x9e3779b97f4a7c15ull);
     double l;
     st = ds_model_forward(e->model, e->params, 1, scale, seed, &l, err);
@@ -241,7 +306,12 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
     if (!e->have_forward)
         return ds_error_set(err, DS_ERR_INVALID, "backward without a training forward");
     e->have_forward = 0;
-    return ds_model_backward(e->model, e->params, e->grads, err);
+    ds_status st = ds_model_backward(e->model, e->params, e->grads, err);
+    /* fp16 gradients accumulate in fp16 (DeepSpeed's fp16 .grad); bf16 ones in fp32 */
+    if (st == DS_OK && e->round == DS_ROUND_FP16 &&
+        (st = e->be->ops->round16(e->be, e->grads, e->net->params.total, e->round)) != DS_OK)
+        return backend_err(e, st, err);
+    return st;
 }
 
 int ds_engine_is_gradient_accumulation_boundary(const ds_engine *e)
@@ -287,22 +357,49 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     st = ops->sumsq(e->be, e->grads, n, &sumsq);
     if (st != DS_OK)
         return backend_err(e, st, err);
-    double norm = sqrt(sumsq);
-    if (!isfinite(norm))
-        return ds_error_set(err, DS_ERR_NUMERIC,
-                            "step %lld: the gradient is not finite (inf or NaN) in fp32 training; "
-                            "lower the learning rate or check the data",
-                            (long long)e->global_steps + 1);
-    e->grad_norm = norm;
-    /* DeepSpeed clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when below 1 */
-    float grad_scale = 1.0f;
-    if (e->cfg.gradient_clipping > 0) {
-        double coef = e->cfg.gradient_clipping / (norm + 1e-6);
-        if (coef < 1.0)
-            grad_scale = (float)coef;
+    const double S = e->scaler.scale; /* the scale this window's backward passes used */
+    int overflow = !isfinite(sumsq);
+    if (e->comm && e->check_overflow) {
+        /* the all-reduced gradients are the same everywhere; the flag is max-reduced anyway, so
+         * that no rank can step while another skips */
+        float f = (float)overflow;
+        if ((st = ds_comm_all_reduce(e->comm, &f, 1, DS_REDUCE_MAX, err)) != DS_OK)
+            return st;
+        overflow = f > 0;
     }
-    if ((st = ds_optimizer_step(&e->opt, e->params, e->grads, (float)e->lr, grad_scale, err)) != DS_OK)
-        return st;
+    if (overflow && !e->check_overflow)
+        return ds_error_set(err, DS_ERR_NUMERIC,
+                            "step %lld: the gradient is not finite (inf or NaN) in %s training; "
+                            "lower the learning rate or check the data",
+                            (long long)e->global_steps + 1,
+                            e->cfg.precision == DS_PREC_BF16 ? "bf16" : "fp32");
+    e->step_scale = S;
+    if (overflow) {
+        /* skip: no update, no scheduler step; the scale drops (or an error at the minimum) */
+        ds_error why = {0};
+        if ((st = ds_loss_scaler_update(&e->scaler, 1, &why)) != DS_OK)
+            return ds_error_set(err, st, "step %lld: %s", (long long)e->global_steps + 1, why.msg);
+        e->skipped++;
+        e->applied = 0;
+    } else {
+        double norm = sqrt(sumsq) / S;
+        e->grad_norm = norm;
+        /* DeepSpeed clip_grad_norm_: coef = max_norm / (norm + 1e-6), applied when below 1; the
+         * norm is of the unscaled gradients, and unscaling and clipping are one multiply */
+        double gscale = 1.0 / S;
+        if (e->cfg.gradient_clipping > 0) {
+            double coef = e->cfg.gradient_clipping / (norm + 1e-6);
+            if (coef < 1.0)
+                gscale *= coef;
+        }
+        if ((st = ds_optimizer_step(&e->opt, e->master, e->grads, (float)e->lr, (float)gscale,
+                                    e->round ? e->params : NULL, e->round, err)) != DS_OK)
+            return st;
+        /* DECISIONS.md: unscale with the scale the backward used, then update the scale */
+        if ((st = ds_loss_scaler_update(&e->scaler, 0, err)) != DS_OK)
+            return st;
+        e->applied = 1;
+    }
     if ((st = ops->zero(e->be, e->grads, (size_t)n * sizeof(float))) != DS_OK)
         return backend_err(e, st, err);
     e->last_loss = e->window_loss;
@@ -319,6 +416,15 @@ int64_t ds_engine_micro_steps(const ds_engine *e) { return e->micro_steps; }
 double ds_engine_get_lr(const ds_engine *e) { return e->lr; }
 double ds_engine_get_global_grad_norm(const ds_engine *e) { return e->grad_norm; }
 double ds_engine_last_loss(const ds_engine *e) { return e->last_loss; }
+ds_precision ds_engine_precision(const ds_engine *e) { return e->cfg.precision; }
+double ds_engine_loss_scale(const ds_engine *e) { return e->scaler.scale; }
+double ds_engine_last_step_loss_scale(const ds_engine *e) { return e->step_scale; }
+int64_t ds_engine_skipped_steps(const ds_engine *e) { return e->skipped; }
+int ds_engine_was_step_applied(const ds_engine *e) { return e->applied; }
+const float *ds_engine_lamb_coeffs(const ds_engine *e)
+{
+    return e->cfg.optimizer.type == DS_OPTIM_LAMB && e->opt.step > 0 ? e->opt.coeffs : NULL;
+}
 
 void ds_engine_last_allreduce(const ds_engine *e, int64_t *calls, int64_t *bytes)
 {
@@ -336,7 +442,7 @@ void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t 
 {
     size_t flat = (size_t)e->net->params.total * sizeof(float);
     if (params)
-        *params = flat;
+        *params = e->round ? 2 * flat : flat;
     if (grads)
         *grads = flat;
     if (optim)
@@ -362,7 +468,7 @@ static ds_status tensor_copy(ds_engine *e, float *base, const char *name, float 
 
 ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
 {
-    return tensor_copy(e, e->params, name, host, NULL, numel, err);
+    return tensor_copy(e, e->master, name, host, NULL, numel, err);
 }
 
 ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
@@ -373,7 +479,16 @@ ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_
 ds_status ds_engine_set_param(ds_engine *e, const char *name, const float *host, int64_t numel,
                               ds_error *err)
 {
-    return tensor_copy(e, e->params, name, NULL, host, numel, err);
+    ds_status st = tensor_copy(e, e->master, name, NULL, host, numel, err);
+    if (st == DS_OK && (st = refresh_working(e)) != DS_OK)
+        return backend_err(e, st, err);
+    return st;
+}
+
+ds_status ds_engine_set_grad(ds_engine *e, const char *name, const float *host, int64_t numel,
+                             ds_error *err)
+{
+    return tensor_copy(e, e->grads, name, NULL, host, numel, err);
 }
 
 ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err)
@@ -468,11 +583,13 @@ ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
                 h[k] = t->dtype == DS_BF16 ? ds_bf16_to_f32(u) : ds_f16_to_f32(u);
             }
         }
-        st = e->be->ops->upload(e->be, e->params + ti->offset, h, (size_t)ti->numel * sizeof(float));
+        st = e->be->ops->upload(e->be, e->master + ti->offset, h, (size_t)ti->numel * sizeof(float));
         if (st != DS_OK)
             backend_err(e, st, err);
     }
     ds_st_close(st_file);
+    if (st == DS_OK && (st = refresh_working(e)) != DS_OK)
+        backend_err(e, st, err);
     return st;
 }
 
@@ -490,7 +607,7 @@ ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, 
         free(ent);
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
-    ds_status st = e->be->ops->download(e->be, host, e->params, bytes);
+    ds_status st = e->be->ops->download(e->be, host, e->master, bytes);
     if (st != DS_OK) {
         free(host);
         free(ent);

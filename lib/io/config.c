@@ -27,6 +27,8 @@ typedef struct rd {
     int strict;
     vstate bstate[3];
     int64_t bval[3];
+    const ds_config_hints *hints;   /* client-registered optimizer names, may be NULL */
+    int fp16_on, bf16_on;           /* fp16.enabled / bf16.enabled were true */
     int n_refused;                  /* features not built yet: all are reported together */
     char refused[DS_ERROR_MSG_MAX]; /* "<path>=<value> is not supported yet; ..." */
 } rd;
@@ -50,7 +52,8 @@ typedef enum {
     F_SKIP,   /* read by the section's own handler */
     F_BATCH, F_OPTIM, F_SCHED, F_ZERO, F_CLIP, F_STEPS, F_SEED, /* top-level keys we implement */
     F_BUCKET, /* allreduce_bucket_size: elements per gradient all-reduce (Constant Buffer Opt.) */
-    F_PRESCALE, F_PREDIV /* prescale_gradients, gradient_predivide_factor */
+    F_PRESCALE, F_PREDIV, /* prescale_gradients, gradient_predivide_factor */
+    F_FP16, F_BF16 /* the fp16 and bf16 (old: bfloat16) sections */
 } fkind;
 
 typedef struct field {
@@ -336,13 +339,6 @@ static ds_status get_str(rd *r, const char *path, json_object *v, const char **o
  * keys are checked for their names, not their values. DeepSpeed ignores unknown keys in its
  * plain-dict sections, but DECISIONS.md makes them errors everywhere below the top level;
  * sections whose keys are passed on to other code (amp to apex, ...) stay open ("*"). */
-static const field FP16_FIELDS[] = {
-    K("enabled", F_OFF), N("auto_cast"), N("loss_scale"), N("initial_scale_power"),
-    N("loss_scale_window"), N("hysteresis"), N("consecutive_hysteresis"), N("min_loss_scale"),
-    N("fp16_master_weights_and_grads"), END};
-static const field BF16_FIELDS[] = { /* newer DeepSpeed adds the last three */
-    K("enabled", F_OFF), N("immediate_grad_update"), N("check_grad_overflow"),
-    N("bf16_master_weights_and_grads"), N("bf16_optimizer_states"), END};
 static const field OPEN_FIELDS[] = ENABLED_OPEN; /* amp, elasticity, autotuning, ... */
 static const field COMPILE_FIELDS[] = {K("deepcompile", F_OFF), N("*"), END};
 static const field ACTCKPT_FIELDS[] = {
@@ -422,8 +418,8 @@ static const field TOP_FIELDS[] = {
     K("gradient_accumulation_steps", F_BATCH), K("optimizer", F_OPTIM), K("scheduler", F_SCHED),
     K("gradient_clipping", F_CLIP), K("steps_per_print", F_STEPS), K("seed", F_SEED),
     K("allreduce_bucket_size", F_BUCKET),
-    OBJ("fp16", FP16_FIELDS), OBJ("bf16", BF16_FIELDS),
-    {.name = "bfloat16", .kind = F_OBJ, .sub = BF16_FIELDS, .use = "bf16"}, OBJ("amp", OPEN_FIELDS),
+    K("fp16", F_FP16), K("bf16", F_BF16),
+    {.name = "bfloat16", .kind = F_BF16, .use = "bf16"}, OBJ("amp", OPEN_FIELDS),
     K("zero_optimization", F_ZERO), K("zero_allow_untested_optimizer", F_BOOL),
     K("zero_force_ds_cpu_optimizer", F_BOOL), K("allgather_size", F_SIZE),
     K("prescale_gradients", F_PRESCALE), K("gradient_predivide_factor", F_PREDIV),
@@ -453,6 +449,7 @@ static const field TOP_FIELDS[] = {
 
 static ds_status check_section(rd *r, const char *path, json_object *obj, const field *fields);
 static ds_status read_optimizer(rd *r, json_object *v);
+static ds_status read_precision(rd *r, const char *path, json_object *v, int bf16);
 
 static ds_status check_dtype(rd *r, const char *path, json_object *v)
 {
@@ -545,6 +542,10 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         return DS_ERR_INTERNAL;
     case F_OPTIM:
         return read_optimizer(r, v);
+    case F_FP16:
+        return read_precision(r, path, v, 0);
+    case F_BF16:
+        return read_precision(r, path, v, 1);
     case F_SCHED: /* no scheduler is built: any scheduler block is refused, naming its type */
         if (!v || (json_object_is_type(v, json_type_object) && json_object_object_length(v) == 0))
             return DS_OK;
@@ -655,10 +656,119 @@ static ds_status check_section(rd *r, const char *path, json_object *obj, const 
     return result;
 }
 
+/* ---- fp16 / bf16 (engine.md §1.3, §2; DECISIONS.md) ------------------------------------- */
+
+static const field FP16_KEYS[] = {
+    N("enabled"), N("auto_cast"), N("loss_scale"), N("initial_scale_power"),
+    N("loss_scale_window"), N("hysteresis"), N("consecutive_hysteresis"), N("min_loss_scale"),
+    N("fp16_master_weights_and_grads"), END};
+static const field BF16_KEYS[] = { /* newer DeepSpeed adds the last three */
+    N("enabled"), N("immediate_grad_update"), N("check_grad_overflow"),
+    N("bf16_master_weights_and_grads"), N("bf16_optimizer_states"), END};
+
+/* An integer key within [lo, hi]; absent or "auto" keeps *out. */
+static ds_status int_in(rd *r, const char *path, json_object *v, int64_t lo, int64_t hi,
+                        int64_t *out)
+{
+    vstate s;
+    int64_t i;
+    ds_status st = get_int(r, path, v, &s, &i);
+    if (st != DS_OK || s != V_SET)
+        return st;
+    if (i < lo || i > hi) {
+        char want[96];
+        snprintf(want, sizeof want, "an integer in [%lld, %lld]", (long long)lo, (long long)hi);
+        return bad_type(r, path, want, v);
+    }
+    *out = i;
+    return DS_OK;
+}
+
+/* Both sections share one reader: the keys of one are unknown in the other. With DECISIONS.md,
+ * the dynamic scaler's defaults (2^16, window 1000, hysteresis 2, min 1) hold whether or not the
+ * block names a scaling key (DeepSpeed falls into 2^32 and hysteresis 1 when it names none). */
+static ds_status read_precision(rd *r, const char *path, json_object *v, int bf16)
+{
+    if (!v || json_object_is_type(v, json_type_null))
+        return DS_OK;
+    if (!json_object_is_type(v, json_type_object))
+        return bad_type(r, path, "an object", v);
+    ds_loss_scale_config *ls = &r->cfg->fp16;
+    ds_status st, result = DS_OK;
+    json_object_object_foreach(v, key, val) {
+        char p[128];
+        join(p, sizeof p, path, key);
+        vstate s;
+        int b = 0;
+        double d;
+        int64_t i;
+        st = DS_OK;
+        if (!strcmp(key, "enabled")) {
+            if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_AUTO)
+                warn(r, "%s is \"auto\": ds-train decides nothing on its own and trains in fp32 "
+                        "(set true or false)", p);
+            if (st == DS_OK && s == V_SET && b)
+                *(bf16 ? &r->bf16_on : &r->fp16_on) = 1;
+        } else if (!bf16 && !strcmp(key, "auto_cast")) {
+            /* DeepSpeed casts floating-point module inputs to fp16: not built */
+            if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_SET && b)
+                st = unsupported(r, p, val);
+        } else if (!bf16 && !strcmp(key, "loss_scale")) {
+            if ((st = get_num(r, p, val, &s, &d)) == DS_OK && s == V_SET) {
+                if (d < 0)
+                    return bad_type(r, p, "a number >= 0 (0: dynamic scaling)", val);
+                ls->loss_scale = d;
+            }
+        } else if (!bf16 && !strcmp(key, "initial_scale_power")) {
+            i = ls->initial_scale_power;
+            st = int_in(r, p, val, 0, 100, &i);
+            ls->initial_scale_power = (int)i;
+        } else if (!bf16 && !strcmp(key, "loss_scale_window")) {
+            st = int_in(r, p, val, 1, INT64_MAX, &ls->loss_scale_window);
+        } else if (!bf16 && !strcmp(key, "hysteresis")) {
+            i = ls->hysteresis;
+            st = int_in(r, p, val, 1, 1000000, &i);
+            ls->hysteresis = (int)i;
+        } else if (!bf16 && !strcmp(key, "consecutive_hysteresis")) {
+            if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_SET)
+                ls->consecutive_hysteresis = b;
+        } else if (!bf16 && !strcmp(key, "min_loss_scale")) {
+            if ((st = get_num(r, p, val, &s, &d)) == DS_OK && s == V_SET) {
+                if (!(d > 0))
+                    return bad_type(r, p, "a number > 0", val);
+                ls->min_loss_scale = d;
+            }
+        } else if (bf16 && !strcmp(key, "check_grad_overflow")) {
+            if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_SET)
+                r->cfg->bf16_check_overflow = b;
+        } else if (bf16 && !strcmp(key, "immediate_grad_update")) {
+            /* DeepSpeed: when bf16 gradients are added to the fp32 accumulators; ds-train
+             * accumulates weight gradients in fp32 directly, so either value is what we do */
+            st = get_bool(r, p, val, &s, &b);
+        } else if (!strcmp(key, "fp16_master_weights_and_grads") ||
+                   !strcmp(key, "bf16_master_weights_and_grads") ||
+                   !strcmp(key, "bf16_optimizer_states")) {
+            if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_SET && b)
+                st = unsupported(r, p, val);
+        } else {
+            char hint[128];
+            suggestion(key, bf16 ? BF16_KEYS : FP16_KEYS, hint, sizeof hint);
+            return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\"%s", key, hint);
+        }
+        if (st == DS_ERR_UNSUPPORTED)
+            result = st;
+        else if (st != DS_OK)
+            return st;
+    }
+    return result;
+}
+
 /* ---- optimizer (engine.md §1.4, §4.1, §4.3) ---------------------------------------------- */
 
 /* DeepSpeed lower-cases these names before matching; any other name is looked up exactly as a
- * torch.optim class. Only Adam, AdamW and SGD are built. */
+ * torch.optim class. Adam, AdamW, Lamb, Adagrad and SGD are built; clients may register more. */
+static char *dup_str(const char *s);
+
 static const field DS_OPTIMIZERS[] = {
     N("Adam"), N("AdamW"), N("Adagrad"), N("Lamb"), N("OneBitAdam"), N("OneBitLamb"),
     N("ZeroOneAdam"), N("MuAdam"), N("MuAdamW"), N("MuSGD"), N("Lion"), END};
@@ -670,6 +780,12 @@ static const field ADAM_PARAMS[] = {
     N("torch_adam"), N("amsgrad"), N("set_grad_none"), END};
 static const field SGD_PARAMS[] = {
     N("lr"), N("momentum"), N("dampening"), N("weight_decay"), N("nesterov"), END};
+static const field LAMB_PARAMS[] = {
+    N("lr"), N("betas"), N("eps"), N("weight_decay"), N("bias_correction"), N("eps_inside_sqrt"),
+    N("max_coeff"), N("min_coeff"), N("amsgrad"), END};
+static const field ADAGRAD_PARAMS[] = {
+    N("lr"), N("lr_decay"), N("weight_decay"), N("initial_accumulator_value"), N("eps"),
+    N("foreach"), N("maximize"), N("differentiable"), N("fused"), END};
 
 static void append(char *buf, size_t size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -687,10 +803,18 @@ static void append(char *buf, size_t size, const char *fmt, ...)
 static ds_status optimizer_type(rd *r, json_object *t, ds_optimizer_type *out)
 {
     const char *name = json_object_get_string(t);
+    /* client-registered optimizers first, by exact name */
+    for (int i = 0; r->hints && i < r->hints->n_user_optimizers; i++)
+        if (!strcmp(name, r->hints->user_optimizers[i])) {
+            *out = DS_OPTIM_USER;
+            return DS_OK;
+        }
+    static const ds_optimizer_type built[] = {DS_OPTIM_ADAM, DS_OPTIM_ADAMW, DS_OPTIM_ADAGRAD,
+                                              DS_OPTIM_LAMB};
     for (const field *f = DS_OPTIMIZERS; f->name; f++)
         if (ieq(name, f->name)) {
-            if (f == &DS_OPTIMIZERS[0] || f == &DS_OPTIMIZERS[1]) {
-                *out = f == DS_OPTIMIZERS ? DS_OPTIM_ADAM : DS_OPTIM_ADAMW;
+            if (f - DS_OPTIMIZERS < 4) {
+                *out = built[f - DS_OPTIMIZERS];
                 return DS_OK;
             }
             return unsupported(r, "optimizer.type", t);
@@ -715,7 +839,8 @@ static ds_status optimizer_type(rd *r, json_object *t, ds_optimizer_type *out)
     }
     return fail(r, DS_ERR_INVALID, "optimizer.type",
                 "\"%.60s\" is not a supported DeepSpeed optimizer%s; built so far: \"Adam\", "
-                "\"AdamW\", \"SGD\"", name, hint);
+                "\"AdamW\", \"Lamb\", \"Adagrad\", \"SGD\" and optimizers the program registers",
+                name, hint);
 }
 
 /* Read a non-negative number; "auto" keeps *out (the default) and is noted in autos. */
@@ -794,7 +919,7 @@ static ds_status read_optimizer(rd *r, json_object *v)
     }
     if (!type)
         return fail(r, DS_ERR_INVALID, "optimizer.type",
-                    "missing: name the optimizer (\"Adam\", \"AdamW\" or \"SGD\")");
+                    "missing: name the optimizer (\"Adam\", \"AdamW\", \"Lamb\", \"Adagrad\" or \"SGD\")");
     if (!json_object_is_type(type, json_type_string))
         return bad_type(r, "optimizer.type", "a string", type);
     if ((st = optimizer_type(r, type, &o->type)) != DS_OK)
@@ -808,20 +933,42 @@ static ds_status read_optimizer(rd *r, json_object *v)
                     "'max_grad_norm' is not supported as an optimizer parameter, please switch to "
                     "using the deepspeed parameter 'gradient_clipping'");
 
-    const int sgd = o->type == DS_OPTIM_SGD;
+    const int sgd = o->type == DS_OPTIM_SGD, lamb = o->type == DS_OPTIM_LAMB,
+              adagrad = o->type == DS_OPTIM_ADAGRAD;
+    const int adam = o->type == DS_OPTIM_ADAM || o->type == DS_OPTIM_ADAMW;
     char autos[200] = "";
     vstate lr_state = V_ABSENT, s;
     int adam_w_mode = 1, adam_w_set = 0, b;
     if (sgd) { /* torch.optim.SGD defaults; lr has none */
         o->momentum = o->dampening = o->weight_decay = 0.0;
         o->nesterov = 0;
-    } else { /* FusedAdam defaults (engine.md §4.1) */
+    } else if (adagrad) { /* torch.optim.Adagrad defaults (engine.md §4.4) */
+        o->lr = 1e-2;
+        o->eps = 1e-10;
+    } else { /* FusedAdam and FusedLamb defaults (engine.md §4.1, §4.2) */
         o->lr = 1e-3;
         o->beta1 = 0.9;
         o->beta2 = 0.999;
         o->eps = 1e-8;
         o->weight_decay = 0.0;
         o->bias_correction = 1;
+        o->max_coeff = 10.0;
+        o->min_coeff = 0.01;
+    }
+    if (o->type == DS_OPTIM_USER) {
+        /* the client's optimizer reads its own parameters: keep them as JSON text */
+        const char *js = params ? json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN) : "{}";
+        json_object *lr_v;
+        free(r->cfg->optimizer_params_json);
+        if (!(r->cfg->optimizer_params_json = dup_str(js)))
+            return fail(r, DS_ERR_NOMEM, "optimizer.params", "out of memory");
+        o->params_json = r->cfg->optimizer_params_json;
+        if (params && json_object_object_get_ex(params, "lr", &lr_v) &&
+            (st = opt_num(r, "optimizer.params.lr", "lr", lr_v, &o->lr, &lr_state, autos,
+                          sizeof autos)) != DS_OK)
+            return st;
+        r->cfg->has_optimizer = 1;
+        return DS_OK;
     }
     if (params) {
         json_object_object_foreach(params, pkey, pval) {
@@ -834,17 +981,34 @@ static ds_status read_optimizer(rd *r, json_object *v)
                 st = opt_num(r, path, pkey, pval, &o->weight_decay, &s, autos, sizeof autos);
             else if (!sgd && !strcmp(pkey, "eps"))
                 st = opt_num(r, path, pkey, pval, &o->eps, &s, autos, sizeof autos);
-            else if (!sgd && !strcmp(pkey, "betas"))
+            else if ((adam || lamb) && !strcmp(pkey, "betas"))
                 st = opt_betas(r, path, pval, o, autos, sizeof autos);
-            else if (!sgd && !strcmp(pkey, "adam_w_mode")) {
+            else if (adam && !strcmp(pkey, "adam_w_mode")) {
                 if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
                     adam_w_mode = b, adam_w_set = 1;
-            } else if (!sgd && !strcmp(pkey, "bias_correction")) {
+            } else if ((adam || lamb) && !strcmp(pkey, "bias_correction")) {
                 if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
                     o->bias_correction = b;
-            } else if (!sgd && (!strcmp(pkey, "torch_adam") || !strcmp(pkey, "set_grad_none"))) {
+            } else if (lamb && !strcmp(pkey, "eps_inside_sqrt")) {
+                if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
+                    o->eps_inside_sqrt = b;
+            } else if (lamb && !strcmp(pkey, "max_coeff"))
+                st = opt_num(r, path, pkey, pval, &o->max_coeff, &s, autos, sizeof autos);
+            else if (lamb && !strcmp(pkey, "min_coeff"))
+                st = opt_num(r, path, pkey, pval, &o->min_coeff, &s, autos, sizeof autos);
+            else if (adagrad && !strcmp(pkey, "lr_decay"))
+                st = opt_num(r, path, pkey, pval, &o->lr_decay, &s, autos, sizeof autos);
+            else if (adagrad && !strcmp(pkey, "initial_accumulator_value"))
+                st = opt_num(r, path, pkey, pval, &o->initial_accumulator_value, &s, autos, sizeof autos);
+            else if (adagrad && (!strcmp(pkey, "foreach") || !strcmp(pkey, "differentiable") ||
+                                 !strcmp(pkey, "fused"))) {
                 st = get_bool(r, path, pval, &s, &b); /* same math either way */
-            } else if (!sgd && !strcmp(pkey, "amsgrad")) {
+            } else if (adagrad && !strcmp(pkey, "maximize")) {
+                if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET && b)
+                    st = unsupported(r, path, pval);
+            } else if (adam && (!strcmp(pkey, "torch_adam") || !strcmp(pkey, "set_grad_none"))) {
+                st = get_bool(r, path, pval, &s, &b); /* same math either way */
+            } else if ((adam || lamb) && !strcmp(pkey, "amsgrad")) {
                 if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET && b)
                     st = unsupported(r, path, pval); /* FusedAdam refuses AMSGrad too */
             } else if (sgd && !strcmp(pkey, "momentum"))
@@ -856,7 +1020,8 @@ static ds_status read_optimizer(rd *r, json_object *v)
                     o->nesterov = b;
             } else {
                 char hint[128];
-                suggestion(pkey, sgd ? SGD_PARAMS : ADAM_PARAMS, hint, sizeof hint);
+                suggestion(pkey, sgd ? SGD_PARAMS : lamb ? LAMB_PARAMS : adagrad ? ADAGRAD_PARAMS : ADAM_PARAMS,
+                           hint, sizeof hint);
                 return fail(r, DS_ERR_INVALID, "optimizer.params", "unknown key \"%s\" for %s%s",
                             pkey, o->name, hint);
             }
@@ -877,7 +1042,11 @@ static ds_status read_optimizer(rd *r, json_object *v)
             return fail(r, DS_ERR_INVALID, "optimizer.params.nesterov",
                         "Nesterov momentum requires a momentum and zero dampening (found "
                         "momentum %g, dampening %g)", o->momentum, o->dampening);
-    } else {
+    } else if (lamb) {
+        if (o->min_coeff > o->max_coeff)
+            return fail(r, DS_ERR_INVALID, "optimizer.params.min_coeff",
+                        "%g is above max_coeff %g", o->min_coeff, o->max_coeff);
+    } else if (adam) {
         /* DeepSpeed: effective AdamW = (type == adamw) or adam_w_mode, default true. So "Adam"
          * is AdamW unless adam_w_mode is false (DECISIONS.md keeps this). */
         if (o->type == DS_OPTIM_ADAMW && adam_w_set && !adam_w_mode)
@@ -998,7 +1167,10 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
     cfg->gradient_predivide_factor = 1.0; /* DeepSpeed's default */
     cfg->json_text = text;
     cfg->source_name = dup_str(name);
-    rd r = {.cfg = cfg, .name = name, .err = err, .strict = strict};
+    rd r = {.cfg = cfg, .name = name, .err = err, .strict = strict, .hints = hints};
+    cfg->fp16 = (ds_loss_scale_config){.loss_scale = 0, .initial_scale_power = 16,
+                                       .loss_scale_window = 1000, .hysteresis = 2,
+                                       .consecutive_hysteresis = 0, .min_loss_scale = 1};
     ds_status st = DS_OK;
     if (!text || !cfg->source_name)
         st = ds_error_set(err, DS_ERR_NOMEM, "%s: out of memory", name);
@@ -1011,6 +1183,12 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
         st = check_section(&r, "", root, TOP_FIELDS);
     if (st == DS_ERR_UNSUPPORTED || (st == DS_OK && r.n_refused))
         st = ds_error_set(err, DS_ERR_UNSUPPORTED, "%s: %s", name, r.refused);
+    if (st == DS_OK && r.fp16_on && r.bf16_on)
+        st = fail(&r, DS_ERR_INVALID, "bf16.enabled",
+                  "true together with fp16.enabled: bfloat16 and fp16 modes cannot be "
+                  "simultaneously enabled");
+    if (st == DS_OK)
+        cfg->precision = r.fp16_on ? DS_PREC_FP16 : r.bf16_on ? DS_PREC_BF16 : DS_PREC_FP32;
     if (st == DS_OK)
         st = resolve_batch(&r, world_size, hints);
     json_object_put(root);
@@ -1055,5 +1233,6 @@ void ds_config_free(ds_config *cfg)
         return;
     free(cfg->source_name);
     free(cfg->json_text);
+    free(cfg->optimizer_params_json);
     memset(cfg, 0, sizeof *cfg);
 }

@@ -30,6 +30,7 @@ struct ds_model {
     int have_grad;       /* the last forward prepared the loss gradient */
     uint64_t seed;       /* dropout seed of the last forward */
     size_t act_bytes;
+    int round;           /* ds_round_mode: 16-bit activations and activation gradients */
 };
 
 #define OPS (m->be->ops)
@@ -210,6 +211,16 @@ static float *dinput_of(ds_model *m, int i)
 
 static uint64_t layer_seed(uint64_t seed, int i) { return ds_hash64(seed, (uint64_t)i); }
 
+void ds_model_set_round(ds_model *m, int mode) { m->round = mode; }
+
+/* 16-bit training: every tensor that crosses a layer boundary (outputs, attention's inner
+ * products, and their gradients) is rounded to the 16-bit format, as it would be stored. */
+#define ROUND(buf, count)                                                                        \
+    do {                                                                                         \
+        if (m->round)                                                                            \
+            CHECK(OPS->round16(m->be, (buf), (count), m->round));                                \
+    } while (0)
+
 ds_status ds_model_forward(ds_model *m, const float *params, int train, float grad_scale,
                            uint64_t seed, double *loss, ds_error *err)
 {
@@ -238,7 +249,9 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
         case DS_LAYER_ATTENTION: {
             int64_t C = l->in_dim;
             CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), P(params, l->b), r->qkv, M, C, 3 * C));
+            ROUND(r->qkv, M * 3 * C);
             CHECK(OPS->attention_fwd(m->be, r->qkv, r->attn_out, r->att, B, T, C, l->heads, l->causal));
+            ROUND(r->attn_out, M * C);
             CHECK(OPS->linear_fwd(m->be, r->attn_out, P(params, l->w2), P(params, l->b2), r->out, M, C, C));
             break;
         }
@@ -263,6 +276,8 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
             break;
         }
         }
+        if (l->kind != DS_LAYER_RESIDUAL_BEGIN)
+            ROUND(r->out, M * l->out_dim);
     }
     const float *logits = ds_model_output(m);
     float *dlogits = grad_scale > 0 ? m->rt[net->n_layers - 1].dout : NULL;
@@ -276,6 +291,8 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
         CHECK(OPS->mse_fwd(m->be, logits, (const float *)m->targets, m->losses, dlogits,
                            grad_scale / (float)count, rows, net->out_dim));
     }
+    if (dlogits)
+        ROUND(dlogits, rows * net->out_dim);
     double total;
     CHECK(OPS->sum(m->be, m->losses, rows, &total));
     *loss = total / (double)count;
@@ -316,7 +333,9 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
             int64_t C = l->in_dim;
             CHECK(OPS->linear_bwd(m->be, r->dout, r->attn_out, P(params, l->w2), r->dattn_out,
                                   P(grads, l->w2), P(grads, l->b2), M, C, C, 0));
+            ROUND(r->dattn_out, M * C);
             CHECK(OPS->attention_bwd(m->be, r->dattn_out, r->qkv, r->att, r->dqkv, B, T, C, l->heads, l->causal));
+            ROUND(r->dqkv, M * 3 * C);
             CHECK(OPS->linear_bwd(m->be, r->dqkv, x, P(params, l->w), dx, P(grads, l->w), P(grads, l->b),
                                   M, C, 3 * C, acc));
             break;
@@ -341,11 +360,15 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
             break;
         case DS_LAYER_RESIDUAL_END: {
             int skip = m->rt[l->begin].src;
-            if (skip >= 0)
+            if (skip >= 0) {
                 CHECK(OPS->accumulate(m->be, r->dout, m->rt[skip].dout, M * l->out_dim, r->acc_skip));
+                ROUND(m->rt[skip].dout, M * l->out_dim);
+            }
             break;
         }
         }
+        if (dx && l->kind != DS_LAYER_RESIDUAL_BEGIN && l->kind != DS_LAYER_RESIDUAL_END)
+            ROUND(dx, M * l->in_dim);
     }
     m->have_grad = 0;
     return DS_OK;

@@ -30,6 +30,9 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
 ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_error *err);
 /* The last layer's output (logits) of the last forward, [B*positions, out_dim] floats. */
 const float *ds_model_output(const ds_model *m);
+/* 16-bit numerics (a ds_round_mode; 0: fp32): activations and their gradients are rounded to
+ * the format at every layer boundary. The backend must have round16. */
+void ds_model_set_round(ds_model *m, int mode);
 /* Bytes of activation memory held. */
 size_t ds_model_activation_bytes(const ds_model *m);
 

@@ -18,12 +18,22 @@ extern "C" {
 
 typedef struct ds_backend ds_backend;
 
+/* 16-bit numerics: round fp32 values to the nearest value of a 16-bit format (ties to even;
+ * fp16 overflows to inf, as the hardware does). */
+typedef enum ds_round_mode { DS_ROUND_NONE = 0, DS_ROUND_BF16 = 1, DS_ROUND_FP16 = 2 } ds_round_mode;
+
+/* Every fused optimizer takes grad_scale (gradients are multiplied by it first: unscaling and
+ * clipping folded in) and, for 16-bit training, pw and round: when pw is not NULL the updated
+ * fp32 master value is also written there rounded to the 16-bit format (the model's working
+ * weights), in the same pass. */
 typedef struct ds_adamw_args {
     float lr, beta1, beta2, eps, weight_decay;
     int64_t step;        /* 1-based step count of this update */
     int adam_w_mode;     /* 1: decoupled decay (AdamW); 0: L2 added to the gradient (Adam) */
     int bias_correction;
     float grad_scale;    /* gradients are multiplied by this first (unscale * clip), one pass */
+    float *pw;           /* NULL, or the 16-bit working weights to write */
+    int round;           /* ds_round_mode of pw */
 } ds_adamw_args;
 
 typedef struct ds_sgd_args {
@@ -31,7 +41,34 @@ typedef struct ds_sgd_args {
     int nesterov;
     int first_step;      /* torch: the momentum buffer is the gradient itself on the first step */
     float grad_scale;
+    float *pw;
+    int round;
 } ds_sgd_args;
+
+/* torch.optim.Adagrad: clr = lr / (1 + (step-1) lr_decay); sum += g^2; p -= clr g/(sqrt(sum)+eps) */
+typedef struct ds_adagrad_args {
+    float lr, lr_decay, weight_decay, eps;
+    int64_t step;        /* 1-based */
+    float grad_scale;
+    float *pw;
+    int round;
+} ds_adagrad_args;
+
+/* DeepSpeed FusedLamb (engine.md 4.2), per tensor of the flat buffer: m, v (not bias-corrected),
+ * u = m/(sqrt(v)+eps) + wd p, trust ratio clamp(|p|/|u|, min_coeff, max_coeff) (1 when a norm
+ * is 0), p -= lr sqrt(1-b2^t)/(1-b1^t) ratio u (without bias_correction: lr ratio u). */
+typedef struct ds_lamb_args {
+    float lr, beta1, beta2, eps, weight_decay, min_coeff, max_coeff;
+    int64_t step;
+    int bias_correction, eps_inside_sqrt;
+    float grad_scale;
+    float *pw;
+    int round;
+    /* tensors: n_tensors ranges [offsets[i], offsets[i+1]) of the flat buffers */
+    const int64_t *offsets;
+    int n_tensors;
+    float *coeffs;       /* out: n_tensors trust ratios of this step (may be NULL) */
+} ds_lamb_args;
 
 typedef struct ds_backend_ops {
     const char *name; /* "cpu", "cuda" */
@@ -124,6 +161,15 @@ typedef struct ds_backend_ops {
     /* Optional (NULL: the name): what runs the ops, for logs, e.g. "cuda (NVIDIA H100 80GB
      * HBM3, sm_90, ...)". */
     const char *(*describe)(const ds_backend *b);
+
+    /* Optional (NULL: the backend does no 16-bit training yet). */
+    /* x = round(x) to the 16-bit format of mode, in place. */
+    ds_status (*round16)(ds_backend *b, float *x, int64_t n, int mode);
+    ds_status (*adagrad_step)(ds_backend *b, float *p, const float *g, float *sum, int64_t n,
+                              const ds_adagrad_args *a);
+    /* Two passes per tensor (the trust ratio needs the norm of the whole update). */
+    ds_status (*lamb_step)(ds_backend *b, float *p, const float *g, float *m, float *v,
+                           const ds_lamb_args *a);
 } ds_backend_ops;
 
 struct ds_backend {

@@ -16,7 +16,10 @@ typedef enum ds_optimizer_type {
     DS_OPTIM_NONE = 0, /* no optimizer block: the client supplies one */
     DS_OPTIM_SGD,
     DS_OPTIM_ADAM,  /* DeepSpeed "Adam": AdamW unless adam_w_mode is false */
-    DS_OPTIM_ADAMW
+    DS_OPTIM_ADAMW,
+    DS_OPTIM_LAMB,    /* DeepSpeed FusedLamb */
+    DS_OPTIM_ADAGRAD, /* torch.optim.Adagrad */
+    DS_OPTIM_USER     /* registered by the client under its name (ds_user_optimizer) */
 } ds_optimizer_type;
 
 typedef struct ds_optimizer_config {
@@ -30,12 +33,35 @@ typedef struct ds_optimizer_config {
     /* SGD (torch semantics) */
     double momentum, dampening;
     int nesterov;
+    /* LAMB (FusedLamb): trust-ratio clamp, eps placement */
+    double min_coeff, max_coeff;
+    int eps_inside_sqrt;
+    /* Adagrad (torch) */
+    double lr_decay, initial_accumulator_value;
+    /* User optimizers: optimizer.params as JSON text ("{}" when absent), owned by the config. */
+    const char *params_json;
 } ds_optimizer_config;
+
+/* Training precision: fp32, or 16-bit numerics with fp32 master weights (ds-config(5)). */
+typedef enum ds_precision { DS_PREC_FP32 = 0, DS_PREC_FP16, DS_PREC_BF16 } ds_precision;
+
+/* The fp16 block's loss-scaling keys (engine.md 2.2; defaults from DECISIONS.md). */
+typedef struct ds_loss_scale_config {
+    double loss_scale;          /* > 0: a static scale; 0: dynamic */
+    int initial_scale_power;    /* dynamic: start at 2^power (16) */
+    int64_t loss_scale_window;  /* good steps between growths (1000) */
+    int hysteresis;             /* overflows tolerated before the scale drops (2) */
+    int consecutive_hysteresis; /* refill the hysteresis on every good step (false) */
+    double min_loss_scale;      /* (1) */
+} ds_loss_scale_config;
 
 /* Values a client may supply for keys that are "auto" or missing (0 = none supplied). */
 typedef struct ds_config_hints {
     int64_t micro_batch; /* used when train_micro_batch_size_per_gpu is "auto"/absent and
                             nothing else allows inferring it */
+    /* Names of client-registered optimizers that optimizer.type may select (exact match). */
+    const char *const *user_optimizers;
+    int n_user_optimizers;
 } ds_config_hints;
 
 #define DS_CONFIG_MAX_WARNINGS 32
@@ -58,12 +84,17 @@ typedef struct ds_config {
     int has_optimizer;        /* 0: no optimizer block */
     ds_optimizer_config optimizer;
 
+    ds_precision precision;   /* fp16.enabled / bf16.enabled */
+    ds_loss_scale_config fp16;
+    int bf16_check_overflow;  /* bf16.check_grad_overflow: skip steps with inf/NaN gradients */
+
     /* Warnings for the caller to print (unknown keys, deprecated spellings, defaults used). */
     int n_warnings;
     char warnings[DS_CONFIG_MAX_WARNINGS][256];
 
     char *source_name; /* the path (or name) the config came from, for messages */
     char *json_text;   /* the text as loaded, kept for checkpoints and run records */
+    char *optimizer_params_json; /* user optimizers: optimizer.params as JSON text */
 } ds_config;
 
 /* Parse a config file. world_size is the data-parallel size (1 for one process). With strict

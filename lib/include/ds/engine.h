@@ -10,6 +10,7 @@
 #include "ds/config.h"
 #include "ds/dist.h"
 #include "ds/net.h"
+#include "ds/optim.h"
 #include "ds/status.h"
 
 #ifdef __cplusplus
@@ -37,6 +38,10 @@ typedef struct ds_engine_options {
     ds_comm *comm;
     int rank, world_size;
     int64_t allreduce_bucket; /* elements per all-reduce bucket (0: DeepSpeed's 5e8) */
+    /* Optimizers the program provides, selectable by name in optimizer.type (ds/optim.h). The
+     * array must outlive the engine. */
+    const ds_user_optimizer *user_optimizers;
+    int n_user_optimizers;
 } ds_engine_options;
 
 /* One micro-batch on the host. Tokens nets: tokens and targets [B*T]. Features nets: x [B*F]
@@ -71,13 +76,25 @@ double ds_engine_get_global_grad_norm(const ds_engine *e);
 /* Mean loss over the micro-batches of the last completed effective batch (averaged over the
  * data-parallel ranks). */
 double ds_engine_last_loss(const ds_engine *e);
+/* Mixed precision (fp16 / bf16 blocks): the precision trained in, the loss scale the next
+ * backward uses, the scale the last update used, and the steps skipped for overflow (inf or NaN
+ * in a gradient on any rank; no update, no scheduler step, global_steps still advances). */
+ds_precision ds_engine_precision(const ds_engine *e);
+double ds_engine_loss_scale(const ds_engine *e);
+double ds_engine_last_step_loss_scale(const ds_engine *e);
+int64_t ds_engine_skipped_steps(const ds_engine *e);
+/* 1 when the last completed effective batch updated the weights, 0 when it was skipped. */
+int ds_engine_was_step_applied(const ds_engine *e);
+/* Trust ratios of the last LAMB step (one per tensor, in table order), or NULL. */
+const float *ds_engine_lamb_coeffs(const ds_engine *e);
 /* All-reduce calls and bytes of the last optimizer step (0 for one process). */
 void ds_engine_last_allreduce(const ds_engine *e, int64_t *calls, int64_t *bytes);
 
 const ds_config *ds_engine_config(const ds_engine *e);
 const ds_net *ds_engine_net(const ds_engine *e);
 const char *ds_engine_backend_name(const ds_engine *e);
-/* Bytes held: parameters, gradients, optimizer state, activations. */
+/* Bytes held: parameters (fp32 master weights, plus the 16-bit working weights in fp16/bf16
+ * mode), gradients, optimizer state, activations. */
 void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t *optim,
                       size_t *activations);
 
@@ -92,6 +109,9 @@ ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_
                              ds_error *err);
 ds_status ds_engine_set_param(ds_engine *e, const char *name, const float *host, int64_t numel,
                               ds_error *err);
+/* Overwrite a gradient before ds_engine_step (tests: inject an inf to exercise overflow). */
+ds_status ds_engine_set_grad(ds_engine *e, const char *name, const float *host, int64_t numel,
+                             ds_error *err);
 /* Copy the logits of the last forward: [B*positions*out_dim] floats. */
 ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err);
 

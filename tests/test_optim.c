@@ -1,0 +1,443 @@
+/* Mixed precision and optimizers: 16-bit rounding against the scalar converters, loss-scale
+ * traces derived by hand from engine.md 2.2 (with DECISIONS.md's defaults), every optimizer
+ * against torch.optim (LAMB against a float64 reference of the spec's formulas) from the
+ * fixtures of scripts/make-optim-fixtures.py, the fused 16-bit weight write, user-registered
+ * optimizers, and fp16 training through the engine (overflow skip, minimum-scale error). */
+#include <json-c/json.h>
+
+#include "testutil.h"
+
+/* ---- 16-bit rounding ------------------------------------------------------------------- */
+
+static uint32_t bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float from_bits(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void check_round(const char *backend, int mode)
+{
+    ds_backend *be;
+    ds_error err = {0};
+    cr_assert_eq(ds_backend_create(&be, backend, &err), DS_OK, "%s", err.msg);
+    enum { N = 1 << 20 };
+    float *x = be->ops->alloc(be, N * sizeof(float));
+    float *want = malloc(N * sizeof(float));
+    const float special[] = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f,
+                             1e-8f, 5.9604645e-8f, 2.9802322e-8f, 2.98023259e-8f, 6.1035156e-5f,
+                             6.0975552e-5f, 3.4028235e38f, INFINITY, -INFINITY, NAN, 1.00048828125f,
+                             1.000732421875f, 1.0078125f, 1.00390625f, 1.01171875f, 3.0e38f};
+    int ns = (int)(sizeof special / sizeof special[0]);
+    uint64_t s = 0x1234567;
+    for (int i = 0; i < N; i++) {
+        if (i < ns) {
+            x[i] = special[i];
+        } else {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            uint32_t u = (uint32_t)(s >> 32);
+            /* half of the draws in the fp16 range, where the interesting cases are */
+            if (i & 1)
+                u = (u & 0x80000000u) | (0x33000000u + (u % 0x14800000u));
+            x[i] = from_bits(u);
+        }
+        want[i] = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(x[i]))
+                                        : ds_f16_to_f32(ds_f32_to_f16(x[i]));
+    }
+    cr_assert_eq(be->ops->round16(be, x, N, mode), DS_OK);
+    for (int i = 0; i < N; i++) {
+        if (isnan(want[i]))
+            cr_assert(isnan(x[i]), "%s %s: element %d: NaN became %a", backend,
+                      mode == DS_ROUND_BF16 ? "bf16" : "fp16", i, x[i]);
+        else
+            cr_assert_eq(bits(x[i]), bits(want[i]), "%s %s: element %d: got %a (0x%08x), want %a (0x%08x)",
+                         backend, mode == DS_ROUND_BF16 ? "bf16" : "fp16", i, x[i], bits(x[i]),
+                         want[i], bits(want[i]));
+    }
+    be->ops->free(be, x);
+    free(want);
+    ds_backend_destroy(be);
+}
+
+Test(round16, bf16_matches_converter) { check_round("cpu:generic", DS_ROUND_BF16); check_round("cpu", DS_ROUND_BF16); }
+Test(round16, fp16_matches_converter) { check_round("cpu:generic", DS_ROUND_FP16); check_round("cpu", DS_ROUND_FP16); }
+
+/* ---- loss scaler traces ------------------------------------------------------------------ */
+
+/* pattern: 'G' good step, 'O' overflow; want[i] = the scale after update i. */
+static void trace(const ds_loss_scale_config *c, const char *pattern, const double *want)
+{
+    ds_loss_scaler s;
+    ds_loss_scaler_init(&s, c, DS_PREC_FP16);
+    for (int i = 0; pattern[i]; i++) {
+        ds_error err = {0};
+        cr_assert_eq(ds_loss_scaler_update(&s, pattern[i] == 'O', &err), DS_OK, "update %d: %s", i, err.msg);
+        cr_assert_eq(s.scale, want[i], "update %d (%c): scale %g, want %g", i, pattern[i], s.scale, want[i]);
+    }
+}
+
+/* power 4, window 3, hysteresis 2. Without consecutive hysteresis the first overflow only uses
+ * up the hysteresis; it is restored only when the scale grows, so the next two overflows both
+ * halve; growth comes on the 3rd good step after the last overflow, then every 3. */
+Test(loss_scaler, hysteresis_not_consecutive)
+{
+    ds_loss_scale_config c = {.initial_scale_power = 4, .loss_scale_window = 3, .hysteresis = 2,
+                              .min_loss_scale = 1};
+    const double want[] = {16, 16, 16, 16, 8, 4, 4, 4, 8, 8, 8, 16};
+    trace(&c, "GGOGOOGGGGGG", want);
+}
+
+/* Same pattern with consecutive hysteresis: every good step refills it, so the overflow at
+ * update 4 (after a good step) is absorbed too, and only the back-to-back one halves. */
+Test(loss_scaler, hysteresis_consecutive)
+{
+    ds_loss_scale_config c = {.initial_scale_power = 4, .loss_scale_window = 3, .hysteresis = 2,
+                              .consecutive_hysteresis = 1, .min_loss_scale = 1};
+    const double want[] = {16, 16, 16, 16, 16, 8, 8, 8, 16, 16, 16, 32};
+    trace(&c, "GGOGOOGGGGGG", want);
+}
+
+/* hysteresis 1: every overflow halves; window 2 grows after 2 good steps. */
+Test(loss_scaler, no_hysteresis)
+{
+    ds_loss_scale_config c = {.initial_scale_power = 16, .loss_scale_window = 2, .hysteresis = 1,
+                              .min_loss_scale = 1};
+    const double want[] = {65536, 131072, 65536, 32768, 32768, 65536, 65536, 131072};
+    trace(&c, "GGOOGGGG", want);
+}
+
+Test(loss_scaler, minimum_scale_is_an_error)
+{
+    ds_loss_scale_config c = {.initial_scale_power = 1, .loss_scale_window = 1000, .hysteresis = 1,
+                              .min_loss_scale = 1.5};
+    ds_loss_scaler s;
+    ds_error err = {0};
+    ds_loss_scaler_init(&s, &c, DS_PREC_FP16);
+    cr_assert_eq(ds_loss_scaler_update(&s, 1, &err), DS_OK);
+    cr_assert_eq(s.scale, 1.5); /* max(2/2, 1.5) */
+    cr_assert_eq(ds_loss_scaler_update(&s, 0, &err), DS_OK);
+    cr_assert_eq(ds_loss_scaler_update(&s, 1, &err), DS_ERR_NUMERIC);
+    cr_assert(strstr(err.msg, "minimum loss scale 1.5"), "%s", err.msg);
+}
+
+Test(loss_scaler, static_and_bf16_never_change)
+{
+    ds_loss_scale_config c = {.loss_scale = 128, .initial_scale_power = 16, .loss_scale_window = 1,
+                              .hysteresis = 1, .min_loss_scale = 1};
+    const double want[] = {128, 128, 128, 128, 128};
+    trace(&c, "OOOGG", want);
+    ds_loss_scaler s;
+    ds_error err = {0};
+    ds_loss_scaler_init(&s, &c, DS_PREC_BF16);
+    cr_assert_eq(s.scale, 1.0);
+    cr_assert_eq(ds_loss_scaler_update(&s, 1, &err), DS_OK);
+    cr_assert_eq(s.scale, 1.0);
+}
+
+/* ---- through the engine ------------------------------------------------------------------ */
+
+static const char *MLP_NET =
+    "{\"input\": {\"type\": \"features\", \"dim\": 16}, \"layers\": ["
+    "{\"type\": \"linear\", \"name\": \"fc1\", \"out\": 32}, {\"type\": \"gelu\"},"
+    "{\"type\": \"linear\", \"name\": \"fc2\", \"out\": 5}], \"loss\": {\"type\": \"cross_entropy\"}}";
+
+enum { MB = 8, FEAT = 16, CLASSES = 5 };
+
+typedef struct mlp_data {
+    float x[MB * FEAT];
+    int32_t labels[MB];
+} mlp_data;
+
+static void make_data(mlp_data *d, int seed)
+{
+    uint64_t s = 0x9e3779b97f4a7c15ull * (uint64_t)(seed + 1);
+    for (int i = 0; i < MB * FEAT; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        d->x[i] = (float)((double)(s >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+    }
+    for (int i = 0; i < MB; i++)
+        d->labels[i] = (int32_t)((i * 7 + seed) % CLASSES);
+}
+
+static ds_engine *engine(const char *config_json, const ds_user_optimizer *users, int n_users,
+                         ds_status want, char *msg, size_t msg_size)
+{
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_json = config_json, .config_name = "ds.json", .net_json = MLP_NET,
+                           .net_name = "mlp.json", .user_optimizers = users, .n_user_optimizers = n_users};
+    ds_status st = ds_initialize(&e, &o, &err);
+    cr_assert_eq(st, want, "ds_initialize: status %d, want %d: %s", st, want, err.msg);
+    if (msg)
+        snprintf(msg, msg_size, "%s", err.msg);
+    return e;
+}
+
+static void fwd_bwd(ds_engine *e, int seed)
+{
+    mlp_data d;
+    make_data(&d, seed);
+    ds_batch b = {.x = d.x, .labels = d.labels};
+    double loss;
+    ds_error err = {0};
+    cr_assert_eq(ds_engine_forward(e, &b, &loss, &err), DS_OK, "%s", err.msg);
+    cr_assert(isfinite(loss));
+    cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+}
+
+/* a user optimizer: p -= lr * scale * sign(g); state[0] counts the updates per element */
+typedef struct sign_ctx {
+    double scale;
+    int steps_seen;
+} sign_ctx;
+
+static ds_status sign_init(void *ctx, const char *params_json, ds_error *err)
+{
+    sign_ctx *c = ctx;
+    json_object *p = json_tokener_parse(params_json), *v;
+    c->scale = 1.0;
+    if (p && json_object_object_get_ex(p, "scale", &v)) {
+        if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int)) {
+            json_object_put(p);
+            return ds_error_set(err, DS_ERR_INVALID, "optimizer.params.scale: expected a number");
+        }
+        c->scale = json_object_get_double(v);
+    }
+    json_object_put(p);
+    return DS_OK;
+}
+
+static ds_status sign_step(void *ctx, const ds_user_optimizer_step *s, ds_error *err)
+{
+    (void)err;
+    sign_ctx *c = ctx;
+    for (int64_t i = 0; i < s->n; i++) {
+        float g = s->grads[i] * s->grad_scale;
+        s->params[i] -= (float)(s->lr * c->scale) * (float)((g > 0) - (g < 0));
+        s->state[0][i] += 1.0f;
+    }
+    c->steps_seen++;
+    return DS_OK;
+}
+
+static void user_optimizer_run(const char *precision)
+{
+    sign_ctx ctx = {0};
+    ds_user_optimizer u = {.name = "SignSGD", .n_state = 1, .init = sign_init, .step = sign_step, .ctx = &ctx};
+    char cfg[512];
+    snprintf(cfg, sizeof cfg,
+             "{\"train_micro_batch_size_per_gpu\": %d, \"optimizer\": {\"type\": \"SignSGD\", "
+             "\"params\": {\"lr\": 0.01, \"scale\": 0.5}}%s}", MB, precision);
+    ds_engine *e = engine(cfg, &u, 1, DS_OK, NULL, 0);
+    cr_assert_eq(ctx.scale, 0.5, "init did not read optimizer.params");
+    const ds_net *net = ds_engine_net(e);
+    int64_t n = net->params.t[0].numel;
+    float *p0 = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float)), *p1 = malloc(n * sizeof(float));
+    ds_error err = {0};
+    const char *name = net->params.t[0].name;
+    cr_assert_eq(ds_engine_get_param(e, name, p0, n, &err), DS_OK);
+    fwd_bwd(e, 1);
+    cr_assert_eq(ds_engine_get_grad(e, name, g, n, &err), DS_OK);
+    cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ctx.steps_seen, 1);
+    cr_assert_eq(ds_engine_get_param(e, name, p1, n, &err), DS_OK);
+    double S = ds_engine_last_step_loss_scale(e);
+    int moved = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float gi = (float)(g[i] / S);
+        float want = p0[i] - 0.005f * (float)((gi > 0) - (gi < 0));
+        cr_assert_eq(p1[i], want, "element %lld: %g, want %g", (long long)i, p1[i], want);
+        moved += p1[i] != p0[i];
+    }
+    cr_assert(moved > n / 2);
+    size_t ob;
+    ds_engine_memory(e, NULL, NULL, &ob, NULL);
+    cr_assert_eq(ob, (size_t)net->params.total * sizeof(float), "one state buffer: %zu bytes", ob);
+    free(p0);
+    free(g);
+    free(p1);
+    ds_engine_destroy(e);
+}
+
+Test(user_optimizer, selected_by_name_fp32) { user_optimizer_run(""); }
+Test(user_optimizer, selected_by_name_fp16) { user_optimizer_run(", \"fp16\": {\"enabled\": true}"); }
+
+Test(user_optimizer, errors_name_the_problem)
+{
+    sign_ctx ctx = {0};
+    char msg[DS_ERROR_MSG_MAX];
+    ds_user_optimizer u = {.name = "SignSGD", .n_state = 0, .init = sign_init, .step = sign_step, .ctx = &ctx};
+    /* unregistered name: the config names optimizer.type */
+    engine("{\"train_micro_batch_size_per_gpu\": 8, \"optimizer\": {\"type\": \"SignSGD\"}}", NULL, 0,
+           DS_ERR_INVALID, msg, sizeof msg);
+    cr_assert(strstr(msg, "optimizer.type") && strstr(msg, "SignSGD"), "%s", msg);
+    /* the optimizer's own check of its params */
+    engine("{\"train_micro_batch_size_per_gpu\": 8, \"optimizer\": {\"type\": \"SignSGD\", \"params\": {\"scale\": \"x\"}}}",
+           &u, 1, DS_ERR_INVALID, msg, sizeof msg);
+    cr_assert(strstr(msg, "optimizer.params.scale"), "%s", msg);
+    /* a built-in name cannot be taken */
+    ds_user_optimizer bad = u;
+    bad.name = "adamw";
+    engine("{\"train_micro_batch_size_per_gpu\": 8}", &bad, 1, DS_ERR_INVALID, msg, sizeof msg);
+    cr_assert(strstr(msg, "adamw"), "%s", msg);
+}
+
+static float *param0(ds_engine *e, int64_t *n)
+{
+    const ds_net *net = ds_engine_net(e);
+    *n = net->params.t[0].numel;
+    float *p = malloc(*n * sizeof(float));
+    ds_error err = {0};
+    cr_assert_eq(ds_engine_get_param(e, net->params.t[0].name, p, *n, &err), DS_OK);
+    return p;
+}
+
+static void inject_inf(ds_engine *e)
+{
+    const ds_net *net = ds_engine_net(e);
+    int64_t n = net->params.t[1].numel;
+    float *g = malloc(n * sizeof(float));
+    ds_error err = {0};
+    cr_assert_eq(ds_engine_get_grad(e, net->params.t[1].name, g, n, &err), DS_OK);
+    g[n / 2] = -INFINITY;
+    cr_assert_eq(ds_engine_set_grad(e, net->params.t[1].name, g, n, &err), DS_OK);
+    free(g);
+}
+
+Test(fp16_engine, overflow_skips_the_step_and_halves_the_scale)
+{
+    ds_engine *e = engine("{\"train_micro_batch_size_per_gpu\": 8, \"gradient_clipping\": 1.0, "
+                          "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 10, \"hysteresis\": 1, "
+                          "\"loss_scale_window\": 100}}", NULL, 0, DS_OK, NULL, 0);
+    ds_error err = {0};
+    cr_assert_eq(ds_engine_precision(e), DS_PREC_FP16);
+    cr_assert_eq(ds_engine_loss_scale(e), 1024.0);
+    fwd_bwd(e, 0);
+    cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    cr_assert(ds_engine_was_step_applied(e));
+    int64_t n;
+    float *before = param0(e, &n);
+    fwd_bwd(e, 1);
+    inject_inf(e);
+    cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    cr_assert(!ds_engine_was_step_applied(e));
+    cr_assert_eq(ds_engine_skipped_steps(e), 1);
+    cr_assert_eq(ds_engine_global_steps(e), 2, "a skipped step still counts");
+    cr_assert_eq(ds_engine_last_step_loss_scale(e), 1024.0);
+    cr_assert_eq(ds_engine_loss_scale(e), 512.0);
+    float *after = param0(e, &n);
+    cr_assert_arr_eq(before, after, n * sizeof(float), "a skipped step changed the weights");
+    /* and the next step trains again, with clean gradients */
+    fwd_bwd(e, 2);
+    cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    cr_assert(ds_engine_was_step_applied(e));
+    float *later = param0(e, &n);
+    cr_assert(memcmp(after, later, n * sizeof(float)) != 0);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(isfinite(later[i]));
+    free(before);
+    free(after);
+    free(later);
+    ds_engine_destroy(e);
+}
+
+Test(fp16_engine, overflow_at_the_minimum_scale_is_an_error)
+{
+    ds_engine *e = engine("{\"train_micro_batch_size_per_gpu\": 8, "
+                          "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 2, \"hysteresis\": 1, "
+                          "\"min_loss_scale\": 4}}", NULL, 0, DS_OK, NULL, 0);
+    ds_error err = {0};
+    fwd_bwd(e, 0);
+    inject_inf(e);
+    cr_assert_eq(ds_engine_step(e, &err), DS_ERR_NUMERIC);
+    cr_assert(strstr(err.msg, "step 1") && strstr(err.msg, "minimum loss scale 4"), "%s", err.msg);
+    ds_engine_destroy(e);
+}
+
+Test(fp16_engine, fp32_and_bf16_refuse_non_finite_gradients)
+{
+    const char *cfgs[] = {"{\"train_micro_batch_size_per_gpu\": 8}",
+                          "{\"train_micro_batch_size_per_gpu\": 8, \"bf16\": {\"enabled\": true}}"};
+    for (int k = 0; k < 2; k++) {
+        ds_engine *e = engine(cfgs[k], NULL, 0, DS_OK, NULL, 0);
+        ds_error err = {0};
+        fwd_bwd(e, 0);
+        inject_inf(e);
+        cr_assert_eq(ds_engine_step(e, &err), DS_ERR_NUMERIC, "%s", cfgs[k]);
+        cr_assert(strstr(err.msg, k ? "bf16" : "fp32"), "%s", err.msg);
+        ds_engine_destroy(e);
+    }
+    /* bf16 with check_grad_overflow skips instead, at scale 1 */
+    ds_engine *e = engine("{\"train_micro_batch_size_per_gpu\": 8, \"bf16\": {\"enabled\": true, "
+                          "\"check_grad_overflow\": true}}", NULL, 0, DS_OK, NULL, 0);
+    ds_error err = {0};
+    fwd_bwd(e, 0);
+    inject_inf(e);
+    cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    cr_assert(!ds_engine_was_step_applied(e));
+    cr_assert_eq(ds_engine_loss_scale(e), 1.0);
+    ds_engine_destroy(e);
+}
+
+/* The working weights the model reads are the master weights rounded: after training steps in
+ * 16-bit mode, a forward pass must equal one from an fp32 engine given those rounded weights. */
+static void working_weights_are_rounded(const char *block, int mode)
+{
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "{\"train_micro_batch_size_per_gpu\": 8, %s}", block);
+    ds_engine *e = engine(cfg, NULL, 0, DS_OK, NULL, 0);
+    ds_error err = {0};
+    for (int s = 0; s < 3; s++) {
+        fwd_bwd(e, s);
+        cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    }
+    cr_assert_eq(ds_engine_skipped_steps(e), 0);
+    mlp_data d;
+    make_data(&d, 9);
+    ds_batch b = {.x = d.x, .labels = d.labels};
+    double l16, l32;
+    cr_assert_eq(ds_engine_eval(e, &b, &l16, &err), DS_OK);
+    /* same weights in a fp32 engine, rounded by hand (the input x is rounded too: the first
+     * layer's output rounding then makes both paths see the same numbers) */
+    ds_engine *f = engine("{\"train_micro_batch_size_per_gpu\": 8}", NULL, 0, DS_OK, NULL, 0);
+    const ds_net *net = ds_engine_net(e);
+    for (int i = 0; i < net->params.n; i++) {
+        int64_t n = net->params.t[i].numel;
+        float *p = malloc(n * sizeof(float));
+        cr_assert_eq(ds_engine_get_param(e, net->params.t[i].name, p, n, &err), DS_OK);
+        for (int64_t k = 0; k < n; k++)
+            p[k] = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(p[k])) : ds_f16_to_f32(ds_f32_to_f16(p[k]));
+        cr_assert_eq(ds_engine_set_param(f, net->params.t[i].name, p, n, &err), DS_OK);
+        free(p);
+    }
+    cr_assert_eq(ds_engine_eval(f, &b, &l32, &err), DS_OK);
+    /* the 16-bit engine's logits are values of the format; the fp32 engine's, from the same
+     * weights, are close (the format's precision) but not all equal */
+    float o16[MB * CLASSES], o32[MB * CLASSES];
+    cr_assert_eq(ds_engine_get_output(e, o16, MB * CLASSES, &err), DS_OK);
+    cr_assert_eq(ds_engine_get_output(f, o32, MB * CLASSES, &err), DS_OK);
+    double rel = mode == DS_ROUND_BF16 ? 1.0 / 128 : 1.0 / 1024, maxabs = 0;
+    int differ = 0;
+    for (int i = 0; i < MB * CLASSES; i++)
+        maxabs = fmax(maxabs, fabs(o32[i]));
+    for (int i = 0; i < MB * CLASSES; i++) {
+        float r = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(o16[i])) : ds_f16_to_f32(ds_f32_to_f16(o16[i]));
+        cr_assert_eq(r, o16[i], "%s: logit %d = %a is not a 16-bit value", block, i, o16[i]);
+        cr_assert(fabs(o16[i] - o32[i]) <= 4 * rel * maxabs, "%s: logit %d: %g vs %g", block, i, o16[i], o32[i]);
+        differ += o16[i] != o32[i];
+    }
+    cr_assert(differ > 0, "%s: activations were not rounded", block);
+    cr_assert(fabs(l16 - l32) <= 1e-3 * fabs(l32), "%s: loss %.7g vs %.7g", block, l16, l32);
+    ds_engine_destroy(e);
+    ds_engine_destroy(f);
+}
+
+Test(mixed_precision, bf16_working_weights) { working_weights_are_rounded("\"bf16\": {\"enabled\": true}", DS_ROUND_BF16); }
+Test(mixed_precision, fp16_working_weights) { working_weights_are_rounded("\"fp16\": {\"enabled\": true}", DS_ROUND_FP16); }
