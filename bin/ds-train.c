@@ -35,7 +35,8 @@ static const char *usage_text =
     "  --data-order ORDER    shuffled (default) or sequential\n"
     "  --init-from FILE      start from these weights (safetensors, by parameter name)\n"
     "  --save-weights FILE   write the trained weights (safetensors) at the end\n"
-    "  --log-json FILE       one JSON object per optimizer step\n"
+    "  --log-json FILE       one JSON object per optimizer step (rank 0; with \"{rank}\" in\n"
+    "                        FILE, every rank writes its own file)\n"
     "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
     "  --strict-config       unknown config keys are errors, not warnings\n"
     "  --device DEV          cuda, cpu, or auto (the default: cuda when a CUDA GPU is usable,\n"
@@ -314,9 +315,16 @@ int main(int argc, char **argv)
         world = so.world_size;
         if (rank != 0) {
             a.quiet = 1;
-            a.log_json = NULL;
             a.save = NULL;
+            if (a.log_json && !strstr(a.log_json, "{rank}"))
+                a.log_json = NULL;
         }
+    }
+    char log_path[4096];
+    if (a.log_json && strstr(a.log_json, "{rank}")) {
+        const char *at = strstr(a.log_json, "{rank}");
+        snprintf(log_path, sizeof log_path, "%.*s%d%s", (int)(at - a.log_json), a.log_json, rank, at + 6);
+        a.log_json = log_path;
     }
     if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force)) {
         ds_comm_destroy(comm);

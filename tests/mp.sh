@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Mixed precision end to end: fp16 and bf16 training of the tiny GPT follows the fp32 loss curve
+# over 200 steps; an inf injected into one rank's gradient of a 2-rank fp16 job skips exactly
+# that step on both ranks (loss scale halves, hysteresis 1) and training goes on; bad precision
+# blocks are refused naming the key. One "ok"/"not ok" line per check.
+#
+# Tolerance: the mean loss of each 20-step window of the 16-bit runs is within 3% of the fp32
+# run's (5% in the first window). Measured (ds-train, gpt-tiny, micro-batch 4, sequential
+# data): bf16 stays within 0.8% in every window; fp16 is 2.9% above in the first window because
+# its first step overflows at the initial scale 2^16 and is skipped (DeepSpeed does the same),
+# which leaves it one update behind, and within 2.3% afterwards. Changing only the seed of the
+# fp32 run moves the window means by up to ~4% (scripts: see the note of issue 4), so the
+# 16-bit curves are closer to the fp32 curve than two fp32 runs are to each other.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
+set -u
+B=${DS_BUILD_DIR:-.}
+S=${DS_TEST_DIR:-$(dirname "$0")}/..
+T=$(mktemp -d "${TMPDIR:-/tmp}/ds-mp.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+
+base='"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.0006, "betas": [0.9, 0.95], "weight_decay": 0.1}}, "gradient_clipping": 1.0, "seed": 1234'
+echo "{$base}" > fp32.json
+echo "{$base, \"fp16\": {\"enabled\": true}}" > fp16.json
+echo "{$base, \"bf16\": {\"enabled\": true}}" > bf16.json
+data=/usr/share/common-licenses
+for p in fp32 fp16 bf16; do
+    "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config $p.json --data $data --steps 200 \
+        --data-order sequential --quiet --log-json $p.jsonl >/dev/null 2>err.$p &
+done
+wait
+for p in fp16 bf16; do
+    if out=$(python3 - "$p" <<'PYEOF'
+import json, sys
+p = sys.argv[1]
+def losses(name):
+    rows = [json.loads(l) for l in open(name + '.jsonl')]
+    assert len(rows) == 200, '%s: %d steps logged' % (name, len(rows))
+    return [r['loss'] for r in rows], rows
+ref, _ = losses('fp32')
+got, rows = losses(p)
+worst = 0.0
+for w in range(10):
+    a = sum(got[20 * w:20 * w + 20]) / 20
+    b = sum(ref[20 * w:20 * w + 20]) / 20
+    tol = 0.05 if w == 0 else 0.03
+    rel = abs(a - b) / b
+    worst = max(worst, rel)
+    if rel > tol:
+        sys.exit('window %d: mean loss %.4f vs fp32 %.4f (%.1f%% > %.0f%%)' % (w, a, b, 100 * rel, 100 * tol))
+if not ref[-1] < ref[0] - 2 or not got[-1] < got[0] - 2:
+    sys.exit('did not train: %.3f -> %.3f' % (got[0], got[-1]))
+skipped = rows[-1]['skipped_steps']
+if p == 'bf16' and skipped:
+    sys.exit('bf16 skipped %d steps' % skipped)
+if p == 'fp16' and skipped > 5:
+    sys.exit('fp16 skipped %d steps' % skipped)
+print('worst window %.2f%%, %d skipped, final loss %.3f vs fp32 %.3f' % (100 * worst, skipped, got[-1], ref[-1]))
+PYEOF
+    ); then ok "$p follows the fp32 loss curve over 200 steps: $out"
+    else notok "$p vs fp32: $out $(head -c 300 err.$p)"; fi
+done
+
+# A 2-rank fp16 job: +inf in rank 1's gradient at step 4 is seen by both ranks.
+echo "{\"train_micro_batch_size_per_gpu\": 2, \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.001}},
+  \"fp16\": {\"enabled\": true, \"initial_scale_power\": 8, \"hysteresis\": 1}, \"seed\": 3}" > dp16.json
+if "$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "$S/share/configs/gpt-tiny.json" \
+    --config dp16.json --data $data --steps 8 --data-order sequential --inject-grad-inf 4:1 \
+    --log-json 'rank{rank}.jsonl' >out.dp 2>err.dp; then
+    if out=$(python3 - <<'PYEOF'
+import json, sys
+r = [[json.loads(l) for l in open('rank%d.jsonl' % k)] for k in (0, 1)]
+for k in (0, 1):
+    skipped = [x['step'] for x in r[k] if x['skipped']]
+    if skipped != [4]:
+        sys.exit('rank %d skipped steps %s, expected [4]' % (k, skipped))
+    scales = [x['loss_scale'] for x in r[k]]
+    if scales != [256.0] * 4 + [128.0] * 4:
+        sys.exit('rank %d loss scales %s' % (k, scales))
+    if len(r[k]) != 8 or r[k][-1]['skipped_steps'] != 1:
+        sys.exit('rank %d: %d steps, %s skipped' % (k, len(r[k]), r[k][-1]['skipped_steps']))
+if [x['loss'] for x in r[0]] != [x['loss'] for x in r[1]]:
+    sys.exit('the ranks report different losses')
+print('steps 1-8, skipped [4] on both ranks, scale 256 -> 128')
+PYEOF
+    ); then ok "2 ranks, inf in rank 1's gradient at step 4: $out"
+    else notok "2-rank overflow: $out"; fi
+    grep -q "step 4: overflow, loss scale 256 -> 128, step skipped" out.dp \
+        && ok "rank 0 prints the overflow line" || notok "no overflow line in: $(head -c 400 out.dp)"
+else
+    notok "2-rank fp16 job failed: $(head -c 400 err.dp)"
+fi
+
+# Refusals and errors name the key; nothing is half-done.
+echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true}, "bf16": {"enabled": true}}' > both.json
+"$B/ds-train" "$S/share/configs/gpt-tiny.json" --config both.json --data $data --steps 1 >/dev/null 2>err.both
+rc=$?
+[ $rc = 2 ] && grep -q 'both.json: bf16.enabled: .*cannot be simultaneously enabled' err.both \
+    && ok "fp16 and bf16 together: exit 2 naming bf16.enabled" || notok "both enabled: exit $rc: $(cat err.both)"
+echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true, "initial_scale_power": 1, "hysteresis": 1, "min_loss_scale": 2}}' > min.json
+"$B/ds-train" "$S/share/configs/gpt-tiny.json" --config min.json --data $data --steps 3 --inject-grad-inf 1 \
+    >/dev/null 2>err.min
+rc=$?
+[ $rc = 1 ] && grep -q 'step 1: gradient overflow at the minimum loss scale 2' err.min \
+    && ok "overflow at the minimum loss scale: exit 1 with DeepSpeed's reason" || notok "min scale: exit $rc: $(cat err.min)"
+tap_summary
