@@ -346,6 +346,12 @@ int main(int argc, char **argv)
         return 2;
     }
     int64_t steps = a.steps > 0 ? a.steps : N / TB;
+    if ((st = ds_engine_set_total_steps(eng, steps, &err)) != DS_OK) { /* "auto" in the scheduler */
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        return 2;
+    }
     ds_sampler sampler;
     if ((st = ds_sampler_init(&sampler, a.order, a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42), N, &err))) {
         fprintf(stderr, "ds-train: %s\n", err.msg);
@@ -386,6 +392,9 @@ int main(int argc, char **argv)
                (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps);
         printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
                ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
+        if (cfg->scheduler.type != DS_SCHED_NONE)
+            printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
+                   ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));
         fflush(stdout);
     }
 
@@ -453,14 +462,19 @@ int main(int argc, char **argv)
         last_loss = loss;
         double rate = (double)(TB * (tokens ? T : 1)) / (ms / 1e3);
         int64_t step = ds_engine_global_steps(eng);
+        double lr, mom; /* those this step's update used (the scheduler has moved on since) */
+        ds_engine_last_lr(eng, &lr, &mom);
         if (logf) {
+            char momtxt[32] = "null"; /* an optimizer without momentum */
+            if (!isnan(mom))
+                snprintf(momtxt, sizeof momtxt, "%.7g", mom);
             int64_t ar_calls, ar_bytes;
             ds_engine_last_allreduce(eng, &ar_calls, &ar_bytes);
             fprintf(logf,
-                    "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, \"ms\": %.3f, "
+                    "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"momentum\": %s, \"grad_norm\": %.7g, \"ms\": %.3f, "
                     "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
                     "\"allreduce_bytes\": %lld}\n",
-                    (long long)step, loss, ds_engine_get_lr(eng), ds_engine_get_global_grad_norm(eng), ms,
+                    (long long)step, loss, lr, momtxt, ds_engine_get_global_grad_norm(eng), ms,
                     tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
                     world, (long long)ar_calls, (long long)ar_bytes);
             fflush(logf);
@@ -469,7 +483,7 @@ int main(int argc, char **argv)
             if (tty)
                 printf("\r\033[K");
             printf("step %lld/%lld | loss %.4f | lr %.3g | grad_norm %.4f | %.1f ms/step | %.0f %s/s\n",
-                   (long long)step, (long long)steps, loss, ds_engine_get_lr(eng),
+                   (long long)step, (long long)steps, loss, lr,
                    ds_engine_get_global_grad_norm(eng), ms, rate, unit);
             fflush(stdout);
         } else if (tty) {

@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "ds/sched.h"
 #include "ds/status.h"
 
 #ifdef __cplusplus
@@ -57,6 +58,8 @@ typedef struct ds_config {
 
     int has_optimizer;        /* 0: no optimizer block */
     ds_optimizer_config optimizer;
+
+    ds_sched_config scheduler; /* type DS_SCHED_NONE: no "scheduler" block (see ds/sched.h) */
 
     /* Warnings for the caller to print (unknown keys, deprecated spellings, defaults used). */
     int n_warnings;
