@@ -486,7 +486,7 @@ ds_status ds_sched_parse(ds_sched_config *s, json_object *v, const char *file, c
                 double m;
                 if ((st = get_number(&r, path, val, 0, 0, &m)) == DS_OK && m >= 1)
                     return bad(&r, path, "a number in [0, 1) (it becomes beta1 or the SGD momentum)", val);
-                *(key[6] == 'i' ? &s->cycle_min_mom : &s->cycle_max_mom) = m;
+                *(!strcmp(key, "cycle_min_mom") ? &s->cycle_min_mom : &s->cycle_max_mom) = m;
             } else if (!strcmp(key, "decay_mom_rate"))
                 st = get_number(&r, path, val, 0, 0, &s->decay_mom_rate);
             else if (!strcmp(key, "warmup_min_lr"))
