@@ -832,13 +832,19 @@ static int by_final(const void *x, const void *y)
 
 /* The OneCycle block of one sweep run: the config's own OneCycle params with cycle_max_lr
  * replaced, or cycle_min_lr = value/10 and a cycle over 90% of the steps (ds-lrrt(1)). */
+static int own_one_cycle(json_object *root) /* the config has a OneCycle block with params */
+{
+    json_object *sched, *type, *params;
+    return json_object_object_get_ex(root, "scheduler", &sched) && json_object_is_type(sched, json_type_object) &&
+           json_object_object_get_ex(sched, "type", &type) && json_object_is_type(type, json_type_string) &&
+           !strcmp(json_object_get_string(type), "OneCycle") &&
+           json_object_object_get_ex(sched, "params", &params) && json_object_is_type(params, json_type_object);
+}
+
 static ds_status sweep_config(const args *a, json_object *root, double value, char **text, ds_error *err)
 {
-    json_object *sched, *type, *params = NULL;
-    int own = json_object_object_get_ex(root, "scheduler", &sched) && json_object_is_type(sched, json_type_object) &&
-              json_object_object_get_ex(sched, "type", &type) && json_object_is_type(type, json_type_string) &&
-              !strcmp(json_object_get_string(type), "OneCycle") &&
-              json_object_object_get_ex(sched, "params", &params) && json_object_is_type(params, json_type_object);
+    json_object *sched;
+    int own = own_one_cycle(root);
     json_object *copy = NULL;
     if (json_object_deep_copy(root, &copy, NULL) != 0)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
@@ -999,7 +1005,9 @@ static int sweep(job *j, json_object *root)
                 printf("%4d  %12.4g  %12.4f\n", v + 1, runs[v].value, runs[v].final);
         }
         printf("final loss: mean training loss of the last %lld steps; %.1f s in all\n", (long long)tail, elapsed);
-        if (isfinite(runs[0].final))
+        if (isfinite(runs[0].final) && own_one_cycle(root))
+            printf("best: cycle_max_lr %.3g in %s's OneCycle block\n", runs[0].value, a->config);
+        else if (isfinite(runs[0].final))
             printf("best: \"scheduler\": {\"type\": \"OneCycle\", \"params\": {\"cycle_min_lr\": %.3g, \"cycle_max_lr\": "
                    "%.3g}} (with cycle steps for your run's length)\n",
                    runs[0].value / 10, runs[0].value);
