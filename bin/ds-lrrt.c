@@ -852,10 +852,11 @@ static ds_status sweep_config(const args *a, json_object *root, double value, ch
         json_object *p, *mn;
         json_object_object_get_ex(copy, "scheduler", &sched);
         json_object_object_get_ex(sched, "params", &p);
-        if (json_object_object_get_ex(p, "cycle_min_lr", &mn) && json_object_get_double(mn) >= value) {
+        double min_lr = json_object_object_get_ex(p, "cycle_min_lr", &mn) ? json_object_get_double(mn) : 0;
+        if (min_lr >= value) {
             json_object_put(copy);
-            return ds_error_set(err, DS_ERR_INVALID, "--values: %g is not above the config's cycle_min_lr %g",
-                                value, json_object_get_double(mn));
+            return ds_error_set(err, DS_ERR_INVALID, "--values: %g is not above %s's cycle_min_lr %g",
+                                value, a->config, min_lr);
         }
         json_object_object_add(p, "cycle_max_lr", json_object_new_double(value));
     } else {

@@ -199,6 +199,11 @@ else
     notok "sweep: $(head -c 300 err)"
 fi
 
+echo '{"train_batch_size": 8, "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 0.01, "cycle_max_lr": 0.1}}}' > own.json
+expect 2 "--values: 0.005 is not above own.json's cycle_min_lr 0.01" \
+    "a sweep keeps the config's OneCycle params: a value below its cycle_min_lr is refused" \
+    -- net.json --config own.json --data "$TEXT" --sweep 1cycle --values 0.005 --steps 2 --out own
+
 # ---- under ds-launch: 2 ranks x micro 4 = 1 rank x micro 8; rank 0 alone writes --------------
 echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > one.json
 echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > two.json
