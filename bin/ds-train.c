@@ -389,6 +389,12 @@ int main(int argc, char **argv)
         return 2;
     }
     int64_t steps = a.steps > 0 ? a.steps : N / TB;
+    if ((st = ds_engine_set_total_steps(eng, steps, &err)) != DS_OK) { /* "auto" in the scheduler */
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        return 2;
+    }
     ds_sampler sampler;
     if ((st = ds_sampler_init(&sampler, a.order, a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42), N, &err))) {
         fprintf(stderr, "ds-train: %s\n", err.msg);
@@ -437,6 +443,9 @@ int main(int argc, char **argv)
                    cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale);
         else if (cfg->precision == DS_PREC_BF16)
             printf("precision: bf16%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "");
+        if (cfg->scheduler.type != DS_SCHED_NONE)
+            printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
+                   ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));
         fflush(stdout);
     }
 
@@ -509,15 +518,20 @@ int main(int argc, char **argv)
         double rate = (double)(TB * (tokens ? T : 1)) / (ms / 1e3);
         int64_t step = ds_engine_global_steps(eng);
         int applied = ds_engine_was_step_applied(eng);
+        double lr, mom; /* those this step's update used (the scheduler has moved on since) */
+        ds_engine_last_lr(eng, &lr, &mom);
         if (logf) {
+            char momtxt[32] = "null"; /* an optimizer without momentum */
+            if (!isnan(mom))
+                snprintf(momtxt, sizeof momtxt, "%.7g", mom);
             int64_t ar_calls, ar_bytes;
             ds_engine_last_allreduce(eng, &ar_calls, &ar_bytes);
             fprintf(logf,
-                    "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"grad_norm\": %.7g, \"ms\": %.3f, "
+                    "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"momentum\": %s, \"grad_norm\": %.7g, \"ms\": %.3f, "
                     "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
                     "\"allreduce_bytes\": %lld, \"loss_scale\": %.9g, \"skipped\": %s, "
                     "\"skipped_steps\": %lld}\n",
-                    (long long)step, loss, ds_engine_get_lr(eng), ds_engine_get_global_grad_norm(eng), ms,
+                    (long long)step, loss, lr, momtxt, ds_engine_get_global_grad_norm(eng), ms,
                     tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
                     world, (long long)ar_calls, (long long)ar_bytes, ds_engine_last_step_loss_scale(eng),
                     applied ? "false" : "true", (long long)ds_engine_skipped_steps(eng));
@@ -534,7 +548,7 @@ int main(int argc, char **argv)
             if (tty)
                 printf("\r\033[K");
             printf("step %lld/%lld | loss %.4f | lr %.3g | grad_norm %.4f | %.1f ms/step | %.0f %s/s\n",
-                   (long long)step, (long long)steps, loss, ds_engine_get_lr(eng),
+                   (long long)step, (long long)steps, loss, lr,
                    ds_engine_get_global_grad_norm(eng), ms, rate, unit);
             fflush(stdout);
         } else if (tty) {

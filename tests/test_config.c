@@ -417,8 +417,9 @@ Test(features, refused_naming_the_key)
                "zero_optimization.offload_optimizer.device=cpu is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"cpu_offload\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "zero_optimization.cpu_offload=true is not supported yet", NULL);
-    load_fails(TB8("\"scheduler\": {\"type\": \"WarmupLR\", \"params\": {}}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "ds.json: scheduler (type WarmupLR) is not supported yet", NULL);
+    load_fails(TB8("\"scheduler\": {\"type\": \"StepLR\", \"params\": {}}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "ds.json: scheduler.type=StepLR (a torch.optim.lr_scheduler "
+               "class) is not supported yet", NULL);
     load_fails(TB8("\"wall_clock_breakdown\": true"), 1, 0, DS_ERR_UNSUPPORTED,
                "wall_clock_breakdown=true is not supported yet", NULL);
     load_fails(TB8("\"communication_data_type\": \"fp16\""), 1, 0, DS_ERR_UNSUPPORTED,
@@ -437,9 +438,9 @@ Test(features, refused_naming_the_key)
     load_fails(TB8("\"elasticity\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "elasticity.enabled=true is not supported yet", NULL);
     /* every refusal is listed in one message */
-    load_fails(TB8("\"zero_optimization\": {\"stage\": 2}, \"tensorboard\": {\"enabled\": true}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "zero_optimization.stage=2 is not supported yet; tensorboard.enabled=true "
-               "is not supported yet", NULL);
+    load_fails(TB8("\"tensorboard\": {\"enabled\": true}, \"scheduler\": {\"type\": \"CyclicLR\"}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "tensorboard.enabled=true is not supported yet; scheduler.type=CyclicLR "
+               "(a torch.optim.lr_scheduler class) is not supported yet", NULL);
     /* an invalid value wins over refusals: it must be fixed in any case */
     load_fails(TB8("\"tensorboard\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
                DS_ERR_INVALID, "steps_per_print: expected an integer", NULL);
@@ -521,7 +522,7 @@ static const struct {
     const char *msg;
 } REAL[] = {
     {"alpaca__default_offload_opt_param.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupDecayLR) is not supported yet"},
+     "zero_optimization.stage=3 is not supported yet"},
     {"bmds-tests__ds_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=1 is not supported yet"},
     {"bmds-tests__ds_config_bf16.json", DS_OK, NULL},
@@ -548,7 +549,7 @@ static const struct {
     {"ds-tests-torch_compile__ds_config_z3.json", DS_ERR_INVALID,
      "bf16: unknown key \"loss_scale\""},
     {"ds-tests-torch_compile__ds_config_z3_deepcompile_no_persist.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR) is not supported yet"},
+     "compile.deepcompile=true is not supported yet"},
     {"ds-tests-unit__ds_batch_config.json", DS_OK, NULL},
     {"dse-BingBertSquad__deepspeed_onebitadam_bsz96_config.json", DS_ERR_UNSUPPORTED,
      "optimizer.type=OnebitAdam is not supported yet"},
@@ -570,8 +571,7 @@ static const struct {
      "sparse_attention is not supported yet"},
     {"dse-bing_bert__deepspeed_bsz64k_onebitlamb_config_seq128_nccl.json", DS_ERR_UNSUPPORTED,
      "optimizer.type=OneBitLamb is not supported yet"},
-    {"dse-cifar__ds_config.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR) is not supported yet"},
+    {"dse-cifar__ds_config.json", DS_OK, NULL},
     {"dse-compression-bert__ds_config_layer_reduction_fp16.json", DS_ERR_UNSUPPORTED,
      "compression_training is not supported yet"},
     {"dse-data_efficiency__ds_config_gpt_base_random_ltd.json", DS_ERR_UNSUPPORTED,
@@ -591,10 +591,9 @@ static const struct {
     {"dse-megatron__ds_zero2_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=2 is not supported yet"},
     {"dse-pipeline_parallelism__ds_config.json", DS_OK, NULL},
-    {"dse-qanet__ds_bsz512_1cycle.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type OneCycle) is not supported yet"},
+    {"dse-qanet__ds_bsz512_1cycle.json", DS_OK, NULL},
     {"dse-tensor_parallel__ds_config.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupDecayLR) is not supported yet"},
+     "zero_optimization.stage=2 is not supported yet"},
     {"dse-zenflow__zf_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=2 is not supported yet"},
     {"fastchat__deepspeed_config_s2.json", DS_ERR_UNSUPPORTED,
@@ -604,15 +603,15 @@ static const struct {
     {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-accelerate-templates__zero_stage3_offload_config.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupDecayLR) is not supported yet"},
+     "zero_optimization.stage=3 is not supported yet"},
     {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-transformers__ds_config_zero2.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR) is not supported yet"},
+     "zero_optimization.stage=2 is not supported yet"},
     {"hf-transformers__ds_config_zero3.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR) is not supported yet"},
+     "zero_optimization.stage=3 is not supported yet"},
     {"hf-transformers__ds_config_zero3_bf16.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR) is not supported yet"},
+     "zero_optimization.stage=3 is not supported yet"},
     {"llamafactory__ds_z0_config.json", DS_OK, NULL},
     {"llamafactory__ds_z2_autotp_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=2 is not supported yet"},
@@ -621,16 +620,16 @@ static const struct {
     {"llamafactory__ds_z3_offload_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"llava__zero3_offload.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR) is not supported yet"},
+     "zero_optimization.stage=3 is not supported yet"},
     {"mmds-finetune_hf_llama__ds_config_empty.json", DS_OK, NULL},
     {"mmds-universal_checkpointing__ds_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=1 is not supported yet"},
     {"openassistant__deepspeed_rl.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=2 is not supported yet"},
-    {"openassistant__zero3_config_sft.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupDecayLR) is not supported yet"},
+    {"openassistant__zero3_config_sft.json", DS_ERR_INVALID,
+     "scheduler.params.total_num_steps: missing: WarmupDecayLR needs the number of optimizer steps"},
     {"qwen__ds_config_zero2.json", DS_ERR_UNSUPPORTED,
-     "scheduler (type WarmupLR) is not supported yet"},
+     "zero_optimization.stage=2 is not supported yet"},
 };
 #define N_REAL (sizeof REAL / sizeof REAL[0])
 

@@ -14,6 +14,7 @@
 #include "ds/backend.h"
 #include "ds/optim.h"
 #include "ds/safetensors.h"
+#include "ds/sched.h"
 #include "nn/net_internal.h"
 
 #define DEFAULT_SEED 42
@@ -47,7 +48,59 @@ struct ds_engine {
     int world_size;
     int64_t bucket;        /* elements per gradient all-reduce */
     int64_t ar_calls, ar_bytes;
+    /* LR schedule (engine.md §3): sched_iter is DeepSpeed's last_batch_iteration, -1 until the
+     * first applied update; lr and mom hold the values for the next update */
+    int64_t sched_iter;
+    double mom;          /* beta1 (Adam family) or SGD momentum of the next update */
+    double *mom_slot;    /* where the schedule writes it in opt.cfg, or NULL */
+    double applied_lr, applied_mom; /* of the last applied update (NAN before any) */
 };
+
+/* The optimizer setting that OneCycle's momentum cycling drives, or NULL if it has none. */
+static double *momentum_slot(ds_optimizer_config *o)
+{
+    switch (o->type) {
+    case DS_OPTIM_SGD: return &o->momentum;
+    case DS_OPTIM_ADAM:
+    case DS_OPTIM_ADAMW:
+    case DS_OPTIM_LAMB: return &o->beta1;
+    default: return NULL;
+    }
+}
+
+/* Write the schedule's values for iteration sched_iter into e->lr and e->mom (and into the
+ * optimizer's settings, when it exists). */
+static void sched_load(ds_engine *e)
+{
+    const ds_sched_config *s = &e->cfg.scheduler;
+    double lr = e->lr, mom = e->mom;
+    if (s->type == DS_SCHED_NONE)
+        return;
+    int cycled = ds_sched_lr(s, e->sched_iter, &lr, &mom);
+    e->lr = lr;
+    if (cycled && e->mom_slot) {
+        e->mom = mom;
+        *e->mom_slot = mom;
+    }
+}
+
+/* At construction (DeepSpeed: the scheduler's constructor writes the first lr): before
+ * ds_optimizer_init, so that SGD with cycled momentum gets its momentum buffer. */
+static void sched_start(ds_engine *e)
+{
+    ds_sched_config *s = &e->cfg.scheduler;
+    ds_sched_set_base_lr(s, e->cfg.optimizer.lr);
+    e->sched_iter = -1;
+    e->mom_slot = momentum_slot(&e->cfg.optimizer);
+    e->mom = e->mom_slot ? *e->mom_slot : NAN;
+    e->applied_lr = e->applied_mom = NAN;
+    if (s->type == DS_SCHED_ONE_CYCLE && s->cycle_momentum && !e->mom_slot &&
+        e->cfg.n_warnings < DS_CONFIG_MAX_WARNINGS) /* DeepSpeed warns and goes on too */
+        snprintf(e->cfg.warnings[e->cfg.n_warnings++], sizeof e->cfg.warnings[0],
+                 "%s: scheduler.params.cycle_momentum: optimizer %s has no momentum; it is not cycled",
+                 e->cfg.source_name, e->cfg.optimizer.name);
+    sched_load(e);
+}
 
 static ds_status backend_err(ds_engine *e, ds_status st, ds_error *err)
 {
@@ -163,6 +216,7 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     }
     e->seed = opts->seed_set ? opts->seed : e->cfg.seed_set ? e->cfg.seed : DEFAULT_SEED;
     e->lr = e->cfg.optimizer.lr;
+    sched_start(e);
     e->grad_norm = -1;
     if ((st = ds_backend_create(&e->be, opts->backend ? opts->backend : "cpu", err)) != DS_OK)
         goto fail;
@@ -220,6 +274,7 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
             user = &opts->user_optimizers[i];
     if ((st = ds_optimizer_init(&e->opt, &e->cfg.optimizer, e->be, tab, user, err)) != DS_OK)
         goto fail;
+    e->mom_slot = momentum_slot(&e->opt.cfg); /* the optimizer's copy from now on */
     if (opts->init_from && (st = ds_engine_load_weights(e, opts->init_from, err)) != DS_OK)
         goto fail;
     *out = e;
@@ -325,6 +380,10 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         e->micro_steps++;
         return DS_OK;
     }
+    if (e->cfg.scheduler.total_num_steps_auto && e->cfg.scheduler.total_num_steps == 0)
+        return ds_error_set(err, DS_ERR_INVALID,
+                            "%s: scheduler.params.total_num_steps is \"auto\" and the client has not "
+                            "set it (ds_engine_set_total_steps)", e->cfg.source_name);
     const ds_backend_ops *ops = e->be->ops;
     int64_t n = e->net->params.total;
     ds_status st;
@@ -399,6 +458,11 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         if ((st = ds_loss_scaler_update(&e->scaler, 0, err)) != DS_OK)
             return st;
         e->applied = 1;
+        /* DeepSpeed: lr_scheduler.step() once per applied update, after optimizer.step() */
+        e->applied_lr = e->lr;
+        e->applied_mom = e->mom;
+        e->sched_iter++;
+        sched_load(e);
     }
     if ((st = ops->zero(e->be, e->grads, (size_t)n * sizeof(float))) != DS_OK)
         return backend_err(e, st, err);
@@ -414,6 +478,35 @@ int64_t ds_engine_global_steps(const ds_engine *e) { return e->global_steps; }
 int64_t ds_engine_global_samples(const ds_engine *e) { return e->global_samples; }
 int64_t ds_engine_micro_steps(const ds_engine *e) { return e->micro_steps; }
 double ds_engine_get_lr(const ds_engine *e) { return e->lr; }
+double ds_engine_get_mom(const ds_engine *e) { return e->mom; }
+
+void ds_engine_last_lr(const ds_engine *e, double *lr, double *mom)
+{
+    if (lr)
+        *lr = e->applied_lr;
+    if (mom)
+        *mom = e->applied_mom;
+}
+
+ds_status ds_engine_set_total_steps(ds_engine *e, int64_t steps, ds_error *err)
+{
+    ds_status st = ds_sched_set_total_steps(&e->cfg.scheduler, steps, err);
+    if (st != DS_OK) {
+        if (err)
+            ds_error_prefix(err, "%s: ", e->cfg.source_name);
+        return st;
+    }
+    sched_load(e);
+    return DS_OK;
+}
+
+ds_status ds_engine_set_lr(ds_engine *e, double lr, ds_error *err)
+{
+    if (!(lr >= 0) || !isfinite(lr))
+        return ds_error_set(err, DS_ERR_INVALID, "learning rate %g: expected a finite number >= 0", lr);
+    e->lr = lr;
+    return DS_OK;
+}
 double ds_engine_get_global_grad_norm(const ds_engine *e) { return e->grad_norm; }
 double ds_engine_last_loss(const ds_engine *e) { return e->last_loss; }
 ds_precision ds_engine_precision(const ds_engine *e) { return e->cfg.precision; }

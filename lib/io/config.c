@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "core/json_util.h"
+#include "optim/sched_parse.h"
 
 /* How a key was given: missing (or null: DeepSpeed's get_scalar_param returns None for both),
  * "auto" (infer it or use the default), or a value. */
@@ -546,14 +547,18 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         return read_precision(r, path, v, 0);
     case F_BF16:
         return read_precision(r, path, v, 1);
-    case F_SCHED: /* no scheduler is built: any scheduler block is refused, naming its type */
-        if (!v || (json_object_is_type(v, json_type_object) && json_object_object_length(v) == 0))
-            return DS_OK;
-        json_object *t;
-        if (json_object_object_get_ex(v, "type", &t) && json_object_is_type(t, json_type_string))
-            return refuse(r, "scheduler (type %.60s) is not supported yet",
-                          json_object_get_string(t));
-        return unsupported(r, path, NULL);
+    case F_SCHED: { /* lib/optim/sched.c reads the block */
+        char note[256];
+        ds_error e = {0};
+        st = ds_sched_parse(&r->cfg->scheduler, v, r->name, note, sizeof note, &e);
+        if (note[0])
+            warn(r, "%s", note);
+        if (st == DS_ERR_UNSUPPORTED)
+            return refuse(r, "%s", e.msg);
+        if (st != DS_OK && r->err)
+            *r->err = e;
+        return st;
+    }
     case F_ZERO:
         if (json_object_is_type(v, json_type_boolean)) { /* the old form: true means stage 1 */
             if (json_object_get_boolean(v))
@@ -1191,6 +1196,8 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
         cfg->precision = r.fp16_on ? DS_PREC_FP16 : r.bf16_on ? DS_PREC_BF16 : DS_PREC_FP32;
     if (st == DS_OK)
         st = resolve_batch(&r, world_size, hints);
+    if (st == DS_OK) /* the engine's default optimizer (no block) has lr 1e-3 too */
+        ds_sched_set_base_lr(&cfg->scheduler, cfg->has_optimizer ? cfg->optimizer.lr : 1e-3);
     json_object_put(root);
     if (st != DS_OK)
         ds_config_free(cfg);

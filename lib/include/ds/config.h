@@ -6,6 +6,7 @@
 
 #include <stdint.h>
 
+#include "ds/sched.h"
 #include "ds/status.h"
 
 #ifdef __cplusplus
@@ -87,6 +88,7 @@ typedef struct ds_config {
     ds_precision precision;   /* fp16.enabled / bf16.enabled */
     ds_loss_scale_config fp16;
     int bf16_check_overflow;  /* bf16.check_grad_overflow: skip steps with inf/NaN gradients */
+    ds_sched_config scheduler; /* type DS_SCHED_NONE: no "scheduler" block (see ds/sched.h) */
 
     /* Warnings for the caller to print (unknown keys, deprecated spellings, defaults used). */
     int n_warnings;

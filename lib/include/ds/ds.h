@@ -10,6 +10,7 @@
 #include "ds/config.h"
 #include "ds/net.h"
 #include "ds/optim.h"
+#include "ds/sched.h"
 #include "ds/safetensors.h"
 #include "ds/data.h"
 #include "ds/engine.h"

@@ -70,7 +70,20 @@ int ds_engine_is_gradient_accumulation_boundary(const ds_engine *e);
 int64_t ds_engine_global_steps(const ds_engine *e);
 int64_t ds_engine_global_samples(const ds_engine *e);
 int64_t ds_engine_micro_steps(const ds_engine *e);
+/* The lr (and beta1 for the Adam family, momentum for SGD) that the next optimizer update will
+ * use: DeepSpeed's get_lr()/get_mom(). With a "scheduler" block the engine steps the schedule
+ * once per applied update, after it (engine.md §3). get_mom is NAN for an optimizer without
+ * momentum. */
 double ds_engine_get_lr(const ds_engine *e);
+double ds_engine_get_mom(const ds_engine *e);
+/* The lr and momentum that the last applied update used (NAN before the first). */
+void ds_engine_last_lr(const ds_engine *e, double *lr, double *mom);
+/* Set the lr of the next update (an LR range test drives it this way). A scheduler, if the
+ * config has one, writes its own value again after that update. */
+ds_status ds_engine_set_lr(ds_engine *e, double lr, ds_error *err);
+/* The run's number of optimizer steps, for a scheduler whose total_num_steps is "auto"
+ * (WarmupDecayLR, WarmupCosineLR); a no-op otherwise. Call before the first update. */
+ds_status ds_engine_set_total_steps(ds_engine *e, int64_t steps, ds_error *err);
 /* Global L2 norm of the gradients at the last update (before clipping); -1 before any. */
 double ds_engine_get_global_grad_norm(const ds_engine *e);
 /* Mean loss over the micro-batches of the last completed effective batch (averaged over the

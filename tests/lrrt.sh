@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# ds-lrrt and the scheduler from the outside: usage errors, --print-schedule against values
+# worked out from the formulas, ds-train's --log-json lr/momentum against --print-schedule, an
+# LR range test of gpt-tiny on /usr/share/common-licenses (suggestion inside the range, valid
+# CSV, well-formed SVG, a OneCycle block that loads), the divergence stop, outputs not
+# overwritten without --force, a 1Cycle sweep, and 2 ranks under ds-launch giving 1 rank's
+# losses with rank 0 alone writing. One "ok"/"not ok" line per check.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
+set -u
+B=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+S=${DS_TEST_DIR:-$(cd "$(dirname "$0")" && pwd)}/..
+export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
+if ! command -v python3 >/dev/null; then
+    echo "python3 is needed to check CSV, SVG and JSON outputs: skipping"
+    exit 77
+fi
+T=$(mktemp -d "${TMPDIR:-/tmp}/ds-lrrt.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+L="$B/ds-lrrt"
+GPT="$S/share/configs/gpt-tiny.json"
+TEXT=/usr/share/common-licenses
+[ -d "$TEXT" ] || { python3 -c "
+import random; random.seed(1); open('text.txt','w').write(' '.join(random.choice(['the','data','rank','sum','mean','lr']) for _ in range(40000)))"; TEXT=text.txt; }
+
+# expect STATUS TEXT DESC -- ARGS...: ds-lrrt exits with STATUS and stderr holds TEXT
+expect() {
+    local want=$1 text=$2 desc=$3
+    shift 4
+    "$L" "$@" >out 2>err
+    local rc=$?
+    if [ "$rc" = "$want" ] && grep -qF -- "$text" err; then ok "$desc"; else notok "$desc (exit $rc: $(head -c 300 err))"; fi
+}
+# py DESC CODE [ARGS]: ok when the python code exits 0
+py() {
+    local desc=$1 code=$2
+    shift 2
+    if python3 -c "$code" "$@" 2>pyerr; then ok "$desc"; else notok "$desc: $(tail -c 400 pyerr)"; fi
+}
+
+# ---- usage ----------------------------------------------------------------------------------
+echo '{"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}}' > ds.json
+expect 2 "no DeepSpeed config given" "no --config: usage error, exit 2" -- "$GPT" --data "$TEXT"
+expect 2 "--min must be below --max (found 0.1 >= 0.01)" "--min above --max: exit 2" -- "$GPT" --config ds.json --data "$TEXT" --min 0.1 --max 0.01
+expect 2 "--sweep 1cycle needs --values" "--sweep without --values: exit 2" -- "$GPT" --config ds.json --data "$TEXT" --sweep 1cycle
+expect 2 "--values: expected a number > 0, found \"x\"" "a bad --values entry: exit 2" -- "$GPT" --config ds.json --data "$TEXT" --sweep 1cycle --values 0.1,x
+expect 2 "--spacing: expected log or linear, found \"cubic\"" "--spacing cubic: exit 2" -- "$GPT" --config ds.json --data "$TEXT" --spacing cubic
+"$L" --help | grep -q -- "--print-schedule N" && ok "--help lists --print-schedule" || notok "--help"
+
+# ---- --print-schedule -----------------------------------------------------------------------
+cat > warm.json <<'EOF'
+{"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}},
+ "scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.01, "warmup_num_steps": 4, "warmup_type": "linear"}}}
+EOF
+"$L" --config warm.json --print-schedule 8 > warm.csv 2>err
+# update n uses iteration n-2: 0 (construction), then k/4 of 0.01 for k = 0..3, then 0.01
+py "WarmupLR linear: --print-schedule gives 0, 0, 0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01 (beta1 0.9)" '
+import csv, sys
+r = list(csv.DictReader(open("warm.csv")))
+want = [0, 0, 0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01]
+assert [int(x["step"]) for x in r] == list(range(1, 9)), r
+assert all(abs(float(x["lr"]) - w) < 1e-12 for x, w in zip(r, want)), [x["lr"] for x in r]
+assert all(float(x["momentum"]) == 0.9 for x in r)'
+cat > cyc.json <<'EOF'
+{"train_batch_size": 4, "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+ "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 0.01, "cycle_max_lr": 0.05, "cycle_first_step_size": 2,
+   "cycle_min_mom": 0.8, "cycle_max_mom": 0.9, "decay_step_size": 2, "decay_lr_rate": 1.0}}}
+EOF
+"$L" --config cyc.json --print-schedule 7 > cyc.csv 2>err
+# k = -1..5: sf 0, .5, 1, .5, 0; then decay d = 1, 2: 0.01/(1 + d/2)
+py "OneCycle: lr rises to the peak and back, momentum mirrors it, then the lr decays" '
+import csv
+r = list(csv.DictReader(open("cyc.csv")))
+lr = [0.01, 0.03, 0.05, 0.03, 0.01, 0.01 / 1.5, 0.01 / 2]
+mom = [0.9, 0.85, 0.8, 0.85, 0.9, 0.9, 0.9]
+assert all(abs(float(x["lr"]) - w) <= 1e-8 * w for x, w in zip(r, lr)) and len(r) == 7, [x["lr"] for x in r]
+assert all(abs(float(x["momentum"]) - w) < 1e-12 for x, w in zip(r, mom)), [x["momentum"] for x in r]'
+cat > decay.json <<'EOF'
+{"train_batch_size": 4, "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": "auto", "warmup_max_lr": 0.02, "warmup_num_steps": 2}}}
+EOF
+"$L" --config decay.json --print-schedule 6 > decay.csv 2>err
+# total "auto" = 6 steps: W = 2, log warmup ln(k+1)/ln 2: k = -1, 0 -> 0; k = 1 -> 0.02; then (6-k)/4
+py "WarmupDecayLR with total_num_steps \"auto\" takes the printed length (and says so)" '
+import csv
+r = list(csv.DictReader(open("decay.csv")))
+want = [0, 0, 0.02, 0.02, 0.015, 0.01]
+assert all(abs(float(x["lr"]) - w) < 1e-12 for x, w in zip(r, want)) and len(r) == 6, [x["lr"] for x in r]
+assert "total_num_steps=the run" in open("err").read()'
+echo '{"train_batch_size": 4, "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": "x"}}}' > bad.json
+expect 2 "bad.json: scheduler.params.warmup_num_steps: expected an integer >= 0, found \"x\"" \
+    "a bad scheduler value: exit 2 naming the file and JSON path" -- --config bad.json --print-schedule 3
+
+# ---- ds-train steps the scheduler once per update and logs what each update used ------------
+cat > net.json <<'EOF'
+{"input": {"type": "tokens", "vocab_size": 256, "seq_len": 32},
+ "layers": [{"type": "embedding", "name": "wte", "dim": 32}, {"type": "position_embedding", "name": "wpe"},
+  {"type": "repeat", "name": "h", "count": 1, "layers": [
+   {"type": "residual", "layers": [{"type": "layernorm", "name": "ln_1"}, {"type": "attention", "name": "attn", "heads": 4}]},
+   {"type": "residual", "layers": [{"type": "layernorm", "name": "ln_2"}, {"type": "linear", "name": "fc", "out": 128},
+    {"type": "gelu", "approximate": "tanh"}, {"type": "linear", "name": "proj", "out": 32}]}]},
+  {"type": "layernorm", "name": "ln_f"}, {"type": "linear", "name": "lm_head", "out": 256, "bias": false, "tied_to": "wte"}],
+ "loss": {"type": "cross_entropy"}}
+EOF
+cat > cycgas.json <<'EOF'
+{"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "SGD", "params": {"lr": 0.1}},
+ "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 0.01, "cycle_max_lr": 0.05, "cycle_first_step_size": 2,
+   "cycle_min_mom": 0.8, "cycle_max_mom": 0.9, "decay_step_size": 2, "decay_lr_rate": 1.0}}}
+EOF
+"$L" --config cycgas.json --print-schedule 7 > cycgas.csv 2>err
+if "$B/ds-train" net.json --config cycgas.json --data "$TEXT" --steps 7 --log-json train.jsonl --quiet >/dev/null 2>err; then
+    py "ds-train (2 accumulation steps) logs per step the lr and momentum that --print-schedule prints" '
+import csv, json
+want = list(csv.DictReader(open("cycgas.csv")))
+got = [json.loads(l) for l in open("train.jsonl")]
+assert len(got) == 7 == len(want)
+for g, w in zip(got, want):
+    assert abs(g["lr"] - float(w["lr"])) <= 1e-6 * float(w["lr"]), (g, w)
+    assert abs(g["momentum"] - float(w["momentum"])) <= 1e-6, (g, w)'
+else
+    notok "ds-train with a OneCycle scheduler: $(head -c 300 err)"
+fi
+
+# ---- the range test -------------------------------------------------------------------------
+echo '{"train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 3,
+ "scheduler": {"type": "WarmupLR", "params": {"warmup_max_lr": 0.5}}}' > rt.json
+start=$(date +%s)
+if "$L" "$GPT" --config rt.json --data "$TEXT" --min 1e-5 --max 1e-1 --steps 30 > rt.out 2> rt.err; then
+    ok "range test of gpt-tiny on $TEXT, 30 steps ($(( $(date +%s) - start )) s)"
+else
+    notok "range test: $(head -c 400 rt.err)"
+fi
+py "the suggested lr lies inside the swept range [1e-5, 1e-1]" '
+import re
+m = re.search(r"suggested lr: (\S+)", open("rt.out").read())
+assert m, "no suggestion"
+assert 1e-5 <= float(m.group(1)) <= 1e-1, m.group(1)'
+py "lrrt.csv: a header and 1..30 rows of finite numbers, lr rising geometrically from 1e-5" '
+import csv, math
+r = list(csv.DictReader(open("lrrt.csv")))
+assert list(r[0].keys()) == ["step", "lr", "loss", "smoothed_loss"], r[0].keys()
+assert 1 <= len(r) <= 30
+lr = [float(x["lr"]) for x in r]
+assert abs(lr[0] - 1e-5) < 1e-12
+assert all(abs(lr[i + 1] / lr[i] - 10 ** (4 / 29)) < 1e-6 for i in range(len(lr) - 1)), lr
+assert all(math.isfinite(float(x["loss"])) and math.isfinite(float(x["smoothed_loss"])) for x in r)'
+py "lrrt.svg is well-formed SVG with the loss curve, its points and the suggested lr marked" '
+import xml.dom.minidom, re
+d = xml.dom.minidom.parse("lrrt.svg")
+root = d.documentElement
+assert root.tagName == "svg" and root.getAttribute("xmlns") == "http://www.w3.org/2000/svg"
+assert d.getElementsByTagName("polyline") and len(d.getElementsByTagName("circle")) >= 1
+texts = " ".join(t.firstChild.data for t in d.getElementsByTagName("text") if t.firstChild)
+s = re.search(r"suggested lr: (\S+)", open("rt.out").read()).group(1)
+assert "suggested lr " + s in texts, texts[-200:]
+assert "1e-5" in texts and "1e-1" in texts'
+grep -q '^  "scheduler": {"type": "OneCycle"' rt.out && sed -n 's/^  "scheduler": /{"train_batch_size": 4, "scheduler": /p' rt.out | sed 's/$/}/' > onecycle.json
+if "$L" --config onecycle.json --print-schedule 3 >oc.csv 2>err && python3 -c '
+import json, sys; p = json.load(open("onecycle.json"))["scheduler"]["params"]
+assert 0 < p["cycle_min_lr"] < p["cycle_max_lr"] <= 0.1' 2>/dev/null; then
+    ok "the printed OneCycle block pastes into a config that loads (cycle_min_lr < cycle_max_lr <= --max)"
+else
+    notok "OneCycle block: $(grep -F OneCycle rt.out) $(head -c 200 err)"
+fi
+cp lrrt.csv keep.csv
+expect 2 "lrrt.csv: the file exists; not overwriting it (use --force)" "existing outputs are not overwritten without --force" \
+    -- "$GPT" --config rt.json --data "$TEXT" --steps 3
+cmp -s lrrt.csv keep.csv && ok "... and lrrt.csv is unchanged" || notok "lrrt.csv was changed"
+
+# ---- divergence stop (the small net, an lr that ends at 1000) ---------------------------------
+echo '{"train_batch_size": 8, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}, "seed": 1}' > sgd.json
+if "$L" net.json --config sgd.json --data "$TEXT" --min 1e-3 --max 1e3 --steps 40 --out div --quiet > div.out 2>err; then
+    py "a diverging range test stops early and says why" '
+import re
+t = open("div.out").read()
+m = re.search(r"stopped after (\d+) of 40 steps: (.*) \(", t)
+assert m and int(m.group(1)) < 40 and ("diverged" in m.group(2) or "not finite" in m.group(2)), t
+assert sum(1 for _ in open("div.csv")) == int(m.group(1)) + 1'
+else
+    notok "divergence run: $(head -c 300 err)"
+fi
+
+# ---- 1Cycle sweep ---------------------------------------------------------------------------
+echo '{"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 1}' > sw.json
+if "$L" net.json --config sw.json --data "$TEXT" --sweep 1cycle --values 0.0001,0.01,30 --steps 10 > sw.out 2>err; then
+    py "sweep: final losses listed best first; CSV of every step with the OneCycle lr; SVG of the curves" '
+import csv, re, xml.dom.minidom
+t = open("sw.out").read()
+rows = re.findall(r"^\s+(\d+)\s+(\S+)\s+(\S+)$", t, re.M)
+assert [r[0] for r in rows] == ["1", "2", "3"], t
+finals = [float(r[2]) if r[2] != "diverged" else float("inf") for r in rows]
+assert finals == sorted(finals), finals
+r = list(csv.DictReader(open("sweep.csv")))
+assert {x["cycle_max_lr"] for x in r} >= {"0.0001", "0.01"}
+one = [x for x in r if x["cycle_max_lr"] == "0.01"]
+assert len(one) == 10 and abs(float(one[0]["lr"]) - 0.001) < 1e-12 and abs(float(one[4]["lr"]) - 0.01) < 1e-9, one[:5]
+d = xml.dom.minidom.parse("sweep.svg")
+assert len(d.getElementsByTagName("polyline")) >= 2'
+else
+    notok "sweep: $(head -c 300 err)"
+fi
+
+echo '{"train_batch_size": 8, "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 0.01, "cycle_max_lr": 0.1}}}' > own.json
+expect 2 "--values: 0.005 is not above own.json's cycle_min_lr 0.01" \
+    "a sweep keeps the config's OneCycle params: a value below its cycle_min_lr is refused" \
+    -- net.json --config own.json --data "$TEXT" --sweep 1cycle --values 0.005 --steps 2 --out own
+
+# ---- under ds-launch: 2 ranks x micro 4 = 1 rank x micro 8; rank 0 alone writes --------------
+echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > one.json
+echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > two.json
+common=(net.json --data "$TEXT" --data-order sequential --min 1e-4 --max 1e-1 --steps 12)
+"$L" "${common[@]}" --config one.json --out r1 --quiet >/dev/null 2>err1 || notok "1 rank: $(head -c 300 err1)"
+if "$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$L" "${common[@]}" --config two.json --out r2 > r2.out 2>err2; then
+    ok "ds-launch: a range test on 2 ranks"
+else
+    notok "2 ranks: $(head -c 300 err2)"
+fi
+py "2 ranks x micro-batch 4 record the losses of 1 rank x micro-batch 8 (1e-5 relative)" '
+import csv
+a = list(csv.DictReader(open("r1.csv"))); b = list(csv.DictReader(open("r2.csv")))
+assert len(a) == len(b) == 12, (len(a), len(b))
+for x, y in zip(a, b):
+    assert abs(float(x["loss"]) - float(y["loss"])) <= 1e-5 * abs(float(x["loss"])), (x, y)'
+if grep -q "suggested lr\|no suggestion" r2.out && ! grep -q "^\[rank 1\]" r2.out && [ -f r2.svg ]; then
+    ok "rank 0 alone prints the table and the suggestion"
+else
+    notok "2-rank output: $(head -c 300 r2.out)"
+fi
+
+tap_summary
