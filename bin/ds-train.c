@@ -520,6 +520,10 @@ int main(int argc, char **argv)
         int applied = ds_engine_was_step_applied(eng);
         double lr, mom; /* those this step's update used (the scheduler has moved on since) */
         ds_engine_last_lr(eng, &lr, &mom);
+        if (!applied) { /* a skipped step: what it would have used (the scheduler did not move) */
+            lr = ds_engine_get_lr(eng);
+            mom = ds_engine_get_mom(eng);
+        }
         if (logf) {
             char momtxt[32] = "null"; /* an optimizer without momentum */
             if (!isnan(mom))

@@ -31,7 +31,7 @@ for p in fp32 fp16 bf16; do
 done
 wait
 for p in fp16 bf16; do
-    if out=$(python3 - "$p" <<'PYEOF'
+    if out=$(python3 - "$p" 2>&1 <<'PYEOF'
 import json, sys
 p = sys.argv[1]
 def losses(name):
@@ -68,7 +68,7 @@ echo "{\"train_micro_batch_size_per_gpu\": 2, \"optimizer\": {\"type\": \"AdamW\
 if "$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "$S/share/configs/gpt-tiny.json" \
     --config dp16.json --data $data --steps 8 --data-order sequential --inject-grad-inf 4:1 \
     --log-json 'rank{rank}.jsonl' >out.dp 2>err.dp; then
-    if out=$(python3 - <<'PYEOF'
+    if out=$(python3 - 2>&1 <<'PYEOF'
 import json, sys
 r = [[json.loads(l) for l in open('rank%d.jsonl' % k)] for k in (0, 1)]
 for k in (0, 1):
