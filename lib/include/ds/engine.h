@@ -10,6 +10,7 @@
 #include "ds/config.h"
 #include "ds/dist.h"
 #include "ds/net.h"
+#include "ds/prof.h"
 #include "ds/status.h"
 
 #ifdef __cplusplus
@@ -37,6 +38,8 @@ typedef struct ds_engine_options {
     ds_comm *comm;
     int rank, world_size;
     int64_t allreduce_bucket; /* elements per all-reduce bucket (0: DeepSpeed's 5e8) */
+    int timers;               /* time fwd/bwd/step even when the config's wall_clock_breakdown
+                                 is false (ds-train --prof_db) */
 } ds_engine_options;
 
 /* One micro-batch on the host. Tokens nets: tokens and targets [B*T]. Features nets: x [B*F]
@@ -73,6 +76,16 @@ double ds_engine_get_global_grad_norm(const ds_engine *e);
 double ds_engine_last_loss(const ds_engine *e);
 /* All-reduce calls and bytes of the last optimizer step (0 for one process). */
 void ds_engine_last_allreduce(const ds_engine *e, int64_t *calls, int64_t *bytes);
+
+/* Wall-clock breakdown (engine.md §7): the timers, or NULL when wall_clock_breakdown (or
+ * options.timers) is off. The collectives of the last optimizer step, with their bytes and
+ * times, are recorded only while the timers are on (*n = 0 otherwise). */
+const ds_timers *ds_engine_timers(const ds_engine *e);
+const ds_collective_record *ds_engine_last_collectives(const ds_engine *e, int *n);
+/* The loss scale the last optimizer step used (1.0 in fp32) and whether that step's update was
+ * skipped (an fp16 overflow); the mixed-precision code sets them. */
+double ds_engine_get_loss_scale(const ds_engine *e);
+int ds_engine_last_step_skipped(const ds_engine *e);
 
 const ds_config *ds_engine_config(const ds_engine *e);
 const ds_net *ds_engine_net(const ds_engine *e);
