@@ -186,7 +186,8 @@ static double mean(const vec *x)
     return x->n ? s / x->n : NAN;
 }
 
-/* Nearest-rank percentile (p in 0..100) of a copy; median is p = 50 (upper middle). */
+/* Percentile p (0..100) with linear interpolation between order statistics (numpy's default):
+ * the median of an even count is the mean of the two middle values. */
 static double percentile(const vec *x, double p)
 {
     if (!x->n)
@@ -196,11 +197,9 @@ static double percentile(const vec *x, double p)
         return NAN;
     memcpy(c, x->v, (size_t)x->n * sizeof *c);
     qsort(c, (size_t)x->n, sizeof *c, cmp_double);
-    int k = (int)ceil(p / 100.0 * x->n) - 1;
-    if (p == 50.0)
-        k = x->n / 2;
-    k = k < 0 ? 0 : k >= x->n ? x->n - 1 : k;
-    double r = c[k];
+    double pos = p / 100.0 * (x->n - 1);
+    int lo = (int)floor(pos), hi = lo + 1 < x->n ? lo + 1 : lo;
+    double r = c[lo] + (pos - lo) * (c[hi] - c[lo]);
     free(c);
     return r;
 }
@@ -374,7 +373,7 @@ static int report(sqlite3 *db, const opts *o)
     }
     double med_s = percentile(&sm.col[6], 50) / 1e3;
     int tokens = scalar(db, "SELECT positions FROM run", 0, -1) > 1;
-    printf("throughput: %.0f %s/s at the median iteration, model %.4f TFLOP/s per rank", sm.tokens_per_step / med_s,
+    printf("throughput: %.0f %s/s at the median iteration, model %.4g TFLOP/s per rank", sm.tokens_per_step / med_s,
            tokens ? "tokens" : "samples", sm.flops_per_rank_step / med_s / 1e12);
     if (!isnan(sm.peak))
         printf(", MFU %.2f%% of %g TFLOP/s\n", 100.0 * sm.flops_per_rank_step / med_s / (sm.peak * 1e12), sm.peak);
