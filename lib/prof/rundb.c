@@ -131,8 +131,10 @@ static ds_status create_file(ds_rundb *d, int overwrite, const ds_run_info *in, 
         return st;
     }
     sqlite3_busy_timeout(d->db, 10000);
-    char pragmas[160];
-    snprintf(pragmas, sizeof pragmas, "PRAGMA application_id=%d; PRAGMA user_version=%d; PRAGMA journal_mode=WAL;",
+    /* WAL: readers (ds-prof during the run) do not block the writer; synchronous=NORMAL: no
+     * fsync per commit (a power cut may lose the last steps, never corrupt the file) */
+    char pragmas[200];
+    snprintf(pragmas, sizeof pragmas, "PRAGMA application_id=%d; PRAGMA user_version=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
              DS_RUNDB_APPLICATION_ID, DS_RUNDB_SCHEMA_VERSION);
     ds_status st = exec(d, pragmas, err);
     if (st == DS_OK)
