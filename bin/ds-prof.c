@@ -441,6 +441,18 @@ static int compare(sqlite3 *da, sqlite3 *dbb, const opts *o)
 
 /* ---- export ----------------------------------------------------------------------------- */
 
+/* The shortest of %.15g..%.17g that reads back as the same double (0.8, not 0.80000000000000004). */
+static void put_real(FILE *f, double v)
+{
+    char buf[40];
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    fputs(buf, f);
+}
+
 static void csv_field(FILE *f, sqlite3_stmt *s, int i)
 {
     switch (sqlite3_column_type(s, i)) {
@@ -450,7 +462,7 @@ static void csv_field(FILE *f, sqlite3_stmt *s, int i)
         fprintf(f, "%lld", (long long)sqlite3_column_int64(s, i));
         return;
     case SQLITE_FLOAT:
-        fprintf(f, "%.17g", sqlite3_column_double(s, i));
+        put_real(f, sqlite3_column_double(s, i));
         return;
     default: {
         const char *t = (const char *)sqlite3_column_text(s, i);
@@ -499,7 +511,7 @@ static void json_field(FILE *f, sqlite3_stmt *s, int i)
     case SQLITE_FLOAT: {
         double v = sqlite3_column_double(s, i);
         if (isfinite(v))
-            fprintf(f, "%.17g", v);
+            put_real(f, v);
         else
             fputs("null", f);
         return;

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# bench-prof.sh: what the engine's timers cost. Interleaved A/B runs of ds-train on the same
+# bench-prof.sh: what the engine's timers cost. First tests/bench_prof (built if missing): the
+# cost of one timer start+stop on and off, and two engines in one process (timers off / on)
+# alternating optimizer steps on the same batches, the least noisy A/B on a shared machine.
+# Then interleaved A/B runs of ds-train on the same
 # data and seed: A with the timers off (no wall_clock_breakdown, no --prof_db), B with them on
 # and every step recorded (wall_clock_breakdown true and --prof_db). Each run's step time is
 # the median of its --log-json "ms" after the warm-up steps (the engine's and the client's
 # time for the step, timers included); the run's wall time also holds what happens between
 # the steps (recording the step, the database writes every steps_per_print steps, the final
 # close). The overhead is the median over the repetitions of B/A - 1, pairing each B with the
-# A run just before it, so that a busy machine's drift hits both alike. See scripts/README.md.
+# A run beside it; the order alternates (A B, B A, ...), so that a busy machine's drift hits
+# both alike. See scripts/README.md.
 #
 # Usage: scripts/bench-prof.sh [--reps R] [--steps N] [--warmup W] [--net NET.json]
-#          [--config DS.json] [--data FILE] [--threads T] [--keep]
+#          [--config DS.json] [--data FILE] [--threads T] [--inproc-steps S] [--keep]
 #
+#   --inproc-steps S  optimizer steps of each engine in tests/bench_prof (default 1000)
 #   --reps R      A/B pairs (default 7)
 #   --steps N     optimizer steps per run (default 200)
 #   --warmup W    first W steps not measured (default 5)
@@ -26,7 +31,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-reps=7 steps=200 warmup=5 net="" config="" data=/usr/share/common-licenses/GPL-3 threads=1 keep=0
+reps=7 steps=200 warmup=5 inproc=1000 net="" config="" data=/usr/share/common-licenses/GPL-3 threads=1 keep=0
 while [ $# -gt 0 ]; do
     case $1 in
     --reps) reps=$2; shift 2 ;;
@@ -36,8 +41,9 @@ while [ $# -gt 0 ]; do
     --config) config=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --inproc-steps) inproc=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-prof.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -86,14 +92,23 @@ print("%.4f %.4f" % (statistics.median(ms), float(sys.argv[4]) - float(sys.argv[
 EOF
 }
 
-echo "ds-train: $net, $config, $steps steps (first $warmup not measured), OMP_NUM_THREADS=$threads"
-echo "A = timers off; B = wall_clock_breakdown + --prof_db; interleaved A B A B ..."
+bench=$root/tests/bench_prof
+[ -x "$bench" ] || make -C "$root" tests/bench_prof >/dev/null
+echo "== tests/bench_prof: $net, $config, $inproc steps per engine, OMP_NUM_THREADS=$threads"
+"$bench" "$net" "$config" "$inproc"
+echo "== ds-train: $steps steps (first $warmup not measured)"
+echo "A = timers off; B = wall_clock_breakdown + --prof_db; interleaved A B, B A, ..."
 printf "%4s %12s %12s %9s %10s %10s %9s\n" rep "A ms/step" "B ms/step" "B/A-1" "A wall s" "B wall s" "B/A-1"
 results=$work/results.txt
 : > "$results"
 for r in $(seq 1 "$reps"); do
-    read -r a aw < <(run A "$r")
-    read -r b bw < <(run B "$r")
+    if [ $((r % 2)) = 1 ]; then
+        read -r a aw < <(run A "$r")
+        read -r b bw < <(run B "$r")
+    else
+        read -r b bw < <(run B "$r")
+        read -r a aw < <(run A "$r")
+    fi
     echo "$a $b $aw $bw" >> "$results"
     python3 -c "a, b, aw, bw = $a, $b, $aw, $bw; print('%4d %12.4f %12.4f %8.2f%% %10.3f %10.3f %8.2f%%' % ($r, a, b, 100 * (b / a - 1), aw, bw, 100 * (bw / aw - 1)))"
 done
