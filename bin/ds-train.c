@@ -384,7 +384,10 @@ int main(int argc, char **argv)
             a.save = NULL;
         }
     }
-    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force)) {
+    /* --prof_db: one process checks here; with several ranks rank 0's check is shared with all
+     * of them when the database is created */
+    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force) ||
+        (world == 1 && check_output("--prof_db", a.prof_db, a.force))) {
         ds_comm_destroy(comm);
         if (store)
             ds_store_close(store);
@@ -470,6 +473,21 @@ int main(int argc, char **argv)
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
+    /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
+    ds_rundb *rundb = NULL;
+    if (a.prof_db && open_rundb(&rundb, &a, argc, argv, eng, steps, threads, comm, &err) != DS_OK) {
+        fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
+                strstr(err.msg, "not overwriting") ? " (use --force)" : "");
+        if (logf)
+            fclose(logf);
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
+        return 2;
+    }
     int tokens = net->input == DS_INPUT_TOKENS;
     const char *unit = tokens ? "tokens" : "samples";
     const char *backend = ds_engine_backend_name(eng);
@@ -490,22 +508,6 @@ int main(int argc, char **argv)
                ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
         fflush(stdout);
     }
-    /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
-    ds_rundb *rundb = NULL;
-    if (a.prof_db && open_rundb(&rundb, &a, argc, argv, eng, steps, threads, comm, &err) != DS_OK) {
-        fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
-                strstr(err.msg, "not overwriting") ? " (use --force)" : "");
-        if (logf)
-            fclose(logf);
-        ds_sampler_free(&sampler);
-        ds_dataset_close(ds);
-        ds_engine_destroy(eng);
-        ds_comm_destroy(comm);
-        if (store)
-            ds_store_close(store);
-        return 2;
-    }
-
     const int64_t F = net->input == DS_INPUT_FEATURES ? net->feature_dim : 0;
     const int64_t out_dim = net->out_dim;
     int32_t *tok = NULL, *tgt = NULL, *lab = NULL;

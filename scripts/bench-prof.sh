@@ -2,15 +2,15 @@
 # bench-prof.sh: what the engine's timers cost. First tests/bench_prof (built if missing): the
 # cost of one timer start+stop on and off, and two engines in one process (timers off / on)
 # alternating optimizer steps on the same batches, the least noisy A/B on a shared machine.
-# Then interleaved A/B runs of ds-train on the same
-# data and seed: A with the timers off (no wall_clock_breakdown, no --prof_db), B with them on
-# and every step recorded (wall_clock_breakdown true and --prof_db). Each run's step time is
+# Then interleaved runs of ds-train on the same data and seed: A with the timers off (no
+# wall_clock_breakdown, no --prof_db), T with wall_clock_breakdown true, D with it and every
+# step recorded in --prof_db. Each run's step time is
 # the median of its --log-json "ms" after the warm-up steps (the engine's and the client's
 # time for the step, timers included); the run's wall time also holds what happens between
 # the steps (recording the step, the database writes every steps_per_print steps, the final
-# close). The overhead is the median over the repetitions of B/A - 1, pairing each B with the
-# A run beside it; the order alternates (A B, B A, ...), so that a busy machine's drift hits
-# both alike. See scripts/README.md.
+# close). The overhead is the median over the repetitions of T/A - 1 and D/A - 1, pairing each
+# with the A run of its round; the order rotates (A T D, T D A, D A T, ...), so that a busy
+# machine's drift hits all alike. See scripts/README.md.
 #
 # Usage: scripts/bench-prof.sh [--reps R] [--steps N] [--warmup W] [--net NET.json]
 #          [--config DS.json] [--data FILE] [--threads T] [--inproc-steps S] [--keep]
@@ -79,11 +79,12 @@ json.dump(c, open(sys.argv[2], "w"))
 EOF
 
 run() { # VARIANT REP: prints the run's median step ms after the warm-up, and its wall seconds
-    local v=$1 r=$2 extra=() t0 t1
-    [ "$v" = B ] && extra=(--prof_db "$work/run-$r.db")
+    local v=$1 r=$2 extra=() cfg=$config t0 t1
+    [ "$v" = A ] || cfg=$work/on.json
+    [ "$v" = D ] && extra=(--prof_db "$work/run-$r.db")
     t0=$(date +%s.%N)
-    "$train" "$net" --config "$([ "$v" = B ] && echo "$work/on.json" || echo "$config")" --data "$data" \
-        --steps "$steps" --data-order sequential --quiet --log-json "$work/$v-$r.jsonl" "${extra[@]}" >/dev/null
+    "$train" "$net" --config "$cfg" --data "$data" --steps "$steps" --data-order sequential --quiet \
+        --log-json "$work/$v-$r.jsonl" "${extra[@]}" >/dev/null
     t1=$(date +%s.%N)
     python3 - "$work/$v-$r.jsonl" "$warmup" "$t0" "$t1" <<'EOF'
 import json, statistics, sys
@@ -97,30 +98,34 @@ bench=$root/tests/bench_prof
 echo "== tests/bench_prof: $net, $config, $inproc steps per engine, OMP_NUM_THREADS=$threads"
 "$bench" "$net" "$config" "$inproc"
 echo "== ds-train: $steps steps (first $warmup not measured)"
-echo "A = timers off; B = wall_clock_breakdown + --prof_db; interleaved A B, B A, ..."
-printf "%4s %12s %12s %9s %10s %10s %9s\n" rep "A ms/step" "B ms/step" "B/A-1" "A wall s" "B wall s" "B/A-1"
+echo "A = timers off; T = wall_clock_breakdown; D = wall_clock_breakdown + --prof_db; order rotates per round"
+printf "%4s %10s %10s %10s %8s %8s %9s %9s %9s %8s %8s\n" rep "A ms" "T ms" "D ms" "T/A-1" "D/A-1" \
+    "A wall s" "T wall s" "D wall s" "T/A-1" "D/A-1"
 results=$work/results.txt
 : > "$results"
+orders=("A T D" "T D A" "D A T")
 for r in $(seq 1 "$reps"); do
-    if [ $((r % 2)) = 1 ]; then
-        read -r a aw < <(run A "$r")
-        read -r b bw < <(run B "$r")
-    else
-        read -r b bw < <(run B "$r")
-        read -r a aw < <(run A "$r")
-    fi
-    echo "$a $b $aw $bw" >> "$results"
-    python3 -c "a, b, aw, bw = $a, $b, $aw, $bw; print('%4d %12.4f %12.4f %8.2f%% %10.3f %10.3f %8.2f%%' % ($r, a, b, 100 * (b / a - 1), aw, bw, 100 * (bw / aw - 1)))"
+    declare -A ms wall
+    for v in ${orders[$(((r - 1) % 3))]}; do
+        read -r "ms[$v]" "wall[$v]" < <(run "$v" "$r")
+    done
+    echo "${ms[A]} ${ms[T]} ${ms[D]} ${wall[A]} ${wall[T]} ${wall[D]}" >> "$results"
+    python3 -c "a, t, d, aw, tw, dw = ${ms[A]}, ${ms[T]}, ${ms[D]}, ${wall[A]}, ${wall[T]}, ${wall[D]}
+print('%4d %10.4f %10.4f %10.4f %7.2f%% %7.2f%% %9.3f %9.3f %9.3f %7.2f%% %7.2f%%' % ($r, a, t, d, 100 * (t / a - 1), 100 * (d / a - 1), aw, tw, dw, 100 * (tw / aw - 1), 100 * (dw / aw - 1)))"
+    unset ms wall
 done
 python3 - "$results" <<'EOF'
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
-step = [b / a - 1 for a, b, _, _ in rows]
-wall = [bw / aw - 1 for _, _, aw, bw in rows]
-med = statistics.median(step)
-print("median step: A %.4f ms, B %.4f ms; overhead (median of paired B/A-1) %+.2f%% (range %+.2f%% .. %+.2f%%)"
-      % (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows), 100 * med, 100 * min(step), 100 * max(step)))
-print("whole run (process wall time, database included): median of paired B/A-1 %+.2f%% (range %+.2f%% .. %+.2f%%)"
-      % (100 * statistics.median(wall), 100 * min(wall), 100 * max(wall)))
-print("target: under 2%% of the step time: %s" % ("met" if med < 0.02 else "NOT met (or noise: add --reps)"))
+def summary(name, i, j):
+    r = [x[i] / x[j] - 1 for x in rows]
+    return "%s %+.2f%% (range %+.2f%% .. %+.2f%%)" % (name, 100 * statistics.median(r), 100 * min(r), 100 * max(r)), statistics.median(r)
+print("median step ms: A %.4f, T %.4f, D %.4f" % tuple(statistics.median(x[k] for x in rows) for k in range(3)))
+t, tm = summary("T/A-1", 1, 0)
+d, dm = summary("D/A-1", 2, 0)
+print("step time, median of the paired ratios: " + t + "; " + d)
+tw, _ = summary("T/A-1", 4, 3)
+dw, _ = summary("D/A-1", 5, 3)
+print("whole run (process wall time, database included): " + tw + "; " + dw)
+print("target: timers under 2%% of the step time: %s" % ("met" if tm < 0.02 else "NOT met (or noise: add --reps)"))
 EOF

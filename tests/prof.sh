@@ -82,7 +82,7 @@ grep -q "time (ms)" out1 && notok "without wall_clock_breakdown no timer lines a
 before=$(cksum < run.db)
 "$B/ds-train" "${mlp[@]}" --config ds.json --prof_db run.db >/dev/null 2>err2
 rc=$?
-if [ $rc = 2 ] && grep -q -- "--prof_db run.db: exists; not overwriting it (use --force)" err2 && [ "$(cksum < run.db)" = "$before" ]; then
+if [ $rc = 2 ] && grep -q -- "--prof_db run.db: the file exists; not overwriting it (use --force)" err2 && [ "$(cksum < run.db)" = "$before" ]; then
     ok "an existing --prof_db is refused (exit 2) and left alone"
 else notok "existing --prof_db: exit $rc, $(head -c 300 err2)"; fi
 "$B/ds-train" "${mlp[@]}" --steps 2 --config ds.json --prof_db run.db --force >/dev/null 2>err3 \
@@ -145,6 +145,14 @@ is "bwd_allreduce covers the collectives' time, and bwd = bwd_inner + bwd_allred
     "$(q two.db "SELECT count(*) FROM step s WHERE bwd_allreduce_ms >= (SELECT sum(ms) FROM collective c WHERE c.rank = s.rank AND c.step = s.step) AND abs(bwd_ms - bwd_inner_ms - bwd_allreduce_ms) < 0.1")" "16"
 is "two rank rows, two processes; the run says world 2, done" \
     "$(q two.db "SELECT count(*), count(DISTINCT pid), (SELECT world_size || status FROM run) FROM rank")" "2|2|2done"
+before=$(cksum < two.db)
+"$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" gpt.json --config dp.json --data text.txt \
+    --steps 2 --quiet --prof_db two.db >out9 2>err9
+rc=$?
+if [ $rc = 2 ] && grep -q -- "--prof_db two.db: exists; not overwriting it (use --force)" err9 \
+    && [ "$(cksum < two.db)" = "$before" ] && ! grep -q "step 1" out9; then
+    ok "2 ranks and an existing --prof_db: every rank refuses before training (exit 2)"
+else notok "2 ranks, existing db: exit $rc, $(head -c 400 err9)"; fi
 "$B/ds-prof" report two.db >rep2 2>err8 && grep -q "^slowest rank: [01] (median iteration" rep2 \
     && grep -q "communication .*87.9 KB/step in 6 all-reduce calls" rep2 \
     && ok "ds-prof report on the 2-rank run: the slowest rank and the communication" \

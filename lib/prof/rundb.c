@@ -132,13 +132,14 @@ static ds_status create_file(ds_rundb *d, int overwrite, const ds_run_info *in, 
     }
     sqlite3_busy_timeout(d->db, 10000);
     /* WAL: readers (ds-prof during the run) do not block the writer; synchronous=NORMAL: no
-     * fsync per commit (a power cut may lose the last steps, never corrupt the file) */
-    char pragmas[200];
-    snprintf(pragmas, sizeof pragmas, "PRAGMA application_id=%d; PRAGMA user_version=%d; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-             DS_RUNDB_APPLICATION_ID, DS_RUNDB_SCHEMA_VERSION);
-    ds_status st = exec(d, pragmas, err);
+     * fsync per commit (a power cut may lose the last steps, never corrupt the file). The header
+     * fields go in the schema's transaction: one sync for all of it. */
+    char pragmas[160];
+    snprintf(pragmas, sizeof pragmas, "PRAGMA application_id=%d; PRAGMA user_version=%d;", DS_RUNDB_APPLICATION_ID,
+             DS_RUNDB_SCHEMA_VERSION);
+    ds_status st = exec(d, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; BEGIN", err);
     if (st == DS_OK)
-        st = exec(d, "BEGIN", err);
+        st = exec(d, pragmas, err);
     if (st == DS_OK)
         st = exec(d, SCHEMA, err);
     if (st != DS_OK)
