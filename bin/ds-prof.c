@@ -314,7 +314,7 @@ static int report(sqlite3 *db, const opts *o)
     char who[32] = "all ranks";
     if (o->rank >= 0)
         snprintf(who, sizeof who, "rank %d", o->rank);
-    printf("%lld steps x %lld ranks (%s%s)\n\n", (long long)sm.steps, (long long)sm.ranks, who,
+    printf("%lld steps x %lld rank%s (%s%s)\n\n", (long long)sm.steps, (long long)sm.ranks, sm.ranks == 1 ? "" : "s", who,
            o->skip ? ", after the skipped warm-up steps" : "");
     double iter_mean = mean(&sm.col[6]);
     printf("%-22s %10s %10s %10s %9s\n", "timer", "mean ms", "median ms", "p90 ms", "share");
@@ -414,8 +414,9 @@ static int compare(sqlite3 *da, sqlite3 *dbb, const opts *o)
         free_summary(&a);
         return 2;
     }
-    printf("A: %s (%lld steps x %lld ranks)\nB: %s (%lld steps x %lld ranks)\n\n", o->db[0], (long long)a.steps,
-           (long long)a.ranks, o->db[1], (long long)b.steps, (long long)b.ranks);
+    printf("A: %s (%lld steps x %lld rank%s)\nB: %s (%lld steps x %lld rank%s)\n\n", o->db[0], (long long)a.steps,
+           (long long)a.ranks, a.ranks == 1 ? "" : "s", o->db[1], (long long)b.steps, (long long)b.ranks,
+           b.ranks == 1 ? "" : "s");
     printf("%-22s %12s %12s %8s\n", "median ms", "A", "B", "B/A");
     for (int i = 0; i < N_TIMERS; i++) {
         double x = percentile(&a.col[i], 50), y = percentile(&b.col[i], 50);

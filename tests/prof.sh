@@ -164,7 +164,7 @@ else notok "2 ranks, existing db: exit $rc, $(head -c 400 err9)"; fi
 if diff -u "$TESTDIR/fixtures/prof-report.txt" report.txt >diff9; then ok "ds-prof report fixture.db: the expected text"
 else notok "report differs: $(head -c 800 diff9) $(head -c 200 err9)"; fi
 "$B/ds-prof" report fixture.db --rank 1 --skip 2 >r1.txt 2>&1
-grep -q "^2 steps x 1 ranks (rank 1, after the skipped warm-up steps)" r1.txt \
+grep -q "^2 steps x 1 rank (rank 1, after the skipped warm-up steps)" r1.txt \
     && grep -qE "^fwd +2\.000 +2\.000 +2\.000 " r1.txt && grep -qE "^iteration +10\.500 " r1.txt \
     && ok "report --rank 1 --skip 2" || notok "--rank/--skip: $(head -c 600 r1.txt)"
 cp fixture.db slower.db
