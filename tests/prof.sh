@@ -58,7 +58,7 @@ is "the run row: world 1, batch 32 = 16 x 2, status done, the config text" \
     "1|32|16|2|done|1|1"
 # 19210 parameters (64x256 + 256 + 256x10 + 10), padded in the flat buffer
 is "the rank row: this host and process, the parameters' bytes" \
-    "$(q run.db "SELECT count(*), hostname = '$(hostname)', pid > 0, params_bytes BETWEEN 4 * 19210 AND 4 * 19210 + 4096 FROM rank")" "1|1|1|1"
+    "$(q run.db "SELECT count(*), hostname = '$(uname -n)', pid > 0, params_bytes BETWEEN 4 * 19210 AND 4 * 19210 + 4096 FROM rank")" "1|1|1|1"
 if python3 - "$SQL" <<'EOF' 2>pyerr; then ok "the losses in the database are the losses of --log-json"; else notok "losses: $(head -c 300 pyerr)"; fi
 import json, subprocess, sys
 log = [json.loads(l)["loss"] for l in open("run.jsonl")]
