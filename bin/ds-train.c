@@ -37,6 +37,10 @@ static const char *usage_text =
     "  --save-weights FILE   write the trained weights (safetensors) at the end\n"
     "  --log-json FILE       one JSON object per optimizer step (rank 0; with \"{rank}\" in\n"
     "                        FILE, every rank writes its own file)\n"
+    "  --prof_db FILE        record the run, per step and rank the timers, loss, lr and\n"
+    "                        memory, and every collective, in an SQLite database (see ds-prof(1))\n"
+    "  --peak_tflops X       peak TFLOP/s of one device, for the MFU that wall_clock_breakdown\n"
+    "                        and the final line report\n"
     "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
     "  --strict-config       unknown config keys are errors, not warnings\n"
     "  --device DEV          cuda, cpu, or auto (the default: cuda when a CUDA GPU is usable,\n"
@@ -52,11 +56,13 @@ static const char *usage_text =
 enum {
     OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
     OPT_LOG, OPT_MICRO, OPT_STRICT, OPT_BACKEND, OPT_FORCE, OPT_SUMMARY, OPT_QUIET, OPT_VERSION,
-    OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT
+    OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT, OPT_PROF_DB, OPT_PEAK
 };
 
 typedef struct args {
     const char *net, *config, *data, *labels, *init_from, *save, *log_json, *backend, *device;
+    const char *prof_db;
+    double peak_tflops;
     int64_t steps, micro;
     int64_t inject_step; /* --inject-grad-inf: 0 = off */
     int inject_rank;
@@ -116,6 +122,10 @@ static int parse_args(int argc, char **argv, args *a)
         {"init-from", required_argument, 0, OPT_INIT},
         {"save-weights", required_argument, 0, OPT_SAVE},
         {"log-json", required_argument, 0, OPT_LOG},
+        {"prof_db", required_argument, 0, OPT_PROF_DB},
+        {"prof-db", required_argument, 0, OPT_PROF_DB},
+        {"peak_tflops", required_argument, 0, OPT_PEAK},
+        {"peak-tflops", required_argument, 0, OPT_PEAK},
         {"micro-batch", required_argument, 0, OPT_MICRO},
         {"strict-config", no_argument, 0, OPT_STRICT},
         {"backend", required_argument, 0, OPT_BACKEND},
@@ -174,6 +184,15 @@ static int parse_args(int argc, char **argv, args *a)
                 return fail_usage("--inject-grad-inf: expected STEP or STEP:RANK (STEP >= 1), found \"%s\"", optarg);
             a->inject_step = st_;
             a->inject_rank = (int)rk;
+            break;
+        }
+        case OPT_PROF_DB: a->prof_db = optarg; break;
+        case OPT_PEAK: {
+            char *end;
+            errno = 0;
+            a->peak_tflops = strtod(optarg, &end);
+            if (errno || *end || end == optarg || !(a->peak_tflops > 0) || !isfinite(a->peak_tflops))
+                return fail_usage("--peak_tflops: expected a number > 0 (TFLOP/s), found \"%s\"", optarg);
             break;
         }
         case OPT_MICRO:
@@ -283,6 +302,88 @@ static int cmp_double(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
+/* The run database: the run, this rank's host and memory (collective over comm). */
+static ds_status open_rundb(ds_rundb **out, const args *a, int argc, char **argv, ds_engine *eng,
+                            int64_t steps, int threads, ds_comm *comm, ds_error *err)
+{
+    const ds_config *cfg = ds_engine_config(eng);
+    const ds_net *net = ds_engine_net(eng);
+    char cmd[4096] = "";
+    size_t n = 0;
+    for (int i = 0; i < argc && n + 2 < sizeof cmd; i++)
+        n += (size_t)snprintf(cmd + n, sizeof cmd - n, "%s%s", i ? " " : "", argv[i]);
+    size_t pb, gb, ob, ab;
+    ds_engine_memory(eng, &pb, &gb, &ob, &ab);
+    const char *be = ds_engine_backend_name(eng);
+    char backend[256];
+    snprintf(backend, sizeof backend, "%s%s", strncmp(be, "cuda", 4) ? "cpu:" : "", be);
+    ds_run_info ri = {
+        .command_line = cmd, .config_path = a->config, .config_json = cfg->json_text,
+        .net_path = a->net, .net_json = net->json_text, .data_path = a->data,
+        .backend = backend, .world_size = cfg->world_size,
+        .micro_batch = cfg->micro_batch, .grad_accum = cfg->grad_accum,
+        .train_batch_size = cfg->train_batch_size, .total_params = net->total_params,
+        .flops_per_sample = net->flops_per_sample, .positions = net->positions,
+        .steps_planned = steps, .peak_tflops = a->peak_tflops, .threads = threads,
+        .params_bytes = (int64_t)pb, .grads_bytes = (int64_t)gb, .optim_bytes = (int64_t)ob,
+        .activation_bytes = (int64_t)ab};
+    return ds_rundb_create(out, a->prof_db, a->force, &ri, comm, err);
+}
+
+/* One optimizer step into the run database; flush (a collective) every print interval. */
+static ds_status record_step(ds_rundb *db, ds_engine *eng, int64_t step, double iter_ms, int flush,
+                             ds_error *err)
+{
+    const ds_timers *tm = ds_engine_timers(eng);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    ds_step_record r = {
+        .step = step, .loss = ds_engine_last_loss(eng), .lr = ds_engine_get_lr(eng),
+        .grad_norm = ds_engine_get_global_grad_norm(eng), .loss_scale = ds_engine_last_step_loss_scale(eng),
+        .skipped = !ds_engine_was_step_applied(eng), .iter_ms = iter_ms,
+        .samples = ds_engine_global_samples(eng), .max_rss_bytes = (int64_t)ru.ru_maxrss * 1024,
+        .wall_time = (double)now.tv_sec + 1e-9 * (double)now.tv_nsec};
+    for (int i = 0; i < DS_TIMER_COUNT; i++)
+        r.timer_ms[i] = tm ? tm->last_global_ms[i] : -1.0;
+    int n_coll;
+    const ds_collective_record *coll = ds_engine_last_collectives(eng, &n_coll);
+    ds_status st = ds_rundb_add_step(db, &r, coll, n_coll, err);
+    if (st == DS_OK && flush)
+        st = ds_rundb_flush(db, err);
+    return st;
+}
+
+/* wall_clock_breakdown: DeepSpeed's two lines (log_dist to rank 0), then throughput and memory. */
+static void print_breakdown(ds_engine *eng, double iter_ms, int world, double peak_tflops)
+{
+    const ds_timers *tm = ds_engine_timers(eng);
+    if (!tm)
+        return;
+    char line[512];
+    ds_timers_format(tm->last_micro_ms, 1, line, sizeof line);
+    printf("[Rank 0] %s\n", line);
+    ds_timers_format(tm->last_global_ms, 0, line, sizeof line);
+    printf("[Rank 0] %s\n", line);
+    const ds_config *cfg = ds_engine_config(eng);
+    const ds_net *net = ds_engine_net(eng);
+    double s = iter_ms / 1e3;
+    double rank_flops = ds_prof_model_flops(net->flops_per_sample, cfg->train_batch_size, world) / s;
+    char mfu[64] = "";
+    if (peak_tflops > 0)
+        snprintf(mfu, sizeof mfu, ", MFU %.2f%% of %g TFLOP/s", 100.0 * rank_flops / (peak_tflops * 1e12), peak_tflops);
+    size_t pb, gb, ob, ab;
+    ds_engine_memory(eng, &pb, &gb, &ob, &ab);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("[Rank 0] %.0f %s/s, model %.3f TFLOP/s per rank%s; memory (MB) params %.1f, grads %.1f, "
+           "optimizer %.1f, activations %.1f, peak RSS %.1f\n",
+           (double)cfg->train_batch_size * (double)net->positions / s,
+           net->input == DS_INPUT_TOKENS ? "tokens" : "samples", rank_flops / 1e12, mfu, pb / 1e6, gb / 1e6,
+           ob / 1e6, ab / 1e6, ru.ru_maxrss / 1024.0);
+}
+
 int main(int argc, char **argv)
 {
     args a;
@@ -326,7 +427,10 @@ int main(int argc, char **argv)
         snprintf(log_path, sizeof log_path, "%.*s%d%s", (int)(at - a.log_json), a.log_json, rank, at + 6);
         a.log_json = log_path;
     }
-    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force)) {
+    /* --prof_db: one process checks here; with several ranks rank 0's check is shared with all
+     * of them when the database is created */
+    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force) ||
+        (world == 1 && check_output("--prof_db", a.prof_db, a.force))) {
         ds_comm_destroy(comm);
         if (store)
             ds_store_close(store);
@@ -336,7 +440,8 @@ int main(int argc, char **argv)
     ds_engine_options eo = {.config_path = a.config, .net_path = a.net, .backend = a.backend,
                             .strict_config = a.strict, .micro_batch_hint = a.micro,
                             .seed_set = a.seed_set, .seed = a.seed, .init_from = a.init_from,
-                            .comm = comm, .rank = rank, .world_size = world};
+                            .comm = comm, .rank = rank, .world_size = world,
+                            .timers = a.prof_db != NULL};
     ds_engine *eng;
     ds_status st = ds_initialize(&eng, &eo, &err);
     if (st != DS_OK) {
@@ -417,6 +522,21 @@ int main(int argc, char **argv)
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
+    /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
+    ds_rundb *rundb = NULL;
+    if (a.prof_db && open_rundb(&rundb, &a, argc, argv, eng, steps, threads, comm, &err) != DS_OK) {
+        fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
+                strstr(err.msg, "not overwriting") ? " (use --force)" : "");
+        if (logf)
+            fclose(logf);
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
+        return 2;
+    }
     int tokens = net->input == DS_INPUT_TOKENS;
     const char *unit = tokens ? "tokens" : "samples";
     const char *backend = ds_engine_backend_name(eng);
@@ -448,7 +568,6 @@ int main(int argc, char **argv)
                    ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));
         fflush(stdout);
     }
-
     const int64_t F = net->input == DS_INPUT_FEATURES ? net->feature_dim : 0;
     const int64_t out_dim = net->out_dim;
     int32_t *tok = NULL, *tgt = NULL, *lab = NULL;
@@ -472,6 +591,7 @@ int main(int argc, char **argv)
         free(y);
         if (logf)
             fclose(logf);
+        ds_rundb_abandon(rundb, "failed");
         ds_sampler_free(&sampler);
         ds_dataset_close(ds);
         ds_engine_destroy(eng);
@@ -548,6 +668,15 @@ int main(int argc, char **argv)
                    ds_engine_last_step_loss_scale(eng), ds_engine_loss_scale(eng));
             fflush(stdout);
         }
+        if (rundb && (st = record_step(rundb, eng, step, ms, (step % print_every == 0), &err)) != DS_OK) {
+            rc = 1;
+            break;
+        }
+        if (!a.quiet && cfg->wall_clock_breakdown && rank == 0 && (step % print_every == 0 || step == steps)) {
+            if (tty)
+                printf("\r\033[K");
+            print_breakdown(eng, ms, world, a.peak_tflops);
+        }
         if (!a.quiet && (step % print_every == 0 || step == steps)) {
             if (tty)
                 printf("\r\033[K");
@@ -572,11 +701,15 @@ int main(int argc, char **argv)
         if (ds_engine_skipped_steps(eng) > 0)
             printf("skipped %lld of %lld steps for gradient overflow; loss scale now %g\n",
                    (long long)ds_engine_skipped_steps(eng), (long long)steps, ds_engine_loss_scale(eng));
+        double gflops = 3.0 * (double)net->flops_per_sample * (double)TB / (med / 1e3) / 1e9;
+        char mfu[64] = "";
+        if (a.peak_tflops > 0) /* per device: the job's model FLOP/s over its ranks */
+            snprintf(mfu, sizeof mfu, " (MFU %.2f%% of %g TFLOP/s)", 100.0 * gflops / world / (a.peak_tflops * 1e3),
+                     a.peak_tflops);
         printf("done: %lld steps in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
-               "%.2f GFLOP/s; peak RSS %.0f MiB\n",
+               "%.2f GFLOP/s%s; peak RSS %.0f MiB\n",
                (long long)steps, total, first_loss, last_loss, med,
-               (double)(TB * (tokens ? T : 1)) / (med / 1e3), unit,
-               3.0 * (double)net->flops_per_sample * (double)TB / (med / 1e3) / 1e9, ru.ru_maxrss / 1024.0);
+               (double)(TB * (tokens ? T : 1)) / (med / 1e3), unit, gflops, mfu, ru.ru_maxrss / 1024.0);
         if (a.save) {
             if ((st = ds_engine_save_weights(eng, a.save, a.force, &err)) != DS_OK) {
                 fprintf(stderr, "ds-train: %s\n", err.msg);
@@ -584,6 +717,16 @@ int main(int argc, char **argv)
             } else {
                 printf("weights written to %s\n", a.save);
             }
+        }
+    }
+    if (rundb) {
+        if (rc) {
+            ds_rundb_abandon(rundb, "failed");
+        } else if (ds_rundb_close(rundb, "done", &err) != DS_OK) {
+            fprintf(stderr, "ds-train: --prof_db %s\n", err.msg);
+            rc = 1;
+        } else if (rank == 0 && !a.quiet) {
+            printf("run database written to %s (see ds-prof report %s)\n", a.prof_db, a.prof_db);
         }
     }
     if (logf && fclose(logf) != 0 && rc == 0) {

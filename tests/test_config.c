@@ -420,8 +420,6 @@ Test(features, refused_naming_the_key)
     load_fails(TB8("\"scheduler\": {\"type\": \"StepLR\", \"params\": {}}"), 1, 0,
                DS_ERR_UNSUPPORTED, "ds.json: scheduler.type=StepLR (a torch.optim.lr_scheduler "
                "class) is not supported yet", NULL);
-    load_fails(TB8("\"wall_clock_breakdown\": true"), 1, 0, DS_ERR_UNSUPPORTED,
-               "wall_clock_breakdown=true is not supported yet", NULL);
     load_fails(TB8("\"communication_data_type\": \"fp16\""), 1, 0, DS_ERR_UNSUPPORTED,
                "communication_data_type=fp16 is not supported yet", NULL);
     load_fails(TB8("\"communication_data_type\": \"fp8\""), 1, 0, DS_ERR_INVALID,
@@ -444,6 +442,24 @@ Test(features, refused_naming_the_key)
     /* an invalid value wins over refusals: it must be fixed in any case */
     load_fails(TB8("\"tensorboard\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
                DS_ERR_INVALID, "steps_per_print: expected an integer", NULL);
+}
+
+/* wall_clock_breakdown turns on the engine's timers (engine.md §7); it is a boolean */
+Test(features, wall_clock_breakdown)
+{
+    ds_config c;
+    ds_error e;
+    cr_assert_eq(load(&c, TB8("\"wall_clock_breakdown\": true"), 1, 1, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.wall_clock_breakdown, 1);
+    ds_config_free(&c);
+    cr_assert_eq(load(&c, TB8("\"steps_per_print\": 5"), 1, 1, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.wall_clock_breakdown, 0);
+    ds_config_free(&c);
+    cr_assert_eq(load(&c, TB8("\"wall_clock_breakdown\": \"yes\""), 1, 1, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.wall_clock_breakdown, 1, "pydantic's lax booleans, as everywhere");
+    ds_config_free(&c);
+    load_fails(TB8("\"wall_clock_breakdown\": \"maybe\""), 1, 0, DS_ERR_INVALID,
+               "wall_clock_breakdown: expected", NULL);
 }
 
 Test(features, accepted_at_their_default_or_disabled_value)

@@ -54,6 +54,9 @@ struct ds_engine {
     double mom;          /* beta1 (Adam family) or SGD momentum of the next update */
     double *mom_slot;    /* where the schedule writes it in opt.cfg, or NULL */
     double applied_lr, applied_mom; /* of the last applied update (NAN before any) */
+    ds_timers timers;      /* wall_clock_breakdown (engine.md §7) */
+    ds_collective_record *coll; /* the last optimizer step's collectives, while timed */
+    int n_coll, cap_coll;
 };
 
 /* The optimizer setting that OneCycle's momentum cycling drives, or NULL if it has none. */
@@ -128,6 +131,7 @@ void ds_engine_destroy(ds_engine *e)
     if (e->cfg_loaded)
         ds_config_free(&e->cfg);
     free(e->host_scratch);
+    free(e->coll);
     free(e);
 }
 
@@ -141,6 +145,43 @@ static ds_status refresh_working(ds_engine *e)
     if (st == DS_OK)
         st = e->be->ops->round16(e->be, e->params, e->net->params.total, e->round);
     return st;
+}
+
+static ds_status timers_sync(void *ctx)
+{
+    ds_backend *be = ctx;
+    return be->ops->synchronize ? be->ops->synchronize(be) : DS_OK;
+}
+
+/* The timers, with a device synchronize on GPU backends (only while they are on), and room for
+ * one record per gradient bucket plus the loss all-reduce. */
+static ds_status timers_init(ds_engine *e, int on, ds_error *err)
+{
+    ds_timers_init(&e->timers, on);
+    if (!on)
+        return DS_OK;
+    if (strcmp(e->be->ops->name, "cpu") != 0) {
+        e->timers.sync = timers_sync;
+        e->timers.sync_ctx = e->be;
+    }
+    if (e->comm) {
+        e->cap_coll = (int)((e->net->params.total + e->bucket - 1) / e->bucket) + 1;
+        if (!(e->coll = calloc((size_t)e->cap_coll, sizeof *e->coll)))
+            return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    return DS_OK;
+}
+
+static void record_collective(ds_engine *e, const char *what, int64_t elements, double t0)
+{
+    if (!e->timers.enabled || e->n_coll >= e->cap_coll)
+        return;
+    ds_collective_record *c = &e->coll[e->n_coll++];
+    c->op = "all_reduce";
+    c->what = what;
+    c->elements = elements;
+    c->bytes = elements * (int64_t)sizeof(float);
+    c->ms = (ds_prof_now_s() - t0) * 1e3;
 }
 
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
@@ -277,6 +318,8 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     e->mom_slot = momentum_slot(&e->opt.cfg); /* the optimizer's copy from now on */
     if (opts->init_from && (st = ds_engine_load_weights(e, opts->init_from, err)) != DS_OK)
         goto fail;
+    if ((st = timers_init(e, opts->timers || e->cfg.wall_clock_breakdown, err)) != DS_OK)
+        goto fail;
     *out = e;
     return DS_OK;
 fail:
@@ -330,6 +373,7 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
 
 ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
 {
+    ds_timers_start(&e->timers, DS_TIMER_FWD);
     ds_status st = upload_batch(e, batch, err);
     if (st != DS_OK)
         return st;
@@ -344,6 +388,7 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
     e->have_forward = 1;
     e->window_loss += l / (double)e->cfg.grad_accum;
     *loss = l;
+    ds_timers_stop(&e->timers, DS_TIMER_FWD);
     return DS_OK;
 }
 
@@ -361,11 +406,14 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
     if (!e->have_forward)
         return ds_error_set(err, DS_ERR_INVALID, "backward without a training forward");
     e->have_forward = 0;
+    ds_timers_start(&e->timers, DS_TIMER_BWD);
+    ds_timers_start(&e->timers, DS_TIMER_BWD_INNER);
     ds_status st = ds_model_backward(e->model, e->params, e->grads, err);
     /* fp16 gradients accumulate in fp16 (DeepSpeed's fp16 .grad); bf16 ones in fp32 */
-    if (st == DS_OK && e->round == DS_ROUND_FP16 &&
-        (st = e->be->ops->round16(e->be, e->grads, e->net->params.total, e->round)) != DS_OK)
-        return backend_err(e, st, err);
+    if (st == DS_OK && e->round == DS_ROUND_FP16)
+        st = e->be->ops->round16(e->be, e->grads, e->net->params.total, e->round);
+    ds_timers_stop(&e->timers, DS_TIMER_BWD_INNER);
+    ds_timers_stop(&e->timers, DS_TIMER_BWD);
     return st;
 }
 
@@ -376,8 +424,11 @@ int ds_engine_is_gradient_accumulation_boundary(const ds_engine *e)
 
 ds_status ds_engine_step(ds_engine *e, ds_error *err)
 {
+    ds_timers_start(&e->timers, DS_TIMER_STEP);
     if (!ds_engine_is_gradient_accumulation_boundary(e)) {
         e->micro_steps++;
+        ds_timers_stop(&e->timers, DS_TIMER_STEP);
+        ds_timers_micro_end(&e->timers);
         return DS_OK;
     }
     if (e->cfg.scheduler.total_num_steps_auto && e->cfg.scheduler.total_num_steps == 0)
@@ -388,7 +439,13 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     int64_t n = e->net->params.total;
     ds_status st;
     e->ar_calls = e->ar_bytes = 0;
+    e->n_coll = 0;
     if (e->comm) {
+        /* DeepSpeed reduces inside backward (bwd_allreduce, part of bwd); ds reduces here, once
+         * per effective batch, and counts that time there, not in step */
+        ds_timers_stop(&e->timers, DS_TIMER_STEP);
+        ds_timers_start(&e->timers, DS_TIMER_BWD);
+        ds_timers_start(&e->timers, DS_TIMER_BWD_ALLREDUCE);
         /* One bucketed all-reduce per effective batch (micro-batches accumulated locally), in
          * constant-size buckets of the flat gradient buffer. DeepSpeed's averaging: with
          * prescale_gradients, g/W then a sum; otherwise g/f, a sum, then g*f/W (skipped when
@@ -398,6 +455,7 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         const float post = (float)(e->cfg.prescale_gradients ? 1.0 : f / W);
         for (int64_t off = 0; off < n; off += e->bucket) {
             int64_t len = n - off < e->bucket ? n - off : e->bucket;
+            double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
             if (pre != 1.0f && (st = ops->scale(e->be, e->grads + off, len, pre)) != DS_OK)
                 return backend_err(e, st, err);
             if ((st = ds_comm_all_reduce(e->comm, e->grads + off, (size_t)len, DS_REDUCE_SUM, err)) != DS_OK)
@@ -406,11 +464,17 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
                 return backend_err(e, st, err);
             e->ar_calls++;
             e->ar_bytes += len * (int64_t)sizeof(float);
+            record_collective(e, "gradients", len, t0);
         }
         float l = (float)e->window_loss;
+        double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
         if ((st = ds_comm_all_reduce(e->comm, &l, 1, DS_REDUCE_MEAN, err)) != DS_OK)
             return st;
+        record_collective(e, "loss", 1, t0);
         e->window_loss = l;
+        ds_timers_stop(&e->timers, DS_TIMER_BWD_ALLREDUCE);
+        ds_timers_stop(&e->timers, DS_TIMER_BWD);
+        ds_timers_start(&e->timers, DS_TIMER_STEP);
     }
     double sumsq;
     st = ops->sumsq(e->be, e->grads, n, &sumsq);
@@ -471,6 +535,9 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     e->micro_steps++;
     e->global_steps++;
     e->global_samples += e->cfg.train_batch_size;
+    ds_timers_stop(&e->timers, DS_TIMER_STEP);
+    ds_timers_micro_end(&e->timers);
+    ds_timers_boundary(&e->timers);
     return DS_OK;
 }
 
@@ -526,6 +593,14 @@ void ds_engine_last_allreduce(const ds_engine *e, int64_t *calls, int64_t *bytes
     if (bytes)
         *bytes = e->ar_bytes;
 }
+const ds_timers *ds_engine_timers(const ds_engine *e) { return e->timers.enabled ? &e->timers : NULL; }
+
+const ds_collective_record *ds_engine_last_collectives(const ds_engine *e, int *n)
+{
+    *n = e->n_coll;
+    return e->coll;
+}
+
 const ds_config *ds_engine_config(const ds_engine *e) { return &e->cfg; }
 const ds_net *ds_engine_net(const ds_engine *e) { return e->net; }
 const char *ds_engine_backend_name(const ds_engine *e) { return ds_backend_describe(e->be); }

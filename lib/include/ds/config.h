@@ -79,6 +79,7 @@ typedef struct ds_config {
     int prescale_gradients;           /* divide by the world size before the all-reduce */
     double gradient_predivide_factor; /* f: divide by f before the sum, by W/f after (1.0) */
     int64_t steps_per_print;  /* 0 = no periodic print (DeepSpeed default: None) */
+    int wall_clock_breakdown; /* the engine's fwd/bwd/step timers (engine.md §7) */
     int seed_set;             /* "seed" present */
     uint64_t seed;
 

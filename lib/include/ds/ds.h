@@ -16,6 +16,7 @@
 #include "ds/engine.h"
 #include "ds/launch.h"
 #include "ds/dist.h"
+#include "ds/prof.h"
 
 #define DS_VERSION "0.1.0"
 

@@ -11,6 +11,7 @@
 #include "ds/dist.h"
 #include "ds/net.h"
 #include "ds/optim.h"
+#include "ds/prof.h"
 #include "ds/status.h"
 
 #ifdef __cplusplus
@@ -42,6 +43,8 @@ typedef struct ds_engine_options {
      * array must outlive the engine. */
     const ds_user_optimizer *user_optimizers;
     int n_user_optimizers;
+    int timers;               /* time fwd/bwd/step even when the config's wall_clock_breakdown
+                                 is false (ds-train --prof_db) */
 } ds_engine_options;
 
 /* One micro-batch on the host. Tokens nets: tokens and targets [B*T]. Features nets: x [B*F]
@@ -102,6 +105,12 @@ int ds_engine_was_step_applied(const ds_engine *e);
 const float *ds_engine_lamb_coeffs(const ds_engine *e);
 /* All-reduce calls and bytes of the last optimizer step (0 for one process). */
 void ds_engine_last_allreduce(const ds_engine *e, int64_t *calls, int64_t *bytes);
+
+/* Wall-clock breakdown (engine.md §7): the timers, or NULL when wall_clock_breakdown (or
+ * options.timers) is off. The collectives of the last optimizer step, with their bytes and
+ * times, are recorded only while the timers are on (*n = 0 otherwise). */
+const ds_timers *ds_engine_timers(const ds_engine *e);
+const ds_collective_record *ds_engine_last_collectives(const ds_engine *e, int *n);
 
 const ds_config *ds_engine_config(const ds_engine *e);
 const ds_net *ds_engine_net(const ds_engine *e);
