@@ -441,3 +441,130 @@ static void working_weights_are_rounded(const char *block, int mode)
 
 Test(mixed_precision, bf16_working_weights) { working_weights_are_rounded("\"bf16\": {\"enabled\": true}", DS_ROUND_BF16); }
 Test(mixed_precision, fp16_working_weights) { working_weights_are_rounded("\"fp16\": {\"enabled\": true}", DS_ROUND_FP16); }
+
+/* ---- every optimizer against its reference (tests/fixtures/optim, make-optim-fixtures.py) -- */
+
+static double jnum(json_object *o, const char *key)
+{
+    json_object *v;
+    cr_assert(json_object_object_get_ex(o, key, &v), "fixture lacks %s", key);
+    return json_object_get_double(v);
+}
+
+/* flat[offsets] <- the fixture's per-tensor arrays */
+static void fill(const ds_tensor_table *tab, json_object *by_name, float *flat)
+{
+    for (int t = 0; t < tab->n; t++) {
+        json_object *arr;
+        cr_assert(json_object_object_get_ex(by_name, tab->t[t].name, &arr));
+        cr_assert_eq((int64_t)json_object_array_length(arr), tab->t[t].numel);
+        for (int64_t i = 0; i < tab->t[t].numel; i++)
+            flat[tab->t[t].offset + i] = (float)json_object_get_double(json_object_array_get_idx(arr, (size_t)i));
+    }
+}
+
+/* One case: `steps` updates from the fixture's gradients; after each, every element against the
+ * float64 reference within atol + rtol |ref| (the fixture's own float32-vs-float64 drift is
+ * ~1e-7 relative; the bound leaves room for our different float32 order of operations). With
+ * round set, the same run also writes the 16-bit working weights, which must equal the master
+ * weights rounded, and must not change the master trajectory by a single bit. */
+static void run_case(const char *name, int round, float *out_master, int64_t *out_n)
+{
+    char rel[128];
+    snprintf(rel, sizeof rel, "fixtures/optim/%s.json", name);
+    json_object *fx = json_object_from_file(test_path(rel));
+    cr_assert(fx, "cannot read %s", rel);
+    json_object *opt, *tensors, *init, *grads, *expect, *coeffs = NULL;
+    cr_assert(json_object_object_get_ex(fx, "optimizer", &opt) && json_object_object_get_ex(fx, "tensors", &tensors) &&
+              json_object_object_get_ex(fx, "init", &init) && json_object_object_get_ex(fx, "grads", &grads) &&
+              json_object_object_get_ex(fx, "expect", &expect));
+    json_object_object_get_ex(fx, "lamb_coeffs", &coeffs);
+    char cfgtext[1024];
+    snprintf(cfgtext, sizeof cfgtext, "{\"train_batch_size\": 1, \"optimizer\": %s}",
+             json_object_to_json_string_ext(opt, JSON_C_TO_STRING_PLAIN));
+    ds_config cfg;
+    ds_error err = {0};
+    cr_assert_eq(ds_config_load_string(&cfg, cfgtext, rel, 1, 0, NULL, &err), DS_OK, "%s", err.msg);
+    ds_tensor_table tab;
+    ds_table_init(&tab);
+    for (size_t t = 0; t < json_object_array_length(tensors); t++) {
+        json_object *ti = json_object_array_get_idx(tensors, t), *nm, *sh;
+        cr_assert(json_object_object_get_ex(ti, "name", &nm) && json_object_object_get_ex(ti, "shape", &sh));
+        int64_t shape[4];
+        int nd = (int)json_object_array_length(sh);
+        for (int d = 0; d < nd; d++)
+            shape[d] = json_object_get_int64(json_object_array_get_idx(sh, (size_t)d));
+        cr_assert(ds_table_add(&tab, json_object_get_string(nm), nd, shape, &err) >= 0, "%s", err.msg);
+    }
+    ds_backend *be;
+    cr_assert_eq(ds_backend_create(&be, "cpu", &err), DS_OK, "%s", err.msg);
+    size_t bytes = (size_t)tab.total * sizeof(float);
+    float *p = be->ops->alloc(be, bytes), *g = be->ops->alloc(be, bytes), *pw = be->ops->alloc(be, bytes);
+    float *want = malloc(bytes);
+    memset(want, 0, bytes);
+    ds_optimizer o;
+    cr_assert_eq(ds_optimizer_init(&o, &cfg.optimizer, be, &tab, NULL, &err), DS_OK, "%s", err.msg);
+    fill(&tab, init, p);
+    const float lr = (float)jnum(fx, "lr"), gs = (float)jnum(fx, "grad_scale");
+    const int steps = (int)jnum(fx, "steps");
+    for (int k = 0; k < steps; k++) {
+        fill(&tab, json_object_array_get_idx(grads, (size_t)k), g);
+        cr_assert_eq(ds_optimizer_step(&o, p, g, lr, gs, round ? pw : NULL, round, &err), DS_OK, "%s", err.msg);
+        fill(&tab, json_object_array_get_idx(expect, (size_t)k), want);
+        for (int t = 0; t < tab.n; t++)
+            for (int64_t i = 0; i < tab.t[t].numel; i++) {
+                int64_t j = tab.t[t].offset + i;
+                double tol = 2e-6 + 2e-5 * fabs(want[j]);
+                cr_assert(fabs(p[j] - want[j]) <= tol, "%s step %d: %s[%lld] = %.9g, reference %.9g",
+                          name, k + 1, tab.t[t].name, (long long)i, p[j], want[j]);
+                if (round) {
+                    float r = round == DS_ROUND_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(p[j]))
+                                                     : ds_f16_to_f32(ds_f32_to_f16(p[j]));
+                    cr_assert_eq(pw[j], r, "%s step %d: working weight %s[%lld] = %a, round(master) = %a",
+                                 name, k + 1, tab.t[t].name, (long long)i, pw[j], r);
+                }
+            }
+        if (coeffs)
+            for (int t = 0; t < tab.n; t++) {
+                double c = json_object_get_double(json_object_array_get_idx(json_object_array_get_idx(coeffs, (size_t)k), (size_t)t));
+                cr_assert(fabs(o.coeffs[t] - c) <= 1e-5 * c, "%s step %d: trust ratio of %s = %.9g, reference %.9g",
+                          name, k + 1, tab.t[t].name, o.coeffs[t], c);
+            }
+    }
+    if (out_master) {
+        memcpy(out_master, p, bytes);
+        *out_n = tab.total;
+    }
+    ds_optimizer_free(&o);
+    be->ops->free(be, p);
+    be->ops->free(be, g);
+    be->ops->free(be, pw);
+    free(want);
+    ds_backend_destroy(be);
+    ds_table_free(&tab);
+    ds_config_free(&cfg);
+    json_object_put(fx);
+}
+
+static void check_case(const char *name)
+{
+    static float a[4096], b[4096];
+    int64_t n = 0, m = 0;
+    run_case(name, DS_ROUND_NONE, a, &n);
+    run_case(name, DS_ROUND_BF16, b, &m);
+    cr_assert_eq(n, m);
+    cr_assert_arr_eq(a, b, (size_t)n * sizeof(float), "%s: writing bf16 working weights changed the master weights", name);
+    run_case(name, DS_ROUND_FP16, b, &m);
+    cr_assert_arr_eq(a, b, (size_t)n * sizeof(float), "%s: writing fp16 working weights changed the master weights", name);
+}
+
+Test(optimizers, adamw) { check_case("adamw"); }
+Test(optimizers, adamw_grad_scale) { check_case("adamw_gscale"); }
+Test(optimizers, adam_l2) { check_case("adam_l2"); }
+Test(optimizers, adam_without_bias_correction) { check_case("adam_nobias"); }
+Test(optimizers, sgd_momentum_dampening) { check_case("sgd"); }
+Test(optimizers, sgd_nesterov) { check_case("sgd_nesterov"); }
+Test(optimizers, adagrad) { check_case("adagrad"); }
+Test(optimizers, lamb) { check_case("lamb"); }
+Test(optimizers, lamb_trust_ratio_clamped) { check_case("lamb_clamp"); }
+Test(optimizers, lamb_eps_inside_sqrt) { check_case("lamb_eps_inside"); }

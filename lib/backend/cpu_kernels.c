@@ -563,11 +563,6 @@ static inline float round_fp16(float x)
     return y;
 }
 
-static inline float round16(float x, int mode)
-{
-    return mode == DS_ROUND_BF16 ? round_bf16(x) : round_fp16(x);
-}
-
 static void round16_k(float *x, int64_t n, int mode)
 {
     if (mode == DS_ROUND_BF16) {
@@ -665,7 +660,7 @@ static void adagrad_step(float *p, const float *g, float *sum, int64_t n, const 
 
 /* FusedLamb: per tensor, pass 1 updates m and v and sums |p|^2 and |u|^2 (double across
  * chunks); pass 2 recomputes u from m, v, p and applies the trust ratio. */
-static void lamb_step(float *p, const float *g, float *m, float *v, const ds_lamb_args *a)
+static void lamb_step(float *pall, const float *g, float *m, float *v, const ds_lamb_args *a)
 {
     const float b1 = a->beta1, b2 = a->beta2, eps = a->eps, wd = a->weight_decay,
                 gs = a->grad_scale;
@@ -673,10 +668,11 @@ static void lamb_step(float *p, const float *g, float *m, float *v, const ds_lam
     if (a->bias_correction)
         step_size = (float)(a->lr * sqrt(1.0 - pow(a->beta2, (double)a->step)) /
                             (1.0 - pow(a->beta1, (double)a->step)));
-    const int inside = a->eps_inside_sqrt;
+    /* eps inside or outside the square root, without a branch in the loops */
+    const float ein = a->eps_inside_sqrt ? eps : 0.0f, eout = a->eps_inside_sqrt ? 0.0f : eps;
     for (int t = 0; t < a->n_tensors; t++) {
         const int64_t o = a->offsets[t], n = a->offsets[t + 1] - o;
-        float *pt = p + o, *mt = m + o, *vt = v + o;
+        float *p = pall + o, *mt = m + o, *vt = v + o;
         const float *gt = g + o;
         double wsum = 0.0, usum = 0.0;
 #pragma omp parallel for reduction(+ : wsum, usum) if (n > PAR_MIN)
@@ -690,9 +686,8 @@ static void lamb_step(float *p, const float *g, float *m, float *v, const ds_lam
                 float vi = vt[i] * b2 + (1.0f - b2) * gi * gi;
                 mt[i] = mi;
                 vt[i] = vi;
-                float denom = inside ? sqrtf(vi + eps) : sqrtf(vi) + eps;
-                float u = mi / denom + wd * pt[i];
-                ws += pt[i] * pt[i];
+                float u = mi / (sqrtf(vi + ein) + eout) + wd * p[i];
+                ws += p[i] * p[i];
                 us += u * u;
             }
             wsum += ws;
@@ -707,16 +702,11 @@ static void lamb_step(float *p, const float *g, float *m, float *v, const ds_lam
         if (a->coeffs)
             a->coeffs[t] = coeff;
         const float k = step_size * coeff;
-        float *pwt = a->pw ? a->pw + o : NULL;
-        const int mode = a->round;
-#pragma omp parallel for simd if (n > PAR_MIN)
-        for (int64_t i = 0; i < n; i++) {
-            float denom = inside ? sqrtf(vt[i] + eps) : sqrtf(vt[i]) + eps;
-            float u = mt[i] / denom + wd * pt[i];
-            pt[i] -= k * u;
-            if (pwt)
-                pwt[i] = round16(pt[i], mode);
-        }
+        struct { float *pw; int round; } slice = {a->pw ? a->pw + o : NULL, a->round};
+        OPT_LOOP(n, &slice, {
+            float u = mt[i] / (sqrtf(vt[i] + ein) + eout) + wd * p[i];
+            p[i] -= k * u;
+        });
     }
 }
 
