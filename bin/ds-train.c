@@ -15,11 +15,14 @@
 #include <omp.h>
 #endif
 
+#include <json-c/json.h>
+
 #include "ds/ds.h"
 
 static const char *usage_text =
     "usage: ds-train NET.json --config DS.json --data PATH [options]\n"
     "       ds-train --summary NET.json [--config DS.json]\n"
+    "       ds-train --plan NET.json --config DS.json [--world_size N]\n"
     "\n"
     "Train the network described by NET.json (see ds-net(5)) with the DeepSpeed config DS.json\n"
     "(see ds-config(5)) on the CPU or a CUDA GPU.\n"
@@ -50,13 +53,16 @@ static const char *usage_text =
     "  --inject-grad-inf S[:R]  testing: put +inf in a gradient of rank R (default 0) at optimizer\n"
     "                        step S, to exercise fp16 overflow handling\n"
     "  --summary             print the layer table and exit\n"
+    "  --plan                print the bytes each rank would hold with ZeRO stages 0, 1 and 2\n"
+    "                        at --world_size N ranks (default 1), and the ZeRO paper's\n"
+    "                        model-state formulas, without training\n"
     "  --quiet               no per-step lines and no progress line\n"
     "  -h, --help            this text;  --version  the version\n";
 
 enum {
     OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
     OPT_LOG, OPT_MICRO, OPT_STRICT, OPT_BACKEND, OPT_FORCE, OPT_SUMMARY, OPT_QUIET, OPT_VERSION,
-    OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT, OPT_PROF_DB, OPT_PEAK
+    OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT, OPT_PROF_DB, OPT_PEAK, OPT_PLAN, OPT_WORLD
 };
 
 typedef struct args {
@@ -65,22 +71,31 @@ typedef struct args {
     double peak_tflops;
     int64_t steps, micro;
     int64_t inject_step; /* --inject-grad-inf: 0 = off */
+    int plan;
+    int64_t plan_world;
     int inject_rank;
     int seed_set, strict, force, summary, quiet;
     uint64_t seed;
     ds_data_order order;
 } args;
 
-/* --inject-grad-inf: +inf in the first element of the first parameter's gradient. */
+/* --inject-grad-inf: +inf in the gradient's first element that this rank owns. */
 static ds_status inject_inf(ds_engine *eng, const ds_net *net, ds_error *err)
 {
-    const ds_tensor_info *t = &net->params.t[0];
+    /* the first element this rank owns (under ZeRO-2 a rank holds only its partition) */
+    int64_t begin;
+    ds_engine_partition(eng, NULL, &begin, NULL);
+    int ti = 0;
+    while (ti + 1 < net->params.n && net->params.t[ti].offset + net->params.t[ti].numel <= begin)
+        ti++;
+    const ds_tensor_info *t = &net->params.t[ti];
+    int64_t k = begin > t->offset ? begin - t->offset : 0;
     float *g = malloc((size_t)t->numel * sizeof *g);
     if (!g)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     ds_status st = ds_engine_get_grad(eng, t->name, g, t->numel, err);
     if (st == DS_OK) {
-        g[0] = INFINITY;
+        g[k < t->numel ? k : 0] = INFINITY;
         st = ds_engine_set_grad(eng, t->name, g, t->numel, err);
     }
     free(g);
@@ -133,6 +148,9 @@ static int parse_args(int argc, char **argv, args *a)
         {"inject-grad-inf", required_argument, 0, OPT_INJECT},
         {"force", no_argument, 0, OPT_FORCE},
         {"summary", no_argument, 0, OPT_SUMMARY},
+        {"plan", no_argument, 0, OPT_PLAN},
+        {"world_size", required_argument, 0, OPT_WORLD},
+        {"world-size", required_argument, 0, OPT_WORLD},
         {"quiet", no_argument, 0, OPT_QUIET},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, OPT_VERSION},
@@ -208,6 +226,11 @@ static int parse_args(int argc, char **argv, args *a)
             break;
         case OPT_FORCE: a->force = 1; break;
         case OPT_SUMMARY: a->summary = 1; break;
+        case OPT_PLAN: a->plan = 1; break;
+        case OPT_WORLD:
+            if (parse_i64("--world_size", optarg, 1, &a->plan_world))
+                return 2;
+            break;
         case OPT_QUIET: a->quiet = 1; break;
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_VERSION: printf("ds-train (ds) %s\n", DS_VERSION); return 0;
@@ -234,6 +257,8 @@ static int parse_args(int argc, char **argv, args *a)
         return -1;
     if (!a->config)
         return fail_usage("%sno DeepSpeed config given (--config DS.json)", "");
+    if (a->plan)
+        return -1;
     if (!a->data)
         return fail_usage("%sno data given (--data PATH)", "");
     return -1; /* go on */
@@ -271,6 +296,92 @@ static int summary_only(const args *a)
         fputs(s, stdout);
     free(s);
     ds_net_free(net);
+    return 0;
+}
+
+
+/* --plan: the bytes rank 0 would hold at stages 0, 1 and 2 (an engine laid out without
+ * training), beside the ZeRO paper's model-state formulas with this build's byte sizes. */
+static int plan_only(const args *a)
+{
+    ds_error err = {0};
+    if (!a->config) {
+        fprintf(stderr, "ds-train: --plan needs --config DS.json\n");
+        return 2;
+    }
+    FILE *f = fopen(a->config, "rb");
+    if (!f) {
+        fprintf(stderr, "ds-train: %s: %s\n", a->config, strerror(errno));
+        return 2;
+    }
+    json_object *root = json_object_from_fd(fileno(f));
+    fclose(f);
+    if (!root || !json_object_is_type(root, json_type_object)) {
+        json_object_put(root);
+        /* let the config parser give the precise message */
+        ds_config c;
+        if (ds_config_load_file(&c, a->config, 1, 0, NULL, &err) == DS_OK)
+            ds_config_free(&c);
+        fprintf(stderr, "ds-train: %s\n", err.msg[0] ? err.msg : "--plan: the config is not a JSON object");
+        return 2;
+    }
+    int W = (int)(a->plan_world > 0 ? a->plan_world : 1);
+    ds_memory_report m[3];
+    double psi = 0;
+    int prec = 0;
+    const char *opt = "";
+    char optname[64] = "";
+    for (int stage = 0; stage < 3; stage++) {
+        json_object *z = NULL;
+        if (!json_object_object_get_ex(root, "zero_optimization", &z) || !json_object_is_type(z, json_type_object)) {
+            z = json_object_new_object();
+            json_object_object_add(root, "zero_optimization", z);
+        }
+        json_object_object_add(z, "stage", json_object_new_int(stage));
+        ds_engine_options eo = {.config_json = json_object_to_json_string(root), .config_name = a->config,
+                                .net_path = a->net, .backend = "cpu", .micro_batch_hint = a->micro,
+                                .world_size = W, .plan_only = 1};
+        ds_engine *eng;
+        if (ds_initialize(&eng, &eo, &err) != DS_OK) {
+            fprintf(stderr, "ds-train: --plan (stage %d): %s\n", stage, err.msg);
+            json_object_put(root);
+            return 2;
+        }
+        ds_engine_memory_report(eng, &m[stage]);
+        psi = (double)ds_engine_net(eng)->total_params;
+        prec = ds_engine_precision(eng);
+        snprintf(optname, sizeof optname, "%s", ds_optimizer_name(&ds_engine_config(eng)->optimizer));
+        ds_engine_destroy(eng);
+    }
+    json_object_put(root);
+    opt = optname;
+    const char *pname = prec == DS_PREC_FP16 ? "fp16" : prec == DS_PREC_BF16 ? "bf16" : "fp32";
+    printf("plan: %s, %.0f parameters (Psi), %d rank%s, %s, optimizer %s; bytes held by rank 0\n", a->net, psi, W,
+           W == 1 ? "" : "s", pname, opt);
+    printf("%-6s %12s %12s %12s %12s %12s %12s %12s %14s\n", "stage", "params", "master", "grads", "optimizer",
+           "model states", "activations", "comm", "total");
+    for (int st = 0; st < 3; st++) {
+        double ms = (double)(m[st].params + m[st].master + m[st].grads + m[st].optim);
+        printf("%-6d %12.1f %12.1f %12.1f %12.1f %12.1f %12.1f %12.1f %14.1f  MB\n", st, m[st].params / 1e6,
+               m[st].master / 1e6, m[st].grads / 1e6, m[st].optim / 1e6, ms / 1e6, m[st].activations / 1e6,
+               m[st].comm / 1e6, (ms + (double)m[st].activations + (double)m[st].comm) / 1e6);
+    }
+    /* ZeRO paper (Psi parameters, N ranks, K bytes of optimizer state per parameter):
+     * stage 0 (p + g + K) Psi, stage 1 (p + g) Psi + K Psi / N, stage 2 p Psi + (g + K) Psi / N,
+     * with p, g the bytes of a parameter and of a gradient: 2 and 2 for the paper's fp16 (K = 12:
+     * fp32 master, m, v); in this build weights and gradients are stored as fp32 (p = g = 4) and
+     * K counts the master copy (4, in 16-bit training) and the optimizer state. */
+    double K = (double)m[0].optim / psi + (prec ? 4.0 : 0.0);
+    double p = 4, g = 4;
+    printf("ZeRO paper formulas, this build's sizes (p = %g, g = %g, K = %g bytes per parameter):\n", p, g, K);
+    double fm[3] = {(p + g + K) * psi, (p + g) * psi + K * psi / W, p * psi + (g + K) * psi / W};
+    for (int st = 0; st < 3; st++) {
+        double ms = (double)(m[st].params + m[st].master + m[st].grads + m[st].optim);
+        printf("  stage %d: %12.1f MB (model states above: %.1f MB; difference %.2f%%, partition padding)\n", st,
+               fm[st] / 1e6, ms / 1e6, 100.0 * (ms - fm[st]) / fm[st]);
+    }
+    printf("ZeRO paper, mixed-precision Adam (p = g = 2, K = 12): stage 0 %.1f MB, stage 1 %.1f MB, stage 2 %.1f MB\n",
+           16 * psi / 1e6, (4 * psi + 12 * psi / W) / 1e6, (2 * psi + 14 * psi / W) / 1e6);
     return 0;
 }
 
@@ -392,10 +503,12 @@ int main(int argc, char **argv)
         return rc;
     if (a.summary)
         return summary_only(&a);
+    if (a.plan)
+        return plan_only(&a);
     ds_error err = {0};
     /* Under ds-launch with WORLD_SIZE > 1: data parallelism over the job's rendezvous. Rank 0
      * alone prints, logs and writes weights; every rank trains its share of each batch. */
-    int rank = 0, world = 1;
+    int rank = 0, world = 1, save_rank0_only = 0;
     ds_store *store = NULL;
     ds_comm *comm = NULL;
     const char *ws = getenv("WORLD_SIZE");
@@ -416,7 +529,7 @@ int main(int argc, char **argv)
         world = so.world_size;
         if (rank != 0) {
             a.quiet = 1;
-            a.save = NULL;
+            save_rank0_only = 1; /* decided with the config below */
             if (a.log_json && !strstr(a.log_json, "{rank}"))
                 a.log_json = NULL;
         }
@@ -453,6 +566,21 @@ int main(int argc, char **argv)
     }
     const ds_config *cfg = ds_engine_config(eng);
     const ds_net *net = ds_engine_net(eng);
+    /* the weights are written by rank 0; under ZeRO with fp16/bf16 every rank takes part (the
+     * fp32 master weights are partitioned and gathered) */
+    if (save_rank0_only && !(cfg->zero.stage > 0 && cfg->precision != DS_PREC_FP32))
+        a.save = NULL;
+    {
+        ds_memory_report mr;
+        ds_engine_memory_report(eng, &mr);
+        if (world > 1 || cfg->zero.stage > 0)
+            printf("memory rank %d/%d (ZeRO stage %d, elements [%lld, %lld)): params %.3f MB, master %.3f MB, "
+                   "grads %.3f MB, optimizer %.3f MB, activations %.3f MB, comm buffers %.3f MB\n",
+                   rank, world, mr.zero_stage, (long long)mr.partition_begin, (long long)mr.partition_end,
+                   mr.params / 1e6, mr.master / 1e6, mr.grads / 1e6, mr.optim / 1e6, mr.activations / 1e6,
+                   mr.comm / 1e6);
+        fflush(stdout);
+    }
     for (int i = 0; i < cfg->n_warnings; i++)
         fprintf(stderr, "ds-train: warning: %s\n", cfg->warnings[i]);
     if (!cfg->has_optimizer)
@@ -717,6 +845,15 @@ int main(int argc, char **argv)
             } else {
                 printf("weights written to %s\n", a.save);
             }
+        }
+    }
+    if (rc == 0 && rank != 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("rank %d: peak RSS %.0f MiB\n", rank, ru.ru_maxrss / 1024.0);
+        if (a.save && (st = ds_engine_save_weights(eng, a.save, a.force, &err)) != DS_OK) {
+            fprintf(stderr, "ds-train: %s\n", err.msg);
+            rc = 1;
         }
     }
     if (rundb) {

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ds/config.h"
+#include "ds/engine.h"
 
 #ifndef DS_TEST_DIR
 #define DS_TEST_DIR "tests"
@@ -408,10 +409,12 @@ Test(features, refused_naming_the_key)
                "ds.json: fp16.auto_cast=true is not supported yet", NULL);
     load_fails(TB8("\"bf16\": {\"enabled\": true, \"bf16_optimizer_states\": true}"), 1, 0,
                DS_ERR_UNSUPPORTED, "bf16.bf16_optimizer_states=true is not supported yet", NULL);
-    load_fails(TB8("\"zero_optimization\": {\"stage\": 2}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "ds.json: zero_optimization.stage=2 is not supported yet", NULL);
-    load_fails(TB8("\"zero_optimization\": true"), 1, 0, DS_ERR_UNSUPPORTED,
-               "zero_optimization=true (the old form of ZeRO stage 1) is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 3}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: zero_optimization.stage=3 is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 2, \"overlap_comm\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "ds.json: zero_optimization.overlap_comm=true is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"round_robin_gradients\": true}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "zero_optimization.round_robin_gradients=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"cpu\"}}"), 1, 0,
                DS_ERR_UNSUPPORTED,
                "zero_optimization.offload_optimizer.device=cpu is not supported yet", NULL);
@@ -539,25 +542,21 @@ static const struct {
 } REAL[] = {
     {"alpaca__default_offload_opt_param.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
-    {"bmds-tests__ds_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=1 is not supported yet"},
+    {"bmds-tests__ds_config.json", DS_OK, NULL},
     {"bmds-tests__ds_config_bf16.json", DS_OK, NULL},
     {"bmds-tests__ds_config_cl.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=1 is not supported yet"},
-    {"chatglm6b__deepspeed.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "curriculum_learning.enabled=true is not supported yet"},
+    {"chatglm6b__deepspeed.json", DS_OK, NULL},
     {"ds-docs__autotuning_block2.json", DS_ERR_UNSUPPORTED,
      "autotuning.enabled=true is not supported yet"},
-    {"ds-docs__getting-started_block5.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization=true (the old form of ZeRO stage 1) is not supported yet"},
+    {"ds-docs__getting-started_block5.json", DS_OK, NULL},
     {"ds-tests-gpt2__ds_config_func_bs8_zero0_gas3.json", DS_ERR_UNSUPPORTED,
      "activation_checkpointing.partition_activations=true is not supported yet"},
     {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
-    {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.cpu_offload=true is not supported yet"},
+    {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_OK, NULL},
     {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=1 is not supported yet"},
+     "disable_allgather=true is not supported yet"},
     {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.offload_param.device=cpu is not supported yet"},
     {"ds-tests-squad__deepspeed_bsz24_fp16_eigenvalue_quantize_config.json", DS_ERR_UNSUPPORTED,
@@ -593,9 +592,9 @@ static const struct {
     {"dse-data_efficiency__ds_config_gpt_base_random_ltd.json", DS_ERR_UNSUPPORTED,
      "data_efficiency.enabled=true is not supported yet"},
     {"dse-hf-transformers__ds_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.cpu_offload=true is not supported yet"},
     {"dse-imagenet__ds_fp16_z1_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=1 is not supported yet"},
+     "fp16.auto_cast=true is not supported yet"},
     {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron-zero3__ds_zero_stage_3_config.json", DS_ERR_UNSUPPORTED,
@@ -603,17 +602,17 @@ static const struct {
     {"dse-megatron-zero3__ds_zero_stage_infinity_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron__ds_zero-offload_10B_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.cpu_offload=true is not supported yet"},
     {"dse-megatron__ds_zero2_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "activation_checkpointing.partition_activations=true is not supported yet"},
     {"dse-pipeline_parallelism__ds_config.json", DS_OK, NULL},
     {"dse-qanet__ds_bsz512_1cycle.json", DS_OK, NULL},
     {"dse-tensor_parallel__ds_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "tensor_parallel.autotp_size=4 is not supported yet"},
     {"dse-zenflow__zf_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
     {"fastchat__deepspeed_config_s2.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
     {"fastchat__deepspeed_config_s3.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED,
@@ -623,14 +622,14 @@ static const struct {
     {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-transformers__ds_config_zero2.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
     {"hf-transformers__ds_config_zero3.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-transformers__ds_config_zero3_bf16.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"llamafactory__ds_z0_config.json", DS_OK, NULL},
     {"llamafactory__ds_z2_autotp_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.round_robin_gradients=true is not supported yet"},
     {"llamafactory__ds_z3_fp8_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"llamafactory__ds_z3_offload_config.json", DS_ERR_UNSUPPORTED,
@@ -638,14 +637,13 @@ static const struct {
     {"llava__zero3_offload.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"mmds-finetune_hf_llama__ds_config_empty.json", DS_OK, NULL},
-    {"mmds-universal_checkpointing__ds_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=1 is not supported yet"},
+    {"mmds-universal_checkpointing__ds_config.json", DS_OK, NULL},
     {"openassistant__deepspeed_rl.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
     {"openassistant__zero3_config_sft.json", DS_ERR_INVALID,
      "scheduler.params.total_num_steps: missing: WarmupDecayLR needs the number of optimizer steps"},
     {"qwen__ds_config_zero2.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=2 is not supported yet"},
+     "zero_optimization.overlap_comm=true is not supported yet"},
 };
 #define N_REAL (sizeof REAL / sizeof REAL[0])
 
@@ -737,14 +735,17 @@ Test(real_configs, specific_outcomes)
     cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/llamafactory__ds_z2_autotp_config.json", 1, 1,
                                      &h, &e), DS_ERR_UNSUPPORTED);
     cr_expect(strstr(e.msg, "tensor_parallel.autotp_size=2 is not supported yet"), "%s", e.msg);
-    /* a ZeRO-2 config */
+    /* a ZeRO-2 config: stage 2 is built, its activation checkpointing is not */
     cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-megatron__ds_zero2_config.json", 1, 0, &h,
                                      &e), DS_ERR_UNSUPPORTED);
-    cr_expect(strstr(e.msg, "zero_optimization.stage=2 is not supported yet"), "%s", e.msg);
-    /* the legacy boolean zero_optimization */
-    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/ds-docs__getting-started_block5.json", 1, 0,
-                                     &h, &e), DS_ERR_UNSUPPORTED);
-    cr_expect(strstr(e.msg, "zero_optimization=true"), "%s", e.msg);
+    cr_expect(strstr(e.msg, "activation_checkpointing.partition_activations=true"), "%s", e.msg);
+    cr_expect(!strstr(e.msg, "zero_optimization"), "%s", e.msg);
+    /* the legacy boolean zero_optimization: stage 1, with a warning */
+    cr_assert_eq(ds_config_load_file(&c, CONFIG_DIR "/ds-docs__getting-started_block5.json", 1, 0,
+                                     &h, &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.zero.stage, 1);
+    cr_expect(has_warning(&c, "zero_optimization=true is deprecated"));
+    ds_config_free(&c);
     /* unknown top-level key: a warning, an error with strict */
     cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-imagenet__ds_fp16_z1_config.json", 1, 1,
                                      &h, &e), DS_ERR_INVALID);
@@ -864,4 +865,48 @@ Test(optimizer, user_names_come_from_the_client)
     ds_config_free(&c);
     /* exact names: "myopt" is not MyOpt */
     cr_expect_eq(ds_config_load_string(&c, OPT("myopt", ""), "ds.json", 1, 0, &h, &e), DS_ERR_INVALID);
+}
+
+Test(zero, stages_and_buckets)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 2, \"reduce_bucket_size\": 5e6, \"allgather_bucket_size\": \"2e6\", "
+                    "\"reduce_scatter\": false, \"allgather_partitions\": false, \"contiguous_gradients\": true, "
+                    "\"overlap_comm\": false}"), 1);
+    cr_expect_eq(c.zero.stage, 2);
+    cr_expect_eq(c.zero.reduce_bucket_size, 5000000);
+    cr_expect_eq(c.zero.allgather_bucket_size, 2000000);
+    cr_expect_eq(c.zero.reduce_scatter, 0);
+    cr_expect_eq(c.zero.allgather_partitions, 0);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1}"), 1);
+    cr_expect_eq(c.zero.stage, 1);
+    cr_expect_eq(c.zero.reduce_bucket_size, 500000000); /* DeepSpeed's defaults */
+    cr_expect_eq(c.zero.allgather_bucket_size, 500000000);
+    cr_expect_eq(c.zero.reduce_scatter, 1);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": true"), 1); /* the old form of stage 1 */
+    cr_expect_eq(c.zero.stage, 1);
+    cr_expect(has_warning(&c, "zero_optimization=true is deprecated"));
+    ds_config_free(&c);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 2, \"reduce_bucket_size\": 0}"), 1, 0, DS_ERR_INVALID,
+               "zero_optimization.reduce_bucket_size: expected an integer >= 1 (elements), found 0", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 4}"), 1, 0, DS_ERR_INVALID,
+               "zero_optimization.stage: expected 0, 1, 2 or 3, found 4", NULL);
+}
+
+Test(zero, partition_rule)
+{
+    int64_t b, e, prev = 0;
+    for (int r = 0; r < 3; r++) { /* 1000 elements, 3 ranks: padded to 1008, P = 336 */
+        ds_zero_partition(1000, 3, r, &b, &e);
+        cr_expect_eq(b, prev);
+        cr_expect_eq(e, r < 2 ? 336 * (r + 1) : 1000);
+        prev = e;
+    }
+    ds_zero_partition(10, 4, 3, &b, &e); /* 10 elements, 4 ranks: P = 16, ranks 1-3 own nothing */
+    cr_expect_eq(b, 10);
+    cr_expect_eq(e, 10);
+    ds_zero_partition(10, 4, 0, &b, &e);
+    cr_expect_eq(e, 10);
 }

@@ -675,6 +675,8 @@ static void lamb_step(float *pall, const float *g, float *m, float *v, const ds_
         float *p = pall + o, *mt = m + o, *vt = v + o;
         const float *gt = g + o;
         double wsum = 0.0, usum = 0.0;
+        if (a->phase == 2)
+            goto apply;
 #pragma omp parallel for reduction(+ : wsum, usum) if (n > PAR_MIN)
         for (int64_t i0 = 0; i0 < n; i0 += 4096) {
             int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
@@ -693,6 +695,11 @@ static void lamb_step(float *pall, const float *g, float *m, float *v, const ds_
             wsum += ws;
             usum += us;
         }
+        if (a->phase == 1) {
+            a->sums[2 * t] = wsum;
+            a->sums[2 * t + 1] = usum;
+            continue;
+        }
         float coeff = 1.0f;
         if (wsum > 0.0 && usum > 0.0) {
             double c = sqrt(wsum) / sqrt(usum);
@@ -701,6 +708,9 @@ static void lamb_step(float *pall, const float *g, float *m, float *v, const ds_
         }
         if (a->coeffs)
             a->coeffs[t] = coeff;
+    apply:;
+        if (a->phase == 2)
+            coeff = a->coeffs[t];
         const float k = step_size * coeff;
         struct { float *pw; int round; } slice = {a->pw ? a->pw + o : NULL, a->round};
         OPT_LOOP(n, &slice, {

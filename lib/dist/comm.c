@@ -68,6 +68,25 @@ ds_status ds_comm_all_gather(ds_comm *c, const float *send, float *recv, size_t 
     return c->ops->all_gather(c, send, recv, send_count, err);
 }
 
+ds_status ds_comm_reduce_scatter_v(ds_comm *c, float *buf, const size_t *off, const size_t *len,
+                                   ds_reduce_op op, ds_error *err)
+{
+    ds_status st = check_op(c, op, err);
+    if (st != DS_OK)
+        return st;
+    if (!c->ops->reduce_scatter_v)
+        return ds_error_set(err, DS_ERR_UNSUPPORTED, "communicator %s has no in-place reduce_scatter", c->ops->name);
+    return c->ops->reduce_scatter_v(c, buf, off, len, op, err);
+}
+
+ds_status ds_comm_all_gather_v(ds_comm *c, float *buf, const size_t *off, const size_t *len,
+                               ds_error *err)
+{
+    if (!c->ops->all_gather_v)
+        return ds_error_set(err, DS_ERR_UNSUPPORTED, "communicator %s has no in-place all_gather", c->ops->name);
+    return c->ops->all_gather_v(c, buf, off, len, err);
+}
+
 ds_status ds_comm_broadcast(ds_comm *c, void *buf, size_t bytes, int root, ds_error *err)
 {
     if (root < 0 || root >= c->size)
@@ -312,8 +331,26 @@ static void cpu_destroy(ds_comm *base)
     free(c);
 }
 
+static ds_status cpu_reduce_scatter_v(ds_comm *base, float *buf, const size_t *off,
+                                      const size_t *len, ds_reduce_op op, ds_error *err)
+{
+    if (base->size == 1)
+        return DS_OK;
+    return ring_reduce_scatter((cpu_comm *)base, buf, off, len, op, "reduce_scatter", err);
+}
+
+static ds_status cpu_all_gather_v(ds_comm *base, float *buf, const size_t *off, const size_t *len,
+                                  ds_error *err)
+{
+    if (base->size == 1)
+        return DS_OK;
+    return ring_all_gather((cpu_comm *)base, buf, off, len, "all_gather", err);
+}
+
 static const ds_comm_ops cpu_ops = {
     .name = "cpu",
+    .reduce_scatter_v = cpu_reduce_scatter_v,
+    .all_gather_v = cpu_all_gather_v,
     .destroy = cpu_destroy,
     .all_reduce = cpu_all_reduce,
     .reduce_scatter = cpu_reduce_scatter,

@@ -34,6 +34,19 @@ struct ds_engine {
     int64_t skipped;
     int applied;
     int check_overflow;    /* fp16, or bf16 with check_grad_overflow */
+    /* ZeRO (stage 1: optimizer state and master weights partitioned; 2: gradients too). This
+     * rank owns flat elements [pbeg, pend) (ckpt-zero.md 4.1; DS_ZERO_ALIGN below). */
+    int zero, plan_only;
+    int64_t zP, pbeg, pend;
+    size_t *zoff, *zlen;   /* per-rank blocks of one bucket (world_size entries each) */
+    float *gpart;          /* stage 2: this rank's averaged gradient partition */
+    int master_owned;      /* master is its own allocation (not an alias of params) */
+    struct zbucket { int64_t b0, b1; int slot, last_layer; } *zb;
+    int n_zb;
+    float **zslot;         /* stage 2: gradient bucket buffers, n_zslot of zslot_len floats */
+    int n_zslot;
+    int64_t zslot_len;
+    float **gptr;          /* stage 2: per tensor, where backward accumulates its gradient */
     ds_optimizer opt;
     uint64_t seed;
     int64_t micro_steps, global_steps, global_samples;
@@ -121,8 +134,13 @@ void ds_engine_destroy(ds_engine *e)
         ds_model_destroy(e->model);
         if (e->params)
             e->be->ops->free(e->be, e->params);
-        if (e->master && e->master != e->params)
+        if (e->master && e->master_owned)
             e->be->ops->free(e->be, e->master);
+        if (e->gpart)
+            e->be->ops->free(e->be, e->gpart);
+        for (int i = 0; i < e->n_zslot; i++)
+            if (e->zslot && e->zslot[i])
+                e->be->ops->free(e->be, e->zslot[i]);
         if (e->grads)
             e->be->ops->free(e->be, e->grads);
         ds_backend_destroy(e->be);
@@ -132,18 +150,45 @@ void ds_engine_destroy(ds_engine *e)
         ds_config_free(&e->cfg);
     free(e->host_scratch);
     free(e->coll);
+    free(e->zoff);
+    free(e->zlen);
+    free(e->zb);
+    free(e->zslot);
+    free(e->gptr);
     free(e);
 }
 
-/* 16-bit mode: the working weights the model reads = the master weights rounded. */
-static ds_status refresh_working(ds_engine *e)
+/* Set flat elements [off, off + count) of the weights from host fp32 values: the master
+ * weights (this rank's partition of them under ZeRO) and the working weights the model reads
+ * (in 16-bit mode rounded to the format; under ZeRO every rank holds them all). */
+static ds_status write_weights(ds_engine *e, int64_t off, const float *host, int64_t count)
 {
+    const ds_backend_ops *ops = e->be->ops;
+    ds_status st = ops->upload(e->be, e->params + off, host, (size_t)count * sizeof(float));
+    if (st != DS_OK || !e->round)
+        return st;
+    if ((st = ops->round16(e->be, e->params + off, count, e->round)) != DS_OK)
+        return st;
+    int64_t lo = off > e->pbeg ? off : e->pbeg, hi = off + count < e->pend ? off + count : e->pend;
+    if (hi > lo)
+        st = ops->upload(e->be, e->master + (lo - e->pbeg), host + (lo - off), (size_t)(hi - lo) * sizeof(float));
+    return st;
+}
+
+/* Flat elements [off, off + count) of the fp32 master weights to the host. Under ZeRO with
+ * 16-bit training a rank holds only its partition of them: other elements are read from the
+ * (rounded) working weights. */
+static ds_status read_master(ds_engine *e, int64_t off, float *host, int64_t count)
+{
+    const ds_backend_ops *ops = e->be->ops;
     if (!e->round)
-        return DS_OK;
-    size_t bytes = (size_t)e->net->params.total * sizeof(float);
-    ds_status st = e->be->ops->copy(e->be, e->params, e->master, bytes);
-    if (st == DS_OK)
-        st = e->be->ops->round16(e->be, e->params, e->net->params.total, e->round);
+        return ops->download(e->be, host, e->params + off, (size_t)count * sizeof(float));
+    ds_status st = DS_OK;
+    if (e->zero)
+        st = ops->download(e->be, host, e->params + off, (size_t)count * sizeof(float));
+    int64_t lo = off > e->pbeg ? off : e->pbeg, hi = off + count < e->pend ? off + count : e->pend;
+    if (st == DS_OK && hi > lo)
+        st = ops->download(e->be, host + (lo - off), e->master + (lo - e->pbeg), (size_t)(hi - lo) * sizeof(float));
     return st;
 }
 
@@ -184,6 +229,248 @@ static void record_collective(ds_engine *e, const char *what, int64_t elements, 
     c->ms = (ds_prof_now_s() - t0) * 1e3;
 }
 
+
+/* ---- ZeRO stages 1 and 2 ------------------------------------------------------------------ */
+
+/* Partitions: the flat buffer of N elements is padded to Np, a multiple of 16 * W (every
+ * partition starts 64-byte aligned), and rank r owns [r P, min((r+1) P, N)) with P = Np / W;
+ * the padding is never stored. */
+#define DS_ZERO_ALIGN 16
+
+void ds_zero_partition(int64_t n, int world, int rank, int64_t *begin, int64_t *end)
+{
+    int64_t unit = (int64_t)DS_ZERO_ALIGN * world;
+    int64_t P = (n + unit - 1) / unit * unit / world;
+    int64_t b = P * rank, e = P * (rank + 1);
+    *begin = b < n ? b : n;
+    *end = e < n ? e : n;
+}
+
+/* Blocks of the bucket [b0, b1) owned by each rank, relative to b0. */
+static void zero_blocks(ds_engine *e, int64_t b0, int64_t b1)
+{
+    for (int r = 0; r < e->world_size; r++) {
+        int64_t lo, hi;
+        ds_zero_partition(e->net->params.total, e->world_size, r, &lo, &hi);
+        lo = lo > b0 ? lo : b0;
+        hi = hi < b1 ? hi : b1;
+        e->zoff[r] = hi > lo ? (size_t)(lo - b0) : 0;
+        e->zlen[r] = hi > lo ? (size_t)(hi - lo) : 0;
+    }
+}
+
+/* The gradient bucket [b0, b1) at buf, summed over the ranks into each owner's block and
+ * averaged (DeepSpeed: pre-divided; with gradient_predivide_factor f: /f before, *f/W after). */
+static ds_status zero_reduce(ds_engine *e, float *buf, int64_t b0, int64_t b1, ds_error *err)
+{
+    const ds_backend_ops *ops = e->be->ops;
+    int64_t len = b1 - b0;
+    ds_status st;
+    if (!e->comm || len <= 0)
+        return DS_OK;
+    const double W = e->world_size, f = e->cfg.gradient_predivide_factor;
+    const float pre = (float)(e->cfg.prescale_gradients ? 1.0 / W : 1.0 / f);
+    const float post = (float)(e->cfg.prescale_gradients ? 1.0 : f / W);
+    double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
+    zero_blocks(e, b0, b1);
+    if (pre != 1.0f && (st = ops->scale(e->be, buf, len, pre)) != DS_OK)
+        return backend_err(e, st, err);
+    if (e->cfg.zero.reduce_scatter)
+        st = ds_comm_reduce_scatter_v(e->comm, buf, e->zoff, e->zlen, DS_REDUCE_SUM, err);
+    else
+        st = ds_comm_all_reduce(e->comm, buf, (size_t)len, DS_REDUCE_SUM, err);
+    if (st != DS_OK)
+        return st;
+    int r = e->comm->rank;
+    if (post != 1.0f && e->zlen[r] && (st = ops->scale(e->be, buf + e->zoff[r], (int64_t)e->zlen[r], post)) != DS_OK)
+        return backend_err(e, st, err);
+    e->ar_calls++;
+    e->ar_bytes += len * (int64_t)sizeof(float);
+    record_collective(e, e->cfg.zero.reduce_scatter ? "gradients (reduce_scatter)" : "gradients (all_reduce)", len, t0);
+    return DS_OK;
+}
+
+/* After the update: every rank's partition of the working weights to every rank, in
+ * allgather_bucket_size buckets (or, with allgather_partitions false, one broadcast per owner). */
+static ds_status zero_gather_params(ds_engine *e, ds_error *err)
+{
+    if (!e->comm)
+        return DS_OK;
+    const int64_t n = e->net->params.total, bucket = e->cfg.zero.allgather_bucket_size;
+    ds_status st = DS_OK;
+    for (int64_t b0 = 0; b0 < n && st == DS_OK; b0 += bucket) {
+        int64_t b1 = b0 + bucket < n ? b0 + bucket : n;
+        double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
+        zero_blocks(e, b0, b1);
+        if (e->cfg.zero.allgather_partitions) {
+            st = ds_comm_all_gather_v(e->comm, e->params + b0, e->zoff, e->zlen, err);
+        } else {
+            for (int r = 0; r < e->world_size && st == DS_OK; r++)
+                if (e->zlen[r])
+                    st = ds_comm_broadcast(e->comm, e->params + b0 + e->zoff[r], e->zlen[r] * sizeof(float), r, err);
+        }
+        record_collective(e, "parameters (all_gather)", b1 - b0, t0);
+    }
+    return st;
+}
+
+/* Tensors whose gradient a layer's backward writes. */
+static int layer_tensors(const ds_layer *l, int out[4])
+{
+    int k = 0;
+    const int cand[4] = {l->w, l->b, l->kind == DS_LAYER_ATTENTION ? l->w2 : -1,
+                         l->kind == DS_LAYER_ATTENTION ? l->b2 : -1};
+    for (int i = 0; i < 4; i++)
+        if (cand[i] >= 0)
+            out[k++] = cand[i];
+    return k;
+}
+
+/* Stage 2: a bucket's gradients are complete after the backward of the lowest layer that
+ * writes any of its tensors; then it is reduced, this rank's block is added to its gradient
+ * partition, and the bucket buffer is cleared for its next user. */
+static ds_status zero2_hook(void *ctx, int layer, ds_error *err)
+{
+    ds_engine *e = ctx;
+    const ds_backend_ops *ops = e->be->ops;
+    ds_status st;
+    for (int k = 0; k < e->n_zb; k++) {
+        struct zbucket *b = &e->zb[k];
+        if (b->last_layer != layer)
+            continue;
+        float *buf = e->zslot[b->slot];
+        int64_t len = b->b1 - b->b0;
+        /* fp16 gradients are fp16 numbers (what DeepSpeed's fp16 .grad holds) */
+        if (e->round == DS_ROUND_FP16 && (st = ops->round16(e->be, buf, len, e->round)) != DS_OK)
+            return backend_err(e, st, err);
+        if ((st = zero_reduce(e, buf, b->b0, b->b1, err)) != DS_OK)
+            return st;
+        int64_t lo = b->b0 > e->pbeg ? b->b0 : e->pbeg, hi = b->b1 < e->pend ? b->b1 : e->pend;
+        if (hi > lo && (st = ops->accumulate(e->be, buf + (lo - b->b0), e->gpart + (lo - e->pbeg), hi - lo, 1)) != DS_OK)
+            return backend_err(e, st, err);
+        if ((st = ops->zero(e->be, buf, (size_t)len * sizeof(float))) != DS_OK)
+            return backend_err(e, st, err);
+    }
+    return DS_OK;
+}
+
+/* Stage 2 buckets: tensors in reverse flat order (the order backward produces them) grouped
+ * up to reduce_bucket_size elements (a larger tensor alone); each bucket gets a buffer slot,
+ * reused once the bucket is reduced: the slots needed are found by walking the backward order
+ * (a tied embedding keeps its bucket open from the head to the bottom). */
+static ds_status zero2_setup(ds_engine *e, ds_error *err)
+{
+    const ds_tensor_table *tab = &e->net->params;
+    const ds_net *net = e->net;
+    const int nt = tab->n;
+    int *tb = malloc(sizeof(int) * (size_t)(nt ? nt : 1));
+    int *tmin = malloc(sizeof(int) * (size_t)(nt ? nt : 1));
+    e->zb = calloc((size_t)(nt ? nt : 1), sizeof *e->zb);
+    e->gptr = calloc((size_t)(nt ? nt : 1), sizeof *e->gptr);
+    int *open = calloc((size_t)(nt ? nt : 1), sizeof(int));
+    int *slot_busy = calloc((size_t)(nt ? nt : 1), sizeof(int));
+    ds_status st = DS_OK;
+    if (!tb || !tmin || !e->zb || !e->gptr || !open || !slot_busy) {
+        st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    const int64_t limit = e->cfg.zero.reduce_bucket_size;
+    for (int t = nt - 1; t >= 0; t--) {
+        int64_t b0 = tab->t[t].offset, b1 = b0 + tab->t[t].numel;
+        struct zbucket *cur = e->n_zb ? &e->zb[e->n_zb - 1] : NULL;
+        if (cur && cur->b1 - b0 <= limit) {
+            cur->b0 = b0;
+        } else {
+            cur = &e->zb[e->n_zb++];
+            cur->b0 = b0;
+            cur->b1 = b1;
+        }
+        tb[t] = e->n_zb - 1;
+    }
+    for (int t = 0; t < nt; t++)
+        tmin[t] = -1;
+    for (int i = 0; i < net->n_layers; i++) {
+        int ts[4], k = layer_tensors(&net->layers[i], ts);
+        for (int j = 0; j < k; j++)
+            if (tmin[ts[j]] < 0)
+                tmin[ts[j]] = i;
+    }
+    for (int k = 0; k < e->n_zb; k++)
+        e->zb[k].last_layer = INT32_MAX;
+    for (int t = 0; t < nt; t++) {
+        int l = tmin[t] < 0 ? 0 : tmin[t];
+        if (l < e->zb[tb[t]].last_layer)
+            e->zb[tb[t]].last_layer = l;
+    }
+    /* walk the backward order to assign slots */
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        int ts[4], k = layer_tensors(&net->layers[i], ts);
+        for (int j = 0; j < k; j++) {
+            int b = tb[ts[j]];
+            if (!open[b]) {
+                int s = 0;
+                while (slot_busy[s])
+                    s++;
+                slot_busy[s] = 1;
+                open[b] = 1;
+                e->zb[b].slot = s;
+                if (s + 1 > e->n_zslot)
+                    e->n_zslot = s + 1;
+            }
+        }
+        for (int b = 0; b < e->n_zb; b++)
+            if (e->zb[b].last_layer == i && open[b]) {
+                slot_busy[e->zb[b].slot] = 0;
+                open[b] = 0;
+            } else if (e->zb[b].last_layer == i && !open[b]) { /* written by no layer: its own */
+                e->zb[b].slot = e->n_zslot++;                    /* (zero) buffer */
+            }
+    }
+    for (int b = 0; b < e->n_zb; b++)
+        if (e->zb[b].b1 - e->zb[b].b0 > e->zslot_len)
+            e->zslot_len = e->zb[b].b1 - e->zb[b].b0;
+    e->zslot = calloc((size_t)(e->n_zslot ? e->n_zslot : 1), sizeof *e->zslot);
+    if (!e->zslot) {
+        st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int sl = 0; sl < e->n_zslot; sl++)
+        if (!(e->zslot[sl] = e->be->ops->alloc(e->be, (size_t)e->zslot_len * sizeof(float)))) {
+            st = ds_error_set(err, DS_ERR_NOMEM, "out of memory for ZeRO-2 gradient buckets");
+            goto done;
+        }
+    for (int t = 0; t < nt; t++)
+        e->gptr[t] = e->zslot[e->zb[tb[t]].slot] + (tab->t[t].offset - e->zb[tb[t]].b0);
+    ds_model_set_grad_ptrs(e->model, e->gptr);
+    ds_model_set_backward_hook(e->model, zero2_hook, e);
+done:
+    free(tb);
+    free(tmin);
+    free(open);
+    free(slot_busy);
+    return st;
+}
+
+/* LAMB's per-tensor sums over the ranks (doubles sent as two floats each: hi + lo). */
+static ds_status zero_sum_doubles(void *ctx, double *v, int count, ds_error *err)
+{
+    ds_engine *e = ctx;
+    if (!e->comm)
+        return DS_OK;
+    float *f = malloc(sizeof(float) * 2 * (size_t)(count ? count : 1));
+    if (!f)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < count; i++) {
+        f[2 * i] = (float)v[i];
+        f[2 * i + 1] = (float)(v[i] - (double)f[2 * i]);
+    }
+    ds_status st = ds_comm_all_reduce(e->comm, f, 2 * (size_t)count, DS_REDUCE_SUM, err);
+    for (int i = 0; st == DS_OK && i < count; i++)
+        v[i] = (double)f[2 * i] + (double)f[2 * i + 1];
+    free(f);
+    return st;
+}
+
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
 {
     ds_status st;
@@ -215,7 +502,8 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                              .n_user_optimizers = opts->n_user_optimizers};
     e->world_size = opts->world_size > 1 ? opts->world_size : 1;
     e->comm = e->world_size > 1 ? opts->comm : NULL;
-    if (e->world_size > 1 && !e->comm) {
+    e->plan_only = opts->plan_only;
+    if (e->world_size > 1 && !e->comm && !opts->plan_only) {
         ds_engine_destroy(e);
         return ds_error_set(err, DS_ERR_INVALID, "world size %d without a communicator", opts->world_size);
     }
@@ -280,10 +568,30 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     e->applied = 1;
     const ds_tensor_table *tab = &e->net->params;
     size_t bytes = (size_t)tab->total * sizeof(float);
+    e->zero = e->cfg.zero.stage;
+    ds_zero_partition(tab->total, e->world_size, e->comm ? e->comm->rank : 0, &e->pbeg, &e->pend);
+    if (e->zero && e->cfg.optimizer.type == DS_OPTIM_LAMB && !e->be->ops->lamb_step) {
+        st = ds_error_set(err, DS_ERR_UNSUPPORTED, "Lamb is not built for backend %s yet", e->be->ops->name);
+        goto fail;
+    }
+    if (e->zero == 0) { /* every rank holds everything */
+        e->pbeg = 0;
+        e->pend = tab->total;
+    }
+    size_t pbytes = (size_t)(e->pend - e->pbeg) * sizeof(float);
+    e->zoff = calloc((size_t)e->world_size, sizeof *e->zoff);
+    e->zlen = calloc((size_t)e->world_size, sizeof *e->zlen);
     e->params = e->be->ops->alloc(e->be, bytes);
-    e->grads = e->be->ops->alloc(e->be, bytes);
-    e->master = e->round ? e->be->ops->alloc(e->be, bytes) : e->params;
-    if (!e->params || !e->grads || !e->master) {
+    e->grads = e->zero == 2 ? NULL : e->be->ops->alloc(e->be, bytes);
+    if (e->zero == 2)
+        e->gpart = e->be->ops->alloc(e->be, pbytes ? pbytes : sizeof(float));
+    /* fp32: the master weights are the parameters (a ZeRO rank updates its part of them);
+     * 16-bit: a separate fp32 copy, of this rank's partition only under ZeRO */
+    e->master_owned = e->round != DS_ROUND_NONE;
+    e->master = !e->round ? e->params
+              : e->be->ops->alloc(e->be, e->zero ? (pbytes ? pbytes : sizeof(float)) : bytes);
+    if (!e->params || (!e->grads && e->zero != 2) || (e->zero == 2 && !e->gpart) || !e->master ||
+        !e->zoff || !e->zlen) {
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory for %lld parameters", (long long)tab->total);
         goto fail;
     }
@@ -298,10 +606,8 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         goto fail;
     }
     ds_net_init_params(e->net, host, e->seed);
-    st = e->be->ops->upload(e->be, e->master, host, bytes);
+    st = write_weights(e, 0, host, tab->total);
     free(host);
-    if (st == DS_OK)
-        st = refresh_working(e);
     if (st != DS_OK) {
         backend_err(e, st, err);
         goto fail;
@@ -313,7 +619,10 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     for (int i = 0; i < opts->n_user_optimizers; i++)
         if (e->cfg.optimizer.type == DS_OPTIM_USER && !strcmp(opts->user_optimizers[i].name, e->cfg.optimizer.name))
             user = &opts->user_optimizers[i];
-    if ((st = ds_optimizer_init(&e->opt, &e->cfg.optimizer, e->be, tab, user, err)) != DS_OK)
+    if ((st = ds_optimizer_init_range(&e->opt, &e->cfg.optimizer, e->be, tab, e->pbeg, e->pend,
+                                      zero_sum_doubles, e, user, err)) != DS_OK)
+        goto fail;
+    if (e->zero == 2 && (st = zero2_setup(e, err)) != DS_OK)
         goto fail;
     e->mom_slot = momentum_slot(&e->opt.cfg); /* the optimizer's copy from now on */
     if (opts->init_from && (st = ds_engine_load_weights(e, opts->init_from, err)) != DS_OK)
@@ -373,6 +682,8 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
 
 ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
 {
+    if (e->plan_only)
+        return ds_error_set(err, DS_ERR_INVALID, "a planning engine (plan_only) does not train");
     ds_timers_start(&e->timers, DS_TIMER_FWD);
     ds_status st = upload_batch(e, batch, err);
     if (st != DS_OK)
@@ -409,8 +720,9 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
     ds_timers_start(&e->timers, DS_TIMER_BWD);
     ds_timers_start(&e->timers, DS_TIMER_BWD_INNER);
     ds_status st = ds_model_backward(e->model, e->params, e->grads, err);
-    /* fp16 gradients accumulate in fp16 (DeepSpeed's fp16 .grad); bf16 ones in fp32 */
-    if (st == DS_OK && e->round == DS_ROUND_FP16)
+    /* fp16 gradients accumulate in fp16 (DeepSpeed's fp16 .grad); bf16 ones in fp32. (ZeRO-2
+     * rounds each bucket before reducing it.) */
+    if (st == DS_OK && e->round == DS_ROUND_FP16 && e->zero != 2)
         st = e->be->ops->round16(e->be, e->grads, e->net->params.total, e->round);
     ds_timers_stop(&e->timers, DS_TIMER_BWD_INNER);
     ds_timers_stop(&e->timers, DS_TIMER_BWD);
@@ -440,31 +752,44 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     ds_status st;
     e->ar_calls = e->ar_bytes = 0;
     e->n_coll = 0;
+    /* g: the averaged gradients this rank updates from: all of them (stage 0), or its
+     * partition [pbeg, pend) (stage 1: reduce-scattered now; stage 2: during backward) */
+    const int64_t plen = e->pend - e->pbeg;
+    float *g = e->zero == 2 ? e->gpart : e->grads + e->pbeg;
     if (e->comm) {
         /* DeepSpeed reduces inside backward (bwd_allreduce, part of bwd); ds reduces here, once
          * per effective batch, and counts that time there, not in step */
         ds_timers_stop(&e->timers, DS_TIMER_STEP);
         ds_timers_start(&e->timers, DS_TIMER_BWD);
         ds_timers_start(&e->timers, DS_TIMER_BWD_ALLREDUCE);
-        /* One bucketed all-reduce per effective batch (micro-batches accumulated locally), in
-         * constant-size buckets of the flat gradient buffer. DeepSpeed's averaging: with
-         * prescale_gradients, g/W then a sum; otherwise g/f, a sum, then g*f/W (skipped when
-         * f == W). Either way the result is the mean; f only moves the division. */
-        const double W = e->world_size, f = e->cfg.gradient_predivide_factor;
-        const float pre = (float)(e->cfg.prescale_gradients ? 1.0 / W : 1.0 / f);
-        const float post = (float)(e->cfg.prescale_gradients ? 1.0 : f / W);
-        for (int64_t off = 0; off < n; off += e->bucket) {
-            int64_t len = n - off < e->bucket ? n - off : e->bucket;
-            double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
-            if (pre != 1.0f && (st = ops->scale(e->be, e->grads + off, len, pre)) != DS_OK)
-                return backend_err(e, st, err);
-            if ((st = ds_comm_all_reduce(e->comm, e->grads + off, (size_t)len, DS_REDUCE_SUM, err)) != DS_OK)
-                return st;
-            if (post != 1.0f && (st = ops->scale(e->be, e->grads + off, len, post)) != DS_OK)
-                return backend_err(e, st, err);
-            e->ar_calls++;
-            e->ar_bytes += len * (int64_t)sizeof(float);
-            record_collective(e, "gradients", len, t0);
+        if (e->zero == 1) {
+            /* ZeRO-1: the accumulated gradients, reduce-scattered in reduce_bucket_size buckets */
+            for (int64_t off = 0; off < n; off += e->cfg.zero.reduce_bucket_size) {
+                int64_t end = off + e->cfg.zero.reduce_bucket_size < n ? off + e->cfg.zero.reduce_bucket_size : n;
+                if ((st = zero_reduce(e, e->grads + off, off, end, err)) != DS_OK)
+                    return st;
+            }
+        } else if (e->zero == 0) {
+            /* One bucketed all-reduce per effective batch (micro-batches accumulated locally),
+             * in constant-size buckets of the flat gradient buffer. DeepSpeed's averaging: with
+             * prescale_gradients, g/W then a sum; otherwise g/f, a sum, then g*f/W (skipped
+             * when f == W). Either way the result is the mean; f only moves the division. */
+            const double W = e->world_size, f = e->cfg.gradient_predivide_factor;
+            const float pre = (float)(e->cfg.prescale_gradients ? 1.0 / W : 1.0 / f);
+            const float post = (float)(e->cfg.prescale_gradients ? 1.0 : f / W);
+            for (int64_t off = 0; off < n; off += e->bucket) {
+                int64_t len = n - off < e->bucket ? n - off : e->bucket;
+                double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
+                if (pre != 1.0f && (st = ops->scale(e->be, e->grads + off, len, pre)) != DS_OK)
+                    return backend_err(e, st, err);
+                if ((st = ds_comm_all_reduce(e->comm, e->grads + off, (size_t)len, DS_REDUCE_SUM, err)) != DS_OK)
+                    return st;
+                if (post != 1.0f && (st = ops->scale(e->be, e->grads + off, len, post)) != DS_OK)
+                    return backend_err(e, st, err);
+                e->ar_calls++;
+                e->ar_bytes += len * (int64_t)sizeof(float);
+                record_collective(e, "gradients", len, t0);
+            }
         }
         float l = (float)e->window_loss;
         double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
@@ -477,12 +802,21 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         ds_timers_start(&e->timers, DS_TIMER_STEP);
     }
     double sumsq;
-    st = ops->sumsq(e->be, e->grads, n, &sumsq);
+    st = ops->sumsq(e->be, g, plen, &sumsq);
     if (st != DS_OK)
         return backend_err(e, st, err);
     const double S = e->scaler.scale; /* the scale this window's backward passes used */
     int overflow = !isfinite(sumsq);
-    if (e->comm && e->check_overflow) {
+    if (e->comm && e->zero) {
+        /* the global norm from the partitions' sums (hi + lo floats keep double precision) and
+         * the overflow flag, in one all-reduce */
+        float v[3] = {overflow ? 0.0f : (float)sumsq, 0.0f, (float)overflow};
+        v[1] = overflow ? 0.0f : (float)(sumsq - (double)v[0]);
+        if ((st = ds_comm_all_reduce(e->comm, v, 3, DS_REDUCE_SUM, err)) != DS_OK)
+            return st;
+        sumsq = (double)v[0] + (double)v[1];
+        overflow = v[2] > 0 || !isfinite(sumsq);
+    } else if (e->comm && e->check_overflow) {
         /* the all-reduced gradients are the same everywhere; the flag is max-reduced anyway, so
          * that no rank can step while another skips */
         float f = (float)overflow;
@@ -515,8 +849,11 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
             if (coef < 1.0)
                 gscale *= coef;
         }
-        if ((st = ds_optimizer_step(&e->opt, e->master, e->grads, (float)e->lr, (float)gscale,
-                                    e->round ? e->params : NULL, e->round, err)) != DS_OK)
+        float *m = e->round ? e->master : e->params + e->pbeg;
+        if ((st = ds_optimizer_step(&e->opt, m, g, (float)e->lr, (float)gscale,
+                                    e->round ? e->params + e->pbeg : NULL, e->round, err)) != DS_OK)
+            return st;
+        if (e->zero && (st = zero_gather_params(e, err)) != DS_OK)
             return st;
         /* DECISIONS.md: unscale with the scale the backward used, then update the scale */
         if ((st = ds_loss_scaler_update(&e->scaler, 0, err)) != DS_OK)
@@ -528,7 +865,8 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         e->sched_iter++;
         sched_load(e);
     }
-    if ((st = ops->zero(e->be, e->grads, (size_t)n * sizeof(float))) != DS_OK)
+    if ((st = e->zero == 2 ? ops->zero(e->be, e->gpart, (size_t)plen * sizeof(float))
+                           : ops->zero(e->be, e->grads, (size_t)n * sizeof(float))) != DS_OK)
         return backend_err(e, st, err);
     e->last_loss = e->window_loss;
     e->window_loss = 0;
@@ -605,58 +943,117 @@ const ds_config *ds_engine_config(const ds_engine *e) { return &e->cfg; }
 const ds_net *ds_engine_net(const ds_engine *e) { return e->net; }
 const char *ds_engine_backend_name(const ds_engine *e) { return ds_backend_describe(e->be); }
 
+void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m)
+{
+    size_t flat = (size_t)e->net->params.total * sizeof(float);
+    size_t part = (size_t)(e->pend - e->pbeg) * sizeof(float);
+    memset(m, 0, sizeof *m);
+    m->params = flat;
+    m->master = e->master_owned ? (e->zero ? part : flat) : 0;
+    m->grads = e->zero == 2 ? part : flat;
+    m->optim = ds_optimizer_state_bytes(&e->opt);
+    m->activations = ds_model_activation_bytes(e->model);
+    m->comm = e->zero == 2 ? (size_t)e->n_zslot * (size_t)e->zslot_len * sizeof(float) : 0;
+    m->zero_stage = e->zero;
+    m->world_size = e->world_size;
+    m->partition_begin = e->pbeg;
+    m->partition_end = e->pend;
+}
+
 void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t *optim,
                       size_t *activations)
 {
-    size_t flat = (size_t)e->net->params.total * sizeof(float);
+    ds_memory_report m;
+    ds_engine_memory_report(e, &m);
     if (params)
-        *params = e->round ? 2 * flat : flat;
+        *params = m.params + m.master;
     if (grads)
-        *grads = flat;
+        *grads = m.grads;
     if (optim)
-        *optim = ds_optimizer_state_bytes(&e->opt);
+        *optim = m.optim;
     if (activations)
-        *activations = ds_model_activation_bytes(e->model);
+        *activations = m.activations;
 }
 
-static ds_status tensor_copy(ds_engine *e, float *base, const char *name, float *host,
-                             const float *src_host, int64_t numel, ds_error *err)
+static const ds_tensor_info *find_tensor(ds_engine *e, const char *name, int64_t numel, ds_error *err)
 {
     int i = ds_table_find(&e->net->params, name);
-    if (i < 0)
-        return ds_error_set(err, DS_ERR_INVALID, "no parameter named %s", name);
+    if (i < 0) {
+        ds_error_set(err, DS_ERR_INVALID, "no parameter named %s", name);
+        return NULL;
+    }
     const ds_tensor_info *t = &e->net->params.t[i];
-    if (t->numel != numel)
-        return ds_error_set(err, DS_ERR_INVALID, "%s has %lld elements, not %lld", name,
-                            (long long)t->numel, (long long)numel);
-    ds_status st = src_host ? e->be->ops->upload(e->be, base + t->offset, src_host, (size_t)numel * sizeof(float))
-                            : e->be->ops->download(e->be, host, base + t->offset, (size_t)numel * sizeof(float));
-    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+    if (t->numel != numel) {
+        ds_error_set(err, DS_ERR_INVALID, "%s has %lld elements, not %lld", name, (long long)t->numel,
+                     (long long)numel);
+        return NULL;
+    }
+    return t;
 }
 
 ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
 {
-    return tensor_copy(e, e->master, name, host, NULL, numel, err);
-}
-
-ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
-{
-    return tensor_copy(e, e->grads, name, host, NULL, numel, err);
+    const ds_tensor_info *t = find_tensor(e, name, numel, err);
+    if (!t)
+        return DS_ERR_INVALID;
+    ds_status st = read_master(e, t->offset, host, numel);
+    return st == DS_OK ? DS_OK : backend_err(e, st, err);
 }
 
 ds_status ds_engine_set_param(ds_engine *e, const char *name, const float *host, int64_t numel,
                               ds_error *err)
 {
-    ds_status st = tensor_copy(e, e->master, name, NULL, host, numel, err);
-    if (st == DS_OK && (st = refresh_working(e)) != DS_OK)
-        return backend_err(e, st, err);
-    return st;
+    const ds_tensor_info *t = find_tensor(e, name, numel, err);
+    if (!t)
+        return DS_ERR_INVALID;
+    ds_status st = write_weights(e, t->offset, host, numel);
+    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+}
+
+/* Gradients: the flat buffer; under ZeRO-2 only this rank's partition exists (after backward it
+ * holds the averaged gradients): other elements read as 0 and writes to them are dropped. */
+static ds_status grad_copy(ds_engine *e, const char *name, float *host, const float *src, int64_t numel,
+                           ds_error *err)
+{
+    const ds_tensor_info *t = find_tensor(e, name, numel, err);
+    if (!t)
+        return DS_ERR_INVALID;
+    const ds_backend_ops *ops = e->be->ops;
+    ds_status st = DS_OK;
+    if (e->zero != 2) {
+        st = src ? ops->upload(e->be, e->grads + t->offset, src, (size_t)numel * sizeof(float))
+                 : ops->download(e->be, host, e->grads + t->offset, (size_t)numel * sizeof(float));
+        return st == DS_OK ? DS_OK : backend_err(e, st, err);
+    }
+    int64_t lo = t->offset > e->pbeg ? t->offset : e->pbeg;
+    int64_t hi = t->offset + numel < e->pend ? t->offset + numel : e->pend;
+    if (!src)
+        memset(host, 0, (size_t)numel * sizeof(float));
+    if (hi > lo)
+        st = src ? ops->upload(e->be, e->gpart + (lo - e->pbeg), src + (lo - t->offset), (size_t)(hi - lo) * sizeof(float))
+                 : ops->download(e->be, host + (lo - t->offset), e->gpart + (lo - e->pbeg), (size_t)(hi - lo) * sizeof(float));
+    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+}
+
+ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
+{
+    return grad_copy(e, name, host, NULL, numel, err);
 }
 
 ds_status ds_engine_set_grad(ds_engine *e, const char *name, const float *host, int64_t numel,
                              ds_error *err)
 {
-    return tensor_copy(e, e->grads, name, NULL, host, numel, err);
+    return grad_copy(e, name, NULL, host, numel, err);
+}
+
+void ds_engine_partition(const ds_engine *e, int *stage, int64_t *begin, int64_t *end)
+{
+    if (stage)
+        *stage = e->zero;
+    if (begin)
+        *begin = e->pbeg;
+    if (end)
+        *end = e->pend;
 }
 
 ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err)
@@ -751,20 +1148,18 @@ ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
                 h[k] = t->dtype == DS_BF16 ? ds_bf16_to_f32(u) : ds_f16_to_f32(u);
             }
         }
-        st = e->be->ops->upload(e->be, e->master + ti->offset, h, (size_t)ti->numel * sizeof(float));
+        st = write_weights(e, ti->offset, h, ti->numel);
         if (st != DS_OK)
             backend_err(e, st, err);
     }
     ds_st_close(st_file);
-    if (st == DS_OK && (st = refresh_working(e)) != DS_OK)
-        backend_err(e, st, err);
     return st;
 }
 
 ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err)
 {
     struct stat sb;
-    if (!overwrite && stat(path, &sb) == 0)
+    if (!overwrite && stat(path, &sb) == 0 && !(e->zero && e->round && e->comm && e->comm->rank != 0))
         return ds_error_set(err, DS_ERR_INVALID, "%s: exists; not overwriting it", path);
     const ds_tensor_table *tab = &e->net->params;
     size_t bytes = (size_t)tab->total * sizeof(float);
@@ -775,11 +1170,20 @@ ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, 
         free(ent);
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
-    ds_status st = e->be->ops->download(e->be, host, e->master, bytes);
+    ds_status st = read_master(e, 0, host, tab->total);
     if (st != DS_OK) {
         free(host);
         free(ent);
         return backend_err(e, st, err);
+    }
+    if (e->zero && e->round && e->comm) {
+        /* the fp32 master weights are partitioned: gather them (every rank calls this) */
+        zero_blocks(e, 0, tab->total);
+        if ((st = ds_comm_all_gather_v(e->comm, host, e->zoff, e->zlen, err)) != DS_OK || e->comm->rank != 0) {
+            free(host);
+            free(ent);
+            return st;
+        }
     }
     for (int i = 0; i < tab->n; i++) {
         ent[i].name = tab->t[i].name;

@@ -453,6 +453,49 @@ static ds_status check_section(rd *r, const char *path, json_object *obj, const 
 static ds_status read_optimizer(rd *r, json_object *v);
 static ds_status read_precision(rd *r, const char *path, json_object *v, int bf16);
 
+/* The ZeRO knobs ds acts on (ckpt-zero.md 4.1), after check_section validated every key. */
+static ds_status read_zero(rd *r, const char *path, json_object *v)
+{
+    ds_zero_config *z = &r->cfg->zero;
+    ds_status st = DS_OK;
+    json_object_object_foreach(v, key, val) {
+        char p[128];
+        join(p, sizeof p, path, key);
+        vstate s;
+        int b;
+        int64_t i;
+        if (!strcmp(key, "reduce_bucket_size") || !strcmp(key, "allgather_bucket_size")) {
+            if ((st = get_int(r, p, val, &s, &i)) != DS_OK)
+                return st;
+            if (s == V_SET && i < 1)
+                return bad_type(r, p, "an integer >= 1 (elements)", val);
+            if (s == V_SET)
+                *(key[0] == 'r' ? &z->reduce_bucket_size : &z->allgather_bucket_size) = i;
+        } else if (!strcmp(key, "overlap_comm")) {
+            if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
+                return st;
+            if (s == V_SET && b && z->stage > 0)
+                st = unsupported(r, p, val);
+        } else if (!strcmp(key, "reduce_scatter") || !strcmp(key, "allgather_partitions") ||
+                   !strcmp(key, "contiguous_gradients")) {
+            if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
+                return st;
+            if (s == V_SET && !strcmp(key, "reduce_scatter"))
+                z->reduce_scatter = b;
+            if (s == V_SET && !strcmp(key, "allgather_partitions"))
+                z->allgather_partitions = b;
+        } else if (!strcmp(key, "round_robin_gradients")) {
+            if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
+                return st;
+            if (s == V_SET && b && z->stage > 0)
+                st = unsupported(r, p, val);
+        }
+        if (st != DS_OK)
+            return st;
+    }
+    return DS_OK;
+}
+
 static ds_status check_dtype(rd *r, const char *path, json_object *v)
 {
     static const char *const fp32[] = {"fp32", "float32", "float", "torch.float32", NULL};
@@ -562,10 +605,9 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
     }
     case F_ZERO:
         if (json_object_is_type(v, json_type_boolean)) { /* the old form: true means stage 1 */
-            if (json_object_get_boolean(v))
-                return refuse(r, "zero_optimization=true (the old form of ZeRO stage 1) is not "
-                                 "supported yet");
-            warn(r, "zero_optimization=false is deprecated, use {\"stage\": 0} instead");
+            warn(r, "zero_optimization=%s is deprecated, use {\"stage\": %d} instead",
+                 json_object_get_boolean(v) ? "true" : "false", json_object_get_boolean(v) ? 1 : 0);
+            r->cfg->zero.stage = json_object_get_boolean(v) ? 1 : 0;
             return DS_OK;
         }
         if (!v)
@@ -580,10 +622,13 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
                 return st;
             if (s == V_SET && (i < 0 || i > 3))
                 return bad_type(r, p, "0, 1, 2 or 3", sv);
-            if (s == V_SET && i > 0)
+            if (s == V_SET && i > 2)
                 return unsupported(r, p, sv);
+            r->cfg->zero.stage = s == V_SET ? (int)i : 0;
         }
-        return check_section(r, path, v, ZERO_FIELDS);
+        if ((st = check_section(r, path, v, ZERO_FIELDS)) != DS_OK)
+            return st;
+        return read_zero(r, path, v);
     case F_CLIP:
         if ((st = get_num(r, path, v, &s, &d)) != DS_OK)
             return st;
@@ -1178,6 +1223,9 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
     cfg->json_text = text;
     cfg->source_name = dup_str(name);
     rd r = {.cfg = cfg, .name = name, .err = err, .strict = strict, .hints = hints};
+    cfg->zero = (ds_zero_config){.stage = 0, .reduce_bucket_size = 500000000,
+                                 .allgather_bucket_size = 500000000, .reduce_scatter = 1,
+                                 .allgather_partitions = 1};
     cfg->fp16 = (ds_loss_scale_config){.loss_scale = 0, .initial_scale_power = 16,
                                        .loss_scale_window = 1000, .hysteresis = 2,
                                        .consecutive_hysteresis = 0, .min_loss_scale = 1};

@@ -31,9 +31,13 @@ struct ds_model {
     uint64_t seed;       /* dropout seed of the last forward */
     size_t act_bytes;
     int round;           /* ds_round_mode: 16-bit activations and activation gradients */
+    float *const *gptr;  /* per tensor: where its gradient goes (NULL: grads + offset) */
+    ds_status (*hook)(void *ctx, int layer, ds_error *err);
+    void *hook_ctx;
 };
 
 #define OPS (m->be->ops)
+#define G(idx) (m->gptr ? m->gptr[(idx)] : grads + m->net->params.t[(idx)].offset)
 #define P(base, idx) ((base) + m->net->params.t[(idx)].offset)
 #define CHECK(call)                                                                              \
     do {                                                                                         \
@@ -213,6 +217,15 @@ static uint64_t layer_seed(uint64_t seed, int i) { return ds_hash64(seed, (uint6
 
 void ds_model_set_round(ds_model *m, int mode) { m->round = mode; }
 
+void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs) { m->gptr = ptrs; }
+
+void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int layer, ds_error *err),
+                                void *ctx)
+{
+    m->hook = hook;
+    m->hook_ctx = ctx;
+}
+
 /* 16-bit training: every tensor that crosses a layer boundary (outputs, attention's inner
  * products, and their gradients) is rounded to the 16-bit format, as it would be stored. */
 #define ROUND(buf, count)                                                                        \
@@ -314,29 +327,29 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
         int acc = r->acc_dx;
         switch (l->kind) {
         case DS_LAYER_EMBEDDING:
-            CHECK(OPS->embedding_bwd(m->be, (const int32_t *)m->inputs, r->dout, P(grads, l->w), M, l->out_dim));
+            CHECK(OPS->embedding_bwd(m->be, (const int32_t *)m->inputs, r->dout, G(l->w), M, l->out_dim));
             break;
         case DS_LAYER_POSITION_EMBEDDING:
-            CHECK(OPS->posadd_bwd(m->be, r->dout, P(grads, l->w), B, T, l->out_dim));
+            CHECK(OPS->posadd_bwd(m->be, r->dout, G(l->w), B, T, l->out_dim));
             if (dx)
                 CHECK(OPS->accumulate(m->be, r->dout, dx, M * l->out_dim, acc));
             break;
         case DS_LAYER_LAYERNORM:
             CHECK(OPS->layernorm_bwd(m->be, r->dout, x, P(params, l->w), r->mean, r->rstd, dx,
-                                     P(grads, l->w), P(grads, l->b), M, l->out_dim, acc));
+                                     G(l->w), G(l->b), M, l->out_dim, acc));
             break;
         case DS_LAYER_LINEAR:
-            CHECK(OPS->linear_bwd(m->be, r->dout, x, P(params, l->w), dx, P(grads, l->w),
-                                  l->b >= 0 ? P(grads, l->b) : NULL, M, l->in_dim, l->out_dim, acc));
+            CHECK(OPS->linear_bwd(m->be, r->dout, x, P(params, l->w), dx, G(l->w),
+                                  l->b >= 0 ? G(l->b) : NULL, M, l->in_dim, l->out_dim, acc));
             break;
         case DS_LAYER_ATTENTION: {
             int64_t C = l->in_dim;
             CHECK(OPS->linear_bwd(m->be, r->dout, r->attn_out, P(params, l->w2), r->dattn_out,
-                                  P(grads, l->w2), P(grads, l->b2), M, C, C, 0));
+                                  G(l->w2), G(l->b2), M, C, C, 0));
             ROUND(r->dattn_out, M * C);
             CHECK(OPS->attention_bwd(m->be, r->dattn_out, r->qkv, r->att, r->dqkv, B, T, C, l->heads, l->causal));
             ROUND(r->dqkv, M * 3 * C);
-            CHECK(OPS->linear_bwd(m->be, r->dqkv, x, P(params, l->w), dx, P(grads, l->w), P(grads, l->b),
+            CHECK(OPS->linear_bwd(m->be, r->dqkv, x, P(params, l->w), dx, G(l->w), G(l->b),
                                   M, C, 3 * C, acc));
             break;
         }
@@ -369,6 +382,11 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
         }
         if (dx && l->kind != DS_LAYER_RESIDUAL_BEGIN && l->kind != DS_LAYER_RESIDUAL_END)
             ROUND(dx, M * l->in_dim);
+        if (m->hook) {
+            ds_status hs = m->hook(m->hook_ctx, i, err);
+            if (hs != DS_OK)
+                return hs;
+        }
     }
     m->have_grad = 0;
     return DS_OK;

@@ -33,6 +33,13 @@ const float *ds_model_output(const ds_model *m);
 /* 16-bit numerics (a ds_round_mode; 0: fp32): activations and their gradients are rounded to
  * the format at every layer boundary. The backend must have round16. */
 void ds_model_set_round(ds_model *m, int mode);
+/* ZeRO-2: ptrs[i] is where tensor i's gradient is accumulated during backward (instead of
+ * grads + its offset); NULL restores the flat buffer. The array must outlive its use. */
+void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs);
+/* Called after each layer's backward (layers in reverse order: the gradients of tensors no
+ * layer below uses are complete then); an error stops the backward pass. NULL: none. */
+void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int layer, ds_error *err),
+                                void *ctx);
 /* Bytes of activation memory held. */
 size_t ds_model_activation_bytes(const ds_model *m);
 

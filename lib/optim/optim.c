@@ -32,10 +32,21 @@ ds_status ds_optimizer_init(ds_optimizer *o, const ds_optimizer_config *cfg, ds_
                             const ds_tensor_table *tensors, const ds_user_optimizer *user,
                             ds_error *err)
 {
+    return ds_optimizer_init_range(o, cfg, be, tensors, 0, tensors->total, NULL, NULL, user, err);
+}
+
+ds_status ds_optimizer_init_range(ds_optimizer *o, const ds_optimizer_config *cfg, ds_backend *be,
+                                  const ds_tensor_table *tensors, int64_t begin, int64_t end,
+                                  ds_status (*sum)(void *ctx, double *values, int count, ds_error *err),
+                                  void *sum_ctx, const ds_user_optimizer *user, ds_error *err)
+{
     memset(o, 0, sizeof *o);
     o->cfg = *cfg;
     o->be = be;
-    o->n = tensors->total;
+    o->n = end - begin;
+    o->begin = begin;
+    o->sum = sum;
+    o->sum_ctx = sum_ctx;
     o->tensors = tensors;
     const ds_backend_ops *ops = be->ops;
     ds_status st = DS_OK;
@@ -55,7 +66,8 @@ ds_status ds_optimizer_init(ds_optimizer *o, const ds_optimizer_config *cfg, ds_
         o->n_tensors = tensors->n;
         o->offsets = malloc(sizeof(int64_t) * (size_t)(tensors->n + 1) * 2);
         o->coeffs = malloc(sizeof(float) * (size_t)(tensors->n ? tensors->n : 1));
-        if (!o->offsets || !o->coeffs) {
+        o->sums = malloc(sizeof(double) * 2 * (size_t)(tensors->n ? tensors->n : 1));
+        if (!o->offsets || !o->coeffs || !o->sums) {
             st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
             goto fail;
         }
@@ -63,7 +75,9 @@ ds_status ds_optimizer_init(ds_optimizer *o, const ds_optimizer_config *cfg, ds_
         for (int i = 0; i < tensors->n; i++)
             o->offsets[i] = tensors->t[i].offset;
         o->offsets[tensors->n] = tensors->n ? tensors->t[tensors->n - 1].offset + tensors->t[tensors->n - 1].numel : 0;
-        for (int i = 0; i + 1 < tensors->n; i++)
+        if (begin != 0 || end != tensors->total)
+            o->n_tensors = -tensors->n; /* a partition: per-piece calls, sums over ranks */
+        for (int i = 0; i + 1 < tensors->n && o->n_tensors > 0; i++)
             if (tensors->t[i].offset + tensors->t[i].numel != tensors->t[i + 1].offset) {
                 /* padded layout: per-tensor calls below (n_tensors = 1 each) */
                 o->n_tensors = -tensors->n;
@@ -124,6 +138,9 @@ fail:
     return st != DS_OK ? st : DS_ERR_NOMEM;
 }
 
+static double c_min(const ds_optimizer *o) { return o->cfg.min_coeff; }
+static double c_max(const ds_optimizer *o) { return o->cfg.max_coeff; }
+
 ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, float lr,
                             float grad_scale, float *pw, int round, ds_error *err)
 {
@@ -166,13 +183,47 @@ ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, 
                           .n_tensors = o->n_tensors, .coeffs = o->coeffs};
         if (o->n_tensors >= 0) {
             st = be->ops->lamb_step(be, params, grads, o->m, o->v, &a);
-        } else { /* tensors with padding between them: one call per tensor */
-            for (int i = 0; i < -o->n_tensors && st == DS_OK; i++) {
-                int64_t *r = o->offsets + (-o->n_tensors + 1);
-                r[0] = o->tensors->t[i].offset;
-                r[1] = r[0] + o->tensors->t[i].numel;
+        } else {
+            /* tensor by tensor, over the piece of each that this buffer holds: pass 1 gives the
+             * piece's sums, added over ranks (a ZeRO partition), then pass 2 with the ratios */
+            int nt = -o->n_tensors;
+            int64_t *r = o->offsets + nt + 1;
+            for (int i = 0; i < nt && st == DS_OK; i++) {
+                int64_t lo = o->tensors->t[i].offset, hi = lo + o->tensors->t[i].numel;
+                lo = lo > o->begin ? lo : o->begin;
+                hi = hi < o->begin + o->n ? hi : o->begin + o->n;
+                o->sums[2 * i] = o->sums[2 * i + 1] = 0.0;
+                if (hi <= lo)
+                    continue;
+                r[0] = lo - o->begin;
+                r[1] = hi - o->begin;
                 a.offsets = r;
                 a.n_tensors = 1;
+                a.phase = 1;
+                a.sums = o->sums + 2 * i;
+                st = be->ops->lamb_step(be, params, grads, o->m, o->v, &a);
+            }
+            if (st == DS_OK && o->sum && (st = o->sum(o->sum_ctx, o->sums, 2 * nt, err)) != DS_OK)
+                return st;
+            for (int i = 0; i < nt; i++) {
+                double w = o->sums[2 * i], u = o->sums[2 * i + 1], c = 1.0;
+                if (w > 0.0 && u > 0.0) {
+                    c = sqrt(w) / sqrt(u);
+                    c = c < c_min(o) ? c_min(o) : c > c_max(o) ? c_max(o) : c;
+                }
+                o->coeffs[i] = (float)c;
+            }
+            for (int i = 0; i < nt && st == DS_OK; i++) {
+                int64_t lo = o->tensors->t[i].offset, hi = lo + o->tensors->t[i].numel;
+                lo = lo > o->begin ? lo : o->begin;
+                hi = hi < o->begin + o->n ? hi : o->begin + o->n;
+                if (hi <= lo)
+                    continue;
+                r[0] = lo - o->begin;
+                r[1] = hi - o->begin;
+                a.offsets = r;
+                a.n_tensors = 1;
+                a.phase = 2;
                 a.coeffs = o->coeffs + i;
                 st = be->ops->lamb_step(be, params, grads, o->m, o->v, &a);
             }
@@ -183,7 +234,8 @@ ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, 
         ds_user_optimizer_step s = {.params = params, .grads = grads, .state = o->state,
                                     .n = o->n, .grad_scale = grad_scale, .lr = lr,
                                     .step = o->step + 1, .tensors = o->tensors,
-                                    .params_json = c->params_json ? c->params_json : "{}"};
+                                    .params_json = c->params_json ? c->params_json : "{}",
+                                    .begin = o->begin};
         if ((st = o->user->step(o->user->ctx, &s, err)) != DS_OK)
             return st;
         /* the 16-bit working weights: a second pass for user optimizers */
@@ -224,6 +276,8 @@ void ds_optimizer_free(ds_optimizer *o)
             o->be->ops->free(o->be, o->state[i]);
     free(o->offsets);
     free(o->coeffs);
+    free(o->sums);
+    o->sums = NULL;
     o->m = o->v = NULL;
     memset(o->state, 0, sizeof o->state);
     o->offsets = NULL;

@@ -67,7 +67,12 @@ typedef struct ds_lamb_args {
     /* tensors: n_tensors ranges [offsets[i], offsets[i+1]) of the flat buffers */
     const int64_t *offsets;
     int n_tensors;
-    float *coeffs;       /* out: n_tensors trust ratios of this step (may be NULL) */
+    float *coeffs;       /* out: n_tensors trust ratios of this step (may be NULL); in with phase 2 */
+    /* 0: both passes; 1: pass 1 only, writing sums[2t] = |p|^2 and sums[2t+1] = |u|^2 of each
+     * range (a ZeRO partition holds pieces of tensors: the engine adds them over ranks);
+     * 2: pass 2 only, with the trust ratios in coeffs. */
+    int phase;
+    double *sums;
 } ds_lamb_args;
 
 typedef struct ds_backend_ops {

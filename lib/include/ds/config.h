@@ -56,6 +56,16 @@ typedef struct ds_loss_scale_config {
     double min_loss_scale;      /* (1) */
 } ds_loss_scale_config;
 
+/* zero_optimization (ckpt-zero.md 4.1): stages 0, 1 and 2. */
+typedef struct ds_zero_config {
+    int stage;                     /* 0: plain data parallelism; 1: optimizer state partitioned;
+                                      2: gradients too */
+    int64_t reduce_bucket_size;    /* elements per gradient reduce-scatter (5e8) */
+    int64_t allgather_bucket_size; /* elements per parameter all-gather (5e8) */
+    int reduce_scatter;            /* 1: reduce-scatter the buckets; 0: all-reduce them */
+    int allgather_partitions;      /* 1: all-gather the updated partitions; 0: broadcasts */
+} ds_zero_config;
+
 /* Values a client may supply for keys that are "auto" or missing (0 = none supplied). */
 typedef struct ds_config_hints {
     int64_t micro_batch; /* used when train_micro_batch_size_per_gpu is "auto"/absent and
@@ -86,6 +96,7 @@ typedef struct ds_config {
     int has_optimizer;        /* 0: no optimizer block */
     ds_optimizer_config optimizer;
 
+    ds_zero_config zero;
     ds_precision precision;   /* fp16.enabled / bf16.enabled */
     ds_loss_scale_config fp16;
     int bf16_check_overflow;  /* bf16.check_grad_overflow: skip steps with inf/NaN gradients */

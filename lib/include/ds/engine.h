@@ -43,6 +43,9 @@ typedef struct ds_engine_options {
      * array must outlive the engine. */
     const ds_user_optimizer *user_optimizers;
     int n_user_optimizers;
+    /* Planning only (ds-train --plan): lay out memory as rank 0 of world_size ranks would,
+     * without a communicator; the engine must not train. */
+    int plan_only;
     int timers;               /* time fwd/bwd/step even when the config's wall_clock_breakdown
                                  is false (ds-train --prof_db) */
 } ds_engine_options;
@@ -115,13 +118,37 @@ const ds_collective_record *ds_engine_last_collectives(const ds_engine *e, int *
 const ds_config *ds_engine_config(const ds_engine *e);
 const ds_net *ds_engine_net(const ds_engine *e);
 const char *ds_engine_backend_name(const ds_engine *e);
+/* What a rank holds, in bytes (ds-train --plan prints it for stages 0-2). */
+typedef struct ds_memory_report {
+    size_t params;      /* the working weights the model reads (every rank holds them all) */
+    size_t master;      /* separate fp32 master weights (16-bit training; this rank's
+                           partition under ZeRO); 0 in fp32, where they are the parameters */
+    size_t grads;       /* gradients: the flat buffer, or this rank's partition (ZeRO-2) */
+    size_t optim;       /* optimizer state (this rank's partition under ZeRO 1 and 2) */
+    size_t activations; /* activations and their gradients for one micro-batch */
+    size_t comm;        /* communication buffers (ZeRO-2 gradient buckets) */
+    int zero_stage, world_size;
+    int64_t partition_begin, partition_end; /* flat elements this rank updates */
+} ds_memory_report;
+void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m);
+/* The ZeRO stage and the flat elements [begin, end) this rank owns (all of them at stage 0). */
+void ds_engine_partition(const ds_engine *e, int *stage, int64_t *begin, int64_t *end);
+/* The ZeRO partition rule: n elements padded to a multiple of 16 * world; rank r owns
+ * [r P, min((r+1) P, n)) with P the padded size / world. */
+void ds_zero_partition(int64_t n, int world, int rank, int64_t *begin, int64_t *end);
+
 /* Bytes held: parameters (fp32 master weights, plus the 16-bit working weights in fp16/bf16
  * mode), gradients, optimizer state, activations. */
 void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t *optim,
                       size_t *activations);
 
 /* Weights by name. Load: missing, unexpected and mis-shaped names are listed in the error.
- * Save: a safetensors file PyTorch reads (refuses to overwrite unless overwrite is set). */
+ * Save: a safetensors file PyTorch reads (refuses to overwrite unless overwrite is set); under
+ * ZeRO with fp16/bf16 the fp32 master weights are partitioned, so every rank must call it
+ * (they are gathered) and rank 0 writes. Get/set param: the fp32 master weights (under ZeRO
+ * with fp16/bf16, elements outside this rank's partition read from the 16-bit working
+ * weights). Get/set grad: under ZeRO-2 only this rank's partition of the gradient exists
+ * (other elements read as 0; writes to them are dropped). */
 ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err);
 ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err);
 /* Copy a parameter or its gradient (by name) to host memory of numel floats. */

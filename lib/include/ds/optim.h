@@ -34,6 +34,8 @@ typedef struct ds_user_optimizer_step {
     int64_t step;                  /* 1-based count of applied updates */
     const ds_tensor_table *tensors; /* names, shapes and offsets in the flat buffers */
     const char *params_json;       /* the config's optimizer.params as JSON text ("{}") */
+    int64_t begin;                 /* flat index of params[0]: 0, or the start of this rank's
+                                      ZeRO partition (params[i] is flat element begin + i) */
 } ds_user_optimizer_step;
 
 /* Register one with ds_engine_options.user_optimizers; `"optimizer": {"type": NAME}` selects it
@@ -61,6 +63,12 @@ typedef struct ds_optimizer {
     int64_t *offsets;   /* LAMB: tensor ranges, n_tensors + 1 bounds */
     int n_tensors;
     float *coeffs;      /* LAMB: trust ratios of the last step (host) */
+    /* ZeRO: the buffers hold flat elements [begin, begin + n) only; LAMB's per-tensor sums are
+     * added over ranks with sum(ctx, values, count) */
+    int64_t begin;
+    ds_status (*sum)(void *ctx, double *values, int count, ds_error *err);
+    void *sum_ctx;
+    double *sums;
 } ds_optimizer;
 
 /* tensors: the flat buffers' table (kept by reference); user: the registered optimizer when
@@ -68,6 +76,12 @@ typedef struct ds_optimizer {
 ds_status ds_optimizer_init(ds_optimizer *o, const ds_optimizer_config *cfg, ds_backend *be,
                             const ds_tensor_table *tensors, const ds_user_optimizer *user,
                             ds_error *err);
+/* The same over a ZeRO partition: the buffers given to ds_optimizer_step hold flat elements
+ * [begin, end); sum (collective over the partitions' ranks) adds LAMB's per-tensor sums. */
+ds_status ds_optimizer_init_range(ds_optimizer *o, const ds_optimizer_config *cfg, ds_backend *be,
+                                  const ds_tensor_table *tensors, int64_t begin, int64_t end,
+                                  ds_status (*sum)(void *ctx, double *values, int count, ds_error *err),
+                                  void *sum_ctx, const ds_user_optimizer *user, ds_error *err);
 /* One update of params (fp32 master weights) from grads, multiplied by grad_scale first, at
  * learning rate lr. With pw not NULL, pw = params rounded to the 16-bit format `round` (a
  * ds_round_mode), in the same pass for the built-in optimizers. */
