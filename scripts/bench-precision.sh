@@ -28,7 +28,7 @@ if sys.argv[2] != 'fp32':
 print(json.dumps(c))
 PYEOF
 done
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; $threads threads; $(date -u '+%F %T UTC')"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(getconf _NPROCESSORS_ONLN) CPUs; $threads threads; $(date -u '+%F %T UTC')"
 for r in $(seq 1 "$rounds"); do
     for p in fp32 bf16 fp16; do
         line=$(OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE "$train" "$root/share/configs/gpt-tiny.json" \

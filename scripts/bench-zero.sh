@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench-zero.sh: ZeRO on one machine.
-#  1. tokens/s of gpt-tiny (share/configs) with ZeRO stages 0, 1 and 2 at 2 and 4 ranks
+#  1. tokens/s of gpt-tiny (share/configs) with ZeRO stages 0, 1, 2 and 2 + overlap_comm at 2 and 4 ranks
 #     (ds-launch, one OpenMP thread per rank), medians of --rounds interleaved runs;
 #  2. the deepest GPT (layers of dim 256, vocab 256, 64 positions, micro-batch 1) that trains
 #     3 steps under a fixed per-rank memory limit (ulimit -d, i.e. RLIMIT_DATA: the heap and
@@ -23,21 +23,22 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 B=${DS_BUILD:-$root}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) CPUs; $(date -u '+%F %T UTC')"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(getconf _NPROCESSORS_ONLN) CPUs; $(date -u '+%F %T UTC')"
 
 echo "== 1. gpt-tiny tokens/s by ZeRO stage (median of $rounds rounds, $steps steps, micro-batch 8 per rank)"
-for st in 0 1 2; do
+for st in 0 1 2 2o; do
     python3 - "$root/share/configs/gpt-tiny.ds.json" "$st" > "$tmp/z$st.json" <<'PYEOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
-c['zero_optimization'] = {'stage': int(sys.argv[2]), 'reduce_bucket_size': 1000000, 'allgather_bucket_size': 1000000}
+c['zero_optimization'] = {'stage': int(sys.argv[2][0]), 'reduce_bucket_size': 1000000, 'allgather_bucket_size': 1000000,
+                          'overlap_comm': sys.argv[2].endswith('o')}
 print(json.dumps(c))
 PYEOF
 done
 : > "$tmp/tps"
 for r in $(seq 1 "$rounds"); do
     for n in 2 4; do
-        for st in 0 1 2; do
+        for st in 0 1 2 2o; do
             line=$("$B/ds-launch" --num_gpus $n --export OMP_NUM_THREADS=1 "$B/ds-train" \
                 "$root/share/configs/gpt-tiny.json" --config "$tmp/z$st.json" \
                 --data /usr/share/common-licenses --steps "$steps" --quiet 2>/dev/null | grep 'done:' || true)
@@ -51,12 +52,13 @@ import statistics, sys
 v = {}
 for l in open(sys.argv[1]):
     n, st, t = l.split()
-    v.setdefault((int(n), int(st)), []).append(float(t))
+    v.setdefault((int(n), st), []).append(float(t))
 for n in (2, 4):
-    base = statistics.median(v[(n, 0)])
-    for st in (0, 1, 2):
+    base = statistics.median(v[(n, '0')])
+    for st in ('0', '1', '2', '2o'):
         m = statistics.median(v[(n, st)])
-        print('  %d ranks, stage %d: %8.0f tokens/s  (%.2f of stage 0)' % (n, st, m, m / base if base else 0))
+        name = 'stage 2 + overlap_comm' if st == '2o' else 'stage ' + st
+        print('  %d ranks, %-22s %8.0f tokens/s  (%.2f of stage 0)' % (n, name + ':', m, m / base if base else 0))
 PYEOF
 
 echo "== 2. deepest GPT that trains under ${limit_mb} MB (RLIMIT_DATA) per rank, 4 ranks"

@@ -411,7 +411,7 @@ Test(features, refused_naming_the_key)
                DS_ERR_UNSUPPORTED, "bf16.bf16_optimizer_states=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 3}"), 1, 0, DS_ERR_UNSUPPORTED,
                "ds.json: zero_optimization.stage=3 is not supported yet", NULL);
-    load_fails(TB8("\"zero_optimization\": {\"stage\": 2, \"overlap_comm\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"overlap_comm\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "ds.json: zero_optimization.overlap_comm=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"round_robin_gradients\": true}"), 1, 0,
                DS_ERR_UNSUPPORTED, "zero_optimization.round_robin_gradients=true is not supported yet", NULL);
@@ -872,8 +872,9 @@ Test(zero, stages_and_buckets)
     ds_config c;
     load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 2, \"reduce_bucket_size\": 5e6, \"allgather_bucket_size\": \"2e6\", "
                     "\"reduce_scatter\": false, \"allgather_partitions\": false, \"contiguous_gradients\": true, "
-                    "\"overlap_comm\": false}"), 1);
+                    "\"overlap_comm\": true}"), 1);
     cr_expect_eq(c.zero.stage, 2);
+    cr_expect_eq(c.zero.overlap_comm, 1);
     cr_expect_eq(c.zero.reduce_bucket_size, 5000000);
     cr_expect_eq(c.zero.allgather_bucket_size, 2000000);
     cr_expect_eq(c.zero.reduce_scatter, 0);

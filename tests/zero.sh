@@ -4,8 +4,8 @@
 # clipping, small buckets so that every collective is cut into several; within 1e-5 relative);
 # fp16 too (stages at the same world size); every optimizer under stage 2; each rank's
 # optimizer state shrinks as 1/N; partitions of a count that does not divide; an inf in one
-# rank's gradient partition under stage 2 skips that step on every rank. One "ok"/"not ok" line
-# per check.
+# rank's gradient partition under stage 2 skips that step on every rank; overlap_comm (stage 2)
+# gives the same losses. One "ok"/"not ok" line per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 B=${DS_BUILD_DIR:-.}
@@ -166,12 +166,25 @@ PYEOF
     ); then ok "stage 2, inf in rank 1's partition at step 5: $out"; else notok "stage 2 overflow: $out"; fi
 else notok "stage 2 overflow run failed: $(head -c 300 ov.err)"; fi
 
-# stage 3 and overlap_comm are refused by name
+# stage 3 is refused by name
 cfg s3 3 8 8
 "$B/ds-train" "${common[@]}" --config s3.json >/dev/null 2>s3.err; rc=$?
 [ $rc = 2 ] && grep -q 'zero_optimization.stage=3 is not supported yet' s3.err && ok "stage 3: refused naming the key" || notok "stage 3: exit $rc $(cat s3.err)"
-cfg oc 2 8 8
-sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' oc.json
-"$B/ds-train" "${common[@]}" --config oc.json >/dev/null 2>oc.err; rc=$?
-[ $rc = 2 ] && grep -q 'zero_optimization.overlap_comm=true is not supported yet' oc.err && ok "overlap_comm: refused naming the key" || notok "overlap_comm: exit $rc $(cat oc.err)"
+# overlap_comm: stage 2 reduces the buckets in a thread while backward goes on; same losses
+for n in 2 4; do
+    cfg oc$n 2 $((8 / n)) 8
+    sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' oc$n.json
+    if run oc$n $n; then
+        if out=$(same ref oc$n 1e-5 2>&1); then ok "stage 2 with overlap_comm, $n ranks: losses as 1 rank stage 0 ($out)"
+        else notok "overlap_comm $n ranks: $out"; fi
+    else notok "overlap_comm $n ranks failed: $(head -c 300 oc$n.err)"; fi
+done
+cfg ocf 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
+sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' ocf.json
+if run ocf 2 && out=$(same f0 ocf 1e-5 2>&1); then ok "fp16, stage 2 with overlap_comm: stage 0's losses ($out)"
+else notok "fp16 overlap_comm: ${out:-$(head -c 300 ocf.err)}"; fi
+cfg oc1 1 8 8
+sed -i 's/"stage": 1,/"stage": 1, "overlap_comm": true,/' oc1.json
+"$B/ds-train" "${common[@]}" --config oc1.json >/dev/null 2>oc1.err; rc=$?
+[ $rc = 2 ] && grep -q 'zero_optimization.overlap_comm=true is not supported yet' oc1.err && ok "overlap_comm at stage 1: refused naming the key" || notok "overlap_comm stage 1: exit $rc $(cat oc1.err)"
 tap_summary

@@ -4,6 +4,7 @@
 #include "ds/engine.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,19 @@ struct ds_engine {
     int n_zslot;
     int64_t zslot_len;
     float **gptr;          /* stage 2: per tensor, where backward accumulates its gradient */
+    int64_t win_calls, win_bytes; /* gradient collectives of the effective batch under way */
+    int win_open;
+    /* overlap_comm (stage 2): a thread reduces the buckets while backward goes on */
+    struct zqueue {
+        pthread_t thread;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        int started, stop, *items, head, tail, running;
+        int *slot_busy;        /* a slot's bucket is queued or being reduced */
+        ds_status st;
+        ds_error err;
+    } zq;
+    int *zb_open_layer;    /* per bucket: the layer whose backward first writes it */
     ds_optimizer opt;
     uint64_t seed;
     int64_t micro_steps, global_steps, global_samples;
@@ -125,10 +139,14 @@ static ds_status backend_err(ds_engine *e, ds_status st, ds_error *err)
     return st;
 }
 
+static void zq_stop(ds_engine *e);
+
 void ds_engine_destroy(ds_engine *e)
 {
     if (!e)
         return;
+    zq_stop(e);
+    free(e->zb_open_layer);
     if (e->be) {
         ds_optimizer_free(&e->opt);
         ds_model_destroy(e->model);
@@ -284,8 +302,8 @@ static ds_status zero_reduce(ds_engine *e, float *buf, int64_t b0, int64_t b1, d
     int r = e->comm->rank;
     if (post != 1.0f && e->zlen[r] && (st = ops->scale(e->be, buf + e->zoff[r], (int64_t)e->zlen[r], post)) != DS_OK)
         return backend_err(e, st, err);
-    e->ar_calls++;
-    e->ar_bytes += len * (int64_t)sizeof(float);
+    e->win_calls++;
+    e->win_bytes += len * (int64_t)sizeof(float);
     record_collective(e, e->cfg.zero.reduce_scatter ? "gradients (reduce_scatter)" : "gradients (all_reduce)", len, t0);
     return DS_OK;
 }
@@ -326,32 +344,158 @@ static int layer_tensors(const ds_layer *l, int out[4])
     return k;
 }
 
+/* The first backward of an effective batch starts a new window of gradient collectives. */
+static void window_open(ds_engine *e)
+{
+    if (e->win_open)
+        return;
+    e->win_open = 1;
+    e->win_calls = e->win_bytes = 0;
+    e->n_coll = 0;
+}
+
+static ds_status zero2_reduce_bucket(ds_engine *e, int k, ds_error *err);
+
+/* overlap_comm: the worker takes bucket indices in order and reduces them; the slot of a
+ * bucket is busy until its reduction is done. One worker, so the collectives keep the same
+ * order on every rank. */
+static void *zq_main(void *arg)
+{
+    ds_engine *e = arg;
+    struct zqueue *q = &e->zq;
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (q->head == q->tail && !q->stop)
+            pthread_cond_wait(&q->cv, &q->mu);
+        if (q->head == q->tail && q->stop)
+            break;
+        int k = q->items[q->head % (e->n_zb + 1)];
+        q->running = 1;
+        pthread_mutex_unlock(&q->mu);
+        ds_error err = {0};
+        ds_status st = q->st == DS_OK ? zero2_reduce_bucket(e, k, &err) : DS_OK;
+        pthread_mutex_lock(&q->mu);
+        if (st != DS_OK && q->st == DS_OK) {
+            q->st = st;
+            q->err = err;
+        }
+        q->head++;
+        q->running = 0;
+        q->slot_busy[e->zb[k].slot] = 0;
+        pthread_cond_broadcast(&q->cv);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
+}
+
+static ds_status zq_start(ds_engine *e, ds_error *err)
+{
+    struct zqueue *q = &e->zq;
+    q->items = calloc((size_t)e->n_zb + 1, sizeof(int));
+    q->slot_busy = calloc((size_t)(e->n_zslot ? e->n_zslot : 1), sizeof(int));
+    if (!q->items || !q->slot_busy)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    pthread_mutex_init(&q->mu, NULL);
+    pthread_cond_init(&q->cv, NULL);
+    if (pthread_create(&q->thread, NULL, zq_main, e) != 0) {
+        pthread_mutex_destroy(&q->mu);
+        pthread_cond_destroy(&q->cv);
+        return ds_error_set(err, DS_ERR_IO, "overlap_comm: cannot start the communication thread");
+    }
+    q->started = 1;
+    return DS_OK;
+}
+
+static void zq_stop(ds_engine *e)
+{
+    struct zqueue *q = &e->zq;
+    if (q->started) {
+        pthread_mutex_lock(&q->mu);
+        q->stop = 1;
+        pthread_cond_broadcast(&q->cv);
+        pthread_mutex_unlock(&q->mu);
+        pthread_join(q->thread, NULL);
+        pthread_mutex_destroy(&q->mu);
+        pthread_cond_destroy(&q->cv);
+        q->started = 0;
+    }
+    free(q->items);
+    free(q->slot_busy);
+    q->items = q->slot_busy = NULL;
+}
+
+/* Wait for every queued reduction; report the first failure. */
+static ds_status zq_drain(ds_engine *e, ds_error *err)
+{
+    struct zqueue *q = &e->zq;
+    if (!q->started)
+        return DS_OK;
+    pthread_mutex_lock(&q->mu);
+    while (q->head != q->tail || q->running)
+        pthread_cond_wait(&q->cv, &q->mu);
+    ds_status st = q->st;
+    if (st != DS_OK && err)
+        *err = q->err;
+    pthread_mutex_unlock(&q->mu);
+    return st;
+}
+
 /* Stage 2: a bucket's gradients are complete after the backward of the lowest layer that
  * writes any of its tensors; then it is reduced, this rank's block is added to its gradient
  * partition, and the bucket buffer is cleared for its next user. */
+static ds_status zero2_reduce_bucket(ds_engine *e, int k, ds_error *err)
+{
+    const ds_backend_ops *ops = e->be->ops;
+    ds_status st;
+    struct zbucket *b = &e->zb[k];
+    float *buf = e->zslot[b->slot];
+    int64_t len = b->b1 - b->b0;
+    /* fp16 gradients are fp16 numbers (what DeepSpeed's fp16 .grad holds) */
+    if (e->round == DS_ROUND_FP16 && (st = ops->round16(e->be, buf, len, e->round)) != DS_OK)
+        return backend_err(e, st, err);
+    if ((st = zero_reduce(e, buf, b->b0, b->b1, err)) != DS_OK)
+        return st;
+    int64_t lo = b->b0 > e->pbeg ? b->b0 : e->pbeg, hi = b->b1 < e->pend ? b->b1 : e->pend;
+    if (hi > lo && (st = ops->accumulate(e->be, buf + (lo - b->b0), e->gpart + (lo - e->pbeg), hi - lo, 1)) != DS_OK)
+        return backend_err(e, st, err);
+    if ((st = ops->zero(e->be, buf, (size_t)len * sizeof(float))) != DS_OK)
+        return backend_err(e, st, err);
+    return DS_OK;
+}
+
 static ds_status zero2_hook(void *ctx, int layer, ds_error *err)
 {
     ds_engine *e = ctx;
-    const ds_backend_ops *ops = e->be->ops;
     ds_status st;
+    struct zqueue *q = &e->zq;
     for (int k = 0; k < e->n_zb; k++) {
-        struct zbucket *b = &e->zb[k];
-        if (b->last_layer != layer)
+        if (e->zb[k].last_layer != layer)
             continue;
-        float *buf = e->zslot[b->slot];
-        int64_t len = b->b1 - b->b0;
-        /* fp16 gradients are fp16 numbers (what DeepSpeed's fp16 .grad holds) */
-        if (e->round == DS_ROUND_FP16 && (st = ops->round16(e->be, buf, len, e->round)) != DS_OK)
-            return backend_err(e, st, err);
-        if ((st = zero_reduce(e, buf, b->b0, b->b1, err)) != DS_OK)
-            return st;
-        int64_t lo = b->b0 > e->pbeg ? b->b0 : e->pbeg, hi = b->b1 < e->pend ? b->b1 : e->pend;
-        if (hi > lo && (st = ops->accumulate(e->be, buf + (lo - b->b0), e->gpart + (lo - e->pbeg), hi - lo, 1)) != DS_OK)
-            return backend_err(e, st, err);
-        if ((st = ops->zero(e->be, buf, (size_t)len * sizeof(float))) != DS_OK)
-            return backend_err(e, st, err);
+        if (!q->started) {
+            if ((st = zero2_reduce_bucket(e, k, err)) != DS_OK)
+                return st;
+            continue;
+        }
+        pthread_mutex_lock(&q->mu);
+        q->slot_busy[e->zb[k].slot] = 1;
+        q->items[q->tail % (e->n_zb + 1)] = k;
+        q->tail++;
+        pthread_cond_broadcast(&q->cv);
+        pthread_mutex_unlock(&q->mu);
     }
-    return DS_OK;
+    if (!q->started)
+        return DS_OK;
+    /* the buckets the next layer down starts writing need their slots back */
+    pthread_mutex_lock(&q->mu);
+    for (int k = 0; k < e->n_zb; k++)
+        if (e->zb_open_layer[k] == layer - 1)
+            while (q->slot_busy[e->zb[k].slot] && q->st == DS_OK)
+                pthread_cond_wait(&q->cv, &q->mu);
+    st = q->st;
+    if (st != DS_OK && err)
+        *err = q->err;
+    pthread_mutex_unlock(&q->mu);
+    return st;
 }
 
 /* Stage 2 buckets: tensors in reverse flat order (the order backward produces them) grouped
@@ -366,11 +510,12 @@ static ds_status zero2_setup(ds_engine *e, ds_error *err)
     int *tb = malloc(sizeof(int) * (size_t)(nt ? nt : 1));
     int *tmin = malloc(sizeof(int) * (size_t)(nt ? nt : 1));
     e->zb = calloc((size_t)(nt ? nt : 1), sizeof *e->zb);
+    e->zb_open_layer = malloc(sizeof(int) * (size_t)(nt ? nt : 1));
     e->gptr = calloc((size_t)(nt ? nt : 1), sizeof *e->gptr);
     int *open = calloc((size_t)(nt ? nt : 1), sizeof(int));
     int *slot_busy = calloc((size_t)(nt ? nt : 1), sizeof(int));
     ds_status st = DS_OK;
-    if (!tb || !tmin || !e->zb || !e->gptr || !open || !slot_busy) {
+    if (!tb || !tmin || !e->zb || !e->gptr || !open || !slot_busy || !e->zb_open_layer) {
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
         goto done;
     }
@@ -395,8 +540,10 @@ static ds_status zero2_setup(ds_engine *e, ds_error *err)
             if (tmin[ts[j]] < 0)
                 tmin[ts[j]] = i;
     }
-    for (int k = 0; k < e->n_zb; k++)
+    for (int k = 0; k < e->n_zb; k++) {
         e->zb[k].last_layer = INT32_MAX;
+        e->zb_open_layer[k] = -2; /* never written: no slot to wait for */
+    }
     for (int t = 0; t < nt; t++) {
         int l = tmin[t] < 0 ? 0 : tmin[t];
         if (l < e->zb[tb[t]].last_layer)
@@ -408,6 +555,7 @@ static ds_status zero2_setup(ds_engine *e, ds_error *err)
         for (int j = 0; j < k; j++) {
             int b = tb[ts[j]];
             if (!open[b]) {
+                e->zb_open_layer[b] = i;
                 int s = 0;
                 while (slot_busy[s])
                     s++;
@@ -443,6 +591,8 @@ static ds_status zero2_setup(ds_engine *e, ds_error *err)
         e->gptr[t] = e->zslot[e->zb[tb[t]].slot] + (tab->t[t].offset - e->zb[tb[t]].b0);
     ds_model_set_grad_ptrs(e->model, e->gptr);
     ds_model_set_backward_hook(e->model, zero2_hook, e);
+    if (e->cfg.zero.overlap_comm && e->comm && !e->plan_only && (st = zq_start(e, err)) != DS_OK)
+        goto done;
 done:
     free(tb);
     free(tmin);
@@ -717,6 +867,7 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
     if (!e->have_forward)
         return ds_error_set(err, DS_ERR_INVALID, "backward without a training forward");
     e->have_forward = 0;
+    window_open(e);
     ds_timers_start(&e->timers, DS_TIMER_BWD);
     ds_timers_start(&e->timers, DS_TIMER_BWD_INNER);
     ds_status st = ds_model_backward(e->model, e->params, e->grads, err);
@@ -750,8 +901,9 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     const ds_backend_ops *ops = e->be->ops;
     int64_t n = e->net->params.total;
     ds_status st;
-    e->ar_calls = e->ar_bytes = 0;
-    e->n_coll = 0;
+    if ((st = zq_drain(e, err)) != DS_OK) /* overlap_comm: the reductions still running */
+        return st;
+    window_open(e);
     /* g: the averaged gradients this rank updates from: all of them (stage 0), or its
      * partition [pbeg, pend) (stage 1: reduce-scattered now; stage 2: during backward) */
     const int64_t plen = e->pend - e->pbeg;
@@ -786,8 +938,8 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
                     return st;
                 if (post != 1.0f && (st = ops->scale(e->be, e->grads + off, len, post)) != DS_OK)
                     return backend_err(e, st, err);
-                e->ar_calls++;
-                e->ar_bytes += len * (int64_t)sizeof(float);
+                e->win_calls++;
+                e->win_bytes += len * (int64_t)sizeof(float);
                 record_collective(e, "gradients", len, t0);
             }
         }
@@ -873,6 +1025,9 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     e->micro_steps++;
     e->global_steps++;
     e->global_samples += e->cfg.train_batch_size;
+    e->ar_calls = e->win_calls; /* this effective batch's gradient collectives */
+    e->ar_bytes = e->win_bytes;
+    e->win_open = 0;
     ds_timers_stop(&e->timers, DS_TIMER_STEP);
     ds_timers_micro_end(&e->timers);
     ds_timers_boundary(&e->timers);

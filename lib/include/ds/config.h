@@ -64,6 +64,7 @@ typedef struct ds_zero_config {
     int64_t allgather_bucket_size; /* elements per parameter all-gather (5e8) */
     int reduce_scatter;            /* 1: reduce-scatter the buckets; 0: all-reduce them */
     int allgather_partitions;      /* 1: all-gather the updated partitions; 0: broadcasts */
+    int overlap_comm;              /* stage 2: reduce buckets in a thread while backward runs */
 } ds_zero_config;
 
 /* Values a client may supply for keys that are "auto" or missing (0 = none supplied). */
