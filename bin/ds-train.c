@@ -362,7 +362,7 @@ static int plan_only(const args *a)
            "model states", "activations", "comm", "total");
     for (int st = 0; st < 3; st++) {
         double ms = (double)(m[st].params + m[st].master + m[st].grads + m[st].optim);
-        printf("%-6d %12.1f %12.1f %12.1f %12.1f %12.1f %12.1f %12.1f %14.1f  MB\n", st, m[st].params / 1e6,
+        printf("%-6d %12.3f %12.3f %12.3f %12.3f %12.3f %12.3f %12.3f %14.3f  MB\n", st, m[st].params / 1e6,
                m[st].master / 1e6, m[st].grads / 1e6, m[st].optim / 1e6, ms / 1e6, m[st].activations / 1e6,
                m[st].comm / 1e6, (ms + (double)m[st].activations + (double)m[st].comm) / 1e6);
     }

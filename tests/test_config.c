@@ -411,8 +411,6 @@ Test(features, refused_naming_the_key)
                DS_ERR_UNSUPPORTED, "bf16.bf16_optimizer_states=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 3}"), 1, 0, DS_ERR_UNSUPPORTED,
                "ds.json: zero_optimization.stage=3 is not supported yet", NULL);
-    load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"overlap_comm\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "ds.json: zero_optimization.overlap_comm=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"round_robin_gradients\": true}"), 1, 0,
                DS_ERR_UNSUPPORTED, "zero_optimization.round_robin_gradients=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"cpu\"}}"), 1, 0,

@@ -61,6 +61,7 @@ struct ds_engine {
         ds_error err;
     } zq;
     int *zb_open_layer;    /* per bucket: the layer whose backward first writes it */
+    int z1_active;         /* overlap_comm at stage 1: this backward is the boundary's */
     ds_optimizer opt;
     uint64_t seed;
     int64_t micro_steps, global_steps, global_samples;
@@ -354,7 +355,7 @@ static void window_open(ds_engine *e)
     e->n_coll = 0;
 }
 
-static ds_status zero2_reduce_bucket(ds_engine *e, int k, ds_error *err);
+static ds_status zero_reduce_bucket(ds_engine *e, int k, ds_error *err);
 
 /* overlap_comm: the worker takes bucket indices in order and reduces them; the slot of a
  * bucket is busy until its reduction is done. One worker, so the collectives keep the same
@@ -373,7 +374,7 @@ static void *zq_main(void *arg)
         q->running = 1;
         pthread_mutex_unlock(&q->mu);
         ds_error err = {0};
-        ds_status st = q->st == DS_OK ? zero2_reduce_bucket(e, k, &err) : DS_OK;
+        ds_status st = q->st == DS_OK ? zero_reduce_bucket(e, k, &err) : DS_OK;
         pthread_mutex_lock(&q->mu);
         if (st != DS_OK && q->st == DS_OK) {
             q->st = st;
@@ -381,7 +382,8 @@ static void *zq_main(void *arg)
         }
         q->head++;
         q->running = 0;
-        q->slot_busy[e->zb[k].slot] = 0;
+        if (e->zero == 2)
+            q->slot_busy[e->zb[k].slot] = 0;
         pthread_cond_broadcast(&q->cv);
     }
     pthread_mutex_unlock(&q->mu);
@@ -443,11 +445,17 @@ static ds_status zq_drain(ds_engine *e, ds_error *err)
 /* Stage 2: a bucket's gradients are complete after the backward of the lowest layer that
  * writes any of its tensors; then it is reduced, this rank's block is added to its gradient
  * partition, and the bucket buffer is cleared for its next user. */
-static ds_status zero2_reduce_bucket(ds_engine *e, int k, ds_error *err)
+static ds_status zero_reduce_bucket(ds_engine *e, int k, ds_error *err)
 {
     const ds_backend_ops *ops = e->be->ops;
     ds_status st;
     struct zbucket *b = &e->zb[k];
+    if (e->zero == 1) { /* overlap_comm at stage 1: the flat buffer, in place, at the boundary */
+        float *g = e->grads + b->b0;
+        if (e->round == DS_ROUND_FP16 && (st = ops->round16(e->be, g, b->b1 - b->b0, e->round)) != DS_OK)
+            return backend_err(e, st, err);
+        return zero_reduce(e, g, b->b0, b->b1, err);
+    }
     float *buf = e->zslot[b->slot];
     int64_t len = b->b1 - b->b0;
     /* fp16 gradients are fp16 numbers (what DeepSpeed's fp16 .grad holds) */
@@ -468,22 +476,25 @@ static ds_status zero2_hook(void *ctx, int layer, ds_error *err)
     ds_engine *e = ctx;
     ds_status st;
     struct zqueue *q = &e->zq;
+    if (e->zero == 1 && !e->z1_active) /* stage 1 reduces at the boundary micro-step only */
+        return DS_OK;
     for (int k = 0; k < e->n_zb; k++) {
         if (e->zb[k].last_layer != layer)
             continue;
         if (!q->started) {
-            if ((st = zero2_reduce_bucket(e, k, err)) != DS_OK)
+            if ((st = zero_reduce_bucket(e, k, err)) != DS_OK)
                 return st;
             continue;
         }
         pthread_mutex_lock(&q->mu);
-        q->slot_busy[e->zb[k].slot] = 1;
+        if (e->zero == 2)
+            q->slot_busy[e->zb[k].slot] = 1;
         q->items[q->tail % (e->n_zb + 1)] = k;
         q->tail++;
         pthread_cond_broadcast(&q->cv);
         pthread_mutex_unlock(&q->mu);
     }
-    if (!q->started)
+    if (!q->started || e->zero == 1)
         return DS_OK;
     /* the buckets the next layer down starts writing need their slots back */
     pthread_mutex_lock(&q->mu);
@@ -573,6 +584,12 @@ static ds_status zero2_setup(ds_engine *e, ds_error *err)
             } else if (e->zb[b].last_layer == i && !open[b]) { /* written by no layer: its own */
                 e->zb[b].slot = e->n_zslot++;                    /* (zero) buffer */
             }
+    }
+    if (e->zero == 1) { /* overlap_comm at stage 1: buckets of the flat buffer, no slots */
+        ds_model_set_backward_hook(e->model, zero2_hook, e);
+        if (e->comm && !e->plan_only)
+            st = zq_start(e, err);
+        goto done;
     }
     for (int b = 0; b < e->n_zb; b++)
         if (e->zb[b].b1 - e->zb[b].b0 > e->zslot_len)
@@ -772,7 +789,7 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     if ((st = ds_optimizer_init_range(&e->opt, &e->cfg.optimizer, e->be, tab, e->pbeg, e->pend,
                                       zero_sum_doubles, e, user, err)) != DS_OK)
         goto fail;
-    if (e->zero == 2 && (st = zero2_setup(e, err)) != DS_OK)
+    if ((e->zero == 2 || (e->zero == 1 && e->cfg.zero.overlap_comm)) && (st = zero2_setup(e, err)) != DS_OK)
         goto fail;
     e->mom_slot = momentum_slot(&e->opt.cfg); /* the optimizer's copy from now on */
     if (opts->init_from && (st = ds_engine_load_weights(e, opts->init_from, err)) != DS_OK)
@@ -868,12 +885,14 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
         return ds_error_set(err, DS_ERR_INVALID, "backward without a training forward");
     e->have_forward = 0;
     window_open(e);
+    e->z1_active = e->zero == 1 && e->cfg.zero.overlap_comm && e->zq.started &&
+                   ds_engine_is_gradient_accumulation_boundary(e);
     ds_timers_start(&e->timers, DS_TIMER_BWD);
     ds_timers_start(&e->timers, DS_TIMER_BWD_INNER);
     ds_status st = ds_model_backward(e->model, e->params, e->grads, err);
     /* fp16 gradients accumulate in fp16 (DeepSpeed's fp16 .grad); bf16 ones in fp32. (ZeRO-2
      * rounds each bucket before reducing it.) */
-    if (st == DS_OK && e->round == DS_ROUND_FP16 && e->zero != 2)
+    if (st == DS_OK && e->round == DS_ROUND_FP16 && e->zero != 2 && !e->z1_active)
         st = e->be->ops->round16(e->be, e->grads, e->net->params.total, e->round);
     ds_timers_stop(&e->timers, DS_TIMER_BWD_INNER);
     ds_timers_stop(&e->timers, DS_TIMER_BWD);
@@ -914,7 +933,9 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         ds_timers_stop(&e->timers, DS_TIMER_STEP);
         ds_timers_start(&e->timers, DS_TIMER_BWD);
         ds_timers_start(&e->timers, DS_TIMER_BWD_ALLREDUCE);
-        if (e->zero == 1) {
+        if (e->zero == 1 && e->z1_active) {
+            e->z1_active = 0; /* overlap_comm: reduced during the backward pass (drained above) */
+        } else if (e->zero == 1) {
             /* ZeRO-1: the accumulated gradients, reduce-scattered in reduce_bucket_size buckets */
             for (int64_t off = 0; off < n; off += e->cfg.zero.reduce_bucket_size) {
                 int64_t end = off + e->cfg.zero.reduce_bucket_size < n ? off + e->cfg.zero.reduce_bucket_size : n;

@@ -474,8 +474,6 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
         } else if (!strcmp(key, "overlap_comm")) {
             if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
                 return st;
-            if (s == V_SET && b && z->stage == 1)
-                st = unsupported(r, p, val); /* stage 1 reduces at the boundary */
             if (s == V_SET)
                 z->overlap_comm = b;
         } else if (!strcmp(key, "reduce_scatter") || !strcmp(key, "allgather_partitions") ||
