@@ -219,11 +219,9 @@ static const ds_backend_ops cuda_ops = {
     /* .adamw_step = */ ds_cuda_adamw_step,
     /* .sgd_step = */ ds_cuda_sgd_step,
     /* .describe = */ cuda_describe,
-    /* 16-bit training, Adagrad and LAMB are not built for CUDA yet (issue 9): the engine
-     * refuses them by name */
-    /* .round16 = */ NULL,
-    /* .adagrad_step = */ NULL,
-    /* .lamb_step = */ NULL,
+    /* .round16 = */ ds_cuda_round16,
+    /* .adagrad_step = */ ds_cuda_adagrad_step,
+    /* .lamb_step = */ ds_cuda_lamb_step,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as

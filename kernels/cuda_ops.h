@@ -75,6 +75,11 @@ ds_status ds_cuda_adamw_step(ds_backend *b, float *p, const float *g, float *m, 
                              int64_t n, const ds_adamw_args *a);
 ds_status ds_cuda_sgd_step(ds_backend *b, float *p, const float *g, float *buf, int64_t n,
                            const ds_sgd_args *a);
+ds_status ds_cuda_adagrad_step(ds_backend *b, float *p, const float *g, float *sum, int64_t n,
+                               const ds_adagrad_args *a);
+ds_status ds_cuda_lamb_step(ds_backend *b, float *p, const float *g, float *m, float *v,
+                            const ds_lamb_args *a);
+ds_status ds_cuda_round16(ds_backend *b, float *x, int64_t n, int mode);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,8 @@
-/* Fused optimizers over flat buffers, one pass: AdamW/Adam (DeepSpeed FusedAdam == torch) and
- * SGD with momentum. The scalars are computed on the host exactly as cpu_kernels.c computes
- * them, and each element follows the CPU's operations in the CPU's order. */
+/* Fused optimizers over flat buffers: AdamW/Adam (DeepSpeed FusedAdam == torch), SGD with
+ * momentum and Adagrad (torch) in one pass, LAMB (DeepSpeed FusedLamb) in two passes per tensor;
+ * each may also write the 16-bit working weights (pw) in the same pass. And round16, the 16-bit
+ * rounding of fp16/bf16 training. The scalars are computed on the host exactly as cpu_kernels.c
+ * computes them, and each element follows the CPU's operations in the CPU's order. */
 #include <math.h>
 
 #include "cuda_common.cuh"
@@ -8,9 +10,55 @@
 
 #define THREADS 256
 
+/* ---- 16-bit rounding: the bit operations of cpu_kernels.c ---------------------------------- */
+
+__device__ __forceinline__ float bits_to_float(unsigned u) { return __uint_as_float(u); }
+
+__device__ __forceinline__ float round_bf16(float x)
+{
+    unsigned u = __float_as_uint(x);
+    unsigned r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    r = (u & 0x7fffffffu) > 0x7f800000u ? ((u | 0x00400000u) & 0xffff0000u) : r;
+    return bits_to_float(r);
+}
+
+__device__ __forceinline__ float round_fp16(float x)
+{
+    unsigned u = __float_as_uint(x);
+    unsigned a = u & 0x7fffffffu, sign = u & 0x80000000u;
+    unsigned n = (a + 0xfffu + ((a >> 13) & 1u)) & 0xffffe000u;
+    float sub = __fadd_rn(__fadd_rn(bits_to_float(a), 0.5f), -0.5f); /* multiples of 2^-24 */
+    unsigned s = __float_as_uint(sub);
+    unsigned r = a < 0x38800000u ? s : n;
+    r = a >= 0x477ff000u ? 0x7f800000u : r;
+    r = a > 0x7f800000u ? (a | 0x00400000u) : r;
+    return bits_to_float(r | sign);
+}
+
+__device__ __forceinline__ float round16(float x, int mode)
+{
+    return mode == DS_ROUND_BF16 ? round_bf16(x) : round_fp16(x);
+}
+
+__global__ void round16_k(float *x, int64_t n, int mode)
+{
+    GRID_STRIDE(i, n) x[i] = round16(x[i], mode);
+}
+
+extern "C" ds_status ds_cuda_round16(ds_backend *b, float *x, int64_t n, int mode)
+{
+    if (n <= 0 || (mode != DS_ROUND_BF16 && mode != DS_ROUND_FP16))
+        return DS_OK;
+    round16_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(x, n, mode);
+    LAUNCHED("round16_k");
+    return DS_OK;
+}
+
+/* ---- one-pass optimizers ------------------------------------------------------------------ */
+
 __global__ void adamw_k(float *p, const float *g, float *m, float *v, int64_t n, float b1,
                         float b2, float gs, float step_size, float c2_sqrt, float eps, float decay,
-                        float l2)
+                        float l2, float *pw, int round)
 {
     GRID_STRIDE(i, n)
     {
@@ -22,17 +70,28 @@ __global__ void adamw_k(float *p, const float *g, float *m, float *v, int64_t n,
         m[i] = mi;
         v[i] = vi;
         float denom = sqrtf(vi) / c2_sqrt + eps;
-        p[i] = pi - step_size * (mi / denom);
+        float pn = pi - step_size * (mi / denom);
+        p[i] = pn;
+        if (pw)
+            pw[i] = round16(pn, round);
     }
 }
 
-__global__ void sgd_plain_k(float *p, const float *g, int64_t n, float lr, float wd, float gs)
+__global__ void sgd_plain_k(float *p, const float *g, int64_t n, float lr, float wd, float gs,
+                            float *pw, int round)
 {
-    GRID_STRIDE(i, n) p[i] -= lr * (g[i] * gs + wd * p[i]);
+    GRID_STRIDE(i, n)
+    {
+        float pn = p[i] - lr * (g[i] * gs + wd * p[i]);
+        p[i] = pn;
+        if (pw)
+            pw[i] = round16(pn, round);
+    }
 }
 
 __global__ void sgd_momentum_k(float *p, const float *g, float *buf, int64_t n, float lr,
-                               float mom, float damp, float wd, float gs, int first, int nesterov)
+                               float mom, float damp, float wd, float gs, int first, int nesterov,
+                               float *pw, int round)
 {
     GRID_STRIDE(i, n)
     {
@@ -40,7 +99,25 @@ __global__ void sgd_momentum_k(float *p, const float *g, float *buf, int64_t n, 
         float bi = first ? d : buf[i] * mom + damp * d;
         buf[i] = bi;
         float step = nesterov ? d + mom * bi : bi;
-        p[i] -= lr * step;
+        float pn = p[i] - lr * step;
+        p[i] = pn;
+        if (pw)
+            pw[i] = round16(pn, round);
+    }
+}
+
+__global__ void adagrad_k(float *p, const float *g, float *sum, int64_t n, float clr, float wd,
+                          float eps, float gs, float *pw, int round)
+{
+    GRID_STRIDE(i, n)
+    {
+        float gi = g[i] * gs + wd * p[i];
+        float si = sum[i] + gi * gi;
+        sum[i] = si;
+        float pn = p[i] - clr * (gi / (sqrtf(si) + eps));
+        p[i] = pn;
+        if (pw)
+            pw[i] = round16(pn, round);
     }
 }
 
@@ -58,7 +135,8 @@ extern "C" ds_status ds_cuda_adamw_step(ds_backend *b, float *p, const float *g,
     const float decay = a->adam_w_mode ? 1.0f - a->lr * a->weight_decay : 1.0f;
     const float l2 = a->adam_w_mode ? 0.0f : a->weight_decay;
     adamw_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
-        p, g, m, v, n, a->beta1, a->beta2, a->grad_scale, step_size, c2_sqrt, a->eps, decay, l2);
+        p, g, m, v, n, a->beta1, a->beta2, a->grad_scale, step_size, c2_sqrt, a->eps, decay, l2,
+        a->pw, a->round);
     LAUNCHED("adamw_k");
     return DS_OK;
 }
@@ -69,15 +147,150 @@ extern "C" ds_status ds_cuda_sgd_step(ds_backend *b, float *p, const float *g, f
     if (n <= 0)
         return DS_OK;
     if (a->momentum == 0.0f) {
-        sgd_plain_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(p, g, n, a->lr,
-                                                                         a->weight_decay,
-                                                                         a->grad_scale);
+        sgd_plain_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
+            p, g, n, a->lr, a->weight_decay, a->grad_scale, a->pw, a->round);
         LAUNCHED("sgd_plain_k");
         return DS_OK;
     }
     sgd_momentum_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
         p, g, buf, n, a->lr, a->momentum, 1.0f - a->dampening, a->weight_decay, a->grad_scale,
-        a->first_step, a->nesterov);
+        a->first_step, a->nesterov, a->pw, a->round);
     LAUNCHED("sgd_momentum_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_adagrad_step(ds_backend *b, float *p, const float *g, float *sum,
+                                          int64_t n, const ds_adagrad_args *a)
+{
+    if (n <= 0)
+        return DS_OK;
+    const float clr = a->lr / (1.0f + (float)(a->step - 1) * a->lr_decay);
+    adagrad_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
+        p, g, sum, n, clr, a->weight_decay, a->eps, a->grad_scale, a->pw, a->round);
+    LAUNCHED("adagrad_k");
+    return DS_OK;
+}
+
+/* ---- LAMB --------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ double block_sum_lamb(double v)
+{
+    __shared__ double part[THREADS / 32];
+    v = warp_sum_d(v);
+    __syncthreads(); /* part is reused by the second sum of the same block */
+    if ((threadIdx.x & 31) == 0)
+        part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0;
+    if (threadIdx.x < 32)
+        v = warp_sum_d(v);
+    return v; /* valid in thread 0 */
+}
+
+/* Pass 1 over one tensor: m, v, and per-block partial sums of |p|^2 and |u|^2. */
+__global__ void lamb_pass1_k(const float *p, const float *g, float *m, float *v, int64_t n,
+                             float b1, float b2, float gs, float ein, float eout, float wd,
+                             double *part)
+{
+    double ws = 0.0, us = 0.0;
+    GRID_STRIDE(i, n)
+    {
+        float gi = g[i] * gs;
+        float mi = m[i] * b1 + (1.0f - b1) * gi;
+        float vi = v[i] * b2 + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float u = mi / (sqrtf(vi + ein) + eout) + wd * p[i];
+        ws += (double)p[i] * (double)p[i];
+        us += (double)u * (double)u;
+    }
+    ws = block_sum_lamb(ws);
+    us = block_sum_lamb(us);
+    if (threadIdx.x == 0) {
+        part[2 * blockIdx.x] = ws;
+        part[2 * blockIdx.x + 1] = us;
+    }
+}
+
+__global__ void lamb_final_k(const double *part, int nparts, double *out)
+{
+    double w = 0.0, u = 0.0;
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) {
+        w += part[2 * i];
+        u += part[2 * i + 1];
+    }
+    w = block_sum_lamb(w);
+    u = block_sum_lamb(u);
+    if (threadIdx.x == 0) {
+        out[0] = w;
+        out[1] = u;
+    }
+}
+
+__global__ void lamb_pass2_k(float *p, const float *m, const float *v, int64_t n, float k,
+                             float ein, float eout, float wd, float *pw, int round)
+{
+    GRID_STRIDE(i, n)
+    {
+        float u = m[i] / (sqrtf(v[i] + ein) + eout) + wd * p[i];
+        float pn = p[i] - k * u;
+        p[i] = pn;
+        if (pw)
+            pw[i] = round16(pn, round);
+    }
+}
+
+extern "C" ds_status ds_cuda_lamb_step(ds_backend *b, float *pall, const float *g, float *m,
+                                       float *v, const ds_lamb_args *a)
+{
+    const float eps = a->eps;
+    const float ein = a->eps_inside_sqrt ? eps : 0.0f, eout = a->eps_inside_sqrt ? 0.0f : eps;
+    float step_size = a->lr;
+    if (a->bias_correction)
+        step_size = (float)(a->lr * sqrt(1.0 - pow(a->beta2, (double)a->step)) /
+                            (1.0 - pow(a->beta1, (double)a->step)));
+    /* fixed grid: the sums (and so the trust ratios) are the same on every run */
+    const unsigned blocks = 256;
+    double *part = (double *)ds_cuda_scratch(b, (2 * blocks + 2) * sizeof(double));
+    if (!part)
+        return DS_ERR_NOMEM;
+    for (int t = 0; t < a->n_tensors; t++) {
+        const int64_t o = a->offsets[t], n = a->offsets[t + 1] - o;
+        float *p = pall + o;
+        double sums[2] = {0.0, 0.0};
+        float coeff = 1.0f;
+        if (a->phase != 2 && n > 0) {
+            lamb_pass1_k<<<blocks, THREADS, 0, STREAM(b)>>>(p, g + o, m + o, v + o, n, a->beta1,
+                                                            a->beta2, a->grad_scale, ein, eout,
+                                                            a->weight_decay, part);
+            LAUNCHED("lamb_pass1_k");
+            lamb_final_k<<<1, THREADS, 0, STREAM(b)>>>(part, (int)blocks, part + 2 * blocks);
+            LAUNCHED("lamb_final_k");
+            CU_TRY(cudaMemcpyAsync(sums, part + 2 * blocks, sizeof sums, cudaMemcpyDeviceToHost, STREAM(b)));
+            CU_TRY(cudaStreamSynchronize(STREAM(b)));
+        }
+        if (a->phase == 1) {
+            a->sums[2 * t] = sums[0];
+            a->sums[2 * t + 1] = sums[1];
+            continue;
+        }
+        if (a->phase == 2) {
+            coeff = a->coeffs[t];
+        } else {
+            if (sums[0] > 0.0 && sums[1] > 0.0) {
+                double c = sqrt(sums[0]) / sqrt(sums[1]);
+                c = c < a->min_coeff ? a->min_coeff : c > a->max_coeff ? a->max_coeff : c;
+                coeff = (float)c;
+            }
+            if (a->coeffs)
+                a->coeffs[t] = coeff;
+        }
+        if (n > 0) {
+            lamb_pass2_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
+                p, m + o, v + o, n, step_size * coeff, ein, eout, a->weight_decay,
+                a->pw ? a->pw + o : NULL, a->round);
+            LAUNCHED("lamb_pass2_k");
+        }
+    }
     return DS_OK;
 }

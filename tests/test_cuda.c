@@ -672,6 +672,152 @@ Test(cuda, optimizers)
     close_ctx(&c);
 }
 
+/* ---- 16-bit rounding, Adagrad, LAMB and the fused 16-bit weight write -------------------- */
+
+Test(cuda, round16_bit_exact)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 200003;
+    float *x = hrandn(&c, n, 0, 1);
+    const float special[] = {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -70000.0f, 1e-8f, 2.98023259e-8f,
+                             6.0975552e-5f, 3.4028235e38f, INFINITY, -INFINITY, NAN, 1.00048828125f};
+    for (int i = 0; i < (int)(sizeof special / sizeof special[0]); i++)
+        x[i] = special[i];
+    for (int64_t i = 100; i < n; i += 7) /* magnitudes across the fp16 range and beyond */
+        x[i] *= (float)ldexp(1.0, (int)(i % 60) - 30);
+    for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++) {
+        float *h = malloc((size_t)n * sizeof(float));
+        memcpy(h, x, (size_t)n * sizeof(float));
+        float *d = devf(&c, x, n);
+        CALL(c.cpu, round16, h, n, mode);
+        CALL(c.gpu, round16, d, n, mode);
+        float *got = down(&c, d, n);
+        int64_t diff = 0;
+        for (int64_t i = 0; i < n; i++)
+            diff += memcmp(&got[i], &h[i], 4) != 0 && !(isnan(got[i]) && isnan(h[i]));
+        cr_expect_eq(diff, 0, "round16 mode %d: %lld elements differ from the CPU", mode, (long long)diff);
+        free(got);
+        free(h);
+        c.gpu->ops->free(c.gpu, d);
+    }
+    free(x);
+    close_ctx(&c);
+}
+
+Test(cuda, adagrad_lamb_and_working_weights)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 50021;
+    /* Adagrad, with the bf16 working weights */
+    {
+        ds_adagrad_args a = {.lr = 0.05f, .lr_decay = 0.01f, .weight_decay = 0.01f, .eps = 1e-10f, .grad_scale = 0.5f,
+                             .round = DS_ROUND_BF16};
+        float *p = hrandn(&c, n, 0, 1), *s = hfill(n, 0.1f), *pw = hfill(n, 0.0f);
+        float *p_ = devf(&c, p, n), *s_ = devf(&c, s, n), *pw_ = devf(&c, pw, n);
+        for (int step = 1; step <= 3; step++) {
+            float *g = hrandn(&c, n, 0, 1), *g_ = devf(&c, g, n);
+            a.step = step;
+            a.pw = pw;
+            CALL(c.cpu, adagrad_step, p, g, s, n, &a);
+            a.pw = pw_;
+            CALL(c.gpu, adagrad_step, p_, g_, s_, n, &a);
+            free(g);
+            c.gpu->ops->free(c.gpu, g_);
+        }
+        check_dev(&c, "adagrad 3 steps: p", p_, p, n, TOL_EXACTISH);
+        check_dev(&c, "adagrad sum", s_, s, n, TOL_EXACTISH);
+        check_dev(&c, "adagrad bf16 working weights", pw_, pw, n, 1e-2);
+        free(p);
+        free(s);
+        free(pw);
+    }
+    /* LAMB over three tensors (one clamped by max_coeff), fp16 working weights; then the
+     * ZeRO path: pass 1 sums, pass 2 with given ratios */
+    {
+        int64_t off[4] = {0, 20000, 20011, n};
+        float coeffs[3], coeffs_[3];
+        ds_lamb_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f, .weight_decay = 0.01f,
+                          .min_coeff = 0.01f, .max_coeff = 3.0f, .bias_correction = 1, .grad_scale = 1.0f,
+                          .round = DS_ROUND_FP16, .offsets = off, .n_tensors = 3};
+        float *p = hrandn(&c, n, 0, 1), *m = hfill(n, 0.0f), *v = hfill(n, 0.0f), *pw = hfill(n, 0.0f);
+        for (int64_t i = 20000; i < 20011; i++)
+            p[i] *= 100.0f; /* a large-norm tensor: its ratio is clamped */
+        float *p_ = devf(&c, p, n), *m_ = devf(&c, m, n), *v_ = devf(&c, v, n), *pw_ = devf(&c, pw, n);
+        for (int step = 1; step <= 3; step++) {
+            float *g = hrandn(&c, n, 0, 1), *g_ = devf(&c, g, n);
+            a.step = step;
+            a.pw = pw;
+            a.coeffs = coeffs;
+            CALL(c.cpu, lamb_step, p, g, m, v, &a);
+            a.pw = pw_;
+            a.coeffs = coeffs_;
+            CALL(c.gpu, lamb_step, p_, g_, m_, v_, &a);
+            for (int t = 0; t < 3; t++)
+                cr_expect(fabs(coeffs_[t] - coeffs[t]) <= 1e-5 * fabs(coeffs[t]), "lamb step %d ratio %d: %g vs cpu %g",
+                          step, t, coeffs_[t], coeffs[t]);
+            free(g);
+            c.gpu->ops->free(c.gpu, g_);
+        }
+        cr_expect(coeffs[1] == 3.0f, "the large tensor's ratio is clamped to max_coeff: %g", coeffs[1]);
+        check_dev(&c, "lamb 3 steps: p", p_, p, n, 1e-5);
+        check_dev(&c, "lamb m", m_, m, n, TOL_EXACTISH);
+        check_dev(&c, "lamb v", v_, v, n, TOL_EXACTISH);
+        check_dev(&c, "lamb fp16 working weights", pw_, pw, n, 2e-3);
+        /* phases: pass 1 gives the sums, pass 2 applies given ratios */
+        double sums[6], sums_[6];
+        float *g = hrandn(&c, n, 0, 1), *g_ = devf(&c, g, n);
+        a.step = 4;
+        a.phase = 1;
+        a.pw = NULL;
+        a.sums = sums;
+        CALL(c.cpu, lamb_step, p, g, m, v, &a);
+        a.sums = sums_;
+        CALL(c.gpu, lamb_step, p_, g_, m_, v_, &a);
+        for (int k = 0; k < 6; k++)
+            cr_expect(fabs(sums_[k] - sums[k]) <= 1e-5 * fabs(sums[k]), "lamb pass-1 sum %d: %g vs cpu %g", k, sums_[k], sums[k]);
+        float given[3] = {0.5f, 3.0f, 1.25f};
+        a.phase = 2;
+        a.coeffs = given;
+        CALL(c.cpu, lamb_step, p, g, m, v, &a);
+        CALL(c.gpu, lamb_step, p_, g_, m_, v_, &a);
+        check_dev(&c, "lamb pass 2 with given ratios: p", p_, p, n, 1e-5);
+        free(g);
+        c.gpu->ops->free(c.gpu, g_);
+        free(p);
+        free(m);
+        free(v);
+        free(pw);
+    }
+    /* AdamW and SGD write the working weights too */
+    {
+        ds_adamw_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                           .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 1.0f, .step = 1,
+                           .round = DS_ROUND_BF16};
+        float *p = hrandn(&c, n, 0, 1), *m = hfill(n, 0.0f), *v = hfill(n, 0.0f), *pw = hfill(n, 0.0f);
+        float *g = hrandn(&c, n, 0, 1);
+        float *p_ = devf(&c, p, n), *m_ = devf(&c, m, n), *v_ = devf(&c, v, n), *pw_ = devf(&c, pw, n), *g_ = devf(&c, g, n);
+        a.pw = pw;
+        CALL(c.cpu, adamw_step, p, g, m, v, n, &a);
+        a.pw = pw_;
+        CALL(c.gpu, adamw_step, p_, g_, m_, v_, n, &a);
+        check_dev(&c, "adamw bf16 working weights", pw_, pw, n, 1e-2);
+        ds_sgd_args s = {.lr = 0.05f, .momentum = 0.9f, .first_step = 1, .grad_scale = 1.0f, .round = DS_ROUND_FP16};
+        s.pw = pw;
+        CALL(c.cpu, sgd_step, p, g, m, n, &s);
+        s.pw = pw_;
+        CALL(c.gpu, sgd_step, p_, g_, m_, n, &s);
+        check_dev(&c, "sgd fp16 working weights", pw_, pw, n, 2e-3);
+        free(p);
+        free(m);
+        free(v);
+        free(pw);
+        free(g);
+    }
+    close_ctx(&c);
+}
+
 /* ---- a tiny GPT through the engine ------------------------------------------------------ */
 
 /* gpt-tiny (share/configs/gpt-tiny.json) with 2 layers and a dropout in the MLP: the dropout

@@ -90,6 +90,18 @@ template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int la
     return r;
 }
 
+/* Round-to-nearest products and sums without contraction (the emulation is built with
+ * -ffp-contract=off, so a plain operator is already unfused). */
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+
+static inline float __uint_as_float(unsigned u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 static inline unsigned __float_as_uint(float f)
 {
     unsigned u;
