@@ -73,6 +73,51 @@ void ds_sha256(const void *const *parts, const size_t *lens, int nparts, uint8_t
     }
 }
 
+void ds_sha256_init(ds_sha256_ctx *c)
+{
+    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, h0, sizeof h0);
+    c->fill = 0;
+    c->total = 0;
+}
+
+void ds_sha256_update(ds_sha256_ctx *c, const void *data, size_t n)
+{
+    const uint8_t *p = data;
+    c->total += n;
+    if (c->fill) {
+        size_t take = 64 - c->fill < n ? 64 - c->fill : n;
+        memcpy(c->buf + c->fill, p, take);
+        c->fill += take; p += take; n -= take;
+        if (c->fill == 64) { block(c->h, c->buf); c->fill = 0; }
+    }
+    for (; n >= 64; p += 64, n -= 64)
+        block(c->h, p);
+    memcpy(c->buf, p, n);
+    c->fill += n;
+}
+
+void ds_sha256_final(ds_sha256_ctx *c, uint8_t out[32])
+{
+    uint8_t *buf = c->buf;
+    size_t fill = c->fill;
+    buf[fill++] = 0x80;
+    if (fill > 56) {
+        memset(buf + fill, 0, 64 - fill);
+        block(c->h, buf);
+        fill = 0;
+    }
+    memset(buf + fill, 0, 56 - fill);
+    uint64_t bits = c->total * 8;
+    for (int i = 0; i < 8; i++) buf[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    block(c->h, buf);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (uint8_t)(c->h[i] >> 24); out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
+        out[4 * i + 2] = (uint8_t)(c->h[i] >> 8); out[4 * i + 3] = (uint8_t)c->h[i];
+    }
+}
+
 int ds_digest_equal(const uint8_t a[32], const uint8_t b[32])
 {
     volatile uint8_t diff = 0;
