@@ -291,6 +291,19 @@ Test(ckpt, prune_keeps_the_newest_and_latest, .timeout = 60)
         train_step(a, s);
         cr_assert_eq(ds_engine_save_checkpoint(a, d, NULL, NULL, &err), DS_OK, "%s", err.msg);
     }
+    /* a save killed after committing global_step4 but before rewriting latest */
+    char p[1024], *tag;
+    snprintf(p, sizeof p, "%s/latest", d);
+    FILE *f = fopen(p, "w");
+    fputs("global_step3", f);
+    fclose(f);
+    cr_assert_eq(ds_ckpt_newest(d, &tag, &err), DS_OK, "%s", err.msg);
+    cr_assert_str_eq(tag, "global_step4");
+    free(tag);
+    ds_engine *b = make(ADAGRAD, NET);
+    cr_assert_eq(ds_engine_load_checkpoint(b, d, NULL, NULL, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_engine_global_steps(b), 4);
+    ds_engine_destroy(b);
     int deleted;
     cr_assert_eq(ds_ckpt_prune(d, 2, &deleted, &err), DS_OK, "%s", err.msg);
     cr_assert_eq(deleted, 2);

@@ -613,6 +613,8 @@ ds_status ds_ckpt_open(ds_ckpt **out, const char *dir, const char *tag, ds_error
     }
     if ((st = ds_ckpt_verify_file(c, mi, err)) != DS_OK)
         goto done;
+    if (stat(mpath, &sb) == 0)
+        c->files[mi].bytes = (int64_t)sb.st_size;
     char *txt;
     if ((st = read_text(mpath, &txt, 64u << 20, err)) != DS_OK)
         goto done;
@@ -866,6 +868,56 @@ ds_status ds_ckpt_list(const char *dir, char ***tags, int *n, char ***leftovers,
     else
         ds_ckpt_free_list(left, kl);
     return DS_OK;
+}
+
+ds_status ds_ckpt_newest(const char *dir, char **tag, ds_error *err)
+{
+    *tag = NULL;
+    char *latest, **tags;
+    int n;
+    ds_status st = ds_ckpt_latest(dir, &latest, err);
+    if (st != DS_OK)
+        return st;
+    struct stat sb;
+    if (stat(dir, &sb) != 0 && errno == ENOENT && !latest)
+        return DS_OK;
+    if ((st = ds_ckpt_list(dir, &tags, &n, NULL, NULL, err)) != DS_OK) {
+        free(latest);
+        return st;
+    }
+    const char *pick = n ? tags[n - 1] : NULL;
+    /* steps are sorted ascending; latest wins among tags of the newest step */
+    if (latest && n) {
+        int64_t top = -2, lstep = -1;
+        for (int i = 0; i < n; i++) {
+            char *m = path_join(dir, tags[i]), *mp = m ? path_join(m, MANIFEST) : NULL, *txt;
+            ds_error ignore = {0};
+            int64_t s = -1;
+            if (mp && read_text(mp, &txt, 64u << 20, &ignore) == DS_OK) {
+                json_object *j = json_tokener_parse(txt);
+                if (j)
+                    jint(j, "global_steps", &s);
+                json_object_put(j);
+                free(txt);
+            }
+            free(mp);
+            free(m);
+            if (i == n - 1)
+                top = s;
+            if (!strcmp(tags[i], latest))
+                lstep = s;
+        }
+        if (lstep == top)
+            pick = latest;
+    }
+    if (!pick && latest)
+        st = ds_error_set(err, DS_ERR_INVALID, "%s/latest names %s, which is not a checkpoint (no %s/%s/" MANIFEST ")",
+                          dir, latest, dir, latest);
+    else if (pick && !(*tag = strdup(pick)))
+        st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    free(latest);
+    ds_ckpt_free_list(tags, n);
+    return st;
 }
 
 ds_status ds_ckpt_prune(const char *dir, int keep, int *deleted, ds_error *err)
@@ -1431,7 +1483,17 @@ static ds_status load_local(ds_engine *e, const ds_engine_state_info *info, cons
                             const char *tag, char **client, ds_error *err)
 {
     ds_ckpt *c;
-    ds_status st = ds_ckpt_open(&c, dir, tag, err);
+    char *newest = NULL;
+    ds_status st;
+    if (!tag) {
+        if ((st = ds_ckpt_newest(dir, &newest, err)) != DS_OK)
+            return st;
+        if (!newest)
+            return ds_error_set(err, DS_ERR_IO, "%s: no checkpoint (no %s/latest)", dir, dir);
+        tag = newest;
+    }
+    st = ds_ckpt_open(&c, dir, tag, err);
+    free(newest);
     if (st != DS_OK)
         return st;
     if ((st = check_compatible(e, info, c, err)) != DS_OK)

@@ -66,6 +66,10 @@ typedef struct ds_ckpt {
 
 /* The tag DIR/latest names (malloc'ed), or *tag = NULL and DS_OK when there is no DIR/latest. */
 ds_status ds_ckpt_latest(const char *dir, char **tag, ds_error *err);
+/* The checkpoint a resume takes: the newest tag of DIR by global step (the one latest names
+ * when it is among the newest). Newer than latest only when a save was interrupted after its
+ * tag directory was committed and before latest was rewritten. *tag = NULL: none. */
+ds_status ds_ckpt_newest(const char *dir, char **tag, ds_error *err);
 /* The tags of DIR that hold a manifest.json, oldest step first (malloc'ed array of malloc'ed
  * strings), and the names of leftover temporary directories of interrupted saves. */
 ds_status ds_ckpt_list(const char *dir, char ***tags, int *n, char ***leftovers, int *n_left,

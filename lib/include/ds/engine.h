@@ -197,7 +197,8 @@ int ds_engine_at_boundary(const ds_engine *e);
  * ds-checkpoint(5)). Collective over the data-parallel ranks: every rank calls them. Save writes
  * DIR/.tmp.TAG, fsyncs it, renames it to DIR/TAG (default "global_step<N>"; an existing TAG is
  * refused), then rewrites DIR/latest; client_state_json (a JSON object or NULL) comes back from
- * load. Load (tag NULL: the one DIR/latest names) verifies every file's SHA-256 first and
+ * load. Load (tag NULL: the newest, ds_ckpt_newest: latest's unless a save died between
+ * committing its tag and rewriting latest) verifies every file's SHA-256 first and
  * re-partitions the stored state for this world size; *client_state_json (may be NULL) is
  * malloc'ed JSON text ("{}" when none was saved). */
 ds_status ds_engine_save_checkpoint(ds_engine *e, const char *dir, const char *tag,
