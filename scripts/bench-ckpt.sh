@@ -29,16 +29,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OMP_WAIT_POLICY=PASSIVE
 echo "== save/load vs plain I/O in $dir ($(df -h "$dir" | awk 'NR==2 {print $1}'))"
 ./tests/bench_ckpt "$dir" "$params" "$reps"
 
-echo "== ds-ckpt merge --optimizer: peak RSS against the checkpoint's size"
-# a net whose largest tensor is 1 Mi elements (4 MiB) and whose checkpoint is ~16x that
-cat > "$dir/net.json" <<'JSON'
-{"input": {"type": "features", "dim": 1024}, "layers": [
- {"type": "linear", "name": "fc1", "out": 1024}, {"type": "relu"},
- {"type": "linear", "name": "fc2", "out": 1024}, {"type": "relu"},
- {"type": "linear", "name": "fc3", "out": 1024}, {"type": "linear", "name": "out", "out": 10}],
- "loss": {"type": "cross_entropy"}}
-JSON
-echo '{"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}}' > "$dir/ds.json"
+echo "== ds-ckpt: peak RSS against the checkpoint's size (two sizes: it should not grow)"
 python3 - "$dir" <<'PY' # .npy by hand: no numpy needed
 import math, struct, sys
 def npy(path, descr, shape, data):
@@ -48,11 +39,23 @@ def npy(path, descr, shape, data):
 npy(sys.argv[1] + "/X.npy", "<f4", "(64, 1024)", struct.pack("<65536f", *[math.sin(i * 0.37) for i in range(65536)]))
 npy(sys.argv[1] + "/Y.npy", "<i8", "(64,)", struct.pack("<64q", *[i % 10 for i in range(64)]))
 PY
-./ds-train "$dir/net.json" --config "$dir/ds.json" --data "$dir/X.npy" --labels "$dir/Y.npy" --steps 2 \
-    --quiet --save "$dir/m" >/dev/null
-total=$(du -sb "$dir/m/global_step2" | cut -f1)
-for mode in "merge --optimizer" "convert --dtype bf16" "reshard --dp 4"; do
-    out="$dir/out-${mode%% *}"
-    rss=$(/usr/bin/time -f %M ./ds-ckpt $mode "$dir/m" "$out" 2>&1 >/dev/null | tail -1)
-    echo "ds-ckpt $mode: peak RSS $((rss / 1024)) MiB for a $((total / 1048576)) MiB checkpoint (largest tensor 4 MiB)"
+echo '{"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}}' > "$dir/ds.json"
+for width in 1024 2048; do
+    cat > "$dir/net.json" <<JSON
+{"input": {"type": "features", "dim": 1024}, "layers": [
+ {"type": "linear", "name": "fc1", "out": $width}, {"type": "relu"},
+ {"type": "linear", "name": "fc2", "out": $width}, {"type": "relu"},
+ {"type": "linear", "name": "fc3", "out": $width}, {"type": "linear", "name": "out", "out": 10}],
+ "loss": {"type": "cross_entropy"}}
+JSON
+    rm -rf "$dir/m" "$dir"/out-*
+    ./ds-train "$dir/net.json" --config "$dir/ds.json" --data "$dir/X.npy" --labels "$dir/Y.npy" --steps 2 \
+        --quiet --save "$dir/m" >/dev/null
+    total=$(du -sb "$dir/m/global_step2" | cut -f1)
+    largest=$((width * width * 4 / 1048576))
+    for mode in "merge --optimizer" "convert --dtype bf16" "reshard --dp 4"; do
+        out="$dir/out-${mode%% *}"
+        rss=$(/usr/bin/time -f %M ./ds-ckpt $mode "$dir/m" "$out" 2>&1 >/dev/null | tail -1)
+        echo "ds-ckpt $mode: peak RSS $((rss / 1024)) MiB for a $((total / 1048576)) MiB checkpoint (largest tensor $largest MiB)"
+    done
 done

@@ -42,7 +42,7 @@ net '' > plain.json
 cfg() { # micro-batch, precision block, zero stage
     echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": $1, \"gradient_accumulation_steps\": $((8 / $1 / ${4:-1})),
  \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.003}}, \"gradient_clipping\": 1.0, \"seed\": 7, $2
- \"scheduler\": {\"type\": \"WarmupDecayLR\", \"params\": {\"warmup_num_steps\": 5, \"total_num_steps\": 100, \"warmup_max_lr\": 0.003}},
+ \"scheduler\": {\"type\": \"WarmupDecayLR\", \"params\": {\"warmup_num_steps\": 5, \"total_num_steps\": 250, \"warmup_max_lr\": 0.003}},
  \"zero_optimization\": {\"stage\": $3}}"
 }
 FP16='"fp16": {"enabled": true, "initial_scale_power": 12, "loss_scale_window": 4},'
@@ -131,11 +131,11 @@ run 2 "${a[@]}" --config w2.json --load four --tag global_step10 --log-json four
 cfg 8 "" 0 > k.json
 net '' | sed 's/"dim": 32/"dim": 128/; s/"out": 128/"out": 512/; s/"out": 32}/"out": 128}/' > big.json
 kargs=(big.json --config k.json --data text.txt --quiet --save K --keep_last 3 --save_interval 1)
-run 1 big.json --config k.json --data text.txt --quiet --steps 60 --log-json straight.jsonl >/dev/null 2>err
+run 1 big.json --config k.json --data text.txt --quiet --steps 200 --log-json straight.jsonl >/dev/null 2>err
 kills=0 midsave=0 bad=""
 for i in $(seq 1 14); do
     touch mark; sleep 0.01
-    "$B/ds-train" "${kargs[@]}" --load K --steps 60 --log-json "k$i.jsonl" >/dev/null 2>"kerr$i" &
+    "$B/ds-train" "${kargs[@]}" --load K --steps 200 --log-json "k$i.jsonl" >"kout$i" 2>"kerr$i" &
     pid=$!
     sleep "0.$(( (RANDOM % 40) + 10 ))"
     kill -9 $pid 2>/dev/null && kills=$((kills + 1))
@@ -143,11 +143,14 @@ for i in $(seq 1 14); do
     [ -n "$(find K -maxdepth 1 -name '.tmp.*' -newer mark 2>/dev/null)" ] && midsave=$((midsave + 1))
     if [ -e K/latest ] && ! "$B/ds-ckpt" verify K >"v$i" 2>&1; then bad="kill $i: $(head -c 300 "v$i")"; break; fi
 done
-"$B/ds-train" "${kargs[@]}" --load K --steps 60 --log-json kfinal.jsonl >/dev/null 2>kerr \
+"$B/ds-train" "${kargs[@]}" --load K --steps 200 --log-json kfinal.jsonl >kout 2>kerr \
     || bad="$bad final resume: $(head -c 300 kerr)"
+grep -q "ds-train: --load:" kerr* && bad="$bad a resume failed: $(grep -h "ds-train: --load:" kerr* | head -c 300)"
+resumes=$(cat kout* | grep -c "^resumed from K/global_step")
+[ "$resumes" -ge 2 ] || bad="$bad only $resumes resumes"
 if [ -z "$bad" ] && "$B/ds-ckpt" verify K >v 2>&1 &&
-   same_losses straight.jsonl "$(ls k[0-9]*.jsonl | sort -V | paste -sd,),kfinal.jsonl" 60 2>err; then
-    ok "$kills SIGKILLs ($midsave inside a save): every time latest named a verified checkpoint; the pieces give the straight run's losses bit for bit"
+   same_losses straight.jsonl "$(ls k[0-9]*.jsonl | sort -V | paste -sd,),kfinal.jsonl" 200 2>err; then
+    ok "$kills SIGKILLs ($midsave inside a save): each time latest named a verified checkpoint and the next run resumed from the newest ($resumes resumes); the pieces give the straight run's losses bit for bit"
 else notok "kills: $bad $(head -c 300 err)"; fi
 [ "$(ls K | grep -c global_step)" = 3 ] && ok "--keep_last 3 keeps 3 checkpoints" || notok "--keep_last: $(ls K)"
 
