@@ -333,7 +333,14 @@ static int ckpt_save(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, i
     int64_t step = ds_engine_global_steps(eng);
     data_state(client, sizeof client, a, seed, tb, step);
     if (ds_engine_save_checkpoint(eng, a->ckpt_save, NULL, client, &err) != DS_OK) {
+        char *tag = NULL;
+        ds_error ignore = {0};
+        ds_ckpt_latest(a->ckpt_save, &tag, &ignore);
         fprintf(stderr, "ds-train: --save %s\n", err.msg);
+        if (rank == 0 && tag) /* the commit protocol leaves the last good one in place */
+            fprintf(stderr, "ds-train: the last checkpoint, %s/%s, is intact (%s/latest)\n", a->ckpt_save, tag,
+                    a->ckpt_save);
+        free(tag);
         return 1;
     }
     int deleted = 0;

@@ -179,7 +179,7 @@ if mount -t tmpfs -o size=1m tmpfs full 2>/dev/null; then
     run 1 drop.json --config c.json --data text.txt --quiet --steps 10 --save full/ck >/dev/null 2>err
     run 1 drop.json --config c.json --data text.txt --quiet --steps 20 --load full/ck --save full/ck --save_interval 1 >/dev/null 2>err2
     rc=$?
-    if [ $rc != 0 ] && grep -q "No space left on device" err2 && [ "$(cat full/ck/latest)" != "" ] &&
+    if [ $rc != 0 ] && grep -q "No space left on device" err2 && grep -q "the last checkpoint, full/ck/$(cat full/ck/latest), is intact" err2 && [ "$(cat full/ck/latest)" != "" ] &&
        "$B/ds-ckpt" verify full/ck >v 2>&1 && ! ls -a full/ck | grep -q '^\.tmp\.'; then
         ok "a full disk: the save fails with \"$(grep -o 'No space left on device' err2 | head -1)\"; $(cat full/ck/latest) stays intact, no leftovers"
     else notok "full disk: rc $rc: $(head -c 300 err2) $(cat v)"; fi

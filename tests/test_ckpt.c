@@ -184,6 +184,9 @@ static void resume_exact(const char *cfg, int k, int n)
 
 Test(ckpt, resume_bit_exact_adamw_fp16_warmup, .timeout = 60) { resume_exact(ADAM_FP16, 4, 9); }
 Test(ckpt, resume_bit_exact_adagrad, .timeout = 60) { resume_exact(ADAGRAD, 3, 7); }
+#define LAMB_BF16 "{\"train_batch_size\": 4, \"optimizer\": {\"type\": \"Lamb\", \"params\": {\"lr\": 0.01}}, " \
+    "\"bf16\": {\"enabled\": true}}"
+Test(ckpt, resume_bit_exact_lamb_bf16, .timeout = 60) { resume_exact(LAMB_BF16, 3, 6); }
 Test(ckpt, resume_bit_exact_sgd_momentum_onecycle, .timeout = 60) { resume_exact(SGD, 2, 7); }
 
 static void flip_byte(const char *path, long at)

@@ -956,6 +956,18 @@ ds_status ds_ckpt_prune(const char *dir, int keep, int *deleted, ds_error *err)
         free(p);
         free(h);
     }
+    /* what an interrupted prune left (renamed away, not yet deleted) goes too */
+    DIR *d = st == DS_OK ? opendir(dir) : NULL;
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        if (!strncmp(de->d_name, ".del.", 5)) {
+            char *p = path_join(dir, de->d_name);
+            if (p)
+                rm_tree(p);
+            free(p);
+        }
+    if (d)
+        closedir(d);
     free(latest);
     ds_ckpt_free_list(tags, n);
     return st;
