@@ -137,7 +137,9 @@ for i in $(seq 1 14); do
     touch mark; sleep 0.01
     "$B/ds-train" "${kargs[@]}" --load K --steps 200 --log-json "k$i.jsonl" >"kout$i" 2>"kerr$i" &
     pid=$!
-    sleep "0.$(( (RANDOM % 40) + 10 ))"
+    # kill at a random point once the run is training (a loaded machine starts it slowly)
+    for _ in $(seq 1 200); do [ -s "k$i.jsonl" ] && break; sleep 0.05; done
+    sleep "$(printf '0.%02d' $((RANDOM % 30)))"
     kill -9 $pid 2>/dev/null && kills=$((kills + 1))
     wait $pid 2>/dev/null
     [ -n "$(find K -maxdepth 1 -name '.tmp.*' -newer mark 2>/dev/null)" ] && midsave=$((midsave + 1))
