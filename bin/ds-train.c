@@ -38,6 +38,11 @@ static const char *usage_text =
     "  --data-order ORDER    shuffled (default) or sequential\n"
     "  --init-from FILE      start from these weights (safetensors, by parameter name)\n"
     "  --save-weights FILE   write the trained weights (safetensors) at the end\n"
+    "  --save DIR            save a checkpoint (ds-checkpoint(5)) in DIR at the end, and every\n"
+    "                        --save_interval N steps; --keep_last K keeps only the newest K\n"
+    "  --load DIR            resume from DIR's latest checkpoint (--tag T: that one); --steps\n"
+    "                        still counts from step 0, so the same command finishes a run.\n"
+    "                        A DIR without a checkpoint yet starts at step 0\n"
     "  --log-json FILE       one JSON object per optimizer step (rank 0; with \"{rank}\" in\n"
     "                        FILE, every rank writes its own file)\n"
     "  --prof_db FILE        record the run, per step and rank the timers, loss, lr and\n"
@@ -62,7 +67,8 @@ static const char *usage_text =
 enum {
     OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
     OPT_LOG, OPT_MICRO, OPT_STRICT, OPT_BACKEND, OPT_FORCE, OPT_SUMMARY, OPT_QUIET, OPT_VERSION,
-    OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT, OPT_PROF_DB, OPT_PEAK, OPT_PLAN, OPT_WORLD
+    OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT, OPT_PROF_DB, OPT_PEAK, OPT_PLAN, OPT_WORLD,
+    OPT_CKPT_SAVE, OPT_CKPT_LOAD, OPT_CKPT_INTERVAL, OPT_CKPT_KEEP, OPT_CKPT_TAG
 };
 
 typedef struct args {
@@ -77,6 +83,9 @@ typedef struct args {
     int seed_set, strict, force, summary, quiet;
     uint64_t seed;
     ds_data_order order;
+    /* checkpoints (ds/ckpt.h): --save DIR, --save_interval N, --keep_last K, --load DIR, --tag T */
+    const char *ckpt_save, *ckpt_load, *ckpt_tag;
+    int64_t ckpt_interval, ckpt_keep;
 } args;
 
 /* --inject-grad-inf: +inf in the gradient's first element that this rank owns. */
@@ -147,6 +156,13 @@ static int parse_args(int argc, char **argv, args *a)
         {"device", required_argument, 0, OPT_DEVICE},
         {"inject-grad-inf", required_argument, 0, OPT_INJECT},
         {"force", no_argument, 0, OPT_FORCE},
+        {"save", required_argument, 0, OPT_CKPT_SAVE},
+        {"load", required_argument, 0, OPT_CKPT_LOAD},
+        {"save_interval", required_argument, 0, OPT_CKPT_INTERVAL},
+        {"save-interval", required_argument, 0, OPT_CKPT_INTERVAL},
+        {"keep_last", required_argument, 0, OPT_CKPT_KEEP},
+        {"keep-last", required_argument, 0, OPT_CKPT_KEEP},
+        {"tag", required_argument, 0, OPT_CKPT_TAG},
         {"summary", no_argument, 0, OPT_SUMMARY},
         {"plan", no_argument, 0, OPT_PLAN},
         {"world_size", required_argument, 0, OPT_WORLD},
@@ -225,6 +241,17 @@ static int parse_args(int argc, char **argv, args *a)
             a->device = optarg;
             break;
         case OPT_FORCE: a->force = 1; break;
+        case OPT_CKPT_SAVE: a->ckpt_save = optarg; break;
+        case OPT_CKPT_LOAD: a->ckpt_load = optarg; break;
+        case OPT_CKPT_TAG: a->ckpt_tag = optarg; break;
+        case OPT_CKPT_INTERVAL:
+            if (parse_i64("--save_interval", optarg, 1, &a->ckpt_interval))
+                return 2;
+            break;
+        case OPT_CKPT_KEEP:
+            if (parse_i64("--keep_last", optarg, 1, &a->ckpt_keep))
+                return 2;
+            break;
         case OPT_SUMMARY: a->summary = 1; break;
         case OPT_PLAN: a->plan = 1; break;
         case OPT_WORLD:
@@ -261,7 +288,95 @@ static int parse_args(int argc, char **argv, args *a)
         return -1;
     if (!a->data)
         return fail_usage("%sno data given (--data PATH)", "");
+    if ((a->ckpt_interval || a->ckpt_keep) && !a->ckpt_save)
+        return fail_usage("%s--save_interval and --keep_last need --save DIR", "");
+    if (a->ckpt_tag && !a->ckpt_load)
+        return fail_usage("%s--tag needs --load DIR", "");
     return -1; /* go on */
+}
+
+/* The data loader's position is a function of the global step (sample s*TB+j of the sampler's
+ * order), so a checkpoint records what that order depends on, and a resume checks it. */
+static void data_state(char *buf, size_t n, const args *a, uint64_t seed, int64_t tb, int64_t step)
+{
+    /* spelled as libds gives the client state back (json-c's plain form), for the comparison */
+    snprintf(buf, n, "{\"data\":{\"order\":\"%s\",\"seed\":\"%llu\",\"train_batch_size\":%lld,"
+             "\"next_sample\":%lld}}", a->order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
+             (unsigned long long)seed, (long long)tb, (long long)(step * tb));
+}
+
+/* --load: resume (every rank); 0 = go on (*resumed says whether a checkpoint was there). */
+static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, int rank, int *resumed)
+{
+    ds_error err = {0};
+    char *tag = NULL, *client = NULL;
+    *resumed = 0;
+    if (!a->ckpt_tag) {
+        if (ds_ckpt_newest(a->ckpt_load, &tag, &err) != DS_OK) {
+            fprintf(stderr, "ds-train: --load %s\n", err.msg);
+            return 2;
+        }
+        if (!tag) { /* DeepSpeed warns and starts fresh too */
+            if (rank == 0)
+                fprintf(stderr, "ds-train: --load %s: no checkpoint there yet (no %s/latest); starting at step 0\n",
+                        a->ckpt_load, a->ckpt_load);
+            return 0;
+        }
+    }
+    ds_status st = ds_engine_load_checkpoint(eng, a->ckpt_load, a->ckpt_tag ? a->ckpt_tag : tag, &client, &err);
+    if (st != DS_OK) {
+        fprintf(stderr, "ds-train: --load: %s\n", err.msg);
+        free(tag);
+        return 2;
+    }
+    char want[256];
+    data_state(want, sizeof want, a, seed, tb, 0);
+    const char *have = client ? strstr(client, "\"order\"") : NULL, *w = strstr(want, "\"order\"");
+    const char *w_end = strstr(w, ",\"next_sample\""); /* order, seed and batch must match */
+    if (have && strncmp(have, w, (size_t)(w_end - w)) != 0) {
+        fprintf(stderr, "ds-train: --load %s: the checkpoint's data order differs from this run's (saved %.*s; "
+                "now %.*s): give the same --seed, --data-order and batch size\n", a->ckpt_load,
+                (int)(strcspn(have, "}")), have, (int)(w_end - w), w);
+        free(tag);
+        free(client);
+        return 2;
+    }
+    if (rank == 0) /* even with --quiet: where the run goes on from matters */
+        printf("resumed from %s/%s at step %lld\n", a->ckpt_load, a->ckpt_tag ? a->ckpt_tag : tag,
+               (long long)ds_engine_global_steps(eng));
+    free(tag);
+    free(client);
+    *resumed = 1;
+    return 0;
+}
+
+/* --save: a checkpoint of this step (every rank); rank 0 prunes to --keep_last. */
+static int ckpt_save(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, int rank)
+{
+    ds_error err = {0};
+    char client[256];
+    int64_t step = ds_engine_global_steps(eng);
+    data_state(client, sizeof client, a, seed, tb, step);
+    if (ds_engine_save_checkpoint(eng, a->ckpt_save, NULL, client, &err) != DS_OK) {
+        char *tag = NULL;
+        ds_error ignore = {0};
+        ds_ckpt_latest(a->ckpt_save, &tag, &ignore);
+        fprintf(stderr, "ds-train: --save %s\n", err.msg);
+        if (rank == 0 && tag) /* the commit protocol leaves the last good one in place */
+            fprintf(stderr, "ds-train: the last checkpoint, %s/%s, is intact (%s/latest)\n", a->ckpt_save, tag,
+                    a->ckpt_save);
+        free(tag);
+        return 1;
+    }
+    int deleted = 0;
+    if (rank == 0 && a->ckpt_keep > 0 && ds_ckpt_prune(a->ckpt_save, (int)a->ckpt_keep, &deleted, &err) != DS_OK) {
+        fprintf(stderr, "ds-train: --keep_last: %s\n", err.msg);
+        return 1;
+    }
+    if (rank == 0 && !a->quiet)
+        printf("checkpoint %s/global_step%lld saved%s\n", a->ckpt_save, (long long)step,
+               deleted ? " (older ones deleted: --keep_last)" : "");
+    return 0;
 }
 
 static double now_s(void)
@@ -644,6 +759,20 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    const uint64_t data_seed = a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42);
+    int resumed = 0;
+    if (a.ckpt_load && (rc = ckpt_resume(eng, &a, data_seed, TB, rank, &resumed)) != 0) {
+        if (logf)
+            fclose(logf);
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
+        return rc;
+    }
+    const int64_t start = ds_engine_global_steps(eng);
     size_t pb, gb, ob, ab;
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
     int threads = 1;
@@ -729,7 +858,7 @@ int main(int argc, char **argv)
     int64_t print_every = cfg->steps_per_print > 0 ? cfg->steps_per_print : 10;
     double first_loss = NAN, last_loss = NAN, t_start = now_s();
     rc = 0;
-    for (int64_t s = 0; s < steps && rc == 0; s++) {
+    for (int64_t s = start; s < steps && rc == 0; s++) {
         double t0 = now_s();
         for (int64_t u = 0; u < GAS && rc == 0; u++) {
             for (int64_t i = 0; i < MB && rc == 0; i++) {
@@ -758,9 +887,9 @@ int main(int argc, char **argv)
         if (rc)
             break;
         double ms = (now_s() - t0) * 1e3;
-        ms_hist[s] = ms;
+        ms_hist[s - start] = ms;
         double loss = ds_engine_last_loss(eng);
-        if (s == 0)
+        if (s == start)
             first_loss = loss;
         last_loss = loss;
         double rate = (double)(TB * (tokens ? T : 1)) / (ms / 1e3);
@@ -779,7 +908,7 @@ int main(int argc, char **argv)
             int64_t ar_calls, ar_bytes;
             ds_engine_last_allreduce(eng, &ar_calls, &ar_bytes);
             fprintf(logf,
-                    "{\"step\": %lld, \"loss\": %.7g, \"lr\": %.7g, \"momentum\": %s, \"grad_norm\": %.7g, \"ms\": %.3f, "
+                    "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.7g, \"momentum\": %s, \"grad_norm\": %.7g, \"ms\": %.3f, "
                     "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
                     "\"allreduce_bytes\": %lld, \"loss_scale\": %.9g, \"skipped\": %s, "
                     "\"skipped_steps\": %lld}\n",
@@ -815,15 +944,26 @@ int main(int argc, char **argv)
         } else if (tty) {
             progress(step, steps, loss, rate, unit);
         }
+        if (a.ckpt_save && ((a.ckpt_interval > 0 && step % a.ckpt_interval == 0) || step == steps)) {
+            if (tty)
+                printf("\r\033[K");
+            if ((rc = ckpt_save(eng, &a, data_seed, TB, rank)) != 0)
+                break;
+        }
     }
+    int64_t ran = steps > start ? steps - start : 0;
     if (tty)
         printf("\r\033[K");
     if (rc) {
-        fprintf(stderr, "ds-train: %s\n", err.msg);
+        if (err.msg[0]) /* (a failed checkpoint save has said why already) */
+            fprintf(stderr, "ds-train: %s\n", err.msg);
+    } else if (rank == 0 && ran == 0) {
+        printf("done: the checkpoint is at step %lld already (--steps %lld); nothing to train\n", (long long)start,
+               (long long)steps);
     } else if (rank == 0) {
         double total = now_s() - t_start;
-        qsort(ms_hist, (size_t)steps, sizeof *ms_hist, cmp_double);
-        double med = ms_hist[steps / 2];
+        qsort(ms_hist, (size_t)ran, sizeof *ms_hist, cmp_double);
+        double med = ran > 0 ? ms_hist[ran / 2] : 0;
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         if (ds_engine_skipped_steps(eng) > 0)

@@ -9,6 +9,18 @@
 #include "ds/dist.h"
 
 void ds_sha256(const void *const *parts, const size_t *lens, int nparts, uint8_t out[32]);
+/* Incremental SHA-256 (checkpoint files are hashed while they are written or read). */
+typedef struct ds_sha256_ctx {
+    uint32_t h[8];
+    uint8_t buf[64];
+    size_t fill;
+    uint64_t total;
+    int ni;      /* the CPU has the SHA extensions (x86 SHA-NI): 10x the portable code */
+} ds_sha256_ctx;
+void ds_sha256_init(ds_sha256_ctx *c);
+void ds_sha256_init_portable(ds_sha256_ctx *c); /* without SHA-NI (tests compare the two) */
+void ds_sha256_update(ds_sha256_ctx *c, const void *data, size_t n);
+void ds_sha256_final(ds_sha256_ctx *c, uint8_t out[32]);
 /* Constant-time comparison of 32-byte digests: 1 when equal. */
 int ds_digest_equal(const uint8_t a[32], const uint8_t b[32]);
 /* Random bytes from getrandom(); DS_OK or an error. */

@@ -1377,3 +1377,201 @@ ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, 
     free(ent);
     return st;
 }
+
+/* ---- checkpoint state (engine.h; lib/ckpt writes and reads it) ----------------------------- */
+
+static const char *const user_state_names[DS_USER_OPTIM_MAX_STATE] = {
+    "state0", "state1", "state2", "state3", "state4", "state5", "state6", "state7"};
+
+/* The optimizer's state buffers in the order of state_names, DeepSpeed's (torch's) names. */
+static int state_buffers(ds_engine *e, float **buf, const char **names)
+{
+    ds_optimizer *o = &e->opt;
+    int k = 0;
+    switch (o->cfg.type) {
+    case DS_OPTIM_ADAM:
+    case DS_OPTIM_ADAMW:
+    case DS_OPTIM_LAMB:
+        names[k] = "exp_avg", buf[k++] = o->m;
+        names[k] = "exp_avg_sq", buf[k++] = o->v;
+        break;
+    case DS_OPTIM_SGD:
+        if (o->m)
+            names[k] = "momentum_buffer", buf[k++] = o->m;
+        break;
+    case DS_OPTIM_ADAGRAD:
+        names[k] = "sum", buf[k++] = o->m;
+        break;
+    case DS_OPTIM_USER:
+        for (int i = 0; o->user && i < o->user->n_state; i++)
+            names[k] = user_state_names[i], buf[k++] = o->state[i];
+        break;
+    default:
+        break;
+    }
+    return k;
+}
+
+void ds_engine_state_info_get(const ds_engine *e, ds_engine_state_info *info)
+{
+    memset(info, 0, sizeof *info);
+    float *buf[DS_USER_OPTIM_MAX_STATE];
+    info->n_state = state_buffers((ds_engine *)e, buf, info->state_names);
+    /* ZeRO: the stage, partition_world = world_size and this rank's partition under the rule
+     * of engine.h, which is all it holds of the master weights and optimizer state. Stage 0:
+     * rank 0 stores the one partition. */
+    info->zero_stage = e->zero;
+    info->world_size = e->world_size;
+    info->comm = e->comm;
+    info->rank = e->comm ? e->comm->rank : 0;
+    info->numel = e->net->params.total;
+    if (e->zero) {
+        info->partition_world = e->world_size;
+        info->partition_rank = info->rank;
+        info->begin = info->hold_begin = e->pbeg;
+        info->end = info->hold_end = e->pend;
+    } else {
+        info->partition_world = 1;
+        info->partition_rank = info->rank == 0 ? 0 : -1;
+        info->begin = 0;
+        info->end = info->rank == 0 ? info->numel : 0;
+        info->hold_begin = 0;
+        info->hold_end = info->numel;
+    }
+    info->precision = e->cfg.precision;
+    info->optimizer = e->opt.cfg.name;
+}
+
+/* The buffer holding flat elements [begin, end): element i is at (*base)[i - *shift]. */
+static ds_status partition_buffer(ds_engine *e, int buffer, int64_t begin, int64_t end,
+                                  float **base, int64_t *shift, ds_error *err)
+{
+    if (buffer == DS_ENGINE_BUF_WEIGHTS) { /* the working weights: every rank holds them all */
+        if (begin < 0 || end > e->net->params.total || begin > end)
+            return ds_error_set(err, DS_ERR_INVALID, "elements [%lld, %lld) are outside [0, %lld)",
+                                (long long)begin, (long long)end, (long long)e->net->params.total);
+        *base = e->params;
+        *shift = 0;
+        return DS_OK;
+    }
+    ds_engine_state_info info;
+    ds_engine_state_info_get(e, &info);
+    if (begin < info.hold_begin || end > info.hold_end || begin > end)
+        return ds_error_set(err, DS_ERR_INVALID, "elements [%lld, %lld) are outside this rank's [%lld, %lld)",
+                            (long long)begin, (long long)end, (long long)info.hold_begin,
+                            (long long)info.hold_end);
+    float *buf[DS_USER_OPTIM_MAX_STATE];
+    const char *names[DS_USER_OPTIM_MAX_STATE];
+    int n = state_buffers(e, buf, names);
+    if (buffer != DS_ENGINE_BUF_MASTER && (buffer < 0 || buffer >= n))
+        return ds_error_set(err, DS_ERR_INVALID, "optimizer %s has no state buffer %d", e->opt.cfg.name, buffer);
+    /* the optimizer state holds [pbeg, pend); the master weights too, except in fp32, where
+     * they are the (full) parameters */
+    if (buffer == DS_ENGINE_BUF_MASTER) {
+        *base = e->round ? e->master : e->params;
+        *shift = e->round ? e->pbeg : 0;
+    } else {
+        *base = buf[buffer];
+        *shift = e->pbeg;
+    }
+    return DS_OK;
+}
+
+ds_status ds_engine_read_partition(ds_engine *e, int buffer, int64_t begin, int64_t end,
+                                   float *host, ds_error *err)
+{
+    float *base;
+    int64_t shift;
+    ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
+    if (st == DS_OK && end > begin &&
+        (st = e->be->ops->download(e->be, host, base + (begin - shift), (size_t)(end - begin) * sizeof(float))) != DS_OK)
+        backend_err(e, st, err);
+    return st;
+}
+
+ds_status ds_engine_write_partition(ds_engine *e, int buffer, int64_t begin, int64_t end,
+                                    const float *host, ds_error *err)
+{
+    float *base;
+    int64_t shift;
+    ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
+    if (st == DS_OK && end > begin &&
+        (st = e->be->ops->upload(e->be, base + (begin - shift), host, (size_t)(end - begin) * sizeof(float))) != DS_OK)
+        backend_err(e, st, err);
+    return st;
+}
+
+/* After the master weights were written: the working weights from them (rounded in 16-bit
+ * training), this rank's partition under ZeRO, then all-gathered (a collective). */
+ds_status ds_engine_sync_weights(ds_engine *e, ds_error *err)
+{
+    const ds_backend_ops *ops = e->be->ops;
+    ds_status st = DS_OK;
+    if (e->round) {
+        int64_t len = e->pend - e->pbeg;
+        st = ops->copy(e->be, e->params + e->pbeg, e->master, (size_t)len * sizeof(float));
+        if (st == DS_OK)
+            st = ops->round16(e->be, e->params + e->pbeg, len, e->round);
+        if (st != DS_OK)
+            return backend_err(e, st, err);
+    }
+    if (e->zero)
+        return zero_gather_params(e, err);
+    return DS_OK;
+}
+
+int ds_engine_at_boundary(const ds_engine *e)
+{
+    return e->micro_steps % e->cfg.grad_accum == 0 && !e->have_forward;
+}
+
+void ds_engine_get_scalars(const ds_engine *e, ds_engine_scalars *s)
+{
+    memset(s, 0, sizeof *s);
+    s->global_steps = e->global_steps;
+    s->global_samples = e->global_samples;
+    s->micro_steps = e->micro_steps;
+    s->skipped_steps = e->skipped;
+    s->optimizer_step = e->opt.step;
+    s->scaler = e->scaler;
+    s->last_step_scale = e->step_scale;
+    s->applied = e->applied;
+    s->sched_iter = e->sched_iter;
+    s->lr = e->lr;
+    s->mom = e->mom;
+    s->applied_lr = e->applied_lr;
+    s->applied_mom = e->applied_mom;
+    s->last_loss = e->last_loss;
+    s->grad_norm = e->grad_norm;
+    s->seed = e->seed;
+}
+
+ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_error *err)
+{
+    if (!ds_engine_at_boundary(e))
+        return ds_error_set(err, DS_ERR_INVALID, "the engine is inside an effective batch (micro-step %lld of %lld)",
+                            (long long)(e->micro_steps % e->cfg.grad_accum), (long long)e->cfg.grad_accum);
+    if (s->global_steps < 0 || s->global_samples < 0 || s->micro_steps < 0 || s->skipped_steps < 0 ||
+        s->optimizer_step < 0 || s->sched_iter < -1 || !(s->lr >= 0) || !(s->scaler.scale > 0))
+        return ds_error_set(err, DS_ERR_INVALID, "engine state out of range (negative counter, lr or loss scale)");
+    e->global_steps = s->global_steps;
+    e->global_samples = s->global_samples;
+    e->micro_steps = s->micro_steps;
+    e->skipped = s->skipped_steps;
+    e->opt.step = s->optimizer_step;
+    e->scaler = s->scaler;
+    e->step_scale = s->last_step_scale;
+    e->applied = s->applied;
+    e->sched_iter = s->sched_iter;
+    e->lr = s->lr;
+    e->mom = s->mom;
+    if (e->mom_slot && !isnan(s->mom))
+        *e->mom_slot = s->mom;
+    e->applied_lr = s->applied_lr;
+    e->applied_mom = s->applied_mom;
+    e->last_loss = s->last_loss;
+    e->grad_norm = s->grad_norm;
+    e->seed = s->seed;
+    e->window_loss = 0;
+    return DS_OK;
+}

@@ -17,6 +17,7 @@
 #include "ds/launch.h"
 #include "ds/dist.h"
 #include "ds/prof.h"
+#include "ds/ckpt.h"
 
 #define DS_VERSION "0.1.0"
 

@@ -164,6 +164,76 @@ ds_status ds_engine_set_grad(ds_engine *e, const char *name, const float *host, 
 /* Copy the logits of the last forward: [B*positions*out_dim] floats. */
 ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err);
 
+/* ---- checkpoint state (ds/ckpt.h builds save_checkpoint/load_checkpoint on these) ----------
+ * Flat buffers are addressed by element ranges. A ZeRO partition follows one rule (ckpt(5)):
+ * for N = numel elements and W partitions, Np = ceil(N / (16 W)) * 16 W, P = Np / W, and
+ * partition r is [r P, min((r + 1) P, N)) (the tail may be shorter or empty; the padding up to
+ * Np is zero and never stored). Stage 0 stores one partition [0, N), written by rank 0. */
+
+#define DS_ENGINE_BUF_MASTER (-1) /* the fp32 master weights; 0 .. n_state-1: optimizer state */
+#define DS_ENGINE_BUF_WEIGHTS (-2) /* the working weights the model reads (every rank holds all) */
+
+typedef struct ds_engine_state_info {
+    int zero_stage;          /* 0, 1 or 2 */
+    int world_size, rank;    /* data-parallel */
+    ds_comm *comm;           /* the data-parallel communicator, NULL for one process */
+    int64_t numel;           /* N: elements of a flat buffer (per-tensor alignment included) */
+    int partition_world;     /* the W of the rule: 1 in stage 0, world_size in stages 1/2 */
+    int partition_rank;      /* the partition this rank stores, -1 if none (stage 0, rank > 0) */
+    int64_t begin, end;      /* that partition's elements (empty when partition_rank < 0) */
+    int64_t hold_begin, hold_end; /* the elements this rank holds and loads: [0, N) in stage 0,
+                                     its partition in stages 1/2 */
+    ds_precision precision;
+    const char *optimizer;   /* the optimizer's name: "AdamW", "Lamb", a user optimizer's */
+    int n_state;             /* optimizer state buffers, in DeepSpeed's spelling: */
+    const char *state_names[DS_USER_OPTIM_MAX_STATE]; /* exp_avg exp_avg_sq (Adam family, LAMB),
+                                momentum_buffer (SGD with momentum), sum (Adagrad), state0.. */
+} ds_engine_state_info;
+
+/* Everything else a bit-exact resume needs (dropout draws from seed and micro_steps; the data
+ * position is the client's function of global_steps). */
+typedef struct ds_engine_scalars {
+    int64_t global_steps, global_samples, micro_steps, skipped_steps;
+    int64_t optimizer_step;  /* updates applied (Adam's bias-correction count) */
+    ds_loss_scaler scaler;
+    double last_step_scale;  /* the loss scale the last update used */
+    int applied;             /* the last effective batch updated the weights */
+    int64_t sched_iter;      /* the scheduler's last_batch_iteration (-1 before any update) */
+    double lr, mom;          /* for the next update (mom NAN without momentum) */
+    double applied_lr, applied_mom; /* of the last applied update (NAN before any) */
+    double last_loss, grad_norm;
+    uint64_t seed;
+} ds_engine_scalars;
+
+void ds_engine_state_info_get(const ds_engine *e, ds_engine_state_info *info);
+/* Copy elements [begin, end) of a buffer (DS_ENGINE_BUF_MASTER or a state index) to or from
+ * host memory; the range must lie in [hold_begin, hold_end). After writing master weights call
+ * ds_engine_sync_weights before training. */
+ds_status ds_engine_read_partition(ds_engine *e, int buffer, int64_t begin, int64_t end,
+                                   float *host, ds_error *err);
+ds_status ds_engine_write_partition(ds_engine *e, int buffer, int64_t begin, int64_t end,
+                                    const float *host, ds_error *err);
+/* The working weights from the master weights (16-bit rounding; ZeRO: the all-gather). */
+ds_status ds_engine_sync_weights(ds_engine *e, ds_error *err);
+void ds_engine_get_scalars(const ds_engine *e, ds_engine_scalars *s);
+/* Only at an accumulation boundary (no micro-batch of an effective batch taken yet). */
+ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_error *err);
+/* 1 between effective batches: where a checkpoint may be saved or loaded. */
+int ds_engine_at_boundary(const ds_engine *e);
+
+/* DeepSpeed's save_checkpoint / load_checkpoint (implemented in lib/ckpt, format in
+ * ds-checkpoint(5)). Collective over the data-parallel ranks: every rank calls them. Save writes
+ * DIR/.tmp.TAG, fsyncs it, renames it to DIR/TAG (default "global_step<N>"; an existing TAG is
+ * refused), then rewrites DIR/latest; client_state_json (a JSON object or NULL) comes back from
+ * load. Load (tag NULL: the newest, ds_ckpt_newest: latest's unless a save died between
+ * committing its tag and rewriting latest) verifies every file's SHA-256 first and
+ * re-partitions the stored state for this world size; *client_state_json (may be NULL) is
+ * malloc'ed JSON text ("{}" when none was saved). */
+ds_status ds_engine_save_checkpoint(ds_engine *e, const char *dir, const char *tag,
+                                    const char *client_state_json, ds_error *err);
+ds_status ds_engine_load_checkpoint(ds_engine *e, const char *dir, const char *tag,
+                                    char **client_state_json, ds_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,284 @@
+/* ds-ckpt: look into, check and transform checkpoints (ds-ckpt(1), ds-checkpoint(5)): inspect,
+ * verify, merge, convert, reshard. Argument parsing and printing only; the work is libds's
+ * (ds/ckpt.h). */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "ds/ds.h"
+
+static const char *usage_text =
+    "usage: ds-ckpt inspect DIR [--tag T]\n"
+    "       ds-ckpt verify DIR [--tag T]\n"
+    "       ds-ckpt merge DIR OUT.safetensors [--tag T] [--optimizer] [--force]\n"
+    "       ds-ckpt convert DIR OUT.safetensors [--tag T] [--dtype fp32|fp16|bf16] [--force]\n"
+    "       ds-ckpt reshard DIR OUT --dp N [--tag T] [--force]\n"
+    "\n"
+    "DIR holds checkpoints saved by ds-train --save or ds_engine_save_checkpoint: DIR/latest and\n"
+    "one directory per tag (see ds-checkpoint(5)). Without --tag: the tag DIR/latest names\n"
+    "(verify: every tag).\n"
+    "\n"
+    "  inspect   tags, steps, world sizes, ZeRO stage, precision, files and the tensor table\n"
+    "  verify    completeness and the SHA-256 of every file; exit 0 only if all are sound\n"
+    "  merge     the partitions as one safetensors file of the full fp32 weights by name;\n"
+    "            --optimizer adds the full optimizer state (optimizer.<state>.<param>)\n"
+    "  convert   the weights as one safetensors file PyTorch loads by name (--dtype, default fp32)\n"
+    "  reshard   a copy of the checkpoint with its state partitioned for N data-parallel ranks\n"
+    "  --force   replace OUT if it exists\n"
+    "  -h, --help  this text;  --version  the version\n";
+
+static int usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "ds-ckpt: ");
+    fprintf(stderr, msg, arg);
+    fprintf(stderr, "\n(see ds-ckpt --help)\n");
+    return 2;
+}
+
+static void human(double bytes, char *buf, size_t n)
+{
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int i = 0;
+    while (bytes >= 1024 && i < 4)
+        bytes /= 1024, i++;
+    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", bytes, u[i]);
+}
+
+static double peak_rss_mib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
+
+static int inspect(const char *dir, const char *tag)
+{
+    ds_error err = {0};
+    char **tags, **left;
+    int n, nl;
+    if (ds_ckpt_list(dir, &tags, &n, &left, &nl, &err) != DS_OK) {
+        fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+        return 1;
+    }
+    char *latest = NULL;
+    if (ds_ckpt_latest(dir, &latest, &err) != DS_OK)
+        fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+    printf("%s: %d checkpoint%s, latest %s\n", dir, n, n == 1 ? "" : "s", latest ? latest : "(none)");
+    for (int i = 0; i < n; i++) {
+        ds_ckpt *c;
+        if (ds_ckpt_open(&c, dir, tags[i], &err) != DS_OK) {
+            printf("  %-20s  unreadable: %s\n", tags[i], err.msg);
+            continue;
+        }
+        printf("  %-20s  step %lld, samples %lld, skipped %lld; dp %d, mp %d, zero stage %d, %s, %s (step %lld)\n",
+               tags[i], (long long)c->global_steps, (long long)c->global_samples, (long long)c->skipped_steps,
+               c->dp_world_size, c->mp_world_size, c->zero_stage, c->precision, c->optimizer,
+               (long long)c->optimizer_step);
+        ds_ckpt_close(c);
+    }
+    for (int i = 0; i < nl; i++)
+        printf("  %-20s  leftover of an interrupted save (not a checkpoint)\n", left[i]);
+    ds_ckpt_free_list(tags, n);
+    ds_ckpt_free_list(left, nl);
+    const char *show = tag ? tag : latest;
+    int rc = 0;
+    if (show) {
+        ds_ckpt *c;
+        if (ds_ckpt_open(&c, dir, show, &err) != DS_OK) {
+            fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+            free(latest);
+            return 1;
+        }
+        char hb[32];
+        printf("\n%s: %lld elements per flat buffer in %d partition%s (alignment %d)\n", c->path, (long long)c->numel,
+               c->partition_world, c->partition_world == 1 ? "" : "s", DS_CKPT_ALIGN);
+        printf("  %-4s %12s %12s %10s  %s\n", "part", "begin", "end", "padding", "file");
+        for (int r = 0; r < c->partition_world; r++) {
+            int64_t b, e, padded = ds_ckpt_partition_range(c->numel, c->partition_world, r, &b, &e);
+            printf("  %-4d %12lld %12lld %10lld  %s\n", r, (long long)c->parts[r].begin, (long long)c->parts[r].end,
+                   (long long)(padded / c->partition_world - (e - b)), c->parts[r].file);
+        }
+        printf("\n  %-44s %-6s %-18s %12s %12s\n", "tensor", "dtype", "shape", "offset", "size");
+        for (int i = 0; i < c->n_params; i++) {
+            char shape[64];
+            ds_shape_str(c->params[i].ndim, c->params[i].shape, shape, sizeof shape);
+            human((double)c->params[i].numel * 4, hb, sizeof hb);
+            printf("  %-44s %-6s %-18s %12lld %12s\n", c->params[i].name, "F32", shape,
+                   (long long)c->params[i].offset, hb);
+        }
+        printf("  optimizer state per element: %d buffer%s", c->n_state, c->n_state == 1 ? "" : "s");
+        for (int k = 0; k < c->n_state; k++)
+            printf("%s%s", k ? ", " : " (", c->state_names[k]);
+        printf("%s\n\n  %-60s %14s\n", c->n_state ? ")" : "", "file", "bytes");
+        int64_t total = 0;
+        for (int i = 0; i < c->n_files; i++) {
+            printf("  %-60s %14lld\n", c->files[i].name, (long long)c->files[i].bytes);
+            total += c->files[i].bytes;
+        }
+        human((double)total, hb, sizeof hb);
+        printf("  total %s\n", hb);
+        ds_ckpt_close(c);
+    }
+    free(latest);
+    return rc;
+}
+
+static int verify_tag(const char *dir, const char *tag)
+{
+    ds_error err = {0};
+    ds_ckpt *c;
+    if (ds_ckpt_open(&c, dir, tag, &err) != DS_OK) {
+        printf("FAILED %s/%s: %s\n", dir, tag, err.msg);
+        return 1;
+    }
+    int bad = 0;
+    int64_t bytes = 0;
+    for (int i = 0; i < c->n_files; i++) {
+        if (ds_ckpt_verify_file(c, i, &err) != DS_OK) {
+            printf("FAILED %s\n", err.msg);
+            bad = 1;
+        }
+        bytes += c->files[i].bytes;
+    }
+    if (!bad)
+        printf("ok %s (%d files, %lld bytes, SHA-256 verified)\n", c->path, c->n_files, (long long)bytes);
+    ds_ckpt_close(c);
+    return bad;
+}
+
+static int verify(const char *dir, const char *tag)
+{
+    if (tag)
+        return verify_tag(dir, tag);
+    ds_error err = {0};
+    char **tags, **left, *latest = NULL;
+    int n, nl, bad = 0;
+    if (ds_ckpt_list(dir, &tags, &n, &left, &nl, &err) != DS_OK || ds_ckpt_latest(dir, &latest, &err) != DS_OK) {
+        printf("FAILED %s\n", err.msg);
+        return 1;
+    }
+    if (!latest) {
+        printf("FAILED %s: no %s/latest\n", dir, dir);
+        bad = 1;
+    }
+    int latest_seen = 0;
+    for (int i = 0; i < n; i++) {
+        bad |= verify_tag(dir, tags[i]);
+        latest_seen |= latest && !strcmp(latest, tags[i]);
+    }
+    if (latest && !latest_seen) {
+        printf("FAILED %s/latest names %s, which is not a complete checkpoint\n", dir, latest);
+        bad = 1;
+    }
+    for (int i = 0; i < nl; i++)
+        printf("note: %s/%s: leftover of an interrupted save; not a checkpoint (safe to delete)\n", dir, left[i]);
+    if (!bad)
+        printf("%s: sound (%d checkpoint%s, latest %s)\n", dir, n, n == 1 ? "" : "s", latest);
+    ds_ckpt_free_list(tags, n);
+    ds_ckpt_free_list(left, nl);
+    free(latest);
+    return bad;
+}
+
+/* Open a tag and check every file before anything is read from it. */
+static int open_verified(ds_ckpt **c, const char *dir, const char *tag)
+{
+    ds_error err = {0};
+    if (ds_ckpt_open(c, dir, tag, &err) != DS_OK) {
+        fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+        return 1;
+    }
+    for (int i = 0; i < (*c)->n_files; i++)
+        if (ds_ckpt_verify_file(*c, i, &err) != DS_OK) {
+            fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+            ds_ckpt_close(*c);
+            return 1;
+        }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"tag", required_argument, 0, 't'}, {"optimizer", no_argument, 0, 'o'},
+        {"force", no_argument, 0, 'f'},     {"dtype", required_argument, 0, 'd'},
+        {"dp", required_argument, 0, 'n'},  {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},   {0, 0, 0, 0}};
+    const char *tag = NULL, *dtype_s = "fp32";
+    int with_opt = 0, force = 0, dp = 0, c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 't': tag = optarg; break;
+        case 'o': with_opt = 1; break;
+        case 'f': force = 1; break;
+        case 'd': dtype_s = optarg; break;
+        case 'n': {
+            char *end;
+            errno = 0;
+            long v = strtol(optarg, &end, 10);
+            if (errno || *end || v < 1 || v > 65536)
+                return usage_error("--dp: expected an integer 1..65536, found \"%s\"", optarg);
+            dp = (int)v;
+            break;
+        }
+        case 'h': fputs(usage_text, stdout); return 0;
+        case 'V': printf("ds-ckpt (ds) %s\n", DS_VERSION); return 0;
+        default: return usage_error("%sbad option", "");
+        }
+    }
+    int nargs = argc - optind;
+    if (nargs < 1)
+        return usage_error("%sno command given", "");
+    const char *cmd = argv[optind], *dir = nargs > 1 ? argv[optind + 1] : NULL,
+               *out = nargs > 2 ? argv[optind + 2] : NULL;
+    int want = !strcmp(cmd, "inspect") || !strcmp(cmd, "verify") ? 2
+             : !strcmp(cmd, "merge") || !strcmp(cmd, "convert") || !strcmp(cmd, "reshard") ? 3 : 0;
+    if (!want)
+        return usage_error("unknown command \"%s\" (inspect, verify, merge, convert, reshard)", cmd);
+    if (nargs != want)
+        return usage_error(want == 2 ? "%s takes one directory" : "%s takes a checkpoint directory and an output", cmd);
+    if (!strcmp(cmd, "inspect"))
+        return inspect(dir, tag);
+    if (!strcmp(cmd, "verify"))
+        return verify(dir, tag);
+    ds_dtype dtype = DS_F32;
+    if (!strcmp(dtype_s, "fp16") || !strcmp(dtype_s, "F16"))
+        dtype = DS_F16;
+    else if (!strcmp(dtype_s, "bf16") || !strcmp(dtype_s, "BF16"))
+        dtype = DS_BF16;
+    else if (strcmp(dtype_s, "fp32") && strcmp(dtype_s, "F32"))
+        return usage_error("--dtype: expected fp32, fp16 or bf16, found \"%s\"", dtype_s);
+    if (!strcmp(cmd, "reshard") && !dp)
+        return usage_error("%sreshard needs --dp N", "");
+    if (strcmp(cmd, "convert") && dtype != DS_F32)
+        return usage_error("--dtype is for convert (%s writes fp32)", cmd);
+    struct stat sb;
+    if (!force && stat(out, &sb) == 0) {
+        fprintf(stderr, "ds-ckpt: %s: exists; not overwriting it (use --force)\n", out);
+        return 1;
+    }
+    ds_ckpt *ck;
+    if (open_verified(&ck, dir, tag))
+        return 1;
+    ds_error err = {0};
+    ds_status st = !strcmp(cmd, "reshard") ? ds_ckpt_reshard(ck, out, dp, force, &err)
+                 : ds_ckpt_export(ck, out, dtype, !strcmp(cmd, "merge") && with_opt, force, &err);
+    if (st != DS_OK) {
+        fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+        ds_ckpt_close(ck);
+        return 1;
+    }
+    if (!strcmp(cmd, "reshard"))
+        printf("%s: %s resharded for %d data-parallel rank%s (peak RSS %.1f MiB)\n", out, ck->path, dp,
+               dp == 1 ? "" : "s", peak_rss_mib());
+    else
+        printf("%s: %d tensors of %s (%s%s) written (peak RSS %.1f MiB)\n", out, ck->n_params, ck->path,
+               ds_dtype_name(dtype), !strcmp(cmd, "merge") && with_opt ? " weights + fp32 optimizer state" : "",
+               peak_rss_mib());
+    ds_ckpt_close(ck);
+    return 0;
+}

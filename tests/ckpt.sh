@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Checkpoints end to end (ds-train --save/--load, ds-ckpt). One "ok"/"not ok" line per check.
+#  1. Bit-exact resume: 20 steps straight == 10 steps, stop, resume with the same command, 10
+#     steps: the same losses (all 17 digits) and the same final checkpoint bytes, for every ZeRO
+#     stage in ZERO_STAGES x fp32/fp16 x 1/2 ranks (a net with dropout: its RNG resumes too).
+#  2. Another world size: saved on 1 rank, resumed on 4; saved on 4, resumed on 2; resharded
+#     offline for 4 and resumed: losses within 1e-5 relative of the same global batch on 1 rank.
+#  3. Crashes: a saving job killed with SIGKILL at random points many times; after each kill
+#     ds-ckpt verify passes (latest names a complete, checksummed tag) and the run resumes; the
+#     losses of all the pieces equal a straight run's bit for bit.
+#  4. Damage: a bit flip or a truncation is refused by load and verify, naming the file; a full
+#     disk (a 1 MiB tmpfs) fails the save with ENOSPC's message and keeps the last checkpoint.
+#  5. ds-ckpt inspect/merge/convert: PyTorch reads the converted fp32/fp16/bf16 weights by name.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
+set -u
+B=${DS_BUILD_DIR:-.}
+# The ZeRO stages of the bit-exact resume checks (the configs below add
+# "zero_optimization": {"stage": Z}); the checks are the same for every stage.
+ZERO_STAGES=${DS_CKPT_ZERO_STAGES:-0 1 2}
+T=$(mktemp -d "${TMPDIR:-/tmp}/ds-ckpt.XXXXXX") || exit 1
+MNT=""
+trap '[ -n "$MNT" ] && umount "$MNT" 2>/dev/null; rm -rf "$T"' EXIT
+cd "$T" || exit 1
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+
+head -c 60000 /usr/share/common-licenses/GPL-3 > text.txt 2>/dev/null || python3 -c "
+import random; random.seed(1); open('text.txt','w').write(' '.join(random.choice(['the','data','rank','sum','mean']) for _ in range(12000)))"
+net() { # $1 = dropout layer or nothing
+cat <<EOF
+{"input": {"type": "tokens", "vocab_size": 256, "seq_len": 32},
+ "layers": [{"type": "embedding", "name": "wte", "dim": 32}, {"type": "position_embedding", "name": "wpe"},
+  {"type": "repeat", "name": "h", "count": 1, "layers": [
+   {"type": "residual", "layers": [{"type": "layernorm", "name": "ln_1"}, {"type": "attention", "name": "attn", "heads": 4}]},
+   {"type": "residual", "layers": [{"type": "layernorm", "name": "ln_2"}, {"type": "linear", "name": "fc", "out": 128},
+    {"type": "gelu", "approximate": "tanh"}, $1 {"type": "linear", "name": "proj", "out": 32}]}]},
+  {"type": "layernorm", "name": "ln_f"}, {"type": "linear", "name": "lm_head", "out": 256, "bias": false, "tied_to": "wte"}],
+ "loss": {"type": "cross_entropy"}}
+EOF
+}
+net '{"type": "dropout", "p": 0.1},' > drop.json
+net '' > plain.json
+cfg() { # micro-batch, precision block, zero stage
+    echo "{\"train_batch_size\": 8, \"train_micro_batch_size_per_gpu\": $1, \"gradient_accumulation_steps\": $((8 / $1 / ${4:-1})),
+ \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.003}}, \"gradient_clipping\": 1.0, \"seed\": 7, $2
+ \"scheduler\": {\"type\": \"WarmupDecayLR\", \"params\": {\"warmup_num_steps\": 5, \"total_num_steps\": 250, \"warmup_max_lr\": 0.003}},
+ \"zero_optimization\": {\"stage\": $3}}"
+}
+FP16='"fp16": {"enabled": true, "initial_scale_power": 12, "loss_scale_window": 4},'
+run() { # ranks, then ds-train arguments
+    local w=$1; shift
+    if [ "$w" = 1 ]; then "$B/ds-train" "$@"
+    else # a free port: other jobs on this machine may hold the default one
+        local port
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        "$B/ds-launch" --num_gpus "$w" --master_port "$port" --export OMP_NUM_THREADS=1 "$B/ds-train" "$@"; fi
+}
+same_losses() { # exact: every step's loss, all digits
+    python3 - "$@" <<'EOF'
+import json, sys
+def load(fs):
+    d = {}
+    for f in fs:
+        for l in open(f):
+            try:
+                r = json.loads(l)
+            except ValueError: # the last line of a killed run may be cut short
+                continue
+            d[r["step"]] = repr(r["loss"])
+    return d
+a, b = load(sys.argv[1].split(",")), load(sys.argv[2].split(","))
+n = int(sys.argv[3])
+bad = [s for s in range(1, n + 1) if a.get(s) is None or a.get(s) != b.get(s)]
+if bad:
+    print("steps differ:", [(s, a.get(s), b.get(s)) for s in bad[:3]], file=sys.stderr); sys.exit(1)
+EOF
+}
+close_losses() { # within 1e-5 relative, steps from $3 to $4
+    python3 - "$@" <<'EOF'
+import json, sys
+a = {json.loads(l)["step"]: json.loads(l)["loss"] for l in open(sys.argv[1])}
+b = {json.loads(l)["step"]: json.loads(l)["loss"] for l in open(sys.argv[2])}
+r = range(int(sys.argv[3]), int(sys.argv[4]) + 1)
+worst = max(abs(a[s] - b[s]) / abs(a[s]) if s in a and s in b else float("inf") for s in r)
+if worst > 1e-5:
+    print("worst relative difference", worst, file=sys.stderr); sys.exit(1)
+EOF
+}
+
+# ---- 1. bit-exact resume -------------------------------------------------------------------------
+for z in $ZERO_STAGES; do for prec in fp32 fp16; do for w in 1 2; do
+    p=""; [ $prec = fp16 ] && p=$FP16
+    cfg $((4 / w)) "$p" $z $w > c.json # micro 4 (1 rank) or 2 (2 ranks) x 2 accumulation steps
+    id="z$z-$prec-$w"
+    a=(drop.json --config c.json --data text.txt --quiet --steps 20)
+    if run $w "${a[@]}" --log-json "$id-s.jsonl" --save "$id-s" >/dev/null 2>err &&
+       run $w "${a[@]/20/10}" --log-json "$id-a.jsonl" --save "$id-r" >/dev/null 2>>err &&
+       run $w "${a[@]}" --log-json "$id-b.jsonl" --save "$id-r" --load "$id-r" >out 2>>err &&
+       grep -q "resumed from $id-r/global_step10 at step 10" out &&
+       same_losses "$id-s.jsonl" "$id-a.jsonl,$id-b.jsonl" 20 2>>err &&
+       cmp -s "$id-s/global_step20/mp_rank_00_model_states.safetensors" "$id-r/global_step20/mp_rank_00_model_states.safetensors" &&
+       cmp -s "$id-s/global_step20/zero_pp_rank_0_mp_rank_00_optim_states.safetensors" \
+              "$id-r/global_step20/zero_pp_rank_0_mp_rank_00_optim_states.safetensors"; then
+        ok "ZeRO $z, $prec, $w rank(s): 20 steps == 10 + resume + 10, losses and final state bit for bit"
+    else notok "ZeRO $z, $prec, $w rank(s): resume is not exact: $(head -c 400 err)"; fi
+done; done; done
+python3 -c "import json; m=json.load(open('z0-fp16-1-r/global_step10/manifest.json')); \
+  assert m['loss_scaler']['dynamic'] and m['precision']=='fp16' and m['client_state']['data']['next_sample']==80" 2>err \
+    && ok "the manifest records the loss scaler, precision and the data position" || notok "manifest: $(head -c 300 err)"
+
+# ---- 2. another data-parallel size ---------------------------------------------------------------
+cfg 8 "" 0 1 > w1.json; cfg 2 "" 0 4 > w4.json; cfg 4 "" 0 2 > w2.json
+a=(plain.json --data text.txt --data-order sequential --quiet --steps 20)
+run 1 "${a[@]/20/10}" --config w1.json --save one >/dev/null 2>err
+run 1 "${a[@]}" --config w1.json --load one --log-json one.jsonl >/dev/null 2>>err
+run 4 "${a[@]}" --config w4.json --load one --log-json one-to-4.jsonl >/dev/null 2>>err \
+    && close_losses one.jsonl one-to-4.jsonl 11 20 2>>err \
+    && ok "saved on 1 rank, resumed on 4: the 1-rank losses within 1e-5" || notok "1 -> 4: $(head -c 400 err)"
+run 4 "${a[@]}" --config w4.json --save four --save_interval 10 --log-json four.jsonl >/dev/null 2>err
+run 2 "${a[@]}" --config w2.json --load four --tag global_step10 --log-json four-to-2.jsonl >/dev/null 2>>err \
+    && close_losses four.jsonl four-to-2.jsonl 11 20 2>>err \
+    && python3 -c "import json; m=json.load(open('four/global_step10/manifest.json')); assert m['dp_world_size']==4" 2>>err \
+    && ok "saved on 4 ranks, resumed on 2: the 4-rank losses within 1e-5" || notok "4 -> 2: $(head -c 400 err)"
+"$B/ds-ckpt" reshard one one-r4 --dp 4 >/dev/null 2>err \
+    && [ "$(ls one-r4/global_step10/ | grep -c optim_states)" = 4 ] \
+    && run 4 "${a[@]}" --config w4.json --load one-r4 --log-json r4.jsonl >/dev/null 2>>err \
+    && same_losses one-to-4.jsonl r4.jsonl 0 2>>err && close_losses one.jsonl r4.jsonl 11 20 2>>err \
+    && ok "ds-ckpt reshard --dp 4: 4 partition files; resumes on 4 ranks exactly as the original" \
+    || notok "reshard: $(head -c 400 err)"
+# ZeRO-2 with optimizer state partitioned over 4 ranks, resumed on 2 (re-partitioned on load)
+cfg 2 "" 2 4 > z4.json; cfg 4 "" 2 2 > z2.json
+run 4 "${a[@]}" --config z4.json --save zfour --save_interval 10 --log-json zfour.jsonl >/dev/null 2>err
+run 2 "${a[@]}" --config z2.json --load zfour --tag global_step10 --log-json zfour-to-2.jsonl >/dev/null 2>>err \
+    && close_losses zfour.jsonl zfour-to-2.jsonl 11 20 2>>err \
+    && [ "$(ls zfour/global_step10/ | grep -c optim_states)" = 4 ] \
+    && python3 -c "import json; m=json.load(open('zfour/global_step10/manifest.json')); assert m['zero_stage']==2 and m['dp_world_size']==4" 2>>err \
+    && ok "ZeRO-2 saved on 4 ranks (4 optimizer partitions), resumed on 2: the 4-rank losses within 1e-5" \
+    || notok "ZeRO-2 4 -> 2: $(head -c 400 err)"
+# and ZeRO-2 saved on 1 rank, resumed on 4
+cfg 8 "" 2 1 > z1.json
+run 1 "${a[@]/20/10}" --config z1.json --save zone >/dev/null 2>err
+run 1 "${a[@]}" --config z1.json --load zone --log-json zone.jsonl >/dev/null 2>>err
+run 4 "${a[@]}" --config z4.json --load zone --log-json zone-to-4.jsonl >/dev/null 2>>err \
+    && close_losses zone.jsonl zone-to-4.jsonl 11 20 2>>err \
+    && ok "ZeRO-2 saved on 1 rank, resumed on 4: the 1-rank losses within 1e-5" || notok "ZeRO-2 1 -> 4: $(head -c 400 err)"
+
+# ---- 3. SIGKILL during saves ----------------------------------------------------------------------
+cfg 8 "" 0 > k.json
+net '' | sed 's/"dim": 32/"dim": 128/; s/"out": 128/"out": 512/; s/"out": 32}/"out": 128}/' > big.json
+kargs=(big.json --config k.json --data text.txt --quiet --save K --keep_last 3 --save_interval 1)
+run 1 big.json --config k.json --data text.txt --quiet --steps 200 --log-json straight.jsonl >/dev/null 2>err
+kills=0 midsave=0 bad=""
+for i in $(seq 1 14); do
+    touch mark; sleep 0.01
+    "$B/ds-train" "${kargs[@]}" --load K --steps 200 --log-json "k$i.jsonl" >"kout$i" 2>"kerr$i" &
+    pid=$!
+    # kill at a random point once the run is training (a loaded machine starts it slowly)
+    for _ in $(seq 1 200); do [ -s "k$i.jsonl" ] && break; sleep 0.05; done
+    sleep "$(printf '0.%02d' $((RANDOM % 30)))"
+    kill -9 $pid 2>/dev/null && kills=$((kills + 1))
+    wait $pid 2>/dev/null
+    [ -n "$(find K -maxdepth 1 -name '.tmp.*' -newer mark 2>/dev/null)" ] && midsave=$((midsave + 1))
+    if [ -e K/latest ] && ! "$B/ds-ckpt" verify K >"v$i" 2>&1; then bad="kill $i: $(head -c 300 "v$i")"; break; fi
+done
+"$B/ds-train" "${kargs[@]}" --load K --steps 200 --log-json kfinal.jsonl >kout 2>kerr \
+    || bad="$bad final resume: $(head -c 300 kerr)"
+grep -q "ds-train: --load:" kerr* && bad="$bad a resume failed: $(grep -h "ds-train: --load:" kerr* | head -c 300)"
+resumes=$(cat kout* | grep -c "^resumed from K/global_step")
+[ "$resumes" -ge 2 ] || bad="$bad only $resumes resumes"
+if [ -z "$bad" ] && "$B/ds-ckpt" verify K >v 2>&1 &&
+   same_losses straight.jsonl "$(ls k[0-9]*.jsonl | sort -V | paste -sd,),kfinal.jsonl" 200 2>err; then
+    ok "$kills SIGKILLs ($midsave inside a save): each time latest named a verified checkpoint and the next run resumed from the newest ($resumes resumes); the pieces give the straight run's losses bit for bit"
+else notok "kills: $bad $(head -c 300 err)"; fi
+[ "$(ls K | grep -c global_step)" = 3 ] && ok "--keep_last 3 keeps 3 checkpoints" || notok "--keep_last: $(ls K)"
+
+# ---- 4. damage and a full disk ---------------------------------------------------------------------
+cp -r z0-fp32-1-r dmg
+f=dmg/global_step20/zero_pp_rank_0_mp_rank_00_optim_states.safetensors
+python3 -c "
+import sys; b=bytearray(open('$f','rb').read()); b[5000]^=4; open('$f','wb').write(b)"
+if "$B/ds-ckpt" verify dmg >out 2>&1; then notok "verify passed a flipped bit"
+elif grep -q "$f: checksum mismatch" out; then ok "verify: a flipped bit fails, naming the file"
+else notok "verify (flip): $(head -c 300 out)"; fi
+a=(drop.json --config c.json --data text.txt --quiet --steps 30)
+cfg 8 "" 0 1 > c.json
+if run 1 "${a[@]}" --load dmg >out 2>&1; then notok "load accepted a flipped bit"
+elif grep -q "$f: checksum mismatch" out; then ok "ds-train --load refuses a flipped bit, naming the file"
+else notok "load (flip): $(head -c 300 out)"; fi
+cp -r z0-fp32-1-r trunc
+f=trunc/global_step20/mp_rank_00_model_states.safetensors
+truncate -s -100 $f
+if "$B/ds-ckpt" verify trunc >out 2>&1; then notok "verify passed a truncated file"
+elif grep -q "$f: .* bytes, expected .* (truncated" out; then ok "verify: a truncated file fails, naming the file"
+else notok "verify (truncated): $(head -c 300 out)"; fi
+mkdir full
+if mount -t tmpfs -o size=1m tmpfs full 2>/dev/null; then
+    MNT=$T/full
+    run 1 drop.json --config c.json --data text.txt --quiet --steps 10 --save full/ck >/dev/null 2>err
+    run 1 drop.json --config c.json --data text.txt --quiet --steps 20 --load full/ck --save full/ck --save_interval 1 >/dev/null 2>err2
+    rc=$?
+    if [ $rc != 0 ] && grep -q "No space left on device" err2 && grep -q "the last checkpoint, full/ck/$(cat full/ck/latest), is intact" err2 && [ "$(cat full/ck/latest)" != "" ] &&
+       "$B/ds-ckpt" verify full/ck >v 2>&1 && ! ls -a full/ck | grep -q '^\.tmp\.'; then
+        ok "a full disk: the save fails with \"$(grep -o 'No space left on device' err2 | head -1)\"; $(cat full/ck/latest) stays intact, no leftovers"
+    else notok "full disk: rc $rc: $(head -c 300 err2) $(cat v)"; fi
+    umount full && MNT=""
+else
+    ok "# SKIP a full disk: mounting a tmpfs is not permitted here"
+fi
+
+# ---- 5. ds-ckpt inspect, merge, convert; refusals --------------------------------------------------
+"$B/ds-ckpt" inspect z0-fp16-2-r >out 2>&1 && grep -q "global_step20 .*step 20, samples 160.*dp 2, mp 1, zero stage 0, fp16" out \
+    && grep -q "h.0.fc.weight .*F32 .*\[128, 32\]" out \
+    && ok "inspect: tags, step, world sizes, stage, precision, tensor table" || notok "inspect: $(head -c 300 out)"
+d=z0-fp32-1-r
+for dt in fp32 fp16 bf16; do "$B/ds-ckpt" convert $d w-$dt.safetensors --dtype $dt >/dev/null 2>err || notok "convert $dt: $(cat err)"; done
+"$B/ds-ckpt" merge $d merged.safetensors --optimizer >/dev/null 2>err || notok "merge: $(cat err)"
+if /usr/bin/python3 - $d <<'EOF' 2>err; then ok "PyTorch reads convert's fp32/fp16/bf16 files by name; merge --optimizer holds every moment"; else notok "torch: $(tail -c 400 err)"; fi
+import json, struct, sys, torch
+def read(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    dt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__": continue
+        s, e = v["data_offsets"]
+        out[k] = torch.frombuffer(bytearray(b[8 + n + s:8 + n + e]), dtype=dt[v["dtype"]]).reshape(v["shape"])
+    return out
+ref = read(sys.argv[1] + "/global_step20/mp_rank_00_model_states.safetensors")
+for dt, tol in (("fp32", 0), ("fp16", 1e-3), ("bf16", 8e-3)):
+    w = read("w-%s.safetensors" % dt)
+    assert set(w) == set(ref), (dt, set(w) ^ set(ref))
+    for k in ref:
+        assert w[k].shape == ref[k].shape
+        assert torch.allclose(w[k].float(), ref[k], rtol=tol, atol=tol) if tol else torch.equal(w[k], ref[k]), (dt, k)
+m = read("merged.safetensors")
+assert all(torch.equal(m[k], ref[k]) for k in ref)
+assert len(m) == 3 * len(ref) and m["optimizer.exp_avg_sq.wte.weight"].shape == ref["wte.weight"].shape
+EOF
+"$B/ds-ckpt" convert $d w-fp32.safetensors >/dev/null 2>err; rc=$?
+[ $rc = 1 ] && grep -q "exists; not overwriting it (use --force)" err && ok "convert refuses to overwrite without --force" \
+    || notok "overwrite: rc $rc $(cat err)"
+"$B/ds-train" drop.json --config c.json --data text.txt --save_interval 5 >/dev/null 2>err; rc=$?
+[ $rc = 2 ] && grep -q -- "--save_interval and --keep_last need --save" err && ok "--save_interval without --save is refused" \
+    || notok "flags: rc $rc $(cat err)"
+tap_summary
