@@ -34,11 +34,11 @@ common=(net.json --data text.txt --steps 20 --data-order sequential --quiet)
     && ok "1 rank x micro-batch 8" || notok "1 rank x micro-batch 8: $(head -c 300 err1)"
 "$B/ds-train" "${common[@]}" --config gas4.json --log-json gas.jsonl >/dev/null 2>err2 \
     && ok "1 rank x micro-batch 2 x 4 accumulation steps" || notok "accumulation run: $(head -c 300 err2)"
-"$B/ds-launch" --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb2.json \
+"$B/ds-launch" --master_port 0 --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb2.json \
     --log-json four.jsonl >/dev/null 2>err4 && ok "ds-launch: 4 ranks x micro-batch 2" || notok "4 ranks: $(head -c 300 err4)"
-"$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb4.json \
+"$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb4.json \
     --log-json two.jsonl >/dev/null 2>err3 && ok "ds-launch: 2 ranks x micro-batch 4, gradient_predivide_factor 2" || notok "2 ranks: $(head -c 300 err3)"
-"$B/ds-launch" --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config pre.json \
+"$B/ds-launch" --master_port 0 --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config pre.json \
     --log-json pre.jsonl >/dev/null 2>err5 && ok "ds-launch: 4 ranks, prescale_gradients" || notok "prescale: $(head -c 300 err5)"
 
 # --no_ssh: one ds-launch per "node" (here both on this machine), sharing DS_JOB_SECRET

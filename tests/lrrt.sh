@@ -209,7 +209,7 @@ echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "optimizer": 
 echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > two.json
 common=(net.json --data "$TEXT" --data-order sequential --min 1e-4 --max 1e-1 --steps 12)
 "$L" "${common[@]}" --config one.json --out r1 --quiet >/dev/null 2>err1 || notok "1 rank: $(head -c 300 err1)"
-if "$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$L" "${common[@]}" --config two.json --out r2 > r2.out 2>err2; then
+if "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$L" "${common[@]}" --config two.json --out r2 > r2.out 2>err2; then
     ok "ds-launch: a range test on 2 ranks"
 else
     notok "2 ranks: $(head -c 300 err2)"

@@ -65,7 +65,7 @@ done
 # A 2-rank fp16 job: +inf in rank 1's gradient at step 4 is seen by both ranks.
 echo "{\"train_micro_batch_size_per_gpu\": 2, \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.001}},
   \"fp16\": {\"enabled\": true, \"initial_scale_power\": 8, \"hysteresis\": 1}, \"seed\": 3}" > dp16.json
-if "$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "$S/share/configs/gpt-tiny.json" \
+if "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "$S/share/configs/gpt-tiny.json" \
     --config dp16.json --data $data --steps 8 --data-order sequential --inject-grad-inf 4:1 \
     --log-json 'rank{rank}.jsonl' >out.dp 2>err.dp; then
     if out=$(python3 - 2>&1 <<'PYEOF'

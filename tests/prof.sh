@@ -130,7 +130,7 @@ cat > gpt.json <<'EOF'
 EOF
 echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "allreduce_bucket_size": 5000, "steps_per_print": 3,
  "optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "seed": 7}' > dp.json
-"$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" gpt.json --config dp.json --data text.txt \
+"$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" gpt.json --config dp.json --data text.txt \
     --steps 8 --data-order sequential --quiet --prof_db two.db >/dev/null 2>err7 \
     && ok "ds-launch: 2 ranks with --prof_db" || notok "2 ranks: $(head -c 300 err7)"
 is "both ranks' steps in one database (8 each)" \
@@ -146,7 +146,7 @@ is "bwd_allreduce covers the collectives' time, and bwd = bwd_inner + bwd_allred
 is "two rank rows, two processes; the run says world 2, done" \
     "$(q two.db "SELECT count(*), count(DISTINCT pid), (SELECT world_size || status FROM run) FROM rank")" "2|2|2done"
 before=$(cksum < two.db)
-"$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" gpt.json --config dp.json --data text.txt \
+"$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" gpt.json --config dp.json --data text.txt \
     --steps 2 --quiet --prof_db two.db >out9 2>err9
 rc=$?
 if [ $rc = 2 ] && grep -q -- "--prof_db two.db: exists; not overwriting it (use --force)" err9 \

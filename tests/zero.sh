@@ -40,7 +40,7 @@ run() { # run NAME RANKS: log NAME.jsonl, memory lines in NAME.out
     if [ "$2" = 1 ]; then
         "$B/ds-train" "${common[@]}" --config "$1.json" --log-json "$1.jsonl" >"$1.out" 2>"$1.err"
     else
-        "$B/ds-launch" --num_gpus "$2" --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" \
+        "$B/ds-launch" --master_port 0 --num_gpus "$2" --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" \
             --config "$1.json" --log-json "$1.jsonl" >"$1.out" 2>"$1.err"
     fi
 }
@@ -150,7 +150,7 @@ done
 
 # overflow in stage 2: rank 1's partition gets an inf at step 5; both ranks skip step 5
 cfg ov 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 10, "hysteresis": 1}'
-if "$B/ds-launch" --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config ov.json \
+if "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config ov.json \
     --inject-grad-inf 5:1 --log-json 'ov{rank}.jsonl' >ov.out 2>ov.err; then
     if out=$(python3 - 2>&1 <<'PYEOF'
 import json, sys
