@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "ds/backend.h"
+#include "ds/ckpt.h"
 #include "ds/optim.h"
 #include "ds/safetensors.h"
 #include "ds/sched.h"
@@ -253,16 +254,10 @@ static void record_collective(ds_engine *e, const char *what, int64_t elements, 
 
 /* Partitions: the flat buffer of N elements is padded to Np, a multiple of 16 * W (every
  * partition starts 64-byte aligned), and rank r owns [r P, min((r+1) P, N)) with P = Np / W;
- * the padding is never stored. */
-#define DS_ZERO_ALIGN 16
-
+ * the padding is never stored. One rule for training and checkpoints: lib/ckpt has it. */
 void ds_zero_partition(int64_t n, int world, int rank, int64_t *begin, int64_t *end)
 {
-    int64_t unit = (int64_t)DS_ZERO_ALIGN * world;
-    int64_t P = (n + unit - 1) / unit * unit / world;
-    int64_t b = P * rank, e = P * (rank + 1);
-    *begin = b < n ? b : n;
-    *end = e < n ? e : n;
+    ds_ckpt_partition_range(n, world, rank, begin, end);
 }
 
 /* Blocks of the bucket [b0, b1) owned by each rank, relative to b0. */
