@@ -37,7 +37,7 @@ struct ds_engine {
     int applied;
     int check_overflow;    /* fp16, or bf16 with check_grad_overflow */
     /* ZeRO (stage 1: optimizer state and master weights partitioned; 2: gradients too). This
-     * rank owns flat elements [pbeg, pend) (ckpt-zero.md 4.1; DS_ZERO_ALIGN below). */
+     * rank owns flat elements [pbeg, pend) (ckpt-zero.md 4.1; ds_zero_partition below). */
     int zero, plan_only;
     int64_t zP, pbeg, pend;
     size_t *zoff, *zlen;   /* per-rank blocks of one bucket (world_size entries each) */
