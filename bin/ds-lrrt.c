@@ -1035,25 +1035,12 @@ int main(int argc, char **argv)
     /* Under ds-launch with WORLD_SIZE > 1: data parallelism, as in ds-train; rank 0 alone
      * prints and writes the outputs. */
     ds_store *store = NULL;
-    const char *ws = getenv("WORLD_SIZE");
-    if (ws && atoi(ws) > 1) {
-        ds_store_options so;
-        ds_status sst = ds_store_options_from_env(&so, &err);
-        if (sst == DS_OK)
-            sst = ds_store_open(&store, &so, &err);
-        if (sst == DS_OK)
-            sst = ds_comm_cpu_create(&j.comm, store, 0, &err);
-        if (sst != DS_OK) {
-            fprintf(stderr, "ds-lrrt: %s\n", err.msg);
-            if (store)
-                ds_store_close(store);
-            return 1;
-        }
-        j.rank = so.rank;
-        j.world = so.world_size;
-        if (j.rank != 0)
-            a.quiet = 1;
+    if (ds_dist_join_from_env(&store, &j.comm, &j.rank, &j.world, &err) != DS_OK) {
+        fprintf(stderr, "ds-lrrt: %s\n", err.msg);
+        return 1;
     }
+    if (j.rank != 0)
+        a.quiet = 1;
     json_object *root = read_config(a.config);
     if (!root)
         rc = 2;

@@ -626,22 +626,11 @@ int main(int argc, char **argv)
     int rank = 0, world = 1, save_rank0_only = 0;
     ds_store *store = NULL;
     ds_comm *comm = NULL;
-    const char *ws = getenv("WORLD_SIZE");
-    if (ws && atoi(ws) > 1) {
-        ds_store_options so;
-        ds_status sst = ds_store_options_from_env(&so, &err);
-        if (sst == DS_OK)
-            sst = ds_store_open(&store, &so, &err);
-        if (sst == DS_OK)
-            sst = ds_comm_cpu_create(&comm, store, 0, &err);
-        if (sst != DS_OK) {
-            fprintf(stderr, "ds-train: %s\n", err.msg);
-            if (store)
-                ds_store_close(store);
-            return 1;
-        }
-        rank = so.rank;
-        world = so.world_size;
+    if (ds_dist_join_from_env(&store, &comm, &rank, &world, &err) != DS_OK) {
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+        return 1;
+    }
+    if (world > 1) {
         if (rank != 0) {
             a.quiet = 1;
             save_rank0_only = 1; /* decided with the config below */

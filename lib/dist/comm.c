@@ -537,3 +537,31 @@ ds_status ds_comm_cpu_create(ds_comm **out, ds_store *store, double timeout_s, d
 {
     return ds_comm_cpu_create_group(out, store, NULL, 0, timeout_s, err);
 }
+
+/* ---- joining a launched job --------------------------------------------------------------- */
+
+ds_status ds_dist_join_from_env(ds_store **store, ds_comm **comm, int *rank, int *world, ds_error *err)
+{
+    *store = NULL;
+    *comm = NULL;
+    *rank = 0;
+    *world = 1;
+    const char *ws = getenv("WORLD_SIZE");
+    if (!ws || atoi(ws) <= 1)
+        return DS_OK;
+    ds_store_options so;
+    ds_status st = ds_store_options_from_env(&so, err);
+    if (st == DS_OK)
+        st = ds_store_open(store, &so, err);
+    if (st == DS_OK)
+        st = ds_comm_cpu_create(comm, *store, 0, err);
+    if (st != DS_OK) {
+        if (*store)
+            ds_store_close(*store);
+        *store = NULL;
+        return st;
+    }
+    *rank = so.rank;
+    *world = so.world_size;
+    return DS_OK;
+}

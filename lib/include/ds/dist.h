@@ -113,6 +113,12 @@ ds_status ds_comm_cpu_create(ds_comm **out, ds_store *store, double timeout_s, d
 ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ranks,
                                    int num_ranks, double timeout_s, ds_error *err);
 
+/* The data-parallel job a process started by ds-launch belongs to: with WORLD_SIZE > 1 in the
+ * environment, the rendezvous store (MASTER_ADDR, MASTER_PORT, RANK, DS_JOB_SECRET, ...) and the
+ * CPU communicator over the world (a collective call); otherwise *store and *comm are NULL and
+ * the process is rank 0 of 1. Close with ds_comm_destroy, then ds_store_close. */
+ds_status ds_dist_join_from_env(ds_store **store, ds_comm **comm, int *rank, int *world, ds_error *err);
+
 /* Checked wrappers over c->ops. */
 ds_status ds_comm_all_reduce(ds_comm *c, float *buf, size_t count, ds_reduce_op op,
                              ds_error *err);
