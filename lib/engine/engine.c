@@ -39,7 +39,7 @@ struct ds_engine {
     /* ZeRO (stage 1: optimizer state and master weights partitioned; 2: gradients too). This
      * rank owns flat elements [pbeg, pend) (ckpt-zero.md 4.1; ds_zero_partition below). */
     int zero, plan_only;
-    int64_t zP, pbeg, pend;
+    int64_t pbeg, pend;
     size_t *zoff, *zlen;   /* per-rank blocks of one bucket (world_size entries each) */
     float *gpart;          /* stage 2: this rank's averaged gradient partition */
     int master_owned;      /* master is its own allocation (not an alias of params) */
