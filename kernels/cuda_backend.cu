@@ -222,6 +222,7 @@ static const ds_backend_ops cuda_ops = {
     /* .round16 = */ ds_cuda_round16,
     /* .adagrad_step = */ ds_cuda_adagrad_step,
     /* .lamb_step = */ ds_cuda_lamb_step,
+    /* .set_precision = */ ds_cuda_set_precision,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as

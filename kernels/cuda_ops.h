@@ -80,6 +80,8 @@ ds_status ds_cuda_adagrad_step(ds_backend *b, float *p, const float *g, float *s
 ds_status ds_cuda_lamb_step(ds_backend *b, float *p, const float *g, float *m, float *v,
                             const ds_lamb_args *a);
 ds_status ds_cuda_round16(ds_backend *b, float *x, int64_t n, int mode);
+/* matmul.cu */
+ds_status ds_cuda_set_precision(ds_backend *b, int round_mode);
 
 #ifdef __cplusplus
 }

@@ -1,8 +1,59 @@
 /* Linear layers through cuBLAS (TF32 tensor cores unless DS_CUDA_TF32=0, set on the handle).
  * cuBLAS is column-major and our matrices are row-major: a row-major A[r, c] is the
  * column-major A^T, so every product below is written for the transposes. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+
+/* ---- 16-bit products ------------------------------------------------------------------------
+ * In fp16/bf16 training every input of a linear layer's products (activations, weights and
+ * activation gradients) is already a value of the 16-bit format (the engine rounds them), so
+ * converting them is exact and a bf16/fp16 GEMM with fp32 accumulation computes what the fp32
+ * GEMM would, on the tensor cores. */
+
+extern "C" ds_status ds_cuda_set_precision(ds_backend *b, int round_mode)
+{
+    if (round_mode != 0 && round_mode != DS_ROUND_BF16 && round_mode != DS_ROUND_FP16)
+        return ds_cuda_error(b, DS_ERR_INVALID, "set_precision: unknown mode %d", round_mode);
+    DS_CUDA(b)->gemm16 = round_mode;
+    return DS_OK;
+}
+
+__global__ void to_bf16_k(const float *x, __nv_bfloat16 *y, int64_t n)
+{
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16_rn(x[i]);
+}
+
+__global__ void to_fp16_k(const float *x, __half *y, int64_t n)
+{
+    GRID_STRIDE(i, n) y[i] = __float2half_rn(x[i]);
+}
+
+/* x[n] as 16-bit values at dst (2 bytes each) */
+static ds_status to16(ds_backend *b, const float *x, void *dst, int64_t n)
+{
+    if (n <= 0)
+        return DS_OK;
+    if (DS_CUDA(b)->gemm16 == DS_ROUND_BF16)
+        to_bf16_k<<<grid_for(b, n, 256), 256, 0, STREAM(b)>>>(x, (__nv_bfloat16 *)dst, n);
+    else
+        to_fp16_k<<<grid_for(b, n, 256), 256, 0, STREAM(b)>>>(x, (__half *)dst, n);
+    LAUNCHED("to16_k");
+    return DS_OK;
+}
+
+/* C (fp32, column-major) = alpha op(A) op(B) + beta C with A, B 16-bit */
+static ds_status gemm16(ds_backend *b, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                        const float *alpha, const void *A, int lda, const void *B, int ldb,
+                        const float *beta, float *C, int ldc)
+{
+    cudaDataType t = DS_CUDA(b)->gemm16 == DS_ROUND_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    BLAS_TRY(cublasGemmEx(DS_CUDA(b)->blas, ta, tb, m, n, k, alpha, A, t, lda, B, t, ldb, beta, C, CUDA_R_32F,
+                          ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return DS_OK;
+}
 
 /* y[m, n] += bias[n]; blocks of 256 columns x a grid-stride over rows */
 __global__ void bias_add_k(float *y, const float *bias, int64_t M, int64_t N)
@@ -33,6 +84,15 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
     const float one = 1.0f, zero = 0.0f;
     if (K == 0) {
         CU_TRY(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), STREAM(b)));
+    } else if (DS_CUDA(b)->gemm16) {
+        char *s16 = (char *)ds_cuda_scratch(b, (size_t)(M * K + N * K) * 2);
+        if (!s16)
+            return DS_ERR_NOMEM;
+        void *x16 = s16, *w16 = s16 + (size_t)(M * K) * 2;
+        if ((st = to16(b, x, x16, M * K)) != DS_OK || (st = to16(b, w, w16, N * K)) != DS_OK ||
+            (st = gemm16(b, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w16, (int)K, x16, (int)K,
+                         &zero, y, (int)N)) != DS_OK)
+            return st;
     } else {
         BLAS_TRY(cublasSgemm(DS_CUDA(b)->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one,
                              w, (int)K, x, (int)K, &zero, y, (int)N));
@@ -57,6 +117,26 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
         return st;
     cublasHandle_t h = DS_CUDA(b)->blas;
     const float one = 1.0f, zero = 0.0f;
+    if (DS_CUDA(b)->gemm16 && M > 0 && K > 0 && N > 0 && (dx || dw)) {
+        /* dY, W and X as 16-bit values, then the same two products as below */
+        char *s16 = (char *)ds_cuda_scratch(b, (size_t)(M * N + N * K + M * K) * 2);
+        if (!s16)
+            return DS_ERR_NOMEM;
+        void *dy16 = s16, *w16 = s16 + (size_t)(M * N) * 2, *x16 = s16 + (size_t)(M * N + N * K) * 2;
+        if ((st = to16(b, dy, dy16, M * N)) != DS_OK)
+            return st;
+        if (dx && ((st = to16(b, w, w16, N * K)) != DS_OK ||
+                   (st = gemm16(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w16, (int)K, dy16,
+                                (int)N, accumulate ? &one : &zero, dx, (int)K)) != DS_OK))
+            return st;
+        if (dw && ((st = to16(b, x, x16, M * K)) != DS_OK ||
+                   (st = gemm16(b, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, x16, (int)K, dy16,
+                                (int)N, &one, dw, (int)K)) != DS_OK))
+            return st;
+        if (dbias)
+            return ds_cuda_colsum_acc(b, dy, dbias, M, N);
+        return DS_OK;
+    }
     if (dx && M > 0 && K > 0) {
         if (N == 0) {
             if (!accumulate)

@@ -221,12 +221,19 @@ Test(cuda, bad_device_number)
 
 /* ---- linear ------------------------------------------------------------------------------ */
 
-static void linear_case(ctx *c, int64_t M, int64_t K, int64_t N, int with_bias)
+/* round: 0, or a ds_round_mode: the GPU multiplies in that 16-bit format (set_precision) and
+ * every input is first rounded to it, as the engine's 16-bit training guarantees */
+static void linear_case_r(ctx *c, int64_t M, int64_t K, int64_t N, int with_bias, int round)
 {
     char what[128];
     float *x = hrandn(c, M * K, 0, 1), *w = hrandn(c, N * K, 0, 1);
     float *bias = with_bias ? hrandn(c, N, 0, 1) : NULL;
     float *y = hbuf(M * N);
+    if (round) {
+        CALL(c->cpu, round16, x, M * K, round);
+        CALL(c->cpu, round16, w, N * K, round);
+        CALL(c->gpu, set_precision, round);
+    }
     CALL(c->cpu, linear_fwd, x, w, bias, y, M, K, N);
     float *dx_ = devf(c, x, M * K), *dw_ = devf(c, w, N * K), *db_ = bias ? devf(c, bias, N) : NULL;
     float *dy_ = dpoison(c, M * N);
@@ -236,6 +243,8 @@ static void linear_case(ctx *c, int64_t M, int64_t K, int64_t N, int with_bias)
     check_dev(c, what, dy_, y, M * N, gemm_tol(c));
 
     float *g = hrandn(c, M * N, 0, 1);
+    if (round)
+        CALL(c->cpu, round16, g, M * N, round);
     float *g_ = devf(c, g, M * N);
     for (int acc = 0; acc <= 1; acc++) {
         float *gx = acc ? hrandn(c, M * K, 0, 1) : hfill(M * K, 0.0f);
@@ -273,6 +282,25 @@ static void linear_case(ctx *c, int64_t M, int64_t K, int64_t N, int with_bias)
     free(g);
     free(gx);
     free(gw);
+    if (round)
+        CALL(c->gpu, set_precision, 0);
+}
+
+static void linear_case(ctx *c, int64_t M, int64_t K, int64_t N, int with_bias)
+{
+    linear_case_r(c, M, K, N, with_bias, 0);
+}
+
+/* bf16 and fp16 tensor-core products on 16-bit inputs: the fp32 answers (fp32 accumulation) */
+Test(cuda, linear_bf16_fp16)
+{
+    ctx c;
+    open_ctx(&c, 0);
+    linear_case_r(&c, 333, 190, 257, 1, DS_ROUND_BF16);
+    linear_case_r(&c, 64, 768, 300, 0, DS_ROUND_BF16);
+    linear_case_r(&c, 333, 190, 257, 1, DS_ROUND_FP16);
+    linear_case_r(&c, 1, 7, 3, 0, DS_ROUND_FP16);
+    close_ctx(&c);
 }
 
 Test(cuda, linear_tf32)
@@ -847,9 +875,15 @@ static const char *tiny_cfg =
 #define TINY_STEPS 20
 
 /* Losses and grad norms of TINY_STEPS steps on a fixed text-like byte stream. */
-static void train_tiny(const char *backend, double *losses, double *norms)
+static const char *tiny_cfg_bf16 =
+    "{\"train_micro_batch_size_per_gpu\": 4, \"gradient_accumulation_steps\": 2,"
+    " \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.001, \"betas\": [0.9, 0.95],"
+    " \"eps\": 1e-8, \"weight_decay\": 0.1}}, \"gradient_clipping\": 1.0, \"seed\": 1234,"
+    " \"bf16\": {\"enabled\": true}}";
+
+static void train_tiny_cfg(const char *backend, const char *cfg, double *losses, double *norms)
 {
-    ds_engine_options o = {.config_json = tiny_cfg, .config_name = "tiny.ds.json", .net_json = tiny_net,
+    ds_engine_options o = {.config_json = cfg, .config_name = "tiny.ds.json", .net_json = tiny_net,
                            .net_name = "tiny.json", .backend = backend};
     ds_engine *e;
     ds_error err = {0};
@@ -879,21 +913,21 @@ static void train_tiny(const char *backend, double *losses, double *norms)
     ds_engine_destroy(e);
 }
 
-static void tiny_gpt_case(int tf32, double tol)
+static void tiny_gpt_case_cfg(int tf32, double tol, const char *cfg, const char *tag)
 {
     ctx c;
     open_ctx(&c, tf32); /* only for the skip and DS_CUDA_TF32 */
     close_ctx(&c);
     double lc[TINY_STEPS], lg[TINY_STEPS], nc[TINY_STEPS], ng[TINY_STEPS];
-    train_tiny("cpu", lc, nc);
-    train_tiny("cuda", lg, ng);
+    train_tiny_cfg("cpu", cfg, lc, nc);
+    train_tiny_cfg("cuda", cfg, lg, ng);
     double worst = 0, worst_norm = 0;
     for (int s = 0; s < TINY_STEPS; s++) {
         double d = fabs(lg[s] - lc[s]) / fabs(lc[s]);
         double dn = fabs(ng[s] - nc[s]) / fabs(nc[s]);
         if (verbose())
             fprintf(stderr, "  tiny GPT (%s) step %2d: loss cpu %.6f cuda %.6f (rel %.1e); grad norm cpu %.5f cuda %.5f\n",
-                    tf32 ? "TF32" : "fp32", s + 1, lc[s], lg[s], d, nc[s], ng[s]);
+                    tag, s + 1, lc[s], lg[s], d, nc[s], ng[s]);
         cr_expect(isfinite(lg[s]) && d <= tol, "step %d: loss cuda %.7g, cpu %.7g: relative %.3g > %.3g", s + 1, lg[s],
                   lc[s], d, tol);
         if (d > worst)
@@ -905,7 +939,20 @@ static void tiny_gpt_case(int tf32, double tol)
               lg[TINY_STEPS - 1]);
     fprintf(stderr, "tiny GPT, %d steps, %s GEMMs: largest relative loss difference cuda vs cpu %.2e (bound %.0e), "
                     "grad norm %.2e; loss %.4f -> %.4f\n",
-            TINY_STEPS, tf32 ? "TF32" : "fp32", worst, tol, worst_norm, lg[0], lg[TINY_STEPS - 1]);
+            TINY_STEPS, tag, worst, tol, worst_norm, lg[0], lg[TINY_STEPS - 1]);
+}
+
+static void tiny_gpt_case(int tf32, double tol)
+{
+    tiny_gpt_case_cfg(tf32, tol, tiny_cfg, tf32 ? "TF32" : "fp32");
+}
+
+/* bf16 training: 16-bit tensor-core products on the GPU, fp32 products of the same bf16 values
+ * on the CPU; the activations are rounded to bf16 (8 bits of mantissa) at every layer, so a
+ * last-bit difference in a sum can flip a rounding: the bound is that of TF32 */
+Test(cuda, tiny_gpt_bf16_follows_cpu, .timeout = 600)
+{
+    tiny_gpt_case_cfg(0, 3e-2, tiny_cfg_bf16, "bf16");
 }
 
 /* fp32 GEMMs: the two backends differ only by rounding; over 20 AdamW steps that stays small */

@@ -723,6 +723,11 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                           e->round == DS_ROUND_FP16 ? "fp16" : "bf16", e->be->ops->name);
         goto fail;
     }
+    if (e->round && e->be->ops->set_precision &&
+        (st = e->be->ops->set_precision(e->be, e->round)) != DS_OK) {
+        backend_err(e, st, err);
+        goto fail;
+    }
     ds_loss_scaler_init(&e->scaler, &e->cfg.fp16, e->cfg.precision);
     e->step_scale = e->scaler.scale;
     e->check_overflow = e->cfg.precision == DS_PREC_FP16 ||

@@ -398,3 +398,50 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
         gemm1(h->tf32, ta, tb, m, n, k, *alpha, A + i * sA, lda, B + i * sB, ldb, *beta, C + i * sC, ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
+
+/* 16-bit element i of a column-major matrix as float */
+static float from16(const void *p, cudaDataType t, size_t i)
+{
+    unsigned short h;
+    memcpy(&h, (const char *)p + 2 * i, 2);
+    if (t == CUDA_R_16BF) {
+        uint32_t u = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+    if (e == 0x1f)
+        u = sign | 0x7f800000u | (m << 13);
+    else if (e)
+        u = sign | ((e + 112) << 23) | (m << 13);
+    else { /* subnormal: m * 2^-24 */
+        float f = (float)m / 16777216.0f;
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t compute, cublasGemmAlgo_t algo)
+{
+    (void)h;
+    (void)algo;
+    if (bad_args(ta, tb, m, n, k, lda, ldb, ldc) || Ctype != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F ||
+        (Atype != CUDA_R_16BF && Atype != CUDA_R_16F) || Btype != Atype)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
+    std::vector<float> a(na), bb(nb);
+    for (size_t i = 0; i < na; i++)
+        a[i] = from16(A, Atype, i);
+    for (size_t i = 0; i < nb; i++)
+        bb[i] = from16(B, Btype, i);
+    gemm1(0, ta, tb, m, n, k, *(const float *)alpha, a.data(), lda, bb.data(), ldb, *(const float *)beta,
+          (float *)C, ldc);
+    return CUBLAS_STATUS_SUCCESS;
+}

@@ -175,6 +175,11 @@ typedef struct ds_backend_ops {
     /* Two passes per tensor (the trust ratio needs the norm of the whole update). */
     ds_status (*lamb_step)(ds_backend *b, float *p, const float *g, float *m, float *v,
                            const ds_lamb_args *a);
+    /* Optional: the engine trains in 16-bit numerics (a ds_round_mode; 0: fp32), so every input
+     * of a linear layer's products is a value of that format and the backend may multiply in
+     * it (fp32 accumulation) without changing a value: the CUDA backend then uses bf16/fp16
+     * tensor-core GEMMs. */
+    ds_status (*set_precision)(ds_backend *b, int round_mode);
 } ds_backend_ops;
 
 struct ds_backend {
