@@ -179,6 +179,13 @@ for n in 2 4; do
         else notok "overlap_comm $n ranks: $out"; fi
     else notok "overlap_comm $n ranks failed: $(head -c 300 oc$n.err)"; fi
 done
+# with gradient accumulation the next micro-batch's backward must wait for the buckets it reuses:
+# two runs give the same bits, and the 1-rank losses
+cfg oca 2 2 8
+sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' oca.json
+if run oca 2 && mv oca.jsonl oca1.jsonl && run oca 2 && same oca1 oca 0 >/dev/null 2>&1 && out=$(same ref oca 1e-5 2>&1); then
+    ok "stage 2 with overlap_comm, 2 ranks x 2 accumulation steps: deterministic, losses as 1 rank ($out)"
+else notok "overlap_comm with accumulation: ${out:-not deterministic or failed: $(head -c 300 oca.err)}"; fi
 cfg ocf 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
 sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' ocf.json
 if run ocf 2 && out=$(same f0 ocf 1e-5 2>&1); then ok "fp16, stage 2 with overlap_comm: stage 0's losses ($out)"

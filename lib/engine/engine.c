@@ -440,6 +440,23 @@ static ds_status zq_drain(ds_engine *e, ds_error *err)
 /* Stage 2: a bucket's gradients are complete after the backward of the lowest layer that
  * writes any of its tensors; then it is reduced, this rank's block is added to its gradient
  * partition, and the bucket buffer is cleared for its next user. */
+/* overlap_comm: wait until the slots of the buckets that layer's backward starts writing are
+ * free (their previous bucket reduced); the first failure of the worker is returned. */
+static ds_status zq_wait_slots(ds_engine *e, int layer, ds_error *err)
+{
+    struct zqueue *q = &e->zq;
+    pthread_mutex_lock(&q->mu);
+    for (int k = 0; k < e->n_zb; k++)
+        if (e->zb_open_layer[k] == layer)
+            while (q->slot_busy[e->zb[k].slot] && q->st == DS_OK)
+                pthread_cond_wait(&q->cv, &q->mu);
+    ds_status st = q->st;
+    if (st != DS_OK && err)
+        *err = q->err;
+    pthread_mutex_unlock(&q->mu);
+    return st;
+}
+
 static ds_status zero_reduce_bucket(ds_engine *e, int k, ds_error *err)
 {
     const ds_backend_ops *ops = e->be->ops;
@@ -492,16 +509,7 @@ static ds_status zero2_hook(void *ctx, int layer, ds_error *err)
     if (!q->started || e->zero == 1)
         return DS_OK;
     /* the buckets the next layer down starts writing need their slots back */
-    pthread_mutex_lock(&q->mu);
-    for (int k = 0; k < e->n_zb; k++)
-        if (e->zb_open_layer[k] == layer - 1)
-            while (q->slot_busy[e->zb[k].slot] && q->st == DS_OK)
-                pthread_cond_wait(&q->cv, &q->mu);
-    st = q->st;
-    if (st != DS_OK && err)
-        *err = q->err;
-    pthread_mutex_unlock(&q->mu);
-    return st;
+    return zq_wait_slots(e, layer - 1, err);
 }
 
 /* Stage 2 buckets: tensors in reverse flat order (the order backward produces them) grouped
@@ -887,6 +895,13 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
     window_open(e);
     e->z1_active = e->zero == 1 && e->cfg.zero.overlap_comm && e->zq.started &&
                    ds_engine_is_gradient_accumulation_boundary(e);
+    /* overlap_comm with accumulation: the previous micro-batch's last buckets may still be
+     * reducing; the top layers' buckets must be free before backward writes them again */
+    if (e->zero == 2 && e->zq.started) {
+        ds_status wst = zq_wait_slots(e, e->net->n_layers - 1, err);
+        if (wst != DS_OK)
+            return wst;
+    }
     ds_timers_start(&e->timers, DS_TIMER_BWD);
     ds_timers_start(&e->timers, DS_TIMER_BWD_INNER);
     ds_status st = ds_model_backward(e->model, e->params, e->grads, err);
