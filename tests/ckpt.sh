@@ -143,6 +143,17 @@ run 4 "${a[@]}" --config z4.json --load zone --log-json zone-to-4.jsonl >/dev/nu
     && close_losses zone.jsonl zone-to-4.jsonl 11 20 2>>err \
     && ok "ZeRO-2 saved on 1 rank, resumed on 4: the 1-rank losses within 1e-5" || notok "ZeRO-2 1 -> 4: $(head -c 400 err)"
 
+# LAMB + fp16 + ZeRO-2 with overlap_comm on 3 ranks (uneven partitions, LAMB's per-tensor norms
+# summed over them), resumed on 2 ranks: the 3-rank run's losses
+lamb='"train_batch_size": 12, "gradient_clipping": 1.0, "seed": 7, "optimizer": {"type": "Lamb", "params": {"lr": 0.01, "weight_decay": 0.01}}, "fp16": {"enabled": true, "initial_scale_power": 10}, "zero_optimization": {"stage": 2, "reduce_bucket_size": 2000, "overlap_comm": true}'
+echo "{\"train_micro_batch_size_per_gpu\": 2, $lamb}" > l3.json
+echo "{\"train_micro_batch_size_per_gpu\": 3, $lamb}" > l2.json
+run 3 "${a[@]/20/16}" --config l3.json --save lk --save_interval 8 --log-json l3.jsonl >/dev/null 2>err
+run 2 "${a[@]/20/16}" --config l2.json --load lk --tag global_step8 --log-json l3-to-2.jsonl >/dev/null 2>>err \
+    && close_losses l3.jsonl l3-to-2.jsonl 9 16 2>>err \
+    && ok "LAMB + fp16 + ZeRO-2 + overlap_comm saved on 3 ranks, resumed on 2: the 3-rank losses within 1e-5" \
+    || notok "LAMB ZeRO-2 3 -> 2: $(head -c 400 err)"
+
 # ---- 3. SIGKILL during saves ----------------------------------------------------------------------
 cfg 8 "" 0 > k.json
 net '' | sed 's/"dim": 32/"dim": 128/; s/"out": 128/"out": 512/; s/"out": 32}/"out": 128}/' > big.json
