@@ -437,9 +437,6 @@ static ds_status zq_drain(ds_engine *e, ds_error *err)
     return st;
 }
 
-/* Stage 2: a bucket's gradients are complete after the backward of the lowest layer that
- * writes any of its tensors; then it is reduced, this rank's block is added to its gradient
- * partition, and the bucket buffer is cleared for its next user. */
 /* overlap_comm: wait until the slots of the buckets that layer's backward starts writing are
  * free (their previous bucket reduced); the first failure of the worker is returned. */
 static ds_status zq_wait_slots(ds_engine *e, int layer, ds_error *err)
@@ -457,6 +454,9 @@ static ds_status zq_wait_slots(ds_engine *e, int layer, ds_error *err)
     return st;
 }
 
+/* Stage 2: a bucket's gradients are complete after the backward of the lowest layer that
+ * writes any of its tensors; then it is reduced, this rank's block is added to its gradient
+ * partition, and the bucket buffer is cleared for its next user. */
 static ds_status zero_reduce_bucket(ds_engine *e, int k, ds_error *err)
 {
     const ds_backend_ops *ops = e->be->ops;
