@@ -39,7 +39,7 @@ static const char *usage_text =
     "  --data-order ORDER    shuffled (default) or sequential\n"
     "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
     "  --strict-config       unknown config keys are errors, not warnings\n"
-    "  --device DEV, --backend NAME   as ds-train (default: auto)\n"
+    "  --device DEV, --backend NAME   as ds-train (default: the config's \"device\", else auto)\n"
     "  --quiet               no table and no plot on standard output (outputs are still written)\n"
     "  -h, --help            this text;  --version  the version\n";
 
@@ -250,8 +250,8 @@ static int parse_args(int argc, char **argv, args *a)
     if (a->device && a->backend && strcmp(a->device, "auto") != 0 &&
         strncmp(a->backend, a->device, strlen(a->device)) != 0)
         return usage_error("--device and --backend disagree (backend \"%s\")", a->backend);
-    if (!a->backend)
-        a->backend = a->device ? a->device : "auto";
+    if (!a->backend && a->device)
+        a->backend = a->device; /* neither: the config's "device", else auto (backend_default) */
     if (!a->out)
         a->out = a->sweep ? "sweep" : "lrrt";
     return -1;
@@ -318,6 +318,7 @@ typedef struct job {
     const args *a;
     int rank, world;
     ds_comm *comm;
+    ds_store *store;
     ds_dataset *ds;
     ds_sampler sampler;
     int sampler_ready;
@@ -332,9 +333,10 @@ static ds_status open_engine(job *j, const char *config_json, ds_engine **out, d
 {
     const args *a = j->a;
     ds_engine_options eo = {.config_json = config_json, .config_name = a->config, .net_path = a->net,
-                            .backend = a->backend, .strict_config = a->strict, .micro_batch_hint = a->micro,
+                            .backend = a->backend, .backend_default = "auto", .strict_config = a->strict,
+                            .micro_batch_hint = a->micro,
                             .seed_set = a->seed_set, .seed = a->seed, .comm = j->comm, .rank = j->rank,
-                            .world_size = j->world};
+                            .world_size = j->world, .store = j->store};
     return ds_initialize(out, &eo, err);
 }
 
@@ -1035,7 +1037,9 @@ int main(int argc, char **argv)
     /* Under ds-launch with WORLD_SIZE > 1: data parallelism, as in ds-train; rank 0 alone
      * prints and writes the outputs. */
     ds_store *store = NULL;
-    if (ds_dist_join_from_env(&store, &j.comm, &j.rank, &j.world, &err) != DS_OK) {
+    int joined = ds_dist_join_from_env(&store, &j.comm, &j.rank, &j.world, &err) == DS_OK;
+    j.store = store;
+    if (!joined) {
         fprintf(stderr, "ds-lrrt: %s\n", err.msg);
         return 1;
     }

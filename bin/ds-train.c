@@ -51,8 +51,9 @@ static const char *usage_text =
     "                        and the final line report\n"
     "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
     "  --strict-config       unknown config keys are errors, not warnings\n"
-    "  --device DEV          cuda, cpu, or auto (the default: cuda when a CUDA GPU is usable,\n"
-    "                        else cpu)\n"
+    "  --device DEV          cuda, cpu, or auto (the default: the config's \"device\", else auto:\n"
+    "                        cuda when a CUDA GPU is usable, else cpu); under ds-launch each\n"
+    "                        rank uses GPU LOCAL_RANK and the ranks talk over NCCL\n"
     "  --backend NAME        cpu, cpu:avx2, cpu:generic, cuda or cuda:N (GPU N)\n"
     "  --force               overwrite existing output files\n"
     "  --inject-grad-inf S[:R]  testing: put +inf in a gradient of rank R (default 0) at optimizer\n"
@@ -278,8 +279,8 @@ static int parse_args(int argc, char **argv, args *a)
     if (a->device && a->backend && strcmp(a->device, "auto") != 0 &&
         strncmp(a->backend, a->device, strlen(a->device)) != 0)
         return fail_usage("--device and --backend disagree (backend \"%s\")", a->backend);
-    if (!a->backend)
-        a->backend = a->device ? a->device : "auto";
+    if (!a->backend && a->device)
+        a->backend = a->device; /* neither: the config's "device", else auto (backend_default) */
     if (a->summary)
         return -1;
     if (!a->config)
@@ -655,9 +656,10 @@ int main(int argc, char **argv)
     }
 
     ds_engine_options eo = {.config_path = a.config, .net_path = a.net, .backend = a.backend,
+                            .backend_default = "auto",
                             .strict_config = a.strict, .micro_batch_hint = a.micro,
                             .seed_set = a.seed_set, .seed = a.seed, .init_from = a.init_from,
-                            .comm = comm, .rank = rank, .world_size = world,
+                            .comm = comm, .rank = rank, .world_size = world, .store = store,
                             .timers = a.prof_db != NULL};
     ds_engine *eng;
     ds_status st = ds_initialize(&eng, &eo, &err);

@@ -165,6 +165,7 @@ static void cuda_destroy(ds_backend *b)
     if (c) {
         if (c->stream)
             cudaStreamSynchronize(c->stream);
+        ds_cuda_nccl_unload(b);
         if (c->blas)
             cublasDestroy(c->blas);
         if (c->scratch)
@@ -181,6 +182,13 @@ static void cuda_destroy(ds_backend *b)
 }
 
 static const char *cuda_describe(const ds_backend *b) { return DS_CUDA(b)->describe; }
+
+/* The engine's communication thread: the backend's device, current in that thread too. */
+static ds_status cuda_thread_init(ds_backend *b)
+{
+    CU_TRY(cudaSetDevice(DS_CUDA(b)->device));
+    return DS_OK;
+}
 
 static const ds_backend_ops cuda_ops = {
     /* .name = */ "cuda",
@@ -223,6 +231,9 @@ static const ds_backend_ops cuda_ops = {
     /* .adagrad_step = */ ds_cuda_adagrad_step,
     /* .lamb_step = */ ds_cuda_lamb_step,
     /* .set_precision = */ ds_cuda_set_precision,
+    /* .comm_id = */ ds_cuda_comm_id,
+    /* .comm_create = */ ds_cuda_comm_create,
+    /* .thread_init = */ cuda_thread_init,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as
@@ -241,7 +252,8 @@ static int tf32_setting(ds_error *err, int *tf32)
     return -1;
 }
 
-/* variant: NULL or "" (device 0 of CUDA_VISIBLE_DEVICES) or a device number ("cuda:1"). */
+/* variant: NULL or "" (device LOCAL_RANK of CUDA_VISIBLE_DEVICES when ds-launch set LOCAL_RANK,
+ * else device 0) or a device number ("cuda:1"). */
 EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, ds_error *err)
 {
     int tf32;
@@ -255,6 +267,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     if (count < 1)
         return err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: the CUDA runtime sees none");
     int dev = 0;
+    const char *lr = getenv("LOCAL_RANK");
     if (variant && *variant) {
         char *end;
         long v = strtol(variant, &end, 10);
@@ -264,6 +277,19 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
         if (v >= count)
             return err_set(err, DS_ERR_INVALID, "backend cuda:%ld: there are %d CUDA device(s)", v,
                            count);
+        dev = (int)v;
+    } else if (lr && *lr) { /* ds-launch (and torchrun): one rank per GPU of the node */
+        char *end;
+        long v = strtol(lr, &end, 10);
+        if (*end || end == lr || v < 0)
+            return err_set(err, DS_ERR_INVALID, "LOCAL_RANK=%s: expected a number", lr);
+        if (v >= count) {
+            const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+            return err_set(err, DS_ERR_INVALID,
+                           "LOCAL_RANK=%ld but this process sees %d CUDA device(s) (CUDA_VISIBLE_DEVICES=%s): "
+                           "one rank per GPU, so at most %d ranks on this node",
+                           v, count, vis ? vis : "(unset)", count);
+        }
         dev = (int)v;
     }
     e = cudaSetDevice(dev);

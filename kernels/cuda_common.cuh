@@ -21,6 +21,7 @@ typedef struct ds_cuda {
     size_t scratch_bytes;
     void *red;             /* device: reduction partials (RED_BLOCKS doubles) + the result */
     void *host_red;        /* pinned host: the result of a reduction */
+    struct ds_nccl_lib *nccl; /* NCCL, loaded by the first communicator (comm_nccl.cu) */
     char describe[256];
 } ds_cuda;
 

@@ -176,6 +176,18 @@ run() {
     fi
     local ltlib="$G/lib:$G/deps${cudalib:+:$cudalib}"
     say "libraries: $G/lib, $G/deps, cuBLAS from ${cudalib:-NOT FOUND}"
+    # NCCL (loaded with dlopen by the NCCL communicator test): the toolkit's, else PyTorch's wheel
+    local nccl=""
+    for d in ${cudalib:+"$cudalib"} /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu; do
+        [ -e "$d/libnccl.so.2" ] && { nccl=$d/libnccl.so.2; break; }
+    done
+    if [ -z "$nccl" ]; then
+        local sp2
+        sp2=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
+        nccl=$(find $sp2 -name 'libnccl.so.2' 2>/dev/null | head -1)
+    fi
+    say "NCCL: ${nccl:-NOT FOUND (the NCCL test will skip)}"
+    [ -n "$nccl" ] && export DS_NCCL_LIBRARY=$nccl
     # only our own programs get this library path; python3/PyTorch keep the machine's
     local module=${DS_GPU_MODULE:-$G/lib/libds-cuda.so}
     local netfile=$G/share/${DS_GPU_NET:-gpt-small.json}

@@ -208,6 +208,10 @@ Test(json, wrong_types_name_the_path)
                "gradient_clipping: expected a number >= 0, found -1", NULL);
     load_fails("{\"train_batch_size\": 8, \"seed\": -1}", 1, 0, DS_ERR_INVALID,
                "seed: expected an integer >= 0", NULL);
+    load_fails("{\"train_batch_size\": 8, \"device\": \"gpu\"}", 1, 0, DS_ERR_INVALID,
+               "device: expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", found \"gpu\"", NULL);
+    load_fails("{\"train_batch_size\": 8, \"device\": \"cuda:x\"}", 1, 0, DS_ERR_INVALID,
+               "device: expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", found \"cuda:x\"", NULL);
     load_fails("{\"train_batch_size\": 8, \"optimizer\": {\"type\": 3}}", 1, 0, DS_ERR_INVALID,
                "optimizer.type: expected a string, found 3", NULL);
 }
@@ -514,6 +518,11 @@ Test(config, scalar_defaults_seed_and_stored_text)
     cr_expect_eq(c.seed, UINT64_MAX);
     cr_expect_eq(c.steps_per_print, 10);
     cr_expect_float_eq(c.gradient_clipping, 1.0, 0.0);
+    cr_expect_str_eq(c.device, "");
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"device\": \"cuda:1\""), 1); /* ds's own key: no warning */
+    cr_expect_str_eq(c.device, "cuda:1");
+    cr_expect_eq(c.n_warnings, 0);
     ds_config_free(&c);
 
     ds_config_hints h = {.micro_batch = 8};

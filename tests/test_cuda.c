@@ -4,7 +4,10 @@
  * fused optimizers over a few steps, and a tiny GPT trained 20 steps through the engine on both
  * backends. Every test skips (not fails) where there is no CUDA device or no CUDA backend.
  * DS_TEST_VERBOSE=1 prints each comparison's error. */
+#include <stdarg.h>
 #include <stdint.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -213,6 +216,15 @@ Test(cuda, bad_device_number)
     cr_expect_eq(ds_backend_create(&b, "cuda:999", &err), DS_ERR_INVALID);
     cr_expect(strstr(err.msg, "999") != NULL, "%s", err.msg);
     cr_expect_eq(ds_backend_create(&b, "cuda:x", &err), DS_ERR_INVALID);
+    /* ds-launch's LOCAL_RANK picks the device; one beyond the visible ones is named */
+    setenv("LOCAL_RANK", "999", 1);
+    cr_expect_eq(ds_backend_create(&b, "cuda", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "LOCAL_RANK=999") != NULL, "%s", err.msg);
+    setenv("LOCAL_RANK", "0", 1);
+    cr_expect_eq(ds_backend_create(&b, "cuda", &err), DS_OK, "%s", err.msg);
+    cr_expect(strncmp(ds_backend_describe(b), "cuda:0 ", 7) == 0, "%s", ds_backend_describe(b));
+    ds_backend_destroy(b);
+    unsetenv("LOCAL_RANK");
     setenv("DS_CUDA_TF32", "maybe", 1);
     cr_expect_eq(ds_backend_create(&b, "cuda", &err), DS_ERR_INVALID);
     cr_expect(strstr(err.msg, "DS_CUDA_TF32") != NULL, "%s", err.msg);
@@ -965,4 +977,246 @@ Test(cuda, tiny_gpt_fp32_follows_cpu, .timeout = 600)
 Test(cuda, tiny_gpt_tf32_follows_cpu, .timeout = 600)
 {
     tiny_gpt_case(1, 3e-2);
+}
+
+/* ---- the NCCL communicator ------------------------------------------------------------------ */
+
+/* Every collective of the backend's communicator over device memory, on forked ranks (one per
+ * device: 2 where a second device exists, else 1; the emulation sees as many devices as
+ * CUDA_VISIBLE_DEVICES lists), bootstrapped through the rendezvous store as the engine does.
+ * The values are multiples of 1/64 below 2^10, so every sum, mean and max is exact in any
+ * order: the results must equal the reference bit for bit, and outputs are poisoned first.
+ * CUDA is first touched in the children (a CUDA context does not survive fork). */
+#define NC_MAX 2
+typedef struct nc_shared {
+    int world, skip, failed[NC_MAX];
+    char msg[NC_MAX][1024], skip_msg[1024];
+} nc_shared;
+
+static float nc_value(int rank, int c, size_t i)
+{
+    uint64_t h = (uint64_t)i * 2654435761u + (uint64_t)c * 40503u + (uint64_t)rank * 7919u;
+    return (float)((int)(h % 2001) - 1000) / 64.0f;
+}
+
+static void nc_fail(nc_shared *sh, int rank, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void nc_fail(nc_shared *sh, int rank, const char *fmt, ...)
+{
+    if (sh->failed[rank])
+        return;
+    sh->failed[rank] = 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sh->msg[rank], sizeof sh->msg[rank], fmt, ap);
+    va_end(ap);
+}
+
+static float nc_expect(int n, int c, size_t i, ds_reduce_op op)
+{
+    float s = 0, m = -INFINITY;
+    for (int r = 0; r < n; r++) {
+        float v = nc_value(r, c, i);
+        s += v;
+        m = v > m ? v : m;
+    }
+    return op == DS_REDUCE_MAX ? m : op == DS_REDUCE_MEAN ? s / (float)n : s;
+}
+
+/* probe: is there a CUDA backend, a second device, NCCL? (in a child) */
+static void nc_probe(nc_shared *sh)
+{
+    ds_backend *b = NULL, *b1 = NULL;
+    ds_error err = {0};
+    if (ds_backend_create(&b, "cuda", &err) != DS_OK) {
+        sh->skip = 1;
+        snprintf(sh->skip_msg, sizeof sh->skip_msg, "no CUDA here: %.900s", err.msg);
+        return;
+    }
+    if (!b->ops->comm_id || b->ops->comm_id(b, NULL, 0, NULL, &err) != DS_OK) {
+        sh->skip = 1;
+        snprintf(sh->skip_msg, sizeof sh->skip_msg, "no NCCL here: %.900s", err.msg);
+    }
+    sh->world = ds_backend_create(&b1, "cuda:1", &err) == DS_OK ? 2 : 1;
+    ds_backend_destroy(b1);
+    ds_backend_destroy(b);
+}
+
+static void nc_rank(nc_shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_backend *b = NULL;
+    ds_comm *comm = NULL;
+    char name[16], addr[] = "127.0.0.1";
+    snprintf(name, sizeof name, "cuda:%d", rank);
+    ds_store_options opt = {.addr = addr, .port = port, .rank = rank, .world_size = n,
+                            .secret = "nccl-test", .timeout_s = 60};
+    if (ds_backend_create(&b, name, &err) || ds_store_open(&store, &opt, &err)) {
+        nc_fail(sh, rank, "%s", err.msg);
+        return;
+    }
+    unsigned char id[512];
+    size_t len = 0;
+    if (rank == 0) {
+        if (b->ops->comm_id(b, id, sizeof id, &len, &err) || ds_store_set(store, "id", id, len, &err))
+            nc_fail(sh, rank, "%s", err.msg);
+    } else {
+        void *v = NULL;
+        if (ds_store_get(store, "id", &v, &len, &err) == DS_OK && len <= sizeof id)
+            memcpy(id, v, len);
+        else
+            nc_fail(sh, rank, "id: %s", err.msg);
+        free(v);
+    }
+    if (!sh->failed[rank] && b->ops->comm_create(b, id, len, rank, n, 60, &comm, &err) != DS_OK)
+        nc_fail(sh, rank, "comm_create: %s", err.msg);
+    if (sh->failed[rank])
+        goto out;
+    if (strcmp(comm->ops->name, "nccl") != 0 || comm->rank != rank || comm->size != n)
+        nc_fail(sh, rank, "communicator %s rank %d of %d", comm->ops->name, comm->rank, comm->size);
+    const size_t big = 600011;
+    float *h = malloc((big * NC_MAX + 16) * sizeof(float)), *d = b->ops->alloc(b, (big * NC_MAX + 16) * sizeof(float));
+    float *d2 = b->ops->alloc(b, (big + 16) * sizeof(float)), *poison = malloc((big * NC_MAX + 16) * sizeof(float));
+    for (size_t i = 0; i < big * NC_MAX + 16; i++)
+        poison[i] = NAN;
+    int c = 0;
+#define NC_OK(call, what)                                                                        \
+    if ((call) != DS_OK) {                                                                      \
+        nc_fail(sh, rank, "%s: %s", what, err.msg);                                              \
+        goto done;                                                                               \
+    }
+    const size_t counts[] = {1, 1000, big};
+    const ds_reduce_op ops[] = {DS_REDUCE_SUM, DS_REDUCE_MEAN, DS_REDUCE_MAX};
+    for (int k = 0; k < 3; k++)
+        for (int o = 0; o < 3; o++, c++) { /* all_reduce, in place */
+            for (size_t i = 0; i < counts[k]; i++)
+                h[i] = nc_value(rank, c, i);
+            NC_OK(b->ops->upload(b, d, h, counts[k] * sizeof(float)), "upload");
+            NC_OK(ds_comm_all_reduce(comm, d, counts[k], ops[o], &err), "all_reduce");
+            NC_OK(b->ops->download(b, h, d, counts[k] * sizeof(float)), "download");
+            for (size_t i = 0; i < counts[k]; i++)
+                if (h[i] != nc_expect(n, c, i, ops[o])) {
+                    nc_fail(sh, rank, "all_reduce op %d count %zu: element %zu is %g, expected %g", o, counts[k], i,
+                            h[i], nc_expect(n, c, i, ops[o]));
+                    goto done;
+                }
+        }
+    for (int k = 0; k < 3; k++, c++) { /* reduce_scatter: block `rank` of n * count */
+        size_t rc = counts[k];
+        for (size_t i = 0; i < rc * n; i++)
+            h[i] = nc_value(rank, c, i);
+        NC_OK(b->ops->upload(b, d, h, rc * n * sizeof(float)), "upload");
+        NC_OK(b->ops->upload(b, d2, poison, rc * sizeof(float)), "upload");
+        NC_OK(ds_comm_reduce_scatter(comm, d, d2, rc, DS_REDUCE_SUM, &err), "reduce_scatter");
+        NC_OK(b->ops->download(b, h, d2, rc * sizeof(float)), "download");
+        for (size_t i = 0; i < rc; i++)
+            if (h[i] != nc_expect(n, c, (size_t)rank * rc + i, DS_REDUCE_SUM)) {
+                nc_fail(sh, rank, "reduce_scatter count %zu: element %zu is %g", rc, i, h[i]);
+                goto done;
+            }
+    }
+    for (int k = 0; k < 3; k++, c++) { /* all_gather */
+        size_t sc = counts[k];
+        for (size_t i = 0; i < sc; i++)
+            h[i] = nc_value(rank, c, i);
+        NC_OK(b->ops->upload(b, d2, h, sc * sizeof(float)), "upload");
+        NC_OK(b->ops->upload(b, d, poison, sc * n * sizeof(float)), "upload");
+        NC_OK(ds_comm_all_gather(comm, d2, d, sc, &err), "all_gather");
+        NC_OK(b->ops->download(b, h, d, sc * n * sizeof(float)), "download");
+        for (size_t i = 0; i < sc * n; i++)
+            if (h[i] != nc_value((int)(i / sc), c, i % sc)) {
+                nc_fail(sh, rank, "all_gather count %zu: element %zu is %g", sc, i, h[i]);
+                goto done;
+            }
+    }
+    { /* uneven blocks in place (ZeRO's partitions of a bucket): rank 0 a long block, then an
+         empty one where n > 1... here: block r = [off[r], off[r] + len[r]) */
+        size_t off[NC_MAX] = {0, 700}, len[NC_MAX] = {n == 1 ? 1701 : 700, 1001}, total = 1701;
+        for (size_t i = 0; i < total; i++)
+            h[i] = nc_value(rank, c, i);
+        NC_OK(b->ops->upload(b, d, h, total * sizeof(float)), "upload");
+        NC_OK(ds_comm_reduce_scatter_v(comm, d, off, len, DS_REDUCE_SUM, &err), "reduce_scatter_v");
+        NC_OK(b->ops->download(b, h, d, total * sizeof(float)), "download");
+        for (size_t i = off[rank]; i < off[rank] + len[rank]; i++)
+            if (h[i] != nc_expect(n, c, i, DS_REDUCE_SUM)) {
+                nc_fail(sh, rank, "reduce_scatter_v: element %zu is %g", i, h[i]);
+                goto done;
+            }
+        c++;
+        for (size_t i = 0; i < total; i++) /* own block: values; others: poison */
+            h[i] = i >= off[rank] && i < off[rank] + len[rank] ? nc_value(rank, c, i) : NAN;
+        NC_OK(b->ops->upload(b, d, h, total * sizeof(float)), "upload");
+        NC_OK(ds_comm_all_gather_v(comm, d, off, len, &err), "all_gather_v");
+        NC_OK(b->ops->download(b, h, d, total * sizeof(float)), "download");
+        for (int r = 0; r < n; r++)
+            for (size_t i = off[r]; i < off[r] + len[r]; i++)
+                if (h[i] != nc_value(r, c, i)) {
+                    nc_fail(sh, rank, "all_gather_v: element %zu of rank %d's block is %g", i, r, h[i]);
+                    goto done;
+                }
+        c++;
+    }
+    { /* broadcast from the last rank, a byte count that is not a multiple of 4 */
+        size_t bytes = 3 * 1048576 + 5;
+        unsigned char *hb = (unsigned char *)h;
+        for (size_t i = 0; i < bytes; i++)
+            hb[i] = rank == n - 1 ? (unsigned char)(i * 31 + 7) : 0;
+        NC_OK(b->ops->upload(b, d, hb, bytes), "upload");
+        NC_OK(ds_comm_broadcast(comm, d, bytes, n - 1, &err), "broadcast");
+        memset(hb, 0, bytes);
+        NC_OK(b->ops->download(b, hb, d, bytes), "download");
+        for (size_t i = 0; i < bytes; i++)
+            if (hb[i] != (unsigned char)(i * 31 + 7)) {
+                nc_fail(sh, rank, "broadcast: byte %zu is %u", i, hb[i]);
+                goto done;
+            }
+    }
+    NC_OK(ds_comm_barrier(comm, &err), "barrier");
+#undef NC_OK
+done:
+    b->ops->free(b, d);
+    b->ops->free(b, d2);
+    free(h);
+    free(poison);
+out:
+    ds_comm_destroy(comm);
+    if (store)
+        ds_store_close(store);
+    ds_backend_destroy(b);
+}
+
+Test(cuda, nccl_collectives, .timeout = 300)
+{
+    nc_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert(sh != MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    pid_t p = fork();
+    cr_assert(p >= 0);
+    if (p == 0) {
+        nc_probe(sh);
+        _exit(0);
+    }
+    int status;
+    cr_assert(waitpid(p, &status, 0) == p && WIFEXITED(status), "the probe died");
+    if (sh->skip)
+        cr_skip_test("%s", sh->skip_msg);
+    int n = sh->world, port = test_free_port();
+    pid_t pids[NC_MAX];
+    for (int r = 0; r < n; r++) {
+        pids[r] = fork();
+        cr_assert(pids[r] >= 0);
+        if (pids[r] == 0) {
+            alarm(240);
+            nc_rank(sh, r, n, port);
+            _exit(sh->failed[r] ? 1 : 0);
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        cr_assert(waitpid(pids[r], &status, 0) == pids[r]);
+        cr_expect(WIFEXITED(status), "rank %d died by signal %d", r, WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+        cr_expect(!sh->failed[r], "rank %d of %d: %s", r, n, sh->msg[r]);
+    }
+    if (!sh->failed[0] && !sh->failed[n - 1])
+        fprintf(stderr, "NCCL communicator: every collective exact on %d rank(s)\n", n);
+    munmap(sh, sizeof *sh);
 }

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "testutil.h"
 #include "ds/dist.h"
 #include "dist/dist_internal.h"
 
@@ -30,17 +31,6 @@ typedef struct shared {
     uint64_t hash[MAX_RANKS][MAX_CASES];
     int num_cases[MAX_RANKS];
 } shared;
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t sl = sizeof sa;
-    cr_assert(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
-    cr_assert(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
 
 static shared *shared_new(void)
 {
@@ -235,7 +225,7 @@ static void wait_ranks(shared *sh, int started, pid_t *pids)
 static void collectives_world(int n)
 {
     shared *sh = shared_new();
-    int port = free_port();
+    int port = test_free_port();
     pid_t pids[MAX_RANKS];
     run_ranks(sh, n, n, port, collectives_rank, pids);
     wait_ranks(sh, n, pids);
@@ -275,7 +265,7 @@ Test(dist, sha256_vectors)
 
 Test(dist, store_set_get_add_and_timeout, .timeout = 20)
 {
-    int port = free_port();
+    int port = test_free_port();
     ds_error err = {0};
     ds_store *s = NULL;
     ds_store_options opt = options(0, 1, port, SECRET, 0.3);
@@ -303,7 +293,7 @@ Test(dist, store_set_get_add_and_timeout, .timeout = 20)
 
 Test(dist, no_rendezvous_names_rank_address_and_wait, .timeout = 20)
 {
-    int port = free_port();
+    int port = test_free_port();
     ds_error err = {0};
     ds_store *s = NULL;
     ds_store_options opt = options(3, 4, port, SECRET, 0.5);
@@ -372,7 +362,7 @@ static int raw_connect(int port)
 Test(dist, stranger_refused_job_proceeds, .timeout = 30)
 {
     shared *sh = shared_new();
-    int port = free_port();
+    int port = test_free_port();
     pid_t pids[2];
     run_ranks(sh, 2, 2, port, stranger_rank, pids);
 
@@ -441,7 +431,7 @@ static void missing_rank(shared *sh, int rank, int n, int port)
 Test(dist, missing_rank_times_out_with_named_error, .timeout = 30)
 {
     shared *sh = shared_new();
-    int port = free_port();
+    int port = test_free_port();
     pid_t pids[2];
     run_ranks(sh, 2, 3, port, missing_rank, pids);
     for (int r = 0; r < 2; r++) {
@@ -475,7 +465,7 @@ static void barrier_rank(shared *sh, int rank, int n, int port)
 Test(dist, barrier_timeout_counts_arrivals, .timeout = 30)
 {
     shared *sh = shared_new();
-    int port = free_port();
+    int port = test_free_port();
     pid_t pids[1];
     run_ranks(sh, 1, 2, port, barrier_rank, pids);
     int status = 0;
@@ -540,7 +530,7 @@ static void groups_rank(shared *sh, int rank, int n, int port)
 Test(dist, sub_groups, .timeout = 30)
 {
     shared *sh = shared_new();
-    int port = free_port();
+    int port = test_free_port();
     pid_t pids[4];
     run_ranks(sh, 4, 4, port, groups_rank, pids);
     wait_ranks(sh, 4, pids);

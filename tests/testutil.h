@@ -3,17 +3,33 @@
 #ifndef DS_TESTUTIL_H
 #define DS_TESTUTIL_H
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "ds/ds.h"
 
 #ifndef DS_TEST_DIR
 #define DS_TEST_DIR "tests"
 #endif
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (for a rendezvous store). */
+static inline int test_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof sa;
+    cr_assert(bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    cr_assert(getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
 
 static inline char *test_path(const char *rel)
 {

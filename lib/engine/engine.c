@@ -26,6 +26,8 @@ struct ds_engine {
     int cfg_loaded;
     ds_net *net;
     ds_backend *be;
+    ds_comm *dcomm;        /* the backend's communicator (NCCL) for gradient and parameter
+                              collectives on device memory; NULL: comm does them */
     ds_model *model;
     float *params, *grads; /* flat, net->params.total floats each; params are what the model
                               reads: in 16-bit mode the working weights, rounded from master */
@@ -163,6 +165,7 @@ void ds_engine_destroy(ds_engine *e)
                 e->be->ops->free(e->be, e->zslot[i]);
         if (e->grads)
             e->be->ops->free(e->be, e->grads);
+        ds_comm_destroy(e->dcomm);
         ds_backend_destroy(e->be);
     }
     ds_net_free(e->net);
@@ -250,6 +253,79 @@ static void record_collective(ds_engine *e, const char *what, int64_t elements, 
 }
 
 
+/* The communicator for collectives over backend memory (gradients, parameters). */
+#define GCOMM(e) ((e)->dcomm ? (e)->dcomm : (e)->comm)
+
+/* A GPU backend's own communicator (NCCL) over the ranks of e->comm: every rank first checks
+ * that it can make one (and all agree, so no rank waits for one that cannot); rank 0 makes the
+ * id and publishes it in the rendezvous store under a key numbered by how many such
+ * communicators this rank has made (the same count on every rank); every rank joins. */
+static ds_status dcomm_create(ds_engine *e, ds_store *store, ds_error *err)
+{
+    const ds_backend_ops *ops = e->be->ops;
+    const int rank = e->comm->rank, size = e->comm->size;
+    if (!ops->comm_id || !ops->comm_create)
+        return ds_error_set(err, DS_ERR_UNSUPPORTED, "data parallelism on backend %s is not built yet", ops->name);
+    if (!store)
+        return ds_error_set(err, DS_ERR_INVALID,
+                            "data parallelism on backend %s needs the rendezvous store (ds_engine_options.store) "
+                            "to set up its communicator", ops->name);
+    ds_error mine = {0};
+    ds_status st = ops->comm_id(e->be, NULL, 0, NULL, &mine);
+    float bad = st != DS_OK ? (float)(rank + 1) : 0.0f;
+    ds_status cst = ds_comm_all_reduce(e->comm, &bad, 1, DS_REDUCE_MAX, err);
+    if (cst != DS_OK)
+        return cst;
+    if (st != DS_OK) {
+        *err = mine;
+        return st;
+    }
+    if (bad > 0)
+        return ds_error_set(err, DS_ERR_UNSUPPORTED, "rank %d cannot make a %s communicator (see its error)",
+                            (int)bad - 1, ops->name);
+    char key[96];
+    int64_t seq = 0;
+    snprintf(key, sizeof key, "ds/devcomm/count/%d", rank);
+    if ((st = ds_store_add(store, key, 1, &seq, err)) != DS_OK)
+        return st;
+    snprintf(key, sizeof key, "ds/devcomm/%lld/id", (long long)seq);
+    unsigned char id[1 + 512];
+    size_t len = 0;
+    if (rank == 0) { /* the first byte says whether the rest is an id or rank 0's error */
+        st = ops->comm_id(e->be, id + 1, sizeof id - 1, &len, &mine);
+        id[0] = st == DS_OK;
+        if (st != DS_OK)
+            len = strlen(mine.msg) + 1 < sizeof id - 1 ? strlen(mine.msg) + 1 : sizeof id - 1;
+        if (st != DS_OK)
+            memcpy(id + 1, mine.msg, len);
+        ds_status pst = ds_store_set(store, key, id, len + 1, err);
+        if (st != DS_OK) {
+            *err = mine;
+            return st;
+        }
+        if (pst != DS_OK)
+            return pst;
+    } else {
+        void *v = NULL;
+        size_t vlen = 0;
+        if ((st = ds_store_get(store, key, &v, &vlen, err)) != DS_OK)
+            return st;
+        int ok = vlen >= 1 && ((unsigned char *)v)[0] == 1 && vlen - 1 <= sizeof id - 1;
+        if (!ok) {
+            st = ds_error_set(err, DS_ERR_BACKEND, "rank 0 could not make the %s communicator's id: %.*s",
+                              ops->name, vlen > 1 ? (int)(vlen - 2) : 0, vlen > 1 ? (char *)v + 1 : "");
+            free(v);
+            return st;
+        }
+        len = vlen - 1;
+        memcpy(id + 1, (char *)v + 1, len);
+        free(v);
+    }
+    if ((st = ops->comm_create(e->be, id + 1, len, rank, size, 0, &e->dcomm, err)) != DS_OK)
+        return st;
+    return DS_OK;
+}
+
 /* ---- ZeRO stages 1 and 2 ------------------------------------------------------------------ */
 
 /* Partitions: the flat buffer of N elements is padded to Np, a multiple of 16 * W (every
@@ -290,9 +366,9 @@ static ds_status zero_reduce(ds_engine *e, float *buf, int64_t b0, int64_t b1, d
     if (pre != 1.0f && (st = ops->scale(e->be, buf, len, pre)) != DS_OK)
         return backend_err(e, st, err);
     if (e->cfg.zero.reduce_scatter)
-        st = ds_comm_reduce_scatter_v(e->comm, buf, e->zoff, e->zlen, DS_REDUCE_SUM, err);
+        st = ds_comm_reduce_scatter_v(GCOMM(e), buf, e->zoff, e->zlen, DS_REDUCE_SUM, err);
     else
-        st = ds_comm_all_reduce(e->comm, buf, (size_t)len, DS_REDUCE_SUM, err);
+        st = ds_comm_all_reduce(GCOMM(e), buf, (size_t)len, DS_REDUCE_SUM, err);
     if (st != DS_OK)
         return st;
     int r = e->comm->rank;
@@ -317,11 +393,11 @@ static ds_status zero_gather_params(ds_engine *e, ds_error *err)
         double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
         zero_blocks(e, b0, b1);
         if (e->cfg.zero.allgather_partitions) {
-            st = ds_comm_all_gather_v(e->comm, e->params + b0, e->zoff, e->zlen, err);
+            st = ds_comm_all_gather_v(GCOMM(e), e->params + b0, e->zoff, e->zlen, err);
         } else {
             for (int r = 0; r < e->world_size && st == DS_OK; r++)
                 if (e->zlen[r])
-                    st = ds_comm_broadcast(e->comm, e->params + b0 + e->zoff[r], e->zlen[r] * sizeof(float), r, err);
+                    st = ds_comm_broadcast(GCOMM(e), e->params + b0 + e->zoff[r], e->zlen[r] * sizeof(float), r, err);
         }
         record_collective(e, "parameters (all_gather)", b1 - b0, t0);
     }
@@ -359,7 +435,13 @@ static void *zq_main(void *arg)
 {
     ds_engine *e = arg;
     struct zqueue *q = &e->zq;
+    ds_status ist = e->be->ops->thread_init ? e->be->ops->thread_init(e->be) : DS_OK;
     pthread_mutex_lock(&q->mu);
+    if (ist != DS_OK) { /* every reduction fails with the backend's message */
+        q->st = ist;
+        snprintf(q->err.msg, sizeof q->err.msg, "overlap_comm thread: %.900s", e->be->err.msg);
+        q->err.code = ist;
+    }
     for (;;) {
         while (q->head == q->tail && !q->stop)
             pthread_cond_wait(&q->cv, &q->mu);
@@ -717,13 +799,13 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     e->lr = e->cfg.optimizer.lr;
     sched_start(e);
     e->grad_norm = -1;
-    if ((st = ds_backend_create(&e->be, opts->backend ? opts->backend : "cpu", err)) != DS_OK)
+    const char *bname = opts->backend           ? opts->backend
+                      : e->cfg.device[0]        ? e->cfg.device
+                      : opts->backend_default ? opts->backend_default : "cpu";
+    if ((st = ds_backend_create(&e->be, bname, err)) != DS_OK)
         goto fail;
-    if (e->comm && strcmp(e->be->ops->name, "cpu") != 0) {
-        st = ds_error_set(err, DS_ERR_UNSUPPORTED,
-                          "data parallelism on backend %s is not built yet (CPU collectives only)", e->be->ops->name);
+    if (e->comm && strcmp(e->be->ops->name, "cpu") != 0 && (st = dcomm_create(e, opts->store, err)) != DS_OK)
         goto fail;
-    }
     e->round = e->cfg.precision == DS_PREC_FP16 ? DS_ROUND_FP16
              : e->cfg.precision == DS_PREC_BF16 ? DS_ROUND_BF16 : DS_ROUND_NONE;
     if (e->round && !e->be->ops->round16) {
@@ -970,7 +1052,7 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
                 double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
                 if (pre != 1.0f && (st = ops->scale(e->be, e->grads + off, len, pre)) != DS_OK)
                     return backend_err(e, st, err);
-                if ((st = ds_comm_all_reduce(e->comm, e->grads + off, (size_t)len, DS_REDUCE_SUM, err)) != DS_OK)
+                if ((st = ds_comm_all_reduce(GCOMM(e), e->grads + off, (size_t)len, DS_REDUCE_SUM, err)) != DS_OK)
                     return st;
                 if (post != 1.0f && (st = ops->scale(e->be, e->grads + off, len, post)) != DS_OK)
                     return backend_err(e, st, err);

@@ -55,7 +55,8 @@ typedef enum {
     F_BUCKET, /* allreduce_bucket_size: elements per gradient all-reduce (Constant Buffer Opt.) */
     F_PRESCALE, F_PREDIV, /* prescale_gradients, gradient_predivide_factor */
     F_FP16, F_BF16, /* the fp16 and bf16 (old: bfloat16) sections */
-    F_WALLCLOCK /* wall_clock_breakdown: the engine's timers */
+    F_WALLCLOCK, /* wall_clock_breakdown: the engine's timers */
+    F_RUNDEV  /* "device" (a ds extension): the backend to train on, when no flag names one */
 } fkind;
 
 typedef struct field {
@@ -413,13 +414,13 @@ static const field ZERO_FIELDS[] = {
     K("override_module_apply", F_BOOL), K("log_trace_cache_warnings", F_BOOL),
     K("enable_sanity_checks", F_BOOL), N("leaf_module"), K("zenflow", F_NULL), END};
 
-/* Every top-level key DeepSpeed reads (plus "seed"). DeepSpeed ignores unknown top-level keys;
+/* Every top-level key DeepSpeed reads (plus "seed" and ds's "device"). DeepSpeed ignores unknown top-level keys;
  * we warn, suggesting the nearest of these. */
 static const field TOP_FIELDS[] = {
     K("train_batch_size", F_BATCH), K("train_micro_batch_size_per_gpu", F_BATCH),
     K("gradient_accumulation_steps", F_BATCH), K("optimizer", F_OPTIM), K("scheduler", F_SCHED),
     K("gradient_clipping", F_CLIP), K("steps_per_print", F_STEPS), K("seed", F_SEED),
-    K("allreduce_bucket_size", F_BUCKET),
+    K("allreduce_bucket_size", F_BUCKET), K("device", F_RUNDEV),
     K("fp16", F_FP16), K("bf16", F_BF16),
     {.name = "bfloat16", .kind = F_BF16, .use = "bf16"}, OBJ("amp", OPEN_FIELDS),
     K("zero_optimization", F_ZERO), K("zero_allow_untested_optimizer", F_BOOL),
@@ -657,6 +658,18 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             return bad_type(r, path, "an integer >= 1 (elements)", v);
         r->cfg->allreduce_bucket_size = s == V_SET ? i : 0;
         return st;
+    case F_RUNDEV: { /* "cpu", "cuda", "cuda:N" or "auto" */
+        if (!json_object_is_type(v, json_type_string))
+            return bad_type(r, path, "\"cpu\", \"cuda\", \"cuda:N\" or \"auto\"", v);
+        const char *d = json_object_get_string(v);
+        char *end = NULL;
+        int ok = !strcmp(d, "cpu") || !strcmp(d, "cuda") || !strcmp(d, "auto") ||
+                 (!strncmp(d, "cuda:", 5) && d[5] >= '0' && d[5] <= '9' && strtol(d + 5, &end, 10) >= 0 && !*end);
+        if (!ok || strlen(d) >= sizeof r->cfg->device)
+            return bad_type(r, path, "\"cpu\", \"cuda\", \"cuda:N\" or \"auto\"", v);
+        snprintf(r->cfg->device, sizeof r->cfg->device, "%s", d);
+        return DS_OK;
+    }
     case F_STEPS:
         if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 0)
             return bad_type(r, path, "an integer >= 0", v);

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <mutex>
 #include <vector>
 
 #include "cublas_v2.h"
@@ -43,11 +44,35 @@ cudaError_t cudaGetDeviceCount(int *n)
         *n = 0;
         return cudaErrorNoDevice;
     }
+    /* as many devices as CUDA_VISIBLE_DEVICES lists (ds-launch sets it per node), else 1 */
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
     *n = 1;
+    if (vis && *vis) {
+        *n = 1;
+        for (const char *q = vis; *q; q++)
+            *n += *q == ',';
+    }
     return cudaSuccess;
 }
 
-cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+/* the current device, per thread as in CUDA */
+static thread_local int emu_device;
+
+cudaError_t cudaSetDevice(int d)
+{
+    int n;
+    cudaGetDeviceCount(&n);
+    if (d < 0 || d >= n)
+        return cudaErrorInvalidDevice;
+    emu_device = d;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *d)
+{
+    *d = emu_device;
+    return cudaSuccess;
+}
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int)
 {
@@ -117,6 +142,28 @@ cudaError_t cudaStreamDestroy(cudaStream_t s)
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+
+/* Work runs when it is enqueued, so a stream is always done and events are always reached. */
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+
+struct emu_event {
+    int unused;
+};
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned)
+{
+    *e = new emu_event();
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+    delete e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 
 /* ---- threads as fibers ------------------------------------------------------------------ */
 
@@ -280,6 +327,10 @@ void emu_launch(dim3 grid, dim3 block, size_t, cudaStream_t, const std::function
                 grid.z, block.x, block.y, block.z);
         abort();
     }
+    /* one launch at a time: the scheduler's state below is shared, and a second host thread
+     * (the engine's communication thread) may launch too; a real stream runs them in order */
+    static std::mutex launch_mu;
+    std::lock_guard<std::mutex> hold(launch_mu);
     emu_gridDim = grid;
     emu_blockDim = block;
     body = &fn;

@@ -17,6 +17,7 @@ extern "C" {
 #endif
 
 typedef struct ds_backend ds_backend;
+struct ds_comm; /* ds/dist.h */
 
 /* 16-bit numerics: round fp32 values to the nearest value of a 16-bit format (ties to even;
  * fp16 overflows to inf, as the hardware does). */
@@ -180,6 +181,19 @@ typedef struct ds_backend_ops {
      * it (fp32 accumulation) without changing a value: the CUDA backend then uses bf16/fp16
      * tensor-core GEMMs. */
     ds_status (*set_precision)(ds_backend *b, int round_mode);
+
+    /* Optional: a communicator whose collectives take this backend's memory (the CUDA backend:
+     * NCCL), for data parallelism over `size` ranks, one per device. comm_id writes a new
+     * job-unique id (at most cap bytes, its length in *len) on one rank; every rank passes the
+     * same bytes to comm_create (the engine carries them through the rendezvous store).
+     * comm_id with id NULL only checks that this process can make communicators (loads NCCL).
+     * Collectives wait at most timeout_s for a peer (<= 0: 1800 s). Errors go to err. */
+    ds_status (*comm_id)(ds_backend *b, void *id, size_t cap, size_t *len, ds_error *err);
+    ds_status (*comm_create)(ds_backend *b, const void *id, size_t len, int rank, int size,
+                             double timeout_s, struct ds_comm **out, ds_error *err);
+    /* Optional: a thread other than the creating one calls this before its first op (the CUDA
+     * backend makes the backend's device current in that thread). */
+    ds_status (*thread_init)(ds_backend *b);
 } ds_backend_ops;
 
 struct ds_backend {

@@ -93,6 +93,7 @@ typedef struct ds_config {
     int wall_clock_breakdown; /* the engine's fwd/bwd/step timers (engine.md §7) */
     int seed_set;             /* "seed" present */
     uint64_t seed;
+    char device[16];          /* "device" (ds's own key): "cpu", "cuda", "cuda:N", "auto"; "" if absent */
 
     int has_optimizer;        /* 0: no optimizer block */
     ds_optimizer_config optimizer;

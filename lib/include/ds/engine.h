@@ -27,7 +27,9 @@ typedef struct ds_engine_options {
     const char *net_path;     /* network file (or net_json with net_name) */
     const char *net_json;
     const char *net_name;
-    const char *backend;      /* "cpu" (default), "cpu:generic", "cpu:avx2", "cuda", "cuda:N", "auto" */
+    const char *backend;      /* "cpu", "cpu:generic", "cpu:avx2", "cuda", "cuda:N", "auto"; NULL: the
+                                 config's "device", else backend_default, else "cpu" */
+    const char *backend_default; /* see backend (ds-train: "auto") */
     int strict_config;        /* unknown top-level config keys are errors */
     int64_t micro_batch_hint; /* used when the config leaves the micro-batch "auto" */
     int seed_set;             /* override the config's seed */
@@ -38,6 +40,11 @@ typedef struct ds_engine_options {
      * world_size; gradients are averaged over the ranks once per effective batch. */
     ds_comm *comm;
     int rank, world_size;
+    /* The job's rendezvous store (ds_dist_join_from_env's). Needed with a comm on a GPU
+     * backend: the engine makes the backend's own communicator (NCCL) through it, rank 0
+     * publishing its id; the gradients and parameters then travel over that communicator,
+     * and comm keeps the small host-side reductions (loss, norm, overflow flag). */
+    ds_store *store;
     int64_t allreduce_bucket; /* elements per all-reduce bucket (0: DeepSpeed's 5e8) */
     /* Optimizers the program provides, selectable by name in optimizer.type (ds/optim.h). The
      * array must outlive the engine. */

@@ -1,0 +1,425 @@
+/* The NCCL communicator: ds_comm_ops (ds/dist.h) over device memory, for data parallelism with
+ * one rank per GPU. NCCL is loaded with dlopen when the first communicator is made, so a
+ * one-GPU run never needs libnccl: DS_NCCL_LIBRARY names the library, else libnccl.so.2 is
+ * looked for on the library path and then in the CUDA toolkit this module was built against.
+ *
+ * Streams: the collectives run on a communication stream of their own. Each call first makes
+ * that stream wait for everything already enqueued on the backend's compute stream (an event),
+ * so the buffer holds what the ops before the call wrote; it returns when the collective has
+ * finished, so whatever the caller enqueues next sees the result. Called from the engine's
+ * overlap_comm thread, a collective runs while the main thread keeps enqueueing backward
+ * kernels on the compute stream: that is the overlap.
+ *
+ * Waiting: the call polls the stream and NCCL's asynchronous error state; a peer that does not
+ * take part for timeout_s (a dead rank) aborts the communicator with an error naming the
+ * collective, instead of hanging. */
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+#include "ds/dist.h"
+
+#if __has_include(<nccl.h>)
+#include <nccl.h>
+#define DS_HAVE_NCCL_H 1
+#endif
+
+#ifndef DS_CUDA_LIBDIR
+#define DS_CUDA_LIBDIR "/usr/local/cuda/lib64"
+#endif
+
+static ds_status cerr(ds_error *err, ds_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static ds_status cerr(ds_error *err, ds_status code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+#ifndef DS_HAVE_NCCL_H
+
+extern "C" ds_status ds_cuda_comm_id(ds_backend *, void *, size_t, size_t *, ds_error *err)
+{
+    return cerr(err, DS_ERR_UNSUPPORTED, "NCCL: this CUDA backend was built without nccl.h (see ds-cuda(7))");
+}
+
+extern "C" ds_status ds_cuda_comm_create(ds_backend *, const void *, size_t, int, int, double, ds_comm **,
+                                         ds_error *err)
+{
+    return cerr(err, DS_ERR_UNSUPPORTED, "NCCL: this CUDA backend was built without nccl.h (see ds-cuda(7))");
+}
+
+extern "C" void ds_cuda_nccl_unload(ds_backend *) {}
+
+#else
+
+/* The NCCL entry points this module uses, resolved with dlsym. */
+struct ds_nccl_lib {
+    void *handle;
+    char path[512];
+    int version;
+    ncclResult_t (*GetVersion)(int *);
+    ncclResult_t (*GetUniqueId)(ncclUniqueId *);
+    ncclResult_t (*CommInitRank)(ncclComm_t *, int, ncclUniqueId, int);
+    ncclResult_t (*CommDestroy)(ncclComm_t);
+    ncclResult_t (*CommAbort)(ncclComm_t);
+    ncclResult_t (*CommGetAsyncError)(ncclComm_t, ncclResult_t *);
+    const char *(*GetErrorString)(ncclResult_t);
+    ncclResult_t (*AllReduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                              cudaStream_t);
+    ncclResult_t (*ReduceScatter)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
+                                  cudaStream_t);
+    ncclResult_t (*AllGather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
+    ncclResult_t (*Broadcast)(const void *, void *, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
+    ncclResult_t (*Reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, int, ncclComm_t,
+                           cudaStream_t);
+    ncclResult_t (*GroupStart)(void);
+    ncclResult_t (*GroupEnd)(void);
+};
+
+extern "C" void ds_cuda_nccl_unload(ds_backend *b)
+{
+    ds_cuda *c = DS_CUDA(b);
+    if (c->nccl) {
+        /* NCCL keeps proxy threads of destroyed communicators for a while: keep it mapped */
+        free(c->nccl);
+        c->nccl = NULL;
+    }
+}
+
+static ds_status nccl_load(ds_backend *b, ds_error *err)
+{
+    ds_cuda *c = DS_CUDA(b);
+    if (c->nccl)
+        return DS_OK;
+    const char *env = getenv("DS_NCCL_LIBRARY");
+    const char *tried[3];
+    int n = 0;
+    if (env && *env) {
+        tried[n++] = env;
+    } else {
+        tried[n++] = "libnccl.so.2";
+        tried[n++] = DS_CUDA_LIBDIR "/libnccl.so.2";
+    }
+    void *h = NULL;
+    const char *why = "";
+    int i;
+    for (i = 0; i < n && !h; i++)
+        if (!(h = dlopen(tried[i], RTLD_NOW | RTLD_LOCAL)))
+            why = dlerror();
+    if (!h)
+        return cerr(err, DS_ERR_UNSUPPORTED,
+                    "NCCL: cannot load %s: %s (data parallelism on GPUs needs NCCL: install it, or "
+                    "name the library with DS_NCCL_LIBRARY)",
+                    env && *env ? env : "libnccl.so.2", why);
+    ds_nccl_lib *L = (ds_nccl_lib *)calloc(1, sizeof *L);
+    if (!L) {
+        dlclose(h);
+        return cerr(err, DS_ERR_NOMEM, "out of memory");
+    }
+    L->handle = h;
+    snprintf(L->path, sizeof L->path, "%s", tried[i - 1]);
+#define SYM(field, name)                                                                         \
+    if (!(*(void **)&L->field = dlsym(h, name))) {                                               \
+        free(L);                                                                                 \
+        dlclose(h);                                                                              \
+        return cerr(err, DS_ERR_UNSUPPORTED, "NCCL: %s has no %s", tried[i - 1], name);          \
+    }
+    SYM(GetVersion, "ncclGetVersion")
+    SYM(GetUniqueId, "ncclGetUniqueId")
+    SYM(CommInitRank, "ncclCommInitRank")
+    SYM(CommDestroy, "ncclCommDestroy")
+    SYM(CommAbort, "ncclCommAbort")
+    SYM(CommGetAsyncError, "ncclCommGetAsyncError")
+    SYM(GetErrorString, "ncclGetErrorString")
+    SYM(AllReduce, "ncclAllReduce")
+    SYM(ReduceScatter, "ncclReduceScatter")
+    SYM(AllGather, "ncclAllGather")
+    SYM(Broadcast, "ncclBroadcast")
+    SYM(Reduce, "ncclReduce")
+    SYM(GroupStart, "ncclGroupStart")
+    SYM(GroupEnd, "ncclGroupEnd")
+#undef SYM
+    if (L->GetVersion(&L->version) != ncclSuccess)
+        L->version = 0;
+    c->nccl = L;
+    return DS_OK;
+}
+
+struct nccl_comm {
+    ds_comm base;
+    ds_backend *b;
+    ds_nccl_lib *L;
+    ncclComm_t nc;
+    cudaStream_t cs;   /* the communication stream */
+    cudaEvent_t ready; /* recorded on the compute stream before each collective */
+    float *one;        /* device scratch for the barrier */
+    double timeout_s;
+    int device;
+    int aborted;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+#define NC(x) ((nccl_comm *)(x))
+
+/* Before a collective: this thread on the right device, the communication stream after the
+ * compute stream's work so far. */
+static ds_status begin(nccl_comm *c, const char *what, ds_error *err)
+{
+    if (c->aborted)
+        return cerr(err, DS_ERR_BACKEND, "NCCL: %s: the communicator was aborted by an earlier failure", what);
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess)
+        e = cudaEventRecord(c->ready, STREAM(c->b));
+    if (e == cudaSuccess)
+        e = cudaStreamWaitEvent(c->cs, c->ready, 0);
+    if (e != cudaSuccess)
+        return cerr(err, DS_ERR_BACKEND, "NCCL: %s: CUDA: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+    return DS_OK;
+}
+
+/* After enqueueing: wait for the collective, watching NCCL's error state and the clock. */
+static ds_status finish(nccl_comm *c, ncclResult_t r, const char *what, size_t count, ds_error *err)
+{
+    ds_nccl_lib *L = c->L;
+    if (r != ncclSuccess && r != ncclInProgress)
+        return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: %s", what, count,
+                    c->base.rank, c->base.size, L->GetErrorString(r));
+    double t0 = now_s();
+    for (long spins = 0;; spins++) {
+        cudaError_t e = cudaStreamQuery(c->cs);
+        if (e == cudaSuccess)
+            return DS_OK;
+        if (e != cudaErrorNotReady)
+            return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: CUDA: %s (%s)", what, count,
+                        c->base.rank, c->base.size, cudaGetErrorString(e), cudaGetErrorName(e));
+        ncclResult_t ar = ncclSuccess;
+        if (L->CommGetAsyncError(c->nc, &ar) == ncclSuccess && ar != ncclSuccess && ar != ncclInProgress) {
+            L->CommAbort(c->nc);
+            c->aborted = 1;
+            return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d failed: %s", what, count,
+                        c->base.rank, c->base.size, L->GetErrorString(ar));
+        }
+        if (now_s() - t0 > c->timeout_s) {
+            L->CommAbort(c->nc);
+            c->aborted = 1;
+            return cerr(err, DS_ERR_IO,
+                        "NCCL: %s of %zu elements on rank %d of %d: no progress for %.0f s (a peer rank "
+                        "died or stopped calling collectives); communicator aborted",
+                        what, count, c->base.rank, c->base.size, c->timeout_s);
+        }
+        if (spins > 1000) {
+            struct timespec ts = {0, 50000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+static ncclRedOp_t red_op(ds_reduce_op op) { return op == DS_REDUCE_MAX ? ncclMax : op == DS_REDUCE_MEAN ? ncclAvg : ncclSum; }
+
+static ds_status n_all_reduce(ds_comm *cm, float *buf, size_t count, ds_reduce_op op, ds_error *err)
+{
+    nccl_comm *c = NC(cm);
+    ds_status st = begin(c, "all_reduce", err);
+    if (st != DS_OK)
+        return st;
+    return finish(c, c->L->AllReduce(buf, buf, count, ncclFloat32, red_op(op), c->nc, c->cs), "all_reduce", count, err);
+}
+
+static ds_status n_reduce_scatter(ds_comm *cm, const float *send, float *recv, size_t recv_count, ds_reduce_op op,
+                                  ds_error *err)
+{
+    nccl_comm *c = NC(cm);
+    ds_status st = begin(c, "reduce_scatter", err);
+    if (st != DS_OK)
+        return st;
+    return finish(c, c->L->ReduceScatter(send, recv, recv_count, ncclFloat32, red_op(op), c->nc, c->cs),
+                  "reduce_scatter", recv_count, err);
+}
+
+static ds_status n_all_gather(ds_comm *cm, const float *send, float *recv, size_t send_count, ds_error *err)
+{
+    nccl_comm *c = NC(cm);
+    ds_status st = begin(c, "all_gather", err);
+    if (st != DS_OK)
+        return st;
+    return finish(c, c->L->AllGather(send, recv, send_count, ncclFloat32, c->nc, c->cs), "all_gather", send_count,
+                  err);
+}
+
+static ds_status n_broadcast(ds_comm *cm, void *buf, size_t bytes, int root, ds_error *err)
+{
+    nccl_comm *c = NC(cm);
+    ds_status st = begin(c, "broadcast", err);
+    if (st != DS_OK)
+        return st;
+    return finish(c, c->L->Broadcast(buf, buf, bytes, ncclUint8, root, c->nc, c->cs), "broadcast", bytes, err);
+}
+
+static ds_status n_barrier(ds_comm *cm, ds_error *err)
+{
+    nccl_comm *c = NC(cm);
+    ds_status st = begin(c, "barrier", err);
+    if (st != DS_OK)
+        return st;
+    return finish(c, c->L->AllReduce(c->one, c->one, 1, ncclFloat32, ncclSum, c->nc, c->cs), "barrier", 1, err);
+}
+
+/* Uneven blocks in place: NCCL has no v-collectives, so one grouped call per block: a reduce
+ * to its owner (reduce_scatter_v) or a broadcast from it (all_gather_v), as torch.distributed
+ * does for uneven all_gather. */
+static ds_status n_reduce_scatter_v(ds_comm *cm, float *buf, const size_t *off, const size_t *len, ds_reduce_op op,
+                                    ds_error *err)
+{
+    nccl_comm *c = NC(cm);
+    ds_status st = begin(c, "reduce_scatter_v", err);
+    if (st != DS_OK)
+        return st;
+    size_t total = 0;
+    ncclResult_t r = c->L->GroupStart();
+    for (int k = 0; k < c->base.size && r == ncclSuccess; k++)
+        if (len[k]) {
+            total += len[k];
+            r = c->L->Reduce(buf + off[k], buf + off[k], len[k], ncclFloat32, red_op(op), k, c->nc, c->cs);
+        }
+    ncclResult_t r2 = c->L->GroupEnd();
+    return finish(c, r != ncclSuccess ? r : r2, "reduce_scatter_v", total, err);
+}
+
+static ds_status n_all_gather_v(ds_comm *cm, float *buf, const size_t *off, const size_t *len, ds_error *err)
+{
+    nccl_comm *c = NC(cm);
+    ds_status st = begin(c, "all_gather_v", err);
+    if (st != DS_OK)
+        return st;
+    size_t total = 0;
+    ncclResult_t r = c->L->GroupStart();
+    for (int k = 0; k < c->base.size && r == ncclSuccess; k++)
+        if (len[k]) {
+            total += len[k];
+            r = c->L->Broadcast(buf + off[k], buf + off[k], len[k], ncclFloat32, k, c->nc, c->cs);
+        }
+    ncclResult_t r2 = c->L->GroupEnd();
+    return finish(c, r != ncclSuccess ? r : r2, "all_gather_v", total, err);
+}
+
+static void n_destroy(ds_comm *cm)
+{
+    nccl_comm *c = NC(cm);
+    if (!c)
+        return;
+    cudaSetDevice(c->device);
+    if (c->nc) {
+        if (c->aborted)
+            ; /* CommAbort freed it */
+        else
+            c->L->CommDestroy(c->nc);
+    }
+    if (c->one)
+        cudaFree(c->one);
+    if (c->ready)
+        cudaEventDestroy(c->ready);
+    if (c->cs)
+        cudaStreamDestroy(c->cs);
+    free(c);
+}
+
+static const ds_comm_ops nccl_ops = {
+    /* .name = */ "nccl",
+    /* .destroy = */ n_destroy,
+    /* .all_reduce = */ n_all_reduce,
+    /* .reduce_scatter = */ n_reduce_scatter,
+    /* .all_gather = */ n_all_gather,
+    /* .broadcast = */ n_broadcast,
+    /* .barrier = */ n_barrier,
+    /* .reduce_scatter_v = */ n_reduce_scatter_v,
+    /* .all_gather_v = */ n_all_gather_v,
+};
+
+extern "C" ds_status ds_cuda_comm_id(ds_backend *b, void *id, size_t cap, size_t *len, ds_error *err)
+{
+    ds_status st = nccl_load(b, err);
+    if (st != DS_OK)
+        return st;
+    if (!id) /* only the check: NCCL loads */
+        return DS_OK;
+    ds_nccl_lib *L = DS_CUDA(b)->nccl;
+    if (cap < sizeof(ncclUniqueId))
+        return cerr(err, DS_ERR_INVALID, "NCCL: the id needs %zu bytes, %zu given", sizeof(ncclUniqueId), cap);
+    ncclUniqueId u;
+    ncclResult_t r = L->GetUniqueId(&u);
+    if (r != ncclSuccess)
+        return cerr(err, DS_ERR_BACKEND, "NCCL: ncclGetUniqueId (%s): %s", L->path, L->GetErrorString(r));
+    memcpy(id, &u, sizeof u);
+    *len = sizeof u;
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t len, int rank, int size,
+                                         double timeout_s, ds_comm **out, ds_error *err)
+{
+    *out = NULL;
+    ds_status st = nccl_load(b, err);
+    if (st != DS_OK)
+        return st;
+    ds_cuda *cu = DS_CUDA(b);
+    ds_nccl_lib *L = cu->nccl;
+    if (len != sizeof(ncclUniqueId))
+        return cerr(err, DS_ERR_INVALID, "NCCL: the communicator id has %zu bytes, expected %zu", len,
+                    sizeof(ncclUniqueId));
+    if (size < 1 || rank < 0 || rank >= size)
+        return cerr(err, DS_ERR_INVALID, "NCCL: rank %d of %d", rank, size);
+    nccl_comm *c = (nccl_comm *)calloc(1, sizeof *c);
+    if (!c)
+        return cerr(err, DS_ERR_NOMEM, "out of memory");
+    c->base.ops = &nccl_ops;
+    c->base.rank = rank;
+    c->base.size = size;
+    c->b = b;
+    c->L = L;
+    c->device = cu->device;
+    c->timeout_s = timeout_s > 0 ? timeout_s : 1800;
+    cudaError_t e = cudaSetDevice(c->device);
+    if (e == cudaSuccess)
+        e = cudaStreamCreateWithFlags(&c->cs, cudaStreamNonBlocking);
+    if (e == cudaSuccess)
+        e = cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming);
+    if (e == cudaSuccess)
+        e = cudaMalloc((void **)&c->one, sizeof(float));
+    if (e != cudaSuccess) {
+        n_destroy(&c->base);
+        return cerr(err, DS_ERR_BACKEND, "NCCL: setting up rank %d's communicator: CUDA: %s (%s)", rank,
+                    cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    ncclUniqueId u;
+    memcpy(&u, id, sizeof u);
+    ncclResult_t r = L->CommInitRank(&c->nc, size, u, rank);
+    if (r != ncclSuccess) {
+        c->nc = NULL;
+        n_destroy(&c->base);
+        return cerr(err, DS_ERR_BACKEND,
+                    "NCCL: ncclCommInitRank (rank %d of %d, device %d, %s, NCCL %d): %s (two ranks on one GPU, "
+                    "or a rank that did not start, are the usual causes)",
+                    rank, size, cu->device, L->path, L->version, L->GetErrorString(r));
+    }
+    *out = &c->base;
+    return DS_OK;
+}
+
+#endif

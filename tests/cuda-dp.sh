@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Data parallelism on the CUDA backend through its NCCL communicator, run on the CPU emulation of
+# CUDA and NCCL (tests/cuda_emu: libds-cuda-emu.so and libnccl-emu.so, built here with g++; no
+# GPU or CUDA toolkit needed). What it checks is the engine's GPU data-parallel path: the NCCL
+# bootstrap through the rendezvous store, one device per rank from LOCAL_RANK, gradient buckets
+# and ZeRO partitions over device memory (all-reduce, uneven reduce-scatter/all-gather), the
+# overlap_comm thread, fp16/bf16, the overflow skip, checkpoints, and the errors. Not the GPU:
+# scripts/gpu-check.sh does that on a lent one. Skipped (exit 77) without python3 and g++.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
+set -u
+B=${DS_BUILD_DIR:-.}
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+command -v python3 >/dev/null && command -v g++ >/dev/null || { echo "no python3 or g++: skipping"; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/ds-cuda-dp.XXXXXX") || exit 1
+trap 'rm -rf "$T"' EXIT
+cd "$T" || exit 1
+sh "$SRC/tests/cuda_emu/build.sh" "$T/emu" >build.log 2>&1 || { cat build.log; notok "building the emulation"; tap_summary; exit 1; }
+export DS_CUDA_BACKEND=$T/emu/libds-cuda-emu.so DS_NCCL_LIBRARY=$T/emu/libnccl-emu.so
+export DS_CUDA_TF32=0 DS_NCCL_EMU_TIMEOUT=60 # full fp32 products: comparable with the CPU to ~1e-6
+
+head -c 60000 /usr/share/common-licenses/GPL-3 > text.txt 2>/dev/null || python3 -c "
+import random; random.seed(1); open('text.txt','w').write(' '.join(random.choice(['the','data','rank','sum','mean']) for _ in range(12000)))"
+cat > net.json <<'EOF'
+{"input": {"type": "tokens", "vocab_size": 256, "seq_len": 32},
+ "layers": [{"type": "embedding", "name": "wte", "dim": 32}, {"type": "position_embedding", "name": "wpe"},
+  {"type": "repeat", "name": "h", "count": 2, "layers": [
+   {"type": "residual", "layers": [{"type": "layernorm", "name": "ln_1"}, {"type": "attention", "name": "attn", "heads": 4}]},
+   {"type": "residual", "layers": [{"type": "layernorm", "name": "ln_2"}, {"type": "linear", "name": "fc", "out": 128},
+    {"type": "gelu", "approximate": "tanh"}, {"type": "linear", "name": "proj", "out": 32}]}]},
+  {"type": "layernorm", "name": "ln_f"}, {"type": "linear", "name": "lm_head", "out": 256, "bias": false, "tied_to": "wte"}],
+ "loss": {"type": "cross_entropy"}}
+EOF
+opt='"optimizer": {"type": "AdamW", "params": {"lr": 0.003}}, "gradient_clipping": 1.0, "seed": 7'
+cfg() { echo "{\"train_batch_size\": 8, $1, $opt}" > "$2.json"; }
+cfg '"train_micro_batch_size_per_gpu": 8' mb8
+cfg '"train_micro_batch_size_per_gpu": 4, "allreduce_bucket_size": 5000' z0
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 1, "reduce_bucket_size": 3001, "allgather_bucket_size": 5003}' z1
+cfg '"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": 1, "overlap_comm": true, "reduce_bucket_size": 3001}' z1o
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "reduce_bucket_size": 3001, "allgather_bucket_size": 5003}' z2
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "reduce_bucket_size": 3001, "allgather_partitions": false, "reduce_scatter": false}' z2b
+cfg '"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}' z2o
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}, "fp16": {"enabled": true, "initial_scale_power": 10}' f16
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}, "bf16": {"enabled": true}' b16
+cfg '"train_micro_batch_size_per_gpu": 4, "fp16": {"enabled": true, "initial_scale_power": 10}' f16inf
+common=(net.json --data text.txt --steps 8 --data-order sequential --quiet)
+launch() { "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$@"; }
+
+"$B/ds-train" "${common[@]}" --config mb8.json --device cuda --log-json cuda1.jsonl >out1 2>err1 \
+    && ok "1 GPU (emulated) x micro-batch 8" || notok "1 GPU: $(head -c 300 err1)"
+"$B/ds-train" "${common[@]}" --config mb8.json --device cpu --log-json cpu1.jsonl >/dev/null 2>errc \
+    && ok "1 CPU rank x micro-batch 8" || notok "1 CPU rank: $(head -c 300 errc)"
+for c in z0 z1 z1o z2 z2b z2o f16 b16; do
+    launch "$B/ds-train" "${common[@]}" --config $c.json --device cuda --log-json "$c.cuda.jsonl" >"$c.out" 2>"$c.err" \
+        && ok "2 GPUs (emulated), $c: $(tr -d '\n' < $c.json | sed 's/.*"train_micro_batch_size_per_gpu"/micro-batch/; s/, "optimizer".*//')" \
+        || notok "2 GPUs, $c: $(head -c 400 $c.err)"
+done
+for c in z2 f16 b16; do
+    launch "$B/ds-train" "${common[@]}" --config $c.json --device cpu --log-json "$c.cpu.jsonl" >/dev/null 2>"$c.cpuerr" \
+        || notok "2 CPU ranks, $c: $(head -c 300 $c.cpuerr)"
+done
+
+check() { # name, python condition over L (dict of run -> list of losses)
+    if python3 - "$2" <<'EOF' 2>pyerr; then ok "$1"; else notok "$1: $(head -c 400 pyerr)"; fi
+import glob, json, sys
+L = {}
+for f in glob.glob("*.jsonl"):
+    L[f[:-6]] = [json.loads(l)["loss"] for l in open(f) if '"loss"' in l]
+def rel(a, b):
+    assert len(a) == len(b) == 8, (len(a), len(b))
+    return max(abs(x - y) / abs(y) for x, y in zip(a, b))
+ok = eval(sys.argv[1])
+if not ok:
+    print({k: v[:3] for k, v in L.items()}, file=sys.stderr)
+sys.exit(0 if ok else 1)
+EOF
+}
+# fp32 across world sizes: the same global batch, only the summation order differs
+check "the emulated GPU follows the CPU backend, 1 rank, fp32 (8 steps, <= 1e-5)" 'rel(L["cuda1"], L["cpu1"]) <= 1e-5'
+for c in z0 z1 z1o z2 z2b z2o; do
+    check "2 GPUs $c over NCCL give the 1-GPU losses (<= 1e-5)" "rel(L['$c.cuda'], L['cuda1']) <= 1e-5"
+done
+check "2 GPUs ZeRO-2 follow 2 CPU ranks ZeRO-2 (<= 1e-5)" 'rel(L["z2.cuda"], L["z2.cpu"]) <= 1e-5'
+# 16-bit: both backends round the same values at every layer boundary; a last-bit difference
+# in a sum can flip a rounding (bf16: 2^-8 relative), which AdamW carries forward: bounds of a
+# few roundings, far below the 2-3% that separates 16-bit from fp32 runs (tests/mp.sh)
+check "2 GPUs fp16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 2e-3)" 'rel(L["f16.cuda"], L["f16.cpu"]) <= 2e-3'
+check "2 GPUs bf16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 1e-2)" 'rel(L["b16.cuda"], L["b16.cpu"]) <= 1e-2'
+grep -q "backend cuda:0 (CPU emulation of CUDA" z0.out && ok "rank 0 logs its device" || notok "device line: $(head -3 z0.out)"
+
+# overflow: an inf in rank 1's gradient at step 3 skips that step on both GPUs
+launch "$B/ds-train" "${common[@]}" --config f16inf.json --device cuda --inject-grad-inf 3:1 \
+    --log-json 'inf{rank}.jsonl' >/dev/null 2>errinf || notok "inject-grad-inf: $(head -c 300 errinf)"
+if python3 - <<'EOF' 2>pyerr; then ok "fp16 on 2 GPUs: an inf in rank 1's gradient skips step 3 on both ranks"; else notok "overflow skip: $(head -c 300 pyerr)"; fi
+import json
+for r in (0, 1):
+    recs = [json.loads(l) for l in open(f"inf{r}.jsonl") if '"step"' in l]
+    sk = [x["step"] for x in recs if x.get("skipped")]
+    assert sk == [3], (r, sk)
+EOF
+
+# checkpoint: ZeRO-2 on 2 GPUs, 4 steps + resume to 8 == 8 straight, to the last bit
+launch "$B/ds-train" "${common[@]/8/4}" --config z2.json --device cuda --save ck --log-json a.jsonl >/dev/null 2>errs1 &&
+launch "$B/ds-train" "${common[@]}" --config z2.json --device cuda --load ck --log-json b.jsonl >/dev/null 2>errs2 ||
+    notok "save/resume: $(head -c 300 errs1) $(head -c 300 errs2)"
+if python3 - <<'EOF' 2>pyerr; then ok "ZeRO-2 on 2 GPUs: 4 steps + resume + 4 gives the straight run's losses bit for bit"; else notok "resume: $(head -c 300 pyerr)"; fi
+import json
+f = lambda n: [json.loads(l)["loss"] for l in open(n) if '"loss"' in l]
+assert f("a.jsonl") + f("b.jsonl") == f("z2.cuda.jsonl"), (f("a.jsonl") + f("b.jsonl"), f("z2.cuda.jsonl"))
+EOF
+
+# the config's "device" picks the backend when no flag does; a flag wins
+echo '{"train_batch_size": 8, "device": "cuda"}' > dev.json
+"$B/ds-train" net.json --data text.txt --steps 1 --config dev.json >dev.out 2>&1 &&
+    grep -q "backend cuda:0 (CPU emulation" dev.out && ok 'config "device": "cuda" trains on the GPU' ||
+    notok "config device: $(head -c 300 dev.out)"
+"$B/ds-train" net.json --data text.txt --steps 1 --config dev.json --device cpu >dev2.out 2>&1 &&
+    grep -q "backend cpu (" dev2.out && ok '--device cpu overrides the config'"'"'s "device"' ||
+    notok "--device over config: $(head -c 300 dev2.out)"
+
+# errors: a rank's LOCAL_RANK beyond the visible devices; no NCCL (every rank stops, none hangs)
+if LOCAL_RANK=3 CUDA_VISIBLE_DEVICES=0,1 "$B/ds-train" "${common[@]}" --config mb8.json --device cuda >/dev/null 2>errl; then
+    notok "LOCAL_RANK 3 of 2 devices must fail"
+elif grep -q "LOCAL_RANK=3 but this process sees 2 CUDA device(s)" errl; then ok "LOCAL_RANK beyond the visible devices: named"
+else notok "LOCAL_RANK error: $(head -c 300 errl)"; fi
+if DS_NCCL_LIBRARY=$T/nonexistent/libnccl.so.2 timeout 120 "$B/ds-launch" --master_port 0 --num_gpus 2 \
+    --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config z0.json --device cuda >/dev/null 2>errn; then
+    notok "2 GPUs without NCCL must fail"
+elif grep -q "NCCL: cannot load .*nonexistent/libnccl.so.2" errn && ! grep -q "timed out\|Terminated" errn; then
+    ok "2 GPUs without NCCL: a clear error, no hang"
+else notok "no NCCL: $(head -c 400 errn)"; fi
+tap_summary
