@@ -22,8 +22,9 @@
 # Knobs (both modes read them where they apply): DS_GPU_MB (pack: the micro-batch, default 8),
 # DS_GPU_STEPS (default 20), DS_CUDA_ARCH (pack: default 90), DS_GPU_SKIP (run: a list of
 # stages to skip: tests bench ds torch). For a dry run of `run` without a GPU (checks the flow,
-# not the GPU): DS_GPU_MODULE=<libds-cuda-emu.so of tests/cuda_emu>, DS_GPU_NET=gpt-tiny.json,
-# DS_GPU_TORCH_DEVICE=cpu.
+# not the GPU): DS_GPU_MODULE=<libds-cuda-emu.so of tests/cuda_emu> (the libnccl-emu.so beside
+# it stands in for NCCL), DS_GPU_NET=gpt-tiny.json, DS_GPU_TORCH_DEVICE=cpu. NCCL on the GPU
+# machine: DS_NCCL_LIBRARY, else the toolkit's libnccl.so.2, else PyTorch's nvidia-nccl wheel.
 set -u
 mode=${1:-}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -177,11 +178,13 @@ run() {
     local ltlib="$G/lib:$G/deps${cudalib:+:$cudalib}"
     say "libraries: $G/lib, $G/deps, cuBLAS from ${cudalib:-NOT FOUND}"
     # NCCL (loaded with dlopen by the NCCL communicator test): the toolkit's, else PyTorch's wheel
-    local nccl=""
-    for d in ${cudalib:+"$cudalib"} /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu; do
+    local nccl=${DS_NCCL_LIBRARY:-}
+    [ -z "$nccl" ] && [ -n "${DS_GPU_MODULE:-}" ] && [ -e "$(dirname "$DS_GPU_MODULE")/libnccl-emu.so" ] &&
+        nccl=$(dirname "$DS_GPU_MODULE")/libnccl-emu.so # a dry run: the emulation's NCCL
+    [ -z "$nccl" ] && for d in ${cudalib:+"$cudalib"} /usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu; do
         [ -e "$d/libnccl.so.2" ] && { nccl=$d/libnccl.so.2; break; }
     done
-    if [ -z "$nccl" ]; then
+    if [ -z "$nccl" ]; then # PyTorch's nvidia-nccl wheel
         local sp2
         sp2=$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
         nccl=$(find $sp2 -name 'libnccl.so.2' 2>/dev/null | head -1)
