@@ -1112,3 +1112,30 @@ Test(reduce, sum_sumsq_nonfinite_scale)
         ds_backend_destroy(be);
     }
 }
+
+/* The CPU backend keeps separate scratch buffers for attention's backward and the linear
+ * weight gradient; growing one must leave the other alone (a stray free of the attention
+ * scratch when the linear one grew made a net whose widest linear layer sits below an
+ * attention layer crash: use after free, then a double free). */
+Test(backend, scratch_buffers_are_independent)
+{
+    ds_backend *b;
+    ds_error err = {0};
+    cr_assert_eq(ds_backend_create(&b, "cpu", &err), DS_OK, "%s", err.msg);
+    ds_rng r;
+    ds_rng_seed(&r, 5);
+    const int64_t B = 2, T = 16, C = 8, H = 2, M = 64, K = 8, N = 4096;
+    float *qkv = frandn(&r, B * T * 3 * C, 0, 1), *dout = frandn(&r, B * T * C, 0, 1);
+    float *out = calloc((size_t)(B * T * C), sizeof(float)), *att = calloc((size_t)(B * H * T * T), sizeof(float));
+    float *d1 = calloc((size_t)(B * T * 3 * C), sizeof(float)), *d2 = calloc((size_t)(B * T * 3 * C), sizeof(float));
+    float *x = frandn(&r, M * K, 0, 1), *dy = frandn(&r, M * N, 0, 1), *w = frandn(&r, N * K, 0, 1);
+    float *dw = calloc((size_t)(N * K), sizeof(float));
+    cr_assert_eq(b->ops->attention_fwd(b, qkv, out, att, B, T, C, H, 1), DS_OK, "%s", b->err.msg);
+    cr_assert_eq(b->ops->attention_bwd(b, dout, qkv, att, d1, B, T, C, H, 1), DS_OK, "%s", b->err.msg);
+    /* a weight gradient with M x N = 262144 floats of transposed dY: the linear scratch grows */
+    cr_assert_eq(b->ops->linear_bwd(b, dy, x, w, NULL, dw, NULL, M, K, N, 0), DS_OK, "%s", b->err.msg);
+    cr_assert_eq(b->ops->attention_bwd(b, dout, qkv, att, d2, B, T, C, H, 1), DS_OK, "%s", b->err.msg);
+    cr_expect(memcmp(d1, d2, sizeof(float) * (size_t)(B * T * 3 * C)) == 0, "attention backward changed");
+    ds_backend_destroy(b); /* a double free aborts here */
+    free(qkv), free(dout), free(out), free(att), free(d1), free(d2), free(x), free(dy), free(w), free(dw);
+}

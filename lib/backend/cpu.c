@@ -104,15 +104,8 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
          * N is a power of two (cache-set aliasing: 2x slower at N = 1024); an explicit
          * transpose costs one pass over dY and keeps the product at full speed. */
         cpu_impl *c = b->impl;
-        size_t need = (size_t)(M * N);
-        if (c->scratch_floats < need) {
-            free(c->scratch);
-    free(c->att_scratch);
-            c->scratch = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
-            c->scratch_floats = c->scratch ? need : 0;
-            if (!c->scratch)
-                return ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory (%zu floats of scratch)", need);
-        }
+        if ((st = scratch(b, &c->scratch, &c->scratch_floats, (size_t)(M * N))) != DS_OK)
+            return st;
         c->k->transpose(dy, c->scratch, M, N, dbias);
         dbias = NULL;
         if (K >= 1024) {
