@@ -793,9 +793,12 @@ int main(int argc, char **argv)
     else if (strncmp(backend, "cuda", 4) == 0) /* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, ...)" */
         printf("ds-train %s: %s, %lld parameters; backend %s\n", DS_VERSION, a.net,
                (long long)net->total_params, backend);
-    else
-        printf("ds-train %s: %s, %lld parameters; backend cpu (%s kernels, %d threads)\n", DS_VERSION,
-               a.net, (long long)net->total_params, backend, threads);
+    else { /* "avx2" or "avx512, bf16 GEMMs on AMX-BF16: brg:avx512_core_amx" */
+        const char *more = strchr(backend, ',');
+        printf("ds-train %s: %s, %lld parameters; backend cpu (%.*s kernels%s, %d threads)\n", DS_VERSION,
+               a.net, (long long)net->total_params, more ? (int)(more - backend) : (int)strlen(backend), backend,
+               more ? more : "", threads);
+    }
     if (rank == 0) {
         printf("data: %s (%lld samples, %s order); batch %lld = micro %lld x accumulation %lld x ranks %d; "
                "%lld steps\n",
@@ -810,7 +813,10 @@ int main(int argc, char **argv)
                    ds_engine_loss_scale(eng), (long long)cfg->fp16.loss_scale_window, cfg->fp16.hysteresis,
                    cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale);
         else if (cfg->precision == DS_PREC_BF16)
-            printf("precision: bf16%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "");
+            printf("precision: bf16%s%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "",
+                   strncmp(backend, "cuda", 4) == 0 || strstr(backend, "bf16 GEMMs")
+                       ? ""
+                       : "; matrix products in fp32 (this CPU has no bf16 units: no speed-up, see ds-config(5))");
         if (cfg->scheduler.type != DS_SCHED_NONE)
             printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
                    ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));

@@ -21,9 +21,10 @@
 # (about 3 minutes expected; every stage has its own timeout, 8.5 minutes in all).
 # Knobs (both modes read them where they apply): DS_GPU_MB (pack: the micro-batch, default 8),
 # DS_GPU_STEPS (default 20), DS_CUDA_ARCH (pack: default 90), DS_GPU_SKIP (run: a list of
-# stages to skip: tests bench ds torch). For a dry run of `run` without a GPU (checks the flow,
-# not the GPU): DS_GPU_MODULE=<libds-cuda-emu.so of tests/cuda_emu> (the libnccl-emu.so beside
-# it stands in for NCCL), DS_GPU_NET=gpt-tiny.json, DS_GPU_TORCH_DEVICE=cpu. NCCL on the GPU
+# stages to skip: tests bench ds torch cpu; cpu measures the host CPU's bf16 units, issue 4).
+# For a dry run of `run` without a GPU (checks the flow, not the GPU): DS_GPU_MODULE=<the
+# libds-cuda-emu.so of tests/cuda_emu> (the libnccl-emu.so beside it stands in for NCCL),
+# DS_GPU_NET=gpt-tiny.json, DS_GPU_TORCH_DEVICE=cpu. NCCL on the GPU
 # machine: DS_NCCL_LIBRARY, else the toolkit's libnccl.so.2, else PyTorch's nvidia-nccl wheel.
 set -u
 mode=${1:-}
@@ -56,7 +57,7 @@ pack() {
     grep -q '^pkglib_LTLIBRARIES = libds-cuda.la' Makefile || die "configure did not enable the CUDA backend"
     say "== build (make -j2: libds, libds-cuda.so, ds-train, tests/test_cuda, tests/bench_cuda)"
     # two makes: `all` recurses, and one make for everything would link libds.la twice at once
-    { make -j2 all && make -j2 tests/test_cuda tests/bench_cuda; } >make.out 2>&1 ||
+    { make -j2 all && make -j2 tests/test_cuda tests/bench_cuda tests/test_layers; } >make.out 2>&1 ||
         { tail -40 make.out; die "build failed"; }
     grep -i "warning" make.out && say "(compiler warnings above)" || true
 
@@ -66,6 +67,7 @@ pack() {
     cp .libs/ds-train "$G/bin/"
     cp tests/.libs/test_cuda "$G/bin/" 2>/dev/null || cp tests/test_cuda "$G/bin/"
     cp tests/.libs/bench_cuda "$G/bin/" 2>/dev/null || cp tests/bench_cuda "$G/bin/"
+    cp tests/.libs/test_layers "$G/bin/" 2>/dev/null || cp tests/test_layers "$G/bin/"
     for f in "$G"/bin/*; do file "$f" | grep -q ELF || die "$f is not an ELF binary (libtool wrapper?)"; done
     cp -L .libs/libds.so.0 "$G/lib/libds.so.0"
     cp -L .libs/libds-cuda.so "$G/lib/libds-cuda.so"
@@ -95,6 +97,7 @@ pack() {
 }
 EOF
     sed 's/"seed": 1234/"seed": 1234,\n  "bf16": {"enabled": true}/' "$G/share/gpt-small.ds.json" >"$G/share/gpt-small.bf16.ds.json"
+    sed 's/"seed": 1234/"seed": 1234,\n  "bf16": {"enabled": true}/' "$G/share/gpt-tiny.ds.json" >"$G/share/gpt-tiny.bf16.ds.json"
     if ls /usr/share/common-licenses/* >/dev/null 2>&1; then
         cat /usr/share/common-licenses/* >"$G/data/text.txt"
     else
@@ -263,6 +266,25 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
       r["device_name"], r["tokens_per_s"], r["median_ms"], r["losses"][0], r["losses"][-1],
       "%.1f" % r["peak_mem_gib"] if r["peak_mem_gib"] else "-"))' "$out/torch-$attn.json" 2>/dev/null ||
                 tail -5 "$out/torch.log"
+        done
+    fi
+    if ! in_skip cpu; then
+        # issue 4: the host CPU's bf16 units (AMX-BF16 / AVX512_BF16), which our own machines lack
+        say ""
+        say "== host CPU: bf16 products on its bf16 units; gpt-tiny fp32 vs bf16 on --device cpu"
+        grep -m1 'model name' /proc/cpuinfo
+        say "cores $(getconf _NPROCESSORS_ONLN); bf16-related flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' |
+            grep -E '^(avx512f|avx512_bf16|amx_tile|amx_bf16)$' | tr '\n' ' ')"
+        dsenv timeout 60 "$G/bin/test_layers" --filter 'backend/bf16*' --verbose 2>&1 |
+            grep -E "bf16 products|PASS|FAIL|Assert|rror|Synthesis"
+        local p
+        for p in fp32 bf16; do
+            local cfgf=$G/share/gpt-tiny.ds.json
+            [ "$p" = bf16 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
+            dsenv OMP_WAIT_POLICY=PASSIVE timeout 90 "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$cfgf" \
+                --data "$G/data/text.txt" --steps 30 --device cpu --quiet >"$out/cpu-$p.log" 2>&1
+            say "cpu $p: $(grep -E '^ds-train|^precision' "$out/cpu-$p.log" | sed 's/.*; backend/backend/' | tr '\n' ' ')"
+            say "        $(grep '^done' "$out/cpu-$p.log")"
         done
     fi
     say ""

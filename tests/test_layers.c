@@ -1139,3 +1139,79 @@ Test(backend, scratch_buffers_are_independent)
     ds_backend_destroy(b); /* a double free aborts here */
     free(qkv), free(dout), free(out), free(att), free(d1), free(d2), free(x), free(dy), free(w), free(dw);
 }
+
+/* bf16 training on the CPU: where the CPU has bf16 units (AMX-BF16, AVX512_BF16) and oneDNN a
+ * fast bf16 matmul, set_precision(bf16) makes the linear layers multiply in bf16; elsewhere
+ * the products stay fp32 (the same numbers: the engine feeds them bf16 values). Either way a
+ * linear layer's forward and backward on bf16 values must match the fp32 products: bf16 x bf16
+ * is exact in fp32, only the summation order may differ. */
+static void linear_all(ds_backend *b, const float *x, const float *w, const float *bias, const float *dy,
+                       float *y, float *dx, float *dw, float *db, int64_t M, int64_t K, int64_t N)
+{
+    memset(dw, 0, sizeof(float) * (size_t)(N * K));
+    memset(db, 0, sizeof(float) * (size_t)N);
+    cr_assert_eq(b->ops->linear_fwd(b, x, w, bias, y, M, K, N), DS_OK, "%s", b->err.msg);
+    cr_assert_eq(b->ops->linear_bwd(b, dy, x, w, dx, dw, db, M, K, N, 0), DS_OK, "%s", b->err.msg);
+}
+
+Test(backend, bf16_products_where_the_cpu_has_bf16_units)
+{
+    ds_backend *ref, *b;
+    ds_error err = {0};
+    unsetenv("DS_CPU_BF16_GEMM");
+    cr_assert_eq(ds_backend_create(&ref, "cpu", &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_backend_create(&b, "cpu", &err), DS_OK, "%s", err.msg);
+    cr_assert(b->ops->set_precision != NULL);
+    cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+    int units = strstr(ds_backend_describe(b), "bf16 GEMMs") != NULL;
+    char desc[256];
+    snprintf(desc, sizeof desc, "%s", ds_backend_describe(b));
+    ds_rng r;
+    ds_rng_seed(&r, 11);
+    const int64_t M = 96, K = 200, N = 72; /* not multiples of the units' tiles */
+    float *x = frandn(&r, M * K, 0, 1), *w = frandn(&r, N * K, 0, 0.1), *bias = frandn(&r, N, 0, 0.1);
+    float *dy = frandn(&r, M * N, 0, 1);
+    b->ops->round16(b, x, M * K, DS_ROUND_BF16), b->ops->round16(b, w, N * K, DS_ROUND_BF16);
+    b->ops->round16(b, dy, M * N, DS_ROUND_BF16);
+    float *o[2][4];
+    for (int i = 0; i < 2; i++) {
+        o[i][0] = calloc((size_t)(M * N), 4), o[i][1] = calloc((size_t)(M * K), 4);
+        o[i][2] = calloc((size_t)(N * K), 4), o[i][3] = calloc((size_t)N, 4);
+        linear_all(i ? b : ref, x, w, bias, dy, o[i][0], o[i][1], o[i][2], o[i][3], M, K, N);
+    }
+    const int64_t len[4] = {M * N, M * K, N * K, N};
+    const char *what[4] = {"y", "dx", "dw", "dbias"};
+    for (int t = 0; t < 4; t++) {
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < len[t]; i++) {
+            cr_assert(isfinite(o[1][t][i]), "%s[%lld] is %g", what[t], (long long)i, o[1][t][i]);
+            num += (o[1][t][i] - o[0][t][i]) * (double)(o[1][t][i] - o[0][t][i]);
+            den += (double)o[0][t][i] * o[0][t][i];
+        }
+        double rel = sqrt(num / den);
+        cr_expect(rel <= (units ? 1e-5 : 0.0), "%s: relative error %.2e with %s", what[t], rel, ds_backend_describe(b));
+    }
+    if (!units) { /* the products stayed fp32 (bit for bit above); asking for bf16 units is an error */
+        setenv("DS_CPU_BF16_GEMM", "1", 1);
+        cr_expect_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_ERR_UNSUPPORTED);
+        cr_expect(strstr(b->err.msg, "DS_CPU_BF16_GEMM=1: no bf16 products here") != NULL, "%s", b->err.msg);
+    }
+    setenv("DS_CPU_BF16_GEMM", "0", 1); /* off, whatever the CPU */
+    cr_expect_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK);
+    cr_expect(strstr(ds_backend_describe(b), "bf16") == NULL, "%s", ds_backend_describe(b));
+    setenv("DS_CPU_BF16_GEMM", "yes", 1);
+    cr_expect_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_ERR_INVALID);
+    unsetenv("DS_CPU_BF16_GEMM");
+    cr_expect_eq(b->ops->set_precision(b, DS_ROUND_FP16), DS_OK); /* fp16: fp32 products */
+    cr_expect(strstr(ds_backend_describe(b), "bf16") == NULL, "%s", ds_backend_describe(b));
+    if (!units)
+        fprintf(stderr, "bf16 products: not on this CPU (fp32 products, checked equal)\n");
+    else
+        fprintf(stderr, "bf16 products: %s\n", desc);
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < 4; t++)
+            free(o[i][t]);
+    free(x), free(w), free(bias), free(dy);
+    ds_backend_destroy(ref);
+    ds_backend_destroy(b);
+}

@@ -1,6 +1,7 @@
 /* The CPU backend: the ops table over host memory. Matrix products go to oneDNN; every other
  * op to the kernel variant chosen at creation (AVX2+FMA when cpuid has them, else portable). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,12 @@ typedef struct cpu_impl {
     size_t att_scratch_floats;
     float *x_scratch;   /* transposed X for wide weight gradients */
     size_t x_scratch_floats;
+    /* bf16 training on a CPU with bf16 units (set_precision): the linear layers' operands,
+     * converted to bf16 (exact: they are bf16 values already), for oneDNN's bf16 products */
+    int gemm16;
+    uint16_t *h16[2];
+    size_t h16_n[2];
+    char describe[160];
 } cpu_impl;
 
 #define K(b) (((cpu_impl *)(b)->impl)->k)
@@ -29,6 +36,8 @@ static void cpu_destroy(ds_backend *b)
     free(c->scratch);
     free(c->att_scratch);
     free(c->x_scratch);
+    free(c->h16[0]);
+    free(c->h16[1]);
     free(c);
     free(b);
 }
@@ -84,9 +93,67 @@ static ds_status scratch(ds_backend *b, float **buf, size_t *have, size_t n)
     return *buf ? DS_OK : ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory (%zu floats of scratch)", n);
 }
 
+/* bf16 copy i (0 or 1) of x[n] (round to nearest even; exact for bf16 values). */
+static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
+{
+    cpu_impl *c = b->impl;
+    if (c->h16_n[i] < (size_t)n) {
+        free(c->h16[i]);
+        c->h16[i] = aligned_alloc(64, ((size_t)n * 2 + 63) / 64 * 64);
+        c->h16_n[i] = c->h16[i] ? (size_t)n : 0;
+        if (!c->h16[i]) {
+            ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory (%lld bf16 values of scratch)", (long long)n);
+            return NULL;
+        }
+    }
+    uint16_t *h = c->h16[i];
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], 4);
+        h[j] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 0x40)
+                                                : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    return h;
+}
+
+/* bf16 training: the linear layers' products in bf16 on the CPU's bf16 units, when it has them
+ * (AMX-BF16, AVX512_BF16) and DS_CPU_BF16_GEMM is not 0; otherwise fp32 products of the same
+ * bf16 values (the same numbers up to summation order). DS_CPU_BF16_GEMM=1 makes missing
+ * units an error. */
+static ds_status cpu_set_precision(ds_backend *b, int mode)
+{
+    cpu_impl *c = b->impl;
+    const char *env = getenv("DS_CPU_BF16_GEMM"), *why = "";
+    int want = mode == DS_ROUND_BF16 && !(env && strcmp(env, "0") == 0);
+    if (env && *env && strcmp(env, "0") && strcmp(env, "1"))
+        return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_BF16_GEMM=%s: expected 0 (fp32 products) or 1 "
+                            "(bf16 products, an error without bf16 units)", env);
+    c->gemm16 = want && ds_dnnl_bf16_probe(c->dnnl, &why);
+    if (want && !c->gemm16 && env && strcmp(env, "1") == 0)
+        return ds_error_set(&b->err, DS_ERR_UNSUPPORTED, "DS_CPU_BF16_GEMM=1: no bf16 products here: %s", why);
+    if (c->gemm16)
+        snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs on %s", c->k->variant, why);
+    else
+        c->describe[0] = 0;
+    return DS_OK;
+}
+
+static const char *cpu_describe(const ds_backend *b)
+{
+    const cpu_impl *c = b->impl;
+    return c->describe[0] ? c->describe : c->k->variant;
+}
+
 static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, const float *bias,
                                 float *y, int64_t M, int64_t K, int64_t N)
 {
+    if (((cpu_impl *)b->impl)->gemm16) {
+        const uint16_t *hx = to_bf16(b, 0, x, M * K), *hw = hx ? to_bf16(b, 1, w, N * K) : NULL;
+        if (!hw)
+            return DS_ERR_NOMEM;
+        return ds_dnnl_matmul_bf16(DNNL(b), M, N, K, hx, K, 1, hw, 1, K, bias, y, 0, &b->err);
+    }
     /* W^T as a strided view: B(k, n) = W[n*K + k] */
     return ds_dnnl_matmul(DNNL(b), M, N, K, x, K, 1, w, 1, K, bias, y, 0, &b->err);
 }
@@ -96,6 +163,30 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
                                 int64_t N, int accumulate)
 {
     ds_status st = DS_OK;
+    cpu_impl *c16 = b->impl;
+    if (c16->gemm16) {
+        /* dX = dY W and dW += dY^T X, with the operands in bf16 (copy 0: dY, then dY^T) */
+        const uint16_t *hdy, *h1;
+        if (dx) {
+            if (!(hdy = to_bf16(b, 0, dy, M * N)) || !(h1 = to_bf16(b, 1, w, N * K)))
+                return DS_ERR_NOMEM;
+            if ((st = ds_dnnl_matmul_bf16(DNNL(b), M, K, N, hdy, N, 1, h1, K, 1, NULL, dx, accumulate, &b->err)))
+                return st;
+        }
+        if (dw) {
+            if ((st = scratch(b, &c16->scratch, &c16->scratch_floats, (size_t)(M * N))) != DS_OK)
+                return st;
+            c16->k->transpose(dy, c16->scratch, M, N, dbias); /* dY^T [N, M], and the bias gradient */
+            dbias = NULL;
+            if (!(hdy = to_bf16(b, 0, c16->scratch, M * N)) || !(h1 = to_bf16(b, 1, x, M * K)))
+                return DS_ERR_NOMEM;
+            if ((st = ds_dnnl_matmul_bf16(DNNL(b), N, K, M, hdy, M, 1, h1, K, 1, NULL, dw, 1, &b->err)))
+                return st;
+        }
+        if (dbias)
+            K(b)->colsum_acc(dy, dbias, M, N);
+        return DS_OK;
+    }
     if (dx) /* dX[M,K] = dY[M,N] W[N,K] */
         st = ds_dnnl_matmul(DNNL(b), M, K, N, dy, N, 1, w, K, 1, NULL, dx, accumulate, &b->err);
     if (st == DS_OK && dw) {
@@ -283,10 +374,11 @@ static const ds_backend_ops cpu_ops = {
     .scale = cpu_scale,
     .adamw_step = cpu_adamw_step,
     .sgd_step = cpu_sgd_step,
-    .describe = NULL,
+    .describe = cpu_describe,
     .round16 = cpu_round16,
     .adagrad_step = cpu_adagrad_step,
     .lamb_step = cpu_lamb_step,
+    .set_precision = cpu_set_precision,
 };
 
 /* variant: NULL or "" picks by cpuid; "avx2" or "generic" forces one. */

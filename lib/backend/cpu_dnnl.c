@@ -6,6 +6,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#include <cpuid.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@ typedef struct mm_key {
     int64_t nb0, nb1, M, N, K;
     int64_t as[4], bs[4], cs[4];
     int bias, accumulate;
+    int bf16; /* A and B are bf16 */
     int slot; /* the thread that runs it, when rows are split between threads */
 } mm_key;
 
@@ -32,6 +34,8 @@ struct ds_dnnl {
     mm_entry **cache; /* pointers, so that growing the array moves no entry in use */
     int n, cap;
     char last_impl[64];
+    int bf16_probed, bf16_ok;
+    char bf16_why[96];
 };
 
 static ds_status dnnl_fail(ds_error *err, const char *what, dnnl_status_t s)
@@ -99,8 +103,9 @@ static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error
     }
     dnnl_dims_t bias_dims = {1, k->N}, bias_str = {k->N, 1};
     dnnl_status_t s;
-    if ((s = dnnl_memory_desc_init_by_strides(&a_md, nd, a_dims + o, dnnl_f32, a_str + o)) ||
-        (s = dnnl_memory_desc_init_by_strides(&b_md, nd, b_dims + o, dnnl_f32, b_str + o)) ||
+    dnnl_data_type_t ab = k->bf16 ? dnnl_bf16 : dnnl_f32;
+    if ((s = dnnl_memory_desc_init_by_strides(&a_md, nd, a_dims + o, ab, a_str + o)) ||
+        (s = dnnl_memory_desc_init_by_strides(&b_md, nd, b_dims + o, ab, b_str + o)) ||
         (s = dnnl_memory_desc_init_by_strides(&c_md, nd, c_dims + o, dnnl_f32, c_str + o)) ||
         (s = dnnl_memory_desc_init_by_strides(&bias_md, 2, bias_dims, dnnl_f32, bias_str)))
         return dnnl_fail(err, "memory descriptor", s);
@@ -175,8 +180,8 @@ static mm_entry *entry_for(ds_dnnl *d, const mm_key *k, ds_status *st, ds_error 
     return e;
 }
 
-static ds_status run(ds_dnnl *d, const mm_key *k, dnnl_stream_t stream, const float *A,
-                     const float *B, const float *bias, float *C, ds_error *err)
+static ds_status run(ds_dnnl *d, const mm_key *k, dnnl_stream_t stream, const void *A,
+                     const void *B, const float *bias, float *C, ds_error *err)
 {
     ds_status st;
     mm_entry *e = entry_for(d, k, &st, err);
@@ -215,8 +220,8 @@ static int threads_for(int64_t n, int64_t min_per_thread)
 /* Run k split along its leading dimension (rows for 2-D, the first batch dimension otherwise)
  * between nt threads, each a single-threaded oneDNN product on its own stream. a_step, b_step
  * and c_step are the element strides of that dimension (b_step 0: B is shared). */
-static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const float *A, int64_t a_step,
-                           const float *B, int64_t b_step, float *C, int64_t c_step,
+static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const void *A, int64_t a_step,
+                           const void *B, int64_t b_step, float *C, int64_t c_step,
                            const float *bias, ds_error *err)
 {
     int two_d = k->nb0 == 1 && k->nb1 == 1;
@@ -247,8 +252,9 @@ static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const float *A, 
         } else {
             kt.nb0 = i1 - i0;
         }
-        sts[t] = run(d, &kt, d->slot_stream[t], A + i0 * a_step, B + i0 * b_step, bias,
-                     C + i0 * c_step, &errs[t]);
+        size_t es = k->bf16 ? 2 : 4; /* bytes per element of A and B */
+        sts[t] = run(d, &kt, d->slot_stream[t], (const char *)A + (size_t)(i0 * a_step) * es,
+                     (const char *)B + (size_t)(i0 * b_step) * es, bias, C + i0 * c_step, &errs[t]);
     }
     for (int t = 0; t < nt; t++)
         if (sts[t] != DS_OK) {
@@ -262,9 +268,9 @@ static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const float *A, 
 /* 2-D products are split by rows of C between the OpenMP threads, each running its own
  * single-threaded product: measured on 2 cores, oneDNN's own threading of these shapes (M about
  * 1024, K and N 256..1024) loses a fifth of the speed in the middle of a training step. */
-ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
-                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
-                         const float *bias, float *C, int accumulate, ds_error *err)
+static ds_status matmul2d(ds_dnnl *d, int bf16, int64_t M, int64_t N, int64_t K, const void *A,
+                          int64_t as0, int64_t as1, const void *B, int64_t bs0, int64_t bs1,
+                          const float *bias, float *C, int accumulate, ds_error *err)
 {
     mm_key k;
     memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding bytes */
@@ -274,10 +280,72 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
     k.as[0] = k.as[1] = M * K, k.bs[0] = k.bs[1] = K * N, k.cs[0] = k.cs[1] = M * N;
     k.bias = bias != NULL;
     k.accumulate = accumulate != 0;
+    k.bf16 = bf16;
     int nt = threads_for(M, 64);
     if (nt < 2)
         return run(d, &k, d->stream, A, B, bias, C, err);
     return run_split(d, &k, nt, A, as0, B, 0, C, N, bias, err);
+}
+
+ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const float *A,
+                         int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
+                         const float *bias, float *C, int accumulate, ds_error *err)
+{
+    return matmul2d(d, 0, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
+}
+
+ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                              int64_t as0, int64_t as1, const uint16_t *B, int64_t bs0, int64_t bs1,
+                              const float *bias, float *C, int accumulate, ds_error *err)
+{
+    return matmul2d(d, 1, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
+}
+
+/* cpuid: AMX-BF16 is leaf 7 subleaf 0 EDX bit 22, AVX512_BF16 leaf 7 subleaf 1 EAX bit 5. */
+static void bf16_units(int *amx, int *avx512)
+{
+    unsigned a, b, c, dx;
+    *amx = *avx512 = 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &dx)) {
+        *amx = (dx >> 22) & 1;
+        if (__get_cpuid_count(7, 1, &a, &b, &c, &dx))
+            *avx512 = (a >> 5) & 1;
+    }
+}
+
+int ds_dnnl_bf16_probe(ds_dnnl *d, const char **why)
+{
+    if (!d->bf16_probed) {
+        d->bf16_probed = 1;
+        int amx, avx512;
+        bf16_units(&amx, &avx512);
+        if (!amx && !avx512) {
+            snprintf(d->bf16_why, sizeof d->bf16_why, "no AMX-BF16 or AVX512_BF16 on this CPU");
+        } else {
+            /* a small product, as the linear layers use it: oneDNN says which code runs it */
+            mm_key k;
+            memset(&k, 0, sizeof k);
+            k.nb0 = k.nb1 = 1, k.M = 64, k.N = 64, k.K = 64, k.bf16 = 1;
+            k.as[2] = 64, k.as[3] = 1, k.bs[2] = 1, k.bs[3] = 64, k.cs[2] = 64, k.cs[3] = 1;
+            k.as[0] = k.as[1] = k.bs[0] = k.bs[1] = k.cs[0] = k.cs[1] = 64 * 64;
+            ds_status st;
+            ds_error e = {0};
+            char impl[64] = "";
+            if (entry_for(d, &k, &st, &e))
+                snprintf(impl, sizeof impl, "%s", d->last_impl);
+            if (!*impl || strncmp(impl, "ref", 3) == 0)
+                snprintf(d->bf16_why, sizeof d->bf16_why, "%s on this CPU, but oneDNN %d.%d has no fast bf16 matmul (%s)",
+                         amx ? "AMX-BF16" : "AVX512_BF16", dnnl_version()->major, dnnl_version()->minor,
+                         *impl ? impl : "none");
+            else {
+                d->bf16_ok = 1;
+                snprintf(d->bf16_why, sizeof d->bf16_why, "%s: %s", amx ? "AMX-BF16" : "AVX512_BF16", impl);
+            }
+        }
+    }
+    if (why)
+        *why = d->bf16_why;
+    return d->bf16_ok;
 }
 
 /* Batched products are split by the first batch dimension between the threads, like the rows

@@ -23,6 +23,15 @@ ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M
                                  int64_t K, const float *A, const int64_t as[4], const float *B,
                                  const int64_t bs[4], float *C, const int64_t cs[4],
                                  int accumulate, ds_error *err);
+/* The same product with A and B given as bf16 (C and bias fp32, fp32 accumulation): for CPUs
+ * with bf16 matrix units (AMX-BF16, AVX512_BF16). Call only after ds_dnnl_bf16_probe said yes. */
+ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                              int64_t as0, int64_t as1, const uint16_t *B, int64_t bs0, int64_t bs1,
+                              const float *bias, float *C, int accumulate, ds_error *err);
+/* Whether bf16 products run on this CPU's own bf16 units: cpuid has AMX-BF16 or AVX512_BF16 and
+ * oneDNN makes a bf16 matmul that is not its reference code. *why says which, or why not
+ * ("amx-bf16: brg:avx512_core_amx", "no AMX-BF16 or AVX512_BF16 on this CPU"). */
+int ds_dnnl_bf16_probe(ds_dnnl *d, const char **why);
 /* The implementation oneDNN chose for the last created primitive ("brg:avx512_core", ...). */
 const char *ds_dnnl_last_impl(const ds_dnnl *d);
 
