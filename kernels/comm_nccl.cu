@@ -63,28 +63,26 @@ extern "C" void ds_cuda_nccl_unload(ds_backend *) {}
 
 #else
 
-/* The NCCL entry points this module uses, resolved with dlsym. */
+/* The NCCL entry points this module uses, resolved with dlsym; typed from nccl.h's own
+ * prototypes, so a signature that does not match the header does not compile. */
 struct ds_nccl_lib {
     void *handle;
     char path[512];
     int version;
-    ncclResult_t (*GetVersion)(int *);
-    ncclResult_t (*GetUniqueId)(ncclUniqueId *);
-    ncclResult_t (*CommInitRank)(ncclComm_t *, int, ncclUniqueId, int);
-    ncclResult_t (*CommDestroy)(ncclComm_t);
-    ncclResult_t (*CommAbort)(ncclComm_t);
-    ncclResult_t (*CommGetAsyncError)(ncclComm_t, ncclResult_t *);
-    const char *(*GetErrorString)(ncclResult_t);
-    ncclResult_t (*AllReduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
-                              cudaStream_t);
-    ncclResult_t (*ReduceScatter)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t,
-                                  cudaStream_t);
-    ncclResult_t (*AllGather)(const void *, void *, size_t, ncclDataType_t, ncclComm_t, cudaStream_t);
-    ncclResult_t (*Broadcast)(const void *, void *, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
-    ncclResult_t (*Reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, int, ncclComm_t,
-                           cudaStream_t);
-    ncclResult_t (*GroupStart)(void);
-    ncclResult_t (*GroupEnd)(void);
+    decltype(&ncclGetVersion) GetVersion;
+    decltype(&ncclGetUniqueId) GetUniqueId;
+    decltype(&ncclCommInitRank) CommInitRank;
+    decltype(&ncclCommDestroy) CommDestroy;
+    decltype(&ncclCommAbort) CommAbort;
+    decltype(&ncclCommGetAsyncError) CommGetAsyncError;
+    decltype(&ncclGetErrorString) GetErrorString;
+    decltype(&ncclAllReduce) AllReduce;
+    decltype(&ncclReduceScatter) ReduceScatter;
+    decltype(&ncclAllGather) AllGather;
+    decltype(&ncclBroadcast) Broadcast;
+    decltype(&ncclReduce) Reduce;
+    decltype(&ncclGroupStart) GroupStart;
+    decltype(&ncclGroupEnd) GroupEnd;
 };
 
 extern "C" void ds_cuda_nccl_unload(ds_backend *b)

@@ -275,13 +275,13 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         grep -m1 'model name' /proc/cpuinfo
         say "cores $(getconf _NPROCESSORS_ONLN); bf16-related flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' |
             grep -E '^(avx512f|avx512_bf16|amx_tile|amx_bf16)$' | tr '\n' ' ')"
-        dsenv timeout 60 "$G/bin/test_layers" --filter 'backend/bf16*' --verbose 2>&1 |
+        dsenv timeout 30 "$G/bin/test_layers" --filter 'backend/bf16*' --verbose 2>&1 |
             grep -E "bf16 products|PASS|FAIL|Assert|rror|Synthesis"
         local p
         for p in fp32 bf16; do
             local cfgf=$G/share/gpt-tiny.ds.json
             [ "$p" = bf16 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
-            dsenv OMP_WAIT_POLICY=PASSIVE timeout 90 "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$cfgf" \
+            dsenv OMP_WAIT_POLICY=PASSIVE timeout 45 "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$cfgf" \
                 --data "$G/data/text.txt" --steps 30 --device cpu --quiet >"$out/cpu-$p.log" 2>&1
             say "cpu $p: $(grep -E '^ds-train|^precision' "$out/cpu-$p.log" | sed 's/.*; backend/backend/' | tr '\n' ' ')"
             say "        $(grep '^done' "$out/cpu-$p.log")"
