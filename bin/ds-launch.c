@@ -44,7 +44,8 @@ static const char usage_text[] =
     "  -i, --include SPEC          only these hosts/slots: host1:0,1@host2\n"
     "  -e, --exclude SPEC          all but these hosts/slots\n"
     "  --num_nodes N               the first N hosts of the hostfile\n"
-    "  --num_gpus N                slots 0..N-1 on every host; local mode: N ranks (default 1)\n"
+    "  --num_gpus N                slots 0..N-1 on every host; local mode: N ranks (default 1),\n"
+    "                              or the first N devices CUDA_VISIBLE_DEVICES lists (default all)\n"
     "  --master_addr ADDR          rank 0's address (default 127.0.0.1)\n"
     "  --master_port PORT          default 29500; 0 picks a free port and says which\n"
     "  --enable_each_rank_log DIR  write each rank's output to DIR/<time>_rank<N>.log\n"
@@ -254,8 +255,15 @@ static bool make_plan(const options *o, ds_launch_plan *plan)
     if (!have_hostfile && o->hostfile_given)
         fprintf(stderr, "ds-launch: warning: %s is not a file; running in local mode\n", o->hostfile);
     ds_status st;
+    const char *visible = getenv("CUDA_VISIBLE_DEVICES");
     if (have_hostfile) {
         st = ds_launch_hostfile_load(plan, o->hostfile, &err);
+        if (st == DS_OK && visible && *visible)
+            fprintf(stderr, "ds-launch: warning: CUDA_VISIBLE_DEVICES=%s is ignored with a hostfile: each "
+                            "rank sees the ids of its node's slots\n", visible);
+    } else if (visible && *visible) {
+        /* Local mode on the listed devices: all of them, or the first --num_gpus */
+        st = ds_launch_plan_local_devices(plan, visible, &err);
     } else {
         /* Local mode: --num_gpus ranks on this machine (DeepSpeed counts the devices; on a CPU
          * machine there is nothing to count, so the user says how many). */

@@ -13,6 +13,7 @@
 #  5. ds-ckpt inspect/merge/convert: PyTorch reads the converted fp32/fp16/bf16 weights by name.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
+unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
 B=${DS_BUILD_DIR:-.}
 # The ZeRO stages of the bit-exact resume checks (the configs below add
 # "zero_optimization": {"stage": Z}); the checks are the same for every stage.

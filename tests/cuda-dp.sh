@@ -8,6 +8,7 @@
 # scripts/gpu-check.sh does that on a lent one. Skipped (exit 77) without python3 and g++.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
+unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
 B=${DS_BUILD_DIR:-.}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 command -v python3 >/dev/null && command -v g++ >/dev/null || { echo "no python3 or g++: skipping"; exit 77; }

@@ -5,6 +5,7 @@
 # equals the number of gradient buckets; 2 ranks agree too. One "ok"/"not ok" line per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
+unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
 B=${DS_BUILD_DIR:-.}
 T=$(mktemp -d "${TMPDIR:-/tmp}/ds-dp.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT

@@ -4,6 +4,7 @@
 # left), per-rank logs, hostfile/filter errors, --master_port 0. One "ok"/"not ok" line per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
+unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
 
 BUILD=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 L="$BUILD/ds-launch"
@@ -80,6 +81,27 @@ NCCL_DEBUG=INFO UCX_TLS=tcp run --dry-run true
 if [ "$rc" = 0 ] && python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["nodes"][0]["ranks"][0]["env"]; assert e.get("NCCL_DEBUG")=="INFO" and e.get("UCX_TLS")=="tcp", e' "$T/out"; then
     ok "DeepSpeed's prefixes (NCCL, UCX, ...) are exported to the ranks"
 else notok "prefix exports $(why)"; fi
+
+# CUDA_VISIBLE_DEVICES with no hostfile: the listed devices are the local slots (all of them,
+# or the first --num_gpus; --include names positions in the list); with a hostfile: ignored
+devs() { python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print(" ".join(r["env"]["LOCAL_RANK"] + ":" + r["env"]["CUDA_VISIBLE_DEVICES"] for n in p["nodes"] for r in n["ranks"]))' "$T/out"; }
+CUDA_VISIBLE_DEVICES=4,5,6 run --dry-run true
+[ "$rc" = 0 ] && [ "$(devs)" = "0:4,5,6 1:4,5,6 2:4,5,6" ] && ok "CUDA_VISIBLE_DEVICES=4,5,6, no hostfile: 3 ranks on those devices" ||
+    notok "visible devices $(why)"
+CUDA_VISIBLE_DEVICES=4,5,6 run --num_gpus 2 --dry-run true
+[ "$rc" = 0 ] && [ "$(devs)" = "0:4,5 1:4,5" ] && ok "CUDA_VISIBLE_DEVICES=4,5,6 --num_gpus 2: the first two" ||
+    notok "visible devices + --num_gpus $(why)"
+CUDA_VISIBLE_DEVICES=GPU-a1,GPU-b2,GPU-c3 run -i localhost:0,2 --dry-run true
+[ "$rc" = 0 ] && [ "$(devs)" = "0:GPU-a1,GPU-c3 1:GPU-a1,GPU-c3" ] &&
+    ok "CUDA_VISIBLE_DEVICES of UUIDs with --include localhost:0,2: the 1st and 3rd" || notok "visible UUIDs + include $(why)"
+CUDA_VISIBLE_DEVICES=4,5 expect_fail "--num_gpus beyond CUDA_VISIBLE_DEVICES is an error naming both" 2 \
+    "--num_gpus 3: CUDA_VISIBLE_DEVICES lists only 2 device(s)" --num_gpus 3 --dry-run true
+CUDA_VISIBLE_DEVICES=1,,2 expect_fail "an empty entry of CUDA_VISIBLE_DEVICES is named" 2 \
+    'CUDA_VISIBLE_DEVICES="1,,2": entry 1 is empty' --dry-run true
+printf 'localhost slots=2\n' >hosts1
+CUDA_VISIBLE_DEVICES=4,5 run -H hosts1 --dry-run true
+[ "$rc" = 0 ] && [ "$(devs)" = "0:0,1 1:0,1" ] && grep -qF "CUDA_VISIBLE_DEVICES=4,5 is ignored with a hostfile" "$T/err" &&
+    ok "with a hostfile CUDA_VISIBLE_DEVICES is ignored, with a warning" || notok "hostfile + visible devices $(why)"
 
 # --- local jobs ---------------------------------------------------------------------------
 run sh -c "$PRINT"

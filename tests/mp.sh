@@ -13,6 +13,7 @@
 # the spread that the initialization alone causes.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
+unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
 B=${DS_BUILD_DIR:-.}
 S=${DS_TEST_DIR:-$(dirname "$0")}/..
 T=$(mktemp -d "${TMPDIR:-/tmp}/ds-mp.XXXXXX") || exit 1

@@ -6,6 +6,7 @@
 # no sqlite3 CLI is needed), plus missing, corrupt and foreign files. One "ok"/"not ok" per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
+unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
 B=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
 TESTDIR=${DS_TEST_DIR:-$(cd "$(dirname "$0")" && pwd)}
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1

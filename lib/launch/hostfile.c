@@ -76,6 +76,9 @@ void ds_launch_plan_free(ds_launch_plan *plan)
         free(plan->nodes[i].slot_ids);
     }
     free(plan->nodes);
+    for (int i = 0; i < plan->num_local_devices; i++)
+        free(plan->local_devices[i]);
+    free(plan->local_devices);
     for (int i = 0; i < plan->num_warnings; i++)
         free(plan->warnings[i]);
     free(plan->warnings);
@@ -256,6 +259,44 @@ ds_status ds_launch_plan_local(ds_launch_plan *plan, int num_slots, ds_error *er
     return plan_add(plan, "localhost", strlen("localhost"), num_slots, err);
 }
 
+ds_status ds_launch_plan_local_devices(ds_launch_plan *plan, const char *visible, ds_error *err)
+{
+    memset(plan, 0, sizeof *plan);
+    int n = 1;
+    for (const char *q = visible; *q; q++)
+        n += *q == ',';
+    if (n > DS_LAUNCH_MAX_SLOTS)
+        return ds_error_set(err, DS_ERR_INVALID, "CUDA_VISIBLE_DEVICES lists %d devices (at most %d)", n,
+                            DS_LAUNCH_MAX_SLOTS);
+    if (!(plan->local_devices = calloc((size_t)n, sizeof *plan->local_devices)))
+        return nomem(err);
+    ds_status st = DS_OK;
+    const char *a = visible;
+    for (int i = 0; i < n && st == DS_OK; i++) {
+        const char *comma = strchr(a, ',');
+        size_t len = comma ? (size_t)(comma - a) : strlen(a);
+        const char *b = a + len;
+        while (a < b && isspace((unsigned char)*a))
+            a++;
+        while (b > a && isspace((unsigned char)b[-1]))
+            b--;
+        if (a == b)
+            st = ds_error_set(err, DS_ERR_INVALID,
+                              "CUDA_VISIBLE_DEVICES=\"%s\": entry %d is empty (expected device indices or "
+                              "UUIDs separated by ',')", visible, i);
+        else if (!(plan->local_devices[i] = strndup(a, (size_t)(b - a))))
+            st = nomem(err);
+        else
+            plan->num_local_devices++;
+        a = comma ? comma + 1 : b;
+    }
+    if (st == DS_OK)
+        st = plan_add(plan, "localhost", strlen("localhost"), n, err);
+    if (st != DS_OK)
+        ds_launch_plan_free(plan);
+    return st;
+}
+
 /* ---- --include / --exclude ------------------------------------------------------------ */
 
 /* Parse one slot id of a filter term: Python int() rules, so surrounding spaces are fine. */
@@ -395,6 +436,13 @@ ds_status ds_launch_plan_limit(ds_launch_plan *plan, int num_nodes, int num_gpus
             return ds_error_set(err, DS_ERR_INVALID,
                                 "--num_nodes %d: there is no hostfile, so only one node (this one)",
                                 num_nodes);
+        if (!plan->local_devices || num_gpus <= 0)
+            return DS_OK; /* --num_gpus sized the node */
+        if (num_gpus > plan->nodes[0].slots) /* the first num_gpus listed devices */
+            return ds_error_set(err, DS_ERR_INVALID,
+                                "--num_gpus %d: CUDA_VISIBLE_DEVICES lists only %d device(s)", num_gpus,
+                                plan->nodes[0].slots);
+        plan->nodes[0].num_ids = num_gpus;
         return DS_OK;
     }
     if (num_nodes > 0 && num_nodes < plan->num_nodes) {
@@ -506,13 +554,20 @@ ds_status ds_launch_rank_env(const ds_launch_plan *plan, int node, int local,
         return ds_error_set(err, DS_ERR_INTERNAL, "rank env: node %d local rank %d out of range", node,
                             local);
     const ds_launch_node *n = &plan->nodes[node];
-    /* CUDA_VISIBLE_DEVICES: this node's ids joined by ',' (DeepSpeed's launch.py). */
-    char *devices = malloc((size_t)n->num_ids * 12 + 1);
+    /* CUDA_VISIBLE_DEVICES: this node's ids joined by ',' (DeepSpeed's launch.py); in local
+     * mode from CUDA_VISIBLE_DEVICES, the listed devices of those slots */
+    size_t cap = (size_t)n->num_ids * 12 + 1;
+    for (int i = 0; plan->local_devices && i < n->num_ids; i++)
+        cap += strlen(plan->local_devices[n->slot_ids[i]]) + 1;
+    char *devices = malloc(cap);
     if (!devices)
         return nomem(err);
     size_t len = 0;
     for (int i = 0; i < n->num_ids; i++)
-        len += (size_t)sprintf(devices + len, "%s%d", i ? "," : "", n->slot_ids[i]);
+        if (plan->local_devices && n->slot_ids[i] < plan->num_local_devices)
+            len += (size_t)sprintf(devices + len, "%s%s", i ? "," : "", plan->local_devices[n->slot_ids[i]]);
+        else
+            len += (size_t)sprintf(devices + len, "%s%d", i ? "," : "", n->slot_ids[i]);
     devices[len] = '\0';
     ds_status st = env_setf(out, "RANK", err, "%d", n->first_rank + local);
     /* DECISIONS.md: LOCAL_RANK is the position within the node, not RANK mod LOCAL_SIZE. */

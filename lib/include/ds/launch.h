@@ -26,6 +26,8 @@ typedef struct ds_launch_plan {
     int num_nodes;
     int world_size;        /* set by ds_launch_plan_finish */
     bool from_hostfile;    /* false: local mode, one "localhost" node */
+    char **local_devices;  /* local mode from CUDA_VISIBLE_DEVICES: slot i is its i-th entry */
+    int num_local_devices;
     char **warnings;       /* things the caller should tell the user */
     int num_warnings;
 } ds_launch_plan;
@@ -41,6 +43,12 @@ ds_status ds_launch_hostfile_load(ds_launch_plan *plan, const char *path, ds_err
 
 /* Local mode: one node "localhost" with num_slots ids (0..num_slots-1). */
 ds_status ds_launch_plan_local(ds_launch_plan *plan, int num_slots, ds_error *err);
+/* Local mode on the devices CUDA_VISIBLE_DEVICES lists (spec/launcher.md, complaint 2: with no
+ * hostfile the variable is the device list): one slot per entry, slot i being the i-th entry
+ * (an index or a GPU UUID), so --num_gpus N takes the first N and --include localhost:I the
+ * I-th; each rank's CUDA_VISIBLE_DEVICES lists the entries of its node's slots. An empty entry
+ * is an error naming the variable. */
+ds_status ds_launch_plan_local_devices(ds_launch_plan *plan, const char *visible, ds_error *err);
 
 /* --include / --exclude (either may be NULL or ""; not both set). Syntax
  * HOST[:ID[,ID...]][@HOST...]; a bare host means all its slots; ids are checked against
@@ -50,7 +58,8 @@ ds_status ds_launch_plan_filter(ds_launch_plan *plan, const char *include, const
 
 /* --num_nodes (keep the first N hosts; < 0: unset) and --num_gpus (ids 0..N-1 on every
  * node; above a host's slots is an error; < 0: unset). In local mode --num_gpus has already
- * sized the node, and --num_nodes above 1 is an error. filtered: --include/--exclude given
+ * sized the node (from CUDA_VISIBLE_DEVICES: it takes the first N listed devices), and
+ * --num_nodes above 1 is an error. filtered: --include/--exclude given
  * (they cannot be combined with these). */
 ds_status ds_launch_plan_limit(ds_launch_plan *plan, int num_nodes, int num_gpus, bool filtered,
                                ds_error *err);
