@@ -814,9 +814,9 @@ int main(int argc, char **argv)
                    cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale);
         else if (cfg->precision == DS_PREC_BF16)
             printf("precision: bf16%s%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "",
-                   strncmp(backend, "cuda", 4) == 0 || strstr(backend, "bf16 GEMMs")
-                       ? ""
-                       : "; matrix products in fp32 (this CPU has no bf16 units: no speed-up, see ds-config(5))");
+                   strstr(backend, "fp32 GEMMs")
+                       ? "; matrix products in fp32 (the backend line says why), so no faster than fp32"
+                       : "");
         if (cfg->scheduler.type != DS_SCHED_NONE)
             printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
                    ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));

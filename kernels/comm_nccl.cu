@@ -14,6 +14,7 @@
  * take part for timeout_s (a dead rank) aborts the communicator with an error naming the
  * collective, instead of hanging. */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,9 +197,13 @@ static ds_status begin(nccl_comm *c, const char *what, ds_error *err)
 static ds_status finish(nccl_comm *c, ncclResult_t r, const char *what, size_t count, ds_error *err)
 {
     ds_nccl_lib *L = c->L;
-    if (r != ncclSuccess && r != ncclInProgress)
-        return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: %s", what, count,
-                    c->base.rank, c->base.size, L->GetErrorString(r));
+    if (r != ncclSuccess && r != ncclInProgress) {
+        /* part of a group may be queued on some ranks: the communicator cannot be trusted */
+        L->CommAbort(c->nc);
+        c->aborted = 1;
+        return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: %s; communicator aborted",
+                    what, count, c->base.rank, c->base.size, L->GetErrorString(r));
+    }
     double t0 = now_s();
     for (long spins = 0;; spins++) {
         cudaError_t e = cudaStreamQuery(c->cs);
@@ -234,6 +239,9 @@ static ncclRedOp_t red_op(ds_reduce_op op) { return op == DS_REDUCE_MAX ? ncclMa
 static ds_status n_all_reduce(ds_comm *cm, float *buf, size_t count, ds_reduce_op op, ds_error *err)
 {
     nccl_comm *c = NC(cm);
+    if (op == DS_REDUCE_MEAN && c->L->version < 21000) /* ncclAvg came with NCCL 2.10 */
+        return cerr(err, DS_ERR_UNSUPPORTED, "NCCL %d (%s) has no average; NCCL 2.10 or newer is needed",
+                    c->L->version, c->L->path);
     ds_status st = begin(c, "all_reduce", err);
     if (st != DS_OK)
         return st;
@@ -244,6 +252,9 @@ static ds_status n_reduce_scatter(ds_comm *cm, const float *send, float *recv, s
                                   ds_error *err)
 {
     nccl_comm *c = NC(cm);
+    if (op == DS_REDUCE_MEAN && c->L->version < 21000)
+        return cerr(err, DS_ERR_UNSUPPORTED, "NCCL %d (%s) has no average; NCCL 2.10 or newer is needed",
+                    c->L->version, c->L->path);
     ds_status st = begin(c, "reduce_scatter", err);
     if (st != DS_OK)
         return st;
@@ -350,6 +361,35 @@ static const ds_comm_ops nccl_ops = {
     /* .all_gather_v = */ n_all_gather_v,
 };
 
+/* ncclCommInitRank in a thread of its own (see ds_cuda_comm_create). */
+struct init_job {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ds_nccl_lib *L;
+    ncclUniqueId id;
+    int size, rank, device, done, refs;
+    ncclComm_t nc;
+    ncclResult_t result;
+};
+
+static void *init_main(void *arg)
+{
+    init_job *j = (init_job *)arg;
+    ncclComm_t nc = NULL;
+    ncclResult_t r = cudaSetDevice(j->device) == cudaSuccess ? j->L->CommInitRank(&nc, j->size, j->id, j->rank)
+                                                            : ncclUnhandledCudaError;
+    pthread_mutex_lock(&j->mu);
+    j->nc = nc;
+    j->result = r;
+    j->done = 1;
+    pthread_cond_broadcast(&j->cv);
+    int last = --j->refs == 0;
+    pthread_mutex_unlock(&j->mu);
+    if (last) /* the caller gave up waiting */
+        free(j);
+    return NULL;
+}
+
 extern "C" ds_status ds_cuda_comm_id(ds_backend *b, void *id, size_t cap, size_t *len, ds_error *err)
 {
     ds_status st = nccl_load(b, err);
@@ -400,21 +440,71 @@ extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t l
         e = cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming);
     if (e == cudaSuccess)
         e = cudaMalloc((void **)&c->one, sizeof(float));
+    if (e == cudaSuccess)
+        e = cudaMemsetAsync(c->one, 0, sizeof(float), c->cs);
     if (e != cudaSuccess) {
         n_destroy(&c->base);
         return cerr(err, DS_ERR_BACKEND, "NCCL: setting up rank %d's communicator: CUDA: %s (%s)", rank,
                     cudaGetErrorString(e), cudaGetErrorName(e));
     }
-    ncclUniqueId u;
-    memcpy(&u, id, sizeof u);
-    ncclResult_t r = L->CommInitRank(&c->nc, size, u, rank);
+    /* ncclCommInitRank waits, without a timeout, for every rank to join: it runs in a thread
+     * of its own and this one waits at most init_s for it (a rank that never joins, or one
+     * that failed before joining, is then an error here instead of a hang). On a timeout the
+     * thread is left behind, blocked; the caller is expected to give up the job. */
+    init_job *j = (init_job *)calloc(1, sizeof *j);
+    if (!j) {
+        n_destroy(&c->base);
+        return cerr(err, DS_ERR_NOMEM, "out of memory");
+    }
+    memcpy(&j->id, id, sizeof j->id);
+    j->L = L, j->size = size, j->rank = rank, j->device = cu->device, j->refs = 2;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    pthread_t th;
+    if (pthread_create(&th, NULL, init_main, j) != 0) {
+        free(j);
+        n_destroy(&c->base);
+        return cerr(err, DS_ERR_BACKEND, "NCCL: cannot start the initialization thread");
+    }
+    pthread_detach(th);
+    const double init_s = timeout_s > 0 ? timeout_s : 600;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)init_s;
+    pthread_mutex_lock(&j->mu);
+    while (!j->done && pthread_cond_timedwait(&j->cv, &j->mu, &until) == 0)
+        ;
+    int done = j->done;
+    ncclResult_t r = j->result;
+    c->nc = j->nc;
+    int last = --j->refs == 0;
+    pthread_mutex_unlock(&j->mu);
+    if (last)
+        free(j);
+    if (!done) {
+        c->nc = NULL;
+        n_destroy(&c->base);
+        return cerr(err, DS_ERR_IO,
+                    "NCCL: ncclCommInitRank (rank %d of %d, device %d) did not complete in %.0f s: a rank did not "
+                    "join (it failed or hangs before its NCCL setup)",
+                    rank, size, cu->device, init_s);
+    }
     if (r != ncclSuccess) {
+        if (c->nc)
+            L->CommAbort(c->nc);
         c->nc = NULL;
         n_destroy(&c->base);
         return cerr(err, DS_ERR_BACKEND,
                     "NCCL: ncclCommInitRank (rank %d of %d, device %d, %s, NCCL %d): %s (two ranks on one GPU, "
                     "or a rank that did not start, are the usual causes)",
                     rank, size, cu->device, L->path, L->version, L->GetErrorString(r));
+    }
+    /* one collective now, from this thread: NCCL sets up its connections lazily, and doing that
+     * while the overlap_comm thread and device allocations run is asking for trouble */
+    ds_status st2 = n_barrier(&c->base, err);
+    if (st2 != DS_OK) {
+        n_destroy(&c->base);
+        return st2;
     }
     *out = &c->base;
     return DS_OK;

@@ -118,6 +118,12 @@ echo '{"train_batch_size": 8, "device": "cuda"}' > dev.json
     grep -q "backend cpu (" dev2.out && ok '--device cpu overrides the config'"'"'s "device"' ||
     notok "--device over config: $(head -c 300 dev2.out)"
 
+# ranks that do not agree on the backend (rank 0 on the GPU, rank 1 on the CPU): both stop
+if launch sh -c 'if [ "$RANK" = 0 ]; then d=cuda; else d=cpu; fi; exec "$0" "$@" --device $d' "$B/ds-train" \
+    "${common[@]}" --config z0.json >/dev/null 2>errmix; then notok "mixed cuda and cpu ranks must fail"
+elif grep -q "the ranks do not agree on the backend" errmix; then ok "ranks on different backends: an error, not a hang"
+else notok "mixed backends: $(head -c 400 errmix)"; fi
+
 # errors: a rank's LOCAL_RANK beyond the visible devices; no NCCL (every rank stops, none hangs)
 if LOCAL_RANK=3 CUDA_VISIBLE_DEVICES=0,1 "$B/ds-train" "${common[@]}" --config mb8.json --device cuda >/dev/null 2>errl; then
     notok "LOCAL_RANK 3 of 2 devices must fail"

@@ -21,9 +21,17 @@ ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err)
     if (strcmp(name, "auto") == 0) {
         /* cuda when a GPU is there and the CUDA backend loads; the device-node check first
          * keeps CPU-only machines from loading any CUDA library */
-        ds_error ignored = {0};
-        if (ds_cuda_device_present() && ds_cuda_backend_load(out, NULL, &ignored) == DS_OK)
+        ds_error why = {0};
+        ds_status st = ds_cuda_device_present() ? ds_cuda_backend_load(out, NULL, &why) : DS_ERR_UNSUPPORTED;
+        if (st == DS_OK)
             return DS_OK;
+        /* a GPU is there and the backend loads, but this rank's device is wrong (LOCAL_RANK
+         * beyond the visible GPUs): an error, not a quiet CPU rank among GPU ranks */
+        if (st == DS_ERR_INVALID) {
+            if (err)
+                *err = why;
+            return st;
+        }
         return ds_cpu_backend_create(out, NULL, err);
     }
     return ds_error_set(err, DS_ERR_INVALID, "unknown backend \"%s\" (expected cpu, cuda or auto)", name);

@@ -134,6 +134,9 @@ static ds_status cpu_set_precision(ds_backend *b, int mode)
         return ds_error_set(&b->err, DS_ERR_UNSUPPORTED, "DS_CPU_BF16_GEMM=1: no bf16 products here: %s", why);
     if (c->gemm16)
         snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs on %s", c->k->variant, why);
+    else if (mode == DS_ROUND_BF16) /* asked for, not had: say why */
+        snprintf(c->describe, sizeof c->describe, "%s, fp32 GEMMs: %s", c->k->variant,
+                 want ? why : "DS_CPU_BF16_GEMM=0");
     else
         c->describe[0] = 0;
     return DS_OK;

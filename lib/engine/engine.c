@@ -804,6 +804,19 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                       : opts->backend_default ? opts->backend_default : "cpu";
     if ((st = ds_backend_create(&e->be, bname, err)) != DS_OK)
         goto fail;
+    if (e->comm) { /* every rank on the same kind of backend ("auto" may differ per rank) */
+        const float gpu = strcmp(e->be->ops->name, "cpu") != 0;
+        float v[2] = {gpu, -gpu};
+        if ((st = ds_comm_all_reduce(e->comm, v, 2, DS_REDUCE_MAX, err)) != DS_OK)
+            goto fail;
+        if (v[0] != -v[1]) {
+            st = ds_error_set(err, DS_ERR_INVALID,
+                              "the ranks do not agree on the backend: this rank (%d) runs on %s, others on %s "
+                              "(with --device auto a rank that cannot use a GPU runs on the CPU: name the device)",
+                              e->comm->rank, ds_backend_describe(e->be), gpu ? "cpu" : "a GPU");
+            goto fail;
+        }
+    }
     if (e->comm && strcmp(e->be->ops->name, "cpu") != 0 && (st = dcomm_create(e, opts->store, err)) != DS_OK)
         goto fail;
     e->round = e->cfg.precision == DS_PREC_FP16 ? DS_ROUND_FP16

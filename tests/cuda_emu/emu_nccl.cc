@@ -27,7 +27,8 @@ enum { SLOT_BYTES = 1 << 20, MAX_RANKS = 64 };
 struct shm_hdr {
     std::atomic<unsigned> arrived; /* barrier: how many are in the current round */
     std::atomic<unsigned> round;   /* barrier: rounds completed */
-    char pad[64 - 2 * sizeof(std::atomic<unsigned>)];
+    std::atomic<unsigned> broken;  /* a rank timed out: every later call fails, on every rank */
+    char pad[64 - 3 * sizeof(std::atomic<unsigned>)];
 };
 
 struct ncclComm {
@@ -48,6 +49,10 @@ static double now_s(void)
 
 static ncclResult_t barrier(ncclComm_t c)
 {
+    if (c->hdr->broken.load()) {
+        c->async = ncclRemoteError;
+        return ncclRemoteError;
+    }
     unsigned r = c->hdr->round.load();
     if (c->hdr->arrived.fetch_add(1) + 1 == (unsigned)c->n) {
         c->hdr->arrived.store(0);
@@ -62,7 +67,9 @@ static ncclResult_t barrier(ncclComm_t c)
         } else {
             sched_yield();
         }
-        if ((spins & 1023) == 0 && now_s() - t0 > c->timeout_s) {
+        if ((spins & 1023) == 0 && (now_s() - t0 > c->timeout_s || c->hdr->broken.load())) {
+            /* the counts of this round are now wrong: no rank may trust the segment again */
+            c->hdr->broken.store(1);
             c->async = ncclRemoteError;
             return ncclSystemError;
         }
@@ -142,7 +149,8 @@ EXPORT ncclResult_t ncclCommInitRank(ncclComm_t *out, int n, ncclUniqueId id, in
     memcpy(name, id.internal, NCCL_UNIQUE_ID_BYTES);
     name[NCCL_UNIQUE_ID_BYTES] = 0;
     int fd = shm_open(name, O_CREAT | O_RDWR, 0600); /* zero-filled when new: counters at 0 */
-    if (fd < 0 || ftruncate(fd, (off_t)c->map_bytes) != 0) {
+    /* the pages reserved now, so a small /dev/shm is an error here rather than SIGBUS later */
+    if (fd < 0 || ftruncate(fd, (off_t)c->map_bytes) != 0 || posix_fallocate(fd, 0, (off_t)c->map_bytes) != 0) {
         if (fd >= 0)
             close(fd);
         free(c);

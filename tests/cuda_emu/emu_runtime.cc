@@ -47,8 +47,11 @@ cudaError_t cudaGetDeviceCount(int *n)
     /* as many devices as CUDA_VISIBLE_DEVICES lists (ds-launch sets it per node), else 1 */
     const char *vis = getenv("CUDA_VISIBLE_DEVICES");
     *n = 1;
-    if (vis && *vis) {
-        *n = 1;
+    if (vis && !*vis) { /* set but empty: no device, as in CUDA */
+        *n = 0;
+        return cudaErrorNoDevice;
+    }
+    if (vis) {
         for (const char *q = vis; *q; q++)
             *n += *q == ',';
     }
