@@ -548,6 +548,10 @@ Test(io, llmc_shard)
                "truncated", "10 uint16 tokens");
     write_llmc(path, tok, 10, 1, 0);
     EXPECT_ERR(ds_dataset_open_tokens(&ds, path, 3, 50257, &err), err, DS_ERR_INVALID, path, "0 tokens");
+    int32_t hdr[3] = {20240520, 1, 10}; /* the first 12 bytes of a header: its size is named */
+    write_file(path, hdr, sizeof hdr);
+    EXPECT_ERR(ds_dataset_open_tokens(&ds, path, 3, 50257, &err), err, DS_ERR_INVALID, path,
+               "truncated llm.c token shard: 12 bytes", "the header alone is 1024");
     write_file(tpath(path, "raw.bin"), "not a shard at all", 18);
     EXPECT_ERR(ds_dataset_open_tokens(&ds, path, 3, 50257, &err), err, DS_ERR_INVALID, path,
                "llm.c", "Megatron");

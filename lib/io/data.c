@@ -142,10 +142,11 @@ static int is_llmc(const ds_mapped *m)
 static ds_status add_llmc(ds_dataset *ds, const char *file, ds_mapped m, ds_error *err)
 {
     if (m.size < LLMC_HEADER_BYTES) {
-        ds_unmap_file(&m);
-        return ds_error_set(err, DS_ERR_INVALID,
-                            "%s: truncated llm.c token shard: %zu bytes, the header alone is %d",
-                            file, m.size, LLMC_HEADER_BYTES);
+        ds_status st = ds_error_set(err, DS_ERR_INVALID,
+                                    "%s: truncated llm.c token shard: %zu bytes, the header alone is %d", file,
+                                    m.size, LLMC_HEADER_BYTES);
+        ds_unmap_file(&m); /* it zeroes m: after the message */
+        return st;
     }
     uint32_t magic = ds_ld_u32(m.data);
     int32_t version = (int32_t)ds_ld_u32(m.data + 4), ntok = (int32_t)ds_ld_u32(m.data + 8);
