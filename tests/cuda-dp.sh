@@ -55,6 +55,14 @@ for c in z0 z1 z1o z2 z2b z2o f16 b16; do
         && ok "2 GPUs (emulated), $c: $(tr -d '\n' < $c.json | sed 's/.*"train_micro_batch_size_per_gpu"/micro-batch/; s/, "optimizer".*//')" \
         || notok "2 GPUs, $c: $(head -c 400 $c.err)"
 done
+# 3 GPUs: 34688 parameters do not split evenly (partitions are padded to 16 x 3): uneven blocks
+echo "{\"train_batch_size\": 12, \"train_micro_batch_size_per_gpu\": 12, $opt}" > mb12.json
+echo "{\"train_batch_size\": 12, \"train_micro_batch_size_per_gpu\": 4, \"zero_optimization\": {\"stage\": 2, \"overlap_comm\": true, \"reduce_bucket_size\": 3001}, $opt}" > z2x3.json
+"$B/ds-train" "${common[@]}" --config mb12.json --device cuda --log-json cuda1x12.jsonl >/dev/null 2>err12 ||
+    notok "1 GPU x micro-batch 12: $(head -c 300 err12)"
+"$B/ds-launch" --master_port 0 --num_gpus 3 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config z2x3.json \
+    --device cuda --log-json z2x3.cuda.jsonl >/dev/null 2>errx3 && ok "3 GPUs (emulated), ZeRO-2 + overlap_comm, uneven partitions" ||
+    notok "3 GPUs: $(head -c 400 errx3)"
 for c in z2 f16 b16; do
     launch "$B/ds-train" "${common[@]}" --config $c.json --device cpu --log-json "$c.cpu.jsonl" >/dev/null 2>"$c.cpuerr" \
         || notok "2 CPU ranks, $c: $(head -c 300 $c.cpuerr)"
@@ -81,6 +89,7 @@ for c in z0 z1 z1o z2 z2b z2o; do
     check "2 GPUs $c over NCCL give the 1-GPU losses (<= 1e-5)" "rel(L['$c.cuda'], L['cuda1']) <= 1e-5"
 done
 check "2 GPUs ZeRO-2 follow 2 CPU ranks ZeRO-2 (<= 1e-5)" 'rel(L["z2.cuda"], L["z2.cpu"]) <= 1e-5'
+check "3 GPUs ZeRO-2 (uneven partitions) give the 1-GPU losses of the same batch (<= 1e-5)" 'rel(L["z2x3.cuda"], L["cuda1x12"]) <= 1e-5'
 # 16-bit: both backends round the same values at every layer boundary; a last-bit difference
 # in a sum can flip a rounding (bf16: 2^-8 relative), which AdamW carries forward: bounds of a
 # few roundings, far below the 2-3% that separates 16-bit from fp32 runs (tests/mp.sh)
