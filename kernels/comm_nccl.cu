@@ -10,9 +10,11 @@
  * overlap_comm thread, a collective runs while the main thread keeps enqueueing backward
  * kernels on the compute stream: that is the overlap.
  *
- * Waiting: the call polls the stream and NCCL's asynchronous error state; a peer that does not
- * take part for timeout_s (a dead rank) aborts the communicator with an error naming the
- * collective, instead of hanging. */
+ * Waiting: the call polls the stream and NCCL's asynchronous error state; a collective not
+ * finished timeout_s after it was queued (a dead rank), or one NCCL refuses to queue, aborts the
+ * communicator with an error naming the collective, instead of hanging. Joining
+ * (ncclCommInitRank, which has no timeout of its own) runs in a thread that the caller waits
+ * for at most 600 s. */
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
