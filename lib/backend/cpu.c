@@ -93,7 +93,8 @@ static ds_status scratch(ds_backend *b, float **buf, size_t *have, size_t n)
     return *buf ? DS_OK : ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory (%zu floats of scratch)", n);
 }
 
-/* bf16 copy i (0 or 1) of x[n] (round to nearest even; exact for bf16 values). */
+/* bf16 copy i (0 or 1) of x[n]: ds_f32_to_bf16 (round to nearest even, NaN kept quiet) inlined
+ * into a parallel loop; exact for bf16 values. */
 static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
 {
     cpu_impl *c = b->impl;

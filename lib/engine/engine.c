@@ -294,10 +294,10 @@ static ds_status dcomm_create(ds_engine *e, ds_store *store, ds_error *err)
     if (rank == 0) { /* the first byte says whether the rest is an id or rank 0's error */
         st = ops->comm_id(e->be, id + 1, sizeof id - 1, &len, &mine);
         id[0] = st == DS_OK;
-        if (st != DS_OK)
+        if (st != DS_OK) {
             len = strlen(mine.msg) + 1 < sizeof id - 1 ? strlen(mine.msg) + 1 : sizeof id - 1;
-        if (st != DS_OK)
             memcpy(id + 1, mine.msg, len);
+        }
         ds_status pst = ds_store_set(store, key, id, len + 1, err);
         if (st != DS_OK) {
             *err = mine;
