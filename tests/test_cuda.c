@@ -1220,3 +1220,52 @@ Test(cuda, nccl_collectives, .timeout = 300)
         fprintf(stderr, "NCCL communicator: every collective exact on %d rank(s)\n", n);
     munmap(sh, sizeof *sh);
 }
+
+/* Joining waits for every rank, and NCCL's own wait has no timeout: a rank that never comes
+ * must turn into an error naming the wait, not a hang. Rank 0 of 2 alone, 2 s. */
+Test(cuda, nccl_join_without_peer_times_out, .timeout = 120)
+{
+    nc_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    cr_assert(sh != MAP_FAILED);
+    memset(sh, 0, sizeof *sh);
+    pid_t p = fork();
+    cr_assert(p >= 0);
+    if (p == 0) {
+        nc_probe(sh);
+        _exit(0);
+    }
+    int status;
+    cr_assert(waitpid(p, &status, 0) == p && WIFEXITED(status), "the probe died");
+    if (sh->skip)
+        cr_skip_test("%s", sh->skip_msg);
+    p = fork();
+    cr_assert(p >= 0);
+    if (p == 0) {
+        alarm(60);
+        ds_backend *b = NULL;
+        ds_error err = {0};
+        ds_comm *comm = NULL;
+        unsigned char id[512];
+        size_t len = 0;
+        if (ds_backend_create(&b, "cuda", &err) || b->ops->comm_id(b, id, sizeof id, &len, &err)) {
+            nc_fail(sh, 0, "%s", err.msg);
+            _exit(1);
+        }
+        time_t t0 = time(NULL);
+        ds_status st = b->ops->comm_create(b, id, len, 0, 2, 2, &comm, &err);
+        long waited = (long)(time(NULL) - t0);
+        if (st != DS_ERR_IO || comm || !strstr(err.msg, "did not complete in 2 s"))
+            nc_fail(sh, 0, "status %d after %ld s: %s", st, waited, err.msg);
+        else if (waited > 10)
+            nc_fail(sh, 0, "the error came after %ld s, not about 2", waited);
+        /* the emulated NCCL's shared-memory segment is named in the id; rank 0 removes it only
+         * once everyone has joined, which will not happen here */
+        if (strncmp((const char *)id, "/ds-nccl-emu-", 13) == 0)
+            shm_unlink((const char *)id);
+        _exit(sh->failed[0]); /* the joining thread is still blocked: leave without cleanup */
+    }
+    cr_assert(waitpid(p, &status, 0) == p);
+    cr_expect(WIFEXITED(status), "the rank died by signal %d", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    cr_expect(!sh->failed[0], "%s", sh->msg[0]);
+    munmap(sh, sizeof *sh);
+}
