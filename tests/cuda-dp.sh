@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Data parallelism on the CUDA backend through its NCCL communicator, run on the CPU emulation of
 # CUDA and NCCL (tests/cuda_emu: libds-cuda-emu.so and libnccl-emu.so, built here with g++; no
-# GPU or CUDA toolkit needed). What it checks is the engine's GPU data-parallel path: the NCCL
-# bootstrap through the rendezvous store, one device per rank from LOCAL_RANK, gradient buckets
+# GPU or CUDA toolkit needed), with stream work deferred until something waits for it (a
+# missing stream wait shows as wrong losses). What it checks is the engine's GPU data-parallel
+# path: the NCCL bootstrap through the rendezvous store, one device per rank from LOCAL_RANK, gradient buckets
 # and ZeRO partitions over device memory (all-reduce, uneven reduce-scatter/all-gather), the
 # overlap_comm thread, fp16/bf16, the overflow skip, checkpoints, and the errors. Not the GPU:
 # scripts/gpu-check.sh does that on a lent one. Skipped (exit 77) without python3 and g++.
@@ -18,6 +19,7 @@ cd "$T" || exit 1
 sh "$SRC/tests/cuda_emu/build.sh" "$T/emu" >build.log 2>&1 || { cat build.log; notok "building the emulation"; tap_summary; exit 1; }
 export DS_CUDA_BACKEND=$T/emu/libds-cuda-emu.so DS_NCCL_LIBRARY=$T/emu/libnccl-emu.so
 export DS_CUDA_TF32=0 DS_NCCL_EMU_TIMEOUT=60 # full fp32 products: comparable with the CPU to ~1e-6
+export DS_CUDA_EMU_DEFER=1 # stream work runs only when waited for: a missing wait gives wrong numbers
 
 head -c 60000 /usr/share/common-licenses/GPL-3 > text.txt 2>/dev/null || python3 -c "
 import random; random.seed(1); open('text.txt','w').write(' '.join(random.choice(['the','data','rank','sum','mean']) for _ in range(12000)))"

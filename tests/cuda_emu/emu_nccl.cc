@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 
 #include "nccl.h"
 
@@ -200,7 +201,7 @@ EXPORT ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t *e)
             return r_;                                                                           \
     } while (0)
 
-EXPORT ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+static ncclResult_t do_ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                                   ncclComm_t c, cudaStream_t)
 {
     if (t != ncclFloat32)
@@ -216,7 +217,7 @@ EXPORT ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, nc
     return ncclSuccess;
 }
 
-EXPORT ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+static ncclResult_t do_ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                                int root, ncclComm_t c, cudaStream_t)
 {
     if (t != ncclFloat32 || root < 0 || root >= c->n)
@@ -233,7 +234,7 @@ EXPORT ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclD
     return ncclSuccess;
 }
 
-EXPORT ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recv_count, ncclDataType_t t,
+static ncclResult_t do_ncclReduceScatter(const void *send, void *recv, size_t recv_count, ncclDataType_t t,
                                       ncclRedOp_t op, ncclComm_t c, cudaStream_t)
 {
     if (t != ncclFloat32)
@@ -251,7 +252,7 @@ EXPORT ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recv_
     return ncclSuccess;
 }
 
-EXPORT ncclResult_t ncclAllGather(const void *send, void *recv, size_t send_count, ncclDataType_t t, ncclComm_t c,
+static ncclResult_t do_ncclAllGather(const void *send, void *recv, size_t send_count, ncclDataType_t t, ncclComm_t c,
                                   cudaStream_t)
 {
     size_t es = type_size(t);
@@ -269,7 +270,7 @@ EXPORT ncclResult_t ncclAllGather(const void *send, void *recv, size_t send_coun
     return ncclSuccess;
 }
 
-EXPORT ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t t, int root,
+static ncclResult_t do_ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t t, int root,
                                   ncclComm_t c, cudaStream_t)
 {
     size_t es = type_size(t);
@@ -285,6 +286,68 @@ EXPORT ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, nc
         TRY(barrier(c));
     }
     return ncclSuccess;
+}
+
+/* The collectives: arguments checked now, the work put on the stream (run at once unless the
+ * emulated runtime defers stream work: DS_CUDA_EMU_DEFER); a failure while it runs is what
+ * ncclCommGetAsyncError reports, as with NCCL's asynchronous errors. */
+static ncclResult_t on_stream(ncclComm_t c, cudaStream_t s, std::function<ncclResult_t()> op)
+{
+    std::function<void()> run = [=]() {
+        ncclResult_t r = c->async == ncclSuccess ? op() : c->async;
+        if (r != ncclSuccess && c->async == ncclSuccess)
+            c->async = r == ncclSystemError ? ncclRemoteError : r;
+    };
+    if (s)
+        ((emu_stream_head *)s)->enqueue(s, run);
+    else
+        run();
+    return ncclSuccess;
+}
+
+static bool reduce_ok(ncclDataType_t t, ncclRedOp_t op)
+{
+    return t == ncclFloat32 && op >= ncclSum && op <= ncclAvg;
+}
+
+EXPORT ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+                                  ncclComm_t c, cudaStream_t s)
+{
+    if (!c || !reduce_ok(t, op))
+        return ncclInvalidArgument;
+    return on_stream(c, s, [=]() { return do_ncclAllReduce(send, recv, count, t, op, c, s); });
+}
+
+EXPORT ncclResult_t ncclReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+                               int root, ncclComm_t c, cudaStream_t s)
+{
+    if (!c || !reduce_ok(t, op) || root < 0 || root >= c->n)
+        return ncclInvalidArgument;
+    return on_stream(c, s, [=]() { return do_ncclReduce(send, recv, count, t, op, root, c, s); });
+}
+
+EXPORT ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t recv_count, ncclDataType_t t,
+                                      ncclRedOp_t op, ncclComm_t c, cudaStream_t s)
+{
+    if (!c || !reduce_ok(t, op))
+        return ncclInvalidArgument;
+    return on_stream(c, s, [=]() { return do_ncclReduceScatter(send, recv, recv_count, t, op, c, s); });
+}
+
+EXPORT ncclResult_t ncclAllGather(const void *send, void *recv, size_t send_count, ncclDataType_t t, ncclComm_t c,
+                                  cudaStream_t s)
+{
+    if (!c || !type_size(t))
+        return ncclInvalidArgument;
+    return on_stream(c, s, [=]() { return do_ncclAllGather(send, recv, send_count, t, c, s); });
+}
+
+EXPORT ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t t, int root,
+                                  ncclComm_t c, cudaStream_t s)
+{
+    if (!c || !type_size(t) || root < 0 || root >= c->n)
+        return ncclInvalidArgument;
+    return on_stream(c, s, [=]() { return do_ncclBroadcast(send, recv, count, t, root, c, s); });
 }
 
 EXPORT ncclResult_t ncclGroupStart(void) { return ncclSuccess; }

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <deque>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -100,8 +102,65 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
     return cudaSuccess;
 }
 
+/* ---- streams ------------------------------------------------------------------------------ */
+
+struct emu_stream : emu_stream_head {
+    std::deque<std::function<void()>> q;
+    long long queued = 0, done = 0; /* items ever queued, items run */
+};
+
+/* one lock for every queue and for running queued work (from any host thread) */
+static std::recursive_mutex stream_mu;
+static std::vector<emu_stream *> all_streams;
+
+static bool deferred(void)
+{
+    static int d = -1;
+    if (d < 0) {
+        const char *v = getenv("DS_CUDA_EMU_DEFER");
+        d = v && *v && strcmp(v, "0") != 0;
+    }
+    return d;
+}
+
+/* run s's queued work until `pos` items have run */
+static void drain_to(emu_stream *s, long long pos)
+{
+    std::lock_guard<std::recursive_mutex> hold(stream_mu);
+    while (s->done < pos && !s->q.empty()) {
+        std::function<void()> f = std::move(s->q.front());
+        s->q.pop_front();
+        f();
+        s->done++;
+    }
+}
+
+static void drain_all(void)
+{
+    std::lock_guard<std::recursive_mutex> hold(stream_mu);
+    for (size_t i = 0; i < all_streams.size(); i++)
+        drain_to(all_streams[i], all_streams[i]->queued);
+}
+
+void emu_enqueue(cudaStream_t s, std::function<void()> fn)
+{
+    if (!deferred()) {
+        fn();
+        return;
+    }
+    std::lock_guard<std::recursive_mutex> hold(stream_mu);
+    if (!s) {
+        drain_all();
+        fn();
+        return;
+    }
+    s->q.push_back(std::move(fn));
+    s->queued++;
+}
+
 cudaError_t cudaFree(void *p)
 {
+    drain_all(); /* cudaFree waits for the device: nothing queued may still use p */
     free(p);
     return cudaSuccess;
 }
@@ -116,41 +175,73 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
     return cudaSuccess;
 }
 
-cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t)
+cudaError_t cudaMemsetAsync(void *p, int v, size_t bytes, cudaStream_t s)
 {
-    memset(p, v, bytes);
+    emu_enqueue(s, [=]() { memset(p, v, bytes); });
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind, cudaStream_t)
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind k, cudaStream_t s)
 {
-    memmove(dst, src, bytes);
+    if (k == cudaMemcpyHostToDevice && deferred()) {
+        /* from pageable host memory CUDA stages the data before returning: the caller may reuse
+         * its buffer at once */
+        std::shared_ptr<std::vector<char>> copy =
+            std::make_shared<std::vector<char>>((const char *)src, (const char *)src + bytes);
+        emu_enqueue(s, [=]() { memcpy(dst, copy->data(), bytes); });
+    } else {
+        emu_enqueue(s, [=]() { memmove(dst, src, bytes); });
+    }
     return cudaSuccess;
 }
-
-struct emu_stream {
-    int unused;
-};
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned)
 {
     *s = new emu_stream();
+    (*s)->enqueue = emu_enqueue;
+    std::lock_guard<std::recursive_mutex> hold(stream_mu);
+    all_streams.push_back(*s);
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t s)
 {
+    std::lock_guard<std::recursive_mutex> hold(stream_mu);
+    drain_to(s, s->queued);
+    for (size_t i = 0; i < all_streams.size(); i++)
+        if (all_streams[i] == s) {
+            all_streams.erase(all_streams.begin() + (long)i);
+            break;
+        }
     delete s;
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s)
+{
+    if (s)
+        drain_to(s, s->queued);
+    else
+        drain_all();
+    return cudaSuccess;
+}
 
-/* Work runs when it is enqueued, so a stream is always done and events are always reached. */
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+/* Deferred: one queued item runs per query, and the answer is "not ready" while any remain, so
+ * callers that poll go round their loop. */
+cudaError_t cudaStreamQuery(cudaStream_t s)
+{
+    if (!deferred() || !s)
+        return cudaSuccess;
+    std::lock_guard<std::recursive_mutex> hold(stream_mu);
+    if (s->q.empty())
+        return cudaSuccess;
+    drain_to(s, s->done + 1);
+    return s->q.empty() ? cudaSuccess : cudaErrorNotReady;
+}
 
 struct emu_event {
-    int unused;
+    emu_stream *s = nullptr;
+    long long pos = 0; /* reached when s has run this many items */
 };
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned)
@@ -165,8 +256,23 @@ cudaError_t cudaEventDestroy(cudaEvent_t e)
     return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+    std::lock_guard<std::recursive_mutex> hold(stream_mu);
+    e->s = s;
+    e->pos = s ? s->queued : 0;
+    return cudaSuccess;
+}
+
+/* s runs nothing queued after this until the event's stream has reached the recorded point */
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned)
+{
+    emu_stream *es = e->s;
+    long long pos = e->pos;
+    if (es)
+        emu_enqueue(s, [=]() { drain_to(es, pos); });
+    return cudaSuccess;
+}
 
 /* ---- threads as fibers ------------------------------------------------------------------ */
 
@@ -322,7 +428,15 @@ static void run_block(unsigned n)
     }
 }
 
-void emu_launch(dim3 grid, dim3 block, size_t, cudaStream_t, const std::function<void()> &fn)
+static void run_grid(dim3 grid, dim3 block, const std::function<void()> &fn);
+
+void emu_launch(dim3 grid, dim3 block, size_t, cudaStream_t s, const std::function<void()> &fn)
+{
+    std::function<void()> body = fn;
+    emu_enqueue(s, [=]() { run_grid(grid, block, body); });
+}
+
+static void run_grid(dim3 grid, dim3 block, const std::function<void()> &fn)
 {
     if (block.y != 1 || block.z != 1 || block.x == 0 || block.x > 1024 || grid.x == 0 || grid.y == 0 ||
         grid.y > 65535 || grid.z == 0) {
@@ -349,6 +463,7 @@ void emu_launch(dim3 grid, dim3 block, size_t, cudaStream_t, const std::function
 
 struct emu_blas {
     int tf32;
+    cudaStream_t stream = nullptr;
 };
 
 cublasStatus_t cublasCreate(cublasHandle_t *h)
@@ -363,7 +478,11 @@ cublasStatus_t cublasDestroy(cublasHandle_t h)
     return CUBLAS_STATUS_SUCCESS;
 }
 
-cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s)
+{
+    h->stream = s;
+    return CUBLAS_STATUS_SUCCESS;
+}
 
 cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t m)
 {
@@ -437,7 +556,9 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
 {
     if (bad_args(ta, tb, m, n, k, lda, ldb, ldc))
         return CUBLAS_STATUS_INVALID_VALUE;
-    gemm1(h->tf32, ta, tb, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
+    const int tf = h->tf32;
+    const float al = *alpha, be = *beta; /* host scalars: read at the call, as cuBLAS does */
+    emu_enqueue(h->stream, [=]() { gemm1(tf, ta, tb, m, n, k, al, A, lda, B, ldb, be, C, ldc); });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -448,8 +569,12 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
 {
     if (bad_args(ta, tb, m, n, k, lda, ldb, ldc) || batch < 0)
         return CUBLAS_STATUS_INVALID_VALUE;
-    for (int i = 0; i < batch; i++)
-        gemm1(h->tf32, ta, tb, m, n, k, *alpha, A + i * sA, lda, B + i * sB, ldb, *beta, C + i * sC, ldc);
+    const int tf = h->tf32;
+    const float al = *alpha, be = *beta;
+    emu_enqueue(h->stream, [=]() {
+        for (int i = 0; i < batch; i++)
+            gemm1(tf, ta, tb, m, n, k, al, A + i * sA, lda, B + i * sB, ldb, be, C + i * sC, ldc);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -484,18 +609,19 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
                             cublasComputeType_t compute, cublasGemmAlgo_t algo)
 {
-    (void)h;
     (void)algo;
     if (bad_args(ta, tb, m, n, k, lda, ldb, ldc) || Ctype != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F ||
         (Atype != CUDA_R_16BF && Atype != CUDA_R_16F) || Btype != Atype)
         return CUBLAS_STATUS_INVALID_VALUE;
-    size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
-    std::vector<float> a(na), bb(nb);
-    for (size_t i = 0; i < na; i++)
-        a[i] = from16(A, Atype, i);
-    for (size_t i = 0; i < nb; i++)
-        bb[i] = from16(B, Btype, i);
-    gemm1(0, ta, tb, m, n, k, *(const float *)alpha, a.data(), lda, bb.data(), ldb, *(const float *)beta,
-          (float *)C, ldc);
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    emu_enqueue(h->stream, [=]() {
+        size_t na = (size_t)lda * (ta == CUBLAS_OP_N ? k : m), nb = (size_t)ldb * (tb == CUBLAS_OP_N ? n : k);
+        std::vector<float> a(na), bb(nb);
+        for (size_t i = 0; i < na; i++)
+            a[i] = from16(A, Atype, i);
+        for (size_t i = 0; i < nb; i++)
+            bb[i] = from16(B, Btype, i);
+        gemm1(0, ta, tb, m, n, k, al, a.data(), lda, bb.data(), ldb, be, (float *)C, ldc);
+    });
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -1,5 +1,6 @@
 """Rewrites CUDA kernel launches, K<<<grid, block, smem, stream>>>(args);, into calls of the
-emulator, emu_launch(grid, block, smem, stream, [=]() { K(args); });, so that g++ compiles
+emulator, emu_launch(grid, block, smem, stream, [_ka = std::make_tuple(args)]() {
+std::apply(K, _ka); });, arguments evaluated at the launch as in CUDA, so that g++ compiles
 kernels/*.cu against tests/cuda_emu/include. Usage: python3 unlaunch.py FILE.cu > FILE.cc"""
 import re
 import sys
@@ -25,6 +26,9 @@ while True:
         if depth == 0:
             break
     args = src[i + 1:j - 1]
-    out.append("emu_launch(%s, [=]() { %s(%s); })" % (cfg, m.group(1), args))
+    # the arguments are evaluated now, as a launch does (the body may run later: a deferred
+    # stream), and the kernel is called with them when the emulated stream runs it
+    out.append("emu_launch(%s, [_ka = std::make_tuple(%s)]() { std::apply(%s, _ka); })"
+               % (cfg, args, m.group(1)))
     pos = j
 sys.stdout.write("".join(out))

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include <functional>
+#include <tuple>
 
 #define __global__
 #define __device__
@@ -34,6 +35,17 @@ typedef enum cudaMemcpyKind {
 } cudaMemcpyKind;
 
 typedef struct emu_stream *cudaStream_t;
+/* Work on a stream: run at once, or, with DS_CUDA_EMU_DEFER=1, queued and run in stream order
+ * only when something waits for it (a synchronize, a query, an event another stream waits on,
+ * a free), as a GPU may run it late; a missing wait then shows as wrong results. The emulated
+ * NCCL enqueues its collectives through this too. NULL: the legacy default stream (everything
+ * queued runs first, then fn). */
+void emu_enqueue(cudaStream_t s, std::function<void()> fn);
+/* The first part of every emulated stream: how to put work on it (the emulated NCCL is another
+ * library and reaches the runtime through this). */
+struct emu_stream_head {
+    void (*enqueue)(cudaStream_t s, std::function<void()> fn);
+};
 #define cudaStreamNonBlocking 1u
 
 struct cudaDeviceProp {
