@@ -198,7 +198,8 @@ typedef struct ds_backend_ops {
 
 struct ds_backend {
     const ds_backend_ops *ops;
-    ds_error err;   /* the last error of an op that failed */
+    ds_error err;   /* the last error of an op that failed (with the engine's overlap_comm
+                       thread calling ops too, two failures at once may mix their messages) */
     void *impl;     /* backend-private state */
 };
 
