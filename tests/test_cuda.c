@@ -1185,7 +1185,9 @@ out:
     ds_backend_destroy(b);
 }
 
-Test(cuda, nccl_collectives, .timeout = 300)
+/* Shared memory for the ranks' verdicts, after a probe in a child (CUDA is first touched in
+ * children: a context does not survive fork); skips the test without CUDA or NCCL. */
+static nc_shared *nc_setup(void)
 {
     nc_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     cr_assert(sh != MAP_FAILED);
@@ -1200,6 +1202,13 @@ Test(cuda, nccl_collectives, .timeout = 300)
     cr_assert(waitpid(p, &status, 0) == p && WIFEXITED(status), "the probe died");
     if (sh->skip)
         cr_skip_test("%s", sh->skip_msg);
+    return sh;
+}
+
+Test(cuda, nccl_collectives, .timeout = 300)
+{
+    nc_shared *sh = nc_setup();
+    int status;
     int n = sh->world, port = test_free_port();
     pid_t pids[NC_MAX];
     for (int r = 0; r < n; r++) {
@@ -1225,20 +1234,9 @@ Test(cuda, nccl_collectives, .timeout = 300)
  * must turn into an error naming the wait, not a hang. Rank 0 of 2 alone, 2 s. */
 Test(cuda, nccl_join_without_peer_times_out, .timeout = 120)
 {
-    nc_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    cr_assert(sh != MAP_FAILED);
-    memset(sh, 0, sizeof *sh);
-    pid_t p = fork();
-    cr_assert(p >= 0);
-    if (p == 0) {
-        nc_probe(sh);
-        _exit(0);
-    }
+    nc_shared *sh = nc_setup();
     int status;
-    cr_assert(waitpid(p, &status, 0) == p && WIFEXITED(status), "the probe died");
-    if (sh->skip)
-        cr_skip_test("%s", sh->skip_msg);
-    p = fork();
+    pid_t p = fork();
     cr_assert(p >= 0);
     if (p == 0) {
         alarm(60);
