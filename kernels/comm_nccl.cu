@@ -17,7 +17,6 @@
  * for at most 600 s. */
 #include <dlfcn.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,30 +35,17 @@
 #define DS_CUDA_LIBDIR "/usr/local/cuda/lib64"
 #endif
 
-static ds_status cerr(ds_error *err, ds_status code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static ds_status cerr(ds_error *err, ds_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
 #ifndef DS_HAVE_NCCL_H
 
 extern "C" ds_status ds_cuda_comm_id(ds_backend *, void *, size_t, size_t *, ds_error *err)
 {
-    return cerr(err, DS_ERR_UNSUPPORTED, "NCCL: this CUDA backend was built without nccl.h (see ds-cuda(7))");
+    return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "NCCL: this CUDA backend was built without nccl.h (see ds-cuda(7))");
 }
 
 extern "C" ds_status ds_cuda_comm_create(ds_backend *, const void *, size_t, int, int, double, ds_comm **,
                                          ds_error *err)
 {
-    return cerr(err, DS_ERR_UNSUPPORTED, "NCCL: this CUDA backend was built without nccl.h (see ds-cuda(7))");
+    return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "NCCL: this CUDA backend was built without nccl.h (see ds-cuda(7))");
 }
 
 extern "C" void ds_cuda_nccl_unload(ds_backend *) {}
@@ -119,14 +105,14 @@ static ds_status nccl_load(ds_backend *b, ds_error *err)
         if (!(h = dlopen(tried[i], RTLD_NOW | RTLD_LOCAL)))
             why = dlerror();
     if (!h)
-        return cerr(err, DS_ERR_UNSUPPORTED,
+        return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED,
                     "NCCL: cannot load %s: %s (data parallelism on GPUs needs NCCL: install it, or "
                     "name the library with DS_NCCL_LIBRARY)",
                     env && *env ? env : "libnccl.so.2", why);
     ds_nccl_lib *L = (ds_nccl_lib *)calloc(1, sizeof *L);
     if (!L) {
         dlclose(h);
-        return cerr(err, DS_ERR_NOMEM, "out of memory");
+        return ds_cuda_err_set(err, DS_ERR_NOMEM, "out of memory");
     }
     L->handle = h;
     snprintf(L->path, sizeof L->path, "%s", tried[i - 1]);
@@ -134,7 +120,7 @@ static ds_status nccl_load(ds_backend *b, ds_error *err)
     if (!(*(void **)&L->field = dlsym(h, name))) {                                               \
         free(L);                                                                                 \
         dlclose(h);                                                                              \
-        return cerr(err, DS_ERR_UNSUPPORTED, "NCCL: %s has no %s", tried[i - 1], name);          \
+        return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "NCCL: %s has no %s", tried[i - 1], name);          \
     }
     SYM(GetVersion, "ncclGetVersion")
     SYM(GetUniqueId, "ncclGetUniqueId")
@@ -184,14 +170,14 @@ static double now_s(void)
 static ds_status begin(nccl_comm *c, const char *what, ds_error *err)
 {
     if (c->aborted)
-        return cerr(err, DS_ERR_BACKEND, "NCCL: %s: the communicator was aborted by an earlier failure", what);
+        return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: %s: the communicator was aborted by an earlier failure", what);
     cudaError_t e = cudaSetDevice(c->device);
     if (e == cudaSuccess)
         e = cudaEventRecord(c->ready, STREAM(c->b));
     if (e == cudaSuccess)
         e = cudaStreamWaitEvent(c->cs, c->ready, 0);
     if (e != cudaSuccess)
-        return cerr(err, DS_ERR_BACKEND, "NCCL: %s: CUDA: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+        return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: %s: CUDA: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
     return DS_OK;
 }
 
@@ -203,7 +189,7 @@ static ds_status finish(nccl_comm *c, ncclResult_t r, const char *what, size_t c
         /* part of a group may be queued on some ranks: the communicator cannot be trusted */
         L->CommAbort(c->nc);
         c->aborted = 1;
-        return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: %s; communicator aborted",
+        return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: %s; communicator aborted",
                     what, count, c->base.rank, c->base.size, L->GetErrorString(r));
     }
     double t0 = now_s();
@@ -212,19 +198,19 @@ static ds_status finish(nccl_comm *c, ncclResult_t r, const char *what, size_t c
         if (e == cudaSuccess)
             return DS_OK;
         if (e != cudaErrorNotReady)
-            return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: CUDA: %s (%s)", what, count,
+            return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: CUDA: %s (%s)", what, count,
                         c->base.rank, c->base.size, cudaGetErrorString(e), cudaGetErrorName(e));
         ncclResult_t ar = ncclSuccess;
         if (L->CommGetAsyncError(c->nc, &ar) == ncclSuccess && ar != ncclSuccess && ar != ncclInProgress) {
             L->CommAbort(c->nc);
             c->aborted = 1;
-            return cerr(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d failed: %s", what, count,
+            return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d failed: %s", what, count,
                         c->base.rank, c->base.size, L->GetErrorString(ar));
         }
         if (now_s() - t0 > c->timeout_s) {
             L->CommAbort(c->nc);
             c->aborted = 1;
-            return cerr(err, DS_ERR_IO,
+            return ds_cuda_err_set(err, DS_ERR_IO,
                         "NCCL: %s of %zu elements on rank %d of %d: no progress for %.0f s (a peer rank "
                         "died or stopped calling collectives); communicator aborted",
                         what, count, c->base.rank, c->base.size, c->timeout_s);
@@ -242,7 +228,7 @@ static ds_status n_all_reduce(ds_comm *cm, float *buf, size_t count, ds_reduce_o
 {
     nccl_comm *c = NC(cm);
     if (op == DS_REDUCE_MEAN && c->L->version < 21000) /* ncclAvg came with NCCL 2.10 */
-        return cerr(err, DS_ERR_UNSUPPORTED, "NCCL %d (%s) has no average; NCCL 2.10 or newer is needed",
+        return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "NCCL %d (%s) has no average; NCCL 2.10 or newer is needed",
                     c->L->version, c->L->path);
     ds_status st = begin(c, "all_reduce", err);
     if (st != DS_OK)
@@ -255,7 +241,7 @@ static ds_status n_reduce_scatter(ds_comm *cm, const float *send, float *recv, s
 {
     nccl_comm *c = NC(cm);
     if (op == DS_REDUCE_MEAN && c->L->version < 21000)
-        return cerr(err, DS_ERR_UNSUPPORTED, "NCCL %d (%s) has no average; NCCL 2.10 or newer is needed",
+        return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "NCCL %d (%s) has no average; NCCL 2.10 or newer is needed",
                     c->L->version, c->L->path);
     ds_status st = begin(c, "reduce_scatter", err);
     if (st != DS_OK)
@@ -337,9 +323,7 @@ static void n_destroy(ds_comm *cm)
         return;
     cudaSetDevice(c->device);
     if (c->nc) {
-        if (c->aborted)
-            ; /* CommAbort freed it */
-        else
+        if (!c->aborted) /* CommAbort freed it */
             c->L->CommDestroy(c->nc);
     }
     if (c->one)
@@ -401,11 +385,11 @@ extern "C" ds_status ds_cuda_comm_id(ds_backend *b, void *id, size_t cap, size_t
         return DS_OK;
     ds_nccl_lib *L = DS_CUDA(b)->nccl;
     if (cap < sizeof(ncclUniqueId))
-        return cerr(err, DS_ERR_INVALID, "NCCL: the id needs %zu bytes, %zu given", sizeof(ncclUniqueId), cap);
+        return ds_cuda_err_set(err, DS_ERR_INVALID, "NCCL: the id needs %zu bytes, %zu given", sizeof(ncclUniqueId), cap);
     ncclUniqueId u;
     ncclResult_t r = L->GetUniqueId(&u);
     if (r != ncclSuccess)
-        return cerr(err, DS_ERR_BACKEND, "NCCL: ncclGetUniqueId (%s): %s", L->path, L->GetErrorString(r));
+        return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: ncclGetUniqueId (%s): %s", L->path, L->GetErrorString(r));
     memcpy(id, &u, sizeof u);
     *len = sizeof u;
     return DS_OK;
@@ -421,13 +405,13 @@ extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t l
     ds_cuda *cu = DS_CUDA(b);
     ds_nccl_lib *L = cu->nccl;
     if (len != sizeof(ncclUniqueId))
-        return cerr(err, DS_ERR_INVALID, "NCCL: the communicator id has %zu bytes, expected %zu", len,
+        return ds_cuda_err_set(err, DS_ERR_INVALID, "NCCL: the communicator id has %zu bytes, expected %zu", len,
                     sizeof(ncclUniqueId));
     if (size < 1 || rank < 0 || rank >= size)
-        return cerr(err, DS_ERR_INVALID, "NCCL: rank %d of %d", rank, size);
+        return ds_cuda_err_set(err, DS_ERR_INVALID, "NCCL: rank %d of %d", rank, size);
     nccl_comm *c = (nccl_comm *)calloc(1, sizeof *c);
     if (!c)
-        return cerr(err, DS_ERR_NOMEM, "out of memory");
+        return ds_cuda_err_set(err, DS_ERR_NOMEM, "out of memory");
     c->base.ops = &nccl_ops;
     c->base.rank = rank;
     c->base.size = size;
@@ -446,7 +430,7 @@ extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t l
         e = cudaMemsetAsync(c->one, 0, sizeof(float), c->cs);
     if (e != cudaSuccess) {
         n_destroy(&c->base);
-        return cerr(err, DS_ERR_BACKEND, "NCCL: setting up rank %d's communicator: CUDA: %s (%s)", rank,
+        return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: setting up rank %d's communicator: CUDA: %s (%s)", rank,
                     cudaGetErrorString(e), cudaGetErrorName(e));
     }
     /* ncclCommInitRank waits, without a timeout, for every rank to join: it runs in a thread
@@ -456,7 +440,7 @@ extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t l
     init_job *j = (init_job *)calloc(1, sizeof *j);
     if (!j) {
         n_destroy(&c->base);
-        return cerr(err, DS_ERR_NOMEM, "out of memory");
+        return ds_cuda_err_set(err, DS_ERR_NOMEM, "out of memory");
     }
     memcpy(&j->id, id, sizeof j->id);
     j->L = L, j->size = size, j->rank = rank, j->device = cu->device, j->refs = 2;
@@ -466,7 +450,7 @@ extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t l
     if (pthread_create(&th, NULL, init_main, j) != 0) {
         free(j);
         n_destroy(&c->base);
-        return cerr(err, DS_ERR_BACKEND, "NCCL: cannot start the initialization thread");
+        return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: cannot start the initialization thread");
     }
     pthread_detach(th);
     const double init_s = timeout_s > 0 ? timeout_s : 600;
@@ -486,7 +470,7 @@ extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t l
     if (!done) {
         c->nc = NULL;
         n_destroy(&c->base);
-        return cerr(err, DS_ERR_IO,
+        return ds_cuda_err_set(err, DS_ERR_IO,
                     "NCCL: ncclCommInitRank (rank %d of %d, device %d) did not complete in %.0f s: a rank did not "
                     "join (it failed or hangs before its NCCL setup)",
                     rank, size, cu->device, init_s);
@@ -496,7 +480,7 @@ extern "C" ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t l
             L->CommAbort(c->nc);
         c->nc = NULL;
         n_destroy(&c->base);
-        return cerr(err, DS_ERR_BACKEND,
+        return ds_cuda_err_set(err, DS_ERR_BACKEND,
                     "NCCL: ncclCommInitRank (rank %d of %d, device %d, %s, NCCL %d): %s (two ranks on one GPU, "
                     "or a rank that did not start, are the usual causes)",
                     rank, size, cu->device, L->path, L->version, L->GetErrorString(r));

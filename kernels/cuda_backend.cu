@@ -24,9 +24,7 @@ static ds_status set_error(ds_error *err, ds_status code, const char *fmt, va_li
     return code;
 }
 
-static ds_status err_set(ds_error *err, ds_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static ds_status err_set(ds_error *err, ds_status code, const char *fmt, ...)
+extern "C" ds_status ds_cuda_err_set(ds_error *err, ds_status code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -248,7 +246,7 @@ static int tf32_setting(ds_error *err, int *tf32)
         *tf32 = 0;
         return 0;
     }
-    err_set(err, DS_ERR_INVALID, "DS_CUDA_TF32=%s: expected 0 (full fp32 GEMMs) or 1 (TF32)", s);
+    ds_cuda_err_set(err, DS_ERR_INVALID, "DS_CUDA_TF32=%s: expected 0 (full fp32 GEMMs) or 1 (TF32)", s);
     return -1;
 }
 
@@ -262,30 +260,30 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess)
-        return err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: %s (%s)", cudaGetErrorString(e),
+        return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: %s (%s)", cudaGetErrorString(e),
                        cudaGetErrorName(e));
     if (count < 1)
-        return err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: the CUDA runtime sees none");
+        return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: the CUDA runtime sees none");
     int dev = 0;
     const char *lr = getenv("LOCAL_RANK");
     if (variant && *variant) {
         char *end;
         long v = strtol(variant, &end, 10);
         if (*end || end == variant || v < 0)
-            return err_set(err, DS_ERR_INVALID,
+            return ds_cuda_err_set(err, DS_ERR_INVALID,
                            "backend cuda:%s: expected a device number (cuda:0, cuda:1, ...)", variant);
         if (v >= count)
-            return err_set(err, DS_ERR_INVALID, "backend cuda:%ld: there are %d CUDA device(s)", v,
+            return ds_cuda_err_set(err, DS_ERR_INVALID, "backend cuda:%ld: there are %d CUDA device(s)", v,
                            count);
         dev = (int)v;
     } else if (lr && *lr) { /* ds-launch (and torchrun): one rank per GPU of the node */
         char *end;
         long v = strtol(lr, &end, 10);
         if (*end || end == lr || v < 0)
-            return err_set(err, DS_ERR_INVALID, "LOCAL_RANK=%s: expected a number", lr);
+            return ds_cuda_err_set(err, DS_ERR_INVALID, "LOCAL_RANK=%s: expected a number", lr);
         if (v >= count) {
             const char *vis = getenv("CUDA_VISIBLE_DEVICES");
-            return err_set(err, DS_ERR_INVALID,
+            return ds_cuda_err_set(err, DS_ERR_INVALID,
                            "LOCAL_RANK=%ld but this process sees %d CUDA device(s) (CUDA_VISIBLE_DEVICES=%s): "
                            "one rank per GPU, so at most %d ranks on this node",
                            v, count, vis ? vis : "(unset)", count);
@@ -297,7 +295,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     if (e == cudaSuccess)
         e = cudaGetDeviceProperties(&prop, dev);
     if (e != cudaSuccess)
-        return err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: device %d: %s (%s)", dev,
+        return ds_cuda_err_set(err, DS_ERR_UNSUPPORTED, "no CUDA device: device %d: %s (%s)", dev,
                        cudaGetErrorString(e), cudaGetErrorName(e));
 
     ds_backend *b = (ds_backend *)calloc(1, sizeof *b);
@@ -305,7 +303,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     if (!b || !c) {
         free(b);
         free(c);
-        return err_set(err, DS_ERR_NOMEM, "out of memory");
+        return ds_cuda_err_set(err, DS_ERR_NOMEM, "out of memory");
     }
     b->ops = &cuda_ops;
     b->impl = c;
@@ -326,7 +324,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
         (bs = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS ||
         (bs = cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
             CUBLAS_STATUS_SUCCESS) {
-        st = err_set(err, DS_ERR_BACKEND, "cuBLAS: initialization failed: %s (%s)",
+        st = ds_cuda_err_set(err, DS_ERR_BACKEND, "cuBLAS: initialization failed: %s (%s)",
                      cublasGetStatusString(bs), cublasGetStatusName(bs));
         cuda_destroy(b);
         return st;
@@ -337,7 +335,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     *out = b;
     return DS_OK;
 cuda_failed:
-    st = err_set(err, e == cudaErrorMemoryAllocation ? DS_ERR_NOMEM : DS_ERR_BACKEND,
+    st = ds_cuda_err_set(err, e == cudaErrorMemoryAllocation ? DS_ERR_NOMEM : DS_ERR_BACKEND,
                  "CUDA: %s on device %d (%s): %s (%s)", step, dev, prop.name, cudaGetErrorString(e),
                  cudaGetErrorName(e));
     cuda_destroy(b);

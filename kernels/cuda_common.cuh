@@ -36,6 +36,9 @@ typedef struct ds_cuda {
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* err (may be NULL) = message; returns code. printf-style: for errors outside an op. */
+ds_status ds_cuda_err_set(ds_error *err, ds_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* b->err = message; returns code. printf-style. */
 ds_status ds_cuda_error(ds_backend *b, ds_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
