@@ -806,6 +806,9 @@ int main(int argc, char **argv)
                (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps);
         printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
                ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
+        if (cfg->zero.offload_optimizer) /* the engine refuses it on other backends */
+            printf("offload_optimizer: cpu; on the cpu backend the optimizer state and step are in host memory "
+                   "already\n");
         if (cfg->precision == DS_PREC_FP16 && cfg->fp16.loss_scale > 0)
             printf("precision: fp16, static loss scale %g\n", cfg->fp16.loss_scale);
         else if (cfg->precision == DS_PREC_FP16)

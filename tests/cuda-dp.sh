@@ -129,6 +129,14 @@ echo '{"train_batch_size": 8, "device": "cuda"}' > dev.json
     grep -q "backend cpu (" dev2.out && ok '--device cpu overrides the config'"'"'s "device"' ||
     notok "--device over config: $(head -c 300 dev2.out)"
 
+# ZeRO-Offload is accepted on the cpu backend (tests/zero.sh) and refused on a GPU, naming it
+echo '{"train_batch_size": 8, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}' > off.json
+if "$B/ds-train" net.json --data text.txt --steps 1 --config off.json --device cuda >/dev/null 2>erroff; then
+    notok "offload_optimizer on the GPU must be refused"
+elif grep -q "off.json: zero_optimization.offload_optimizer.device=cpu is not supported yet on backend cuda" erroff
+then ok "offload_optimizer cpu on the GPU: refused, naming the key and the backend"
+else notok "offload on cuda: $(head -c 300 erroff)"; fi
+
 # ranks that do not agree on the backend (rank 0 on the GPU, rank 1 on the CPU): both stop
 if launch sh -c 'if [ "$RANK" = 0 ]; then d=cuda; else d=cpu; fi; exec "$0" "$@" --device $d' "$B/ds-train" \
     "${common[@]}" --config z0.json >/dev/null 2>errmix; then notok "mixed cuda and cpu ranks must fail"

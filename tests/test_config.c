@@ -407,6 +407,27 @@ Test(features, gradient_averaging_keys)
     load_fails(TB8("\"gradient_predivide_factor\": 0"), 1, 0, DS_ERR_INVALID, "gradient_predivide_factor", NULL);
 }
 
+/* offload_optimizer {device: cpu} (or the old cpu_offload: true) is recorded; the engine accepts
+ * it on the cpu backend, where the optimizer runs in host memory anyway (test_model). */
+Test(features, offload_optimizer_cpu_is_recorded)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\", "
+                    "\"pin_memory\": true, \"ratio\": 1}}"), 1);
+    cr_expect_eq(c.zero.offload_optimizer, 1);
+    cr_expect_eq(c.zero.stage, 2);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1, \"cpu_offload\": true}"), 1);
+    cr_expect_eq(c.zero.offload_optimizer, 1);
+    cr_expect(has_warning(&c, "zero_optimization.cpu_offload is deprecated, use "
+                              "zero_optimization.offload_optimizer instead"));
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1, \"cpu_offload\": false, "
+                    "\"offload_optimizer\": {\"device\": \"none\"}}"), 1);
+    cr_expect_eq(c.zero.offload_optimizer, 0);
+    ds_config_free(&c);
+}
+
 Test(features, refused_naming_the_key)
 {
     load_fails(TB8("\"fp16\": {\"enabled\": true, \"auto_cast\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
@@ -417,11 +438,18 @@ Test(features, refused_naming_the_key)
                "ds.json: zero_optimization.stage=3 is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"round_robin_gradients\": true}"), 1, 0,
                DS_ERR_UNSUPPORTED, "zero_optimization.round_robin_gradients=true is not supported yet", NULL);
-    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"cpu\"}}"), 1, 0,
+    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"nvme\"}}"), 1, 0,
                DS_ERR_UNSUPPORTED,
-               "zero_optimization.offload_optimizer.device=cpu is not supported yet", NULL);
-    load_fails(TB8("\"zero_optimization\": {\"cpu_offload\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "zero_optimization.cpu_offload=true is not supported yet", NULL);
+               "zero_optimization.offload_optimizer.device=nvme is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"cpu\", \"ratio\": 0.5}}"),
+               1, 0, DS_ERR_UNSUPPORTED, "zero_optimization.offload_optimizer.ratio=0.5 is not supported yet",
+               NULL);
+    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"gpu\"}}"), 1, 0,
+               DS_ERR_INVALID,
+               "zero_optimization.offload_optimizer.device: expected \"none\", \"cpu\" or \"nvme\", found \"gpu\"",
+               NULL);
+    load_fails(TB8("\"zero_optimization\": {\"offload_param\": {\"device\": \"cpu\"}}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "zero_optimization.offload_param.device=cpu is not supported yet", NULL);
     load_fails(TB8("\"scheduler\": {\"type\": \"StepLR\", \"params\": {}}"), 1, 0,
                DS_ERR_UNSUPPORTED, "ds.json: scheduler.type=StepLR (a torch.optim.lr_scheduler "
                "class) is not supported yet", NULL);
@@ -560,7 +588,7 @@ static const struct {
     {"ds-tests-gpt2__ds_config_func_bs8_zero0_gas3.json", DS_ERR_UNSUPPORTED,
      "activation_checkpointing.partition_activations=true is not supported yet"},
     {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.cpu_offload=true is not supported yet"},
+     "activation_checkpointing.partition_activations=true is not supported yet"},
     {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_OK, NULL},
     {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_ERR_UNSUPPORTED,
      "disable_allgather=true is not supported yet"},
@@ -598,8 +626,7 @@ static const struct {
      "compression_training is not supported yet"},
     {"dse-data_efficiency__ds_config_gpt_base_random_ltd.json", DS_ERR_UNSUPPORTED,
      "data_efficiency.enabled=true is not supported yet"},
-    {"dse-hf-transformers__ds_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.cpu_offload=true is not supported yet"},
+    {"dse-hf-transformers__ds_config.json", DS_OK, NULL},
     {"dse-imagenet__ds_fp16_z1_config.json", DS_ERR_UNSUPPORTED,
      "fp16.auto_cast=true is not supported yet"},
     {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED,
@@ -609,7 +636,7 @@ static const struct {
     {"dse-megatron-zero3__ds_zero_stage_infinity_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron__ds_zero-offload_10B_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.cpu_offload=true is not supported yet"},
+     "activation_checkpointing.partition_activations=true is not supported yet"},
     {"dse-megatron__ds_zero2_config.json", DS_ERR_UNSUPPORTED,
      "activation_checkpointing.partition_activations=true is not supported yet"},
     {"dse-pipeline_parallelism__ds_config.json", DS_OK, NULL},
@@ -617,9 +644,8 @@ static const struct {
     {"dse-tensor_parallel__ds_config.json", DS_ERR_UNSUPPORTED,
      "tensor_parallel.autotp_size=4 is not supported yet"},
     {"dse-zenflow__zf_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
-    {"fastchat__deepspeed_config_s2.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
+     "zero_optimization.zenflow is not supported yet"},
+    {"fastchat__deepspeed_config_s2.json", DS_OK, NULL},
     {"fastchat__deepspeed_config_s3.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED,
@@ -628,8 +654,7 @@ static const struct {
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
-    {"hf-transformers__ds_config_zero2.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
+    {"hf-transformers__ds_config_zero2.json", DS_OK, NULL},
     {"hf-transformers__ds_config_zero3.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"hf-transformers__ds_config_zero3_bf16.json", DS_ERR_UNSUPPORTED,
@@ -645,8 +670,7 @@ static const struct {
      "zero_optimization.stage=3 is not supported yet"},
     {"mmds-finetune_hf_llama__ds_config_empty.json", DS_OK, NULL},
     {"mmds-universal_checkpointing__ds_config.json", DS_OK, NULL},
-    {"openassistant__deepspeed_rl.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.offload_optimizer.device=cpu is not supported yet"},
+    {"openassistant__deepspeed_rl.json", DS_OK, NULL},
     {"openassistant__zero3_config_sft.json", DS_ERR_INVALID,
      "scheduler.params.total_num_steps: missing: WarmupDecayLR needs the number of optimizer steps"},
     {"qwen__ds_config_zero2.json", DS_OK, NULL},

@@ -5,7 +5,7 @@
 # fp16 too (stages at the same world size); every optimizer under stage 2; each rank's
 # optimizer state shrinks as 1/N; partitions of a count that does not divide; an inf in one
 # rank's gradient partition under stage 2 skips that step on every rank; overlap_comm (stages 1
-# and 2) and bf16 give the same losses. One "ok"/"not ok" line per check.
+# and 2), ZeRO-Offload on the cpu backend and bf16 give the same losses. One "ok"/"not ok" line per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
@@ -191,6 +191,15 @@ cfg ocf 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
 sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' ocf.json
 if run ocf 2 && out=$(same f0 ocf 1e-5 2>&1); then ok "fp16, stage 2 with overlap_comm: stage 0's losses ($out)"
 else notok "fp16 overlap_comm: ${out:-$(head -c 300 ocf.err)}"; fi
+# ZeRO-Offload (offload_optimizer device cpu, and the old cpu_offload): on the cpu backend the
+# master weights, optimizer state and step are in host memory already, so the same bits
+cfg off 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
+sed -i 's/"stage": 2,/"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": true},/' off.json
+cfg offold 1 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
+sed -i 's/"stage": 1,/"stage": 1, "cpu_offload": true,/' offold.json
+if run off 2 && run offold 2 && same f2 off 0 >/dev/null 2>&1 && same f1 offold 0 >/dev/null 2>&1; then
+    ok "fp16, offload_optimizer cpu (stage 2) and cpu_offload (stage 1) on the cpu backend: the same losses bit for bit"
+else notok "offload_optimizer: $(head -c 300 off.err) $(head -c 300 offold.err) $(same f2 off 0 2>&1) $(same f1 offold 0 2>&1)"; fi
 # overlap_comm at stage 1: the boundary micro-step's backward reduces the buckets (GAS 2 here)
 cfg oc1 1 2 8
 sed -i 's/"stage": 1,/"stage": 1, "overlap_comm": true,/' oc1.json

@@ -817,6 +817,16 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
             goto fail;
         }
     }
+    if (e->cfg.zero.offload_optimizer && strcmp(e->be->ops->name, "cpu") != 0) {
+        /* ZeRO-Offload moves the master weights and optimizer state to host memory and runs the
+         * step there: what the cpu backend does anyway, not built for device backends */
+        st = ds_error_set(err, DS_ERR_UNSUPPORTED,
+                          "%s: zero_optimization.offload_optimizer.device=cpu is not supported yet on "
+                          "backend %s (on the cpu backend the optimizer runs in host memory already)",
+                          opts->config_path ? opts->config_path : opts->config_name ? opts->config_name : "config",
+                          e->be->ops->name);
+        goto fail;
+    }
     if (e->comm && strcmp(e->be->ops->name, "cpu") != 0 && (st = dcomm_create(e, opts->store, err)) != DS_OK)
         goto fail;
     e->round = e->cfg.precision == DS_PREC_FP16 ? DS_ROUND_FP16

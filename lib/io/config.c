@@ -48,6 +48,9 @@ typedef enum {
     F_ONE,    /* number; anything but 1 asks for a feature not built yet */
     F_DTYPE,  /* data type name; fp32 is what we do, fp16/bf16 are not built yet */
     F_DEVICE, /* offload device: "none", or "cpu"/"nvme" (not built yet) */
+    F_OFFOPT, /* offload_optimizer.device: "none"; "cpu" (recorded: the engine accepts it where the
+                 optimizer already runs in host memory); "nvme" (not built yet) */
+    F_CPUOFF, /* cpu_offload (deprecated): true = offload_optimizer.device "cpu" */
     F_TAGVAL, /* checkpoint.tag_validation: Warn (what we do), Ignore, Fail */
     F_OBJ,    /* sub-section described by .sub */
     F_SKIP,   /* read by the section's own handler */
@@ -380,8 +383,8 @@ static const field OFFLOAD_PARAM_FIELDS[] = {
     K("device", F_DEVICE), N("nvme_path"), N("buffer_count"), N("buffer_size"), N("max_in_cpu"),
     N("pin_memory"), END};
 static const field OFFLOAD_OPT_FIELDS[] = {
-    K("device", F_DEVICE), N("nvme_path"), N("buffer_count"), N("pin_memory"), N("pipeline_read"),
-    N("pipeline_write"), N("fast_init"), N("ratio"), END};
+    K("device", F_OFFOPT), N("nvme_path"), N("buffer_count"), N("pin_memory"), N("pipeline_read"),
+    N("pipeline_write"), N("fast_init"), {.name = "ratio", .kind = F_ONE}, END};
 static const field ZERO_FIELDS[] = {
     K("stage", F_SKIP),
     K("contiguous_gradients", F_BOOL), K("reduce_scatter", F_BOOL), K("reduce_bucket_size", F_SIZE),
@@ -392,7 +395,7 @@ static const field ZERO_FIELDS[] = {
     K("sub_group_size", F_SIZE),
     OLD("cpu_offload_param", F_OFF, "offload_param"),
     OLD("cpu_offload_use_pin_memory", F_BOOL, "offload_param or offload_optimizer"),
-    OLD("cpu_offload", F_OFF, "offload_optimizer"),
+    OLD("cpu_offload", F_CPUOFF, "offload_optimizer"),
     K("prefetch_bucket_size", F_SIZE), K("stage3_prefetch_bucket_size", F_SIZE),
     K("param_persistence_threshold", F_SIZE), K("stage3_param_persistence_threshold", F_SIZE),
     K("model_persistence_threshold", F_SIZE), K("stage3_model_persistence_threshold", F_SIZE),
@@ -569,6 +572,20 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         if (!strcmp(str, "cpu") || !strcmp(str, "nvme"))
             return unsupported(r, path, v);
         return bad_type(r, path, "\"none\", \"cpu\" or \"nvme\"", v);
+    case F_OFFOPT:
+        if ((st = get_str(r, path, v, &str)) != DS_OK || !str || !strcmp(str, "none"))
+            return st;
+        if (!strcmp(str, "cpu")) {
+            r->cfg->zero.offload_optimizer = 1;
+            return DS_OK;
+        }
+        if (!strcmp(str, "nvme"))
+            return unsupported(r, path, v);
+        return bad_type(r, path, "\"none\", \"cpu\" or \"nvme\"", v);
+    case F_CPUOFF:
+        if ((st = get_bool(r, path, v, &s, &b)) == DS_OK && s == V_SET && b)
+            r->cfg->zero.offload_optimizer = 1;
+        return st;
     case F_TAGVAL: /* DeepSpeed upper-cases it and accepts WARN, IGNORE, FAIL */
         if ((st = get_str(r, path, v, &str)) != DS_OK || !str || ieq(str, "warn"))
             return st;

@@ -65,6 +65,10 @@ typedef struct ds_zero_config {
     int reduce_scatter;            /* 1: reduce-scatter the buckets; 0: all-reduce them */
     int allgather_partitions;      /* 1: all-gather the updated partitions; 0: broadcasts */
     int overlap_comm;              /* stage 2: reduce buckets in a thread while backward runs */
+    int offload_optimizer;         /* offload_optimizer.device "cpu" (or cpu_offload true): the
+                                      fp32 master weights and optimizer state in host memory and
+                                      the step on the CPU. That is where the cpu backend keeps
+                                      them anyway; the engine refuses it on other backends. */
 } ds_zero_config;
 
 /* Values a client may supply for keys that are "auto" or missing (0 = none supplied). */
