@@ -3,9 +3,13 @@ PyTorch on the GPU with the same step as ds-train -- forward, cross-entropy, bac
 clip_grad_norm_ to the config's gradient_clipping, the optimizer step (torch's AdamW with the
 config's hyperparameters, its default implementation), zero_grad -- with TF32 matmuls allowed
 (torch.backends.cuda.matmul.allow_tf32, as ds's DS_CUDA_TF32=1 default). No torch.compile.
+With --dtype bf16 the forward pass and the loss run under torch.autocast(bfloat16): PyTorch's
+usual mixed precision (fp32 parameters, gradients and optimizer state; bf16 matmuls and
+attention), the PyTorch counterpart of a ds-train run with "bf16": {"enabled": true}.
 
   python3 gpu_bench_torch.py --net NET.json --config DS.json --data FILE [--steps 20]
-      [--warmup 5] [--attention manual|sdpa] [--tf32 1|0] [--device cuda] [--out FILE]
+      [--warmup 5] [--attention manual|sdpa] [--tf32 1|0] [--dtype fp32|bf16] [--device cuda]
+      [--out FILE]
 
 Data: the bytes of FILE are the tokens; sample j is bytes [j*T, j*T+T] (inputs the first T,
 targets shifted by one), step s takes samples s*B .. s*B+B-1 (wrapping). Prints one JSON
@@ -31,6 +35,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--attention", default="sdpa", choices=["manual", "sdpa"])
     ap.add_argument("--tf32", type=int, default=1)
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--micro-batch", type=int, default=0, help="override the config's")
     ap.add_argument("--out")
@@ -81,7 +86,11 @@ def main():
     for step in range(a.steps):
         t0 = time.perf_counter()
         x, y = batch(step)
-        loss = model.loss(model(x), y)
+        if a.dtype == "bf16":
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16):
+                loss = model.loss(model(x), y)
+        else:
+            loss = model.loss(model(x), y)
         loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -97,7 +106,7 @@ def main():
     res = {
         "kind": "torch", "torch_version": torch.__version__, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if cuda else "cpu",
-        "attention": a.attention, "tf32": a.tf32, "batch": B, "seq_len": T,
+        "attention": a.attention, "tf32": a.tf32, "dtype": a.dtype, "batch": B, "seq_len": T,
         "tokens_per_step": B * T, "steps": a.steps, "warmup": a.warmup, "ms": ms, "losses": losses,
         "median_ms": med, "tokens_per_s": B * T / (med / 1000.0),
         "peak_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else None,
