@@ -1,8 +1,9 @@
 /* Multi-head attention, materialized: per sample, cuBLAS strided-batched GEMMs over the heads
  * for Q K^T and P V (and the four products of backward), and a warp-per-row softmax kernel
- * that honours causal masking (the row in registers up to T = 1024). The probabilities are kept in att [B,H,T,T], as the interface
- * says; positions above the diagonal of a causal row hold exact zeros. A fused (flash-style)
- * kernel that never writes att is future work.
+ * that honours causal masking (the row in registers up to T = 1024). The probabilities are
+ * kept in att [B,H,T,T]; positions above the diagonal of a causal row hold exact zeros. Where
+ * the fused kernels of flash_attention.cu apply (TF32 allowed, head size 16 to 64) they run
+ * instead, and att holds their smaller state (ds_cuda_attention_state).
  *
  * Layout: qkv [B,T,3C] row-major; head h of q is columns h*D..h*D+D-1 (k at C + h*D, v at
  * 2C + h*D). In cuBLAS's column-major view a head's q block is the D x T matrix Q^T with
@@ -182,6 +183,8 @@ extern "C" ds_status ds_cuda_attention_fwd(ds_backend *b, const float *qkv, floa
     ds_status st = check_shape(b, "attention_fwd", B, T, C, H);
     if (st != DS_OK || B == 0 || T == 0)
         return st;
+    if (ds_cuda_flash_applies(b, B, T, C, H))
+        return ds_cuda_flash_fwd(b, qkv, out, att, B, T, C, H, causal);
     cublasHandle_t h = DS_CUDA(b)->blas;
     const int64_t D = C / H, C3 = 3 * C, TT = T * T;
     const float scale = 1.0f / sqrtf((float)D), one = 1.0f, zero = 0.0f;
@@ -212,6 +215,8 @@ extern "C" ds_status ds_cuda_attention_bwd(ds_backend *b, const float *dout, con
     ds_status st = check_shape(b, "attention_bwd", B, T, C, H);
     if (st != DS_OK || B == 0 || T == 0)
         return st;
+    if (ds_cuda_flash_applies(b, B, T, C, H))
+        return ds_cuda_flash_bwd(b, dout, qkv, att, dqkv, B, T, C, H, causal);
     cublasHandle_t h = DS_CUDA(b)->blas;
     const int64_t D = C / H, C3 = 3 * C, TT = T * T;
     const float scale = 1.0f / sqrtf((float)D), one = 1.0f, zero = 0.0f;

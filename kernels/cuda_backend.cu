@@ -232,6 +232,7 @@ static const ds_backend_ops cuda_ops = {
     /* .comm_id = */ ds_cuda_comm_id,
     /* .comm_create = */ ds_cuda_comm_create,
     /* .thread_init = */ cuda_thread_init,
+    /* .attention_state = */ ds_cuda_attention_state,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as
@@ -254,9 +255,16 @@ static int tf32_setting(ds_error *err, int *tf32)
  * else device 0) or a device number ("cuda:1"). */
 EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, ds_error *err)
 {
-    int tf32;
+    int tf32, flash = 1;
     if (tf32_setting(err, &tf32))
         return DS_ERR_INVALID;
+    const char *fs = getenv("DS_CUDA_FLASH");
+    if (fs && *fs && strcmp(fs, "1") != 0) {
+        if (strcmp(fs, "0") != 0)
+            return ds_cuda_err_set(err, DS_ERR_INVALID,
+                                   "DS_CUDA_FLASH=%s: expected 0 (materialized attention) or 1 (fused, the default)", fs);
+        flash = 0;
+    }
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess)
@@ -310,6 +318,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     c->device = dev;
     c->sm_count = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
     c->tf32 = tf32;
+    c->flash = tf32 && flash && prop.major >= 8;
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;
@@ -329,9 +338,9 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
         cuda_destroy(b);
         return st;
     }
-    snprintf(c->describe, sizeof c->describe, "cuda:%d (%.120s, sm_%d%d, %d SMs, %.1f GiB, %s GEMMs)",
+    snprintf(c->describe, sizeof c->describe, "cuda:%d (%.120s, sm_%d%d, %d SMs, %.1f GiB, %s GEMMs, %s attention)",
              dev, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
-             prop.totalGlobalMem / 1073741824.0, tf32 ? "TF32" : "fp32");
+             prop.totalGlobalMem / 1073741824.0, tf32 ? "TF32" : "fp32", c->flash ? "fused TF32" : "materialized");
     *out = b;
     return DS_OK;
 cuda_failed:

@@ -14,6 +14,8 @@ typedef struct ds_cuda {
     int device;
     int sm_count;
     int tf32;              /* GEMMs may use TF32 tensor cores (DS_CUDA_TF32, default 1) */
+    int flash;             /* attention may use the fused TF32 kernels (flash_attention.cu): TF32
+                              allowed, sm_80 or newer, DS_CUDA_FLASH not 0 */
     int gemm16;            /* linear layers multiply in bf16/fp16 (a ds_round_mode; 0: fp32) */
     cudaStream_t stream;   /* every op runs on this one stream, in order */
     cublasHandle_t blas;

@@ -52,6 +52,13 @@ ds_status ds_cuda_add(ds_backend *b, const float *a, const float *c, float *y, i
 ds_status ds_cuda_accumulate(ds_backend *b, const float *x, float *y, int64_t n, int accumulate);
 ds_status ds_cuda_scale(ds_backend *b, float *x, int64_t n, float s);
 
+/* flash_attention.cu: the fused path, and when it applies (head size 16..64, see the file) */
+int ds_cuda_flash_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H);
+int64_t ds_cuda_attention_state(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H, int causal);
+ds_status ds_cuda_flash_fwd(ds_backend *b, const float *qkv, float *out, float *state, int64_t B, int64_t T,
+                            int64_t C, int64_t H, int causal);
+ds_status ds_cuda_flash_bwd(ds_backend *b, const float *dout, const float *qkv, const float *state, float *dqkv,
+                            int64_t B, int64_t T, int64_t C, int64_t H, int causal);
 /* attention.cu */
 ds_status ds_cuda_attention_fwd(ds_backend *b, const float *qkv, float *out, float *att, int64_t B,
                                 int64_t T, int64_t C, int64_t H, int causal);

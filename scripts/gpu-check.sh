@@ -169,6 +169,7 @@ run() {
     [ -x "$G/bin/ds-train" ] || die "no $G/bin/ds-train: run 'scripts/gpu-check.sh pack' on the build machine and carry .gpu"
     local out=${OUT:-$G/out}
     mkdir -p "$out"
+    rm -f "$out"/torch-*.json "$out"/ds*.jsonl # a reused folder must not lend old results to the table
     MB=$(sed -n 's/.*"train_micro_batch_size_per_gpu": *\([0-9]*\).*/\1/p' "$G/share/gpt-small.ds.json")
     cat "$G/MANIFEST" | head -2
     # unpack the dependencies; prefer the machine's own copy of a library it has
@@ -293,6 +294,16 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
       "%.1f" % r["peak_mem_gib"] if r["peak_mem_gib"] else "-"))' "$out/torch-$run_.json" 2>/dev/null ||
             tail -5 "$out/torch.log"
     done
+    # the fused attention kernels against the materialized ones, in the same bf16 run
+    if [ -f "$G/share/gpt-small.bf16.ds.json" ] && stage_ok ds 120; then
+        say ""
+        say "== ds-train, $(basename "$netfile"), bf16, materialized attention (DS_CUDA_FLASH=0), for comparison"
+        rm -f "$out/ds-bf16-mat.jsonl"
+        dsenv DS_CUDA_FLASH=0 timeout "$(tmo 120)" "$G/bin/ds-train" "$netfile" \
+            --config "$G/share/gpt-small.bf16.ds.json" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \
+            --data-order sequential --log-json "$out/ds-bf16-mat.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-mat.log" |
+            grep -E '^ds-train|^done|rror'
+    fi
     if stage_ok cpu 75; then
         # issue 4: the host CPU's bf16 units (AMX-BF16 / AVX512_BF16), which our own machines lack
         say ""
@@ -326,22 +337,35 @@ except Exception:  # no torch: the same formula by hand, for GPT-2 small
     fpt = 6 * (12 * (4 * 768 * 768 + 2 * 768 * 3072) + 768 * 50304) + 6 * 12 * 2 * 1024 * 768
 p32, p16 = float(p32), float(p16)
 rows = []
+def attn_kind(log):  # from the backend line ds-train printed: "..., fused TF32 attention)"
+    try:
+        txt = open(os.path.join(out, log)).read()
+        return "fused TF32" if "fused TF32 attention" in txt else "materialized"
+    except OSError:
+        return "?"
 def med_after(xs, w=5):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs[w:] if len(xs) > w else xs) if xs else None
 try:
     recs = [json.loads(l) for l in open(os.path.join(out, "ds.jsonl")) if l.strip()]
     tps = med_after([r.get("tokens_per_s") for r in recs])
-    rows.append(("ds-train (cuda, fp32 + TF32 GEMMs, materialized attention)", tps,
+    rows.append(("ds-train (cuda, fp32 + TF32 GEMMs, %s attention)" % attn_kind("ds-train.log"), tps,
                  recs[0]["loss"], recs[-1]["loss"], None))
 except Exception as e:
     rows.append(("ds-train: no result (%s)" % e.__class__.__name__, None, None, None, None))
 try:
     recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16.jsonl")) if l.strip()]
     tps = med_after([r.get("tokens_per_s") for r in recs])
-    rows.append(("ds-train (cuda, bf16: bf16 GEMMs, fp32 attention)", tps, recs[0]["loss"], recs[-1]["loss"], None))
+    rows.append(("ds-train (cuda, bf16 GEMMs, %s attention)" % attn_kind("ds-train-bf16.log"), tps, recs[0]["loss"],
+                 recs[-1]["loss"], None))
 except Exception as e:
     rows.append(("ds-train bf16: no result (%s)" % e.__class__.__name__, None, None, None, None))
+try:
+    recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-mat.jsonl")) if l.strip()]
+    rows.append(("ds-train (cuda, bf16 GEMMs, materialized attention)", med_after([r.get("tokens_per_s") for r in recs]),
+                 recs[0]["loss"], recs[-1]["loss"], None))
+except Exception as e:
+    pass
 torch_rows = {}
 for run in ("sdpa-fp32", "sdpa-bf16", "manual-fp32"):
     attn, dt = run.split("-")
@@ -373,6 +397,9 @@ for name, tps, l0, l1, mem in rows:
     else:
         print("%-58s %10s" % (name[:58], "-"))
 ds32, ds16 = rows[0][1], rows[1][1]
+ds16m = [r[1] for r in rows if "bf16 GEMMs, materialized" in r[0]]
+if ds16 and ds16m and ds16m[0] and "fused" in rows[1][0]:
+    print("ds bf16, fused / materialized attention: %.2fx" % (ds16 / ds16m[0]))
 t32 = max([v for k, v in torch_rows.items() if k.endswith("fp32")] or [0])
 t16 = torch_rows.get("sdpa-bf16")
 if ds32 and t32:
@@ -380,7 +407,7 @@ if ds32 and t32:
 if ds16 and t16:
     print("ds bf16 / torch bf16 autocast (SDPA): %.2fx" % (ds16 / t16))
 print("MFU tf32 = achieved / dense TF32 peak; MFU bf16 = the same against the dense BF16 peak (issue 9's target")
-print("is bf16 MFU >= 40%); ds bf16 multiplies the linear layers in bf16 (attention products stay TF32);")
+print("is bf16 MFU >= 40%); ds bf16 multiplies the linear layers in bf16 (attention products are TF32);")
 print("tokens/s = median after 5 steps")
 PY
     say "gpu-check: done in $((SECONDS - t_start)) s; logs in $out"

@@ -225,6 +225,10 @@ Test(cuda, bad_device_number)
     cr_expect(strncmp(ds_backend_describe(b), "cuda:0 ", 7) == 0, "%s", ds_backend_describe(b));
     ds_backend_destroy(b);
     unsetenv("LOCAL_RANK");
+    setenv("DS_CUDA_FLASH", "yes", 1);
+    cr_expect_eq(ds_backend_create(&b, "cuda", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "DS_CUDA_FLASH=yes") != NULL, "%s", err.msg);
+    unsetenv("DS_CUDA_FLASH");
     setenv("DS_CUDA_TF32", "maybe", 1);
     cr_expect_eq(ds_backend_create(&b, "cuda", &err), DS_ERR_INVALID);
     cr_expect(strstr(err.msg, "DS_CUDA_TF32") != NULL, "%s", err.msg);
@@ -507,20 +511,67 @@ Test(cuda, activations_dropout_add)
 
 /* ---- attention -------------------------------------------------------------------------- */
 
+/* Each row's log-sum-exp of its scaled scores, in double from qkv: what the fused kernels keep. */
+static double *lse_ref(const float *qkv, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    const int64_t D = C / H;
+    double *lse = malloc((size_t)(B * H * T) * sizeof *lse), *e = malloc((size_t)T * sizeof *e);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) {
+                const float *q = qkv + (b * T + t) * 3 * C + h * D;
+                const int64_t n = causal ? t + 1 : T;
+                double mx = -INFINITY, sum = 0;
+                for (int64_t s = 0; s < n; s++) {
+                    const float *k = qkv + (b * T + s) * 3 * C + C + h * D;
+                    double dot = 0;
+                    for (int64_t d = 0; d < D; d++)
+                        dot += (double)q[d] * k[d];
+                    e[s] = dot / sqrt((double)D);
+                    mx = e[s] > mx ? e[s] : mx;
+                }
+                for (int64_t s = 0; s < n; s++)
+                    sum += exp(e[s] - mx);
+                lse[(b * H + h) * T + t] = mx + log(sum);
+            }
+    free(e);
+    return lse;
+}
+
 static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     char what[160];
     const int64_t n3 = B * T * 3 * C, n = B * T * C, na = B * H * T * T;
     float *qkv = hrandn(c, n3, 0, 1), *qkv_ = devf(c, qkv, n3);
-    float *out = hbuf(n), *att = hbuf(na), *out_ = dpoison(c, n), *att_ = dpoison(c, na);
+    /* the GPU's attention state: the probabilities, or the fused kernels' lse and output copy */
+    const int64_t ns = c->gpu->ops->attention_state ? c->gpu->ops->attention_state(c->gpu, B, T, C, H, causal) : na;
+    const int fused = ns != na;
+    float *out = hbuf(n), *att = hbuf(na), *out_ = dpoison(c, n), *att_ = dpoison(c, ns);
     CALL(c->cpu, attention_fwd, qkv, out, att, B, T, C, H, causal);
     CALL(c->gpu, attention_fwd, qkv_, out_, att_, B, T, C, H, causal);
-    snprintf(what, sizeof what, "attention_fwd out B%lld T%lld C%lld H%lld%s", (long long)B, (long long)T,
-             (long long)C, (long long)H, causal ? " causal" : "");
+    snprintf(what, sizeof what, "attention_fwd%s out B%lld T%lld C%lld H%lld%s", fused ? " (fused)" : "",
+             (long long)B, (long long)T, (long long)C, (long long)H, causal ? " causal" : "");
     check_dev(c, what, out_, out, n, attn_tol(c));
-    snprintf(what, sizeof what, "attention_fwd att (probabilities)%s", causal ? " causal" : "");
-    check_dev(c, what, att_, att, na, attn_tol(c));
-    if (causal) { /* exact zeros above the diagonal */
+    if (fused) {
+        cr_expect_eq(ns, B * H * T + B * T * C, "fused attention state: %lld floats", (long long)ns);
+        float *st = down(c, att_, ns), *o = down(c, out_, n);
+        double *lr = lse_ref(qkv, B, T, C, H, causal);
+        float *lf = hbuf(B * H * T);
+        for (int64_t i = 0; i < B * H * T; i++)
+            lf[i] = (float)lr[i];
+        snprintf(what, sizeof what, "attention_fwd (fused) row log-sum-exps%s", causal ? " causal" : "");
+        check(c, what, st, lf, B * H * T, attn_tol(c));
+        cr_expect(memcmp(st + B * H * T, o, (size_t)n * sizeof(float)) == 0,
+                  "attention_fwd (fused): the state's copy of the output differs from out");
+        free(st);
+        free(o);
+        free(lr);
+        free(lf);
+    } else {
+        snprintf(what, sizeof what, "attention_fwd att (probabilities)%s", causal ? " causal" : "");
+        check_dev(c, what, att_, att, na, attn_tol(c));
+    }
+    if (causal && !fused) { /* exact zeros above the diagonal */
         float *h = down(c, att_, na);
         int64_t nz = 0;
         for (int64_t r = 0; r < B * H * T; r++)
@@ -533,7 +584,7 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
     float *dq = hfill(n3, 0.0f), *dq_ = dpoison(c, n3);
     CALL(c->cpu, attention_bwd, g, qkv, att, dq, B, T, C, H, causal);
     CALL(c->gpu, attention_bwd, g_, qkv_, att_, dq_, B, T, C, H, causal);
-    snprintf(what, sizeof what, "attention_bwd dqkv%s", causal ? " causal" : "");
+    snprintf(what, sizeof what, "attention_bwd%s dqkv%s", fused ? " (fused)" : "", causal ? " causal" : "");
     check_dev(c, what, dq_, dq, n3, attn_tol(c));
     free(qkv);
     free(out);
@@ -542,16 +593,45 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
     free(dq);
 }
 
+/* the materialized kernels with TF32 products (DS_CUDA_FLASH=0; the fused ones: attention_fused) */
 Test(cuda, attention_tf32)
 {
     ctx c;
+    setenv("DS_CUDA_FLASH", "0", 1);
     open_ctx(&c, 1);
+    cr_assert(strstr(ds_backend_describe(c.gpu), "materialized attention"), "%s", ds_backend_describe(c.gpu));
     attention_case(&c, 2, 77, 96, 4, 1);
     attention_case(&c, 2, 77, 96, 4, 0);
     attention_case(&c, 1, 256, 128, 2, 1);
     attention_case(&c, 1, 1024, 64, 2, 1); /* the longest row kept in registers */
     attention_case(&c, 1, 1030, 32, 2, 1); /* rows longer than 1024: the multi-pass kernels */
     attention_case(&c, 1, 1030, 32, 2, 0);
+    close_ctx(&c);
+}
+
+/* The fused TF32 kernels (flash_attention.cu): head sizes 16, 32, 48, 64, sequences that are and
+ * are not multiples of the tiles, causal and not, one row; a head size they do not take (24)
+ * goes to the materialized path in the same backend. */
+Test(cuda, attention_fused)
+{
+    ctx c;
+    unsetenv("DS_CUDA_FLASH");
+    open_ctx(&c, 1);
+    if (!strstr(ds_backend_describe(c.gpu), "fused TF32 attention")) {
+        close_ctx(&c);
+        cr_skip_test("this device has no TF32 tensor cores (sm_80 or newer): %s", ds_backend_describe(c.gpu));
+    }
+    attention_case(&c, 2, 77, 128, 4, 1);
+    attention_case(&c, 2, 77, 128, 4, 0);
+    attention_case(&c, 1, 130, 128, 2, 1);
+    attention_case(&c, 1, 130, 128, 2, 0);
+    attention_case(&c, 3, 20, 64, 4, 1);
+    attention_case(&c, 1, 50, 96, 2, 1);
+    attention_case(&c, 2, 1, 64, 1, 1);
+    attention_case(&c, 1, 64, 256, 4, 1);
+    cr_expect(!c.gpu->ops->attention_state || c.gpu->ops->attention_state(c.gpu, 2, 40, 96, 4, 1) == 2 * 4 * 40 * 40,
+              "head size 24 keeps the probabilities");
+    attention_case(&c, 2, 40, 96, 4, 1);
     close_ctx(&c);
 }
 

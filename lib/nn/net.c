@@ -130,7 +130,10 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
         }
         if (l->kind == DS_LAYER_ATTENTION) {
             int64_t C = l->in_dim;
-            if (!(r->qkv = balloc(m, M * 3 * C)) || !(r->att = balloc(m, m->B * l->heads * m->T * m->T)) ||
+            const int64_t att = m->be->ops->attention_state
+                                    ? m->be->ops->attention_state(m->be, m->B, m->T, C, l->heads, l->causal)
+                                    : m->B * l->heads * m->T * m->T;
+            if (!(r->qkv = balloc(m, M * 3 * C)) || !(r->att = balloc(m, att)) ||
                 !(r->attn_out = balloc(m, M * C)) || !(r->dqkv = balloc(m, M * 3 * C)) ||
                 !(r->dattn_out = balloc(m, M * C)))
                 goto nomem;

@@ -136,7 +136,8 @@ typedef struct ds_backend_ops {
     ds_status (*accumulate)(ds_backend *b, const float *x, float *y, int64_t n, int accumulate);
 
     /* Multi-head attention on a packed qkv [B,T,3C] (q | k | v; head h = columns h*D..h*D+D of
-     * each, D = C/H). out [B,T,C]; att [B,H,T,T] keeps the softmax probabilities for backward. */
+     * each, D = C/H). out [B,T,C]; att [B,H,T,T] keeps the softmax probabilities for backward
+     * (or, with attention_state below, what that says). */
     ds_status (*attention_fwd)(ds_backend *b, const float *qkv, float *out, float *att, int64_t B,
                                int64_t T, int64_t C, int64_t H, int causal);
     /* dqkv is written (not accumulated). */
@@ -194,6 +195,11 @@ typedef struct ds_backend_ops {
     /* Optional: a thread other than the creating one calls this before its first op (the CUDA
      * backend makes the backend's device current in that thread). */
     ds_status (*thread_init)(ds_backend *b);
+    /* Optional (NULL: B*H*T*T, the probabilities): how many floats attention_fwd keeps in att
+     * for attention_bwd. A backend with a fused kernel keeps less (the CUDA backend: each row's
+     * log-sum-exp and a copy of the output, B*H*T + B*T*C) and att is then its own state, not
+     * the probabilities. */
+    int64_t (*attention_state)(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H, int causal);
 } ds_backend_ops;
 
 struct ds_backend {

@@ -112,6 +112,15 @@ template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int la
     return r;
 }
 
+/* a warp barrier: every lane arrives before any goes on (a shuffle is one) */
+static inline void __syncwarp(unsigned mask = 0xffffffffu)
+{
+    (void)mask;
+    (void)emu_shfl_xor(0, 0);
+}
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
 /* Round-to-nearest products and sums without contraction (the emulation is built with
  * -ffp-contract=off, so a plain operator is already unfused). */
 static inline float __fmul_rn(float a, float b) { return a * b; }

@@ -1,0 +1,442 @@
+/* Fused ("flash") attention on the tensor cores, FlashAttention-2's scheme with TF32 products
+ * (nvcuda::wmma m16n16k8, fp32 accumulators): the T x T scores never reach device memory.
+ *
+ * Used instead of attention.cu's materialized path when TF32 is allowed (DS_CUDA_TF32, the
+ * default), the device is sm_80 or newer, the head size D is 16, 32, 48 or 64 and DS_CUDA_FLASH
+ * is not 0. The numbers are those of the materialized path with TF32 GEMMs (the same products,
+ * TF32 inputs, fp32 sums, an exact softmax), up to summation order.
+ *
+ * State between forward and backward (the `att` buffer of the interface, attention_state floats):
+ * lse [B,H,T], each row's log-sum-exp of its scaled scores, then o [B,T,C], a copy of the
+ * output (for backward's D_t = dO_t . O_t).
+ *
+ * Forward: a block takes 64 query rows of one (sample, head), 16 per warp, and walks the key
+ * tiles of 32 (up to the diagonal when causal): S = Q K^T on the tensor cores into the warp's
+ * shared rows, the online softmax (running max m and sum l per row, the output rows rescaled),
+ * O += P V. Backward, without atomics (deterministic): one kernel per 64 keys accumulates dV =
+ * P^T dO and dK = dS^T Q over the query tiles, another per 64 queries dQ = dS K over the key
+ * tiles; both recompute P from lse, and dS = P (dP - D). Fragments are touched only through
+ * load/store/fill/mma and element-wise loops, so the code holds for any lane mapping (the CPU
+ * emulation gives every lane the whole tile). */
+#include <math.h>
+#include <mma.h>
+
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+using namespace nvcuda;
+
+#define FA_DMAX 64
+#define FA_WARPS 4
+#define FA_ROWS (16 * FA_WARPS) /* query rows (forward, dQ) or key rows (dK, dV) per block */
+#define FA_TILE 32              /* keys (forward, dQ) or queries (dK, dV) per inner step */
+
+/* wmma's TF32 types exist from sm_80 on; older targets compile the kernels empty (never used:
+ * the host checks the device's compute capability) */
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define FA_BUILT 1
+typedef wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> frag_a;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> frag_br;
+typedef wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> frag_bc;
+typedef wmma::fragment<wmma::accumulator, 16, 16, 8, float> frag_c;
+
+template <class F> __device__ __forceinline__ void to_tf32(F &f)
+{
+#pragma unroll
+    for (int i = 0; i < f.num_elements; i++)
+        f.x[i] = wmma::__float_to_tf32(f.x[i]);
+}
+#else
+#define FA_BUILT 0
+#endif
+
+/* rows [r0, r0 + n) of head h's q (part 0), k (1) or v (2) columns of one sample into sm[n][D],
+ * 0 beyond T; all threads of the block */
+template <int D>
+__device__ __forceinline__ void fa_stage(float *sm, const float *base, int64_t C3, int64_t col, int r0, int n, int T)
+{
+    for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
+        const int r = i / D, d = i % D, t = r0 + r;
+        sm[i] = t < T ? base[(int64_t)t * C3 + col + d] : 0.0f;
+    }
+}
+
+#if FA_BUILT
+/* out (16 x FA_TILE, row-major, ld FA_TILE) = A X^T: A (16 x D) as D/8 fragments, X the FA_TILE
+ * rows of D floats at x (row-major, ld D) */
+template <int D> __device__ __forceinline__ void fa_abt(float *out, const frag_a (&a)[D / 8], const float *x)
+{
+#pragma unroll
+    for (int n = 0; n < FA_TILE / 16; n++) {
+        frag_c acc;
+        wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+        for (int k = 0; k < D / 8; k++) {
+            frag_bc xb; /* X^T: (k, n) = X[n][k] */
+            wmma::load_matrix_sync(xb, x + 16 * n * D + 8 * k, D);
+            to_tf32(xb);
+            wmma::mma_sync(acc, a[k], xb, acc);
+        }
+        wmma::store_matrix_sync(out + 16 * n, acc, FA_TILE, wmma::mem_row_major);
+    }
+}
+
+/* acc (16 x D as D/16 fragments) += A Y: A (16 x FA_TILE) at a (row-major, ld FA_TILE), Y the
+ * FA_TILE rows of D floats at y (row-major, ld D) */
+template <int D> __device__ __forceinline__ void fa_acc_ay(frag_c (&acc)[D / 16], const float *a, const float *y)
+{
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+#pragma unroll
+        for (int k = 0; k < FA_TILE / 8; k++) {
+            frag_a af;
+            frag_br yb;
+            wmma::load_matrix_sync(af, a + 8 * k, FA_TILE);
+            wmma::load_matrix_sync(yb, y + 8 * k * D + 16 * n, D);
+            to_tf32(af);
+            to_tf32(yb);
+            wmma::mma_sync(acc[n], af, yb, acc[n]);
+        }
+}
+#endif
+
+template <int D>
+__global__ void __launch_bounds__(32 * FA_WARPS)
+    flash_fwd_k(const float *qkv, float *out, float *lse, float *ocopy, int T, int C, int causal, float scale)
+{
+#if FA_BUILT
+    __shared__ __align__(32) float kv[2 * FA_TILE * FA_DMAX]; /* K tile | V tile; first the Q rows */
+    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_TILE]; /* per warp: S, then P */
+    __shared__ __align__(32) float os[FA_WARPS][16 * FA_DMAX]; /* per warp: its output rows */
+    __shared__ float mrow[FA_WARPS][16], lrow[FA_WARPS][16];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, q0 = blockIdx.x * FA_ROWS, row0 = q0 + 16 * w;
+    const int64_t C3 = 3 * (int64_t)C;
+    const float *base = qkv + (int64_t)b * T * C3;
+
+    fa_stage<D>(kv, base, C3, (int64_t)h * D, q0, FA_ROWS, T);
+    __syncthreads();
+    frag_a qa[D / 8];
+#pragma unroll
+    for (int k = 0; k < D / 8; k++) {
+        wmma::load_matrix_sync(qa[k], kv + 16 * w * D + 8 * k, D);
+        to_tf32(qa[k]);
+    }
+    for (int i = lane; i < 16 * D; i += 32)
+        os[w][i] = 0.0f;
+    if (lane < 16) {
+        mrow[w][lane] = -INFINITY;
+        lrow[w][lane] = 0.0f;
+    }
+    __syncthreads(); /* every warp has its Q fragments before kv is overwritten */
+
+    const int r = lane >> 1, half = lane & 1, t = row0 + r; /* lanes 2r, 2r+1: row r, 16 columns each */
+    const int kend = causal ? (q0 + FA_ROWS < T ? q0 + FA_ROWS : T) : T;
+    float *S = ps[w];
+    for (int k0 = 0; k0 < kend; k0 += FA_TILE) {
+        fa_stage<D>(kv, base, C3, C + (int64_t)h * D, k0, FA_TILE, T);
+        fa_stage<D>(kv + FA_TILE * D, base, C3, 2 * (int64_t)C + (int64_t)h * D, k0, FA_TILE, T);
+        __syncthreads();
+        if (row0 < T && !(causal && k0 > row0 + 15)) { /* warp-uniform: some pair is unmasked */
+            fa_abt<D>(S, qa, kv); /* S = Q K^T */
+            __syncwarp();
+            /* online softmax of row r over this tile's columns */
+            float *srow = S + r * FA_TILE + 16 * half;
+            float mx = -INFINITY;
+            for (int j = 0; j < 16; j++) {
+                const int s = k0 + 16 * half + j;
+                const float v = (s < T && t < T && !(causal && s > t)) ? srow[j] * scale : -INFINITY;
+                srow[j] = v;
+                mx = fmaxf(mx, v);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            const float mold = mrow[w][r], mnew = fmaxf(mold, mx);
+            const float alpha = mnew == -INFINITY ? 1.0f : expf(mold - mnew);
+            float sum = 0.0f;
+            for (int j = 0; j < 16; j++) {
+                const float p = mnew == -INFINITY ? 0.0f : expf(srow[j] - mnew);
+                srow[j] = p;
+                sum += p;
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            for (int d = half; d < D; d += 2)
+                os[w][r * D + d] *= alpha;
+            __syncwarp(); /* both lanes of a row have read mrow before it changes */
+            if (!half) {
+                mrow[w][r] = mnew;
+                lrow[w][r] = lrow[w][r] * alpha + sum;
+            }
+            __syncwarp();
+            frag_c o[D / 16]; /* O += P V */
+#pragma unroll
+            for (int n = 0; n < D / 16; n++)
+                wmma::load_matrix_sync(o[n], os[w] + 16 * n, D, wmma::mem_row_major);
+            fa_acc_ay<D>(o, S, kv + FA_TILE * D);
+#pragma unroll
+            for (int n = 0; n < D / 16; n++)
+                wmma::store_matrix_sync(os[w] + 16 * n, o[n], D, wmma::mem_row_major);
+        }
+        __syncthreads(); /* the tile is used up before the next one is loaded */
+    }
+    if (t < T) {
+        const float l = lrow[w][r], inv = 1.0f / l;
+        const int64_t at = ((int64_t)b * T + t) * C + (int64_t)h * D;
+        for (int d = half; d < D; d += 2) {
+            const float v = os[w][r * D + d] * inv;
+            out[at + d] = v;
+            ocopy[at + d] = v;
+        }
+        if (!half)
+            lse[((int64_t)b * H + h) * T + t] = mrow[w][r] + logf(l);
+    }
+#endif
+}
+
+/* D_t = dO_t . O_t per (sample, head, row): di [B,H,T] */
+__global__ void flash_di_k(const float *dout, const float *ocopy, float *di, int64_t rows, int T, int C, int H, int D)
+{
+    GRID_STRIDE(i, rows)
+    {
+        const int64_t bt = i / H;
+        const int h = (int)(i % H);
+        const float *g = dout + bt * C + (int64_t)h * D, *o = ocopy + bt * C + (int64_t)h * D;
+        float s = 0.0f;
+        for (int d = 0; d < D; d++)
+            s += g[d] * o[d];
+        di[(bt / T * H + h) * T + bt % T] = s;
+    }
+}
+
+/* dK and dV of 64 keys (16 per warp), over the query tiles that can see them */
+template <int D>
+__global__ void __launch_bounds__(32 * FA_WARPS)
+    flash_bwd_dkv_k(const float *qkv, const float *dout, const float *lse, const float *di, float *dqkv, int T,
+                    int C, int causal, float scale)
+{
+#if FA_BUILT
+    __shared__ __align__(32) float qd[2 * FA_TILE * FA_DMAX]; /* Q tile | dO tile; first K, V rows */
+    __shared__ __align__(32) float pt[FA_WARPS][16 * FA_TILE]; /* per warp: S^T, P^T, then dS^T */
+    __shared__ __align__(32) float dpt[FA_WARPS][16 * FA_TILE]; /* per warp: dP^T */
+    __shared__ float lq[FA_TILE], dq[FA_TILE];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, k0 = blockIdx.x * FA_ROWS, row0 = k0 + 16 * w;
+    const int64_t C3 = 3 * (int64_t)C;
+    const float *base = qkv + (int64_t)b * T * C3, *gbase = dout + (int64_t)b * T * C;
+    const float *lrow = lse + ((int64_t)b * H + h) * T, *drow = di + ((int64_t)b * H + h) * T;
+
+    frag_a ka[D / 8], va[D / 8];
+    fa_stage<D>(qd, base, C3, C + (int64_t)h * D, k0, FA_ROWS, T);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < D / 8; k++) {
+        wmma::load_matrix_sync(ka[k], qd + 16 * w * D + 8 * k, D);
+        to_tf32(ka[k]);
+    }
+    __syncthreads();
+    fa_stage<D>(qd, base, C3, 2 * (int64_t)C + (int64_t)h * D, k0, FA_ROWS, T);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < D / 8; k++) {
+        wmma::load_matrix_sync(va[k], qd + 16 * w * D + 8 * k, D);
+        to_tf32(va[k]);
+    }
+    frag_c dv[D / 16], dk[D / 16];
+#pragma unroll
+    for (int n = 0; n < D / 16; n++) {
+        wmma::fill_fragment(dv[n], 0.0f);
+        wmma::fill_fragment(dk[n], 0.0f);
+    }
+    __syncthreads();
+
+    float *St = pt[w], *dPt = dpt[w];
+    const float *Qs = qd, *Os = qd + FA_TILE * D;
+    const int qstart = causal ? k0 / FA_TILE * FA_TILE : 0; /* earlier queries see none of these keys */
+    for (int q0 = qstart; q0 < T; q0 += FA_TILE) {
+        fa_stage<D>(qd, base, C3, (int64_t)h * D, q0, FA_TILE, T);
+        for (int i = threadIdx.x; i < FA_TILE * D; i += blockDim.x) {
+            const int r = i / D, d = i % D, t = q0 + r;
+            qd[FA_TILE * D + i] = t < T ? gbase[(int64_t)t * C + (int64_t)h * D + d] : 0.0f;
+        }
+        for (int i = threadIdx.x; i < FA_TILE; i += blockDim.x) {
+            lq[i] = q0 + i < T ? lrow[q0 + i] : 0.0f;
+            dq[i] = q0 + i < T ? drow[q0 + i] : 0.0f;
+        }
+        __syncthreads();
+        if (row0 < T && !(causal && q0 + FA_TILE - 1 < row0)) {
+            fa_abt<D>(St, ka, Qs); /* S^T = K Q^T */
+            __syncwarp();
+            for (int i = lane; i < 16 * FA_TILE; i += 32) { /* P^T */
+                const int sr = i / FA_TILE, qc = i % FA_TILE, s = row0 + sr, q = q0 + qc;
+                St[i] = (s < T && q < T && !(causal && s > q)) ? expf(St[i] * scale - lq[qc]) : 0.0f;
+            }
+            __syncwarp();
+            fa_acc_ay<D>(dv, St, Os); /* dV += P^T dO */
+            fa_abt<D>(dPt, va, Os);   /* dP^T = V dO^T */
+            __syncwarp(); /* and every lane has loaded P^T before it becomes dS^T */
+            for (int i = lane; i < 16 * FA_TILE; i += 32)
+                St[i] = St[i] * (dPt[i] - dq[i % FA_TILE]);
+            __syncwarp();
+            fa_acc_ay<D>(dk, St, Qs); /* dK += dS^T Q */
+        }
+        __syncthreads();
+    }
+    /* out through this warp's quarter of qd: dK (scaled), then dV */
+    float *stage = qd + 16 * w * D;
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::store_matrix_sync(stage + 16 * n, dk[n], D, wmma::mem_row_major);
+    __syncwarp();
+    for (int i = lane; i < 16 * D; i += 32) {
+        const int sr = i / D, d = i % D, s = row0 + sr;
+        if (s < T)
+            dqkv[((int64_t)b * T + s) * C3 + C + (int64_t)h * D + d] = stage[i] * scale;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::store_matrix_sync(stage + 16 * n, dv[n], D, wmma::mem_row_major);
+    __syncwarp();
+    for (int i = lane; i < 16 * D; i += 32) {
+        const int sr = i / D, d = i % D, s = row0 + sr;
+        if (s < T)
+            dqkv[((int64_t)b * T + s) * C3 + 2 * (int64_t)C + (int64_t)h * D + d] = stage[i];
+    }
+#endif
+}
+
+/* dQ of 64 queries (16 per warp), over the key tiles they see */
+template <int D>
+__global__ void __launch_bounds__(32 * FA_WARPS)
+    flash_bwd_dq_k(const float *qkv, const float *dout, const float *lse, const float *di, float *dqkv, int T,
+                   int C, int causal, float scale)
+{
+#if FA_BUILT
+    __shared__ __align__(32) float kv[2 * FA_TILE * FA_DMAX]; /* K tile | V tile; first Q, dO rows */
+    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_TILE]; /* per warp: S, then dS */
+    __shared__ __align__(32) float dps[FA_WARPS][16 * FA_TILE]; /* per warp: dP */
+    __shared__ float lr[FA_ROWS], dr[FA_ROWS];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, q0 = blockIdx.x * FA_ROWS, row0 = q0 + 16 * w;
+    const int64_t C3 = 3 * (int64_t)C;
+    const float *base = qkv + (int64_t)b * T * C3, *gbase = dout + (int64_t)b * T * C;
+
+    frag_a qa[D / 8], oa[D / 8];
+    fa_stage<D>(kv, base, C3, (int64_t)h * D, q0, FA_ROWS, T);
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < D / 8; k++) {
+        wmma::load_matrix_sync(qa[k], kv + 16 * w * D + 8 * k, D);
+        to_tf32(qa[k]);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < FA_ROWS * D; i += blockDim.x) {
+        const int r = i / D, d = i % D, t = q0 + r;
+        kv[i] = t < T ? gbase[(int64_t)t * C + (int64_t)h * D + d] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < FA_ROWS; i += blockDim.x) {
+        const int64_t at = ((int64_t)b * H + h) * T + q0 + i;
+        lr[i] = q0 + i < T ? lse[at] : 0.0f;
+        dr[i] = q0 + i < T ? di[at] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < D / 8; k++) {
+        wmma::load_matrix_sync(oa[k], kv + 16 * w * D + 8 * k, D);
+        to_tf32(oa[k]);
+    }
+    frag_c dqf[D / 16];
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::fill_fragment(dqf[n], 0.0f);
+    __syncthreads();
+
+    float *S = ps[w], *dP = dps[w];
+    const float *Ks = kv, *Vs = kv + FA_TILE * D;
+    const int kend = causal ? (q0 + FA_ROWS < T ? q0 + FA_ROWS : T) : T;
+    for (int k0 = 0; k0 < kend; k0 += FA_TILE) {
+        fa_stage<D>(kv, base, C3, C + (int64_t)h * D, k0, FA_TILE, T);
+        fa_stage<D>(kv + FA_TILE * D, base, C3, 2 * (int64_t)C + (int64_t)h * D, k0, FA_TILE, T);
+        __syncthreads();
+        if (row0 < T && !(causal && k0 > row0 + 15)) {
+            fa_abt<D>(S, qa, Ks);  /* S = Q K^T */
+            fa_abt<D>(dP, oa, Vs); /* dP = dO V^T */
+            __syncwarp();
+            for (int i = lane; i < 16 * FA_TILE; i += 32) { /* dS = P (dP - D) */
+                const int r = i / FA_TILE, c = i % FA_TILE, t = row0 + r, s = k0 + c;
+                const float p = (t < T && s < T && !(causal && s > t)) ? expf(S[i] * scale - lr[16 * w + r]) : 0.0f;
+                S[i] = p * (dP[i] - dr[16 * w + r]);
+            }
+            __syncwarp();
+            fa_acc_ay<D>(dqf, S, Ks); /* dQ += dS K */
+        }
+        __syncthreads();
+    }
+    float *stage = kv + 16 * w * D;
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::store_matrix_sync(stage + 16 * n, dqf[n], D, wmma::mem_row_major);
+    __syncwarp();
+    for (int i = lane; i < 16 * D; i += 32) {
+        const int r = i / D, d = i % D, t = row0 + r;
+        if (t < T)
+            dqkv[((int64_t)b * T + t) * C3 + (int64_t)h * D + d] = stage[i] * scale;
+    }
+#endif
+}
+
+/* ---- host side ------------------------------------------------------------------------------ */
+
+extern "C" int ds_cuda_flash_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H)
+{
+    if (!DS_CUDA(b)->flash || H <= 0 || C % H != 0)
+        return 0;
+    const int64_t D = C / H;
+    return (D == 16 || D == 32 || D == 48 || D == 64) && B <= 65535 && H <= 65535 && T <= 2147483647LL - FA_ROWS &&
+           3 * C <= 2147483647LL;
+}
+
+extern "C" int64_t ds_cuda_attention_state(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    (void)causal;
+    return ds_cuda_flash_applies(b, B, T, C, H) ? B * H * T + B * T * C : B * H * T * T;
+}
+
+#define FA_DISPATCH(D, KERNEL, ...)                                                              \
+    switch (D) {                                                                                 \
+    case 16: KERNEL<16><<<grid, 32 * FA_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;              \
+    case 32: KERNEL<32><<<grid, 32 * FA_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;              \
+    case 48: KERNEL<48><<<grid, 32 * FA_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;              \
+    default: KERNEL<64><<<grid, 32 * FA_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;              \
+    }
+
+extern "C" ds_status ds_cuda_flash_fwd(ds_backend *b, const float *qkv, float *out, float *state, int64_t B,
+                                       int64_t T, int64_t C, int64_t H, int causal)
+{
+    const int D = (int)(C / H);
+    const float scale = 1.0f / sqrtf((float)D);
+    dim3 grid((unsigned)((T + FA_ROWS - 1) / FA_ROWS), (unsigned)H, (unsigned)B);
+    float *lse = state, *ocopy = state + B * H * T;
+    FA_DISPATCH(D, flash_fwd_k, qkv, out, lse, ocopy, (int)T, (int)C, causal, scale);
+    LAUNCHED("flash_fwd_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_flash_bwd(ds_backend *b, const float *dout, const float *qkv, const float *state,
+                                       float *dqkv, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    const int D = (int)(C / H);
+    const float scale = 1.0f / sqrtf((float)D);
+    const float *lse = state, *ocopy = state + B * H * T;
+    float *di = (float *)ds_cuda_scratch(b, (size_t)(B * H * T) * sizeof(float));
+    if (!di)
+        return b->err.code;
+    flash_di_k<<<grid_for(b, B * T * H, 256), 256, 0, STREAM(b)>>>(dout, ocopy, di, B * T * H, (int)T, (int)C,
+                                                                   (int)H, D);
+    LAUNCHED("flash_di_k");
+    dim3 grid((unsigned)((T + FA_ROWS - 1) / FA_ROWS), (unsigned)H, (unsigned)B);
+    FA_DISPATCH(D, flash_bwd_dkv_k, qkv, dout, lse, di, dqkv, (int)T, (int)C, causal, scale);
+    LAUNCHED("flash_bwd_dkv_k");
+    FA_DISPATCH(D, flash_bwd_dq_k, qkv, dout, lse, di, dqkv, (int)T, (int)C, causal, scale);
+    LAUNCHED("flash_bwd_dq_k");
+    return DS_OK;
+}
