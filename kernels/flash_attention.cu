@@ -30,6 +30,11 @@ using namespace nvcuda;
 #define FA_WARPS 4
 #define FA_ROWS (16 * FA_WARPS) /* query rows (forward, dQ) or key rows (dK, dV) per block */
 #define FA_TILE 32              /* keys (forward, dQ) or queries (dK, dV) per inner step */
+/* Shared-memory rows are padded by 4 floats so that the 16 rows of a fragment start in
+ * different banks (a row of 64 floats is 256 bytes: unpadded, they would all start in bank
+ * 0). Fragment pointers stay 32-byte aligned: they start at rows that are multiples of 8. */
+#define FA_LD(D) ((D) + 4)      /* row stride of the K, V, Q, dO and output tiles */
+#define FA_LDS (FA_TILE + 4)    /* row stride of the per-warp score tiles */
 
 /* wmma's TF32 types exist from sm_80 on; older targets compile the kernels empty (never used:
  * the host checks the device's compute capability) */
@@ -50,20 +55,20 @@ template <class F> __device__ __forceinline__ void to_tf32(F &f)
 #define FA_BUILT 0
 #endif
 
-/* rows [r0, r0 + n) of head h's q (part 0), k (1) or v (2) columns of one sample into sm[n][D],
- * 0 beyond T; all threads of the block */
+/* rows [r0, r0 + n) of head h's q, k or v columns (from col) of one sample into sm (row stride
+ * FA_LD(D)), 0 beyond T; all threads of the block */
 template <int D>
 __device__ __forceinline__ void fa_stage(float *sm, const float *base, int64_t C3, int64_t col, int r0, int n, int T)
 {
     for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
         const int r = i / D, d = i % D, t = r0 + r;
-        sm[i] = t < T ? base[(int64_t)t * C3 + col + d] : 0.0f;
+        sm[r * FA_LD(D) + d] = t < T ? base[(int64_t)t * C3 + col + d] : 0.0f;
     }
 }
 
 #if FA_BUILT
-/* out (16 x FA_TILE, row-major, ld FA_TILE) = A X^T: A (16 x D) as D/8 fragments, X the FA_TILE
- * rows of D floats at x (row-major, ld D) */
+/* out (16 x FA_TILE, row-major, ld FA_LDS) = A X^T: A (16 x D) as D/8 fragments, X the FA_TILE
+ * rows of D floats at x (row-major, ld FA_LD(D)) */
 template <int D> __device__ __forceinline__ void fa_abt(float *out, const frag_a (&a)[D / 8], const float *x)
 {
 #pragma unroll
@@ -73,16 +78,16 @@ template <int D> __device__ __forceinline__ void fa_abt(float *out, const frag_a
 #pragma unroll
         for (int k = 0; k < D / 8; k++) {
             frag_bc xb; /* X^T: (k, n) = X[n][k] */
-            wmma::load_matrix_sync(xb, x + 16 * n * D + 8 * k, D);
+            wmma::load_matrix_sync(xb, x + 16 * n * FA_LD(D) + 8 * k, FA_LD(D));
             to_tf32(xb);
             wmma::mma_sync(acc, a[k], xb, acc);
         }
-        wmma::store_matrix_sync(out + 16 * n, acc, FA_TILE, wmma::mem_row_major);
+        wmma::store_matrix_sync(out + 16 * n, acc, FA_LDS, wmma::mem_row_major);
     }
 }
 
-/* acc (16 x D as D/16 fragments) += A Y: A (16 x FA_TILE) at a (row-major, ld FA_TILE), Y the
- * FA_TILE rows of D floats at y (row-major, ld D) */
+/* acc (16 x D as D/16 fragments) += A Y: A (16 x FA_TILE) at a (row-major, ld FA_LDS), Y the
+ * FA_TILE rows of D floats at y (row-major, ld FA_LD(D)) */
 template <int D> __device__ __forceinline__ void fa_acc_ay(frag_c (&acc)[D / 16], const float *a, const float *y)
 {
 #pragma unroll
@@ -91,8 +96,8 @@ template <int D> __device__ __forceinline__ void fa_acc_ay(frag_c (&acc)[D / 16]
         for (int k = 0; k < FA_TILE / 8; k++) {
             frag_a af;
             frag_br yb;
-            wmma::load_matrix_sync(af, a + 8 * k, FA_TILE);
-            wmma::load_matrix_sync(yb, y + 8 * k * D + 16 * n, D);
+            wmma::load_matrix_sync(af, a + 8 * k, FA_LDS);
+            wmma::load_matrix_sync(yb, y + 8 * k * FA_LD(D) + 16 * n, FA_LD(D));
             to_tf32(af);
             to_tf32(yb);
             wmma::mma_sync(acc[n], af, yb, acc[n]);
@@ -105,9 +110,9 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     flash_fwd_k(const float *qkv, float *out, float *lse, float *ocopy, int T, int C, int causal, float scale)
 {
 #if FA_BUILT
-    __shared__ __align__(32) float kv[2 * FA_TILE * FA_DMAX]; /* K tile | V tile; first the Q rows */
-    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_TILE]; /* per warp: S, then P */
-    __shared__ __align__(32) float os[FA_WARPS][16 * FA_DMAX]; /* per warp: its output rows */
+    __shared__ __align__(32) float kv[2 * FA_TILE * FA_LD(FA_DMAX)]; /* K tile | V tile; first the Q rows */
+    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_LDS];       /* per warp: S, then P */
+    __shared__ __align__(32) float os[FA_WARPS][16 * FA_LD(FA_DMAX)]; /* per warp: its output rows */
     __shared__ float mrow[FA_WARPS][16], lrow[FA_WARPS][16];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, q0 = blockIdx.x * FA_ROWS, row0 = q0 + 16 * w;
@@ -119,10 +124,10 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     frag_a qa[D / 8];
 #pragma unroll
     for (int k = 0; k < D / 8; k++) {
-        wmma::load_matrix_sync(qa[k], kv + 16 * w * D + 8 * k, D);
+        wmma::load_matrix_sync(qa[k], kv + 16 * w * FA_LD(D) + 8 * k, FA_LD(D));
         to_tf32(qa[k]);
     }
-    for (int i = lane; i < 16 * D; i += 32)
+    for (int i = lane; i < 16 * FA_LD(D); i += 32)
         os[w][i] = 0.0f;
     if (lane < 16) {
         mrow[w][lane] = -INFINITY;
@@ -135,13 +140,13 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     float *S = ps[w];
     for (int k0 = 0; k0 < kend; k0 += FA_TILE) {
         fa_stage<D>(kv, base, C3, C + (int64_t)h * D, k0, FA_TILE, T);
-        fa_stage<D>(kv + FA_TILE * D, base, C3, 2 * (int64_t)C + (int64_t)h * D, k0, FA_TILE, T);
+        fa_stage<D>(kv + FA_TILE * FA_LD(D), base, C3, 2 * (int64_t)C + (int64_t)h * D, k0, FA_TILE, T);
         __syncthreads();
         if (row0 < T && !(causal && k0 > row0 + 15)) { /* warp-uniform: some pair is unmasked */
             fa_abt<D>(S, qa, kv); /* S = Q K^T */
             __syncwarp();
             /* online softmax of row r over this tile's columns */
-            float *srow = S + r * FA_TILE + 16 * half;
+            float *srow = S + r * FA_LDS + 16 * half;
             float mx = -INFINITY;
             for (int j = 0; j < 16; j++) {
                 const int s = k0 + 16 * half + j;
@@ -160,7 +165,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
             }
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             for (int d = half; d < D; d += 2)
-                os[w][r * D + d] *= alpha;
+                os[w][r * FA_LD(D) + d] *= alpha;
             __syncwarp(); /* both lanes of a row have read mrow before it changes */
             if (!half) {
                 mrow[w][r] = mnew;
@@ -170,11 +175,11 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
             frag_c o[D / 16]; /* O += P V */
 #pragma unroll
             for (int n = 0; n < D / 16; n++)
-                wmma::load_matrix_sync(o[n], os[w] + 16 * n, D, wmma::mem_row_major);
-            fa_acc_ay<D>(o, S, kv + FA_TILE * D);
+                wmma::load_matrix_sync(o[n], os[w] + 16 * n, FA_LD(D), wmma::mem_row_major);
+            fa_acc_ay<D>(o, S, kv + FA_TILE * FA_LD(D));
 #pragma unroll
             for (int n = 0; n < D / 16; n++)
-                wmma::store_matrix_sync(os[w] + 16 * n, o[n], D, wmma::mem_row_major);
+                wmma::store_matrix_sync(os[w] + 16 * n, o[n], FA_LD(D), wmma::mem_row_major);
         }
         __syncthreads(); /* the tile is used up before the next one is loaded */
     }
@@ -182,7 +187,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
         const float l = lrow[w][r], inv = 1.0f / l;
         const int64_t at = ((int64_t)b * T + t) * C + (int64_t)h * D;
         for (int d = half; d < D; d += 2) {
-            const float v = os[w][r * D + d] * inv;
+            const float v = os[w][r * FA_LD(D) + d] * inv;
             out[at + d] = v;
             ocopy[at + d] = v;
         }
@@ -214,9 +219,9 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
                     int C, int causal, float scale)
 {
 #if FA_BUILT
-    __shared__ __align__(32) float qd[2 * FA_TILE * FA_DMAX]; /* Q tile | dO tile; first K, V rows */
-    __shared__ __align__(32) float pt[FA_WARPS][16 * FA_TILE]; /* per warp: S^T, P^T, then dS^T */
-    __shared__ __align__(32) float dpt[FA_WARPS][16 * FA_TILE]; /* per warp: dP^T */
+    __shared__ __align__(32) float qd[2 * FA_TILE * FA_LD(FA_DMAX)]; /* Q tile | dO tile; first K, V rows */
+    __shared__ __align__(32) float pt[FA_WARPS][16 * FA_LDS];        /* per warp: S^T, P^T, then dS^T */
+    __shared__ __align__(32) float dpt[FA_WARPS][16 * FA_LDS];       /* per warp: dP^T */
     __shared__ float lq[FA_TILE], dq[FA_TILE];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, k0 = blockIdx.x * FA_ROWS, row0 = k0 + 16 * w;
@@ -229,7 +234,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < D / 8; k++) {
-        wmma::load_matrix_sync(ka[k], qd + 16 * w * D + 8 * k, D);
+        wmma::load_matrix_sync(ka[k], qd + 16 * w * FA_LD(D) + 8 * k, FA_LD(D));
         to_tf32(ka[k]);
     }
     __syncthreads();
@@ -237,7 +242,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < D / 8; k++) {
-        wmma::load_matrix_sync(va[k], qd + 16 * w * D + 8 * k, D);
+        wmma::load_matrix_sync(va[k], qd + 16 * w * FA_LD(D) + 8 * k, FA_LD(D));
         to_tf32(va[k]);
     }
     frag_c dv[D / 16], dk[D / 16];
@@ -249,13 +254,13 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     __syncthreads();
 
     float *St = pt[w], *dPt = dpt[w];
-    const float *Qs = qd, *Os = qd + FA_TILE * D;
+    const float *Qs = qd, *Os = qd + FA_TILE * FA_LD(D);
     const int qstart = causal ? k0 / FA_TILE * FA_TILE : 0; /* earlier queries see none of these keys */
     for (int q0 = qstart; q0 < T; q0 += FA_TILE) {
         fa_stage<D>(qd, base, C3, (int64_t)h * D, q0, FA_TILE, T);
         for (int i = threadIdx.x; i < FA_TILE * D; i += blockDim.x) {
             const int r = i / D, d = i % D, t = q0 + r;
-            qd[FA_TILE * D + i] = t < T ? gbase[(int64_t)t * C + (int64_t)h * D + d] : 0.0f;
+            qd[FA_TILE * FA_LD(D) + r * FA_LD(D) + d] = t < T ? gbase[(int64_t)t * C + (int64_t)h * D + d] : 0.0f;
         }
         for (int i = threadIdx.x; i < FA_TILE; i += blockDim.x) {
             lq[i] = q0 + i < T ? lrow[q0 + i] : 0.0f;
@@ -266,40 +271,42 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
             fa_abt<D>(St, ka, Qs); /* S^T = K Q^T */
             __syncwarp();
             for (int i = lane; i < 16 * FA_TILE; i += 32) { /* P^T */
-                const int sr = i / FA_TILE, qc = i % FA_TILE, s = row0 + sr, q = q0 + qc;
-                St[i] = (s < T && q < T && !(causal && s > q)) ? expf(St[i] * scale - lq[qc]) : 0.0f;
+                const int sr = i / FA_TILE, qc = i % FA_TILE, s = row0 + sr, q = q0 + qc, e = sr * FA_LDS + qc;
+                St[e] = (s < T && q < T && !(causal && s > q)) ? expf(St[e] * scale - lq[qc]) : 0.0f;
             }
             __syncwarp();
             fa_acc_ay<D>(dv, St, Os); /* dV += P^T dO */
             fa_abt<D>(dPt, va, Os);   /* dP^T = V dO^T */
             __syncwarp(); /* and every lane has loaded P^T before it becomes dS^T */
-            for (int i = lane; i < 16 * FA_TILE; i += 32)
-                St[i] = St[i] * (dPt[i] - dq[i % FA_TILE]);
+            for (int i = lane; i < 16 * FA_TILE; i += 32) {
+                const int e = i / FA_TILE * FA_LDS + i % FA_TILE;
+                St[e] = St[e] * (dPt[e] - dq[i % FA_TILE]);
+            }
             __syncwarp();
             fa_acc_ay<D>(dk, St, Qs); /* dK += dS^T Q */
         }
         __syncthreads();
     }
     /* out through this warp's quarter of qd: dK (scaled), then dV */
-    float *stage = qd + 16 * w * D;
+    float *stage = qd + 16 * w * FA_LD(D);
 #pragma unroll
     for (int n = 0; n < D / 16; n++)
-        wmma::store_matrix_sync(stage + 16 * n, dk[n], D, wmma::mem_row_major);
+        wmma::store_matrix_sync(stage + 16 * n, dk[n], FA_LD(D), wmma::mem_row_major);
     __syncwarp();
     for (int i = lane; i < 16 * D; i += 32) {
         const int sr = i / D, d = i % D, s = row0 + sr;
         if (s < T)
-            dqkv[((int64_t)b * T + s) * C3 + C + (int64_t)h * D + d] = stage[i] * scale;
+            dqkv[((int64_t)b * T + s) * C3 + C + (int64_t)h * D + d] = stage[sr * FA_LD(D) + d] * scale;
     }
     __syncwarp();
 #pragma unroll
     for (int n = 0; n < D / 16; n++)
-        wmma::store_matrix_sync(stage + 16 * n, dv[n], D, wmma::mem_row_major);
+        wmma::store_matrix_sync(stage + 16 * n, dv[n], FA_LD(D), wmma::mem_row_major);
     __syncwarp();
     for (int i = lane; i < 16 * D; i += 32) {
         const int sr = i / D, d = i % D, s = row0 + sr;
         if (s < T)
-            dqkv[((int64_t)b * T + s) * C3 + 2 * (int64_t)C + (int64_t)h * D + d] = stage[i];
+            dqkv[((int64_t)b * T + s) * C3 + 2 * (int64_t)C + (int64_t)h * D + d] = stage[sr * FA_LD(D) + d];
     }
 #endif
 }
@@ -311,9 +318,9 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
                    int C, int causal, float scale)
 {
 #if FA_BUILT
-    __shared__ __align__(32) float kv[2 * FA_TILE * FA_DMAX]; /* K tile | V tile; first Q, dO rows */
-    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_TILE]; /* per warp: S, then dS */
-    __shared__ __align__(32) float dps[FA_WARPS][16 * FA_TILE]; /* per warp: dP */
+    __shared__ __align__(32) float kv[2 * FA_TILE * FA_LD(FA_DMAX)]; /* K tile | V tile; first Q, dO rows */
+    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_LDS];        /* per warp: S, then dS */
+    __shared__ __align__(32) float dps[FA_WARPS][16 * FA_LDS];       /* per warp: dP */
     __shared__ float lr[FA_ROWS], dr[FA_ROWS];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, q0 = blockIdx.x * FA_ROWS, row0 = q0 + 16 * w;
@@ -325,13 +332,13 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < D / 8; k++) {
-        wmma::load_matrix_sync(qa[k], kv + 16 * w * D + 8 * k, D);
+        wmma::load_matrix_sync(qa[k], kv + 16 * w * FA_LD(D) + 8 * k, FA_LD(D));
         to_tf32(qa[k]);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < FA_ROWS * D; i += blockDim.x) {
         const int r = i / D, d = i % D, t = q0 + r;
-        kv[i] = t < T ? gbase[(int64_t)t * C + (int64_t)h * D + d] : 0.0f;
+        kv[r * FA_LD(D) + d] = t < T ? gbase[(int64_t)t * C + (int64_t)h * D + d] : 0.0f;
     }
     for (int i = threadIdx.x; i < FA_ROWS; i += blockDim.x) {
         const int64_t at = ((int64_t)b * H + h) * T + q0 + i;
@@ -341,7 +348,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < D / 8; k++) {
-        wmma::load_matrix_sync(oa[k], kv + 16 * w * D + 8 * k, D);
+        wmma::load_matrix_sync(oa[k], kv + 16 * w * FA_LD(D) + 8 * k, FA_LD(D));
         to_tf32(oa[k]);
     }
     frag_c dqf[D / 16];
@@ -351,35 +358,35 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     __syncthreads();
 
     float *S = ps[w], *dP = dps[w];
-    const float *Ks = kv, *Vs = kv + FA_TILE * D;
+    const float *Ks = kv, *Vs = kv + FA_TILE * FA_LD(D);
     const int kend = causal ? (q0 + FA_ROWS < T ? q0 + FA_ROWS : T) : T;
     for (int k0 = 0; k0 < kend; k0 += FA_TILE) {
         fa_stage<D>(kv, base, C3, C + (int64_t)h * D, k0, FA_TILE, T);
-        fa_stage<D>(kv + FA_TILE * D, base, C3, 2 * (int64_t)C + (int64_t)h * D, k0, FA_TILE, T);
+        fa_stage<D>(kv + FA_TILE * FA_LD(D), base, C3, 2 * (int64_t)C + (int64_t)h * D, k0, FA_TILE, T);
         __syncthreads();
         if (row0 < T && !(causal && k0 > row0 + 15)) {
             fa_abt<D>(S, qa, Ks);  /* S = Q K^T */
             fa_abt<D>(dP, oa, Vs); /* dP = dO V^T */
             __syncwarp();
             for (int i = lane; i < 16 * FA_TILE; i += 32) { /* dS = P (dP - D) */
-                const int r = i / FA_TILE, c = i % FA_TILE, t = row0 + r, s = k0 + c;
-                const float p = (t < T && s < T && !(causal && s > t)) ? expf(S[i] * scale - lr[16 * w + r]) : 0.0f;
-                S[i] = p * (dP[i] - dr[16 * w + r]);
+                const int r = i / FA_TILE, c = i % FA_TILE, t = row0 + r, s = k0 + c, e = r * FA_LDS + c;
+                const float p = (t < T && s < T && !(causal && s > t)) ? expf(S[e] * scale - lr[16 * w + r]) : 0.0f;
+                S[e] = p * (dP[e] - dr[16 * w + r]);
             }
             __syncwarp();
             fa_acc_ay<D>(dqf, S, Ks); /* dQ += dS K */
         }
         __syncthreads();
     }
-    float *stage = kv + 16 * w * D;
+    float *stage = kv + 16 * w * FA_LD(D);
 #pragma unroll
     for (int n = 0; n < D / 16; n++)
-        wmma::store_matrix_sync(stage + 16 * n, dqf[n], D, wmma::mem_row_major);
+        wmma::store_matrix_sync(stage + 16 * n, dqf[n], FA_LD(D), wmma::mem_row_major);
     __syncwarp();
     for (int i = lane; i < 16 * D; i += 32) {
         const int r = i / D, d = i % D, t = row0 + r;
         if (t < T)
-            dqkv[((int64_t)b * T + t) * C3 + (int64_t)h * D + d] = stage[i] * scale;
+            dqkv[((int64_t)b * T + t) * C3 + (int64_t)h * D + d] = stage[r * FA_LD(D) + d] * scale;
     }
 #endif
 }
