@@ -26,7 +26,6 @@
 
 using namespace nvcuda;
 
-#define FA_DMAX 64
 #define FA_WARPS 4
 #define FA_ROWS (16 * FA_WARPS) /* query rows (forward, dQ) or key rows (dK, dV) per block */
 #define FA_TILE 32              /* keys (forward, dQ) or queries (dK, dV) per inner step */
@@ -90,17 +89,20 @@ template <int D> __device__ __forceinline__ void fa_abt(float *out, const frag_a
  * FA_TILE rows of D floats at y (row-major, ld FA_LD(D)) */
 template <int D> __device__ __forceinline__ void fa_acc_ay(frag_c (&acc)[D / 16], const float *a, const float *y)
 {
+    frag_a af[FA_TILE / 8]; /* A once, for every column tile */
+#pragma unroll
+    for (int k = 0; k < FA_TILE / 8; k++) {
+        wmma::load_matrix_sync(af[k], a + 8 * k, FA_LDS);
+        to_tf32(af[k]);
+    }
 #pragma unroll
     for (int n = 0; n < D / 16; n++)
 #pragma unroll
         for (int k = 0; k < FA_TILE / 8; k++) {
-            frag_a af;
             frag_br yb;
-            wmma::load_matrix_sync(af, a + 8 * k, FA_LDS);
             wmma::load_matrix_sync(yb, y + 8 * k * FA_LD(D) + 16 * n, FA_LD(D));
-            to_tf32(af);
             to_tf32(yb);
-            wmma::mma_sync(acc[n], af, yb, acc[n]);
+            wmma::mma_sync(acc[n], af[k], yb, acc[n]);
         }
 }
 #endif
@@ -110,9 +112,9 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
     flash_fwd_k(const float *qkv, float *out, float *lse, float *ocopy, int T, int C, int causal, float scale)
 {
 #if FA_BUILT
-    __shared__ __align__(32) float kv[2 * FA_TILE * FA_LD(FA_DMAX)]; /* K tile | V tile; first the Q rows */
-    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_LDS];       /* per warp: S, then P */
-    __shared__ __align__(32) float os[FA_WARPS][16 * FA_LD(FA_DMAX)]; /* per warp: its output rows */
+    __shared__ __align__(32) float kv[2 * FA_TILE * FA_LD(D)];   /* K tile | V tile; first the Q rows */
+    __shared__ __align__(32) float ps[FA_WARPS][16 * FA_LDS];     /* per warp: S, then P */
+    __shared__ __align__(32) float os[FA_WARPS][16 * FA_LD(D)];   /* per warp: its output rows */
     __shared__ float mrow[FA_WARPS][16], lrow[FA_WARPS][16];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, q0 = blockIdx.x * FA_ROWS, row0 = q0 + 16 * w;
@@ -145,13 +147,14 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
         if (row0 < T && !(causal && k0 > row0 + 15)) { /* warp-uniform: some pair is unmasked */
             fa_abt<D>(S, qa, kv); /* S = Q K^T */
             __syncwarp();
-            /* online softmax of row r over this tile's columns */
-            float *srow = S + r * FA_LDS + 16 * half;
+            /* online softmax of row r over this tile's columns (lane half takes the columns
+             * 2j + half: fewer bank conflicts than two halves of the row) */
+            float *srow = S + r * FA_LDS + half;
             float mx = -INFINITY;
             for (int j = 0; j < 16; j++) {
-                const int s = k0 + 16 * half + j;
-                const float v = (s < T && t < T && !(causal && s > t)) ? srow[j] * scale : -INFINITY;
-                srow[j] = v;
+                const int s = k0 + 2 * j + half;
+                const float v = (s < T && t < T && !(causal && s > t)) ? srow[2 * j] * scale : -INFINITY;
+                srow[2 * j] = v;
                 mx = fmaxf(mx, v);
             }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -159,8 +162,8 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
             const float alpha = mnew == -INFINITY ? 1.0f : expf(mold - mnew);
             float sum = 0.0f;
             for (int j = 0; j < 16; j++) {
-                const float p = mnew == -INFINITY ? 0.0f : expf(srow[j] - mnew);
-                srow[j] = p;
+                const float p = mnew == -INFINITY ? 0.0f : expf(srow[2 * j] - mnew);
+                srow[2 * j] = p;
                 sum += p;
             }
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -183,32 +186,36 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
         }
         __syncthreads(); /* the tile is used up before the next one is loaded */
     }
-    if (t < T) {
-        const float l = lrow[w][r], inv = 1.0f / l;
-        const int64_t at = ((int64_t)b * T + t) * C + (int64_t)h * D;
-        for (int d = half; d < D; d += 2) {
-            const float v = os[w][r * FA_LD(D) + d] * inv;
-            out[at + d] = v;
-            ocopy[at + d] = v;
+    __syncwarp();
+    for (int i = lane; i < 16 * D; i += 32) { /* consecutive lanes, consecutive columns */
+        const int rr = i / D, d = i % D, tt = row0 + rr;
+        if (tt < T) {
+            const float v = os[w][rr * FA_LD(D) + d] / lrow[w][rr];
+            const int64_t at = ((int64_t)b * T + tt) * C + (int64_t)h * D + d;
+            out[at] = v;
+            ocopy[at] = v;
         }
-        if (!half)
-            lse[((int64_t)b * H + h) * T + t] = mrow[w][r] + logf(l);
     }
+    if (t < T && !half)
+        lse[((int64_t)b * H + h) * T + t] = mrow[w][r] + logf(lrow[w][r]);
 #endif
 }
 
-/* D_t = dO_t . O_t per (sample, head, row): di [B,H,T] */
+/* D_t = dO_t . O_t per (sample, head, row): di [B,H,T]; a warp per row */
 __global__ void flash_di_k(const float *dout, const float *ocopy, float *di, int64_t rows, int T, int C, int H, int D)
 {
-    GRID_STRIDE(i, rows)
-    {
+    const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
+    const int64_t step = (int64_t)gridDim.x * wpb;
+    for (int64_t i = (int64_t)blockIdx.x * wpb + (threadIdx.x >> 5); i < rows; i += step) { /* warp-uniform */
         const int64_t bt = i / H;
         const int h = (int)(i % H);
         const float *g = dout + bt * C + (int64_t)h * D, *o = ocopy + bt * C + (int64_t)h * D;
         float s = 0.0f;
-        for (int d = 0; d < D; d++)
+        for (int d = lane; d < D; d += 32)
             s += g[d] * o[d];
-        di[(bt / T * H + h) * T + bt % T] = s;
+        s = warp_sum(s);
+        if (lane == 0)
+            di[(bt / T * H + h) * T + bt % T] = s;
     }
 }
 
@@ -219,7 +226,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
                     int C, int causal, float scale)
 {
 #if FA_BUILT
-    __shared__ __align__(32) float qd[2 * FA_TILE * FA_LD(FA_DMAX)]; /* Q tile | dO tile; first K, V rows */
+    __shared__ __align__(32) float qd[2 * FA_TILE * FA_LD(D)];   /* Q tile | dO tile; first K, V rows */
     __shared__ __align__(32) float pt[FA_WARPS][16 * FA_LDS];        /* per warp: S^T, P^T, then dS^T */
     __shared__ __align__(32) float dpt[FA_WARPS][16 * FA_LDS];       /* per warp: dP^T */
     __shared__ float lq[FA_TILE], dq[FA_TILE];
@@ -318,7 +325,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
                    int C, int causal, float scale)
 {
 #if FA_BUILT
-    __shared__ __align__(32) float kv[2 * FA_TILE * FA_LD(FA_DMAX)]; /* K tile | V tile; first Q, dO rows */
+    __shared__ __align__(32) float kv[2 * FA_TILE * FA_LD(D)];   /* K tile | V tile; first Q, dO rows */
     __shared__ __align__(32) float ps[FA_WARPS][16 * FA_LDS];        /* per warp: S, then dS */
     __shared__ __align__(32) float dps[FA_WARPS][16 * FA_LDS];       /* per warp: dP */
     __shared__ float lr[FA_ROWS], dr[FA_ROWS];
@@ -437,7 +444,7 @@ extern "C" ds_status ds_cuda_flash_bwd(ds_backend *b, const float *dout, const f
     float *di = (float *)ds_cuda_scratch(b, (size_t)(B * H * T) * sizeof(float));
     if (!di)
         return b->err.code;
-    flash_di_k<<<grid_for(b, B * T * H, 256), 256, 0, STREAM(b)>>>(dout, ocopy, di, B * T * H, (int)T, (int)C,
+    flash_di_k<<<grid_for(b, 32 * B * T * H, 256), 256, 0, STREAM(b)>>>(dout, ocopy, di, B * T * H, (int)T, (int)C,
                                                                    (int)H, D);
     LAUNCHED("flash_di_k");
     dim3 grid((unsigned)((T + FA_ROWS - 1) / FA_ROWS), (unsigned)H, (unsigned)B);
