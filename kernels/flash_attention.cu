@@ -105,6 +105,24 @@ template <int D> __device__ __forceinline__ void fa_acc_ay(frag_c (&acc)[D / 16]
             wmma::mma_sync(acc[n], af[k], yb, acc[n]);
         }
 }
+
+/* this warp's 16 result rows (D/16 fragments) times mul to dst + (row0 + r) * ld, rows < T only,
+ * through stage (16 rows, ld FA_LD(D), the warp's own) */
+template <int D>
+__device__ __forceinline__ void fa_write_rows(float *stage, const frag_c (&f)[D / 16], float *dst, int64_t ld,
+                                              int row0, int T, float mul)
+{
+#pragma unroll
+    for (int n = 0; n < D / 16; n++)
+        wmma::store_matrix_sync(stage + 16 * n, f[n], FA_LD(D), wmma::mem_row_major);
+    __syncwarp();
+    for (int i = threadIdx.x & 31; i < 16 * D; i += 32) {
+        const int r = i / D, d = i % D;
+        if (row0 + r < T)
+            dst[(int64_t)(row0 + r) * ld + d] = stage[r * FA_LD(D) + d] * mul;
+    }
+    __syncwarp(); /* stage is free again */
+}
 #endif
 
 template <int D>
@@ -295,26 +313,9 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
         __syncthreads();
     }
     /* out through this warp's quarter of qd: dK (scaled), then dV */
-    float *stage = qd + 16 * w * FA_LD(D);
-#pragma unroll
-    for (int n = 0; n < D / 16; n++)
-        wmma::store_matrix_sync(stage + 16 * n, dk[n], FA_LD(D), wmma::mem_row_major);
-    __syncwarp();
-    for (int i = lane; i < 16 * D; i += 32) {
-        const int sr = i / D, d = i % D, s = row0 + sr;
-        if (s < T)
-            dqkv[((int64_t)b * T + s) * C3 + C + (int64_t)h * D + d] = stage[sr * FA_LD(D) + d] * scale;
-    }
-    __syncwarp();
-#pragma unroll
-    for (int n = 0; n < D / 16; n++)
-        wmma::store_matrix_sync(stage + 16 * n, dv[n], FA_LD(D), wmma::mem_row_major);
-    __syncwarp();
-    for (int i = lane; i < 16 * D; i += 32) {
-        const int sr = i / D, d = i % D, s = row0 + sr;
-        if (s < T)
-            dqkv[((int64_t)b * T + s) * C3 + 2 * (int64_t)C + (int64_t)h * D + d] = stage[sr * FA_LD(D) + d];
-    }
+    float *dst = dqkv + (int64_t)b * T * C3 + (int64_t)h * D;
+    fa_write_rows<D>(qd + 16 * w * FA_LD(D), dk, dst + C, C3, row0, T, scale);
+    fa_write_rows<D>(qd + 16 * w * FA_LD(D), dv, dst + 2 * (int64_t)C, C3, row0, T, 1.0f);
 #endif
 }
 
@@ -385,16 +386,7 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
         }
         __syncthreads();
     }
-    float *stage = kv + 16 * w * FA_LD(D);
-#pragma unroll
-    for (int n = 0; n < D / 16; n++)
-        wmma::store_matrix_sync(stage + 16 * n, dqf[n], FA_LD(D), wmma::mem_row_major);
-    __syncwarp();
-    for (int i = lane; i < 16 * D; i += 32) {
-        const int r = i / D, d = i % D, t = row0 + r;
-        if (t < T)
-            dqkv[((int64_t)b * T + t) * C3 + (int64_t)h * D + d] = stage[r * FA_LD(D) + d] * scale;
-    }
+    fa_write_rows<D>(kv + 16 * w * FA_LD(D), dqf, dqkv + (int64_t)b * T * C3 + (int64_t)h * D, C3, row0, T, scale);
 #endif
 }
 
