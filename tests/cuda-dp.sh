@@ -5,7 +5,8 @@
 # missing stream wait shows as wrong losses). What it checks is the engine's GPU data-parallel
 # path: the NCCL bootstrap through the rendezvous store, one device per rank from LOCAL_RANK, gradient buckets
 # and ZeRO partitions over device memory (all-reduce, uneven reduce-scatter/all-gather), the
-# overlap_comm thread, fp16/bf16, the overflow skip, checkpoints, and the errors. Not the GPU:
+# overlap_comm thread, fp16/bf16, the overflow skip, checkpoints, the fused attention kernels
+# with TF32 (against the materialized ones and across ranks), and the errors. Not the GPU:
 # scripts/gpu-check.sh does that on a lent one. Skipped (exit 77) without python3 and g++.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
@@ -98,6 +99,23 @@ check "3 GPUs ZeRO-2 (uneven partitions) give the 1-GPU losses of the same batch
 check "2 GPUs fp16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 2e-3)" 'rel(L["f16.cuda"], L["f16.cpu"]) <= 2e-3'
 check "2 GPUs bf16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 1e-2)" 'rel(L["b16.cuda"], L["b16.cpu"]) <= 1e-2'
 grep -q "backend cuda:0 (CPU emulation of CUDA" z0.out && ok "rank 0 logs its device" || notok "device line: $(head -3 z0.out)"
+
+# TF32 GEMMs and the fused attention kernels (head size 16: two heads of 32), 1 GPU against
+# 2 GPUs with ZeRO-2 and overlap_comm: the per-sample math is the same, the sums' order differs
+# (measured 7.6e-7); against the materialized path, whose products round differently: 4.1e-6
+sed 's/"heads": 4/"heads": 2/' net.json > net16.json
+c16=(net16.json --data text.txt --steps 8 --data-order sequential)
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}' z2f
+DS_CUDA_TF32=1 "$B/ds-train" "${c16[@]}" --config mb8.json --device cuda --log-json fa1.jsonl >fa1.out 2>fa1.err &&
+    DS_CUDA_TF32=1 launch "$B/ds-train" "${c16[@]}" --quiet --config z2f.json --device cuda --log-json fa2.jsonl >/dev/null 2>fa2.err ||
+    notok "fused attention runs: $(head -c 300 fa1.err) $(head -c 300 fa2.err)"
+DS_CUDA_TF32=1 DS_CUDA_FLASH=0 "$B/ds-train" "${c16[@]}" --config mb8.json --device cuda --log-json mat1.jsonl >mat1.out 2>&1 ||
+    notok "materialized run: $(head -c 300 mat1.out)"
+grep -q "TF32 GEMMs, fused TF32 attention" fa1.out && grep -q "TF32 GEMMs, materialized attention" mat1.out &&
+    ok "TF32 on: the fused attention runs (DS_CUDA_FLASH=0: the materialized one)" || notok "paths: $(head -1 fa1.out) $(head -1 mat1.out)"
+check "1 GPU, TF32: fused and materialized attention give the same losses to TF32's reach (<= 1e-4)" 'rel(L["fa1"], L["mat1"]) <= 1e-4'
+check "2 GPUs ZeRO-2 + overlap_comm with TF32 and fused attention give the 1-GPU losses (<= 1e-5)" 'rel(L["fa2"], L["fa1"]) <= 1e-5'
+
 
 # overflow: an inf in rank 1's gradient at step 3 skips that step on both GPUs
 launch "$B/ds-train" "${common[@]}" --config f16inf.json --device cuda --inject-grad-inf 3:1 \
