@@ -19,13 +19,14 @@
 #                               Logs go to $OUT (or .gpu/out).
 #
 # Device call:  command "bash scripts/gpu-check.sh run", carry [".gpu"], timeout_s 540
-# (about 3 minutes expected). Every stage has its own timeout, cut to what is left of a budget
+# (about 4 minutes expected on an H100). Every stage has its own timeout, cut to what is left of a budget
 # of DS_GPU_BUDGET seconds (default 440) for all of them; a stage that would start with less
 # than 20 s left is skipped and says so, and the table follows, so `run` ends within about
 # 7.5 minutes (issue 9: under 8).
 # Knobs (both modes read them where they apply): DS_GPU_MB (pack: the micro-batch, default 8),
-# DS_GPU_STEPS (default 20), DS_CUDA_ARCH (pack: default 90), DS_GPU_SKIP (run: a list of
-# stages to skip: tests bench ds torch cpu; cpu measures the host CPU's bf16 units, issue 4).
+# DS_GPU_STEPS (default 20), DS_CUDA_ARCH (pack: default 90), DS_GPU_BUDGET (run: seconds for
+# all stages, default 440), DS_GPU_SKIP (run: a list of stages to skip: tests bench ds torch
+# cpu; cpu measures the host CPU's bf16 units, issue 4).
 # For a dry run of `run` without a GPU (checks the flow, not the GPU): DS_GPU_MODULE=<the
 # libds-cuda-emu.so of tests/cuda_emu> (the libnccl-emu.so beside it stands in for NCCL),
 # DS_GPU_NET=gpt-tiny.json, DS_GPU_TORCH_DEVICE=cpu. NCCL on the GPU
@@ -150,6 +151,7 @@ in_skip() { case " ${DS_GPU_SKIP:-} " in *" $1 "*) return 0 ;; esac; return 1; }
 # tmo N: N seconds, or what is left of the budget when that is less (the caller skips the stage
 # on 0); the budget runs from the start of run()
 BUDGET=${DS_GPU_BUDGET:-440}
+case $BUDGET in '' | *[!0-9]*) die "DS_GPU_BUDGET=$BUDGET: expected a number of seconds" ;; esac
 tmo() {
     local left=$((BUDGET - (SECONDS - T_RUN)))
     if [ "$left" -lt 20 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi

@@ -129,6 +129,8 @@ int main(int argc, char **argv)
     CK(ops->upload(be, ids, hids, (size_t)M * sizeof *ids));
     CK(ops->upload(be, tg, hids, (size_t)M * sizeof *tg));
     const double fb = 4.0; /* bytes per float */
+    /* the probabilities' traffic, which the fused attention kernels do not have (no GB/s then) */
+    const double att_b = ops->attention_state && ops->attention_state(be, B, T, C, H, 1) != B * H * T * T ? 0 : fb;
 
     TIME("embedding_fwd", 0, fb * 2 * M * C, 1, CK(ops->embedding_fwd(be, ids, wte, x, M, C)));
     TIME("posadd_fwd", 0, fb * 3 * M * C, 1, CK(ops->posadd_fwd(be, x, wpe, dx, B, T, C)));
@@ -136,7 +138,7 @@ int main(int argc, char **argv)
          CK(ops->layernorm_fwd(be, x, lnw, lnb, dx, mean, rstd, M, C, 1e-5f)));
     TIME("linear_fwd qkv", 2.0 * M * C * 3 * C, 0, L,
          CK(ops->linear_fwd(be, x, wqkv, bqkv, qkv, M, C, 3 * C)));
-    TIME("attention_fwd (causal)", 4.0 * B * H * T * T * (C / H), fb * 3 * B * H * T * T, L,
+    TIME("attention_fwd (causal)", 4.0 * B * H * T * T * (C / H), att_b * 3 * B * H * T * T, L,
          CK(ops->attention_fwd(be, qkv, ao, att, B, T, C, H, 1)));
     TIME("linear_fwd attn.proj", 2.0 * M * C * C, 0, L, CK(ops->linear_fwd(be, ao, wqkv, bqkv, x, M, C, C)));
     TIME("add (residual)", 0, fb * 3 * M * C, 2 * L, CK(ops->add(be, x, dx, gy, M * C)));
@@ -160,7 +162,7 @@ int main(int argc, char **argv)
     TIME("accumulate (residual grad)", 0, fb * 3 * M * C, 2 * L, CK(ops->accumulate(be, gy, dx, M * C, 1)));
     TIME("linear_bwd attn.proj", 4.0 * M * C * C, 0, L,
          CK(ops->linear_bwd(be, gy, ao, wqkv, dx, gwqkv, gbqkv, M, C, C, 0)));
-    TIME("attention_bwd (causal)", 8.0 * B * H * T * T * (C / H), fb * 4 * B * H * T * T, L,
+    TIME("attention_bwd (causal)", 8.0 * B * H * T * T * (C / H), att_b * 4 * B * H * T * T, L,
          CK(ops->attention_bwd(be, gy, qkv, att, dqkv, B, T, C, H, 1)));
     TIME("linear_bwd qkv", 4.0 * M * C * 3 * C, 0, L,
          CK(ops->linear_bwd(be, dqkv, x, wqkv, dx, gwqkv, gbqkv, M, C, 3 * C, 1)));

@@ -408,24 +408,31 @@ Test(features, gradient_averaging_keys)
 }
 
 /* offload_optimizer {device: cpu} (or the old cpu_offload: true) is recorded; the engine accepts
- * it on the cpu backend, where the optimizer runs in host memory anyway (test_model). */
+ * it on the cpu backend, where the optimizer runs in host memory anyway (tests/zero.sh), and
+ * refuses it on a GPU (tests/cuda-dp.sh). Both keys at once are refused, as DeepSpeed does. */
 Test(features, offload_optimizer_cpu_is_recorded)
 {
     ds_config c;
     load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\", "
                     "\"pin_memory\": true, \"ratio\": 1}}"), 1);
-    cr_expect_eq(c.zero.offload_optimizer, 1);
+    cr_expect_eq(c.zero.offload_optimizer, DS_OFFLOAD_OPTIMIZER);
     cr_expect_eq(c.zero.stage, 2);
     ds_config_free(&c);
     load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1, \"cpu_offload\": true}"), 1);
-    cr_expect_eq(c.zero.offload_optimizer, 1);
+    cr_expect_eq(c.zero.offload_optimizer, DS_OFFLOAD_CPU_OFFLOAD);
     cr_expect(has_warning(&c, "zero_optimization.cpu_offload is deprecated, use "
                               "zero_optimization.offload_optimizer instead"));
     ds_config_free(&c);
-    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1, \"cpu_offload\": false, "
-                    "\"offload_optimizer\": {\"device\": \"none\"}}"), 1);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1, \"cpu_offload\": false}"), 1);
     cr_expect_eq(c.zero.offload_optimizer, 0);
     ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1, \"offload_optimizer\": {\"device\": \"none\"}}"), 1);
+    cr_expect_eq(c.zero.offload_optimizer, 0);
+    ds_config_free(&c);
+    load_fails(TB8("\"zero_optimization\": {\"cpu_offload\": true, \"offload_optimizer\": {\"device\": \"none\"}}"),
+               1, 0, DS_ERR_INVALID,
+               "ds.json: zero_optimization.cpu_offload: given together with zero_optimization.offload_optimizer",
+               NULL);
 }
 
 Test(features, refused_naming_the_key)

@@ -197,7 +197,8 @@ cfg off 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
 sed -i 's/"stage": 2,/"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": true},/' off.json
 cfg offold 1 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
 sed -i 's/"stage": 1,/"stage": 1, "cpu_offload": true,/' offold.json
-if run off 2 && run offold 2 && same f2 off 0 >/dev/null 2>&1 && same f1 offold 0 >/dev/null 2>&1; then
+if run off 2 && run offold 2 && same f2 off 0 >/dev/null 2>&1 && same f1 offold 0 >/dev/null 2>&1 &&
+    grep -q 'offload_optimizer: cpu; on the cpu backend' off.out && grep -q 'offload_optimizer: cpu; on the cpu backend' offold.out; then
     ok "fp16, offload_optimizer cpu (stage 2) and cpu_offload (stage 1) on the cpu backend: the same losses bit for bit"
 else notok "offload_optimizer: $(head -c 300 off.err) $(head -c 300 offold.err) $(same f2 off 0 2>&1) $(same f1 offold 0 2>&1)"; fi
 # overlap_comm at stage 1: the boundary micro-step's backward reduces the buckets (GAS 2 here)

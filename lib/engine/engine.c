@@ -821,9 +821,11 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         /* ZeRO-Offload moves the master weights and optimizer state to host memory and runs the
          * step there: what the cpu backend does anyway, not built for device backends */
         st = ds_error_set(err, DS_ERR_UNSUPPORTED,
-                          "%s: zero_optimization.offload_optimizer.device=cpu is not supported yet on "
-                          "backend %s (on the cpu backend the optimizer runs in host memory already)",
-                          opts->config_path ? opts->config_path : opts->config_name ? opts->config_name : "config",
+                          "%s: zero_optimization.%s is not supported yet on backend %s (on the cpu backend "
+                          "the optimizer runs in host memory already)",
+                          e->cfg.source_name,
+                          e->cfg.zero.offload_optimizer == DS_OFFLOAD_CPU_OFFLOAD ? "cpu_offload=true"
+                                                                                  : "offload_optimizer.device=cpu",
                           e->be->ops->name);
         goto fail;
     }

@@ -576,7 +576,7 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         if ((st = get_str(r, path, v, &str)) != DS_OK || !str || !strcmp(str, "none"))
             return st;
         if (!strcmp(str, "cpu")) {
-            r->cfg->zero.offload_optimizer = 1;
+            r->cfg->zero.offload_optimizer = DS_OFFLOAD_OPTIMIZER;
             return DS_OK;
         }
         if (!strcmp(str, "nvme"))
@@ -584,7 +584,7 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         return bad_type(r, path, "\"none\", \"cpu\" or \"nvme\"", v);
     case F_CPUOFF:
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK && s == V_SET && b)
-            r->cfg->zero.offload_optimizer = 1;
+            r->cfg->zero.offload_optimizer = DS_OFFLOAD_CPU_OFFLOAD;
         return st;
     case F_TAGVAL: /* DeepSpeed upper-cases it and accepts WARN, IGNORE, FAIL */
         if ((st = get_str(r, path, v, &str)) != DS_OK || !str || ieq(str, "warn"))
@@ -644,6 +644,11 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
                 return unsupported(r, p, sv);
             r->cfg->zero.stage = s == V_SET ? (int)i : 0;
         }
+        if (json_object_object_get_ex(v, "cpu_offload", NULL) &&
+            json_object_object_get_ex(v, "offload_optimizer", NULL)) /* DeepSpeed refuses both too */
+            return fail(r, DS_ERR_INVALID, "zero_optimization.cpu_offload",
+                        "given together with zero_optimization.offload_optimizer, which replaces it: "
+                        "keep only offload_optimizer");
         if ((st = check_section(r, path, v, ZERO_FIELDS)) != DS_OK)
             return st;
         return read_zero(r, path, v);

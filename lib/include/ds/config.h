@@ -57,6 +57,9 @@ typedef struct ds_loss_scale_config {
 } ds_loss_scale_config;
 
 /* zero_optimization (ckpt-zero.md 4.1): stages 0, 1 and 2. */
+/* Which key asked for ZeRO-Offload of the optimizer (for messages); 0: none did. */
+typedef enum ds_offload_key { DS_OFFLOAD_OPTIMIZER = 1, DS_OFFLOAD_CPU_OFFLOAD = 2 } ds_offload_key;
+
 typedef struct ds_zero_config {
     int stage;                     /* 0: plain data parallelism; 1: optimizer state partitioned;
                                       2: gradients too */
@@ -65,10 +68,11 @@ typedef struct ds_zero_config {
     int reduce_scatter;            /* 1: reduce-scatter the buckets; 0: all-reduce them */
     int allgather_partitions;      /* 1: all-gather the updated partitions; 0: broadcasts */
     int overlap_comm;              /* stage 2: reduce buckets in a thread while backward runs */
-    int offload_optimizer;         /* offload_optimizer.device "cpu" (or cpu_offload true): the
-                                      fp32 master weights and optimizer state in host memory and
-                                      the step on the CPU. That is where the cpu backend keeps
-                                      them anyway; the engine refuses it on other backends. */
+    int offload_optimizer;         /* a ds_offload_key: offload_optimizer.device "cpu" (or
+                                      cpu_offload true): the fp32 master weights and optimizer
+                                      state in host memory and the step on the CPU. That is where
+                                      the cpu backend keeps them anyway; the engine refuses it on
+                                      other backends. */
 } ds_zero_config;
 
 /* Values a client may supply for keys that are "auto" or missing (0 = none supplied). */
