@@ -2,7 +2,7 @@
  * for Q K^T and P V (and the four products of backward), and a warp-per-row softmax kernel
  * that honours causal masking (the row in registers up to T = 1024). The probabilities are
  * kept in att [B,H,T,T]; positions above the diagonal of a causal row hold exact zeros. Where
- * the fused kernels of flash_attention.cu apply (TF32 allowed, head size 16 to 64) they run
+ * the fused kernels of flash_attention.cu are asked for (DS_CUDA_FLASH=1) and apply, they run
  * instead, and att holds their smaller state (ds_cuda_attention_state).
  *
  * Layout: qkv [B,T,3C] row-major; head h of q is columns h*D..h*D+D-1 (k at C + h*D, v at

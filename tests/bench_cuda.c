@@ -1,6 +1,6 @@
 /* Per-op timings of the CUDA backend at GPT-2-small shapes (dim 768, 12 heads, vocab 50304,
- * seq T, micro-batch B), through the backend ops as the engine calls them (the fused attention
- * kernels where they apply, and then the materialized ones for comparison), and the fp32/TF32
+ * seq T, micro-batch B), through the backend ops as the engine calls them (then the other
+ * attention path, fused or materialized, for comparison), and the fp32/TF32
  * GEMM rate of this GPU (8192^3). Prints one table; the last lines estimate a training step
  * from the op times (12 layers), to compare with what ds-train measures. Not a test: `make
  * tests/bench_cuda`, run by scripts/gpu-check.sh. Usage: bench_cuda [B [T]]; BENCH_GEMM_N and
@@ -167,24 +167,28 @@ int main(int argc, char **argv)
     TIME("linear_bwd qkv", 4.0 * M * C * 3 * C, 0, L,
          CK(ops->linear_bwd(be, dqkv, x, wqkv, dx, gwqkv, gbqkv, M, C, 3 * C, 1)));
     TIME("posadd_bwd", 0, fb * 2 * M * C, 1, CK(ops->posadd_bwd(be, gy, wpe, B, T, C)));
-    /* where the fused attention kernels ran above: the materialized ones beside them, for
-     * comparison (a second backend with DS_CUDA_FLASH=0 on the same device; not in the step) */
-    if (ops->attention_state && ops->attention_state(be, B, T, C, H, 1) != B * H * T * T) {
+    /* the other attention path beside the one above, for comparison: a second backend on the
+     * same device with DS_CUDA_FLASH flipped (not in the step; the fused one only where it applies) */
+    {
         CK(ops->synchronize(be));
-        ds_backend *fused = be, *mat = NULL;
-        setenv("DS_CUDA_FLASH", "0", 1);
-        if (ds_backend_create(&mat, "cuda", &err) != DS_OK) {
+        const int fused_now = att_b == 0;
+        ds_backend *main_be = be, *other = NULL;
+        setenv("DS_CUDA_FLASH", fused_now ? "0" : "1", 1);
+        if (ds_backend_create(&other, "cuda", &err) != DS_OK) {
             fprintf(stderr, "bench_cuda: %s\n", err.msg);
             return 2;
         }
         unsetenv("DS_CUDA_FLASH");
-        be = mat;
-        TIME("materialized attention_fwd", 4.0 * B * H * T * T * (C / H), fb * 3 * B * H * T * T, 0,
-             CK(ops->attention_fwd(be, qkv, ao, att, B, T, C, H, 1)));
-        TIME("materialized attention_bwd", 8.0 * B * H * T * T * (C / H), fb * 4 * B * H * T * T, 0,
-             CK(ops->attention_bwd(be, gy, qkv, att, dqkv, B, T, C, H, 1)));
-        ds_backend_destroy(mat);
-        be = fused;
+        be = other;
+        if (fused_now || ops->attention_state(be, B, T, C, H, 1) != B * H * T * T) {
+            const double ob = fused_now ? fb : 0; /* probabilities' traffic: materialized only */
+            TIME(fused_now ? "materialized attention_fwd" : "fused attention_fwd", 4.0 * B * H * T * T * (C / H),
+                 ob * 3 * B * H * T * T, 0, CK(ops->attention_fwd(be, qkv, ao, att, B, T, C, H, 1)));
+            TIME(fused_now ? "materialized attention_bwd" : "fused attention_bwd", 8.0 * B * H * T * T * (C / H),
+                 ob * 4 * B * H * T * T, 0, CK(ops->attention_bwd(be, gy, qkv, att, dqkv, B, T, C, H, 1)));
+        }
+        ds_backend_destroy(other);
+        be = main_be;
     }
     TIME("embedding_bwd (deterministic)", 0, fb * 2 * M * C, 1, CK(ops->embedding_bwd(be, ids, gy, gwte, M, C)));
     ops->free(be, logits);

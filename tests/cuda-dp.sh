@@ -106,13 +106,13 @@ grep -q "backend cuda:0 (CPU emulation of CUDA" z0.out && ok "rank 0 logs its de
 sed 's/"heads": 4/"heads": 2/' net.json > net16.json
 c16=(net16.json --data text.txt --steps 8 --data-order sequential)
 cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}' z2f
-DS_CUDA_TF32=1 "$B/ds-train" "${c16[@]}" --config mb8.json --device cuda --log-json fa1.jsonl >fa1.out 2>fa1.err &&
-    DS_CUDA_TF32=1 launch "$B/ds-train" "${c16[@]}" --quiet --config z2f.json --device cuda --log-json fa2.jsonl >/dev/null 2>fa2.err ||
+DS_CUDA_TF32=1 DS_CUDA_FLASH=1 "$B/ds-train" "${c16[@]}" --config mb8.json --device cuda --log-json fa1.jsonl >fa1.out 2>fa1.err &&
+    DS_CUDA_TF32=1 DS_CUDA_FLASH=1 launch "$B/ds-train" "${c16[@]}" --quiet --config z2f.json --device cuda --log-json fa2.jsonl >/dev/null 2>fa2.err ||
     notok "fused attention runs: $(head -c 300 fa1.err) $(head -c 300 fa2.err)"
-DS_CUDA_TF32=1 DS_CUDA_FLASH=0 "$B/ds-train" "${c16[@]}" --config mb8.json --device cuda --log-json mat1.jsonl >mat1.out 2>&1 ||
+DS_CUDA_TF32=1 "$B/ds-train" "${c16[@]}" --config mb8.json --device cuda --log-json mat1.jsonl >mat1.out 2>&1 ||
     notok "materialized run: $(head -c 300 mat1.out)"
 grep -q "TF32 GEMMs, fused TF32 attention" fa1.out && grep -q "TF32 GEMMs, materialized attention" mat1.out &&
-    ok "TF32 on: the fused attention runs (DS_CUDA_FLASH=0: the materialized one)" || notok "paths: $(head -1 fa1.out) $(head -1 mat1.out)"
+    ok "TF32 on: DS_CUDA_FLASH=1 runs the fused attention (by default the materialized one)" || notok "paths: $(head -1 fa1.out) $(head -1 mat1.out)"
 check "1 GPU, TF32: fused and materialized attention give the same losses to TF32's reach (0 < diff <= 1e-4)" '0 < rel(L["fa1"], L["mat1"]) <= 1e-4'
 check "2 GPUs ZeRO-2 + overlap_comm with TF32 and fused attention give the 1-GPU losses (<= 1e-5)" 'rel(L["fa2"], L["fa1"]) <= 1e-5'
 

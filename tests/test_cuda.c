@@ -593,11 +593,11 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
     free(dq);
 }
 
-/* the materialized kernels with TF32 products (DS_CUDA_FLASH=0; the fused ones: attention_fused) */
+/* the materialized kernels with TF32 products (the default; the fused ones: attention_fused) */
 Test(cuda, attention_tf32)
 {
     ctx c;
-    setenv("DS_CUDA_FLASH", "0", 1);
+    unsetenv("DS_CUDA_FLASH"); /* the default */
     open_ctx(&c, 1);
     cr_assert(strstr(ds_backend_describe(c.gpu), "materialized attention"), "%s", ds_backend_describe(c.gpu));
     attention_case(&c, 2, 77, 96, 4, 1);
@@ -615,7 +615,7 @@ Test(cuda, attention_tf32)
 Test(cuda, attention_fused)
 {
     ctx c;
-    unsetenv("DS_CUDA_FLASH");
+    setenv("DS_CUDA_FLASH", "1", 1);
     open_ctx(&c, 1);
     if (!strstr(ds_backend_describe(c.gpu), "fused TF32 attention")) {
         close_ctx(&c);
