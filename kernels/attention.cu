@@ -183,6 +183,8 @@ extern "C" ds_status ds_cuda_attention_fwd(ds_backend *b, const float *qkv, floa
     ds_status st = check_shape(b, "attention_fwd", B, T, C, H);
     if (st != DS_OK || B == 0 || T == 0)
         return st;
+    if (ds_cuda_flash16_applies(b, B, T, C, H))
+        return ds_cuda_flash16_fwd(b, qkv, out, att, B, T, C, H, causal);
     if (ds_cuda_flash_applies(b, B, T, C, H))
         return ds_cuda_flash_fwd(b, qkv, out, att, B, T, C, H, causal);
     cublasHandle_t h = DS_CUDA(b)->blas;
@@ -215,6 +217,8 @@ extern "C" ds_status ds_cuda_attention_bwd(ds_backend *b, const float *dout, con
     ds_status st = check_shape(b, "attention_bwd", B, T, C, H);
     if (st != DS_OK || B == 0 || T == 0)
         return st;
+    if (ds_cuda_flash16_applies(b, B, T, C, H))
+        return ds_cuda_flash16_bwd(b, dout, qkv, att, dqkv, B, T, C, H, causal);
     if (ds_cuda_flash_applies(b, B, T, C, H))
         return ds_cuda_flash_bwd(b, dout, qkv, att, dqkv, B, T, C, H, causal);
     cublasHandle_t h = DS_CUDA(b)->blas;

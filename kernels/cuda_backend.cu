@@ -181,6 +181,20 @@ static void cuda_destroy(ds_backend *b)
 
 static const char *cuda_describe(const ds_backend *b) { return DS_CUDA(b)->describe; }
 
+/* The GEMMs' precision and the attention path that may run (the fused kernels also need a head
+ * size they take: flash_attention.cu, flash16.cu). */
+extern "C" void ds_cuda_describe_update(ds_backend *b)
+{
+    ds_cuda *c = DS_CUDA(b);
+    const char *gemm = c->gemm16 == DS_ROUND_BF16 ? "bf16" : c->gemm16 ? "fp16" : c->tf32 ? "TF32" : "fp32";
+    const char *att = "materialized";
+    if (c->cc_major >= 8 && c->gemm16 && c->flash != 0)
+        att = c->gemm16 == DS_ROUND_BF16 ? "fused bf16" : "fused fp16";
+    else if (c->cc_major >= 8 && !c->gemm16 && c->tf32 && c->flash == 1)
+        att = "fused TF32";
+    snprintf(c->describe, sizeof c->describe, "%s, %s GEMMs, %s attention)", c->base, gemm, att);
+}
+
 /* The engine's communication thread: the backend's device, current in that thread too. */
 static ds_status cuda_thread_init(ds_backend *b)
 {
@@ -255,15 +269,16 @@ static int tf32_setting(ds_error *err, int *tf32)
  * else device 0) or a device number ("cuda:1"). */
 EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, ds_error *err)
 {
-    int tf32, flash = 0; /* opt-in: measured slower than the materialized path (ds-cuda(7)) */
+    int tf32, flash = -1; /* unset: fused attention in 16-bit training only (ds-cuda(7)) */
     if (tf32_setting(err, &tf32))
         return DS_ERR_INVALID;
     const char *fs = getenv("DS_CUDA_FLASH");
-    if (fs && *fs && strcmp(fs, "0") != 0) {
-        if (strcmp(fs, "1") != 0)
+    if (fs && *fs) {
+        if (strcmp(fs, "0") != 0 && strcmp(fs, "1") != 0)
             return ds_cuda_err_set(err, DS_ERR_INVALID,
-                                   "DS_CUDA_FLASH=%s: expected 0 (materialized attention, the default) or 1 (fused)", fs);
-        flash = 1;
+                                   "DS_CUDA_FLASH=%s: expected 0 (materialized attention) or 1 (fused, also in fp32 with "
+                                   "TF32); unset: fused in bf16/fp16 training only", fs);
+        flash = fs[0] == '1';
     }
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -318,7 +333,8 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     c->device = dev;
     c->sm_count = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
     c->tf32 = tf32;
-    c->flash = tf32 && flash && prop.major >= 8;
+    c->flash = flash;
+    c->cc_major = prop.major;
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;
@@ -338,9 +354,9 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
         cuda_destroy(b);
         return st;
     }
-    snprintf(c->describe, sizeof c->describe, "cuda:%d (%.120s, sm_%d%d, %d SMs, %.1f GiB, %s GEMMs, %s attention)",
-             dev, prop.name, prop.major, prop.minor, prop.multiProcessorCount,
-             prop.totalGlobalMem / 1073741824.0, tf32 ? "TF32" : "fp32", c->flash ? "fused TF32" : "materialized");
+    snprintf(c->base, sizeof c->base, "cuda:%d (%.120s, sm_%d%d, %d SMs, %.1f GiB", dev, prop.name, prop.major,
+             prop.minor, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0);
+    ds_cuda_describe_update(b);
     *out = b;
     return DS_OK;
 cuda_failed:

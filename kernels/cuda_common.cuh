@@ -14,8 +14,9 @@ typedef struct ds_cuda {
     int device;
     int sm_count;
     int tf32;              /* GEMMs may use TF32 tensor cores (DS_CUDA_TF32, default 1) */
-    int flash;             /* attention may use the fused TF32 kernels (flash_attention.cu): TF32
-                              allowed, sm_80 or newer, DS_CUDA_FLASH not 0 */
+    int flash;             /* DS_CUDA_FLASH: -1 unset (fused 16-bit attention in bf16/fp16 training,
+                              materialized otherwise), 0 never fused, 1 fused also in fp32 (TF32) */
+    int cc_major;          /* compute capability: the fused kernels need sm_80 or newer */
     int gemm16;            /* linear layers multiply in bf16/fp16 (a ds_round_mode; 0: fp32) */
     cudaStream_t stream;   /* every op runs on this one stream, in order */
     cublasHandle_t blas;
@@ -24,7 +25,8 @@ typedef struct ds_cuda {
     void *red;             /* device: reduction partials (RED_BLOCKS doubles) + the result */
     void *host_red;        /* pinned host: the result of a reduction */
     struct ds_nccl_lib *nccl; /* NCCL, loaded by the first communicator (comm_nccl.cu) */
-    char describe[256];
+    char base[200];        /* "cuda:N (name, sm_XY, SMs, memory" */
+    char describe[320];    /* base, the GEMMs' and the attention's precision (ds_cuda_describe_update) */
 } ds_cuda;
 
 #define DS_CUDA(b) ((ds_cuda *)(b)->impl)

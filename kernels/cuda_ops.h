@@ -52,8 +52,16 @@ ds_status ds_cuda_add(ds_backend *b, const float *a, const float *c, float *y, i
 ds_status ds_cuda_accumulate(ds_backend *b, const float *x, float *y, int64_t n, int accumulate);
 ds_status ds_cuda_scale(ds_backend *b, float *x, int64_t n, float s);
 
-/* flash_attention.cu: the fused path, and when it applies (head size 16..64, see the file) */
+/* flash_attention.cu: the fused TF32 path, and when it applies (head size 16..64, see the file) */
 int ds_cuda_flash_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H);
+/* flash16.cu: the fused bf16/fp16 path (16-bit training), and when it applies */
+int ds_cuda_flash16_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H);
+ds_status ds_cuda_flash16_fwd(ds_backend *b, const float *qkv, float *out, float *state, int64_t B, int64_t T,
+                              int64_t C, int64_t H, int causal);
+ds_status ds_cuda_flash16_bwd(ds_backend *b, const float *dout, const float *qkv, const float *state, float *dqkv,
+                              int64_t B, int64_t T, int64_t C, int64_t H, int causal);
+/* cuda_backend.cu: rewrites describe after a change of precision */
+void ds_cuda_describe_update(ds_backend *b);
 int64_t ds_cuda_attention_state(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H, int causal);
 ds_status ds_cuda_flash_fwd(ds_backend *b, const float *qkv, float *out, float *state, int64_t B, int64_t T,
                             int64_t C, int64_t H, int causal);

@@ -397,7 +397,8 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
 
 extern "C" int ds_cuda_flash_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H)
 {
-    if (!DS_CUDA(b)->flash || H <= 0 || C % H != 0)
+    const ds_cuda *c = DS_CUDA(b);
+    if (c->flash != 1 || !c->tf32 || c->gemm16 || c->cc_major < 8 || H <= 0 || C % H != 0)
         return 0;
     const int64_t D = C / H;
     return (D == 16 || D == 32 || D == 48 || D == 64) && B <= 65535 && H <= 65535 && T <= 2147483647LL - FA_ROWS &&
@@ -407,7 +408,8 @@ extern "C" int ds_cuda_flash_applies(const ds_backend *b, int64_t B, int64_t T, 
 extern "C" int64_t ds_cuda_attention_state(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     (void)causal;
-    return ds_cuda_flash_applies(b, B, T, C, H) ? B * H * T + B * T * C : B * H * T * T;
+    return ds_cuda_flash_applies(b, B, T, C, H) || ds_cuda_flash16_applies(b, B, T, C, H) ? B * H * T + B * T * C
+                                                                                          : B * H * T * T;
 }
 
 #define FA_DISPATCH(D, KERNEL, ...)                                                              \

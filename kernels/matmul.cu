@@ -18,6 +18,7 @@ extern "C" ds_status ds_cuda_set_precision(ds_backend *b, int round_mode)
     if (round_mode != 0 && round_mode != DS_ROUND_BF16 && round_mode != DS_ROUND_FP16)
         return ds_cuda_error(b, DS_ERR_INVALID, "set_precision: unknown mode %d", round_mode);
     DS_CUDA(b)->gemm16 = round_mode;
+    ds_cuda_describe_update(b);
     return DS_OK;
 }
 

@@ -3,8 +3,10 @@
  * attention path, fused or materialized, for comparison), and the fp32/TF32
  * GEMM rate of this GPU (8192^3). Prints one table; the last lines estimate a training step
  * from the op times (12 layers), to compare with what ds-train measures. Not a test: `make
- * tests/bench_cuda`, run by scripts/gpu-check.sh. Usage: bench_cuda [B [T]]; BENCH_GEMM_N and
- * BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry run on tests/cuda_emu). */
+ * tests/bench_cuda`, run by scripts/gpu-check.sh. Usage: bench_cuda [B [T]]; BENCH_PRECISION=bf16
+ * or fp16 times the ops as 16-bit training runs them (set_precision: 16-bit GEMMs and the fused
+ * 16-bit attention); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
+ * run on tests/cuda_emu). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,16 @@ int main(int argc, char **argv)
         return 2;
     }
     ops = be->ops;
+    const char *prec = getenv("BENCH_PRECISION");
+    int round = 0;
+    if (prec && *prec && strcmp(prec, "fp32") != 0) {
+        round = strcmp(prec, "bf16") == 0 ? DS_ROUND_BF16 : strcmp(prec, "fp16") == 0 ? DS_ROUND_FP16 : -1;
+        if (round < 0 || !ops->set_precision) {
+            fprintf(stderr, "bench_cuda: BENCH_PRECISION=%s: expected fp32, bf16 or fp16\n", prec);
+            return 2;
+        }
+        CK(ops->set_precision(be, round));
+    }
     printf("bench_cuda: %s; GPT-2 small shapes: B %lld, T %lld, C %lld, H %lld, V %lld\n",
            ds_backend_describe(be), (long long)B, (long long)T, (long long)C, (long long)H, (long long)V);
     fflush(stdout);
@@ -180,6 +192,8 @@ int main(int argc, char **argv)
         }
         unsetenv("DS_CUDA_FLASH");
         be = other;
+        if (round)
+            CK(ops->set_precision(be, round));
         if (fused_now || ops->attention_state(be, B, T, C, H, 1) != B * H * T * T) {
             const double ob = fused_now ? fb : 0; /* probabilities' traffic: materialized only */
             TIME(fused_now ? "materialized attention_fwd" : "fused attention_fwd", 4.0 * B * H * T * T * (C / H),

@@ -20,12 +20,16 @@
 #define TOL_FP32_GEMM 2e-5
 #define TOL_TF32_GEMM 2e-3
 #define TOL_TF32_ATTN 5e-3 /* two or three chained TF32 products and a softmax */
+/* the fused 16-bit attention (flash16.cu) rounds P and dS to the format before their products */
+#define TOL_BF16_ATTN 1e-2 /* 8 significant bits: 2^-9 relative per rounding; measured ~2e-3 */
+#define TOL_FP16_ATTN 2e-3 /* 11 significant bits: 2^-12; measured ~2e-4 */
 
 typedef struct ctx {
     ds_backend *cpu, *gpu;
     ds_rng rng;
     unsigned long long seed;
     int tf32;
+    int round; /* attention_case: a ds_round_mode, inputs rounded to it (the GPU's set_precision) */
 } ctx;
 
 #define CALL(be, op, ...)                                                                         \
@@ -163,7 +167,13 @@ static void check_dev(ctx *c, const char *what, const float *d, const float *ref
 }
 
 static double gemm_tol(const ctx *c) { return c->tf32 ? TOL_TF32_GEMM : TOL_FP32_GEMM; }
-static double attn_tol(const ctx *c) { return c->tf32 ? TOL_TF32_ATTN : TOL_FP32_GEMM; }
+/* fused: the fused kernels ran (the state is not the probabilities) */
+static double attn_tol(const ctx *c, int fused)
+{
+    if (fused && c->round && strstr(ds_backend_describe(c->gpu), c->round == DS_ROUND_BF16 ? "fused bf16" : "fused fp16"))
+        return c->round == DS_ROUND_BF16 ? TOL_BF16_ATTN : TOL_FP16_ATTN;
+    return c->tf32 ? TOL_TF32_ATTN : TOL_FP32_GEMM;
+}
 
 /* ---- backend basics ---------------------------------------------------------------------- */
 
@@ -542,7 +552,10 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
 {
     char what[160];
     const int64_t n3 = B * T * 3 * C, n = B * T * C, na = B * H * T * T;
-    float *qkv = hrandn(c, n3, 0, 1), *qkv_ = devf(c, qkv, n3);
+    float *qkv = hrandn(c, n3, 0, 1);
+    if (c->round) /* 16-bit training: q, k, v and the output gradient are values of the format */
+        CALL(c->cpu, round16, qkv, n3, c->round);
+    float *qkv_ = devf(c, qkv, n3);
     /* the GPU's attention state: the probabilities, or the fused kernels' lse and output copy */
     const int64_t ns = c->gpu->ops->attention_state ? c->gpu->ops->attention_state(c->gpu, B, T, C, H, causal) : na;
     const int fused = ns != na;
@@ -551,7 +564,7 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
     CALL(c->gpu, attention_fwd, qkv_, out_, att_, B, T, C, H, causal);
     snprintf(what, sizeof what, "attention_fwd%s out B%lld T%lld C%lld H%lld%s", fused ? " (fused)" : "",
              (long long)B, (long long)T, (long long)C, (long long)H, causal ? " causal" : "");
-    check_dev(c, what, out_, out, n, attn_tol(c));
+    check_dev(c, what, out_, out, n, attn_tol(c, fused));
     if (fused) {
         cr_expect_eq(ns, B * H * T + B * T * C, "fused attention state: %lld floats", (long long)ns);
         float *st = down(c, att_, ns), *o = down(c, out_, n);
@@ -560,7 +573,7 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
         for (int64_t i = 0; i < B * H * T; i++)
             lf[i] = (float)lr[i];
         snprintf(what, sizeof what, "attention_fwd (fused) row log-sum-exps%s", causal ? " causal" : "");
-        check(c, what, st, lf, B * H * T, attn_tol(c));
+        check(c, what, st, lf, B * H * T, attn_tol(c, fused));
         cr_expect(memcmp(st + B * H * T, o, (size_t)n * sizeof(float)) == 0,
                   "attention_fwd (fused): the state's copy of the output differs from out");
         free(st);
@@ -569,7 +582,7 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
         free(lf);
     } else {
         snprintf(what, sizeof what, "attention_fwd att (probabilities)%s", causal ? " causal" : "");
-        check_dev(c, what, att_, att, na, attn_tol(c));
+        check_dev(c, what, att_, att, na, attn_tol(c, fused));
     }
     if (causal && !fused) { /* exact zeros above the diagonal */
         float *h = down(c, att_, na);
@@ -580,12 +593,15 @@ static void attention_case(ctx *c, int64_t B, int64_t T, int64_t C, int64_t H, i
         cr_expect_eq(nz, 0, "attention_fwd: %lld probabilities above the causal diagonal are not 0", (long long)nz);
         free(h);
     }
-    float *g = hrandn(c, n, 0, 1), *g_ = devf(c, g, n);
+    float *g = hrandn(c, n, 0, 1);
+    if (c->round)
+        CALL(c->cpu, round16, g, n, c->round);
+    float *g_ = devf(c, g, n);
     float *dq = hfill(n3, 0.0f), *dq_ = dpoison(c, n3);
     CALL(c->cpu, attention_bwd, g, qkv, att, dq, B, T, C, H, causal);
     CALL(c->gpu, attention_bwd, g_, qkv_, att_, dq_, B, T, C, H, causal);
     snprintf(what, sizeof what, "attention_bwd%s dqkv%s", fused ? " (fused)" : "", causal ? " causal" : "");
-    check_dev(c, what, dq_, dq, n3, attn_tol(c));
+    check_dev(c, what, dq_, dq, n3, attn_tol(c, fused));
     free(qkv);
     free(out);
     free(att);
@@ -632,6 +648,52 @@ Test(cuda, attention_fused)
     cr_expect(!c.gpu->ops->attention_state || c.gpu->ops->attention_state(c.gpu, 2, 40, 96, 4, 1) == 2 * 4 * 40 * 40,
               "head size 24 keeps the probabilities");
     attention_case(&c, 2, 40, 96, 4, 1);
+    close_ctx(&c);
+}
+
+/* The fused 16-bit kernels (flash16.cu), the default in bf16 and fp16 training: head sizes 16,
+ * 32, 48, 64, 128, sequences that are and are not multiples of the tiles (64 keys forward, 64
+ * or 32 in backward), causal and not, one row; head size 24 and DS_CUDA_FLASH=0 keep the
+ * materialized path. */
+Test(cuda, attention_fused16)
+{
+    ctx c;
+    unsetenv("DS_CUDA_FLASH");
+    open_ctx(&c, 1);
+    for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++) {
+        CALL(c.gpu, set_precision, mode);
+        const char *want = mode == DS_ROUND_BF16 ? "bf16 GEMMs, fused bf16 attention" : "fp16 GEMMs, fused fp16 attention";
+        if (!strstr(ds_backend_describe(c.gpu), want)) {
+            const char *d = ds_backend_describe(c.gpu);
+            cr_expect(strstr(d, "sm_7") || strstr(d, "sm_6"), "an sm_80+ device without %s: %s", want, d);
+            close_ctx(&c);
+            cr_skip_test("this device has no bf16 tensor cores (sm_80 or newer): %s", d);
+        }
+        c.round = mode;
+        attention_case(&c, 2, 77, 128, 4, 1); /* head size 32 */
+        attention_case(&c, 2, 77, 128, 4, 0);
+        attention_case(&c, 1, 130, 128, 2, 1); /* 64 */
+        attention_case(&c, 1, 130, 128, 2, 0);
+        attention_case(&c, 3, 20, 64, 4, 1); /* 16 */
+        attention_case(&c, 1, 50, 96, 2, 1); /* 48 */
+        attention_case(&c, 2, 1, 64, 1, 1);
+        attention_case(&c, 1, 70, 256, 2, 1); /* 128: tiles of 32 in backward */
+        attention_case(&c, 1, 70, 256, 2, 0);
+        cr_expect(c.gpu->ops->attention_state(c.gpu, 2, 40, 96, 4, 1) == 2 * 4 * 40 * 40,
+                  "head size 24 keeps the probabilities");
+        attention_case(&c, 2, 40, 96, 4, 1);
+    }
+    close_ctx(&c);
+    setenv("DS_CUDA_FLASH", "0", 1);
+    open_ctx(&c, 1);
+    CALL(c.gpu, set_precision, DS_ROUND_BF16);
+    cr_expect(strstr(ds_backend_describe(c.gpu), "bf16 GEMMs, materialized attention"), "DS_CUDA_FLASH=0: %s",
+              ds_backend_describe(c.gpu));
+    cr_expect(c.gpu->ops->attention_state(c.gpu, 2, 40, 128, 4, 1) == 2 * 4 * 40 * 40,
+              "DS_CUDA_FLASH=0 keeps the probabilities in bf16 training");
+    c.round = DS_ROUND_BF16;
+    attention_case(&c, 2, 40, 128, 4, 1);
+    unsetenv("DS_CUDA_FLASH");
     close_ctx(&c);
 }
 

@@ -112,4 +112,63 @@ static inline void mma_sync(fragment<accumulator, 16, 16, 8, float, void> &d,
 }
 } // namespace wmma
 } // namespace nvcuda
+
+/* The PTX instruction mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32, which
+ * kernels/flash16.cu issues through inline asm on a GPU: c (16 x 8, fp32) += a (16 x 16) b (16 x
+ * 8), warp-collective, each lane holding its fragment registers in the layout of the PTX ISA
+ * (lane = 4 g + t: a0 = A(g, 2t..2t+1), a1 = A(g+8, 2t..), a2 = A(g, 2t+8..), a3 = A(g+8, 2t+8..);
+ * b0 = B(2t..2t+1, g), b1 = B(2t+8.., g); c0, c1 = C(g, 2t), C(g, 2t+1); c2, c3 = row g+8; two
+ * 16-bit values per register, the lower index in the low half). The lanes post their registers,
+ * meet at a warp barrier, each computes its four sums from the others' registers, and meet again
+ * before the mailbox can be reused. Products and sums in fp32, k in order. */
+unsigned emu_tid(void);
+
+static inline float emu_16bits_to_float(uint32_t h, int bf)
+{
+    uint32_t u;
+    if (bf) {
+        u = h << 16;
+    } else {
+        const uint32_t sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+        if (e == 0x1f) {
+            u = sign | 0x7f800000u | (m << 13);
+        } else if (e) {
+            u = sign | ((e + 112u) << 23) | (m << 13);
+        } else { /* zero or subnormal: m * 2^-24 */
+            float f = (float)m * (1.0f / 16777216.0f);
+            memcpy(&u, &f, 4);
+            u |= sign;
+        }
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline void emu_mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, int bf)
+{
+    static thread_local uint32_t mail[1024][6];
+    const unsigned t = emu_tid(), lane = t & 31u, w0 = t - lane, g = lane >> 2, q = lane & 3u;
+    for (int i = 0; i < 4; i++)
+        mail[t][i] = a[i];
+    mail[t][4] = b0;
+    mail[t][5] = b1;
+    __syncwarp();
+    float r[4];
+    for (unsigned i = 0; i < 4; i++) {
+        const unsigned row = g + (i >= 2 ? 8u : 0u), col = 2 * q + (i & 1u);
+        float acc = c[i];
+        for (unsigned k = 0; k < 16; k++) {
+            const unsigned sh = 16 * (k & 1u);
+            const uint32_t ha = mail[w0 + (row & 7u) * 4 + (k & 7u) / 2][(row >= 8) + (k >= 8 ? 2 : 0)] >> sh;
+            const uint32_t hb = mail[w0 + col * 4 + (k & 7u) / 2][4 + (k >= 8)] >> sh;
+            acc += emu_16bits_to_float(ha & 0xffffu, bf) * emu_16bits_to_float(hb & 0xffffu, bf);
+        }
+        r[i] = acc;
+    }
+    __syncwarp();
+    for (int i = 0; i < 4; i++)
+        c[i] = r[i];
+}
+
 #endif

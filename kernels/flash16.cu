@@ -1,0 +1,622 @@
+/* Fused ("flash") attention for bf16 and fp16 training, FlashAttention-2's scheme on the 16-bit
+ * tensor cores: mma.sync m16n8k16 with fp32 accumulators, issued through inline PTX so that the
+ * fragments' layout is known (PTX ISA, "Matrix Fragments for mma.m16n8k16") and the scores, the
+ * softmax and the probabilities stay in registers; the T x T scores never reach memory.
+ *
+ * Used when the backend multiplies in 16-bit (set_precision: bf16 or fp16 training, where q, k,
+ * v and the output gradient are already 16-bit values: the engine rounds them), the device is
+ * sm_80 or newer, the head size D is 16, 32, 48, 64 or 128, and DS_CUDA_FLASH is not 0. The
+ * probabilities P and dS = P (dP - D) are rounded to the 16-bit format before their products
+ * (as in FlashAttention and PyTorch's SDPA); every sum is fp32.
+ *
+ * Fragment layout (lane = 4 g + c, g = lane / 4, c = lane % 4; two 16-bit values per register,
+ * the lower index in the low half):
+ *   A 16 x 16 (row major): a0 = (g, 2c..2c+1), a1 = (g+8, 2c..), a2 = (g, 2c+8..), a3 = (g+8, 2c+8..)
+ *   B 16 x 8  (col major): b0 = (k 2c..2c+1, n g), b1 = (k 2c+8.., n g)
+ *   C 16 x 8  (fp32):      c0, c1 = (g, 2c), (g, 2c+1); c2, c3 = (g+8, 2c), (g+8, 2c+1)
+ * Two neighbouring C tiles (n 0..7 and 8..15) hold exactly an A fragment's elements, so the
+ * probabilities of S = Q K^T become the A operand of P V without leaving the registers. A B
+ * operand is read from shared memory as 32-bit words: for B = X^T (S = Q K^T, dP = dO V^T) the
+ * words are pairs along X's rows, stored row-major; for B = Y (P V, dS K, ...) pairs along Y's
+ * columns, so Y is stored transposed. Rows are padded by 8 values: the 32 lanes' words of one
+ * fragment fall in 32 different banks.
+ *
+ * State between forward and backward: as flash_attention.cu's (lse [B,H,T] in natural log, then
+ * a copy of the output [B,T,C] for D_t = dO_t . O_t). Forward: a block takes 64 query rows of
+ * one (sample, head), 16 per warp, and walks key tiles of 64 (up to the diagonal when causal),
+ * with the online softmax in registers. Backward, without atomics (deterministic): a kernel per
+ * 64 keys accumulates dV = P^T dO and dK = dS^T Q over the query tiles, one per 64 queries dQ =
+ * dS K over the key tiles; both recompute P from lse. */
+#include <math.h>
+#include <stdint.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#ifndef __CUDACC__
+#include <mma.h> /* the CPU emulation's emu_mma_m16n8k16 */
+#endif
+
+#define F16_WARPS 4
+#define F16_ROWS 64                              /* query (forward, dQ) or key (dK, dV) rows per block */
+#define F16_IT(D) ((D) <= 64 ? 64 : 32)          /* queries (dK, dV) or keys (dQ) per backward step */
+#define F16_LD(n) ((n) + 8)                      /* shared-memory row stride, in 16-bit values */
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define F16_BUILT 1
+#else
+#define F16_BUILT 0 /* older targets compile the kernels empty; the host never picks them there */
+#endif
+
+/* the 16 bits of f in the format (BF: bfloat16, else IEEE half), rounded to nearest even */
+template <int BF> __device__ __forceinline__ uint32_t f16bits(float f)
+{
+#ifdef __CUDACC__
+    return BF ? (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(f)) : (uint32_t)__half_as_ushort(__float2half_rn(f));
+#else
+    return BF ? (uint32_t)__float2bfloat16_rn(f).x : (uint32_t)__float2half_rn(f).x;
+#endif
+}
+
+template <int BF> __device__ __forceinline__ uint32_t pack2(float lo, float hi)
+{
+    return f16bits<BF>(lo) | (f16bits<BF>(hi) << 16);
+}
+
+/* c += a b: one warp-wide m16n8k16 product */
+template <int BF>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (BF)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif !defined(__CUDACC__)
+    emu_mma_m16n8k16(c, a, b0, b1, BF);
+#else
+    (void)c, (void)a, (void)b0, (void)b1;
+#endif
+}
+
+/* the 32-bit word of two 16-bit values at sm[i], sm[i+1] (i even) */
+__device__ __forceinline__ uint32_t word(const uint16_t *sm, int i) { return *(const uint32_t *)(sm + i); }
+
+/* An A fragment of rows r, r+8 of a row-major fp32 matrix (row stride ld, 16-bit values in
+ * fp32) from global memory, columns k0.. k0+15; rows at or past T read as 0. */
+template <int BF>
+__device__ __forceinline__ void frag_a_global(uint32_t (&a)[4], const float *m, int64_t ld, int r, int T, int k0, int c)
+{
+    const float *ra = m + (int64_t)r * ld + k0 + 2 * c, *rb = ra + 8 * ld;
+    const bool oka = r < T, okb = r + 8 < T;
+    a[0] = oka ? pack2<BF>(ra[0], ra[1]) : 0u;
+    a[1] = okb ? pack2<BF>(rb[0], rb[1]) : 0u;
+    a[2] = oka ? pack2<BF>(ra[8], ra[9]) : 0u;
+    a[3] = okb ? pack2<BF>(rb[8], rb[9]) : 0u;
+}
+
+/* 16 bytes from global to shared memory without passing through registers (cp.async: the copy
+ * runs while the warp goes on; cp_wait waits for all but the newest N committed groups). The
+ * CPU emulation copies at once. */
+__device__ __forceinline__ void cp16(uint16_t *sm, const uint16_t *g)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(sm);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g));
+#elif !defined(__CUDACC__)
+    memcpy(sm, g, 16);
+#else
+    (void)sm, (void)g;
+#endif
+}
+
+__device__ __forceinline__ void cp_commit(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N> __device__ __forceinline__ void cp_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+/* Rows r0 .. r0+N-1 of a packed row-major head [Tp][D] into sm (stride F16_LD(D)). */
+template <int N, int D> __device__ __forceinline__ void stage_rm(uint16_t *sm, const uint16_t *g, int r0)
+{
+    enum { CH = N * D / 8, ITEMS = CH / (32 * F16_WARPS) };
+    static_assert(ITEMS * 32 * F16_WARPS == CH, "a tile is a whole number of 16-byte chunks per thread");
+#pragma unroll
+    for (int j = 0; j < ITEMS; j++) {
+        const int i = threadIdx.x + j * 32 * F16_WARPS, r = i / (D / 8), c = 8 * (i % (D / 8));
+        cp16(sm + r * F16_LD(D) + c, g + (int64_t)(r0 + r) * D + c);
+    }
+}
+
+/* Columns t0 .. t0+N-1 of a packed transposed head [D][Tp] into sm (D rows of stride F16_LD(N)). */
+template <int N, int D> __device__ __forceinline__ void stage_tr(uint16_t *sm, const uint16_t *g, int Tp, int t0)
+{
+    enum { CH = N * D / 8, ITEMS = CH / (32 * F16_WARPS) };
+    static_assert(ITEMS * 32 * F16_WARPS == CH, "a tile is a whole number of 16-byte chunks per thread");
+#pragma unroll
+    for (int j = 0; j < ITEMS; j++) {
+        const int i = threadIdx.x + j * 32 * F16_WARPS, d = i / (N / 8), c = 8 * (i % (N / 8));
+        cp16(sm + d * F16_LD(N) + c, g + (int64_t)d * Tp + t0 + c);
+    }
+}
+
+/* The packing pass: head h's D columns (from src, row stride ld, [B,T,...]) as 16-bit values,
+ * row-major rm [B,H,Tp,D] and/or transposed tr [B,H,D,Tp], rows T .. Tp-1 zero. A block takes 32
+ * rows of one (sample, head); the transposed copy goes through shared memory so that both the
+ * reads and the writes are coalesced. */
+template <int BF>
+__global__ void f16_pack_k(const float *src, int64_t ld, uint16_t *rm, uint16_t *tr, int T, int Tp, int D)
+{
+    __shared__ float tile[32][129];
+    const int t0 = blockIdx.x * 32, h = blockIdx.y, b = blockIdx.z, H = gridDim.y;
+    const float *s = src + (int64_t)b * T * ld + (int64_t)h * D;
+    const int64_t bh = (int64_t)b * H + h;
+    for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
+        const int r = i / D, d = i % D, t = t0 + r;
+        const float v = t < T ? s[(int64_t)t * ld + d] : 0.0f;
+        if (rm)
+            rm[(bh * Tp + t) * D + d] = (uint16_t)f16bits<BF>(v);
+        tile[r][d] = v;
+    }
+    if (!tr) /* block-uniform */
+        return;
+    __syncthreads();
+    for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
+        const int d = i / 32, r = i % 32;
+        tr[(bh * D + d) * Tp + t0 + r] = (uint16_t)f16bits<BF>(tile[r][d]);
+    }
+}
+
+template <int NT> __device__ __forceinline__ void zero_acc(float (&acc)[NT][4])
+{
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+/* acc[NT][4] (16 x 8 NT) += A (16 x 16 KC, fragments a) X^T, X the rows of xs (row-major, stride
+ * ld): B words are pairs along X's rows */
+template <int NT, int KC, int BF>
+__device__ __forceinline__ void mm_abt(float (&acc)[NT][4], const uint32_t (&a)[KC][4], const uint16_t *xs, int ld,
+                                       int g, int c)
+{
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int k = 0; k < KC; k++) {
+            const int at = (8 * n + g) * ld + 16 * k + 2 * c;
+            mma16816<BF>(acc[n], a[k], word(xs, at), word(xs, at + 8));
+        }
+}
+
+/* acc[D/8][4] (16 x D) += P Y, P (16 x 8 NP) in C-fragment registers p (rounded here), Y (8 NP
+ * x D) stored transposed at yt (D rows of stride ld) */
+template <int NP, int ND, int BF>
+__device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][4], const uint16_t *yt, int ld, int g,
+                                      int c)
+{
+#pragma unroll
+    for (int k = 0; k < NP / 2; k++) {
+        const uint32_t a[4] = {pack2<BF>(p[2 * k][0], p[2 * k][1]), pack2<BF>(p[2 * k][2], p[2 * k][3]),
+                               pack2<BF>(p[2 * k + 1][0], p[2 * k + 1][1]),
+                               pack2<BF>(p[2 * k + 1][2], p[2 * k + 1][3])};
+#pragma unroll
+        for (int n = 0; n < ND; n++) {
+            const int at = (8 * n + g) * ld + 16 * k + 2 * c;
+            mma16816<BF>(acc[n], a, word(yt, at), word(yt, at + 8));
+        }
+    }
+}
+
+/* rows r, r+8 of a 16 x D accumulator, times s, to dst (row stride ld), rows below T */
+template <int ND>
+__device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst, int64_t ld, int r, int T, int c,
+                                           float sa, float sb, float *copy)
+{
+#pragma unroll
+    for (int n = 0; n < ND; n++) {
+        const int col = 8 * n + 2 * c;
+        if (r < T) {
+            const float2 v = make_float2(acc[n][0] * sa, acc[n][1] * sa);
+            *(float2 *)(dst + (int64_t)r * ld + col) = v;
+            if (copy)
+                *(float2 *)(copy + (int64_t)r * ld + col) = v;
+        }
+        if (r + 8 < T) {
+            const float2 v = make_float2(acc[n][2] * sb, acc[n][3] * sb);
+            *(float2 *)(dst + (int64_t)(r + 8) * ld + col) = v;
+            if (copy)
+                *(float2 *)(copy + (int64_t)(r + 8) * ld + col) = v;
+        }
+    }
+}
+
+__device__ __forceinline__ float quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+/* One key tile of the forward for a warp's 16 query rows: S = Q K^T, the online softmax (running
+ * max m and partial sums l per row, in log2 units), O += P V. */
+template <int D, int KT, int BF>
+__device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const uint16_t *ks, const uint16_t *vt,
+                                     float (&o)[D / 8][4], float &ma, float &mb, float &la, float &lb, int k0,
+                                     int T, int ta, int tb, int row0, int causal, float sl2, int g, int c)
+{
+    float s[KT / 8][4];
+    zero_acc<KT / 8>(s);
+    mm_abt<KT / 8, D / 16, BF>(s, qa, ks, F16_LD(D), g, c);
+    const bool mask = k0 + KT > T || (causal && k0 + KT - 1 > row0);
+    float mxa = -INFINITY, mxb = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int key = k0 + 8 * n + 2 * c + (i & 1), t = i < 2 ? ta : tb;
+            float v = s[n][i] * sl2;
+            if (mask && (key >= T || (causal && key > t)))
+                v = -INFINITY;
+            s[n][i] = v;
+            if (i < 2)
+                mxa = fmaxf(mxa, v);
+            else
+                mxb = fmaxf(mxb, v);
+        }
+    const float na = fmaxf(ma, quad_max(mxa)), nb = fmaxf(mb, quad_max(mxb));
+    const float aa = na == -INFINITY ? 1.0f : exp2f(ma - na), ab = nb == -INFINITY ? 1.0f : exp2f(mb - nb);
+    float sa = 0.0f, sb = 0.0f;
+#pragma unroll
+    for (int n = 0; n < KT / 8; n++) {
+        s[n][0] = na == -INFINITY ? 0.0f : exp2f(s[n][0] - na);
+        s[n][1] = na == -INFINITY ? 0.0f : exp2f(s[n][1] - na);
+        s[n][2] = nb == -INFINITY ? 0.0f : exp2f(s[n][2] - nb);
+        s[n][3] = nb == -INFINITY ? 0.0f : exp2f(s[n][3] - nb);
+        sa += s[n][0] + s[n][1];
+        sb += s[n][2] + s[n][3];
+    }
+    la = la * aa + sa;
+    lb = lb * ab + sb;
+    ma = na;
+    mb = nb;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+        o[n][0] *= aa;
+        o[n][1] *= aa;
+        o[n][2] *= ab;
+        o[n][3] *= ab;
+    }
+    mm_py<KT / 8, D / 8, BF>(o, s, vt, F16_LD(KT), g, c);
+}
+
+template <int D, int BF>
+__global__ void __launch_bounds__(32 * F16_WARPS)
+    f16_fwd_k(const float *qkv, const uint16_t *k16, const uint16_t *vt16, float *out, float *lse, float *ocopy, int T,
+              int Tp, int C, int causal, float sl2)
+{
+#if F16_BUILT
+    enum { KT = F16_IT(D) };
+    __shared__ __align__(16) uint16_t ks[2][KT * F16_LD(D)]; /* K tiles [key][d], double-buffered */
+    __shared__ __align__(16) uint16_t vt[2][D * F16_LD(KT)]; /* V tiles transposed [d][key] */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * F16_ROWS; /* the long causal rows first */
+    const int row0 = q0 + 16 * w, ta = row0 + g, tb = ta + 8;
+    const int64_t C3 = 3 * (int64_t)C;
+    const float *base = qkv + (int64_t)b * T * C3 + (int64_t)h * D;
+
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int k = 0; k < D / 16; k++)
+        frag_a_global<BF>(qa[k], base, C3, ta, T, 16 * k, c);
+    float o[D / 8][4];
+    zero_acc<D / 8>(o);
+    float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f; /* per row: max (log2 units), partial sum */
+
+    const int64_t bh = (int64_t)b * H + h;
+    const uint16_t *kg = k16 + bh * Tp * D, *vg = vt16 + bh * D * Tp;
+    const int kend = causal ? (q0 + F16_ROWS < T ? q0 + F16_ROWS : T) : T, ntiles = (kend + KT - 1) / KT;
+    stage_rm<KT, D>(ks[0], kg, 0);
+    stage_tr<KT, D>(vt[0], vg, Tp, 0);
+    cp_commit();
+    for (int it = 0; it < ntiles; it++) {
+        const int k0 = it * KT, cur = it & 1;
+        if (it + 1 < ntiles) { /* the next tile's copy runs while this one is used */
+            stage_rm<KT, D>(ks[cur ^ 1], kg, k0 + KT);
+            stage_tr<KT, D>(vt[cur ^ 1], vg, Tp, k0 + KT);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads(); /* tile `it` is in shared memory for every warp */
+        if (row0 < T && !(causal && k0 > row0 + 15)) /* warp-uniform: else every score is masked */
+            fwd_tile<D, KT, BF>(qa, ks[cur], vt[cur], o, ma, mb, la, lb, k0, T, ta, tb, row0, causal, sl2, g, c);
+        __syncthreads(); /* every warp is done with buffer cur before it is refilled */
+    }
+    la = quad_sum(la);
+    lb = quad_sum(lb);
+    const int64_t at = (int64_t)b * T * C + (int64_t)h * D;
+    write_rows<D / 8>(o, out + at, C, ta, T, c, 1.0f / la, 1.0f / lb, ocopy + at);
+    if (c == 0) {
+        float *l = lse + ((int64_t)b * H + h) * T;
+        if (ta < T)
+            l[ta] = (ma + log2f(la)) * LN2;
+        if (tb < T)
+            l[tb] = (mb + log2f(lb)) * LN2;
+    }
+#endif
+}
+
+/* D_t = dO_t . O_t per (sample, head, row) into di [B,H,T] (flash_attention.cu) */
+__global__ void flash_di_k(const float *dout, const float *ocopy, float *di, int64_t rows, int T, int C, int H, int D);
+
+/* dK and dV of 64 keys (16 per warp), over the query tiles that see them */
+template <int D, int BF>
+__global__ void __launch_bounds__(32 * F16_WARPS)
+    f16_bwd_dkv_k(const float *qkv, const uint16_t *q16, const uint16_t *qt16, const uint16_t *g16,
+                  const uint16_t *gt16, const float *lse, const float *di, float *dqkv, int T, int Tp, int C, int causal,
+                  float scale, float sl2)
+{
+#if F16_BUILT
+    enum { QT = F16_IT(D) };
+    __shared__ __align__(16) uint16_t qs[QT * F16_LD(D)]; /* Q tile [q][d] */
+    __shared__ __align__(16) uint16_t qt[D * F16_LD(QT)]; /* Q tile transposed [d][q] */
+    __shared__ __align__(16) uint16_t gs[QT * F16_LD(D)]; /* dO tile [q][d] */
+    __shared__ __align__(16) uint16_t gt[D * F16_LD(QT)]; /* dO tile transposed */
+    __shared__ float lq[QT], dq[QT];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, k0 = blockIdx.x * F16_ROWS;
+    const int row0 = k0 + 16 * w, sa = row0 + g, sb = sa + 8; /* this lane's two keys */
+    const int64_t C3 = 3 * (int64_t)C;
+    const float *base = qkv + (int64_t)b * T * C3 + (int64_t)h * D;
+    const float *lrow = lse + ((int64_t)b * H + h) * T, *drow = di + ((int64_t)b * H + h) * T;
+    const int64_t bh = (int64_t)b * H + h;
+    q16 += bh * Tp * D;
+    qt16 += bh * D * Tp;
+    g16 += bh * Tp * D;
+    gt16 += bh * D * Tp;
+
+    uint32_t ka[D / 16][4], va[D / 16][4];
+#pragma unroll
+    for (int k = 0; k < D / 16; k++) {
+        frag_a_global<BF>(ka[k], base + C, C3, sa, T, 16 * k, c);
+        frag_a_global<BF>(va[k], base + 2 * (int64_t)C, C3, sa, T, 16 * k, c);
+    }
+    float dk[D / 8][4], dv[D / 8][4];
+    zero_acc<D / 8>(dk);
+    zero_acc<D / 8>(dv);
+
+    const int qstart = causal ? k0 / QT * QT : 0; /* earlier queries see none of these keys */
+    for (int q0 = qstart; q0 < T; q0 += QT) {
+        __syncthreads();
+        stage_rm<QT, D>(qs, q16, q0);
+        stage_tr<QT, D>(qt, qt16, Tp, q0);
+        stage_rm<QT, D>(gs, g16, q0);
+        stage_tr<QT, D>(gt, gt16, Tp, q0);
+        cp_commit();
+        for (int i = threadIdx.x; i < QT; i += blockDim.x) {
+            lq[i] = q0 + i < T ? lrow[q0 + i] * LOG2E : 0.0f;
+            dq[i] = q0 + i < T ? drow[q0 + i] : 0.0f;
+        }
+        cp_wait<0>();
+        __syncthreads();
+        if (row0 >= T || (causal && q0 + QT - 1 < row0)) /* warp-uniform: no query sees these keys */
+            continue;
+        float p[QT / 8][4], dp[QT / 8][4];
+        zero_acc<QT / 8>(p);
+        mm_abt<QT / 8, D / 16, BF>(p, ka, qs, F16_LD(D), g, c); /* S^T = K Q^T */
+        const bool mask = q0 + QT > T || (causal && q0 < row0 + 15);
+#pragma unroll
+        for (int n = 0; n < QT / 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int qc = 8 * n + 2 * c + (i & 1), q = q0 + qc, s = i < 2 ? sa : sb;
+                p[n][i] = (mask && (q >= T || (causal && s > q))) ? 0.0f : exp2f(p[n][i] * sl2 - lq[qc]);
+            }
+        mm_py<QT / 8, D / 8, BF>(dv, p, gt, F16_LD(QT), g, c); /* dV += P^T dO */
+        zero_acc<QT / 8>(dp);
+        mm_abt<QT / 8, D / 16, BF>(dp, va, gs, F16_LD(D), g, c); /* dP^T = V dO^T */
+#pragma unroll
+        for (int n = 0; n < QT / 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                dp[n][i] = p[n][i] * (dp[n][i] - dq[8 * n + 2 * c + (i & 1)]); /* dS^T */
+        mm_py<QT / 8, D / 8, BF>(dk, dp, qt, F16_LD(QT), g, c); /* dK += dS^T Q */
+    }
+    float *dst = dqkv + (int64_t)b * T * C3 + (int64_t)h * D;
+    write_rows<D / 8>(dk, dst + C, C3, sa, T, c, scale, scale, NULL);
+    write_rows<D / 8>(dv, dst + 2 * (int64_t)C, C3, sa, T, c, 1.0f, 1.0f, NULL);
+#endif
+}
+
+/* dQ of 64 queries (16 per warp), over the key tiles they see */
+template <int D, int BF>
+__global__ void __launch_bounds__(32 * F16_WARPS)
+    f16_bwd_dq_k(const float *qkv, const float *dout, const uint16_t *k16, const uint16_t *kt16, const uint16_t *v16,
+                 const float *lse, const float *di, float *dqkv, int T, int Tp, int C, int causal, float scale, float sl2)
+{
+#if F16_BUILT
+    enum { KT = F16_IT(D) };
+    __shared__ __align__(16) uint16_t ks[KT * F16_LD(D)]; /* K tile [key][d] */
+    __shared__ __align__(16) uint16_t kt[D * F16_LD(KT)]; /* K tile transposed [d][key] */
+    __shared__ __align__(16) uint16_t vs[KT * F16_LD(D)]; /* V tile [key][d] */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * F16_ROWS; /* the long causal rows first */
+    const int row0 = q0 + 16 * w, ta = row0 + g, tb = ta + 8;
+    const int64_t C3 = 3 * (int64_t)C;
+    const float *base = qkv + (int64_t)b * T * C3 + (int64_t)h * D, *gbase = dout + (int64_t)b * T * C + (int64_t)h * D;
+    const float *lrow = lse + ((int64_t)b * H + h) * T, *drow = di + ((int64_t)b * H + h) * T;
+
+    const int64_t bh = (int64_t)b * H + h;
+    k16 += bh * Tp * D;
+    kt16 += bh * D * Tp;
+    v16 += bh * Tp * D;
+
+    uint32_t qa[D / 16][4], ga[D / 16][4];
+#pragma unroll
+    for (int k = 0; k < D / 16; k++) {
+        frag_a_global<BF>(qa[k], base, C3, ta, T, 16 * k, c);
+        frag_a_global<BF>(ga[k], gbase, C, ta, T, 16 * k, c);
+    }
+    const float la = ta < T ? lrow[ta] * LOG2E : 0.0f, lb = tb < T ? lrow[tb] * LOG2E : 0.0f;
+    const float da = ta < T ? drow[ta] : 0.0f, db = tb < T ? drow[tb] : 0.0f;
+    float dq[D / 8][4];
+    zero_acc<D / 8>(dq);
+
+    const int kend = causal ? (q0 + F16_ROWS < T ? q0 + F16_ROWS : T) : T;
+    for (int k0 = 0; k0 < kend; k0 += KT) {
+        __syncthreads();
+        stage_rm<KT, D>(ks, k16, k0);
+        stage_tr<KT, D>(kt, kt16, Tp, k0);
+        stage_rm<KT, D>(vs, v16, k0);
+        cp_commit();
+        cp_wait<0>();
+        __syncthreads();
+        if (row0 >= T || (causal && k0 > row0 + 15))
+            continue;
+        float p[KT / 8][4], dp[KT / 8][4];
+        zero_acc<KT / 8>(p);
+        zero_acc<KT / 8>(dp);
+        mm_abt<KT / 8, D / 16, BF>(p, qa, ks, F16_LD(D), g, c);  /* S = Q K^T */
+        mm_abt<KT / 8, D / 16, BF>(dp, ga, vs, F16_LD(D), g, c); /* dP = dO V^T */
+        const bool mask = k0 + KT > T || (causal && k0 + KT - 1 > row0);
+#pragma unroll
+        for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = k0 + 8 * n + 2 * c + (i & 1), t = i < 2 ? ta : tb;
+                const float pv = (mask && (key >= T || (causal && key > t))) ? 0.0f
+                                                                              : exp2f(p[n][i] * sl2 - (i < 2 ? la : lb));
+                p[n][i] = pv * (dp[n][i] - (i < 2 ? da : db)); /* dS */
+            }
+        mm_py<KT / 8, D / 8, BF>(dq, p, kt, F16_LD(KT), g, c); /* dQ += dS K */
+    }
+    write_rows<D / 8>(dq, dqkv + (int64_t)b * T * C3 + (int64_t)h * D, C3, ta, T, c, scale, scale, NULL);
+#endif
+}
+
+/* ---- host side ------------------------------------------------------------------------------ */
+
+extern "C" int ds_cuda_flash16_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H)
+{
+    const ds_cuda *c = DS_CUDA(b);
+    if (!c->gemm16 || c->flash == 0 || c->cc_major < 8 || H <= 0 || C % H != 0)
+        return 0;
+    const int64_t D = C / H;
+    return (D == 16 || D == 32 || D == 48 || D == 64 || D == 128) && B <= 65535 && H <= 65535 &&
+           T <= 2147483647LL - F16_ROWS && 3 * C <= 2147483647LL;
+}
+
+#define F16_DISPATCH(D, BF, KERNEL, ...)                                                         \
+    do {                                                                                         \
+        if (BF) {                                                                                \
+            switch (D) {                                                                         \
+            case 16: KERNEL<16, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            case 32: KERNEL<32, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            case 48: KERNEL<48, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            case 64: KERNEL<64, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            default: KERNEL<128, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break; \
+            }                                                                                    \
+        } else {                                                                                 \
+            switch (D) {                                                                         \
+            case 16: KERNEL<16, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            case 32: KERNEL<32, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            case 48: KERNEL<48, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            case 64: KERNEL<64, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
+            default: KERNEL<128, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break; \
+            }                                                                                    \
+        }                                                                                        \
+    } while (0)
+
+/* packs head columns from col of src (row stride ld) into rm and/or tr (see f16_pack_k) */
+static void pack(ds_backend *b, int bf, const float *src, int64_t ld, uint16_t *rm, uint16_t *tr, int64_t B, int64_t T,
+                 int64_t Tp, int64_t H, int D)
+{
+    dim3 grid((unsigned)(Tp / 32), (unsigned)H, (unsigned)B);
+    if (bf)
+        f16_pack_k<1><<<grid, 256, 0, STREAM(b)>>>(src, ld, rm, tr, (int)T, (int)Tp, D);
+    else
+        f16_pack_k<0><<<grid, 256, 0, STREAM(b)>>>(src, ld, rm, tr, (int)T, (int)Tp, D);
+}
+
+#define F16_TP(T) (((T) + 63) / 64 * 64) /* rows of a packed head: whole tiles of 64 and 32 */
+
+extern "C" ds_status ds_cuda_flash16_fwd(ds_backend *b, const float *qkv, float *out, float *state, int64_t B,
+                                         int64_t T, int64_t C, int64_t H, int causal)
+{
+    const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16;
+    const float sl2 = LOG2E / sqrtf((float)D);
+    const int64_t Tp = F16_TP(T), n16 = B * H * Tp * D;
+    uint16_t *k16 = (uint16_t *)ds_cuda_scratch(b, (size_t)(2 * n16) * sizeof(uint16_t)), *vt16 = k16 + n16;
+    if (!k16)
+        return b->err.code;
+    pack(b, bf, qkv + C, 3 * C, k16, NULL, B, T, Tp, H, D);
+    pack(b, bf, qkv + 2 * C, 3 * C, NULL, vt16, B, T, Tp, H, D);
+    LAUNCHED("f16_pack_k");
+    dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
+    float *lse = state, *ocopy = state + B * H * T;
+    F16_DISPATCH(D, bf, f16_fwd_k, qkv, k16, vt16, out, lse, ocopy, (int)T, (int)Tp, (int)C, causal, sl2);
+    LAUNCHED("f16_fwd_k");
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_flash16_bwd(ds_backend *b, const float *dout, const float *qkv, const float *state,
+                                         float *dqkv, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16;
+    const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale;
+    const float *lse = state, *ocopy = state + B * H * T;
+    const int64_t Tp = F16_TP(T), n16 = B * H * Tp * D;
+    /* scratch: q, q^T, dO, dO^T, k, k^T, v packed, then D_t */
+    uint16_t *q16 = (uint16_t *)ds_cuda_scratch(b, (size_t)(7 * n16) * sizeof(uint16_t) +
+                                                       (size_t)(B * H * T) * sizeof(float));
+    if (!q16)
+        return b->err.code;
+    uint16_t *qt16 = q16 + n16, *g16 = q16 + 2 * n16, *gt16 = q16 + 3 * n16, *k16 = q16 + 4 * n16,
+             *kt16 = q16 + 5 * n16, *v16 = q16 + 6 * n16;
+    float *di = (float *)(q16 + 7 * n16);
+    pack(b, bf, qkv, 3 * C, q16, qt16, B, T, Tp, H, D);
+    pack(b, bf, dout, C, g16, gt16, B, T, Tp, H, D);
+    pack(b, bf, qkv + C, 3 * C, k16, kt16, B, T, Tp, H, D);
+    pack(b, bf, qkv + 2 * C, 3 * C, v16, NULL, B, T, Tp, H, D);
+    LAUNCHED("f16_pack_k");
+    flash_di_k<<<grid_for(b, 32 * B * T * H, 256), 256, 0, STREAM(b)>>>(dout, ocopy, di, B * T * H, (int)T, (int)C,
+                                                                      (int)H, D);
+    LAUNCHED("flash_di_k");
+    dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
+    F16_DISPATCH(D, bf, f16_bwd_dkv_k, qkv, q16, qt16, g16, gt16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal, scale,
+                 sl2);
+    LAUNCHED("f16_bwd_dkv_k");
+    F16_DISPATCH(D, bf, f16_bwd_dq_k, qkv, dout, k16, kt16, v16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal, scale,
+                 sl2);
+    LAUNCHED("f16_bwd_dq_k");
+    return DS_OK;
+}
