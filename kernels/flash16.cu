@@ -111,7 +111,7 @@ __device__ __forceinline__ void cp16(uint16_t *sm, const uint16_t *g)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned a = (unsigned)__cvta_generic_to_shared(sm);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g) : "memory");
 #elif !defined(__CUDACC__)
     memcpy(sm, g, 16);
 #else
@@ -122,14 +122,14 @@ __device__ __forceinline__ void cp16(uint16_t *sm, const uint16_t *g)
 __device__ __forceinline__ void cp_commit(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
 template <int N> __device__ __forceinline__ void cp_wait(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 
@@ -225,7 +225,8 @@ __device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][
     }
 }
 
-/* rows r, r+8 of a 16 x D accumulator, times s, to dst (row stride ld), rows below T */
+/* rows r, r+8 of a 16 x D accumulator, times sa and sb, to dst (row stride ld, 8-byte aligned
+ * rows) and copy (any float alignment), rows below T */
 template <int ND>
 __device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst, int64_t ld, int r, int T, int c,
                                            float sa, float sb, float *copy)
@@ -236,14 +237,18 @@ __device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst
         if (r < T) {
             const float2 v = make_float2(acc[n][0] * sa, acc[n][1] * sa);
             *(float2 *)(dst + (int64_t)r * ld + col) = v;
-            if (copy)
-                *(float2 *)(copy + (int64_t)r * ld + col) = v;
+            if (copy) { /* two floats: the copy follows B H T floats of lse, so it may be 8-byte misaligned */
+                copy[(int64_t)r * ld + col] = v.x;
+                copy[(int64_t)r * ld + col + 1] = v.y;
+            }
         }
         if (r + 8 < T) {
             const float2 v = make_float2(acc[n][2] * sb, acc[n][3] * sb);
             *(float2 *)(dst + (int64_t)(r + 8) * ld + col) = v;
-            if (copy)
-                *(float2 *)(copy + (int64_t)(r + 8) * ld + col) = v;
+            if (copy) {
+                copy[(int64_t)(r + 8) * ld + col] = v.x;
+                copy[(int64_t)(r + 8) * ld + col + 1] = v.y;
+            }
         }
     }
 }
