@@ -207,6 +207,8 @@ extern "C" ds_status ds_cuda_attention_fwd(ds_backend *b, const float *qkv, floa
                                            c3, D, att + bb * H * TT, t, TT, &zero, out + bb * T * C,
                                            (int)C, D, hh));
     }
+    if (RMODE(b)) /* fuse_round */
+        return ds_cuda_round16(b, out, B * T * C, RMODE(b));
     return DS_OK;
 }
 
@@ -247,5 +249,7 @@ extern "C" ds_status ds_cuda_attention_bwd(ds_backend *b, const float *dout, con
         BLAS_TRY(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, d, t, t, &one, base, c3, D,
                                            dp, t, TT, &zero, dbase + C, c3, D, hh));
     }
+    if (RMODE(b)) /* fuse_round */
+        return ds_cuda_round16(b, dqkv, B * T * 3 * C, RMODE(b));
     return DS_OK;
 }

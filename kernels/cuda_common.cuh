@@ -18,6 +18,7 @@ typedef struct ds_cuda {
                               materialized otherwise), 0 never fused, 1 fused also in fp32 (TF32) */
     int cc_major;          /* compute capability: the fused kernels need sm_80 or newer */
     int gemm16;            /* linear layers multiply in bf16/fp16 (a ds_round_mode; 0: fp32) */
+    int round_out;         /* fuse_round: activation ops round their outputs to this mode (0: no) */
     cudaStream_t stream;   /* every op runs on this one stream, in order */
     cublasHandle_t blas;
     void *scratch;         /* per-op temporary device memory, grown on demand */
@@ -92,6 +93,37 @@ static inline unsigned grid_for(ds_backend *b, int64_t n, int threads)
 #define GRID_STRIDE(i, n)                                                                        \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                   \
          i += (int64_t)gridDim.x * blockDim.x)
+
+/* 16-bit rounding, the bit operations of cpu_kernels.c (a ds_round_mode) */
+__device__ __forceinline__ float round_bf16(float x)
+{
+    unsigned u = __float_as_uint(x);
+    unsigned r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    r = (u & 0x7fffffffu) > 0x7f800000u ? ((u | 0x00400000u) & 0xffff0000u) : r;
+    return __uint_as_float(r);
+}
+
+__device__ __forceinline__ float round_fp16(float x)
+{
+    unsigned u = __float_as_uint(x);
+    unsigned a = u & 0x7fffffffu, sign = u & 0x80000000u;
+    unsigned n = (a + 0xfffu + ((a >> 13) & 1u)) & 0xffffe000u;
+    float sub = __fadd_rn(__fadd_rn(__uint_as_float(a), 0.5f), -0.5f); /* multiples of 2^-24 */
+    unsigned s = __float_as_uint(sub);
+    unsigned r = a < 0x38800000u ? s : n;
+    r = a >= 0x477ff000u ? 0x7f800000u : r;
+    r = a > 0x7f800000u ? (a | 0x00400000u) : r;
+    return __uint_as_float(r | sign);
+}
+
+__device__ __forceinline__ float round16(float x, int mode)
+{
+    return mode == DS_ROUND_BF16 ? round_bf16(x) : round_fp16(x);
+}
+
+/* an activation op's output: rounded to the mode fuse_round asked for (0: as is) */
+__device__ __forceinline__ float rnd(float x, int mode) { return mode ? round16(x, mode) : x; }
+#define RMODE(b) (DS_CUDA(b)->round_out)
 
 __device__ __forceinline__ float warp_sum(float v)
 {

@@ -97,6 +97,7 @@ ds_status ds_cuda_lamb_step(ds_backend *b, float *p, const float *g, float *m, f
 ds_status ds_cuda_round16(ds_backend *b, float *x, int64_t n, int mode);
 /* matmul.cu */
 ds_status ds_cuda_set_precision(ds_backend *b, int round_mode);
+int ds_cuda_fuse_round(ds_backend *b, int mode);
 /* comm_nccl.cu */
 ds_status ds_cuda_comm_id(ds_backend *b, void *id, size_t cap, size_t *len, ds_error *err);
 ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t len, int rank, int size,

@@ -9,22 +9,22 @@
 #define INV_SQRT2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
-__global__ void gelu_fwd_k(const float *x, float *y, int64_t n, int approximate)
+__global__ void gelu_fwd_k(const float *x, float *y, int64_t n, int approximate, int rm)
 {
     GRID_STRIDE(i, n)
     {
         float v = x[i];
         if (approximate) {
             float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-            y[i] = 0.5f * v * (1.0f + tanhf(u));
+            y[i] = rnd(0.5f * v * (1.0f + tanhf(u)), rm);
         } else {
-            y[i] = 0.5f * v * (1.0f + erff(v * INV_SQRT2));
+            y[i] = rnd(0.5f * v * (1.0f + erff(v * INV_SQRT2)), rm);
         }
     }
 }
 
 __global__ void gelu_bwd_k(const float *x, const float *dy, float *dx, int64_t n, int approximate,
-                           int accumulate)
+                           int accumulate, int rm)
 {
     GRID_STRIDE(i, n)
     {
@@ -40,21 +40,21 @@ __global__ void gelu_bwd_k(const float *x, const float *dy, float *dx, int64_t n
             d = cdf + v * pdf;
         }
         float g = d * dy[i];
-        dx[i] = accumulate ? dx[i] + g : g;
+        dx[i] = rnd(accumulate ? dx[i] + g : g, rm);
     }
 }
 
-__global__ void relu_fwd_k(const float *x, float *y, int64_t n)
+__global__ void relu_fwd_k(const float *x, float *y, int64_t n, int rm)
 {
-    GRID_STRIDE(i, n) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    GRID_STRIDE(i, n) y[i] = rnd(x[i] > 0.0f ? x[i] : 0.0f, rm);
 }
 
-__global__ void relu_bwd_k(const float *y, const float *dy, float *dx, int64_t n, int accumulate)
+__global__ void relu_bwd_k(const float *y, const float *dy, float *dx, int64_t n, int accumulate, int rm)
 {
     GRID_STRIDE(i, n)
     {
         float g = y[i] > 0.0f ? dy[i] : 0.0f;
-        dx[i] = accumulate ? dx[i] + g : g;
+        dx[i] = rnd(accumulate ? dx[i] + g : g, rm);
     }
 }
 
@@ -75,24 +75,24 @@ __device__ __forceinline__ float dropout_factor(uint64_t seed, int64_t i, float 
 }
 
 __global__ void dropout_fwd_k(const float *x, float *y, int64_t n, float p, float keep_scale,
-                              uint64_t seed)
+                              uint64_t seed, int rm)
 {
-    GRID_STRIDE(i, n) y[i] = x[i] * dropout_factor(seed, i, p, keep_scale);
+    GRID_STRIDE(i, n) y[i] = rnd(x[i] * dropout_factor(seed, i, p, keep_scale), rm);
 }
 
 __global__ void dropout_bwd_k(const float *dy, float *dx, int64_t n, float p, float keep_scale,
-                              uint64_t seed, int accumulate)
+                              uint64_t seed, int accumulate, int rm)
 {
     GRID_STRIDE(i, n)
     {
         float g = __fmul_rn(dy[i], dropout_factor(seed, i, p, keep_scale)); /* no FMA: bit-equal to the CPU */
-        dx[i] = accumulate ? dx[i] + g : g;
+        dx[i] = rnd(accumulate ? dx[i] + g : g, rm);
     }
 }
 
-__global__ void add_k(const float *a, const float *c, float *y, int64_t n)
+__global__ void add_k(const float *a, const float *c, float *y, int64_t n, int rm)
 {
-    GRID_STRIDE(i, n) y[i] = a[i] + c[i];
+    GRID_STRIDE(i, n) y[i] = rnd(a[i] + c[i], rm);
 }
 
 __global__ void acc_k(const float *x, float *y, int64_t n)
@@ -117,44 +117,44 @@ __global__ void scale_k(float *x, int64_t n, float s)
 extern "C" ds_status ds_cuda_gelu_fwd(ds_backend *b, const float *x, float *y, int64_t n,
                                       int approximate)
 {
-    LAUNCH(gelu_fwd_k, n, x, y, n, approximate);
+    LAUNCH(gelu_fwd_k, n, x, y, n, approximate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_gelu_bwd(ds_backend *b, const float *x, const float *dy, float *dx,
                                       int64_t n, int approximate, int accumulate)
 {
-    LAUNCH(gelu_bwd_k, n, x, dy, dx, n, approximate, accumulate);
+    LAUNCH(gelu_bwd_k, n, x, dy, dx, n, approximate, accumulate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_relu_fwd(ds_backend *b, const float *x, float *y, int64_t n)
 {
-    LAUNCH(relu_fwd_k, n, x, y, n);
+    LAUNCH(relu_fwd_k, n, x, y, n, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_relu_bwd(ds_backend *b, const float *y, const float *dy, float *dx,
                                       int64_t n, int accumulate)
 {
-    LAUNCH(relu_bwd_k, n, y, dy, dx, n, accumulate);
+    LAUNCH(relu_bwd_k, n, y, dy, dx, n, accumulate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_dropout_fwd(ds_backend *b, const float *x, float *y, int64_t n,
                                          float p, uint64_t seed)
 {
     float keep_scale = 1.0f / (1.0f - p); /* as the CPU computes it, in float */
-    LAUNCH(dropout_fwd_k, n, x, y, n, p, keep_scale, seed);
+    LAUNCH(dropout_fwd_k, n, x, y, n, p, keep_scale, seed, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_dropout_bwd(ds_backend *b, const float *dy, float *dx, int64_t n,
                                          float p, uint64_t seed, int accumulate)
 {
     float keep_scale = 1.0f / (1.0f - p);
-    LAUNCH(dropout_bwd_k, n, dy, dx, n, p, keep_scale, seed, accumulate);
+    LAUNCH(dropout_bwd_k, n, dy, dx, n, p, keep_scale, seed, accumulate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_add(ds_backend *b, const float *a, const float *c, float *y,
                                  int64_t n)
 {
-    LAUNCH(add_k, n, a, c, y, n);
+    LAUNCH(add_k, n, a, c, y, n, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_accumulate(ds_backend *b, const float *x, float *y, int64_t n,

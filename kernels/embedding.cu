@@ -6,14 +6,14 @@
 #define THREADS 256
 
 __global__ void embedding_fwd_k(const int32_t *ids, const float *table, float *out, int64_t M,
-                                int64_t C)
+                                int64_t C, int rm)
 {
     for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
         const float *src = table + (int64_t)ids[m] * C;
         float *dst = out + m * C;
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C;
              c += (int64_t)gridDim.x * blockDim.x)
-            dst[c] = src[c];
+            dst[c] = rnd(src[c], rm);
     }
 }
 
@@ -69,9 +69,9 @@ __global__ void embedding_bwd_k(const int32_t *ids, const float *dout, float *dt
     }
 }
 
-__global__ void posadd_fwd_k(const float *x, const float *pos, float *y, int64_t B, int64_t TC)
+__global__ void posadd_fwd_k(const float *x, const float *pos, float *y, int64_t B, int64_t TC, int rm)
 {
-    GRID_STRIDE(i, B * TC) y[i] = x[i] + pos[i % TC];
+    GRID_STRIDE(i, B * TC) y[i] = rnd(x[i] + pos[i % TC], rm);
 }
 
 /* dpos[t, c] += sum over b of dy[b, t, c], adding b in increasing order (the CPU's). */
@@ -92,7 +92,7 @@ extern "C" ds_status ds_cuda_embedding_fwd(ds_backend *b, const int32_t *ids, co
     if (M <= 0 || C <= 0)
         return DS_OK;
     dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)(M < 65535 ? M : 65535));
-    embedding_fwd_k<<<grid, THREADS, 0, STREAM(b)>>>(ids, table, out, M, C);
+    embedding_fwd_k<<<grid, THREADS, 0, STREAM(b)>>>(ids, table, out, M, C, RMODE(b));
     LAUNCHED("embedding_fwd_k");
     return DS_OK;
 }
@@ -115,7 +115,7 @@ extern "C" ds_status ds_cuda_posadd_fwd(ds_backend *b, const float *x, const flo
 {
     if (B * T * C <= 0)
         return DS_OK;
-    posadd_fwd_k<<<grid_for(b, B * T * C, THREADS), THREADS, 0, STREAM(b)>>>(x, pos, y, B, T * C);
+    posadd_fwd_k<<<grid_for(b, B * T * C, THREADS), THREADS, 0, STREAM(b)>>>(x, pos, y, B, T * C, RMODE(b));
     LAUNCHED("posadd_fwd_k");
     return DS_OK;
 }

@@ -229,13 +229,13 @@ __device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][
  * rows) and copy (any float alignment), rows below T */
 template <int ND>
 __device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst, int64_t ld, int r, int T, int c,
-                                           float sa, float sb, float *copy)
+                                           float sa, float sb, float *copy, int rm)
 {
 #pragma unroll
     for (int n = 0; n < ND; n++) {
         const int col = 8 * n + 2 * c;
         if (r < T) {
-            const float2 v = make_float2(acc[n][0] * sa, acc[n][1] * sa);
+            const float2 v = make_float2(rnd(acc[n][0] * sa, rm), rnd(acc[n][1] * sa, rm));
             *(float2 *)(dst + (int64_t)r * ld + col) = v;
             if (copy) { /* two floats: the copy follows B H T floats of lse, so it may be 8-byte misaligned */
                 copy[(int64_t)r * ld + col] = v.x;
@@ -243,7 +243,7 @@ __device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst
             }
         }
         if (r + 8 < T) {
-            const float2 v = make_float2(acc[n][2] * sb, acc[n][3] * sb);
+            const float2 v = make_float2(rnd(acc[n][2] * sb, rm), rnd(acc[n][3] * sb, rm));
             *(float2 *)(dst + (int64_t)(r + 8) * ld + col) = v;
             if (copy) {
                 copy[(int64_t)(r + 8) * ld + col] = v.x;
@@ -323,7 +323,7 @@ __device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const 
 template <int D, int BF>
 __global__ void __launch_bounds__(32 * F16_WARPS)
     f16_fwd_k(const float *qkv, const uint16_t *k16, const uint16_t *vt16, float *out, float *lse, float *ocopy, int T,
-              int Tp, int C, int causal, float sl2)
+              int Tp, int C, int causal, float sl2, int rm)
 {
 #if F16_BUILT
     enum { KT = F16_IT(D) };
@@ -368,7 +368,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     la = quad_sum(la);
     lb = quad_sum(lb);
     const int64_t at = (int64_t)b * T * C + (int64_t)h * D;
-    write_rows<D / 8>(o, out + at, C, ta, T, c, 1.0f / la, 1.0f / lb, ocopy + at);
+    write_rows<D / 8>(o, out + at, C, ta, T, c, 1.0f / la, 1.0f / lb, ocopy + at, rm);
     if (c == 0) {
         float *l = lse + ((int64_t)b * H + h) * T;
         if (ta < T)
@@ -387,7 +387,7 @@ template <int D, int BF>
 __global__ void __launch_bounds__(32 * F16_WARPS)
     f16_bwd_dkv_k(const float *qkv, const uint16_t *q16, const uint16_t *qt16, const uint16_t *g16,
                   const uint16_t *gt16, const float *lse, const float *di, float *dqkv, int T, int Tp, int C, int causal,
-                  float scale, float sl2)
+                  float scale, float sl2, int rm)
 {
 #if F16_BUILT
     enum { QT = F16_IT(D) };
@@ -456,8 +456,8 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
         mm_py<QT / 8, D / 8, BF>(dk, dp, qt, F16_LD(QT), g, c); /* dK += dS^T Q */
     }
     float *dst = dqkv + (int64_t)b * T * C3 + (int64_t)h * D;
-    write_rows<D / 8>(dk, dst + C, C3, sa, T, c, scale, scale, NULL);
-    write_rows<D / 8>(dv, dst + 2 * (int64_t)C, C3, sa, T, c, 1.0f, 1.0f, NULL);
+    write_rows<D / 8>(dk, dst + C, C3, sa, T, c, scale, scale, NULL, rm);
+    write_rows<D / 8>(dv, dst + 2 * (int64_t)C, C3, sa, T, c, 1.0f, 1.0f, NULL, rm);
 #endif
 }
 
@@ -465,7 +465,8 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 template <int D, int BF>
 __global__ void __launch_bounds__(32 * F16_WARPS)
     f16_bwd_dq_k(const float *qkv, const float *dout, const uint16_t *k16, const uint16_t *kt16, const uint16_t *v16,
-                 const float *lse, const float *di, float *dqkv, int T, int Tp, int C, int causal, float scale, float sl2)
+                 const float *lse, const float *di, float *dqkv, int T, int Tp, int C, int causal, float scale, float sl2,
+                 int rm)
 {
 #if F16_BUILT
     enum { KT = F16_IT(D) };
@@ -524,7 +525,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
             }
         mm_py<KT / 8, D / 8, BF>(dq, p, kt, F16_LD(KT), g, c); /* dQ += dS K */
     }
-    write_rows<D / 8>(dq, dqkv + (int64_t)b * T * C3 + (int64_t)h * D, C3, ta, T, c, scale, scale, NULL);
+    write_rows<D / 8>(dq, dqkv + (int64_t)b * T * C3 + (int64_t)h * D, C3, ta, T, c, scale, scale, NULL, rm);
 #endif
 }
 
@@ -588,7 +589,8 @@ extern "C" ds_status ds_cuda_flash16_fwd(ds_backend *b, const float *qkv, float 
     LAUNCHED("f16_pack_k");
     dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
     float *lse = state, *ocopy = state + B * H * T;
-    F16_DISPATCH(D, bf, f16_fwd_k, qkv, k16, vt16, out, lse, ocopy, (int)T, (int)Tp, (int)C, causal, sl2);
+    F16_DISPATCH(D, bf, f16_fwd_k, qkv, k16, vt16, out, lse, ocopy, (int)T, (int)Tp, (int)C, causal, sl2,
+                 RMODE(b));
     LAUNCHED("f16_fwd_k");
     return DS_OK;
 }
@@ -618,10 +620,10 @@ extern "C" ds_status ds_cuda_flash16_bwd(ds_backend *b, const float *dout, const
     LAUNCHED("flash_di_k");
     dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
     F16_DISPATCH(D, bf, f16_bwd_dkv_k, qkv, q16, qt16, g16, gt16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal, scale,
-                 sl2);
+                 sl2, RMODE(b));
     LAUNCHED("f16_bwd_dkv_k");
     F16_DISPATCH(D, bf, f16_bwd_dq_k, qkv, dout, k16, kt16, v16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal, scale,
-                 sl2);
+                 sl2, RMODE(b));
     LAUNCHED("f16_bwd_dq_k");
     return DS_OK;
 }

@@ -8,7 +8,7 @@
 #define ROWS_PER_BLOCK 8 /* warps per block, one row each */
 
 __global__ void layernorm_fwd_k(const float *x, const float *w, const float *bias, float *y,
-                                float *mean, float *rstd, int64_t M, int64_t C, float eps)
+                                float *mean, float *rstd, int64_t M, int64_t C, float eps, int rm)
 {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
@@ -27,7 +27,7 @@ __global__ void layernorm_fwd_k(const float *x, const float *w, const float *bia
     const float rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
     float *yr = y + row * C;
     for (int64_t c = lane; c < C; c += 32)
-        yr[c] = (xr[c] - mu) * rs * w[c] + bias[c];
+        yr[c] = rnd((xr[c] - mu) * rs * w[c] + bias[c], rm);
     if (lane == 0) {
         mean[row] = mu;
         rstd[row] = rs;
@@ -36,7 +36,7 @@ __global__ void layernorm_fwd_k(const float *x, const float *w, const float *bia
 
 /* dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)) */
 __global__ void layernorm_dx_k(const float *dy, const float *x, const float *w, const float *mean,
-                               const float *rstd, float *dx, int64_t M, int64_t C, int accumulate)
+                               const float *rstd, float *dx, int64_t M, int64_t C, int accumulate, int rm)
 {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
@@ -57,7 +57,7 @@ __global__ void layernorm_dx_k(const float *dy, const float *x, const float *w, 
     for (int64_t c = lane; c < C; c += 32) {
         float xhat = (xr[c] - mu) * rs;
         float v = rs * (g[c] * w[c] - sg - xhat * sgx);
-        d[c] = accumulate ? d[c] + v : v;
+        d[c] = rnd(accumulate ? d[c] + v : v, rm);
     }
 }
 
@@ -166,7 +166,7 @@ extern "C" ds_status ds_cuda_layernorm_fwd(ds_backend *b, const float *x, const 
         return DS_OK;
     unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
     layernorm_fwd_k<<<blocks, 32 * ROWS_PER_BLOCK, 0, STREAM(b)>>>(x, w, bias, y, mean, rstd, M, C,
-                                                                   eps);
+                                                                   eps, RMODE(b));
     LAUNCHED("layernorm_fwd_k");
     return DS_OK;
 }
@@ -181,7 +181,7 @@ extern "C" ds_status ds_cuda_layernorm_bwd(ds_backend *b, const float *dy, const
     if (dx) {
         unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
         layernorm_dx_k<<<blocks, 32 * ROWS_PER_BLOCK, 0, STREAM(b)>>>(dy, x, w, mean, rstd, dx, M,
-                                                                      C, accumulate);
+                                                                      C, accumulate, RMODE(b));
         LAUNCHED("layernorm_dx_k");
     }
     if (dbias && !dw)

@@ -20,7 +20,7 @@ __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2
 }
 
 __global__ void xent_k(const float *logits, const int32_t *targets, float *losses, float *dlogits,
-                       float grad_scale, int64_t V)
+                       float grad_scale, int64_t V, int rm)
 {
     __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32];
     __shared__ float row_max, row_sum;
@@ -68,13 +68,13 @@ __global__ void xent_k(const float *logits, const int32_t *targets, float *losse
     float *d = dlogits + m * V;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
         float g = expf(z[j] - rmax) * inv;
-        d[j] = j == tgt ? g - grad_scale : g;
+        d[j] = rnd(j == tgt ? g - grad_scale : g, rm);
     }
 }
 
 #define MSE_THREADS 256
 __global__ void mse_k(const float *y, const float *target, float *losses, float *dy,
-                      float grad_scale, int64_t N)
+                      float grad_scale, int64_t N, int rm)
 {
     __shared__ float part[MSE_THREADS / 32];
     const int64_t m = blockIdx.x;
@@ -84,7 +84,7 @@ __global__ void mse_k(const float *y, const float *target, float *losses, float 
         float d = a[j] - t[j];
         s += d * d;
         if (dy)
-            dy[m * N + j] = 2.0f * d * grad_scale;
+            dy[m * N + j] = rnd(2.0f * d * grad_scale, rm);
     }
     s = warp_sum(s);
     if ((threadIdx.x & 31) == 0)
@@ -107,7 +107,7 @@ extern "C" ds_status ds_cuda_xent_fwd(ds_backend *b, const float *logits, const 
     if (M > 2147483647LL)
         return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "xent: %lld rows is too many", (long long)M);
     int threads = V >= 4096 ? XENT_THREADS : 128;
-    xent_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(logits, targets, losses, dlogits, grad_scale, V);
+    xent_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(logits, targets, losses, dlogits, grad_scale, V, RMODE(b));
     LAUNCHED("xent_k");
     return DS_OK;
 }
@@ -121,7 +121,7 @@ extern "C" ds_status ds_cuda_mse_fwd(ds_backend *b, const float *y, const float 
     if (M > 2147483647LL)
         return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "mse: %lld rows is too many", (long long)M);
     int threads = N >= 1024 ? MSE_THREADS : 64;
-    mse_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(y, target, losses, dy, grad_scale, N);
+    mse_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(y, target, losses, dy, grad_scale, N, RMODE(b));
     LAUNCHED("mse_k");
     return DS_OK;
 }

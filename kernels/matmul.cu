@@ -18,8 +18,22 @@ extern "C" ds_status ds_cuda_set_precision(ds_backend *b, int round_mode)
     if (round_mode != 0 && round_mode != DS_ROUND_BF16 && round_mode != DS_ROUND_FP16)
         return ds_cuda_error(b, DS_ERR_INVALID, "set_precision: unknown mode %d", round_mode);
     DS_CUDA(b)->gemm16 = round_mode;
+    DS_CUDA(b)->round_out = 0; /* fuse_round asks again */
     ds_cuda_describe_update(b);
     return DS_OK;
+}
+
+/* The activation ops round their outputs (see ds_backend_ops.fuse_round): only in the mode the
+ * GEMMs run in, where every attention path (flash16.cu, the materialized one) rounds too. */
+extern "C" int ds_cuda_fuse_round(ds_backend *b, int mode)
+{
+    ds_cuda *c = DS_CUDA(b);
+    if (mode && mode != c->gemm16) {
+        c->round_out = 0;
+        return 0;
+    }
+    c->round_out = mode;
+    return 1;
 }
 
 __global__ void to_bf16_k(const float *x, __nv_bfloat16 *y, int64_t n)
@@ -56,15 +70,16 @@ static ds_status gemm16(ds_backend *b, cublasOperation_t ta, cublasOperation_t t
     return DS_OK;
 }
 
-/* y[m, n] += bias[n]; blocks of 256 columns x a grid-stride over rows */
-__global__ void bias_add_k(float *y, const float *bias, int64_t M, int64_t N)
+/* y[m, n] += bias[n], rounded as fuse_round asked (rm); blocks of 256 columns x a grid-stride
+ * over rows */
+__global__ void bias_add_k(float *y, const float *bias, int64_t M, int64_t N, int rm)
 {
     int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N)
         return;
     float bn = bias[n];
     for (int64_t m = blockIdx.y; m < M; m += gridDim.y)
-        y[m * N + n] += bn;
+        y[m * N + n] = rnd(y[m * N + n] + bn, rm);
 }
 
 static ds_status check_dims(ds_backend *b, const char *op, int64_t M, int64_t K, int64_t N)
@@ -100,8 +115,10 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
     }
     if (bias) {
         dim3 grid((unsigned)((N + 255) / 256), (unsigned)(M < 1024 ? M : 1024));
-        bias_add_k<<<grid, 256, 0, STREAM(b)>>>(y, bias, M, N);
+        bias_add_k<<<grid, 256, 0, STREAM(b)>>>(y, bias, M, N, RMODE(b));
         LAUNCHED("bias_add_k");
+    } else if (RMODE(b)) {
+        return ds_cuda_round16(b, y, M * N, RMODE(b));
     }
     return DS_OK;
 }
@@ -134,6 +151,8 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
                    (st = gemm16(b, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, x16, (int)K, dy16,
                                 (int)N, &one, dw, (int)K)) != DS_OK))
             return st;
+        if (dx && RMODE(b) && (st = ds_cuda_round16(b, dx, M * K, RMODE(b))) != DS_OK)
+            return st;
         if (dbias)
             return ds_cuda_colsum_acc(b, dy, dbias, M, N);
         return DS_OK;
@@ -150,6 +169,8 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
     if (dw && M > 0 && K > 0 && N > 0)
         BLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, x, (int)K, dy,
                              (int)N, &one, dw, (int)K));
+    if (dx && RMODE(b) && (st = ds_cuda_round16(b, dx, M * K, RMODE(b))) != DS_OK)
+        return st;
     if (dbias)
         return ds_cuda_colsum_acc(b, dy, dbias, M, N);
     return DS_OK;

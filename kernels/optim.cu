@@ -12,33 +12,7 @@
 
 /* ---- 16-bit rounding: the bit operations of cpu_kernels.c ---------------------------------- */
 
-__device__ __forceinline__ float bits_to_float(unsigned u) { return __uint_as_float(u); }
-
-__device__ __forceinline__ float round_bf16(float x)
-{
-    unsigned u = __float_as_uint(x);
-    unsigned r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    r = (u & 0x7fffffffu) > 0x7f800000u ? ((u | 0x00400000u) & 0xffff0000u) : r;
-    return bits_to_float(r);
-}
-
-__device__ __forceinline__ float round_fp16(float x)
-{
-    unsigned u = __float_as_uint(x);
-    unsigned a = u & 0x7fffffffu, sign = u & 0x80000000u;
-    unsigned n = (a + 0xfffu + ((a >> 13) & 1u)) & 0xffffe000u;
-    float sub = __fadd_rn(__fadd_rn(bits_to_float(a), 0.5f), -0.5f); /* multiples of 2^-24 */
-    unsigned s = __float_as_uint(sub);
-    unsigned r = a < 0x38800000u ? s : n;
-    r = a >= 0x477ff000u ? 0x7f800000u : r;
-    r = a > 0x7f800000u ? (a | 0x00400000u) : r;
-    return bits_to_float(r | sign);
-}
-
-__device__ __forceinline__ float round16(float x, int mode)
-{
-    return mode == DS_ROUND_BF16 ? round_bf16(x) : round_fp16(x);
-}
+/* round_bf16, round_fp16, round16: cuda_common.cuh */
 
 __global__ void round16_k(float *x, int64_t n, int mode)
 {

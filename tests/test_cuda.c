@@ -698,6 +698,111 @@ Test(cuda, attention_fused16)
     close_ctx(&c);
 }
 
+/* ---- fuse_round: the activation ops round their own outputs --------------------------- */
+
+/* how many of d[0, n) are not bf16 values (low 16 bits set) */
+static int64_t not_bf16(ctx *c, const float *d, int64_t n)
+{
+    float *h = down(c, d, n);
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &h[i], 4);
+        k += (u & 0xffffu) != 0;
+    }
+    free(h);
+    return k;
+}
+
+/* With fuse_round(bf16) the activation ops write bf16 values, close to the CPU's outputs rounded
+ * the same way; accumulate and the weight gradients stay fp32; fuse_round(0) stops it; a mode
+ * other than the GEMMs' is declined. */
+Test(cuda, fuse_round_outputs)
+{
+    ctx c;
+    unsetenv("DS_CUDA_FLASH");
+    open_ctx(&c, 1);
+    if (!c.gpu->ops->fuse_round) {
+        close_ctx(&c);
+        cr_skip_test("this backend has no fuse_round");
+    }
+    CALL(c.gpu, set_precision, DS_ROUND_BF16);
+    cr_expect_eq(c.gpu->ops->fuse_round(c.gpu, DS_ROUND_FP16), 0, "fp16 rounding with bf16 GEMMs is declined");
+    cr_assert_eq(c.gpu->ops->fuse_round(c.gpu, DS_ROUND_BF16), 1, "bf16 rounding with bf16 GEMMs");
+    const int64_t M = 96, K = 64, N = 80, n = M * N;
+    float *x = hrandn(&c, M * K, 0, 1), *w = hrandn(&c, N * K, 0, 0.2), *bias = hrandn(&c, N, 0, 1);
+    float *g = hrandn(&c, M * N, 0, 1);
+    CALL(c.cpu, round16, x, M * K, DS_ROUND_BF16);
+    CALL(c.cpu, round16, w, N * K, DS_ROUND_BF16);
+    CALL(c.cpu, round16, g, M * N, DS_ROUND_BF16);
+    float *x_ = devf(&c, x, M * K), *w_ = devf(&c, w, N * K), *b_ = devf(&c, bias, N), *g_ = devf(&c, g, n);
+    float *y = hbuf(n), *y_ = dpoison(&c, n);
+    char what[96];
+    /* linear with and without bias, then gelu, add, layernorm on its output */
+    for (int wb = 0; wb < 2; wb++) {
+        CALL(c.cpu, linear_fwd, x, w, wb ? bias : NULL, y, M, K, N);
+        CALL(c.cpu, round16, y, n, DS_ROUND_BF16);
+        CALL(c.gpu, linear_fwd, x_, w_, wb ? b_ : NULL, y_, M, K, N);
+        cr_expect_eq(not_bf16(&c, y_, n), 0, "linear_fwd%s: outputs that are not bf16", wb ? " +bias" : "");
+        snprintf(what, sizeof what, "linear_fwd%s, rounded", wb ? " +bias" : "");
+        check_dev(&c, what, y_, y, n, 1e-2);
+    }
+    float *h = hbuf(n), *h_ = dpoison(&c, n);
+    CALL(c.cpu, gelu_fwd, y, h, n, 1);
+    CALL(c.cpu, round16, h, n, DS_ROUND_BF16);
+    CALL(c.gpu, gelu_fwd, y_, h_, n, 1);
+    cr_expect_eq(not_bf16(&c, h_, n), 0, "gelu_fwd: outputs that are not bf16");
+    check_dev(&c, "gelu_fwd, rounded", h_, h, n, 1e-2);
+    float *a = hbuf(n), *a_ = dpoison(&c, n);
+    CALL(c.cpu, add, h, g, a, n);
+    CALL(c.cpu, round16, a, n, DS_ROUND_BF16);
+    CALL(c.gpu, add, h_, g_, a_, n);
+    cr_expect_eq(not_bf16(&c, a_, n), 0, "add: outputs that are not bf16");
+    check_dev(&c, "add, rounded", a_, a, n, 1e-2);
+    float *lw = hrandn(&c, N, 1, 0.1), *lb = hrandn(&c, N, 0, 0.1), *lw_ = devf(&c, lw, N), *lb_ = devf(&c, lb, N);
+    float *mu = hbuf(M), *rs = hbuf(M), *mu_ = dpoison(&c, M), *rs_ = dpoison(&c, M), *ln = hbuf(n), *ln_ = dpoison(&c, n);
+    CALL(c.cpu, layernorm_fwd, a, lw, lb, ln, mu, rs, M, N, 1e-5f);
+    CALL(c.cpu, round16, ln, n, DS_ROUND_BF16);
+    CALL(c.gpu, layernorm_fwd, a_, lw_, lb_, ln_, mu_, rs_, M, N, 1e-5f);
+    cr_expect_eq(not_bf16(&c, ln_, n), 0, "layernorm_fwd: outputs that are not bf16");
+    cr_expect_gt(not_bf16(&c, rs_, M), 0, "layernorm_fwd: rstd is not rounded");
+    check_dev(&c, "layernorm_fwd, rounded", ln_, ln, n, 1e-2);
+    /* the backward of the linear layer: dx rounded, dW and dbias not */
+    float *dx_ = dpoison(&c, M * K), *dw_ = devf(&c, hfill(N * K, 0.0f), N * K), *db_ = devf(&c, hfill(N, 0.0f), N);
+    CALL(c.gpu, linear_bwd, g_, x_, w_, dx_, dw_, db_, M, K, N, 0);
+    cr_expect_eq(not_bf16(&c, dx_, M * K), 0, "linear_bwd: dx values that are not bf16");
+    cr_expect_gt(not_bf16(&c, dw_, N * K), 0, "linear_bwd: dW is not rounded");
+    /* cross-entropy: dlogits rounded */
+    int32_t *t = malloc((size_t)M * sizeof *t);
+    for (int64_t i = 0; i < M; i++)
+        t[i] = (int32_t)(i % N);
+    int32_t *t_ = dev(&c, t, (size_t)M * sizeof *t);
+    float *l_ = dpoison(&c, M), *d_ = dpoison(&c, n);
+    CALL(c.gpu, xent_fwd, a_, t_, l_, d_, 0.37f, M, N);
+    cr_expect_eq(not_bf16(&c, d_, n), 0, "xent_fwd: dlogits that are not bf16");
+    /* accumulate never rounds */
+    CALL(c.gpu, accumulate, h_, d_, n, 1);
+    cr_expect_gt(not_bf16(&c, d_, n), 0, "accumulate: rounded under fuse_round");
+    /* stopped */
+    cr_assert_eq(c.gpu->ops->fuse_round(c.gpu, 0), 1, "fuse_round(0)");
+    CALL(c.gpu, layernorm_fwd, a_, lw_, lb_, ln_, mu_, rs_, M, N, 1e-5f);
+    cr_expect_gt(not_bf16(&c, ln_, n), 0, "layernorm_fwd after fuse_round(0): still rounded");
+    free(x);
+    free(w);
+    free(bias);
+    free(g);
+    free(y);
+    free(h);
+    free(a);
+    free(lw);
+    free(lb);
+    free(mu);
+    free(rs);
+    free(ln);
+    free(t);
+    close_ctx(&c);
+}
+
 Test(cuda, attention_fp32)
 {
     ctx c;

@@ -31,6 +31,7 @@ struct ds_model {
     uint64_t seed;       /* dropout seed of the last forward */
     size_t act_bytes;
     int round;           /* ds_round_mode: 16-bit activations and activation gradients */
+    int fused;           /* the backend's activation ops round their outputs (fuse_round) */
     float *const *gptr;  /* per tensor: where its gradient goes (NULL: grads + offset) */
     ds_status (*hook)(void *ctx, int layer, ds_error *err);
     void *hook_ctx;
@@ -230,12 +231,28 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
 }
 
 /* 16-bit training: every tensor that crosses a layer boundary (outputs, attention's inner
- * products, and their gradients) is rounded to the 16-bit format, as it would be stored. */
+ * products, and their gradients) is rounded to the 16-bit format, as it would be stored.
+ * ROUND_OP rounds the output of an activation op, which a backend with fuse_round has already
+ * rounded; ROUND the output of accumulate, which no backend rounds on its own. */
 #define ROUND(buf, count)                                                                        \
     do {                                                                                         \
         if (m->round)                                                                            \
             CHECK(OPS->round16(m->be, (buf), (count), m->round));                                \
     } while (0)
+#define ROUND_OP(buf, count)                                                                     \
+    do {                                                                                         \
+        if (!m->fused)                                                                           \
+            ROUND(buf, count);                                                                   \
+    } while (0)
+
+/* asks the backend to round its activation ops' outputs (on: m->round) or to stop */
+static void fuse_round(ds_model *m, int on)
+{
+    if (m->round && OPS->fuse_round)
+        m->fused = OPS->fuse_round(m->be, on ? m->round : 0) && on;
+    else
+        m->fused = 0;
+}
 
 ds_status ds_model_forward(ds_model *m, const float *params, int train, float grad_scale,
                            uint64_t seed, double *loss, ds_error *err)
@@ -243,6 +260,7 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
     const ds_net *net = m->net;
     const int64_t M = m->M, B = m->B, T = m->T;
     m->seed = seed;
+    fuse_round(m, 1);
     for (int i = 0; i < net->n_layers; i++) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
@@ -265,9 +283,9 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
         case DS_LAYER_ATTENTION: {
             int64_t C = l->in_dim;
             CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), P(params, l->b), r->qkv, M, C, 3 * C));
-            ROUND(r->qkv, M * 3 * C);
+            ROUND_OP(r->qkv, M * 3 * C);
             CHECK(OPS->attention_fwd(m->be, r->qkv, r->attn_out, r->att, B, T, C, l->heads, l->causal));
-            ROUND(r->attn_out, M * C);
+            ROUND_OP(r->attn_out, M * C);
             CHECK(OPS->linear_fwd(m->be, r->attn_out, P(params, l->w2), P(params, l->b2), r->out, M, C, C));
             break;
         }
@@ -292,8 +310,8 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
             break;
         }
         }
-        if (l->kind != DS_LAYER_RESIDUAL_BEGIN)
-            ROUND(r->out, M * l->out_dim);
+        if (l->kind != DS_LAYER_RESIDUAL_BEGIN) /* every forward op rounds (a copy copies rounded values) */
+            ROUND_OP(r->out, M * l->out_dim);
     }
     const float *logits = ds_model_output(m);
     float *dlogits = grad_scale > 0 ? m->rt[net->n_layers - 1].dout : NULL;
@@ -308,7 +326,8 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
                            grad_scale / (float)count, rows, net->out_dim));
     }
     if (dlogits)
-        ROUND(dlogits, rows * net->out_dim);
+        ROUND_OP(dlogits, rows * net->out_dim);
+    fuse_round(m, 0);
     double total;
     CHECK(OPS->sum(m->be, m->losses, rows, &total));
     *loss = total / (double)count;
@@ -322,12 +341,13 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
     const int64_t M = m->M, B = m->B, T = m->T;
     if (!m->have_grad)
         return ds_error_set(err, DS_ERR_INTERNAL, "backward called without a training forward");
+    fuse_round(m, 1);
     for (int i = net->n_layers - 1; i >= 0; i--) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
         const float *x = input_of(m, i);
         float *dx = dinput_of(m, i);
-        int acc = r->acc_dx;
+        int acc = r->acc_dx, by_acc = 0; /* dx came from accumulate: round it here */
         switch (l->kind) {
         case DS_LAYER_EMBEDDING:
             CHECK(OPS->embedding_bwd(m->be, (const int32_t *)m->inputs, r->dout, G(l->w), M, l->out_dim));
@@ -336,6 +356,7 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
             CHECK(OPS->posadd_bwd(m->be, r->dout, G(l->w), B, T, l->out_dim));
             if (dx)
                 CHECK(OPS->accumulate(m->be, r->dout, dx, M * l->out_dim, acc));
+            by_acc = 1;
             break;
         case DS_LAYER_LAYERNORM:
             CHECK(OPS->layernorm_bwd(m->be, r->dout, x, P(params, l->w), r->mean, r->rstd, dx,
@@ -349,9 +370,9 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
             int64_t C = l->in_dim;
             CHECK(OPS->linear_bwd(m->be, r->dout, r->attn_out, P(params, l->w2), r->dattn_out,
                                   G(l->w2), G(l->b2), M, C, C, 0));
-            ROUND(r->dattn_out, M * C);
+            ROUND_OP(r->dattn_out, M * C);
             CHECK(OPS->attention_bwd(m->be, r->dattn_out, r->qkv, r->att, r->dqkv, B, T, C, l->heads, l->causal));
-            ROUND(r->dqkv, M * 3 * C);
+            ROUND_OP(r->dqkv, M * 3 * C);
             CHECK(OPS->linear_bwd(m->be, r->dqkv, x, P(params, l->w), dx, G(l->w), G(l->b),
                                   M, C, 3 * C, acc));
             break;
@@ -371,6 +392,7 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
                 else
                     CHECK(OPS->accumulate(m->be, r->dout, dx, M * l->out_dim, acc));
             }
+            by_acc = l->p <= 0;
             break;
         case DS_LAYER_RESIDUAL_BEGIN:
             break;
@@ -383,14 +405,19 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
             break;
         }
         }
-        if (dx && l->kind != DS_LAYER_RESIDUAL_BEGIN && l->kind != DS_LAYER_RESIDUAL_END)
-            ROUND(dx, M * l->in_dim);
+        if (dx && l->kind != DS_LAYER_RESIDUAL_BEGIN && l->kind != DS_LAYER_RESIDUAL_END) {
+            if (by_acc)
+                ROUND(dx, M * l->in_dim);
+            else
+                ROUND_OP(dx, M * l->in_dim);
+        }
         if (m->hook) {
             ds_status hs = m->hook(m->hook_ctx, i, err);
             if (hs != DS_OK)
                 return hs;
         }
     }
+    fuse_round(m, 0);
     m->have_grad = 0;
     return DS_OK;
 }

@@ -200,6 +200,14 @@ typedef struct ds_backend_ops {
      * log-sum-exp and a copy of the output, B*H*T + B*T*C) and att is then its own state, not
      * the probabilities. */
     int64_t (*attention_state)(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H, int causal);
+    /* Optional (NULL: 0): from now on, the activation ops -- embedding_fwd, posadd_fwd,
+     * layernorm_fwd/bwd (y, dx), linear_fwd (y), linear_bwd (dx), attention_fwd/bwd (out, dqkv),
+     * gelu, relu and dropout forward and backward, add, and the gradients of xent_fwd and
+     * mse_fwd -- write their outputs rounded to the 16-bit format of mode (0: stop), so that
+     * the caller need not round them in a pass of its own. Returns 1 if the backend does so,
+     * 0 if it does not (the caller rounds). Other ops (accumulate, copy, the optimizers, the
+     * weight gradients, the losses) never round because of it. */
+    int (*fuse_round)(ds_backend *b, int mode);
 } ds_backend_ops;
 
 struct ds_backend {
