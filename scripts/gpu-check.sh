@@ -26,7 +26,9 @@
 # Knobs (both modes read them where they apply): DS_GPU_MB (pack: the micro-batch, default 8),
 # DS_GPU_STEPS (default 20), DS_CUDA_ARCH (pack: default 90), DS_GPU_BUDGET (run: seconds for
 # all stages, default 440), DS_GPU_SKIP (run: a list of stages to skip: tests bench ds torch
-# cpu; cpu measures the host CPU's bf16 units, issue 4).
+# cpu; cpu measures the host CPU's bf16 units, issue 4), DS_GPU_PROFILE=1 (run: after the
+# bench, Nsight Compute on the fused attention kernels, where the machine has ncu: their speed of
+# light, occupancy and warp stall reasons, into ncu.txt).
 # For a dry run of `run` without a GPU (checks the flow, not the GPU): DS_GPU_MODULE=<the
 # libds-cuda-emu.so of tests/cuda_emu> (the libnccl-emu.so beside it stands in for NCCL),
 # DS_GPU_NET=gpt-tiny.json, DS_GPU_TORCH_DEVICE=cpu. NCCL on the GPU
@@ -250,6 +252,26 @@ run() {
         grep -E "Synthesis" "$out/test_cuda.log"
         tests_rc="exit $rc ($((SECONDS - t0)) s)"
         say "test_cuda: $tests_rc"
+    fi
+    if [ "${DS_GPU_PROFILE:-0}" = 1 ] && stage_ok profile 60; then
+        say ""
+        local ncu; ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+        if [ -z "$ncu" ]; then
+            say "== profile: no ncu on this machine"
+        else
+            say "== profile: $ncu on the fused bf16 attention kernels (bench_cuda, B $MB, T 1024)"
+            rm -f "$out/ncu.txt"
+            local kn
+            for kn in f16_fwd_k f16_bwd_dkv_k f16_bwd_dq_k; do
+                [ "$(tmo 40)" -gt 0 ] || break
+                dsenv BENCH_PRECISION=bf16 BENCH_GEMM_N=1024 BENCH_PARAMS=1000000 timeout "$(tmo 40)" "$ncu" \
+                    -k "regex:$kn" -c 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+                    --section LaunchStats --section MemoryWorkloadAnalysis "$G/bin/bench_cuda" "$MB" 1024 \
+                    >>"$out/ncu.txt" 2>&1
+                say "$kn: exit $?"
+            done
+            grep -E "^  [a-z_0-9]+<|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit|Stall|stall|ERR|rror" "$out/ncu.txt" | head -60
+        fi
     fi
     if stage_ok bench 60; then
         say ""
