@@ -281,6 +281,11 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
                                    "TF32); unset: fused in bf16/fp16 training only", fs);
         flash = fs[0] == '1';
     }
+    const char *fr = getenv("DS_CUDA_FUSE_ROUND");
+    if (fr && *fr && strcmp(fr, "0") != 0 && strcmp(fr, "1") != 0)
+        return ds_cuda_err_set(err, DS_ERR_INVALID,
+                               "DS_CUDA_FUSE_ROUND=%s: expected 1 (the kernels round their outputs in 16-bit "
+                               "training, the default) or 0 (a separate rounding pass)", fr);
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess)
@@ -336,6 +341,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     c->tf32 = tf32;
     c->flash = flash;
     c->cc_major = prop.major;
+    c->fuse_ok = !(fr && strcmp(fr, "0") == 0);
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;

@@ -19,6 +19,7 @@ typedef struct ds_cuda {
     int cc_major;          /* compute capability: the fused kernels need sm_80 or newer */
     int gemm16;            /* linear layers multiply in bf16/fp16 (a ds_round_mode; 0: fp32) */
     int round_out;         /* fuse_round: activation ops round their outputs to this mode (0: no) */
+    int fuse_ok;           /* DS_CUDA_FUSE_ROUND (default 1): fuse_round may say yes */
     cudaStream_t stream;   /* every op runs on this one stream, in order */
     cublasHandle_t blas;
     void *scratch;         /* per-op temporary device memory, grown on demand */

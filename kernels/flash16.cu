@@ -226,7 +226,9 @@ __device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][
 }
 
 /* rows r, r+8 of a 16 x D accumulator, times sa and sb, to dst (row stride ld, 8-byte aligned
- * rows) and copy (any float alignment), rows below T */
+ * rows; rounded to rm, fuse_round's mode) and copy (any float alignment; not rounded: backward's
+ * D_t = dO_t . O_t takes the output as computed, as the materialized path's sum of P dP does),
+ * rows below T */
 template <int ND>
 __device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst, int64_t ld, int r, int T, int c,
                                            float sa, float sb, float *copy, int rm)
@@ -235,16 +237,16 @@ __device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst
     for (int n = 0; n < ND; n++) {
         const int col = 8 * n + 2 * c;
         if (r < T) {
-            const float2 v = make_float2(rnd(acc[n][0] * sa, rm), rnd(acc[n][1] * sa, rm));
-            *(float2 *)(dst + (int64_t)r * ld + col) = v;
+            const float2 v = make_float2(acc[n][0] * sa, acc[n][1] * sa);
+            *(float2 *)(dst + (int64_t)r * ld + col) = make_float2(rnd(v.x, rm), rnd(v.y, rm));
             if (copy) { /* two floats: the copy follows B H T floats of lse, so it may be 8-byte misaligned */
                 copy[(int64_t)r * ld + col] = v.x;
                 copy[(int64_t)r * ld + col + 1] = v.y;
             }
         }
         if (r + 8 < T) {
-            const float2 v = make_float2(rnd(acc[n][2] * sb, rm), rnd(acc[n][3] * sb, rm));
-            *(float2 *)(dst + (int64_t)(r + 8) * ld + col) = v;
+            const float2 v = make_float2(acc[n][2] * sb, acc[n][3] * sb);
+            *(float2 *)(dst + (int64_t)(r + 8) * ld + col) = make_float2(rnd(v.x, rm), rnd(v.y, rm));
             if (copy) {
                 copy[(int64_t)(r + 8) * ld + col] = v.x;
                 copy[(int64_t)(r + 8) * ld + col + 1] = v.y;

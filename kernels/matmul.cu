@@ -28,7 +28,7 @@ extern "C" ds_status ds_cuda_set_precision(ds_backend *b, int round_mode)
 extern "C" int ds_cuda_fuse_round(ds_backend *b, int mode)
 {
     ds_cuda *c = DS_CUDA(b);
-    if (mode && mode != c->gemm16) {
+    if (mode && (mode != c->gemm16 || !c->fuse_ok)) {
         c->round_out = 0;
         return 0;
     }

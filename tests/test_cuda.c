@@ -1207,6 +1207,34 @@ static void tiny_gpt_case(int tf32, double tol)
     tiny_gpt_case_cfg(tf32, tol, tiny_cfg, tf32 ? "TF32" : "fp32");
 }
 
+/* The kernels rounding their own outputs (fuse_round, the default) against net.c's separate
+ * rounding passes (DS_CUDA_FUSE_ROUND=0): each op computes the same fp32 value and rounds it
+ * once either way, so the bf16 tiny GPT takes the same path (bound 1e-6 relative on every loss
+ * and grad norm; a rounding moved to another place would show at ~1e-3). */
+Test(cuda, tiny_gpt_bf16_fused_rounding_changes_nothing, .timeout = 600)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    close_ctx(&c);
+    double lf[TINY_STEPS], nf[TINY_STEPS], lu[TINY_STEPS], nu[TINY_STEPS];
+    setenv("DS_CUDA_FUSE_ROUND", "0", 1);
+    train_tiny_cfg("cuda", tiny_cfg_bf16, lu, nu);
+    unsetenv("DS_CUDA_FUSE_ROUND");
+    train_tiny_cfg("cuda", tiny_cfg_bf16, lf, nf);
+    double worst = 0;
+    int same = 1;
+    for (int s = 0; s < TINY_STEPS; s++) {
+        const double d = fabs(lf[s] - lu[s]) / fabs(lu[s]), dn = fabs(nf[s] - nu[s]) / fabs(nu[s]);
+        cr_expect(isfinite(lf[s]) && d <= 1e-6 && dn <= 1e-6,
+                  "step %d: loss %.9g fused vs %.9g unfused, grad norm %.9g vs %.9g", s + 1, lf[s], lu[s], nf[s], nu[s]);
+        worst = d > worst ? d : worst;
+        worst = dn > worst ? dn : worst;
+        same &= lf[s] == lu[s] && nf[s] == nu[s];
+    }
+    fprintf(stderr, "tiny GPT bf16, fused rounding vs separate passes: largest relative difference %.2e (%s)\n", worst,
+            same ? "bit-equal" : "not bit-equal");
+}
+
 /* bf16 training: 16-bit tensor-core products on the GPU, fp32 products of the same bf16 values
  * on the CPU; the activations are rounded to bf16 (8 bits of mantissa) at every layer, so a
  * last-bit difference in a sum can flip a rounding: the bound is that of TF32 */

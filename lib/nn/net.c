@@ -248,19 +248,41 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
 /* asks the backend to round its activation ops' outputs (on: m->round) or to stop */
 static void fuse_round(ds_model *m, int on)
 {
-    if (m->round && OPS->fuse_round)
-        m->fused = OPS->fuse_round(m->be, on ? m->round : 0) && on;
+    if (OPS->fuse_round && (m->round || !on))
+        m->fused = OPS->fuse_round(m->be, on ? m->round : 0) && on && m->round;
     else
         m->fused = 0;
 }
 
+static ds_status forward(ds_model *m, const float *params, int train, float grad_scale, uint64_t seed,
+                         double *loss, ds_error *err);
+static ds_status backward(ds_model *m, const float *params, float *grads, ds_error *err);
+
+/* The passes, with the backend rounding its activation ops' outputs (fuse_round) on for their
+ * length and off again however they end. */
 ds_status ds_model_forward(ds_model *m, const float *params, int train, float grad_scale,
                            uint64_t seed, double *loss, ds_error *err)
+{
+    fuse_round(m, 1);
+    ds_status st = forward(m, params, train, grad_scale, seed, loss, err);
+    fuse_round(m, 0);
+    return st;
+}
+
+ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_error *err)
+{
+    fuse_round(m, 1);
+    ds_status st = backward(m, params, grads, err);
+    fuse_round(m, 0);
+    return st;
+}
+
+static ds_status forward(ds_model *m, const float *params, int train, float grad_scale, uint64_t seed,
+                         double *loss, ds_error *err)
 {
     const ds_net *net = m->net;
     const int64_t M = m->M, B = m->B, T = m->T;
     m->seed = seed;
-    fuse_round(m, 1);
     for (int i = 0; i < net->n_layers; i++) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
@@ -300,6 +322,8 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
                 CHECK(OPS->dropout_fwd(m->be, x, r->out, M * l->out_dim, l->p, layer_seed(seed, i)));
             else
                 CHECK(OPS->copy(m->be, r->out, x, (size_t)(M * l->out_dim) * sizeof(float)));
+            if (m->fused && r->src < 0 && !(train && l->p > 0)) /* a copy of the model's input: not 16-bit yet */
+                ROUND(r->out, M * l->out_dim);
             break;
         case DS_LAYER_RESIDUAL_BEGIN:
             break;
@@ -327,7 +351,6 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
     }
     if (dlogits)
         ROUND_OP(dlogits, rows * net->out_dim);
-    fuse_round(m, 0);
     double total;
     CHECK(OPS->sum(m->be, m->losses, rows, &total));
     *loss = total / (double)count;
@@ -335,13 +358,12 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
     return DS_OK;
 }
 
-ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_error *err)
+static ds_status backward(ds_model *m, const float *params, float *grads, ds_error *err)
 {
     const ds_net *net = m->net;
     const int64_t M = m->M, B = m->B, T = m->T;
     if (!m->have_grad)
         return ds_error_set(err, DS_ERR_INTERNAL, "backward called without a training forward");
-    fuse_round(m, 1);
     for (int i = net->n_layers - 1; i >= 0; i--) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
@@ -417,7 +439,6 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
                 return hs;
         }
     }
-    fuse_round(m, 0);
     m->have_grad = 0;
     return DS_OK;
 }
