@@ -5,7 +5,7 @@
  * from the op times (12 layers), to compare with what ds-train measures. Not a test: `make
  * tests/bench_cuda`, run by scripts/gpu-check.sh. Usage: bench_cuda [B [T]]; BENCH_PRECISION=bf16
  * or fp16 times the ops as 16-bit training runs them (set_precision: 16-bit GEMMs and the fused
- * 16-bit attention); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
+ * 16-bit attention; fuse_round: the kernels round their outputs); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
  * run on tests/cuda_emu). */
 #include <math.h>
 #include <stdio.h>
@@ -104,6 +104,8 @@ int main(int argc, char **argv)
             return 2;
         }
         CK(ops->set_precision(be, round));
+        if (ops->fuse_round) /* as the model asks in 16-bit training: the kernels round their outputs */
+            ops->fuse_round(be, round);
     }
     printf("bench_cuda: %s; GPT-2 small shapes: B %lld, T %lld, C %lld, H %lld, V %lld\n",
            ds_backend_describe(be), (long long)B, (long long)T, (long long)C, (long long)H, (long long)V);
@@ -192,8 +194,11 @@ int main(int argc, char **argv)
         }
         unsetenv("DS_CUDA_FLASH");
         be = other;
-        if (round)
+        if (round) {
             CK(ops->set_precision(be, round));
+            if (ops->fuse_round)
+                ops->fuse_round(be, round);
+        }
         if (fused_now || ops->attention_state(be, B, T, C, H, 1) != B * H * T * T) {
             const double ob = fused_now ? fb : 0; /* probabilities' traffic: materialized only */
             TIME(fused_now ? "materialized attention_fwd" : "fused attention_fwd", 4.0 * B * H * T * T * (C / H),
