@@ -4,9 +4,9 @@
  * Opt-in (DS_CUDA_FLASH=1): on an H200 at GPT-2-small shapes (B 8, T 1024, 12 heads of 64) it
  * took 1.49 ms forward and 3.38 ms backward per layer against the materialized path's 0.54 and
  * 1.04 ms (tests/bench_cuda), so it saves memory (4.5 GB there), not time, until it is tuned.
- * Used instead of attention.cu's materialized path when asked for, TF32 is allowed
- * (DS_CUDA_TF32, the default), the device is sm_80 or newer and the head size D is 16, 32, 48
- * or 64. The numbers are those of the materialized path with TF32 GEMMs (the same products,
+ * Used instead of attention.cu's materialized path when asked for, in fp32 training (bf16 and
+ * fp16 training run flash16.cu's kernels), TF32 is allowed (DS_CUDA_TF32, the default), the
+ * device is sm_80 or newer and the head size D is 16, 32, 48 or 64. The numbers are those of the materialized path with TF32 GEMMs (the same products,
  * TF32 inputs, fp32 sums, an exact softmax), up to summation order.
  *
  * State between forward and backward (the `att` buffer of the interface, attention_state floats):
