@@ -248,6 +248,7 @@ static const ds_backend_ops cuda_ops = {
     /* .thread_init = */ cuda_thread_init,
     /* .attention_state = */ ds_cuda_attention_state,
     /* .fuse_round = */ ds_cuda_fuse_round,
+    /* .store16 = */ NULL, /* activations stay fp32 buffers (rounded by fuse_round) */
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as

@@ -1216,3 +1216,219 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
     ds_backend_destroy(ref);
     ds_backend_destroy(b);
 }
+
+/* ---- 16-bit activation storage (store16) ----------------------------------------------------
+ * Every activation op run on 16-bit tensors must give, bit for bit, the fp32 op's outputs
+ * rounded to the format (each op unpacks exactly, computes in fp32 as before and rounds once),
+ * and the same fp32 outputs (mean, rstd, weight gradients, losses, attention state). Sizes
+ * cross the backend's tiles (16384 floats per operand; rows of 700 floats: 23 rows per tile;
+ * a vocabulary of 20000: one row per tile) and the thread split. */
+
+typedef struct pair16 {
+    float *f;    /* fp32 values of the format (the fp32-storage operand) */
+    uint16_t *h; /* the same values packed (the 16-bit-storage operand) */
+    int64_t n;
+} pair16;
+
+static float round_to(float x, int mode)
+{
+    return mode == DS_ROUND_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(x)) : ds_f16_to_f32(ds_f32_to_f16(x));
+}
+
+static pair16 p16(ds_rng *r, int64_t n, double sd, int mode)
+{
+    pair16 p = {fbuf(n), calloc((size_t)(n > 0 ? n : 1), 2), n};
+    cr_assert(p.h != NULL);
+    for (int64_t i = 0; i < n; i++) {
+        p.f[i] = round_to((float)(sd * ds_rng_normal(r)), mode);
+        p.h[i] = mode == DS_ROUND_BF16 ? ds_f32_to_bf16(p.f[i]) : ds_f32_to_f16(p.f[i]);
+    }
+    return p;
+}
+
+static void p16_free(pair16 *p)
+{
+    free(p->f);
+    free(p->h);
+}
+
+/* the 16-bit output equals the fp32 output rounded, element for element (bits) */
+static void same16(const char *what, const pair16 *p, int mode)
+{
+    for (int64_t i = 0; i < p->n; i++) {
+        float want = round_to(p->f[i], mode);
+        float got = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(p->h[i]) : ds_f16_to_f32(p->h[i]);
+        cr_assert(isfinite(want), "%s[%lld]: reference %g", what, (long long)i, want);
+        cr_assert(memcmp(&want, &got, 4) == 0, "%s[%lld] (%s): %a in 16-bit storage, %a rounded from fp32",
+                  what, (long long)i, mode == DS_ROUND_BF16 ? "bf16" : "fp16", got, want);
+    }
+}
+
+static void same32(const char *what, const float *a, const float *b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(memcmp(&a[i], &b[i], 4) == 0, "%s[%lld]: %a in 16-bit storage, %a in fp32", what,
+                  (long long)i, b[i], a[i]);
+}
+
+#define F(p) ((p).f)
+#define H(p) ((float *)(void *)(p).h)
+/* run op on fp32 operands, then with store16 on 16-bit ones */
+#define BOTH(be, mode, op, args32, args16)                                                        \
+    do {                                                                                          \
+        cr_assert_eq((be)->ops->store16((be), 0), 0);                                             \
+        cr_assert_eq((be)->ops->op args32, DS_OK, "%s", (be)->err.msg);                           \
+        cr_assert_eq((be)->ops->store16((be), (mode)), 1);                                        \
+        cr_assert_eq((be)->ops->op args16, DS_OK, "%s", (be)->err.msg);                           \
+        (be)->ops->store16((be), 0);                                                              \
+    } while (0)
+
+static void store16_ops(const char *backend, int mode)
+{
+    ds_backend *b = open_backend(backend);
+    cr_assert(b->ops->store16 != NULL);
+    ds_rng r;
+    ds_rng_seed(&r, 1234 + mode);
+    /* elementwise, forward and backward, writing and accumulating */
+    const int64_t n = 3 * 16384 + 77;
+    for (int acc = 0; acc < 2; acc++) {
+        pair16 x = p16(&r, n, 2, mode), c = p16(&r, n, 1, mode);
+        for (int op = 0; op < 7; op++) {
+            pair16 y = p16(&r, n, 1, mode); /* also the accumulated-into value */
+            float *y32 = fcopy(y.f, n);
+            const char *name[] = {"gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd", "dropout_fwd", "dropout_bwd", "add"};
+            if (acc && (op == 0 || op == 2 || op == 4 || op == 6)) {
+                free(y32);
+                p16_free(&y);
+                continue; /* forward ops write */
+            }
+            switch (op) {
+            case 0: BOTH(b, mode, gelu_fwd, (b, F(x), y32, n, 0), (b, H(x), H(y), n, 0)); break;
+            case 1: BOTH(b, mode, gelu_bwd, (b, F(x), F(c), y32, n, 1, acc), (b, H(x), H(c), H(y), n, 1, acc)); break;
+            case 2: BOTH(b, mode, relu_fwd, (b, F(x), y32, n), (b, H(x), H(y), n)); break;
+            case 3: BOTH(b, mode, relu_bwd, (b, F(x), F(c), y32, n, acc), (b, H(x), H(c), H(y), n, acc)); break;
+            case 4: BOTH(b, mode, dropout_fwd, (b, F(x), y32, n, 0.3f, 77), (b, H(x), H(y), n, 0.3f, 77)); break;
+            case 5: BOTH(b, mode, dropout_bwd, (b, F(c), y32, n, 0.3f, 77, acc), (b, H(c), H(y), n, 0.3f, 77, acc)); break;
+            default: BOTH(b, mode, add, (b, F(x), F(c), y32, n), (b, H(x), H(c), H(y), n)); break;
+            }
+            free(y.f);
+            y.f = y32;
+            char what[64];
+            snprintf(what, sizeof what, "%s%s", name[op], acc ? " (accumulate)" : "");
+            same16(what, &y, mode);
+            p16_free(&y);
+        }
+        p16_free(&x);
+        p16_free(&c);
+    }
+    /* rows: embedding, position embedding, layernorm, losses */
+    {
+        const int64_t B = 3, T = 50, M = B * T, C = 700, V = 40;
+        int32_t *ids = irand(&r, M, (int32_t)V);
+        float *table = frandn(&r, V * C, 0, 1), *pos = frandn(&r, T * C, 0, 1);
+        pair16 e = p16(&r, M * C, 1, mode);
+        BOTH(b, mode, embedding_fwd, (b, ids, table, e.f, M, C), (b, ids, table, H(e), M, C));
+        same16("embedding_fwd", &e, mode);
+        float *dt[2] = {fbuf(V * C), fbuf(V * C)};
+        p16_free(&e);
+        e = p16(&r, M * C, 1, mode); /* a gradient of 16-bit values */
+        BOTH(b, mode, embedding_bwd, (b, ids, F(e), dt[0], M, C), (b, ids, H(e), dt[1], M, C));
+        same32("embedding_bwd dtable", dt[0], dt[1], V * C);
+        pair16 x = p16(&r, M * C, 1, mode), y = p16(&r, M * C, 1, mode);
+        BOTH(b, mode, posadd_fwd, (b, F(x), pos, y.f, B, T, C), (b, H(x), pos, H(y), B, T, C));
+        same16("posadd_fwd", &y, mode);
+        float *dp[2] = {fbuf(T * C), fbuf(T * C)};
+        BOTH(b, mode, posadd_bwd, (b, F(x), dp[0], B, T, C), (b, H(x), dp[1], B, T, C));
+        same32("posadd_bwd dpos", dp[0], dp[1], T * C);
+        float *w = frandn(&r, C, 1, 0.2), *bias = frandn(&r, C, 0, 0.2);
+        float *mean[2] = {fbuf(M), fbuf(M)}, *rstd[2] = {fbuf(M), fbuf(M)};
+        BOTH(b, mode, layernorm_fwd, (b, F(x), w, bias, y.f, mean[0], rstd[0], M, C, 1e-5f),
+             (b, H(x), w, bias, H(y), mean[1], rstd[1], M, C, 1e-5f));
+        same16("layernorm_fwd", &y, mode);
+        same32("layernorm_fwd mean", mean[0], mean[1], M);
+        same32("layernorm_fwd rstd", rstd[0], rstd[1], M);
+        for (int acc = 0; acc < 2; acc++) {
+            pair16 dy = p16(&r, M * C, 1, mode), dx = p16(&r, M * C, 1, mode);
+            float *dw[2] = {fbuf(C), fbuf(C)}, *db[2] = {fbuf(C), fbuf(C)};
+            BOTH(b, mode, layernorm_bwd, (b, F(dy), F(x), w, mean[0], rstd[0], dx.f, dw[0], db[0], M, C, acc),
+                 (b, H(dy), H(x), w, mean[0], rstd[0], H(dx), dw[1], db[1], M, C, acc));
+            same16(acc ? "layernorm_bwd dx (accumulate)" : "layernorm_bwd dx", &dx, mode);
+            same32("layernorm_bwd dw", dw[0], dw[1], C);
+            same32("layernorm_bwd db", db[0], db[1], C);
+            for (int i = 0; i < 2; i++)
+                free(dw[i]), free(db[i]);
+            p16_free(&dy);
+            p16_free(&dx);
+        }
+        float *tgt = frandn(&r, M * C, 0, 1), *l[2] = {fbuf(M), fbuf(M)};
+        pair16 dy = p16(&r, M * C, 1, mode);
+        BOTH(b, mode, mse_fwd, (b, F(x), tgt, l[0], dy.f, 0.5f, M, C), (b, H(x), tgt, l[1], H(dy), 0.5f, M, C));
+        same16("mse_fwd dy", &dy, mode);
+        same32("mse_fwd losses", l[0], l[1], M);
+        for (int i = 0; i < 2; i++)
+            free(dt[i]), free(dp[i]), free(mean[i]), free(rstd[i]), free(l[i]);
+        free(ids), free(table), free(pos), free(w), free(bias), free(tgt);
+        p16_free(&e), p16_free(&x), p16_free(&y), p16_free(&dy);
+    }
+    for (int wide = 0; wide < 2; wide++) { /* cross-entropy: rows narrower and wider than a tile */
+        const int64_t M = wide ? 5 : 70, V = wide ? 20000 : 300;
+        int32_t *t = irand(&r, M, (int32_t)V);
+        pair16 z = p16(&r, M * V, 3, mode), dz = p16(&r, M * V, 1, mode);
+        float *l[2] = {fbuf(M), fbuf(M)};
+        BOTH(b, mode, xent_fwd, (b, F(z), t, l[0], dz.f, 1024.0f, M, V), (b, H(z), t, l[1], H(dz), 1024.0f, M, V));
+        same16("xent_fwd dlogits", &dz, mode);
+        same32("xent_fwd losses", l[0], l[1], M);
+        BOTH(b, mode, xent_fwd, (b, F(z), t, l[0], NULL, 1.0f, M, V), (b, H(z), t, l[1], NULL, 1.0f, M, V));
+        same32("xent_fwd losses (no gradient)", l[0], l[1], M);
+        free(t), free(l[0]), free(l[1]);
+        p16_free(&z), p16_free(&dz);
+    }
+    /* products: linear and attention */
+    {
+        const int64_t M = 37, K = 48, N = 40;
+        pair16 x = p16(&r, M * K, 1, mode), y = p16(&r, M * N, 1, mode), dy = p16(&r, M * N, 1, mode);
+        float *w = frandn(&r, N * K, 0, 0.2), *bias = frandn(&r, N, 0, 0.2);
+        for (int i = 0; i < N * K; i++)
+            w[i] = round_to(w[i], mode);
+        BOTH(b, mode, linear_fwd, (b, F(x), w, bias, y.f, M, K, N), (b, H(x), w, bias, H(y), M, K, N));
+        same16("linear_fwd", &y, mode);
+        BOTH(b, mode, linear_fwd, (b, F(x), w, NULL, y.f, M, K, N), (b, H(x), w, NULL, H(y), M, K, N));
+        same16("linear_fwd without bias", &y, mode);
+        for (int acc = 0; acc < 3; acc++) { /* 2: no dx (a first layer) */
+            pair16 dx = p16(&r, M * K, 1, mode);
+            float *dw[2] = {fbuf(N * K), fbuf(N * K)}, *db[2] = {fbuf(N), fbuf(N)};
+            BOTH(b, mode, linear_bwd, (b, F(dy), F(x), w, acc < 2 ? dx.f : NULL, dw[0], db[0], M, K, N, acc == 1),
+                 (b, H(dy), H(x), w, acc < 2 ? H(dx) : NULL, dw[1], db[1], M, K, N, acc == 1));
+            if (acc < 2)
+                same16(acc ? "linear_bwd dx (accumulate)" : "linear_bwd dx", &dx, mode);
+            same32("linear_bwd dw", dw[0], dw[1], N * K);
+            same32("linear_bwd dbias", db[0], db[1], N);
+            for (int i = 0; i < 2; i++)
+                free(dw[i]), free(db[i]);
+            p16_free(&dx);
+        }
+        free(w), free(bias);
+        p16_free(&x), p16_free(&y), p16_free(&dy);
+    }
+    for (int causal = 0; causal < 2; causal++) {
+        const int64_t B = 2, T = 20, C = 32, H = 4, M = B * T;
+        pair16 qkv = p16(&r, M * 3 * C, 1, mode), out = p16(&r, M * C, 1, mode);
+        pair16 dout = p16(&r, M * C, 1, mode), dqkv = p16(&r, M * 3 * C, 1, mode);
+        float *att[2] = {fbuf(B * H * T * T), fbuf(B * H * T * T)};
+        BOTH(b, mode, attention_fwd, (b, F(qkv), out.f, att[0], B, T, C, H, causal),
+             (b, H(qkv), H(out), att[1], B, T, C, H, causal));
+        same16("attention_fwd", &out, mode);
+        same32("attention_fwd probabilities", att[0], att[1], B * H * T * T);
+        BOTH(b, mode, attention_bwd, (b, F(dout), F(qkv), att[0], dqkv.f, B, T, C, H, causal),
+             (b, H(dout), H(qkv), att[0], H(dqkv), B, T, C, H, causal));
+        same16("attention_bwd", &dqkv, mode);
+        free(att[0]), free(att[1]);
+        p16_free(&qkv), p16_free(&out), p16_free(&dout), p16_free(&dqkv);
+    }
+    cr_assert_eq(b->ops->store16(b, 0), 0);
+    ds_backend_destroy(b);
+}
+
+Test(store16, every_activation_op_bit_exact_bf16) { store16_ops("cpu", DS_ROUND_BF16); }
+Test(store16, every_activation_op_bit_exact_fp16) { store16_ops("cpu", DS_ROUND_FP16); }
+Test(store16, every_activation_op_bit_exact_generic) { store16_ops("cpu:generic", DS_ROUND_BF16); store16_ops("cpu:generic", DS_ROUND_FP16); }

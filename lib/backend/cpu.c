@@ -5,12 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "cpu_dnnl.h"
 #include "cpu_kernels.h"
 #include "ds/backend.h"
 
 typedef struct cpu_impl {
     const ds_cpu_kernels *k;
+    const ds_cpu_kernels *ks; /* the same variant without threads (inside store16's tiles) */
     ds_dnnl *dnnl;
     float *scratch; /* transposed dY for weight gradients */
     size_t scratch_floats;
@@ -24,6 +29,15 @@ typedef struct cpu_impl {
     uint16_t *h16[2];
     size_t h16_n[2];
     char describe[160];
+    /* store16: the activation ops' activation tensors are 16-bit values of this ds_round_mode
+     * (0: fp32). Row and elementwise ops run in tiles (tile_threads threads x 4 tiles of
+     * tile_floats); the products and the ops that sum over rows use whole fp32 copies f32[]. */
+    int s16;
+    float *tiles;
+    size_t tile_floats;
+    int tile_threads;
+    float *f32[3];
+    size_t f32_n[3];
 } cpu_impl;
 
 #define K(b) (((cpu_impl *)(b)->impl)->k)
@@ -38,6 +52,9 @@ static void cpu_destroy(ds_backend *b)
     free(c->x_scratch);
     free(c->h16[0]);
     free(c->h16[1]);
+    free(c->tiles);
+    for (int i = 0; i < 3; i++)
+        free(c->f32[i]);
     free(c);
     free(b);
 }
@@ -118,6 +135,105 @@ static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
     return h;
 }
 
+/* ---- store16: 16-bit activation storage ------------------------------------------------------
+ * Every activation op computes in fp32 exactly as in fp32 storage, from its inputs unpacked
+ * (exactly) from 16 bits, and packs its outputs rounded to nearest even: so each value is the
+ * one the fp32 path gives after rounding its output (fuse_round), bit for bit. The
+ * row-wise and elementwise ops convert tiles of TILE floats per thread, which stay in cache;
+ * the products, layernorm's backward and the two backward ops that sum rows into a weight
+ * gradient unpack whole tensors into fp32 scratch first, so that their sums are formed in
+ * the same order as in fp32 storage. */
+#define TILE 16384 /* floats per operand and thread: 64 KiB */
+#define HC(p) ((const uint16_t *)(const void *)(p))
+#define HM(p) ((uint16_t *)(void *)(p))
+
+static int cpu_store16(ds_backend *b, int mode)
+{
+    cpu_impl *c = b->impl;
+    c->s16 = mode == DS_ROUND_BF16 || mode == DS_ROUND_FP16 ? mode : 0;
+    return c->s16 != 0;
+}
+
+/* tiles of at least max(TILE, width) floats for every thread */
+static ds_status ensure_tiles(ds_backend *b, int64_t width)
+{
+    cpu_impl *c = b->impl;
+    size_t need = (size_t)(width > TILE ? width : TILE);
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    if (c->tiles && c->tile_floats >= need && c->tile_threads >= threads)
+        return DS_OK;
+    free(c->tiles);
+    c->tiles = aligned_alloc(64, (size_t)threads * 4 * need * sizeof(float));
+    c->tile_floats = c->tiles ? need : 0;
+    c->tile_threads = c->tiles ? threads : 0;
+    return c->tiles ? DS_OK : ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory (16-bit tiles)");
+}
+
+static float *tile(cpu_impl *c, int k)
+{
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    return c->tiles + ((size_t)t * 4 + (size_t)k) * c->tile_floats;
+}
+
+/* rows per tile for rows of width floats */
+static int64_t tile_rows(int64_t width) { return width >= TILE ? 1 : TILE / width; }
+
+/* fp32 copy i of the 16-bit x[n] (x NULL: just the buffer), NULL on failure (error set) */
+static float *whole32(ds_backend *b, int i, const float *x, int64_t n)
+{
+    cpu_impl *c = b->impl;
+    if (scratch(b, &c->f32[i], &c->f32_n[i], (size_t)(n > 0 ? n : 1)) != DS_OK)
+        return NULL;
+    if (x)
+        c->k->unpack16(HC(x), c->f32[i], n, c->s16);
+    return c->f32[i];
+}
+
+enum { EW_GELU_F, EW_GELU_B, EW_RELU_F, EW_RELU_B, EW_DROP_F, EW_DROP_B, EW_ADD };
+typedef struct ew_args {
+    int op, acc, approximate;
+    float p;
+    uint64_t seed;
+} ew_args;
+
+/* y[n] (=|+=) op(a, c) over 16-bit tensors, tile by tile (c may be NULL) */
+static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const float *cc, float *y, int64_t n)
+{
+    cpu_impl *c = b->impl;
+    const ds_cpu_kernels *k = c->ks; /* inside the tiles: no nested threads */
+    const int mode = c->s16;
+    ds_status st = ensure_tiles(b, 0);
+    if (st != DS_OK)
+        return st;
+#pragma omp parallel for schedule(static) if (n > TILE)
+    for (int64_t i0 = 0; i0 < n; i0 += TILE) {
+        int64_t len = n - i0 < TILE ? n - i0 : TILE;
+        float *ta = tile(c, 0), *tc = tile(c, 1), *ty = tile(c, 2);
+        k->unpack16(HC(a) + i0, ta, len, mode);
+        if (cc)
+            k->unpack16(HC(cc) + i0, tc, len, mode);
+        if (e->acc)
+            k->unpack16(HC(y) + i0, ty, len, mode);
+        switch (e->op) {
+        case EW_GELU_F: k->gelu_fwd(ta, ty, len, e->approximate); break;
+        case EW_GELU_B: k->gelu_bwd(ta, tc, ty, len, e->approximate, e->acc); break;
+        case EW_RELU_F: k->relu_fwd(ta, ty, len); break;
+        case EW_RELU_B: k->relu_bwd(ta, tc, ty, len, e->acc); break;
+        case EW_DROP_F: k->dropout_fwd(ta, ty, len, e->p, e->seed, i0); break;
+        case EW_DROP_B: k->dropout_bwd(ta, ty, len, e->p, e->seed, e->acc, i0); break;
+        default: k->add(ta, tc, ty, len); break;
+        }
+        k->pack16(ty, HM(y) + i0, len, mode);
+    }
+    return DS_OK;
+}
+
 /* bf16 training: the linear layers' products in bf16 on the CPU's bf16 units, when it has them
  * (AMX-BF16, AVX512_BF16) and DS_CPU_BF16_GEMM is not 0; otherwise fp32 products of the same
  * bf16 values (the same numbers up to summation order). DS_CPU_BF16_GEMM=1 makes missing
@@ -149,8 +265,8 @@ static const char *cpu_describe(const ds_backend *b)
     return c->describe[0] ? c->describe : c->k->variant;
 }
 
-static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, const float *bias,
-                                float *y, int64_t M, int64_t K, int64_t N)
+static ds_status linear_fwd32(ds_backend *b, const float *x, const float *w, const float *bias,
+                               float *y, int64_t M, int64_t K, int64_t N)
 {
     if (((cpu_impl *)b->impl)->gemm16) {
         const uint16_t *hx = to_bf16(b, 0, x, M * K), *hw = hx ? to_bf16(b, 1, w, N * K) : NULL;
@@ -162,9 +278,35 @@ static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, c
     return ds_dnnl_matmul(DNNL(b), M, N, K, x, K, 1, w, 1, K, bias, y, 0, &b->err);
 }
 
-static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, const float *w,
-                                float *dx, float *dw, float *dbias, int64_t M, int64_t K,
-                                int64_t N, int accumulate)
+static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, const float *bias,
+                                float *y, int64_t M, int64_t K, int64_t N)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16)
+        return linear_fwd32(b, x, w, bias, y, M, K, N);
+    float *y32 = whole32(b, 1, NULL, M * N);
+    if (!y32)
+        return DS_ERR_NOMEM;
+    ds_status st;
+    if (c->gemm16 && c->s16 == DS_ROUND_BF16) { /* x is bf16 already: no conversion */
+        const uint16_t *hw = to_bf16(b, 1, w, N * K);
+        if (!hw)
+            return DS_ERR_NOMEM;
+        st = ds_dnnl_matmul_bf16(DNNL(b), M, N, K, HC(x), K, 1, hw, 1, K, bias, y32, 0, &b->err);
+    } else {
+        const float *x32 = whole32(b, 0, x, M * K);
+        if (!x32)
+            return DS_ERR_NOMEM;
+        st = linear_fwd32(b, x32, w, bias, y32, M, K, N);
+    }
+    if (st == DS_OK)
+        c->k->pack16(y32, HM(y), M * N, c->s16);
+    return st;
+}
+
+static ds_status linear_bwd32(ds_backend *b, const float *dy, const float *x, const float *w,
+                              float *dx, float *dw, float *dbias, int64_t M, int64_t K,
+                              int64_t N, int accumulate)
 {
     ds_status st = DS_OK;
     cpu_impl *c16 = b->impl;
@@ -220,12 +362,30 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     return st;
 }
 
+static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, const float *w,
+                                float *dx, float *dw, float *dbias, int64_t M, int64_t K,
+                                int64_t N, int accumulate)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16)
+        return linear_bwd32(b, dy, x, w, dx, dw, dbias, M, K, N, accumulate);
+    const float *dy32 = whole32(b, 0, dy, M * N);
+    const float *x32 = dw ? whole32(b, 1, x, M * K) : NULL;
+    float *dx32 = dx ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
+    if (!dy32 || (dw && !x32) || (dx && !dx32))
+        return DS_ERR_NOMEM;
+    ds_status st = linear_bwd32(b, dy32, x32, w, dx32, dw, dbias, M, K, N, accumulate);
+    if (st == DS_OK && dx)
+        c->k->pack16(dx32, HM(dx), M * K, c->s16);
+    return st;
+}
+
 /* Attention as batched products over (batch, head), with every operand a strided view of the
  * packed qkv [B, T, 3C] or out [B, T, C]; causal rows are computed in full and masked in the
  * softmax (twice the product FLOPs, at several times the speed of a masked loop). Strides are
  * {batch, head, row, col} in elements. */
-static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, float *att,
-                                   int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+static ds_status attention_fwd32(ds_backend *b, const float *qkv, float *out, float *att,
+                                 int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     const int64_t D = C / H, C3 = 3 * C;
     const int64_t q_s[4] = {T * C3, D, C3, 1};       /* Q or V as [T, D] */
@@ -239,9 +399,9 @@ static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, 
     return ds_dnnl_matmul_batched(DNNL(b), B, H, T, D, T, att, a_s, qkv + 2 * C, q_s, out, o_s, 0, &b->err);
 }
 
-static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float *qkv,
-                                   const float *att, float *dqkv, int64_t B, int64_t T, int64_t C,
-                                   int64_t H, int causal)
+static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *qkv,
+                                 const float *att, float *dqkv, int64_t B, int64_t T, int64_t C,
+                                 int64_t H, int causal)
 {
     (void)causal; /* P is zero above the diagonal, so dS is too */
     cpu_impl *c = b->impl;
@@ -266,6 +426,255 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
     return DS_OK;
 }
 
+static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, float *att,
+                                   int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16)
+        return attention_fwd32(b, qkv, out, att, B, T, C, H, causal);
+    const int64_t M = B * T;
+    const float *qkv32 = whole32(b, 0, qkv, M * 3 * C);
+    float *out32 = whole32(b, 1, NULL, M * C);
+    if (!qkv32 || !out32)
+        return DS_ERR_NOMEM;
+    ds_status st = attention_fwd32(b, qkv32, out32, att, B, T, C, H, causal);
+    if (st == DS_OK)
+        c->k->pack16(out32, HM(out), M * C, c->s16);
+    return st;
+}
+
+static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float *qkv,
+                                   const float *att, float *dqkv, int64_t B, int64_t T, int64_t C,
+                                   int64_t H, int causal)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16)
+        return attention_bwd32(b, dout, qkv, att, dqkv, B, T, C, H, causal);
+    const int64_t M = B * T;
+    const float *dout32 = whole32(b, 0, dout, M * C), *qkv32 = whole32(b, 1, qkv, M * 3 * C);
+    float *dqkv32 = whole32(b, 2, NULL, M * 3 * C);
+    if (!dout32 || !qkv32 || !dqkv32)
+        return DS_ERR_NOMEM;
+    ds_status st = attention_bwd32(b, dout32, qkv32, att, dqkv32, B, T, C, H, causal);
+    if (st == DS_OK)
+        c->k->pack16(dqkv32, HM(dqkv), M * 3 * C, c->s16);
+    return st;
+}
+
+/* The remaining activation ops: the kernel table directly in fp32 storage, through tiles or
+ * whole fp32 copies in 16-bit storage. */
+static ds_status cpu_embedding_fwd(ds_backend *b, const int32_t *ids, const float *t, float *o, int64_t M,
+                                   int64_t C)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16) {
+        c->k->embedding_fwd(ids, t, o, M, C);
+        return DS_OK;
+    }
+    ds_status st = ensure_tiles(b, C);
+    if (st != DS_OK)
+        return st;
+    const int64_t R = tile_rows(C);
+#pragma omp parallel for schedule(static) if (M * C > TILE)
+    for (int64_t r0 = 0; r0 < M; r0 += R) {
+        int64_t rows = M - r0 < R ? M - r0 : R;
+        float *ty = tile(c, 0);
+        c->ks->embedding_fwd(ids + r0, t, ty, rows, C);
+        c->ks->pack16(ty, HM(o) + r0 * C, rows * C, c->s16);
+    }
+    return DS_OK;
+}
+
+static ds_status cpu_embedding_bwd(ds_backend *b, const int32_t *ids, const float *d, float *dt, int64_t M,
+                                   int64_t C)
+{
+    cpu_impl *c = b->impl;
+    if (c->s16 && !(d = whole32(b, 0, d, M * C)))
+        return DS_ERR_NOMEM;
+    c->k->embedding_bwd(ids, d, dt, M, C);
+    return DS_OK;
+}
+
+static ds_status cpu_posadd_fwd(ds_backend *b, const float *x, const float *p, float *y, int64_t B,
+                                int64_t T, int64_t C)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16) {
+        c->k->posadd_fwd(x, p, y, B, T, C);
+        return DS_OK;
+    }
+    ds_status st = ensure_tiles(b, C);
+    if (st != DS_OK)
+        return st;
+    const int64_t R = tile_rows(C), per = (T + R - 1) / R; /* tiles per sample */
+#pragma omp parallel for schedule(static) if (B * T * C > TILE)
+    for (int64_t i = 0; i < B * per; i++) {
+        int64_t t0 = i % per * R, rows = T - t0 < R ? T - t0 : R, off = (i / per * T + t0) * C;
+        float *tx = tile(c, 0), *ty = tile(c, 1);
+        c->ks->unpack16(HC(x) + off, tx, rows * C, c->s16);
+        c->ks->posadd_fwd(tx, p + t0 * C, ty, 1, rows, C);
+        c->ks->pack16(ty, HM(y) + off, rows * C, c->s16);
+    }
+    return DS_OK;
+}
+
+static ds_status cpu_posadd_bwd(ds_backend *b, const float *dy, float *dp, int64_t B, int64_t T, int64_t C)
+{
+    cpu_impl *c = b->impl;
+    if (c->s16 && !(dy = whole32(b, 0, dy, B * T * C)))
+        return DS_ERR_NOMEM;
+    c->k->posadd_bwd(dy, dp, B, T, C);
+    return DS_OK;
+}
+
+static ds_status cpu_layernorm_fwd(ds_backend *b, const float *x, const float *w, const float *bi, float *y,
+                                   float *mean, float *rstd, int64_t M, int64_t C, float eps)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16) {
+        c->k->layernorm_fwd(x, w, bi, y, mean, rstd, M, C, eps);
+        return DS_OK;
+    }
+    ds_status st = ensure_tiles(b, C);
+    if (st != DS_OK)
+        return st;
+    const int64_t R = tile_rows(C);
+#pragma omp parallel for schedule(static) if (M * C > TILE)
+    for (int64_t r0 = 0; r0 < M; r0 += R) {
+        int64_t rows = M - r0 < R ? M - r0 : R;
+        float *tx = tile(c, 0), *ty = tile(c, 1);
+        c->ks->unpack16(HC(x) + r0 * C, tx, rows * C, c->s16);
+        c->ks->layernorm_fwd(tx, w, bi, ty, mean + r0, rstd + r0, rows, C, eps);
+        c->ks->pack16(ty, HM(y) + r0 * C, rows * C, c->s16);
+    }
+    return DS_OK;
+}
+
+static ds_status cpu_layernorm_bwd(ds_backend *b, const float *dy, const float *x, const float *w,
+                                   const float *mean, const float *rstd, float *dx, float *dw, float *db,
+                                   int64_t M, int64_t C, int acc)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16) {
+        c->k->layernorm_bwd(dy, x, w, mean, rstd, dx, dw, db, M, C, acc);
+        return DS_OK;
+    }
+    const float *dy32 = whole32(b, 0, dy, M * C), *x32 = whole32(b, 1, x, M * C);
+    float *dx32 = dx ? whole32(b, 2, acc ? dx : NULL, M * C) : NULL;
+    if (!dy32 || !x32 || (dx && !dx32))
+        return DS_ERR_NOMEM;
+    c->k->layernorm_bwd(dy32, x32, w, mean, rstd, dx32, dw, db, M, C, acc);
+    if (dx)
+        c->k->pack16(dx32, HM(dx), M * C, c->s16);
+    return DS_OK;
+}
+
+static ds_status cpu_gelu_fwd(ds_backend *b, const float *x, float *y, int64_t n, int ap)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_GELU_F, .approximate = ap}, x, NULL, y, n);
+    K(b)->gelu_fwd(x, y, n, ap);
+    return DS_OK;
+}
+
+static ds_status cpu_gelu_bwd(ds_backend *b, const float *x, const float *dy, float *dx, int64_t n, int ap,
+                              int acc)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_GELU_B, .approximate = ap, .acc = acc}, x, dy, dx, n);
+    K(b)->gelu_bwd(x, dy, dx, n, ap, acc);
+    return DS_OK;
+}
+
+static ds_status cpu_relu_fwd(ds_backend *b, const float *x, float *y, int64_t n)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_RELU_F}, x, NULL, y, n);
+    K(b)->relu_fwd(x, y, n);
+    return DS_OK;
+}
+
+static ds_status cpu_relu_bwd(ds_backend *b, const float *y, const float *dy, float *dx, int64_t n, int acc)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_RELU_B, .acc = acc}, y, dy, dx, n);
+    K(b)->relu_bwd(y, dy, dx, n, acc);
+    return DS_OK;
+}
+
+static ds_status cpu_dropout_fwd(ds_backend *b, const float *x, float *y, int64_t n, float p, uint64_t seed)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_DROP_F, .p = p, .seed = seed}, x, NULL, y, n);
+    K(b)->dropout_fwd(x, y, n, p, seed, 0);
+    return DS_OK;
+}
+
+static ds_status cpu_dropout_bwd(ds_backend *b, const float *dy, float *dx, int64_t n, float p, uint64_t seed,
+                                 int acc)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_DROP_B, .p = p, .seed = seed, .acc = acc}, dy, NULL, dx, n);
+    K(b)->dropout_bwd(dy, dx, n, p, seed, acc, 0);
+    return DS_OK;
+}
+
+static ds_status cpu_add(ds_backend *b, const float *a, const float *cc, float *y, int64_t n)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_ADD}, a, cc, y, n);
+    K(b)->add(a, cc, y, n);
+    return DS_OK;
+}
+
+static ds_status cpu_xent_fwd(ds_backend *b, const float *z, const int32_t *t, float *l, float *dz, float gs,
+                              int64_t M, int64_t V)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16) {
+        c->k->xent_fwd(z, t, l, dz, gs, M, V);
+        return DS_OK;
+    }
+    ds_status st = ensure_tiles(b, V);
+    if (st != DS_OK)
+        return st;
+    const int64_t R = tile_rows(V);
+#pragma omp parallel for schedule(static) if (M * V > TILE)
+    for (int64_t r0 = 0; r0 < M; r0 += R) {
+        int64_t rows = M - r0 < R ? M - r0 : R;
+        float *tz = tile(c, 0), *td = tile(c, 1);
+        c->ks->unpack16(HC(z) + r0 * V, tz, rows * V, c->s16);
+        c->ks->xent_fwd(tz, t + r0, l + r0, dz ? td : NULL, gs, rows, V);
+        if (dz)
+            c->ks->pack16(td, HM(dz) + r0 * V, rows * V, c->s16);
+    }
+    return DS_OK;
+}
+
+static ds_status cpu_mse_fwd(ds_backend *b, const float *y, const float *t, float *l, float *dy, float gs,
+                             int64_t M, int64_t N)
+{
+    cpu_impl *c = b->impl;
+    if (!c->s16) {
+        c->k->mse_fwd(y, t, l, dy, gs, M, N);
+        return DS_OK;
+    }
+    ds_status st = ensure_tiles(b, N);
+    if (st != DS_OK)
+        return st;
+    const int64_t R = tile_rows(N);
+#pragma omp parallel for schedule(static) if (M * N > TILE)
+    for (int64_t r0 = 0; r0 < M; r0 += R) {
+        int64_t rows = M - r0 < R ? M - r0 : R;
+        float *ty = tile(c, 0), *td = tile(c, 1);
+        c->ks->unpack16(HC(y) + r0 * N, ty, rows * N, c->s16);
+        c->ks->mse_fwd(ty, t + r0 * N, l + r0, dy ? td : NULL, gs, rows, N);
+        if (dy)
+            c->ks->pack16(td, HM(dy) + r0 * N, rows * N, c->s16);
+    }
+    return DS_OK;
+}
+
 /* The remaining ops forward to the kernel table; they cannot fail. */
 #define FWD(name, params, args)                                                                 \
     static ds_status cpu_##name params                                                          \
@@ -274,43 +683,7 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
         return DS_OK;                                                                           \
     }
 
-FWD(embedding_fwd, (ds_backend * b, const int32_t *ids, const float *t, float *o, int64_t M, int64_t C),
-    (ids, t, o, M, C))
-FWD(embedding_bwd, (ds_backend * b, const int32_t *ids, const float *d, float *dt, int64_t M, int64_t C),
-    (ids, d, dt, M, C))
-FWD(posadd_fwd, (ds_backend * b, const float *x, const float *p, float *y, int64_t B, int64_t T, int64_t C),
-    (x, p, y, B, T, C))
-FWD(posadd_bwd, (ds_backend * b, const float *dy, float *dp, int64_t B, int64_t T, int64_t C),
-    (dy, dp, B, T, C))
-FWD(layernorm_fwd,
-    (ds_backend * b, const float *x, const float *w, const float *bi, float *y, float *mean,
-     float *rstd, int64_t M, int64_t C, float eps),
-    (x, w, bi, y, mean, rstd, M, C, eps))
-FWD(layernorm_bwd,
-    (ds_backend * b, const float *dy, const float *x, const float *w, const float *mean,
-     const float *rstd, float *dx, float *dw, float *db, int64_t M, int64_t C, int acc),
-    (dy, x, w, mean, rstd, dx, dw, db, M, C, acc))
-FWD(gelu_fwd, (ds_backend * b, const float *x, float *y, int64_t n, int ap), (x, y, n, ap))
-FWD(gelu_bwd, (ds_backend * b, const float *x, const float *dy, float *dx, int64_t n, int ap, int acc),
-    (x, dy, dx, n, ap, acc))
-FWD(relu_fwd, (ds_backend * b, const float *x, float *y, int64_t n), (x, y, n))
-FWD(relu_bwd, (ds_backend * b, const float *y, const float *dy, float *dx, int64_t n, int acc),
-    (y, dy, dx, n, acc))
-FWD(dropout_fwd, (ds_backend * b, const float *x, float *y, int64_t n, float p, uint64_t seed),
-    (x, y, n, p, seed))
-FWD(dropout_bwd,
-    (ds_backend * b, const float *dy, float *dx, int64_t n, float p, uint64_t seed, int acc),
-    (dy, dx, n, p, seed, acc))
-FWD(add, (ds_backend * b, const float *a, const float *c, float *y, int64_t n), (a, c, y, n))
 FWD(accumulate, (ds_backend * b, const float *x, float *y, int64_t n, int acc), (x, y, n, acc))
-FWD(xent_fwd,
-    (ds_backend * b, const float *z, const int32_t *t, float *l, float *dz, float gs, int64_t M,
-     int64_t V),
-    (z, t, l, dz, gs, M, V))
-FWD(mse_fwd,
-    (ds_backend * b, const float *y, const float *t, float *l, float *dy, float gs, int64_t M,
-     int64_t N),
-    (y, t, l, dy, gs, M, N))
 FWD(scale, (ds_backend * b, float *x, int64_t n, float s), (x, n, s))
 FWD(adamw_step,
     (ds_backend * b, float *p, const float *g, float *m, float *v, int64_t n, const ds_adamw_args *a),
@@ -383,6 +756,7 @@ static const ds_backend_ops cpu_ops = {
     .adagrad_step = cpu_adagrad_step,
     .lamb_step = cpu_lamb_step,
     .set_precision = cpu_set_precision,
+    .store16 = cpu_store16,
 };
 
 /* variant: NULL or "" picks by cpuid; "avx2" or "generic" forces one. */
@@ -418,6 +792,7 @@ ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error 
         return st;
     }
     c->k = k;
+    c->ks = k == &ds_cpu_kernels_avx2 ? &ds_cpu_kernels_avx2_serial : &ds_cpu_kernels_generic_serial;
     b->ops = &cpu_ops;
     b->impl = c;
     *out = b;

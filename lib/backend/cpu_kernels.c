@@ -10,6 +10,11 @@
 #include <omp.h>
 #endif
 
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
+
+#include "ds/dtype.h"
 #include "ds/rng.h"
 #include "cpu_kernels.h"
 
@@ -275,14 +280,14 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
 static void gelu_fwd(const float *x, float *y, int64_t n, int approximate)
 {
     if (approximate) {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
             y[i] = 0.5f * v * (1.0f + vtanh(u));
         }
     } else {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             y[i] = 0.5f * v * (1.0f + verf(v * INV_SQRT2));
@@ -295,7 +300,7 @@ static void gelu_bwd(const float *x, const float *dy, float *dx, int64_t n, int 
 {
     float keep = accumulate ? 1.0f : 0.0f;
     if (approximate) {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
@@ -306,7 +311,7 @@ static void gelu_bwd(const float *x, const float *dy, float *dx, int64_t n, int 
             dx[i] = keep * prev + d * dy[i];
         }
     } else {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
             float v = x[i];
             float cdf = 0.5f * (1.0f + verf(v * INV_SQRT2));
@@ -319,7 +324,7 @@ static void gelu_bwd(const float *x, const float *dy, float *dx, int64_t n, int 
 
 static void relu_fwd(const float *x, float *y, int64_t n)
 {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
@@ -327,11 +332,11 @@ static void relu_fwd(const float *x, float *y, int64_t n)
 static void relu_bwd(const float *y, const float *dy, float *dx, int64_t n, int accumulate)
 {
     if (accumulate) {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
     } else {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
     }
@@ -344,26 +349,27 @@ static inline float dropout_factor(uint64_t seed, int64_t i, float p)
     return u >= p ? 1.0f / (1.0f - p) : 0.0f;
 }
 
-static void dropout_fwd(const float *x, float *y, int64_t n, float p, uint64_t seed)
+/* i0: the index of x[0] in the whole tensor (the mask is a function of the index) */
+static void dropout_fwd(const float *x, float *y, int64_t n, float p, uint64_t seed, int64_t i0)
 {
 #pragma omp parallel for if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++)
-        y[i] = x[i] * dropout_factor(seed, i, p);
+        y[i] = x[i] * dropout_factor(seed, i0 + i, p);
 }
 
 static void dropout_bwd(const float *dy, float *dx, int64_t n, float p, uint64_t seed,
-                        int accumulate)
+                        int accumulate, int64_t i0)
 {
 #pragma omp parallel for if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++) {
-        float g = dy[i] * dropout_factor(seed, i, p);
+        float g = dy[i] * dropout_factor(seed, i0 + i, p);
         dx[i] = accumulate ? dx[i] + g : g;
     }
 }
 
 static void add(const float *a, const float *c, float *y, int64_t n)
 {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = a[i] + c[i];
 }
@@ -374,7 +380,7 @@ static void accumulate_k(const float *x, float *y, int64_t n, int accumulate)
         memcpy(y, x, (size_t)n * sizeof(float));
         return;
     }
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] += x[i];
 }
@@ -520,7 +526,7 @@ static int64_t nonfinite_k(const float *x, int64_t n)
 
 static void scale_k(float *x, int64_t n, float s)
 {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         x[i] *= s;
 }
@@ -566,14 +572,77 @@ static inline float round_fp16(float x)
 static void round16_k(float *x, int64_t n, int mode)
 {
     if (mode == DS_ROUND_BF16) {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             x[i] = round_bf16(x[i]);
     } else if (mode == DS_ROUND_FP16) {
-#pragma omp parallel for simd if (n > PAR_MIN)
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++)
             x[i] = round_fp16(x[i]);
     }
+}
+
+/* ---- 16-bit storage ------------------------------------------------------------------------ */
+
+/* x[n] fp32 -> y[n] 16-bit values of mode, rounded to nearest even (fp16: overflow to inf). */
+static void pack16_k(const float *x, uint16_t *y, int64_t n, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            float r = round_bf16(x[i]);
+            uint32_t u;
+            memcpy(&u, &r, 4);
+            y[i] = (uint16_t)(u >> 16);
+        }
+        return;
+    }
+#ifdef __F16C__
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += 8) {
+        if (i0 + 8 <= n) {
+            __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i0), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm_storeu_si128((__m128i *)(y + i0), h);
+        } else {
+            for (int64_t i = i0; i < n; i++)
+                y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        }
+    }
+#else
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = ds_f32_to_f16(x[i]);
+#endif
+}
+
+/* x[n] 16-bit values of mode -> y[n] fp32 (exact). */
+static void unpack16_k(const uint16_t *x, float *y, int64_t n, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)x[i] << 16;
+            float f;
+            memcpy(&f, &u, 4);
+            y[i] = f;
+        }
+        return;
+    }
+#ifdef __F16C__
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += 8) {
+        if (i0 + 8 <= n) {
+            _mm256_storeu_ps(y + i0, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i0))));
+        } else {
+            for (int64_t i = i0; i < n; i++)
+                y[i] = _cvtsh_ss(x[i]);
+        }
+    }
+#else
+#pragma omp parallel for if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = ds_f16_to_f32(x[i]);
+#endif
 }
 
 /* ---- fused optimizers ------------------------------------------------------------------- */
@@ -585,16 +654,16 @@ static void round16_k(float *x, int64_t n, int mode)
     do {                                                                                          \
         float *pw_ = (a)->pw;                                                                     \
         if (!pw_) {                                                                               \
-            _Pragma("omp parallel for simd if (n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+            _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
                 BODY;                                                                             \
             }                                                                                     \
         } else if ((a)->round == DS_ROUND_BF16) {                                                 \
-            _Pragma("omp parallel for simd if (n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+            _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
                 BODY;                                                                             \
                 pw_[i] = round_bf16(p[i]);                                                        \
             }                                                                                     \
         } else {                                                                                  \
-            _Pragma("omp parallel for simd if (n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+            _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
                 BODY;                                                                             \
                 pw_[i] = round_fp16(p[i]);                                                        \
             }                                                                                     \
@@ -749,6 +818,8 @@ const ds_cpu_kernels KTABLE = {
     .adamw_step = adamw_step,
     .sgd_step = sgd_step,
     .round16 = round16_k,
+    .pack16 = pack16_k,
+    .unpack16 = unpack16_k,
     .adagrad_step = adagrad_step,
     .lamb_step = lamb_step,
 };

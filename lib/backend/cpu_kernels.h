@@ -28,9 +28,10 @@ typedef struct ds_cpu_kernels {
                      int accumulate);
     void (*relu_fwd)(const float *x, float *y, int64_t n);
     void (*relu_bwd)(const float *y, const float *dy, float *dx, int64_t n, int accumulate);
-    void (*dropout_fwd)(const float *x, float *y, int64_t n, float p, uint64_t seed);
+    /* i0: the whole tensor's index of element 0 (the mask is a function of the index) */
+    void (*dropout_fwd)(const float *x, float *y, int64_t n, float p, uint64_t seed, int64_t i0);
     void (*dropout_bwd)(const float *dy, float *dx, int64_t n, float p, uint64_t seed,
-                        int accumulate);
+                        int accumulate, int64_t i0);
     void (*add)(const float *a, const float *c, float *y, int64_t n);
     void (*accumulate)(const float *x, float *y, int64_t n, int accumulate);
     /* Attention's softmax over rows of [BH, T, T] scores, in place: scaled, causal-masked
@@ -52,9 +53,16 @@ typedef struct ds_cpu_kernels {
     void (*round16)(float *x, int64_t n, int mode);
     void (*adagrad_step)(float *p, const float *g, float *sum, int64_t n, const ds_adagrad_args *a);
     void (*lamb_step)(float *p, const float *g, float *m, float *v, const ds_lamb_args *a);
+    /* 16-bit storage: fp32 -> 16-bit values of a ds_round_mode (rounded to nearest even) and
+     * back (exact); parallel above PAR_MIN elements, serial below (inside a caller's tile) */
+    void (*pack16)(const float *x, uint16_t *y, int64_t n, int mode);
+    void (*unpack16)(const uint16_t *x, float *y, int64_t n, int mode);
 } ds_cpu_kernels;
 
 extern const ds_cpu_kernels ds_cpu_kernels_avx2;
 extern const ds_cpu_kernels ds_cpu_kernels_generic;
+/* the same kernels without threads, for calls inside a parallel loop of the caller */
+extern const ds_cpu_kernels ds_cpu_kernels_avx2_serial;
+extern const ds_cpu_kernels ds_cpu_kernels_generic_serial;
 
 #endif

@@ -894,9 +894,8 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         backend_err(e, st, err);
         goto fail;
     }
-    if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, err)) != DS_OK)
+    if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, e->round, err)) != DS_OK)
         goto fail;
-    ds_model_set_round(e->model, e->round);
     const ds_user_optimizer *user = NULL;
     for (int i = 0; i < opts->n_user_optimizers; i++)
         if (e->cfg.optimizer.type == DS_OPTIM_USER && !strcmp(opts->user_optimizers[i].name, e->cfg.optimizer.name))
@@ -922,7 +921,6 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
 {
     const ds_net *net = e->net;
     int64_t B = e->cfg.micro_batch, M = B * net->positions;
-    void *in = ds_model_input_buffer(e->model), *tg = ds_model_target_buffer(e->model);
     const void *src_in, *src_tg;
     /* out-of-range ids would index outside the tables: refuse them here, on the host */
     if (net->input == DS_INPUT_TOKENS) {
@@ -956,10 +954,7 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
             src_tg = b->labels;
         }
     }
-    ds_status st = e->be->ops->upload(e->be, in, src_in, ds_model_input_bytes(e->model));
-    if (st == DS_OK)
-        st = e->be->ops->upload(e->be, tg, src_tg, ds_model_target_bytes(e->model));
-    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+    return ds_model_upload_batch(e->model, src_in, src_tg, err);
 }
 
 ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
@@ -1360,8 +1355,7 @@ ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_erro
     if (count != want)
         return ds_error_set(err, DS_ERR_INVALID, "output has %lld values, not %lld", (long long)want,
                             (long long)count);
-    ds_status st = e->be->ops->download(e->be, host, ds_model_output(e->model), (size_t)count * sizeof(float));
-    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+    return ds_model_download_output(e->model, host, err);
 }
 
 /* The name a tied layer would have in a PyTorch state_dict ("lm_head.weight"): accepted on

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ds/dtype.h"
 #include "ds/rng.h"
 #include "net_internal.h"
 
@@ -32,6 +33,9 @@ struct ds_model {
     size_t act_bytes;
     int round;           /* ds_round_mode: 16-bit activations and activation gradients */
     int fused;           /* the backend's activation ops round their outputs (fuse_round) */
+    int s16;             /* activations stored as 16-bit values (the backend's store16) */
+    size_t esz;          /* bytes per activation element: 2 with s16, else 4 */
+    uint16_t *host_in;   /* s16 with float features: the batch converted on the host */
     float *const *gptr;  /* per tensor: where its gradient goes (NULL: grads + offset) */
     ds_status (*hook)(void *ctx, int layer, ds_error *err);
     void *hook_ctx;
@@ -50,9 +54,10 @@ struct ds_model {
         }                                                                                        \
     } while (0)
 
-static float *balloc(ds_model *m, int64_t floats)
+/* an activation buffer (esz bytes per element), or fp32 state (esz 4) */
+static float *balloc(ds_model *m, int64_t count, size_t esz)
 {
-    size_t bytes = (size_t)floats * sizeof(float);
+    size_t bytes = (size_t)count * esz;
     m->act_bytes += bytes;
     return OPS->alloc(m->be, bytes);
 }
@@ -81,18 +86,28 @@ void ds_model_destroy(ds_model *m)
     if (m->losses)
         OPS->free(m->be, m->losses);
     free(m->host_losses);
+    free(m->host_in);
     free(m->rt);
     free(m);
 }
 
 ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
-                          ds_error *err)
+                          int round, ds_error *err)
 {
     ds_model *m = calloc(1, sizeof *m);
     if (!m)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     m->net = net;
     m->be = be;
+    m->round = round;
+    /* 16-bit storage when the backend has it (asked and turned off again: it is on only
+     * during the passes) and DS_ACT16 is not 0 */
+    const char *a16 = getenv("DS_ACT16");
+    if (round && be->ops->store16 && !(a16 && strcmp(a16, "0") == 0)) {
+        m->s16 = be->ops->store16(be, round);
+        be->ops->store16(be, 0);
+    }
+    m->esz = m->s16 ? 2 : sizeof(float);
     m->B = batch;
     m->T = net->positions;
     m->M = batch * m->T;
@@ -121,12 +136,12 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
         layer_rt *r = &m->rt[i];
         if (l->kind == DS_LAYER_RESIDUAL_BEGIN)
             continue;
-        r->out = balloc(m, M * l->out_dim);
+        r->out = balloc(m, M * l->out_dim, m->esz);
         r->owns_out = 1;
         if (!r->out)
             goto nomem;
         if (l->kind == DS_LAYER_LAYERNORM) {
-            if (!(r->mean = balloc(m, M)) || !(r->rstd = balloc(m, M)))
+            if (!(r->mean = balloc(m, M, 4)) || !(r->rstd = balloc(m, M, 4)))
                 goto nomem;
         }
         if (l->kind == DS_LAYER_ATTENTION) {
@@ -134,9 +149,9 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
             const int64_t att = m->be->ops->attention_state
                                     ? m->be->ops->attention_state(m->be, m->B, m->T, C, l->heads, l->causal)
                                     : m->B * l->heads * m->T * m->T;
-            if (!(r->qkv = balloc(m, M * 3 * C)) || !(r->att = balloc(m, att)) ||
-                !(r->attn_out = balloc(m, M * C)) || !(r->dqkv = balloc(m, M * 3 * C)) ||
-                !(r->dattn_out = balloc(m, M * C)))
+            if (!(r->qkv = balloc(m, M * 3 * C, m->esz)) || !(r->att = balloc(m, att, 4)) ||
+                !(r->attn_out = balloc(m, M * C, m->esz)) || !(r->dqkv = balloc(m, M * 3 * C, m->esz)) ||
+                !(r->dattn_out = balloc(m, M * C, m->esz)))
                 goto nomem;
         }
     }
@@ -145,7 +160,7 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
         layer_rt *r = &m->rt[i];
         if (l->kind == DS_LAYER_RESIDUAL_BEGIN || r->dout)
             continue;
-        r->dout = balloc(m, M * l->out_dim);
+        r->dout = balloc(m, M * l->out_dim, m->esz);
         r->owns_dout = 1;
         if (!r->dout)
             goto nomem;
@@ -181,7 +196,9 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
         }
         free(written);
     }
-    m->input_bytes = (size_t)M * (net->input == DS_INPUT_TOKENS ? sizeof(int32_t) : (size_t)net->feature_dim * sizeof(float));
+    m->input_bytes = (size_t)M * (net->input == DS_INPUT_TOKENS ? sizeof(int32_t) : (size_t)net->feature_dim * m->esz);
+    if (m->s16 && net->input != DS_INPUT_TOKENS && !(m->host_in = malloc(m->input_bytes)))
+        goto nomem;
     if (net->loss == DS_LOSS_MSE)
         m->target_bytes = (size_t)M * (size_t)net->out_dim * sizeof(float);
     else
@@ -197,13 +214,38 @@ nomem:
                         (long long)batch);
 }
 
-void *ds_model_input_buffer(ds_model *m) { return m->inputs; }
-void *ds_model_target_buffer(ds_model *m) { return m->targets; }
-size_t ds_model_input_bytes(const ds_model *m) { return m->input_bytes; }
-size_t ds_model_target_bytes(const ds_model *m) { return m->target_bytes; }
 size_t ds_model_activation_bytes(const ds_model *m) { return m->act_bytes; }
+int ds_model_storage16(const ds_model *m) { return m->s16 ? m->round : 0; }
 
-const float *ds_model_output(const ds_model *m) { return m->rt[m->net->n_layers - 1].out; }
+ds_status ds_model_upload_batch(ds_model *m, const void *inputs, const void *targets, ds_error *err)
+{
+    if (m->host_in) { /* float features into 16-bit storage: rounded here, as the ops would */
+        const float *x = inputs;
+        size_t n = m->input_bytes / 2;
+        for (size_t i = 0; i < n; i++)
+            m->host_in[i] = m->round == DS_ROUND_BF16 ? ds_f32_to_bf16(x[i]) : ds_f32_to_f16(x[i]);
+        inputs = m->host_in;
+    }
+    CHECK(OPS->upload(m->be, m->inputs, inputs, m->input_bytes));
+    CHECK(OPS->upload(m->be, m->targets, targets, m->target_bytes));
+    return DS_OK;
+}
+
+ds_status ds_model_download_output(ds_model *m, float *host, ds_error *err)
+{
+    const int64_t count = m->M * m->net->out_dim;
+    const float *out = m->rt[m->net->n_layers - 1].out;
+    if (!m->s16) {
+        CHECK(OPS->download(m->be, host, out, (size_t)count * sizeof(float)));
+        return DS_OK;
+    }
+    /* 16-bit values into the upper half of host, then widened in place from the front */
+    uint16_t *h = (uint16_t *)(void *)(host + count) - count;
+    CHECK(OPS->download(m->be, h, out, (size_t)count * 2));
+    for (int64_t i = 0; i < count; i++)
+        host[i] = m->round == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+    return DS_OK;
+}
 
 static const float *input_of(ds_model *m, int i)
 {
@@ -219,8 +261,6 @@ static float *dinput_of(ds_model *m, int i)
 
 static uint64_t layer_seed(uint64_t seed, int i) { return ds_hash64(seed, (uint64_t)i); }
 
-void ds_model_set_round(ds_model *m, int mode) { m->round = mode; }
-
 void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs) { m->gptr = ptrs; }
 
 void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int layer, ds_error *err),
@@ -231,12 +271,13 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
 }
 
 /* 16-bit training: every tensor that crosses a layer boundary (outputs, attention's inner
- * products, and their gradients) is rounded to the 16-bit format, as it would be stored.
- * ROUND_OP rounds the output of an activation op, which a backend with fuse_round has already
- * rounded; ROUND the output of accumulate, which no backend rounds on its own. */
+ * products, and their gradients) is stored as 16-bit values (store16) or, where the backend
+ * cannot, rounded to the 16-bit format in fp32 buffers. ROUND_OP rounds the output of an
+ * activation op, which a backend with fuse_round has already rounded; ROUND the output of
+ * accumulate, which no backend rounds on its own (with store16 acc_act adds with add). */
 #define ROUND(buf, count)                                                                        \
     do {                                                                                         \
-        if (m->round)                                                                            \
+        if (m->round && !m->s16)                                                                 \
             CHECK(OPS->round16(m->be, (buf), (count), m->round));                                \
     } while (0)
 #define ROUND_OP(buf, count)                                                                     \
@@ -245,13 +286,33 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
             ROUND(buf, count);                                                                   \
     } while (0)
 
-/* asks the backend to round its activation ops' outputs (on: m->round) or to stop */
+/* asks the backend to store activations in 16 bits, or else to round its activation ops'
+ * outputs (on: m->round), or to stop */
 static void fuse_round(ds_model *m, int on)
 {
+    if (m->s16) {
+        int got = OPS->store16(m->be, on ? m->round : 0);
+        m->fused = on; /* outputs are 16-bit: nothing to round */
+        (void)got;     /* it said yes at creation; the mode cannot change since */
+        return;
+    }
     if (OPS->fuse_round && (m->round || !on))
         m->fused = OPS->fuse_round(m->be, on ? m->round : 0) && on && m->round;
     else
         m->fused = 0;
+}
+
+/* y (=|+=) x over activation gradients: accumulate in fp32 storage; with store16, add (which
+ * rounds its output) or a copy of the 16-bit values */
+static ds_status acc_act(ds_model *m, const float *x, float *y, int64_t n, int acc, ds_error *err)
+{
+    if (!m->s16)
+        CHECK(OPS->accumulate(m->be, x, y, n, acc));
+    else if (acc)
+        CHECK(OPS->add(m->be, x, y, y, n));
+    else
+        CHECK(OPS->copy(m->be, y, x, (size_t)n * m->esz));
+    return DS_OK;
 }
 
 static ds_status forward(ds_model *m, const float *params, int train, float grad_scale, uint64_t seed,
@@ -321,8 +382,8 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
             if (train && l->p > 0)
                 CHECK(OPS->dropout_fwd(m->be, x, r->out, M * l->out_dim, l->p, layer_seed(seed, i)));
             else
-                CHECK(OPS->copy(m->be, r->out, x, (size_t)(M * l->out_dim) * sizeof(float)));
-            if (m->fused && r->src < 0 && !(train && l->p > 0)) /* a copy of the model's input: not 16-bit yet */
+                CHECK(OPS->copy(m->be, r->out, x, (size_t)(M * l->out_dim) * m->esz));
+            if (m->fused && !m->s16 && r->src < 0 && !(train && l->p > 0)) /* a copy of the model's input: not 16-bit yet */
                 ROUND(r->out, M * l->out_dim);
             break;
         case DS_LAYER_RESIDUAL_BEGIN:
@@ -337,7 +398,7 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
         if (l->kind != DS_LAYER_RESIDUAL_BEGIN) /* every forward op rounds (a copy copies rounded values) */
             ROUND_OP(r->out, M * l->out_dim);
     }
-    const float *logits = ds_model_output(m);
+    const float *logits = m->rt[net->n_layers - 1].out;
     float *dlogits = grad_scale > 0 ? m->rt[net->n_layers - 1].dout : NULL;
     int64_t rows = M, count;
     if (net->loss == DS_LOSS_CROSS_ENTROPY) {
@@ -377,7 +438,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
         case DS_LAYER_POSITION_EMBEDDING:
             CHECK(OPS->posadd_bwd(m->be, r->dout, G(l->w), B, T, l->out_dim));
             if (dx)
-                CHECK(OPS->accumulate(m->be, r->dout, dx, M * l->out_dim, acc));
+                CHECK(acc_act(m, r->dout, dx, M * l->out_dim, acc, err));
             by_acc = 1;
             break;
         case DS_LAYER_LAYERNORM:
@@ -412,7 +473,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
                 if (l->p > 0)
                     CHECK(OPS->dropout_bwd(m->be, r->dout, dx, M * l->out_dim, l->p, layer_seed(m->seed, i), acc));
                 else
-                    CHECK(OPS->accumulate(m->be, r->dout, dx, M * l->out_dim, acc));
+                    CHECK(acc_act(m, r->dout, dx, M * l->out_dim, acc, err));
             }
             by_acc = l->p <= 0;
             break;
@@ -421,7 +482,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
         case DS_LAYER_RESIDUAL_END: {
             int skip = m->rt[l->begin].src;
             if (skip >= 0) {
-                CHECK(OPS->accumulate(m->be, r->dout, m->rt[skip].dout, M * l->out_dim, r->acc_skip));
+                CHECK(acc_act(m, r->dout, m->rt[skip].dout, M * l->out_dim, r->acc_skip, err));
                 ROUND(m->rt[skip].dout, M * l->out_dim);
             }
             break;

@@ -9,17 +9,17 @@
 
 typedef struct ds_model ds_model;
 
-/* batch: samples per micro-batch (B). */
+/* batch: samples per micro-batch (B). round: 16-bit numerics (a ds_round_mode; 0: fp32):
+ * activations and their gradients are 16-bit values at every layer boundary, stored in 16 bits
+ * when the backend has store16 (and DS_ACT16 is not 0), else rounded in fp32 buffers (the
+ * backend must have round16). */
 ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
-                          ds_error *err);
+                          int round, ds_error *err);
 void ds_model_destroy(ds_model *m);
 
-/* Backend buffers for one micro-batch: inputs (tokens int32 [B*T] or features float [B*F]) and
- * targets (int32 [B*T] or [B] classes, or float [B*out] for mse). */
-void *ds_model_input_buffer(ds_model *m);
-void *ds_model_target_buffer(ds_model *m);
-size_t ds_model_input_bytes(const ds_model *m);
-size_t ds_model_target_bytes(const ds_model *m);
+/* Upload one micro-batch from host memory: inputs (tokens int32 [B*T] or features float [B*F])
+ * and targets (int32 [B*T] or [B] classes, or float [B*out] for mse). */
+ds_status ds_model_upload_batch(ds_model *m, const void *inputs, const void *targets, ds_error *err);
 
 /* Forward pass on the uploaded batch; *loss is the mean loss over the batch. With grad_scale
  * > 0 the loss gradient (times grad_scale) is prepared for backward in the same pass.
@@ -28,11 +28,10 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
                            uint64_t seed, double *loss, ds_error *err);
 /* Backward pass after a forward with grad_scale > 0: adds this micro-batch's gradients to grads. */
 ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_error *err);
-/* The last layer's output (logits) of the last forward, [B*positions, out_dim] floats. */
-const float *ds_model_output(const ds_model *m);
-/* 16-bit numerics (a ds_round_mode; 0: fp32): activations and their gradients are rounded to
- * the format at every layer boundary. The backend must have round16. */
-void ds_model_set_round(ds_model *m, int mode);
+/* The last layer's output (logits) of the last forward, [B*positions, out_dim], as floats. */
+ds_status ds_model_download_output(ds_model *m, float *host, ds_error *err);
+/* The 16-bit format activations are stored in (a ds_round_mode), 0 when they are fp32. */
+int ds_model_storage16(const ds_model *m);
 /* ZeRO-2: ptrs[i] is where tensor i's gradient is accumulated during backward (instead of
  * grads + its offset); NULL restores the flat buffer. The array must outlive its use. */
 void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs);

@@ -208,6 +208,21 @@ typedef struct ds_backend_ops {
      * 0 if it does not (the caller rounds). Other ops (accumulate, copy, the optimizers, the
      * weight gradients, the losses) never round because of it. */
     int (*fuse_round)(ds_backend *b, int mode);
+    /* Optional (NULL: 0): 16-bit activation storage. From now on (mode a ds_round_mode; 0:
+     * stop) the activation tensors of the activation ops are arrays of 16-bit values of that
+     * format (uint16_t: bf16, or IEEE half for fp16), passed through the same float pointers
+     * (which then address 2-byte elements), not fp32 arrays. The activation tensors: every
+     * operand of gelu, relu, dropout and add (forward and backward); x and y of linear_fwd,
+     * posadd_fwd and layernorm_fwd; dy, x and dx of linear_bwd and layernorm_bwd; out of
+     * embedding_fwd; dout of embedding_bwd; dy of posadd_bwd; qkv and out of attention_fwd;
+     * dout, qkv and dqkv of attention_bwd; logits and dlogits of xent_fwd; y and dy of mse_fwd.
+     * Everything else stays fp32: weights, biases and their gradients, layernorm's mean and
+     * rstd, attention's state, the losses, mse's targets, and every other op (accumulate,
+     * copy, round16, the reductions, the optimizers), which never read 16-bit because of it.
+     * Each op computes in fp32 from the 16-bit inputs and rounds each output once, so its
+     * results are those of fp32 storage with the outputs rounded (fuse_round), bit for bit.
+     * Returns 1 if the backend does so, 0 if not (storage stays fp32). */
+    int (*store16)(ds_backend *b, int mode);
 } ds_backend_ops;
 
 struct ds_backend {
