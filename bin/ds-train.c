@@ -766,6 +766,13 @@ int main(int argc, char **argv)
     const int64_t start = ds_engine_global_steps(eng);
     size_t pb, gb, ob, ab;
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
+    ds_memory_report mrep;
+    ds_engine_memory_report(eng, &mrep);
+    /* where 16-bit activations live: 2-byte values, or rounded values in fp32 buffers */
+    const char *act16 = cfg->precision == DS_PREC_FP32 ? ""
+                      : mrep.activations16 ? "; activations stored in 16 bits"
+                      : getenv("DS_ACT16") && !strcmp(getenv("DS_ACT16"), "0") ? "; activations in fp32 buffers (DS_ACT16=0)"
+                                                                               : "; activations in fp32 buffers (this backend rounds them)";
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
@@ -810,16 +817,16 @@ int main(int argc, char **argv)
             printf("offload_optimizer: cpu; on the cpu backend the optimizer state and step are in host memory "
                    "already\n");
         if (cfg->precision == DS_PREC_FP16 && cfg->fp16.loss_scale > 0)
-            printf("precision: fp16, static loss scale %g\n", cfg->fp16.loss_scale);
+            printf("precision: fp16, static loss scale %g%s\n", cfg->fp16.loss_scale, act16);
         else if (cfg->precision == DS_PREC_FP16)
-            printf("precision: fp16, dynamic loss scale from %g (window %lld, hysteresis %d%s, min %g)\n",
+            printf("precision: fp16, dynamic loss scale from %g (window %lld, hysteresis %d%s, min %g)%s\n",
                    ds_engine_loss_scale(eng), (long long)cfg->fp16.loss_scale_window, cfg->fp16.hysteresis,
-                   cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale);
+                   cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale, act16);
         else if (cfg->precision == DS_PREC_BF16)
-            printf("precision: bf16%s%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "",
+            printf("precision: bf16%s%s%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "",
                    strstr(backend, "fp32 GEMMs")
                        ? "; matrix products in fp32 (the backend line says why), so no faster than fp32"
-                       : "");
+                       : "", act16);
         if (cfg->scheduler.type != DS_SCHED_NONE)
             printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
                    ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));

@@ -1283,10 +1283,13 @@ static void same32(const char *what, const float *a, const float *b, int64_t n)
         (be)->ops->store16((be), 0);                                                              \
     } while (0)
 
-static void store16_ops(const char *backend, int mode)
+static void store16_ops(const char *backend, int mode, int precision)
 {
+    large_threads(1); /* 3 threads: tiles split unevenly */
     ds_backend *b = open_backend(backend);
     cr_assert(b->ops->store16 != NULL);
+    if (precision) /* bf16 training: on a CPU with bf16 units linear_fwd reads x as it is stored */
+        cr_assert_eq(b->ops->set_precision(b, mode), DS_OK, "%s", b->err.msg);
     ds_rng r;
     ds_rng_seed(&r, 1234 + mode);
     /* elementwise, forward and backward, writing and accumulating */
@@ -1310,6 +1313,11 @@ static void store16_ops(const char *backend, int mode)
             case 4: BOTH(b, mode, dropout_fwd, (b, F(x), y32, n, 0.3f, 77), (b, H(x), H(y), n, 0.3f, 77)); break;
             case 5: BOTH(b, mode, dropout_bwd, (b, F(c), y32, n, 0.3f, 77, acc), (b, H(c), H(y), n, 0.3f, 77, acc)); break;
             default: BOTH(b, mode, add, (b, F(x), F(c), y32, n), (b, H(x), H(c), H(y), n)); break;
+            }
+            if (op == 6) { /* in place, as the model adds activation gradients: y += c */
+                for (int64_t i = 0; i < n; i++)
+                    y32[i] = round_to(y32[i], mode); /* as stored after the first add */
+                BOTH(b, mode, add, (b, F(c), y32, y32, n), (b, H(c), H(y), H(y), n));
             }
             free(y.f);
             y.f = y32;
@@ -1355,6 +1363,12 @@ static void store16_ops(const char *backend, int mode)
             same16(acc ? "layernorm_bwd dx (accumulate)" : "layernorm_bwd dx", &dx, mode);
             same32("layernorm_bwd dw", dw[0], dw[1], C);
             same32("layernorm_bwd db", db[0], db[1], C);
+            if (acc) { /* no dx (a first layer): the weight gradients alone */
+                BOTH(b, mode, layernorm_bwd, (b, F(dy), F(x), w, mean[0], rstd[0], NULL, dw[0], db[0], M, C, 0),
+                     (b, H(dy), H(x), w, mean[0], rstd[0], NULL, dw[1], db[1], M, C, 0));
+                same32("layernorm_bwd dw (no dx)", dw[0], dw[1], C);
+                same32("layernorm_bwd db (no dx)", db[0], db[1], C);
+            }
             for (int i = 0; i < 2; i++)
                 free(dw[i]), free(db[i]);
             p16_free(&dy);
@@ -1427,8 +1441,15 @@ static void store16_ops(const char *backend, int mode)
     }
     cr_assert_eq(b->ops->store16(b, 0), 0);
     ds_backend_destroy(b);
+    large_threads(0);
 }
 
-Test(store16, every_activation_op_bit_exact_bf16) { store16_ops("cpu", DS_ROUND_BF16); }
-Test(store16, every_activation_op_bit_exact_fp16) { store16_ops("cpu", DS_ROUND_FP16); }
-Test(store16, every_activation_op_bit_exact_generic) { store16_ops("cpu:generic", DS_ROUND_BF16); store16_ops("cpu:generic", DS_ROUND_FP16); }
+Test(store16, every_activation_op_bit_exact_bf16) { store16_ops("cpu", DS_ROUND_BF16, 0); }
+Test(store16, every_activation_op_bit_exact_fp16) { store16_ops("cpu", DS_ROUND_FP16, 0); }
+Test(store16, every_activation_op_bit_exact_after_set_precision)
+{
+    unsetenv("DS_CPU_BF16_GEMM");
+    store16_ops("cpu", DS_ROUND_BF16, 1);
+    store16_ops("cpu", DS_ROUND_FP16, 1);
+}
+Test(store16, every_activation_op_bit_exact_generic) { store16_ops("cpu:generic", DS_ROUND_BF16, 0); store16_ops("cpu:generic", DS_ROUND_FP16, 0); }

@@ -284,7 +284,7 @@ static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, c
     cpu_impl *c = b->impl;
     if (!c->s16)
         return linear_fwd32(b, x, w, bias, y, M, K, N);
-    float *y32 = whole32(b, 1, NULL, M * N);
+    float *y32 = whole32(b, 0, NULL, M * N); /* slot 0: also dY's in backward (the LM head's M x V) */
     if (!y32)
         return DS_ERR_NOMEM;
     ds_status st;
@@ -294,7 +294,7 @@ static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, c
             return DS_ERR_NOMEM;
         st = ds_dnnl_matmul_bf16(DNNL(b), M, N, K, HC(x), K, 1, hw, 1, K, bias, y32, 0, &b->err);
     } else {
-        const float *x32 = whole32(b, 0, x, M * K);
+        const float *x32 = whole32(b, 1, x, M * K);
         if (!x32)
             return DS_ERR_NOMEM;
         st = linear_fwd32(b, x32, w, bias, y32, M, K, N);

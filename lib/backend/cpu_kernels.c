@@ -213,20 +213,19 @@ static void layernorm_fwd(const float *x, const float *w, const float *b, float 
     }
 }
 
-static void layernorm_bwd(const float *dy, const float *x, const float *w, const float *mean,
-                          const float *rstd, float *dx, float *dw, float *db, int64_t M,
-                          int64_t C, int accumulate)
+/* dx may be NULL (a first layer reading the model's input): only dw and db. The weight
+ * gradients are summed per thread over a static split of the rows, then the per-thread sums
+ * are added to dw and db in thread order: the same bits on every run with the same number of
+ * threads. */
+static void ln_bwd_rows(const float *dy, const float *x, const float *w, const float *mean,
+                        const float *rstd, float *dx, float *pw, float *pb, int64_t m0, int64_t m1,
+                        int64_t C, int accumulate)
 {
-#pragma omp parallel if (M * C > PAR_MIN)
-    {
-        /* per-thread partial sums for dw and db, added under a critical section at the end */
-        float *pw = calloc((size_t)(2 * C), sizeof(float));
-        float *pb = pw ? pw + C : NULL;
-#pragma omp for
-        for (int64_t m = 0; m < M; m++) {
-            const float *g = dy + m * C, *xr = x + m * C;
+    for (int64_t m = m0; m < m1; m++) {
+        const float *g = dy + m * C, *xr = x + m * C;
+        float mu = mean[m], rs = rstd[m];
+        if (dx) {
             float *d = dx + m * C;
-            float mu = mean[m], rs = rstd[m];
             float sum_g = 0.0f, sum_gx = 0.0f;
 #pragma omp simd reduction(+ : sum_g, sum_gx)
             for (int64_t c = 0; c < C; c++) {
@@ -250,29 +249,48 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
                     d[c] = rs * (g[c] * w[c] - sum_g - xhat * sum_gx);
                 }
             }
-            if (pw) {
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) {
-                    pw[c] += g[c] * (xr[c] - mu) * rs;
-                    pb[c] += g[c];
-                }
-            } else {
-#pragma omp critical
-                for (int64_t c = 0; c < C; c++) {
-                    dw[c] += g[c] * (xr[c] - mu) * rs;
-                    db[c] += g[c];
-                }
-            }
         }
-        if (pw) {
-#pragma omp critical
-            for (int64_t c = 0; c < C; c++) {
-                dw[c] += pw[c];
-                db[c] += pb[c];
-            }
-            free(pw);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+            pw[c] += g[c] * (xr[c] - mu) * rs;
+            pb[c] += g[c];
         }
     }
+}
+
+static void layernorm_bwd(const float *dy, const float *x, const float *w, const float *mean,
+                          const float *rstd, float *dx, float *dw, float *db, int64_t M,
+                          int64_t C, int accumulate)
+{
+    int nt = 1;
+#ifdef _OPENMP
+    if (M * C > PAR_MIN)
+        nt = omp_get_max_threads();
+#endif
+    float *part = calloc((size_t)nt * (size_t)(2 * C), sizeof(float));
+    if (!part) { /* no memory for the partial sums: one pass straight into dw, db */
+        ln_bwd_rows(dy, x, w, mean, rstd, dx, dw, db, 0, M, C, accumulate);
+        return;
+    }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, team = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        team = omp_get_num_threads();
+#endif
+        int64_t m0 = M * tid / team, m1 = M * (tid + 1) / team;
+        ln_bwd_rows(dy, x, w, mean, rstd, dx, part + (size_t)tid * (size_t)(2 * C),
+                    part + (size_t)tid * (size_t)(2 * C) + C, m0, m1, C, accumulate);
+    }
+    for (int t = 0; t < nt; t++) {
+        const float *pw = part + (size_t)t * (size_t)(2 * C), *pb = pw + C;
+        for (int64_t c = 0; c < C; c++) {
+            dw[c] += pw[c];
+            db[c] += pb[c];
+        }
+    }
+    free(part);
 }
 
 /* ---- activations ------------------------------------------------------------------------ */

@@ -1246,6 +1246,7 @@ void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m)
     m->grads = e->zero == 2 ? part : flat;
     m->optim = ds_optimizer_state_bytes(&e->opt);
     m->activations = ds_model_activation_bytes(e->model);
+    m->activations16 = ds_model_storage16(e->model);
     m->comm = e->zero == 2 ? (size_t)e->n_zslot * (size_t)e->zslot_len * sizeof(float) : 0;
     m->zero_stage = e->zero;
     m->world_size = e->world_size;

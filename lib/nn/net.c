@@ -35,7 +35,6 @@ struct ds_model {
     int fused;           /* the backend's activation ops round their outputs (fuse_round) */
     int s16;             /* activations stored as 16-bit values (the backend's store16) */
     size_t esz;          /* bytes per activation element: 2 with s16, else 4 */
-    uint16_t *host_in;   /* s16 with float features: the batch converted on the host */
     float *const *gptr;  /* per tensor: where its gradient goes (NULL: grads + offset) */
     ds_status (*hook)(void *ctx, int layer, ds_error *err);
     void *hook_ctx;
@@ -86,7 +85,6 @@ void ds_model_destroy(ds_model *m)
     if (m->losses)
         OPS->free(m->be, m->losses);
     free(m->host_losses);
-    free(m->host_in);
     free(m->rt);
     free(m);
 }
@@ -101,9 +99,10 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
     m->be = be;
     m->round = round;
     /* 16-bit storage when the backend has it (asked and turned off again: it is on only
-     * during the passes) and DS_ACT16 is not 0 */
+     * during the passes) and DS_ACT16 is not 0, for token networks: a features network's first
+     * layer reads the fp32 features as they are, which a 16-bit input buffer would round */
     const char *a16 = getenv("DS_ACT16");
-    if (round && be->ops->store16 && !(a16 && strcmp(a16, "0") == 0)) {
+    if (round && net->input == DS_INPUT_TOKENS && be->ops->store16 && !(a16 && strcmp(a16, "0") == 0)) {
         m->s16 = be->ops->store16(be, round);
         be->ops->store16(be, 0);
     }
@@ -196,9 +195,7 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
         }
         free(written);
     }
-    m->input_bytes = (size_t)M * (net->input == DS_INPUT_TOKENS ? sizeof(int32_t) : (size_t)net->feature_dim * m->esz);
-    if (m->s16 && net->input != DS_INPUT_TOKENS && !(m->host_in = malloc(m->input_bytes)))
-        goto nomem;
+    m->input_bytes = (size_t)M * (net->input == DS_INPUT_TOKENS ? sizeof(int32_t) : (size_t)net->feature_dim * sizeof(float));
     if (net->loss == DS_LOSS_MSE)
         m->target_bytes = (size_t)M * (size_t)net->out_dim * sizeof(float);
     else
@@ -219,13 +216,6 @@ int ds_model_storage16(const ds_model *m) { return m->s16 ? m->round : 0; }
 
 ds_status ds_model_upload_batch(ds_model *m, const void *inputs, const void *targets, ds_error *err)
 {
-    if (m->host_in) { /* float features into 16-bit storage: rounded here, as the ops would */
-        const float *x = inputs;
-        size_t n = m->input_bytes / 2;
-        for (size_t i = 0; i < n; i++)
-            m->host_in[i] = m->round == DS_ROUND_BF16 ? ds_f32_to_bf16(x[i]) : ds_f32_to_f16(x[i]);
-        inputs = m->host_in;
-    }
     CHECK(OPS->upload(m->be, m->inputs, inputs, m->input_bytes));
     CHECK(OPS->upload(m->be, m->targets, targets, m->target_bytes));
     return DS_OK;
@@ -383,7 +373,7 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
                 CHECK(OPS->dropout_fwd(m->be, x, r->out, M * l->out_dim, l->p, layer_seed(seed, i)));
             else
                 CHECK(OPS->copy(m->be, r->out, x, (size_t)(M * l->out_dim) * m->esz));
-            if (m->fused && !m->s16 && r->src < 0 && !(train && l->p > 0)) /* a copy of the model's input: not 16-bit yet */
+            if (m->fused && r->src < 0 && !(train && l->p > 0)) /* a copy of the model's input: not 16-bit yet */
                 ROUND(r->out, M * l->out_dim);
             break;
         case DS_LAYER_RESIDUAL_BEGIN:

@@ -133,6 +133,7 @@ typedef struct ds_memory_report {
     size_t grads;       /* gradients: the flat buffer, or this rank's partition (ZeRO-2) */
     size_t optim;       /* optimizer state (this rank's partition under ZeRO 1 and 2) */
     size_t activations; /* activations and their gradients for one micro-batch */
+    int activations16;  /* the 16-bit format (ds_round_mode) they are stored in; 0: fp32 buffers */
     size_t comm;        /* communication buffers (ZeRO-2 gradient buckets) */
     int zero_stage, world_size;
     int64_t partition_begin, partition_end; /* flat elements this rank updates */
