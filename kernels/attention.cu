@@ -177,12 +177,70 @@ static ds_status check_shape(ds_backend *b, const char *op, int64_t B, int64_t T
     return DS_OK;
 }
 
+static ds_status attention_fwd32(ds_backend *b, const float *qkv, float *out, float *att, int64_t B, int64_t T,
+                                 int64_t C, int64_t H, int causal);
+static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *qkv, const float *att, float *dqkv,
+                                 int64_t B, int64_t T, int64_t C, int64_t H, int causal);
+
+/* store16: every attention path runs on fp32 copies of its 16-bit operands (in scratch16, as the
+ * paths use scratch themselves), with store16 off meanwhile, and the output is packed, rounded
+ * once. The fused kernels read fp32 rows directly; reading 16-bit ones is the next step. */
+static ds_status attention16(ds_backend *b, const float *x16, int64_t nx, const float *y16, int64_t ny, int64_t no,
+                             float **x32, float **y32, float **o32)
+{
+    float *f = (float *)ds_cuda_scratch16(b, (size_t)(nx + ny + no) * sizeof(float));
+    if (!f)
+        return DS_ERR_NOMEM;
+    *x32 = f, *y32 = f + nx, *o32 = f + nx + ny;
+    ds_status st = ds_cuda_unpack16(b, x16, *x32, nx);
+    if (st == DS_OK && y16)
+        st = ds_cuda_unpack16(b, y16, *y32, ny);
+    return st;
+}
+
 extern "C" ds_status ds_cuda_attention_fwd(ds_backend *b, const float *qkv, float *out, float *att,
                                            int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     ds_status st = check_shape(b, "attention_fwd", B, T, C, H);
     if (st != DS_OK || B == 0 || T == 0)
         return st;
+    const int s16 = S16(b);
+    if (!s16)
+        return attention_fwd32(b, qkv, out, att, B, T, C, H, causal);
+    const int64_t M = B * T;
+    float *qkv32, *unused, *out32;
+    if ((st = attention16(b, qkv, M * 3 * C, NULL, 0, M * C, &qkv32, &unused, &out32)) != DS_OK)
+        return st;
+    DS_CUDA(b)->store16 = 0;
+    st = attention_fwd32(b, qkv32, out32, att, B, T, C, H, causal);
+    DS_CUDA(b)->store16 = s16;
+    return st != DS_OK ? st : ds_cuda_pack16(b, out32, out, M * C);
+}
+
+extern "C" ds_status ds_cuda_attention_bwd(ds_backend *b, const float *dout, const float *qkv,
+                                           const float *att, float *dqkv, int64_t B, int64_t T,
+                                           int64_t C, int64_t H, int causal)
+{
+    ds_status st = check_shape(b, "attention_bwd", B, T, C, H);
+    if (st != DS_OK || B == 0 || T == 0)
+        return st;
+    const int s16 = S16(b);
+    if (!s16)
+        return attention_bwd32(b, dout, qkv, att, dqkv, B, T, C, H, causal);
+    const int64_t M = B * T;
+    float *dout32, *qkv32, *dqkv32;
+    if ((st = attention16(b, dout, M * C, qkv, M * 3 * C, M * 3 * C, &dout32, &qkv32, &dqkv32)) != DS_OK)
+        return st;
+    DS_CUDA(b)->store16 = 0;
+    st = attention_bwd32(b, dout32, qkv32, att, dqkv32, B, T, C, H, causal);
+    DS_CUDA(b)->store16 = s16;
+    return st != DS_OK ? st : ds_cuda_pack16(b, dqkv32, dqkv, M * 3 * C);
+}
+
+static ds_status attention_fwd32(ds_backend *b, const float *qkv, float *out, float *att, int64_t B, int64_t T,
+                                 int64_t C, int64_t H, int causal)
+{
+    ds_status st;
     if (ds_cuda_flash16_applies(b, B, T, C, H))
         return ds_cuda_flash16_fwd(b, qkv, out, att, B, T, C, H, causal);
     if (ds_cuda_flash_applies(b, B, T, C, H))
@@ -212,13 +270,10 @@ extern "C" ds_status ds_cuda_attention_fwd(ds_backend *b, const float *qkv, floa
     return DS_OK;
 }
 
-extern "C" ds_status ds_cuda_attention_bwd(ds_backend *b, const float *dout, const float *qkv,
-                                           const float *att, float *dqkv, int64_t B, int64_t T,
-                                           int64_t C, int64_t H, int causal)
+static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *qkv, const float *att, float *dqkv,
+                                 int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
-    ds_status st = check_shape(b, "attention_bwd", B, T, C, H);
-    if (st != DS_OK || B == 0 || T == 0)
-        return st;
+    ds_status st;
     if (ds_cuda_flash16_applies(b, B, T, C, H))
         return ds_cuda_flash16_bwd(b, dout, qkv, att, dqkv, B, T, C, H, causal);
     if (ds_cuda_flash_applies(b, B, T, C, H))

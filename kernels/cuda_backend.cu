@@ -133,26 +133,35 @@ static ds_status cuda_sync(ds_backend *b)
     return DS_OK;
 }
 
-extern "C" void *ds_cuda_scratch(ds_backend *b, size_t bytes)
+static void *grow(ds_backend *b, void **buf, size_t *have, size_t bytes)
 {
-    ds_cuda *c = DS_CUDA(b);
-    if (c->scratch_bytes >= bytes)
-        return c->scratch;
-    if (c->scratch)
-        cudaFree(c->scratch); /* synchronizes: the previous op using it has finished */
-    c->scratch = NULL;
-    c->scratch_bytes = 0;
+    if (*have >= bytes)
+        return *buf;
+    if (*buf)
+        cudaFree(*buf); /* synchronizes: the previous op using it has finished */
+    *buf = NULL;
+    *have = 0;
     size_t want = bytes + bytes / 4; /* some headroom against many small growths */
-    cudaError_t e = cudaMalloc(&c->scratch, want);
+    cudaError_t e = cudaMalloc(buf, want);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        c->scratch = NULL;
+        *buf = NULL;
         ds_cuda_error(b, DS_ERR_NOMEM, "CUDA: out of device memory for %zu bytes of scratch: %s",
                       want, cudaGetErrorString(e));
         return NULL;
     }
-    c->scratch_bytes = want;
-    return c->scratch;
+    *have = want;
+    return *buf;
+}
+
+extern "C" void *ds_cuda_scratch(ds_backend *b, size_t bytes)
+{
+    return grow(b, &DS_CUDA(b)->scratch, &DS_CUDA(b)->scratch_bytes, bytes);
+}
+
+extern "C" void *ds_cuda_scratch16(ds_backend *b, size_t bytes)
+{
+    return grow(b, &DS_CUDA(b)->scratch16, &DS_CUDA(b)->scratch16_bytes, bytes);
 }
 
 /* ---- lifetime --------------------------------------------------------------------------- */
@@ -168,6 +177,8 @@ static void cuda_destroy(ds_backend *b)
             cublasDestroy(c->blas);
         if (c->scratch)
             cudaFree(c->scratch);
+        if (c->scratch16)
+            cudaFree(c->scratch16);
         if (c->red)
             cudaFree(c->red);
         if (c->host_red)
@@ -248,7 +259,7 @@ static const ds_backend_ops cuda_ops = {
     /* .thread_init = */ cuda_thread_init,
     /* .attention_state = */ ds_cuda_attention_state,
     /* .fuse_round = */ ds_cuda_fuse_round,
-    /* .store16 = */ NULL, /* activations stay fp32 buffers (rounded by fuse_round) */
+    /* .store16 = */ ds_cuda_store16,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as

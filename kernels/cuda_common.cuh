@@ -20,10 +20,14 @@ typedef struct ds_cuda {
     int gemm16;            /* linear layers multiply in bf16/fp16 (a ds_round_mode; 0: fp32) */
     int round_out;         /* fuse_round: activation ops round their outputs to this mode (0: no) */
     int fuse_ok;           /* DS_CUDA_FUSE_ROUND (default 1): fuse_round may say yes */
+    int store16;           /* store16: activation tensors are 16-bit values of this mode (0: fp32) */
     cudaStream_t stream;   /* every op runs on this one stream, in order */
     cublasHandle_t blas;
     void *scratch;         /* per-op temporary device memory, grown on demand */
     size_t scratch_bytes;
+    void *scratch16;       /* store16: the fp32 copies an op unpacks its 16-bit tensors into (beside
+                              scratch, which the fp32 code it then runs uses) */
+    size_t scratch16_bytes;
     void *red;             /* device: reduction partials (RED_BLOCKS doubles) + the result */
     void *host_red;        /* pinned host: the result of a reduction */
     struct ds_nccl_lib *nccl; /* NCCL, loaded by the first communicator (comm_nccl.cu) */
@@ -54,6 +58,8 @@ ds_status ds_cuda_blas_fail(ds_backend *b, const char *what, cublasStatus_t s, c
 /* Device scratch of at least `bytes`, valid until the next call (ops run in stream order, so one
  * op's scratch is free again when the next op is enqueued). NULL with b->err set on failure. */
 void *ds_cuda_scratch(ds_backend *b, size_t bytes);
+/* A second such buffer, for store16's fp32 copies (attention.cu). */
+void *ds_cuda_scratch16(ds_backend *b, size_t bytes);
 #ifdef __cplusplus
 }
 #endif
@@ -125,6 +131,69 @@ __device__ __forceinline__ float round16(float x, int mode)
 /* an activation op's output: rounded to the mode fuse_round asked for (0: as is) */
 __device__ __forceinline__ float rnd(float x, int mode) { return mode ? round16(x, mode) : x; }
 #define RMODE(b) (DS_CUDA(b)->round_out)
+
+/* ---- 16-bit activation storage (store16) ----------------------------------------------------
+ * A kernel templated on S (0: fp32, DS_ROUND_BF16, DS_ROUND_FP16) reads and writes its
+ * activation tensors through lda/sta: S 0 is the fp32 layout (sta rounds as fuse_round asked,
+ * rm), the others 2-byte values. sta rounds the fp32 value once to nearest even, the bits of
+ * round16, so a 16-bit tensor holds exactly what the fp32 layout holds after fuse_round. */
+#define S16(b) (DS_CUDA(b)->store16)
+
+/* IEEE half bits -> float (exact) */
+__device__ __forceinline__ float half_bits_to_float(unsigned h)
+{
+    unsigned sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) /* zero and subnormals: m * 2^-24 */
+        return __uint_as_float(__float_as_uint((float)m * 5.9604644775390625e-8f) | sign);
+    if (e == 31)
+        return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+/* a float that is exactly an IEEE half (round_fp16's result) -> its bits */
+__device__ __forceinline__ unsigned short float_to_half_bits(float r)
+{
+    unsigned u = __float_as_uint(r), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) /* inf, NaN (quiet) */
+        return (unsigned short)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u | ((a >> 13) & 0x3ffu) : 0u));
+    if (a < 0x38800000u) /* subnormal or zero: a multiple of 2^-24 */
+        return (unsigned short)(sign | (unsigned)(__uint_as_float(a) * 16777216.0f));
+    return (unsigned short)(sign | (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu));
+}
+
+template <int S> __device__ __forceinline__ float lda(const void *p, int64_t i)
+{
+    if (S == 0)
+        return ((const float *)p)[i];
+    const unsigned h = ((const unsigned short *)p)[i];
+    return S == DS_ROUND_BF16 ? __uint_as_float(h << 16) : half_bits_to_float(h);
+}
+
+template <int S> __device__ __forceinline__ void sta(void *p, int64_t i, float v, int rm)
+{
+    if (S == 0)
+        ((float *)p)[i] = rnd(v, rm);
+    else if (S == DS_ROUND_BF16)
+        ((unsigned short *)p)[i] = (unsigned short)(__float_as_uint(round_bf16(v)) >> 16);
+    else
+        ((unsigned short *)p)[i] = float_to_half_bits(round_fp16(v));
+}
+
+/* kernel<S><<<grid, threads, smem, STREAM(b)>>>(args...) for b's storage mode, then checked */
+#define LAUNCH_S(kernel, grid, threads, smem, ...)                                               \
+    do {                                                                                         \
+        switch (S16(b)) {                                                                        \
+        case DS_ROUND_BF16:                                                                      \
+            kernel<DS_ROUND_BF16><<<(grid), (threads), (smem), STREAM(b)>>>(__VA_ARGS__);        \
+            break;                                                                               \
+        case DS_ROUND_FP16:                                                                      \
+            kernel<DS_ROUND_FP16><<<(grid), (threads), (smem), STREAM(b)>>>(__VA_ARGS__);        \
+            break;                                                                               \
+        default:                                                                                 \
+            kernel<0><<<(grid), (threads), (smem), STREAM(b)>>>(__VA_ARGS__);                    \
+        }                                                                                        \
+        LAUNCHED(#kernel);                                                                       \
+    } while (0)
 
 __device__ __forceinline__ float warp_sum(float v)
 {

@@ -98,6 +98,10 @@ ds_status ds_cuda_round16(ds_backend *b, float *x, int64_t n, int mode);
 /* matmul.cu */
 ds_status ds_cuda_set_precision(ds_backend *b, int round_mode);
 int ds_cuda_fuse_round(ds_backend *b, int mode);
+int ds_cuda_store16(ds_backend *b, int mode);
+/* elementwise.cu: fp32 <-> the 16-bit activations of store16's mode (S16(b) != 0) */
+ds_status ds_cuda_unpack16(ds_backend *b, const void *src, float *dst, int64_t n);
+ds_status ds_cuda_pack16(ds_backend *b, const float *src, void *dst, int64_t n);
 /* comm_nccl.cu */
 ds_status ds_cuda_comm_id(ds_backend *b, void *id, size_t cap, size_t *len, ds_error *err);
 ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t len, int rank, int size,

@@ -9,26 +9,28 @@
 #define INV_SQRT2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
-__global__ void gelu_fwd_k(const float *x, float *y, int64_t n, int approximate, int rm)
+/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+template <int S> __global__ void gelu_fwd_k(const void *x, void *y, int64_t n, int approximate, int rm)
 {
     GRID_STRIDE(i, n)
     {
-        float v = x[i];
+        float v = lda<S>(x, i);
         if (approximate) {
             float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-            y[i] = rnd(0.5f * v * (1.0f + tanhf(u)), rm);
+            sta<S>(y, i, 0.5f * v * (1.0f + tanhf(u)), rm);
         } else {
-            y[i] = rnd(0.5f * v * (1.0f + erff(v * INV_SQRT2)), rm);
+            sta<S>(y, i, 0.5f * v * (1.0f + erff(v * INV_SQRT2)), rm);
         }
     }
 }
 
-__global__ void gelu_bwd_k(const float *x, const float *dy, float *dx, int64_t n, int approximate,
+template <int S>
+__global__ void gelu_bwd_k(const void *x, const void *dy, void *dx, int64_t n, int approximate,
                            int accumulate, int rm)
 {
     GRID_STRIDE(i, n)
     {
-        float v = x[i], d;
+        float v = lda<S>(x, i), d;
         if (approximate) {
             float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
             float t = tanhf(u);
@@ -39,22 +41,27 @@ __global__ void gelu_bwd_k(const float *x, const float *dy, float *dx, int64_t n
             float pdf = INV_SQRT_2PI * expf(-0.5f * v * v);
             d = cdf + v * pdf;
         }
-        float g = d * dy[i];
-        dx[i] = rnd(accumulate ? dx[i] + g : g, rm);
+        float g = d * lda<S>(dy, i);
+        sta<S>(dx, i, accumulate ? lda<S>(dx, i) + g : g, rm);
     }
 }
 
-__global__ void relu_fwd_k(const float *x, float *y, int64_t n, int rm)
-{
-    GRID_STRIDE(i, n) y[i] = rnd(x[i] > 0.0f ? x[i] : 0.0f, rm);
-}
-
-__global__ void relu_bwd_k(const float *y, const float *dy, float *dx, int64_t n, int accumulate, int rm)
+template <int S> __global__ void relu_fwd_k(const void *x, void *y, int64_t n, int rm)
 {
     GRID_STRIDE(i, n)
     {
-        float g = y[i] > 0.0f ? dy[i] : 0.0f;
-        dx[i] = rnd(accumulate ? dx[i] + g : g, rm);
+        float v = lda<S>(x, i);
+        sta<S>(y, i, v > 0.0f ? v : 0.0f, rm);
+    }
+}
+
+template <int S>
+__global__ void relu_bwd_k(const void *y, const void *dy, void *dx, int64_t n, int accumulate, int rm)
+{
+    GRID_STRIDE(i, n)
+    {
+        float g = lda<S>(y, i) > 0.0f ? lda<S>(dy, i) : 0.0f;
+        sta<S>(dx, i, accumulate ? lda<S>(dx, i) + g : g, rm);
     }
 }
 
@@ -74,25 +81,27 @@ __device__ __forceinline__ float dropout_factor(uint64_t seed, int64_t i, float 
     return u >= p ? keep_scale : 0.0f;
 }
 
-__global__ void dropout_fwd_k(const float *x, float *y, int64_t n, float p, float keep_scale,
+template <int S>
+__global__ void dropout_fwd_k(const void *x, void *y, int64_t n, float p, float keep_scale,
                               uint64_t seed, int rm)
 {
-    GRID_STRIDE(i, n) y[i] = rnd(x[i] * dropout_factor(seed, i, p, keep_scale), rm);
+    GRID_STRIDE(i, n) sta<S>(y, i, lda<S>(x, i) * dropout_factor(seed, i, p, keep_scale), rm);
 }
 
-__global__ void dropout_bwd_k(const float *dy, float *dx, int64_t n, float p, float keep_scale,
+template <int S>
+__global__ void dropout_bwd_k(const void *dy, void *dx, int64_t n, float p, float keep_scale,
                               uint64_t seed, int accumulate, int rm)
 {
     GRID_STRIDE(i, n)
     {
-        float g = __fmul_rn(dy[i], dropout_factor(seed, i, p, keep_scale)); /* no FMA: bit-equal to the CPU */
-        dx[i] = rnd(accumulate ? dx[i] + g : g, rm);
+        float g = __fmul_rn(lda<S>(dy, i), dropout_factor(seed, i, p, keep_scale)); /* no FMA: bit-equal to the CPU */
+        sta<S>(dx, i, accumulate ? lda<S>(dx, i) + g : g, rm);
     }
 }
 
-__global__ void add_k(const float *a, const float *c, float *y, int64_t n, int rm)
+template <int S> __global__ void add_k(const void *a, const void *c, void *y, int64_t n, int rm)
 {
-    GRID_STRIDE(i, n) y[i] = rnd(a[i] + c[i], rm);
+    GRID_STRIDE(i, n) sta<S>(y, i, lda<S>(a, i) + lda<S>(c, i), rm);
 }
 
 __global__ void acc_k(const float *x, float *y, int64_t n)
@@ -114,47 +123,75 @@ __global__ void scale_k(float *x, int64_t n, float s)
         return DS_OK;                                                                            \
     } while (0)
 
+/* the same for a kernel templated on the activations' storage */
+#define LAUNCH16(kernel, n, ...)                                                                 \
+    do {                                                                                         \
+        if ((n) > 0)                                                                             \
+            LAUNCH_S(kernel, grid_for(b, (n), THREADS), THREADS, 0, __VA_ARGS__);                \
+        return DS_OK;                                                                            \
+    } while (0)
+
 extern "C" ds_status ds_cuda_gelu_fwd(ds_backend *b, const float *x, float *y, int64_t n,
                                       int approximate)
 {
-    LAUNCH(gelu_fwd_k, n, x, y, n, approximate, RMODE(b));
+    LAUNCH16(gelu_fwd_k, n, x, y, n, approximate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_gelu_bwd(ds_backend *b, const float *x, const float *dy, float *dx,
                                       int64_t n, int approximate, int accumulate)
 {
-    LAUNCH(gelu_bwd_k, n, x, dy, dx, n, approximate, accumulate, RMODE(b));
+    LAUNCH16(gelu_bwd_k, n, x, dy, dx, n, approximate, accumulate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_relu_fwd(ds_backend *b, const float *x, float *y, int64_t n)
 {
-    LAUNCH(relu_fwd_k, n, x, y, n, RMODE(b));
+    LAUNCH16(relu_fwd_k, n, x, y, n, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_relu_bwd(ds_backend *b, const float *y, const float *dy, float *dx,
                                       int64_t n, int accumulate)
 {
-    LAUNCH(relu_bwd_k, n, y, dy, dx, n, accumulate, RMODE(b));
+    LAUNCH16(relu_bwd_k, n, y, dy, dx, n, accumulate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_dropout_fwd(ds_backend *b, const float *x, float *y, int64_t n,
                                          float p, uint64_t seed)
 {
     float keep_scale = 1.0f / (1.0f - p); /* as the CPU computes it, in float */
-    LAUNCH(dropout_fwd_k, n, x, y, n, p, keep_scale, seed, RMODE(b));
+    LAUNCH16(dropout_fwd_k, n, x, y, n, p, keep_scale, seed, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_dropout_bwd(ds_backend *b, const float *dy, float *dx, int64_t n,
                                          float p, uint64_t seed, int accumulate)
 {
     float keep_scale = 1.0f / (1.0f - p);
-    LAUNCH(dropout_bwd_k, n, dy, dx, n, p, keep_scale, seed, accumulate, RMODE(b));
+    LAUNCH16(dropout_bwd_k, n, dy, dx, n, p, keep_scale, seed, accumulate, RMODE(b));
 }
 
 extern "C" ds_status ds_cuda_add(ds_backend *b, const float *a, const float *c, float *y,
                                  int64_t n)
 {
-    LAUNCH(add_k, n, a, c, y, n, RMODE(b));
+    LAUNCH16(add_k, n, a, c, y, n, RMODE(b));
+}
+
+template <int S> __global__ void unpack16_k(const void *src, float *dst, int64_t n)
+{
+    GRID_STRIDE(i, n) dst[i] = lda<S>(src, i);
+}
+
+template <int S> __global__ void pack16_k(const float *src, void *dst, int64_t n)
+{
+    GRID_STRIDE(i, n) sta<S>(dst, i, src[i], 0);
+}
+
+extern "C" ds_status ds_cuda_unpack16(ds_backend *b, const void *src, float *dst, int64_t n)
+{
+    LAUNCH16(unpack16_k, n, src, dst, n);
+}
+
+extern "C" ds_status ds_cuda_pack16(ds_backend *b, const float *src, void *dst, int64_t n)
+{
+    LAUNCH16(pack16_k, n, src, dst, n);
 }
 
 extern "C" ds_status ds_cuda_accumulate(ds_backend *b, const float *x, float *y, int64_t n,

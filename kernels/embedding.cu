@@ -5,15 +5,16 @@
 
 #define THREADS 256
 
-__global__ void embedding_fwd_k(const int32_t *ids, const float *table, float *out, int64_t M,
+/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+template <int S>
+__global__ void embedding_fwd_k(const int32_t *ids, const float *table, void *out, int64_t M,
                                 int64_t C, int rm)
 {
     for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
         const float *src = table + (int64_t)ids[m] * C;
-        float *dst = out + m * C;
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C;
              c += (int64_t)gridDim.x * blockDim.x)
-            dst[c] = rnd(src[c], rm);
+            sta<S>(out, m * C + c, src[c], rm);
     }
 }
 
@@ -23,7 +24,8 @@ __global__ void embedding_fwd_k(const int32_t *ids, const float *table, float *o
  * scanned through shared memory. O(M^2 / blockDim) id reads in all: fine for micro-batches of
  * up to ~10^5 positions. */
 #define EMB_COLS 4
-__global__ void embedding_bwd_k(const int32_t *ids, const float *dout, float *dtable, int64_t M,
+template <int S>
+__global__ void embedding_bwd_k(const int32_t *ids, const void *dout, float *dtable, int64_t M,
                                 int64_t C)
 {
     __shared__ int32_t sid[THREADS];
@@ -51,12 +53,12 @@ __global__ void embedding_bwd_k(const int32_t *ids, const float *dout, float *dt
             for (int t = 0; t < cnt; t++) {
                 if (sid[t] != id)
                     continue;
-                const float *g = dout + (j0 + t) * C;
+                const int64_t g = (j0 + t) * C;
 #pragma unroll
                 for (int k = 0; k < EMB_COLS; k++) {
                     int64_t c = c0 + threadIdx.x + (int64_t)k * blockDim.x;
                     if (c < C)
-                        acc[k] += g[c];
+                        acc[k] += lda<S>(dout, g + c);
                 }
             }
         }
@@ -69,19 +71,20 @@ __global__ void embedding_bwd_k(const int32_t *ids, const float *dout, float *dt
     }
 }
 
-__global__ void posadd_fwd_k(const float *x, const float *pos, float *y, int64_t B, int64_t TC, int rm)
+template <int S>
+__global__ void posadd_fwd_k(const void *x, const float *pos, void *y, int64_t B, int64_t TC, int rm)
 {
-    GRID_STRIDE(i, B * TC) y[i] = rnd(x[i] + pos[i % TC], rm);
+    GRID_STRIDE(i, B * TC) sta<S>(y, i, lda<S>(x, i) + pos[i % TC], rm);
 }
 
 /* dpos[t, c] += sum over b of dy[b, t, c], adding b in increasing order (the CPU's). */
-__global__ void posadd_bwd_k(const float *dy, float *dpos, int64_t B, int64_t TC)
+template <int S> __global__ void posadd_bwd_k(const void *dy, float *dpos, int64_t B, int64_t TC)
 {
     GRID_STRIDE(i, TC)
     {
         float acc = dpos[i];
         for (int64_t bb = 0; bb < B; bb++)
-            acc += dy[bb * TC + i];
+            acc += lda<S>(dy, bb * TC + i);
         dpos[i] = acc;
     }
 }
@@ -92,8 +95,7 @@ extern "C" ds_status ds_cuda_embedding_fwd(ds_backend *b, const int32_t *ids, co
     if (M <= 0 || C <= 0)
         return DS_OK;
     dim3 grid((unsigned)((C + THREADS - 1) / THREADS), (unsigned)(M < 65535 ? M : 65535));
-    embedding_fwd_k<<<grid, THREADS, 0, STREAM(b)>>>(ids, table, out, M, C, RMODE(b));
-    LAUNCHED("embedding_fwd_k");
+    LAUNCH_S(embedding_fwd_k, grid, THREADS, 0, ids, table, out, M, C, RMODE(b));
     return DS_OK;
 }
 
@@ -105,8 +107,7 @@ extern "C" ds_status ds_cuda_embedding_bwd(ds_backend *b, const int32_t *ids, co
     if (M > 2147483647LL)
         return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "embedding_bwd: %lld positions is too many",
                              (long long)M);
-    embedding_bwd_k<<<(unsigned)M, THREADS, 0, STREAM(b)>>>(ids, dout, dtable, M, C);
-    LAUNCHED("embedding_bwd_k");
+    LAUNCH_S(embedding_bwd_k, (unsigned)M, THREADS, 0, ids, dout, dtable, M, C);
     return DS_OK;
 }
 
@@ -115,8 +116,7 @@ extern "C" ds_status ds_cuda_posadd_fwd(ds_backend *b, const float *x, const flo
 {
     if (B * T * C <= 0)
         return DS_OK;
-    posadd_fwd_k<<<grid_for(b, B * T * C, THREADS), THREADS, 0, STREAM(b)>>>(x, pos, y, B, T * C, RMODE(b));
-    LAUNCHED("posadd_fwd_k");
+    LAUNCH_S(posadd_fwd_k, grid_for(b, B * T * C, THREADS), THREADS, 0, x, pos, y, B, T * C, RMODE(b));
     return DS_OK;
 }
 
@@ -125,7 +125,6 @@ extern "C" ds_status ds_cuda_posadd_bwd(ds_backend *b, const float *dy, float *d
 {
     if (T * C <= 0)
         return DS_OK;
-    posadd_bwd_k<<<grid_for(b, T * C, THREADS), THREADS, 0, STREAM(b)>>>(dy, dpos, B, T * C);
-    LAUNCHED("posadd_bwd_k");
+    LAUNCH_S(posadd_bwd_k, grid_for(b, T * C, THREADS), THREADS, 0, dy, dpos, B, T * C);
     return DS_OK;
 }

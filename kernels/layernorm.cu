@@ -7,27 +7,28 @@
 
 #define ROWS_PER_BLOCK 8 /* warps per block, one row each */
 
-__global__ void layernorm_fwd_k(const float *x, const float *w, const float *bias, float *y,
+/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+template <int S>
+__global__ void layernorm_fwd_k(const void *x, const float *w, const float *bias, void *y,
                                 float *mean, float *rstd, int64_t M, int64_t C, float eps, int rm)
 {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (row >= M)
         return;
-    const float *xr = x + row * C;
+    const int64_t xr = row * C;
     float s = 0.0f;
     for (int64_t c = lane; c < C; c += 32)
-        s += xr[c];
+        s += lda<S>(x, xr + c);
     const float mu = warp_sum(s) / (float)C;
     float v = 0.0f;
     for (int64_t c = lane; c < C; c += 32) {
-        float d = xr[c] - mu;
+        float d = lda<S>(x, xr + c) - mu;
         v += d * d;
     }
     const float rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
-    float *yr = y + row * C;
     for (int64_t c = lane; c < C; c += 32)
-        yr[c] = rnd((xr[c] - mu) * rs * w[c] + bias[c], rm);
+        sta<S>(y, xr + c, (lda<S>(x, xr + c) - mu) * rs * w[c] + bias[c], rm);
     if (lane == 0) {
         mean[row] = mu;
         rstd[row] = rs;
@@ -35,29 +36,29 @@ __global__ void layernorm_fwd_k(const float *x, const float *w, const float *bia
 }
 
 /* dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)) */
-__global__ void layernorm_dx_k(const float *dy, const float *x, const float *w, const float *mean,
-                               const float *rstd, float *dx, int64_t M, int64_t C, int accumulate, int rm)
+template <int S>
+__global__ void layernorm_dx_k(const void *dy, const void *x, const float *w, const float *mean,
+                               const float *rstd, void *dx, int64_t M, int64_t C, int accumulate, int rm)
 {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (row >= M)
         return;
-    const float *g = dy + row * C, *xr = x + row * C;
-    float *d = dx + row * C;
+    const int64_t r = row * C;
     const float mu = mean[row], rs = rstd[row];
     float sg = 0.0f, sgx = 0.0f;
     for (int64_t c = lane; c < C; c += 32) {
-        float xhat = (xr[c] - mu) * rs;
-        float gw = g[c] * w[c];
+        float xhat = (lda<S>(x, r + c) - mu) * rs;
+        float gw = lda<S>(dy, r + c) * w[c];
         sg += gw;
         sgx += gw * xhat;
     }
     sg = warp_sum(sg) / (float)C;
     sgx = warp_sum(sgx) / (float)C;
     for (int64_t c = lane; c < C; c += 32) {
-        float xhat = (xr[c] - mu) * rs;
-        float v = rs * (g[c] * w[c] - sg - xhat * sgx);
-        d[c] = rnd(accumulate ? d[c] + v : v, rm);
+        float xhat = (lda<S>(x, r + c) - mu) * rs;
+        float v = rs * (lda<S>(dy, r + c) * w[c] - sg - xhat * sgx);
+        sta<S>(dx, r + c, accumulate ? lda<S>(dx, r + c) + v : v, rm);
     }
 }
 
@@ -66,7 +67,8 @@ __global__ void layernorm_dx_k(const float *dy, const float *x, const float *w, 
  * dy * xhat (LayerNorm's weight gradient) into part_w. */
 #define CS_COLS 32
 #define CS_LANES 8
-__global__ void colsum_part_k(const float *dy, const float *x, const float *mean,
+template <int S>
+__global__ void colsum_part_k(const void *dy, const void *x, const float *mean,
                               const float *rstd, float *part_b, float *part_w, int64_t M,
                               int64_t C, int64_t rows_per)
 {
@@ -80,10 +82,10 @@ __global__ void colsum_part_k(const float *dy, const float *x, const float *mean
     float ab = 0.0f, aw = 0.0f;
     if (c < C) {
         for (int64_t r = r0 + ty; r < r1; r += CS_LANES) {
-            float g = dy[r * C + c];
+            float g = lda<S>(dy, r * C + c);
             ab += g;
             if (x)
-                aw += g * ((x[r * C + c] - mean[r]) * rstd[r]);
+                aw += g * ((lda<S>(x, r * C + c) - mean[r]) * rstd[r]);
         }
     }
     sb[ty][tx] = ab;
@@ -143,9 +145,9 @@ static ds_status colsums(ds_backend *b, const float *dy, const float *x, const f
         return b->err.code;
     float *part_b = part, *part_w = part + chunks * C;
     dim3 grid((unsigned)col_blocks, (unsigned)chunks);
-    colsum_part_k<<<grid, CS_COLS * CS_LANES, 0, STREAM(b)>>>(dy, x, mean, rstd, part_b,
-                                                               x ? part_w : NULL, M, C, rows_per);
-    LAUNCHED("colsum_part_k");
+    /* dy (and x) are activations: stored as store16 says */
+    LAUNCH_S(colsum_part_k, grid, CS_COLS * CS_LANES, 0, dy, x, mean, rstd, part_b, x ? part_w : (float *)NULL, M,
+             C, rows_per);
     colsum_final_k<<<grid_for(b, C, 256), 256, 0, STREAM(b)>>>(part_b, x ? part_w : NULL, db,
                                                                x ? dw : NULL, C, chunks);
     LAUNCHED("colsum_final_k");
@@ -165,9 +167,7 @@ extern "C" ds_status ds_cuda_layernorm_fwd(ds_backend *b, const float *x, const 
     if (M <= 0)
         return DS_OK;
     unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
-    layernorm_fwd_k<<<blocks, 32 * ROWS_PER_BLOCK, 0, STREAM(b)>>>(x, w, bias, y, mean, rstd, M, C,
-                                                                   eps, RMODE(b));
-    LAUNCHED("layernorm_fwd_k");
+    LAUNCH_S(layernorm_fwd_k, blocks, 32 * ROWS_PER_BLOCK, 0, x, w, bias, y, mean, rstd, M, C, eps, RMODE(b));
     return DS_OK;
 }
 
@@ -180,9 +180,8 @@ extern "C" ds_status ds_cuda_layernorm_bwd(ds_backend *b, const float *dy, const
         return DS_OK;
     if (dx) {
         unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
-        layernorm_dx_k<<<blocks, 32 * ROWS_PER_BLOCK, 0, STREAM(b)>>>(dy, x, w, mean, rstd, dx, M,
-                                                                      C, accumulate, RMODE(b));
-        LAUNCHED("layernorm_dx_k");
+        LAUNCH_S(layernorm_dx_k, blocks, 32 * ROWS_PER_BLOCK, 0, dy, x, w, mean, rstd, dx, M, C, accumulate,
+                 RMODE(b));
     }
     if (dbias && !dw)
         return colsums(b, dy, NULL, NULL, NULL, dbias, NULL, M, C);

@@ -19,16 +19,17 @@ __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2
     }
 }
 
-__global__ void xent_k(const float *logits, const int32_t *targets, float *losses, float *dlogits,
+/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+template <int S>
+__global__ void xent_k(const void *logits, const int32_t *targets, float *losses, void *dlogits,
                        float grad_scale, int64_t V, int rm)
 {
     __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32];
     __shared__ float row_max, row_sum;
-    const int64_t m = blockIdx.x;
-    const float *z = logits + m * V;
+    const int64_t m = blockIdx.x, z = m * V;
     float mx = -INFINITY, sum = 0.0f;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        float v = z[j];
+        float v = lda<S>(logits, z + j);
         if (v > mx) {
             sum = sum * expf(mx - v) + 1.0f;
             mx = v;
@@ -57,7 +58,7 @@ __global__ void xent_k(const float *logits, const int32_t *targets, float *losse
         if (lane == 0) {
             row_max = mx;
             row_sum = sum;
-            losses[m] = logf(sum) + mx - z[targets[m]];
+            losses[m] = logf(sum) + mx - lda<S>(logits, z + targets[m]);
         }
     }
     __syncthreads();
@@ -65,26 +66,26 @@ __global__ void xent_k(const float *logits, const int32_t *targets, float *losse
         return;
     const float rmax = row_max, inv = grad_scale / row_sum;
     const int32_t tgt = targets[m];
-    float *d = dlogits + m * V;
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        float g = expf(z[j] - rmax) * inv;
-        d[j] = rnd(j == tgt ? g - grad_scale : g, rm);
+        float g = expf(lda<S>(logits, z + j) - rmax) * inv;
+        sta<S>(dlogits, z + j, j == tgt ? g - grad_scale : g, rm);
     }
 }
 
 #define MSE_THREADS 256
-__global__ void mse_k(const float *y, const float *target, float *losses, float *dy,
+template <int S>
+__global__ void mse_k(const void *y, const float *target, float *losses, void *dy,
                       float grad_scale, int64_t N, int rm)
 {
     __shared__ float part[MSE_THREADS / 32];
     const int64_t m = blockIdx.x;
-    const float *a = y + m * N, *t = target + m * N;
+    const float *t = target + m * N;
     float s = 0.0f;
     for (int64_t j = threadIdx.x; j < N; j += blockDim.x) {
-        float d = a[j] - t[j];
+        float d = lda<S>(y, m * N + j) - t[j];
         s += d * d;
         if (dy)
-            dy[m * N + j] = rnd(2.0f * d * grad_scale, rm);
+            sta<S>(dy, m * N + j, 2.0f * d * grad_scale, rm);
     }
     s = warp_sum(s);
     if ((threadIdx.x & 31) == 0)
@@ -107,8 +108,7 @@ extern "C" ds_status ds_cuda_xent_fwd(ds_backend *b, const float *logits, const 
     if (M > 2147483647LL)
         return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "xent: %lld rows is too many", (long long)M);
     int threads = V >= 4096 ? XENT_THREADS : 128;
-    xent_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(logits, targets, losses, dlogits, grad_scale, V, RMODE(b));
-    LAUNCHED("xent_k");
+    LAUNCH_S(xent_k, (unsigned)M, threads, 0, logits, targets, losses, dlogits, grad_scale, V, RMODE(b));
     return DS_OK;
 }
 
@@ -121,7 +121,6 @@ extern "C" ds_status ds_cuda_mse_fwd(ds_backend *b, const float *y, const float 
     if (M > 2147483647LL)
         return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "mse: %lld rows is too many", (long long)M);
     int threads = N >= 1024 ? MSE_THREADS : 64;
-    mse_k<<<(unsigned)M, threads, 0, STREAM(b)>>>(y, target, losses, dy, grad_scale, N, RMODE(b));
-    LAUNCHED("mse_k");
+    LAUNCH_S(mse_k, (unsigned)M, threads, 0, y, target, losses, dy, grad_scale, N, RMODE(b));
     return DS_OK;
 }

@@ -18,7 +18,8 @@ extern "C" ds_status ds_cuda_set_precision(ds_backend *b, int round_mode)
     if (round_mode != 0 && round_mode != DS_ROUND_BF16 && round_mode != DS_ROUND_FP16)
         return ds_cuda_error(b, DS_ERR_INVALID, "set_precision: unknown mode %d", round_mode);
     DS_CUDA(b)->gemm16 = round_mode;
-    DS_CUDA(b)->round_out = 0; /* fuse_round asks again */
+    DS_CUDA(b)->round_out = 0; /* fuse_round and store16 ask again */
+    DS_CUDA(b)->store16 = 0;
     ds_cuda_describe_update(b);
     return DS_OK;
 }
@@ -34,6 +35,15 @@ extern "C" int ds_cuda_fuse_round(ds_backend *b, int mode)
     }
     c->round_out = mode;
     return 1;
+}
+
+/* 16-bit activation storage (ds_backend_ops.store16): in the mode the GEMMs run in, whose
+ * operands the activations then are as stored; every op keeps its fp32 arithmetic. */
+extern "C" int ds_cuda_store16(ds_backend *b, int mode)
+{
+    ds_cuda *c = DS_CUDA(b);
+    c->store16 = mode && mode == c->gemm16 ? mode : 0;
+    return c->store16 != 0;
 }
 
 __global__ void to_bf16_k(const float *x, __nv_bfloat16 *y, int64_t n)
@@ -59,16 +69,26 @@ static ds_status to16(ds_backend *b, const float *x, void *dst, int64_t n)
     return DS_OK;
 }
 
-/* C (fp32, column-major) = alpha op(A) op(B) + beta C with A, B 16-bit */
+/* C (column-major) = alpha op(A) op(B) + beta C with A, B 16-bit and fp32 accumulation; C fp32,
+ * or (c16) 16-bit values of the same format, the fp32 result rounded to nearest even */
+static ds_status gemm16c(ds_backend *b, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                         const float *alpha, const void *A, int lda, const void *B, int ldb,
+                         const float *beta, void *C, int ldc, int c16)
+{
+    cudaDataType t = DS_CUDA(b)->gemm16 == DS_ROUND_BF16 ? CUDA_R_16BF : CUDA_R_16F;
+    BLAS_TRY(cublasGemmEx(DS_CUDA(b)->blas, ta, tb, m, n, k, alpha, A, t, lda, B, t, ldb, beta, C,
+                          c16 ? t : CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return DS_OK;
+}
+
 static ds_status gemm16(ds_backend *b, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
                         const float *alpha, const void *A, int lda, const void *B, int ldb,
                         const float *beta, float *C, int ldc)
 {
-    cudaDataType t = DS_CUDA(b)->gemm16 == DS_ROUND_BF16 ? CUDA_R_16BF : CUDA_R_16F;
-    BLAS_TRY(cublasGemmEx(DS_CUDA(b)->blas, ta, tb, m, n, k, alpha, A, t, lda, B, t, ldb, beta, C, CUDA_R_32F,
-                          ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return DS_OK;
+    return gemm16c(b, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, 0);
 }
+
+#define ALIGN256(x) (((x) + 255) / 256 * 256) /* scratch sub-buffers start on 256 bytes */
 
 /* y[m, n] += bias[n], rounded as fuse_round asked (rm); blocks of 256 columns x a grid-stride
  * over rows */
@@ -80,6 +100,17 @@ __global__ void bias_add_k(float *y, const float *bias, int64_t M, int64_t N, in
     float bn = bias[n];
     for (int64_t m = blockIdx.y; m < M; m += gridDim.y)
         y[m * N + n] = rnd(y[m * N + n] + bn, rm);
+}
+
+/* store16: y (16-bit) = y32 (+ bias), each value rounded once */
+template <int S> __global__ void bias_pack_k(const float *y32, const float *bias, void *y, int64_t M, int64_t N)
+{
+    int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N)
+        return;
+    float bn = bias ? bias[n] : 0.0f;
+    for (int64_t m = blockIdx.y; m < M; m += gridDim.y)
+        sta<S>(y, m * N + n, bias ? y32[m * N + n] + bn : y32[m * N + n], 0);
 }
 
 static ds_status check_dims(ds_backend *b, const char *op, int64_t M, int64_t K, int64_t N)
@@ -98,6 +129,32 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
     if (st != DS_OK || M == 0 || N == 0)
         return st;
     const float one = 1.0f, zero = 0.0f;
+    if (S16(b)) {
+        /* x is 16-bit already: the GEMM reads it as it is. Without a bias cuBLAS writes y in 16
+         * bits (its fp32 result rounded: no fp32 copy of the LM head's logits); with one, the
+         * fp32 result goes through scratch and one pass adds the bias and rounds. */
+        const size_t wbytes = ALIGN256((size_t)(N * K) * 2);
+        char *s = (char *)ds_cuda_scratch(b, wbytes + (bias ? (size_t)(M * N) * sizeof(float) : 0));
+        if (!s)
+            return DS_ERR_NOMEM;
+        void *w16 = s;
+        float *y32 = bias ? (float *)(s + wbytes) : NULL;
+        if (K == 0) {
+            if (bias)
+                CU_TRY(cudaMemsetAsync(y32, 0, (size_t)(M * N) * sizeof(float), STREAM(b)));
+            else
+                CU_TRY(cudaMemsetAsync(y, 0, (size_t)(M * N) * 2, STREAM(b)));
+        } else if ((st = to16(b, w, w16, N * K)) != DS_OK ||
+                   (st = gemm16c(b, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w16, (int)K, x, (int)K,
+                                 &zero, bias ? (void *)y32 : (void *)y, (int)N, !bias)) != DS_OK) {
+            return st;
+        }
+        if (bias) {
+            dim3 grid((unsigned)((N + 255) / 256), (unsigned)(M < 1024 ? M : 1024));
+            LAUNCH_S(bias_pack_k, grid, 256, 0, y32, bias, y, M, N);
+        }
+        return DS_OK;
+    }
     if (K == 0) {
         CU_TRY(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), STREAM(b)));
     } else if (DS_CUDA(b)->gemm16) {
@@ -135,6 +192,30 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
         return st;
     cublasHandle_t h = DS_CUDA(b)->blas;
     const float one = 1.0f, zero = 0.0f;
+    if (S16(b)) {
+        /* dY and X are 16-bit already; cuBLAS writes dX in 16 bits, adding the stored dX in
+         * fp32 first when accumulating (beta 1): each value rounded once, as in fp32 buffers */
+        if (M <= 0)
+            return DS_OK;
+        if (dx && K > 0) {
+            void *w16 = ds_cuda_scratch(b, (size_t)(N * K) * 2);
+            if (N == 0) {
+                if (!accumulate)
+                    CU_TRY(cudaMemsetAsync(dx, 0, (size_t)(M * K) * 2, STREAM(b)));
+            } else if (!w16 || (st = to16(b, w, w16, N * K)) != DS_OK ||
+                       (st = gemm16c(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w16, (int)K, dy,
+                                     (int)N, accumulate ? &one : &zero, dx, (int)K, 1)) != DS_OK) {
+                return w16 ? st : DS_ERR_NOMEM;
+            }
+        }
+        if (dw && K > 0 && N > 0 &&
+            (st = gemm16(b, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, x, (int)K, dy, (int)N, &one, dw,
+                         (int)K)) != DS_OK)
+            return st;
+        if (dbias && N > 0)
+            return ds_cuda_colsum_acc(b, dy, dbias, M, N);
+        return DS_OK;
+    }
     if (DS_CUDA(b)->gemm16 && M > 0 && K > 0 && N > 0 && (dx || dw)) {
         /* dY, W and X as 16-bit values, then the same two products as below */
         char *s16 = (char *)ds_cuda_scratch(b, (size_t)(M * N + N * K + M * K) * 2);

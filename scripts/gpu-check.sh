@@ -329,6 +329,16 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
             --data-order sequential --log-json "$out/ds-bf16-alt.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-alt.log" |
             grep -E '^ds-train|^done|rror'
     fi
+    # bf16 with the activations in fp32 buffers (DS_ACT16=0, the layout before 16-bit storage)
+    if [ -f "$G/share/gpt-small.bf16.ds.json" ] && stage_ok ds 120; then
+        say ""
+        say "== ds-train, $(basename "$netfile"), bf16, activations in fp32 buffers (DS_ACT16=0), for comparison"
+        rm -f "$out/ds-bf16-act32.jsonl"
+        dsenv DS_ACT16=0 timeout "$(tmo 120)" "$G/bin/ds-train" "$netfile" \
+            --config "$G/share/gpt-small.bf16.ds.json" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \
+            --data-order sequential --log-json "$out/ds-bf16-act32.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-act32.log" |
+            grep -E '^ds-train|^precision|^done|rror'
+    fi
     if stage_ok cpu 75; then
         # issue 4: the host CPU's bf16 units (AMX-BF16 / AVX512_BF16), which our own machines lack
         say ""
@@ -392,6 +402,13 @@ try:
     recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-alt.jsonl")) if l.strip()]
     rows.append(("ds-train (cuda, bf16 GEMMs, %s attention)" % attn_kind("ds-train-bf16-alt.log"),
                  med_after([r.get("tokens_per_s") for r in recs]),
+                 recs[0]["loss"], recs[-1]["loss"], None))
+except Exception as e:
+    pass
+try:
+    recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-act32.jsonl")) if l.strip()]
+    rows.append(("ds-train (cuda, bf16, %s attention, activations in fp32 buffers: DS_ACT16=0)"
+                 % attn_kind("ds-train-bf16-act32.log"), med_after([r.get("tokens_per_s") for r in recs]),
                  recs[0]["loss"], recs[-1]["loss"], None))
 except Exception as e:
     pass

@@ -5,7 +5,8 @@
  * from the op times (12 layers), to compare with what ds-train measures. Not a test: `make
  * tests/bench_cuda`, run by scripts/gpu-check.sh. Usage: bench_cuda [B [T]]; BENCH_PRECISION=bf16
  * or fp16 times the ops as 16-bit training runs them (set_precision: 16-bit GEMMs and the fused
- * 16-bit attention; fuse_round: the kernels round their outputs); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
+ * 16-bit attention; fuse_round: the kernels round their outputs; the buffers stay fp32, which is
+ * the DS_ACT16=0 layout: ds-train itself stores 16-bit activations); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
  * run on tests/cuda_emu). */
 #include <math.h>
 #include <stdio.h>

@@ -1217,10 +1217,12 @@ Test(cuda, tiny_gpt_bf16_fused_rounding_changes_nothing, .timeout = 600)
     open_ctx(&c, 1);
     close_ctx(&c);
     double lf[TINY_STEPS], nf[TINY_STEPS], lu[TINY_STEPS], nu[TINY_STEPS];
+    setenv("DS_ACT16", "0", 1); /* fp32 buffers: rounding fused or separate */
     setenv("DS_CUDA_FUSE_ROUND", "0", 1);
     train_tiny_cfg("cuda", tiny_cfg_bf16, lu, nu);
     unsetenv("DS_CUDA_FUSE_ROUND");
     train_tiny_cfg("cuda", tiny_cfg_bf16, lf, nf);
+    unsetenv("DS_ACT16");
     double worst = 0;
     int same = 1;
     for (int s = 0; s < TINY_STEPS; s++) {
@@ -1233,6 +1235,307 @@ Test(cuda, tiny_gpt_bf16_fused_rounding_changes_nothing, .timeout = 600)
     }
     fprintf(stderr, "tiny GPT bf16, fused rounding vs separate passes: largest relative difference %.2e (%s)\n", worst,
             same ? "bit-equal" : "not bit-equal");
+}
+
+/* 16-bit activation storage (store16, the default in bf16 training) against fp32 buffers with
+ * the kernels rounding their outputs (DS_ACT16=0): each op computes the same fp32 value from
+ * the same 16-bit inputs and rounds it once, so the tiny GPT takes the same path (bound 1e-6
+ * relative; bit-equal in the emulator). */
+Test(cuda, tiny_gpt_bf16_16bit_storage_changes_nothing, .timeout = 600)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    /* the emulated GEMM sums in one order whatever its output type; cuBLAS may pick another
+     * algorithm for a 16-bit output than for an fp32 one, moving a value by a rounding */
+    const double tol = strstr(ds_backend_describe(c.gpu), "emulation") ? 1e-6 : 1e-2;
+    close_ctx(&c);
+    {
+        ds_engine_options o = {.config_json = tiny_cfg_bf16, .config_name = "tiny.ds.json", .net_json = tiny_net,
+                               .net_name = "tiny.json", .backend = "cuda"};
+        ds_engine *e;
+        ds_error err = {0};
+        ds_memory_report mr;
+        cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+        ds_engine_memory_report(e, &mr);
+        cr_assert_eq(mr.activations16, DS_ROUND_BF16, "the model does not store its activations in 16 bits");
+        ds_engine_destroy(e);
+    }
+    double l16[TINY_STEPS], n16[TINY_STEPS], l32[TINY_STEPS], n32[TINY_STEPS];
+    setenv("DS_ACT16", "0", 1);
+    train_tiny_cfg("cuda", tiny_cfg_bf16, l32, n32);
+    unsetenv("DS_ACT16");
+    train_tiny_cfg("cuda", tiny_cfg_bf16, l16, n16);
+    double worst = 0;
+    int same = 1;
+    for (int s = 0; s < TINY_STEPS; s++) {
+        const double d = fabs(l16[s] - l32[s]) / fabs(l32[s]), dn = fabs(n16[s] - n32[s]) / fabs(n32[s]);
+        cr_expect(isfinite(l16[s]) && d <= tol && dn <= tol,
+                  "step %d: loss %.9g 16-bit storage vs %.9g fp32 buffers, grad norm %.9g vs %.9g", s + 1, l16[s],
+                  l32[s], n16[s], n32[s]);
+        worst = d > worst ? d : worst;
+        worst = dn > worst ? dn : worst;
+        same &= l16[s] == l32[s] && n16[s] == n32[s];
+    }
+    fprintf(stderr, "tiny GPT bf16, 16-bit activation storage vs fp32 buffers: largest relative difference %.2e (%s)\n",
+            worst, same ? "bit-equal" : "not bit-equal");
+}
+
+/* ---- store16 op by op: every activation op on 16-bit device tensors gives, bit for bit, what it
+ * gives on fp32 tensors under fuse_round (the same device arithmetic, one rounding) ---------- */
+
+typedef struct dpair {
+    float *f;   /* device, fp32 layout */
+    void *h;    /* device, 16-bit layout */
+    int64_t n;
+} dpair;
+
+static uint16_t bits16(float v, int mode)
+{
+    return mode == DS_ROUND_BF16 ? ds_f32_to_bf16(v) : ds_f32_to_f16(v);
+}
+
+static dpair dp_rand(ctx *c, int64_t n, double sd, int mode)
+{
+    float *x = hrandn(c, n, 0, sd);
+    uint16_t *h = malloc((size_t)(n > 0 ? n : 1) * 2);
+    cr_assert(h != NULL);
+    for (int64_t i = 0; i < n; i++) {
+        h[i] = bits16(x[i], mode);
+        x[i] = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+    }
+    dpair p = {devf(c, x, n), dev(c, h, (size_t)n * 2), n};
+    free(x);
+    free(h);
+    return p;
+}
+
+/* the 16-bit result equals the fp32 layout's (rounded by fuse_round), bit for bit */
+static void dp_same(ctx *c, const char *what, const dpair *p, int mode)
+{
+    float *f = down(c, p->f, p->n);
+    uint16_t *h = malloc((size_t)(p->n > 0 ? p->n : 1) * 2);
+    cr_assert(h != NULL);
+    CALL(c->gpu, download, h, p->h, (size_t)p->n * 2);
+    for (int64_t i = 0; i < p->n; i++) {
+        float got = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+        cr_assert(isfinite(f[i]), "%s[%lld]: fp32 layout gives %g", what, (long long)i, f[i]);
+        cr_assert(memcmp(&got, &f[i], 4) == 0, "%s[%lld]: %a in 16-bit storage, %a in the fp32 layout", what,
+                  (long long)i, got, f[i]);
+    }
+    free(f);
+    free(h);
+}
+
+static void dsame32(ctx *c, const char *what, const float *a_, const float *b_, int64_t n)
+{
+    float *a = down(c, a_, n), *b = down(c, b_, n);
+    for (int64_t i = 0; i < n; i++)
+        cr_assert(memcmp(&a[i], &b[i], 4) == 0, "%s[%lld]: %a in 16-bit storage, %a in the fp32 layout", what,
+                  (long long)i, b[i], a[i]);
+    free(a);
+    free(b);
+}
+
+#define F_(p) ((p).f)
+#define H_(p) ((float *)(p).h)
+/* the op on the fp32 layout under fuse_round, then on the 16-bit one under store16 */
+#define BOTH16(g, mode, op, a32, a16)                                                             \
+    do {                                                                                          \
+        cr_assert_eq((g)->ops->fuse_round((g), (mode)), 1);                                       \
+        cr_assert_eq((g)->ops->op a32, DS_OK, "%s", (g)->err.msg);                                \
+        (g)->ops->fuse_round((g), 0);                                                             \
+        cr_assert_eq((g)->ops->store16((g), (mode)), 1);                                          \
+        cr_assert_eq((g)->ops->op a16, DS_OK, "%s", (g)->err.msg);                                \
+        (g)->ops->store16((g), 0);                                                                \
+    } while (0)
+
+static void store16_case(int mode)
+{
+    ctx c;
+    unsetenv("DS_CUDA_FLASH");
+    unsetenv("DS_CUDA_FUSE_ROUND");
+    open_ctx(&c, 1);
+    ds_backend *g = c.gpu;
+    if (!g->ops->store16) {
+        close_ctx(&c);
+        cr_skip_test("this backend has no store16");
+    }
+    CALL(g, set_precision, mode);
+    cr_expect_eq(g->ops->store16(g, mode == DS_ROUND_BF16 ? DS_ROUND_FP16 : DS_ROUND_BF16), 0,
+                 "store16 in another format than the GEMMs'");
+    const int64_t n = 3 * 4096 + 77;
+    for (int acc = 0; acc < 2; acc++) {
+        dpair x = dp_rand(&c, n, 2, mode), d = dp_rand(&c, n, 1, mode), y = dp_rand(&c, n, 1, mode);
+        BOTH16(g, mode, gelu_bwd, (g, F_(x), F_(d), F_(y), n, 0, acc), (g, H_(x), H_(d), H_(y), n, 0, acc));
+        dp_same(&c, acc ? "gelu_bwd (accumulate)" : "gelu_bwd", &y, mode);
+        BOTH16(g, mode, relu_bwd, (g, F_(x), F_(d), F_(y), n, acc), (g, H_(x), H_(d), H_(y), n, acc));
+        dp_same(&c, "relu_bwd", &y, mode);
+        BOTH16(g, mode, dropout_bwd, (g, F_(d), F_(y), n, 0.25f, 99, acc), (g, H_(d), H_(y), n, 0.25f, 99, acc));
+        dp_same(&c, "dropout_bwd", &y, mode);
+        if (!acc) {
+            BOTH16(g, mode, gelu_fwd, (g, F_(x), F_(y), n, 1), (g, H_(x), H_(y), n, 1));
+            dp_same(&c, "gelu_fwd", &y, mode);
+            BOTH16(g, mode, relu_fwd, (g, F_(x), F_(y), n), (g, H_(x), H_(y), n));
+            dp_same(&c, "relu_fwd", &y, mode);
+            BOTH16(g, mode, dropout_fwd, (g, F_(x), F_(y), n, 0.25f, 99), (g, H_(x), H_(y), n, 0.25f, 99));
+            dp_same(&c, "dropout_fwd", &y, mode);
+            BOTH16(g, mode, add, (g, F_(x), F_(d), F_(y), n), (g, H_(x), H_(d), H_(y), n));
+            BOTH16(g, mode, add, (g, F_(d), F_(y), F_(y), n), (g, H_(d), H_(y), H_(y), n)); /* in place */
+            dp_same(&c, "add", &y, mode);
+        }
+    }
+    {
+        const int64_t B = 3, T = 37, M = B * T, C = 96, V = 50;
+        int32_t *ids = malloc((size_t)M * sizeof *ids);
+        for (int64_t i = 0; i < M; i++)
+            ids[i] = (int32_t)((i * 7) % V);
+        int32_t *ids_ = dev(&c, ids, (size_t)M * sizeof *ids);
+        float *table = hrandn(&c, V * C, 0, 1), *table_ = devf(&c, table, V * C);
+        float *pos = hrandn(&c, T * C, 0, 1), *pos_ = devf(&c, pos, T * C);
+        dpair e = dp_rand(&c, M * C, 1, mode), x = dp_rand(&c, M * C, 1, mode), y = dp_rand(&c, M * C, 1, mode);
+        BOTH16(g, mode, embedding_fwd, (g, ids_, table_, F_(e), M, C), (g, ids_, table_, H_(e), M, C));
+        dp_same(&c, "embedding_fwd", &e, mode);
+        float *dt[2] = {devf(&c, table, V * C), devf(&c, table, V * C)};
+        BOTH16(g, mode, embedding_bwd, (g, ids_, F_(x), dt[0], M, C), (g, ids_, H_(x), dt[1], M, C));
+        dsame32(&c, "embedding_bwd dtable", dt[0], dt[1], V * C);
+        BOTH16(g, mode, posadd_fwd, (g, F_(x), pos_, F_(y), B, T, C), (g, H_(x), pos_, H_(y), B, T, C));
+        dp_same(&c, "posadd_fwd", &y, mode);
+        float *dp[2] = {devf(&c, pos, T * C), devf(&c, pos, T * C)};
+        BOTH16(g, mode, posadd_bwd, (g, F_(x), dp[0], B, T, C), (g, H_(x), dp[1], B, T, C));
+        dsame32(&c, "posadd_bwd dpos", dp[0], dp[1], T * C);
+        float *lw = hrandn(&c, C, 1, 0.2), *lb = hrandn(&c, C, 0, 0.2), *lw_ = devf(&c, lw, C), *lb_ = devf(&c, lb, C);
+        float *mu[2] = {dpoison(&c, M), dpoison(&c, M)}, *rs[2] = {dpoison(&c, M), dpoison(&c, M)};
+        BOTH16(g, mode, layernorm_fwd, (g, F_(x), lw_, lb_, F_(y), mu[0], rs[0], M, C, 1e-5f),
+               (g, H_(x), lw_, lb_, H_(y), mu[1], rs[1], M, C, 1e-5f));
+        dp_same(&c, "layernorm_fwd", &y, mode);
+        dsame32(&c, "layernorm_fwd rstd", rs[0], rs[1], M);
+        for (int acc = 0; acc < 2; acc++) {
+            dpair dx = dp_rand(&c, M * C, 1, mode);
+            float *z = hfill(C, 0.0f), *dw[2] = {devf(&c, z, C), devf(&c, z, C)}, *db[2] = {devf(&c, z, C), devf(&c, z, C)};
+            BOTH16(g, mode, layernorm_bwd, (g, F_(e), F_(x), lw_, mu[0], rs[0], F_(dx), dw[0], db[0], M, C, acc),
+                   (g, H_(e), H_(x), lw_, mu[0], rs[0], H_(dx), dw[1], db[1], M, C, acc));
+            dp_same(&c, acc ? "layernorm_bwd dx (accumulate)" : "layernorm_bwd dx", &dx, mode);
+            dsame32(&c, "layernorm_bwd dw", dw[0], dw[1], C);
+            dsame32(&c, "layernorm_bwd db", db[0], db[1], C);
+            free(z);
+        }
+        /* losses: cross-entropy over rows of 96, squared error */
+        float *l[2] = {dpoison(&c, M), dpoison(&c, M)};
+        int32_t *t = malloc((size_t)M * sizeof *t);
+        for (int64_t i = 0; i < M; i++)
+            t[i] = (int32_t)((i * 5) % C);
+        int32_t *t_ = dev(&c, t, (size_t)M * sizeof *t);
+        BOTH16(g, mode, xent_fwd, (g, F_(x), t_, l[0], F_(y), 512.0f, M, C), (g, H_(x), t_, l[1], H_(y), 512.0f, M, C));
+        dp_same(&c, "xent_fwd dlogits", &y, mode);
+        dsame32(&c, "xent_fwd losses", l[0], l[1], M);
+        float *tg = hrandn(&c, M * C, 0, 1), *tg_ = devf(&c, tg, M * C);
+        BOTH16(g, mode, mse_fwd, (g, F_(x), tg_, l[0], F_(y), 0.5f, M, C), (g, H_(x), tg_, l[1], H_(y), 0.5f, M, C));
+        dp_same(&c, "mse_fwd dy", &y, mode);
+        dsame32(&c, "mse_fwd losses", l[0], l[1], M);
+        free(ids), free(table), free(pos), free(lw), free(lb), free(t), free(tg);
+    }
+    {
+        const int64_t M = 70, K = 64, N = 48;
+        dpair x = dp_rand(&c, M * K, 1, mode), y = dp_rand(&c, M * N, 1, mode), dy = dp_rand(&c, M * N, 1, mode);
+        float *w = hrandn(&c, N * K, 0, 0.2), *bias = hrandn(&c, N, 0, 0.2);
+        CALL(c.cpu, round16, w, N * K, mode);
+        float *w_ = devf(&c, w, N * K), *b_ = devf(&c, bias, N);
+        for (int wb = 0; wb < 2; wb++) {
+            BOTH16(g, mode, linear_fwd, (g, F_(x), w_, wb ? b_ : NULL, F_(y), M, K, N),
+                   (g, H_(x), w_, wb ? b_ : NULL, H_(y), M, K, N));
+            dp_same(&c, wb ? "linear_fwd +bias" : "linear_fwd", &y, mode);
+        }
+        for (int acc = 0; acc < 2; acc++) {
+            dpair dx = dp_rand(&c, M * K, 1, mode);
+            float *z = hfill(N * K, 0.0f), *dw[2] = {devf(&c, z, N * K), devf(&c, z, N * K)};
+            float *db[2] = {devf(&c, z, N), devf(&c, z, N)};
+            BOTH16(g, mode, linear_bwd, (g, F_(dy), F_(x), w_, F_(dx), dw[0], db[0], M, K, N, acc),
+                   (g, H_(dy), H_(x), w_, H_(dx), dw[1], db[1], M, K, N, acc));
+            dp_same(&c, acc ? "linear_bwd dx (accumulate)" : "linear_bwd dx", &dx, mode);
+            dsame32(&c, "linear_bwd dw", dw[0], dw[1], N * K);
+            dsame32(&c, "linear_bwd dbias", db[0], db[1], N);
+            free(z);
+        }
+        free(w), free(bias);
+    }
+    /* every 16-bit pattern through add(x, 0): the conversions both ways, subnormals, inf, -0 */
+    {
+        const int64_t np = 65536;
+        uint16_t *h = malloc((size_t)np * 2);
+        float *f = hbuf(np), *z = hfill(np, 0.0f);
+        for (int64_t i = 0; i < np; i++) {
+            h[i] = (uint16_t)i;
+            f[i] = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+        }
+        uint16_t *z16 = calloc((size_t)np, 2);
+        dpair x = {devf(&c, f, np), dev(&c, h, (size_t)np * 2), np}, zz = {devf(&c, z, np), dev(&c, z16, (size_t)np * 2), np};
+        dpair y = dp_rand(&c, np, 1, mode);
+        BOTH16(g, mode, add, (g, F_(x), F_(zz), F_(y), np), (g, H_(x), H_(zz), H_(y), np));
+        float *y32 = down(&c, y.f, np);
+        uint16_t *y16 = malloc((size_t)np * 2);
+        CALL(g, download, y16, y.h, (size_t)np * 2);
+        int64_t nan = 0;
+        for (int64_t i = 0; i < np; i++) {
+            float got = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(y16[i]) : ds_f16_to_f32(y16[i]);
+            if (isnan(y32[i])) { /* NaN stays NaN (the payload may differ) */
+                cr_assert(isnan(got), "pattern 0x%04llx: %a in 16-bit storage, NaN in the fp32 layout", (long long)i, got);
+                nan++;
+                continue;
+            }
+            cr_assert(memcmp(&got, &y32[i], 4) == 0, "pattern 0x%04llx: %a in 16-bit storage, %a in the fp32 layout",
+                      (long long)i, got, y32[i]);
+        }
+        cr_expect_eq(nan, mode == DS_ROUND_BF16 ? 2 * 127 : 2 * 1023, "NaN patterns");
+        free(h), free(f), free(z), free(z16), free(y32), free(y16);
+    }
+    close_ctx(&c); /* device buffers go with the backend */
+}
+
+/* attention on 16-bit operands: the fused kernels, or (materialized) the strided products;
+ * DS_CUDA_FLASH is read when the backend is created */
+static void store16_attention(int mode, int materialized)
+{
+    ctx c;
+    unsetenv("DS_CUDA_FUSE_ROUND");
+    if (materialized)
+        setenv("DS_CUDA_FLASH", "0", 1);
+    else
+        unsetenv("DS_CUDA_FLASH");
+    open_ctx(&c, 1);
+    unsetenv("DS_CUDA_FLASH");
+    ds_backend *g = c.gpu;
+    if (!g->ops->store16) {
+        close_ctx(&c);
+        cr_skip_test("this backend has no store16");
+    }
+    CALL(g, set_precision, mode);
+    const char *d = ds_backend_describe(g);
+    cr_assert(materialized == (strstr(d, "fused") == NULL), "%s", d);
+    {
+        const int path = materialized;
+        const int64_t B = 2, T = 50, C = 64, H = 4, M = B * T;
+        const int64_t na = g->ops->attention_state(g, B, T, C, H, 1);
+        dpair qkv = dp_rand(&c, M * 3 * C, 1, mode), out = dp_rand(&c, M * C, 1, mode);
+        dpair dout = dp_rand(&c, M * C, 1, mode), dqkv = dp_rand(&c, M * 3 * C, 1, mode);
+        float *att[2] = {dpoison(&c, na), dpoison(&c, na)};
+        BOTH16(g, mode, attention_fwd, (g, F_(qkv), F_(out), att[0], B, T, C, H, 1),
+               (g, H_(qkv), H_(out), att[1], B, T, C, H, 1));
+        dp_same(&c, path ? "attention_fwd (materialized)" : "attention_fwd (fused)", &out, mode);
+        dsame32(&c, "attention_fwd state", att[0], att[1], na);
+        BOTH16(g, mode, attention_bwd, (g, F_(dout), F_(qkv), att[0], F_(dqkv), B, T, C, H, 1),
+               (g, H_(dout), H_(qkv), att[0], H_(dqkv), B, T, C, H, 1));
+        dp_same(&c, path ? "attention_bwd (materialized)" : "attention_bwd (fused)", &dqkv, mode);
+    }
+    close_ctx(&c);
+}
+
+Test(cuda, store16_ops_bf16, .timeout = 300) { store16_case(DS_ROUND_BF16); }
+Test(cuda, store16_ops_fp16, .timeout = 300) { store16_case(DS_ROUND_FP16); }
+Test(cuda, store16_attention, .timeout = 300)
+{
+    for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++)
+        for (int materialized = 0; materialized < 2; materialized++)
+            store16_attention(mode, materialized);
 }
 
 /* bf16 training: 16-bit tensor-core products on the GPU, fp32 products of the same bf16 values

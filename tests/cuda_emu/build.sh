@@ -9,6 +9,11 @@ mkdir -p "$out/k"
 for f in "$src"/kernels/*.cu; do
     python3 "$src/tests/cuda_emu/unlaunch.py" "$f" >"$out/k/$(basename "$f" .cu).cc"
 done
+# headers with launches (cuda_common.cuh's LAUNCH_S): rewritten beside the .cc files, which
+# find them first ("..." includes search the including file's folder)
+for f in "$src"/kernels/*.cuh; do
+    python3 "$src/tests/cuda_emu/unlaunch.py" "$f" >"$out/k/$(basename "$f")"
+done
 g++ -std=c++17 -O2 -g -fPIC -shared -fopenmp -fvisibility=hidden -Wall -Wno-unknown-pragmas \
     -I"$src/tests/cuda_emu/include" -I"$src/kernels" -I"$src/lib/include" \
     "$out"/k/*.cc "$src/tests/cuda_emu/emu_runtime.cc" -o "$out/libds-cuda-emu.so"

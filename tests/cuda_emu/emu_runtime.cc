@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "cublas_v2.h"
+#include "cuda_bf16.h"
+#include "cuda_fp16.h"
 #include "cuda_runtime.h"
 
 /* ---- runtime API ------------------------------------------------------------------------ */
@@ -610,8 +612,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             cublasComputeType_t compute, cublasGemmAlgo_t algo)
 {
     (void)algo;
-    if (bad_args(ta, tb, m, n, k, lda, ldb, ldc) || Ctype != CUDA_R_32F || compute != CUBLAS_COMPUTE_32F ||
-        (Atype != CUDA_R_16BF && Atype != CUDA_R_16F) || Btype != Atype)
+    if (bad_args(ta, tb, m, n, k, lda, ldb, ldc) || (Ctype != CUDA_R_32F && Ctype != Atype) ||
+        compute != CUBLAS_COMPUTE_32F || (Atype != CUDA_R_16BF && Atype != CUDA_R_16F) || Btype != Atype)
         return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     emu_enqueue(h->stream, [=]() {
@@ -621,7 +623,23 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
             a[i] = from16(A, Atype, i);
         for (size_t i = 0; i < nb; i++)
             bb[i] = from16(B, Btype, i);
-        gemm1(0, ta, tb, m, n, k, al, a.data(), lda, bb.data(), ldb, be, (float *)C, ldc);
+        if (Ctype == CUDA_R_32F) {
+            gemm1(0, ta, tb, m, n, k, al, a.data(), lda, bb.data(), ldb, be, (float *)C, ldc);
+            return;
+        }
+        /* a 16-bit C: the fp32 result (C read in fp32 when beta != 0), rounded to nearest even */
+        size_t nc = (size_t)ldc * n;
+        std::vector<float> c(nc, 0.0f);
+        if (be != 0.0f)
+            for (size_t i = 0; i < nc; i++)
+                c[i] = from16(C, Ctype, i);
+        gemm1(0, ta, tb, m, n, k, al, a.data(), lda, bb.data(), ldb, be, c.data(), ldc);
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                size_t at = (size_t)j * ldc + i;
+                unsigned short h16 = Ctype == CUDA_R_16BF ? __float2bfloat16_rn(c[at]).x : __float2half_rn(c[at]).x;
+                memcpy((char *)C + 2 * at, &h16, 2);
+            }
     });
     return CUBLAS_STATUS_SUCCESS;
 }
