@@ -627,14 +627,12 @@ static ds_status cpu_add(ds_backend *b, const float *a, const float *cc, float *
     return DS_OK;
 }
 
-static ds_status cpu_xent_fwd(ds_backend *b, const float *z, const int32_t *t, float *l, float *dz, float gs,
-                              int64_t M, int64_t V)
+/* the losses in 16-bit storage: rows of z (logits, or mse's outputs) unpacked tile by tile, the
+ * fp32 kernel, the gradient packed. mse: t are fp32 targets [M, V], else int32 classes [M]. */
+static ds_status loss16(ds_backend *b, int mse, const float *z, const void *t, float *l, float *dz, float gs,
+                        int64_t M, int64_t V)
 {
     cpu_impl *c = b->impl;
-    if (!c->s16) {
-        c->k->xent_fwd(z, t, l, dz, gs, M, V);
-        return DS_OK;
-    }
     ds_status st = ensure_tiles(b, V);
     if (st != DS_OK)
         return st;
@@ -642,36 +640,33 @@ static ds_status cpu_xent_fwd(ds_backend *b, const float *z, const int32_t *t, f
 #pragma omp parallel for schedule(static) if (M * V > TILE)
     for (int64_t r0 = 0; r0 < M; r0 += R) {
         int64_t rows = M - r0 < R ? M - r0 : R;
-        float *tz = tile(c, 0), *td = tile(c, 1);
+        float *tz = tile(c, 0), *td = dz ? tile(c, 1) : NULL;
         c->ks->unpack16(HC(z) + r0 * V, tz, rows * V, c->s16);
-        c->ks->xent_fwd(tz, t + r0, l + r0, dz ? td : NULL, gs, rows, V);
+        if (mse)
+            c->ks->mse_fwd(tz, (const float *)t + r0 * V, l + r0, td, gs, rows, V);
+        else
+            c->ks->xent_fwd(tz, (const int32_t *)t + r0, l + r0, td, gs, rows, V);
         if (dz)
             c->ks->pack16(td, HM(dz) + r0 * V, rows * V, c->s16);
     }
     return DS_OK;
 }
 
+static ds_status cpu_xent_fwd(ds_backend *b, const float *z, const int32_t *t, float *l, float *dz, float gs,
+                              int64_t M, int64_t V)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return loss16(b, 0, z, t, l, dz, gs, M, V);
+    K(b)->xent_fwd(z, t, l, dz, gs, M, V);
+    return DS_OK;
+}
+
 static ds_status cpu_mse_fwd(ds_backend *b, const float *y, const float *t, float *l, float *dy, float gs,
                              int64_t M, int64_t N)
 {
-    cpu_impl *c = b->impl;
-    if (!c->s16) {
-        c->k->mse_fwd(y, t, l, dy, gs, M, N);
-        return DS_OK;
-    }
-    ds_status st = ensure_tiles(b, N);
-    if (st != DS_OK)
-        return st;
-    const int64_t R = tile_rows(N);
-#pragma omp parallel for schedule(static) if (M * N > TILE)
-    for (int64_t r0 = 0; r0 < M; r0 += R) {
-        int64_t rows = M - r0 < R ? M - r0 : R;
-        float *ty = tile(c, 0), *td = tile(c, 1);
-        c->ks->unpack16(HC(y) + r0 * N, ty, rows * N, c->s16);
-        c->ks->mse_fwd(ty, t + r0 * N, l + r0, dy ? td : NULL, gs, rows, N);
-        if (dy)
-            c->ks->pack16(td, HM(dy) + r0 * N, rows * N, c->s16);
-    }
+    if (((cpu_impl *)b->impl)->s16)
+        return loss16(b, 1, y, t, l, dy, gs, M, N);
+    K(b)->mse_fwd(y, t, l, dy, gs, M, N);
     return DS_OK;
 }
 
