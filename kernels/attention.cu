@@ -182,9 +182,9 @@ static ds_status attention_fwd32(ds_backend *b, const float *qkv, float *out, fl
 static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *qkv, const float *att, float *dqkv,
                                  int64_t B, int64_t T, int64_t C, int64_t H, int causal);
 
-/* store16: every attention path runs on fp32 copies of its 16-bit operands (in scratch16, as the
- * paths use scratch themselves), with store16 off meanwhile, and the output is packed, rounded
- * once. The fused kernels read fp32 rows directly; reading 16-bit ones is the next step. */
+/* store16: the fused 16-bit kernels (flash16.cu) read and write the 16-bit tensors directly;
+ * the other paths run on fp32 copies of the operands (in scratch16, as the paths use scratch
+ * themselves), with store16 off meanwhile, and the output is packed, rounded once. */
 static ds_status attention16(ds_backend *b, const float *x16, int64_t nx, const float *y16, int64_t ny, int64_t no,
                              float **x32, float **y32, float **o32)
 {
@@ -205,7 +205,7 @@ extern "C" ds_status ds_cuda_attention_fwd(ds_backend *b, const float *qkv, floa
     if (st != DS_OK || B == 0 || T == 0)
         return st;
     const int s16 = S16(b);
-    if (!s16)
+    if (!s16 || ds_cuda_flash16_applies(b, B, T, C, H))
         return attention_fwd32(b, qkv, out, att, B, T, C, H, causal);
     const int64_t M = B * T;
     float *qkv32, *unused, *out32;
@@ -225,7 +225,7 @@ extern "C" ds_status ds_cuda_attention_bwd(ds_backend *b, const float *dout, con
     if (st != DS_OK || B == 0 || T == 0)
         return st;
     const int s16 = S16(b);
-    if (!s16)
+    if (!s16 || ds_cuda_flash16_applies(b, B, T, C, H))
         return attention_bwd32(b, dout, qkv, att, dqkv, B, T, C, H, causal);
     const int64_t M = B * T;
     float *dout32, *qkv32, *dqkv32;

@@ -56,10 +56,14 @@ ds_status ds_cuda_scale(ds_backend *b, float *x, int64_t n, float s);
 int ds_cuda_flash_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H);
 /* flash16.cu: the fused bf16/fp16 path (16-bit training), and when it applies */
 int ds_cuda_flash16_applies(const ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H);
-ds_status ds_cuda_flash16_fwd(ds_backend *b, const float *qkv, float *out, float *state, int64_t B, int64_t T,
+/* qkv, out, dout, dqkv: 16-bit values while store16 is on (S16(b)), else fp32 */
+ds_status ds_cuda_flash16_fwd(ds_backend *b, const void *qkv, void *out, float *state, int64_t B, int64_t T,
                               int64_t C, int64_t H, int causal);
-ds_status ds_cuda_flash16_bwd(ds_backend *b, const float *dout, const float *qkv, const float *state, float *dqkv,
+ds_status ds_cuda_flash16_bwd(ds_backend *b, const void *dout, const void *qkv, const float *state, void *dqkv,
                               int64_t B, int64_t T, int64_t C, int64_t H, int causal);
+/* D_t = dO_t . O_t per (sample, head, row) into di [B,H,T] (dO as store16 says, the copy fp32) */
+ds_status ds_cuda_attn_di(ds_backend *b, const void *dout, const float *ocopy, float *di, int64_t B, int64_t T,
+                          int64_t C, int64_t H);
 /* cuda_backend.cu: rewrites describe after a change of precision */
 void ds_cuda_describe_update(ds_backend *b);
 int64_t ds_cuda_attention_state(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H, int causal);

@@ -26,7 +26,12 @@
  * one (sample, head), 16 per warp, and walks key tiles of 64 (up to the diagonal when causal),
  * with the online softmax in registers. Backward, without atomics (deterministic): a kernel per
  * 64 keys accumulates dV = P^T dO and dK = dS^T Q over the query tiles, one per 64 queries dQ =
- * dS K over the key tiles; both recompute P from lse. */
+ * dS K over the key tiles; both recompute P from lse.
+ *
+ * Activations (q, k, v in qkv, the output, dO and dqkv) are 16-bit values when the backend
+ * stores them so (store16, template parameter A16): the kernels then load 32-bit words of two
+ * values and write rounded pairs, with no conversion; otherwise fp32 values of the format. The
+ * output copy kept for D_t is fp32 either way. */
 #include <math.h>
 #include <stdint.h>
 
@@ -91,17 +96,29 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 /* the 32-bit word of two 16-bit values at sm[i], sm[i+1] (i even) */
 __device__ __forceinline__ uint32_t word(const uint16_t *sm, int i) { return *(const uint32_t *)(sm + i); }
 
-/* An A fragment of rows r, r+8 of a row-major fp32 matrix (row stride ld, 16-bit values in
- * fp32) from global memory, columns k0.. k0+15; rows at or past T read as 0. */
-template <int BF>
-__device__ __forceinline__ void frag_a_global(uint32_t (&a)[4], const float *m, int64_t ld, int r, int T, int k0, int c)
+/* An A fragment of rows r, r+8 of a row-major activation matrix m (element m0 is row 0, column
+ * 0; row stride ld) from global memory, columns k0.. k0+15; rows at or past T read as 0. A16: m
+ * holds 16-bit values of the format (store16), read as 32-bit words of two (offsets are even:
+ * ld, k0 and the head's column are); else fp32 values of the format, converted. */
+template <int BF, int A16>
+__device__ __forceinline__ void frag_a_global(uint32_t (&a)[4], const void *m, int64_t m0, int64_t ld, int r, int T,
+                                              int k0, int c)
 {
-    const float *ra = m + (int64_t)r * ld + k0 + 2 * c, *rb = ra + 8 * ld;
+    const int64_t ia = m0 + (int64_t)r * ld + k0 + 2 * c, ib = ia + 8 * ld;
     const bool oka = r < T, okb = r + 8 < T;
-    a[0] = oka ? pack2<BF>(ra[0], ra[1]) : 0u;
-    a[1] = okb ? pack2<BF>(rb[0], rb[1]) : 0u;
-    a[2] = oka ? pack2<BF>(ra[8], ra[9]) : 0u;
-    a[3] = okb ? pack2<BF>(rb[8], rb[9]) : 0u;
+    if (A16) {
+        const uint16_t *h = (const uint16_t *)m;
+        a[0] = oka ? word(h + ia, 0) : 0u;
+        a[1] = okb ? word(h + ib, 0) : 0u;
+        a[2] = oka ? word(h + ia + 8, 0) : 0u;
+        a[3] = okb ? word(h + ib + 8, 0) : 0u;
+    } else {
+        const float *ra = (const float *)m + ia, *rb = (const float *)m + ib;
+        a[0] = oka ? pack2<BF>(ra[0], ra[1]) : 0u;
+        a[1] = okb ? pack2<BF>(rb[0], rb[1]) : 0u;
+        a[2] = oka ? pack2<BF>(ra[8], ra[9]) : 0u;
+        a[3] = okb ? pack2<BF>(rb[8], rb[9]) : 0u;
+    }
 }
 
 /* 16 bytes from global to shared memory without passing through registers (cp.async: the copy
@@ -161,16 +178,16 @@ template <int N, int D> __device__ __forceinline__ void stage_tr(uint16_t *sm, c
  * row-major rm [B,H,Tp,D] and/or transposed tr [B,H,D,Tp], rows T .. Tp-1 zero. A block takes 32
  * rows of one (sample, head); the transposed copy goes through shared memory so that both the
  * reads and the writes are coalesced. */
-template <int BF>
-__global__ void f16_pack_k(const float *src, int64_t ld, uint16_t *rm, uint16_t *tr, int T, int Tp, int D)
+template <int BF, int A16>
+__global__ void f16_pack_k(const void *src, int64_t col, int64_t ld, uint16_t *rm, uint16_t *tr, int T, int Tp, int D)
 {
     __shared__ float tile[32][129];
     const int t0 = blockIdx.x * 32, h = blockIdx.y, b = blockIdx.z, H = gridDim.y;
-    const float *s = src + (int64_t)b * T * ld + (int64_t)h * D;
+    const int64_t s0 = (int64_t)b * T * ld + col + (int64_t)h * D;
     const int64_t bh = (int64_t)b * H + h;
     for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
         const int r = i / D, d = i % D, t = t0 + r;
-        const float v = t < T ? s[(int64_t)t * ld + d] : 0.0f;
+        const float v = t < T ? lda<A16 ? (BF ? DS_ROUND_BF16 : DS_ROUND_FP16) : 0>(src, s0 + (int64_t)t * ld + d) : 0.0f;
         if (rm)
             rm[(bh * Tp + t) * D + d] = (uint16_t)f16bits<BF>(v);
         tile[r][d] = v;
@@ -229,16 +246,25 @@ __device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][
  * rows; rounded to rm, fuse_round's mode) and copy (any float alignment; not rounded: backward's
  * D_t = dO_t . O_t takes the output as computed, as the materialized path's sum of P dP does),
  * rows below T */
-template <int ND>
-__device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst, int64_t ld, int r, int T, int c,
-                                           float sa, float sb, float *copy, int rm)
+template <int BF, int A16>
+__device__ __forceinline__ void write_pair(void *dst, int64_t at, float x, float y, int rm)
+{
+    if (A16) /* two 16-bit values, rounded once: one 32-bit word (at is even) */
+        *(uint32_t *)((uint16_t *)dst + at) = pack2<BF>(x, y);
+    else
+        *(float2 *)((float *)dst + at) = make_float2(rnd(x, rm), rnd(y, rm));
+}
+
+template <int ND, int BF, int A16>
+__device__ __forceinline__ void write_rows(const float (&acc)[ND][4], void *dst, int64_t d0, int64_t ld, int r, int T,
+                                           int c, float sa, float sb, float *copy, int rm)
 {
 #pragma unroll
     for (int n = 0; n < ND; n++) {
         const int col = 8 * n + 2 * c;
         if (r < T) {
             const float2 v = make_float2(acc[n][0] * sa, acc[n][1] * sa);
-            *(float2 *)(dst + (int64_t)r * ld + col) = make_float2(rnd(v.x, rm), rnd(v.y, rm));
+            write_pair<BF, A16>(dst, d0 + (int64_t)r * ld + col, v.x, v.y, rm);
             if (copy) { /* two floats: the copy follows B H T floats of lse, so it may be 8-byte misaligned */
                 copy[(int64_t)r * ld + col] = v.x;
                 copy[(int64_t)r * ld + col + 1] = v.y;
@@ -246,7 +272,7 @@ __device__ __forceinline__ void write_rows(const float (&acc)[ND][4], float *dst
         }
         if (r + 8 < T) {
             const float2 v = make_float2(acc[n][2] * sb, acc[n][3] * sb);
-            *(float2 *)(dst + (int64_t)(r + 8) * ld + col) = make_float2(rnd(v.x, rm), rnd(v.y, rm));
+            write_pair<BF, A16>(dst, d0 + (int64_t)(r + 8) * ld + col, v.x, v.y, rm);
             if (copy) {
                 copy[(int64_t)(r + 8) * ld + col] = v.x;
                 copy[(int64_t)(r + 8) * ld + col + 1] = v.y;
@@ -322,9 +348,10 @@ __device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const 
     mm_py<KT / 8, D / 8, BF>(o, s, vt, F16_LD(KT), g, c);
 }
 
-template <int D, int BF>
+/* A16: qkv and out are 16-bit (store16), else fp32 */
+template <int D, int BF, int A16>
 __global__ void __launch_bounds__(32 * F16_WARPS)
-    f16_fwd_k(const float *qkv, const uint16_t *k16, const uint16_t *vt16, float *out, float *lse, float *ocopy, int T,
+    f16_fwd_k(const void *qkv, const uint16_t *k16, const uint16_t *vt16, void *out, float *lse, float *ocopy, int T,
               int Tp, int C, int causal, float sl2, int rm)
 {
 #if F16_BUILT
@@ -336,12 +363,12 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     const int q0 = (gridDim.x - 1 - blockIdx.x) * F16_ROWS; /* the long causal rows first */
     const int row0 = q0 + 16 * w, ta = row0 + g, tb = ta + 8;
     const int64_t C3 = 3 * (int64_t)C;
-    const float *base = qkv + (int64_t)b * T * C3 + (int64_t)h * D;
+    const int64_t base = (int64_t)b * T * C3 + (int64_t)h * D;
 
     uint32_t qa[D / 16][4];
 #pragma unroll
     for (int k = 0; k < D / 16; k++)
-        frag_a_global<BF>(qa[k], base, C3, ta, T, 16 * k, c);
+        frag_a_global<BF, A16>(qa[k], qkv, base, C3, ta, T, 16 * k, c);
     float o[D / 8][4];
     zero_acc<D / 8>(o);
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f; /* per row: max (log2 units), partial sum */
@@ -370,7 +397,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     la = quad_sum(la);
     lb = quad_sum(lb);
     const int64_t at = (int64_t)b * T * C + (int64_t)h * D;
-    write_rows<D / 8>(o, out + at, C, ta, T, c, 1.0f / la, 1.0f / lb, ocopy + at, rm);
+    write_rows<D / 8, BF, A16>(o, out, at, C, ta, T, c, 1.0f / la, 1.0f / lb, ocopy + at, rm);
     if (c == 0) {
         float *l = lse + ((int64_t)b * H + h) * T;
         if (ta < T)
@@ -381,14 +408,12 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 #endif
 }
 
-/* D_t = dO_t . O_t per (sample, head, row) into di [B,H,T] (flash_attention.cu) */
-__global__ void flash_di_k(const float *dout, const float *ocopy, float *di, int64_t rows, int T, int C, int H, int D);
 
 /* dK and dV of 64 keys (16 per warp), over the query tiles that see them */
-template <int D, int BF>
+template <int D, int BF, int A16>
 __global__ void __launch_bounds__(32 * F16_WARPS)
-    f16_bwd_dkv_k(const float *qkv, const uint16_t *q16, const uint16_t *qt16, const uint16_t *g16,
-                  const uint16_t *gt16, const float *lse, const float *di, float *dqkv, int T, int Tp, int C, int causal,
+    f16_bwd_dkv_k(const void *qkv, const uint16_t *q16, const uint16_t *qt16, const uint16_t *g16,
+                  const uint16_t *gt16, const float *lse, const float *di, void *dqkv, int T, int Tp, int C, int causal,
                   float scale, float sl2, int rm)
 {
 #if F16_BUILT
@@ -402,7 +427,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, k0 = blockIdx.x * F16_ROWS;
     const int row0 = k0 + 16 * w, sa = row0 + g, sb = sa + 8; /* this lane's two keys */
     const int64_t C3 = 3 * (int64_t)C;
-    const float *base = qkv + (int64_t)b * T * C3 + (int64_t)h * D;
+    const int64_t base = (int64_t)b * T * C3 + (int64_t)h * D;
     const float *lrow = lse + ((int64_t)b * H + h) * T, *drow = di + ((int64_t)b * H + h) * T;
     const int64_t bh = (int64_t)b * H + h;
     q16 += bh * Tp * D;
@@ -413,8 +438,8 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     uint32_t ka[D / 16][4], va[D / 16][4];
 #pragma unroll
     for (int k = 0; k < D / 16; k++) {
-        frag_a_global<BF>(ka[k], base + C, C3, sa, T, 16 * k, c);
-        frag_a_global<BF>(va[k], base + 2 * (int64_t)C, C3, sa, T, 16 * k, c);
+        frag_a_global<BF, A16>(ka[k], qkv, base + C, C3, sa, T, 16 * k, c);
+        frag_a_global<BF, A16>(va[k], qkv, base + 2 * (int64_t)C, C3, sa, T, 16 * k, c);
     }
     float dk[D / 8][4], dv[D / 8][4];
     zero_acc<D / 8>(dk);
@@ -457,17 +482,16 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
                 dp[n][i] = p[n][i] * (dp[n][i] - dq[8 * n + 2 * c + (i & 1)]); /* dS^T */
         mm_py<QT / 8, D / 8, BF>(dk, dp, qt, F16_LD(QT), g, c); /* dK += dS^T Q */
     }
-    float *dst = dqkv + (int64_t)b * T * C3 + (int64_t)h * D;
-    write_rows<D / 8>(dk, dst + C, C3, sa, T, c, scale, scale, NULL, rm);
-    write_rows<D / 8>(dv, dst + 2 * (int64_t)C, C3, sa, T, c, 1.0f, 1.0f, NULL, rm);
+    write_rows<D / 8, BF, A16>(dk, dqkv, base + C, C3, sa, T, c, scale, scale, NULL, rm);
+    write_rows<D / 8, BF, A16>(dv, dqkv, base + 2 * (int64_t)C, C3, sa, T, c, 1.0f, 1.0f, NULL, rm);
 #endif
 }
 
 /* dQ of 64 queries (16 per warp), over the key tiles they see */
-template <int D, int BF>
+template <int D, int BF, int A16>
 __global__ void __launch_bounds__(32 * F16_WARPS)
-    f16_bwd_dq_k(const float *qkv, const float *dout, const uint16_t *k16, const uint16_t *kt16, const uint16_t *v16,
-                 const float *lse, const float *di, float *dqkv, int T, int Tp, int C, int causal, float scale, float sl2,
+    f16_bwd_dq_k(const void *qkv, const void *dout, const uint16_t *k16, const uint16_t *kt16, const uint16_t *v16,
+                 const float *lse, const float *di, void *dqkv, int T, int Tp, int C, int causal, float scale, float sl2,
                  int rm)
 {
 #if F16_BUILT
@@ -480,7 +504,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     const int q0 = (gridDim.x - 1 - blockIdx.x) * F16_ROWS; /* the long causal rows first */
     const int row0 = q0 + 16 * w, ta = row0 + g, tb = ta + 8;
     const int64_t C3 = 3 * (int64_t)C;
-    const float *base = qkv + (int64_t)b * T * C3 + (int64_t)h * D, *gbase = dout + (int64_t)b * T * C + (int64_t)h * D;
+    const int64_t base = (int64_t)b * T * C3 + (int64_t)h * D, gbase = (int64_t)b * T * C + (int64_t)h * D;
     const float *lrow = lse + ((int64_t)b * H + h) * T, *drow = di + ((int64_t)b * H + h) * T;
 
     const int64_t bh = (int64_t)b * H + h;
@@ -491,8 +515,8 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     uint32_t qa[D / 16][4], ga[D / 16][4];
 #pragma unroll
     for (int k = 0; k < D / 16; k++) {
-        frag_a_global<BF>(qa[k], base, C3, ta, T, 16 * k, c);
-        frag_a_global<BF>(ga[k], gbase, C, ta, T, 16 * k, c);
+        frag_a_global<BF, A16>(qa[k], qkv, base, C3, ta, T, 16 * k, c);
+        frag_a_global<BF, A16>(ga[k], dout, gbase, C, ta, T, 16 * k, c);
     }
     const float la = ta < T ? lrow[ta] * LOG2E : 0.0f, lb = tb < T ? lrow[tb] * LOG2E : 0.0f;
     const float da = ta < T ? drow[ta] : 0.0f, db = tb < T ? drow[tb] : 0.0f;
@@ -527,7 +551,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
             }
         mm_py<KT / 8, D / 8, BF>(dq, p, kt, F16_LD(KT), g, c); /* dQ += dS K */
     }
-    write_rows<D / 8>(dq, dqkv + (int64_t)b * T * C3 + (int64_t)h * D, C3, ta, T, c, scale, scale, NULL, rm);
+    write_rows<D / 8, BF, A16>(dq, dqkv, base, C3, ta, T, c, scale, scale, NULL, rm);
 #endif
 }
 
@@ -543,64 +567,101 @@ extern "C" int ds_cuda_flash16_applies(const ds_backend *b, int64_t B, int64_t T
            T <= 2147483647LL - F16_ROWS && 3 * C <= 2147483647LL;
 }
 
-#define F16_DISPATCH(D, BF, KERNEL, ...)                                                         \
+/* KERNEL<D, BF, A16> for the head size D, the format (BF: bf16) and the activations' storage
+ * (A16: 16-bit, store16) */
+#define F16_D(KERNEL, BFV, AV, ...)                                                              \
+    switch (D_) {                                                                                \
+    case 16: KERNEL<16, BFV, AV><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;    \
+    case 32: KERNEL<32, BFV, AV><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;    \
+    case 48: KERNEL<48, BFV, AV><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;    \
+    case 64: KERNEL<64, BFV, AV><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;    \
+    default: KERNEL<128, BFV, AV><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;   \
+    }
+#define F16_DISPATCH(D, BF, A16, KERNEL, ...)                                                    \
     do {                                                                                         \
-        if (BF) {                                                                                \
-            switch (D) {                                                                         \
-            case 16: KERNEL<16, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            case 32: KERNEL<32, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            case 48: KERNEL<48, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            case 64: KERNEL<64, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            default: KERNEL<128, 1><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break; \
-            }                                                                                    \
+        const int D_ = (D);                                                                      \
+        if ((BF) && (A16)) {                                                                     \
+            F16_D(KERNEL, 1, 1, __VA_ARGS__)                                                     \
+        } else if (BF) {                                                                         \
+            F16_D(KERNEL, 1, 0, __VA_ARGS__)                                                     \
+        } else if (A16) {                                                                        \
+            F16_D(KERNEL, 0, 1, __VA_ARGS__)                                                     \
         } else {                                                                                 \
-            switch (D) {                                                                         \
-            case 16: KERNEL<16, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            case 32: KERNEL<32, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            case 48: KERNEL<48, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            case 64: KERNEL<64, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break;  \
-            default: KERNEL<128, 0><<<grid, 32 * F16_WARPS, 0, STREAM(b)>>>(__VA_ARGS__); break; \
-            }                                                                                    \
+            F16_D(KERNEL, 0, 0, __VA_ARGS__)                                                     \
         }                                                                                        \
     } while (0)
 
-/* packs head columns from col of src (row stride ld) into rm and/or tr (see f16_pack_k) */
-static void pack(ds_backend *b, int bf, const float *src, int64_t ld, uint16_t *rm, uint16_t *tr, int64_t B, int64_t T,
-                 int64_t Tp, int64_t H, int D)
+/* packs the head columns that start at column col of src (row stride ld; 16-bit values with a16,
+ * else fp32) into rm and/or tr (see f16_pack_k) */
+static void pack(ds_backend *b, int bf, int a16, const void *src, int64_t col, int64_t ld, uint16_t *rm, uint16_t *tr,
+                 int64_t B, int64_t T, int64_t Tp, int64_t H, int D)
 {
     dim3 grid((unsigned)(Tp / 32), (unsigned)H, (unsigned)B);
-    if (bf)
-        f16_pack_k<1><<<grid, 256, 0, STREAM(b)>>>(src, ld, rm, tr, (int)T, (int)Tp, D);
+    if (bf && a16)
+        f16_pack_k<1, 1><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
+    else if (bf)
+        f16_pack_k<1, 0><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
+    else if (a16)
+        f16_pack_k<0, 1><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
     else
-        f16_pack_k<0><<<grid, 256, 0, STREAM(b)>>>(src, ld, rm, tr, (int)T, (int)Tp, D);
+        f16_pack_k<0, 0><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
+}
+
+/* D_t = dO_t . O_t per (sample, head, row) into di [B,H,T], a warp per row; dO stored as S says
+ * (store16), the output copy fp32. Also flash_attention.cu's (S 0), through ds_cuda_attn_di. */
+template <int S>
+__global__ void attn_di_k(const void *dout, const float *ocopy, float *di, int64_t rows, int T, int C, int H, int D)
+{
+    const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
+    const int64_t step = (int64_t)gridDim.x * wpb;
+    for (int64_t i = (int64_t)blockIdx.x * wpb + (threadIdx.x >> 5); i < rows; i += step) { /* warp-uniform */
+        const int64_t bt = i / H;
+        const int h = (int)(i % H);
+        const int64_t g = bt * C + (int64_t)h * D;
+        float s = 0.0f;
+        for (int d = lane; d < D; d += 32)
+            s += lda<S>(dout, g + d) * ocopy[g + d];
+        s = warp_sum(s);
+        if (lane == 0)
+            di[(bt / T * H + h) * T + bt % T] = s;
+    }
+}
+
+extern "C" ds_status ds_cuda_attn_di(ds_backend *b, const void *dout, const float *ocopy, float *di, int64_t B,
+                                     int64_t T, int64_t C, int64_t H)
+{
+    LAUNCH_S(attn_di_k, grid_for(b, 32 * B * T * H, 256), 256, 0, dout, ocopy, di, B * T * H, (int)T, (int)C, (int)H,
+             (int)(C / H));
+    return DS_OK;
 }
 
 #define F16_TP(T) (((T) + 63) / 64 * 64) /* rows of a packed head: whole tiles of 64 and 32 */
 
-extern "C" ds_status ds_cuda_flash16_fwd(ds_backend *b, const float *qkv, float *out, float *state, int64_t B,
+/* qkv and out are 16-bit values when store16 is on (S16(b), the GEMMs' format), else fp32 */
+extern "C" ds_status ds_cuda_flash16_fwd(ds_backend *b, const void *qkv, void *out, float *state, int64_t B,
                                          int64_t T, int64_t C, int64_t H, int causal)
 {
-    const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16;
+    const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16, a16 = S16(b) != 0;
     const float sl2 = LOG2E / sqrtf((float)D);
     const int64_t Tp = F16_TP(T), n16 = B * H * Tp * D;
     uint16_t *k16 = (uint16_t *)ds_cuda_scratch(b, (size_t)(2 * n16) * sizeof(uint16_t)), *vt16 = k16 + n16;
     if (!k16)
         return b->err.code;
-    pack(b, bf, qkv + C, 3 * C, k16, NULL, B, T, Tp, H, D);
-    pack(b, bf, qkv + 2 * C, 3 * C, NULL, vt16, B, T, Tp, H, D);
+    pack(b, bf, a16, qkv, C, 3 * C, k16, NULL, B, T, Tp, H, D);
+    pack(b, bf, a16, qkv, 2 * C, 3 * C, NULL, vt16, B, T, Tp, H, D);
     LAUNCHED("f16_pack_k");
     dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
     float *lse = state, *ocopy = state + B * H * T;
-    F16_DISPATCH(D, bf, f16_fwd_k, qkv, k16, vt16, out, lse, ocopy, (int)T, (int)Tp, (int)C, causal, sl2,
+    F16_DISPATCH(D, bf, a16, f16_fwd_k, qkv, k16, vt16, out, lse, ocopy, (int)T, (int)Tp, (int)C, causal, sl2,
                  RMODE(b));
     LAUNCHED("f16_fwd_k");
     return DS_OK;
 }
 
-extern "C" ds_status ds_cuda_flash16_bwd(ds_backend *b, const float *dout, const float *qkv, const float *state,
-                                         float *dqkv, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+extern "C" ds_status ds_cuda_flash16_bwd(ds_backend *b, const void *dout, const void *qkv, const float *state,
+                                         void *dqkv, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
-    const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16;
+    const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16, a16 = S16(b) != 0;
     const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale;
     const float *lse = state, *ocopy = state + B * H * T;
     const int64_t Tp = F16_TP(T), n16 = B * H * Tp * D;
@@ -612,20 +673,20 @@ extern "C" ds_status ds_cuda_flash16_bwd(ds_backend *b, const float *dout, const
     uint16_t *qt16 = q16 + n16, *g16 = q16 + 2 * n16, *gt16 = q16 + 3 * n16, *k16 = q16 + 4 * n16,
              *kt16 = q16 + 5 * n16, *v16 = q16 + 6 * n16;
     float *di = (float *)(q16 + 7 * n16);
-    pack(b, bf, qkv, 3 * C, q16, qt16, B, T, Tp, H, D);
-    pack(b, bf, dout, C, g16, gt16, B, T, Tp, H, D);
-    pack(b, bf, qkv + C, 3 * C, k16, kt16, B, T, Tp, H, D);
-    pack(b, bf, qkv + 2 * C, 3 * C, v16, NULL, B, T, Tp, H, D);
+    pack(b, bf, a16, qkv, 0, 3 * C, q16, qt16, B, T, Tp, H, D);
+    pack(b, bf, a16, dout, 0, C, g16, gt16, B, T, Tp, H, D);
+    pack(b, bf, a16, qkv, C, 3 * C, k16, kt16, B, T, Tp, H, D);
+    pack(b, bf, a16, qkv, 2 * C, 3 * C, v16, NULL, B, T, Tp, H, D);
     LAUNCHED("f16_pack_k");
-    flash_di_k<<<grid_for(b, 32 * B * T * H, 256), 256, 0, STREAM(b)>>>(dout, ocopy, di, B * T * H, (int)T, (int)C,
-                                                                      (int)H, D);
-    LAUNCHED("flash_di_k");
+    ds_status st = ds_cuda_attn_di(b, dout, ocopy, di, B, T, C, H);
+    if (st != DS_OK)
+        return st;
     dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
-    F16_DISPATCH(D, bf, f16_bwd_dkv_k, qkv, q16, qt16, g16, gt16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal, scale,
-                 sl2, RMODE(b));
+    F16_DISPATCH(D, bf, a16, f16_bwd_dkv_k, qkv, q16, qt16, g16, gt16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal,
+                 scale, sl2, RMODE(b));
     LAUNCHED("f16_bwd_dkv_k");
-    F16_DISPATCH(D, bf, f16_bwd_dq_k, qkv, dout, k16, kt16, v16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal, scale,
-                 sl2, RMODE(b));
+    F16_DISPATCH(D, bf, a16, f16_bwd_dq_k, qkv, dout, k16, kt16, v16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal,
+                 scale, sl2, RMODE(b));
     LAUNCHED("f16_bwd_dq_k");
     return DS_OK;
 }

@@ -222,23 +222,6 @@ __global__ void __launch_bounds__(32 * FA_WARPS)
 #endif
 }
 
-/* D_t = dO_t . O_t per (sample, head, row): di [B,H,T]; a warp per row */
-__global__ void flash_di_k(const float *dout, const float *ocopy, float *di, int64_t rows, int T, int C, int H, int D)
-{
-    const int lane = threadIdx.x & 31, wpb = blockDim.x >> 5;
-    const int64_t step = (int64_t)gridDim.x * wpb;
-    for (int64_t i = (int64_t)blockIdx.x * wpb + (threadIdx.x >> 5); i < rows; i += step) { /* warp-uniform */
-        const int64_t bt = i / H;
-        const int h = (int)(i % H);
-        const float *g = dout + bt * C + (int64_t)h * D, *o = ocopy + bt * C + (int64_t)h * D;
-        float s = 0.0f;
-        for (int d = lane; d < D; d += 32)
-            s += g[d] * o[d];
-        s = warp_sum(s);
-        if (lane == 0)
-            di[(bt / T * H + h) * T + bt % T] = s;
-    }
-}
 
 /* dK and dV of 64 keys (16 per warp), over the query tiles that can see them */
 template <int D>
@@ -441,9 +424,9 @@ extern "C" ds_status ds_cuda_flash_bwd(ds_backend *b, const float *dout, const f
     float *di = (float *)ds_cuda_scratch(b, (size_t)(B * H * T) * sizeof(float));
     if (!di)
         return b->err.code;
-    flash_di_k<<<grid_for(b, 32 * B * T * H, 256), 256, 0, STREAM(b)>>>(dout, ocopy, di, B * T * H, (int)T, (int)C,
-                                                                   (int)H, D);
-    LAUNCHED("flash_di_k");
+    ds_status st = ds_cuda_attn_di(b, dout, ocopy, di, B, T, C, H); /* flash16.cu */
+    if (st != DS_OK)
+        return st;
     dim3 grid((unsigned)((T + FA_ROWS - 1) / FA_ROWS), (unsigned)H, (unsigned)B);
     FA_DISPATCH(D, flash_bwd_dkv_k, qkv, dout, lse, di, dqkv, (int)T, (int)C, causal, scale);
     LAUNCHED("flash_bwd_dkv_k");
