@@ -12,7 +12,8 @@
 #   scripts/gpu-check.sh run    on the lent GPU machine, with .gpu carried: nvidia-smi, the GPU
 #                               tests (CUDA vs CPU, op by op, and a tiny GPT), per-op timings,
 #                               ds-train on GPT-2 small (12 layers, dim 768, 12 heads, seq 1024,
-#                               vocab 50304) for 20 steps in fp32/TF32 and in bf16, the same
+#                               vocab 50304) for 20 steps in fp32/TF32 and in bf16 (and bf16
+#                               with DS_CUDA_FLASH=0 and with DS_ACT16=0 to compare), the same
 #                               model in the machine's PyTorch (eager, SDPA attention: TF32 like
 #                               our fp32 run, and bf16 autocast like our bf16 run; then manual
 #                               attention if time is left), and a final table: tokens/s and MFU.

@@ -5,8 +5,8 @@
  * from the op times (12 layers), to compare with what ds-train measures. Not a test: `make
  * tests/bench_cuda`, run by scripts/gpu-check.sh. Usage: bench_cuda [B [T]]; BENCH_PRECISION=bf16
  * or fp16 times the ops as 16-bit training runs them (set_precision: 16-bit GEMMs and the fused
- * 16-bit attention; fuse_round: the kernels round their outputs; the buffers stay fp32, which is
- * the DS_ACT16=0 layout: ds-train itself stores 16-bit activations); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
+ * 16-bit attention; store16: the activations stored as 16-bit values, or with BENCH_ACT16=0
+ * fp32 buffers and fuse_round, the DS_ACT16=0 layout); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
  * run on tests/cuda_emu). */
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +18,7 @@
 
 static ds_backend *be;
 static const ds_backend_ops *ops;
+static int a16; /* activations stored as 16-bit values (store16) of this mode, 0: fp32 */
 
 static double now_s(void)
 {
@@ -62,6 +63,40 @@ static float *rnd(int64_t n, float sd, ds_rng *r)
     return d;
 }
 
+/* an activation buffer of n values N(0, sd): 16-bit values with a16 (converted on the host,
+ * in 1M-value pieces), else as rnd */
+static float *act(int64_t n, float sd, ds_rng *r)
+{
+    if (!a16)
+        return rnd(n, sd, r);
+    uint16_t *d = ops->alloc(be, (size_t)n * 2);
+    if (!d)
+        die("alloc");
+    const int64_t piece = 1 << 20;
+    uint16_t *h = malloc((size_t)piece * 2);
+    for (int64_t o = 0; o < n; o += piece) {
+        int64_t k = n - o < piece ? n - o : piece;
+        for (int64_t i = 0; i < k; i++) {
+            float v = sd * (float)ds_rng_normal(r);
+            h[i] = a16 == DS_ROUND_BF16 ? ds_f32_to_bf16(v) : ds_f32_to_f16(v);
+        }
+        CK(ops->upload(be, d + o, h, (size_t)k * 2));
+    }
+    free(h);
+    return (float *)(void *)d;
+}
+
+/* 16-bit training's numerics on backend b: 16-bit GEMMs, and 16-bit activations (store16) or
+ * fp32 buffers with outputs rounded by the kernels (fuse_round) */
+static void precision_on(ds_backend *b, int round)
+{
+    CK(ops->set_precision(b, round));
+    const char *e = getenv("BENCH_ACT16");
+    a16 = ops->store16 && !(e && strcmp(e, "0") == 0) && ops->store16(b, round) ? round : 0;
+    if (!a16 && ops->fuse_round)
+        ops->fuse_round(b, round);
+}
+
 typedef struct row {
     const char *name;
     double ms, gflop, gbytes;
@@ -104,12 +139,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "bench_cuda: BENCH_PRECISION=%s: expected fp32, bf16 or fp16\n", prec);
             return 2;
         }
-        CK(ops->set_precision(be, round));
-        if (ops->fuse_round) /* as the model asks in 16-bit training: the kernels round their outputs */
-            ops->fuse_round(be, round);
+        precision_on(be, round); /* as the model asks in 16-bit training */
     }
-    printf("bench_cuda: %s; GPT-2 small shapes: B %lld, T %lld, C %lld, H %lld, V %lld\n",
-           ds_backend_describe(be), (long long)B, (long long)T, (long long)C, (long long)H, (long long)V);
+    printf("bench_cuda: %s; activations %s; GPT-2 small shapes: B %lld, T %lld, C %lld, H %lld, V %lld\n",
+           ds_backend_describe(be), a16 ? "stored in 16 bits" : "in fp32 buffers", (long long)B, (long long)T,
+           (long long)C, (long long)H, (long long)V);
     fflush(stdout);
     ds_rng r;
     ds_rng_seed(&r, 7);
@@ -117,22 +151,26 @@ int main(int argc, char **argv)
     /* the GEMM rate of this GPU in this backend's mode (BENCH_GEMM_N: another size) */
     {
         const int64_t n = getenv("BENCH_GEMM_N") ? atoll(getenv("BENCH_GEMM_N")) : 8192;
-        float *a = rnd(n * n, 1, &r), *w = rnd(n * n, 1, &r), *y = rnd(n * n, 1, &r);
+        float *a = act(n * n, 1, &r), *w = rnd(n * n, 1, &r), *y = act(n * n, 1, &r);
         TIME(n == 8192 ? "gemm 8192^3 (linear_fwd)" : "gemm n^3 (linear_fwd)", 2.0 * n * n * n, 0, 0,
              CK(ops->linear_fwd(be, a, w, NULL, y, n, n, n)));
         ops->free(be, a);
         ops->free(be, w);
         ops->free(be, y);
     }
-    float *x = rnd(M * C, 1, &r), *dx = rnd(M * C, 1, &r), *gy = rnd(M * C, 1, &r);
+    float *x = act(M * C, 1, &r), *dx = act(M * C, 1, &r), *gy = act(M * C, 1, &r);
     float *wqkv = rnd(3 * C * C, 0.02f, &r), *bqkv = rnd(3 * C, 0.02f, &r), *gwqkv = rnd(3 * C * C, 1, &r);
     float *gbqkv = rnd(3 * C, 1, &r);
-    float *qkv = rnd(M * 3 * C, 1, &r), *dqkv = rnd(M * 3 * C, 1, &r);
-    float *att = rnd(B * H * T * T, 1, &r), *ao = rnd(M * C, 1, &r);
+    float *qkv = act(M * 3 * C, 1, &r), *dqkv = act(M * 3 * C, 1, &r);
+    /* attention's state: the probabilities, or a fused path's own state where it is larger (small T) */
+    int64_t natt = B * H * T * T;
+    if (ops->attention_state && ops->attention_state(be, B, T, C, H, 1) > natt)
+        natt = ops->attention_state(be, B, T, C, H, 1);
+    float *att = rnd(natt, 1, &r), *ao = act(M * C, 1, &r);
     float *wfc = rnd(F * C, 0.02f, &r), *bfc = rnd(F, 0.02f, &r), *gwfc = rnd(F * C, 1, &r), *gbfc = rnd(F, 1, &r);
-    float *hfc = rnd(M * F, 1, &r), *hg = rnd(M * F, 1, &r), *ghfc = rnd(M * F, 1, &r);
+    float *hfc = act(M * F, 1, &r), *hg = act(M * F, 1, &r), *ghfc = act(M * F, 1, &r);
     float *wte = rnd(V * C, 0.02f, &r), *gwte = rnd(V * C, 1, &r);
-    float *logits = rnd(M * V, 1, &r), *dlogits = rnd(M * V, 1, &r), *losses = rnd(M, 1, &r);
+    float *logits = act(M * V, 1, &r), *dlogits = act(M * V, 1, &r), *losses = rnd(M, 1, &r);
     float *lnw = rnd(C, 1, &r), *lnb = rnd(C, 1, &r), *glnw = rnd(C, 1, &r), *glnb = rnd(C, 1, &r);
     float *mean = rnd(M, 1, &r), *rstd = rnd(M, 1, &r), *wpe = rnd(T * C, 0.02f, &r);
     int32_t *hids = malloc((size_t)M * sizeof *hids);
@@ -143,9 +181,9 @@ int main(int argc, char **argv)
         die("alloc");
     CK(ops->upload(be, ids, hids, (size_t)M * sizeof *ids));
     CK(ops->upload(be, tg, hids, (size_t)M * sizeof *tg));
-    const double fb = 4.0; /* bytes per float */
+    const double fb = a16 ? 2.0 : 4.0; /* bytes per activation value */
     /* the probabilities' traffic, which the fused attention kernels do not have (no GB/s then) */
-    const double att_b = ops->attention_state && ops->attention_state(be, B, T, C, H, 1) != B * H * T * T ? 0 : fb;
+    const double att_b = ops->attention_state && ops->attention_state(be, B, T, C, H, 1) != B * H * T * T ? 0 : 4.0;
 
     TIME("embedding_fwd", 0, fb * 2 * M * C, 1, CK(ops->embedding_fwd(be, ids, wte, x, M, C)));
     TIME("posadd_fwd", 0, fb * 3 * M * C, 1, CK(ops->posadd_fwd(be, x, wpe, dx, B, T, C)));
@@ -174,7 +212,10 @@ int main(int argc, char **argv)
     TIME("gelu_bwd (tanh)", 0, fb * 3 * M * F, L, CK(ops->gelu_bwd(be, hfc, ghfc, hg, M * F, 1, 0)));
     TIME("linear_bwd fc", 4.0 * M * C * F, 0, L,
          CK(ops->linear_bwd(be, hg, x, wfc, dx, gwfc, gbfc, M, C, F, 1)));
-    TIME("accumulate (residual grad)", 0, fb * 3 * M * C, 2 * L, CK(ops->accumulate(be, gy, dx, M * C, 1)));
+    if (a16) /* the model adds activation gradients with add (accumulate is fp32-only) */
+        TIME("add (residual grad, in place)", 0, fb * 3 * M * C, 2 * L, CK(ops->add(be, gy, dx, dx, M * C)));
+    else
+        TIME("accumulate (residual grad)", 0, fb * 3 * M * C, 2 * L, CK(ops->accumulate(be, gy, dx, M * C, 1)));
     TIME("linear_bwd attn.proj", 4.0 * M * C * C, 0, L,
          CK(ops->linear_bwd(be, gy, ao, wqkv, dx, gwqkv, gbqkv, M, C, C, 0)));
     TIME("attention_bwd (causal)", 8.0 * B * H * T * T * (C / H), att_b * 4 * B * H * T * T, L,
@@ -195,13 +236,10 @@ int main(int argc, char **argv)
         }
         unsetenv("DS_CUDA_FLASH");
         be = other;
-        if (round) {
-            CK(ops->set_precision(be, round));
-            if (ops->fuse_round)
-                ops->fuse_round(be, round);
-        }
+        if (round)
+            precision_on(be, round);
         if (fused_now || ops->attention_state(be, B, T, C, H, 1) != B * H * T * T) {
-            const double ob = fused_now ? fb : 0; /* probabilities' traffic: materialized only */
+            const double ob = fused_now ? 4.0 : 0; /* probabilities' traffic: materialized only */
             TIME(fused_now ? "materialized attention_fwd" : "fused attention_fwd", 4.0 * B * H * T * T * (C / H),
                  ob * 3 * B * H * T * T, 0, CK(ops->attention_fwd(be, qkv, ao, att, B, T, C, H, 1)));
             TIME(fused_now ? "materialized attention_bwd" : "fused attention_bwd", 8.0 * B * H * T * T * (C / H),
@@ -220,9 +258,9 @@ int main(int argc, char **argv)
     CK(ops->scale(be, v, P, 0.0f)); /* v must be >= 0 */
     ds_adamw_args aa = {.lr = 6e-4f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
                         .step = 1, .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 1.0f};
-    TIME("sumsq (grad norm, to host)", 0, fb * P, 1, CK(ops->sumsq(be, g, P, &s)));
-    TIME("adamw_step (124M params)", 0, fb * 7 * P, 1, CK(ops->adamw_step(be, p, g, m, v, P, &aa)));
-    TIME("zero (grads)", 0, fb * P, 1, CK(ops->zero(be, g, (size_t)P * sizeof(float))));
+    TIME("sumsq (grad norm, to host)", 0, 4.0 * P, 1, CK(ops->sumsq(be, g, P, &s)));
+    TIME("adamw_step (124M params)", 0, 4.0 * 7 * P, 1, CK(ops->adamw_step(be, p, g, m, v, P, &aa)));
+    TIME("zero (grads)", 0, 4.0 * P, 1, CK(ops->zero(be, g, (size_t)P * sizeof(float))));
 
     printf("\n%-34s %9s %9s %9s %6s %10s\n", "op (GPT-2 small shapes)", "ms", "TFLOP/s", "GB/s", "x/step", "ms/step");
     double total = 0, gemm_total = 0, attn_total = 0;

@@ -1,5 +1,7 @@
 /* The CPU backend: the ops table over host memory. Matrix products go to oneDNN; every other
- * op to the kernel variant chosen at creation (AVX2+FMA when cpuid has them, else portable). */
+ * op to the kernel variant chosen at creation (AVX2+FMA when cpuid has them, else portable).
+ * Under store16 the activation ops convert their 16-bit tensors in per-thread tiles or whole
+ * fp32 copies (see the store16 section). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

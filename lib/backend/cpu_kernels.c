@@ -1,5 +1,6 @@
 /* CPU kernels for everything but matrix products: embeddings, layernorm, activations, attention,
- * losses, reductions and the fused optimizers. Built twice (AVX2+FMA and portable x86-64) with
+ * losses, reductions and the fused optimizers. Built four times (AVX2+FMA and portable x86-64,
+ * each also without OpenMP threads: _serial, called inside store16's tiles in cpu.c) with
  * DS_KERNEL_SUFFIX naming the instance; loops are written so the compiler vectorizes them
  * (`omp simd`, and our own exp/erf so that no libm call blocks vectorization). */
 #include <math.h>
@@ -19,7 +20,7 @@
 #include "cpu_kernels.h"
 
 #ifndef DS_KERNEL_SUFFIX
-#error "DS_KERNEL_SUFFIX must be defined (_avx2 or _generic)"
+#error "DS_KERNEL_SUFFIX must be defined (_avx2, _generic, _avx2_serial or _generic_serial)"
 #endif
 #define CAT2(a, b) a##b
 #define CAT(a, b) CAT2(a, b)

@@ -2,7 +2,8 @@
  * explicit (ggml's shape). The engine calls ops only through this table and never touches
  * device memory directly, so a CUDA backend can implement the same table over device
  * pointers and streams. The CPU backend is the reference every other backend is tested
- * against. All matrices are row-major; all float tensors are fp32 unless an op says otherwise.
+ * against. All matrices are row-major; all float tensors are fp32 unless an op says otherwise
+ * or store16 (below) is on.
  * Backward ops that produce an input gradient take `accumulate`: 0 writes dx, 1 adds to it. */
 #ifndef DS_BACKEND_H
 #define DS_BACKEND_H
@@ -112,6 +113,7 @@ typedef struct ds_backend_ops {
     /* LayerNorm over the last dim C with eps; mean and rstd [M] are saved for backward. */
     ds_status (*layernorm_fwd)(ds_backend *b, const float *x, const float *w, const float *bias,
                                float *y, float *mean, float *rstd, int64_t M, int64_t C, float eps);
+    /* dx may be NULL (only dw and dbias). */
     ds_status (*layernorm_bwd)(ds_backend *b, const float *dy, const float *x, const float *w,
                                const float *mean, const float *rstd, float *dx, float *dw,
                                float *dbias, int64_t M, int64_t C, int accumulate);
@@ -220,7 +222,9 @@ typedef struct ds_backend_ops {
      * rstd, attention's state, the losses, mse's targets, and every other op (accumulate,
      * copy, round16, the reductions, the optimizers), which never read 16-bit because of it.
      * Each op computes in fp32 from the 16-bit inputs and rounds each output once, so its
-     * results are those of fp32 storage with the outputs rounded (fuse_round), bit for bit.
+     * results are those of fp32 storage with the outputs rounded (fuse_round): bit for bit
+     * where products sum in the same order (cuBLAS may choose another order when it writes a
+     * 16-bit output), NaN payloads aside.
      * Returns 1 if the backend does so, 0 if not (storage stays fp32). */
     int (*store16)(ds_backend *b, int mode);
 } ds_backend_ops;
