@@ -2,7 +2,8 @@
 # Mixed precision end to end: fp16 and bf16 training of the tiny GPT follows the fp32 loss curve
 # over 200 steps; an inf injected into one rank's gradient of a 2-rank fp16 job skips exactly
 # that step on both ranks (loss scale halves, hysteresis 1) and training goes on; bad precision
-# blocks are refused naming the key. One "ok"/"not ok" line per check.
+# blocks are refused naming the key; 16-bit activation storage gives the numbers of fp32
+# activation buffers (DS_ACT16=0), with and without dropout. One "ok"/"not ok" line per check.
 #
 # Tolerance: the mean loss of each 20-step window of the 16-bit runs is within 3% of the fp32
 # run's (5% in the first window). Measured (ds-train, gpt-tiny, micro-batch 4, sequential data,
@@ -84,6 +85,35 @@ for p in bf16 fp16; do
         notok "$p: 16-bit storage vs DS_ACT16=0: $(diff <(echo "$a") <(echo "$c") | head -4) activations $m16 vs $m32 MB $(head -c 300 err.s16)"
     fi
 done
+
+# The same with dropout after the position embedding, attention and GELU (p 0.1): the masks
+# follow the element index through the 16-bit path too.
+python3 - "$S/share/configs/gpt-tiny.json" > drop.json <<'PYEOF'
+import json, sys
+n = json.load(open(sys.argv[1]))
+def add(layers):
+    out = []
+    for l in layers:
+        if 'layers' in l:
+            l = dict(l, layers=add(l['layers']))
+        out.append(l)
+        if l.get('type') in ('attention', 'gelu', 'position_embedding'):
+            out.append({'type': 'dropout', 'p': 0.1})
+    return out
+n['layers'] = add(n['layers'])
+print(json.dumps(n))
+PYEOF
+for a in 1 0; do
+    DS_ACT16=$a "$B/ds-train" drop.json --config bf16.json --data $data --steps 8 --data-order sequential --quiet \
+        --log-json drop$a.jsonl >/dev/null 2>err.drop$a
+done
+a=$(sed 's/.*"loss": \([^,]*\),.*"grad_norm": \([^,]*\),.*/\1 \2/' drop1.jsonl)
+c=$(sed 's/.*"loss": \([^,]*\),.*"grad_norm": \([^,]*\),.*/\1 \2/' drop0.jsonl)
+if grep -q '"dropout"' drop.json && [ "$(echo "$a" | wc -l)" = 8 ] && [ "$a" = "$c" ]; then
+    ok "bf16 with dropout: 16-bit activation storage gives DS_ACT16=0's losses and gradient norms over 8 steps"
+else
+    notok "bf16 with dropout, 16-bit storage vs DS_ACT16=0: $(diff <(echo "$a") <(echo "$c") | head -4) $(head -c 300 err.drop1)"
+fi
 
 # A 2-rank fp16 job: +inf in rank 1's gradient at step 4 is seen by both ranks.
 echo "{\"train_micro_batch_size_per_gpu\": 2, \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.001}},
