@@ -179,7 +179,8 @@ template <int S> __device__ __forceinline__ void sta(void *p, int64_t i, float v
         ((unsigned short *)p)[i] = float_to_half_bits(round_fp16(v));
 }
 
-/* kernel<S><<<grid, threads, smem, STREAM(b)>>>(args...) for b's storage mode, then checked */
+/* launches kernel<S> with (grid, threads, smem) on b's stream for b's storage mode S, then checks
+ * the launch */
 #define LAUNCH_S(kernel, grid, threads, smem, ...)                                               \
     do {                                                                                         \
         switch (S16(b)) {                                                                        \

@@ -281,9 +281,8 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
 static void fuse_round(ds_model *m, int on)
 {
     if (m->s16) {
-        int got = OPS->store16(m->be, on ? m->round : 0);
+        (void)OPS->store16(m->be, on ? m->round : 0); /* it said yes at creation */
         m->fused = on; /* outputs are 16-bit: nothing to round */
-        (void)got;     /* it said yes at creation; the mode cannot change since */
         return;
     }
     if (OPS->fuse_round && (m->round || !on))
