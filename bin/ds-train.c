@@ -485,10 +485,11 @@ static int plan_only(const args *a)
     /* ZeRO paper (Psi parameters, N ranks, K bytes of optimizer state per parameter):
      * stage 0 (p + g + K) Psi, stage 1 (p + g) Psi + K Psi / N, stage 2 p Psi + (g + K) Psi / N,
      * with p, g the bytes of a parameter and of a gradient: 2 and 2 for the paper's fp16 (K = 12:
-     * fp32 master, m, v); in this build weights and gradients are stored as fp32 (p = g = 4) and
-     * K counts the master copy (4, in 16-bit training) and the optimizer state. */
+     * fp32 master, m, v); in this build gradients are stored as fp32 (g = 4), the working
+     * weights as 16-bit values where the activations are (p = 2, else 4), and K counts the
+     * master copy (4, in 16-bit training) and the optimizer state. */
     double K = (double)m[0].optim / psi + (prec ? 4.0 : 0.0);
-    double p = 4, g = 4;
+    double p = m[0].activations16 ? 2 : 4, g = 4;
     printf("ZeRO paper formulas, this build's sizes (p = %g, g = %g, K = %g bytes per parameter):\n", p, g, K);
     double fm[3] = {(p + g + K) * psi, (p + g) * psi + K * psi / W, p * psi + (g + K) * psi / W};
     for (int st = 0; st < 3; st++) {
@@ -768,9 +769,10 @@ int main(int argc, char **argv)
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
     ds_memory_report mrep;
     ds_engine_memory_report(eng, &mrep);
-    /* where 16-bit activations live: 2-byte values, or rounded values in fp32 buffers */
+    /* where 16-bit activations and working weights live: 2-byte values, or rounded values in
+     * fp32 buffers */
     const char *act16 = cfg->precision == DS_PREC_FP32 ? ""
-                      : mrep.activations16 ? "; activations stored in 16 bits"
+                      : mrep.activations16 ? "; activations and working weights stored in 16 bits"
                       : getenv("DS_ACT16") && !strcmp(getenv("DS_ACT16"), "0") ? "; activations in fp32 buffers (DS_ACT16=0)"
                                                                                : "; activations in fp32 buffers (this backend rounds them)";
     int threads = 1;

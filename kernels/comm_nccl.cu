@@ -299,7 +299,8 @@ static ds_status n_reduce_scatter_v(ds_comm *cm, float *buf, const size_t *off, 
     return finish(c, r != ncclSuccess ? r : r2, "reduce_scatter_v", total, err);
 }
 
-static ds_status n_all_gather_v(ds_comm *cm, float *buf, const size_t *off, const size_t *len, ds_error *err)
+static ds_status n_all_gather_v(ds_comm *cm, void *buf, const size_t *off, const size_t *len, size_t esz,
+                                ds_error *err)
 {
     nccl_comm *c = NC(cm);
     ds_status st = begin(c, "all_gather_v", err);
@@ -310,7 +311,8 @@ static ds_status n_all_gather_v(ds_comm *cm, float *buf, const size_t *off, cons
     for (int k = 0; k < c->base.size && r == ncclSuccess; k++)
         if (len[k]) {
             total += len[k];
-            r = c->L->Broadcast(buf + off[k], buf + off[k], len[k], ncclFloat32, k, c->nc, c->cs);
+            char *p = (char *)buf + off[k] * esz; /* bytes: fp32 or 16-bit elements alike */
+            r = c->L->Broadcast(p, p, len[k] * esz, ncclUint8, k, c->nc, c->cs);
         }
     ncclResult_t r2 = c->L->GroupEnd();
     return finish(c, r != ncclSuccess ? r : r2, "all_gather_v", total, err);

@@ -260,6 +260,7 @@ static const ds_backend_ops cuda_ops = {
     /* .attention_state = */ ds_cuda_attention_state,
     /* .fuse_round = */ ds_cuda_fuse_round,
     /* .store16 = */ ds_cuda_store16,
+    /* .pack16 = */ ds_cuda_pack16_op,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as

@@ -106,6 +106,8 @@ int ds_cuda_store16(ds_backend *b, int mode);
 /* elementwise.cu: fp32 <-> the 16-bit activations of store16's mode (S16(b) != 0) */
 ds_status ds_cuda_unpack16(ds_backend *b, const void *src, float *dst, int64_t n);
 ds_status ds_cuda_pack16(ds_backend *b, const float *src, void *dst, int64_t n);
+/* the backend op pack16 (the 16-bit working weights), in mode's format */
+ds_status ds_cuda_pack16_op(ds_backend *b, const float *x, void *y, int64_t n, int mode);
 /* comm_nccl.cu */
 ds_status ds_cuda_comm_id(ds_backend *b, void *id, size_t cap, size_t *len, ds_error *err);
 ds_status ds_cuda_comm_create(ds_backend *b, const void *id, size_t len, int rank, int size,

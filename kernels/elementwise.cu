@@ -194,6 +194,21 @@ extern "C" ds_status ds_cuda_pack16(ds_backend *b, const float *src, void *dst, 
     LAUNCH16(pack16_k, n, src, dst, n);
 }
 
+/* the backend op pack16 (store16's weights), in the format asked for whatever S16 is now */
+extern "C" ds_status ds_cuda_pack16_op(ds_backend *b, const float *x, void *y, int64_t n, int mode)
+{
+    if (mode != DS_ROUND_BF16 && mode != DS_ROUND_FP16)
+        return ds_cuda_error(b, DS_ERR_INVALID, "pack16: unknown 16-bit format %d", mode);
+    if (n <= 0)
+        return DS_OK;
+    if (mode == DS_ROUND_BF16)
+        pack16_k<DS_ROUND_BF16><<<grid_for(b, n, 256), 256, 0, STREAM(b)>>>(x, y, n);
+    else
+        pack16_k<DS_ROUND_FP16><<<grid_for(b, n, 256), 256, 0, STREAM(b)>>>(x, y, n);
+    LAUNCHED("pack16_k");
+    return DS_OK;
+}
+
 extern "C" ds_status ds_cuda_accumulate(ds_backend *b, const float *x, float *y, int64_t n,
                                         int accumulate)
 {

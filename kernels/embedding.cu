@@ -5,16 +5,16 @@
 
 #define THREADS 256
 
-/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+/* S: the storage of the activations and of the table (cuda_common.cuh, lda/sta) */
 template <int S>
-__global__ void embedding_fwd_k(const int32_t *ids, const float *table, void *out, int64_t M,
+__global__ void embedding_fwd_k(const int32_t *ids, const void *table, void *out, int64_t M,
                                 int64_t C, int rm)
 {
     for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
-        const float *src = table + (int64_t)ids[m] * C;
+        const int64_t src = (int64_t)ids[m] * C;
         for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C;
              c += (int64_t)gridDim.x * blockDim.x)
-            sta<S>(out, m * C + c, src[c], rm);
+            sta<S>(out, m * C + c, lda<S>(table, src + c), rm);
     }
 }
 
@@ -72,9 +72,9 @@ __global__ void embedding_bwd_k(const int32_t *ids, const void *dout, float *dta
 }
 
 template <int S>
-__global__ void posadd_fwd_k(const void *x, const float *pos, void *y, int64_t B, int64_t TC, int rm)
+__global__ void posadd_fwd_k(const void *x, const void *pos, void *y, int64_t B, int64_t TC, int rm)
 {
-    GRID_STRIDE(i, B * TC) sta<S>(y, i, lda<S>(x, i) + pos[i % TC], rm);
+    GRID_STRIDE(i, B * TC) sta<S>(y, i, lda<S>(x, i) + lda<S>(pos, i % TC), rm);
 }
 
 /* dpos[t, c] += sum over b of dy[b, t, c], adding b in increasing order (the CPU's). */

@@ -7,9 +7,9 @@
 
 #define ROWS_PER_BLOCK 8 /* warps per block, one row each */
 
-/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+/* S: the storage of the activations and of w and bias (cuda_common.cuh, lda/sta) */
 template <int S>
-__global__ void layernorm_fwd_k(const void *x, const float *w, const float *bias, void *y,
+__global__ void layernorm_fwd_k(const void *x, const void *w, const void *bias, void *y,
                                 float *mean, float *rstd, int64_t M, int64_t C, float eps, int rm)
 {
     const int lane = threadIdx.x & 31;
@@ -28,7 +28,7 @@ __global__ void layernorm_fwd_k(const void *x, const float *w, const float *bias
     }
     const float rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
     for (int64_t c = lane; c < C; c += 32)
-        sta<S>(y, xr + c, (lda<S>(x, xr + c) - mu) * rs * w[c] + bias[c], rm);
+        sta<S>(y, xr + c, (lda<S>(x, xr + c) - mu) * rs * lda<S>(w, c) + lda<S>(bias, c), rm);
     if (lane == 0) {
         mean[row] = mu;
         rstd[row] = rs;
@@ -37,7 +37,7 @@ __global__ void layernorm_fwd_k(const void *x, const float *w, const float *bias
 
 /* dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)) */
 template <int S>
-__global__ void layernorm_dx_k(const void *dy, const void *x, const float *w, const float *mean,
+__global__ void layernorm_dx_k(const void *dy, const void *x, const void *w, const float *mean,
                                const float *rstd, void *dx, int64_t M, int64_t C, int accumulate, int rm)
 {
     const int lane = threadIdx.x & 31;
@@ -49,7 +49,7 @@ __global__ void layernorm_dx_k(const void *dy, const void *x, const float *w, co
     float sg = 0.0f, sgx = 0.0f;
     for (int64_t c = lane; c < C; c += 32) {
         float xhat = (lda<S>(x, r + c) - mu) * rs;
-        float gw = lda<S>(dy, r + c) * w[c];
+        float gw = lda<S>(dy, r + c) * lda<S>(w, c);
         sg += gw;
         sgx += gw * xhat;
     }
@@ -57,7 +57,7 @@ __global__ void layernorm_dx_k(const void *dy, const void *x, const float *w, co
     sgx = warp_sum(sgx) / (float)C;
     for (int64_t c = lane; c < C; c += 32) {
         float xhat = (lda<S>(x, r + c) - mu) * rs;
-        float v = rs * (lda<S>(dy, r + c) * w[c] - sg - xhat * sgx);
+        float v = rs * (lda<S>(dy, r + c) * lda<S>(w, c) - sg - xhat * sgx);
         sta<S>(dx, r + c, accumulate ? lda<S>(dx, r + c) + v : v, rm);
     }
 }

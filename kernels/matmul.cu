@@ -88,7 +88,6 @@ static ds_status gemm16(ds_backend *b, cublasOperation_t ta, cublasOperation_t t
     return gemm16c(b, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, 0);
 }
 
-#define ALIGN256(x) (((x) + 255) / 256 * 256) /* scratch sub-buffers start on 256 bytes */
 
 /* y[m, n] += bias[n], rounded as fuse_round asked (rm); blocks of 256 columns x a grid-stride
  * over rows */
@@ -102,13 +101,13 @@ __global__ void bias_add_k(float *y, const float *bias, int64_t M, int64_t N, in
         y[m * N + n] = rnd(y[m * N + n] + bn, rm);
 }
 
-/* store16: y (16-bit) = y32 (+ bias), each value rounded once */
-template <int S> __global__ void bias_pack_k(const float *y32, const float *bias, void *y, int64_t M, int64_t N)
+/* store16: y (16-bit) = y32 (+ bias, 16-bit too), each value rounded once */
+template <int S> __global__ void bias_pack_k(const float *y32, const void *bias, void *y, int64_t M, int64_t N)
 {
     int64_t n = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= N)
         return;
-    float bn = bias ? bias[n] : 0.0f;
+    float bn = bias ? lda<S>(bias, n) : 0.0f;
     for (int64_t m = blockIdx.y; m < M; m += gridDim.y)
         sta<S>(y, m * N + n, bias ? y32[m * N + n] + bn : y32[m * N + n], 0);
 }
@@ -130,22 +129,18 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
         return st;
     const float one = 1.0f, zero = 0.0f;
     if (S16(b)) {
-        /* x is 16-bit already: the GEMM reads it as it is. Without a bias cuBLAS writes y in 16
-         * bits (its fp32 result rounded: no fp32 copy of the LM head's logits); with one, the
-         * fp32 result goes through scratch and one pass adds the bias and rounds. */
-        const size_t wbytes = ALIGN256((size_t)(N * K) * 2);
-        char *s = (char *)ds_cuda_scratch(b, wbytes + (bias ? (size_t)(M * N) * sizeof(float) : 0));
-        if (!s)
+        /* x and w are 16-bit already: the GEMM reads them as they are. Without a bias cuBLAS
+         * writes y in 16 bits (its fp32 result rounded: no fp32 copy of the LM head's logits);
+         * with one, the fp32 result goes through scratch and one pass adds the bias and rounds. */
+        float *y32 = NULL;
+        if (bias && !(y32 = (float *)ds_cuda_scratch(b, (size_t)(M * N) * sizeof(float))))
             return DS_ERR_NOMEM;
-        void *w16 = s;
-        float *y32 = bias ? (float *)(s + wbytes) : NULL;
         if (K == 0) {
             if (bias)
                 CU_TRY(cudaMemsetAsync(y32, 0, (size_t)(M * N) * sizeof(float), STREAM(b)));
             else
                 CU_TRY(cudaMemsetAsync(y, 0, (size_t)(M * N) * 2, STREAM(b)));
-        } else if ((st = to16(b, w, w16, N * K)) != DS_OK ||
-                   (st = gemm16c(b, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w16, (int)K, x, (int)K,
+        } else if ((st = gemm16c(b, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, (int)K, x, (int)K,
                                  &zero, bias ? (void *)y32 : (void *)y, (int)N, !bias)) != DS_OK) {
             return st;
         }
@@ -193,19 +188,17 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
     cublasHandle_t h = DS_CUDA(b)->blas;
     const float one = 1.0f, zero = 0.0f;
     if (S16(b)) {
-        /* dY and X are 16-bit already; cuBLAS writes dX in 16 bits, adding the stored dX in
-         * fp32 first when accumulating (beta 1): each value rounded once, as in fp32 buffers */
+        /* dY, X and W are 16-bit already; cuBLAS writes dX in 16 bits, adding the stored dX
+         * in fp32 first when accumulating (beta 1): each value rounded once, as in fp32 buffers */
         if (M <= 0)
             return DS_OK;
         if (dx && K > 0) {
-            void *w16 = ds_cuda_scratch(b, (size_t)(N * K) * 2);
             if (N == 0) {
                 if (!accumulate)
                     CU_TRY(cudaMemsetAsync(dx, 0, (size_t)(M * K) * 2, STREAM(b)));
-            } else if (!w16 || (st = to16(b, w, w16, N * K)) != DS_OK ||
-                       (st = gemm16c(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w16, (int)K, dy,
+            } else if ((st = gemm16c(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w, (int)K, dy,
                                      (int)N, accumulate ? &one : &zero, dx, (int)K, 1)) != DS_OK) {
-                return w16 ? st : DS_ERR_NOMEM;
+                return st;
             }
         }
         if (dw && K > 0 && N > 0 &&

@@ -30,9 +30,23 @@ extern "C" ds_status ds_cuda_round16(ds_backend *b, float *x, int64_t n, int mod
 
 /* ---- one-pass optimizers ------------------------------------------------------------------ */
 
+/* the working weight of element i: nothing (pw NULL), the fp32 value rounded, or (pw16) the
+ * 2-byte value of the format (store16's weights) */
+__device__ __forceinline__ void put_pw(void *pw, int64_t i, float v, int round, int pw16)
+{
+    if (!pw)
+        return;
+    if (!pw16)
+        ((float *)pw)[i] = round16(v, round);
+    else if (round == DS_ROUND_BF16)
+        sta<DS_ROUND_BF16>(pw, i, v, 0);
+    else
+        sta<DS_ROUND_FP16>(pw, i, v, 0);
+}
+
 __global__ void adamw_k(float *p, const float *g, float *m, float *v, int64_t n, float b1,
                         float b2, float gs, float step_size, float c2_sqrt, float eps, float decay,
-                        float l2, float *pw, int round)
+                        float l2, void *pw, int round, int pw16)
 {
     GRID_STRIDE(i, n)
     {
@@ -46,26 +60,24 @@ __global__ void adamw_k(float *p, const float *g, float *m, float *v, int64_t n,
         float denom = sqrtf(vi) / c2_sqrt + eps;
         float pn = pi - step_size * (mi / denom);
         p[i] = pn;
-        if (pw)
-            pw[i] = round16(pn, round);
+        put_pw(pw, i, pn, round, pw16);
     }
 }
 
 __global__ void sgd_plain_k(float *p, const float *g, int64_t n, float lr, float wd, float gs,
-                            float *pw, int round)
+                            void *pw, int round, int pw16)
 {
     GRID_STRIDE(i, n)
     {
         float pn = p[i] - lr * (g[i] * gs + wd * p[i]);
         p[i] = pn;
-        if (pw)
-            pw[i] = round16(pn, round);
+        put_pw(pw, i, pn, round, pw16);
     }
 }
 
 __global__ void sgd_momentum_k(float *p, const float *g, float *buf, int64_t n, float lr,
                                float mom, float damp, float wd, float gs, int first, int nesterov,
-                               float *pw, int round)
+                               void *pw, int round, int pw16)
 {
     GRID_STRIDE(i, n)
     {
@@ -75,13 +87,12 @@ __global__ void sgd_momentum_k(float *p, const float *g, float *buf, int64_t n, 
         float step = nesterov ? d + mom * bi : bi;
         float pn = p[i] - lr * step;
         p[i] = pn;
-        if (pw)
-            pw[i] = round16(pn, round);
+        put_pw(pw, i, pn, round, pw16);
     }
 }
 
 __global__ void adagrad_k(float *p, const float *g, float *sum, int64_t n, float clr, float wd,
-                          float eps, float gs, float *pw, int round)
+                          float eps, float gs, void *pw, int round, int pw16)
 {
     GRID_STRIDE(i, n)
     {
@@ -90,8 +101,7 @@ __global__ void adagrad_k(float *p, const float *g, float *sum, int64_t n, float
         sum[i] = si;
         float pn = p[i] - clr * (gi / (sqrtf(si) + eps));
         p[i] = pn;
-        if (pw)
-            pw[i] = round16(pn, round);
+        put_pw(pw, i, pn, round, pw16);
     }
 }
 
@@ -110,7 +120,7 @@ extern "C" ds_status ds_cuda_adamw_step(ds_backend *b, float *p, const float *g,
     const float l2 = a->adam_w_mode ? 0.0f : a->weight_decay;
     adamw_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
         p, g, m, v, n, a->beta1, a->beta2, a->grad_scale, step_size, c2_sqrt, a->eps, decay, l2,
-        a->pw, a->round);
+        a->pw, a->round, a->pw16);
     LAUNCHED("adamw_k");
     return DS_OK;
 }
@@ -122,13 +132,13 @@ extern "C" ds_status ds_cuda_sgd_step(ds_backend *b, float *p, const float *g, f
         return DS_OK;
     if (a->momentum == 0.0f) {
         sgd_plain_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
-            p, g, n, a->lr, a->weight_decay, a->grad_scale, a->pw, a->round);
+            p, g, n, a->lr, a->weight_decay, a->grad_scale, a->pw, a->round, a->pw16);
         LAUNCHED("sgd_plain_k");
         return DS_OK;
     }
     sgd_momentum_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
         p, g, buf, n, a->lr, a->momentum, 1.0f - a->dampening, a->weight_decay, a->grad_scale,
-        a->first_step, a->nesterov, a->pw, a->round);
+        a->first_step, a->nesterov, a->pw, a->round, a->pw16);
     LAUNCHED("sgd_momentum_k");
     return DS_OK;
 }
@@ -140,7 +150,7 @@ extern "C" ds_status ds_cuda_adagrad_step(ds_backend *b, float *p, const float *
         return DS_OK;
     const float clr = a->lr / (1.0f + (float)(a->step - 1) * a->lr_decay);
     adagrad_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
-        p, g, sum, n, clr, a->weight_decay, a->eps, a->grad_scale, a->pw, a->round);
+        p, g, sum, n, clr, a->weight_decay, a->eps, a->grad_scale, a->pw, a->round, a->pw16);
     LAUNCHED("adagrad_k");
     return DS_OK;
 }
@@ -202,15 +212,14 @@ __global__ void lamb_final_k(const double *part, int nparts, double *out)
 }
 
 __global__ void lamb_pass2_k(float *p, const float *m, const float *v, int64_t n, float k,
-                             float ein, float eout, float wd, float *pw, int round)
+                             float ein, float eout, float wd, void *pw, int round, int pw16)
 {
     GRID_STRIDE(i, n)
     {
         float u = m[i] / (sqrtf(v[i] + ein) + eout) + wd * p[i];
         float pn = p[i] - k * u;
         p[i] = pn;
-        if (pw)
-            pw[i] = round16(pn, round);
+        put_pw(pw, i, pn, round, pw16);
     }
 }
 
@@ -262,7 +271,8 @@ extern "C" ds_status ds_cuda_lamb_step(ds_backend *b, float *pall, const float *
         if (n > 0) {
             lamb_pass2_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
                 p, m + o, v + o, n, step_size * coeff, ein, eout, a->weight_decay,
-                a->pw ? a->pw + o : NULL, a->round);
+                !a->pw ? NULL : a->pw16 ? (void *)((uint16_t *)a->pw + o) : (void *)((float *)a->pw + o),
+                a->round, a->pw16);
             LAUNCHED("lamb_pass2_k");
         }
     }

@@ -18,7 +18,8 @@
 
 static ds_backend *be;
 static const ds_backend_ops *ops;
-static int a16; /* activations stored as 16-bit values (store16) of this mode, 0: fp32 */
+static int a16; /* activations and weights stored as 16-bit values (store16) of this mode, 0: fp32 */
+static int prec16; /* 16-bit training's mode (BENCH_PRECISION), 0: fp32 */
 
 static double now_s(void)
 {
@@ -63,8 +64,8 @@ static float *rnd(int64_t n, float sd, ds_rng *r)
     return d;
 }
 
-/* an activation buffer of n values N(0, sd): 16-bit values with a16 (converted on the host,
- * in 1M-value pieces), else as rnd */
+/* an activation (or weight) buffer of n values N(0, sd): 16-bit values with a16 (converted on
+ * the host, in 1M-value pieces), else as rnd */
 static float *act(int64_t n, float sd, ds_rng *r)
 {
     if (!a16)
@@ -91,6 +92,7 @@ static float *act(int64_t n, float sd, ds_rng *r)
 static void precision_on(ds_backend *b, int round)
 {
     CK(ops->set_precision(b, round));
+    prec16 = round;
     const char *e = getenv("BENCH_ACT16");
     a16 = ops->store16 && !(e && strcmp(e, "0") == 0) && ops->store16(b, round) ? round : 0;
     if (!a16 && ops->fuse_round)
@@ -151,7 +153,7 @@ int main(int argc, char **argv)
     /* the GEMM rate of this GPU in this backend's mode (BENCH_GEMM_N: another size) */
     {
         const int64_t n = getenv("BENCH_GEMM_N") ? atoll(getenv("BENCH_GEMM_N")) : 8192;
-        float *a = act(n * n, 1, &r), *w = rnd(n * n, 1, &r), *y = act(n * n, 1, &r);
+        float *a = act(n * n, 1, &r), *w = act(n * n, 1, &r), *y = act(n * n, 1, &r);
         TIME(n == 8192 ? "gemm 8192^3 (linear_fwd)" : "gemm n^3 (linear_fwd)", 2.0 * n * n * n, 0, 0,
              CK(ops->linear_fwd(be, a, w, NULL, y, n, n, n)));
         ops->free(be, a);
@@ -159,7 +161,8 @@ int main(int argc, char **argv)
         ops->free(be, y);
     }
     float *x = act(M * C, 1, &r), *dx = act(M * C, 1, &r), *gy = act(M * C, 1, &r);
-    float *wqkv = rnd(3 * C * C, 0.02f, &r), *bqkv = rnd(3 * C, 0.02f, &r), *gwqkv = rnd(3 * C * C, 1, &r);
+    /* weights the ops read: 16-bit with a16 (store16's working weights); gradients fp32 */
+    float *wqkv = act(3 * C * C, 0.02f, &r), *bqkv = act(3 * C, 0.02f, &r), *gwqkv = rnd(3 * C * C, 1, &r);
     float *gbqkv = rnd(3 * C, 1, &r);
     float *qkv = act(M * 3 * C, 1, &r), *dqkv = act(M * 3 * C, 1, &r);
     /* attention's state: the probabilities, or a fused path's own state where it is larger (small T) */
@@ -167,12 +170,12 @@ int main(int argc, char **argv)
     if (ops->attention_state && ops->attention_state(be, B, T, C, H, 1) > natt)
         natt = ops->attention_state(be, B, T, C, H, 1);
     float *att = rnd(natt, 1, &r), *ao = act(M * C, 1, &r);
-    float *wfc = rnd(F * C, 0.02f, &r), *bfc = rnd(F, 0.02f, &r), *gwfc = rnd(F * C, 1, &r), *gbfc = rnd(F, 1, &r);
+    float *wfc = act(F * C, 0.02f, &r), *bfc = act(F, 0.02f, &r), *gwfc = rnd(F * C, 1, &r), *gbfc = rnd(F, 1, &r);
     float *hfc = act(M * F, 1, &r), *hg = act(M * F, 1, &r), *ghfc = act(M * F, 1, &r);
-    float *wte = rnd(V * C, 0.02f, &r), *gwte = rnd(V * C, 1, &r);
+    float *wte = act(V * C, 0.02f, &r), *gwte = rnd(V * C, 1, &r);
     float *logits = act(M * V, 1, &r), *dlogits = act(M * V, 1, &r), *losses = rnd(M, 1, &r);
-    float *lnw = rnd(C, 1, &r), *lnb = rnd(C, 1, &r), *glnw = rnd(C, 1, &r), *glnb = rnd(C, 1, &r);
-    float *mean = rnd(M, 1, &r), *rstd = rnd(M, 1, &r), *wpe = rnd(T * C, 0.02f, &r);
+    float *lnw = act(C, 1, &r), *lnb = act(C, 1, &r), *glnw = rnd(C, 1, &r), *glnb = rnd(C, 1, &r);
+    float *mean = rnd(M, 1, &r), *rstd = rnd(M, 1, &r), *wpe = act(T * C, 0.02f, &r);
     int32_t *hids = malloc((size_t)M * sizeof *hids);
     for (int64_t i = 0; i < M; i++)
         hids[i] = (int32_t)(ds_rng_next(&r) % 256); /* byte tokens, as ds-train's text data */
@@ -256,10 +259,16 @@ int main(int argc, char **argv)
     const int64_t P = getenv("BENCH_PARAMS") ? atoll(getenv("BENCH_PARAMS")) : 124475904;
     float *p = rnd(P, 0.02f, &r), *g = rnd(P, 1e-3f, &r), *m = rnd(P, 1e-3f, &r), *v = rnd(P, 1e-3f, &r);
     CK(ops->scale(be, v, P, 0.0f)); /* v must be >= 0 */
+    /* in 16-bit training the step also writes the working weights: 2-byte values with a16 */
+    void *pw = prec16 ? ops->alloc(be, (size_t)P * (a16 ? 2 : 4)) : NULL;
+    if (prec16 && !pw)
+        die("alloc");
     ds_adamw_args aa = {.lr = 6e-4f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
-                        .step = 1, .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 1.0f};
+                        .step = 1, .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 1.0f,
+                        .pw = pw, .round = prec16, .pw16 = a16 != 0};
     TIME("sumsq (grad norm, to host)", 0, 4.0 * P, 1, CK(ops->sumsq(be, g, P, &s)));
-    TIME("adamw_step (124M params)", 0, 4.0 * 7 * P, 1, CK(ops->adamw_step(be, p, g, m, v, P, &aa)));
+    TIME("adamw_step (124M params)", 0, (4.0 * 7 + (prec16 ? (a16 ? 2 : 4) : 0)) * P, 1,
+         CK(ops->adamw_step(be, p, g, m, v, P, &aa)));
     TIME("zero (grads)", 0, 4.0 * P, 1, CK(ops->zero(be, g, (size_t)P * sizeof(float))));
 
     printf("\n%-34s %9s %9s %9s %6s %10s\n", "op (GPT-2 small shapes)", "ms", "TFLOP/s", "GB/s", "x/step", "ms/step");

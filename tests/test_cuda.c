@@ -1106,6 +1106,69 @@ Test(cuda, adagrad_lamb_and_working_weights)
     close_ctx(&c);
 }
 
+/* store16's working weights: each optimizer with pw16 writes, in its pass, the 2-byte values of
+ * its own updated master weights rounded (the bits of the host converters), in both formats,
+ * over tensors at odd offsets (Lamb); and the backend's pack16 gives the same bits. */
+static uint16_t w16bits(float v, int mode)
+{
+    return mode == DS_ROUND_BF16 ? ds_f32_to_bf16(v) : ds_f32_to_f16(v);
+}
+
+Test(cuda, pw16_working_weights_and_pack16)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 50021;
+    int64_t off[3] = {0, 20011, n};
+    for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++)
+        for (int opt = 0; opt < 4; opt++) {
+            float *p = hrandn(&c, n, 0, 1), *g = hrandn(&c, n, 0, 1), *z = hfill(n, 0.0f);
+            float *p_ = devf(&c, p, n), *g_ = devf(&c, g, n), *m_ = devf(&c, z, n), *v_ = devf(&c, z, n);
+            uint16_t *h = calloc((size_t)n, 2);
+            void *w_ = dev(&c, h, (size_t)n * 2);
+            const char *name[4] = {"adamw", "sgd", "adagrad", "lamb"};
+            if (opt == 0) {
+                ds_adamw_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                                   .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 0.5f, .step = 1,
+                                   .pw = w_, .round = mode, .pw16 = 1};
+                CALL(c.gpu, adamw_step, p_, g_, m_, v_, n, &a);
+            } else if (opt == 1) {
+                ds_sgd_args a = {.lr = 0.05f, .momentum = 0.9f, .first_step = 1, .grad_scale = 1.0f,
+                                 .pw = w_, .round = mode, .pw16 = 1};
+                CALL(c.gpu, sgd_step, p_, g_, m_, n, &a);
+            } else if (opt == 2) {
+                ds_adagrad_args a = {.lr = 0.05f, .eps = 1e-10f, .grad_scale = 1.0f, .step = 1,
+                                     .pw = w_, .round = mode, .pw16 = 1};
+                CALL(c.gpu, adagrad_step, p_, g_, m_, n, &a);
+            } else {
+                ds_lamb_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f, .weight_decay = 0.01f,
+                                  .min_coeff = 0.01f, .max_coeff = 3.0f, .bias_correction = 1, .grad_scale = 1.0f,
+                                  .step = 1, .pw = w_, .round = mode, .pw16 = 1, .offsets = off, .n_tensors = 2};
+                CALL(c.gpu, lamb_step, p_, g_, m_, v_, &a);
+            }
+            float *pm = down(&c, p_, n);
+            CALL(c.gpu, download, h, w_, (size_t)n * 2);
+            int64_t changed = 0;
+            for (int64_t i = 0; i < n; i++) {
+                uint16_t want = w16bits(pm[i], mode);
+                changed += pm[i] != p[i];
+                cr_assert_eq(h[i], want, "%s %s: w16[%lld] = 0x%04x, master %a rounds to 0x%04x", name[opt],
+                             mode == DS_ROUND_BF16 ? "bf16" : "fp16", (long long)i, h[i], pm[i], want);
+            }
+            cr_assert(changed > n / 2, "%s: the step changed %lld of %lld weights", name[opt], (long long)changed,
+                      (long long)n);
+            /* pack16 of the same masters */
+            CALL(c.gpu, zero, w_, (size_t)n * 2);
+            CALL(c.gpu, pack16, p_, w_, n, mode);
+            CALL(c.gpu, download, h, w_, (size_t)n * 2);
+            for (int64_t i = 0; i < n; i++)
+                cr_assert_eq(h[i], w16bits(pm[i], mode), "pack16 %s: [%lld] = 0x%04x, want 0x%04x",
+                             mode == DS_ROUND_BF16 ? "bf16" : "fp16", (long long)i, h[i], w16bits(pm[i], mode));
+            free(p), free(g), free(z), free(h), free(pm);
+        }
+    close_ctx(&c);
+}
+
 /* ---- a tiny GPT through the engine ------------------------------------------------------ */
 
 /* gpt-tiny (share/configs/gpt-tiny.json) with 2 layers and a dropout in the MLP: the dropout
@@ -1280,8 +1343,9 @@ Test(cuda, tiny_gpt_bf16_16bit_storage_changes_nothing, .timeout = 600)
             worst, same ? "bit-equal" : "not bit-equal");
 }
 
-/* ---- store16 op by op: every activation op on 16-bit device tensors gives, bit for bit, what it
- * gives on fp32 tensors under fuse_round (the same device arithmetic, one rounding) ---------- */
+/* ---- store16 op by op: every activation op on 16-bit device tensors (and 16-bit weights) gives,
+ * bit for bit, what it gives on fp32 tensors under fuse_round (the same device arithmetic, one
+ * rounding) --------------------------------------------------------------------------------- */
 
 typedef struct dpair {
     float *f;   /* device, fp32 layout */
@@ -1390,30 +1454,30 @@ static void store16_case(int mode)
         for (int64_t i = 0; i < M; i++)
             ids[i] = (int32_t)((i * 7) % V);
         int32_t *ids_ = dev(&c, ids, (size_t)M * sizeof *ids);
-        float *table = hrandn(&c, V * C, 0, 1), *table_ = devf(&c, table, V * C);
-        float *pos = hrandn(&c, T * C, 0, 1), *pos_ = devf(&c, pos, T * C);
+        dpair table = dp_rand(&c, V * C, 1, mode), pos = dp_rand(&c, T * C, 1, mode); /* 16-bit weights too */
+        float *table0 = hrandn(&c, V * C, 0, 1), *pos0 = hrandn(&c, T * C, 0, 1); /* gradients' start */
         dpair e = dp_rand(&c, M * C, 1, mode), x = dp_rand(&c, M * C, 1, mode), y = dp_rand(&c, M * C, 1, mode);
-        BOTH16(g, mode, embedding_fwd, (g, ids_, table_, F_(e), M, C), (g, ids_, table_, H_(e), M, C));
+        BOTH16(g, mode, embedding_fwd, (g, ids_, F_(table), F_(e), M, C), (g, ids_, H_(table), H_(e), M, C));
         dp_same(&c, "embedding_fwd", &e, mode);
-        float *dt[2] = {devf(&c, table, V * C), devf(&c, table, V * C)};
+        float *dt[2] = {devf(&c, table0, V * C), devf(&c, table0, V * C)};
         BOTH16(g, mode, embedding_bwd, (g, ids_, F_(x), dt[0], M, C), (g, ids_, H_(x), dt[1], M, C));
         dsame32(&c, "embedding_bwd dtable", dt[0], dt[1], V * C);
-        BOTH16(g, mode, posadd_fwd, (g, F_(x), pos_, F_(y), B, T, C), (g, H_(x), pos_, H_(y), B, T, C));
+        BOTH16(g, mode, posadd_fwd, (g, F_(x), F_(pos), F_(y), B, T, C), (g, H_(x), H_(pos), H_(y), B, T, C));
         dp_same(&c, "posadd_fwd", &y, mode);
-        float *dp[2] = {devf(&c, pos, T * C), devf(&c, pos, T * C)};
+        float *dp[2] = {devf(&c, pos0, T * C), devf(&c, pos0, T * C)};
         BOTH16(g, mode, posadd_bwd, (g, F_(x), dp[0], B, T, C), (g, H_(x), dp[1], B, T, C));
         dsame32(&c, "posadd_bwd dpos", dp[0], dp[1], T * C);
-        float *lw = hrandn(&c, C, 1, 0.2), *lb = hrandn(&c, C, 0, 0.2), *lw_ = devf(&c, lw, C), *lb_ = devf(&c, lb, C);
+        dpair lw = dp_rand(&c, C, 1, mode), lb = dp_rand(&c, C, 0.2, mode);
         float *mu[2] = {dpoison(&c, M), dpoison(&c, M)}, *rs[2] = {dpoison(&c, M), dpoison(&c, M)};
-        BOTH16(g, mode, layernorm_fwd, (g, F_(x), lw_, lb_, F_(y), mu[0], rs[0], M, C, 1e-5f),
-               (g, H_(x), lw_, lb_, H_(y), mu[1], rs[1], M, C, 1e-5f));
+        BOTH16(g, mode, layernorm_fwd, (g, F_(x), F_(lw), F_(lb), F_(y), mu[0], rs[0], M, C, 1e-5f),
+               (g, H_(x), H_(lw), H_(lb), H_(y), mu[1], rs[1], M, C, 1e-5f));
         dp_same(&c, "layernorm_fwd", &y, mode);
         dsame32(&c, "layernorm_fwd rstd", rs[0], rs[1], M);
         for (int acc = 0; acc < 2; acc++) {
             dpair dx = dp_rand(&c, M * C, 1, mode);
             float *z = hfill(C, 0.0f), *dw[2] = {devf(&c, z, C), devf(&c, z, C)}, *db[2] = {devf(&c, z, C), devf(&c, z, C)};
-            BOTH16(g, mode, layernorm_bwd, (g, F_(e), F_(x), lw_, mu[0], rs[0], F_(dx), dw[0], db[0], M, C, acc),
-                   (g, H_(e), H_(x), lw_, mu[0], rs[0], H_(dx), dw[1], db[1], M, C, acc));
+            BOTH16(g, mode, layernorm_bwd, (g, F_(e), F_(x), F_(lw), mu[0], rs[0], F_(dx), dw[0], db[0], M, C, acc),
+                   (g, H_(e), H_(x), H_(lw), mu[0], rs[0], H_(dx), dw[1], db[1], M, C, acc));
             dp_same(&c, acc ? "layernorm_bwd dx (accumulate)" : "layernorm_bwd dx", &dx, mode);
             dsame32(&c, "layernorm_bwd dw", dw[0], dw[1], C);
             dsame32(&c, "layernorm_bwd db", db[0], db[1], C);
@@ -1432,31 +1496,28 @@ static void store16_case(int mode)
         BOTH16(g, mode, mse_fwd, (g, F_(x), tg_, l[0], F_(y), 0.5f, M, C), (g, H_(x), tg_, l[1], H_(y), 0.5f, M, C));
         dp_same(&c, "mse_fwd dy", &y, mode);
         dsame32(&c, "mse_fwd losses", l[0], l[1], M);
-        free(ids), free(table), free(pos), free(lw), free(lb), free(t), free(tg);
+        free(ids), free(table0), free(pos0), free(t), free(tg);
     }
     {
         const int64_t M = 70, K = 64, N = 48;
         dpair x = dp_rand(&c, M * K, 1, mode), y = dp_rand(&c, M * N, 1, mode), dy = dp_rand(&c, M * N, 1, mode);
-        float *w = hrandn(&c, N * K, 0, 0.2), *bias = hrandn(&c, N, 0, 0.2);
-        CALL(c.cpu, round16, w, N * K, mode);
-        float *w_ = devf(&c, w, N * K), *b_ = devf(&c, bias, N);
+        dpair w = dp_rand(&c, N * K, 0.2, mode), bias = dp_rand(&c, N, 0.2, mode);
         for (int wb = 0; wb < 2; wb++) {
-            BOTH16(g, mode, linear_fwd, (g, F_(x), w_, wb ? b_ : NULL, F_(y), M, K, N),
-                   (g, H_(x), w_, wb ? b_ : NULL, H_(y), M, K, N));
+            BOTH16(g, mode, linear_fwd, (g, F_(x), F_(w), wb ? F_(bias) : NULL, F_(y), M, K, N),
+                   (g, H_(x), H_(w), wb ? H_(bias) : NULL, H_(y), M, K, N));
             dp_same(&c, wb ? "linear_fwd +bias" : "linear_fwd", &y, mode);
         }
         for (int acc = 0; acc < 2; acc++) {
             dpair dx = dp_rand(&c, M * K, 1, mode);
             float *z = hfill(N * K, 0.0f), *dw[2] = {devf(&c, z, N * K), devf(&c, z, N * K)};
             float *db[2] = {devf(&c, z, N), devf(&c, z, N)};
-            BOTH16(g, mode, linear_bwd, (g, F_(dy), F_(x), w_, F_(dx), dw[0], db[0], M, K, N, acc),
-                   (g, H_(dy), H_(x), w_, H_(dx), dw[1], db[1], M, K, N, acc));
+            BOTH16(g, mode, linear_bwd, (g, F_(dy), F_(x), F_(w), F_(dx), dw[0], db[0], M, K, N, acc),
+                   (g, H_(dy), H_(x), H_(w), H_(dx), dw[1], db[1], M, K, N, acc));
             dp_same(&c, acc ? "linear_bwd dx (accumulate)" : "linear_bwd dx", &dx, mode);
             dsame32(&c, "linear_bwd dw", dw[0], dw[1], N * K);
             dsame32(&c, "linear_bwd dbias", db[0], db[1], N);
             free(z);
         }
-        free(w), free(bias);
     }
     /* every 16-bit pattern through add(x, 0): the conversions both ways, subnormals, inf, -0 */
     {
@@ -1725,7 +1786,7 @@ static void nc_rank(nc_shared *sh, int rank, int n, int port)
         for (size_t i = 0; i < total; i++) /* own block: values; others: poison */
             h[i] = i >= off[rank] && i < off[rank] + len[rank] ? nc_value(rank, c, i) : NAN;
         NC_OK(b->ops->upload(b, d, h, total * sizeof(float)), "upload");
-        NC_OK(ds_comm_all_gather_v(comm, d, off, len, &err), "all_gather_v");
+        NC_OK(ds_comm_all_gather_v(comm, d, off, len, sizeof(float), &err), "all_gather_v");
         NC_OK(b->ops->download(b, h, d, total * sizeof(float)), "download");
         for (int r = 0; r < n; r++)
             for (size_t i = off[r]; i < off[r] + len[r]; i++)

@@ -1217,8 +1217,8 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
     ds_backend_destroy(b);
 }
 
-/* ---- 16-bit activation storage (store16) ----------------------------------------------------
- * Every activation op run on 16-bit tensors must give, bit for bit, the fp32 op's outputs
+/* ---- 16-bit activation and weight storage (store16) -----------------------------------------
+ * Every activation op run on 16-bit tensors (and 16-bit weights) must give, bit for bit, the fp32 op's outputs
  * rounded to the format (each op unpacks exactly, computes in fp32 as before and rounds once),
  * and the same fp32 outputs (mean, rstd, weight gradients, losses, attention state). Sizes
  * cross the backend's tiles (16384 floats per operand; rows of 700 floats: 23 rows per tile;
@@ -1241,6 +1241,18 @@ static pair16 p16(ds_rng *r, int64_t n, double sd, int mode)
     cr_assert(p.h != NULL);
     for (int64_t i = 0; i < n; i++) {
         p.f[i] = round_to((float)(sd * ds_rng_normal(r)), mode);
+        p.h[i] = mode == DS_ROUND_BF16 ? ds_f32_to_bf16(p.f[i]) : ds_f32_to_f16(p.f[i]);
+    }
+    return p;
+}
+
+/* the values of f (n, taken over) rounded, and packed: a weight tensor of both layouts */
+static pair16 p16_of(float *f, int64_t n, int mode)
+{
+    pair16 p = {f, calloc((size_t)(n > 0 ? n : 1), 2), n};
+    cr_assert(p.h != NULL);
+    for (int64_t i = 0; i < n; i++) {
+        p.f[i] = round_to(p.f[i], mode);
         p.h[i] = mode == DS_ROUND_BF16 ? ds_f32_to_bf16(p.f[i]) : ds_f32_to_f16(p.f[i]);
     }
     return p;
@@ -1333,9 +1345,9 @@ static void store16_ops(const char *backend, int mode, int precision)
     {
         const int64_t B = 3, T = 50, M = B * T, C = 700, V = 40;
         int32_t *ids = irand(&r, M, (int32_t)V);
-        float *table = frandn(&r, V * C, 0, 1), *pos = frandn(&r, T * C, 0, 1);
+        pair16 table = p16_of(frandn(&r, V * C, 0, 1), V * C, mode), pos = p16_of(frandn(&r, T * C, 0, 1), T * C, mode);
         pair16 e = p16(&r, M * C, 1, mode);
-        BOTH(b, mode, embedding_fwd, (b, ids, table, e.f, M, C), (b, ids, table, H(e), M, C));
+        BOTH(b, mode, embedding_fwd, (b, ids, F(table), e.f, M, C), (b, ids, H(table), H(e), M, C));
         same16("embedding_fwd", &e, mode);
         float *dt[2] = {fbuf(V * C), fbuf(V * C)};
         p16_free(&e);
@@ -1343,29 +1355,29 @@ static void store16_ops(const char *backend, int mode, int precision)
         BOTH(b, mode, embedding_bwd, (b, ids, F(e), dt[0], M, C), (b, ids, H(e), dt[1], M, C));
         same32("embedding_bwd dtable", dt[0], dt[1], V * C);
         pair16 x = p16(&r, M * C, 1, mode), y = p16(&r, M * C, 1, mode);
-        BOTH(b, mode, posadd_fwd, (b, F(x), pos, y.f, B, T, C), (b, H(x), pos, H(y), B, T, C));
+        BOTH(b, mode, posadd_fwd, (b, F(x), F(pos), y.f, B, T, C), (b, H(x), H(pos), H(y), B, T, C));
         same16("posadd_fwd", &y, mode);
         float *dp[2] = {fbuf(T * C), fbuf(T * C)};
         BOTH(b, mode, posadd_bwd, (b, F(x), dp[0], B, T, C), (b, H(x), dp[1], B, T, C));
         same32("posadd_bwd dpos", dp[0], dp[1], T * C);
-        float *w = frandn(&r, C, 1, 0.2), *bias = frandn(&r, C, 0, 0.2);
+        pair16 w = p16_of(frandn(&r, C, 1, 0.2), C, mode), bias = p16_of(frandn(&r, C, 0, 0.2), C, mode);
         float *mean[2] = {fbuf(M), fbuf(M)}, *rstd[2] = {fbuf(M), fbuf(M)};
-        BOTH(b, mode, layernorm_fwd, (b, F(x), w, bias, y.f, mean[0], rstd[0], M, C, 1e-5f),
-             (b, H(x), w, bias, H(y), mean[1], rstd[1], M, C, 1e-5f));
+        BOTH(b, mode, layernorm_fwd, (b, F(x), F(w), F(bias), y.f, mean[0], rstd[0], M, C, 1e-5f),
+             (b, H(x), H(w), H(bias), H(y), mean[1], rstd[1], M, C, 1e-5f));
         same16("layernorm_fwd", &y, mode);
         same32("layernorm_fwd mean", mean[0], mean[1], M);
         same32("layernorm_fwd rstd", rstd[0], rstd[1], M);
         for (int acc = 0; acc < 2; acc++) {
             pair16 dy = p16(&r, M * C, 1, mode), dx = p16(&r, M * C, 1, mode);
             float *dw[2] = {fbuf(C), fbuf(C)}, *db[2] = {fbuf(C), fbuf(C)};
-            BOTH(b, mode, layernorm_bwd, (b, F(dy), F(x), w, mean[0], rstd[0], dx.f, dw[0], db[0], M, C, acc),
-                 (b, H(dy), H(x), w, mean[0], rstd[0], H(dx), dw[1], db[1], M, C, acc));
+            BOTH(b, mode, layernorm_bwd, (b, F(dy), F(x), F(w), mean[0], rstd[0], dx.f, dw[0], db[0], M, C, acc),
+                 (b, H(dy), H(x), H(w), mean[0], rstd[0], H(dx), dw[1], db[1], M, C, acc));
             same16(acc ? "layernorm_bwd dx (accumulate)" : "layernorm_bwd dx", &dx, mode);
             same32("layernorm_bwd dw", dw[0], dw[1], C);
             same32("layernorm_bwd db", db[0], db[1], C);
             if (acc) { /* no dx (a first layer): the weight gradients alone */
-                BOTH(b, mode, layernorm_bwd, (b, F(dy), F(x), w, mean[0], rstd[0], NULL, dw[0], db[0], M, C, 0),
-                     (b, H(dy), H(x), w, mean[0], rstd[0], NULL, dw[1], db[1], M, C, 0));
+                BOTH(b, mode, layernorm_bwd, (b, F(dy), F(x), F(w), mean[0], rstd[0], NULL, dw[0], db[0], M, C, 0),
+                     (b, H(dy), H(x), H(w), mean[0], rstd[0], NULL, dw[1], db[1], M, C, 0));
                 same32("layernorm_bwd dw (no dx)", dw[0], dw[1], C);
                 same32("layernorm_bwd db (no dx)", db[0], db[1], C);
             }
@@ -1381,7 +1393,8 @@ static void store16_ops(const char *backend, int mode, int precision)
         same32("mse_fwd losses", l[0], l[1], M);
         for (int i = 0; i < 2; i++)
             free(dt[i]), free(dp[i]), free(mean[i]), free(rstd[i]), free(l[i]);
-        free(ids), free(table), free(pos), free(w), free(bias), free(tgt);
+        free(ids), free(tgt);
+        p16_free(&table), p16_free(&pos), p16_free(&w), p16_free(&bias);
         p16_free(&e), p16_free(&x), p16_free(&y), p16_free(&dy);
     }
     for (int wide = 0; wide < 2; wide++) { /* cross-entropy: rows narrower and wider than a tile */
@@ -1401,18 +1414,16 @@ static void store16_ops(const char *backend, int mode, int precision)
     {
         const int64_t M = 37, K = 48, N = 40;
         pair16 x = p16(&r, M * K, 1, mode), y = p16(&r, M * N, 1, mode), dy = p16(&r, M * N, 1, mode);
-        float *w = frandn(&r, N * K, 0, 0.2), *bias = frandn(&r, N, 0, 0.2);
-        for (int i = 0; i < N * K; i++)
-            w[i] = round_to(w[i], mode);
-        BOTH(b, mode, linear_fwd, (b, F(x), w, bias, y.f, M, K, N), (b, H(x), w, bias, H(y), M, K, N));
+        pair16 w = p16_of(frandn(&r, N * K, 0, 0.2), N * K, mode), bias = p16_of(frandn(&r, N, 0, 0.2), N, mode);
+        BOTH(b, mode, linear_fwd, (b, F(x), F(w), F(bias), y.f, M, K, N), (b, H(x), H(w), H(bias), H(y), M, K, N));
         same16("linear_fwd", &y, mode);
-        BOTH(b, mode, linear_fwd, (b, F(x), w, NULL, y.f, M, K, N), (b, H(x), w, NULL, H(y), M, K, N));
+        BOTH(b, mode, linear_fwd, (b, F(x), F(w), NULL, y.f, M, K, N), (b, H(x), H(w), NULL, H(y), M, K, N));
         same16("linear_fwd without bias", &y, mode);
         for (int acc = 0; acc < 3; acc++) { /* 2: no dx (a first layer) */
             pair16 dx = p16(&r, M * K, 1, mode);
             float *dw[2] = {fbuf(N * K), fbuf(N * K)}, *db[2] = {fbuf(N), fbuf(N)};
-            BOTH(b, mode, linear_bwd, (b, F(dy), F(x), w, acc < 2 ? dx.f : NULL, dw[0], db[0], M, K, N, acc == 1),
-                 (b, H(dy), H(x), w, acc < 2 ? H(dx) : NULL, dw[1], db[1], M, K, N, acc == 1));
+            BOTH(b, mode, linear_bwd, (b, F(dy), F(x), F(w), acc < 2 ? dx.f : NULL, dw[0], db[0], M, K, N, acc == 1),
+                 (b, H(dy), H(x), H(w), acc < 2 ? H(dx) : NULL, dw[1], db[1], M, K, N, acc == 1));
             if (acc < 2)
                 same16(acc ? "linear_bwd dx (accumulate)" : "linear_bwd dx", &dx, mode);
             same32("linear_bwd dw", dw[0], dw[1], N * K);
@@ -1421,7 +1432,7 @@ static void store16_ops(const char *backend, int mode, int precision)
                 free(dw[i]), free(db[i]);
             p16_free(&dx);
         }
-        free(w), free(bias);
+        p16_free(&w), p16_free(&bias);
         p16_free(&x), p16_free(&y), p16_free(&dy);
     }
     for (int causal = 0; causal < 2; causal++) {

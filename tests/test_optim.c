@@ -4,6 +4,7 @@
  * fixtures of scripts/make-optim-fixtures.py, the fused 16-bit weight write, user-registered
  * optimizers, and fp16 training through the engine (overflow skip, minimum-scale error). */
 #include <json-c/json.h>
+#include <omp.h>
 
 #include "testutil.h"
 
@@ -51,6 +52,18 @@ static void check_round(const char *backend, int mode)
         want[i] = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(x[i]))
                                         : ds_f16_to_f32(ds_f32_to_f16(x[i]));
     }
+    /* pack16 (store16's weights): the bits of the same rounding, NaN kept NaN */
+    uint16_t *h = be->ops->alloc(be, N * 2);
+    cr_assert_eq(be->ops->pack16(be, x, h, N, mode), DS_OK, "%s", be->err.msg);
+    for (int i = 0; i < N; i++) {
+        float got = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+        if (isnan(want[i]))
+            cr_assert(isnan(got), "%s pack16: element %d: NaN became %a", backend, i, got);
+        else
+            cr_assert_eq(bits(got), bits(want[i]), "%s pack16 %s: element %d: got %a, want %a", backend,
+                         mode == DS_ROUND_BF16 ? "bf16" : "fp16", i, got, want[i]);
+    }
+    be->ops->free(be, h);
     cr_assert_eq(be->ops->round16(be, x, N, mode), DS_OK);
     for (int i = 0; i < N; i++) {
         if (isnan(want[i]))
@@ -468,7 +481,7 @@ static void fill(const ds_tensor_table *tab, json_object *by_name, float *flat)
  * ~1e-7 relative; the bound leaves room for our different float32 order of operations). With
  * round set, the same run also writes the 16-bit working weights, which must equal the master
  * weights rounded, and must not change the master trajectory by a single bit. */
-static void run_case(const char *name, int round, float *out_master, int64_t *out_n)
+static void run_case(const char *name, int round, int pw16, float *out_master, int64_t *out_n)
 {
     char rel[128];
     snprintf(rel, sizeof rel, "fixtures/optim/%s.json", name);
@@ -509,7 +522,7 @@ static void run_case(const char *name, int round, float *out_master, int64_t *ou
     const int steps = (int)jnum(fx, "steps");
     for (int k = 0; k < steps; k++) {
         fill(&tab, json_object_array_get_idx(grads, (size_t)k), g);
-        cr_assert_eq(ds_optimizer_step(&o, p, g, lr, gs, round ? pw : NULL, round, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_optimizer_step(&o, p, g, lr, gs, round ? pw : NULL, round, pw16, &err), DS_OK, "%s", err.msg);
         fill(&tab, json_object_array_get_idx(expect, (size_t)k), want);
         for (int t = 0; t < tab.n; t++)
             for (int64_t i = 0; i < tab.t[t].numel; i++) {
@@ -517,7 +530,12 @@ static void run_case(const char *name, int round, float *out_master, int64_t *ou
                 double tol = 2e-6 + 2e-5 * fabs(want[j]);
                 cr_assert(fabs(p[j] - want[j]) <= tol, "%s step %d: %s[%lld] = %.9g, reference %.9g",
                           name, k + 1, tab.t[t].name, (long long)i, p[j], want[j]);
-                if (round) {
+                if (round && pw16) {
+                    uint16_t r = round == DS_ROUND_BF16 ? ds_f32_to_bf16(p[j]) : ds_f32_to_f16(p[j]);
+                    uint16_t w = ((const uint16_t *)(const void *)pw)[j];
+                    cr_assert_eq(w, r, "%s step %d: 16-bit working weight %s[%lld] = 0x%04x, round(master) = 0x%04x",
+                                 name, k + 1, tab.t[t].name, (long long)i, w, r);
+                } else if (round) {
                     float r = round == DS_ROUND_BF16 ? ds_bf16_to_f32(ds_f32_to_bf16(p[j]))
                                                      : ds_f16_to_f32(ds_f32_to_f16(p[j]));
                     cr_assert_eq(pw[j], r, "%s step %d: working weight %s[%lld] = %a, round(master) = %a",
@@ -550,12 +568,16 @@ static void check_case(const char *name)
 {
     static float a[4096], b[4096];
     int64_t n = 0, m = 0;
-    run_case(name, DS_ROUND_NONE, a, &n);
-    run_case(name, DS_ROUND_BF16, b, &m);
-    cr_assert_eq(n, m);
-    cr_assert_arr_eq(a, b, (size_t)n * sizeof(float), "%s: writing bf16 working weights changed the master weights", name);
-    run_case(name, DS_ROUND_FP16, b, &m);
-    cr_assert_arr_eq(a, b, (size_t)n * sizeof(float), "%s: writing fp16 working weights changed the master weights", name);
+    run_case(name, DS_ROUND_NONE, 0, a, &n);
+    for (int pw16 = 0; pw16 <= 1; pw16++) {
+        run_case(name, DS_ROUND_BF16, pw16, b, &m);
+        cr_assert_eq(n, m);
+        cr_assert_arr_eq(a, b, (size_t)n * sizeof(float), "%s: writing bf16 working weights (pw16 %d) changed the master weights",
+                         name, pw16);
+        run_case(name, DS_ROUND_FP16, pw16, b, &m);
+        cr_assert_arr_eq(a, b, (size_t)n * sizeof(float), "%s: writing fp16 working weights (pw16 %d) changed the master weights",
+                         name, pw16);
+    }
 }
 
 Test(optimizers, adamw) { check_case("adamw"); }
@@ -568,3 +590,71 @@ Test(optimizers, adagrad) { check_case("adagrad"); }
 Test(optimizers, lamb) { check_case("lamb"); }
 Test(optimizers, lamb_trust_ratio_clamped) { check_case("lamb_clamp"); }
 Test(optimizers, lamb_eps_inside_sqrt) { check_case("lamb_eps_inside"); }
+
+/* The 16-bit write of the working weights (pw16, store16's weights) on sizes that cross the
+ * optimizers' thread split and chunks: every built-in optimizer, both formats, 3 threads, two
+ * tensors (Lamb's ranges), against the same step writing fp32 rounded values: the 2-byte
+ * values are those values' bits, and the master weights are the same. */
+Test(optimizers, pw16_large_every_optimizer)
+{
+    omp_set_num_threads(3);
+    const ds_optimizer_type types[4] = {DS_OPTIM_ADAMW, DS_OPTIM_SGD, DS_OPTIM_ADAGRAD, DS_OPTIM_LAMB};
+    const char *names[4] = {"AdamW", "SGD", "Adagrad", "Lamb"};
+    ds_error err = {0};
+    ds_tensor_table tab;
+    ds_table_init(&tab);
+    int64_t s1 = 40000, s2 = 3 * 16384 + 77;
+    cr_assert(ds_table_add(&tab, "a", 1, &s1, &err) >= 0, "%s", err.msg);
+    cr_assert(ds_table_add(&tab, "b", 1, &s2, &err) >= 0, "%s", err.msg);
+    const int64_t n = tab.total;
+    ds_backend *be;
+    cr_assert_eq(ds_backend_create(&be, "cpu", &err), DS_OK, "%s", err.msg);
+    float *p0 = malloc((size_t)n * 4), *g = malloc((size_t)n * 4), *pa = malloc((size_t)n * 4),
+          *pb = malloc((size_t)n * 4), *w32 = malloc((size_t)n * 4);
+    uint16_t *w16 = malloc((size_t)n * 2);
+    uint64_t r = 7;
+    for (int64_t i = 0; i < n; i++) {
+        r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+        p0[i] = (float)((int64_t)(r >> 40) - (1LL << 23)) / (float)(1 << 23);
+        g[i] = p0[i] * 0.37f - 0.01f;
+    }
+    for (int t = 0; t < 4; t++)
+        for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++) {
+            ds_optimizer_config c;
+            memset(&c, 0, sizeof c);
+            c.type = types[t];
+            snprintf(c.name, sizeof c.name, "%s", names[t]);
+            c.lr = 1e-2;
+            c.beta1 = 0.9;
+            c.beta2 = 0.999;
+            c.eps = 1e-8;
+            c.weight_decay = 0.01;
+            c.adam_w_mode = 1;
+            c.bias_correction = 1;
+            c.momentum = 0.9;
+            c.min_coeff = 0.01;
+            c.max_coeff = 10.0;
+            ds_optimizer oa, ob;
+            cr_assert_eq(ds_optimizer_init(&oa, &c, be, &tab, NULL, &err), DS_OK, "%s", err.msg);
+            cr_assert_eq(ds_optimizer_init(&ob, &c, be, &tab, NULL, &err), DS_OK, "%s", err.msg);
+            memcpy(pa, p0, (size_t)n * 4);
+            memcpy(pb, p0, (size_t)n * 4);
+            memset(w32, 0, (size_t)n * 4); /* Lamb leaves the padding between tensors */
+            memset(w16, 0, (size_t)n * 2);
+            for (int k = 0; k < 3; k++) {
+                cr_assert_eq(ds_optimizer_step(&oa, pa, g, 1e-2f, 0.5f, w32, mode, 0, &err), DS_OK, "%s", err.msg);
+                cr_assert_eq(ds_optimizer_step(&ob, pb, g, 1e-2f, 0.5f, w16, mode, 1, &err), DS_OK, "%s", err.msg);
+                cr_assert_arr_eq(pa, pb, (size_t)n * 4, "%s: the 16-bit write changed the master weights", names[t]);
+                for (int64_t i = 0; i < n; i++) {
+                    uint16_t want = mode == DS_ROUND_BF16 ? ds_f32_to_bf16(w32[i]) : ds_f32_to_f16(w32[i]);
+                    cr_assert_eq(w16[i], want, "%s mode %d step %d: w16[%lld] = 0x%04x, want 0x%04x", names[t], mode,
+                                 k + 1, (long long)i, w16[i], want);
+                }
+            }
+            ds_optimizer_free(&oa);
+            ds_optimizer_free(&ob);
+        }
+    free(p0), free(g), free(pa), free(pb), free(w32), free(w16);
+    ds_backend_destroy(be);
+    ds_table_free(&tab);
+}

@@ -31,15 +31,16 @@ typedef struct cpu_impl {
     uint16_t *h16[2];
     size_t h16_n[2];
     char describe[160];
-    /* store16: the activation ops' activation tensors are 16-bit values of this ds_round_mode
-     * (0: fp32). Row and elementwise ops run in tiles (tile_threads threads x 4 tiles of
-     * tile_floats); the products and the ops that sum over rows use whole fp32 copies f32[]. */
+    /* store16: the activation ops' activation tensors and weights are 16-bit values of this
+     * ds_round_mode (0: fp32). Row and elementwise ops run in tiles (tile_threads threads x 4
+     * tiles of tile_floats); the products and the ops that sum over rows use whole fp32 copies
+     * f32[] (slots 0-2 activations, 3 a weight matrix, 4 bias or layernorm weights). */
     int s16;
     float *tiles;
     size_t tile_floats;
     int tile_threads;
-    float *f32[3];
-    size_t f32_n[3];
+    float *f32[5];
+    size_t f32_n[5];
 } cpu_impl;
 
 #define K(b) (((cpu_impl *)(b)->impl)->k)
@@ -55,7 +56,7 @@ static void cpu_destroy(ds_backend *b)
     free(c->h16[0]);
     free(c->h16[1]);
     free(c->tiles);
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 5; i++)
         free(c->f32[i]);
     free(c);
     free(b);
@@ -144,7 +145,9 @@ static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
  * row-wise and elementwise ops convert tiles of TILE floats per thread, which stay in cache;
  * the products, layernorm's backward and the two backward ops that sum rows into a weight
  * gradient unpack whole tensors into fp32 scratch first, so that their sums are formed in
- * the same order as in fp32 storage. */
+ * the same order as in fp32 storage. Weights are 16-bit too: unpacked whole (slots 3 and 4),
+ * except where the products take bf16 operands (AMX) and the embedding table, whose rows are
+ * copied as they are. */
 #define TILE 16384 /* floats per operand and thread: 64 KiB */
 #define HC(p) ((const uint16_t *)(const void *)(p))
 #define HM(p) ((uint16_t *)(void *)(p))
@@ -287,19 +290,17 @@ static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, c
     if (!c->s16)
         return linear_fwd32(b, x, w, bias, y, M, K, N);
     float *y32 = whole32(b, 0, NULL, M * N); /* slot 0: also dY's in backward (the LM head's M x V) */
-    if (!y32)
+    const float *b32 = bias ? whole32(b, 4, bias, N) : NULL;
+    if (!y32 || (bias && !b32))
         return DS_ERR_NOMEM;
     ds_status st;
-    if (c->gemm16 && c->s16 == DS_ROUND_BF16) { /* x is bf16 already: no conversion */
-        const uint16_t *hw = to_bf16(b, 1, w, N * K);
-        if (!hw)
-            return DS_ERR_NOMEM;
-        st = ds_dnnl_matmul_bf16(DNNL(b), M, N, K, HC(x), K, 1, hw, 1, K, bias, y32, 0, &b->err);
+    if (c->gemm16 && c->s16 == DS_ROUND_BF16) { /* x and w are bf16 already: no conversion */
+        st = ds_dnnl_matmul_bf16(DNNL(b), M, N, K, HC(x), K, 1, HC(w), 1, K, b32, y32, 0, &b->err);
     } else {
-        const float *x32 = whole32(b, 1, x, M * K);
-        if (!x32)
+        const float *x32 = whole32(b, 1, x, M * K), *w32 = whole32(b, 3, w, N * K);
+        if (!x32 || !w32)
             return DS_ERR_NOMEM;
-        st = linear_fwd32(b, x32, w, bias, y32, M, K, N);
+        st = linear_fwd32(b, x32, w32, b32, y32, M, K, N);
     }
     if (st == DS_OK)
         c->k->pack16(y32, HM(y), M * N, c->s16);
@@ -372,11 +373,11 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     if (!c->s16)
         return linear_bwd32(b, dy, x, w, dx, dw, dbias, M, K, N, accumulate);
     const float *dy32 = whole32(b, 0, dy, M * N);
-    const float *x32 = dw ? whole32(b, 1, x, M * K) : NULL;
+    const float *x32 = dw ? whole32(b, 1, x, M * K) : NULL, *w32 = dx ? whole32(b, 3, w, N * K) : NULL;
     float *dx32 = dx ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
-    if (!dy32 || (dw && !x32) || (dx && !dx32))
+    if (!dy32 || (dw && !x32) || (dx && (!dx32 || !w32)))
         return DS_ERR_NOMEM;
-    ds_status st = linear_bwd32(b, dy32, x32, w, dx32, dw, dbias, M, K, N, accumulate);
+    ds_status st = linear_bwd32(b, dy32, x32, w32, dx32, dw, dbias, M, K, N, accumulate);
     if (st == DS_OK && dx)
         c->k->pack16(dx32, HM(dx), M * K, c->s16);
     return st;
@@ -473,17 +474,10 @@ static ds_status cpu_embedding_fwd(ds_backend *b, const int32_t *ids, const floa
         c->k->embedding_fwd(ids, t, o, M, C);
         return DS_OK;
     }
-    ds_status st = ensure_tiles(b, C);
-    if (st != DS_OK)
-        return st;
-    const int64_t R = tile_rows(C);
+    /* the table's rows are 16-bit values already: copied as they are */
 #pragma omp parallel for schedule(static) if (M * C > TILE)
-    for (int64_t r0 = 0; r0 < M; r0 += R) {
-        int64_t rows = M - r0 < R ? M - r0 : R;
-        float *ty = tile(c, 0);
-        c->ks->embedding_fwd(ids + r0, t, ty, rows, C);
-        c->ks->pack16(ty, HM(o) + r0 * C, rows * C, c->s16);
-    }
+    for (int64_t m = 0; m < M; m++)
+        memcpy(HM(o) + m * C, HC(t) + (int64_t)ids[m] * C, (size_t)C * 2);
     return DS_OK;
 }
 
@@ -512,9 +506,10 @@ static ds_status cpu_posadd_fwd(ds_backend *b, const float *x, const float *p, f
 #pragma omp parallel for schedule(static) if (B * T * C > TILE)
     for (int64_t i = 0; i < B * per; i++) {
         int64_t t0 = i % per * R, rows = T - t0 < R ? T - t0 : R, off = (i / per * T + t0) * C;
-        float *tx = tile(c, 0), *ty = tile(c, 1);
+        float *tx = tile(c, 0), *ty = tile(c, 1), *tp = tile(c, 2);
         c->ks->unpack16(HC(x) + off, tx, rows * C, c->s16);
-        c->ks->posadd_fwd(tx, p + t0 * C, ty, 1, rows, C);
+        c->ks->unpack16(HC(p) + t0 * C, tp, rows * C, c->s16);
+        c->ks->posadd_fwd(tx, tp, ty, 1, rows, C);
         c->ks->pack16(ty, HM(y) + off, rows * C, c->s16);
     }
     return DS_OK;
@@ -538,15 +533,18 @@ static ds_status cpu_layernorm_fwd(ds_backend *b, const float *x, const float *w
         return DS_OK;
     }
     ds_status st = ensure_tiles(b, C);
-    if (st != DS_OK)
-        return st;
+    float *wb = whole32(b, 4, NULL, 2 * C); /* w then bias, unpacked */
+    if (st != DS_OK || !wb)
+        return st != DS_OK ? st : DS_ERR_NOMEM;
+    c->k->unpack16(HC(w), wb, C, c->s16);
+    c->k->unpack16(HC(bi), wb + C, C, c->s16);
     const int64_t R = tile_rows(C);
 #pragma omp parallel for schedule(static) if (M * C > TILE)
     for (int64_t r0 = 0; r0 < M; r0 += R) {
         int64_t rows = M - r0 < R ? M - r0 : R;
         float *tx = tile(c, 0), *ty = tile(c, 1);
         c->ks->unpack16(HC(x) + r0 * C, tx, rows * C, c->s16);
-        c->ks->layernorm_fwd(tx, w, bi, ty, mean + r0, rstd + r0, rows, C, eps);
+        c->ks->layernorm_fwd(tx, wb, wb + C, ty, mean + r0, rstd + r0, rows, C, eps);
         c->ks->pack16(ty, HM(y) + r0 * C, rows * C, c->s16);
     }
     return DS_OK;
@@ -561,11 +559,11 @@ static ds_status cpu_layernorm_bwd(ds_backend *b, const float *dy, const float *
         c->k->layernorm_bwd(dy, x, w, mean, rstd, dx, dw, db, M, C, acc);
         return DS_OK;
     }
-    const float *dy32 = whole32(b, 0, dy, M * C), *x32 = whole32(b, 1, x, M * C);
+    const float *dy32 = whole32(b, 0, dy, M * C), *x32 = whole32(b, 1, x, M * C), *w32 = whole32(b, 4, w, C);
     float *dx32 = dx ? whole32(b, 2, acc ? dx : NULL, M * C) : NULL;
-    if (!dy32 || !x32 || (dx && !dx32))
+    if (!dy32 || !x32 || !w32 || (dx && !dx32))
         return DS_ERR_NOMEM;
-    c->k->layernorm_bwd(dy32, x32, w, mean, rstd, dx32, dw, db, M, C, acc);
+    c->k->layernorm_bwd(dy32, x32, w32, mean, rstd, dx32, dw, db, M, C, acc);
     if (dx)
         c->k->pack16(dx32, HM(dx), M * C, c->s16);
     return DS_OK;
@@ -712,6 +710,14 @@ static ds_status cpu_nonfinite(ds_backend *b, const float *x, int64_t n, int64_t
     return DS_OK;
 }
 
+static ds_status cpu_pack16(ds_backend *b, const float *x, void *y, int64_t n, int mode)
+{
+    if (mode != DS_ROUND_BF16 && mode != DS_ROUND_FP16)
+        return ds_error_set(&b->err, DS_ERR_INVALID, "pack16: unknown 16-bit format %d", mode);
+    K(b)->pack16(x, y, n, mode);
+    return DS_OK;
+}
+
 static const ds_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -754,6 +760,7 @@ static const ds_backend_ops cpu_ops = {
     .lamb_step = cpu_lamb_step,
     .set_precision = cpu_set_precision,
     .store16 = cpu_store16,
+    .pack16 = cpu_pack16,
 };
 
 /* variant: NULL or "" picks by cpuid; "avx2" or "generic" forces one. */

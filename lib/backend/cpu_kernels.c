@@ -603,35 +603,45 @@ static void round16_k(float *x, int64_t n, int mode)
 
 /* ---- 16-bit storage ------------------------------------------------------------------------ */
 
-/* x[n] fp32 -> y[n] 16-bit values of mode, rounded to nearest even (fp16: overflow to inf). */
-static void pack16_k(const float *x, uint16_t *y, int64_t n, int mode)
+/* the bits of x rounded to the nearest bfloat16 */
+static inline uint16_t bf16_bits(float x)
+{
+    float r = round_bf16(x);
+    uint32_t u;
+    memcpy(&u, &r, 4);
+    return (uint16_t)(u >> 16);
+}
+
+/* x[n] fp32 -> y[n] 16-bit values of mode, rounded to nearest even (fp16: overflow to inf),
+ * without threads (also the 16-bit weight write of the optimizers, chunk by chunk). */
+static inline void pack16_span(const float *x, uint16_t *y, int64_t n, int mode)
 {
     if (mode == DS_ROUND_BF16) {
-#pragma omp parallel for simd if (parallel: n > PAR_MIN)
-        for (int64_t i = 0; i < n; i++) {
-            float r = round_bf16(x[i]);
-            uint32_t u;
-            memcpy(&u, &r, 4);
-            y[i] = (uint16_t)(u >> 16);
-        }
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++)
+            y[i] = bf16_bits(x[i]);
         return;
     }
 #ifdef __F16C__
-#pragma omp parallel for if (n > PAR_MIN)
-    for (int64_t i0 = 0; i0 < n; i0 += 8) {
-        if (i0 + 8 <= n) {
-            __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i0), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            _mm_storeu_si128((__m128i *)(y + i0), h);
-        } else {
-            for (int64_t i = i0; i < n; i++)
-                y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        }
-    }
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++)
+        y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #else
-#pragma omp parallel for if (n > PAR_MIN)
     for (int64_t i = 0; i < n; i++)
         y[i] = ds_f32_to_f16(x[i]);
 #endif
+}
+
+#define PACK_CHUNK 2048 /* floats per chunk of a threaded pack: 8 KiB in, 4 KiB out */
+
+static void pack16_k(const float *x, uint16_t *y, int64_t n, int mode)
+{
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK)
+        pack16_span(x + i0, y + i0, n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK, mode);
 }
 
 /* x[n] 16-bit values of mode -> y[n] fp32 (exact). */
@@ -667,24 +677,44 @@ static void unpack16_k(const uint16_t *x, float *y, int64_t n, int mode)
 /* ---- fused optimizers ------------------------------------------------------------------- */
 
 /* The loop body of each optimizer is written once, as a macro over the per-element update, and
- * instantiated without and with the 16-bit working-weight write, so that the common case has no
- * branch in its inner loop. */
+ * instantiated without and with the 16-bit working-weight write (fp32 values rounded, or
+ * 2-byte values: then in chunks, each packed from the updated master while it is in cache), so
+ * that the common case has no branch in its inner loop. */
 #define OPT_LOOP(n, a, BODY)                                                                      \
     do {                                                                                          \
-        float *pw_ = (a)->pw;                                                                     \
+        void *pw_ = (a)->pw;                                                                      \
         if (!pw_) {                                                                               \
             _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
                 BODY;                                                                             \
             }                                                                                     \
-        } else if ((a)->round == DS_ROUND_BF16) {                                                 \
+        } else if ((a)->pw16 && (a)->round == DS_ROUND_BF16) {                                    \
+            uint16_t *pw16_ = pw_;                                                                \
             _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
                 BODY;                                                                             \
-                pw_[i] = round_bf16(p[i]);                                                        \
+                pw16_[i] = bf16_bits(p[i]);                                                       \
+            }                                                                                     \
+        } else if ((a)->pw16) { /* fp16: F16C converts 8 at a time, chunk by chunk */            \
+            uint16_t *pw16_ = pw_;                                                                \
+            const int mode_ = (a)->round;                                                         \
+            _Pragma("omp parallel for schedule(static) if (n > PAR_MIN)")                         \
+            for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK) {                                      \
+                const int64_t i1 = n - i0 < PACK_CHUNK ? n : i0 + PACK_CHUNK;                     \
+                _Pragma("omp simd") for (int64_t i = i0; i < i1; i++) {                           \
+                    BODY;                                                                         \
+                }                                                                                 \
+                pack16_span(p + i0, pw16_ + i0, i1 - i0, mode_);                                \
+            }                                                                                     \
+        } else if ((a)->round == DS_ROUND_BF16) {                                                 \
+            float *pwf_ = pw_;                                                                    \
+            _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+                BODY;                                                                             \
+                pwf_[i] = round_bf16(p[i]);                                                       \
             }                                                                                     \
         } else {                                                                                  \
+            float *pwf_ = pw_;                                                                    \
             _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
                 BODY;                                                                             \
-                pw_[i] = round_fp16(p[i]);                                                        \
+                pwf_[i] = round_fp16(p[i]);                                                       \
             }                                                                                     \
         }                                                                                         \
     } while (0)
@@ -800,7 +830,9 @@ static void lamb_step(float *pall, const float *g, float *m, float *v, const ds_
         if (a->phase == 2)
             coeff = a->coeffs[t];
         const float k = step_size * coeff;
-        struct { float *pw; int round; } slice = {a->pw ? a->pw + o : NULL, a->round};
+        struct { void *pw; int round, pw16; } slice = {
+            !a->pw ? NULL : a->pw16 ? (void *)((uint16_t *)a->pw + o) : (void *)((float *)a->pw + o),
+            a->round, a->pw16};
         OPT_LOOP(n, &slice, {
             float u = mt[i] / (sqrtf(vt[i] + ein) + eout) + wd * p[i];
             p[i] -= k * u;

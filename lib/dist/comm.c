@@ -79,12 +79,14 @@ ds_status ds_comm_reduce_scatter_v(ds_comm *c, float *buf, const size_t *off, co
     return c->ops->reduce_scatter_v(c, buf, off, len, op, err);
 }
 
-ds_status ds_comm_all_gather_v(ds_comm *c, float *buf, const size_t *off, const size_t *len,
-                               ds_error *err)
+ds_status ds_comm_all_gather_v(ds_comm *c, void *buf, const size_t *off, const size_t *len,
+                               size_t esz, ds_error *err)
 {
     if (!c->ops->all_gather_v)
         return ds_error_set(err, DS_ERR_UNSUPPORTED, "communicator %s has no in-place all_gather", c->ops->name);
-    return c->ops->all_gather_v(c, buf, off, len, err);
+    if (esz != 2 && esz != 4)
+        return ds_error_set(err, DS_ERR_INVALID, "all_gather_v: elements of %zu bytes (expected 2 or 4)", esz);
+    return c->ops->all_gather_v(c, buf, off, len, esz, err);
 }
 
 ds_status ds_comm_broadcast(ds_comm *c, void *buf, size_t bytes, int root, ds_error *err)
@@ -199,17 +201,24 @@ static ds_status ring_reduce_scatter(cpu_comm *c, float *work, const size_t *off
 }
 
 /* Ring all-gather in place: rank r contributes block r. */
-static ds_status ring_all_gather(cpu_comm *c, float *work, const size_t *off, const size_t *len,
-                                 const char *what, ds_error *err)
+static ds_status ring_all_gather_e(cpu_comm *c, void *work, const size_t *off, const size_t *len,
+                                   size_t esz, const char *what, ds_error *err)
 {
     int n = c->base.size, r = c->base.rank;
+    char *w = work;
     for (int s = 0; s < n - 1; s++) {
         int sb = ring_mod(r - s, n), rb = ring_mod(r - s - 1, n);
-        ds_status st = exchange(c, work + off[sb], len[sb] * sizeof(float), work + off[rb],
-                                len[rb] * sizeof(float), what, err);
+        ds_status st = exchange(c, w + off[sb] * esz, len[sb] * esz, w + off[rb] * esz,
+                                len[rb] * esz, what, err);
         if (st != DS_OK) return st;
     }
     return DS_OK;
+}
+
+static ds_status ring_all_gather(cpu_comm *c, float *work, const size_t *off, const size_t *len,
+                                 const char *what, ds_error *err)
+{
+    return ring_all_gather_e(c, work, off, len, sizeof(float), what, err);
 }
 
 static ds_status blocks(int n, size_t total, size_t **off, size_t **len, ds_error *err)
@@ -339,12 +348,12 @@ static ds_status cpu_reduce_scatter_v(ds_comm *base, float *buf, const size_t *o
     return ring_reduce_scatter((cpu_comm *)base, buf, off, len, op, "reduce_scatter", err);
 }
 
-static ds_status cpu_all_gather_v(ds_comm *base, float *buf, const size_t *off, const size_t *len,
-                                  ds_error *err)
+static ds_status cpu_all_gather_v(ds_comm *base, void *buf, const size_t *off, const size_t *len,
+                                  size_t esz, ds_error *err)
 {
     if (base->size == 1)
         return DS_OK;
-    return ring_all_gather((cpu_comm *)base, buf, off, len, "all_gather", err);
+    return ring_all_gather_e((cpu_comm *)base, buf, off, len, esz, "all_gather", err);
 }
 
 static const ds_comm_ops cpu_ops = {

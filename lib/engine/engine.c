@@ -14,6 +14,7 @@
 
 #include "ds/backend.h"
 #include "ds/ckpt.h"
+#include "ds/dtype.h"
 #include "ds/optim.h"
 #include "ds/safetensors.h"
 #include "ds/sched.h"
@@ -29,10 +30,12 @@ struct ds_engine {
     ds_comm *dcomm;        /* the backend's communicator (NCCL) for gradient and parameter
                               collectives on device memory; NULL: comm does them */
     ds_model *model;
-    float *params, *grads; /* flat, net->params.total floats each; params are what the model
-                              reads: in 16-bit mode the working weights, rounded from master */
+    float *params, *grads; /* flat, net->params.total elements each; params are what the model
+                              reads: in 16-bit mode the working weights, rounded from master,
+                              as 2-byte values when p16 (the model's 16-bit storage) */
     float *master;         /* fp32 master weights (== params in fp32 mode) */
     int round;             /* ds_round_mode of the 16-bit mode, 0 for fp32 */
+    int p16;               /* params hold 2-byte values of round's format, not fp32 */
     ds_loss_scaler scaler;
     double step_scale;     /* the loss scale the last update used */
     int64_t skipped;
@@ -74,6 +77,7 @@ struct ds_engine {
     double grad_norm;
     double lr;
     float *host_scratch;   /* a host buffer of the largest tensor */
+    uint16_t *w16_scratch; /* p16: the same for 2-byte working weights on their way */
     int64_t largest;
     ds_comm *comm;         /* data-parallel ranks, or NULL */
     int world_size;
@@ -172,6 +176,7 @@ void ds_engine_destroy(ds_engine *e)
     if (e->cfg_loaded)
         ds_config_free(&e->cfg);
     free(e->host_scratch);
+    free(e->w16_scratch);
     free(e->coll);
     free(e->zoff);
     free(e->zlen);
@@ -181,16 +186,61 @@ void ds_engine_destroy(ds_engine *e)
     free(e);
 }
 
+/* Element i of the working weights (2 bytes each when p16). */
+static void *wptr(const ds_engine *e, int64_t i)
+{
+    return e->p16 ? (void *)((uint16_t *)(void *)e->params + i) : (void *)(e->params + i);
+}
+
+static size_t wsize(const ds_engine *e) { return e->p16 ? 2 : sizeof(float); }
+
+/* Working weights [off, off + count) from or to host fp32 values, through the host scratch
+ * when they are 2-byte values (chunks of the largest tensor's size). */
+static ds_status upload_working(ds_engine *e, int64_t off, const float *host, int64_t count)
+{
+    const ds_backend_ops *ops = e->be->ops;
+    if (!e->p16)
+        return ops->upload(e->be, e->params + off, host, (size_t)count * sizeof(float));
+    uint16_t *h = e->w16_scratch;
+    const int64_t chunk = e->largest > 0 ? e->largest : 1;
+    ds_status st = DS_OK;
+    for (int64_t i0 = 0; i0 < count && st == DS_OK; i0 += chunk) {
+        int64_t len = count - i0 < chunk ? count - i0 : chunk;
+        for (int64_t i = 0; i < len; i++)
+            h[i] = e->round == DS_ROUND_BF16 ? ds_f32_to_bf16(host[i0 + i]) : ds_f32_to_f16(host[i0 + i]);
+        st = ops->upload(e->be, wptr(e, off + i0), h, (size_t)len * 2);
+    }
+    return st;
+}
+
+static ds_status download_working(ds_engine *e, int64_t off, float *host, int64_t count)
+{
+    const ds_backend_ops *ops = e->be->ops;
+    if (!e->p16)
+        return ops->download(e->be, host, e->params + off, (size_t)count * sizeof(float));
+    uint16_t *h = e->w16_scratch;
+    const int64_t chunk = e->largest > 0 ? e->largest : 1;
+    ds_status st = DS_OK;
+    for (int64_t i0 = 0; i0 < count && st == DS_OK; i0 += chunk) {
+        int64_t len = count - i0 < chunk ? count - i0 : chunk;
+        if ((st = ops->download(e->be, h, wptr(e, off + i0), (size_t)len * 2)) != DS_OK)
+            break;
+        for (int64_t i = 0; i < len; i++)
+            host[i0 + i] = e->round == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+    }
+    return st;
+}
+
 /* Set flat elements [off, off + count) of the weights from host fp32 values: the master
  * weights (this rank's partition of them under ZeRO) and the working weights the model reads
  * (in 16-bit mode rounded to the format; under ZeRO every rank holds them all). */
 static ds_status write_weights(ds_engine *e, int64_t off, const float *host, int64_t count)
 {
     const ds_backend_ops *ops = e->be->ops;
-    ds_status st = ops->upload(e->be, e->params + off, host, (size_t)count * sizeof(float));
+    ds_status st = upload_working(e, off, host, count);
     if (st != DS_OK || !e->round)
         return st;
-    if ((st = ops->round16(e->be, e->params + off, count, e->round)) != DS_OK)
+    if (!e->p16 && (st = ops->round16(e->be, e->params + off, count, e->round)) != DS_OK)
         return st;
     int64_t lo = off > e->pbeg ? off : e->pbeg, hi = off + count < e->pend ? off + count : e->pend;
     if (hi > lo)
@@ -208,7 +258,7 @@ static ds_status read_master(ds_engine *e, int64_t off, float *host, int64_t cou
         return ops->download(e->be, host, e->params + off, (size_t)count * sizeof(float));
     ds_status st = DS_OK;
     if (e->zero)
-        st = ops->download(e->be, host, e->params + off, (size_t)count * sizeof(float));
+        st = download_working(e, off, host, count);
     int64_t lo = off > e->pbeg ? off : e->pbeg, hi = off + count < e->pend ? off + count : e->pend;
     if (st == DS_OK && hi > lo)
         st = ops->download(e->be, host + (lo - off), e->master + (lo - e->pbeg), (size_t)(hi - lo) * sizeof(float));
@@ -393,11 +443,11 @@ static ds_status zero_gather_params(ds_engine *e, ds_error *err)
         double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
         zero_blocks(e, b0, b1);
         if (e->cfg.zero.allgather_partitions) {
-            st = ds_comm_all_gather_v(GCOMM(e), e->params + b0, e->zoff, e->zlen, err);
+            st = ds_comm_all_gather_v(GCOMM(e), wptr(e, b0), e->zoff, e->zlen, wsize(e), err);
         } else {
             for (int r = 0; r < e->world_size && st == DS_OK; r++)
                 if (e->zlen[r])
-                    st = ds_comm_broadcast(GCOMM(e), e->params + b0 + e->zoff[r], e->zlen[r] * sizeof(float), r, err);
+                    st = ds_comm_broadcast(GCOMM(e), wptr(e, b0 + (int64_t)e->zoff[r]), e->zlen[r] * wsize(e), r, err);
         }
         record_collective(e, "parameters (all_gather)", b1 - b0, t0);
     }
@@ -863,7 +913,11 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     size_t pbytes = (size_t)(e->pend - e->pbeg) * sizeof(float);
     e->zoff = calloc((size_t)e->world_size, sizeof *e->zoff);
     e->zlen = calloc((size_t)e->world_size, sizeof *e->zlen);
-    e->params = e->be->ops->alloc(e->be, bytes);
+    /* the model first: with 16-bit storage it reads 2-byte working weights */
+    if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, e->round, err)) != DS_OK)
+        goto fail;
+    e->p16 = ds_model_storage16(e->model) != 0;
+    e->params = e->be->ops->alloc(e->be, (size_t)tab->total * wsize(e));
     e->grads = e->zero == 2 ? NULL : e->be->ops->alloc(e->be, bytes);
     if (e->zero == 2)
         e->gpart = e->be->ops->alloc(e->be, pbytes ? pbytes : sizeof(float));
@@ -881,8 +935,9 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         if (tab->t[i].numel > e->largest)
             e->largest = tab->t[i].numel;
     e->host_scratch = malloc((size_t)e->largest * sizeof(float) + 64);
+    e->w16_scratch = e->p16 ? malloc((size_t)e->largest * 2 + 64) : NULL;
     float *host = malloc(bytes);
-    if (!host || !e->host_scratch) {
+    if (!host || !e->host_scratch || (e->p16 && !e->w16_scratch)) {
         free(host);
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
         goto fail;
@@ -894,8 +949,6 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         backend_err(e, st, err);
         goto fail;
     }
-    if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, e->round, err)) != DS_OK)
-        goto fail;
     const ds_user_optimizer *user = NULL;
     for (int i = 0; i < opts->n_user_optimizers; i++)
         if (e->cfg.optimizer.type == DS_OPTIM_USER && !strcmp(opts->user_optimizers[i].name, e->cfg.optimizer.name))
@@ -1141,7 +1194,7 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         }
         float *m = e->round ? e->master : e->params + e->pbeg;
         if ((st = ds_optimizer_step(&e->opt, m, g, (float)e->lr, (float)gscale,
-                                    e->round ? e->params + e->pbeg : NULL, e->round, err)) != DS_OK)
+                                    e->round ? wptr(e, e->pbeg) : NULL, e->round, e->p16, err)) != DS_OK)
             return st;
         if (e->zero && (st = zero_gather_params(e, err)) != DS_OK)
             return st;
@@ -1241,7 +1294,7 @@ void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m)
     size_t flat = (size_t)e->net->params.total * sizeof(float);
     size_t part = (size_t)(e->pend - e->pbeg) * sizeof(float);
     memset(m, 0, sizeof *m);
-    m->params = flat;
+    m->params = (size_t)e->net->params.total * wsize(e);
     m->master = e->master_owned ? (e->zero ? part : flat) : 0;
     m->grads = e->zero == 2 ? part : flat;
     m->optim = ds_optimizer_state_bytes(&e->opt);
@@ -1472,7 +1525,7 @@ ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, 
     if (e->zero && e->round && e->comm) {
         /* the fp32 master weights are partitioned: gather them (every rank calls this) */
         zero_blocks(e, 0, tab->total);
-        if ((st = ds_comm_all_gather_v(e->comm, host, e->zoff, e->zlen, err)) != DS_OK || e->comm->rank != 0) {
+        if ((st = ds_comm_all_gather_v(e->comm, host, e->zoff, e->zlen, sizeof(float), err)) != DS_OK || e->comm->rank != 0) {
             free(host);
             free(ent);
             return st;
@@ -1601,7 +1654,9 @@ ds_status ds_engine_read_partition(ds_engine *e, int buffer, int64_t begin, int6
     int64_t shift;
     ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
     if (st == DS_OK && end > begin &&
-        (st = e->be->ops->download(e->be, host, base + (begin - shift), (size_t)(end - begin) * sizeof(float))) != DS_OK)
+        (st = buffer == DS_ENGINE_BUF_WEIGHTS
+                  ? download_working(e, begin, host, end - begin)
+                  : e->be->ops->download(e->be, host, base + (begin - shift), (size_t)(end - begin) * sizeof(float))) != DS_OK)
         backend_err(e, st, err);
     return st;
 }
@@ -1613,7 +1668,9 @@ ds_status ds_engine_write_partition(ds_engine *e, int buffer, int64_t begin, int
     int64_t shift;
     ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
     if (st == DS_OK && end > begin &&
-        (st = e->be->ops->upload(e->be, base + (begin - shift), host, (size_t)(end - begin) * sizeof(float))) != DS_OK)
+        (st = buffer == DS_ENGINE_BUF_WEIGHTS
+                  ? upload_working(e, begin, host, end - begin)
+                  : e->be->ops->upload(e->be, base + (begin - shift), host, (size_t)(end - begin) * sizeof(float))) != DS_OK)
         backend_err(e, st, err);
     return st;
 }
@@ -1626,9 +1683,13 @@ ds_status ds_engine_sync_weights(ds_engine *e, ds_error *err)
     ds_status st = DS_OK;
     if (e->round) {
         int64_t len = e->pend - e->pbeg;
-        st = ops->copy(e->be, e->params + e->pbeg, e->master, (size_t)len * sizeof(float));
-        if (st == DS_OK)
-            st = ops->round16(e->be, e->params + e->pbeg, len, e->round);
+        if (e->p16) {
+            st = ops->pack16(e->be, e->master, wptr(e, e->pbeg), len, e->round);
+        } else {
+            st = ops->copy(e->be, e->params + e->pbeg, e->master, (size_t)len * sizeof(float));
+            if (st == DS_OK)
+                st = ops->round16(e->be, e->params + e->pbeg, len, e->round);
+        }
         if (st != DS_OK)
             return backend_err(e, st, err);
     }

@@ -33,7 +33,7 @@ struct ds_model {
     size_t act_bytes;
     int round;           /* ds_round_mode: 16-bit activations and activation gradients */
     int fused;           /* the backend's activation ops round their outputs (fuse_round) */
-    int s16;             /* activations stored as 16-bit values (the backend's store16) */
+    int s16;             /* activations and weights stored as 16-bit values (store16) */
     size_t esz;          /* bytes per activation element: 2 with s16, else 4 */
     float *const *gptr;  /* per tensor: where its gradient goes (NULL: grads + offset) */
     ds_status (*hook)(void *ctx, int layer, ds_error *err);
@@ -42,7 +42,11 @@ struct ds_model {
 
 #define OPS (m->be->ops)
 #define G(idx) (m->gptr ? m->gptr[(idx)] : grads + m->net->params.t[(idx)].offset)
-#define P(base, idx) ((base) + m->net->params.t[(idx)].offset)
+/* a weight tensor in the flat parameters: 2-byte values with s16, else fp32 */
+#define P(base, idx)                                                                             \
+    (m->s16 ? (const float *)(const void *)((const uint16_t *)(const void *)(base) +            \
+                                            m->net->params.t[(idx)].offset)                      \
+            : (base) + m->net->params.t[(idx)].offset)
 #define CHECK(call)                                                                              \
     do {                                                                                         \
         ds_status st_ = (call);                                                                  \
@@ -102,7 +106,8 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
      * during the passes) and DS_ACT16 is not 0, for token networks: a features network's first
      * layer reads the fp32 features as they are, which a 16-bit input buffer would round */
     const char *a16 = getenv("DS_ACT16");
-    if (round && net->input == DS_INPUT_TOKENS && be->ops->store16 && !(a16 && strcmp(a16, "0") == 0)) {
+    if (round && net->input == DS_INPUT_TOKENS && be->ops->store16 && be->ops->pack16 &&
+        !(a16 && strcmp(a16, "0") == 0)) {
         m->s16 = be->ops->store16(be, round);
         be->ops->store16(be, 0);
     }

@@ -30,7 +30,9 @@ ds_status ds_model_forward(ds_model *m, const float *params, int train, float gr
 ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_error *err);
 /* The last layer's output (logits) of the last forward, [B*positions, out_dim], as floats. */
 ds_status ds_model_download_output(ds_model *m, float *host, ds_error *err);
-/* The 16-bit format activations are stored in (a ds_round_mode), 0 when they are fp32. */
+/* The 16-bit format activations and weights are stored in (a ds_round_mode), 0 when they are
+ * fp32: then the params given to forward and backward are the working weights as 2-byte values
+ * of that format (with the flat offsets of the fp32 layout, counted in elements). */
 int ds_model_storage16(const ds_model *m);
 /* ZeRO-2: ptrs[i] is where tensor i's gradient is accumulated during backward (instead of
  * grads + its offset); NULL restores the flat buffer. The array must outlive its use. */

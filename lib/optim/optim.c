@@ -142,7 +142,7 @@ static double c_min(const ds_optimizer *o) { return o->cfg.min_coeff; }
 static double c_max(const ds_optimizer *o) { return o->cfg.max_coeff; }
 
 ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, float lr,
-                            float grad_scale, float *pw, int round, ds_error *err)
+                            float grad_scale, void *pw, int round, int pw16, ds_error *err)
 {
     ds_status st = DS_OK;
     const ds_optimizer_config *c = &o->cfg;
@@ -151,7 +151,7 @@ ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, 
     case DS_OPTIM_SGD: {
         ds_sgd_args a = {.lr = lr, .momentum = (float)c->momentum, .dampening = (float)c->dampening,
                          .weight_decay = (float)c->weight_decay, .nesterov = c->nesterov,
-                         .first_step = o->step == 0, .grad_scale = grad_scale, .pw = pw, .round = round};
+                         .first_step = o->step == 0, .grad_scale = grad_scale, .pw = pw, .round = round, .pw16 = pw16};
         st = be->ops->sgd_step(be, params, grads, o->m, o->n, &a);
         break;
     }
@@ -162,14 +162,14 @@ ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, 
                            .step = o->step + 1,
                            .adam_w_mode = c->type == DS_OPTIM_ADAMW || c->adam_w_mode,
                            .bias_correction = c->bias_correction, .grad_scale = grad_scale,
-                           .pw = pw, .round = round};
+                           .pw = pw, .round = round, .pw16 = pw16};
         st = be->ops->adamw_step(be, params, grads, o->m, o->v, o->n, &a);
         break;
     }
     case DS_OPTIM_ADAGRAD: {
         ds_adagrad_args a = {.lr = lr, .lr_decay = (float)c->lr_decay,
                              .weight_decay = (float)c->weight_decay, .eps = (float)c->eps,
-                             .step = o->step + 1, .grad_scale = grad_scale, .pw = pw, .round = round};
+                             .step = o->step + 1, .grad_scale = grad_scale, .pw = pw, .round = round, .pw16 = pw16};
         st = be->ops->adagrad_step(be, params, grads, o->m, o->n, &a);
         break;
     }
@@ -179,7 +179,7 @@ ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, 
                           .min_coeff = (float)c->min_coeff, .max_coeff = (float)c->max_coeff,
                           .step = o->step + 1, .bias_correction = c->bias_correction,
                           .eps_inside_sqrt = c->eps_inside_sqrt, .grad_scale = grad_scale,
-                          .pw = pw, .round = round, .offsets = o->offsets,
+                          .pw = pw, .round = round, .pw16 = pw16, .offsets = o->offsets,
                           .n_tensors = o->n_tensors, .coeffs = o->coeffs};
         if (o->n_tensors >= 0) {
             st = be->ops->lamb_step(be, params, grads, o->m, o->v, &a);
@@ -239,7 +239,10 @@ ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, 
         if ((st = o->user->step(o->user->ctx, &s, err)) != DS_OK)
             return st;
         /* the 16-bit working weights: a second pass for user optimizers */
-        if (pw) {
+        if (pw && pw16) {
+            st = be->ops->pack16 ? be->ops->pack16(be, params, pw, o->n, round)
+                                 : ds_error_set(&be->err, DS_ERR_UNSUPPORTED, "backend %s has no pack16", be->ops->name);
+        } else if (pw) {
             if ((st = be->ops->copy(be, pw, params, (size_t)o->n * sizeof(float))) == DS_OK)
                 st = be->ops->round16(be, pw, o->n, round);
         }

@@ -25,17 +25,19 @@ struct ds_comm; /* ds/dist.h */
 typedef enum ds_round_mode { DS_ROUND_NONE = 0, DS_ROUND_BF16 = 1, DS_ROUND_FP16 = 2 } ds_round_mode;
 
 /* Every fused optimizer takes grad_scale (gradients are multiplied by it first: unscaling and
- * clipping folded in) and, for 16-bit training, pw and round: when pw is not NULL the updated
- * fp32 master value is also written there rounded to the 16-bit format (the model's working
- * weights), in the same pass. */
+ * clipping folded in) and, for 16-bit training, pw, round and pw16: when pw is not NULL the
+ * updated fp32 master value is also written there rounded to the 16-bit format (the model's
+ * working weights), in the same pass: as 16-bit values (uint16_t: bf16, or IEEE half for
+ * fp16) when pw16 is 1 (the weights of store16 below), else as fp32 values. */
 typedef struct ds_adamw_args {
     float lr, beta1, beta2, eps, weight_decay;
     int64_t step;        /* 1-based step count of this update */
     int adam_w_mode;     /* 1: decoupled decay (AdamW); 0: L2 added to the gradient (Adam) */
     int bias_correction;
     float grad_scale;    /* gradients are multiplied by this first (unscale * clip), one pass */
-    float *pw;           /* NULL, or the 16-bit working weights to write */
+    void *pw;            /* NULL, or the 16-bit working weights to write */
     int round;           /* ds_round_mode of pw */
+    int pw16;            /* pw holds 2-byte values (else fp32) */
 } ds_adamw_args;
 
 typedef struct ds_sgd_args {
@@ -43,8 +45,9 @@ typedef struct ds_sgd_args {
     int nesterov;
     int first_step;      /* torch: the momentum buffer is the gradient itself on the first step */
     float grad_scale;
-    float *pw;
+    void *pw;
     int round;
+    int pw16;
 } ds_sgd_args;
 
 /* torch.optim.Adagrad: clr = lr / (1 + (step-1) lr_decay); sum += g^2; p -= clr g/(sqrt(sum)+eps) */
@@ -52,8 +55,9 @@ typedef struct ds_adagrad_args {
     float lr, lr_decay, weight_decay, eps;
     int64_t step;        /* 1-based */
     float grad_scale;
-    float *pw;
+    void *pw;
     int round;
+    int pw16;
 } ds_adagrad_args;
 
 /* DeepSpeed FusedLamb (engine.md 4.2), per tensor of the flat buffer: m, v (not bias-corrected),
@@ -64,8 +68,9 @@ typedef struct ds_lamb_args {
     int64_t step;
     int bias_correction, eps_inside_sqrt;
     float grad_scale;
-    float *pw;
+    void *pw;
     int round;
+    int pw16;
     /* tensors: n_tensors ranges [offsets[i], offsets[i+1]) of the flat buffers */
     const int64_t *offsets;
     int n_tensors;
@@ -210,7 +215,7 @@ typedef struct ds_backend_ops {
      * 0 if it does not (the caller rounds). Other ops (accumulate, copy, the optimizers, the
      * weight gradients, the losses) never round because of it. */
     int (*fuse_round)(ds_backend *b, int mode);
-    /* Optional (NULL: 0): 16-bit activation storage. From now on (mode a ds_round_mode; 0:
+    /* Optional (NULL: 0): 16-bit storage of activations and weights. From now on (mode a ds_round_mode; 0:
      * stop) the activation tensors of the activation ops are arrays of 16-bit values of that
      * format (uint16_t: bf16, or IEEE half for fp16), passed through the same float pointers
      * (which then address 2-byte elements), not fp32 arrays. The activation tensors: every
@@ -218,15 +223,21 @@ typedef struct ds_backend_ops {
      * posadd_fwd and layernorm_fwd; dy, x and dx of linear_bwd and layernorm_bwd; out of
      * embedding_fwd; dout of embedding_bwd; dy of posadd_bwd; qkv and out of attention_fwd;
      * dout, qkv and dqkv of attention_bwd; logits and dlogits of xent_fwd; y and dy of mse_fwd.
-     * Everything else stays fp32: weights, biases and their gradients, layernorm's mean and
-     * rstd, attention's state, the losses, mse's targets, and every other op (accumulate,
-     * copy, round16, the reductions, the optimizers), which never read 16-bit because of it.
+     * The weights of these ops are 16-bit values of the same format too: w and bias of
+     * linear_fwd, w of linear_bwd, w and bias of layernorm_fwd, w of layernorm_bwd, the
+     * table of embedding_fwd and pos of posadd_fwd (the optimizers write them with pw16).
+     * Everything else stays fp32: the weight and bias gradients, layernorm's mean and rstd,
+     * attention's state, the losses, mse's targets, and every other op (accumulate, copy,
+     * round16, the reductions, the optimizers), which never read 16-bit because of it.
      * Each op computes in fp32 from the 16-bit inputs and rounds each output once, so its
      * results are those of fp32 storage with the outputs rounded (fuse_round): bit for bit
      * where products sum in the same order (cuBLAS may choose another order when it writes a
      * 16-bit output), NaN payloads aside.
      * Returns 1 if the backend does so, 0 if not (storage stays fp32). */
     int (*store16)(ds_backend *b, int mode);
+    /* Optional with store16 (required by it): y[n] (2-byte values) = x[n] (fp32) rounded to
+     * the 16-bit format of mode (ties to even). */
+    ds_status (*pack16)(ds_backend *b, const float *x, void *y, int64_t n, int mode);
 } ds_backend_ops;
 
 struct ds_backend {

@@ -84,11 +84,12 @@ typedef struct ds_comm_ops {
     /* In place over uneven blocks of buf (ZeRO's partitions of a bucket): block r is
      * [off[r], off[r] + len[r]); after reduce_scatter_v rank r's block holds the reduction of
      * every rank's block r (the other blocks are scratch); after all_gather_v every block holds
-     * its owner's values. Optional (NULL: not available). */
+     * its owner's values (elements of esz bytes: 4, fp32, or 2, 16-bit working weights).
+     * Optional (NULL: not available). */
     ds_status (*reduce_scatter_v)(ds_comm *c, float *buf, const size_t *off, const size_t *len,
                                   ds_reduce_op op, ds_error *err);
-    ds_status (*all_gather_v)(ds_comm *c, float *buf, const size_t *off, const size_t *len,
-                              ds_error *err);
+    ds_status (*all_gather_v)(ds_comm *c, void *buf, const size_t *off, const size_t *len,
+                              size_t esz, ds_error *err);
 } ds_comm_ops;
 
 /* Implementations embed this as their first member. */
@@ -128,8 +129,8 @@ ds_status ds_comm_all_gather(ds_comm *c, const float *send, float *recv, size_t 
                              ds_error *err);
 ds_status ds_comm_reduce_scatter_v(ds_comm *c, float *buf, const size_t *off, const size_t *len,
                                    ds_reduce_op op, ds_error *err);
-ds_status ds_comm_all_gather_v(ds_comm *c, float *buf, const size_t *off, const size_t *len,
-                               ds_error *err);
+ds_status ds_comm_all_gather_v(ds_comm *c, void *buf, const size_t *off, const size_t *len,
+                               size_t esz, ds_error *err);
 ds_status ds_comm_broadcast(ds_comm *c, void *buf, size_t bytes, int root, ds_error *err);
 ds_status ds_comm_barrier(ds_comm *c, ds_error *err);
 void ds_comm_destroy(ds_comm *c);

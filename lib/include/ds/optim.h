@@ -84,9 +84,10 @@ ds_status ds_optimizer_init_range(ds_optimizer *o, const ds_optimizer_config *cf
                                   void *sum_ctx, const ds_user_optimizer *user, ds_error *err);
 /* One update of params (fp32 master weights) from grads, multiplied by grad_scale first, at
  * learning rate lr. With pw not NULL, pw = params rounded to the 16-bit format `round` (a
- * ds_round_mode), in the same pass for the built-in optimizers. */
+ * ds_round_mode), in the same pass for the built-in optimizers: 2-byte values (uint16_t) when
+ * pw16 is 1, else fp32 values. */
 ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, float lr,
-                            float grad_scale, float *pw, int round, ds_error *err);
+                            float grad_scale, void *pw, int round, int pw16, ds_error *err);
 size_t ds_optimizer_state_bytes(const ds_optimizer *o);
 void ds_optimizer_free(ds_optimizer *o);
 const char *ds_optimizer_name(const ds_optimizer_config *cfg);
