@@ -132,9 +132,9 @@ __device__ __forceinline__ float round16(float x, int mode)
 __device__ __forceinline__ float rnd(float x, int mode) { return mode ? round16(x, mode) : x; }
 #define RMODE(b) (DS_CUDA(b)->round_out)
 
-/* ---- 16-bit activation storage (store16) ----------------------------------------------------
+/* ---- 16-bit activation and weight storage (store16) -----------------------------------------
  * A kernel templated on S (0: fp32, DS_ROUND_BF16, DS_ROUND_FP16) reads and writes its
- * activation tensors through lda/sta: S 0 is the fp32 layout (sta rounds as fuse_round asked,
+ * activation tensors (and reads its weights) through lda/sta: S 0 is the fp32 layout (sta rounds as fuse_round asked,
  * rm), the others 2-byte values. sta rounds the fp32 value once to nearest even, the bits of
  * round16, so a 16-bit tensor holds exactly what the fp32 layout holds after fuse_round. */
 #define S16(b) (DS_CUDA(b)->store16)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench-precision.sh: ds-train tokens/s on gpt-tiny in fp32, bf16 and fp16, and bf16 with its
-# activations in fp32 buffers (DS_ACT16=0, "bf16-f32buf": the layout before 16-bit storage), in
+# activations and working weights in fp32 buffers (DS_ACT16=0, "bf16-f32buf": the layout before
+# 16-bit storage), in
 # interleaved rounds (fp32, bf16, fp16, bf16-f32buf, fp32, ...) so that drifts of the machine hit
 # all alike; prints each run's median step time and peak RSS and, per variant, the median over
 # the rounds and the ratio to fp32.

@@ -330,10 +330,11 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
             --data-order sequential --log-json "$out/ds-bf16-alt.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-alt.log" |
             grep -E '^ds-train|^done|rror'
     fi
-    # bf16 with the activations in fp32 buffers (DS_ACT16=0, the layout before 16-bit storage)
+    # bf16 with the activations and working weights in fp32 buffers (DS_ACT16=0, the layout
+    # before 16-bit storage)
     if [ -f "$G/share/gpt-small.bf16.ds.json" ] && stage_ok ds 120; then
         say ""
-        say "== ds-train, $(basename "$netfile"), bf16, activations in fp32 buffers (DS_ACT16=0), for comparison"
+        say "== ds-train, $(basename "$netfile"), bf16, activations and weights in fp32 buffers (DS_ACT16=0), for comparison"
         rm -f "$out/ds-bf16-act32.jsonl"
         dsenv DS_ACT16=0 timeout "$(tmo 120)" "$G/bin/ds-train" "$netfile" \
             --config "$G/share/gpt-small.bf16.ds.json" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \

@@ -64,25 +64,28 @@ PYEOF
     else notok "$p vs fp32: $out $(head -c 300 err.$p)"; fi
 done
 
-# 16-bit activation storage changes no number: each op rounds the same fp32 value once, so
-# 20 steps give the same losses and gradient norms, to the last digit, as 16-bit values kept
-# in fp32 buffers (DS_ACT16=0); --plan's activation memory is about half (probabilities, mean
-# and rstd stay fp32).
+# 16-bit activation and weight storage changes no number: each op rounds the same fp32 value
+# once and the optimizer writes the same rounded weights, so 20 steps give the same losses and
+# gradient norms, to the last digit, as 16-bit values kept in fp32 buffers (DS_ACT16=0);
+# --plan's activation memory is about half (probabilities, mean and rstd stay fp32) and its
+# working weights exactly half.
 for p in bf16 fp16; do
     "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config $p.json --data $data --steps 20 \
-        --data-order sequential --quiet --log-json s16.$p.jsonl >/dev/null 2>err.s16 &
+        --data-order sequential --quiet --log-json s16.$p.jsonl >out.s16 2>err.s16 &
     DS_ACT16=0 "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config $p.json --data $data --steps 20 \
         --data-order sequential --quiet --log-json s32.$p.jsonl >/dev/null 2>err.s32
     wait
     a=$(sed 's/.*"loss": \([^,]*\),.*"grad_norm": \([^,]*\),.*/\1 \2/' s16.$p.jsonl)
     c=$(sed 's/.*"loss": \([^,]*\),.*"grad_norm": \([^,]*\),.*/\1 \2/' s32.$p.jsonl)
-    act() { "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config $p.json --plan 2>&1 | awk '$1 == "0" {print $7}'; }
-    m16=$(act) m32=$(DS_ACT16=0 act)
+    act() { "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config $p.json --plan 2>&1 | awk '$1 == "0" {print $2, $7}'; }
+    read -r w16 m16 <<<"$(act)"
+    read -r w32 m32 <<<"$(DS_ACT16=0 act)"
     if [ "$(echo "$a" | wc -l)" = 20 ] && [ "$a" = "$c" ] &&
-        python3 -c "import sys; sys.exit(not (0 < $m16 < 0.6 * $m32))"; then
-        ok "$p: 16-bit activation storage, 20 steps: losses and gradient norms equal to fp32 buffers' to the last digit; activations $m16 MB vs $m32 MB"
+        python3 -c "import sys; sys.exit(not (0 < $m16 < 0.6 * $m32 and abs(2 * $w16 - $w32) < 0.01))" &&
+        grep -q 'activations and working weights stored in 16 bits' out.s16; then
+        ok "$p: 16-bit activation and weight storage, 20 steps: losses and gradient norms equal to fp32 buffers' to the last digit; activations $m16 MB vs $m32 MB, working weights $w16 vs $w32 MB"
     else
-        notok "$p: 16-bit storage vs DS_ACT16=0: $(diff <(echo "$a") <(echo "$c") | head -4) activations $m16 vs $m32 MB $(head -c 300 err.s16)"
+        notok "$p: 16-bit storage vs DS_ACT16=0: $(diff <(echo "$a") <(echo "$c") | head -4) activations $m16 vs $m32 MB, weights $w16 vs $w32 MB $(head -c 300 err.s16)"
     fi
 done
 

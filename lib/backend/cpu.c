@@ -372,12 +372,20 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     cpu_impl *c = b->impl;
     if (!c->s16)
         return linear_bwd32(b, dy, x, w, dx, dw, dbias, M, K, N, accumulate);
+    const int units = c->gemm16 && c->s16 == DS_ROUND_BF16; /* dX from the stored bf16 dY and W */
     const float *dy32 = whole32(b, 0, dy, M * N);
-    const float *x32 = dw ? whole32(b, 1, x, M * K) : NULL, *w32 = dx ? whole32(b, 3, w, N * K) : NULL;
+    const float *x32 = dw ? whole32(b, 1, x, M * K) : NULL, *w32 = dx && !units ? whole32(b, 3, w, N * K) : NULL;
     float *dx32 = dx ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
-    if (!dy32 || (dw && !x32) || (dx && (!dx32 || !w32)))
+    if (!dy32 || (dw && !x32) || (dx && (!dx32 || (!units && !w32))))
         return DS_ERR_NOMEM;
-    ds_status st = linear_bwd32(b, dy32, x32, w32, dx32, dw, dbias, M, K, N, accumulate);
+    ds_status st = DS_OK;
+    if (units && dx) {
+        st = ds_dnnl_matmul_bf16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, dx32, accumulate, &b->err);
+        if (st == DS_OK && (dw || dbias)) /* the weight gradients as before */
+            st = linear_bwd32(b, dy32, x32, NULL, NULL, dw, dbias, M, K, N, 0);
+    } else {
+        st = linear_bwd32(b, dy32, x32, w32, dx32, dw, dbias, M, K, N, accumulate);
+    }
     if (st == DS_OK && dx)
         c->k->pack16(dx32, HM(dx), M * K, c->s16);
     return st;

@@ -290,7 +290,7 @@ static ds_status timers_init(ds_engine *e, int on, ds_error *err)
     return DS_OK;
 }
 
-static void record_collective(ds_engine *e, const char *what, int64_t elements, double t0)
+static void record_collective_e(ds_engine *e, const char *what, int64_t elements, size_t esz, double t0)
 {
     if (!e->timers.enabled || e->n_coll >= e->cap_coll)
         return;
@@ -298,8 +298,13 @@ static void record_collective(ds_engine *e, const char *what, int64_t elements, 
     c->op = "all_reduce";
     c->what = what;
     c->elements = elements;
-    c->bytes = elements * (int64_t)sizeof(float);
+    c->bytes = elements * (int64_t)esz;
     c->ms = (ds_prof_now_s() - t0) * 1e3;
+}
+
+static void record_collective(ds_engine *e, const char *what, int64_t elements, double t0)
+{
+    record_collective_e(e, what, elements, sizeof(float), t0);
 }
 
 
@@ -449,7 +454,7 @@ static ds_status zero_gather_params(ds_engine *e, ds_error *err)
                 if (e->zlen[r])
                     st = ds_comm_broadcast(GCOMM(e), wptr(e, b0 + (int64_t)e->zoff[r]), e->zlen[r] * wsize(e), r, err);
         }
-        record_collective(e, "parameters (all_gather)", b1 - b0, t0);
+        record_collective_e(e, "parameters (all_gather)", b1 - b0, wsize(e), t0);
     }
     return st;
 }

@@ -127,13 +127,15 @@ const ds_net *ds_engine_net(const ds_engine *e);
 const char *ds_engine_backend_name(const ds_engine *e);
 /* What a rank holds, in bytes (ds-train --plan prints it for stages 0-2). */
 typedef struct ds_memory_report {
-    size_t params;      /* the working weights the model reads (every rank holds them all) */
+    size_t params;      /* the working weights the model reads (every rank holds them all;
+                           2 bytes each where activations16 says 16-bit storage) */
     size_t master;      /* separate fp32 master weights (16-bit training; this rank's
                            partition under ZeRO); 0 in fp32, where they are the parameters */
     size_t grads;       /* gradients: the flat buffer, or this rank's partition (ZeRO-2) */
     size_t optim;       /* optimizer state (this rank's partition under ZeRO 1 and 2) */
     size_t activations; /* activations and their gradients for one micro-batch */
-    int activations16;  /* the 16-bit format (ds_round_mode) they are stored in; 0: fp32 buffers */
+    int activations16;  /* the 16-bit format (ds_round_mode) they and the working weights are
+                           stored in; 0: fp32 buffers */
     size_t comm;        /* communication buffers (ZeRO-2 gradient buckets) */
     int zero_stage, world_size;
     int64_t partition_begin, partition_end; /* flat elements this rank updates */
