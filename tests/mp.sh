@@ -118,6 +118,30 @@ else
     notok "bf16 with dropout, 16-bit storage vs DS_ACT16=0: $(diff <(echo "$a") <(echo "$c") | head -4) $(head -c 300 err.drop1)"
 fi
 
+# The code paths of a CPU with bf16 units (the products read the stored bf16 activations and
+# weights as they are; DS_CPU_BF16_GEMM=emulate widens the operands, so they run on any CPU):
+# the same losses and gradient norms as the same products from fp32 buffers (DS_ACT16=0) over
+# 10 steps, and close to the fp32 products' run (the order of a product's sums may differ).
+for a in 1 0; do
+    DS_CPU_BF16_GEMM=emulate DS_ACT16=$a "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config bf16.json \
+        --data $data --steps 10 --data-order sequential --log-json em$a.jsonl >out.em$a 2>err.em$a
+done
+a=$(sed 's/.*"loss": \([^,]*\),.*"grad_norm": \([^,]*\),.*/\1 \2/' em1.jsonl)
+c=$(sed 's/.*"loss": \([^,]*\),.*"grad_norm": \([^,]*\),.*/\1 \2/' em0.jsonl)
+d=$(head -10 s16.bf16.jsonl | sed 's/.*"loss": \([^,]*\),.*/\1/')
+if grep -q 'bf16 GEMMs emulated' out.em1 && [ "$(echo "$a" | wc -l)" = 10 ] && [ "$a" = "$c" ] &&
+    out=$(python3 -c "
+import sys
+e = [float(l.split()[0]) for l in '''$a'''.splitlines()]
+f = [float(x) for x in '''$d'''.split()]
+worst = max(abs(x - y) / abs(y) for x, y in zip(e, f))
+sys.exit('loss differs from the fp32 products by %.2e' % worst) if worst > 1e-3 else print('%.1e' % worst)
+"); then
+    ok "bf16 through the bf16-units code paths (emulated): 16-bit storage gives DS_ACT16=0's losses and gradient norms over 10 steps; within $out of the fp32 products' losses"
+else
+    notok "bf16 units (emulated): $(diff <(echo "$a") <(echo "$c") | head -4) ${out:-} $(head -c 300 err.em1)"
+fi
+
 # A 2-rank fp16 job: +inf in rank 1's gradient at step 4 is seen by both ranks.
 echo "{\"train_micro_batch_size_per_gpu\": 2, \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.001}},
   \"fp16\": {\"enabled\": true, \"initial_scale_power\": 8, \"hysteresis\": 1}, \"seed\": 3}" > dp16.json

@@ -1202,6 +1202,24 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
     cr_expect(strstr(ds_backend_describe(b), "fp32 GEMMs: DS_CPU_BF16_GEMM=0") != NULL, "%s", ds_backend_describe(b));
     setenv("DS_CPU_BF16_GEMM", "yes", 1);
     cr_expect_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_ERR_INVALID);
+    /* emulate (tests): the bf16-units code paths with fp32 products of the widened operands */
+    setenv("DS_CPU_BF16_GEMM", "emulate", 1);
+    cr_expect_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+    cr_expect(strstr(ds_backend_describe(b), "bf16 GEMMs emulated in fp32") != NULL, "%s", ds_backend_describe(b));
+    {
+        float *e[4] = {calloc((size_t)(M * N), 4), calloc((size_t)(M * K), 4), calloc((size_t)(N * K), 4),
+                       calloc((size_t)N, 4)};
+        linear_all(b, x, w, bias, dy, e[0], e[1], e[2], e[3], M, K, N);
+        for (int t = 0; t < 4; t++) {
+            double num = 0, den = 0;
+            for (int64_t i = 0; i < len[t]; i++) {
+                num += (e[t][i] - o[0][t][i]) * (double)(e[t][i] - o[0][t][i]);
+                den += (double)o[0][t][i] * o[0][t][i];
+            }
+            cr_expect(sqrt(num / den) <= 1e-6, "%s emulated: relative error %.2e", what[t], sqrt(num / den));
+            free(e[t]);
+        }
+    }
     unsetenv("DS_CPU_BF16_GEMM");
     cr_expect_eq(b->ops->set_precision(b, DS_ROUND_FP16), DS_OK); /* fp16: fp32 products, as always */
     cr_expect(strstr(ds_backend_describe(b), "GEMMs") == NULL, "%s", ds_backend_describe(b));
@@ -1462,5 +1480,17 @@ Test(store16, every_activation_op_bit_exact_after_set_precision)
     unsetenv("DS_CPU_BF16_GEMM");
     store16_ops("cpu", DS_ROUND_BF16, 1);
     store16_ops("cpu", DS_ROUND_FP16, 1);
+}
+/* The code paths of a CPU with bf16 units (the products take the stored bf16 activations and
+ * weights as they are), on any CPU: DS_CPU_BF16_GEMM=emulate widens the products' operands. */
+Test(store16, every_activation_op_bit_exact_bf16_units_emulated)
+{
+    setenv("DS_CPU_BF16_GEMM", "emulate", 1);
+    ds_backend *b = open_backend("cpu");
+    cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+    cr_assert(strstr(ds_backend_describe(b), "bf16 GEMMs emulated") != NULL, "%s", ds_backend_describe(b));
+    ds_backend_destroy(b);
+    store16_ops("cpu", DS_ROUND_BF16, 1);
+    unsetenv("DS_CPU_BF16_GEMM");
 }
 Test(store16, every_activation_op_bit_exact_generic) { store16_ops("cpu:generic", DS_ROUND_BF16, 0); store16_ops("cpu:generic", DS_ROUND_FP16, 0); }

@@ -242,15 +242,24 @@ static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const flo
 /* bf16 training: the linear layers' products in bf16 on the CPU's bf16 units, when it has them
  * (AMX-BF16, AVX512_BF16) and DS_CPU_BF16_GEMM is not 0; otherwise fp32 products of the same
  * bf16 values (the same numbers up to summation order). DS_CPU_BF16_GEMM=1 makes missing
- * units an error. */
+ * units an error; DS_CPU_BF16_GEMM=emulate (tests) takes the bf16-units code paths on any CPU,
+ * the products themselves widened to fp32 (ds_dnnl_bf16_emulate). */
 static ds_status cpu_set_precision(ds_backend *b, int mode)
 {
     cpu_impl *c = b->impl;
     const char *env = getenv("DS_CPU_BF16_GEMM"), *why = "";
     int want = mode == DS_ROUND_BF16 && !(env && strcmp(env, "0") == 0);
-    if (env && *env && strcmp(env, "0") && strcmp(env, "1"))
-        return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_BF16_GEMM=%s: expected 0 (fp32 products) or 1 "
-                            "(bf16 products, an error without bf16 units)", env);
+    const int emulate = env && strcmp(env, "emulate") == 0;
+    if (env && *env && strcmp(env, "0") && strcmp(env, "1") && !emulate)
+        return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_BF16_GEMM=%s: expected 0 (fp32 products), 1 "
+                            "(bf16 products, an error without bf16 units) or emulate (tests)", env);
+    ds_dnnl_bf16_emulate(c->dnnl, want && emulate);
+    if (want && emulate) {
+        c->gemm16 = 1;
+        snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs emulated in fp32 (DS_CPU_BF16_GEMM=emulate)",
+                 c->k->variant);
+        return DS_OK;
+    }
     c->gemm16 = want && ds_dnnl_bf16_probe(c->dnnl, &why);
     if (want && !c->gemm16 && env && strcmp(env, "1") == 0)
         return ds_error_set(&b->err, DS_ERR_UNSUPPORTED, "DS_CPU_BF16_GEMM=1: no bf16 products here: %s", why);

@@ -36,6 +36,9 @@ struct ds_dnnl {
     char last_impl[64];
     int bf16_probed, bf16_ok;
     char bf16_why[96];
+    int emulate16;      /* bf16 products as fp32 products of the widened operands (tests) */
+    float *em[2];       /* their fp32 copies */
+    size_t em_n[2];
 };
 
 static ds_status dnnl_fail(ds_error *err, const char *what, dnnl_status_t s)
@@ -78,6 +81,8 @@ void ds_dnnl_destroy(ds_dnnl *d)
         free(e);
     }
     free(d->cache);
+    free(d->em[0]);
+    free(d->em[1]);
     for (int i = 0; i < MAX_SLOTS; i++)
         if (d->slot_stream[i])
             dnnl_stream_destroy(d->slot_stream[i]);
@@ -294,12 +299,43 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
     return matmul2d(d, 0, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
 }
 
+/* emulation: element (r, c) of a strided bf16 matrix, widened into a dense row-major copy */
+static float *widen(ds_dnnl *d, int i, const uint16_t *X, int64_t rows, int64_t cols, int64_t s0, int64_t s1,
+                    ds_error *err)
+{
+    size_t n = (size_t)(rows * cols > 0 ? rows * cols : 1);
+    if (d->em_n[i] < n) {
+        free(d->em[i]);
+        d->em[i] = malloc(n * sizeof(float));
+        d->em_n[i] = d->em[i] ? n : 0;
+        if (!d->em[i]) {
+            ds_error_set(err, DS_ERR_NOMEM, "out of memory (emulated bf16 operands)");
+            return NULL;
+        }
+    }
+    float *y = d->em[i];
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            uint32_t u = (uint32_t)X[r * s0 + c * s1] << 16;
+            memcpy(&y[r * cols + c], &u, 4);
+        }
+    return y;
+}
+
 ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const uint16_t *A,
                               int64_t as0, int64_t as1, const uint16_t *B, int64_t bs0, int64_t bs1,
                               const float *bias, float *C, int accumulate, ds_error *err)
 {
+    if (d->emulate16) {
+        const float *a = widen(d, 0, A, M, K, as0, as1, err), *b = a ? widen(d, 1, B, K, N, bs0, bs1, err) : NULL;
+        if (!b)
+            return DS_ERR_NOMEM;
+        return matmul2d(d, 0, M, N, K, a, K, 1, b, N, 1, bias, C, accumulate, err);
+    }
     return matmul2d(d, 1, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
 }
+
+void ds_dnnl_bf16_emulate(ds_dnnl *d, int on) { d->emulate16 = on != 0; }
 
 /* cpuid: AMX-BF16 is leaf 7 subleaf 0 EDX bit 22, AVX512_BF16 leaf 7 subleaf 1 EAX bit 5. */
 static void bf16_units(int *amx, int *avx512)
