@@ -1205,7 +1205,7 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
     /* emulate (tests): the bf16-units code paths with fp32 products of the widened operands */
     setenv("DS_CPU_BF16_GEMM", "emulate", 1);
     cr_expect_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
-    cr_expect(strstr(ds_backend_describe(b), "bf16 GEMMs emulated in fp32") != NULL, "%s", ds_backend_describe(b));
+    cr_expect(strstr(ds_backend_describe(b), "emulated in fp32") != NULL, "%s", ds_backend_describe(b));
     {
         float *e[4] = {calloc((size_t)(M * N), 4), calloc((size_t)(M * K), 4), calloc((size_t)(N * K), 4),
                        calloc((size_t)N, 4)};
@@ -1231,6 +1231,57 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
         for (int t = 0; t < 4; t++)
             free(o[i][t]);
     free(x), free(w), free(bias), free(dy);
+    ds_backend_destroy(ref);
+    ds_backend_destroy(b);
+}
+
+/* Attention on bf16 units (att16; emulated here): the products in bf16 with P and dS rounded to
+ * bf16 before theirs, against the fp32 attention on the same bf16 inputs: close (the CUDA fused
+ * kernels' bound, 1e-2 normwise), not equal (P is rounded), and the probabilities kept for
+ * backward the same fp32 values. */
+Test(backend, bf16_attention_on_bf16_units_emulated)
+{
+    ds_backend *ref, *b;
+    ds_error err = {0};
+    cr_assert_eq(ds_backend_create(&ref, "cpu", &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_backend_create(&b, "cpu", &err), DS_OK, "%s", err.msg);
+    setenv("DS_CPU_BF16_GEMM", "emulate", 1);
+    cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+    unsetenv("DS_CPU_BF16_GEMM");
+    ds_rng r;
+    ds_rng_seed(&r, 21);
+    for (int causal = 0; causal < 2; causal++) {
+        const int64_t B = 2, T = 37, C = 64, H = 4, M = B * T, n = B * H * T * T;
+        float *qkv = frandn(&r, M * 3 * C, 0, 1), *dout = frandn(&r, M * C, 0, 1);
+        b->ops->round16(b, qkv, M * 3 * C, DS_ROUND_BF16), b->ops->round16(b, dout, M * C, DS_ROUND_BF16);
+        float *o[2] = {fbuf(M * C), fbuf(M * C)}, *att[2] = {fbuf(n), fbuf(n)};
+        float *dq[2] = {fbuf(M * 3 * C), fbuf(M * 3 * C)};
+        for (int i = 0; i < 2; i++) {
+            ds_backend *be = i ? b : ref;
+            cr_assert_eq(be->ops->attention_fwd(be, qkv, o[i], att[i], B, T, C, H, causal), DS_OK, "%s", be->err.msg);
+            cr_assert_eq(be->ops->attention_bwd(be, dout, qkv, att[i], dq[i], B, T, C, H, causal), DS_OK, "%s",
+                         be->err.msg);
+        }
+        for (int64_t i = 0; i < n; i++)
+            cr_assert(memcmp(&att[0][i], &att[1][i], 4) == 0, "probabilities[%lld]: %a vs %a", (long long)i,
+                      att[1][i], att[0][i]);
+        const float *got[2] = {o[1], dq[1]}, *want[2] = {o[0], dq[0]};
+        const int64_t len[2] = {M * C, M * 3 * C};
+        for (int t = 0; t < 2; t++) {
+            double num = 0, den = 0;
+            for (int64_t i = 0; i < len[t]; i++) {
+                cr_assert(isfinite(got[t][i]), "%s[%lld] = %g", t ? "dqkv" : "out", (long long)i, got[t][i]);
+                num += (got[t][i] - want[t][i]) * (double)(got[t][i] - want[t][i]);
+                den += (double)want[t][i] * want[t][i];
+            }
+            double rel = sqrt(num / den);
+            cr_expect(rel > 0 && rel <= 1e-2, "%s (causal %d): normwise relative difference %.2e", t ? "dqkv" : "out",
+                      causal, rel);
+        }
+        for (int i = 0; i < 2; i++)
+            free(o[i]), free(att[i]), free(dq[i]);
+        free(qkv), free(dout);
+    }
     ds_backend_destroy(ref);
     ds_backend_destroy(b);
 }
@@ -1488,7 +1539,7 @@ Test(store16, every_activation_op_bit_exact_bf16_units_emulated)
     setenv("DS_CPU_BF16_GEMM", "emulate", 1);
     ds_backend *b = open_backend("cpu");
     cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
-    cr_assert(strstr(ds_backend_describe(b), "bf16 GEMMs emulated") != NULL, "%s", ds_backend_describe(b));
+    cr_assert(strstr(ds_backend_describe(b), "bf16 GEMMs and attention emulated") != NULL, "%s", ds_backend_describe(b));
     ds_backend_destroy(b);
     store16_ops("cpu", DS_ROUND_BF16, 1);
     unsetenv("DS_CPU_BF16_GEMM");

@@ -28,8 +28,9 @@ typedef struct cpu_impl {
     /* bf16 training on a CPU with bf16 units (set_precision): the linear layers' operands,
      * converted to bf16 (exact: they are bf16 values already), for oneDNN's bf16 products */
     int gemm16;
-    uint16_t *h16[2];
-    size_t h16_n[2];
+    int att16; /* and attention's batched products: P and dS rounded to bf16 before theirs */
+    uint16_t *h16[4];
+    size_t h16_n[4];
     char describe[160];
     /* store16: the activation ops' activation tensors and weights are 16-bit values of this
      * ds_round_mode (0: fp32). Row and elementwise ops run in tiles (tile_threads threads x 4
@@ -53,8 +54,8 @@ static void cpu_destroy(ds_backend *b)
     free(c->scratch);
     free(c->att_scratch);
     free(c->x_scratch);
-    free(c->h16[0]);
-    free(c->h16[1]);
+    for (int i = 0; i < 4; i++)
+        free(c->h16[i]);
     free(c->tiles);
     for (int i = 0; i < 5; i++)
         free(c->f32[i]);
@@ -113,9 +114,8 @@ static ds_status scratch(ds_backend *b, float **buf, size_t *have, size_t n)
     return *buf ? DS_OK : ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory (%zu floats of scratch)", n);
 }
 
-/* bf16 copy i (0 or 1) of x[n]: ds_f32_to_bf16 (round to nearest even, NaN kept quiet) inlined
- * into a parallel loop; exact for bf16 values. */
-static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
+/* bf16 scratch i (0-3) of at least n values */
+static uint16_t *h16buf(ds_backend *b, int i, int64_t n)
 {
     cpu_impl *c = b->impl;
     if (c->h16_n[i] < (size_t)n) {
@@ -127,14 +127,15 @@ static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
             return NULL;
         }
     }
-    uint16_t *h = c->h16[i];
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t j = 0; j < n; j++) {
-        uint32_t u;
-        memcpy(&u, &x[j], 4);
-        h[j] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((u >> 16) | 0x40)
-                                                : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
+    return c->h16[i];
+}
+
+/* bf16 copy i (0-3) of x[n], rounded to nearest even (NaN kept quiet); exact for bf16 values */
+static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
+{
+    uint16_t *h = h16buf(b, i, n);
+    if (h)
+        ((cpu_impl *)b->impl)->k->pack16(x, h, n, DS_ROUND_BF16);
     return h;
 }
 
@@ -255,16 +256,18 @@ static ds_status cpu_set_precision(ds_backend *b, int mode)
                             "(bf16 products, an error without bf16 units) or emulate (tests)", env);
     ds_dnnl_bf16_emulate(c->dnnl, want && emulate);
     if (want && emulate) {
-        c->gemm16 = 1;
-        snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs emulated in fp32 (DS_CPU_BF16_GEMM=emulate)",
-                 c->k->variant);
+        c->gemm16 = c->att16 = 1;
+        snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs and attention emulated in fp32 "
+                 "(DS_CPU_BF16_GEMM=emulate)", c->k->variant);
         return DS_OK;
     }
     c->gemm16 = want && ds_dnnl_bf16_probe(c->dnnl, &why);
+    c->att16 = c->gemm16 && ds_dnnl_bf16_batched_probe(c->dnnl);
     if (want && !c->gemm16 && env && strcmp(env, "1") == 0)
         return ds_error_set(&b->err, DS_ERR_UNSUPPORTED, "DS_CPU_BF16_GEMM=1: no bf16 products here: %s", why);
     if (c->gemm16)
-        snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs on %s", c->k->variant, why);
+        snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs%s on %s", c->k->variant,
+                 c->att16 ? " and attention" : "", why);
     else if (mode == DS_ROUND_BF16) /* asked for, not had: say why */
         snprintf(c->describe, sizeof c->describe, "%s, fp32 GEMMs: %s", c->k->variant,
                  want ? why : "DS_CPU_BF16_GEMM=0");
@@ -446,13 +449,71 @@ static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *
     return DS_OK;
 }
 
+/* bf16 training on bf16 units (att16): the same products in bf16 from bf16 q, k, v (stored, or
+ * converted exactly from fp32 buffers), the probabilities P (kept fp32 in att for backward)
+ * rounded to bf16 before P V, as FlashAttention and the CUDA fused kernels do; out fp32. */
+static ds_status attention_fwd16(ds_backend *b, const uint16_t *qkv, float *out, float *att, int64_t B,
+                                 int64_t T, int64_t C, int64_t H, int causal)
+{
+    const int64_t D = C / H, C3 = 3 * C;
+    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
+    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, o_s[4] = {T * C, D, C, 1};
+    ds_status st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, T, D, qkv, q_s, qkv + C, kt_s, att, a_s, 0, &b->err);
+    if (st != DS_OK)
+        return st;
+    K(b)->attn_softmax_fwd(att, B * H, T, 1.0f / sqrtf((float)D), causal);
+    const uint16_t *p16 = to_bf16(b, 2, att, B * H * T * T);
+    if (!p16)
+        return DS_ERR_NOMEM;
+    return ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, p16, a_s, qkv + 2 * C, q_s, out, o_s, 0, &b->err);
+}
+
+/* its backward: dP = dO V^T, dS from P and dP in fp32, then dS and P rounded to bf16 for
+ * dQ = dS K, dK = dS^T Q, dV = P^T dO; dqkv fp32 */
+static ds_status attention_bwd16(ds_backend *b, const uint16_t *dout, const uint16_t *qkv, const float *att,
+                                 float *dqkv, int64_t B, int64_t T, int64_t C, int64_t H)
+{
+    cpu_impl *c = b->impl;
+    const int64_t D = C / H, C3 = 3 * C, n = B * H * T * T;
+    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
+    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T}, o_s[4] = {T * C, D, C, 1};
+    ds_status st = scratch(b, &c->att_scratch, &c->att_scratch_floats, (size_t)n);
+    float *ds = c->att_scratch;
+    if (st == DS_OK)
+        st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, T, D, dout, o_s, qkv + 2 * C, kt_s, ds, a_s, 0, &b->err);
+    if (st != DS_OK)
+        return st;
+    K(b)->attn_softmax_bwd(att, ds, B * H, T, 1.0f / sqrtf((float)D));
+    const uint16_t *ds16 = to_bf16(b, 2, ds, n), *p16 = ds16 ? to_bf16(b, 3, att, n) : NULL;
+    if (!p16)
+        return DS_ERR_NOMEM;
+    if ((st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, ds16, a_s, qkv + C, q_s, dqkv, q_s, 0, &b->err)) ||
+        (st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, ds16, at_s, qkv, q_s, dqkv + C, q_s, 0, &b->err)) ||
+        (st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, p16, at_s, dout, o_s, dqkv + 2 * C, q_s, 0, &b->err)))
+        return st;
+    return DS_OK;
+}
+
 static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, float *att,
                                    int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     cpu_impl *c = b->impl;
+    const int64_t M = B * T;
+    if (c->att16 && c->s16 == DS_ROUND_BF16) { /* q, k, v as stored */
+        float *out32 = whole32(b, 1, NULL, M * C);
+        if (!out32)
+            return DS_ERR_NOMEM;
+        ds_status st = attention_fwd16(b, HC(qkv), out32, att, B, T, C, H, causal);
+        if (st == DS_OK)
+            c->k->pack16(out32, HM(out), M * C, c->s16);
+        return st;
+    }
+    if (c->att16 && !c->s16) { /* fp32 buffers holding bf16 values */
+        const uint16_t *q16 = to_bf16(b, 0, qkv, M * 3 * C);
+        return q16 ? attention_fwd16(b, q16, out, att, B, T, C, H, causal) : DS_ERR_NOMEM;
+    }
     if (!c->s16)
         return attention_fwd32(b, qkv, out, att, B, T, C, H, causal);
-    const int64_t M = B * T;
     const float *qkv32 = whole32(b, 0, qkv, M * 3 * C);
     float *out32 = whole32(b, 1, NULL, M * C);
     if (!qkv32 || !out32)
@@ -468,9 +529,22 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
                                    int64_t H, int causal)
 {
     cpu_impl *c = b->impl;
+    const int64_t M = B * T;
+    if (c->att16 && c->s16 == DS_ROUND_BF16) {
+        float *dqkv32 = whole32(b, 2, NULL, M * 3 * C);
+        if (!dqkv32)
+            return DS_ERR_NOMEM;
+        ds_status st = attention_bwd16(b, HC(dout), HC(qkv), att, dqkv32, B, T, C, H);
+        if (st == DS_OK)
+            c->k->pack16(dqkv32, HM(dqkv), M * 3 * C, c->s16);
+        return st;
+    }
+    if (c->att16 && !c->s16) {
+        const uint16_t *d16 = to_bf16(b, 0, dout, M * C), *q16 = d16 ? to_bf16(b, 1, qkv, M * 3 * C) : NULL;
+        return q16 ? attention_bwd16(b, d16, q16, att, dqkv, B, T, C, H) : DS_ERR_NOMEM;
+    }
     if (!c->s16)
         return attention_bwd32(b, dout, qkv, att, dqkv, B, T, C, H, causal);
-    const int64_t M = B * T;
     const float *dout32 = whole32(b, 0, dout, M * C), *qkv32 = whole32(b, 1, qkv, M * 3 * C);
     float *dqkv32 = whole32(b, 2, NULL, M * 3 * C);
     if (!dout32 || !qkv32 || !dqkv32)

@@ -299,11 +299,10 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
     return matmul2d(d, 0, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
 }
 
-/* emulation: element (r, c) of a strided bf16 matrix, widened into a dense row-major copy */
-static float *widen(ds_dnnl *d, int i, const uint16_t *X, int64_t rows, int64_t cols, int64_t s0, int64_t s1,
-                    ds_error *err)
+/* emulation: fp32 copy i of an operand, of n floats */
+static float *em_buf(ds_dnnl *d, int i, int64_t count, ds_error *err)
 {
-    size_t n = (size_t)(rows * cols > 0 ? rows * cols : 1);
+    size_t n = (size_t)(count > 0 ? count : 1);
     if (d->em_n[i] < n) {
         free(d->em[i]);
         d->em[i] = malloc(n * sizeof(float));
@@ -313,7 +312,16 @@ static float *widen(ds_dnnl *d, int i, const uint16_t *X, int64_t rows, int64_t 
             return NULL;
         }
     }
-    float *y = d->em[i];
+    return d->em[i];
+}
+
+/* emulation: element (r, c) of a strided bf16 matrix, widened into a dense row-major copy */
+static float *widen(ds_dnnl *d, int i, const uint16_t *X, int64_t rows, int64_t cols, int64_t s0, int64_t s1,
+                    ds_error *err)
+{
+    float *y = em_buf(d, i, rows * cols, err);
+    if (!y)
+        return NULL;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) {
             uint32_t u = (uint32_t)X[r * s0 + c * s1] << 16;
@@ -336,6 +344,80 @@ ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const
 }
 
 void ds_dnnl_bf16_emulate(ds_dnnl *d, int on) { d->emulate16 = on != 0; }
+
+/* Batched products are split by the first batch dimension between the threads, like the rows
+ * of 2-D products above; A and B fp32, or bf16. */
+static ds_status batched(ds_dnnl *d, int bf16, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
+                         const void *A, const int64_t as[4], const void *B, const int64_t bs[4], float *C,
+                         const int64_t cs[4], int accumulate, ds_error *err)
+{
+    mm_key k;
+    memset(&k, 0, sizeof k);
+    k.nb0 = nb0, k.nb1 = nb1, k.M = M, k.N = N, k.K = K;
+    memcpy(k.as, as, sizeof k.as);
+    memcpy(k.bs, bs, sizeof k.bs);
+    memcpy(k.cs, cs, sizeof k.cs);
+    k.accumulate = accumulate != 0;
+    k.bf16 = bf16;
+    int nt = threads_for(nb0, 1);
+    if (nt < 2)
+        return run(d, &k, d->stream, A, B, NULL, C, err);
+    return run_split(d, &k, nt, A, as[0], B, bs[0], C, cs[0], NULL, err);
+}
+
+/* emulation: a strided batched bf16 operand [nb0, nb1, rows, cols] widened into a dense copy */
+static float *widen4(ds_dnnl *d, int i, const uint16_t *X, int64_t nb0, int64_t nb1, int64_t rows, int64_t cols,
+                     const int64_t s[4], ds_error *err)
+{
+    float *y = em_buf(d, i, nb0 * nb1 * rows * cols, err);
+    if (!y)
+        return NULL;
+#pragma omp parallel for collapse(2) if (nb0 * nb1 * rows * cols > 65536)
+    for (int64_t a = 0; a < nb0; a++)
+        for (int64_t b = 0; b < nb1; b++)
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < cols; c++) {
+                    uint32_t u = (uint32_t)X[a * s[0] + b * s[1] + r * s[2] + c * s[3]] << 16;
+                    memcpy(&y[((a * nb1 + b) * rows + r) * cols + c], &u, 4);
+                }
+    return y;
+}
+
+ds_status ds_dnnl_matmul_batched_bf16(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
+                                      const uint16_t *A, const int64_t as[4], const uint16_t *B,
+                                      const int64_t bs[4], float *C, const int64_t cs[4], int accumulate,
+                                      ds_error *err)
+{
+    if (d->emulate16) {
+        const float *a = widen4(d, 0, A, nb0, nb1, M, K, as, err);
+        const float *b = a ? widen4(d, 1, B, nb0, nb1, K, N, bs, err) : NULL;
+        if (!b)
+            return DS_ERR_NOMEM;
+        const int64_t ad[4] = {nb1 * M * K, M * K, K, 1}, bd[4] = {nb1 * K * N, K * N, N, 1};
+        return batched(d, 0, nb0, nb1, M, N, K, a, ad, b, bd, C, cs, accumulate, err);
+    }
+    return batched(d, 1, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
+}
+
+int ds_dnnl_bf16_batched_probe(ds_dnnl *d)
+{
+    if (d->emulate16)
+        return 1;
+    /* attention's shapes: Q as [T, D] and K^T as [D, T] views of a packed qkv, batch (2, 2) */
+    const int64_t T = 64, D = 32, C = 2 * D, C3 = 3 * C;
+    mm_key k;
+    memset(&k, 0, sizeof k);
+    k.nb0 = 2, k.nb1 = 2, k.M = T, k.N = T, k.K = D, k.bf16 = 1;
+    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3}, a_s[4] = {2 * T * T, T * T, T, 1};
+    memcpy(k.as, q_s, sizeof k.as);
+    memcpy(k.bs, kt_s, sizeof k.bs);
+    memcpy(k.cs, a_s, sizeof k.cs);
+    ds_status st;
+    ds_error e = {0};
+    if (!entry_for(d, &k, &st, &e))
+        return 0;
+    return strncmp(d->last_impl, "ref", 3) != 0;
+}
 
 /* cpuid: AMX-BF16 is leaf 7 subleaf 0 EDX bit 22, AVX512_BF16 leaf 7 subleaf 1 EAX bit 5. */
 static void bf16_units(int *amx, int *avx512)
@@ -384,22 +466,10 @@ int ds_dnnl_bf16_probe(ds_dnnl *d, const char **why)
     return d->bf16_ok;
 }
 
-/* Batched products are split by the first batch dimension between the threads, like the rows
- * of 2-D products above. */
 ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N,
                                  int64_t K, const float *A, const int64_t as[4], const float *B,
                                  const int64_t bs[4], float *C, const int64_t cs[4],
                                  int accumulate, ds_error *err)
 {
-    mm_key k;
-    memset(&k, 0, sizeof k);
-    k.nb0 = nb0, k.nb1 = nb1, k.M = M, k.N = N, k.K = K;
-    memcpy(k.as, as, sizeof k.as);
-    memcpy(k.bs, bs, sizeof k.bs);
-    memcpy(k.cs, cs, sizeof k.cs);
-    k.accumulate = accumulate != 0;
-    int nt = threads_for(nb0, 1);
-    if (nt < 2)
-        return run(d, &k, d->stream, A, B, NULL, C, err);
-    return run_split(d, &k, nt, A, as[0], B, bs[0], C, cs[0], NULL, err);
+    return batched(d, 0, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
 }
