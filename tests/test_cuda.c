@@ -1475,7 +1475,7 @@ static void store16_case(int mode)
         dsame32(&c, "layernorm_fwd rstd", rs[0], rs[1], M);
         for (int acc = 0; acc < 2; acc++) {
             dpair dx = dp_rand(&c, M * C, 1, mode);
-            float *z = hfill(C, 0.0f), *dw[2] = {devf(&c, z, C), devf(&c, z, C)}, *db[2] = {devf(&c, z, C), devf(&c, z, C)};
+            float *z = hrandn(&c, C, 0, 1), *dw[2] = {devf(&c, z, C), devf(&c, z, C)}, *db[2] = {devf(&c, z, C), devf(&c, z, C)};
             BOTH16(g, mode, layernorm_bwd, (g, F_(e), F_(x), F_(lw), mu[0], rs[0], F_(dx), dw[0], db[0], M, C, acc),
                    (g, H_(e), H_(x), H_(lw), mu[0], rs[0], H_(dx), dw[1], db[1], M, C, acc));
             dp_same(&c, acc ? "layernorm_bwd dx (accumulate)" : "layernorm_bwd dx", &dx, mode);
@@ -1509,7 +1509,7 @@ static void store16_case(int mode)
         }
         for (int acc = 0; acc < 2; acc++) {
             dpair dx = dp_rand(&c, M * K, 1, mode);
-            float *z = hfill(N * K, 0.0f), *dw[2] = {devf(&c, z, N * K), devf(&c, z, N * K)};
+            float *z = hrandn(&c, N * K, 0, 1), *dw[2] = {devf(&c, z, N * K), devf(&c, z, N * K)};
             float *db[2] = {devf(&c, z, N), devf(&c, z, N)};
             BOTH16(g, mode, linear_bwd, (g, F_(dy), F_(x), F_(w), F_(dx), dw[0], db[0], M, K, N, acc),
                    (g, H_(dy), H_(x), H_(w), H_(dx), dw[1], db[1], M, K, N, acc));

@@ -1327,6 +1327,13 @@ static pair16 p16_of(float *f, int64_t n, int mode)
     return p;
 }
 
+/* two equal copies of n N(0, 1) values: the weight gradients both layouts accumulate into */
+static void twin(ds_rng *r, float *out[2], int64_t n)
+{
+    out[0] = frandn(r, n, 0, 1);
+    out[1] = fcopy(out[0], n);
+}
+
 static void p16_free(pair16 *p)
 {
     free(p->f);
@@ -1418,7 +1425,8 @@ static void store16_ops(const char *backend, int mode, int precision)
         pair16 e = p16(&r, M * C, 1, mode);
         BOTH(b, mode, embedding_fwd, (b, ids, F(table), e.f, M, C), (b, ids, H(table), H(e), M, C));
         same16("embedding_fwd", &e, mode);
-        float *dt[2] = {fbuf(V * C), fbuf(V * C)};
+        float *dt[2];
+        twin(&r, dt, V * C);
         p16_free(&e);
         e = p16(&r, M * C, 1, mode); /* a gradient of 16-bit values */
         BOTH(b, mode, embedding_bwd, (b, ids, F(e), dt[0], M, C), (b, ids, H(e), dt[1], M, C));
@@ -1426,7 +1434,8 @@ static void store16_ops(const char *backend, int mode, int precision)
         pair16 x = p16(&r, M * C, 1, mode), y = p16(&r, M * C, 1, mode);
         BOTH(b, mode, posadd_fwd, (b, F(x), F(pos), y.f, B, T, C), (b, H(x), H(pos), H(y), B, T, C));
         same16("posadd_fwd", &y, mode);
-        float *dp[2] = {fbuf(T * C), fbuf(T * C)};
+        float *dp[2];
+        twin(&r, dp, T * C);
         BOTH(b, mode, posadd_bwd, (b, F(x), dp[0], B, T, C), (b, H(x), dp[1], B, T, C));
         same32("posadd_bwd dpos", dp[0], dp[1], T * C);
         pair16 w = p16_of(frandn(&r, C, 1, 0.2), C, mode), bias = p16_of(frandn(&r, C, 0, 0.2), C, mode);
@@ -1438,7 +1447,8 @@ static void store16_ops(const char *backend, int mode, int precision)
         same32("layernorm_fwd rstd", rstd[0], rstd[1], M);
         for (int acc = 0; acc < 2; acc++) {
             pair16 dy = p16(&r, M * C, 1, mode), dx = p16(&r, M * C, 1, mode);
-            float *dw[2] = {fbuf(C), fbuf(C)}, *db[2] = {fbuf(C), fbuf(C)};
+            float *dw[2], *db[2];
+            twin(&r, dw, C), twin(&r, db, C);
             BOTH(b, mode, layernorm_bwd, (b, F(dy), F(x), F(w), mean[0], rstd[0], dx.f, dw[0], db[0], M, C, acc),
                  (b, H(dy), H(x), H(w), mean[0], rstd[0], H(dx), dw[1], db[1], M, C, acc));
             same16(acc ? "layernorm_bwd dx (accumulate)" : "layernorm_bwd dx", &dx, mode);
@@ -1490,7 +1500,8 @@ static void store16_ops(const char *backend, int mode, int precision)
         same16("linear_fwd without bias", &y, mode);
         for (int acc = 0; acc < 3; acc++) { /* 2: no dx (a first layer) */
             pair16 dx = p16(&r, M * K, 1, mode);
-            float *dw[2] = {fbuf(N * K), fbuf(N * K)}, *db[2] = {fbuf(N), fbuf(N)};
+            float *dw[2], *db[2];
+            twin(&r, dw, N * K), twin(&r, db, N);
             BOTH(b, mode, linear_bwd, (b, F(dy), F(x), F(w), acc < 2 ? dx.f : NULL, dw[0], db[0], M, K, N, acc == 1),
                  (b, H(dy), H(x), H(w), acc < 2 ? H(dx) : NULL, dw[1], db[1], M, K, N, acc == 1));
             if (acc < 2)

@@ -384,19 +384,33 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     cpu_impl *c = b->impl;
     if (!c->s16)
         return linear_bwd32(b, dy, x, w, dx, dw, dbias, M, K, N, accumulate);
-    const int units = c->gemm16 && c->s16 == DS_ROUND_BF16; /* dX from the stored bf16 dY and W */
+    /* on bf16 units the products read the stored bf16 dY, W and X; dY^T is formed in fp32 (with
+     * the bias gradient) and converted once */
+    const int units = c->gemm16 && c->s16 == DS_ROUND_BF16;
     const float *dy32 = whole32(b, 0, dy, M * N);
-    const float *x32 = dw ? whole32(b, 1, x, M * K) : NULL, *w32 = dx && !units ? whole32(b, 3, w, N * K) : NULL;
+    const float *x32 = dw && !units ? whole32(b, 1, x, M * K) : NULL;
+    const float *w32 = dx && !units ? whole32(b, 3, w, N * K) : NULL;
     float *dx32 = dx ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
-    if (!dy32 || (dw && !x32) || (dx && (!dx32 || (!units && !w32))))
+    if (!dy32 || (dw && !units && !x32) || (dx && (!dx32 || (!units && !w32))))
         return DS_ERR_NOMEM;
     ds_status st = DS_OK;
-    if (units && dx) {
-        st = ds_dnnl_matmul_bf16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, dx32, accumulate, &b->err);
-        if (st == DS_OK && (dw || dbias)) /* the weight gradients as before */
-            st = linear_bwd32(b, dy32, x32, NULL, NULL, dw, dbias, M, K, N, 0);
-    } else {
+    if (!units) {
         st = linear_bwd32(b, dy32, x32, w32, dx32, dw, dbias, M, K, N, accumulate);
+    } else {
+        if (dx)
+            st = ds_dnnl_matmul_bf16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, dx32, accumulate, &b->err);
+        if (st == DS_OK && dw) {
+            if ((st = scratch(b, &c->scratch, &c->scratch_floats, (size_t)(M * N))) != DS_OK)
+                return st;
+            c->k->transpose(dy32, c->scratch, M, N, dbias); /* dY^T [N, M], and the bias gradient */
+            dbias = NULL;
+            const uint16_t *hdyt = to_bf16(b, 0, c->scratch, M * N);
+            if (!hdyt)
+                return DS_ERR_NOMEM;
+            st = ds_dnnl_matmul_bf16(DNNL(b), N, K, M, hdyt, M, 1, HC(x), K, 1, NULL, dw, 1, &b->err);
+        }
+        if (st == DS_OK && dbias)
+            c->k->colsum_acc(dy32, dbias, M, N);
     }
     if (st == DS_OK && dx)
         c->k->pack16(dx32, HM(dx), M * K, c->s16);
