@@ -29,6 +29,8 @@ typedef struct cpu_impl {
      * converted to bf16 (exact: they are bf16 values already), for oneDNN's bf16 products */
     int gemm16;
     int att16; /* and attention's batched products: P and dS rounded to bf16 before theirs */
+    int64_t att_shape[4]; /* the last attention shape (B, T, C, H) checked for them, and */
+    int att_fast;         /* whether oneDNN runs all six of its products with real code */
     uint16_t *h16[4];
     size_t h16_n[4];
     char describe[160];
@@ -240,6 +242,35 @@ static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const flo
     return DS_OK;
 }
 
+/* attention's six strided batched products (attention_fwd16/bwd16) at this shape all run on
+ * oneDNN code that is not its reference implementation */
+static int att_products_fast(ds_dnnl *d, int64_t B, int64_t T, int64_t C, int64_t H)
+{
+    const int64_t D = C / H, C3 = 3 * C;
+    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
+    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T}, o_s[4] = {T * C, D, C, 1};
+    return ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, q_s, kt_s, a_s) &&  /* S = Q K^T */
+           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, o_s) &&   /* O = P V */
+           ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, o_s, kt_s, a_s) &&  /* dP = dO V^T */
+           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, q_s) &&   /* dQ = dS K */
+           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, q_s, q_s) &&  /* dK = dS^T Q */
+           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, o_s, q_s);    /* dV = P^T dO */
+}
+
+/* attention in bf16 at this shape (att16, and no product would fall to reference code: then
+ * this shape's attention stays fp32, forward and backward alike); cached per shape */
+static int att16_here(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H)
+{
+    cpu_impl *c = b->impl;
+    if (!c->att16)
+        return 0;
+    if (!(c->att_shape[0] == B && c->att_shape[1] == T && c->att_shape[2] == C && c->att_shape[3] == H)) {
+        c->att_fast = att_products_fast(c->dnnl, B, T, C, H);
+        c->att_shape[0] = B, c->att_shape[1] = T, c->att_shape[2] = C, c->att_shape[3] = H;
+    }
+    return c->att_fast;
+}
+
 /* bf16 training: the linear layers' products in bf16 on the CPU's bf16 units, when it has them
  * (AMX-BF16, AVX512_BF16) and DS_CPU_BF16_GEMM is not 0; otherwise fp32 products of the same
  * bf16 values (the same numbers up to summation order). DS_CPU_BF16_GEMM=1 makes missing
@@ -255,6 +286,7 @@ static ds_status cpu_set_precision(ds_backend *b, int mode)
         return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_BF16_GEMM=%s: expected 0 (fp32 products), 1 "
                             "(bf16 products, an error without bf16 units) or emulate (tests)", env);
     ds_dnnl_bf16_emulate(c->dnnl, want && emulate);
+    c->att_shape[0] = 0; /* check shapes again */
     if (want && emulate) {
         c->gemm16 = c->att16 = 1;
         snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs and attention emulated in fp32 "
@@ -262,7 +294,7 @@ static ds_status cpu_set_precision(ds_backend *b, int mode)
         return DS_OK;
     }
     c->gemm16 = want && ds_dnnl_bf16_probe(c->dnnl, &why);
-    c->att16 = c->gemm16 && ds_dnnl_bf16_batched_probe(c->dnnl);
+    c->att16 = c->gemm16 && att_products_fast(c->dnnl, 2, 64, 64, 2); /* a small shape of the kind */
     if (want && !c->gemm16 && env && strcmp(env, "1") == 0)
         return ds_error_set(&b->err, DS_ERR_UNSUPPORTED, "DS_CPU_BF16_GEMM=1: no bf16 products here: %s", why);
     if (c->gemm16)
@@ -513,7 +545,8 @@ static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, 
 {
     cpu_impl *c = b->impl;
     const int64_t M = B * T;
-    if (c->att16 && c->s16 == DS_ROUND_BF16) { /* q, k, v as stored */
+    const int a16 = att16_here(b, B, T, C, H);
+    if (a16 && c->s16 == DS_ROUND_BF16) { /* q, k, v as stored */
         float *out32 = whole32(b, 1, NULL, M * C);
         if (!out32)
             return DS_ERR_NOMEM;
@@ -522,7 +555,7 @@ static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, 
             c->k->pack16(out32, HM(out), M * C, c->s16);
         return st;
     }
-    if (c->att16 && !c->s16) { /* fp32 buffers holding bf16 values */
+    if (a16 && !c->s16) { /* fp32 buffers holding bf16 values */
         const uint16_t *q16 = to_bf16(b, 0, qkv, M * 3 * C);
         return q16 ? attention_fwd16(b, q16, out, att, B, T, C, H, causal) : DS_ERR_NOMEM;
     }
@@ -544,7 +577,8 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
 {
     cpu_impl *c = b->impl;
     const int64_t M = B * T;
-    if (c->att16 && c->s16 == DS_ROUND_BF16) {
+    const int a16 = att16_here(b, B, T, C, H);
+    if (a16 && c->s16 == DS_ROUND_BF16) {
         float *dqkv32 = whole32(b, 2, NULL, M * 3 * C);
         if (!dqkv32)
             return DS_ERR_NOMEM;
@@ -553,7 +587,7 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
             c->k->pack16(dqkv32, HM(dqkv), M * 3 * C, c->s16);
         return st;
     }
-    if (c->att16 && !c->s16) {
+    if (a16 && !c->s16) {
         const uint16_t *d16 = to_bf16(b, 0, dout, M * C), *q16 = d16 ? to_bf16(b, 1, qkv, M * 3 * C) : NULL;
         return q16 ? attention_bwd16(b, d16, q16, att, dqkv, B, T, C, H) : DS_ERR_NOMEM;
     }

@@ -399,19 +399,17 @@ ds_status ds_dnnl_matmul_batched_bf16(ds_dnnl *d, int64_t nb0, int64_t nb1, int6
     return batched(d, 1, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
 }
 
-int ds_dnnl_bf16_batched_probe(ds_dnnl *d)
+int ds_dnnl_bf16_batched_fast(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
+                              const int64_t as[4], const int64_t bs[4], const int64_t cs[4])
 {
     if (d->emulate16)
         return 1;
-    /* attention's shapes: Q as [T, D] and K^T as [D, T] views of a packed qkv, batch (2, 2) */
-    const int64_t T = 64, D = 32, C = 2 * D, C3 = 3 * C;
     mm_key k;
     memset(&k, 0, sizeof k);
-    k.nb0 = 2, k.nb1 = 2, k.M = T, k.N = T, k.K = D, k.bf16 = 1;
-    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3}, a_s[4] = {2 * T * T, T * T, T, 1};
-    memcpy(k.as, q_s, sizeof k.as);
-    memcpy(k.bs, kt_s, sizeof k.bs);
-    memcpy(k.cs, a_s, sizeof k.cs);
+    k.nb0 = nb0, k.nb1 = nb1, k.M = M, k.N = N, k.K = K, k.bf16 = 1;
+    memcpy(k.as, as, sizeof k.as);
+    memcpy(k.bs, bs, sizeof k.bs);
+    memcpy(k.cs, cs, sizeof k.cs);
     ds_status st;
     ds_error e = {0};
     if (!entry_for(d, &k, &st, &e))

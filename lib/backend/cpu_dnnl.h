@@ -38,9 +38,10 @@ ds_status ds_dnnl_matmul_batched_bf16(ds_dnnl *d, int64_t nb0, int64_t nb1, int6
                                       const uint16_t *A, const int64_t as[4], const uint16_t *B,
                                       const int64_t bs[4], float *C, const int64_t cs[4], int accumulate,
                                       ds_error *err);
-/* Whether oneDNN runs attention's strided batched bf16 products with code that is not its
- * reference implementation (1 when emulating). Call after ds_dnnl_bf16_probe said yes. */
-int ds_dnnl_bf16_batched_probe(ds_dnnl *d);
+/* Whether oneDNN runs this strided batched bf16 product with code that is not its reference
+ * implementation (1 when emulating). Call after ds_dnnl_bf16_probe said yes. */
+int ds_dnnl_bf16_batched_fast(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
+                              const int64_t as[4], const int64_t bs[4], const int64_t cs[4]);
 /* Whether bf16 products run on this CPU's own bf16 units: cpuid has AMX-BF16 or AVX512_BF16 and
  * oneDNN makes a bf16 matmul that is not its reference code. *why says which, or why not
  * ("amx-bf16: brg:avx512_core_amx", "no AMX-BF16 or AVX512_BF16 on this CPU"). */
