@@ -351,7 +351,8 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         dsenv timeout "$(tmo 30)" "$G/bin/test_layers" --filter 'backend/bf16*' --verbose 2>&1 |
             grep -E "bf16 products|PASS|FAIL|Assert|rror|Synthesis"
         # 16-bit activation storage op by op, after set_precision: on bf16 units the linear
-        # layers hand the stored bf16 activations to oneDNN as they are (not run on our CPUs)
+        # layers and attention hand the stored bf16 operands to oneDNN as they are (on our
+        # CPUs only through DS_CPU_BF16_GEMM=emulate's widened products)
         dsenv timeout "$(tmo 30)" "$G/bin/test_layers" --filter 'store16/*' --verbose 2>&1 |
             grep -E "PASS|FAIL|Assert|rror|Synthesis"
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16

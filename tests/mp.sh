@@ -36,8 +36,9 @@ done
 # to fp32), whose attention rounds the probabilities and their gradients to bf16 before the
 # products (as FlashAttention and the CUDA fused kernels do)
 DS_CPU_BF16_GEMM=emulate "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config bf16.json --data $data --steps 200 \
-    --data-order sequential --quiet --log-json bf16u.jsonl >/dev/null 2>err.bf16u &
+    --data-order sequential --quiet --log-json bf16u.jsonl >out.bf16u 2>err.bf16u &
 wait
+grep -q 'bf16 GEMMs and attention emulated' out.bf16u || notok "bf16u: not through the emulated bf16 units: $(head -c 300 out.bf16u)"
 for p in fp16 bf16 bf16u; do
     if out=$(python3 - "$p" 2>&1 <<'PYEOF'
 import json, sys
@@ -137,11 +138,15 @@ c=$(sed 's/.*"loss": \([^,]*\),.*"grad_norm": \([^,]*\),.*/\1 \2/' em0.jsonl)
 d=$(head -10 s16.bf16.jsonl | sed 's/.*"loss": \([^,]*\),.*/\1/')
 if grep -q 'bf16 GEMMs and attention emulated' out.em1 && [ "$(echo "$a" | wc -l)" = 10 ] && [ "$a" = "$c" ] &&
     out=$(python3 -c "
-import sys
+import math, sys
 e = [float(l.split()[0]) for l in '''$a'''.splitlines()]
 f = [float(x) for x in '''$d'''.split()]
+if len(e) != 10 or len(f) != 10:
+    sys.exit('%d and %d losses, not 10' % (len(e), len(f)))
 worst = max(abs(x - y) / abs(y) for x, y in zip(e, f))
-sys.exit('loss differs from the fp32 products by %.2e' % worst) if worst > 1e-3 else print('%.1e' % worst)
+if not (math.isfinite(worst) and worst <= 1e-3):
+    sys.exit('loss differs from the fp32 products by %.2e' % worst)
+print('%.1e' % worst)
 "); then
     ok "bf16 through the bf16-units code paths (emulated): 16-bit storage gives DS_ACT16=0's losses and gradient norms over 10 steps; within $out of the fp32 products' losses"
 else

@@ -1238,7 +1238,7 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
 /* Attention on bf16 units (att16; emulated here): the products in bf16 with P and dS rounded to
  * bf16 before theirs, against the fp32 attention on the same bf16 inputs: close (the CUDA fused
  * kernels' bound, 1e-2 normwise), not equal (P is rounded), and the probabilities kept for
- * backward the same fp32 values. */
+ * backward fp32 values within 1e-6. */
 Test(backend, bf16_attention_on_bf16_units_emulated)
 {
     ds_backend *ref, *b;
@@ -1262,8 +1262,8 @@ Test(backend, bf16_attention_on_bf16_units_emulated)
             cr_assert_eq(be->ops->attention_bwd(be, dout, qkv, att[i], dq[i], B, T, C, H, causal), DS_OK, "%s",
                          be->err.msg);
         }
-        for (int64_t i = 0; i < n; i++)
-            cr_assert(memcmp(&att[0][i], &att[1][i], 4) == 0, "probabilities[%lld]: %a vs %a", (long long)i,
+        for (int64_t i = 0; i < n; i++) /* fp32 scores (their sums' order may differ): close */
+            cr_assert(fabsf(att[0][i] - att[1][i]) <= 1e-6f, "probabilities[%lld]: %a vs %a", (long long)i,
                       att[1][i], att[0][i]);
         const float *got[2] = {o[1], dq[1]}, *want[2] = {o[0], dq[0]};
         const int64_t len[2] = {M * C, M * 3 * C};

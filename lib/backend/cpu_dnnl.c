@@ -23,6 +23,7 @@ typedef struct mm_entry {
     mm_key key;
     dnnl_primitive_t prim;
     dnnl_memory_t a, b, c, bias;
+    char impl[64]; /* the implementation oneDNN chose ("brg:avx512_core_amx", "ref:any", ...) */
 } mm_entry;
 
 #define MAX_SLOTS 64
@@ -135,8 +136,10 @@ static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error
     if (s)
         return dnnl_fail(err, "matmul primitive descriptor", s);
     const char *impl = NULL;
-    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl) {
         snprintf(d->last_impl, sizeof d->last_impl, "%s", impl);
+        snprintf(e->impl, sizeof e->impl, "%s", impl);
+    }
     s = dnnl_primitive_create(&e->prim, pd);
     dnnl_primitive_desc_destroy(pd);
     if (s)
@@ -322,6 +325,7 @@ static float *widen(ds_dnnl *d, int i, const uint16_t *X, int64_t rows, int64_t 
     float *y = em_buf(d, i, rows * cols, err);
     if (!y)
         return NULL;
+#pragma omp parallel for if (rows * cols > 65536)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) {
             uint32_t u = (uint32_t)X[r * s0 + c * s1] << 16;
@@ -404,17 +408,27 @@ int ds_dnnl_bf16_batched_fast(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, i
 {
     if (d->emulate16)
         return 1;
+    /* the primitives batched() would run: one, or one per thread's share of the batch */
     mm_key k;
     memset(&k, 0, sizeof k);
     k.nb0 = nb0, k.nb1 = nb1, k.M = M, k.N = N, k.K = K, k.bf16 = 1;
     memcpy(k.as, as, sizeof k.as);
     memcpy(k.bs, bs, sizeof k.bs);
     memcpy(k.cs, cs, sizeof k.cs);
-    ds_status st;
-    ds_error e = {0};
-    if (!entry_for(d, &k, &st, &e))
-        return 0;
-    return strncmp(d->last_impl, "ref", 3) != 0;
+    int nt = threads_for(nb0, 1);
+    for (int t = 0; t < nt; t++) {
+        mm_key kt = k;
+        if (nt > 1) {
+            kt.nb0 = nb0 * (t + 1) / nt - nb0 * t / nt;
+            kt.slot = t;
+        }
+        ds_status st;
+        ds_error e = {0};
+        mm_entry *me = entry_for(d, &kt, &st, &e);
+        if (!me || !*me->impl || strncmp(me->impl, "ref", 3) == 0)
+            return 0;
+    }
+    return 1;
 }
 
 /* cpuid: AMX-BF16 is leaf 7 subleaf 0 EDX bit 22, AVX512_BF16 leaf 7 subleaf 1 EAX bit 5. */
@@ -447,8 +461,9 @@ int ds_dnnl_bf16_probe(ds_dnnl *d, const char **why)
             ds_status st;
             ds_error e = {0};
             char impl[64] = "";
-            if (entry_for(d, &k, &st, &e))
-                snprintf(impl, sizeof impl, "%s", d->last_impl);
+            mm_entry *me = entry_for(d, &k, &st, &e);
+            if (me)
+                snprintf(impl, sizeof impl, "%s", me->impl);
             if (!*impl || strncmp(impl, "ref", 3) == 0)
                 snprintf(d->bf16_why, sizeof d->bf16_why, "%s on this CPU, but oneDNN %d.%d has no fast bf16 matmul (%s)",
                          amx ? "AMX-BF16" : "AVX512_BF16", dnnl_version()->major, dnnl_version()->minor,

@@ -28,8 +28,8 @@ ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M
 ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const uint16_t *A,
                               int64_t as0, int64_t as1, const uint16_t *B, int64_t bs0, int64_t bs1,
                               const float *bias, float *C, int accumulate, ds_error *err);
-/* Tests only (DS_CPU_BF16_GEMM=emulate): from now on ds_dnnl_matmul_bf16 widens its operands
- * to fp32 (exactly) and runs the fp32 product, so that the code paths that hand bf16 operands
+/* Tests only (DS_CPU_BF16_GEMM=emulate): from now on ds_dnnl_matmul_bf16 and
+ * ds_dnnl_matmul_batched_bf16 widen their operands to fp32 (exactly) and run the fp32 product, so that the code paths that hand bf16 operands
  * to the products run on any CPU; the sums are fp32 either way (their order may differ from
  * the bf16 units'). */
 void ds_dnnl_bf16_emulate(ds_dnnl *d, int on);
