@@ -34,7 +34,6 @@ struct ds_dnnl {
     dnnl_stream_t slot_stream[MAX_SLOTS]; /* one per thread for row-split products */
     mm_entry **cache; /* pointers, so that growing the array moves no entry in use */
     int n, cap;
-    char last_impl[64];
     int bf16_probed, bf16_ok;
     char bf16_why[96];
     int emulate16;      /* bf16 products as fp32 products of the widened operands (tests) */
@@ -92,7 +91,6 @@ void ds_dnnl_destroy(ds_dnnl *d)
     free(d);
 }
 
-const char *ds_dnnl_last_impl(const ds_dnnl *d) { return d->last_impl; }
 
 static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error *err)
 {
@@ -136,10 +134,8 @@ static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error
     if (s)
         return dnnl_fail(err, "matmul primitive descriptor", s);
     const char *impl = NULL;
-    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl) {
-        snprintf(d->last_impl, sizeof d->last_impl, "%s", impl);
+    if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl)
         snprintf(e->impl, sizeof e->impl, "%s", impl);
-    }
     s = dnnl_primitive_create(&e->prim, pd);
     dnnl_primitive_desc_destroy(pd);
     if (s)

@@ -46,7 +46,5 @@ int ds_dnnl_bf16_batched_fast(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, i
  * oneDNN makes a bf16 matmul that is not its reference code. *why says which, or why not
  * ("amx-bf16: brg:avx512_core_amx", "no AMX-BF16 or AVX512_BF16 on this CPU"). */
 int ds_dnnl_bf16_probe(ds_dnnl *d, const char **why);
-/* The implementation oneDNN chose for the last created primitive ("brg:avx512_core", ...). */
-const char *ds_dnnl_last_impl(const ds_dnnl *d);
 
 #endif
