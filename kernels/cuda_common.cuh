@@ -5,6 +5,7 @@
 #define DS_CUDA_COMMON_CUH
 
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -139,17 +140,6 @@ __device__ __forceinline__ float rnd(float x, int mode) { return mode ? round16(
  * round16, so a 16-bit tensor holds exactly what the fp32 layout holds after fuse_round. */
 #define S16(b) (DS_CUDA(b)->store16)
 
-/* IEEE half bits -> float (exact) */
-__device__ __forceinline__ float half_bits_to_float(unsigned h)
-{
-    unsigned sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0) /* zero and subnormals: m * 2^-24 */
-        return __uint_as_float(__float_as_uint((float)m * 5.9604644775390625e-8f) | sign);
-    if (e == 31)
-        return __uint_as_float(sign | 0x7f800000u | (m << 13));
-    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
-}
-
 /* a float that is exactly an IEEE half (round_fp16's result) -> its bits */
 __device__ __forceinline__ unsigned short float_to_half_bits(float r)
 {
@@ -166,7 +156,11 @@ template <int S> __device__ __forceinline__ float lda(const void *p, int64_t i)
     if (S == 0)
         return ((const float *)p)[i];
     const unsigned h = ((const unsigned short *)p)[i];
-    return S == DS_ROUND_BF16 ? __uint_as_float(h << 16) : half_bits_to_float(h);
+    /* the hardware's exact conversion (one instruction, no branch): with a branchy one the
+     * compiler fused a multiply-add of a loaded value in the fp32 layout and not in fp16's,
+     * and the layouts' results differed in the last bit on an H200 (test_cuda store16_ops_fp16:
+     * the fp16 instance's PTX had mul and add where the fp32 one had fma.rn) */
+    return S == DS_ROUND_BF16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
 }
 
 template <int S> __device__ __forceinline__ void sta(void *p, int64_t i, float v, int rm)
@@ -177,6 +171,80 @@ template <int S> __device__ __forceinline__ void sta(void *p, int64_t i, float v
         ((unsigned short *)p)[i] = (unsigned short)(__float_as_uint(round_bf16(v)) >> 16);
     else
         ((unsigned short *)p)[i] = float_to_half_bits(round_fp16(v));
+}
+
+/* Eight consecutive values at element i, with one or two 16-byte accesses: p + i must be 16-byte
+ * aligned (vec8_ok). The same values and roundings as eight lda/sta. */
+template <int S> __device__ __forceinline__ void ld8(const void *p, int64_t i, float (&v)[8])
+{
+    if (S == 0) {
+        const float4 a = ((const float4 *)((const float *)p + i))[0], c = ((const float4 *)((const float *)p + i))[1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
+        return;
+    }
+    const uint4 q = *(const uint4 *)((const unsigned short *)p + i);
+    const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        if (S == DS_ROUND_BF16) {
+            v[2 * k] = __uint_as_float(w[k] << 16);
+            v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+        } else {
+            v[2 * k] = __half2float(__ushort_as_half((unsigned short)(w[k] & 0xffffu)));
+            v[2 * k + 1] = __half2float(__ushort_as_half((unsigned short)(w[k] >> 16)));
+        }
+    }
+}
+
+template <int S> __device__ __forceinline__ unsigned bits16(float v)
+{
+    return S == DS_ROUND_BF16 ? __float_as_uint(round_bf16(v)) >> 16 : (unsigned)float_to_half_bits(round_fp16(v));
+}
+
+template <int S> __device__ __forceinline__ void st8(void *p, int64_t i, const float (&v)[8], int rm)
+{
+    if (S == 0) {
+        float4 *q = (float4 *)((float *)p + i);
+        q[0] = make_float4(rnd(v[0], rm), rnd(v[1], rm), rnd(v[2], rm), rnd(v[3], rm));
+        q[1] = make_float4(rnd(v[4], rm), rnd(v[5], rm), rnd(v[6], rm), rnd(v[7], rm));
+        return;
+    }
+    uint4 q;
+    q.x = bits16<S>(v[0]) | bits16<S>(v[1]) << 16;
+    q.y = bits16<S>(v[2]) | bits16<S>(v[3]) << 16;
+    q.z = bits16<S>(v[4]) | bits16<S>(v[5]) << 16;
+    q.w = bits16<S>(v[6]) | bits16<S>(v[7]) << 16;
+    *(uint4 *)((unsigned short *)p + i) = q;
+}
+
+/* ld8/st8 where vec, else the same eight values one by one (p + i need not be aligned) */
+template <int S> __device__ __forceinline__ void ld8v(const void *p, int64_t i, float (&v)[8], int vec)
+{
+    if (vec) {
+        ld8<S>(p, i, v);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            v[k] = lda<S>(p, i + k);
+    }
+}
+
+template <int S> __device__ __forceinline__ void st8v(void *p, int64_t i, const float (&v)[8], int rm, int vec)
+{
+    if (vec) {
+        st8<S>(p, i, v, rm);
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            sta<S>(p, i + k, v[k], rm);
+    }
+}
+
+/* every pointer given 16-byte aligned, so that ld8/st8 at multiples of 8 elements are (the
+ * element size does not matter: 8 values are 16 or 32 bytes). NULL counts as aligned. */
+static inline int vec8_ok(const void *a, const void *b = NULL, const void *c = NULL)
+{
+    return ((uintptr_t)a % 16) == 0 && ((uintptr_t)b % 16) == 0 && ((uintptr_t)c % 16) == 0;
 }
 
 /* launches kernel<S> with (grid, threads, smem) on b's stream for b's storage mode S, then checks

@@ -9,39 +9,73 @@
 #define INV_SQRT2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
 
-/* S: the activations' storage (cuda_common.cuh, lda/sta) */
-template <int S> __global__ void gelu_fwd_k(const void *x, void *y, int64_t n, int approximate, int rm)
+/* The memory-bound kernels below go over n elements in chunks of 8 (ld8/st8: one 16-byte access
+ * per 16-bit tensor and chunk) when vec (every pointer 16-byte aligned), then the rest one by
+ * one. An element's arithmetic is the same either way. */
+#define CHUNKS8(j, n, vec) GRID_STRIDE(j, (vec) ? (n) / 8 : 0)
+#define TAIL8(i, n, vec)                                                                         \
+    for (int64_t i = ((vec) ? (n) / 8 * 8 : 0) + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; \
+         i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float gelu_f(float v, int approximate)
 {
-    GRID_STRIDE(i, n)
-    {
-        float v = lda<S>(x, i);
-        if (approximate) {
-            float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-            sta<S>(y, i, 0.5f * v * (1.0f + tanhf(u)), rm);
-        } else {
-            sta<S>(y, i, 0.5f * v * (1.0f + erff(v * INV_SQRT2)), rm);
-        }
+    if (approximate) {
+        float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
+        return 0.5f * v * (1.0f + tanhf(u));
     }
+    return 0.5f * v * (1.0f + erff(v * INV_SQRT2));
+}
+
+/* d gelu(v) / dv */
+__device__ __forceinline__ float gelu_d(float v, int approximate)
+{
+    if (approximate) {
+        float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
+        float t = tanhf(u);
+        float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
+        return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+    }
+    float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
+    float pdf = INV_SQRT_2PI * expf(-0.5f * v * v);
+    return cdf + v * pdf;
+}
+
+/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+template <int S> __global__ void gelu_fwd_k(const void *x, void *y, int64_t n, int approximate, int rm, int vec)
+{
+    CHUNKS8(j, n, vec)
+    {
+        float v[8];
+        ld8<S>(x, 8 * j, v);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            v[k] = gelu_f(v[k], approximate);
+        st8<S>(y, 8 * j, v, rm);
+    }
+    TAIL8(i, n, vec) sta<S>(y, i, gelu_f(lda<S>(x, i), approximate), rm);
 }
 
 template <int S>
 __global__ void gelu_bwd_k(const void *x, const void *dy, void *dx, int64_t n, int approximate,
-                           int accumulate, int rm)
+                           int accumulate, int rm, int vec)
 {
-    GRID_STRIDE(i, n)
+    CHUNKS8(j, n, vec)
     {
-        float v = lda<S>(x, i), d;
-        if (approximate) {
-            float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-            float t = tanhf(u);
-            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
-            d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
-        } else {
-            float cdf = 0.5f * (1.0f + erff(v * INV_SQRT2));
-            float pdf = INV_SQRT_2PI * expf(-0.5f * v * v);
-            d = cdf + v * pdf;
+        float v[8], g[8], o[8];
+        ld8<S>(x, 8 * j, v);
+        ld8<S>(dy, 8 * j, g);
+        if (accumulate)
+            ld8<S>(dx, 8 * j, o);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float t = gelu_d(v[k], approximate) * g[k];
+            o[k] = accumulate ? o[k] + t : t;
         }
-        float g = d * lda<S>(dy, i);
+        st8<S>(dx, 8 * j, o, rm);
+    }
+    TAIL8(i, n, vec)
+    {
+        float g = gelu_d(lda<S>(x, i), approximate) * lda<S>(dy, i);
         sta<S>(dx, i, accumulate ? lda<S>(dx, i) + g : g, rm);
     }
 }
@@ -99,9 +133,19 @@ __global__ void dropout_bwd_k(const void *dy, void *dx, int64_t n, float p, floa
     }
 }
 
-template <int S> __global__ void add_k(const void *a, const void *c, void *y, int64_t n, int rm)
+template <int S> __global__ void add_k(const void *a, const void *c, void *y, int64_t n, int rm, int vec)
 {
-    GRID_STRIDE(i, n) sta<S>(y, i, lda<S>(a, i) + lda<S>(c, i), rm);
+    CHUNKS8(j, n, vec)
+    {
+        float u[8], v[8];
+        ld8<S>(a, 8 * j, u);
+        ld8<S>(c, 8 * j, v);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            u[k] += v[k];
+        st8<S>(y, 8 * j, u, rm);
+    }
+    TAIL8(i, n, vec) sta<S>(y, i, lda<S>(a, i) + lda<S>(c, i), rm);
 }
 
 __global__ void acc_k(const float *x, float *y, int64_t n)
@@ -123,7 +167,15 @@ __global__ void scale_k(float *x, int64_t n, float s)
         return DS_OK;                                                                            \
     } while (0)
 
-/* the same for a kernel templated on the activations' storage */
+/* the same for a kernel templated on the activations' storage; LAUNCH16_8 for one that goes in
+ * chunks of 8 (a thread per chunk) */
+#define LAUNCH16_8(kernel, n, ...)                                                               \
+    do {                                                                                         \
+        if ((n) > 0)                                                                             \
+            LAUNCH_S(kernel, grid_for(b, ((n) + 7) / 8, THREADS), THREADS, 0, __VA_ARGS__);      \
+        return DS_OK;                                                                            \
+    } while (0)
+
 #define LAUNCH16(kernel, n, ...)                                                                 \
     do {                                                                                         \
         if ((n) > 0)                                                                             \
@@ -134,13 +186,13 @@ __global__ void scale_k(float *x, int64_t n, float s)
 extern "C" ds_status ds_cuda_gelu_fwd(ds_backend *b, const float *x, float *y, int64_t n,
                                       int approximate)
 {
-    LAUNCH16(gelu_fwd_k, n, x, y, n, approximate, RMODE(b));
+    LAUNCH16_8(gelu_fwd_k, n, x, y, n, approximate, RMODE(b), vec8_ok(x, y));
 }
 
 extern "C" ds_status ds_cuda_gelu_bwd(ds_backend *b, const float *x, const float *dy, float *dx,
                                       int64_t n, int approximate, int accumulate)
 {
-    LAUNCH16(gelu_bwd_k, n, x, dy, dx, n, approximate, accumulate, RMODE(b));
+    LAUNCH16_8(gelu_bwd_k, n, x, dy, dx, n, approximate, accumulate, RMODE(b), vec8_ok(x, dy, dx));
 }
 
 extern "C" ds_status ds_cuda_relu_fwd(ds_backend *b, const float *x, float *y, int64_t n)
@@ -171,7 +223,7 @@ extern "C" ds_status ds_cuda_dropout_bwd(ds_backend *b, const float *dy, float *
 extern "C" ds_status ds_cuda_add(ds_backend *b, const float *a, const float *c, float *y,
                                  int64_t n)
 {
-    LAUNCH16(add_k, n, a, c, y, n, RMODE(b));
+    LAUNCH16_8(add_k, n, a, c, y, n, RMODE(b), vec8_ok(a, c, y));
 }
 
 template <int S> __global__ void unpack16_k(const void *src, float *dst, int64_t n)

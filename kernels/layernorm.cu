@@ -35,10 +35,13 @@ __global__ void layernorm_fwd_k(const void *x, const void *w, const void *bias, 
     }
 }
 
-/* dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)) */
+/* dx = rstd * (g*w - mean(g*w) - xhat * mean(g*w*xhat)). With C a multiple of 8 a lane takes
+ * chunks of 8 columns (c8: 16-byte accesses where va, the activations, and vw, the weights,
+ * are aligned; the sums' order is the same either way). */
 template <int S>
 __global__ void layernorm_dx_k(const void *dy, const void *x, const void *w, const float *mean,
-                               const float *rstd, void *dx, int64_t M, int64_t C, int accumulate, int rm)
+                               const float *rstd, void *dx, int64_t M, int64_t C, int accumulate, int rm,
+                               int c8, int va, int vw)
 {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
@@ -47,6 +50,39 @@ __global__ void layernorm_dx_k(const void *dy, const void *x, const void *w, con
     const int64_t r = row * C;
     const float mu = mean[row], rs = rstd[row];
     float sg = 0.0f, sgx = 0.0f;
+    if (c8) {
+        for (int64_t c = 8 * lane; c < C; c += 256) {
+            float xv[8], gv[8], wv[8];
+            ld8v<S>(x, r + c, xv, va);
+            ld8v<S>(dy, r + c, gv, va);
+            ld8v<S>(w, c, wv, vw);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float xhat = (xv[k] - mu) * rs;
+                float gw = gv[k] * wv[k];
+                sg += gw;
+                sgx += gw * xhat;
+            }
+        }
+        sg = warp_sum(sg) / (float)C;
+        sgx = warp_sum(sgx) / (float)C;
+        for (int64_t c = 8 * lane; c < C; c += 256) {
+            float xv[8], gv[8], wv[8], o[8];
+            ld8v<S>(x, r + c, xv, va);
+            ld8v<S>(dy, r + c, gv, va);
+            ld8v<S>(w, c, wv, vw);
+            if (accumulate)
+                ld8v<S>(dx, r + c, o, va);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                float xhat = (xv[k] - mu) * rs;
+                float v = rs * (gv[k] * wv[k] - sg - xhat * sgx);
+                o[k] = accumulate ? o[k] + v : v;
+            }
+            st8v<S>(dx, r + c, o, rm, va);
+        }
+        return;
+    }
     for (int64_t c = lane; c < C; c += 32) {
         float xhat = (lda<S>(x, r + c) - mu) * rs;
         float gw = lda<S>(dy, r + c) * lda<S>(w, c);
@@ -103,6 +139,87 @@ __global__ void colsum_part_k(const void *dy, const void *x, const float *mean,
     }
 }
 
+/* The same with C a multiple of 8: a thread sums 8 consecutive columns (16-byte accesses where
+ * va), a block 256 columns x CS_LANES row lanes. */
+template <int S>
+__global__ void colsum8_part_k(const void *dy, const void *x, const float *mean, const float *rstd,
+                               float *part_b, float *part_w, int64_t M, int64_t C, int64_t rows_per, int va)
+{
+    __shared__ float sb[CS_LANES][256], sw[CS_LANES][256];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+    const int64_t c = (int64_t)blockIdx.x * 256 + 8 * tx;
+    const int64_t r0 = (int64_t)blockIdx.y * rows_per;
+    int64_t r1 = r0 + rows_per;
+    if (r1 > M)
+        r1 = M;
+    float ab[8] = {0, 0, 0, 0, 0, 0, 0, 0}, aw[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (c < C) {
+        for (int64_t r = r0 + ty; r < r1; r += CS_LANES) {
+            float g[8];
+            ld8v<S>(dy, r * C + c, g, va);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                ab[k] += g[k];
+            if (x) {
+                float xv[8];
+                ld8v<S>(x, r * C + c, xv, va);
+                const float mu = mean[r], rs = rstd[r];
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    aw[k] += g[k] * ((xv[k] - mu) * rs);
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        sb[ty][8 * tx + k] = ab[k];
+        sw[ty][8 * tx + k] = aw[k];
+    }
+    __syncthreads();
+    const int64_t cc = (int64_t)blockIdx.x * 256 + threadIdx.x; /* one column per thread */
+    if (cc < C) {
+        float tb = 0.0f, tw = 0.0f;
+        for (int k = 0; k < CS_LANES; k++) {
+            tb += sb[k][threadIdx.x];
+            tw += sw[k][threadIdx.x];
+        }
+        part_b[(int64_t)blockIdx.y * C + cc] = tb;
+        if (x)
+            part_w[(int64_t)blockIdx.y * C + cc] = tw;
+    }
+}
+
+/* the partials of many chunks: block = 32 columns x 8 lanes, lane l adds chunks l, l+8, ...;
+ * then the lanes' sums in order */
+__global__ void colsum_final8_k(const float *part_b, const float *part_w, float *db, float *dw,
+                                int64_t C, int64_t chunks)
+{
+    __shared__ float sb[8][32], sw[8][32];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+    const int64_t c = (int64_t)blockIdx.x * 32 + tx;
+    float tb = 0.0f, tw = 0.0f;
+    if (c < C)
+        for (int64_t k = ty; k < chunks; k += 8) {
+            tb += part_b[k * C + c];
+            if (dw)
+                tw += part_w[k * C + c];
+        }
+    sb[ty][tx] = tb;
+    sw[ty][tx] = tw;
+    __syncthreads();
+    if (ty == 0 && c < C) {
+        tb = 0.0f, tw = 0.0f;
+        for (int k = 0; k < 8; k++) {
+            tb += sb[k][tx];
+            tw += sw[k][tx];
+        }
+        if (db)
+            db[c] += tb;
+        if (dw)
+            dw[c] += tw;
+    }
+}
+
 __global__ void colsum_final_k(const float *part_b, const float *part_w, float *db, float *dw,
                                int64_t C, int64_t chunks)
 {
@@ -121,31 +238,43 @@ __global__ void colsum_final_k(const float *part_b, const float *part_w, float *
     }
 }
 
+/* The row partition of the column sums: about 4 blocks per SM in all for col_blocks blocks
+ * across, chunks of at least 64 rows. It depends only on the shape and the GPU, so the order
+ * of the sums is fixed. Returns the rows per chunk, *chunks the number of chunks. */
+static int64_t row_chunks(ds_backend *b, int64_t M, int64_t col_blocks, int64_t *chunks)
+{
+    int64_t n = (4 * (int64_t)DS_CUDA(b)->sm_count + col_blocks - 1) / col_blocks, most = (M + 63) / 64;
+    n = n > most ? most : n;
+    n = n > 65535 ? 65535 : n < 1 ? 1 : n;
+    const int64_t rows_per = (M + n - 1) / n;
+    *chunks = (M + rows_per - 1) / rows_per;
+    return rows_per;
+}
+
 /* db += colsum(dy); with x: dw += colsum(dy * xhat). Either of db, dw may be NULL. */
 static ds_status colsums(ds_backend *b, const float *dy, const float *x, const float *mean,
                          const float *rstd, float *db, float *dw, int64_t M, int64_t C)
 {
     if (M <= 0 || C <= 0 || (!db && !dw))
         return DS_OK;
-    const int64_t col_blocks = (C + CS_COLS - 1) / CS_COLS;
-    /* about 4 blocks per SM in all, at least 64 rows per chunk; depends only on the shape and
-     * the GPU, so the summation order is fixed */
-    int64_t chunks = (4 * (int64_t)DS_CUDA(b)->sm_count + col_blocks - 1) / col_blocks;
-    int64_t max_chunks = (M + 63) / 64;
-    if (chunks > max_chunks)
-        chunks = max_chunks;
-    if (chunks > 65535)
-        chunks = 65535;
-    if (chunks < 1)
-        chunks = 1;
-    const int64_t rows_per = (M + chunks - 1) / chunks;
-    chunks = (M + rows_per - 1) / rows_per;
+    const int c8 = C % 8 == 0; /* colsum8_part_k: 256 columns a block */
+    const int64_t col_blocks = c8 ? (C + 255) / 256 : (C + CS_COLS - 1) / CS_COLS;
+    int64_t chunks;
+    const int64_t rows_per = row_chunks(b, M, col_blocks, &chunks);
     float *part = (float *)ds_cuda_scratch(b, (size_t)(2 * chunks * C) * sizeof(float));
     if (!part)
         return b->err.code;
     float *part_b = part, *part_w = part + chunks * C;
     dim3 grid((unsigned)col_blocks, (unsigned)chunks);
     /* dy (and x) are activations: stored as store16 says */
+    if (c8) {
+        LAUNCH_S(colsum8_part_k, grid, 32 * CS_LANES, 0, dy, x, mean, rstd, part_b, x ? part_w : (float *)NULL, M,
+                 C, rows_per, vec8_ok(dy, x));
+        colsum_final8_k<<<(unsigned)((C + 31) / 32), 256, 0, STREAM(b)>>>(part_b, x ? part_w : NULL, db,
+                                                                          x ? dw : NULL, C, chunks);
+        LAUNCHED("colsum_final8_k");
+        return DS_OK;
+    }
     LAUNCH_S(colsum_part_k, grid, CS_COLS * CS_LANES, 0, dy, x, mean, rstd, part_b, x ? part_w : (float *)NULL, M,
              C, rows_per);
     colsum_final_k<<<grid_for(b, C, 256), 256, 0, STREAM(b)>>>(part_b, x ? part_w : NULL, db,
@@ -181,7 +310,7 @@ extern "C" ds_status ds_cuda_layernorm_bwd(ds_backend *b, const float *dy, const
     if (dx) {
         unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
         LAUNCH_S(layernorm_dx_k, blocks, 32 * ROWS_PER_BLOCK, 0, dy, x, w, mean, rstd, dx, M, C, accumulate,
-                 RMODE(b));
+                 RMODE(b), C % 8 == 0, vec8_ok(dy, x, dx), vec8_ok(w));
     }
     if (dbias && !dw)
         return colsums(b, dy, NULL, NULL, NULL, dbias, NULL, M, C);

@@ -19,24 +19,38 @@ __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2
     }
 }
 
-/* S: the activations' storage (cuda_common.cuh, lda/sta) */
+/* one logit into a thread's running (max, sum) */
+__device__ __forceinline__ void lse_add(float &mx, float &sum, float v)
+{
+    if (v > mx) {
+        sum = sum * expf(mx - v) + 1.0f;
+        mx = v;
+    } else if (v != -INFINITY) {
+        sum += expf(v - mx); /* a NaN propagates into the sum, as on the CPU */
+    }
+}
+
+/* S: the activations' storage (cuda_common.cuh, lda/sta). A row's logits go in chunks of 8
+ * consecutive values, chunk c to thread c % blockDim, then the last V % 8 one by one (threads 0..);
+ * with vec (V a multiple of 8, both tensors 16-byte aligned) a chunk is one or two 16-byte
+ * loads. The order of the sums depends on V only, so both storages give the same bits. */
 template <int S>
 __global__ void xent_k(const void *logits, const int32_t *targets, float *losses, void *dlogits,
-                       float grad_scale, int64_t V, int rm)
+                       float grad_scale, int64_t V, int rm, int vec)
 {
     __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32];
     __shared__ float row_max, row_sum;
-    const int64_t m = blockIdx.x, z = m * V;
+    const int64_t m = blockIdx.x, z = m * V, V8 = V / 8 * 8;
     float mx = -INFINITY, sum = 0.0f;
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        float v = lda<S>(logits, z + j);
-        if (v > mx) {
-            sum = sum * expf(mx - v) + 1.0f;
-            mx = v;
-        } else if (v != -INFINITY) {
-            sum += expf(v - mx); /* a NaN propagates into the sum, as on the CPU */
-        }
+    for (int64_t j = 8 * (int64_t)threadIdx.x; j < V8; j += 8 * (int64_t)blockDim.x) {
+        float v[8];
+        ld8v<S>(logits, z + j, v, vec);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            lse_add(mx, sum, v[k]);
     }
+    for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x)
+        lse_add(mx, sum, lda<S>(logits, z + j));
     for (int o = 16; o > 0; o >>= 1) {
         float m2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, sum, o);
         lse_merge(mx, sum, m2, s2);
@@ -66,7 +80,17 @@ __global__ void xent_k(const void *logits, const int32_t *targets, float *losses
         return;
     const float rmax = row_max, inv = grad_scale / row_sum;
     const int32_t tgt = targets[m];
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    for (int64_t j = 8 * (int64_t)threadIdx.x; j < V8; j += 8 * (int64_t)blockDim.x) {
+        float v[8];
+        ld8v<S>(logits, z + j, v, vec);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float g = expf(v[k] - rmax) * inv;
+            v[k] = j + k == tgt ? g - grad_scale : g;
+        }
+        st8v<S>(dlogits, z + j, v, rm, vec);
+    }
+    for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x) {
         float g = expf(lda<S>(logits, z + j) - rmax) * inv;
         sta<S>(dlogits, z + j, j == tgt ? g - grad_scale : g, rm);
     }
@@ -108,7 +132,8 @@ extern "C" ds_status ds_cuda_xent_fwd(ds_backend *b, const float *logits, const 
     if (M > 2147483647LL)
         return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "xent: %lld rows is too many", (long long)M);
     int threads = V >= 4096 ? XENT_THREADS : 128;
-    LAUNCH_S(xent_k, (unsigned)M, threads, 0, logits, targets, losses, dlogits, grad_scale, V, RMODE(b));
+    LAUNCH_S(xent_k, (unsigned)M, threads, 0, logits, targets, losses, dlogits, grad_scale, V, RMODE(b),
+             V % 8 == 0 && vec8_ok(logits, dlogits));
     return DS_OK;
 }
 

@@ -188,17 +188,29 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
     cublasHandle_t h = DS_CUDA(b)->blas;
     const float one = 1.0f, zero = 0.0f;
     if (S16(b)) {
-        /* dY, X and W are 16-bit already; cuBLAS writes dX in 16 bits, adding the stored dX
-         * in fp32 first when accumulating (beta 1): each value rounded once, as in fp32 buffers */
+        /* dY, X and W are 16-bit already; cuBLAS writes dX in 16 bits. When accumulating, the
+         * product goes to an fp32 copy of the stored dX (beta 1, the fp32 layout's call) and is
+         * packed: with a 16-bit C and beta 1 an H200's cuBLAS gave results one bf16 step away
+         * from rounding the fp32 sum once */
         if (M <= 0)
             return DS_OK;
         if (dx && K > 0) {
             if (N == 0) {
                 if (!accumulate)
                     CU_TRY(cudaMemsetAsync(dx, 0, (size_t)(M * K) * 2, STREAM(b)));
-            } else if ((st = gemm16c(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w, (int)K, dy,
-                                     (int)N, accumulate ? &one : &zero, dx, (int)K, 1)) != DS_OK) {
-                return st;
+            } else if (!accumulate) {
+                if ((st = gemm16c(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w, (int)K, dy, (int)N,
+                                  &zero, dx, (int)K, 1)) != DS_OK)
+                    return st;
+            } else {
+                float *dx32 = (float *)ds_cuda_scratch(b, (size_t)(M * K) * sizeof(float));
+                if (!dx32)
+                    return DS_ERR_NOMEM;
+                if ((st = ds_cuda_unpack16(b, dx, dx32, M * K)) != DS_OK ||
+                    (st = gemm16(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w, (int)K, dy, (int)N,
+                                 &one, dx32, (int)K)) != DS_OK ||
+                    (st = ds_cuda_pack16(b, dx32, dx, M * K)) != DS_OK)
+                    return st;
             }
         }
         if (dw && K > 0 && N > 0 &&

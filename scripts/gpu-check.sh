@@ -249,7 +249,8 @@ run() {
         awk '/ rel / { for (i = 1; i <= NF; i++) { if ($i == "rel") r = $(i + 1); if ($i == "(bound") b = $(i + 1) }
                        sub(/\)/, "", b); if (b + 0 > 0) printf "  %.3f  %s\n", r / b, $0 }' "$out/test_cuda.log" |
             sort -rn | head -6 | sed 's/  */ /g'
-        grep -E "FAIL|Assertion|rror|CRASH|Timeout" "$out/test_cuda.log" | head -30
+        # a failed assertion's message is on the line after it
+        grep -A1 -E "FAIL|Assertion|rror|CRASH|Timeout" "$out/test_cuda.log" | grep -v '^--$' | head -30
         grep -E "Synthesis" "$out/test_cuda.log"
         tests_rc="exit $rc ($((SECONDS - t0)) s)"
         say "test_cuda: $tests_rc"
@@ -279,7 +280,7 @@ run() {
         say "== per-op timings as bf16 training runs them (BENCH_PRECISION=bf16 tests/bench_cuda $MB 1024)"
         dsenv BENCH_PRECISION=bf16 timeout "$(tmo 60)" "$G/bin/bench_cuda" "$MB" 1024 >"$out/bench.txt" 2>&1
         say "bench_cuda: exit $?"
-        sed -n '/^bench_cuda:/p; /^op (GPT/,$p' "$out/bench.txt"
+        sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/bench.txt"
         grep -E "rror" "$out/bench.txt" | head -3
         bench_gemm=$(awk '/^gemm 8192/ {print $5}' "$out/bench.txt")
     fi
@@ -355,6 +356,16 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # CPUs only through DS_CPU_BF16_GEMM=emulate's widened products)
         dsenv timeout "$(tmo 30)" "$G/bin/test_layers" --filter 'store16/*' --verbose 2>&1 |
             grep -E "PASS|FAIL|Assert|rror|Synthesis"
+        # where a step's time goes on 2 threads, op by op (bench_cuda on the CPU backend at
+        # gpt-tiny's shapes), fp32 and bf16
+        local bp
+        for bp in fp32 bf16; do
+            [ "$(tmo 30)" -gt 20 ] || { say "cpu per-op $bp: skipped (budget)"; continue; }
+            say "-- per-op on the CPU, 2 threads, $bp (BENCH_DEVICE=cpu tests/bench_cuda 8 128, gpt-tiny shapes)"
+            dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 BENCH_DEVICE=cpu BENCH_PRECISION=$bp BENCH_C=256 BENCH_H=4 \
+                BENCH_V=256 BENCH_L=4 timeout "$(tmo 30)" "$G/bin/bench_cuda" 8 128 >"$out/cpu-ops-$bp.txt" 2>&1
+            sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/cpu-ops-$bp.txt"
+        done
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16
         # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring)
         local p t
@@ -473,7 +484,11 @@ print("is bf16 MFU >= 40%); ds bf16 multiplies the linear layers in bf16, and at
 print("(materialized attention multiplies in TF32);")
 print("tokens/s = median after 5 steps")
 PY
-    say "gpu-check: done in $((SECONDS - t_start)) s; logs in $out"
+    # the device tool brings back only a few files: the summary, the test log and the per-op
+    # table as they are, every log in one archive
+    (cd "$out" && tar -czf logs.tar.gz --exclude logs.tar.gz -- * 2>/dev/null &&
+        find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt ! -name test_cuda.log ! -name bench.txt -delete)
+    say "gpu-check: done in $((SECONDS - t_start)) s; logs in $out (logs.tar.gz: all of them)"
 }
 
 case "$mode" in

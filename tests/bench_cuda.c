@@ -7,7 +7,9 @@
  * or fp16 times the ops as 16-bit training runs them (set_precision: 16-bit GEMMs and the fused
  * 16-bit attention; store16: the activations stored as 16-bit values, or with BENCH_ACT16=0
  * fp32 buffers and fuse_round, the DS_ACT16=0 layout); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
- * run on tests/cuda_emu). */
+ * run on tests/cuda_emu). BENCH_DEVICE=cpu times the CPU backend's ops instead (no second attention path),
+ * and BENCH_C, BENCH_H, BENCH_V, BENCH_L give another model's dimension, heads, vocabulary and
+ * layers (gpt-tiny: 256 4 256 4), so the same table shows where a CPU's step goes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,12 @@ static ds_backend *be;
 static const ds_backend_ops *ops;
 static int a16; /* activations and weights stored as 16-bit values (store16) of this mode, 0: fp32 */
 static int prec16; /* 16-bit training's mode (BENCH_PRECISION), 0: fp32 */
+
+static int64_t envi(const char *name, int64_t dflt)
+{
+    const char *e = getenv(name);
+    return e && *e ? atoll(e) : dflt;
+}
 
 static double now_s(void)
 {
@@ -126,9 +134,17 @@ static int nrows;
 int main(int argc, char **argv)
 {
     int64_t B = argc > 1 ? atoll(argv[1]) : 8, T = argc > 2 ? atoll(argv[2]) : 1024;
-    const int64_t C = 768, H = 12, V = 50304, L = 12, M = B * T, F = 4 * C;
+    const int64_t C = envi("BENCH_C", 768), H = envi("BENCH_H", 12), V = envi("BENCH_V", 50304),
+                  L = envi("BENCH_L", 12), M = B * T, F = 4 * C;
+    const char *device = getenv("BENCH_DEVICE") && *getenv("BENCH_DEVICE") ? getenv("BENCH_DEVICE") : "cuda";
+    const int cpu = strcmp(device, "cpu") == 0;
     ds_error err = {0};
-    if (ds_backend_create(&be, "cuda", &err) != DS_OK) {
+    if (B <= 0 || T <= 0 || C <= 0 || H <= 0 || C % H != 0 || V <= 0 || L <= 0) {
+        fprintf(stderr, "bench_cuda: B %lld, T %lld, C %lld, H %lld, V %lld, L %lld: expected positive numbers, C a multiple of H\n",
+                (long long)B, (long long)T, (long long)C, (long long)H, (long long)V, (long long)L);
+        return 2;
+    }
+    if (ds_backend_create(&be, device, &err) != DS_OK) {
         fprintf(stderr, "bench_cuda: %s\n", err.msg);
         return 2;
     }
@@ -143,16 +159,16 @@ int main(int argc, char **argv)
         }
         precision_on(be, round); /* as the model asks in 16-bit training */
     }
-    printf("bench_cuda: %s; activations %s; GPT-2 small shapes: B %lld, T %lld, C %lld, H %lld, V %lld\n",
+    printf("bench_cuda: %s; activations %s; shapes: B %lld, T %lld, C %lld, H %lld, V %lld, %lld layers\n",
            ds_backend_describe(be), a16 ? "stored in 16 bits" : "in fp32 buffers", (long long)B, (long long)T,
-           (long long)C, (long long)H, (long long)V);
+           (long long)C, (long long)H, (long long)V, (long long)L);
     fflush(stdout);
     ds_rng r;
     ds_rng_seed(&r, 7);
 
     /* the GEMM rate of this GPU in this backend's mode (BENCH_GEMM_N: another size) */
     {
-        const int64_t n = getenv("BENCH_GEMM_N") ? atoll(getenv("BENCH_GEMM_N")) : 8192;
+        const int64_t n = envi("BENCH_GEMM_N", cpu ? 1024 : 8192);
         float *a = act(n * n, 1, &r), *w = act(n * n, 1, &r), *y = act(n * n, 1, &r);
         TIME(n == 8192 ? "gemm 8192^3 (linear_fwd)" : "gemm n^3 (linear_fwd)", 2.0 * n * n * n, 0, 0,
              CK(ops->linear_fwd(be, a, w, NULL, y, n, n, n)));
@@ -175,7 +191,7 @@ int main(int argc, char **argv)
     float *wte = act(V * C, 0.02f, &r), *gwte = rnd(V * C, 1, &r);
     float *logits = act(M * V, 1, &r), *dlogits = act(M * V, 1, &r), *losses = rnd(M, 1, &r);
     float *lnw = act(C, 1, &r), *lnb = act(C, 1, &r), *glnw = rnd(C, 1, &r), *glnb = rnd(C, 1, &r);
-    float *mean = rnd(M, 1, &r), *rstd = rnd(M, 1, &r), *wpe = act(T * C, 0.02f, &r);
+    float *mean = rnd(M, 1, &r), *rstd = rnd(M, 1, &r), *wpe = act(T * C, 0.02f, &r), *gwpe = rnd(T * C, 1, &r);
     int32_t *hids = malloc((size_t)M * sizeof *hids);
     for (int64_t i = 0; i < M; i++)
         hids[i] = (int32_t)(ds_rng_next(&r) % 256); /* byte tokens, as ds-train's text data */
@@ -225,10 +241,10 @@ int main(int argc, char **argv)
          CK(ops->attention_bwd(be, gy, qkv, att, dqkv, B, T, C, H, 1)));
     TIME("linear_bwd qkv", 4.0 * M * C * 3 * C, 0, L,
          CK(ops->linear_bwd(be, dqkv, x, wqkv, dx, gwqkv, gbqkv, M, C, 3 * C, 1)));
-    TIME("posadd_bwd", 0, fb * 2 * M * C, 1, CK(ops->posadd_bwd(be, gy, wpe, B, T, C)));
+    TIME("posadd_bwd", 0, fb * 2 * M * C, 1, CK(ops->posadd_bwd(be, gy, gwpe, B, T, C)));
     /* the other attention path beside the one above, for comparison: a second backend on the
      * same device with DS_CUDA_FLASH flipped (not in the step; the fused one only where it applies) */
-    {
+    if (!cpu) {
         CK(ops->synchronize(be));
         const int fused_now = att_b == 0;
         ds_backend *main_be = be, *other = NULL;
@@ -255,8 +271,8 @@ int main(int argc, char **argv)
     ops->free(be, logits);
     ops->free(be, dlogits);
     ops->free(be, att);
-    /* the optimizer over a GPT-2-small-sized flat buffer */
-    const int64_t P = getenv("BENCH_PARAMS") ? atoll(getenv("BENCH_PARAMS")) : 124475904;
+    /* the optimizer over the model's flat buffer (GPT-2 small: 124475904 parameters) */
+    const int64_t P = envi("BENCH_PARAMS", V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C);
     float *p = rnd(P, 0.02f, &r), *g = rnd(P, 1e-3f, &r), *m = rnd(P, 1e-3f, &r), *v = rnd(P, 1e-3f, &r);
     CK(ops->scale(be, v, P, 0.0f)); /* v must be >= 0 */
     /* in 16-bit training the step also writes the working weights: 2-byte values with a16 */
@@ -267,11 +283,11 @@ int main(int argc, char **argv)
                         .step = 1, .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 1.0f,
                         .pw = pw, .round = prec16, .pw16 = a16 != 0};
     TIME("sumsq (grad norm, to host)", 0, 4.0 * P, 1, CK(ops->sumsq(be, g, P, &s)));
-    TIME("adamw_step (124M params)", 0, (4.0 * 7 + (prec16 ? (a16 ? 2 : 4) : 0)) * P, 1,
+    TIME("adamw_step (all params)", 0, (4.0 * 7 + (prec16 ? (a16 ? 2 : 4) : 0)) * P, 1,
          CK(ops->adamw_step(be, p, g, m, v, P, &aa)));
     TIME("zero (grads)", 0, 4.0 * P, 1, CK(ops->zero(be, g, (size_t)P * sizeof(float))));
 
-    printf("\n%-34s %9s %9s %9s %6s %10s\n", "op (GPT-2 small shapes)", "ms", "TFLOP/s", "GB/s", "x/step", "ms/step");
+    printf("\n%-34s %9s %9s %9s %6s %10s\n", "op (the shapes above)", "ms", "TFLOP/s", "GB/s", "x/step", "ms/step");
     double total = 0, gemm_total = 0, attn_total = 0;
     for (int i = 0; i < nrows; i++) {
         row *w = &rows[i];

@@ -29,4 +29,29 @@ static inline __half __float2half_rn(float f)
     }
     return h;
 }
+
+static inline __half __ushort_as_half(unsigned short x)
+{
+    __half h;
+    h.x = x;
+    return h;
+}
+
+/* exact: every binary16 value is a float */
+static inline float __half2float(__half h)
+{
+    uint32_t sign = (uint32_t)(h.x & 0x8000u) << 16, e = (h.x >> 10) & 0x1fu, m = h.x & 0x3ffu, u;
+    if (e == 0) { /* zero and subnormals: m * 2^-24 */
+        float v = (float)m * 5.9604644775390625e-8f;
+        memcpy(&u, &v, 4);
+        u |= sign;
+    } else if (e == 31) {
+        u = sign | 0x7f800000u | (m << 13);
+    } else {
+        u = sign | ((e + 112u) << 23) | (m << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 #endif

@@ -91,6 +91,9 @@ struct __attribute__((aligned(8))) float2 {
 struct __attribute__((aligned(8))) uint2 {
     unsigned x, y;
 };
+struct __attribute__((aligned(16))) uint4 {
+    unsigned x, y, z, w;
+};
 static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 static inline float2 make_float2(float x, float y) { return float2{x, y}; }
 #define cudaEventDisableTiming 2u
