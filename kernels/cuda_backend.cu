@@ -175,6 +175,10 @@ static void cuda_destroy(ds_backend *b)
         ds_cuda_nccl_unload(b);
         if (c->blas)
             cublasDestroy(c->blas);
+        if (c->lt)
+            cublasLtDestroy(c->lt);
+        if (c->lt_ws)
+            cudaFree(c->lt_ws);
         if (c->scratch)
             cudaFree(c->scratch);
         if (c->scratch16)
@@ -355,6 +359,8 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     c->flash = flash;
     c->cc_major = prop.major;
     c->fuse_ok = !(fr && strcmp(fr, "0") == 0);
+    const char *lt_env = getenv("DS_CUDA_LT");
+    c->lt_ok = !(lt_env && strcmp(lt_env, "0") == 0);
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;
@@ -368,7 +374,8 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     if ((bs = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS ||
         (bs = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS ||
         (bs = cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
-            CUBLAS_STATUS_SUCCESS) {
+            CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasLtCreate(&c->lt)) != CUBLAS_STATUS_SUCCESS) {
         st = ds_cuda_err_set(err, DS_ERR_BACKEND, "cuBLAS: initialization failed: %s (%s)",
                      cublasGetStatusString(bs), cublasGetStatusName(bs));
         cuda_destroy(b);

@@ -4,6 +4,7 @@
 #ifndef DS_CUDA_COMMON_CUH
 #define DS_CUDA_COMMON_CUH
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -24,6 +25,10 @@ typedef struct ds_cuda {
     int store16;           /* store16: activation tensors are 16-bit values of this mode (0: fp32) */
     cudaStream_t stream;   /* every op runs on this one stream, in order */
     cublasHandle_t blas;
+    cublasLtHandle_t lt;   /* cuBLASLt: the 16-bit linear layers with a bias (its bias epilogue) */
+    int lt_ok;             /* DS_CUDA_LT (default 1): use it */
+    void *lt_ws;           /* its workspace (LT_WORKSPACE bytes, allocated at first use; NULL: none) */
+    int lt_ws_tried;
     void *scratch;         /* per-op temporary device memory, grown on demand */
     size_t scratch_bytes;
     void *scratch16;       /* store16: the fp32 copies an op unpacks its 16-bit tensors into (beside

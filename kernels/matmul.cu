@@ -112,6 +112,79 @@ template <int S> __global__ void bias_pack_k(const float *y32, const void *bias,
         sta<S>(y, m * N + n, bias ? y32[m * N + n] + bn : y32[m * N + n], 0);
 }
 
+/* Y = X W^T + bias for a linear layer, through cuBLASLt with its bias epilogue: X (M x K) and W
+ * (N x K) 16-bit, the bias and Y of Y's type: 16-bit (d16) or fp32. Column-major, as the
+ * products here: D (N x M) = op_T(W^T) . X^T, the bias added to each column (length N) in fp32
+ * before D's one conversion, so a 16-bit Y is the fp32 sum rounded once, as bias_pack_k writes
+ * it, without the fp32 copy and the second pass. Returns 1 when done, 0 when cuBLASLt has no
+ * algorithm for it (no error: the caller goes the other way), -1 on an error (b->err set). */
+#define LT_WORKSPACE ((size_t)32 << 20)
+static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bias, void *y, int M, int K, int N,
+                     int d16)
+{
+    ds_cuda *c = DS_CUDA(b);
+    if (!c->lt_ok || !c->lt)
+        return 0;
+    if (!c->lt_ws_tried) {
+        c->lt_ws_tried = 1;
+        if (cudaMalloc(&c->lt_ws, LT_WORKSPACE) != cudaSuccess) {
+            cudaGetLastError(); /* not sticky: run without a workspace */
+            c->lt_ws = NULL;
+        }
+    }
+    const cudaDataType t = c->gemm16 == DS_ROUND_BF16 ? CUDA_R_16BF : CUDA_R_16F, dt = d16 ? t : CUDA_R_32F;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+    const uint64_t ws = c->lt_ws ? LT_WORKSPACE : 0;
+    const float one = 1.0f, zero = 0.0f;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0, done = 0;
+    cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatrixLayoutCreate(&la, t, (uint64_t)K, (uint64_t)N, K);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)K, (uint64_t)M, K);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatrixLayoutCreate(&ld, dt, (uint64_t)N, (uint64_t)M, N);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceCreate(&pref);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (s == CUBLAS_STATUS_SUCCESS &&
+        cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &res, &found) == CUBLAS_STATUS_SUCCESS &&
+        found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
+        s = cublasLtMatmul(c->lt, op, &one, w, la, x, lb, &zero, y, ld, y, ld, &res.algo, c->lt_ws, (size_t)ws,
+                           STREAM(b));
+        done = s == CUBLAS_STATUS_SUCCESS ? 1 : s == CUBLAS_STATUS_NOT_SUPPORTED ? 0 : -1;
+    } else if (s != CUBLAS_STATUS_SUCCESS) {
+        done = -1;
+    }
+    if (pref)
+        cublasLtMatmulPreferenceDestroy(pref);
+    if (ld)
+        cublasLtMatrixLayoutDestroy(ld);
+    if (lb)
+        cublasLtMatrixLayoutDestroy(lb);
+    if (la)
+        cublasLtMatrixLayoutDestroy(la);
+    if (op)
+        cublasLtMatmulDescDestroy(op);
+    if (done < 0)
+        ds_cuda_blas_fail(b, "cublasLtMatmul (linear layer with a bias)", s, __FILE__, __LINE__);
+    return done;
+}
+
 static ds_status check_dims(ds_backend *b, const char *op, int64_t M, int64_t K, int64_t N)
 {
     if (!DIM_OK(M) || !DIM_OK(K) || !DIM_OK(N))
@@ -131,7 +204,13 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
     if (S16(b)) {
         /* x and w are 16-bit already: the GEMM reads them as they are. Without a bias cuBLAS
          * writes y in 16 bits (its fp32 result rounded: no fp32 copy of the LM head's logits);
-         * with one, the fp32 result goes through scratch and one pass adds the bias and rounds. */
+         * with one, cuBLASLt's bias epilogue does (lt_linear), or where it cannot the fp32
+         * result goes through scratch and one pass adds the bias and rounds. */
+        if (bias && K > 0) {
+            int lt = lt_linear(b, w, x, bias, y, (int)M, (int)K, (int)N, 1);
+            if (lt != 0)
+                return lt > 0 ? DS_OK : b->err.code;
+        }
         float *y32 = NULL;
         if (bias && !(y32 = (float *)ds_cuda_scratch(b, (size_t)(M * N) * sizeof(float))))
             return DS_ERR_NOMEM;
@@ -157,8 +236,16 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
         if (!s16)
             return DS_ERR_NOMEM;
         void *x16 = s16, *w16 = s16 + (size_t)(M * K) * 2;
-        if ((st = to16(b, x, x16, M * K)) != DS_OK || (st = to16(b, w, w16, N * K)) != DS_OK ||
-            (st = gemm16(b, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w16, (int)K, x16, (int)K,
+        if ((st = to16(b, x, x16, M * K)) != DS_OK || (st = to16(b, w, w16, N * K)) != DS_OK)
+            return st;
+        /* with a bias: the fp32 sum from cuBLASLt's epilogue, as store16 computes it (then rounded
+         * below where fuse_round asks) */
+        int lt = bias ? lt_linear(b, w16, x16, bias, y, (int)M, (int)K, (int)N, 0) : 0;
+        if (lt < 0)
+            return b->err.code;
+        if (lt > 0)
+            return RMODE(b) ? ds_cuda_round16(b, y, M * N, RMODE(b)) : DS_OK;
+        if ((st = gemm16(b, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w16, (int)K, x16, (int)K,
                          &zero, y, (int)N)) != DS_OK)
             return st;
     } else {

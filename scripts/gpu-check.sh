@@ -168,6 +168,19 @@ stage_ok() {
     return 1
 }
 
+# ds_variant NAME VAR=VALUE TITLE: ds-train bf16 with one environment variable changed, logged
+# as ds-bf16-NAME.jsonl and ds-train-bf16-NAME.log (the summary reads them)
+ds_variant() {
+    [ -f "$G/share/gpt-small.bf16.ds.json" ] && stage_ok ds 120 || return 0
+    say ""
+    say "== ds-train, $(basename "$netfile"), bf16, $3, for comparison"
+    rm -f "$out/ds-bf16-$1.jsonl"
+    dsenv "$2" timeout "$(tmo 120)" "$G/bin/ds-train" "$netfile" \
+        --config "$G/share/gpt-small.bf16.ds.json" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \
+        --data-order sequential --log-json "$out/ds-bf16-$1.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-$1.log" |
+        grep -E '^ds-train|^precision|^done|rror'
+}
+
 run() {
     local t_start=$SECONDS
     T_RUN=$SECONDS
@@ -320,28 +333,13 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
       "%.1f" % r["peak_mem_gib"] if r["peak_mem_gib"] else "-"))' "$out/torch-$run_.json" 2>/dev/null ||
             tail -5 "$out/torch.log"
     done
-    # bf16 with the other attention path: materialized (DS_CUDA_FLASH=0) against the default
-    # fused bf16 kernels
-    if [ -f "$G/share/gpt-small.bf16.ds.json" ] && stage_ok ds 120; then
-        say ""
-        say "== ds-train, $(basename "$netfile"), bf16, materialized attention (DS_CUDA_FLASH=0), for comparison"
-        rm -f "$out/ds-bf16-alt.jsonl"
-        dsenv DS_CUDA_FLASH=0 timeout "$(tmo 120)" "$G/bin/ds-train" "$netfile" \
-            --config "$G/share/gpt-small.bf16.ds.json" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \
-            --data-order sequential --log-json "$out/ds-bf16-alt.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-alt.log" |
-            grep -E '^ds-train|^done|rror'
-    fi
-    # bf16 with the activations and working weights in fp32 buffers (DS_ACT16=0, the layout
-    # before 16-bit storage)
-    if [ -f "$G/share/gpt-small.bf16.ds.json" ] && stage_ok ds 120; then
-        say ""
-        say "== ds-train, $(basename "$netfile"), bf16, activations and weights in fp32 buffers (DS_ACT16=0), for comparison"
-        rm -f "$out/ds-bf16-act32.jsonl"
-        dsenv DS_ACT16=0 timeout "$(tmo 120)" "$G/bin/ds-train" "$netfile" \
-            --config "$G/share/gpt-small.bf16.ds.json" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \
-            --data-order sequential --log-json "$out/ds-bf16-act32.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-act32.log" |
-            grep -E '^ds-train|^precision|^done|rror'
-    fi
+    # bf16 beside the default, for comparison in the same call: the materialized attention
+    # (DS_CUDA_FLASH=0), the activations and working weights in fp32 buffers (DS_ACT16=0, the
+    # layout before 16-bit storage), the linear layers' bias in a second pass over an fp32 copy
+    # (DS_CUDA_LT=0, not cuBLASLt's bias epilogue)
+    ds_variant alt DS_CUDA_FLASH=0 "materialized attention (DS_CUDA_FLASH=0)"
+    ds_variant act32 DS_ACT16=0 "activations and weights in fp32 buffers (DS_ACT16=0)"
+    ds_variant nolt DS_CUDA_LT=0 "bias in a second pass (DS_CUDA_LT=0)"
     if stage_ok cpu 100; then
         # issue 4: the host CPU's bf16 units (AMX-BF16 / AVX512_BF16), which our own machines lack
         say ""
@@ -436,6 +434,13 @@ try:
     recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-act32.jsonl")) if l.strip()]
     rows.append(("ds-train (cuda, bf16, %s attention, activations in fp32 buffers: DS_ACT16=0)"
                  % attn_kind("ds-train-bf16-act32.log"), med_after([r.get("tokens_per_s") for r in recs]),
+                 recs[0]["loss"], recs[-1]["loss"], None))
+except Exception as e:
+    pass
+try:
+    recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-nolt.jsonl")) if l.strip()]
+    rows.append(("ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)"
+                 % attn_kind("ds-train-bf16-nolt.log"), med_after([r.get("tokens_per_s") for r in recs]),
                  recs[0]["loss"], recs[-1]["loss"], None))
 except Exception as e:
     pass

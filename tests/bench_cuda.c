@@ -230,7 +230,7 @@ int main(int argc, char **argv)
          CK(ops->linear_bwd(be, gy, hg, wfc, ghfc, gwfc, gbfc, M, F, C, 0)));
     TIME("gelu_bwd (tanh)", 0, fb * 3 * M * F, L, CK(ops->gelu_bwd(be, hfc, ghfc, hg, M * F, 1, 0)));
     TIME("linear_bwd fc", 4.0 * M * C * F, 0, L,
-         CK(ops->linear_bwd(be, hg, x, wfc, dx, gwfc, gbfc, M, C, F, 1)));
+         CK(ops->linear_bwd(be, hg, x, wfc, dx, gwfc, gbfc, M, C, F, 0)));
     if (a16) /* the model adds activation gradients with add (accumulate is fp32-only) */
         TIME("add (residual grad, in place)", 0, fb * 3 * M * C, 2 * L, CK(ops->add(be, gy, dx, dx, M * C)));
     else
@@ -240,7 +240,7 @@ int main(int argc, char **argv)
     TIME("attention_bwd (causal)", 8.0 * B * H * T * T * (C / H), att_b * 4 * B * H * T * T, L,
          CK(ops->attention_bwd(be, gy, qkv, att, dqkv, B, T, C, H, 1)));
     TIME("linear_bwd qkv", 4.0 * M * C * 3 * C, 0, L,
-         CK(ops->linear_bwd(be, dqkv, x, wqkv, dx, gwqkv, gbqkv, M, C, 3 * C, 1)));
+         CK(ops->linear_bwd(be, dqkv, x, wqkv, dx, gwqkv, gbqkv, M, C, 3 * C, 0)));
     TIME("posadd_bwd", 0, fb * 2 * M * C, 1, CK(ops->posadd_bwd(be, gy, gwpe, B, T, C)));
     /* the other attention path beside the one above, for comparison: a second backend on the
      * same device with DS_CUDA_FLASH flipped (not in the step; the fused one only where it applies) */

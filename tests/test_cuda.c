@@ -1592,6 +1592,14 @@ static void store16_attention(int mode, int materialized)
 
 Test(cuda, store16_ops_bf16, .timeout = 300) { store16_case(DS_ROUND_BF16); }
 Test(cuda, store16_ops_fp16, .timeout = 300) { store16_case(DS_ROUND_FP16); }
+/* the linear layers' bias in a second pass over an fp32 copy, where cuBLASLt's epilogue is not
+ * used (DS_CUDA_LT=0, read when the backend is created) */
+Test(cuda, store16_ops_bf16_without_cublaslt, .timeout = 300)
+{
+    setenv("DS_CUDA_LT", "0", 1);
+    store16_case(DS_ROUND_BF16);
+    unsetenv("DS_CUDA_LT");
+}
 Test(cuda, store16_attention, .timeout = 300)
 {
     for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++)

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "cublasLt.h"
 #include "cublas_v2.h"
 #include "cuda_bf16.h"
 #include "cuda_fp16.h"
@@ -639,6 +640,198 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                 size_t at = (size_t)j * ldc + i;
                 unsigned short h16 = Ctype == CUDA_R_16BF ? __float2bfloat16_rn(c[at]).x : __float2half_rn(c[at]).x;
                 memcpy((char *)C + 2 * at, &h16, 2);
+            }
+    });
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* ---- cuBLASLt (include/cublasLt.h) ---------------------------------------------------------- */
+
+struct emu_lt {
+    int unused;
+};
+struct emu_lt_desc {
+    cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+    uint32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    const void *bias = nullptr;
+};
+struct emu_lt_layout {
+    cudaDataType type;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+struct emu_lt_pref {
+    uint64_t max_ws = 0;
+};
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
+{
+    *h = new emu_lt();
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h)
+{
+    delete h;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute, cudaDataType_t scale)
+{
+    if (compute != CUBLAS_COMPUTE_32F || scale != CUDA_R_32F)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *d = new emu_lt_desc();
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d)
+{
+    delete d;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* the sizes CUDA's cublasLt.h gives the attributes (a wrong size is INVALID_VALUE there too) */
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t size)
+{
+    if (!buf)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA:
+    case CUBLASLT_MATMUL_DESC_TRANSB: {
+        int32_t v;
+        if (size != sizeof v)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&v, buf, sizeof v);
+        (attr == CUBLASLT_MATMUL_DESC_TRANSA ? d->ta : d->tb) = (cublasOperation_t)v;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    case CUBLASLT_MATMUL_DESC_EPILOGUE:
+        if (size != sizeof d->epilogue)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&d->epilogue, buf, size);
+        return d->epilogue == CUBLASLT_EPILOGUE_DEFAULT || d->epilogue == CUBLASLT_EPILOGUE_BIAS
+                   ? CUBLAS_STATUS_SUCCESS
+                   : CUBLAS_STATUS_INVALID_VALUE;
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
+        if (size != sizeof d->bias)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&d->bias, buf, size);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType type, uint64_t rows, uint64_t cols,
+                                          int64_t ld)
+{
+    if (ld < (int64_t)rows || ld < 1)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *l = new emu_lt_layout{type, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l)
+{
+    delete l;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p)
+{
+    *p = new emu_lt_pref();
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p)
+{
+    delete p;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p,
+                                                    cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
+                                                    size_t size)
+{
+    if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || size != sizeof p->max_ws || !buf)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(&p->max_ws, buf, size);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* what the emulation takes: 16-bit A and B of one type, C = D of that type or fp32, op(A) m x k,
+ * op(B) k x n, D m x n */
+static bool lt_shapes(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t A, cublasLtMatrixLayout_t B,
+                      cublasLtMatrixLayout_t C, cublasLtMatrixLayout_t D)
+{
+    if (!d || !A || !B || !C || !D || (A->type != CUDA_R_16BF && A->type != CUDA_R_16F) || B->type != A->type ||
+        (D->type != CUDA_R_32F && D->type != A->type) || C->type != D->type || C->rows != D->rows ||
+        C->cols != D->cols || C->ld != D->ld)
+        return false;
+    uint64_t m = d->ta == CUBLAS_OP_N ? A->rows : A->cols, k = d->ta == CUBLAS_OP_N ? A->cols : A->rows;
+    uint64_t kb = d->tb == CUBLAS_OP_N ? B->rows : B->cols, n = d->tb == CUBLAS_OP_N ? B->cols : B->rows;
+    return k == kb && m == D->rows && n == D->cols;
+}
+
+cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t A,
+                                              cublasLtMatrixLayout_t B, cublasLtMatrixLayout_t C,
+                                              cublasLtMatrixLayout_t D, cublasLtMatmulPreference_t p, int requested,
+                                              cublasLtMatmulHeuristicResult_t results[], int *returned)
+{
+    if (!h || !p || requested < 1 || !results || !returned)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *returned = 0;
+    if (!lt_shapes(d, A, B, C, D))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    memset(&results[0], 0, sizeof results[0]);
+    results[0].state = CUBLAS_STATUS_SUCCESS;
+    results[0].wavesCount = 1.0f;
+    *returned = 1;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha, const void *A,
+                              cublasLtMatrixLayout_t Adesc, const void *B, cublasLtMatrixLayout_t Bdesc,
+                              const void *beta, const void *C, cublasLtMatrixLayout_t Cdesc, void *D,
+                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *algo, void *workspace,
+                              size_t workspace_bytes, cudaStream_t stream)
+{
+    (void)algo, (void)workspace, (void)workspace_bytes;
+    if (!h || !alpha || !beta || !A || !B || !C || !D)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (!lt_shapes(d, Adesc, Bdesc, Cdesc, Ddesc))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && !d->bias)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    const float al = *(const float *)alpha, be = *(const float *)beta;
+    const cudaDataType t = Adesc->type, dt = Ddesc->type;
+    const cublasOperation_t ta = d->ta, tb = d->tb;
+    const int m = (int)Ddesc->rows, n = (int)Ddesc->cols, k = (int)(ta == CUBLAS_OP_N ? Adesc->cols : Adesc->rows);
+    const int lda = (int)Adesc->ld, ldb = (int)Bdesc->ld, ldd = (int)Ddesc->ld;
+    const size_t na = (size_t)lda * Adesc->cols, nb = (size_t)ldb * Bdesc->cols;
+    const void *bias = d->epilogue == CUBLASLT_EPILOGUE_BIAS ? d->bias : nullptr;
+    emu_enqueue(stream, [=]() {
+        std::vector<float> a(na), bb(nb), c((size_t)ldd * n, 0.0f);
+        for (size_t i = 0; i < na; i++)
+            a[i] = from16(A, t, i);
+        for (size_t i = 0; i < nb; i++)
+            bb[i] = from16(B, t, i);
+        if (be != 0.0f)
+            for (size_t i = 0; i < c.size(); i++)
+                c[i] = dt == CUDA_R_32F ? ((const float *)C)[i] : from16(C, dt, i);
+        gemm1(0, ta, tb, m, n, k, al, a.data(), lda, bb.data(), ldb, be, c.data(), ldd);
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                size_t at = (size_t)j * ldd + i;
+                float v = c[at];
+                if (bias) /* the bias has D's type */
+                    v += dt == CUDA_R_32F ? ((const float *)bias)[i] : from16(bias, dt, (size_t)i);
+                if (dt == CUDA_R_32F) {
+                    ((float *)D)[at] = v;
+                } else {
+                    unsigned short h16 = dt == CUDA_R_16BF ? __float2bfloat16_rn(v).x : __float2half_rn(v).x;
+                    memcpy((char *)D + 2 * at, &h16, 2);
+                }
             }
     });
     return CUBLAS_STATUS_SUCCESS;
