@@ -119,11 +119,22 @@ template <int S> __global__ void bias_pack_k(const float *y32, const void *bias,
  * it, without the fp32 copy and the second pass. Returns 1 when done, 0 when cuBLASLt has no
  * algorithm for it (no error: the caller goes the other way), -1 on an error (b->err set). */
 #define LT_WORKSPACE ((size_t)32 << 20)
+/* the largest power of two up to 256 that divides p's address: what cuBLASLt may assume of a
+ * matrix (its heuristic's default is 256; an algorithm that needs more would fault) */
+static uint32_t lt_align(const void *p)
+{
+    uint32_t a = 256;
+    while (a > 1 && (uintptr_t)p % a)
+        a >>= 1;
+    return a;
+}
+
 static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bias, void *y, int M, int K, int N,
                      int d16)
 {
     ds_cuda *c = DS_CUDA(b);
-    if (!c->lt_ok || !c->lt)
+    /* the bias epilogue wants a 16-byte aligned bias (an unaligned one goes the other way) */
+    if (!c->lt_ok || !c->lt || (uintptr_t)bias % 16)
         return 0;
     if (!c->lt_ws_tried) {
         c->lt_ws_tried = 1;
@@ -136,39 +147,43 @@ static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bi
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
     const uint64_t ws = c->lt_ws ? LT_WORKSPACE : 0;
+    const uint32_t al_a = lt_align(w), al_b = lt_align(x), al_d = lt_align(y);
     const float one = 1.0f, zero = 0.0f;
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
     cublasLtMatmulPreference_t pref = NULL;
     cublasLtMatmulHeuristicResult_t res;
     int found = 0, done = 0;
-    cublasStatus_t s = cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatrixLayoutCreate(&la, t, (uint64_t)K, (uint64_t)N, K);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)K, (uint64_t)M, K);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatrixLayoutCreate(&ld, dt, (uint64_t)N, (uint64_t)M, N);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceCreate(&pref);
-    if (s == CUBLAS_STATUS_SUCCESS)
-        s = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+/* each step only while the ones before succeeded */
+#define LT_STEP(call)                                                                            \
+    do {                                                                                         \
+        if (s == CUBLAS_STATUS_SUCCESS)                                                          \
+            s = (call);                                                                          \
+    } while (0)
+    LT_STEP(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
+    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
+    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    LT_STEP(cublasLtMatrixLayoutCreate(&la, t, (uint64_t)K, (uint64_t)N, K));
+    LT_STEP(cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)K, (uint64_t)M, K));
+    LT_STEP(cublasLtMatrixLayoutCreate(&ld, dt, (uint64_t)N, (uint64_t)M, N));
+    LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d));
+    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d));
+#undef LT_STEP
+    /* a description or a query that fails, or no algorithm: the other way (done 0); only the
+     * product itself failing is an error */
     if (s == CUBLAS_STATUS_SUCCESS &&
         cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &res, &found) == CUBLAS_STATUS_SUCCESS &&
         found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
         s = cublasLtMatmul(c->lt, op, &one, w, la, x, lb, &zero, y, ld, y, ld, &res.algo, c->lt_ws, (size_t)ws,
                            STREAM(b));
         done = s == CUBLAS_STATUS_SUCCESS ? 1 : s == CUBLAS_STATUS_NOT_SUPPORTED ? 0 : -1;
-    } else if (s != CUBLAS_STATUS_SUCCESS) {
-        done = -1;
     }
     if (pref)
         cublasLtMatmulPreferenceDestroy(pref);
@@ -232,10 +247,11 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
     if (K == 0) {
         CU_TRY(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), STREAM(b)));
     } else if (DS_CUDA(b)->gemm16) {
-        char *s16 = (char *)ds_cuda_scratch(b, (size_t)(M * K + N * K) * 2);
+        const size_t xb = ((size_t)(M * K) * 2 + 255) / 256 * 256; /* w16 256-byte aligned, as x16 */
+        char *s16 = (char *)ds_cuda_scratch(b, xb + (size_t)(N * K) * 2);
         if (!s16)
             return DS_ERR_NOMEM;
-        void *x16 = s16, *w16 = s16 + (size_t)(M * K) * 2;
+        void *x16 = s16, *w16 = s16 + xb;
         if ((st = to16(b, x, x16, M * K)) != DS_OK || (st = to16(b, w, w16, N * K)) != DS_OK)
             return st;
         /* with a bias: the fp32 sum from cuBLASLt's epilogue, as store16 computes it (then rounded

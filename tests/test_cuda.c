@@ -1519,6 +1519,21 @@ static void store16_case(int mode)
             free(z);
         }
     }
+    /* a linear layer with a bias on operands one element off alignment: cuBLASLt is told the
+     * alignment (a 16-byte aligned bias: its epilogue) or not used (a bias 2 bytes off) */
+    {
+        const int64_t M = 33, K = 40, N = 24;
+        dpair x = dp_rand(&c, M * K + 1, 1, mode), w = dp_rand(&c, N * K + 1, 0.2, mode);
+        dpair bias = dp_rand(&c, N + 8, 0.2, mode), y = dp_rand(&c, M * N + 1, 1, mode);
+#define H_OFF(p, k) ((float *)(void *)((uint16_t *)(p).h + (k)))
+        for (int bo = 1; bo <= 8; bo += 7) {
+            BOTH16(g, mode, linear_fwd, (g, F_(x) + 1, F_(w) + 1, F_(bias) + bo, F_(y) + 1, M, K, N),
+                   (g, H_OFF(x, 1), H_OFF(w, 1), H_OFF(bias, bo), H_OFF(y, 1), M, K, N));
+            dp_same(&c, bo == 8 ? "linear_fwd +bias, operands 2 bytes off alignment"
+                                : "linear_fwd, operands and bias 2 bytes off alignment", &y, mode);
+        }
+#undef H_OFF
+    }
     /* every 16-bit pattern through add(x, 0): the conversions both ways, subnormals, inf, -0 */
     {
         const int64_t np = 65536;

@@ -662,6 +662,7 @@ struct emu_lt_layout {
 };
 struct emu_lt_pref {
     uint64_t max_ws = 0;
+    uint32_t align[4] = {256, 256, 256, 256}; /* A, B, C, D */
 };
 
 cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
@@ -753,10 +754,25 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
                                                     cublasLtMatmulPreferenceAttributes_t attr, const void *buf,
                                                     size_t size)
 {
-    if (attr != CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES || size != sizeof p->max_ws || !buf)
+    if (!buf)
         return CUBLAS_STATUS_INVALID_VALUE;
-    memcpy(&p->max_ws, buf, size);
-    return CUBLAS_STATUS_SUCCESS;
+    if (attr == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES) {
+        if (size != sizeof p->max_ws)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&p->max_ws, buf, size);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    if (attr >= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES && attr <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES) {
+        uint32_t a;
+        if (size != sizeof a)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&a, buf, size);
+        if (a == 0 || (a & (a - 1)))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        p->align[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES] = a;
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
 }
 
 /* what the emulation takes: 16-bit A and B of one type, C = D of that type or fp32, op(A) m x k,
@@ -784,6 +800,10 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
     if (!lt_shapes(d, A, B, C, D))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     memset(&results[0], 0, sizeof results[0]);
+    /* the algorithm assumes the alignments the preference allowed (256 bytes unless told
+     * less), as a real one may: cublasLtMatmul checks them */
+    for (int i = 0; i < 4; i++)
+        results[0].algo.data[i] = p->align[i];
     results[0].state = CUBLAS_STATUS_SUCCESS;
     results[0].wavesCount = 1.0f;
     *returned = 1;
@@ -796,12 +816,17 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
                               cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t *algo, void *workspace,
                               size_t workspace_bytes, cudaStream_t stream)
 {
-    (void)algo, (void)workspace, (void)workspace_bytes;
+    (void)workspace, (void)workspace_bytes;
     if (!h || !alpha || !beta || !A || !B || !C || !D)
         return CUBLAS_STATUS_INVALID_VALUE;
     if (!lt_shapes(d, Adesc, Bdesc, Cdesc, Ddesc))
         return CUBLAS_STATUS_NOT_SUPPORTED;
     if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && !d->bias)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    /* a pointer less aligned than the algorithm assumes: on a GPU a misaligned-address fault
+     * or an error; here an error, so that a caller that does not declare its alignment fails */
+    if (algo && ((uintptr_t)A % algo->data[0] || (uintptr_t)B % algo->data[1] || (uintptr_t)C % algo->data[2] ||
+                 (uintptr_t)D % algo->data[3]))
         return CUBLAS_STATUS_INVALID_VALUE;
     const float al = *(const float *)alpha, be = *(const float *)beta;
     const cudaDataType t = Adesc->type, dt = Ddesc->type;
