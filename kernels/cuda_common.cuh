@@ -156,26 +156,35 @@ __device__ __forceinline__ unsigned short float_to_half_bits(float r)
     return (unsigned short)(sign | (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu));
 }
 
-template <int S> __device__ __forceinline__ float lda(const void *p, int64_t i)
+/* the value of 16-bit bits h (S: their format) */
+template <int S> __device__ __forceinline__ float from16(unsigned h)
 {
-    if (S == 0)
-        return ((const float *)p)[i];
-    const unsigned h = ((const unsigned short *)p)[i];
-    /* the hardware's exact conversion (one instruction, no branch): with a branchy one the
+    /* fp16: the hardware's exact conversion (one instruction, no branch): with a branchy one the
      * compiler fused a multiply-add of a loaded value in the fp32 layout and not in fp16's,
      * and the layouts' results differed in the last bit on an H200 (test_cuda store16_ops_fp16:
      * the fp16 instance's PTX had mul and add where the fp32 one had fma.rn) */
     return S == DS_ROUND_BF16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
 }
 
+/* v rounded to nearest even in S's format, as bits */
+template <int S> __device__ __forceinline__ unsigned bits16(float v)
+{
+    return S == DS_ROUND_BF16 ? __float_as_uint(round_bf16(v)) >> 16 : (unsigned)float_to_half_bits(round_fp16(v));
+}
+
+template <int S> __device__ __forceinline__ float lda(const void *p, int64_t i)
+{
+    if (S == 0)
+        return ((const float *)p)[i];
+    return from16<S>(((const unsigned short *)p)[i]);
+}
+
 template <int S> __device__ __forceinline__ void sta(void *p, int64_t i, float v, int rm)
 {
     if (S == 0)
         ((float *)p)[i] = rnd(v, rm);
-    else if (S == DS_ROUND_BF16)
-        ((unsigned short *)p)[i] = (unsigned short)(__float_as_uint(round_bf16(v)) >> 16);
     else
-        ((unsigned short *)p)[i] = float_to_half_bits(round_fp16(v));
+        ((unsigned short *)p)[i] = (unsigned short)bits16<S>(v);
 }
 
 /* Eight consecutive values at element i, with one or two 16-byte accesses: p + i must be 16-byte
@@ -191,19 +200,9 @@ template <int S> __device__ __forceinline__ void ld8(const void *p, int64_t i, f
     const unsigned w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-        if (S == DS_ROUND_BF16) {
-            v[2 * k] = __uint_as_float(w[k] << 16);
-            v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-        } else {
-            v[2 * k] = __half2float(__ushort_as_half((unsigned short)(w[k] & 0xffffu)));
-            v[2 * k + 1] = __half2float(__ushort_as_half((unsigned short)(w[k] >> 16)));
-        }
+        v[2 * k] = from16<S>(w[k] & 0xffffu);
+        v[2 * k + 1] = from16<S>(w[k] >> 16);
     }
-}
-
-template <int S> __device__ __forceinline__ unsigned bits16(float v)
-{
-    return S == DS_ROUND_BF16 ? __float_as_uint(round_bf16(v)) >> 16 : (unsigned)float_to_half_bits(round_fp16(v));
 }
 
 template <int S> __device__ __forceinline__ void st8(void *p, int64_t i, const float (&v)[8], int rm)

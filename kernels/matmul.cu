@@ -112,12 +112,6 @@ template <int S> __global__ void bias_pack_k(const float *y32, const void *bias,
         sta<S>(y, m * N + n, bias ? y32[m * N + n] + bn : y32[m * N + n], 0);
 }
 
-/* Y = X W^T + bias for a linear layer, through cuBLASLt with its bias epilogue: X (M x K) and W
- * (N x K) 16-bit, the bias and Y of Y's type: 16-bit (d16) or fp32. Column-major, as the
- * products here: D (N x M) = op_T(W^T) . X^T, the bias added to each column (length N) in fp32
- * before D's one conversion, so a 16-bit Y is the fp32 sum rounded once, as bias_pack_k writes
- * it, without the fp32 copy and the second pass. Returns 1 when done, 0 when cuBLASLt has no
- * algorithm for it (no error: the caller goes the other way), -1 on an error (b->err set). */
 #define LT_WORKSPACE ((size_t)32 << 20)
 /* the largest power of two up to 256 that divides p's address: what cuBLASLt may assume of a
  * matrix (its heuristic's default is 256; an algorithm that needs more would fault) */
@@ -129,6 +123,12 @@ static uint32_t lt_align(const void *p)
     return a;
 }
 
+/* Y = X W^T + bias for a linear layer, through cuBLASLt with its bias epilogue: X (M x K) and W
+ * (N x K) 16-bit, the bias and Y of Y's type: 16-bit (d16) or fp32. Column-major, as the
+ * products here: D (N x M) = op_T(W^T) . X^T, the bias added to each column (length N) in fp32
+ * before D's one conversion, so a 16-bit Y is the fp32 sum rounded once, as bias_pack_k writes
+ * it, without the fp32 copy and the second pass. Returns 1 when done, 0 when cuBLASLt has no
+ * algorithm for it (no error: the caller goes the other way), -1 on an error (b->err set). */
 static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bias, void *y, int M, int K, int N,
                      int d16)
 {

@@ -423,27 +423,16 @@ try:
                  recs[-1]["loss"], None))
 except Exception as e:
     rows.append(("ds-train bf16: no result (%s)" % e.__class__.__name__, None, None, None, None))
-try:
-    recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-alt.jsonl")) if l.strip()]
-    rows.append(("ds-train (cuda, bf16 GEMMs, %s attention)" % attn_kind("ds-train-bf16-alt.log"),
-                 med_after([r.get("tokens_per_s") for r in recs]),
-                 recs[0]["loss"], recs[-1]["loss"], None))
-except Exception as e:
-    pass
-try:
-    recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-act32.jsonl")) if l.strip()]
-    rows.append(("ds-train (cuda, bf16, %s attention, activations in fp32 buffers: DS_ACT16=0)"
-                 % attn_kind("ds-train-bf16-act32.log"), med_after([r.get("tokens_per_s") for r in recs]),
-                 recs[0]["loss"], recs[-1]["loss"], None))
-except Exception as e:
-    pass
-try:
-    recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-nolt.jsonl")) if l.strip()]
-    rows.append(("ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)"
-                 % attn_kind("ds-train-bf16-nolt.log"), med_after([r.get("tokens_per_s") for r in recs]),
-                 recs[0]["loss"], recs[-1]["loss"], None))
-except Exception as e:
-    pass
+# the comparison runs (ds_variant): their titles; "bf16 GEMMs" marks the attention comparison
+for name, title in (("alt", "ds-train (cuda, bf16 GEMMs, %s attention)"),
+                    ("act32", "ds-train (cuda, bf16, %s attention, activations in fp32 buffers: DS_ACT16=0)"),
+                    ("nolt", "ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)")):
+    try:
+        recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-%s.jsonl" % name)) if l.strip()]
+        rows.append((title % attn_kind("ds-train-bf16-%s.log" % name), med_after([r.get("tokens_per_s") for r in recs]),
+                     recs[0]["loss"], recs[-1]["loss"], None))
+    except Exception:
+        pass
 torch_rows = {}
 for run in ("sdpa-fp32", "sdpa-bf16", "manual-fp32"):
     attn, dt = run.split("-")
