@@ -18,8 +18,10 @@
  * probabilities of S = Q K^T become the A operand of P V without leaving the registers. A B
  * operand is read from shared memory as 32-bit words: for B = X^T (S = Q K^T, dP = dO V^T) the
  * words are pairs along X's rows, stored row-major; for B = Y (P V, dS K, ...) pairs along Y's
- * columns, so Y is stored transposed. Rows are padded by 8 values: the 32 lanes' words of one
- * fragment fall in 32 different banks.
+ * columns, so Y is stored transposed. B words are read by ldmatrix, four 8 x 8 matrices (the
+ * b0, b1 of two neighbouring n tiles) per instruction. Rows are padded by 8 values: the 8 rows
+ * of one 8 x 8 matrix (and the 32 lanes' words of one fragment) fall in different banks, and
+ * every row starts 16-byte aligned as ldmatrix requires.
  *
  * State between forward and backward: as flash_attention.cu's (lse [B,H,T] in natural log, then
  * a copy of the output [B,T,C] for D_t = dO_t . O_t). Forward: a block takes 64 query rows of
@@ -95,6 +97,35 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 
 /* the 32-bit word of two 16-bit values at sm[i], sm[i+1] (i even) */
 __device__ __forceinline__ uint32_t word(const uint16_t *sm, int i) { return *(const uint32_t *)(sm + i); }
+
+/* Four 8 x 8 matrices of 16-bit values from shared memory in one warp-wide instruction
+ * (ldmatrix .x4): lane l gives the address of row l % 8 of matrix l / 8 (16-byte aligned: 8
+ * values); every lane gets in r[j] the word of matrix j at row lane / 4, values 2 (lane % 4) and
+ * the next -- what word() would read there, a B fragment register -- for a quarter of the
+ * instructions (and of the shared-memory requests) of four word() reads per lane. */
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const uint16_t *sm)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(sm);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#elif !defined(__CUDACC__)
+    emu_ldmatrix_x4(r, sm);
+#else
+    (void)r, (void)sm;
+#endif
+}
+
+/* This lane's row address offset, in values, for ldsm4 reading the B fragments of two
+ * neighbouring n tiles (8 rows each) of a row-major tile of stride ld, columns k0 .. k0+15:
+ * matrices 0, 1 are tile n's columns k0.., k0+8.., matrices 2, 3 tile n+1's. So r[0], r[1] are
+ * b0, b1 of tile n and r[2], r[3] of tile n+1. */
+__device__ __forceinline__ int ldsm_off(int lane, int ld)
+{
+    const int j = lane >> 3, i = lane & 7;
+    return (8 * (j >> 1) + i) * ld + 8 * (j & 1);
+}
 
 /* An A fragment of rows r, r+8 of a row-major activation matrix m (element m0 is row 0, column
  * 0; row stride ld) from global memory, columns k0.. k0+15; rows at or past T read as 0. A16: m
@@ -209,35 +240,44 @@ template <int NT> __device__ __forceinline__ void zero_acc(float (&acc)[NT][4])
 }
 
 /* acc[NT][4] (16 x 8 NT) += A (16 x 16 KC, fragments a) X^T, X the rows of xs (row-major, stride
- * ld): B words are pairs along X's rows */
+ * ld): B words are pairs along X's rows, read by ldsm4 two n tiles at a time (NT is even). Each
+ * acc[n] takes its products in increasing k, as one n-then-k loop would. */
 template <int NT, int KC, int BF>
 __device__ __forceinline__ void mm_abt(float (&acc)[NT][4], const uint32_t (&a)[KC][4], const uint16_t *xs, int ld,
-                                       int g, int c)
+                                       int lane)
 {
+    static_assert(NT % 2 == 0, "n tiles are read in pairs");
+    const uint16_t *x = xs + ldsm_off(lane, ld);
 #pragma unroll
-    for (int n = 0; n < NT; n++)
+    for (int n = 0; n < NT; n += 2)
 #pragma unroll
         for (int k = 0; k < KC; k++) {
-            const int at = (8 * n + g) * ld + 16 * k + 2 * c;
-            mma16816<BF>(acc[n], a[k], word(xs, at), word(xs, at + 8));
+            uint32_t r[4];
+            ldsm4(r, x + 8 * n * ld + 16 * k);
+            mma16816<BF>(acc[n], a[k], r[0], r[1]);
+            mma16816<BF>(acc[n + 1], a[k], r[2], r[3]);
         }
 }
 
 /* acc[D/8][4] (16 x D) += P Y, P (16 x 8 NP) in C-fragment registers p (rounded here), Y (8 NP
- * x D) stored transposed at yt (D rows of stride ld) */
+ * x D) stored transposed at yt (D rows of stride ld), read by ldsm4 two n tiles at a time */
 template <int NP, int ND, int BF>
-__device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][4], const uint16_t *yt, int ld, int g,
-                                      int c)
+__device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][4], const uint16_t *yt, int ld,
+                                      int lane)
 {
+    static_assert(ND % 2 == 0, "n tiles are read in pairs");
+    const uint16_t *y = yt + ldsm_off(lane, ld);
 #pragma unroll
     for (int k = 0; k < NP / 2; k++) {
         const uint32_t a[4] = {pack2<BF>(p[2 * k][0], p[2 * k][1]), pack2<BF>(p[2 * k][2], p[2 * k][3]),
                                pack2<BF>(p[2 * k + 1][0], p[2 * k + 1][1]),
                                pack2<BF>(p[2 * k + 1][2], p[2 * k + 1][3])};
 #pragma unroll
-        for (int n = 0; n < ND; n++) {
-            const int at = (8 * n + g) * ld + 16 * k + 2 * c;
-            mma16816<BF>(acc[n], a, word(yt, at), word(yt, at + 8));
+        for (int n = 0; n < ND; n += 2) {
+            uint32_t r[4];
+            ldsm4(r, y + 8 * n * ld + 16 * k);
+            mma16816<BF>(acc[n], a, r[0], r[1]);
+            mma16816<BF>(acc[n + 1], a, r[2], r[3]);
         }
     }
 }
@@ -296,41 +336,62 @@ __device__ __forceinline__ float quad_sum(float v)
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
+/* 2^x for the probabilities: the GPU's ex2.approx.ftz (2 ulp, as exp2f's; a result below 2^-126
+ * is 0 where exp2f would give a subnormal, which a probability that is then rounded to 16 bits
+ * and summed with values of order 1 cannot tell). exp2f itself costs 4-5 instructions around
+ * the MUFU for its subnormal range: most of the softmax's instructions here. */
+__device__ __forceinline__ float ex2(float x)
+{
+#if defined(__CUDA_ARCH__)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y; /* FLT_MIN */
+#endif
+}
+
 /* One key tile of the forward for a warp's 16 query rows: S = Q K^T, the online softmax (running
- * max m and partial sums l per row, in log2 units), O += P V. */
+ * max m and partial sums l per row, in log2 units), O += P V. The scores are scaled into log2
+ * units inside the exponent's argument (one FMA: s sl2 - m); their maxima are taken unscaled
+ * and then scaled, which is the same number (sl2 > 0, rounding is monotonic). */
 template <int D, int KT, int BF>
 __device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const uint16_t *ks, const uint16_t *vt,
                                      float (&o)[D / 8][4], float &ma, float &mb, float &la, float &lb, int k0,
                                      int T, int ta, int tb, int row0, int causal, float sl2, int g, int c)
 {
+    const int lane = 4 * g + c;
     float s[KT / 8][4];
     zero_acc<KT / 8>(s);
-    mm_abt<KT / 8, D / 16, BF>(s, qa, ks, F16_LD(D), g, c);
-    const bool mask = k0 + KT > T || (causal && k0 + KT - 1 > row0);
+    mm_abt<KT / 8, D / 16, BF>(s, qa, ks, F16_LD(D), lane);
+    if (k0 + KT > T || (causal && k0 + KT - 1 > row0)) /* warp-uniform: the tile crosses T or the diagonal */
+#pragma unroll
+        for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = k0 + 8 * n + 2 * c + (i & 1), t = i < 2 ? ta : tb;
+                if (key >= T || (causal && key > t))
+                    s[n][i] = -INFINITY;
+            }
     float mxa = -INFINITY, mxb = -INFINITY;
 #pragma unroll
-    for (int n = 0; n < KT / 8; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int key = k0 + 8 * n + 2 * c + (i & 1), t = i < 2 ? ta : tb;
-            float v = s[n][i] * sl2;
-            if (mask && (key >= T || (causal && key > t)))
-                v = -INFINITY;
-            s[n][i] = v;
-            if (i < 2)
-                mxa = fmaxf(mxa, v);
-            else
-                mxb = fmaxf(mxb, v);
-        }
-    const float na = fmaxf(ma, quad_max(mxa)), nb = fmaxf(mb, quad_max(mxb));
-    const float aa = na == -INFINITY ? 1.0f : exp2f(ma - na), ab = nb == -INFINITY ? 1.0f : exp2f(mb - nb);
+    for (int n = 0; n < KT / 8; n++) {
+        mxa = fmaxf(mxa, fmaxf(s[n][0], s[n][1]));
+        mxb = fmaxf(mxb, fmaxf(s[n][2], s[n][3]));
+    }
+    const float na = fmaxf(ma, quad_max(mxa) * sl2), nb = fmaxf(mb, quad_max(mxb) * sl2);
+    /* minus the new maxima; 0 for a row with every score so far masked (its exponents are then
+     * -inf: no NaN from -inf - -inf), whose o and l stay 0 */
+    const float ua = na == -INFINITY ? 0.0f : -na, ub = nb == -INFINITY ? 0.0f : -nb;
+    const float aa = ex2(ma + ua), ab = ex2(mb + ub);
     float sa = 0.0f, sb = 0.0f;
 #pragma unroll
     for (int n = 0; n < KT / 8; n++) {
-        s[n][0] = na == -INFINITY ? 0.0f : exp2f(s[n][0] - na);
-        s[n][1] = na == -INFINITY ? 0.0f : exp2f(s[n][1] - na);
-        s[n][2] = nb == -INFINITY ? 0.0f : exp2f(s[n][2] - nb);
-        s[n][3] = nb == -INFINITY ? 0.0f : exp2f(s[n][3] - nb);
+        s[n][0] = ex2(fmaf(s[n][0], sl2, ua));
+        s[n][1] = ex2(fmaf(s[n][1], sl2, ua));
+        s[n][2] = ex2(fmaf(s[n][2], sl2, ub));
+        s[n][3] = ex2(fmaf(s[n][3], sl2, ub));
         sa += s[n][0] + s[n][1];
         sb += s[n][2] + s[n][3];
     }
@@ -345,7 +406,7 @@ __device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const 
         o[n][2] *= ab;
         o[n][3] *= ab;
     }
-    mm_py<KT / 8, D / 8, BF>(o, s, vt, F16_LD(KT), g, c);
+    mm_py<KT / 8, D / 8, BF>(o, s, vt, F16_LD(KT), lane);
 }
 
 /* A16: qkv and out are 16-bit (store16), else fp32 */
@@ -463,24 +524,31 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
             continue;
         float p[QT / 8][4], dp[QT / 8][4];
         zero_acc<QT / 8>(p);
-        mm_abt<QT / 8, D / 16, BF>(p, ka, qs, F16_LD(D), g, c); /* S^T = K Q^T */
-        const bool mask = q0 + QT > T || (causal && q0 < row0 + 15);
+        mm_abt<QT / 8, D / 16, BF>(p, ka, qs, F16_LD(D), lane); /* S^T = K Q^T */
+        if (q0 + QT > T || (causal && q0 < row0 + 15)) { /* warp-uniform: the tile crosses T or the diagonal */
 #pragma unroll
-        for (int n = 0; n < QT / 8; n++)
+            for (int n = 0; n < QT / 8; n++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int qc = 8 * n + 2 * c + (i & 1), q = q0 + qc, s = i < 2 ? sa : sb;
-                p[n][i] = (mask && (q >= T || (causal && s > q))) ? 0.0f : exp2f(p[n][i] * sl2 - lq[qc]);
-            }
-        mm_py<QT / 8, D / 8, BF>(dv, p, gt, F16_LD(QT), g, c); /* dV += P^T dO */
+                for (int i = 0; i < 4; i++) {
+                    const int qc = 8 * n + 2 * c + (i & 1), q = q0 + qc, s = i < 2 ? sa : sb;
+                    p[n][i] = q >= T || (causal && s > q) ? 0.0f : ex2(fmaf(p[n][i], sl2, -lq[qc]));
+                }
+        } else {
+#pragma unroll
+            for (int n = 0; n < QT / 8; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    p[n][i] = ex2(fmaf(p[n][i], sl2, -lq[8 * n + 2 * c + (i & 1)]));
+        }
+        mm_py<QT / 8, D / 8, BF>(dv, p, gt, F16_LD(QT), lane); /* dV += P^T dO */
         zero_acc<QT / 8>(dp);
-        mm_abt<QT / 8, D / 16, BF>(dp, va, gs, F16_LD(D), g, c); /* dP^T = V dO^T */
+        mm_abt<QT / 8, D / 16, BF>(dp, va, gs, F16_LD(D), lane); /* dP^T = V dO^T */
 #pragma unroll
         for (int n = 0; n < QT / 8; n++)
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 dp[n][i] = p[n][i] * (dp[n][i] - dq[8 * n + 2 * c + (i & 1)]); /* dS^T */
-        mm_py<QT / 8, D / 8, BF>(dk, dp, qt, F16_LD(QT), g, c); /* dK += dS^T Q */
+        mm_py<QT / 8, D / 8, BF>(dk, dp, qt, F16_LD(QT), lane); /* dK += dS^T Q */
     }
     write_rows<D / 8, BF, A16>(dk, dqkv, base + C, C3, sa, T, c, scale, scale, NULL, rm);
     write_rows<D / 8, BF, A16>(dv, dqkv, base + 2 * (int64_t)C, C3, sa, T, c, 1.0f, 1.0f, NULL, rm);
@@ -537,19 +605,29 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
         float p[KT / 8][4], dp[KT / 8][4];
         zero_acc<KT / 8>(p);
         zero_acc<KT / 8>(dp);
-        mm_abt<KT / 8, D / 16, BF>(p, qa, ks, F16_LD(D), g, c);  /* S = Q K^T */
-        mm_abt<KT / 8, D / 16, BF>(dp, ga, vs, F16_LD(D), g, c); /* dP = dO V^T */
-        const bool mask = k0 + KT > T || (causal && k0 + KT - 1 > row0);
+        mm_abt<KT / 8, D / 16, BF>(p, qa, ks, F16_LD(D), lane);  /* S = Q K^T */
+        mm_abt<KT / 8, D / 16, BF>(dp, ga, vs, F16_LD(D), lane); /* dP = dO V^T */
+        if (k0 + KT > T || (causal && k0 + KT - 1 > row0)) { /* warp-uniform: the tile crosses T or the diagonal */
+#pragma unroll
+            for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int key = k0 + 8 * n + 2 * c + (i & 1), t = i < 2 ? ta : tb;
+                    p[n][i] = key >= T || (causal && key > t) ? 0.0f : ex2(fmaf(p[n][i], sl2, i < 2 ? -la : -lb));
+                }
+        } else {
+#pragma unroll
+            for (int n = 0; n < KT / 8; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    p[n][i] = ex2(fmaf(p[n][i], sl2, i < 2 ? -la : -lb));
+        }
 #pragma unroll
         for (int n = 0; n < KT / 8; n++)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int key = k0 + 8 * n + 2 * c + (i & 1), t = i < 2 ? ta : tb;
-                const float pv = (mask && (key >= T || (causal && key > t))) ? 0.0f
-                                                                              : exp2f(p[n][i] * sl2 - (i < 2 ? la : lb));
-                p[n][i] = pv * (dp[n][i] - (i < 2 ? da : db)); /* dS */
-            }
-        mm_py<KT / 8, D / 8, BF>(dq, p, kt, F16_LD(KT), g, c); /* dQ += dS K */
+            for (int i = 0; i < 4; i++)
+                p[n][i] *= dp[n][i] - (i < 2 ? da : db); /* dS */
+        mm_py<KT / 8, D / 8, BF>(dq, p, kt, F16_LD(KT), lane); /* dQ += dS K */
     }
     write_rows<D / 8, BF, A16>(dq, dqkv, base, C3, ta, T, c, scale, scale, NULL, rm);
 #endif
