@@ -365,18 +365,21 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
             sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/cpu-ops-$bp.txt"
         done
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16
-        # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring)
+        # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring) and bf16 with
+        # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0)
         local p t
         for t in all 2; do
-            for p in fp32 bf16 bf16-fp32products; do
-                [ "$t" = all ] && [ "$p" = bf16-fp32products ] && continue
-                local cfgf=$G/share/gpt-tiny.ds.json gemm=""
+            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads; do
+                [ "$t" = all ] && [ "$p" != fp32 ] && [ "$p" != bf16 ] && continue
+                local cfgf=$G/share/gpt-tiny.ds.json gemm="" split=""
                 [ "$p" != fp32 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
                 [ "$p" = bf16-fp32products ] && gemm=0
+                [ "$p" = bf16-onednn-threads ] && split=0
                 local thr=$(getconf _NPROCESSORS_ONLN)
                 [ "$t" = 2 ] && thr=2
                 [ "$(tmo 45)" -gt 20 ] || { say "cpu $p, $thr threads: skipped (budget)"; continue; }
-                dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$thr DS_CPU_BF16_GEMM=$gemm timeout "$(tmo 45)" \
+                dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$thr DS_CPU_BF16_GEMM=$gemm DS_CPU_GEMM_SPLIT=$split \
+                    timeout "$(tmo 45)" \
                     "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$cfgf" \
                     --data "$G/data/text.txt" --steps 30 --device cpu --quiet >"$out/cpu-$p-$t.log" 2>&1
                 say "cpu $p, $thr threads: $(grep -E '^ds-train|^precision' "$out/cpu-$p-$t.log" | sed 's/.*; backend/backend/' | tr '\n' ' ')"

@@ -1235,6 +1235,53 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
     ds_backend_destroy(b);
 }
 
+/* DS_CPU_GEMM_SPLIT=0: each product threaded by oneDNN instead of split by rows (or attention's
+ * batch) between the threads: the same results up to summation order; another value is an
+ * error naming the variable. M 256 is enough rows for the default to split between 2+ threads. */
+Test(backend, gemm_split_switch)
+{
+    ds_backend *ref, *b;
+    ds_error err = {0};
+    unsetenv("DS_CPU_GEMM_SPLIT");
+    cr_assert_eq(ds_backend_create(&ref, "cpu", &err), DS_OK, "%s", err.msg);
+    setenv("DS_CPU_GEMM_SPLIT", "2", 1);
+    cr_expect_eq(ds_backend_create(&b, "cpu", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "DS_CPU_GEMM_SPLIT=2: expected 0") != NULL, "%s", err.msg);
+    setenv("DS_CPU_GEMM_SPLIT", "0", 1);
+    cr_assert_eq(ds_backend_create(&b, "cpu", &err), DS_OK, "%s", err.msg);
+    unsetenv("DS_CPU_GEMM_SPLIT");
+    ds_rng r;
+    ds_rng_seed(&r, 12);
+    const int64_t M = 256, K = 72, N = 40, B = 4, T = 24, C = 32, H = 4;
+    float *x = frandn(&r, M * K, 0, 1), *w = frandn(&r, N * K, 0, 0.1), *bias = frandn(&r, N, 0, 0.1);
+    float *dy = frandn(&r, M * N, 0, 1), *qkv = frandn(&r, B * T * 3 * C, 0, 1);
+    const int64_t len[6] = {M * N, M * K, N * K, N, B * T * C, B * H * T * T};
+    float *o[2][6];
+    for (int i = 0; i < 2; i++) {
+        for (int t = 0; t < 6; t++)
+            o[i][t] = calloc((size_t)len[t], sizeof(float));
+        ds_backend *be = i ? b : ref;
+        linear_all(be, x, w, bias, dy, o[i][0], o[i][1], o[i][2], o[i][3], M, K, N);
+        cr_assert_eq(be->ops->attention_fwd(be, qkv, o[i][4], o[i][5], B, T, C, H, 1), DS_OK, "%s", be->err.msg);
+    }
+    const char *what[6] = {"y", "dx", "dw", "dbias", "attention out", "probabilities"};
+    for (int t = 0; t < 6; t++) {
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < len[t]; i++) {
+            num += (o[1][t][i] - o[0][t][i]) * (double)(o[1][t][i] - o[0][t][i]);
+            den += (double)o[0][t][i] * o[0][t][i];
+        }
+        cr_expect(den > 0 && sqrt(num / den) <= 1e-6, "%s: relative error %.2e without the split", what[t],
+                  sqrt(num / den));
+    }
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < 6; t++)
+            free(o[i][t]);
+    free(x), free(w), free(bias), free(dy), free(qkv);
+    ds_backend_destroy(ref);
+    ds_backend_destroy(b);
+}
+
 /* Attention on bf16 units (att16; emulated here): the products in bf16 with P and dS rounded to
  * bf16 before theirs, against the fp32 attention on the same bf16 inputs: close (the CUDA fused
  * kernels' bound, 1e-2 normwise), not equal (P is rounded), and the probabilities kept for

@@ -928,12 +928,22 @@ ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error 
         free(c);
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
+    /* DS_CPU_GEMM_SPLIT=0: oneDNN threads each product itself (an experiment's switch: the row
+     * split was measured faster on 2 AVX2 cores, not yet on bf16 units) */
+    const char *split = getenv("DS_CPU_GEMM_SPLIT");
+    if (split && *split && strcmp(split, "0") && strcmp(split, "1")) {
+        free(b);
+        free(c);
+        return ds_error_set(err, DS_ERR_INVALID, "DS_CPU_GEMM_SPLIT=%s: expected 0 (oneDNN threads each product) "
+                            "or 1 (rows split between the threads, the default)", split);
+    }
     ds_status st = ds_dnnl_create(&c->dnnl, err);
     if (st != DS_OK) {
         free(b);
         free(c);
         return st;
     }
+    ds_dnnl_split(c->dnnl, !(split && strcmp(split, "0") == 0));
     c->k = k;
     c->ks = k == &ds_cpu_kernels_avx2 ? &ds_cpu_kernels_avx2_serial : &ds_cpu_kernels_generic_serial;
     b->ops = &cpu_ops;

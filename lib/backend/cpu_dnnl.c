@@ -37,6 +37,7 @@ struct ds_dnnl {
     int bf16_probed, bf16_ok;
     char bf16_why[96];
     int emulate16;      /* bf16 products as fp32 products of the widened operands (tests) */
+    int nosplit;        /* oneDNN threads every product itself (ds_dnnl_split) */
     float *em[2];       /* their fp32 copies */
     size_t em_n[2];
 };
@@ -207,11 +208,11 @@ static ds_status run(ds_dnnl *d, const mm_key *k, dnnl_stream_t stream, const vo
 }
 
 /* Threads to split n units of work over (1: let oneDNN thread the product itself). */
-static int threads_for(int64_t n, int64_t min_per_thread)
+static int threads_for(const ds_dnnl *d, int64_t n, int64_t min_per_thread)
 {
     int nt = 1;
 #ifdef _OPENMP
-    if (!omp_in_parallel())
+    if (!d->nosplit && !omp_in_parallel())
         nt = omp_get_max_threads();
 #endif
     if (nt > MAX_SLOTS)
@@ -285,7 +286,7 @@ static ds_status matmul2d(ds_dnnl *d, int bf16, int64_t M, int64_t N, int64_t K,
     k.bias = bias != NULL;
     k.accumulate = accumulate != 0;
     k.bf16 = bf16;
-    int nt = threads_for(M, 64);
+    int nt = threads_for(d, M, 64);
     if (nt < 2)
         return run(d, &k, d->stream, A, B, bias, C, err);
     return run_split(d, &k, nt, A, as0, B, 0, C, N, bias, err);
@@ -345,6 +346,8 @@ ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const
 
 void ds_dnnl_bf16_emulate(ds_dnnl *d, int on) { d->emulate16 = on != 0; }
 
+void ds_dnnl_split(ds_dnnl *d, int on) { d->nosplit = on == 0; }
+
 /* Batched products are split by the first batch dimension between the threads, like the rows
  * of 2-D products above; A and B fp32, or bf16. */
 static ds_status batched(ds_dnnl *d, int bf16, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
@@ -359,7 +362,7 @@ static ds_status batched(ds_dnnl *d, int bf16, int64_t nb0, int64_t nb1, int64_t
     memcpy(k.cs, cs, sizeof k.cs);
     k.accumulate = accumulate != 0;
     k.bf16 = bf16;
-    int nt = threads_for(nb0, 1);
+    int nt = threads_for(d, nb0, 1);
     if (nt < 2)
         return run(d, &k, d->stream, A, B, NULL, C, err);
     return run_split(d, &k, nt, A, as[0], B, bs[0], C, cs[0], NULL, err);
@@ -411,7 +414,7 @@ int ds_dnnl_bf16_batched_fast(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, i
     memcpy(k.as, as, sizeof k.as);
     memcpy(k.bs, bs, sizeof k.bs);
     memcpy(k.cs, cs, sizeof k.cs);
-    int nt = threads_for(nb0, 1);
+    int nt = threads_for(d, nb0, 1);
     for (int t = 0; t < nt; t++) {
         mm_key kt = k;
         if (nt > 1) {

@@ -33,6 +33,9 @@ ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const
  * to the products run on any CPU; the sums are fp32 either way (their order may differ from
  * the bf16 units'). */
 void ds_dnnl_bf16_emulate(ds_dnnl *d, int on);
+/* on (the default): products split between the OpenMP threads, each a single-threaded oneDNN
+ * product on its share of the rows (or batch); off: one product that oneDNN threads itself */
+void ds_dnnl_split(ds_dnnl *d, int on);
 /* Batched products with A and B bf16 (C fp32), as ds_dnnl_matmul_batched. */
 ds_status ds_dnnl_matmul_batched_bf16(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
                                       const uint16_t *A, const int64_t as[4], const uint16_t *B,
