@@ -111,7 +111,7 @@ EOF
     else
         cat "$root"/man/* "$root"/README.md >"$G/data/text.txt"
     fi
-    cp "$root/scripts/dsref.py" "$root/scripts/gpu_bench_torch.py" "$G/py/"
+    cp "$root/scripts/dsref.py" "$root/scripts/gpu_bench_torch.py" "$root/scripts/onednn-summary.py" "$G/py/"
     cp "$root/scripts/gpu-check.sh" "$G/run.sh"
     {
         echo "packed $(date -u +%FT%TZ) from $(cd "$root" && git rev-parse --short HEAD) (+ working tree)"
@@ -364,6 +364,15 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
                 BENCH_V=256 BENCH_L=4 timeout "$(tmo 30)" "$G/bin/bench_cuda" 8 128 >"$out/cpu-ops-$bp.txt" 2>&1
             sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/cpu-ops-$bp.txt"
         done
+        # which oneDNN implementation runs each product of a bf16 step, and at what rate (its
+        # verbose log over 6 steps of gpt-tiny on 2 threads, the first 2 calls of each shape left out)
+        if [ "$(tmo 30)" -gt 20 ]; then
+            say "-- oneDNN products in bf16, 2 threads (ONEDNN_VERBOSE=1, scripts/onednn-summary.py)"
+            dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 ONEDNN_VERBOSE=1 DNNL_VERBOSE=1 timeout "$(tmo 30)" \
+                "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$G/share/gpt-tiny.bf16.ds.json" \
+                --data "$G/data/text.txt" --steps 6 --device cpu --quiet >"$out/cpu-onednn-bf16.log" 2>&1
+            python3 "$G/py/onednn-summary.py" --skip 2 "$out/cpu-onednn-bf16.log" 2>&1 | head -30
+        fi
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16
         # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring) and bf16 with
         # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0)

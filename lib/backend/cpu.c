@@ -698,13 +698,11 @@ static ds_status cpu_layernorm_bwd(ds_backend *b, const float *dy, const float *
         c->k->layernorm_bwd(dy, x, w, mean, rstd, dx, dw, db, M, C, acc);
         return DS_OK;
     }
-    const float *dy32 = whole32(b, 0, dy, M * C), *x32 = whole32(b, 1, x, M * C), *w32 = whole32(b, 4, w, C);
-    float *dx32 = dx ? whole32(b, 2, acc ? dx : NULL, M * C) : NULL;
-    if (!dy32 || !x32 || !w32 || (dx && !dx32))
-        return DS_ERR_NOMEM;
-    c->k->layernorm_bwd(dy32, x32, w32, mean, rstd, dx32, dw, db, M, C, acc);
-    if (dx)
-        c->k->pack16(dx32, HM(dx), M * C, c->s16);
+    /* dy, x and dx widened chunk by chunk inside the kernel (the same sums as on whole copies) */
+    const float *w32 = whole32(b, 4, w, C);
+    if (!w32 || c->k->layernorm_bwd16(HC(dy), HC(x), w32, mean, rstd, dx ? HM(dx) : NULL, dw, db, M, C, acc,
+                                      c->s16) != 0)
+        return ds_error_set(&b->err, DS_ERR_NOMEM, "out of memory (layernorm backward, 16-bit storage)");
     return DS_OK;
 }
 

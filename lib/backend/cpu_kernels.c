@@ -635,6 +635,31 @@ static inline void pack16_span(const float *x, uint16_t *y, int64_t n, int mode)
 #endif
 }
 
+/* x[n] 16-bit values of mode -> y[n] fp32 (exact), without threads */
+static inline void unpack16_span(const uint16_t *x, float *y, int64_t n, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)x[i] << 16;
+            float f;
+            memcpy(&f, &u, 4);
+            y[i] = f;
+        }
+        return;
+    }
+#ifdef __F16C__
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++)
+        y[i] = _cvtsh_ss(x[i]);
+#else
+    for (int64_t i = 0; i < n; i++)
+        y[i] = ds_f16_to_f32(x[i]);
+#endif
+}
+
 #define PACK_CHUNK 2048 /* floats per chunk of a threaded pack: 8 KiB in, 4 KiB out */
 
 static void pack16_k(const float *x, uint16_t *y, int64_t n, int mode)
@@ -672,6 +697,62 @@ static void unpack16_k(const uint16_t *x, float *y, int64_t n, int mode)
     for (int64_t i = 0; i < n; i++)
         y[i] = ds_f16_to_f32(x[i]);
 #endif
+}
+
+/* layernorm_bwd on 16-bit dy, x and dx (values of mode; w fp32), without whole fp32 copies:
+ * each thread takes the rows layernorm_bwd would give it and widens them a chunk at a time into
+ * buffers that stay in cache, runs the same row loop on them in the same order, and packs its
+ * dx rows; so dw, db and dx are the same bits as layernorm_bwd's on the widened tensors.
+ * Returns 0, or -1 without memory for the buffers (nothing written). */
+#define LN16_CHUNK 4096 /* floats per buffer and thread: three buffers of 16 KiB */
+static int layernorm_bwd16(const uint16_t *dy, const uint16_t *x, const float *w, const float *mean,
+                           const float *rstd, uint16_t *dx, float *dw, float *db, int64_t M, int64_t C,
+                           int accumulate, int mode)
+{
+    int nt = 1;
+#ifdef _OPENMP
+    if (M * C > PAR_MIN)
+        nt = omp_get_max_threads();
+#endif
+    const int64_t R = C >= LN16_CHUNK ? 1 : LN16_CHUNK / C, per = R * C; /* rows per chunk */
+    float *part = calloc((size_t)nt * (size_t)(2 * C), sizeof(float));
+    float *buf = malloc((size_t)nt * 3 * (size_t)per * sizeof(float));
+    if (!part || !buf) {
+        free(part);
+        free(buf);
+        return -1;
+    }
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        int tid = 0, team = 1;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+        team = omp_get_num_threads();
+#endif
+        const int64_t m0 = M * tid / team, m1 = M * (tid + 1) / team;
+        float *pw = part + (size_t)tid * (size_t)(2 * C), *pb = pw + C;
+        float *bdy = buf + (size_t)tid * 3 * (size_t)per, *bx = bdy + per, *bdx = bx + per;
+        for (int64_t r = m0; r < m1; r += R) {
+            const int64_t n = m1 - r < R ? m1 - r : R;
+            unpack16_span(dy + r * C, bdy, n * C, mode);
+            unpack16_span(x + r * C, bx, n * C, mode);
+            if (dx && accumulate)
+                unpack16_span(dx + r * C, bdx, n * C, mode);
+            ln_bwd_rows(bdy, bx, w, mean + r, rstd + r, dx ? bdx : NULL, pw, pb, 0, n, C, accumulate);
+            if (dx)
+                pack16_span(bdx, dx + r * C, n * C, mode);
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+        const float *pw = part + (size_t)t * (size_t)(2 * C), *pb = pw + C;
+        for (int64_t c = 0; c < C; c++) {
+            dw[c] += pw[c];
+            db[c] += pb[c];
+        }
+    }
+    free(part);
+    free(buf);
+    return 0;
 }
 
 /* ---- fused optimizers ------------------------------------------------------------------- */
@@ -850,6 +931,7 @@ const ds_cpu_kernels KTABLE = {
     .colsum_acc = colsum_acc,
     .layernorm_fwd = layernorm_fwd,
     .layernorm_bwd = layernorm_bwd,
+    .layernorm_bwd16 = layernorm_bwd16,
     .gelu_fwd = gelu_fwd,
     .gelu_bwd = gelu_bwd,
     .relu_fwd = relu_fwd,

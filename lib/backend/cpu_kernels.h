@@ -23,6 +23,10 @@ typedef struct ds_cpu_kernels {
     void (*layernorm_bwd)(const float *dy, const float *x, const float *w, const float *mean,
                           const float *rstd, float *dx, float *dw, float *db, int64_t M,
                           int64_t C, int accumulate);
+    /* the same on 16-bit dy, x, dx (values of a ds_round_mode), the same bits; -1: no memory */
+    int (*layernorm_bwd16)(const uint16_t *dy, const uint16_t *x, const float *w, const float *mean,
+                           const float *rstd, uint16_t *dx, float *dw, float *db, int64_t M, int64_t C,
+                           int accumulate, int mode);
     void (*gelu_fwd)(const float *x, float *y, int64_t n, int approximate);
     void (*gelu_bwd)(const float *x, const float *dy, float *dx, int64_t n, int approximate,
                      int accumulate);
