@@ -336,22 +336,6 @@ __device__ __forceinline__ float quad_sum(float v)
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-/* 2^x for the probabilities: the GPU's ex2.approx.ftz (2 ulp, as exp2f's; a result below 2^-126
- * is 0 where exp2f would give a subnormal, which a probability that is then rounded to 16 bits
- * and summed with values of order 1 cannot tell). exp2f itself costs 4-5 instructions around
- * the MUFU for its subnormal range: most of the softmax's instructions here. */
-__device__ __forceinline__ float ex2(float x)
-{
-#if defined(__CUDA_ARCH__)
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    const float y = exp2f(x);
-    return y < 1.17549435e-38f ? 0.0f : y; /* FLT_MIN */
-#endif
-}
-
 /* One key tile of the forward for a warp's 16 query rows: S = Q K^T, the online softmax (running
  * max m and partial sums l per row, in log2 units), O += P V. The scores are scaled into log2
  * units inside the exponent's argument (one FMA: s sl2 - m); their maxima are taken unscaled

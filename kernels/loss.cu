@@ -19,15 +19,25 @@ __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2
     }
 }
 
-/* one logit into a thread's running (max, sum) */
-__device__ __forceinline__ void lse_add(float &mx, float &sum, float v)
+#define XENT_LOG2E 1.4426950408889634f
+
+/* n logits into a thread's running (max, sum of exp(z - max)): the sum rescaled once to the
+ * values' largest, then one exponential each (ex2 of (v - max) log2 e: three instructions where
+ * a branch and expf per value took about a dozen; v - max is exact for the values near the max). A -inf logit adds 0, a NaN propagates into
+ * the sum (as on the CPU); a +inf one makes the sum NaN (inf - inf), and so the loss. */
+template <int N> __device__ __forceinline__ void lse_addn(float &mx, float &sum, const float *v)
 {
-    if (v > mx) {
-        sum = sum * expf(mx - v) + 1.0f;
-        mx = v;
-    } else if (v != -INFINITY) {
-        sum += expf(v - mx); /* a NaN propagates into the sum, as on the CPU */
+    float cm = v[0];
+#pragma unroll
+    for (int k = 1; k < N; k++)
+        cm = fmaxf(cm, v[k]); /* NaN only if all are */
+    if (cm > mx) {
+        sum *= ex2((mx - cm) * XENT_LOG2E); /* 0 while mx is -inf */
+        mx = cm;
     }
+#pragma unroll
+    for (int k = 0; k < N; k++)
+        sum += v[k] == -INFINITY ? 0.0f : ex2((v[k] - mx) * XENT_LOG2E);
 }
 
 /* S: the activations' storage (cuda_common.cuh, lda/sta). A row's logits go in chunks of 8
@@ -45,12 +55,12 @@ __global__ void xent_k(const void *logits, const int32_t *targets, float *losses
     for (int64_t j = 8 * (int64_t)threadIdx.x; j < V8; j += 8 * (int64_t)blockDim.x) {
         float v[8];
         ld8v<S>(logits, z + j, v, vec);
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            lse_add(mx, sum, v[k]);
+        lse_addn<8>(mx, sum, v);
     }
-    for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x)
-        lse_add(mx, sum, lda<S>(logits, z + j));
+    for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x) {
+        const float v = lda<S>(logits, z + j);
+        lse_addn<1>(mx, sum, &v);
+    }
     for (int o = 16; o > 0; o >>= 1) {
         float m2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, sum, o);
         lse_merge(mx, sum, m2, s2);
@@ -85,13 +95,13 @@ __global__ void xent_k(const void *logits, const int32_t *targets, float *losses
         ld8v<S>(logits, z + j, v, vec);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
-            float g = expf(v[k] - rmax) * inv;
+            float g = ex2((v[k] - rmax) * XENT_LOG2E) * inv;
             v[k] = j + k == tgt ? g - grad_scale : g;
         }
         st8v<S>(dlogits, z + j, v, rm, vec);
     }
     for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x) {
-        float g = expf(lda<S>(logits, z + j) - rmax) * inv;
+        float g = ex2((lda<S>(logits, z + j) - rmax) * XENT_LOG2E) * inv;
         sta<S>(dlogits, z + j, j == tgt ? g - grad_scale : g, rm);
     }
 }
