@@ -20,15 +20,18 @@ __global__ void embedding_fwd_k(const int32_t *ids, const void *table, void *out
 
 /* dtable[ids[m], :] += dout[m, :]. One block per position m; only the block of an id's first
  * position works: it adds the rows of every position with that id, in increasing m, onto the
- * table row (the CPU's order), each thread holding EMB_COLS columns in registers. The ids are
- * scanned through shared memory. O(M^2 / blockDim) id reads in all: fine for micro-batches of
- * up to ~10^5 positions. */
+ * table row (the CPU's order), each thread holding EMB_COLS columns in registers. The later
+ * positions are searched 256 at a time: each thread tests one, the block compacts the matches
+ * (warp ballots, their counts in shared memory) into a list in increasing order, and then every
+ * thread adds those rows. So a thread reads O(M / blockDim) ids, not O(M) from a staged copy;
+ * the duplicate test before it is O(m / blockDim) per thread too. */
 #define EMB_COLS 4
 template <int S>
 __global__ void embedding_bwd_k(const int32_t *ids, const void *dout, float *dtable, int64_t M,
                                 int64_t C)
 {
-    __shared__ int32_t sid[THREADS];
+    __shared__ int32_t hits[THREADS];      /* offsets, from j0, of this chunk's matches */
+    __shared__ int32_t warp_hits[THREADS / 32];
     const int64_t m = blockIdx.x;
     const int32_t id = ids[m];
     int dup = 0;
@@ -36,6 +39,7 @@ __global__ void embedding_bwd_k(const int32_t *ids, const void *dout, float *dta
         dup = ids[j] == id;
     if (__syncthreads_or(dup))
         return; /* the whole block: an earlier position has this id */
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     float *row = dtable + (int64_t)id * C;
     for (int64_t c0 = 0; c0 < C; c0 += (int64_t)blockDim.x * EMB_COLS) {
         float acc[EMB_COLS];
@@ -45,15 +49,23 @@ __global__ void embedding_bwd_k(const int32_t *ids, const void *dout, float *dta
             acc[k] = c < C ? row[c] : 0.0f;
         }
         for (int64_t j0 = m; j0 < M; j0 += blockDim.x) {
+            const int64_t j = j0 + threadIdx.x;
+            const bool hit = j < M && ids[j] == id;
+            const unsigned bal = __ballot_sync(0xffffffffu, hit);
+            __syncthreads(); /* the previous chunk's list is read */
+            if (lane == 0)
+                warp_hits[w] = __popc(bal);
             __syncthreads();
-            if (j0 + threadIdx.x < M)
-                sid[threadIdx.x] = ids[j0 + threadIdx.x];
+            int base = 0, total = 0;
+            for (int k = 0; k < nw; k++) {
+                base += k < w ? warp_hits[k] : 0;
+                total += warp_hits[k];
+            }
+            if (hit)
+                hits[base + __popc(bal & ((1u << lane) - 1u))] = (int32_t)threadIdx.x;
             __syncthreads();
-            int cnt = (int)(M - j0 < (int64_t)blockDim.x ? M - j0 : (int64_t)blockDim.x);
-            for (int t = 0; t < cnt; t++) {
-                if (sid[t] != id)
-                    continue;
-                const int64_t g = (j0 + t) * C;
+            for (int t = 0; t < total; t++) {
+                const int64_t g = (j0 + hits[t]) * C;
 #pragma unroll
                 for (int k = 0; k < EMB_COLS; k++) {
                     int64_t c = c0 + threadIdx.x + (int64_t)k * blockDim.x;

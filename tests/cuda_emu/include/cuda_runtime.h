@@ -128,6 +128,18 @@ template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int la
     return r;
 }
 
+/* the lanes' predicates as a mask (bit l: lane l's), in every lane: an OR over the warp by
+ * xor shuffles (each one a warp barrier, as the real ballot synchronizes the warp) */
+static inline unsigned __ballot_sync(unsigned mask, int pred)
+{
+    (void)mask;
+    uint64_t v = pred ? 1ull << (emu_tid() & 31u) : 0ull;
+    for (int o = 16; o > 0; o >>= 1)
+        v |= emu_shfl_xor(v, o);
+    return (unsigned)v;
+}
+static inline int __popc(unsigned x) { return __builtin_popcount(x); }
+
 /* a warp barrier: every lane arrives before any goes on (a shuffle is one) */
 static inline void __syncwarp(unsigned mask = 0xffffffffu)
 {
