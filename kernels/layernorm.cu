@@ -7,28 +7,61 @@
 
 #define ROWS_PER_BLOCK 8 /* warps per block, one row each */
 
-/* S: the storage of the activations and of w and bias (cuda_common.cuh, lda/sta) */
+/* S: the storage of the activations and of w and bias (cuda_common.cuh, lda/sta). With C a
+ * multiple of 8 a lane takes chunks of 8 columns (c8; 16-byte accesses where va, x and y, and
+ * vw, w and bias, are aligned: the same sums either way), else columns lane, lane + 32, ... The
+ * products that are added are explicit fmaf, so no storage's instance can be contracted
+ * differently from another's (an H200 once showed that for implicit ones). */
 template <int S>
 __global__ void layernorm_fwd_k(const void *x, const void *w, const void *bias, void *y,
-                                float *mean, float *rstd, int64_t M, int64_t C, float eps, int rm)
+                                float *mean, float *rstd, int64_t M, int64_t C, float eps, int rm,
+                                int c8, int va, int vw)
 {
     const int lane = threadIdx.x & 31;
     const int64_t row = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (row >= M)
         return;
     const int64_t xr = row * C;
-    float s = 0.0f;
-    for (int64_t c = lane; c < C; c += 32)
-        s += lda<S>(x, xr + c);
-    const float mu = warp_sum(s) / (float)C;
-    float v = 0.0f;
-    for (int64_t c = lane; c < C; c += 32) {
-        float d = lda<S>(x, xr + c) - mu;
-        v += d * d;
+    float s = 0.0f, v = 0.0f, mu, rs;
+    if (c8) {
+        for (int64_t c = 8 * lane; c < C; c += 256) {
+            float xv[8];
+            ld8v<S>(x, xr + c, xv, va);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                s += xv[k];
+        }
+        mu = warp_sum(s) / (float)C;
+        for (int64_t c = 8 * lane; c < C; c += 256) {
+            float xv[8];
+            ld8v<S>(x, xr + c, xv, va);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                v = fmaf(xv[k] - mu, xv[k] - mu, v);
+        }
+        rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
+        for (int64_t c = 8 * lane; c < C; c += 256) {
+            float xv[8], wv[8], bv[8];
+            ld8v<S>(x, xr + c, xv, va);
+            ld8v<S>(w, c, wv, vw);
+            ld8v<S>(bias, c, bv, vw);
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                xv[k] = fmaf((xv[k] - mu) * rs, wv[k], bv[k]);
+            st8v<S>(y, xr + c, xv, rm, va);
+        }
+    } else {
+        for (int64_t c = lane; c < C; c += 32)
+            s += lda<S>(x, xr + c);
+        mu = warp_sum(s) / (float)C;
+        for (int64_t c = lane; c < C; c += 32) {
+            float d = lda<S>(x, xr + c) - mu;
+            v = fmaf(d, d, v);
+        }
+        rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
+        for (int64_t c = lane; c < C; c += 32)
+            sta<S>(y, xr + c, fmaf((lda<S>(x, xr + c) - mu) * rs, lda<S>(w, c), lda<S>(bias, c)), rm);
     }
-    const float rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
-    for (int64_t c = lane; c < C; c += 32)
-        sta<S>(y, xr + c, (lda<S>(x, xr + c) - mu) * rs * lda<S>(w, c) + lda<S>(bias, c), rm);
     if (lane == 0) {
         mean[row] = mu;
         rstd[row] = rs;
@@ -296,7 +329,8 @@ extern "C" ds_status ds_cuda_layernorm_fwd(ds_backend *b, const float *x, const 
     if (M <= 0)
         return DS_OK;
     unsigned blocks = (unsigned)((M + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
-    LAUNCH_S(layernorm_fwd_k, blocks, 32 * ROWS_PER_BLOCK, 0, x, w, bias, y, mean, rstd, M, C, eps, RMODE(b));
+    LAUNCH_S(layernorm_fwd_k, blocks, 32 * ROWS_PER_BLOCK, 0, x, w, bias, y, mean, rstd, M, C, eps, RMODE(b),
+             C % 8 == 0, vec8_ok(x, y), vec8_ok(w, bias));
     return DS_OK;
 }
 
