@@ -207,28 +207,65 @@ template <int N, int D> __device__ __forceinline__ void stage_tr(uint16_t *sm, c
 
 /* The packing pass: head h's D columns (from src, row stride ld, [B,T,...]) as 16-bit values,
  * row-major rm [B,H,Tp,D] and/or transposed tr [B,H,D,Tp], rows T .. Tp-1 zero. A block takes 32
- * rows of one (sample, head); the transposed copy goes through shared memory so that both the
- * reads and the writes are coalesced. */
-template <int BF, int A16>
-__global__ void f16_pack_k(const void *src, int64_t col, int64_t ld, uint16_t *rm, uint16_t *tr, int T, int Tp, int D)
+ * rows of one (sample, head); a thread moves 8 consecutive values at a time (one 16-byte store;
+ * with vec, one 16-byte load of 16-bit values or two of fp32 ones, else 8 single loads), and the
+ * transposed copy goes through shared memory as 16-bit values, so that both the reads and the
+ * writes are whole 16-byte chunks. 16-bit sources (A16: store16) are copied as the bits they are
+ * (the values of the format already); fp32 ones are rounded. D is a template parameter, so
+ * that the index arithmetic has no division by a variable. rm, tr: 16-byte aligned (scratch). */
+template <int BF, int A16, int D>
+__global__ void f16_pack_k(const void *src, int64_t col, int64_t ld, uint16_t *rm, uint16_t *tr, int T, int Tp,
+                           int vec)
 {
-    __shared__ float tile[32][129];
+    enum { CH = D / 8, LDT = D + 8 }; /* chunks per row; the tile's row stride (16-byte rows) */
+    __shared__ __align__(16) uint16_t tile[32 * LDT];
     const int t0 = blockIdx.x * 32, h = blockIdx.y, b = blockIdx.z, H = gridDim.y;
     const int64_t s0 = (int64_t)b * T * ld + col + (int64_t)h * D;
     const int64_t bh = (int64_t)b * H + h;
-    for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
-        const int r = i / D, d = i % D, t = t0 + r;
-        const float v = t < T ? lda<A16 ? (BF ? DS_ROUND_BF16 : DS_ROUND_FP16) : 0>(src, s0 + (int64_t)t * ld + d) : 0.0f;
+    for (int i = threadIdx.x; i < 32 * CH; i += blockDim.x) {
+        const int r = i / CH, c = 8 * (i % CH), t = t0 + r;
+        uint32_t w[4] = {0u, 0u, 0u, 0u};
+        if (t < T) {
+            const int64_t at = s0 + (int64_t)t * ld + c;
+            if (A16 && vec) {
+                const uint4 q = *(const uint4 *)((const uint16_t *)src + at);
+                w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
+            } else if (A16) {
+                const uint16_t *p = (const uint16_t *)src + at;
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    w[k] = (uint32_t)p[2 * k] | (uint32_t)p[2 * k + 1] << 16;
+            } else {
+                float v[8];
+                if (vec) {
+                    const float4 a = ((const float4 *)((const float *)src + at))[0];
+                    const float4 e = ((const float4 *)((const float *)src + at))[1];
+                    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = e.x, v[5] = e.y, v[6] = e.z, v[7] = e.w;
+                } else {
+#pragma unroll
+                    for (int k = 0; k < 8; k++)
+                        v[k] = ((const float *)src)[at + k];
+                }
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    w[k] = pack2<BF>(v[2 * k], v[2 * k + 1]);
+            }
+        }
+        const uint4 q = make_uint4(w[0], w[1], w[2], w[3]);
         if (rm)
-            rm[(bh * Tp + t) * D + d] = (uint16_t)f16bits<BF>(v);
-        tile[r][d] = v;
+            *(uint4 *)(rm + (bh * Tp + t) * D + c) = q;
+        *(uint4 *)(tile + r * LDT + c) = q;
     }
     if (!tr) /* block-uniform */
         return;
     __syncthreads();
-    for (int i = threadIdx.x; i < 32 * D; i += blockDim.x) {
-        const int d = i / 32, r = i % 32;
-        tr[(bh * D + d) * Tp + t0 + r] = (uint16_t)f16bits<BF>(tile[r][d]);
+    for (int i = threadIdx.x; i < 4 * D; i += blockDim.x) { /* (column d, rows r8 .. r8+7) */
+        const int d = i / 4, r8 = 8 * (i % 4);
+        uint32_t w[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            w[k] = (uint32_t)tile[(r8 + 2 * k) * LDT + d] | (uint32_t)tile[(r8 + 2 * k + 1) * LDT + d] << 16;
+        *(uint4 *)(tr + (bh * D + d) * Tp + t0 + r8) = make_uint4(w[0], w[1], w[2], w[3]);
     }
 }
 
@@ -655,18 +692,29 @@ extern "C" int ds_cuda_flash16_applies(const ds_backend *b, int64_t B, int64_t T
 
 /* packs the head columns that start at column col of src (row stride ld; 16-bit values with a16,
  * else fp32) into rm and/or tr (see f16_pack_k) */
+#define F16_PACK(BFV, AV)                                                                        \
+    switch (D) {                                                                                 \
+    case 16: f16_pack_k<BFV, AV, 16><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
+    case 32: f16_pack_k<BFV, AV, 32><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
+    case 48: f16_pack_k<BFV, AV, 48><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
+    case 64: f16_pack_k<BFV, AV, 64><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
+    default: f16_pack_k<BFV, AV, 128><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;  \
+    }
 static void pack(ds_backend *b, int bf, int a16, const void *src, int64_t col, int64_t ld, uint16_t *rm, uint16_t *tr,
                  int64_t B, int64_t T, int64_t Tp, int64_t H, int D)
 {
     dim3 grid((unsigned)(Tp / 32), (unsigned)H, (unsigned)B);
+    const int T_ = (int)T, Tp_ = (int)Tp;
+    /* 8 values per access: every row's head columns start on a multiple of 8 and src is 16-byte aligned */
+    const int vec = ld % 8 == 0 && col % 8 == 0 && vec8_ok(src);
     if (bf && a16)
-        f16_pack_k<1, 1><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
+        F16_PACK(1, 1)
     else if (bf)
-        f16_pack_k<1, 0><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
+        F16_PACK(1, 0)
     else if (a16)
-        f16_pack_k<0, 1><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
+        F16_PACK(0, 1)
     else
-        f16_pack_k<0, 0><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, (int)T, (int)Tp, D);
+        F16_PACK(0, 0)
 }
 
 /* D_t = dO_t . O_t per (sample, head, row) into di [B,H,T], a warp per row; dO stored as S says

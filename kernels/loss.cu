@@ -23,8 +23,9 @@ __device__ __forceinline__ void lse_merge(float &m, float &s, float m2, float s2
 
 /* n logits into a thread's running (max, sum of exp(z - max)): the sum rescaled once to the
  * values' largest, then one exponential each (ex2 of (v - max) log2 e: three instructions where
- * a branch and expf per value took about a dozen; v - max is exact for the values near the max). A -inf logit adds 0, a NaN propagates into
- * the sum (as on the CPU); a +inf one makes the sum NaN (inf - inf), and so the loss. */
+ * a branch and expf per value took about a dozen; v - max is exact for the values near the
+ * max). A -inf logit adds 0, a NaN propagates into the sum (as on the CPU); a +inf one makes
+ * the sum NaN (inf - inf), and so the loss, as the CPU's xent does. */
 template <int N> __device__ __forceinline__ void lse_addn(float &mx, float &sum, const float *v)
 {
     float cm = v[0];
