@@ -1,7 +1,15 @@
 #!/bin/sh
 # Install what building and testing ds needs on Debian 12 (run as root, or with sudo).
-# Optional: python3-torch and python3-numpy only regenerate test fixtures (scripts/make-fixtures.py).
+# --test also installs what the test suite alone needs: python3-torch and python3-numpy (tests/ckpt.sh
+# reads ds-ckpt's converted files with PyTorch; scripts/make-fixtures.py regenerates the fixtures
+# with them), about a minute more.
 set -e
+TEST=""
+case "${1:-}" in
+"") ;;
+--test) TEST="python3-torch python3-numpy" ;;
+*) echo "usage: scripts/install-deps.sh [--test]" >&2; exit 2 ;;
+esac
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
@@ -9,5 +17,5 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential autoconf automake libtool pkg-config \
     libjson-c-dev libsqlite3-dev libssh-dev libcriterion-dev libdnnl-dev \
-    openssh-server openssh-client python3 ca-certificates >/dev/null
-echo "install-deps: build dependencies installed"
+    openssh-server openssh-client python3 ca-certificates $TEST >/dev/null
+echo "install-deps: build dependencies${TEST:+ and the tests' (PyTorch, NumPy)} installed"
