@@ -660,7 +660,7 @@ static inline void unpack16_span(const uint16_t *x, float *y, int64_t n, int mod
 #endif
 }
 
-#define PACK_CHUNK 2048 /* floats per chunk of a threaded pack: 8 KiB in, 4 KiB out */
+#define PACK_CHUNK 2048 /* floats per chunk of a threaded pack or unpack: 8 KiB and 4 KiB */
 
 static void pack16_k(const float *x, uint16_t *y, int64_t n, int mode)
 {
@@ -672,31 +672,9 @@ static void pack16_k(const float *x, uint16_t *y, int64_t n, int mode)
 /* x[n] 16-bit values of mode -> y[n] fp32 (exact). */
 static void unpack16_k(const uint16_t *x, float *y, int64_t n, int mode)
 {
-    if (mode == DS_ROUND_BF16) {
-#pragma omp parallel for simd if (parallel: n > PAR_MIN)
-        for (int64_t i = 0; i < n; i++) {
-            uint32_t u = (uint32_t)x[i] << 16;
-            float f;
-            memcpy(&f, &u, 4);
-            y[i] = f;
-        }
-        return;
-    }
-#ifdef __F16C__
-#pragma omp parallel for if (n > PAR_MIN)
-    for (int64_t i0 = 0; i0 < n; i0 += 8) {
-        if (i0 + 8 <= n) {
-            _mm256_storeu_ps(y + i0, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i0))));
-        } else {
-            for (int64_t i = i0; i < n; i++)
-                y[i] = _cvtsh_ss(x[i]);
-        }
-    }
-#else
-#pragma omp parallel for if (n > PAR_MIN)
-    for (int64_t i = 0; i < n; i++)
-        y[i] = ds_f16_to_f32(x[i]);
-#endif
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK)
+        unpack16_span(x + i0, y + i0, n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK, mode);
 }
 
 /* layernorm_bwd on 16-bit dy, x and dx (values of mode; w fp32), without whole fp32 copies:
