@@ -259,6 +259,18 @@ static void ln_bwd_rows(const float *dy, const float *x, const float *w, const f
     }
 }
 
+/* dw, db += the nt threads' partial sums (part: per thread C of dw then C of db), in thread order */
+static void add_parts(const float *part, int nt, int64_t C, float *dw, float *db)
+{
+    for (int t = 0; t < nt; t++) {
+        const float *pw = part + (size_t)t * (size_t)(2 * C), *pb = pw + C;
+        for (int64_t c = 0; c < C; c++) {
+            dw[c] += pw[c];
+            db[c] += pb[c];
+        }
+    }
+}
+
 static void layernorm_bwd(const float *dy, const float *x, const float *w, const float *mean,
                           const float *rstd, float *dx, float *dw, float *db, int64_t M,
                           int64_t C, int accumulate)
@@ -284,13 +296,7 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
         ln_bwd_rows(dy, x, w, mean, rstd, dx, part + (size_t)tid * (size_t)(2 * C),
                     part + (size_t)tid * (size_t)(2 * C) + C, m0, m1, C, accumulate);
     }
-    for (int t = 0; t < nt; t++) {
-        const float *pw = part + (size_t)t * (size_t)(2 * C), *pb = pw + C;
-        for (int64_t c = 0; c < C; c++) {
-            dw[c] += pw[c];
-            db[c] += pb[c];
-        }
-    }
+    add_parts(part, nt, C, dw, db);
     free(part);
 }
 
@@ -721,13 +727,7 @@ static int layernorm_bwd16(const uint16_t *dy, const uint16_t *x, const float *w
                 pack16_span(bdx, dx + r * C, n * C, mode);
         }
     }
-    for (int t = 0; t < nt; t++) {
-        const float *pw = part + (size_t)t * (size_t)(2 * C), *pb = pw + C;
-        for (int64_t c = 0; c < C; c++) {
-            dw[c] += pw[c];
-            db[c] += pb[c];
-        }
-    }
+    add_parts(part, nt, C, dw, db);
     free(part);
     free(buf);
     return 0;
