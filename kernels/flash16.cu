@@ -95,8 +95,8 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
 #endif
 }
 
-/* the 32-bit word of two 16-bit values at sm[i], sm[i+1] (i even) */
-__device__ __forceinline__ uint32_t word(const uint16_t *sm, int i) { return *(const uint32_t *)(sm + i); }
+/* the 32-bit word of two 16-bit values at p[i], p[i+1] (4-byte aligned) */
+__device__ __forceinline__ uint32_t word(const uint16_t *p, int i) { return *(const uint32_t *)(p + i); }
 
 /* Four 8 x 8 matrices of 16-bit values from shared memory in one warp-wide instruction
  * (ldmatrix .x4): lane l gives the address of row l % 8 of matrix l / 8 (16-byte aligned: 8
