@@ -259,6 +259,31 @@ static void ln_bwd_rows(const float *dy, const float *x, const float *w, const f
     }
 }
 
+/* LayerNorm backward's threads and each one's rows [m0, m1) (inside the parallel region); shared
+ * by its fp32 and 16-bit variants, whose dw and db are the same bits only with the same rows */
+static int ln_threads(int64_t M, int64_t C)
+{
+    int nt = 1;
+#ifdef _OPENMP
+    if (M * C > PAR_MIN)
+        nt = omp_get_max_threads();
+#endif
+    (void)M, (void)C;
+    return nt;
+}
+
+static void ln_rows(int64_t M, int *tid, int64_t *m0, int64_t *m1)
+{
+    int t = 0, team = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    team = omp_get_num_threads();
+#endif
+    *tid = t;
+    *m0 = M * t / team;
+    *m1 = M * (t + 1) / team;
+}
+
 /* dw, db += the nt threads' partial sums (part: per thread C of dw then C of db), in thread order */
 static void add_parts(const float *part, int nt, int64_t C, float *dw, float *db)
 {
@@ -275,11 +300,7 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
                           const float *rstd, float *dx, float *dw, float *db, int64_t M,
                           int64_t C, int accumulate)
 {
-    int nt = 1;
-#ifdef _OPENMP
-    if (M * C > PAR_MIN)
-        nt = omp_get_max_threads();
-#endif
+    const int nt = ln_threads(M, C);
     float *part = calloc((size_t)nt * (size_t)(2 * C), sizeof(float));
     if (!part) { /* no memory for the partial sums: one pass straight into dw, db */
         ln_bwd_rows(dy, x, w, mean, rstd, dx, dw, db, 0, M, C, accumulate);
@@ -287,12 +308,9 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
     }
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        int tid = 0, team = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        team = omp_get_num_threads();
-#endif
-        int64_t m0 = M * tid / team, m1 = M * (tid + 1) / team;
+        int tid;
+        int64_t m0, m1;
+        ln_rows(M, &tid, &m0, &m1);
         ln_bwd_rows(dy, x, w, mean, rstd, dx, part + (size_t)tid * (size_t)(2 * C),
                     part + (size_t)tid * (size_t)(2 * C) + C, m0, m1, C, accumulate);
     }
@@ -693,11 +711,7 @@ static int layernorm_bwd16(const uint16_t *dy, const uint16_t *x, const float *w
                            const float *rstd, uint16_t *dx, float *dw, float *db, int64_t M, int64_t C,
                            int accumulate, int mode)
 {
-    int nt = 1;
-#ifdef _OPENMP
-    if (M * C > PAR_MIN)
-        nt = omp_get_max_threads();
-#endif
+    const int nt = ln_threads(M, C);
     const int64_t R = C >= LN16_CHUNK ? 1 : LN16_CHUNK / C, per = R * C; /* rows per chunk */
     float *part = calloc((size_t)nt * (size_t)(2 * C), sizeof(float));
     float *buf = malloc((size_t)nt * 3 * (size_t)per * sizeof(float));
@@ -708,12 +722,9 @@ static int layernorm_bwd16(const uint16_t *dy, const uint16_t *x, const float *w
     }
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-        int tid = 0, team = 1;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-        team = omp_get_num_threads();
-#endif
-        const int64_t m0 = M * tid / team, m1 = M * (tid + 1) / team;
+        int tid;
+        int64_t m0, m1;
+        ln_rows(M, &tid, &m0, &m1);
         float *pw = part + (size_t)tid * (size_t)(2 * C), *pb = pw + C;
         float *bdy = buf + (size_t)tid * 3 * (size_t)per, *bx = bdy + per, *bdx = bx + per;
         for (int64_t r = m0; r < m1; r += R) {
