@@ -15,13 +15,13 @@
  *   B 16 x 8  (col major): b0 = (k 2c..2c+1, n g), b1 = (k 2c+8.., n g)
  *   C 16 x 8  (fp32):      c0, c1 = (g, 2c), (g, 2c+1); c2, c3 = (g+8, 2c), (g+8, 2c+1)
  * Two neighbouring C tiles (n 0..7 and 8..15) hold exactly an A fragment's elements, so the
- * probabilities of S = Q K^T become the A operand of P V without leaving the registers. A B
- * operand is read from shared memory as 32-bit words: for B = X^T (S = Q K^T, dP = dO V^T) the
- * words are pairs along X's rows, stored row-major; for B = Y (P V, dS K, ...) pairs along Y's
- * columns, so Y is stored transposed. B words are read by ldmatrix, four 8 x 8 matrices (the
- * b0, b1 of two neighbouring n tiles) per instruction. Rows are padded by 8 values: the 8 rows
- * of one 8 x 8 matrix (and the 32 lanes' words of one fragment) fall in different banks, and
- * every row starts 16-byte aligned as ldmatrix requires.
+ * probabilities of S = Q K^T become the A operand of P V without leaving the registers. Tiles
+ * of K, V, Q and dO sit in shared memory row-major ([row][d]), and B operands are read from them
+ * by ldmatrix, four 8 x 8 matrices (the b0, b1 of two neighbouring n tiles) per instruction: for
+ * B = X^T (S = Q K^T, dP = dO V^T) the words are pairs along X's rows, as stored; for B = Y (P V,
+ * dS K, ...) pairs along Y's columns, which ldmatrix's .trans form gathers from the row-major
+ * tile. Rows are padded by 8 values: the 8 rows of one 8 x 8 matrix fall in different banks,
+ * and every row starts 16-byte aligned as ldmatrix requires.
  *
  * State between forward and backward: as flash_attention.cu's (lse [B,H,T] in natural log, then
  * a copy of the output [B,T,C] for D_t = dO_t . O_t). Forward: a block takes 64 query rows of
@@ -32,8 +32,11 @@
  *
  * Activations (q, k, v in qkv, the output, dO and dqkv) are 16-bit values when the backend
  * stores them so (store16, template parameter A16): the kernels then load 32-bit words of two
- * values and write rounded pairs, with no conversion; otherwise fp32 values of the format. The
- * output copy kept for D_t is fp32 either way. */
+ * values and write rounded pairs, with no conversion, and copy their tiles straight from qkv and
+ * dO (16-byte chunks of a head's row). Otherwise (fp32 values of the format, or 16-bit ones not
+ * 16-byte aligned) a packing pass first writes each head's rows as 16-bit values [B,H,T,D], and
+ * the tiles come from there; the kernels read either through an f16_src. The output copy kept
+ * for D_t is fp32 either way. */
 #include <math.h>
 #include <stdint.h>
 
@@ -102,22 +105,30 @@ __device__ __forceinline__ uint32_t word(const uint16_t *p, int i) { return *(co
  * (ldmatrix .x4): lane l gives the address of row l % 8 of matrix l / 8 (16-byte aligned: 8
  * values); every lane gets in r[j] the word of matrix j at row lane / 4, values 2 (lane % 4) and
  * the next -- what word() would read there, a B fragment register -- for a quarter of the
- * instructions (and of the shared-memory requests) of four word() reads per lane. */
-__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const uint16_t *sm)
+ * instructions (and of the shared-memory requests) of four word() reads per lane. TR (.trans):
+ * each matrix is read transposed, so lane l gets the values at rows 2 (l % 4) and 2 (l % 4) + 1
+ * of column l / 4: the B fragment of a product by Y (pairs along Y's rows k, column n) from Y
+ * stored row-major. */
+template <int TR> __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const uint16_t *sm)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned a = (unsigned)__cvta_generic_to_shared(sm);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
+    if (TR)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
 #elif !defined(__CUDACC__)
-    emu_ldmatrix_x4(r, sm);
+    emu_ldmatrix_x4(r, sm, TR);
 #else
     (void)r, (void)sm;
 #endif
 }
 
-/* This lane's row address offset, in values, for ldsm4 reading the B fragments of two
+/* This lane's row address offset, in values, for ldsm4<0> reading the B fragments of two
  * neighbouring n tiles (8 rows each) of a row-major tile of stride ld, columns k0 .. k0+15:
  * matrices 0, 1 are tile n's columns k0.., k0+8.., matrices 2, 3 tile n+1's. So r[0], r[1] are
  * b0, b1 of tile n and r[2], r[3] of tile n+1. */
@@ -125,6 +136,16 @@ __device__ __forceinline__ int ldsm_off(int lane, int ld)
 {
     const int j = lane >> 3, i = lane & 7;
     return (8 * (j >> 1) + i) * ld + 8 * (j & 1);
+}
+
+/* This lane's row address offset for ldsm4<1> reading the B fragments of two neighbouring n tiles
+ * (columns n0.. n0+15) of Y rows k0 .. k0+15, Y row-major of stride ld: matrices 0, 1 are rows
+ * k0.., k0+8.. of tile n, matrices 2, 3 of tile n+1; so again r[0], r[1] are b0, b1 of tile n
+ * and r[2], r[3] of tile n+1. */
+__device__ __forceinline__ int ldsmt_off(int lane, int ld)
+{
+    const int j = lane >> 3, i = lane & 7;
+    return (8 * (j & 1) + i) * ld + 8 * (j >> 1);
 }
 
 /* An A fragment of rows r, r+8 of a row-major activation matrix m (element m0 is row 0, column
@@ -167,6 +188,20 @@ __device__ __forceinline__ void cp16(uint16_t *sm, const uint16_t *g)
 #endif
 }
 
+/* cp16 of n (16 or 0) bytes, the rest of the 16 zeros: g must be a valid address either way */
+__device__ __forceinline__ void cp16n(uint16_t *sm, const uint16_t *g, int n)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned a = (unsigned)__cvta_generic_to_shared(sm);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(n) : "memory");
+#elif !defined(__CUDACC__)
+    memcpy(sm, g, (size_t)n);
+    memset((char *)sm + n, 0, (size_t)(16 - n));
+#else
+    (void)sm, (void)g, (void)n;
+#endif
+}
+
 __device__ __forceinline__ void cp_commit(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -181,91 +216,81 @@ template <int N> __device__ __forceinline__ void cp_wait(void)
 #endif
 }
 
-/* Rows r0 .. r0+N-1 of a packed row-major head [Tp][D] into sm (stride F16_LD(D)). */
-template <int N, int D> __device__ __forceinline__ void stage_rm(uint16_t *sm, const uint16_t *g, int r0)
+/* Where a head's rows of 16-bit values are: row t of (sample b, head h) at p + b sb + h sh + t
+ * ld, every row 16-byte aligned. Straight in qkv or dO under store16 (sb T ld, sh D, ld 3C or
+ * C), else in the packing pass's [B,H,T,D]. */
+struct f16_src {
+    const uint16_t *p;
+    int64_t sb, sh, ld;
+};
+
+__device__ __forceinline__ const uint16_t *f16_head(const f16_src &s, int b, int h)
 {
-    enum { CH = N * D / 8, ITEMS = CH / (32 * F16_WARPS) };
+    return s.p + (int64_t)b * s.sb + (int64_t)h * s.sh;
+}
+
+/* Rows r0 .. r0+N-1 of a head (row stride ld) into sm (stride F16_LD(D)); rows at or past T
+ * are zeros (a zero key or value adds nothing, and its product is never NaN), by cp.async's
+ * zero fill from the head's first row, without a branch. A thread's chunks are RS rows apart. */
+template <int N, int D>
+__device__ __forceinline__ void stage_rm(uint16_t *sm, const uint16_t *g, int64_t ld, int r0, int T)
+{
+    enum { CH = N * D / 8, ITEMS = CH / (32 * F16_WARPS), RS = 32 * F16_WARPS / (D / 8) };
     static_assert(ITEMS * 32 * F16_WARPS == CH, "a tile is a whole number of 16-byte chunks per thread");
+    const int r = threadIdx.x / (D / 8), c = 8 * (threadIdx.x % (D / 8));
+    const uint16_t *src = g + (int64_t)(r0 + r) * ld + c;
+    uint16_t *dst = sm + r * F16_LD(D) + c;
 #pragma unroll
     for (int j = 0; j < ITEMS; j++) {
-        const int i = threadIdx.x + j * 32 * F16_WARPS, r = i / (D / 8), c = 8 * (i % (D / 8));
-        cp16(sm + r * F16_LD(D) + c, g + (int64_t)(r0 + r) * D + c);
+        const bool ok = r0 + r + j * RS < T;
+        cp16n(dst + j * RS * F16_LD(D), ok ? src + j * RS * ld : g + c, ok ? 16 : 0);
     }
 }
 
-/* Columns t0 .. t0+N-1 of a packed transposed head [D][Tp] into sm (D rows of stride F16_LD(N)). */
-template <int N, int D> __device__ __forceinline__ void stage_tr(uint16_t *sm, const uint16_t *g, int Tp, int t0)
-{
-    enum { CH = N * D / 8, ITEMS = CH / (32 * F16_WARPS) };
-    static_assert(ITEMS * 32 * F16_WARPS == CH, "a tile is a whole number of 16-byte chunks per thread");
-#pragma unroll
-    for (int j = 0; j < ITEMS; j++) {
-        const int i = threadIdx.x + j * 32 * F16_WARPS, d = i / (N / 8), c = 8 * (i % (N / 8));
-        cp16(sm + d * F16_LD(N) + c, g + (int64_t)d * Tp + t0 + c);
-    }
-}
-
-/* The packing pass: head h's D columns (from src, row stride ld, [B,T,...]) as 16-bit values,
- * row-major rm [B,H,Tp,D] and/or transposed tr [B,H,D,Tp], rows T .. Tp-1 zero. A block takes 32
- * rows of one (sample, head); a thread moves 8 consecutive values at a time (one 16-byte store;
- * with vec, one 16-byte load of 16-bit values or two of fp32 ones, else 8 single loads), and the
- * transposed copy goes through shared memory as 16-bit values, so that both the reads and the
- * writes are whole 16-byte chunks. 16-bit sources (A16: store16) are copied as the bits they are
- * (the values of the format already); fp32 ones are rounded. D is a template parameter, so
- * that the index arithmetic has no division by a variable. rm, tr: 16-byte aligned (scratch). */
+/* The packing pass, where the kernels cannot read a head's rows in place: head h's D columns
+ * (from src, row stride ld, [B,T,...]) as 16-bit values, row-major dst [B,H,T,D]. A thread moves
+ * 8 consecutive values at a time (one 16-byte store; with vec, one 16-byte load of 16-bit values
+ * or two of fp32 ones, else 8 single loads). 16-bit sources (A16: store16) are copied as the
+ * bits they are (the values of the format already); fp32 ones are rounded. D is a template
+ * parameter, so that the index arithmetic has no division by a variable. dst: 16-byte aligned
+ * (scratch). */
 template <int BF, int A16, int D>
-__global__ void f16_pack_k(const void *src, int64_t col, int64_t ld, uint16_t *rm, uint16_t *tr, int T, int Tp,
-                           int vec)
+__global__ void f16_pack_k(const void *src, int64_t col, int64_t ld, uint16_t *dst, int T, int vec)
 {
-    enum { CH = D / 8, LDT = D + 8 }; /* chunks per row; the tile's row stride (16-byte rows) */
-    __shared__ __align__(16) uint16_t tile[32 * LDT];
+    enum { CH = D / 8 }; /* chunks per row */
     const int t0 = blockIdx.x * 32, h = blockIdx.y, b = blockIdx.z, H = gridDim.y;
     const int64_t s0 = (int64_t)b * T * ld + col + (int64_t)h * D;
     const int64_t bh = (int64_t)b * H + h;
     for (int i = threadIdx.x; i < 32 * CH; i += blockDim.x) {
         const int r = i / CH, c = 8 * (i % CH), t = t0 + r;
-        uint32_t w[4] = {0u, 0u, 0u, 0u};
-        if (t < T) {
-            const int64_t at = s0 + (int64_t)t * ld + c;
-            if (A16 && vec) {
-                const uint4 q = *(const uint4 *)((const uint16_t *)src + at);
-                w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
-            } else if (A16) {
-                const uint16_t *p = (const uint16_t *)src + at;
-#pragma unroll
-                for (int k = 0; k < 4; k++)
-                    w[k] = (uint32_t)p[2 * k] | (uint32_t)p[2 * k + 1] << 16;
-            } else {
-                float v[8];
-                if (vec) {
-                    const float4 a = ((const float4 *)((const float *)src + at))[0];
-                    const float4 e = ((const float4 *)((const float *)src + at))[1];
-                    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = e.x, v[5] = e.y, v[6] = e.z, v[7] = e.w;
-                } else {
-#pragma unroll
-                    for (int k = 0; k < 8; k++)
-                        v[k] = ((const float *)src)[at + k];
-                }
-#pragma unroll
-                for (int k = 0; k < 4; k++)
-                    w[k] = pack2<BF>(v[2 * k], v[2 * k + 1]);
-            }
-        }
-        const uint4 q = make_uint4(w[0], w[1], w[2], w[3]);
-        if (rm)
-            *(uint4 *)(rm + (bh * Tp + t) * D + c) = q;
-        *(uint4 *)(tile + r * LDT + c) = q;
-    }
-    if (!tr) /* block-uniform */
-        return;
-    __syncthreads();
-    for (int i = threadIdx.x; i < 4 * D; i += blockDim.x) { /* (column d, rows r8 .. r8+7) */
-        const int d = i / 4, r8 = 8 * (i % 4);
+        if (t >= T)
+            break; /* i only grows */
         uint32_t w[4];
+        const int64_t at = s0 + (int64_t)t * ld + c;
+        if (A16 && vec) {
+            const uint4 q = *(const uint4 *)((const uint16_t *)src + at);
+            w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
+        } else if (A16) {
+            const uint16_t *p = (const uint16_t *)src + at;
 #pragma unroll
-        for (int k = 0; k < 4; k++)
-            w[k] = (uint32_t)tile[(r8 + 2 * k) * LDT + d] | (uint32_t)tile[(r8 + 2 * k + 1) * LDT + d] << 16;
-        *(uint4 *)(tr + (bh * D + d) * Tp + t0 + r8) = make_uint4(w[0], w[1], w[2], w[3]);
+            for (int k = 0; k < 4; k++)
+                w[k] = (uint32_t)p[2 * k] | (uint32_t)p[2 * k + 1] << 16;
+        } else {
+            float v[8];
+            if (vec) {
+                const float4 a = ((const float4 *)((const float *)src + at))[0];
+                const float4 e = ((const float4 *)((const float *)src + at))[1];
+                v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = e.x, v[5] = e.y, v[6] = e.z, v[7] = e.w;
+            } else {
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                    v[k] = ((const float *)src)[at + k];
+            }
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                w[k] = pack2<BF>(v[2 * k], v[2 * k + 1]);
+        }
+        *(uint4 *)(dst + (bh * T + t) * D + c) = make_uint4(w[0], w[1], w[2], w[3]);
     }
 }
 
@@ -277,7 +302,7 @@ template <int NT> __device__ __forceinline__ void zero_acc(float (&acc)[NT][4])
 }
 
 /* acc[NT][4] (16 x 8 NT) += A (16 x 16 KC, fragments a) X^T, X the rows of xs (row-major, stride
- * ld): B words are pairs along X's rows, read by ldsm4 two n tiles at a time (NT is even). Each
+ * ld): B words are pairs along X's rows, read by ldsm4<0> two n tiles at a time (NT is even). Each
  * acc[n] takes its products in increasing k, as one n-then-k loop would. */
 template <int NT, int KC, int BF>
 __device__ __forceinline__ void mm_abt(float (&acc)[NT][4], const uint32_t (&a)[KC][4], const uint16_t *xs, int ld,
@@ -290,20 +315,20 @@ __device__ __forceinline__ void mm_abt(float (&acc)[NT][4], const uint32_t (&a)[
 #pragma unroll
         for (int k = 0; k < KC; k++) {
             uint32_t r[4];
-            ldsm4(r, x + 8 * n * ld + 16 * k);
+            ldsm4<0>(r, x + 8 * n * ld + 16 * k);
             mma16816<BF>(acc[n], a[k], r[0], r[1]);
             mma16816<BF>(acc[n + 1], a[k], r[2], r[3]);
         }
 }
 
 /* acc[D/8][4] (16 x D) += P Y, P (16 x 8 NP) in C-fragment registers p (rounded here), Y (8 NP
- * x D) stored transposed at yt (D rows of stride ld), read by ldsm4 two n tiles at a time */
+ * x D) row-major at ys (stride ld), read by ldsm4<1> two n tiles at a time */
 template <int NP, int ND, int BF>
-__device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][4], const uint16_t *yt, int ld,
+__device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][4], const uint16_t *ys, int ld,
                                       int lane)
 {
     static_assert(ND % 2 == 0, "n tiles are read in pairs");
-    const uint16_t *y = yt + ldsm_off(lane, ld);
+    const uint16_t *y = ys + ldsmt_off(lane, ld);
 #pragma unroll
     for (int k = 0; k < NP / 2; k++) {
         const uint32_t a[4] = {pack2<BF>(p[2 * k][0], p[2 * k][1]), pack2<BF>(p[2 * k][2], p[2 * k][3]),
@@ -312,7 +337,7 @@ __device__ __forceinline__ void mm_py(float (&acc)[ND][4], const float (&p)[NP][
 #pragma unroll
         for (int n = 0; n < ND; n += 2) {
             uint32_t r[4];
-            ldsm4(r, y + 8 * n * ld + 16 * k);
+            ldsm4<1>(r, y + 16 * k * ld + 8 * n);
             mma16816<BF>(acc[n], a, r[0], r[1]);
             mma16816<BF>(acc[n + 1], a, r[2], r[3]);
         }
@@ -378,7 +403,7 @@ __device__ __forceinline__ float quad_sum(float v)
  * units inside the exponent's argument (one FMA: s sl2 - m); their maxima are taken unscaled
  * and then scaled, which is the same number (sl2 > 0, rounding is monotonic). */
 template <int D, int KT, int BF>
-__device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const uint16_t *ks, const uint16_t *vt,
+__device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const uint16_t *ks, const uint16_t *vs,
                                      float (&o)[D / 8][4], float &ma, float &mb, float &la, float &lb, int k0,
                                      int T, int ta, int tb, int row0, int causal, float sl2, int g, int c)
 {
@@ -427,19 +452,19 @@ __device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const 
         o[n][2] *= ab;
         o[n][3] *= ab;
     }
-    mm_py<KT / 8, D / 8, BF>(o, s, vt, F16_LD(KT), lane);
+    mm_py<KT / 8, D / 8, BF>(o, s, vs, F16_LD(D), lane);
 }
 
 /* A16: qkv and out are 16-bit (store16), else fp32 */
 template <int D, int BF, int A16>
 __global__ void __launch_bounds__(32 * F16_WARPS)
-    f16_fwd_k(const void *qkv, const uint16_t *k16, const uint16_t *vt16, void *out, float *lse, float *ocopy, int T,
-              int Tp, int C, int causal, float sl2, int rm)
+    f16_fwd_k(const void *qkv, f16_src ksrc, f16_src vsrc, void *out, float *lse, float *ocopy, int T, int C,
+              int causal, float sl2, int rm)
 {
 #if F16_BUILT
     enum { KT = F16_IT(D) };
     __shared__ __align__(16) uint16_t ks[2][KT * F16_LD(D)]; /* K tiles [key][d], double-buffered */
-    __shared__ __align__(16) uint16_t vt[2][D * F16_LD(KT)]; /* V tiles transposed [d][key] */
+    __shared__ __align__(16) uint16_t vs[2][KT * F16_LD(D)]; /* V tiles [key][d] */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * F16_ROWS; /* the long causal rows first */
@@ -455,17 +480,16 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     zero_acc<D / 8>(o);
     float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f; /* per row: max (log2 units), partial sum */
 
-    const int64_t bh = (int64_t)b * H + h;
-    const uint16_t *kg = k16 + bh * Tp * D, *vg = vt16 + bh * D * Tp;
+    const uint16_t *kg = f16_head(ksrc, b, h), *vg = f16_head(vsrc, b, h);
     const int kend = causal ? (q0 + F16_ROWS < T ? q0 + F16_ROWS : T) : T, ntiles = (kend + KT - 1) / KT;
-    stage_rm<KT, D>(ks[0], kg, 0);
-    stage_tr<KT, D>(vt[0], vg, Tp, 0);
+    stage_rm<KT, D>(ks[0], kg, ksrc.ld, 0, T);
+    stage_rm<KT, D>(vs[0], vg, vsrc.ld, 0, T);
     cp_commit();
     for (int it = 0; it < ntiles; it++) {
         const int k0 = it * KT, cur = it & 1;
         if (it + 1 < ntiles) { /* the next tile's copy runs while this one is used */
-            stage_rm<KT, D>(ks[cur ^ 1], kg, k0 + KT);
-            stage_tr<KT, D>(vt[cur ^ 1], vg, Tp, k0 + KT);
+            stage_rm<KT, D>(ks[cur ^ 1], kg, ksrc.ld, k0 + KT, T);
+            stage_rm<KT, D>(vs[cur ^ 1], vg, vsrc.ld, k0 + KT, T);
             cp_commit();
             cp_wait<1>();
         } else {
@@ -473,7 +497,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
         }
         __syncthreads(); /* tile `it` is in shared memory for every warp */
         if (row0 < T && !(causal && k0 > row0 + 15)) /* warp-uniform: else every score is masked */
-            fwd_tile<D, KT, BF>(qa, ks[cur], vt[cur], o, ma, mb, la, lb, k0, T, ta, tb, row0, causal, sl2, g, c);
+            fwd_tile<D, KT, BF>(qa, ks[cur], vs[cur], o, ma, mb, la, lb, k0, T, ta, tb, row0, causal, sl2, g, c);
         __syncthreads(); /* every warp is done with buffer cur before it is refilled */
     }
     la = quad_sum(la);
@@ -494,16 +518,13 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 /* dK and dV of 64 keys (16 per warp), over the query tiles that see them */
 template <int D, int BF, int A16>
 __global__ void __launch_bounds__(32 * F16_WARPS)
-    f16_bwd_dkv_k(const void *qkv, const uint16_t *q16, const uint16_t *qt16, const uint16_t *g16,
-                  const uint16_t *gt16, const float *lse, const float *di, void *dqkv, int T, int Tp, int C, int causal,
-                  float scale, float sl2, int rm)
+    f16_bwd_dkv_k(const void *qkv, f16_src qsrc, f16_src gsrc, const float *lse, const float *di, void *dqkv, int T,
+                  int C, int causal, float scale, float sl2, int rm)
 {
 #if F16_BUILT
     enum { QT = F16_IT(D) };
     __shared__ __align__(16) uint16_t qs[QT * F16_LD(D)]; /* Q tile [q][d] */
-    __shared__ __align__(16) uint16_t qt[D * F16_LD(QT)]; /* Q tile transposed [d][q] */
     __shared__ __align__(16) uint16_t gs[QT * F16_LD(D)]; /* dO tile [q][d] */
-    __shared__ __align__(16) uint16_t gt[D * F16_LD(QT)]; /* dO tile transposed */
     __shared__ float lq[QT], dq[QT];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y, k0 = blockIdx.x * F16_ROWS;
@@ -511,11 +532,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     const int64_t C3 = 3 * (int64_t)C;
     const int64_t base = (int64_t)b * T * C3 + (int64_t)h * D;
     const float *lrow = lse + ((int64_t)b * H + h) * T, *drow = di + ((int64_t)b * H + h) * T;
-    const int64_t bh = (int64_t)b * H + h;
-    q16 += bh * Tp * D;
-    qt16 += bh * D * Tp;
-    g16 += bh * Tp * D;
-    gt16 += bh * D * Tp;
+    const uint16_t *q16 = f16_head(qsrc, b, h), *g16 = f16_head(gsrc, b, h);
 
     uint32_t ka[D / 16][4], va[D / 16][4];
 #pragma unroll
@@ -530,10 +547,8 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     const int qstart = causal ? k0 / QT * QT : 0; /* earlier queries see none of these keys */
     for (int q0 = qstart; q0 < T; q0 += QT) {
         __syncthreads();
-        stage_rm<QT, D>(qs, q16, q0);
-        stage_tr<QT, D>(qt, qt16, Tp, q0);
-        stage_rm<QT, D>(gs, g16, q0);
-        stage_tr<QT, D>(gt, gt16, Tp, q0);
+        stage_rm<QT, D>(qs, q16, qsrc.ld, q0, T);
+        stage_rm<QT, D>(gs, g16, gsrc.ld, q0, T);
         cp_commit();
         for (int i = threadIdx.x; i < QT; i += blockDim.x) {
             lq[i] = q0 + i < T ? lrow[q0 + i] * LOG2E : 0.0f;
@@ -561,7 +576,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
                 for (int i = 0; i < 4; i++)
                     p[n][i] = ex2(fmaf(p[n][i], sl2, -lq[8 * n + 2 * c + (i & 1)]));
         }
-        mm_py<QT / 8, D / 8, BF>(dv, p, gt, F16_LD(QT), lane); /* dV += P^T dO */
+        mm_py<QT / 8, D / 8, BF>(dv, p, gs, F16_LD(D), lane); /* dV += P^T dO */
         zero_acc<QT / 8>(dp);
         mm_abt<QT / 8, D / 16, BF>(dp, va, gs, F16_LD(D), lane); /* dP^T = V dO^T */
 #pragma unroll
@@ -569,7 +584,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 dp[n][i] = p[n][i] * (dp[n][i] - dq[8 * n + 2 * c + (i & 1)]); /* dS^T */
-        mm_py<QT / 8, D / 8, BF>(dk, dp, qt, F16_LD(QT), lane); /* dK += dS^T Q */
+        mm_py<QT / 8, D / 8, BF>(dk, dp, qs, F16_LD(D), lane); /* dK += dS^T Q */
     }
     write_rows<D / 8, BF, A16>(dk, dqkv, base + C, C3, sa, T, c, scale, scale, NULL, rm);
     write_rows<D / 8, BF, A16>(dv, dqkv, base + 2 * (int64_t)C, C3, sa, T, c, 1.0f, 1.0f, NULL, rm);
@@ -579,14 +594,12 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 /* dQ of 64 queries (16 per warp), over the key tiles they see */
 template <int D, int BF, int A16>
 __global__ void __launch_bounds__(32 * F16_WARPS)
-    f16_bwd_dq_k(const void *qkv, const void *dout, const uint16_t *k16, const uint16_t *kt16, const uint16_t *v16,
-                 const float *lse, const float *di, void *dqkv, int T, int Tp, int C, int causal, float scale, float sl2,
-                 int rm)
+    f16_bwd_dq_k(const void *qkv, const void *dout, f16_src ksrc, f16_src vsrc, const float *lse, const float *di,
+                 void *dqkv, int T, int C, int causal, float scale, float sl2, int rm)
 {
 #if F16_BUILT
     enum { KT = F16_IT(D) };
     __shared__ __align__(16) uint16_t ks[KT * F16_LD(D)]; /* K tile [key][d] */
-    __shared__ __align__(16) uint16_t kt[D * F16_LD(KT)]; /* K tile transposed [d][key] */
     __shared__ __align__(16) uint16_t vs[KT * F16_LD(D)]; /* V tile [key][d] */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.z, h = blockIdx.y, H = gridDim.y;
@@ -596,10 +609,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     const int64_t base = (int64_t)b * T * C3 + (int64_t)h * D, gbase = (int64_t)b * T * C + (int64_t)h * D;
     const float *lrow = lse + ((int64_t)b * H + h) * T, *drow = di + ((int64_t)b * H + h) * T;
 
-    const int64_t bh = (int64_t)b * H + h;
-    k16 += bh * Tp * D;
-    kt16 += bh * D * Tp;
-    v16 += bh * Tp * D;
+    const uint16_t *k16 = f16_head(ksrc, b, h), *v16 = f16_head(vsrc, b, h);
 
     uint32_t qa[D / 16][4], ga[D / 16][4];
 #pragma unroll
@@ -615,9 +625,8 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
     const int kend = causal ? (q0 + F16_ROWS < T ? q0 + F16_ROWS : T) : T;
     for (int k0 = 0; k0 < kend; k0 += KT) {
         __syncthreads();
-        stage_rm<KT, D>(ks, k16, k0);
-        stage_tr<KT, D>(kt, kt16, Tp, k0);
-        stage_rm<KT, D>(vs, v16, k0);
+        stage_rm<KT, D>(ks, k16, ksrc.ld, k0, T);
+        stage_rm<KT, D>(vs, v16, vsrc.ld, k0, T);
         cp_commit();
         cp_wait<0>();
         __syncthreads();
@@ -648,7 +657,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 #pragma unroll
             for (int i = 0; i < 4; i++)
                 p[n][i] *= dp[n][i] - (i < 2 ? da : db); /* dS */
-        mm_py<KT / 8, D / 8, BF>(dq, p, kt, F16_LD(KT), lane); /* dQ += dS K */
+        mm_py<KT / 8, D / 8, BF>(dq, p, ks, F16_LD(D), lane); /* dQ += dS K */
     }
     write_rows<D / 8, BF, A16>(dq, dqkv, base, C3, ta, T, c, scale, scale, NULL, rm);
 #endif
@@ -691,20 +700,20 @@ extern "C" int ds_cuda_flash16_applies(const ds_backend *b, int64_t B, int64_t T
     } while (0)
 
 /* packs the head columns that start at column col of src (row stride ld; 16-bit values with a16,
- * else fp32) into rm and/or tr (see f16_pack_k) */
+ * else fp32) into dst [B,H,T,D] (see f16_pack_k) */
 #define F16_PACK(BFV, AV)                                                                        \
     switch (D) {                                                                                 \
-    case 16: f16_pack_k<BFV, AV, 16><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
-    case 32: f16_pack_k<BFV, AV, 32><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
-    case 48: f16_pack_k<BFV, AV, 48><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
-    case 64: f16_pack_k<BFV, AV, 64><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;   \
-    default: f16_pack_k<BFV, AV, 128><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, rm, tr, T_, Tp_, vec); break;  \
+    case 16: f16_pack_k<BFV, AV, 16><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, dst, T_, vec); break;   \
+    case 32: f16_pack_k<BFV, AV, 32><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, dst, T_, vec); break;   \
+    case 48: f16_pack_k<BFV, AV, 48><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, dst, T_, vec); break;   \
+    case 64: f16_pack_k<BFV, AV, 64><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, dst, T_, vec); break;   \
+    default: f16_pack_k<BFV, AV, 128><<<grid, 256, 0, STREAM(b)>>>(src, col, ld, dst, T_, vec); break;  \
     }
-static void pack(ds_backend *b, int bf, int a16, const void *src, int64_t col, int64_t ld, uint16_t *rm, uint16_t *tr,
-                 int64_t B, int64_t T, int64_t Tp, int64_t H, int D)
+static void pack(ds_backend *b, int bf, int a16, const void *src, int64_t col, int64_t ld, uint16_t *dst, int64_t B,
+                 int64_t T, int64_t H, int D)
 {
-    dim3 grid((unsigned)(Tp / 32), (unsigned)H, (unsigned)B);
-    const int T_ = (int)T, Tp_ = (int)Tp;
+    dim3 grid((unsigned)((T + 31) / 32), (unsigned)H, (unsigned)B);
+    const int T_ = (int)T;
     /* 8 values per access: every row's head columns start on a multiple of 8 and src is 16-byte aligned */
     const int vec = ld % 8 == 0 && col % 8 == 0 && vec8_ok(src);
     if (bf && a16)
@@ -715,6 +724,28 @@ static void pack(ds_backend *b, int bf, int a16, const void *src, int64_t col, i
         F16_PACK(0, 1)
     else
         F16_PACK(0, 0)
+}
+
+/* Whether the kernels copy a head's rows straight from src (row stride ld, a head's D columns
+ * from col): 16-bit values (store16) whose rows start 16-byte aligned. */
+static int in_place(int a16, const void *src, int64_t col, int64_t ld)
+{
+    return a16 && ld % 8 == 0 && col % 8 == 0 && vec8_ok(src);
+}
+
+/* The rows of the heads that start at column col of src: in place, or packed into dst (B H T D
+ * values) */
+static f16_src head_rows(ds_backend *b, int bf, int a16, const void *src, int64_t col, int64_t ld, uint16_t *dst,
+                         int64_t B, int64_t T, int64_t H, int D)
+{
+    f16_src r;
+    if (in_place(a16, src, col, ld)) {
+        r.p = (const uint16_t *)src + col, r.sb = T * ld, r.sh = D, r.ld = ld;
+    } else {
+        pack(b, bf, a16, src, col, ld, dst, B, T, H, D);
+        r.p = dst, r.sb = H * T * D, r.sh = T * D, r.ld = D;
+    }
+    return r;
 }
 
 /* D_t = dO_t . O_t per (sample, head, row) into di [B,H,T], a warp per row; dO stored as S says
@@ -745,25 +776,22 @@ extern "C" ds_status ds_cuda_attn_di(ds_backend *b, const void *dout, const floa
     return DS_OK;
 }
 
-#define F16_TP(T) (((T) + 63) / 64 * 64) /* rows of a packed head: whole tiles of 64 and 32 */
-
 /* qkv and out are 16-bit values when store16 is on (S16(b), the GEMMs' format), else fp32 */
 extern "C" ds_status ds_cuda_flash16_fwd(ds_backend *b, const void *qkv, void *out, float *state, int64_t B,
                                          int64_t T, int64_t C, int64_t H, int causal)
 {
     const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16, a16 = S16(b) != 0;
     const float sl2 = LOG2E / sqrtf((float)D);
-    const int64_t Tp = F16_TP(T), n16 = B * H * Tp * D;
-    uint16_t *k16 = (uint16_t *)ds_cuda_scratch(b, (size_t)(2 * n16) * sizeof(uint16_t)), *vt16 = k16 + n16;
-    if (!k16)
+    const int64_t n16 = B * H * T * D;
+    uint16_t *k16 = NULL;
+    if (!in_place(a16, qkv, C, 3 * C) && !(k16 = (uint16_t *)ds_cuda_scratch(b, (size_t)(2 * n16) * sizeof(uint16_t))))
         return b->err.code;
-    pack(b, bf, a16, qkv, C, 3 * C, k16, NULL, B, T, Tp, H, D);
-    pack(b, bf, a16, qkv, 2 * C, 3 * C, NULL, vt16, B, T, Tp, H, D);
+    const f16_src ks = head_rows(b, bf, a16, qkv, C, 3 * C, k16, B, T, H, D);
+    const f16_src vs = head_rows(b, bf, a16, qkv, 2 * C, 3 * C, k16 ? k16 + n16 : NULL, B, T, H, D);
     LAUNCHED("f16_pack_k");
     dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
     float *lse = state, *ocopy = state + B * H * T;
-    F16_DISPATCH(D, bf, a16, f16_fwd_k, qkv, k16, vt16, out, lse, ocopy, (int)T, (int)Tp, (int)C, causal, sl2,
-                 RMODE(b));
+    F16_DISPATCH(D, bf, a16, f16_fwd_k, qkv, ks, vs, out, lse, ocopy, (int)T, (int)C, causal, sl2, RMODE(b));
     LAUNCHED("f16_fwd_k");
     return DS_OK;
 }
@@ -774,29 +802,31 @@ extern "C" ds_status ds_cuda_flash16_bwd(ds_backend *b, const void *dout, const 
     const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16, a16 = S16(b) != 0;
     const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale;
     const float *lse = state, *ocopy = state + B * H * T;
-    const int64_t Tp = F16_TP(T), n16 = B * H * Tp * D;
-    /* scratch: q, q^T, dO, dO^T, k, k^T, v packed, then D_t */
-    uint16_t *q16 = (uint16_t *)ds_cuda_scratch(b, (size_t)(7 * n16) * sizeof(uint16_t) +
+    const int64_t n16 = B * H * T * D;
+    /* scratch: q, k, v and dO packed where they are not read in place, then D_t */
+    const int64_t np = (in_place(a16, qkv, 0, 3 * C) ? 0 : 3) + (in_place(a16, dout, 0, C) ? 0 : 1);
+    uint16_t *p16 = (uint16_t *)ds_cuda_scratch(b, (size_t)(np * n16) * sizeof(uint16_t) +
                                                        (size_t)(B * H * T) * sizeof(float));
-    if (!q16)
+    if (!p16)
         return b->err.code;
-    uint16_t *qt16 = q16 + n16, *g16 = q16 + 2 * n16, *gt16 = q16 + 3 * n16, *k16 = q16 + 4 * n16,
-             *kt16 = q16 + 5 * n16, *v16 = q16 + 6 * n16;
-    float *di = (float *)(q16 + 7 * n16);
-    pack(b, bf, a16, qkv, 0, 3 * C, q16, qt16, B, T, Tp, H, D);
-    pack(b, bf, a16, dout, 0, C, g16, gt16, B, T, Tp, H, D);
-    pack(b, bf, a16, qkv, C, 3 * C, k16, kt16, B, T, Tp, H, D);
-    pack(b, bf, a16, qkv, 2 * C, 3 * C, v16, NULL, B, T, Tp, H, D);
+    float *di = (float *)(p16 + np * n16);
+    uint16_t *next = p16;
+    const f16_src qs = head_rows(b, bf, a16, qkv, 0, 3 * C, next, B, T, H, D);
+    next += qs.p == next ? n16 : 0;
+    const f16_src ks = head_rows(b, bf, a16, qkv, C, 3 * C, next, B, T, H, D);
+    next += ks.p == next ? n16 : 0;
+    const f16_src vs = head_rows(b, bf, a16, qkv, 2 * C, 3 * C, next, B, T, H, D);
+    next += vs.p == next ? n16 : 0;
+    const f16_src gs = head_rows(b, bf, a16, dout, 0, C, next, B, T, H, D);
     LAUNCHED("f16_pack_k");
     ds_status st = ds_cuda_attn_di(b, dout, ocopy, di, B, T, C, H);
     if (st != DS_OK)
         return st;
     dim3 grid((unsigned)((T + F16_ROWS - 1) / F16_ROWS), (unsigned)H, (unsigned)B);
-    F16_DISPATCH(D, bf, a16, f16_bwd_dkv_k, qkv, q16, qt16, g16, gt16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal,
-                 scale, sl2, RMODE(b));
+    F16_DISPATCH(D, bf, a16, f16_bwd_dkv_k, qkv, qs, gs, lse, di, dqkv, (int)T, (int)C, causal, scale, sl2, RMODE(b));
     LAUNCHED("f16_bwd_dkv_k");
-    F16_DISPATCH(D, bf, a16, f16_bwd_dq_k, qkv, dout, k16, kt16, v16, lse, di, dqkv, (int)T, (int)Tp, (int)C, causal,
-                 scale, sl2, RMODE(b));
+    F16_DISPATCH(D, bf, a16, f16_bwd_dq_k, qkv, dout, ks, vs, lse, di, dqkv, (int)T, (int)C, causal, scale, sl2,
+                 RMODE(b));
     LAUNCHED("f16_bwd_dq_k");
     return DS_OK;
 }

@@ -24,6 +24,10 @@
 # of DS_GPU_BUDGET seconds (default 440) for all of them; a stage that would start with less
 # than 20 s left is skipped and says so, and the table follows, so `run` ends within about
 # 7.5 minutes (issue 9: under 8).
+# A/B of the kernels: DS_GPU_BASE=<git revision> at pack also builds the CUDA backend of that
+# revision (its ds/backend.h must be this tree's: the loader checks) into .gpu/lib/libds-cuda-base.so;
+# run then times the ops with it too (bench-base.txt, and a table of base / this tree per op) and
+# runs ds-train bf16 on it, in the same call on the same GPU.
 # Knobs (both modes read them where they apply): DS_GPU_MB (pack: the micro-batch, default 8),
 # DS_GPU_STEPS (default 20), DS_CUDA_ARCH (pack: default 90), DS_GPU_BUDGET (run: seconds for
 # all stages, default 440), DS_GPU_SKIP (run: a list of stages to skip: tests bench ds torch
@@ -69,6 +73,22 @@ pack() {
         { tail -40 make.out; die "build failed"; }
     grep -i "warning" make.out && say "(compiler warnings above)" || true
 
+    local base_so=""
+    if [ -n "${DS_GPU_BASE:-}" ]; then
+        local rev; rev=$(cd "$root" && git rev-parse --short "$DS_GPU_BASE^{commit}") ||
+            die "DS_GPU_BASE=$DS_GPU_BASE: not a revision of this repository"
+        local BB=$B/base-$rev
+        if [ ! -f "$BB/.libs/libds-cuda.so" ]; then
+            say "== the CUDA backend at $rev (DS_GPU_BASE), in $BB"
+            rm -rf "$BB"
+            mkdir -p "$BB"
+            (cd "$root" && git archive "$rev") | (cd "$BB" && tar -xf -)
+            (cd "$BB" && { autoreconf -fi && ./configure --with-cuda="$cuda" --with-cuda-arch="$arch" &&
+                make -j2 libds-cuda.la; } >build.out 2>&1) || { tail -30 "$BB/build.out"; die "the build at $rev failed"; }
+        fi
+        base_so=$BB/.libs/libds-cuda.so
+    fi
+
     say "== collect into $G"
     rm -rf "$G"
     mkdir -p "$G/bin" "$G/lib" "$G/share" "$G/data" "$G/py"
@@ -79,7 +99,11 @@ pack() {
     for f in "$G"/bin/*; do file "$f" | grep -q ELF || die "$f is not an ELF binary (libtool wrapper?)"; done
     cp -L .libs/libds.so.0 "$G/lib/libds.so.0"
     cp -L .libs/libds-cuda.so "$G/lib/libds-cuda.so"
-    strip --strip-unneeded "$G/lib/libds-cuda.so" "$G/lib/libds.so.0" "$G"/bin/* 2>/dev/null || true
+    if [ -n "$base_so" ]; then
+        cp -L "$base_so" "$G/lib/libds-cuda-base.so"
+        (cd "$root" && git log -1 --format='%h %s' "$DS_GPU_BASE" | cut -c1-60) >"$G/BASE"
+    fi
+    strip --strip-unneeded "$G"/lib/libds-cuda*.so "$G/lib/libds.so.0" "$G"/bin/* 2>/dev/null || true
     # every shared library they need, except the C/C++ runtime every Linux has and CUDA's own
     # (the GPU machine has CUDA; cudart is linked statically into libds-cuda.so)
     local skip='^(linux-vdso|ld-linux|libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|libresolv|libstdc\+\+|libgcc_s|libcublas|libcublasLt|libcudart|libcuda\.so|libnccl|libds)'
@@ -116,6 +140,7 @@ EOF
     {
         echo "packed $(date -u +%FT%TZ) from $(cd "$root" && git rev-parse --short HEAD) (+ working tree)"
         echo "arch sm_$arch; CUDA $("$cuda/bin/nvcc" --version | tail -1)"
+        [ -f "$G/BASE" ] && echo "A/B base (DS_GPU_BASE): $(cat "$G/BASE")"
         echo "libds-cuda.so needs:"; ldd "$G/lib/libds-cuda.so" | sed 's/^/  /'
     } >"$G/MANIFEST"
 
@@ -296,6 +321,24 @@ run() {
         sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/bench.txt"
         grep -E "rror" "$out/bench.txt" | head -3
         bench_gemm=$(awk '/^gemm 8192/ {print $5}' "$out/bench.txt")
+        if [ -f "$G/lib/libds-cuda-base.so" ] && stage_ok bench 60; then
+            say ""
+            say "== the same with the kernels of $(cat "$G/BASE") (DS_GPU_BASE)"
+            env LD_LIBRARY_PATH="$ltlib" DS_CUDA_BACKEND="$G/lib/libds-cuda-base.so" BENCH_PRECISION=bf16 \
+                timeout "$(tmo 60)" "$G/bin/bench_cuda" "$MB" 1024 >"$out/bench-base.txt" 2>&1
+            say "bench_cuda (base): exit $?"
+            # op by op: ms with the base kernels, with this tree's, and their ratio (the op's name
+            # is the first 34 columns)
+            printf '%-34s %9s %9s %7s\n' "op" "base ms" "ms" "ratio"
+            awk 'FNR == 1 { f++ } /^op \(/ { on[f] = 1; next }
+                 on[f] && NF >= 2 && length($0) > 34 && !/^estimated/ {
+                     n = substr($0, 1, 34); sub(/ +$/, "", n); split(substr($0, 35), a, " ")
+                     if (f == 1) base[n] = a[1]
+                     else if ((n in base) && base[n] > 0) printf "%-34s %9.3f %9.3f %7.2f\n", n, base[n], a[1], a[1] / base[n]
+                 }
+                 /^estimated step/ { est[f] = $0 }
+                 END { print "base: " est[1]; print "this: " est[2] }' "$out/bench-base.txt" "$out/bench.txt"
+        fi
     fi
     if stage_ok ds 120; then
         say ""
@@ -337,6 +380,8 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
     # (DS_CUDA_FLASH=0), the activations and working weights in fp32 buffers (DS_ACT16=0, the
     # layout before 16-bit storage), the linear layers' bias in a second pass over an fp32 copy
     # (DS_CUDA_LT=0, not cuBLASLt's bias epilogue)
+    [ -f "$G/lib/libds-cuda-base.so" ] &&
+        ds_variant base "DS_CUDA_BACKEND=$G/lib/libds-cuda-base.so" "the kernels of $(cat "$G/BASE")"
     ds_variant alt DS_CUDA_FLASH=0 "materialized attention (DS_CUDA_FLASH=0)"
     ds_variant act32 DS_ACT16=0 "activations and weights in fp32 buffers (DS_ACT16=0)"
     ds_variant nolt DS_CUDA_LT=0 "bias in a second pass (DS_CUDA_LT=0)"
@@ -436,7 +481,8 @@ try:
 except Exception as e:
     rows.append(("ds-train bf16: no result (%s)" % e.__class__.__name__, None, None, None, None))
 # the comparison runs (ds_variant): their titles; "bf16 GEMMs" marks the attention comparison
-for name, title in (("alt", "ds-train (cuda, bf16 GEMMs, %s attention)"),
+for name, title in (("base", "ds-train (cuda, bf16, %s attention, DS_GPU_BASE kernels)"),
+                    ("alt", "ds-train (cuda, bf16 GEMMs, %s attention)"),
                     ("act32", "ds-train (cuda, bf16, %s attention, activations in fp32 buffers: DS_ACT16=0)"),
                     ("nolt", "ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)")):
     try:
@@ -493,7 +539,8 @@ PY
     # the device tool brings back only a few files: the summary, the test log and the per-op
     # table as they are, every log in one archive
     (cd "$out" && tar -czf logs.tar.gz --exclude logs.tar.gz -- * 2>/dev/null &&
-        find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt ! -name test_cuda.log ! -name bench.txt -delete)
+        find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt ! -name test_cuda.log ! -name bench.txt \
+            ! -name bench-base.txt -delete)
     say "gpu-check: done in $((SECONDS - t_start)) s; logs in $out (logs.tar.gz: all of them)"
 }
 

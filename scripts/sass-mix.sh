@@ -8,7 +8,8 @@
 #
 # Needs nvcc (the CUDA toolkit) and cuobjdump, which Debian's toolkit packages ship but a
 # toolkit install may lack; CUOBJDUMP names one elsewhere (PyPI's nvidia-cuda-cuobjdump wheel
-# holds one under nvidia/cu*/bin).
+# holds one under nvidia/cu*/bin). cuobjdump runs nvdisasm, looked for on the PATH and beside
+# cuobjdump (the nvidia-cuda-nvdisasm wheel, unpacked in the same place).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,8 @@ if ! command -v "$cuobjdump" >/dev/null; then
     [ -x "$(dirname "$nvcc")/cuobjdump" ] && cuobjdump=$(dirname "$nvcc")/cuobjdump ||
         { echo "sass-mix: cuobjdump not found (set CUOBJDUMP)" >&2; exit 1; }
 fi
+
+PATH=$PATH:$(dirname "$(command -v "$cuobjdump")")
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -1644,8 +1644,43 @@ static void store16_case(int mode)
     close_ctx(&c); /* device buffers go with the backend */
 }
 
+/* p without its first k values: for operands that are not 16-byte aligned */
+static dpair dp_skip(dpair p, int64_t k)
+{
+    p.f += k;
+    p.h = (uint16_t *)p.h + k;
+    p.n -= k;
+    return p;
+}
+
 /* attention on 16-bit operands: the fused kernels, or (materialized) the strided products;
- * DS_CUDA_FLASH is read when the backend is created */
+ * DS_CUDA_FLASH is read when the backend is created. The fused kernels copy their tiles
+ * straight from 16-byte aligned 16-bit qkv and dO, and pack the heads first otherwise (skip 4:
+ * 8-byte aligned). */
+static void store16_attention_case(ctx *c, int mode, int path, int64_t B, int64_t T, int64_t C, int64_t H,
+                                   int causal, int64_t skip)
+{
+    ds_backend *g = c->gpu;
+    const int64_t M = B * T;
+    const int64_t na = g->ops->attention_state(g, B, T, C, H, causal);
+    dpair qkv0 = dp_rand(c, M * 3 * C + skip, 1, mode), out = dp_rand(c, M * C, 1, mode);
+    dpair dout0 = dp_rand(c, M * C + skip, 1, mode), dqkv = dp_rand(c, M * 3 * C, 1, mode);
+    dpair qkv = dp_skip(qkv0, skip), dout = dp_skip(dout0, skip);
+    float *att[2] = {dpoison(c, na), dpoison(c, na)};
+    char what[96];
+    snprintf(what, sizeof what, "attention_fwd (%s, B %lld T %lld C %lld H %lld causal %d skip %lld)",
+             path ? "materialized" : "fused", (long long)B, (long long)T, (long long)C, (long long)H, causal,
+             (long long)skip);
+    BOTH16(g, mode, attention_fwd, (g, F_(qkv), F_(out), att[0], B, T, C, H, causal),
+           (g, H_(qkv), H_(out), att[1], B, T, C, H, causal));
+    dp_same(c, what, &out, mode);
+    dsame32(c, "attention_fwd state", att[0], att[1], na);
+    BOTH16(g, mode, attention_bwd, (g, F_(dout), F_(qkv), att[0], F_(dqkv), B, T, C, H, causal),
+           (g, H_(dout), H_(qkv), att[0], H_(dqkv), B, T, C, H, causal));
+    memcpy(what + 10, "bwd", 3);
+    dp_same(c, what, &dqkv, mode);
+}
+
 static void store16_attention(int mode, int materialized)
 {
     ctx c;
@@ -1664,20 +1699,15 @@ static void store16_attention(int mode, int materialized)
     CALL(g, set_precision, mode);
     const char *d = ds_backend_describe(g);
     cr_assert(materialized == (strstr(d, "fused") == NULL), "%s", d);
-    {
-        const int path = materialized;
-        const int64_t B = 2, T = 50, C = 64, H = 4, M = B * T;
-        const int64_t na = g->ops->attention_state(g, B, T, C, H, 1);
-        dpair qkv = dp_rand(&c, M * 3 * C, 1, mode), out = dp_rand(&c, M * C, 1, mode);
-        dpair dout = dp_rand(&c, M * C, 1, mode), dqkv = dp_rand(&c, M * 3 * C, 1, mode);
-        float *att[2] = {dpoison(&c, na), dpoison(&c, na)};
-        BOTH16(g, mode, attention_fwd, (g, F_(qkv), F_(out), att[0], B, T, C, H, 1),
-               (g, H_(qkv), H_(out), att[1], B, T, C, H, 1));
-        dp_same(&c, path ? "attention_fwd (materialized)" : "attention_fwd (fused)", &out, mode);
-        dsame32(&c, "attention_fwd state", att[0], att[1], na);
-        BOTH16(g, mode, attention_bwd, (g, F_(dout), F_(qkv), att[0], F_(dqkv), B, T, C, H, 1),
-               (g, H_(dout), H_(qkv), att[0], H_(dqkv), B, T, C, H, 1));
-        dp_same(&c, path ? "attention_bwd (materialized)" : "attention_bwd (fused)", &dqkv, mode);
+    store16_attention_case(&c, mode, materialized, 2, 50, 64, 4, 1, 0); /* head size 16 */
+    if (!materialized) { /* the fused kernels' head sizes and tiles, in place and packed */
+        store16_attention_case(&c, mode, 0, 1, 130, 128, 2, 1, 0); /* 64 */
+        store16_attention_case(&c, mode, 0, 1, 130, 128, 2, 0, 0);
+        store16_attention_case(&c, mode, 0, 1, 130, 128, 2, 1, 4);
+        store16_attention_case(&c, mode, 0, 2, 77, 128, 4, 1, 0); /* 32 */
+        store16_attention_case(&c, mode, 0, 1, 50, 96, 2, 1, 4);  /* 48 */
+        store16_attention_case(&c, mode, 0, 1, 70, 256, 2, 1, 0); /* 128: tiles of 32 */
+        store16_attention_case(&c, mode, 0, 1, 70, 256, 2, 0, 4);
     }
     close_ctx(&c);
 }

@@ -173,11 +173,13 @@ static inline void emu_mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], uint3
         c[i] = r[i];
 }
 
-/* The PTX instruction ldmatrix.sync.aligned.m8n8.x4.shared.b16 (kernels/flash16.cu's ldsm4):
- * lane l posts the address of row l % 8 of matrix l / 8, the lanes meet, and each takes in r[j]
- * the 32-bit word at row lane / 4, values 2 (lane % 4) and the next, of matrix j. A row address
- * that is not 16-byte aligned is an error on a GPU: here it aborts. */
-static inline void emu_ldmatrix_x4(uint32_t (&r)[4], const uint16_t *p)
+/* The PTX instructions ldmatrix.sync.aligned.m8n8.x4.shared.b16 and its .trans form
+ * (kernels/flash16.cu's ldsm4<0>, ldsm4<1>): lane l posts the address of row l % 8 of matrix
+ * l / 8, the lanes meet, and each takes in r[j] the 32-bit word at row lane / 4, values 2 (lane %
+ * 4) and the next, of matrix j -- or, transposed, the values at rows 2 (lane % 4) and the next
+ * of column lane / 4 (the lower row in the low half). A row address that is not 16-byte
+ * aligned is an error on a GPU: here it aborts. */
+static inline void emu_ldmatrix_x4(uint32_t (&r)[4], const uint16_t *p, int trans)
 {
     static thread_local const uint16_t *mail[1024];
     const unsigned t = emu_tid(), lane = t & 31u, w0 = t - lane;
@@ -189,8 +191,13 @@ static inline void emu_ldmatrix_x4(uint32_t (&r)[4], const uint16_t *p)
     __syncwarp();
     uint32_t v[4];
     for (unsigned j = 0; j < 4; j++) {
-        const uint16_t *row = mail[w0 + 8 * j + (lane >> 2)] + 2 * (lane & 3u);
-        v[j] = (uint32_t)row[0] | (uint32_t)row[1] << 16;
+        if (trans) {
+            const unsigned i = 2 * (lane & 3u), col = lane >> 2;
+            v[j] = (uint32_t)mail[w0 + 8 * j + i][col] | (uint32_t)mail[w0 + 8 * j + i + 1][col] << 16;
+        } else {
+            const uint16_t *row = mail[w0 + 8 * j + (lane >> 2)] + 2 * (lane & 3u);
+            v[j] = (uint32_t)row[0] | (uint32_t)row[1] << 16;
+        }
     }
     __syncwarp();
     for (int j = 0; j < 4; j++)
