@@ -54,6 +54,18 @@
 #define F16_ROWS 64                              /* query (forward, dQ) or key (dK, dV) rows per block */
 #define F16_IT(D) ((D) <= 64 ? 64 : 32)          /* queries (dK, dV) or keys (dQ) per backward step */
 #define F16_LD(n) ((n) + 8)                      /* shared-memory row stride, in 16-bit values */
+/* Blocks per SM the register allocation must allow (__launch_bounds__' minimum). In the sm_90
+ * build, 4 forward (128 registers) and 3 backward (168) up to head size 64, for 16 and 12
+ * resident warps per SM where ptxas alone took 130, 174 and 168 registers (12, 8 and 12
+ * warps): 4 to 12 bytes spilled, a word reloaded once per tile at most. Head size 128 would
+ * spill in its loops, and the sm_80 build spills more (64 bytes in dK/dV), so no minimum there. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define F16_FWD_BLOCKS(D) 1
+#define F16_BWD_BLOCKS(D) 1
+#else
+#define F16_FWD_BLOCKS(D) ((D) <= 64 ? 4 : 1)
+#define F16_BWD_BLOCKS(D) ((D) <= 64 ? 3 : 1)
+#endif
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define F16_BUILT 1
@@ -457,7 +469,7 @@ __device__ __forceinline__ void fwd_tile(const uint32_t (&qa)[D / 16][4], const 
 
 /* A16: qkv and out are 16-bit (store16), else fp32 */
 template <int D, int BF, int A16>
-__global__ void __launch_bounds__(32 * F16_WARPS)
+__global__ void __launch_bounds__(32 * F16_WARPS, F16_FWD_BLOCKS(D))
     f16_fwd_k(const void *qkv, f16_src ksrc, f16_src vsrc, void *out, float *lse, float *ocopy, int T, int C,
               int causal, float sl2, int rm)
 {
@@ -517,7 +529,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 
 /* dK and dV of 64 keys (16 per warp), over the query tiles that see them */
 template <int D, int BF, int A16>
-__global__ void __launch_bounds__(32 * F16_WARPS)
+__global__ void __launch_bounds__(32 * F16_WARPS, F16_BWD_BLOCKS(D))
     f16_bwd_dkv_k(const void *qkv, f16_src qsrc, f16_src gsrc, const float *lse, const float *di, void *dqkv, int T,
                   int C, int causal, float scale, float sl2, int rm)
 {
@@ -593,7 +605,7 @@ __global__ void __launch_bounds__(32 * F16_WARPS)
 
 /* dQ of 64 queries (16 per warp), over the key tiles they see */
 template <int D, int BF, int A16>
-__global__ void __launch_bounds__(32 * F16_WARPS)
+__global__ void __launch_bounds__(32 * F16_WARPS, F16_BWD_BLOCKS(D))
     f16_bwd_dq_k(const void *qkv, const void *dout, f16_src ksrc, f16_src vsrc, const float *lse, const float *di,
                  void *dqkv, int T, int C, int causal, float scale, float sl2, int rm)
 {
