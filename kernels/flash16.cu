@@ -58,13 +58,14 @@
  * build, 4 forward (128 registers) and 3 backward (168) up to head size 64, for 16 and 12
  * resident warps per SM where ptxas alone took 130, 174 and 168 registers (12, 8 and 12
  * warps): 4 to 12 bytes spilled, a word reloaded once per tile at most. Head size 128 would
- * spill in its loops, and the sm_80 build spills more (64 bytes in dK/dV), so no minimum there. */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define F16_FWD_BLOCKS(D) 1
-#define F16_BWD_BLOCKS(D) 1
-#else
+ * spill in its loops, and the sm_80 build spills more (64 bytes in dK/dV), so no minimum there
+ * (nor for GPUs after Hopper, which JIT-compile the sm_90 PTX: not measured). */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ / 100 == 9
 #define F16_FWD_BLOCKS(D) ((D) <= 64 ? 4 : 1)
 #define F16_BWD_BLOCKS(D) ((D) <= 64 ? 3 : 1)
+#else /* sm_80, and newer GPUs (sm_100, sm_120: other register files and shared memory) through the sm_90 PTX */
+#define F16_FWD_BLOCKS(D) 1
+#define F16_BWD_BLOCKS(D) 1
 #endif
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
@@ -243,19 +244,28 @@ __device__ __forceinline__ const uint16_t *f16_head(const f16_src &s, int b, int
 
 /* Rows r0 .. r0+N-1 of a head (row stride ld) into sm (stride F16_LD(D)); rows at or past T
  * are zeros (a zero key or value adds nothing, and its product is never NaN), by cp.async's
- * zero fill from the head's first row, without a branch. A thread's chunks are RS rows apart. */
+ * zero fill from the head's first row, without a branch. Chunk i = thread + 128 j of the tile
+ * is row i / (D/8), 8 columns from 8 (i % (D/8)); where D/8 divides the 128 threads (every head
+ * size but 48) a thread's chunks are in one column, RS rows apart, and the addresses step by a
+ * constant. */
 template <int N, int D>
 __device__ __forceinline__ void stage_rm(uint16_t *sm, const uint16_t *g, int64_t ld, int r0, int T)
 {
-    enum { CH = N * D / 8, ITEMS = CH / (32 * F16_WARPS), RS = 32 * F16_WARPS / (D / 8) };
-    static_assert(ITEMS * 32 * F16_WARPS == CH, "a tile is a whole number of 16-byte chunks per thread");
+    enum { NT = 32 * F16_WARPS, CH = N * D / 8, ITEMS = CH / NT, RS = NT / (D / 8), STEP = NT % (D / 8) == 0 };
+    static_assert(ITEMS * NT == CH, "a tile is a whole number of 16-byte chunks per thread");
     const int r = threadIdx.x / (D / 8), c = 8 * (threadIdx.x % (D / 8));
     const uint16_t *src = g + (int64_t)(r0 + r) * ld + c;
     uint16_t *dst = sm + r * F16_LD(D) + c;
 #pragma unroll
     for (int j = 0; j < ITEMS; j++) {
-        const bool ok = r0 + r + j * RS < T;
-        cp16n(dst + j * RS * F16_LD(D), ok ? src + j * RS * ld : g + c, ok ? 16 : 0);
+        if (STEP) {
+            const bool ok = r0 + r + j * RS < T;
+            cp16n(dst + j * RS * F16_LD(D), ok ? src + j * RS * ld : g + c, ok ? 16 : 0);
+        } else {
+            const int i = threadIdx.x + j * NT, ri = i / (D / 8), ci = 8 * (i % (D / 8));
+            const bool ok = r0 + ri < T;
+            cp16n(sm + ri * F16_LD(D) + ci, ok ? g + (int64_t)(r0 + ri) * ld + ci : g, ok ? 16 : 0);
+        }
     }
 }
 

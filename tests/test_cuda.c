@@ -717,7 +717,7 @@ Test(cuda, attention_fused)
 
 /* The fused 16-bit kernels (flash16.cu), the default in bf16 and fp16 training: head sizes 16,
  * 32, 48, 64, 128, sequences that are and are not multiples of the tiles (64 keys forward, 64
- * or 32 in backward), causal and not, one row; head size 24 and DS_CUDA_FLASH=0 keep the
+ * or 32 in backward) and longer than one tile, causal and not, one row; head size 24 and DS_CUDA_FLASH=0 keep the
  * materialized path. */
 Test(cuda, attention_fused16)
 {
@@ -740,6 +740,7 @@ Test(cuda, attention_fused16)
         attention_case(&c, 1, 130, 128, 2, 0);
         attention_case(&c, 3, 20, 64, 4, 1); /* 16 */
         attention_case(&c, 1, 50, 96, 2, 1); /* 48 */
+        attention_case(&c, 1, 130, 96, 2, 1); /* 48: a thread's chunks of a tile are not a fixed row step apart */
         attention_case(&c, 2, 1, 64, 1, 1);
         attention_case(&c, 1, 77, 64, 1, 1); /* B H T odd: the state's output copy starts off 8-byte alignment */
         attention_case(&c, 1, 70, 256, 2, 1); /* 128: tiles of 32 */
@@ -1706,6 +1707,7 @@ static void store16_attention(int mode, int materialized)
         store16_attention_case(&c, mode, 0, 1, 130, 128, 2, 1, 4);
         store16_attention_case(&c, mode, 0, 2, 77, 128, 4, 1, 0); /* 32 */
         store16_attention_case(&c, mode, 0, 1, 50, 96, 2, 1, 4);  /* 48 */
+        store16_attention_case(&c, mode, 0, 1, 130, 96, 2, 1, 0);
         store16_attention_case(&c, mode, 0, 1, 70, 256, 2, 1, 0); /* 128: tiles of 32 */
         store16_attention_case(&c, mode, 0, 1, 70, 256, 2, 0, 4);
     }

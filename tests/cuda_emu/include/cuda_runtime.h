@@ -113,6 +113,15 @@ unsigned emu_tid(void);
 #define gridDim emu_gridDim
 #define threadIdx (emu_uint3{emu_tid(), 0, 0})
 
+/* A __shared__ variable at its declaration (unlaunch.py adds the call): NaN bytes (0xff: NaN in
+ * fp32, fp64, bf16 and fp16), poured by thread 0, which runs first in a block and reaches its
+ * declarations before any barrier lets another thread write. */
+static inline void emu_poison_shared(void *p, size_t n)
+{
+    if (emu_tid() == 0)
+        memset(p, 0xff, n);
+}
+
 void __syncthreads(void);
 int __syncthreads_or(int pred);
 uint64_t emu_shfl_xor(uint64_t bits, int lane_mask);
