@@ -186,30 +186,18 @@ __device__ __forceinline__ void frag_a_global(uint32_t (&a)[4], const void *m, i
     }
 }
 
-/* 16 bytes from global to shared memory without passing through registers (cp.async: the copy
- * runs while the warp goes on; cp_wait waits for all but the newest N committed groups). The
- * CPU emulation copies at once. */
-__device__ __forceinline__ void cp16(uint16_t *sm, const uint16_t *g)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const unsigned a = (unsigned)__cvta_generic_to_shared(sm);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g) : "memory");
-#elif !defined(__CUDACC__)
-    memcpy(sm, g, 16);
-#else
-    (void)sm, (void)g;
-#endif
-}
-
-/* cp16 of n (16 or 0) bytes, the rest of the 16 zeros: g must be a valid address either way */
+/* 16 bytes to shared memory from global memory without passing through registers (cp.async:
+ * the copy runs while the warp goes on): n (16 or 0) bytes from g, the rest zeros; g must be a
+ * valid address either way. cp_commit closes this thread's group of copies, cp_wait<N> waits
+ * for all but its newest N committed groups. The CPU emulation reads g at once and writes sm
+ * only at the wait that covers the copy, so a missing or too lenient wait shows there. */
 __device__ __forceinline__ void cp16n(uint16_t *sm, const uint16_t *g, int n)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned a = (unsigned)__cvta_generic_to_shared(sm);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(n) : "memory");
 #elif !defined(__CUDACC__)
-    memcpy(sm, g, (size_t)n);
-    memset((char *)sm + n, 0, (size_t)(16 - n));
+    emu_cp_async(sm, g, n);
 #else
     (void)sm, (void)g, (void)n;
 #endif
@@ -219,6 +207,8 @@ __device__ __forceinline__ void cp_commit(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif !defined(__CUDACC__)
+    emu_cp_commit();
 #endif
 }
 
@@ -226,6 +216,8 @@ template <int N> __device__ __forceinline__ void cp_wait(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#elif !defined(__CUDACC__)
+    emu_cp_wait(N);
 #endif
 }
 

@@ -363,8 +363,55 @@ static void *fresh_stack(char *base)
     return sp;
 }
 
+/* cp.async: per thread of the running block, the copies not yet written and how many groups
+ * it has committed (a copy belongs to the group that was open when it was issued). The
+ * destination holds NaN bytes from the issue to the covering wait, so that both a read before
+ * the wait and a refill while another warp still reads the buffer show. */
+struct emu_cp {
+    void *dst;
+    unsigned char data[16];
+    unsigned group;
+};
+static std::vector<emu_cp> cp_pending[1024];
+static unsigned cp_groups[1024];
+
+void emu_cp_async(void *dst, const void *src, int n)
+{
+    emu_cp c;
+    c.dst = dst;
+    c.group = cp_groups[emu_tid()];
+    memset(c.data, 0, sizeof c.data);
+    memcpy(c.data, src, (size_t)n);
+    memset(dst, 0xff, sizeof c.data); /* in flux until the wait: NaN bytes to whoever reads it */
+    cp_pending[emu_tid()].push_back(c);
+}
+
+void emu_cp_commit(void) { cp_groups[emu_tid()]++; }
+
+void emu_cp_wait(int n)
+{
+    const unsigned t = emu_tid(), done = cp_groups[t] >= (unsigned)n ? cp_groups[t] - (unsigned)n : 0;
+    std::vector<emu_cp> &q = cp_pending[t], keep;
+    for (const emu_cp &c : q)
+        if (c.group < done)
+            memcpy(c.dst, c.data, sizeof c.data);
+        else
+            keep.push_back(c);
+    q.swap(keep);
+}
+
+static int sched_ahead = -1; /* DS_CUDA_EMU_SCHED: ahead (1, the default) or round (0) */
+
 static void run_block(unsigned n)
 {
+    if (sched_ahead < 0) {
+        const char *e = getenv("DS_CUDA_EMU_SCHED");
+        sched_ahead = !(e && strcmp(e, "round") == 0);
+    }
+    for (unsigned i = 0; i < n; i++) {
+        cp_pending[i].clear();
+        cp_groups[i] = 0;
+    }
     if (fibers.size() < n)
         fibers.resize(n);
     while (stacks.size() < n)
@@ -377,9 +424,21 @@ static void run_block(unsigned n)
         f.sp = fresh_stack(stacks[i]);
     }
     for (;;) {
+        /* round: every runnable thread runs to its next switch point, so the warps go in
+         * step; ahead (DS_CUDA_EMU_SCHED=ahead, the default): only the lowest warp with a
+         * runnable thread does, so a warp runs as far as it can (to a __syncthreads, or its
+         * end) before the next one starts -- what shows a tile refilled while another warp
+         * still reads it, when a __syncthreads is missing */
+        unsigned w_run = ~0u;
         for (unsigned i = 0; i < n; i++) {
             if (fibers[i].state != RUNNABLE)
                 continue;
+            if (sched_ahead) {
+                if (w_run == ~0u)
+                    w_run = i / 32;
+                else if (i / 32 != w_run)
+                    break;
+            }
             cur = &fibers[i];
             emu_switch(&sched_sp, cur->sp);
         }
@@ -423,7 +482,10 @@ static void run_block(unsigned n)
                 fibers[i].state = RUNNABLE;
             released = 1;
         }
-        if (!released) {
+        int runnable = 0;
+        for (unsigned i = 0; i < n && !runnable; i++)
+            runnable = fibers[i].state == RUNNABLE;
+        if (!released && !runnable) {
             fprintf(stderr, "cuda-emu: deadlock in block (%u,%u): %u threads alive, %u at __syncthreads\n",
                     emu_blockIdx.x, emu_blockIdx.y, alive, at_block);
             abort();

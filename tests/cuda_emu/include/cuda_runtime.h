@@ -113,6 +113,15 @@ unsigned emu_tid(void);
 #define gridDim emu_gridDim
 #define threadIdx (emu_uint3{emu_tid(), 0, 0})
 
+/* cp.async (kernels/flash16.cu): the n source bytes (the rest of 16 zeros) are read at once,
+ * the 16 destination bytes become NaN bytes, and they are written to shared memory at the
+ * emu_cp_wait that covers them, i.e. when all but the thread's newest N committed groups are
+ * waited for; copies not committed when a wait comes are not covered (as in PTX). Per thread;
+ * a new block starts with none pending. */
+void emu_cp_async(void *dst, const void *src, int n);
+void emu_cp_commit(void);
+void emu_cp_wait(int n);
+
 /* A __shared__ variable at its declaration (unlaunch.py adds the call): NaN bytes (0xff: NaN in
  * fp32, fp64, bf16 and fp16), poured by thread 0, which runs first in a block and reaches its
  * declarations before any barrier lets another thread write. */
