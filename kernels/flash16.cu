@@ -263,8 +263,8 @@ __device__ __forceinline__ void stage_rm(uint16_t *sm, const uint16_t *g, int64_
 
 /* The packing pass, where the kernels cannot read a head's rows in place: head h's D columns
  * (from src, row stride ld, [B,T,...]) as 16-bit values, row-major dst [B,H,T,D]. A thread moves
- * 8 consecutive values at a time (one 16-byte store; with vec, one 16-byte load of 16-bit values
- * or two of fp32 ones, else 8 single loads). 16-bit sources (A16: store16) are copied as the
+ * 8 consecutive values at a time (one 16-byte store; with vec, two 16-byte loads of fp32 values,
+ * else 8 single loads). 16-bit sources (A16: store16) are copied as the
  * bits they are (the values of the format already); fp32 ones are rounded. D is a template
  * parameter, so that the index arithmetic has no division by a variable. dst: 16-byte aligned
  * (scratch). */
@@ -281,10 +281,7 @@ __global__ void f16_pack_k(const void *src, int64_t col, int64_t ld, uint16_t *d
             break; /* i only grows */
         uint32_t w[4];
         const int64_t at = s0 + (int64_t)t * ld + c;
-        if (A16 && vec) {
-            const uint4 q = *(const uint4 *)((const uint16_t *)src + at);
-            w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
-        } else if (A16) {
+        if (A16) { /* packed only where not 16-byte aligned (in_place), so value by value */
             const uint16_t *p = (const uint16_t *)src + at;
 #pragma unroll
             for (int k = 0; k < 4; k++)

@@ -25,7 +25,7 @@ def declared(decl):
             cur += ch
     parts.append(cur)
     names = []
-    for k, part in enumerate(parts):
+    for part in parts:
         part = part.split("[")[0].strip()
         names.append(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", part)[-1])
     return names
