@@ -8,6 +8,8 @@
 
 #include "testutil.h"
 
+#include "backend/cpu_kernels.h" /* the kernel tables, for the transposes */
+
 /* lib/backend/cpu_kernels.c parallelizes a kernel only above this many elements: the "large"
  * cases below exceed it (asserted), the "small" ones stay under it. */
 #define PAR_MIN 16384
@@ -869,6 +871,69 @@ static void check_mse(ds_backend *be, int large, outs *o)
     free(y), free(ty), free(losses), free(dy), free(r);
 }
 OP_TESTS(mse, check_mse)
+
+/* ---- the transposes behind the weight gradients ---------------------------------------- */
+
+/* transpose and transpose16 of every kernel table against a plain loop: the values moved bit for
+ * bit, the column sums (a linear layer's bias gradient) the sequential sums row after row added
+ * to what colsum held: the order that makes them the same bits on every path. The shapes cross
+ * the 8x8 blocks, the 16-column strips, the 64-row blocks and the 512-column super-strips, below
+ * and above PAR_MIN, with 3 threads for uneven splits. */
+static void check_transposes(const ds_cpu_kernels *k)
+{
+    static const int64_t shapes[][2] = {{1, 1}, {7, 5}, {8, 16}, {37, 19}, {64, 48}, {200, 33},
+                                        {1000, 333}, {129, 1030}, {1024, 256}, {70, 530}};
+    ds_rng rng;
+    ds_rng_seed(&rng, 4242);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int64_t R = shapes[si][0], C = shapes[si][1];
+        float *x = frandn(&rng, R * C, 0, 1), *y = fbuf(R * C), *cs = frandn(&rng, C, 0, 1), *cs0 = fcopy(cs, C);
+        uint16_t *h = calloc((size_t)(R * C), 2), *ht = calloc((size_t)(R * C), 2);
+        cr_assert(h && ht);
+        for (int mode = 0; mode < 3; mode++) { /* fp32, bf16, fp16 */
+            memcpy(cs, cs0, (size_t)C * sizeof(float));
+            if (mode == 0) {
+                k->transpose(x, y, R, C, cs);
+            } else {
+                const int m16 = mode == 1 ? DS_ROUND_BF16 : DS_ROUND_FP16;
+                for (int64_t i = 0; i < R * C; i++)
+                    h[i] = m16 == DS_ROUND_BF16 ? ds_f32_to_bf16(x[i]) : ds_f32_to_f16(x[i]);
+                k->transpose16(h, ht, R, C, cs, m16);
+            }
+            for (int64_t c = 0; c < C; c++) {
+                float sum = 0;
+                for (int64_t r = 0; r < R; r++) {
+                    float v = x[r * C + c];
+                    if (mode == 0) {
+                        cr_assert(memcmp(&y[c * R + r], &v, 4) == 0, "%s transpose %lldx%lld: [%lld,%lld]",
+                                  k->variant, (long long)R, (long long)C, (long long)c, (long long)r);
+                    } else {
+                        cr_assert_eq(ht[c * R + r], h[r * C + c], "%s transpose16 (%s) %lldx%lld: [%lld,%lld]",
+                                     k->variant, mode == 1 ? "bf16" : "fp16", (long long)R, (long long)C,
+                                     (long long)c, (long long)r);
+                        v = mode == 1 ? ds_bf16_to_f32(h[r * C + c]) : ds_f16_to_f32(h[r * C + c]);
+                    }
+                    sum += v;
+                }
+                const float want = cs0[c] + sum;
+                cr_assert(memcmp(&cs[c], &want, 4) == 0, "%s transpose%s %lldx%lld: colsum[%lld] %a, expected %a",
+                          k->variant, mode ? "16" : "", (long long)R, (long long)C, (long long)c, cs[c], want);
+            }
+        }
+        free(x), free(y), free(cs), free(cs0), free(h), free(ht);
+    }
+}
+
+Test(kernels, transposes_move_bits_and_sum_in_row_order)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(3);
+#endif
+    check_transposes(&ds_cpu_kernels_avx2);
+    check_transposes(&ds_cpu_kernels_generic);
+    check_transposes(&ds_cpu_kernels_avx2_serial);
+    check_transposes(&ds_cpu_kernels_generic_serial);
+}
 
 /* ---- backends by name ------------------------------------------------------------------- */
 

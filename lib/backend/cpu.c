@@ -416,14 +416,14 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     cpu_impl *c = b->impl;
     if (!c->s16)
         return linear_bwd32(b, dy, x, w, dx, dw, dbias, M, K, N, accumulate);
-    /* on bf16 units the products read the stored bf16 dY, W and X; dY^T is formed in fp32 (with
-     * the bias gradient) and converted once */
+    /* on bf16 units the products read the stored bf16 dY, W and X; dY^T is transposed in 16 bits
+     * (with the bias gradient of the widened values) */
     const int units = c->gemm16 && c->s16 == DS_ROUND_BF16;
-    const float *dy32 = whole32(b, 0, dy, M * N);
+    const float *dy32 = !units || (dbias && !dw) ? whole32(b, 0, dy, M * N) : NULL;
     const float *x32 = dw && !units ? whole32(b, 1, x, M * K) : NULL;
     const float *w32 = dx && !units ? whole32(b, 3, w, N * K) : NULL;
     float *dx32 = dx ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
-    if (!dy32 || (dw && !units && !x32) || (dx && (!dx32 || (!units && !w32))))
+    if ((!dy32 && (!units || (dbias && !dw))) || (dw && !units && !x32) || (dx && (!dx32 || (!units && !w32))))
         return DS_ERR_NOMEM;
     ds_status st = DS_OK;
     if (!units) {
@@ -432,13 +432,11 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
         if (dx)
             st = ds_dnnl_matmul_bf16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, dx32, accumulate, &b->err);
         if (st == DS_OK && dw) {
-            if ((st = scratch(b, &c->scratch, &c->scratch_floats, (size_t)(M * N))) != DS_OK)
-                return st;
-            c->k->transpose(dy32, c->scratch, M, N, dbias); /* dY^T [N, M], and the bias gradient */
-            dbias = NULL;
-            const uint16_t *hdyt = to_bf16(b, 0, c->scratch, M * N);
+            uint16_t *hdyt = h16buf(b, 0, M * N);
             if (!hdyt)
                 return DS_ERR_NOMEM;
+            c->k->transpose16(HC(dy), hdyt, M, N, dbias, c->s16); /* dY^T [N, M], and the bias gradient */
+            dbias = NULL;
             st = ds_dnnl_matmul_bf16(DNNL(b), N, K, M, hdyt, M, 1, HC(x), K, 1, NULL, dw, 1, &b->err);
         }
         if (st == DS_OK && dbias)

@@ -11,7 +11,7 @@
 #include <omp.h>
 #endif
 
-#ifdef __F16C__
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -141,28 +141,208 @@ static void posadd_bwd(const float *dy, float *dpos, int64_t B, int64_t T, int64
     }
 }
 
-/* Transpose in strips of 8 columns of dst: each thread owns whole rows of dst (columns of src),
- * so it can also sum them for the bias gradient without sharing. Reads walk 8 rows at a time
- * (a power-of-two row stride then touches only 8 lines of one cache set). */
+/* Transpose in strips of TR_W columns of src (rows of dst): each thread owns whole rows of dst,
+ * so it can also sum them for the bias gradient without sharing. A strip's reads are 64-byte
+ * lines (16 floats, or 32 16-bit values) read once; blocks of 8 rows are turned in registers
+ * where AVX2 is there. The sums are formed row after row for every column, in the same order
+ * whatever the path (the vector lanes add the rows one at a time), so the bias gradient has the
+ * same bits in either instance and in the 16-bit version below. */
+#define TR_W 16 /* two 8x8 blocks side by side in tr_strip */
+
+#ifdef __AVX2__
+/* the 8x8 block at s (row stride ss) into d (row stride ds), transposed; acc[j] += s[r][j] for
+ * r = 0..7 in order */
+static inline __attribute__((always_inline)) void tr8x8(const float *s, int64_t ss, float *d, int64_t ds,
+                                                        __m256 *acc)
+{
+    /* written out: at -O2 (autoconf's default CFLAGS) loops over arrays of vectors stay in memory */
+    const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ss), r2 = _mm256_loadu_ps(s + 2 * ss),
+                 r3 = _mm256_loadu_ps(s + 3 * ss), r4 = _mm256_loadu_ps(s + 4 * ss),
+                 r5 = _mm256_loadu_ps(s + 5 * ss), r6 = _mm256_loadu_ps(s + 6 * ss),
+                 r7 = _mm256_loadu_ps(s + 7 * ss);
+    __m256 a = *acc;
+    a = _mm256_add_ps(a, r0);
+    a = _mm256_add_ps(a, r1);
+    a = _mm256_add_ps(a, r2);
+    a = _mm256_add_ps(a, r3);
+    a = _mm256_add_ps(a, r4);
+    a = _mm256_add_ps(a, r5);
+    a = _mm256_add_ps(a, r6);
+    *acc = _mm256_add_ps(a, r7);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + ds, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+#define TR_RB 64 /* rows per block */
+#define TR_SW 512 /* columns per super-strip: their sums stay on the stack */
+
+/* rows [r0, r1) of the strip c0..c1 (c1 - c0 <= TR_W), its sums carried in sums[] */
+static inline void tr_strip(const float *src, float *dst, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                            int64_t c0, int64_t c1, float *sums)
+{
+#ifdef __AVX2__
+    if (c1 - c0 == TR_W) {
+        __m256 a0 = _mm256_loadu_ps(sums), a1 = _mm256_loadu_ps(sums + 8);
+        for (; r0 + 8 <= r1; r0 += 8) {
+            tr8x8(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows, &a0);
+            tr8x8(src + r0 * cols + c0 + 8, cols, dst + (c0 + 8) * rows + r0, rows, &a1);
+        }
+        _mm256_storeu_ps(sums, a0);
+        _mm256_storeu_ps(sums + 8, a1);
+    }
+#endif
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = c0; c < c1; c++) {
+            float v = src[r * cols + c];
+            dst[c * rows + r] = v;
+            sums[c - c0] += v;
+        }
+}
+
+/* The same on 16-bit values of mode: dst gets the values as they are, colsum the sums of the
+ * widened values in the same order as transpose() on the widened tensor (the same bits). */
+static inline float widen16(uint16_t h, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+        uint32_t u = (uint32_t)h << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+#ifdef __F16C__
+    return _cvtsh_ss(h);
+#else
+    return ds_f16_to_f32(h);
+#endif
+}
+
+#ifdef __AVX2__
+static inline __attribute__((always_inline)) __m256 widen8(__m128i h, int mode)
+{
+    return mode == DS_ROUND_BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                                 : _mm256_cvtph_ps(h);
+}
+
+/* tr8x8 for 16-bit values: rows added to acc widened, in order */
+static inline __attribute__((always_inline)) void tr8x8_16(const uint16_t *s, int64_t ss, uint16_t *d, int64_t ds,
+                                                           __m256 *acc, int mode)
+{
+    const __m128i r0 = _mm_loadu_si128((const __m128i *)s), r1 = _mm_loadu_si128((const __m128i *)(s + ss)),
+                  r2 = _mm_loadu_si128((const __m128i *)(s + 2 * ss)),
+                  r3 = _mm_loadu_si128((const __m128i *)(s + 3 * ss)),
+                  r4 = _mm_loadu_si128((const __m128i *)(s + 4 * ss)),
+                  r5 = _mm_loadu_si128((const __m128i *)(s + 5 * ss)),
+                  r6 = _mm_loadu_si128((const __m128i *)(s + 6 * ss)),
+                  r7 = _mm_loadu_si128((const __m128i *)(s + 7 * ss));
+    __m256 a = *acc;
+    a = _mm256_add_ps(a, widen8(r0, mode));
+    a = _mm256_add_ps(a, widen8(r1, mode));
+    a = _mm256_add_ps(a, widen8(r2, mode));
+    a = _mm256_add_ps(a, widen8(r3, mode));
+    a = _mm256_add_ps(a, widen8(r4, mode));
+    a = _mm256_add_ps(a, widen8(r5, mode));
+    a = _mm256_add_ps(a, widen8(r6, mode));
+    *acc = _mm256_add_ps(a, widen8(r7, mode));
+    /* pairs, then quads, then rows of 8 */
+    const __m128i t0 = _mm_unpacklo_epi16(r0, r1), t1 = _mm_unpackhi_epi16(r0, r1);
+    const __m128i t2 = _mm_unpacklo_epi16(r2, r3), t3 = _mm_unpackhi_epi16(r2, r3);
+    const __m128i t4 = _mm_unpacklo_epi16(r4, r5), t5 = _mm_unpackhi_epi16(r4, r5);
+    const __m128i t6 = _mm_unpacklo_epi16(r6, r7), t7 = _mm_unpackhi_epi16(r6, r7);
+    const __m128i u0 = _mm_unpacklo_epi32(t0, t2), u1 = _mm_unpackhi_epi32(t0, t2);
+    const __m128i u2 = _mm_unpacklo_epi32(t1, t3), u3 = _mm_unpackhi_epi32(t1, t3);
+    const __m128i u4 = _mm_unpacklo_epi32(t4, t6), u5 = _mm_unpackhi_epi32(t4, t6);
+    const __m128i u6 = _mm_unpacklo_epi32(t5, t7), u7 = _mm_unpackhi_epi32(t5, t7);
+    _mm_storeu_si128((__m128i *)d, _mm_unpacklo_epi64(u0, u4));
+    _mm_storeu_si128((__m128i *)(d + ds), _mm_unpackhi_epi64(u0, u4));
+    _mm_storeu_si128((__m128i *)(d + 2 * ds), _mm_unpacklo_epi64(u1, u5));
+    _mm_storeu_si128((__m128i *)(d + 3 * ds), _mm_unpackhi_epi64(u1, u5));
+    _mm_storeu_si128((__m128i *)(d + 4 * ds), _mm_unpacklo_epi64(u2, u6));
+    _mm_storeu_si128((__m128i *)(d + 5 * ds), _mm_unpackhi_epi64(u2, u6));
+    _mm_storeu_si128((__m128i *)(d + 6 * ds), _mm_unpacklo_epi64(u3, u7));
+    _mm_storeu_si128((__m128i *)(d + 7 * ds), _mm_unpackhi_epi64(u3, u7));
+}
+#endif
+
+static inline void tr_strip16(const uint16_t *src, uint16_t *dst, int64_t rows, int64_t cols, int64_t r0,
+                              int64_t r1, int64_t c0, int64_t c1, float *sums, int mode)
+{
+#ifdef __AVX2__
+    if (c1 - c0 == TR_W) {
+        __m256 a0 = _mm256_loadu_ps(sums), a1 = _mm256_loadu_ps(sums + 8);
+        for (; r0 + 8 <= r1; r0 += 8) {
+            tr8x8_16(src + r0 * cols + c0, cols, dst + c0 * rows + r0, rows, &a0, mode);
+            tr8x8_16(src + r0 * cols + c0 + 8, cols, dst + (c0 + 8) * rows + r0, rows, &a1, mode);
+        }
+        _mm256_storeu_ps(sums, a0);
+        _mm256_storeu_ps(sums + 8, a1);
+    }
+#endif
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t c = c0; c < c1; c++) {
+            uint16_t v = src[r * cols + c];
+            dst[c * rows + r] = v;
+            sums[c - c0] += widen16(v, mode);
+        }
+}
+
+/* transpose (mode 0: fp32) and transpose16: each thread a range of whole strips, walked in
+ * super-strips of TR_SW columns by blocks of TR_RB rows (what a block reads and writes stays in
+ * cache and in the TLB) */
+static void tr_drive(const void *src, void *dst, int64_t rows, int64_t cols, float *colsum, int mode)
+{
+    const int64_t strips = (cols + TR_W - 1) / TR_W;
+#pragma omp parallel if (rows * cols > PAR_MIN)
+    {
+        int nt = 1, tid = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        tid = omp_get_thread_num();
+#endif
+        const int64_t ca = strips * tid / nt * TR_W, cb_ = strips * (tid + 1) / nt * TR_W;
+        const int64_t cb = cb_ < cols ? cb_ : cols;
+        for (int64_t s0 = ca; s0 < cb; s0 += TR_SW) {
+            const int64_t s1 = s0 + TR_SW < cb ? s0 + TR_SW : cb;
+            float sums[TR_SW] = {0};
+            for (int64_t r0 = 0; r0 < rows; r0 += TR_RB) {
+                const int64_t r1 = r0 + TR_RB < rows ? r0 + TR_RB : rows;
+                for (int64_t c0 = s0; c0 < s1; c0 += TR_W) {
+                    const int64_t c1 = c0 + TR_W < s1 ? c0 + TR_W : s1;
+                    if (mode)
+                        tr_strip16(src, dst, rows, cols, r0, r1, c0, c1, sums + (c0 - s0), mode);
+                    else
+                        tr_strip(src, dst, rows, cols, r0, r1, c0, c1, sums + (c0 - s0));
+                }
+            }
+            if (colsum)
+                for (int64_t c = s0; c < s1; c++)
+                    colsum[c] += sums[c - s0];
+        }
+    }
+}
+
 static void transpose(const float *src, float *dst, int64_t rows, int64_t cols, float *colsum)
 {
-#pragma omp parallel for if (rows * cols > PAR_MIN)
-    for (int64_t c0 = 0; c0 < cols; c0 += 8) {
-        int64_t c1 = c0 + 8 < cols ? c0 + 8 : cols;
-        float sums[8] = {0};
-        for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-            int64_t r1 = r0 + 8 < rows ? r0 + 8 : rows;
-            for (int64_t c = c0; c < c1; c++)
-                for (int64_t r = r0; r < r1; r++) {
-                    float v = src[r * cols + c];
-                    dst[c * rows + r] = v;
-                    sums[c - c0] += v;
-                }
-        }
-        if (colsum)
-            for (int64_t c = c0; c < c1; c++)
-                colsum[c] += sums[c - c0];
-    }
+    tr_drive(src, dst, rows, cols, colsum, 0);
+}
+
+static void transpose16(const uint16_t *src, uint16_t *dst, int64_t rows, int64_t cols, float *colsum, int mode)
+{
+    tr_drive(src, dst, rows, cols, colsum, mode);
 }
 
 /* dbias[n] += sum_m dy[m, n]; threads split the columns. */
@@ -917,6 +1097,7 @@ const ds_cpu_kernels KTABLE = {
     .posadd_fwd = posadd_fwd,
     .posadd_bwd = posadd_bwd,
     .transpose = transpose,
+    .transpose16 = transpose16,
     .colsum_acc = colsum_acc,
     .layernorm_fwd = layernorm_fwd,
     .layernorm_bwd = layernorm_bwd,
