@@ -243,18 +243,21 @@ static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const flo
 }
 
 /* attention's six strided batched products (attention_fwd16/bwd16) at this shape all run on
- * oneDNN code that is not its reference implementation */
+ * oneDNN code that is not its reference implementation; the four that write the output or the
+ * gradients both with fp32 and with bf16 output (16-bit storage) */
 static int att_products_fast(ds_dnnl *d, int64_t B, int64_t T, int64_t C, int64_t H)
 {
     const int64_t D = C / H, C3 = 3 * C;
     const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
     const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T}, o_s[4] = {T * C, D, C, 1};
-    return ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, q_s, kt_s, a_s) &&  /* S = Q K^T */
-           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, o_s) &&   /* O = P V */
-           ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, o_s, kt_s, a_s) &&  /* dP = dO V^T */
-           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, q_s) &&   /* dQ = dS K */
-           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, q_s, q_s) &&  /* dK = dS^T Q */
-           ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, o_s, q_s);    /* dV = P^T dO */
+    int fast = ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, q_s, kt_s, a_s, 0) && /* S = Q K^T */
+               ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, o_s, kt_s, a_s, 0);   /* dP = dO V^T */
+    for (int o16 = 0; o16 < 2 && fast; o16++)
+        fast = ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, o_s, o16) &&  /* O = P V */
+               ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, q_s, o16) &&  /* dQ = dS K */
+               ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, q_s, q_s, o16) && /* dK = dS^T Q */
+               ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, o_s, q_s, o16);   /* dV = P^T dO */
+    return fast;
 }
 
 /* attention in bf16 at this shape (att16, and no product would fall to reference code: then
@@ -333,19 +336,16 @@ static ds_status cpu_linear_fwd(ds_backend *b, const float *x, const float *w, c
     cpu_impl *c = b->impl;
     if (!c->s16)
         return linear_fwd32(b, x, w, bias, y, M, K, N);
-    float *y32 = whole32(b, 0, NULL, M * N); /* slot 0: also dY's in backward (the LM head's M x V) */
     const float *b32 = bias ? whole32(b, 4, bias, N) : NULL;
-    if (!y32 || (bias && !b32))
+    if (bias && !b32)
         return DS_ERR_NOMEM;
-    ds_status st;
-    if (c->gemm16 && c->s16 == DS_ROUND_BF16) { /* x and w are bf16 already: no conversion */
-        st = ds_dnnl_matmul_bf16(DNNL(b), M, N, K, HC(x), K, 1, HC(w), 1, K, b32, y32, 0, &b->err);
-    } else {
-        const float *x32 = whole32(b, 1, x, M * K), *w32 = whole32(b, 3, w, N * K);
-        if (!x32 || !w32)
-            return DS_ERR_NOMEM;
-        st = linear_fwd32(b, x32, w32, b32, y32, M, K, N);
-    }
+    if (c->gemm16 && c->s16 == DS_ROUND_BF16) /* x and w are bf16 already, y written in bf16 */
+        return ds_dnnl_matmul_bf16_out16(DNNL(b), M, N, K, HC(x), K, 1, HC(w), 1, K, b32, HM(y), &b->err);
+    float *y32 = whole32(b, 0, NULL, M * N); /* slot 0: also dY's in backward (the LM head's M x V) */
+    const float *x32 = whole32(b, 1, x, M * K), *w32 = whole32(b, 3, w, N * K);
+    if (!y32 || !x32 || !w32)
+        return DS_ERR_NOMEM;
+    ds_status st = linear_fwd32(b, x32, w32, b32, y32, M, K, N);
     if (st == DS_OK)
         c->k->pack16(y32, HM(y), M * N, c->s16);
     return st;
@@ -422,14 +422,18 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     const float *dy32 = !units || (dbias && !dw) ? whole32(b, 0, dy, M * N) : NULL;
     const float *x32 = dw && !units ? whole32(b, 1, x, M * K) : NULL;
     const float *w32 = dx && !units ? whole32(b, 3, w, N * K) : NULL;
-    float *dx32 = dx ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
-    if ((!dy32 && (!units || (dbias && !dw))) || (dw && !units && !x32) || (dx && (!dx32 || (!units && !w32))))
+    const int dx16 = units && !accumulate; /* dX written in bf16 by the product */
+    float *dx32 = dx && !dx16 ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
+    if ((!dy32 && (!units || (dbias && !dw))) || (dw && !units && !x32) || (dx && !dx16 && !dx32) ||
+        (dx && !units && !w32))
         return DS_ERR_NOMEM;
     ds_status st = DS_OK;
     if (!units) {
         st = linear_bwd32(b, dy32, x32, w32, dx32, dw, dbias, M, K, N, accumulate);
     } else {
-        if (dx)
+        if (dx && dx16)
+            st = ds_dnnl_matmul_bf16_out16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, HM(dx), &b->err);
+        else if (dx)
             st = ds_dnnl_matmul_bf16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, dx32, accumulate, &b->err);
         if (st == DS_OK && dw) {
             uint16_t *hdyt = h16buf(b, 0, M * N);
@@ -442,7 +446,7 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
         if (st == DS_OK && dbias)
             c->k->colsum_acc(dy32, dbias, M, N);
     }
-    if (st == DS_OK && dx)
+    if (st == DS_OK && dx32)
         c->k->pack16(dx32, HM(dx), M * K, c->s16);
     return st;
 }
@@ -495,9 +499,10 @@ static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *
 
 /* bf16 training on bf16 units (att16): the same products in bf16 from bf16 q, k, v (stored, or
  * converted exactly from fp32 buffers), the probabilities P (kept fp32 in att for backward)
- * rounded to bf16 before P V, as FlashAttention and the CUDA fused kernels do; out fp32. */
-static ds_status attention_fwd16(ds_backend *b, const uint16_t *qkv, float *out, float *att, int64_t B,
-                                 int64_t T, int64_t C, int64_t H, int causal)
+ * rounded to bf16 before P V, as FlashAttention and the CUDA fused kernels do; out fp32, or
+ * with out16 (16-bit storage) bf16 written by the product. */
+static ds_status attention_fwd16(ds_backend *b, const uint16_t *qkv, float *out, uint16_t *out16, float *att,
+                                 int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     const int64_t D = C / H, C3 = 3 * C;
     const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
@@ -509,13 +514,16 @@ static ds_status attention_fwd16(ds_backend *b, const uint16_t *qkv, float *out,
     const uint16_t *p16 = to_bf16(b, 2, att, B * H * T * T);
     if (!p16)
         return DS_ERR_NOMEM;
+    if (out16)
+        return ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, p16, a_s, qkv + 2 * C, q_s, out16, o_s,
+                                                 &b->err);
     return ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, p16, a_s, qkv + 2 * C, q_s, out, o_s, 0, &b->err);
 }
 
 /* its backward: dP = dO V^T, dS from P and dP in fp32, then dS and P rounded to bf16 for
- * dQ = dS K, dK = dS^T Q, dV = P^T dO; dqkv fp32 */
+ * dQ = dS K, dK = dS^T Q, dV = P^T dO; dqkv fp32, or with dqkv16 bf16 written by the products */
 static ds_status attention_bwd16(ds_backend *b, const uint16_t *dout, const uint16_t *qkv, const float *att,
-                                 float *dqkv, int64_t B, int64_t T, int64_t C, int64_t H)
+                                 float *dqkv, uint16_t *dqkv16, int64_t B, int64_t T, int64_t C, int64_t H)
 {
     cpu_impl *c = b->impl;
     const int64_t D = C / H, C3 = 3 * C, n = B * H * T * T;
@@ -531,6 +539,16 @@ static ds_status attention_bwd16(ds_backend *b, const uint16_t *dout, const uint
     const uint16_t *ds16 = to_bf16(b, 2, ds, n), *p16 = ds16 ? to_bf16(b, 3, att, n) : NULL;
     if (!p16)
         return DS_ERR_NOMEM;
+    if (dqkv16) {
+        if ((st = ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, ds16, a_s, qkv + C, q_s, dqkv16, q_s,
+                                                    &b->err)) ||
+            (st = ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, ds16, at_s, qkv, q_s, dqkv16 + C, q_s,
+                                                    &b->err)) ||
+            (st = ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, p16, at_s, dout, o_s, dqkv16 + 2 * C,
+                                                    q_s, &b->err)))
+            return st;
+        return DS_OK;
+    }
     if ((st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, ds16, a_s, qkv + C, q_s, dqkv, q_s, 0, &b->err)) ||
         (st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, ds16, at_s, qkv, q_s, dqkv + C, q_s, 0, &b->err)) ||
         (st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, p16, at_s, dout, o_s, dqkv + 2 * C, q_s, 0, &b->err)))
@@ -544,18 +562,11 @@ static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, 
     cpu_impl *c = b->impl;
     const int64_t M = B * T;
     const int a16 = att16_here(b, B, T, C, H);
-    if (a16 && c->s16 == DS_ROUND_BF16) { /* q, k, v as stored */
-        float *out32 = whole32(b, 1, NULL, M * C);
-        if (!out32)
-            return DS_ERR_NOMEM;
-        ds_status st = attention_fwd16(b, HC(qkv), out32, att, B, T, C, H, causal);
-        if (st == DS_OK)
-            c->k->pack16(out32, HM(out), M * C, c->s16);
-        return st;
-    }
+    if (a16 && c->s16 == DS_ROUND_BF16) /* q, k, v as stored; out written in bf16 */
+        return attention_fwd16(b, HC(qkv), NULL, HM(out), att, B, T, C, H, causal);
     if (a16 && !c->s16) { /* fp32 buffers holding bf16 values */
         const uint16_t *q16 = to_bf16(b, 0, qkv, M * 3 * C);
-        return q16 ? attention_fwd16(b, q16, out, att, B, T, C, H, causal) : DS_ERR_NOMEM;
+        return q16 ? attention_fwd16(b, q16, out, NULL, att, B, T, C, H, causal) : DS_ERR_NOMEM;
     }
     if (!c->s16)
         return attention_fwd32(b, qkv, out, att, B, T, C, H, causal);
@@ -576,18 +587,11 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
     cpu_impl *c = b->impl;
     const int64_t M = B * T;
     const int a16 = att16_here(b, B, T, C, H);
-    if (a16 && c->s16 == DS_ROUND_BF16) {
-        float *dqkv32 = whole32(b, 2, NULL, M * 3 * C);
-        if (!dqkv32)
-            return DS_ERR_NOMEM;
-        ds_status st = attention_bwd16(b, HC(dout), HC(qkv), att, dqkv32, B, T, C, H);
-        if (st == DS_OK)
-            c->k->pack16(dqkv32, HM(dqkv), M * 3 * C, c->s16);
-        return st;
-    }
+    if (a16 && c->s16 == DS_ROUND_BF16)
+        return attention_bwd16(b, HC(dout), HC(qkv), att, NULL, HM(dqkv), B, T, C, H);
     if (a16 && !c->s16) {
         const uint16_t *d16 = to_bf16(b, 0, dout, M * C), *q16 = d16 ? to_bf16(b, 1, qkv, M * 3 * C) : NULL;
-        return q16 ? attention_bwd16(b, d16, q16, att, dqkv, B, T, C, H) : DS_ERR_NOMEM;
+        return q16 ? attention_bwd16(b, d16, q16, att, dqkv, NULL, B, T, C, H) : DS_ERR_NOMEM;
     }
     if (!c->s16)
         return attention_bwd32(b, dout, qkv, att, dqkv, B, T, C, H, causal);

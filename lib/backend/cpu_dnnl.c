@@ -11,11 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ds/dtype.h"
+
 typedef struct mm_key {
     int64_t nb0, nb1, M, N, K;
     int64_t as[4], bs[4], cs[4];
     int bias, accumulate;
     int bf16; /* A and B are bf16 */
+    int dst16; /* C is bf16 too (rounded to nearest even by oneDNN) */
     int slot; /* the thread that runs it, when rows are split between threads */
 } mm_key;
 
@@ -27,6 +30,7 @@ typedef struct mm_entry {
 } mm_entry;
 
 #define MAX_SLOTS 64
+#define EM_BUFS 3
 
 struct ds_dnnl {
     dnnl_engine_t engine;
@@ -38,8 +42,8 @@ struct ds_dnnl {
     char bf16_why[96];
     int emulate16;      /* bf16 products as fp32 products of the widened operands (tests) */
     int nosplit;        /* oneDNN threads every product itself (ds_dnnl_split) */
-    float *em[2];       /* their fp32 copies */
-    size_t em_n[2];
+    float *em[EM_BUFS]; /* their fp32 copies, and the product before its rounding */
+    size_t em_n[EM_BUFS];
 };
 
 static ds_status dnnl_fail(ds_error *err, const char *what, dnnl_status_t s)
@@ -82,8 +86,8 @@ void ds_dnnl_destroy(ds_dnnl *d)
         free(e);
     }
     free(d->cache);
-    free(d->em[0]);
-    free(d->em[1]);
+    for (int i = 0; i < EM_BUFS; i++)
+        free(d->em[i]);
     for (int i = 0; i < MAX_SLOTS; i++)
         if (d->slot_stream[i])
             dnnl_stream_destroy(d->slot_stream[i]);
@@ -111,7 +115,7 @@ static ds_status create_entry(ds_dnnl *d, const mm_key *k, mm_entry *e, ds_error
     dnnl_data_type_t ab = k->bf16 ? dnnl_bf16 : dnnl_f32;
     if ((s = dnnl_memory_desc_init_by_strides(&a_md, nd, a_dims + o, ab, a_str + o)) ||
         (s = dnnl_memory_desc_init_by_strides(&b_md, nd, b_dims + o, ab, b_str + o)) ||
-        (s = dnnl_memory_desc_init_by_strides(&c_md, nd, c_dims + o, dnnl_f32, c_str + o)) ||
+        (s = dnnl_memory_desc_init_by_strides(&c_md, nd, c_dims + o, k->dst16 ? dnnl_bf16 : dnnl_f32, c_str + o)) ||
         (s = dnnl_memory_desc_init_by_strides(&bias_md, 2, bias_dims, dnnl_f32, bias_str)))
         return dnnl_fail(err, "memory descriptor", s);
     dnnl_matmul_desc_t md;
@@ -186,7 +190,7 @@ static mm_entry *entry_for(ds_dnnl *d, const mm_key *k, ds_status *st, ds_error 
 }
 
 static ds_status run(ds_dnnl *d, const mm_key *k, dnnl_stream_t stream, const void *A,
-                     const void *B, const float *bias, float *C, ds_error *err)
+                     const void *B, const float *bias, void *C, ds_error *err)
 {
     ds_status st;
     mm_entry *e = entry_for(d, k, &st, err);
@@ -226,7 +230,7 @@ static int threads_for(const ds_dnnl *d, int64_t n, int64_t min_per_thread)
  * between nt threads, each a single-threaded oneDNN product on its own stream. a_step, b_step
  * and c_step are the element strides of that dimension (b_step 0: B is shared). */
 static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const void *A, int64_t a_step,
-                           const void *B, int64_t b_step, float *C, int64_t c_step,
+                           const void *B, int64_t b_step, void *C, int64_t c_step,
                            const float *bias, ds_error *err)
 {
     int two_d = k->nb0 == 1 && k->nb1 == 1;
@@ -257,9 +261,10 @@ static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const void *A, i
         } else {
             kt.nb0 = i1 - i0;
         }
-        size_t es = k->bf16 ? 2 : 4; /* bytes per element of A and B */
+        size_t es = k->bf16 ? 2 : 4, cs = k->dst16 ? 2 : 4; /* bytes per element of A and B, of C */
         sts[t] = run(d, &kt, d->slot_stream[t], (const char *)A + (size_t)(i0 * a_step) * es,
-                     (const char *)B + (size_t)(i0 * b_step) * es, bias, C + i0 * c_step, &errs[t]);
+                     (const char *)B + (size_t)(i0 * b_step) * es, bias, (char *)C + (size_t)(i0 * c_step) * cs,
+                     &errs[t]);
     }
     for (int t = 0; t < nt; t++)
         if (sts[t] != DS_OK) {
@@ -273,9 +278,9 @@ static ds_status run_split(ds_dnnl *d, const mm_key *k, int nt, const void *A, i
 /* 2-D products are split by rows of C between the OpenMP threads, each running its own
  * single-threaded product: measured on 2 cores, oneDNN's own threading of these shapes (M about
  * 1024, K and N 256..1024) loses a fifth of the speed in the middle of a training step. */
-static ds_status matmul2d(ds_dnnl *d, int bf16, int64_t M, int64_t N, int64_t K, const void *A,
+static ds_status matmul2d(ds_dnnl *d, int bf16, int dst16, int64_t M, int64_t N, int64_t K, const void *A,
                           int64_t as0, int64_t as1, const void *B, int64_t bs0, int64_t bs1,
-                          const float *bias, float *C, int accumulate, ds_error *err)
+                          const float *bias, void *C, int accumulate, ds_error *err)
 {
     mm_key k;
     memset(&k, 0, sizeof k); /* the key is compared with memcmp: no stray padding bytes */
@@ -286,6 +291,7 @@ static ds_status matmul2d(ds_dnnl *d, int bf16, int64_t M, int64_t N, int64_t K,
     k.bias = bias != NULL;
     k.accumulate = accumulate != 0;
     k.bf16 = bf16;
+    k.dst16 = dst16;
     int nt = threads_for(d, M, 64);
     if (nt < 2)
         return run(d, &k, d->stream, A, B, bias, C, err);
@@ -296,7 +302,7 @@ ds_status ds_dnnl_matmul(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const floa
                          int64_t as0, int64_t as1, const float *B, int64_t bs0, int64_t bs1,
                          const float *bias, float *C, int accumulate, ds_error *err)
 {
-    return matmul2d(d, 0, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
+    return matmul2d(d, 0, 0, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
 }
 
 /* emulation: fp32 copy i of an operand, of n floats */
@@ -331,17 +337,49 @@ static float *widen(ds_dnnl *d, int i, const uint16_t *X, int64_t rows, int64_t 
     return y;
 }
 
+/* emulation: the fp32 product in em[2], rounded to bf16 into C [nb0, nb1, rows, cols] with
+ * element strides cs (nearest even, as oneDNN's conversion) */
+static void narrow(const float *y, uint16_t *C, int64_t nb0, int64_t nb1, int64_t rows, int64_t cols,
+                   const int64_t cs[4])
+{
+#pragma omp parallel for collapse(2) if (nb0 * nb1 * rows * cols > 65536)
+    for (int64_t a = 0; a < nb0; a++)
+        for (int64_t b = 0; b < nb1; b++)
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t c = 0; c < cols; c++)
+                    C[a * cs[0] + b * cs[1] + r * cs[2] + c * cs[3]] =
+                        ds_f32_to_bf16(y[((a * nb1 + b) * rows + r) * cols + c]);
+}
+
+static ds_status matmul_bf16(ds_dnnl *d, int dst16, int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                             int64_t as0, int64_t as1, const uint16_t *B, int64_t bs0, int64_t bs1,
+                             const float *bias, void *C, int accumulate, ds_error *err)
+{
+    if (d->emulate16) {
+        const float *a = widen(d, 0, A, M, K, as0, as1, err), *b = a ? widen(d, 1, B, K, N, bs0, bs1, err) : NULL;
+        float *y = b && dst16 ? em_buf(d, 2, M * N, err) : C;
+        if (!b || !y)
+            return DS_ERR_NOMEM;
+        ds_status st = matmul2d(d, 0, 0, M, N, K, a, K, 1, b, N, 1, bias, y, accumulate, err);
+        if (st == DS_OK && dst16)
+            narrow(y, C, 1, 1, M, N, (const int64_t[4]){M * N, M * N, N, 1});
+        return st;
+    }
+    return matmul2d(d, 1, dst16, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
+}
+
 ds_status ds_dnnl_matmul_bf16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const uint16_t *A,
                               int64_t as0, int64_t as1, const uint16_t *B, int64_t bs0, int64_t bs1,
                               const float *bias, float *C, int accumulate, ds_error *err)
 {
-    if (d->emulate16) {
-        const float *a = widen(d, 0, A, M, K, as0, as1, err), *b = a ? widen(d, 1, B, K, N, bs0, bs1, err) : NULL;
-        if (!b)
-            return DS_ERR_NOMEM;
-        return matmul2d(d, 0, M, N, K, a, K, 1, b, N, 1, bias, C, accumulate, err);
-    }
-    return matmul2d(d, 1, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
+    return matmul_bf16(d, 0, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, accumulate, err);
+}
+
+ds_status ds_dnnl_matmul_bf16_out16(ds_dnnl *d, int64_t M, int64_t N, int64_t K, const uint16_t *A,
+                                    int64_t as0, int64_t as1, const uint16_t *B, int64_t bs0, int64_t bs1,
+                                    const float *bias, uint16_t *C, ds_error *err)
+{
+    return matmul_bf16(d, 1, M, N, K, A, as0, as1, B, bs0, bs1, bias, C, 0, err);
 }
 
 void ds_dnnl_bf16_emulate(ds_dnnl *d, int on) { d->emulate16 = on != 0; }
@@ -350,8 +388,8 @@ void ds_dnnl_split(ds_dnnl *d, int on) { d->nosplit = on == 0; }
 
 /* Batched products are split by the first batch dimension between the threads, like the rows
  * of 2-D products above; A and B fp32, or bf16. */
-static ds_status batched(ds_dnnl *d, int bf16, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
-                         const void *A, const int64_t as[4], const void *B, const int64_t bs[4], float *C,
+static ds_status batched(ds_dnnl *d, int bf16, int dst16, int64_t nb0, int64_t nb1, int64_t M, int64_t N,
+                         int64_t K, const void *A, const int64_t as[4], const void *B, const int64_t bs[4], void *C,
                          const int64_t cs[4], int accumulate, ds_error *err)
 {
     mm_key k;
@@ -362,6 +400,7 @@ static ds_status batched(ds_dnnl *d, int bf16, int64_t nb0, int64_t nb1, int64_t
     memcpy(k.cs, cs, sizeof k.cs);
     k.accumulate = accumulate != 0;
     k.bf16 = bf16;
+    k.dst16 = dst16;
     int nt = threads_for(d, nb0, 1);
     if (nt < 2)
         return run(d, &k, d->stream, A, B, NULL, C, err);
@@ -386,31 +425,50 @@ static float *widen4(ds_dnnl *d, int i, const uint16_t *X, int64_t nb0, int64_t 
     return y;
 }
 
+static ds_status batched_bf16(ds_dnnl *d, int dst16, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
+                              const uint16_t *A, const int64_t as[4], const uint16_t *B, const int64_t bs[4],
+                              void *C, const int64_t cs[4], int accumulate, ds_error *err)
+{
+    if (d->emulate16) {
+        const float *a = widen4(d, 0, A, nb0, nb1, M, K, as, err);
+        const float *b = a ? widen4(d, 1, B, nb0, nb1, K, N, bs, err) : NULL;
+        float *y = b && dst16 ? em_buf(d, 2, nb0 * nb1 * M * N, err) : C;
+        if (!b || !y)
+            return DS_ERR_NOMEM;
+        const int64_t ad[4] = {nb1 * M * K, M * K, K, 1}, bd[4] = {nb1 * K * N, K * N, N, 1};
+        const int64_t yd[4] = {nb1 * M * N, M * N, N, 1};
+        ds_status st = batched(d, 0, 0, nb0, nb1, M, N, K, a, ad, b, bd, y, dst16 ? yd : cs, accumulate, err);
+        if (st == DS_OK && dst16)
+            narrow(y, C, nb0, nb1, M, N, cs);
+        return st;
+    }
+    return batched(d, 1, dst16, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
+}
+
 ds_status ds_dnnl_matmul_batched_bf16(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
                                       const uint16_t *A, const int64_t as[4], const uint16_t *B,
                                       const int64_t bs[4], float *C, const int64_t cs[4], int accumulate,
                                       ds_error *err)
 {
-    if (d->emulate16) {
-        const float *a = widen4(d, 0, A, nb0, nb1, M, K, as, err);
-        const float *b = a ? widen4(d, 1, B, nb0, nb1, K, N, bs, err) : NULL;
-        if (!b)
-            return DS_ERR_NOMEM;
-        const int64_t ad[4] = {nb1 * M * K, M * K, K, 1}, bd[4] = {nb1 * K * N, K * N, N, 1};
-        return batched(d, 0, nb0, nb1, M, N, K, a, ad, b, bd, C, cs, accumulate, err);
-    }
-    return batched(d, 1, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
+    return batched_bf16(d, 0, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
+}
+
+ds_status ds_dnnl_matmul_batched_bf16_out16(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N,
+                                            int64_t K, const uint16_t *A, const int64_t as[4], const uint16_t *B,
+                                            const int64_t bs[4], uint16_t *C, const int64_t cs[4], ds_error *err)
+{
+    return batched_bf16(d, 1, nb0, nb1, M, N, K, A, as, B, bs, C, cs, 0, err);
 }
 
 int ds_dnnl_bf16_batched_fast(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M, int64_t N, int64_t K,
-                              const int64_t as[4], const int64_t bs[4], const int64_t cs[4])
+                              const int64_t as[4], const int64_t bs[4], const int64_t cs[4], int dst16)
 {
     if (d->emulate16)
         return 1;
     /* the primitives batched() would run: one, or one per thread's share of the batch */
     mm_key k;
     memset(&k, 0, sizeof k);
-    k.nb0 = nb0, k.nb1 = nb1, k.M = M, k.N = N, k.K = K, k.bf16 = 1;
+    k.nb0 = nb0, k.nb1 = nb1, k.M = M, k.N = N, k.K = K, k.bf16 = 1, k.dst16 = dst16 != 0;
     memcpy(k.as, as, sizeof k.as);
     memcpy(k.bs, bs, sizeof k.bs);
     memcpy(k.cs, cs, sizeof k.cs);
@@ -451,18 +509,25 @@ int ds_dnnl_bf16_probe(ds_dnnl *d, const char **why)
         if (!amx && !avx512) {
             snprintf(d->bf16_why, sizeof d->bf16_why, "no AMX-BF16 or AVX512_BF16 on this CPU");
         } else {
-            /* a small product, as the linear layers use it: oneDNN says which code runs it */
+            /* a small product, as the linear layers use it, with fp32 and with bf16 output:
+             * oneDNN says which code runs it (the worse of the two counts) */
             mm_key k;
             memset(&k, 0, sizeof k);
             k.nb0 = k.nb1 = 1, k.M = 64, k.N = 64, k.K = 64, k.bf16 = 1;
             k.as[2] = 64, k.as[3] = 1, k.bs[2] = 1, k.bs[3] = 64, k.cs[2] = 64, k.cs[3] = 1;
             k.as[0] = k.as[1] = k.bs[0] = k.bs[1] = k.cs[0] = k.cs[1] = 64 * 64;
-            ds_status st;
-            ds_error e = {0};
             char impl[64] = "";
-            mm_entry *me = entry_for(d, &k, &st, &e);
-            if (me)
-                snprintf(impl, sizeof impl, "%s", me->impl);
+            for (k.dst16 = 0; k.dst16 < 2; k.dst16++) {
+                ds_status st;
+                ds_error e = {0};
+                mm_entry *me = entry_for(d, &k, &st, &e);
+                if (!me || !*me->impl || strncmp(me->impl, "ref", 3) == 0) {
+                    snprintf(impl, sizeof impl, "%s", me ? me->impl : "");
+                    break;
+                }
+                if (!k.dst16)
+                    snprintf(impl, sizeof impl, "%s", me->impl);
+            }
             if (!*impl || strncmp(impl, "ref", 3) == 0)
                 snprintf(d->bf16_why, sizeof d->bf16_why, "%s on this CPU, but oneDNN %d.%d has no fast bf16 matmul (%s)",
                          amx ? "AMX-BF16" : "AVX512_BF16", dnnl_version()->major, dnnl_version()->minor,
@@ -483,5 +548,5 @@ ds_status ds_dnnl_matmul_batched(ds_dnnl *d, int64_t nb0, int64_t nb1, int64_t M
                                  const int64_t bs[4], float *C, const int64_t cs[4],
                                  int accumulate, ds_error *err)
 {
-    return batched(d, 0, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
+    return batched(d, 0, 0, nb0, nb1, M, N, K, A, as, B, bs, C, cs, accumulate, err);
 }
