@@ -67,9 +67,9 @@ pack() {
         sed -n '/configured:/,$p' configure.out
     fi
     grep -q '^pkglib_LTLIBRARIES = libds-cuda.la' Makefile || die "configure did not enable the CUDA backend"
-    say "== build (make -j2: libds, libds-cuda.so, ds-train, tests/test_cuda, tests/bench_cuda)"
+    say "== build (make -j2: libds, libds-cuda.so, ds-train, tests/test_cuda, tests/bench_cuda, tests/bench_dnnl)"
     # two makes: `all` recurses, and one make for everything would link libds.la twice at once
-    { make -j2 all && make -j2 tests/test_cuda tests/bench_cuda tests/test_layers; } >make.out 2>&1 ||
+    { make -j2 all && make -j2 tests/test_cuda tests/bench_cuda tests/test_layers tests/bench_dnnl; } >make.out 2>&1 ||
         { tail -40 make.out; die "build failed"; }
     grep -i "warning" make.out && say "(compiler warnings above)" || true
 
@@ -96,6 +96,7 @@ pack() {
     cp tests/.libs/test_cuda "$G/bin/" 2>/dev/null || cp tests/test_cuda "$G/bin/"
     cp tests/.libs/bench_cuda "$G/bin/" 2>/dev/null || cp tests/bench_cuda "$G/bin/"
     cp tests/.libs/test_layers "$G/bin/" 2>/dev/null || cp tests/test_layers "$G/bin/"
+    cp tests/bench_dnnl "$G/bin/"
     for f in "$G"/bin/*; do file "$f" | grep -q ELF || die "$f is not an ELF binary (libtool wrapper?)"; done
     cp -L .libs/libds.so.0 "$G/lib/libds.so.0"
     cp -L .libs/libds-cuda.so "$G/lib/libds-cuda.so"
@@ -409,6 +410,13 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
                 BENCH_V=256 BENCH_L=4 timeout "$(tmo 30)" "$G/bin/bench_cuda" 8 128 >"$out/cpu-ops-$bp.txt" 2>&1
             sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/cpu-ops-$bp.txt"
         done
+        # the linear layers' products alone in the ways ds could call them: plain or packed
+        # weights, rows split between threads or threaded by oneDNN, fp32 or bf16 output
+        if [ "$(tmo 30)" -gt 20 ]; then
+            say "-- oneDNN's products at gpt-tiny's shapes, 2 threads (tests/bench_dnnl 20)"
+            dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 timeout "$(tmo 30)" "$G/bin/bench_dnnl" 20 2>&1
+            say "bench_dnnl: exit $?"
+        fi
         # which oneDNN implementation runs each product of a bf16 step, and at what rate (its
         # verbose log over 6 steps of gpt-tiny on 2 threads, the first 2 calls of each shape left out)
         if [ "$(tmo 30)" -gt 20 ]; then

@@ -1,0 +1,280 @@
+/* Where oneDNN's small bf16 products lose their speed (issue 4): the linear layers' products of
+ * a gpt-tiny step (B 8, T 128, C 256) timed alone, each in the ways ds could call it, beside
+ * the same shapes in fp32 and a 1024^3 product. The last AMX measurement found these shapes at
+ * 0.3-0.6 TFLOP/s on 2 cores against 1.5 at 1024^3; this says whether the weights' plain layout
+ * (oneDNN repacks them at every call), the split of the rows between threads (each thread
+ * repacks them again) or the shapes themselves cost it.
+ *
+ *   tests/bench_dnnl [reps]      (built on request: make tests/bench_dnnl; gpu-check.sh runs it
+ *                                 on the lent machine's host CPU)
+ *
+ * Variants, per product (GFLOP/s, median of reps after 3 warm-up calls):
+ *   f32 split      fp32, the rows split between the OpenMP threads, each a one-thread
+ *                  primitive on plain layouts: what ds-train runs in fp32
+ *   bf16 split     the same in bf16 (fp32 output): ds-train's bf16 products before this commit
+ *   bf16 split o16 bf16 output (what 16-bit storage now asks)
+ *   bf16 omp       one primitive threaded by oneDNN (DS_CPU_GEMM_SPLIT=0)
+ *   bf16 split pk  B in the layout the primitive prefers (format any; reordered once, outside
+ *                  the timing: what packing the weights once per step would give)
+ *   bf16 omp pk    both
+ *   f32 split pk   fp32 with B packed
+ * Every variant's C is summed and compared with the first's (the inputs are bf16 values, so all
+ * compute the same positive sums up to rounding): a mismatch is marked ! and the exit status is 1.
+ * A variant oneDNN cannot build (no bf16 matmul on this CPU, or only its reference code) says
+ * so instead of a rate. The implementation oneDNN chose is printed for each product. */
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_T 64
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct prod {
+    const char *name;
+    int64_t M, N, K;
+    int bt; /* B given transposed (B(k,n) = W[n*K + k]: the forward's W^T) */
+} prod;
+
+typedef struct part {
+    dnnl_primitive_t p;
+    dnnl_memory_t a, b, c;
+    dnnl_stream_t s;
+} part;
+
+static dnnl_engine_t eng;
+
+/* one primitive for rows [0, m) of the product; packed: B in the primitive's own layout */
+static int make_part(const prod *q, int64_t m, dnnl_data_type_t dt, dnnl_data_type_t ct, int packed, void *A, void *B,
+                     void *C, part *o, char *impl, size_t impl_n)
+{
+    dnnl_memory_desc_t a_md, b_md, c_md, bplain;
+    dnnl_dims_t ad = {m, q->K}, bd = {q->K, q->N}, cd = {m, q->N};
+    dnnl_dims_t as = {q->K, 1}, bs_t = {1, q->K}, bs_n = {q->N, 1}, cs = {q->N, 1};
+    if (dnnl_memory_desc_init_by_strides(&a_md, 2, ad, dt, as) ||
+        dnnl_memory_desc_init_by_strides(&bplain, 2, bd, dt, q->bt ? bs_t : bs_n) ||
+        dnnl_memory_desc_init_by_strides(&c_md, 2, cd, ct, cs))
+        return -1;
+    b_md = bplain;
+    if (packed && dnnl_memory_desc_init_by_tag(&b_md, 2, bd, dt, dnnl_format_tag_any))
+        return -1;
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd;
+    if (dnnl_matmul_desc_init(&md, &a_md, &b_md, NULL, &c_md) ||
+        dnnl_primitive_desc_create(&pd, &md, NULL, eng, NULL))
+        return -1;
+    const char *im = NULL;
+    dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &im);
+    snprintf(impl, impl_n, "%s", im ? im : "?");
+    if (strncmp(impl, "ref", 3) == 0) {
+        dnnl_primitive_desc_destroy(pd);
+        return -2;
+    }
+    const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    if (dnnl_primitive_create(&o->p, pd) || dnnl_memory_create(&o->a, &a_md, eng, A) ||
+        dnnl_memory_create(&o->c, &c_md, eng, C) || dnnl_stream_create(&o->s, eng, dnnl_stream_default_flags)) {
+        dnnl_primitive_desc_destroy(pd);
+        return -1;
+    }
+    if (!packed) {
+        dnnl_memory_create(&o->b, &b_md, eng, B);
+    } else { /* B reordered once into the layout the primitive asked for */
+        dnnl_memory_t src;
+        dnnl_primitive_desc_t rpd;
+        dnnl_primitive_t r;
+        if (dnnl_memory_create(&src, &bplain, eng, B) || dnnl_memory_create(&o->b, wmd, eng, DNNL_MEMORY_ALLOCATE) ||
+            dnnl_reorder_primitive_desc_create(&rpd, &bplain, eng, wmd, eng, NULL) ||
+            dnnl_primitive_create(&r, rpd)) {
+            dnnl_primitive_desc_destroy(pd);
+            return -1;
+        }
+        dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, o->b}};
+        dnnl_primitive_execute(r, o->s, 2, args);
+        dnnl_stream_wait(o->s);
+        dnnl_primitive_destroy(r);
+        dnnl_primitive_desc_destroy(rpd);
+        dnnl_memory_destroy(src);
+    }
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+}
+
+static void run_part(part *o)
+{
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, o->a}, {DNNL_ARG_WEIGHTS, o->b}, {DNNL_ARG_DST, o->c}};
+    dnnl_primitive_execute(o->p, o->s, 3, args);
+    dnnl_stream_wait(o->s);
+}
+
+static void free_part(part *o)
+{
+    dnnl_primitive_destroy(o->p);
+    dnnl_memory_destroy(o->a);
+    dnnl_memory_destroy(o->b);
+    dnnl_memory_destroy(o->c);
+    dnnl_stream_destroy(o->s);
+}
+
+/* GFLOP/s of one variant, 0 where oneDNN builds none or only its reference code; impl: its name */
+static double time_variant(const prod *q, int bf16, int out16, int split, int packed, int reps, char *impl,
+                           size_t impl_n, double *sum)
+{
+    const int nt = split ? omp_get_max_threads() : 1;
+    const size_t es = bf16 ? 2 : 4, cs = out16 ? 2 : 4;
+    char *A = calloc((size_t)(q->M * q->K), es), *B = calloc((size_t)(q->K * q->N), es);
+    char *C = calloc((size_t)(q->M * q->N), cs);
+    /* small values, the same bits in bf16 and fp32 (bf16's upper halves) */
+    for (int64_t i = 0; i < q->M * q->K; i++) {
+        uint16_t h = (uint16_t)(0x3c00 + (i * 7919) % 512); /* 2^-7 .. 2^-6 scale */
+        if (bf16)
+            memcpy(A + 2 * i, &h, 2);
+        else {
+            uint32_t u = (uint32_t)h << 16;
+            memcpy(A + 4 * i, &u, 4);
+        }
+    }
+    for (int64_t i = 0; i < q->K * q->N; i++) {
+        uint16_t h = (uint16_t)(0x3c00 + (i * 104729) % 512);
+        if (bf16)
+            memcpy(B + 2 * i, &h, 2);
+        else {
+            uint32_t u = (uint32_t)h << 16;
+            memcpy(B + 4 * i, &u, 4);
+        }
+    }
+    part parts[MAX_T];
+    int ok = 1, n = 0; /* n: parts made */
+    for (int t = 0; t < nt && ok; t++) {
+        int64_t m0 = q->M * t / nt, m1 = q->M * (t + 1) / nt;
+        int r = make_part(q, m1 - m0, bf16 ? dnnl_bf16 : dnnl_f32, out16 ? dnnl_bf16 : dnnl_f32, packed,
+                          A + (size_t)(m0 * q->K) * es, B, C + (size_t)(m0 * q->N) * cs, &parts[t], impl, impl_n);
+        if (r == 0)
+            n++;
+        else
+            ok = 0;
+        if (r == -1)
+            snprintf(impl, impl_n, "%s", "none built");
+    }
+    double gf = 0;
+    if (ok) {
+        double *ts = malloc((size_t)reps * sizeof *ts);
+        for (int r = -3; r < reps; r++) {
+            double t0 = now_s();
+            if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+                run_part(&parts[omp_get_thread_num()]);
+            } else {
+                run_part(&parts[0]);
+            }
+            if (r >= 0)
+                ts[r] = now_s() - t0;
+        }
+        qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
+        *sum = 0; /* what the product gave, to compare the variants */
+        for (int64_t i = 0; i < q->M * q->N; i++) {
+            uint32_t u = 0;
+            if (out16)
+                u = (uint32_t)((uint16_t *)(void *)C)[i] << 16;
+            else
+                memcpy(&u, C + 4 * i, 4);
+            float f;
+            memcpy(&f, &u, 4);
+            *sum += f;
+        }
+        gf = 2.0 * (double)q->M * (double)q->N * (double)q->K / ts[reps / 2] / 1e9;
+        free(ts);
+    }
+    for (int t = 0; t < n; t++)
+        free_part(&parts[t]);
+    free(A), free(B), free(C);
+    return gf;
+}
+
+int main(int argc, char **argv)
+{
+    int reps = argc > 1 ? atoi(argv[1]) : 20;
+    if (reps < 1 || reps > 100000) {
+        fprintf(stderr, "bench_dnnl: reps %s: expected a number from 1 to 100000\n", argv[1]);
+        return 2;
+    }
+    if (omp_get_max_threads() > MAX_T) {
+        fprintf(stderr, "bench_dnnl: at most %d threads (OMP_NUM_THREADS)\n", MAX_T);
+        return 2;
+    }
+    if (dnnl_engine_create(&eng, dnnl_cpu, 0)) {
+        fprintf(stderr, "bench_dnnl: no oneDNN CPU engine\n");
+        return 1;
+    }
+    /* gpt-tiny's linear products as ds calls them (M = B*T = 1024 rows; dW's operands
+     * transposed beforehand, so every A is row-major) and a large square one */
+    static const prod prods[] = {
+        {"fwd qkv (x W^T)", 1024, 768, 256, 1},  {"fwd fc", 1024, 1024, 256, 1},
+        {"fwd proj", 1024, 256, 1024, 1},        {"fwd attn.proj", 1024, 256, 256, 1},
+        {"dX fc (dY W)", 1024, 256, 1024, 0},     {"dX proj", 1024, 1024, 256, 0},
+        {"dW fc (dY^T X)", 1024, 256, 1024, 0},   {"dW qkv", 768, 256, 1024, 0},
+        {"1024^3", 1024, 1024, 1024, 0},
+    };
+    static const struct {
+        const char *name;
+        int bf16, out16, split, packed;
+    } vars[] = {
+        {"f32 split", 0, 0, 1, 0},     {"bf16 split", 1, 0, 1, 0}, {"bf16 split o16", 1, 1, 1, 0},
+        {"bf16 omp", 1, 0, 0, 0},      {"bf16 split pk", 1, 0, 1, 1}, {"bf16 omp pk", 1, 0, 0, 1},
+        {"f32 split pk", 0, 0, 1, 1},
+    };
+    const int nv = (int)(sizeof vars / sizeof vars[0]);
+    const dnnl_version_t *v = dnnl_version();
+    printf("bench_dnnl: oneDNN %d.%d.%d, %d threads, GFLOP/s (median of %d)\n", v->major, v->minor, v->patch,
+           omp_get_max_threads(), reps);
+    printf("%-18s %6s %6s %6s", "product", "M", "N", "K");
+    for (int j = 0; j < nv; j++)
+        printf(" %14s", vars[j].name);
+    printf("\n");
+    int bad = 0;
+    for (size_t i = 0; i < sizeof prods / sizeof prods[0]; i++) {
+        const prod *q = &prods[i];
+        char impls[8][64];
+        double ref = 0;
+        int have_ref = 0;
+        printf("%-18s %6lld %6lld %6lld", q->name, (long long)q->M, (long long)q->N, (long long)q->K);
+        for (int j = 0; j < nv; j++) {
+            double sum = 0;
+            double gf = time_variant(q, vars[j].bf16, vars[j].out16, vars[j].split, vars[j].packed, reps, impls[j],
+                                     sizeof impls[j], &sum);
+            /* the inputs are bf16 values: every variant sums the same products (sums of positive
+             * terms, so only rounding separates them) */
+            int off = gf > 0 && have_ref && !(sum > ref * 0.99 && sum < ref * 1.01);
+            if (gf > 0 && !have_ref)
+                ref = sum, have_ref = 1;
+            bad |= off;
+            if (gf > 0)
+                printf(" %13.1f%s", gf, off ? "!" : " ");
+            else
+                printf(" %14s", "n/a");
+        }
+        printf("\n%-39s", "");
+        for (int j = 0; j < nv; j++)
+            printf(" %14.14s", impls[j]);
+        printf("\n");
+        fflush(stdout);
+    }
+    dnnl_engine_destroy(eng);
+    if (bad)
+        printf("bench_dnnl: a variant marked ! gave another product than the first (sums of C off by more than 1%%)\n");
+    return bad;
+}
