@@ -59,6 +59,8 @@ typedef struct part {
 
 static dnnl_engine_t eng;
 
+static void free_part(part *o); /* the parts of o that exist (NULL handles are skipped by oneDNN) */
+
 /* one primitive for rows [0, m) of the product; packed: B in the primitive's own layout */
 static int make_part(const prod *q, int64_t m, dnnl_data_type_t dt, dnnl_data_type_t ct, int packed, void *A, void *B,
                      void *C, part *o, char *impl, size_t impl_n)
@@ -86,21 +88,25 @@ static int make_part(const prod *q, int64_t m, dnnl_data_type_t dt, dnnl_data_ty
         return -2;
     }
     const dnnl_memory_desc_t *wmd = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    memset(o, 0, sizeof *o);
     if (dnnl_primitive_create(&o->p, pd) || dnnl_memory_create(&o->a, &a_md, eng, A) ||
-        dnnl_memory_create(&o->c, &c_md, eng, C) || dnnl_stream_create(&o->s, eng, dnnl_stream_default_flags)) {
+        dnnl_memory_create(&o->c, &c_md, eng, C) || dnnl_stream_create(&o->s, eng, dnnl_stream_default_flags) ||
+        (!packed && dnnl_memory_create(&o->b, &b_md, eng, B))) {
         dnnl_primitive_desc_destroy(pd);
+        free_part(o);
         return -1;
     }
-    if (!packed) {
-        dnnl_memory_create(&o->b, &b_md, eng, B);
-    } else { /* B reordered once into the layout the primitive asked for */
-        dnnl_memory_t src;
-        dnnl_primitive_desc_t rpd;
-        dnnl_primitive_t r;
+    if (packed) { /* B reordered once into the layout the primitive asked for */
+        dnnl_memory_t src = NULL;
+        dnnl_primitive_desc_t rpd = NULL;
+        dnnl_primitive_t r = NULL;
         if (dnnl_memory_create(&src, &bplain, eng, B) || dnnl_memory_create(&o->b, wmd, eng, DNNL_MEMORY_ALLOCATE) ||
             dnnl_reorder_primitive_desc_create(&rpd, &bplain, eng, wmd, eng, NULL) ||
             dnnl_primitive_create(&r, rpd)) {
+            dnnl_primitive_desc_destroy(rpd);
+            dnnl_memory_destroy(src);
             dnnl_primitive_desc_destroy(pd);
+            free_part(o);
             return -1;
         }
         dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, o->b}};
@@ -138,9 +144,13 @@ static double time_variant(const prod *q, int bf16, int out16, int split, int pa
     const size_t es = bf16 ? 2 : 4, cs = out16 ? 2 : 4;
     char *A = calloc((size_t)(q->M * q->K), es), *B = calloc((size_t)(q->K * q->N), es);
     char *C = calloc((size_t)(q->M * q->N), cs);
+    if (!A || !B || !C) {
+        fprintf(stderr, "bench_dnnl: out of memory\n");
+        exit(1);
+    }
     /* small values, the same bits in bf16 and fp32 (bf16's upper halves) */
     for (int64_t i = 0; i < q->M * q->K; i++) {
-        uint16_t h = (uint16_t)(0x3c00 + (i * 7919) % 512); /* 2^-7 .. 2^-6 scale */
+        uint16_t h = (uint16_t)(0x3c00 + (i * 7919) % 512); /* 2^-7 to about 2^-3 */
         if (bf16)
             memcpy(A + 2 * i, &h, 2);
         else {
@@ -176,8 +186,17 @@ static double time_variant(const prod *q, int bf16, int out16, int split, int pa
         for (int r = -3; r < reps; r++) {
             double t0 = now_s();
             if (nt > 1) {
+                int team = 0;
 #pragma omp parallel num_threads(nt)
-                run_part(&parts[omp_get_thread_num()]);
+                {
+                    run_part(&parts[omp_get_thread_num()]);
+#pragma omp single
+                    team = omp_get_num_threads();
+                }
+                if (team != nt) { /* OMP_DYNAMIC or a thread limit: some rows were not computed */
+                    fprintf(stderr, "bench_dnnl: asked for %d threads, got %d (unset OMP_DYNAMIC)\n", nt, team);
+                    exit(1);
+                }
             } else {
                 run_part(&parts[0]);
             }

@@ -878,7 +878,7 @@ OP_TESTS(mse, check_mse)
  * bit, the column sums (a linear layer's bias gradient) the sequential sums row after row added
  * to what colsum held: the order that makes them the same bits on every path. The shapes cross
  * the 8x8 blocks, the 16-column strips, the 64-row blocks and the 512-column super-strips, below
- * and above PAR_MIN, with 3 threads for uneven splits. */
+ * and above PAR_MIN, with 1 and 3 threads (uneven splits). */
 static void check_transposes(const ds_cpu_kernels *k)
 {
     static const int64_t shapes[][2] = {{1, 1}, {7, 5}, {8, 16}, {37, 19}, {64, 48}, {200, 33},
@@ -926,11 +926,13 @@ static void check_transposes(const ds_cpu_kernels *k)
 
 Test(kernels, transposes_move_bits_and_sum_in_row_order)
 {
+    for (int threads = 1; threads <= 3; threads += 2) {
 #ifdef _OPENMP
-    omp_set_num_threads(3);
+        omp_set_num_threads(threads);
 #endif
-    check_transposes(&ds_cpu_kernels_avx2);
-    check_transposes(&ds_cpu_kernels_generic);
+        check_transposes(&ds_cpu_kernels_avx2);
+        check_transposes(&ds_cpu_kernels_generic);
+    }
     check_transposes(&ds_cpu_kernels_avx2_serial);
     check_transposes(&ds_cpu_kernels_generic_serial);
 }

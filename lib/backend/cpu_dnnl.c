@@ -20,7 +20,9 @@ typedef struct mm_key {
     int bf16; /* A and B are bf16 */
     int dst16; /* C is bf16 too (rounded to nearest even by oneDNN) */
     int slot; /* the thread that runs it, when rows are split between threads */
+    int spare; /* keeps the struct free of padding: keys are copied by assignment and compared by memcmp */
 } mm_key;
+_Static_assert(sizeof(mm_key) == 17 * sizeof(int64_t) + 6 * sizeof(int), "mm_key must have no padding");
 
 typedef struct mm_entry {
     mm_key key;

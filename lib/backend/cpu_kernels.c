@@ -231,7 +231,7 @@ static inline float widen16(uint16_t h, int mode)
 #endif
 }
 
-#ifdef __AVX2__
+#if defined(__AVX2__) && defined(__F16C__) /* fp16 widening by F16C */
 static inline __attribute__((always_inline)) __m256 widen8(__m128i h, int mode)
 {
     return mode == DS_ROUND_BF16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
@@ -281,7 +281,7 @@ static inline __attribute__((always_inline)) void tr8x8_16(const uint16_t *s, in
 static inline void tr_strip16(const uint16_t *src, uint16_t *dst, int64_t rows, int64_t cols, int64_t r0,
                               int64_t r1, int64_t c0, int64_t c1, float *sums, int mode)
 {
-#ifdef __AVX2__
+#if defined(__AVX2__) && defined(__F16C__) /* fp16 widening by F16C */
     if (c1 - c0 == TR_W) {
         __m256 a0 = _mm256_loadu_ps(sums), a1 = _mm256_loadu_ps(sums + 8);
         for (; r0 + 8 <= r1; r0 += 8) {

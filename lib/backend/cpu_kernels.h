@@ -17,7 +17,7 @@ typedef struct ds_cpu_kernels {
     /* dst[cols, rows] = src[rows, cols]^T; with colsum not NULL also colsum[c] += sum_r src[r, c]
      * (a linear layer's bias gradient, in the same pass) */
     void (*transpose)(const float *src, float *dst, int64_t rows, int64_t cols, float *colsum);
-    /* the same on 16-bit values of a ds_round_mode: dst the values as they are, colsum the sums
+    /* the same on 16-bit values of mode (DS_ROUND_BF16 or DS_ROUND_FP16): dst the values as they are, colsum the sums
      * of the widened values (the bits transpose gives on the widened tensor) */
     void (*transpose16)(const uint16_t *src, uint16_t *dst, int64_t rows, int64_t cols, float *colsum, int mode);
     void (*colsum_acc)(const float *dy, float *dbias, int64_t M, int64_t N);
