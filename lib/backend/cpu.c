@@ -419,12 +419,13 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     /* on bf16 units the products read the stored bf16 dY, W and X; dY^T is transposed in 16 bits
      * (with the bias gradient of the widened values) */
     const int units = c->gemm16 && c->s16 == DS_ROUND_BF16;
-    const float *dy32 = !units || (dbias && !dw) ? whole32(b, 0, dy, M * N) : NULL;
+    const int need_dy32 = !units || (dbias && !dw); /* for the fp32 products, or a bias gradient alone */
+    const float *dy32 = need_dy32 ? whole32(b, 0, dy, M * N) : NULL;
     const float *x32 = dw && !units ? whole32(b, 1, x, M * K) : NULL;
     const float *w32 = dx && !units ? whole32(b, 3, w, N * K) : NULL;
     const int dx16 = units && !accumulate; /* dX written in bf16 by the product */
     float *dx32 = dx && !dx16 ? whole32(b, 2, accumulate ? dx : NULL, M * K) : NULL;
-    if ((!dy32 && (!units || (dbias && !dw))) || (dw && !units && !x32) || (dx && !dx16 && !dx32) ||
+    if ((need_dy32 && !dy32) || (dw && !units && !x32) || (dx && !dx16 && !dx32) ||
         (dx && !units && !w32))
         return DS_ERR_NOMEM;
     ds_status st = DS_OK;

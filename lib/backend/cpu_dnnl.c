@@ -344,7 +344,7 @@ static float *widen(ds_dnnl *d, int i, const uint16_t *X, int64_t rows, int64_t 
 static void narrow(const float *y, uint16_t *C, int64_t nb0, int64_t nb1, int64_t rows, int64_t cols,
                    const int64_t cs[4])
 {
-#pragma omp parallel for collapse(2) if (nb0 * nb1 * rows * cols > 65536)
+#pragma omp parallel for collapse(3) if (nb0 * nb1 * rows * cols > 65536) /* rows too: 2-D is 1 x 1 */
     for (int64_t a = 0; a < nb0; a++)
         for (int64_t b = 0; b < nb1; b++)
             for (int64_t r = 0; r < rows; r++)

@@ -142,8 +142,9 @@ static void posadd_bwd(const float *dy, float *dpos, int64_t B, int64_t T, int64
 }
 
 /* Transpose in strips of TR_W columns of src (rows of dst): each thread owns whole rows of dst,
- * so it can also sum them for the bias gradient without sharing. A strip's reads are 64-byte
- * lines (16 floats, or 32 16-bit values) read once; blocks of 8 rows are turned in registers
+ * so it can also sum them for the bias gradient without sharing. A strip's reads are whole
+ * 64-byte lines of 16 floats (of 16-bit values: half lines, whose other halves the next strip
+ * reads from cache in the same row block); blocks of 8 rows are turned in registers
  * where AVX2 is there. The sums are formed row after row for every column, in the same order
  * whatever the path (the vector lanes add the rows one at a time), so the bias gradient has the
  * same bits in either instance and in the 16-bit version below. */
