@@ -265,6 +265,8 @@ static const ds_backend_ops cuda_ops = {
     /* .fuse_round = */ ds_cuda_fuse_round,
     /* .store16 = */ ds_cuda_store16,
     /* .pack16 = */ ds_cuda_pack16_op,
+    /* .linear_gelu_fwd = */ ds_cuda_linear_gelu_fwd,
+    /* .linear_bwd_gelu = */ ds_cuda_linear_bwd_gelu,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as
@@ -361,6 +363,8 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     c->fuse_ok = !(fr && strcmp(fr, "0") == 0);
     const char *lt_env = getenv("DS_CUDA_LT");
     c->lt_ok = !(lt_env && strcmp(lt_env, "0") == 0);
+    const char *gf_env = getenv("DS_CUDA_GELU_FUSE");
+    c->gelu_fuse = !(gf_env && strcmp(gf_env, "0") == 0);
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;

@@ -28,6 +28,7 @@ typedef struct ds_cuda {
     cublasHandle_t blas;
     cublasLtHandle_t lt;   /* cuBLASLt: the 16-bit linear layers with a bias (its bias epilogue) */
     int lt_ok;             /* DS_CUDA_LT (default 1): use it */
+    int gelu_fuse;         /* DS_CUDA_GELU_FUSE (default 1): a linear layer's GELU in cuBLASLt's epilogues */
     void *lt_ws;           /* its workspace (LT_WORKSPACE bytes, allocated at first use; NULL: none) */
     int lt_ws_tried;
     void *scratch;         /* per-op temporary device memory, grown on demand */

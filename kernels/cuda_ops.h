@@ -16,6 +16,10 @@ ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const float *w, cons
 ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const float *x, const float *w,
                              float *dx, float *dw, float *dbias, int64_t M, int64_t K, int64_t N,
                              int accumulate);
+ds_status ds_cuda_linear_gelu_fwd(ds_backend *b, const float *x, const float *w, const float *bias, float *pre,
+                                  float *y, int64_t M, int64_t K, int64_t N, int *done);
+ds_status ds_cuda_linear_bwd_gelu(ds_backend *b, const float *dy, const float *x, const float *w, const float *pre,
+                                  float *dx, float *dw, float *dbias, int64_t M, int64_t K, int64_t N, int *done);
 
 /* embedding.cu */
 ds_status ds_cuda_embedding_fwd(ds_backend *b, const int32_t *ids, const float *table, float *out,

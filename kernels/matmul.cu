@@ -123,18 +123,34 @@ static uint32_t lt_align(const void *p)
     return a;
 }
 
-/* Y = X W^T + bias for a linear layer, through cuBLASLt with its bias epilogue: X (M x K) and W
- * (N x K) 16-bit, the bias and Y of Y's type: 16-bit (d16) or fp32. Column-major, as the
- * products here: D (N x M) = op_T(W^T) . X^T, the bias added to each column (length N) in fp32
- * before D's one conversion, so a 16-bit Y is the fp32 sum rounded once, as bias_pack_k writes
- * it, without the fp32 copy and the second pass. Returns 1 when done, 0 when cuBLASLt has no
- * algorithm for it (no error: the caller goes the other way), -1 on an error (b->err set). */
-static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bias, void *y, int M, int K, int N,
-                     int d16)
+/* The epilogues ds asks cuBLASLt for (lt_matmul) */
+enum lt_epi {
+    LT_BIAS,      /* D = A B + bias (one value per row of D) */
+    LT_GELU,      /* aux = A B (+ bias), D = gelu_tanh(aux): a linear layer and the GELU after it */
+    LT_DGELU,     /* D = (A B) * gelu_tanh'(aux): dX of the layer after a GELU, and the GELU's backward */
+};
+
+/* D (m x n, column-major, ld m) = op(A) op(B) with A, B 16-bit (ld lda, ldb) through cuBLASLt with
+ * the epilogue epi; D 16-bit (d16) or fp32, bias (LT_BIAS; NULL or one per row for LT_GELU) of
+ * D's type, aux 16-bit, m x n with ld m. The epilogue works on the fp32 sum before D's one
+ * conversion, so each output is rounded once. Returns 1 when done, 0 when cuBLASLt is off, the
+ * operands do not suit it, or it has no algorithm (no error: the caller goes the other way), -1
+ * on an error (b->err set). */
+static int lt_matmul(ds_backend *b, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const void *A,
+                     int lda, const void *B, int ldb, void *D, int d16, enum lt_epi epi, const void *bias,
+                     const void *aux)
 {
     ds_cuda *c = DS_CUDA(b);
-    /* the bias epilogue wants a 16-byte aligned bias (an unaligned one goes the other way) */
-    if (!c->lt_ok || !c->lt || (uintptr_t)bias % 16)
+    /* the bias epilogue wants a 16-byte aligned bias; the GELU input's ld a multiple of 8
+     * (cublasLt.h: CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD), and here 16-byte aligned too (as the
+     * engine's activations are). Operands less than 16-byte aligned go the other way as well:
+     * for them (2 bytes off) an H200's cuBLASLt took an algorithm that rounded the product to
+     * bf16 before adding the bias (two bf16 steps from the sum rounded once, where the product
+     * and the bias nearly cancel). */
+    if (!c->lt_ok || !c->lt || (bias && (uintptr_t)bias % 16) || (uintptr_t)A % 16 || (uintptr_t)B % 16 ||
+        (uintptr_t)D % 16 ||
+        (epi != LT_BIAS && (!d16 || m % 8 || !aux || (uintptr_t)aux % 16)) ||
+        (epi == LT_BIAS && !bias))
         return 0;
     if (!c->lt_ws_tried) {
         c->lt_ws_tried = 1;
@@ -144,10 +160,13 @@ static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bi
         }
     }
     const cudaDataType t = c->gemm16 == DS_ROUND_BF16 ? CUDA_R_16BF : CUDA_R_16F, dt = d16 ? t : CUDA_R_32F;
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+    const cublasLtEpilogue_t ep = epi == LT_BIAS   ? CUBLASLT_EPILOGUE_BIAS
+                                  : epi == LT_DGELU ? CUBLASLT_EPILOGUE_DGELU
+                                  : bias            ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS
+                                                    : CUBLASLT_EPILOGUE_GELU_AUX;
+    const int64_t aux_ld = m;
     const uint64_t ws = c->lt_ws ? LT_WORKSPACE : 0;
-    const uint32_t al_a = lt_align(w), al_b = lt_align(x), al_d = lt_align(y);
+    const uint32_t al_a = lt_align(A), al_b = lt_align(B), al_d = lt_align(D);
     const float one = 1.0f, zero = 0.0f;
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
@@ -165,10 +184,17 @@ static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bi
     LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta));
     LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    LT_STEP(cublasLtMatrixLayoutCreate(&la, t, (uint64_t)K, (uint64_t)N, K));
-    LT_STEP(cublasLtMatrixLayoutCreate(&lb, t, (uint64_t)K, (uint64_t)M, K));
-    LT_STEP(cublasLtMatrixLayoutCreate(&ld, dt, (uint64_t)N, (uint64_t)M, N));
+    if (bias)
+        LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    if (epi != LT_BIAS) {
+        LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
+        LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof aux_ld));
+    }
+    LT_STEP(cublasLtMatrixLayoutCreate(&la, t, ta == CUBLAS_OP_N ? (uint64_t)m : (uint64_t)k,
+                                       ta == CUBLAS_OP_N ? (uint64_t)k : (uint64_t)m, lda));
+    LT_STEP(cublasLtMatrixLayoutCreate(&lb, t, tb == CUBLAS_OP_N ? (uint64_t)k : (uint64_t)n,
+                                       tb == CUBLAS_OP_N ? (uint64_t)n : (uint64_t)k, ldb));
+    LT_STEP(cublasLtMatrixLayoutCreate(&ld, dt, (uint64_t)m, (uint64_t)n, m));
     LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
     LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
     LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a));
@@ -181,7 +207,7 @@ static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bi
     if (s == CUBLAS_STATUS_SUCCESS &&
         cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &res, &found) == CUBLAS_STATUS_SUCCESS &&
         found > 0 && res.state == CUBLAS_STATUS_SUCCESS) {
-        s = cublasLtMatmul(c->lt, op, &one, w, la, x, lb, &zero, y, ld, y, ld, &res.algo, c->lt_ws, (size_t)ws,
+        s = cublasLtMatmul(c->lt, op, &one, A, la, B, lb, &zero, D, ld, D, ld, &res.algo, c->lt_ws, (size_t)ws,
                            STREAM(b));
         done = s == CUBLAS_STATUS_SUCCESS ? 1 : s == CUBLAS_STATUS_NOT_SUPPORTED ? 0 : -1;
     }
@@ -196,8 +222,22 @@ static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bi
     if (op)
         cublasLtMatmulDescDestroy(op);
     if (done < 0)
-        ds_cuda_blas_fail(b, "cublasLtMatmul (linear layer with a bias)", s, __FILE__, __LINE__);
+        ds_cuda_blas_fail(b, epi == LT_BIAS ? "cublasLtMatmul (linear layer with a bias)"
+                             : epi == LT_GELU ? "cublasLtMatmul (linear layer and GELU)"
+                                              : "cublasLtMatmul (dX and GELU backward)",
+                          s, __FILE__, __LINE__);
     return done;
+}
+
+/* Y = X W^T + bias for a linear layer with cuBLASLt's bias epilogue: X (M x K) and W (N x K)
+ * 16-bit, the bias and Y of Y's type: 16-bit (d16) or fp32. Column-major, as the products here:
+ * D (N x M) = op_T(W^T) . X^T, the bias added to each column (length N) in fp32 before D's one
+ * conversion, so a 16-bit Y is the fp32 sum rounded once, as bias_pack_k writes it, without the
+ * fp32 copy and the second pass. lt_matmul's returns. */
+static int lt_linear(ds_backend *b, const void *w, const void *x, const void *bias, void *y, int M, int K, int N,
+                     int d16)
+{
+    return lt_matmul(b, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, w, K, x, K, y, d16, LT_BIAS, bias, NULL);
 }
 
 static ds_status check_dims(ds_backend *b, const char *op, int64_t M, int64_t K, int64_t N)
@@ -276,6 +316,45 @@ extern "C" ds_status ds_cuda_linear_fwd(ds_backend *b, const float *x, const flo
         return ds_cuda_round16(b, y, M * N, RMODE(b));
     }
     return DS_OK;
+}
+
+/* A linear layer and the tanh GELU after it (ds_backend_ops.linear_gelu_fwd), with store16:
+ * cuBLASLt's GELU_AUX(_BIAS) epilogue writes pre = X W^T + bias and y = gelu(pre) from the fp32
+ * sum, so the GELU's own pass (read pre, write y) goes. */
+extern "C" ds_status ds_cuda_linear_gelu_fwd(ds_backend *b, const float *x, const float *w, const float *bias,
+                                             float *pre, float *y, int64_t M, int64_t K, int64_t N, int *done)
+{
+    *done = 0;
+    ds_status st = check_dims(b, "linear_gelu_fwd", M, K, N);
+    if (st != DS_OK || !S16(b) || !DS_CUDA(b)->gelu_fuse || M == 0 || N == 0 || K == 0)
+        return st;
+    int lt = lt_matmul(b, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, w, (int)K, x, (int)K, y, 1, LT_GELU,
+                       bias, pre);
+    if (lt < 0)
+        return b->err.code;
+    *done = lt;
+    return DS_OK;
+}
+
+/* linear_bwd of the layer after a tanh GELU with the GELU's backward in the dX product
+ * (ds_backend_ops.linear_bwd_gelu), with store16: cuBLASLt's DGELU epilogue multiplies dY W's
+ * fp32 sum by gelu'(pre) and rounds once, so neither the GELU's output gradient nor its own pass
+ * (read pre and it, write dx) is needed; then dW and dbias as linear_bwd computes them. */
+extern "C" ds_status ds_cuda_linear_bwd_gelu(ds_backend *b, const float *dy, const float *x, const float *w,
+                                             const float *pre, float *dx, float *dw, float *dbias, int64_t M,
+                                             int64_t K, int64_t N, int *done)
+{
+    *done = 0;
+    ds_status st = check_dims(b, "linear_bwd_gelu", M, K, N);
+    if (st != DS_OK || !S16(b) || !DS_CUDA(b)->gelu_fuse || M <= 0 || K <= 0 || N <= 0 || !dx)
+        return st;
+    /* dX^T (K x M) = W^T (op N) . dY^T (op N), the GELU's input pre^T (K x M, ld K) beside it */
+    int lt = lt_matmul(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, w, (int)K, dy, (int)N, dx, 1, LT_DGELU,
+                       NULL, pre);
+    if (lt <= 0)
+        return lt < 0 ? b->err.code : DS_OK;
+    *done = 1;
+    return ds_cuda_linear_bwd(b, dy, x, w, NULL, dw, dbias, M, K, N, 0);
 }
 
 /* dX[M,K] (=|+=) dY[M,N] W[N,K]:  dX^T (K x M) = W^T (op N) . dY^T (op N)

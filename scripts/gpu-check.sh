@@ -25,7 +25,8 @@
 # than 20 s left is skipped and says so, and the table follows, so `run` ends within about
 # 7.5 minutes (issue 9: under 8).
 # A/B of the kernels: DS_GPU_BASE=<git revision> at pack also builds the CUDA backend of that
-# revision (its ds/backend.h must be this tree's: the loader checks) into .gpu/lib/libds-cuda-base.so;
+# revision (built with this tree's ds/backend.h, which the loader checks: optional ops added since
+# stay NULL in it) into .gpu/lib/libds-cuda-base.so;
 # run then times the ops with it too (bench-base.txt, and a table of base / this tree per op) and
 # runs ds-train bf16 on it, in the same call on the same GPU.
 # Knobs (both modes read them where they apply): DS_GPU_MB (pack: the micro-batch, default 8),
@@ -83,6 +84,12 @@ pack() {
             rm -rf "$BB"
             mkdir -p "$BB"
             (cd "$root" && git archive "$rev") | (cd "$BB" && tar -xf -)
+            # the loader wants this tree's ds/backend.h; ops added since are left NULL there
+            # (optional ops: the engine then takes the paths the base had)
+            if ! cmp -s "$root/lib/include/ds/backend.h" "$BB/lib/include/ds/backend.h"; then
+                say "   (built with this tree's lib/include/ds/backend.h)"
+                cp "$root/lib/include/ds/backend.h" "$BB/lib/include/ds/backend.h"
+            fi
             (cd "$BB" && { autoreconf -fi && ./configure --with-cuda="$cuda" --with-cuda-arch="$arch" &&
                 make -j2 libds-cuda.la; } >build.out 2>&1) || { tail -30 "$BB/build.out"; die "the build at $rev failed"; }
         fi
@@ -386,6 +393,7 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
     ds_variant alt DS_CUDA_FLASH=0 "materialized attention (DS_CUDA_FLASH=0)"
     ds_variant act32 DS_ACT16=0 "activations and weights in fp32 buffers (DS_ACT16=0)"
     ds_variant nolt DS_CUDA_LT=0 "bias in a second pass (DS_CUDA_LT=0)"
+    ds_variant nogelu DS_CUDA_GELU_FUSE=0 "the MLP's GELU in its own passes (DS_CUDA_GELU_FUSE=0)"
     if stage_ok cpu 100; then
         # issue 4: the host CPU's bf16 units (AMX-BF16 / AVX512_BF16), which our own machines lack
         say ""
@@ -492,7 +500,8 @@ except Exception as e:
 for name, title in (("base", "ds-train (cuda, bf16, %s attention, DS_GPU_BASE kernels)"),
                     ("alt", "ds-train (cuda, bf16 GEMMs, %s attention)"),
                     ("act32", "ds-train (cuda, bf16, %s attention, activations in fp32 buffers: DS_ACT16=0)"),
-                    ("nolt", "ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)")):
+                    ("nolt", "ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)"),
+                    ("nogelu", "ds-train (cuda, bf16, %s attention, GELU in its own passes: DS_CUDA_GELU_FUSE=0)")):
     try:
         recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-%s.jsonl" % name)) if l.strip()]
         rows.append((title % attn_kind("ds-train-bf16-%s.log" % name), med_after([r.get("tokens_per_s") for r in recs]),

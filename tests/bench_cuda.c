@@ -214,8 +214,19 @@ int main(int argc, char **argv)
          CK(ops->attention_fwd(be, qkv, ao, att, B, T, C, H, 1)));
     TIME("linear_fwd attn.proj", 2.0 * M * C * C, 0, L, CK(ops->linear_fwd(be, ao, wqkv, bqkv, x, M, C, C)));
     TIME("add (residual)", 0, fb * 3 * M * C, 2 * L, CK(ops->add(be, x, dx, gy, M * C)));
-    TIME("linear_fwd fc", 2.0 * M * C * F, 0, L, CK(ops->linear_fwd(be, x, wfc, bfc, hfc, M, C, F)));
-    TIME("gelu_fwd (tanh)", 0, fb * 2 * M * F, L, CK(ops->gelu_fwd(be, hfc, hg, M * F, 1)));
+    /* the MLP's GELU inside the products where the backend does that (ds_backend_ops.linear_gelu_fwd,
+     * linear_bwd_gelu: the CUDA backend with 16-bit storage), as the model runs it; the separate
+     * ops are then timed beside them, outside the step (x/step empty) */
+    int gf = 0, gb = 0;
+    if (ops->linear_gelu_fwd)
+        CK(ops->linear_gelu_fwd(be, x, wfc, bfc, hfc, hg, M, C, F, &gf));
+    if (ops->linear_bwd_gelu)
+        CK(ops->linear_bwd_gelu(be, gy, hg, wfc, hfc, ghfc, gwfc, gbfc, M, F, C, &gb));
+    if (gf)
+        TIME("linear_fwd fc + gelu (fused)", 2.0 * M * C * F, 0, L,
+             CK(ops->linear_gelu_fwd(be, x, wfc, bfc, hfc, hg, M, C, F, &gf)));
+    TIME("linear_fwd fc", 2.0 * M * C * F, 0, gf ? 0 : L, CK(ops->linear_fwd(be, x, wfc, bfc, hfc, M, C, F)));
+    TIME("gelu_fwd (tanh)", 0, fb * 2 * M * F, gf ? 0 : L, CK(ops->gelu_fwd(be, hfc, hg, M * F, 1)));
     TIME("linear_fwd proj", 2.0 * M * F * C, 0, L, CK(ops->linear_fwd(be, hg, wfc, bfc, x, M, F, C)));
     TIME("linear_fwd lm_head", 2.0 * M * C * V, 0, 1, CK(ops->linear_fwd(be, x, wte, NULL, logits, M, C, V)));
     TIME("xent_fwd + grad", 0, fb * 3 * M * V, 1,
@@ -226,9 +237,12 @@ int main(int argc, char **argv)
          CK(ops->linear_bwd(be, dlogits, x, wte, dx, gwte, NULL, M, C, V, 0)));
     TIME("layernorm_bwd", 0, fb * 4 * M * C, 2 * L + 1,
          CK(ops->layernorm_bwd(be, gy, x, lnw, mean, rstd, dx, glnw, glnb, M, C, 1)));
-    TIME("linear_bwd proj", 4.0 * M * F * C, 0, L,
+    if (gb)
+        TIME("linear_bwd proj + gelu_bwd (fused)", 4.0 * M * F * C, 0, L,
+             CK(ops->linear_bwd_gelu(be, gy, hg, wfc, hfc, ghfc, gwfc, gbfc, M, F, C, &gb)));
+    TIME("linear_bwd proj", 4.0 * M * F * C, 0, gb ? 0 : L,
          CK(ops->linear_bwd(be, gy, hg, wfc, ghfc, gwfc, gbfc, M, F, C, 0)));
-    TIME("gelu_bwd (tanh)", 0, fb * 3 * M * F, L, CK(ops->gelu_bwd(be, hfc, ghfc, hg, M * F, 1, 0)));
+    TIME("gelu_bwd (tanh)", 0, fb * 3 * M * F, gb ? 0 : L, CK(ops->gelu_bwd(be, hfc, ghfc, hg, M * F, 1, 0)));
     TIME("linear_bwd fc", 4.0 * M * C * F, 0, L,
          CK(ops->linear_bwd(be, hg, x, wfc, dx, gwfc, gbfc, M, C, F, 0)));
     if (a16) /* the model adds activation gradients with add (accumulate is fp32-only) */

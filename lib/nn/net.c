@@ -332,11 +332,24 @@ ds_status ds_model_backward(ds_model *m, const float *params, float *grads, ds_e
     return st;
 }
 
+/* Layers i, i+1, i+2: a linear layer, the tanh GELU, a linear layer, each the only reader of the
+ * one before's output, with 16-bit storage: the backend may run the GELU inside the products
+ * (linear_gelu_fwd at i, linear_bwd_gelu at i+2), skipping its own passes over the activations. */
+static int gelu_between(const ds_model *m, int i)
+{
+    const ds_net *net = m->net;
+    return m->s16 && i >= 0 && i + 2 < net->n_layers && net->layers[i].kind == DS_LAYER_LINEAR &&
+           net->layers[i + 1].kind == DS_LAYER_GELU && net->layers[i + 1].approximate &&
+           net->layers[i + 2].kind == DS_LAYER_LINEAR && m->rt[i + 1].src == i && m->rt[i + 2].src == i + 1 &&
+           !m->rt[i + 1].acc_dx && !m->rt[i + 2].acc_dx;
+}
+
 static ds_status forward(ds_model *m, const float *params, int train, float grad_scale, uint64_t seed,
                          double *loss, ds_error *err)
 {
     const ds_net *net = m->net;
     const int64_t M = m->M, B = m->B, T = m->T;
+    int done_gelu = -1; /* a GELU layer the linear layer before it has computed */
     m->seed = seed;
     for (int i = 0; i < net->n_layers; i++) {
         const ds_layer *l = &net->layers[i];
@@ -353,10 +366,19 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
             CHECK(OPS->layernorm_fwd(m->be, x, P(params, l->w), P(params, l->b), r->out, r->mean, r->rstd,
                                      M, l->out_dim, l->eps));
             break;
-        case DS_LAYER_LINEAR:
-            CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), l->b >= 0 ? P(params, l->b) : NULL, r->out,
-                                  M, l->in_dim, l->out_dim));
+        case DS_LAYER_LINEAR: {
+            int done = 0;
+            if (OPS->linear_gelu_fwd && gelu_between(m, i)) {
+                CHECK(OPS->linear_gelu_fwd(m->be, x, P(params, l->w), l->b >= 0 ? P(params, l->b) : NULL, r->out,
+                                           m->rt[i + 1].out, M, l->in_dim, l->out_dim, &done));
+                if (done)
+                    done_gelu = i + 1;
+            }
+            if (!done)
+                CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), l->b >= 0 ? P(params, l->b) : NULL, r->out,
+                                      M, l->in_dim, l->out_dim));
             break;
+        }
         case DS_LAYER_ATTENTION: {
             int64_t C = l->in_dim;
             CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), P(params, l->b), r->qkv, M, C, 3 * C));
@@ -367,7 +389,8 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
             break;
         }
         case DS_LAYER_GELU:
-            CHECK(OPS->gelu_fwd(m->be, x, r->out, M * l->out_dim, l->approximate));
+            if (i != done_gelu)
+                CHECK(OPS->gelu_fwd(m->be, x, r->out, M * l->out_dim, l->approximate));
             break;
         case DS_LAYER_RELU:
             CHECK(OPS->relu_fwd(m->be, x, r->out, M * l->out_dim));
@@ -419,6 +442,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
     const int64_t M = m->M, B = m->B, T = m->T;
     if (!m->have_grad)
         return ds_error_set(err, DS_ERR_INTERNAL, "backward called without a training forward");
+    int done_gelu = -1; /* a GELU layer whose backward the linear layer after it has done */
     for (int i = net->n_layers - 1; i >= 0; i--) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
@@ -439,10 +463,24 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
             CHECK(OPS->layernorm_bwd(m->be, r->dout, x, P(params, l->w), r->mean, r->rstd, dx,
                                      G(l->w), G(l->b), M, l->out_dim, acc));
             break;
-        case DS_LAYER_LINEAR:
-            CHECK(OPS->linear_bwd(m->be, r->dout, x, P(params, l->w), dx, G(l->w),
-                                  l->b >= 0 ? G(l->b) : NULL, M, l->in_dim, l->out_dim, acc));
+        case DS_LAYER_LINEAR: {
+            int done = 0;
+            if (OPS->linear_bwd_gelu && gelu_between(m, i - 2)) {
+                /* dx, the GELU's output gradient, is not written: the GELU's input gradient is */
+                CHECK(OPS->linear_bwd_gelu(m->be, r->dout, x, P(params, l->w), input_of(m, i - 1),
+                                           dinput_of(m, i - 1), G(l->w), l->b >= 0 ? G(l->b) : NULL, M,
+                                           l->in_dim, l->out_dim, &done));
+                if (done) {
+                    done_gelu = i - 1;
+                    dx = NULL; /* nothing to round here (the GELU layer rounds its own dx: a no-op
+                                  with 16-bit storage) */
+                }
+            }
+            if (!done)
+                CHECK(OPS->linear_bwd(m->be, r->dout, x, P(params, l->w), dx, G(l->w),
+                                      l->b >= 0 ? G(l->b) : NULL, M, l->in_dim, l->out_dim, acc));
             break;
+        }
         case DS_LAYER_ATTENTION: {
             int64_t C = l->in_dim;
             CHECK(OPS->linear_bwd(m->be, r->dout, r->attn_out, P(params, l->w2), r->dattn_out,
@@ -455,7 +493,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
             break;
         }
         case DS_LAYER_GELU:
-            if (dx)
+            if (dx && i != done_gelu)
                 CHECK(OPS->gelu_bwd(m->be, x, r->dout, dx, M * l->out_dim, l->approximate, acc));
             break;
         case DS_LAYER_RELU:

@@ -716,6 +716,8 @@ struct emu_lt_desc {
     cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
     uint32_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
     const void *bias = nullptr;
+    const void *aux = nullptr; /* GELU_AUX(_BIAS): written, the GELU's input; DGELU: read */
+    int64_t aux_ld = 0;
 };
 struct emu_lt_layout {
     cudaDataType type;
@@ -773,13 +775,25 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMa
         if (size != sizeof d->epilogue)
             return CUBLAS_STATUS_INVALID_VALUE;
         memcpy(&d->epilogue, buf, size);
-        return d->epilogue == CUBLASLT_EPILOGUE_DEFAULT || d->epilogue == CUBLASLT_EPILOGUE_BIAS
+        return d->epilogue == CUBLASLT_EPILOGUE_DEFAULT || d->epilogue == CUBLASLT_EPILOGUE_BIAS ||
+                       d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX || d->epilogue == CUBLASLT_EPILOGUE_GELU_AUX_BIAS ||
+                       d->epilogue == CUBLASLT_EPILOGUE_DGELU
                    ? CUBLAS_STATUS_SUCCESS
                    : CUBLAS_STATUS_INVALID_VALUE;
     case CUBLASLT_MATMUL_DESC_BIAS_POINTER:
         if (size != sizeof d->bias)
             return CUBLAS_STATUS_INVALID_VALUE;
         memcpy(&d->bias, buf, size);
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER:
+        if (size != sizeof d->aux)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&d->aux, buf, size);
+        return CUBLAS_STATUS_SUCCESS;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD:
+        if (size != sizeof d->aux_ld)
+            return CUBLAS_STATUS_INVALID_VALUE;
+        memcpy(&d->aux_ld, buf, size);
         return CUBLAS_STATUS_SUCCESS;
     }
     return CUBLAS_STATUS_INVALID_VALUE;
@@ -837,6 +851,22 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
     return CUBLAS_STATUS_INVALID_VALUE;
 }
 
+/* the tanh GELU and its derivative, as elementwise.cu computes them (cuBLASLt's own may differ
+ * in the last bits: the tests compare with a tolerance) */
+static float emu_gelu_tanh(float v)
+{
+    const float s = 0.7978845608028654f, c = 0.044715f;
+    return 0.5f * v * (1.0f + tanhf(s * (v + c * v * v * v)));
+}
+
+static float emu_gelu_tanh_d(float v)
+{
+    const float s = 0.7978845608028654f, c = 0.044715f;
+    float t = tanhf(s * (v + c * v * v * v));
+    float du = s * (1.0f + 3.0f * c * v * v);
+    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+}
+
 /* what the emulation takes: 16-bit A and B of one type, C = D of that type or fp32, op(A) m x k,
  * op(B) k x n, D m x n */
 static bool lt_shapes(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t A, cublasLtMatrixLayout_t B,
@@ -883,7 +913,16 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
         return CUBLAS_STATUS_INVALID_VALUE;
     if (!lt_shapes(d, Adesc, Bdesc, Cdesc, Ddesc))
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && !d->bias)
+    const uint32_t ep = d->epilogue;
+    const bool has_bias = ep == CUBLASLT_EPILOGUE_BIAS || ep == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    const bool gelu_aux = ep == CUBLASLT_EPILOGUE_GELU_AUX || ep == CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    const bool dgelu = ep == CUBLASLT_EPILOGUE_DGELU;
+    if (has_bias && !d->bias)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    /* the GELU input: a matrix like D's, of D's type, its ld a multiple of 8 and at least D's
+     * rows (cublasLt.h); 16-byte aligned here (cuBLASLt derives what it assumes from the pointer) */
+    if ((gelu_aux || dgelu) && (!d->aux || d->aux_ld < (int64_t)Ddesc->rows || d->aux_ld % 8 ||
+                                (uintptr_t)d->aux % 16 || Ddesc->type == CUDA_R_32F))
         return CUBLAS_STATUS_INVALID_VALUE;
     /* a pointer less aligned than the algorithm assumes: on a GPU a misaligned-address fault
      * or an error; here an error, so that a caller that does not declare its alignment fails */
@@ -896,7 +935,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     const int m = (int)Ddesc->rows, n = (int)Ddesc->cols, k = (int)(ta == CUBLAS_OP_N ? Adesc->cols : Adesc->rows);
     const int lda = (int)Adesc->ld, ldb = (int)Bdesc->ld, ldd = (int)Ddesc->ld;
     const size_t na = (size_t)lda * Adesc->cols, nb = (size_t)ldb * Bdesc->cols;
-    const void *bias = d->epilogue == CUBLASLT_EPILOGUE_BIAS ? d->bias : nullptr;
+    const void *bias = has_bias ? d->bias : nullptr;
+    void *aux = (gelu_aux || dgelu) ? (void *)d->aux : nullptr;
+    const int64_t aux_ld = d->aux_ld;
     emu_enqueue(stream, [=]() {
         std::vector<float> a(na), bb(nb), c((size_t)ldd * n, 0.0f);
         for (size_t i = 0; i < na; i++)
@@ -913,6 +954,16 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
                 float v = c[at];
                 if (bias) /* the bias has D's type */
                     v += dt == CUDA_R_32F ? ((const float *)bias)[i] : from16(bias, dt, (size_t)i);
+                if (aux) { /* the tanh GELU, in fp32 as elementwise.cu's gelu_f and gelu_d */
+                    const size_t ax = (size_t)j * aux_ld + i;
+                    if (gelu_aux) {
+                        unsigned short a16 = dt == CUDA_R_16BF ? __float2bfloat16_rn(v).x : __float2half_rn(v).x;
+                        memcpy((char *)aux + 2 * ax, &a16, 2);
+                        v = emu_gelu_tanh(v);
+                    } else {
+                        v *= emu_gelu_tanh_d(from16(aux, dt, ax));
+                    }
+                }
                 if (dt == CUDA_R_32F) {
                     ((float *)D)[at] = v;
                 } else {

@@ -238,6 +238,22 @@ typedef struct ds_backend_ops {
     /* Optional with store16 (required by it): y[n] (2-byte values) = x[n] (fp32) rounded to
      * the 16-bit format of mode (ties to even). */
     ds_status (*pack16)(ds_backend *b, const float *x, void *y, int64_t n, int mode);
+
+    /* Optional (NULL: never): a linear layer and the tanh GELU after it as one op, with store16
+     * on: pre[M,N] = X W^T + bias and y = gelu_tanh(pre), both 16-bit; y is the GELU of pre's fp32
+     * sum, before pre's rounding (each output rounded once). *done 0: not here (these operands,
+     * this precision, or a setting; nothing written, no error): the caller runs linear_fwd and
+     * gelu_fwd. The CUDA backend: cuBLASLt's GELU_AUX epilogue. */
+    ds_status (*linear_gelu_fwd)(ds_backend *b, const float *x, const float *w, const float *bias,
+                                 float *pre, float *y, int64_t M, int64_t K, int64_t N, int *done);
+    /* Optional (NULL: never), with store16 on: linear_bwd of the layer after a tanh GELU with the
+     * GELU's backward in its dX product: dx = (dY W) * gelu_tanh'(pre), written (not added to),
+     * the fp32 product times the derivative rounded once; dw += dY^T X, dbias += column sums of
+     * dY (dw, dbias may be NULL). *done 0: not here (nothing written): the caller runs linear_bwd
+     * and gelu_bwd. The CUDA backend: cuBLASLt's DGELU epilogue. */
+    ds_status (*linear_bwd_gelu)(ds_backend *b, const float *dy, const float *x, const float *w,
+                                 const float *pre, float *dx, float *dw, float *dbias, int64_t M,
+                                 int64_t K, int64_t N, int *done);
 } ds_backend_ops;
 
 struct ds_backend {

@@ -1,5 +1,5 @@
 /* CPU emulation of the cuBLASLt subset that kernels/ uses (matmul.cu: bf16/fp16 products with
- * fp32 accumulation and the bias epilogue): the enum values and the signatures of CUDA's
+ * fp32 accumulation, the bias and the tanh GELU epilogues): the enum values and the signatures of CUDA's
  * cublasLt.h; D = alpha op(A) op(B) + beta C (+ bias[row]) computed in fp32 and converted to
  * D's type once. One algorithm; the heuristic query returns it. */
 #ifndef DS_CUDA_EMU_CUBLASLT_H
@@ -29,8 +29,16 @@ typedef enum {
     CUBLASLT_MATMUL_DESC_TRANSB = 4,
     CUBLASLT_MATMUL_DESC_EPILOGUE = 7,
     CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8,
+    CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11,
+    CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12,
 } cublasLtMatmulDescAttributes_t;
-typedef enum { CUBLASLT_EPILOGUE_DEFAULT = 1, CUBLASLT_EPILOGUE_BIAS = 4 } cublasLtEpilogue_t;
+typedef enum {
+    CUBLASLT_EPILOGUE_DEFAULT = 1,
+    CUBLASLT_EPILOGUE_BIAS = 4,
+    CUBLASLT_EPILOGUE_GELU_AUX = 160,
+    CUBLASLT_EPILOGUE_GELU_AUX_BIAS = 164,
+    CUBLASLT_EPILOGUE_DGELU = 192
+} cublasLtEpilogue_t;
 typedef enum {
     CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
     CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,
