@@ -119,7 +119,8 @@ __global__ void layernorm_fwd8_k(const void *x, const void *w, const void *bias,
 
 /* LayerNorm's input gradient at the 8 columns c.. of the row at r, from the row's mean(g w) (sg)
  * and mean(g w xhat) (sgx): dx = rstd (g w - sg - xhat sgx), added to dx's values with
- * accumulate; the products explicit fmaf (the same rounding in every storage's instance). */
+ * accumulate; every product that is added is an explicit fmaf (the same rounding in every
+ * storage's instance). */
 template <int S>
 __device__ __forceinline__ void ln_dx8(const void *dy, const void *x, const void *w, void *dx, int64_t r, int64_t c,
                                        float mu, float rs, float sg, float sgx, int accumulate, int rm, int va,
@@ -133,8 +134,8 @@ __device__ __forceinline__ void ln_dx8(const void *dy, const void *x, const void
         ld8v<S>(dx, r + c, o, va);
 #pragma unroll
     for (int k = 0; k < 8; k++) {
-        const float v = rs * fmaf(-((xv[k] - mu) * rs), sgx, fmaf(gv[k], wv[k], -sg));
-        o[k] = accumulate ? o[k] + v : v;
+        const float t = fmaf(-((xv[k] - mu) * rs), sgx, fmaf(gv[k], wv[k], -sg));
+        o[k] = accumulate ? fmaf(rs, t, o[k]) : rs * t;
     }
     st8v<S>(dx, r + c, o, rm, va);
 }
@@ -322,8 +323,8 @@ __device__ __forceinline__ void layernorm_bwd8(const void *dy, const void *x, co
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
                     xh[k] = (xh[k] - mu) * rs;
-                    const float gw = gv[k] * wv[k];
-                    sg += gw;
+                    const float gw = gv[k] * wv[k]; /* an operand of fmaf only: never contracted */
+                    sg = fmaf(gv[k], wv[k], sg);
                     sgx = fmaf(gw, xh[k], sgx);
                     ab[j][k] += gv[k];
                     aw[j][k] = fmaf(gv[k], xh[k], aw[j][k]);

@@ -1683,9 +1683,9 @@ static void store16_case(int mode)
     /* a linear layer with a bias on operands one element off alignment: cuBLASLt's epilogue is
      * not used (with a 16-byte aligned bias either: for such operands an H200's cuBLASLt rounded
      * the product before adding the bias), but cuBLAS into an fp32 copy and the bias pass, each
-     * value rounded once. The fp32 layout's 16-bit copies are aligned, so it takes the epilogue
-     * there, whose products may sum in another order: within one step of the format, not bit for
-     * bit */
+     * value rounded once; so in the fp32 layout (its output 4 bytes off). There cuBLAS reads the
+     * layout's aligned 16-bit copies of x and w, and may pick another algorithm, whose products
+     * sum in another order: within one step of the format, not bit for bit */
     {
         const int64_t M = 33, K = 40, N = 24;
         dpair x = dp_rand(&c, M * K + 1, 1, mode), w = dp_rand(&c, N * K + 1, 0.2, mode);
@@ -1994,7 +1994,8 @@ Test(cuda, linear_gelu_fusion_off)
     CALL(g, linear_gelu_fwd, x_, w_, NULL, p_, y_, M, K, N, &done);
     g->ops->store16(g, 0);
     cr_expect_eq(done, 0);
-    cr_expect(all_nan16(&c, y_, M * N, DS_ROUND_BF16));
+    cr_expect(all_nan16(&c, y_, M * N, DS_ROUND_BF16) && all_nan16(&c, p_, M * N, DS_ROUND_BF16),
+              "a declined linear_gelu_fwd wrote");
     free(x), free(w);
     close_ctx(&c);
 }
