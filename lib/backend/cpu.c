@@ -203,7 +203,7 @@ static float *whole32(ds_backend *b, int i, const float *x, int64_t n)
     return c->f32[i];
 }
 
-enum { EW_GELU_F, EW_GELU_B, EW_RELU_F, EW_RELU_B, EW_DROP_F, EW_DROP_B, EW_ADD };
+enum { EW_GELU_F, EW_GELU_B, EW_RELU_F, EW_RELU_B, EW_DROP_F, EW_DROP_B };
 typedef struct ew_args {
     int op, acc, approximate;
     float p;
@@ -235,7 +235,6 @@ static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const flo
         case EW_RELU_B: k->relu_bwd(ta, tc, ty, len, e->acc); break;
         case EW_DROP_F: k->dropout_fwd(ta, ty, len, e->p, e->seed, i0); break;
         case EW_DROP_B: k->dropout_bwd(ta, ty, len, e->p, e->seed, e->acc, i0); break;
-        default: k->add(ta, tc, ty, len); break;
         }
         k->pack16(ty, HM(y) + i0, len, mode);
     }
@@ -761,8 +760,11 @@ static ds_status cpu_dropout_bwd(ds_backend *b, const float *dy, float *dx, int6
 
 static ds_status cpu_add(ds_backend *b, const float *a, const float *cc, float *y, int64_t n)
 {
-    if (((cpu_impl *)b->impl)->s16)
-        return ew16(b, &(ew_args){.op = EW_ADD}, a, cc, y, n);
+    cpu_impl *c = b->impl;
+    if (c->s16) {
+        K(b)->add16(HC(a), HC(cc), HM(y), n, c->s16);
+        return DS_OK;
+    }
     K(b)->add(a, cc, y, n);
     return DS_OK;
 }

@@ -894,6 +894,36 @@ static void unpack16_k(const uint16_t *x, float *y, int64_t n, int mode)
         unpack16_span(x + i0, y + i0, n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK, mode);
 }
 
+/* y = a + c over 16-bit values of mode, in one pass: bf16 widened by a shift, the fp32 sum
+ * rounded by bf16_bits (as unpack16, add and pack16 on tiles, bit for bit); fp16 through
+ * F16C a chunk at a time in stack buffers. Reads of an index come before its write, so y may
+ * be a or c. */
+static void add16_k(const uint16_t *a, const uint16_t *c, uint16_t *y, int64_t n, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t ua = (uint32_t)a[i] << 16, uc = (uint32_t)c[i] << 16;
+            float fa, fc;
+            memcpy(&fa, &ua, 4);
+            memcpy(&fc, &uc, 4);
+            y[i] = bf16_bits(fa + fc);
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK) {
+        const int64_t len = n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK;
+        float ta[PACK_CHUNK], tc[PACK_CHUNK];
+        unpack16_span(a + i0, ta, len, mode);
+        unpack16_span(c + i0, tc, len, mode);
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+            ta[i] += tc[i];
+        pack16_span(ta, y + i0, len, mode);
+    }
+}
+
 /* layernorm_bwd on 16-bit dy, x and dx (values of mode; w fp32), without whole fp32 copies:
  * each thread takes the rows layernorm_bwd would give it and widens them a chunk at a time into
  * buffers that stay in cache, runs the same row loop on them in the same order, and packs its
@@ -1136,6 +1166,7 @@ const ds_cpu_kernels KTABLE = {
     .round16 = round16_k,
     .pack16 = pack16_k,
     .unpack16 = unpack16_k,
+    .add16 = add16_k,
     .adagrad_step = adagrad_step,
     .lamb_step = lamb_step,
 };

@@ -64,6 +64,9 @@ typedef struct ds_cpu_kernels {
      * back (exact); parallel above PAR_MIN elements, serial below (inside a caller's tile) */
     void (*pack16)(const float *x, uint16_t *y, int64_t n, int mode);
     void (*unpack16)(const uint16_t *x, float *y, int64_t n, int mode);
+    /* y = a + c over 16-bit values of mode (y may be a or c): widened, added in fp32, rounded
+     * once, as add on unpacked copies and pack16, in one pass */
+    void (*add16)(const uint16_t *a, const uint16_t *c, uint16_t *y, int64_t n, int mode);
 } ds_cpu_kernels;
 
 extern const ds_cpu_kernels ds_cpu_kernels_avx2;
