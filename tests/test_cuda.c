@@ -1488,18 +1488,27 @@ static dpair dp_rand(ctx *c, int64_t n, double sd, int mode)
     return p;
 }
 
+/* the device's 16-bit values widened (host) */
+static float *down16(ctx *c, const void *d, int64_t n, int mode)
+{
+    uint16_t *h = malloc((size_t)(n > 0 ? n : 1) * 2);
+    float *f = hbuf(n);
+    cr_assert(h != NULL);
+    CALL(c->gpu, download, h, d, (size_t)n * 2);
+    for (int64_t i = 0; i < n; i++)
+        f[i] = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+    free(h);
+    return f;
+}
+
 /* the 16-bit result equals the fp32 layout's (rounded by fuse_round), bit for bit */
 static void dp_same(ctx *c, const char *what, const dpair *p, int mode)
 {
-    float *f = down(c, p->f, p->n);
-    uint16_t *h = malloc((size_t)(p->n > 0 ? p->n : 1) * 2);
-    cr_assert(h != NULL);
-    CALL(c->gpu, download, h, p->h, (size_t)p->n * 2);
+    float *f = down(c, p->f, p->n), *h = down16(c, p->h, p->n, mode);
     for (int64_t i = 0; i < p->n; i++) {
-        float got = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
         cr_assert(isfinite(f[i]), "%s[%lld]: fp32 layout gives %g", what, (long long)i, f[i]);
-        cr_assert(memcmp(&got, &f[i], 4) == 0, "%s[%lld]: %a in 16-bit storage, %a in the fp32 layout", what,
-                  (long long)i, got, f[i]);
+        cr_assert(memcmp(&h[i], &f[i], 4) == 0, "%s[%lld]: %a in 16-bit storage, %a in the fp32 layout", what,
+                  (long long)i, h[i], f[i]);
     }
     free(f);
     free(h);
@@ -1511,13 +1520,10 @@ static void dp_same(ctx *c, const char *what, const dpair *p, int mode)
  * successors). Returns how many values differ at all. */
 static int64_t dp_near(ctx *c, const char *what, const dpair *p, int mode)
 {
-    float *f = down(c, p->f, p->n);
-    uint16_t *h = malloc((size_t)(p->n > 0 ? p->n : 1) * 2);
-    cr_assert(h != NULL);
-    CALL(c->gpu, download, h, p->h, (size_t)p->n * 2);
+    float *f = down(c, p->f, p->n), *h = down16(c, p->h, p->n, mode);
     int64_t differ = 0;
     for (int64_t i = 0; i < p->n; i++) {
-        float got = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
+        const float got = h[i];
         cr_assert(isfinite(f[i]) && isfinite(got), "%s[%lld]: %g in 16-bit storage, %g in the fp32 layout", what,
                   (long long)i, got, f[i]);
         if (memcmp(&got, &f[i], 4) == 0)
@@ -1842,19 +1848,6 @@ static float *hrand16(ctx *c, int64_t n, double sd, int mode)
     float *x = hrandn(c, n, 0, sd);
     CALL(c->cpu, round16, x, n, mode);
     return x;
-}
-
-/* the device's 16-bit values widened (host) */
-static float *down16(ctx *c, const void *d, int64_t n, int mode)
-{
-    uint16_t *h = malloc((size_t)(n > 0 ? n : 1) * 2);
-    float *f = hbuf(n);
-    cr_assert(h != NULL);
-    CALL(c->gpu, download, h, d, (size_t)n * 2);
-    for (int64_t i = 0; i < n; i++)
-        f[i] = mode == DS_ROUND_BF16 ? ds_bf16_to_f32(h[i]) : ds_f16_to_f32(h[i]);
-    free(h);
-    return f;
 }
 
 /* 16-bit NaNs: an output the op did not write keeps them */
