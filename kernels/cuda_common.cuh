@@ -29,6 +29,7 @@ typedef struct ds_cuda {
     cublasLtHandle_t lt;   /* cuBLASLt: the 16-bit linear layers with a bias (its bias epilogue) */
     int lt_ok;             /* DS_CUDA_LT (default 1): use it */
     int gelu_fuse;         /* DS_CUDA_GELU_FUSE (default 1): a linear layer's GELU in cuBLASLt's epilogues */
+    int xent_rows;         /* DS_CUDA_XENT_ROWS (default 1): 16-bit logits read once, kept in registers */
     void *lt_ws;           /* its workspace (LT_WORKSPACE bytes, allocated at first use; NULL: none) */
     int lt_ws_tried;
     void *scratch;         /* per-op temporary device memory, grown on demand */
@@ -189,6 +190,28 @@ template <int S> __device__ __forceinline__ void sta(void *p, int64_t i, float v
         ((unsigned short *)p)[i] = (unsigned short)bits16<S>(v);
 }
 
+/* eight 16-bit values of S (16 bytes, the first in the low half of q.x) widened, and back, rounded
+ * to nearest even */
+template <int S> __device__ __forceinline__ void unpack8(const uint4 q, float (&v)[8])
+{
+    const unsigned w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        v[2 * k] = from16<S>(w[k] & 0xffffu);
+        v[2 * k + 1] = from16<S>(w[k] >> 16);
+    }
+}
+
+template <int S> __device__ __forceinline__ uint4 pack8(const float (&v)[8])
+{
+    uint4 q;
+    q.x = bits16<S>(v[0]) | bits16<S>(v[1]) << 16;
+    q.y = bits16<S>(v[2]) | bits16<S>(v[3]) << 16;
+    q.z = bits16<S>(v[4]) | bits16<S>(v[5]) << 16;
+    q.w = bits16<S>(v[6]) | bits16<S>(v[7]) << 16;
+    return q;
+}
+
 /* Eight consecutive values at element i, with one or two 16-byte accesses: p + i must be 16-byte
  * aligned (vec8_ok). The same values and roundings as eight lda/sta. */
 template <int S> __device__ __forceinline__ void ld8(const void *p, int64_t i, float (&v)[8])
@@ -198,13 +221,7 @@ template <int S> __device__ __forceinline__ void ld8(const void *p, int64_t i, f
         v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = c.x, v[5] = c.y, v[6] = c.z, v[7] = c.w;
         return;
     }
-    const uint4 q = *(const uint4 *)((const unsigned short *)p + i);
-    const unsigned w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        v[2 * k] = from16<S>(w[k] & 0xffffu);
-        v[2 * k + 1] = from16<S>(w[k] >> 16);
-    }
+    unpack8<S>(*(const uint4 *)((const unsigned short *)p + i), v);
 }
 
 template <int S> __device__ __forceinline__ void st8(void *p, int64_t i, const float (&v)[8], int rm)
@@ -215,12 +232,7 @@ template <int S> __device__ __forceinline__ void st8(void *p, int64_t i, const f
         q[1] = make_float4(rnd(v[4], rm), rnd(v[5], rm), rnd(v[6], rm), rnd(v[7], rm));
         return;
     }
-    uint4 q;
-    q.x = bits16<S>(v[0]) | bits16<S>(v[1]) << 16;
-    q.y = bits16<S>(v[2]) | bits16<S>(v[3]) << 16;
-    q.z = bits16<S>(v[4]) | bits16<S>(v[5]) << 16;
-    q.w = bits16<S>(v[6]) | bits16<S>(v[7]) << 16;
-    *(uint4 *)((unsigned short *)p + i) = q;
+    *(uint4 *)((unsigned short *)p + i) = pack8<S>(v);
 }
 
 /* ld8/st8 where vec, else the same eight values one by one (p + i need not be aligned) */

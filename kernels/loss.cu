@@ -41,27 +41,11 @@ template <int N> __device__ __forceinline__ void lse_addn(float &mx, float &sum,
         sum += v[k] == -INFINITY ? 0.0f : ex2((v[k] - mx) * XENT_LOG2E);
 }
 
-/* S: the activations' storage (cuda_common.cuh, lda/sta). A row's logits go in chunks of 8
- * consecutive values, chunk c to thread c % blockDim, then the last V % 8 one by one (threads 0..);
- * with vec (V a multiple of 8, both tensors 16-byte aligned) a chunk is one or two 16-byte
- * loads. The order of the sums depends on V only, so both storages give the same bits. */
-template <int S>
-__global__ void xent_k(const void *logits, const int32_t *targets, float *losses, void *dlogits,
-                       float grad_scale, int64_t V, int rm, int vec)
+/* the threads' running (max, sum) pairs merged over the block, warp by warp in a fixed order (the
+ * same bits for a given blockDim): every thread returns with the row's. sm, ss: blockDim / 32
+ * floats of shared memory each, rs two. */
+__device__ __forceinline__ void xent_block_lse(float &mx, float &sum, float *sm, float *ss, float *rs)
 {
-    __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32];
-    __shared__ float row_max, row_sum;
-    const int64_t m = blockIdx.x, z = m * V, V8 = V / 8 * 8;
-    float mx = -INFINITY, sum = 0.0f;
-    for (int64_t j = 8 * (int64_t)threadIdx.x; j < V8; j += 8 * (int64_t)blockDim.x) {
-        float v[8];
-        ld8v<S>(logits, z + j, v, vec);
-        lse_addn<8>(mx, sum, v);
-    }
-    for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x) {
-        const float v = lda<S>(logits, z + j);
-        lse_addn<1>(mx, sum, &v);
-    }
     for (int o = 16; o > 0; o >>= 1) {
         float m2 = __shfl_xor_sync(0xffffffffu, mx, o), s2 = __shfl_xor_sync(0xffffffffu, sum, o);
         lse_merge(mx, sum, m2, s2);
@@ -81,30 +65,147 @@ __global__ void xent_k(const void *logits, const int32_t *targets, float *losses
             lse_merge(mx, sum, m2, s2);
         }
         if (lane == 0) {
-            row_max = mx;
-            row_sum = sum;
-            losses[m] = logf(sum) + mx - lda<S>(logits, z + targets[m]);
+            rs[0] = mx;
+            rs[1] = sum;
         }
     }
     __syncthreads();
-    if (!dlogits)
-        return;
-    const float rmax = row_max, inv = grad_scale / row_sum;
-    const int32_t tgt = targets[m];
-    for (int64_t j = 8 * (int64_t)threadIdx.x; j < V8; j += 8 * (int64_t)blockDim.x) {
-        float v[8];
-        ld8v<S>(logits, z + j, v, vec);
+    mx = rs[0];
+    sum = rs[1];
+}
+
+/* eight gradients of the logits v[] at j..j+7 of a row (in place) */
+__device__ __forceinline__ void xent_grad8(float (&v)[8], int64_t j, float rmax, float inv, float grad_scale,
+                                           int32_t tgt)
+{
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float g = ex2((v[k] - rmax) * XENT_LOG2E) * inv;
-            v[k] = j + k == tgt ? g - grad_scale : g;
-        }
-        st8v<S>(dlogits, z + j, v, rm, vec);
+    for (int k = 0; k < 8; k++) {
+        float g = ex2((v[k] - rmax) * XENT_LOG2E) * inv;
+        v[k] = j + k == tgt ? g - grad_scale : g;
     }
+}
+
+/* the row's last V % 8 values, one by one (threads 0..): into the running pair, or their gradients */
+template <int S>
+__device__ __forceinline__ void xent_tail_lse(const void *logits, int64_t z, int64_t V8, int64_t V, float &mx,
+                                              float &sum)
+{
+    for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x) {
+        const float v = lda<S>(logits, z + j);
+        lse_addn<1>(mx, sum, &v);
+    }
+}
+
+template <int S>
+__device__ __forceinline__ void xent_tail_grad(const void *logits, void *dlogits, int64_t z, int64_t V8, int64_t V,
+                                               float rmax, float inv, float grad_scale, int32_t tgt, int rm)
+{
     for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x) {
         float g = ex2((lda<S>(logits, z + j) - rmax) * XENT_LOG2E) * inv;
         sta<S>(dlogits, z + j, j == tgt ? g - grad_scale : g, rm);
     }
+}
+
+/* S: the activations' storage (cuda_common.cuh, lda/sta). A row's logits go in chunks of 8
+ * consecutive values, chunk c to thread c % blockDim, then the last V % 8 one by one (threads 0..);
+ * with vec (V a multiple of 8, both tensors 16-byte aligned) a chunk is one or two 16-byte
+ * loads. The order of the sums depends on V only, so both storages give the same bits. The
+ * gradient pass reads the row again. */
+template <int S>
+__global__ void xent_k(const void *logits, const int32_t *targets, float *losses, void *dlogits,
+                       float grad_scale, int64_t V, int rm, int vec)
+{
+    __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32], rs[2];
+    const int64_t m = blockIdx.x, z = m * V, V8 = V / 8 * 8;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t j = 8 * (int64_t)threadIdx.x; j < V8; j += 8 * (int64_t)blockDim.x) {
+        float v[8];
+        ld8v<S>(logits, z + j, v, vec);
+        lse_addn<8>(mx, sum, v);
+    }
+    xent_tail_lse<S>(logits, z, V8, V, mx, sum);
+    xent_block_lse(mx, sum, sm, ss, rs);
+    const int32_t tgt = targets[m];
+    if (threadIdx.x == 0)
+        losses[m] = logf(sum) + mx - lda<S>(logits, z + tgt);
+    if (!dlogits)
+        return;
+    const float inv = grad_scale / sum;
+    for (int64_t j = 8 * (int64_t)threadIdx.x; j < V8; j += 8 * (int64_t)blockDim.x) {
+        float v[8];
+        ld8v<S>(logits, z + j, v, vec);
+        xent_grad8(v, j, mx, inv, grad_scale, tgt);
+        st8v<S>(dlogits, z + j, v, rm, vec);
+    }
+    xent_tail_grad<S>(logits, dlogits, z, V8, V, mx, inv, grad_scale, tgt, rm);
+}
+
+/* xent_k for 16-bit logits with vec, reading each row once: a thread's chunks (at most NC) stay
+ * in registers, 16 bytes each, from the first pass to the gradient pass. The same chunks to the
+ * same threads in the same order, so the same bits as xent_k. One block per SM at 512 threads
+ * (NC 16: 64 registers of logits); all of a row's loads are issued before the first sum. */
+template <int S, int NC>
+__global__ void __launch_bounds__(XENT_THREADS) xent_rows_k(const void *logits, const int32_t *targets,
+                                                           float *losses, void *dlogits, float grad_scale,
+                                                           int64_t V)
+{
+    __shared__ float sm[XENT_THREADS / 32], ss[XENT_THREADS / 32], rs[2];
+    const int64_t m = blockIdx.x, z = m * V, V8 = V / 8 * 8, step = 8 * (int64_t)blockDim.x;
+    const unsigned short *row = (const unsigned short *)logits + z;
+    uint4 q[NC];
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        const int64_t j = 8 * (int64_t)threadIdx.x + i * step;
+        if (j < V8)
+            q[i] = *(const uint4 *)(row + j);
+    }
+    float mx = -INFINITY, sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        if (8 * (int64_t)threadIdx.x + i * step < V8) {
+            float v[8];
+            unpack8<S>(q[i], v);
+            lse_addn<8>(mx, sum, v);
+        }
+    }
+    xent_tail_lse<S>(logits, z, V8, V, mx, sum);
+    xent_block_lse(mx, sum, sm, ss, rs);
+    const int32_t tgt = targets[m];
+    if (threadIdx.x == 0)
+        losses[m] = logf(sum) + mx - lda<S>(logits, z + tgt);
+    if (!dlogits)
+        return;
+    const float inv = grad_scale / sum;
+    uint4 *drow = (uint4 *)((unsigned short *)dlogits + z);
+#pragma unroll
+    for (int i = 0; i < NC; i++) {
+        const int64_t j = 8 * (int64_t)threadIdx.x + i * step;
+        if (j < V8) {
+            float v[8];
+            unpack8<S>(q[i], v);
+            xent_grad8(v, j, mx, inv, grad_scale, tgt);
+            drow[j / 8] = pack8<S>(v);
+        }
+    }
+    xent_tail_grad<S>(logits, dlogits, z, V8, V, mx, inv, grad_scale, tgt, 0);
+}
+
+template <int S, int NC>
+static void xent_rows_launch(ds_backend *b, unsigned M, int threads, const void *logits, const int32_t *targets,
+                             float *losses, void *dlogits, float grad_scale, int64_t V)
+{
+    xent_rows_k<S, NC><<<M, threads, 0, STREAM(b)>>>(logits, targets, losses, dlogits, grad_scale, V);
+}
+
+/* xent_rows_k for b's 16-bit storage with room for nc chunks per thread (4, 8 or 16) */
+template <int NC>
+static void xent_rows_s(ds_backend *b, unsigned M, int threads, const void *logits, const int32_t *targets,
+                        float *losses, void *dlogits, float grad_scale, int64_t V)
+{
+    if (S16(b) == DS_ROUND_BF16)
+        xent_rows_launch<DS_ROUND_BF16, NC>(b, M, threads, logits, targets, losses, dlogits, grad_scale, V);
+    else
+        xent_rows_launch<DS_ROUND_FP16, NC>(b, M, threads, logits, targets, losses, dlogits, grad_scale, V);
 }
 
 #define MSE_THREADS 256
@@ -142,9 +243,19 @@ extern "C" ds_status ds_cuda_xent_fwd(ds_backend *b, const float *logits, const 
         return DS_OK;
     if (M > 2147483647LL)
         return ds_cuda_error(b, DS_ERR_UNSUPPORTED, "xent: %lld rows is too many", (long long)M);
-    int threads = V >= 4096 ? XENT_THREADS : 128;
-    LAUNCH_S(xent_k, (unsigned)M, threads, 0, logits, targets, losses, dlogits, grad_scale, V, RMODE(b),
-             V % 8 == 0 && vec8_ok(logits, dlogits));
+    const int threads = V >= 4096 ? XENT_THREADS : 128, vec = V % 8 == 0 && vec8_ok(logits, dlogits);
+    const int64_t per = (V / 8 + threads - 1) / threads; /* chunks of 8 per thread */
+    if (S16(b) && vec && DS_CUDA(b)->xent_rows && per <= 16) {
+        if (per <= 4)
+            xent_rows_s<4>(b, (unsigned)M, threads, logits, targets, losses, dlogits, grad_scale, V);
+        else if (per <= 8)
+            xent_rows_s<8>(b, (unsigned)M, threads, logits, targets, losses, dlogits, grad_scale, V);
+        else
+            xent_rows_s<16>(b, (unsigned)M, threads, logits, targets, losses, dlogits, grad_scale, V);
+        LAUNCHED("xent_rows_k");
+        return DS_OK;
+    }
+    LAUNCH_S(xent_k, (unsigned)M, threads, 0, logits, targets, losses, dlogits, grad_scale, V, RMODE(b), vec);
     return DS_OK;
 }
 

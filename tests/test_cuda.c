@@ -1994,6 +1994,99 @@ Test(cuda, linear_gelu_fusion_off)
     close_ctx(&c);
 }
 
+/* ---- cross-entropy over 16-bit logits read once (xent_rows_k) -------------------------------- */
+
+/* xent_fwd over M rows of V 16-bit logits (of mode) on g, into fresh buffers: losses (fp32) and
+ * dlogits (16-bit; NULL: not asked for), downloaded and widened */
+static void xent16_run(ctx *c, ds_backend *g, int mode, const void *z_, const int32_t *t_, int64_t M, int64_t V,
+                       int grad, float **l, float **d)
+{
+    float *l_ = dpoison(c, M);
+    void *d_ = grad ? dev16_nan(c, M * V) : NULL;
+    /* c->gpu's uploads and g's kernel on two streams: each waited for before the other's work */
+    cr_assert_eq(c->gpu->ops->synchronize(c->gpu), DS_OK);
+    cr_assert_eq(g->ops->store16(g, mode), 1);
+    CALL(g, xent_fwd, z_, t_, l_, d_, 0.37f, M, V);
+    g->ops->store16(g, 0);
+    cr_assert_eq(g->ops->synchronize(g), DS_OK);
+    *l = down(c, l_, M);
+    *d = grad ? down16(c, d_, M * V, mode) : NULL;
+}
+
+/* Rows kept in registers (the default) against rows read twice (DS_CUDA_XENT_ROWS=0): the same
+ * chunks summed in the same order, so the same bits, at every register budget (4, 8 and 16
+ * chunks per thread, 128 and 512 threads) and where the kernel declines (V not a multiple of 8,
+ * more than 16 chunks per thread, a misaligned row start); and both near the CPU's fp32 xent on
+ * the same values (losses: fp32 sums in another order; dlogits: one rounding to the format). */
+Test(cuda, xent_rows_read_once, .timeout = 300)
+{
+    ctx c;
+    unsetenv("DS_CUDA_XENT_ROWS");
+    open_ctx(&c, 1);
+    setenv("DS_CUDA_XENT_ROWS", "0", 1);
+    ds_backend *g2 = NULL;
+    ds_error err = {0};
+    cr_assert_eq(ds_backend_create(&g2, "cuda", &err), DS_OK, "%s", err.msg);
+    unsetenv("DS_CUDA_XENT_ROWS");
+    /* V: chunks per thread 1 (128 threads), 2, 5, 13 (GPT-2's 50304), 17 (declines), 125 of 1000 at 128
+     * threads; 50257 and 1001 not multiples of 8 */
+    const int64_t Vs[] = {96, 1000, 4104, 20000, 50304, 69640, 50257, 1001};
+    for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++) {
+        CALL(c.gpu, set_precision, mode);
+        CALL(g2, set_precision, mode);
+        for (size_t vi = 0; vi < sizeof Vs / sizeof Vs[0]; vi++) {
+            const int64_t V = Vs[vi], M = V > 10000 ? 3 : 11;
+            for (int shift = 0; shift < (V == 4104 ? 2 : 1); shift++) { /* shift 1: 2 bytes off alignment */
+                float *z = hrand16(&c, M * V + 1, 3.0, mode);
+                if (vi == 0)
+                    z[5] = mode == DS_ROUND_BF16 ? 60.0f : 11.0f; /* one logit far above the rest */
+                void *zb_ = dev16(&c, z, M * V + 1, mode);
+                const void *z_ = (const uint16_t *)zb_ + shift;
+                int32_t *t = malloc((size_t)M * sizeof *t);
+                for (int64_t i = 0; i < M; i++)
+                    t[i] = (int32_t)(ds_rng_next(&c.rng) % (uint64_t)V);
+                t[0] = (int32_t)V - 1; /* the row's last logit: in the tail when V % 8 != 0 */
+                int32_t *t_ = dev(&c, t, (size_t)M * sizeof *t);
+                for (int grad = 1; grad >= 0; grad--) {
+                    float *l1, *d1, *l2, *d2;
+                    xent16_run(&c, c.gpu, mode, z_, t_, M, V, grad, &l1, &d1);
+                    xent16_run(&c, g2, mode, z_, t_, M, V, grad, &l2, &d2);
+                    char what[128];
+                    snprintf(what, sizeof what, "%s xent V %lld shift %d%s", mode == DS_ROUND_BF16 ? "bf16" : "fp16",
+                             (long long)V, shift, grad ? "" : " (no gradient)");
+                    for (int64_t i = 0; i < M; i++)
+                        cr_assert(memcmp(&l1[i], &l2[i], 4) == 0, "%s: loss[%lld] %a read once, %a read twice", what,
+                                  (long long)i, l1[i], l2[i]);
+                    for (int64_t i = 0; grad && i < M * V; i++)
+                        cr_assert(memcmp(&d1[i], &d2[i], 4) == 0, "%s: dlogits[%lld] %a read once, %a read twice",
+                                  what, (long long)i, d1[i], d2[i]);
+                    if (grad) { /* against the CPU's fp32 xent on the same values */
+                        float *l = hbuf(M), *d = hbuf(M * V);
+                        CALL(c.cpu, xent_fwd, z + shift, t, l, d, 0.37f, M, V);
+                        for (int64_t i = 0; i < M; i++)
+                            cr_assert(fabsf(l1[i] - l[i]) <= TOL_REDUCE * (1.0f + fabsf(l[i])),
+                                      "%s: loss[%lld] %g, the CPU's %g", what, (long long)i, l1[i], l[i]);
+                        /* half a unit of the format (relative; fp16 subnormals: 2^-25), plus the fp32
+                         * difference of the probability, which the target's -0.37 does not shrink */
+                        const double half = mode == DS_ROUND_BF16 ? 0x1p-8 : 0x1p-11;
+                        const double sub = mode == DS_ROUND_FP16 ? 0x1p-25 : 0.0;
+                        for (int64_t i = 0; i < M * V; i++) {
+                            const double p = fabs(d[i]) + (i % V == t[i / V] ? 0.37 : 0.0);
+                            cr_assert(fabs((double)d1[i] - d[i]) <= half * fabs(d[i]) + TOL_REDUCE * p + sub,
+                                      "%s: dlogits[%lld] %a, the CPU's %a", what, (long long)i, d1[i], d[i]);
+                        }
+                        free(l), free(d);
+                    }
+                    free(l1), free(l2), free(d1), free(d2);
+                }
+                free(z), free(t);
+            }
+        }
+    }
+    ds_backend_destroy(g2);
+    close_ctx(&c);
+}
+
 /* bf16 training: 16-bit tensor-core products on the GPU, fp32 products of the same bf16 values
  * on the CPU; the activations are rounded to bf16 (8 bits of mantissa) at every layer, so a
  * last-bit difference in a sum can flip a rounding: the bound is that of TF32 */
