@@ -1498,11 +1498,12 @@ static void store16_ops(const char *backend, int mode, int precision)
     const int64_t n = 3 * 16384 + 77;
     for (int acc = 0; acc < 2; acc++) {
         pair16 x = p16(&r, n, 2, mode), c = p16(&r, n, 1, mode);
-        for (int op = 0; op < 7; op++) {
+        for (int op = 0; op < 9; op++) {
             pair16 y = p16(&r, n, 1, mode); /* also the accumulated-into value */
             float *y32 = fcopy(y.f, n);
-            const char *name[] = {"gelu_fwd", "gelu_bwd", "relu_fwd", "relu_bwd", "dropout_fwd", "dropout_bwd", "add"};
-            if (acc && (op == 0 || op == 2 || op == 4 || op == 6)) {
+            const char *name[] = {"gelu_fwd (erf)", "gelu_bwd (tanh)", "relu_fwd",        "relu_bwd", "dropout_fwd",
+                                  "dropout_bwd",    "add",             "gelu_fwd (tanh)", "gelu_bwd (erf)"};
+            if (acc && (op == 0 || op == 2 || op == 4 || op == 6 || op == 7)) {
                 free(y32);
                 p16_free(&y);
                 continue; /* forward ops write */
@@ -1514,7 +1515,9 @@ static void store16_ops(const char *backend, int mode, int precision)
             case 3: BOTH(b, mode, relu_bwd, (b, F(x), F(c), y32, n, acc), (b, H(x), H(c), H(y), n, acc)); break;
             case 4: BOTH(b, mode, dropout_fwd, (b, F(x), y32, n, 0.3f, 77), (b, H(x), H(y), n, 0.3f, 77)); break;
             case 5: BOTH(b, mode, dropout_bwd, (b, F(c), y32, n, 0.3f, 77, acc), (b, H(c), H(y), n, 0.3f, 77, acc)); break;
-            default: BOTH(b, mode, add, (b, F(x), F(c), y32, n), (b, H(x), H(c), H(y), n)); break;
+            case 6: BOTH(b, mode, add, (b, F(x), F(c), y32, n), (b, H(x), H(c), H(y), n)); break;
+            case 7: BOTH(b, mode, gelu_fwd, (b, F(x), y32, n, 1), (b, H(x), H(y), n, 1)); break;
+            default: BOTH(b, mode, gelu_bwd, (b, F(x), F(c), y32, n, 0, acc), (b, H(x), H(c), H(y), n, 0, acc)); break;
             }
             if (op == 6) { /* in place, as the model adds activation gradients: y += c */
                 for (int64_t i = 0; i < n; i++)
@@ -1589,6 +1592,19 @@ static void store16_ops(const char *backend, int mode, int precision)
         free(ids), free(tgt);
         p16_free(&table), p16_free(&pos), p16_free(&w), p16_free(&bias);
         p16_free(&e), p16_free(&x), p16_free(&y), p16_free(&dy);
+    }
+    { /* layernorm_fwd on rows wider than the one-pass kernel's stack buffers: through the tiles */
+        const int64_t M = 3, C = 5000;
+        pair16 x = p16(&r, M * C, 1, mode), y = p16(&r, M * C, 1, mode);
+        pair16 w = p16_of(frandn(&r, C, 1, 0.2), C, mode), bias = p16_of(frandn(&r, C, 0, 0.2), C, mode);
+        float *mean[2] = {fbuf(M), fbuf(M)}, *rstd[2] = {fbuf(M), fbuf(M)};
+        BOTH(b, mode, layernorm_fwd, (b, F(x), F(w), F(bias), y.f, mean[0], rstd[0], M, C, 1e-5f),
+             (b, H(x), H(w), H(bias), H(y), mean[1], rstd[1], M, C, 1e-5f));
+        same16("layernorm_fwd (5000 columns)", &y, mode);
+        same32("layernorm_fwd rstd (5000 columns)", rstd[0], rstd[1], M);
+        for (int i = 0; i < 2; i++)
+            free(mean[i]), free(rstd[i]);
+        p16_free(&x), p16_free(&y), p16_free(&w), p16_free(&bias);
     }
     for (int wide = 0; wide < 2; wide++) { /* cross-entropy: rows narrower and wider than a tile */
         const int64_t M = wide ? 5 : 70, V = wide ? 20000 : 300;

@@ -144,11 +144,13 @@ static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
 /* ---- store16: 16-bit activation storage ------------------------------------------------------
  * Every activation op computes in fp32 exactly as in fp32 storage, from its inputs unpacked
  * (exactly) from 16 bits, and packs its outputs rounded to nearest even: so each value is the
- * one the fp32 path gives after rounding its output (fuse_round), bit for bit. The
- * row-wise and elementwise ops convert tiles of TILE floats per thread, which stay in cache;
- * the products, layernorm's backward and the two backward ops that sum rows into a weight
- * gradient unpack whole tensors into fp32 scratch first, so that their sums are formed in
- * the same order as in fp32 storage. Weights are 16-bit too: unpacked whole (slots 3 and 4),
+ * one the fp32 path gives after rounding its output (fuse_round), bit for bit. The add, GELU,
+ * the position add and its backward, and LayerNorm's forward and backward widen their 16-bit
+ * values as they go (bf16 by a shift) or a row or chunk at a time on the stack, in one pass
+ * (the kernel table's *16 ops); the other row-wise and elementwise ops convert tiles of TILE
+ * floats per thread, which stay in cache; the products and the embedding's backward unpack
+ * whole tensors into fp32 scratch first, so that their sums are formed in the same order as
+ * in fp32 storage. Weights are 16-bit too: unpacked whole (slots 3 and 4),
  * except where the products take bf16 operands (AMX) and the embedding table, whose rows are
  * copied as they are. */
 #define TILE 16384 /* floats per operand and thread: 64 KiB */
@@ -203,9 +205,9 @@ static float *whole32(ds_backend *b, int i, const float *x, int64_t n)
     return c->f32[i];
 }
 
-enum { EW_GELU_F, EW_GELU_B, EW_RELU_F, EW_RELU_B, EW_DROP_F, EW_DROP_B };
+enum { EW_RELU_F, EW_RELU_B, EW_DROP_F, EW_DROP_B };
 typedef struct ew_args {
-    int op, acc, approximate;
+    int op, acc;
     float p;
     uint64_t seed;
 } ew_args;
@@ -229,8 +231,6 @@ static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const flo
         if (e->acc)
             k->unpack16(HC(y) + i0, ty, len, mode);
         switch (e->op) {
-        case EW_GELU_F: k->gelu_fwd(ta, ty, len, e->approximate); break;
-        case EW_GELU_B: k->gelu_bwd(ta, tc, ty, len, e->approximate, e->acc); break;
         case EW_RELU_F: k->relu_fwd(ta, ty, len); break;
         case EW_RELU_B: k->relu_bwd(ta, tc, ty, len, e->acc); break;
         case EW_DROP_F: k->dropout_fwd(ta, ty, len, e->p, e->seed, i0); break;
@@ -640,28 +640,19 @@ static ds_status cpu_posadd_fwd(ds_backend *b, const float *x, const float *p, f
         c->k->posadd_fwd(x, p, y, B, T, C);
         return DS_OK;
     }
-    ds_status st = ensure_tiles(b, C);
-    if (st != DS_OK)
-        return st;
-    const int64_t R = tile_rows(C), per = (T + R - 1) / R; /* tiles per sample */
-#pragma omp parallel for schedule(static) if (B * T * C > TILE)
-    for (int64_t i = 0; i < B * per; i++) {
-        int64_t t0 = i % per * R, rows = T - t0 < R ? T - t0 : R, off = (i / per * T + t0) * C;
-        float *tx = tile(c, 0), *ty = tile(c, 1), *tp = tile(c, 2);
-        c->ks->unpack16(HC(x) + off, tx, rows * C, c->s16);
-        c->ks->unpack16(HC(p) + t0 * C, tp, rows * C, c->s16);
-        c->ks->posadd_fwd(tx, tp, ty, 1, rows, C);
-        c->ks->pack16(ty, HM(y) + off, rows * C, c->s16);
-    }
+    /* y = x + p sample by sample: posadd_fwd's sums, each rounded once (add16) */
+    for (int64_t i = 0; i < B; i++)
+        c->k->add16(HC(x) + i * T * C, HC(p), HM(y) + i * T * C, T * C, c->s16);
     return DS_OK;
 }
 
 static ds_status cpu_posadd_bwd(ds_backend *b, const float *dy, float *dp, int64_t B, int64_t T, int64_t C)
 {
     cpu_impl *c = b->impl;
-    if (c->s16 && !(dy = whole32(b, 0, dy, B * T * C)))
-        return DS_ERR_NOMEM;
-    c->k->posadd_bwd(dy, dp, B, T, C);
+    if (c->s16)
+        c->k->posadd_bwd16(HC(dy), dp, B, T, C, c->s16);
+    else
+        c->k->posadd_bwd(dy, dp, B, T, C);
     return DS_OK;
 }
 
@@ -679,7 +670,9 @@ static ds_status cpu_layernorm_fwd(ds_backend *b, const float *x, const float *w
         return st != DS_OK ? st : DS_ERR_NOMEM;
     c->k->unpack16(HC(w), wb, C, c->s16);
     c->k->unpack16(HC(bi), wb + C, C, c->s16);
-    const int64_t R = tile_rows(C);
+    if (c->k->layernorm_fwd16(HC(x), wb, wb + C, HM(y), mean, rstd, M, C, eps, c->s16) == 0)
+        return DS_OK;
+    const int64_t R = tile_rows(C); /* rows wider than its stack buffers: through the tiles */
 #pragma omp parallel for schedule(static) if (M * C > TILE)
     for (int64_t r0 = 0; r0 < M; r0 += R) {
         int64_t rows = M - r0 < R ? M - r0 : R;
@@ -710,18 +703,22 @@ static ds_status cpu_layernorm_bwd(ds_backend *b, const float *dy, const float *
 
 static ds_status cpu_gelu_fwd(ds_backend *b, const float *x, float *y, int64_t n, int ap)
 {
-    if (((cpu_impl *)b->impl)->s16)
-        return ew16(b, &(ew_args){.op = EW_GELU_F, .approximate = ap}, x, NULL, y, n);
-    K(b)->gelu_fwd(x, y, n, ap);
+    const int s16 = ((cpu_impl *)b->impl)->s16;
+    if (s16)
+        K(b)->gelu_fwd16(HC(x), HM(y), n, ap, s16);
+    else
+        K(b)->gelu_fwd(x, y, n, ap);
     return DS_OK;
 }
 
 static ds_status cpu_gelu_bwd(ds_backend *b, const float *x, const float *dy, float *dx, int64_t n, int ap,
                               int acc)
 {
-    if (((cpu_impl *)b->impl)->s16)
-        return ew16(b, &(ew_args){.op = EW_GELU_B, .approximate = ap, .acc = acc}, x, dy, dx, n);
-    K(b)->gelu_bwd(x, dy, dx, n, ap, acc);
+    const int s16 = ((cpu_impl *)b->impl)->s16;
+    if (s16)
+        K(b)->gelu_bwd16(HC(x), HC(dy), HM(dx), n, ap, acc, s16);
+    else
+        K(b)->gelu_bwd(x, dy, dx, n, ap, acc);
     return DS_OK;
 }
 

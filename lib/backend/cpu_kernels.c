@@ -380,31 +380,35 @@ static void colsum_acc(const float *dy, float *dbias, int64_t M, int64_t N)
 
 /* ---- layernorm -------------------------------------------------------------------------- */
 
+/* one row of layernorm_fwd (also layernorm_fwd16's, on a widened row: the same bits) */
+static inline void ln_fwd_row(const float *xr, const float *w, const float *b, float *yr, float *mean,
+                              float *rstd, int64_t C, float eps)
+{
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t c = 0; c < C; c++)
+        s += xr[c];
+    float mu = s / (float)C;
+    float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+    for (int64_t c = 0; c < C; c++) {
+        float d = xr[c] - mu;
+        v += d * d;
+    }
+    float rs = 1.0f / sqrtf(v / (float)C + eps);
+#pragma omp simd
+    for (int64_t c = 0; c < C; c++)
+        yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
+    *mean = mu;
+    *rstd = rs;
+}
+
 static void layernorm_fwd(const float *x, const float *w, const float *b, float *y, float *mean,
                           float *rstd, int64_t M, int64_t C, float eps)
 {
 #pragma omp parallel for if (M * C > PAR_MIN)
-    for (int64_t m = 0; m < M; m++) {
-        const float *xr = x + m * C;
-        float *yr = y + m * C;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t c = 0; c < C; c++)
-            s += xr[c];
-        float mu = s / (float)C;
-        float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-        for (int64_t c = 0; c < C; c++) {
-            float d = xr[c] - mu;
-            v += d * d;
-        }
-        float rs = 1.0f / sqrtf(v / (float)C + eps);
-#pragma omp simd
-        for (int64_t c = 0; c < C; c++)
-            yr[c] = (xr[c] - mu) * rs * w[c] + b[c];
-        mean[m] = mu;
-        rstd[m] = rs;
-    }
+    for (int64_t m = 0; m < M; m++)
+        ln_fwd_row(x + m * C, w, b, y + m * C, mean + m, rstd + m, C, eps);
 }
 
 /* dx may be NULL (a first layer reading the model's input): only dw and db. The weight
@@ -513,21 +517,41 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
 
 /* ---- activations ------------------------------------------------------------------------ */
 
+/* GELU and its derivative at v, tanh (approximate) or erf: one definition, so that gelu_fwd16 and
+ * gelu_bwd16 compute what gelu_fwd and gelu_bwd compute, bit for bit */
+static inline float gelu_tanh_at(float v)
+{
+    float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
+    return 0.5f * v * (1.0f + vtanh(u));
+}
+
+static inline float gelu_tanh_grad_at(float v)
+{
+    float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
+    float t = vtanh(u);
+    float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
+    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+}
+
+static inline float gelu_erf_at(float v) { return 0.5f * v * (1.0f + verf(v * INV_SQRT2)); }
+
+static inline float gelu_erf_grad_at(float v)
+{
+    float cdf = 0.5f * (1.0f + verf(v * INV_SQRT2));
+    float pdf = INV_SQRT_2PI * vexp(-0.5f * v * v);
+    return cdf + v * pdf;
+}
+
 static void gelu_fwd(const float *x, float *y, int64_t n, int approximate)
 {
     if (approximate) {
 #pragma omp parallel for simd if (parallel: n > PAR_MIN)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-            y[i] = 0.5f * v * (1.0f + vtanh(u));
-        }
+        for (int64_t i = 0; i < n; i++)
+            y[i] = gelu_tanh_at(x[i]);
     } else {
 #pragma omp parallel for simd if (parallel: n > PAR_MIN)
-        for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            y[i] = 0.5f * v * (1.0f + verf(v * INV_SQRT2));
-        }
+        for (int64_t i = 0; i < n; i++)
+            y[i] = gelu_erf_at(x[i]);
     }
 }
 
@@ -538,22 +562,16 @@ static void gelu_bwd(const float *x, const float *dy, float *dx, int64_t n, int 
     if (approximate) {
 #pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-            float t = vtanh(u);
-            float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
-            float d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+            float d = gelu_tanh_grad_at(x[i]);
             float prev = accumulate ? dx[i] : 0.0f;
             dx[i] = keep * prev + d * dy[i];
         }
     } else {
 #pragma omp parallel for simd if (parallel: n > PAR_MIN)
         for (int64_t i = 0; i < n; i++) {
-            float v = x[i];
-            float cdf = 0.5f * (1.0f + verf(v * INV_SQRT2));
-            float pdf = INV_SQRT_2PI * vexp(-0.5f * v * v);
+            float d = gelu_erf_grad_at(x[i]);
             float prev = accumulate ? dx[i] : 0.0f;
-            dx[i] = keep * prev + (cdf + v * pdf) * dy[i];
+            dx[i] = keep * prev + d * dy[i];
         }
     }
 }
@@ -924,6 +942,140 @@ static void add16_k(const uint16_t *a, const uint16_t *c, uint16_t *y, int64_t n
     }
 }
 
+/* GELU over 16-bit values of mode in one pass (y, dx may be x or dy): bf16 widened by a shift and
+ * the result rounded by bf16_bits element by element; fp16 a chunk at a time through stack
+ * buffers (F16C). The same per-element formulas as gelu_fwd and gelu_bwd, so the bits of those
+ * on unpacked copies, packed. */
+static void gelu_fwd16(const uint16_t *x, uint16_t *y, int64_t n, int approximate, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+        if (approximate) {
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
+            for (int64_t i = 0; i < n; i++) {
+                uint32_t u = (uint32_t)x[i] << 16;
+                float v;
+                memcpy(&v, &u, 4);
+                y[i] = bf16_bits(gelu_tanh_at(v));
+            }
+        } else {
+#pragma omp parallel for simd if (parallel: n > PAR_MIN)
+            for (int64_t i = 0; i < n; i++) {
+                uint32_t u = (uint32_t)x[i] << 16;
+                float v;
+                memcpy(&v, &u, 4);
+                y[i] = bf16_bits(gelu_erf_at(v));
+            }
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK) {
+        const int64_t len = n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK;
+        float t[PACK_CHUNK];
+        unpack16_span(x + i0, t, len, mode);
+        if (approximate) {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++)
+                t[i] = gelu_tanh_at(t[i]);
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++)
+                t[i] = gelu_erf_at(t[i]);
+        }
+        pack16_span(t, y + i0, len, mode);
+    }
+}
+
+static void gelu_bwd16(const uint16_t *x, const uint16_t *dy, uint16_t *dx, int64_t n, int approximate,
+                       int accumulate, int mode)
+{
+    const float keep = accumulate ? 1.0f : 0.0f;
+    if (mode == DS_ROUND_BF16) {
+/* one loop per formula: a choice inside the loop would compute both and blend */
+#define GELU_BWD16_BF16(GRAD)                                                                     \
+    _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+        uint32_t ux = (uint32_t)x[i] << 16, ug = (uint32_t)dy[i] << 16;                           \
+        uint32_t up = accumulate ? (uint32_t)dx[i] << 16 : 0u;                                    \
+        float v, g, prev;                                                                         \
+        memcpy(&v, &ux, 4);                                                                       \
+        memcpy(&g, &ug, 4);                                                                       \
+        memcpy(&prev, &up, 4);                                                                    \
+        float d = GRAD(v);                                                                        \
+        dx[i] = bf16_bits(keep * prev + d * g);                                                   \
+    }
+        if (approximate)
+            GELU_BWD16_BF16(gelu_tanh_grad_at)
+        else
+            GELU_BWD16_BF16(gelu_erf_grad_at)
+#undef GELU_BWD16_BF16
+        return;
+    }
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK) {
+        const int64_t len = n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK;
+        float tx[PACK_CHUNK], tg[PACK_CHUNK], tp[PACK_CHUNK];
+        unpack16_span(x + i0, tx, len, mode);
+        unpack16_span(dy + i0, tg, len, mode);
+        if (accumulate)
+            unpack16_span(dx + i0, tp, len, mode);
+        if (approximate) {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) {
+                float d = gelu_tanh_grad_at(tx[i]);
+                float prev = accumulate ? tp[i] : 0.0f;
+                tx[i] = keep * prev + d * tg[i];
+            }
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < len; i++) {
+                float d = gelu_erf_grad_at(tx[i]);
+                float prev = accumulate ? tp[i] : 0.0f;
+                tx[i] = keep * prev + d * tg[i];
+            }
+        }
+        pack16_span(tx, dx + i0, len, mode);
+    }
+}
+
+/* layernorm_fwd on 16-bit x and y (values of mode; w, b fp32): each row widened into a buffer on the
+ * stack, ln_fwd_row on it, packed; so the bits of layernorm_fwd on the widened tensor, packed.
+ * Rows wider than LN16_ROW: -1, nothing written. */
+#define LN16_ROW 4096
+static int layernorm_fwd16(const uint16_t *x, const float *w, const float *b, uint16_t *y, float *mean,
+                           float *rstd, int64_t M, int64_t C, float eps, int mode)
+{
+    if (C > LN16_ROW)
+        return -1;
+#pragma omp parallel for if (M * C > PAR_MIN)
+    for (int64_t m = 0; m < M; m++) {
+        float tx[LN16_ROW], ty[LN16_ROW];
+        unpack16_span(x + m * C, tx, C, mode);
+        ln_fwd_row(tx, w, b, ty, mean + m, rstd + m, C, eps);
+        pack16_span(ty, y + m * C, C, mode);
+    }
+    return 0;
+}
+
+/* posadd_bwd on 16-bit dy: rows widened a chunk at a time on the stack, added in posadd_bwd's order */
+static void posadd_bwd16(const uint16_t *dy, float *dpos, int64_t B, int64_t T, int64_t C, int mode)
+{
+#pragma omp parallel for if (B * T * C > PAR_MIN)
+    for (int64_t t = 0; t < T; t++) {
+        float *dp = dpos + t * C;
+        for (int64_t b = 0; b < B; b++) {
+            const uint16_t *g = dy + (b * T + t) * C;
+            for (int64_t c0 = 0; c0 < C; c0 += PACK_CHUNK) {
+                const int64_t len = C - c0 < PACK_CHUNK ? C - c0 : PACK_CHUNK;
+                float tg[PACK_CHUNK];
+                unpack16_span(g + c0, tg, len, mode);
+#pragma omp simd
+                for (int64_t c = 0; c < len; c++)
+                    dp[c0 + c] += tg[c];
+            }
+        }
+    }
+}
+
 /* layernorm_bwd on 16-bit dy, x and dx (values of mode; w fp32), without whole fp32 copies:
  * each thread takes the rows layernorm_bwd would give it and widens them a chunk at a time into
  * buffers that stay in cache, runs the same row loop on them in the same order, and packs its
@@ -1167,6 +1319,10 @@ const ds_cpu_kernels KTABLE = {
     .pack16 = pack16_k,
     .unpack16 = unpack16_k,
     .add16 = add16_k,
+    .gelu_fwd16 = gelu_fwd16,
+    .gelu_bwd16 = gelu_bwd16,
+    .layernorm_fwd16 = layernorm_fwd16,
+    .posadd_bwd16 = posadd_bwd16,
     .adagrad_step = adagrad_step,
     .lamb_step = lamb_step,
 };

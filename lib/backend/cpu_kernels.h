@@ -67,6 +67,17 @@ typedef struct ds_cpu_kernels {
     /* y = a + c over 16-bit values of mode (y may be a or c): widened, added in fp32, rounded
      * once, as add on unpacked copies and pack16, in one pass */
     void (*add16)(const uint16_t *a, const uint16_t *c, uint16_t *y, int64_t n, int mode);
+    /* gelu_fwd, gelu_bwd on 16-bit values of mode in one pass (the same bits as on unpacked copies,
+     * packed) */
+    void (*gelu_fwd16)(const uint16_t *x, uint16_t *y, int64_t n, int approximate, int mode);
+    void (*gelu_bwd16)(const uint16_t *x, const uint16_t *dy, uint16_t *dx, int64_t n, int approximate,
+                       int accumulate, int mode);
+    /* layernorm_fwd on 16-bit x, y (w, b fp32), row by row in cache, the same bits; -1 (nothing
+     * written) for rows too wide for its stack buffers */
+    int (*layernorm_fwd16)(const uint16_t *x, const float *w, const float *b, uint16_t *y, float *mean,
+                           float *rstd, int64_t M, int64_t C, float eps, int mode);
+    /* posadd_bwd on 16-bit dy, the same sums in the same order */
+    void (*posadd_bwd16)(const uint16_t *dy, float *dpos, int64_t B, int64_t T, int64_t C, int mode);
 } ds_cpu_kernels;
 
 extern const ds_cpu_kernels ds_cpu_kernels_avx2;
