@@ -522,6 +522,16 @@ static void check_gelu(ds_backend *be, int large, outs *o, int approximate)
     float *dx = fconst(n, NAN);
     CALL(be, gelu_bwd, x, r, dx, n, approximate, 0);
     grad_check(approximate ? "gelu tanh dx" : "gelu erf dx", gelu_fwd_c, &c, n, r, x, n, dx, 1e-2);
+    /* and against the derivative in double: 0.5 (1 + t) + 0.5 x (1 - t^2) u', or Phi(x) + x phi(x) */
+    for (int64_t i = 0; i < n; i++) {
+        const double v = x[i], k = sqrt(2 / 3.14159265358979323846);
+        const double t = tanh(k * (v + 0.044715 * v * v * v));
+        const double d = approximate ? 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v)
+                                     : 0.5 * (1 + erf(v / sqrt(2))) + v * exp(-0.5 * v * v) / sqrt(2 * 3.14159265358979323846);
+        cr_assert(fabs(dx[i] - d * r[i]) <= 2e-6 * (1 + fabs(v)) * (1 + fabs((double)r[i])),
+                  "gelu'(%s)(%.9g) * %.9g = %.9g, expected %.9g", approximate ? "tanh" : "erf", x[i], r[i], dx[i],
+                  d * r[i]);
+    }
     float *p = frandn(&rng, n, 0, 1), *a = fcopy(p, n);
     CALL(be, gelu_bwd, x, r, a, n, approximate, 1);
     expect_added("gelu dx, accumulate=1", a, p, dx, n);

@@ -519,18 +519,27 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
 
 /* GELU and its derivative at v, tanh (approximate) or erf: one definition, so that gelu_fwd16 and
  * gelu_bwd16 compute what gelu_fwd and gelu_bwd compute, bit for bit */
-static inline float gelu_tanh_at(float v)
+/* The tanh form as v sigmoid(2u) (0.5 (1 + tanh u) = 1 / (1 + exp(-2u))): one exponential and one
+ * division, where tanh by exp took a division of its own, an absolute value, a clamp and a copysign.
+ * -2u is held to [-80, 80]: beyond, 1 + e is 1 or e is so large that v / (1 + e) is below 1e-33
+ * (the formula's value, 0 in fp32 when computed through tanh, is smaller still), and s, e s and
+ * their products stay normal numbers. */
+static inline float gelu_exp_m2u(float v)
 {
-    float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-    return 0.5f * v * (1.0f + vtanh(u));
+    float a = -2.0f * SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
+    a = a < -80.0f ? -80.0f : a;
+    a = a > 80.0f ? 80.0f : a;
+    return vexp_in_range(a);
 }
 
+static inline float gelu_tanh_at(float v) { return v / (1.0f + gelu_exp_m2u(v)); }
+
+/* d/dv v s(v) with s = 1 / (1 + e), e = exp(-2u): s + 2 v u' e s^2 */
 static inline float gelu_tanh_grad_at(float v)
 {
-    float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
-    float t = vtanh(u);
+    float e = gelu_exp_m2u(v), s = 1.0f / (1.0f + e);
     float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
-    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+    return s + 2.0f * v * du * (e * s) * s;
 }
 
 static inline float gelu_erf_at(float v) { return 0.5f * v * (1.0f + verf(v * INV_SQRT2)); }
