@@ -21,7 +21,8 @@
  * Every variant's C is summed and compared with the first's (the inputs are bf16 values, so all
  * compute the same positive sums up to rounding): a mismatch is marked ! and the exit status is 1.
  * A variant oneDNN cannot build (no bf16 matmul on this CPU, or only its reference code) says
- * so instead of a rate. The implementation oneDNN chose is printed for each product. */
+ * so instead of a rate. The implementation oneDNN chose is printed for each product.
+ * Then attention's batched products, as ds calls them and on dense copies (below). */
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 #include <stdint.h>
@@ -224,6 +225,221 @@ static double time_variant(const prod *q, int bf16, int out16, int split, int pa
     return gf;
 }
 
+/* ---- attention's batched products (B 8, H 4, T 128, D 64: gpt-tiny) ---------------------------
+ * ds calls them on 4-D views of the packed qkv [B, T, 3, H, D] and out [B, T, H, D]: a head's rows
+ * are 3C (or C) apart, so the head dimension, a batch dimension, is inside the row dimension
+ * (strided). The last AMX measurement found them on gemm:jit. "dense" gives the same products
+ * on copies in [B, H, T, D] order (batch dimensions outermost), which brgemm (AMX) may take;
+ * the copies' cost (Q, K and V out of qkv, with 2 threads) is printed beside. Each thread
+ * takes B / threads samples, as ds does. */
+enum { ATT_B = 8, ATT_H = 4, ATT_T = 128, ATT_D = 64, ATT_C = ATT_H * ATT_D };
+
+typedef struct att_prod {
+    const char *name;
+    int64_t M, N, K;
+    /* strided ("ds") and dense element strides {b, h, row, col} of A, B, C */
+    int64_t as[2][4], bs[2][4], cs[2][4];
+    int out16; /* the bf16 variant writes bf16 (as ds's 16-bit storage does) */
+} att_prod;
+
+/* the logical value (a bf16 value) of element (b, h, r, c) of operand k */
+static uint16_t att_val(int k, int64_t b, int64_t h, int64_t r, int64_t c)
+{
+    return (uint16_t)(0x3c00 + ((((b * 31 + h) * 131 + r) * 137 + c) * (7919 + 104729 * k)) % 512);
+}
+
+static double att_time(const att_prod *q, int bf16, int dense, int reps, char *impl, size_t impl_n, double *sum)
+{
+    const int nt = omp_get_max_threads() < ATT_B ? omp_get_max_threads() : ATT_B;
+    const int64_t nb = ATT_B / nt; /* samples per thread (nt divides 8 for 1, 2, 4, 8 threads) */
+    const size_t es = bf16 ? 2 : 4, ces = bf16 && q->out16 ? 2 : 4;
+    const int64_t *ss[3] = {q->as[dense], q->bs[dense], q->cs[dense]};
+    const int64_t rows[3] = {q->M, q->K, q->M}, cols[3] = {q->K, q->N, q->N};
+    char *buf[3];
+    for (int k = 0; k < 3; k++) { /* room for the largest offset + 1 */
+        int64_t top = 0;
+        const int64_t dims[4] = {ATT_B, ATT_H, rows[k], cols[k]};
+        for (int d = 0; d < 4; d++)
+            top += (dims[d] - 1) * ss[k][d];
+        buf[k] = calloc((size_t)(top + 1), k == 2 ? ces : es);
+        if (!buf[k]) {
+            fprintf(stderr, "bench_dnnl: out of memory\n");
+            exit(1);
+        }
+    }
+    for (int k = 0; k < 2; k++)
+        for (int64_t b = 0; b < ATT_B; b++)
+            for (int64_t h = 0; h < ATT_H; h++)
+                for (int64_t r = 0; r < rows[k]; r++)
+                    for (int64_t c = 0; c < cols[k]; c++) {
+                        uint16_t v = att_val(k, b, h, r, c);
+                        int64_t o = b * ss[k][0] + h * ss[k][1] + r * ss[k][2] + c * ss[k][3];
+                        if (bf16)
+                            memcpy(buf[k] + 2 * o, &v, 2);
+                        else {
+                            uint32_t u = (uint32_t)v << 16;
+                            memcpy(buf[k] + 4 * o, &u, 4);
+                        }
+                    }
+    const dnnl_data_type_t dt = bf16 ? dnnl_bf16 : dnnl_f32, ct = ces == 2 ? dnnl_bf16 : dnnl_f32;
+    part parts[MAX_T];
+    int n = 0, ok = 1;
+    for (int t = 0; t < nt && ok; t++) {
+        dnnl_memory_desc_t md[3];
+        dnnl_dims_t dm[3] = {{nb, ATT_H, q->M, q->K}, {nb, ATT_H, q->K, q->N}, {nb, ATT_H, q->M, q->N}};
+        for (int k = 0; k < 3; k++) {
+            dnnl_dims_t st = {ss[k][0], ss[k][1], ss[k][2], ss[k][3]};
+            if (dnnl_memory_desc_init_by_strides(&md[k], 4, dm[k], k == 2 ? ct : dt, st))
+                ok = 0;
+        }
+        dnnl_matmul_desc_t mmd;
+        dnnl_primitive_desc_t pd = NULL;
+        if (!ok || dnnl_matmul_desc_init(&mmd, &md[0], &md[1], NULL, &md[2]) ||
+            dnnl_primitive_desc_create(&pd, &mmd, NULL, eng, NULL)) {
+            snprintf(impl, impl_n, "none built");
+            ok = 0;
+            break;
+        }
+        const char *im = NULL;
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &im);
+        snprintf(impl, impl_n, "%s", im ? im : "?");
+        memset(&parts[t], 0, sizeof parts[t]);
+        const int64_t off = t * nb;
+        if (strncmp(impl, "ref", 3) == 0 || dnnl_primitive_create(&parts[t].p, pd) ||
+            dnnl_memory_create(&parts[t].a, &md[0], eng, buf[0] + (size_t)(off * ss[0][0]) * es) ||
+            dnnl_memory_create(&parts[t].b, &md[1], eng, buf[1] + (size_t)(off * ss[1][0]) * es) ||
+            dnnl_memory_create(&parts[t].c, &md[2], eng, buf[2] + (size_t)(off * ss[2][0]) * ces) ||
+            dnnl_stream_create(&parts[t].s, eng, dnnl_stream_default_flags)) {
+            free_part(&parts[t]);
+            ok = 0;
+        } else {
+            n++;
+        }
+        dnnl_primitive_desc_destroy(pd);
+    }
+    double gf = 0;
+    if (ok) {
+        double *ts = malloc((size_t)reps * sizeof *ts);
+        for (int r = -3; r < reps; r++) {
+            double t0 = now_s();
+#pragma omp parallel num_threads(nt)
+            run_part(&parts[omp_get_thread_num()]);
+            if (r >= 0)
+                ts[r] = now_s() - t0;
+        }
+        qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
+        *sum = 0;
+        for (int64_t b = 0; b < ATT_B; b++)
+            for (int64_t h = 0; h < ATT_H; h++)
+                for (int64_t r = 0; r < q->M; r++)
+                    for (int64_t c = 0; c < q->N; c++) {
+                        int64_t o = b * ss[2][0] + h * ss[2][1] + r * ss[2][2] + c * ss[2][3];
+                        uint32_t u = 0;
+                        if (ces == 2)
+                            u = (uint32_t)((uint16_t *)(void *)buf[2])[o] << 16;
+                        else
+                            memcpy(&u, buf[2] + 4 * o, 4);
+                        float f;
+                        memcpy(&f, &u, 4);
+                        *sum += f;
+                    }
+        gf = 2.0 * ATT_B * ATT_H * (double)q->M * (double)q->N * (double)q->K / ts[reps / 2] / 1e9;
+        free(ts);
+    }
+    for (int t = 0; t < n; t++)
+        free_part(&parts[t]);
+    for (int k = 0; k < 3; k++)
+        free(buf[k]);
+    return gf;
+}
+
+/* ms to copy Q, K and V (bf16) out of qkv [B, T, 3, H, D] into [B, H, T, D] each, 2 threads */
+static double att_repack_ms(int reps)
+{
+    const int64_t n = (int64_t)ATT_B * ATT_T * 3 * ATT_C;
+    uint16_t *src = malloc((size_t)n * 2), *dst = malloc((size_t)n * 2);
+    if (!src || !dst) {
+        fprintf(stderr, "bench_dnnl: out of memory\n");
+        exit(1);
+    }
+    for (int64_t i = 0; i < n; i++)
+        src[i] = (uint16_t)i;
+    double *ts = malloc((size_t)reps * sizeof *ts);
+    for (int r = -3; r < reps; r++) {
+        double t0 = now_s();
+#pragma omp parallel for collapse(3) num_threads(2)
+        for (int64_t b = 0; b < ATT_B; b++)
+            for (int64_t k = 0; k < 3; k++)
+                for (int64_t h = 0; h < ATT_H; h++)
+                    for (int64_t t = 0; t < ATT_T; t++)
+                        memcpy(dst + (((k * ATT_B + b) * ATT_H + h) * ATT_T + t) * ATT_D,
+                               src + ((b * ATT_T + t) * 3 + k) * ATT_C + h * ATT_D, ATT_D * 2);
+        if (r >= 0)
+            ts[r] = now_s() - t0;
+    }
+    qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
+    double ms = ts[reps / 2] * 1e3;
+    free(ts), free(src), free(dst);
+    return ms;
+}
+
+static int attention_products(int reps)
+{
+    enum { B = ATT_B, H = ATT_H, T = ATT_T, D = ATT_D, C = ATT_C, C3 = 3 * ATT_C };
+    /* ds's views (cpu.c attention_fwd16/bwd16) and dense [B, H, T, D] / [B, H, T, T] ones */
+    static const att_prod prods[] = {
+        {"S = Q K^T", T, T, D,
+         {{T * C3, D, C3, 1}, {H * T * D, T * D, D, 1}},
+         {{T * C3, D, 1, C3}, {H * T * D, T * D, 1, D}},
+         {{H * T * T, T * T, T, 1}, {H * T * T, T * T, T, 1}}, 0},
+        {"O = P V", T, D, T,
+         {{H * T * T, T * T, T, 1}, {H * T * T, T * T, T, 1}},
+         {{T * C3, D, C3, 1}, {H * T * D, T * D, D, 1}},
+         {{T * C, D, C, 1}, {H * T * D, T * D, D, 1}}, 1},
+        {"dK = dS^T Q", T, D, T,
+         {{H * T * T, T * T, 1, T}, {H * T * T, T * T, 1, T}},
+         {{T * C3, D, C3, 1}, {H * T * D, T * D, D, 1}},
+         {{T * C3, D, C3, 1}, {H * T * D, T * D, D, 1}}, 1},
+    };
+    static const struct {
+        const char *name;
+        int bf16, dense;
+    } vars[] = {{"f32 ds", 0, 0}, {"f32 dense", 0, 1}, {"bf16 ds", 1, 0}, {"bf16 dense", 1, 1}};
+    printf("\nattention's batched products (B %d, H %d, T %d, D %d; bf16 writes bf16 where ds does), GFLOP/s\n", B,
+           H, T, D);
+    printf("%-18s %6s %6s %6s", "product", "M", "N", "K");
+    for (int j = 0; j < 4; j++)
+        printf(" %14s", vars[j].name);
+    printf("\n");
+    int bad = 0;
+    for (size_t i = 0; i < sizeof prods / sizeof prods[0]; i++) {
+        const att_prod *q = &prods[i];
+        char impls[4][64];
+        double ref = 0;
+        int have_ref = 0;
+        printf("%-18s %6lld %6lld %6lld", q->name, (long long)q->M, (long long)q->N, (long long)q->K);
+        for (int j = 0; j < 4; j++) {
+            double sum = 0;
+            double gf = att_time(q, vars[j].bf16, vars[j].dense, reps, impls[j], sizeof impls[j], &sum);
+            int off = gf > 0 && have_ref && !(sum > ref * 0.99 && sum < ref * 1.01);
+            if (gf > 0 && !have_ref)
+                ref = sum, have_ref = 1;
+            bad |= off;
+            if (gf > 0)
+                printf(" %13.1f%s", gf, off ? "!" : " ");
+            else
+                printf(" %14s", "n/a");
+        }
+        printf("\n%-39s", "");
+        for (int j = 0; j < 4; j++)
+            printf(" %14.14s", impls[j]);
+        printf("\n");
+        fflush(stdout);
+    }
+    printf("copying Q, K, V (bf16) out of qkv into [B, H, T, D]: %.3f ms, 2 threads\n", att_repack_ms(reps));
+    return bad;
+}
+
 int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
@@ -292,6 +508,7 @@ int main(int argc, char **argv)
         printf("\n");
         fflush(stdout);
     }
+    bad |= attention_products(reps);
     dnnl_engine_destroy(eng);
     if (bad)
         printf("bench_dnnl: a variant marked ! gave another product than the first (sums of C off by more than 1%%)\n");
