@@ -700,7 +700,8 @@ static void att_fwd(void *vc, float *y)
 
 static void check_attention(ds_backend *be, int large, outs *o, int causal)
 {
-    const int64_t B = 2, T = large ? 48 : 5, C = large ? 64 : 8, H = large ? 4 : 2, D = C / H;
+    /* T 64: causal products in halves (cpu.c att_split) */
+    const int64_t B = 2, T = large ? 64 : 5, C = large ? 64 : 8, H = large ? 4 : 2, D = C / H;
     check_size(large, B * T * 3 * C);
     ds_rng rng;
     ds_rng_seed(&rng, 909 + (uint64_t)large + 10 * (uint64_t)causal);
@@ -1374,8 +1375,9 @@ Test(backend, bf16_attention_on_bf16_units_emulated)
     unsetenv("DS_CPU_BF16_GEMM");
     ds_rng r;
     ds_rng_seed(&r, 21);
-    for (int causal = 0; causal < 2; causal++) {
-        const int64_t B = 2, T = 37, C = 64, H = 4, M = B * T, n = B * H * T * T;
+    for (int k = 0; k < 3; k++) { /* 2: causal at T 64, the products in halves */
+        const int causal = k != 0;
+        const int64_t B = 2, T = k < 2 ? 37 : 64, C = 64, H = 4, M = B * T, n = B * H * T * T;
         float *qkv = frandn(&r, M * 3 * C, 0, 1), *dout = frandn(&r, M * C, 0, 1);
         b->ops->round16(b, qkv, M * 3 * C, DS_ROUND_BF16), b->ops->round16(b, dout, M * C, DS_ROUND_BF16);
         float *o[2] = {fbuf(M * C), fbuf(M * C)}, *att[2] = {fbuf(n), fbuf(n)};
@@ -1655,8 +1657,9 @@ static void store16_ops(const char *backend, int mode, int precision)
         p16_free(&w), p16_free(&bias);
         p16_free(&x), p16_free(&y), p16_free(&dy);
     }
-    for (int causal = 0; causal < 2; causal++) {
-        const int64_t B = 2, T = 20, C = 32, H = 4, M = B * T;
+    for (int k = 0; k < 3; k++) { /* 2: causal at T 64, the products in halves */
+        const int causal = k != 0;
+        const int64_t B = 2, T = k < 2 ? 20 : 64, C = 32, H = 4, M = B * T;
         pair16 qkv = p16(&r, M * 3 * C, 1, mode), out = p16(&r, M * C, 1, mode);
         pair16 dout = p16(&r, M * C, 1, mode), dqkv = p16(&r, M * 3 * C, 1, mode);
         float *att[2] = {fbuf(B * H * T * T), fbuf(B * H * T * T)};

@@ -241,22 +241,100 @@ static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const flo
     return DS_OK;
 }
 
-/* attention's six strided batched products (attention_fwd16/bwd16) at this shape all run on
- * oneDNN code that is not its reference implementation; the four that write the output or the
- * gradients both with fp32 and with bf16 output (16-bit storage) */
+/* Attention's products in causal attention skip the blocks above the diagonal: with T even (64
+ * or more) each is two batched products over the halves of the rows (or of the keys), 3/4 of
+ * the full product's work. S = Q K^T and dP = dO V^T: rows [0, h) against keys [0, h), rows
+ * [h, T) against all (the block they skip is masked: the softmax writes it 0 without reading
+ * it). O = P V and dQ = dS K: rows [0, h) over keys [0, h), rows [h, T) over all. dK = dS^T Q
+ * and dV = P^T dO: keys [0, h) from every query, keys [h, T) from queries [h, T). P and dS are
+ * 0 above the diagonal, so the sums are those of the full products, less terms that are 0. */
+static int att_split(int64_t T, int causal) { return causal && T % 2 == 0 && T >= 64; }
+
+enum { ATT_QK, ATT_PV, ATT_TP };            /* the three shapes above */
+enum { ATT_F32, ATT_BF16, ATT_BF16_O16 };  /* operands and C: fp32; bf16 and fp32; bf16 */
+
+typedef struct att_mm {
+    const void *A, *B;
+    void *C;
+    const int64_t *as, *bs, *cs; /* {batch, head, row, col}, in elements */
+} att_mm;
+
+/* rows [row0, row0 + M) of C = A B, over k in [k0, k0 + K), N columns */
+static ds_status att_run(ds_backend *b, int kind, int64_t B, int64_t H, const att_mm *p, int64_t row0, int64_t M,
+                         int64_t k0, int64_t K, int64_t N)
+{
+    const size_t ea = kind == ATT_F32 ? 4 : 2, ec = kind == ATT_BF16_O16 ? 2 : 4;
+    const char *A = (const char *)p->A + (size_t)(row0 * p->as[2] + k0 * p->as[3]) * ea;
+    const char *Bm = (const char *)p->B + (size_t)(k0 * p->bs[2]) * ea;
+    char *C = (char *)p->C + (size_t)(row0 * p->cs[2]) * ec;
+    if (kind == ATT_F32)
+        return ds_dnnl_matmul_batched(DNNL(b), B, H, M, N, K, (const float *)(const void *)A, p->as,
+                                      (const float *)(const void *)Bm, p->bs, (float *)(void *)C, p->cs, 0, &b->err);
+    if (kind == ATT_BF16)
+        return ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, M, N, K, HC(A), p->as, HC(Bm), p->bs, (float *)(void *)C,
+                                           p->cs, 0, &b->err);
+    return ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, M, N, K, HC(A), p->as, HC(Bm), p->bs, HM(C), p->cs,
+                                             &b->err);
+}
+
+/* the (row0, M, k0, K, N) of the products shape runs as: one, or two halves with split */
+static int att_parts(int shape, int split, int64_t T, int64_t D, int64_t part[2][5])
+{
+    const int64_t h = T / 2;
+    if (!split) {
+        const int64_t one[3][5] = {{0, T, 0, D, T}, {0, T, 0, T, D}, {0, T, 0, T, D}};
+        memcpy(part[0], one[shape], sizeof part[0]);
+        return 1;
+    }
+    const int64_t two[3][2][5] = {{{0, h, 0, D, h}, {h, h, 0, D, T}},
+                                  {{0, h, 0, h, D}, {h, h, 0, T, D}},
+                                  {{0, h, 0, T, D}, {h, h, h, h, D}}};
+    memcpy(part, two[shape], sizeof two[shape]);
+    return 2;
+}
+
+static ds_status att_product(ds_backend *b, int kind, int shape, int split, int64_t B, int64_t H, int64_t T,
+                             int64_t D, const att_mm *p)
+{
+    int64_t part[2][5];
+    const int n = att_parts(shape, split, T, D, part);
+    ds_status st = DS_OK;
+    for (int i = 0; i < n && st == DS_OK; i++)
+        st = att_run(b, kind, B, H, p, part[i][0], part[i][1], part[i][2], part[i][3], part[i][4]);
+    return st;
+}
+
+/* attention's six strided batched products (attention_fwd16/bwd16) at this shape, as they run
+ * causal (split) and not, all run on oneDNN code that is not its reference implementation; the
+ * four that write the output or the gradients both with fp32 and with bf16 output (16-bit
+ * storage) */
 static int att_products_fast(ds_dnnl *d, int64_t B, int64_t T, int64_t C, int64_t H)
 {
     const int64_t D = C / H, C3 = 3 * C;
     const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
     const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T}, o_s[4] = {T * C, D, C, 1};
-    int fast = ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, q_s, kt_s, a_s, 0) && /* S = Q K^T */
-               ds_dnnl_bf16_batched_fast(d, B, H, T, T, D, o_s, kt_s, a_s, 0);   /* dP = dO V^T */
-    for (int o16 = 0; o16 < 2 && fast; o16++)
-        fast = ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, o_s, o16) &&  /* O = P V */
-               ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, a_s, q_s, q_s, o16) &&  /* dQ = dS K */
-               ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, q_s, q_s, o16) && /* dK = dS^T Q */
-               ds_dnnl_bf16_batched_fast(d, B, H, T, D, T, at_s, o_s, q_s, o16);   /* dV = P^T dO */
-    return fast;
+    const struct {
+        int shape, o16;
+        const int64_t *as, *bs, *cs;
+    } prods[] = {
+        {ATT_QK, 0, q_s, kt_s, a_s},  /* S = Q K^T */
+        {ATT_QK, 0, o_s, kt_s, a_s},  /* dP = dO V^T */
+        {ATT_PV, 1, a_s, q_s, o_s},   /* O = P V */
+        {ATT_PV, 1, a_s, q_s, q_s},   /* dQ = dS K */
+        {ATT_TP, 1, at_s, q_s, q_s},  /* dK = dS^T Q */
+        {ATT_TP, 1, at_s, o_s, q_s},  /* dV = P^T dO */
+    };
+    for (int split = 0; split < 1 + att_split(T, 1); split++)
+        for (size_t i = 0; i < sizeof prods / sizeof prods[0]; i++) {
+            int64_t part[2][5];
+            const int n = att_parts(prods[i].shape, split, T, D, part);
+            for (int k = 0; k < n; k++)
+                for (int o16 = 0; o16 <= prods[i].o16; o16++)
+                    if (!ds_dnnl_bf16_batched_fast(d, B, H, part[k][1], part[k][4], part[k][3], prods[i].as,
+                                                   prods[i].bs, prods[i].cs, o16))
+                        return 0;
+        }
+    return 1;
 }
 
 /* attention in bf16 at this shape (att16, and no product would fall to reference code: then
@@ -452,9 +530,9 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
 }
 
 /* Attention as batched products over (batch, head), with every operand a strided view of the
- * packed qkv [B, T, 3C] or out [B, T, C]; causal rows are computed in full and masked in the
- * softmax (twice the product FLOPs, at several times the speed of a masked loop). Strides are
- * {batch, head, row, col} in elements. */
+ * packed qkv [B, T, 3C] or out [B, T, C]; causal attention skips the products' blocks above the
+ * diagonal (att_split), and rows are masked in the softmax. Strides are {batch, head, row,
+ * col} in elements. */
 static ds_status attention_fwd32(ds_backend *b, const float *qkv, float *out, float *att,
                                  int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
@@ -463,18 +541,18 @@ static ds_status attention_fwd32(ds_backend *b, const float *qkv, float *out, fl
     const int64_t kt_s[4] = {T * C3, D, 1, C3};      /* K^T as [D, T] */
     const int64_t a_s[4] = {H * T * T, T * T, T, 1}; /* scores [T, T] */
     const int64_t o_s[4] = {T * C, D, C, 1};         /* out as [T, D] */
-    ds_status st = ds_dnnl_matmul_batched(DNNL(b), B, H, T, T, D, qkv, q_s, qkv + C, kt_s, att, a_s, 0, &b->err);
+    const int split = att_split(T, causal);
+    ds_status st = att_product(b, ATT_F32, ATT_QK, split, B, H, T, D, &(att_mm){qkv, qkv + C, att, q_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
     K(b)->attn_softmax_fwd(att, B * H, T, 1.0f / sqrtf((float)D), causal);
-    return ds_dnnl_matmul_batched(DNNL(b), B, H, T, D, T, att, a_s, qkv + 2 * C, q_s, out, o_s, 0, &b->err);
+    return att_product(b, ATT_F32, ATT_PV, split, B, H, T, D, &(att_mm){att, qkv + 2 * C, out, a_s, q_s, o_s});
 }
 
 static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *qkv,
                                  const float *att, float *dqkv, int64_t B, int64_t T, int64_t C,
                                  int64_t H, int causal)
 {
-    (void)causal; /* P is zero above the diagonal, so dS is too */
     cpu_impl *c = b->impl;
     const int64_t D = C / H, C3 = 3 * C;
     const int64_t q_s[4] = {T * C3, D, C3, 1};
@@ -482,17 +560,19 @@ static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *
     const int64_t a_s[4] = {H * T * T, T * T, T, 1};
     const int64_t at_s[4] = {H * T * T, T * T, 1, T}; /* a score matrix transposed */
     const int64_t o_s[4] = {T * C, D, C, 1};
+    const int split = att_split(T, causal);
     ds_status st = scratch(b, &c->att_scratch, &c->att_scratch_floats, (size_t)(B * H * T * T));
     float *ds = c->att_scratch;
     if (st == DS_OK) /* dP = dO V^T */
-        st = ds_dnnl_matmul_batched(DNNL(b), B, H, T, T, D, dout, o_s, qkv + 2 * C, kt_s, ds, a_s, 0, &b->err);
+        st = att_product(b, ATT_F32, ATT_QK, split, B, H, T, D, &(att_mm){dout, qkv + 2 * C, ds, o_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
-    K(b)->attn_softmax_bwd(att, ds, B * H, T, 1.0f / sqrtf((float)D));
+    K(b)->attn_softmax_bwd(att, ds, B * H, T, 1.0f / sqrtf((float)D), causal);
     /* dQ = dS K, dK = dS^T Q, dV = P^T dO: together they write all of dqkv */
-    if ((st = ds_dnnl_matmul_batched(DNNL(b), B, H, T, D, T, ds, a_s, qkv + C, q_s, dqkv, q_s, 0, &b->err)) ||
-        (st = ds_dnnl_matmul_batched(DNNL(b), B, H, T, D, T, ds, at_s, qkv, q_s, dqkv + C, q_s, 0, &b->err)) ||
-        (st = ds_dnnl_matmul_batched(DNNL(b), B, H, T, D, T, att, at_s, dout, o_s, dqkv + 2 * C, q_s, 0, &b->err)))
+    if ((st = att_product(b, ATT_F32, ATT_PV, split, B, H, T, D, &(att_mm){ds, qkv + C, dqkv, a_s, q_s, q_s})) ||
+        (st = att_product(b, ATT_F32, ATT_TP, split, B, H, T, D, &(att_mm){ds, qkv, dqkv + C, at_s, q_s, q_s})) ||
+        (st = att_product(b, ATT_F32, ATT_TP, split, B, H, T, D,
+                          &(att_mm){att, dout, dqkv + 2 * C, at_s, o_s, q_s})))
         return st;
     return DS_OK;
 }
@@ -507,7 +587,8 @@ static ds_status attention_fwd16(ds_backend *b, const uint16_t *qkv, float *out,
     const int64_t D = C / H, C3 = 3 * C;
     const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
     const int64_t a_s[4] = {H * T * T, T * T, T, 1}, o_s[4] = {T * C, D, C, 1};
-    ds_status st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, T, D, qkv, q_s, qkv + C, kt_s, att, a_s, 0, &b->err);
+    const int split = att_split(T, causal);
+    ds_status st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){qkv, qkv + C, att, q_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
     K(b)->attn_softmax_fwd(att, B * H, T, 1.0f / sqrtf((float)D), causal);
@@ -515,43 +596,38 @@ static ds_status attention_fwd16(ds_backend *b, const uint16_t *qkv, float *out,
     if (!p16)
         return DS_ERR_NOMEM;
     if (out16)
-        return ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, p16, a_s, qkv + 2 * C, q_s, out16, o_s,
-                                                 &b->err);
-    return ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, p16, a_s, qkv + 2 * C, q_s, out, o_s, 0, &b->err);
+        return att_product(b, ATT_BF16_O16, ATT_PV, split, B, H, T, D, &(att_mm){p16, qkv + 2 * C, out16, a_s, q_s, o_s});
+    return att_product(b, ATT_BF16, ATT_PV, split, B, H, T, D, &(att_mm){p16, qkv + 2 * C, out, a_s, q_s, o_s});
 }
 
 /* its backward: dP = dO V^T, dS from P and dP in fp32, then dS and P rounded to bf16 for
  * dQ = dS K, dK = dS^T Q, dV = P^T dO; dqkv fp32, or with dqkv16 bf16 written by the products */
 static ds_status attention_bwd16(ds_backend *b, const uint16_t *dout, const uint16_t *qkv, const float *att,
-                                 float *dqkv, uint16_t *dqkv16, int64_t B, int64_t T, int64_t C, int64_t H)
+                                 float *dqkv, uint16_t *dqkv16, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     cpu_impl *c = b->impl;
     const int64_t D = C / H, C3 = 3 * C, n = B * H * T * T;
     const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
     const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T}, o_s[4] = {T * C, D, C, 1};
+    const int split = att_split(T, causal);
     ds_status st = scratch(b, &c->att_scratch, &c->att_scratch_floats, (size_t)n);
     float *ds = c->att_scratch;
     if (st == DS_OK)
-        st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, T, D, dout, o_s, qkv + 2 * C, kt_s, ds, a_s, 0, &b->err);
+        st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){dout, qkv + 2 * C, ds, o_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
-    K(b)->attn_softmax_bwd(att, ds, B * H, T, 1.0f / sqrtf((float)D));
+    K(b)->attn_softmax_bwd(att, ds, B * H, T, 1.0f / sqrtf((float)D), causal);
     const uint16_t *ds16 = to_bf16(b, 2, ds, n), *p16 = ds16 ? to_bf16(b, 3, att, n) : NULL;
     if (!p16)
         return DS_ERR_NOMEM;
-    if (dqkv16) {
-        if ((st = ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, ds16, a_s, qkv + C, q_s, dqkv16, q_s,
-                                                    &b->err)) ||
-            (st = ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, ds16, at_s, qkv, q_s, dqkv16 + C, q_s,
-                                                    &b->err)) ||
-            (st = ds_dnnl_matmul_batched_bf16_out16(DNNL(b), B, H, T, D, T, p16, at_s, dout, o_s, dqkv16 + 2 * C,
-                                                    q_s, &b->err)))
-            return st;
-        return DS_OK;
-    }
-    if ((st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, ds16, a_s, qkv + C, q_s, dqkv, q_s, 0, &b->err)) ||
-        (st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, ds16, at_s, qkv, q_s, dqkv + C, q_s, 0, &b->err)) ||
-        (st = ds_dnnl_matmul_batched_bf16(DNNL(b), B, H, T, D, T, p16, at_s, dout, o_s, dqkv + 2 * C, q_s, 0, &b->err)))
+    const int kind = dqkv16 ? ATT_BF16_O16 : ATT_BF16;
+    void *dq = dqkv16 ? (void *)dqkv16 : (void *)dqkv;
+    const size_t ec = dqkv16 ? 2 : 4;
+    if ((st = att_product(b, kind, ATT_PV, split, B, H, T, D, &(att_mm){ds16, qkv + C, dq, a_s, q_s, q_s})) ||
+        (st = att_product(b, kind, ATT_TP, split, B, H, T, D,
+                          &(att_mm){ds16, qkv, (char *)dq + (size_t)C * ec, at_s, q_s, q_s})) ||
+        (st = att_product(b, kind, ATT_TP, split, B, H, T, D,
+                          &(att_mm){p16, dout, (char *)dq + (size_t)(2 * C) * ec, at_s, o_s, q_s})))
         return st;
     return DS_OK;
 }
@@ -588,10 +664,10 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
     const int64_t M = B * T;
     const int a16 = att16_here(b, B, T, C, H);
     if (a16 && c->s16 == DS_ROUND_BF16)
-        return attention_bwd16(b, HC(dout), HC(qkv), att, NULL, HM(dqkv), B, T, C, H);
+        return attention_bwd16(b, HC(dout), HC(qkv), att, NULL, HM(dqkv), B, T, C, H, causal);
     if (a16 && !c->s16) {
         const uint16_t *d16 = to_bf16(b, 0, dout, M * C), *q16 = d16 ? to_bf16(b, 1, qkv, M * 3 * C) : NULL;
-        return q16 ? attention_bwd16(b, d16, q16, att, dqkv, NULL, B, T, C, H) : DS_ERR_NOMEM;
+        return q16 ? attention_bwd16(b, d16, q16, att, dqkv, NULL, B, T, C, H, causal) : DS_ERR_NOMEM;
     }
     if (!c->s16)
         return attention_bwd32(b, dout, qkv, att, dqkv, B, T, C, H, causal);

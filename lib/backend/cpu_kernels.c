@@ -658,9 +658,17 @@ static void attn_softmax_fwd(float *att, int64_t BH, int64_t T, float scale, int
     for (int64_t r = 0; r < BH * T; r++) {
         float *row = att + r * T;
         int64_t t = r % T, smax = causal ? t + 1 : T;
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < smax; s++)
-            mx = row[s] > mx ? row[s] : mx;
+        /* the row's max in 8 lanes (maxps; a NaN is passed over here and makes its row NaN below) */
+        float m8[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        int64_t s0 = 0;
+        for (; s0 + 8 <= smax; s0 += 8)
+            for (int k = 0; k < 8; k++)
+                m8[k] = row[s0 + k] > m8[k] ? row[s0 + k] : m8[k];
+        for (; s0 < smax; s0++)
+            m8[0] = row[s0] > m8[0] ? row[s0] : m8[0];
+        float mx = m8[0];
+        for (int k = 1; k < 8; k++)
+            mx = m8[k] > mx ? m8[k] : mx;
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
         for (int64_t s = 0; s < smax; s++) {
@@ -677,19 +685,22 @@ static void attn_softmax_fwd(float *att, int64_t BH, int64_t T, float scale, int
     }
 }
 
-static void attn_softmax_bwd(const float *att, float *dp, int64_t BH, int64_t T, float scale)
+static void attn_softmax_bwd(const float *att, float *dp, int64_t BH, int64_t T, float scale, int causal)
 {
 #pragma omp parallel for if (BH * T * T > PAR_MIN)
     for (int64_t r = 0; r < BH * T; r++) {
         const float *p = att + r * T;
         float *g = dp + r * T;
+        const int64_t smax = causal ? r % T + 1 : T;
         float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t s = 0; s < T; s++)
+        for (int64_t s = 0; s < smax; s++)
             dot += p[s] * g[s];
 #pragma omp simd
-        for (int64_t s = 0; s < T; s++)
+        for (int64_t s = 0; s < smax; s++)
             g[s] = p[s] * (g[s] - dot) * scale;
+        for (int64_t s = smax; s < T; s++) /* P is 0 there; dP need not have been written */
+            g[s] = 0.0f;
     }
 }
 
