@@ -124,10 +124,11 @@ __global__ void xent_k(const void *logits, const int32_t *targets, float *losses
         lse_addn<8>(mx, sum, v);
     }
     xent_tail_lse<S>(logits, z, V8, V, mx, sum);
-    xent_block_lse(mx, sum, sm, ss, rs);
     const int32_t tgt = targets[m];
+    const float zt = threadIdx.x == 0 ? lda<S>(logits, z + tgt) : 0.0f; /* before any gradient is written */
+    xent_block_lse(mx, sum, sm, ss, rs);
     if (threadIdx.x == 0)
-        losses[m] = logf(sum) + mx - lda<S>(logits, z + tgt);
+        losses[m] = logf(sum) + mx - zt;
     if (!dlogits)
         return;
     const float inv = grad_scale / sum;
@@ -169,10 +170,11 @@ __global__ void __launch_bounds__(XENT_THREADS) xent_rows_k(const void *logits, 
         }
     }
     xent_tail_lse<S>(logits, z, V8, V, mx, sum);
-    xent_block_lse(mx, sum, sm, ss, rs);
     const int32_t tgt = targets[m];
+    const float zt = threadIdx.x == 0 ? lda<S>(logits, z + tgt) : 0.0f; /* before any gradient is written */
+    xent_block_lse(mx, sum, sm, ss, rs);
     if (threadIdx.x == 0)
-        losses[m] = logf(sum) + mx - lda<S>(logits, z + tgt);
+        losses[m] = logf(sum) + mx - zt;
     if (!dlogits)
         return;
     const float inv = grad_scale / sum;

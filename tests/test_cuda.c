@@ -2028,8 +2028,8 @@ Test(cuda, xent_rows_read_once, .timeout = 300)
     ds_error err = {0};
     cr_assert_eq(ds_backend_create(&g2, "cuda", &err), DS_OK, "%s", err.msg);
     unsetenv("DS_CUDA_XENT_ROWS");
-    /* V: chunks per thread 1 (128 threads), 2, 5, 13 (GPT-2's 50304), 17 (declines), 125 of 1000 at 128
-     * threads; 50257 and 1001 not multiples of 8 */
+    /* V: chunks per thread 1 (128 threads), 1 of 1000 at 128 threads, 2, 5, 13 (GPT-2's 50304), 18
+     * (declines); 50257 and 1001 not multiples of 8 (decline) */
     const int64_t Vs[] = {96, 1000, 4104, 20000, 50304, 69640, 50257, 1001};
     for (int mode = DS_ROUND_BF16; mode <= DS_ROUND_FP16; mode++) {
         CALL(c.gpu, set_precision, mode);

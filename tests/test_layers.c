@@ -535,6 +535,22 @@ static void check_gelu(ds_backend *be, int large, outs *o, int approximate)
     float *p = frandn(&rng, n, 0, 1), *a = fcopy(p, n);
     CALL(be, gelu_bwd, x, r, a, n, approximate, 1);
     expect_added("gelu dx, accumulate=1", a, p, dx, n);
+    { /* far out: GELU is x or 0 and its derivative 1 or 0 (a finite result for every finite x) */
+        const float big[] = {12.0f, -12.0f, 30.0f, -30.0f, 1e4f, -1e4f, 1e12f, -1e12f, 3e38f, -3e38f};
+        enum { NB = sizeof big / sizeof big[0] };
+        float yb[NB], db[NB], ones[NB];
+        for (int i = 0; i < NB; i++)
+            ones[i] = 1.0f;
+        ew_ctx cb = {be, (float *)big, NB, approximate, 0, 0};
+        gelu_fwd_c(&cb, yb);
+        CALL(be, gelu_bwd, big, ones, db, NB, approximate, 0);
+        for (int i = 0; i < NB; i++) {
+            const float wy = big[i] > 0 ? big[i] : 0.0f, wd = big[i] > 0 ? 1.0f : 0.0f;
+            cr_assert(fabsf(yb[i] - wy) <= 1e-6f * fabsf(wy) + 1e-30f && fabsf(db[i] - wd) <= 1e-6f,
+                      "gelu(%s)(%g) = %g, gelu' %g: expected %g and %g", approximate ? "tanh" : "erf", big[i], yb[i],
+                      db[i], wy, wd);
+        }
+    }
     keep(o, "gelu y", y, n);
     keep(o, "gelu dx", dx, n);
     free(x), free(r), free(y), free(dx), free(p), free(a);

@@ -154,6 +154,7 @@ static const uint16_t *to_bf16(ds_backend *b, int i, const float *x, int64_t n)
  * except where the products take bf16 operands (AMX) and the embedding table, whose rows are
  * copied as they are. */
 #define TILE 16384 /* floats per operand and thread: 64 KiB */
+#define PAR16 16384 /* elements above which the one-pass 16-bit ops share their work between threads */
 #define HC(p) ((const uint16_t *)(const void *)(p))
 #define HM(p) ((uint16_t *)(void *)(p))
 
@@ -716,9 +717,20 @@ static ds_status cpu_posadd_fwd(ds_backend *b, const float *x, const float *p, f
         c->k->posadd_fwd(x, p, y, B, T, C);
         return DS_OK;
     }
-    /* y = x + p sample by sample: posadd_fwd's sums, each rounded once (add16) */
+    /* y = x + p sample by sample: posadd_fwd's sums, each rounded once (add16); the samples shared
+     * between the threads, or each sample's elements where there are fewer samples than threads */
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    if (B < nt || B * T * C <= PAR16) {
+        for (int64_t i = 0; i < B; i++)
+            c->k->add16(HC(x) + i * T * C, HC(p), HM(y) + i * T * C, T * C, c->s16);
+        return DS_OK;
+    }
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < B; i++)
-        c->k->add16(HC(x) + i * T * C, HC(p), HM(y) + i * T * C, T * C, c->s16);
+        c->ks->add16(HC(x) + i * T * C, HC(p), HM(y) + i * T * C, T * C, c->s16);
     return DS_OK;
 }
 

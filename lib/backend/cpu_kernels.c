@@ -521,33 +521,44 @@ static void layernorm_bwd(const float *dy, const float *x, const float *w, const
  * gelu_bwd16 compute what gelu_fwd and gelu_bwd compute, bit for bit */
 /* The tanh form as v sigmoid(2u) (0.5 (1 + tanh u) = 1 / (1 + exp(-2u))): one exponential and one
  * division, where tanh by exp took a division of its own, an absolute value, a clamp and a copysign.
- * -2u is held to [-80, 80]: beyond, 1 + e is 1 or e is so large that v / (1 + e) is below 1e-33
- * (the formula's value, 0 in fp32 when computed through tanh, is smaller still), and s, e s and
- * their products stay normal numbers. */
-static inline float gelu_exp_m2u(float v)
+ * a = -2u is held to [-80, 80] for the exponential, and beyond it the results are their limits:
+ * for a <= -80 (v above about 9.5) 1 + e is 1, so y = v, and the derivative is 1; for a >= 80 (v
+ * below about -9.7) y is 0 and so is the derivative (as through tanh, which is -1 there in fp32;
+ * the held exponential would give v e^-80 and a v^3 e^-80 that reaches inf). A NaN v stays NaN. */
+static inline float gelu_m2u(float v) { return -2.0f * SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v); }
+
+static inline float gelu_exp_held(float a)
 {
-    float a = -2.0f * SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
     a = a < -80.0f ? -80.0f : a;
     a = a > 80.0f ? 80.0f : a;
     return vexp_in_range(a);
 }
 
-static inline float gelu_tanh_at(float v) { return v / (1.0f + gelu_exp_m2u(v)); }
+static inline float gelu_tanh_at(float v)
+{
+    float a = gelu_m2u(v);
+    float y = v / (1.0f + gelu_exp_held(a));
+    return a < 80.0f ? y : 0.0f * v;
+}
 
 /* d/dv v s(v) with s = 1 / (1 + e), e = exp(-2u): s + 2 v u' e s^2 */
 static inline float gelu_tanh_grad_at(float v)
 {
-    float e = gelu_exp_m2u(v), s = 1.0f / (1.0f + e);
+    float a = gelu_m2u(v), e = gelu_exp_held(a), s = 1.0f / (1.0f + e);
     float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
-    return s + 2.0f * v * du * (e * s) * s;
+    float d = s + 2.0f * v * du * (e * s) * s;
+    return a < 80.0f ? (a > -80.0f ? d : 1.0f) : 0.0f * v;
 }
 
 static inline float gelu_erf_at(float v) { return 0.5f * v * (1.0f + verf(v * INV_SQRT2)); }
 
+/* Phi(v) + v phi(v); phi is 0 below e^-87.3 (|v| above about 13.2), where vexp would hold it at
+ * e^-87.3 and v phi grow with v (to about 1.4 at 3e38) */
 static inline float gelu_erf_grad_at(float v)
 {
     float cdf = 0.5f * (1.0f + verf(v * INV_SQRT2));
-    float pdf = INV_SQRT_2PI * vexp(-0.5f * v * v);
+    float q = -0.5f * v * v;
+    float pdf = q > -87.3f ? INV_SQRT_2PI * vexp(q) : 0.0f;
     return cdf + v * pdf;
 }
 
