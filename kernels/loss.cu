@@ -85,17 +85,27 @@ __device__ __forceinline__ void xent_grad8(float (&v)[8], int64_t j, float rmax,
     }
 }
 
-/* the row's last V % 8 values, one by one (threads 0..): into the running pair, or their gradients */
+/* after a thread's chunks: the row's last V % 8 values one by one (threads 0..), the block's merge
+ * into the row's (max, sum), which every thread gets, and the loss (thread 0; the target's logit is
+ * read before any gradient is written, so dlogits may be logits). Returns the target. */
 template <int S>
-__device__ __forceinline__ void xent_tail_lse(const void *logits, int64_t z, int64_t V8, int64_t V, float &mx,
-                                              float &sum)
+__device__ __forceinline__ int32_t xent_row_lse(const void *logits, const int32_t *targets, float *losses, int64_t m,
+                                                int64_t z, int64_t V8, int64_t V, float &mx, float &sum, float *sm,
+                                                float *ss, float *rs)
 {
     for (int64_t j = V8 + threadIdx.x; j < V; j += blockDim.x) {
         const float v = lda<S>(logits, z + j);
         lse_addn<1>(mx, sum, &v);
     }
+    const int32_t tgt = targets[m];
+    const float zt = threadIdx.x == 0 ? lda<S>(logits, z + tgt) : 0.0f;
+    xent_block_lse(mx, sum, sm, ss, rs);
+    if (threadIdx.x == 0)
+        losses[m] = logf(sum) + mx - zt;
+    return tgt;
 }
 
+/* the gradients of the row's last V % 8 values */
 template <int S>
 __device__ __forceinline__ void xent_tail_grad(const void *logits, void *dlogits, int64_t z, int64_t V8, int64_t V,
                                                float rmax, float inv, float grad_scale, int32_t tgt, int rm)
@@ -123,12 +133,7 @@ __global__ void xent_k(const void *logits, const int32_t *targets, float *losses
         ld8v<S>(logits, z + j, v, vec);
         lse_addn<8>(mx, sum, v);
     }
-    xent_tail_lse<S>(logits, z, V8, V, mx, sum);
-    const int32_t tgt = targets[m];
-    const float zt = threadIdx.x == 0 ? lda<S>(logits, z + tgt) : 0.0f; /* before any gradient is written */
-    xent_block_lse(mx, sum, sm, ss, rs);
-    if (threadIdx.x == 0)
-        losses[m] = logf(sum) + mx - zt;
+    const int32_t tgt = xent_row_lse<S>(logits, targets, losses, m, z, V8, V, mx, sum, sm, ss, rs);
     if (!dlogits)
         return;
     const float inv = grad_scale / sum;
@@ -169,12 +174,7 @@ __global__ void __launch_bounds__(XENT_THREADS) xent_rows_k(const void *logits, 
             lse_addn<8>(mx, sum, v);
         }
     }
-    xent_tail_lse<S>(logits, z, V8, V, mx, sum);
-    const int32_t tgt = targets[m];
-    const float zt = threadIdx.x == 0 ? lda<S>(logits, z + tgt) : 0.0f; /* before any gradient is written */
-    xent_block_lse(mx, sum, sm, ss, rs);
-    if (threadIdx.x == 0)
-        losses[m] = logf(sum) + mx - zt;
+    const int32_t tgt = xent_row_lse<S>(logits, targets, losses, m, z, V8, V, mx, sum, sm, ss, rs);
     if (!dlogits)
         return;
     const float inv = grad_scale / sum;

@@ -225,6 +225,31 @@ static double time_variant(const prod *q, int bf16, int out16, int split, int pa
     return gf;
 }
 
+/* one variant's cell: its GFLOP/s, marked ! where its C sums to more than 1% off the first
+ * variant's (the inputs are bf16 values, so every variant sums the same positive products and only
+ * rounding separates them), or n/a; returns 1 for a mark */
+static int cell(double gf, double sum, double *ref, int *have_ref)
+{
+    const int off = gf > 0 && *have_ref && !(sum > *ref * 0.99 && sum < *ref * 1.01);
+    if (gf > 0 && !*have_ref)
+        *ref = sum, *have_ref = 1;
+    if (gf > 0)
+        printf(" %13.1f%s", gf, off ? "!" : " ");
+    else
+        printf(" %14s", "n/a");
+    return off;
+}
+
+/* the implementations oneDNN chose, under the row's cells */
+static void impl_line(char (*impls)[64], int n)
+{
+    printf("\n%-39s", "");
+    for (int j = 0; j < n; j++)
+        printf(" %14.14s", impls[j]);
+    printf("\n");
+    fflush(stdout);
+}
+
 /* ---- attention's batched products (B 8, H 4, T 128, D 64: gpt-tiny) ---------------------------
  * ds calls them on 4-D views of the packed qkv [B, T, 3, H, D] and out [B, T, H, D]: a head's rows
  * are 3C (or C) apart, so the head dimension, a batch dimension, is inside the row dimension
@@ -421,20 +446,9 @@ static int attention_products(int reps)
         for (int j = 0; j < 4; j++) {
             double sum = 0;
             double gf = att_time(q, vars[j].bf16, vars[j].dense, reps, impls[j], sizeof impls[j], &sum);
-            int off = gf > 0 && have_ref && !(sum > ref * 0.99 && sum < ref * 1.01);
-            if (gf > 0 && !have_ref)
-                ref = sum, have_ref = 1;
-            bad |= off;
-            if (gf > 0)
-                printf(" %13.1f%s", gf, off ? "!" : " ");
-            else
-                printf(" %14s", "n/a");
+            bad |= cell(gf, sum, &ref, &have_ref);
         }
-        printf("\n%-39s", "");
-        for (int j = 0; j < 4; j++)
-            printf(" %14.14s", impls[j]);
-        printf("\n");
-        fflush(stdout);
+        impl_line(impls, 4);
     }
     printf("copying Q, K, V (bf16) out of qkv into [B, H, T, D]: %.3f ms, 2 threads\n", att_repack_ms(reps));
     return bad;
@@ -491,22 +505,9 @@ int main(int argc, char **argv)
             double sum = 0;
             double gf = time_variant(q, vars[j].bf16, vars[j].out16, vars[j].split, vars[j].packed, reps, impls[j],
                                      sizeof impls[j], &sum);
-            /* the inputs are bf16 values: every variant sums the same products (sums of positive
-             * terms, so only rounding separates them) */
-            int off = gf > 0 && have_ref && !(sum > ref * 0.99 && sum < ref * 1.01);
-            if (gf > 0 && !have_ref)
-                ref = sum, have_ref = 1;
-            bad |= off;
-            if (gf > 0)
-                printf(" %13.1f%s", gf, off ? "!" : " ");
-            else
-                printf(" %14s", "n/a");
+            bad |= cell(gf, sum, &ref, &have_ref);
         }
-        printf("\n%-39s", "");
-        for (int j = 0; j < nv; j++)
-            printf(" %14.14s", impls[j]);
-        printf("\n");
-        fflush(stdout);
+        impl_line(impls, nv);
     }
     bad |= attention_products(reps);
     dnnl_engine_destroy(eng);

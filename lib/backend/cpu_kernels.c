@@ -980,23 +980,19 @@ static void add16_k(const uint16_t *a, const uint16_t *c, uint16_t *y, int64_t n
 static void gelu_fwd16(const uint16_t *x, uint16_t *y, int64_t n, int approximate, int mode)
 {
     if (mode == DS_ROUND_BF16) {
-        if (approximate) {
-#pragma omp parallel for simd if (parallel: n > PAR_MIN)
-            for (int64_t i = 0; i < n; i++) {
-                uint32_t u = (uint32_t)x[i] << 16;
-                float v;
-                memcpy(&v, &u, 4);
-                y[i] = bf16_bits(gelu_tanh_at(v));
-            }
-        } else {
-#pragma omp parallel for simd if (parallel: n > PAR_MIN)
-            for (int64_t i = 0; i < n; i++) {
-                uint32_t u = (uint32_t)x[i] << 16;
-                float v;
-                memcpy(&v, &u, 4);
-                y[i] = bf16_bits(gelu_erf_at(v));
-            }
-        }
+/* one loop per formula, as in gelu_bwd16 */
+#define GELU_FWD16_BF16(F)                                                                        \
+    _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
+        uint32_t u = (uint32_t)x[i] << 16;                                                        \
+        float v;                                                                                  \
+        memcpy(&v, &u, 4);                                                                        \
+        y[i] = bf16_bits(F(v));                                                                   \
+    }
+        if (approximate)
+            GELU_FWD16_BF16(gelu_tanh_at)
+        else
+            GELU_FWD16_BF16(gelu_erf_at)
+#undef GELU_FWD16_BF16
         return;
     }
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
