@@ -752,15 +752,17 @@ static ds_status cpu_layernorm_fwd(ds_backend *b, const float *x, const float *w
         c->k->layernorm_fwd(x, w, bi, y, mean, rstd, M, C, eps);
         return DS_OK;
     }
-    ds_status st = ensure_tiles(b, C);
     float *wb = whole32(b, 4, NULL, 2 * C); /* w then bias, unpacked */
-    if (st != DS_OK || !wb)
-        return st != DS_OK ? st : DS_ERR_NOMEM;
+    if (!wb)
+        return DS_ERR_NOMEM;
     c->k->unpack16(HC(w), wb, C, c->s16);
     c->k->unpack16(HC(bi), wb + C, C, c->s16);
     if (c->k->layernorm_fwd16(HC(x), wb, wb + C, HM(y), mean, rstd, M, C, eps, c->s16) == 0)
         return DS_OK;
-    const int64_t R = tile_rows(C); /* rows wider than its stack buffers: through the tiles */
+    ds_status st = ensure_tiles(b, C); /* rows wider than its stack buffers: through the tiles */
+    if (st != DS_OK)
+        return st;
+    const int64_t R = tile_rows(C);
 #pragma omp parallel for schedule(static) if (M * C > TILE)
     for (int64_t r0 = 0; r0 < M; r0 += R) {
         int64_t rows = M - r0 < R ? M - r0 : R;
