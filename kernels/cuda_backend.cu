@@ -366,7 +366,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     const char *gf_env = getenv("DS_CUDA_GELU_FUSE");
     c->gelu_fuse = !(gf_env && strcmp(gf_env, "0") == 0);
     const char *xr_env = getenv("DS_CUDA_XENT_ROWS");
-    c->xent_rows = !(xr_env && strcmp(xr_env, "0") == 0);
+    c->xent_rows = xr_env && strcmp(xr_env, "1") == 0;
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;

@@ -29,7 +29,7 @@ typedef struct ds_cuda {
     cublasLtHandle_t lt;   /* cuBLASLt: the 16-bit linear layers with a bias (its bias epilogue) */
     int lt_ok;             /* DS_CUDA_LT (default 1): use it */
     int gelu_fuse;         /* DS_CUDA_GELU_FUSE (default 1): a linear layer's GELU in cuBLASLt's epilogues */
-    int xent_rows;         /* DS_CUDA_XENT_ROWS (default 1): 16-bit logits read once, kept in registers */
+    int xent_rows;         /* DS_CUDA_XENT_ROWS=1 (default 0): 16-bit logits read once, kept in registers */
     void *lt_ws;           /* its workspace (LT_WORKSPACE bytes, allocated at first use; NULL: none) */
     int lt_ws_tried;
     void *scratch;         /* per-op temporary device memory, grown on demand */

@@ -2013,7 +2013,7 @@ static void xent16_run(ctx *c, ds_backend *g, int mode, const void *z_, const in
     *d = grad ? down16(c, d_, M * V, mode) : NULL;
 }
 
-/* Rows kept in registers (the default) against rows read twice (DS_CUDA_XENT_ROWS=0): the same
+/* Rows kept in registers (DS_CUDA_XENT_ROWS=1) against rows read twice (the default): the same
  * chunks summed in the same order, so the same bits, at every register budget (4, 8 and 16
  * chunks per thread, 128 and 512 threads) and where the kernel declines (V not a multiple of 8,
  * more than 16 chunks per thread, a misaligned row start); and both near the CPU's fp32 xent on
@@ -2021,13 +2021,12 @@ static void xent16_run(ctx *c, ds_backend *g, int mode, const void *z_, const in
 Test(cuda, xent_rows_read_once, .timeout = 300)
 {
     ctx c;
-    unsetenv("DS_CUDA_XENT_ROWS");
+    setenv("DS_CUDA_XENT_ROWS", "1", 1);
     open_ctx(&c, 1);
-    setenv("DS_CUDA_XENT_ROWS", "0", 1);
+    unsetenv("DS_CUDA_XENT_ROWS");
     ds_backend *g2 = NULL;
     ds_error err = {0};
     cr_assert_eq(ds_backend_create(&g2, "cuda", &err), DS_OK, "%s", err.msg);
-    unsetenv("DS_CUDA_XENT_ROWS");
     /* V: chunks per thread 1 (128 threads), 1 of 1000 at 128 threads, 2, 5, 13 (GPT-2's 50304), 18
      * (declines); 50257 and 1001 not multiples of 8 (decline) */
     const int64_t Vs[] = {96, 1000, 4104, 20000, 50304, 69640, 50257, 1001};
