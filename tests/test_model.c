@@ -166,3 +166,100 @@ Test(model, mlp_mse_forward_backward) { check_forward_backward("mlp_mse"); }
 OPT_TESTS(gpt_tiny)
 OPT_TESTS(mlp)
 OPT_TESTS(mlp_mse)
+
+/* ---- residual blocks' gradient buffers ------------------------------------------------------- */
+
+/* A residual END that is the first to write its skip source's gradient shares its gradient
+ * buffer with that source (no copy), unless the branch's last layer reads the skip source or is
+ * another END. Each shape below is checked against central differences of the loss (float32
+ * forward passes, h = 1% of the parameter, at least 1e-3): every parameter's gradient. */
+static const char *const RES_NETS[] = {
+    /* a chain of three blocks: the second and third END share with the END before */
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
+    "{\"type\": \"linear\", \"name\": \"in\", \"out\": 6},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln1\"},"
+    " {\"type\": \"linear\", \"name\": \"a\", \"out\": 10}, {\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"b\", \"out\": 6}]},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln2\"}, {\"type\": \"linear\", \"name\": \"c\", \"out\": 6}]},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"d\", \"out\": 6}]}],"
+    " \"loss\": {\"type\": \"mse\"}}",
+    /* one-layer branches (the last layer reads the skip source: no sharing; 48 wide, so that a
+     * product writing the buffer it reads would read columns it has already written) */
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
+    "{\"type\": \"linear\", \"name\": \"in\", \"out\": 48},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"a\", \"out\": 48}]},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"gelu\"}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
+    /* nested: a block whose branch starts with a block (two ENDs with one skip source) */
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
+    "{\"type\": \"linear\", \"name\": \"in\", \"out\": 6},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln\"},"
+    " {\"type\": \"linear\", \"name\": \"a\", \"out\": 6}]}, {\"type\": \"linear\", \"name\": \"b\", \"out\": 6}]},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"c\", \"out\": 6}, {\"type\": \"gelu\"},"
+    " {\"type\": \"linear\", \"name\": \"d\", \"out\": 6}]}], \"loss\": {\"type\": \"mse\"}}",
+    /* nested: a block whose branch ends with a block (the outer END's last layer is an END) */
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
+    "{\"type\": \"linear\", \"name\": \"in\", \"out\": 6},"
+    "{\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"x\", \"out\": 6},"
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"y\", \"out\": 6}]}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
+};
+
+static ds_engine *res_engine(const char *net_json, const char *cfg)
+{
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_json = cfg, .config_name = "test.json", .net_json = net_json,
+                           .net_name = "res.json", .backend = "cpu"};
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    return e;
+}
+
+Test(model, residual_gradients_by_differences, .timeout = 120)
+{
+    const int64_t B = 4, D = 6;
+    float x[4 * 6], y[4 * 6];
+    uint64_t s = 12345;
+    for (int i = 0; i < B * D; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        y[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
+    }
+    const ds_batch batch = {.x = x, .y = y};
+    for (size_t k = 0; k < sizeof RES_NETS / sizeof *RES_NETS; k++) {
+        ds_engine *e = res_engine(RES_NETS[k], "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 7,"
+                                               " \"optimizer\": {\"type\": \"SGD\", \"params\": {\"lr\": 0.1}}}");
+        ds_error err = {0};
+        const ds_net *n = ds_engine_net(e);
+        double loss;
+        cr_assert_eq(ds_engine_forward(e, &batch, &loss, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+        int checked = 0;
+        for (int t = 0; t < n->params.n; t++) {
+            const ds_tensor_info *ti = &n->params.t[t];
+            float *p = malloc((size_t)ti->numel * sizeof *p), *g = malloc((size_t)ti->numel * sizeof *g);
+            cr_assert_eq(ds_engine_get_grad(e, ti->name, g, ti->numel, &err), DS_OK, "%s", err.msg);
+            cr_assert_eq(ds_engine_get_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+            for (int64_t j = 0; j < ti->numel; j++) {
+                const float p0 = p[j], h = 1e-2f * (fabsf(p0) > 0.1f ? fabsf(p0) : 0.1f);
+                double lp, lm;
+                p[j] = p0 + h;
+                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+                cr_assert_eq(ds_engine_eval(e, &batch, &lp, &err), DS_OK, "%s", err.msg);
+                p[j] = p0 - h;
+                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+                cr_assert_eq(ds_engine_eval(e, &batch, &lm, &err), DS_OK, "%s", err.msg);
+                p[j] = p0;
+                const double fd = (lp - lm) / (2.0 * h);
+                cr_expect(fabs(fd - g[j]) <= 1e-4 + 1e-2 * fabs(fd), "net %zu, %s[%lld]: gradient %.6g, differences %.6g",
+                          k, ti->name, (long long)j, g[j], fd);
+                checked++;
+            }
+            cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+            free(p);
+            free(g);
+        }
+        cr_expect(checked > 100, "net %zu: %d parameters checked", k, checked);
+        ds_engine_destroy(e);
+    }
+}

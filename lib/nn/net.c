@@ -1,6 +1,8 @@
 /* The network at run time: one output and one gradient buffer per layer, forward and backward
  * through the backend ops. A residual's BEGIN aliases its input; the branch's last layer shares
- * its gradient buffer with the END. Input gradients are written by the first consumer in
+ * its gradient buffer with the END, and where the END is the first to write its skip source's
+ * gradient, that source shares it too (a chain of residual blocks has one gradient buffer, which
+ * the branches' first layers add into). Input gradients are written by the first consumer in
  * backward order and accumulated by the others (accumulate flags fixed at creation). */
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +16,7 @@ typedef struct layer_rt {
     int src;             /* index of the layer whose output is this layer's input (-1: input) */
     int acc_dx;          /* accumulate into the input gradient instead of writing it */
     int acc_skip;        /* residual END: accumulate into the skip gradient */
+    int alias_skip;      /* residual END: the skip source's gradient is this END's (no copy) */
     float *mean, *rstd;  /* layernorm */
     float *qkv, *att, *attn_out, *dqkv, *dattn_out; /* attention */
     int owns_out, owns_dout;
@@ -159,21 +162,6 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
                 goto nomem;
         }
     }
-    for (int i = n - 1; i >= 0; i--) {
-        const ds_layer *l = &net->layers[i];
-        layer_rt *r = &m->rt[i];
-        if (l->kind == DS_LAYER_RESIDUAL_BEGIN || r->dout)
-            continue;
-        r->dout = balloc(m, M * l->out_dim, m->esz);
-        r->owns_dout = 1;
-        if (!r->dout)
-            goto nomem;
-        if (l->kind == DS_LAYER_RESIDUAL_END) {
-            /* the branch's last layer: its output gradient is the END's, unchanged */
-            layer_rt *last = &m->rt[i - 1];
-            last->dout = r->dout;
-        }
-    }
     /* accumulate flags: walk backward; the first writer of a source's gradient writes */
     {
         char *written = calloc((size_t)n, 1);
@@ -199,6 +187,32 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
             }
         }
         free(written);
+    }
+    /* gradients, walking backward: END shares its gradient with the branch's last layer, and
+     * with its skip source where the END writes (not adds to) the source's gradient, so that
+     * its backward has nothing to copy. Not where the branch's last layer reads the skip source
+     * itself (its input gradient would be added into the buffer it reads) or is another END. */
+    for (int i = n - 1; i >= 0; i--) {
+        const ds_layer *l = &net->layers[i];
+        layer_rt *r = &m->rt[i];
+        if (l->kind == DS_LAYER_RESIDUAL_BEGIN)
+            continue;
+        if (!r->dout) {
+            r->dout = balloc(m, M * l->out_dim, m->esz);
+            r->owns_dout = 1;
+            if (!r->dout)
+                goto nomem;
+        }
+        if (l->kind == DS_LAYER_RESIDUAL_END) {
+            /* the branch's last layer: its output gradient is the END's, unchanged */
+            const int last = i - 1, skip = m->rt[l->begin].src;
+            m->rt[last].dout = r->dout;
+            if (skip >= 0 && !r->acc_skip && last != l->begin && net->layers[last].kind != DS_LAYER_RESIDUAL_END &&
+                m->rt[last].src != skip && !m->rt[skip].dout) {
+                m->rt[skip].dout = r->dout;
+                r->alias_skip = 1;
+            }
+        }
     }
     m->input_bytes = (size_t)M * (net->input == DS_INPUT_TOKENS ? sizeof(int32_t) : (size_t)net->feature_dim * sizeof(float));
     if (net->loss == DS_LOSS_MSE)
@@ -513,7 +527,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
             break;
         case DS_LAYER_RESIDUAL_END: {
             int skip = m->rt[l->begin].src;
-            if (skip >= 0) {
+            if (skip >= 0 && !r->alias_skip) {
                 CHECK(acc_act(m, r->dout, m->rt[skip].dout, M * l->out_dim, r->acc_skip, err));
                 ROUND(m->rt[skip].dout, M * l->out_dim);
             }
