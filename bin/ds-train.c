@@ -54,7 +54,7 @@ static const char *usage_text =
     "  --device DEV          cuda, cpu, or auto (the default: the config's \"device\", else auto:\n"
     "                        cuda when a CUDA GPU is usable, else cpu); under ds-launch each\n"
     "                        rank uses GPU LOCAL_RANK and the ranks talk over NCCL\n"
-    "  --backend NAME        cpu, cpu:avx2, cpu:generic, cuda or cuda:N (GPU N)\n"
+    "  --backend NAME        cpu, cpu:avx2, cpu:avx512, cpu:generic, cuda or cuda:N (GPU N)\n"
     "  --force               overwrite existing output files\n"
     "  --inject-grad-inf S[:R]  testing: put +inf in a gradient of rank R (default 0) at optimizer\n"
     "                        step S, to exercise fp16 overflow handling\n"

@@ -409,15 +409,29 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # CPUs only through DS_CPU_BF16_GEMM=emulate's widened products)
         dsenv timeout "$(tmo 30)" "$G/bin/test_layers" --filter 'store16/*' --verbose 2>&1 |
             grep -E "PASS|FAIL|Assert|rror|Synthesis"
+        # the AVX-512 kernels (cpu:avx512, never run on our CPUs): every op against generic, the
+        # 16-bit ops bit for bit, and the variant's name (each test runs avx512 where it exists)
+        dsenv OMP_NUM_THREADS=4 timeout "$(tmo 60)" "$G/bin/test_layers" -j4 \
+            --filter '@(*/*_vs_generic|store16/*avx512|backend/names)' 2>&1 |
+            grep -E "FAIL|Assert|rror|Synthesis|avx512"
         # where a step's time goes on 2 threads, op by op (bench_cuda on the CPU backend at
         # gpt-tiny's shapes), fp32 and bf16
         local bp
-        for bp in fp32 bf16; do
+        # (bf16-noamx: fp32 products, so that no AMX instruction runs before the 16-bit ops are
+        # timed; avx512 variants: the kernels compiled for 512-bit vectors)
+        for bp in fp32 bf16 bf16-noamx fp32-avx512 bf16-avx512; do
             [ "$(tmo 30)" -gt 20 ] || { say "cpu per-op $bp: skipped (budget)"; continue; }
-            say "-- per-op on the CPU, 2 threads, $bp (BENCH_DEVICE=cpu tests/bench_cuda 8 128, gpt-tiny shapes)"
-            dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 BENCH_DEVICE=cpu BENCH_PRECISION=$bp BENCH_C=256 BENCH_H=4 \
+            local bdev=cpu bprec=${bp%%-*} bgemm=""
+            case $bp in *avx512) bdev=cpu:avx512 ;; esac
+            [ "$bp" = bf16-noamx ] && bgemm=0
+            say "-- per-op on the CPU, 2 threads, $bp (BENCH_DEVICE=$bdev tests/bench_cuda 8 128, gpt-tiny shapes)"
+            dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 DS_CPU_BF16_GEMM=$bgemm BENCH_DEVICE=$bdev \
+                BENCH_PRECISION=$bprec BENCH_C=256 BENCH_H=4 \
                 BENCH_V=256 BENCH_L=4 timeout "$(tmo 30)" "$G/bin/bench_cuda" 8 128 >"$out/cpu-ops-$bp.txt" 2>&1
-            sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/cpu-ops-$bp.txt"
+            case $bp in # the others in full in the logs
+            fp32 | bf16) sed -n '/^bench_cuda:/p; /^op (/,$p' "$out/cpu-ops-$bp.txt" ;;
+            *) grep -E '^bench_cuda:|^estimated|rror' "$out/cpu-ops-$bp.txt" ;;
+            esac
         done
         # the linear layers' products alone in the ways ds could call them: plain or packed
         # weights, rows split between threads or threaded by oneDNN, fp32 or bf16 output
@@ -437,13 +451,15 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         fi
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16
         # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring) and bf16 with
-        # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0)
+        # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0), and
+        # fp32 and bf16 on the AVX-512 kernels (cpu:avx512, not yet cpuid's pick)
         local p t
         for t in all 2; do
-            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads; do
+            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx512 bf16-avx512; do
                 [ "$t" = all ] && [ "$p" != fp32 ] && [ "$p" != bf16 ] && continue
-                local cfgf=$G/share/gpt-tiny.ds.json gemm="" split=""
-                [ "$p" != fp32 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
+                local cfgf=$G/share/gpt-tiny.ds.json gemm="" split="" be=cpu
+                [ "${p%%-*}" != fp32 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
+                case $p in *avx512) be=cpu:avx512 ;; esac
                 [ "$p" = bf16-fp32products ] && gemm=0
                 [ "$p" = bf16-onednn-threads ] && split=0
                 local thr=$(getconf _NPROCESSORS_ONLN)
@@ -452,7 +468,7 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
                 dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$thr DS_CPU_BF16_GEMM=$gemm DS_CPU_GEMM_SPLIT=$split \
                     timeout "$(tmo 45)" \
                     "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$cfgf" \
-                    --data "$G/data/text.txt" --steps 30 --device cpu --quiet >"$out/cpu-$p-$t.log" 2>&1
+                    --data "$G/data/text.txt" --steps 30 --backend "$be" --quiet >"$out/cpu-$p-$t.log" 2>&1
                 say "cpu $p, $thr threads: $(grep -E '^ds-train|^precision' "$out/cpu-$p-$t.log" | sed 's/.*; backend/backend/' | tr '\n' ' ')"
                 say "        $(grep '^done' "$out/cpu-$p-$t.log")"
             done

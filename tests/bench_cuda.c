@@ -7,7 +7,7 @@
  * or fp16 times the ops as 16-bit training runs them (set_precision: 16-bit GEMMs and the fused
  * 16-bit attention; store16: the activations stored as 16-bit values, or with BENCH_ACT16=0
  * fp32 buffers and fuse_round, the DS_ACT16=0 layout); BENCH_GEMM_N and BENCH_PARAMS shrink the GEMM and optimizer cases (for a dry
- * run on tests/cuda_emu). BENCH_DEVICE=cpu times the CPU backend's ops instead (no second attention path),
+ * run on tests/cuda_emu). BENCH_DEVICE=cpu (or cpu:VARIANT) times the CPU backend's ops instead (no second attention path),
  * and BENCH_C, BENCH_H, BENCH_V, BENCH_L give another model's dimension, heads, vocabulary and
  * layers (gpt-tiny: 256 4 256 4), so the same table shows where a CPU's step goes. */
 #include <math.h>
@@ -137,7 +137,7 @@ int main(int argc, char **argv)
     const int64_t C = envi("BENCH_C", 768), H = envi("BENCH_H", 12), V = envi("BENCH_V", 50304),
                   L = envi("BENCH_L", 12), M = B * T, F = 4 * C;
     const char *device = getenv("BENCH_DEVICE") && *getenv("BENCH_DEVICE") ? getenv("BENCH_DEVICE") : "cuda";
-    const int cpu = strcmp(device, "cpu") == 0;
+    const int cpu = strcmp(device, "cpu") == 0 || strncmp(device, "cpu:", 4) == 0;
     ds_error err = {0};
     if (B <= 0 || T <= 0 || C <= 0 || H <= 0 || C % H != 0 || V <= 0 || L <= 0) {
         fprintf(stderr, "bench_cuda: B %lld, T %lld, C %lld, H %lld, V %lld, L %lld: expected positive numbers, C a multiple of H\n",

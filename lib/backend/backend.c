@@ -1,5 +1,5 @@
-/* Backend selection by name. "cpu" (kernels chosen by cpuid), "cpu:avx2", "cpu:generic";
- * "cuda", "cuda:N" (loaded at run time, cuda_loader.c); "auto". */
+/* Backend selection by name. "cpu" (kernels chosen by cpuid), "cpu:avx2", "cpu:avx512",
+ * "cpu:generic"; "cuda", "cuda:N" (loaded at run time, cuda_loader.c); "auto". */
 #include <string.h>
 
 #include "ds/backend.h"

@@ -20,7 +20,7 @@
 #include "cpu_kernels.h"
 
 #ifndef DS_KERNEL_SUFFIX
-#error "DS_KERNEL_SUFFIX must be defined (_avx2, _generic, _avx2_serial or _generic_serial)"
+#error "DS_KERNEL_SUFFIX must be defined (_avx2, _generic, _avx512, or one of them with _serial)"
 #endif
 #define CAT2(a, b) a##b
 #define CAT(a, b) CAT2(a, b)

@@ -1,5 +1,6 @@
-/* CPU compute kernels (internal). cpu_kernels.c is compiled twice, with AVX2+FMA and for any
- * x86-64, giving two instances of this table; cpu.c picks one at run time. Matrix products are
+/* CPU compute kernels (internal). cpu_kernels.c is compiled with AVX2+FMA, for any x86-64 and
+ * with AVX-512, giving three instances of this table (each also without threads); cpu.c picks
+ * one at run time. Matrix products are
  * not here: they go to oneDNN (cpu_dnnl.c). */
 #ifndef DS_CPU_KERNELS_H
 #define DS_CPU_KERNELS_H
@@ -86,5 +87,7 @@ extern const ds_cpu_kernels ds_cpu_kernels_generic;
 /* the same kernels without threads, for calls inside a parallel loop of the caller */
 extern const ds_cpu_kernels ds_cpu_kernels_avx2_serial;
 extern const ds_cpu_kernels ds_cpu_kernels_generic_serial;
+extern const ds_cpu_kernels ds_cpu_kernels_avx512;
+extern const ds_cpu_kernels ds_cpu_kernels_avx512_serial;
 
 #endif
