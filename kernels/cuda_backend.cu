@@ -164,6 +164,40 @@ extern "C" void *ds_cuda_scratch16(ds_backend *b, size_t bytes)
     return grow(b, &DS_CUDA(b)->scratch16, &DS_CUDA(b)->scratch16_bytes, bytes);
 }
 
+extern "C" ds_status ds_cuda_fork(ds_backend *b)
+{
+    CU_TRY(cudaEventRecord(DS_CUDA(b)->ev_fork, DS_CUDA(b)->stream));
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_side_begin(ds_backend *b, ds_cuda_saved *saved, int from_fork)
+{
+    ds_cuda *c = DS_CUDA(b);
+    if (!from_fork)
+        CU_TRY(cudaEventRecord(c->ev_fork, c->stream));
+    CU_TRY(cudaStreamWaitEvent(c->side, c->ev_fork, 0));
+    *saved = (ds_cuda_saved){c->stream, c->blas, c->scratch, c->scratch_bytes};
+    c->stream = c->side;
+    c->blas = c->blas_side;
+    c->scratch = c->scratch_side;
+    c->scratch_bytes = c->scratch_side_bytes;
+    return DS_OK;
+}
+
+extern "C" ds_status ds_cuda_side_end(ds_backend *b, const ds_cuda_saved *saved)
+{
+    ds_cuda *c = DS_CUDA(b);
+    c->scratch_side = c->scratch; /* it may have grown */
+    c->scratch_side_bytes = c->scratch_bytes;
+    c->stream = saved->stream;
+    c->blas = saved->blas;
+    c->scratch = saved->scratch;
+    c->scratch_bytes = saved->scratch_bytes;
+    CU_TRY(cudaEventRecord(c->ev_join, c->side));
+    CU_TRY(cudaStreamWaitEvent(c->stream, c->ev_join, 0));
+    return DS_OK;
+}
+
 /* ---- lifetime --------------------------------------------------------------------------- */
 
 static void cuda_destroy(ds_backend *b)
@@ -173,8 +207,18 @@ static void cuda_destroy(ds_backend *b)
         if (c->stream)
             cudaStreamSynchronize(c->stream);
         ds_cuda_nccl_unload(b);
+        if (c->side)
+            cudaStreamSynchronize(c->side);
         if (c->blas)
             cublasDestroy(c->blas);
+        if (c->blas_side)
+            cublasDestroy(c->blas_side);
+        if (c->ev_fork)
+            cudaEventDestroy(c->ev_fork);
+        if (c->ev_join)
+            cudaEventDestroy(c->ev_join);
+        if (c->scratch_side)
+            cudaFree(c->scratch_side);
         if (c->lt)
             cublasLtDestroy(c->lt);
         if (c->lt_ws)
@@ -189,6 +233,8 @@ static void cuda_destroy(ds_backend *b)
             cudaFreeHost(c->host_red);
         if (c->stream)
             cudaStreamDestroy(c->stream);
+        if (c->side)
+            cudaStreamDestroy(c->side);
         free(c);
     }
     free(b);
@@ -367,10 +413,17 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     c->gelu_fuse = !(gf_env && strcmp(gf_env, "0") == 0);
     const char *xr_env = getenv("DS_CUDA_XENT_ROWS");
     c->xent_rows = xr_env && strcmp(xr_env, "1") == 0;
+    const char *side_env = getenv("DS_CUDA_SIDE");
+    c->side_ok = !(side_env && strcmp(side_env, "0") == 0);
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;
-    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess)
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking)) != cudaSuccess)
+        goto cuda_failed;
+    step = "creating events";
+    if ((e = cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming)) != cudaSuccess)
         goto cuda_failed;
     step = "allocating reduction buffers";
     if ((e = cudaMalloc(&c->red, (RED_BLOCKS + 1) * sizeof(double))) != cudaSuccess)
@@ -380,6 +433,10 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     if ((bs = cublasCreate(&c->blas)) != CUBLAS_STATUS_SUCCESS ||
         (bs = cublasSetStream(c->blas, c->stream)) != CUBLAS_STATUS_SUCCESS ||
         (bs = cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
+            CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasCreate(&c->blas_side)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetStream(c->blas_side, c->side)) != CUBLAS_STATUS_SUCCESS ||
+        (bs = cublasSetMathMode(c->blas_side, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH)) !=
             CUBLAS_STATUS_SUCCESS) {
         st = ds_cuda_err_set(err, DS_ERR_BACKEND, "cuBLAS: initialization failed: %s (%s)",
                      cublasGetStatusString(bs), cublasGetStatusName(bs));

@@ -26,6 +26,15 @@ typedef struct ds_cuda {
     int store16;           /* store16: activation tensors are 16-bit values of this mode (0: fp32) */
     cudaStream_t stream;   /* every op runs on this one stream, in order */
     cublasHandle_t blas;
+    /* side: a second stream for independent work inside one op (linear_bwd's dW and bias
+     * gradient beside dX), forked from and joined back to stream within the op; with its own
+     * cuBLAS handle and scratch (ds_cuda_side_begin swaps them in) */
+    int side_ok;           /* DS_CUDA_SIDE (default 1): use it */
+    cudaStream_t side;
+    cublasHandle_t blas_side;
+    cudaEvent_t ev_fork, ev_join;
+    void *scratch_side;
+    size_t scratch_side_bytes;
     cublasLtHandle_t lt;   /* cuBLASLt: the 16-bit linear layers with a bias (its bias epilogue) */
     int lt_ok;             /* DS_CUDA_LT (default 1): use it */
     int gelu_fuse;         /* DS_CUDA_GELU_FUSE (default 1): a linear layer's GELU in cuBLASLt's epilogues */
@@ -69,6 +78,20 @@ ds_status ds_cuda_blas_fail(ds_backend *b, const char *what, cublasStatus_t s, c
 void *ds_cuda_scratch(ds_backend *b, size_t bytes);
 /* A second such buffer, for store16's fp32 copies (attention.cu). */
 void *ds_cuda_scratch16(ds_backend *b, size_t bytes);
+/* Work on the side stream inside an op: side_begin makes the side stream wait for what stream
+ * has queued (or, with from_fork, for the point ds_cuda_fork recorded), then swaps the side
+ * stream, its cuBLAS handle and its scratch in, so that STREAM(b), the GEMM helpers and
+ * ds_cuda_scratch enqueue there; side_end swaps them back and makes stream wait for the side
+ * work. Every side_begin is followed by side_end, on errors too. */
+typedef struct ds_cuda_saved {
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *scratch;
+    size_t scratch_bytes;
+} ds_cuda_saved;
+ds_status ds_cuda_fork(ds_backend *b);
+ds_status ds_cuda_side_begin(ds_backend *b, ds_cuda_saved *saved, int from_fork);
+ds_status ds_cuda_side_end(ds_backend *b, const ds_cuda_saved *saved);
 #ifdef __cplusplus
 }
 #endif

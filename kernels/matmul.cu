@@ -336,10 +336,26 @@ extern "C" ds_status ds_cuda_linear_gelu_fwd(ds_backend *b, const float *x, cons
     return DS_OK;
 }
 
+/* store16: dW[N,K] += dY^T X (dW^T (K x N) = X^T (op N) . dY (op T on dY^T)) and dbias[N] +=
+ * column sums of dY, on whatever stream STREAM(b) is (linear_bwd puts them on the side stream) */
+static ds_status weight_grads16(ds_backend *b, const float *dy, const float *x, float *dw, float *dbias, int64_t M,
+                                int64_t K, int64_t N)
+{
+    const float one = 1.0f;
+    ds_status st;
+    if (dw && K > 0 && N > 0 &&
+        (st = gemm16(b, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, x, (int)K, dy, (int)N, &one, dw,
+                     (int)K)) != DS_OK)
+        return st;
+    if (dbias && N > 0)
+        return ds_cuda_colsum_acc(b, dy, dbias, M, N);
+    return DS_OK;
+}
+
 /* linear_bwd of the layer after a tanh GELU with the GELU's backward in the dX product
  * (ds_backend_ops.linear_bwd_gelu), with store16: cuBLASLt's DGELU epilogue multiplies dY W's
  * fp32 sum by gelu'(pre) and rounds once, so neither the GELU's output gradient nor its own pass
- * (read pre and it, write dx) is needed; then dW and dbias as linear_bwd computes them. */
+ * (read pre and it, write dx) is needed; dW and dbias as linear_bwd computes them, beside it. */
 extern "C" ds_status ds_cuda_linear_bwd_gelu(ds_backend *b, const float *dy, const float *x, const float *w,
                                              const float *pre, float *dx, float *dw, float *dbias, int64_t M,
                                              int64_t K, int64_t N, int *done)
@@ -348,18 +364,30 @@ extern "C" ds_status ds_cuda_linear_bwd_gelu(ds_backend *b, const float *dy, con
     ds_status st = check_dims(b, "linear_bwd_gelu", M, K, N);
     if (st != DS_OK || !S16(b) || !DS_CUDA(b)->gelu_fuse || M <= 0 || K <= 0 || N <= 0 || !dx)
         return st;
-    /* dX^T (K x M) = W^T (op N) . dY^T (op N), the GELU's input pre^T (K x M, ld K) beside it */
+    /* dX^T (K x M) = W^T (op N) . dY^T (op N), the GELU's input pre^T (K x M, ld K) beside it;
+     * dW and dbias on the side stream, from the point before that product */
+    const int side = DS_CUDA(b)->side_ok && (dw || dbias);
+    if (side && (st = ds_cuda_fork(b)) != DS_OK)
+        return st;
     int lt = lt_matmul(b, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, w, (int)K, dy, (int)N, dx, 1, LT_DGELU,
                        NULL, pre);
     if (lt <= 0)
         return lt < 0 ? b->err.code : DS_OK;
     *done = 1;
-    return ds_cuda_linear_bwd(b, dy, x, w, NULL, dw, dbias, M, K, N, 0);
+    if (!side)
+        return weight_grads16(b, dy, x, dw, dbias, M, K, N);
+    ds_cuda_saved sv;
+    if ((st = ds_cuda_side_begin(b, &sv, 1)) != DS_OK)
+        return st;
+    st = weight_grads16(b, dy, x, dw, dbias, M, K, N);
+    ds_status st2 = ds_cuda_side_end(b, &sv);
+    return st != DS_OK ? st : st2;
 }
 
 /* dX[M,K] (=|+=) dY[M,N] W[N,K]:  dX^T (K x M) = W^T (op N) . dY^T (op N)
  * dW[N,K] += dY^T X:               dW^T (K x N) = X^T (op N) . dY (op T on dY^T)
- * dbias[N] += column sums of dY (deterministic, layernorm.cu). */
+ * dbias[N] += column sums of dY (deterministic, layernorm.cu).
+ * With store16, dW and dbias run on the side stream beside dX (DS_CUDA_SIDE=0: after it). */
 extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const float *x,
                                         const float *w, float *dx, float *dw, float *dbias,
                                         int64_t M, int64_t K, int64_t N, int accumulate)
@@ -376,6 +404,10 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
          * from rounding the fp32 sum once */
         if (M <= 0)
             return DS_OK;
+        /* dW and dbias (which read only dy and x) on the side stream, from the point before dX */
+        const int side = DS_CUDA(b)->side_ok && dx && K > 0 && N > 0 && (dw || dbias);
+        if (side && (st = ds_cuda_fork(b)) != DS_OK)
+            return st;
         if (dx && K > 0) {
             if (N == 0) {
                 if (!accumulate)
@@ -395,13 +427,14 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
                     return st;
             }
         }
-        if (dw && K > 0 && N > 0 &&
-            (st = gemm16(b, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, x, (int)K, dy, (int)N, &one, dw,
-                         (int)K)) != DS_OK)
+        if (!side)
+            return weight_grads16(b, dy, x, dw, dbias, M, K, N);
+        ds_cuda_saved sv;
+        if ((st = ds_cuda_side_begin(b, &sv, 1)) != DS_OK)
             return st;
-        if (dbias && N > 0)
-            return ds_cuda_colsum_acc(b, dy, dbias, M, N);
-        return DS_OK;
+        st = weight_grads16(b, dy, x, dw, dbias, M, K, N);
+        const ds_status st2 = ds_cuda_side_end(b, &sv);
+        return st != DS_OK ? st : st2;
     }
     if (DS_CUDA(b)->gemm16 && M > 0 && K > 0 && N > 0 && (dx || dw)) {
         /* dY, W and X as 16-bit values, then the same two products as below */

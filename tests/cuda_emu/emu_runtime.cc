@@ -116,12 +116,14 @@ struct emu_stream : emu_stream_head {
 static std::recursive_mutex stream_mu;
 static std::vector<emu_stream *> all_streams;
 
-static bool deferred(void)
+/* DS_CUDA_EMU_DEFER: 0 (unset) run at once, 1 deferred, 2 deferred and a stream wait runs the
+ * awaited stream's work up to the event when the wait is enqueued */
+static int deferred(void)
 {
     static int d = -1;
     if (d < 0) {
         const char *v = getenv("DS_CUDA_EMU_DEFER");
-        d = v && *v && strcmp(v, "0") != 0;
+        d = !v || !*v || strcmp(v, "0") == 0 ? 0 : strcmp(v, "2") == 0 ? 2 : 1;
     }
     return d;
 }
@@ -267,11 +269,16 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
     return cudaSuccess;
 }
 
-/* s runs nothing queued after this until the event's stream has reached the recorded point */
+/* s runs nothing queued after this until the event's stream has reached the recorded point.
+ * DS_CUDA_EMU_DEFER=2 also runs that stream's work to the point now, while s's earlier work is
+ * still queued: work on a forked stream that does not wait for its fork point then reads what
+ * s has not yet written (an order a GPU may take too). */
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned)
 {
     emu_stream *es = e->s;
     long long pos = e->pos;
+    if (es && deferred() == 2)
+        drain_to(es, pos);
     if (es)
         emu_enqueue(s, [=]() { drain_to(es, pos); });
     return cudaSuccess;
