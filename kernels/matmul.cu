@@ -352,6 +352,21 @@ static ds_status weight_grads16(ds_backend *b, const float *dy, const float *x, 
     return DS_OK;
 }
 
+/* weight_grads16 on the side stream from the point ds_cuda_fork recorded (side), else here */
+static ds_status weight_grads16_on(ds_backend *b, int side, const float *dy, const float *x, float *dw, float *dbias,
+                                   int64_t M, int64_t K, int64_t N)
+{
+    if (!side)
+        return weight_grads16(b, dy, x, dw, dbias, M, K, N);
+    ds_cuda_saved sv;
+    ds_status st = ds_cuda_side_begin(b, &sv, 1);
+    if (st != DS_OK)
+        return st;
+    st = weight_grads16(b, dy, x, dw, dbias, M, K, N);
+    const ds_status st2 = ds_cuda_side_end(b, &sv);
+    return st != DS_OK ? st : st2;
+}
+
 /* linear_bwd of the layer after a tanh GELU with the GELU's backward in the dX product
  * (ds_backend_ops.linear_bwd_gelu), with store16: cuBLASLt's DGELU epilogue multiplies dY W's
  * fp32 sum by gelu'(pre) and rounds once, so neither the GELU's output gradient nor its own pass
@@ -374,14 +389,7 @@ extern "C" ds_status ds_cuda_linear_bwd_gelu(ds_backend *b, const float *dy, con
     if (lt <= 0)
         return lt < 0 ? b->err.code : DS_OK;
     *done = 1;
-    if (!side)
-        return weight_grads16(b, dy, x, dw, dbias, M, K, N);
-    ds_cuda_saved sv;
-    if ((st = ds_cuda_side_begin(b, &sv, 1)) != DS_OK)
-        return st;
-    st = weight_grads16(b, dy, x, dw, dbias, M, K, N);
-    ds_status st2 = ds_cuda_side_end(b, &sv);
-    return st != DS_OK ? st : st2;
+    return weight_grads16_on(b, side, dy, x, dw, dbias, M, K, N);
 }
 
 /* dX[M,K] (=|+=) dY[M,N] W[N,K]:  dX^T (K x M) = W^T (op N) . dY^T (op N)
@@ -427,14 +435,7 @@ extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const fl
                     return st;
             }
         }
-        if (!side)
-            return weight_grads16(b, dy, x, dw, dbias, M, K, N);
-        ds_cuda_saved sv;
-        if ((st = ds_cuda_side_begin(b, &sv, 1)) != DS_OK)
-            return st;
-        st = weight_grads16(b, dy, x, dw, dbias, M, K, N);
-        const ds_status st2 = ds_cuda_side_end(b, &sv);
-        return st != DS_OK ? st : st2;
+        return weight_grads16_on(b, side, dy, x, dw, dbias, M, K, N);
     }
     if (DS_CUDA(b)->gemm16 && M > 0 && K > 0 && N > 0 && (dx || dw)) {
         /* dY, W and X as 16-bit values, then the same two products as below */
