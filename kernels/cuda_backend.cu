@@ -170,11 +170,9 @@ extern "C" ds_status ds_cuda_fork(ds_backend *b)
     return DS_OK;
 }
 
-extern "C" ds_status ds_cuda_side_begin(ds_backend *b, ds_cuda_saved *saved, int from_fork)
+extern "C" ds_status ds_cuda_side_begin(ds_backend *b, ds_cuda_saved *saved)
 {
     ds_cuda *c = DS_CUDA(b);
-    if (!from_fork)
-        CU_TRY(cudaEventRecord(c->ev_fork, c->stream));
     CU_TRY(cudaStreamWaitEvent(c->side, c->ev_fork, 0));
     *saved = (ds_cuda_saved){c->stream, c->blas, c->scratch, c->scratch_bytes};
     c->stream = c->side;

@@ -78,11 +78,11 @@ ds_status ds_cuda_blas_fail(ds_backend *b, const char *what, cublasStatus_t s, c
 void *ds_cuda_scratch(ds_backend *b, size_t bytes);
 /* A second such buffer, for store16's fp32 copies (attention.cu). */
 void *ds_cuda_scratch16(ds_backend *b, size_t bytes);
-/* Work on the side stream inside an op: side_begin makes the side stream wait for what stream
- * has queued (or, with from_fork, for the point ds_cuda_fork recorded), then swaps the side
+/* Work on the side stream inside an op: ds_cuda_fork records the point on stream that the side
+ * work may start from; side_begin makes the side stream wait for that point, then swaps the side
  * stream, its cuBLAS handle and its scratch in, so that STREAM(b), the GEMM helpers and
  * ds_cuda_scratch enqueue there; side_end swaps them back and makes stream wait for the side
- * work. Every side_begin is followed by side_end, on errors too. */
+ * work. Every side_begin that returned DS_OK is followed by side_end, on errors too. */
 typedef struct ds_cuda_saved {
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -90,7 +90,7 @@ typedef struct ds_cuda_saved {
     size_t scratch_bytes;
 } ds_cuda_saved;
 ds_status ds_cuda_fork(ds_backend *b);
-ds_status ds_cuda_side_begin(ds_backend *b, ds_cuda_saved *saved, int from_fork);
+ds_status ds_cuda_side_begin(ds_backend *b, ds_cuda_saved *saved);
 ds_status ds_cuda_side_end(ds_backend *b, const ds_cuda_saved *saved);
 #ifdef __cplusplus
 }

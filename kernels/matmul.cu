@@ -359,7 +359,7 @@ static ds_status weight_grads16_on(ds_backend *b, int side, const float *dy, con
     if (!side)
         return weight_grads16(b, dy, x, dw, dbias, M, K, N);
     ds_cuda_saved sv;
-    ds_status st = ds_cuda_side_begin(b, &sv, 1);
+    ds_status st = ds_cuda_side_begin(b, &sv);
     if (st != DS_OK)
         return st;
     st = weight_grads16(b, dy, x, dw, dbias, M, K, N);

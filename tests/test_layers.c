@@ -228,13 +228,26 @@ static void variant_vs_generic(const char *name, op_check fn, int large)
     outs_free(&g);
 }
 
+/* NULL where the variant is not available (avx2 on an old CPU, avx512 on ours) */
+static ds_backend *try_backend(const char *name)
+{
+    ds_backend *be = NULL;
+    ds_error err = {0};
+    ds_status st = ds_backend_create(&be, name, &err);
+    if (st == DS_ERR_UNSUPPORTED) {
+        cr_log_info("%s not available: %s", name, err.msg);
+        return NULL;
+    }
+    cr_assert_eq(st, DS_OK, "%s: %s", name, err.msg);
+    return be;
+}
+
 /* avx2 against generic, and avx512 against generic where the CPU has AVX-512 */
 static void run_avx2_vs_generic(op_check fn, int large)
 {
     variant_vs_generic("avx2", fn, large);
-    ds_backend *be = NULL;
-    ds_error err = {0};
-    if (ds_backend_create(&be, "cpu:avx512", &err) == DS_OK) {
+    ds_backend *be = try_backend("cpu:avx512");
+    if (be) {
         ds_backend_destroy(be);
         variant_vs_generic("avx512", fn, large);
     }
@@ -1023,19 +1036,6 @@ Test(backend, names)
 
 static const char *const variants[] = {"cpu:generic", "cpu:avx2", "cpu:avx512"};
 
-/* NULL where the variant is not available (avx2 on an old CPU) */
-static ds_backend *try_backend(const char *name)
-{
-    ds_backend *be = NULL;
-    ds_error err = {0};
-    ds_status st = ds_backend_create(&be, name, &err);
-    if (st == DS_ERR_UNSUPPORTED) {
-        cr_log_info("%s not available: %s", name, err.msg);
-        return NULL;
-    }
-    cr_assert_eq(st, DS_OK, "%s: %s", name, err.msg);
-    return be;
-}
 
 /* torch.optim.Adam / AdamW (single-tensor), g already multiplied by grad_scale:
  *   AdamW: p *= 1 - lr*wd.   Adam (L2): g += wd*p, no decay.
@@ -1749,12 +1749,9 @@ Test(store16, every_activation_op_bit_exact_generic) { store16_ops("cpu:generic"
 /* the AVX-512 kernels where the CPU has them (on ours it does not: cpu:avx512 says so) */
 Test(store16, every_activation_op_bit_exact_avx512)
 {
-    ds_backend *be = NULL;
-    ds_error err = {0};
-    if (ds_backend_create(&be, "cpu:avx512", &err) != DS_OK) {
-        cr_log_info("%s", err.msg);
+    ds_backend *be = try_backend("cpu:avx512");
+    if (!be)
         return;
-    }
     ds_backend_destroy(be);
     store16_ops("cpu:avx512", DS_ROUND_BF16, 0);
     store16_ops("cpu:avx512", DS_ROUND_FP16, 0);
