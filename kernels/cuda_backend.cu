@@ -412,7 +412,7 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
     const char *xr_env = getenv("DS_CUDA_XENT_ROWS");
     c->xent_rows = xr_env && strcmp(xr_env, "1") == 0;
     const char *side_env = getenv("DS_CUDA_SIDE");
-    c->side_ok = !(side_env && strcmp(side_env, "0") == 0);
+    c->side_ok = side_env && strcmp(side_env, "1") == 0;
     const char *step = "creating the stream";
     ds_status st = DS_OK;
     cublasStatus_t bs;

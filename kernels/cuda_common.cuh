@@ -29,7 +29,7 @@ typedef struct ds_cuda {
     /* side: a second stream for independent work inside one op (linear_bwd's dW and bias
      * gradient beside dX), forked from and joined back to stream within the op; with its own
      * cuBLAS handle and scratch (ds_cuda_side_begin swaps them in) */
-    int side_ok;           /* DS_CUDA_SIDE (default 1): use it */
+    int side_ok;           /* DS_CUDA_SIDE=1 (default 0): use it */
     cudaStream_t side;
     cublasHandle_t blas_side;
     cudaEvent_t ev_fork, ev_join;

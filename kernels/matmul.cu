@@ -395,7 +395,7 @@ extern "C" ds_status ds_cuda_linear_bwd_gelu(ds_backend *b, const float *dy, con
 /* dX[M,K] (=|+=) dY[M,N] W[N,K]:  dX^T (K x M) = W^T (op N) . dY^T (op N)
  * dW[N,K] += dY^T X:               dW^T (K x N) = X^T (op N) . dY (op T on dY^T)
  * dbias[N] += column sums of dY (deterministic, layernorm.cu).
- * With store16, dW and dbias run on the side stream beside dX (DS_CUDA_SIDE=0: after it). */
+ * With store16 and DS_CUDA_SIDE=1, dW and dbias run on the side stream beside dX. */
 extern "C" ds_status ds_cuda_linear_bwd(ds_backend *b, const float *dy, const float *x,
                                         const float *w, float *dx, float *dw, float *dbias,
                                         int64_t M, int64_t K, int64_t N, int accumulate)

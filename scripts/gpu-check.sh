@@ -395,7 +395,7 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
     ds_variant nolt DS_CUDA_LT=0 "bias in a second pass (DS_CUDA_LT=0)"
     ds_variant nogelu DS_CUDA_GELU_FUSE=0 "the MLP's GELU in its own passes (DS_CUDA_GELU_FUSE=0)"
     ds_variant xentrows DS_CUDA_XENT_ROWS=1 "the cross-entropy reading each row once (DS_CUDA_XENT_ROWS=1)"
-    ds_variant noside DS_CUDA_SIDE=0 "dW and the bias gradient after dX, on one stream (DS_CUDA_SIDE=0)"
+    ds_variant side DS_CUDA_SIDE=1 "dW and the bias gradient on a side stream beside dX (DS_CUDA_SIDE=1)"
     if stage_ok cpu 100; then
         # issue 4: the host CPU's bf16 units (AMX-BF16 / AVX512_BF16), which our own machines lack
         say ""
@@ -521,7 +521,7 @@ for name, title in (("base", "ds-train (cuda, bf16, %s attention, DS_GPU_BASE ke
                     ("nolt", "ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)"),
                     ("nogelu", "ds-train (cuda, bf16, %s attention, GELU in its own passes: DS_CUDA_GELU_FUSE=0)"),
                     ("xentrows", "ds-train (cuda, bf16, %s attention, xent rows read once: DS_CUDA_XENT_ROWS=1)"),
-                    ("noside", "ds-train (cuda, bf16, %s attention, weight grads after dX: DS_CUDA_SIDE=0)")):
+                    ("side", "ds-train (cuda, bf16, %s attention, weight grads on a side stream: DS_CUDA_SIDE=1)")):
     try:
         recs = [json.loads(l) for l in open(os.path.join(out, "ds-bf16-%s.jsonl" % name)) if l.strip()]
         rows.append((title % attn_kind("ds-train-bf16-%s.log" % name), med_after([r.get("tokens_per_s") for r in recs]),
