@@ -413,8 +413,8 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # the AVX-512 kernels (cpu:avx512, never run on our CPUs): every op against generic, the
         # 16-bit ops bit for bit, and the variant's name (each test runs avx512 where it exists)
         dsenv OMP_NUM_THREADS=4 timeout "$(tmo 60)" "$G/bin/test_layers" -j4 \
-            --filter '@(*/*_vs_generic|store16/*avx512|backend/names)' 2>&1 |
-            grep -E "FAIL|Assert|rror|Synthesis|avx512"
+            --filter '@(*/*_vs_generic|store16/*avx512|backend/names)' >"$out/cpu-avx512-tests.log" 2>&1
+        grep -E "FAIL|Assert|rror|Synthesis|avx512" "$out/cpu-avx512-tests.log"
         # where a step's time goes on 2 threads, op by op (bench_cuda on the CPU backend at
         # gpt-tiny's shapes), fp32 and bf16
         local bp
