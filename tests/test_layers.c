@@ -991,6 +991,62 @@ Test(kernels, transposes_move_bits_and_sum_in_row_order)
     check_transposes(&ds_cpu_kernels_generic_serial);
 }
 
+/* ---- the softmax's bf16 outputs (attention on bf16 units) ------------------------------ */
+
+/* attn_softmax_fwd with p16 and attn_softmax_bwd with ds16 and p16, of every kernel table, against
+ * the same kernel without them: the fp32 probabilities bit for bit, and each bf16 value the fp32
+ * one rounded to nearest even (ds_f32_to_bf16); causal and not, rows shorter and longer than a
+ * vector, 1 and 3 threads. */
+static void check_softmax16(const ds_cpu_kernels *k)
+{
+    static const int64_t shapes[][2] = {{1, 1}, {3, 7}, {2, 64}, {3, 130}};
+    ds_rng rng;
+    ds_rng_seed(&rng, 77);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int causal = 0; causal < 2; causal++) {
+            const int64_t BH = shapes[si][0], T = shapes[si][1], n = BH * T * T;
+            float *s = frandn(&rng, n, 0, 3), *a = fcopy(s, n), *a16 = fcopy(s, n);
+            float *dp = frandn(&rng, n, 0, 1), *g = fcopy(dp, n), *g16 = fcopy(dp, n);
+            uint16_t *p16 = malloc((size_t)n * 2), *ds16 = malloc((size_t)n * 2), *pb = malloc((size_t)n * 2);
+            cr_assert(p16 && ds16 && pb);
+            memset(p16, 0xff, (size_t)n * 2), memset(ds16, 0xff, (size_t)n * 2), memset(pb, 0xff, (size_t)n * 2);
+            k->attn_softmax_fwd(a, NULL, BH, T, 0.37f, causal);
+            k->attn_softmax_fwd(a16, p16, BH, T, 0.37f, causal);
+            k->attn_softmax_bwd(a, g, NULL, NULL, BH, T, 0.37f, causal);
+            k->attn_softmax_bwd(a, g16, ds16, pb, BH, T, 0.37f, causal);
+            for (int64_t i = 0; i < n; i++) {
+                cr_assert(memcmp(&a[i], &a16[i], 4) == 0, "%s softmax_fwd with p16 (BH %lld, T %lld, causal %d): "
+                          "P[%lld] %a, without %a", k->variant, (long long)BH, (long long)T, causal, (long long)i,
+                          a16[i], a[i]);
+                cr_assert_eq(p16[i], ds_f32_to_bf16(a[i]), "%s softmax_fwd p16[%lld] (T %lld, causal %d)", k->variant,
+                             (long long)i, (long long)T, causal);
+                cr_assert_eq(pb[i], ds_f32_to_bf16(a[i]), "%s softmax_bwd p16[%lld] (T %lld, causal %d)", k->variant,
+                             (long long)i, (long long)T, causal);
+                cr_assert_eq(ds16[i], ds_f32_to_bf16(g[i]), "%s softmax_bwd ds16[%lld] = %#x, expected %#x (%a; T %lld, "
+                             "causal %d)", k->variant, (long long)i, ds16[i], ds_f32_to_bf16(g[i]), g[i], (long long)T,
+                             causal);
+            }
+            free(s), free(a), free(a16), free(dp), free(g), free(g16), free(p16), free(ds16), free(pb);
+        }
+}
+
+Test(kernels, softmax_bf16_outputs_are_the_fp32_ones_rounded)
+{
+    const int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    for (int threads = 1; threads <= 3; threads += 2) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        check_softmax16(&ds_cpu_kernels_generic);
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+            check_softmax16(&ds_cpu_kernels_avx2);
+        if (avx512)
+            check_softmax16(&ds_cpu_kernels_avx512);
+    }
+    check_softmax16(&ds_cpu_kernels_generic_serial);
+}
+
 /* ---- backends by name ------------------------------------------------------------------- */
 
 Test(backend, names)

@@ -23,6 +23,8 @@ typedef struct cpu_impl {
     size_t scratch_floats;
     float *att_scratch; /* attention backward: dP, then dS [B, H, T, T] */
     size_t att_scratch_floats;
+    float *att_dense[2]; /* attention's dense operands: inputs, outputs (att_dense()) */
+    size_t att_dense_n[2];
     float *x_scratch;   /* transposed X for wide weight gradients */
     size_t x_scratch_floats;
     /* bf16 training on a CPU with bf16 units (set_precision): the linear layers' operands,
@@ -55,6 +57,8 @@ static void cpu_destroy(ds_backend *b)
     ds_dnnl_destroy(c->dnnl);
     free(c->scratch);
     free(c->att_scratch);
+    free(c->att_dense[0]);
+    free(c->att_dense[1]);
     free(c->x_scratch);
     for (int i = 0; i < 4; i++)
         free(c->h16[i]);
@@ -305,25 +309,22 @@ static ds_status att_product(ds_backend *b, int kind, int shape, int split, int6
     return st;
 }
 
-/* attention's six strided batched products (attention_fwd16/bwd16) at this shape, as they run
- * causal (split) and not, all run on oneDNN code that is not its reference implementation; the
- * four that write the output or the gradients both with fp32 and with bf16 output (16-bit
- * storage) */
+/* attention's six batched products (attention_fwd/bwd on dense operands, bf16) at this shape, as
+ * they run causal (split) and not, all run on oneDNN code that is not its reference
+ * implementation; the four that write the output or the gradients both with fp32 and with bf16
+ * output (16-bit storage) */
 static int att_products_fast(ds_dnnl *d, int64_t B, int64_t T, int64_t C, int64_t H)
 {
-    const int64_t D = C / H, C3 = 3 * C;
-    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
-    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T}, o_s[4] = {T * C, D, C, 1};
+    const int64_t D = C / H;
+    const int64_t q_s[4] = {H * T * D, T * D, D, 1}, kt_s[4] = {H * T * D, T * D, 1, D};
+    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T};
     const struct {
         int shape, o16;
         const int64_t *as, *bs, *cs;
     } prods[] = {
-        {ATT_QK, 0, q_s, kt_s, a_s},  /* S = Q K^T */
-        {ATT_QK, 0, o_s, kt_s, a_s},  /* dP = dO V^T */
-        {ATT_PV, 1, a_s, q_s, o_s},   /* O = P V */
-        {ATT_PV, 1, a_s, q_s, q_s},   /* dQ = dS K */
-        {ATT_TP, 1, at_s, q_s, q_s},  /* dK = dS^T Q */
-        {ATT_TP, 1, at_s, o_s, q_s},  /* dV = P^T dO */
+        {ATT_QK, 0, q_s, kt_s, a_s},  /* S = Q K^T, dP = dO V^T */
+        {ATT_PV, 1, a_s, q_s, q_s},   /* O = P V, dQ = dS K */
+        {ATT_TP, 1, at_s, q_s, q_s},  /* dK = dS^T Q, dV = P^T dO */
     };
     for (int split = 0; split < 1 + att_split(T, 1); split++)
         for (size_t i = 0; i < sizeof prods / sizeof prods[0]; i++) {
@@ -546,7 +547,7 @@ static ds_status attention_fwd32(ds_backend *b, const float *qkv, float *out, fl
     ds_status st = att_product(b, ATT_F32, ATT_QK, split, B, H, T, D, &(att_mm){qkv, qkv + C, att, q_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
-    K(b)->attn_softmax_fwd(att, B * H, T, 1.0f / sqrtf((float)D), causal);
+    K(b)->attn_softmax_fwd(att, NULL, B * H, T, 1.0f / sqrtf((float)D), causal);
     return att_product(b, ATT_F32, ATT_PV, split, B, H, T, D, &(att_mm){att, qkv + 2 * C, out, a_s, q_s, o_s});
 }
 
@@ -568,7 +569,7 @@ static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *
         st = att_product(b, ATT_F32, ATT_QK, split, B, H, T, D, &(att_mm){dout, qkv + 2 * C, ds, o_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
-    K(b)->attn_softmax_bwd(att, ds, B * H, T, 1.0f / sqrtf((float)D), causal);
+    K(b)->attn_softmax_bwd(att, ds, NULL, NULL, B * H, T, 1.0f / sqrtf((float)D), causal);
     /* dQ = dS K, dK = dS^T Q, dV = P^T dO: together they write all of dqkv */
     if ((st = att_product(b, ATT_F32, ATT_PV, split, B, H, T, D, &(att_mm){ds, qkv + C, dqkv, a_s, q_s, q_s})) ||
         (st = att_product(b, ATT_F32, ATT_TP, split, B, H, T, D, &(att_mm){ds, qkv, dqkv + C, at_s, q_s, q_s})) ||
@@ -578,58 +579,113 @@ static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *
     return DS_OK;
 }
 
-/* bf16 training on bf16 units (att16): the same products in bf16 from bf16 q, k, v (stored, or
- * converted exactly from fp32 buffers), the probabilities P (kept fp32 in att for backward)
- * rounded to bf16 before P V, as FlashAttention and the CUDA fused kernels do; out fp32, or
- * with out16 (16-bit storage) bf16 written by the product. */
-static ds_status attention_fwd16(ds_backend *b, const uint16_t *qkv, float *out, uint16_t *out16, float *att,
-                                 int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+/* bf16 training on bf16 units (att16): the same products in bf16 on dense [B, H, T, D] copies of
+ * q, k, v (and dO) out of the packed qkv [B, T, 3, H, D] (and out [B, T, H, D]), the outputs
+ * written dense and copied back. On views of the packed tensors (a head's rows 3C apart) oneDNN
+ * runs gemm:jit, on the dense copies brgemm on AMX: bench_dnnl, gpt-tiny's shapes on an AMX host
+ * (2 threads), S = Q K^T 172 -> 534 GFLOP/s, O = P V 356 -> 695, dK = dS^T Q 321 -> 488; the
+ * copies of Q, K and V 0.056 ms. In fp32 on AVX2 (AMD EPYC, 2 threads) the dense products were
+ * 10-25% faster but the copies cost more than that (bench_cuda, gpt-tiny: attention forward 1.4
+ * -> 1.7-2.1 ms), so fp32 attention stays on the packed views above. The copies convert fp32
+ * buffers holding bf16 values to bf16 (exact). The probabilities P (kept fp32 in att for
+ * backward) are rounded to bf16 before P V, as FlashAttention and the CUDA fused kernels do. */
+
+/* rows of D values between the packed [B, T, ld] (part p, head h at column p C + h D; C = H D)
+ * and dense [np][B][H][T][D], either way; the packed side fp32 (p16 0) or bf16, the dense bf16,
+ * or the same as the packed side with same */
+static void att_repack(cpu_impl *c, int to_dense, void *packed, int p16, uint16_t *dense, int same, int64_t np,
+                       int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld)
 {
-    const int64_t D = C / H, C3 = 3 * C;
-    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
-    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, o_s[4] = {T * C, D, C, 1};
-    const int split = att_split(T, causal);
-    ds_status st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){qkv, qkv + C, att, q_s, kt_s, a_s});
-    if (st != DS_OK)
-        return st;
-    K(b)->attn_softmax_fwd(att, B * H, T, 1.0f / sqrtf((float)D), causal);
-    const uint16_t *p16 = to_bf16(b, 2, att, B * H * T * T);
-    if (!p16)
-        return DS_ERR_NOMEM;
-    if (out16)
-        return att_product(b, ATT_BF16_O16, ATT_PV, split, B, H, T, D, &(att_mm){p16, qkv + 2 * C, out16, a_s, q_s, o_s});
-    return att_product(b, ATT_BF16, ATT_PV, split, B, H, T, D, &(att_mm){p16, qkv + 2 * C, out, a_s, q_s, o_s});
+    const ds_cpu_kernels *k = c->ks; /* inside the threads */
+    const int64_t C = H * D;
+    const size_t pe = p16 ? 2 : 4, de = same ? pe : 2;
+#pragma omp parallel for collapse(3) schedule(static) if (np * B * T * C > 65536)
+    for (int64_t p = 0; p < np; p++)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t t = 0; t < T; t++) {
+                    char *pk = (char *)packed + (size_t)((b * T + t) * ld + p * C + h * D) * pe;
+                    char *dn = (char *)dense + (size_t)((((p * B + b) * H + h) * T + t) * D) * de;
+                    if (same || p16)
+                        memcpy(to_dense ? dn : pk, to_dense ? pk : dn, (size_t)D * pe);
+                    else if (to_dense)
+                        k->pack16((const float *)(const void *)pk, (uint16_t *)(void *)dn, D, DS_ROUND_BF16);
+                    else
+                        k->unpack16((const uint16_t *)(const void *)dn, (float *)(void *)pk, D, DS_ROUND_BF16);
+                }
 }
 
-/* its backward: dP = dO V^T, dS from P and dP in fp32, then dS and P rounded to bf16 for
- * dQ = dS K, dK = dS^T Q, dV = P^T dO; dqkv fp32, or with dqkv16 bf16 written by the products */
-static ds_status attention_bwd16(ds_backend *b, const uint16_t *dout, const uint16_t *qkv, const float *att,
-                                 float *dqkv, uint16_t *dqkv16, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+/* dense operand buffers: 0 the inputs (q, k, v, dO; bf16), 1 the outputs (out, or dq, dk, dv) */
+static char *att_dense(ds_backend *b, int i, size_t bytes)
 {
     cpu_impl *c = b->impl;
-    const int64_t D = C / H, C3 = 3 * C, n = B * H * T * T;
-    const int64_t q_s[4] = {T * C3, D, C3, 1}, kt_s[4] = {T * C3, D, 1, C3};
-    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T}, o_s[4] = {T * C, D, C, 1};
+    return scratch(b, &c->att_dense[i], &c->att_dense_n[i], (bytes + 3) / 4) == DS_OK ? (char *)c->att_dense[i] : NULL;
+}
+
+/* qkv and out bf16 (s16) or fp32 buffers holding bf16 values; out written bf16 by P V with s16 */
+static ds_status attention_fwd16(ds_backend *b, const void *qkv, void *out, float *att, int64_t B, int64_t T,
+                                 int64_t C, int64_t H, int causal)
+{
+    cpu_impl *c = b->impl;
+    const int64_t D = C / H, n = B * T * C;
+    const int s16 = c->s16 == DS_ROUND_BF16;
+    const int64_t q_s[4] = {H * T * D, T * D, D, 1}, kt_s[4] = {H * T * D, T * D, 1, D};
+    const int64_t a_s[4] = {H * T * T, T * T, T, 1};
     const int split = att_split(T, causal);
-    ds_status st = scratch(b, &c->att_scratch, &c->att_scratch_floats, (size_t)n);
-    float *ds = c->att_scratch;
-    if (st == DS_OK)
-        st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){dout, qkv + 2 * C, ds, o_s, kt_s, a_s});
+    char *in = att_dense(b, 0, (size_t)(3 * n) * 2), *o = in ? att_dense(b, 1, (size_t)n * (s16 ? 2 : 4)) : NULL;
+    if (!o)
+        return DS_ERR_NOMEM;
+    uint16_t *q = (uint16_t *)(void *)in;
+    att_repack(c, 1, (void *)qkv, s16, q, 0, 3, B, T, H, D, 3 * C);
+    ds_status st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){q, q + n, att, q_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
-    K(b)->attn_softmax_bwd(att, ds, B * H, T, 1.0f / sqrtf((float)D), causal);
-    const uint16_t *ds16 = to_bf16(b, 2, ds, n), *p16 = ds16 ? to_bf16(b, 3, att, n) : NULL;
+    uint16_t *p16 = h16buf(b, 2, B * H * T * T);
     if (!p16)
         return DS_ERR_NOMEM;
-    const int kind = dqkv16 ? ATT_BF16_O16 : ATT_BF16;
-    void *dq = dqkv16 ? (void *)dqkv16 : (void *)dqkv;
-    const size_t ec = dqkv16 ? 2 : 4;
-    if ((st = att_product(b, kind, ATT_PV, split, B, H, T, D, &(att_mm){ds16, qkv + C, dq, a_s, q_s, q_s})) ||
-        (st = att_product(b, kind, ATT_TP, split, B, H, T, D,
-                          &(att_mm){ds16, qkv, (char *)dq + (size_t)C * ec, at_s, q_s, q_s})) ||
-        (st = att_product(b, kind, ATT_TP, split, B, H, T, D,
-                          &(att_mm){p16, dout, (char *)dq + (size_t)(2 * C) * ec, at_s, o_s, q_s})))
+    K(b)->attn_softmax_fwd(att, p16, B * H, T, 1.0f / sqrtf((float)D), causal);
+    st = att_product(b, s16 ? ATT_BF16_O16 : ATT_BF16, ATT_PV, split, B, H, T, D,
+                     &(att_mm){p16, q + 2 * n, o, a_s, q_s, q_s});
+    if (st == DS_OK)
+        att_repack(c, 0, out, s16, (uint16_t *)(void *)o, 1, 1, B, T, H, D, C);
+    return st;
+}
+
+/* its backward: dP = dO V^T (fp32, att_scratch), dS from P and dP in fp32 rounded to bf16 with P
+ * in the same pass, for dQ = dS K, dK = dS^T Q, dV = P^T dO; dqkv bf16 (s16) or fp32, written
+ * whole */
+static ds_status attention_bwd16(ds_backend *b, const void *dout, const void *qkv, const float *att, void *dqkv,
+                                 int64_t B, int64_t T, int64_t C, int64_t H, int causal)
+{
+    cpu_impl *c = b->impl;
+    const int64_t D = C / H, n = B * T * C, na = B * H * T * T;
+    const int s16 = c->s16 == DS_ROUND_BF16;
+    const int64_t q_s[4] = {H * T * D, T * D, D, 1}, kt_s[4] = {H * T * D, T * D, 1, D};
+    const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T};
+    const int split = att_split(T, causal);
+    const size_t eo = s16 ? 2 : 4;
+    char *in = att_dense(b, 0, (size_t)(4 * n) * 2), *o = in ? att_dense(b, 1, (size_t)(3 * n) * eo) : NULL;
+    ds_status st = o ? scratch(b, &c->att_scratch, &c->att_scratch_floats, (size_t)na) : DS_ERR_NOMEM;
+    if (st != DS_OK)
         return st;
+    uint16_t *q = (uint16_t *)(void *)in, *k = q + n, *v = q + 2 * n, *dO = q + 3 * n;
+    att_repack(c, 1, (void *)qkv, s16, q, 0, 3, B, T, H, D, 3 * C);
+    att_repack(c, 1, (void *)dout, s16, dO, 0, 1, B, T, H, D, C);
+    float *ds = c->att_scratch;
+    st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){dO, v, ds, q_s, kt_s, a_s});
+    if (st != DS_OK)
+        return st;
+    uint16_t *ds16 = h16buf(b, 2, na), *p16 = ds16 ? h16buf(b, 3, na) : NULL;
+    if (!p16)
+        return DS_ERR_NOMEM;
+    K(b)->attn_softmax_bwd(att, ds, ds16, p16, B * H, T, 1.0f / sqrtf((float)D), causal);
+    const int kind = s16 ? ATT_BF16_O16 : ATT_BF16;
+    if ((st = att_product(b, kind, ATT_PV, split, B, H, T, D, &(att_mm){ds16, k, o, a_s, q_s, q_s})) ||
+        (st = att_product(b, kind, ATT_TP, split, B, H, T, D, &(att_mm){ds16, q, o + (size_t)n * eo, at_s, q_s, q_s})) ||
+        (st = att_product(b, kind, ATT_TP, split, B, H, T, D,
+                          &(att_mm){p16, dO, o + (size_t)(2 * n) * eo, at_s, q_s, q_s})))
+        return st;
+    att_repack(c, 0, dqkv, s16, (uint16_t *)(void *)o, 1, 3, B, T, H, D, 3 * C);
     return DS_OK;
 }
 
@@ -638,13 +694,8 @@ static ds_status cpu_attention_fwd(ds_backend *b, const float *qkv, float *out, 
 {
     cpu_impl *c = b->impl;
     const int64_t M = B * T;
-    const int a16 = att16_here(b, B, T, C, H);
-    if (a16 && c->s16 == DS_ROUND_BF16) /* q, k, v as stored; out written in bf16 */
-        return attention_fwd16(b, HC(qkv), NULL, HM(out), att, B, T, C, H, causal);
-    if (a16 && !c->s16) { /* fp32 buffers holding bf16 values */
-        const uint16_t *q16 = to_bf16(b, 0, qkv, M * 3 * C);
-        return q16 ? attention_fwd16(b, q16, out, NULL, att, B, T, C, H, causal) : DS_ERR_NOMEM;
-    }
+    if (att16_here(b, B, T, C, H) && (c->s16 == DS_ROUND_BF16 || !c->s16))
+        return attention_fwd16(b, qkv, out, att, B, T, C, H, causal);
     if (!c->s16)
         return attention_fwd32(b, qkv, out, att, B, T, C, H, causal);
     const float *qkv32 = whole32(b, 0, qkv, M * 3 * C);
@@ -663,13 +714,8 @@ static ds_status cpu_attention_bwd(ds_backend *b, const float *dout, const float
 {
     cpu_impl *c = b->impl;
     const int64_t M = B * T;
-    const int a16 = att16_here(b, B, T, C, H);
-    if (a16 && c->s16 == DS_ROUND_BF16)
-        return attention_bwd16(b, HC(dout), HC(qkv), att, NULL, HM(dqkv), B, T, C, H, causal);
-    if (a16 && !c->s16) {
-        const uint16_t *d16 = to_bf16(b, 0, dout, M * C), *q16 = d16 ? to_bf16(b, 1, qkv, M * 3 * C) : NULL;
-        return q16 ? attention_bwd16(b, d16, q16, att, dqkv, NULL, B, T, C, H, causal) : DS_ERR_NOMEM;
-    }
+    if (att16_here(b, B, T, C, H) && (c->s16 == DS_ROUND_BF16 || !c->s16))
+        return attention_bwd16(b, dout, qkv, att, dqkv, B, T, C, H, causal);
     if (!c->s16)
         return attention_bwd32(b, dout, qkv, att, dqkv, B, T, C, H, causal);
     const float *dout32 = whole32(b, 0, dout, M * C), *qkv32 = whole32(b, 1, qkv, M * 3 * C);

@@ -659,11 +659,34 @@ static void accumulate_k(const float *x, float *y, int64_t n, int accumulate)
         y[i] += x[i];
 }
 
+/* ---- bf16 rounding (the 16-bit sections below, and the softmax's bf16 outputs) ------------- */
+
+/* Round to the nearest bfloat16 (ties to even), as a float; NaN stays NaN, overflow gives inf. */
+static inline float round_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    r = (u & 0x7fffffffu) > 0x7f800000u ? ((u | 0x00400000u) & 0xffff0000u) : r;
+    float y;
+    memcpy(&y, &r, 4);
+    return y;
+}
+
+/* the bits of x rounded to the nearest bfloat16 */
+static inline uint16_t bf16_bits(float x)
+{
+    float r = round_bf16(x);
+    uint32_t u;
+    memcpy(&u, &r, 4);
+    return (uint16_t)(u >> 16);
+}
+
 /* ---- attention softmax ------------------------------------------------------------------ */
 /* The products (Q K^T, P V and their gradients) are batched oneDNN matmuls in cpu.c; these are
  * the row-wise parts between them. */
 
-static void attn_softmax_fwd(float *att, int64_t BH, int64_t T, float scale, int causal)
+static void attn_softmax_fwd(float *att, uint16_t *p16, int64_t BH, int64_t T, float scale, int causal)
 {
 #pragma omp parallel for if (BH * T * T > PAR_MIN)
     for (int64_t r = 0; r < BH * T; r++) {
@@ -688,6 +711,17 @@ static void attn_softmax_fwd(float *att, int64_t BH, int64_t T, float scale, int
             sum += e;
         }
         float inv = 1.0f / sum;
+        if (p16) {
+            uint16_t *h = p16 + r * T;
+#pragma omp simd
+            for (int64_t s = 0; s < smax; s++) {
+                row[s] *= inv;
+                h[s] = bf16_bits(row[s]);
+            }
+            for (int64_t s = smax; s < T; s++)
+                row[s] = 0.0f, h[s] = 0;
+            continue;
+        }
 #pragma omp simd
         for (int64_t s = 0; s < smax; s++)
             row[s] *= inv;
@@ -696,7 +730,8 @@ static void attn_softmax_fwd(float *att, int64_t BH, int64_t T, float scale, int
     }
 }
 
-static void attn_softmax_bwd(const float *att, float *dp, int64_t BH, int64_t T, float scale, int causal)
+static void attn_softmax_bwd(const float *att, float *dp, uint16_t *ds16, uint16_t *p16, int64_t BH, int64_t T,
+                             float scale, int causal)
 {
 #pragma omp parallel for if (BH * T * T > PAR_MIN)
     for (int64_t r = 0; r < BH * T; r++) {
@@ -707,6 +742,17 @@ static void attn_softmax_bwd(const float *att, float *dp, int64_t BH, int64_t T,
 #pragma omp simd reduction(+ : dot)
         for (int64_t s = 0; s < smax; s++)
             dot += p[s] * g[s];
+        if (ds16) { /* dS and P in bf16, dP left as it is */
+            uint16_t *hs = ds16 + r * T, *hp = p16 + r * T;
+#pragma omp simd
+            for (int64_t s = 0; s < smax; s++) {
+                hs[s] = bf16_bits(p[s] * (g[s] - dot) * scale);
+                hp[s] = bf16_bits(p[s]);
+            }
+            for (int64_t s = smax; s < T; s++)
+                hs[s] = 0, hp[s] = 0;
+            continue;
+        }
 #pragma omp simd
         for (int64_t s = 0; s < smax; s++)
             g[s] = p[s] * (g[s] - dot) * scale;
@@ -818,18 +864,6 @@ static void scale_k(float *x, int64_t n, float s)
 
 /* ---- 16-bit rounding ----------------------------------------------------------------------- */
 
-/* Round to the nearest bfloat16 (ties to even), as a float; NaN stays NaN, overflow gives inf. */
-static inline float round_bf16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    r = (u & 0x7fffffffu) > 0x7f800000u ? ((u | 0x00400000u) & 0xffff0000u) : r;
-    float y;
-    memcpy(&y, &r, 4);
-    return y;
-}
-
 /* Round to the nearest IEEE half (ties to even), as a float: normal halves keep 10 mantissa
  * bits (the bf16 trick with 13 bits), |x| < 2^-14 is rounded to a multiple of 2^-24 by adding
  * and removing 0.5 (whose float ulp is 2^-24), |x| >= 65520 becomes inf. Branch-free, so it
@@ -868,15 +902,6 @@ static void round16_k(float *x, int64_t n, int mode)
 }
 
 /* ---- 16-bit storage ------------------------------------------------------------------------ */
-
-/* the bits of x rounded to the nearest bfloat16 */
-static inline uint16_t bf16_bits(float x)
-{
-    float r = round_bf16(x);
-    uint32_t u;
-    memcpy(&u, &r, 4);
-    return (uint16_t)(u >> 16);
-}
 
 /* x[n] fp32 -> y[n] 16-bit values of mode, rounded to nearest even (fp16: overflow to inf),
  * without threads (also the 16-bit weight write of the optimizers, chunk by chunk). */

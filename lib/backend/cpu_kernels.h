@@ -43,11 +43,14 @@ typedef struct ds_cpu_kernels {
     void (*add)(const float *a, const float *c, float *y, int64_t n);
     void (*accumulate)(const float *x, float *y, int64_t n, int accumulate);
     /* Attention's softmax over rows of [BH, T, T] scores, in place: scaled, causal-masked
-     * (row t keeps columns 0..t, the rest become 0). */
-    void (*attn_softmax_fwd)(float *att, int64_t BH, int64_t T, float scale, int causal);
+     * (row t keeps columns 0..t, the rest become 0). With p16 (not NULL), P rounded to bf16
+     * there too, in the same pass (bf16 products). */
+    void (*attn_softmax_fwd)(float *att, uint16_t *p16, int64_t BH, int64_t T, float scale, int causal);
     /* dS = P * (dP - sum_s P dP) * scale, in place over dp; causal: row t reads columns 0..t
-     * and writes 0 to the rest (P is 0 there; dP need not be written there) */
-    void (*attn_softmax_bwd)(const float *att, float *dp, int64_t BH, int64_t T, float scale, int causal);
+     * and writes 0 to the rest (P is 0 there; dP need not be written there). With ds16 (and
+     * p16) not NULL: dS and P rounded to bf16 there instead, dp left as it is (bf16 products). */
+    void (*attn_softmax_bwd)(const float *att, float *dp, uint16_t *ds16, uint16_t *p16, int64_t BH, int64_t T,
+                             float scale, int causal);
     void (*xent_fwd)(const float *logits, const int32_t *targets, float *losses, float *dlogits,
                      float grad_scale, int64_t M, int64_t V);
     void (*mse_fwd)(const float *y, const float *target, float *losses, float *dy,
