@@ -251,18 +251,19 @@ static void impl_line(char (*impls)[64], int n)
 }
 
 /* ---- attention's batched products (B 8, H 4, T 128, D 64: gpt-tiny) ---------------------------
- * ds calls them on 4-D views of the packed qkv [B, T, 3, H, D] and out [B, T, H, D]: a head's rows
- * are 3C (or C) apart, so the head dimension, a batch dimension, is inside the row dimension
- * (strided). The last AMX measurement found them on gemm:jit. "dense" gives the same products
- * on copies in [B, H, T, D] order (batch dimensions outermost), which brgemm (AMX) may take;
- * the copies' cost (Q, K and V out of qkv, with 2 threads) is printed beside. Each thread
+ * "strided": 4-D views of the packed qkv [B, T, 3, H, D] and out [B, T, H, D], as ds's fp32
+ * attention calls them: a head's rows are 3C (or C) apart, so the head dimension, a batch
+ * dimension, is inside the row dimension. An AMX host ran them on gemm:jit. "dense": the same
+ * products on copies in [B, H, T, D] order (batch dimensions outermost), as ds's bf16 attention
+ * calls them since bc761d5 (brgemm, on AMX); the copies' cost (Q, K and V out of qkv, with 2
+ * threads) is printed beside. Each thread
  * takes B / threads samples, as ds does. */
 enum { ATT_B = 8, ATT_H = 4, ATT_T = 128, ATT_D = 64, ATT_C = ATT_H * ATT_D };
 
 typedef struct att_prod {
     const char *name;
     int64_t M, N, K;
-    /* strided ("ds") and dense element strides {b, h, row, col} of A, B, C */
+    /* strided and dense element strides {b, h, row, col} of A, B, C */
     int64_t as[2][4], bs[2][4], cs[2][4];
     int out16; /* the bf16 variant writes bf16 (as ds's 16-bit storage does) */
 } att_prod;
@@ -411,7 +412,8 @@ static double att_repack_ms(int reps)
 static int attention_products(int reps)
 {
     enum { B = ATT_B, H = ATT_H, T = ATT_T, D = ATT_D, C = ATT_C, C3 = 3 * ATT_C };
-    /* ds's views (cpu.c attention_fwd16/bwd16) and dense [B, H, T, D] / [B, H, T, T] ones */
+    /* the packed views (cpu.c attention_fwd32/bwd32) and dense [B, H, T, D] / [B, H, T, T] ones
+     * (attention_fwd16/bwd16) */
     static const att_prod prods[] = {
         {"S = Q K^T", T, T, D,
          {{T * C3, D, C3, 1}, {H * T * D, T * D, D, 1}},
@@ -429,7 +431,7 @@ static int attention_products(int reps)
     static const struct {
         const char *name;
         int bf16, dense;
-    } vars[] = {{"f32 ds", 0, 0}, {"f32 dense", 0, 1}, {"bf16 ds", 1, 0}, {"bf16 dense", 1, 1}};
+    } vars[] = {{"f32 strided", 0, 0}, {"f32 dense", 0, 1}, {"bf16 strided", 1, 0}, {"bf16 dense", 1, 1}};
     printf("\nattention's batched products (B %d, H %d, T %d, D %d; bf16 writes bf16 where ds does), GFLOP/s\n", B,
            H, T, D);
     printf("%-18s %6s %6s %6s", "product", "M", "N", "K");
