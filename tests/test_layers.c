@@ -1298,6 +1298,54 @@ Test(reduce, sum_sumsq_nonfinite_scale)
  * weight gradient; growing one must leave the other alone (a stray free of the attention
  * scratch when the linear one grew made a net whose widest linear layer sits below an
  * attention layer crash: use after free, then a double free). */
+/* copy and zero, which share large buffers between the threads in 64-byte parts: every byte
+ * moved or cleared and none outside, at sizes around the 1 MiB where the threads start and with
+ * odd lengths and offsets, and overlapping copies (memmove's) both ways, with 1 and 3 threads */
+Test(backend, copy_and_zero_move_every_byte)
+{
+    ds_backend *b = open_backend("cpu");
+    const size_t sizes[] = {0, 1, 63, 4097, (1 << 20) - 1, 1 << 20, (1 << 20) + 65, 3 * (1 << 20) + 7};
+    const size_t big = 3 * (1 << 20) + 7 + 256;
+    unsigned char *src = malloc(big), *dst = malloc(big), *want = malloc(big);
+    cr_assert(src && dst && want);
+    for (size_t i = 0; i < big; i++)
+        src[i] = (unsigned char)(i * 131 + 7);
+    for (int threads = 1; threads <= 3; threads += 2) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+            for (size_t off = 0; off < 2; off++) {
+                const size_t n = sizes[si], o = off * 3;
+                memset(dst, 0xa5, big);
+                cr_assert_eq(b->ops->copy(b, dst + o, src + 5, n), DS_OK);
+                memset(want, 0xa5, big);
+                memcpy(want + o, src + 5, n);
+                cr_assert(memcmp(dst, want, big) == 0, "copy of %zu bytes at offset %zu, %d threads", n, o, threads);
+                cr_assert_eq(b->ops->zero(b, dst + o + 1, n), DS_OK);
+                memset(want + o + 1, 0, n);
+                cr_assert(memcmp(dst, want, big) == 0, "zero of %zu bytes at offset %zu, %d threads", n, o + 1,
+                          threads);
+                /* overlapping: forward and back by 100 bytes */
+                memcpy(dst, src, big);
+                memcpy(want, src, big);
+                if (n + 200 <= big) {
+                    cr_assert_eq(b->ops->copy(b, dst + 100, dst, n), DS_OK);
+                    memmove(want + 100, want, n);
+                    cr_assert(memcmp(dst, want, big) == 0, "overlapping copy forward, %zu bytes", n);
+                    cr_assert_eq(b->ops->copy(b, dst, dst + 100, n), DS_OK);
+                    memmove(want, want + 100, n);
+                    cr_assert(memcmp(dst, want, big) == 0, "overlapping copy back, %zu bytes", n);
+                }
+            }
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(2);
+#endif
+    free(src), free(dst), free(want);
+    ds_backend_destroy(b);
+}
+
 Test(backend, scratch_buffers_are_independent)
 {
     ds_backend *b;
