@@ -255,8 +255,9 @@ static void impl_line(char (*impls)[64], int n)
  * attention calls them: a head's rows are 3C (or C) apart, so the head dimension, a batch
  * dimension, is inside the row dimension. An AMX host ran them on gemm:jit. "dense": the same
  * products on copies in [B, H, T, D] order (batch dimensions outermost), as ds's bf16 attention
- * calls them since bc761d5 (brgemm, on AMX); the copies' cost (Q, K and V out of qkv, with 2
- * threads) is printed beside. Each thread
+ * calls them since bc761d5 (brgemm, on AMX); "dense/C s": A and B dense, C a strided view of the
+ * packed out or dqkv (whether the outputs could be written in place, without the copy back);
+ * the copies' cost (Q, K and V out of qkv, with 2 threads) is printed beside. Each thread
  * takes B / threads samples, as ds does. */
 enum { ATT_B = 8, ATT_H = 4, ATT_T = 128, ATT_D = 64, ATT_C = ATT_H * ATT_D };
 
@@ -279,7 +280,8 @@ static double att_time(const att_prod *q, int bf16, int dense, int reps, char *i
     const int nt = omp_get_max_threads() < ATT_B ? omp_get_max_threads() : ATT_B;
     const int64_t nb = ATT_B / nt; /* samples per thread (nt divides 8 for 1, 2, 4, 8 threads) */
     const size_t es = bf16 ? 2 : 4, ces = bf16 && q->out16 ? 2 : 4;
-    const int64_t *ss[3] = {q->as[dense], q->bs[dense], q->cs[dense]};
+    /* dense 2: A and B dense, C strided (could ds write its outputs in place?) */
+    const int64_t *ss[3] = {q->as[dense > 0], q->bs[dense > 0], q->cs[dense == 1]};
     const int64_t rows[3] = {q->M, q->K, q->M}, cols[3] = {q->K, q->N, q->N};
     char *buf[3];
     for (int k = 0; k < 3; k++) { /* room for the largest offset + 1 */
@@ -431,26 +433,28 @@ static int attention_products(int reps)
     static const struct {
         const char *name;
         int bf16, dense;
-    } vars[] = {{"f32 strided", 0, 0}, {"f32 dense", 0, 1}, {"bf16 strided", 1, 0}, {"bf16 dense", 1, 1}};
+    } vars[] = {{"f32 strided", 0, 0}, {"f32 dense", 0, 1}, {"bf16 strided", 1, 0}, {"bf16 dense", 1, 1},
+                {"bf16 dense/C s", 1, 2}};
+    enum { NV = sizeof vars / sizeof vars[0] };
     printf("\nattention's batched products (B %d, H %d, T %d, D %d; bf16 writes bf16 where ds does), GFLOP/s\n", B,
            H, T, D);
     printf("%-18s %6s %6s %6s", "product", "M", "N", "K");
-    for (int j = 0; j < 4; j++)
+    for (int j = 0; j < NV; j++)
         printf(" %14s", vars[j].name);
     printf("\n");
     int bad = 0;
     for (size_t i = 0; i < sizeof prods / sizeof prods[0]; i++) {
         const att_prod *q = &prods[i];
-        char impls[4][64];
+        char impls[NV][64];
         double ref = 0;
         int have_ref = 0;
         printf("%-18s %6lld %6lld %6lld", q->name, (long long)q->M, (long long)q->N, (long long)q->K);
-        for (int j = 0; j < 4; j++) {
+        for (int j = 0; j < NV; j++) {
             double sum = 0;
             double gf = att_time(q, vars[j].bf16, vars[j].dense, reps, impls[j], sizeof impls[j], &sum);
             bad |= cell(gf, sum, &ref, &have_ref);
         }
-        impl_line(impls, 4);
+        impl_line(impls, NV);
     }
     printf("copying Q, K, V (bf16) out of qkv into [B, H, T, D]: %.3f ms, 2 threads\n", att_repack_ms(reps));
     return bad;
