@@ -756,14 +756,14 @@ static void attn_softmax_fwd(float *att, uint16_t *p16, int64_t BH, int64_t T, f
         }
         float inv = 1.0f / sum;
         if (p16) {
-            uint16_t *h = p16 + r * T;
+            uint16_t *hp = p16 + r * T;
 #pragma omp simd
             for (int64_t s = 0; s < smax; s++) {
                 row[s] *= inv;
-                h[s] = bf16_bits(row[s]);
+                hp[s] = bf16_bits(row[s]);
             }
             for (int64_t s = smax; s < T; s++)
-                row[s] = 0.0f, h[s] = 0;
+                row[s] = 0.0f, hp[s] = 0;
             continue;
         }
 #pragma omp simd

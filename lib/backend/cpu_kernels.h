@@ -48,7 +48,8 @@ typedef struct ds_cpu_kernels {
     void (*attn_softmax_fwd)(float *att, uint16_t *p16, int64_t BH, int64_t T, float scale, int causal);
     /* dS = P * (dP - sum_s P dP) * scale, in place over dp; causal: row t reads columns 0..t
      * and writes 0 to the rest (P is 0 there; dP need not be written there). With ds16 (and
-     * p16) not NULL: dS and P rounded to bf16 there instead, dp left as it is (bf16 products). */
+     * p16, which must then be given) not NULL: dS and P rounded to bf16 there instead, dp left as it
+     * is (bf16 products). */
     void (*attn_softmax_bwd)(const float *att, float *dp, uint16_t *ds16, uint16_t *p16, int64_t BH, int64_t T,
                              float scale, int causal);
     void (*xent_fwd)(const float *logits, const int32_t *targets, float *losses, float *dlogits,

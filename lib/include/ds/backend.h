@@ -200,7 +200,8 @@ typedef struct ds_backend_ops {
     ds_status (*comm_create)(ds_backend *b, const void *id, size_t len, int rank, int size,
                              double timeout_s, struct ds_comm **out, ds_error *err);
     /* Optional: a thread other than the creating one calls this before its first op (the CUDA
-     * backend makes the backend's device current in that thread). */
+     * backend makes the backend's device current in that thread; the CPU backend runs that
+     * thread's ops on one OpenMP thread). */
     ds_status (*thread_init)(ds_backend *b);
     /* Optional (NULL: B*H*T*T, the probabilities): how many floats attention_fwd keeps in att
      * for attention_bwd. A backend with a fused kernel keeps less (the CUDA backend: each row's
