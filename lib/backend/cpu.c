@@ -638,14 +638,14 @@ static ds_status attention_bwd32(ds_backend *b, const float *dout, const float *
  * backward) are rounded to bf16 before P V, as FlashAttention and the CUDA fused kernels do. */
 
 /* rows of D values between the packed [B, T, ld] (part p, head h at column p C + h D; C = H D)
- * and dense [np][B][H][T][D], either way; the packed side fp32 (p16 0) or bf16, the dense bf16,
- * or the same as the packed side with same */
-static void att_repack(cpu_impl *c, int to_dense, void *packed, int p16, uint16_t *dense, int same, int64_t np,
-                       int64_t B, int64_t T, int64_t H, int64_t D, int64_t ld)
+ * and dense [np][B][H][T][D]: into dense bf16 (the packed side bf16 with p16, else fp32 values
+ * rounded), or back into the packed layout as they are (the dense side of the packed side's type) */
+static void att_repack(cpu_impl *c, int to_dense, void *packed, int p16, void *dense, int64_t np, int64_t B,
+                       int64_t T, int64_t H, int64_t D, int64_t ld)
 {
     const ds_cpu_kernels *k = c->ks; /* inside the threads */
     const int64_t C = H * D;
-    const size_t pe = p16 ? 2 : 4, de = same ? pe : 2;
+    const size_t pe = p16 ? 2 : 4, de = to_dense ? 2 : pe;
 #pragma omp parallel for collapse(3) schedule(static) if (np * B * T * C > 65536)
     for (int64_t p = 0; p < np; p++)
         for (int64_t b = 0; b < B; b++)
@@ -653,12 +653,12 @@ static void att_repack(cpu_impl *c, int to_dense, void *packed, int p16, uint16_
                 for (int64_t t = 0; t < T; t++) {
                     char *pk = (char *)packed + (size_t)((b * T + t) * ld + p * C + h * D) * pe;
                     char *dn = (char *)dense + (size_t)((((p * B + b) * H + h) * T + t) * D) * de;
-                    if (same || p16)
-                        memcpy(to_dense ? dn : pk, to_dense ? pk : dn, (size_t)D * pe);
-                    else if (to_dense)
-                        k->pack16((const float *)(const void *)pk, (uint16_t *)(void *)dn, D, DS_ROUND_BF16);
+                    if (!to_dense)
+                        memcpy(pk, dn, (size_t)D * pe);
+                    else if (p16)
+                        memcpy(dn, pk, (size_t)D * 2);
                     else
-                        k->unpack16((const uint16_t *)(const void *)dn, (float *)(void *)pk, D, DS_ROUND_BF16);
+                        k->pack16((const float *)(const void *)pk, (uint16_t *)(void *)dn, D, DS_ROUND_BF16);
                 }
 }
 
@@ -683,7 +683,7 @@ static ds_status attention_fwd16(ds_backend *b, const void *qkv, void *out, floa
     if (!o)
         return DS_ERR_NOMEM;
     uint16_t *q = (uint16_t *)(void *)in;
-    att_repack(c, 1, (void *)qkv, s16, q, 0, 3, B, T, H, D, 3 * C);
+    att_repack(c, 1, (void *)qkv, s16, q, 3, B, T, H, D, 3 * C);
     ds_status st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){q, q + n, att, q_s, kt_s, a_s});
     if (st != DS_OK)
         return st;
@@ -694,7 +694,7 @@ static ds_status attention_fwd16(ds_backend *b, const void *qkv, void *out, floa
     st = att_product(b, s16 ? ATT_BF16_O16 : ATT_BF16, ATT_PV, split, B, H, T, D,
                      &(att_mm){p16, q + 2 * n, o, a_s, q_s, q_s});
     if (st == DS_OK)
-        att_repack(c, 0, out, s16, (uint16_t *)(void *)o, 1, 1, B, T, H, D, C);
+        att_repack(c, 0, out, s16, o, 1, B, T, H, D, C);
     return st;
 }
 
@@ -716,8 +716,8 @@ static ds_status attention_bwd16(ds_backend *b, const void *dout, const void *qk
     if (st != DS_OK)
         return st;
     uint16_t *q = (uint16_t *)(void *)in, *k = q + n, *v = q + 2 * n, *dO = q + 3 * n;
-    att_repack(c, 1, (void *)qkv, s16, q, 0, 3, B, T, H, D, 3 * C);
-    att_repack(c, 1, (void *)dout, s16, dO, 0, 1, B, T, H, D, C);
+    att_repack(c, 1, (void *)qkv, s16, q, 3, B, T, H, D, 3 * C);
+    att_repack(c, 1, (void *)dout, s16, dO, 1, B, T, H, D, C);
     float *ds = c->att_scratch;
     st = att_product(b, ATT_BF16, ATT_QK, split, B, H, T, D, &(att_mm){dO, v, ds, q_s, kt_s, a_s});
     if (st != DS_OK)
@@ -732,7 +732,7 @@ static ds_status attention_bwd16(ds_backend *b, const void *dout, const void *qk
         (st = att_product(b, kind, ATT_TP, split, B, H, T, D,
                           &(att_mm){p16, dO, o + (size_t)(2 * n) * eo, at_s, q_s, q_s})))
         return st;
-    att_repack(c, 0, dqkv, s16, (uint16_t *)(void *)o, 1, 3, B, T, H, D, 3 * C);
+    att_repack(c, 0, dqkv, s16, o, 3, B, T, H, D, 3 * C);
     return DS_OK;
 }
 
