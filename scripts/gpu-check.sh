@@ -30,6 +30,9 @@
 # run then times the ops with it too (bench-base.txt, and a table of base / this tree per op) and
 # runs ds-train bf16 on it, in the same call on the same GPU.
 # Knobs (both modes read them where they apply): DS_GPU_MB (pack: the micro-batch, default 8),
+# DS_GPU_MB2 (pack: a second, larger micro-batch for one more bf16 row, default 16; 0: none),
+# DS_GPU_VARIANTS (run: the bf16 comparison runs to make, by name: base mb2 alt act32 nolt nogelu
+# xentrows side; unset: all of them),
 # DS_GPU_STEPS (default 20), DS_CUDA_ARCH (pack: default 90), DS_GPU_BUDGET (run: seconds for
 # all stages, default 440), DS_GPU_SKIP (run: a list of stages to skip: tests bench ds torch
 # cpu; cpu measures the host CPU's bf16 units, issue 4), DS_GPU_PROFILE=1 (run: after the
@@ -44,6 +47,7 @@ mode=${1:-}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 G=$root/.gpu
 MB=${DS_GPU_MB:-8}
+MB2=${DS_GPU_MB2:-16}
 STEPS=${DS_GPU_STEPS:-20}
 
 say() { printf '%s\n' "$*"; }
@@ -138,6 +142,12 @@ pack() {
 EOF
     sed 's/"seed": 1234/"seed": 1234,\n  "bf16": {"enabled": true}/' "$G/share/gpt-small.ds.json" >"$G/share/gpt-small.bf16.ds.json"
     sed 's/"seed": 1234/"seed": 1234,\n  "bf16": {"enabled": true}/' "$G/share/gpt-tiny.ds.json" >"$G/share/gpt-tiny.bf16.ds.json"
+    # the same bf16 run at a larger micro-batch (the step's fixed costs, the optimizer above all,
+    # spread over more tokens; llm.c quotes its MFU at micro-batch 64 or 32)
+    case $MB2 in '' | *[!0-9]*) die "DS_GPU_MB2=$MB2: expected a micro-batch size (0: none)" ;; esac
+    rm -f "$G/share/gpt-small.bf16.mb2.ds.json"
+    [ "$MB2" -gt 0 ] && sed "s/\"train_micro_batch_size_per_gpu\": $MB,/\"train_micro_batch_size_per_gpu\": $MB2,/" \
+        "$G/share/gpt-small.bf16.ds.json" >"$G/share/gpt-small.bf16.mb2.ds.json"
     if ls /usr/share/common-licenses/* >/dev/null 2>&1; then
         cat /usr/share/common-licenses/* >"$G/data/text.txt"
     else
@@ -201,15 +211,20 @@ stage_ok() {
     return 1
 }
 
-# ds_variant NAME VAR=VALUE TITLE: ds-train bf16 with one environment variable changed, logged
-# as ds-bf16-NAME.jsonl and ds-train-bf16-NAME.log (the summary reads them)
+# ds_variant NAME VAR=VALUE TITLE [CONFIG]: ds-train bf16 with one environment variable changed
+# (or another config), logged as ds-bf16-NAME.jsonl and ds-train-bf16-NAME.log (the summary
+# reads them); only the names in DS_GPU_VARIANTS when that is set
 ds_variant() {
-    [ -f "$G/share/gpt-small.bf16.ds.json" ] && stage_ok ds 120 || return 0
+    local cfg=${4:-$G/share/gpt-small.bf16.ds.json}
+    if [ -n "${DS_GPU_VARIANTS+set}" ]; then
+        case " $DS_GPU_VARIANTS " in *" $1 "*) ;; *) return 0 ;; esac
+    fi
+    [ -f "$cfg" ] && stage_ok ds 120 || return 0
     say ""
     say "== ds-train, $(basename "$netfile"), bf16, $3, for comparison"
     rm -f "$out/ds-bf16-$1.jsonl"
     dsenv "$2" timeout "$(tmo 120)" "$G/bin/ds-train" "$netfile" \
-        --config "$G/share/gpt-small.bf16.ds.json" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \
+        --config "$cfg" --data "$G/data/text.txt" --steps "$STEPS" --device cuda \
         --data-order sequential --log-json "$out/ds-bf16-$1.jsonl" --force 2>&1 | tee "$out/ds-train-bf16-$1.log" |
         grep -E '^ds-train|^precision|^done|rror'
 }
@@ -390,6 +405,9 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
     # (DS_CUDA_LT=0, not cuBLASLt's bias epilogue)
     [ -f "$G/lib/libds-cuda-base.so" ] &&
         ds_variant base "DS_CUDA_BACKEND=$G/lib/libds-cuda-base.so" "the kernels of $(cat "$G/BASE")"
+    [ -f "$G/share/gpt-small.bf16.mb2.ds.json" ] &&
+        ds_variant mb2 DS_GPU_VARIANT=mb2 "micro-batch $(sed -n 's/.*"train_micro_batch_size_per_gpu": *\([0-9]*\).*/\1/p' \
+            "$G/share/gpt-small.bf16.mb2.ds.json")" "$G/share/gpt-small.bf16.mb2.ds.json"
     ds_variant alt DS_CUDA_FLASH=0 "materialized attention (DS_CUDA_FLASH=0)"
     ds_variant act32 DS_ACT16=0 "activations and weights in fp32 buffers (DS_ACT16=0)"
     ds_variant nolt DS_CUDA_LT=0 "bias in a second pass (DS_CUDA_LT=0)"
@@ -515,7 +533,12 @@ try:
 except Exception as e:
     rows.append(("ds-train bf16: no result (%s)" % e.__class__.__name__, None, None, None, None))
 # the comparison runs (ds_variant): their titles; "bf16 GEMMs" marks the attention comparison
+try:
+    mb2 = json.load(open(os.path.join(os.path.dirname(net_path), "gpt-small.bf16.mb2.ds.json")))["train_micro_batch_size_per_gpu"]
+except Exception:
+    mb2 = "?"
 for name, title in (("base", "ds-train (cuda, bf16, %s attention, DS_GPU_BASE kernels)"),
+                    ("mb2", "ds-train bf16 (cuda, %%s attention), micro-batch %s" % mb2),
                     ("alt", "ds-train (cuda, bf16 GEMMs, %s attention)"),
                     ("act32", "ds-train (cuda, bf16, %s attention, activations in fp32 buffers: DS_ACT16=0)"),
                     ("nolt", "ds-train (cuda, bf16, %s attention, bias in a second pass: DS_CUDA_LT=0)"),
