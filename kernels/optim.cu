@@ -37,30 +37,66 @@ __device__ __forceinline__ void put_pw(void *pw, int64_t i, float v, int round, 
     if (!pw)
         return;
     if (!pw16)
-        ((float *)pw)[i] = round16(v, round);
+        ((float *)pw)[i] = rnd(v, round);
     else if (round == DS_ROUND_BF16)
         sta<DS_ROUND_BF16>(pw, i, v, 0);
     else
         sta<DS_ROUND_FP16>(pw, i, v, 0);
 }
 
+/* one element of AdamW: m, v updated in place, the new weight returned (the scalar and the
+ * 8-wide loops below both call it, so each element gets the same operations) */
+__device__ __forceinline__ float adamw_one(float p0, float g, float &m, float &v, float b1, float b2, float gs,
+                                           float step_size, float c2_sqrt, float eps, float decay, float l2)
+{
+    float pi = p0 * decay;
+    float gi = g * gs + l2 * p0;
+    float mi = m * b1 + (1.0f - b1) * gi;
+    float vi = v * b2 + (1.0f - b2) * gi * gi;
+    m = mi;
+    v = vi;
+    float denom = sqrtf(vi) / c2_sqrt + eps;
+    return pi - step_size * (mi / denom);
+}
+
+/* AdamW over [0, n): with vec (p, g, m, v and pw 16-byte aligned) eight consecutive elements per
+ * thread and iteration through 16-byte accesses (ld8/st8: about 30 bytes move per element, and
+ * wide accesses keep more of them in flight), the last n % 8 one by one; else all one by one */
+template <int PW>
 __global__ void adamw_k(float *p, const float *g, float *m, float *v, int64_t n, float b1,
                         float b2, float gs, float step_size, float c2_sqrt, float eps, float decay,
-                        float l2, void *pw, int round, int pw16)
+                        float l2, void *pw, int round, int vec)
 {
-    GRID_STRIDE(i, n)
+    const int64_t n8 = vec ? n / 8 * 8 : 0;
+    for (int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 8; i < n8;
+         i += (int64_t)gridDim.x * blockDim.x * 8) {
+        float pv[8], gv[8], mv[8], vv[8];
+        ld8<0>(p, i, pv);
+        ld8<0>(g, i, gv);
+        ld8<0>(m, i, mv);
+        ld8<0>(v, i, vv);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            pv[k] = adamw_one(pv[k], gv[k], mv[k], vv[k], b1, b2, gs, step_size, c2_sqrt, eps, decay, l2);
+        st8<0>(m, i, mv, 0);
+        st8<0>(v, i, vv, 0);
+        st8<0>(p, i, pv, 0);
+        if (PW == 1) /* fp32 working weights, rounded */
+            st8<0>(pw, i, pv, round);
+        else if (PW == DS_ROUND_BF16 + 2)
+            st8<DS_ROUND_BF16>(pw, i, pv, 0);
+        else if (PW == DS_ROUND_FP16 + 2)
+            st8<DS_ROUND_FP16>(pw, i, pv, 0);
+    }
+    GRID_STRIDE(k, n - n8)
     {
-        float p0 = p[i];
-        float pi = p0 * decay;
-        float gi = g[i] * gs + l2 * p0;
-        float mi = m[i] * b1 + (1.0f - b1) * gi;
-        float vi = v[i] * b2 + (1.0f - b2) * gi * gi;
+        const int64_t i = n8 + k;
+        float mi = m[i], vi = v[i];
+        float pn = adamw_one(p[i], g[i], mi, vi, b1, b2, gs, step_size, c2_sqrt, eps, decay, l2);
         m[i] = mi;
         v[i] = vi;
-        float denom = sqrtf(vi) / c2_sqrt + eps;
-        float pn = pi - step_size * (mi / denom);
         p[i] = pn;
-        put_pw(pw, i, pn, round, pw16);
+        put_pw(PW ? pw : NULL, i, pn, round, PW >= 2);
     }
 }
 
@@ -118,9 +154,21 @@ extern "C" ds_status ds_cuda_adamw_step(ds_backend *b, float *p, const float *g,
     const float step_size = a->lr / c1, c2_sqrt = sqrtf(c2);
     const float decay = a->adam_w_mode ? 1.0f - a->lr * a->weight_decay : 1.0f;
     const float l2 = a->adam_w_mode ? 0.0f : a->weight_decay;
-    adamw_k<<<grid_for(b, n, THREADS), THREADS, 0, STREAM(b)>>>(
-        p, g, m, v, n, a->beta1, a->beta2, a->grad_scale, step_size, c2_sqrt, a->eps, decay, l2,
-        a->pw, a->round, a->pw16);
+    /* the working weights' kind as a template argument: 0 none, 1 fp32 rounded, 2 + round 2-byte */
+    const int kind = !a->pw ? 0 : !a->pw16 ? 1 : 2 + a->round;
+    const int vec = vec8_ok(p, g, m) && vec8_ok(v, a->pw);
+    const unsigned grid = grid_for(b, vec ? n / 8 + n % 8 : n, THREADS);
+#define ADAMW_LAUNCH(PW)                                                                                  \
+    adamw_k<PW><<<grid, THREADS, 0, STREAM(b)>>>(p, g, m, v, n, a->beta1, a->beta2, a->grad_scale, step_size, \
+                                                 c2_sqrt, a->eps, decay, l2, a->pw, a->round, vec)
+    switch (kind) {
+    case 0: ADAMW_LAUNCH(0); break;
+    case 1: ADAMW_LAUNCH(1); break;
+    case 2 + DS_ROUND_BF16: ADAMW_LAUNCH(2 + DS_ROUND_BF16); break;
+    case 2 + DS_ROUND_FP16: ADAMW_LAUNCH(2 + DS_ROUND_FP16); break;
+    default: return ds_cuda_error(b, DS_ERR_INVALID, "adamw_step: 16-bit working weights of rounding mode %d", a->round);
+    }
+#undef ADAMW_LAUNCH
     LAUNCHED("adamw_k");
     return DS_OK;
 }

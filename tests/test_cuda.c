@@ -1177,6 +1177,81 @@ Test(cuda, adagrad_lamb_and_working_weights)
     close_ctx(&c);
 }
 
+/* AdamW runs 8 elements per thread through 16-byte accesses where every pointer is 16-byte
+ * aligned, one by one otherwise: the same operations per element, so the same bits. The same
+ * inputs at offset 0 (wide, and a tail of n % 8) and at offset 1 element (misaligned: one by
+ * one), with no working weights, fp32 ones and 2-byte ones of both formats. */
+Test(cuda, adamw_wide_and_narrow_paths_same_bits)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    const int64_t n = 40013; /* 5001 groups of 8 and 5 more */
+    float *p = hrandn(&c, n, 0, 1), *g = hrandn(&c, n, 0, 1), *m = hrandn(&c, n, 0, 0.1), *v = hfill(n, 0.0f);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = (float)fabs(ds_rng_normal(&c.rng)) * 0.01f;
+    const char *kind[4] = {"no working weights", "fp32 working weights", "bf16 2-byte", "fp16 2-byte"};
+    for (int k = 0; k < 4; k++) {
+        const size_t wbytes = k >= 2 ? 2 : 4;
+        float *res[2][4];
+        unsigned char *wres[2];
+        for (int off = 0; off < 2; off++) {
+            /* n + 1 elements, used from element off */
+            float *buf[4];
+            const float *src[4] = {p, g, m, v};
+            for (int j = 0; j < 4; j++) {
+                buf[j] = devf(&c, NULL, n + 1);
+                CALL(c.gpu, upload, buf[j] + off, src[j], (size_t)n * sizeof(float));
+            }
+            unsigned char *w = dev(&c, NULL, (n + 1) * wbytes);
+            CALL(c.gpu, zero, w, (n + 1) * wbytes);
+            ds_adamw_args a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f,
+                               .adam_w_mode = 1, .bias_correction = 1, .grad_scale = 0.5f, .step = 3,
+                               .pw = k ? w + off * wbytes : NULL, .round = k == 3 ? DS_ROUND_FP16 : DS_ROUND_BF16,
+                               .pw16 = k >= 2};
+            CALL(c.gpu, adamw_step, buf[0] + off, buf[1] + off, buf[2] + off, buf[3] + off, n, &a);
+            for (int j = 0; j < 4; j++) {
+                res[off][j] = down(&c, buf[j] + off, n);
+                c.gpu->ops->free(c.gpu, buf[j]);
+            }
+            wres[off] = malloc(n * wbytes);
+            CALL(c.gpu, download, wres[off], w + off * wbytes, n * wbytes);
+            c.gpu->ops->free(c.gpu, w);
+        }
+        const char *what[4] = {"p", "g", "m", "v"};
+        for (int j = 0; j < 4; j++)
+            cr_assert(memcmp(res[0][j], res[1][j], (size_t)n * sizeof(float)) == 0,
+                      "adamw, %s: %s differs between the aligned and the misaligned run", kind[k], what[j]);
+        cr_assert(memcmp(wres[0], wres[1], n * wbytes) == 0,
+                  "adamw, %s: the working weights differ between the aligned and the misaligned run", kind[k]);
+        int64_t changed = 0;
+        for (int64_t i = 0; i < n; i++)
+            changed += res[0][0][i] != p[i];
+        cr_assert(changed > n / 2, "adamw: the step changed %lld of %lld weights", (long long)changed, (long long)n);
+        if (k) { /* and the working weights are the new weights, rounded */
+            for (int64_t i = 0; i < n; i++) {
+                float want32 = k == 3 ? ds_f16_to_f32(ds_f32_to_f16(res[0][0][i])) : ds_bf16_to_f32(ds_f32_to_bf16(res[0][0][i]));
+                float got32;
+                if (k == 1)
+                    memcpy(&got32, wres[0] + 4 * i, 4);
+                else {
+                    uint16_t h;
+                    memcpy(&h, wres[0] + 2 * i, 2);
+                    got32 = k == 3 ? ds_f16_to_f32(h) : ds_bf16_to_f32(h);
+                }
+                cr_assert(memcmp(&got32, &want32, 4) == 0, "adamw, %s: w[%lld] = %a, want %a", kind[k], (long long)i,
+                          got32, want32);
+            }
+        }
+        for (int off = 0; off < 2; off++) {
+            for (int j = 0; j < 4; j++)
+                free(res[off][j]);
+            free(wres[off]);
+        }
+    }
+    free(p), free(g), free(m), free(v);
+    close_ctx(&c);
+}
+
 /* store16's working weights: each optimizer with pw16 writes, in its pass, the 2-byte values of
  * its own updated master weights rounded (the bits of the host converters), in both formats,
  * over tensors at odd offsets (Lamb); and the backend's pack16 gives the same bits. */
