@@ -37,7 +37,7 @@ __device__ __forceinline__ void put_pw(void *pw, int64_t i, float v, int round, 
     if (!pw)
         return;
     if (!pw16)
-        ((float *)pw)[i] = rnd(v, round);
+        ((float *)pw)[i] = round16(v, round);
     else if (round == DS_ROUND_BF16)
         sta<DS_ROUND_BF16>(pw, i, v, 0);
     else
@@ -81,8 +81,8 @@ __global__ void adamw_k(float *p, const float *g, float *m, float *v, int64_t n,
         st8<0>(m, i, mv, 0);
         st8<0>(v, i, vv, 0);
         st8<0>(p, i, pv, 0);
-        if (PW == 1) /* fp32 working weights, rounded */
-            st8<0>(pw, i, pv, round);
+        if (PW == 1) /* fp32 working weights, rounded (round16's modes, as put_pw) */
+            st8<0>(pw, i, pv, round == DS_ROUND_BF16 ? DS_ROUND_BF16 : DS_ROUND_FP16);
         else if (PW == DS_ROUND_BF16 + 2)
             st8<DS_ROUND_BF16>(pw, i, pv, 0);
         else if (PW == DS_ROUND_FP16 + 2)
