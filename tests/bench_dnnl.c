@@ -50,6 +50,7 @@ typedef struct prod {
     const char *name;
     int64_t M, N, K;
     int bt; /* B given transposed (B(k,n) = W[n*K + k]: the forward's W^T) */
+    int at; /* A given transposed (A(m,k) = dY[k*M + m]: dY^T read in place, not transposed first) */
 } prod;
 
 typedef struct part {
@@ -69,6 +70,8 @@ static int make_part(const prod *q, int64_t m, dnnl_data_type_t dt, dnnl_data_ty
     dnnl_memory_desc_t a_md, b_md, c_md, bplain;
     dnnl_dims_t ad = {m, q->K}, bd = {q->K, q->N}, cd = {m, q->N};
     dnnl_dims_t as = {q->K, 1}, bs_t = {1, q->K}, bs_n = {q->N, 1}, cs = {q->N, 1};
+    if (q->at) /* column m of the whole [K, M] buffer: rows M apart */
+        as[0] = 1, as[1] = q->M;
     if (dnnl_memory_desc_init_by_strides(&a_md, 2, ad, dt, as) ||
         dnnl_memory_desc_init_by_strides(&bplain, 2, bd, dt, q->bt ? bs_t : bs_n) ||
         dnnl_memory_desc_init_by_strides(&c_md, 2, cd, ct, cs))
@@ -173,7 +176,8 @@ static double time_variant(const prod *q, int bf16, int out16, int split, int pa
     for (int t = 0; t < nt && ok; t++) {
         int64_t m0 = q->M * t / nt, m1 = q->M * (t + 1) / nt;
         int r = make_part(q, m1 - m0, bf16 ? dnnl_bf16 : dnnl_f32, out16 ? dnnl_bf16 : dnnl_f32, packed,
-                          A + (size_t)(m0 * q->K) * es, B, C + (size_t)(m0 * q->N) * cs, &parts[t], impl, impl_n);
+                          A + (size_t)(q->at ? m0 : m0 * q->K) * es, B, C + (size_t)(m0 * q->N) * cs, &parts[t],
+                          impl, impl_n);
         if (r == 0)
             n++;
         else
@@ -476,13 +480,17 @@ int main(int argc, char **argv)
         return 1;
     }
     /* gpt-tiny's linear products as ds calls them (M = B*T = 1024 rows; dW's operands
-     * transposed beforehand, so every A is row-major) and a large square one */
+     * transposed beforehand, so every A is row-major; and dW with A a transposed view) and a
+     * large square one */
     static const prod prods[] = {
-        {"fwd qkv (x W^T)", 1024, 768, 256, 1},  {"fwd fc", 1024, 1024, 256, 1},
-        {"fwd proj", 1024, 256, 1024, 1},        {"fwd attn.proj", 1024, 256, 256, 1},
-        {"dX fc (dY W)", 1024, 256, 1024, 0},     {"dX proj", 1024, 1024, 256, 0},
-        {"dW fc (dY^T X)", 1024, 256, 1024, 0},   {"dW qkv", 768, 256, 1024, 0},
-        {"1024^3", 1024, 1024, 1024, 0},
+        {"fwd qkv (x W^T)", 1024, 768, 256, 1, 0},  {"fwd fc", 1024, 1024, 256, 1, 0},
+        {"fwd proj", 1024, 256, 1024, 1, 0},        {"fwd attn.proj", 1024, 256, 256, 1, 0},
+        {"dX fc (dY W)", 1024, 256, 1024, 0, 0},     {"dX proj", 1024, 1024, 256, 0, 0},
+        {"dW fc (dY^T X)", 1024, 256, 1024, 0, 0},   {"dW qkv", 768, 256, 1024, 0, 0},
+        /* the same with dY^T a strided view of dY (no transpose before: ds transposes, because
+         * gemm:jit reads such a view of fp32 at half speed for M = 1024; on AMX unknown) */
+        {"dW fc, dY^T view", 1024, 256, 1024, 0, 1}, {"dW qkv, dY^T view", 768, 256, 1024, 0, 1},
+        {"1024^3", 1024, 1024, 1024, 0, 0},
     };
     static const struct {
         const char *name;
