@@ -1,6 +1,7 @@
 /* ds-train: train a network file with a DeepSpeed config on a dataset. A thin client of the
  * engine API: argument parsing, data feeding, printing and exit codes live here, the training
  * in libds. Exit status: 0 done, 1 failed while training, 2 bad input or usage. */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
@@ -349,6 +350,38 @@ static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb,
     free(client);
     *resumed = 1;
     return 0;
+}
+
+/* --save, before training: a checkpoint this run would write (global_stepN for N in (start,
+ * steps], a multiple of --save_interval or the last) must not exist yet, since the save refuses
+ * to overwrite one: found only then, the run would stop there and its steps since the last
+ * save would be lost. 0: none; 1: one exists (said on stderr). */
+static int ckpt_save_clear(const args *a, int64_t start, int64_t steps)
+{
+    DIR *d = opendir(a->ckpt_save);
+    if (!d) /* not there yet (or unreadable: the save says why) */
+        return 0;
+    struct dirent *de;
+    int64_t hit = -1;
+    while ((de = readdir(d)) != NULL) {
+        char *end;
+        if (strncmp(de->d_name, "global_step", 11) != 0 || de->d_name[11] < '0' || de->d_name[11] > '9')
+            continue;
+        errno = 0;
+        long long n = strtoll(de->d_name + 11, &end, 10);
+        if (*end || errno || n <= start || n > steps)
+            continue;
+        if ((n == steps || (a->ckpt_interval > 0 && n % a->ckpt_interval == 0)) && (hit < 0 || n < hit))
+            hit = n;
+    }
+    closedir(d);
+    if (hit < 0)
+        return 0;
+    fprintf(stderr,
+            "ds-train: --save %s: %s/global_step%lld exists already, and this run would save there at step %lld "
+            "(checkpoints are never overwritten); resume from it with --load %s, or save into another folder\n",
+            a->ckpt_save, a->ckpt_save, (long long)hit, (long long)hit, a->ckpt_save);
+    return 1;
 }
 
 /* --save: a checkpoint of this step (every rank); rank 0 prunes to --keep_last. */
@@ -765,6 +798,17 @@ int main(int argc, char **argv)
         return rc;
     }
     const int64_t start = ds_engine_global_steps(eng);
+    if (a.ckpt_save && ckpt_save_clear(&a, start, steps)) {
+        if (logf)
+            fclose(logf);
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
+        return 2;
+    }
     size_t pb, gb, ob, ab;
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
     ds_memory_report mrep;

@@ -8,6 +8,7 @@
 #  3. Crashes: a saving job killed with SIGKILL at random points many times; after each kill
 #     ds-ckpt verify passes (latest names a complete, checksummed tag) and the run resumes; the
 #     losses of all the pieces equal a straight run's bit for bit.
+#     A run whose saves would meet an existing checkpoint stops before its first step.
 #  4. Damage: a bit flip or a truncation is refused by load and verify, naming the file; a full
 #     disk (a 1 MiB tmpfs) fails the save with ENOSPC's message and keeps the last checkpoint.
 #  5. ds-ckpt inspect/merge/convert: PyTorch reads the converted fp32/fp16/bf16 weights by name.
@@ -183,6 +184,22 @@ if [ -z "$bad" ] && "$B/ds-ckpt" verify K >v 2>&1 &&
     ok "$kills SIGKILLs ($midsave inside a save): each time latest named a verified checkpoint and the next run resumed from the newest ($resumes resumes); the pieces give the straight run's losses bit for bit"
 else notok "kills: $bad $(head -c 300 err)"; fi
 [ "$(ls K | grep -c global_step)" = 3 ] && ok "--keep_last 3 keeps 3 checkpoints" || notok "--keep_last: $(ls K)"
+
+# A run whose saves would meet a checkpoint already there (the save never overwrites one) stops
+# before its first step, naming it, rather than at that save with its steps since lost.
+cfg 8 "" 0 > c.json
+run 1 plain.json --config c.json --data text.txt --quiet --steps 4 --save twice >/dev/null 2>err
+sum1=$(cat twice/global_step4/SHA256SUMS 2>/dev/null)
+run 1 plain.json --config c.json --data text.txt --quiet --steps 6 --save_interval 2 --save twice \
+    --log-json twice.jsonl >/dev/null 2>err
+rc=$?
+[ -n "$sum1" ] && [ $rc = 2 ] && [ ! -s twice.jsonl ] && [ ! -e twice/global_step2 ] &&
+    grep -q "twice/global_step4 exists already, and this run would save there at step 4" err &&
+    [ "$(cat twice/global_step4/SHA256SUMS)" = "$sum1" ] &&
+    run 1 plain.json --config c.json --data text.txt --quiet --steps 6 --save_interval 2 --save twice --load twice \
+        >/dev/null 2>err && [ -e twice/global_step6 ] &&
+    ok "a run that would save onto an existing checkpoint stops before its first step (exit 2, naming it); --load goes on from it" ||
+    notok "save onto an existing checkpoint: rc $rc, $(ls twice 2>&1 | tr '\n' ' '), $(head -c 300 err)"
 
 # ---- 4. damage and a full disk ---------------------------------------------------------------------
 cp -r z0-fp32-1-r dmg
