@@ -786,7 +786,9 @@ int main(int argc, char **argv)
 
     const uint64_t data_seed = a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42);
     int resumed = 0;
-    if (a.ckpt_load && (rc = ckpt_resume(eng, &a, data_seed, TB, rank, &resumed)) != 0) {
+    /* resume; then no checkpoint this run would save may exist already */
+    if ((a.ckpt_load && (rc = ckpt_resume(eng, &a, data_seed, TB, rank, &resumed)) != 0) ||
+        (a.ckpt_save && (rc = ckpt_save_clear(&a, ds_engine_global_steps(eng), steps) ? 2 : 0) != 0)) {
         if (logf)
             fclose(logf);
         ds_sampler_free(&sampler);
@@ -798,17 +800,6 @@ int main(int argc, char **argv)
         return rc;
     }
     const int64_t start = ds_engine_global_steps(eng);
-    if (a.ckpt_save && ckpt_save_clear(&a, start, steps)) {
-        if (logf)
-            fclose(logf);
-        ds_sampler_free(&sampler);
-        ds_dataset_close(ds);
-        ds_engine_destroy(eng);
-        ds_comm_destroy(comm);
-        if (store)
-            ds_store_close(store);
-        return 2;
-    }
     size_t pb, gb, ob, ab;
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
     ds_memory_report mrep;
