@@ -31,6 +31,11 @@ typedef struct cpu_impl {
      * converted to bf16 (exact: they are bf16 values already), for oneDNN's bf16 products */
     int gemm16;
     int att16; /* and attention's batched products: P and dS rounded to bf16 before theirs */
+    /* causal bf16 attention skips the blocks above the diagonal too (DS_CPU_ATT16_SPLIT=1).
+     * Not by default: an AMX host ran the half products on gemm:jit (52-131 GFLOP/s in its
+     * oneDNN log) and whole dense ones on brgemm (320-640), so the whole products, with 4/3
+     * of the work, are the faster way there */
+    int att16_split;
     int64_t att_shape[4]; /* the last attention shape (B, T, C, H) checked for them, and */
     int att_fast;         /* whether oneDNN runs all six of its products with real code */
     uint16_t *h16[4];
@@ -415,6 +420,11 @@ static ds_status cpu_set_precision(ds_backend *b, int mode)
         return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_BF16_GEMM=%s: expected 0 (fp32 products), 1 "
                             "(bf16 products, an error without bf16 units) or emulate (tests)", env);
     ds_dnnl_bf16_emulate(c->dnnl, want && emulate);
+    const char *split = getenv("DS_CPU_ATT16_SPLIT");
+    if (split && *split && strcmp(split, "0") && strcmp(split, "1"))
+        return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_ATT16_SPLIT=%s: expected 0 (whole products, the "
+                            "default) or 1 (causal attention skips the blocks above the diagonal)", split);
+    c->att16_split = split && strcmp(split, "1") == 0;
     c->att_shape[0] = 0; /* check shapes again */
     if (want && emulate) {
         c->gemm16 = c->att16 = 1;
@@ -678,7 +688,7 @@ static ds_status attention_fwd16(ds_backend *b, const void *qkv, void *out, floa
     const int s16 = c->s16 == DS_ROUND_BF16;
     const int64_t q_s[4] = {H * T * D, T * D, D, 1}, kt_s[4] = {H * T * D, T * D, 1, D};
     const int64_t a_s[4] = {H * T * T, T * T, T, 1};
-    const int split = att_split(T, causal);
+    const int split = c->att16_split && att_split(T, causal);
     char *in = att_dense(b, 0, (size_t)(3 * n) * 2), *o = in ? att_dense(b, 1, (size_t)n * (s16 ? 2 : 4)) : NULL;
     if (!o)
         return DS_ERR_NOMEM;
@@ -709,7 +719,7 @@ static ds_status attention_bwd16(ds_backend *b, const void *dout, const void *qk
     const int s16 = c->s16 == DS_ROUND_BF16;
     const int64_t q_s[4] = {H * T * D, T * D, D, 1}, kt_s[4] = {H * T * D, T * D, 1, D};
     const int64_t a_s[4] = {H * T * T, T * T, T, 1}, at_s[4] = {H * T * T, T * T, 1, T};
-    const int split = att_split(T, causal);
+    const int split = c->att16_split && att_split(T, causal);
     const size_t eo = s16 ? 2 : 4;
     char *in = att_dense(b, 0, (size_t)(4 * n) * 2), *o = in ? att_dense(b, 1, (size_t)(3 * n) * eo) : NULL;
     ds_status st = o ? scratch(b, &c->att_scratch, &c->att_scratch_floats, (size_t)na) : DS_ERR_NOMEM;
