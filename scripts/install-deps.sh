@@ -18,4 +18,4 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential autoconf automake libtool pkg-config \
     libjson-c-dev libsqlite3-dev libssh-dev libcriterion-dev libdnnl-dev \
     openssh-server openssh-client python3 ca-certificates $TEST >/dev/null
-echo "install-deps: build dependencies${TEST:+ and the tests' (PyTorch, NumPy)} installed"
+[ -n "$TEST" ] && echo "install-deps: build dependencies and test dependencies (PyTorch, NumPy) installed" || echo "install-deps: build dependencies installed"
