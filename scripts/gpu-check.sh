@@ -431,7 +431,7 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # the AVX-512 kernels (cpu:avx512, never run on our CPUs): every op against generic, the
         # 16-bit ops bit for bit, and the variant's name (each test runs avx512 where it exists)
         dsenv OMP_NUM_THREADS=4 timeout "$(tmo 60)" "$G/bin/test_layers" -j4 \
-            --filter '@(*/*_vs_generic|store16/*avx512|backend/names)' >"$out/cpu-avx512-tests.log" 2>&1
+            --filter '@(*/*_vs_generic|store16/*avx512|backend/names|kernels/*)' >"$out/cpu-avx512-tests.log" 2>&1
         grep -E "FAIL|Assert|rror|Synthesis|avx512" "$out/cpu-avx512-tests.log"
         # where a step's time goes on 2 threads, op by op (bench_cuda on the CPU backend at
         # gpt-tiny's shapes), fp32 and bf16
@@ -471,21 +471,24 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16
         # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring) and bf16 with
         # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0), and
-        # fp32 and bf16 on the AVX-512 kernels (cpu:avx512, not yet cpuid's pick)
+        # fp32 and bf16 on the AVX-512 kernels (cpu:avx512, not yet cpuid's pick), and bf16 on
+        # them with the weight gradients' dY transposed into a copy first (DS_CPU_DW16_TRANSPOSE=1,
+        # the way before dY^T became a strided view)
         local p t
         for t in all 2; do
-            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx512 bf16-avx512; do
+            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx512 bf16-avx512 bf16-avx512-dwt; do
                 [ "$t" = all ] && [ "$p" != fp32 ] && [ "$p" != bf16 ] && continue
-                local cfgf=$G/share/gpt-tiny.ds.json gemm="" split="" be=cpu
+                local cfgf=$G/share/gpt-tiny.ds.json gemm="" split="" be=cpu dwt=""
                 [ "${p%%-*}" != fp32 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
-                case $p in *avx512) be=cpu:avx512 ;; esac
+                case $p in *avx512*) be=cpu:avx512 ;; esac
+                [ "$p" = bf16-avx512-dwt ] && dwt=1
                 [ "$p" = bf16-fp32products ] && gemm=0
                 [ "$p" = bf16-onednn-threads ] && split=0
                 local thr=$(getconf _NPROCESSORS_ONLN)
                 [ "$t" = 2 ] && thr=2
                 [ "$(tmo 45)" -gt 20 ] || { say "cpu $p, $thr threads: skipped (budget)"; continue; }
                 dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$thr DS_CPU_BF16_GEMM=$gemm DS_CPU_GEMM_SPLIT=$split \
-                    timeout "$(tmo 45)" \
+                    DS_CPU_DW16_TRANSPOSE=$dwt timeout "$(tmo 45)" \
                     "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$cfgf" \
                     --data "$G/data/text.txt" --steps 30 --backend "$be" --quiet >"$out/cpu-$p-$t.log" 2>&1
                 say "cpu $p, $thr threads: $(grep -E '^ds-train|^precision' "$out/cpu-$p-$t.log" | sed 's/.*; backend/backend/' | tr '\n' ' ')"

@@ -928,7 +928,7 @@ OP_TESTS(mse, check_mse)
 
 /* ---- the transposes behind the weight gradients ---------------------------------------- */
 
-/* transpose and transpose16 of every kernel table against a plain loop: the values moved bit for
+/* transpose and transpose16 (and colsum16_acc) of every kernel table against a plain loop: the values moved bit for
  * bit, the column sums (a linear layer's bias gradient) the sequential sums row after row added
  * to what colsum held: the order that makes them the same bits on every path. The shapes cross
  * the 8x8 blocks, the 16-column strips, the 64-row blocks and the 512-column super-strips, below
@@ -953,6 +953,14 @@ static void check_transposes(const ds_cpu_kernels *k)
                 for (int64_t i = 0; i < R * C; i++)
                     h[i] = m16 == DS_ROUND_BF16 ? ds_f32_to_bf16(x[i]) : ds_f32_to_f16(x[i]);
                 k->transpose16(h, ht, R, C, cs, m16);
+                /* colsum16_acc: the same column sums without the transpose */
+                float *cs2 = fcopy(cs0, C);
+                k->colsum16_acc(h, cs2, R, C, m16);
+                for (int64_t c = 0; c < C; c++)
+                    cr_assert(memcmp(&cs2[c], &cs[c], 4) == 0, "%s colsum16_acc (%s) %lldx%lld: colsum[%lld] %a, "
+                              "transpose16's %a", k->variant, mode == 1 ? "bf16" : "fp16", (long long)R,
+                              (long long)C, (long long)c, cs2[c], cs[c]);
+                free(cs2);
             }
             for (int64_t c = 0; c < C; c++) {
                 float sum = 0;
@@ -986,6 +994,9 @@ Test(kernels, transposes_move_bits_and_sum_in_row_order)
 #endif
         check_transposes(&ds_cpu_kernels_avx2);
         check_transposes(&ds_cpu_kernels_generic);
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+            check_transposes(&ds_cpu_kernels_avx512);
     }
     check_transposes(&ds_cpu_kernels_avx2_serial);
     check_transposes(&ds_cpu_kernels_generic_serial);

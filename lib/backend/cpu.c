@@ -36,6 +36,7 @@ typedef struct cpu_impl {
      * oneDNN log) and whole dense ones on brgemm (320-640), so the whole products, with 4/3
      * of the work, are the faster way there */
     int att16_split;
+    int dw16_transpose; /* DS_CPU_DW16_TRANSPOSE=1: bf16 weight gradients from a transposed copy of dY */
     int64_t att_shape[4]; /* the last attention shape (B, T, C, H) checked for them, and */
     int att_fast;         /* whether oneDNN runs all six of its products with real code */
     uint16_t *h16[4];
@@ -425,6 +426,11 @@ static ds_status cpu_set_precision(ds_backend *b, int mode)
         return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_ATT16_SPLIT=%s: expected 0 (whole products, the "
                             "default) or 1 (causal attention skips the blocks above the diagonal)", split);
     c->att16_split = split && strcmp(split, "1") == 0;
+    const char *dwt = getenv("DS_CPU_DW16_TRANSPOSE");
+    if (dwt && *dwt && strcmp(dwt, "0") && strcmp(dwt, "1"))
+        return ds_error_set(&b->err, DS_ERR_INVALID, "DS_CPU_DW16_TRANSPOSE=%s: expected 0 (weight gradients read "
+                            "dY^T as a strided view, the default) or 1 (dY transposed into a copy first)", dwt);
+    c->dw16_transpose = dwt && strcmp(dwt, "1") == 0;
     c->att_shape[0] = 0; /* check shapes again */
     if (want && emulate) {
         c->gemm16 = c->att16 = 1;
@@ -552,8 +558,9 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
     cpu_impl *c = b->impl;
     if (!c->s16)
         return linear_bwd32(b, dy, x, w, dx, dw, dbias, M, K, N, accumulate);
-    /* on bf16 units the products read the stored bf16 dY, W and X; dY^T is transposed in 16 bits
-     * (with the bias gradient of the widened values) */
+    /* on bf16 units the products read the stored bf16 dY, W and X, dY^T as a strided view (or
+     * transposed in 16 bits first, DS_CPU_DW16_TRANSPOSE=1), the bias gradient summed over the
+     * widened values */
     const int units = c->gemm16 && c->s16 == DS_ROUND_BF16;
     const int need_dy32 = !units || (dbias && !dw); /* for the fp32 products, or a bias gradient alone */
     const float *dy32 = need_dy32 ? whole32(b, 0, dy, M * N) : NULL;
@@ -572,13 +579,20 @@ static ds_status cpu_linear_bwd(ds_backend *b, const float *dy, const float *x, 
             st = ds_dnnl_matmul_bf16_out16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, HM(dx), &b->err);
         else if (dx)
             st = ds_dnnl_matmul_bf16(DNNL(b), M, K, N, HC(dy), N, 1, HC(w), K, 1, NULL, dx32, accumulate, &b->err);
-        if (st == DS_OK && dw) {
+        if (st == DS_OK && dw && c->dw16_transpose) {
             uint16_t *hdyt = h16buf(b, 0, M * N);
             if (!hdyt)
                 return DS_ERR_NOMEM;
             c->k->transpose16(HC(dy), hdyt, M, N, dbias, c->s16); /* dY^T [N, M], and the bias gradient */
             dbias = NULL;
             st = ds_dnnl_matmul_bf16(DNNL(b), N, K, M, hdyt, M, 1, HC(x), K, 1, NULL, dw, 1, &b->err);
+        } else if (st == DS_OK && dw) {
+            /* dY^T as a strided view of the stored dY (on AMX as fast as a transposed copy, or
+             * faster: bench_dnnl's "dY^T view" rows), the bias gradient with transpose16's bits */
+            if (dbias)
+                c->k->colsum16_acc(HC(dy), dbias, M, N, c->s16);
+            dbias = NULL;
+            st = ds_dnnl_matmul_bf16(DNNL(b), N, K, M, HC(dy), 1, N, HC(x), K, 1, NULL, dw, 1, &b->err);
         }
         if (st == DS_OK && dbias)
             c->k->colsum_acc(dy32, dbias, M, N);

@@ -1173,6 +1173,44 @@ static void posadd_bwd16(const uint16_t *dy, float *dpos, int64_t B, int64_t T, 
     }
 }
 
+/* colsum[c] += the sum of the widened 16-bit values of column c of src [rows, cols], summed from 0
+ * row after row and then added: transpose16's column sums, without the transpose (the bias
+ * gradient where the weight gradient's product reads dY^T as a strided view). Threads split the
+ * columns (groups of 8); each walks all rows over a chunk of its columns at a time, widened on
+ * the stack. */
+static void colsum16_acc(const uint16_t *src, float *colsum, int64_t rows, int64_t cols, int mode)
+{
+#define CS16_CHUNK 512
+#pragma omp parallel if (rows * cols > PAR_MIN)
+    {
+        int nt = 1, tid = 0;
+#ifdef _OPENMP
+        nt = omp_get_num_threads();
+        tid = omp_get_thread_num();
+#endif
+        const int64_t v8 = (cols + 7) / 8; /* ranges of whole 8-column groups */
+        const int64_t c0 = v8 * tid / nt * 8;
+        int64_t c1 = v8 * (tid + 1) / nt * 8;
+        if (c1 > cols)
+            c1 = cols;
+        for (int64_t a = c0; a < c1; a += CS16_CHUNK) {
+            const int64_t len = c1 - a < CS16_CHUNK ? c1 - a : CS16_CHUNK;
+            float sums[CS16_CHUNK], t[CS16_CHUNK];
+            for (int64_t c = 0; c < len; c++)
+                sums[c] = 0.0f;
+            for (int64_t r = 0; r < rows; r++) {
+                unpack16_span(src + r * cols + a, t, len, mode);
+#pragma omp simd
+                for (int64_t c = 0; c < len; c++)
+                    sums[c] += t[c];
+            }
+            for (int64_t c = 0; c < len; c++)
+                colsum[a + c] += sums[c];
+        }
+    }
+#undef CS16_CHUNK
+}
+
 /* layernorm_bwd on 16-bit dy, x and dx (values of mode; w fp32), without whole fp32 copies:
  * each thread takes the rows layernorm_bwd would give it and widens them a chunk at a time into
  * buffers that stay in cache, runs the same row loop on them in the same order, and packs its
@@ -1420,6 +1458,7 @@ const ds_cpu_kernels KTABLE = {
     .gelu_bwd16 = gelu_bwd16,
     .layernorm_fwd16 = layernorm_fwd16,
     .posadd_bwd16 = posadd_bwd16,
+    .colsum16_acc = colsum16_acc,
     .adagrad_step = adagrad_step,
     .lamb_step = lamb_step,
 };

@@ -22,6 +22,8 @@ typedef struct ds_cpu_kernels {
      * of the widened values (the bits transpose gives on the widened tensor) */
     void (*transpose16)(const uint16_t *src, uint16_t *dst, int64_t rows, int64_t cols, float *colsum, int mode);
     void (*colsum_acc)(const float *dy, float *dbias, int64_t M, int64_t N);
+    /* colsum only, on 16-bit values of mode: the same bits as transpose16's colsum */
+    void (*colsum16_acc)(const uint16_t *src, float *colsum, int64_t rows, int64_t cols, int mode);
     void (*layernorm_fwd)(const float *x, const float *w, const float *b, float *y, float *mean,
                           float *rstd, int64_t M, int64_t C, float eps);
     void (*layernorm_bwd)(const float *dy, const float *x, const float *w, const float *mean,
