@@ -74,7 +74,7 @@ pack() {
     grep -q '^pkglib_LTLIBRARIES = libds-cuda.la' Makefile || die "configure did not enable the CUDA backend"
     say "== build (make -j2: libds, libds-cuda.so, ds-train, tests/test_cuda, tests/bench_cuda, tests/bench_dnnl)"
     # two makes: `all` recurses, and one make for everything would link libds.la twice at once
-    { make -j2 all && make -j2 tests/test_cuda tests/bench_cuda tests/test_layers tests/bench_dnnl; } >make.out 2>&1 ||
+    { make -j2 all && make -j2 tests/test_cuda tests/bench_cuda tests/test_layers tests/test_model tests/test_optim tests/bench_dnnl; } >make.out 2>&1 ||
         { tail -40 make.out; die "build failed"; }
     grep -i "warning" make.out && say "(compiler warnings above)" || true
 
@@ -107,6 +107,10 @@ pack() {
     cp tests/.libs/test_cuda "$G/bin/" 2>/dev/null || cp tests/test_cuda "$G/bin/"
     cp tests/.libs/bench_cuda "$G/bin/" 2>/dev/null || cp tests/bench_cuda "$G/bin/"
     cp tests/.libs/test_layers "$G/bin/" 2>/dev/null || cp tests/test_layers "$G/bin/"
+    local tp
+    for tp in test_model test_optim; do # run on the host CPU with the AVX-512 kernels as the default
+        cp "tests/.libs/$tp" "$G/bin/" 2>/dev/null || cp "tests/$tp" "$G/bin/"
+    done
     cp tests/bench_dnnl "$G/bin/"
     for f in "$G"/bin/*; do file "$f" | grep -q ELF || die "$f is not an ELF binary (libtool wrapper?)"; done
     cp -L .libs/libds.so.0 "$G/lib/libds.so.0"
@@ -433,6 +437,17 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         dsenv OMP_NUM_THREADS=4 timeout "$(tmo 60)" "$G/bin/test_layers" -j4 \
             --filter '@(*/*_vs_generic|store16/*avx512|backend/names|kernels/*)' >"$out/cpu-avx512-tests.log" 2>&1
         grep -E "FAIL|Assert|rror|Synthesis|avx512" "$out/cpu-avx512-tests.log"
+        # the whole of three test programs with the AVX-512 kernels where cpuid's pick would be
+        # (DS_CPU_KERNELS=avx512): what making them cpuid's pick on such CPUs waits for
+        local tp
+        for tp in test_layers test_model test_optim; do
+            [ "$(tmo 60)" -gt 30 ] || { say "$tp with DS_CPU_KERNELS=avx512: skipped (budget)"; continue; }
+            dsenv DS_CPU_KERNELS=avx512 DS_TEST_DIR="$root/tests" OMP_NUM_THREADS=2 timeout "$(tmo 60)" \
+                "$G/bin/$tp" -j4 >"$out/cpu-avx512-default-$tp.log" 2>&1
+            local trc=$?
+            say "$tp, DS_CPU_KERNELS=avx512 (exit $trc): $(grep -a 'Synthesis' "$out/cpu-avx512-default-$tp.log" | tail -1)"
+            grep -a -E "^\[FAIL\]|Assert" "$out/cpu-avx512-default-$tp.log" | head -5
+        done
         # where a step's time goes on 2 threads, op by op (bench_cuda on the CPU backend at
         # gpt-tiny's shapes), fp32 and bf16
         local bp

@@ -1066,12 +1066,34 @@ Test(backend, names)
     ds_backend *be = NULL;
     ds_error err = {0};
     cr_assert_eq(ds_backend_create(&be, "cpu", &err), DS_OK, "%s", err.msg);
-    const char *v = ds_backend_describe(be);
-    cr_expect(strcmp(v, "avx2") == 0 || strcmp(v, "generic") == 0, "cpu describes itself as %s", v);
+    const char *v = ds_backend_describe(be), *forced = getenv("DS_CPU_KERNELS");
+    if (forced && *forced) /* the variant cpuid's pick gives way to */
+        cr_expect_str_eq(v, forced, "cpu with DS_CPU_KERNELS=%s describes itself as %s", forced, v);
+    else
+        cr_expect(strcmp(v, "avx2") == 0 || strcmp(v, "generic") == 0, "cpu describes itself as %s", v);
     ds_backend_destroy(be);
     cr_assert_eq(ds_backend_create(&be, "cpu:generic", &err), DS_OK, "%s", err.msg);
     cr_expect_str_eq(ds_backend_describe(be), "generic");
     ds_backend_destroy(be);
+    /* DS_CPU_KERNELS stands in for cpuid's pick, and only for it */
+    char *saved = getenv("DS_CPU_KERNELS") ? strdup(getenv("DS_CPU_KERNELS")) : NULL;
+    setenv("DS_CPU_KERNELS", "generic", 1);
+    cr_assert_eq(ds_backend_create(&be, "cpu", &err), DS_OK, "%s", err.msg);
+    cr_expect_str_eq(ds_backend_describe(be), "generic");
+    ds_backend_destroy(be);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        cr_assert_eq(ds_backend_create(&be, "cpu:avx2", &err), DS_OK, "%s", err.msg);
+        cr_expect_str_eq(ds_backend_describe(be), "avx2", "a named variant is not overridden");
+        ds_backend_destroy(be);
+    }
+    setenv("DS_CPU_KERNELS", "sse9", 1);
+    cr_expect_eq(ds_backend_create(&be, "cpu", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "DS_CPU_KERNELS=sse9") != NULL, "%s", err.msg);
+    if (saved)
+        setenv("DS_CPU_KERNELS", saved, 1);
+    else
+        unsetenv("DS_CPU_KERNELS");
+    free(saved);
     cr_expect_eq(ds_backend_create(&be, "cpu:sse9", &err), DS_ERR_INVALID);
     cr_expect(strstr(err.msg, "sse9") != NULL, "%s", err.msg);
     cr_expect_eq(ds_backend_create(&be, "tpu", &err), DS_ERR_INVALID);

@@ -1110,15 +1110,30 @@ static const ds_backend_ops cpu_ops = {
     .pack16 = cpu_pack16,
 };
 
-/* variant: NULL or "" picks by cpuid (avx2 or generic); "avx2", "generic" or "avx512" forces
- * one. avx512 (the same kernels with 512-bit vectors) is not picked on its own: it has not yet
- * been timed against avx2 on a CPU that has it. */
+/* variant: NULL or "" picks by cpuid (avx2 or generic), or takes DS_CPU_KERNELS's when that is
+ * set (so that whole test programs and scripts can run on another variant, as if cpuid had
+ * picked it); "avx2", "generic" or "avx512" forces one. avx512 (the same kernels with 512-bit
+ * vectors) is not picked on its own: the whole test suite has not yet run with it as the
+ * default on a CPU that has it. */
 ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error *err)
 {
     const ds_cpu_kernels *k;
     int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                    __builtin_cpu_supports("f16c");
     if (!variant || !*variant) {
+        const char *env = getenv("DS_CPU_KERNELS");
+        if (env && *env) {
+            if (strcmp(env, "generic") && strcmp(env, "avx2") && strcmp(env, "avx512"))
+                return ds_error_set(err, DS_ERR_INVALID, "DS_CPU_KERNELS=%s: expected avx2, avx512 or generic "
+                                    "(the CPU kernels to use where no variant is named)", env);
+            ds_status st = ds_cpu_backend_create(out, env, err);
+            if (st != DS_OK) {
+                char why[sizeof err->msg];
+                snprintf(why, sizeof why, "%s", err->msg);
+                ds_error_set(err, st, "DS_CPU_KERNELS=%s: %s", env, why);
+            }
+            return st;
+        }
         k = has_avx2 ? &ds_cpu_kernels_avx2 : &ds_cpu_kernels_generic;
     } else if (strcmp(variant, "generic") == 0) {
         k = &ds_cpu_kernels_generic;
