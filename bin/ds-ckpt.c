@@ -2,12 +2,14 @@
  * verify, merge, convert, reshard. Argument parsing and printing only; the work is libds's
  * (ds/ckpt.h). */
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "ds/ds.h"
 
@@ -65,13 +67,21 @@ static int inspect(const char *dir, const char *tag)
         return 1;
     }
     char *latest = NULL;
-    if (ds_ckpt_latest(dir, &latest, &err) != DS_OK)
+    int rc = 0;
+    if (ds_ckpt_latest(dir, &latest, &err) != DS_OK) {
         fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+        rc = 1;
+    }
+    if (n == 0) {
+        fprintf(stderr, "ds-ckpt: %s: no checkpoint there (no complete global_step* or other tag folder)\n", dir);
+        rc = 1;
+    }
     printf("%s: %d checkpoint%s, latest %s\n", dir, n, n == 1 ? "" : "s", latest ? latest : "(none)");
     for (int i = 0; i < n; i++) {
         ds_ckpt *c;
         if (ds_ckpt_open(&c, dir, tags[i], &err) != DS_OK) {
             printf("  %-20s  unreadable: %s\n", tags[i], err.msg);
+            rc = 1;
             continue;
         }
         printf("  %-20s  step %lld, samples %lld, skipped %lld; dp %d, mp %d, zero stage %d, %s, %s (step %lld)\n",
@@ -85,7 +95,6 @@ static int inspect(const char *dir, const char *tag)
     ds_ckpt_free_list(tags, n);
     ds_ckpt_free_list(left, nl);
     const char *show = tag ? tag : latest;
-    int rc = 0;
     if (show) {
         ds_ckpt *c;
         if (ds_ckpt_open(&c, dir, show, &err) != DS_OK) {
@@ -201,6 +210,52 @@ static int open_verified(ds_ckpt **c, const char *dir, const char *tag)
     return 0;
 }
 
+/* p as an absolute path with its existing part resolved (symbolic links, ".", ".."), the part that
+ * does not exist yet appended as written; -1 where it cannot be worked out */
+static int abs_path(const char *p, char *out, size_t n)
+{
+    char rp[PATH_MAX];
+    if (realpath(p, rp))
+        return snprintf(out, n, "%s", rp) < (int)n ? 0 : -1;
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s", p) >= (int)sizeof tmp)
+        return -1;
+    size_t len = strlen(tmp);
+    while (len > 1 && tmp[len - 1] == '/') /* "a/b/" is "a/b" */
+        tmp[--len] = 0;
+    char *slash = strrchr(tmp, '/');
+    const char *base = slash ? slash + 1 : tmp;
+    char par[PATH_MAX];
+    if (slash == tmp)
+        snprintf(par, sizeof par, "/");
+    else if (slash) {
+        *slash = 0;
+        if (abs_path(tmp, par, sizeof par))
+            return -1;
+    } else if (!getcwd(par, sizeof par))
+        return -1;
+    if (!strcmp(base, ".") || !*base)
+        return snprintf(out, n, "%s", par) < (int)n ? 0 : -1;
+    if (!strcmp(base, "..")) {
+        char *s2 = strrchr(par, '/');
+        if (s2 && s2 != par)
+            *s2 = 0;
+        else
+            snprintf(par, sizeof par, "/");
+        return snprintf(out, n, "%s", par) < (int)n ? 0 : -1;
+    }
+    return snprintf(out, n, "%s/%s", strcmp(par, "/") ? par : "", base) < (int)n ? 0 : -1;
+}
+
+/* a is b or lies inside it */
+static int path_within(const char *a, const char *b)
+{
+    size_t n = strlen(b);
+    if (n == 1 && b[0] == '/')
+        return 1;
+    return strncmp(a, b, n) == 0 && (a[n] == 0 || a[n] == '/');
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -208,11 +263,16 @@ int main(int argc, char **argv)
         {"force", no_argument, 0, 'f'},     {"dtype", required_argument, 0, 'd'},
         {"dp", required_argument, 0, 'n'},  {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},   {0, 0, 0, 0}};
-    const char *tag = NULL, *dtype_s = "fp32";
+    const char *tag = NULL, *dtype_s = NULL;
     int with_opt = 0, force = 0, dp = 0, c;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    opterr = 0; /* our own messages, without the program's path */
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         switch (c) {
-        case 't': tag = optarg; break;
+        case 't':
+            if (tag)
+                return usage_error("--tag given twice (\"%s\" and another)", tag);
+            tag = optarg;
+            break;
         case 'o': with_opt = 1; break;
         case 'f': force = 1; break;
         case 'd': dtype_s = optarg; break;
@@ -227,7 +287,8 @@ int main(int argc, char **argv)
         }
         case 'h': fputs(usage_text, stdout); return 0;
         case 'V': printf("ds-ckpt (ds) %s\n", DS_VERSION); return 0;
-        default: return usage_error("%sbad option", "");
+        case ':': return usage_error("%s needs a value", argv[optind - 1]);
+        default: return usage_error("unknown option \"%s\"", argv[optind - 1]);
         }
     }
     int nargs = argc - optind;
@@ -241,10 +302,39 @@ int main(int argc, char **argv)
         return usage_error("unknown command \"%s\" (inspect, verify, merge, convert, reshard)", cmd);
     if (nargs != want)
         return usage_error(want == 2 ? "%s takes one directory" : "%s takes a checkpoint directory and an output", cmd);
+    /* options that do nothing for this command are errors, not silently ignored */
+    if (with_opt && strcmp(cmd, "merge"))
+        return usage_error("--optimizer is for merge (%s writes no optimizer state)", cmd);
+    if (force && want == 2)
+        return usage_error("--force is for the commands that write (%s writes nothing)", cmd);
+    if (dp && strcmp(cmd, "reshard"))
+        return usage_error("--dp is for reshard, not %s", cmd);
+    if (dtype_s && strcmp(cmd, "convert"))
+        return usage_error("--dtype is for convert (%s writes fp32)", cmd);
+    if (!*dir)
+        return usage_error("%sthe checkpoint directory is an empty string", "");
     if (!strcmp(cmd, "inspect"))
         return inspect(dir, tag);
     if (!strcmp(cmd, "verify"))
         return verify(dir, tag);
+    if (!*out)
+        return usage_error("%sthe output is an empty string", "");
+    /* the output must not be the checkpoint or anything in it, nor hold it: --force would
+     * destroy the input */
+    char adir[PATH_MAX], aout[PATH_MAX];
+    if (abs_path(dir, adir, sizeof adir) == 0 && abs_path(out, aout, sizeof aout) == 0) {
+        if (path_within(aout, adir)) {
+            fprintf(stderr, "ds-ckpt: %s: is the input checkpoint %s or inside it (%s); write elsewhere\n", out, dir,
+                    aout);
+            return 2;
+        }
+        if (path_within(adir, aout)) {
+            fprintf(stderr, "ds-ckpt: %s: holds the input checkpoint %s (%s); write elsewhere\n", out, dir, aout);
+            return 2;
+        }
+    }
+    if (!dtype_s)
+        dtype_s = "fp32";
     ds_dtype dtype = DS_F32;
     if (!strcmp(dtype_s, "fp16") || !strcmp(dtype_s, "F16"))
         dtype = DS_F16;
@@ -254,8 +344,6 @@ int main(int argc, char **argv)
         return usage_error("--dtype: expected fp32, fp16 or bf16, found \"%s\"", dtype_s);
     if (!strcmp(cmd, "reshard") && !dp)
         return usage_error("%sreshard needs --dp N", "");
-    if (strcmp(cmd, "convert") && dtype != DS_F32)
-        return usage_error("--dtype is for convert (%s writes fp32)", cmd);
     struct stat sb;
     if (!force && stat(out, &sb) == 0) {
         fprintf(stderr, "ds-ckpt: %s: exists; not overwriting it (use --force)\n", out);

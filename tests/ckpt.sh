@@ -269,6 +269,24 @@ EOF
 "$B/ds-ckpt" convert $d w-fp32.safetensors >/dev/null 2>err; rc=$?
 [ $rc = 1 ] && grep -q "exists; not overwriting it (use --force)" err && ok "convert refuses to overwrite without --force" \
     || notok "overwrite: rc $rc $(cat err)"
+# an output that cannot be created: an error naming it (it aborted on a double free)
+"$B/ds-ckpt" convert $d nodir/w.safetensors >/dev/null 2>err; rc=$?
+[ $rc = 1 ] && grep -q "nodir/w.safetensors: cannot create it" err && [ ! -e nodir ] \
+    && ok "convert into a missing folder: exit 1 naming the output" || notok "missing folder: rc $rc $(cat err)"
+# an output that is the input checkpoint, inside it, or holding it is refused even with --force
+cp -r $d inp && (cd inp && sha256sum -- */* >../inp.sums)
+bad=""
+for cmd in "reshard inp inp --dp 2" "reshard inp inp/sub --dp 2" "convert inp inp/latest" \
+    "merge inp inp/$(cat $d/latest)/x.safetensors" "reshard inp/$(cat $d/latest) inp --dp 2"; do
+    "$B/ds-ckpt" $cmd --force >/dev/null 2>err; rc=$?
+    [ $rc = 2 ] && grep -q "write elsewhere" err || bad="$bad [$cmd: rc $rc $(head -c 200 err)]"
+done
+(cd inp && sha256sum -c --quiet ../inp.sums >/dev/null 2>&1) && [ -z "$bad" ] \
+    && ok "outputs that are, lie in or hold the input checkpoint are refused even with --force (exit 2, input intact)" \
+    || notok "output inside the input:$bad"
+"$B/ds-ckpt" convert $d w2.safetensors --optimizer >/dev/null 2>err; rc=$?
+[ $rc = 2 ] && grep -q -- "--optimizer is for merge" err && [ ! -e w2.safetensors ] \
+    && ok "an option the command does not use is refused (convert --optimizer)" || notok "convert --optimizer: rc $rc $(cat err)"
 "$B/ds-train" drop.json --config c.json --data text.txt --save_interval 5 >/dev/null 2>err; rc=$?
 [ $rc = 2 ] && grep -q -- "--save_interval and --keep_last need --save" err && ok "--save_interval without --save is refused" \
     || notok "flags: rc $rc $(cat err)"

@@ -145,14 +145,16 @@ static ds_status out_open(out_file *o, const char *path, ds_error *err)
     if (!o->path || !o->part) {
         free(o->path);
         free(o->part);
+        o->path = o->part = NULL; /* nothing for out_abort to do */
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
     snprintf(o->part, n, "%s.part", path);
     o->fd = open(o->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (o->fd < 0) {
-        ds_error_set(err, DS_ERR_IO, "%s: cannot create: %s", o->part, strerror(errno));
+        ds_error_set(err, DS_ERR_IO, "%s: cannot create it (as %s first): %s", path, o->part, strerror(errno));
         free(o->path);
         free(o->part);
+        o->path = o->part = NULL;
         return DS_ERR_IO;
     }
     ds_sha256_init(&o->sha);
