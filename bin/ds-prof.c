@@ -4,12 +4,14 @@
  * libds's (ds_rundb_open_read); the queries and the printing are here.
  * Exit status: 0 done, 1 failed writing, 2 bad input or usage. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "ds/ds.h"
 
@@ -352,7 +354,11 @@ static int report(sqlite3 *db, const opts *o)
     if (o->rank < 0 && sm.ranks > 1) {
         int slow = -1, fast = -1;
         double slow_ms = -1, fast_ms = INFINITY;
-        for (int r = 0; r < sm.world; r++) {
+        vec ranks; /* the ranks that recorded steps, not 0..world_size-1 */
+        if (load(db, path, "SELECT DISTINCT rank FROM step" WHERE " ORDER BY rank", o->skip, -1, &ranks))
+            ranks.n = 0;
+        for (int i = 0; i < ranks.n; i++) {
+            const int r = (int)ranks.v[i];
             vec x;
             if (load(db, path, "SELECT iter_ms FROM step" WHERE, o->skip, r, &x))
                 break;
@@ -365,6 +371,7 @@ static int report(sqlite3 *db, const opts *o)
             }
             free(x.v);
         }
+        free(ranks.v);
         if (slow >= 0)
             printf("slowest rank: %d (median iteration %.3f ms); fastest: rank %d (%.3f ms), %+.1f%%\n", slow, slow_ms,
                    fast, fast_ms, 100.0 * (slow_ms / fast_ms - 1));
@@ -581,26 +588,50 @@ static int export_table(FILE *f, sqlite3 *db, const char *path, const char *tabl
     return 0;
 }
 
-static FILE *open_output(const opts *o, int *rc)
+/* The output goes to a temporary name beside it (tmp, PATH_MAX bytes), renamed over it by
+ * close_output only when everything was written: a failure leaves no half-written file and an
+ * existing one (--force) as it was. An output that is one of the input databases is refused. */
+static FILE *open_output(const opts *o, int *rc, char *tmp)
 {
-    struct stat sb;
+    struct stat sb, db;
     *rc = 0;
+    tmp[0] = 0;
     if (!o->output)
         return stdout;
-    if (!o->force && stat(o->output, &sb) == 0) {
-        fprintf(stderr, "ds-prof: %s: the file exists; not overwriting it (use --force)\n", o->output);
+    if (stat(o->output, &sb) == 0) {
+        for (int i = 0; i < o->ndb; i++)
+            if (stat(o->db[i], &db) == 0 && db.st_dev == sb.st_dev && db.st_ino == sb.st_ino) {
+                fprintf(stderr, "ds-prof: %s: is the run database being read; write elsewhere\n", o->output);
+                *rc = 2;
+                return NULL;
+            }
+        if (!o->force) {
+            fprintf(stderr, "ds-prof: %s: the file exists; not overwriting it (use --force)\n", o->output);
+            *rc = 2;
+            return NULL;
+        }
+        if (S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "ds-prof: %s: is a directory\n", o->output);
+            *rc = 2;
+            return NULL;
+        }
+    }
+    if (snprintf(tmp, PATH_MAX, "%s.tmp.%ld", o->output, (long)getpid()) >= PATH_MAX) {
+        fprintf(stderr, "ds-prof: %s: path too long\n", o->output);
+        tmp[0] = 0;
         *rc = 2;
         return NULL;
     }
-    FILE *f = fopen(o->output, "w");
+    FILE *f = fopen(tmp, "wx");
     if (!f) {
-        fprintf(stderr, "ds-prof: %s: %s\n", o->output, strerror(errno));
+        fprintf(stderr, "ds-prof: %s: cannot create it (as %s first): %s\n", o->output, tmp, strerror(errno));
+        tmp[0] = 0;
         *rc = 1;
     }
     return f;
 }
 
-static int close_output(const opts *o, FILE *f, int rc)
+static int close_output(const opts *o, FILE *f, int rc, const char *tmp)
 {
     if (f == stdout) {
         if (fflush(stdout) != 0 && rc == 0) {
@@ -609,17 +640,28 @@ static int close_output(const opts *o, FILE *f, int rc)
         }
         return rc;
     }
+    if ((fflush(f) != 0 || fsync(fileno(f)) != 0) && rc == 0) {
+        fprintf(stderr, "ds-prof: %s: %s\n", o->output, strerror(errno));
+        rc = 1;
+    }
     if (fclose(f) != 0 && rc == 0) {
         fprintf(stderr, "ds-prof: %s: %s\n", o->output, strerror(errno));
-        return 1;
+        rc = 1;
     }
+    if (rc == 0 && rename(tmp, o->output) != 0) {
+        fprintf(stderr, "ds-prof: %s: cannot rename %s to it: %s\n", o->output, tmp, strerror(errno));
+        rc = 1;
+    }
+    if (rc != 0)
+        unlink(tmp); /* nothing half-written; an existing output stays as it was */
     return rc;
 }
 
 static int export_run(sqlite3 *db, const opts *o)
 {
     int json = !strcmp(o->format, "json"), rc;
-    FILE *f = open_output(o, &rc);
+    char tmp[PATH_MAX];
+    FILE *f = open_output(o, &rc, tmp);
     if (!f)
         return rc;
     if (!json || o->table) {
@@ -635,7 +677,7 @@ static int export_run(sqlite3 *db, const opts *o)
         }
         fputs("}\n", f);
     }
-    return close_output(o, f, rc);
+    return close_output(o, f, rc, tmp);
 }
 
 /* ---- plot --------------------------------------------------------------------------------- */
@@ -681,7 +723,8 @@ static int plot(sqlite3 *db, const opts *o)
                 o->rank >= 0 ? " for this rank" : "");
         rc = 2;
     }
-    FILE *f = rc ? NULL : open_output(o, &rc);
+    char tmp[PATH_MAX];
+    FILE *f = rc ? NULL : open_output(o, &rc, tmp);
     if (f) {
         const int W = 900, H = 640, L = 70, R = 150, top1 = 40, h1 = 300, top2 = 400, h2 = 190;
         const int pw = W - L - R;
@@ -746,7 +789,7 @@ static int plot(sqlite3 *db, const opts *o)
         fprintf(f, "<text x=\"%d\" y=\"%d\">step %.0f</text><text x=\"%d\" y=\"%d\" text-anchor=\"end\">step %.0f</text>\n",
                 L, top2 + h2 + 18, steps.v[0], L + pw, top2 + h2 + 18, steps.v[n - 1]);
         fputs("</svg>\n", f);
-        rc = close_output(o, f, rc);
+        rc = close_output(o, f, rc, tmp);
     }
     free(steps.v);
     for (int i = 0; i < N_PARTS; i++)
@@ -778,7 +821,7 @@ int main(int argc, char **argv)
     else
         rc = plot(db[0], &o);
     if (!strcmp(o.cmd, "report") || !strcmp(o.cmd, "compare"))
-        rc = close_output(&o, stdout, rc);
+        rc = close_output(&o, stdout, rc, NULL);
     sqlite3_close(db[0]);
     sqlite3_close(db[1]);
     return rc;

@@ -232,6 +232,19 @@ fails "an unknown command" 'unknown command "show"' show fixture.db
 fails "an unknown --format" '--format: expected csv or json, found "xml"' export fixture.db --format xml
 fails "plot -o an existing file" "plot.svg: the file exists; not overwriting it (use --force)" plot fixture.db -o plot.svg
 "$B/ds-prof" plot fixture.db -o plot.svg --force 2>/dev/null && ok "plot --force overwrites" || notok "plot --force"
+cp fixture.db words.db && "$SQL" words.db "UPDATE step SET iter_ms = 'fast' WHERE step = 3 AND rank = 1"
+fails "text where a number belongs" "words.db: step.iter_ms (rank 1, step 3): expected a number, found text 'fast'" report words.db
+cp fixture.db world.db && "$SQL" world.db "UPDATE run SET world_size = 2000000000"
+fails "a world size no run has" "world.db: run.world_size: expected 1..1048576, found 2000000000" report world.db
+cp fixture.db self.db && before=$(cksum < self.db)
+fails "export -o the database it reads, even with --force" "self.db: is the run database being read" export self.db -o self.db --force
+[ "$(cksum < self.db)" = "$before" ] && ok "... and the database is untouched" || notok "export onto its input changed it"
+# a failed export leaves an existing output as it was and writes nothing beside it
+cp fixture.db nostep.db && "$SQL" nostep.db "DROP TABLE collective"
+echo precious > keep.json
+fails "export of a database without its collective table" "no such table: collective" export nostep.db --format json -o keep.json --force
+[ "$(cat keep.json)" = precious ] && [ -z "$(ls keep.json.* 2>/dev/null)" ] \
+    && ok "a failed export --force keeps the existing output, no temporary left" || notok "failed export: $(head -c 100 keep.json) $(ls keep.json*)"
 "$B/ds-prof" --help | grep -q "^usage: ds-prof report RUN.db" && ok "ds-prof --help" || notok "ds-prof --help"
 
 tap_summary

@@ -538,6 +538,60 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out)
     return rc;
 }
 
+/* The numeric columns hold numbers (SQLite keeps whatever a row was given: text would read as 0
+ * and turn the report's shares into inf and nan), and the run's world size is one ds can run. */
+static ds_status check_values(sqlite3 *db, const char *path, ds_error *err)
+{
+    static const struct {
+        const char *table, *cols;
+    } num[] = {
+        {"run", "world_size micro_batch grad_accum train_batch_size total_params flops_per_sample positions "
+                "steps_planned peak_tflops"},
+        {"step", "rank step loss lr grad_norm loss_scale skipped iter_ms fwd_ms bwd_ms bwd_inner_ms "
+                 "bwd_allreduce_ms step_ms samples max_rss_bytes wall_time"},
+        {"collective", "rank step seq elements bytes ms"},
+    };
+    for (size_t t = 0; t < sizeof num / sizeof num[0]; t++) {
+        char cols[256];
+        snprintf(cols, sizeof cols, "%s", num[t].cols);
+        for (char *save = NULL, *c = strtok_r(cols, " ", &save); c; c = strtok_r(NULL, " ", &save)) {
+            char sql[512];
+            const int keyed = strcmp(num[t].table, "run") != 0;
+            snprintf(sql, sizeof sql, "SELECT %s, typeof(%s), quote(%s) FROM %s WHERE typeof(%s) NOT IN "
+                     "('integer', 'real', 'null') LIMIT 1", keyed ? "rank, step" : "0, 0", c, c,
+                     num[t].table, c);
+            sqlite3_stmt *s = NULL;
+            int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
+            if (rc != SQLITE_OK) {
+                ds_status st = sql_err(err, db, path, "cannot read its tables");
+                sqlite3_finalize(s);
+                return st;
+            }
+            if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+                char where[64] = "";
+                if (keyed)
+                    snprintf(where, sizeof where, " (rank %lld, step %lld)", (long long)sqlite3_column_int64(s, 0),
+                             (long long)sqlite3_column_int64(s, 1));
+                const char *type = (const char *)sqlite3_column_text(s, 2), *val = (const char *)sqlite3_column_text(s, 3);
+                ds_status st = ds_error_set(err, DS_ERR_INVALID, "%s: %s.%s%s: expected a number, found %s %.60s",
+                                            path, num[t].table, c, where, type ? type : "?", val ? val : "");
+                sqlite3_finalize(s);
+                return st;
+            }
+            sqlite3_finalize(s);
+            if (rc != SQLITE_DONE)
+                return sql_err(err, db, path, "cannot read its tables");
+        }
+    }
+    int64_t world = 0;
+    if (query_int(db, "SELECT world_size FROM run", &world) != SQLITE_OK)
+        return sql_err(err, db, path, "cannot read run.world_size");
+    if (world < 1 || world > 1048576)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: run.world_size: expected 1..1048576, found %lld", path,
+                            (long long)world);
+    return DS_OK;
+}
+
 ds_status ds_rundb_open_read(struct sqlite3 **out, const char *path, ds_error *err)
 {
     *out = NULL;
@@ -579,9 +633,20 @@ ds_status ds_rundb_open_read(struct sqlite3 **out, const char *path, ds_error *e
                                                  "version %d", path, (long long)ver, DS_VERSION, DS_RUNDB_SCHEMA_VERSION);
     }
     int64_t runs = 0;
-    if (query_int(db, "SELECT count(*) FROM run", &runs) != SQLITE_OK || runs != 1) {
-        ds_status st = ds_error_set(err, DS_ERR_INVALID, "%s: a run database without its run row (%s)", path,
-                                    runs == 0 ? "empty run table" : sqlite3_errmsg(db));
+    if (query_int(db, "SELECT count(*) FROM run", &runs) != SQLITE_OK) {
+        ds_status st = sql_err(err, db, path, "cannot read table run");
+        sqlite3_close(db);
+        return st;
+    }
+    if (runs != 1) {
+        sqlite3_close(db);
+        return ds_error_set(err, DS_ERR_INVALID, runs == 0 ? "%s: a run database without its run row (table run "
+                                                             "is empty)"
+                                                           : "%s: %lld rows in table run, expected 1",
+                            path, (long long)runs);
+    }
+    ds_status st = check_values(db, path, err);
+    if (st != DS_OK) {
         sqlite3_close(db);
         return st;
     }
