@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ds/ds.h"
 
@@ -252,6 +253,8 @@ static int parse_args(int argc, char **argv, args *a)
         return usage_error("--device and --backend disagree (backend \"%s\")", a->backend);
     if (!a->backend && a->device)
         a->backend = a->device; /* neither: the config's "device", else auto (backend_default) */
+    if (a->out && !*a->out)
+        return usage_error("--out: expected a file name prefix, found \"%s\"", a->out);
     if (!a->out)
         a->out = a->sweep ? "sweep" : "lrrt";
     return -1;
@@ -439,14 +442,51 @@ static json_object *read_config(const char *path)
     return root;
 }
 
+/* Before any training: an existing output needs --force, a directory is never one, and the
+ * folder it goes in must exist and take files (else the whole run would be lost at the end). */
 static int check_output(const char *path, int force)
 {
     struct stat sb;
-    if (!force && stat(path, &sb) == 0) {
-        fprintf(stderr, "ds-lrrt: %s: the file exists; not overwriting it (use --force)\n", path);
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "ds-lrrt: %s: is a directory\n", path);
+            return -1;
+        }
+        if (!force) {
+            fprintf(stderr, "ds-lrrt: %s: the file exists; not overwriting it (use --force)\n", path);
+            return -1;
+        }
+    }
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
+    if (access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "ds-lrrt: %s: cannot write there (%s: %s)\n", path, dir, strerror(errno));
         return -1;
     }
     return 0;
+}
+
+/* The outputs are written under temporary names (PATH.tmp.PID) and renamed over PATH together
+ * when both are complete: a failure leaves neither half an output nor a changed old one. */
+static void tmp_name(char *buf, size_t n, const char *path) { snprintf(buf, n, "%s.tmp.%ld", path, (long)getpid()); }
+
+static int finish_outputs(int rc, const char *csv_path, const char *csv_tmp, const char *svg_path,
+                          const char *svg_tmp)
+{
+    if (rc == 0 && rename(csv_tmp, csv_path) != 0) {
+        fprintf(stderr, "ds-lrrt: %s: cannot rename %s to it: %s\n", csv_path, csv_tmp, strerror(errno));
+        rc = 1;
+    }
+    if (rc == 0 && rename(svg_tmp, svg_path) != 0) {
+        fprintf(stderr, "ds-lrrt: %s: cannot rename %s to it: %s\n", svg_path, svg_tmp, strerror(errno));
+        rc = 1;
+    }
+    if (rc != 0) {
+        unlink(csv_tmp);
+        unlink(svg_tmp);
+    }
+    return rc;
 }
 
 /* ---- plots ------------------------------------------------------------------------------- */
@@ -768,9 +808,12 @@ static int range_test(job *j, json_object *root)
         cmax = lr[imin] / 2 > sugg ? lr[imin] / 2 : sugg;
         cmin = cmax / 10;
     }
-    FILE *csv = fopen(csv_path, "w");
+    char csv_tmp[4200], svg_tmp[4200];
+    tmp_name(csv_tmp, sizeof csv_tmp, csv_path);
+    tmp_name(svg_tmp, sizeof svg_tmp, svg_path);
+    FILE *csv = fopen(csv_tmp, "w");
     if (!csv) {
-        fprintf(stderr, "ds-lrrt: %s: %s\n", csv_path, strerror(errno));
+        fprintf(stderr, "ds-lrrt: %s: cannot create it (as %s first): %s\n", csv_path, csv_tmp, strerror(errno));
         free(lr), free(loss), free(sm);
         return 1;
     }
@@ -790,9 +833,10 @@ static int range_test(job *j, json_object *root)
         {.x = lr, .y = loss, .n = n, .color = "#9ecae1", .label = "loss", .dots = 1},
         {.x = lr, .y = sm, .n = n, .color = "#1f77b4", .label = "smoothed loss"},
     };
-    if (write_svg(svg_path, title, "learning rate (log scale)", "loss", ser, 2, 1, a->min_lr,
-                  a->max_lr, sugg, mark))
+    if (rc == 0 && write_svg(svg_tmp, title, "learning rate (log scale)", "loss", ser, 2, 1, a->min_lr,
+                             a->max_lr, sugg, mark))
         rc = 1;
+    rc = finish_outputs(rc, csv_path, csv_tmp, svg_path, svg_tmp);
     if (!a->quiet) {
         int every = n > 40 ? (n + 39) / 40 : 1;
         printf("%6s  %12s  %10s  %10s\n", "step", "lr", "loss", "smoothed");
@@ -812,7 +856,8 @@ static int range_test(job *j, json_object *root)
     } else {
         printf("no suggestion: the smoothed loss did not fall over the range; try a lower --min or more --steps\n");
     }
-    printf("wrote %s and %s\n", csv_path, svg_path);
+    if (rc == 0)
+        printf("wrote %s and %s\n", csv_path, svg_path);
     free(lr), free(loss), free(sm);
     return rc;
 }
@@ -966,9 +1011,12 @@ static int sweep(job *j, json_object *root)
     }
     double elapsed = now_s() - t0;
     if (rc == 0 && j->rank == 0) {
-        FILE *csv = fopen(csv_path, "w");
+        char csv_tmp[4200], svg_tmp[4200];
+        tmp_name(csv_tmp, sizeof csv_tmp, csv_path);
+        tmp_name(svg_tmp, sizeof svg_tmp, svg_path);
+        FILE *csv = fopen(csv_tmp, "w");
         if (!csv) {
-            fprintf(stderr, "ds-lrrt: %s: %s\n", csv_path, strerror(errno));
+            fprintf(stderr, "ds-lrrt: %s: cannot create it (as %s first): %s\n", csv_path, csv_tmp, strerror(errno));
             rc = 1;
         } else {
             fprintf(csv, "cycle_max_lr,step,lr,momentum,loss\n");
@@ -996,8 +1044,9 @@ static int sweep(job *j, json_object *root)
         }
         char title[256];
         snprintf(title, sizeof title, "1Cycle sweep: %s, loss per step by cycle_max_lr", a->net);
-        if (!steps || write_svg(svg_path, title, "step", "loss", ser, a->n_values, 0, 1, (double)S, NAN, ""))
+        if (rc == 0 && (!steps || write_svg(svg_tmp, title, "step", "loss", ser, a->n_values, 0, 1, (double)S, NAN, "")))
             rc = 1;
+        rc = finish_outputs(rc, csv_path, csv_tmp, svg_path, svg_tmp);
         free(steps);
         qsort(runs, (size_t)a->n_values, sizeof runs[0], by_final);
         printf("%4s  %12s  %12s\n", "rank", "cycle_max_lr", "final loss");
@@ -1014,7 +1063,8 @@ static int sweep(job *j, json_object *root)
             printf("best: \"scheduler\": {\"type\": \"OneCycle\", \"params\": {\"cycle_min_lr\": %.3g, \"cycle_max_lr\": "
                    "%.3g}} (with cycle steps for your run's length)\n",
                    runs[0].value / 10, runs[0].value);
-        printf("wrote %s and %s\n", csv_path, svg_path);
+        if (rc == 0)
+            printf("wrote %s and %s\n", csv_path, svg_path);
     }
     for (int v = 0; v < MAX_VALUES; v++) {
         free(runs[v].loss);

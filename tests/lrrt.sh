@@ -166,6 +166,15 @@ cp lrrt.csv keep.csv
 expect 2 "lrrt.csv: the file exists; not overwriting it (use --force)" "existing outputs are not overwritten without --force" \
     -- "$GPT" --config rt.json --data "$TEXT" --steps 3
 cmp -s lrrt.csv keep.csv && ok "... and lrrt.csv is unchanged" || notok "lrrt.csv was changed"
+# outputs that cannot be written (no such folder, a directory in the way) are refused before any
+# training, and nothing is written
+expect 2 "nodir/x.csv: cannot write there (nodir: No such file or directory)" "an output folder that does not exist: exit 2 before training" \
+    -- "$GPT" --config rt.json --data "$TEXT" --steps 3 --out nodir/x
+expect 2 "--out: expected a file name prefix" "--out '': exit 2" -- "$GPT" --config rt.json --data "$TEXT" --steps 3 --out ""
+mkdir -p late.svg
+expect 2 "late.svg: is a directory" "an SVG path that is a directory: exit 2 before training" \
+    -- "$GPT" --config rt.json --data "$TEXT" --steps 3 --out late
+[ -z "$(ls late.csv* 2>/dev/null)" ] && ok "... and no CSV or temporary written" || notok "late: $(ls late.*)"
 
 # ---- divergence stop (the small net, an lr that ends at 1000) ---------------------------------
 echo '{"train_batch_size": 8, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}, "seed": 1}' > sgd.json
