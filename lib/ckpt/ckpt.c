@@ -474,6 +474,42 @@ static int find_file(const ds_ckpt *c, const char *name)
     return -1;
 }
 
+static int cmp_param_name(const void *a, const void *b)
+{
+    return strcmp((*(const ds_ckpt_param *const *)a)->name, (*(const ds_ckpt_param *const *)b)->name);
+}
+
+static int cmp_param_offset(const void *a, const void *b)
+{
+    const ds_ckpt_param *x = *(const ds_ckpt_param *const *)a, *y = *(const ds_ckpt_param *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* The tensor table's names are distinct and its ranges of the flat buffer do not overlap. */
+static ds_status check_params(ds_ckpt *c, const char *mpath, ds_error *err)
+{
+    const ds_ckpt_param **ix = malloc((size_t)c->n_params * sizeof *ix);
+    if (!ix)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < c->n_params; i++)
+        ix[i] = &c->params[i];
+    ds_status st = DS_OK;
+    qsort(ix, (size_t)c->n_params, sizeof *ix, cmp_param_name);
+    for (int i = 1; i < c->n_params && st == DS_OK; i++)
+        if (!strcmp(ix[i - 1]->name, ix[i]->name))
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: params: \"%s\" appears twice (file damaged?)", mpath,
+                              ix[i]->name);
+    qsort(ix, (size_t)c->n_params, sizeof *ix, cmp_param_offset);
+    for (int i = 1; i < c->n_params && st == DS_OK; i++)
+        if (ix[i - 1]->offset + ix[i - 1]->numel > ix[i]->offset)
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: params \"%s\" [%lld, %lld) and \"%s\" [%lld, %lld) overlap "
+                              "in the flat buffer (file damaged?)", mpath, ix[i - 1]->name,
+                              (long long)ix[i - 1]->offset, (long long)(ix[i - 1]->offset + ix[i - 1]->numel),
+                              ix[i]->name, (long long)ix[i]->offset, (long long)(ix[i]->offset + ix[i]->numel));
+    free(ix);
+    return st;
+}
+
 static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
 {
     json_object *m = c->manifest, *v;
@@ -488,9 +524,19 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
         return ds_error_set(err, DS_ERR_UNSUPPORTED, "%s: format version %lld is newer than this ds reads (%d)",
                             mpath, (long long)x, DS_CKPT_FORMAT_VERSION);
     c->version = (int)x;
-    if (jint(m, "global_steps", &c->global_steps) || jint(m, "global_samples", &c->global_samples) ||
-        jint(m, "micro_steps", &c->micro_steps) || jint(m, "skipped_steps", &c->skipped_steps))
-        return BAD("expected integer global_steps, global_samples, micro_steps, skipped_steps");
+    static const char *const counters[] = {"global_steps", "global_samples", "micro_steps", "skipped_steps"};
+    int64_t *const cv[] = {&c->global_steps, &c->global_samples, &c->micro_steps, &c->skipped_steps};
+    for (int i = 0; i < 4; i++)
+        if (jint(m, counters[i], cv[i]) || *cv[i] < 0) {
+            json_object *f = jget(m, counters[i]);
+            return ds_error_set(err, DS_ERR_INVALID, "%s: \"%s\": expected an integer >= 0, found %s (file damaged or "
+                                "not a ds checkpoint?)", mpath, counters[i],
+                                f ? json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN) : "nothing");
+        }
+    const char *mtag = jstr(m, "tag");
+    if (mtag && strcmp(mtag, c->tag) != 0)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: \"tag\": \"%.100s\", but the checkpoint is in folder %s "
+                            "(renamed, or another checkpoint's manifest?)", mpath, mtag, c->tag);
     if (jint(m, "zero_stage", &x) || x < 0 || x > 3)
         return BAD("expected \"zero_stage\" 0..3");
     c->zero_stage = (int)x;
@@ -529,15 +575,20 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
     if (!part || jint(part, "numel", &c->numel) || c->numel < 0 || jint(part, "world", &x) || x < 1 || x > 1 << 20)
         return BAD("expected \"partition\": {\"numel\", \"world\", ...}");
     c->partition_world = (int)x;
+    if (c->partition_world != 1 && c->partition_world != c->dp_world_size)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: partition.world %d with dp_world_size %d: expected 1 or the "
+                            "data-parallel world size (file damaged?)", mpath, c->partition_world, c->dp_world_size);
     for (int i = 0; i < c->n_params; i++) {
         ds_ckpt_param *p = &c->params[i];
         v = json_object_array_get_idx(params, (size_t)i);
         const char *nm = jstr(v, "name");
         json_object *shape = jget(v, "shape");
-        if (!nm || strlen(nm) >= DS_NAME_MAX || !shape || !json_object_is_type(shape, json_type_array) ||
+        if (!nm || !*nm || strlen(nm) >= DS_NAME_MAX || !shape || !json_object_is_type(shape, json_type_array) ||
             json_object_array_length(shape) > DS_MAX_DIMS || jint(v, "offset", &p->offset) ||
             jint(v, "numel", &p->numel))
-            return BAD("params[]: expected {\"name\", \"shape\", \"offset\", \"numel\"}");
+            return ds_error_set(err, DS_ERR_INVALID, "%s: params[%d]: expected {\"name\", \"shape\", \"offset\", "
+                                "\"numel\"}, found %.200s", mpath, i,
+                                v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "nothing");
         snprintf(p->name, sizeof p->name, "%s", nm);
         p->ndim = (int)json_object_array_length(shape);
         int64_t n = 1;
@@ -546,8 +597,15 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
             n *= p->shape[d];
         }
         if (n != p->numel || p->offset < 0 || p->numel < 0 || p->offset + p->numel > c->numel)
-            return BAD("params[]: shape, numel and offset disagree or leave the flat buffer");
+            return ds_error_set(err, DS_ERR_INVALID, "%s: params[%d] \"%s\": shape (%lld elements), numel %lld and "
+                                "offset %lld disagree or leave the flat buffer of %lld", mpath, i, p->name,
+                                (long long)n, (long long)p->numel, (long long)p->offset, (long long)c->numel);
     }
+    if (c->n_params == 0)
+        return BAD("params: empty (a checkpoint holds at least one tensor)");
+    ds_status pst = check_params(c, mpath, err);
+    if (pst != DS_OK)
+        return pst;
     json_object *ranks = jget(part, "partitions");
     if (!ranks || !json_object_is_type(ranks, json_type_array) ||
         (int)json_object_array_length(ranks) != c->partition_world)
@@ -560,8 +618,20 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
         const char *f = jstr(v, "file");
         int64_t b, e, wb, we;
         ds_ckpt_partition_range(c->numel, c->partition_world, r, &wb, &we);
-        if (!f || jint(v, "begin", &b) || jint(v, "end", &e) || b != wb || e != we || !valid_tag(f))
-            return BAD("partition.partitions[]: ranges do not follow the partition rule");
+        if (!f || !valid_tag(f))
+            return ds_error_set(err, DS_ERR_INVALID, "%s: partition.partitions[%d].file: expected a file name in "
+                                "the tag folder, found %.100s%s%s", mpath, r, f ? "\"" : "nothing", f ? f : "",
+                                f ? "\"" : "");
+        if (jint(v, "begin", &b) || jint(v, "end", &e) || b != wb || e != we)
+            return ds_error_set(err, DS_ERR_INVALID, "%s: partition.partitions[%d]: expected [%lld, %lld) by the "
+                                "partition rule (%lld elements in %d partitions)", mpath, r, (long long)wb,
+                                (long long)we, (long long)c->numel, c->partition_world);
+        int64_t rank;
+        if (jget(v, "rank") && (jint(v, "rank", &rank) || rank != r))
+            return ds_error_set(err, DS_ERR_INVALID, "%s: partition.partitions[%d].rank: expected %d", mpath, r, r);
+        for (int q = 0; q < r; q++)
+            if (!strcmp(c->parts[q].file, f))
+                return ds_error_set(err, DS_ERR_INVALID, "%s: partitions %d and %d both name file %s", mpath, q, r, f);
         c->parts[r].begin = b;
         c->parts[r].end = e;
         c->parts[r].file = strdup(f);
@@ -572,9 +642,86 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
     const char *mf = jstr(m, "model_file");
     if (!mf || !valid_tag(mf) || find_file(c, mf) < 0)
         return BAD("\"model_file\" must name a file listed in " SUMS);
+    for (int r = 0; r < c->partition_world; r++)
+        if (!strcmp(c->parts[r].file, mf))
+            return ds_error_set(err, DS_ERR_INVALID, "%s: partition %d's file is the model file %s", mpath, r, mf);
     c->model_file = strdup(mf);
     return DS_OK;
 #undef BAD
+}
+
+/* The files' own headers agree with the manifest: the model file has each parameter, F32, of its
+ * shape, and nothing else; partition r's file says it is partition r of the manifest's world over
+ * the manifest's range, with fp32 and every state buffer as F32 vectors of that length. (The
+ * SHA-256 sums only show that the files are the ones written; these catch a writer that wrote
+ * the wrong thing, and are cheap: headers only.) */
+static ds_status damaged_or(ds_ckpt *c, const char *file, ds_status s, ds_error *err)
+{
+    int i = find_file(c, file);
+    ds_error e2 = {0};
+    ds_status v = i >= 0 ? ds_ckpt_verify_file(c, i, &e2) : DS_OK;
+    if (v != DS_OK) {
+        if (err)
+            *err = e2;
+        return v;
+    }
+    return s;
+}
+
+static ds_status check_headers(ds_ckpt *c, ds_error *err)
+{
+    char *p = path_join(c->path, c->model_file);
+    ds_safetensors *st = NULL;
+    ds_status s = p ? ds_st_open(&st, p, err) : ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    for (int i = 0; s == DS_OK && i < c->n_params; i++) {
+        const ds_ckpt_param *q = &c->params[i];
+        const ds_st_tensor *t = ds_st_find(st, q->name);
+        int same = t && t->dtype == DS_F32 && t->ndim == q->ndim;
+        for (int d = 0; same && d < q->ndim; d++)
+            same = t->shape[d] == q->shape[d];
+        if (!same) {
+            char want[64];
+            ds_shape_str(q->ndim, q->shape, want, sizeof want);
+            s = ds_error_set(err, DS_ERR_INVALID, "%s: expected tensor \"%s\" F32 %s as the manifest says, %s", p,
+                             q->name, want, t ? "found another dtype or shape" : "not there");
+        }
+    }
+    if (s == DS_OK && st->n != c->n_params)
+        s = ds_error_set(err, DS_ERR_INVALID, "%s: %d tensors, the manifest lists %d", p, st->n, c->n_params);
+    ds_st_close(st);
+    free(p);
+    if (s != DS_OK)
+        return damaged_or(c, c->model_file, s, err);
+    for (int r = 0; s == DS_OK && r < c->partition_world; r++) {
+        p = path_join(c->path, c->parts[r].file);
+        st = NULL;
+        s = p ? ds_st_open(&st, p, err) : ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+        static const char *const keys[] = {"partition", "partition_world", "begin", "end"};
+        const int64_t want[] = {r, c->partition_world, c->parts[r].begin, c->parts[r].end};
+        for (int k = 0; s == DS_OK && k < 4; k++) {
+            char *v = ds_st_metadata_get(st, keys[k]), *end = NULL;
+            long long x = v ? strtoll(v, &end, 10) : 0;
+            if (!v || !*v || *end || x != want[k])
+                s = ds_error_set(err, DS_ERR_INVALID, "%s: __metadata__ \"%s\": expected \"%lld\" (partition %d of "
+                                 "the manifest's %d: [%lld, %lld)), found %s%.40s%s", p, keys[k], (long long)want[k],
+                                 r, c->partition_world, (long long)c->parts[r].begin, (long long)c->parts[r].end,
+                                 v ? "\"" : "nothing", v ? v : "", v ? "\"" : "");
+            free(v);
+        }
+        for (int k = -1; s == DS_OK && k < c->n_state; k++) {
+            const char *name = k < 0 ? "fp32" : c->state_names[k];
+            const ds_st_tensor *t = ds_st_find(st, name);
+            const int64_t len = c->parts[r].end - c->parts[r].begin;
+            if (!t || t->dtype != DS_F32 || t->ndim != 1 || t->shape[0] != len)
+                s = ds_error_set(err, DS_ERR_INVALID, "%s: expected tensor \"%s\" F32 [%lld] (partition %d of %d)", p,
+                                 name, (long long)len, r, c->partition_world);
+        }
+        ds_st_close(st);
+        free(p);
+        if (s != DS_OK)
+            return damaged_or(c, c->parts[r].file, s, err);
+    }
+    return s;
 }
 
 ds_status ds_ckpt_open(ds_ckpt **out, const char *dir, const char *tag, ds_error *err)
@@ -660,7 +807,10 @@ ds_status ds_ckpt_open(ds_ckpt **out, const char *dir, const char *tag, ds_error
                               c->path, c->files[i].name);
             goto done;
         }
-    c->readers = calloc((size_t)c->partition_world, sizeof(part_reader));
+    /* (a damaged file's checksum mismatch is reported rather than what the damage did to its header) */
+    if ((st = check_headers(c, err)) != DS_OK)
+        goto done;
+    c->readers = calloc(c->partition_world > 0 ? (size_t)c->partition_world : 1, sizeof(part_reader));
     if (!c->readers) {
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
         goto done;
