@@ -731,8 +731,12 @@ ds_status ds_ckpt_open(ds_ckpt **out, const char *dir, const char *tag, ds_error
     if (!tag) {
         if ((st = ds_ckpt_latest(dir, &latest, err)) != DS_OK)
             return st;
-        if (!latest)
+        if (!latest) {
+            struct stat db;
+            if (stat(dir, &db) != 0)
+                return ds_error_set(err, DS_ERR_IO, "%s: %s", dir, strerror(errno));
             return ds_error_set(err, DS_ERR_IO, "%s: no checkpoint (no %s/latest)", dir, dir);
+        }
         tag = latest;
     }
     if (!valid_tag(tag)) {
@@ -767,10 +771,12 @@ ds_status ds_ckpt_open(ds_ckpt **out, const char *dir, const char *tag, ds_error
     char *txt;
     if ((st = read_text(mpath, &txt, 64u << 20, err)) != DS_OK)
         goto done;
-    c->manifest = json_tokener_parse(txt);
+    enum json_tokener_error jerr = json_tokener_success;
+    c->manifest = json_tokener_parse_verbose(txt, &jerr);
     free(txt);
     if (!c->manifest || !json_object_is_type(c->manifest, json_type_object)) {
-        st = ds_error_set(err, DS_ERR_INVALID, "%s: not a JSON object", mpath);
+        st = ds_error_set(err, DS_ERR_INVALID, "%s: expected a JSON object, found %s", mpath,
+                          !c->manifest ? json_tokener_error_desc(jerr) : "another JSON value");
         goto done;
     }
     if ((st = parse_manifest(c, mpath, err)) != DS_OK)
