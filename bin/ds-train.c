@@ -535,15 +535,98 @@ static int plan_only(const args *a)
     return 0;
 }
 
-/* Refuse to clobber outputs before any work is done. */
-static int check_output(const char *flag, const char *path, int force)
+/* The folder an output goes in: it must exist and take files. */
+static int check_parent(const char *flag, const char *path)
 {
-    struct stat sb;
-    if (path && !force && stat(path, &sb) == 0) {
-        fprintf(stderr, "ds-train: %s %s: the file exists; not overwriting it (use --force)\n", flag, path);
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
+    /* a real probe (access() says yes to root on a read-only file system or /proc) */
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.ds-train-probe.XXXXXX", dir);
+    int fd = mkstemp(probe);
+    if (fd < 0) {
+        fprintf(stderr, "ds-train: %s %s: cannot write there (%s: %s)\n", flag, path, dir, strerror(errno));
         return -1;
     }
+    close(fd);
+    unlink(probe);
     return 0;
+}
+
+/* Refuse, before any work is done, an output that would clobber a file, replace something that
+ * is not a regular file, or cannot be written. stream (--log-json): an existing character
+ * device or pipe (/dev/stdout) is written as it is, without --force. */
+static int check_output(const char *flag, const char *path, int force, int stream)
+{
+    struct stat sb;
+    if (!path)
+        return 0;
+    if (!*path) {
+        fprintf(stderr, "ds-train: %s: expected a file name, found \"\"\n", flag);
+        return -1;
+    }
+    if (stat(path, &sb) == 0) {
+        if (stream && (S_ISCHR(sb.st_mode) || S_ISFIFO(sb.st_mode)))
+            return 0;
+        if (!S_ISREG(sb.st_mode)) {
+            fprintf(stderr, "ds-train: %s %s: %s; not replacing it\n", flag, path,
+                    S_ISDIR(sb.st_mode) ? "is a directory" : "exists and is not a regular file");
+            return -1;
+        }
+        if (!force) {
+            fprintf(stderr, "ds-train: %s %s: the file exists; not overwriting it (use --force)\n", flag, path);
+            return -1;
+        }
+    }
+    return check_parent(flag, path);
+}
+
+/* --save DIR: a directory, or a name in a folder that takes one. */
+static int check_save_dir(const char *dir)
+{
+    struct stat sb;
+    if (!dir)
+        return 0;
+    if (!*dir) {
+        fprintf(stderr, "ds-train: --save: expected a directory, found \"\"\n");
+        return -1;
+    }
+    if (stat(dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) {
+            fprintf(stderr, "ds-train: --save %s: not a directory\n", dir);
+            return -1;
+        }
+        char f[4200];
+        snprintf(f, sizeof f, "%s/x", dir);
+        return check_parent("--save", f); /* files can be made in it */
+    }
+    /* it will be made at the first save: make it now, or say why it cannot be, then leave it */
+    if (mkdir(dir, 0755) != 0) {
+        if (errno == EEXIST) /* another rank's check, a moment ago */
+            return 0;
+        fprintf(stderr, "ds-train: --save %s: cannot create the directory: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    rmdir(dir); /* (not empty, or gone: another rank's check) */
+    return 0;
+}
+
+/* An output's path with its folder resolved (the folder exists: check_output said so), to tell
+ * whether two outputs are one file; "" where it cannot be worked out. */
+static void out_identity(const char *path, char *buf, size_t n)
+{
+    char dir[4096], rp[4096];
+    buf[0] = 0;
+    if (!path || realpath(path, rp)) {
+        if (path)
+            snprintf(buf, n, "%s", rp);
+        return;
+    }
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
+    if (realpath(dir, rp))
+        snprintf(buf, n, "%s/%s", rp, slash ? slash + 1 : path);
 }
 
 static void progress(int64_t step, int64_t total, double loss, double tps, const char *unit)
@@ -681,8 +764,24 @@ int main(int argc, char **argv)
     }
     /* --prof_db: one process checks here; with several ranks rank 0's check is shared with all
      * of them when the database is created */
-    if (check_output("--save-weights", a.save, a.force) || check_output("--log-json", a.log_json, a.force) ||
-        (world == 1 && check_output("--prof_db", a.prof_db, a.force))) {
+    int out_bad = check_output("--save-weights", a.save, a.force, 0) ||
+                  check_output("--log-json", a.log_json, a.force, 1) ||
+                  (world == 1 && check_output("--prof_db", a.prof_db, a.force, 0)) || check_save_dir(a.ckpt_save);
+    if (!out_bad) { /* no two outputs may be one file */
+        const char *flags[4] = {"--save-weights", "--log-json", "--prof_db", "--save"};
+        const char *paths[4] = {a.save, a.log_json, a.prof_db, a.ckpt_save};
+        char ids[4][4200];
+        for (int i = 0; i < 4; i++)
+            out_identity(paths[i], ids[i], sizeof ids[i]);
+        for (int i = 0; i < 4 && !out_bad; i++)
+            for (int j = i + 1; j < 4 && !out_bad; j++)
+                if (ids[i][0] && !strcmp(ids[i], ids[j])) {
+                    fprintf(stderr, "ds-train: %s %s and %s %s are the same file; give each output its own\n",
+                            flags[i], paths[i], flags[j], paths[j]);
+                    out_bad = 1;
+                }
+    }
+    if (out_bad) {
         ds_comm_destroy(comm);
         if (store)
             ds_store_close(store);
@@ -960,7 +1059,12 @@ int main(int argc, char **argv)
                     tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
                     world, (long long)ar_calls, (long long)ar_bytes, ds_engine_last_step_loss_scale(eng),
                     applied ? "false" : "true", (long long)ds_engine_skipped_steps(eng));
-            fflush(logf);
+            if (fflush(logf) != 0 || ferror(logf)) { /* a full disk: say so now, not a log that stops */
+                fprintf(stderr, "ds-train: --log-json %s: write failed at step %lld: %s\n", a.log_json,
+                        (long long)step, strerror(errno));
+                rc = 1;
+                break;
+            }
         }
         if (!applied && rank == 0 && !a.quiet) {
             if (tty)

@@ -724,7 +724,12 @@ Test(net, invalid_json_and_duplicate_keys)
     parse_fails("{\n  \"input\": {,\n}", "net.json:2:13: invalid JSON", NULL);
     parse_fails("{\"input\": [1, 2", "net.json:1:", "invalid JSON");
     parse_fails("", "net.json:1:1: invalid JSON", NULL);
-    parse_fails(FEAT("{\"type\": \"relu\"}", "mse") " trailing", "net.json: invalid JSON: text after the end", NULL);
+    parse_fails(FEAT("{\"type\": \"relu\"}", "mse") " trailing", "net.json:1:", "invalid JSON: text after the end");
+    /* strict JSON, as Python's json reads DeepSpeed's configs: no comments, trailing commas,
+     * single quotes */
+    parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8}, /* c */ \"layers\": []}", "net.json:1:", "invalid JSON");
+    parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8},}", "net.json:1:", "invalid JSON");
+    parse_fails("{'input': {}}", "net.json:1: invalid JSON: a single quote", NULL);
     /* json-c would keep the last of duplicate keys; they are refused, with the line */
     parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8},\n\"layers\": [{\"type\": \"relu\"}],\n"
                 "\"loss\": {\"type\": \"mse\"},\n\"loss\": {\"type\": \"mse\"}}",

@@ -218,13 +218,13 @@ Test(io, st_overwrite_and_failed_write_keeps_target)
     /* the directory does not exist */
     EXPECT_ERR(ds_st_write(tpath(bad, "no/such/dir/x.safetensors"), &ea, 1, NULL, NULL, 0, &err),
                err, DS_ERR_IO, bad);
-    /* the rename fails after the data was written (the target is a non-empty directory) */
+    /* a target that is not a regular file (a non-empty directory) is refused, and kept */
     tpath(bad, "isdir");
     cr_assert_eq(mkdir(bad, 0755), 0);
     char inner[600];
     snprintf(inner, sizeof inner, "%s/keep", bad);
     write_file(inner, "x", 1);
-    EXPECT_ERR(ds_st_write(bad, &ea, 1, NULL, NULL, 0, &err), err, DS_ERR_IO, bad);
+    EXPECT_ERR(ds_st_write(bad, &ea, 1, NULL, NULL, 0, &err), err, DS_ERR_INVALID, "not a regular file");
     struct stat sb;
     cr_assert(stat(inner, &sb) == 0);
     cr_assert_eq(count_temps(), 0, "temporary files must be removed on failure");

@@ -139,6 +139,9 @@ static ds_status out_open(out_file *o, const char *path, ds_error *err)
 {
     memset(o, 0, sizeof *o);
     o->fd = -1;
+    struct stat sb; /* only a regular file is ever replaced, never a device node or a directory */
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
+        return ds_error_set(err, DS_ERR_INVALID, "%s: exists and is not a regular file; not replacing it", path);
     size_t n = strlen(path) + 8;
     o->path = strdup(path);
     o->part = malloc(n);

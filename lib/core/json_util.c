@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* json-c keeps the last of duplicate keys silently; DeepSpeed refuses duplicates in files.
  * We scan the text once with a tiny tokenizer that tracks the keys of each open object. */
@@ -43,6 +44,9 @@ static ds_status find_duplicate_keys(const char *text, const char *name, ds_erro
         } else if (c == '}' || c == ']') {
             if (depth > 0)
                 frame_free(&stack[--depth]);
+        } else if (c == '\'') { /* json-c's strict mode still takes 'single-quoted' strings */
+            st = ds_error_set(err, DS_ERR_INVALID, "%s:%d: invalid JSON: a single quote outside a string (JSON "
+                              "strings take double quotes)", name, line);
         } else if (c == ',') {
             if (depth > 0 && stack[depth - 1].is_object)
                 stack[depth - 1].expect_key = 1;
@@ -84,6 +88,9 @@ ds_status ds_json_parse(const char *text, const char *name, json_object **out, d
     if (!tok)
         return ds_error_set(err, DS_ERR_NOMEM, "%s: out of memory", name);
     size_t len = strlen(text);
+    /* strict JSON, as Python's json module that DeepSpeed reads configs with: no comments,
+     * trailing commas or single quotes */
+    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
     json_object *obj = json_tokener_parse_ex(tok, text, (int)len);
     enum json_tokener_error jerr = json_tokener_get_error(tok);
     if (!obj || jerr != json_tokener_success) {
@@ -102,6 +109,30 @@ ds_status ds_json_parse(const char *text, const char *name, json_object **out, d
         json_tokener_free(tok);
         if (obj)
             json_object_put(obj);
+        /* a whole value with more text after it (strict mode stops at that text) */
+        json_tokener *loose = json_tokener_new();
+        json_object *o2 = loose ? json_tokener_parse_ex(loose, text, (int)len) : NULL;
+        if (o2 && json_tokener_get_error(loose) == json_tokener_success) {
+            size_t e2 = json_tokener_get_parse_end(loose);
+            while (e2 < len && (text[e2] == ' ' || text[e2] == '\n' || text[e2] == '\r' || text[e2] == '\t'))
+                e2++;
+            if (e2 < len && e2 >= off) {
+                line = 1, col = 1;
+                for (size_t i = 0; i < e2; i++) {
+                    if (text[i] == '\n') {
+                        line++;
+                        col = 1;
+                    } else {
+                        col++;
+                    }
+                }
+                why = "text after the end of the value";
+            }
+        }
+        if (o2)
+            json_object_put(o2);
+        if (loose)
+            json_tokener_free(loose);
         return ds_error_set(err, DS_ERR_INVALID, "%s:%d:%d: invalid JSON: %s", name, line, col,
                             why);
     }
@@ -110,9 +141,18 @@ ds_status ds_json_parse(const char *text, const char *name, json_object **out, d
     json_tokener_free(tok);
     for (size_t i = end; i < len; i++)
         if (text[i] != ' ' && text[i] != '\n' && text[i] != '\r' && text[i] != '\t') {
+            int line = 1, col = 1;
+            for (size_t k = 0; k < i; k++) {
+                if (text[k] == '\n') {
+                    line++;
+                    col = 1;
+                } else {
+                    col++;
+                }
+            }
             json_object_put(obj);
-            return ds_error_set(err, DS_ERR_INVALID, "%s: invalid JSON: text after the end of the value",
-                                name);
+            return ds_error_set(err, DS_ERR_INVALID, "%s:%d:%d: invalid JSON: text after the end of the value",
+                                name, line, col);
         }
     ds_status st = find_duplicate_keys(text, name, err);
     if (st != DS_OK) {
@@ -128,6 +168,11 @@ ds_status ds_json_parse_file(const char *path, json_object **out, char **text_ou
     FILE *f = fopen(path, "rb");
     if (!f)
         return ds_error_set(err, DS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb; /* a pipe is fine (process substitution), a directory is not */
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return ds_error_set(err, DS_ERR_IO, "%s: is a directory, expected a JSON file", path);
+    }
     size_t cap = 4096, n = 0;
     char *buf = malloc(cap);
     for (;;) {

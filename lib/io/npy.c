@@ -14,7 +14,9 @@
 ds_status ds_map_file(const char *path, ds_mapped *out, ds_error *err)
 {
     *out = (ds_mapped){0};
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO given as a file is refused below at once instead of blocking here until
+     * a writer comes (no effect on a regular file's mapping) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return ds_error_set(err, DS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;

@@ -397,6 +397,12 @@ ds_status ds_st_write(const char *path, const ds_st_entry *entries, int n,
     ds_status rc = build_header(path, entries, n, meta_keys, meta_values, n_meta, &header, &hlen, err);
     if (rc)
         return rc;
+    /* only a regular file is ever replaced (rename over a device node would replace the node) */
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        free(header);
+        return ds_error_set(err, DS_ERR_INVALID, "%s: exists and is not a regular file; not replacing it", path);
+    }
     /* The temporary file lives beside the target so that rename() is atomic (same filesystem). */
     const char *slash = strrchr(path, '/');
     size_t dlen = slash ? (size_t)(slash - path) : 0;

@@ -100,12 +100,6 @@ static void utc_now(char *buf, size_t size, double *unix_s)
         *unix_s = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int file_exists(const char *path)
-{
-    struct stat sb;
-    return stat(path, &sb) == 0;
-}
-
 static void remove_db_files(const char *path)
 {
     static const char *const suffix[] = {"", "-wal", "-shm", "-journal"};
@@ -116,14 +110,32 @@ static void remove_db_files(const char *path)
     }
 }
 
-/* Rank 0: create the file, the schema and the run row. */
+static ds_status create_file_in(ds_rundb *d, const ds_run_info *in, ds_error *err);
+
+/* Rank 0: create the file, the schema and the run row. Only a regular file is ever replaced
+ * (--force); a failure removes what it created (no debris that the next run would find). */
 static ds_status create_file(ds_rundb *d, int overwrite, const ds_run_info *in, ds_error *err)
 {
-    if (file_exists(d->path)) {
+    struct stat sb;
+    if (stat(d->path, &sb) == 0) {
+        if (!S_ISREG(sb.st_mode))
+            return ds_error_set(err, DS_ERR_INVALID, "%s: exists and is not a regular file; not replacing it",
+                                d->path);
         if (!overwrite)
             return ds_error_set(err, DS_ERR_INVALID, "%s: exists; not overwriting it", d->path);
         remove_db_files(d->path);
     }
+    ds_status st = create_file_in(d, in, err);
+    if (st != DS_OK) {
+        sqlite3_close(d->db);
+        d->db = NULL;
+        remove_db_files(d->path);
+    }
+    return st;
+}
+
+static ds_status create_file_in(ds_rundb *d, const ds_run_info *in, ds_error *err)
+{
     if (sqlite3_open_v2(d->path, &d->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
         ds_status st = sql_err(err, d->db, d->path, "cannot create");
         sqlite3_close(d->db);
