@@ -340,4 +340,34 @@ else
     notok "--backend cpu:generic $(why)"
 fi
 
+# ---- outputs checked before any training, never replacing what is not a regular file ----------
+expect_fail "--save-weights into a missing folder: exit 2 before training" 2 \
+    "--save-weights nodir/w.safetensors: cannot write there" "${TRAIN[@]}" --steps 2 --save-weights nodir/w.safetensors
+grep -q "^done" "$T/out" && notok "... it trained first" || ok "... without training"
+expect_fail "--save DIR where DIR is a file: exit 2" 2 "--save text.txt: not a directory" "${TRAIN[@]}" --steps 2 --save text.txt
+expect_fail "two outputs on one path: exit 2" 2 "are the same file" "${TRAIN[@]}" --steps 2 --log-json same.out --save-weights ./same.out
+[ ! -e same.out ] && ok "... and nothing written" || notok "same.out was written"
+if mknod dev0 c 1 3 2>/dev/null; then # a /dev/null of our own: --force must not replace it
+    expect_fail "--save-weights onto a device node with --force: refused" 2 "exists and is not a regular file" \
+        "${TRAIN[@]}" --steps 1 --save-weights dev0 --force
+    expect_fail "--prof_db onto a device node with --force: refused" 2 "exists and is not a regular file" \
+        "${TRAIN[@]}" --steps 1 --prof_db dev0 --force
+    [ -c dev0 ] && ok "... the device node is still one" || notok "dev0 was replaced: $(ls -l dev0)"
+else
+    ok "# SKIP device nodes: mknod is not permitted here"
+fi
+if [ -w /dev/full ]; then
+    expect_fail "--log-json on a full device: exit 1 naming it" 1 "--log-json /dev/full: write failed at step 1" \
+        "${TRAIN[@]}" --steps 2 --log-json /dev/full
+else
+    ok "# SKIP --log-json /dev/full: no /dev/full"
+fi
+{ "$DS" "${TRAIN[@]}" --steps 2 --log-json /dev/stdout 2>"$T/err"; echo $? >rc.txt; } | cat >stdout.log; rc=$(cat rc.txt)
+[ $rc = 0 ] && [ "$(grep -c '"step"' stdout.log)" = 2 ] && ok "--log-json /dev/stdout (a pipe) writes there, no --force needed" \
+    || notok "--log-json /dev/stdout $(why)"
+mkfifo data.fifo
+timeout 10 "$DS" gpt.json --config ds.json --data data.fifo --steps 1 >"$T/out" 2>"$T/err"; rc=$?
+[ $rc = 2 ] && grep -q "data.fifo: is not a regular file" "$T/err" && ok "a FIFO as --data: refused at once" \
+    || notok "--data FIFO $(why)"
+
 tap_summary
