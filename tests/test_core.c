@@ -684,6 +684,10 @@ Test(net, error_paths_in_small_networks)
                 "layers[0].layers[1].name: missing", NULL);
     parse_fails(FEAT("{\"type\": \"repeat\", \"name\": \"r\", \"count\": 0, \"layers\": [{\"type\": \"relu\"}]}", "mse"),
                 "layers[0].count: expected an integer >= 1, found 0", NULL);
+    /* a count that expands past the layer limit is refused at once (it took minutes and GBs) */
+    parse_fails(FEAT("{\"type\": \"repeat\", \"name\": \"r\", \"count\": 2000000000, \"layers\": [{\"type\": \"relu\"}]}",
+                     "mse"),
+                "layers[0].layers[0]: the network expands to more than 16384 layers", NULL);
     parse_fails(FEAT("{\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"a\", \"out\": 4}]}", "mse"),
                 "layers[0]: the branch maps 8 features to 4", NULL);
     parse_fails(FEAT("{\"type\": \"residual\", \"layers\": []}", "mse"), "layers[0].layers: expected a non-empty array",

@@ -15,6 +15,7 @@ typedef struct parser {
     ds_error *err;
     int cap;
     int64_t dim; /* running feature size */
+    ds_status layer_st; /* why new_layer gave NULL */
 } parser;
 
 const char *ds_layer_kind_name(ds_layer_kind k)
@@ -141,14 +142,25 @@ static ds_status get_str(parser *p, json_object *obj, const char *jpath, const c
     return DS_OK;
 }
 
+/* Layers a network may expand to (repeat counts multiply): far above any real model's (a
+ * 96-block GPT has about 1,000), and low enough that a typo in a count is refused at once
+ * instead of eating memory and time. */
+#define DS_NET_MAX_LAYERS 16384
+
 static ds_layer *new_layer(parser *p, ds_layer_kind kind, const char *path, const char *jpath)
 {
     ds_net *net = p->net;
+    if (net->n_layers >= DS_NET_MAX_LAYERS) {
+        p->layer_st = ds_error_set(p->err, DS_ERR_INVALID, "%s: %s: the network expands to more than %d layers "
+                                   "(repeat counts multiply); expected at most that", p->file, jpath,
+                                   DS_NET_MAX_LAYERS);
+        return NULL;
+    }
     if (net->n_layers == p->cap) {
         p->cap = p->cap ? 2 * p->cap : 32;
         ds_layer *l = realloc(net->layers, (size_t)p->cap * sizeof *l);
         if (!l) {
-            ds_error_set(p->err, DS_ERR_NOMEM, "out of memory");
+            p->layer_st = ds_error_set(p->err, DS_ERR_NOMEM, "out of memory");
             return NULL;
         }
         net->layers = l;
@@ -241,7 +253,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
             return perr(p, jpath, "an embedding must be the first layer of a tokens network", NULL, NULL);
         ds_layer *l = new_layer(p, DS_LAYER_EMBEDDING, path, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->in_dim = 1;
         l->out_dim = p->dim = dim;
         if ((l->w = add_param(p, path, "weight", 2, net->vocab_size, dim, DS_INIT_NORMAL)) < 0)
@@ -260,7 +272,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
             return perr(p, jpath, "position_embedding needs a tokens input", NULL, NULL);
         ds_layer *l = new_layer(p, DS_LAYER_POSITION_EMBEDDING, path, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         if ((l->w = add_param(p, path, "weight", 2, net->seq_len, p->dim, DS_INIT_NORMAL)) < 0)
             return p->err->code;
         l->params = net->seq_len * p->dim;
@@ -282,7 +294,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         }
         ds_layer *l = new_layer(p, DS_LAYER_LAYERNORM, path, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->eps = (float)eps;
         if ((l->w = add_param(p, path, "weight", 1, p->dim, 0, DS_INIT_ONES)) < 0 ||
             (l->b = add_param(p, path, "bias", 1, p->dim, 0, DS_INIT_ZEROS)) < 0)
@@ -322,7 +334,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         }
         ds_layer *l = new_layer(p, DS_LAYER_LINEAR, path, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->out_dim = out;
         if (tied_idx >= 0) {
             l->w = tied_idx;
@@ -359,7 +371,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         }
         ds_layer *l = new_layer(p, DS_LAYER_ATTENTION, path, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->heads = (int)heads;
         l->causal = causal;
         int64_t C = p->dim;
@@ -389,7 +401,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         }
         ds_layer *l = new_layer(p, DS_LAYER_GELU, prefix, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->approximate = approx && strcmp(approx, "tanh") == 0;
         l->flops = 8 * T * p->dim;
         return DS_OK;
@@ -400,7 +412,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
             return st;
         ds_layer *l = new_layer(p, DS_LAYER_RELU, prefix, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->flops = T * p->dim;
         return DS_OK;
     }
@@ -423,7 +435,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         }
         ds_layer *l = new_layer(p, DS_LAYER_DROPOUT, prefix, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->p = (float)prob;
         l->flops = T * p->dim;
         return DS_OK;
@@ -441,7 +453,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         int64_t dim_in = p->dim;
         ds_layer *l = new_layer(p, DS_LAYER_RESIDUAL_BEGIN, prefix, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         int begin = net->n_layers - 1;
         if ((st = parse_layers(p, arr, sub, prefix)))
             return st;
@@ -453,7 +465,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         }
         l = new_layer(p, DS_LAYER_RESIDUAL_END, prefix, jpath);
         if (!l)
-            return DS_ERR_NOMEM;
+            return p->layer_st;
         l->begin = begin;
         l->flops = T * p->dim;
         return DS_OK;
