@@ -181,9 +181,17 @@ static int parse_args(int argc, char **argv, args *a)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case OPT_CONFIG: a->config = optarg; break;
+        case OPT_CONFIG:
+            if (a->config) /* the last would win silently */
+                return fail_usage("--config given twice (\"%s\" and another)", a->config);
+            a->config = optarg;
+            break;
         case OPT_DEEPSPEED: break; /* DeepSpeed's helper flag: means nothing by itself */
-        case OPT_DATA: a->data = optarg; break;
+        case OPT_DATA:
+            if (a->data)
+                return fail_usage("--data given twice (\"%s\" and another)", a->data);
+            a->data = optarg;
+            break;
         case OPT_LABELS: a->labels = optarg; break;
         case OPT_STEPS:
             if (parse_i64("--steps", optarg, 1, &a->steps))
@@ -282,6 +290,8 @@ static int parse_args(int argc, char **argv, args *a)
         return fail_usage("--device and --backend disagree (backend \"%s\")", a->backend);
     if (!a->backend && a->device)
         a->backend = a->device; /* neither: the config's "device", else auto (backend_default) */
+    if (a->summary && a->plan)
+        return fail_usage("%s--summary and --plan: one at a time", "");
     if (a->summary)
         return -1;
     if (!a->config)
