@@ -381,6 +381,10 @@ static void load_exports(const options *o, ds_launch_env *exports)
     }
     for (int k = 0; k < o->num_exports; k++) {
         const char *e = o->exports[k], *eq = strchr(e, '=');
+        if (eq == e || !*e) {
+            fprintf(stderr, "ds-launch: --export \"%s\": expected VAR or VAR=VALUE\n", e);
+            exit(EXIT_USAGE);
+        }
         char *key = eq ? strndup(e, (size_t)(eq - e)) : strdup(e);
         const char *value = eq ? eq + 1 : getenv(key);
         if (!value) {

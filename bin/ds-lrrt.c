@@ -202,6 +202,9 @@ static int parse_args(int argc, char **argv, args *a)
         case OPT_VALUES: {
             values_given = 1;
             a->n_values = 0;
+            size_t vl = strlen(optarg);
+            if (!vl || strstr(optarg, ",,") || optarg[0] == ',' || optarg[vl - 1] == ',')
+                return usage_error("--values: expected numbers separated by single commas, found \"%s\"", optarg);
             char *copy = strdup(optarg), *save = NULL;
             for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
                 if (a->n_values == MAX_VALUES) {

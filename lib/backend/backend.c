@@ -16,8 +16,18 @@ ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err)
         return ds_cpu_backend_create(out, NULL, err);
     if (strncmp(name, "cpu:", 4) == 0)
         return ds_cpu_backend_create(out, name + 4, err);
-    if (strcmp(name, "cuda") == 0 || strncmp(name, "cuda:", 5) == 0)
+    if (strcmp(name, "cuda") == 0 || strncmp(name, "cuda:", 5) == 0) {
+        if (name[4]) { /* cuda:N: N a GPU number, said before any CUDA library is looked for */
+            const char *d = name + 5;
+            size_t k = 0;
+            while (d[k] >= '0' && d[k] <= '9' && k < 6)
+                k++;
+            if (k == 0 || d[k])
+                return ds_error_set(err, DS_ERR_INVALID, "backend \"%s\": expected cuda:N with N a GPU number "
+                                    "(0, 1, ...), found \"%s\"", name, d);
+        }
         return ds_cuda_backend_load(out, name[4] ? name + 5 : NULL, err);
+    }
     if (strcmp(name, "auto") == 0) {
         /* cuda when a GPU is there and the CUDA backend loads; the device-node check first
          * keeps CPU-only machines from loading any CUDA library */
@@ -34,7 +44,8 @@ ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err)
         }
         return ds_cpu_backend_create(out, NULL, err);
     }
-    return ds_error_set(err, DS_ERR_INVALID, "unknown backend \"%s\" (expected cpu, cuda or auto)", name);
+    return ds_error_set(err, DS_ERR_INVALID, "unknown backend \"%s\" (expected cpu, cpu:avx2, cpu:avx512, "
+                        "cpu:generic, cuda, cuda:N or auto)", name);
 }
 
 void ds_backend_destroy(ds_backend *b)

@@ -93,6 +93,12 @@ static ds_status read_text(const char *path, char **out, size_t max, ds_error *e
     FILE *f = fopen(path, "rb");
     if (!f)
         return ds_error_set(err, DS_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return ds_error_set(err, DS_ERR_INVALID, "%s: %s, expected a regular file", path,
+                            S_ISDIR(sb.st_mode) ? "is a directory" : "is not a regular file");
+    }
     char *buf = malloc(max + 1);
     size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
     int bad = ferror(f);
@@ -101,7 +107,10 @@ static ds_status read_text(const char *path, char **out, size_t max, ds_error *e
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     if (bad || n > max) {
         free(buf);
-        return ds_error_set(err, DS_ERR_IO, "%s: %s", path, bad ? "read error" : "larger than expected");
+        if (bad)
+            return ds_error_set(err, DS_ERR_IO, "%s: read error", path);
+        return ds_error_set(err, DS_ERR_INVALID, "%s: more than the %zu bytes such a file can hold (damaged, or "
+                            "not a ds checkpoint's?)", path, max);
     }
     buf[n] = 0;
     *out = buf;
@@ -802,6 +811,9 @@ ds_status ds_ckpt_open(ds_ckpt **out, const char *dir, const char *tag, ds_error
         int ok = fp && stat(fp, &sb) == 0;
         if (!ok) {
             st = ds_error_set(err, DS_ERR_IO, "%s: missing (incomplete checkpoint)", fp ? fp : fname);
+        } else if (!S_ISREG(sb.st_mode)) {
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: not a regular file (%s)", fp,
+                              S_ISDIR(sb.st_mode) ? "a directory" : "a special file");
         } else if ((int64_t)sb.st_size != c->files[i].bytes) {
             st = ds_error_set(err, DS_ERR_INVALID, "%s: %lld bytes, expected %lld (truncated or damaged)", fp,
                               (long long)sb.st_size, (long long)c->files[i].bytes);

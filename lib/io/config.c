@@ -191,16 +191,23 @@ static const char *nearest(const char *key, const char *cand, const char *best, 
     return best;
 }
 
-static void suggestion(const char *key, const field *fields, char *buf, size_t size)
+static void suggestion(const char *key, const field *fields, char *buf, size_t size, int list)
 {
     const char *best = NULL;
-    int d = 1000;
-    for (const field *f = fields; f->name; f++)
+    int d = 1000, n = 0;
+    for (const field *f = fields; f->name; f++, n++)
         best = nearest(key, f->name, best, &d);
-    if (best)
+    if (best) {
         snprintf(buf, size, " (did you mean \"%s\"?)", best);
-    else
+    } else if (list && n > 0 && n <= 16) { /* a section's keys: few enough to name */
+        size_t used = (size_t)snprintf(buf, size, " (expected ");
+        for (const field *f = fields; f->name && used < size; f++)
+            used += (size_t)snprintf(buf + used, size - used, "%s%s", f == fields ? "" : ", ", f->name);
+        if (used < size)
+            snprintf(buf + used, size - used, ")");
+    } else {
         buf[0] = '\0';
+    }
 }
 
 /* ---- typed values ------------------------------------------------------------------------ */
@@ -725,9 +732,9 @@ static ds_status check_section(rd *r, const char *path, json_object *obj, const 
         for (const field *g = fields; g->name && !f; g++)
             if (!strcmp(g->name, key) || !strcmp(g->name, "*"))
                 f = g;
-        char p[256], hint[128];
+        char p[256], hint[400];
         if (!f) {
-            suggestion(key, fields, hint, sizeof hint);
+            suggestion(key, fields, hint, sizeof hint, *path != 0);
             if (*path)
                 return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\"%s", key, hint);
             if (key[0] == '_')
@@ -841,8 +848,8 @@ static ds_status read_precision(rd *r, const char *path, json_object *v, int bf1
             if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_SET && b)
                 st = unsupported(r, p, val);
         } else {
-            char hint[128];
-            suggestion(key, bf16 ? BF16_KEYS : FP16_KEYS, hint, sizeof hint);
+            char hint[400];
+            suggestion(key, bf16 ? BF16_KEYS : FP16_KEYS, hint, sizeof hint, 1);
             return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\"%s", key, hint);
         }
         if (st == DS_ERR_UNSUPPORTED)
@@ -923,9 +930,9 @@ static ds_status optimizer_type(rd *r, json_object *t, ds_optimizer_type *out)
             snprintf(hint, sizeof hint,
                      " (torch optimizer names are case-sensitive: did you mean \"%s\"?)", f->name);
     if (!hint[0]) {
-        suggestion(name, DS_OPTIMIZERS, hint, sizeof hint);
+        suggestion(name, DS_OPTIMIZERS, hint, sizeof hint, 0);
         if (!hint[0])
-            suggestion(name, TORCH_OPTIMIZERS, hint, sizeof hint);
+            suggestion(name, TORCH_OPTIMIZERS, hint, sizeof hint, 0);
     }
     return fail(r, DS_ERR_INVALID, "optimizer.type",
                 "\"%.60s\" is not a supported DeepSpeed optimizer%s; built so far: \"Adam\", "
@@ -1002,8 +1009,8 @@ static ds_status read_optimizer(rd *r, json_object *v)
                 refused = unsupported(r, "optimizer.legacy_fusion", val);
         } else {
             static const field known[] = {N("type"), N("params"), N("legacy_fusion"), END};
-            char hint[128];
-            suggestion(key, known, hint, sizeof hint);
+            char hint[400];
+            suggestion(key, known, hint, sizeof hint, 1);
             return fail(r, DS_ERR_INVALID, "optimizer", "unknown key \"%s\"%s", key, hint);
         }
     }
@@ -1109,9 +1116,9 @@ static ds_status read_optimizer(rd *r, json_object *v)
                 if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
                     o->nesterov = b;
             } else {
-                char hint[128];
+                char hint[400];
                 suggestion(pkey, sgd ? SGD_PARAMS : lamb ? LAMB_PARAMS : adagrad ? ADAGRAD_PARAMS : ADAM_PARAMS,
-                           hint, sizeof hint);
+                           hint, sizeof hint, 1);
                 return fail(r, DS_ERR_INVALID, "optimizer.params", "unknown key \"%s\" for %s%s",
                             pkey, o->name, hint);
             }
