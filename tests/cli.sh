@@ -340,6 +340,9 @@ else
     notok "--backend cpu:generic $(why)"
 fi
 
+expect_fail "network and config swapped: said so" 2 "gpt.json: a network file (it has \"input\" and \"layers\"), not a DeepSpeed config" \
+    ds.json --config gpt.json --data text.txt
+
 # ---- outputs checked before any training, never replacing what is not a regular file ----------
 expect_fail "--save-weights into a missing folder: exit 2 before training" 2 \
     "--save-weights nodir/w.safetensors: cannot write there" "${TRAIN[@]}" --steps 2 --save-weights nodir/w.safetensors

@@ -1279,6 +1279,9 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
                           world_size);
     else if (!json_object_is_type(root, json_type_object))
         st = bad_type(&r, "", "a JSON object at the top level", root);
+    else if (json_object_object_get_ex(root, "layers", NULL) && json_object_object_get_ex(root, "input", NULL))
+        st = ds_error_set(err, DS_ERR_INVALID, "%s: a network file (it has \"input\" and \"layers\"), not a "
+                          "DeepSpeed config: the network comes first, the config after --config", name);
     if (st == DS_OK)
         st = check_section(&r, "", root, TOP_FIELDS);
     if (st == DS_ERR_UNSUPPORTED || (st == DS_OK && r.n_refused))
