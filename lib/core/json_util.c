@@ -82,6 +82,20 @@ static ds_status find_duplicate_keys(const char *text, const char *name, ds_erro
     return st;
 }
 
+/* 1-based line and column of byte off of text */
+static void text_pos(const char *text, size_t off, int *line, int *col)
+{
+    *line = 1, *col = 1;
+    for (size_t i = 0; i < off && text[i]; i++) {
+        if (text[i] == '\n') {
+            ++*line;
+            *col = 1;
+        } else {
+            ++*col;
+        }
+    }
+}
+
 ds_status ds_json_parse(const char *text, const char *name, json_object **out, ds_error *err)
 {
     json_tokener *tok = json_tokener_new();
@@ -95,15 +109,8 @@ ds_status ds_json_parse(const char *text, const char *name, json_object **out, d
     enum json_tokener_error jerr = json_tokener_get_error(tok);
     if (!obj || jerr != json_tokener_success) {
         size_t off = json_tokener_get_parse_end(tok);
-        int line = 1, col = 1;
-        for (size_t i = 0; i < off && i < len; i++) {
-            if (text[i] == '\n') {
-                line++;
-                col = 1;
-            } else {
-                col++;
-            }
-        }
+        int line, col;
+        text_pos(text, off, &line, &col);
         const char *why = jerr == json_tokener_continue ? "unexpected end of file"
                                                          : json_tokener_error_desc(jerr);
         json_tokener_free(tok);
@@ -117,15 +124,7 @@ ds_status ds_json_parse(const char *text, const char *name, json_object **out, d
             while (e2 < len && (text[e2] == ' ' || text[e2] == '\n' || text[e2] == '\r' || text[e2] == '\t'))
                 e2++;
             if (e2 < len && e2 >= off) {
-                line = 1, col = 1;
-                for (size_t i = 0; i < e2; i++) {
-                    if (text[i] == '\n') {
-                        line++;
-                        col = 1;
-                    } else {
-                        col++;
-                    }
-                }
+                text_pos(text, e2, &line, &col);
                 why = "text after the end of the value";
             }
         }
@@ -141,15 +140,8 @@ ds_status ds_json_parse(const char *text, const char *name, json_object **out, d
     json_tokener_free(tok);
     for (size_t i = end; i < len; i++)
         if (text[i] != ' ' && text[i] != '\n' && text[i] != '\r' && text[i] != '\t') {
-            int line = 1, col = 1;
-            for (size_t k = 0; k < i; k++) {
-                if (text[k] == '\n') {
-                    line++;
-                    col = 1;
-                } else {
-                    col++;
-                }
-            }
+            int line, col;
+            text_pos(text, i, &line, &col);
             json_object_put(obj);
             return ds_error_set(err, DS_ERR_INVALID, "%s:%d:%d: invalid JSON: text after the end of the value",
                                 name, line, col);
