@@ -774,6 +774,14 @@ int main(int argc, char **argv)
     }
     /* --prof_db: one process checks here; with several ranks rank 0's check is shared with all
      * of them when the database is created */
+    if (a.inject_step && a.inject_rank >= world) {
+        fprintf(stderr, "ds-train: --inject-grad-inf %lld:%d: there is no rank %d in a job of %d\n",
+                (long long)a.inject_step, a.inject_rank, a.inject_rank, world);
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
+        return 2;
+    }
     int out_bad = check_output("--save-weights", a.save, a.force, 0) ||
                   check_output("--log-json", a.log_json, a.force, 1) ||
                   (world == 1 && check_output("--prof_db", a.prof_db, a.force, 0)) || check_save_dir(a.ckpt_save);
@@ -815,6 +823,9 @@ int main(int argc, char **argv)
     }
     const ds_config *cfg = ds_engine_config(eng);
     const ds_net *net = ds_engine_net(eng);
+    if (a.micro && cfg->micro_batch != a.micro && rank == 0) /* it only fills in "auto" or a missing size */
+        fprintf(stderr, "ds-train: warning: --micro-batch %lld not used: the config gives micro-batch %lld\n",
+                (long long)a.micro, (long long)cfg->micro_batch);
     /* the weights are written by rank 0; under ZeRO with fp16/bf16 every rank takes part (the
      * fp32 master weights are partitioned and gathered) */
     if (save_rank0_only && !(cfg->zero.stage > 0 && cfg->precision != DS_PREC_FP32))

@@ -340,6 +340,11 @@ else
     notok "--backend cpu:generic $(why)"
 fi
 
+expect_fail "--inject-grad-inf for a rank the job lacks: exit 2" 2 "there is no rank 5 in a job of 1" \
+    "${TRAIN[@]}" --steps 1 --inject-grad-inf 1:5
+expect_ok "--micro-batch where the config gives one: runs" "${TRAIN[@]}" --steps 1 --micro-batch 3
+grep -q "warning: --micro-batch 3 not used: the config gives micro-batch" "$T/err" && ok "... with a warning that it was not used" \
+    || notok "--micro-batch warning $(why)"
 expect_fail "network and config swapped: said so" 2 "gpt.json: a network file (it has \"input\" and \"layers\"), not a DeepSpeed config" \
     ds.json --config gpt.json --data text.txt
 

@@ -91,8 +91,13 @@ static ds_status parse_tensor(const char *path, const char *name, json_object *v
                             "%s: tensor \"%s\": data_offsets must be [begin, end] with 0 <= begin "
                             "<= end, found %s", path, name, buf);
     }
+    if (overflow) {
+        ds_json_render(shape, buf, sizeof buf);
+        return ds_error_set(err, DS_ERR_INVALID, "%s: tensor \"%s\": shape %s is too large (more than 2^61 "
+                            "elements)", path, name, buf);
+    }
     uint64_t bytes = numel * ds_dtype_size(t->dtype);
-    if (overflow || bytes != t->end - t->begin)
+    if (bytes != t->end - t->begin)
         return ds_error_set(err, DS_ERR_INVALID,
                             "%s: tensor \"%s\": %s of shape with %llu elements needs %llu bytes, but "
                             "data_offsets [%llu, %llu] span %llu", path, name,
