@@ -120,6 +120,7 @@ npy(d + "/t.npy", "<f4", (n, 2), "f", sum([[X[i * 8] + X[i * 8 + 1], 0.5 * X[i *
 npy(d + "/X3.npy", "<f4", (3, 8), "f", X[:24])
 npy(d + "/y3.npy", "<i8", (3,), "q", [0, 1, 2])
 npy(d + "/y9.npy", "<i8", (n,), "q", [9] * n)
+npy(d + "/Xnan.npy", "<f4", (n, 8), "f", X[:8 * 5] + [float("nan")] + X[8 * 5 + 1:])  # row 5, feature 0
 # llm.c token shard (magic 20240520, version 1, uint16 tokens) with token 300 at index 257
 toks = [i % 200 for i in range(400)]
 toks[257] = 300
@@ -297,6 +298,11 @@ if [ "$rc" = 0 ] && lt "$b" "$(python3 -c "print($a * 0.7)")"; then
 else
     notok "MLP mse on .npy: $a -> $b $(why)"
 fi
+mkdir -p linkdir && cp text.txt linkdir/ && ln -sf "$T/no-such-file" linkdir/gone.txt
+expect_fail "a dangling symbolic link in a --data directory: named" 2 "linkdir/gone.txt: a symbolic link to a file that is not there" \
+    gpt.json --config ds.json --data linkdir --steps 1
+expect_fail "a NaN in the features: the file, row and feature named" 1 "Xnan.npy: row 5, feature 0: nan (expected a finite number)" \
+    mlp.json --config mlp.ds.json --data Xnan.npy --labels y.npy --steps 200 --data-order sequential
 expect_fail "features without --labels: exit 2" 2 "--labels" mlp.json --config mlp.ds.json --data X.npy
 expect_fail "--labels on a tokens network: exit 2" 2 "--labels" "${TRAIN[@]}" --labels y.npy
 

@@ -734,6 +734,7 @@ Test(net, invalid_json_and_duplicate_keys)
     parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8}, /* c */ \"layers\": []}", "net.json:1:", "invalid JSON");
     parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8},}", "net.json:1:", "invalid JSON");
     parse_fails("{'input': {}}", "net.json:1: invalid JSON: a single quote", NULL);
+    parse_fails("\xEF\xBB\xBF{}", "net.json:1:1: invalid JSON: a UTF-8 byte-order mark", NULL);
     /* json-c would keep the last of duplicate keys; they are refused, with the line */
     parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8},\n\"layers\": [{\"type\": \"relu\"}],\n"
                 "\"loss\": {\"type\": \"mse\"},\n\"loss\": {\"type\": \"mse\"}}",

@@ -102,6 +102,11 @@ ds_status ds_json_parse(const char *text, const char *name, json_object **out, d
     if (!tok)
         return ds_error_set(err, DS_ERR_NOMEM, "%s: out of memory", name);
     size_t len = strlen(text);
+    if (len >= 3 && (unsigned char)text[0] == 0xEF && (unsigned char)text[1] == 0xBB && (unsigned char)text[2] == 0xBF) {
+        json_tokener_free(tok);
+        return ds_error_set(err, DS_ERR_INVALID, "%s:1:1: invalid JSON: a UTF-8 byte-order mark (EF BB BF) before the "
+                            "value; save the file without it", name);
+    }
     /* strict JSON, as Python's json module that DeepSpeed reads configs with: no comments,
      * trailing commas or single quotes */
     json_tokener_set_flags(tok, JSON_TOKENER_STRICT);

@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <glob.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,7 +332,15 @@ static ds_status list_dir(const char *dir, char ***out, int *n_out, ds_error *er
         v = nv;
         snprintf(full, len, "%s/%s", dir, de->d_name);
         struct stat sb;
-        if (stat(full, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        if (stat(full, &sb) != 0) { /* a symbolic link to nothing: data the user meant is missing */
+            int e = errno;
+            rc = lstat(full, &sb) == 0 && S_ISLNK(sb.st_mode)
+                     ? ds_error_set(err, DS_ERR_IO, "%s: a symbolic link to a file that is not there", full)
+                     : ds_error_set(err, DS_ERR_IO, "%s: %s", full, strerror(e));
+            free(full);
+            break;
+        }
+        if (!S_ISREG(sb.st_mode)) { /* subdirectories and special files are not read */
             free(full);
             continue;
         }
@@ -616,13 +625,22 @@ ds_status ds_dataset_get_features(const ds_dataset *ds, int64_t k, float *x, int
     if (ds->kind != DS_DATASET_FEATURES || k < 0 || k >= ds->len)
         return ds_error_set(err, DS_ERR_INVALID, "feature sample %lld requested from %s (%lld samples)",
                             (long long)k, ds->desc, (long long)ds->len);
-    for (int i = 0; i < ds->dim; i++)
+    /* a NaN or inf in the data would surface steps later as a non-finite gradient: name it here */
+    for (int i = 0; i < ds->dim; i++) {
         x[i] = (float)ds_npy_get_f64(ds->x, k * ds->dim + i);
+        if (!isfinite(x[i]))
+            return ds_error_set(err, DS_ERR_INVALID, "%s: row %lld, feature %d: %g (expected a finite number)",
+                                ds->x->path, (long long)k, i, (double)x[i]);
+    }
     if (ds->label_kind == DS_LABEL_CLASS)
         *label_class = (int32_t)ds_npy_get_i64(ds->y, k);
     else
-        for (int i = 0; i < ds->label_dim; i++)
+        for (int i = 0; i < ds->label_dim; i++) {
             label_vec[i] = (float)ds_npy_get_f64(ds->y, k * ds->label_dim + i);
+            if (!isfinite(label_vec[i]))
+                return ds_error_set(err, DS_ERR_INVALID, "%s: row %lld, target %d: %g (expected a finite number)",
+                                    ds->y->path, (long long)k, i, (double)label_vec[i]);
+        }
     return DS_OK;
 }
 

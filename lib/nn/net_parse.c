@@ -211,7 +211,8 @@ static ds_status need_name(parser *p, json_object *obj, const char *jpath, const
     if (!name || !*name) {
         char path[256];
         snprintf(path, sizeof path, "%s.name", jpath);
-        return perr(p, path, "missing: a %s layer needs a \"name\" (its parameters are named after it)",
+        return perr(p, path, name ? "empty: a %s layer needs a \"name\" (its parameters are named after it)"
+                                  : "missing: a %s layer needs a \"name\" (its parameters are named after it)",
                     type, NULL);
     }
     if (strchr(name, '.') || strlen(name) > 64) {
@@ -286,11 +287,14 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         double eps = 1e-5;
         json_object *v;
         if (json_object_object_get_ex(obj, "eps", &v)) {
+            char epath[256], found[80];
+            snprintf(epath, sizeof epath, "%s.eps", jpath);
+            ds_json_render(v, found, sizeof found);
             if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int))
-                return perr(p, jpath, "eps: expected a number", NULL, NULL);
+                return perr(p, epath, "expected a number, found %s", found, NULL);
             eps = json_object_get_double(v);
             if (!(eps > 0))
-                return perr(p, jpath, "eps: expected a positive number", NULL, NULL);
+                return perr(p, epath, "expected a positive number, found %s", found, NULL);
         }
         ds_layer *l = new_layer(p, DS_LAYER_LAYERNORM, path, jpath);
         if (!l)
@@ -544,8 +548,9 @@ static ds_status parse_net(parser *p, json_object *root)
         net->positions = 1;
         p->dim = net->feature_dim;
     } else {
-        return perr(p, "input.type", "expected \"tokens\" or \"features\", found %s",
-                    itype ? itype : "nothing", NULL);
+        char found[80];
+        snprintf(found, sizeof found, itype ? "\"%.60s\"" : "nothing", itype);
+        return perr(p, "input.type", "expected \"tokens\" or \"features\", found %s", found, NULL);
     }
     if (!json_object_object_get_ex(root, "layers", &layers) ||
         !json_object_is_type(layers, json_type_array) || json_object_array_length(layers) == 0)
@@ -575,8 +580,9 @@ static ds_status parse_net(parser *p, json_object *root)
             return perr(p, "loss.type", "mse needs a features input (tokens predict the next token: use cross_entropy)",
                         NULL, NULL);
     } else {
-        return perr(p, "loss.type", "expected \"cross_entropy\" or \"mse\", found %s",
-                    ltype ? ltype : "nothing", NULL);
+        char found[80];
+        snprintf(found, sizeof found, ltype ? "\"%.60s\"" : "nothing", ltype);
+        return perr(p, "loss.type", "expected \"cross_entropy\" or \"mse\", found %s", found, NULL);
     }
     if (net->n_layers > 0 && net->layers[net->n_layers - 1].kind == DS_LAYER_EMBEDDING &&
         net->n_layers == 1)
