@@ -1433,7 +1433,13 @@ int main(int argc, char **argv)
     bool remote = make_plan(&o, &plan);
     if (o.no_ssh || o.node_rank >= 0) {
         /* DeepSpeed: --no_ssh needs --node_rank; each node runs its own launcher */
-        if (!o.no_ssh || o.node_rank < 0 || o.node_rank >= plan.num_nodes) {
+        if (!o.no_ssh || o.node_rank < 0) {
+            fprintf(stderr, "ds-launch: %s needs %s (each node runs its own ds-launch with --no_ssh --node_rank N)\n",
+                    o.no_ssh ? "--no_ssh" : "--node_rank", o.no_ssh ? "--node_rank N" : "--no_ssh");
+            ds_launch_plan_free(&plan);
+            return 2;
+        }
+        if (o.node_rank >= plan.num_nodes) {
             fprintf(stderr, "ds-launch: --no_ssh and --node_rank go together, with a node rank from 0 to %d "
                             "(the hostfile's nodes after filtering); got%s%s --node_rank %d\n",
                     plan.num_nodes - 1, o.no_ssh ? " --no_ssh" : "", o.no_ssh ? "," : "", o.node_rank);

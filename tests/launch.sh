@@ -205,7 +205,8 @@ expect_fail "include and exclude together" 2 "--include and --exclude are mutual
 expect_fail "--num_gpus above slots" 2 "--num_gpus 3: host '127.0.0.1' has only slots=2" -H hosts --num_gpus 3 true
 printf 'localhost slots=1\nworker-7 slots=2\n' >remote
 expect_fail "a remote host that does not resolve or answer is named" 255 "host worker-7 (port 1): cannot connect over ssh" -H remote --ssh_port 1 --ssh_timeout 3 true
-expect_fail "--no_ssh without --node_rank is refused clearly" 2 "--no_ssh and --node_rank go together" --no_ssh true
+expect_fail "--no_ssh without --node_rank is refused clearly" 2 "--no_ssh needs --node_rank N" --no_ssh true
+expect_fail "--node_rank without --no_ssh is refused clearly" 2 "--node_rank needs --no_ssh" --node_rank 0 true
 expect_fail "--autotuning is refused" 2 "--autotuning: the autotuner is out of scope" --autotuning tune true
 expect_fail "no program" 2 "no program to run" --num_gpus 2
 expect_fail "unknown option" 2 "unrecognized option --bogus" --bogus true
