@@ -611,14 +611,27 @@ static int check_save_dir(const char *dir)
         snprintf(f, sizeof f, "%s/x", dir);
         return check_parent("--save", f); /* files can be made in it */
     }
-    /* it will be made at the first save: make it now, or say why it cannot be, then leave it */
-    if (mkdir(dir, 0755) != 0) {
-        if (errno == EEXIST) /* another rank's check, a moment ago */
-            return 0;
-        fprintf(stderr, "ds-train: --save %s: cannot create the directory: %s\n", dir, strerror(errno));
+    /* it would be made at the first save: make it now, or say why it cannot be. It stays (an
+     * empty checkpoint directory, which --load takes as step 0): removing it again would race
+     * with the other ranks' checks of the same directory. */
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) {
+        fprintf(stderr, "ds-train: --save: path too long\n");
         return -1;
     }
-    rmdir(dir); /* (not empty, or gone: another rank's check) */
+    for (char *q = buf + 1;; q++) /* mkdir -p, as the save itself does */
+        if (*q == '/' || !*q) {
+            char c = *q;
+            *q = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
+                fprintf(stderr, "ds-train: --save %s: cannot create the directory %s: %s\n", dir, buf,
+                        strerror(errno));
+                return -1;
+            }
+            *q = c;
+            if (!c)
+                break;
+        }
     return 0;
 }
 

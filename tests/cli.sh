@@ -359,6 +359,8 @@ expect_fail "--save-weights into a missing folder: exit 2 before training" 2 \
     "--save-weights nodir/w.safetensors: cannot write there" "${TRAIN[@]}" --steps 2 --save-weights nodir/w.safetensors
 grep -q "^done" "$T/out" && notok "... it trained first" || ok "... without training"
 expect_fail "--save DIR where DIR is a file: exit 2" 2 "--save text.txt: not a directory" "${TRAIN[@]}" --steps 2 --save text.txt
+expect_ok "--save into folders that do not exist yet: made, as the save makes them" "${TRAIN[@]}" --steps 1 --save new/deep/ck
+[ -f new/deep/ck/latest ] && ok "... and the checkpoint is there" || notok "--save new/deep/ck: $(ls -R new 2>&1 | head -5)"
 expect_fail "two outputs on one path: exit 2" 2 "are the same file" "${TRAIN[@]}" --steps 2 --log-json same.out --save-weights ./same.out
 [ ! -e same.out ] && ok "... and nothing written" || notok "same.out was written"
 if mknod dev0 c 1 3 2>/dev/null; then # a /dev/null of our own: --force must not replace it
