@@ -212,8 +212,10 @@ static int open_verified(ds_ckpt **c, const char *dir, const char *tag)
 
 /* p as an absolute path with its existing part resolved (symbolic links, ".", ".."), the part that
  * does not exist yet appended as written; -1 where it cannot be worked out */
-static int abs_path(const char *p, char *out, size_t n)
+static int abs_path_d(const char *p, char *out, size_t n, int depth)
 {
+    if (depth > 64) /* (a path of that many missing parts: not worth resolving) */
+        return -1;
     char rp[PATH_MAX];
     if (realpath(p, rp))
         return snprintf(out, n, "%s", rp) < (int)n ? 0 : -1;
@@ -230,7 +232,7 @@ static int abs_path(const char *p, char *out, size_t n)
         snprintf(par, sizeof par, "/");
     else if (slash) {
         *slash = 0;
-        if (abs_path(tmp, par, sizeof par))
+        if (abs_path_d(tmp, par, sizeof par, depth + 1))
             return -1;
     } else if (!getcwd(par, sizeof par))
         return -1;
@@ -246,6 +248,8 @@ static int abs_path(const char *p, char *out, size_t n)
     }
     return snprintf(out, n, "%s/%s", strcmp(par, "/") ? par : "", base) < (int)n ? 0 : -1;
 }
+
+static int abs_path(const char *p, char *out, size_t n) { return abs_path_d(p, out, n, 0); }
 
 /* a is b or lies inside it */
 static int path_within(const char *a, const char *b)
@@ -288,7 +292,10 @@ int main(int argc, char **argv)
         case 'h': fputs(usage_text, stdout); return 0;
         case 'V': printf("ds-ckpt (ds) %s\n", DS_VERSION); return 0;
         case ':': return usage_error("%s needs a value", argv[optind - 1]);
-        default: return usage_error("unknown option \"%s\"", argv[optind - 1]);
+        default: {
+            char o[3] = {'-', (char)optopt, 0};
+            return usage_error("unknown option \"%s\"", optopt ? o : argv[optind - 1]);
+        }
         }
     }
     int nargs = argc - optind;
@@ -323,9 +330,15 @@ int main(int argc, char **argv)
      * destroy the input */
     char adir[PATH_MAX], aout[PATH_MAX];
     if (abs_path(dir, adir, sizeof adir) == 0 && abs_path(out, aout, sizeof aout) == 0) {
-        if (path_within(aout, adir)) {
-            fprintf(stderr, "ds-ckpt: %s: is the input checkpoint %s or inside it (%s); write elsewhere\n", out, dir,
-                    aout);
+        /* a file directly in DIR (not latest, not a tag folder) cannot touch the checkpoints:
+         * merge and convert may write one there */
+        const char *rel = aout + strlen(adir) + (strcmp(adir, "/") != 0);
+        struct stat rs;
+        int harmless = path_within(aout, adir) && strcmp(cmd, "reshard") && strcmp(aout, adir) && !strchr(rel, '/') &&
+                       strcmp(rel, "latest") && rel[0] != '.' && !(stat(aout, &rs) == 0 && S_ISDIR(rs.st_mode));
+        if (path_within(aout, adir) && !harmless) {
+            fprintf(stderr, "ds-ckpt: %s: is the input checkpoint %s, its latest, or inside one of its tags (%s); "
+                    "write elsewhere\n", out, dir, aout);
             return 2;
         }
         if (path_within(adir, aout)) {

@@ -447,31 +447,41 @@ static json_object *read_config(const char *path)
 
 /* Before any training: an existing output needs --force, a directory is never one, and the
  * folder it goes in must exist and take files (else the whole run would be lost at the end). */
-static int check_output(const char *path, int force)
+static int check_output(char *path, size_t size, int force)
 {
     struct stat sb;
     if (stat(path, &sb) == 0) {
-        if (S_ISDIR(sb.st_mode)) {
-            fprintf(stderr, "ds-lrrt: %s: is a directory\n", path);
+        if (!S_ISREG(sb.st_mode)) { /* a directory, device node or pipe is never replaced */
+            fprintf(stderr, "ds-lrrt: %s: %s; not replacing it\n", path,
+                    S_ISDIR(sb.st_mode) ? "is a directory" : "is not a regular file");
             return -1;
         }
         if (!force) {
             fprintf(stderr, "ds-lrrt: %s: the file exists; not overwriting it (use --force)\n", path);
             return -1;
         }
+        char *target = realpath(path, NULL); /* a symbolic link: its target is replaced, the link stays */
+        if (target && strlen(target) < size)
+            snprintf(path, size, "%s", target);
+        free(target);
     }
-    char dir[4096];
+    char dir[4096], probe[4200];
     const char *slash = strrchr(path, '/');
     snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
-    if (access(dir, W_OK | X_OK) != 0) {
+    snprintf(probe, sizeof probe, "%s/.ds-lrrt-probe.XXXXXX", dir); /* a real probe: access() says yes to root */
+    int fd = mkstemp(probe);
+    if (fd < 0) {
         fprintf(stderr, "ds-lrrt: %s: cannot write there (%s: %s)\n", path, dir, strerror(errno));
         return -1;
     }
+    close(fd);
+    unlink(probe);
     return 0;
 }
 
-/* The outputs are written under temporary names (PATH.tmp.PID) and renamed over PATH together
- * when both are complete: a failure leaves neither half an output nor a changed old one. */
+/* The outputs are written under temporary names (PATH.tmp.PID) and renamed over PATH, one after
+ * the other, only when both are complete: a failure while writing leaves the old files as they
+ * were (only a failing second rename, after the first, would leave a new CSV beside an old SVG). */
 static void tmp_name(char *buf, size_t n, const char *path) { snprintf(buf, n, "%s.tmp.%ld", path, (long)getpid()); }
 
 static int finish_outputs(int rc, const char *csv_path, const char *csv_tmp, const char *svg_path,
@@ -734,7 +744,7 @@ static int range_test(job *j, json_object *root)
     char csv_path[4096], svg_path[4096];
     snprintf(csv_path, sizeof csv_path, "%s.csv", a->out);
     snprintf(svg_path, sizeof svg_path, "%s.svg", a->out);
-    if (j->rank == 0 && (check_output(csv_path, a->force) || check_output(svg_path, a->force)))
+    if (j->rank == 0 && (check_output(csv_path, sizeof csv_path, a->force) || check_output(svg_path, sizeof svg_path, a->force)))
         return 2;
     /* the range test sets the lr itself: the config's scheduler (if any) is left out */
     json_object_object_del(root, "scheduler");
@@ -935,7 +945,7 @@ static int sweep(job *j, json_object *root)
     char csv_path[4096], svg_path[4096];
     snprintf(csv_path, sizeof csv_path, "%s.csv", a->out);
     snprintf(svg_path, sizeof svg_path, "%s.svg", a->out);
-    if (j->rank == 0 && (check_output(csv_path, a->force) || check_output(svg_path, a->force)))
+    if (j->rank == 0 && (check_output(csv_path, sizeof csv_path, a->force) || check_output(svg_path, sizeof svg_path, a->force)))
         return 2;
     json_object *old;
     if (j->rank == 0 && json_object_object_get_ex(root, "scheduler", &old) && json_object_is_type(old, json_type_object)) {

@@ -588,10 +588,11 @@ static int export_table(FILE *f, sqlite3 *db, const char *path, const char *tabl
     return 0;
 }
 
-/* The output goes to a temporary name beside it (tmp, PATH_MAX bytes), renamed over it by
- * close_output only when everything was written: a failure leaves no half-written file and an
- * existing one (--force) as it was. An output that is one of the input databases is refused. */
-static FILE *open_output(const opts *o, int *rc, char *tmp)
+/* The output goes to a temporary name beside it (tmp, PATH_MAX bytes), renamed over it (dest:
+ * the output, or a symbolic link's target) by close_output only when everything was written: a
+ * failure leaves no half-written file and an existing one (--force) as it was. An output that
+ * is one of the input databases, or not a regular file, is refused. */
+static FILE *open_output(const opts *o, int *rc, char *tmp, char *dest)
 {
     struct stat sb, db;
     *rc = 0;
@@ -610,13 +611,18 @@ static FILE *open_output(const opts *o, int *rc, char *tmp)
             *rc = 2;
             return NULL;
         }
-        if (S_ISDIR(sb.st_mode)) {
-            fprintf(stderr, "ds-prof: %s: is a directory\n", o->output);
+        if (!S_ISREG(sb.st_mode)) { /* a device node, pipe or directory is never replaced */
+            fprintf(stderr, "ds-prof: %s: %s; not replacing it\n", o->output,
+                    S_ISDIR(sb.st_mode) ? "is a directory" : "is not a regular file (for standard output leave -o out)");
             *rc = 2;
             return NULL;
         }
     }
-    if (snprintf(tmp, PATH_MAX, "%s.tmp.%ld", o->output, (long)getpid()) >= PATH_MAX) {
+    /* a symbolic link: its target is what gets replaced, the link stays */
+    char *target = realpath(o->output, NULL);
+    snprintf(dest, PATH_MAX, "%s", target ? target : o->output);
+    free(target);
+    if (snprintf(tmp, PATH_MAX, "%s.tmp.%ld", dest, (long)getpid()) >= PATH_MAX) {
         fprintf(stderr, "ds-prof: %s: path too long\n", o->output);
         tmp[0] = 0;
         *rc = 2;
@@ -631,7 +637,7 @@ static FILE *open_output(const opts *o, int *rc, char *tmp)
     return f;
 }
 
-static int close_output(const opts *o, FILE *f, int rc, const char *tmp)
+static int close_output(const opts *o, FILE *f, int rc, const char *tmp, const char *dest)
 {
     if (f == stdout) {
         if (fflush(stdout) != 0 && rc == 0) {
@@ -648,7 +654,7 @@ static int close_output(const opts *o, FILE *f, int rc, const char *tmp)
         fprintf(stderr, "ds-prof: %s: %s\n", o->output, strerror(errno));
         rc = 1;
     }
-    if (rc == 0 && rename(tmp, o->output) != 0) {
+    if (rc == 0 && rename(tmp, dest) != 0) {
         fprintf(stderr, "ds-prof: %s: cannot rename %s to it: %s\n", o->output, tmp, strerror(errno));
         rc = 1;
     }
@@ -660,8 +666,8 @@ static int close_output(const opts *o, FILE *f, int rc, const char *tmp)
 static int export_run(sqlite3 *db, const opts *o)
 {
     int json = !strcmp(o->format, "json"), rc;
-    char tmp[PATH_MAX];
-    FILE *f = open_output(o, &rc, tmp);
+    char tmp[PATH_MAX], dest[PATH_MAX];
+    FILE *f = open_output(o, &rc, tmp, dest);
     if (!f)
         return rc;
     if (!json || o->table) {
@@ -677,7 +683,7 @@ static int export_run(sqlite3 *db, const opts *o)
         }
         fputs("}\n", f);
     }
-    return close_output(o, f, rc, tmp);
+    return close_output(o, f, rc, tmp, dest);
 }
 
 /* ---- plot --------------------------------------------------------------------------------- */
@@ -723,8 +729,8 @@ static int plot(sqlite3 *db, const opts *o)
                 o->rank >= 0 ? " for this rank" : "");
         rc = 2;
     }
-    char tmp[PATH_MAX];
-    FILE *f = rc ? NULL : open_output(o, &rc, tmp);
+    char tmp[PATH_MAX], dest[PATH_MAX];
+    FILE *f = rc ? NULL : open_output(o, &rc, tmp, dest);
     if (f) {
         const int W = 900, H = 640, L = 70, R = 150, top1 = 40, h1 = 300, top2 = 400, h2 = 190;
         const int pw = W - L - R;
@@ -789,7 +795,7 @@ static int plot(sqlite3 *db, const opts *o)
         fprintf(f, "<text x=\"%d\" y=\"%d\">step %.0f</text><text x=\"%d\" y=\"%d\" text-anchor=\"end\">step %.0f</text>\n",
                 L, top2 + h2 + 18, steps.v[0], L + pw, top2 + h2 + 18, steps.v[n - 1]);
         fputs("</svg>\n", f);
-        rc = close_output(o, f, rc, tmp);
+        rc = close_output(o, f, rc, tmp, dest);
     }
     free(steps.v);
     for (int i = 0; i < N_PARTS; i++)
@@ -821,7 +827,7 @@ int main(int argc, char **argv)
     else
         rc = plot(db[0], &o);
     if (!strcmp(o.cmd, "report") || !strcmp(o.cmd, "compare"))
-        rc = close_output(&o, stdout, rc, NULL);
+        rc = close_output(&o, stdout, rc, NULL, NULL);
     sqlite3_close(db[0]);
     sqlite3_close(db[1]);
     return rc;

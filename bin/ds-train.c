@@ -795,7 +795,7 @@ int main(int argc, char **argv)
             ds_store_close(store);
         return 2;
     }
-    int out_bad = check_output("--save-weights", a.save, a.force, 0) ||
+    int out_bad = check_output("--save-weights", rank == 0 ? a.save : NULL, a.force, 0) || /* rank 0 writes it */
                   check_output("--log-json", a.log_json, a.force, 1) ||
                   (world == 1 && check_output("--prof_db", a.prof_db, a.force, 0)) || check_save_dir(a.ckpt_save);
     if (!out_bad) { /* no two outputs may be one file */

@@ -320,6 +320,21 @@ done
 (cd inp && sha256sum -c --quiet ../inp.sums >/dev/null 2>&1) && [ -z "$bad" ] \
     && ok "outputs that are, lie in or hold the input checkpoint are refused even with --force (exit 2, input intact)" \
     || notok "output inside the input:$bad"
+"$B/ds-ckpt" convert inp inp/beside.safetensors >/dev/null 2>err && [ -f inp/beside.safetensors ] && "$B/ds-ckpt" verify inp >/dev/null 2>&1 \
+    && ok "convert may write a file directly in the checkpoint directory (not latest, not a tag)" || notok "convert beside: $(cat err)"
+# a network without parameters saves a checkpoint that verifies and resumes
+echo '{"input": {"type": "features", "dim": 4}, "layers": [{"type": "relu"}], "loss": {"type": "mse"}}' > nop.json
+python3 -c "
+import struct
+def npy(path, shape, vals):
+    h = \"{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }\" % shape
+    h += ' ' * ((64 - (10 + len(h) + 1) % 64) % 64) + '\n'
+    open(path, 'wb').write(b'\x93NUMPY\x01\x00' + struct.pack('<H', len(h)) + h.encode() + struct.pack('<%df' % len(vals), *vals))
+npy('nx.npy', (16, 4), [0.1 * i for i in range(64)]); npy('ny.npy', (16, 4), [0.2 * i for i in range(64)])"
+cfg 4 "" 0 1 > cnop.json
+run 1 nop.json --config cnop.json --data nx.npy --labels ny.npy --quiet --steps 2 --save nopck >/dev/null 2>err &&
+    "$B/ds-ckpt" verify nopck >/dev/null 2>>err && run 1 nop.json --config cnop.json --data nx.npy --labels ny.npy --quiet --steps 3 --load nopck >/dev/null 2>>err \
+    && ok "a network without parameters: its checkpoint verifies and resumes" || notok "no parameters: $(head -c 300 err)"
 "$B/ds-ckpt" convert $d w2.safetensors --optimizer >/dev/null 2>err; rc=$?
 [ $rc = 2 ] && grep -q -- "--optimizer is for merge" err && [ ! -e w2.safetensors ] \
     && ok "an option the command does not use is refused (convert --optimizer)" || notok "convert --optimizer: rc $rc $(cat err)"

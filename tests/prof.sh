@@ -239,6 +239,12 @@ fails "a world size no run has" "world.db: run.world_size: expected 1..1048576, 
 cp fixture.db self.db && before=$(cksum < self.db)
 fails "export -o the database it reads, even with --force" "self.db: is the run database being read" export self.db -o self.db --force
 [ "$(cksum < self.db)" = "$before" ] && ok "... and the database is untouched" || notok "export onto its input changed it"
+if mknod node0 c 1 3 2>/dev/null; then # a /dev/null of our own: --force must not replace it
+    fails "export -o a device node, even with --force" "node0: is not a regular file" export fixture.db -o node0 --force
+    [ -c node0 ] && ok "... and the node is still one" || notok "node0 was replaced: $(ls -l node0)"
+else
+    ok "# SKIP export onto a device node: mknod is not permitted here"
+fi
 # a failed export leaves an existing output as it was and writes nothing beside it
 cp fixture.db nostep.db && "$SQL" nostep.db "DROP TABLE collective"
 echo precious > keep.json

@@ -1127,7 +1127,7 @@ ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error 
                 return ds_error_set(err, DS_ERR_INVALID, "DS_CPU_KERNELS=%s: expected avx2, avx512 or generic "
                                     "(the CPU kernels to use where no variant is named)", env);
             ds_status st = ds_cpu_backend_create(out, env, err);
-            if (st != DS_OK) {
+            if (st != DS_OK && err) {
                 char why[sizeof err->msg];
                 snprintf(why, sizeof why, "%s", err->msg);
                 ds_error_set(err, st, "DS_CPU_KERNELS=%s: %s", env, why);

@@ -545,10 +545,7 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
                                 "not a ds checkpoint?)", mpath, counters[i],
                                 f ? json_object_to_json_string_ext(f, JSON_C_TO_STRING_PLAIN) : "nothing");
         }
-    const char *mtag = jstr(m, "tag");
-    if (mtag && strcmp(mtag, c->tag) != 0)
-        return ds_error_set(err, DS_ERR_INVALID, "%s: \"tag\": \"%.100s\", but the checkpoint is in folder %s "
-                            "(renamed, or another checkpoint's manifest?)", mpath, mtag, c->tag);
+
     if (jint(m, "zero_stage", &x) || x < 0 || x > 3)
         return BAD("expected \"zero_stage\" 0..3");
     c->zero_stage = (int)x;
@@ -613,8 +610,8 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
                                 "offset %lld disagree or leave the flat buffer of %lld", mpath, i, p->name,
                                 (long long)n, (long long)p->numel, (long long)p->offset, (long long)c->numel);
     }
-    if (c->n_params == 0)
-        return BAD("params: empty (a checkpoint holds at least one tensor)");
+    if (c->n_params == 0 && c->numel > 0)
+        return BAD("params: empty, but the flat buffer holds elements");
     ds_status pst = check_params(c, mpath, err);
     if (pst != DS_OK)
         return pst;
