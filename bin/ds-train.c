@@ -795,9 +795,11 @@ int main(int argc, char **argv)
             ds_store_close(store);
         return 2;
     }
-    int out_bad = check_output("--save-weights", rank == 0 ? a.save : NULL, a.force, 0) || /* rank 0 writes it */
+    /* --save's directory first: another output may go in it */
+    int out_bad = check_save_dir(a.ckpt_save) ||
+                  check_output("--save-weights", rank == 0 ? a.save : NULL, a.force, 0) || /* rank 0 writes it */
                   check_output("--log-json", a.log_json, a.force, 1) ||
-                  (world == 1 && check_output("--prof_db", a.prof_db, a.force, 0)) || check_save_dir(a.ckpt_save);
+                  (world == 1 && check_output("--prof_db", a.prof_db, a.force, 0));
     if (!out_bad) { /* no two outputs may be one file */
         const char *flags[4] = {"--save-weights", "--log-json", "--prof_db", "--save"};
         const char *paths[4] = {a.save, a.log_json, a.prof_db, a.ckpt_save};
@@ -908,22 +910,13 @@ int main(int argc, char **argv)
         ds_engine_destroy(eng);
         return 1;
     }
-    FILE *logf = NULL;
-    if (a.log_json && !(logf = fopen(a.log_json, "w"))) {
-        fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, strerror(errno));
-        ds_sampler_free(&sampler);
-        ds_dataset_close(ds);
-        ds_engine_destroy(eng);
-        return 2;
-    }
+    FILE *logf = NULL; /* opened (truncated) only after every refusal below: a refused run leaves the old log */
 
     const uint64_t data_seed = a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42);
     int resumed = 0;
     /* resume; then no checkpoint this run would save may exist already */
     if ((a.ckpt_load && (rc = ckpt_resume(eng, &a, data_seed, TB, rank, &resumed)) != 0) ||
         (a.ckpt_save && (rc = ckpt_save_clear(&a, ds_engine_global_steps(eng), steps) ? 2 : 0) != 0)) {
-        if (logf)
-            fclose(logf);
         ds_sampler_free(&sampler);
         ds_dataset_close(ds);
         ds_engine_destroy(eng);
@@ -952,8 +945,18 @@ int main(int argc, char **argv)
     if (a.prof_db && open_rundb(&rundb, &a, argc, argv, eng, steps, threads, comm, &err) != DS_OK) {
         fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
                 strstr(err.msg, "not overwriting") ? " (use --force)" : "");
-        if (logf)
-            fclose(logf);
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        ds_comm_destroy(comm);
+        if (store)
+            ds_store_close(store);
+        return 2;
+    }
+    if (a.log_json && !(logf = fopen(a.log_json, "w"))) {
+        fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, strerror(errno));
+        if (rundb)
+            ds_rundb_abandon(rundb, "failed");
         ds_sampler_free(&sampler);
         ds_dataset_close(ds);
         ds_engine_destroy(eng);

@@ -361,6 +361,12 @@ grep -q "^done" "$T/out" && notok "... it trained first" || ok "... without trai
 expect_fail "--save DIR where DIR is a file: exit 2" 2 "--save text.txt: not a directory" "${TRAIN[@]}" --steps 2 --save text.txt
 expect_ok "--save into folders that do not exist yet: made, as the save makes them" "${TRAIN[@]}" --steps 1 --save new/deep/ck
 [ -f new/deep/ck/latest ] && ok "... and the checkpoint is there" || notok "--save new/deep/ck: $(ls -R new 2>&1 | head -5)"
+expect_ok "--log-json inside a --save folder that does not exist yet" "${TRAIN[@]}" --steps 1 --save new2/ck --log-json new2/ck/log.jsonl
+[ "$(grep -c '"step"' new2/ck/log.jsonl 2>/dev/null)" = 1 ] && ok "... and the log is there" || notok "log in new save folder $(why)"
+echo precious >keep.jsonl
+expect_fail "a run refused before training (its checkpoint exists) with --force: exit 2" 2 "exists already" \
+    "${TRAIN[@]}" --steps 1 --save new2/ck --log-json keep.jsonl --force
+[ "$(cat keep.jsonl)" = precious ] && ok "... and the existing log is untouched" || notok "the refused run truncated its log"
 expect_fail "two outputs on one path: exit 2" 2 "are the same file" "${TRAIN[@]}" --steps 2 --log-json same.out --save-weights ./same.out
 [ ! -e same.out ] && ok "... and nothing written" || notok "same.out was written"
 if mknod dev0 c 1 3 2>/dev/null; then # a /dev/null of our own: --force must not replace it
