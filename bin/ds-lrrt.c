@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ds/ds.h"
+#include "outcheck.h"
 
 static const char *usage_text =
     "usage: ds-lrrt --config DS.json --print-schedule N\n"
@@ -447,35 +448,20 @@ static json_object *read_config(const char *path)
 
 /* Before any training: an existing output needs --force, a directory is never one, and the
  * folder it goes in must exist and take files (else the whole run would be lost at the end). */
+/* Before any training (outcheck.h): an existing output needs --force, only a regular file is
+ * ever replaced, and the folder must take a new file (else the whole run would be lost at the
+ * end). A symbolic link's target is what gets replaced: path becomes it. */
 static int check_output(char *path, size_t size, int force)
 {
-    struct stat sb;
-    if (stat(path, &sb) == 0) {
-        if (!S_ISREG(sb.st_mode)) { /* a directory, device node or pipe is never replaced */
-            fprintf(stderr, "ds-lrrt: %s: %s; not replacing it\n", path,
-                    S_ISDIR(sb.st_mode) ? "is a directory" : "is not a regular file");
-            return -1;
-        }
-        if (!force) {
-            fprintf(stderr, "ds-lrrt: %s: the file exists; not overwriting it (use --force)\n", path);
-            return -1;
-        }
-        char *target = realpath(path, NULL); /* a symbolic link: its target is replaced, the link stays */
-        if (target && strlen(target) < size)
-            snprintf(path, size, "%s", target);
-        free(target);
-    }
-    char dir[4096], probe[4200];
-    const char *slash = strrchr(path, '/');
-    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
-    snprintf(probe, sizeof probe, "%s/.ds-lrrt-probe.XXXXXX", dir); /* a real probe: access() says yes to root */
-    int fd = mkstemp(probe);
-    if (fd < 0) {
-        fprintf(stderr, "ds-lrrt: %s: cannot write there (%s: %s)\n", path, dir, strerror(errno));
+    char why[4400];
+    if (outcheck_file(path, force, 0, why, sizeof why) != 0) {
+        fprintf(stderr, "ds-lrrt: %s: %s\n", path, why);
         return -1;
     }
-    close(fd);
-    unlink(probe);
+    char *target = realpath(path, NULL); /* NULL where it does not exist yet */
+    if (target && strlen(target) < size)
+        snprintf(path, size, "%s", target);
+    free(target);
     return 0;
 }
 

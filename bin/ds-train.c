@@ -19,6 +19,7 @@
 #include <json-c/json.h>
 
 #include "ds/ds.h"
+#include "outcheck.h"
 
 static const char *usage_text =
     "usage: ds-train NET.json --config DS.json --data PATH [options]\n"
@@ -545,51 +546,16 @@ static int plan_only(const args *a)
     return 0;
 }
 
-/* The folder an output goes in: it must exist and take files. */
-static int check_parent(const char *flag, const char *path)
-{
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
-    /* a real probe (access() says yes to root on a read-only file system or /proc) */
-    char probe[4200];
-    snprintf(probe, sizeof probe, "%s/.ds-train-probe.XXXXXX", dir);
-    int fd = mkstemp(probe);
-    if (fd < 0) {
-        fprintf(stderr, "ds-train: %s %s: cannot write there (%s: %s)\n", flag, path, dir, strerror(errno));
-        return -1;
-    }
-    close(fd);
-    unlink(probe);
-    return 0;
-}
-
 /* Refuse, before any work is done, an output that would clobber a file, replace something that
- * is not a regular file, or cannot be written. stream (--log-json): an existing character
- * device or pipe (/dev/stdout) is written as it is, without --force. */
+ * is not a regular file, or cannot be written (outcheck.h). stream (--log-json): an existing
+ * character device or pipe (/dev/stdout) is written as it is, without --force. */
 static int check_output(const char *flag, const char *path, int force, int stream)
 {
-    struct stat sb;
-    if (!path)
+    char why[4400];
+    if (!path || outcheck_file(path, force, stream, why, sizeof why) == 0)
         return 0;
-    if (!*path) {
-        fprintf(stderr, "ds-train: %s: expected a file name, found \"\"\n", flag);
-        return -1;
-    }
-    if (stat(path, &sb) == 0) {
-        if (stream && (S_ISCHR(sb.st_mode) || S_ISFIFO(sb.st_mode)))
-            return 0;
-        if (!S_ISREG(sb.st_mode)) {
-            fprintf(stderr, "ds-train: %s %s: %s; not replacing it\n", flag, path,
-                    S_ISDIR(sb.st_mode) ? "is a directory" : "exists and is not a regular file");
-            return -1;
-        }
-        if (!force) {
-            fprintf(stderr, "ds-train: %s %s: the file exists; not overwriting it (use --force)\n", flag, path);
-            return -1;
-        }
-    }
-    return check_parent(flag, path);
+    fprintf(stderr, "ds-train: %s %s: %s\n", flag, path, why);
+    return -1;
 }
 
 /* --save DIR: a directory, or a name in a folder that takes one. */
@@ -607,9 +573,12 @@ static int check_save_dir(const char *dir)
             fprintf(stderr, "ds-train: --save %s: not a directory\n", dir);
             return -1;
         }
-        char f[4200];
+        char f[4200], why[4400];
         snprintf(f, sizeof f, "%s/x", dir);
-        return check_parent("--save", f); /* files can be made in it */
+        if (outcheck_folder(f, why, sizeof why) == 0) /* files can be made in it */
+            return 0;
+        fprintf(stderr, "ds-train: --save %s: %s\n", dir, why);
+        return -1;
     }
     /* it would be made at the first save: make it now, or say why it cannot be. It stays (an
      * empty checkpoint directory, which --load takes as step 0): removing it again would race
@@ -942,21 +911,18 @@ int main(int argc, char **argv)
 #endif
     /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
     ds_rundb *rundb = NULL;
+    int refused = 0;
     if (a.prof_db && open_rundb(&rundb, &a, argc, argv, eng, steps, threads, comm, &err) != DS_OK) {
         fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
                 strstr(err.msg, "not overwriting") ? " (use --force)" : "");
-        ds_sampler_free(&sampler);
-        ds_dataset_close(ds);
-        ds_engine_destroy(eng);
-        ds_comm_destroy(comm);
-        if (store)
-            ds_store_close(store);
-        return 2;
-    }
-    if (a.log_json && !(logf = fopen(a.log_json, "w"))) {
+        refused = 1;
+    } else if (a.log_json && !(logf = fopen(a.log_json, "w"))) {
         fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, strerror(errno));
         if (rundb)
             ds_rundb_abandon(rundb, "failed");
+        refused = 1;
+    }
+    if (refused) {
         ds_sampler_free(&sampler);
         ds_dataset_close(ds);
         ds_engine_destroy(eng);

@@ -32,6 +32,18 @@
 /* Parallelize only when there is enough work to pay for waking the threads. */
 #define PAR_MIN 16384
 
+/* this thread's place in the team running the enclosing parallel region (1 and 0 without one) */
+static inline void team(int *nt, int *tid)
+{
+#ifdef _OPENMP
+    *nt = omp_get_num_threads();
+    *tid = omp_get_thread_num();
+#else
+    *nt = 1;
+    *tid = 0;
+#endif
+}
+
 /* ---- vectorizable math ------------------------------------------------------------------ */
 
 /* exp(x) for x in [-87.3, 88.3] (vexp's range, unchecked): x = n*ln2 + r, |r| <= ln2/2, degree-6
@@ -151,11 +163,8 @@ static void embedding_bwd(const int32_t *ids, const float *dout, float *dtable, 
 {
 #pragma omp parallel if (M * C > PAR_MIN)
     {
-        int nt = 1, tid = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        tid = omp_get_thread_num();
-#endif
+        int nt, tid;
+        team(&nt, &tid);
         int64_t c0 = C * tid / nt, c1 = C * (tid + 1) / nt;
         for (int64_t m = 0; m < M; m++) {
             float *dst = dtable + (int64_t)ids[m] * C;
@@ -362,11 +371,8 @@ static void tr_drive(const void *src, void *dst, int64_t rows, int64_t cols, flo
     const int64_t strips = (cols + TR_W - 1) / TR_W;
 #pragma omp parallel if (rows * cols > PAR_MIN)
     {
-        int nt = 1, tid = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        tid = omp_get_thread_num();
-#endif
+        int nt, tid;
+        team(&nt, &tid);
         const int64_t ca = strips * tid / nt * TR_W, cb_ = strips * (tid + 1) / nt * TR_W;
         const int64_t cb = cb_ < cols ? cb_ : cols;
         for (int64_t s0 = ca; s0 < cb; s0 += TR_SW) {
@@ -404,11 +410,8 @@ static void colsum_acc(const float *dy, float *dbias, int64_t M, int64_t N)
 {
 #pragma omp parallel if (M * N > PAR_MIN)
     {
-        int nt = 1, tid = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        tid = omp_get_thread_num();
-#endif
+        int nt, tid;
+        team(&nt, &tid);
         int64_t n0 = N * tid / nt, n1 = N * (tid + 1) / nt;
         for (int64_t m = 0; m < M; m++) {
             const float *r = dy + m * N;
@@ -1183,11 +1186,8 @@ static void colsum16_acc(const uint16_t *src, float *colsum, int64_t rows, int64
 #define CS16_CHUNK 512
 #pragma omp parallel if (rows * cols > PAR_MIN)
     {
-        int nt = 1, tid = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        tid = omp_get_thread_num();
-#endif
+        int nt, tid;
+        team(&nt, &tid);
         const int64_t v8 = (cols + 7) / 8; /* ranges of whole 8-column groups */
         const int64_t c0 = v8 * tid / nt * 8;
         int64_t c1 = v8 * (tid + 1) / nt * 8;

@@ -1,0 +1,48 @@
+/* Output path checks for the binaries (outcheck.h). */
+#include "outcheck.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int outcheck_folder(const char *path, char *why, size_t n)
+{
+    char dir[4096], probe[4200];
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) + (slash == path) : 1, slash ? path : ".");
+    snprintf(probe, sizeof probe, "%s/.ds-probe.XXXXXX", dir); /* mkstemp's template */
+    int fd = mkstemp(probe);
+    if (fd < 0) {
+        snprintf(why, n, "cannot write there (%s: %s)", dir, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    unlink(probe);
+    return 0;
+}
+
+int outcheck_file(const char *path, int force, int stream, char *why, size_t n)
+{
+    struct stat sb;
+    if (!*path) {
+        snprintf(why, n, "expected a file name, found \"\"");
+        return -1;
+    }
+    if (stat(path, &sb) == 0) {
+        if (stream && (S_ISCHR(sb.st_mode) || S_ISFIFO(sb.st_mode)))
+            return 0;
+        if (!S_ISREG(sb.st_mode)) {
+            snprintf(why, n, "%s; not replacing it",
+                     S_ISDIR(sb.st_mode) ? "is a directory" : "exists and is not a regular file");
+            return -1;
+        }
+        if (!force) {
+            snprintf(why, n, "the file exists; not overwriting it (use --force)");
+            return -1;
+        }
+    }
+    return outcheck_folder(path, why, n);
+}
