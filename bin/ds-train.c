@@ -950,6 +950,8 @@ int main(int argc, char **argv)
                "%lld steps\n",
                ds_dataset_describe(ds), (long long)N, a.order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
                (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps);
+        if (world > 1 && strncmp(backend, "cuda", 4) != 0) /* rank 0's two links of the ring */
+            printf("comm: %s\n", ds_comm_describe(comm));
         printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
                ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
         if (cfg->zero.offload_optimizer) /* the engine refuses it on other backends */

@@ -347,6 +347,7 @@ static const ds_comm_ops nccl_ops = {
     /* .barrier = */ n_barrier,
     /* .reduce_scatter_v = */ n_reduce_scatter_v,
     /* .all_gather_v = */ n_all_gather_v,
+    /* .describe = */ NULL,
 };
 
 /* ncclCommInitRank in a thread of its own (see ds_cuda_comm_create). */

@@ -80,7 +80,7 @@ int main(int argc, char **argv)
         printf("bench_comm: CPU communicator (%s), %d ranks, all-reduce SUM of float32; "
                "time = median over reps of the slowest rank; busbw = algbw * 2(W-1)/W; "
                "1 GB = 1e9 B\n",
-               comm->ops->name, W);
+               ds_comm_describe(comm), W);
         printf("%12s %5s %10s %11s %11s %13s\n", "bytes", "reps", "time_ms", "algbw_GB/s",
                "busbw_GB/s", "memcpy_GB/s");
         fflush(stdout);

@@ -2,7 +2,8 @@
 # Data-parallel ds-train under ds-launch on one machine: 4 ranks x micro-batch 2, 1 rank x
 # micro-batch 8 and 1 rank x micro-batch 2 x 4 accumulation steps give the same losses over 20
 # steps (sequential data, fp32, within 1e-5 relative); the all-reduce count per effective batch
-# equals the number of gradient buckets; 2 ranks agree too. One "ok"/"not ok" line per check.
+# equals the number of gradient buckets; 2 ranks agree too; the ranks' links are shared memory,
+# and TCP ones (DS_COMM_SHM=0) give the same bits. One "ok"/"not ok" line per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
@@ -36,7 +37,14 @@ common=(net.json --data text.txt --steps 20 --data-order sequential --quiet)
 "$B/ds-train" "${common[@]}" --config gas4.json --log-json gas.jsonl >/dev/null 2>err2 \
     && ok "1 rank x micro-batch 2 x 4 accumulation steps" || notok "accumulation run: $(head -c 300 err2)"
 "$B/ds-launch" --master_port 0 --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb2.json \
-    --log-json four.jsonl >/dev/null 2>err4 && ok "ds-launch: 4 ranks x micro-batch 2" || notok "4 ranks: $(head -c 300 err4)"
+    --log-json four.jsonl >four.out 2>err4 && ok "ds-launch: 4 ranks x micro-batch 2" || notok "4 ranks: $(head -c 300 err4)"
+"$B/ds-launch" --master_port 0 --num_gpus 4 --export OMP_NUM_THREADS=1 --export DS_COMM_SHM=0 "$B/ds-train" "${common[@]}" \
+    --config mb2.json --log-json tcp.jsonl >tcp.out 2>err6 && ok "ds-launch: 4 ranks over TCP (DS_COMM_SHM=0)" \
+    || notok "4 ranks over TCP: $(head -c 300 err6)"
+if grep -qx '\[rank 0\] comm: cpu ring of 4: to rank 1 shared memory, from rank 3 shared memory' four.out &&
+    grep -qx '\[rank 0\] comm: cpu ring of 4: to rank 1 tcp, from rank 3 tcp' tcp.out; then
+    ok "ranks of one host link through shared memory, or TCP with DS_COMM_SHM=0 (rank 0's comm line)"
+else notok "comm lines: $(grep -h comm: four.out tcp.out | head -c 300)"; fi
 "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb4.json \
     --log-json two.jsonl >/dev/null 2>err3 && ok "ds-launch: 2 ranks x micro-batch 4, gradient_predivide_factor 2" || notok "2 ranks: $(head -c 300 err3)"
 "$B/ds-launch" --master_port 0 --num_gpus 4 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config pre.json \
@@ -75,7 +83,7 @@ check() { # name, python condition over L (dict of run -> list of records)
     if python3 - "$2" <<'EOF' 2>pyerr; then ok "$1"; else notok "$1: $(head -c 300 pyerr)"; fi
 import json, sys
 L = {}
-for k in ("one", "gas", "four", "two", "pre", "nossh"):
+for k in ("one", "gas", "four", "two", "pre", "nossh", "tcp"):
     try:
         L[k] = [json.loads(l) for l in open(k + ".jsonl")]
     except OSError:
@@ -93,6 +101,8 @@ check "1 rank x mb 2 x 4 accumulation gives the same losses" 'same("gas", "one")
 check "2 ranks x mb 4 with predivide factor 2 give the same losses" 'same("two", "one")'
 check "4 ranks with prescale_gradients give the same losses" 'same("pre", "one")'
 check "--no_ssh, 2 launchers x mb 4 give the same losses" 'same("nossh", "one")'
+check "4 ranks over TCP: the same losses and gradient norms as over shared memory, bit for bit" \
+    'same("tcp", "four", 0) and [r["grad_norm"] for r in L["tcp"]] == [r["grad_norm"] for r in L["four"]]'
 check "the loss goes down" 'L["four"][-1]["loss"] < L["four"][0]["loss"] - 0.5'
 # 21984 padded gradient elements in buckets of 5000: 5 all-reduce calls per optimizer step
 check "one bucketed all-reduce per effective batch: calls = buckets = 5, bytes = the flat gradient" \

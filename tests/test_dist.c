@@ -30,6 +30,7 @@ typedef struct shared {
     char msg[MAX_RANKS][1024];
     uint64_t hash[MAX_RANKS][MAX_CASES];
     int num_cases[MAX_RANKS];
+    char link[MAX_RANKS][160]; /* ds_comm_describe */
 } shared;
 
 static shared *shared_new(void)
@@ -49,6 +50,8 @@ static void fail(shared *sh, int rank, const char *fmt, ...)
     vsnprintf(sh->msg[rank], sizeof sh->msg[rank], fmt, ap);
     va_end(ap);
 }
+
+typedef void (*rank_fn)(shared *sh, int rank, int n, int port);
 
 static ds_store_options options(int rank, int n, int port, const char *secret, double timeout)
 {
@@ -109,6 +112,7 @@ static void collectives_rank(shared *sh, int rank, int n, int port)
         fail(sh, rank, "%s", err.msg);
         return;
     }
+    snprintf(sh->link[rank], sizeof sh->link[rank], "%s", ds_comm_describe(comm));
     int cases = 0;
     /* all-reduce: counts below, at and above the world size and the 2^18-float segment */
     const size_t counts[] = {0, 1, 3, 7, 1000, 262147, 600011};
@@ -194,7 +198,6 @@ static void collectives_rank(shared *sh, int rank, int n, int port)
     ds_store_close(store);
 }
 
-typedef void (*rank_fn)(shared *sh, int rank, int n, int port);
 
 /* Fork ranks [0, started) of a world of n; each gets 20 s before SIGALRM ends it. */
 static void run_ranks(shared *sh, int started, int n, int port, rank_fn fn, pid_t *pids)
@@ -222,12 +225,26 @@ static void wait_ranks(shared *sh, int started, pid_t *pids)
     }
 }
 
-static void collectives_world(int n)
+/* What rank r's links should say: shm_from / shm_to, whether each is shared memory */
+static void expect_links(const shared *sh, int r, int n, int shm_from, int shm_to)
+{
+    char want[160];
+    if (n == 1)
+        snprintf(want, sizeof want, "cpu ring of 1");
+    else
+        snprintf(want, sizeof want, "cpu ring of %d: to rank %d %s, from rank %d %s", n, (r + 1) % n,
+                 shm_to ? "shared memory" : "tcp", (r + n - 1) % n, shm_from ? "shared memory" : "tcp");
+    cr_expect_str_eq(sh->link[r], want, "rank %d's links: \"%s\", want \"%s\"", r, sh->link[r], want);
+}
+
+/* The collectives on n ranks with fn, every rank's results the same bits; a copy of the shared
+ * state stays in *keep (the caller unmaps it) */
+static shared *collectives_run(int n, rank_fn fn)
 {
     shared *sh = shared_new();
     int port = test_free_port();
     pid_t pids[MAX_RANKS];
-    run_ranks(sh, n, n, port, collectives_rank, pids);
+    run_ranks(sh, n, n, port, fn, pids);
     wait_ranks(sh, n, pids);
     for (int r = 1; r < n; r++) {
         cr_assert_eq(sh->num_cases[r], sh->num_cases[0]);
@@ -235,6 +252,15 @@ static void collectives_world(int n)
             cr_expect_eq(sh->hash[r][c], sh->hash[0][c],
                          "all_reduce case %d: rank %d's bits differ from rank 0's", c, r);
     }
+    return sh;
+}
+
+/* Ranks of one host talk through shared memory by default */
+static void collectives_world(int n)
+{
+    shared *sh = collectives_run(n, collectives_rank);
+    for (int r = 0; r < n; r++)
+        expect_links(sh, r, n, 1, 1);
     munmap(sh, sizeof *sh);
 }
 
@@ -242,6 +268,118 @@ Test(dist, collectives_world_1, .timeout = 30) { collectives_world(1); }
 Test(dist, collectives_world_2, .timeout = 30) { collectives_world(2); }
 Test(dist, collectives_world_3, .timeout = 30) { collectives_world(3); }
 Test(dist, collectives_world_4, .timeout = 30) { collectives_world(4); }
+
+/* Rank 0 of the job asks for TCP (DS_COMM_SHM=0): its two links are TCP, the others' shared
+ * memory */
+static void rank0_tcp(shared *sh, int rank, int n, int port)
+{
+    if (rank == 0) setenv("DS_COMM_SHM", "0", 1);
+    collectives_rank(sh, rank, n, port);
+}
+
+/* The same collectives over TCP everywhere, over shared memory, and mixed: the same bits (the
+ * links move bytes; the ring's order of summation is the same) */
+Test(dist, collectives_same_bits_over_tcp_shm_and_mixed, .timeout = 60)
+{
+    const int n = 3;
+    shared *shm = collectives_run(n, collectives_rank);
+    setenv("DS_COMM_SHM", "0", 1);
+    shared *tcp = collectives_run(n, collectives_rank);
+    unsetenv("DS_COMM_SHM");
+    shared *mixed = collectives_run(n, rank0_tcp);
+    for (int r = 0; r < n; r++) {
+        expect_links(shm, r, n, 1, 1);
+        expect_links(tcp, r, n, 0, 0);
+        expect_links(mixed, r, n, r != 0 && r != 1, r != 0 && r != n - 1);
+    }
+    cr_assert_eq(tcp->num_cases[0], shm->num_cases[0]);
+    cr_assert_eq(mixed->num_cases[0], shm->num_cases[0]);
+    for (int c = 0; c < shm->num_cases[0]; c++) {
+        cr_expect_eq(tcp->hash[0][c], shm->hash[0][c], "case %d: TCP and shared memory differ", c);
+        cr_expect_eq(mixed->hash[0][c], shm->hash[0][c], "case %d: mixed links and shared memory differ", c);
+    }
+    munmap(shm, sizeof *shm);
+    munmap(tcp, sizeof *tcp);
+    munmap(mixed, sizeof *mixed);
+}
+
+/* Rank 1 makes the communicator and then exits (or, with DS_TEST_STALL, waits 4 s and takes
+ * part in nothing): rank 0's all-reduce over the shared-memory link must fail naming it, soon,
+ * not wait out its timeout (exit) or hang (stall, a 1 s communicator timeout). */
+static void quitter_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    const int stall = getenv("DS_TEST_STALL") != NULL;
+    ds_store_options opt = options(rank, n, port, SECRET, 10);
+    if (ds_store_open(&store, &opt, &err) || ds_comm_cpu_create(&comm, store, stall ? 1 : 10, &err)) {
+        fail(sh, rank, "%s", err.msg);
+        return;
+    }
+    snprintf(sh->link[rank], sizeof sh->link[rank], "%s", ds_comm_describe(comm));
+    if (rank == 1) {
+        if (stall) sleep(4);
+        _exit(0); /* no destroy, no goodbye: as a crash */
+    }
+    enum { COUNT = 600011 };
+    float *x = calloc(COUNT, sizeof *x);
+    double t0 = ds_dist_now();
+    ds_status st = ds_comm_all_reduce(comm, x, COUNT, DS_REDUCE_SUM, &err);
+    double took = ds_dist_now() - t0;
+    if (st == DS_OK)
+        fail(sh, rank, "the all-reduce succeeded without rank 1");
+    else
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "%.900s|%.1f", err.msg, took < 1e6 ? took : 1e6);
+    free(x);
+    _exit(0);
+}
+
+static void quitter(int stall, const char *want, double most_s)
+{
+    shared *sh = shared_new();
+    int port = test_free_port();
+    pid_t pids[2];
+    if (stall) setenv("DS_TEST_STALL", "1", 1);
+    run_ranks(sh, 2, 2, port, quitter_rank, pids);
+    unsetenv("DS_TEST_STALL");
+    for (int r = 0; r < 2; r++) waitpid(pids[r], NULL, 0);
+    cr_assert(!sh->failed[0] && !sh->failed[1], "%s / %s", sh->msg[0], sh->msg[1]);
+    expect_links(sh, 0, 2, 1, 1);
+    char *bar = strrchr(sh->msg[0], '|');
+    cr_assert(bar, "rank 0: \"%s\"", sh->msg[0]);
+    *bar = 0;
+    cr_expect_str_eq(sh->msg[0], want);
+    cr_expect_leq(atof(bar + 1), most_s, "rank 0 took %s s to notice", bar + 1);
+    munmap(sh, sizeof *sh);
+}
+
+Test(dist, shm_peer_exit_is_named, .timeout = 30)
+{
+    quitter(0, "rank 0: all_reduce: rank 1 closed its connection (did it exit?)", 3);
+}
+
+Test(dist, shm_peer_stall_times_out, .timeout = 30)
+{
+    quitter(1, "rank 0: all_reduce: no progress with rank 1 after 1 s", 3.5);
+}
+
+/* A bad DS_COMM_SHM is refused by name */
+Test(dist, shm_switch_checked)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    ds_store_options opt = options(0, 1, test_free_port(), SECRET, 5);
+    cr_assert_eq(ds_store_open(&store, &opt, &err), DS_OK, "%s", err.msg);
+    setenv("DS_COMM_SHM", "yes", 1);
+    cr_expect_eq(ds_comm_cpu_create(&comm, store, 5, &err), DS_ERR_INVALID);
+    unsetenv("DS_COMM_SHM");
+    cr_expect_str_eq(err.msg, "rank 0: DS_COMM_SHM=yes: expected 1 (shared memory between ranks of one "
+                     "host, the default) or 0 (TCP between all ranks)");
+    cr_expect_null(comm);
+    ds_store_close(store);
+}
 
 /* ---- the store --------------------------------------------------------------------------- */
 

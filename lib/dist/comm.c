@@ -1,18 +1,23 @@
-/* The communicator interface's checked wrappers and the CPU communicator: a TCP ring between
- * the ranks, bootstrapped through the rendezvous store, with ring reduce-scatter, all-gather
- * (all-reduce is the two), pipelined broadcast and barrier, on the world or a sub-group.
- * Shared memory between ranks on one host is not here yet. */
+/* The communicator interface's checked wrappers and the CPU communicator: a ring between the
+ * ranks, bootstrapped through the rendezvous store, with ring reduce-scatter, all-gather
+ * (all-reduce is the two), pipelined broadcast and barrier, on the world or a sub-group. Each
+ * link of the ring is a TCP connection; between two ranks of one host the bytes go through a
+ * shared-memory ring buffer instead (the TCP connection stays, to notice a peer that exits). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dist/dist_internal.h"
@@ -21,13 +26,24 @@
  * whatever the buffer size. */
 #define SEGMENT_FLOATS ((size_t)1 << 18)
 
+/* A shared-memory link: SHM_HDR bytes of header (the writer's count of bytes put at 0, the
+ * reader's count of bytes taken at 64, each on its own cache line; the nonce at 128), then a
+ * ring of SHM_CAP bytes. One writer (the rank before), one reader (the rank after). */
+#define SHM_CAP ((size_t)1 << 20)
+#define SHM_HDR ((size_t)256)
+#define SHM_PUT_MAX ((size_t)256 << 10) /* bytes per copy, so the reader starts early */
+#define SHM_NONCE 16
+
 typedef struct cpu_comm {
     ds_comm base;
     int next_fd; /* our connection to rank + 1 */
     int prev_fd; /* rank - 1's connection to us */
+    char *out_shm; /* the shared-memory link to rank + 1 (we write), or NULL: TCP */
+    char *in_shm;  /* the one from rank - 1 (we read), or NULL: TCP */
     double timeout_s;
     float *scratch;
     int me, next, prev; /* global ranks (of the store's world), for messages and keys */
+    char describe[160];
 } cpu_comm;
 
 static int ring_mod(int a, int n) { return ((a % n) + n) % n; }
@@ -100,6 +116,11 @@ ds_status ds_comm_broadcast(ds_comm *c, void *buf, size_t bytes, int root, ds_er
 
 ds_status ds_comm_barrier(ds_comm *c, ds_error *err) { return c->ops->barrier(c, err); }
 
+const char *ds_comm_describe(const ds_comm *c)
+{
+    return !c ? "none" : c->ops->describe ? c->ops->describe(c) : c->ops->name;
+}
+
 void ds_comm_destroy(ds_comm *c)
 {
     if (c) c->ops->destroy(c);
@@ -107,8 +128,66 @@ void ds_comm_destroy(ds_comm *c)
 
 /* ---- CPU ring ---------------------------------------------------------------------------- */
 
+static uint64_t *shm_count(char *m, int reader) { return (uint64_t *)(void *)(m + (reader ? 64 : 0)); }
+
+/* Put up to n bytes (at most SHM_PUT_MAX) into the link's ring; returns how many fitted. */
+static size_t shm_put(char *m, const char *src, size_t n)
+{
+    uint64_t head = *shm_count(m, 0), tail = __atomic_load_n(shm_count(m, 1), __ATOMIC_ACQUIRE);
+    size_t space = SHM_CAP - (size_t)(head - tail), k = n < space ? n : space;
+    if (k > SHM_PUT_MAX) k = SHM_PUT_MAX;
+    if (!k) return 0;
+    size_t at = (size_t)(head % SHM_CAP), first = SHM_CAP - at < k ? SHM_CAP - at : k;
+    memcpy(m + SHM_HDR + at, src, first);
+    memcpy(m + SHM_HDR, src + first, k - first);
+    __atomic_store_n(shm_count(m, 0), head + k, __ATOMIC_RELEASE);
+    return k;
+}
+
+/* Take up to n bytes out of the link's ring; returns how many there were. */
+static size_t shm_get(char *m, char *dst, size_t n)
+{
+    uint64_t tail = *shm_count(m, 1), head = __atomic_load_n(shm_count(m, 0), __ATOMIC_ACQUIRE);
+    size_t have = (size_t)(head - tail), k = n < have ? n : have;
+    if (k > SHM_PUT_MAX) k = SHM_PUT_MAX;
+    if (!k) return 0;
+    size_t at = (size_t)(tail % SHM_CAP), first = SHM_CAP - at < k ? SHM_CAP - at : k;
+    memcpy(dst, m + SHM_HDR + at, first);
+    memcpy(dst + first, m + SHM_HDR, k - first);
+    __atomic_store_n(shm_count(m, 1), tail + k, __ATOMIC_RELEASE);
+    return k;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* A shared-memory link's TCP connection carries nothing after the handshake: readable means
+ * the peer closed it (it exited) or broke the protocol. */
+static ds_status link_alive(cpu_comm *c, int fd, int peer, const char *what, ds_error *err)
+{
+    char byte;
+    ssize_t in = recv(fd, &byte, 1, MSG_DONTWAIT | MSG_PEEK);
+    if (in == 0)
+        return ds_error_set(err, DS_ERR_IO, "rank %d: %s: rank %d closed its connection (did it "
+                            "exit?)", c->me, what, peer);
+    if (in > 0)
+        return ds_error_set(err, DS_ERR_IO, "rank %d: %s: unexpected bytes from rank %d on a "
+                            "shared-memory link", c->me, what, peer);
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        return ds_error_set(err, DS_ERR_IO, "rank %d: %s: connection to rank %d: %s", c->me, what,
+                            peer, strerror(errno));
+    return DS_OK;
+}
+
 /* Send sn bytes to the next rank while receiving rn bytes from the previous one (both at
- * once, so that rings of any buffer size never deadlock on full socket buffers). */
+ * once, so that rings of any buffer size never deadlock on full socket buffers or a full
+ * shared-memory ring). A shared-memory side that cannot move spins briefly, then yields the
+ * core, then sleeps in poll() on the link's TCP connection 1 ms at a time (which also notices
+ * a peer that exited); a TCP side sleeps in poll(). */
 static ds_status exchange(cpu_comm *c, const void *sbuf, size_t sn, void *rbuf, size_t rn,
                           const char *what, ds_error *err)
 {
@@ -116,9 +195,16 @@ static ds_status exchange(cpu_comm *c, const void *sbuf, size_t sn, void *rbuf, 
     char *rp = rbuf;
     size_t sent = 0, got = 0;
     int r = c->me, next = c->next, prev = c->prev;
+    unsigned idle = 0;
+    double idle_since = 0;
+    int hup = 0; /* a shared-memory link's connection was readable: look at the ring once more */
     while (sent < sn || got < rn) {
         int progress = 0;
-        if (sent < sn) {
+        if (sent < sn && c->out_shm) {
+            size_t k = shm_put(c->out_shm, sp + sent, sn - sent);
+            sent += k;
+            progress |= k > 0;
+        } else if (sent < sn) {
             ssize_t put = send(c->next_fd, sp + sent, sn - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
             if (put > 0) {
                 sent += (size_t)put;
@@ -129,7 +215,11 @@ static ds_status exchange(cpu_comm *c, const void *sbuf, size_t sn, void *rbuf, 
                                     errno == EPIPE || errno == ECONNRESET ? " (did it exit?)" : "");
             }
         }
-        if (got < rn) {
+        if (got < rn && c->in_shm) {
+            size_t k = shm_get(c->in_shm, rp + got, rn - got);
+            got += k;
+            progress |= k > 0;
+        } else if (got < rn) {
             ssize_t in = recv(c->prev_fd, rp + got, rn - got, MSG_DONTWAIT);
             if (in > 0) {
                 got += (size_t)in;
@@ -142,18 +232,51 @@ static ds_status exchange(cpu_comm *c, const void *sbuf, size_t sn, void *rbuf, 
                                     what, prev, strerror(errno));
             }
         }
-        if (progress) continue;
+        if (progress) {
+            idle = hup = 0;
+            continue;
+        }
+        const int shm_wait = (sent < sn && c->out_shm) || (got < rn && c->in_shm);
+        double now = 0;
+        if (shm_wait) {
+            if (idle == 0) idle_since = ds_dist_now();
+            idle++;
+            if (idle < 2048) { /* about 10-50 us */
+                cpu_relax();
+                continue;
+            }
+            now = ds_dist_now();
+            if (now - idle_since < 2e-3) {
+                sched_yield();
+                continue;
+            }
+            if (now - idle_since > c->timeout_s)
+                return ds_error_set(err, DS_ERR_IO, "rank %d: %s: no progress with rank %d after "
+                                    "%g s", r, what, got < rn ? prev : next, c->timeout_s);
+        }
         struct pollfd pf[2];
         int np = 0;
-        if (sent < sn) pf[np++] = (struct pollfd){.fd = c->next_fd, .events = POLLOUT};
+        if (sent < sn) pf[np++] = (struct pollfd){.fd = c->next_fd, .events = c->out_shm ? POLLIN : POLLOUT};
         if (got < rn) pf[np++] = (struct pollfd){.fd = c->prev_fd, .events = POLLIN};
-        int ready = poll(pf, (nfds_t)np, (int)(c->timeout_s * 1000));
+        int ready = poll(pf, (nfds_t)np, shm_wait ? 1 : (int)(c->timeout_s * 1000));
         if (ready < 0 && errno == EINTR) continue;
-        if (ready == 0)
-            return ds_error_set(err, DS_ERR_IO, "rank %d: %s: no progress with rank %d after %g s",
-                                r, what, got < rn ? prev : next, c->timeout_s);
         if (ready < 0)
             return ds_error_set(err, DS_ERR_IO, "rank %d: %s: poll: %s", r, what, strerror(errno));
+        if (ready == 0 && !shm_wait)
+            return ds_error_set(err, DS_ERR_IO, "rank %d: %s: no progress with rank %d after %g s",
+                                r, what, got < rn ? prev : next, c->timeout_s);
+        /* A peer that put its last bytes in the ring and exited: those bytes come first, so
+         * the closed connection is an error only when the ring had nothing after it closed. */
+        const int out_hup = sent < sn && c->out_shm && (pf[0].revents & (POLLIN | POLLHUP | POLLERR));
+        const int in_hup = got < rn && c->in_shm && (pf[np - 1].revents & (POLLIN | POLLHUP | POLLERR));
+        if ((out_hup || in_hup) && !hup) {
+            hup = 1;
+            continue;
+        }
+        ds_status st = DS_OK;
+        if (out_hup) st = link_alive(c, c->next_fd, next, what, err);
+        if (st == DS_OK && in_hup) st = link_alive(c, c->prev_fd, prev, what, err);
+        if (st != DS_OK) return st;
     }
     return DS_OK;
 }
@@ -334,6 +457,8 @@ static ds_status cpu_barrier(ds_comm *base, ds_error *err)
 static void cpu_destroy(ds_comm *base)
 {
     cpu_comm *c = (cpu_comm *)base;
+    if (c->out_shm) munmap(c->out_shm, SHM_HDR + SHM_CAP);
+    if (c->in_shm) munmap(c->in_shm, SHM_HDR + SHM_CAP);
     if (c->next_fd >= 0) close(c->next_fd);
     if (c->prev_fd >= 0) close(c->prev_fd);
     free(c->scratch);
@@ -356,6 +481,8 @@ static ds_status cpu_all_gather_v(ds_comm *base, void *buf, const size_t *off, c
     return ring_all_gather_e((cpu_comm *)base, buf, off, len, esz, "all_gather", err);
 }
 
+static const char *cpu_describe(const ds_comm *base);
+
 static const ds_comm_ops cpu_ops = {
     .name = "cpu",
     .reduce_scatter_v = cpu_reduce_scatter_v,
@@ -366,6 +493,7 @@ static const ds_comm_ops cpu_ops = {
     .all_gather = cpu_all_gather,
     .broadcast = cpu_broadcast,
     .barrier = cpu_barrier,
+    .describe = cpu_describe,
 };
 
 /* ---- bootstrap --------------------------------------------------------------------------- */
@@ -444,6 +572,125 @@ static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], cons
                         prev, ip, port, timeout_s);
 }
 
+/* DS_COMM_SHM: 1 (or unset) shared memory between ranks of one host, 0 TCP everywhere */
+static ds_status shm_wanted(int *want, int rank, ds_error *err)
+{
+    const char *e = getenv("DS_COMM_SHM");
+    *want = !(e && strcmp(e, "0") == 0);
+    if (e && *e && strcmp(e, "0") && strcmp(e, "1"))
+        return ds_error_set(err, DS_ERR_INVALID, "rank %d: DS_COMM_SHM=%s: expected 1 (shared memory "
+                            "between ranks of one host, the default) or 0 (TCP between all ranks)",
+                            rank, e);
+    return DS_OK;
+}
+
+/* The shared-memory offer a rank sends the next one: "DSM1" (or "DSM0": none), its pid, the
+ * descriptor of a memfd named ds-comm-<nonce in hex>, the ring's size and the nonce, which is
+ * also in the header. The next rank accepts when /proc/<pid>/fd/<fd> is that memfd (so the
+ * two share a host and a PID namespace) with that nonce; it answers one byte, 1 or 0. */
+typedef struct shm_offer {
+    char magic[4];
+    uint32_t pid, fd, pad;
+    uint64_t cap;
+    uint8_t nonce[SHM_NONCE];
+} shm_offer;
+
+static char *shm_create(int *fd_out, shm_offer *o, ds_error *err)
+{
+    char name[64], hex[2 * SHM_NONCE + 1];
+    ds_error e = {0};
+    if (ds_random_bytes(o->nonce, SHM_NONCE, &e) != DS_OK) return NULL;
+    to_hex(o->nonce, SHM_NONCE, hex);
+    snprintf(name, sizeof name, "ds-comm-%s", hex);
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return NULL;
+    char *m = NULL;
+    if (ftruncate(fd, (off_t)(SHM_HDR + SHM_CAP)) == 0)
+        m = mmap(NULL, SHM_HDR + SHM_CAP, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (!m || m == MAP_FAILED) {
+        close(fd);
+        return NULL;
+    }
+    memcpy(m + 128, o->nonce, SHM_NONCE);
+    memcpy(o->magic, "DSM1", 4);
+    o->pid = (uint32_t)getpid();
+    o->fd = (uint32_t)fd;
+    o->cap = SHM_CAP;
+    *fd_out = fd;
+    (void)err;
+    return m;
+}
+
+/* The previous rank's link, when its offer is on this host; NULL otherwise */
+static char *shm_open_offer(const shm_offer *o)
+{
+    char path[64], link[256], want[128], hex[2 * SHM_NONCE + 1];
+    if (memcmp(o->magic, "DSM1", 4) || o->cap != SHM_CAP) return NULL;
+    to_hex(o->nonce, SHM_NONCE, hex);
+    snprintf(path, sizeof path, "/proc/%u/fd/%u", o->pid, o->fd);
+    snprintf(want, sizeof want, "/memfd:ds-comm-%s", hex);
+    ssize_t n = readlink(path, link, sizeof link - 1); /* another host's pid: another file */
+    if (n < 0) return NULL;
+    link[n] = 0;
+    if (strncmp(link, want, strlen(want)) || (link[strlen(want)] && strcmp(link + strlen(want), " (deleted)")))
+        return NULL;
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return NULL;
+    struct stat st;
+    char *m = NULL;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == SHM_HDR + SHM_CAP)
+        m = mmap(NULL, SHM_HDR + SHM_CAP, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (!m || m == MAP_FAILED) return NULL;
+    if (memcmp(m + 128, o->nonce, SHM_NONCE)) {
+        munmap(m, SHM_HDR + SHM_CAP);
+        return NULL;
+    }
+    return m;
+}
+
+/* After the ring's connections: each link becomes shared memory where both ends are on one
+ * host and want it (DS_COMM_SHM), and stays TCP otherwise. Every rank sends one offer to the
+ * next and one answer to the previous (a few bytes: they fit the socket buffers, so the ring
+ * cannot deadlock). */
+static ds_status shm_handshake(cpu_comm *c, int want, double wait_s, ds_error *err)
+{
+    double deadline = ds_dist_now() + wait_s;
+    shm_offer mine = {{'D', 'S', 'M', '0'}, 0, 0, 0, 0, {0}}, theirs;
+    int fd = -1;
+    char *out = want ? shm_create(&fd, &mine, err) : NULL;
+    uint8_t yes = 0, answer = 0;
+    ds_status st = DS_OK;
+    if (ds_io_write(c->next_fd, &mine, sizeof mine, deadline) != DS_IO_OK)
+        st = ds_error_set(err, DS_ERR_IO, "rank %d: cannot send the link offer to rank %d: %s", c->me,
+                          c->next, strerror(errno));
+    else if (ds_io_read(c->prev_fd, &theirs, sizeof theirs, deadline) != DS_IO_OK)
+        st = ds_error_set(err, DS_ERR_IO, "rank %d: no link offer from rank %d", c->me, c->prev);
+    if (st == DS_OK) {
+        c->in_shm = want ? shm_open_offer(&theirs) : NULL;
+        yes = c->in_shm != NULL;
+        if (ds_io_write(c->prev_fd, &yes, 1, deadline) != DS_IO_OK ||
+            ds_io_read(c->next_fd, &answer, 1, deadline) != DS_IO_OK)
+            st = ds_error_set(err, DS_ERR_IO, "rank %d: link handshake with ranks %d and %d failed",
+                              c->me, c->prev, c->next);
+    }
+    if (st == DS_OK && out && answer == 1)
+        c->out_shm = out;
+    else if (out)
+        munmap(out, SHM_HDR + SHM_CAP);
+    if (fd >= 0) close(fd); /* the mapping stays */
+    snprintf(c->describe, sizeof c->describe, "cpu ring of %d: to rank %d %s, from rank %d %s",
+             c->base.size, c->next, c->out_shm ? "shared memory" : "tcp", c->prev,
+             c->in_shm ? "shared memory" : "tcp");
+    return st;
+}
+
+static const char *cpu_describe(const ds_comm *base)
+{
+    const cpu_comm *c = (const cpu_comm *)base;
+    return c->describe[0] ? c->describe : "cpu ring of 1";
+}
+
 ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ranks,
                                    int num_ranks, double timeout_s, ds_error *err)
 {
@@ -466,6 +713,9 @@ ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ra
         if (ranks[i] == me) pos = i;
     }
     if (pos < 0) return DS_OK; /* not a member */
+    int want_shm;
+    ds_status wst = shm_wanted(&want_shm, me, err);
+    if (wst != DS_OK) return wst;
     cpu_comm *c = calloc(1, sizeof *c);
     if (!c) return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     c->base.ops = &cpu_ops;
@@ -534,6 +784,7 @@ ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ra
     free(peer);
     if (st == DS_OK) st = accept_prev(c, lfd, token, secret, ip, port, wait_s, err);
     if (lfd >= 0) close(lfd);
+    if (st == DS_OK) st = shm_handshake(c, want_shm, wait_s, err);
     if (st != DS_OK) {
         cpu_destroy(&c->base);
         return st;

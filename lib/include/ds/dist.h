@@ -90,6 +90,8 @@ typedef struct ds_comm_ops {
                                   ds_reduce_op op, ds_error *err);
     ds_status (*all_gather_v)(ds_comm *c, void *buf, const size_t *off, const size_t *len,
                               size_t esz, ds_error *err);
+    /* One line on this rank's links (ds_comm_describe). Optional (NULL: the name). */
+    const char *(*describe)(const ds_comm *c);
 } ds_comm_ops;
 
 /* Implementations embed this as their first member. */
@@ -101,7 +103,9 @@ struct ds_comm {
 
 /* The CPU communicator over the whole world of the store: every rank listens on the address
  * it reaches rank 0 from, publishes it in the store, and connects to the next rank (a ring;
- * peers prove the job secret too). Collectives are ring algorithms (all-reduce = reduce-scatter
+ * peers prove the job secret too). Between two ranks of one host the link's bytes then go
+ * through a shared-memory ring buffer (a memfd the two map) unless DS_COMM_SHM=0 is set on
+ * either; the TCP connection stays, to notice a peer that exits. Collectives are ring algorithms (all-reduce = reduce-scatter
  * + all-gather, bandwidth-optimal), in segments of 1 MiB, any count. The summation order is
  * fixed, so results are deterministic and identical on every rank. A collective that waits
  * longer than timeout_s for a peer fails naming it (<= 0: 1800 s). Collective over ranks. */
@@ -134,6 +138,10 @@ ds_status ds_comm_all_gather_v(ds_comm *c, void *buf, const size_t *off, const s
 ds_status ds_comm_broadcast(ds_comm *c, void *buf, size_t bytes, int root, ds_error *err);
 ds_status ds_comm_barrier(ds_comm *c, ds_error *err);
 void ds_comm_destroy(ds_comm *c);
+/* One line on what carries this rank's collectives, for logs: the CPU communicator's says,
+ * for its links to the next and from the previous rank, "shared memory" or "tcp"; "none"
+ * for NULL. Owned by the communicator. */
+const char *ds_comm_describe(const ds_comm *c);
 
 #ifdef __cplusplus
 }
