@@ -360,7 +360,7 @@ int main(int argc, char **argv)
     struct stat sb;
     if (!force && stat(out, &sb) == 0) {
         fprintf(stderr, "ds-ckpt: %s: exists; not overwriting it (use --force)\n", out);
-        return 1;
+        return 2; /* as ds-train, ds-lrrt and ds-prof: an existing output is refused before any work */
     }
     ds_ckpt *ck;
     if (open_verified(&ck, dir, tag))

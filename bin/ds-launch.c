@@ -44,7 +44,8 @@ static const char usage_text[] =
     "  -i, --include SPEC          only these hosts/slots: host1:0,1@host2\n"
     "  -e, --exclude SPEC          all but these hosts/slots\n"
     "  --num_nodes N               the first N hosts of the hostfile\n"
-    "  --num_gpus N                slots 0..N-1 on every host; local mode: N ranks (default 1),\n"
+    "  --num_gpus, --num_accelerators N\n"
+    "                              slots 0..N-1 on every host; local mode: N ranks (default 1),\n"
     "                              or the first N devices CUDA_VISIBLE_DEVICES lists (default all)\n"
     "  --master_addr ADDR          rank 0's address (default 127.0.0.1)\n"
     "  --master_port PORT          default 29500; 0 picks a free port and says which\n"
@@ -54,7 +55,13 @@ static const char usage_text[] =
     "  --ssh_timeout SECONDS       time to connect to a remote node (default 10)\n"
     "  --export VAR[=VAL]          pass VAR (from this environment, or set to VAL) to every rank\n"
     "  --dry-run                   print the resolved plan as JSON and start nothing\n"
-    "  -h, --help                  this text\n";
+    "  --no_ssh --node_rank N      start only node N's ranks, here, without ssh (one ds-launch\n"
+    "                              per node; share DS_JOB_SECRET and give --master_addr)\n"
+    "  --no_python, --no_local_rank, --no_ssh_check\n"
+    "                              accepted for DeepSpeed's command lines; nothing to change\n"
+    "  -h, --help                  this text\n"
+    "Also accepted: --num-gpus, --num-nodes, --master-addr, --master-port, --kill-grace, --ssh-port,\n"
+    "--ssh-timeout, --no-ssh, --node-rank, --dry_run; --opt=value as well as --opt value.\n";
 
 static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 static void usage_error(const char *fmt, ...)

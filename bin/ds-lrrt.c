@@ -46,7 +46,7 @@ static const char *usage_text =
     "  -h, --help            this text;  --version  the version\n";
 
 enum {
-    OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_MICRO, OPT_STRICT,
+    OPT_CONFIG = 256, OPT_DEEPSPEED, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_MICRO, OPT_STRICT,
     OPT_BACKEND, OPT_DEVICE, OPT_FORCE, OPT_QUIET, OPT_VERSION, OPT_PRINT, OPT_MIN, OPT_MAX,
     OPT_SPACING, OPT_SMOOTH, OPT_DIVERGE, OPT_SWEEP, OPT_VALUES, OPT_OUT
 };
@@ -107,6 +107,7 @@ static int parse_args(int argc, char **argv, args *a)
 {
     static const struct option longopts[] = {
         {"config", required_argument, 0, OPT_CONFIG}, {"deepspeed_config", required_argument, 0, OPT_CONFIG},
+        {"deepspeed", no_argument, 0, OPT_DEEPSPEED}, /* DeepSpeed's flag: means nothing by itself */
         {"data", required_argument, 0, OPT_DATA}, {"labels", required_argument, 0, OPT_LABELS},
         {"steps", required_argument, 0, OPT_STEPS}, {"seed", required_argument, 0, OPT_SEED},
         {"data-order", required_argument, 0, OPT_ORDER}, {"micro-batch", required_argument, 0, OPT_MICRO},
@@ -134,6 +135,7 @@ static int parse_args(int argc, char **argv, args *a)
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
         case OPT_CONFIG: a->config = optarg; break;
+        case OPT_DEEPSPEED: break;
         case OPT_DATA: a->data = optarg; break;
         case OPT_LABELS: a->labels = optarg; break;
         case OPT_STEPS:

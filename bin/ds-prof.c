@@ -18,8 +18,8 @@
 static const char *usage_text =
     "usage: ds-prof report RUN.db [--skip N] [--rank R]\n"
     "       ds-prof compare A.db B.db [--skip N]\n"
-    "       ds-prof export RUN.db [--format csv|json] [--table step|collective|rank|run] [-o FILE]\n"
-    "       ds-prof plot RUN.db -o OUT.svg [--rank R]\n"
+    "       ds-prof export RUN.db [--format csv|json] [--table step|collective|rank|run] [-o FILE] [--force]\n"
+    "       ds-prof plot RUN.db -o OUT.svg [--rank R] [--skip N] [--force]\n"
     "\n"
     "Read a run database written by ds-train --prof_db (one SQLite file per job).\n"
     "\n"
@@ -34,7 +34,8 @@ static const char *usage_text =
     "  --format F      csv or json (export; default csv)\n"
     "  --table T       step, collective, rank or run (export)\n"
     "  -o, --output F  write to F (plot: required); an existing F is kept unless --force\n"
-    "  --force         overwrite the output file\n"
+    "  --force         overwrite the output file (export, plot)\n"
+    "Options take their value as --opt V or --opt=V; one a command does not use is an error.\n"
     "  -h, --help      this text;  --version  the version\n";
 
 typedef struct opts {
@@ -68,10 +69,24 @@ static int parse_args(int argc, char **argv, opts *o)
 {
     memset(o, 0, sizeof *o);
     o->rank = -1;
+    int skip_given = 0;
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         const char *val = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t v;
+        char name[32];
+        const char *eq = s[0] == '-' && s[1] == '-' ? strchr(s, '=') : NULL;
+        if (eq) { /* --opt=value */
+            if ((size_t)(eq - s) >= sizeof name)
+                return usage_error("unknown option %s", s);
+            memcpy(name, s, (size_t)(eq - s));
+            name[eq - s] = 0;
+            s = name;
+            if (strcmp(s, "--skip") && strcmp(s, "--rank") && strcmp(s, "--format") && strcmp(s, "--table") &&
+                strcmp(s, "--output"))
+                return usage_error(!strcmp(s, "--force") || !strcmp(s, "--help") || !strcmp(s, "--version")
+                                       ? "option %s takes no value" : "unknown option %s", s);
+        }
         if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
             fputs(usage_text, stdout);
             return 0;
@@ -82,10 +97,14 @@ static int parse_args(int argc, char **argv, opts *o)
             o->force = 1;
         } else if (!strcmp(s, "--skip") || !strcmp(s, "--rank") || !strcmp(s, "--format") ||
                    !strcmp(s, "--table") || !strcmp(s, "-o") || !strcmp(s, "--output")) {
-            if (!val)
+            if (eq)
+                val = eq + 1;
+            else if (!val)
                 return usage_error("option %s needs a value", s);
-            i++;
+            else
+                i++;
             if (!strcmp(s, "--skip")) {
+                skip_given = 1;
                 if (parse_int(s, val, &o->skip))
                     return 2;
             } else if (!strcmp(s, "--rank")) {
@@ -126,6 +145,12 @@ static int parse_args(int argc, char **argv, opts *o)
         return usage_error("--format and --table are for export, not %s", o->cmd);
     if (o->output && strcmp(o->cmd, "export") && strcmp(o->cmd, "plot"))
         return usage_error("-o is for export and plot, not %s", o->cmd);
+    if (o->force && strcmp(o->cmd, "export") && strcmp(o->cmd, "plot"))
+        return usage_error("--force is for export and plot, not %s", o->cmd);
+    if (o->rank >= 0 && strcmp(o->cmd, "report") && strcmp(o->cmd, "plot"))
+        return usage_error("--rank is for report and plot, not %s", o->cmd);
+    if (skip_given && !strcmp(o->cmd, "export"))
+        return usage_error("--skip is for report, compare and plot, not %s", o->cmd);
     if (!o->format)
         o->format = "csv";
     return -1;
@@ -818,6 +843,15 @@ int main(int argc, char **argv)
             sqlite3_close(db[0]);
             return 2;
         }
+    if (o.rank >= 0) { /* a rank the run did not have is a mistake, not an empty report */
+        double world = scalar(db[0], "SELECT world_size FROM run", 0, -1);
+        if (!(o.rank < world)) {
+            fprintf(stderr, "ds-prof: --rank %d: %s has ranks 0 to %.0f (world size %.0f)\n", o.rank, o.db[0],
+                    world - 1, world);
+            sqlite3_close(db[0]);
+            return 2;
+        }
+    }
     if (!strcmp(o.cmd, "report"))
         rc = report(db[0], &o);
     else if (!strcmp(o.cmd, "compare"))

@@ -723,6 +723,10 @@ static void print_breakdown(ds_engine *eng, double iter_ms, int world, double pe
 int main(int argc, char **argv)
 {
     args a;
+    /* the command line as typed, for the run database (getopt_long reorders argv) */
+    char *typed[256];
+    const int ntyped = argc < 256 ? argc : 256;
+    memcpy(typed, argv, (size_t)ntyped * sizeof *typed);
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0)
         return rc;
@@ -904,7 +908,8 @@ int main(int argc, char **argv)
     const char *act16 = cfg->precision == DS_PREC_FP32 ? ""
                       : mrep.activations16 ? "; activations and working weights stored in 16 bits"
                       : getenv("DS_ACT16") && !strcmp(getenv("DS_ACT16"), "0") ? "; activations in fp32 buffers (DS_ACT16=0)"
-                                                                               : "; activations in fp32 buffers (this backend rounds them)";
+                      : net->input == DS_INPUT_FEATURES ? "; activations in fp32 buffers (a features network keeps them)"
+                                                        : "; activations in fp32 buffers (this backend rounds them)";
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
@@ -912,7 +917,7 @@ int main(int argc, char **argv)
     /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
     ds_rundb *rundb = NULL;
     int refused = 0;
-    if (a.prof_db && open_rundb(&rundb, &a, argc, argv, eng, steps, threads, comm, &err) != DS_OK) {
+    if (a.prof_db && open_rundb(&rundb, &a, ntyped, typed, eng, steps, threads, comm, &err) != DS_OK) {
         fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
                 strstr(err.msg, "not overwriting") ? " (use --force)" : "");
         refused = 1;

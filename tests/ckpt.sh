@@ -303,7 +303,7 @@ assert all(torch.equal(m[k], ref[k]) for k in ref)
 assert len(m) == 3 * len(ref) and m["optimizer.exp_avg_sq.wte.weight"].shape == ref["wte.weight"].shape
 EOF
 "$B/ds-ckpt" convert $d w-fp32.safetensors >/dev/null 2>err; rc=$?
-[ $rc = 1 ] && grep -q "exists; not overwriting it (use --force)" err && ok "convert refuses to overwrite without --force" \
+[ $rc = 2 ] && grep -q "exists; not overwriting it (use --force)" err && ok "convert refuses to overwrite without --force" \
     || notok "overwrite: rc $rc $(cat err)"
 # an output that cannot be created: an error naming it (it aborted on a double free)
 "$B/ds-ckpt" convert $d nodir/w.safetensors >/dev/null 2>err; rc=$?

@@ -47,6 +47,10 @@ expect 2 "--sweep 1cycle needs --values" "--sweep without --values: exit 2" -- "
 expect 2 "--values: expected a number > 0, found \"x\"" "a bad --values entry: exit 2" -- "$GPT" --config ds.json --data "$TEXT" --sweep 1cycle --values 0.1,x
 expect 2 "--spacing: expected log or linear, found \"cubic\"" "--spacing cubic: exit 2" -- "$GPT" --config ds.json --data "$TEXT" --spacing cubic
 "$L" --help | grep -q -- "--print-schedule N" && ok "--help lists --print-schedule" || notok "--help"
+# DeepSpeed's --deepspeed flag is accepted and means nothing (it was taken as a prefix of --deepspeed_config)
+echo '{"train_batch_size": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}}' > dsflag.json
+"$L" --deepspeed --deepspeed_config dsflag.json --print-schedule 2 >dsflag.csv 2>err && [ "$(sed -n 2p dsflag.csv)" = "1,0.001,0.9" ] \
+    && ok "--deepspeed --deepspeed_config FILE: the flag is ignored, as by ds-train" || notok "--deepspeed: $(head -c 300 err)"
 
 # ---- --print-schedule -----------------------------------------------------------------------
 cat > warm.json <<'EOF'

@@ -54,6 +54,9 @@ is "fp32: loss scale 1.0 and no skipped step on every row" \
 is "every timer recorded on every row" \
     "$(q run.db "SELECT count(*) FROM step WHERE fwd_ms > 0 AND bwd_ms > 0 AND bwd_inner_ms > 0 AND step_ms > 0 AND bwd_allreduce_ms = 0 AND iter_ms > 0 AND max_rss_bytes > 0")" "6"
 is "one process: no collective rows" "$(q run.db "SELECT count(*) FROM collective")" "0"
+is "the run row's command line is the one typed (getopt moves NET.json to the end of argv)" \
+    "$(q run.db "SELECT substr(command_line, instr(command_line, ' ') + 1) FROM run")" \
+    "mlp.json --data x.npy --labels y.npy --steps 6 --data-order sequential --seed 3 --config ds.json --prof_db run.db --log-json run.jsonl"
 is "the run row: world 1, batch 32 = 16 x 2, status done, the config text" \
     "$(q run.db "SELECT world_size, train_batch_size, micro_batch, grad_accum, status, instr(config_json, '\"gradient_accumulation_steps\": 2') > 0, finished_at IS NOT NULL FROM run")" \
     "1|32|16|2|done|1|1"
@@ -252,5 +255,12 @@ fails "export of a database without its collective table" "no such table: collec
 [ "$(cat keep.json)" = precious ] && [ -z "$(ls keep.json.* 2>/dev/null)" ] \
     && ok "a failed export --force keeps the existing output, no temporary left" || notok "failed export: $(head -c 100 keep.json) $(ls keep.json*)"
 "$B/ds-prof" --help | grep -q "^usage: ds-prof report RUN.db" && ok "ds-prof --help" || notok "ds-prof --help"
+fails "--rank the run did not have" "ds-prof: --rank 2: fixture.db has ranks 0 to 1 (world size 2)" report fixture.db --rank 2
+fails "an option the command does not use: --force for report" "--force is for export and plot, not report" report fixture.db --force
+fails "... --rank for compare" "--rank is for report and plot, not compare" compare fixture.db fixture.db --rank 0
+fails "... --skip for export" "--skip is for report, compare and plot, not export" export fixture.db --skip 1
+fails "--force=1: a flag takes no value" "option --force takes no value" export fixture.db --force=1
+"$B/ds-prof" report fixture.db --rank=1 --skip=2 >r1eq.txt 2>&1 && "$B/ds-prof" report fixture.db --rank 1 --skip 2 >r1sp.txt 2>&1 \
+    && cmp -s r1eq.txt r1sp.txt && ok "--opt=value means --opt value" || notok "--opt=value: $(head -c 300 r1eq.txt)"
 
 tap_summary
