@@ -176,6 +176,18 @@ Test(json, duplicate_keys_and_position)
     load_fails("{\n  \"train_batch_size\": 8,\n  \"steps_per_print\": ]\n}", 1, 0, DS_ERR_INVALID,
                "ds.json:3:", "invalid JSON");
     load_fails("{\"train_batch_size\": 8", 1, 0, DS_ERR_INVALID, "ds.json:1:", "invalid JSON");
+    /* integers beyond 64 bits: json-c would clamp them, silently */
+    load_fails("{\"train_batch_size\": 8,\n \"seed\": 18446744073709551616}", 1, 0, DS_ERR_INVALID,
+               "ds.json:2: the integer 18446744073709551616 does not fit in 64 bits", NULL);
+    load_fails("{\"train_batch_size\": 8, \"fp16\": {\"loss_scale_window\": -9223372036854775809}}", 1, 0,
+               DS_ERR_INVALID, "ds.json:1: the integer -9223372036854775809 does not fit in 64 bits", NULL);
+    {
+        ds_config c;
+        load_ok(&c, "{\"train_batch_size\": 8, \"seed\": 18446744073709551615, \"fp16\": "
+                    "{\"loss_scale\": 1e21}}", 1);
+        cr_expect_eq(c.seed, UINT64_MAX);
+        ds_config_free(&c);
+    }
     load_fails("[1, 2]", 1, 0, DS_ERR_INVALID, "ds.json: expected a JSON object at the top level",
                NULL);
 }

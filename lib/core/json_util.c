@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 
 /* json-c keeps the last of duplicate keys silently; DeepSpeed refuses duplicates in files.
- * We scan the text once with a tiny tokenizer that tracks the keys of each open object. */
+ * We scan the text once with a tiny tokenizer that tracks the keys of each open object. The
+ * same scan refuses integers outside 64 bits, which json-c clamps to the nearest limit without
+ * a word (Python reads them exactly). */
 typedef struct key_frame {
     char **keys;
     int n, cap;
@@ -50,6 +52,27 @@ static ds_status find_duplicate_keys(const char *text, const char *name, ds_erro
         } else if (c == ',') {
             if (depth > 0 && stack[depth - 1].is_object)
                 stack[depth - 1].expect_key = 1;
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            const char *start = p;
+            int integral = 1;
+            while (p[1] == '-' || p[1] == '+' || p[1] == '.' || p[1] == 'e' || p[1] == 'E' ||
+                   (p[1] >= '0' && p[1] <= '9')) {
+                p++;
+                integral &= *p != '.' && *p != 'e' && *p != 'E';
+            }
+            if (integral) {
+                char *end;
+                errno = 0;
+                if (*start == '-')
+                    (void)strtoll(start, &end, 10);
+                else
+                    (void)strtoull(start, &end, 10);
+                if (errno == ERANGE)
+                    st = ds_error_set(err, DS_ERR_INVALID, "%s:%d: the integer %.*s%s does not fit in 64 bits "
+                                      "(from %s to 18446744073709551615; a float such as 1e21 is read as one)",
+                                      name, line, (int)(p + 1 - start > 40 ? 40 : p + 1 - start), start,
+                                      p + 1 - start > 40 ? "..." : "", "-9223372036854775808");
+            }
         } else if (c == '"') {
             const char *start = ++p;
             while (*p && *p != '"') {
