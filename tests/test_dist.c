@@ -31,6 +31,7 @@ typedef struct shared {
     uint64_t hash[MAX_RANKS][MAX_CASES];
     int num_cases[MAX_RANKS];
     char link[MAX_RANKS][160]; /* ds_comm_describe */
+    int released; /* quitter_rank's rank 0 is done */
 } shared;
 
 static shared *shared_new(void)
@@ -303,46 +304,71 @@ Test(dist, collectives_same_bits_over_tcp_shm_and_mixed, .timeout = 60)
     munmap(mixed, sizeof *mixed);
 }
 
-/* Rank 1 makes the communicator and then exits (or, with DS_TEST_STALL, waits 4 s and takes
- * part in nothing): rank 0's all-reduce over the shared-memory link must fail naming it, soon,
- * not wait out its timeout (exit) or hang (stall, a 1 s communicator timeout). */
+/* Two ranks over a shared-memory link, rank 1 leaving early (DS_TEST_QUIT says how):
+ *   exit     rank 1 exits at once; rank 0's all-reduce (it waits to receive) must name it
+ *   stall    rank 1 stays but takes part in nothing until rank 0 is done; rank 0's all-reduce
+ *            (a 1 s communicator timeout) must time out naming it
+ *   send     rank 1 exits at once; rank 0 broadcasts 3 MiB (it waits to send, the ring full)
+ *   last     rank 1 broadcasts 4000 bytes 30 ms late and exits at once: rank 0 must get every
+ *            byte (the bytes are in the ring before the connection closes), not an error */
 static void quitter_rank(shared *sh, int rank, int n, int port)
 {
     ds_error err = {0};
     ds_store *store = NULL;
     ds_comm *comm = NULL;
-    const int stall = getenv("DS_TEST_STALL") != NULL;
+    const char *mode = getenv("DS_TEST_QUIT");
     ds_store_options opt = options(rank, n, port, SECRET, 10);
-    if (ds_store_open(&store, &opt, &err) || ds_comm_cpu_create(&comm, store, stall ? 1 : 10, &err)) {
+    if (ds_store_open(&store, &opt, &err) ||
+        ds_comm_cpu_create(&comm, store, !strcmp(mode, "stall") ? 1 : 10, &err)) {
         fail(sh, rank, "%s", err.msg);
         return;
     }
     snprintf(sh->link[rank], sizeof sh->link[rank], "%s", ds_comm_describe(comm));
+    enum { SMALL = 4000, BIG = 3 << 20 };
+    char *bytes = calloc(BIG, 1);
     if (rank == 1) {
-        if (stall) sleep(4);
-        _exit(0); /* no destroy, no goodbye: as a crash */
+        if (!strcmp(mode, "stall"))
+            while (!__atomic_load_n(&sh->released, __ATOMIC_ACQUIRE)) usleep(10000);
+        if (!strcmp(mode, "last")) {
+            usleep(30000);
+            for (int i = 0; i < SMALL; i++) bytes[i] = (char)(i * 7 + 1);
+            if (ds_comm_broadcast(comm, bytes, SMALL, 1, &err)) fail(sh, rank, "%s", err.msg);
+        }
+        _exit(sh->failed[rank]); /* no destroy, no goodbye: as a crash */
     }
-    enum { COUNT = 600011 };
-    float *x = calloc(COUNT, sizeof *x);
     double t0 = ds_dist_now();
-    ds_status st = ds_comm_all_reduce(comm, x, COUNT, DS_REDUCE_SUM, &err);
-    double took = ds_dist_now() - t0;
-    if (st == DS_OK)
-        fail(sh, rank, "the all-reduce succeeded without rank 1");
+    ds_status st;
+    if (!strcmp(mode, "last") || !strcmp(mode, "send"))
+        st = ds_comm_broadcast(comm, bytes, !strcmp(mode, "last") ? SMALL : BIG, !strcmp(mode, "last") ? 1 : 0, &err);
     else
+        st = ds_comm_all_reduce(comm, (float *)(void *)bytes, 600011 < BIG / 4 ? 600011 : BIG / 4, DS_REDUCE_SUM, &err);
+    double took = ds_dist_now() - t0;
+    __atomic_store_n(&sh->released, 1, __ATOMIC_RELEASE);
+    if (!strcmp(mode, "last")) {
+        if (st != DS_OK) fail(sh, rank, "the last bytes were lost: %s", err.msg);
+        for (int i = 0; i < SMALL && st == DS_OK; i++)
+            if (bytes[i] != (char)(i * 7 + 1)) {
+                fail(sh, rank, "byte %d of the last broadcast is %d", i, bytes[i]);
+                break;
+            }
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "ok|%.1f", took);
+    } else if (st == DS_OK) {
+        fail(sh, rank, "the collective succeeded without rank 1");
+    } else {
         snprintf(sh->msg[rank], sizeof sh->msg[rank], "%.900s|%.1f", err.msg, took < 1e6 ? took : 1e6);
-    free(x);
+    }
+    free(bytes);
     _exit(0);
 }
 
-static void quitter(int stall, const char *want, double most_s)
+static void quitter(const char *mode, const char *want, double most_s)
 {
     shared *sh = shared_new();
     int port = test_free_port();
     pid_t pids[2];
-    if (stall) setenv("DS_TEST_STALL", "1", 1);
+    setenv("DS_TEST_QUIT", mode, 1);
     run_ranks(sh, 2, 2, port, quitter_rank, pids);
-    unsetenv("DS_TEST_STALL");
+    unsetenv("DS_TEST_QUIT");
     for (int r = 0; r < 2; r++) waitpid(pids[r], NULL, 0);
     cr_assert(!sh->failed[0] && !sh->failed[1], "%s / %s", sh->msg[0], sh->msg[1]);
     expect_links(sh, 0, 2, 1, 1);
@@ -350,18 +376,28 @@ static void quitter(int stall, const char *want, double most_s)
     cr_assert(bar, "rank 0: \"%s\"", sh->msg[0]);
     *bar = 0;
     cr_expect_str_eq(sh->msg[0], want);
-    cr_expect_leq(atof(bar + 1), most_s, "rank 0 took %s s to notice", bar + 1);
+    cr_expect_leq(atof(bar + 1), most_s, "rank 0 took %s s", bar + 1);
     munmap(sh, sizeof *sh);
 }
 
 Test(dist, shm_peer_exit_is_named, .timeout = 30)
 {
-    quitter(0, "rank 0: all_reduce: rank 1 closed its connection (did it exit?)", 3);
+    quitter("exit", "rank 0: all_reduce: rank 1 closed its connection (did it exit?)", 3);
+}
+
+Test(dist, shm_peer_exit_while_sending_is_named, .timeout = 30)
+{
+    quitter("send", "rank 0: broadcast: rank 1 closed its connection (did it exit?)", 3);
+}
+
+Test(dist, shm_last_bytes_before_exit_arrive, .timeout = 30)
+{
+    for (int k = 0; k < 5; k++) quitter("last", "ok", 3);
 }
 
 Test(dist, shm_peer_stall_times_out, .timeout = 30)
 {
-    quitter(1, "rank 0: all_reduce: no progress with rank 1 after 1 s", 3.5);
+    quitter("stall", "rank 0: all_reduce: no progress with rank 1 after 1 s", 3.5);
 }
 
 /* A bad DS_COMM_SHM is refused by name */

@@ -27,8 +27,9 @@
 #define SEGMENT_FLOATS ((size_t)1 << 18)
 
 /* A shared-memory link: SHM_HDR bytes of header (the writer's count of bytes put at 0, the
- * reader's count of bytes taken at 64, each on its own cache line; the nonce at 128), then a
- * ring of SHM_CAP bytes. One writer (the rank before), one reader (the rank after). */
+ * reader's count of bytes taken at 128, each on its own pair of cache lines; the nonce at 192),
+ * then a ring of SHM_CAP bytes. One writer (the rank before), one reader (the rank after). The
+ * counts are 8-byte atomics, which must be lock-free to work between processes. */
 #define SHM_CAP ((size_t)1 << 20)
 #define SHM_HDR ((size_t)256)
 #define SHM_PUT_MAX ((size_t)256 << 10) /* bytes per copy, so the reader starts early */
@@ -128,7 +129,9 @@ void ds_comm_destroy(ds_comm *c)
 
 /* ---- CPU ring ---------------------------------------------------------------------------- */
 
-static uint64_t *shm_count(char *m, int reader) { return (uint64_t *)(void *)(m + (reader ? 64 : 0)); }
+_Static_assert(__atomic_always_lock_free(sizeof(uint64_t), 0), "shared-memory links need lock-free 8-byte atomics");
+#define SHM_NONCE_AT 192
+static uint64_t *shm_count(char *m, int reader) { return (uint64_t *)(void *)(m + (reader ? 128 : 0)); }
 
 /* Put up to n bytes (at most SHM_PUT_MAX) into the link's ring; returns how many fitted. */
 static size_t shm_put(char *m, const char *src, size_t n)
@@ -241,7 +244,7 @@ static ds_status exchange(cpu_comm *c, const void *sbuf, size_t sn, void *rbuf, 
         if (shm_wait) {
             if (idle == 0) idle_since = ds_dist_now();
             idle++;
-            if (idle < 2048) { /* about 10-50 us */
+            if (idle < 2048) { /* some tens of microseconds */
                 cpu_relax();
                 continue;
             }
@@ -611,7 +614,7 @@ static char *shm_create(int *fd_out, shm_offer *o, ds_error *err)
         close(fd);
         return NULL;
     }
-    memcpy(m + 128, o->nonce, SHM_NONCE);
+    memcpy(m + SHM_NONCE_AT, o->nonce, SHM_NONCE);
     memcpy(o->magic, "DSM1", 4);
     o->pid = (uint32_t)getpid();
     o->fd = (uint32_t)fd;
@@ -629,20 +632,29 @@ static char *shm_open_offer(const shm_offer *o)
     to_hex(o->nonce, SHM_NONCE, hex);
     snprintf(path, sizeof path, "/proc/%u/fd/%u", o->pid, o->fd);
     snprintf(want, sizeof want, "/memfd:ds-comm-%s", hex);
-    ssize_t n = readlink(path, link, sizeof link - 1); /* another host's pid: another file */
-    if (n < 0) return NULL;
-    link[n] = 0;
-    if (strncmp(link, want, strlen(want)) || (link[strlen(want)] && strcmp(link + strlen(want), " (deleted)")))
-        return NULL;
-    int fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return NULL;
+    /* Pin whatever the link names now without opening it for I/O (O_PATH: no side effects,
+     * even for a device), check that it is the memfd of the offer (another host's pid names
+     * another file), then open that same file through our own descriptor. */
+    int pfd = open(path, O_PATH | O_CLOEXEC);
+    if (pfd < 0) return NULL;
+    char self[64];
+    snprintf(self, sizeof self, "/proc/self/fd/%d", pfd);
+    ssize_t n = readlink(self, link, sizeof link - 1);
     struct stat st;
-    char *m = NULL;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == SHM_HDR + SHM_CAP)
-        m = mmap(NULL, SHM_HDR + SHM_CAP, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int fd = -1;
+    if (n > 0) {
+        link[n] = 0;
+        size_t w = strlen(want);
+        if (!strncmp(link, want, w) && (!link[w] || !strcmp(link + w, " (deleted)")) && fstat(pfd, &st) == 0 &&
+            S_ISREG(st.st_mode) && (size_t)st.st_size == SHM_HDR + SHM_CAP)
+            fd = open(self, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    }
+    close(pfd);
+    if (fd < 0) return NULL;
+    char *m = mmap(NULL, SHM_HDR + SHM_CAP, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     close(fd);
-    if (!m || m == MAP_FAILED) return NULL;
-    if (memcmp(m + 128, o->nonce, SHM_NONCE)) {
+    if (m == MAP_FAILED) return NULL;
+    if (memcmp(m + SHM_NONCE_AT, o->nonce, SHM_NONCE)) {
         munmap(m, SHM_HDR + SHM_CAP);
         return NULL;
     }
@@ -662,8 +674,8 @@ static ds_status shm_handshake(cpu_comm *c, int want, double wait_s, ds_error *e
     uint8_t yes = 0, answer = 0;
     ds_status st = DS_OK;
     if (ds_io_write(c->next_fd, &mine, sizeof mine, deadline) != DS_IO_OK)
-        st = ds_error_set(err, DS_ERR_IO, "rank %d: cannot send the link offer to rank %d: %s", c->me,
-                          c->next, strerror(errno));
+        st = ds_error_set(err, DS_ERR_IO, "rank %d: cannot send the link offer to rank %d (did it exit?)", c->me,
+                          c->next);
     else if (ds_io_read(c->prev_fd, &theirs, sizeof theirs, deadline) != DS_IO_OK)
         st = ds_error_set(err, DS_ERR_IO, "rank %d: no link offer from rank %d", c->me, c->prev);
     if (st == DS_OK) {
