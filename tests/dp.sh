@@ -42,7 +42,7 @@ common=(net.json --data text.txt --steps 20 --data-order sequential --quiet)
     --config mb2.json --log-json tcp.jsonl >tcp.out 2>err6 && ok "ds-launch: 4 ranks over TCP (DS_COMM_SHM=0)" \
     || notok "4 ranks over TCP: $(head -c 300 err6)"
 if grep -qx '\[rank 0\] comm: cpu ring of 4: to rank 1 shared memory, from rank 3 shared memory' four.out &&
-    grep -qx '\[rank 0\] comm: cpu ring of 4: to rank 1 tcp, from rank 3 tcp' tcp.out; then
+    grep -qx '\[rank 0\] comm: cpu ring of 4: to rank 1 tcp (DS_COMM_SHM=0 here), from rank 3 tcp (DS_COMM_SHM=0 here)' tcp.out; then
     ok "ranks of one host link through shared memory, or TCP with DS_COMM_SHM=0 (rank 0's comm line)"
 else notok "comm lines: $(grep -h comm: four.out tcp.out | head -c 300)"; fi
 "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config mb4.json \

@@ -30,7 +30,7 @@ typedef struct shared {
     char msg[MAX_RANKS][1024];
     uint64_t hash[MAX_RANKS][MAX_CASES];
     int num_cases[MAX_RANKS];
-    char link[MAX_RANKS][160]; /* ds_comm_describe */
+    char link[MAX_RANKS][320]; /* ds_comm_describe */
     int released; /* quitter_rank's rank 0 is done */
 } shared;
 
@@ -226,15 +226,18 @@ static void wait_ranks(shared *sh, int started, pid_t *pids)
     }
 }
 
-/* What rank r's links should say: shm_from / shm_to, whether each is shared memory */
-static void expect_links(const shared *sh, int r, int n, int shm_from, int shm_to)
+#define SHM "shared memory"
+#define OFF_HERE "tcp (DS_COMM_SHM=0 here)"
+/* What rank r's links should say: what carries the one from the previous rank and the one to
+ * the next */
+static void expect_links(const shared *sh, int r, int n, const char *from, const char *to)
 {
-    char want[160];
+    char want[320];
     if (n == 1)
         snprintf(want, sizeof want, "cpu ring of 1");
     else
-        snprintf(want, sizeof want, "cpu ring of %d: to rank %d %s, from rank %d %s", n, (r + 1) % n,
-                 shm_to ? "shared memory" : "tcp", (r + n - 1) % n, shm_from ? "shared memory" : "tcp");
+        snprintf(want, sizeof want, "cpu ring of %d: to rank %d %s, from rank %d %s", n, (r + 1) % n, to,
+                 (r + n - 1) % n, from);
     cr_expect_str_eq(sh->link[r], want, "rank %d's links: \"%s\", want \"%s\"", r, sh->link[r], want);
 }
 
@@ -261,7 +264,7 @@ static void collectives_world(int n)
 {
     shared *sh = collectives_run(n, collectives_rank);
     for (int r = 0; r < n; r++)
-        expect_links(sh, r, n, 1, 1);
+        expect_links(sh, r, n, SHM, SHM);
     munmap(sh, sizeof *sh);
 }
 
@@ -289,10 +292,14 @@ Test(dist, collectives_same_bits_over_tcp_shm_and_mixed, .timeout = 60)
     unsetenv("DS_COMM_SHM");
     shared *mixed = collectives_run(n, rank0_tcp);
     for (int r = 0; r < n; r++) {
-        expect_links(shm, r, n, 1, 1);
-        expect_links(tcp, r, n, 0, 0);
-        expect_links(mixed, r, n, r != 0 && r != 1, r != 0 && r != n - 1);
+        expect_links(shm, r, n, SHM, SHM);
+        expect_links(tcp, r, n, OFF_HERE, OFF_HERE);
     }
+    /* rank 0 asked for TCP: it says so for both its links, rank 1 was offered nothing, rank 2's
+     * offer was declined */
+    expect_links(mixed, 0, n, OFF_HERE, OFF_HERE);
+    expect_links(mixed, 1, n, "tcp (it offered none)", SHM);
+    expect_links(mixed, 2, n, SHM, "tcp (DS_COMM_SHM=0 there)");
     cr_assert_eq(tcp->num_cases[0], shm->num_cases[0]);
     cr_assert_eq(mixed->num_cases[0], shm->num_cases[0]);
     for (int c = 0; c < shm->num_cases[0]; c++) {
@@ -371,7 +378,7 @@ static void quitter(const char *mode, const char *want, double most_s)
     unsetenv("DS_TEST_QUIT");
     for (int r = 0; r < 2; r++) waitpid(pids[r], NULL, 0);
     cr_assert(!sh->failed[0] && !sh->failed[1], "%s / %s", sh->msg[0], sh->msg[1]);
-    expect_links(sh, 0, 2, 1, 1);
+    expect_links(sh, 0, 2, SHM, SHM);
     char *bar = strrchr(sh->msg[0], '|');
     cr_assert(bar, "rank 0: \"%s\"", sh->msg[0]);
     *bar = 0;

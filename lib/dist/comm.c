@@ -44,7 +44,7 @@ typedef struct cpu_comm {
     double timeout_s;
     float *scratch;
     int me, next, prev; /* global ranks (of the store's world), for messages and keys */
-    char describe[160];
+    char describe[320];
 } cpu_comm;
 
 static int ring_mod(int a, int n) { return ((a % n) + n) % n; }
@@ -624,10 +624,20 @@ static char *shm_create(int *fd_out, shm_offer *o, ds_error *err)
     return m;
 }
 
-/* The previous rank's link, when its offer is on this host; NULL otherwise */
-static char *shm_open_offer(const shm_offer *o)
+/* Why a link is, or is not, shared memory: the reader's answer to an offer, and the reader's
+ * own reason */
+enum { SHM_OFF = 0, SHM_YES = 1, SHM_ELSEWHERE = 2, SHM_DENIED = 3, SHM_FAILED = 4, SHM_NO_OFFER = 5 };
+
+static int shm_errno_why(int e)
+{
+    return e == ENOENT || e == ESRCH ? SHM_ELSEWHERE : e == EACCES || e == EPERM ? SHM_DENIED : SHM_FAILED;
+}
+
+/* The previous rank's link, when its offer is on this host; NULL otherwise, with *why */
+static char *shm_open_offer(const shm_offer *o, int *why)
 {
     char path[64], link[256], want[128], hex[2 * SHM_NONCE + 1];
+    *why = SHM_NO_OFFER;
     if (memcmp(o->magic, "DSM1", 4) || o->cap != SHM_CAP) return NULL;
     to_hex(o->nonce, SHM_NONCE, hex);
     snprintf(path, sizeof path, "/proc/%u/fd/%u", o->pid, o->fd);
@@ -636,18 +646,24 @@ static char *shm_open_offer(const shm_offer *o)
      * even for a device), check that it is the memfd of the offer (another host's pid names
      * another file), then open that same file through our own descriptor. */
     int pfd = open(path, O_PATH | O_CLOEXEC);
-    if (pfd < 0) return NULL;
+    if (pfd < 0) {
+        *why = shm_errno_why(errno);
+        return NULL;
+    }
     char self[64];
     snprintf(self, sizeof self, "/proc/self/fd/%d", pfd);
     ssize_t n = readlink(self, link, sizeof link - 1);
     struct stat st;
     int fd = -1;
+    *why = SHM_ELSEWHERE; /* that pid's descriptor is another file */
     if (n > 0) {
         link[n] = 0;
         size_t w = strlen(want);
         if (!strncmp(link, want, w) && (!link[w] || !strcmp(link + w, " (deleted)")) && fstat(pfd, &st) == 0 &&
-            S_ISREG(st.st_mode) && (size_t)st.st_size == SHM_HDR + SHM_CAP)
+            S_ISREG(st.st_mode) && (size_t)st.st_size == SHM_HDR + SHM_CAP) {
             fd = open(self, O_RDWR | O_NOCTTY | O_CLOEXEC);
+            *why = fd < 0 ? shm_errno_why(errno) : SHM_FAILED;
+        }
     }
     close(pfd);
     if (fd < 0) return NULL;
@@ -656,8 +672,10 @@ static char *shm_open_offer(const shm_offer *o)
     if (m == MAP_FAILED) return NULL;
     if (memcmp(m + SHM_NONCE_AT, o->nonce, SHM_NONCE)) {
         munmap(m, SHM_HDR + SHM_CAP);
+        *why = SHM_ELSEWHERE;
         return NULL;
     }
+    *why = SHM_YES;
     return m;
 }
 
@@ -671,7 +689,8 @@ static ds_status shm_handshake(cpu_comm *c, int want, double wait_s, ds_error *e
     shm_offer mine = {{'D', 'S', 'M', '0'}, 0, 0, 0, 0, {0}}, theirs;
     int fd = -1;
     char *out = want ? shm_create(&fd, &mine, err) : NULL;
-    uint8_t yes = 0, answer = 0;
+    uint8_t yes = SHM_OFF, answer = SHM_OFF;
+    int in_why = SHM_OFF;
     ds_status st = DS_OK;
     if (ds_io_write(c->next_fd, &mine, sizeof mine, deadline) != DS_IO_OK)
         st = ds_error_set(err, DS_ERR_IO, "rank %d: cannot send the link offer to rank %d (did it exit?)", c->me,
@@ -679,21 +698,41 @@ static ds_status shm_handshake(cpu_comm *c, int want, double wait_s, ds_error *e
     else if (ds_io_read(c->prev_fd, &theirs, sizeof theirs, deadline) != DS_IO_OK)
         st = ds_error_set(err, DS_ERR_IO, "rank %d: no link offer from rank %d", c->me, c->prev);
     if (st == DS_OK) {
-        c->in_shm = want ? shm_open_offer(&theirs) : NULL;
-        yes = c->in_shm != NULL;
+        c->in_shm = want ? shm_open_offer(&theirs, &in_why) : NULL;
+        yes = (uint8_t)in_why; /* 1: yes; otherwise why not */
         if (ds_io_write(c->prev_fd, &yes, 1, deadline) != DS_IO_OK ||
             ds_io_read(c->next_fd, &answer, 1, deadline) != DS_IO_OK)
             st = ds_error_set(err, DS_ERR_IO, "rank %d: link handshake with ranks %d and %d failed",
                               c->me, c->prev, c->next);
     }
-    if (st == DS_OK && out && answer == 1)
+    if (st == DS_OK && out && answer == SHM_YES)
         c->out_shm = out;
     else if (out)
         munmap(out, SHM_HDR + SHM_CAP);
     if (fd >= 0) close(fd); /* the mapping stays */
-    snprintf(c->describe, sizeof c->describe, "cpu ring of %d: to rank %d %s, from rank %d %s",
-             c->base.size, c->next, c->out_shm ? "shared memory" : "tcp", c->prev,
-             c->in_shm ? "shared memory" : "tcp");
+    /* what carries each link, and for TCP between ranks that wanted shared memory, why */
+    char to[96], from[96];
+    if (c->out_shm)
+        snprintf(to, sizeof to, "shared memory");
+    else if (!want)
+        snprintf(to, sizeof to, "tcp (DS_COMM_SHM=0 here)");
+    else if (!out)
+        snprintf(to, sizeof to, "tcp (no memfd here)");
+    else
+        snprintf(to, sizeof to, "tcp (%s)", answer == SHM_OFF ? "DS_COMM_SHM=0 there"
+                                          : answer == SHM_ELSEWHERE ? "another host or PID namespace"
+                                          : answer == SHM_DENIED ? "it may not open ours through /proc"
+                                                                 : "it could not map ours");
+    if (c->in_shm)
+        snprintf(from, sizeof from, "shared memory");
+    else
+        snprintf(from, sizeof from, "tcp (%s)", !want ? "DS_COMM_SHM=0 here"
+                                                : in_why == SHM_NO_OFFER ? "it offered none"
+                                                : in_why == SHM_ELSEWHERE ? "another host or PID namespace"
+                                                : in_why == SHM_DENIED ? "its memfd may not be opened through /proc here"
+                                                                       : "its memfd could not be mapped here");
+    snprintf(c->describe, sizeof c->describe, "cpu ring of %d: to rank %d %s, from rank %d %s", c->base.size,
+             c->next, to, c->prev, from);
     return st;
 }
 
