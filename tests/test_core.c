@@ -742,6 +742,16 @@ Test(net, invalid_json_and_duplicate_keys)
     parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8, \"dim\": 8}, \"layers\": [{\"type\": \"relu\"}], "
                 "\"loss\": {\"type\": \"mse\"}}",
                 "duplicate key \"dim\"", NULL);
+    /* err may be NULL (libds(3)): the parser's own errors must not read it (two layers named
+     * fc crashed there) */
+    {
+        ds_net *none = NULL;
+        cr_expect_eq(ds_net_parse_string(&none, FEAT("{\"type\": \"linear\", \"name\": \"fc\", \"out\": 8}, "
+                                                     "{\"type\": \"linear\", \"name\": \"fc\", \"out\": 3}", "mse"),
+                                         "net.json", NULL),
+                     DS_ERR_INVALID);
+        cr_expect_null(none);
+    }
     /* the same key in different objects is fine */
     ds_net *net = parse_ok(FEAT("{\"type\": \"linear\", \"name\": \"a\", \"out\": 8}, {\"type\": \"linear\", "
                                 "\"name\": \"b\", \"out\": 3}",

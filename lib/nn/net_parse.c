@@ -605,7 +605,8 @@ ds_status ds_net_parse_string(ds_net **out, const char *json, const char *name, 
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
     ds_table_init(&net->params);
-    parser p = {.net = net, .file = name, .err = err};
+    ds_error local = {0}; /* err may be NULL; the parser reads the code back from it */
+    parser p = {.net = net, .file = name, .err = err ? err : &local};
     st = parse_net(&p, root);
     json_object_put(root);
     if (st == DS_OK) {
