@@ -264,14 +264,15 @@ struct ds_backend {
     void *impl;     /* backend-private state */
 };
 
-/* Create a backend by name: "cpu" chooses its kernels by cpuid (AVX2+FMA, else portable);
- * "cpu:avx2" and "cpu:generic" force one variant. "cuda" (or "cuda:N", device N) loads the CUDA
+/* Create a backend by name: "cpu" chooses its kernels by cpuid (AVX2+FMA, else portable), or
+ * DS_CPU_KERNELS's; "cpu:avx2", "cpu:avx512" and "cpu:generic" force one variant. "cuda" (or "cuda:N", device N) loads the CUDA
  * backend, libds-cuda.so, at run time (see ds-cuda(7)); DS_ERR_UNSUPPORTED when it is not built
  * or there is no CUDA device. "auto": cuda when a CUDA device is usable, else cpu. */
 ds_status ds_backend_create(ds_backend **out, const char *name, ds_error *err);
 void ds_backend_destroy(ds_backend *b);
-/* For logs: which CPU kernel variant is in use ("avx2", "generic"), or the backend's own
- * description ("cuda (NVIDIA H100 80GB HBM3, sm_90, ...)"). */
+/* For logs: which CPU kernel variant is in use ("avx2", "avx512", "generic"; in bf16 training
+ * followed by what the products run on), or the backend's own description ("cuda (NVIDIA H100
+ * 80GB HBM3, sm_90, ...)"). */
 const char *ds_backend_describe(const ds_backend *b);
 
 #ifdef __cplusplus

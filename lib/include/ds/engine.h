@@ -27,7 +27,7 @@ typedef struct ds_engine_options {
     const char *net_path;     /* network file (or net_json with net_name) */
     const char *net_json;
     const char *net_name;
-    const char *backend;      /* "cpu", "cpu:generic", "cpu:avx2", "cuda", "cuda:N", "auto"; NULL: the
+    const char *backend;      /* "cpu", "cpu:generic", "cpu:avx2", "cpu:avx512", "cuda", "cuda:N", "auto"; NULL: the
                                  config's "device", else backend_default, else "cpu" */
     const char *backend_default; /* see backend (ds-train: "auto") */
     int strict_config;        /* unknown top-level config keys are errors */
