@@ -526,6 +526,11 @@ static void stranger_rank(shared *sh, int rank, int n, int port)
     float x[3] = {(float)rank, 1, 2};
     if (ds_comm_all_reduce(comm, x, 3, DS_REDUCE_SUM, &err)) fail(sh, rank, "%s", err.msg);
     else if (x[0] != 1 || x[1] != 2 || x[2] != 4) fail(sh, rank, "wrong sum %g %g %g", x[0], x[1], x[2]);
+    /* stay until the test has read rank 1's address and knocked: rank 0's store stops serving
+     * once the ranks have closed theirs, and the test's own client would find it gone */
+    void *knocked = NULL;
+    if (ds_store_get(store, "knocked", &knocked, NULL, &err)) fail(sh, rank, "%s", err.msg);
+    free(knocked);
     ds_comm_destroy(comm);
     if (ds_store_barrier(store, &err)) fail(sh, rank, "%s", err.msg);
     ds_store_close(store);
@@ -585,6 +590,7 @@ Test(dist, stranger_refused_job_proceeds, .timeout = 30)
         (void)ds_io_write(k, proof, 36, ds_dist_now() + 2);
         close(k);
     }
+    cr_assert_eq(ds_store_set(s, "knocked", "1", 1, &err), DS_OK, "%s", err.msg);
     wait_ranks(sh, 2, pids);
     close(silent);
     ds_store_close(s);
