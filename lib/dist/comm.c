@@ -598,7 +598,7 @@ typedef struct shm_offer {
     uint8_t nonce[SHM_NONCE];
 } shm_offer;
 
-static char *shm_create(int *fd_out, shm_offer *o, ds_error *err)
+static char *shm_create(int *fd_out, shm_offer *o)
 {
     char name[64], hex[2 * SHM_NONCE + 1];
     ds_error e = {0};
@@ -620,7 +620,6 @@ static char *shm_create(int *fd_out, shm_offer *o, ds_error *err)
     o->fd = (uint32_t)fd;
     o->cap = SHM_CAP;
     *fd_out = fd;
-    (void)err;
     return m;
 }
 
@@ -688,7 +687,7 @@ static ds_status shm_handshake(cpu_comm *c, int want, double wait_s, ds_error *e
     double deadline = ds_dist_now() + wait_s;
     shm_offer mine = {{'D', 'S', 'M', '0'}, 0, 0, 0, 0, {0}}, theirs;
     int fd = -1;
-    char *out = want ? shm_create(&fd, &mine, err) : NULL;
+    char *out = want ? shm_create(&fd, &mine) : NULL;
     uint8_t yes = SHM_OFF, answer = SHM_OFF;
     int in_why = SHM_OFF;
     ds_status st = DS_OK;
