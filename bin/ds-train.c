@@ -136,6 +136,20 @@ static int parse_i64(const char *flag, const char *s, int64_t min, int64_t *out)
     return 0;
 }
 
+/* --seed: 0 to 2^64-1, as a config's "seed" (strtoull alone would take "-1" as 2^64-1) */
+static int parse_seed(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || end == s || *s < '0' || *s > '9') {
+        fprintf(stderr, "ds-train: --seed: expected an integer from 0 to 18446744073709551615, found \"%s\"\n", s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, args *a)
 {
     static const struct option longopts[] = {
@@ -199,14 +213,11 @@ static int parse_args(int argc, char **argv, args *a)
             if (parse_i64("--steps", optarg, 1, &a->steps))
                 return 2;
             break;
-        case OPT_SEED: {
-            int64_t s;
-            if (parse_i64("--seed", optarg, 0, &s))
+        case OPT_SEED:
+            if (parse_seed(optarg, &a->seed))
                 return 2;
-            a->seed = (uint64_t)s;
             a->seed_set = 1;
             break;
-        }
         case OPT_ORDER:
             if (strcmp(optarg, "shuffled") == 0)
                 a->order = DS_ORDER_SHUFFLED;

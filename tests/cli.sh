@@ -144,6 +144,9 @@ expect_fail "missing --config: exit 2" 2 "--config" gpt.json --data text.txt
 expect_fail "missing --data: exit 2" 2 "--data" gpt.json --config ds.json
 expect_fail "a stray argument: exit 2" 2 "unexpected argument \"extra\"" gpt.json extra --config ds.json --data text.txt
 expect_fail "--backend tpu: exit 2" 2 "tpu" "${TRAIN[@]}" --backend tpu
+expect_fail "--seed -1: exit 2 (strtoull would read 2^64-1)" 2 "--seed: expected an integer from 0 to 18446744073709551615, found \"-1\"" \
+    "${TRAIN[@]}" --seed -1
+expect_fail "--seed 2^64: exit 2" 2 "found \"18446744073709551616\"" "${TRAIN[@]}" --seed 18446744073709551616
 run --help
 if [ "$rc" = 0 ] && grep -q "^usage: ds-train" "$T/out"; then ok "--help prints the usage, exit 0"; else notok "--help $(why)"; fi
 
@@ -336,6 +339,16 @@ if [ "$rc3" = 0 ] && [ "$(losses s5a.jsonl)" != "$(losses s6.jsonl)" ]; then
     ok "another --seed gives other losses"
 else
     notok "--seed 6 gave the same losses as --seed 5"
+fi
+# the whole range a config's "seed" has: --seed 2^64-1 is the config's seed 2^64-1
+sed 's/"seed": 1}/"seed": 18446744073709551615}/' ds.json > seedmax.json
+run gpt.json --config seedmax.json --data text.txt --steps 3 --log-json smax-cfg.jsonl
+rc1=$rc
+run gpt.json --config ds.json --data text.txt --steps 3 --seed 18446744073709551615 --log-json smax-flag.jsonl
+if [ "$rc1$rc" = 00 ] && [ "$(losses smax-cfg.jsonl | wc -w)" = 3 ] && [ "$(losses smax-cfg.jsonl)" = "$(losses smax-flag.jsonl)" ]; then
+    ok "--seed 18446744073709551615 trains as the config's seed 2^64-1"
+else
+    notok "--seed 2^64-1: $(losses smax-cfg.jsonl 2>&1) vs $(losses smax-flag.jsonl 2>&1) $(why)"
 fi
 # both kernel variants from the same initialization: the first loss agrees to float rounding
 run "${TRAIN[@]}" --steps 1 --seed 5 --backend cpu:generic --log-json gen.jsonl
