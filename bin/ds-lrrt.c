@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ds/ds.h"
+#include "cliarg.h"
 #include "outcheck.h"
 
 static const char *usage_text =
@@ -85,19 +86,6 @@ static int parse_i64(const char *flag, const char *s, int64_t min, int64_t *out)
     return 0;
 }
 
-/* --seed: 0 to 2^64-1, as a config's "seed" (strtoull alone would take "-1" as 2^64-1) */
-static int parse_seed(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || end == s || *s < '0' || *s > '9') {
-        fprintf(stderr, "ds-lrrt: --seed: expected an integer from 0 to 18446744073709551615, found \"%s\"\n", s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
 
 /* A number in (lo, hi) (open at both ends when open is set, else [lo, hi)). */
 static int parse_num(const char *flag, const char *s, double lo, double hi, int open, double *out)
@@ -157,8 +145,10 @@ static int parse_args(int argc, char **argv, args *a)
                 return 2;
             break;
         case OPT_SEED:
-            if (parse_seed(optarg, &a->seed))
+            if (cliarg_seed(optarg, &a->seed)) {
+                fprintf(stderr, "ds-lrrt: --seed: expected " CLIARG_SEED_EXPECTED ", found \"%s\"\n", optarg);
                 return 2;
+            }
             a->seed_set = 1;
             break;
         case OPT_ORDER:

@@ -19,6 +19,7 @@
 #include <json-c/json.h>
 
 #include "ds/ds.h"
+#include "cliarg.h"
 #include "outcheck.h"
 
 static const char *usage_text =
@@ -136,20 +137,6 @@ static int parse_i64(const char *flag, const char *s, int64_t min, int64_t *out)
     return 0;
 }
 
-/* --seed: 0 to 2^64-1, as a config's "seed" (strtoull alone would take "-1" as 2^64-1) */
-static int parse_seed(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || end == s || *s < '0' || *s > '9') {
-        fprintf(stderr, "ds-train: --seed: expected an integer from 0 to 18446744073709551615, found \"%s\"\n", s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, args *a)
 {
     static const struct option longopts[] = {
@@ -214,8 +201,10 @@ static int parse_args(int argc, char **argv, args *a)
                 return 2;
             break;
         case OPT_SEED:
-            if (parse_seed(optarg, &a->seed))
+            if (cliarg_seed(optarg, &a->seed)) {
+                fprintf(stderr, "ds-train: --seed: expected " CLIARG_SEED_EXPECTED ", found \"%s\"\n", optarg);
                 return 2;
+            }
             a->seed_set = 1;
             break;
         case OPT_ORDER:

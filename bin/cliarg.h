@@ -1,0 +1,12 @@
+/* Command-line values shared by the binaries that take them (ds-train, ds-lrrt). */
+#ifndef DS_BIN_CLIARG_H
+#define DS_BIN_CLIARG_H
+
+#include <stdint.h>
+
+/* --seed: 0 to 2^64-1, as a config's "seed" (strtoull alone would take "-1" as 2^64-1).
+ * 0, or -1 when s is not such a number (the caller says so). */
+int cliarg_seed(const char *s, uint64_t *out);
+#define CLIARG_SEED_EXPECTED "an integer from 0 to 18446744073709551615"
+
+#endif
