@@ -9,6 +9,9 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #endif
 
 #include "cpu_dnnl.h"
@@ -1110,6 +1113,33 @@ static const ds_backend_ops cpu_ops = {
     .pack16 = cpu_pack16,
 };
 
+/* What the kernel variants need of the CPU and of the OS (cpuid, and XCR0 for the vector
+ * registers' state): 0 none, 1 AVX2+FMA+F16C (avx2), 2 those and AVX-512 F/BW/VL/DQ (avx512).
+ * Read from cpuid itself because the compilers' __builtin_cpu_supports know different names
+ * (clang 14 has no "f16c"). */
+static int x86_level(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    const int fma = c >> 12 & 1, osxsave = c >> 27 & 1, avx = c >> 28 & 1, f16c = c >> 29 & 1;
+    if (!(fma && osxsave && avx && f16c))
+        return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if ((lo & 0x6) != 0x6) /* the OS saves SSE and AVX state */
+        return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b >> 5 & 1)) /* AVX2 */
+        return 0;
+    const int f = b >> 16 & 1, dq = b >> 17 & 1, bw = b >> 30 & 1, vl = b >> 31 & 1;
+    return (lo & 0xe0) == 0xe0 && f && dq && bw && vl ? 2 : 1; /* opmask and ZMM state saved */
+#else
+    return 0;
+#endif
+}
+
 /* variant: NULL or "" picks by cpuid (avx2 or generic), or takes DS_CPU_KERNELS's when that is
  * set (so that whole test programs and scripts can run on another variant, as if cpuid had
  * picked it); "avx2", "generic" or "avx512" forces one. avx512 (the same kernels with 512-bit
@@ -1118,8 +1148,7 @@ static const ds_backend_ops cpu_ops = {
 ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error *err)
 {
     const ds_cpu_kernels *k;
-    int has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c");
+    const int level = x86_level(), has_avx2 = level >= 1;
     if (!variant || !*variant) {
         const char *env = getenv("DS_CPU_KERNELS");
         if (env && *env) {
@@ -1143,8 +1172,7 @@ ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error 
                                 "backend cpu:avx2: this CPU lacks AVX2/FMA/F16C");
         k = &ds_cpu_kernels_avx2;
     } else if (strcmp(variant, "avx512") == 0) {
-        if (!(has_avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+        if (level < 2)
             return ds_error_set(err, DS_ERR_UNSUPPORTED,
                                 "backend cpu:avx512: this CPU lacks AVX-512 F/BW/VL/DQ (or AVX2/FMA/F16C)");
         k = &ds_cpu_kernels_avx512;
