@@ -644,6 +644,14 @@ Test(net, error_paths_in_the_gpt)
                         "gpt.json: layers[2].layers[0].layers[1].heads: expected an integer, found 4.5");
     parse_fails_exactly(GPT_WITH("\"4\"", LM_HEAD, "cross_entropy"),
                         "gpt.json: layers[2].layers[0].layers[1].heads: expected an integer, found \"4\"");
+    /* doubles beyond 64 bits are not integers here (found by scripts/fuzz.sh: the conversion to
+     * int64 was undefined behaviour before the range check) */
+    parse_fails_exactly(GPT_WITH("644e36", LM_HEAD, "cross_entropy"),
+                        "gpt.json: layers[2].layers[0].layers[1].heads: expected an integer, found 644e36");
+    parse_fails_exactly(GPT_WITH("-1e19", LM_HEAD, "cross_entropy"),
+                        "gpt.json: layers[2].layers[0].layers[1].heads: expected an integer, found -1e19");
+    parse_fails_exactly(GPT_WITH("4e9", LM_HEAD, "cross_entropy"),
+                        "gpt.json: layers[2].layers[0].layers[1].heads: 4000000000 is too large (at most 2147483647)");
     /* bad ties: no such layer; a weight of the wrong shape */
     parse_fails_exactly(
         GPT_WITH("4", "{\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 256, \"tied_to\": \"wtf\"}", "cross_entropy"),

@@ -1,6 +1,7 @@
 /* Network files: JSON -> a flat list of layers with inferred shapes and a parameter table.
  * `repeat` is unrolled (children named <name>.<i>.<child>), `residual` becomes a BEGIN/END pair.
  * Every error names the file and the JSON path. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,9 +84,9 @@ static ds_status get_int(parser *p, json_object *obj, const char *jpath, const c
     int64_t x;
     if (json_object_is_type(v, json_type_int)) {
         x = json_object_get_int64(v);
-    } else if (json_object_is_type(v, json_type_double) &&
-               json_object_get_double(v) == (double)(int64_t)json_object_get_double(v)) {
-        x = (int64_t)json_object_get_double(v);
+    } else if (json_object_is_type(v, json_type_double) && fabs(json_object_get_double(v)) < 9.2e18 &&
+               json_object_get_double(v) == floor(json_object_get_double(v))) {
+        x = (int64_t)json_object_get_double(v); /* in range: 644e36 is no integer here, and no wrap */
     } else {
         char found[80];
         ds_json_render(v, found, sizeof found);
