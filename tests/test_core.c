@@ -652,6 +652,25 @@ Test(net, error_paths_in_the_gpt)
                         "gpt.json: layers[2].layers[0].layers[1].heads: expected an integer, found -1e19");
     parse_fails_exactly(GPT_WITH("4e9", LM_HEAD, "cross_entropy"),
                         "gpt.json: layers[2].layers[0].layers[1].heads: 4000000000 is too large (at most 2147483647)");
+    /* FLOPs beyond 2^62, per layer (4 T^2 C of attention at seq_len 2^28) and in all (six
+     * layers at seq_len 111111116), were int64 overflows (UBSan, found by fuzzing) */
+    parse_fails_exactly("{\"input\": {\"type\": \"tokens\", \"vocab_size\": 64, \"seq_len\": 268435456},"
+                        " \"layers\": [{\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 32},"
+                        " {\"type\": \"attention\", \"name\": \"attn\", \"heads\": 4, \"causal\": true},"
+                        " {\"type\": \"linear\", \"name\": \"head\", \"out\": 64}],"
+                        " \"loss\": {\"type\": \"cross_entropy\"}}",
+                        "gpt.json: layers[1]: 9.22e+18 forward FLOPs per sample: too large (at most 2^62; "
+                        "seq_len or dim too large)");
+    char six[1024] = "";
+    for (int i = 0; i < 6; i++)
+        snprintf(six + strlen(six), sizeof six - strlen(six),
+                 ", {\"type\": \"attention\", \"name\": \"a%d\", \"heads\": 4}", i);
+    char big[1400];
+    snprintf(big, sizeof big,
+             "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 64, \"seq_len\": 111111116}, \"layers\":"
+             " [{\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 32}%s, {\"type\": \"linear\", "
+             "\"name\": \"head\", \"out\": 64}], \"loss\": {\"type\": \"cross_entropy\"}}", six);
+    parse_fails_exactly(big, "gpt.json: layers: 9.48e+18 forward FLOPs per sample in all: too large (at most 2^62)");
     /* bad ties: no such layer; a weight of the wrong shape */
     parse_fails_exactly(
         GPT_WITH("4", "{\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 256, \"tied_to\": \"wtf\"}", "cross_entropy"),

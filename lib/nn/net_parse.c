@@ -148,6 +148,21 @@ static ds_status get_str(parser *p, json_object *obj, const char *jpath, const c
  * instead of eating memory and time. */
 #define DS_NET_MAX_LAYERS 16384
 
+/* A layer's forward FLOPs per sample, worked out in double (exact below 2^53) and refused past
+ * 2^62, where the int64 products and their sum over the layers would overflow (seq_len 1e8 with
+ * attention: 4 T^2 C). */
+static ds_status set_flops(parser *p, ds_layer *l, const char *jpath, double flops)
+{
+    if (!(flops < 0x1p62)) {
+        char m[64];
+        snprintf(m, sizeof m, "%.3g", flops);
+        return perr(p, jpath, "%s forward FLOPs per sample: too large (at most 2^62; seq_len or dim too large)", m,
+                    NULL);
+    }
+    l->flops = (int64_t)flops;
+    return DS_OK;
+}
+
 static ds_layer *new_layer(parser *p, ds_layer_kind kind, const char *path, const char *jpath)
 {
     ds_net *net = p->net;
@@ -278,7 +293,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         if ((l->w = add_param(p, path, "weight", 2, net->seq_len, p->dim, DS_INIT_NORMAL)) < 0)
             return p->err->code;
         l->params = net->seq_len * p->dim;
-        l->flops = T * p->dim;
+        if ((st = set_flops(p, l, jpath, (double)T * p->dim)) != DS_OK)
+            return st;
         return DS_OK;
     }
     if (strcmp(type, "layernorm") == 0) {
@@ -305,7 +321,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
             (l->b = add_param(p, path, "bias", 1, p->dim, 0, DS_INIT_ZEROS)) < 0)
             return p->err->code;
         l->params = 2 * p->dim;
-        l->flops = 8 * T * p->dim;
+        if ((st = set_flops(p, l, jpath, 8.0 * T * p->dim)) != DS_OK)
+            return st;
         return DS_OK;
     }
     if (strcmp(type, "linear") == 0) {
@@ -354,7 +371,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
                 return p->err->code;
             l->params += out;
         }
-        l->flops = 2 * T * p->dim * out;
+        if ((st = set_flops(p, l, jpath, 2.0 * T * p->dim * out)) != DS_OK)
+            return st;
         p->dim = out;
         return DS_OK;
     }
@@ -391,7 +409,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
             return p->err->code;
         l->params = 3 * C * C + 3 * C + C * C + C;
         /* qkv and proj products, then q.k and p.v over all T*T pairs (as commonly counted) */
-        l->flops = 2 * T * C * 3 * C + 2 * T * C * C + 4 * T * T * C;
+        if ((st = set_flops(p, l, jpath, 2.0 * T * C * 3 * C + 2.0 * T * C * C + 4.0 * T * T * C)) != DS_OK)
+            return st;
         return DS_OK;
     }
     if (strcmp(type, "gelu") == 0) {
@@ -408,7 +427,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         if (!l)
             return p->layer_st;
         l->approximate = approx && strcmp(approx, "tanh") == 0;
-        l->flops = 8 * T * p->dim;
+        if ((st = set_flops(p, l, jpath, 8.0 * T * p->dim)) != DS_OK)
+            return st;
         return DS_OK;
     }
     if (strcmp(type, "relu") == 0) {
@@ -418,7 +438,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         ds_layer *l = new_layer(p, DS_LAYER_RELU, prefix, jpath);
         if (!l)
             return p->layer_st;
-        l->flops = T * p->dim;
+        if ((st = set_flops(p, l, jpath, (double)T * p->dim)) != DS_OK)
+            return st;
         return DS_OK;
     }
     if (strcmp(type, "dropout") == 0) {
@@ -442,7 +463,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         if (!l)
             return p->layer_st;
         l->p = (float)prob;
-        l->flops = T * p->dim;
+        if ((st = set_flops(p, l, jpath, (double)T * p->dim)) != DS_OK)
+            return st;
         return DS_OK;
     }
     if (strcmp(type, "residual") == 0) {
@@ -472,7 +494,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         if (!l)
             return p->layer_st;
         l->begin = begin;
-        l->flops = T * p->dim;
+        if ((st = set_flops(p, l, jpath, (double)T * p->dim)) != DS_OK)
+            return st;
         return DS_OK;
     }
     if (strcmp(type, "repeat") == 0) {
@@ -588,6 +611,14 @@ static ds_status parse_net(parser *p, json_object *root)
     if (net->n_layers > 0 && net->layers[net->n_layers - 1].kind == DS_LAYER_EMBEDDING &&
         net->n_layers == 1)
         return perr(p, "layers", "a network needs at least one layer after the embedding", NULL, NULL);
+    double total = 0;
+    for (int i = 0; i < net->n_layers; i++)
+        total += (double)net->layers[i].flops;
+    if (!(total < 0x1p62)) {
+        char m[64];
+        snprintf(m, sizeof m, "%.3g", total);
+        return perr(p, "layers", "%s forward FLOPs per sample in all: too large (at most 2^62)", m, NULL);
+    }
     for (int i = 0; i < net->n_layers; i++)
         net->flops_per_sample += net->layers[i].flops;
     /* the tied head's product counts even though it owns no parameter (already in flops) */
