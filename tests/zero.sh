@@ -2,7 +2,9 @@
 # ZeRO stages 0, 1 and 2 under ds-launch on one machine: with 1, 2, 3 and 4 ranks and a fixed
 # global batch they give the same losses over 20 steps (sequential data, fp32, gradient
 # clipping, small buckets so that every collective is cut into several; within 1e-5 relative);
-# fp16 too (stages at the same world size); every optimizer under stage 2; each rank's
+# at the same world size the stages give the same losses exactly, in fp32 (every optimizer
+# under stage 2), fp16 and bf16: the global norm that clipping uses is summed in double and
+# gathered whole, so it does not depend on where the partitions begin; each rank's
 # optimizer state shrinks as 1/N; partitions of a count that does not divide; an inf in one
 # rank's gradient partition under stage 2 skips that step on every rank; overlap_comm (stages 1
 # and 2), ZeRO-Offload on the cpu backend and bf16 give the same losses. One "ok"/"not ok" line per check.
@@ -128,10 +130,10 @@ PYEOF
 then ok "stage 2 keeps only its gradient partition (1/N; stages 0 and 1 the whole buffer)"
 else notok "gradient bytes per rank"; fi
 
-# fp16 (and clipping): the three stages at 2 ranks agree
+# fp16 (and clipping): the three stages at 2 ranks give the same losses exactly
 for st in 0 1 2; do cfg f${st} $st 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'; run f$st 2 || notok "fp16 stage $st: $(head -c 300 f$st.err)"; done
 for st in 1 2; do
-    if out=$(same f0 f$st 1e-5 2>&1); then ok "fp16, 2 ranks: stage $st gives stage 0's losses ($out)"
+    if out=$(same f0 f$st 0 2>&1); then ok "fp16, 2 ranks: stage $st gives stage 0's losses ($out)"
     else notok "fp16 stage $st: $out"; fi
 done
 
@@ -144,7 +146,7 @@ for o in 'Lamb:{"type": "Lamb", "params": {"lr": 0.01, "weight_decay": 0.01}}' \
     OPT=${o#*:} cfg o0$on 0 4 8
     OPT=${o#*:} cfg o2$on 2 4 8
     if run o0$on 2 && run o2$on 2; then
-        if out=$(same o0$on o2$on 1e-5 2>&1); then ok "$on: stage 2 gives stage 0's losses at 2 ranks ($out)"
+        if out=$(same o0$on o2$on 0 2>&1); then ok "$on: stage 2 gives stage 0's losses at 2 ranks ($out)"
         else notok "$on under stage 2: $out"; fi
     else notok "$on runs failed: $(head -c 300 o2$on.err)"; fi
 done
@@ -189,7 +191,7 @@ if run oca 2 && mv oca.jsonl oca1.jsonl && run oca 2 && same oca1 oca 0 >/dev/nu
 else notok "overlap_comm with accumulation: ${out:-not deterministic or failed: $(head -c 300 oca.err)}"; fi
 cfg ocf 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
 sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' ocf.json
-if run ocf 2 && out=$(same f0 ocf 1e-5 2>&1); then ok "fp16, stage 2 with overlap_comm: stage 0's losses ($out)"
+if run ocf 2 && out=$(same f0 ocf 0 2>&1); then ok "fp16, stage 2 with overlap_comm: stage 0's losses ($out)"
 else notok "fp16 overlap_comm: ${out:-$(head -c 300 ocf.err)}"; fi
 # ZeRO-Offload (offload_optimizer device cpu, and the old cpu_offload): on the cpu backend the
 # master weights, optimizer state and step are in host memory already, so the same bits
@@ -207,10 +209,11 @@ sed -i 's/"stage": 1,/"stage": 1, "overlap_comm": true,/' oc1.json
 if run oc1 2 && out=$(same ref oc1 1e-5 2>&1); then ok "stage 1 with overlap_comm, 2 ranks x 2 accumulation steps: losses as 1 rank ($out)"
 else notok "overlap_comm stage 1: ${out:-$(head -c 300 oc1.err)}"; fi
 
-# bf16: the three stages at 2 ranks agree
+# bf16: the three stages at 2 ranks give the same losses exactly (a last-bit difference in the
+# clipping coefficient flips bf16 roundings of the working weights: 5.65e-05 apart before)
 for st in 0 1 2; do cfg b${st} $st 4 8 '"bf16": {"enabled": true}'; run b$st 2 || notok "bf16 stage $st: $(head -c 300 b$st.err)"; done
 for st in 1 2; do
-    if out=$(same b0 b$st 1e-5 2>&1); then ok "bf16, 2 ranks: stage $st gives stage 0's losses ($out)"
+    if out=$(same b0 b$st 0 2>&1); then ok "bf16, 2 ranks: stage $st gives stage 0's losses ($out)"
     else notok "bf16 stage $st: $out"; fi
 done
 # --plan: rank 0's bytes for stages 0-2 without training; the engine's model states follow the

@@ -874,16 +874,19 @@ static double sum_k(const float *x, int64_t n)
     return total;
 }
 
+/* The squares are added in double: the result is then the same to about 1e-16 however the
+ * buffer is cut (ZeRO partitions sum their own parts), where float sums of 4096-element blocks
+ * differed by some 1e-7 with the blocks' positions, and moved gradient clipping with them. */
 static double sumsq_k(const float *x, int64_t n)
 {
     double total = 0.0;
 #pragma omp parallel for reduction(+ : total) if (n > PAR_MIN)
     for (int64_t i0 = 0; i0 < n; i0 += 4096) {
         int64_t i1 = i0 + 4096 < n ? i0 + 4096 : n;
-        float s = 0.0f;
+        double s = 0.0;
 #pragma omp simd reduction(+ : s)
         for (int64_t i = i0; i < i1; i++)
-            s += x[i] * x[i];
+            s += (double)x[i] * (double)x[i];
         total += s;
     }
     return total;

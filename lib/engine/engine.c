@@ -758,24 +758,43 @@ done:
     return st;
 }
 
-/* LAMB's per-tensor sums over the ranks (doubles sent as two floats each: hi + lo). */
+/* Sums of doubles over the data-parallel ranks, the same bits on every rank: each rank's values
+ * are gathered whole (their bits, as two 4-byte words each) and added in rank order in double.
+ * (A float all-reduce of hi + lo parts, as before, rounded the hi parts' sum to float: the
+ * global norm under ZeRO was only float-precise, so a ZeRO stage's clipping coefficient, and
+ * through it bf16 training, depended on where the partitions began.) */
+static ds_status sum_doubles_over_ranks(ds_engine *e, double *v, int count, ds_error *err)
+{
+    if (!e->comm || e->comm->size <= 1 || count <= 0)
+        return DS_OK;
+    const int W = e->comm->size;
+    double *all = calloc((size_t)W * (size_t)count, sizeof *all);
+    size_t *off = calloc((size_t)W, sizeof *off), *len = calloc((size_t)W, sizeof *len);
+    ds_status st = all && off && len ? DS_OK : ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    if (st == DS_OK) {
+        memcpy(all + (size_t)e->comm->rank * (size_t)count, v, (size_t)count * sizeof *v);
+        for (int r = 0; r < W; r++) {
+            off[r] = (size_t)r * (size_t)count * 2;
+            len[r] = (size_t)count * 2;
+        }
+        st = ds_comm_all_gather_v(e->comm, all, off, len, 4, err);
+    }
+    for (int i = 0; st == DS_OK && i < count; i++) {
+        double sum = 0;
+        for (int r = 0; r < W; r++)
+            sum += all[(size_t)r * (size_t)count + (size_t)i];
+        v[i] = sum;
+    }
+    free(all);
+    free(off);
+    free(len);
+    return st;
+}
+
+/* LAMB's per-tensor sums over the ranks */
 static ds_status zero_sum_doubles(void *ctx, double *v, int count, ds_error *err)
 {
-    ds_engine *e = ctx;
-    if (!e->comm)
-        return DS_OK;
-    float *f = malloc(sizeof(float) * 2 * (size_t)(count ? count : 1));
-    if (!f)
-        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < count; i++) {
-        f[2 * i] = (float)v[i];
-        f[2 * i + 1] = (float)(v[i] - (double)f[2 * i]);
-    }
-    ds_status st = ds_comm_all_reduce(e->comm, f, 2 * (size_t)count, DS_REDUCE_SUM, err);
-    for (int i = 0; st == DS_OK && i < count; i++)
-        v[i] = (double)f[2 * i] + (double)f[2 * i + 1];
-    free(f);
-    return st;
+    return sum_doubles_over_ranks(ctx, v, count, err);
 }
 
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
@@ -1156,14 +1175,12 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     const double S = e->scaler.scale; /* the scale this window's backward passes used */
     int overflow = !isfinite(sumsq);
     if (e->comm && e->zero) {
-        /* the global norm from the partitions' sums (hi + lo floats keep double precision) and
-         * the overflow flag, in one all-reduce */
-        float v[3] = {overflow ? 0.0f : (float)sumsq, 0.0f, (float)overflow};
-        v[1] = overflow ? 0.0f : (float)(sumsq - (double)v[0]);
-        if ((st = ds_comm_all_reduce(e->comm, v, 3, DS_REDUCE_SUM, err)) != DS_OK)
+        /* the global norm from the partitions' sums, and the overflow flag, in one gather */
+        double v[2] = {overflow ? 0.0 : sumsq, (double)overflow};
+        if ((st = sum_doubles_over_ranks(e, v, 2, err)) != DS_OK)
             return st;
-        sumsq = (double)v[0] + (double)v[1];
-        overflow = v[2] > 0 || !isfinite(sumsq);
+        sumsq = v[0];
+        overflow = v[1] > 0 || !isfinite(sumsq);
     } else if (e->comm && e->check_overflow) {
         /* the all-reduced gradients are the same everywhere; the flag is max-reduced anyway, so
          * that no rank can step while another skips */
