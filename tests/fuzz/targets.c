@@ -195,9 +195,11 @@ int ds_fuzz_safetensors(const uint8_t *d, size_t n)
         for (uint64_t b = 0; b < t->end - t->begin; b++)
             sum += p[b];
     }
+    volatile unsigned sink = sum; /* so that the reads happen */
+    (void)sink;
     free(ds_st_metadata_get(st, "format"));
     ds_st_close(st);
-    return (int)(sum & 0); /* the sum only makes the reads happen */
+    return 0;
 }
 
 /* ---- .npy: the first and the last element of what opens --------------------------------------- */
