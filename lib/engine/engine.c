@@ -763,8 +763,9 @@ done:
  * (A float all-reduce of hi + lo parts, as before, rounded the hi parts' sum to float: the
  * global norm under ZeRO was only float-precise, so a ZeRO stage's clipping coefficient, and
  * through it bf16 training, depended on where the partitions began.) */
-static ds_status sum_doubles_over_ranks(ds_engine *e, double *v, int count, ds_error *err)
+static ds_status sum_doubles_over_ranks(void *ctx, double *v, int count, ds_error *err)
 {
+    ds_engine *e = ctx; /* void *: it is also LAMB's cross-rank sum (ds_optimizer_init_range) */
     if (!e->comm || e->comm->size <= 1 || count <= 0)
         return DS_OK;
     const int W = e->comm->size;
@@ -789,12 +790,6 @@ static ds_status sum_doubles_over_ranks(ds_engine *e, double *v, int count, ds_e
     free(off);
     free(len);
     return st;
-}
-
-/* LAMB's per-tensor sums over the ranks */
-static ds_status zero_sum_doubles(void *ctx, double *v, int count, ds_error *err)
-{
-    return sum_doubles_over_ranks(ctx, v, count, err);
 }
 
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
@@ -978,7 +973,7 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         if (e->cfg.optimizer.type == DS_OPTIM_USER && !strcmp(opts->user_optimizers[i].name, e->cfg.optimizer.name))
             user = &opts->user_optimizers[i];
     if ((st = ds_optimizer_init_range(&e->opt, &e->cfg.optimizer, e->be, tab, e->pbeg, e->pend,
-                                      zero_sum_doubles, e, user, err)) != DS_OK)
+                                      sum_doubles_over_ranks, e, user, err)) != DS_OK)
         goto fail;
     if ((e->zero == 2 || (e->zero == 1 && e->cfg.zero.overlap_comm)) && (st = zero2_setup(e, err)) != DS_OK)
         goto fail;

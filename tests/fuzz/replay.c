@@ -24,10 +24,8 @@ static int run_file(int (*run)(const uint8_t *, size_t), const char *path)
         n += got;
         if (n == cap) {
             unsigned char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
+            if (!nb)
                 free(buf);
-                buf = NULL;
-            }
             buf = nb;
         }
     }
