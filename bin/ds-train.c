@@ -911,6 +911,9 @@ int main(int argc, char **argv)
                       : getenv("DS_ACT16") && !strcmp(getenv("DS_ACT16"), "0") ? "; activations in fp32 buffers (DS_ACT16=0)"
                       : net->input == DS_INPUT_FEATURES ? "; activations in fp32 buffers (a features network keeps them)"
                                                         : "; activations in fp32 buffers (this backend rounds them)";
+    /* fp16.auto_cast: the engine rounds a features network's inputs (token ids are integers) */
+    const int cast16 = net->input == DS_INPUT_FEATURES && cfg->fp16_auto_cast && cfg->precision == DS_PREC_FP16;
+    const char *cast = cast16 ? "; inputs rounded to fp16 (fp16.auto_cast)" : "";
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads();
@@ -964,11 +967,11 @@ int main(int argc, char **argv)
             printf("offload_optimizer: cpu; on the cpu backend the optimizer state and step are in host memory "
                    "already\n");
         if (cfg->precision == DS_PREC_FP16 && cfg->fp16.loss_scale > 0)
-            printf("precision: fp16, static loss scale %g%s\n", cfg->fp16.loss_scale, act16);
+            printf("precision: fp16, static loss scale %g%s%s\n", cfg->fp16.loss_scale, act16, cast);
         else if (cfg->precision == DS_PREC_FP16)
-            printf("precision: fp16, dynamic loss scale from %g (window %lld, hysteresis %d%s, min %g)%s\n",
+            printf("precision: fp16, dynamic loss scale from %g (window %lld, hysteresis %d%s, min %g)%s%s\n",
                    ds_engine_loss_scale(eng), (long long)cfg->fp16.loss_scale_window, cfg->fp16.hysteresis,
-                   cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale, act16);
+                   cfg->fp16.consecutive_hysteresis ? " consecutive" : "", cfg->fp16.min_loss_scale, act16, cast);
         else if (cfg->precision == DS_PREC_BF16)
             printf("precision: bf16%s%s%s\n", cfg->bf16_check_overflow ? ", steps with inf/NaN gradients skipped" : "",
                    strstr(backend, "fp32 GEMMs")
@@ -1021,8 +1024,14 @@ int main(int argc, char **argv)
                 int64_t k = ds_sampler_index(&sampler, s * TB + u * MB * world + i * world + rank);
                 if (tokens)
                     st = ds_dataset_get_tokens(ds, k, tok + i * T, tgt + i * T, &err);
-                else
-                    st = ds_dataset_get_features(ds, k, x + i * F, lab + i, y + i * out_dim, &err);
+                else if ((st = ds_dataset_get_features(ds, k, x + i * F, lab + i, y + i * out_dim, &err)) ==
+                             DS_OK && cast16)
+                    for (int64_t j = 0; j < F && st == DS_OK; j++) /* the engine would name the batch row */
+                        if (isinf(ds_f16_to_f32(ds_f32_to_f16(x[i * F + j]))))
+                            st = ds_error_set(&err, DS_ERR_INVALID,
+                                              "%s: row %lld, feature %lld: %g is beyond fp16's range (largest "
+                                              "finite value 65504); fp16.auto_cast in %s rounds the inputs to fp16",
+                                              a.data, (long long)k, (long long)j, (double)x[i * F + j], a.config);
                 if (st != DS_OK)
                     rc = 1;
             }

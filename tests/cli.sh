@@ -121,6 +121,7 @@ npy(d + "/X3.npy", "<f4", (3, 8), "f", X[:24])
 npy(d + "/y3.npy", "<i8", (3,), "q", [0, 1, 2])
 npy(d + "/y9.npy", "<i8", (n,), "q", [9] * n)
 npy(d + "/Xnan.npy", "<f4", (n, 8), "f", X[:8 * 5] + [float("nan")] + X[8 * 5 + 1:])  # row 5, feature 0
+npy(d + "/Xbig.npy", "<f4", (n, 8), "f", X[:8 * 6 + 3] + [70000.0] + X[8 * 6 + 4:])  # row 6, feature 3
 # llm.c token shard (magic 20240520, version 1, uint16 tokens) with token 300 at index 257
 toks = [i % 200 for i in range(400)]
 toks[257] = 300
@@ -307,6 +308,15 @@ expect_fail "a dangling symbolic link in a --data directory: named" 2 "linkdir/g
 expect_fail "a NaN in the features: the file, row and feature named" 1 "Xnan.npy: row 5, feature 0: nan (expected a finite number)" \
     mlp.json --config mlp.ds.json --data Xnan.npy --labels y.npy --steps 200 --data-order sequential
 expect_fail "features without --labels: exit 2" 2 "--labels" mlp.json --config mlp.ds.json --data X.npy
+# fp16.auto_cast: the inputs are rounded to fp16, and one beyond its range is named
+sed 's/"seed": 3/"seed": 3, "fp16": {"enabled": true, "auto_cast": true}/' mlp.ds.json >cast.ds.json
+run mlp.json --config cast.ds.json --data X.npy --labels y.npy --steps 2
+if [ "$rc" = 0 ] && grep -q "inputs rounded to fp16 (fp16.auto_cast)" "$T/out"; then ok "fp16.auto_cast: trains, and the precision line says the inputs are rounded"
+else notok "fp16.auto_cast run $(why)"; fi
+expect_fail "fp16.auto_cast: a feature beyond fp16's range names the file, row and feature" 1 \
+    "Xbig.npy: row 6, feature 3: 70000 is beyond fp16's range (largest finite value 65504); fp16.auto_cast in cast.ds.json" \
+    mlp.json --config cast.ds.json --data Xbig.npy --labels y.npy --steps 200 --data-order sequential
+expect_ok "without fp16.auto_cast the same feature is taken" mlp.json --config mlp.ds.json --data Xbig.npy --labels y.npy --steps 2
 expect_fail "--labels on a tokens network: exit 2" 2 "--labels" "${TRAIN[@]}" --labels y.npy
 
 # ---- data errors ----------------------------------------------------------------------------

@@ -449,8 +449,6 @@ Test(features, offload_optimizer_cpu_is_recorded)
 
 Test(features, refused_naming_the_key)
 {
-    load_fails(TB8("\"fp16\": {\"enabled\": true, \"auto_cast\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "ds.json: fp16.auto_cast=true is not supported yet", NULL);
     load_fails(TB8("\"bf16\": {\"enabled\": true, \"bf16_optimizer_states\": true}"), 1, 0,
                DS_ERR_UNSUPPORTED, "bf16.bf16_optimizer_states=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 3}"), 1, 0, DS_ERR_UNSUPPORTED,
@@ -646,8 +644,7 @@ static const struct {
     {"dse-data_efficiency__ds_config_gpt_base_random_ltd.json", DS_ERR_UNSUPPORTED,
      "data_efficiency.enabled=true is not supported yet"},
     {"dse-hf-transformers__ds_config.json", DS_OK, NULL},
-    {"dse-imagenet__ds_fp16_z1_config.json", DS_ERR_UNSUPPORTED,
-     "fp16.auto_cast=true is not supported yet"},
+    {"dse-imagenet__ds_fp16_z1_config.json", DS_OK, NULL},
     {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron-zero3__ds_zero_stage_3_config.json", DS_ERR_UNSUPPORTED,
@@ -802,6 +799,23 @@ Test(real_configs, specific_outcomes)
 }
 
 /* ---- fp16 / bf16 and the optimizers of the mixed-precision issue ------------------------- */
+
+Test(precision, fp16_auto_cast)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"fp16\": {\"enabled\": true, \"auto_cast\": true}"), 1);
+    cr_expect_eq(c.precision, DS_PREC_FP16);
+    cr_expect_eq(c.fp16_auto_cast, 1);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"fp16\": {\"enabled\": true, \"auto_cast\": false}"), 1);
+    cr_expect_eq(c.fp16_auto_cast, 0);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"fp16\": {\"enabled\": true}"), 1);
+    cr_expect_eq(c.fp16_auto_cast, 0, "DeepSpeed's default is false");
+    ds_config_free(&c);
+    load_fails(TB8("\"fp16\": {\"enabled\": true, \"auto_cast\": 2}"), 1, 0, DS_ERR_INVALID,
+               "ds.json: fp16.auto_cast: expected", NULL);
+}
 
 Test(precision, fp16_keys_and_defaults)
 {

@@ -361,6 +361,65 @@ Test(fp16_engine, overflow_skips_the_step_and_halves_the_scale)
     ds_engine_destroy(e);
 }
 
+/* forward loss of e on x (labels of seed 0), one micro-batch */
+static double loss_on(ds_engine *e, const float *x)
+{
+    mlp_data d;
+    make_data(&d, 0);
+    ds_batch b = {.x = x, .labels = d.labels};
+    double loss;
+    ds_error err = {0};
+    cr_assert_eq(ds_engine_forward(e, &b, &loss, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+    return loss;
+}
+
+/* fp16.auto_cast (DeepSpeed's _cast_inputs_half): the network sees its features as fp16 values */
+Test(fp16_engine, auto_cast_rounds_the_inputs_to_fp16)
+{
+    const char *fp16 = "{\"train_micro_batch_size_per_gpu\": 8, \"fp16\": {\"enabled\": true}}";
+    const char *cast = "{\"train_micro_batch_size_per_gpu\": 8, \"fp16\": {\"enabled\": true, \"auto_cast\": true}}";
+    mlp_data d;
+    make_data(&d, 0);
+    float x[MB * FEAT], xr[MB * FEAT];
+    memcpy(x, d.x, sizeof x);
+    int differ = 0;
+    for (int i = 0; i < MB * FEAT; i++) {
+        xr[i] = ds_f16_to_f32(ds_f32_to_f16(x[i]));
+        differ += xr[i] != x[i];
+    }
+    cr_assert(differ > MB * FEAT / 2, "the inputs must not be fp16 values already (%d differ)", differ);
+    ds_engine *a = engine(cast, NULL, 0, DS_OK, NULL, 0), *b = engine(fp16, NULL, 0, DS_OK, NULL, 0),
+              *c = engine(fp16, NULL, 0, DS_OK, NULL, 0);
+    double la = loss_on(a, x), lb = loss_on(b, xr), lc = loss_on(c, x);
+    cr_assert_eq(la, lb, "auto_cast on x %.17g, without it on x rounded %.17g", la, lb);
+    cr_assert_neq(la, lc, "auto_cast changed nothing (%.17g)", la);
+    cr_assert_arr_eq(x, d.x, sizeof x, "the caller's inputs were changed");
+    /* a feature beyond fp16's range is an error naming it; without auto_cast it is taken */
+    x[3 * FEAT + 5] = 70000.0f;
+    mlp_data l;
+    make_data(&l, 0);
+    ds_batch bb = {.x = x, .labels = l.labels};
+    double loss;
+    ds_error err = {0};
+    cr_assert_eq(ds_engine_forward(a, &bb, &loss, &err), DS_ERR_INVALID);
+    cr_assert(strstr(err.msg, "sample 3, feature 5: 70000") && strstr(err.msg, "65504") &&
+              strstr(err.msg, "fp16.auto_cast"), "%s", err.msg);
+    cr_assert_eq(ds_engine_forward(c, &bb, &loss, &err), DS_OK, "%s", err.msg);
+    ds_engine_destroy(a);
+    ds_engine_destroy(b);
+    ds_engine_destroy(c);
+    /* without fp16 training auto_cast changes nothing */
+    a = engine("{\"train_micro_batch_size_per_gpu\": 8, \"fp16\": {\"enabled\": false, \"auto_cast\": true}}",
+               NULL, 0, DS_OK, NULL, 0);
+    b = engine("{\"train_micro_batch_size_per_gpu\": 8}", NULL, 0, DS_OK, NULL, 0);
+    la = loss_on(a, d.x);
+    lb = loss_on(b, d.x);
+    cr_assert_eq(la, lb, "fp32 with auto_cast %.17g, without %.17g", la, lb);
+    ds_engine_destroy(a);
+    ds_engine_destroy(b);
+}
+
 Test(fp16_engine, overflow_at_the_minimum_scale_is_an_error)
 {
     ds_engine *e = engine("{\"train_micro_batch_size_per_gpu\": 8, "

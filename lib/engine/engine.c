@@ -78,6 +78,7 @@ struct ds_engine {
     double lr;
     float *host_scratch;   /* a host buffer of the largest tensor */
     uint16_t *w16_scratch; /* p16: the same for 2-byte working weights on their way */
+    float *cast_x;         /* fp16.auto_cast: a micro-batch of features rounded to fp16 */
     int64_t largest;
     ds_comm *comm;         /* data-parallel ranks, or NULL */
     int world_size;
@@ -177,6 +178,7 @@ void ds_engine_destroy(ds_engine *e)
         ds_config_free(&e->cfg);
     free(e->host_scratch);
     free(e->w16_scratch);
+    free(e->cast_x);
     free(e->coll);
     free(e->zoff);
     free(e->zlen);
@@ -1012,6 +1014,23 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
         if (!b->x)
             return ds_error_set(err, DS_ERR_INVALID, "batch: a features network needs x");
         src_in = b->x;
+        if (e->cfg.fp16_auto_cast && e->cfg.precision == DS_PREC_FP16) {
+            /* DeepSpeed's fp16.auto_cast: the network sees its inputs as fp16 values; the
+             * caller's buffer is left alone */
+            const int64_t n = M * net->feature_dim;
+            if (!e->cast_x && !(e->cast_x = malloc((size_t)n * sizeof(float))))
+                return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+            for (int64_t i = 0; i < n; i++) {
+                e->cast_x[i] = ds_f16_to_f32(ds_f32_to_f16(b->x[i]));
+                if (isinf(e->cast_x[i]) && !isinf(b->x[i]))
+                    return ds_error_set(err, DS_ERR_INVALID,
+                                        "batch: sample %lld, feature %lld: %g is beyond fp16's range "
+                                        "(largest finite value 65504); fp16.auto_cast rounds the inputs to fp16",
+                                        (long long)(i / net->feature_dim), (long long)(i % net->feature_dim),
+                                        (double)b->x[i]);
+            }
+            src_in = e->cast_x;
+        }
         if (net->loss == DS_LOSS_MSE) {
             if (!b->y)
                 return ds_error_set(err, DS_ERR_INVALID, "batch: an mse loss needs y");

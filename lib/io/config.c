@@ -807,9 +807,10 @@ static ds_status read_precision(rd *r, const char *path, json_object *v, int bf1
             if (st == DS_OK && s == V_SET && b)
                 *(bf16 ? &r->bf16_on : &r->fp16_on) = 1;
         } else if (!bf16 && !strcmp(key, "auto_cast")) {
-            /* DeepSpeed casts floating-point module inputs to fp16: not built */
-            if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_SET && b)
-                st = unsupported(r, p, val);
+            /* DeepSpeed casts the module's floating-point inputs to fp16 (the engine rounds a
+             * features network's inputs; fp16 training only) */
+            if ((st = get_bool(r, p, val, &s, &b)) == DS_OK && s == V_SET)
+                r->cfg->fp16_auto_cast = b;
         } else if (!bf16 && !strcmp(key, "loss_scale")) {
             if ((st = get_num(r, p, val, &s, &d)) == DS_OK && s == V_SET) {
                 if (d < 0)

@@ -109,6 +109,7 @@ typedef struct ds_config {
     ds_zero_config zero;
     ds_precision precision;   /* fp16.enabled / bf16.enabled */
     ds_loss_scale_config fp16;
+    int fp16_auto_cast;       /* fp16.auto_cast: round a features network's inputs to fp16 */
     int bf16_check_overflow;  /* bf16.check_grad_overflow: skip steps with inf/NaN gradients */
     ds_sched_config scheduler; /* type DS_SCHED_NONE: no "scheduler" block (see ds/sched.h) */
 
