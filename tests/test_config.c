@@ -607,8 +607,7 @@ static const struct {
     {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_ERR_UNSUPPORTED,
      "activation_checkpointing.partition_activations=true is not supported yet"},
     {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_OK, NULL},
-    {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_ERR_UNSUPPORTED,
-     "disable_allgather=true is not supported yet"},
+    {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_OK, NULL},
     {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.offload_param.device=cpu is not supported yet"},
     {"ds-tests-squad__deepspeed_bsz24_fp16_eigenvalue_quantize_config.json", DS_ERR_UNSUPPORTED,
@@ -799,6 +798,20 @@ Test(real_configs, specific_outcomes)
 }
 
 /* ---- fp16 / bf16 and the optimizers of the mixed-precision issue ------------------------- */
+
+Test(zero, disable_allgather)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1}, \"disable_allgather\": true"), 1);
+    cr_expect_eq(c.disable_allgather, 1);
+    cr_expect_eq(c.zero.allgather_partitions, 1, "the zero block's own key is left as it was");
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"disable_allgather\": false"), 1);
+    cr_expect_eq(c.disable_allgather, 0);
+    ds_config_free(&c);
+    load_fails(TB8("\"disable_allgather\": \"maybe\""), 1, 0, DS_ERR_INVALID, "ds.json: disable_allgather: expected",
+               NULL);
+}
 
 Test(precision, fp16_auto_cast)
 {

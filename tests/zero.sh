@@ -130,6 +130,20 @@ PYEOF
 then ok "stage 2 keeps only its gradient partition (1/N; stages 0 and 1 the whole buffer)"
 else notok "gradient bytes per rank"; fi
 
+# disable_allgather: the parameters travel by broadcasts (one per owner), to the same bits
+cfg da 1 4 8 '"disable_allgather": true'
+if run da 2 && "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" \
+    --steps 2 --config da.json --prof_db da.db >/dev/null 2>da2.err &&
+    "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" \
+    --steps 2 --config s1n2.json --prof_db ag.db >/dev/null 2>>da2.err; then
+    ops_da=$("$B/tests/sqlexec" da.db "SELECT op, count(*) FROM collective WHERE what = 'parameters' GROUP BY op" | tr '\n' ' ')
+    ops_ag=$("$B/tests/sqlexec" ag.db "SELECT op, count(*) FROM collective WHERE what = 'parameters' GROUP BY op" | tr '\n' ' ')
+    if out=$(same s1n2 da 0 2>&1) && [ "${ops_da#broadcast|}" != "$ops_da" ] && [ "${ops_da#broadcast|}" = "${ops_ag#all_gather|}" ] &&
+        [ "${ops_da#broadcast|}" != "0 " ]; then
+        ok "stage 1, disable_allgather: broadcasts instead of all-gathers ($ops_da against $ops_ag), the same losses ($out)"
+    else notok "disable_allgather: $out; parameter collectives $ops_da (want broadcast|N), without it $ops_ag"; fi
+else notok "disable_allgather runs failed: $(head -c 300 da.err) $(head -c 300 da2.err)"; fi
+
 # fp16 (and clipping): the three stages at 2 ranks give the same losses exactly
 for st in 0 1 2; do cfg f${st} $st 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'; run f$st 2 || notok "fp16 stage $st: $(head -c 300 f$st.err)"; done
 for st in 1 2; do

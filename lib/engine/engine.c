@@ -292,21 +292,32 @@ static ds_status timers_init(ds_engine *e, int on, ds_error *err)
     return DS_OK;
 }
 
-static void record_collective_e(ds_engine *e, const char *what, int64_t elements, size_t esz, double t0)
+/* op: the collective that ran (all_reduce, reduce_scatter, all_gather, broadcast); what: the
+ * data (gradients, parameters, loss) */
+static void record_collective_e(ds_engine *e, const char *op, const char *what, int64_t elements, size_t esz,
+                                double t0)
 {
-    if (!e->timers.enabled || e->n_coll >= e->cap_coll)
+    if (!e->timers.enabled)
         return;
+    if (e->n_coll >= e->cap_coll) { /* ZeRO's buckets and gathers: more than the first guess */
+        int cap = e->cap_coll * 2 + 8;
+        ds_collective_record *q = realloc(e->coll, (size_t)cap * sizeof *q);
+        if (!q)
+            return; /* the record only: the run goes on */
+        e->coll = q;
+        e->cap_coll = cap;
+    }
     ds_collective_record *c = &e->coll[e->n_coll++];
-    c->op = "all_reduce";
+    c->op = op;
     c->what = what;
     c->elements = elements;
     c->bytes = elements * (int64_t)esz;
     c->ms = (ds_prof_now_s() - t0) * 1e3;
 }
 
-static void record_collective(ds_engine *e, const char *what, int64_t elements, double t0)
+static void record_collective(ds_engine *e, const char *op, const char *what, int64_t elements, double t0)
 {
-    record_collective_e(e, what, elements, sizeof(float), t0);
+    record_collective_e(e, op, what, elements, sizeof(float), t0);
 }
 
 
@@ -433,12 +444,13 @@ static ds_status zero_reduce(ds_engine *e, float *buf, int64_t b0, int64_t b1, d
         return backend_err(e, st, err);
     e->win_calls++;
     e->win_bytes += len * (int64_t)sizeof(float);
-    record_collective(e, e->cfg.zero.reduce_scatter ? "gradients (reduce_scatter)" : "gradients (all_reduce)", len, t0);
+    record_collective(e, e->cfg.zero.reduce_scatter ? "reduce_scatter" : "all_reduce", "gradients", len, t0);
     return DS_OK;
 }
 
 /* After the update: every rank's partition of the working weights to every rank, in
- * allgather_bucket_size buckets (or, with allgather_partitions false, one broadcast per owner). */
+ * allgather_bucket_size buckets (or, with allgather_partitions false or disable_allgather, one
+ * broadcast per owner). */
 static ds_status zero_gather_params(ds_engine *e, ds_error *err)
 {
     if (!e->comm)
@@ -449,14 +461,15 @@ static ds_status zero_gather_params(ds_engine *e, ds_error *err)
         int64_t b1 = b0 + bucket < n ? b0 + bucket : n;
         double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
         zero_blocks(e, b0, b1);
-        if (e->cfg.zero.allgather_partitions) {
+        const int gather = e->cfg.zero.allgather_partitions && !e->cfg.disable_allgather;
+        if (gather) {
             st = ds_comm_all_gather_v(GCOMM(e), wptr(e, b0), e->zoff, e->zlen, wsize(e), err);
         } else {
             for (int r = 0; r < e->world_size && st == DS_OK; r++)
                 if (e->zlen[r])
                     st = ds_comm_broadcast(GCOMM(e), wptr(e, b0 + (int64_t)e->zoff[r]), e->zlen[r] * wsize(e), r, err);
         }
-        record_collective_e(e, "parameters (all_gather)", b1 - b0, wsize(e), t0);
+        record_collective_e(e, gather ? "all_gather" : "broadcast", "parameters", b1 - b0, wsize(e), t0);
     }
     return st;
 }
@@ -1169,14 +1182,14 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
                     return backend_err(e, st, err);
                 e->win_calls++;
                 e->win_bytes += len * (int64_t)sizeof(float);
-                record_collective(e, "gradients", len, t0);
+                record_collective(e, "all_reduce", "gradients", len, t0);
             }
         }
         float l = (float)e->window_loss;
         double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
         if ((st = ds_comm_all_reduce(e->comm, &l, 1, DS_REDUCE_MEAN, err)) != DS_OK)
             return st;
-        record_collective(e, "loss", 1, t0);
+        record_collective(e, "all_reduce", "loss", 1, t0);
         e->window_loss = l;
         ds_timers_stop(&e->timers, DS_TIMER_BWD_ALLREDUCE);
         ds_timers_stop(&e->timers, DS_TIMER_BWD);

@@ -56,6 +56,7 @@ typedef enum {
     F_SKIP,   /* read by the section's own handler */
     F_BATCH, F_OPTIM, F_SCHED, F_ZERO, F_CLIP, F_STEPS, F_SEED, /* top-level keys we implement */
     F_BUCKET, /* allreduce_bucket_size: elements per gradient all-reduce (Constant Buffer Opt.) */
+    F_NOAG,   /* disable_allgather: ZeRO's parameter gather by broadcasts */
     F_PRESCALE, F_PREDIV, /* prescale_gradients, gradient_predivide_factor */
     F_FP16, F_BF16, /* the fp16 and bf16 (old: bfloat16) sections */
     F_WALLCLOCK, /* wall_clock_breakdown: the engine's timers */
@@ -437,7 +438,7 @@ static const field TOP_FIELDS[] = {
     K("zero_force_ds_cpu_optimizer", F_BOOL), K("allgather_size", F_SIZE),
     K("prescale_gradients", F_PRESCALE), K("gradient_predivide_factor", F_PREDIV),
     K("sparse_gradients", F_OFF), K("communication_data_type", F_DTYPE),
-    K("seq_parallel_communication_data_type", F_DTYPE), K("disable_allgather", F_OFF),
+    K("seq_parallel_communication_data_type", F_DTYPE), K("disable_allgather", F_NOAG),
     K("wall_clock_breakdown", F_WALLCLOCK), K("memory_breakdown", F_OFF), K("dump_state", F_OFF),
     K("dataloader_drop_last", F_OFF), K("graph_harvesting", F_OFF),
     K("use_data_before_expert_parallelism", F_OFF), K("vocabulary_size", F_INT),
@@ -681,6 +682,10 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
     case F_WALLCLOCK:
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
             r->cfg->wall_clock_breakdown = s == V_SET ? b : 0;
+        return st;
+    case F_NOAG:
+        if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
+            r->cfg->disable_allgather = s == V_SET ? b : 0;
         return st;
     case F_BUCKET:
         if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 1)
