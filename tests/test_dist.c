@@ -597,6 +597,38 @@ Test(dist, stranger_refused_job_proceeds, .timeout = 30)
     munmap(sh, sizeof *sh);
 }
 
+/* A connection that does not answer the challenge within min(10 s, the store's timeout) is
+ * dropped: strangers cannot hold the server's slots and buffers for the job's life. */
+Test(dist, silent_stranger_dropped_after_the_challenge_window, .timeout = 30)
+{
+    int port = test_free_port();
+    ds_error err = {0};
+    ds_store *s = NULL;
+    ds_store_options opt = options(0, 1, port, SECRET, 2);
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_OK, "%s", err.msg);
+    int silent = raw_connect(port), partial = raw_connect(port);
+    cr_assert(silent >= 0 && partial >= 0);
+    double t0 = ds_dist_now();
+    uint8_t nonce[32], b;
+    cr_assert_eq(ds_io_read(silent, nonce, 32, t0 + 5), DS_IO_OK);
+    cr_assert_eq(ds_io_read(partial, nonce, 32, t0 + 5), DS_IO_OK);
+    cr_assert_eq(ds_io_write(partial, nonce, 10, t0 + 5), DS_IO_OK); /* 10 of the 32 bytes */
+    cr_assert_eq(ds_io_read(silent, &b, 1, t0 + 8), DS_IO_EOF);
+    cr_assert_eq(ds_io_read(partial, &b, 1, t0 + 8), DS_IO_EOF);
+    double took = ds_dist_now() - t0;
+    cr_assert(took > 1.5 && took < 5, "dropped after %.2f s (window 2 s)", took);
+    /* the store goes on serving its ranks */
+    cr_assert_eq(ds_store_set(s, "k", "v", 1, &err), DS_OK, "%s", err.msg);
+    void *v = NULL;
+    size_t len = 0;
+    cr_assert_eq(ds_store_get(s, "k", &v, &len, &err), DS_OK, "%s", err.msg);
+    cr_assert(len == 1 && ((char *)v)[0] == 'v');
+    free(v);
+    close(silent);
+    close(partial);
+    ds_store_close(s);
+}
+
 /* A world of 3 where rank 2 never starts: each rank's error names who it waited for, where,
  * and how long. */
 static void missing_rank(shared *sh, int rank, int n, int port)

@@ -121,6 +121,7 @@ typedef struct entry {
 typedef struct conn {
     int fd;
     int authed;
+    double auth_deadline; /* a connection that has not proved the secret by then is dropped */
     uint8_t nonce[32];
     uint8_t *in;
     size_t in_len, in_cap;
@@ -130,6 +131,7 @@ typedef struct conn {
 } conn;
 
 typedef struct server {
+    double auth_window;   /* seconds a new connection has to answer the challenge */
     int listen_fd;
     int wake[2];
     pthread_t thread;
@@ -287,6 +289,7 @@ static void accept_one(server *sv)
     conn *c = &sv->conns[sv->num_conns];
     memset(c, 0, sizeof *c);
     c->fd = fd;
+    c->auth_deadline = ds_dist_now() + sv->auth_window;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (ds_random_bytes(c->nonce, 32, NULL) != DS_OK || out_append(c, c->nonce, 32)) {
@@ -360,11 +363,24 @@ static void *server_main(void *arg)
             pfs[i + 2] = (struct pollfd){.fd = c->fd,
                                          .events = (short)(POLLIN | (c->out_len ? POLLOUT : 0))};
         }
-        if (poll(pfs, n + 2, -1) < 0) {
+        /* wake for the first challenge that runs out: strangers that connect and say nothing
+         * (or too little) would otherwise hold a slot and an input buffer for the job's life */
+        double now = ds_dist_now(), first = -1;
+        for (size_t i = 0; i < n; i++)
+            if (!sv->conns[i].authed && (first < 0 || sv->conns[i].auth_deadline < first))
+                first = sv->conns[i].auth_deadline;
+        int wait = first < 0 ? -1 : first <= now ? 0 : (int)((first - now) * 1000) + 1;
+        if (poll(pfs, n + 2, wait) < 0) {
             if (errno == EINTR) continue;
             break;
         }
         if (pfs[0].revents) break;
+        now = ds_dist_now();
+        for (size_t i = 0; i < n; i++)
+            if (sv->conns[i].fd >= 0 && !sv->conns[i].authed && now >= sv->conns[i].auth_deadline) {
+                conn_drop(&sv->conns[i]);
+                pfs[i + 2].revents = 0;
+            }
         for (size_t i = 0; i < n; i++) {
             conn *c = &sv->conns[i];
             if (c->fd >= 0 && (pfs[i + 2].revents & (POLLIN | POLLHUP | POLLERR)))
@@ -406,6 +422,9 @@ static ds_status server_start(server **out, const ds_store_options *opt, ds_erro
     server *sv = calloc(1, sizeof *sv);
     if (!sv) return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     sv->listen_fd = sv->wake[0] = sv->wake[1] = -1;
+    /* the answer comes at once from a rank; min(10 s, the store's timeout) leaves room for a
+     * loaded machine */
+    sv->auth_window = opt->timeout_s > 0 && opt->timeout_s < 10 ? opt->timeout_s : 10;
     sv->secret = strdup(opt->secret);
     if (!sv->secret || pipe2(sv->wake, O_CLOEXEC)) {
         server_free(sv);

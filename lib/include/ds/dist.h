@@ -35,7 +35,8 @@ ds_status ds_store_options_from_env(ds_store_options *opt, ds_error *err);
 /* Connect to the job's store; rank 0 first starts serving it (a thread that lives until
  * ds_store_close). Other ranks retry until rank 0 serves or opt->timeout_s passes. Each
  * connection answers the server's random challenge with SHA-256(nonce || secret); a process
- * with another secret is refused (DS_ERR_INVALID) and the server keeps serving the job. */
+ * with another secret is refused (DS_ERR_INVALID) and the server keeps serving the job; a
+ * connection that has not answered within min(10 s, opt->timeout_s) is closed. */
 ds_status ds_store_open(ds_store **out, const ds_store_options *opt, ds_error *err);
 
 /* Leave the store. Rank 0 keeps serving until every other rank has closed its store (or
