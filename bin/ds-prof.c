@@ -259,6 +259,21 @@ static char *text(sqlite3 *db, const char *sql)
 
 #define WHERE " WHERE step > ?1 AND (?2 < 0 OR rank = ?2)"
 
+/* The text of a one-value query bound like scalar's, or NULL. */
+static char *scalar_text(sqlite3 *db, const char *sql, int64_t skip, int rank)
+{
+    sqlite3_stmt *s = NULL;
+    char *r = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(s, 1, skip);
+        sqlite3_bind_int(s, 2, rank);
+        if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
+            r = strdup((const char *)sqlite3_column_text(s, 0));
+    }
+    sqlite3_finalize(s);
+    return r;
+}
+
 /* The timer columns in report order; the indent shows bwd's parts. */
 static const struct {
     const char *label, *column;
@@ -368,7 +383,13 @@ static int report(sqlite3 *db, const opts *o)
         if (!isnan(bytes) && bytes > 0) {
             printf("; ");
             print_bytes(bytes);
-            printf("/step in %.0f all-reduce calls, %.3f ms in the calls, ", calls, cms);
+            /* per op, in the order of the step (reduce_scatter 1, all_reduce 1, broadcast 2) */
+            char *ops = scalar_text(db, "SELECT group_concat(op || ' ' || printf('%g', round(n, 2)), ', ') FROM (SELECT op, "
+                                        "count(*) * 1.0 / (SELECT count(DISTINCT rank || ':' || step) FROM collective"
+                                        WHERE ") AS n FROM collective" WHERE " GROUP BY op ORDER BY min(seq), op)",
+                                    o->skip, o->rank);
+            printf("/step in %.0f collective calls (%s), %.3f ms in the calls, ", calls, ops ? ops : "?", cms);
+            free(ops);
             print_bytes(cms > 0 ? bytes / (cms / 1e3) : 0);
             printf("/s)\n");
         } else {

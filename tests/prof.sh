@@ -158,7 +158,7 @@ if [ $rc = 2 ] && grep -q -- "--prof_db two.db: exists; not overwriting it (use 
     ok "2 ranks and an existing --prof_db: every rank refuses before training (exit 2)"
 else notok "2 ranks, existing db: exit $rc, $(head -c 400 err9)"; fi
 "$B/ds-prof" report two.db >rep2 2>err8 && grep -q "^slowest rank: [01] (median iteration" rep2 \
-    && grep -q "communication .*87.9 KB/step in 6 all-reduce calls" rep2 \
+    && grep -q "communication .*87.9 KB/step in 6 collective calls (all_reduce 6)" rep2 \
     && ok "ds-prof report on the 2-rank run: the slowest rank and the communication" \
     || notok "report on two.db: $(head -c 600 rep2) $(head -c 300 err8)"
 
