@@ -375,18 +375,17 @@ static void *server_main(void *arg)
             break;
         }
         if (pfs[0].revents) break;
-        now = ds_dist_now();
-        for (size_t i = 0; i < n; i++)
-            if (sv->conns[i].fd >= 0 && !sv->conns[i].authed && now >= sv->conns[i].auth_deadline) {
-                conn_drop(&sv->conns[i]);
-                pfs[i + 2].revents = 0;
-            }
         for (size_t i = 0; i < n; i++) {
             conn *c = &sv->conns[i];
             if (c->fd >= 0 && (pfs[i + 2].revents & (POLLIN | POLLHUP | POLLERR)))
                 conn_readable(sv, c);
             if (c->fd >= 0 && c->out_len) conn_flush(c);
         }
+        /* after reading: an answer that arrived with the deadline still counts */
+        now = ds_dist_now();
+        for (size_t i = 0; i < n; i++)
+            if (sv->conns[i].fd >= 0 && !sv->conns[i].authed && now >= sv->conns[i].auth_deadline)
+                conn_drop(&sv->conns[i]);
         /* flush replies that other connections' SETs queued */
         for (size_t i = 0; i < n; i++)
             if (sv->conns[i].fd >= 0 && sv->conns[i].out_len) conn_flush(&sv->conns[i]);
@@ -531,7 +530,8 @@ int ds_tcp_connect(const char *addr, int port, double deadline)
 static ds_status store_connect(ds_store *s, ds_error *err)
 {
     double start = ds_dist_now(), deadline = start + s->timeout_s;
-    int last = 0;
+    int last = 0, early = 0; /* early: the server closed before its verdict (full, or our answer came
+                                after its challenge window): try again, it is not a refusal */
     for (;;) {
         int fd = ds_tcp_connect(s->addr, s->port, deadline);
         if (fd >= 0) {
@@ -547,12 +547,13 @@ static ds_status store_connect(ds_store *s, ds_error *err)
                 return DS_OK;
             }
             close(fd);
-            if (r == DS_IO_OK || r == DS_IO_EOF)
+            if (r == DS_IO_OK) /* verdict 0 */
                 return ds_error_set(err, DS_ERR_INVALID,
                                     "rank %d: the rendezvous at %s:%d refused this process: its "
                                     "job secret (DS_JOB_SECRET) is not this job's",
                                     s->rank, s->addr, s->port);
-            last = r == DS_IO_TIMEOUT ? ETIMEDOUT : errno;
+            early |= r == DS_IO_EOF;
+            last = r == DS_IO_TIMEOUT ? ETIMEDOUT : r == DS_IO_EOF ? ECONNRESET : errno;
         } else {
             last = errno;
         }
@@ -561,8 +562,10 @@ static ds_status store_connect(ds_store *s, ds_error *err)
         nanosleep(&nap, NULL);
         if (ds_dist_now() >= deadline) break;
     }
-    return ds_error_set(err, DS_ERR_IO, "rank %d: no rendezvous at %s:%d after %g s (%s)", s->rank,
-                        s->addr, s->port, s->timeout_s, strerror(last));
+    return ds_error_set(err, DS_ERR_IO, "rank %d: no rendezvous at %s:%d after %g s (%s%s)", s->rank,
+                        s->addr, s->port, s->timeout_s, strerror(last),
+                        early ? "; it closed connections before answering the secret's proof: "
+                                "too many connections, or this process answered too late" : "");
 }
 
 /* One request and its reply; what names the request in errors. */
