@@ -372,26 +372,44 @@ static int report(sqlite3 *db, const opts *o)
     /* compute against communication, over the engine's time (fwd + bwd + step) */
     double engine = mean(&sm.col[5]), comm = mean(&sm.col[3]);
     if (sm.col[5].n) {
-        double calls = scalar(db, "SELECT count(*) * 1.0 / NULLIF(count(DISTINCT rank || ':' || step), 0) FROM collective"
-                                  WHERE, o->skip, o->rank);
-        double bytes = scalar(db, "SELECT sum(bytes) * 1.0 / NULLIF(count(DISTINCT rank || ':' || step), 0) FROM collective"
-                                  WHERE, o->skip, o->rank);
-        double cms = scalar(db, "SELECT sum(ms) * 1.0 / NULLIF(count(DISTINCT rank || ':' || step), 0) FROM collective"
-                                WHERE, o->skip, o->rank);
+        /* per rank and step: over the steps that have collectives; the gradient (and loss) calls
+         * are bwd_allreduce's, ZeRO's parameter gathers after the update are part of step */
+#define PER_STEP " * 1.0 / NULLIF((SELECT count(DISTINCT rank || ':' || step) FROM collective" WHERE "), 0)"
+#define GRAD WHERE " AND what IS NOT 'parameters'"
+#define PARAM WHERE " AND what = 'parameters'"
+        double calls = scalar(db, "SELECT count(*)" PER_STEP " FROM collective" GRAD, o->skip, o->rank);
+        double bytes = scalar(db, "SELECT sum(bytes)" PER_STEP " FROM collective" GRAD, o->skip, o->rank);
+        double cms = scalar(db, "SELECT sum(ms)" PER_STEP " FROM collective" GRAD, o->skip, o->rank);
         printf("\ncompute %.1f%% (%.3f ms/step), communication %.1f%% (%.3f ms/step", 100.0 * (engine - comm) / engine,
                engine - comm, 100.0 * comm / engine, comm);
         if (!isnan(bytes) && bytes > 0) {
             printf("; ");
             print_bytes(bytes);
-            /* per op, in the order of the step (reduce_scatter 1, all_reduce 1, broadcast 2) */
+            /* per op, in the order of the step (reduce_scatter 1, all_reduce 1) */
             char *ops = scalar_text(db, "SELECT group_concat(op || ' ' || printf('%g', round(n, 2)), ', ') FROM (SELECT op, "
-                                        "count(*) * 1.0 / (SELECT count(DISTINCT rank || ':' || step) FROM collective"
-                                        WHERE ") AS n FROM collective" WHERE " GROUP BY op ORDER BY min(seq), op)",
+                                        "count(*)" PER_STEP " AS n FROM collective" GRAD " GROUP BY op ORDER BY min(seq), op)",
                                     o->skip, o->rank);
-            printf("/step in %.0f collective calls (%s), %.3f ms in the calls, ", calls, ops ? ops : "?", cms);
+            printf("/step in %g collective calls (%s), %.3f ms in the calls, ", round(calls * 100) / 100, ops ? ops : "?",
+                   cms);
             free(ops);
             print_bytes(cms > 0 ? bytes / (cms / 1e3) : 0);
             printf("/s)\n");
+            double pbytes = scalar(db, "SELECT sum(bytes)" PER_STEP " FROM collective" PARAM, o->skip, o->rank);
+            if (!isnan(pbytes) && pbytes > 0) {
+                double prows = scalar(db, "SELECT count(*)" PER_STEP " FROM collective" PARAM, o->skip, o->rank);
+                double pms = scalar(db, "SELECT sum(ms)" PER_STEP " FROM collective" PARAM, o->skip, o->rank);
+                char *pops = scalar_text(db, "SELECT group_concat(op, ', ') FROM (SELECT DISTINCT op FROM collective" PARAM ")",
+                                         o->skip, o->rank);
+                printf("ZeRO parameter gather after the update (part of step): ");
+                print_bytes(pbytes);
+                printf("/step in %g buckets by %s, %.3f ms, ", round(prows * 100) / 100, pops ? pops : "?", pms);
+                free(pops);
+                print_bytes(pms > 0 ? pbytes / (pms / 1e3) : 0);
+                printf("/s\n");
+            }
+#undef PER_STEP
+#undef GRAD
+#undef PARAM
         } else {
             printf("; no collectives: one process)\n");
         }

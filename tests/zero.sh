@@ -142,6 +142,12 @@ if run da 2 && "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THRE
         [ "${ops_da#broadcast|}" != "0 " ]; then
         ok "stage 1, disable_allgather: broadcasts instead of all-gathers ($ops_da against $ops_ag), the same losses ($out)"
     else notok "disable_allgather: $out; parameter collectives $ops_da (want broadcast|N), without it $ops_ag"; fi
+    # ds-prof report keeps the gathers (part of step) apart from the gradient calls (bwd_allreduce)
+    if "$B/ds-prof" report da.db >da.rep 2>&1 && grep -Eq "KB/step in [0-9]+ collective calls \(reduce_scatter [0-9]+, all_reduce 1\), " da.rep &&
+        grep -q "^ZeRO parameter gather after the update (part of step): .* by broadcast, " da.rep &&
+        "$B/ds-prof" report ag.db >ag.rep 2>&1 && grep -q "^ZeRO parameter gather .* by all_gather, " ag.rep; then
+        ok "ds-prof report: gradient calls per op, the parameter gather on its own line (broadcast / all_gather)"
+    else notok "ds-prof report of the ZeRO runs: $(grep -E 'communication|gather' da.rep ag.rep | head -c 400)"; fi
 else notok "disable_allgather runs failed: $(head -c 300 da.err) $(head -c 300 da2.err)"; fi
 
 # fp16 (and clipping): the three stages at 2 ranks give the same losses exactly
