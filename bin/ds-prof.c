@@ -246,32 +246,31 @@ static double scalar(sqlite3 *db, const char *sql, int64_t skip, int rank)
     return r;
 }
 
-static char *text(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *s = NULL;
-    char *r = NULL;
-    if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW &&
-        sqlite3_column_type(s, 0) != SQLITE_NULL)
-        r = strdup((const char *)sqlite3_column_text(s, 0));
-    sqlite3_finalize(s);
-    return r ? r : strdup("?");
-}
-
 #define WHERE " WHERE step > ?1 AND (?2 < 0 OR rank = ?2)"
 
-/* The text of a one-value query bound like scalar's, or NULL. */
+/* The text of a one-value query bound like scalar's (?1 skip, ?2 rank, where it has them), or
+ * NULL. */
 static char *scalar_text(sqlite3 *db, const char *sql, int64_t skip, int rank)
 {
     sqlite3_stmt *s = NULL;
     char *r = NULL;
     if (sqlite3_prepare_v2(db, sql, -1, &s, NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(s, 1, skip);
-        sqlite3_bind_int(s, 2, rank);
+        if (sqlite3_bind_parameter_count(s) >= 2) {
+            sqlite3_bind_int64(s, 1, skip);
+            sqlite3_bind_int(s, 2, rank);
+        }
         if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL)
             r = strdup((const char *)sqlite3_column_text(s, 0));
     }
     sqlite3_finalize(s);
     return r;
+}
+
+/* The text of an unbound one-value query, "?" when there is none. */
+static char *text(sqlite3 *db, const char *sql)
+{
+    char *r = scalar_text(db, sql, 0, -1);
+    return r ? r : strdup("?");
 }
 
 /* The timer columns in report order; the indent shows bwd's parts. */

@@ -803,11 +803,14 @@ Test(zero, disable_allgather)
 {
     ds_config c;
     load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1}, \"disable_allgather\": true"), 1);
-    cr_expect_eq(c.disable_allgather, 1);
-    cr_expect_eq(c.zero.allgather_partitions, 1, "the zero block's own key is left as it was");
+    cr_expect_eq(c.zero.allgather_partitions, 0, "disable_allgather: the broadcasts of allgather_partitions false");
     ds_config_free(&c);
-    load_ok(&c, TB8("\"disable_allgather\": false"), 1);
-    cr_expect_eq(c.disable_allgather, 0);
+    /* whichever comes first in the file, and whatever the zero block says */
+    load_ok(&c, TB8("\"disable_allgather\": true, \"zero_optimization\": {\"stage\": 1, \"allgather_partitions\": true}"), 1);
+    cr_expect_eq(c.zero.allgather_partitions, 0);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 1}, \"disable_allgather\": false"), 1);
+    cr_expect_eq(c.zero.allgather_partitions, 1);
     ds_config_free(&c);
     load_fails(TB8("\"disable_allgather\": \"maybe\""), 1, 0, DS_ERR_INVALID, "ds.json: disable_allgather: expected",
                NULL);

@@ -449,19 +449,19 @@ static ds_status zero_reduce(ds_engine *e, float *buf, int64_t b0, int64_t b1, d
 }
 
 /* After the update: every rank's partition of the working weights to every rank, in
- * allgather_bucket_size buckets (or, with allgather_partitions false or disable_allgather, one
- * broadcast per owner). */
+ * allgather_bucket_size buckets (or, with allgather_partitions false, which disable_allgather
+ * sets too, one broadcast per owner). */
 static ds_status zero_gather_params(ds_engine *e, ds_error *err)
 {
     if (!e->comm)
         return DS_OK;
     const int64_t n = e->net->params.total, bucket = e->cfg.zero.allgather_bucket_size;
+    const int gather = e->cfg.zero.allgather_partitions;
     ds_status st = DS_OK;
     for (int64_t b0 = 0; b0 < n && st == DS_OK; b0 += bucket) {
         int64_t b1 = b0 + bucket < n ? b0 + bucket : n;
         double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
         zero_blocks(e, b0, b1);
-        const int gather = e->cfg.zero.allgather_partitions && !e->cfg.disable_allgather;
         if (gather) {
             st = ds_comm_all_gather_v(GCOMM(e), wptr(e, b0), e->zoff, e->zlen, wsize(e), err);
         } else {

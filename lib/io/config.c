@@ -30,6 +30,7 @@ typedef struct rd {
     int64_t bval[3];
     const ds_config_hints *hints;   /* client-registered optimizer names, may be NULL */
     int fp16_on, bf16_on;           /* fp16.enabled / bf16.enabled were true */
+    int no_allgather;               /* disable_allgather was true */
     int n_refused;                  /* features not built yet: all are reported together */
     char refused[DS_ERROR_MSG_MAX]; /* "<path>=<value> is not supported yet; ..." */
 } rd;
@@ -683,9 +684,10 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
             r->cfg->wall_clock_breakdown = s == V_SET ? b : 0;
         return st;
-    case F_NOAG:
+    case F_NOAG: /* DeepSpeed: broadcasts instead of the all-gather, which is what
+                  * zero_optimization.allgather_partitions false does (set after the sections) */
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
-            r->cfg->disable_allgather = s == V_SET ? b : 0;
+            r->no_allgather = s == V_SET && b;
         return st;
     case F_BUCKET:
         if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < 1)
@@ -1298,6 +1300,8 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
                   "simultaneously enabled");
     if (st == DS_OK)
         cfg->precision = r.fp16_on ? DS_PREC_FP16 : r.bf16_on ? DS_PREC_BF16 : DS_PREC_FP32;
+    if (st == DS_OK && r.no_allgather)
+        cfg->zero.allgather_partitions = 0;
     if (st == DS_OK)
         st = resolve_batch(&r, world_size, hints);
     if (st == DS_OK) /* the engine's default optimizer (no block) has lr 1e-3 too */

@@ -99,7 +99,6 @@ typedef struct ds_config {
     double gradient_predivide_factor; /* f: divide by f before the sum, by W/f after (1.0) */
     int64_t steps_per_print;  /* 0 = no periodic print (DeepSpeed default: None) */
     int wall_clock_breakdown; /* the engine's fwd/bwd/step timers (engine.md §7) */
-    int disable_allgather;    /* ZeRO gathers the parameters with broadcasts (as allgather_partitions false) */
     int seed_set;             /* "seed" present */
     uint64_t seed;
     char device[16];          /* "device" (ds's own key): "cpu", "cuda", "cuda:N", "auto"; "" if absent */
