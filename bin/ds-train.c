@@ -53,6 +53,10 @@ static const char *usage_text =
     "                        memory, and every collective, in an SQLite database (see ds-prof(1))\n"
     "  --peak_tflops X       peak TFLOP/s of one device, for the MFU that wall_clock_breakdown\n"
     "                        and the final line report\n"
+    "  --checkpoint-activations  checkpoint the iterations of every outermost repeat block\n"
+    "                        (Megatron-LM's flag): keep each iteration's output, recompute its\n"
+    "                        inner activations in backward; the config's activation_checkpointing\n"
+    "                        section says how (ds-net(5) \"checkpoint\", ds-config(5))\n"
     "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
     "  --strict-config       unknown config keys are errors, not warnings\n"
     "  --device DEV          cuda, cpu, or auto (the default: the config's \"device\", else auto:\n"
@@ -73,7 +77,7 @@ enum {
     OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
     OPT_LOG, OPT_MICRO, OPT_STRICT, OPT_BACKEND, OPT_FORCE, OPT_SUMMARY, OPT_QUIET, OPT_VERSION,
     OPT_DEEPSPEED, OPT_DEVICE, OPT_INJECT, OPT_PROF_DB, OPT_PEAK, OPT_PLAN, OPT_WORLD,
-    OPT_CKPT_SAVE, OPT_CKPT_LOAD, OPT_CKPT_INTERVAL, OPT_CKPT_KEEP, OPT_CKPT_TAG
+    OPT_CKPT_SAVE, OPT_CKPT_LOAD, OPT_CKPT_INTERVAL, OPT_CKPT_KEEP, OPT_CKPT_TAG, OPT_ACT_CKPT
 };
 
 typedef struct args {
@@ -86,6 +90,7 @@ typedef struct args {
     int64_t plan_world;
     int inject_rank;
     int seed_set, strict, force, summary, quiet;
+    int act_ckpt; /* --checkpoint-activations */
     uint64_t seed;
     ds_data_order order;
     /* checkpoints (ds/ckpt.h): --save DIR, --save_interval N, --keep_last K, --load DIR, --tag T */
@@ -169,6 +174,8 @@ static int parse_args(int argc, char **argv, args *a)
         {"keep-last", required_argument, 0, OPT_CKPT_KEEP},
         {"tag", required_argument, 0, OPT_CKPT_TAG},
         {"summary", no_argument, 0, OPT_SUMMARY},
+        {"checkpoint-activations", no_argument, 0, OPT_ACT_CKPT},
+        {"checkpoint_activations", no_argument, 0, OPT_ACT_CKPT},
         {"plan", no_argument, 0, OPT_PLAN},
         {"world_size", required_argument, 0, OPT_WORLD},
         {"world-size", required_argument, 0, OPT_WORLD},
@@ -233,6 +240,7 @@ static int parse_args(int argc, char **argv, args *a)
             break;
         }
         case OPT_PROF_DB: a->prof_db = optarg; break;
+        case OPT_ACT_CKPT: a->act_ckpt = 1; break;
         case OPT_PEAK: {
             char *end;
             errno = 0;
@@ -432,12 +440,59 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static int n_ckpt_repeats(const ds_net *net)
+{
+    int n = 0;
+    for (int i = 0; i < net->n_repeats; i++)
+        n += net->repeats[i].checkpoint;
+    return n;
+}
+
+/* The activation checkpointing line, or a warning where the config's section has nothing to act on. */
+static void print_actckpt(ds_engine *eng, const char *config, const char *netfile)
+{
+    const ds_config *cfg = ds_engine_config(eng);
+    const ds_net *net = ds_engine_net(eng);
+    const ds_actckpt_config *ac = &cfg->actckpt;
+    ds_memory_report mr;
+    ds_engine_memory_report(eng, &mr);
+    if (!mr.checkpoints) {
+        if (ac->partition_activations || ac->contiguous || ac->cpu_checkpointing || ac->synchronize ||
+            ac->number_checkpoints)
+            fprintf(stderr, "ds-train: warning: %s: activation_checkpointing: %s checkpoints no layers, so the "
+                    "section changes nothing; give a repeat \"checkpoint\": true (ds-net(5)) or pass "
+                    "--checkpoint-activations\n", config, netfile);
+        return;
+    }
+    printf("activation checkpointing: %d checkpoints (", mr.checkpoints);
+    for (int i = 0, k = 0; i < net->n_repeats; i++)
+        if (net->repeats[i].checkpoint)
+            printf("%s%s x %d", k++ ? ", " : "", net->repeats[i].name, net->repeats[i].count);
+    printf("); backward recomputes %d of them (+%.0f%% forward FLOPs)", mr.checkpoints - n_ckpt_repeats(net), 100.0 * (double)ds_net_recompute_flops(net) /
+                                                                   (double)net->flops_per_sample);
+    if (ac->partition_activations)
+        printf("; partition_activations: a model-parallel group of 1, so each rank keeps whole checkpoints");
+    if (ac->contiguous)
+        printf("; one block per repeat (contiguous_memory_optimization)");
+    if (ac->cpu_checkpointing)
+        printf("; in host memory (cpu_checkpointing)");
+    if (ac->synchronize)
+        printf("; synchronized at segment edges");
+    printf("\n");
+}
+
 static int summary_only(const args *a)
 {
     ds_error err = {0};
     ds_net *net;
     if (ds_net_parse_file(&net, a->net, &err) != DS_OK) {
         fprintf(stderr, "ds-train: %s\n", err.msg);
+        return 2;
+    }
+    if (a->act_ckpt && ds_net_checkpoint_repeats(net, 1) == 0) {
+        fprintf(stderr, "ds-train: %s: checkpointing activations needs a repeat block (its iterations are the "
+                "checkpointed segments); the network has none\n", a->net);
+        ds_net_free(net);
         return 2;
     }
     int64_t batch = 1;
@@ -501,7 +556,8 @@ static int plan_only(const args *a)
         json_object_object_add(z, "stage", json_object_new_int(stage));
         ds_engine_options eo = {.config_json = json_object_to_json_string(root), .config_name = a->config,
                                 .net_path = a->net, .backend = "cpu", .micro_batch_hint = a->micro,
-                                .world_size = W, .plan_only = 1};
+                                .world_size = W, .plan_only = 1,
+                                .checkpoint_activations = a->act_ckpt};
         ds_engine *eng;
         if (ds_initialize(&eng, &eo, &err) != DS_OK) {
             fprintf(stderr, "ds-train: --plan (stage %d): %s\n", stage, err.msg);
@@ -800,7 +856,7 @@ int main(int argc, char **argv)
                             .strict_config = a.strict, .micro_batch_hint = a.micro,
                             .seed_set = a.seed_set, .seed = a.seed, .init_from = a.init_from,
                             .comm = comm, .rank = rank, .world_size = world, .store = store,
-                            .timers = a.prof_db != NULL};
+                            .timers = a.prof_db != NULL, .checkpoint_activations = a.act_ckpt};
     ds_engine *eng;
     ds_status st = ds_initialize(&eng, &eo, &err);
     if (st != DS_OK) {
@@ -977,6 +1033,7 @@ int main(int argc, char **argv)
                    strstr(backend, "fp32 GEMMs")
                        ? "; matrix products in fp32 (the backend line says why), so no faster than fp32"
                        : "", act16);
+        print_actckpt(eng, a.config, a.net);
         if (cfg->scheduler.type != DS_SCHED_NONE)
             printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
                    ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));

@@ -369,6 +369,33 @@ else
     notok "--backend cpu:generic $(why)"
 fi
 
+# activation checkpointing: the same losses, fewer activation bytes, the line that says so
+sed 's/"count": 1/"count": 3/' gpt.json >gpt3.json
+act_mb() { sed -n 's/.*activations \([0-9.]*\) MB.*/\1/p' "$1" | head -1; }
+run gpt3.json --config ds.json --data text.txt --steps 4 --seed 5 --log-json ck0.jsonl
+rc1=$rc; cp "$T/out" ck0.out
+run gpt3.json --config ds.json --data text.txt --steps 4 --seed 5 --log-json ck1.jsonl --checkpoint-activations
+if [ "$rc1$rc" = 00 ] && [ "$(losses ck0.jsonl | wc -w)" = 4 ] && [ "$(losses ck0.jsonl)" = "$(losses ck1.jsonl)" ] &&
+    grep -q "activation checkpointing: 3 checkpoints (h x 3); backward recomputes 2 of them" "$T/out" &&
+    lt "$(act_mb "$T/out")" "$(act_mb ck0.out)"; then
+    ok "--checkpoint-activations: the same losses, activations $(act_mb ck0.out) -> $(act_mb "$T/out") MB"
+else
+    notok "--checkpoint-activations: $(losses ck0.jsonl 2>&1) vs $(losses ck1.jsonl 2>&1) $(why)"
+fi
+run --summary gpt3.json --checkpoint-activations
+[ "$rc" = 0 ] && grep -q "^activation checkpointing: 3 checkpoints (h x 3); backward recomputes forward" "$T/out" &&
+    ok "--summary --checkpoint-activations: the recomputed FLOPs" || notok "--summary --checkpoint-activations $(why)"
+expect_fail "--checkpoint-activations on a network without a repeat: exit 2" 2 "mlp.json: checkpointing activations needs a repeat block" \
+    mlp.json --config mlp.ds.json --data X.npy --labels y.npy --steps 1 --checkpoint-activations
+expect_fail "... and with --summary" 2 "mlp.json: checkpointing activations needs a repeat block" --summary mlp.json --checkpoint-activations
+sed 's/"seed": 1}/"seed": 1, "activation_checkpointing": {"partition_activations": true, "number_checkpoints": 2}}/' ds.json >ack.json
+expect_fail "activation_checkpointing.number_checkpoints below the network's checkpoints: named" 2 \
+    "ack.json: activation_checkpointing.number_checkpoints: expected at least 3" \
+    gpt3.json --config ack.json --data text.txt --steps 1 --checkpoint-activations
+run gpt3.json --config ack.json --data text.txt --steps 1
+[ "$rc" = 0 ] && grep -q "warning: ack.json: activation_checkpointing: gpt3.json checkpoints no layers, so the section changes nothing" "$T/err" &&
+    ok "activation_checkpointing without a checkpointed repeat: trains, with a warning" || notok "activation_checkpointing warning $(why)"
+
 expect_fail "--inject-grad-inf for a rank the job lacks: exit 2" 2 "there is no rank 5 in a job of 1" \
     "${TRAIN[@]}" --steps 1 --inject-grad-inf 1:5
 expect_ok "--micro-batch where the config gives one: runs" "${TRAIN[@]}" --steps 1 --micro-batch 3

@@ -475,8 +475,8 @@ Test(features, refused_naming_the_key)
     load_fails(TB8("\"communication_data_type\": \"fp8\""), 1, 0, DS_ERR_INVALID,
                "communication_data_type: expected \"fp32\", \"fp16\" or \"bf16\", found \"fp8\"",
                NULL);
-    load_fails(TB8("\"activation_checkpointing\": {\"cpu_checkpointing\": true}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "activation_checkpointing.cpu_checkpointing=true is not", NULL);
+    load_fails(TB8("\"activation_checkpointing\": {\"profile\": true}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "activation_checkpointing.profile=true is not supported yet", NULL);
     load_fails(TB8("\"flops_profiler\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "flops_profiler.enabled=true is not supported yet", NULL);
     load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"output_path\": \"/tmp\"}"), 1, 0,
@@ -492,6 +492,37 @@ Test(features, refused_naming_the_key)
     /* an invalid value wins over refusals: it must be fixed in any case */
     load_fails(TB8("\"tensorboard\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
                DS_ERR_INVALID, "steps_per_print: expected an integer", NULL);
+}
+
+/* activation_checkpointing: DeepSpeed's keys, for the network's checkpointed repeats (the
+ * engine checks number_checkpoints against the network; test_model's checkpointing suite) */
+Test(features, activation_checkpointing)
+{
+    ds_config c;
+    ds_error e;
+    cr_assert_eq(load(&c, TB8("\"activation_checkpointing\": {\"partition_activations\": true, "
+                              "\"contiguous_memory_optimization\": true, \"cpu_checkpointing\": true, "
+                              "\"number_checkpoints\": 24, \"synchronize_checkpoint_boundary\": true, "
+                              "\"profile\": false}"), 1, 1, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect(c.actckpt.given && c.actckpt.partition_activations && c.actckpt.contiguous &&
+              c.actckpt.cpu_checkpointing && c.actckpt.synchronize);
+    cr_expect_eq(c.actckpt.number_checkpoints, 24);
+    ds_config_free(&c);
+    cr_assert_eq(load(&c, TB8("\"steps_per_print\": 5"), 1, 1, 0, &e), DS_OK, "%s", e.msg);
+    cr_expect(!c.actckpt.given && !c.actckpt.partition_activations && !c.actckpt.number_checkpoints);
+    ds_config_free(&c);
+    /* checkpointing.configure's asserts */
+    load_fails(TB8("\"activation_checkpointing\": {\"contiguous_memory_optimization\": true}"), 1, 0, DS_ERR_INVALID,
+               "ds.json: activation_checkpointing: contiguous_memory_optimization=true needs "
+               "partition_activations=true", NULL);
+    load_fails(TB8("\"activation_checkpointing\": {\"number_checkpoints\": 0}"), 1, 0, DS_ERR_INVALID,
+               "activation_checkpointing.number_checkpoints: expected null or an integer >= 1, found 0", NULL);
+    load_fails(TB8("\"activation_checkpointing\": {\"partition_activations\": \"maybe\"}"), 1, 0, DS_ERR_INVALID,
+               "activation_checkpointing.partition_activations: expected", NULL);
+    load_fails(TB8("\"activation_checkpointing\": {\"partitioned_activations\": true}"), 1, 0, DS_ERR_INVALID,
+               "activation_checkpointing: unknown key \"partitioned_activations\"", NULL);
+    load_fails(TB8("\"activation_checkpointing\": [true]"), 1, 0, DS_ERR_INVALID,
+               "activation_checkpointing: expected an object", NULL);
 }
 
 /* wall_clock_breakdown turns on the engine's timers (engine.md §7); it is a boolean */
@@ -602,10 +633,8 @@ static const struct {
     {"ds-docs__autotuning_block2.json", DS_ERR_UNSUPPORTED,
      "autotuning.enabled=true is not supported yet"},
     {"ds-docs__getting-started_block5.json", DS_OK, NULL},
-    {"ds-tests-gpt2__ds_config_func_bs8_zero0_gas3.json", DS_ERR_UNSUPPORTED,
-     "activation_checkpointing.partition_activations=true is not supported yet"},
-    {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_ERR_UNSUPPORTED,
-     "activation_checkpointing.partition_activations=true is not supported yet"},
+    {"ds-tests-gpt2__ds_config_func_bs8_zero0_gas3.json", DS_OK, NULL},
+    {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_OK, NULL},
     {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_OK, NULL},
     {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_OK, NULL},
     {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_ERR_UNSUPPORTED,
@@ -650,10 +679,8 @@ static const struct {
      "zero_optimization.stage=3 is not supported yet"},
     {"dse-megatron-zero3__ds_zero_stage_infinity_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.stage=3 is not supported yet"},
-    {"dse-megatron__ds_zero-offload_10B_config.json", DS_ERR_UNSUPPORTED,
-     "activation_checkpointing.partition_activations=true is not supported yet"},
-    {"dse-megatron__ds_zero2_config.json", DS_ERR_UNSUPPORTED,
-     "activation_checkpointing.partition_activations=true is not supported yet"},
+    {"dse-megatron__ds_zero-offload_10B_config.json", DS_OK, NULL},
+    {"dse-megatron__ds_zero2_config.json", DS_OK, NULL},
     {"dse-pipeline_parallelism__ds_config.json", DS_OK, NULL},
     {"dse-qanet__ds_bsz512_1cycle.json", DS_OK, NULL},
     {"dse-tensor_parallel__ds_config.json", DS_ERR_UNSUPPORTED,
@@ -780,11 +807,12 @@ Test(real_configs, specific_outcomes)
     cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/llamafactory__ds_z2_autotp_config.json", 1, 1,
                                      &h, &e), DS_ERR_UNSUPPORTED);
     cr_expect(strstr(e.msg, "tensor_parallel.autotp_size=2 is not supported yet"), "%s", e.msg);
-    /* a ZeRO-2 config: stage 2 is built, its activation checkpointing is not */
-    cr_expect_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-megatron__ds_zero2_config.json", 1, 0, &h,
-                                     &e), DS_ERR_UNSUPPORTED);
-    cr_expect(strstr(e.msg, "activation_checkpointing.partition_activations=true"), "%s", e.msg);
-    cr_expect(!strstr(e.msg, "zero_optimization"), "%s", e.msg);
+    /* Megatron's ZeRO-2 config: stage 2 and its activation checkpointing settings */
+    cr_assert_eq(ds_config_load_file(&c, CONFIG_DIR "/dse-megatron__ds_zero2_config.json", 1, 0, &h,
+                                     &e), DS_OK, "%s", e.msg);
+    cr_expect_eq(c.zero.stage, 2);
+    cr_expect(c.actckpt.given && c.actckpt.partition_activations && !c.actckpt.contiguous);
+    ds_config_free(&c);
     /* the legacy boolean zero_optimization: stage 1, with a warning */
     cr_assert_eq(ds_config_load_file(&c, CONFIG_DIR "/ds-docs__getting-started_block5.json", 1, 0,
                                      &h, &e), DS_OK, "%s", e.msg);

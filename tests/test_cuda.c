@@ -1350,10 +1350,12 @@ static const char *tiny_cfg_bf16 =
     " \"eps\": 1e-8, \"weight_decay\": 0.1}}, \"gradient_clipping\": 1.0, \"seed\": 1234,"
     " \"bf16\": {\"enabled\": true}}";
 
-static void train_tiny_cfg(const char *backend, const char *cfg, double *losses, double *norms)
+/* net: the network (tiny_net); checkpoint: checkpoint_activations (every outermost repeat) */
+static void train_tiny_net(const char *backend, const char *net, const char *cfg, int checkpoint, double *losses,
+                           double *norms)
 {
-    ds_engine_options o = {.config_json = cfg, .config_name = "tiny.ds.json", .net_json = tiny_net,
-                           .net_name = "tiny.json", .backend = backend};
+    ds_engine_options o = {.config_json = cfg, .config_name = "tiny.ds.json", .net_json = net,
+                           .net_name = "tiny.json", .backend = backend, .checkpoint_activations = checkpoint};
     ds_engine *e;
     ds_error err = {0};
     cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s: %s", backend, err.msg);
@@ -1380,6 +1382,11 @@ static void train_tiny_cfg(const char *backend, const char *cfg, double *losses,
         norms[s] = ds_engine_get_global_grad_norm(e);
     }
     ds_engine_destroy(e);
+}
+
+static void train_tiny_cfg(const char *backend, const char *cfg, double *losses, double *norms)
+{
+    train_tiny_net(backend, tiny_net, cfg, 0, losses, norms);
 }
 
 static void tiny_gpt_case_cfg(int tf32, double tol, const char *cfg, const char *tag)
@@ -1531,6 +1538,49 @@ Test(cuda, tiny_gpt_bf16_gelu_fused_follows_unfused, .timeout = 600)
     cr_expect(!same, "GELU fused and unfused gave bit-equal losses and grad norms: not fused?");
     fprintf(stderr, "tiny GPT bf16, GELU in the products vs its own passes: largest relative loss difference "
                     "%.2e, grad norm (steps 1-8) %.2e\n", worst, worst_norm);
+}
+
+/* Activation checkpointing on the GPU: backward recomputes each block's forward with the same
+ * kernels on the same inputs (and dropout seeds), so the bf16 tiny GPT follows the run without
+ * it (bound 1e-6 relative, as for the rounding tests: the same path, at most a reordered sum).
+ * The second network's iterations end in linear -> GELU, with the next iteration's linear after
+ * it: a fused pair across an iteration's edge would read the GELU input of the wrong iteration
+ * in backward (gradients off by far more than the bound). */
+static const char *tiny_edge_net =
+    "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 256, \"seq_len\": 128},"
+    " \"layers\": ["
+    "  {\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 256},"
+    "  {\"type\": \"repeat\", \"name\": \"h\", \"count\": 3, \"layers\": ["
+    "    {\"type\": \"linear\", \"name\": \"fc\", \"out\": 512}, {\"type\": \"gelu\", \"approximate\": \"tanh\"},"
+    "    {\"type\": \"linear\", \"name\": \"proj\", \"out\": 256}, {\"type\": \"gelu\", \"approximate\": \"tanh\"}]},"
+    "  {\"type\": \"layernorm\", \"name\": \"ln_f\"},"
+    "  {\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 256}],"
+    " \"loss\": {\"type\": \"cross_entropy\"}}";
+
+Test(cuda, tiny_gpt_bf16_checkpointed_follows_plain, .timeout = 600)
+{
+    ctx c;
+    open_ctx(&c, 1);
+    close_ctx(&c);
+    const char *nets[2] = {tiny_net, tiny_edge_net};
+    for (int k = 0; k < 2; k++) {
+        double lp[TINY_STEPS], np[TINY_STEPS], lc[TINY_STEPS], nc[TINY_STEPS];
+        train_tiny_net("cuda", nets[k], tiny_cfg_bf16, 0, lp, np);
+        train_tiny_net("cuda", nets[k], tiny_cfg_bf16, 1, lc, nc);
+        double worst = 0;
+        int same = 1;
+        for (int s = 0; s < TINY_STEPS; s++) {
+            const double d = fabs(lc[s] - lp[s]) / fabs(lp[s]), dn = fabs(nc[s] - np[s]) / fabs(np[s]);
+            cr_expect(isfinite(lc[s]) && d <= 1e-6 && dn <= 1e-6,
+                      "net %d step %d: loss %.9g checkpointed vs %.9g, grad norm %.9g vs %.9g", k, s + 1, lc[s], lp[s],
+                      nc[s], np[s]);
+            worst = d > worst ? d : worst;
+            worst = dn > worst ? dn : worst;
+            same &= lc[s] == lp[s] && nc[s] == np[s];
+        }
+        fprintf(stderr, "tiny GPT bf16 (net %d), activation checkpointing vs none: largest relative difference %.2e (%s)\n",
+                k, worst, same ? "bit-equal" : "not bit-equal");
+    }
 }
 
 /* ---- store16 op by op: every activation op on 16-bit device tensors (and 16-bit weights) gives,

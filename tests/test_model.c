@@ -263,3 +263,244 @@ Test(model, residual_gradients_by_differences, .timeout = 120)
         ds_engine_destroy(e);
     }
 }
+
+/* ---- activation checkpointing ------------------------------------------------------------------ */
+
+/* With a checkpointed repeat, backward recomputes each iteration's forward from the output kept
+ * before it (the checkpoint), with the same ops on the same inputs and the same dropout seeds:
+ * the losses, gradients and parameters over a few steps must be the same bits as without, in
+ * fp32, bf16 and fp16. CK stands for the checkpoint flag; "outer" runs set it through
+ * checkpoint_activations (every outermost repeat) instead. */
+static const struct {
+    const char *net;
+    int outer;       /* checkpoint_activations instead of CK */
+    int checkpoints; /* segments */
+    int recomputes;  /* segment forwards per backward */
+} CK_NETS[] = {
+    /* GPT blocks with dropout in both branches, a tied head; iterations end in a residual END */
+    {"{\"input\": {\"type\": \"tokens\", \"vocab_size\": 32, \"seq_len\": 8}, \"layers\": ["
+     "{\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 16}, {\"type\": \"position_embedding\", \"name\": \"wpe\"},"
+     "{\"type\": \"dropout\", \"p\": 0.1},"
+     "{\"type\": \"repeat\", \"name\": \"h\", \"count\": 3, \"layers\": ["
+     " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_1\"},"
+     "  {\"type\": \"attention\", \"name\": \"attn\", \"heads\": 2}, {\"type\": \"dropout\", \"p\": 0.2}]},"
+     " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_2\"},"
+     "  {\"type\": \"linear\", \"name\": \"fc\", \"out\": 32}, {\"type\": \"gelu\", \"approximate\": \"tanh\"},"
+     "  {\"type\": \"linear\", \"name\": \"proj\", \"out\": 16}, {\"type\": \"dropout\", \"p\": 0.1}]}]},"
+     "{\"type\": \"layernorm\", \"name\": \"ln_f\"},"
+     "{\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 32, \"bias\": false, \"tied_to\": \"wte\"}],"
+     " \"loss\": {\"type\": \"cross_entropy\"}}",
+     1, 3, 2},
+    /* iterations that end in a GELU after a linear layer (the fused pair stays inside one), a
+     * checkpointed repeat inside an outer one that is not (two sets of shared buffers), a
+     * residual around the whole outer repeat */
+    {"{\"input\": {\"type\": \"tokens\", \"vocab_size\": 32, \"seq_len\": 8}, \"layers\": ["
+     "{\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 16},"
+     "{\"type\": \"residual\", \"layers\": [{\"type\": \"repeat\", \"name\": \"o\", \"count\": 2, \"layers\": ["
+     " {\"type\": \"repeat\", \"name\": \"i\", \"count\": 3, \"checkpoint\": CK, \"layers\": ["
+     "  {\"type\": \"linear\", \"name\": \"a\", \"out\": 24}, {\"type\": \"gelu\", \"approximate\": \"tanh\"},"
+     "  {\"type\": \"linear\", \"name\": \"b\", \"out\": 16}, {\"type\": \"gelu\", \"approximate\": \"tanh\"}]},"
+     " {\"type\": \"layernorm\", \"name\": \"ln\"}]}]},"
+     "{\"type\": \"linear\", \"name\": \"head\", \"out\": 32}], \"loss\": {\"type\": \"cross_entropy\"}}",
+     0, 6, 4},
+    /* features: ReLU (its backward reads its own output) and dropout, mse */
+    {"{\"input\": {\"type\": \"features\", \"dim\": 8}, \"layers\": ["
+     "{\"type\": \"repeat\", \"name\": \"r\", \"count\": 4, \"checkpoint\": CK, \"layers\": ["
+     " {\"type\": \"linear\", \"name\": \"l\", \"out\": 8}, {\"type\": \"relu\"}, {\"type\": \"dropout\", \"p\": 0.25}]},"
+     "{\"type\": \"linear\", \"name\": \"out\", \"out\": 3}], \"loss\": {\"type\": \"mse\"}}",
+     0, 4, 3},
+    /* one iteration: a checkpoint with nothing to recompute */
+    {"{\"input\": {\"type\": \"features\", \"dim\": 8}, \"layers\": ["
+     "{\"type\": \"repeat\", \"name\": \"r\", \"count\": 1, \"checkpoint\": CK, \"layers\": ["
+     " {\"type\": \"linear\", \"name\": \"l\", \"out\": 8}, {\"type\": \"gelu\"}]},"
+     "{\"type\": \"linear\", \"name\": \"out\", \"out\": 2}], \"loss\": {\"type\": \"cross_entropy\"}}",
+     0, 1, 0},
+};
+
+/* s with every "CK" replaced by v (caller frees) */
+static char *subst_ck(const char *s, const char *v)
+{
+    char *out = malloc(strlen(s) * 2 + 1), *o = out;
+    for (; *s; s++) {
+        if (s[0] == 'C' && s[1] == 'K') {
+            o += sprintf(o, "%s", v);
+            s++;
+        } else {
+            *o++ = *s;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+typedef struct ck_run {
+    double loss[3];
+    float *params, *grads; /* every tensor, in table order */
+    size_t act;
+    ds_memory_report mr;
+} ck_run;
+
+/* three steps of AdamW on fixed random batches; the gradients of the last backward */
+static void ck_train(ck_run *r, const char *net, int outer, const char *precision, const char *extra)
+{
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 11, \"optimizer\": {\"type\": \"AdamW\", "
+             "\"params\": {\"lr\": 0.01}}, %s%s\"gradient_clipping\": 1.0}", precision, extra);
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_json = cfg, .config_name = "ck.json", .net_json = net, .net_name = "ck-net.json",
+                           .backend = "cpu", .checkpoint_activations = outer};
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s\n%s", err.msg, net);
+    const ds_net *n = ds_engine_net(e);
+    int32_t tok[4 * 8], tgt[4 * 8], lab[4];
+    float x[4 * 8], y[4 * 3];
+    uint64_t s = 99;
+    for (int i = 0; i < 32; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        tok[i] = (int32_t)((s >> 33) % 32);
+        tgt[i] = (int32_t)((s >> 45) % 32);
+        x[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
+    }
+    for (int i = 0; i < 12; i++)
+        y[i] = x[i] * 0.5f;
+    for (int i = 0; i < 4; i++)
+        lab[i] = tok[i] % 2;
+    ds_batch b = n->input == DS_INPUT_TOKENS ? (ds_batch){.tokens = tok, .targets = tgt}
+               : n->loss == DS_LOSS_MSE      ? (ds_batch){.x = x, .y = y}
+                                             : (ds_batch){.x = x, .labels = lab};
+    int64_t total = 0;
+    for (int t = 0; t < n->params.n; t++)
+        total += n->params.t[t].numel;
+    r->params = malloc((size_t)total * sizeof(float));
+    r->grads = malloc((size_t)total * sizeof(float));
+    for (int step = 0; step < 3; step++) {
+        cr_assert_eq(ds_engine_forward(e, &b, &r->loss[step], &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+        if (step == 2)
+            for (int t = 0, off = 0; t < n->params.n; off += (int)n->params.t[t].numel, t++)
+                cr_assert_eq(ds_engine_get_grad(e, n->params.t[t].name, r->grads + off, n->params.t[t].numel, &err),
+                             DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    }
+    for (int t = 0, off = 0; t < n->params.n; off += (int)n->params.t[t].numel, t++)
+        cr_assert_eq(ds_engine_get_param(e, n->params.t[t].name, r->params + off, n->params.t[t].numel, &err), DS_OK,
+                     "%s", err.msg);
+    ds_engine_memory_report(e, &r->mr);
+    r->act = r->mr.activations;
+    r->mr.params = (size_t)total; /* (reused: the element count, for the comparison) */
+    ds_engine_destroy(e);
+}
+
+Test(checkpointing, same_bits_as_without, .timeout = 120)
+{
+    static const char *const PREC[] = {"", "\"bf16\": {\"enabled\": true}, ", "\"fp16\": {\"enabled\": true}, "};
+    /* the section's switches: DeepSpeed's semantics, none of which may change a bit */
+    static const char *const EXTRA[] = {
+        "", "\"activation_checkpointing\": {\"partition_activations\": true, \"contiguous_memory_optimization\": true, "
+            "\"cpu_checkpointing\": true, \"synchronize_checkpoint_boundary\": true, \"number_checkpoints\": 6}, "};
+    for (size_t k = 0; k < sizeof CK_NETS / sizeof *CK_NETS; k++)
+        for (size_t p = 0; p < 3; p++)
+            for (size_t x = 0; x < 2; x++) {
+                char *plain = subst_ck(CK_NETS[k].net, "false"), *ck = subst_ck(CK_NETS[k].net, "true");
+                ck_run a, b;
+                ck_train(&a, plain, 0, PREC[p], EXTRA[x]);
+                ck_train(&b, CK_NETS[k].outer ? plain : ck, CK_NETS[k].outer, PREC[p], EXTRA[x]);
+                for (int s = 0; s < 3; s++)
+                    cr_expect(a.loss[s] == b.loss[s], "net %zu prec %zu extra %zu step %d: loss %.17g, checkpointed %.17g",
+                              k, p, x, s, a.loss[s], b.loss[s]);
+                cr_expect(memcmp(a.grads, b.grads, a.mr.params * sizeof(float)) == 0,
+                          "net %zu prec %zu extra %zu: gradients differ", k, p, x);
+                cr_expect(memcmp(a.params, b.params, a.mr.params * sizeof(float)) == 0,
+                          "net %zu prec %zu extra %zu: parameters differ", k, p, x);
+                cr_expect_eq(a.mr.checkpoints, 0);
+                cr_expect_eq(b.mr.checkpoints, CK_NETS[k].checkpoints, "net %zu: %d checkpoints", k, b.mr.checkpoints);
+                cr_expect_eq(b.mr.recomputed, 3 * CK_NETS[k].recomputes, "net %zu: %lld recomputed", k,
+                             (long long)b.mr.recomputed);
+                if (CK_NETS[k].recomputes)
+                    cr_expect(b.act < a.act, "net %zu: activations %zu with checkpoints, %zu without", k, b.act, a.act);
+                else
+                    cr_expect_eq(b.act, a.act, "net %zu", k);
+                free(a.params), free(a.grads), free(b.params), free(b.grads);
+                free(plain), free(ck);
+            }
+}
+
+/* What the buffers come to for gpt-tiny's shapes: iteration k > 0 of a checkpointed repeat holds
+ * only its output, so the activations are those without the repeat, plus one iteration's, plus
+ * (count - 1) checkpoints. */
+Test(checkpointing, memory_is_one_iteration_plus_the_checkpoints)
+{
+    const char *tmpl = "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 64, \"seq_len\": 16}, \"layers\": ["
+                       "{\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 32},"
+                       "{\"type\": \"repeat\", \"name\": \"h\", \"count\": %d, \"checkpoint\": %s, \"layers\": ["
+                       " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_1\"},"
+                       "  {\"type\": \"attention\", \"name\": \"attn\", \"heads\": 2}]},"
+                       " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_2\"},"
+                       "  {\"type\": \"linear\", \"name\": \"fc\", \"out\": 128}, {\"type\": \"gelu\"},"
+                       "  {\"type\": \"linear\", \"name\": \"proj\", \"out\": 32}]}]},"
+                       "{\"type\": \"linear\", \"name\": \"head\", \"out\": 64}], \"loss\": {\"type\": \"cross_entropy\"}}";
+    size_t act[2][2]; /* [count 1 or 4][checkpoint] */
+    for (int c = 0; c < 2; c++)
+        for (int ck = 0; ck < 2; ck++) {
+            char net[2048];
+            snprintf(net, sizeof net, tmpl, c ? 4 : 1, ck ? "true" : "false");
+            ds_engine *e = NULL;
+            ds_error err = {0};
+            ds_engine_options o = {.config_json = "{\"train_micro_batch_size_per_gpu\": 2}", .config_name = "m.json",
+                                   .net_json = net, .net_name = "m-net.json", .backend = "cpu"};
+            cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+            ds_memory_report mr;
+            ds_engine_memory_report(e, &mr);
+            act[c][ck] = mr.activations;
+            ds_engine_destroy(e);
+        }
+    const size_t iter = (act[1][0] - act[0][0]) / 3;  /* one iteration's buffers, outputs and gradients */
+    const size_t ckpt = 2 * 16 * 32 * sizeof(float); /* one checkpoint: B*T*dim */
+    cr_expect_eq(act[0][1], act[0][0], "one iteration: nothing saved");
+    /* the three later iterations keep their output gradients' buffers (gradients are per layer)
+     * and their checkpoints; what goes is their outputs and attention and layernorm state */
+    cr_expect(act[1][1] < act[1][0] - iter, "4 iterations: %zu with checkpoints, %zu without (%zu each)", act[1][1],
+              act[1][0], iter);
+    cr_expect(act[1][1] >= act[0][0] + 3 * ckpt, "%zu", act[1][1]);
+}
+
+Test(checkpointing, errors_name_what_is_wrong)
+{
+    ds_net *n = NULL;
+    ds_error err = {0};
+    /* a checkpointed repeat inside another */
+    cr_expect_eq(ds_net_parse_string(&n, "{\"input\": {\"type\": \"features\", \"dim\": 4}, \"layers\": ["
+                                         "{\"type\": \"repeat\", \"name\": \"o\", \"count\": 2, \"checkpoint\": true, \"layers\": ["
+                                         " {\"type\": \"repeat\", \"name\": \"i\", \"count\": 2, \"checkpoint\": true, \"layers\": ["
+                                         "  {\"type\": \"linear\", \"name\": \"l\", \"out\": 4}]}]}], \"loss\": {\"type\": \"mse\"}}",
+                                     "n.json", &err),
+                 DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "n.json: layers[0].layers[0].checkpoint: a repeat inside a checkpointed repeat (layers[0])"),
+              "%s", err.msg);
+    cr_expect_eq(ds_net_parse_string(&n, "{\"input\": {\"type\": \"features\", \"dim\": 4}, \"layers\": ["
+                                         "{\"type\": \"repeat\", \"name\": \"o\", \"count\": 2, \"checkpoint\": 1, \"layers\": ["
+                                         " {\"type\": \"linear\", \"name\": \"l\", \"out\": 4}]}], \"loss\": {\"type\": \"mse\"}}",
+                                     "n.json", &err),
+                 DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "layers[0].checkpoint: expected true or false, found 1"), "%s", err.msg);
+    /* --checkpoint-activations on a network without a repeat */
+    const char *flat = "{\"input\": {\"type\": \"features\", \"dim\": 4}, \"layers\": [{\"type\": \"linear\", \"name\": \"l\", "
+                       "\"out\": 4}], \"loss\": {\"type\": \"mse\"}}";
+    ds_engine *e = NULL;
+    ds_engine_options o = {.config_json = "{\"train_micro_batch_size_per_gpu\": 2}", .config_name = "c.json",
+                           .net_json = flat, .net_name = "flat.json", .backend = "cpu", .checkpoint_activations = 1};
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "flat.json: checkpointing activations needs a repeat block"), "%s", err.msg);
+    /* number_checkpoints below the network's checkpoints (DeepSpeed sizes its buffers by it) */
+    const char *rep = "{\"input\": {\"type\": \"features\", \"dim\": 4}, \"layers\": [{\"type\": \"repeat\", \"name\": \"r\", "
+                      "\"count\": 3, \"layers\": [{\"type\": \"linear\", \"name\": \"l\", \"out\": 4}]}], "
+                      "\"loss\": {\"type\": \"mse\"}}";
+    o.net_json = rep;
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"number_checkpoints\": 2}}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "c.json: activation_checkpointing.number_checkpoints: expected at least 3"), "%s", err.msg);
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"number_checkpoints\": 3}}";
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    ds_engine_destroy(e);
+}

@@ -864,6 +864,22 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         st = ds_error_set(err, DS_ERR_INVALID, "no network given");
     if (st != DS_OK)
         goto fail;
+    if (opts->checkpoint_activations && ds_net_checkpoint_repeats(e->net, 1) == 0) {
+        st = ds_error_set(err, DS_ERR_INVALID, "%s: checkpointing activations needs a repeat block (its "
+                          "iterations are the checkpointed segments); the network has none",
+                          e->net->source_name ? e->net->source_name : "network");
+        goto fail;
+    }
+    {
+        const int kept = ds_net_checkpoints(e->net);
+        const ds_actckpt_config *ac = &e->cfg.actckpt;
+        if (kept && ac->number_checkpoints && ac->number_checkpoints < kept) {
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: activation_checkpointing.number_checkpoints: expected at "
+                              "least %d, the checkpoints the network keeps (one per iteration of a checkpointed "
+                              "repeat), found %lld", e->cfg.source_name, kept, (long long)ac->number_checkpoints);
+            goto fail;
+        }
+    }
     if (!e->cfg.has_optimizer) {
         /* DeepSpeed leaves the optimizer to the client when the config has none; ds-train's
          * (documented) choice is torch's AdamW defaults. */
@@ -913,6 +929,13 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                           e->be->ops->name);
         goto fail;
     }
+    if (e->cfg.actckpt.cpu_checkpointing && ds_net_checkpoints(e->net) && strcmp(e->be->ops->name, "cpu") != 0) {
+        st = ds_error_set(err, DS_ERR_UNSUPPORTED,
+                          "%s: activation_checkpointing.cpu_checkpointing=true is not supported yet on backend %s "
+                          "(on the cpu backend the checkpoints are in host memory already)",
+                          e->cfg.source_name, e->be->ops->name);
+        goto fail;
+    }
     if (e->comm && strcmp(e->be->ops->name, "cpu") != 0 && (st = dcomm_create(e, opts->store, err)) != DS_OK)
         goto fail;
     e->round = e->cfg.precision == DS_PREC_FP16 ? DS_ROUND_FP16
@@ -948,7 +971,10 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     e->zoff = calloc((size_t)e->world_size, sizeof *e->zoff);
     e->zlen = calloc((size_t)e->world_size, sizeof *e->zlen);
     /* the model first: with 16-bit storage it reads 2-byte working weights */
-    if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, e->round, err)) != DS_OK)
+    if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, e->round,
+                              &(ds_model_ckpt){.contiguous = e->cfg.actckpt.contiguous,
+                                               .synchronize = e->cfg.actckpt.synchronize},
+                              err)) != DS_OK)
         goto fail;
     e->p16 = ds_model_storage16(e->model) != 0;
     e->params = e->be->ops->alloc(e->be, (size_t)tab->total * wsize(e));
@@ -1348,6 +1374,7 @@ void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m)
     m->grads = e->zero == 2 ? part : flat;
     m->optim = ds_optimizer_state_bytes(&e->opt);
     m->activations = ds_model_activation_bytes(e->model);
+    ds_model_checkpoint_stats(e->model, &m->checkpoints, &m->recomputed);
     m->activations16 = ds_model_storage16(e->model);
     m->comm = e->zero == 2 ? (size_t)e->n_zslot * (size_t)e->zslot_len * sizeof(float) : 0;
     m->zero_stage = e->zero;

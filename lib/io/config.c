@@ -61,6 +61,7 @@ typedef enum {
     F_PRESCALE, F_PREDIV, /* prescale_gradients, gradient_predivide_factor */
     F_FP16, F_BF16, /* the fp16 and bf16 (old: bfloat16) sections */
     F_WALLCLOCK, /* wall_clock_breakdown: the engine's timers */
+    F_ACTCKPT, /* the activation_checkpointing section (.sub), read into cfg->actckpt */
     F_RUNDEV  /* "device" (a ds extension): the backend to train on, when no flag names one */
 } fkind;
 
@@ -357,9 +358,9 @@ static ds_status get_str(rd *r, const char *path, json_object *v, const char **o
 static const field OPEN_FIELDS[] = ENABLED_OPEN; /* amp, elasticity, autotuning, ... */
 static const field COMPILE_FIELDS[] = {K("deepcompile", F_OFF), N("*"), END};
 static const field ACTCKPT_FIELDS[] = {
-    K("partition_activations", F_OFF), K("contiguous_memory_optimization", F_OFF),
-    K("cpu_checkpointing", F_OFF), K("number_checkpoints", F_NULL), K("profile", F_OFF),
-    K("synchronize_checkpoint_boundary", F_OFF), END};
+    K("partition_activations", F_BOOL), K("contiguous_memory_optimization", F_BOOL),
+    K("cpu_checkpointing", F_BOOL), K("number_checkpoints", F_SKIP), K("profile", F_OFF),
+    K("synchronize_checkpoint_boundary", F_BOOL), END};
 static const field FLOPS_FIELDS[] = {
     K("enabled", F_OFF), N("recompute_fwd_factor"), N("profile_step"), N("module_depth"),
     N("top_modules"), N("detailed"), N("output_file"), END};
@@ -444,7 +445,8 @@ static const field TOP_FIELDS[] = {
     K("dataloader_drop_last", F_OFF), K("graph_harvesting", F_OFF),
     K("use_data_before_expert_parallelism", F_OFF), K("vocabulary_size", F_INT),
     LIM("sequence_parallel_size", 1),
-    OBJ("activation_checkpointing", ACTCKPT_FIELDS), OBJ("flops_profiler", FLOPS_FIELDS),
+    {.name = "activation_checkpointing", .kind = F_ACTCKPT, .sub = ACTCKPT_FIELDS},
+    OBJ("flops_profiler", FLOPS_FIELDS),
     OBJ("tensorboard", MONITOR_FIELDS), OBJ("csv_monitor", MONITOR_FIELDS),
     OBJ("wandb", WANDB_FIELDS), OBJ("comet", COMET_FIELDS),
     OBJ("comms_logger", COMMS_FIELDS), OBJ("hybrid_engine", HYBRID_FIELDS),
@@ -506,6 +508,42 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
         if (st != DS_OK)
             return st;
     }
+    return DS_OK;
+}
+
+/* activation_checkpointing (DeepSpeedActivationCheckpointingConfig; checkpointing.configure's
+ * asserts), after check_section validated every key. */
+static ds_status read_actckpt(rd *r, const char *path, json_object *v)
+{
+    ds_actckpt_config *a = &r->cfg->actckpt;
+    a->given = 1;
+    json_object_object_foreach(v, key, val) {
+        char p[256];
+        join(p, sizeof p, path, key);
+        vstate s;
+        int b;
+        int64_t i;
+        ds_status st;
+        int *flag = !strcmp(key, "partition_activations")           ? &a->partition_activations
+                  : !strcmp(key, "contiguous_memory_optimization")  ? &a->contiguous
+                  : !strcmp(key, "cpu_checkpointing")               ? &a->cpu_checkpointing
+                  : !strcmp(key, "synchronize_checkpoint_boundary") ? &a->synchronize : NULL;
+        if (flag) {
+            if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
+                return st;
+            *flag = s == V_SET && b;
+        } else if (!strcmp(key, "number_checkpoints")) {
+            if ((st = get_int(r, p, val, &s, &i)) != DS_OK)
+                return st;
+            if (s == V_SET && i < 1)
+                return bad_type(r, p, "null or an integer >= 1", val);
+            a->number_checkpoints = s == V_SET ? i : 0;
+        }
+    }
+    if (a->contiguous && !a->partition_activations)
+        return fail(r, DS_ERR_INVALID, path,
+                    "contiguous_memory_optimization=true needs partition_activations=true (DeepSpeed asserts "
+                    "the same: the contiguous buffers hold the partitioned checkpoints)");
     return DS_OK;
 }
 
@@ -684,6 +722,14 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
             r->cfg->wall_clock_breakdown = s == V_SET ? b : 0;
         return st;
+    case F_ACTCKPT:
+        if (!v)
+            return DS_OK;
+        if (!json_object_is_type(v, json_type_object))
+            return bad_type(r, path, "an object", v);
+        if ((st = check_section(r, path, v, f->sub)) != DS_OK)
+            return st;
+        return read_actckpt(r, path, v);
     case F_NOAG: /* DeepSpeed: broadcasts instead of the all-gather, which is what
                   * zero_optimization.allgather_partitions false does (set after the sections) */
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)

@@ -20,7 +20,16 @@ typedef struct layer_rt {
     float *mean, *rstd;  /* layernorm */
     float *qkv, *att, *attn_out, *dqkv, *dattn_out; /* attention */
     int owns_out, owns_dout;
+    int owns_state;      /* mean..dattn_out are this layer's (not a checkpointed segment's shared ones) */
+    int seg;             /* its checkpointed segment, -1: none */
+    int recompute;       /* the last layer of a segment that backward recomputes first */
 } layer_rt;
+
+/* one iteration of a checkpointed repeat: layers [first, last]; proto: the first layer of the
+ * repeat's iteration 0, whose inner buffers the iterations share */
+typedef struct segment {
+    int first, last, proto;
+} segment;
 
 struct ds_model {
     const ds_net *net;
@@ -41,6 +50,13 @@ struct ds_model {
     float *const *gptr;  /* per tensor: where its gradient goes (NULL: grads + offset) */
     ds_status (*hook)(void *ctx, int layer, ds_error *err);
     void *hook_ctx;
+    int train;           /* the last forward's train flag (a recomputation repeats it) */
+    segment *segs;       /* activation checkpointing */
+    int n_segs;
+    int sync;            /* synchronize at segment boundaries */
+    int64_t recomputed;  /* segment forwards run again by backward */
+    float **blocks;      /* contiguous checkpoint buffers, one per checkpointed repeat */
+    int n_blocks;
 };
 
 #define OPS (m->be->ops)
@@ -80,11 +96,16 @@ void ds_model_destroy(ds_model *m)
             if (r->owns_dout)
                 OPS->free(m->be, r->dout);
             float *extra[] = {r->mean, r->rstd, r->qkv, r->att, r->attn_out, r->dqkv, r->dattn_out};
-            for (size_t j = 0; j < sizeof extra / sizeof *extra; j++)
+            for (size_t j = 0; j < sizeof extra / sizeof *extra && r->owns_state; j++)
                 if (extra[j])
                     OPS->free(m->be, extra[j]);
         }
     }
+    for (int b = 0; b < m->n_blocks; b++)
+        if (m->blocks[b])
+            OPS->free(m->be, m->blocks[b]);
+    free(m->blocks);
+    free(m->segs);
     if (m->inputs)
         OPS->free(m->be, m->inputs);
     if (m->targets)
@@ -96,8 +117,50 @@ void ds_model_destroy(ds_model *m)
     free(m);
 }
 
+/* The checkpointed segments: one per iteration of each checkpointed repeat; each layer's
+ * segment; the segments backward recomputes (all but a repeat's last iteration, whose inner
+ * activations are the ones in the shared buffers when forward ends). */
+static int plan_segments(ds_model *m)
+{
+    const ds_net *net = m->net;
+    for (int i = 0; i < net->n_layers; i++)
+        m->rt[i].seg = -1;
+    int n = ds_net_checkpoints(net);
+    if (n == 0)
+        return 0;
+    if (!(m->segs = calloc((size_t)n, sizeof *m->segs)))
+        return -1;
+    for (int r = 0; r < net->n_repeats; r++) {
+        const ds_repeat *rp = &net->repeats[r];
+        if (!rp->checkpoint)
+            continue;
+        for (int k = 0; k < rp->count; k++) {
+            segment *s = &m->segs[m->n_segs];
+            s->first = rp->first + k * rp->len;
+            s->last = s->first + rp->len - 1;
+            s->proto = rp->first;
+            for (int i = s->first; i <= s->last; i++)
+                m->rt[i].seg = m->n_segs;
+            m->rt[s->last].recompute = k < rp->count - 1;
+            m->n_segs++;
+        }
+    }
+    return 0;
+}
+
+/* A layer's buffers in iteration k > 0 of a checkpointed repeat: those of the same layer in
+ * iteration 0, except the output of the iteration's last layer (the checkpoint). */
+static int shared_with(const ds_model *m, int i)
+{
+    const layer_rt *r = &m->rt[i];
+    if (r->seg < 0)
+        return -1;
+    const segment *s = &m->segs[r->seg];
+    return s->first == s->proto ? -1 : s->proto + (i - s->first);
+}
+
 ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
-                          int round, ds_error *err)
+                          int round, const ds_model_ckpt *ck, ds_error *err)
 {
     ds_model *m = calloc(1, sizeof *m);
     if (!m)
@@ -122,9 +185,34 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
     int n = net->n_layers;
     m->rt = calloc((size_t)n, sizeof *m->rt);
     m->host_losses = malloc((size_t)M * sizeof(float));
-    if (!m->rt || !m->host_losses) {
+    if (!m->rt || !m->host_losses || plan_segments(m) != 0) {
         ds_model_destroy(m);
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    }
+    m->sync = ck && ck->synchronize;
+    /* contiguous checkpoints: each checkpointed repeat's iteration outputs in one block */
+    float **kept = NULL; /* per layer: its checkpoint's place in a block */
+    if (ck && ck->contiguous && m->n_segs) {
+        if (!(kept = calloc((size_t)n, sizeof *kept)) || !(m->blocks = calloc((size_t)net->n_repeats, sizeof *m->blocks))) {
+            free(kept);
+            ds_model_destroy(m);
+            return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+        }
+        for (int r = 0; r < net->n_repeats; r++) {
+            const ds_repeat *rp = &net->repeats[r];
+            if (!rp->checkpoint)
+                continue;
+            const int64_t each = M * net->layers[rp->first + rp->len - 1].out_dim;
+            float *block = balloc(m, each * rp->count, m->esz);
+            m->blocks[m->n_blocks++] = block;
+            if (!block) {
+                free(kept);
+                goto nomem;
+            }
+            for (int k = 0; k < rp->count; k++)
+                kept[rp->first + (k + 1) * rp->len - 1] =
+                    (float *)(void *)((char *)(void *)block + (size_t)(k * each) * m->esz);
+        }
     }
     /* who feeds whom: sources, ignoring BEGIN markers (they alias their input) */
     for (int i = 0; i < n; i++) {
@@ -137,19 +225,39 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
             continue;
         }
     }
-    /* allocate outputs; END shares its gradient with the branch's last layer */
+    /* allocate outputs; END shares its gradient with the branch's last layer. In a checkpointed
+     * repeat's later iterations, everything but the checkpoint is iteration 0's. */
     for (int i = 0; i < n; i++) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
         if (l->kind == DS_LAYER_RESIDUAL_BEGIN)
             continue;
-        r->out = balloc(m, M * l->out_dim, m->esz);
-        r->owns_out = 1;
-        if (!r->out)
+        const int j = shared_with(m, i);
+        const int is_ckpt = r->seg >= 0 && m->segs[r->seg].last == i;
+        if (kept && is_ckpt)
+            r->out = kept[i];
+        else if (j >= 0 && !is_ckpt)
+            r->out = m->rt[j].out;
+        else {
+            r->out = balloc(m, M * l->out_dim, m->esz);
+            r->owns_out = 1;
+        }
+        if (!r->out) {
+            free(kept);
             goto nomem;
+        }
+        if (j >= 0) {
+            const layer_rt *q = &m->rt[j];
+            r->mean = q->mean, r->rstd = q->rstd, r->qkv = q->qkv, r->att = q->att;
+            r->attn_out = q->attn_out, r->dqkv = q->dqkv, r->dattn_out = q->dattn_out;
+            continue;
+        }
+        r->owns_state = 1;
         if (l->kind == DS_LAYER_LAYERNORM) {
-            if (!(r->mean = balloc(m, M, 4)) || !(r->rstd = balloc(m, M, 4)))
+            if (!(r->mean = balloc(m, M, 4)) || !(r->rstd = balloc(m, M, 4))) {
+                free(kept);
                 goto nomem;
+            }
         }
         if (l->kind == DS_LAYER_ATTENTION) {
             int64_t C = l->in_dim;
@@ -158,10 +266,13 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
                                     : m->B * l->heads * m->T * m->T;
             if (!(r->qkv = balloc(m, M * 3 * C, m->esz)) || !(r->att = balloc(m, att, 4)) ||
                 !(r->attn_out = balloc(m, M * C, m->esz)) || !(r->dqkv = balloc(m, M * 3 * C, m->esz)) ||
-                !(r->dattn_out = balloc(m, M * C, m->esz)))
+                !(r->dattn_out = balloc(m, M * C, m->esz))) {
+                free(kept);
                 goto nomem;
+            }
         }
     }
+    free(kept);
     /* accumulate flags: walk backward; the first writer of a source's gradient writes */
     {
         char *written = calloc((size_t)n, 1);
@@ -231,6 +342,14 @@ nomem:
 }
 
 size_t ds_model_activation_bytes(const ds_model *m) { return m->act_bytes; }
+
+void ds_model_checkpoint_stats(const ds_model *m, int *segments, int64_t *recomputed)
+{
+    if (segments)
+        *segments = m->n_segs;
+    if (recomputed)
+        *recomputed = m->recomputed;
+}
 int ds_model_storage16(const ds_model *m) { return m->s16 ? m->round : 0; }
 
 ds_status ds_model_upload_batch(ds_model *m, const void *inputs, const void *targets, ds_error *err)
@@ -355,17 +474,20 @@ static int gelu_between(const ds_model *m, int i)
     return m->s16 && i >= 0 && i + 2 < net->n_layers && net->layers[i].kind == DS_LAYER_LINEAR &&
            net->layers[i + 1].kind == DS_LAYER_GELU && net->layers[i + 1].approximate &&
            net->layers[i + 2].kind == DS_LAYER_LINEAR && m->rt[i + 1].src == i && m->rt[i + 2].src == i + 1 &&
-           !m->rt[i + 1].acc_dx && !m->rt[i + 2].acc_dx;
+           !m->rt[i + 1].acc_dx && !m->rt[i + 2].acc_dx &&
+           m->rt[i].seg == m->rt[i + 1].seg && m->rt[i + 1].seg == m->rt[i + 2].seg; /* a recomputation
+           runs one segment's layers: never half of the fused pair */
 }
 
-static ds_status forward(ds_model *m, const float *params, int train, float grad_scale, uint64_t seed,
-                         double *loss, ds_error *err)
+/* Layer i's forward (train and seed: m->train, m->seed). *done_gelu: a GELU layer the linear
+ * layer before it has computed (-1: none), carried from layer to layer. */
+static ds_status forward_layer(ds_model *m, const float *params, int i, int *done_gelu, ds_error *err)
 {
     const ds_net *net = m->net;
     const int64_t M = m->M, B = m->B, T = m->T;
-    int done_gelu = -1; /* a GELU layer the linear layer before it has computed */
-    m->seed = seed;
-    for (int i = 0; i < net->n_layers; i++) {
+    const int train = m->train;
+    const uint64_t seed = m->seed;
+    {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
         const float *x = input_of(m, i);
@@ -386,7 +508,7 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
                 CHECK(OPS->linear_gelu_fwd(m->be, x, P(params, l->w), l->b >= 0 ? P(params, l->b) : NULL, r->out,
                                            m->rt[i + 1].out, M, l->in_dim, l->out_dim, &done));
                 if (done)
-                    done_gelu = i + 1;
+                    *done_gelu = i + 1;
             }
             if (!done)
                 CHECK(OPS->linear_fwd(m->be, x, P(params, l->w), l->b >= 0 ? P(params, l->b) : NULL, r->out,
@@ -403,7 +525,7 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
             break;
         }
         case DS_LAYER_GELU:
-            if (i != done_gelu)
+            if (i != *done_gelu)
                 CHECK(OPS->gelu_fwd(m->be, x, r->out, M * l->out_dim, l->approximate));
             break;
         case DS_LAYER_RELU:
@@ -428,6 +550,47 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
         }
         if (l->kind != DS_LAYER_RESIDUAL_BEGIN) /* every forward op rounds (a copy copies rounded values) */
             ROUND_OP(r->out, M * l->out_dim);
+    }
+    return DS_OK;
+}
+
+/* Layers [first, last] (a checkpointed segment), with synchronize_checkpoint_boundary's
+ * synchronizations around them. */
+static ds_status forward_range(ds_model *m, const float *params, int first, int last, ds_error *err)
+{
+    int done_gelu = -1;
+    if (m->sync)
+        CHECK(OPS->synchronize(m->be));
+    for (int i = first; i <= last; i++) {
+        ds_status st = forward_layer(m, params, i, &done_gelu, err);
+        if (st != DS_OK)
+            return st;
+    }
+    if (m->sync)
+        CHECK(OPS->synchronize(m->be));
+    return DS_OK;
+}
+
+static ds_status forward(ds_model *m, const float *params, int train, float grad_scale, uint64_t seed,
+                         double *loss, ds_error *err)
+{
+    const ds_net *net = m->net;
+    const int64_t M = m->M;
+    ds_status st;
+    m->seed = seed;
+    m->train = train;
+    for (int i = 0; i < net->n_layers;) {
+        if (m->rt[i].seg >= 0) { /* a checkpointed segment, whole */
+            const int last = m->segs[m->rt[i].seg].last;
+            if ((st = forward_range(m, params, i, last, err)) != DS_OK)
+                return st;
+            i = last + 1;
+            continue;
+        }
+        int done_gelu = -1; /* (a fused pair never spans a segment's edge: see gelu_between) */
+        for (; i < net->n_layers && m->rt[i].seg < 0; i++)
+            if ((st = forward_layer(m, params, i, &done_gelu, err)) != DS_OK)
+                return st;
     }
     const float *logits = m->rt[net->n_layers - 1].out;
     float *dlogits = grad_scale > 0 ? m->rt[net->n_layers - 1].dout : NULL;
@@ -460,6 +623,12 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
     for (int i = net->n_layers - 1; i >= 0; i--) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
+        if (r->recompute) { /* a checkpointed segment whose inner activations were overwritten */
+            ds_status st = forward_range(m, params, m->segs[r->seg].first, i, err);
+            if (st != DS_OK)
+                return st;
+            m->recomputed++;
+        }
         const float *x = input_of(m, i);
         float *dx = dinput_of(m, i);
         int acc = r->acc_dx, by_acc = 0; /* dx came from accumulate: round it here */

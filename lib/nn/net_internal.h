@@ -13,8 +13,20 @@ typedef struct ds_model ds_model;
  * activations and their gradients are 16-bit values at every layer boundary, stored in 16 bits
  * when the backend has store16 (and DS_ACT16 is not 0), else rounded in fp32 buffers (the
  * backend must have round16). */
+/* Activation checkpointing of the net's checkpointed repeats (ds_repeat.checkpoint): each
+ * iteration is a segment whose output is kept (the checkpoint) while its inner activations share
+ * one set of buffers with the repeat's other iterations; backward recomputes a segment's forward
+ * from its input before going through it (not the repeat's last, whose activations are still
+ * there). The gradients are the same bits as without checkpointing. */
+typedef struct ds_model_ckpt {
+    int contiguous;  /* a repeat's checkpoints in one allocation (contiguous_memory_optimization) */
+    int synchronize; /* backend synchronize before and after each segment's forward
+                        (synchronize_checkpoint_boundary) */
+} ds_model_ckpt;
+
+/* ck: NULL for the defaults (both 0). */
 ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
-                          int round, ds_error *err);
+                          int round, const ds_model_ckpt *ck, ds_error *err);
 void ds_model_destroy(ds_model *m);
 
 /* Upload one micro-batch from host memory: inputs (tokens int32 [B*T] or features float [B*F])
@@ -43,5 +55,7 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
                                 void *ctx);
 /* Bytes of activation memory held. */
 size_t ds_model_activation_bytes(const ds_model *m);
+/* Checkpointed segments, and the segment forwards recomputed by backward passes so far. */
+void ds_model_checkpoint_stats(const ds_model *m, int *segments, int64_t *recomputed);
 
 #endif

@@ -17,6 +17,9 @@ typedef struct parser {
     int cap;
     int64_t dim; /* running feature size */
     ds_status layer_st; /* why new_layer gave NULL */
+    int depth;          /* repeats the parser is inside */
+    const char *ckpt;   /* the JSON path of the checkpointed repeat it is inside, or NULL */
+    int rcap;           /* capacity of net->repeats */
 } parser;
 
 const char *ds_layer_kind_name(ds_layer_kind k)
@@ -499,10 +502,12 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         return DS_OK;
     }
     if (strcmp(type, "repeat") == 0) {
-        static const char *const keys[] = {"type", "name", "count", "layers", NULL};
+        static const char *const keys[] = {"type", "name", "count", "layers", "checkpoint", NULL};
         int64_t count;
+        int ckpt;
         if ((st = check_keys(p, obj, jpath, keys)) || (st = need_name(p, obj, jpath, type, prefix, path)) ||
-            (st = get_int(p, obj, jpath, "count", -1, 1, &count)))
+            (st = get_int(p, obj, jpath, "count", -1, 1, &count)) ||
+            (st = get_bool(p, obj, jpath, "checkpoint", 0, &ckpt)))
             return st;
         json_object *arr;
         char sub[256];
@@ -510,13 +515,38 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         if (!json_object_object_get_ex(obj, "layers", &arr) || !json_object_is_type(arr, json_type_array) ||
             json_object_array_length(arr) == 0)
             return perr(p, sub, "expected a non-empty array of layers", NULL, NULL);
-        for (int64_t i = 0; i < count; i++) {
+        if (ckpt && p->ckpt) {
+            char path2[256];
+            snprintf(path2, sizeof path2, "%s.checkpoint", jpath);
+            return perr(p, path2, "a repeat inside a checkpointed repeat (%s) cannot be checkpointed too; "
+                        "expected \"checkpoint\" on one of them", p->ckpt, NULL);
+        }
+        if (net->n_repeats == p->rcap) {
+            p->rcap = p->rcap ? 2 * p->rcap : 8;
+            ds_repeat *r = realloc(net->repeats, (size_t)p->rcap * sizeof *r);
+            if (!r)
+                return ds_error_set(p->err, DS_ERR_NOMEM, "out of memory");
+            net->repeats = r;
+        }
+        int ri = net->n_repeats++;
+        net->repeats[ri] = (ds_repeat){.first = net->n_layers, .count = (int)count, .depth = p->depth,
+                                       .checkpoint = ckpt};
+        snprintf(net->repeats[ri].json_path, sizeof net->repeats[ri].json_path, "%s", jpath);
+        snprintf(net->repeats[ri].name, sizeof net->repeats[ri].name, "%s", path);
+        const char *outer = p->ckpt;
+        if (ckpt)
+            p->ckpt = jpath;
+        p->depth++;
+        for (int64_t i = 0; i < count && st == DS_OK; i++) {
             char pre[DS_NAME_MAX];
             snprintf(pre, sizeof pre, "%s.%lld", path, (long long)i);
-            if ((st = parse_layers(p, arr, sub, pre)))
-                return st;
+            st = parse_layers(p, arr, sub, pre);
+            if (i == 0)
+                net->repeats[ri].len = net->n_layers - net->repeats[ri].first;
         }
-        return DS_OK;
+        p->depth--;
+        p->ckpt = outer;
+        return st;
     }
     return perr(p, jpath,
                 "unknown layer type \"%s\" (expected embedding, position_embedding, repeat, residual, "
@@ -674,10 +704,43 @@ void ds_net_free(ds_net *net)
         return;
     ds_table_free(&net->params);
     free(net->layers);
+    free(net->repeats);
     free(net->init);
     free(net->source_name);
     free(net->json_text);
     free(net);
+}
+
+int ds_net_checkpoint_repeats(ds_net *net, int on)
+{
+    int n = 0;
+    for (int i = 0; i < net->n_repeats; i++) {
+        net->repeats[i].checkpoint = on && net->repeats[i].depth == 0;
+        n += net->repeats[i].checkpoint;
+    }
+    return n;
+}
+
+int ds_net_checkpoints(const ds_net *net)
+{
+    int n = 0;
+    for (int i = 0; i < net->n_repeats; i++)
+        if (net->repeats[i].checkpoint)
+            n += net->repeats[i].count;
+    return n;
+}
+
+int64_t ds_net_recompute_flops(const ds_net *net)
+{
+    int64_t f = 0;
+    for (int i = 0; i < net->n_repeats; i++) {
+        const ds_repeat *r = &net->repeats[i];
+        if (!r->checkpoint)
+            continue;
+        for (int j = r->first; j < r->first + (r->count - 1) * r->len; j++)
+            f += net->layers[j].flops;
+    }
+    return f;
 }
 
 void ds_net_init_params(const ds_net *net, float *flat, uint64_t seed)
@@ -713,7 +776,7 @@ static void human(double x, char *buf, size_t n)
 
 char *ds_net_summary(const ds_net *net, int64_t batch)
 {
-    size_t cap = 4096 + (size_t)net->n_layers * 160, used = 0;
+    size_t cap = 4096 + (size_t)net->n_layers * 160 + (size_t)net->n_repeats * (DS_NAME_MAX + 24), used = 0;
     char *s = malloc(cap);
     if (!s)
         return NULL;
@@ -742,6 +805,18 @@ char *ds_net_summary(const ds_net *net, int64_t batch)
     OUT("total: %lld parameters (%s) in %d tensors, %.2f MB in fp32\n", (long long)net->total_params,
         prm, net->params.n, (double)net->total_params * 4 / 1e6);
     OUT("FLOPs per step of batch %lld: forward %s, forward+backward %s\n", (long long)batch, fl, fl3);
+    const int kept = ds_net_checkpoints(net);
+    if (kept) {
+        char rf[32], hw[32];
+        const double re = (double)ds_net_recompute_flops(net) * (double)batch;
+        human(re, rf, sizeof rf);
+        human(3.0 * (double)net->flops_per_sample * (double)batch + re, hw, sizeof hw);
+        OUT("activation checkpointing: %d checkpoints (", kept);
+        for (int i = 0, k = 0; i < net->n_repeats; i++)
+            if (net->repeats[i].checkpoint)
+                OUT("%s%s x %d", k++ ? ", " : "", net->repeats[i].name, net->repeats[i].count);
+        OUT("); backward recomputes forward %s, so a step computes %s\n", rf, hw);
+    }
 #undef OUT
     return s;
 }

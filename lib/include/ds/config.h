@@ -86,6 +86,17 @@ typedef struct ds_config_hints {
 
 #define DS_CONFIG_MAX_WARNINGS 32
 
+/* activation_checkpointing: how the network's checkpointed repeats (ds-net(5) "checkpoint",
+ * ds-train --checkpoint-activations) keep their checkpoints. */
+typedef struct ds_actckpt_config {
+    int given;                  /* the section is in the file */
+    int partition_activations;  /* over the model-parallel group, which is one rank in ds */
+    int contiguous;             /* contiguous_memory_optimization: a repeat's checkpoints in one block */
+    int cpu_checkpointing;      /* checkpoints in host memory (where the cpu backend keeps them) */
+    int synchronize;            /* synchronize_checkpoint_boundary */
+    int64_t number_checkpoints; /* 0: not given; else at least the network's checkpoints */
+} ds_actckpt_config;
+
 typedef struct ds_config {
     /* Resolved batch sizes: train_batch_size = micro_batch * grad_accum * world_size. */
     int64_t train_batch_size;
@@ -112,6 +123,7 @@ typedef struct ds_config {
     int fp16_auto_cast;       /* fp16.auto_cast: round a features network's inputs to fp16 */
     int bf16_check_overflow;  /* bf16.check_grad_overflow: skip steps with inf/NaN gradients */
     ds_sched_config scheduler; /* type DS_SCHED_NONE: no "scheduler" block (see ds/sched.h) */
+    ds_actckpt_config actckpt; /* activation_checkpointing */
 
     /* Warnings for the caller to print (unknown keys, deprecated spellings, defaults used). */
     int n_warnings;

@@ -55,6 +55,9 @@ typedef struct ds_engine_options {
     int plan_only;
     int timers;               /* time fwd/bwd/step even when the config's wall_clock_breakdown
                                  is false (ds-train --prof_db) */
+    int checkpoint_activations; /* checkpoint the iterations of every outermost repeat, whatever
+                                   the network file says (Megatron-LM's --checkpoint-activations;
+                                   see ds-net(5) "checkpoint") */
 } ds_engine_options;
 
 /* One micro-batch on the host. Tokens nets: tokens and targets [B*T]. Features nets: x [B*F]
@@ -133,7 +136,10 @@ typedef struct ds_memory_report {
                            partition under ZeRO); 0 in fp32, where they are the parameters */
     size_t grads;       /* gradients: the flat buffer, or this rank's partition (ZeRO-2) */
     size_t optim;       /* optimizer state (this rank's partition under ZeRO 1 and 2) */
-    size_t activations; /* activations and their gradients for one micro-batch */
+    size_t activations; /* activations and their gradients for one micro-batch (with activation
+                           checkpointing: the checkpoints and one set of a repeat's buffers) */
+    int checkpoints;    /* activation checkpoints kept (checkpointed segments); 0: none */
+    int64_t recomputed; /* segment forwards backward has run again so far */
     int activations16;  /* the 16-bit format (ds_round_mode) they and the working weights are
                            stored in; 0: fp32 buffers */
     size_t comm;        /* communication buffers (ZeRO-2 gradient buckets) */

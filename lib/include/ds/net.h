@@ -48,6 +48,16 @@ typedef struct ds_layer {
     int64_t flops;           /* forward FLOPs for one sample (a whole sequence for tokens) */
 } ds_layer;
 
+/* One repeat block as unrolled: iteration k is layers [first + k*len, first + (k+1)*len).
+ * checkpoint: activation checkpointing, each iteration one segment (ds-net(5) "checkpoint"). */
+typedef struct ds_repeat {
+    int first, len, count;
+    int depth;               /* 0: not inside another repeat */
+    int checkpoint;
+    char name[DS_NAME_MAX];  /* "h" */
+    char json_path[160];     /* "layers[2]" */
+} ds_repeat;
+
 typedef struct ds_net {
     ds_input_kind input;
     int64_t vocab_size, seq_len; /* tokens */
@@ -63,6 +73,8 @@ typedef struct ds_net {
     int64_t flops_per_sample;    /* forward */
     char *source_name;
     char *json_text;
+    int n_repeats;               /* every repeat block (an inner one once per outer iteration) */
+    ds_repeat *repeats;
 } ds_net;
 
 ds_status ds_net_parse_file(ds_net **out, const char *path, ds_error *err);
@@ -78,6 +90,17 @@ char *ds_net_summary(const ds_net *net, int64_t batch);
 void ds_net_init_params(const ds_net *net, float *flat, uint64_t seed);
 
 const char *ds_layer_kind_name(ds_layer_kind k);
+
+/* Activation checkpointing (Megatron-LM's --checkpoint-activations): checkpoint the iterations
+ * of every outermost repeat, and no inner one, whatever the network file said (on = 0: none).
+ * Returns the number of repeats checkpointed. */
+int ds_net_checkpoint_repeats(ds_net *net, int on);
+/* Checkpointed segments (one per iteration of a checkpointed repeat): the number of
+ * checkpoints the forward pass keeps. */
+int ds_net_checkpoints(const ds_net *net);
+/* Forward FLOPs per sample that backward recomputes: every checkpointed iteration's but the
+ * last of each repeat. */
+int64_t ds_net_recompute_flops(const ds_net *net);
 
 #ifdef __cplusplus
 }
