@@ -13,7 +13,10 @@ Semantics (the same as the C engine's):
 
 * Parameter names are the layer path plus ``.weight`` / ``.bias``.  A
   ``repeat`` named ``h`` with count N names its children ``h.<i>.<child>``; a
-  ``residual`` has no name and adds no path component.  ``model.state_dict()``
+  ``residual`` has no name and adds no path component.  A repeat with
+  ``"checkpoint": true`` runs each iteration through
+  ``torch.utils.checkpoint.checkpoint`` when training (same values,
+  recomputed in backward).  ``model.state_dict()``
   and ``model.named_parameters()`` use exactly these names, in the order of
   first appearance when walking the layers (weight before bias); see
   ``param_specs(net)`` for the same list computed from the JSON alone.
@@ -48,6 +51,7 @@ from array import array
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 __all__ = [
     "load_net", "build_model", "DsNet", "param_specs", "loss_fn",
@@ -260,7 +264,7 @@ def _build(layers, block, shape, path, names, opts):
                 sub_path = "%s%s.%d." % (path, n, i)
                 b.plan = _build(layer["layers"], b, shape, sub_path, set(), opts)
                 blocks.append(b)
-            plan.append(("repeat", n))
+            plan.append(("repeat", (n, bool(layer.get("checkpoint", False)))))
         else:
             raise ValueError("unknown layer type %r" % t)
     return plan
@@ -290,8 +294,15 @@ def _run(plan, block, x, root):
         elif kind == "residual":
             x = x + _run(p, block, x, root)
         elif kind == "repeat":
-            for b in getattr(block, p):
-                x = _run(b.plan, b, x, root)
+            name, ckpt = p
+            for b in getattr(block, name):
+                if ckpt and root.training and torch.is_grad_enabled():
+                    # ds-net(5) "checkpoint": each iteration recomputed in backward
+                    # (the RNG state is restored, so dropout draws the same masks)
+                    x = torch.utils.checkpoint.checkpoint(
+                        lambda y, b=b: _run(b.plan, b, y, root), x, use_reentrant=False)
+                else:
+                    x = _run(b.plan, b, x, root)
     return x
 
 

@@ -13,7 +13,7 @@ typedef struct fixture {
     ds_batch batch;
 } fixture;
 
-static void open_fixture(fixture *f, const char *name, const char *prefix)
+static void open_fixture_ck(fixture *f, const char *name, const char *prefix, int checkpoint)
 {
     char rel[256];
     ds_error err = {0};
@@ -29,7 +29,7 @@ static void open_fixture(fixture *f, const char *name, const char *prefix)
     json_object *cfg = json_tokener_parse(cfg_text);
     json_object_object_add(cfg, "train_micro_batch_size_per_gpu", json_object_new_int64(f->B));
     ds_engine_options o = {.config_json = json_object_to_json_string(cfg), .config_name = key,
-                           .net_json = net, .net_name = name};
+                           .net_json = net, .net_name = name, .checkpoint_activations = checkpoint};
     cr_assert_eq(ds_initialize(&f->eng, &o, &err), DS_OK, "%s", err.msg);
     json_object_put(cfg);
     free(net);
@@ -57,6 +57,11 @@ static void open_fixture(fixture *f, const char *name, const char *prefix)
     }
 }
 
+static void open_fixture(fixture *f, const char *name, const char *prefix)
+{
+    open_fixture_ck(f, name, prefix, 0);
+}
+
 static void close_fixture(fixture *f)
 {
     free((void *)f->batch.tokens);
@@ -68,12 +73,13 @@ static void close_fixture(fixture *f)
     ds_st_close(f->st);
 }
 
-/* logits, loss and gradients of one forward/backward */
-static void check_forward_backward(const char *name)
+/* logits, loss and gradients of one forward/backward (checkpoint: with activation
+ * checkpointing on every outermost repeat) */
+static void check_forward_backward_ck(const char *name, int checkpoint)
 {
     fixture f;
     ds_error err = {0};
-    open_fixture(&f, name, "adamw");
+    open_fixture_ck(&f, name, "adamw", checkpoint);
     const ds_net *n = ds_engine_net(f.eng);
     double loss;
     cr_assert_eq(ds_engine_forward(f.eng, &f.batch, &loss, &err), DS_OK, "%s", err.msg);
@@ -86,6 +92,12 @@ static void check_forward_backward(const char *name)
     expect_close("logits", logits, ref_logits, nl, 2e-6, 1e-5);
     cr_expect(fabs(loss - ref_loss[0]) <= 1e-5 * fabs(ref_loss[0]), "loss %.9g, expected %.9g", loss, ref_loss[0]);
     cr_assert_eq(ds_engine_backward(f.eng, &err), DS_OK, "%s", err.msg);
+    if (checkpoint) { /* the fixture's GPT has 2 blocks: 2 checkpoints, 1 recomputed */
+        ds_memory_report mr;
+        ds_engine_memory_report(f.eng, &mr);
+        cr_expect(mr.checkpoints == 2 && mr.recomputed == 1, "%d checkpoints, %lld recomputed", mr.checkpoints,
+                  (long long)mr.recomputed);
+    }
     for (int i = 0; i < n->params.n; i++) {
         const ds_tensor_info *t = &n->params.t[i];
         char gname[256];
@@ -148,7 +160,10 @@ static void check_optimizer(const char *name, const char *prefix, double atol)
     close_fixture(&f);
 }
 
+static void check_forward_backward(const char *name) { check_forward_backward_ck(name, 0); }
+
 Test(model, gpt_tiny_forward_backward) { check_forward_backward("gpt_tiny"); }
+Test(model, gpt_tiny_forward_backward_checkpointed) { check_forward_backward_ck("gpt_tiny", 1); }
 Test(model, mlp_forward_backward) { check_forward_backward("mlp"); }
 Test(model, mlp_mse_forward_backward) { check_forward_backward("mlp_mse"); }
 
