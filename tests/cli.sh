@@ -388,7 +388,7 @@ run --summary gpt3.json --checkpoint-activations
 expect_fail "--checkpoint-activations on a network without a repeat: exit 2" 2 "mlp.json: checkpointing activations needs a repeat block" \
     mlp.json --config mlp.ds.json --data X.npy --labels y.npy --steps 1 --checkpoint-activations
 expect_fail "... and with --summary" 2 "mlp.json: checkpointing activations needs a repeat block" --summary mlp.json --checkpoint-activations
-sed 's/"seed": 1}/"seed": 1, "activation_checkpointing": {"partition_activations": true, "number_checkpoints": 2}}/' ds.json >ack.json
+sed 's/"seed": 1}/"seed": 1, "activation_checkpointing": {"partition_activations": true, "contiguous_memory_optimization": true, "number_checkpoints": 2}}/' ds.json >ack.json
 expect_fail "activation_checkpointing.number_checkpoints below the network's checkpoints: named" 2 \
     "ack.json: activation_checkpointing.number_checkpoints: expected at least 3" \
     gpt3.json --config ack.json --data text.txt --steps 1 --checkpoint-activations

@@ -1544,8 +1544,9 @@ Test(cuda, tiny_gpt_bf16_gelu_fused_follows_unfused, .timeout = 600)
  * kernels on the same inputs (and dropout seeds), so the bf16 tiny GPT follows the run without
  * it (bound 1e-6 relative, as for the rounding tests: the same path, at most a reordered sum).
  * The second network's iterations end in linear -> GELU, with the next iteration's linear after
- * it: a fused pair across an iteration's edge would read the GELU input of the wrong iteration
- * in backward (gradients off by far more than the bound). */
+ * it: the engine fuses linear -> GELU -> linear only within one repeat iteration, checkpointed or
+ * not (so both runs fuse the same layers); a pair fused across the edge would read the GELU
+ * input of the wrong iteration in backward (gradients off by far more than the bound). */
 static const char *tiny_edge_net =
     "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 256, \"seq_len\": 128},"
     " \"layers\": ["

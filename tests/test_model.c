@@ -324,6 +324,13 @@ static const struct {
      " {\"type\": \"linear\", \"name\": \"l\", \"out\": 8}, {\"type\": \"relu\"}, {\"type\": \"dropout\", \"p\": 0.25}]},"
      "{\"type\": \"linear\", \"name\": \"out\", \"out\": 3}], \"loss\": {\"type\": \"mse\"}}",
      0, 4, 3},
+    /* iteration 0 reads 8 features, the others 16: its ReLU cannot lend them its buffers
+     * (iteration 1 lends its own to iteration 2) */
+    {"{\"input\": {\"type\": \"features\", \"dim\": 8}, \"layers\": ["
+     "{\"type\": \"repeat\", \"name\": \"r\", \"count\": 3, \"checkpoint\": CK, \"layers\": ["
+     " {\"type\": \"relu\"}, {\"type\": \"dropout\", \"p\": 0.25}, {\"type\": \"linear\", \"name\": \"l\", \"out\": 16}]},"
+     "{\"type\": \"linear\", \"name\": \"out\", \"out\": 3}], \"loss\": {\"type\": \"mse\"}}",
+     0, 3, 2},
     /* one iteration: a checkpoint with nothing to recompute */
     {"{\"input\": {\"type\": \"features\", \"dim\": 8}, \"layers\": ["
      "{\"type\": \"repeat\", \"name\": \"r\", \"count\": 1, \"checkpoint\": CK, \"layers\": ["
@@ -507,15 +514,34 @@ Test(checkpointing, errors_name_what_is_wrong)
                            .net_json = flat, .net_name = "flat.json", .backend = "cpu", .checkpoint_activations = 1};
     cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
     cr_expect(strstr(err.msg, "flat.json: checkpointing activations needs a repeat block"), "%s", err.msg);
-    /* number_checkpoints below the network's checkpoints (DeepSpeed sizes its buffers by it) */
+    /* checkpointing.configure's asserts, where the network checkpoints: contiguous buffers hold
+     * partitioned checkpoints, number_checkpoints of them (DeepSpeed sizes the buffers by it) */
     const char *rep = "{\"input\": {\"type\": \"features\", \"dim\": 4}, \"layers\": [{\"type\": \"repeat\", \"name\": \"r\", "
                       "\"count\": 3, \"layers\": [{\"type\": \"linear\", \"name\": \"l\", \"out\": 4}]}], "
                       "\"loss\": {\"type\": \"mse\"}}";
     o.net_json = rep;
-    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"number_checkpoints\": 2}}";
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"contiguous_memory_optimization\": true}}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "c.json: activation_checkpointing: contiguous_memory_optimization=true needs "
+                              "partition_activations=true"), "%s", err.msg);
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"partition_activations\": true, "
+                    "\"contiguous_memory_optimization\": true, \"number_checkpoints\": 2}}";
     cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
     cr_expect(strstr(err.msg, "c.json: activation_checkpointing.number_checkpoints: expected at least 3"), "%s", err.msg);
-    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"number_checkpoints\": 3}}";
+    /* without the contiguous buffers the number sizes nothing; nor does either matter without
+     * checkpoints */
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"partition_activations\": true, "
+                    "\"number_checkpoints\": 2}}";
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    ds_engine_destroy(e);
+    o.checkpoint_activations = 0;
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"contiguous_memory_optimization\": true, "
+                    "\"number_checkpoints\": 1}}";
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    ds_engine_destroy(e);
+    o.checkpoint_activations = 1;
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"activation_checkpointing\": {\"partition_activations\": true, "
+                    "\"contiguous_memory_optimization\": true, \"number_checkpoints\": 3}}";
     cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
     ds_engine_destroy(e);
 }

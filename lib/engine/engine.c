@@ -870,13 +870,20 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                           e->net->source_name ? e->net->source_name : "network");
         goto fail;
     }
-    {
+    { /* DeepSpeed's checkpointing.configure asserts, where the network checkpoints */
         const int kept = ds_net_checkpoints(e->net);
         const ds_actckpt_config *ac = &e->cfg.actckpt;
-        if (kept && ac->number_checkpoints && ac->number_checkpoints < kept) {
+        if (kept && ac->contiguous && !ac->partition_activations) {
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: activation_checkpointing: contiguous_memory_optimization=true "
+                              "needs partition_activations=true (DeepSpeed asserts the same: the contiguous buffers "
+                              "hold the partitioned checkpoints)", e->cfg.source_name);
+            goto fail;
+        }
+        if (kept && ac->contiguous && ac->number_checkpoints && ac->number_checkpoints < kept) {
             st = ds_error_set(err, DS_ERR_INVALID, "%s: activation_checkpointing.number_checkpoints: expected at "
                               "least %d, the checkpoints the network keeps (one per iteration of a checkpointed "
-                              "repeat), found %lld", e->cfg.source_name, kept, (long long)ac->number_checkpoints);
+                              "repeat) and contiguous_memory_optimization puts in its buffers, found %lld",
+                              e->cfg.source_name, kept, (long long)ac->number_checkpoints);
             goto fail;
         }
     }

@@ -22,6 +22,7 @@ typedef struct layer_rt {
     int owns_out, owns_dout;
     int owns_state;      /* mean..dattn_out are this layer's (not a checkpointed segment's shared ones) */
     int seg;             /* its checkpointed segment, -1: none */
+    int iter;            /* the innermost repeat iteration it is in (unique over the net), -1: none */
     int recompute;       /* the last layer of a segment that backward recomputes first */
 } layer_rt;
 
@@ -124,7 +125,11 @@ static int plan_segments(ds_model *m)
 {
     const ds_net *net = m->net;
     for (int i = 0; i < net->n_layers; i++)
-        m->rt[i].seg = -1;
+        m->rt[i].seg = m->rt[i].iter = -1;
+    for (int r = 0, id = 0; r < net->n_repeats; r++) /* outer repeats come first: inner ones overwrite */
+        for (int k = 0; k < net->repeats[r].count; k++, id++)
+            for (int i = 0; i < net->repeats[r].len; i++)
+                m->rt[net->repeats[r].first + k * net->repeats[r].len + i].iter = id;
     int n = ds_net_checkpoints(net);
     if (n == 0)
         return 0;
@@ -148,15 +153,27 @@ static int plan_segments(ds_model *m)
     return 0;
 }
 
+static int same_shape(const ds_layer *a, const ds_layer *b)
+{
+    return a->kind == b->kind && a->in_dim == b->in_dim && a->out_dim == b->out_dim && a->heads == b->heads;
+}
+
 /* A layer's buffers in iteration k > 0 of a checkpointed repeat: those of the same layer in
- * iteration 0, except the output of the iteration's last layer (the checkpoint). */
+ * iteration 0 (except the output of the iteration's last layer: the checkpoint). Where iteration
+ * 0's layer has another width (its input width may differ from the later iterations', which all
+ * read the same width), those of iteration 1; iteration 1 then has its own. -1: its own. */
 static int shared_with(const ds_model *m, int i)
 {
     const layer_rt *r = &m->rt[i];
     if (r->seg < 0)
         return -1;
     const segment *s = &m->segs[r->seg];
-    return s->first == s->proto ? -1 : s->proto + (i - s->first);
+    const int len = s->last - s->first + 1, k = (s->first - s->proto) / len;
+    const ds_layer *l = &m->net->layers[i];
+    for (int c = 0; c < 2 && c < k; c++)
+        if (same_shape(l, &m->net->layers[s->proto + c * len + (i - s->first)]))
+            return s->proto + c * len + (i - s->first);
+    return -1;
 }
 
 ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
@@ -202,16 +219,21 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
             const ds_repeat *rp = &net->repeats[r];
             if (!rp->checkpoint)
                 continue;
-            const int64_t each = M * net->layers[rp->first + rp->len - 1].out_dim;
-            float *block = balloc(m, each * rp->count, m->esz);
+            int64_t all = 0; /* each iteration's output, at its own width */
+            for (int k = 0; k < rp->count; k++)
+                all += M * net->layers[rp->first + (k + 1) * rp->len - 1].out_dim;
+            float *block = balloc(m, all, m->esz);
             m->blocks[m->n_blocks++] = block;
             if (!block) {
                 free(kept);
                 goto nomem;
             }
-            for (int k = 0; k < rp->count; k++)
-                kept[rp->first + (k + 1) * rp->len - 1] =
-                    (float *)(void *)((char *)(void *)block + (size_t)(k * each) * m->esz);
+            int64_t at = 0;
+            for (int k = 0; k < rp->count; k++) {
+                const int last = rp->first + (k + 1) * rp->len - 1;
+                kept[last] = (float *)(void *)((char *)(void *)block + (size_t)at * m->esz);
+                at += M * net->layers[last].out_dim;
+            }
         }
     }
     /* who feeds whom: sources, ignoring BEGIN markers (they alias their input) */
@@ -475,8 +497,9 @@ static int gelu_between(const ds_model *m, int i)
            net->layers[i + 1].kind == DS_LAYER_GELU && net->layers[i + 1].approximate &&
            net->layers[i + 2].kind == DS_LAYER_LINEAR && m->rt[i + 1].src == i && m->rt[i + 2].src == i + 1 &&
            !m->rt[i + 1].acc_dx && !m->rt[i + 2].acc_dx &&
-           m->rt[i].seg == m->rt[i + 1].seg && m->rt[i + 1].seg == m->rt[i + 2].seg; /* a recomputation
-           runs one segment's layers: never half of the fused pair */
+           /* within one repeat iteration: a checkpointed one's recomputation never runs half of
+            * the pair, and a network fuses the same layers whether it checkpoints or not */
+           m->rt[i].iter == m->rt[i + 1].iter && m->rt[i + 1].iter == m->rt[i + 2].iter;
 }
 
 /* Layer i's forward (train and seed: m->train, m->seed). *done_gelu: a GELU layer the linear
@@ -587,7 +610,7 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
             i = last + 1;
             continue;
         }
-        int done_gelu = -1; /* (a fused pair never spans a segment's edge: see gelu_between) */
+        int done_gelu = -1; /* (a fused pair never spans an iteration's edge: see gelu_between) */
         for (; i < net->n_layers && m->rt[i].seg < 0; i++)
             if ((st = forward_layer(m, params, i, &done_gelu, err)) != DS_OK)
                 return st;
