@@ -478,6 +478,8 @@ static void print_actckpt(ds_engine *eng, const char *config, const char *netfil
         printf("; in host memory (cpu_checkpointing)");
     if (ac->synchronize)
         printf("; synchronized at segment edges");
+    if (ac->profile)
+        printf("; timed (profile)");
     printf("\n");
 }
 
@@ -1070,6 +1072,14 @@ int main(int argc, char **argv)
     }
     int tty = isatty(STDOUT_FILENO) && !a.quiet;
     int64_t print_every = cfg->steps_per_print > 0 ? cfg->steps_per_print : 10;
+    /* activation_checkpointing.profile: the checkpointed passes' times, per step */
+    int ck_profile = 0;
+    double ck_prev[3] = {0, 0, 0}, ck_step[3] = {0, 0, 0};
+    {
+        ds_memory_report mr;
+        ds_engine_memory_report(eng, &mr);
+        ck_profile = cfg->actckpt.profile && mr.checkpoints > 0;
+    }
     double first_loss = NAN, last_loss = NAN, t_start = now_s();
     rc = 0;
     for (int64_t s = start; s < steps && rc == 0; s++) {
@@ -1108,6 +1118,17 @@ int main(int argc, char **argv)
             break;
         double ms = (now_s() - t0) * 1e3;
         ms_hist[s - start] = ms;
+        char ck_json[160] = "";
+        if (ck_profile) {
+            double now[3];
+            ds_engine_checkpoint_times(eng, &now[0], &now[1], &now[2]);
+            for (int k = 0; k < 3; k++) {
+                ck_step[k] = now[k] - ck_prev[k];
+                ck_prev[k] = now[k];
+            }
+            snprintf(ck_json, sizeof ck_json, ", \"ckpt_forward_ms\": %.3f, \"ckpt_backward_ms\": %.3f, "
+                     "\"ckpt_recompute_ms\": %.3f", ck_step[0], ck_step[1], ck_step[2]);
+        }
         double loss = ds_engine_last_loss(eng);
         if (s == start)
             first_loss = loss;
@@ -1131,11 +1152,11 @@ int main(int argc, char **argv)
                     "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.7g, \"momentum\": %s, \"grad_norm\": %.7g, \"ms\": %.3f, "
                     "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
                     "\"allreduce_bytes\": %lld, \"loss_scale\": %.9g, \"skipped\": %s, "
-                    "\"skipped_steps\": %lld}\n",
+                    "\"skipped_steps\": %lld%s}\n",
                     (long long)step, loss, lr, momtxt, ds_engine_get_global_grad_norm(eng), ms,
                     tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
                     world, (long long)ar_calls, (long long)ar_bytes, ds_engine_last_step_loss_scale(eng),
-                    applied ? "false" : "true", (long long)ds_engine_skipped_steps(eng));
+                    applied ? "false" : "true", (long long)ds_engine_skipped_steps(eng), ck_json);
             if (fflush(logf) != 0 || ferror(logf)) { /* a full disk: say so now, not a log that stops */
                 fprintf(stderr, "ds-train: --log-json %s: write failed at step %lld: %s\n", a.log_json,
                         (long long)step, strerror(errno));
@@ -1158,6 +1179,12 @@ int main(int argc, char **argv)
             if (tty)
                 printf("\r\033[K");
             print_breakdown(eng, ms, world, a.peak_tflops);
+        }
+        if (!a.quiet && ck_profile && rank == 0 && (step % print_every == 0 || step == steps)) {
+            if (tty)
+                printf("\r\033[K");
+            printf("[Rank 0] activation checkpointing: forward %.1f ms, backward %.1f ms (recomputation %.1f ms) "
+                   "in the checkpointed segments this step\n", ck_step[0], ck_step[1], ck_step[2]);
         }
         if (!a.quiet && (step % print_every == 0 || step == steps)) {
             if (tty)

@@ -382,6 +382,14 @@ if [ "$rc1$rc" = 00 ] && [ "$(losses ck0.jsonl | wc -w)" = 4 ] && [ "$(losses ck
 else
     notok "--checkpoint-activations: $(losses ck0.jsonl 2>&1) vs $(losses ck1.jsonl 2>&1) $(why)"
 fi
+sed -e 's/"steps_per_print": 10/"steps_per_print": 2/' -e 's/"seed": 1}/"seed": 1, "activation_checkpointing": {"profile": true}}/' ds.json >ckprof.json
+run gpt3.json --config ckprof.json --data text.txt --steps 2 --log-json ckprof.jsonl --checkpoint-activations
+if [ "$rc" = 0 ] && grep -q "^\[Rank 0\] activation checkpointing: forward [0-9.]* ms, backward [0-9.]* ms (recomputation [0-9.]* ms)" "$T/out" &&
+    python3 -c 'import json, sys; d = [json.loads(l) for l in open(sys.argv[1])]; sys.exit(0 if len(d) == 2 and all(x["ckpt_backward_ms"] > x["ckpt_recompute_ms"] > 0 < x["ckpt_forward_ms"] for x in d) else 1)' ckprof.jsonl; then
+    ok "activation_checkpointing.profile: the segments' times, printed and in --log-json"
+else
+    notok "activation_checkpointing.profile $(why)"
+fi
 run --summary gpt3.json --checkpoint-activations
 [ "$rc" = 0 ] && grep -q "^activation checkpointing: 3 checkpoints (h x 3); backward recomputes forward" "$T/out" &&
     ok "--summary --checkpoint-activations: the recomputed FLOPs" || notok "--summary --checkpoint-activations $(why)"

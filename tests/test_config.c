@@ -475,8 +475,6 @@ Test(features, refused_naming_the_key)
     load_fails(TB8("\"communication_data_type\": \"fp8\""), 1, 0, DS_ERR_INVALID,
                "communication_data_type: expected \"fp32\", \"fp16\" or \"bf16\", found \"fp8\"",
                NULL);
-    load_fails(TB8("\"activation_checkpointing\": {\"profile\": true}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "activation_checkpointing.profile=true is not supported yet", NULL);
     load_fails(TB8("\"flops_profiler\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "flops_profiler.enabled=true is not supported yet", NULL);
     load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"output_path\": \"/tmp\"}"), 1, 0,
@@ -503,13 +501,14 @@ Test(features, activation_checkpointing)
     cr_assert_eq(load(&c, TB8("\"activation_checkpointing\": {\"partition_activations\": true, "
                               "\"contiguous_memory_optimization\": true, \"cpu_checkpointing\": true, "
                               "\"number_checkpoints\": 24, \"synchronize_checkpoint_boundary\": true, "
-                              "\"profile\": false}"), 1, 1, 0, &e), DS_OK, "%s", e.msg);
+                              "\"profile\": true}"), 1, 1, 0, &e), DS_OK, "%s", e.msg);
     cr_expect(c.actckpt.given && c.actckpt.partition_activations && c.actckpt.contiguous &&
-              c.actckpt.cpu_checkpointing && c.actckpt.synchronize);
+              c.actckpt.cpu_checkpointing && c.actckpt.synchronize && c.actckpt.profile);
     cr_expect_eq(c.actckpt.number_checkpoints, 24);
     ds_config_free(&c);
     cr_assert_eq(load(&c, TB8("\"steps_per_print\": 5"), 1, 1, 0, &e), DS_OK, "%s", e.msg);
-    cr_expect(!c.actckpt.given && !c.actckpt.partition_activations && !c.actckpt.number_checkpoints);
+    cr_expect(!c.actckpt.given && !c.actckpt.partition_activations && !c.actckpt.number_checkpoints &&
+              !c.actckpt.profile);
     ds_config_free(&c);
     /* checkpointing.configure's asserts are the engine's, where the network checkpoints (a
      * config without them loads, as in DeepSpeed when nothing calls configure) */

@@ -360,6 +360,7 @@ typedef struct ck_run {
     float *params, *grads; /* every tensor, in table order */
     size_t act;
     ds_memory_report mr;
+    double ms[3]; /* activation_checkpointing.profile: forward, backward, recomputation */
 } ck_run;
 
 /* three steps of AdamW on fixed random batches; the gradients of the last backward */
@@ -409,6 +410,7 @@ static void ck_train(ck_run *r, const char *net, int outer, const char *precisio
         cr_assert_eq(ds_engine_get_param(e, n->params.t[t].name, r->params + off, n->params.t[t].numel, &err), DS_OK,
                      "%s", err.msg);
     ds_engine_memory_report(e, &r->mr);
+    ds_engine_checkpoint_times(e, &r->ms[0], &r->ms[1], &r->ms[2]);
     r->act = r->mr.activations;
     r->mr.params = (size_t)total; /* (reused: the element count, for the comparison) */
     ds_engine_destroy(e);
@@ -420,7 +422,8 @@ Test(checkpointing, same_bits_as_without, .timeout = 120)
     /* the section's switches: DeepSpeed's semantics, none of which may change a bit */
     static const char *const EXTRA[] = {
         "", "\"activation_checkpointing\": {\"partition_activations\": true, \"contiguous_memory_optimization\": true, "
-            "\"cpu_checkpointing\": true, \"synchronize_checkpoint_boundary\": true, \"number_checkpoints\": 6}, "};
+            "\"cpu_checkpointing\": true, \"synchronize_checkpoint_boundary\": true, \"number_checkpoints\": 6, "
+            "\"profile\": true}, "};
     for (size_t k = 0; k < sizeof CK_NETS / sizeof *CK_NETS; k++)
         for (size_t p = 0; p < 3; p++)
             for (size_t x = 0; x < 2; x++) {
@@ -439,6 +442,14 @@ Test(checkpointing, same_bits_as_without, .timeout = 120)
                 cr_expect_eq(b.mr.checkpoints, CK_NETS[k].checkpoints, "net %zu: %d checkpoints", k, b.mr.checkpoints);
                 cr_expect_eq(b.mr.recomputed, 3 * CK_NETS[k].recomputes, "net %zu: %lld recomputed", k,
                              (long long)b.mr.recomputed);
+                /* profile (extra 1) times the checkpointed passes, the recomputations inside the
+                 * backwards; without it nothing is timed */
+                if (x == 1)
+                    cr_expect(b.ms[0] > 0 && b.ms[1] > b.ms[2] && (CK_NETS[k].recomputes ? b.ms[2] > 0 : b.ms[2] == 0),
+                              "net %zu: forward %g ms, backward %g ms, recomputation %g ms", k, b.ms[0], b.ms[1], b.ms[2]);
+                else
+                    cr_expect(b.ms[0] == 0 && b.ms[1] == 0 && b.ms[2] == 0, "net %zu: timed without profile", k);
+                cr_expect(a.ms[0] == 0 && a.ms[1] == 0 && a.ms[2] == 0, "net %zu: timed without checkpoints", k);
                 if (CK_NETS[k].recomputes)
                     cr_expect(b.act < a.act, "net %zu: activations %zu with checkpoints, %zu without", k, b.act, a.act);
                 else

@@ -980,7 +980,8 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     /* the model first: with 16-bit storage it reads 2-byte working weights */
     if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, e->round,
                               &(ds_model_ckpt){.contiguous = e->cfg.actckpt.contiguous,
-                                               .synchronize = e->cfg.actckpt.synchronize},
+                                               .synchronize = e->cfg.actckpt.synchronize,
+                                               .profile = e->cfg.actckpt.profile},
                               err)) != DS_OK)
         goto fail;
     e->p16 = ds_model_storage16(e->model) != 0;
@@ -1474,6 +1475,11 @@ ds_status ds_engine_set_grad(ds_engine *e, const char *name, const float *host, 
                              ds_error *err)
 {
     return grad_copy(e, name, NULL, host, numel, err);
+}
+
+void ds_engine_checkpoint_times(const ds_engine *e, double *forward_ms, double *backward_ms, double *recompute_ms)
+{
+    ds_model_checkpoint_times(e->model, forward_ms, backward_ms, recompute_ms);
 }
 
 void ds_engine_partition(const ds_engine *e, int *stage, int64_t *begin, int64_t *end)

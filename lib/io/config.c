@@ -359,7 +359,7 @@ static const field OPEN_FIELDS[] = ENABLED_OPEN; /* amp, elasticity, autotuning,
 static const field COMPILE_FIELDS[] = {K("deepcompile", F_OFF), N("*"), END};
 static const field ACTCKPT_FIELDS[] = {
     K("partition_activations", F_BOOL), K("contiguous_memory_optimization", F_BOOL),
-    K("cpu_checkpointing", F_BOOL), K("number_checkpoints", F_SKIP), K("profile", F_OFF),
+    K("cpu_checkpointing", F_BOOL), K("number_checkpoints", F_SKIP), K("profile", F_BOOL),
     K("synchronize_checkpoint_boundary", F_BOOL), END};
 static const field FLOPS_FIELDS[] = {
     K("enabled", F_OFF), N("recompute_fwd_factor"), N("profile_step"), N("module_depth"),
@@ -527,7 +527,8 @@ static ds_status read_actckpt(rd *r, const char *path, json_object *v)
         int *flag = !strcmp(key, "partition_activations")           ? &a->partition_activations
                   : !strcmp(key, "contiguous_memory_optimization")  ? &a->contiguous
                   : !strcmp(key, "cpu_checkpointing")               ? &a->cpu_checkpointing
-                  : !strcmp(key, "synchronize_checkpoint_boundary") ? &a->synchronize : NULL;
+                  : !strcmp(key, "synchronize_checkpoint_boundary") ? &a->synchronize
+                  : !strcmp(key, "profile")                         ? &a->profile : NULL;
         if (flag) {
             if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
                 return st;

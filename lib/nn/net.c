@@ -6,6 +6,7 @@
  * backward order and accumulated by the others (accumulate flags fixed at creation). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ds/dtype.h"
 #include "ds/rng.h"
@@ -55,6 +56,8 @@ struct ds_model {
     segment *segs;       /* activation checkpointing */
     int n_segs;
     int sync;            /* synchronize at segment boundaries */
+    int profile;         /* time the segments' passes (synchronizing at their edges) */
+    double fwd_ms, bwd_ms, rc_ms; /* profile: segment forwards, backwards (with), recomputations */
     int64_t recomputed;  /* segment forwards run again by backward */
     float **blocks;      /* contiguous checkpoint buffers, one per checkpointed repeat */
     int n_blocks;
@@ -207,6 +210,7 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
     m->sync = ck && ck->synchronize;
+    m->profile = ck && ck->profile;
     /* contiguous checkpoints: each checkpointed repeat's iteration outputs in one block */
     float **kept = NULL; /* per layer: its checkpoint's place in a block */
     if (ck && ck->contiguous && m->n_segs) {
@@ -371,6 +375,13 @@ void ds_model_checkpoint_stats(const ds_model *m, int *segments, int64_t *recomp
         *segments = m->n_segs;
     if (recomputed)
         *recomputed = m->recomputed;
+}
+
+void ds_model_checkpoint_times(const ds_model *m, double *forward_ms, double *backward_ms, double *recompute_ms)
+{
+    *forward_ms = m->fwd_ms;
+    *backward_ms = m->bwd_ms;
+    *recompute_ms = m->rc_ms;
 }
 int ds_model_storage16(const ds_model *m) { return m->s16 ? m->round : 0; }
 
@@ -577,19 +588,31 @@ static ds_status forward_layer(ds_model *m, const float *params, int i, int *don
     return DS_OK;
 }
 
-/* Layers [first, last] (a checkpointed segment), with synchronize_checkpoint_boundary's
- * synchronizations around them. */
+/* Layers [first, last] (a checkpointed segment's). */
 static ds_status forward_range(ds_model *m, const float *params, int first, int last, ds_error *err)
 {
     int done_gelu = -1;
-    if (m->sync)
-        CHECK(OPS->synchronize(m->be));
     for (int i = first; i <= last; i++) {
         ds_status st = forward_layer(m, params, i, &done_gelu, err);
         if (st != DS_OK)
             return st;
     }
-    if (m->sync)
+    return DS_OK;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* A segment pass starts or ends: synchronize_checkpoint_boundary's synchronize (DeepSpeed's at the
+ * start and end of each checkpointed forward and backward), which profile needs too, to time the
+ * device's work. */
+static ds_status seg_edge(ds_model *m, ds_error *err)
+{
+    if (m->sync || m->profile)
         CHECK(OPS->synchronize(m->be));
     return DS_OK;
 }
@@ -605,8 +628,13 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
     for (int i = 0; i < net->n_layers;) {
         if (m->rt[i].seg >= 0) { /* a checkpointed segment, whole */
             const int last = m->segs[m->rt[i].seg].last;
-            if ((st = forward_range(m, params, i, last, err)) != DS_OK)
+            if ((st = seg_edge(m, err)) != DS_OK)
                 return st;
+            const double t0 = m->profile ? now_ms() : 0;
+            if ((st = forward_range(m, params, i, last, err)) != DS_OK || (st = seg_edge(m, err)) != DS_OK)
+                return st;
+            if (m->profile)
+                m->fwd_ms += now_ms() - t0;
             i = last + 1;
             continue;
         }
@@ -643,14 +671,23 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
     if (!m->have_grad)
         return ds_error_set(err, DS_ERR_INTERNAL, "backward called without a training forward");
     int done_gelu = -1; /* a GELU layer whose backward the linear layer after it has done */
+    double seg_t0 = 0;  /* profile: when the segment's backward began */
     for (int i = net->n_layers - 1; i >= 0; i--) {
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
-        if (r->recompute) { /* a checkpointed segment whose inner activations were overwritten */
-            ds_status st = forward_range(m, params, m->segs[r->seg].first, i, err);
+        if (r->seg >= 0 && m->segs[r->seg].last == i) { /* a checkpointed segment's backward begins */
+            ds_status st = seg_edge(m, err);
             if (st != DS_OK)
                 return st;
-            m->recomputed++;
+            seg_t0 = m->profile ? now_ms() : 0;
+            if (r->recompute) { /* its inner activations were overwritten: its forward again */
+                if ((st = forward_range(m, params, m->segs[r->seg].first, i, err)) != DS_OK ||
+                    (m->profile && (st = seg_edge(m, err)) != DS_OK))
+                    return st;
+                if (m->profile)
+                    m->rc_ms += now_ms() - seg_t0;
+                m->recomputed++;
+            }
         }
         const float *x = input_of(m, i);
         float *dx = dinput_of(m, i);
@@ -736,6 +773,13 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
             ds_status hs = m->hook(m->hook_ctx, i, err);
             if (hs != DS_OK)
                 return hs;
+        }
+        if (r->seg >= 0 && m->segs[r->seg].first == i) { /* ... and ends */
+            ds_status st = seg_edge(m, err);
+            if (st != DS_OK)
+                return st;
+            if (m->profile)
+                m->bwd_ms += now_ms() - seg_t0;
         }
     }
     m->have_grad = 0;

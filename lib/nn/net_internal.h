@@ -20,8 +20,9 @@ typedef struct ds_model ds_model;
  * there). The gradients are the same bits as without checkpointing. */
 typedef struct ds_model_ckpt {
     int contiguous;  /* a repeat's checkpoints in one allocation (contiguous_memory_optimization) */
-    int synchronize; /* backend synchronize before and after each segment's forward
+    int synchronize; /* backend synchronize before and after each segment's forward and backward
                         (synchronize_checkpoint_boundary) */
+    int profile;     /* time the segments' forwards, backwards and recomputations (profile) */
 } ds_model_ckpt;
 
 /* ck: NULL for the defaults (both 0). */
@@ -57,5 +58,8 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
 size_t ds_model_activation_bytes(const ds_model *m);
 /* Checkpointed segments, and the segment forwards recomputed by backward passes so far. */
 void ds_model_checkpoint_stats(const ds_model *m, int *segments, int64_t *recomputed);
+/* With ds_model_ckpt.profile: milliseconds so far in the segments' forwards, their backwards
+ * (recomputation included) and the recomputations alone; else 0. */
+void ds_model_checkpoint_times(const ds_model *m, double *forward_ms, double *backward_ms, double *recompute_ms);
 
 #endif

@@ -94,6 +94,7 @@ typedef struct ds_actckpt_config {
     int contiguous;             /* contiguous_memory_optimization: a repeat's checkpoints in one block */
     int cpu_checkpointing;      /* checkpoints in host memory (where the cpu backend keeps them) */
     int synchronize;            /* synchronize_checkpoint_boundary */
+    int profile;                /* time the checkpointed passes */
     int64_t number_checkpoints; /* 0: not given; else at least the network's checkpoints */
 } ds_actckpt_config;
 

@@ -147,6 +147,9 @@ typedef struct ds_memory_report {
     int64_t partition_begin, partition_end; /* flat elements this rank updates */
 } ds_memory_report;
 void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m);
+/* activation_checkpointing.profile: milliseconds so far in the checkpointed segments' forwards,
+ * their backwards (recomputation included) and the recomputations alone (all 0 without it). */
+void ds_engine_checkpoint_times(const ds_engine *e, double *forward_ms, double *backward_ms, double *recompute_ms);
 /* The ZeRO stage and the flat elements [begin, end) this rank owns (all of them at stage 0). */
 void ds_engine_partition(const ds_engine *e, int *stage, int64_t *begin, int64_t *end);
 /* The ZeRO partition rule: n elements padded to a multiple of 16 * world; rank r owns
