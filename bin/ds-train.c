@@ -448,6 +448,32 @@ static int n_ckpt_repeats(const ds_net *net)
     return n;
 }
 
+/* The curriculum_learning line: the schedule of positions per sample. */
+static void print_curriculum(const ds_config *cfg, const ds_net *net)
+{
+    const ds_curriculum_config *c = &cfg->curriculum;
+    if (!c->enabled)
+        return;
+    printf("curriculum_learning: training forwards read the first N of %lld positions of each sample: ",
+           (long long)net->positions);
+    if (c->schedule == DS_CL_FIXED_DISCRETE) {
+        for (int i = 0; i < c->n_discrete - 1; i++)
+            printf("%lld to step %lld, ", (long long)c->difficulty[i], (long long)c->max_step[i]);
+        printf("then %lld\n", (long long)c->difficulty[c->n_discrete - 1]);
+    } else {
+        int64_t at = 1; /* the first step at the top (by total_curriculum_step + 1, where the root passes 1) */
+        while (at <= c->total_step && ds_curriculum_difficulty(c, at) < c->max_difficulty)
+            at++;
+        printf("%lld at step 1, %lld from step %lld (", (long long)ds_curriculum_update(c, c->min_difficulty, 1),
+               (long long)c->max_difficulty, (long long)at);
+        if (c->schedule == DS_CL_FIXED_ROOT)
+            printf("fixed_root of degree %g", c->root_degree);
+        else
+            printf("fixed_linear");
+        printf(", multiples of %lld)\n", (long long)c->difficulty_step);
+    }
+}
+
 /* The activation checkpointing line, or a warning where the config's section has nothing to act on. */
 static void print_actckpt(ds_engine *eng, const char *config, const char *netfile)
 {
@@ -751,7 +777,7 @@ static ds_status record_step(ds_rundb *db, ds_engine *eng, int64_t step, double 
 }
 
 /* wall_clock_breakdown: DeepSpeed's two lines (log_dist to rank 0), then throughput and memory. */
-static void print_breakdown(ds_engine *eng, double iter_ms, int world, double peak_tflops)
+static void print_breakdown(ds_engine *eng, double iter_ms, int world, double peak_tflops, int64_t seqlen)
 {
     const ds_timers *tm = ds_engine_timers(eng);
     if (!tm)
@@ -764,7 +790,8 @@ static void print_breakdown(ds_engine *eng, double iter_ms, int world, double pe
     const ds_config *cfg = ds_engine_config(eng);
     const ds_net *net = ds_engine_net(eng);
     double s = iter_ms / 1e3;
-    double rank_flops = ds_prof_model_flops(net->flops_per_sample, cfg->train_batch_size, world) / s;
+    /* (curriculum learning: this step's positions per sample) */
+    double rank_flops = ds_prof_model_flops(ds_net_flops_per_sample_at(net, seqlen), cfg->train_batch_size, world) / s;
     char mfu[64] = "";
     if (peak_tflops > 0)
         snprintf(mfu, sizeof mfu, ", MFU %.2f%% of %g TFLOP/s", 100.0 * rank_flops / (peak_tflops * 1e12), peak_tflops);
@@ -774,7 +801,7 @@ static void print_breakdown(ds_engine *eng, double iter_ms, int world, double pe
     getrusage(RUSAGE_SELF, &ru);
     printf("[Rank 0] %.0f %s/s, model %.3f TFLOP/s per rank%s; memory (MB) params %.1f, grads %.1f, "
            "optimizer %.1f, activations %.1f, peak RSS %.1f\n",
-           (double)cfg->train_batch_size * (double)net->positions / s,
+           (double)cfg->train_batch_size * (double)seqlen / s,
            net->input == DS_INPUT_TOKENS ? "tokens" : "samples", rank_flops / 1e12, mfu, pb / 1e6, gb / 1e6,
            ob / 1e6, ab / 1e6, ru.ru_maxrss / 1024.0);
 }
@@ -979,7 +1006,12 @@ int main(int argc, char **argv)
     /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
     ds_rundb *rundb = NULL;
     int refused = 0;
-    if (a.prof_db && open_rundb(&rundb, &a, ntyped, typed, eng, steps, threads, comm, &err) != DS_OK) {
+    if (a.prof_db && cfg->curriculum.enabled) { /* its runs table has one positions per sample */
+        if (rank == 0)
+            fprintf(stderr, "ds-train: --prof_db with curriculum_learning in %s is not supported yet (the run "
+                    "database records one sequence length per run)\n", a.config);
+        refused = 1;
+    } else if (a.prof_db && open_rundb(&rundb, &a, ntyped, typed, eng, steps, threads, comm, &err) != DS_OK) {
         fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
                 strstr(err.msg, "not overwriting") ? " (use --force)" : "");
         refused = 1;
@@ -1036,6 +1068,7 @@ int main(int argc, char **argv)
                        ? "; matrix products in fp32 (the backend line says why), so no faster than fp32"
                        : "", act16);
         print_actckpt(eng, a.config, a.net);
+        print_curriculum(cfg, net);
         if (cfg->scheduler.type != DS_SCHED_NONE)
             printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
                    ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));
@@ -1072,6 +1105,9 @@ int main(int argc, char **argv)
     }
     int tty = isatty(STDOUT_FILENO) && !a.quiet;
     int64_t print_every = cfg->steps_per_print > 0 ? cfg->steps_per_print : 10;
+    /* curriculum_learning: the steps' lengths differ, so the closing rates are totals over time */
+    const int cl = cfg->curriculum.enabled;
+    double cl_tokens = 0, cl_flops = 0, cl_ms = 0;
     /* activation_checkpointing.profile: the checkpointed passes' times, per step */
     int ck_profile = 0;
     double ck_prev[3] = {0, 0, 0}, ck_step[3] = {0, 0, 0};
@@ -1133,7 +1169,14 @@ int main(int argc, char **argv)
         if (s == start)
             first_loss = loss;
         last_loss = loss;
-        double rate = (double)(TB * (tokens ? T : 1)) / (ms / 1e3);
+        const int64_t seqlen = ds_engine_seqlen(eng); /* T, or curriculum learning's */
+        double rate = (double)(TB * (tokens ? seqlen : 1)) / (ms / 1e3);
+        cl_tokens += (double)TB * (double)seqlen;
+        cl_flops += 3.0 * (double)ds_net_flops_per_sample_at(net, seqlen) * (double)TB;
+        cl_ms += ms;
+        char cl_json[48] = "";
+        if (cl)
+            snprintf(cl_json, sizeof cl_json, ", \"seqlen\": %lld", (long long)seqlen);
         int64_t step = ds_engine_global_steps(eng);
         int applied = ds_engine_was_step_applied(eng);
         double lr, mom; /* those this step's update used (the scheduler has moved on since) */
@@ -1152,11 +1195,11 @@ int main(int argc, char **argv)
                     "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.7g, \"momentum\": %s, \"grad_norm\": %.7g, \"ms\": %.3f, "
                     "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
                     "\"allreduce_bytes\": %lld, \"loss_scale\": %.9g, \"skipped\": %s, "
-                    "\"skipped_steps\": %lld%s}\n",
+                    "\"skipped_steps\": %lld%s%s}\n",
                     (long long)step, loss, lr, momtxt, ds_engine_get_global_grad_norm(eng), ms,
                     tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
                     world, (long long)ar_calls, (long long)ar_bytes, ds_engine_last_step_loss_scale(eng),
-                    applied ? "false" : "true", (long long)ds_engine_skipped_steps(eng), ck_json);
+                    applied ? "false" : "true", (long long)ds_engine_skipped_steps(eng), cl_json, ck_json);
             if (fflush(logf) != 0 || ferror(logf)) { /* a full disk: say so now, not a log that stops */
                 fprintf(stderr, "ds-train: --log-json %s: write failed at step %lld: %s\n", a.log_json,
                         (long long)step, strerror(errno));
@@ -1178,7 +1221,7 @@ int main(int argc, char **argv)
         if (!a.quiet && cfg->wall_clock_breakdown && rank == 0 && (step % print_every == 0 || step == steps)) {
             if (tty)
                 printf("\r\033[K");
-            print_breakdown(eng, ms, world, a.peak_tflops);
+            print_breakdown(eng, ms, world, a.peak_tflops, ds_engine_seqlen(eng));
         }
         if (!a.quiet && ck_profile && rank == 0 && (step % print_every == 0 || step == steps)) {
             if (tty)
@@ -1189,9 +1232,12 @@ int main(int argc, char **argv)
         if (!a.quiet && (step % print_every == 0 || step == steps)) {
             if (tty)
                 printf("\r\033[K");
-            printf("step %lld/%lld | loss %.4f | lr %.3g | grad_norm %.4f | %.1f ms/step | %.0f %s/s\n",
+            char cl_txt[40] = "";
+            if (cl)
+                snprintf(cl_txt, sizeof cl_txt, " | seqlen %lld", (long long)seqlen);
+            printf("step %lld/%lld | loss %.4f | lr %.3g | grad_norm %.4f | %.1f ms/step | %.0f %s/s%s\n",
                    (long long)step, (long long)steps, loss, lr,
-                   ds_engine_get_global_grad_norm(eng), ms, rate, unit);
+                   ds_engine_get_global_grad_norm(eng), ms, rate, unit, cl_txt);
             fflush(stdout);
         } else if (tty) {
             progress(step, steps, loss, rate, unit);
@@ -1222,6 +1268,11 @@ int main(int argc, char **argv)
             printf("skipped %lld of %lld steps for gradient overflow; loss scale now %g\n",
                    (long long)ds_engine_skipped_steps(eng), (long long)steps, ds_engine_loss_scale(eng));
         double gflops = 3.0 * (double)net->flops_per_sample * (double)TB / (med / 1e3) / 1e9;
+        double done_rate = (double)(TB * (tokens ? T : 1)) / (med / 1e3);
+        if (cl && cl_ms > 0) {
+            gflops = cl_flops / (cl_ms / 1e3) / 1e9;
+            done_rate = cl_tokens / (cl_ms / 1e3);
+        }
         char mfu[64] = "";
         if (a.peak_tflops > 0) /* per device: the job's model FLOP/s over its ranks */
             snprintf(mfu, sizeof mfu, " (MFU %.2f%% of %g TFLOP/s)", 100.0 * gflops / world / (a.peak_tflops * 1e3),
@@ -1229,7 +1280,7 @@ int main(int argc, char **argv)
         printf("done: %lld steps in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
                "%.2f GFLOP/s%s; peak RSS %.0f MiB\n",
                (long long)steps, total, first_loss, last_loss, med,
-               (double)(TB * (tokens ? T : 1)) / (med / 1e3), unit, gflops, mfu, ru.ru_maxrss / 1024.0);
+               done_rate, unit, gflops, mfu, ru.ru_maxrss / 1024.0);
         if (a.save) {
             if ((st = ds_engine_save_weights(eng, a.save, a.force, &err)) != DS_OK) {
                 fprintf(stderr, "ds-train: %s\n", err.msg);

@@ -404,6 +404,23 @@ run gpt3.json --config ack.json --data text.txt --steps 1
 [ "$rc" = 0 ] && grep -q "warning: ack.json: activation_checkpointing: gpt3.json checkpoints no layers, so the section changes nothing" "$T/err" &&
     ok "activation_checkpointing without a checkpointed repeat: trains, with a warning" || notok "activation_checkpointing warning $(why)"
 
+# curriculum_learning (seqlen): the real config asks for more positions than gpt3.json has; a
+# schedule that fits shows in the step lines and --log-json
+expect_fail "curriculum_learning beyond the network's seq_len: named" 2 \
+    "bmds-tests__ds_config_cl.json: curriculum_learning: a difficulty of 128 positions, beyond gpt3.json's seq_len 32" \
+    gpt3.json --config "$TESTDIR/data/dsconfigs/bmds-tests__ds_config_cl.json" --data text.txt --steps 1
+sed 's/"seed": 1}/"seed": 1, "curriculum_learning": {"enabled": true, "curriculum_type": "seqlen", "min_difficulty": 8, "max_difficulty": 32, "schedule_type": "fixed_linear", "schedule_config": {"total_curriculum_step": 3, "difficulty_step": 8}}}/' ds.json >cl.json
+run gpt3.json --config cl.json --data text.txt --steps 4 --log-json cl.jsonl
+if [ "$rc" = 0 ] && grep -q "^curriculum_learning: training forwards read the first N of 32 positions of each sample: 16 at step 1, 32 from step 3 (fixed_linear, multiples of 8)" "$T/out" &&
+    [ "$(python3 -c 'import json, sys; print(" ".join(str(json.loads(l)["seqlen"]) for l in open(sys.argv[1])))' cl.jsonl)" = "16 24 32 32" ]; then
+    ok "curriculum_learning: 16, 24, 32, 32 positions in steps 1-4, said at the start and in --log-json"
+else
+    notok "curriculum_learning run $(why)"
+fi
+expect_fail "curriculum_learning with --prof_db: refused before training" 2 "--prof_db with curriculum_learning in cl.json is not supported yet" \
+    gpt3.json --config cl.json --data text.txt --steps 1 --prof_db cl.db
+[ ! -e cl.db ] && ok "... and no database is left behind" || notok "cl.db was created"
+
 expect_fail "--inject-grad-inf for a rank the job lacks: exit 2" 2 "there is no rank 5 in a job of 1" \
     "${TRAIN[@]}" --steps 1 --inject-grad-inf 1:5
 expect_ok "--micro-batch where the config gives one: runs" "${TRAIN[@]}" --steps 1 --micro-batch 3

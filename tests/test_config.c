@@ -526,6 +526,86 @@ Test(features, activation_checkpointing)
                "activation_checkpointing: expected an object", NULL);
 }
 
+/* The legacy curriculum_learning block: DeepSpeed's CurriculumScheduler, step by step against
+ * tests/fixtures/curriculum.tsv (scripts/make-curriculum-fixture.py restates it in Python) */
+Test(features, curriculum_schedules_follow_deepspeeds)
+{
+    FILE *f = fopen(DS_TEST_DIR "/fixtures/curriculum.tsv", "r");
+    cr_assert(f, "tests/fixtures/curriculum.tsv is missing");
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *tab = strchr(line, '\t');
+        cr_assert(tab, "a line without a tab");
+        *tab = 0;
+        char json[4200];
+        snprintf(json, sizeof json, "{\"train_batch_size\": 8, \"curriculum_learning\": %s}", line);
+        ds_config c;
+        ds_error e;
+        cr_assert_eq(load(&c, json, 1, 1, 0, &e), DS_OK, "%s\n%s", json, e.msg);
+        cr_expect(c.curriculum.enabled);
+        int64_t cur = c.curriculum.min_difficulty;
+        char *p = tab + 1;
+        for (int step = 1; *p && *p != '\n'; step++) {
+            long long want = strtoll(p, &p, 10);
+            cur = ds_curriculum_update(&c.curriculum, cur, step);
+            cr_expect_eq(cur, want, "%s: step %d: %lld, DeepSpeed's %lld", line, step, (long long)cur, want);
+        }
+        ds_config_free(&c);
+        n++;
+    }
+    fclose(f);
+    cr_expect_eq(n, 6, "%d configs in the fixture", n);
+}
+
+Test(features, curriculum_learning_errors)
+{
+    ds_config c;
+    ds_error e;
+#define CL(rest) TB8("\"curriculum_learning\": {\"enabled\": true, " rest "}")
+#define CL_OK_HEAD "\"curriculum_type\": \"seqlen\", \"min_difficulty\": 8, \"max_difficulty\": 64, "
+    /* disabled: not read, as in DeepSpeed */
+    cr_assert_eq(load(&c, TB8("\"curriculum_learning\": {\"enabled\": false, \"schedule_type\": 3}"), 1, 1, 0, &e),
+                 DS_OK, "%s", e.msg);
+    cr_expect(!c.curriculum.enabled);
+    ds_config_free(&c);
+    load_fails(CL("\"min_difficulty\": 8"), 1, 0, DS_ERR_INVALID,
+               "ds.json: curriculum_learning.curriculum_type: missing (expected \"seqlen\")", NULL);
+    load_fails(CL("\"curriculum_type\": \"vocab\""), 1, 0, DS_ERR_UNSUPPORTED,
+               "curriculum_learning.curriculum_type=vocab is not supported yet", NULL);
+    load_fails(CL("\"curriculum_type\": \"seqlen\", \"max_difficulty\": 64"), 1, 0, DS_ERR_INVALID,
+               "curriculum_learning.min_difficulty: missing (DeepSpeed's CurriculumScheduler requires it)", NULL);
+    load_fails(CL("\"curriculum_type\": \"seqlen\", \"min_difficulty\": 0, \"max_difficulty\": 64"), 1, 0,
+               DS_ERR_INVALID, "curriculum_learning.min_difficulty: expected an integer >= 1, found 0", NULL);
+    load_fails(CL("\"curriculum_type\": \"seqlen\", \"min_difficulty\": 64, \"max_difficulty\": 8"), 1, 0,
+               DS_ERR_INVALID, "curriculum_learning.max_difficulty: expected at least min_difficulty (64), found 8",
+               NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_cubic\", \"schedule_config\": {}"), 1, 0, DS_ERR_INVALID,
+               "curriculum_learning.schedule_type: expected \"fixed_linear\", \"fixed_root\" or \"fixed_discrete\", "
+               "found \"fixed_cubic\"", NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"custom\", \"schedule_config\": {}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "curriculum_learning.schedule_type=custom is not supported yet", NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_linear\""), 1, 0, DS_ERR_INVALID,
+               "curriculum_learning.schedule_config: missing (the fixed_linear schedule's settings)", NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10}"),
+               1, 0, DS_ERR_INVALID, "curriculum_learning.schedule_config.difficulty_step: missing", NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_root\", \"schedule_config\": {\"total_curriculum_step\": 10, "
+                  "\"difficulty_step\": 8}"),
+               1, 0, DS_ERR_INVALID, "curriculum_learning.schedule_config.root_degree: missing (fixed_root requires it)",
+               NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_discrete\", \"schedule_config\": {\"difficulty\": [8, 16], "
+                  "\"max_step\": [5, 9]}"),
+               1, 0, DS_ERR_INVALID, "curriculum_learning.schedule_config: max_step has 2 entries and difficulty 2", NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_discrete\", \"schedule_config\": {\"difficulty\": [8, \"x\"], "
+                  "\"max_step\": [5]}"),
+               1, 0, DS_ERR_INVALID, "curriculum_learning.schedule_config.difficulty[1]: expected an integer", NULL);
+    load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10, "
+                  "\"difficulty_step\": 8}, \"difficulty_type\": \"value\""),
+               1, 0, DS_ERR_INVALID, "curriculum_learning: unknown key \"difficulty_type\"", NULL);
+#undef CL
+#undef CL_OK_HEAD
+}
+
 /* wall_clock_breakdown turns on the engine's timers (engine.md §7); it is a boolean */
 Test(features, wall_clock_breakdown)
 {
@@ -628,8 +708,7 @@ static const struct {
      "zero_optimization.stage=3 is not supported yet"},
     {"bmds-tests__ds_config.json", DS_OK, NULL},
     {"bmds-tests__ds_config_bf16.json", DS_OK, NULL},
-    {"bmds-tests__ds_config_cl.json", DS_ERR_UNSUPPORTED,
-     "curriculum_learning.enabled=true is not supported yet"},
+    {"bmds-tests__ds_config_cl.json", DS_OK, NULL},
     {"chatglm6b__deepspeed.json", DS_OK, NULL},
     {"ds-docs__autotuning_block2.json", DS_ERR_UNSUPPORTED,
      "autotuning.enabled=true is not supported yet"},

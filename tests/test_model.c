@@ -556,3 +556,141 @@ Test(checkpointing, errors_name_what_is_wrong)
     cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
     ds_engine_destroy(e);
 }
+
+/* ---- curriculum learning (seqlen) ---------------------------------------------------------------- */
+
+/* With curriculum_learning at difficulty d, a training forward reads the first d positions of
+ * each sample: the same loss and gradients as the network with seq_len d on the samples cut to
+ * d (the position table's rows past d get no gradient), step by step as the schedule says; an
+ * eval forward reads them all. */
+static const char *cl_net(int T)
+{
+    static char buf[2][1024];
+    char *b = buf[T == 16];
+    snprintf(b, 1024,
+             "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 32, \"seq_len\": %d}, \"layers\": ["
+             "{\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 16}, {\"type\": \"position_embedding\", \"name\": \"wpe\"},"
+             "{\"type\": \"repeat\", \"name\": \"h\", \"count\": 2, \"layers\": ["
+             " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_1\"},"
+             "  {\"type\": \"attention\", \"name\": \"attn\", \"heads\": 2}]},"
+             " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_2\"},"
+             "  {\"type\": \"linear\", \"name\": \"fc\", \"out\": 32}, {\"type\": \"gelu\", \"approximate\": \"tanh\"},"
+             "  {\"type\": \"linear\", \"name\": \"proj\", \"out\": 16}]}]},"
+             "{\"type\": \"layernorm\", \"name\": \"ln_f\"}, {\"type\": \"linear\", \"name\": \"head\", \"out\": 32}],"
+             " \"loss\": {\"type\": \"cross_entropy\"}}",
+             T);
+    return b;
+}
+
+static ds_engine *cl_engine(const char *net, const char *cfg)
+{
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_json = cfg, .config_name = "cl.json", .net_json = net, .net_name = "cl-net.json",
+                           .backend = "cpu"};
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    return e;
+}
+
+Test(curriculum, shorter_sequences_are_the_shorter_network, .timeout = 60)
+{
+    /* step 1 at 8 positions, then 16 */
+    const char *cfg = "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 3, \"optimizer\": {\"type\": \"SGD\", \"params\": "
+                      "{\"lr\": 0.1}}, \"curriculum_learning\": {\"enabled\": true, \"curriculum_type\": \"seqlen\", "
+                      "\"min_difficulty\": 8, \"max_difficulty\": 16, \"schedule_type\": \"fixed_discrete\", "
+                      "\"schedule_config\": {\"difficulty\": [8, 16], \"max_step\": [1]}}}";
+    const char *plain = "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 3, \"optimizer\": {\"type\": \"SGD\", "
+                        "\"params\": {\"lr\": 0.1}}}";
+    ds_engine *a = cl_engine(cl_net(16), cfg), *b = cl_engine(cl_net(8), plain), *f = cl_engine(cl_net(16), plain);
+    ds_error err = {0};
+    const ds_net *na = ds_engine_net(a);
+    cr_expect_eq(ds_engine_seqlen(a), 8, "before the first forward: min_difficulty");
+    cr_expect_eq(ds_engine_seqlen(f), 16);
+    /* b and f start from a's weights (b: the first 8 rows of the position table) */
+    for (int t = 0; t < na->params.n; t++) {
+        const ds_tensor_info *ti = &na->params.t[t];
+        float *p = malloc((size_t)ti->numel * sizeof *p);
+        cr_assert_eq(ds_engine_get_param(a, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_set_param(f, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        const int64_t n = strcmp(ti->name, "wpe.weight") == 0 ? 8 * 16 : ti->numel;
+        cr_assert_eq(ds_engine_set_param(b, ti->name, p, n, &err), DS_OK, "%s", err.msg);
+        free(p);
+    }
+    int32_t tok[4 * 16], tgt[4 * 16], tok8[4 * 8], tgt8[4 * 8];
+    uint64_t s = 5;
+    for (int i = 0; i < 64; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        tok[i] = (int32_t)((s >> 33) % 32);
+        tgt[i] = (int32_t)((s >> 45) % 32);
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++) {
+            tok8[i * 8 + j] = tok[i * 16 + j];
+            tgt8[i * 8 + j] = tgt[i * 16 + j];
+        }
+    const ds_batch ba = {.tokens = tok, .targets = tgt}, bb = {.tokens = tok8, .targets = tgt8};
+    double la, lb, le, lf;
+    cr_assert_eq(ds_engine_forward(a, &ba, &la, &err), DS_OK, "%s", err.msg);
+    cr_expect_eq(ds_engine_seqlen(a), 8);
+    cr_assert_eq(ds_engine_forward(b, &bb, &lb, &err), DS_OK, "%s", err.msg);
+    cr_expect(la == lb, "loss at 8 positions %.17g, the 8-position network's %.17g", la, lb);
+    cr_assert_eq(ds_engine_backward(a, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_engine_backward(b, &err), DS_OK, "%s", err.msg);
+    for (int t = 0; t < na->params.n; t++) {
+        const ds_tensor_info *ti = &na->params.t[t];
+        float *ga = calloc((size_t)ti->numel, sizeof *ga), *gb = calloc((size_t)ti->numel, sizeof *gb);
+        const int wpe = strcmp(ti->name, "wpe.weight") == 0;
+        cr_assert_eq(ds_engine_get_grad(a, ti->name, ga, ti->numel, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_get_grad(b, ti->name, gb, wpe ? 8 * 16 : ti->numel, &err), DS_OK, "%s", err.msg);
+        cr_expect(memcmp(ga, gb, (size_t)ti->numel * sizeof *ga) == 0, "%s: gradients differ", ti->name);
+        free(ga);
+        free(gb);
+    }
+    cr_assert_eq(ds_engine_step(a, &err), DS_OK, "%s", err.msg);
+    /* step 2: all 16 positions, as the network without a curriculum from the same weights */
+    for (int t = 0; t < na->params.n; t++) {
+        const ds_tensor_info *ti = &na->params.t[t];
+        float *p = malloc((size_t)ti->numel * sizeof *p);
+        cr_assert_eq(ds_engine_get_param(a, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_set_param(f, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        free(p);
+    }
+    cr_assert_eq(ds_engine_eval(a, &ba, &le, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_engine_eval(f, &ba, &lf, &err), DS_OK, "%s", err.msg);
+    cr_expect(le == lf, "eval reads every position: %.17g, %.17g", le, lf);
+    cr_assert_eq(ds_engine_forward(a, &ba, &la, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_engine_forward(f, &ba, &lf, &err), DS_OK, "%s", err.msg);
+    cr_expect_eq(ds_engine_seqlen(a), 16);
+    cr_expect(la == lf, "step 2 at 16 positions: %.17g, %.17g", la, lf);
+    cr_assert_eq(ds_engine_backward(a, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_engine_backward(f, &err), DS_OK, "%s", err.msg);
+    ds_engine_destroy(a);
+    ds_engine_destroy(b);
+    ds_engine_destroy(f);
+}
+
+Test(curriculum, errors_name_the_network)
+{
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_name = "cl.json", .net_json = cl_net(16), .net_name = "cl-net.json", .backend = "cpu"};
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"curriculum_learning\": {\"enabled\": true, "
+                    "\"curriculum_type\": \"seqlen\", \"min_difficulty\": 8, \"max_difficulty\": 32, \"schedule_type\": "
+                    "\"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10, \"difficulty_step\": 8}}}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "cl.json: curriculum_learning: a difficulty of 32 positions, beyond cl-net.json's seq_len 16"),
+              "%s", err.msg);
+    /* min 2 with difficulty_step 8: step 1 rounds down to 0 positions */
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"curriculum_learning\": {\"enabled\": true, "
+                    "\"curriculum_type\": \"seqlen\", \"min_difficulty\": 2, \"max_difficulty\": 16, \"schedule_type\": "
+                    "\"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10, \"difficulty_step\": 8}}}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "cl.json: curriculum_learning: the schedule gives 0 positions at step 1"), "%s", err.msg);
+    o.net_json = "{\"input\": {\"type\": \"features\", \"dim\": 4}, \"layers\": [{\"type\": \"linear\", \"name\": \"l\", "
+                 "\"out\": 2}], \"loss\": {\"type\": \"mse\"}}";
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"curriculum_learning\": {\"enabled\": true, "
+                    "\"curriculum_type\": \"seqlen\", \"min_difficulty\": 1, \"max_difficulty\": 1, \"schedule_type\": "
+                    "\"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10, \"difficulty_step\": 1}}}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "curriculum_learning (seqlen) needs a tokens network"), "%s", err.msg);
+}

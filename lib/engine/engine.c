@@ -79,6 +79,8 @@ struct ds_engine {
     float *host_scratch;   /* a host buffer of the largest tensor */
     uint16_t *w16_scratch; /* p16: the same for 2-byte working weights on their way */
     float *cast_x;         /* fp16.auto_cast: a micro-batch of features rounded to fp16 */
+    int64_t cl_seqlen;     /* curriculum_learning: the current difficulty (positions per sample) */
+    int32_t *cl_buf;       /* curriculum_learning: a micro-batch's tokens and targets, cut short */
     int64_t largest;
     ds_comm *comm;         /* data-parallel ranks, or NULL */
     int world_size;
@@ -179,6 +181,7 @@ void ds_engine_destroy(ds_engine *e)
     free(e->host_scratch);
     free(e->w16_scratch);
     free(e->cast_x);
+    free(e->cl_buf);
     free(e->coll);
     free(e->zoff);
     free(e->zlen);
@@ -864,6 +867,32 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
         st = ds_error_set(err, DS_ERR_INVALID, "no network given");
     if (st != DS_OK)
         goto fail;
+    if (e->cfg.curriculum.enabled) { /* seqlen: the first positions of every sample */
+        const ds_curriculum_config *c = &e->cfg.curriculum;
+        const char *nn = e->net->source_name ? e->net->source_name : "network";
+        if (e->net->input != DS_INPUT_TOKENS) {
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: curriculum_learning (seqlen) needs a tokens network; %s reads "
+                              "features", e->cfg.source_name, nn);
+            goto fail;
+        }
+        int64_t top = c->max_difficulty, first = ds_curriculum_update(c, c->min_difficulty, 1);
+        for (int i = 0; c->schedule == DS_CL_FIXED_DISCRETE && i < c->n_discrete; i++)
+            top = c->difficulty[i] > top ? c->difficulty[i] : top;
+        if (top > e->net->seq_len) {
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: curriculum_learning: a difficulty of %lld positions, beyond "
+                              "%s's seq_len %lld; expected at most that", e->cfg.source_name, (long long)top, nn,
+                              (long long)e->net->seq_len);
+            goto fail;
+        }
+        if (first < 1) { /* min_difficulty rounded down to a multiple of difficulty_step */
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: curriculum_learning: the schedule gives %lld positions at "
+                              "step 1 (min_difficulty %lld rounded down to a multiple of difficulty_step %lld); "
+                              "expected at least 1", e->cfg.source_name, (long long)first,
+                              (long long)c->min_difficulty, (long long)c->difficulty_step);
+            goto fail;
+        }
+        e->cl_seqlen = c->min_difficulty;
+    }
     if (opts->checkpoint_activations && ds_net_checkpoint_repeats(e->net, 1) == 0) {
         st = ds_error_set(err, DS_ERR_INVALID, "%s: checkpointing activations needs a repeat block (its "
                           "iterations are the checkpointed segments); the network has none",
@@ -1057,6 +1086,17 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
         }
         src_in = b->tokens;
         src_tg = b->targets;
+        const int64_t T = net->positions, t = ds_model_positions(e->model);
+        if (t < T) { /* curriculum_learning: each sample's first t positions, back to back */
+            if (!e->cl_buf && !(e->cl_buf = malloc((size_t)(2 * M) * sizeof(int32_t))))
+                return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+            for (int64_t i = 0; i < B; i++) {
+                memcpy(e->cl_buf + i * t, b->tokens + i * T, (size_t)t * sizeof(int32_t));
+                memcpy(e->cl_buf + M + i * t, b->targets + i * T, (size_t)t * sizeof(int32_t));
+            }
+            src_in = e->cl_buf;
+            src_tg = e->cl_buf + M;
+        }
     } else {
         if (!b->x)
             return ds_error_set(err, DS_ERR_INVALID, "batch: a features network needs x");
@@ -1100,7 +1140,13 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
     if (e->plan_only)
         return ds_error_set(err, DS_ERR_INVALID, "a planning engine (plan_only) does not train");
     ds_timers_start(&e->timers, DS_TIMER_FWD);
-    ds_status st = upload_batch(e, batch, err);
+    ds_status st;
+    if (e->cfg.curriculum.enabled) { /* DeepSpeed's engine.forward: update_difficulty(global_steps + 1) */
+        e->cl_seqlen = ds_curriculum_update(&e->cfg.curriculum, e->cl_seqlen, e->global_steps + 1);
+        if ((st = ds_model_set_positions(e->model, e->cl_seqlen, err)) != DS_OK)
+            return st;
+    }
+    st = upload_batch(e, batch, err);
     if (st != DS_OK)
         return st;
     /* DeepSpeed's backward divides the loss by gradient_accumulation_steps; the loss gradient
@@ -1120,7 +1166,10 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
 
 ds_status ds_engine_eval(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
 {
-    ds_status st = upload_batch(e, batch, err);
+    /* (curriculum learning shortens training forwards only, as DeepSpeed's) */
+    ds_status st = ds_model_set_positions(e->model, e->net->positions, err);
+    if (st == DS_OK)
+        st = upload_batch(e, batch, err);
     if (st != DS_OK)
         return st;
     e->have_forward = 0;
@@ -1309,6 +1358,7 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
 }
 
 int64_t ds_engine_global_steps(const ds_engine *e) { return e->global_steps; }
+int64_t ds_engine_seqlen(const ds_engine *e) { return e->cfg.curriculum.enabled ? e->cl_seqlen : e->net->positions; }
 int64_t ds_engine_global_samples(const ds_engine *e) { return e->global_samples; }
 int64_t ds_engine_micro_steps(const ds_engine *e) { return e->micro_steps; }
 double ds_engine_get_lr(const ds_engine *e) { return e->lr; }

@@ -62,6 +62,7 @@ typedef enum {
     F_FP16, F_BF16, /* the fp16 and bf16 (old: bfloat16) sections */
     F_WALLCLOCK, /* wall_clock_breakdown: the engine's timers */
     F_ACTCKPT, /* the activation_checkpointing section (.sub), read into cfg->actckpt */
+    F_CURRIC,  /* the legacy curriculum_learning section, read into cfg->curriculum */
     F_RUNDEV  /* "device" (a ds extension): the backend to train on, when no flag names one */
 } fkind;
 
@@ -452,7 +453,7 @@ static const field TOP_FIELDS[] = {
     OBJ("comms_logger", COMMS_FIELDS), OBJ("hybrid_engine", HYBRID_FIELDS),
     OBJ("checkpoint", CKPT_FIELDS), OBJ("data_types", DATA_TYPES_FIELDS),
     OBJ("elasticity", OPEN_FIELDS), OBJ("autotuning", OPEN_FIELDS),
-    OBJ("data_efficiency", OPEN_FIELDS), OBJ("curriculum_learning", OPEN_FIELDS),
+    OBJ("data_efficiency", OPEN_FIELDS), K("curriculum_learning", F_CURRIC),
     OBJ("progressive_layer_drop", OPEN_FIELDS), OBJ("eigenvalue", OPEN_FIELDS),
     OBJ("quantize_training", OPEN_FIELDS), OBJ("nebula", OPEN_FIELDS),
     OBJ("torch_autocast", OPEN_FIELDS), OBJ("compile", COMPILE_FIELDS),
@@ -542,6 +543,160 @@ static ds_status read_actckpt(rd *r, const char *path, json_object *v)
         }
     }
     return DS_OK; /* (checkpointing.configure's asserts apply where the network checkpoints: the engine) */
+}
+
+/* One integer of the curriculum_learning block: required, >= lo. */
+static ds_status cl_int(rd *r, const char *path, json_object *obj, const char *key, int64_t lo, int64_t *out)
+{
+    char p[256];
+    join(p, sizeof p, path, key);
+    json_object *v;
+    vstate s;
+    ds_status st;
+    if (!json_object_object_get_ex(obj, key, &v) || json_object_is_type(v, json_type_null))
+        return fail(r, DS_ERR_INVALID, p, "missing (DeepSpeed's CurriculumScheduler requires it)");
+    if ((st = get_int(r, p, v, &s, out)) != DS_OK)
+        return st;
+    if (s != V_SET || *out < lo) {
+        char want[64];
+        snprintf(want, sizeof want, "an integer >= %lld", (long long)lo);
+        return bad_type(r, p, want, v);
+    }
+    return DS_OK;
+}
+
+/* An array of integers >= 1 (fixed_discrete's difficulty and max_step). */
+static ds_status cl_list(rd *r, const char *path, json_object *obj, const char *key, int64_t *out, int *n)
+{
+    char p[256];
+    join(p, sizeof p, path, key);
+    json_object *v;
+    if (!json_object_object_get_ex(obj, key, &v))
+        return fail(r, DS_ERR_INVALID, p, "missing (fixed_discrete requires it)");
+    size_t len = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0;
+    if (len == 0 || len > DS_CL_MAX_DISCRETE)
+        return bad_type(r, p, "a non-empty array of at most 64 integers", v);
+    for (size_t i = 0; i < len; i++) {
+        char pi[300];
+        snprintf(pi, sizeof pi, "%s[%zu]", p, i);
+        vstate s;
+        ds_status st = get_int(r, pi, json_object_array_get_idx(v, i), &s, &out[i]);
+        if (st != DS_OK)
+            return st;
+        if (s != V_SET || out[i] < 1)
+            return bad_type(r, pi, "an integer >= 1", json_object_array_get_idx(v, i));
+    }
+    *n = (int)len;
+    return DS_OK;
+}
+
+/* The legacy top-level curriculum_learning block (CurriculumScheduler's asserts). Disabled, its
+ * contents are not read, as in DeepSpeed. */
+static ds_status read_curriculum(rd *r, const char *path, json_object *v)
+{
+    if (!v || json_object_is_type(v, json_type_null))
+        return DS_OK;
+    if (!json_object_is_type(v, json_type_object))
+        return bad_type(r, path, "an object", v);
+    json_object *ev;
+    vstate s;
+    int on = 0;
+    ds_status st;
+    char p[256];
+    if (json_object_object_get_ex(v, "enabled", &ev) &&
+        (st = get_bool(r, join(p, sizeof p, path, "enabled"), ev, &s, &on)) != DS_OK)
+        return st;
+    if (!on)
+        return DS_OK;
+    static const char *const keys[] = {"enabled", "curriculum_type", "min_difficulty", "max_difficulty",
+                                       "schedule_type", "schedule_config", NULL};
+    json_object_object_foreach(v, key, val) {
+        (void)val;
+        int known = 0;
+        for (int i = 0; keys[i]; i++)
+            known = known || !strcmp(key, keys[i]);
+        if (!known)
+            return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\" (expected enabled, curriculum_type, "
+                        "min_difficulty, max_difficulty, schedule_type, schedule_config)", key);
+    }
+    ds_curriculum_config *c = &r->cfg->curriculum;
+    const char *type = NULL, *sched = NULL;
+    json_object *tv = NULL, *sv = NULL, *sc = NULL;
+    join(p, sizeof p, path, "curriculum_type");
+    if (!json_object_object_get_ex(v, "curriculum_type", &tv))
+        return fail(r, DS_ERR_INVALID, p, "missing (expected \"seqlen\")");
+    if ((st = get_str(r, p, tv, &type)) != DS_OK)
+        return st;
+    if (!type || strcmp(type, "seqlen") != 0) /* the model's own metrics: ds has no hook for them */
+        return unsupported(r, p, tv);
+    if ((st = cl_int(r, path, v, "min_difficulty", 1, &c->min_difficulty)) != DS_OK ||
+        (st = cl_int(r, path, v, "max_difficulty", 1, &c->max_difficulty)) != DS_OK)
+        return st;
+    if (c->max_difficulty < c->min_difficulty)
+        return fail(r, DS_ERR_INVALID, join(p, sizeof p, path, "max_difficulty"), "expected at least min_difficulty "
+                    "(%lld), found %lld", (long long)c->min_difficulty, (long long)c->max_difficulty);
+    join(p, sizeof p, path, "schedule_type");
+    if (!json_object_object_get_ex(v, "schedule_type", &sv))
+        return fail(r, DS_ERR_INVALID, p, "missing (expected \"fixed_linear\", \"fixed_root\" or \"fixed_discrete\")");
+    if ((st = get_str(r, p, sv, &sched)) != DS_OK)
+        return st;
+    if (sched && !strcmp(sched, "custom")) /* a Python function the client sets */
+        return unsupported(r, p, sv);
+    if (!sched || (strcmp(sched, "fixed_linear") && strcmp(sched, "fixed_root") && strcmp(sched, "fixed_discrete")))
+        return bad_type(r, p, "\"fixed_linear\", \"fixed_root\" or \"fixed_discrete\"", sv);
+    char sp[256];
+    join(sp, sizeof sp, path, "schedule_config");
+    if (!json_object_object_get_ex(v, "schedule_config", &sc) || !json_object_is_type(sc, json_type_object))
+        return sc ? bad_type(r, sp, "an object", sc) : fail(r, DS_ERR_INVALID, sp, "missing (the %s schedule's settings)", sched);
+    if (!strcmp(sched, "fixed_discrete")) {
+        int nm = 0;
+        c->schedule = DS_CL_FIXED_DISCRETE;
+        if ((st = cl_list(r, sp, sc, "difficulty", c->difficulty, &c->n_discrete)) != DS_OK ||
+            (st = cl_list(r, sp, sc, "max_step", c->max_step, &nm)) != DS_OK)
+            return st;
+        if (nm != c->n_discrete - 1)
+            return fail(r, DS_ERR_INVALID, sp, "max_step has %d entries and difficulty %d; expected one fewer "
+                        "max_step (the last difficulty holds from there on)", nm, c->n_discrete);
+    } else {
+        c->schedule = !strcmp(sched, "fixed_root") ? DS_CL_FIXED_ROOT : DS_CL_FIXED_LINEAR;
+        if ((st = cl_int(r, sp, sc, "total_curriculum_step", 1, &c->total_step)) != DS_OK ||
+            (st = cl_int(r, sp, sc, "difficulty_step", 1, &c->difficulty_step)) != DS_OK)
+            return st;
+        c->root_degree = 1;
+        if (c->schedule == DS_CL_FIXED_ROOT) {
+            json_object *rv;
+            join(p, sizeof p, sp, "root_degree");
+            if (!json_object_object_get_ex(sc, "root_degree", &rv))
+                return fail(r, DS_ERR_INVALID, p, "missing (fixed_root requires it)");
+            if ((st = get_num(r, p, rv, &s, &c->root_degree)) != DS_OK)
+                return st;
+            if (s != V_SET || !(c->root_degree > 0))
+                return bad_type(r, p, "a number > 0", rv);
+        }
+    }
+    c->enabled = 1;
+    return DS_OK;
+}
+
+int64_t ds_curriculum_difficulty(const ds_curriculum_config *c, int64_t global_steps)
+{
+    if (c->schedule == DS_CL_FIXED_DISCRETE) { /* n_discrete >= 2: max_step is not empty */
+        for (int i = 0; i < c->n_discrete - 1 && global_steps <= c->max_step[c->n_discrete - 2]; i++)
+            if (global_steps <= c->max_step[i])
+                return c->difficulty[i];
+        return c->difficulty[c->n_discrete - 1];
+    }
+    /* (steps / total)^(1/root) of the way from min to max, floored, rounded down to a multiple
+     * of difficulty_step (QUIRK: below min_difficulty where min is not a multiple), at most max */
+    double f = pow((double)global_steps / (double)c->total_step, 1.0 / c->root_degree);
+    int64_t d = (int64_t)floor(f * (double)(c->max_difficulty - c->min_difficulty) + (double)c->min_difficulty);
+    d -= d % c->difficulty_step;
+    return d < c->max_difficulty ? d : c->max_difficulty;
+}
+
+int64_t ds_curriculum_update(const ds_curriculum_config *c, int64_t current, int64_t global_steps)
+{
+    return current < c->max_difficulty ? ds_curriculum_difficulty(c, global_steps) : current;
 }
 
 static ds_status check_dtype(rd *r, const char *path, json_object *v)
@@ -719,6 +874,8 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
             r->cfg->wall_clock_breakdown = s == V_SET ? b : 0;
         return st;
+    case F_CURRIC:
+        return read_curriculum(r, path, v);
     case F_ACTCKPT:
         if (!v)
             return DS_OK;

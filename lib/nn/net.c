@@ -369,6 +369,19 @@ nomem:
 
 size_t ds_model_activation_bytes(const ds_model *m) { return m->act_bytes; }
 
+ds_status ds_model_set_positions(ds_model *m, int64_t T, ds_error *err)
+{
+    if (T < 1 || T > m->net->positions)
+        return ds_error_set(err, DS_ERR_INVALID, "%lld positions per sample: expected 1 to %lld",
+                            (long long)T, (long long)m->net->positions);
+    m->T = T;
+    m->M = m->B * T;
+    m->have_grad = 0;
+    return DS_OK;
+}
+
+int64_t ds_model_positions(const ds_model *m) { return m->T; }
+
 void ds_model_checkpoint_stats(const ds_model *m, int *segments, int64_t *recomputed)
 {
     if (segments)
@@ -387,8 +400,10 @@ int ds_model_storage16(const ds_model *m) { return m->s16 ? m->round : 0; }
 
 ds_status ds_model_upload_batch(ds_model *m, const void *inputs, const void *targets, ds_error *err)
 {
-    CHECK(OPS->upload(m->be, m->inputs, inputs, m->input_bytes));
-    CHECK(OPS->upload(m->be, m->targets, targets, m->target_bytes));
+    /* (the buffers are sized for all positions; a shorter sequence uses their front) */
+    const size_t full = (size_t)m->B * (size_t)m->net->positions, rows = (size_t)m->M;
+    CHECK(OPS->upload(m->be, m->inputs, inputs, m->input_bytes / full * rows));
+    CHECK(OPS->upload(m->be, m->targets, targets, m->target_bytes / full * rows));
     return DS_OK;
 }
 

@@ -54,6 +54,11 @@ void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs);
  * layer below uses are complete then); an error stops the backward pass. NULL: none. */
 void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int layer, ds_error *err),
                                 void *ctx);
+/* The positions per sample of the following passes: 1 to the network's (a tokens network's
+ * seq_len; curriculum learning's shorter sequences use the front of every buffer). Uploads then
+ * take B*T rows. */
+ds_status ds_model_set_positions(ds_model *m, int64_t T, ds_error *err);
+int64_t ds_model_positions(const ds_model *m);
 /* Bytes of activation memory held. */
 size_t ds_model_activation_bytes(const ds_model *m);
 /* Checkpointed segments, and the segment forwards recomputed by backward passes so far. */

@@ -414,6 +414,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         /* qkv and proj products, then q.k and p.v over all T*T pairs (as commonly counted) */
         if ((st = set_flops(p, l, jpath, 2.0 * T * C * 3 * C + 2.0 * T * C * C + 4.0 * T * T * C)) != DS_OK)
             return st;
+        l->flops_tt = 4 * T * T * C;
         return DS_OK;
     }
     if (strcmp(type, "gelu") == 0) {
@@ -728,6 +729,19 @@ int ds_net_checkpoints(const ds_net *net)
         if (net->repeats[i].checkpoint)
             n += net->repeats[i].count;
     return n;
+}
+
+int64_t ds_net_flops_per_sample_at(const ds_net *net, int64_t T)
+{
+    const int64_t S = net->positions;
+    if (T >= S || T < 1)
+        return net->flops_per_sample;
+    int64_t f = 0; /* every count is a multiple of S, the quadratic parts of S * S */
+    for (int i = 0; i < net->n_layers; i++) {
+        const ds_layer *l = &net->layers[i];
+        f += (l->flops - l->flops_tt) / S * T + l->flops_tt / S / S * T * T;
+    }
+    return f;
 }
 
 int64_t ds_net_recompute_flops(const ds_net *net)

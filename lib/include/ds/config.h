@@ -98,6 +98,27 @@ typedef struct ds_actckpt_config {
     int64_t number_checkpoints; /* 0: not given; else at least the network's checkpoints */
 } ds_actckpt_config;
 
+/* The legacy top-level curriculum_learning block (DeepSpeed's CurriculumScheduler), for
+ * curriculum_type "seqlen": training forwards read the first ds_curriculum_difficulty() positions
+ * of each sample. */
+typedef enum { DS_CL_FIXED_LINEAR, DS_CL_FIXED_ROOT, DS_CL_FIXED_DISCRETE } ds_cl_schedule;
+#define DS_CL_MAX_DISCRETE 64
+typedef struct ds_curriculum_config {
+    int enabled;
+    int64_t min_difficulty, max_difficulty;
+    ds_cl_schedule schedule;
+    int64_t total_step, difficulty_step; /* fixed_linear, fixed_root */
+    double root_degree;                  /* fixed_root */
+    int n_discrete;                      /* fixed_discrete: difficulty[n], max_step[n - 1] */
+    int64_t difficulty[DS_CL_MAX_DISCRETE], max_step[DS_CL_MAX_DISCRETE];
+} ds_curriculum_config;
+
+/* CurriculumScheduler.get_difficulty(global_steps) */
+int64_t ds_curriculum_difficulty(const ds_curriculum_config *c, int64_t global_steps);
+/* update_difficulty: the difficulty after current for the step global_steps (it stays once it
+ * has reached max_difficulty) */
+int64_t ds_curriculum_update(const ds_curriculum_config *c, int64_t current, int64_t global_steps);
+
 typedef struct ds_config {
     /* Resolved batch sizes: train_batch_size = micro_batch * grad_accum * world_size. */
     int64_t train_batch_size;
@@ -125,6 +146,7 @@ typedef struct ds_config {
     int bf16_check_overflow;  /* bf16.check_grad_overflow: skip steps with inf/NaN gradients */
     ds_sched_config scheduler; /* type DS_SCHED_NONE: no "scheduler" block (see ds/sched.h) */
     ds_actckpt_config actckpt; /* activation_checkpointing */
+    ds_curriculum_config curriculum; /* curriculum_learning (legacy, seqlen) */
 
     /* Warnings for the caller to print (unknown keys, deprecated spellings, defaults used). */
     int n_warnings;

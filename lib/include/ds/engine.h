@@ -147,6 +147,9 @@ typedef struct ds_memory_report {
     int64_t partition_begin, partition_end; /* flat elements this rank updates */
 } ds_memory_report;
 void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m);
+/* Positions per sample of the training forwards: curriculum_learning's current difficulty (the
+ * last forward's, min_difficulty before the first), else the network's. */
+int64_t ds_engine_seqlen(const ds_engine *e);
 /* activation_checkpointing.profile: milliseconds so far in the checkpointed segments' forwards,
  * their backwards (recomputation included) and the recomputations alone (all 0 without it). */
 void ds_engine_checkpoint_times(const ds_engine *e, double *forward_ms, double *backward_ms, double *recompute_ms);

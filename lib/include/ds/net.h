@@ -46,6 +46,7 @@ typedef struct ds_layer {
     int begin;               /* residual end: index of its begin */
     int64_t params;          /* parameters this layer owns */
     int64_t flops;           /* forward FLOPs for one sample (a whole sequence for tokens) */
+    int64_t flops_tt;        /* the part of them that grows with seq_len squared (attention's) */
 } ds_layer;
 
 /* One repeat block as unrolled: iteration k is layers [first + k*len, first + (k+1)*len).
@@ -101,6 +102,9 @@ int ds_net_checkpoints(const ds_net *net);
 /* Forward FLOPs per sample that backward recomputes: every checkpointed iteration's but the
  * last of each repeat. */
 int64_t ds_net_recompute_flops(const ds_net *net);
+/* Forward FLOPs per sample of a tokens network when it reads only the first T positions (1 <= T
+ * <= seq_len: curriculum learning), by the same counts as flops_per_sample. */
+int64_t ds_net_flops_per_sample_at(const ds_net *net, int64_t T);
 
 #ifdef __cplusplus
 }
