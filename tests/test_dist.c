@@ -597,6 +597,69 @@ Test(dist, stranger_refused_job_proceeds, .timeout = 30)
     munmap(sh, sizeof *sh);
 }
 
+/* Silent connections to a rank's ring port, ahead of the previous rank's in the accept queue:
+ * their proofs are read side by side, so the ring forms at once (read one after the other, 5 s
+ * each, the 12 below would outlast the 10 s the ranks wait). */
+static void flooded_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    ds_store_options opt = options(rank, n, port, SECRET, 10);
+    void *go = NULL;
+    if (ds_store_open(&store, &opt, &err) || (rank == 1 && ds_store_get(store, "flooded", &go, NULL, &err))) {
+        fail(sh, rank, "%s", err.msg);
+        return;
+    }
+    free(go);
+    double t0 = ds_dist_now();
+    if (ds_comm_cpu_create(&comm, store, 10, &err)) {
+        fail(sh, rank, "%s", err.msg);
+        return;
+    }
+    if (ds_dist_now() - t0 > 4)
+        fail(sh, rank, "the ring took %.1f s to form", ds_dist_now() - t0);
+    float x[2] = {(float)rank, 1};
+    if (ds_comm_all_reduce(comm, x, 2, DS_REDUCE_SUM, &err)) fail(sh, rank, "%s", err.msg);
+    else if (x[0] != 1 || x[1] != 2) fail(sh, rank, "wrong sum %g %g", x[0], x[1]);
+    ds_comm_destroy(comm);
+    if (ds_store_barrier(store, &err)) fail(sh, rank, "%s", err.msg);
+    ds_store_close(store);
+}
+
+Test(dist, silent_strangers_at_the_ring_port_do_not_delay_the_ring, .timeout = 30)
+{
+    shared *sh = shared_new();
+    int port = test_free_port();
+    pid_t pids[2];
+    run_ranks(sh, 2, 2, port, flooded_rank, pids);
+    ds_error err = {0};
+    ds_store *s = NULL;
+    ds_store_options opt = options(1, 2, port, SECRET, 10);
+    double deadline = ds_dist_now() + 10;
+    while (ds_store_open(&s, &opt, &err) != DS_OK && ds_dist_now() < deadline) /* rank 0 serves it */
+        usleep(20000);
+    cr_assert(s, "%s", err.msg);
+    void *addr = NULL;
+    size_t len;
+    cr_assert_eq(ds_store_get(s, "comm/0/rank/0", &addr, &len, &err), DS_OK, "%s", err.msg);
+    char ip[64];
+    int rport = 0;
+    cr_assert_eq(sscanf(addr, "%63s %d", ip, &rport), 2);
+    free(addr);
+    int silent[12];
+    for (int i = 0; i < 12; i++) {
+        silent[i] = ds_tcp_connect(ip, rport, ds_dist_now() + 2);
+        cr_assert(silent[i] >= 0, "connection %d to rank 0's ring port", i);
+    }
+    cr_assert_eq(ds_store_set(s, "flooded", "1", 1, &err), DS_OK, "%s", err.msg);
+    wait_ranks(sh, 2, pids);
+    for (int i = 0; i < 12; i++)
+        close(silent[i]);
+    ds_store_close(s);
+    munmap(sh, sizeof *sh);
+}
+
 /* A connection that does not answer the challenge within min(10 s, the store's timeout) is
  * dropped: strangers cannot hold the server's slots and buffers for the job's life. */
 Test(dist, silent_stranger_dropped_after_the_challenge_window, .timeout = 30)

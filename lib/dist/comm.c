@@ -547,29 +547,94 @@ static ds_status listen_on(const char *ip, int *fd_out, int *port_out, int rank,
 }
 
 /* Accept the previous rank's connection, refusing anyone without the proof. */
+/* Connections to the ring port that have not sent their 36-byte proof yet: read side by side,
+ * so that silent strangers (a port scan, another job's stale rank) cannot hold the previous
+ * rank's connection up in the accept queue, each for up to 5 s, one after the other. */
+#define PENDING_MAX 64
+typedef struct pending {
+    int fd;
+    size_t got;
+    uint8_t buf[36];
+    double deadline; /* 5 s from accept: then it is dropped */
+} pending;
+
 static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], const char *secret,
                              const char *ip, int port, double timeout_s, ds_error *err)
 {
     int r = c->me, prev = c->prev;
-    double deadline = ds_dist_now() + timeout_s;
+    const double deadline = ds_dist_now() + timeout_s;
     uint8_t want[36];
     peer_proof(token, secret, (uint32_t)prev, want);
+    pending p[PENDING_MAX];
+    int np = 0, found = -1;
     for (;;) {
-        double left = deadline - ds_dist_now();
-        struct pollfd pf = {.fd = lfd, .events = POLLIN};
-        if (left <= 0 || poll(&pf, 1, (int)(left * 1000) + 1) == 0) break;
-        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) continue;
-        uint8_t got[36];
-        double d2 = ds_dist_now() + 5 < deadline ? ds_dist_now() + 5 : deadline;
-        if (ds_io_read(fd, got, 36, d2) == DS_IO_OK && memcmp(got, want, 4) == 0 &&
-            ds_digest_equal(got + 4, want + 4)) {
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-            c->prev_fd = fd;
-            return DS_OK;
+        double now = ds_dist_now(), wake = deadline;
+        for (int i = 0; i < np;) { /* drop the ones whose time is up */
+            if (p[i].deadline <= now) {
+                close(p[i].fd);
+                p[i] = p[--np];
+            } else {
+                wake = p[i].deadline < wake ? p[i].deadline : wake;
+                i++;
+            }
         }
-        close(fd); /* a stranger, or a rank of another job */
+        if (now >= deadline)
+            break;
+        struct pollfd pf[1 + PENDING_MAX];
+        pf[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        for (int i = 0; i < np; i++)
+            pf[1 + i] = (struct pollfd){.fd = p[i].fd, .events = POLLIN};
+        int n = poll(pf, (nfds_t)(1 + np), (int)((wake - now) * 1000) + 1);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n <= 0)
+            continue;
+        int keep = np;
+        for (int i = 0; i < keep; i++) { /* proofs coming in */
+            if (!pf[1 + i].revents)
+                continue;
+            ssize_t k = read(p[i].fd, p[i].buf + p[i].got, sizeof p[i].buf - p[i].got);
+            if (k > 0)
+                p[i].got += (size_t)k;
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
+                p[i].deadline = 0; /* closed, or failed: dropped below */
+                continue;
+            }
+            if (p[i].got == sizeof p[i].buf) {
+                if (memcmp(p[i].buf, want, 4) == 0 && ds_digest_equal(p[i].buf + 4, want + 4)) {
+                    found = i;
+                    break;
+                }
+                p[i].deadline = 0; /* a stranger, or a rank of another job */
+            }
+        }
+        if (found >= 0)
+            break;
+        if (pf[0].revents & POLLIN) {
+            for (;;) { /* every connection waiting */
+                int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0)
+                    break;
+                if (np == PENDING_MAX) { /* full: the oldest goes */
+                    int old = 0;
+                    for (int i = 1; i < np; i++)
+                        old = p[i].deadline < p[old].deadline ? i : old;
+                    close(p[old].fd);
+                    p[old] = p[--np];
+                }
+                double d2 = ds_dist_now() + 5;
+                p[np++] = (pending){.fd = fd, .got = 0, .deadline = d2 < deadline ? d2 : deadline};
+            }
+        }
+    }
+    for (int i = 0; i < np; i++)
+        if (i != found)
+            close(p[i].fd);
+    if (found >= 0) {
+        int one = 1;
+        setsockopt(p[found].fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c->prev_fd = p[found].fd;
+        return DS_OK;
     }
     return ds_error_set(err, DS_ERR_IO, "rank %d: rank %d did not connect to %s:%d after %g s", r,
                         prev, ip, port, timeout_s);
