@@ -433,6 +433,17 @@ static ds_status train_step(job *j, ds_engine *eng, int64_t s, ds_error *err)
     return DS_OK;
 }
 
+/* curriculum_learning applies here as in ds-train: the steps' sequences grow as it says, which
+ * moves the losses the test reads besides the lr */
+static void warn_curriculum(const ds_config *cfg)
+{
+    if (cfg->curriculum.enabled)
+        fprintf(stderr, "ds-lrrt: warning: %s: curriculum_learning: the steps train on the first %lld to %lld "
+                "positions of each sample as its schedule says, so the losses change with the length as well as "
+                "the lr; disable it for the test\n", cfg->source_name, (long long)cfg->curriculum.min_difficulty,
+                (long long)cfg->curriculum.max_difficulty);
+}
+
 /* The config file as JSON, to be edited (scheduler removed or replaced). */
 static json_object *read_config(const char *path)
 {
@@ -747,6 +758,7 @@ static int range_test(job *j, json_object *root)
     if (j->rank == 0) {
         for (int i = 0; i < cfg->n_warnings; i++)
             fprintf(stderr, "ds-lrrt: warning: %s\n", cfg->warnings[i]);
+        warn_curriculum(cfg);
         if (!a->quiet)
             printf("ds-lrrt %s: range test of %s on %s: lr %g .. %g (%s), %lld steps of batch %lld (%d rank%s); "
                    "optimizer %s\n",
@@ -975,6 +987,7 @@ static int sweep(job *j, json_object *root)
             const ds_config *cfg = ds_engine_config(eng);
             for (int i = 0; i < cfg->n_warnings; i++)
                 fprintf(stderr, "ds-lrrt: warning: %s\n", cfg->warnings[i]);
+            warn_curriculum(cfg);
             if (!a->quiet)
                 printf("ds-lrrt %s: 1Cycle sweep of %s on %s: %d values of cycle_max_lr, %lld steps each, batch "
                        "%lld (%d rank%s); optimizer %s\n",

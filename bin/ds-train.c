@@ -459,11 +459,17 @@ static void print_curriculum(const ds_config *cfg, const ds_net *net)
     if (c->schedule == DS_CL_FIXED_DISCRETE) {
         for (int i = 0; i < c->n_discrete - 1; i++)
             printf("%lld to step %lld, ", (long long)c->difficulty[i], (long long)c->max_step[i]);
-        printf("then %lld\n", (long long)c->difficulty[c->n_discrete - 1]);
+        printf("then %lld", (long long)c->difficulty[c->n_discrete - 1]);
+        int down = 0;
+        for (int i = 1; i < c->n_discrete; i++)
+            down = down || c->difficulty[i] < c->difficulty[i - 1];
+        if (down) /* DeepSpeed's update_difficulty stops changing it at max_difficulty */
+            printf(" (held once it reaches max_difficulty %lld)", (long long)c->max_difficulty);
+        printf("\n");
     } else {
-        int64_t at = 1; /* the first step at the top (by total_curriculum_step + 1, where the root passes 1) */
-        while (at <= c->total_step && ds_curriculum_difficulty(c, at) < c->max_difficulty)
-            at++;
+        int64_t at = 1, cur = ds_curriculum_update(c, c->min_difficulty, 1); /* the first step at the top */
+        while (cur < c->max_difficulty && at < 100 * c->total_step + 100)
+            cur = ds_curriculum_update(c, cur, ++at);
         printf("%lld at step 1, %lld from step %lld (", (long long)ds_curriculum_update(c, c->min_difficulty, 1),
                (long long)c->max_difficulty, (long long)at);
         if (c->schedule == DS_CL_FIXED_ROOT)

@@ -407,7 +407,7 @@ run gpt3.json --config ack.json --data text.txt --steps 1
 # curriculum_learning (seqlen): the real config asks for more positions than gpt3.json has; a
 # schedule that fits shows in the step lines and --log-json
 expect_fail "curriculum_learning beyond the network's seq_len: named" 2 \
-    "bmds-tests__ds_config_cl.json: curriculum_learning: a difficulty of 128 positions, beyond gpt3.json's seq_len 32" \
+    "bmds-tests__ds_config_cl.json: curriculum_learning.max_difficulty: 128 positions, beyond gpt3.json's seq_len 32" \
     gpt3.json --config "$TESTDIR/data/dsconfigs/bmds-tests__ds_config_cl.json" --data text.txt --steps 1
 sed 's/"seed": 1}/"seed": 1, "curriculum_learning": {"enabled": true, "curriculum_type": "seqlen", "min_difficulty": 8, "max_difficulty": 32, "schedule_type": "fixed_linear", "schedule_config": {"total_curriculum_step": 3, "difficulty_step": 8}}}/' ds.json >cl.json
 run gpt3.json --config cl.json --data text.txt --steps 4 --log-json cl.jsonl

@@ -218,6 +218,15 @@ expect 2 "--values: 0.005 is not above own.json's cycle_min_lr 0.01" \
     "a sweep keeps the config's OneCycle params: a value below its cycle_min_lr is refused" \
     -- net.json --config own.json --data "$TEXT" --sweep 1cycle --values 0.005 --steps 2 --out own
 
+# curriculum_learning changes the sequences under the test: said
+echo '{"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "curriculum_learning": {"enabled": true, "curriculum_type": "seqlen", "min_difficulty": 8, "max_difficulty": 32, "schedule_type": "fixed_linear", "schedule_config": {"total_curriculum_step": 4, "difficulty_step": 8}}}' > cl.json
+if "$L" net.json --config cl.json --data "$TEXT" --min 1e-4 --max 1e-2 --steps 3 --out cl --quiet >/dev/null 2>err &&
+    grep -q "ds-lrrt: warning: cl.json: curriculum_learning: the steps train on the first 8 to 32 positions" err; then
+    ok "a range test under curriculum_learning warns that the lengths change"
+else
+    notok "curriculum_learning warning: $(head -c 300 err)"
+fi
+
 # ---- under ds-launch: 2 ranks x micro 4 = 1 rank x micro 8; rank 0 alone writes --------------
 echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > one.json
 echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 4, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > two.json

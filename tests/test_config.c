@@ -547,7 +547,10 @@ Test(features, curriculum_schedules_follow_deepspeeds)
         int64_t cur = c.curriculum.min_difficulty;
         char *p = tab + 1;
         for (int step = 1; *p && *p != '\n'; step++) {
-            long long want = strtoll(p, &p, 10);
+            char *end;
+            long long want = strtoll(p, &end, 10);
+            cr_assert(end != p, "%s: unreadable at step %d", line, step);
+            p = end;
             cur = ds_curriculum_update(&c.curriculum, cur, step);
             cr_expect_eq(cur, want, "%s: step %d: %lld, DeepSpeed's %lld", line, step, (long long)cur, want);
         }

@@ -630,7 +630,15 @@ Test(curriculum, shorter_sequences_are_the_shorter_network, .timeout = 60)
         }
     const ds_batch ba = {.tokens = tok, .targets = tgt}, bb = {.tokens = tok8, .targets = tgt8};
     double la, lb, le, lf;
+    cr_assert_eq(ds_engine_eval(a, &ba, &le, &err), DS_OK, "%s", err.msg); /* all 16; the forward then 8 */
     cr_assert_eq(ds_engine_forward(a, &ba, &la, &err), DS_OK, "%s", err.msg);
+    {
+        float *out = malloc(4 * 16 * 32 * sizeof *out); /* the logits of 8 positions per sample */
+        cr_expect_eq(ds_engine_get_output(a, out, 4 * 16 * 32, &err), DS_ERR_INVALID);
+        cr_expect(strstr(err.msg, "output has 1024 values (micro-batch 4 x 8 positions x 32)"), "%s", err.msg);
+        cr_expect_eq(ds_engine_get_output(a, out, 4 * 8 * 32, &err), DS_OK, "%s", err.msg);
+        free(out);
+    }
     cr_expect_eq(ds_engine_seqlen(a), 8);
     cr_assert_eq(ds_engine_forward(b, &bb, &lb, &err), DS_OK, "%s", err.msg);
     cr_expect(la == lb, "loss at 8 positions %.17g, the 8-position network's %.17g", la, lb);
@@ -678,8 +686,14 @@ Test(curriculum, errors_name_the_network)
                     "\"curriculum_type\": \"seqlen\", \"min_difficulty\": 8, \"max_difficulty\": 32, \"schedule_type\": "
                     "\"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10, \"difficulty_step\": 8}}}";
     cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
-    cr_expect(strstr(err.msg, "cl.json: curriculum_learning: a difficulty of 32 positions, beyond cl-net.json's seq_len 16"),
+    cr_expect(strstr(err.msg, "cl.json: curriculum_learning.max_difficulty: 32 positions, beyond cl-net.json's seq_len 16"),
               "%s", err.msg);
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"curriculum_learning\": {\"enabled\": true, "
+                    "\"curriculum_type\": \"seqlen\", \"min_difficulty\": 8, \"max_difficulty\": 16, \"schedule_type\": "
+                    "\"fixed_discrete\", \"schedule_config\": {\"difficulty\": [8, 24, 16], \"max_step\": [2, 4]}}}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "cl.json: curriculum_learning.schedule_config.difficulty[1]: 24 positions, beyond"), "%s",
+              err.msg);
     /* min 2 with difficulty_step 8: step 1 rounds down to 0 positions */
     o.config_json = "{\"train_micro_batch_size_per_gpu\": 2, \"curriculum_learning\": {\"enabled\": true, "
                     "\"curriculum_type\": \"seqlen\", \"min_difficulty\": 2, \"max_difficulty\": 16, \"schedule_type\": "

@@ -875,12 +875,21 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                               "features", e->cfg.source_name, nn);
             goto fail;
         }
-        int64_t top = c->max_difficulty, first = ds_curriculum_update(c, c->min_difficulty, 1);
-        for (int i = 0; c->schedule == DS_CL_FIXED_DISCRETE && i < c->n_discrete; i++)
-            top = c->difficulty[i] > top ? c->difficulty[i] : top;
+        const int64_t first = ds_curriculum_update(c, c->min_difficulty, 1);
+        /* the lengths the schedule can give: up to max_difficulty, or a discrete list's */
+        char key[64] = "max_difficulty";
+        int64_t top = c->max_difficulty;
+        if (c->schedule == DS_CL_FIXED_DISCRETE) {
+            top = 0;
+            for (int i = 0; i < c->n_discrete; i++)
+                if (c->difficulty[i] > top) {
+                    top = c->difficulty[i];
+                    snprintf(key, sizeof key, "schedule_config.difficulty[%d]", i);
+                }
+        }
         if (top > e->net->seq_len) {
-            st = ds_error_set(err, DS_ERR_INVALID, "%s: curriculum_learning: a difficulty of %lld positions, beyond "
-                              "%s's seq_len %lld; expected at most that", e->cfg.source_name, (long long)top, nn,
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: curriculum_learning.%s: %lld positions, beyond %s's seq_len "
+                              "%lld; expected at most that", e->cfg.source_name, key, (long long)top, nn,
                               (long long)e->net->seq_len);
             goto fail;
         }
@@ -1544,10 +1553,12 @@ void ds_engine_partition(const ds_engine *e, int *stage, int64_t *begin, int64_t
 
 ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err)
 {
-    int64_t want = e->cfg.micro_batch * e->net->positions * e->net->out_dim;
+    /* (the positions of the last forward: fewer in a curriculum_learning training forward) */
+    int64_t want = e->cfg.micro_batch * ds_model_positions(e->model) * e->net->out_dim;
     if (count != want)
-        return ds_error_set(err, DS_ERR_INVALID, "output has %lld values, not %lld", (long long)want,
-                            (long long)count);
+        return ds_error_set(err, DS_ERR_INVALID, "output has %lld values (micro-batch %lld x %lld positions x "
+                            "%lld), not %lld", (long long)want, (long long)e->cfg.micro_batch,
+                            (long long)ds_model_positions(e->model), (long long)e->net->out_dim, (long long)count);
     return ds_model_download_output(e->model, host, err);
 }
 

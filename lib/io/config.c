@@ -680,7 +680,9 @@ static ds_status read_curriculum(rd *r, const char *path, json_object *v)
 
 int64_t ds_curriculum_difficulty(const ds_curriculum_config *c, int64_t global_steps)
 {
-    if (c->schedule == DS_CL_FIXED_DISCRETE) { /* n_discrete >= 2: max_step is not empty */
+    if (c->schedule == DS_CL_FIXED_DISCRETE) { /* n_discrete >= 2 as read: max_step is not empty */
+        if (c->n_discrete < 2)
+            return c->difficulty[0];
         for (int i = 0; i < c->n_discrete - 1 && global_steps <= c->max_step[c->n_discrete - 2]; i++)
             if (global_steps <= c->max_step[i])
                 return c->difficulty[i];
@@ -689,7 +691,10 @@ int64_t ds_curriculum_difficulty(const ds_curriculum_config *c, int64_t global_s
     /* (steps / total)^(1/root) of the way from min to max, floored, rounded down to a multiple
      * of difficulty_step (QUIRK: below min_difficulty where min is not a multiple), at most max */
     double f = pow((double)global_steps / (double)c->total_step, 1.0 / c->root_degree);
-    int64_t d = (int64_t)floor(f * (double)(c->max_difficulty - c->min_difficulty) + (double)c->min_difficulty);
+    double x = f * (double)(c->max_difficulty - c->min_difficulty) + (double)c->min_difficulty;
+    if (!(x < (double)c->max_difficulty + (double)c->difficulty_step)) /* max, rounded down or not; and no */
+        return c->max_difficulty;                                      /* double too large for int64 */
+    int64_t d = (int64_t)floor(x);
     d -= d % c->difficulty_step;
     return d < c->max_difficulty ? d : c->max_difficulty;
 }

@@ -648,7 +648,7 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
             const double t0 = m->profile ? now_ms() : 0;
             if ((st = forward_range(m, params, i, last, err)) != DS_OK || (st = seg_edge(m, err)) != DS_OK)
                 return st;
-            if (m->profile)
+            if (m->profile && grad_scale > 0) /* training forwards: an eval's is no checkpointed pass */
                 m->fwd_ms += now_ms() - t0;
             i = last + 1;
             continue;
