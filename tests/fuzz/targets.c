@@ -117,6 +117,16 @@ int ds_fuzz_config(const uint8_t *d, size_t n)
         need(cfg.micro_batch >= 1 && cfg.grad_accum >= 1 && cfg.world_size == ws && !over &&
                  cfg.train_batch_size == prod,
              "config", "batch sizes that break train = micro x accumulation x world", m);
+        /* a curriculum's lengths stay in [0, max_difficulty] (or the discrete list's) */
+        const ds_curriculum_config *c = &cfg.curriculum;
+        int64_t cur = c->min_difficulty, top = c->max_difficulty;
+        for (int i = 0; c->enabled && c->schedule == DS_CL_FIXED_DISCRETE && i < c->n_discrete; i++)
+            top = c->difficulty[i] > top ? c->difficulty[i] : top;
+        for (int64_t step = 1; c->enabled && step <= 300; step += 1 + step / 8) {
+            cur = ds_curriculum_update(c, cur, step);
+            snprintf(m, sizeof m, "step %lld: %lld (max %lld)", (long long)step, (long long)cur, (long long)top);
+            need(cur >= 0 && cur <= top, "config", "a curriculum length outside [0, max]", m);
+        }
         ds_config_free(&cfg);
     } else {
         names("config", &err, "fz.json");
@@ -135,6 +145,16 @@ int ds_fuzz_net(const uint8_t *d, size_t n)
     ds_error err = {0};
     if (ds_net_parse_string(&net, s, "fz.json", &err) == DS_OK) {
         free(ds_net_summary(net, 2));
+        /* checkpointing every outermost repeat: the summary's recomputation line, and FLOPs at a
+         * shorter length that stay within the full length's */
+        ds_net_checkpoint_repeats(net, 1);
+        free(ds_net_summary(net, 2));
+        char m[96];
+        snprintf(m, sizeof m, "recomputed %lld of %lld", (long long)ds_net_recompute_flops(net),
+                 (long long)net->flops_per_sample);
+        need(ds_net_recompute_flops(net) <= net->flops_per_sample, "net", "recomputes more than the forward", m);
+        const int64_t half = net->positions > 1 ? net->positions / 2 : 1;
+        need(ds_net_flops_per_sample_at(net, half) <= net->flops_per_sample, "net", "fewer positions, more FLOPs", m);
         if (net->params.total > 0 && net->params.total <= (1 << 20)) {
             float *flat = malloc((size_t)net->params.total * sizeof *flat);
             if (flat)
