@@ -211,6 +211,23 @@ static const char *const RES_NETS[] = {
     " {\"type\": \"linear\", \"name\": \"a\", \"out\": 6}]}, {\"type\": \"linear\", \"name\": \"b\", \"out\": 6}]},"
     "{\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"c\", \"out\": 6}, {\"type\": \"gelu\"},"
     " {\"type\": \"linear\", \"name\": \"d\", \"out\": 6}]}], \"loss\": {\"type\": \"mse\"}}",
+    /* a repeat of blocks: every iteration but the last takes the last one's inner gradient
+     * buffers (the residual chain's and each iteration's output gradient stay its own) */
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
+    "{\"type\": \"linear\", \"name\": \"in\", \"out\": 6},"
+    "{\"type\": \"repeat\", \"name\": \"h\", \"count\": 3, \"layers\": ["
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln\"},"
+    "  {\"type\": \"linear\", \"name\": \"a\", \"out\": 10}, {\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"b\", \"out\": 6}]},"
+    " {\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"c\", \"out\": 6}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
+    /* a repeat inside a repeat, a block whose branch is the inner repeat, a first iteration of
+     * another width (GELU, not ReLU: a kink within h of a value spoils the differences) */
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
+    "{\"type\": \"repeat\", \"name\": \"o\", \"count\": 2, \"layers\": ["
+    " {\"type\": \"linear\", \"name\": \"w\", \"out\": 5},"
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"repeat\", \"name\": \"i\", \"count\": 3, \"layers\": ["
+    "  {\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"x\", \"out\": 5}]}]}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
     /* nested: a block whose branch ends with a block (the outer END's last layer is an END) */
     "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
     "{\"type\": \"linear\", \"name\": \"in\", \"out\": 6},"

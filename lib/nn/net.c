@@ -3,7 +3,9 @@
  * its gradient buffer with the END, and where the END is the first to write its skip source's
  * gradient, that source shares it too (a chain of residual blocks has one gradient buffer, which
  * the branches' first layers add into). Input gradients are written by the first consumer in
- * backward order and accumulated by the others (accumulate flags fixed at creation). */
+ * backward order and accumulated by the others (accumulate flags fixed at creation). A repeat's
+ * iterations but the last use the last one's inner gradient buffers (share_grads), and with
+ * activation checkpointing iteration 0's outputs and saved state (shared_with). */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -24,6 +26,7 @@ typedef struct layer_rt {
     int owns_state;      /* mean..dattn_out are this layer's (not a checkpointed segment's shared ones) */
     int seg;             /* its checkpointed segment, -1: none */
     int iter;            /* the innermost repeat iteration it is in (unique over the net), -1: none */
+    int twin;            /* the same layer in the last iteration of that repeat (-1: none, or it is there) */
     int recompute;       /* the last layer of a segment that backward recomputes first */
 } layer_rt;
 
@@ -128,11 +131,15 @@ static int plan_segments(ds_model *m)
 {
     const ds_net *net = m->net;
     for (int i = 0; i < net->n_layers; i++)
-        m->rt[i].seg = m->rt[i].iter = -1;
-    for (int r = 0, id = 0; r < net->n_repeats; r++) /* outer repeats come first: inner ones overwrite */
-        for (int k = 0; k < net->repeats[r].count; k++, id++)
-            for (int i = 0; i < net->repeats[r].len; i++)
-                m->rt[net->repeats[r].first + k * net->repeats[r].len + i].iter = id;
+        m->rt[i].seg = m->rt[i].iter = m->rt[i].twin = -1;
+    for (int r = 0, id = 0; r < net->n_repeats; r++) { /* outer repeats come first: inner ones overwrite */
+        const ds_repeat *rp = &net->repeats[r];
+        for (int k = 0; k < rp->count; k++, id++)
+            for (int i = 0; i < rp->len; i++) {
+                m->rt[rp->first + k * rp->len + i].iter = id;
+                m->rt[rp->first + k * rp->len + i].twin = k < rp->count - 1 ? rp->first + (rp->count - 1) * rp->len + i : -1;
+            }
+    }
     int n = ds_net_checkpoints(net);
     if (n == 0)
         return 0;
@@ -177,6 +184,85 @@ static int shared_with(const ds_model *m, int i)
         if (same_shape(l, &m->net->layers[s->proto + c * len + (i - s->first)]))
             return s->proto + c * len + (i - s->first);
     return -1;
+}
+
+typedef struct gbuf {
+    const float *p;
+    int owner, lo, hi; /* the layer that allocated it; the iterations its users are in */
+} gbuf;
+
+static int gbuf_cmp(const void *a, const void *b)
+{
+    const float *x = ((const gbuf *)a)->p, *y = ((const gbuf *)b)->p;
+    return x < y ? -1 : x > y;
+}
+
+static gbuf *gbuf_find(gbuf *g, int n, const float *p)
+{
+    gbuf key = {.p = p};
+    return bsearch(&key, g, (size_t)n, sizeof *g, gbuf_cmp);
+}
+
+/* Activation gradients in a repeat's iterations: an iteration's inner gradient buffers are in use
+ * only while backward goes through that iteration (its layers write and read them, nothing
+ * outside does), so every iteration but the last takes the last one's instead of its own. A
+ * buffer stays where any user (its layers, the layers writing their input gradients into it,
+ * the loss) is outside the iteration: an iteration's output gradient, the residual chain's. */
+static void share_grads(ds_model *m)
+{
+    const ds_net *net = m->net;
+    const int n = net->n_layers;
+    int nb = 0;
+    gbuf *g = malloc((size_t)n * sizeof *g);
+    if (!g)
+        return; /* (nothing shared: more memory, the same results) */
+    for (int i = 0; i < n; i++)
+        if (m->rt[i].owns_dout)
+            g[nb++] = (gbuf){.p = m->rt[i].dout, .owner = i, .lo = m->rt[i].iter, .hi = m->rt[i].iter};
+    qsort(g, (size_t)nb, sizeof *g, gbuf_cmp);
+#define USE(buf, who)                                                                            \
+    do {                                                                                         \
+        gbuf *b_ = gbuf_find(g, nb, (buf));                                                      \
+        const int it_ = (who) < 0 ? -1 : m->rt[(who)].iter;                                      \
+        if (b_ && (it_ < 0 || it_ != b_->lo || it_ != b_->hi))                                   \
+            b_->lo = -1, b_->hi = -2;                                                            \
+    } while (0)
+    for (int i = 0; i < n; i++) {
+        const ds_layer *l = &net->layers[i];
+        if (l->kind == DS_LAYER_RESIDUAL_BEGIN)
+            continue;
+        USE(m->rt[i].dout, i); /* it reads (and, for the branch's last layer, the END writes) it */
+        const int s = m->rt[i].src;
+        if (s >= 0)
+            USE(m->rt[s].dout, i); /* it writes its input gradient there */
+        if (l->kind == DS_LAYER_RESIDUAL_END && m->rt[l->begin].src >= 0)
+            USE(m->rt[m->rt[l->begin].src].dout, i); /* ... and the skip source's */
+    }
+    USE(m->rt[n - 1].dout, -1); /* the loss writes the logits' gradient */
+#undef USE
+    for (int k = 0; k < nb; k++) {
+        const int i = g[k].owner, t = m->rt[i].twin;
+        if (t < 0 || g[k].lo < 0 || !same_shape(&net->layers[i], &net->layers[t]))
+            continue;
+        gbuf *bt = gbuf_find(g, nb, m->rt[t].dout);
+        if (!bt || bt->owner != t || bt->lo < 0)
+            continue;
+        /* the same layers hold it in both iterations */
+        const int shift = t - i, it = m->rt[i].iter;
+        int same = 1;
+        for (int j = 0; j < n && same; j++)
+            if (m->rt[j].iter == it && net->layers[j].kind != DS_LAYER_RESIDUAL_BEGIN)
+                same = (m->rt[j].dout == g[k].p) == (m->rt[j + shift].dout == bt->p);
+        if (!same)
+            continue;
+        for (int j = 0; j < n; j++)
+            if (m->rt[j].iter == it && m->rt[j].dout == g[k].p)
+                m->rt[j].dout = m->rt[t].dout;
+        OPS->free(m->be, (float *)g[k].p);
+        m->act_bytes -= (size_t)(m->M * net->layers[i].out_dim) * m->esz;
+        m->rt[i].owns_dout = 0;
+    }
+    free(g);
 }
 
 ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
@@ -351,6 +437,7 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
             }
         }
     }
+    share_grads(m);
     m->input_bytes = (size_t)M * (net->input == DS_INPUT_TOKENS ? sizeof(int32_t) : (size_t)net->feature_dim * sizeof(float));
     if (net->loss == DS_LOSS_MSE)
         m->target_bytes = (size_t)M * (size_t)net->out_dim * sizeof(float);
