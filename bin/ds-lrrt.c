@@ -41,6 +41,7 @@ static const char *usage_text =
     "  --seed S              seed for initialization and data order (default: the config's, else 42)\n"
     "  --data-order ORDER    shuffled (default) or sequential\n"
     "  --micro-batch N       micro-batch to use when the config says \"auto\"\n"
+    "  --checkpoint-activations  checkpoint every outermost repeat's iterations, as ds-train\n"
     "  --strict-config       unknown config keys are errors, not warnings\n"
     "  --device DEV, --backend NAME   as ds-train (default: the config's \"device\", else auto)\n"
     "  --quiet               no table and no plot on standard output (outputs are still written)\n"
@@ -49,7 +50,7 @@ static const char *usage_text =
 enum {
     OPT_CONFIG = 256, OPT_DEEPSPEED, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_MICRO, OPT_STRICT,
     OPT_BACKEND, OPT_DEVICE, OPT_FORCE, OPT_QUIET, OPT_VERSION, OPT_PRINT, OPT_MIN, OPT_MAX,
-    OPT_SPACING, OPT_SMOOTH, OPT_DIVERGE, OPT_SWEEP, OPT_VALUES, OPT_OUT
+    OPT_SPACING, OPT_SMOOTH, OPT_DIVERGE, OPT_SWEEP, OPT_VALUES, OPT_OUT, OPT_ACT_CKPT
 };
 
 #define MAX_VALUES 32
@@ -58,6 +59,7 @@ typedef struct args {
     const char *net, *config, *data, *labels, *backend, *device, *out;
     int64_t steps, micro, print_schedule;
     int seed_set, strict, force, quiet, sweep, log_spacing;
+    int act_ckpt; /* --checkpoint-activations */
     uint64_t seed;
     ds_data_order order;
     double min_lr, max_lr, smooth, diverge;
@@ -121,6 +123,7 @@ static int parse_args(int argc, char **argv, args *a)
         {"spacing", required_argument, 0, OPT_SPACING}, {"smooth", required_argument, 0, OPT_SMOOTH},
         {"diverge", required_argument, 0, OPT_DIVERGE}, {"sweep", required_argument, 0, OPT_SWEEP},
         {"values", required_argument, 0, OPT_VALUES}, {"out", required_argument, 0, OPT_OUT},
+        {"checkpoint-activations", no_argument, 0, OPT_ACT_CKPT}, {"checkpoint_activations", no_argument, 0, OPT_ACT_CKPT},
         {0, 0, 0, 0},
     };
     memset(a, 0, sizeof *a);
@@ -225,6 +228,7 @@ static int parse_args(int argc, char **argv, args *a)
             break;
         }
         case OPT_OUT: a->out = optarg; break;
+        case OPT_ACT_CKPT: a->act_ckpt = 1; break;
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_VERSION: printf("ds-lrrt (ds) %s\n", DS_VERSION); return 0;
         case '?':
@@ -346,7 +350,7 @@ static ds_status open_engine(job *j, const char *config_json, ds_engine **out, d
                             .backend = a->backend, .backend_default = "auto", .strict_config = a->strict,
                             .micro_batch_hint = a->micro,
                             .seed_set = a->seed_set, .seed = a->seed, .comm = j->comm, .rank = j->rank,
-                            .world_size = j->world, .store = j->store};
+                            .world_size = j->world, .store = j->store, .checkpoint_activations = a->act_ckpt};
     return ds_initialize(out, &eo, err);
 }
 
@@ -435,6 +439,16 @@ static ds_status train_step(job *j, ds_engine *eng, int64_t s, ds_error *err)
 
 /* curriculum_learning applies here as in ds-train: the steps' sequences grow as it says, which
  * moves the losses the test reads besides the lr */
+/* --checkpoint-activations (or a network's "checkpoint"): how many checkpoints, as ds-train says */
+static void say_checkpoints(ds_engine *eng)
+{
+    ds_memory_report mr;
+    ds_engine_memory_report(eng, &mr);
+    if (mr.checkpoints)
+        printf("activation checkpointing: %d checkpoints; activations %.1f MB\n", mr.checkpoints,
+               mr.activations / 1e6);
+}
+
 static void warn_curriculum(const ds_config *cfg)
 {
     if (cfg->curriculum.enabled)
@@ -760,6 +774,8 @@ static int range_test(job *j, json_object *root)
             fprintf(stderr, "ds-lrrt: warning: %s\n", cfg->warnings[i]);
         warn_curriculum(cfg);
         if (!a->quiet)
+            say_checkpoints(eng);
+        if (!a->quiet)
             printf("ds-lrrt %s: range test of %s on %s: lr %g .. %g (%s), %lld steps of batch %lld (%d rank%s); "
                    "optimizer %s\n",
                    DS_VERSION, a->net, ds_dataset_describe(j->ds), a->min_lr, a->max_lr,
@@ -988,6 +1004,8 @@ static int sweep(job *j, json_object *root)
             for (int i = 0; i < cfg->n_warnings; i++)
                 fprintf(stderr, "ds-lrrt: warning: %s\n", cfg->warnings[i]);
             warn_curriculum(cfg);
+            if (!a->quiet)
+                say_checkpoints(eng);
             if (!a->quiet)
                 printf("ds-lrrt %s: 1Cycle sweep of %s on %s: %d values of cycle_max_lr, %lld steps each, batch "
                        "%lld (%d rank%s); optimizer %s\n",

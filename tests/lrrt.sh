@@ -218,6 +218,19 @@ expect 2 "--values: 0.005 is not above own.json's cycle_min_lr 0.01" \
     "a sweep keeps the config's OneCycle params: a value below its cycle_min_lr is refused" \
     -- net.json --config own.json --data "$TEXT" --sweep 1cycle --values 0.005 --steps 2 --out own
 
+# --checkpoint-activations: the same range test (the same losses), with the checkpoints
+sed 's/"count": 1/"count": 2/' net.json > net2.json
+echo '{"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 3}' > ck.json
+"$L" net2.json --config ck.json --data "$TEXT" --data-order sequential --min 1e-4 --max 1e-2 --steps 4 --out ck0 --quiet >/dev/null 2>err0
+"$L" net2.json --config ck.json --data "$TEXT" --data-order sequential --min 1e-4 --max 1e-2 --steps 4 --out ck1 \
+    --checkpoint-activations >ck1.out 2>err1
+grep -q "^activation checkpointing: 2 checkpoints; activations" ck1.out && ok "--checkpoint-activations: said" ||
+    notok "--checkpoint-activations: $(head -c 300 ck1.out) $(head -c 300 err1)"
+py "--checkpoint-activations: the range test's losses are those without" '
+import csv
+a = [r["loss"] for r in csv.DictReader(open("ck0.csv"))]; b = [r["loss"] for r in csv.DictReader(open("ck1.csv"))]
+assert len(a) == 4 and a == b, (a, b)'
+
 # curriculum_learning changes the sequences under the test: said
 echo '{"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "curriculum_learning": {"enabled": true, "curriculum_type": "seqlen", "min_difficulty": 8, "max_difficulty": 32, "schedule_type": "fixed_linear", "schedule_config": {"total_curriculum_step": 4, "difficulty_step": 8}}}' > cl.json
 if "$L" net.json --config cl.json --data "$TEXT" --min 1e-4 --max 1e-2 --steps 3 --out cl --quiet >/dev/null 2>err &&
