@@ -213,6 +213,23 @@ cfg ocf 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
 sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' ocf.json
 if run ocf 2 && out=$(same f0 ocf 0 2>&1); then ok "fp16, stage 2 with overlap_comm: stage 0's losses ($out)"
 else notok "fp16 overlap_comm: ${out:-$(head -c 300 ocf.err)}"; fi
+# activation checkpointing under ZeRO-2 with overlap_comm on 2 ranks (the bucket hooks fire as
+# backward goes through recomputed blocks): the same bits as without, two blocks, fp16
+sed 's/"count": 1/"count": 2/' net.json > net2.json
+cfg ck0 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
+sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' ck0.json
+cfg ck1 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}, "activation_checkpointing": {"partition_activations": true, "contiguous_memory_optimization": true}'
+sed -i 's/"stage": 2,/"stage": 2, "overlap_comm": true,/' ck1.json
+ck_run() { # ck_run NAME [FLAGS]: 2 ranks on net2.json
+    local name=$1
+    shift
+    "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" net2.json --data text.txt \
+        --steps 20 --data-order sequential --quiet --config "$name.json" --log-json "$name.jsonl" "$@" >"$name.out" 2>"$name.err"
+}
+if ck_run ck0 && ck_run ck1 --checkpoint-activations && out=$(same ck0 ck1 0 2>&1) &&
+    grep -q "activation checkpointing: 2 checkpoints" ck1.out; then
+    ok "fp16, stage 2 with overlap_comm, 2 ranks: --checkpoint-activations gives the same losses ($out)"
+else notok "checkpointing under ZeRO-2: ${out:-$(head -c 300 ck1.err)}"; fi
 # ZeRO-Offload (offload_optimizer device cpu, and the old cpu_offload): on the cpu backend the
 # master weights, optimizer state and step are in host memory already, so the same bits
 cfg off 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
