@@ -105,6 +105,18 @@ for z in $ZERO_STAGES; do for prec in fp32 fp16; do for w in 1 2; do
         ok "ZeRO $z, $prec, $w rank(s): 20 steps == 10 + resume + 10, losses and final state bit for bit"
     else notok "ZeRO $z, $prec, $w rank(s): resume is not exact: $(head -c 400 err)"; fi
 done; done; done
+# curriculum_learning and activation checkpointing: the length follows the step, so a resumed run
+# reads what the straight one did (20 == 10 + resume + 10, with the lengths growing across it)
+sed 's/"count": 1/"count": 2/' drop.json > drop2.json
+cfg 4 "" 1 > cl.json
+sed -i 's/"zero_optimization"/"curriculum_learning": {"enabled": true, "curriculum_type": "seqlen", "min_difficulty": 8, "max_difficulty": 32, "schedule_type": "fixed_linear", "schedule_config": {"total_curriculum_step": 16, "difficulty_step": 8}}, "zero_optimization"/' cl.json
+a=(drop2.json --config cl.json --data text.txt --quiet --steps 20 --checkpoint-activations)
+if run 1 "${a[@]}" --log-json cl-s.jsonl >/dev/null 2>err && run 1 "${a[@]/20/10}" --log-json cl-a.jsonl --save cl-r >/dev/null 2>>err &&
+   run 1 "${a[@]}" --log-json cl-b.jsonl --load cl-r >/dev/null 2>>err && same_losses cl-s.jsonl cl-a.jsonl,cl-b.jsonl 20 2>>err &&
+   [ "$(python3 -c 'import json, sys; print(" ".join(str(json.loads(l)["seqlen"]) for l in open(sys.argv[1])))' cl-b.jsonl)" = \
+     "24 24 24 24 24 32 32 32 32 32" ]; then
+    ok "curriculum_learning with activation checkpointing: 20 steps == 10 + resume + 10 (lengths 24 to 32 across it)"
+else notok "curriculum resume: $(head -c 400 err)"; fi
 python3 -c "import json; m=json.load(open('z0-fp16-1-r/global_step10/manifest.json')); \
   assert m['loss_scaler']['dynamic'] and m['precision']=='fp16' and m['client_state']['data']['next_sample']==80" 2>err \
     && ok "the manifest records the loss scaler, precision and the data position" || notok "manifest: $(head -c 300 err)"
