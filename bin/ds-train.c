@@ -577,6 +577,8 @@ static int plan_only(const args *a)
     }
     int W = (int)(a->plan_world > 0 ? a->plan_world : 1);
     ds_memory_report m[3];
+    int n_repeats = 0;
+    double recompute = 0;
     double psi = 0;
     int prec = 0;
     const char *opt = "";
@@ -599,9 +601,34 @@ static int plan_only(const args *a)
             return 2;
         }
         ds_engine_memory_report(eng, &m[stage]);
+        if (stage == 0) {
+            const ds_net *nn = ds_engine_net(eng);
+            n_repeats = nn->n_repeats;
+            recompute = nn->flops_per_sample ? 100.0 * (double)ds_net_recompute_flops(nn) / (double)nn->flops_per_sample : 0;
+        }
         psi = (double)ds_engine_net(eng)->total_params;
         prec = ds_engine_precision(eng);
         snprintf(optname, sizeof optname, "%s", ds_optimizer_name(&ds_engine_config(eng)->optimizer));
+        ds_engine_destroy(eng);
+    }
+    /* what activation checkpointing would give, where the network has repeats to checkpoint */
+    ds_memory_report ck = {0};
+    if (!m[0].checkpoints && n_repeats) {
+        json_object *z = NULL;
+        json_object_object_get_ex(root, "zero_optimization", &z);
+        json_object_object_add(z, "stage", json_object_new_int(0));
+        ds_engine_options eo = {.config_json = json_object_to_json_string(root), .config_name = a->config,
+                                .net_path = a->net, .backend = "cpu", .micro_batch_hint = a->micro,
+                                .world_size = W, .plan_only = 1, .checkpoint_activations = 1};
+        ds_engine *eng;
+        if (ds_initialize(&eng, &eo, &err) != DS_OK) {
+            fprintf(stderr, "ds-train: --plan (--checkpoint-activations): %s\n", err.msg);
+            json_object_put(root);
+            return 2;
+        }
+        ds_engine_memory_report(eng, &ck);
+        recompute = 100.0 * (double)ds_net_recompute_flops(ds_engine_net(eng)) /
+                    (double)ds_engine_net(eng)->flops_per_sample;
         ds_engine_destroy(eng);
     }
     json_object_put(root);
@@ -634,6 +661,13 @@ static int plan_only(const args *a)
     }
     printf("ZeRO paper, mixed-precision Adam (p = g = 2, K = 12): stage 0 %.1f MB, stage 1 %.1f MB, stage 2 %.1f MB\n",
            16 * psi / 1e6, (4 * psi + 12 * psi / W) / 1e6, (2 * psi + 14 * psi / W) / 1e6);
+    if (m[0].checkpoints)
+        printf("activation checkpointing: %d checkpoints (the activations above); backward recomputes %.0f%% of the "
+               "forward FLOPs\n", m[0].checkpoints, recompute);
+    else if (ck.checkpoints)
+        printf("with --checkpoint-activations: activations %.3f MB instead of %.3f MB (%d checkpoints; backward "
+               "recomputes %.0f%% of the forward FLOPs)\n", ck.activations / 1e6, m[0].activations / 1e6,
+               ck.checkpoints, recompute);
     return 0;
 }
 

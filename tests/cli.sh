@@ -390,6 +390,12 @@ if [ "$rc" = 0 ] && grep -q "^\[Rank 0\] activation checkpointing: forward [0-9.
 else
     notok "activation_checkpointing.profile $(why)"
 fi
+run --plan gpt3.json --config ds.json
+[ "$rc" = 0 ] && grep -q "^with --checkpoint-activations: activations [0-9.]* MB instead of [0-9.]* MB (3 checkpoints; backward recomputes" "$T/out" &&
+    ok "--plan: what --checkpoint-activations would save" || notok "--plan checkpointing line $(why)"
+run gpt3.json --config ds.json --plan --checkpoint-activations
+[ "$rc" = 0 ] && grep -q "^activation checkpointing: 3 checkpoints (the activations above)" "$T/out" &&
+    ok "--plan --checkpoint-activations: counted in the table" || notok "--plan --checkpoint-activations $(why)"
 run --summary gpt3.json --checkpoint-activations
 [ "$rc" = 0 ] && grep -q "^activation checkpointing: 3 checkpoints (h x 3); backward recomputes forward" "$T/out" &&
     ok "--summary --checkpoint-activations: the recomputed FLOPs" || notok "--summary --checkpoint-activations $(why)"
