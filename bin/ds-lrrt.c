@@ -437,8 +437,6 @@ static ds_status train_step(job *j, ds_engine *eng, int64_t s, ds_error *err)
     return DS_OK;
 }
 
-/* curriculum_learning applies here as in ds-train: the steps' sequences grow as it says, which
- * moves the losses the test reads besides the lr */
 /* --checkpoint-activations (or a network's "checkpoint"): how many checkpoints, as ds-train says */
 static void say_checkpoints(ds_engine *eng)
 {
@@ -449,6 +447,8 @@ static void say_checkpoints(ds_engine *eng)
                mr.activations / 1e6);
 }
 
+/* curriculum_learning applies here as in ds-train: the steps' sequences grow as it says, which
+ * moves the losses the test reads besides the lr */
 static void warn_curriculum(const ds_config *cfg)
 {
     if (cfg->curriculum.enabled)

@@ -613,7 +613,8 @@ static int plan_only(const args *a)
     }
     /* what activation checkpointing would give, where the network has repeats to checkpoint */
     ds_memory_report ck = {0};
-    if (!m[0].checkpoints && n_repeats) {
+    char ck_why[DS_ERROR_MSG_MAX] = "";
+    if (!m[0].checkpoints && n_repeats) { /* (advice: the plan stands whatever it says) */
         json_object *z = NULL;
         json_object_object_get_ex(root, "zero_optimization", &z);
         json_object_object_add(z, "stage", json_object_new_int(0));
@@ -622,14 +623,13 @@ static int plan_only(const args *a)
                                 .world_size = W, .plan_only = 1, .checkpoint_activations = 1};
         ds_engine *eng;
         if (ds_initialize(&eng, &eo, &err) != DS_OK) {
-            fprintf(stderr, "ds-train: --plan (--checkpoint-activations): %s\n", err.msg);
-            json_object_put(root);
-            return 2;
+            snprintf(ck_why, sizeof ck_why, "%s", err.msg);
+        } else {
+            ds_engine_memory_report(eng, &ck);
+            const ds_net *nn = ds_engine_net(eng);
+            recompute = nn->flops_per_sample ? 100.0 * (double)ds_net_recompute_flops(nn) / (double)nn->flops_per_sample : 0;
+            ds_engine_destroy(eng);
         }
-        ds_engine_memory_report(eng, &ck);
-        recompute = 100.0 * (double)ds_net_recompute_flops(ds_engine_net(eng)) /
-                    (double)ds_engine_net(eng)->flops_per_sample;
-        ds_engine_destroy(eng);
     }
     json_object_put(root);
     opt = optname;
@@ -668,6 +668,8 @@ static int plan_only(const args *a)
         printf("with --checkpoint-activations: activations %.3f MB instead of %.3f MB (%d checkpoints; backward "
                "recomputes %.0f%% of the forward FLOPs)\n", ck.activations / 1e6, m[0].activations / 1e6,
                ck.checkpoints, recompute);
+    else if (ck_why[0])
+        printf("with --checkpoint-activations: refused: %s\n", ck_why);
     return 0;
 }
 

@@ -393,6 +393,10 @@ fi
 run --plan gpt3.json --config ds.json
 [ "$rc" = 0 ] && grep -q "^with --checkpoint-activations: activations [0-9.]* MB instead of [0-9.]* MB (3 checkpoints; backward recomputes" "$T/out" &&
     ok "--plan: what --checkpoint-activations would save" || notok "--plan checkpointing line $(why)"
+sed 's/"seed": 1}/"seed": 1, "activation_checkpointing": {"contiguous_memory_optimization": true}}/' ds.json >contig.json
+run --plan gpt3.json --config contig.json
+[ "$rc" = 0 ] && grep -q "^with --checkpoint-activations: refused: contig.json: activation_checkpointing: contiguous_memory_optimization=true needs partition_activations=true" "$T/out" &&
+    ok "--plan: a section that checkpointing would refuse is said, the plan stands" || notok "--plan refused checkpointing $(why)"
 run gpt3.json --config ds.json --plan --checkpoint-activations
 [ "$rc" = 0 ] && grep -q "^activation checkpointing: 3 checkpoints (the activations above)" "$T/out" &&
     ok "--plan --checkpoint-activations: counted in the table" || notok "--plan --checkpoint-activations $(why)"

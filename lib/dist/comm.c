@@ -546,7 +546,6 @@ static ds_status listen_on(const char *ip, int *fd_out, int *port_out, int rank,
     return DS_OK;
 }
 
-/* Accept the previous rank's connection, refusing anyone without the proof. */
 /* Connections to the ring port that have not sent their 36-byte proof yet: read side by side,
  * so that silent strangers (a port scan, another job's stale rank) cannot hold the previous
  * rank's connection up in the accept queue, each for up to 5 s, one after the other. */
@@ -558,6 +557,21 @@ typedef struct pending {
     double deadline; /* 5 s from accept: then it is dropped */
 } pending;
 
+/* Read what a pending connection has sent: 1 its proof is the one wanted, -1 drop it (closed,
+ * failed, or a wrong proof), 0 keep waiting. */
+static int pending_read(pending *q, const uint8_t want[36])
+{
+    ssize_t k = read(q->fd, q->buf + q->got, sizeof q->buf - q->got);
+    if (k > 0)
+        q->got += (size_t)k;
+    if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        return -1;
+    if (q->got < sizeof q->buf)
+        return 0;
+    return memcmp(q->buf, want, 4) == 0 && ds_digest_equal(q->buf + 4, want + 4) ? 1 : -1;
+}
+
+/* Accept the previous rank's connection, refusing anyone without the proof. */
 static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], const char *secret,
                              const char *ip, int port, double timeout_s, ds_error *err)
 {
@@ -567,9 +581,9 @@ static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], cons
     peer_proof(token, secret, (uint32_t)prev, want);
     pending p[PENDING_MAX];
     int np = 0, found = -1;
-    for (;;) {
+    while (found < 0) {
         double now = ds_dist_now(), wake = deadline;
-        for (int i = 0; i < np;) { /* drop the ones whose time is up */
+        for (int i = 0; i < np;) { /* drop the ones whose time is up (or marked: deadline 0) */
             if (p[i].deadline <= now) {
                 close(p[i].fd);
                 p[i] = p[--np];
@@ -589,42 +603,40 @@ static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], cons
             break;
         if (n <= 0)
             continue;
-        int keep = np;
-        for (int i = 0; i < keep; i++) { /* proofs coming in */
+        const int polled = np;
+        for (int i = 0; i < polled && found < 0; i++) { /* proofs coming in */
             if (!pf[1 + i].revents)
                 continue;
-            ssize_t k = read(p[i].fd, p[i].buf + p[i].got, sizeof p[i].buf - p[i].got);
-            if (k > 0)
-                p[i].got += (size_t)k;
-            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR)) {
-                p[i].deadline = 0; /* closed, or failed: dropped below */
-                continue;
-            }
-            if (p[i].got == sizeof p[i].buf) {
-                if (memcmp(p[i].buf, want, 4) == 0 && ds_digest_equal(p[i].buf + 4, want + 4)) {
-                    found = i;
-                    break;
-                }
-                p[i].deadline = 0; /* a stranger, or a rank of another job */
-            }
+            const int v = pending_read(&p[i], want);
+            if (v > 0)
+                found = i;
+            else if (v < 0)
+                p[i].deadline = 0; /* dropped at the top of the loop */
         }
-        if (found >= 0)
-            break;
-        if (pf[0].revents & POLLIN) {
-            for (;;) { /* every connection waiting */
-                int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-                if (fd < 0)
-                    break;
-                if (np == PENDING_MAX) { /* full: the oldest goes */
-                    int old = 0;
-                    for (int i = 1; i < np; i++)
-                        old = p[i].deadline < p[old].deadline ? i : old;
-                    close(p[old].fd);
-                    p[old] = p[--np];
+        /* new connections, at most a table's worth a round (a flood cannot keep this loop from
+         * the proofs); each one's proof is read at once, as it has usually arrived with it */
+        for (int taken = 0; found < 0 && (pf[0].revents & POLLIN) && taken < PENDING_MAX; taken++) {
+            int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0)
+                break;
+            if (np == PENDING_MAX) { /* full: the oldest that has sent nothing goes (else the oldest) */
+                int old = 0;
+                for (int i = 1; i < np; i++) {
+                    const int silent = p[i].got == 0, was = p[old].got == 0;
+                    if (silent != was ? silent : p[i].deadline < p[old].deadline)
+                        old = i;
                 }
-                double d2 = ds_dist_now() + 5;
-                p[np++] = (pending){.fd = fd, .got = 0, .deadline = d2 < deadline ? d2 : deadline};
+                close(p[old].fd);
+                p[old] = p[--np];
             }
+            double d2 = ds_dist_now() + 5;
+            p[np] = (pending){.fd = fd, .got = 0, .deadline = d2 < deadline ? d2 : deadline};
+            const int v = pending_read(&p[np], want);
+            np++;
+            if (v > 0)
+                found = np - 1;
+            else if (v < 0)
+                p[np - 1].deadline = 0;
         }
     }
     for (int i = 0; i < np; i++)

@@ -27,6 +27,7 @@ typedef struct layer_rt {
     int seg;             /* its checkpointed segment, -1: none */
     int iter;            /* the innermost repeat iteration it is in (unique over the net), -1: none */
     int twin;            /* the same layer in the last iteration of that repeat (-1: none, or it is there) */
+    int it_first, it_len; /* that iteration's layers (0, 0: none) */
     int recompute;       /* the last layer of a segment that backward recomputes first */
 } layer_rt;
 
@@ -136,8 +137,11 @@ static int plan_segments(ds_model *m)
         const ds_repeat *rp = &net->repeats[r];
         for (int k = 0; k < rp->count; k++, id++)
             for (int i = 0; i < rp->len; i++) {
-                m->rt[rp->first + k * rp->len + i].iter = id;
-                m->rt[rp->first + k * rp->len + i].twin = k < rp->count - 1 ? rp->first + (rp->count - 1) * rp->len + i : -1;
+                layer_rt *r = &m->rt[rp->first + k * rp->len + i];
+                r->iter = id;
+                r->twin = k < rp->count - 1 ? rp->first + (rp->count - 1) * rp->len + i : -1;
+                r->it_first = rp->first + k * rp->len;
+                r->it_len = rp->len;
             }
     }
     int n = ds_net_checkpoints(net);
@@ -247,15 +251,16 @@ static void share_grads(ds_model *m)
         gbuf *bt = gbuf_find(g, nb, m->rt[t].dout);
         if (!bt || bt->owner != t || bt->lo < 0)
             continue;
-        /* the same layers hold it in both iterations */
-        const int shift = t - i, it = m->rt[i].iter;
+        /* the same layers hold it in both iterations (scanning the iteration only: its layers
+         * are a range, with those of inner repeats' iterations among them) */
+        const int shift = t - i, it = m->rt[i].iter, a = m->rt[i].it_first, b = a + m->rt[i].it_len;
         int same = 1;
-        for (int j = 0; j < n && same; j++)
+        for (int j = a; j < b && same; j++)
             if (m->rt[j].iter == it && net->layers[j].kind != DS_LAYER_RESIDUAL_BEGIN)
                 same = (m->rt[j].dout == g[k].p) == (m->rt[j + shift].dout == bt->p);
         if (!same)
             continue;
-        for (int j = 0; j < n; j++)
+        for (int j = a; j < b; j++)
             if (m->rt[j].iter == it && m->rt[j].dout == g[k].p)
                 m->rt[j].dout = m->rt[t].dout;
         OPS->free(m->be, (float *)g[k].p);
