@@ -505,11 +505,12 @@ Test(checkpointing, memory_is_one_iteration_plus_the_checkpoints)
             act[c][ck] = mr.activations;
             ds_engine_destroy(e);
         }
-    const size_t iter = (act[1][0] - act[0][0]) / 3;  /* one iteration's buffers, outputs and gradients */
+    const size_t iter = (act[1][0] - act[0][0]) / 3;  /* one more iteration's buffers (its inner gradients are
+                                                           the last iteration's either way: share_grads) */
     const size_t ckpt = 2 * 16 * 32 * sizeof(float); /* one checkpoint: B*T*dim */
     cr_expect_eq(act[0][1], act[0][0], "one iteration: nothing saved");
-    /* the three later iterations keep their output gradients' buffers (gradients are per layer)
-     * and their checkpoints; what goes is their outputs and attention and layernorm state */
+    /* the three later iterations keep their output gradients' buffers and their checkpoints; what
+     * goes is their outputs and attention and layernorm state */
     cr_expect(act[1][1] < act[1][0] - iter, "4 iterations: %zu with checkpoints, %zu without (%zu each)", act[1][1],
               act[1][0], iter);
     cr_expect(act[1][1] >= act[0][0] + 3 * ckpt, "%zu", act[1][1]);

@@ -512,8 +512,9 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
     return DS_OK;
 }
 
-/* activation_checkpointing (DeepSpeedActivationCheckpointingConfig; checkpointing.configure's
- * asserts), after check_section validated every key. */
+/* activation_checkpointing (DeepSpeedActivationCheckpointingConfig), after check_section validated
+ * every key; checkpointing.configure's asserts are the engine's (they apply where the network
+ * checkpoints). */
 static ds_status read_actckpt(rd *r, const char *path, json_object *v)
 {
     ds_actckpt_config *a = &r->cfg->actckpt;
