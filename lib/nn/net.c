@@ -54,6 +54,9 @@ struct ds_model {
     int s16;             /* activations and weights stored as 16-bit values (store16) */
     size_t esz;          /* bytes per activation element: 2 with s16, else 4 */
     float *const *gptr;  /* per tensor: where its gradient goes (NULL: grads + offset) */
+    const float *const *pptr; /* per tensor: where its weights are (NULL: params + offset) */
+    ds_status (*fetch)(void *ctx, int layer, ds_error *err);
+    void *fetch_ctx;
     ds_status (*hook)(void *ctx, int layer, ds_error *err);
     void *hook_ctx;
     int train;           /* the last forward's train flag (a recomputation repeats it) */
@@ -71,7 +74,7 @@ struct ds_model {
 #define G(idx) (m->gptr ? m->gptr[(idx)] : grads + m->net->params.t[(idx)].offset)
 /* a weight tensor in the flat parameters: 2-byte values with s16, else fp32 */
 #define P(base, idx)                                                                             \
-    (m->s16 ? (const float *)(const void *)((const uint16_t *)(const void *)(base) +            \
+    (m->pptr ? m->pptr[(idx)] : m->s16 ? (const float *)(const void *)((const uint16_t *)(const void *)(base) +            \
                                             m->net->params.t[(idx)].offset)                      \
             : (base) + m->net->params.t[(idx)].offset)
 #define CHECK(call)                                                                              \
@@ -530,6 +533,28 @@ static float *dinput_of(ds_model *m, int i)
 static uint64_t layer_seed(uint64_t seed, int i) { return ds_hash64(seed, (uint64_t)i); }
 
 void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs) { m->gptr = ptrs; }
+void ds_model_set_param_ptrs(ds_model *m, const float *const *ptrs) { m->pptr = ptrs; }
+void ds_model_set_fetch_hook(ds_model *m, ds_status (*fetch)(void *ctx, int layer, ds_error *err), void *ctx)
+{
+    m->fetch = fetch;
+    m->fetch_ctx = ctx;
+}
+
+/* Does layer i's forward (fwd) or backward read its weights? */
+static int reads_weights(const ds_layer *l, int fwd)
+{
+    switch (l->kind) {
+    case DS_LAYER_EMBEDDING:
+    case DS_LAYER_POSITION_EMBEDDING:
+        return fwd;
+    case DS_LAYER_LAYERNORM:
+    case DS_LAYER_LINEAR:
+    case DS_LAYER_ATTENTION:
+        return 1;
+    default:
+        return 0;
+    }
+}
 
 void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int layer, ds_error *err),
                                 void *ctx)
@@ -632,6 +657,11 @@ static ds_status forward_layer(ds_model *m, const float *params, int i, int *don
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
         const float *x = input_of(m, i);
+        if (m->fetch && reads_weights(l, 1)) {
+            ds_status fs = m->fetch(m->fetch_ctx, i, err);
+            if (fs != DS_OK)
+                return fs;
+        }
         switch (l->kind) {
         case DS_LAYER_EMBEDDING:
             CHECK(OPS->embedding_fwd(m->be, (const int32_t *)m->inputs, P(params, l->w), r->out, M, l->out_dim));
@@ -799,6 +829,11 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
         const float *x = input_of(m, i);
         float *dx = dinput_of(m, i);
         int acc = r->acc_dx, by_acc = 0; /* dx came from accumulate: round it here */
+        if (m->fetch && reads_weights(l, 0)) {
+            ds_status fs = m->fetch(m->fetch_ctx, i, err);
+            if (fs != DS_OK)
+                return fs;
+        }
         switch (l->kind) {
         case DS_LAYER_EMBEDDING:
             CHECK(OPS->embedding_bwd(m->be, (const int32_t *)m->inputs, r->dout, G(l->w), M, l->out_dim));

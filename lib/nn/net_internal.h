@@ -50,6 +50,13 @@ int ds_model_storage16(const ds_model *m);
 /* ZeRO-2: ptrs[i] is where tensor i's gradient is accumulated during backward (instead of
  * grads + its offset); NULL restores the flat buffer. The array must outlive its use. */
 void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs);
+/* ZeRO-3: ptrs[i] is where tensor i's weights are (in the storage format: 2-byte values with
+ * 16-bit storage), instead of params + its offset; NULL restores the flat buffer. The pointers
+ * of a layer's tensors must be valid when its fetch hook returns. */
+void ds_model_set_param_ptrs(ds_model *m, const float *const *ptrs);
+/* Called before each layer's forward (recomputations included) and backward that reads the
+ * layer's weights: ZeRO-3 gathers them then; an error stops the pass. NULL: none. */
+void ds_model_set_fetch_hook(ds_model *m, ds_status (*fetch)(void *ctx, int layer, ds_error *err), void *ctx);
 /* Called after each layer's backward (layers in reverse order: the gradients of tensors no
  * layer below uses are complete then); an error stops the backward pass. NULL: none. */
 void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int layer, ds_error *err),
