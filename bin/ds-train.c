@@ -67,7 +67,7 @@ static const char *usage_text =
     "  --inject-grad-inf S[:R]  testing: put +inf in a gradient of rank R (default 0) at optimizer\n"
     "                        step S, to exercise fp16 overflow handling\n"
     "  --summary             print the layer table and exit\n"
-    "  --plan                print the bytes each rank would hold with ZeRO stages 0, 1 and 2\n"
+    "  --plan                print the bytes each rank would hold with ZeRO stages 0 to 3\n"
     "                        at --world_size N ranks (default 1), and the ZeRO paper's\n"
     "                        model-state formulas, without training\n"
     "  --quiet               no per-step lines and no progress line\n"
@@ -550,7 +550,7 @@ static int summary_only(const args *a)
 }
 
 
-/* --plan: the bytes rank 0 would hold at stages 0, 1 and 2 (an engine laid out without
+/* --plan: the bytes rank 0 would hold at stages 0 to 3 (an engine laid out without
  * training), beside the ZeRO paper's model-state formulas with this build's byte sizes. */
 static int plan_only(const args *a)
 {
@@ -576,14 +576,14 @@ static int plan_only(const args *a)
         return 2;
     }
     int W = (int)(a->plan_world > 0 ? a->plan_world : 1);
-    ds_memory_report m[3];
+    ds_memory_report m[4];
     int n_repeats = 0;
     double recompute = 0;
     double psi = 0;
     int prec = 0;
     const char *opt = "";
     char optname[64] = "";
-    for (int stage = 0; stage < 3; stage++) {
+    for (int stage = 0; stage < 4; stage++) {
         json_object *z = NULL;
         if (!json_object_object_get_ex(root, "zero_optimization", &z) || !json_object_is_type(z, json_type_object)) {
             z = json_object_new_object();
@@ -638,7 +638,7 @@ static int plan_only(const args *a)
            W == 1 ? "" : "s", pname, opt);
     printf("%-6s %12s %12s %12s %12s %12s %12s %12s %14s\n", "stage", "params", "master", "grads", "optimizer",
            "model states", "activations", "comm", "total");
-    for (int st = 0; st < 3; st++) {
+    for (int st = 0; st < 4; st++) {
         double ms = (double)(m[st].params + m[st].master + m[st].grads + m[st].optim);
         printf("%-6d %12.3f %12.3f %12.3f %12.3f %12.3f %12.3f %12.3f %14.3f  MB\n", st, m[st].params / 1e6,
                m[st].master / 1e6, m[st].grads / 1e6, m[st].optim / 1e6, ms / 1e6, m[st].activations / 1e6,
@@ -646,21 +646,24 @@ static int plan_only(const args *a)
     }
     /* ZeRO paper (Psi parameters, N ranks, K bytes of optimizer state per parameter):
      * stage 0 (p + g + K) Psi, stage 1 (p + g) Psi + K Psi / N, stage 2 p Psi + (g + K) Psi / N,
-     * with p, g the bytes of a parameter and of a gradient: 2 and 2 for the paper's fp16 (K = 12:
+     * stage 3 (p + g + K) Psi / N, with p, g the bytes of a parameter and of a gradient: 2 and 2 for the paper's fp16 (K = 12:
      * fp32 master, m, v); in this build gradients are stored as fp32 (g = 4), the working
      * weights as 16-bit values where the activations are (p = 2, else 4), and K counts the
      * master copy (4, in 16-bit training) and the optimizer state. */
     double K = (double)m[0].optim / psi + (prec ? 4.0 : 0.0);
     double p = m[0].activations16 ? 2 : 4, g = 4;
     printf("ZeRO paper formulas, this build's sizes (p = %g, g = %g, K = %g bytes per parameter):\n", p, g, K);
-    double fm[3] = {(p + g + K) * psi, (p + g) * psi + K * psi / W, p * psi + (g + K) * psi / W};
-    for (int st = 0; st < 3; st++) {
+    double fm[4] = {(p + g + K) * psi, (p + g) * psi + K * psi / W, p * psi + (g + K) * psi / W,
+                    (p + g + K) * psi / W};
+    for (int st = 0; st < 4; st++) {
         double ms = (double)(m[st].params + m[st].master + m[st].grads + m[st].optim);
-        printf("  stage %d: %12.1f MB (model states above: %.1f MB; difference %.2f%%, partition padding)\n", st,
-               fm[st] / 1e6, ms / 1e6, 100.0 * (ms - fm[st]) / fm[st]);
+        printf("  stage %d: %12.1f MB (model states above: %.1f MB; difference %.2f%%, partition padding%s)\n", st,
+               fm[st] / 1e6, ms / 1e6, 100.0 * (ms - fm[st]) / fm[st],
+               st == 3 && W > 1 ? ", the persistent tensors and one layer's gathered weights" : "");
     }
-    printf("ZeRO paper, mixed-precision Adam (p = g = 2, K = 12): stage 0 %.1f MB, stage 1 %.1f MB, stage 2 %.1f MB\n",
-           16 * psi / 1e6, (4 * psi + 12 * psi / W) / 1e6, (2 * psi + 14 * psi / W) / 1e6);
+    printf("ZeRO paper, mixed-precision Adam (p = g = 2, K = 12): stage 0 %.1f MB, stage 1 %.1f MB, stage 2 %.1f MB, "
+           "stage 3 %.1f MB\n", 16 * psi / 1e6, (4 * psi + 12 * psi / W) / 1e6, (2 * psi + 14 * psi / W) / 1e6,
+           16 * psi / W / 1e6);
     if (m[0].checkpoints)
         printf("activation checkpointing: %d checkpoints (the activations above); backward recomputes %.0f%% of the "
                "forward FLOPs\n", m[0].checkpoints, recompute);
@@ -942,9 +945,9 @@ int main(int argc, char **argv)
     if (a.micro && cfg->micro_batch != a.micro && rank == 0) /* it only fills in "auto" or a missing size */
         fprintf(stderr, "ds-train: warning: --micro-batch %lld not used: the config gives micro-batch %lld\n",
                 (long long)a.micro, (long long)cfg->micro_batch);
-    /* the weights are written by rank 0; under ZeRO with fp16/bf16 every rank takes part (the
-     * fp32 master weights are partitioned and gathered) */
-    if (save_rank0_only && !(cfg->zero.stage > 0 && cfg->precision != DS_PREC_FP32))
+    /* the weights are written by rank 0; under ZeRO with fp16/bf16, and at stage 3, every rank
+     * takes part (the fp32 master weights are partitioned and gathered) */
+    if (save_rank0_only && !(cfg->zero.stage == 3 || (cfg->zero.stage > 0 && cfg->precision != DS_PREC_FP32)))
         a.save = NULL;
     {
         ds_memory_report mr;
@@ -955,6 +958,13 @@ int main(int argc, char **argv)
                    rank, world, mr.zero_stage, (long long)mr.partition_begin, (long long)mr.partition_end,
                    mr.params / 1e6, mr.master / 1e6, mr.grads / 1e6, mr.optim / 1e6, mr.activations / 1e6,
                    mr.comm / 1e6);
+        if (rank == 0 && mr.zero_stage == 3 && world > 1)
+            printf("ZeRO stage 3: %d of %d tensors persistent (%lld elements, whole on every rank: at most %lld "
+                   "elements each, stage3_param_persistence_threshold), the others gathered layer by layer when "
+                   "the layer runs (at most %lld elements at once)%s\n",
+                   mr.z3_persistent_tensors, ds_engine_net(eng)->params.n, (long long)mr.z3_persistent,
+                   (long long)cfg->zero.param_persistence_threshold, (long long)mr.z3_arena,
+                   cfg->zero.overlap_comm ? ", on the overlap_comm thread" : "");
         fflush(stdout);
     }
     for (int i = 0; i < cfg->n_warnings; i++)
@@ -1098,6 +1108,8 @@ int main(int argc, char **argv)
         if (cfg->zero.offload_optimizer) /* the engine refuses it on other backends */
             printf("offload_optimizer: cpu; on the cpu backend the optimizer state and step are in host memory "
                    "already\n");
+        if (cfg->zero.offload_param && cfg->zero.stage == 3) /* (the same) */
+            printf("offload_param: cpu; on the cpu backend the parameter partitions are in host memory already\n");
         if (cfg->precision == DS_PREC_FP16 && cfg->fp16.loss_scale > 0)
             printf("precision: fp16, static loss scale %g%s%s\n", cfg->fp16.loss_scale, act16, cast);
         else if (cfg->precision == DS_PREC_FP16)
@@ -1292,6 +1304,7 @@ int main(int argc, char **argv)
         }
     }
     int64_t ran = steps > start ? steps - start : 0;
+    int save_weights0 = 0; /* rank 0 writes --save-weights */
     if (tty)
         printf("\r\033[K");
     if (rc) {
@@ -1300,6 +1313,7 @@ int main(int argc, char **argv)
     } else if (rank == 0 && ran == 0) {
         printf("done: the checkpoint is at step %lld already (--steps %lld); nothing to train\n", (long long)start,
                (long long)steps);
+        save_weights0 = 1; /* the loaded weights (under ZeRO the other ranks wait for rank 0's part) */
     } else if (rank == 0) {
         double total = now_s() - t_start;
         qsort(ms_hist, (size_t)ran, sizeof *ms_hist, cmp_double);
@@ -1323,13 +1337,14 @@ int main(int argc, char **argv)
                "%.2f GFLOP/s%s; peak RSS %.0f MiB\n",
                (long long)steps, total, first_loss, last_loss, med,
                done_rate, unit, gflops, mfu, ru.ru_maxrss / 1024.0);
-        if (a.save) {
-            if ((st = ds_engine_save_weights(eng, a.save, a.force, &err)) != DS_OK) {
-                fprintf(stderr, "ds-train: %s\n", err.msg);
-                rc = 1;
-            } else {
-                printf("weights written to %s\n", a.save);
-            }
+        save_weights0 = 1;
+    }
+    if (save_weights0 && a.save) {
+        if ((st = ds_engine_save_weights(eng, a.save, a.force, &err)) != DS_OK) {
+            fprintf(stderr, "ds-train: %s\n", err.msg);
+            rc = 1;
+        } else {
+            printf("weights written to %s\n", a.save);
         }
     }
     if (rc == 0 && rank != 0) {

@@ -45,6 +45,12 @@ cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "red
 cfg '"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}' z2o
 cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}, "fp16": {"enabled": true, "initial_scale_power": 10}' f16
 cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}, "bf16": {"enabled": true}' b16
+# stage 3: every tensor gathered when its layer runs (persistence 0), on the overlap_comm thread
+# (stage 3's default) or inline; then the default persistence (this net's tensors all persist)
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3, "reduce_bucket_size": 3001, "stage3_param_persistence_threshold": 0}' z3
+cfg '"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "zero_optimization": {"stage": 3, "overlap_comm": false, "reduce_bucket_size": 3001, "stage3_param_persistence_threshold": 0}' z3n
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3, "reduce_bucket_size": 3001}' z3p
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3, "reduce_bucket_size": 3001, "stage3_param_persistence_threshold": 2000}, "bf16": {"enabled": true}' b16z3
 cfg '"train_micro_batch_size_per_gpu": 4, "fp16": {"enabled": true, "initial_scale_power": 10}' f16inf
 common=(net.json --data text.txt --steps 8 --data-order sequential --quiet)
 launch() { "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$@"; }
@@ -53,7 +59,7 @@ launch() { "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=
     && ok "1 GPU (emulated) x micro-batch 8" || notok "1 GPU: $(head -c 300 err1)"
 "$B/ds-train" "${common[@]}" --config mb8.json --device cpu --log-json cpu1.jsonl >/dev/null 2>errc \
     && ok "1 CPU rank x micro-batch 8" || notok "1 CPU rank: $(head -c 300 errc)"
-for c in z0 z1 z1o z2 z2b z2o f16 b16; do
+for c in z0 z1 z1o z2 z2b z2o z3 z3n z3p f16 b16 b16z3; do
     launch "$B/ds-train" "${common[@]}" --config $c.json --device cuda --log-json "$c.cuda.jsonl" >"$c.out" 2>"$c.err" \
         && ok "2 GPUs (emulated), $c: $(tr -d '\n' < $c.json | sed 's/.*"train_micro_batch_size_per_gpu"/micro-batch/; s/, "optimizer".*//')" \
         || notok "2 GPUs, $c: $(head -c 400 $c.err)"
@@ -66,7 +72,7 @@ echo "{\"train_batch_size\": 12, \"train_micro_batch_size_per_gpu\": 4, \"zero_o
 "$B/ds-launch" --master_port 0 --num_gpus 3 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config z2x3.json \
     --device cuda --log-json z2x3.cuda.jsonl >/dev/null 2>errx3 && ok "3 GPUs (emulated), ZeRO-2 + overlap_comm, uneven partitions" ||
     notok "3 GPUs: $(head -c 400 errx3)"
-for c in z2 f16 b16; do
+for c in z2 f16 b16 b16z3; do
     launch "$B/ds-train" "${common[@]}" --config $c.json --device cpu --log-json "$c.cpu.jsonl" >/dev/null 2>"$c.cpuerr" \
         || notok "2 CPU ranks, $c: $(head -c 300 $c.cpuerr)"
 done
@@ -88,9 +94,11 @@ EOF
 }
 # fp32 across world sizes: the same global batch, only the summation order differs
 check "the emulated GPU follows the CPU backend, 1 rank, fp32 (8 steps, <= 1e-5)" 'rel(L["cuda1"], L["cpu1"]) <= 1e-5'
-for c in z0 z1 z1o z2 z2b z2o; do
+for c in z0 z1 z1o z2 z2b z2o z3 z3n z3p; do
     check "2 GPUs $c over NCCL give the 1-GPU losses (<= 1e-5)" "rel(L['$c.cuda'], L['cuda1']) <= 1e-5"
 done
+check "2 GPUs ZeRO-3 give ZeRO-2's losses exactly (gathered weights are the same bits)" \
+    'L["z3.cuda"] == L["z2.cuda"] and L["z3p.cuda"] == L["z2.cuda"]'
 check "2 GPUs ZeRO-2 follow 2 CPU ranks ZeRO-2 (<= 1e-5)" 'rel(L["z2.cuda"], L["z2.cpu"]) <= 1e-5'
 check "3 GPUs ZeRO-2 (uneven partitions) give the 1-GPU losses of the same batch (<= 1e-5)" 'rel(L["z2x3.cuda"], L["cuda1x12"]) <= 1e-5'
 # 16-bit: both backends round the same values at every layer boundary; a last-bit difference
@@ -98,6 +106,8 @@ check "3 GPUs ZeRO-2 (uneven partitions) give the 1-GPU losses of the same batch
 # few roundings, far below the 2-3% that separates 16-bit from fp32 runs (tests/mp.sh)
 check "2 GPUs fp16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 2e-3)" 'rel(L["f16.cuda"], L["f16.cpu"]) <= 2e-3'
 check "2 GPUs bf16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 1e-2)" 'rel(L["b16.cuda"], L["b16.cpu"]) <= 1e-2'
+check "2 GPUs bf16 + ZeRO-3 (2-byte weights gathered) follow 2 CPU ranks (<= 1e-2) and ZeRO-2 exactly" \
+    'rel(L["b16z3.cuda"], L["b16z3.cpu"]) <= 1e-2 and L["b16z3.cuda"] == L["b16.cuda"]'
 grep -q "backend cuda:0 (CPU emulation of CUDA" z0.out && ok "rank 0 logs its device" || notok "device line: $(head -3 z0.out)"
 
 # TF32 GEMMs and the fused attention kernels (head size 16: two heads of 32), 1 GPU against
@@ -157,6 +167,12 @@ elif grep -q "off.json: zero_optimization.offload_optimizer.device=cpu is not su
      grep -q "offold.json: zero_optimization.cpu_offload=true is not supported yet on backend cuda" erroffold
 then ok "offload_optimizer cpu / cpu_offload on the GPU: refused, naming the key and the backend"
 else notok "offload on cuda: $(head -c 300 erroff) $(head -c 300 erroffold)"; fi
+echo '{"train_batch_size": 8, "zero_optimization": {"stage": 3, "offload_param": {"device": "cpu"}}}' > offp.json
+if "$B/ds-train" net.json --data text.txt --steps 1 --config offp.json --device cuda >/dev/null 2>erroffp; then
+    notok "offload_param on the GPU must be refused"
+elif grep -q "offp.json: zero_optimization.offload_param.device=cpu is not supported yet on backend cuda" erroffp
+then ok "offload_param cpu (stage 3) on the GPU: refused, naming the key and the backend"
+else notok "offload_param on cuda: $(head -c 300 erroffp)"; fi
 
 # ranks that do not agree on the backend (rank 0 on the GPU, rank 1 on the CPU): both stop
 if launch sh -c 'if [ "$RANK" = 0 ]; then d=cuda; else d=cpu; fi; exec "$0" "$@" --device $d' "$B/ds-train" \

@@ -422,6 +422,54 @@ Test(features, gradient_averaging_keys)
 /* offload_optimizer {device: cpu} (or the old cpu_offload: true) is recorded; the engine accepts
  * it on the cpu backend, where the optimizer runs in host memory anyway (tests/zero.sh), and
  * refuses it on a GPU (tests/cuda-dp.sh). Both keys at once are refused, as DeepSpeed does. */
+/* Stage 3: its knobs (persistence thresholds, with and without the stage3_ prefix, "auto" the
+ * default), overlap_comm true unless given (DeepSpeed's null), offload_param cpu recorded (the
+ * engine accepts it on the cpu backend; tests/zero.sh, tests/cuda-dp.sh) and only warned about
+ * below stage 3, where DeepSpeed ignores it. */
+Test(zero, stage3_knobs)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 3}"), 1);
+    cr_expect_eq(c.zero.stage, 3);
+    cr_expect_eq(c.zero.overlap_comm, 1, "overlap_comm defaults to true at stage 3");
+    cr_expect_eq(c.zero.param_persistence_threshold, 100000);
+    cr_expect_eq(c.zero.model_persistence_threshold, INT64_MAX);
+    cr_expect_eq(c.zero.offload_param, 0);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 3, \"overlap_comm\": false, "
+                    "\"stage3_param_persistence_threshold\": 0, \"model_persistence_threshold\": 1e6, "
+                    "\"offload_param\": {\"device\": \"cpu\", \"pin_memory\": true}, "
+                    "\"stage3_prefetch_bucket_size\": \"auto\", \"stage3_max_live_parameters\": 1e9, "
+                    "\"stage3_max_reuse_distance\": 1e9, \"sub_group_size\": 1e9, "
+                    "\"stage3_gather_16bit_weights_on_model_save\": true}"), 1);
+    cr_expect_eq(c.zero.overlap_comm, 0);
+    cr_expect_eq(c.zero.param_persistence_threshold, 0);
+    cr_expect_eq(c.zero.model_persistence_threshold, 1000000);
+    cr_expect_eq(c.zero.offload_param, 1);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 3, \"param_persistence_threshold\": 10, "
+                    "\"stage3_model_persistence_threshold\": \"auto\"}"), 1);
+    cr_expect_eq(c.zero.param_persistence_threshold, 10);
+    cr_expect_eq(c.zero.model_persistence_threshold, INT64_MAX);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 2, \"offload_param\": {\"device\": \"cpu\"}}"), 1);
+    cr_expect_eq(c.zero.overlap_comm, 0, "overlap_comm stays false below stage 3");
+    cr_expect(has_warning(&c, "zero_optimization.offload_param acts at stage 3 only; at stage 2 it does nothing"));
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": 3, \"cpu_offload_param\": true}"), 1);
+    cr_expect_eq(c.zero.offload_param, 1);
+    cr_expect(has_warning(&c, "zero_optimization.cpu_offload_param is deprecated"));
+    ds_config_free(&c);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 3, \"stage3_param_persistence_threshold\": -1}"), 1, 0,
+               DS_ERR_INVALID, "zero_optimization.stage3_param_persistence_threshold: expected an integer >= 0, found -1",
+               NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 4}"), 1, 0, DS_ERR_INVALID,
+               "zero_optimization.stage: expected 0, 1, 2 or 3, found 4", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"cpu_offload_param\": true, \"offload_param\": {\"device\": \"none\"}}"),
+               1, 0, DS_ERR_INVALID,
+               "ds.json: zero_optimization.cpu_offload_param: given together with zero_optimization.offload_param", NULL);
+}
+
 Test(features, offload_optimizer_cpu_is_recorded)
 {
     ds_config c;
@@ -451,8 +499,10 @@ Test(features, refused_naming_the_key)
 {
     load_fails(TB8("\"bf16\": {\"enabled\": true, \"bf16_optimizer_states\": true}"), 1, 0,
                DS_ERR_UNSUPPORTED, "bf16.bf16_optimizer_states=true is not supported yet", NULL);
-    load_fails(TB8("\"zero_optimization\": {\"stage\": 3}"), 1, 0, DS_ERR_UNSUPPORTED,
-               "ds.json: zero_optimization.stage=3 is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 3, \"offload_param\": {\"device\": \"nvme\"}}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "ds.json: zero_optimization.offload_param.device=nvme is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 3, \"round_robin_gradients\": true}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "zero_optimization.round_robin_gradients=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"round_robin_gradients\": true}"), 1, 0,
                DS_ERR_UNSUPPORTED, "zero_optimization.round_robin_gradients=true is not supported yet", NULL);
     load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"device\": \"nvme\"}}"), 1, 0,
@@ -465,8 +515,6 @@ Test(features, refused_naming_the_key)
                DS_ERR_INVALID,
                "zero_optimization.offload_optimizer.device: expected \"none\", \"cpu\" or \"nvme\", found \"gpu\"",
                NULL);
-    load_fails(TB8("\"zero_optimization\": {\"offload_param\": {\"device\": \"cpu\"}}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "zero_optimization.offload_param.device=cpu is not supported yet", NULL);
     load_fails(TB8("\"scheduler\": {\"type\": \"StepLR\", \"params\": {}}"), 1, 0,
                DS_ERR_UNSUPPORTED, "ds.json: scheduler.type=StepLR (a torch.optim.lr_scheduler "
                "class) is not supported yet", NULL);
@@ -707,8 +755,7 @@ static const struct {
     ds_status st;
     const char *msg;
 } REAL[] = {
-    {"alpaca__default_offload_opt_param.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
+    {"alpaca__default_offload_opt_param.json", DS_OK, NULL},
     {"bmds-tests__ds_config.json", DS_OK, NULL},
     {"bmds-tests__ds_config_bf16.json", DS_OK, NULL},
     {"bmds-tests__ds_config_cl.json", DS_OK, NULL},
@@ -720,8 +767,7 @@ static const struct {
     {"ds-tests-gpt2__ds_config_func_bs8_zero2_offload.json", DS_OK, NULL},
     {"ds-tests-gpt2__ds_config_func_scheduler.json", DS_OK, NULL},
     {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_OK, NULL},
-    {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.offload_param.device=cpu is not supported yet"},
+    {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_OK, NULL},
     {"ds-tests-squad__deepspeed_bsz24_fp16_eigenvalue_quantize_config.json", DS_ERR_UNSUPPORTED,
      "tensorboard.enabled=true is not supported yet"},
     {"ds-tests-torch_compile__ds_config_z3.json", DS_ERR_INVALID,
@@ -733,8 +779,7 @@ static const struct {
      "optimizer.type=OnebitAdam is not supported yet"},
     {"dse-MoQ__test.json", DS_ERR_UNSUPPORTED,
      "quantize_training.enabled=true is not supported yet"},
-    {"dse-alpaca-lora-zero3__ds_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
+    {"dse-alpaca-lora-zero3__ds_config.json", DS_OK, NULL},
     {"dse-autosp__autosp_config.json", DS_ERR_UNSUPPORTED,
      "compile.deepcompile=true is not supported yet"},
     {"dse-autotuning__ds_config.json", DS_ERR_INVALID,
@@ -756,12 +801,11 @@ static const struct {
      "data_efficiency.enabled=true is not supported yet"},
     {"dse-hf-transformers__ds_config.json", DS_OK, NULL},
     {"dse-imagenet__ds_fp16_z1_config.json", DS_OK, NULL},
-    {"dse-inference-hf__ds_config_nvme.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
-    {"dse-megatron-zero3__ds_zero_stage_3_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
-    {"dse-megatron-zero3__ds_zero_stage_infinity_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
+    {"dse-inference-hf__ds_config_nvme.json", DS_ERR_INVALID,
+     "zero_optimization.stage3_max_reuse_distance: expected an integer >= 0, found -1"},
+    {"dse-megatron-zero3__ds_zero_stage_3_config.json", DS_OK, NULL},
+    {"dse-megatron-zero3__ds_zero_stage_infinity_config.json", DS_ERR_INVALID,
+     "zero_optimization: unknown key \"stage3_param_persitence_threshold\""},
     {"dse-megatron__ds_zero-offload_10B_config.json", DS_OK, NULL},
     {"dse-megatron__ds_zero2_config.json", DS_OK, NULL},
     {"dse-pipeline_parallelism__ds_config.json", DS_OK, NULL},
@@ -771,28 +815,20 @@ static const struct {
     {"dse-zenflow__zf_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.zenflow is not supported yet"},
     {"fastchat__deepspeed_config_s2.json", DS_OK, NULL},
-    {"fastchat__deepspeed_config_s3.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
+    {"fastchat__deepspeed_config_s3.json", DS_OK, NULL},
     {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
-    {"hf-accelerate-templates__zero_stage3_offload_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
-    {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
+     "seq_parallel_communication_data_type=bf16 is not supported yet"},
+    {"hf-accelerate-templates__zero_stage3_offload_config.json", DS_OK, NULL},
+    {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_OK, NULL},
     {"hf-transformers__ds_config_zero2.json", DS_OK, NULL},
-    {"hf-transformers__ds_config_zero3.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
-    {"hf-transformers__ds_config_zero3_bf16.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
+    {"hf-transformers__ds_config_zero3.json", DS_OK, NULL},
+    {"hf-transformers__ds_config_zero3_bf16.json", DS_OK, NULL},
     {"llamafactory__ds_z0_config.json", DS_OK, NULL},
     {"llamafactory__ds_z2_autotp_config.json", DS_ERR_UNSUPPORTED,
      "zero_optimization.round_robin_gradients=true is not supported yet"},
-    {"llamafactory__ds_z3_fp8_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
-    {"llamafactory__ds_z3_offload_config.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
-    {"llava__zero3_offload.json", DS_ERR_UNSUPPORTED,
-     "zero_optimization.stage=3 is not supported yet"},
+    {"llamafactory__ds_z3_fp8_config.json", DS_OK, NULL},
+    {"llamafactory__ds_z3_offload_config.json", DS_OK, NULL},
+    {"llava__zero3_offload.json", DS_OK, NULL},
     {"mmds-finetune_hf_llama__ds_config_empty.json", DS_OK, NULL},
     {"mmds-universal_checkpointing__ds_config.json", DS_OK, NULL},
     {"openassistant__deepspeed_rl.json", DS_OK, NULL},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ZeRO stages 0, 1 and 2 under ds-launch on one machine: with 1, 2, 3 and 4 ranks and a fixed
+# ZeRO stages 0 to 3 under ds-launch on one machine: with 1, 2, 3 and 4 ranks and a fixed
 # global batch they give the same losses over 20 steps (sequential data, fp32, gradient
 # clipping, small buckets so that every collective is cut into several; within 1e-5 relative);
 # at the same world size the stages give the same losses exactly, in fp32 (every optimizer
@@ -7,7 +7,9 @@
 # gathered whole, so it does not depend on where the partitions begin; each rank's
 # optimizer state shrinks as 1/N; partitions of a count that does not divide; an inf in one
 # rank's gradient partition under stage 2 skips that step on every rank; overlap_comm (stages 1
-# and 2), ZeRO-Offload on the cpu backend and bf16 give the same losses. One "ok"/"not ok" line per check.
+# to 3), ZeRO-Offload on the cpu backend and bf16 give the same losses; stage 3 gives stage 2's
+# losses, checkpoints and weights bit for bit while holding a 1/N share of the working weights
+# and one layer's gathered ones. One "ok"/"not ok" line per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
@@ -30,13 +32,13 @@ cat > net.json <<'JSON'
   {"type": "layernorm", "name": "ln_f"}, {"type": "linear", "name": "lm_head", "out": 256, "bias": false, "tied_to": "wte"}],
  "loss": {"type": "cross_entropy"}}
 JSON
-# cfg NAME STAGE MICRO TB [extra JSON members]
+# cfg NAME STAGE MICRO TB [extra JSON members]; $ZX: extra zero_optimization members
 cfg() {
     local opt='{"type": "AdamW", "params": {"lr": 0.003}}'
     [ -n "${OPT:-}" ] && opt=$OPT
     echo "{\"train_batch_size\": $4, \"train_micro_batch_size_per_gpu\": $3, \"gradient_clipping\": 1.0, \"seed\": 7,
       \"optimizer\": $opt,
-      \"zero_optimization\": {\"stage\": $2, \"reduce_bucket_size\": 3000, \"allgather_bucket_size\": 5000}${5:+, $5}}" > "$1.json"
+      \"zero_optimization\": {\"stage\": $2, \"reduce_bucket_size\": 3000, \"allgather_bucket_size\": 5000${ZX:+, $ZX}}${5:+, $5}}" > "$1.json"
 }
 common=(net.json --data text.txt --steps 20 --data-order sequential --quiet)
 run() { # run NAME RANKS: log NAME.jsonl, memory lines in NAME.out
@@ -64,10 +66,13 @@ PYEOF
 
 cfg ref 0 8 8
 run ref 1 && ok "1 rank, stage 0 (the reference)" || notok "reference run: $(head -c 300 ref.err)"
-for st in 0 1 2; do
+# stage 3 with stage3_param_persistence_threshold 0: every tensor is gathered when its layer runs
+# (this network's tensors are all below the default 1e5, which keeps them whole on every rank)
+Z3='"stage3_param_persistence_threshold": 0'
+for st in 0 1 2 3; do
     for n in 1 2 4; do
         name=s${st}n$n
-        cfg $name $st $((8 / n)) 8
+        ZX=$([ $st = 3 ] && echo "$Z3") cfg $name $st $((8 / n)) 8
         if run $name $n; then
             if out=$(same ref $name 1e-5 2>&1); then ok "stage $st, $n rank(s): losses as 1 rank stage 0 ($out)"
             else notok "stage $st, $n ranks: $out"; fi
@@ -99,6 +104,10 @@ PYEOF
     then ok "3 ranks: partitions [0,P), [P,2P), [2P,N) with a shorter tail and N not a multiple of 48"
     else notok "3-rank partitions"; fi
 else notok "3-rank runs failed: $(head -c 300 s2n3.err)"; fi
+ZX=$Z3 cfg s3n3 3 2 6
+if run s3n3 3 && out=$(same ref6 s3n3 1e-5 2>&1) && same s2n3 s3n3 0 >/dev/null 2>&1; then
+    ok "stage 3, 3 ranks, uneven partitions: losses as 1 rank ($out), stage 2's bit for bit"
+else notok "stage 3, 3 ranks: ${out:-$(head -c 300 s3n3.err)} $(same s2n3 s3n3 0 2>&1)"; fi
 
 # optimizer state per rank: 1/N
 if python3 - <<'PYEOF'
@@ -129,6 +138,26 @@ sys.exit(0 if abs(grads('s2n4') * 4 - grads('s1n4')) <= 0.004 and grads('s1n4') 
 PYEOF
 then ok "stage 2 keeps only its gradient partition (1/N; stages 0 and 1 the whole buffer)"
 else notok "gradient bytes per rank"; fi
+if out=$(python3 - 2>&1 <<'PYEOF'
+import re, sys
+def mem(name, what):
+    for l in open(name + '.out'):
+        m = re.search(r'memory rank 0/\d+ .*%s ([0-9.]+) MB' % what, l)
+        if m:
+            return float(m.group(1))
+    sys.exit('no memory line in ' + name)
+# stage 3 at 4 ranks: its quarter of the working weights plus the largest layer's tensors
+# (wte's 8192 elements, gathered for the embedding and the tied head): 0.022 + 0.033 MB
+p2, p3, g2, g3 = mem('s2n4', 'params'), mem('s3n4', 'params'), mem('s2n4', 'grads'), mem('s3n4', 'grads')
+ok = abs(p3 - (p2 / 4 + 8192 * 4 / 1e6)) <= 0.003 and g3 == g2 and mem('s3n4', 'optimizer') == mem('s2n4', 'optimizer')
+if not ok:
+    sys.exit('params MB: stage 2 %s, stage 3 %s; grads %s, %s' % (p2, p3, g2, g3))
+print('params %.3f MB against %.3f at stage 2' % (p3, p2))
+PYEOF
+); then ok "stage 3 at 4 ranks holds a quarter of the working weights plus one layer's gathered ones: $out"
+else notok "stage 3 memory: $out"; fi
+grep -q "^\[rank 0\] ZeRO stage 3: 0 of 16 tensors persistent (0 elements, whole on every rank: at most 0 elements each, stage3_param_persistence_threshold), the others gathered layer by layer when the layer runs (at most 8192 elements at once), on the overlap_comm thread" s3n2.out &&
+    ok "stage 3: rank 0 says what persists and the most one layer gathers" || notok "stage 3 line: $(grep 'ZeRO stage 3' s3n2.out)"
 
 # disable_allgather: the parameters travel by broadcasts (one per owner), to the same bits
 cfg da 1 4 8 '"disable_allgather": true'
@@ -151,8 +180,8 @@ if run da 2 && "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THRE
 else notok "disable_allgather runs failed: $(head -c 300 da.err) $(head -c 300 da2.err)"; fi
 
 # fp16 (and clipping): the three stages at 2 ranks give the same losses exactly
-for st in 0 1 2; do cfg f${st} $st 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'; run f$st 2 || notok "fp16 stage $st: $(head -c 300 f$st.err)"; done
-for st in 1 2; do
+for st in 0 1 2 3; do ZX=$([ $st = 3 ] && echo "$Z3") cfg f${st} $st 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'; run f$st 2 || notok "fp16 stage $st: $(head -c 300 f$st.err)"; done
+for st in 1 2 3; do
     if out=$(same f0 f$st 0 2>&1); then ok "fp16, 2 ranks: stage $st gives stage 0's losses ($out)"
     else notok "fp16 stage $st: $out"; fi
 done
@@ -189,10 +218,50 @@ PYEOF
     ); then ok "stage 2, inf in rank 1's partition at step 5: $out"; else notok "stage 2 overflow: $out"; fi
 else notok "stage 2 overflow run failed: $(head -c 300 ov.err)"; fi
 
-# stage 3 is refused by name
-cfg s3 3 8 8
-"$B/ds-train" "${common[@]}" --config s3.json >/dev/null 2>s3.err; rc=$?
-[ $rc = 2 ] && grep -q 'zero_optimization.stage=3 is not supported yet' s3.err && ok "stage 3: refused naming the key" || notok "stage 3: exit $rc $(cat s3.err)"
+# stage 3 at its defaults (overlap_comm on; every tensor of this network persistent), without
+# overlap_comm, with gradient accumulation (the gathers queue behind the reductions), and with
+# offload_param cpu (the cpu backend's partitions are in host memory): stage 2's bits
+cfg s3d 3 4 8
+ZX="$Z3, \"overlap_comm\": false" cfg s3x 3 4 8
+ZX=$Z3 cfg s3a 3 2 8
+ZX="$Z3, \"offload_param\": {\"device\": \"cpu\", \"pin_memory\": true}" cfg s3o 3 4 8
+cfg s2a 2 2 8
+if run s3d 2 && run s3x 2 && run s3a 2 && mv s3a.jsonl s3a1.jsonl && run s3a 2 && run s3o 2 && run s2a 2 &&
+    same s2n2 s3d 0 >/dev/null 2>&1 && same s2n2 s3x 0 >/dev/null 2>&1 && same s2a s3a 0 >/dev/null 2>&1 &&
+    same s3a1 s3a 0 >/dev/null 2>&1 && same s2n2 s3o 0 >/dev/null 2>&1 &&
+    grep -q "^\[rank 0\] ZeRO stage 3: 16 of 16 tensors persistent (22016 elements, .*at most 0 elements at once), on the overlap_comm thread" s3d.out &&
+    grep -q "^\[rank 0\] offload_param: cpu; on the cpu backend the parameter partitions are in host memory already" s3o.out; then
+    ok "stage 3 at 2 ranks: all persistent, overlap_comm off, 2 accumulation steps (deterministic), offload_param cpu: stage 2's losses bit for bit"
+else notok "stage 3 variants: $(head -c 300 s3d.err) $(head -c 300 s3x.err) $(head -c 300 s3a.err) $(head -c 300 s3o.err) $(same s2n2 s3d 0 2>&1) $(same s2n2 s3x 0 2>&1) $(same s2a s3a 0 2>&1) $(same s2n2 s3o 0 2>&1) $(grep 'ZeRO stage 3' s3d.out)"; fi
+# stage 3 checkpoints (bf16, 2 ranks): 10 steps + resume + 10 give the straight run's bits; the
+# model file holds the gathered working weights (stage 2's file, byte for byte), the partitions
+# stage 2's, and --save-weights the gathered fp32 master weights (stage 2's); fp32 too
+ZX=$Z3 cfg c3 3 4 8 '"bf16": {"enabled": true}'
+cfg c2 2 4 8 '"bf16": {"enabled": true}'
+ZX=$Z3 cfg c3f 3 4 8
+l2() { "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" net.json --data text.txt \
+          --data-order sequential --quiet "$@"; }
+if l2 --steps 20 --config c3.json --log-json c3full.jsonl --save-weights c3.safetensors >c3.out 2>c3.err &&
+    l2 --steps 10 --config c3.json --log-json c3a.jsonl --save ck3 >>c3.out 2>>c3.err &&
+    l2 --steps 20 --config c3.json --log-json c3b.jsonl --load ck3 >>c3.out 2>>c3.err &&
+    l2 --steps 10 --config c2.json --save ck2 >>c3.out 2>>c3.err &&
+    l2 --steps 20 --config c2.json --save-weights c2.safetensors >>c3.out 2>>c3.err &&
+    l2 --steps 20 --config c3f.json --save-weights c3f.safetensors >>c3.out 2>>c3.err &&
+    l2 --steps 20 --config s2n2.json --save-weights c2f.safetensors >>c3.out 2>>c3.err; then
+    cat c3a.jsonl c3b.jsonl > c3ab.jsonl
+    if out=$(same c3full c3ab 0 2>&1) && cmp -s ck3/global_step10/mp_rank_00_model_states.safetensors ck2/global_step10/mp_rank_00_model_states.safetensors &&
+        cmp -s ck3/global_step10/bf16_zero_pp_rank_1_mp_rank_00_optim_states.safetensors ck2/global_step10/bf16_zero_pp_rank_1_mp_rank_00_optim_states.safetensors &&
+        cmp -s c3.safetensors c2.safetensors && cmp -s c3f.safetensors c2f.safetensors && "$B/ds-ckpt" verify ck3 >/dev/null; then
+        ok "stage 3 checkpoint: resume gives the straight run's losses ($out); model file, partitions and --save-weights (bf16 and fp32) are stage 2's bytes"
+    else notok "stage 3 checkpoint: $out; $(cmp ck3/global_step10/mp_rank_00_model_states.safetensors ck2/global_step10/mp_rank_00_model_states.safetensors 2>&1) $(cmp c3.safetensors c2.safetensors 2>&1) $(cmp c3f.safetensors c2f.safetensors 2>&1)"; fi
+else notok "stage 3 checkpoint runs: $(head -c 400 c3.err)"; fi
+# resuming a checkpoint that has every step already: rank 0 says so and still takes its part in
+# --save-weights (the other ranks wait for it in the gather: it hung before)
+if timeout 120 "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" net.json \
+    --data text.txt --data-order sequential --steps 10 --config c3.json --load ck3 --save-weights c3r.safetensors >c3r.out 2>c3r.err &&
+    grep -q "nothing to train" c3r.out && grep -q "weights written to c3r.safetensors" c3r.out && [ -s c3r.safetensors ]; then
+    ok "stage 3: a resume with nothing left to train writes --save-weights on every rank's gather"
+else notok "stage 3 resume with nothing to train: $(head -c 300 c3r.err) $(grep -v '^\[rank' c3r.out | head -3)"; fi
 # overlap_comm: stage 2 reduces the buckets in a thread while backward goes on; same losses
 for n in 2 4; do
     cfg oc$n 2 $((8 / n)) 8
@@ -230,6 +299,11 @@ if ck_run ck0 && ck_run ck1 --checkpoint-activations && out=$(same ck0 ck1 0 2>&
     grep -q "activation checkpointing: 2 checkpoints" ck1.out; then
     ok "fp16, stage 2 with overlap_comm, 2 ranks: --checkpoint-activations gives the same losses ($out)"
 else notok "checkpointing under ZeRO-2: ${out:-$(head -c 300 ck1.err)}"; fi
+# ... and at stage 3, where a recomputed block gathers its layers' weights again
+sed 's/"stage": 2,/"stage": 3, "stage3_param_persistence_threshold": 0,/' ck1.json > ck3.json
+if ck_run ck3 --checkpoint-activations && out=$(same ck0 ck3 0 2>&1); then
+    ok "fp16, stage 3 with overlap_comm, 2 ranks: --checkpoint-activations gives stage 2's losses ($out)"
+else notok "checkpointing under ZeRO-3: ${out:-$(head -c 300 ck3.err)}"; fi
 # ZeRO-Offload (offload_optimizer device cpu, and the old cpu_offload): on the cpu backend the
 # master weights, optimizer state and step are in host memory already, so the same bits
 cfg off 2 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'
@@ -248,27 +322,32 @@ else notok "overlap_comm stage 1: ${out:-$(head -c 300 oc1.err)}"; fi
 
 # bf16: the three stages at 2 ranks give the same losses exactly (a last-bit difference in the
 # clipping coefficient flips bf16 roundings of the working weights: 5.65e-05 apart before)
-for st in 0 1 2; do cfg b${st} $st 4 8 '"bf16": {"enabled": true}'; run b$st 2 || notok "bf16 stage $st: $(head -c 300 b$st.err)"; done
-for st in 1 2; do
+for st in 0 1 2 3; do ZX=$([ $st = 3 ] && echo "$Z3") cfg b${st} $st 4 8 '"bf16": {"enabled": true}'; run b$st 2 || notok "bf16 stage $st: $(head -c 300 b$st.err)"; done
+for st in 1 2 3; do
     if out=$(same b0 b$st 0 2>&1); then ok "bf16, 2 ranks: stage $st gives stage 0's losses ($out)"
     else notok "bf16 stage $st: $out"; fi
 done
-# --plan: rank 0's bytes for stages 0-2 without training; the engine's model states follow the
-# ZeRO paper's formulas (this build's byte sizes) up to the partition padding; the same figures
-# as the training run printed
-cfg pl 0 2 8 '"fp16": {"enabled": true}'
+# --plan: rank 0's bytes for stages 0-3 without training; the engine's model states follow the
+# ZeRO paper's formulas (this build's byte sizes) up to the partition padding (stage 3: plus
+# the largest layer's gathered tensors); the same figures as the training run printed
+ZX=$Z3 cfg pl 0 2 8 '"fp16": {"enabled": true}'
 if "$B/ds-train" --plan net.json --config pl.json --world_size 4 >plan.out 2>plan.err; then
     if out=$(python3 - 2>&1 <<'PYEOF'
 import re, sys
 t = open('plan.out').read()
 diffs = [float(x) for x in re.findall(r'difference (-?[0-9.]+)%', t)]
-rows = {int(m.group(1)): [float(v) for v in m.group(2).split()] for m in re.finditer(r'^([012]) +([0-9. ]+)  MB$', t, re.M)}
-if len(diffs) != 3 or any(abs(d) > 1.0 for d in diffs) or sorted(rows) != [0, 1, 2]:
+rows = {int(m.group(1)): [float(v) for v in m.group(2).split()] for m in re.finditer(r'^([0123]) +([0-9. ]+)  MB$', t, re.M)}
+if len(diffs) != 4 or any(abs(d) > 1.0 for d in diffs[:3]) or sorted(rows) != [0, 1, 2, 3]:
     sys.exit('plan output: %s' % t)
-ms = [rows[s][4] for s in (0, 1, 2)]
-if not ms[0] > ms[1] > ms[2]:
+ms = [rows[s][4] for s in (0, 1, 2, 3)]
+if not ms[0] > ms[1] > ms[2] > ms[3]:
     sys.exit('model states do not shrink with the stage: %s' % ms)
-print('model states %.3f > %.3f > %.3f MB; formulas within %.2f%%' % (ms[0], ms[1], ms[2], max(abs(d) for d in diffs)))
+# stage 3's extra over its formula: wte's 8192 2-byte elements, gathered for one layer at a
+# time, and the partition padding (bytes; the printed figures have 1e3 bytes of resolution)
+extra = ms[3] * 1e6 - ms[3] * 1e6 / (1 + diffs[3] / 100)
+if not 8192 * 2 - 1000 < extra < 8192 * 2 + 1000:
+    sys.exit('stage 3 is %.0f bytes above its formula, not the arena\'s 16384: %s' % (extra, t))
+print('model states %.3f > %.3f > %.3f > %.3f MB; formulas within %.2f%% (stage 3: + one layer)' % (ms[0], ms[1], ms[2], ms[3], max(abs(d) for d in diffs[:3])))
 PYEOF
     ); then ok "--plan, fp16, 4 ranks: $out"; else notok "--plan: $out"; fi
 else notok "--plan failed: $(cat plan.err)"; fi

@@ -1227,18 +1227,31 @@ typedef struct sink_out {
     out_file *o;
     ds_dtype dtype;
     void *conv;
+    int keep_going;  /* a failed write is kept in st (its message in the sink's err) and the
+                        sink says DS_OK: the reads feeding it are collectives every rank makes */
+    ds_status st;
 } sink_out;
 
 static ds_status sink_write(void *ctx, int64_t first, const float *v, int64_t n, ds_error *err)
 {
     (void)first;
     sink_out *s = ctx;
-    if (s->dtype == DS_F32)
-        return out_write(s->o, v, (size_t)n * sizeof(float), err);
-    uint16_t *h = s->conv;
-    for (int64_t i = 0; i < n; i++)
-        h[i] = s->dtype == DS_BF16 ? ds_f32_to_bf16(v[i]) : ds_f32_to_f16(v[i]);
-    return out_write(s->o, h, (size_t)n * 2, err);
+    if (s->keep_going && s->st != DS_OK)
+        return DS_OK;
+    ds_status st;
+    if (s->dtype == DS_F32) {
+        st = out_write(s->o, v, (size_t)n * sizeof(float), err);
+    } else {
+        uint16_t *h = s->conv;
+        for (int64_t i = 0; i < n; i++)
+            h[i] = s->dtype == DS_BF16 ? ds_f32_to_bf16(v[i]) : ds_f32_to_f16(v[i]);
+        st = out_write(s->o, h, (size_t)n * 2, err);
+    }
+    if (st != DS_OK && s->keep_going) {
+        s->st = st;
+        return DS_OK;
+    }
+    return st;
 }
 
 static json_object *partition_json(int64_t numel, int world, const char *const *files)
@@ -1362,6 +1375,27 @@ static ds_status agree(ds_comm *comm, ds_status mine, const ds_error *my_err, ds
     return mine;
 }
 
+static ds_status sink_none(void *ctx, int64_t first, const float *v, int64_t n, ds_error *err)
+{
+    (void)ctx, (void)first, (void)v, (void)n, (void)err;
+    return DS_OK;
+}
+
+/* Stage 3, ranks but 0: their part in the gathers of write_model_file (the same reads). */
+static ds_status gather_model_weights(ds_engine *e, float *buf, ds_error *err)
+{
+    const ds_tensor_table *tab = &ds_engine_net(e)->params;
+    engine_reader rd = {e, buf};
+    ds_status st = DS_OK;
+    for (int i = 0; i < tab->n; i++) {
+        ds_status r = engine_range(&rd, DS_ENGINE_BUF_WEIGHTS, tab->t[i].offset, tab->t[i].offset + tab->t[i].numel,
+                                   sink_none, NULL, err);
+        if (st == DS_OK)
+            st = r;
+    }
+    return st;
+}
+
 static ds_status write_model_file(ds_engine *e, const char *path, ds_ckpt_file *rec, float *buf,
                                   ds_error *err)
 {
@@ -1382,17 +1416,29 @@ static ds_status write_model_file(ds_engine *e, const char *path, ds_ckpt_file *
     if (st == DS_OK)
         st = st_write_header(&o, d, tab->n, meta, err);
     json_object_put(meta);
-    /* ZeRO stages 1/2 hold only a partition of the master weights: the model file then holds
+    /* ZeRO stages 1-3 hold only a partition of the master weights: the model file then holds
      * the working weights every rank has (as DeepSpeed's model_states hold the 16-bit module
-     * weights; in fp32 they are the master weights); the fp32 masters are in the partitions */
+     * weights; in fp32 they are the master weights; at stage 3 they are gathered); the fp32
+     * masters are in the partitions */
     engine_reader rd = {e, buf};
     sink_out s = {.o = &o, .dtype = DS_F32};
     ds_engine_state_info info;
     ds_engine_state_info_get(e, &info);
     int which = info.zero_stage > 0 ? DS_ENGINE_BUF_WEIGHTS : DS_ENGINE_BUF_MASTER;
-    for (int i = 0; i < tab->n && st == DS_OK; i++)
-        st = engine_range(&rd, which, tab->t[i].offset, tab->t[i].offset + tab->t[i].numel,
-                          sink_write, &s, err);
+    /* stage 3: the reads gather the weights, collectives the other ranks make with
+     * gather_model_weights: all of them are made whatever happens to the file (a failed write
+     * is kept in s.st, and the reads go on) */
+    const int all = info.zero_stage == 3 && info.comm;
+    s.keep_going = all;
+    for (int i = 0; i < tab->n && (st == DS_OK || all); i++) {
+        ds_error skip;
+        ds_status r = engine_range(&rd, which, tab->t[i].offset, tab->t[i].offset + tab->t[i].numel,
+                                   st == DS_OK ? sink_write : sink_none, &s, st == DS_OK ? err : &skip);
+        if (st == DS_OK)
+            st = r;
+    }
+    if (st == DS_OK)
+        st = s.st;
     free(d);
     if (st == DS_OK)
         st = out_close(&o, err);
@@ -1542,6 +1588,8 @@ ds_status ds_engine_save_checkpoint(ds_engine *e, const char *dir, const char *t
         char *p = path_join(tmp, MODEL_FILE);
         st = p ? write_model_file(e, p, &recs[0], buf, &lerr) : ds_error_set(&lerr, DS_ERR_NOMEM, "out of memory");
         free(p);
+    } else if (info.zero_stage == 3) {
+        st = gather_model_weights(e, buf, &lerr);
     }
     if (st == DS_OK && info.partition_rank >= 0) {
         part_file_name(pname, sizeof pname, info.partition_rank, precision_name(info.precision));
@@ -1693,8 +1741,11 @@ static ds_status load_local(ds_engine *e, const ds_engine_state_info *info, cons
         st = ds_ckpt_read_range(c, k < 0 ? "fp32" : c->state_names[k], info->hold_begin, info->hold_end,
                                 sink_engine, &w, err);
     }
-    if (st == DS_OK)
-        st = ds_engine_sync_weights(e, err);
+    { /* a collective (ZeRO's gathers): every rank makes it, whatever its reads gave */
+        ds_error serr;
+        ds_status sst = ds_engine_sync_weights(e, st == DS_OK ? err : &serr);
+        st = st != DS_OK ? st : sst;
+    }
     if (st != DS_OK)
         goto done;
     ds_engine_scalars s;

@@ -41,12 +41,13 @@ struct ds_engine {
     int64_t skipped;
     int applied;
     int check_overflow;    /* fp16, or bf16 with check_grad_overflow */
-    /* ZeRO (stage 1: optimizer state and master weights partitioned; 2: gradients too). This
-     * rank owns flat elements [pbeg, pend) (ckpt-zero.md 4.1; ds_zero_partition below). */
+    /* ZeRO (stage 1: optimizer state and master weights partitioned; 2: gradients too; 3: the
+     * working weights too). This rank owns flat elements [pbeg, pend) (ckpt-zero.md 4.1;
+     * ds_zero_partition below). */
     int zero, plan_only;
     int64_t pbeg, pend;
     size_t *zoff, *zlen;   /* per-rank blocks of one bucket (world_size entries each) */
-    float *gpart;          /* stage 2: this rank's averaged gradient partition */
+    float *gpart;          /* stages 2, 3: this rank's averaged gradient partition */
     int master_owned;      /* master is its own allocation (not an alias of params) */
     struct zbucket { int64_t b0, b1; int slot, last_layer; } *zb;
     int n_zb;
@@ -68,6 +69,18 @@ struct ds_engine {
     } zq;
     int *zb_open_layer;    /* per bucket: the layer whose backward first writes it */
     int z1_active;         /* overlap_comm at stage 1: this backward is the boundary's */
+    /* Stage 3: the working weights too are partitioned: this rank holds [pbeg, pend) of them
+     * (wpart), the tensors of at most param_persistence_threshold elements whole (pbuf, at
+     * poff), and gathers each layer's other tensors into the arena when the layer runs. */
+    void *wbase;           /* where working weight i is: wbase + (i - wshift) elements */
+    int64_t wshift;
+    void *wpart, *pbuf, *arena;
+    int64_t *poff;         /* per tensor: its place in pbuf (persistent) */
+    char *persist;
+    const float **pptr;    /* per tensor: where the model reads its weights */
+    int64_t persist_elems, pbuf_len, arena_len;
+    int live_layer;        /* the layer whose tensors the arena holds (-1: none) */
+    int64_t z3_gathers, z3_gathered; /* layer gathers and the elements they brought, so far */
     ds_optimizer opt;
     uint64_t seed;
     int64_t micro_steps, global_steps, global_samples;
@@ -163,6 +176,12 @@ void ds_engine_destroy(ds_engine *e)
         ds_model_destroy(e->model);
         if (e->params)
             e->be->ops->free(e->be, e->params);
+        if (e->wpart)
+            e->be->ops->free(e->be, e->wpart);
+        if (e->pbuf)
+            e->be->ops->free(e->be, e->pbuf);
+        if (e->arena)
+            e->be->ops->free(e->be, e->arena);
         if (e->master && e->master_owned)
             e->be->ops->free(e->be, e->master);
         if (e->gpart)
@@ -188,24 +207,27 @@ void ds_engine_destroy(ds_engine *e)
     free(e->zb);
     free(e->zslot);
     free(e->gptr);
+    free(e->pptr);
+    free(e->poff);
+    free(e->persist);
     free(e);
 }
 
 /* Element i of the working weights (2 bytes each when p16). */
 static void *wptr(const ds_engine *e, int64_t i)
 {
-    return e->p16 ? (void *)((uint16_t *)(void *)e->params + i) : (void *)(e->params + i);
+    return e->p16 ? (void *)((uint16_t *)e->wbase + (i - e->wshift)) : (void *)((float *)e->wbase + (i - e->wshift));
 }
 
 static size_t wsize(const ds_engine *e) { return e->p16 ? 2 : sizeof(float); }
 
-/* Working weights [off, off + count) from or to host fp32 values, through the host scratch
- * when they are 2-byte values (chunks of the largest tensor's size). */
-static ds_status upload_working(ds_engine *e, int64_t off, const float *host, int64_t count)
+/* count working weights at dst (backend memory, the working format) from host fp32 values,
+ * through the host scratch when they are 2-byte values (chunks of the largest tensor's size). */
+static ds_status upload_w(ds_engine *e, void *dst, const float *host, int64_t count)
 {
     const ds_backend_ops *ops = e->be->ops;
     if (!e->p16)
-        return ops->upload(e->be, e->params + off, host, (size_t)count * sizeof(float));
+        return ops->upload(e->be, dst, host, (size_t)count * sizeof(float));
     uint16_t *h = e->w16_scratch;
     const int64_t chunk = e->largest > 0 ? e->largest : 1;
     ds_status st = DS_OK;
@@ -213,16 +235,22 @@ static ds_status upload_working(ds_engine *e, int64_t off, const float *host, in
         int64_t len = count - i0 < chunk ? count - i0 : chunk;
         for (int64_t i = 0; i < len; i++)
             h[i] = e->round == DS_ROUND_BF16 ? ds_f32_to_bf16(host[i0 + i]) : ds_f32_to_f16(host[i0 + i]);
-        st = ops->upload(e->be, wptr(e, off + i0), h, (size_t)len * 2);
+        st = ops->upload(e->be, (uint16_t *)dst + i0, h, (size_t)len * 2);
     }
     return st;
+}
+
+/* Working weights [off, off + count) (held by this rank) from or to host fp32 values. */
+static ds_status upload_working(ds_engine *e, int64_t off, const float *host, int64_t count)
+{
+    return upload_w(e, wptr(e, off), host, count);
 }
 
 static ds_status download_working(ds_engine *e, int64_t off, float *host, int64_t count)
 {
     const ds_backend_ops *ops = e->be->ops;
     if (!e->p16)
-        return ops->download(e->be, host, e->params + off, (size_t)count * sizeof(float));
+        return ops->download(e->be, host, wptr(e, off), (size_t)count * sizeof(float));
     uint16_t *h = e->w16_scratch;
     const int64_t chunk = e->largest > 0 ? e->largest : 1;
     ds_status st = DS_OK;
@@ -236,16 +264,43 @@ static ds_status download_working(ds_engine *e, int64_t off, float *host, int64_
     return st;
 }
 
+static int64_t align16(int64_t n) { return (n + DS_TENSOR_ALIGN - 1) / DS_TENSOR_ALIGN * DS_TENSOR_ALIGN; }
+
+/* Stage 3: the element range [lo, hi) of [off, off + count) that this rank holds. */
+static void held(const ds_engine *e, int64_t off, int64_t count, int64_t *lo, int64_t *hi)
+{
+    *lo = off;
+    *hi = off + count;
+    if (e->zero == 3) {
+        *lo = off > e->pbeg ? off : e->pbeg;
+        *hi = off + count < e->pend ? off + count : e->pend;
+    }
+}
+
 /* Set flat elements [off, off + count) of the weights from host fp32 values: the master
  * weights (this rank's partition of them under ZeRO) and the working weights the model reads
  * (in 16-bit mode rounded to the format; under ZeRO every rank holds them all). */
 static ds_status write_weights(ds_engine *e, int64_t off, const float *host, int64_t count)
 {
     const ds_backend_ops *ops = e->be->ops;
-    ds_status st = upload_working(e, off, host, count);
+    ds_status st = DS_OK;
+    int64_t wlo, whi; /* the working weights this rank holds (all of them below stage 3) */
+    held(e, off, count, &wlo, &whi);
+    if (whi > wlo && (st = upload_working(e, wlo, host + (wlo - off), whi - wlo)) == DS_OK && e->round && !e->p16)
+        st = ops->round16(e->be, wptr(e, wlo), whi - wlo, e->round);
+    /* stage 3: the whole copies of persistent tensors, and no layer's gather is current now */
+    for (int t = 0; st == DS_OK && e->persist && t < e->net->params.n; t++) {
+        const ds_tensor_info *ti = &e->net->params.t[t];
+        int64_t lo = off > ti->offset ? off : ti->offset;
+        int64_t hi = off + count < ti->offset + ti->numel ? off + count : ti->offset + ti->numel;
+        if (!e->persist[t] || hi <= lo)
+            continue;
+        void *dst = (char *)e->pbuf + (size_t)(e->poff[t] + lo - ti->offset) * wsize(e);
+        if ((st = upload_w(e, dst, host + (lo - off), hi - lo)) == DS_OK && e->round && !e->p16)
+            st = ops->round16(e->be, dst, hi - lo, e->round);
+    }
+    e->live_layer = -1;
     if (st != DS_OK || !e->round)
-        return st;
-    if (!e->p16 && (st = ops->round16(e->be, e->params + off, count, e->round)) != DS_OK)
         return st;
     int64_t lo = off > e->pbeg ? off : e->pbeg, hi = off + count < e->pend ? off + count : e->pend;
     if (hi > lo)
@@ -255,10 +310,17 @@ static ds_status write_weights(ds_engine *e, int64_t off, const float *host, int
 
 /* Flat elements [off, off + count) of the fp32 master weights to the host. Under ZeRO with
  * 16-bit training a rank holds only its partition of them: other elements are read from the
- * (rounded) working weights. */
+ * (rounded) working weights; under stage 3 they read as 0 (host_gather brings them). */
 static ds_status read_master(ds_engine *e, int64_t off, float *host, int64_t count)
 {
     const ds_backend_ops *ops = e->be->ops;
+    if (e->zero == 3) {
+        int64_t lo, hi;
+        held(e, off, count, &lo, &hi);
+        memset(host, 0, (size_t)count * sizeof(float));
+        return hi > lo ? ops->download(e->be, host + (lo - off), e->master + (lo - e->pbeg), (size_t)(hi - lo) * sizeof(float))
+                       : DS_OK;
+    }
     if (!e->round)
         return ops->download(e->be, host, e->params + off, (size_t)count * sizeof(float));
     ds_status st = DS_OK;
@@ -397,7 +459,7 @@ static ds_status dcomm_create(ds_engine *e, ds_store *store, ds_error *err)
     return DS_OK;
 }
 
-/* ---- ZeRO stages 1 and 2 ------------------------------------------------------------------ */
+/* ---- ZeRO stages 1 and 2 (3 reduces its gradients as 2 does) ------------------------------- */
 
 /* Partitions: the flat buffer of N elements is padded to Np, a multiple of 16 * W (every
  * partition starts 64-byte aligned), and rank r owns [r P, min((r+1) P, N)) with P = Np / W;
@@ -454,8 +516,12 @@ static ds_status zero_reduce(ds_engine *e, float *buf, int64_t b0, int64_t b1, d
 /* After the update: every rank's partition of the working weights to every rank, in
  * allgather_bucket_size buckets (or, with allgather_partitions false, which disable_allgather
  * sets too, one broadcast per owner). */
+static ds_status z3_refresh(ds_engine *e, ds_error *err);
+
 static ds_status zero_gather_params(ds_engine *e, ds_error *err)
 {
+    if (e->zero == 3) /* stage 3 gathers a layer's weights when it runs */
+        return z3_refresh(e, err);
     if (!e->comm)
         return DS_OK;
     const int64_t n = e->net->params.total, bucket = e->cfg.zero.allgather_bucket_size;
@@ -477,7 +543,7 @@ static ds_status zero_gather_params(ds_engine *e, ds_error *err)
     return st;
 }
 
-/* Tensors whose gradient a layer's backward writes. */
+/* Tensors whose gradient a layer's backward writes (and whose weights its passes read). */
 static int layer_tensors(const ds_layer *l, int out[4])
 {
     int k = 0;
@@ -487,6 +553,153 @@ static int layer_tensors(const ds_layer *l, int out[4])
         if (cand[i] >= 0)
             out[k++] = cand[i];
     return k;
+}
+
+/* ---- ZeRO stage 3 ------------------------------------------------------------------------- */
+
+/* Working weights [o, o + n) of every rank into dst (backend memory, the working format): this
+ * rank's block copied in, then all-gathered. Every rank makes the same calls in the same order
+ * (the layers' passes, the step). */
+static ds_status z3_gather(ds_engine *e, int64_t o, int64_t n, void *dst, ds_error *err)
+{
+    const size_t ws = wsize(e);
+    const int r = e->comm->rank;
+    double t0 = e->timers.enabled ? ds_prof_now_s() : 0;
+    ds_status st;
+    zero_blocks(e, o, o + n);
+    if (e->zlen[r] &&
+        (st = e->be->ops->copy(e->be, (char *)dst + e->zoff[r] * ws, wptr(e, o + (int64_t)e->zoff[r]), e->zlen[r] * ws)) != DS_OK)
+        return backend_err(e, st, err);
+    if ((st = ds_comm_all_gather_v(GCOMM(e), dst, e->zoff, e->zlen, ws, err)) != DS_OK)
+        return st;
+    if (e->win_open) /* (an eval's gathers belong to no effective batch) */
+        record_collective_e(e, "all_gather", "parameters", n, ws, t0);
+    return DS_OK;
+}
+
+/* Does the layer read a tensor that is not persistent (one its passes must gather)? */
+static int z3_gathers_for(const ds_engine *e, int layer)
+{
+    int ts[4], k = layer_tensors(&e->net->layers[layer], ts);
+    for (int j = 0; j < k; j++)
+        if (!e->persist[ts[j]])
+            return 1;
+    return 0;
+}
+
+/* A layer's tensors that are not persistent, gathered into the arena (DeepSpeed's fetch before
+ * a module's forward or backward); the previous layer's are released by it. */
+static ds_status z3_gather_layer(ds_engine *e, int layer, ds_error *err)
+{
+    int ts[4], k = layer_tensors(&e->net->layers[layer], ts);
+    int64_t a = 0;
+    e->live_layer = -1;
+    for (int j = 0; j < k; j++) {
+        const ds_tensor_info *t = &e->net->params.t[ts[j]];
+        if (e->persist[ts[j]])
+            continue;
+        void *dst = (char *)e->arena + (size_t)a * wsize(e);
+        ds_status st = z3_gather(e, t->offset, t->numel, dst, err);
+        if (st != DS_OK)
+            return st;
+        e->pptr[ts[j]] = dst;
+        a += align16(t->numel);
+        e->z3_gathered += t->numel;
+    }
+    e->z3_gathers++;
+    e->live_layer = layer;
+    return DS_OK;
+}
+
+static ds_status zq_fetch(ds_engine *e, int layer, ds_error *err);
+
+/* The model's fetch hook: the layer's weights, unless the arena holds them already (a layer's
+ * backward right after its forward, as the last layer's is: DeepSpeed's reuse). With overlap_comm
+ * the gather runs on the communication thread, in order with the gradient reductions queued
+ * before it (the ranks' collectives stay in one order). */
+static ds_status z3_fetch(void *ctx, int layer, ds_error *err)
+{
+    ds_engine *e = ctx;
+    if (e->live_layer == layer || !z3_gathers_for(e, layer)) /* (no wait behind the reductions) */
+        return DS_OK;
+    return e->zq.started ? zq_fetch(e, layer, err) : z3_gather_layer(e, layer, err);
+}
+
+/* After the weights changed (a step, a load): the persistent tensors gathered whole again, runs
+ * of consecutive ones in one collective (their places in pbuf follow the flat layout), and no
+ * layer's gather current any more. */
+static ds_status z3_refresh(ds_engine *e, ds_error *err)
+{
+    const ds_tensor_table *tab = &e->net->params;
+    e->live_layer = -1;
+    if (!e->comm)
+        return DS_OK;
+    for (int t = 0; t < tab->n;) {
+        if (!e->persist[t]) {
+            t++;
+            continue;
+        }
+        int u = t;
+        while (u + 1 < tab->n && e->persist[u + 1] && e->poff[u + 1] - e->poff[t] == tab->t[u + 1].offset - tab->t[t].offset)
+            u++;
+        int64_t o = tab->t[t].offset, n = tab->t[u].offset + tab->t[u].numel - o;
+        ds_status st = z3_gather(e, o, n, (char *)e->pbuf + (size_t)e->poff[t] * wsize(e), err);
+        if (st != DS_OK)
+            return st;
+        t = u + 1;
+    }
+    return DS_OK;
+}
+
+/* Stage 3's buffers: persistent tensors (DeepSpeed's rule, in the table's order: at most
+ * param_persistence_threshold elements, while their total stays within
+ * model_persistence_threshold), and an arena for the largest layer's other tensors. One rank
+ * holds the whole partition: the model reads it in place. */
+static ds_status z3_setup(ds_engine *e, ds_error *err)
+{
+    const ds_tensor_table *tab = &e->net->params;
+    const size_t nt = (size_t)(tab->n ? tab->n : 1);
+    e->pptr = calloc(nt, sizeof *e->pptr);
+    e->poff = calloc(nt, sizeof *e->poff);
+    e->persist = calloc(nt, 1);
+    if (!e->pptr || !e->poff || !e->persist)
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    e->live_layer = -1;
+    const int multi = e->world_size > 1; /* (a planning engine has no communicator) */
+    if (multi) {
+        const ds_zero_config *z = &e->cfg.zero;
+        for (int t = 0; t < tab->n; t++) {
+            int64_t n = tab->t[t].numel;
+            if (n > z->model_persistence_threshold - e->persist_elems)
+                continue;
+            if (n <= z->param_persistence_threshold) {
+                e->persist[t] = 1;
+                e->poff[t] = e->pbuf_len;
+                e->pbuf_len += align16(n);
+                e->persist_elems += n;
+            }
+        }
+        for (int i = 0; i < e->net->n_layers; i++) {
+            int ts[4], k = layer_tensors(&e->net->layers[i], ts);
+            int64_t a = 0;
+            for (int j = 0; j < k; j++)
+                a += e->persist[ts[j]] ? 0 : align16(tab->t[ts[j]].numel);
+            if (a > e->arena_len)
+                e->arena_len = a;
+        }
+        e->pbuf = e->be->ops->alloc(e->be, (size_t)(e->pbuf_len ? e->pbuf_len : 1) * wsize(e));
+        e->arena = e->be->ops->alloc(e->be, (size_t)(e->arena_len ? e->arena_len : 1) * wsize(e));
+        if (!e->pbuf || !e->arena)
+            return ds_error_set(err, DS_ERR_NOMEM, "out of memory for ZeRO-3's gathered parameters (%lld elements)",
+                                (long long)(e->pbuf_len + e->arena_len));
+    }
+    for (int t = 0; t < tab->n; t++)
+        e->pptr[t] = !multi ? wptr(e, tab->t[t].offset)
+                   : e->persist[t] ? (const float *)(void *)((char *)e->pbuf + (size_t)e->poff[t] * wsize(e)) : NULL;
+    ds_model_set_param_ptrs(e->model, e->pptr);
+    if (multi)
+        ds_model_set_fetch_hook(e->model, z3_fetch, e);
+    return DS_OK;
 }
 
 /* The first backward of an effective batch starts a new window of gradient collectives. */
@@ -500,6 +713,10 @@ static void window_open(ds_engine *e)
 }
 
 static ds_status zero_reduce_bucket(ds_engine *e, int k, ds_error *err);
+
+/* The queue's ring: every bucket at most once (a bucket is queued again only after its slot
+ * was freed) and one stage-3 gather (the main thread waits for it). */
+#define ZQ_CAP(e) ((e)->n_zb + 2)
 
 /* overlap_comm: the worker takes bucket indices in order and reduces them; the slot of a
  * bucket is busy until its reduction is done. One worker, so the collectives keep the same
@@ -520,11 +737,12 @@ static void *zq_main(void *arg)
             pthread_cond_wait(&q->cv, &q->mu);
         if (q->head == q->tail && q->stop)
             break;
-        int k = q->items[q->head % (e->n_zb + 1)];
+        int k = q->items[q->head % ZQ_CAP(e)];
         q->running = 1;
         pthread_mutex_unlock(&q->mu);
         ds_error err = {0};
-        ds_status st = q->st == DS_OK ? zero_reduce_bucket(e, k, &err) : DS_OK;
+        /* k < 0: stage 3's gather of layer -k - 1 */
+        ds_status st = q->st != DS_OK ? DS_OK : k < 0 ? z3_gather_layer(e, -k - 1, &err) : zero_reduce_bucket(e, k, &err);
         pthread_mutex_lock(&q->mu);
         if (st != DS_OK && q->st == DS_OK) {
             q->st = st;
@@ -532,7 +750,7 @@ static void *zq_main(void *arg)
         }
         q->head++;
         q->running = 0;
-        if (e->zero == 2)
+        if (e->zero >= 2 && k >= 0)
             q->slot_busy[e->zb[k].slot] = 0;
         pthread_cond_broadcast(&q->cv);
     }
@@ -543,7 +761,7 @@ static void *zq_main(void *arg)
 static ds_status zq_start(ds_engine *e, ds_error *err)
 {
     struct zqueue *q = &e->zq;
-    q->items = calloc((size_t)e->n_zb + 1, sizeof(int));
+    q->items = calloc((size_t)ZQ_CAP(e), sizeof(int));
     q->slot_busy = calloc((size_t)(e->n_zslot ? e->n_zslot : 1), sizeof(int));
     if (!q->items || !q->slot_busy)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
@@ -574,6 +792,29 @@ static void zq_stop(ds_engine *e)
     free(q->items);
     free(q->slot_busy);
     q->items = q->slot_busy = NULL;
+}
+
+/* Stage 3 with overlap_comm: the layer's gather on the communication thread, after the
+ * reductions queued before it; returns when it is done (or the first failure of the thread). */
+static ds_status zq_fetch(ds_engine *e, int layer, ds_error *err)
+{
+    struct zqueue *q = &e->zq;
+    pthread_mutex_lock(&q->mu);
+    if (q->tail - q->head >= ZQ_CAP(e)) {
+        pthread_mutex_unlock(&q->mu);
+        return ds_error_set(err, DS_ERR_INTERNAL, "overlap_comm: the communication queue is full");
+    }
+    int pos = q->tail;
+    q->items[q->tail % ZQ_CAP(e)] = -1 - layer;
+    q->tail++;
+    pthread_cond_broadcast(&q->cv);
+    while (q->head <= pos)
+        pthread_cond_wait(&q->cv, &q->mu);
+    ds_status st = q->st;
+    if (st != DS_OK && err)
+        *err = q->err;
+    pthread_mutex_unlock(&q->mu);
+    return st;
 }
 
 /* Wait for every queued reduction; report the first failure. */
@@ -654,9 +895,13 @@ static ds_status zero2_hook(void *ctx, int layer, ds_error *err)
             continue;
         }
         pthread_mutex_lock(&q->mu);
-        if (e->zero == 2)
+        if (q->tail - q->head >= ZQ_CAP(e)) {
+            pthread_mutex_unlock(&q->mu);
+            return ds_error_set(err, DS_ERR_INTERNAL, "overlap_comm: the communication queue is full");
+        }
+        if (e->zero >= 2)
             q->slot_busy[e->zb[k].slot] = 1;
-        q->items[q->tail % (e->n_zb + 1)] = k;
+        q->items[q->tail % ZQ_CAP(e)] = k;
         q->tail++;
         pthread_cond_broadcast(&q->cv);
         pthread_mutex_unlock(&q->mu);
@@ -974,6 +1219,13 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                           e->be->ops->name);
         goto fail;
     }
+    if (e->cfg.zero.offload_param && e->cfg.zero.stage == 3 && strcmp(e->be->ops->name, "cpu") != 0) {
+        st = ds_error_set(err, DS_ERR_UNSUPPORTED,
+                          "%s: zero_optimization.offload_param.device=cpu is not supported yet on backend %s (on "
+                          "the cpu backend the parameter partitions are in host memory already)",
+                          e->cfg.source_name, e->be->ops->name);
+        goto fail;
+    }
     if (e->cfg.actckpt.cpu_checkpointing && ds_net_checkpoints(e->net) && strcmp(e->be->ops->name, "cpu") != 0) {
         st = ds_error_set(err, DS_ERR_UNSUPPORTED,
                           "%s: activation_checkpointing.cpu_checkpointing=true is not supported yet on backend %s "
@@ -1023,16 +1275,24 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
                               err)) != DS_OK)
         goto fail;
     e->p16 = ds_model_storage16(e->model) != 0;
-    e->params = e->be->ops->alloc(e->be, (size_t)tab->total * wsize(e));
-    e->grads = e->zero == 2 ? NULL : e->be->ops->alloc(e->be, bytes);
-    if (e->zero == 2)
+    /* the working weights: all of them, or this rank's partition at stage 3 */
+    if (e->zero == 3) {
+        e->wpart = e->be->ops->alloc(e->be, (size_t)(e->pend > e->pbeg ? e->pend - e->pbeg : 1) * wsize(e));
+        e->wbase = e->wpart;
+        e->wshift = e->pbeg;
+    } else {
+        e->params = e->be->ops->alloc(e->be, (size_t)tab->total * wsize(e));
+        e->wbase = e->params;
+    }
+    e->grads = e->zero >= 2 ? NULL : e->be->ops->alloc(e->be, bytes);
+    if (e->zero >= 2)
         e->gpart = e->be->ops->alloc(e->be, pbytes ? pbytes : sizeof(float));
     /* fp32: the master weights are the parameters (a ZeRO rank updates its part of them);
      * 16-bit: a separate fp32 copy, of this rank's partition only under ZeRO */
     e->master_owned = e->round != DS_ROUND_NONE;
-    e->master = !e->round ? e->params
+    e->master = !e->round ? e->wbase
               : e->be->ops->alloc(e->be, e->zero ? (pbytes ? pbytes : sizeof(float)) : bytes);
-    if (!e->params || (!e->grads && e->zero != 2) || (e->zero == 2 && !e->gpart) || !e->master ||
+    if (!e->wbase || (!e->grads && e->zero < 2) || (e->zero >= 2 && !e->gpart) || !e->master ||
         !e->zoff || !e->zlen) {
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory for %lld parameters", (long long)tab->total);
         goto fail;
@@ -1046,6 +1306,10 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     if (!host || !e->host_scratch || (e->p16 && !e->w16_scratch)) {
         free(host);
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (e->zero == 3 && (st = z3_setup(e, err)) != DS_OK) {
+        free(host);
         goto fail;
     }
     ds_net_init_params(e->net, host, e->seed);
@@ -1062,7 +1326,7 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     if ((st = ds_optimizer_init_range(&e->opt, &e->cfg.optimizer, e->be, tab, e->pbeg, e->pend,
                                       sum_doubles_over_ranks, e, user, err)) != DS_OK)
         goto fail;
-    if ((e->zero == 2 || (e->zero == 1 && e->cfg.zero.overlap_comm)) && (st = zero2_setup(e, err)) != DS_OK)
+    if ((e->zero >= 2 || (e->zero == 1 && e->cfg.zero.overlap_comm)) && (st = zero2_setup(e, err)) != DS_OK)
         goto fail;
     e->mom_slot = momentum_slot(&e->opt.cfg); /* the optimizer's copy from now on */
     if (opts->init_from && (st = ds_engine_load_weights(e, opts->init_from, err)) != DS_OK)
@@ -1158,6 +1422,8 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
     st = upload_batch(e, batch, err);
     if (st != DS_OK)
         return st;
+    if (e->zero == 3) /* its gathers are this effective batch's collectives too */
+        window_open(e);
     /* DeepSpeed's backward divides the loss by gradient_accumulation_steps; the loss gradient
      * is prepared here, fused with the loss, so the factor goes in now. */
     float scale = (float)(e->scaler.scale / (double)e->cfg.grad_accum);
@@ -1175,6 +1441,8 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
 
 ds_status ds_engine_eval(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
 {
+    if (e->plan_only)
+        return ds_error_set(err, DS_ERR_INVALID, "a planning engine (plan_only) does not evaluate");
     /* (curriculum learning shortens training forwards only, as DeepSpeed's) */
     ds_status st = ds_model_set_positions(e->model, e->net->positions, err);
     if (st == DS_OK)
@@ -1195,7 +1463,7 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
                    ds_engine_is_gradient_accumulation_boundary(e);
     /* overlap_comm with accumulation: the previous micro-batch's last buckets may still be
      * reducing; the top layers' buckets must be free before backward writes them again */
-    if (e->zero == 2 && e->zq.started) {
+    if (e->zero >= 2 && e->zq.started) {
         ds_status wst = zq_wait_slots(e, e->net->n_layers - 1, err);
         if (wst != DS_OK)
             return wst;
@@ -1205,7 +1473,7 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err)
     ds_status st = ds_model_backward(e->model, e->params, e->grads, err);
     /* fp16 gradients accumulate in fp16 (DeepSpeed's fp16 .grad); bf16 ones in fp32. (ZeRO-2
      * rounds each bucket before reducing it.) */
-    if (st == DS_OK && e->round == DS_ROUND_FP16 && e->zero != 2 && !e->z1_active)
+    if (st == DS_OK && e->round == DS_ROUND_FP16 && e->zero < 2 && !e->z1_active)
         st = e->be->ops->round16(e->be, e->grads, e->net->params.total, e->round);
     ds_timers_stop(&e->timers, DS_TIMER_BWD_INNER);
     ds_timers_stop(&e->timers, DS_TIMER_BWD);
@@ -1239,7 +1507,7 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     /* g: the averaged gradients this rank updates from: all of them (stage 0), or its
      * partition [pbeg, pend) (stage 1: reduce-scattered now; stage 2: during backward) */
     const int64_t plen = e->pend - e->pbeg;
-    float *g = e->zero == 2 ? e->gpart : e->grads + e->pbeg;
+    float *g = e->zero >= 2 ? e->gpart : e->grads + e->pbeg;
     if (e->comm) {
         /* DeepSpeed reduces inside backward (bwd_allreduce, part of bwd); ds reduces here, once
          * per effective batch, and counts that time there, not in step */
@@ -1333,7 +1601,7 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
             if (coef < 1.0)
                 gscale *= coef;
         }
-        float *m = e->round ? e->master : e->params + e->pbeg;
+        float *m = e->round || e->zero == 3 ? e->master : e->params + e->pbeg;
         if ((st = ds_optimizer_step(&e->opt, m, g, (float)e->lr, (float)gscale,
                                     e->round ? wptr(e, e->pbeg) : NULL, e->round, e->p16, err)) != DS_OK)
             return st;
@@ -1349,7 +1617,7 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         e->sched_iter++;
         sched_load(e);
     }
-    if ((st = e->zero == 2 ? ops->zero(e->be, e->gpart, (size_t)plen * sizeof(float))
+    if ((st = e->zero >= 2 ? ops->zero(e->be, e->gpart, (size_t)plen * sizeof(float))
                            : ops->zero(e->be, e->grads, (size_t)n * sizeof(float))) != DS_OK)
         return backend_err(e, st, err);
     e->last_loss = e->window_loss;
@@ -1436,18 +1704,25 @@ void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m)
     size_t flat = (size_t)e->net->params.total * sizeof(float);
     size_t part = (size_t)(e->pend - e->pbeg) * sizeof(float);
     memset(m, 0, sizeof *m);
-    m->params = (size_t)e->net->params.total * wsize(e);
+    /* stage 3: the partition, the persistent tensors and the arena of one layer's gathered ones */
+    m->params = (size_t)(e->zero == 3 ? e->pend - e->pbeg + e->pbuf_len + e->arena_len : e->net->params.total) * wsize(e);
     m->master = e->master_owned ? (e->zero ? part : flat) : 0;
-    m->grads = e->zero == 2 ? part : flat;
+    m->grads = e->zero >= 2 ? part : flat;
     m->optim = ds_optimizer_state_bytes(&e->opt);
     m->activations = ds_model_activation_bytes(e->model);
     ds_model_checkpoint_stats(e->model, &m->checkpoints, &m->recomputed);
     m->activations16 = ds_model_storage16(e->model);
-    m->comm = e->zero == 2 ? (size_t)e->n_zslot * (size_t)e->zslot_len * sizeof(float) : 0;
+    m->comm = e->zero >= 2 ? (size_t)e->n_zslot * (size_t)e->zslot_len * sizeof(float) : 0;
     m->zero_stage = e->zero;
     m->world_size = e->world_size;
     m->partition_begin = e->pbeg;
     m->partition_end = e->pend;
+    for (int t = 0; e->persist && t < e->net->params.n; t++)
+        m->z3_persistent_tensors += e->persist[t];
+    m->z3_persistent = e->persist_elems;
+    m->z3_arena = e->arena_len;
+    m->z3_gathers = e->z3_gathers;
+    m->z3_gathered = e->z3_gathered;
 }
 
 void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t *optim,
@@ -1481,13 +1756,67 @@ static const ds_tensor_info *find_tensor(ds_engine *e, const char *name, int64_t
     return t;
 }
 
+/* Stage 3 (several ranks): host, holding elements [b0, b1) of which this rank filled the ones it
+ * holds, gets every rank's (esz-byte elements) over the host communicator. A collective. */
+static ds_status host_gather(ds_engine *e, int64_t b0, int64_t b1, void *host, size_t esz, ds_error *err)
+{
+    if (e->zero != 3 || e->world_size == 1)
+        return DS_OK;
+    if (!e->comm)
+        return ds_error_set(err, DS_ERR_INVALID, "a planning engine (plan_only) holds only rank 0's ZeRO-3 "
+                            "partition of the weights");
+    ds_status st = zq_drain(e, err); /* the communication thread's collectives first */
+    if (st != DS_OK)
+        return st;
+    size_t *off = calloc((size_t)e->world_size, sizeof *off), *len = calloc((size_t)e->world_size, sizeof *len);
+    st = off && len ? DS_OK : ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    for (int r = 0; st == DS_OK && r < e->world_size; r++) {
+        int64_t lo, hi;
+        ds_zero_partition(e->net->params.total, e->world_size, r, &lo, &hi);
+        lo = lo > b0 ? lo : b0;
+        hi = hi < b1 ? hi : b1;
+        off[r] = hi > lo ? (size_t)(lo - b0) : 0;
+        len[r] = hi > lo ? (size_t)(hi - lo) : 0;
+    }
+    if (st == DS_OK)
+        st = ds_comm_all_gather_v(e->comm, host, off, len, esz, err);
+    free(off);
+    free(len);
+    return st;
+}
+
+/* Stage 3: working weights [b, end) of every rank to the host as fp32 values (a collective). */
+static ds_status gather_working(ds_engine *e, int64_t b, int64_t end, float *host, ds_error *err)
+{
+    int64_t lo, hi, n = end - b;
+    held(e, b, n, &lo, &hi);
+    uint16_t *h16 = e->p16 ? calloc((size_t)(n ? n : 1), 2) : NULL;
+    ds_status st = !e->p16 || h16 ? DS_OK : ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+    if (st == DS_OK && !e->p16)
+        memset(host, 0, (size_t)n * sizeof(float));
+    if (st == DS_OK && hi > lo &&
+        (st = e->be->ops->download(e->be, e->p16 ? (void *)(h16 + (lo - b)) : (void *)(host + (lo - b)), wptr(e, lo),
+                                   (size_t)(hi - lo) * wsize(e))) != DS_OK)
+        backend_err(e, st, err);
+    if (st == DS_OK)
+        st = host_gather(e, b, end, e->p16 ? (void *)h16 : (void *)host, wsize(e), err);
+    for (int64_t i = 0; st == DS_OK && e->p16 && i < n; i++)
+        host[i] = e->round == DS_ROUND_BF16 ? ds_bf16_to_f32(h16[i]) : ds_f16_to_f32(h16[i]);
+    free(h16);
+    return st;
+}
+
 ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
 {
     const ds_tensor_info *t = find_tensor(e, name, numel, err);
     if (!t)
         return DS_ERR_INVALID;
     ds_status st = read_master(e, t->offset, host, numel);
-    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+    if (st != DS_OK)
+        backend_err(e, st, err);
+    ds_error gerr; /* stage 3: the gather is a collective, made whatever this rank's read gave */
+    ds_status gst = host_gather(e, t->offset, t->offset + numel, host, sizeof(float), st == DS_OK ? err : &gerr);
+    return st != DS_OK ? st : gst;
 }
 
 ds_status ds_engine_set_param(ds_engine *e, const char *name, const float *host, int64_t numel,
@@ -1510,7 +1839,7 @@ static ds_status grad_copy(ds_engine *e, const char *name, float *host, const fl
         return DS_ERR_INVALID;
     const ds_backend_ops *ops = e->be->ops;
     ds_status st = DS_OK;
-    if (e->zero != 2) {
+    if (e->zero < 2) {
         st = src ? ops->upload(e->be, e->grads + t->offset, src, (size_t)numel * sizeof(float))
                  : ops->download(e->be, host, e->grads + t->offset, (size_t)numel * sizeof(float));
         return st == DS_OK ? DS_OK : backend_err(e, st, err);
@@ -1655,7 +1984,10 @@ ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
 ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err)
 {
     struct stat sb;
-    if (!overwrite && stat(path, &sb) == 0 && !(e->zero && e->round && e->comm && e->comm->rank != 0))
+    /* the fp32 master weights partitioned (ZeRO with fp16/bf16, stage 3): every rank takes part
+     * in gathering them, whatever happens to it, and rank 0 writes */
+    const int collective = e->zero && (e->round || e->zero == 3) && e->comm;
+    if (!collective && !overwrite && stat(path, &sb) == 0)
         return ds_error_set(err, DS_ERR_INVALID, "%s: exists; not overwriting it", path);
     const ds_tensor_table *tab = &e->net->params;
     size_t bytes = (size_t)tab->total * sizeof(float);
@@ -1666,20 +1998,21 @@ ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, 
         free(ent);
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
-    ds_status st = read_master(e, 0, host, tab->total);
-    if (st != DS_OK) {
+    ds_status st = collective ? zq_drain(e, err) : DS_OK; /* (the communication thread's collectives first) */
+    if (st == DS_OK && (st = read_master(e, 0, host, tab->total)) != DS_OK)
+        backend_err(e, st, err);
+    if (collective) {
+        ds_error gerr;
+        zero_blocks(e, 0, tab->total);
+        ds_status gst = ds_comm_all_gather_v(e->comm, host, e->zoff, e->zlen, sizeof(float), st == DS_OK ? err : &gerr);
+        st = st != DS_OK ? st : gst;
+        if (st == DS_OK && e->comm->rank == 0 && !overwrite && stat(path, &sb) == 0)
+            st = ds_error_set(err, DS_ERR_INVALID, "%s: exists; not overwriting it", path);
+    }
+    if (st != DS_OK || (collective && e->comm->rank != 0)) {
         free(host);
         free(ent);
-        return backend_err(e, st, err);
-    }
-    if (e->zero && e->round && e->comm) {
-        /* the fp32 master weights are partitioned: gather them (every rank calls this) */
-        zero_blocks(e, 0, tab->total);
-        if ((st = ds_comm_all_gather_v(e->comm, host, e->zoff, e->zlen, sizeof(float), err)) != DS_OK || e->comm->rank != 0) {
-            free(host);
-            free(ent);
-            return st;
-        }
+        return st;
     }
     for (int i = 0; i < tab->n; i++) {
         ent[i].name = tab->t[i].name;
@@ -1766,7 +2099,8 @@ void ds_engine_state_info_get(const ds_engine *e, ds_engine_state_info *info)
 static ds_status partition_buffer(ds_engine *e, int buffer, int64_t begin, int64_t end,
                                   float **base, int64_t *shift, ds_error *err)
 {
-    if (buffer == DS_ENGINE_BUF_WEIGHTS) { /* the working weights: every rank holds them all */
+    if (buffer == DS_ENGINE_BUF_WEIGHTS) { /* the working weights: every rank holds them all
+                                              (below stage 3) */
         if (begin < 0 || end > e->net->params.total || begin > end)
             return ds_error_set(err, DS_ERR_INVALID, "elements [%lld, %lld) are outside [0, %lld)",
                                 (long long)begin, (long long)end, (long long)e->net->params.total);
@@ -1788,8 +2122,8 @@ static ds_status partition_buffer(ds_engine *e, int buffer, int64_t begin, int64
     /* the optimizer state holds [pbeg, pend); the master weights too, except in fp32, where
      * they are the (full) parameters */
     if (buffer == DS_ENGINE_BUF_MASTER) {
-        *base = e->round ? e->master : e->params;
-        *shift = e->round ? e->pbeg : 0;
+        *base = e->round || e->zero == 3 ? e->master : e->params;
+        *shift = e->round || e->zero == 3 ? e->pbeg : 0;
     } else {
         *base = buf[buffer];
         *shift = e->pbeg;
@@ -1803,6 +2137,8 @@ ds_status ds_engine_read_partition(ds_engine *e, int buffer, int64_t begin, int6
     float *base;
     int64_t shift;
     ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
+    if (st == DS_OK && buffer == DS_ENGINE_BUF_WEIGHTS && e->zero == 3) /* gathered: a collective */
+        return gather_working(e, begin, end, host, err);
     if (st == DS_OK && end > begin &&
         (st = buffer == DS_ENGINE_BUF_WEIGHTS
                   ? download_working(e, begin, host, end - begin)
@@ -1817,6 +2153,9 @@ ds_status ds_engine_write_partition(ds_engine *e, int buffer, int64_t begin, int
     float *base;
     int64_t shift;
     ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
+    if (st == DS_OK && buffer == DS_ENGINE_BUF_WEIGHTS && e->zero == 3)
+        return ds_error_set(err, DS_ERR_INVALID, "ZeRO stage 3: the working weights are written through the "
+                            "master weights (DS_ENGINE_BUF_MASTER, then ds_engine_sync_weights)");
     if (st == DS_OK && end > begin &&
         (st = buffer == DS_ENGINE_BUF_WEIGHTS
                   ? upload_working(e, begin, host, end - begin)
@@ -1830,15 +2169,17 @@ ds_status ds_engine_write_partition(ds_engine *e, int buffer, int64_t begin, int
 ds_status ds_engine_sync_weights(ds_engine *e, ds_error *err)
 {
     const ds_backend_ops *ops = e->be->ops;
-    ds_status st = DS_OK;
+    ds_status st = zq_drain(e, err); /* its gathers after the communication thread's collectives */
+    if (st != DS_OK)
+        return st;
     if (e->round) {
         int64_t len = e->pend - e->pbeg;
         if (e->p16) {
             st = ops->pack16(e->be, e->master, wptr(e, e->pbeg), len, e->round);
         } else {
-            st = ops->copy(e->be, e->params + e->pbeg, e->master, (size_t)len * sizeof(float));
+            st = ops->copy(e->be, wptr(e, e->pbeg), e->master, (size_t)len * sizeof(float));
             if (st == DS_OK)
-                st = ops->round16(e->be, e->params + e->pbeg, len, e->round);
+                st = ops->round16(e->be, wptr(e, e->pbeg), len, e->round);
         }
         if (st != DS_OK)
             return backend_err(e, st, err);

@@ -52,6 +52,7 @@ typedef enum {
     F_OFFOPT, /* offload_optimizer.device: "none"; "cpu" (recorded: the engine accepts it where the
                  optimizer already runs in host memory); "nvme" (not built yet) */
     F_CPUOFF, /* cpu_offload (deprecated): true = offload_optimizer.device "cpu" */
+    F_CPUOFFP, /* cpu_offload_param (deprecated): true = offload_param.device "cpu" */
     F_TAGVAL, /* checkpoint.tag_validation: Warn (what we do), Ignore, Fail */
     F_OBJ,    /* sub-section described by .sub */
     F_SKIP,   /* read by the section's own handler */
@@ -387,9 +388,10 @@ static const field TP_FIELDS[] = {
     LIM("autotp_size", 1), OBJ("tensor_parallel", TP_INNER_FIELDS), OBJ("tp", TP_INNER_FIELDS),
     N("*"), END};
 
-/* zero_optimization (pydantic DeepSpeedZeroConfig, extra="forbid"). Only stage 0 is built; at
- * stage 0 the ZeRO tuning knobs do nothing, so they are accepted once their type is right, while
- * keys that ask for a feature (offload, quantized weights, ...) are refused. */
+/* zero_optimization (pydantic DeepSpeedZeroConfig, extra="forbid"). Stages 0 to 3 are built. The
+ * knobs that only tune DeepSpeed's own machinery (prefetching, sub-groups, ...) are accepted once
+ * their type is right (ds-config(5) says what each does in ds), while keys that ask for a feature
+ * (NVMe offload, quantized weights, ...) are refused. */
 static const field OFFLOAD_PARAM_FIELDS[] = {
     K("device", F_DEVICE), N("nvme_path"), N("buffer_count"), N("buffer_size"), N("max_in_cpu"),
     N("pin_memory"), END};
@@ -404,7 +406,7 @@ static const field ZERO_FIELDS[] = {
     K("load_from_fp32_weights", F_BOOL), K("elastic_checkpoint", F_BOOL),
     OBJ("offload_param", OFFLOAD_PARAM_FIELDS), OBJ("offload_optimizer", OFFLOAD_OPT_FIELDS),
     K("sub_group_size", F_SIZE),
-    OLD("cpu_offload_param", F_OFF, "offload_param"),
+    OLD("cpu_offload_param", F_CPUOFFP, "offload_param"),
     OLD("cpu_offload_use_pin_memory", F_BOOL, "offload_param or offload_optimizer"),
     OLD("cpu_offload", F_CPUOFF, "offload_optimizer"),
     K("prefetch_bucket_size", F_SIZE), K("stage3_prefetch_bucket_size", F_SIZE),
@@ -474,6 +476,7 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
 {
     ds_zero_config *z = &r->cfg->zero;
     ds_status st = DS_OK;
+    int overlap_given = 0;
     json_object_object_foreach(v, key, val) {
         char p[128];
         join(p, sizeof p, path, key);
@@ -487,11 +490,20 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
                 return bad_type(r, p, "an integer >= 1 (elements)", val);
             if (s == V_SET)
                 *(key[0] == 'r' ? &z->reduce_bucket_size : &z->allgather_bucket_size) = i;
+        } else if (!strcmp(key, "param_persistence_threshold") ||
+                   !strcmp(key, "stage3_param_persistence_threshold") ||
+                   !strcmp(key, "model_persistence_threshold") ||
+                   !strcmp(key, "stage3_model_persistence_threshold")) {
+            if ((st = get_int(r, p, val, &s, &i)) != DS_OK)
+                return st;
+            if (s == V_SET) /* (F_SIZE checked i >= 0) */
+                *(strstr(key, "param_") ? &z->param_persistence_threshold : &z->model_persistence_threshold) = i;
         } else if (!strcmp(key, "overlap_comm")) {
             if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
                 return st;
             if (s == V_SET)
                 z->overlap_comm = b;
+            overlap_given = s == V_SET;
         } else if (!strcmp(key, "reduce_scatter") || !strcmp(key, "allgather_partitions") ||
                    !strcmp(key, "contiguous_gradients")) {
             if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
@@ -509,6 +521,11 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
         if (st != DS_OK)
             return st;
     }
+    if (z->stage == 3 && !overlap_given) /* DeepSpeed: overlap_comm null means true at stage 3 */
+        z->overlap_comm = 1;
+    if (z->offload_param && z->stage < 3)
+        warn(r, "zero_optimization.offload_param acts at stage 3 only; at stage %d it does nothing (as in "
+             "DeepSpeed)", z->stage);
     return DS_OK;
 }
 
@@ -771,10 +788,14 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         return DS_OK;
     case F_DTYPE:
         return check_dtype(r, path, v);
-    case F_DEVICE:
+    case F_DEVICE: /* offload_param.device */
         if ((st = get_str(r, path, v, &str)) != DS_OK || !str || !strcmp(str, "none"))
             return st;
-        if (!strcmp(str, "cpu") || !strcmp(str, "nvme"))
+        if (!strcmp(str, "cpu")) {
+            r->cfg->zero.offload_param = 1;
+            return DS_OK;
+        }
+        if (!strcmp(str, "nvme"))
             return unsupported(r, path, v);
         return bad_type(r, path, "\"none\", \"cpu\" or \"nvme\"", v);
     case F_OFFOPT:
@@ -790,6 +811,10 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
     case F_CPUOFF:
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK && s == V_SET && b)
             r->cfg->zero.offload_optimizer = DS_OFFLOAD_CPU_OFFLOAD;
+        return st;
+    case F_CPUOFFP:
+        if ((st = get_bool(r, path, v, &s, &b)) == DS_OK && s == V_SET && b)
+            r->cfg->zero.offload_param = 1;
         return st;
     case F_TAGVAL: /* DeepSpeed upper-cases it and accepts WARN, IGNORE, FAIL */
         if ((st = get_str(r, path, v, &str)) != DS_OK || !str || ieq(str, "warn"))
@@ -845,8 +870,6 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
                 return st;
             if (s == V_SET && (i < 0 || i > 3))
                 return bad_type(r, p, "0, 1, 2 or 3", sv);
-            if (s == V_SET && i > 2)
-                return unsupported(r, p, sv);
             r->cfg->zero.stage = s == V_SET ? (int)i : 0;
         }
         if (json_object_object_get_ex(v, "cpu_offload", NULL) &&
@@ -854,6 +877,11 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             return fail(r, DS_ERR_INVALID, "zero_optimization.cpu_offload",
                         "given together with zero_optimization.offload_optimizer, which replaces it: "
                         "keep only offload_optimizer");
+        if (json_object_object_get_ex(v, "cpu_offload_param", NULL) &&
+            json_object_object_get_ex(v, "offload_param", NULL))
+            return fail(r, DS_ERR_INVALID, "zero_optimization.cpu_offload_param",
+                        "given together with zero_optimization.offload_param, which replaces it: "
+                        "keep only offload_param");
         if ((st = check_section(r, path, v, ZERO_FIELDS)) != DS_OK)
             return st;
         return read_zero(r, path, v);
@@ -1481,7 +1509,8 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
     rd r = {.cfg = cfg, .name = name, .err = err, .strict = strict, .hints = hints};
     cfg->zero = (ds_zero_config){.stage = 0, .reduce_bucket_size = 500000000,
                                  .allgather_bucket_size = 500000000, .reduce_scatter = 1,
-                                 .allgather_partitions = 1};
+                                 .allgather_partitions = 1, .param_persistence_threshold = 100000,
+                                 .model_persistence_threshold = INT64_MAX};
     cfg->fp16 = (ds_loss_scale_config){.loss_scale = 0, .initial_scale_power = 16,
                                        .loss_scale_window = 1000, .hysteresis = 2,
                                        .consecutive_hysteresis = 0, .min_loss_scale = 1};

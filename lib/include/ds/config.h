@@ -62,7 +62,8 @@ typedef enum ds_offload_key { DS_OFFLOAD_OPTIMIZER = 1, DS_OFFLOAD_CPU_OFFLOAD =
 
 typedef struct ds_zero_config {
     int stage;                     /* 0: plain data parallelism; 1: optimizer state partitioned;
-                                      2: gradients too */
+                                      2: gradients too; 3: the parameters too, each layer's
+                                      gathered when it runs */
     int64_t reduce_bucket_size;    /* elements per gradient reduce-scatter (5e8) */
     int64_t allgather_bucket_size; /* elements per parameter all-gather (5e8) */
     int reduce_scatter;            /* 1: reduce-scatter the buckets; 0: all-reduce them */
@@ -73,6 +74,11 @@ typedef struct ds_zero_config {
                                       state in host memory and the step on the CPU. That is where
                                       the cpu backend keeps them anyway; the engine refuses it on
                                       other backends. */
+    int offload_param;             /* offload_param.device "cpu": stage 3's parameter partitions in
+                                      host memory (the cpu backend's; refused on other backends) */
+    int64_t param_persistence_threshold; /* stage 3: tensors of at most this many elements stay
+                                            whole on every rank (1e5) ... */
+    int64_t model_persistence_threshold; /* ... while their total stays within this (no limit) */
 } ds_zero_config;
 
 /* Values a client may supply for keys that are "auto" or missing (0 = none supplied). */

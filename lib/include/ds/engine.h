@@ -79,7 +79,8 @@ ds_status ds_engine_backward(ds_engine *e, ds_error *err);
 /* Call after every micro-batch; at the accumulation boundary: global norm, clipping, the
  * optimizer update, zeroed gradients, global_steps + 1. */
 ds_status ds_engine_step(ds_engine *e, ds_error *err);
-/* Forward without gradients or dropout. */
+/* Forward without gradients or dropout. Under ZeRO stage 3 with several ranks every rank calls
+ * it (as forward and backward): the layers' weights are gathered from every rank's partition. */
 ds_status ds_engine_eval(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err);
 
 int ds_engine_is_gradient_accumulation_boundary(const ds_engine *e);
@@ -128,23 +129,28 @@ const ds_collective_record *ds_engine_last_collectives(const ds_engine *e, int *
 const ds_config *ds_engine_config(const ds_engine *e);
 const ds_net *ds_engine_net(const ds_engine *e);
 const char *ds_engine_backend_name(const ds_engine *e);
-/* What a rank holds, in bytes (ds-train --plan prints it for stages 0-2). */
+/* What a rank holds, in bytes (ds-train --plan prints it for stages 0-3). */
 typedef struct ds_memory_report {
     size_t params;      /* the working weights the model reads (every rank holds them all;
-                           2 bytes each where activations16 says 16-bit storage) */
+                           at stage 3 its partition, the persistent tensors and one layer's
+                           gathered ones; 2 bytes each where activations16 says 16-bit storage) */
     size_t master;      /* separate fp32 master weights (16-bit training; this rank's
                            partition under ZeRO); 0 in fp32, where they are the parameters */
-    size_t grads;       /* gradients: the flat buffer, or this rank's partition (ZeRO-2) */
-    size_t optim;       /* optimizer state (this rank's partition under ZeRO 1 and 2) */
+    size_t grads;       /* gradients: the flat buffer, or this rank's partition (ZeRO-2, 3) */
+    size_t optim;       /* optimizer state (this rank's partition under ZeRO 1 to 3) */
     size_t activations; /* activations and their gradients for one micro-batch (with activation
                            checkpointing: the checkpoints and one set of a repeat's buffers) */
     int checkpoints;    /* activation checkpoints kept (checkpointed segments); 0: none */
     int64_t recomputed; /* segment forwards backward has run again so far */
     int activations16;  /* the 16-bit format (ds_round_mode) they and the working weights are
                            stored in; 0: fp32 buffers */
-    size_t comm;        /* communication buffers (ZeRO-2 gradient buckets) */
+    size_t comm;        /* communication buffers (ZeRO-2/3 gradient buckets) */
     int zero_stage, world_size;
     int64_t partition_begin, partition_end; /* flat elements this rank updates */
+    /* stage 3 with several ranks: the persistent tensors (their number and elements), the most
+     * elements one layer gathers (the arena), and the layer gathers so far with their elements */
+    int z3_persistent_tensors;
+    int64_t z3_persistent, z3_arena, z3_gathers, z3_gathered;
 } ds_memory_report;
 void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m);
 /* Positions per sample of the training forwards: curriculum_learning's current difficulty (the
@@ -166,11 +172,13 @@ void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t 
 
 /* Weights by name. Load: missing, unexpected and mis-shaped names are listed in the error.
  * Save: a safetensors file PyTorch reads (refuses to overwrite unless overwrite is set); under
- * ZeRO with fp16/bf16 the fp32 master weights are partitioned, so every rank must call it
- * (they are gathered) and rank 0 writes. Get/set param: the fp32 master weights (under ZeRO
- * with fp16/bf16, elements outside this rank's partition read from the 16-bit working
- * weights). Get/set grad: under ZeRO-2 only this rank's partition of the gradient exists
- * (other elements read as 0; writes to them are dropped). */
+ * ZeRO with fp16/bf16, and at stage 3, the fp32 master weights are partitioned, so every rank
+ * must call it (they are gathered) and rank 0 writes. Get/set param: the fp32 master weights
+ * (under ZeRO 1/2 with fp16/bf16, elements outside this rank's partition read from the 16-bit
+ * working weights; at stage 3 with several ranks getting one is a collective: every rank gets
+ * the same names in the same order). Load and set param: every rank, with the same values.
+ * Get/set grad: under ZeRO-2 and 3 only this rank's partition of the gradient exists (other
+ * elements read as 0; writes to them are dropped). */
 ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err);
 ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err);
 /* Copy a parameter or its gradient (by name) to host memory of numel floats. */
@@ -193,18 +201,21 @@ ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_erro
  * Np is zero and never stored). Stage 0 stores one partition [0, N), written by rank 0. */
 
 #define DS_ENGINE_BUF_MASTER (-1) /* the fp32 master weights; 0 .. n_state-1: optimizer state */
-#define DS_ENGINE_BUF_WEIGHTS (-2) /* the working weights the model reads (every rank holds all) */
+/* the working weights the model reads: every rank holds them all, except under ZeRO stage 3,
+ * where reading them is a collective (every rank reads the same ranges, in the same order) and
+ * writing them is refused (write the master weights, then ds_engine_sync_weights) */
+#define DS_ENGINE_BUF_WEIGHTS (-2)
 
 typedef struct ds_engine_state_info {
-    int zero_stage;          /* 0, 1 or 2 */
+    int zero_stage;          /* 0 to 3 */
     int world_size, rank;    /* data-parallel */
     ds_comm *comm;           /* the data-parallel communicator, NULL for one process */
     int64_t numel;           /* N: elements of a flat buffer (per-tensor alignment included) */
-    int partition_world;     /* the W of the rule: 1 in stage 0, world_size in stages 1/2 */
+    int partition_world;     /* the W of the rule: 1 in stage 0, world_size in stages 1-3 */
     int partition_rank;      /* the partition this rank stores, -1 if none (stage 0, rank > 0) */
     int64_t begin, end;      /* that partition's elements (empty when partition_rank < 0) */
     int64_t hold_begin, hold_end; /* the elements this rank holds and loads: [0, N) in stage 0,
-                                     its partition in stages 1/2 */
+                                     its partition in stages 1-3 */
     ds_precision precision;
     const char *optimizer;   /* the optimizer's name: "AdamW", "Lamb", a user optimizer's */
     int n_state;             /* optimizer state buffers, in DeepSpeed's spelling: */
