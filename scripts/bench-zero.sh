@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # bench-zero.sh: ZeRO on one machine.
-#  1. tokens/s of gpt-tiny (share/configs) with ZeRO stages 0, 1, 2 and 2 + overlap_comm at 2 and 4 ranks
-#     (ds-launch, one OpenMP thread per rank), medians of --rounds interleaved runs;
+#  1. tokens/s of gpt-tiny (share/configs) with ZeRO stages 0, 1, 2, 2 + overlap_comm and 3 (its
+#     defaults: overlap_comm on, tensors of at most 1e5 elements persistent, the others gathered
+#     per layer) at 2 and 4 ranks (ds-launch, one OpenMP thread per rank), medians of --rounds
+#     interleaved runs;
 #  2. the deepest GPT (layers of dim 256, vocab 256, 64 positions, micro-batch 1) that trains
 #     3 steps under a fixed per-rank memory limit (ulimit -d, i.e. RLIMIT_DATA: the heap and
-#     every private writable mapping) with 4 ranks at stage 0 and at stage 2
+#     every private writable mapping) with 4 ranks at stages 0, 2 and 3
 #     (reduce_bucket_size 1e6), found by bisection.
 # Usage: scripts/bench-zero.sh [--rounds 3] [--steps 20] [--limit-mb 400] [--max-layers 64]
 # Environment: DS_BUILD (the build directory with ds-train and ds-launch; default the repo root).
@@ -26,19 +28,20 @@ export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(getconf _NPROCESSORS_ONLN) CPUs; $(date -u '+%F %T UTC')"
 
 echo "== 1. gpt-tiny tokens/s by ZeRO stage (median of $rounds rounds, $steps steps, micro-batch 8 per rank)"
-for st in 0 1 2 2o; do
+for st in 0 1 2 2o 3; do
     python3 - "$root/share/configs/gpt-tiny.ds.json" "$st" > "$tmp/z$st.json" <<'PYEOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
-c['zero_optimization'] = {'stage': int(sys.argv[2][0]), 'reduce_bucket_size': 1000000, 'allgather_bucket_size': 1000000,
-                          'overlap_comm': sys.argv[2].endswith('o')}
+c['zero_optimization'] = {'stage': int(sys.argv[2][0]), 'reduce_bucket_size': 1000000, 'allgather_bucket_size': 1000000}
+if sys.argv[2] != '3':  # stage 3: DeepSpeed's default, overlap_comm on
+    c['zero_optimization']['overlap_comm'] = sys.argv[2].endswith('o')
 print(json.dumps(c))
 PYEOF
 done
 : > "$tmp/tps"
 for r in $(seq 1 "$rounds"); do
     for n in 2 4; do
-        for st in 0 1 2 2o; do
+        for st in 0 1 2 2o 3; do
             line=$("$B/ds-launch" --num_gpus $n --export OMP_NUM_THREADS=1 "$B/ds-train" \
                 "$root/share/configs/gpt-tiny.json" --config "$tmp/z$st.json" \
                 --data /usr/share/common-licenses --steps "$steps" --quiet 2>/dev/null | grep 'done:' || true)
@@ -55,7 +58,7 @@ for l in open(sys.argv[1]):
     v.setdefault((int(n), st), []).append(float(t))
 for n in (2, 4):
     base = statistics.median(v[(n, '0')])
-    for st in ('0', '1', '2', '2o'):
+    for st in ('0', '1', '2', '2o', '3'):
         m = statistics.median(v[(n, st)])
         name = 'stage 2 + overlap_comm' if st == '2o' else 'stage ' + st
         print('  %d ranks, %-22s %8.0f tokens/s  (%.2f of stage 0)' % (n, name + ':', m, m / base if base else 0))
@@ -82,7 +85,7 @@ fits() { # fits STAGE LAYERS
         "$tmp/net$2.json" --config "$tmp/m$1.json" --data /usr/share/common-licenses --steps 3 --quiet \
         >/dev/null 2>&1 )
 }
-for st in 0 2; do
+for st in 0 2 3; do
     lo=0 hi=$((max_layers + 1))
     while [ $((hi - lo)) -gt 1 ]; do
         mid=$(((lo + hi) / 2))
