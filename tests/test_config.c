@@ -770,8 +770,7 @@ static const struct {
     {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_OK, NULL},
     {"ds-tests-squad__deepspeed_bsz24_fp16_eigenvalue_quantize_config.json", DS_ERR_UNSUPPORTED,
      "tensorboard.enabled=true is not supported yet"},
-    {"ds-tests-torch_compile__ds_config_z3.json", DS_ERR_INVALID,
-     "bf16: unknown key \"loss_scale\""},
+    {"ds-tests-torch_compile__ds_config_z3.json", DS_OK, NULL},
     {"ds-tests-torch_compile__ds_config_z3_deepcompile_no_persist.json", DS_ERR_UNSUPPORTED,
      "compile.deepcompile=true is not supported yet"},
     {"ds-tests-unit__ds_batch_config.json", DS_OK, NULL},
@@ -816,8 +815,7 @@ static const struct {
      "zero_optimization.zenflow is not supported yet"},
     {"fastchat__deepspeed_config_s2.json", DS_OK, NULL},
     {"fastchat__deepspeed_config_s3.json", DS_OK, NULL},
-    {"hf-accelerate-examples__sp-alst.ds-config.json", DS_ERR_UNSUPPORTED,
-     "seq_parallel_communication_data_type=bf16 is not supported yet"},
+    {"hf-accelerate-examples__sp-alst.ds-config.json", DS_OK, NULL},
     {"hf-accelerate-templates__zero_stage3_offload_config.json", DS_OK, NULL},
     {"hf-accelerate-tests__ds_config_zero3_model_only.json", DS_OK, NULL},
     {"hf-transformers__ds_config_zero2.json", DS_OK, NULL},
@@ -1034,8 +1032,19 @@ Test(precision, bad_values_name_the_key)
                "fp16.consecutive_hysteresis: expected a boolean", NULL);
     load_fails(TB8("\"fp16\": {\"initial_scale\": 16}"), 1, 0, DS_ERR_INVALID,
                "fp16: unknown key \"initial_scale\" (did you mean \"initial_scale_power\"?)", NULL);
-    load_fails(TB8("\"bf16\": {\"loss_scale\": 1}"), 1, 0, DS_ERR_INVALID,
-               "bf16: unknown key \"loss_scale\"", NULL);
+    /* fp16's loss scaler keys in bf16: type-checked, a warning that they do nothing */
+    ds_config c;
+    load_ok(&c, TB8("\"bf16\": {\"enabled\": true, \"loss_scale\": 0, \"consecutive_hysteresis\": false}"), 1);
+    cr_expect(has_warning(&c, "bf16.loss_scale has no effect: bf16 trains without loss scaling"));
+    cr_expect(has_warning(&c, "bf16.consecutive_hysteresis has no effect"));
+    ds_config_free(&c);
+    load_fails(TB8("\"bf16\": {\"loss_scale\": \"big\"}"), 1, 0, DS_ERR_INVALID,
+               "bf16.loss_scale: expected a number", NULL);
+    load_fails(TB8("\"bf16\": {\"loss_scales\": 1}"), 1, 0, DS_ERR_INVALID,
+               "bf16: unknown key \"loss_scales\"", NULL);
+    load_ok(&c, TB8("\"seq_parallel_communication_data_type\": \"bf16\""), 1);
+    cr_expect(has_warning(&c, "seq_parallel_communication_data_type=bf16 has no effect"));
+    ds_config_free(&c);
     load_fails(TB8("\"fp16\": [true]"), 1, 0, DS_ERR_INVALID, "fp16: expected an object", NULL);
 }
 

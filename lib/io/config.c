@@ -734,9 +734,16 @@ static ds_status check_dtype(rd *r, const char *path, json_object *v)
     for (int i = 0; fp32[i]; i++)
         if (ieq(s, fp32[i]))
             return DS_OK;
-    for (int i = 0; half[i]; i++)
-        if (ieq(s, half[i]))
-            return unsupported(r, path, v);
+    for (int i = 0; half[i]; i++) {
+        if (!ieq(s, half[i]))
+            continue;
+        if (!strcmp(path, "seq_parallel_communication_data_type")) { /* sequence_parallel_size is 1 */
+            warn(r, "%s=%s has no effect: it is the type of sequence parallelism's all-to-all, and "
+                    "sequence_parallel_size is 1 (DeepSpeed makes no such exchange then either)", path, s);
+            return DS_OK;
+        }
+        return unsupported(r, path, v);
+    }
     return bad_type(r, path, "\"fp32\", \"fp16\" or \"bf16\"", v);
 }
 
@@ -1084,6 +1091,14 @@ static ds_status read_precision(rd *r, const char *path, json_object *v, int bf1
             /* DeepSpeed: when bf16 gradients are added to the fp32 accumulators; ds-train
              * accumulates weight gradients in fp32 directly, so either value is what we do */
             st = get_bool(r, p, val, &s, &b);
+        } else if (bf16 && (!strcmp(key, "loss_scale") || !strcmp(key, "initial_scale_power") ||
+                            !strcmp(key, "loss_scale_window") || !strcmp(key, "hysteresis") ||
+                            !strcmp(key, "consecutive_hysteresis") || !strcmp(key, "min_loss_scale"))) {
+            /* fp16's loss scaler keys: DeepSpeed reads them from fp16 only (bf16 trains with a
+             * scale of 1), so in bf16 they are checked for type and said to do nothing */
+            st = !strcmp(key, "consecutive_hysteresis") ? get_bool(r, p, val, &s, &b) : get_num(r, p, val, &s, &d);
+            if (st == DS_OK)
+                warn(r, "%s has no effect: bf16 trains without loss scaling (DeepSpeed reads it from fp16 only)", p);
         } else if (!strcmp(key, "fp16_master_weights_and_grads") ||
                    !strcmp(key, "bf16_master_weights_and_grads") ||
                    !strcmp(key, "bf16_optimizer_states")) {
