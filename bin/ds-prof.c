@@ -372,10 +372,12 @@ static int report(sqlite3 *db, const opts *o)
     double engine = mean(&sm.col[5]), comm = mean(&sm.col[3]);
     if (sm.col[5].n) {
         /* per rank and step: over the steps that have collectives; the gradient (and loss) calls
-         * are bwd_allreduce's, ZeRO's parameter gathers after the update are part of step */
+         * are bwd_allreduce's, ZeRO's parameter gathers after the update are part of step, and
+         * ZeRO-3's layer weight gathers part of fwd and bwd */
 #define PER_STEP " * 1.0 / NULLIF((SELECT count(DISTINCT rank || ':' || step) FROM collective" WHERE "), 0)"
-#define GRAD WHERE " AND what IS NOT 'parameters'"
+#define GRAD WHERE " AND what NOT IN ('parameters', 'layer weights')"
 #define PARAM WHERE " AND what = 'parameters'"
+#define LAYER WHERE " AND what = 'layer weights'"
         double calls = scalar(db, "SELECT count(*)" PER_STEP " FROM collective" GRAD, o->skip, o->rank);
         double bytes = scalar(db, "SELECT sum(bytes)" PER_STEP " FROM collective" GRAD, o->skip, o->rank);
         double cms = scalar(db, "SELECT sum(ms)" PER_STEP " FROM collective" GRAD, o->skip, o->rank);
@@ -406,9 +408,20 @@ static int report(sqlite3 *db, const opts *o)
                 print_bytes(pms > 0 ? pbytes / (pms / 1e3) : 0);
                 printf("/s\n");
             }
+            double lbytes = scalar(db, "SELECT sum(bytes)" PER_STEP " FROM collective" LAYER, o->skip, o->rank);
+            if (!isnan(lbytes) && lbytes > 0) {
+                double lrows = scalar(db, "SELECT count(*)" PER_STEP " FROM collective" LAYER, o->skip, o->rank);
+                double lms = scalar(db, "SELECT sum(ms)" PER_STEP " FROM collective" LAYER, o->skip, o->rank);
+                printf("ZeRO-3 layer weight gathers (part of fwd and bwd): ");
+                print_bytes(lbytes);
+                printf("/step in %g all_gather calls, %.3f ms, ", round(lrows * 100) / 100, lms);
+                print_bytes(lms > 0 ? lbytes / (lms / 1e3) : 0);
+                printf("/s\n");
+            }
 #undef PER_STEP
 #undef GRAD
 #undef PARAM
+#undef LAYER
         } else {
             printf("; no collectives: one process)\n");
         }

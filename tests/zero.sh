@@ -178,6 +178,17 @@ if run da 2 && "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THRE
         ok "ds-prof report: gradient calls per op, the parameter gather on its own line (broadcast / all_gather)"
     else notok "ds-prof report of the ZeRO runs: $(grep -E 'communication|gather' da.rep ag.rep | head -c 400)"; fi
 else notok "disable_allgather runs failed: $(head -c 300 da.err) $(head -c 300 da2.err)"; fi
+# stage 3's layer gathers are their own rows (what = 'layer weights', in fwd and bwd), the
+# persistent tensors' gathers after the update the parameters rows
+ZX="\"stage3_param_persistence_threshold\": 100" cfg p3 3 4 8
+if "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" \
+    --steps 2 --config p3.json --prof_db p3.db >/dev/null 2>p3.err && "$B/ds-prof" report p3.db >p3.rep 2>&1 &&
+    lw=$("$B/tests/sqlexec" p3.db "SELECT count(*) FROM collective WHERE what = 'layer weights' AND rank = 0 AND step = 2") &&
+    pw=$("$B/tests/sqlexec" p3.db "SELECT count(*) FROM collective WHERE what = 'parameters' AND rank = 0 AND step = 2") &&
+    [ "$lw" -gt 0 ] && [ "$pw" -gt 0 ] && grep -q "^ZeRO-3 layer weight gathers (part of fwd and bwd): .* in $lw all_gather calls" p3.rep &&
+    grep -q "^ZeRO parameter gather after the update (part of step): .* in $pw buckets by all_gather" p3.rep; then
+    ok "stage 3 in ds-prof: $lw layer weight gathers and $pw persistent-tensor gathers a step, each on its own line"
+else notok "stage 3 prof: $(head -c 300 p3.err) $(grep -i 'gather' p3.rep)"; fi
 
 # fp16 (and clipping): the three stages at 2 ranks give the same losses exactly
 for st in 0 1 2 3; do ZX=$([ $st = 3 ] && echo "$Z3") cfg f${st} $st 4 8 '"fp16": {"enabled": true, "initial_scale_power": 12}'; run f$st 2 || notok "fp16 stage $st: $(head -c 300 f$st.err)"; done

@@ -358,7 +358,8 @@ static ds_status timers_init(ds_engine *e, int on, ds_error *err)
 }
 
 /* op: the collective that ran (all_reduce, reduce_scatter, all_gather, broadcast); what: the
- * data (gradients, parameters, loss) */
+ * data (gradients, parameters: the gathers after the update, layer weights: ZeRO-3's gathers in
+ * the passes, loss) */
 static void record_collective_e(ds_engine *e, const char *op, const char *what, int64_t elements, size_t esz,
                                 double t0)
 {
@@ -560,7 +561,7 @@ static int layer_tensors(const ds_layer *l, int out[4])
 /* Working weights [o, o + n) of every rank into dst (backend memory, the working format): this
  * rank's block copied in, then all-gathered. Every rank makes the same calls in the same order
  * (the layers' passes, the step). */
-static ds_status z3_gather(ds_engine *e, int64_t o, int64_t n, void *dst, ds_error *err)
+static ds_status z3_gather(ds_engine *e, int64_t o, int64_t n, void *dst, const char *what, ds_error *err)
 {
     const size_t ws = wsize(e);
     const int r = e->comm->rank;
@@ -573,7 +574,7 @@ static ds_status z3_gather(ds_engine *e, int64_t o, int64_t n, void *dst, ds_err
     if ((st = ds_comm_all_gather_v(GCOMM(e), dst, e->zoff, e->zlen, ws, err)) != DS_OK)
         return st;
     if (e->win_open) /* (an eval's gathers belong to no effective batch) */
-        record_collective_e(e, "all_gather", "parameters", n, ws, t0);
+        record_collective_e(e, "all_gather", what, n, ws, t0);
     return DS_OK;
 }
 
@@ -599,7 +600,7 @@ static ds_status z3_gather_layer(ds_engine *e, int layer, ds_error *err)
         if (e->persist[ts[j]])
             continue;
         void *dst = (char *)e->arena + (size_t)a * wsize(e);
-        ds_status st = z3_gather(e, t->offset, t->numel, dst, err);
+        ds_status st = z3_gather(e, t->offset, t->numel, dst, "layer weights", err);
         if (st != DS_OK)
             return st;
         e->pptr[ts[j]] = dst;
@@ -643,7 +644,7 @@ static ds_status z3_refresh(ds_engine *e, ds_error *err)
         while (u + 1 < tab->n && e->persist[u + 1] && e->poff[u + 1] - e->poff[t] == tab->t[u + 1].offset - tab->t[t].offset)
             u++;
         int64_t o = tab->t[t].offset, n = tab->t[u].offset + tab->t[u].numel - o;
-        ds_status st = z3_gather(e, o, n, (char *)e->pbuf + (size_t)e->poff[t] * wsize(e), err);
+        ds_status st = z3_gather(e, o, n, (char *)e->pbuf + (size_t)e->poff[t] * wsize(e), "parameters", err);
         if (st != DS_OK)
             return st;
         t = u + 1;
