@@ -1056,6 +1056,15 @@ static ds_status sum_doubles_over_ranks(void *ctx, double *v, int count, ds_erro
     return st;
 }
 
+/* ds_net_init_each's callback: a tensor's initial values into the engine's buffers. */
+static ds_status init_tensor(void *ctx, int tensor, const float *values, ds_error *err)
+{
+    ds_engine *e = ctx;
+    const ds_tensor_info *t = &e->net->params.t[tensor];
+    ds_status st = write_weights(e, t->offset, values, t->numel);
+    return st == DS_OK ? DS_OK : backend_err(e, st, err);
+}
+
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
 {
     ds_status st;
@@ -1303,23 +1312,16 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
             e->largest = tab->t[i].numel;
     e->host_scratch = malloc((size_t)e->largest * sizeof(float) + 64);
     e->w16_scratch = e->p16 ? malloc((size_t)e->largest * 2 + 64) : NULL;
-    float *host = malloc(bytes);
-    if (!host || !e->host_scratch || (e->p16 && !e->w16_scratch)) {
-        free(host);
+    if (!e->host_scratch || (e->p16 && !e->w16_scratch)) {
         st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    if (e->zero == 3 && (st = z3_setup(e, err)) != DS_OK) {
-        free(host);
+    if (e->zero == 3 && (st = z3_setup(e, err)) != DS_OK)
         goto fail;
-    }
-    ds_net_init_params(e->net, host, e->seed);
-    st = write_weights(e, 0, host, tab->total);
-    free(host);
-    if (st != DS_OK) {
-        backend_err(e, st, err);
+    /* the initial weights tensor by tensor through the host scratch: no host copy of the whole
+     * model (at stage 3 a rank keeps only its partition of each) */
+    if ((st = ds_net_init_each(e->net, e->seed, e->host_scratch, init_tensor, e, err)) != DS_OK)
         goto fail;
-    }
     const ds_user_optimizer *user = NULL;
     for (int i = 0; i < opts->n_user_optimizers; i++)
         if (e->cfg.optimizer.type == DS_OPTIM_USER && !strcmp(opts->user_optimizers[i].name, e->cfg.optimizer.name))

@@ -757,22 +757,40 @@ int64_t ds_net_recompute_flops(const ds_net *net)
     return f;
 }
 
+/* Tensor i's initial values from the one stream (the tensors in table order). */
+static void fill_tensor(const ds_net *net, int i, ds_rng *rng, float *out)
+{
+    for (int64_t j = 0; j < net->params.t[i].numel; j++) {
+        switch (net->init[i]) {
+        case DS_INIT_NORMAL: out[j] = (float)(0.02 * ds_rng_normal(rng)); break;
+        case DS_INIT_ONES: out[j] = 1.0f; break;
+        case DS_INIT_ZEROS: out[j] = 0.0f; break;
+        }
+    }
+}
+
+ds_status ds_net_init_each(const ds_net *net, uint64_t seed, float *buf,
+                           ds_status (*fn)(void *ctx, int tensor, const float *values, ds_error *err), void *ctx,
+                           ds_error *err)
+{
+    ds_rng rng;
+    ds_rng_seed(&rng, seed);
+    for (int i = 0; i < net->params.n; i++) {
+        fill_tensor(net, i, &rng, buf);
+        ds_status st = fn(ctx, i, buf, err);
+        if (st != DS_OK)
+            return st;
+    }
+    return DS_OK;
+}
+
 void ds_net_init_params(const ds_net *net, float *flat, uint64_t seed)
 {
     ds_rng rng;
     ds_rng_seed(&rng, seed);
     memset(flat, 0, (size_t)net->params.total * sizeof(float));
-    for (int i = 0; i < net->params.n; i++) {
-        const ds_tensor_info *t = &net->params.t[i];
-        float *p = flat + t->offset;
-        for (int64_t j = 0; j < t->numel; j++) {
-            switch (net->init[i]) {
-            case DS_INIT_NORMAL: p[j] = (float)(0.02 * ds_rng_normal(&rng)); break;
-            case DS_INIT_ONES: p[j] = 1.0f; break;
-            case DS_INIT_ZEROS: p[j] = 0.0f; break;
-            }
-        }
-    }
+    for (int i = 0; i < net->params.n; i++)
+        fill_tensor(net, i, &rng, flat + net->params.t[i].offset);
 }
 
 static void human(double x, char *buf, size_t n)

@@ -89,6 +89,11 @@ char *ds_net_summary(const ds_net *net, int64_t batch);
 /* Default initialization into a host flat buffer of params.total floats (zeroed padding):
  * normal(0, 0.02) for weights, zeros for biases, ones for layernorm gains, from seed. */
 void ds_net_init_params(const ds_net *net, float *flat, uint64_t seed);
+/* The same values tensor by tensor, without a flat buffer: each tensor's into buf (room for the
+ * largest tensor), then fn(ctx, its index, buf); fn's error stops it. */
+ds_status ds_net_init_each(const ds_net *net, uint64_t seed, float *buf,
+                           ds_status (*fn)(void *ctx, int tensor, const float *values, ds_error *err), void *ctx,
+                           ds_error *err);
 
 const char *ds_layer_kind_name(ds_layer_kind k);
 
