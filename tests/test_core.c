@@ -614,6 +614,46 @@ Test(net, init_params)
     ds_net_free(net);
 }
 
+/* ds_net_init_each: the values of ds_net_init_params, tensor by tensor in table order, through
+ * one buffer; the callback's error stops it at that tensor */
+typedef struct {
+    const ds_net *net;
+    const float *flat;
+    int seen, bad, stop_at;
+} each_ctx;
+
+static ds_status each_check(void *ctx, int tensor, const float *v, ds_error *err)
+{
+    each_ctx *c = ctx;
+    const ds_tensor_info *t = &c->net->params.t[tensor];
+    c->bad += tensor != c->seen || memcmp(v, c->flat + t->offset, (size_t)t->numel * sizeof *v) != 0;
+    c->seen++;
+    return tensor == c->stop_at ? ds_error_set(err, DS_ERR_IO, "stop at %d", tensor) : DS_OK;
+}
+
+Test(net, init_each_gives_init_params_values)
+{
+    ds_net *net = parse_ok(gpt_json);
+    float *flat = malloc((size_t)net->params.total * sizeof *flat);
+    int64_t largest = 0;
+    for (int i = 0; i < net->params.n; i++)
+        largest = net->params.t[i].numel > largest ? net->params.t[i].numel : largest;
+    float *buf = malloc((size_t)largest * sizeof *buf);
+    ds_net_init_params(net, flat, 5);
+    each_ctx c = {net, flat, 0, 0, -1};
+    ds_error e = {0};
+    cr_expect_eq(ds_net_init_each(net, 5, buf, each_check, &c, &e), DS_OK);
+    cr_expect_eq(c.seen, net->params.n);
+    cr_expect_eq(c.bad, 0, "%d tensors differ from ds_net_init_params's", c.bad);
+    each_ctx d = {net, flat, 0, 0, 2};
+    cr_expect_eq(ds_net_init_each(net, 5, buf, each_check, &d, &e), DS_ERR_IO);
+    cr_expect_eq(d.seen, 3, "stops at the failing tensor");
+    cr_expect_str_eq(e.msg, "stop at 2");
+    free(buf);
+    free(flat);
+    ds_net_free(net);
+}
+
 Test(net, summary_has_the_table_and_totals)
 {
     ds_net *net = parse_ok(gpt_json);
