@@ -822,6 +822,32 @@ static ds_status record_step(ds_rundb *db, ds_engine *eng, int64_t step, double 
 }
 
 /* wall_clock_breakdown: DeepSpeed's two lines (log_dist to rank 0), then throughput and memory. */
+/* DeepSpeed's monitor events of an optimizer step: the loss at the samples before it (written in
+ * its backward), then the next lr, fp16's loss scale and, with wall_clock_breakdown, the global
+ * timers at the samples after it. ds's loss is the mean over the ranks (DeepSpeed writes rank
+ * 0's). */
+static ds_status write_monitor(ds_monitor *mon, ds_engine *eng, double loss, int64_t TB)
+{
+    ds_error err;
+    const int64_t gs = ds_engine_global_samples(eng);
+    ds_status st = ds_monitor_write(mon, "Train/Samples/train_loss", loss, gs - TB, &err);
+    if (st == DS_OK)
+        st = ds_monitor_write(mon, "Train/Samples/lr", ds_engine_get_lr(eng), gs, &err);
+    if (st == DS_OK && ds_engine_precision(eng) == DS_PREC_FP16)
+        st = ds_monitor_write(mon, "Train/Samples/loss_scale", ds_engine_loss_scale(eng), gs, &err);
+    const ds_timers *tm = ds_engine_timers(eng);
+    static const char *const names[DS_TIMER_COUNT] = {"forward", "backward", "backward_inner", "backward_allreduce",
+                                                      "step"};
+    for (int i = 0; st == DS_OK && tm && ds_engine_config(eng)->wall_clock_breakdown && i < DS_TIMER_COUNT; i++) {
+        char tag[64];
+        snprintf(tag, sizeof tag, "Train/Samples/elapsed_time_ms_%s", names[i]);
+        st = ds_monitor_write(mon, tag, tm->last_global_ms[i], gs, &err);
+    }
+    if (st != DS_OK)
+        fprintf(stderr, "ds-train: %s\n", err.msg);
+    return st;
+}
+
 static void print_breakdown(ds_engine *eng, double iter_ms, int world, double peak_tflops, int64_t seqlen)
 {
     const ds_timers *tm = ds_engine_timers(eng);
@@ -1022,6 +1048,7 @@ int main(int argc, char **argv)
         return 1;
     }
     FILE *logf = NULL; /* opened (truncated) only after every refusal below: a refused run leaves the old log */
+    ds_monitor *mon = NULL; /* tensorboard / csv_monitor, rank 0 */
 
     const uint64_t data_seed = a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42);
     int resumed = 0;
@@ -1072,6 +1099,13 @@ int main(int argc, char **argv)
         if (rundb)
             ds_rundb_abandon(rundb, "failed");
         refused = 1;
+    } else if (rank == 0 && ds_monitor_open(&mon, &cfg->tensorboard, &cfg->csv_monitor, &err) != DS_OK) {
+        fprintf(stderr, "ds-train: %s: %s\n", a.config, err.msg); /* (rank 0 writes the monitors) */
+        if (rundb)
+            ds_rundb_abandon(rundb, "failed");
+        if (logf)
+            fclose(logf);
+        refused = 1;
     }
     if (refused) {
         ds_sampler_free(&sampler);
@@ -1108,6 +1142,10 @@ int main(int argc, char **argv)
         if (cfg->zero.offload_optimizer) /* the engine refuses it on other backends */
             printf("offload_optimizer: cpu; on the cpu backend the optimizer state and step are in host memory "
                    "already\n");
+        if (ds_monitor_tensorboard_file(mon))
+            printf("tensorboard: events in %s\n", ds_monitor_tensorboard_file(mon));
+        if (ds_monitor_csv_dir(mon))
+            printf("csv_monitor: one file per event in %s/\n", ds_monitor_csv_dir(mon));
         if (cfg->zero.offload_param && cfg->zero.stage == 3) /* (the same) */
             printf("offload_param: cpu; on the cpu backend the parameter partitions are in host memory already\n");
         if (cfg->precision == DS_PREC_FP16 && cfg->fp16.loss_scale > 0)
@@ -1151,6 +1189,7 @@ int main(int argc, char **argv)
         free(y);
         if (logf)
             fclose(logf);
+        ds_monitor_close(mon);
         ds_rundb_abandon(rundb, "failed");
         ds_sampler_free(&sampler);
         ds_dataset_close(ds);
@@ -1260,6 +1299,10 @@ int main(int argc, char **argv)
                 rc = 1;
                 break;
             }
+        }
+        if (mon && (st = write_monitor(mon, eng, loss, TB)) != DS_OK) { /* (it said why) */
+            rc = 1;
+            break;
         }
         if (!applied && rank == 0 && !a.quiet) {
             if (tty)
@@ -1376,6 +1419,7 @@ int main(int argc, char **argv)
     free(lab);
     free(y);
     free(ms_hist);
+    ds_monitor_close(mon);
     ds_sampler_free(&sampler);
     ds_dataset_close(ds);
     ds_engine_destroy(eng);

@@ -525,19 +525,43 @@ Test(features, refused_naming_the_key)
                NULL);
     load_fails(TB8("\"flops_profiler\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "flops_profiler.enabled=true is not supported yet", NULL);
-    load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"output_path\": \"/tmp\"}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "tensorboard.enabled=true is not supported yet", NULL);
+    load_fails(TB8("\"wandb\": {\"enabled\": true, \"project\": \"p\"}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "wandb.enabled=true is not supported yet", NULL);
     load_fails(TB8("\"pipeline\": {\"stages\": 2}"), 1, 0, DS_ERR_UNSUPPORTED,
                "ds.json: pipeline is not supported yet", NULL);
     load_fails(TB8("\"elasticity\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "elasticity.enabled=true is not supported yet", NULL);
     /* every refusal is listed in one message */
-    load_fails(TB8("\"tensorboard\": {\"enabled\": true}, \"scheduler\": {\"type\": \"CyclicLR\"}"), 1, 0,
-               DS_ERR_UNSUPPORTED, "tensorboard.enabled=true is not supported yet; scheduler.type=CyclicLR "
+    load_fails(TB8("\"comet\": {\"enabled\": true}, \"scheduler\": {\"type\": \"CyclicLR\"}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "comet.enabled=true is not supported yet; scheduler.type=CyclicLR "
                "(a torch.optim.lr_scheduler class) is not supported yet", NULL);
     /* an invalid value wins over refusals: it must be fixed in any case */
-    load_fails(TB8("\"tensorboard\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
+    load_fails(TB8("\"wandb\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
                DS_ERR_INVALID, "steps_per_print: expected an integer", NULL);
+}
+
+/* tensorboard and csv_monitor: read (the files: tests/monitor.sh); DeepSpeed's defaults */
+Test(features, monitors)
+{
+    ds_config c;
+    load_ok(&c, TB8("\"seed\": 1"), 1);
+    cr_expect(!c.tensorboard.enabled && !c.csv_monitor.enabled);
+    cr_expect_str_eq(c.tensorboard.job_name, "DeepSpeedJobName");
+    cr_expect_str_eq(c.csv_monitor.output_path, "");
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"tensorboard\": {\"enabled\": true, \"output_path\": \"runs/\", \"job_name\": \"a\"}, "
+                    "\"csv_monitor\": {\"enabled\": \"true\", \"job_name\": \"auto\"}"), 1);
+    cr_expect(c.tensorboard.enabled && c.csv_monitor.enabled);
+    cr_expect_str_eq(c.tensorboard.output_path, "runs/");
+    cr_expect_str_eq(c.tensorboard.job_name, "a");
+    cr_expect_str_eq(c.csv_monitor.job_name, "DeepSpeedJobName", "\"auto\" is the default");
+    ds_config_free(&c);
+    load_fails(TB8("\"csv_monitor\": {\"enabled\": true, \"job_name\": \"a/b\"}"), 1, 0, DS_ERR_INVALID,
+               "csv_monitor.job_name: expected a name without '/', found \"a/b\"", NULL);
+    load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"output_path\": 5}"), 1, 0, DS_ERR_INVALID,
+               "tensorboard.output_path: expected a string, found 5", NULL);
+    load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"flush_secs\": 5}"), 1, 0, DS_ERR_INVALID,
+               "tensorboard: unknown key \"flush_secs\"", NULL);
 }
 
 /* activation_checkpointing: DeepSpeed's keys, for the network's checkpointed repeats (the
@@ -769,7 +793,7 @@ static const struct {
     {"ds-tests-gpt2__ds_config_perf_bs16.json", DS_OK, NULL},
     {"ds-tests-hybrid_engine__hybrid_engine_config.json", DS_OK, NULL},
     {"ds-tests-squad__deepspeed_bsz24_fp16_eigenvalue_quantize_config.json", DS_ERR_UNSUPPORTED,
-     "tensorboard.enabled=true is not supported yet"},
+     "eigenvalue.enabled=true is not supported yet"},
     {"ds-tests-torch_compile__ds_config_z3.json", DS_OK, NULL},
     {"ds-tests-torch_compile__ds_config_z3_deepcompile_no_persist.json", DS_ERR_UNSUPPORTED,
      "compile.deepcompile=true is not supported yet"},

@@ -63,6 +63,7 @@ typedef enum {
     F_FP16, F_BF16, /* the fp16 and bf16 (old: bfloat16) sections */
     F_WALLCLOCK, /* wall_clock_breakdown: the engine's timers */
     F_ACTCKPT, /* the activation_checkpointing section (.sub), read into cfg->actckpt */
+    F_MONITOR, /* tensorboard, csv_monitor (.sub), read into cfg->tensorboard / csv_monitor */
     F_CURRIC,  /* the legacy curriculum_learning section, read into cfg->curriculum */
     F_RUNDEV  /* "device" (a ds extension): the backend to train on, when no flag names one */
 } fkind;
@@ -366,8 +367,8 @@ static const field ACTCKPT_FIELDS[] = {
 static const field FLOPS_FIELDS[] = {
     K("enabled", F_OFF), N("recompute_fwd_factor"), N("profile_step"), N("module_depth"),
     N("top_modules"), N("detailed"), N("output_file"), END};
-static const field MONITOR_FIELDS[] = { /* tensorboard, csv_monitor */
-    K("enabled", F_OFF), N("output_path"), N("job_name"), END};
+static const field MONITOR_FIELDS[] = { /* tensorboard, csv_monitor: read by read_monitor */
+    K("enabled", F_BOOL), K("output_path", F_ANY), K("job_name", F_ANY), END};
 static const field WANDB_FIELDS[] = {
     K("enabled", F_OFF), N("group"), N("team"), N("project"), END};
 static const field COMET_FIELDS[] = {
@@ -450,7 +451,8 @@ static const field TOP_FIELDS[] = {
     LIM("sequence_parallel_size", 1),
     {.name = "activation_checkpointing", .kind = F_ACTCKPT, .sub = ACTCKPT_FIELDS},
     OBJ("flops_profiler", FLOPS_FIELDS),
-    OBJ("tensorboard", MONITOR_FIELDS), OBJ("csv_monitor", MONITOR_FIELDS),
+    {.name = "tensorboard", .kind = F_MONITOR, .sub = MONITOR_FIELDS},
+    {.name = "csv_monitor", .kind = F_MONITOR, .sub = MONITOR_FIELDS},
     OBJ("wandb", WANDB_FIELDS), OBJ("comet", COMET_FIELDS),
     OBJ("comms_logger", COMMS_FIELDS), OBJ("hybrid_engine", HYBRID_FIELDS),
     OBJ("checkpoint", CKPT_FIELDS), OBJ("data_types", DATA_TYPES_FIELDS),
@@ -468,6 +470,7 @@ static const field TOP_FIELDS[] = {
     END};
 
 static ds_status check_section(rd *r, const char *path, json_object *obj, const field *fields);
+static ds_status read_monitor(rd *r, const char *path, json_object *v, ds_monitor_config *m);
 static ds_status read_optimizer(rd *r, json_object *v);
 static ds_status read_precision(rd *r, const char *path, json_object *v, int bf16);
 
@@ -526,6 +529,37 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
     if (z->offload_param && z->stage < 3)
         warn(r, "zero_optimization.offload_param acts at stage 3 only; at stage %d it does nothing (as in "
              "DeepSpeed)", z->stage);
+    return DS_OK;
+}
+
+/* tensorboard / csv_monitor (pydantic: TensorBoardConfig, CSVConfig), after check_section validated
+ * the keys: enabled, output_path (a string, "" the default), job_name ("DeepSpeedJobName"). */
+static ds_status read_monitor(rd *r, const char *path, json_object *v, ds_monitor_config *m)
+{
+    json_object_object_foreach(v, key, val) {
+        char p[128];
+        join(p, sizeof p, path, key);
+        vstate s;
+        int b;
+        const char *str;
+        ds_status st;
+        if (!strcmp(key, "enabled")) {
+            if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
+                return st;
+            m->enabled = s == V_SET && b;
+        } else {
+            if ((st = get_str(r, p, val, &str)) != DS_OK)
+                return st;
+            char *dst = !strcmp(key, "output_path") ? m->output_path : m->job_name;
+            size_t cap = !strcmp(key, "output_path") ? sizeof m->output_path : sizeof m->job_name;
+            if (str && strlen(str) >= cap)
+                return bad_type(r, p, "a shorter path", val);
+            if (str)
+                snprintf(dst, cap, "%s", str);
+            if (str && !strcmp(key, "job_name") && (!*str || strchr(str, '/')))
+                return bad_type(r, p, "a name without '/'", val);
+        }
+    }
     return DS_OK;
 }
 
@@ -917,14 +951,17 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         return st;
     case F_CURRIC:
         return read_curriculum(r, path, v);
-    case F_ACTCKPT:
+    case F_MONITOR:
+    case F_ACTCKPT: /* sections checked against .sub, then read */
         if (!v)
             return DS_OK;
         if (!json_object_is_type(v, json_type_object))
             return bad_type(r, path, "an object", v);
         if ((st = check_section(r, path, v, f->sub)) != DS_OK)
             return st;
-        return read_actckpt(r, path, v);
+        if (f->kind == F_ACTCKPT)
+            return read_actckpt(r, path, v);
+        return read_monitor(r, path, v, !strcmp(path, "tensorboard") ? &r->cfg->tensorboard : &r->cfg->csv_monitor);
     case F_NOAG: /* DeepSpeed: broadcasts instead of the all-gather, which is what
                   * zero_optimization.allgather_partitions false does (set after the sections) */
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK)
@@ -1522,6 +1559,8 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
     cfg->json_text = text;
     cfg->source_name = dup_str(name);
     rd r = {.cfg = cfg, .name = name, .err = err, .strict = strict, .hints = hints};
+    snprintf(cfg->tensorboard.job_name, sizeof cfg->tensorboard.job_name, "DeepSpeedJobName");
+    snprintf(cfg->csv_monitor.job_name, sizeof cfg->csv_monitor.job_name, "DeepSpeedJobName");
     cfg->zero = (ds_zero_config){.stage = 0, .reduce_bucket_size = 500000000,
                                  .allgather_bucket_size = 500000000, .reduce_scatter = 1,
                                  .allgather_partitions = 1, .param_persistence_threshold = 100000,

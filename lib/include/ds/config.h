@@ -92,6 +92,14 @@ typedef struct ds_config_hints {
 
 #define DS_CONFIG_MAX_WARNINGS 32
 
+/* tensorboard and csv_monitor: DeepSpeed's monitors, written by rank 0 into
+ * output_path/job_name (output_path "" : job_name, relative to the working directory). */
+typedef struct ds_monitor_config {
+    int enabled;
+    char output_path[512];
+    char job_name[256];   /* "DeepSpeedJobName" */
+} ds_monitor_config;
+
 /* activation_checkpointing: how the network's checkpointed repeats (ds-net(5) "checkpoint",
  * ds-train --checkpoint-activations) keep their checkpoints. */
 typedef struct ds_actckpt_config {
@@ -152,6 +160,7 @@ typedef struct ds_config {
     int bf16_check_overflow;  /* bf16.check_grad_overflow: skip steps with inf/NaN gradients */
     ds_sched_config scheduler; /* type DS_SCHED_NONE: no "scheduler" block (see ds/sched.h) */
     ds_actckpt_config actckpt; /* activation_checkpointing */
+    ds_monitor_config tensorboard, csv_monitor; /* the monitors (ds-config(5) MONITORS) */
     ds_curriculum_config curriculum; /* curriculum_learning (legacy, seqlen) */
 
     /* Warnings for the caller to print (unknown keys, deprecated spellings, defaults used). */

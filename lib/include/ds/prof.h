@@ -70,6 +70,26 @@ const char *ds_timer_name(ds_timer_id id, int micro);
 void ds_timers_format(const double ms[DS_TIMER_COUNT], int micro, char *buf, size_t size);
 double ds_prof_now_s(void);
 
+/* ---- monitors (DeepSpeed's tensorboard and csv_monitor sections) ---------------------------- */
+
+/* Rank 0's monitors: csv_monitor writes <output_path>/<job_name>/<event>.csv (the event's '/'
+ * and ' ' as '_'; appended to, with a "step,<last part of the name>" header each run, as
+ * DeepSpeed's), tensorboard a TensorBoard event file
+ * <output_path>/<job_name>/events.out.tfevents.<time>.<host>.<pid>.0 (never an existing one) of
+ * scalar summaries. The folders are made as needed. *out is NULL when neither is enabled (then
+ * every call below does nothing). */
+typedef struct ds_monitor ds_monitor;
+struct ds_monitor_config;
+ds_status ds_monitor_open(ds_monitor **out, const struct ds_monitor_config *tensorboard,
+                          const struct ds_monitor_config *csv, ds_error *err);
+/* One scalar event (DeepSpeed's "Train/Samples/train_loss" ...) at step (its global samples);
+ * each is flushed at once. */
+ds_status ds_monitor_write(ds_monitor *m, const char *tag, double value, int64_t step, ds_error *err);
+/* The event file and the CSV folder, or NULL when that monitor is off. */
+const char *ds_monitor_tensorboard_file(const ds_monitor *m);
+const char *ds_monitor_csv_dir(const ds_monitor *m);
+void ds_monitor_close(ds_monitor *m);
+
 /* One collective of an optimizer step, as the engine records it while the timers are on. */
 typedef struct ds_collective_record {
     const char *op;   /* "all_reduce" */
