@@ -448,7 +448,7 @@ static void say_checkpoints(ds_engine *eng)
 }
 
 /* curriculum_learning applies here as in ds-train: the steps' sequences grow as it says, which
- * moves the losses the test reads besides the lr */
+ * moves the losses the test reads besides the lr; and the monitors, which ds-lrrt does not write */
 static void warn_curriculum(const ds_config *cfg)
 {
     if (cfg->curriculum.enabled)
@@ -456,6 +456,11 @@ static void warn_curriculum(const ds_config *cfg)
                 "positions of each sample as its schedule says, so the losses change with the length as well as "
                 "the lr; disable it for the test\n", cfg->source_name, (long long)cfg->curriculum.min_difficulty,
                 (long long)cfg->curriculum.max_difficulty);
+    if (cfg->tensorboard.enabled || cfg->csv_monitor.enabled) /* ds-train's; the test writes its CSV and SVG */
+        fprintf(stderr, "ds-lrrt: warning: %s: %s%s%s: ds-lrrt does not write the monitors (ds-train does); its "
+                "record of the test is the CSV and SVG it writes\n", cfg->source_name,
+                cfg->tensorboard.enabled ? "tensorboard" : "", cfg->tensorboard.enabled && cfg->csv_monitor.enabled ? ", " : "",
+                cfg->csv_monitor.enabled ? "csv_monitor" : "");
 }
 
 /* The config file as JSON, to be edited (scheduler removed or replaced). */

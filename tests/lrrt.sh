@@ -239,6 +239,14 @@ if "$L" net.json --config cl.json --data "$TEXT" --min 1e-4 --max 1e-2 --steps 3
 else
     notok "curriculum_learning warning: $(head -c 300 err)"
 fi
+# the monitors are ds-train's: said, and nothing written
+echo '{"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "tensorboard": {"enabled": true, "output_path": "tbout"}, "csv_monitor": {"enabled": true, "output_path": "csvout"}}' > mon.json
+if "$L" net.json --config mon.json --data "$TEXT" --min 1e-4 --max 1e-2 --steps 3 --out mon --quiet >/dev/null 2>err &&
+    grep -q "ds-lrrt: warning: mon.json: tensorboard, csv_monitor: ds-lrrt does not write the monitors" err && [ ! -e tbout ] && [ ! -e csvout ]; then
+    ok "a range test with tensorboard and csv_monitor enabled warns that it does not write them"
+else
+    notok "monitor warning: $(head -c 300 err) $(ls -d tbout csvout 2>&1)"
+fi
 
 # ---- under ds-launch: 2 ranks x micro 4 = 1 rank x micro 8; rank 0 alone writes --------------
 echo '{"train_batch_size": 8, "train_micro_batch_size_per_gpu": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 5}' > one.json
