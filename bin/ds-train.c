@@ -821,7 +821,29 @@ static ds_status record_step(ds_rundb *db, ds_engine *eng, int64_t step, double 
     return st;
 }
 
-/* wall_clock_breakdown: DeepSpeed's two lines (log_dist to rank 0), then throughput and memory. */
+/* Rank 0 opens the config's monitors; every rank learns whether that worked (a collective when
+ * one is enabled and there are several ranks), so that a refusal stops them all before training. */
+static ds_status open_monitors(ds_monitor **mon, const ds_config *cfg, int rank, ds_comm *comm, ds_error *err)
+{
+    ds_status st = rank == 0 ? ds_monitor_open(mon, &cfg->tensorboard, &cfg->csv_monitor, err) : DS_OK;
+    if (comm && (cfg->tensorboard.enabled || cfg->csv_monitor.enabled)) {
+        float bad = st != DS_OK;
+        ds_error cerr;
+        ds_status cst = ds_comm_all_reduce(comm, &bad, 1, DS_REDUCE_MAX, &cerr);
+        if (cst != DS_OK && st == DS_OK) {
+            *err = cerr;
+            st = cst;
+        } else if (bad > 0 && st == DS_OK) {
+            st = ds_error_set(err, DS_ERR_IO, "rank 0 could not open the monitors (see its error)");
+        }
+        if (st != DS_OK) {
+            ds_monitor_close(*mon);
+            *mon = NULL;
+        }
+    }
+    return st;
+}
+
 /* DeepSpeed's monitor events of an optimizer step: the loss at the samples before it (written in
  * its backward), then the next lr, fp16's loss scale and, with wall_clock_breakdown, the global
  * timers at the samples after it. ds's loss is the mean over the ranks (DeepSpeed writes rank
@@ -848,6 +870,7 @@ static ds_status write_monitor(ds_monitor *mon, ds_engine *eng, double loss, int
     return st;
 }
 
+/* wall_clock_breakdown: DeepSpeed's two lines (log_dist to rank 0), then throughput and memory. */
 static void print_breakdown(ds_engine *eng, double iter_ms, int world, double peak_tflops, int64_t seqlen)
 {
     const ds_timers *tm = ds_engine_timers(eng);
@@ -1094,17 +1117,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
                 strstr(err.msg, "not overwriting") ? " (use --force)" : "");
         refused = 1;
+    } else if (open_monitors(&mon, cfg, rank, comm, &err) != DS_OK) { /* (before the log: a refusal keeps it) */
+        fprintf(stderr, "ds-train: %s: %s\n", a.config, err.msg);
+        if (rundb)
+            ds_rundb_abandon(rundb, "failed");
+        refused = 1;
     } else if (a.log_json && !(logf = fopen(a.log_json, "w"))) {
         fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, strerror(errno));
         if (rundb)
             ds_rundb_abandon(rundb, "failed");
-        refused = 1;
-    } else if (rank == 0 && ds_monitor_open(&mon, &cfg->tensorboard, &cfg->csv_monitor, &err) != DS_OK) {
-        fprintf(stderr, "ds-train: %s: %s\n", a.config, err.msg); /* (rank 0 writes the monitors) */
-        if (rundb)
-            ds_rundb_abandon(rundb, "failed");
-        if (logf)
-            fclose(logf);
+        ds_monitor_close(mon);
+        mon = NULL;
         refused = 1;
     }
     if (refused) {

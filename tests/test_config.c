@@ -557,7 +557,7 @@ Test(features, monitors)
     cr_expect_str_eq(c.csv_monitor.job_name, "DeepSpeedJobName", "\"auto\" is the default");
     ds_config_free(&c);
     load_fails(TB8("\"csv_monitor\": {\"enabled\": true, \"job_name\": \"a/b\"}"), 1, 0, DS_ERR_INVALID,
-               "csv_monitor.job_name: expected a name without '/', found \"a/b\"", NULL);
+               "csv_monitor.job_name: expected a non-empty name without '/', found \"a/b\"", NULL);
     load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"output_path\": 5}"), 1, 0, DS_ERR_INVALID,
                "tensorboard.output_path: expected a string, found 5", NULL);
     load_fails(TB8("\"tensorboard\": {\"enabled\": true, \"flush_secs\": 5}"), 1, 0, DS_ERR_INVALID,

@@ -317,3 +317,55 @@ Test(rundb, bad_files_give_clear_errors, .init = make_tmp, .fini = remove_tmp)
     open_fails(tmp("norun.db"), "without its run row");
     open_fails(tmpdir, "a directory");
 }
+
+/* ---- monitors ---------------------------------------------------------------------------------- */
+
+/* csv_monitor writes values as Python's repr does (DeepSpeed's csv module writes str(float)):
+ * the right column is python3 -c 'print(repr(x))' for each x */
+Test(monitor, csv_values_as_python_writes_them, .init = make_tmp, .fini = remove_tmp)
+{
+    static const struct {
+        double v;
+        const char *py;
+    } cases[] = {
+        {1e15, "1000000000000000.0"}, {1e16, "1e+16"}, {1e-05, "1e-05"},
+        {12345678901234568.0, "1.2345678901234568e+16"}, {123456789012345680.0, "1.2345678901234568e+17"},
+        {0.1, "0.1"}, {100.0, "100.0"}, {1.5e-05, "1.5e-05"}, {0.0001, "0.0001"}, {131072.0, "131072.0"},
+        {5.454087257385254, "5.454087257385254"}, {-0.0, "-0.0"}, {1.0 / 3, "0.3333333333333333"},
+        {3e-320, "3e-320"}, {1.7976931348623157e308, "1.7976931348623157e+308"}, {0.00012345, "0.00012345"},
+        {-2.5, "-2.5"}, {NAN, "nan"}, {-INFINITY, "-inf"},
+    };
+    const int n = (int)(sizeof cases / sizeof cases[0]);
+    ds_monitor_config csv = {.enabled = 1};
+    snprintf(csv.output_path, sizeof csv.output_path, "%s/out", tmpdir);
+    snprintf(csv.job_name, sizeof csv.job_name, "job");
+    ds_monitor *m = NULL;
+    ds_error e = {0};
+    cr_assert_eq(ds_monitor_open(&m, NULL, &csv, &e), DS_OK, "%s", e.msg);
+    cr_assert(m != NULL);
+    cr_expect_null(ds_monitor_tensorboard_file(m));
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(ds_monitor_write(m, "Train/Samples/x y", cases[i].v, i * 8, &e), DS_OK, "%s", e.msg);
+    ds_monitor_close(m);
+    FILE *f = fopen(tmp("out/job/Train_Samples_x_y.csv"), "r");
+    cr_assert(f != NULL, "the file is named after the event, '/' and ' ' as '_'");
+    char line[128];
+    cr_assert(fgets(line, sizeof line, f));
+    cr_expect_str_eq(line, "step,x y\r\n");
+    for (int i = 0; i < n; i++) {
+        char want[128];
+        snprintf(want, sizeof want, "%d,%s\r\n", i * 8, cases[i].py);
+        cr_assert(fgets(line, sizeof line, f));
+        cr_expect_str_eq(line, want);
+    }
+    fclose(f);
+    /* nothing enabled: no monitor, and the calls do nothing */
+    ds_monitor_config off = {.enabled = 0};
+    cr_expect_eq(ds_monitor_open(&m, &off, &off, &e), DS_OK);
+    cr_expect_null(m);
+    cr_expect_eq(ds_monitor_write(NULL, "a", 1, 0, &e), DS_OK);
+    /* a folder that cannot be made: named */
+    snprintf(csv.output_path, sizeof csv.output_path, "%s/out/job/Train_Samples_x_y.csv", tmpdir);
+    cr_expect_eq(ds_monitor_open(&m, NULL, &csv, &e), DS_ERR_IO);
+    cr_expect(strstr(e.msg, "csv_monitor: ") && strstr(e.msg, "Train_Samples_x_y.csv/job"), "%s", e.msg);
+}

@@ -557,7 +557,7 @@ static ds_status read_monitor(rd *r, const char *path, json_object *v, ds_monito
             if (str)
                 snprintf(dst, cap, "%s", str);
             if (str && !strcmp(key, "job_name") && (!*str || strchr(str, '/')))
-                return bad_type(r, p, "a name without '/'", val);
+                return bad_type(r, p, "a non-empty name without '/'", val);
         }
     }
     return DS_OK;

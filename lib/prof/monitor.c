@@ -163,29 +163,68 @@ static int log_dir(char *buf, size_t n, const ds_monitor_config *m)
     return w < 0 || (size_t)w >= n ? -1 : 0;
 }
 
-/* Python's repr of a float (what DeepSpeed's csv rows hold): the shortest of %.15g, %.16g and
- * %.17g that reads back the same, with ".0" on an integral value (C's exponents have two digits
- * at least, as Python's). */
+/* Python's repr of a float (what DeepSpeed's csv rows hold): the shortest digits that read back
+ * the same (%.Ne with N = 0..16), written as Python's float_repr_style 'short' does: positional
+ * for decimal exponents -4 to 15 (with ".0" when integral), else d.ddde+XX. */
 static void py_float(char *buf, size_t n, double v)
 {
-    if (isnan(v)) {
-        snprintf(buf, n, "nan");
+    if (isnan(v) || isinf(v)) {
+        snprintf(buf, n, isnan(v) ? "nan" : v > 0 ? "inf" : "-inf");
         return;
     }
-    if (isinf(v)) {
-        snprintf(buf, n, v > 0 ? "inf" : "-inf");
+    if (v == 0) {
+        snprintf(buf, n, signbit(v) ? "-0.0" : "0.0");
         return;
     }
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(buf, n, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v)
+    char e[40];
+    for (int prec = 0; prec <= 16; prec++) {
+        snprintf(e, sizeof e, "%.*e", prec, v);
+        if (strtod(e, NULL) == v)
             break;
     }
-    if (!strpbrk(buf, ".eni")) { /* 2.0, not 2 */
-        size_t l = strlen(buf);
-        if (l + 2 < n)
-            memcpy(buf + l, ".0", 3);
+    /* e: [-]d[.ddd]e[+-]XX */
+    const int neg = e[0] == '-';
+    char digits[24];
+    int nd = 0;
+    const char *p = e + neg;
+    for (; *p && *p != 'e'; p++)
+        if (*p != '.' && nd < (int)sizeof digits - 1)
+            digits[nd++] = *p;
+    digits[nd] = 0;
+    const int x = atoi(p + 1); /* the value is 0.d1d2... x 10^(x+1) */
+    char out[64];
+    size_t o = 0;
+    if (neg)
+        out[o++] = '-';
+    if (x >= -4 && x < 16) {
+        if (x < 0) { /* 0.000ddd */
+            out[o++] = '0';
+            out[o++] = '.';
+            for (int i = 0; i < -x - 1; i++)
+                out[o++] = '0';
+            for (int i = 0; i < nd; i++)
+                out[o++] = digits[i];
+        } else { /* ddd.ddd, or ddd000.0 */
+            for (int i = 0; i <= x; i++)
+                out[o++] = i < nd ? digits[i] : '0';
+            out[o++] = '.';
+            if (nd > x + 1)
+                for (int i = x + 1; i < nd; i++)
+                    out[o++] = digits[i];
+            else
+                out[o++] = '0';
+        }
+        out[o] = 0;
+    } else {
+        out[o++] = digits[0];
+        if (nd > 1) {
+            out[o++] = '.';
+            for (int i = 1; i < nd; i++)
+                out[o++] = digits[i];
+        }
+        snprintf(out + o, sizeof out - o, "e%c%02d", x < 0 ? '-' : '+', x < 0 ? -x : x);
     }
+    snprintf(buf, n, "%s", out);
 }
 
 /* ---- the API ---------------------------------------------------------------------------------- */
@@ -205,6 +244,8 @@ ds_status ds_monitor_open(ds_monitor **out, const ds_monitor_config *tensorboard
             st = ds_error_set(err, DS_ERR_INVALID, "csv_monitor: output_path/job_name too long");
         else if ((st = make_dirs(m->csv_dir, err)) != DS_OK)
             ds_error_prefix(err, "csv_monitor: ");
+        else if (access(m->csv_dir, W_OK | X_OK) != 0) /* (the files are made at their first event) */
+            st = ds_error_set(err, DS_ERR_IO, "csv_monitor: %s: cannot write there: %s", m->csv_dir, strerror(errno));
     }
     if (st == DS_OK && tensorboard && tensorboard->enabled) {
         char dir[PATH_MAX], host[256] = "localhost";
@@ -274,7 +315,9 @@ ds_status ds_monitor_write(ds_monitor *m, const char *tag, double value, int64_t
     if (m->tb) {
         pbuf ev = {.n = 0};
         size_t n = event(&ev, wall_now(), step, NULL, tag, (float)value);
-        if (n >= sizeof ev.b || write_record(m->tb, ev.b, n) != 0 || fflush(m->tb) != 0)
+        if (n >= sizeof ev.b)
+            return ds_error_set(err, DS_ERR_INVALID, "tensorboard: event %s: too long a name", tag);
+        if (write_record(m->tb, ev.b, n) != 0 || fflush(m->tb) != 0)
             return ds_error_set(err, DS_ERR_IO, "tensorboard: %s: write failed: %s", m->tb_path, strerror(errno));
     }
     return DS_OK;
