@@ -3,7 +3,8 @@
 #
 #   scripts/sanitize.sh [--build DIR] [--leaks | --thread] [TEST...]
 #
-# Copies the working tree (tracked and untracked files) to DIR/src (default /tmp/ds-sanitize),
+# Copies the working tree (tracked and untracked files; the ones that changed since the last
+# copy, stamped with the time of the copy) to DIR/src (default /tmp/ds-sanitize),
 # configures it with -fsanitize=address,undefined (UBSan reports are fatal), builds it, and runs
 # `make check` there (or only the named TESTS, e.g. tests/zero.sh tests/test_model). The summary
 # and every failing test's log are printed; exit 0 when every test passed.
@@ -48,8 +49,16 @@ else
     dir=${dir:-/tmp/ds-sanitize}
 fi
 mkdir -p "$dir/src" || exit 2
-(cd "$here" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$dir/src" \
-    --keep-newer-files 2>/dev/null
+# the tree into DIR/src: a file whose bytes differ is copied with the time of the copy (keeping
+# its own mtime let make take an object built from an older copy for current: a stale binary)
+stage=$(mktemp -d) || exit 2
+(cd "$here" && git ls-files -co --exclude-standard -z | tar --null -T - -cf -) | tar -xf - -C "$stage"
+(cd "$stage" && find . -type f -print0) | while IFS= read -r -d '' f; do
+    if ! cmp -s "$stage/$f" "$dir/src/$f"; then
+        mkdir -p "$(dirname "$dir/src/$f")" && cp "$stage/$f" "$dir/src/$f"
+    fi
+done
+rm -rf "$stage"
 cd "$dir/src" || exit 2
 if [ ! -f Makefile ]; then
     echo "== configure (gcc, $what) in $dir/src"
