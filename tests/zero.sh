@@ -197,7 +197,7 @@ for st in 1 2 3; do
     else notok "fp16 stage $st: $out"; fi
 done
 
-# every optimizer under stage 2 (Lamb's trust ratios sum their norms over the partitions)
+# every optimizer under stages 2 and 3 (Lamb's trust ratios sum their norms over the partitions)
 for o in 'Lamb:{"type": "Lamb", "params": {"lr": 0.01, "weight_decay": 0.01}}' \
          'Adagrad:{"type": "Adagrad", "params": {"lr": 0.05}}' \
          'SGD:{"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}}' \
@@ -205,10 +205,12 @@ for o in 'Lamb:{"type": "Lamb", "params": {"lr": 0.01, "weight_decay": 0.01}}' \
     on=${o%%:*}
     OPT=${o#*:} cfg o0$on 0 4 8
     OPT=${o#*:} cfg o2$on 2 4 8
-    if run o0$on 2 && run o2$on 2; then
-        if out=$(same o0$on o2$on 0 2>&1); then ok "$on: stage 2 gives stage 0's losses at 2 ranks ($out)"
-        else notok "$on under stage 2: $out"; fi
-    else notok "$on runs failed: $(head -c 300 o2$on.err)"; fi
+    OPT=${o#*:} ZX=$Z3 cfg o3$on 3 4 8
+    if run o0$on 2 && run o2$on 2 && run o3$on 2; then
+        if out=$(same o0$on o2$on 0 2>&1) && same o0$on o3$on 0 >/dev/null 2>&1; then
+            ok "$on: stages 2 and 3 give stage 0's losses at 2 ranks ($out)"
+        else notok "$on under stage 2/3: $out $(same o0$on o3$on 0 2>&1)"; fi
+    else notok "$on runs failed: $(head -c 300 o2$on.err) $(head -c 300 o3$on.err)"; fi
 done
 
 # overflow in stage 2: rank 1's partition gets an inf at step 5; both ranks skip step 5
