@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/fs_util.h"
 #include "dist/dist_internal.h"
 #include "ds/ds.h"
 #include "ds/engine.h"
@@ -49,28 +50,6 @@ static ds_status fsync_dir(const char *dir, ds_error *err)
     close(fd);
     if (rc != 0 && e != EINVAL && e != ENOTSUP)
         return ds_error_set(err, DS_ERR_IO, "%s: fsync of the directory failed: %s", dir, strerror(e));
-    return DS_OK;
-}
-
-static ds_status mkdir_p(const char *dir, ds_error *err)
-{
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return ds_error_set(err, DS_ERR_INVALID, "%s: path too long", dir);
-    for (char *p = buf + 1; ; p++) {
-        if (*p == '/' || !*p) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-                return ds_error_set(err, DS_ERR_IO, "%s: cannot create directory: %s", buf, strerror(errno));
-            *p = c;
-            if (!c)
-                break;
-        }
-    }
-    struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return ds_error_set(err, DS_ERR_IO, "%s: not a directory", dir);
     return DS_OK;
 }
 
@@ -1570,7 +1549,7 @@ ds_status ds_engine_save_checkpoint(ds_engine *e, const char *dir, const char *t
     struct stat sb;
     /* 1. rank 0 prepares DIR/.tmp.TAG (a leftover of an interrupted save of TAG goes first) */
     if (st == DS_OK && info.rank == 0) {
-        if ((st = mkdir_p(dir, &lerr)) == DS_OK && stat(final, &sb) == 0)
+        if ((st = ds_mkdir_p(dir, &lerr)) == DS_OK && stat(final, &sb) == 0)
             st = ds_error_set(&lerr, DS_ERR_INVALID, "%s: exists; not overwriting a checkpoint", final);
         if (st == DS_OK && rm_tree(tmp) != 0)
             st = ds_error_set(&lerr, DS_ERR_IO, "%s: cannot remove the leftover of an interrupted save: %s", tmp,
@@ -1976,7 +1955,7 @@ ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out, int dp, int force, ds_err
     snprintf(tmp, len, "%s.tmp.%ld", out, (long)getpid());
     snprintf(old, len, "%s.old.%ld", out, (long)getpid());
     rm_tree(tmp);
-    if ((st = mkdir_p(tmp, err)) != DS_OK || !(tagdir = path_join(tmp, c->tag)))
+    if ((st = ds_mkdir_p(tmp, err)) != DS_OK || !(tagdir = path_join(tmp, c->tag)))
         goto done;
     if (mkdir(tagdir, 0755) != 0) {
         st = ds_error_set(err, DS_ERR_IO, "%s: cannot create: %s", tagdir, strerror(errno));

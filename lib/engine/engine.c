@@ -80,7 +80,6 @@ struct ds_engine {
     const float **pptr;    /* per tensor: where the model reads its weights */
     int64_t persist_elems, pbuf_len, arena_len;
     int live_layer;        /* the layer whose tensors the arena holds (-1: none) */
-    int64_t z3_gathers, z3_gathered; /* layer gathers and the elements they brought, so far */
     ds_optimizer opt;
     uint64_t seed;
     int64_t micro_steps, global_steps, global_samples;
@@ -288,9 +287,20 @@ static ds_status write_weights(ds_engine *e, int64_t off, const float *host, int
     held(e, off, count, &wlo, &whi);
     if (whi > wlo && (st = upload_working(e, wlo, host + (wlo - off), whi - wlo)) == DS_OK && e->round && !e->p16)
         st = ops->round16(e->be, wptr(e, wlo), whi - wlo, e->round);
-    /* stage 3: the whole copies of persistent tensors, and no layer's gather is current now */
-    for (int t = 0; st == DS_OK && e->persist && t < e->net->params.n; t++) {
-        const ds_tensor_info *ti = &e->net->params.t[t];
+    /* stage 3: the whole copies of persistent tensors, and no layer's gather is current now.
+     * (The tensors in [off, off + count) only: the first by bisection, as the table is in offset
+     * order; initialization writes one tensor at a time.) */
+    const ds_tensor_table *tab = &e->net->params;
+    int t0 = 0;
+    for (int hi = tab->n; e->persist && t0 < hi;) {
+        int mid = t0 + (hi - t0) / 2;
+        if (tab->t[mid].offset + tab->t[mid].numel <= off)
+            t0 = mid + 1;
+        else
+            hi = mid;
+    }
+    for (int t = t0; st == DS_OK && e->persist && t < tab->n && tab->t[t].offset < off + count; t++) {
+        const ds_tensor_info *ti = &tab->t[t];
         int64_t lo = off > ti->offset ? off : ti->offset;
         int64_t hi = off + count < ti->offset + ti->numel ? off + count : ti->offset + ti->numel;
         if (!e->persist[t] || hi <= lo)
@@ -605,9 +615,7 @@ static ds_status z3_gather_layer(ds_engine *e, int layer, ds_error *err)
             return st;
         e->pptr[ts[j]] = dst;
         a += align16(t->numel);
-        e->z3_gathered += t->numel;
     }
-    e->z3_gathers++;
     e->live_layer = layer;
     return DS_OK;
 }
@@ -1724,8 +1732,6 @@ void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m)
         m->z3_persistent_tensors += e->persist[t];
     m->z3_persistent = e->persist_elems;
     m->z3_arena = e->arena_len;
-    m->z3_gathers = e->z3_gathers;
-    m->z3_gathered = e->z3_gathered;
 }
 
 void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t *optim,
@@ -1768,24 +1774,12 @@ static ds_status host_gather(ds_engine *e, int64_t b0, int64_t b1, void *host, s
     if (!e->comm)
         return ds_error_set(err, DS_ERR_INVALID, "a planning engine (plan_only) holds only rank 0's ZeRO-3 "
                             "partition of the weights");
-    ds_status st = zq_drain(e, err); /* the communication thread's collectives first */
+    /* the communication thread's collectives first (it shares zoff/zlen) */
+    ds_status st = zq_drain(e, err);
     if (st != DS_OK)
         return st;
-    size_t *off = calloc((size_t)e->world_size, sizeof *off), *len = calloc((size_t)e->world_size, sizeof *len);
-    st = off && len ? DS_OK : ds_error_set(err, DS_ERR_NOMEM, "out of memory");
-    for (int r = 0; st == DS_OK && r < e->world_size; r++) {
-        int64_t lo, hi;
-        ds_zero_partition(e->net->params.total, e->world_size, r, &lo, &hi);
-        lo = lo > b0 ? lo : b0;
-        hi = hi < b1 ? hi : b1;
-        off[r] = hi > lo ? (size_t)(lo - b0) : 0;
-        len[r] = hi > lo ? (size_t)(hi - lo) : 0;
-    }
-    if (st == DS_OK)
-        st = ds_comm_all_gather_v(e->comm, host, off, len, esz, err);
-    free(off);
-    free(len);
-    return st;
+    zero_blocks(e, b0, b1);
+    return ds_comm_all_gather_v(e->comm, host, e->zoff, e->zlen, esz, err);
 }
 
 /* Stage 3: working weights [b, end) of every rank to the host as fp32 values (a collective). */

@@ -3,6 +3,7 @@
  * TensorFlow, no protobuf library). Rank 0 writes; see ds/prof.h. */
 #include "ds/prof.h"
 #include "ds/config.h"
+#include "core/fs_util.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -10,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -132,28 +132,6 @@ static double wall_now(void)
 
 /* ---- helpers ---------------------------------------------------------------------------------- */
 
-/* mkdir -p */
-static ds_status make_dirs(const char *dir, ds_error *err)
-{
-    char p[PATH_MAX];
-    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
-        return ds_error_set(err, DS_ERR_INVALID, "%s: path too long", dir);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = 0;
-        if (mkdir(p, 0755) != 0 && errno != EEXIST)
-            return ds_error_set(err, DS_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
-        *s = '/';
-    }
-    struct stat sb;
-    if (mkdir(p, 0755) != 0 && errno != EEXIST)
-        return ds_error_set(err, DS_ERR_IO, "%s: cannot create: %s", p, strerror(errno));
-    if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return ds_error_set(err, DS_ERR_IO, "%s: not a directory", p);
-    return DS_OK;
-}
-
 /* os.path.join(output_path, job_name) */
 static int log_dir(char *buf, size_t n, const ds_monitor_config *m)
 {
@@ -242,7 +220,7 @@ ds_status ds_monitor_open(ds_monitor **out, const ds_monitor_config *tensorboard
     if (csv && csv->enabled) {
         if (log_dir(m->csv_dir, sizeof m->csv_dir, csv) != 0)
             st = ds_error_set(err, DS_ERR_INVALID, "csv_monitor: output_path/job_name too long");
-        else if ((st = make_dirs(m->csv_dir, err)) != DS_OK)
+        else if ((st = ds_mkdir_p(m->csv_dir, err)) != DS_OK)
             ds_error_prefix(err, "csv_monitor: ");
         else if (access(m->csv_dir, W_OK | X_OK) != 0) /* (the files are made at their first event) */
             st = ds_error_set(err, DS_ERR_IO, "csv_monitor: %s: cannot write there: %s", m->csv_dir, strerror(errno));
@@ -253,7 +231,7 @@ ds_status ds_monitor_open(ds_monitor **out, const ds_monitor_config *tensorboard
         host[sizeof host - 1] = 0;
         if (log_dir(dir, sizeof dir, tensorboard) != 0) {
             st = ds_error_set(err, DS_ERR_INVALID, "tensorboard: output_path/job_name too long");
-        } else if ((st = make_dirs(dir, err)) != DS_OK) {
+        } else if ((st = ds_mkdir_p(dir, err)) != DS_OK) {
             ds_error_prefix(err, "tensorboard: ");
         } else {
             double now = wall_now();

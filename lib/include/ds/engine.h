@@ -147,10 +147,10 @@ typedef struct ds_memory_report {
     size_t comm;        /* communication buffers (ZeRO-2/3 gradient buckets) */
     int zero_stage, world_size;
     int64_t partition_begin, partition_end; /* flat elements this rank updates */
-    /* stage 3 with several ranks: the persistent tensors (their number and elements), the most
-     * elements one layer gathers (the arena), and the layer gathers so far with their elements */
+    /* stage 3 with several ranks: the persistent tensors (their number and elements) and the
+     * most elements one layer gathers (the arena) */
     int z3_persistent_tensors;
-    int64_t z3_persistent, z3_arena, z3_gathers, z3_gathered;
+    int64_t z3_persistent, z3_arena;
 } ds_memory_report;
 void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m);
 /* Positions per sample of the training forwards: curriculum_learning's current difficulty (the
