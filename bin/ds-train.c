@@ -994,9 +994,8 @@ int main(int argc, char **argv)
     if (a.micro && cfg->micro_batch != a.micro && rank == 0) /* it only fills in "auto" or a missing size */
         fprintf(stderr, "ds-train: warning: --micro-batch %lld not used: the config gives micro-batch %lld\n",
                 (long long)a.micro, (long long)cfg->micro_batch);
-    /* the weights are written by rank 0; under ZeRO with fp16/bf16, and at stage 3, every rank
-     * takes part (the fp32 master weights are partitioned and gathered) */
-    if (save_rank0_only && !(cfg->zero.stage == 3 || (cfg->zero.stage > 0 && cfg->precision != DS_PREC_FP32)))
+    /* the weights are written by rank 0; where the engine gathers them every rank takes part */
+    if (save_rank0_only && !ds_engine_save_weights_collective(eng))
         a.save = NULL;
     {
         ds_memory_report mr;

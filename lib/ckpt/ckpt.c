@@ -1409,10 +1409,11 @@ static ds_status write_model_file(ds_engine *e, const char *path, ds_ckpt_file *
      * is kept in s.st, and the reads go on) */
     const int all = info.zero_stage == 3 && info.comm;
     s.keep_going = all;
+    s.st = st; /* (a file that could not be begun takes no writes) */
     for (int i = 0; i < tab->n && (st == DS_OK || all); i++) {
         ds_error skip;
-        ds_status r = engine_range(&rd, which, tab->t[i].offset, tab->t[i].offset + tab->t[i].numel,
-                                   st == DS_OK ? sink_write : sink_none, &s, st == DS_OK ? err : &skip);
+        ds_status r = engine_range(&rd, which, tab->t[i].offset, tab->t[i].offset + tab->t[i].numel, sink_write, &s,
+                                   st == DS_OK ? err : &skip);
         if (st == DS_OK)
             st = r;
     }

@@ -1978,12 +1978,17 @@ ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
     return st;
 }
 
+/* The fp32 master weights partitioned (ZeRO with fp16/bf16, stage 3): every rank takes part in
+ * gathering them, whatever happens to it, and rank 0 writes. */
+int ds_engine_save_weights_collective(const ds_engine *e)
+{
+    return e->zero && (e->round || e->zero == 3) && e->comm;
+}
+
 ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err)
 {
     struct stat sb;
-    /* the fp32 master weights partitioned (ZeRO with fp16/bf16, stage 3): every rank takes part
-     * in gathering them, whatever happens to it, and rank 0 writes */
-    const int collective = e->zero && (e->round || e->zero == 3) && e->comm;
+    const int collective = ds_engine_save_weights_collective(e);
     if (!collective && !overwrite && stat(path, &sb) == 0)
         return ds_error_set(err, DS_ERR_INVALID, "%s: exists; not overwriting it", path);
     const ds_tensor_table *tab = &e->net->params;

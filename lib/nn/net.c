@@ -72,11 +72,13 @@ struct ds_model {
 
 #define OPS (m->be->ops)
 #define G(idx) (m->gptr ? m->gptr[(idx)] : grads + m->net->params.t[(idx)].offset)
-/* a weight tensor in the flat parameters: 2-byte values with s16, else fp32 */
+/* a weight tensor: where the pointer table says (ZeRO-3), else in the flat parameters (2-byte
+ * values with s16, else fp32) */
 #define P(base, idx)                                                                             \
-    (m->pptr ? m->pptr[(idx)] : m->s16 ? (const float *)(const void *)((const uint16_t *)(const void *)(base) +            \
-                                            m->net->params.t[(idx)].offset)                      \
-            : (base) + m->net->params.t[(idx)].offset)
+    (m->pptr  ? m->pptr[(idx)]                                                                   \
+     : m->s16 ? (const float *)(const void *)((const uint16_t *)(const void *)(base) +           \
+                                              m->net->params.t[(idx)].offset)                    \
+              : (base) + m->net->params.t[(idx)].offset)
 #define CHECK(call)                                                                              \
     do {                                                                                         \
         ds_status st_ = (call);                                                                  \

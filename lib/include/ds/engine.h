@@ -181,6 +181,8 @@ void ds_engine_memory(const ds_engine *e, size_t *params, size_t *grads, size_t 
  * elements read as 0; writes to them are dropped). */
 ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err);
 ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err);
+/* Whether ds_engine_save_weights is a collective here (every rank must call it). */
+int ds_engine_save_weights_collective(const ds_engine *e);
 /* Copy a parameter or its gradient (by name) to host memory of numel floats. */
 ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64_t numel,
                               ds_error *err);
