@@ -311,6 +311,7 @@ static const ds_backend_ops cuda_ops = {
     /* .pack16 = */ ds_cuda_pack16_op,
     /* .linear_gelu_fwd = */ ds_cuda_linear_gelu_fwd,
     /* .linear_bwd_gelu = */ ds_cuda_linear_bwd_gelu,
+    /* .scale_act = */ ds_cuda_scale_act,
 };
 
 /* DS_CUDA_TF32: "1" (the default) lets cuBLAS use TF32 tensor cores for the fp32 GEMMs, as

@@ -53,6 +53,7 @@ ds_status ds_cuda_dropout_fwd(ds_backend *b, const float *x, float *y, int64_t n
 ds_status ds_cuda_dropout_bwd(ds_backend *b, const float *dy, float *dx, int64_t n, float p,
                               uint64_t seed, int accumulate);
 ds_status ds_cuda_add(ds_backend *b, const float *a, const float *c, float *y, int64_t n);
+ds_status ds_cuda_scale_act(ds_backend *b, const float *x, float *y, int64_t n, float s);
 ds_status ds_cuda_accumulate(ds_backend *b, const float *x, float *y, int64_t n, int accumulate);
 ds_status ds_cuda_scale(ds_backend *b, float *x, int64_t n, float s);
 

@@ -226,6 +226,16 @@ extern "C" ds_status ds_cuda_add(ds_backend *b, const float *a, const float *c, 
     LAUNCH16_8(add_k, n, a, c, y, n, RMODE(b), vec8_ok(a, c, y));
 }
 
+template <int S> __global__ void scale_act_k(const void *x, void *y, int64_t n, float s, int rm)
+{
+    GRID_STRIDE(i, n) sta<S>(y, i, lda<S>(x, i) * s, rm);
+}
+
+extern "C" ds_status ds_cuda_scale_act(ds_backend *b, const float *x, float *y, int64_t n, float s)
+{
+    LAUNCH16(scale_act_k, n, x, y, n, s, RMODE(b));
+}
+
 template <int S> __global__ void unpack16_k(const void *src, float *dst, int64_t n)
 {
     GRID_STRIDE(i, n) dst[i] = lda<S>(src, i);

@@ -582,6 +582,10 @@ Test(cuda, activations_dropout_add)
             check_dev(&c, acc ? "accumulate +=" : "accumulate =", a_, a, n, 0);
             free(a);
         }
+        float *s_ = dpoison(&c, n);
+        CALL(c.cpu, scale_act, x, y, n, 1.0f / 0.6f);
+        CALL(c.gpu, scale_act, x_, s_, n, 1.0f / 0.6f);
+        check_dev(&c, "scale_act", s_, y, n, 0);
         CALL(c.cpu, scale, x, n, -0.37f);
         CALL(c.gpu, scale, x_, n, -0.37f);
         check_dev(&c, "scale", x_, x, n, 0);
@@ -1727,6 +1731,9 @@ static void store16_case(int mode)
             BOTH16(g, mode, add, (g, F_(x), F_(d), F_(y), n), (g, H_(x), H_(d), H_(y), n));
             BOTH16(g, mode, add, (g, F_(d), F_(y), F_(y), n), (g, H_(d), H_(y), H_(y), n)); /* in place */
             dp_same(&c, "add", &y, mode);
+            BOTH16(g, mode, scale_act, (g, F_(x), F_(y), n, 1.6f), (g, H_(x), H_(y), n, 1.6f));
+            BOTH16(g, mode, scale_act, (g, F_(y), F_(y), n, -0.37f), (g, H_(y), H_(y), n, -0.37f)); /* in place */
+            dp_same(&c, "scale_act", &y, mode);
         }
     }
     /* 4 elements in: 16-byte aligned in fp32 (the kernels' 8-value accesses), 8 bytes off in

@@ -1704,12 +1704,13 @@ static void store16_ops(const char *backend, int mode, int precision)
     const int64_t n = 3 * 16384 + 77;
     for (int acc = 0; acc < 2; acc++) {
         pair16 x = p16(&r, n, 2, mode), c = p16(&r, n, 1, mode);
-        for (int op = 0; op < 9; op++) {
+        for (int op = 0; op < 10; op++) {
             pair16 y = p16(&r, n, 1, mode); /* also the accumulated-into value */
             float *y32 = fcopy(y.f, n);
             const char *name[] = {"gelu_fwd (erf)", "gelu_bwd (tanh)", "relu_fwd",        "relu_bwd", "dropout_fwd",
-                                  "dropout_bwd",    "add",             "gelu_fwd (tanh)", "gelu_bwd (erf)"};
-            if (acc && (op == 0 || op == 2 || op == 4 || op == 6 || op == 7)) {
+                                  "dropout_bwd",    "add",             "gelu_fwd (tanh)", "gelu_bwd (erf)",
+                                  "scale_act"};
+            if (acc && (op == 0 || op == 2 || op == 4 || op == 6 || op == 7 || op == 9)) {
                 free(y32);
                 p16_free(&y);
                 continue; /* forward ops write */
@@ -1723,6 +1724,7 @@ static void store16_ops(const char *backend, int mode, int precision)
             case 5: BOTH(b, mode, dropout_bwd, (b, F(c), y32, n, 0.3f, 77, acc), (b, H(c), H(y), n, 0.3f, 77, acc)); break;
             case 6: BOTH(b, mode, add, (b, F(x), F(c), y32, n), (b, H(x), H(c), H(y), n)); break;
             case 7: BOTH(b, mode, gelu_fwd, (b, F(x), y32, n, 1), (b, H(x), H(y), n, 1)); break;
+            case 9: BOTH(b, mode, scale_act, (b, F(x), y32, n, 1.0f / 0.3f), (b, H(x), H(y), n, 1.0f / 0.3f)); break;
             default: BOTH(b, mode, gelu_bwd, (b, F(x), F(c), y32, n, 0, acc), (b, H(x), H(c), H(y), n, 0, acc)); break;
             }
             if (op == 6) { /* in place, as the model adds activation gradients: y += c */

@@ -266,7 +266,7 @@ static float *whole32(ds_backend *b, int i, const float *x, int64_t n)
     return c->f32[i];
 }
 
-enum { EW_RELU_F, EW_RELU_B, EW_DROP_F, EW_DROP_B };
+enum { EW_RELU_F, EW_RELU_B, EW_DROP_F, EW_DROP_B, EW_SCALE };
 typedef struct ew_args {
     int op, acc;
     float p;
@@ -296,6 +296,10 @@ static ds_status ew16(ds_backend *b, const ew_args *e, const float *a, const flo
         case EW_RELU_B: k->relu_bwd(ta, tc, ty, len, e->acc); break;
         case EW_DROP_F: k->dropout_fwd(ta, ty, len, e->p, e->seed, i0); break;
         case EW_DROP_B: k->dropout_bwd(ta, ty, len, e->p, e->seed, e->acc, i0); break;
+        case EW_SCALE:
+            for (int64_t j = 0; j < len; j++)
+                ty[j] = ta[j] * e->p;
+            break;
         }
         k->pack16(ty, HM(y) + i0, len, mode);
     }
@@ -965,6 +969,17 @@ static ds_status cpu_dropout_bwd(ds_backend *b, const float *dy, float *dx, int6
     return DS_OK;
 }
 
+/* y = s x over activations (progressive layer drop's 1/keep-probability) */
+static ds_status cpu_scale_act(ds_backend *b, const float *x, float *y, int64_t n, float s)
+{
+    if (((cpu_impl *)b->impl)->s16)
+        return ew16(b, &(ew_args){.op = EW_SCALE, .p = s}, x, NULL, y, n);
+#pragma omp parallel for simd if (n > TILE)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] * s;
+    return DS_OK;
+}
+
 static ds_status cpu_add(ds_backend *b, const float *a, const float *cc, float *y, int64_t n)
 {
     cpu_impl *c = b->impl;
@@ -1111,6 +1126,7 @@ static const ds_backend_ops cpu_ops = {
     .set_precision = cpu_set_precision,
     .store16 = cpu_store16,
     .pack16 = cpu_pack16,
+    .scale_act = cpu_scale_act,
 };
 
 /* What the kernel variants need of the CPU and of the OS (cpuid, and XCR0 for the vector

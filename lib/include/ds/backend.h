@@ -255,6 +255,9 @@ typedef struct ds_backend_ops {
     ds_status (*linear_bwd_gelu)(ds_backend *b, const float *dy, const float *x, const float *w,
                                  const float *pre, float *dx, float *dw, float *dbias, int64_t M,
                                  int64_t K, int64_t N, int *done);
+    /* Optional (NULL: progressive layer drop is refused): y[n] = s * x[n], an activation op
+     * (16-bit operands under store16, the output rounded under fuse_round); y may be x. */
+    ds_status (*scale_act)(ds_backend *b, const float *x, float *y, int64_t n, float s);
 } ds_backend_ops;
 
 struct ds_backend {
