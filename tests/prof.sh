@@ -41,7 +41,8 @@ cat > mlp.json <<'EOF'
 EOF
 echo '{"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 2, "steps_per_print": 2,
  "optimizer": {"type": "SGD", "params": {"lr": 0.05}}}' > ds.json
-echo '{"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 2, "steps_per_print": 2,
+# (micro-batch 128: forwards long enough to show in the timers' 0.01 ms, on fast machines too)
+echo '{"train_micro_batch_size_per_gpu": 128, "gradient_accumulation_steps": 2, "steps_per_print": 2,
  "wall_clock_breakdown": true, "optimizer": {"type": "SGD", "params": {"lr": 0.05}}}' > wcb.json
 mlp=(mlp.json --data x.npy --labels y.npy --steps 6 --data-order sequential --seed 3)
 
@@ -116,7 +117,7 @@ lines = [l for l in open("out6") if "time (ms)" in l]
 for m, g in zip(lines[0::2], lines[1::2]):
     mv = dict(re.findall(r"(\w+): ([0-9.]+)", m)); gv = dict(re.findall(r"(\w+): ([0-9.]+)", g))
     assert float(gv["fwd"]) >= float(mv["fwd_microstep"]) > 0, (m, g)
-    assert float(gv["step"]) >= float(mv["step_microstep"]) > 0, (m, g)
+    assert float(gv["step"]) >= float(mv["step_microstep"]), (m, g) # (an SGD step on 19k parameters: 0.00 ms on a fast machine)
 EOF
 
 # ---- two ranks, one database -------------------------------------------------------------
