@@ -480,6 +480,19 @@ static void print_curriculum(const ds_config *cfg, const ds_net *net)
     }
 }
 
+/* The progressive_layer_drop line: which layers, with what probabilities. */
+static void print_pld(const ds_config *cfg, ds_engine *eng)
+{
+    const int L = ds_engine_layer_drop(eng, NULL, NULL);
+    if (!L)
+        return;
+    const ds_pld_config *c = &cfg->pld;
+    printf("progressive_layer_drop: training forwards keep transformer layer l of %d with probability "
+           "1 - (l/%d)(1 - theta), and scale a kept one's residual branches by 1/that; theta is 1 at steps 1 "
+           "and 2, then %g exp(-%g (step - 2)) + %g (the FLOP counts assume every layer runs)\n",
+           L, L, 1.0 - c->theta, c->gamma, c->theta);
+}
+
 /* The activation checkpointing line, or a warning where the config's section has nothing to act on. */
 static void print_actckpt(ds_engine *eng, const char *config, const char *netfile)
 {
@@ -1183,6 +1196,7 @@ int main(int argc, char **argv)
                        : "", act16);
         print_actckpt(eng, a.config, a.net);
         print_curriculum(cfg, net);
+        print_pld(cfg, eng);
         if (cfg->scheduler.type != DS_SCHED_NONE)
             printf("scheduler: %s (first lr %g; ds-lrrt --print-schedule shows every step)\n",
                    ds_sched_name(cfg->scheduler.type), ds_engine_get_lr(eng));
@@ -1201,9 +1215,13 @@ int main(int argc, char **argv)
         y = malloc((size_t)(MB * out_dim) * sizeof *y);
     }
     double *ms_hist = malloc((size_t)steps * sizeof *ms_hist);
-    if (!ms_hist || (tokens && (!tok || !tgt)) || (!tokens && (!x || !lab || !y))) {
+    /* progressive_layer_drop: the layers kept by the last forward, for --log-json */
+    const int pld_L = ds_engine_layer_drop(eng, NULL, NULL);
+    unsigned char *pld_kept = malloc((size_t)pld_L + 1);
+    if (!ms_hist || !pld_kept || (tokens && (!tok || !tgt)) || (!tokens && (!x || !lab || !y))) {
         fprintf(stderr, "ds-train: out of memory for %lld steps of batch %lld\n", (long long)steps, (long long)MB);
         free(ms_hist);
+        free(pld_kept);
         free(tok);
         free(tgt);
         free(x);
@@ -1223,6 +1241,7 @@ int main(int argc, char **argv)
     /* curriculum_learning: the steps' lengths differ, so the closing rates are totals over time */
     const int cl = cfg->curriculum.enabled;
     double cl_tokens = 0, cl_flops = 0, cl_ms = 0;
+
     /* activation_checkpointing.profile: the checkpointed passes' times, per step */
     int ck_profile = 0;
     double ck_prev[3] = {0, 0, 0}, ck_step[3] = {0, 0, 0};
@@ -1289,9 +1308,18 @@ int main(int argc, char **argv)
         cl_tokens += (double)TB * (double)seqlen;
         cl_flops += 3.0 * (double)ds_net_flops_per_sample_at(net, seqlen) * (double)TB;
         cl_ms += ms;
-        char cl_json[48] = "";
+        char cl_json[112] = "";
         if (cl)
             snprintf(cl_json, sizeof cl_json, ", \"seqlen\": %lld", (long long)seqlen);
+        if (pld_L) { /* progressive layer drop: the last micro-batch's theta and layers kept */
+            double theta;
+            int kept = 0;
+            ds_engine_layer_drop(eng, &theta, pld_kept);
+            for (int l = 0; l < pld_L; l++)
+                kept += pld_kept[l];
+            size_t at = strlen(cl_json);
+            snprintf(cl_json + at, sizeof cl_json - at, ", \"pld_theta\": %.9g, \"layers_kept\": %d", theta, kept);
+        }
         int64_t step = ds_engine_global_steps(eng);
         int applied = ds_engine_was_step_applied(eng);
         double lr, mom; /* those this step's update used (the scheduler has moved on since) */
@@ -1441,6 +1469,7 @@ int main(int argc, char **argv)
     free(lab);
     free(y);
     free(ms_hist);
+    free(pld_kept);
     ds_monitor_close(mon);
     ds_sampler_free(&sampler);
     ds_dataset_close(ds);

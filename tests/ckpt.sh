@@ -3,6 +3,7 @@
 #  1. Bit-exact resume: 20 steps straight == 10 steps, stop, resume with the same command, 10
 #     steps: the same losses (all 17 digits) and the same final checkpoint bytes, for every ZeRO
 #     stage in ZERO_STAGES x fp32/fp16 x 1/2 ranks (a net with dropout: its RNG resumes too).
+#     The same with curriculum_learning and progressive_layer_drop, whose schedules follow the step.
 #  2. Another world size: saved on 1 rank, resumed on 4; saved on 4, resumed on 2; resharded
 #     offline for 4 and resumed: losses within 1e-5 relative of the same global batch on 1 rank;
 #     bf16 ZeRO-3 saved on 3 ranks resumed at stage 1 on 2 and at stage 3 on 4.
@@ -120,6 +121,16 @@ if run 1 "${a[@]}" --log-json cl-s.jsonl >/dev/null 2>err && run 1 "${a[@]/20/10
      "24 24 24 24 24 32 32 32 32 32" ]; then
     ok "curriculum_learning with activation checkpointing: 20 steps == 10 + resume + 10 (lengths 24 to 32 across it)"
 else notok "curriculum resume: $(head -c 400 err)"; fi
+# progressive_layer_drop: its theta follows the step and its draws the micro-step, so a resumed
+# run drops what the straight one did (2 ranks, ZeRO-3, fp16; some layer dropped after step 10)
+cfg 2 "$FP16" 3 2 > pld.json
+sed -i 's/"zero_optimization"/"progressive_layer_drop": {"enabled": true, "theta": 0.5, "gamma": 0.1}, "zero_optimization"/' pld.json
+a=(drop2.json --config pld.json --data text.txt --quiet --steps 20)
+if run 2 "${a[@]}" --log-json pld-s.jsonl >/dev/null 2>err && run 2 "${a[@]/20/10}" --log-json pld-a.jsonl --save pld-r >/dev/null 2>>err &&
+   run 2 "${a[@]}" --log-json pld-b.jsonl --load pld-r >/dev/null 2>>err && same_losses pld-s.jsonl pld-a.jsonl,pld-b.jsonl 20 2>>err &&
+   python3 -c 'import json, sys; assert min(json.loads(l)["layers_kept"] for l in open(sys.argv[1])) < 2' pld-b.jsonl 2>>err; then
+    ok "progressive_layer_drop, ZeRO-3, fp16, 2 ranks: 20 steps == 10 + resume + 10 (layers dropped after the resume)"
+else notok "progressive_layer_drop resume: $(head -c 400 err)"; fi
 python3 -c "import json; m=json.load(open('z0-fp16-1-r/global_step10/manifest.json')); \
   assert m['loss_scaler']['dynamic'] and m['precision']=='fp16' and m['client_state']['data']['next_sample']==80" 2>err \
     && ok "the manifest records the loss scaler, precision and the data position" || notok "manifest: $(head -c 300 err)"

@@ -12,11 +12,11 @@ trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
 
-# 100,000 bytes: 781 samples of 128 tokens, more than the largest train_batch_size that trains (512)
-cat /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/GPL-3 /usr/share/common-licenses/GPL-3 2>/dev/null |
-    head -c 100000 > text.txt
-if [ "$(wc -c <text.txt)" -lt 100000 ]; then
-    for i in $(seq 2000); do echo "line $i: the quick brown fox jumps over the lazy dog"; done | head -c 100000 >text.txt
+# 530,000 bytes: 4140 samples of 128 tokens, more than the largest train_batch_size that trains
+# (4096: progressive layer drop's BERT config)
+for i in $(seq 16); do cat /usr/share/common-licenses/GPL-3 2>/dev/null; done | head -c 530000 > text.txt
+if [ "$(wc -c <text.txt)" -lt 530000 ]; then
+    for i in $(seq 11000); do echo "line $i: the quick brown fox jumps over the lazy dog"; done | head -c 530000 >text.txt
 fi
 cat > net.json <<'JSON'
 {"input": {"type": "tokens", "vocab_size": 256, "seq_len": 128},

@@ -52,6 +52,10 @@ cfg '"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2, "zer
 cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3, "reduce_bucket_size": 3001}' z3p
 cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 3, "reduce_bucket_size": 3001, "stage3_param_persistence_threshold": 2000}, "bf16": {"enabled": true}' b16z3
 cfg '"train_micro_batch_size_per_gpu": 4, "fp16": {"enabled": true, "initial_scale_power": 10}' f16inf
+# progressive_layer_drop from step 3 (scale_act on the branches, dropped layers skipped), ZeRO-2
+PLD='"progressive_layer_drop": {"enabled": true, "theta": 0.5, "gamma": 0.5}'
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "reduce_bucket_size": 3001}, '"$PLD" pld
+cfg '"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2, "overlap_comm": true, "reduce_bucket_size": 3001}, "bf16": {"enabled": true}, '"$PLD" pldb
 common=(net.json --data text.txt --steps 8 --data-order sequential --quiet)
 launch() { "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$@"; }
 
@@ -59,7 +63,7 @@ launch() { "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=
     && ok "1 GPU (emulated) x micro-batch 8" || notok "1 GPU: $(head -c 300 err1)"
 "$B/ds-train" "${common[@]}" --config mb8.json --device cpu --log-json cpu1.jsonl >/dev/null 2>errc \
     && ok "1 CPU rank x micro-batch 8" || notok "1 CPU rank: $(head -c 300 errc)"
-for c in z0 z1 z1o z2 z2b z2o z3 z3n z3p f16 b16 b16z3; do
+for c in z0 z1 z1o z2 z2b z2o z3 z3n z3p f16 b16 b16z3 pld pldb; do
     launch "$B/ds-train" "${common[@]}" --config $c.json --device cuda --log-json "$c.cuda.jsonl" >"$c.out" 2>"$c.err" \
         && ok "2 GPUs (emulated), $c: $(tr -d '\n' < $c.json | sed 's/.*"train_micro_batch_size_per_gpu"/micro-batch/; s/, "optimizer".*//')" \
         || notok "2 GPUs, $c: $(head -c 400 $c.err)"
@@ -72,7 +76,7 @@ echo "{\"train_batch_size\": 12, \"train_micro_batch_size_per_gpu\": 4, \"zero_o
 "$B/ds-launch" --master_port 0 --num_gpus 3 --export OMP_NUM_THREADS=1 "$B/ds-train" "${common[@]}" --config z2x3.json \
     --device cuda --log-json z2x3.cuda.jsonl >/dev/null 2>errx3 && ok "3 GPUs (emulated), ZeRO-2 + overlap_comm, uneven partitions" ||
     notok "3 GPUs: $(head -c 400 errx3)"
-for c in z2 f16 b16 b16z3; do
+for c in z2 f16 b16 b16z3 pld pldb; do
     launch "$B/ds-train" "${common[@]}" --config $c.json --device cpu --log-json "$c.cpu.jsonl" >/dev/null 2>"$c.cpuerr" \
         || notok "2 CPU ranks, $c: $(head -c 300 $c.cpuerr)"
 done
@@ -108,6 +112,8 @@ check "2 GPUs fp16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 2e-3)" 'rel(L[
 check "2 GPUs bf16 + ZeRO-2 + overlap_comm follow 2 CPU ranks (<= 1e-2)" 'rel(L["b16.cuda"], L["b16.cpu"]) <= 1e-2'
 check "2 GPUs bf16 + ZeRO-3 (2-byte weights gathered) follow 2 CPU ranks (<= 1e-2) and ZeRO-2 exactly" \
     'rel(L["b16z3.cuda"], L["b16z3.cpu"]) <= 1e-2 and L["b16z3.cuda"] == L["b16.cuda"]'
+check "2 GPUs with progressive_layer_drop follow 2 CPU ranks: fp32 (<= 1e-5), bf16 (<= 1e-2)" \
+    'rel(L["pld.cuda"], L["pld.cpu"]) <= 1e-5 and rel(L["pldb.cuda"], L["pldb.cpu"]) <= 1e-2 and L["pld.cuda"] != L["z2.cuda"]'
 grep -q "backend cuda:0 (CPU emulation of CUDA" z0.out && ok "rank 0 logs its device" || notok "device line: $(head -3 z0.out)"
 
 # TF32 GEMMs and the fused attention kernels (head size 16: two heads of 32), 1 GPU against

@@ -581,14 +581,16 @@ Test(checkpointing, errors_name_what_is_wrong)
  * each sample: the same loss and gradients as the network with seq_len d on the samples cut to
  * d (the position table's rows past d get no gradient), step by step as the schedule says; an
  * eval forward reads them all. */
-static const char *cl_net(int T)
+
+/* A GPT of count transformer layers (the iterations of h), T positions, vocabulary 32 */
+static const char *gpt_net(int T, int count)
 {
-    static char buf[2][1024];
-    char *b = buf[T == 16];
+    static char buf[3][1024]; /* cl_net(8), cl_net(16), pld_net() */
+    char *b = buf[count == 4 ? 2 : T == 16];
     snprintf(b, 1024,
              "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 32, \"seq_len\": %d}, \"layers\": ["
              "{\"type\": \"embedding\", \"name\": \"wte\", \"dim\": 16}, {\"type\": \"position_embedding\", \"name\": \"wpe\"},"
-             "{\"type\": \"repeat\", \"name\": \"h\", \"count\": 2, \"layers\": ["
+             "{\"type\": \"repeat\", \"name\": \"h\", \"count\": %d, \"layers\": ["
              " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_1\"},"
              "  {\"type\": \"attention\", \"name\": \"attn\", \"heads\": 2}]},"
              " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln_2\"},"
@@ -596,8 +598,25 @@ static const char *cl_net(int T)
              "  {\"type\": \"linear\", \"name\": \"proj\", \"out\": 16}]}]},"
              "{\"type\": \"layernorm\", \"name\": \"ln_f\"}, {\"type\": \"linear\", \"name\": \"head\", \"out\": 32}],"
              " \"loss\": {\"type\": \"cross_entropy\"}}",
-             T);
+             T, count);
     return b;
+}
+
+/* curriculum learning's GPT: 2 layers, T positions (8 or 16) */
+static const char *cl_net(int T) { return gpt_net(T, 2); }
+
+/* every tensor of from's into to (the same network) */
+static void copy_params(ds_engine *from, ds_engine *to)
+{
+    ds_error err = {0};
+    const ds_net *n = ds_engine_net(from);
+    for (int t = 0; t < n->params.n; t++) {
+        const ds_tensor_info *ti = &n->params.t[t];
+        float *p = malloc((size_t)ti->numel * sizeof *p);
+        cr_assert_eq(ds_engine_get_param(from, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_set_param(to, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        free(p);
+    }
 }
 
 static ds_engine *cl_engine(const char *net, const char *cfg)
@@ -674,13 +693,7 @@ Test(curriculum, shorter_sequences_are_the_shorter_network, .timeout = 60)
     }
     cr_assert_eq(ds_engine_step(a, &err), DS_OK, "%s", err.msg);
     /* step 2: all 16 positions, as the network without a curriculum from the same weights */
-    for (int t = 0; t < na->params.n; t++) {
-        const ds_tensor_info *ti = &na->params.t[t];
-        float *p = malloc((size_t)ti->numel * sizeof *p);
-        cr_assert_eq(ds_engine_get_param(a, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-        cr_assert_eq(ds_engine_set_param(f, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-        free(p);
-    }
+    copy_params(a, f);
     cr_assert_eq(ds_engine_eval(a, &ba, &le, &err), DS_OK, "%s", err.msg);
     cr_assert_eq(ds_engine_eval(f, &ba, &lf, &err), DS_OK, "%s", err.msg);
     cr_expect(le == lf, "eval reads every position: %.17g, %.17g", le, lf);
@@ -725,4 +738,285 @@ Test(curriculum, errors_name_the_network)
                     "\"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10, \"difficulty_step\": 1}}}";
     cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
     cr_expect(strstr(err.msg, "curriculum_learning (seqlen) needs a tokens network"), "%s", err.msg);
+}
+
+/* ---- progressive layer drop --------------------------------------------------------------------- */
+
+/* L = 4 transformer layers, 16 positions */
+static const char *pld_net(void) { return gpt_net(16, 4); }
+
+/* theta 0.5 from step 2 on: gamma 50 takes exp(-50 (t - 1)) below double's resolution at once */
+#define PLD_ON "\"progressive_layer_drop\": {\"enabled\": true, \"theta\": 0.5, \"gamma\": 50}, "
+
+static ds_engine *pld_engine(const char *net, const char *cfg_fmt, const char *extra)
+{
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, cfg_fmt, extra);
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_json = cfg, .config_name = "pld.json", .net_json = net, .net_name = "pld-net.json",
+                           .backend = "cpu"};
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    return e;
+}
+
+static void pld_batch(int32_t *tok, int32_t *tgt, int n, uint64_t s)
+{
+    for (int i = 0; i < n; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        tok[i] = (int32_t)((s >> 33) % 32);
+        tgt[i] = (int32_t)((s >> 45) % 32);
+    }
+}
+
+/* layer l's tensors: "h.<l-1>." */
+static int pld_layer_of(const char *name)
+{
+    return strncmp(name, "h.", 2) == 0 ? atoi(name + 2) + 1 : 0;
+}
+
+/* the last tensors of layer l's two branches: the attention's output projection and proj */
+static int pld_branch_last(const char *name)
+{
+    return pld_layer_of(name) && strstr(name, ".proj.") != NULL; /* h.N.attn.proj.*, h.N.proj.* */
+}
+
+/* A dropped layer is the identity, and a kept one x + s f(x) with s = 1/p_l: the network without
+ * layer drop whose branches' last products are scaled by s (their weights and biases times s),
+ * or zeroed where the layer was dropped. Step by step over 8 steps of SGD from the same weights:
+ * the same loss, the same gradients where nothing was scaled, s times the reference's for the
+ * scaled tensors (d/dw of s (x w + b) against d/dw' of x w' + b'), exactly 0 for a dropped
+ * layer's; evaluation drops nothing. */
+Test(layer_drop, is_the_network_with_scaled_branches, .timeout = 60)
+{
+    static const char *const FMT = "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 3, %s"
+                                   "\"optimizer\": {\"type\": \"SGD\", \"params\": {\"lr\": 0.1}}}";
+    ds_engine *a = pld_engine(pld_net(), FMT, PLD_ON), *b = pld_engine(pld_net(), FMT, "");
+    ds_error err = {0};
+    const ds_net *n = ds_engine_net(a);
+    cr_assert_eq(ds_engine_layer_drop(a, NULL, NULL), 4);
+    cr_assert_eq(ds_engine_layer_drop(b, NULL, NULL), 0);
+    int32_t tok[64], tgt[64];
+    int dropped = 0, scaled = 0;
+    for (int step = 0; step < 8; step++) {
+        pld_batch(tok, tgt, 64, 100 + (uint64_t)step);
+        const ds_batch bt = {.tokens = tok, .targets = tgt};
+        double la, lb, ea, eb, theta;
+        unsigned char kept[4];
+        /* evaluation: everything, unscaled */
+        copy_params(a, b);
+        cr_assert_eq(ds_engine_eval(a, &bt, &ea, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_eval(b, &bt, &eb, &err), DS_OK, "%s", err.msg);
+        cr_expect(ea == eb, "step %d: eval %.17g, the network's %.17g", step, ea, eb);
+        cr_assert_eq(ds_engine_forward(a, &bt, &la, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_layer_drop(a, &theta, kept), 4);
+        const double want = step < 2 ? 1.0 : 0.5;
+        cr_expect(theta == want, "step %d: theta %.17g, expected %g", step, theta, want);
+        float s[5];
+        for (int l = 1; l <= 4; l++) {
+            s[l] = kept[l - 1] ? (float)(1.0 / (1.0 - l / 4.0 * (1.0 - theta))) : 0.0f;
+            dropped += !kept[l - 1];
+            scaled += kept[l - 1] && s[l] != 1.0f;
+        }
+        for (int t = 0; t < n->params.n; t++) { /* b: the scaled (or zeroed) branches */
+            const ds_tensor_info *ti = &n->params.t[t];
+            if (!pld_branch_last(ti->name))
+                continue;
+            float *p = malloc((size_t)ti->numel * sizeof *p);
+            cr_assert_eq(ds_engine_get_param(a, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+            for (int64_t j = 0; j < ti->numel; j++)
+                p[j] *= s[pld_layer_of(ti->name)];
+            cr_assert_eq(ds_engine_set_param(b, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+            free(p);
+        }
+        cr_assert_eq(ds_engine_forward(b, &bt, &lb, &err), DS_OK, "%s", err.msg);
+        cr_expect(fabs(la - lb) <= 1e-6 * fabs(lb), "step %d: loss %.9g, the scaled network's %.9g", step, la, lb);
+        cr_assert_eq(ds_engine_backward(a, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_backward(b, &err), DS_OK, "%s", err.msg);
+        for (int t = 0; t < n->params.n; t++) {
+            const ds_tensor_info *ti = &n->params.t[t];
+            float *ga = malloc((size_t)ti->numel * sizeof *ga), *gb = malloc((size_t)ti->numel * sizeof *gb);
+            cr_assert_eq(ds_engine_get_grad(a, ti->name, ga, ti->numel, &err), DS_OK, "%s", err.msg);
+            cr_assert_eq(ds_engine_get_grad(b, ti->name, gb, ti->numel, &err), DS_OK, "%s", err.msg);
+            const int l = pld_layer_of(ti->name);
+            const float f = l && pld_branch_last(ti->name) ? s[l] : 1.0f;
+            for (int64_t j = 0; j < ti->numel; j++) {
+                if (l && !kept[l - 1]) {
+                    cr_assert(ga[j] == 0.0f, "step %d: %s[%lld] = %g in a dropped layer", step, ti->name, (long long)j,
+                              ga[j]);
+                    continue;
+                }
+                const double want_g = (double)f * gb[j];
+                cr_assert(fabs(ga[j] - want_g) <= 1e-6 + 1e-4 * fabs(want_g), "step %d: %s[%lld]: %.9g, expected %.9g",
+                          step, ti->name, (long long)j, ga[j], want_g);
+            }
+            free(ga);
+            free(gb);
+        }
+        cr_assert_eq(ds_engine_step(a, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_step(b, &err), DS_OK, "%s", err.msg); /* (overwritten next step) */
+    }
+    cr_expect(dropped > 0 && scaled > 0, "%d layers dropped, %d scaled over the 8 steps: nothing tested", dropped,
+              scaled);
+    ds_engine_destroy(a);
+    ds_engine_destroy(b);
+}
+
+/* Layer l of L is kept with probability 1 - (l/L)(1 - theta): over 400 forwards at theta 0.5
+ * the counts of L = 4 layers are within 4 standard deviations (0.025 or less) of 0.875, 0.75,
+ * 0.625 and 0.5; the draws differ between steps. */
+Test(layer_drop, keeps_each_layer_with_its_probability, .timeout = 60)
+{
+    ds_engine *a = pld_engine(pld_net(), "{\"train_micro_batch_size_per_gpu\": 1, \"seed\": 5, %s"
+                                         "\"optimizer\": {\"type\": \"SGD\", \"params\": {\"lr\": 0.01}}}", PLD_ON);
+    ds_error err = {0};
+    int32_t tok[16], tgt[16];
+    int count[4] = {0}, changes = 0;
+    unsigned char kept[4], before[4] = {1, 1, 1, 1};
+    const int N = 400;
+    for (int step = 0; step < N + 2; step++) {
+        pld_batch(tok, tgt, 16, (uint64_t)step);
+        const ds_batch bt = {.tokens = tok, .targets = tgt};
+        double l;
+        cr_assert_eq(ds_engine_forward(a, &bt, &l, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_backward(a, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_step(a, &err), DS_OK, "%s", err.msg);
+        ds_engine_layer_drop(a, NULL, kept);
+        if (step < 2) { /* theta 1 */
+            cr_expect(kept[0] && kept[1] && kept[2] && kept[3], "step %d dropped a layer at theta 1", step);
+            continue;
+        }
+        for (int k = 0; k < 4; k++) {
+            count[k] += kept[k];
+            changes += kept[k] != before[k];
+            before[k] = kept[k];
+        }
+    }
+    for (int k = 0; k < 4; k++) {
+        const double p = 1.0 - (k + 1) / 4.0 * 0.5, f = count[k] / (double)N;
+        cr_expect(fabs(f - p) <= 0.1, "layer %d kept %d of %d times (%.3f), expected p = %.3f", k + 1, count[k], N, f,
+                  p);
+    }
+    cr_expect(changes > 100, "the draws changed %d times over %d steps", changes, N);
+    ds_engine_destroy(a);
+}
+
+typedef struct pld_run {
+    double loss[6];
+    unsigned char kept[6][3];
+    float *params;
+    int64_t total;
+} pld_run;
+
+static void pld_train(pld_run *r, const char *net, int outer, const char *precision, const char *extra)
+{
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg,
+             "{\"train_micro_batch_size_per_gpu\": 4, \"gradient_accumulation_steps\": 2, \"seed\": 11, "
+             "\"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.01}}, %s%s\"gradient_clipping\": 1.0}",
+             precision, extra);
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_json = cfg, .config_name = "pld.json", .net_json = net, .net_name = "pld-net.json",
+                           .backend = "cpu", .checkpoint_activations = outer};
+    cr_assert_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    const ds_net *n = ds_engine_net(e);
+    int32_t tok[32], tgt[32];
+    memset(r->kept, 1, sizeof r->kept);
+    for (int step = 0; step < 6; step++) {
+        for (int micro = 0; micro < 2; micro++) {
+            pld_batch(tok, tgt, 32, (uint64_t)(7 + 2 * step + micro));
+            const ds_batch b = {.tokens = tok, .targets = tgt};
+            cr_assert_eq(ds_engine_forward(e, &b, &r->loss[step], &err), DS_OK, "%s", err.msg);
+            cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+            if (micro == 1)
+                ds_engine_layer_drop(e, NULL, r->kept[step]);
+            cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+        }
+    }
+    r->total = 0;
+    for (int t = 0; t < n->params.n; t++)
+        r->total += n->params.t[t].numel;
+    r->params = malloc((size_t)r->total * sizeof(float));
+    for (int t = 0, off = 0; t < n->params.n; off += (int)n->params.t[t].numel, t++)
+        cr_assert_eq(ds_engine_get_param(e, n->params.t[t].name, r->params + off, n->params.t[t].numel, &err), DS_OK,
+                     "%s", err.msg);
+    ds_engine_destroy(e);
+}
+
+/* Activation checkpointing recomputes a segment with the draws of its forward: the same bits as
+ * without, in fp32, bf16 and fp16 (16-bit storage: the scaled branch is rounded where torch's
+ * fp16 product would be), with dropout in the branches and 2 micro-batches per step. theta 1
+ * is the network without layer drop, bit for bit. */
+Test(layer_drop, same_bits_checkpointed_and_at_theta_one, .timeout = 120)
+{
+    static const char *const PREC[] = {"", "\"bf16\": {\"enabled\": true}, ", "\"fp16\": {\"enabled\": true}, "};
+    char *plain = subst_ck(CK_NETS[0].net, "false");
+    for (size_t p = 0; p < 3; p++) {
+        pld_run a, b, c, d;
+        pld_train(&a, plain, 0, PREC[p], PLD_ON);
+        pld_train(&b, plain, 1, PREC[p], PLD_ON);
+        int dropped = 0;
+        for (int s = 0; s < 6; s++) {
+            cr_expect(a.loss[s] == b.loss[s], "prec %zu step %d: loss %.17g, checkpointed %.17g", p, s, a.loss[s],
+                      b.loss[s]);
+            cr_expect(memcmp(a.kept[s], b.kept[s], 3) == 0, "prec %zu step %d: other layers dropped", p, s);
+            dropped += !a.kept[s][0] + !a.kept[s][1] + !a.kept[s][2];
+        }
+        cr_expect(dropped > 0, "prec %zu: no layer dropped", p);
+        cr_expect(memcmp(a.params, b.params, (size_t)a.total * sizeof(float)) == 0, "prec %zu: parameters differ", p);
+        pld_train(&c, plain, 0, PREC[p], "\"progressive_layer_drop\": {\"enabled\": true, \"theta\": 1, \"gamma\": 50}, ");
+        pld_train(&d, plain, 0, PREC[p], "");
+        for (int s = 0; s < 6; s++)
+            cr_expect(c.loss[s] == d.loss[s], "prec %zu step %d: theta 1 %.17g, without %.17g", p, s, c.loss[s],
+                      d.loss[s]);
+        cr_expect(memcmp(c.params, d.params, (size_t)c.total * sizeof(float)) == 0, "prec %zu: theta 1 differs", p);
+        cr_expect(a.loss[5] != d.loss[5], "prec %zu: layer drop changed nothing", p);
+        free(a.params), free(b.params), free(c.params), free(d.params);
+    }
+    free(plain);
+}
+
+/* DeepSpeed's schedule: ProgressiveLayerDrop.update_state(i) gives (1 - theta) exp(-gamma i) +
+ * theta, and the engine calls it before counting step i, so step i + 1's forward uses it. */
+Test(layer_drop, theta_follows_deepspeed)
+{
+    const ds_pld_config c = {.enabled = 1, .theta = 0.5, .gamma = 0.001};
+    cr_expect(ds_pld_theta(&c, 0) == 1.0);
+    for (int64_t i = 0; i < 5000; i += 7)
+        cr_expect(ds_pld_theta(&c, i + 1) == (1.0 - 0.5) * exp(-0.001 * (double)i) + 0.5, "step %lld", (long long)i + 1);
+}
+
+Test(layer_drop, errors_name_what_is_wrong)
+{
+    ds_engine *e = NULL;
+    ds_error err = {0};
+    ds_engine_options o = {.config_name = "pld.json", .net_json = RES_NETS[3], .net_name = "res.json", .backend = "cpu"};
+    /* a repeat whose iterations are not only residual blocks: nothing to drop */
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 4, " PLD_ON "\"seed\": 1}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "pld.json: progressive_layer_drop.enabled=true: res.json: progressive layer drop: the "
+                              "network has no repeat whose layers are residual blocks"),
+              "%s", err.msg);
+    o.net_json = pld_net();
+    static const struct {
+        const char *block, *msg;
+    } BAD[] = {
+        {"{\"enabled\": true, \"theta\": 1.5}", "pld.json: progressive_layer_drop.theta: expected a number from 0 to 1, found 1.5"},
+        {"{\"enabled\": true, \"gamma\": -1}", "pld.json: progressive_layer_drop.gamma: expected a number >= 0, found -1"},
+        {"{\"enabled\": true, \"thetta\": 0.5}", "pld.json: progressive_layer_drop: unknown key \"thetta\""},
+        {"{\"enabled\": \"maybe\"}", "pld.json: progressive_layer_drop.enabled: expected a boolean"},
+    };
+    for (size_t k = 0; k < sizeof BAD / sizeof *BAD; k++) {
+        char cfg[256];
+        snprintf(cfg, sizeof cfg, "{\"train_micro_batch_size_per_gpu\": 4, \"progressive_layer_drop\": %s}", BAD[k].block);
+        o.config_json = cfg;
+        cr_expect_eq(ds_initialize(&e, &o, &err), DS_ERR_INVALID, "%s", BAD[k].block);
+        cr_expect(strstr(err.msg, BAD[k].msg), "%s\nexpected: %s", err.msg, BAD[k].msg);
+    }
+    /* disabled: its contents are not read (DeepSpeed's plain dict) */
+    o.config_json = "{\"train_micro_batch_size_per_gpu\": 4, \"progressive_layer_drop\": {\"enabled\": false, \"theta\": 7}}";
+    cr_expect_eq(ds_initialize(&e, &o, &err), DS_OK, "%s", err.msg);
+    cr_expect_eq(ds_engine_layer_drop(e, NULL, NULL), 0);
+    ds_engine_destroy(e);
 }

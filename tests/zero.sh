@@ -9,7 +9,7 @@
 # rank's gradient partition under stage 2 skips that step on every rank; overlap_comm (stages 1
 # to 3), ZeRO-Offload on the cpu backend and bf16 give the same losses; stage 3 gives stage 2's
 # losses, checkpoints and weights bit for bit while holding a 1/N share of the working weights
-# and one layer's gathered ones. One "ok"/"not ok" line per check.
+# and one layer's gathered ones; progressive_layer_drop draws the same layers on every rank. One "ok"/"not ok" line per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
@@ -340,6 +340,24 @@ for st in 1 2 3; do
     if out=$(same b0 b$st 0 2>&1); then ok "bf16, 2 ranks: stage $st gives stage 0's losses ($out)"
     else notok "bf16 stage $st: $out"; fi
 done
+# progressive_layer_drop (3 transformer layers): every rank draws the same layers, so 2 ranks
+# give 1 rank's losses (within 1e-5), and stage 3, whose layer gathers are collectives, follows
+# the layers that run: stage 2's losses exactly
+sed 's/"count": 1/"count": 3/' net.json > net3.json
+PLD='"progressive_layer_drop": {"enabled": true, "theta": 0.5, "gamma": 0.05}'
+cfg pl1 0 8 8 "$PLD"; cfg pl2 2 4 8 "$PLD"; ZX=$Z3 cfg pl3 3 4 8 "$PLD"
+pl_run() { # pl_run NAME RANKS: run's, on net3.json
+    local keep=("${common[@]}")
+    common=(net3.json "${common[@]:1}")
+    run "$1" "$2"
+    local rc=$?
+    common=("${keep[@]}")
+    return $rc
+}
+if pl_run pl1 1 && pl_run pl2 2 && pl_run pl3 2 && out=$(same pl1 pl2 1e-5 2>&1) && same pl2 pl3 0 >/dev/null 2>&1 &&
+    python3 -c 'import json, sys; k = [json.loads(l)["layers_kept"] for l in open(sys.argv[1])]; assert min(k) < 3 and k[:2] == [3, 3], k' pl3.jsonl; then
+    ok "progressive_layer_drop: 2 ranks at stages 2 and 3 give 1 rank's losses ($out; stage 3 == stage 2), layers dropped"
+else notok "progressive_layer_drop over ranks: ${out:-} $(head -c 300 pl1.err) $(head -c 300 pl2.err) $(head -c 300 pl3.err)"; fi
 # --plan: rank 0's bytes for stages 0-3 without training; the engine's model states follow the
 # ZeRO paper's formulas (this build's byte sizes) up to the partition padding (stage 3: plus
 # the largest layer's gathered tensors); the same figures as the training run printed

@@ -93,6 +93,7 @@ struct ds_engine {
     float *cast_x;         /* fp16.auto_cast: a micro-batch of features rounded to fp16 */
     int64_t cl_seqlen;     /* curriculum_learning: the current difficulty (positions per sample) */
     int32_t *cl_buf;       /* curriculum_learning: a micro-batch's tokens and targets, cut short */
+    double pld_theta;      /* progressive_layer_drop: the last training forward's theta */
     int64_t largest;
     ds_comm *comm;         /* data-parallel ranks, or NULL */
     int world_size;
@@ -1289,9 +1290,15 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     if ((st = ds_model_create(&e->model, e->net, e->be, e->cfg.micro_batch, e->round,
                               &(ds_model_ckpt){.contiguous = e->cfg.actckpt.contiguous,
                                                .synchronize = e->cfg.actckpt.synchronize,
-                                               .profile = e->cfg.actckpt.profile},
-                              err)) != DS_OK)
+                                               .profile = e->cfg.actckpt.profile,
+                                               .layer_drop = e->cfg.pld.enabled},
+                              err)) != DS_OK) {
+        if (e->cfg.pld.enabled && st != DS_ERR_NOMEM) /* (only layer drop refuses a network here) */
+            ds_error_prefix(err, "%s: progressive_layer_drop.enabled=true: %s: ", e->cfg.source_name,
+                            e->net->source_name ? e->net->source_name : "network");
         goto fail;
+    }
+    e->pld_theta = 1.0;
     e->p16 = ds_model_storage16(e->model) != 0;
     /* the working weights: all of them, or this rank's partition at stage 3 */
     if (e->zero == 3) {
@@ -1439,6 +1446,8 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
      * is prepared here, fused with the loss, so the factor goes in now. */
     float scale = (float)(e->scaler.scale / (double)e->cfg.grad_accum);
     uint64_t seed = e->seed ^ ((uint64_t)e->micro_steps * 0x9e3779b97f4a7c15ull);
+    if (e->cfg.pld.enabled)
+        ds_model_set_layer_drop(e->model, e->pld_theta = ds_pld_theta(&e->cfg.pld, e->global_steps));
     double l;
     st = ds_model_forward(e->model, e->params, 1, scale, seed, &l, err);
     if (st != DS_OK)
@@ -1646,6 +1655,18 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
 }
 
 int64_t ds_engine_global_steps(const ds_engine *e) { return e->global_steps; }
+int ds_engine_layer_drop(const ds_engine *e, double *theta, unsigned char *kept)
+{
+    const int L = e->model ? ds_model_layer_drop_depth(e->model) : 0;
+    if (theta)
+        *theta = L ? e->pld_theta : 1.0;
+    for (int l = 1; l <= L && kept; l++) {
+        float s;
+        kept[l - 1] = (unsigned char)ds_model_layer_kept(e->model, l, &s);
+    }
+    return L;
+}
+
 int64_t ds_engine_seqlen(const ds_engine *e) { return e->cfg.curriculum.enabled ? e->cl_seqlen : e->net->positions; }
 int64_t ds_engine_global_samples(const ds_engine *e) { return e->global_samples; }
 int64_t ds_engine_micro_steps(const ds_engine *e) { return e->micro_steps; }

@@ -65,6 +65,7 @@ typedef enum {
     F_ACTCKPT, /* the activation_checkpointing section (.sub), read into cfg->actckpt */
     F_MONITOR, /* tensorboard, csv_monitor (.sub), read into cfg->tensorboard / csv_monitor */
     F_CURRIC,  /* the legacy curriculum_learning section, read into cfg->curriculum */
+    F_PLD,     /* progressive_layer_drop, read into cfg->pld */
     F_RUNDEV  /* "device" (a ds extension): the backend to train on, when no flag names one */
 } fkind;
 
@@ -458,7 +459,7 @@ static const field TOP_FIELDS[] = {
     OBJ("checkpoint", CKPT_FIELDS), OBJ("data_types", DATA_TYPES_FIELDS),
     OBJ("elasticity", OPEN_FIELDS), OBJ("autotuning", OPEN_FIELDS),
     OBJ("data_efficiency", OPEN_FIELDS), K("curriculum_learning", F_CURRIC),
-    OBJ("progressive_layer_drop", OPEN_FIELDS), OBJ("eigenvalue", OPEN_FIELDS),
+    K("progressive_layer_drop", F_PLD), OBJ("eigenvalue", OPEN_FIELDS),
     OBJ("quantize_training", OPEN_FIELDS), OBJ("nebula", OPEN_FIELDS),
     OBJ("torch_autocast", OPEN_FIELDS), OBJ("compile", COMPILE_FIELDS),
     OBJ("tensor_parallel", TP_FIELDS),
@@ -644,22 +645,30 @@ static ds_status cl_list(rd *r, const char *path, json_object *obj, const char *
 
 /* The legacy top-level curriculum_learning block (CurriculumScheduler's asserts). Disabled, its
  * contents are not read, as in DeepSpeed. */
-static ds_status read_curriculum(rd *r, const char *path, json_object *v)
+/* A plain-dict section switched by "enabled" (null or absent: off): *on, or an error. */
+static ds_status read_switch(rd *r, const char *path, json_object *v, int *on)
 {
+    *on = 0;
     if (!v || json_object_is_type(v, json_type_null))
         return DS_OK;
     if (!json_object_is_type(v, json_type_object))
         return bad_type(r, path, "an object", v);
     json_object *ev;
     vstate s;
-    int on = 0;
+    char p[256];
+    if (json_object_object_get_ex(v, "enabled", &ev))
+        return get_bool(r, join(p, sizeof p, path, "enabled"), ev, &s, on);
+    return DS_OK;
+}
+
+static ds_status read_curriculum(rd *r, const char *path, json_object *v)
+{
+    int on;
+    vstate s;
     ds_status st;
     char p[256];
-    if (json_object_object_get_ex(v, "enabled", &ev) &&
-        (st = get_bool(r, join(p, sizeof p, path, "enabled"), ev, &s, &on)) != DS_OK)
+    if ((st = read_switch(r, path, v, &on)) != DS_OK || !on)
         return st;
-    if (!on)
-        return DS_OK;
     static const char *const keys[] = {"enabled", "curriculum_type", "min_difficulty", "max_difficulty",
                                        "schedule_type", "schedule_config", NULL};
     json_object_object_foreach(v, key, val) {
@@ -728,6 +737,48 @@ static ds_status read_curriculum(rd *r, const char *path, json_object *v)
     }
     c->enabled = 1;
     return DS_OK;
+}
+
+/* progressive_layer_drop (a plain dict in DeepSpeed: enabled, theta 1.0, gamma 0.001). Disabled,
+ * its contents are not read, as in DeepSpeed. theta in [0, 1] and gamma >= 0 keep every keep
+ * probability in [theta, 1] (DeepSpeed checks neither). */
+static ds_status read_pld(rd *r, const char *path, json_object *v)
+{
+    int on;
+    vstate s;
+    ds_status st;
+    char p[256];
+    if ((st = read_switch(r, path, v, &on)) != DS_OK || !on)
+        return st;
+    ds_pld_config *c = &r->cfg->pld;
+    c->theta = 1.0;
+    c->gamma = 0.001;
+    json_object_object_foreach(v, key, val) {
+        join(p, sizeof p, path, key);
+        if (!strcmp(key, "enabled"))
+            continue;
+        if (strcmp(key, "theta") && strcmp(key, "gamma"))
+            return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\" (expected enabled, theta, gamma)", key);
+        double d;
+        if ((st = get_num(r, p, val, &s, &d)) != DS_OK)
+            return st;
+        if (s != V_SET)
+            continue;
+        if (!strcmp(key, "theta") ? !(d >= 0 && d <= 1) : !(d >= 0 && d < INFINITY))
+            return bad_type(r, p, !strcmp(key, "theta") ? "a number from 0 to 1" : "a number >= 0", val);
+        *(!strcmp(key, "theta") ? &c->theta : &c->gamma) = d;
+    }
+    c->enabled = 1;
+    return DS_OK;
+}
+
+double ds_pld_theta(const ds_pld_config *c, int64_t global_steps)
+{
+    /* ProgressiveLayerDrop starts at 1.0, and DeepSpeed's step() calls update_state(global_steps)
+     * before it counts the step: step k's forward sees the value of step k - 1 */
+    if (global_steps <= 0)
+        return 1.0;
+    return (1.0 - c->theta) * exp(-c->gamma * (double)(global_steps - 1)) + c->theta;
 }
 
 int64_t ds_curriculum_difficulty(const ds_curriculum_config *c, int64_t global_steps)
@@ -951,6 +1002,8 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         return st;
     case F_CURRIC:
         return read_curriculum(r, path, v);
+    case F_PLD:
+        return read_pld(r, path, v);
     case F_MONITOR:
     case F_ACTCKPT: /* sections checked against .sub, then read */
         if (!v)

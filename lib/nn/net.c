@@ -29,6 +29,8 @@ typedef struct layer_rt {
     int twin;            /* the same layer in the last iteration of that repeat (-1: none, or it is there) */
     int it_first, it_len; /* that iteration's layers (0, 0: none) */
     int recompute;       /* the last layer of a segment that backward recomputes first */
+    int pld;             /* progressive layer drop: its iteration's depth 1..L (0: not dropped) */
+    int pld_end;         /* ... and it is the END of one of that iteration's residual blocks */
 } layer_rt;
 
 /* one iteration of a checkpointed repeat: layers [first, last]; proto: the first layer of the
@@ -68,6 +70,10 @@ struct ds_model {
     int64_t recomputed;  /* segment forwards run again by backward */
     float **blocks;      /* contiguous checkpoint buffers, one per checkpointed repeat */
     int n_blocks;
+    int pld_L;           /* progressive layer drop: the iterations it may drop (0: off) */
+    double pld_theta;    /* the keep probability of the deepest one, for the next training forwards */
+    unsigned char *pld_keep; /* [1..L]: the last forward kept that iteration */
+    float *pld_scale;    /* [1..L]: 1/its keep probability (kept blocks' branches are scaled by it) */
 };
 
 #define OPS (m->be->ops)
@@ -119,6 +125,8 @@ void ds_model_destroy(ds_model *m)
             OPS->free(m->be, m->blocks[b]);
     free(m->blocks);
     free(m->segs);
+    free(m->pld_keep);
+    free(m->pld_scale);
     if (m->inputs)
         OPS->free(m->be, m->inputs);
     if (m->targets)
@@ -170,6 +178,50 @@ static int plan_segments(ds_model *m)
         }
     }
     return 0;
+}
+
+/* The END of the residual block that begins at layer j (-1: none) */
+static int end_of(const ds_net *net, int j)
+{
+    for (int e = j + 1; e < net->n_layers; e++)
+        if (net->layers[e].kind == DS_LAYER_RESIDUAL_END && net->layers[e].begin == j)
+            return e;
+    return -1;
+}
+
+/* Layers [a, a + len) are residual blocks one after another, none empty (a transformer layer) */
+static int residual_blocks(const ds_net *net, int a, int len)
+{
+    int j = a;
+    while (j < a + len) {
+        const int e = net->layers[j].kind == DS_LAYER_RESIDUAL_BEGIN ? end_of(net, j) : -1;
+        if (e < j + 2 || e >= a + len)
+            return 0;
+        j = e + 1;
+    }
+    return len > 0;
+}
+
+/* Progressive layer drop: the iterations of every outermost repeat whose layers are residual
+ * blocks one after another, numbered 1..L in network order; the ENDs of their blocks. Returns L. */
+static int plan_layer_drop(ds_model *m)
+{
+    const ds_net *net = m->net;
+    int L = 0;
+    for (int r = 0; r < net->n_repeats; r++) {
+        const ds_repeat *rp = &net->repeats[r];
+        if (rp->depth != 0 || !residual_blocks(net, rp->first, rp->len))
+            continue;
+        for (int k = 0; k < rp->count; k++) {
+            const int a = rp->first + k * rp->len;
+            L++;
+            for (int i = a; i < a + rp->len; i++)
+                m->rt[i].pld = L;
+            for (int j = a; j < a + rp->len; j = end_of(net, j) + 1)
+                m->rt[end_of(net, j)].pld_end = 1;
+        }
+    }
+    return L;
 }
 
 static int same_shape(const ds_layer *a, const ds_layer *b)
@@ -307,6 +359,28 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
     }
     m->sync = ck && ck->synchronize;
     m->profile = ck && ck->profile;
+    if (ck && ck->layer_drop) {
+        if (!OPS->scale_act) {
+            ds_model_destroy(m);
+            return ds_error_set(err, DS_ERR_UNSUPPORTED, "progressive layer drop is not built for backend %s yet",
+                                OPS->name);
+        }
+        if ((m->pld_L = plan_layer_drop(m)) == 0) {
+            ds_model_destroy(m);
+            return ds_error_set(err, DS_ERR_INVALID, "progressive layer drop: the network has no repeat whose "
+                                "layers are residual blocks (the transformer layers it drops)");
+        }
+        m->pld_keep = malloc((size_t)m->pld_L + 1);
+        m->pld_scale = malloc(((size_t)m->pld_L + 1) * sizeof *m->pld_scale);
+        if (!m->pld_keep || !m->pld_scale) {
+            ds_model_destroy(m);
+            return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
+        }
+        memset(m->pld_keep, 1, (size_t)m->pld_L + 1);
+        for (int l = 0; l <= m->pld_L; l++)
+            m->pld_scale[l] = 1.0f;
+        m->pld_theta = 1.0;
+    }
     /* contiguous checkpoints: each checkpointed repeat's iteration outputs in one block */
     float **kept = NULL; /* per layer: its checkpoint's place in a block */
     if (ck && ck->contiguous && m->n_segs) {
@@ -437,9 +511,11 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
                 goto nomem;
         }
         if (l->kind == DS_LAYER_RESIDUAL_END) {
-            /* the branch's last layer: its output gradient is the END's, unchanged */
+            /* the branch's last layer: its output gradient is the END's, unchanged (but for
+             * progressive layer drop, which scales it: then the layer has its own) */
             const int last = i - 1, skip = m->rt[l->begin].src;
-            m->rt[last].dout = r->dout;
+            if (!r->pld_end)
+                m->rt[last].dout = r->dout;
             if (skip >= 0 && !r->acc_skip && last != l->begin && net->layers[last].kind != DS_LAYER_RESIDUAL_END &&
                 m->rt[last].src != skip && !m->rt[skip].dout) {
                 m->rt[skip].dout = r->dout;
@@ -535,6 +611,33 @@ static float *dinput_of(ds_model *m, int i)
 static uint64_t layer_seed(uint64_t seed, int i) { return ds_hash64(seed, (uint64_t)i); }
 
 void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs) { m->gptr = ptrs; }
+
+int ds_model_layer_drop_depth(const ds_model *m) { return m->pld_L; }
+void ds_model_set_layer_drop(ds_model *m, double theta) { m->pld_theta = theta; }
+int ds_model_layer_kept(const ds_model *m, int l, float *scale)
+{
+    if (l < 1 || l > m->pld_L) {
+        *scale = 1.0f;
+        return 1;
+    }
+    *scale = m->pld_scale[l];
+    return m->pld_keep[l];
+}
+
+/* Progressive layer drop's draws for a forward: iteration l of L is kept with probability
+ * p_l = 1 - (l/L)(1 - theta) (Zhang & He 2020, eq. 5), and a kept one's residual branches are
+ * scaled by 1/p_l. The draw is a pure function of the forward's seed and l, the same on every
+ * rank. Evaluation forwards keep everything, unscaled. */
+static void draw_layer_drop(ds_model *m, int train, uint64_t seed)
+{
+    const uint64_t key = ds_hash64(seed, 0x504c44u); /* "PLD" */
+    for (int l = 1; l <= m->pld_L; l++) {
+        const double p = train ? 1.0 - (double)l / (double)m->pld_L * (1.0 - m->pld_theta) : 1.0;
+        const double u = (double)(ds_hash64(key, (uint64_t)l) >> 11) * 0x1.0p-53; /* [0, 1) */
+        m->pld_keep[l] = u < p;
+        m->pld_scale[l] = p < 1.0 ? (float)(1.0 / p) : 1.0f;
+    }
+}
 void ds_model_set_param_ptrs(ds_model *m, const float *const *ptrs) { m->pptr = ptrs; }
 void ds_model_set_fetch_hook(ds_model *m, ds_status (*fetch)(void *ctx, int layer, ds_error *err), void *ctx)
 {
@@ -659,6 +762,14 @@ static ds_status forward_layer(ds_model *m, const float *params, int i, int *don
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
         const float *x = input_of(m, i);
+        if (r->pld && !m->pld_keep[r->pld]) { /* a dropped iteration: its blocks pass their input on */
+            if (r->pld_end) {
+                const int skip = m->rt[l->begin].src;
+                CHECK(OPS->copy(m->be, r->out, skip < 0 ? m->inputs : m->rt[skip].out,
+                                (size_t)(M * l->out_dim) * m->esz));
+            }
+            return DS_OK;
+        }
         if (m->fetch && reads_weights(l, 1)) {
             ds_status fs = m->fetch(m->fetch_ctx, i, err);
             if (fs != DS_OK)
@@ -717,7 +828,13 @@ static ds_status forward_layer(ds_model *m, const float *params, int i, int *don
         case DS_LAYER_RESIDUAL_END: {
             int skip = m->rt[l->begin].src;
             const float *xs = skip < 0 ? (const float *)m->inputs : m->rt[skip].out;
-            CHECK(OPS->add(m->be, x, xs, r->out, M * l->out_dim));
+            const float s = r->pld_end ? m->pld_scale[r->pld] : 1.0f;
+            if (s != 1.0f) { /* progressive layer drop: x + s f(x), s f(x) rounded as torch's would be */
+                CHECK(OPS->scale_act(m->be, x, r->out, M * l->out_dim, s));
+                ROUND_OP(r->out, M * l->out_dim);
+                CHECK(OPS->add(m->be, r->out, xs, r->out, M * l->out_dim));
+            } else
+                CHECK(OPS->add(m->be, x, xs, r->out, M * l->out_dim));
             break;
         }
         }
@@ -764,6 +881,8 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
     ds_status st;
     m->seed = seed;
     m->train = train;
+    if (m->pld_L)
+        draw_layer_drop(m, train, seed);
     for (int i = 0; i < net->n_layers;) {
         if (m->rt[i].seg >= 0) { /* a checkpointed segment, whole */
             const int last = m->segs[m->rt[i].seg].last;
@@ -831,6 +950,9 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
         const float *x = input_of(m, i);
         float *dx = dinput_of(m, i);
         int acc = r->acc_dx, by_acc = 0; /* dx came from accumulate: round it here */
+        const int dropped = r->pld && !m->pld_keep[r->pld];
+        if (dropped && !r->pld_end)
+            goto hook; /* not run forward: no gradient (its END passes the output's on) */
         if (m->fetch && reads_weights(l, 0)) {
             ds_status fs = m->fetch(m->fetch_ctx, i, err);
             if (fs != DS_OK)
@@ -904,6 +1026,15 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
                 CHECK(acc_act(m, r->dout, m->rt[skip].dout, M * l->out_dim, r->acc_skip, err));
                 ROUND(m->rt[skip].dout, M * l->out_dim);
             }
+            if (r->pld_end && !dropped) { /* the branch's own gradient buffer: s dout */
+                const float s = m->pld_scale[r->pld];
+                float *db = m->rt[i - 1].dout;
+                if (s != 1.0f) {
+                    CHECK(OPS->scale_act(m->be, r->dout, db, M * l->out_dim, s));
+                    ROUND_OP(db, M * l->out_dim);
+                } else
+                    CHECK(acc_act(m, r->dout, db, M * l->out_dim, 0, err));
+            }
             break;
         }
         }
@@ -913,6 +1044,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
             else
                 ROUND_OP(dx, M * l->in_dim);
         }
+    hook:
         if (m->hook) {
             ds_status hs = m->hook(m->hook_ctx, i, err);
             if (hs != DS_OK)

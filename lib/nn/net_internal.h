@@ -23,6 +23,8 @@ typedef struct ds_model_ckpt {
     int synchronize; /* backend synchronize before and after each segment's forward and backward
                         (synchronize_checkpoint_boundary) */
     int profile;     /* time the segments' forwards, backwards and recomputations (profile) */
+    int layer_drop;  /* progressive layer drop (not checkpointing, but set at creation too: a
+                        dropped block's branch has its own gradient buffer): see below */
 } ds_model_ckpt;
 
 /* ck: NULL for the defaults (both 0). */
@@ -66,6 +68,18 @@ void ds_model_set_backward_hook(ds_model *m, ds_status (*hook)(void *ctx, int la
  * take B*T rows. */
 ds_status ds_model_set_positions(ds_model *m, int64_t T, ds_error *err);
 int64_t ds_model_positions(const ds_model *m);
+/* Progressive layer drop (created with layer_drop): the iterations of every outermost repeat
+ * whose layers are residual blocks (a transformer's layers), 1..L in network order, are dropped
+ * by training forwards with probability (l/L)(1 - theta): a dropped one passes its input on
+ * unchanged (its layers neither run nor get gradients, their fetch hooks are not called, their
+ * backward hooks are); a kept one's residual branches are scaled by 1/p_l, p_l = 1 - (l/L)(1 -
+ * theta). The draws are a pure function of the forward's seed. Creation fails when the network
+ * has no such repeat, or the backend no scale_act. depth: L (0: off). set: theta for the
+ * following training forwards (1 until set). kept: whether the last forward kept iteration l,
+ * and its branches' scale. */
+int ds_model_layer_drop_depth(const ds_model *m);
+void ds_model_set_layer_drop(ds_model *m, double theta);
+int ds_model_layer_kept(const ds_model *m, int l, float *scale);
 /* Bytes of activation memory held. */
 size_t ds_model_activation_bytes(const ds_model *m);
 /* Checkpointed segments, and the segment forwards recomputed by backward passes so far. */

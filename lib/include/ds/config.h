@@ -133,6 +133,18 @@ int64_t ds_curriculum_difficulty(const ds_curriculum_config *c, int64_t global_s
  * has reached max_difficulty) */
 int64_t ds_curriculum_update(const ds_curriculum_config *c, int64_t current, int64_t global_steps);
 
+/* progressive_layer_drop (Zhang & He 2020, DeepSpeed's ProgressiveLayerDrop): training forwards
+ * drop the transformer layers (see ds-config(5)) with keep probabilities from ds_pld_theta(). */
+typedef struct ds_pld_config {
+    int enabled;
+    double theta; /* the keep probability theta(t) tends to (the deepest layer's) */
+    double gamma; /* how fast: theta(t) = (1 - theta) exp(-gamma t) + theta */
+} ds_pld_config;
+
+/* The theta the forward of step global_steps (0-based) uses: 1 at steps 0 and 1, then
+ * (1 - theta) exp(-gamma (global_steps - 1)) + theta, as DeepSpeed's engine gives it. */
+double ds_pld_theta(const ds_pld_config *c, int64_t global_steps);
+
 typedef struct ds_config {
     /* Resolved batch sizes: train_batch_size = micro_batch * grad_accum * world_size. */
     int64_t train_batch_size;
@@ -162,6 +174,7 @@ typedef struct ds_config {
     ds_actckpt_config actckpt; /* activation_checkpointing */
     ds_monitor_config tensorboard, csv_monitor; /* the monitors (ds-config(5) MONITORS) */
     ds_curriculum_config curriculum; /* curriculum_learning (legacy, seqlen) */
+    ds_pld_config pld;               /* progressive_layer_drop */
 
     /* Warnings for the caller to print (unknown keys, deprecated spellings, defaults used). */
     int n_warnings;

@@ -156,6 +156,11 @@ void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m);
 /* Positions per sample of the training forwards: curriculum_learning's current difficulty (the
  * last forward's, min_difficulty before the first), else the network's. */
 int64_t ds_engine_seqlen(const ds_engine *e);
+/* progressive_layer_drop: the transformer layers it may drop (L; 0: off), the theta of the
+ * last training forward (1 before the first), and in kept[0..L-1] (may be NULL) whether that
+ * forward kept (1) or dropped (0) layer l+1; layer l is kept with probability
+ * 1 - (l/L)(1 - theta), and a kept one's residual branches are scaled by 1/that. */
+int ds_engine_layer_drop(const ds_engine *e, double *theta, unsigned char *kept);
 /* activation_checkpointing.profile: milliseconds so far in the checkpointed segments' forwards,
  * their backwards (recomputation included) and the recomputations alone (all 0 without it). */
 void ds_engine_checkpoint_times(const ds_engine *e, double *forward_ms, double *backward_ms, double *recompute_ms);
