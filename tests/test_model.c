@@ -577,11 +577,6 @@ Test(checkpointing, errors_name_what_is_wrong)
 
 /* ---- curriculum learning (seqlen) ---------------------------------------------------------------- */
 
-/* With curriculum_learning at difficulty d, a training forward reads the first d positions of
- * each sample: the same loss and gradients as the network with seq_len d on the samples cut to
- * d (the position table's rows past d get no gradient), step by step as the schedule says; an
- * eval forward reads them all. */
-
 /* A GPT of count transformer layers (the iterations of h), T positions, vocabulary 32 */
 static const char *gpt_net(int T, int count)
 {
@@ -629,6 +624,10 @@ static ds_engine *cl_engine(const char *net, const char *cfg)
     return e;
 }
 
+/* With curriculum_learning at difficulty d, a training forward reads the first d positions of
+ * each sample: the same loss and gradients as the network with seq_len d on the samples cut to
+ * d (the position table's rows past d get no gradient), step by step as the schedule says; an
+ * eval forward reads them all. */
 Test(curriculum, shorter_sequences_are_the_shorter_network, .timeout = 60)
 {
     /* step 1 at 8 positions, then 16 */
@@ -833,6 +832,13 @@ Test(layer_drop, is_the_network_with_scaled_branches, .timeout = 60)
         cr_expect(fabs(la - lb) <= 1e-6 * fabs(lb), "step %d: loss %.9g, the scaled network's %.9g", step, la, lb);
         cr_assert_eq(ds_engine_backward(a, &err), DS_OK, "%s", err.msg);
         cr_assert_eq(ds_engine_backward(b, &err), DS_OK, "%s", err.msg);
+        { /* an evaluation drops nothing and leaves the training forward's draws as they were */
+            unsigned char after[4];
+            double th2, e2;
+            cr_assert_eq(ds_engine_eval(a, &bt, &e2, &err), DS_OK, "%s", err.msg);
+            ds_engine_layer_drop(a, &th2, after);
+            cr_expect(memcmp(after, kept, 4) == 0 && th2 == theta, "step %d: an eval changed the draws", step);
+        }
         for (int t = 0; t < n->params.n; t++) {
             const ds_tensor_info *ti = &n->params.t[t];
             float *ga = malloc((size_t)ti->numel * sizeof *ga), *gb = malloc((size_t)ti->numel * sizeof *gb);
@@ -946,8 +952,9 @@ static void pld_train(pld_run *r, const char *net, int outer, const char *precis
 
 /* Activation checkpointing recomputes a segment with the draws of its forward: the same bits as
  * without, in fp32, bf16 and fp16 (16-bit storage: the scaled branch is rounded where torch's
- * fp16 product would be), with dropout in the branches and 2 micro-batches per step. theta 1
- * is the network without layer drop, bit for bit. */
+ * fp16 product would be), with dropout in the branches and 2 micro-batches per step; in bf16 and
+ * fp16 also with fp32 buffers rounded at the layer boundaries (DS_ACT16=0, checkpointed). theta
+ * 1 is the network without layer drop, bit for bit. */
 Test(layer_drop, same_bits_checkpointed_and_at_theta_one, .timeout = 120)
 {
     static const char *const PREC[] = {"", "\"bf16\": {\"enabled\": true}, ", "\"fp16\": {\"enabled\": true}, "};
@@ -965,6 +972,18 @@ Test(layer_drop, same_bits_checkpointed_and_at_theta_one, .timeout = 120)
         }
         cr_expect(dropped > 0, "prec %zu: no layer dropped", p);
         cr_expect(memcmp(a.params, b.params, (size_t)a.total * sizeof(float)) == 0, "prec %zu: parameters differ", p);
+        if (p > 0) { /* fp32 buffers rounded at the same places as the 16-bit storage: the same bits */
+            pld_run f;
+            setenv("DS_ACT16", "0", 1);
+            pld_train(&f, plain, 1, PREC[p], PLD_ON);
+            unsetenv("DS_ACT16");
+            for (int s = 0; s < 6; s++)
+                cr_expect(a.loss[s] == f.loss[s], "prec %zu step %d: loss %.17g, with DS_ACT16=0 %.17g", p, s,
+                          a.loss[s], f.loss[s]);
+            cr_expect(memcmp(a.params, f.params, (size_t)a.total * sizeof(float)) == 0,
+                      "prec %zu: parameters differ with DS_ACT16=0", p);
+            free(f.params);
+        }
         pld_train(&c, plain, 0, PREC[p], "\"progressive_layer_drop\": {\"enabled\": true, \"theta\": 1, \"gamma\": 50}, ");
         pld_train(&d, plain, 0, PREC[p], "");
         for (int s = 0; s < 6; s++)
@@ -975,6 +994,46 @@ Test(layer_drop, same_bits_checkpointed_and_at_theta_one, .timeout = 120)
         free(a.params), free(b.params), free(c.params), free(d.params);
     }
     free(plain);
+}
+
+/* A dropped layer that reads the network's fp32 input passes it on rounded, as every tensor
+ * crossing a layer boundary is in 16-bit training: theta 0 drops the only layer from step 2 on
+ * (p = exp(-50) to the first...), and the output is the input rounded to bf16. */
+Test(layer_drop, dropped_input_layer_rounds_the_input)
+{
+    const char *net = "{\"input\": {\"type\": \"features\", \"dim\": 8}, \"layers\": [{\"type\": \"repeat\", \"name\": \"r\", "
+                      "\"count\": 1, \"layers\": [{\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"a\", "
+                      "\"out\": 8}]}]}], \"loss\": {\"type\": \"mse\"}}";
+    ds_engine *e = pld_engine(net, "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 2, \"bf16\": {\"enabled\": true}, %s"
+                                   "\"optimizer\": {\"type\": \"SGD\", \"params\": {\"lr\": 0.01}}}",
+                              "\"progressive_layer_drop\": {\"enabled\": true, \"theta\": 0, \"gamma\": 50}, ");
+    ds_error err = {0};
+    float x[32], y[32], out[32];
+    uint64_t s = 77;
+    for (int i = 0; i < 32; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((s >> 40) % 20011) / 10000.0f - 1.0f + 1e-4f; /* not bf16 values */
+        y[i] = 0.5f;
+    }
+    const ds_batch b = {.x = x, .y = y};
+    int rounded = 0;
+    for (int step = 0; step < 4; step++) {
+        double l, theta;
+        unsigned char kept;
+        cr_assert_eq(ds_engine_forward(e, &b, &l, &err), DS_OK, "%s", err.msg);
+        ds_engine_layer_drop(e, &theta, &kept);
+        cr_assert_eq(ds_engine_get_output(e, out, 32, &err), DS_OK, "%s", err.msg);
+        cr_expect_eq(kept, step < 2, "step %d (theta %g): kept %d", step, theta, kept);
+        for (int i = 0; i < 32 && step >= 2; i++) {
+            const float want = ds_bf16_to_f32(ds_f32_to_bf16(x[i]));
+            cr_assert(out[i] == want, "step %d: output %d is %a, the input %a rounded is %a", step, i, out[i], x[i], want);
+            rounded += want != x[i];
+        }
+        cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+    }
+    cr_expect(rounded > 0, "no input value changed by rounding: nothing tested");
+    ds_engine_destroy(e);
 }
 
 /* DeepSpeed's schedule: ProgressiveLayerDrop.update_state(i) gives (1 - theta) exp(-gamma i) +

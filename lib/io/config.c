@@ -643,8 +643,6 @@ static ds_status cl_list(rd *r, const char *path, json_object *obj, const char *
     return DS_OK;
 }
 
-/* The legacy top-level curriculum_learning block (CurriculumScheduler's asserts). Disabled, its
- * contents are not read, as in DeepSpeed. */
 /* A plain-dict section switched by "enabled" (null or absent: off): *on, or an error. */
 static ds_status read_switch(rd *r, const char *path, json_object *v, int *on)
 {
@@ -661,6 +659,8 @@ static ds_status read_switch(rd *r, const char *path, json_object *v, int *on)
     return DS_OK;
 }
 
+/* The legacy top-level curriculum_learning block (CurriculumScheduler's asserts). Disabled, its
+ * contents are not read, as in DeepSpeed. */
 static ds_status read_curriculum(rd *r, const char *path, json_object *v)
 {
     int on;

@@ -613,6 +613,10 @@ static uint64_t layer_seed(uint64_t seed, int i) { return ds_hash64(seed, (uint6
 void ds_model_set_grad_ptrs(ds_model *m, float *const *ptrs) { m->gptr = ptrs; }
 
 int ds_model_layer_drop_depth(const ds_model *m) { return m->pld_L; }
+
+/* Is layer r in an iteration this pass drops? (training passes only: m->train is the last
+ * forward's, which backward and recomputations follow) */
+static int dropped(const ds_model *m, const layer_rt *r) { return r->pld && m->train && !m->pld_keep[r->pld]; }
 void ds_model_set_layer_drop(ds_model *m, double theta) { m->pld_theta = theta; }
 int ds_model_layer_kept(const ds_model *m, int l, float *scale)
 {
@@ -624,15 +628,15 @@ int ds_model_layer_kept(const ds_model *m, int l, float *scale)
     return m->pld_keep[l];
 }
 
-/* Progressive layer drop's draws for a forward: iteration l of L is kept with probability
- * p_l = 1 - (l/L)(1 - theta) (Zhang & He 2020, eq. 5), and a kept one's residual branches are
- * scaled by 1/p_l. The draw is a pure function of the forward's seed and l, the same on every
- * rank. Evaluation forwards keep everything, unscaled. */
-static void draw_layer_drop(ds_model *m, int train, uint64_t seed)
+/* Progressive layer drop's draws for a training forward: iteration l of L is kept with
+ * probability p_l = 1 - (l/L)(1 - theta) (Zhang & He 2020, eq. 5), and a kept one's residual
+ * branches are scaled by 1/p_l. The draw is a pure function of the forward's seed and l, the
+ * same on every rank. Evaluation forwards keep everything, unscaled (see dropped()). */
+static void draw_layer_drop(ds_model *m, uint64_t seed)
 {
     const uint64_t key = ds_hash64(seed, 0x504c44u); /* "PLD" */
     for (int l = 1; l <= m->pld_L; l++) {
-        const double p = train ? 1.0 - (double)l / (double)m->pld_L * (1.0 - m->pld_theta) : 1.0;
+        const double p = 1.0 - (double)l / (double)m->pld_L * (1.0 - m->pld_theta);
         const double u = (double)(ds_hash64(key, (uint64_t)l) >> 11) * 0x1.0p-53; /* [0, 1) */
         m->pld_keep[l] = u < p;
         m->pld_scale[l] = p < 1.0 ? (float)(1.0 / p) : 1.0f;
@@ -762,11 +766,13 @@ static ds_status forward_layer(ds_model *m, const float *params, int i, int *don
         const ds_layer *l = &net->layers[i];
         layer_rt *r = &m->rt[i];
         const float *x = input_of(m, i);
-        if (r->pld && !m->pld_keep[r->pld]) { /* a dropped iteration: its blocks pass their input on */
+        if (dropped(m, r)) { /* a dropped iteration: its blocks pass their input on */
             if (r->pld_end) {
                 const int skip = m->rt[l->begin].src;
                 CHECK(OPS->copy(m->be, r->out, skip < 0 ? m->inputs : m->rt[skip].out,
                                 (size_t)(M * l->out_dim) * m->esz));
+                if (skip < 0) /* the model's input: not 16-bit yet (a copy never rounds) */
+                    ROUND(r->out, M * l->out_dim);
             }
             return DS_OK;
         }
@@ -828,7 +834,7 @@ static ds_status forward_layer(ds_model *m, const float *params, int i, int *don
         case DS_LAYER_RESIDUAL_END: {
             int skip = m->rt[l->begin].src;
             const float *xs = skip < 0 ? (const float *)m->inputs : m->rt[skip].out;
-            const float s = r->pld_end ? m->pld_scale[r->pld] : 1.0f;
+            const float s = r->pld_end && m->train ? m->pld_scale[r->pld] : 1.0f;
             if (s != 1.0f) { /* progressive layer drop: x + s f(x), s f(x) rounded as torch's would be */
                 CHECK(OPS->scale_act(m->be, x, r->out, M * l->out_dim, s));
                 ROUND_OP(r->out, M * l->out_dim);
@@ -881,8 +887,8 @@ static ds_status forward(ds_model *m, const float *params, int train, float grad
     ds_status st;
     m->seed = seed;
     m->train = train;
-    if (m->pld_L)
-        draw_layer_drop(m, train, seed);
+    if (m->pld_L && train) /* (an evaluation keeps every layer, and the last training forward's draws) */
+        draw_layer_drop(m, seed);
     for (int i = 0; i < net->n_layers;) {
         if (m->rt[i].seg >= 0) { /* a checkpointed segment, whole */
             const int last = m->segs[m->rt[i].seg].last;
@@ -938,7 +944,8 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
             if (st != DS_OK)
                 return st;
             seg_t0 = m->profile ? now_ms() : 0;
-            if (r->recompute) { /* its inner activations were overwritten: its forward again */
+            if (r->recompute && !dropped(m, r)) { /* its inner activations were overwritten: its forward
+                                                    again (a dropped one's backward reads none) */
                 if ((st = forward_range(m, params, m->segs[r->seg].first, i, err)) != DS_OK ||
                     (m->profile && (st = seg_edge(m, err)) != DS_OK))
                     return st;
@@ -950,8 +957,8 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
         const float *x = input_of(m, i);
         float *dx = dinput_of(m, i);
         int acc = r->acc_dx, by_acc = 0; /* dx came from accumulate: round it here */
-        const int dropped = r->pld && !m->pld_keep[r->pld];
-        if (dropped && !r->pld_end)
+        const int drop = dropped(m, r);
+        if (drop && !r->pld_end)
             goto hook; /* not run forward: no gradient (its END passes the output's on) */
         if (m->fetch && reads_weights(l, 0)) {
             ds_status fs = m->fetch(m->fetch_ctx, i, err);
@@ -1026,7 +1033,7 @@ static ds_status backward(ds_model *m, const float *params, float *grads, ds_err
                 CHECK(acc_act(m, r->dout, m->rt[skip].dout, M * l->out_dim, r->acc_skip, err));
                 ROUND(m->rt[skip].dout, M * l->out_dim);
             }
-            if (r->pld_end && !dropped) { /* the branch's own gradient buffer: s dout */
+            if (r->pld_end && !drop) { /* the branch's own gradient buffer: s dout */
                 const float s = m->pld_scale[r->pld];
                 float *db = m->rt[i - 1].dout;
                 if (s != 1.0f) {
