@@ -127,6 +127,15 @@ int ds_fuzz_config(const uint8_t *d, size_t n)
             snprintf(m, sizeof m, "step %lld: %lld (max %lld)", (long long)step, (long long)cur, (long long)top);
             need(cur >= 0 && cur <= top, "config", "a curriculum length outside [0, max]", m);
         }
+        /* progressive_layer_drop's theta stays in [theta, 1] and never grows with the step */
+        double prev = 1.0;
+        for (int64_t step = 0; cfg.pld.enabled && step <= 100000; step += 1 + step / 4) {
+            const double th = ds_pld_theta(&cfg.pld, step);
+            snprintf(m, sizeof m, "step %lld: theta %.17g (theta %.17g, gamma %.17g, before %.17g)", (long long)step, th,
+                     cfg.pld.theta, cfg.pld.gamma, prev);
+            need(th >= cfg.pld.theta && th <= 1.0 && th <= prev, "config", "a layer-drop theta outside [theta, 1]", m);
+            prev = th;
+        }
         ds_config_free(&cfg);
     } else {
         names("config", &err, "fz.json");
