@@ -517,10 +517,14 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
             if (s == V_SET && !strcmp(key, "allgather_partitions"))
                 z->allgather_partitions = b;
         } else if (!strcmp(key, "round_robin_gradients")) {
+            /* DeepSpeed's stages 1 and 2 spread the copies of gradients to host memory for CPU
+             * offload over the ranks by reordering the tensors among the partitions: no number
+             * changes. ds keeps its one partition rule, and the cpu backend copies nothing. */
             if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
                 return st;
             if (s == V_SET && b && z->stage > 0)
-                st = unsupported(r, p, val);
+                warn(r, "%s=true: DeepSpeed's order of the gradient copies to host memory for CPU offload; ds "
+                     "partitions by its one rule (ds-config(5)) and copies none: it changes nothing", p);
         }
         if (st != DS_OK)
             return st;
