@@ -486,7 +486,8 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16
         # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring) and bf16 with
         # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0), and
-        # fp32 and bf16 on the AVX-512 kernels (cpu:avx512, not yet cpuid's pick), and bf16 on
+        # fp32 and bf16 on the AVX-512 kernels named (cpu:avx512, which plain cpu picks on such a
+        # host since 6c1bc91), and bf16 on
         # them with the weight gradients' dY transposed into a copy first (DS_CPU_DW16_TRANSPOSE=1,
         # the way before dY^T became a strided view)
         local p t

@@ -181,10 +181,12 @@ if [ $rc = 2 ] && grep -q "bad.json: tensorboard: file: not a directory\|bad.jso
     ok "tensorboard.output_path a file: refused before training, naming it ($(cat err3))"
 else notok "bad output_path: rc $rc $(cat err3) $(head -3 out3)"; fi
 # ... on 2 ranks: rank 0 cannot open it, and both stop before training (none waits for the other)
-if timeout 120 "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" net.json \
-    --config bad.json --data text.txt --steps 2 >out4 2>err4; then notok "2 ranks, bad output_path: trained"
+timeout 120 "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" net.json \
+    --config bad.json --data text.txt --steps 2 >out4 2>err4
+rc=$?
+if [ $rc = 0 ]; then notok "2 ranks, bad output_path: trained"
 elif grep -q "\[rank 0\] ds-train: bad.json: tensorboard: file/job1: cannot create" err4 &&
     grep -q "\[rank 1\] ds-train: bad.json: rank 0 could not open the monitors (see its error)" err4 && ! grep -q "step 1" out4; then
     ok "2 ranks, bad output_path: both refuse before training, rank 1 pointing at rank 0's error"
-else notok "2 ranks, bad output_path: $(head -c 400 err4)"; fi
+else notok "2 ranks, bad output_path: exit $rc (124: timed out), stderr: $(tail -c 600 err4), stdout: $(tail -c 300 out4)"; fi
 tap_summary
