@@ -834,20 +834,27 @@ static ds_status record_step(ds_rundb *db, ds_engine *eng, int64_t step, double 
     return st;
 }
 
-/* Rank 0 opens the config's monitors; every rank learns whether that worked (a collective when
- * one is enabled and there are several ranks), so that a refusal stops them all before training. */
+/* Rank 0 opens the config's monitors; every rank learns whether that worked, and why (a
+ * broadcast when one is enabled and there are several ranks), so that a refusal stops them all
+ * before training, each naming the cause: the launcher stops the other ranks when the first one
+ * exits, which may be before rank 0 has printed its own message. */
 static ds_status open_monitors(ds_monitor **mon, const ds_config *cfg, int rank, ds_comm *comm, ds_error *err)
 {
     ds_status st = rank == 0 ? ds_monitor_open(mon, &cfg->tensorboard, &cfg->csv_monitor, err) : DS_OK;
     if (comm && (cfg->tensorboard.enabled || cfg->csv_monitor.enabled)) {
-        float bad = st != DS_OK;
+        struct {
+            int32_t status;
+            char msg[DS_ERROR_MSG_MAX];
+        } o = {.status = st};
+        if (st != DS_OK)
+            snprintf(o.msg, sizeof o.msg, "%s", err->msg);
         ds_error cerr;
-        ds_status cst = ds_comm_all_reduce(comm, &bad, 1, DS_REDUCE_MAX, &cerr);
+        ds_status cst = ds_comm_broadcast(comm, &o, sizeof o, 0, &cerr);
         if (cst != DS_OK && st == DS_OK) {
             *err = cerr;
             st = cst;
-        } else if (bad > 0 && st == DS_OK) {
-            st = ds_error_set(err, DS_ERR_IO, "rank 0 could not open the monitors (see its error)");
+        } else if (o.status != DS_OK && st == DS_OK) {
+            st = ds_error_set(err, (ds_status)o.status, "rank 0 could not open the monitors: %s", o.msg);
         }
         if (st != DS_OK) {
             ds_monitor_close(*mon);
