@@ -1036,6 +1036,112 @@ Test(layer_drop, dropped_input_layer_rounds_the_input)
     ds_engine_destroy(e);
 }
 
+/* Layer drop on other shapes of residual blocks, checked against central differences of the
+ * training loss with the same draws (a training forward at the same micro-step draws the same
+ * layers and dropout masks): a transformer-like stack after an input layer, a dropped layer that
+ * reads the network's input, a block whose branch begins with a block and one whose branch ends
+ * with one, a repeat inside the dropped layers, and the first shape checkpointed. Every
+ * parameter's gradient; dropped layers' are 0. */
+static const char *const PLD_NETS[] = {
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": [{\"type\": \"linear\", \"name\": \"in\", \"out\": 6},"
+    "{\"type\": \"repeat\", \"name\": \"h\", \"count\": 3, \"checkpoint\": CK, \"layers\": ["
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln\"}, {\"type\": \"linear\", \"name\": \"a\", \"out\": 10},"
+    "  {\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"b\", \"out\": 6}]},"
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"c\", \"out\": 6}]}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": ["
+    "{\"type\": \"repeat\", \"name\": \"h\", \"count\": 3, \"layers\": ["
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"a\", \"out\": 6}, {\"type\": \"gelu\"}]}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": [{\"type\": \"linear\", \"name\": \"in\", \"out\": 6},"
+    "{\"type\": \"repeat\", \"name\": \"h\", \"count\": 3, \"layers\": ["
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"residual\", \"layers\": [{\"type\": \"layernorm\", \"name\": \"ln\"},"
+    "  {\"type\": \"linear\", \"name\": \"a\", \"out\": 6}]}, {\"type\": \"linear\", \"name\": \"b\", \"out\": 6}]},"
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"linear\", \"name\": \"x\", \"out\": 6},"
+    "  {\"type\": \"residual\", \"layers\": [{\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"y\", \"out\": 6}]}]}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
+    "{\"input\": {\"type\": \"features\", \"dim\": 6}, \"layers\": [{\"type\": \"linear\", \"name\": \"in\", \"out\": 5},"
+    "{\"type\": \"repeat\", \"name\": \"o\", \"count\": 3, \"layers\": ["
+    " {\"type\": \"residual\", \"layers\": [{\"type\": \"repeat\", \"name\": \"i\", \"count\": 2, \"layers\": ["
+    "  {\"type\": \"gelu\"}, {\"type\": \"linear\", \"name\": \"x\", \"out\": 5}]}]}]},"
+    "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
+};
+
+Test(layer_drop, other_blocks_by_differences, .timeout = 300)
+{
+    const int64_t B = 4, D = 6;
+    float x[4 * 6], y[4 * 6];
+    uint64_t s = 4242;
+    for (int i = 0; i < B * D; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        y[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
+    }
+    const ds_batch batch = {.x = x, .y = y};
+    int dropped = 0, scaled = 0;
+    for (size_t k = 0; k < sizeof PLD_NETS / sizeof *PLD_NETS + 1; k++) {
+        /* the last round: the first shape, its repeat checkpointed */
+        char *net = subst_ck(PLD_NETS[k < sizeof PLD_NETS / sizeof *PLD_NETS ? k : 0],
+                             k == sizeof PLD_NETS / sizeof *PLD_NETS ? "true" : "false");
+        ds_engine *e = res_engine(net, "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 9, "
+                                       "\"progressive_layer_drop\": {\"enabled\": true, \"theta\": 0.5, \"gamma\": 50}, "
+                                       "\"optimizer\": {\"type\": \"SGD\", \"params\": {\"lr\": 0.0}}}");
+        ds_error err = {0};
+        const ds_net *n = ds_engine_net(e);
+        double loss, theta;
+        unsigned char kept[3] = {1, 1, 1};
+        /* steps until theta is 0.5 and the draws drop a layer and keep another (at most 40) */
+        for (int step = 0; step < 40; step++) {
+            cr_assert_eq(ds_engine_forward(e, &batch, &loss, &err), DS_OK, "%s", err.msg);
+            cr_assert_eq(ds_engine_layer_drop(e, &theta, kept), 3);
+            if (theta < 1 && (!kept[0] || !kept[1] || !kept[2]) && (kept[0] || kept[1] || kept[2]))
+                break;
+            cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+            cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
+        }
+        cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
+        for (int l = 0; l < 3; l++) {
+            dropped += !kept[l];
+            scaled += kept[l] && theta < 1;
+        }
+        int checked = 0;
+        for (int t = 0; t < n->params.n; t++) {
+            const ds_tensor_info *ti = &n->params.t[t];
+            float *p = malloc((size_t)ti->numel * sizeof *p), *g = malloc((size_t)ti->numel * sizeof *g);
+            cr_assert_eq(ds_engine_get_grad(e, ti->name, g, ti->numel, &err), DS_OK, "%s", err.msg);
+            cr_assert_eq(ds_engine_get_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+            const int l = (ti->name[0] == 'h' || ti->name[0] == 'o') && ti->name[1] == '.' ? atoi(ti->name + 2) : -1;
+            for (int64_t j = 0; j < ti->numel; j++) {
+                if (l >= 0 && !kept[l]) {
+                    cr_expect(g[j] == 0.0f, "net %zu: %s[%lld] = %g in a dropped layer", k, ti->name, (long long)j, g[j]);
+                    continue;
+                }
+                const float p0 = p[j], h = 1e-2f * (fabsf(p0) > 0.1f ? fabsf(p0) : 0.1f);
+                double lp, lm;
+                p[j] = p0 + h;
+                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+                cr_assert_eq(ds_engine_forward(e, &batch, &lp, &err), DS_OK, "%s", err.msg);
+                p[j] = p0 - h;
+                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+                cr_assert_eq(ds_engine_forward(e, &batch, &lm, &err), DS_OK, "%s", err.msg);
+                p[j] = p0;
+                const double fd = (lp - lm) / (2.0 * h);
+                cr_expect(fabs(fd - g[j]) <= 1e-4 + 1e-2 * fabs(fd), "net %zu, %s[%lld]: gradient %.6g, differences %.6g",
+                          k, ti->name, (long long)j, g[j], fd);
+                checked++;
+            }
+            cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+            free(p);
+            free(g);
+        }
+        cr_expect(checked > 30, "net %zu: %d parameters checked", k, checked);
+        ds_engine_destroy(e);
+        free(net);
+    }
+    cr_expect(dropped > 0 && scaled > 0, "%d layers dropped, %d kept and scaled: nothing tested", dropped, scaled);
+}
+
 /* DeepSpeed's schedule: ProgressiveLayerDrop.update_state(i) gives (1 - theta) exp(-gamma i) +
  * theta, and the engine calls it before counting step i, so step i + 1's forward uses it. */
 Test(layer_drop, theta_follows_deepspeed)
