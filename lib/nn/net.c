@@ -72,7 +72,7 @@ struct ds_model {
     int n_blocks;
     int pld_L;           /* progressive layer drop: the iterations it may drop (0: off) */
     double pld_theta;    /* the keep probability of the deepest one, for the next training forwards */
-    unsigned char *pld_keep; /* [1..L]: the last forward kept that iteration */
+    unsigned char *pld_keep; /* [1..L]: the last training forward kept that iteration */
     float *pld_scale;    /* [1..L]: 1/its keep probability (kept blocks' branches are scaled by it) */
 };
 
