@@ -246,6 +246,48 @@ static ds_engine *res_engine(const char *net_json, const char *cfg)
     return e;
 }
 
+/* Every parameter's gradient of e's last backward against central differences of the loss
+ * (h = 1% of the parameter, at least 1e-3) that train forwards (train: at the same micro-step,
+ * so the same draws and dropout masks) or evaluations give; parameters whose tensor skip(name)
+ * says (a dropped layer's) must have a gradient of exactly 0 instead. Returns the number checked. */
+static int check_by_differences(ds_engine *e, const ds_batch *batch, int train, int (*skip)(void *, const char *),
+                                void *ctx, size_t net)
+{
+    ds_error err = {0};
+    const ds_net *n = ds_engine_net(e);
+    int checked = 0;
+    for (int t = 0; t < n->params.n; t++) {
+        const ds_tensor_info *ti = &n->params.t[t];
+        float *p = malloc((size_t)ti->numel * sizeof *p), *g = malloc((size_t)ti->numel * sizeof *g);
+        cr_assert_eq(ds_engine_get_grad(e, ti->name, g, ti->numel, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_get_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        const int zero = skip && skip(ctx, ti->name);
+        for (int64_t j = 0; j < ti->numel; j++) {
+            if (zero) {
+                cr_expect(g[j] == 0.0f, "net %zu: %s[%lld] = %g in a dropped layer", net, ti->name, (long long)j, g[j]);
+                continue;
+            }
+            const float p0 = p[j], h = 1e-2f * (fabsf(p0) > 0.1f ? fabsf(p0) : 0.1f);
+            double l[2];
+            for (int side = 0; side < 2; side++) {
+                p[j] = side ? p0 - h : p0 + h;
+                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+                cr_assert_eq(train ? ds_engine_forward(e, batch, &l[side], &err) : ds_engine_eval(e, batch, &l[side], &err),
+                             DS_OK, "%s", err.msg);
+            }
+            p[j] = p0;
+            const double fd = (l[0] - l[1]) / (2.0 * h);
+            cr_expect(fabs(fd - g[j]) <= 1e-4 + 1e-2 * fabs(fd), "net %zu, %s[%lld]: gradient %.6g, differences %.6g",
+                      net, ti->name, (long long)j, g[j], fd);
+            checked++;
+        }
+        cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
+        free(p);
+        free(g);
+    }
+    return checked;
+}
+
 Test(model, residual_gradients_by_differences, .timeout = 120)
 {
     const int64_t B = 4, D = 6;
@@ -262,35 +304,10 @@ Test(model, residual_gradients_by_differences, .timeout = 120)
         ds_engine *e = res_engine(RES_NETS[k], "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 7,"
                                                " \"optimizer\": {\"type\": \"SGD\", \"params\": {\"lr\": 0.1}}}");
         ds_error err = {0};
-        const ds_net *n = ds_engine_net(e);
         double loss;
         cr_assert_eq(ds_engine_forward(e, &batch, &loss, &err), DS_OK, "%s", err.msg);
         cr_assert_eq(ds_engine_backward(e, &err), DS_OK, "%s", err.msg);
-        int checked = 0;
-        for (int t = 0; t < n->params.n; t++) {
-            const ds_tensor_info *ti = &n->params.t[t];
-            float *p = malloc((size_t)ti->numel * sizeof *p), *g = malloc((size_t)ti->numel * sizeof *g);
-            cr_assert_eq(ds_engine_get_grad(e, ti->name, g, ti->numel, &err), DS_OK, "%s", err.msg);
-            cr_assert_eq(ds_engine_get_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-            for (int64_t j = 0; j < ti->numel; j++) {
-                const float p0 = p[j], h = 1e-2f * (fabsf(p0) > 0.1f ? fabsf(p0) : 0.1f);
-                double lp, lm;
-                p[j] = p0 + h;
-                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-                cr_assert_eq(ds_engine_eval(e, &batch, &lp, &err), DS_OK, "%s", err.msg);
-                p[j] = p0 - h;
-                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-                cr_assert_eq(ds_engine_eval(e, &batch, &lm, &err), DS_OK, "%s", err.msg);
-                p[j] = p0;
-                const double fd = (lp - lm) / (2.0 * h);
-                cr_expect(fabs(fd - g[j]) <= 1e-4 + 1e-2 * fabs(fd), "net %zu, %s[%lld]: gradient %.6g, differences %.6g",
-                          k, ti->name, (long long)j, g[j], fd);
-                checked++;
-            }
-            cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-            free(p);
-            free(g);
-        }
+        const int checked = check_by_differences(e, &batch, 0, NULL, NULL, k);
         cr_expect(checked > 100, "net %zu: %d parameters checked", k, checked);
         ds_engine_destroy(e);
     }
@@ -1067,6 +1084,12 @@ static const char *const PLD_NETS[] = {
     "{\"type\": \"linear\", \"name\": \"out\", \"out\": 6}], \"loss\": {\"type\": \"mse\"}}",
 };
 
+/* a tensor of a layer the last forward dropped: "h.N." or "o.N." with kept[N] 0 */
+static int in_dropped_layer(void *kept, const char *name)
+{
+    return (name[0] == 'h' || name[0] == 'o') && name[1] == '.' && !((const unsigned char *)kept)[atoi(name + 2)];
+}
+
 Test(layer_drop, other_blocks_by_differences, .timeout = 300)
 {
     const int64_t B = 4, D = 6;
@@ -1088,7 +1111,6 @@ Test(layer_drop, other_blocks_by_differences, .timeout = 300)
                                        "\"progressive_layer_drop\": {\"enabled\": true, \"theta\": 0.5, \"gamma\": 50}, "
                                        "\"optimizer\": {\"type\": \"SGD\", \"params\": {\"lr\": 0.0}}}");
         ds_error err = {0};
-        const ds_net *n = ds_engine_net(e);
         double loss, theta;
         unsigned char kept[3] = {1, 1, 1};
         /* steps until theta is 0.5 and the draws drop a layer and keep another (at most 40) */
@@ -1105,36 +1127,7 @@ Test(layer_drop, other_blocks_by_differences, .timeout = 300)
             dropped += !kept[l];
             scaled += kept[l] && theta < 1;
         }
-        int checked = 0;
-        for (int t = 0; t < n->params.n; t++) {
-            const ds_tensor_info *ti = &n->params.t[t];
-            float *p = malloc((size_t)ti->numel * sizeof *p), *g = malloc((size_t)ti->numel * sizeof *g);
-            cr_assert_eq(ds_engine_get_grad(e, ti->name, g, ti->numel, &err), DS_OK, "%s", err.msg);
-            cr_assert_eq(ds_engine_get_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-            const int l = (ti->name[0] == 'h' || ti->name[0] == 'o') && ti->name[1] == '.' ? atoi(ti->name + 2) : -1;
-            for (int64_t j = 0; j < ti->numel; j++) {
-                if (l >= 0 && !kept[l]) {
-                    cr_expect(g[j] == 0.0f, "net %zu: %s[%lld] = %g in a dropped layer", k, ti->name, (long long)j, g[j]);
-                    continue;
-                }
-                const float p0 = p[j], h = 1e-2f * (fabsf(p0) > 0.1f ? fabsf(p0) : 0.1f);
-                double lp, lm;
-                p[j] = p0 + h;
-                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-                cr_assert_eq(ds_engine_forward(e, &batch, &lp, &err), DS_OK, "%s", err.msg);
-                p[j] = p0 - h;
-                cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-                cr_assert_eq(ds_engine_forward(e, &batch, &lm, &err), DS_OK, "%s", err.msg);
-                p[j] = p0;
-                const double fd = (lp - lm) / (2.0 * h);
-                cr_expect(fabs(fd - g[j]) <= 1e-4 + 1e-2 * fabs(fd), "net %zu, %s[%lld]: gradient %.6g, differences %.6g",
-                          k, ti->name, (long long)j, g[j], fd);
-                checked++;
-            }
-            cr_assert_eq(ds_engine_set_param(e, ti->name, p, ti->numel, &err), DS_OK, "%s", err.msg);
-            free(p);
-            free(g);
-        }
+        const int checked = check_by_differences(e, &batch, 1, in_dropped_layer, kept, k);
         cr_expect(checked > 30, "net %zu: %d parameters checked", k, checked);
         ds_engine_destroy(e);
         free(net);
