@@ -1111,8 +1111,8 @@ Test(backend, names)
     cr_expect(st == DS_OK || st == DS_ERR_UNSUPPORTED, "cpu:avx2: %s", err.msg);
     if (st == DS_OK)
         ds_backend_destroy(be);
-    /* avx512: where the CPU has AVX-512 F/BW/VL/DQ, else unsupported with the reason; never the
-     * cpuid pick (not yet timed against avx2) */
+    /* avx512: where the CPU has AVX-512 F/BW/VL/DQ (then also cpuid's pick, see backend/names),
+     * else unsupported with the reason */
     const int has512 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx512f") &&
                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&

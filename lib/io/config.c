@@ -523,8 +523,9 @@ static ds_status read_zero(rd *r, const char *path, json_object *v)
             if ((st = get_bool(r, p, val, &s, &b)) != DS_OK)
                 return st;
             if (s == V_SET && b && z->stage > 0)
-                warn(r, "%s=true: DeepSpeed's order of the gradient copies to host memory for CPU offload; ds "
-                     "partitions by its one rule (ds-config(5)) and copies none: it changes nothing", p);
+                warn(r, "%s=true: DeepSpeed's order of the gradient copies to host memory for CPU offload (at "
+                     "stages 1 and 2); ds partitions by its one rule (ds-config(5)) and copies none: it changes "
+                     "nothing", p);
         }
         if (st != DS_OK)
             return st;
