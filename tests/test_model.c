@@ -246,6 +246,18 @@ static ds_engine *res_engine(const char *net_json, const char *cfg)
     return e;
 }
 
+/* x[i], y[i] in [-1, 1], in steps of 1e-3, from seed (the central-difference tests' features
+ * and mse targets) */
+static void uniform_pairs(float *x, float *y, int n, uint64_t s)
+{
+    for (int i = 0; i < n; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        y[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
+    }
+}
+
 /* Every parameter's gradient of e's last backward against central differences of the loss
  * (h = 1% of the parameter, at least 1e-3) that train forwards (train: at the same micro-step,
  * so the same draws and dropout masks) or evaluations give; parameters whose tensor skip(name)
@@ -290,15 +302,8 @@ static int check_by_differences(ds_engine *e, const ds_batch *batch, int train, 
 
 Test(model, residual_gradients_by_differences, .timeout = 120)
 {
-    const int64_t B = 4, D = 6;
     float x[4 * 6], y[4 * 6];
-    uint64_t s = 12345;
-    for (int i = 0; i < B * D; i++) {
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        y[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
-    }
+    uniform_pairs(x, y, 4 * 6, 12345);
     const ds_batch batch = {.x = x, .y = y};
     for (size_t k = 0; k < sizeof RES_NETS / sizeof *RES_NETS; k++) {
         ds_engine *e = res_engine(RES_NETS[k], "{\"train_micro_batch_size_per_gpu\": 4, \"seed\": 7,"
@@ -1092,15 +1097,8 @@ static int in_dropped_layer(void *kept, const char *name)
 
 Test(layer_drop, other_blocks_by_differences, .timeout = 300)
 {
-    const int64_t B = 4, D = 6;
     float x[4 * 6], y[4 * 6];
-    uint64_t s = 4242;
-    for (int i = 0; i < B * D; i++) {
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        x[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
-        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-        y[i] = (float)((s >> 40) % 2001) / 1000.0f - 1.0f;
-    }
+    uniform_pairs(x, y, 4 * 6, 4242);
     const ds_batch batch = {.x = x, .y = y};
     int dropped = 0, scaled = 0;
     for (size_t k = 0; k < sizeof PLD_NETS / sizeof *PLD_NETS + 1; k++) {

@@ -1660,10 +1660,8 @@ int ds_engine_layer_drop(const ds_engine *e, double *theta, unsigned char *kept)
     const int L = e->model ? ds_model_layer_drop_depth(e->model) : 0;
     if (theta)
         *theta = L ? e->pld_theta : 1.0;
-    for (int l = 1; l <= L && kept; l++) {
-        float s;
-        kept[l - 1] = (unsigned char)ds_model_layer_kept(e->model, l, &s);
-    }
+    for (int l = 1; l <= L && kept; l++)
+        kept[l - 1] = (unsigned char)ds_model_layer_kept(e->model, l);
     return L;
 }
 

@@ -217,8 +217,11 @@ static int plan_layer_drop(ds_model *m)
             L++;
             for (int i = a; i < a + rp->len; i++)
                 m->rt[i].pld = L;
-            for (int j = a; j < a + rp->len; j = end_of(net, j) + 1)
-                m->rt[end_of(net, j)].pld_end = 1;
+            for (int j = a; j < a + rp->len;) { /* (residual_blocks checked the walk) */
+                const int e = end_of(net, j);
+                m->rt[e].pld_end = 1;
+                j = e + 1;
+            }
         }
     }
     return L;
@@ -618,15 +621,7 @@ int ds_model_layer_drop_depth(const ds_model *m) { return m->pld_L; }
  * forward's, which backward and recomputations follow) */
 static int dropped(const ds_model *m, const layer_rt *r) { return r->pld && m->train && !m->pld_keep[r->pld]; }
 void ds_model_set_layer_drop(ds_model *m, double theta) { m->pld_theta = theta; }
-int ds_model_layer_kept(const ds_model *m, int l, float *scale)
-{
-    if (l < 1 || l > m->pld_L) {
-        *scale = 1.0f;
-        return 1;
-    }
-    *scale = m->pld_scale[l];
-    return m->pld_keep[l];
-}
+int ds_model_layer_kept(const ds_model *m, int l) { return l < 1 || l > m->pld_L || m->pld_keep[l]; }
 
 /* Progressive layer drop's draws for a training forward: iteration l of L is kept with
  * probability p_l = 1 - (l/L)(1 - theta) (Zhang & He 2020, eq. 5), and a kept one's residual

@@ -75,11 +75,10 @@ int64_t ds_model_positions(const ds_model *m);
  * backward hooks are); a kept one's residual branches are scaled by 1/p_l, p_l = 1 - (l/L)(1 -
  * theta). The draws are a pure function of the forward's seed. Creation fails when the network
  * has no such repeat, or the backend no scale_act. depth: L (0: off). set: theta for the
- * following training forwards (1 until set). kept: whether the last training forward kept iteration l,
- * and its branches' scale. */
+ * following training forwards (1 until set). kept: whether the last training forward kept iteration l. */
 int ds_model_layer_drop_depth(const ds_model *m);
 void ds_model_set_layer_drop(ds_model *m, double theta);
-int ds_model_layer_kept(const ds_model *m, int l, float *scale);
+int ds_model_layer_kept(const ds_model *m, int l);
 /* Bytes of activation memory held. */
 size_t ds_model_activation_bytes(const ds_model *m);
 /* Checkpointed segments, and the segment forwards recomputed by backward passes so far. */
