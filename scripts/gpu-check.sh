@@ -432,13 +432,13 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # CPUs only through DS_CPU_BF16_GEMM=emulate's widened products)
         dsenv timeout "$(tmo 30)" "$G/bin/test_layers" --filter 'store16/*' --verbose 2>&1 |
             grep -E "PASS|FAIL|Assert|rror|Synthesis"
-        # the AVX-512 kernels (cpu:avx512, cpuid's pick on such hosts): every op against generic, the
+        # the AVX-512 kernels (cpu:avx512, not cpuid's pick): every op against generic, the
         # 16-bit ops bit for bit, and the variant's name (each test runs avx512 where it exists)
         dsenv OMP_NUM_THREADS=4 timeout "$(tmo 60)" "$G/bin/test_layers" -j4 \
             --filter '@(*/*_vs_generic|store16/*avx512|backend/names|kernels/*)' >"$out/cpu-avx512-tests.log" 2>&1
         grep -E "FAIL|Assert|rror|Synthesis|avx512" "$out/cpu-avx512-tests.log"
-        # the whole of three test programs with the AVX-512 kernels named (DS_CPU_KERNELS=avx512:
-        # cpuid's pick on such hosts since 6c1bc91, so that this holds whatever the build picks)
+        # the whole of three test programs with the AVX-512 kernels where cpuid's pick would be
+        # (DS_CPU_KERNELS=avx512)
         local tp
         for tp in test_layers test_model test_optim; do
             [ "$(tmo 60)" -gt 30 ] || { say "$tp with DS_CPU_KERNELS=avx512: skipped (budget)"; continue; }
@@ -452,12 +452,11 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # gpt-tiny's shapes), fp32 and bf16
         local bp
         # (bf16-noamx: fp32 products, so that no AMX instruction runs before the 16-bit ops are
-        # timed; avx2 variants: the 256-bit kernels, which plain cpu no longer picks on an AVX-512
-        # host since 6c1bc91)
-        for bp in fp32 bf16 bf16-noamx fp32-avx2 bf16-avx2; do
+        # timed; avx512 variants: the kernels compiled for 512-bit vectors)
+        for bp in fp32 bf16 bf16-noamx fp32-avx512 bf16-avx512; do
             [ "$(tmo 30)" -gt 20 ] || { say "cpu per-op $bp: skipped (budget)"; continue; }
             local bdev=cpu bprec=${bp%%-*} bgemm=""
-            case $bp in *avx2) bdev=cpu:avx2 ;; esac
+            case $bp in *avx512) bdev=cpu:avx512 ;; esac
             [ "$bp" = bf16-noamx ] && bgemm=0
             say "-- per-op on the CPU, 2 threads, $bp (BENCH_DEVICE=$bdev tests/bench_cuda 8 128, gpt-tiny shapes)"
             dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=2 DS_CPU_BF16_GEMM=$bgemm BENCH_DEVICE=$bdev \
@@ -487,16 +486,16 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # every host thread, then 2 threads (issue 4 states its 3x target for 2 cores), then bf16
         # with fp32 products (DS_CPU_BF16_GEMM=0: what the bf16 units alone bring) and bf16 with
         # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0), and
-        # fp32 and bf16 on the AVX2 kernels (cpu:avx2: plain cpu picks the AVX-512 ones on such a
-        # host since 6c1bc91), and bf16 with the weight gradients' dY transposed into a copy first
-        # (DS_CPU_DW16_TRANSPOSE=1, the way before dY^T became a strided view)
+        # fp32 and bf16 on the AVX-512 kernels (cpu:avx512, not cpuid's pick), and bf16 with the
+        # weight gradients' dY transposed into a copy first (DS_CPU_DW16_TRANSPOSE=1, the way
+        # before dY^T became a strided view)
         local p t
         for t in all 2; do
-            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx2 bf16-avx2 bf16-dwt; do
+            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx512 bf16-avx512 bf16-dwt; do
                 [ "$t" = all ] && [ "$p" != fp32 ] && [ "$p" != bf16 ] && continue
                 local cfgf=$G/share/gpt-tiny.ds.json gemm="" split="" be=cpu dwt=""
                 [ "${p%%-*}" != fp32 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
-                case $p in *avx2*) be=cpu:avx2 ;; esac
+                case $p in *avx512*) be=cpu:avx512 ;; esac
                 [ "$p" = bf16-dwt ] && dwt=1
                 [ "$p" = bf16-fp32products ] && gemm=0
                 [ "$p" = bf16-onednn-threads ] && split=0

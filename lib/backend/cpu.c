@@ -1156,12 +1156,13 @@ static int x86_level(void)
 #endif
 }
 
-/* variant: NULL or "" picks by cpuid (avx512 where the CPU and the OS have AVX-512 F/BW/VL/DQ,
- * else avx2, else generic), or takes DS_CPU_KERNELS's when that is set (so that whole test
- * programs and scripts can run on another variant, as if cpuid had picked it); "avx2",
- * "generic" or "avx512" forces one. avx512 is the same kernels with 512-bit vectors: the whole
- * test suite passed with it as the default on an AMD EPYC with AVX-512 (Zen 5), where it
- * trained gpt-tiny 2% (fp32) to 7% (bf16) faster than avx2, and two AMX hosts 18-30% (fp32). */
+/* variant: NULL or "" picks by cpuid (avx2 or generic), or takes DS_CPU_KERNELS's when that is
+ * set (so that whole test programs and scripts can run on another variant, as if cpuid had
+ * picked it); "avx2", "generic" or "avx512" forces one. avx512 (the same kernels with 512-bit
+ * vectors) is not picked on its own: the whole suite passes with it, but it is not faster
+ * everywhere. gpt-tiny on 2 threads: a Zen 5 EPYC 2% (fp32) and 7% (bf16) faster than avx2; an
+ * AMX Xeon (2026-11-29) 9% faster in bf16 but 10% slower in fp32, where its elementwise kernels
+ * (GELU 2.7x, LayerNorm, the loss) were slower. */
 ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error *err)
 {
     const ds_cpu_kernels *k;
@@ -1180,7 +1181,7 @@ ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error 
             }
             return st;
         }
-        k = level >= 2 ? &ds_cpu_kernels_avx512 : has_avx2 ? &ds_cpu_kernels_avx2 : &ds_cpu_kernels_generic;
+        k = has_avx2 ? &ds_cpu_kernels_avx2 : &ds_cpu_kernels_generic;
     } else if (strcmp(variant, "generic") == 0) {
         k = &ds_cpu_kernels_generic;
     } else if (strcmp(variant, "avx2") == 0) {

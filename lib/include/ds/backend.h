@@ -267,7 +267,7 @@ struct ds_backend {
     void *impl;     /* backend-private state */
 };
 
-/* Create a backend by name: "cpu" chooses its kernels by cpuid (AVX-512, else AVX2+FMA, else portable), or
+/* Create a backend by name: "cpu" chooses its kernels by cpuid (AVX2+FMA, else portable), or
  * DS_CPU_KERNELS's; "cpu:avx2", "cpu:avx512" and "cpu:generic" force one variant. "cuda" (or "cuda:N", device N) loads the CUDA
  * backend, libds-cuda.so, at run time (see ds-cuda(7)); DS_ERR_UNSUPPORTED when it is not built
  * or there is no CUDA device. "auto": cuda when a CUDA device is usable, else cpu. */
