@@ -488,21 +488,27 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # each product threaded by oneDNN instead of split by rows (DS_CPU_GEMM_SPLIT=0), and
         # fp32 and bf16 on the AVX-512 kernels (cpu:avx512, not cpuid's pick), and bf16 with the
         # weight gradients' dY transposed into a copy first (DS_CPU_DW16_TRANSPOSE=1, the way
-        # before dY^T became a strided view)
+        # before dY^T became a strided view); all with OMP_WAIT_POLICY=PASSIVE, then the *-spin
+        # rows with OpenMP's default policy (threads spin between regions: what a user's plain
+        # ds-train gets; on a 2-core VM a sleeping thread's wake-up cost about 30 us per region,
+        # some 200 of them per bf16 step)
         local p t
         for t in all 2; do
-            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx512 bf16-avx512 bf16-dwt; do
+            for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx512 bf16-avx512 bf16-dwt \
+                fp32-spin bf16-spin fp32-avx512-spin bf16-avx512-spin; do
                 [ "$t" = all ] && [ "$p" != fp32 ] && [ "$p" != bf16 ] && continue
                 local cfgf=$G/share/gpt-tiny.ds.json gemm="" split="" be=cpu dwt=""
                 [ "${p%%-*}" != fp32 ] && cfgf=$G/share/gpt-tiny.bf16.ds.json
                 case $p in *avx512*) be=cpu:avx512 ;; esac
                 [ "$p" = bf16-dwt ] && dwt=1
+                local pol=(OMP_WAIT_POLICY=PASSIVE)
+                case $p in *-spin) pol=(-u OMP_WAIT_POLICY) ;; esac
                 [ "$p" = bf16-fp32products ] && gemm=0
                 [ "$p" = bf16-onednn-threads ] && split=0
                 local thr=$(getconf _NPROCESSORS_ONLN)
                 [ "$t" = 2 ] && thr=2
                 [ "$(tmo 45)" -gt 20 ] || { say "cpu $p, $thr threads: skipped (budget)"; continue; }
-                dsenv OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$thr DS_CPU_BF16_GEMM=$gemm DS_CPU_GEMM_SPLIT=$split \
+                dsenv env "${pol[@]}" OMP_NUM_THREADS=$thr DS_CPU_BF16_GEMM=$gemm DS_CPU_GEMM_SPLIT=$split \
                     DS_CPU_DW16_TRANSPOSE=$dwt timeout "$(tmo 45)" \
                     "$G/bin/ds-train" "$G/share/gpt-tiny.json" --config "$cfgf" \
                     --data "$G/data/text.txt" --steps 30 --backend "$be" --quiet >"$out/cpu-$p-$t.log" 2>&1

@@ -1047,29 +1047,15 @@ static void add16_k(const uint16_t *a, const uint16_t *c, uint16_t *y, int64_t n
     }
 }
 
-/* GELU over 16-bit values of mode in one pass (y, dx may be x or dy): bf16 widened by a shift and
- * the result rounded by bf16_bits element by element; fp16 a chunk at a time through stack
- * buffers (F16C). The same per-element formulas as gelu_fwd and gelu_bwd, so the bits of those
- * on unpacked copies, packed. */
+/* GELU over 16-bit values of mode in one pass (y, dx may be x or dy), a chunk at a time through
+ * stack buffers: widened (bf16 by a shift, fp16 by F16C), the fp32 loop, rounded back. The same
+ * per-element formulas as gelu_fwd and gelu_bwd, so the bits of those on unpacked copies,
+ * packed. bf16 used to widen and round inside the one loop over the elements; through the
+ * buffers it is faster (AMD EPYC Zen 5, AVX2 kernels, 2^20 values, 1 thread: forward 0.81 ->
+ * 0.64 ms, backward 1.10 -> 1.01 ms; the same bits). */
 static void gelu_fwd16(const uint16_t *x, uint16_t *y, int64_t n, int approximate, int mode)
 {
     const exp_hold_t h = held(&gelu_hold_value);
-    if (mode == DS_ROUND_BF16) {
-/* one loop per formula, as in gelu_bwd16 */
-#define GELU_FWD16_BF16(F)                                                                        \
-    _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
-        uint32_t u = (uint32_t)x[i] << 16;                                                        \
-        float v;                                                                                  \
-        memcpy(&v, &u, 4);                                                                        \
-        y[i] = bf16_bits(F(v, h));                                                                   \
-    }
-        if (approximate)
-            GELU_FWD16_BF16(gelu_tanh_at)
-        else
-            GELU_FWD16_BF16(gelu_erf_at)
-#undef GELU_FWD16_BF16
-        return;
-    }
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK) {
         const int64_t len = n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK;
@@ -1093,26 +1079,6 @@ static void gelu_bwd16(const uint16_t *x, const uint16_t *dy, uint16_t *dx, int6
 {
     const exp_hold_t h = held(&gelu_hold_value);
     const float keep = accumulate ? 1.0f : 0.0f;
-    if (mode == DS_ROUND_BF16) {
-/* one loop per formula: a choice inside the loop would compute both and blend */
-#define GELU_BWD16_BF16(GRAD)                                                                     \
-    _Pragma("omp parallel for simd if (parallel: n > PAR_MIN)") for (int64_t i = 0; i < n; i++) { \
-        uint32_t ux = (uint32_t)x[i] << 16, ug = (uint32_t)dy[i] << 16;                           \
-        uint32_t up = accumulate ? (uint32_t)dx[i] << 16 : 0u;                                    \
-        float v, g, prev;                                                                         \
-        memcpy(&v, &ux, 4);                                                                       \
-        memcpy(&g, &ug, 4);                                                                       \
-        memcpy(&prev, &up, 4);                                                                    \
-        float d = GRAD(v, h);                                                                        \
-        dx[i] = bf16_bits(keep * prev + d * g);                                                   \
-    }
-        if (approximate)
-            GELU_BWD16_BF16(gelu_tanh_grad_at)
-        else
-            GELU_BWD16_BF16(gelu_erf_grad_at)
-#undef GELU_BWD16_BF16
-        return;
-    }
 #pragma omp parallel for schedule(static) if (n > PAR_MIN)
     for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK) {
         const int64_t len = n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK;
