@@ -6,8 +6,8 @@
 # all alike; prints each run's median step time and peak RSS and, per variant, the median over
 # the rounds and the ratio to fp32. Each run is made twice: with OpenMP's default wait policy
 # (threads spin between parallel regions: what a user's plain `ds-train` gets) and with
-# OMP_WAIT_POLICY=PASSIVE (threads sleep; each region then pays a wake-up, about 30 us on a
-# 2-core VM, and a bf16 step of gpt-tiny runs about 200 regions). --policy default or passive
+# OMP_WAIT_POLICY=PASSIVE (threads sleep; each region then pays a wake-up, about 40 us on a
+# 2-core VM, and a bf16 step of gpt-tiny runs about 210 regions). --policy default or passive
 # makes only one of them.
 #
 # Usage: scripts/bench-precision.sh [--rounds 3] [--steps 40] [--threads 2] [--policy both]

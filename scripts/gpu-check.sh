@@ -490,8 +490,8 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # weight gradients' dY transposed into a copy first (DS_CPU_DW16_TRANSPOSE=1, the way
         # before dY^T became a strided view); all with OMP_WAIT_POLICY=PASSIVE, then the *-spin
         # rows with OpenMP's default policy (threads spin between regions: what a user's plain
-        # ds-train gets; on a 2-core VM a sleeping thread's wake-up cost about 30 us per region,
-        # some 200 of them per bf16 step)
+        # ds-train gets; on a 2-core VM a sleeping thread's wake-up cost about 40 us per region,
+        # some 210 of them per bf16 step)
         local p t
         for t in all 2; do
             for p in fp32 bf16 bf16-fp32products bf16-onednn-threads fp32-avx512 bf16-avx512 bf16-dwt \
