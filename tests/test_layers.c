@@ -1059,6 +1059,95 @@ Test(kernels, softmax_bf16_outputs_are_the_fp32_ones_rounded)
     check_softmax16(&ds_cpu_kernels_generic_serial);
 }
 
+/* ---- GELU on 16-bit values through tables ------------------------------------------------ */
+
+/* gelu_fwd16_lut and gelu_bwd16_lut (with the tables gelu_tables16 builds) against gelu_fwd16
+ * and gelu_bwd16 of the same kernel table, bit for bit: every 16-bit value as input (NaNs, infs
+ * and subnormals included), both modes and both forms, backward with and without accumulate,
+ * n a multiple of no chunk size; and the tables themselves the same bits in every kernel table.
+ * A NaN result need only be a NaN: which of two NaN operands a product passes on (and so its sign)
+ * is the compiler's operand order, not the formula's. */
+static int nan16(uint16_t u, int mode) { return (u & 0x7fffu) > (mode == DS_ROUND_BF16 ? 0x7f80u : 0x7c00u); }
+
+static int gelu_same16(uint16_t a, uint16_t b, int mode) { return a == b || (nan16(a, mode) && nan16(b, mode)); }
+
+static int same_floats(const float *a, const float *b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], 4) != 0 && !(isnan(a[i]) && isnan(b[i])))
+            return 0;
+    return 1;
+}
+
+static void check_gelu16_lut(const ds_cpu_kernels *k, uint16_t *ref_lut[2][2], float *ref_dlut[2][2])
+{
+    const int64_t n = 2 * 65536 + 37;
+    uint16_t *x = malloc((size_t)n * 2), *dy = malloc((size_t)n * 2), *a = malloc((size_t)n * 2),
+             *b = malloc((size_t)n * 2), *lut = malloc(65536 * 2);
+    float *dlut = malloc(65536 * sizeof(float));
+    cr_assert(x && dy && a && b && lut && dlut);
+    ds_rng rng;
+    ds_rng_seed(&rng, 4242);
+    for (int64_t i = 0; i < n; i++) /* every value twice, in a scrambled order, then random ones */
+        x[i] = i < 2 * 65536 ? (uint16_t)((uint32_t)i * 40503u) : (uint16_t)ds_rng_next(&rng);
+    for (int m = 0; m < 2; m++) {
+        const int mode = m ? DS_ROUND_FP16 : DS_ROUND_BF16;
+        for (int64_t i = 0; i < n; i++) { /* finite gradients of a moderate size, and some zeros */
+            float g = i % 97 == 0 ? 0.0f : (float)ds_rng_normal(&rng) * 0.05f;
+            dy[i] = mode == DS_ROUND_BF16 ? ds_f32_to_bf16(g) : ds_f32_to_f16(g);
+        }
+        for (int ap = 0; ap < 2; ap++) {
+            k->gelu_tables16(lut, dlut, ap, mode);
+            if (!ref_lut[m][ap]) { /* the first kernel table's are the reference */
+                ref_lut[m][ap] = malloc(65536 * 2), ref_dlut[m][ap] = malloc(65536 * sizeof(float));
+                cr_assert(ref_lut[m][ap] && ref_dlut[m][ap]);
+                memcpy(ref_lut[m][ap], lut, 65536 * 2), memcpy(ref_dlut[m][ap], dlut, 65536 * sizeof(float));
+            }
+            int tables_same = same_floats(dlut, ref_dlut[m][ap], 65536);
+            for (int64_t u = 0; u < 65536; u++)
+                tables_same &= gelu_same16(lut[u], ref_lut[m][ap][u], mode);
+            cr_assert(tables_same,
+                      "%s: GELU tables (mode %d, approximate %d) differ from the first kernel table's", k->variant,
+                      mode, ap);
+            k->gelu_fwd16(x, a, n, ap, mode);
+            k->gelu_fwd16_lut(x, lut, b, n);
+            for (int64_t i = 0; i < n; i++)
+                cr_assert(gelu_same16(a[i], b[i], mode), "%s gelu_fwd16_lut (mode %d, approximate %d) of %#x: %#x, computed %#x",
+                             k->variant, mode, ap, x[i], b[i], a[i]);
+            for (int acc = 0; acc < 2; acc++) {
+                for (int64_t i = 0; i < n; i++) /* the previous dx for accumulate */
+                    a[i] = b[i] = dy[(i * 7 + 3) % n];
+                k->gelu_bwd16(x, dy, a, n, ap, acc, mode);
+                k->gelu_bwd16_lut(x, dlut, dy, b, n, acc, mode);
+                for (int64_t i = 0; i < n; i++)
+                    cr_assert(gelu_same16(a[i], b[i], mode), "%s gelu_bwd16_lut (mode %d, approximate %d, accumulate %d) at %#x, dy "
+                                 "%#x: %#x, computed %#x", k->variant, mode, ap, acc, x[i], dy[i], b[i], a[i]);
+            }
+        }
+    }
+    free(x), free(dy), free(a), free(b), free(lut), free(dlut);
+}
+
+Test(kernels, gelu16_tables_give_the_computed_bits)
+{
+    uint16_t *ref_lut[2][2] = {{NULL}};
+    float *ref_dlut[2][2] = {{NULL}};
+    check_gelu16_lut(&ds_cpu_kernels_generic, ref_lut, ref_dlut);
+    check_gelu16_lut(&ds_cpu_kernels_generic_serial, ref_lut, ref_dlut);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        check_gelu16_lut(&ds_cpu_kernels_avx2, ref_lut, ref_dlut);
+        check_gelu16_lut(&ds_cpu_kernels_avx2_serial, ref_lut, ref_dlut);
+    }
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+        check_gelu16_lut(&ds_cpu_kernels_avx512, ref_lut, ref_dlut);
+        check_gelu16_lut(&ds_cpu_kernels_avx512_serial, ref_lut, ref_dlut);
+    }
+    for (int m = 0; m < 2; m++)
+        for (int ap = 0; ap < 2; ap++)
+            free(ref_lut[m][ap]), free(ref_dlut[m][ap]);
+}
+
 /* ---- backends by name ------------------------------------------------------------------- */
 
 Test(backend, names)

@@ -55,6 +55,13 @@ typedef struct cpu_impl {
     int tile_threads;
     float *f32[5];
     size_t f32_n[5];
+    /* GELU under store16 through tables (gelu_tables16), built at the first call, one pair per
+     * form (0 erf, 1 tanh) for the mode in gelu_lut_mode[form]; gelu_lut_off: DS_CPU_GELU_LUT=0
+     * (compute each value, the same bits) */
+    uint16_t *gelu_lut[2];
+    float *gelu_dlut[2];
+    int gelu_lut_mode[2];
+    int gelu_lut_off;
 } cpu_impl;
 
 #define K(b) (((cpu_impl *)(b)->impl)->k)
@@ -74,6 +81,10 @@ static void cpu_destroy(ds_backend *b)
     free(c->tiles);
     for (int i = 0; i < 5; i++)
         free(c->f32[i]);
+    for (int i = 0; i < 2; i++) {
+        free(c->gelu_lut[i]);
+        free(c->gelu_dlut[i]);
+    }
     free(c);
     free(b);
 }
@@ -915,24 +926,54 @@ static ds_status cpu_layernorm_bwd(ds_backend *b, const float *dy, const float *
     return DS_OK;
 }
 
+/* GELU's tables for form ap (1 tanh, 0 erf) in store16's mode, built the first time (0.1-0.3
+ * ms; 384 KiB); 0 where they could not be allocated or DS_CPU_GELU_LUT=0: the caller computes
+ * each value instead, with the same bits */
+static int gelu_tables(cpu_impl *c, int ap)
+{
+    ap = ap != 0;
+    if (c->gelu_lut_off)
+        return 0;
+    if (c->gelu_lut[ap] && c->gelu_lut_mode[ap] == c->s16)
+        return 1;
+    if (!c->gelu_lut[ap]) {
+        c->gelu_lut[ap] = malloc(65536 * sizeof(uint16_t));
+        c->gelu_dlut[ap] = malloc(65536 * sizeof(float));
+        if (!c->gelu_lut[ap] || !c->gelu_dlut[ap]) {
+            free(c->gelu_lut[ap]);
+            free(c->gelu_dlut[ap]);
+            c->gelu_lut[ap] = NULL;
+            c->gelu_dlut[ap] = NULL;
+            return 0;
+        }
+    }
+    c->k->gelu_tables16(c->gelu_lut[ap], c->gelu_dlut[ap], ap, c->s16);
+    c->gelu_lut_mode[ap] = c->s16;
+    return 1;
+}
+
 static ds_status cpu_gelu_fwd(ds_backend *b, const float *x, float *y, int64_t n, int ap)
 {
-    const int s16 = ((cpu_impl *)b->impl)->s16;
-    if (s16)
-        K(b)->gelu_fwd16(HC(x), HM(y), n, ap, s16);
+    cpu_impl *c = b->impl;
+    if (c->s16 && gelu_tables(c, ap))
+        c->k->gelu_fwd16_lut(HC(x), c->gelu_lut[ap != 0], HM(y), n);
+    else if (c->s16)
+        c->k->gelu_fwd16(HC(x), HM(y), n, ap, c->s16);
     else
-        K(b)->gelu_fwd(x, y, n, ap);
+        c->k->gelu_fwd(x, y, n, ap);
     return DS_OK;
 }
 
 static ds_status cpu_gelu_bwd(ds_backend *b, const float *x, const float *dy, float *dx, int64_t n, int ap,
                               int acc)
 {
-    const int s16 = ((cpu_impl *)b->impl)->s16;
-    if (s16)
-        K(b)->gelu_bwd16(HC(x), HC(dy), HM(dx), n, ap, acc, s16);
+    cpu_impl *c = b->impl;
+    if (c->s16 && gelu_tables(c, ap))
+        c->k->gelu_bwd16_lut(HC(x), c->gelu_dlut[ap != 0], HC(dy), HM(dx), n, acc, c->s16);
+    else if (c->s16)
+        c->k->gelu_bwd16(HC(x), HC(dy), HM(dx), n, ap, acc, c->s16);
     else
-        K(b)->gelu_bwd(x, dy, dx, n, ap, acc);
+        c->k->gelu_bwd(x, dy, dx, n, ap, acc);
     return DS_OK;
 }
 
@@ -1214,6 +1255,16 @@ ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error 
         return ds_error_set(err, DS_ERR_INVALID, "DS_CPU_GEMM_SPLIT=%s: expected 0 (oneDNN threads each product) "
                             "or 1 (rows split between the threads, the default)", split);
     }
+    /* DS_CPU_GELU_LUT=0: GELU on 16-bit activations computes each value instead of looking it
+     * up (the same bits; for comparisons) */
+    const char *lut = getenv("DS_CPU_GELU_LUT");
+    if (lut && *lut && strcmp(lut, "0") && strcmp(lut, "1")) {
+        free(b);
+        free(c);
+        return ds_error_set(err, DS_ERR_INVALID, "DS_CPU_GELU_LUT=%s: expected 0 (GELU on 16-bit activations "
+                            "computes each value) or 1 (looks them up in tables, the default)", lut);
+    }
+    c->gelu_lut_off = lut && strcmp(lut, "0") == 0;
     ds_status st = ds_dnnl_create(&c->dnnl, err);
     if (st != DS_OK) {
         free(b);

@@ -1106,6 +1106,79 @@ static void gelu_bwd16(const uint16_t *x, const uint16_t *dy, uint16_t *dx, int6
     }
 }
 
+/* GELU on 16-bit values through tables: lut[u] is gelu_fwd16 of the value with bits u, dlut[u]
+ * the fp32 derivative gelu_bwd16 computes there (the same inline formulas, so the same bits).
+ * The lookups are scalar loads (a gather would be slow on CPUs with Intel's gather
+ * mitigation); the tables are 128 KiB and 256 KiB, and the values activations take stay in a
+ * few KiB of them. Measured here (AMD EPYC Zen 5, AVX2 kernels, 2^20 bf16 values ~N(0, 1.5), 2
+ * threads): forward 0.41 -> 0.13 ms, backward 0.79 -> 0.19 ms. */
+/* one value of mode widened to fp32, and rounded back: the conversions of unpack16_span and
+ * pack16_span (their tails), for the tables */
+static inline float unpack16_one(uint16_t x, int mode)
+{
+    if (mode == DS_ROUND_BF16) {
+        uint32_t u = (uint32_t)x << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+#ifdef __F16C__
+    return _cvtsh_ss(x);
+#else
+    return ds_f16_to_f32(x);
+#endif
+}
+
+static inline uint16_t pack16_one(float x, int mode)
+{
+    if (mode == DS_ROUND_BF16)
+        return bf16_bits(x);
+#ifdef __F16C__
+    return _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+    return ds_f32_to_f16(x);
+#endif
+}
+
+static void gelu_tables16(uint16_t *lut, float *dlut, int approximate, int mode)
+{
+    const exp_hold_t h = held(&gelu_hold_value);
+    for (int32_t u = 0; u < 65536; u++) {
+        const float v = unpack16_one((uint16_t)u, mode);
+        dlut[u] = approximate ? gelu_tanh_grad_at(v, h) : gelu_erf_grad_at(v, h);
+        lut[u] = pack16_one(approximate ? gelu_tanh_at(v, h) : gelu_erf_at(v, h), mode);
+    }
+}
+
+static void gelu_fwd16_lut(const uint16_t *x, const uint16_t *lut, uint16_t *y, int64_t n)
+{
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = lut[x[i]];
+}
+
+static void gelu_bwd16_lut(const uint16_t *x, const float *dlut, const uint16_t *dy, uint16_t *dx, int64_t n,
+                           int accumulate, int mode)
+{
+    const float keep = accumulate ? 1.0f : 0.0f;
+#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += PACK_CHUNK) {
+        const int64_t len = n - i0 < PACK_CHUNK ? n - i0 : PACK_CHUNK;
+        float td[PACK_CHUNK], tg[PACK_CHUNK], tp[PACK_CHUNK];
+        for (int64_t i = 0; i < len; i++)
+            td[i] = dlut[x[i0 + i]];
+        unpack16_span(dy + i0, tg, len, mode);
+        if (accumulate)
+            unpack16_span(dx + i0, tp, len, mode);
+#pragma omp simd
+        for (int64_t i = 0; i < len; i++) {
+            float prev = accumulate ? tp[i] : 0.0f;
+            td[i] = keep * prev + td[i] * tg[i];
+        }
+        pack16_span(td, dx + i0, len, mode);
+    }
+}
+
 /* layernorm_fwd on 16-bit x and y (values of mode; w, b fp32): each row widened into a buffer on the
  * stack, ln_fwd_row on it, packed; so the bits of layernorm_fwd on the widened tensor, packed.
  * Rows wider than LN16_ROW: -1, nothing written. */
@@ -1425,6 +1498,9 @@ const ds_cpu_kernels KTABLE = {
     .add16 = add16_k,
     .gelu_fwd16 = gelu_fwd16,
     .gelu_bwd16 = gelu_bwd16,
+    .gelu_tables16 = gelu_tables16,
+    .gelu_fwd16_lut = gelu_fwd16_lut,
+    .gelu_bwd16_lut = gelu_bwd16_lut,
     .layernorm_fwd16 = layernorm_fwd16,
     .posadd_bwd16 = posadd_bwd16,
     .colsum16_acc = colsum16_acc,

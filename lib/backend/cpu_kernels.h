@@ -80,6 +80,15 @@ typedef struct ds_cpu_kernels {
     void (*gelu_fwd16)(const uint16_t *x, uint16_t *y, int64_t n, int approximate, int mode);
     void (*gelu_bwd16)(const uint16_t *x, const uint16_t *dy, uint16_t *dx, int64_t n, int approximate,
                        int accumulate, int mode);
+    /* The same through tables over the 65536 16-bit values (a 16-bit input has no others):
+     * gelu_tables16 fills lut[65536] with gelu_fwd16's result for each value and dlut[65536]
+     * with the fp32 derivative gelu_bwd16 multiplies dy by; gelu_fwd16_lut and gelu_bwd16_lut
+     * then look them up, giving gelu_fwd16's and gelu_bwd16's bits (of the tables' mode and
+     * form) */
+    void (*gelu_tables16)(uint16_t *lut, float *dlut, int approximate, int mode);
+    void (*gelu_fwd16_lut)(const uint16_t *x, const uint16_t *lut, uint16_t *y, int64_t n);
+    void (*gelu_bwd16_lut)(const uint16_t *x, const float *dlut, const uint16_t *dy, uint16_t *dx, int64_t n,
+                           int accumulate, int mode);
     /* layernorm_fwd on 16-bit x, y (w, b fp32), row by row in cache, the same bits; -1 (nothing
      * written) for rows too wide for its stack buffers */
     int (*layernorm_fwd16)(const uint16_t *x, const float *w, const float *b, uint16_t *y, float *mean,
