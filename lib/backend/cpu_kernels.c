@@ -47,11 +47,15 @@ static inline void team(int *nt, int *tid)
 /* ---- vectorizable math ------------------------------------------------------------------ */
 
 /* exp(x) for x in [-87.3, 88.3] (vexp's range, unchecked): x = n*ln2 + r, |r| <= ln2/2, degree-6
- * polynomial, 2^n by bits. */
+ * polynomial, 2^n by bits. A NaN x gives NaN (through r and p). */
 static inline float vexp_in_range(float x)
 {
-    /* round to nearest with the 1.5*2^23 trick: vectorizes without SSE4.1's roundps */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    /* round to nearest with the 1.5*2^23 trick: vectorizes without SSE4.1's roundps; the low
+     * bits of t are then n + 0x400000, so 2^n's bits come from t's in unsigned arithmetic (the
+     * high bits shift out): no conversion of a float to an integer, which is undefined for a
+     * NaN */
+    const float t = x * 1.44269504088896341f + 12582912.0f;
+    float n = t - 12582912.0f;
     float r = fmaf(n, -0.693145751953125f, x);
     r = fmaf(n, -1.428606765330187045e-06f, r);
     float p = 1.0f / 720.0f;
@@ -61,7 +65,9 @@ static inline float vexp_in_range(float x)
     p = fmaf(p, r, 0.5f);
     p = fmaf(p, r, 1.0f);
     p = fmaf(p, r, 1.0f);
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits;
+    memcpy(&bits, &t, 4);
+    bits = (bits + 127u) << 23;
     float scale;
     memcpy(&scale, &bits, 4);
     return p * scale;
