@@ -5,10 +5,10 @@
 # interleaved rounds (fp32, bf16, fp16, bf16-f32buf, fp32, ...) so that drifts of the machine hit
 # all alike; prints each run's median step time and peak RSS and, per variant, the median over
 # the rounds and the ratio to fp32. Each run is made twice: with OpenMP's default wait policy
-# (threads spin between parallel regions: what a user's plain `ds-train` gets) and with
-# OMP_WAIT_POLICY=PASSIVE (threads sleep; each region then pays a wake-up, about 40 us on a
-# 2-core VM, and a bf16 step of gpt-tiny runs about 210 regions). --policy default or passive
-# makes only one of them.
+# (libgomp's threads spin a while between parallel regions before they sleep: what a user's
+# plain `ds-train` gets) and with OMP_WAIT_POLICY=PASSIVE (threads sleep; each region then
+# pays a wake-up, about 40 us on a 2-core VM, and a bf16 step of gpt-tiny runs about 210
+# regions). --policy default or passive makes only one of them.
 #
 # Usage: scripts/bench-precision.sh [--rounds 3] [--steps 40] [--threads 2] [--policy both]
 # Environment: DS_TRAIN (default ./ds-train), DATA (default /usr/share/common-licenses).

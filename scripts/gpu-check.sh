@@ -489,8 +489,8 @@ print("%s on %s: %.0f tokens/s, median %.1f ms/step, loss %.4f -> %.4f, peak mem
         # fp32 and bf16 on the AVX-512 kernels (cpu:avx512, not cpuid's pick), and bf16 with the
         # weight gradients' dY transposed into a copy first (DS_CPU_DW16_TRANSPOSE=1, the way
         # before dY^T became a strided view); all with OMP_WAIT_POLICY=PASSIVE, then the *-spin
-        # rows with OpenMP's default policy (threads spin between regions: what a user's plain
-        # ds-train gets; on a 2-core VM a sleeping thread's wake-up cost about 40 us per region,
+        # rows with OpenMP's default policy (threads spin a while between regions, then sleep: what
+        # a plain ds-train gets; with PASSIVE, on a 2-core VM a sleeping thread's wake-up cost about 40 us per region,
         # some 210 of them per bf16 step)
         local p t
         for t in all 2; do

@@ -1114,6 +1114,12 @@ static void check_gelu16_lut(const ds_cpu_kernels *k, uint16_t *ref_lut[2][2], f
             for (int64_t i = 0; i < n; i++)
                 cr_assert(gelu_same16(a[i], b[i], mode), "%s gelu_fwd16_lut (mode %d, approximate %d) of %#x: %#x, computed %#x",
                              k->variant, mode, ap, x[i], b[i], a[i]);
+            /* in place: y = x */
+            memcpy(b, x, (size_t)n * 2);
+            k->gelu_fwd16_lut(b, lut, b, n);
+            for (int64_t i = 0; i < n; i++)
+                cr_assert(gelu_same16(a[i], b[i], mode), "%s gelu_fwd16_lut in place (mode %d, approximate %d) of "
+                          "%#x: %#x, computed %#x", k->variant, mode, ap, x[i], b[i], a[i]);
             for (int acc = 0; acc < 2; acc++) {
                 for (int64_t i = 0; i < n; i++) /* the previous dx for accumulate */
                     a[i] = b[i] = dy[(i * 7 + 3) % n];
@@ -1122,6 +1128,20 @@ static void check_gelu16_lut(const ds_cpu_kernels *k, uint16_t *ref_lut[2][2], f
                 for (int64_t i = 0; i < n; i++)
                     cr_assert(gelu_same16(a[i], b[i], mode), "%s gelu_bwd16_lut (mode %d, approximate %d, accumulate %d) at %#x, dy "
                                  "%#x: %#x, computed %#x", k->variant, mode, ap, acc, x[i], dy[i], b[i], a[i]);
+                /* in place: dx = x, then dx = dy (accumulate then adds to x or dy itself) */
+                for (int alias = 0; alias < 2; alias++) {
+                    uint16_t *c = malloc((size_t)n * 2), *d = malloc((size_t)n * 2);
+                    cr_assert(c && d);
+                    memcpy(c, alias ? dy : x, (size_t)n * 2);
+                    memcpy(d, alias ? dy : x, (size_t)n * 2);
+                    k->gelu_bwd16(alias ? x : c, alias ? c : dy, c, n, ap, acc, mode);
+                    k->gelu_bwd16_lut(alias ? x : d, dlut, alias ? d : dy, d, n, acc, mode);
+                    for (int64_t i = 0; i < n; i++)
+                        cr_assert(gelu_same16(c[i], d[i], mode), "%s gelu_bwd16_lut with dx = %s (mode %d, approximate %d, "
+                                  "accumulate %d) at %#x: %#x, computed %#x", k->variant, alias ? "dy" : "x", mode, ap,
+                                  acc, x[i], d[i], c[i]);
+                    free(c), free(d);
+                }
             }
         }
     }
@@ -1595,6 +1615,58 @@ Test(backend, bf16_products_where_the_cpu_has_bf16_units)
     free(x), free(w), free(bias), free(dy);
     ds_backend_destroy(ref);
     ds_backend_destroy(b);
+}
+
+/* GELU on 16-bit activations through the backend: with the tables (the default), without them
+ * (DS_CPU_GELU_LUT=0) and through a backend that switches store16 from bf16 to fp16 and back
+ * (tables are per mode): the same bits as the kernel computing each value; another
+ * DS_CPU_GELU_LUT value is an error naming the variable. */
+Test(backend, gelu16_tables_switch)
+{
+    ds_backend *lut, *nolut, *bad = NULL;
+    ds_error err = {0};
+    setenv("DS_CPU_GELU_LUT", "yes", 1);
+    cr_expect_eq(ds_backend_create(&bad, "cpu", &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "DS_CPU_GELU_LUT=yes: expected 0") != NULL, "%s", err.msg);
+    setenv("DS_CPU_GELU_LUT", "0", 1);
+    cr_assert_eq(ds_backend_create(&nolut, "cpu", &err), DS_OK, "%s", err.msg);
+    unsetenv("DS_CPU_GELU_LUT");
+    cr_assert_eq(ds_backend_create(&lut, "cpu", &err), DS_OK, "%s", err.msg);
+    const ds_cpu_kernels *k = &ds_cpu_kernels_generic_serial; /* the reference: computed, one thread */
+    const int64_t n = 40000;
+    uint16_t *x = malloc((size_t)n * 2), *dy = malloc((size_t)n * 2), *want = malloc((size_t)n * 2);
+    uint16_t *got = malloc((size_t)n * 2);
+    cr_assert(x && dy && want && got);
+    ds_rng r;
+    ds_rng_seed(&r, 99);
+    const int modes[3] = {DS_ROUND_BF16, DS_ROUND_FP16, DS_ROUND_BF16};
+    for (int mi = 0; mi < 3; mi++) {
+        const int mode = modes[mi];
+        for (int64_t i = 0; i < n; i++) {
+            float v = (float)ds_rng_normal(&r) * 3.0f, g = (float)ds_rng_normal(&r) * 0.1f;
+            x[i] = mode == DS_ROUND_BF16 ? ds_f32_to_bf16(v) : ds_f32_to_f16(v);
+            dy[i] = mode == DS_ROUND_BF16 ? ds_f32_to_bf16(g) : ds_f32_to_f16(g);
+        }
+        for (int bi = 0; bi < 2; bi++) {
+            ds_backend *be = bi ? nolut : lut;
+            cr_assert_eq(be->ops->store16(be, mode), 1);
+            for (int ap = 0; ap < 2; ap++) {
+                k->gelu_fwd16(x, want, n, ap, mode);
+                cr_assert_eq(be->ops->gelu_fwd(be, (const float *)(void *)x, (float *)(void *)got, n, ap), DS_OK);
+                cr_assert(memcmp(want, got, (size_t)n * 2) == 0, "gelu_fwd (%s, mode %d, approximate %d) differs from "
+                          "the computed values", bi ? "DS_CPU_GELU_LUT=0" : "tables", mode, ap);
+                k->gelu_bwd16(x, dy, want, n, ap, 0, mode);
+                cr_assert_eq(be->ops->gelu_bwd(be, (const float *)(void *)x, (const float *)(void *)dy,
+                                               (float *)(void *)got, n, ap, 0), DS_OK);
+                cr_assert(memcmp(want, got, (size_t)n * 2) == 0, "gelu_bwd (%s, mode %d, approximate %d) differs from "
+                          "the computed values", bi ? "DS_CPU_GELU_LUT=0" : "tables", mode, ap);
+            }
+            be->ops->store16(be, 0);
+        }
+    }
+    free(x), free(dy), free(want), free(got);
+    ds_backend_destroy(lut);
+    ds_backend_destroy(nolut);
 }
 
 /* DS_CPU_GEMM_SPLIT=0: each product threaded by oneDNN instead of split by rows (or attention's
