@@ -1344,7 +1344,7 @@ int main(int argc, char **argv)
             fprintf(logf,
                     "{\"step\": %lld, \"loss\": %.17g, \"lr\": %.7g, \"momentum\": %s, \"grad_norm\": %.7g, \"ms\": %.3f, "
                     "\"%s\": %.1f, \"samples\": %lld, \"world_size\": %d, \"allreduce_calls\": %lld, "
-                    "\"allreduce_bytes\": %lld, \"loss_scale\": %.9g, \"skipped\": %s, "
+                    "\"allreduce_bytes\": %lld, \"loss_scale\": %.17g, \"skipped\": %s, "
                     "\"skipped_steps\": %lld%s%s}\n",
                     (long long)step, loss, lr, momtxt, ds_engine_get_global_grad_norm(eng), ms,
                     tokens ? "tokens_per_s" : "samples_per_s", rate, (long long)ds_engine_global_samples(eng),
@@ -1364,7 +1364,7 @@ int main(int argc, char **argv)
         if (!applied && rank == 0 && !a.quiet) {
             if (tty)
                 printf("\r\033[K");
-            printf("step %lld: overflow, loss scale %.0f -> %.0f, step skipped\n", (long long)step,
+            printf("step %lld: overflow, loss scale %.17g -> %.17g, step skipped\n", (long long)step,
                    ds_engine_last_step_loss_scale(eng), ds_engine_loss_scale(eng));
             fflush(stdout);
         }

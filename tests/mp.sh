@@ -195,4 +195,14 @@ echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true, "initial_s
 rc=$?
 [ $rc = 1 ] && grep -q 'step 1: gradient overflow at the minimum loss scale 2' err.min \
     && ok "overflow at the minimum loss scale: exit 1 with DeepSpeed's reason" || notok "min scale: exit $rc: $(cat err.min)"
+# a static scale below 1 prints as it is in the overflow line and the JSON log
+echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true, "loss_scale": 0.5}}' > half.json
+if "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config half.json --data $data --steps 3 --inject-grad-inf 2 \
+    --log-json half.jsonl >out.half 2>err.half; then
+    grep -q "step 2: overflow, loss scale 0.5 -> 0.5, step skipped" out.half &&
+        python3 -c "import json,sys; r=[json.loads(l) for l in open('half.jsonl')]; sys.exit(0 if [x['loss_scale'] for x in r]==[0.5]*3 and [x['skipped'] for x in r]==[False,True,False] else 1)" \
+        && ok "static loss scale 0.5: the overflow line and the log say 0.5" || notok "loss scale 0.5: $(grep overflow out.half) $(cat half.jsonl)"
+else
+    notok "loss scale 0.5 run failed: $(head -c 400 err.half)"
+fi
 tap_summary

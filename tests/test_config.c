@@ -335,11 +335,32 @@ Test(optimizer, adam_means_adamw_unless_adam_w_mode_false)
     cr_expect(has_warning(&c, "adam_w_mode=false has no effect"));
     ds_config_free(&c);
 
-    load_ok(&c, OPT("adamw", "\"torch_adam\": true, \"bias_correction\": false, \"amsgrad\": false"),
-            1);
+    load_ok(&c, OPT("adamw", "\"bias_correction\": false, \"amsgrad\": false, \"set_grad_none\": true"), 1);
     cr_expect_eq(c.optimizer.type, DS_OPTIM_ADAMW);
     cr_expect_eq(c.optimizer.bias_correction, 0);
     ds_config_free(&c);
+
+    /* torch_adam: torch.optim.AdamW's weight_decay default (0.01) unless given; Adam with
+     * adam_w_mode false is torch.optim.Adam (0); FusedAdam-only keys are DeepSpeed's TypeError */
+    load_ok(&c, OPT("adamw", "\"torch_adam\": true, \"amsgrad\": false"), 1);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0.01, 0);
+    ds_config_free(&c);
+    load_ok(&c, OPT("Adam", "\"torch_adam\": true"), 1);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0.01, 0);
+    cr_expect_eq(c.optimizer.adam_w_mode, 1);
+    ds_config_free(&c);
+    load_ok(&c, OPT("Adam", "\"torch_adam\": true, \"weight_decay\": 0.1"), 1);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0.1, 0);
+    ds_config_free(&c);
+    load_ok(&c, OPT("Adam", "\"torch_adam\": true, \"adam_w_mode\": false"), 1);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0, 0);
+    cr_expect_eq(c.optimizer.adam_w_mode, 0);
+    ds_config_free(&c);
+    load_fails(OPT("AdamW", "\"torch_adam\": true, \"bias_correction\": false"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params.bias_correction: torch.optim.AdamW, which torch_adam selects, takes no "
+               "bias_correction", NULL);
+    load_fails(OPT("Adam", "\"set_grad_none\": true, \"adam_w_mode\": false, \"torch_adam\": true"), 1, 0,
+               DS_ERR_INVALID, "optimizer.params.set_grad_none: torch.optim.Adam, which torch_adam selects", NULL);
 
     load_ok(&c, OPT("ADAM", "\"lr\": \"auto\", \"betas\": \"auto\", \"eps\": \"auto\", "
                             "\"weight_decay\": \"auto\""), 1);

@@ -126,6 +126,34 @@ Test(loss_scaler, no_hysteresis)
     trace(&c, "GGOOGGGG", want);
 }
 
+/* An overflow the hysteresis absorbs restarts the window too (last_overflow_iter moves on every
+ * overflow): power 4, window 3, hysteresis 2, the overflow at update 1 leaves the scale as it is
+ * and growth waits for 3 good steps after it (update 4), not 3 after the start (update 2). */
+Test(loss_scaler, absorbed_overflow_restarts_the_window)
+{
+    ds_loss_scale_config c = {.initial_scale_power = 4, .loss_scale_window = 3, .hysteresis = 2,
+                              .min_loss_scale = 1};
+    const double want[] = {16, 16, 16, 16, 32, 32};
+    trace(&c, "GOGGGG", want);
+}
+
+/* DeepSpeed raises only when the scale equals the minimum: a scale below it (initial_scale_power
+ * under min_loss_scale) is raised to the minimum by the first overflow, max(1/2, 4); the next
+ * overflow, at the minimum, is the error, naming the minimum. */
+Test(loss_scaler, scale_below_the_minimum_is_raised_to_it)
+{
+    ds_loss_scale_config c = {.initial_scale_power = 0, .loss_scale_window = 1000, .hysteresis = 1,
+                              .min_loss_scale = 4};
+    ds_loss_scaler s;
+    ds_error err = {0};
+    ds_loss_scaler_init(&s, &c, DS_PREC_FP16);
+    cr_assert_eq(s.scale, 1.0);
+    cr_assert_eq(ds_loss_scaler_update(&s, 1, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(s.scale, 4.0);
+    cr_assert_eq(ds_loss_scaler_update(&s, 1, &err), DS_ERR_NUMERIC);
+    cr_assert(strstr(err.msg, "minimum loss scale 4:"), "%s", err.msg);
+}
+
 Test(loss_scaler, minimum_scale_is_an_error)
 {
     ds_loss_scale_config c = {.initial_scale_power = 1, .loss_scale_window = 1000, .hysteresis = 1,
@@ -654,6 +682,80 @@ Test(optimizers, lamb_eps_inside_sqrt) { check_case("lamb_eps_inside"); }
  * optimizers' thread split and chunks: every built-in optimizer, both formats, 3 threads, two
  * tensors (Lamb's ranges), against the same step writing fp32 rounded values: the 2-byte
  * values are those values' bits, and the master weights are the same. */
+/* SGD whose momentum a scheduler changes (OneCycle's momentum_cycled): the buffer exists from
+ * the start though the momentum is 0 there; the first update with momentum sets buf = d, as
+ * torch does when it creates the buffer (not (1 - dampening) d); the next ones dampen. Float64
+ * reference of torch.optim.SGD's formulas, on two tensors. */
+Test(optimizers, sgd_cycled_momentum_starts_its_buffer_with_d)
+{
+    ds_error err = {0};
+    ds_tensor_table tab;
+    ds_table_init(&tab);
+    int64_t s1 = 5, s2 = 3;
+    cr_assert(ds_table_add(&tab, "a", 1, &s1, &err) >= 0, "%s", err.msg);
+    cr_assert(ds_table_add(&tab, "b", 1, &s2, &err) >= 0, "%s", err.msg);
+    const int64_t n = tab.total;
+    ds_backend *be;
+    cr_assert_eq(ds_backend_create(&be, "cpu", &err), DS_OK, "%s", err.msg);
+    float *p = be->ops->alloc(be, (size_t)n * 4), *g = be->ops->alloc(be, (size_t)n * 4);
+    double *rp = calloc((size_t)n, sizeof(double)), *rb = calloc((size_t)n, sizeof(double));
+    for (int64_t i = 0; i < n; i++)
+        rp[i] = p[i] = 0.25f * (float)(i % 7) - 0.5f;
+    ds_optimizer_config c;
+    memset(&c, 0, sizeof c);
+    c.type = DS_OPTIM_SGD;
+    snprintf(c.name, sizeof c.name, "SGD");
+    c.momentum = 0.0;
+    c.dampening = 0.5;
+    c.weight_decay = 0.01;
+    c.momentum_cycled = 1;
+    ds_optimizer o;
+    cr_assert_eq(ds_optimizer_init(&o, &c, be, &tab, NULL, &err), DS_OK, "%s", err.msg);
+    cr_assert(o.m != NULL, "no momentum buffer for a cycled momentum that starts at 0");
+    const double mom[4] = {0.0, 0.0, 0.5, 0.8}, lr = 0.1;
+    int started = 0;
+    for (int k = 0; k < 4; k++) {
+        o.cfg.momentum = mom[k]; /* what the engine's scheduler writes before each update */
+        for (int64_t i = 0; i < n; i++)
+            g[i] = 0.1f * (float)((i * 5 + k * 3) % 11) - 0.4f;
+        cr_assert_eq(ds_optimizer_step(&o, p, g, (float)lr, 1.0f, NULL, 0, 0, &err), DS_OK, "%s", err.msg);
+        for (int64_t i = 0; i < n; i++) {
+            double d = (double)g[i] + 0.01 * rp[i];
+            if (mom[k] != 0) {
+                rb[i] = started ? mom[k] * rb[i] + (1 - 0.5) * d : d;
+                d = rb[i];
+            }
+            rp[i] -= lr * d;
+            cr_assert(fabs(p[i] - rp[i]) <= 1e-6 * (1 + fabs(rp[i])), "update %d, element %lld: %.9g, torch %.9g",
+                      k + 1, (long long)i, p[i], rp[i]);
+        }
+        started |= mom[k] != 0;
+    }
+    ds_optimizer_free(&o);
+    free(rp), free(rb);
+    be->ops->free(be, p);
+    be->ops->free(be, g);
+    ds_backend_destroy(be);
+}
+
+/* Through the engine: OneCycle cycling an SGD momentum that starts at cycle_max_mom 0 (a
+ * configuration DeepSpeed accepts) trains; it used to write through a momentum buffer that was
+ * never made. */
+Test(optimizers, sgd_onecycle_momentum_from_zero_trains)
+{
+    ds_engine *e = engine("{\"train_micro_batch_size_per_gpu\": 8, \"optimizer\": {\"type\": \"SGD\", \"params\": "
+                          "{\"lr\": 0.1, \"dampening\": 0.5}}, \"scheduler\": {\"type\": \"OneCycle\", \"params\": "
+                          "{\"cycle_min_lr\": 0.01, \"cycle_max_lr\": 0.1, \"cycle_first_step_size\": 3, "
+                          "\"cycle_min_mom\": 0.5, \"cycle_max_mom\": 0.0}}}", NULL, 0, DS_OK, NULL, 0);
+    ds_error err = {0};
+    for (int k = 0; k < 6; k++) {
+        fwd_bwd(e, k);
+        cr_assert_eq(ds_engine_step(e, &err), DS_OK, "step %d: %s", k + 1, err.msg);
+        cr_assert(ds_engine_was_step_applied(e));
+    }
+    ds_engine_destroy(e);
+}
+
 Test(optimizers, pw16_large_every_optimizer)
 {
     omp_set_num_threads(3);

@@ -147,6 +147,8 @@ static void sched_start(ds_engine *e)
     e->sched_iter = -1;
     e->mom_slot = momentum_slot(&e->cfg.optimizer);
     e->mom = e->mom_slot ? *e->mom_slot : NAN;
+    if (s->type == DS_SCHED_ONE_CYCLE && s->cycle_momentum && e->cfg.optimizer.type == DS_OPTIM_SGD)
+        e->cfg.optimizer.momentum_cycled = 1; /* its momentum may start at 0 and grow */
     e->applied_lr = e->applied_mom = NAN;
     if (s->type == DS_SCHED_ONE_CYCLE && s->cycle_momentum && !e->mom_slot &&
         e->cfg.n_warnings < DS_CONFIG_MAX_WARNINGS) /* DeepSpeed warns and goes on too */
@@ -2244,11 +2246,21 @@ ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_err
     if (s->global_steps < 0 || s->global_samples < 0 || s->micro_steps < 0 || s->skipped_steps < 0 ||
         s->optimizer_step < 0 || s->sched_iter < -1 || !(s->lr >= 0) || !(s->scaler.scale > 0))
         return ds_error_set(err, DS_ERR_INVALID, "engine state out of range (negative counter, lr or loss scale)");
+    if (s->scaler.dynamic && (s->scaler.window < 1 || s->scaler.hysteresis < 1 || s->scaler.cur_hysteresis < 1 ||
+                              s->scaler.cur_hysteresis > s->scaler.hysteresis || !(s->scaler.min_scale >= 0) ||
+                              !isfinite(s->scaler.scale)))
+        return ds_error_set(err, DS_ERR_INVALID, "loss scaler state out of range: expected scale_window >= 1, "
+                            "1 <= cur_hysteresis <= hysteresis, min_scale >= 0 and a finite scale; found %lld, %d, %d, "
+                            "%g and %g", (long long)s->scaler.window, s->scaler.cur_hysteresis, s->scaler.hysteresis,
+                            s->scaler.min_scale, s->scaler.scale);
     e->global_steps = s->global_steps;
     e->global_samples = s->global_samples;
     e->micro_steps = s->micro_steps;
     e->skipped = s->skipped_steps;
     e->opt.step = s->optimizer_step;
+    /* SGD: whether buf = d is behind us; exact unless a cycled momentum was 0 in the first
+     * updates (the checkpoint does not say when the first update with momentum came) */
+    e->opt.momentum_started = s->optimizer_step > 0;
     e->scaler = s->scaler;
     e->step_scale = s->last_step_scale;
     e->applied = s->applied;

@@ -1404,6 +1404,21 @@ static ds_status read_optimizer(rd *r, json_object *v)
         o->max_coeff = 10.0;
         o->min_coeff = 0.01;
     }
+    /* torch_adam: DeepSpeed hands the other params to torch.optim.AdamW (or Adam where
+     * adam_w_mode is false for "Adam"): the same arithmetic, but AdamW's weight_decay defaults
+     * to torch's 0.01, and FusedAdam-only keys are torch's TypeError */
+    int torch_adam = 0, torch_adamw = 0;
+    if (adam && params) {
+        json_object *tv;
+        int awm = 1;
+        if (json_object_object_get_ex(params, "torch_adam", &tv) && json_object_is_type(tv, json_type_boolean))
+            torch_adam = json_object_get_boolean(tv);
+        if (json_object_object_get_ex(params, "adam_w_mode", &tv) && json_object_is_type(tv, json_type_boolean))
+            awm = json_object_get_boolean(tv);
+        torch_adamw = torch_adam && (o->type == DS_OPTIM_ADAMW || awm);
+        if (torch_adamw)
+            o->weight_decay = 0.01;
+    }
     if (o->type == DS_OPTIM_USER) {
         /* the client's optimizer reads its own parameters: keep them as JSON text */
         const char *js = params ? json_object_to_json_string_ext(params, JSON_C_TO_STRING_PLAIN) : "{}";
@@ -1435,6 +1450,10 @@ static ds_status read_optimizer(rd *r, json_object *v)
             else if (adam && !strcmp(pkey, "adam_w_mode")) {
                 if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
                     adam_w_mode = b, adam_w_set = 1;
+            } else if (torch_adam && (!strcmp(pkey, "bias_correction") || !strcmp(pkey, "set_grad_none"))) {
+                return fail(r, DS_ERR_INVALID, path, "torch.optim.%s, which torch_adam selects, takes no %s "
+                            "(DeepSpeed stops with a TypeError there); remove %s or torch_adam",
+                            torch_adamw ? "AdamW" : "Adam", pkey, pkey);
             } else if ((adam || lamb) && !strcmp(pkey, "bias_correction")) {
                 if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET)
                     o->bias_correction = b;

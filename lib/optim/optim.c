@@ -109,7 +109,7 @@ ds_status ds_optimizer_init_range(ds_optimizer *o, const ds_optimizer_config *cf
         }
         return DS_OK;
     case DS_OPTIM_SGD:
-        if (cfg->momentum != 0 && !(o->m = state_alloc(o, err)))
+        if ((cfg->momentum != 0 || cfg->momentum_cycled) && !(o->m = state_alloc(o, err)))
             goto fail;
         return DS_OK;
     case DS_OPTIM_USER:
@@ -151,8 +151,15 @@ ds_status ds_optimizer_step(ds_optimizer *o, float *params, const float *grads, 
     case DS_OPTIM_SGD: {
         ds_sgd_args a = {.lr = lr, .momentum = (float)c->momentum, .dampening = (float)c->dampening,
                          .weight_decay = (float)c->weight_decay, .nesterov = c->nesterov,
-                         .first_step = o->step == 0, .grad_scale = grad_scale, .pw = pw, .round = round, .pw16 = pw16};
+                         .first_step = !o->momentum_started, .grad_scale = grad_scale, .pw = pw, .round = round,
+                         .pw16 = pw16};
+        if (c->momentum != 0 && !o->m) /* a momentum the buffer was not made for (cannot happen via the engine) */
+            return ds_error_set(err, DS_ERR_INVALID, "SGD: momentum %g, but the optimizer was set up without a "
+                                "momentum buffer (momentum 0 and not cycled)", c->momentum);
         st = be->ops->sgd_step(be, params, grads, o->m, o->n, &a);
+        /* torch: buf = d on the first update with momentum, whenever that comes */
+        if (st == DS_OK && c->momentum != 0)
+            o->momentum_started = 1;
         break;
     }
     case DS_OPTIM_ADAM:
@@ -317,11 +324,13 @@ ds_status ds_loss_scaler_update(ds_loss_scaler *s, int overflow, ds_error *err)
         return DS_OK;
     if (overflow) {
         if (s->hysteresis == 1 || s->cur_hysteresis == 1) {
-            if (s->scale <= s->min_scale)
+            /* DeepSpeed compares with ==: a scale below the minimum (initial_scale_power under
+             * min_loss_scale) is raised to the minimum by the max below, not an error */
+            if (s->scale == s->min_scale)
                 return ds_error_set(err, DS_ERR_NUMERIC,
                                     "gradient overflow at the minimum loss scale %g: cannot decrease "
                                     "the scale any more (lower the learning rate, or fp16.min_loss_scale)",
-                                    s->scale);
+                                    s->min_scale);
             s->scale = fmax(s->scale / 2, s->min_scale);
         } else {
             s->cur_hysteresis--;

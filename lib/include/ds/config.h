@@ -34,6 +34,8 @@ typedef struct ds_optimizer_config {
     /* SGD (torch semantics) */
     double momentum, dampening;
     int nesterov;
+    int momentum_cycled; /* set by the engine: a scheduler (OneCycle) changes the momentum, so the
+                            momentum buffer exists from the start even where it starts at 0 */
     /* LAMB (FusedLamb): trust-ratio clamp, eps placement */
     double min_coeff, max_coeff;
     int eps_inside_sqrt;

@@ -56,6 +56,7 @@ typedef struct ds_optimizer {
     ds_backend *be;
     int64_t n;          /* elements of the flat buffers */
     int64_t step;       /* updates applied so far */
+    int momentum_started; /* SGD: an update with momentum has run (the next one need not set buf = d) */
     float *m, *v;       /* Adam/LAMB moments; SGD momentum (m); Adagrad sum (m) */
     const ds_user_optimizer *user;
     float *state[DS_USER_OPTIM_MAX_STATE];
