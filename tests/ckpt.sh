@@ -285,6 +285,7 @@ if what == "dupname": m["params"][1]["name"] = m["params"][0]["name"]
 if what == "overlap": m["params"][1]["offset"] = m["params"][0]["offset"] + 1
 if what == "meta": header(q[1]["file"], lambda h: h["__metadata__"].update(partition="3"))
 if what == "model": header(m["model_file"], lambda h: h.pop(m["params"][0]["name"]))
+if what == "window0": m["loss_scaler"]["scale_window"] = 0
 for k in m["files"]: m["files"][k] = os.path.getsize(os.path.join(d, k))
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 with open(os.path.join(d, "SHA256SUMS"), "w") as f:
@@ -301,6 +302,17 @@ for w in "dupfile:both name file" "dupname:appears twice" "overlap:overlap in th
 done
 [ -z "$bad" ] && ok "verify and convert refuse files that contradict the manifest (a partition file twice, a name twice, overlapping tensors, a partition's header, a missing model tensor)" \
     || notok "contradictions:$bad $(head -c 200 err.py)"
+# a loss scaler that cannot run (scale_window 0, re-signed) is refused on load, naming the values
+z0=${ZERO_STAGES%% *}
+if [ -d "z$z0-fp16-1-r" ]; then
+    cfg 4 "$FP16" "$z0" 1 > ls.json
+    python3 resign.py "z$z0-fp16-1-r" ls-window0 window0 2>err.py
+    run 1 drop.json --config ls.json --data text.txt --quiet --steps 22 --load ls-window0 >/dev/null 2>err
+    rc=$?
+    [ $rc != 0 ] && grep -q "loss scaler state out of range: expected scale_window >= 1.*found 0" err \
+        && ok "a checkpoint whose loss scaler has scale_window 0 is refused (exit $rc), naming it" \
+        || notok "scale_window 0: exit $rc: $(head -c 300 err) $(head -c 200 err.py)"
+fi
 mkdir full
 if mount -t tmpfs -o size=1m tmpfs full 2>/dev/null; then
     MNT=$T/full
