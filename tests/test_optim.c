@@ -356,7 +356,9 @@ Test(fp16_engine, overflow_skips_the_step_and_halves_the_scale)
 {
     ds_engine *e = engine("{\"train_micro_batch_size_per_gpu\": 8, \"gradient_clipping\": 1.0, "
                           "\"fp16\": {\"enabled\": true, \"initial_scale_power\": 10, \"hysteresis\": 1, "
-                          "\"loss_scale_window\": 100}}", NULL, 0, DS_OK, NULL, 0);
+                          "\"loss_scale_window\": 100}, \"scheduler\": {\"type\": \"WarmupLR\", \"params\": "
+                          "{\"warmup_min_lr\": 0.0001, \"warmup_max_lr\": 0.001, \"warmup_num_steps\": 10}}}",
+                          NULL, 0, DS_OK, NULL, 0);
     ds_error err = {0};
     cr_assert_eq(ds_engine_precision(e), DS_PREC_FP16);
     cr_assert_eq(ds_engine_loss_scale(e), 1024.0);
@@ -365,11 +367,18 @@ Test(fp16_engine, overflow_skips_the_step_and_halves_the_scale)
     cr_assert(ds_engine_was_step_applied(e));
     int64_t n;
     float *before = param0(e, &n);
+    ds_engine_scalars s0, s1;
+    ds_engine_get_scalars(e, &s0);
     fwd_bwd(e, 1);
     inject_inf(e);
     cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
     cr_assert(!ds_engine_was_step_applied(e));
     cr_assert_eq(ds_engine_skipped_steps(e), 1);
+    /* DeepSpeed: no scheduler step and no optimizer step (Adam's bias-correction count) */
+    ds_engine_get_scalars(e, &s1);
+    cr_assert_eq(s1.optimizer_step, s0.optimizer_step, "a skipped step counted as an update");
+    cr_assert_eq(s1.sched_iter, s0.sched_iter, "a skipped step advanced the scheduler");
+    cr_assert_eq(s1.lr, s0.lr, "the lr moved on a skipped step (%g -> %g)", s0.lr, s1.lr);
     cr_assert_eq(ds_engine_global_steps(e), 2, "a skipped step still counts");
     cr_assert_eq(ds_engine_last_step_loss_scale(e), 1024.0);
     cr_assert_eq(ds_engine_loss_scale(e), 512.0);
@@ -387,6 +396,43 @@ Test(fp16_engine, overflow_skips_the_step_and_halves_the_scale)
     free(after);
     free(later);
     ds_engine_destroy(e);
+}
+
+/* A step after which the scale grows is unscaled by the scale its backward used, not by the
+ * grown one: fp16 with loss_scale_window 1 (the scale doubles after every good step) and with a
+ * window that never comes take the same SGD updates up to fp16 rounding of the gradients; an
+ * update divided by the grown scale would be half as large. */
+Test(fp16_engine, a_growth_step_unscales_by_the_scale_it_used)
+{
+    const char *cfg = "{\"train_micro_batch_size_per_gpu\": 8, \"optimizer\": {\"type\": \"SGD\", \"params\": "
+                      "{\"lr\": 0.1}}, \"fp16\": {\"enabled\": true, \"initial_scale_power\": 8, "
+                      "\"loss_scale_window\": %d}}";
+    char ca[400], cb[400];
+    snprintf(ca, sizeof ca, cfg, 1);
+    snprintf(cb, sizeof cb, cfg, 1000);
+    ds_engine *a = engine(ca, NULL, 0, DS_OK, NULL, 0), *b = engine(cb, NULL, 0, DS_OK, NULL, 0);
+    ds_error err = {0};
+    int64_t n;
+    for (int k = 0; k < 3; k++) {
+        float *pa = param0(a, &n), *pb = param0(b, &n);
+        fwd_bwd(a, k);
+        fwd_bwd(b, k);
+        cr_assert_eq(ds_engine_step(a, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_step(b, &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(ds_engine_last_step_loss_scale(a), 256.0 * (1 << k), "step %d used scale %g", k + 1,
+                     ds_engine_last_step_loss_scale(a));
+        float *qa = param0(a, &n), *qb = param0(b, &n);
+        double db = 0, dd = 0;
+        for (int64_t i = 0; i < n; i++) {
+            db += fabs((double)qb[i] - pb[i]);
+            dd += fabs(((double)qa[i] - pa[i]) - ((double)qb[i] - pb[i]));
+        }
+        cr_assert(db > 0 && dd <= 1e-2 * db, "step %d: updates differ by %.3g of %.3g (scale %g against %g)", k + 1, dd,
+                  db, ds_engine_last_step_loss_scale(a), ds_engine_last_step_loss_scale(b));
+        free(pa), free(pb), free(qa), free(qb);
+    }
+    ds_engine_destroy(a);
+    ds_engine_destroy(b);
 }
 
 /* forward loss of e on x (labels of seed 0), one micro-batch */
