@@ -68,8 +68,14 @@ is clamped to min_coeff at every step; c starts huge (std 50), clamped to
 max_coeff at every step; b starts at exactly zero, so at step 1 its weight
 norm is 0 and its coeff is 1 by the "a norm is zero" rule, unclamped later;
 the script asserts all of this); lamb_eps_inside (eps_inside_sqrt true,
-eps 1e-3: denom = sqrt(v + eps)).  Lamb's m and v are not bias-corrected;
+eps 1e-3: denom = sqrt(v + eps)); lamb_nobias (bias_correction false:
+step_size = lr).  Lamb's m and v are not bias-corrected;
 step_size = lr sqrt(1 - b2^t) / (1 - b1^t).
+
+adamw_eps (eps 1e-2, where the gradients' sqrt(v) is 0.05 to 5: eps added
+after the bias-corrected sqrt(v), as torch, moves the updates far more than
+the tolerance from eps inside the sqrt or before the correction) and sgd_wd
+(SGD without momentum, weight decay 0.01) use torch.optim as the others.
 """
 
 import argparse
@@ -128,6 +134,16 @@ CASES = [
         "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-3, "weight_decay": 0.01,
         "eps_inside_sqrt": True}},
      1.0, (1.0, 0.5, 1.0), 110),
+    ("adamw_eps", {"type": "AdamW", "params": {
+        "lr": 1e-2, "betas": [0.9, 0.99], "eps": 1e-2, "weight_decay": 0.1}},
+     1.0, (1.0, 0.5, 1.0), 111),
+    ("sgd_wd", {"type": "SGD", "params": {
+        "lr": 0.1, "weight_decay": 0.01}},
+     1.0, (1.0, 0.5, 1.0), 112),
+    ("lamb_nobias", {"type": "Lamb", "params": {
+        "lr": 1e-2, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01,
+        "bias_correction": False}},
+     1.0, (1.0, 0.5, 1.0), 113),
 ]
 
 FUSED_DEFAULTS = {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0,

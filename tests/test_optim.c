@@ -723,6 +723,9 @@ Test(optimizers, adagrad) { check_case("adagrad"); }
 Test(optimizers, lamb) { check_case("lamb"); }
 Test(optimizers, lamb_trust_ratio_clamped) { check_case("lamb_clamp"); }
 Test(optimizers, lamb_eps_inside_sqrt) { check_case("lamb_eps_inside"); }
+Test(optimizers, adamw_eps_after_the_corrected_sqrt) { check_case("adamw_eps"); }
+Test(optimizers, sgd_weight_decay_without_momentum) { check_case("sgd_wd"); }
+Test(optimizers, lamb_without_bias_correction) { check_case("lamb_nobias"); }
 
 /* The 16-bit write of the working weights (pw16, store16's weights) on sizes that cross the
  * optimizers' thread split and chunks: every built-in optimizer, both formats, 3 threads, two
