@@ -1364,8 +1364,15 @@ int main(int argc, char **argv)
         if (!applied && rank == 0 && !a.quiet) {
             if (tty)
                 printf("\r\033[K");
-            printf("step %lld: overflow, loss scale %.17g -> %.17g, step skipped\n", (long long)step,
-                   ds_engine_last_step_loss_scale(eng), ds_engine_loss_scale(eng));
+            /* an overflow the hysteresis absorbed leaves the scale: say what it used up */
+            ds_engine_scalars sc;
+            ds_engine_get_scalars(eng, &sc);
+            char hyst[64] = "";
+            if (sc.scaler.dynamic && ds_engine_last_step_loss_scale(eng) == ds_engine_loss_scale(eng))
+                snprintf(hyst, sizeof hyst, " (hysteresis %d -> %d)", sc.scaler.cur_hysteresis + 1,
+                         sc.scaler.cur_hysteresis);
+            printf("step %lld: overflow, loss scale %.17g -> %.17g%s, step skipped\n", (long long)step,
+                   ds_engine_last_step_loss_scale(eng), ds_engine_loss_scale(eng), hyst);
             fflush(stdout);
         }
         if (rundb && (st = record_step(rundb, eng, step, ms, (step % print_every == 0), &err)) != DS_OK) {

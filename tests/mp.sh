@@ -195,6 +195,11 @@ echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true, "initial_s
 rc=$?
 [ $rc = 1 ] && grep -q 'step 1: gradient overflow at the minimum loss scale 2' err.min \
     && ok "overflow at the minimum loss scale: exit 1 with DeepSpeed's reason" || notok "min scale: exit $rc: $(cat err.min)"
+# an overflow the hysteresis absorbs (hysteresis 2) leaves the scale and says so
+echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true, "initial_scale_power": 8, "hysteresis": 2}}' > hy.json
+"$B/ds-train" "$S/share/configs/gpt-tiny.json" --config hy.json --data $data --steps 3 --inject-grad-inf 2 >out.hy 2>err.hy &&
+    grep -q "step 2: overflow, loss scale 256 -> 256 (hysteresis 2 -> 1), step skipped" out.hy \
+    && ok "hysteresis 2: the absorbed overflow's line says so" || notok "absorbed overflow: $(grep overflow out.hy) $(head -c 300 err.hy)"
 # a static scale below 1 prints as it is in the overflow line and the JSON log
 echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true, "loss_scale": 0.5}}' > half.json
 if "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config half.json --data $data --steps 3 --inject-grad-inf 2 \

@@ -1052,6 +1052,9 @@ Test(precision, fp16_keys_and_defaults)
     cr_expect_eq(c.fp16.consecutive_hysteresis, 1);
     cr_expect_eq(c.fp16.min_loss_scale, 0.25);
     ds_config_free(&c);
+    load_ok(&c, TB8("\"fp16\": {\"enabled\": true, \"initial_scale_power\": -2}"), 1); /* 2**-2, as DeepSpeed */
+    cr_expect_eq(c.fp16.initial_scale_power, -2);
+    ds_config_free(&c);
     load_ok(&c, TB8("\"fp16\": {\"enabled\": false, \"loss_scale\": 0}"), 1);
     cr_expect_eq(c.precision, DS_PREC_FP32);
     ds_config_free(&c);
@@ -1072,7 +1075,7 @@ Test(precision, bad_values_name_the_key)
     load_fails(TB8("\"fp16\": {\"loss_scale\": -1}"), 1, 0, DS_ERR_INVALID,
                "ds.json: fp16.loss_scale: expected a number >= 0 (0: dynamic scaling), found -1", NULL);
     load_fails(TB8("\"fp16\": {\"initial_scale_power\": 200}"), 1, 0, DS_ERR_INVALID,
-               "fp16.initial_scale_power: expected an integer in [0, 100], found 200", NULL);
+               "fp16.initial_scale_power: expected an integer in [-100, 100], found 200", NULL);
     load_fails(TB8("\"fp16\": {\"loss_scale_window\": 0}"), 1, 0, DS_ERR_INVALID,
                "fp16.loss_scale_window: expected an integer in [1,", NULL);
     load_fails(TB8("\"fp16\": {\"hysteresis\": 0.5}"), 1, 0, DS_ERR_INVALID,
@@ -1132,6 +1135,11 @@ Test(optimizer, lamb_and_adagrad)
                "optimizer.params: unknown key \"betas\" for Adagrad", NULL);
     load_fails(OPT("Adagrad", "\"maximize\": true"), 1, 0, DS_ERR_UNSUPPORTED,
                "optimizer.params.maximize=true is not supported yet", NULL);
+    load_fails(OPT("SGD", "\"lr\": 0.1, \"maximize\": true"), 1, 0, DS_ERR_UNSUPPORTED,
+               "optimizer.params.maximize=true is not supported yet", NULL);
+    load_ok(&c, OPT("SGD", "\"lr\": 0.1, \"maximize\": false, \"foreach\": true, \"differentiable\": false"), 1);
+    cr_expect_eq(c.optimizer.type, DS_OPTIM_SGD);
+    ds_config_free(&c);
     load_fails(OPT("MyOpt", "\"lr\": 0.1"), 1, 0, DS_ERR_INVALID,
                "optimizer.type: \"MyOpt\" is not a supported DeepSpeed optimizer", NULL);
 }

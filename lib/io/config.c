@@ -1162,7 +1162,7 @@ static ds_status read_precision(rd *r, const char *path, json_object *v, int bf1
             }
         } else if (!bf16 && !strcmp(key, "initial_scale_power")) {
             i = ls->initial_scale_power;
-            st = int_in(r, p, val, 0, 100, &i);
+            st = int_in(r, p, val, -100, 100, &i); /* DeepSpeed takes 2**power, negative too */
             ls->initial_scale_power = (int)i;
         } else if (!bf16 && !strcmp(key, "loss_scale_window")) {
             st = int_in(r, p, val, 1, INT64_MAX, &ls->loss_scale_window);
@@ -1228,7 +1228,8 @@ static const field ADAM_PARAMS[] = {
     N("lr"), N("betas"), N("eps"), N("weight_decay"), N("adam_w_mode"), N("bias_correction"),
     N("torch_adam"), N("amsgrad"), N("set_grad_none"), END};
 static const field SGD_PARAMS[] = {
-    N("lr"), N("momentum"), N("dampening"), N("weight_decay"), N("nesterov"), END};
+    N("lr"), N("momentum"), N("dampening"), N("weight_decay"), N("nesterov"), N("maximize"),
+    N("foreach"), N("differentiable"), N("fused"), END};
 static const field LAMB_PARAMS[] = {
     N("lr"), N("betas"), N("eps"), N("weight_decay"), N("bias_correction"), N("eps_inside_sqrt"),
     N("max_coeff"), N("min_coeff"), N("amsgrad"), END};
@@ -1468,10 +1469,10 @@ static ds_status read_optimizer(rd *r, json_object *v)
                 st = opt_num(r, path, pkey, pval, &o->lr_decay, &s, autos, sizeof autos);
             else if (adagrad && !strcmp(pkey, "initial_accumulator_value"))
                 st = opt_num(r, path, pkey, pval, &o->initial_accumulator_value, &s, autos, sizeof autos);
-            else if (adagrad && (!strcmp(pkey, "foreach") || !strcmp(pkey, "differentiable") ||
-                                 !strcmp(pkey, "fused"))) {
+            else if ((adagrad || sgd) && (!strcmp(pkey, "foreach") || !strcmp(pkey, "differentiable") ||
+                                          !strcmp(pkey, "fused"))) {
                 st = get_bool(r, path, pval, &s, &b); /* same math either way */
-            } else if (adagrad && !strcmp(pkey, "maximize")) {
+            } else if ((adagrad || sgd) && !strcmp(pkey, "maximize")) {
                 if ((st = get_bool(r, path, pval, &s, &b)) == DS_OK && s == V_SET && b)
                     st = unsupported(r, path, pval);
             } else if (adam && (!strcmp(pkey, "torch_adam") || !strcmp(pkey, "set_grad_none"))) {
