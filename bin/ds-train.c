@@ -64,8 +64,9 @@ static const char *usage_text =
     "                        rank uses GPU LOCAL_RANK and the ranks talk over NCCL\n"
     "  --backend NAME        cpu, cpu:avx2, cpu:avx512, cpu:generic, cuda or cuda:N (GPU N)\n"
     "  --force               overwrite existing output files\n"
-    "  --inject-grad-inf S[:R]  testing: put +inf in a gradient of rank R (default 0) at optimizer\n"
-    "                        step S, to exercise fp16 overflow handling\n"
+    "  --inject-grad-inf S[:R[:U]]  testing: put +inf in a gradient of rank R (default 0) at\n"
+    "                        optimizer step S, after the backward of its micro-step U (from 0;\n"
+    "                        default the last), to exercise fp16 overflow handling\n"
     "  --summary             print the layer table and exit\n"
     "  --plan                print the bytes each rank would hold with ZeRO stages 0 to 3\n"
     "                        at --world_size N ranks (default 1), and the ZeRO paper's\n"
@@ -89,6 +90,7 @@ typedef struct args {
     int plan;
     int64_t plan_world;
     int inject_rank;
+    int64_t inject_micro; /* -1: the effective batch's last micro-step */
     int seed_set, strict, force, summary, quiet;
     int act_ckpt; /* --checkpoint-activations */
     uint64_t seed;
@@ -227,16 +229,22 @@ static int parse_args(int argc, char **argv, args *a)
         case OPT_LOG: a->log_json = optarg; break;
         case OPT_INJECT: {
             char *end;
-            long long st_ = strtoll(optarg, &end, 10), rk = 0;
+            long long st_ = strtoll(optarg, &end, 10), rk = 0, mu = -1;
             if (*end == ':') {
                 char *e2;
                 rk = strtoll(end + 1, &e2, 10);
                 end = e2 == end + 1 ? end : e2;
+                if (e2 != end + 1 && *end == ':') {
+                    mu = strtoll(end + 1, &e2, 10);
+                    end = e2 == end + 1 || mu < 0 ? end : e2;
+                }
             }
             if (end == optarg || *end || st_ < 1 || rk < 0 || rk > 1000000)
-                return fail_usage("--inject-grad-inf: expected STEP or STEP:RANK (STEP >= 1), found \"%s\"", optarg);
+                return fail_usage("--inject-grad-inf: expected STEP, STEP:RANK or STEP:RANK:MICRO (STEP >= 1, "
+                                  "MICRO from 0), found \"%s\"", optarg);
             a->inject_step = st_;
             a->inject_rank = (int)rk;
+            a->inject_micro = mu;
             break;
         }
         case OPT_PROF_DB: a->prof_db = optarg; break;
@@ -1068,6 +1076,14 @@ int main(int argc, char **argv)
     }
     const int64_t MB = cfg->micro_batch, GAS = cfg->grad_accum, TB = cfg->train_batch_size;
     const int64_t N = ds_dataset_len(ds), T = net->positions;
+    if (a.inject_step && a.inject_micro >= GAS) {
+        fprintf(stderr, "ds-train: --inject-grad-inf %lld:%d:%lld: there is no micro-step %lld in an effective batch of "
+                "%lld (gradient_accumulation_steps; micro-steps count from 0)\n", (long long)a.inject_step,
+                a.inject_rank, (long long)a.inject_micro, (long long)a.inject_micro, (long long)GAS);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        return 2;
+    }
     if (N < TB) {
         fprintf(stderr, "ds-train: %s: %lld samples, fewer than one batch of %lld (train_batch_size)\n",
                 a.data, (long long)N, (long long)TB);
@@ -1285,7 +1301,8 @@ int main(int argc, char **argv)
             double loss;
             if ((st = ds_engine_forward(eng, &b, &loss, &err)) || (st = ds_engine_backward(eng, &err)))
                 rc = 1;
-            else if (a.inject_step == s + 1 && a.inject_rank == rank && u == GAS - 1 &&
+            else if (a.inject_step == s + 1 && a.inject_rank == rank &&
+                     u == (a.inject_micro >= 0 ? a.inject_micro : GAS - 1) &&
                      (st = inject_inf(eng, net, &err)) != DS_OK)
                 rc = 1;
             else if ((st = ds_engine_step(eng, &err)))

@@ -183,6 +183,32 @@ else
     notok "2-rank fp16 job failed: $(head -c 400 err.dp)"
 fi
 
+# The inf put in at the first of 2 micro-steps, so that the second accumulates onto it: in fp16
+# gradient buffers (ZeRO 0) and through ZeRO-2's reductions during backward, 2 ranks; step 3 is
+# skipped on both ranks and only it.
+for z in 0 2; do
+    echo "{\"train_micro_batch_size_per_gpu\": 2, \"gradient_accumulation_steps\": 2, \"optimizer\": {\"type\": \"AdamW\",
+      \"params\": {\"lr\": 0.001}}, \"fp16\": {\"enabled\": true, \"initial_scale_power\": 8, \"hysteresis\": 1}, \"seed\": 3,
+      \"zero_optimization\": {\"stage\": $z}}" > gas$z.json
+    if "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" "$S/share/configs/gpt-tiny.json" \
+        --config gas$z.json --data $data --steps 5 --data-order sequential --inject-grad-inf 3:1:0 \
+        --log-json "gas$z-rank{rank}.jsonl" >out.gas$z 2>err.gas$z &&
+        python3 -c "
+import json, sys
+for k in (0, 1):
+    r = [json.loads(l) for l in open('gas$z-rank%d.jsonl' % k)]
+    s = [x['step'] for x in r if x['skipped']]
+    if s != [3] or [x['loss_scale'] for x in r] != [256.0] * 3 + [128.0] * 2:
+        sys.exit('rank %d: skipped %s, scales %s' % (k, s, [x['loss_scale'] for x in r]))
+" 2>err.gas${z}py; then
+        ok "ZeRO $z, 2 ranks, 2 micro-steps: an inf at the first micro-step of step 3 skips step 3 on both ranks"
+    else notok "ZeRO $z, inf at micro-step 0: $(head -c 300 err.gas${z}py) $(head -c 300 err.gas$z)"; fi
+done
+"$B/ds-train" "$S/share/configs/gpt-tiny.json" --config gas0.json --data $data --steps 2 --inject-grad-inf 1:0:2 >/dev/null 2>err.gasbad
+rc=$?
+[ $rc = 2 ] && grep -q "inject-grad-inf 1:0:2: there is no micro-step 2 in an effective batch of 2" err.gasbad \
+    && ok "--inject-grad-inf past the last micro-step: exit 2 naming it" || notok "micro-step 2: exit $rc: $(cat err.gasbad)"
+
 # Refusals and errors name the key; nothing is half-done.
 echo '{"train_micro_batch_size_per_gpu": 2, "fp16": {"enabled": true}, "bf16": {"enabled": true}}' > both.json
 "$B/ds-train" "$S/share/configs/gpt-tiny.json" --config both.json --data $data --steps 1 >/dev/null 2>err.both
