@@ -1343,8 +1343,10 @@ ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error
     for (int i = 0; i < opts->n_user_optimizers; i++)
         if (e->cfg.optimizer.type == DS_OPTIM_USER && !strcmp(opts->user_optimizers[i].name, e->cfg.optimizer.name))
             user = &opts->user_optimizers[i];
+    /* LAMB's per-tensor sums are added over the ranks only where each holds a partition (ZeRO
+     * 1-3); below that every rank has whole tensors and the same sums */
     if ((st = ds_optimizer_init_range(&e->opt, &e->cfg.optimizer, e->be, tab, e->pbeg, e->pend,
-                                      sum_doubles_over_ranks, e, user, err)) != DS_OK)
+                                      e->zero ? sum_doubles_over_ranks : NULL, e, user, err)) != DS_OK)
         goto fail;
     if ((e->zero >= 2 || (e->zero == 1 && e->cfg.zero.overlap_comm)) && (st = zero2_setup(e, err)) != DS_OK)
         goto fail;
