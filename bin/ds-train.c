@@ -43,7 +43,7 @@ static const char *usage_text =
     "  --init-from FILE      start from these weights (safetensors, by parameter name)\n"
     "  --save-weights FILE   write the trained weights (safetensors) at the end\n"
     "  --save DIR            save a checkpoint (ds-checkpoint(5)) in DIR at the end, and every\n"
-    "                        --save_interval N steps; --keep_last K keeps only the newest K\n"
+    "                        --save_interval N steps; --keep_last K keeps only the last K saved\n"
     "  --load DIR            resume from DIR's latest checkpoint (--tag T: that one); --steps\n"
     "                        still counts from step 0, so the same command finishes a run.\n"
     "                        A DIR without a checkpoint yet starts at step 0\n"

@@ -328,6 +328,24 @@ else
     ok "# SKIP a full disk: mounting a tmpfs is not permitted here"
 fi
 
+# a rewind: resumed from an earlier tag, the run's own save is the newest though its step is
+# lower than the abandoned branch's; a load without a tag, ds-ckpt convert and --keep_last agree
+cfg 8 "" 0 1 > rw.json
+a=(plain.json --config rw.json --data text.txt --quiet)
+if run 1 "${a[@]}" --steps 8 --save rwd --save_interval 4 >/dev/null 2>err &&
+   run 1 "${a[@]}" --steps 6 --load rwd --tag global_step4 --save rwd >/dev/null 2>>err &&
+   run 1 "${a[@]}" --steps 7 --load rwd >out 2>>err && grep -q "resumed from rwd/global_step6 at step 6" out &&
+   "$B/ds-ckpt" convert rwd rw6.safetensors >out2 2>>err && grep -q "global_step6" out2 &&
+   run 1 "${a[@]}" --steps 6 --load rwd --tag global_step4 --save rwk --keep_last 2 >/dev/null 2>>err; then
+    ok "a rewound run's save (step 6, after step 8 was saved) is what --load and convert take next"
+else notok "rewind: $(head -c 300 err) $(cat out 2>/dev/null | head -c 200)"; fi
+# --keep_last keeps the last saves, not the highest steps: 4, 8, 12, then the rewound 5 and 6
+if run 1 "${a[@]}" --steps 12 --save rwp --save_interval 4 >/dev/null 2>err &&
+   run 1 "${a[@]}" --steps 6 --load rwp --tag global_step4 --save rwp --save_interval 1 --keep_last 2 >/dev/null 2>>err &&
+   [ "$(ls rwp | grep global_step | tr '\n' ' ')" = "global_step5 global_step6 " ]; then
+    ok "--keep_last 2 after a rewind keeps the rewound run's two saves (steps 5 and 6), not step 12"
+else notok "keep_last after a rewind: $(ls rwp | tr '\n' ' ') $(head -c 300 err)"; fi
+
 # ---- 5. ds-ckpt inspect, merge, convert; refusals --------------------------------------------------
 "$B/ds-ckpt" inspect z0-fp16-2-r >out 2>&1 && grep -q "global_step20 .*step 20, samples 160.*dp 2, mp 1, zero stage 0, fp16" out \
     && grep -q "h.0.fc.weight .*F32 .*\[128, 32\]" out \
@@ -362,6 +380,14 @@ EOF
 "$B/ds-ckpt" convert $d w-fp32.safetensors >/dev/null 2>err; rc=$?
 [ $rc = 2 ] && grep -q "exists; not overwriting it (use --force)" err && ok "convert refuses to overwrite without --force" \
     || notok "overwrite: rc $rc $(cat err)"
+# a file (or a symbolic link) already where the output is first written is left alone: the
+# output goes through a name of its own, created exclusively
+echo "precious" > keep.txt; echo "mine" > wp.safetensors.part; ln -sf keep.txt wl.safetensors.part
+for o in wp wl; do "$B/ds-ckpt" convert $d $o.safetensors >/dev/null 2>err || notok "convert $o: $(cat err)"; done
+[ "$(cat keep.txt)" = precious ] && [ "$(cat wp.safetensors.part)" = mine ] && [ -L wl.safetensors.part ] &&
+    python3 -c "import json,struct,sys; b=open('wl.safetensors','rb').read(); json.loads(b[8:8+struct.unpack('<Q',b[:8])[0]])" 2>>err \
+    && ok "convert never writes through an existing OUT.part file or symbolic link" \
+    || notok "OUT.part: keep.txt '$(head -c 40 keep.txt)', wp.part '$(head -c 40 wp.safetensors.part)' $(head -c 200 err)"
 # an output that cannot be created: an error naming it (it aborted on a double free)
 "$B/ds-ckpt" convert $d nodir/w.safetensors >/dev/null 2>err; rc=$?
 [ $rc = 1 ] && grep -q "nodir/w.safetensors: cannot create it" err && [ ! -e nodir ] \

@@ -130,7 +130,7 @@ static ds_status out_open(out_file *o, const char *path, ds_error *err)
     struct stat sb; /* only a regular file is ever replaced, never a device node or a directory */
     if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode))
         return ds_error_set(err, DS_ERR_INVALID, "%s: exists and is not a regular file; not replacing it", path);
-    size_t n = strlen(path) + 8;
+    size_t n = strlen(path) + 48;
     o->path = strdup(path);
     o->part = malloc(n);
     if (!o->path || !o->part) {
@@ -139,8 +139,14 @@ static ds_status out_open(out_file *o, const char *path, ds_error *err)
         o->path = o->part = NULL; /* nothing for out_abort to do */
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
-    snprintf(o->part, n, "%s.part", path);
-    o->fd = open(o->part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* a name of this process's own, created exclusively and never through a symbolic link: a
+     * file already there (a leftover, or anybody's) is never truncated or written through */
+    for (int k = 0; k < 100; k++) {
+        snprintf(o->part, n, "%s.part.%ld.%d", path, (long)getpid(), k);
+        o->fd = open(o->part, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (o->fd >= 0 || errno != EEXIST)
+            break;
+    }
     if (o->fd < 0) {
         ds_error_set(err, DS_ERR_IO, "%s: cannot create it (as %s first): %s", path, o->part, strerror(errno));
         free(o->path);
@@ -1019,6 +1025,75 @@ ds_status ds_ckpt_list(const char *dir, char ***tags, int *n, char ***leftovers,
     return DS_OK;
 }
 
+/* A tag's global_steps and save_seq (the commit order: one more than the largest in DIR when it
+ * was saved; -1 in checkpoints from before the field, -1 steps where unreadable). */
+static void tag_order(const char *dir, const char *tag, int64_t *step, int64_t *seq)
+{
+    *step = *seq = -1;
+    char *m = path_join(dir, tag), *mp = m ? path_join(m, MANIFEST) : NULL, *txt;
+    ds_error ignore = {0};
+    if (mp && read_text(mp, &txt, 64u << 20, &ignore) == DS_OK) {
+        json_object *j = json_tokener_parse(txt);
+        if (j) {
+            jint(j, "global_steps", step);
+            jint(j, "save_seq", seq);
+        }
+        json_object_put(j);
+        free(txt);
+    }
+    free(mp);
+    free(m);
+}
+
+/* tags[n] ordered by commit: save_seq, then global_steps (checkpoints without save_seq come
+ * first, in step order) */
+typedef struct tag_rank {
+    int64_t seq, step;
+    int i;
+} tag_rank;
+
+static int cmp_rank(const void *a, const void *b)
+{
+    const tag_rank *x = a, *y = b;
+    if (x->seq != y->seq)
+        return x->seq < y->seq ? -1 : 1;
+    if (x->step != y->step)
+        return x->step < y->step ? -1 : 1;
+    return x->i - y->i;
+}
+
+static tag_rank *commit_order(const char *dir, char **tags, int n)
+{
+    tag_rank *r = malloc(sizeof *r * (size_t)(n ? n : 1));
+    if (!r)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        tag_order(dir, tags[i], &r[i].step, &r[i].seq);
+        r[i].i = i;
+    }
+    qsort(r, (size_t)n, sizeof *r, cmp_rank);
+    return r;
+}
+
+/* save_seq for a new save into dir: one more than the largest there (0 in an empty dir) */
+static int64_t next_save_seq(const char *dir)
+{
+    char **tags;
+    int n;
+    ds_error ignore = {0};
+    int64_t next = 0;
+    if (ds_ckpt_list(dir, &tags, &n, NULL, NULL, &ignore) != DS_OK)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        int64_t step, seq;
+        tag_order(dir, tags[i], &step, &seq);
+        if (seq + 1 > next)
+            next = seq + 1;
+    }
+    ds_ckpt_free_list(tags, n);
+    return next;
+}
+
 ds_status ds_ckpt_newest(const char *dir, char **tag, ds_error *err)
 {
     *tag = NULL;
@@ -1034,31 +1109,25 @@ ds_status ds_ckpt_newest(const char *dir, char **tag, ds_error *err)
         free(latest);
         return st;
     }
-    const char *pick = n ? tags[n - 1] : NULL;
-    /* steps are sorted ascending; latest wins among tags of the newest step */
-    if (latest && n) {
-        int64_t top = -2, lstep = -1;
-        for (int i = 0; i < n; i++) {
-            char *m = path_join(dir, tags[i]), *mp = m ? path_join(m, MANIFEST) : NULL, *txt;
-            ds_error ignore = {0};
-            int64_t s = -1;
-            if (mp && read_text(mp, &txt, 64u << 20, &ignore) == DS_OK) {
-                json_object *j = json_tokener_parse(txt);
-                if (j)
-                    jint(j, "global_steps", &s);
-                json_object_put(j);
-                free(txt);
-            }
-            free(mp);
-            free(m);
-            if (i == n - 1)
-                top = s;
-            if (!strcmp(tags[i], latest))
-                lstep = s;
-        }
-        if (lstep == top)
-            pick = latest;
+    /* the last committed tag: save_seq says the order of the saves (a rewound run's later save
+     * of a lower step is the newer), global_steps among checkpoints from before it. latest
+     * names it unless a save died between renaming its tag into place and updating latest;
+     * latest wins among tags of the same order */
+    const char *pick = NULL;
+    tag_rank *r = n ? commit_order(dir, tags, n) : NULL;
+    if (n && !r) {
+        free(latest);
+        ds_ckpt_free_list(tags, n);
+        return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     }
+    if (n) {
+        const tag_rank *top = &r[n - 1];
+        pick = tags[top->i];
+        for (int i = 0; latest && i < n; i++)
+            if (!strcmp(tags[r[i].i], latest) && r[i].seq == top->seq && r[i].step == top->step)
+                pick = tags[r[i].i];
+    }
+    free(r);
     if (!pick && latest)
         st = ds_error_set(err, DS_ERR_INVALID, "%s/latest names %s, which is not a checkpoint (no %s/%s/" MANIFEST ")",
                           dir, latest, dir, latest);
@@ -1084,13 +1153,18 @@ ds_status ds_ckpt_prune(const char *dir, int keep, int *deleted, ds_error *err)
         free(latest);
         return st;
     }
-    /* oldest first: delete while more than keep remain; the tag in latest always stays */
+    /* the oldest commits first (save_seq, then global_steps): delete while more than keep
+     * remain; the tag in latest always stays */
+    tag_rank *r = n ? commit_order(dir, tags, n) : NULL;
+    if (n && !r)
+        st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
     int remaining = n;
-    for (int i = 0; i < n && remaining > keep && st == DS_OK; i++) {
-        if (latest && !strcmp(tags[i], latest))
+    for (int j = 0; j < n && remaining > keep && st == DS_OK; j++) {
+        const char *tg = tags[r[j].i];
+        if (latest && !strcmp(tg, latest))
             continue;
-        char *p = path_join(dir, tags[i]), hidden[512];
-        snprintf(hidden, sizeof hidden, ".del.%s", tags[i]);
+        char *p = path_join(dir, tg), hidden[512];
+        snprintf(hidden, sizeof hidden, ".del.%s", tg);
         char *h = path_join(dir, hidden);
         /* rename first: the tag disappears in one step, then its files go */
         if (!p || !h)
@@ -1117,6 +1191,7 @@ ds_status ds_ckpt_prune(const char *dir, int keep, int *deleted, ds_error *err)
         }
     if (d)
         closedir(d);
+    free(r);
     free(latest);
     ds_ckpt_free_list(tags, n);
     return st;
@@ -1432,7 +1507,7 @@ static ds_status write_model_file(ds_engine *e, const char *path, ds_ckpt_file *
 }
 
 static json_object *build_manifest(ds_engine *e, const ds_engine_state_info *info, const char *tag,
-                                   json_object *client, const char *const *pfiles)
+                                   json_object *client, const char *const *pfiles, int64_t save_seq)
 {
     ds_engine_scalars s;
     ds_engine_get_scalars(e, &s);
@@ -1443,6 +1518,7 @@ static json_object *build_manifest(ds_engine *e, const ds_engine_state_info *inf
     json_object_object_add(m, "version", json_object_new_int(DS_CKPT_FORMAT_VERSION));
     json_object_object_add(m, "ds_version", json_object_new_string(DS_VERSION));
     json_object_object_add(m, "tag", json_object_new_string(tag));
+    json_object_object_add(m, "save_seq", json_object_new_int64(save_seq));
     json_object_object_add(m, "global_steps", json_object_new_int64(s.global_steps));
     json_object_object_add(m, "global_samples", json_object_new_int64(s.global_samples));
     json_object_object_add(m, "micro_steps", json_object_new_int64(s.micro_steps));
@@ -1611,7 +1687,7 @@ ds_status ds_engine_save_checkpoint(ds_engine *e, const char *dir, const char *t
     }
     /* 4. rank 0: manifest, SHA256SUMS, fsync, rename to TAG, then latest */
     if (info.rank == 0) {
-        json_object *m = build_manifest(e, &info, tag, client, (const char *const *)names);
+        json_object *m = build_manifest(e, &info, tag, client, (const char *const *)names, next_save_seq(dir));
         json_object *fl = json_object_new_object();
         files[1] = recs[0];
         files[1].name = (char *)MODEL_FILE;
