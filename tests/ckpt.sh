@@ -346,6 +346,17 @@ if run 1 "${a[@]}" --steps 12 --save rwp --save_interval 4 >/dev/null 2>err &&
     ok "--keep_last 2 after a rewind keeps the rewound run's two saves (steps 5 and 6), not step 12"
 else notok "keep_last after a rewind: $(ls rwp | tr '\n' ' ') $(head -c 300 err)"; fi
 
+# the same train batch from another gradient_accumulation_steps, resumed at an odd step: the
+# micro-step count restarts on the new boundaries (it was left mid-batch: one micro-batch made
+# step 4, and the save at step 6 failed)
+cfg 8 "" 0 1 > ga1.json; cfg 4 "" 0 1 > ga2.json
+if run 1 plain.json --config ga1.json --data text.txt --quiet --steps 6 --log-json ga-s.jsonl >/dev/null 2>err &&
+   run 1 plain.json --config ga1.json --data text.txt --quiet --steps 3 --save gak >/dev/null 2>>err &&
+   run 1 plain.json --config ga2.json --data text.txt --quiet --steps 6 --load gak --save gak --log-json ga-b.jsonl >/dev/null 2>>err &&
+   close_losses ga-s.jsonl ga-b.jsonl 4 6 2>>err && [ "$(cat gak/latest)" = global_step6 ]; then
+    ok "resumed at step 3 with 2 micro-steps of 4 instead of 1 of 8: steps 4-6 follow the straight run, and it saves"
+else notok "accumulation changed at an odd step: $(head -c 300 err)"; fi
+
 # ---- 5. ds-ckpt inspect, merge, convert; refusals --------------------------------------------------
 "$B/ds-ckpt" inspect z0-fp16-2-r >out 2>&1 && grep -q "global_step20 .*step 20, samples 160.*dp 2, mp 1, zero stage 0, fp16" out \
     && grep -q "h.0.fc.weight .*F32 .*\[128, 32\]" out \

@@ -1811,6 +1811,14 @@ static ds_status load_local(ds_engine *e, const ds_engine_state_info *info, cons
     s.global_steps = c->global_steps;
     s.global_samples = c->global_samples;
     s.micro_steps = c->micro_steps;
+    /* saved between effective batches; with another gradient_accumulation_steps now (the same
+     * train batch from another micro-batch) the count restarts on this run's boundaries, as
+     * DeepSpeed's, which does not save it */
+    {
+        const int64_t gas = ds_engine_config(e)->grad_accum;
+        if (gas > 0 && s.micro_steps % gas != 0)
+            s.micro_steps = c->global_steps * gas;
+    }
     s.skipped_steps = c->skipped_steps;
     s.optimizer_step = c->optimizer_step;
     int64_t x;
