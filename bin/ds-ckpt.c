@@ -362,6 +362,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "ds-ckpt: %s: exists; not overwriting it (use --force)\n", out);
         return 2; /* as ds-train, ds-lrrt and ds-prof: an existing output is refused before any work */
     }
+    if (!strcmp(cmd, "reshard")) { /* --force replaces a checkpoint, never another directory */
+        ds_error oerr = {0};
+        if (ds_ckpt_check_output_dir(out, &oerr) != DS_OK) {
+            fprintf(stderr, "ds-ckpt: %s\n", oerr.msg);
+            return 2;
+        }
+    }
     ds_ckpt *ck;
     if (open_verified(&ck, dir, tag))
         return 1;

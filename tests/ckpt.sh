@@ -154,6 +154,16 @@ run 2 "${a[@]}" --config w2.json --load four --tag global_step10 --log-json four
     && same_losses one-to-4.jsonl r4.jsonl 0 2>>err && close_losses one.jsonl r4.jsonl 11 20 2>>err \
     && ok "ds-ckpt reshard --dp 4: 4 partition files; resumes on 4 ranks exactly as the original" \
     || notok "reshard: $(head -c 400 err)"
+# reshard --force replaces a checkpoint, never another directory; OUT/ with a trailing slash works
+mkdir -p proj/src && echo "int main;" > proj/src/main.c
+"$B/ds-ckpt" reshard one proj --dp 2 --force >/dev/null 2>err; rc=$?
+[ $rc = 2 ] && [ -f proj/src/main.c ] && grep -q "proj: exists and is not a checkpoint directory" err \
+    && ok "reshard --force over a directory that is not a checkpoint: refused (exit $rc), its files kept" \
+    || notok "reshard --force over proj: exit $rc, $(ls -R proj | head -c 100) $(head -c 200 err)"
+"$B/ds-ckpt" reshard one one-r2/ --dp 2 >/dev/null 2>err && [ "$(ls one-r2/global_step10/ | grep -c optim_states)" = 2 ] &&
+    "$B/ds-ckpt" reshard one-r4 one-r2/ --dp 2 --force >/dev/null 2>>err && ! ls -a | grep -q 'one-r2.*\(tmp\|old\)' \
+    && ok "reshard into OUT/ (a trailing slash), then --force over that checkpoint: done, no leftovers" \
+    || notok "reshard OUT/: $(head -c 300 err) $(ls -a | grep one-r2)"
 # ZeRO-2 with optimizer state partitioned over 4 ranks, resumed on 2 (re-partitioned on load)
 cfg 2 "" 2 4 > z4.json; cfg 4 "" 2 2 > z2.json
 run 4 "${a[@]}" --config z4.json --save zfour --save_interval 10 --log-json zfour.jsonl >/dev/null 2>err

@@ -2021,11 +2021,50 @@ static ds_status copy_file(const char *src, const char *dst, ds_ckpt_file *rec, 
     return st;
 }
 
-ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out, int dp, int force, ds_error *err)
+/* An existing OUT that reshard --force may replace: a checkpoint directory (latest, or a tag
+ * with a manifest) or an empty one; anything else is somebody's, and stays. */
+ds_status ds_ckpt_check_output_dir(const char *out, ds_error *err)
+{
+    struct stat sb;
+    if (lstat(out, &sb) != 0)
+        return DS_OK;
+    if (!S_ISDIR(sb.st_mode))
+        return ds_error_set(err, DS_ERR_INVALID, "%s: exists and is not a directory; not replacing it", out);
+    char *lp = path_join(out, "latest"), **tags = NULL;
+    int n = 0, is_ckpt = lp && stat(lp, &sb) == 0 && S_ISREG(sb.st_mode), empty = 1;
+    free(lp);
+    ds_error ignore = {0};
+    if (!is_ckpt && ds_ckpt_list(out, &tags, &n, NULL, NULL, &ignore) == DS_OK && n > 0)
+        is_ckpt = 1;
+    ds_ckpt_free_list(tags, n);
+    DIR *d = is_ckpt ? NULL : opendir(out);
+    struct dirent *de;
+    while (d && (de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+            empty = 0;
+    if (d)
+        closedir(d);
+    if (!is_ckpt && !empty)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: exists and is not a checkpoint directory (no latest, no tag "
+                            "with " MANIFEST "); not replacing it, even with --force", out);
+    return DS_OK;
+}
+
+ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out_arg, int dp, int force, ds_error *err)
 {
     if (dp < 1 || dp > 1 << 16)
         return ds_error_set(err, DS_ERR_INVALID, "reshard: --dp %d: expected 1 .. 65536", dp);
+    /* OUT without trailing slashes: its temporary and set-aside names are siblings of it */
+    char out[4096];
+    size_t ol = strlen(out_arg);
+    if (ol >= sizeof out)
+        return ds_error_set(err, DS_ERR_INVALID, "reshard: %s: path too long", out_arg);
+    memcpy(out, out_arg, ol + 1);
+    while (ol > 1 && out[ol - 1] == '/')
+        out[--ol] = 0;
     ds_status st = check_out(out, force, err);
+    if (st == DS_OK)
+        st = ds_ckpt_check_output_dir(out, err);
     if (st != DS_OK)
         return st;
     /* everything goes to OUT.tmp.PID first; OUT appears (or is replaced) by renames at the end */

@@ -66,9 +66,10 @@ typedef struct ds_ckpt {
 
 /* The tag DIR/latest names (malloc'ed), or *tag = NULL and DS_OK when there is no DIR/latest. */
 ds_status ds_ckpt_latest(const char *dir, char **tag, ds_error *err);
-/* The checkpoint a resume takes: the newest tag of DIR by global step (the one latest names
- * when it is among the newest). Newer than latest only when a save was interrupted after its
- * tag directory was committed and before latest was rewritten. *tag = NULL: none. */
+/* The checkpoint a resume takes: the last saved tag of DIR (by the manifests' save_seq, then
+ * global step; the one latest names when it is among the last). Later than latest only when a
+ * save was interrupted after its tag directory was committed and before latest was rewritten.
+ * *tag = NULL: none. */
 ds_status ds_ckpt_newest(const char *dir, char **tag, ds_error *err);
 /* The tags of DIR that hold a manifest.json, oldest step first (malloc'ed array of malloc'ed
  * strings), and the names of leftover temporary directories of interrupted saves. */
@@ -103,7 +104,11 @@ ds_status ds_ckpt_export(ds_ckpt *c, const char *out, ds_dtype dtype, int with_o
  * data-parallel ranks under the partition rule; resumable on dp ranks (and, like any
  * checkpoint, on any other count). */
 ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out, int dp, int force, ds_error *err);
-/* Delete all but the newest keep complete tags of dir (never the one latest names). */
+/* Whether reshard may replace out (with force): absent, an empty directory or a checkpoint
+ * directory (a latest file, or a tag with a manifest); DS_ERR_INVALID naming it otherwise. */
+ds_status ds_ckpt_check_output_dir(const char *out, ds_error *err);
+/* Delete all but the last keep saved complete tags of dir (save_seq order, as ds_ckpt_newest;
+ * never the one latest names). */
 ds_status ds_ckpt_prune(const char *dir, int keep, int *deleted, ds_error *err);
 
 #ifdef __cplusplus
