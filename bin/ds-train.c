@@ -725,6 +725,32 @@ static int check_save_dir(const char *dir)
             return -1;
         }
         char f[4200], why[4400];
+        /* a save rewrites DIR/latest: it must be a checkpoint's, naming one of DIR's tags */
+        snprintf(f, sizeof f, "%s/latest", dir);
+        if (lstat(f, &sb) == 0) {
+            char *tag = NULL;
+            ds_error lerr = {0};
+            if (!S_ISREG(sb.st_mode)) {
+                fprintf(stderr, "ds-train: --save %s: %s exists and is not a file; a checkpoint directory's latest "
+                        "is a file naming its newest tag\n", dir, f);
+                return -1;
+            }
+            if (ds_ckpt_latest(dir, &tag, &lerr) != DS_OK || !tag) {
+                fprintf(stderr, "ds-train: --save %s: %s is not a checkpoint's latest (%s); a save would replace "
+                        "it: save into another directory\n", dir, f, lerr.msg[0] ? lerr.msg : "empty");
+                free(tag);
+                return -1;
+            }
+            char m[4400];
+            snprintf(m, sizeof m, "%s/%s/manifest.json", dir, tag);
+            if (stat(m, &sb) != 0) {
+                fprintf(stderr, "ds-train: --save %s: %s names \"%s\", but there is no %s; a save would replace "
+                        "that latest: save into another directory\n", dir, f, tag, m);
+                free(tag);
+                return -1;
+            }
+            free(tag);
+        }
         snprintf(f, sizeof f, "%s/x", dir);
         if (outcheck_folder(f, why, sizeof why) == 0) /* files can be made in it */
             return 0;

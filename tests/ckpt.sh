@@ -356,6 +356,16 @@ if run 1 "${a[@]}" --steps 12 --save rwp --save_interval 4 >/dev/null 2>err &&
     ok "--keep_last 2 after a rewind keeps the rewound run's two saves (steps 5 and 6), not step 12"
 else notok "keep_last after a rewind: $(ls rwp | tr '\n' ' ') $(head -c 300 err)"; fi
 
+cfg 8 "" 0 1 > ga1.json
+# --save into a directory whose latest is not a checkpoint's (a user's file, a folder): refused
+# before training, the file kept
+mkdir -p notes notes2/latest && echo "my notes" > notes/latest
+run 1 plain.json --config ga1.json --data text.txt --quiet --steps 1 --save notes >/dev/null 2>err; rc=$?
+run 1 plain.json --config ga1.json --data text.txt --quiet --steps 1 --save notes2 >/dev/null 2>err2; rc2=$?
+[ $rc = 2 ] && [ $rc2 = 2 ] && [ "$(cat notes/latest)" = "my notes" ] && grep -q 'notes/latest names "my notes", but there is no' err &&
+    grep -q "notes2/latest exists and is not a file" err2 \
+    && ok "--save into a folder with a foreign latest (a file, a folder): exit 2 before training, the file kept" \
+    || notok "--save foreign latest: $rc $rc2 $(head -c 200 err) $(head -c 200 err2)"
 # the same train batch from another gradient_accumulation_steps, resumed at an odd step: the
 # micro-step count restarts on the new boundaries (it was left mid-batch: one micro-batch made
 # step 4, and the save at step 6 failed)
