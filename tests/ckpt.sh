@@ -296,6 +296,10 @@ if what == "overlap": m["params"][1]["offset"] = m["params"][0]["offset"] + 1
 if what == "meta": header(q[1]["file"], lambda h: h["__metadata__"].update(partition="3"))
 if what == "model": header(m["model_file"], lambda h: h.pop(m["params"][0]["name"]))
 if what == "window0": m["loss_scaler"]["scale_window"] = 0
+if what == "lrstr": m["lr_scheduler"]["lr"] = "0.1"
+if what == "seedbad": m["rng"]["seed"] = "abc"
+if what == "dynno": m["loss_scaler"]["dynamic"] = "no"
+if what == "nolr": del m["lr_scheduler"]["lr"]
 for k in m["files"]: m["files"][k] = os.path.getsize(os.path.join(d, k))
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 with open(os.path.join(d, "SHA256SUMS"), "w") as f:
@@ -322,6 +326,18 @@ if [ -d "z$z0-fp16-1-r" ]; then
     [ $rc != 0 ] && grep -q "loss scaler state out of range: expected scale_window >= 1.*found 0" err \
         && ok "a checkpoint whose loss scaler has scale_window 0 is refused (exit $rc), naming it" \
         || notok "scale_window 0: exit $rc: $(head -c 300 err) $(head -c 200 err.py)"
+    # a manifest value of the wrong type, or missing: refused, naming the key and what it found
+    bad=""
+    for w in 'lrstr:lr_scheduler.lr: expected a number, found "0.1"' \
+             'seedbad:rng.seed: expected a decimal integer as a string, found "abc"' \
+             'dynno:loss_scaler.dynamic: expected true or false, found "no"' \
+             'nolr:lr_scheduler.lr: expected a number, found nothing (missing)'; do
+        python3 resign.py "z$z0-fp16-1-r" ls-${w%%:*} ${w%%:*} 2>>err.py
+        run 1 drop.json --config ls.json --data text.txt --quiet --steps 22 --load ls-${w%%:*} >/dev/null 2>err; rc=$?
+        { [ $rc = 2 ] && grep -qF -- "${w#*:}" err; } || bad="$bad [${w%%:*}: exit $rc, $(head -c 200 err)]"
+    done
+    [ -z "$bad" ] && ok "manifest values of the wrong type (a string lr, seed \"abc\", dynamic \"no\") or missing: refused, naming the key" \
+        || notok "manifest types:$bad $(head -c 200 err.py)"
 fi
 mkdir full
 if mount -t tmpfs -o size=1m tmpfs full 2>/dev/null; then

@@ -407,14 +407,6 @@ static int jint(json_object *o, const char *key, int64_t *out)
     return 0;
 }
 
-static double jdouble(json_object *o, const char *key)
-{
-    json_object *v = jget(o, key);
-    if (!v || json_object_is_type(v, json_type_null))
-        return NAN;
-    return json_object_get_double(v);
-}
-
 static const char *jstr(json_object *o, const char *key)
 {
     json_object *v = jget(o, key);
@@ -1769,6 +1761,140 @@ static ds_status check_compatible(ds_engine *e, const ds_engine_state_info *info
     return DS_OK;
 }
 
+/* ---- the manifest's scalars, strictly typed: a wrong type or a missing key names the key ---- */
+
+typedef struct mread {
+    const ds_ckpt *c;
+    ds_error *err;
+    ds_status st;
+} mread;
+
+/* o[key]: *present says whether the key is there (json-c gives a JSON null as NULL) */
+static json_object *mget(json_object *o, const char *key, int *present)
+{
+    json_object *v = NULL;
+    *present = o && json_object_is_type(o, json_type_object) && json_object_object_get_ex(o, key, &v);
+    return v;
+}
+
+static void mbad(mread *r, const char *key, const char *want, json_object *v, int present)
+{
+    if (r->st != DS_OK)
+        return;
+    r->st = ds_error_set(r->err, DS_ERR_INVALID, "%s/" MANIFEST ": %s: expected %s, found %s", r->c->path, key, want,
+                         v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN)
+                           : present ? "null" : "nothing (missing)");
+}
+
+/* a number (null: NaN where nullable, as the writer stores a non-finite value) */
+static double mnum(mread *r, json_object *o, const char *blk, const char *key, int nullable)
+{
+    int present;
+    json_object *v = mget(o, key, &present);
+    char path[160];
+    snprintf(path, sizeof path, "%s%s%s", blk, *blk ? "." : "", key);
+    if (present && !v && nullable)
+        return NAN;
+    if (!v || !(json_object_is_type(v, json_type_double) || json_object_is_type(v, json_type_int))) {
+        mbad(r, path, nullable ? "a number or null" : "a number", v, present);
+        return NAN;
+    }
+    return json_object_get_double(v);
+}
+
+static int64_t mint(mread *r, json_object *o, const char *blk, const char *key)
+{
+    int present;
+    json_object *v = mget(o, key, &present);
+    char path[160];
+    snprintf(path, sizeof path, "%s.%s", blk, key);
+    if (!v || !json_object_is_type(v, json_type_int)) {
+        mbad(r, path, "an integer", v, present);
+        return 0;
+    }
+    return json_object_get_int64(v);
+}
+
+static int mbool(mread *r, json_object *o, const char *blk, const char *key)
+{
+    int present;
+    json_object *v = mget(o, key, &present);
+    char path[160];
+    snprintf(path, sizeof path, "%s.%s", blk, key);
+    if (!v || !json_object_is_type(v, json_type_boolean)) {
+        mbad(r, path, "true or false", v, present);
+        return 0;
+    }
+    return json_object_get_boolean(v);
+}
+
+/* The engine state the checkpoint holds, into *s (the engine's own scalars, then the
+ * manifest's), every key checked; then what ds_engine_set_scalars would check. Nothing of
+ * the engine changes. */
+static ds_status manifest_scalars(ds_engine *e, const ds_engine_state_info *info, const ds_ckpt *c,
+                                  ds_engine_scalars *s, ds_error *err)
+{
+    ds_engine_get_scalars(e, s);
+    mread r = {c, err, DS_OK};
+    json_object *m = c->manifest, *ls = jget(m, "loss_scaler"), *sch = jget(m, "lr_scheduler"),
+                *rng = jget(m, "rng");
+    s->global_steps = c->global_steps;
+    s->global_samples = c->global_samples;
+    s->micro_steps = c->micro_steps;
+    /* saved between effective batches; with another gradient_accumulation_steps now (the same
+     * train batch from another micro-batch) the count restarts on this run's boundaries, as
+     * DeepSpeed's, which does not save it */
+    const int64_t gas = ds_engine_config(e)->grad_accum;
+    if (gas > 0 && s->micro_steps % gas != 0)
+        s->micro_steps = c->global_steps * gas;
+    s->skipped_steps = c->skipped_steps;
+    s->optimizer_step = c->optimizer_step;
+    if (!ls || !json_object_is_type(ls, json_type_object))
+        mbad(&r, "loss_scaler", "an object", ls, ls != NULL);
+    /* the loss scaler belongs to the precision: a checkpoint of another one keeps ours */
+    if (r.st == DS_OK && !strcmp(c->precision, precision_name(info->precision))) {
+        const char *L = "loss_scaler";
+        s->scaler.dynamic = mbool(&r, ls, L, "dynamic");
+        s->scaler.scale = mnum(&r, ls, L, "cur_scale", 0);
+        s->scaler.min_scale = mnum(&r, ls, L, "min_scale", 0);
+        s->scaler.window = mint(&r, ls, L, "scale_window");
+        s->scaler.hysteresis = (int)mint(&r, ls, L, "hysteresis");
+        s->scaler.cur_hysteresis = (int)mint(&r, ls, L, "cur_hysteresis");
+        s->scaler.consecutive = (int)mint(&r, ls, L, "consecutive_hysteresis");
+        s->scaler.iter = mint(&r, ls, L, "cur_iter");
+        s->scaler.last_overflow_iter = mint(&r, ls, L, "last_overflow_iter");
+        s->last_step_scale = mnum(&r, ls, L, "last_step_scale", 1);
+        s->applied = mbool(&r, ls, L, "last_step_applied");
+    }
+    if (!sch || !json_object_is_type(sch, json_type_object))
+        mbad(&r, "lr_scheduler", "an object", sch, sch != NULL);
+    const char *S = "lr_scheduler";
+    s->sched_iter = mint(&r, sch, S, "last_batch_iteration");
+    s->lr = mnum(&r, sch, S, "lr", 0);
+    s->mom = mnum(&r, sch, S, "mom", 1);
+    s->applied_lr = mnum(&r, sch, S, "last_applied_lr", 1);
+    s->applied_mom = mnum(&r, sch, S, "last_applied_mom", 1);
+    s->last_loss = mnum(&r, m, "", "last_loss", 1);
+    s->grad_norm = mnum(&r, m, "", "global_grad_norm", 1);
+    if (isnan(s->grad_norm))
+        s->grad_norm = -1;
+    json_object *sv = rng ? jget(rng, "seed") : NULL;
+    const char *seed = sv && json_object_is_type(sv, json_type_string) ? json_object_get_string(sv) : NULL;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long sd = seed && *seed >= '0' && *seed <= '9' ? strtoull(seed, &end, 10) : 0;
+    if (!seed || !end || *end || errno)
+        mbad(&r, "rng.seed", "a decimal integer as a string", sv, sv != NULL);
+    else
+        s->seed = sd;
+    if (r.st != DS_OK)
+        return r.st;
+    ds_status st = ds_engine_check_scalars(e, s, err);
+    if (st != DS_OK)
+        ds_error_prefix(err, "%s/" MANIFEST ": ", c->path);
+    return st;
+}
+
 static ds_status load_local(ds_engine *e, const ds_engine_state_info *info, const char *dir,
                             const char *tag, char **client, ds_error *err)
 {
@@ -1788,6 +1914,10 @@ static ds_status load_local(ds_engine *e, const ds_engine_state_info *info, cons
         return st;
     if ((st = check_compatible(e, info, c, err)) != DS_OK)
         goto done;
+    /* the manifest's scalars before any weight: a bad one leaves the engine as it was */
+    ds_engine_scalars s;
+    if ((st = manifest_scalars(e, info, c, &s, err)) != DS_OK)
+        goto done;
     /* the files this rank reads are verified before a byte of them is used */
     for (int r = 0; r < c->partition_world && st == DS_OK; r++)
         if (c->parts[r].begin < info->hold_end && c->parts[r].end > info->hold_begin)
@@ -1804,59 +1934,6 @@ static ds_status load_local(ds_engine *e, const ds_engine_state_info *info, cons
     }
     if (st != DS_OK)
         goto done;
-    ds_engine_scalars s;
-    ds_engine_get_scalars(e, &s);
-    json_object *m = c->manifest, *ls = jget(m, "loss_scaler"), *sch = jget(m, "lr_scheduler"),
-                *rng = jget(m, "rng");
-    s.global_steps = c->global_steps;
-    s.global_samples = c->global_samples;
-    s.micro_steps = c->micro_steps;
-    /* saved between effective batches; with another gradient_accumulation_steps now (the same
-     * train batch from another micro-batch) the count restarts on this run's boundaries, as
-     * DeepSpeed's, which does not save it */
-    {
-        const int64_t gas = ds_engine_config(e)->grad_accum;
-        if (gas > 0 && s.micro_steps % gas != 0)
-            s.micro_steps = c->global_steps * gas;
-    }
-    s.skipped_steps = c->skipped_steps;
-    s.optimizer_step = c->optimizer_step;
-    int64_t x;
-    /* the loss scaler belongs to the precision: a checkpoint of another one keeps ours */
-    if (ls && !strcmp(c->precision, precision_name(info->precision))) {
-        s.scaler.dynamic = json_object_get_boolean(jget(ls, "dynamic"));
-        s.scaler.scale = jdouble(ls, "cur_scale");
-        s.scaler.min_scale = jdouble(ls, "min_scale");
-        if (!jint(ls, "scale_window", &x))
-            s.scaler.window = x;
-        if (!jint(ls, "hysteresis", &x))
-            s.scaler.hysteresis = (int)x;
-        if (!jint(ls, "cur_hysteresis", &x))
-            s.scaler.cur_hysteresis = (int)x;
-        if (!jint(ls, "consecutive_hysteresis", &x))
-            s.scaler.consecutive = (int)x;
-        if (!jint(ls, "cur_iter", &x))
-            s.scaler.iter = x;
-        if (!jint(ls, "last_overflow_iter", &x))
-            s.scaler.last_overflow_iter = x;
-        s.last_step_scale = jdouble(ls, "last_step_scale");
-        s.applied = json_object_get_boolean(jget(ls, "last_step_applied"));
-    }
-    if (!sch || jint(sch, "last_batch_iteration", &s.sched_iter)) {
-        st = ds_error_set(err, DS_ERR_INVALID, "%s/" MANIFEST ": expected lr_scheduler.last_batch_iteration", c->path);
-        goto done;
-    }
-    s.lr = jdouble(sch, "lr");
-    s.mom = jdouble(sch, "mom");
-    s.applied_lr = jdouble(sch, "last_applied_lr");
-    s.applied_mom = jdouble(sch, "last_applied_mom");
-    s.last_loss = jdouble(m, "last_loss");
-    s.grad_norm = jdouble(m, "global_grad_norm");
-    if (isnan(s.grad_norm))
-        s.grad_norm = -1;
-    const char *seed = rng ? jstr(rng, "seed") : NULL;
-    if (seed)
-        s.seed = strtoull(seed, NULL, 10);
     if ((st = ds_engine_set_scalars(e, &s, err)) != DS_OK) {
         ds_error_prefix(err, "%s/" MANIFEST ": ", c->path);
         goto done;

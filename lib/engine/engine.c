@@ -2240,7 +2240,7 @@ void ds_engine_get_scalars(const ds_engine *e, ds_engine_scalars *s)
     s->seed = e->seed;
 }
 
-ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_error *err)
+ds_status ds_engine_check_scalars(const ds_engine *e, const ds_engine_scalars *s, ds_error *err)
 {
     if (!ds_engine_at_boundary(e))
         return ds_error_set(err, DS_ERR_INVALID, "the engine is inside an effective batch (micro-step %lld of %lld)",
@@ -2255,6 +2255,14 @@ ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_err
                             "1 <= cur_hysteresis <= hysteresis, min_scale >= 0 and a finite scale; found %lld, %d, %d, "
                             "%g and %g", (long long)s->scaler.window, s->scaler.cur_hysteresis, s->scaler.hysteresis,
                             s->scaler.min_scale, s->scaler.scale);
+    return DS_OK;
+}
+
+ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_error *err)
+{
+    ds_status st = ds_engine_check_scalars(e, s, err);
+    if (st != DS_OK)
+        return st;
     e->global_steps = s->global_steps;
     e->global_samples = s->global_samples;
     e->micro_steps = s->micro_steps;

@@ -258,6 +258,9 @@ ds_status ds_engine_sync_weights(ds_engine *e, ds_error *err);
 void ds_engine_get_scalars(const ds_engine *e, ds_engine_scalars *s);
 /* Only at an accumulation boundary (no micro-batch of an effective batch taken yet). */
 ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_error *err);
+/* What ds_engine_set_scalars checks, without setting anything (a loader checks before it
+ * writes weights). */
+ds_status ds_engine_check_scalars(const ds_engine *e, const ds_engine_scalars *s, ds_error *err);
 /* 1 between effective batches: where a checkpoint may be saved or loaded. */
 int ds_engine_at_boundary(const ds_engine *e);
 
