@@ -335,6 +335,33 @@ static void data_state(char *buf, size_t n, const args *a, uint64_t seed, int64_
              (unsigned long long)seed, (long long)tb, (long long)(step * tb));
 }
 
+/* After a resume: a warning when the checkpoint's network file (its manifest's "network")
+ * differs from this run's beyond the parameters, which the load matched by name and shape
+ * (other heads, another activation or dropout): the run goes on, as a fine-tuning may mean it. */
+static void network_changed(ds_engine *eng, const char *dir, const char *tag)
+{
+    ds_ckpt *c;
+    ds_error err = {0};
+    if (ds_ckpt_open(&c, dir, tag, &err) != DS_OK)
+        return;
+    char *saved = ds_ckpt_manifest_get(c, "network");
+    ds_ckpt_close(c);
+    const ds_net *net = ds_engine_net(eng);
+    json_object *now = net && net->json_text ? json_tokener_parse(net->json_text) : NULL;
+    const char *cur = now ? json_object_to_json_string_ext(now, JSON_C_TO_STRING_PLAIN) : NULL;
+    if (saved && cur && strcmp(saved, cur) != 0) {
+        size_t k = 0;
+        while (saved[k] && saved[k] == cur[k])
+            k++;
+        size_t from = k > 30 ? k - 30 : 0;
+        fprintf(stderr, "ds-train: warning: --load %s/%s: the checkpoint was saved with another network (the same "
+                "parameter names and shapes): saved ...%.60s..., now ...%.60s...; going on with this one\n", dir, tag,
+                saved + from, cur + from);
+    }
+    json_object_put(now);
+    free(saved);
+}
+
 /* --load: resume (every rank); 0 = go on (*resumed says whether a checkpoint was there). */
 static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, int rank, int *resumed)
 {
@@ -374,6 +401,8 @@ static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb,
     if (rank == 0) /* even with --quiet: where the run goes on from matters */
         printf("resumed from %s/%s at step %lld\n", a->ckpt_load, a->ckpt_tag ? a->ckpt_tag : tag,
                (long long)ds_engine_global_steps(eng));
+    if (rank == 0) /* the parameters match by name and shape; say when the rest of the network does not */
+        network_changed(eng, a->ckpt_load, a->ckpt_tag ? a->ckpt_tag : tag);
     free(tag);
     free(client);
     *resumed = 1;

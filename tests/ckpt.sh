@@ -373,6 +373,13 @@ if run 1 "${a[@]}" --steps 12 --save rwp --save_interval 4 >/dev/null 2>err &&
 else notok "keep_last after a rewind: $(ls rwp | tr '\n' ' ') $(head -c 300 err)"; fi
 
 cfg 8 "" 0 1 > ga1.json
+# a network changed beyond its parameters' names and shapes (8 heads for 4) resumes, with a warning
+run 1 plain.json --config ga1.json --data text.txt --quiet --steps 2 --save nwc >/dev/null 2>err
+sed 's/"heads": 4/"heads": 8/' plain.json > heads8.json
+run 1 heads8.json --config ga1.json --data text.txt --quiet --steps 3 --load nwc >out 2>err; rc=$?
+[ $rc = 0 ] && grep -q "resumed from nwc/global_step2" out && grep -q 'warning: --load nwc/global_step2: the checkpoint was saved with another network.*"heads":4.*"heads":8' err \
+    && ok "a network with other heads (the same parameters) resumes with a warning showing the difference" \
+    || notok "changed network: rc $rc $(head -c 300 err)"
 # --save into a directory whose latest is not a checkpoint's (a user's file, a folder): refused
 # before training, the file kept
 mkdir -p notes notes2/latest && echo "my notes" > notes/latest
