@@ -298,6 +298,10 @@ static int print_schedule(const args *a)
         ds_config_free(&cfg);
         return 2;
     }
+    char note[400];
+    ds_sched_total_note(&s, note, sizeof note);
+    if (note[0])
+        fprintf(stderr, "ds-lrrt: warning: %s: %s\n", a->config, note);
     if (s.type == DS_SCHED_NONE)
         fprintf(stderr, "ds-lrrt: note: %s has no \"scheduler\" block: the lr is the optimizer's throughout\n",
                 a->config);
@@ -308,15 +312,20 @@ static int print_schedule(const args *a)
     switch (cfg.optimizer.type) {
     case DS_OPTIM_SGD: base_mom = cfg.optimizer.momentum; break;
     case DS_OPTIM_ADAM:
-    case DS_OPTIM_ADAMW: base_mom = cfg.optimizer.beta1; break;
+    case DS_OPTIM_ADAMW:
+    case DS_OPTIM_LAMB: base_mom = cfg.optimizer.beta1; break;
     case DS_OPTIM_NONE: break;
     default: has_mom = 0; break;
     }
+    /* as the engine: an optimizer without a momentum gets none cycled (and a warning) */
+    if (!has_mom && s.type == DS_SCHED_ONE_CYCLE && s.cycle_momentum)
+        fprintf(stderr, "ds-lrrt: warning: %s: scheduler.params.cycle_momentum: optimizer %s has no momentum; it "
+                "is not cycled\n", a->config, cfg.optimizer.name);
     printf("step,lr,momentum\n");
     for (int64_t n = 1; n <= a->print_schedule; n++) {
         double lr, mom = base_mom;
-        int cycled = ds_sched_lr(&s, n - 2, &lr, &mom); /* update n uses iteration n - 2 */
-        if (cycled || has_mom)
+        ds_sched_lr(&s, n - 2, &lr, &mom); /* update n uses iteration n - 2 */
+        if (has_mom)
             printf("%lld,%.9g,%.9g\n", (long long)n, lr, mom);
         else
             printf("%lld,%.9g,\n", (long long)n, lr);

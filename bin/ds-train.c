@@ -1153,6 +1153,12 @@ int main(int argc, char **argv)
         ds_engine_destroy(eng);
         return 2;
     }
+    {
+        char note[400];
+        ds_sched_total_note(&ds_engine_config(eng)->scheduler, note, sizeof note);
+        if (note[0] && rank == 0)
+            fprintf(stderr, "ds-train: warning: %s: %s\n", a.config, note);
+    }
     ds_sampler sampler;
     if ((st = ds_sampler_init(&sampler, a.order, a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42), N, &err))) {
         fprintf(stderr, "ds-train: %s\n", err.msg);

@@ -91,6 +91,17 @@ r = list(csv.DictReader(open("decay.csv")))
 want = [0, 0, 0.02, 0.02, 0.015, 0.01]
 assert all(abs(float(x["lr"]) - w) < 1e-12 for x, w in zip(r, want)) and len(r) == 6, [x["lr"] for x in r]
 assert "total_num_steps=the run" in open("err").read()'
+# an optimizer without a momentum: OneCycle cycles none (as ds-train), the column stays empty
+cat > adag.json <<'EOF'
+{"train_batch_size": 4, "optimizer": {"type": "Adagrad", "params": {"lr": 0.1}},
+ "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": 0.01, "cycle_max_lr": 0.05, "cycle_first_step_size": 2}}}
+EOF
+"$L" --config adag.json --print-schedule 3 > adag.csv 2>err
+py "OneCycle with Adagrad: no momentum printed, and the warning ds-train gives" '
+import csv
+r = list(csv.DictReader(open("adag.csv")))
+assert [x["momentum"] for x in r] == ["", "", ""] and len(r) == 3, r
+assert "optimizer Adagrad has no momentum; it is not cycled" in open("err").read()'
 echo '{"train_batch_size": 4, "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": "x"}}}' > bad.json
 expect 2 "bad.json: scheduler.params.warmup_num_steps: expected an integer >= 0, found \"x\"" \
     "a bad scheduler value: exit 2 naming the file and JSON path" -- --config bad.json --print-schedule 3

@@ -201,12 +201,21 @@ Test(sched, auto_values)
     cr_expect_eq(s->warmup_num_steps, 1000);
     int warned = 0;
     for (int i = 0; i < cfg.n_warnings; i++)
-        warned |= strstr(cfg.warnings[i], "\"auto\" values take their defaults") != NULL;
-    cr_expect(warned);
+        warned |= strstr(cfg.warnings[i], "\"auto\" values take their defaults") != NULL &&
+                  strstr(cfg.warnings[i], "warmup_num_steps=1000") != NULL;
+    cr_expect(warned, "the \"auto\" warning does not say warmup_num_steps=1000");
     ds_error e;
     ds_sched_config c = *s;
+    char note[400];
     cr_assert_eq(ds_sched_set_total_steps(&c, 3000, &e), DS_OK);
+    ds_sched_total_note(&c, note, sizeof note);
+    cr_expect_str_eq(note, "");
     NEAR(lr_at(&c, 2000), 0.01); /* (3000 - 2000) / (3000 - 1000) of 0.02 */
+    c = *s; /* an "auto" total under warmup_num_steps: DeepSpeed's warning, once the total is known */
+    cr_assert_eq(ds_sched_set_total_steps(&c, 500, &e), DS_OK);
+    ds_sched_total_note(&c, note, sizeof note);
+    cr_expect(strstr(note, "total_num_steps (\"auto\": the run's 500 steps) is less than warmup_num_steps 1000"),
+              "%s", note);
     c = *s;
     c.type = DS_SCHED_WARMUP_COSINE_LR;
     cr_expect_eq(ds_sched_set_total_steps(&c, 1000, &e), DS_ERR_INVALID);

@@ -154,6 +154,17 @@ ds_status ds_sched_set_total_steps(ds_sched_config *s, int64_t steps, ds_error *
     return DS_OK;
 }
 
+void ds_sched_total_note(const ds_sched_config *s, char *buf, size_t n)
+{
+    if (n)
+        buf[0] = 0;
+    const int64_t W = warmup_steps(s);
+    if (n && s->total_num_steps_auto && s->type == DS_SCHED_WARMUP_DECAY_LR && s->total_num_steps < W)
+        snprintf(buf, n, "scheduler.params.total_num_steps (\"auto\": the run's %lld steps) is less than "
+                 "warmup_num_steps %lld: the lr never reaches warmup_max_lr (DeepSpeed warns too)",
+                 (long long)s->total_num_steps, (long long)W);
+}
+
 /* ---- the "scheduler" block --------------------------------------------------------------- */
 
 typedef struct prd {
@@ -440,7 +451,12 @@ ds_status ds_sched_parse(ds_sched_config *s, json_object *v, const char *file, c
                     return ds_error_set(err, DS_ERR_INVALID,
                                         "%s: %s: \"auto\" cannot be inferred (DeepSpeed has no default "
                                         "for it); give a number", file, path);
-                add_note(autos, sizeof autos, "%s%s", *autos ? ", " : "", key);
+                if (!strcmp(key, "warmup_num_steps")) /* the value matters: say it */
+                    add_note(autos, sizeof autos, "%swarmup_num_steps=%lld (Hugging Face would put its "
+                             "warmup steps there, 0 by default)", *autos ? ", " : "",
+                             (long long)s->warmup_num_steps);
+                else
+                    add_note(autos, sizeof autos, "%s%s", *autos ? ", " : "", key);
                 continue;
             }
             if (!val) {

@@ -62,6 +62,10 @@ void ds_sched_set_base_lr(ds_sched_config *s, double optimizer_lr);
  * meaning). A no-op for a schedule without an "auto" total. Fails when the value does not fit
  * (WarmupCosineLR needs more steps than warmup_num_steps). */
 ds_status ds_sched_set_total_steps(ds_sched_config *s, int64_t steps, ds_error *err);
+/* What the config's check would have warned about an "auto" total_num_steps once it is set
+ * (WarmupDecayLR with fewer steps than warmup_num_steps, as DeepSpeed warns), into buf; ""
+ * when nothing. */
+void ds_sched_total_note(const ds_sched_config *s, char *buf, size_t n);
 
 /* "OneCycle", ... ("none" for DS_SCHED_NONE). */
 const char *ds_sched_name(ds_sched_type type);
