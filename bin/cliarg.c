@@ -1,7 +1,11 @@
 #include "cliarg.h"
 
 #include <errno.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 int cliarg_seed(const char *s, uint64_t *out)
 {
@@ -12,4 +16,30 @@ int cliarg_seed(const char *s, uint64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+/* the message, written by the handler with write(2) (async-signal-safe); set once at startup */
+static char sigbus_text[512];
+static size_t sigbus_len;
+
+static void on_sigbus(int sig)
+{
+    (void)sig;
+    ssize_t w = write(2, sigbus_text, sigbus_len);
+    (void)w;
+    _exit(1);
+}
+
+void cliarg_sigbus_message(const char *prog)
+{
+    int n = snprintf(sigbus_text, sizeof sigbus_text,
+                     "%s: bus error reading a memory-mapped file: a --data file (or a checkpoint being read) was "
+                     "truncated or replaced while %s used it; stopped (the checkpoints already saved are intact)\n",
+                     prog, prog);
+    sigbus_len = n > 0 && (size_t)n < sizeof sigbus_text ? (size_t)n : sizeof sigbus_text - 1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigbus;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, NULL);
 }

@@ -9,4 +9,8 @@
 int cliarg_seed(const char *s, uint64_t *out);
 #define CLIARG_SEED_EXPECTED "an integer from 0 to 18446744073709551615"
 
+/* SIGBUS (a memory-mapped data file truncated while it is read) ends the program with a
+ * message saying so, exit status 1, instead of a bare "Bus error". prog: "ds-train", ... */
+void cliarg_sigbus_message(const char *prog);
+
 #endif

@@ -1123,6 +1123,7 @@ static int sweep(job *j, json_object *root)
 
 int main(int argc, char **argv)
 {
+    cliarg_sigbus_message("ds-lrrt"); /* a data file truncated under its mapping: say so */
     args a;
     int rc = parse_args(argc, argv, &a);
     if (rc >= 0)

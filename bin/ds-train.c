@@ -327,12 +327,14 @@ static int parse_args(int argc, char **argv, args *a)
 
 /* The data loader's position is a function of the global step (sample s*TB+j of the sampler's
  * order), so a checkpoint records what that order depends on, and a resume checks it. */
-static void data_state(char *buf, size_t n, const args *a, uint64_t seed, int64_t tb, int64_t step)
+static void data_state(char *buf, size_t n, const args *a, uint64_t seed, int64_t tb, int64_t samples, int64_t step)
 {
-    /* spelled as libds gives the client state back (json-c's plain form), for the comparison */
+    /* spelled as libds gives the client state back (json-c's plain form), for the comparison;
+     * "samples" (the dataset's length, which the order depends on too) last: checkpoints of
+     * earlier versions end at next_sample */
     snprintf(buf, n, "{\"data\":{\"order\":\"%s\",\"seed\":\"%llu\",\"train_batch_size\":%lld,"
-             "\"next_sample\":%lld}}", a->order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
-             (unsigned long long)seed, (long long)tb, (long long)(step * tb));
+             "\"next_sample\":%lld,\"samples\":%lld}}", a->order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
+             (unsigned long long)seed, (long long)tb, (long long)(step * tb), (long long)samples);
 }
 
 /* After a resume: a warning when the checkpoint's network file (its manifest's "network")
@@ -363,7 +365,8 @@ static void network_changed(ds_engine *eng, const char *dir, const char *tag)
 }
 
 /* --load: resume (every rank); 0 = go on (*resumed says whether a checkpoint was there). */
-static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, int rank, int *resumed)
+static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, int64_t samples, int rank,
+                       int *resumed)
 {
     ds_error err = {0};
     char *tag = NULL, *client = NULL;
@@ -387,7 +390,7 @@ static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb,
         return 2;
     }
     char want[256];
-    data_state(want, sizeof want, a, seed, tb, 0);
+    data_state(want, sizeof want, a, seed, tb, samples, 0);
     const char *have = client ? strstr(client, "\"order\"") : NULL, *w = strstr(want, "\"order\"");
     const char *w_end = strstr(w, ",\"next_sample\""); /* order, seed and batch must match */
     if (have && strncmp(have, w, (size_t)(w_end - w)) != 0) {
@@ -398,6 +401,13 @@ static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb,
         free(client);
         return 2;
     }
+    /* another dataset length: the order (a permutation of the samples) is not the one the run
+     * had; it goes on (data may have been added on purpose), saying so */
+    const char *hs = client ? strstr(client, "\"samples\":") : NULL;
+    if (hs && rank == 0 && strtoll(hs + 10, NULL, 10) != samples)
+        fprintf(stderr, "ds-train: warning: --load %s: the checkpoint's data had %lld samples, %s has %lld: the "
+                "samples from here on are not the ones the saved run would have taken\n", a->ckpt_load,
+                strtoll(hs + 10, NULL, 10), a->data, (long long)samples);
     if (rank == 0) /* even with --quiet: where the run goes on from matters */
         printf("resumed from %s/%s at step %lld\n", a->ckpt_load, a->ckpt_tag ? a->ckpt_tag : tag,
                (long long)ds_engine_global_steps(eng));
@@ -442,12 +452,12 @@ static int ckpt_save_clear(const args *a, int64_t start, int64_t steps)
 }
 
 /* --save: a checkpoint of this step (every rank); rank 0 prunes to --keep_last. */
-static int ckpt_save(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, int rank)
+static int ckpt_save(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, int64_t samples, int rank)
 {
     ds_error err = {0};
     char client[256];
     int64_t step = ds_engine_global_steps(eng);
-    data_state(client, sizeof client, a, seed, tb, step);
+    data_state(client, sizeof client, a, seed, tb, samples, step);
     if (ds_engine_save_checkpoint(eng, a->ckpt_save, NULL, client, &err) != DS_OK) {
         char *tag = NULL;
         ds_error ignore = {0};
@@ -985,6 +995,7 @@ static void print_breakdown(ds_engine *eng, double iter_ms, int world, double pe
 
 int main(int argc, char **argv)
 {
+    cliarg_sigbus_message("ds-train"); /* a data file truncated under its mapping: say so */
     args a;
     /* the command line as typed, for the run database (getopt_long reorders argv) */
     char *typed[256];
@@ -1172,7 +1183,7 @@ int main(int argc, char **argv)
     const uint64_t data_seed = a.seed_set ? a.seed : (cfg->seed_set ? cfg->seed : 42);
     int resumed = 0;
     /* resume; then no checkpoint this run would save may exist already */
-    if ((a.ckpt_load && (rc = ckpt_resume(eng, &a, data_seed, TB, rank, &resumed)) != 0) ||
+    if ((a.ckpt_load && (rc = ckpt_resume(eng, &a, data_seed, TB, N, rank, &resumed)) != 0) ||
         (a.ckpt_save && (rc = ckpt_save_clear(&a, ds_engine_global_steps(eng), steps) ? 2 : 0) != 0)) {
         ds_sampler_free(&sampler);
         ds_dataset_close(ds);
@@ -1484,7 +1495,7 @@ int main(int argc, char **argv)
         if (a.ckpt_save && ((a.ckpt_interval > 0 && step % a.ckpt_interval == 0) || step == steps)) {
             if (tty)
                 printf("\r\033[K");
-            if ((rc = ckpt_save(eng, &a, data_seed, TB, rank)) != 0)
+            if ((rc = ckpt_save(eng, &a, data_seed, TB, N, rank)) != 0)
                 break;
         }
     }

@@ -380,6 +380,16 @@ run 1 heads8.json --config ga1.json --data text.txt --quiet --steps 3 --load nwc
 [ $rc = 0 ] && grep -q "resumed from nwc/global_step2" out && grep -q 'warning: --load nwc/global_step2: the checkpoint was saved with another network.*"heads":4.*"heads":8' err \
     && ok "a network with other heads (the same parameters) resumes with a warning showing the difference" \
     || notok "changed network: rc $rc $(head -c 300 err)"
+# the data loader's state: another --seed is refused (the order would differ); another dataset
+# length resumes with a warning
+run 1 plain.json --config ga1.json --data text.txt --quiet --steps 2 --save dls >/dev/null 2>err
+run 1 plain.json --config ga1.json --data text.txt --quiet --steps 3 --load dls --seed 99 >/dev/null 2>err; rc=$?
+[ $rc = 2 ] && grep -q "the checkpoint's data order differs from this run's" err \
+    && ok "resume with another --seed: exit 2, the data order differs" || notok "resume --seed 99: rc $rc $(head -c 200 err)"
+head -c 4000 text.txt > text-short.txt
+run 1 plain.json --config ga1.json --data text-short.txt --quiet --steps 3 --load dls >/dev/null 2>err; rc=$?
+[ $rc = 0 ] && grep -q "warning: --load dls: the checkpoint's data had [0-9]* samples, text-short.txt has [0-9]*" err \
+    && ok "resume with a dataset of another length: a warning naming both lengths" || notok "resume shorter data: rc $rc $(head -c 200 err)"
 # --save into a directory whose latest is not a checkpoint's (a user's file, a folder): refused
 # before training, the file kept
 mkdir -p notes notes2/latest && echo "my notes" > notes/latest

@@ -122,6 +122,7 @@ npy(d + "/y3.npy", "<i8", (3,), "q", [0, 1, 2])
 npy(d + "/y9.npy", "<i8", (n,), "q", [9] * n)
 npy(d + "/Xnan.npy", "<f4", (n, 8), "f", X[:8 * 5] + [float("nan")] + X[8 * 5 + 1:])  # row 5, feature 0
 npy(d + "/Xbig.npy", "<f4", (n, 8), "f", X[:8 * 6 + 3] + [70000.0] + X[8 * 6 + 4:])  # row 6, feature 3
+npy(d + "/X64big.npy", "<f8", (n, 8), "d", X[:8 * 2 + 1] + [1e300] + X[8 * 2 + 2:])  # row 2, feature 1
 # llm.c token shard (magic 20240520, version 1, uint16 tokens) with token 300 at index 257
 toks = [i % 200 for i in range(400)]
 toks[257] = 300
@@ -305,8 +306,25 @@ fi
 mkdir -p linkdir && cp text.txt linkdir/ && ln -sf "$T/no-such-file" linkdir/gone.txt
 expect_fail "a dangling symbolic link in a --data directory: named" 2 "linkdir/gone.txt: a symbolic link to a file that is not there" \
     gpt.json --config ds.json --data linkdir --steps 1
-expect_fail "a NaN in the features: the file, row and feature named" 1 "Xnan.npy: row 5, feature 0: nan (expected a finite number)" \
+expect_fail "a NaN in the features: exit 2 before the first step, the file, row and feature named" 2 \
+    "Xnan.npy: row 5, feature 0: nan (expected a finite number)" \
     mlp.json --config mlp.ds.json --data Xnan.npy --labels y.npy --steps 200 --data-order sequential
+expect_fail "a float64 feature beyond fp32's range: named as such" 2 "X64big.npy: row 2, feature 1: 1e+300 does not fit in fp32" \
+    mlp.json --config mlp.ds.json --data X64big.npy --labels y.npy --steps 2
+# files that are not text, given as token data: named, with what to give instead
+python3 -c "
+import struct
+with open('toks.npy', 'wb') as f:  # a NumPy file of token ids
+    h = b\"{'descr': '<u2', 'fortran_order': False, 'shape': (64,), }\"
+    h += b' ' * (63 - (10 + len(h)) % 64) + b'\\n'
+    f.write(b'\\x93NUMPY\\x01\\x00' + struct.pack('<H', len(h)) + h + bytes(128))"
+expect_fail "a .npy of token ids as --data: not read as text" 2 "toks.npy: a NumPy file, not text" gpt.json --config ds.json --data toks.npy --steps 1
+mkdir -p megdir && cp "$DS_TEST_DIR/data/megatron_tiny.bin" "$DS_TEST_DIR/data/megatron_tiny.idx" megdir/
+expect_fail "a folder holding a Megatron dataset: give its prefix" 2 "give the dataset by its prefix (--data megdir/megatron_tiny)" \
+    gpt.json --config ds.json --data megdir --steps 1
+mkdir -p loopdir && cp text.txt loopdir/ && ln -sf l2 loopdir/l1 && ln -sf l1 loopdir/l2
+expect_fail "a symbolic link loop in a --data folder: named as a loop" 2 "loopdir/l1: Too many levels of symbolic links" \
+    gpt.json --config ds.json --data loopdir --steps 1
 expect_fail "features without --labels: exit 2" 2 "--labels" mlp.json --config mlp.ds.json --data X.npy
 # fp16.auto_cast: the inputs are rounded to fp16, and one beyond its range is named
 sed 's/"seed": 3/"seed": 3, "fp16": {"enabled": true, "auto_cast": true}/' mlp.ds.json >cast.ds.json

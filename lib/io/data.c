@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <glob.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -334,7 +335,7 @@ static ds_status list_dir(const char *dir, char ***out, int *n_out, ds_error *er
         struct stat sb;
         if (stat(full, &sb) != 0) { /* a symbolic link to nothing: data the user meant is missing */
             int e = errno;
-            rc = lstat(full, &sb) == 0 && S_ISLNK(sb.st_mode)
+            rc = e == ENOENT && lstat(full, &sb) == 0 && S_ISLNK(sb.st_mode)
                      ? ds_error_set(err, DS_ERR_IO, "%s: a symbolic link to a file that is not there", full)
                      : ds_error_set(err, DS_ERR_IO, "%s: %s", full, strerror(e));
             free(full);
@@ -358,6 +359,31 @@ static ds_status list_dir(const char *dir, char ***out, int *n_out, ds_error *er
 }
 
 /* A list of files (a directory or a glob) is either all llm.c shards or all text. */
+/* A file about to be read as text that is something else ds reads another way: a NumPy file
+ * (features are given with --labels; tokens come as text, llm.c shards or a Megatron dataset)
+ * or a Megatron dataset's index or data file (given by its prefix). DS_OK when it looks like
+ * text (any bytes are tokens of a byte-level text). */
+static ds_status not_text(const char *file, const ds_mapped *m, ds_error *err)
+{
+    static const char npy_magic[6] = {'\x93', 'N', 'U', 'M', 'P', 'Y'};
+    if (m->size >= 6 && !memcmp(m->data, npy_magic, 6))
+        return ds_error_set(err, DS_ERR_INVALID, "%s: a NumPy file, not text: token data is text, llm.c token "
+                            "shards or a Megatron dataset (a .npy holds features, given with --labels)", file);
+    if (m->size >= 9 && !memcmp(m->data, "MMIDIDX\x00\x00", 9))
+        return ds_error_set(err, DS_ERR_INVALID, "%s: a Megatron dataset's index, not text: give the dataset by "
+                            "its prefix (--data %.*s)", file, (int)strlen(file) - 4, file);
+    size_t l = strlen(file);
+    if (l > 4 && !strcmp(file + l - 4, ".bin")) {
+        char idx[4096];
+        struct stat sb;
+        snprintf(idx, sizeof idx, "%.*s.idx", (int)l - 4, file);
+        if (stat(idx, &sb) == 0)
+            return ds_error_set(err, DS_ERR_INVALID, "%s: a Megatron dataset's data file (%s is beside it), not "
+                                "text: give the dataset by its prefix (--data %.*s)", file, idx, (int)l - 4, file);
+    }
+    return DS_OK;
+}
+
 static ds_status add_files(ds_dataset *ds, const char *what, char **files, int n, int *shards,
                            ds_error *err)
 {
@@ -368,6 +394,10 @@ static ds_status add_files(ds_dataset *ds, const char *what, char **files, int n
         ds_status rc = ds_map_file(files[i], &m, err);
         if (rc)
             return rc;
+        if (m.size == 0) { /* an empty file adds nothing, among text files or shards */
+            ds_unmap_file(&m);
+            continue;
+        }
         int k = is_llmc(&m);
         if (kind >= 0 && k != kind) {
             ds_unmap_file(&m);
@@ -379,8 +409,8 @@ static ds_status add_files(ds_dataset *ds, const char *what, char **files, int n
         first = files[i];
         if (k)
             rc = add_llmc(ds, files[i], m, err);
-        else if (m.size == 0)
-            continue; /* an empty text file adds no tokens */
+        else if ((rc = not_text(files[i], &m, err)) != DS_OK)
+            ds_unmap_file(&m);
         else
             rc = add_segment(ds, files[i], m, 0, TOK_U8, (int64_t)m.size, err);
         if (rc)
@@ -457,6 +487,9 @@ ds_status ds_dataset_open_tokens(ds_dataset **out, const char *path, int seq_len
             }
             rc = add_megatron(ds, prefix, &ndocs, err);
             fmt = "megatron";
+        } else if ((rc = not_text(path, &m, err)) != DS_OK) {
+            ds_unmap_file(&m);
+            goto fail;
         } else {
             rc = m.size ? add_segment(ds, path, m, 0, TOK_U8, (int64_t)m.size, err) : DS_OK;
             fmt = "text";
@@ -607,6 +640,26 @@ ds_status ds_dataset_open_npy(ds_dataset **out, const char *x_path, const char *
                           "%s: expected float label vectors of shape (%lld, %d) to match %s, found %s "
                           "of shape %s", y_path, (long long)n, label_dim, x_path, y->descr, sh);
         goto fail;
+    }
+    /* every value checked before the first step (as token data is): a NaN or inf, or a float64
+     * beyond fp32's range, would surface only when its row is drawn, steps into the run */
+    for (int a = 0; a < 2; a++) {
+        const ds_npy *t = a ? y : x;
+        const int64_t w = a ? label_dim : dim;
+        if (a && label_kind == DS_LABEL_CLASS)
+            break;
+        for (int64_t i = 0; i < n * w; i++) {
+            const double v = ds_npy_get_f64(t, i);
+            if (isfinite(v) && fabs(v) <= FLT_MAX)
+                continue;
+            rc = isfinite(v) ? ds_error_set(err, DS_ERR_INVALID, "%s: row %lld, %s %lld: %g does not fit in fp32 "
+                                            "(largest finite value %g)", a ? y_path : x_path, (long long)(i / w),
+                                            a ? "target" : "feature", (long long)(i % w), v, (double)FLT_MAX)
+                             : ds_error_set(err, DS_ERR_INVALID, "%s: row %lld, %s %lld: %g (expected a finite number)",
+                                            a ? y_path : x_path, (long long)(i / w), a ? "target" : "feature",
+                                            (long long)(i % w), v);
+            goto fail;
+        }
     }
     ds->len = n;
     snprintf(ds->desc, sizeof ds->desc, "npy, %lld samples, dim %d, %s %d", (long long)n, dim,
