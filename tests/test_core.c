@@ -743,6 +743,11 @@ Test(net, error_paths_in_the_gpt)
 
 Test(net, error_paths_in_small_networks)
 {
+    /* layernorm computes in fp32: an eps that is 0 or inf there is refused, naming it */
+    parse_fails(FEAT("{\"type\": \"layernorm\", \"name\": \"ln\", \"eps\": 1e-60}", "mse"), "layers[0].eps: ",
+                "expected a positive number that fp32 holds (1e-45 to 3.4e38), found 1e-60");
+    parse_fails(FEAT("{\"type\": \"layernorm\", \"name\": \"ln\", \"eps\": 1e60}", "mse"), "layers[0].eps: ",
+                "found 1e60");
     parse_fails(FEAT("{\"type\": \"linear\", \"name\": \"a\", \"out\": 4, \"bias\": 1}", "mse"), "layers[0].bias: ",
                 "expected true or false, found 1");
     parse_fails(FEAT("{\"type\": \"repeat\", \"name\": \"r\", \"count\": 2, \"layers\": [{\"type\": \"relu\"}, "

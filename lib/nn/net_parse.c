@@ -315,6 +315,10 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
             eps = json_object_get_double(v);
             if (!(eps > 0))
                 return perr(p, epath, "expected a positive number, found %s", found, NULL);
+            const float e32 = (float)eps; /* layernorm computes in fp32: 1e-60 would be 0, 1e60 inf */
+            if (!(e32 > 0) || isinf(e32))
+                return perr(p, epath, "expected a positive number that fp32 holds (1e-45 to 3.4e38), found %s",
+                            found, NULL);
         }
         ds_layer *l = new_layer(p, DS_LAYER_LAYERNORM, path, jpath);
         if (!l)
