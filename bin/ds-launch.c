@@ -348,10 +348,16 @@ static void load_prefix_exports(ds_launch_env *exports)
         if (!match)
             continue;
         char *key = strndup(*e, len);
-        /* DeepSpeed: under AISC these two are left to the platform */
+        /* DeepSpeed: under AISC these two are left to the platform. A name the ranks' shells
+         * could not take (PYTHON.X) is passed over with a warning: it is this environment's,
+         * not the user's request */
         if (key && !(aisc && (strcmp(key, "NCCL_IB_HCA") == 0 || strcmp(key, "UCX_NET_DEVICES") == 0)) &&
-            ds_launch_env_set(exports, key, eq + 1, &err) != DS_OK)
-            fail_status("export", &err);
+            ds_launch_env_set(exports, key, eq + 1, &err) != DS_OK) {
+            if (err.code == DS_ERR_INVALID)
+                fprintf(stderr, "ds-launch: warning: not exporting %s: %s\n", key, err.msg);
+            else
+                fail_status("export", &err);
+        }
         free(key);
     }
 }
@@ -1473,11 +1479,27 @@ int main(int argc, char **argv)
     /* Remote mode without --master_addr: the first node's name as the hostfile gives it (DeepSpeed
      * asks that host for `hostname -I`); a name that only means "this machine" cannot work there. */
     const char *addr = o.master_addr ? o.master_addr : remote ? plan.nodes[0].host : "127.0.0.1";
-    char this_host[256];
-    if (!o.master_addr && remote && (strcmp(addr, "localhost") == 0 || strcmp(addr, "::1") == 0) &&
-        gethostname(this_host, sizeof this_host) == 0) {
-        this_host[sizeof this_host - 1] = '\0';
-        addr = this_host; /* "localhost" means this machine, which the others know by its name */
+    char this_host[256], first[256];
+    if (!o.master_addr && remote) {
+        /* the hostfile's way to reach the host over ssh, less what only ssh uses: user@, :port */
+        const char *at = strrchr(addr, '@');
+        snprintf(first, sizeof first, "%s", at ? at + 1 : addr);
+        char *colon = strchr(first, ':');
+        if (colon && strchr(colon + 1, ':')) {
+            fprintf(stderr, "ds-launch: the first host, %s, is an IPv6 address, which the rendezvous (IPv4) cannot "
+                    "use: give --master_addr (its IPv4 address or name)\n", plan.nodes[0].host);
+            ds_launch_plan_free(&plan);
+            return 2;
+        }
+        if (colon)
+            *colon = '\0';
+        addr = first;
+        /* a name or address that means "this machine" here cannot mean it on the other nodes */
+        if ((strcmp(addr, "localhost") == 0 || strncmp(addr, "127.", 4) == 0) &&
+            gethostname(this_host, sizeof this_host) == 0) {
+            this_host[sizeof this_host - 1] = '\0';
+            addr = this_host;
+        }
     }
     int port = o.master_port;
     if (port == 0) {

@@ -73,6 +73,25 @@ run --num_gpus 2 --master_addr 10.1.2.3 --dry-run true
 if [ "$rc" = 0 ] && python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); assert p["world_size"]==2 and p["master_addr"]=="10.1.2.3" and p["hostfile"] is None' "$T/out"; then
     ok "local mode: --num_gpus ranks, --master_addr honoured"
 else notok "local mode dry run $(why)"; fi
+# remote mode's default MASTER_ADDR: the first host less user@ and :port; 127.x and localhost
+# mean this machine, whose name the other nodes know; an IPv6 first host asks for --master_addr
+bad=""
+for h in "127.0.0.1:$(hostname)" "alice@node1:node1" "localhost:2222:$(hostname)" "node7:2222:node7"; do
+    printf '%s slots=1\nnode2 slots=1\n' "${h%:*}" > mh
+    run -H mh --dry-run true
+    got=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["master_addr"])' "$T/out" 2>/dev/null)
+    [ "$rc" = 0 ] && [ "$got" = "${h##*:}" ] || bad="$bad [${h%:*}: $got rc $rc]"
+done
+[ -z "$bad" ] && ok "remote mode: MASTER_ADDR from the first host without user@ and :port, 127.x as this machine's name" \
+    || notok "remote master_addr:$bad"
+printf 'fe80::1 slots=1\nnode2 slots=1\n' > mh6
+expect_fail "an IPv6 first host: exit 2 asking for --master_addr" 2 "is an IPv6 address, which the rendezvous (IPv4) cannot use" -H mh6 --dry-run true
+# environment variable names: long ones are exported (DeepSpeed's AZUREML_... is 36 characters);
+# one a shell cannot take is passed over with a warning
+AZUREML_RUN_HISTORY_SERVICE_ENDPOINT=x env 'PYTHON.X=1' "$L" --dry-run true >"$T/out" 2>"$T/err"; rc=$?
+if [ "$rc" = 0 ] && python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); e=p["nodes"][0]["ranks"][0]["env"]; assert e["AZUREML_RUN_HISTORY_SERVICE_ENDPOINT"]=="x" and "PYTHON.X" not in e' "$T/out" &&
+   grep -q "warning: not exporting PYTHON.X" "$T/err"; then ok "a 36-character exported name goes through; PYTHON.X is passed over with a warning"
+else notok "long env names $(why)"; fi
 OMP_NUM_THREADS=7 run --dry-run true
 if [ "$rc" = 0 ] && python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); assert "OMP_NUM_THREADS" not in p["nodes"][0]["ranks"][0]["env"]' "$T/out"; then
     ok "OMP_NUM_THREADS set by the user is left alone"

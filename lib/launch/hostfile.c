@@ -618,9 +618,13 @@ ds_status ds_launch_envfile_parse_text(ds_launch_env *env, const char *name, con
         const char *ne = eq;
         while (ne && ne > a && isspace((unsigned char)ne[-1]))
             ne--;
-        if (!eq || !valid_name(a, (size_t)(ne - a)))
+        if (!eq)
             return ds_error_set(err, DS_ERR_INVALID, "%s:%d: expected NAME=VALUE, found \"%.*s\"", name,
                                 lineno, (int)(b - a), a);
+        if (!valid_name(a, (size_t)(ne - a)))
+            return ds_error_set(err, DS_ERR_INVALID, "%s:%d: \"%.*s\" is not a variable name a shell exports "
+                                "(1 to 255 letters, digits and _, not starting with a digit)", name, lineno,
+                                (int)(ne - a), a);
         char key[sizeof ((ds_launch_var *)0)->name];
         memcpy(key, a, (size_t)(ne - a));
         key[ne - a] = '\0';

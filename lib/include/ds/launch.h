@@ -72,7 +72,7 @@ void ds_launch_plan_free(ds_launch_plan *plan);
 
 /* One environment variable a rank gets. */
 typedef struct ds_launch_var {
-    char name[32];
+    char name[256]; /* a name of 1 to 255 letters, digits and '_', not starting with a digit */
     char *value;
 } ds_launch_var;
 
