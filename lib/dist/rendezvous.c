@@ -128,6 +128,7 @@ typedef struct conn {
     uint8_t *out;
     size_t out_len, out_off, out_cap;
     char *wait_key; /* a GET waiting for this key */
+    int left;       /* it added to "ds/left" (its rank closed its store) */
 } conn;
 
 typedef struct server {
@@ -140,6 +141,8 @@ typedef struct server {
     size_t num_entries, cap_entries;
     conn *conns;
     size_t num_conns, cap_conns;
+    int world_size;
+    int64_t gone; /* authenticated connections that ended without leaving: their ranks died */
 } server;
 
 static entry *find_entry(server *sv, const char *key)
@@ -258,6 +261,8 @@ static int conn_process(server *sv, conn *c)
         }
         case OP_ADD: {
             if (vlen != 8) return -1;
+            if (!strcmp(key, "ds/left"))
+                c->left = 1;
             entry *e = find_entry(sv, key);
             int64_t v = (e && e->len == 8 ? get_i64(e->value) : 0) + get_i64(value);
             uint8_t buf[8];
@@ -345,11 +350,22 @@ static void *server_main(void *arg)
     struct pollfd *pfs = NULL;
     size_t cap = 0;
     for (;;) {
-        /* compact dropped connections */
+        /* compact dropped connections; a rank's that ended without leaving (the process died)
+         * counts as left, so that rank 0's close does not wait out the timeout for it */
         size_t n = 0;
+        int died = 0;
         for (size_t i = 0; i < sv->num_conns; i++)
-            if (sv->conns[i].fd >= 0) sv->conns[n++] = sv->conns[i];
+            if (sv->conns[i].fd >= 0)
+                sv->conns[n++] = sv->conns[i];
+            else if (sv->conns[i].authed && !sv->conns[i].left)
+                sv->gone++, died = 1;
         sv->num_conns = n;
+        if (died && sv->world_size > 1 && !find_entry(sv, "ds/left/all")) {
+            entry *e = find_entry(sv, "ds/left");
+            int64_t left = e && e->len == 8 ? get_i64(e->value) : 0;
+            if (left + sv->gone >= sv->world_size - 1)
+                (void)set_value(sv, "ds/left/all", (const uint8_t *)"", 0);
+        }
         if (cap < n + 2) {
             cap = (n + 2) * 2;
             struct pollfd *q = realloc(pfs, cap * sizeof *q);
@@ -424,6 +440,7 @@ static ds_status server_start(server **out, const ds_store_options *opt, ds_erro
     /* the answer comes at once from a rank; min(10 s, the store's timeout) leaves room for a
      * loaded machine */
     sv->auth_window = opt->timeout_s > 0 && opt->timeout_s < 10 ? opt->timeout_s : 10;
+    sv->world_size = opt->world_size;
     sv->secret = strdup(opt->secret);
     if (!sv->secret || pipe2(sv->wake, O_CLOEXEC)) {
         server_free(sv);
