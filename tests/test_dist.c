@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <netdb.h>
+
 #include "testutil.h"
 #include "ds/dist.h"
 #include "dist/dist_internal.h"
@@ -492,6 +494,33 @@ Test(dist, no_rendezvous_names_rank_address_and_wait, .timeout = 20)
     cr_assert(strncmp(err.msg, want, strlen(want)) == 0, "%s", err.msg);
     opt.secret = "";
     cr_assert_eq(ds_store_open(&s, &opt, &err), DS_ERR_INVALID);
+}
+
+/* An address that can never work fails at once, saying why (it waited out the timeout as "No
+ * route to host"): IPv6, or a name that does not resolve (.invalid never does, RFC 6761) */
+Test(dist, unusable_rendezvous_address_fails_at_once, .timeout = 20)
+{
+    int port = test_free_port();
+    ds_error err = {0};
+    ds_store *s = NULL;
+    ds_store_options opt = options(1, 2, port, SECRET, 10);
+    opt.addr = "::1";
+    double t0 = ds_dist_now();
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "rank 1: rendezvous address ::1 (MASTER_ADDR) is IPv6") != NULL, "%s", err.msg);
+    /* (only where the resolver answers: without one the lookup fails "temporarily", which the
+     * store retries until its timeout, as it should) */
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    int gai = getaddrinfo("no-such-host.invalid", NULL, &hints, &res);
+    if (res)
+        freeaddrinfo(res);
+    if (gai && gai != EAI_AGAIN) {
+        opt.addr = "no-such-host.invalid";
+        cr_assert_eq(ds_store_open(&s, &opt, &err), DS_ERR_INVALID);
+        cr_expect(strstr(err.msg, "rank 1: rendezvous address no-such-host.invalid (MASTER_ADDR): ") != NULL, "%s",
+                  err.msg);
+    }
+    cr_expect_lt(ds_dist_now() - t0, 5.0, "took %.1f s", ds_dist_now() - t0);
 }
 
 Test(dist, options_from_env)

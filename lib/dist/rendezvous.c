@@ -546,6 +546,23 @@ int ds_tcp_connect(const char *addr, int port, double deadline)
 
 static ds_status store_connect(ds_store *s, ds_error *err)
 {
+    /* an address that can never work fails at once, saying why, instead of after the timeout
+     * as "No route to host": an IPv6 one (the store is IPv4), or a name that does not resolve
+     * (a temporary failure of the lookup is retried with the connection) */
+    if (strchr(s->addr, ':'))
+        return ds_error_set(err, DS_ERR_INVALID, "rank %d: rendezvous address %s (MASTER_ADDR) is IPv6; the "
+                            "rendezvous is IPv4: give an IPv4 address or a name that resolves to one", s->rank,
+                            s->addr);
+    {
+        struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res = NULL;
+        int gai = getaddrinfo(s->addr, NULL, &hints, &res);
+        if (res)
+            freeaddrinfo(res);
+        if (gai && gai != EAI_AGAIN)
+            return ds_error_set(err, DS_ERR_INVALID, "rank %d: rendezvous address %s (MASTER_ADDR): %s (the "
+                                "rendezvous is IPv4: an IPv4 address or a name that resolves to one)", s->rank,
+                                s->addr, gai == EAI_SYSTEM ? strerror(errno) : gai_strerror(gai));
+    }
     double start = ds_dist_now(), deadline = start + s->timeout_s;
     int last = 0, early = 0; /* early: the server closed before its verdict (full, or our answer came
                                 after its challenge window): try again, it is not a refusal */
