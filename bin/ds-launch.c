@@ -7,6 +7,7 @@
 #include <ds/ds.h>
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -601,6 +602,42 @@ static void signal_job(rank_proc *r, int n, int sig)
             kill(-r[k].pid, sig);
 }
 
+/* Signal every process whose parent is this ds-launch (a subreaper: the ranks' orphaned
+ * descendants are reparented here, also those that left their rank's process group with
+ * setsid); how many were signalled. Linux /proc. */
+static int signal_children(int sig)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    const pid_t me = getpid();
+    int count = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        char *end;
+        long pid = strtol(de->d_name, &end, 10);
+        if (*end || pid <= 0 || pid == me)
+            continue;
+        char path[64], buf[512];
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *rp = strrchr(buf, ')'); /* the name in parentheses may hold spaces */
+        long ppid = -1;
+        char state;
+        if (rp && sscanf(rp + 1, " %c %ld", &state, &ppid) == 2 && ppid == me && state != 'Z') {
+            kill((pid_t)pid, sig);
+            count++;
+        }
+    }
+    closedir(d);
+    return count;
+}
+
 static int make_log_dir(const char *dir)
 {
     struct stat sb;
@@ -729,6 +766,7 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
             pid_t pid = -1;
             if (!setup_failed && !tearing_down) {
                 sigprocmask(SIG_BLOCK, &block, &old);
+                const pid_t launcher = getpid();
                 pid = fork();
                 if (pid == 0) {
                     struct sigaction dfl = {.sa_handler = SIG_DFL};
@@ -738,6 +776,12 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
                     signal(SIGPIPE, SIG_DFL);
                     sigprocmask(SIG_SETMASK, &old, NULL);
                     setpgid(0, 0);
+                    /* ds-launch killed outright (SIGKILL, the OOM killer) takes its ranks along:
+                     * it could not tear them down itself (this thread forked them and lives as
+                     * long as ds-launch) */
+                    prctl(PR_SET_PDEATHSIG, SIGKILL);
+                    if (getppid() != launcher)
+                        _exit(137); /* it died before the line above */
                     /* A rank in its own process group that read the terminal would be stopped
                      * (SIGTTIN) and hang the job; a terminal is not the ranks' input. */
                     if (stdin_is_tty) {
@@ -932,6 +976,8 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
                 ;
             if (w < 0)
                 break; /* ECHILD: nothing left */
+            /* what is still our child left its rank's group (setsid): it is the job's too */
+            signal_children(SIGKILL);
             struct timespec ts = {0, 10 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }

@@ -197,6 +197,25 @@ if [ "$rc" = 143 ] && [ "$left" = 0 ] && [ "$(cat pid.* child.* | wc -l)" = 4 ] 
 else notok "SIGTERM teardown ($left left) $(why)"; fi
 rm -f pid.* child.*
 
+# a failed job takes along what a rank moved out of its process group (setsid)
+run --num_gpus 2 --kill_grace 1 sh -c 'if [ $RANK = 0 ]; then setsid sleep 61 & echo $! >gc.0; sleep 0.5; exit 1; fi; sleep 30'
+sleep 0.2
+if [ "$rc" = 1 ] && [ -s gc.0 ] && ! alive "$(cat gc.0)"; then ok "a failed job: a rank's setsid'd child is killed too"
+else notok "setsid'd child ($(cat gc.0 2>/dev/null) alive: $(alive "$(cat gc.0 2>/dev/null)" && echo yes)) $(why)"; kill -9 "$(cat gc.0)" 2>/dev/null; fi
+rm -f gc.0
+# ds-launch killed outright (SIGKILL, the OOM killer): its ranks go with it
+"$L" --num_gpus 2 sh -c 'echo $$ >pid.$RANK; exec sleep 62' >"$T/out" 2>"$T/err" &
+lp=$!
+for _ in $(seq 200); do [ -e pid.0 ] && [ -e pid.1 ] && break; sleep 0.05; done
+kill -9 "$lp"
+wait "$lp" 2>/dev/null
+sleep 0.3
+left=0
+for p in $(cat pid.* 2>/dev/null); do alive "$p" && left=$((left + 1)); done
+if [ "$left" = 0 ] && [ "$(cat pid.* | wc -l)" = 2 ]; then ok "SIGKILL to ds-launch: its ranks die with it"
+else notok "SIGKILL to ds-launch: $left rank(s) left"; for p in $(cat pid.*); do kill -9 "$p" 2>/dev/null; done; fi
+rm -f pid.*
+
 for sig in INT HUP; do
     "$L" --num_gpus 2 sh -c 'echo $$ >pid.$RANK; exec sleep 60' >"$T/out" 2>"$T/err" &
     lp=$!
