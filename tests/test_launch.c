@@ -79,6 +79,14 @@ static const char *env_get(const ds_launch_env *env, const char *name)
 
 /* ---- hostfile ------------------------------------------------------------------------- */
 
+/* a UTF-8 byte-order mark before the first host is not part of its name */
+Test(hostfile, byte_order_mark_is_skipped)
+{
+    ds_launch_plan p = parse_ok("\xef\xbb\xbflocalhost slots=2\nnode1 slots=1\n");
+    cr_expect_str_eq(describe(&p), "localhost:0,1;node1:0");
+    ds_launch_plan_free(&p);
+}
+
 Test(hostfile, basic_order_comments_blank_crlf)
 {
     ds_launch_plan p = parse_ok("# the cluster\n\nworker-1 slots=2\r\n   \n  # indented comment\n"

@@ -163,6 +163,8 @@ ds_status ds_launch_hostfile_parse_text(ds_launch_plan *plan, const char *name, 
     int *first_line = NULL; /* line of each node, for the duplicate message */
     ds_status st = DS_OK;
     int lineno = 0;
+    if (!strncmp(text, "\xef\xbb\xbf", 3)) /* a UTF-8 byte-order mark (some editors write one) */
+        text += 3;
     for (const char *p = text; *p && st == DS_OK;) {
         const char *end = strchr(p, '\n');
         if (!end)
@@ -601,6 +603,8 @@ ds_status ds_launch_envfile_parse_text(ds_launch_env *env, const char *name, con
                                        ds_error *err)
 {
     int lineno = 0;
+    if (!strncmp(text, "\xef\xbb\xbf", 3)) /* a UTF-8 byte-order mark */
+        text += 3;
     for (const char *p = text; *p;) {
         const char *end = strchr(p, '\n');
         if (!end)
