@@ -622,7 +622,7 @@ ds_status ds_launch_envfile_parse_text(ds_launch_env *env, const char *name, con
         const char *ne = eq;
         while (ne && ne > a && isspace((unsigned char)ne[-1]))
             ne--;
-        if (!eq)
+        if (!eq || ne == a)
             return ds_error_set(err, DS_ERR_INVALID, "%s:%d: expected NAME=VALUE, found \"%.*s\"", name,
                                 lineno, (int)(b - a), a);
         if (!valid_name(a, (size_t)(ne - a)))
