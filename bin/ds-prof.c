@@ -798,7 +798,10 @@ static int plot(sqlite3 *db, const opts *o)
                  PARTS[i].column);
         bad |= load(db, path, sql, o->skip, o->rank, &part[i]);
     }
-    bad |= load(db, path, "SELECT avg(loss) FROM step" WHERE " GROUP BY step ORDER BY step", o->skip, o->rank, &loss);
+    /* one value per step, as the bars: a step whose loss is NULL (a NaN is stored so) reads as
+     * SQLite's infinity (9e999) and leaves a gap in the curve */
+    bad |= load(db, path, "SELECT coalesce(avg(loss), 9e999) FROM step" WHERE " GROUP BY step ORDER BY step", o->skip,
+                o->rank, &loss);
     int rc = bad ? 2 : 0;
     if (!rc && steps.n == 0) {
         fprintf(stderr, "ds-prof: %s: no steps recorded%s; nothing to plot\n", path,
@@ -820,10 +823,16 @@ static int plot(sqlite3 *db, const opts *o)
         }
         ymax = nice_ceil(ymax);
         double lmin = INFINITY, lmax = -INFINITY;
+        int finite = 0;
         for (int s = 0; s < loss.n; s++) {
+            if (!isfinite(loss.v[s]))
+                continue;
+            finite++;
             lmin = loss.v[s] < lmin ? loss.v[s] : lmin;
             lmax = loss.v[s] > lmax ? loss.v[s] : lmax;
         }
+        if (!finite)
+            lmin = 0, lmax = 1;
         if (!(lmax > lmin))
             lmax = lmin + 1;
         fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
@@ -857,11 +866,25 @@ static int plot(sqlite3 *db, const opts *o)
             fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"12\" height=\"12\" fill=\"%s\"/><text x=\"%d\" y=\"%d\">%s</text>\n",
                     W - R + 15, top1 + 20 * i, PARTS[i].color, W - R + 32, top1 + 20 * i + 11, PARTS[i].label);
         fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"15\">Loss</text>\n", L, top2 - 16);
-        fputs("<polyline class=\"loss\" fill=\"none\" stroke=\"#4e79a7\" stroke-width=\"1.5\" points=\"", f);
-        for (int s = 0; s < loss.n; s++)
-            fprintf(f, "%s%.2f,%.2f", s ? " " : "", L + (s + 0.5) * bw,
+        /* a polyline per run of finite losses, each at its step's bar (a NaN or inf loss is a gap) */
+        int open = 0;
+        for (int s = 0; s < loss.n && s < n; s++) {
+            if (!isfinite(loss.v[s])) {
+                if (open)
+                    fputs("\"/>\n", f);
+                open = 0;
+                continue;
+            }
+            if (!open)
+                fputs("<polyline class=\"loss\" fill=\"none\" stroke=\"#4e79a7\" stroke-width=\"1.5\" points=\"", f);
+            fprintf(f, "%s%.2f,%.2f", open ? " " : "", L + (s + 0.5) * bw,
                     top2 + h2 - (loss.v[s] - lmin) / (lmax - lmin) * h2);
-        fputs("\"/>\n", f);
+            open = 1;
+        }
+        if (open)
+            fputs("\"/>\n", f);
+        if (!finite)
+            fprintf(f, "<text x=\"%d\" y=\"%d\">no finite loss recorded</text>\n", L + 10, top2 + h2 / 2);
         for (int k = 0; k <= 2; k++) {
             double y = top2 + h2 - k * h2 / 2.0;
             fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#ddd\"/>"

@@ -238,6 +238,24 @@ fails "plot -o an existing file" "plot.svg: the file exists; not overwriting it 
 "$B/ds-prof" plot fixture.db -o plot.svg --force 2>/dev/null && ok "plot --force overwrites" || notok "plot --force"
 cp fixture.db words.db && "$SQL" words.db "UPDATE step SET iter_ms = 'fast' WHERE step = 3 AND rank = 1"
 fails "text where a number belongs" "words.db: step.iter_ms (rank 1, step 3): expected a number, found text 'fast'" report words.db
+cp fixture.db rankw.db && "$SQL" rankw.db "UPDATE rank SET params_bytes = 'big' WHERE rank = 0"
+fails "text in the rank table (the report printed 0.00 MB)" "rankw.db: rank.params_bytes (rank 0): expected a number, found text 'big'" report rankw.db
+cp fixture.db rankd.db && "$SQL" rankd.db "DROP TABLE rank"
+fails "no rank table (the report printed nan MB, exit 0)" "rankd.db: cannot read its tables: no such table: rank" report rankd.db
+# a NULL loss (a NaN is stored so) or an infinite one is a gap in the curve, at its own step
+cp fixture.db gaps.db && "$SQL" gaps.db "UPDATE step SET loss = NULL WHERE step = 2" && "$SQL" gaps.db "UPDATE step SET loss = 9e999 WHERE step = 4"
+if "$B/ds-prof" plot gaps.db -o gaps.svg 2>errg && python3 - <<'EOF' 2>pyerr; then ok "plot: NULL and inf losses are gaps, the other points at their steps' bars"; else notok "plot gaps: $(head -c 300 pyerr) $(head -c 200 errg)"; fi
+import re, xml.etree.ElementTree as ET
+t = ET.parse("gaps.svg").getroot()
+ns = "{http://www.w3.org/2000/svg}"
+lines = [p for p in t.iter(ns + "polyline") if p.get("class") == "loss"]
+pts = [tuple(map(float, q.split(","))) for p in lines for q in p.get("points").split()]
+assert all(abs(v) < 1e6 for q in pts for v in q), pts
+assert "nan" not in open("gaps.svg").read().lower()
+bars = sorted({float(r.get("x")) for r in t.iter(ns + "rect") if r.get("class")})
+steps = len(bars)
+assert len(pts) == steps - 2 and len(lines) >= 2, (len(pts), steps, len(lines))
+EOF
 cp fixture.db world.db && "$SQL" world.db "UPDATE run SET world_size = 2000000000"
 fails "a world size no run has" "world.db: run.world_size: expected 1..1048576, found 2000000000" report world.db
 cp fixture.db self.db && before=$(cksum < self.db)

@@ -555,13 +555,14 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out)
 static ds_status check_values(sqlite3 *db, const char *path, ds_error *err)
 {
     static const struct {
-        const char *table, *cols;
+        const char *table, *cols, *key; /* key: how a row is named in the message */
     } num[] = {
         {"run", "world_size micro_batch grad_accum train_batch_size total_params flops_per_sample positions "
-                "steps_planned peak_tflops"},
+                "steps_planned peak_tflops", "0, 0"},
+        {"rank", "rank pid threads params_bytes grads_bytes optim_bytes activation_bytes", "rank, -1"},
         {"step", "rank step loss lr grad_norm loss_scale skipped iter_ms fwd_ms bwd_ms bwd_inner_ms "
-                 "bwd_allreduce_ms step_ms samples max_rss_bytes wall_time"},
-        {"collective", "rank step seq elements bytes ms"},
+                 "bwd_allreduce_ms step_ms samples max_rss_bytes wall_time", "rank, step"},
+        {"collective", "rank step seq elements bytes ms", "rank, step"},
     };
     for (size_t t = 0; t < sizeof num / sizeof num[0]; t++) {
         char cols[256];
@@ -570,8 +571,7 @@ static ds_status check_values(sqlite3 *db, const char *path, ds_error *err)
             char sql[512];
             const int keyed = strcmp(num[t].table, "run") != 0;
             snprintf(sql, sizeof sql, "SELECT %s, typeof(%s), quote(%s) FROM %s WHERE typeof(%s) NOT IN "
-                     "('integer', 'real', 'null') LIMIT 1", keyed ? "rank, step" : "0, 0", c, c,
-                     num[t].table, c);
+                     "('integer', 'real', 'null') LIMIT 1", num[t].key, c, c, num[t].table, c);
             sqlite3_stmt *s = NULL;
             int rc = sqlite3_prepare_v2(db, sql, -1, &s, NULL);
             if (rc != SQLITE_OK) {
@@ -581,7 +581,9 @@ static ds_status check_values(sqlite3 *db, const char *path, ds_error *err)
             }
             if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
                 char where[64] = "";
-                if (keyed)
+                if (keyed && sqlite3_column_int64(s, 1) < 0)
+                    snprintf(where, sizeof where, " (rank %lld)", (long long)sqlite3_column_int64(s, 0));
+                else if (keyed)
                     snprintf(where, sizeof where, " (rank %lld, step %lld)", (long long)sqlite3_column_int64(s, 0),
                              (long long)sqlite3_column_int64(s, 1));
                 const char *type = (const char *)sqlite3_column_text(s, 2), *val = (const char *)sqlite3_column_text(s, 3);
