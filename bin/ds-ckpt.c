@@ -1,6 +1,7 @@
 /* ds-ckpt: look into, check and transform checkpoints (ds-ckpt(1), ds-checkpoint(5)): inspect,
  * verify, merge, convert, reshard. Argument parsing and printing only; the work is libds's
  * (ds/ckpt.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <getopt.h>
@@ -180,9 +181,29 @@ static int verify(const char *dir, const char *tag)
         latest_seen |= latest && !strcmp(latest, tags[i]);
     }
     if (latest && !latest_seen) {
-        printf("FAILED %s/latest names %s, which is not a complete checkpoint\n", dir, latest);
+        printf("FAILED %s/latest names %s, which is not a complete checkpoint (no %s/%s/manifest.json)\n", dir,
+               latest, dir, latest);
         bad = 1;
     }
+    /* a tag directory holding a checkpoint's files but no manifest: the commit protocol never
+     * makes one (the manifest is written before the rename), so it is damage */
+    DIR *dd = opendir(dir);
+    struct dirent *de;
+    while (dd && (de = readdir(dd))) {
+        if (de->d_name[0] == '.' || (latest && !latest_seen && !strcmp(de->d_name, latest)))
+            continue;
+        char p[4096], q[4200], r[4200];
+        struct stat sb;
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        snprintf(q, sizeof q, "%s/manifest.json", p);
+        snprintf(r, sizeof r, "%s/SHA256SUMS", p);
+        if (stat(p, &sb) == 0 && S_ISDIR(sb.st_mode) && stat(q, &sb) != 0 && stat(r, &sb) == 0) {
+            printf("FAILED %s: a checkpoint's files without its manifest.json (damaged)\n", p);
+            bad = 1;
+        }
+    }
+    if (dd)
+        closedir(dd);
     for (int i = 0; i < nl; i++)
         printf("note: %s/%s: leftover of an interrupted save; not a checkpoint (safe to delete)\n", dir, left[i]);
     if (!bad)
@@ -384,7 +405,8 @@ int main(int argc, char **argv)
         printf("%s: %s resharded for %d data-parallel rank%s (peak RSS %.1f MiB)\n", out, ck->path, dp,
                dp == 1 ? "" : "s", peak_rss_mib());
     else
-        printf("%s: %d tensors of %s (%s%s) written (peak RSS %.1f MiB)\n", out, ck->n_params, ck->path,
+        printf("%s: %d tensors of %s (%s%s) written (peak RSS %.1f MiB)\n", out,
+               ck->n_params * (1 + (!strcmp(cmd, "merge") && with_opt ? ck->n_state : 0)), ck->path,
                ds_dtype_name(dtype), !strcmp(cmd, "merge") && with_opt ? " weights + fp32 optimizer state" : "",
                peak_rss_mib());
     ds_ckpt_close(ck);

@@ -300,6 +300,8 @@ if what == "lrstr": m["lr_scheduler"]["lr"] = "0.1"
 if what == "seedbad": m["rng"]["seed"] = "abc"
 if what == "dynno": m["loss_scaler"]["dynamic"] = "no"
 if what == "nolr": del m["lr_scheduler"]["lr"]
+if what == "state1": m["optimizer"]["state"] = m["optimizer"]["state"][:1]
+if what == "dtype16": m["params"][0]["dtype"] = "F16"
 for k in m["files"]: m["files"][k] = os.path.getsize(os.path.join(d, k))
 json.dump(m, open(os.path.join(d, "manifest.json"), "w"))
 with open(os.path.join(d, "SHA256SUMS"), "w") as f:
@@ -316,6 +318,22 @@ for w in "dupfile:both name file" "dupname:appears twice" "overlap:overlap in th
 done
 [ -z "$bad" ] && ok "verify and convert refuse files that contradict the manifest (a partition file twice, a name twice, overlapping tensors, a partition's header, a missing model tensor)" \
     || notok "contradictions:$bad $(head -c 200 err.py)"
+# a manifest that contradicts what ds writes, re-signed: AdamW with one state buffer, an F16 model
+bad=""
+for w in "state1:optimizer.state: [exp_avg] is not AdamW's state" 'dtype16:dtype: expected "F32", found "F16"'; do
+    python3 resign.py one-r4 con-${w%%:*} ${w%%:*} 2>>err.py
+    "$B/ds-ckpt" verify con-${w%%:*} >out 2>&1 && bad="$bad [${w%%:*}: verify passed]"
+    grep -qF -- "${w#*:}" out || bad="$bad [${w%%:*}: $(grep -m1 FAILED out | head -c 200)]"
+done
+[ -z "$bad" ] && ok "verify refuses a manifest with another optimizer state list or a non-F32 model dtype" \
+    || notok "manifest contents:$bad"
+# verify: a tag's files without its manifest fail; a dot-directory that is not a save's is not
+# called one
+cp -r one-r4 vm && t=$(cat vm/latest) && mkdir vm/.git vm/.cache && cp -r "vm/$t" vm/global_step99 && rm vm/global_step99/manifest.json
+"$B/ds-ckpt" verify vm >out 2>&1; rc=$?
+[ $rc = 1 ] && grep -q "FAILED vm/global_step99: a checkpoint's files without its manifest.json" out && ! grep -q '\.git\|\.cache' out \
+    && ok "verify: a tag directory without its manifest fails; .git and .cache are not called leftovers" \
+    || notok "verify vm: rc $rc $(head -c 300 out)"
 # a loss scaler that cannot run (scale_window 0, re-signed) is refused on load, naming the values
 z0=${ZERO_STAGES%% *}
 if [ -d "z$z0-fp16-1-r" ]; then

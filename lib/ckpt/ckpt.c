@@ -550,6 +550,25 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
             return BAD("optimizer.state: expected names of state buffers");
         c->state_names[c->n_state++] = strdup(json_object_get_string(v));
     }
+    { /* the built-in optimizers' state is known: a list that differs is damage (a load would
+       * refuse it later, and merge --optimizer would leave buffers out) */
+        static const struct {
+            const char *type, *state;
+        } known[] = {{"adam", "exp_avg exp_avg_sq"}, {"adamw", "exp_avg exp_avg_sq"}, {"lamb", "exp_avg exp_avg_sq"},
+                     {"adagrad", "sum"}, {"sgd", ""}, {"sgd", "momentum_buffer"}};
+        char have[160] = "";
+        for (int i = 0; i < c->n_state; i++)
+            snprintf(have + strlen(have), sizeof have - strlen(have), "%s%s", i ? " " : "", c->state_names[i]);
+        int typed = 0, match = 0;
+        for (size_t k = 0; k < sizeof known / sizeof known[0]; k++)
+            if (!strcasecmp(oname, known[k].type)) {
+                typed = 1;
+                match |= !strcmp(have, known[k].state);
+            }
+        if (typed && !match)
+            return ds_error_set(err, DS_ERR_INVALID, "%s: optimizer.state: [%s] is not %s's state (file damaged?)",
+                                mpath, have, oname);
+    }
     json_object *params = jget(m, "params");
     if (!params || !json_object_is_type(params, json_type_array))
         return BAD("expected a \"params\" array");
@@ -576,6 +595,11 @@ static ds_status parse_manifest(ds_ckpt *c, const char *mpath, ds_error *err)
                                 "\"numel\"}, found %.200s", mpath, i,
                                 v ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN) : "nothing");
         snprintf(p->name, sizeof p->name, "%s", nm);
+        const char *dt = jstr(v, "dtype"); /* the model file holds fp32 weights */
+        if (jget(v, "dtype") && (!dt || strcmp(dt, "F32")))
+            return ds_error_set(err, DS_ERR_INVALID, "%s: params[%d] \"%s\": dtype: expected \"F32\", found %s "
+                                "(file damaged?)", mpath, i, p->name,
+                                json_object_to_json_string_ext(jget(v, "dtype"), JSON_C_TO_STRING_PLAIN));
         p->ndim = (int)json_object_array_length(shape);
         int64_t n = 1;
         for (int d = 0; d < p->ndim; d++) {
@@ -959,8 +983,10 @@ ds_status ds_ckpt_list(const char *dir, char ***tags, int *n, char ***leftovers,
         struct stat sb;
         if (!man) {
             st = ds_error_set(err, DS_ERR_NOMEM, "out of memory");
-        } else if (de->d_name[0] == '.' && stat(sub, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-            if (leftovers) {
+        } else if (de->d_name[0] == '.') {
+            /* what a save or a prune can leave: .tmp.TAG, .del.TAG (other dot names are not ours) */
+            if (leftovers && (!strncmp(de->d_name, ".tmp.", 5) || !strncmp(de->d_name, ".del.", 5)) &&
+                stat(sub, &sb) == 0 && S_ISDIR(sb.st_mode)) {
                 char **g = realloc(left, (size_t)(kl + 1) * sizeof *g);
                 if (g && (g[kl] = strdup(de->d_name)))
                     left = g, kl++;
