@@ -2,7 +2,8 @@
 # ZeRO stages 0 to 3 under ds-launch on one machine: with 1, 2, 3 and 4 ranks and a fixed
 # global batch they give the same losses over 20 steps (sequential data, fp32, gradient
 # clipping, small buckets so that every collective is cut into several; within 1e-5 relative);
-# at the same world size the stages give the same losses exactly, in fp32 (every optimizer
+# at the same world size (2 ranks, gradient_accumulation_steps 1: with 3 ranks or several
+# micro-batches the reductions add in another order) the stages give the same losses exactly, in fp32 (every optimizer
 # under stage 2), fp16 and bf16: the global norm that clipping uses is summed in double and
 # gathered whole, so it does not depend on where the partitions begin; each rank's
 # optimizer state shrinks as 1/N; partitions of a count that does not divide; an inf in one
@@ -14,6 +15,7 @@
 set -u
 unset CUDA_VISIBLE_DEVICES # ds-launch's local mode would take its devices as the ranks' (ds-launch(1))
 B=${DS_BUILD_DIR:-.}
+S=$(cd "${DS_TEST_DIR:-$(dirname "$0")}/.." && pwd) # the source tree (share/configs)
 T=$(mktemp -d "${TMPDIR:-/tmp}/ds-zero.XXXXXX") || exit 1
 trap 'rm -rf "$T"' EXIT
 cd "$T" || exit 1
@@ -211,6 +213,15 @@ for o in 'Lamb:{"type": "Lamb", "params": {"lr": 0.01, "weight_decay": 0.01}}' \
             ok "$on: stages 2 and 3 give stage 0's losses at 2 ranks ($out)"
         else notok "$on under stage 2/3: $out $(same o0$on o3$on 0 2>&1)"; fi
     else notok "$on runs failed: $(head -c 300 o2$on.err) $(head -c 300 o3$on.err)"; fi
+done
+
+# overlap_comm: ds_engine_get_grad/set_grad wait for the communication thread (a gradient set to 0
+# after backward was added to by the reduction still running: every wte weight moved)
+for st in 1 2 3; do
+    if "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/tests/grad_probe" \
+        "$S/share/configs/gpt-tiny.json" $st >gp$st.out 2>gp$st.err; then
+        ok "overlap_comm, stage $st: get_grad right after backward is the reduced gradient; set_grad is what the step uses"
+    else notok "grad_probe stage $st: $(grep grad_probe gp$st.err gp$st.out | head -c 400)"; fi
 done
 
 # overflow in stage 2: rank 1's partition gets an inf at step 5; both ranks skip step 5

@@ -1857,6 +1857,11 @@ static ds_status grad_copy(ds_engine *e, const char *name, float *host, const fl
     const ds_tensor_info *t = find_tensor(e, name, numel, err);
     if (!t)
         return DS_ERR_INVALID;
+    /* overlap_comm: the communication thread may still be reducing the last buckets of the
+     * backward; a read would see them half done, a write be added to */
+    ds_status dst = zq_drain(e, err);
+    if (dst != DS_OK)
+        return dst;
     const ds_backend_ops *ops = e->be->ops;
     ds_status st = DS_OK;
     if (e->zero < 2) {
