@@ -789,6 +789,10 @@ Test(config, scalar_defaults_seed_and_stored_text)
     load_ok(&c, TB8("\"gradient_clipping\": \"auto\", \"steps_per_print\": null"), 1);
     cr_expect(has_warning(&c, "gradient_clipping is \"auto\": using the default 0"));
     ds_config_free(&c);
+    load_ok(&c, TB8("\"zero_optimization\": {\"stage\": \"auto\"}"), 1);
+    cr_expect_eq(c.zero.stage, 0);
+    cr_expect(has_warning(&c, "zero_optimization.stage is \"auto\": using the default 0 (no ZeRO)"));
+    ds_config_free(&c);
 
     ds_error e;
     cr_expect_eq(ds_config_load_string(&c, json, "ds.json", 0, 0, &h, &e), DS_ERR_INVALID);

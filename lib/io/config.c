@@ -967,6 +967,8 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
                 return st;
             if (s == V_SET && (i < 0 || i > 3))
                 return bad_type(r, p, "0, 1, 2 or 3", sv);
+            if (s == V_AUTO)
+                warn(r, "zero_optimization.stage is \"auto\": using the default 0 (no ZeRO)");
             r->cfg->zero.stage = s == V_SET ? (int)i : 0;
         }
         if (json_object_object_get_ex(v, "cpu_offload", NULL) &&
