@@ -1112,29 +1112,7 @@ static void gelu_bwd16(const uint16_t *x, const uint16_t *dy, uint16_t *dx, int6
     }
 }
 
-/* GELU on 16-bit values through tables: lut[u] is gelu_fwd16 of the value with bits u, dlut[u]
- * the fp32 derivative gelu_bwd16 computes there (the same inline formulas, so the same bits).
- * The lookups are scalar loads (a gather would be slow on CPUs with Intel's gather
- * mitigation); the tables are 128 KiB and 256 KiB, and the values activations take stay in a
- * few KiB of them. Measured here (AMD EPYC Zen 5, AVX2 kernels, 2^20 bf16 values ~N(0, 1.5), 2
- * threads): forward 0.41 -> 0.13 ms, backward 0.79 -> 0.19 ms. */
-/* one value of mode widened to fp32, and rounded back: the conversions of unpack16_span and
- * pack16_span (their tails), for the tables */
-static inline float unpack16_one(uint16_t x, int mode)
-{
-    if (mode == DS_ROUND_BF16) {
-        uint32_t u = (uint32_t)x << 16;
-        float f;
-        memcpy(&f, &u, 4);
-        return f;
-    }
-#ifdef __F16C__
-    return _cvtsh_ss(x);
-#else
-    return ds_f16_to_f32(x);
-#endif
-}
-
+/* one value rounded to 16 bits of mode: pack16_span's conversion (its tail), for the tables */
 static inline uint16_t pack16_one(float x, int mode)
 {
     if (mode == DS_ROUND_BF16)
@@ -1146,11 +1124,17 @@ static inline uint16_t pack16_one(float x, int mode)
 #endif
 }
 
+/* GELU on 16-bit values through tables: lut[u] is gelu_fwd16 of the value with bits u, dlut[u]
+ * the fp32 derivative gelu_bwd16 computes there (the same inline formulas, so the same bits).
+ * The lookups are scalar loads (a gather would be slow on CPUs with Intel's gather
+ * mitigation); the tables are 128 KiB and 256 KiB, and the values activations take stay in a
+ * few KiB of them. Measured here (AMD EPYC Zen 5, AVX2 kernels, 2^20 bf16 values ~N(0, 1.5), 2
+ * threads): forward 0.41 -> 0.13 ms, backward 0.79 -> 0.19 ms. */
 static void gelu_tables16(uint16_t *lut, float *dlut, int approximate, int mode)
 {
     const exp_hold_t h = held(&gelu_hold_value);
     for (int32_t u = 0; u < 65536; u++) {
-        const float v = unpack16_one((uint16_t)u, mode);
+        const float v = widen16((uint16_t)u, mode); /* unpack16_span's widening */
         dlut[u] = approximate ? gelu_tanh_grad_at(v, h) : gelu_erf_grad_at(v, h);
         lut[u] = pack16_one(approximate ? gelu_tanh_at(v, h) : gelu_erf_at(v, h), mode);
     }
