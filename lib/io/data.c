@@ -358,7 +358,6 @@ static ds_status list_dir(const char *dir, char ***out, int *n_out, ds_error *er
     return DS_OK;
 }
 
-/* A list of files (a directory or a glob) is either all llm.c shards or all text. */
 /* A file about to be read as text that is something else ds reads another way: a NumPy file
  * (features are given with --labels; tokens come as text, llm.c shards or a Megatron dataset)
  * or a Megatron dataset's index or data file (given by its prefix). DS_OK when it looks like
@@ -384,6 +383,7 @@ static ds_status not_text(const char *file, const ds_mapped *m, ds_error *err)
     return DS_OK;
 }
 
+/* A list of files (a directory or a glob) is either all llm.c shards or all text. */
 static ds_status add_files(ds_dataset *ds, const char *what, char **files, int n, int *shards,
                            ds_error *err)
 {
@@ -650,7 +650,7 @@ ds_status ds_dataset_open_npy(ds_dataset **out, const char *x_path, const char *
             break;
         for (int64_t i = 0; i < n * w; i++) {
             const double v = ds_npy_get_f64(t, i);
-            if (isfinite(v) && fabs(v) <= FLT_MAX)
+            if (isfinite((float)v)) /* what the batch will hold */
                 continue;
             rc = isfinite(v) ? ds_error_set(err, DS_ERR_INVALID, "%s: row %lld, %s %lld: %g does not fit in fp32 "
                                             "(largest finite value %g)", a ? y_path : x_path, (long long)(i / w),
