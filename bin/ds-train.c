@@ -504,14 +504,20 @@ static void print_curriculum(const ds_config *cfg, const ds_net *net)
     printf("curriculum_learning: training forwards read the first N of %lld positions of each sample: ",
            (long long)net->positions);
     if (c->schedule == DS_CL_FIXED_DISCRETE) {
-        for (int i = 0; i < c->n_discrete - 1; i++)
-            printf("%lld to step %lld, ", (long long)c->difficulty[i], (long long)c->max_step[i]);
-        printf("then %lld", (long long)c->difficulty[c->n_discrete - 1]);
-        int down = 0;
-        for (int i = 1; i < c->n_discrete; i++)
-            down = down || c->difficulty[i] < c->difficulty[i - 1];
-        if (down) /* DeepSpeed's update_difficulty stops changing it at max_difficulty */
-            printf(" (held once it reaches max_difficulty %lld)", (long long)c->max_difficulty);
+        /* the lengths the steps will read, as the engine computes them: the list clamped to
+         * max_difficulty, and held once it reaches it (DeepSpeed's update_difficulty) */
+        const int64_t last = c->n_discrete > 1 ? c->max_step[c->n_discrete - 2] + 1 : 1;
+        int64_t cur = ds_curriculum_update(c, c->min_difficulty, 1);
+        int changes = 0;
+        for (int64_t at = 2; at <= last; at++) {
+            const int64_t next = ds_curriculum_update(c, cur, at);
+            if (next != cur)
+                printf("%lld to step %lld, ", (long long)cur, (long long)(at - 1)), changes++;
+            cur = next;
+        }
+        printf(changes ? "then %lld" : "%lld throughout", (long long)cur);
+        if (cur != c->difficulty[c->n_discrete - 1])
+            printf(" (held at max_difficulty %lld)", (long long)c->max_difficulty);
         printf("\n");
     } else {
         int64_t at = 1, cur = ds_curriculum_update(c, c->min_difficulty, 1); /* the first step at the top */
@@ -550,7 +556,7 @@ static void print_actckpt(ds_engine *eng, const char *config, const char *netfil
     ds_engine_memory_report(eng, &mr);
     if (!mr.checkpoints) {
         if (ac->partition_activations || ac->contiguous || ac->cpu_checkpointing || ac->synchronize ||
-            ac->number_checkpoints)
+            ac->profile || ac->number_checkpoints)
             fprintf(stderr, "ds-train: warning: %s: activation_checkpointing: %s checkpoints no layers, so the "
                     "section changes nothing; give a repeat \"checkpoint\": true (ds-net(5)) or pass "
                     "--checkpoint-activations\n", config, netfile);

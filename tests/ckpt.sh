@@ -121,6 +121,17 @@ if run 1 "${a[@]}" --log-json cl-s.jsonl >/dev/null 2>err && run 1 "${a[@]/20/10
      "24 24 24 24 24 32 32 32 32 32" ]; then
     ok "curriculum_learning with activation checkpointing: 20 steps == 10 + resume + 10 (lengths 24 to 32 across it)"
 else notok "curriculum resume: $(head -c 400 err)"; fi
+# a fixed_discrete list that passes max_difficulty: the length is held at the maximum once it
+# reaches it, which a resume must replay (it restarted from min_difficulty and took 64 there)
+cfg 4 "" 1 > cld.json
+sed -i 's/"zero_optimization"/"curriculum_learning": {"enabled": true, "curriculum_type": "seqlen", "min_difficulty": 8, "max_difficulty": 24, "schedule_type": "fixed_discrete", "schedule_config": {"difficulty": [16, 24, 32], "max_step": [3, 6]}}, "zero_optimization"/' cld.json
+a=(drop2.json --config cld.json --data text.txt --steps 10) # (not --quiet: the start line is checked)
+if run 1 "${a[@]}" --log-json cld-s.jsonl >cld-s.out 2>err && grep -q "16 to step 3, then 24 (held at max_difficulty 24)$" cld-s.out &&
+   run 1 "${a[@]/10/7}" --log-json cld-a.jsonl --save cld-r >/dev/null 2>>err &&
+   run 1 "${a[@]}" --log-json cld-b.jsonl --load cld-r >/dev/null 2>>err && same_losses cld-s.jsonl cld-a.jsonl,cld-b.jsonl 10 2>>err &&
+   [ "$(python3 -c 'import json, sys; print(" ".join(str(json.loads(l)["seqlen"]) for l in open(sys.argv[1])))' cld-b.jsonl)" = "24 24 24" ]; then
+    ok "curriculum_learning, a discrete list past max_difficulty: the start line says it is held at 24; 10 steps == 7 + resume + 3"
+else notok "discrete curriculum resume: $(head -c 400 err)"; fi
 # progressive_layer_drop: its theta follows the step and its draws the micro-step, so a resumed
 # run drops what the straight one did (2 ranks, ZeRO-3, fp16; some layer dropped after step 10)
 cfg 2 "$FP16" 3 2 > pld.json

@@ -431,6 +431,10 @@ expect_fail "activation_checkpointing.number_checkpoints below the network's che
 run gpt3.json --config ack.json --data text.txt --steps 1
 [ "$rc" = 0 ] && grep -q "warning: ack.json: activation_checkpointing: gpt3.json checkpoints no layers, so the section changes nothing" "$T/err" &&
     ok "activation_checkpointing without a checkpointed repeat: trains, with a warning" || notok "activation_checkpointing warning $(why)"
+sed 's/"seed": 1}/"seed": 1, "activation_checkpointing": {"profile": true}}/' ds.json >acp.json
+run gpt3.json --config acp.json --data text.txt --steps 1
+[ "$rc" = 0 ] && grep -q "warning: acp.json: activation_checkpointing: gpt3.json checkpoints no layers" "$T/err" &&
+    ok "... a section with only profile: the same warning" || notok "activation_checkpointing profile-only warning $(why)"
 
 # curriculum_learning (seqlen): the real config asks for more positions than gpt3.json has; a
 # schedule that fits shows in the step lines and --log-json

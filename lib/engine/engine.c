@@ -2271,6 +2271,14 @@ ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_err
     e->global_steps = s->global_steps;
     e->global_samples = s->global_samples;
     e->micro_steps = s->micro_steps;
+    if (e->cfg.curriculum.enabled) {
+        /* the difficulty the steps so far reached, replayed from the start as the forwards went
+         * (it is held once it reaches max_difficulty, so it is not a function of the step
+         * alone: a fixed_discrete list may pass or fall below the maximum later) */
+        e->cl_seqlen = e->cfg.curriculum.min_difficulty;
+        for (int64_t k = 1; k <= e->global_steps; k++)
+            e->cl_seqlen = ds_curriculum_update(&e->cfg.curriculum, e->cl_seqlen, k);
+    }
     e->skipped = s->skipped_steps;
     e->opt.step = s->optimizer_step;
     /* SGD: whether buf = d is behind us; exact unless a cycled momentum was 0 in the first
