@@ -714,6 +714,20 @@ static ds_status read_curriculum(rd *r, const char *path, json_object *v)
     join(sp, sizeof sp, path, "schedule_config");
     if (!json_object_object_get_ex(v, "schedule_config", &sc) || !json_object_is_type(sc, json_type_object))
         return sc ? bad_type(r, sp, "an object", sc) : fail(r, DS_ERR_INVALID, sp, "missing (the %s schedule's settings)", sched);
+    { /* as the block's own keys: one the schedule does not read is an error, not ignored */
+        const char *want = !strcmp(sched, "fixed_discrete") ? "difficulty max_step"
+                           : !strcmp(sched, "fixed_root")   ? "total_curriculum_step difficulty_step root_degree"
+                                                            : "total_curriculum_step difficulty_step";
+        json_object_object_foreach(sc, key, val) {
+            (void)val;
+            char pad[64];
+            snprintf(pad, sizeof pad, " %s ", key);
+            char list[96];
+            snprintf(list, sizeof list, " %s ", want);
+            if (!strstr(list, pad))
+                return fail(r, DS_ERR_INVALID, sp, "unknown key \"%s\" for %s (expected %s)", key, sched, want);
+        }
+    }
     if (!strcmp(sched, "fixed_discrete")) {
         int nm = 0;
         c->schedule = DS_CL_FIXED_DISCRETE;
