@@ -72,7 +72,10 @@ static const char *usage_text =
     "                        at --world_size N ranks (default 1), and the ZeRO paper's\n"
     "                        model-state formulas, without training\n"
     "  --quiet               no per-step lines and no progress line\n"
-    "  -h, --help            this text;  --version  the version\n";
+    "  -h, --help            this text;  --version  the version\n"
+    "Spellings with - and _ are both taken where DeepSpeed or Megatron-LM uses the other one:\n"
+    "  --prof-db, --peak-tflops, --save-interval, --keep-last, --world-size,\n"
+    "  --checkpoint_activations, --deepspeed_config (= --config)\n";
 
 enum {
     OPT_CONFIG = 256, OPT_DATA, OPT_LABELS, OPT_STEPS, OPT_SEED, OPT_ORDER, OPT_INIT, OPT_SAVE,
