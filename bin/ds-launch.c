@@ -604,14 +604,13 @@ static void signal_job(rank_proc *r, int n, int sig)
 
 /* Signal every process whose parent is this ds-launch (a subreaper: the ranks' orphaned
  * descendants are reparented here, also those that left their rank's process group with
- * setsid); how many were signalled. Linux /proc. */
-static int signal_children(int sig)
+ * setsid). Linux /proc. */
+static void signal_children(int sig)
 {
     DIR *d = opendir("/proc");
     if (!d)
-        return 0;
+        return;
     const pid_t me = getpid();
-    int count = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
         char *end;
@@ -629,13 +628,10 @@ static int signal_children(int sig)
         const char *rp = strrchr(buf, ')'); /* the name in parentheses may hold spaces */
         long ppid = -1;
         char state;
-        if (rp && sscanf(rp + 1, " %c %ld", &state, &ppid) == 2 && ppid == me && state != 'Z') {
+        if (rp && sscanf(rp + 1, " %c %ld", &state, &ppid) == 2 && ppid == me && state != 'Z')
             kill((pid_t)pid, sig);
-            count++;
-        }
     }
     closedir(d);
-    return count;
 }
 
 static int make_log_dir(const char *dir)

@@ -691,7 +691,7 @@ Test(features, curriculum_learning_errors)
     load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10, "
                   "\"difficulty_step\": 8, \"extra\": 1}"), 1, 0, DS_ERR_INVALID,
                "curriculum_learning.schedule_config: unknown key \"extra\" for fixed_linear (expected "
-               "total_curriculum_step difficulty_step)", NULL);
+               "total_curriculum_step, difficulty_step)", NULL);
     load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_linear\""), 1, 0, DS_ERR_INVALID,
                "curriculum_learning.schedule_config: missing (the fixed_linear schedule's settings)", NULL);
     load_fails(CL(CL_OK_HEAD "\"schedule_type\": \"fixed_linear\", \"schedule_config\": {\"total_curriculum_step\": 10}"),

@@ -1828,30 +1828,29 @@ static double mnum(mread *r, json_object *o, const char *blk, const char *key, i
     return json_object_get_double(v);
 }
 
-static int64_t mint(mread *r, json_object *o, const char *blk, const char *key)
+/* blk.key of JSON type t, or NULL after naming what was expected (want) and found */
+static json_object *mtyped(mread *r, json_object *o, const char *blk, const char *key, json_type t, const char *want)
 {
     int present;
     json_object *v = mget(o, key, &present);
+    if (v && json_object_is_type(v, t))
+        return v;
     char path[160];
     snprintf(path, sizeof path, "%s.%s", blk, key);
-    if (!v || !json_object_is_type(v, json_type_int)) {
-        mbad(r, path, "an integer", v, present);
-        return 0;
-    }
-    return json_object_get_int64(v);
+    mbad(r, path, want, v, present);
+    return NULL;
+}
+
+static int64_t mint(mread *r, json_object *o, const char *blk, const char *key)
+{
+    json_object *v = mtyped(r, o, blk, key, json_type_int, "an integer");
+    return v ? json_object_get_int64(v) : 0;
 }
 
 static int mbool(mread *r, json_object *o, const char *blk, const char *key)
 {
-    int present;
-    json_object *v = mget(o, key, &present);
-    char path[160];
-    snprintf(path, sizeof path, "%s.%s", blk, key);
-    if (!v || !json_object_is_type(v, json_type_boolean)) {
-        mbad(r, path, "true or false", v, present);
-        return 0;
-    }
-    return json_object_get_boolean(v);
+    json_object *v = mtyped(r, o, blk, key, json_type_boolean, "true or false");
+    return v ? json_object_get_boolean(v) : 0;
 }
 
 /* The engine state the checkpoint holds, into *s (the engine's own scalars, then the

@@ -664,6 +664,27 @@ static ds_status read_switch(rd *r, const char *path, json_object *v, int *on)
     return DS_OK;
 }
 
+static void append(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Every key of object o is one of keys (NULL-terminated); else an error at path naming it, with
+ * what (" for fixed_linear", or "") after it and the keys expected. */
+static ds_status only_keys(rd *r, const char *path, json_object *o, const char *const *keys, const char *what)
+{
+    json_object_object_foreach(o, key, val) {
+        (void)val;
+        int known = 0;
+        for (int i = 0; keys[i]; i++)
+            known = known || !strcmp(key, keys[i]);
+        if (known)
+            continue;
+        char list[256] = "";
+        for (int i = 0; keys[i]; i++)
+            append(list, sizeof list, "%s%s", i ? ", " : "", keys[i]);
+        return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\"%s (expected %s)", key, what, list);
+    }
+    return DS_OK;
+}
+
 /* The legacy top-level curriculum_learning block (CurriculumScheduler's asserts). Disabled, its
  * contents are not read, as in DeepSpeed. */
 static ds_status read_curriculum(rd *r, const char *path, json_object *v)
@@ -676,15 +697,8 @@ static ds_status read_curriculum(rd *r, const char *path, json_object *v)
         return st;
     static const char *const keys[] = {"enabled", "curriculum_type", "min_difficulty", "max_difficulty",
                                        "schedule_type", "schedule_config", NULL};
-    json_object_object_foreach(v, key, val) {
-        (void)val;
-        int known = 0;
-        for (int i = 0; keys[i]; i++)
-            known = known || !strcmp(key, keys[i]);
-        if (!known)
-            return fail(r, DS_ERR_INVALID, path, "unknown key \"%s\" (expected enabled, curriculum_type, "
-                        "min_difficulty, max_difficulty, schedule_type, schedule_config)", key);
-    }
+    if ((st = only_keys(r, path, v, keys, "")) != DS_OK)
+        return st;
     ds_curriculum_config *c = &r->cfg->curriculum;
     const char *type = NULL, *sched = NULL;
     json_object *tv = NULL, *sv = NULL, *sc = NULL;
@@ -715,18 +729,15 @@ static ds_status read_curriculum(rd *r, const char *path, json_object *v)
     if (!json_object_object_get_ex(v, "schedule_config", &sc) || !json_object_is_type(sc, json_type_object))
         return sc ? bad_type(r, sp, "an object", sc) : fail(r, DS_ERR_INVALID, sp, "missing (the %s schedule's settings)", sched);
     { /* as the block's own keys: one the schedule does not read is an error, not ignored */
-        const char *want = !strcmp(sched, "fixed_discrete") ? "difficulty max_step"
-                           : !strcmp(sched, "fixed_root")   ? "total_curriculum_step difficulty_step root_degree"
-                                                            : "total_curriculum_step difficulty_step";
-        json_object_object_foreach(sc, key, val) {
-            (void)val;
-            char pad[64];
-            snprintf(pad, sizeof pad, " %s ", key);
-            char list[96];
-            snprintf(list, sizeof list, " %s ", want);
-            if (!strstr(list, pad))
-                return fail(r, DS_ERR_INVALID, sp, "unknown key \"%s\" for %s (expected %s)", key, sched, want);
-        }
+        static const char *const discrete[] = {"difficulty", "max_step", NULL};
+        static const char *const linear[] = {"total_curriculum_step", "difficulty_step", NULL};
+        static const char *const root[] = {"total_curriculum_step", "difficulty_step", "root_degree", NULL};
+        char what[64];
+        snprintf(what, sizeof what, " for %s", sched);
+        if ((st = only_keys(r, sp, sc, !strcmp(sched, "fixed_discrete") ? discrete
+                                       : !strcmp(sched, "fixed_root")   ? root
+                                                                        : linear, what)) != DS_OK)
+            return st;
     }
     if (!strcmp(sched, "fixed_discrete")) {
         int nm = 0;
