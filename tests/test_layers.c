@@ -1527,6 +1527,48 @@ Test(backend, scratch_buffers_are_independent)
  * the products stay fp32 (the same numbers: the engine feeds them bf16 values). Either way a
  * linear layer's forward and backward on bf16 values must match the fp32 products: bf16 x bf16
  * is exact in fp32, only the summation order may differ. */
+/* bf16 products on the CPU's bf16 units take the avx512 kernels when cpuid picked the variant
+ * (those CPUs all have AVX-512), and set_precision gives cpuid's pick back for the other
+ * precisions; a named variant (or DS_CPU_KERNELS's) stays what it is. */
+Test(backend, bf16_units_take_the_avx512_kernels)
+{
+    ds_backend *b;
+    ds_error err = {0};
+    unsetenv("DS_CPU_BF16_GEMM");
+    const char *forced = getenv("DS_CPU_KERNELS");
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    const char *pick = forced && *forced ? forced : avx2 ? "avx2" : "generic";
+    cr_assert_eq(ds_backend_create(&b, "cpu", &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+    char desc[256], want[64];
+    snprintf(desc, sizeof desc, "%s", ds_backend_describe(b));
+    const int units = strstr(desc, "bf16 GEMMs") != NULL;
+    snprintf(want, sizeof want, "%s, ", units && avx512 && !(forced && *forced) ? "avx512" : pick);
+    cr_expect(strncmp(desc, want, strlen(want)) == 0, "bf16 on cpu: \"%s\", expected it to start \"%s\"", desc, want);
+    cr_assert_eq(b->ops->set_precision(b, DS_ROUND_FP16), DS_OK, "%s", b->err.msg);
+    cr_expect_str_eq(ds_backend_describe(b), pick, "fp16 after bf16: cpuid's pick again");
+    cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+    cr_expect_str_eq(ds_backend_describe(b), desc, "bf16 again");
+    cr_assert_eq(b->ops->set_precision(b, 0), DS_OK, "%s", b->err.msg);
+    cr_expect_str_eq(ds_backend_describe(b), pick, "fp32 after bf16: cpuid's pick again");
+    /* the emulation (tests) keeps the pick: it runs the bf16-units paths on any CPU */
+    setenv("DS_CPU_BF16_GEMM", "emulate", 1);
+    cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+    snprintf(want, sizeof want, "%s, ", pick);
+    cr_expect(strncmp(ds_backend_describe(b), want, strlen(want)) == 0, "emulated: %s", ds_backend_describe(b));
+    unsetenv("DS_CPU_BF16_GEMM");
+    ds_backend_destroy(b);
+    if (avx2) {
+        cr_assert_eq(ds_backend_create(&b, "cpu:avx2", &err), DS_OK, "%s", err.msg);
+        cr_assert_eq(b->ops->set_precision(b, DS_ROUND_BF16), DS_OK, "%s", b->err.msg);
+        cr_expect(strncmp(ds_backend_describe(b), "avx2, ", 6) == 0, "a named variant under bf16: %s",
+                  ds_backend_describe(b));
+        ds_backend_destroy(b);
+    }
+}
+
 static void linear_all(ds_backend *b, const float *x, const float *w, const float *bias, const float *dy,
                        float *y, float *dx, float *dw, float *db, int64_t M, int64_t K, int64_t N)
 {

@@ -21,6 +21,10 @@
 typedef struct cpu_impl {
     const ds_cpu_kernels *k;
     const ds_cpu_kernels *ks; /* the same variant without threads (inside store16's tiles) */
+    /* cpuid's pick, with no variant named: set_precision then takes the avx512 kernels for
+     * bf16 products on the CPU's bf16 units (bf16_kernels), and these again for the rest */
+    const ds_cpu_kernels *picked, *picked_s;
+    int auto_pick;
     ds_dnnl *dnnl;
     float *scratch; /* transposed dY for weight gradients */
     size_t scratch_floats;
@@ -429,6 +433,24 @@ static int att16_here(ds_backend *b, int64_t B, int64_t T, int64_t C, int64_t H)
  * bf16 values (the same numbers up to summation order). DS_CPU_BF16_GEMM=1 makes missing
  * units an error; DS_CPU_BF16_GEMM=emulate (tests) takes the bf16-units code paths on any CPU,
  * the products themselves widened to fp32 (ds_dnnl_bf16_emulate). */
+static int x86_level(void);
+
+/* The kernel variant for this precision: a CPU with bf16 units has AVX-512, and there bf16
+ * training ran faster on the avx512 kernels (gpt-tiny, 2 threads: an AMX Xeon 6-9%, where
+ * its fp32 ran 10% slower on them, the reason cpuid picks avx2; a Zen 5 EPYC with
+ * AVX512_BF16 0-3%). Only for cpuid's pick; the GELU tables are rebuilt on a change. */
+static void bf16_kernels(cpu_impl *c, int on)
+{
+    if (!c->auto_pick)
+        return;
+    const ds_cpu_kernels *k = on && x86_level() >= 2 ? &ds_cpu_kernels_avx512 : c->picked;
+    if (k == c->k)
+        return;
+    c->k = k;
+    c->ks = k == &ds_cpu_kernels_avx512 ? &ds_cpu_kernels_avx512_serial : c->picked_s;
+    c->gelu_lut_mode[0] = c->gelu_lut_mode[1] = -1;
+}
+
 static ds_status cpu_set_precision(ds_backend *b, int mode)
 {
     cpu_impl *c = b->impl;
@@ -451,12 +473,14 @@ static ds_status cpu_set_precision(ds_backend *b, int mode)
     c->dw16_transpose = dwt && strcmp(dwt, "1") == 0;
     c->att_shape[0] = 0; /* check shapes again */
     if (want && emulate) {
+        bf16_kernels(c, 0);
         c->gemm16 = c->att16 = 1;
         snprintf(c->describe, sizeof c->describe, "%s, bf16 GEMMs and attention emulated in fp32 "
                  "(DS_CPU_BF16_GEMM=emulate)", c->k->variant);
         return DS_OK;
     }
     c->gemm16 = want && ds_dnnl_bf16_probe(c->dnnl, &why);
+    bf16_kernels(c, c->gemm16);
     c->att16 = c->gemm16 && att_products_fast(c->dnnl, 2, 64, 64, 2); /* a small shape of the kind */
     if (want && !c->gemm16 && env && strcmp(env, "1") == 0)
         return ds_error_set(&b->err, DS_ERR_UNSUPPORTED, "DS_CPU_BF16_GEMM=1: no bf16 products here: %s", why);
@@ -1197,11 +1221,11 @@ static int x86_level(void)
 #endif
 }
 
-/* variant: NULL or "" picks by cpuid (avx2 or generic), or takes DS_CPU_KERNELS's when that is
- * set (so that whole test programs and scripts can run on another variant, as if cpuid had
- * picked it); "avx2", "generic" or "avx512" forces one. avx512 (the same kernels with 512-bit
- * vectors) is not picked on its own: the whole suite passes with it, but it is not faster
- * everywhere. gpt-tiny on 2 threads: a Zen 5 EPYC 2% (fp32) and 7% (bf16) faster than avx2; an
+/* variant: NULL or "" picks by cpuid (avx2 or generic; set_precision takes avx512 for bf16
+ * products on bf16 units: bf16_kernels), or takes DS_CPU_KERNELS's when that is set (so that
+ * whole test programs and scripts can run on another variant, as if cpuid had picked it);
+ * "avx2", "generic" or "avx512" forces one. avx512 (the same kernels with 512-bit vectors) is
+ * not picked for the rest: the whole suite passes with it, but it is not faster everywhere. gpt-tiny on 2 threads: a Zen 5 EPYC 2% (fp32) and 7% (bf16) faster than avx2; an
  * AMX Xeon (2026-11-29) 9% faster in bf16 but 10% slower in fp32, where its elementwise kernels
  * (GELU 2.7x, LayerNorm, the loss) were slower. */
 ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error *err)
@@ -1276,6 +1300,8 @@ ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error 
     c->ks = k == &ds_cpu_kernels_avx2     ? &ds_cpu_kernels_avx2_serial
             : k == &ds_cpu_kernels_avx512 ? &ds_cpu_kernels_avx512_serial
                                           : &ds_cpu_kernels_generic_serial;
+    c->picked = k, c->picked_s = c->ks;
+    c->auto_pick = !variant || !*variant;
     b->ops = &cpu_ops;
     b->impl = c;
     *out = b;
