@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <json-c/json.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,7 @@ typedef struct args {
     double min_lr, max_lr, smooth, diverge;
     int n_values;
     double values[MAX_VALUES];
+    const char *range_flag, *sweep_flag, *train_flag; /* a flag of that mode given (for the mode check) */
 } args;
 
 static int usage_error(const char *fmt, const char *a)
@@ -95,6 +97,10 @@ static int parse_num(const char *flag, const char *s, double lo, double hi, int 
     char *end;
     errno = 0;
     double v = strtod(s, &end);
+    if (errno == ERANGE && *s && !*end) {
+        fprintf(stderr, "ds-lrrt: %s: \"%s\" is too %s for a double\n", flag, s, fabs(v) < 1 ? "small" : "large");
+        return -1;
+    }
     if (errno || *end || end == s || !isfinite(v) || v < lo || (open && v == lo) || v >= hi) {
         if (hi < 1e300)
             fprintf(stderr, "ds-lrrt: %s: expected a number in %s%g, %g), found \"%s\"\n", flag, open ? "(" : "[",
@@ -141,11 +147,12 @@ static int parse_args(int argc, char **argv, args *a)
         switch (c) {
         case OPT_CONFIG: a->config = optarg; break;
         case OPT_DEEPSPEED: break;
-        case OPT_DATA: a->data = optarg; break;
-        case OPT_LABELS: a->labels = optarg; break;
+        case OPT_DATA: a->data = optarg, a->train_flag = "--data"; break;
+        case OPT_LABELS: a->labels = optarg, a->train_flag = "--labels"; break;
         case OPT_STEPS:
             if (parse_i64("--steps", optarg, 1, &a->steps))
                 return 2;
+            a->train_flag = "--steps";
             break;
         case OPT_SEED:
             if (cliarg_seed(optarg, &a->seed)) {
@@ -153,6 +160,7 @@ static int parse_args(int argc, char **argv, args *a)
                 return 2;
             }
             a->seed_set = 1;
+            a->train_flag = "--seed";
             break;
         case OPT_ORDER:
             if (!strcmp(optarg, "shuffled"))
@@ -161,19 +169,21 @@ static int parse_args(int argc, char **argv, args *a)
                 a->order = DS_ORDER_SEQUENTIAL;
             else
                 return usage_error("--data-order: expected shuffled or sequential, found \"%s\"", optarg);
+            a->train_flag = "--data-order";
             break;
         case OPT_MICRO:
             if (parse_i64("--micro-batch", optarg, 1, &a->micro))
                 return 2;
             break;
         case OPT_STRICT: a->strict = 1; break;
-        case OPT_BACKEND: a->backend = optarg; break;
+        case OPT_BACKEND: a->backend = optarg, a->train_flag = "--backend"; break;
         case OPT_DEVICE:
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
                 return usage_error("--device: expected cpu, cuda or auto, found \"%s\"", optarg);
             a->device = optarg;
+            a->train_flag = "--device";
             break;
-        case OPT_FORCE: a->force = 1; break;
+        case OPT_FORCE: a->force = 1, a->train_flag = "--force"; break;
         case OPT_QUIET: a->quiet = 1; break;
         case OPT_PRINT:
             if (parse_i64("--print-schedule", optarg, 1, &a->print_schedule))
@@ -182,12 +192,15 @@ static int parse_args(int argc, char **argv, args *a)
         case OPT_MIN:
             if (parse_num("--min", optarg, 0, 1e308, 1, &a->min_lr))
                 return 2;
+            a->range_flag = "--min";
             break;
         case OPT_MAX:
             if (parse_num("--max", optarg, 0, 1e308, 1, &a->max_lr))
                 return 2;
+            a->range_flag = "--max";
             break;
         case OPT_SPACING:
+            a->range_flag = "--spacing";
             if (!strcmp(optarg, "log") || !strcmp(optarg, "linear"))
                 a->log_spacing = !strcmp(optarg, "log");
             else
@@ -196,18 +209,22 @@ static int parse_args(int argc, char **argv, args *a)
         case OPT_SMOOTH:
             if (parse_num("--smooth", optarg, 0, 1, 0, &a->smooth))
                 return 2;
+            a->range_flag = "--smooth";
             break;
         case OPT_DIVERGE:
             if (parse_num("--diverge", optarg, 1, 1e308, 1, &a->diverge))
                 return 2;
+            a->range_flag = "--diverge";
             break;
         case OPT_SWEEP:
             if (strcmp(optarg, "1cycle") != 0)
                 return usage_error("--sweep: expected 1cycle (the only sweep built), found \"%s\"", optarg);
             a->sweep = 1;
+            a->sweep_flag = "--sweep";
             break;
         case OPT_VALUES: {
             values_given = 1;
+            a->sweep_flag = "--values";
             a->n_values = 0;
             size_t vl = strlen(optarg);
             if (!vl || strstr(optarg, ",,") || optarg[0] == ',' || optarg[vl - 1] == ',')
@@ -227,8 +244,8 @@ static int parse_args(int argc, char **argv, args *a)
             free(copy);
             break;
         }
-        case OPT_OUT: a->out = optarg; break;
-        case OPT_ACT_CKPT: a->act_ckpt = 1; break;
+        case OPT_OUT: a->out = optarg, a->train_flag = "--out"; break;
+        case OPT_ACT_CKPT: a->act_ckpt = 1, a->train_flag = "--checkpoint-activations"; break;
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_VERSION: printf("ds-lrrt (ds) %s\n", DS_VERSION); return 0;
         case '?':
@@ -244,8 +261,15 @@ static int parse_args(int argc, char **argv, args *a)
         return usage_error("unexpected argument \"%s\"", argv[optind]);
     if (!a->config)
         return usage_error("%sno DeepSpeed config given (--config DS.json)", "");
+    /* a flag of another mode is an error, not ignored */
+    const char *other = a->range_flag ? a->range_flag : a->sweep_flag ? a->sweep_flag : a->train_flag;
+    if (a->print_schedule > 0 && (other || a->net))
+        return usage_error("--print-schedule prints the config's schedule without training; %s does not go with it",
+                           other ? other : a->net);
     if (a->print_schedule > 0)
         return -1;
+    if (a->sweep && a->range_flag)
+        return usage_error("%s is for the range test; the sweep does not use it", a->range_flag);
     if (!a->net)
         return usage_error("%sno network file given", "");
     if (!a->data)
@@ -425,8 +449,9 @@ static void close_job(job *j)
 }
 
 /* One optimizer step (all micro-batches of effective batch s), samples split over the ranks as
- * ds-train does. DS_ERR_NUMERIC: the gradient was not finite (the caller calls it divergence). */
-static ds_status train_step(job *j, ds_engine *eng, int64_t s, ds_error *err)
+ * ds-train does. DS_ERR_NUMERIC: the gradient was not finite (the caller calls it divergence).
+ * *applied 0: fp16's loss scaler skipped the update (an overflow), as on every rank. */
+static ds_status train_step(job *j, ds_engine *eng, int64_t s, int *applied, ds_error *err)
 {
     ds_status st;
     for (int64_t u = 0; u < j->GAS; u++) {
@@ -443,7 +468,48 @@ static ds_status train_step(job *j, ds_engine *eng, int64_t s, ds_error *err)
             (st = ds_engine_step(eng, err)) != DS_OK)
             return st;
     }
+    *applied = ds_engine_was_step_applied(eng);
     return DS_OK;
+}
+
+/* Ctrl-C during a single-rank range test or sweep: stop after the step under way and write what
+ * was recorded (under ds-launch every rank would stop at its own step, so the default stays). */
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static void catch_sigint(const job *j)
+{
+    struct sigaction sa, old;
+    if (j->world > 1 || sigaction(SIGINT, NULL, &old) != 0 || old.sa_handler == SIG_IGN) /* ignored: stays so */
+        return;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+static void release_sigint(const job *j)
+{
+    struct sigaction old;
+    if (sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler == on_sigint)
+        signal(SIGINT, SIG_DFL);
+    (void)j;
+}
+
+/* a progress line on a terminal: step i of n, the lr and the loss */
+static void progress(int64_t i, int64_t n, double lr, double loss)
+{
+    int width = 30, filled = (int)((double)width * (double)i / (double)n);
+    char bar[64];
+    for (int k = 0; k < width; k++)
+        bar[k] = k < filled ? '=' : (k == filled ? '>' : ' ');
+    bar[width] = '\0';
+    printf("\r[%s] %lld/%lld lr %.3g loss %.4f\033[K", bar, (long long)i, (long long)n, lr, loss);
+    fflush(stdout);
 }
 
 /* --checkpoint-activations (or a network's "checkpoint"): how many checkpoints, as ds-train says */
@@ -477,7 +543,10 @@ static json_object *read_config(const char *path)
 {
     json_object *root = json_object_from_file(path);
     if (!root) {
-        fprintf(stderr, "ds-lrrt: %s: cannot read it as JSON (%s)\n", path, json_util_get_last_err());
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", json_util_get_last_err());
+        msg[strcspn(msg, "\n")] = 0; /* json-c's message ends its line itself */
+        fprintf(stderr, "ds-lrrt: %s: cannot read it as JSON (%s)\n", path, msg);
         return NULL;
     }
     if (!json_object_is_type(root, json_type_object)) {
@@ -507,27 +576,31 @@ static int check_output(char *path, size_t size, int force)
     return 0;
 }
 
-/* The outputs are written under temporary names (PATH.tmp.PID) and renamed over PATH, one after
+/* The outputs are written under temporary names (PATH.tmp.PID) and moved to PATH, one after
  * the other, only when both are complete: a failure while writing leaves the old files as they
- * were (only a failing second rename, after the first, would leave a new CSV beside an old SVG). */
+ * were. Without --force a file that appeared at PATH during the run is not replaced either
+ * (outcheck_publish): the new results then stay under their temporary names, and the message
+ * says where. */
 static void tmp_name(char *buf, size_t n, const char *path) { snprintf(buf, n, "%s.tmp.%ld", path, (long)getpid()); }
 
 static int finish_outputs(int rc, const char *csv_path, const char *csv_tmp, const char *svg_path,
-                          const char *svg_tmp)
+                          const char *svg_tmp, int force)
 {
-    if (rc == 0 && rename(csv_tmp, csv_path) != 0) {
-        fprintf(stderr, "ds-lrrt: %s: cannot rename %s to it: %s\n", csv_path, csv_tmp, strerror(errno));
-        rc = 1;
-    }
-    if (rc == 0 && rename(svg_tmp, svg_path) != 0) {
-        fprintf(stderr, "ds-lrrt: %s: cannot rename %s to it: %s\n", svg_path, svg_tmp, strerror(errno));
-        rc = 1;
-    }
+    char why[4400];
     if (rc != 0) {
         unlink(csv_tmp);
         unlink(svg_tmp);
+        return rc;
     }
-    return rc;
+    if (outcheck_publish(csv_tmp, csv_path, force, why, sizeof why) != 0) {
+        fprintf(stderr, "ds-lrrt: %s: %s; this run's results are in %s and %s\n", csv_path, why, csv_tmp, svg_tmp);
+        return 1;
+    }
+    if (outcheck_publish(svg_tmp, svg_path, force, why, sizeof why) != 0) {
+        fprintf(stderr, "ds-lrrt: %s: %s; this run's plot is in %s (%s is written)\n", svg_path, why, svg_tmp, csv_path);
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- plots ------------------------------------------------------------------------------- */
@@ -774,7 +847,12 @@ static int range_test(job *j, json_object *root)
     snprintf(svg_path, sizeof svg_path, "%s.svg", a->out);
     if (j->rank == 0 && (check_output(csv_path, sizeof csv_path, a->force) || check_output(svg_path, sizeof svg_path, a->force)))
         return 2;
-    /* the range test sets the lr itself: the config's scheduler (if any) is left out */
+    /* the range test sets the lr itself: the config's scheduler (if any) is left out, and said so */
+    json_object *old, *t;
+    if (j->rank == 0 && json_object_object_get_ex(root, "scheduler", &old) && json_object_is_type(old, json_type_object) &&
+        json_object_object_get_ex(old, "type", &t) && json_object_is_type(t, json_type_string))
+        fprintf(stderr, "ds-lrrt: note: the range test sets the lr itself (--min %g to --max %g); %s's %s scheduler "
+                "is left out\n", a->min_lr, a->max_lr, a->config, json_object_get_string(t));
     json_object_object_del(root, "scheduler");
     ds_engine *eng;
     if (open_engine(j, json_object_to_json_string(root), &eng, &err) != DS_OK ||
@@ -800,21 +878,27 @@ static int range_test(job *j, json_object *root)
     const int64_t n_max = a->steps;
     double *lr = calloc((size_t)n_max, sizeof *lr), *loss = calloc((size_t)n_max, sizeof *loss);
     double *sm = calloc((size_t)n_max, sizeof *sm);
-    if (!lr || !loss || !sm) {
+    int *applied = calloc((size_t)n_max, sizeof *applied), *ai = calloc((size_t)n_max, sizeof *ai);
+    double *alr = calloc((size_t)n_max, sizeof *alr), *asm_ = calloc((size_t)n_max, sizeof *asm_);
+    if (!lr || !loss || !sm || !applied || !ai || !alr || !asm_) {
         fprintf(stderr, "ds-lrrt: out of memory\n");
-        free(lr), free(loss), free(sm);
+        free(lr), free(loss), free(sm), free(applied), free(ai), free(alr), free(asm_);
         ds_engine_destroy(eng);
         return 1;
     }
     double t0 = now_s(), avg = 0, best = INFINITY;
     int n = 0, rc = 0;
+    const int tty = j->rank == 0 && !a->quiet && isatty(STDOUT_FILENO);
     const char *stop = "the last lr was reached";
+    catch_sigint(j);
     for (int64_t i = 0; i < n_max; i++) {
         double f = n_max > 1 ? (double)i / (double)(n_max - 1) : 0.0;
-        lr[i] = a->log_spacing ? a->min_lr * pow(a->max_lr / a->min_lr, f) : a->min_lr + (a->max_lr - a->min_lr) * f;
+        /* log spacing through the logarithms: max/min itself may overflow (1e-200 .. 1e200) */
+        const double lmin = log(a->min_lr), lmax = log(a->max_lr);
+        lr[i] = i == 0 ? a->min_lr : a->log_spacing ? exp(lmin + f * (lmax - lmin)) : a->min_lr + (a->max_lr - a->min_lr) * f;
         ds_status st = ds_engine_set_lr(eng, lr[i], &err);
         if (st == DS_OK)
-            st = train_step(j, eng, i, &err);
+            st = train_step(j, eng, i, &applied[i], &err);
         if (st == DS_ERR_NUMERIC) {
             stop = "the gradient was not finite";
             break;
@@ -834,18 +918,44 @@ static int range_test(job *j, json_object *root)
         n = (int)i + 1;
         if (sm[i] < best)
             best = sm[i];
+        if (tty)
+            progress(i + 1, n_max, lr[i], sm[i]);
         if (sm[i] > a->diverge * best) {
             stop = "the smoothed loss diverged";
             break;
         }
+        if (interrupted) {
+            stop = "interrupted (Ctrl-C)";
+            break;
+        }
     }
+    if (tty)
+        printf("\r\033[K");
+    release_sigint(j);
     double elapsed = now_s() - t0;
     ds_engine_destroy(eng);
     if (rc || j->rank != 0) {
-        free(lr), free(loss), free(sm);
+        free(lr), free(loss), free(sm), free(applied), free(ai), free(alr), free(asm_);
         return rc;
     }
-    int imin = 0, is = n >= 3 ? suggest(lr, sm, n, &imin) : -1;
+    /* the suggestion from the steps whose lr was applied (fp16 skips an update on overflow) */
+    int na = 0;
+    for (int i = 0; i < n; i++)
+        if (applied[i])
+            ai[na] = i, alr[na] = lr[i], asm_[na] = sm[i], na++;
+    if (na < n)
+        fprintf(stderr, "ds-lrrt: warning: %d of %d steps were skipped (fp16: the gradient overflowed, while the "
+                "loss scale settled or at too high an lr); their lrs were not applied, so the suggestion leaves "
+                "them out (column skipped of the CSV)\n", n - na, n);
+    int imin = -1, is = -1;
+    if (na >= 1) {
+        int am = 0, as = na >= 3 ? suggest(alr, asm_, na, &am) : -1;
+        if (na < 3) /* the lowest one all the same */
+            for (int k = 1; k < na; k++)
+                if (asm_[k] < asm_[am])
+                    am = k;
+        imin = ai[am], is = as >= 0 ? ai[as] : -1;
+    }
     double sugg = is >= 0 ? lr[is] : NAN;
     double cmax = NAN, cmin = NAN;
     if (is >= 0) { /* the OneCycle block: half the lr of the lowest loss, not below the suggestion */
@@ -861,9 +971,9 @@ static int range_test(job *j, json_object *root)
         free(lr), free(loss), free(sm);
         return 1;
     }
-    fprintf(csv, "step,lr,loss,smoothed_loss\n");
+    fprintf(csv, "step,lr,loss,smoothed_loss,skipped\n");
     for (int i = 0; i < n; i++)
-        fprintf(csv, "%d,%.9g,%.9g,%.9g\n", i + 1, lr[i], loss[i], sm[i]);
+        fprintf(csv, "%d,%.9g,%.9g,%.9g,%d\n", i + 1, lr[i], loss[i], sm[i], !applied[i]);
     if (fclose(csv) != 0) {
         fprintf(stderr, "ds-lrrt: %s: %s\n", csv_path, strerror(errno));
         rc = 1;
@@ -880,14 +990,14 @@ static int range_test(job *j, json_object *root)
     if (rc == 0 && write_svg(svg_tmp, title, "learning rate (log scale)", "loss", ser, 2, 1, a->min_lr,
                              a->max_lr, sugg, mark))
         rc = 1;
-    rc = finish_outputs(rc, csv_path, csv_tmp, svg_path, svg_tmp);
+    rc = finish_outputs(rc, csv_path, csv_tmp, svg_path, svg_tmp, a->force);
     if (!a->quiet) {
         int every = n > 40 ? (n + 39) / 40 : 1;
         printf("%6s  %12s  %10s  %10s\n", "step", "lr", "loss", "smoothed");
         for (int i = 0; i < n; i++)
             if (i % every == 0 || i == n - 1 || i == is || i == imin)
-                printf("%6d  %12.4g  %10.4f  %10.4f%s\n", i + 1, lr[i], loss[i], sm[i],
-                       i == is ? "  <- suggested" : i == imin ? "  <- lowest" : "");
+                printf("%6d  %12.4g  %10.4f  %10.4f%s%s\n", i + 1, lr[i], loss[i], sm[i],
+                       i == is ? "  <- suggested" : i == imin ? "  <- lowest" : "", applied[i] ? "" : "  (skipped)");
         terminal_plot(lr, sm, n, a->min_lr, a->max_lr, sugg);
     }
     printf("stopped after %d of %lld steps: %s (%.1f s)\n", n, (long long)n_max, stop, elapsed);
@@ -897,12 +1007,15 @@ static int range_test(job *j, json_object *root)
         printf("OneCycle scheduler block (set cycle_first_step_size to about half of your run's steps):\n"
                "  \"scheduler\": {\"type\": \"OneCycle\", \"params\": {\"cycle_min_lr\": %.3g, \"cycle_max_lr\": %.3g}}\n",
                cmin, cmax);
+    } else if (na < 3) {
+        printf("no suggestion: %d step%s with an update recorded, fewer than the 3 it takes; try more --steps\n", na,
+               na == 1 ? "" : "s");
     } else {
         printf("no suggestion: the smoothed loss did not fall over the range; try a lower --min or more --steps\n");
     }
     if (rc == 0)
         printf("wrote %s and %s\n", csv_path, svg_path);
-    free(lr), free(loss), free(sm);
+    free(lr), free(loss), free(sm), free(applied), free(ai), free(alr), free(asm_);
     return rc;
 }
 
@@ -912,7 +1025,9 @@ typedef struct run {
     double value, final;
     int n;             /* steps done */
     int diverged;
+    int n_skipped;     /* steps whose update fp16's loss scaler skipped */
     double *loss, *lr, *mom;
+    int *skipped;
 } run;
 
 static int by_final(const void *x, const void *y)
@@ -932,6 +1047,43 @@ static int own_one_cycle(json_object *root) /* the config has a OneCycle block w
            json_object_object_get_ex(sched, "params", &params) && json_object_is_type(params, json_type_object);
 }
 
+/* The config's own cycle_min_lr, read as its parser reads it (a number, a list of one, or a
+ * numeric string); 0 where it is absent or none of those (the engine then says what is wrong). */
+static double own_min_lr(json_object *root)
+{
+    json_object *sched, *p, *mn;
+    if (!json_object_object_get_ex(root, "scheduler", &sched) || !json_object_object_get_ex(sched, "params", &p) ||
+        !json_object_object_get_ex(p, "cycle_min_lr", &mn))
+        return 0;
+    if (json_object_is_type(mn, json_type_array) && json_object_array_length(mn) == 1)
+        mn = json_object_array_get_idx(mn, 0);
+    switch (json_object_get_type(mn)) {
+    case json_type_int:
+    case json_type_double: return json_object_get_double(mn);
+    case json_type_string: {
+        char *end;
+        double d = strtod(json_object_get_string(mn), &end);
+        return end != json_object_get_string(mn) && !*end ? d : 0;
+    }
+    default: return 0;
+    }
+}
+
+/* every --values entry above the config's own cycle_min_lr: checked before the first run */
+static int check_values(const args *a, json_object *root)
+{
+    if (!own_one_cycle(root))
+        return 0;
+    const double min_lr = own_min_lr(root);
+    for (int v = 0; v < a->n_values; v++)
+        if (!(a->values[v] > min_lr)) {
+            fprintf(stderr, "ds-lrrt: --values: %g is not above %s's cycle_min_lr %g\n", a->values[v], a->config,
+                    min_lr);
+            return -1;
+        }
+    return 0;
+}
+
 static ds_status sweep_config(const args *a, json_object *root, double value, char **text, ds_error *err)
 {
     json_object *sched;
@@ -939,16 +1091,10 @@ static ds_status sweep_config(const args *a, json_object *root, double value, ch
     json_object *copy = NULL;
     if (json_object_deep_copy(root, &copy, NULL) != 0)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
-    if (own) {
-        json_object *p, *mn;
+    if (own) { /* check_values has seen value above cycle_min_lr */
+        json_object *p;
         json_object_object_get_ex(copy, "scheduler", &sched);
         json_object_object_get_ex(sched, "params", &p);
-        double min_lr = json_object_object_get_ex(p, "cycle_min_lr", &mn) ? json_object_get_double(mn) : 0;
-        if (min_lr >= value) {
-            json_object_put(copy);
-            return ds_error_set(err, DS_ERR_INVALID, "--values: %g is not above %s's cycle_min_lr %g",
-                                value, a->config, min_lr);
-        }
         json_object_object_add(p, "cycle_max_lr", json_object_new_double(value));
     } else {
         int64_t half = a->steps * 45 / 100 > 0 ? a->steps * 45 / 100 : 1;
@@ -978,6 +1124,8 @@ static int sweep(job *j, json_object *root)
     snprintf(svg_path, sizeof svg_path, "%s.svg", a->out);
     if (j->rank == 0 && (check_output(csv_path, sizeof csv_path, a->force) || check_output(svg_path, sizeof svg_path, a->force)))
         return 2;
+    if (check_values(a, root))
+        return 2;
     json_object *old;
     if (j->rank == 0 && json_object_object_get_ex(root, "scheduler", &old) && json_object_is_type(old, json_type_object)) {
         json_object *t;
@@ -991,15 +1139,18 @@ static int sweep(job *j, json_object *root)
     const int64_t S = a->steps;
     const int64_t tail = S / 10 > 0 ? S / 10 : 1; /* the final loss: mean of the last 10% of steps */
     double t0 = now_s();
+    int nv = 0; /* runs begun: all of --values unless interrupted */
     for (int v = 0; v < a->n_values && rc == 0; v++) {
         run *r = &runs[v];
+        nv = v + 1;
         r->value = a->values[v];
         r->loss = calloc((size_t)S, sizeof *r->loss);
         r->lr = calloc((size_t)S, sizeof *r->lr);
         r->mom = calloc((size_t)S, sizeof *r->mom);
+        r->skipped = calloc((size_t)S, sizeof *r->skipped);
         char *text = NULL;
         ds_engine *eng = NULL;
-        if (!r->loss || !r->lr || !r->mom) {
+        if (!r->loss || !r->lr || !r->mom || !r->skipped) {
             fprintf(stderr, "ds-lrrt: out of memory\n");
             rc = 1;
             break;
@@ -1027,8 +1178,12 @@ static int sweep(job *j, json_object *root)
                        (long long)j->TB, j->world, j->world > 1 ? "s" : "", ds_optimizer_name(&cfg->optimizer));
             fflush(stdout);
         }
-        for (int64_t s = 0; s < S; s++) {
-            ds_status st = train_step(j, eng, s, &err);
+        const int tty = j->rank == 0 && !a->quiet && isatty(STDOUT_FILENO);
+        if (v == 0)
+            catch_sigint(j);
+        for (int64_t s = 0; s < S && !interrupted; s++) {
+            int applied = 0;
+            ds_status st = train_step(j, eng, s, &applied, &err);
             double l = st == DS_OK ? ds_engine_last_loss(eng) : NAN;
             if (st == DS_ERR_NUMERIC || (st == DS_OK && !isfinite(l))) {
                 r->diverged = 1;
@@ -1040,22 +1195,40 @@ static int sweep(job *j, json_object *root)
                 break;
             }
             r->loss[s] = l;
-            ds_engine_last_lr(eng, &r->lr[s], &r->mom[s]);
+            r->skipped[s] = !applied;
+            r->n_skipped += !applied;
+            if (applied)
+                ds_engine_last_lr(eng, &r->lr[s], &r->mom[s]);
+            else
+                r->lr[s] = r->mom[s] = NAN; /* no update: no lr or momentum was used */
             r->n = (int)s + 1;
+            if (tty)
+                progress(s + 1, S, applied ? r->lr[s] : ds_engine_get_lr(eng), l);
         }
+        if (tty)
+            printf("\r\033[K");
         ds_engine_destroy(eng);
         double sum = 0;
         for (int64_t s = S - tail; s < S && !r->diverged; s++)
             sum += r->loss[s];
-        r->final = r->diverged || r->n < S ? INFINITY : sum / (double)tail;
-        if (j->rank == 0 && !a->quiet && rc == 0) {
+        /* ranked only when it trained: every step done, not diverged, and some update applied */
+        r->final = r->diverged || r->n < S || r->n_skipped == r->n ? INFINITY : sum / (double)tail;
+        if (j->rank == 0 && !a->quiet && rc == 0 && r->n > 0) {
             if (r->diverged)
                 printf("  cycle_max_lr %-10.4g diverged at step %d\n", r->value, r->n + 1);
+            else if (r->n < S)
+                printf("  cycle_max_lr %-10.4g interrupted at step %d (not ranked)\n", r->value, r->n);
+            else if (r->n_skipped == r->n)
+                printf("  cycle_max_lr %-10.4g every step skipped (fp16 overflow): no update applied\n", r->value);
             else
-                printf("  cycle_max_lr %-10.4g final loss %.4f\n", r->value, r->final);
+                printf("  cycle_max_lr %-10.4g final loss %.4f%s\n", r->value, r->final,
+                       r->n_skipped ? " (some steps skipped: fp16 overflow)" : "");
             fflush(stdout);
         }
+        if (interrupted)
+            break;
     }
+    release_sigint(j);
     double elapsed = now_s() - t0;
     if (rc == 0 && j->rank == 0) {
         char csv_tmp[4200], svg_tmp[4200];
@@ -1066,11 +1239,18 @@ static int sweep(job *j, json_object *root)
             fprintf(stderr, "ds-lrrt: %s: cannot create it (as %s first): %s\n", csv_path, csv_tmp, strerror(errno));
             rc = 1;
         } else {
-            fprintf(csv, "cycle_max_lr,step,lr,momentum,loss\n");
-            for (int v = 0; v < a->n_values; v++)
-                for (int s = 0; s < runs[v].n; s++)
-                    fprintf(csv, "%.9g,%d,%.9g,%.9g,%.9g\n", runs[v].value, s + 1, runs[v].lr[s],
-                            isnan(runs[v].mom[s]) ? 0.0 : runs[v].mom[s], runs[v].loss[s]);
+            /* lr and momentum empty where none was used: a skipped step, an optimizer without momentum */
+            fprintf(csv, "cycle_max_lr,step,lr,momentum,loss,skipped\n");
+            for (int v = 0; v < nv; v++)
+                for (int s = 0; s < runs[v].n; s++) {
+                    char lrs[32] = "", moms[32] = "";
+                    if (!isnan(runs[v].lr[s]))
+                        snprintf(lrs, sizeof lrs, "%.9g", runs[v].lr[s]);
+                    if (!isnan(runs[v].mom[s]))
+                        snprintf(moms, sizeof moms, "%.9g", runs[v].mom[s]);
+                    fprintf(csv, "%.9g,%d,%s,%s,%.9g,%d\n", runs[v].value, s + 1, lrs, moms, runs[v].loss[s],
+                            runs[v].skipped[s]);
+                }
             if (fclose(csv) != 0) {
                 fprintf(stderr, "ds-lrrt: %s: %s\n", csv_path, strerror(errno));
                 rc = 1;
@@ -1081,9 +1261,10 @@ static int sweep(job *j, json_object *root)
         char labels[MAX_VALUES][64];
         for (int64_t s = 0; steps && s < S; s++)
             steps[s] = (double)(s + 1);
-        for (int v = 0; v < a->n_values; v++) {
-            if (runs[v].diverged)
-                snprintf(labels[v], sizeof labels[v], "%.3g: diverged", runs[v].value);
+        for (int v = 0; v < nv; v++) {
+            if (runs[v].diverged || !isfinite(runs[v].final))
+                snprintf(labels[v], sizeof labels[v], "%.3g: %s", runs[v].value,
+                         runs[v].diverged ? "diverged" : "not ranked");
             else
                 snprintf(labels[v], sizeof labels[v], "%.3g: %.4f", runs[v].value, runs[v].final);
             ser[v] = (svg_series){.x = steps, .y = runs[v].loss, .n = runs[v].n,
@@ -1091,15 +1272,15 @@ static int sweep(job *j, json_object *root)
         }
         char title[256];
         snprintf(title, sizeof title, "1Cycle sweep: %s, loss per step by cycle_max_lr", a->net);
-        if (rc == 0 && (!steps || write_svg(svg_tmp, title, "step", "loss", ser, a->n_values, 0, 1, (double)S, NAN, "")))
+        if (rc == 0 && (!steps || write_svg(svg_tmp, title, "step", "loss", ser, nv, 0, 1, (double)S, NAN, "")))
             rc = 1;
-        rc = finish_outputs(rc, csv_path, csv_tmp, svg_path, svg_tmp);
+        rc = finish_outputs(rc, csv_path, csv_tmp, svg_path, svg_tmp, a->force);
         free(steps);
-        qsort(runs, (size_t)a->n_values, sizeof runs[0], by_final);
+        qsort(runs, (size_t)nv, sizeof runs[0], by_final);
         printf("%4s  %12s  %12s\n", "rank", "cycle_max_lr", "final loss");
-        for (int v = 0; v < a->n_values; v++) {
-            if (runs[v].diverged)
-                printf("%4d  %12.4g  %12s\n", v + 1, runs[v].value, "diverged");
+        for (int v = 0; v < nv; v++) {
+            if (runs[v].diverged || !isfinite(runs[v].final))
+                printf("%4d  %12.4g  %12s\n", v + 1, runs[v].value, runs[v].diverged ? "diverged" : "not ranked");
             else
                 printf("%4d  %12.4g  %12.4f\n", v + 1, runs[v].value, runs[v].final);
         }
@@ -1117,6 +1298,7 @@ static int sweep(job *j, json_object *root)
         free(runs[v].loss);
         free(runs[v].lr);
         free(runs[v].mom);
+        free(runs[v].skipped);
     }
     return rc;
 }

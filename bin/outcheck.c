@@ -1,7 +1,9 @@
 /* Output path checks for the binaries (outcheck.h). */
+#define _GNU_SOURCE /* renameat2 */
 #include "outcheck.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,4 +47,27 @@ int outcheck_file(const char *path, int force, int stream, char *why, size_t n)
         }
     }
     return outcheck_folder(path, why, n);
+}
+
+int outcheck_publish(const char *tmp, const char *path, int force, char *why, size_t n)
+{
+    if (force) {
+        if (rename(tmp, path) == 0)
+            return 0;
+        snprintf(why, n, "cannot rename %s to it: %s", tmp, strerror(errno));
+        return -1;
+    }
+    int r = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
+    if (r != 0 && (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP)) { /* not on this file system */
+        r = link(tmp, path);
+        if (r == 0)
+            unlink(tmp);
+    }
+    if (r == 0)
+        return 0;
+    if (errno == EEXIST)
+        snprintf(why, n, "the file appeared while this run went on; not overwriting it (use --force)");
+    else
+        snprintf(why, n, "cannot rename %s to it: %s", tmp, strerror(errno));
+    return -1;
 }

@@ -15,4 +15,10 @@ int outcheck_folder(const char *path, char *why, size_t n);
  * without force. Then outcheck_folder. */
 int outcheck_file(const char *path, int force, int stream, char *why, size_t n);
 
+/* A finished output tmp moved to path: with force over what is there (rename), else only where
+ * path still does not exist (it may have appeared since outcheck_file): renameat2's
+ * RENAME_NOREPLACE, or link and unlink where the file system lacks it. -1 with the reason in
+ * why, tmp left as it is (the caller says where the results are). */
+int outcheck_publish(const char *tmp, const char *path, int force, char *why, size_t n);
+
 #endif

@@ -153,7 +153,8 @@ assert 1e-5 <= float(m.group(1)) <= 1e-1, m.group(1)'
 py "lrrt.csv: a header and 1..30 rows of finite numbers, lr rising geometrically from 1e-5" '
 import csv, math
 r = list(csv.DictReader(open("lrrt.csv")))
-assert list(r[0].keys()) == ["step", "lr", "loss", "smoothed_loss"], r[0].keys()
+assert list(r[0].keys()) == ["step", "lr", "loss", "smoothed_loss", "skipped"], r[0].keys()
+assert all(x["skipped"] == "0" for x in r), "fp32 skips no step"
 assert 1 <= len(r) <= 30
 lr = [float(x["lr"]) for x in r]
 assert abs(lr[0] - 1e-5) < 1e-12
@@ -228,6 +229,107 @@ echo '{"train_batch_size": 8, "scheduler": {"type": "OneCycle", "params": {"cycl
 expect 2 "--values: 0.005 is not above own.json's cycle_min_lr 0.01" \
     "a sweep keeps the config's OneCycle params: a value below its cycle_min_lr is refused" \
     -- net.json --config own.json --data "$TEXT" --sweep 1cycle --values 0.005 --steps 2 --out own
+
+# the whole of --values is checked before the first run trains, and a cycle_min_lr written as
+# a list of one is read as the config's parser reads it
+expect 2 "--values: 0.005 is not above own.json's cycle_min_lr 0.01" \
+    "a bad value after good ones is refused before anything trains" \
+    -- net.json --config own.json --data "$TEXT" --sweep 1cycle --values 0.1,0.05,0.005 --steps 2 --out own
+[ ! -s out ] && ok "... nothing trained first" || notok "trained before refusing: $(head -c 300 out)"
+echo '{"train_batch_size": 8, "scheduler": {"type": "OneCycle", "params": {"cycle_min_lr": [0.05], "cycle_max_lr": 0.1}}}' > ownl.json
+expect 2 "--values: 0.01 is not above ownl.json's cycle_min_lr 0.05" \
+    "cycle_min_lr as a list of one: a value below it is refused" \
+    -- net.json --config ownl.json --data "$TEXT" --sweep 1cycle --values 0.01 --steps 2 --out ownl
+
+# a flag of another mode is an error, not ignored
+expect 2 "--min is for the range test; the sweep does not use it" "--min with --sweep: exit 2" \
+    -- net.json --config sw.json --data "$TEXT" --sweep 1cycle --values 0.01 --min 1e-3
+expect 2 "--print-schedule prints the config's schedule without training; --data does not go with it" \
+    "--data with --print-schedule: exit 2" -- --config sw.json --print-schedule 3 --data "$TEXT"
+expect 2 "--print-schedule prints the config's schedule without training; --values does not go with it" \
+    "--values with --print-schedule: exit 2" -- --config sw.json --print-schedule 3 --values 0.1
+
+# the range test leaves a config's scheduler out and says so; fewer than 3 steps: the lowest is
+# marked where it is and the reason for no suggestion is given
+echo '{"train_batch_size": 8, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}, "seed": 5,
+ "scheduler": {"type": "LRRangeTest", "params": {"lr_range_test_min_lr": 1e-4, "lr_range_test_step_size": 1}}}' > lrt.json
+"$L" net.json --config lrt.json --data "$TEXT" --data-order sequential --min 1e-1 --max 1 --steps 2 --out two >two.out 2>err
+py "a config's LRRangeTest block: noted as left out; 2 steps: lowest marked right, no suggestion and why" '
+import csv
+e = open("err").read(); o = open("two.out").read()
+assert "the range test sets the lr itself (--min 0.1 to --max 1); lrt.json'"'"'s LRRangeTest scheduler is left out" in e, e
+r = list(csv.DictReader(open("two.csv")))
+low = min(range(2), key=lambda i: float(r[i]["smoothed_loss"]))
+rows = [l for l in o.splitlines() if l.strip().startswith(("1 ", "2 "))]
+assert "<- lowest" in rows[low] and "<- lowest" not in rows[1 - low], rows
+assert "no suggestion: 2 steps with an update recorded, fewer than the 3 it takes" in o, o'
+
+# a range wider than a double's max/min (the lrs through their logarithms)
+"$L" net.json --config ds.json --data "$TEXT" --min 1e-200 --max 1e200 --steps 3 --out wide --quiet >wide.out 2>err
+rc=$?
+py "--min 1e-200 --max 1e200: runs (exit $rc), the lrs rise from 1e-200" '
+import csv, sys
+assert sys.argv[1] == "0", (sys.argv[1], open("err").read())
+r = list(csv.DictReader(open("wide.csv")))
+assert abs(float(r[0]["lr"]) / 1e-200 - 1) < 1e-9, r' "$rc"
+
+# fp16 with a loss scale so high that every step overflows: the steps are marked skipped, the
+# suggestion leaves them out, and a sweep run that applied no update is not ranked
+echo '{"train_batch_size": 8, "optimizer": {"type": "AdamW", "params": {"lr": 0.001}}, "seed": 2,
+ "fp16": {"enabled": true, "initial_scale_power": 32}}' > fp16.json
+"$L" net.json --config fp16.json --data "$TEXT" --min 1e-4 --max 1e-2 --steps 6 --out f16 >f16.out 2>err
+py "fp16, every step skipped: warned, CSV column skipped, no suggestion" '
+import csv
+r = list(csv.DictReader(open("f16.csv")))
+assert len(r) == 6 and all(x["skipped"] == "1" for x in r), r
+assert "6 of 6 steps were skipped (fp16" in open("err").read()
+o = open("f16.out").read()
+assert "suggested lr" not in o and "no suggestion: 0 steps with an update recorded" in o, o'
+"$L" net.json --config fp16.json --data "$TEXT" --sweep 1cycle --values 0.01 --steps 4 --out f16s >f16s.out 2>err
+py "fp16 sweep, every step skipped: not ranked, no best, lr and momentum empty in the CSV" '
+import csv
+o = open("f16s.out").read()
+assert "every step skipped (fp16 overflow): no update applied" in o and "best:" not in o and "not ranked" in o, o
+r = list(csv.DictReader(open("f16s.csv")))
+assert len(r) == 4 and all(x["skipped"] == "1" and x["lr"] == "" and x["momentum"] == "" for x in r), r'
+
+# Ctrl-C: the test stops after the step under way and writes what it recorded (in a child that
+# does not ignore SIGINT, as from a terminal); and an output that appears while the test runs is
+# not replaced without --force: this run's results stay under their temporary names, and the
+# message says where. intr: Ctrl-C after 0.5 s; race: race.csv made, then Ctrl-C
+rm -f intr.csv intr.svg race.csv race.svg
+python3 - "$L" "$TEXT" <<'PYEOF'
+import signal, subprocess, sys, time
+L, text = sys.argv[1], sys.argv[2]
+for out, make in (("intr", None), ("race", "race.csv")):
+    p = subprocess.Popen([L, "net.json", "--config", "ds.json", "--data", text, "--min", "1e-5", "--max", "1e-4",
+                          "--steps", "1000000", "--out", out], stdout=open(out + ".out", "w"),
+                         stderr=open(out + ".err", "w"), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for _ in range(400):
+        if "range test of" in open(out + ".out").read():
+            break
+        time.sleep(0.05)
+    if make:
+        open(make, "w").write("theirs\n")
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    open(out + ".rc", "w").write(str(p.wait(timeout=60)))
+PYEOF
+py "Ctrl-C: exit 0, stopped early and said so, the recorded steps written" '
+import csv
+assert open("intr.rc").read() == "0", (open("intr.rc").read(), open("intr.err").read())
+o = open("intr.out").read()
+assert "interrupted (Ctrl-C)" in o and "wrote intr.csv" in o, o[-400:]
+r = list(csv.DictReader(open("intr.csv")))
+assert 1 <= len(r) < 1000000, len(r)'
+py "a CSV made during the run is not overwritten without --force (exit 1), and the results are kept" '
+import glob
+assert open("race.rc").read() == "1", (open("race.rc").read(), open("race.err").read())
+assert open("race.csv").read() == "theirs\n"
+e = open("race.err").read()
+assert "race.csv: the file appeared while this run went on; not overwriting it (use --force); this run'"'"'s results are in" in e, e
+tmp = glob.glob("race.csv.tmp.*")
+assert len(tmp) == 1 and open(tmp[0]).readline().startswith("step,lr,loss"), tmp'
 
 # --checkpoint-activations: the same range test (the same losses), with the checkpoints
 sed 's/"count": 1/"count": 2/' net.json > net2.json
