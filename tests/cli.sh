@@ -415,6 +415,12 @@ sed 's/"seed": 1}/"seed": 1, "activation_checkpointing": {"contiguous_memory_opt
 run --plan gpt3.json --config contig.json
 [ "$rc" = 0 ] && grep -q "^with --checkpoint-activations: refused: contig.json: activation_checkpointing: contiguous_memory_optimization=true needs partition_activations=true" "$T/out" &&
     ok "--plan: a section that checkpointing would refuse is said, the plan stands" || notok "--plan refused checkpointing $(why)"
+# a micro-batch whose activations would overflow int64 element counts: refused, named
+echo '{"input": {"type": "features", "dim": 1073741824}, "layers": [{"type": "relu"}], "loss": {"type": "mse"}}' >wide.json
+echo '{"train_micro_batch_size_per_gpu": 17179869184, "optimizer": {"type": "SGD", "params": {"lr": 0.01}}}' >hugemb.json
+expect_fail "--plan: a micro-batch too large for the int64 sizes: exit 2, names the layer" 2 \
+    "a micro-batch of 17179869184 samples is too large for layer layers[0]: 1.84e+19 values in one activation tensor (at most 2^62)" \
+    wide.json --config hugemb.json --plan
 run gpt3.json --config ds.json --plan --checkpoint-activations
 [ "$rc" = 0 ] && grep -q "^activation checkpointing: 3 checkpoints (the activations above)" "$T/out" &&
     ok "--plan --checkpoint-activations: counted in the table" || notok "--plan --checkpoint-activations $(why)"

@@ -715,6 +715,12 @@ Test(net, error_paths_in_the_gpt)
     parse_fails_exactly(
         GPT_WITH("4", "{\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 256, \"tied_to\": \"wtf\"}", "cross_entropy"),
         "gpt.json: layers[4].tied_to: no earlier layer \"wtf\" with a weight to tie to");
+    /* tied to a layer that is itself tied: named, and the weight's owner suggested */
+    parse_fails_exactly(
+        GPT_WITH("4", "{\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 256, \"tied_to\": \"wte\"}, "
+                 "{\"type\": \"linear\", \"name\": \"again\", \"out\": 256, \"tied_to\": \"lm_head\"}", "cross_entropy"),
+        "gpt.json: layers[5].tied_to: \"lm_head\" has no weight of its own: it is tied to \"wte\"; tie to that "
+        "(\"tied_to\": \"wte\")");
     parse_fails_exactly(
         GPT_WITH("4", "{\"type\": \"linear\", \"name\": \"lm_head\", \"out\": 256, \"tied_to\": \"wpe\"}", "cross_entropy"),
         "gpt.json: layers[4].tied_to: a tied weight must have the shape [out, in] = [256, 128] but wpe.weight is "
@@ -773,7 +779,38 @@ Test(net, error_paths_in_small_networks)
                 "not a valid name");
     parse_fails(FEAT("{\"type\": \"relu\"}, 5", "mse"), "layers[1]: expected a layer object, found 5", NULL);
     parse_fails(FEAT("{\"name\": \"x\"}", "mse"), "layers[0].type: missing", NULL);
-    parse_fails(FEAT("", "mse"), "layers: missing", NULL);
+    parse_fails(FEAT("", "mse"), "layers: expected a non-empty array of layers, found []", NULL);
+    /* present but of the wrong kind: said so, with what was found (not "missing") */
+    parse_fails("{\"input\": 5, \"layers\": [], \"loss\": {\"type\": \"mse\"}}",
+                "input: expected an object such as {\"type\": \"tokens\", ...}, found 5", NULL);
+    parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8}, \"layers\": [{\"type\": \"relu\"}], \"loss\": \"mse\"}",
+                "loss: expected {\"type\": \"cross_entropy\"} or {\"type\": \"mse\"}, found \"mse\"", NULL);
+    parse_fails("{\"input\": {\"type\": \"features\", \"dim\": 8}, \"loss\": {\"type\": \"mse\"}}",
+                "layers: missing (expected a non-empty array of layers)", NULL);
+    /* dropout p: a number, below 1 in fp32 too (0.99999999 is 1.0f: it would drop everything) */
+    parse_fails(FEAT("{\"type\": \"dropout\", \"p\": 0.99999999}", "mse"),
+                "layers[0].p: expected a probability in [0, 1), found 0.99999998999999995 (1 in fp32)", NULL);
+    parse_fails(FEAT("{\"type\": \"dropout\", \"p\": \"0.1\"}", "mse"),
+                "layers[0].p: expected a probability in [0, 1), found \"0.1\"", NULL);
+    /* layers without parameters ignore a name, but a given one is a string */
+    parse_fails(FEAT("{\"type\": \"relu\", \"name\": 5}", "mse"), "layers[0].name: expected a string, found 5", NULL);
+    parse_fails(FEAT("{\"type\": \"gelu\", \"name\": {\"a\": 1}}", "mse"), "layers[0].name: expected a string", NULL);
+    /* an error in a repeat's second copy names the copy (the JSON path is copy 0's too) */
+    parse_fails(FEAT("{\"type\": \"repeat\", \"name\": \"h\", \"count\": 2, \"layers\": [{\"type\": \"residual\", "
+                     "\"layers\": [{\"type\": \"linear\", \"name\": \"c\", \"out\": 8}]}, {\"type\": \"linear\", "
+                     "\"name\": \"b\", \"out\": 3}]}",
+                     "mse"),
+                "layers[0].layers[0]: the branch maps 3 features to 8", "(in copy h.1)");
+    /* a full name too long for its parameters' names is refused, never cut */
+    {
+        char net[1024], a[80], bn[80];
+        memset(a, 'A', 64), a[64] = 0;
+        memset(bn, 'B', 60), bn[60] = 0;
+        snprintf(net, sizeof net, FEAT("{\"type\": \"repeat\", \"name\": \"%s\", \"count\": 1, \"layers\": "
+                                       "[{\"type\": \"repeat\", \"name\": \"%s\", \"count\": 1, \"layers\": "
+                                       "[{\"type\": \"linear\", \"name\": \"c\", \"out\": 8}]}]}", "mse"), a, bn);
+        parse_fails(net, "layers[0].layers[0].name: the layer's full name", "is 127 characters");
+    }
     /* two layers of the same name would share parameter names */
     parse_fails(FEAT("{\"type\": \"linear\", \"name\": \"fc\", \"out\": 8}, {\"type\": \"linear\", \"name\": \"fc\", "
                      "\"out\": 8}",

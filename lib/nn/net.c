@@ -333,6 +333,22 @@ static void share_grads(ds_model *m)
 ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int64_t batch,
                           int round, const ds_model_ckpt *ck, ds_error *err)
 {
+    /* the activations' element counts (batch x positions x width, and attention's batch x heads
+     * x T x T) must stay below 2^62, as the parser bounds the network's own sizes: else int64
+     * products overflow (the parser knows no batch size) */
+    const double lim = 4611686018427387904.0, BT = (double)batch * (double)net->positions;
+    for (int i = 0; i < net->n_layers && batch > 0; i++) {
+        const ds_layer *l = &net->layers[i];
+        double most = BT * (double)(l->out_dim > l->in_dim ? l->out_dim : l->in_dim);
+        if (l->kind == DS_LAYER_ATTENTION) { /* qkv [M, 3C] and the scores [B, H, T, T] */
+            const double att = (double)batch * l->heads * (double)net->positions * (double)net->positions;
+            most = BT * 3.0 * (double)l->in_dim > att ? BT * 3.0 * (double)l->in_dim : att;
+        }
+        if (most >= lim)
+            return ds_error_set(err, DS_ERR_INVALID, "a micro-batch of %lld samples is too large for layer %s: "
+                                "%.3g values in one activation tensor (at most 2^62)", (long long)batch,
+                                l->json_path[0] ? l->json_path : "?", most);
+    }
     ds_model *m = calloc(1, sizeof *m);
     if (!m)
         return ds_error_set(err, DS_ERR_NOMEM, "out of memory");

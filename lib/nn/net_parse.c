@@ -239,8 +239,25 @@ static ds_status need_name(parser *p, json_object *obj, const char *jpath, const
         snprintf(path, sizeof path, "%s.name", jpath);
         return perr(p, path, "\"%s\" is not a valid name (no dots, at most 64 characters)", name, NULL);
     }
+    /* the full name, and its longest parameter name (NAME.proj.weight), must fit: never cut */
+    const size_t full = strlen(prefix) + (*prefix ? 1 : 0) + strlen(name);
+    if (full + strlen(".proj.weight") >= DS_NAME_MAX) {
+        char path[256], msg[DS_NAME_MAX * 2 + 96];
+        snprintf(path, sizeof path, "%s.name", jpath);
+        snprintf(msg, sizeof msg, "the layer's full name %s%s%s is %zu characters; with its parameters' suffixes "
+                 "(at most \".proj.weight\") names must stay under %d: shorten it or the enclosing repeats' names",
+                 prefix, *prefix ? "." : "", name, full, DS_NAME_MAX);
+        return perr(p, path, "%s", msg, NULL);
+    }
     snprintf(path_out, DS_NAME_MAX, "%s%s%s", prefix, *prefix ? "." : "", name);
     return DS_OK;
+}
+
+/* the name of a layer without parameters: ignored, but a string if given */
+static ds_status unused_name(parser *p, json_object *obj, const char *jpath)
+{
+    const char *name;
+    return get_str(p, obj, jpath, "name", &name);
 }
 
 static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, const char *prefix)
@@ -349,8 +366,21 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
             tied_idx = ds_table_find(&net->params, wname);
             char tpath[256];
             snprintf(tpath, sizeof tpath, "%s.tied_to", jpath);
-            if (tied_idx < 0)
+            if (tied_idx < 0) {
+                for (int k = 0; k < net->n_layers; k++) /* a layer of that name whose weight is another's */
+                    if (!strcmp(net->layers[k].path, tied) && net->layers[k].kind == DS_LAYER_LINEAR &&
+                        net->layers[k].tied) {
+                        char owner[DS_NAME_MAX], msg[2 * DS_NAME_MAX + 96];
+                        snprintf(owner, sizeof owner, "%s", net->params.t[net->layers[k].w].name);
+                        char *dot = strrchr(owner, '.'); /* OWNER.weight */
+                        if (dot)
+                            *dot = 0;
+                        snprintf(msg, sizeof msg, "\"%s\" has no weight of its own: it is tied to \"%s\"; tie to "
+                                 "that (\"tied_to\": \"%s\")", tied, owner, owner);
+                        return perr(p, tpath, "%s", msg, NULL);
+                    }
                 return perr(p, tpath, "no earlier layer \"%s\" with a weight to tie to", tied, NULL);
+            }
             const ds_tensor_info *ti = &net->params.t[tied_idx];
             if (ti->ndim != 2 || ti->shape[0] != out || ti->shape[1] != p->dim) {
                 char want[64], have[64];
@@ -424,7 +454,8 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
     if (strcmp(type, "gelu") == 0) {
         static const char *const keys[] = {"type", "name", "approximate", NULL};
         const char *approx;
-        if ((st = check_keys(p, obj, jpath, keys)) || (st = get_str(p, obj, jpath, "approximate", &approx)))
+        if ((st = check_keys(p, obj, jpath, keys)) || (st = unused_name(p, obj, jpath)) ||
+            (st = get_str(p, obj, jpath, "approximate", &approx)))
             return st;
         if (approx && strcmp(approx, "tanh") != 0 && strcmp(approx, "none") != 0) {
             char path2[256];
@@ -441,7 +472,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
     }
     if (strcmp(type, "relu") == 0) {
         static const char *const keys[] = {"type", "name", NULL};
-        if ((st = check_keys(p, obj, jpath, keys)))
+        if ((st = check_keys(p, obj, jpath, keys)) || (st = unused_name(p, obj, jpath)))
             return st;
         ds_layer *l = new_layer(p, DS_LAYER_RELU, prefix, jpath);
         if (!l)
@@ -452,19 +483,22 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
     }
     if (strcmp(type, "dropout") == 0) {
         static const char *const keys[] = {"type", "name", "p", NULL};
-        if ((st = check_keys(p, obj, jpath, keys)))
+        if ((st = check_keys(p, obj, jpath, keys)) || (st = unused_name(p, obj, jpath)))
             return st;
         double prob = 0.5;
         json_object *v;
+        char path2[256], found[80];
+        snprintf(path2, sizeof path2, "%s.p", jpath);
         if (json_object_object_get_ex(obj, "p", &v)) {
-            if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int))
-                return perr(p, jpath, "p: expected a number in [0, 1)", NULL, NULL);
+            if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int)) {
+                ds_json_render(v, found, sizeof found);
+                return perr(p, path2, "expected a probability in [0, 1), found %s", found, NULL);
+            }
             prob = json_object_get_double(v);
         }
-        if (!(prob >= 0 && prob < 1)) {
-            char path2[256], found[32];
-            snprintf(path2, sizeof path2, "%s.p", jpath);
-            snprintf(found, sizeof found, "%g", prob);
+        /* in fp32 too: a p within 3e-8 of 1 rounds to 1.0f, which would drop every value */
+        if (!(prob >= 0 && prob < 1 && (float)prob < 1.0f)) {
+            snprintf(found, sizeof found, "%.17g%s", prob, prob < 1 && prob >= 0 ? " (1 in fp32)" : "");
             return perr(p, path2, "expected a probability in [0, 1), found %s", found, NULL);
         }
         ds_layer *l = new_layer(p, DS_LAYER_DROPOUT, prefix, jpath);
@@ -477,7 +511,7 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
     }
     if (strcmp(type, "residual") == 0) {
         static const char *const keys[] = {"type", "name", "layers", NULL};
-        if ((st = check_keys(p, obj, jpath, keys)))
+        if ((st = check_keys(p, obj, jpath, keys)) || (st = unused_name(p, obj, jpath)))
             return st;
         json_object *arr;
         char sub[256];
@@ -544,10 +578,20 @@ static ds_status parse_layer(parser *p, json_object *obj, const char *jpath, con
         p->depth++;
         for (int64_t i = 0; i < count && st == DS_OK; i++) {
             char pre[DS_NAME_MAX];
-            snprintf(pre, sizeof pre, "%s.%lld", path, (long long)i);
+            if ((size_t)snprintf(pre, sizeof pre, "%s.%lld", path, (long long)i) >= sizeof pre) {
+                char msg[DS_NAME_MAX + 64];
+                snprintf(msg, sizeof msg, "the copies' names (%s.%lld) are too long: shorten the name", path,
+                         (long long)i);
+                return perr(p, jpath, "%s", msg, NULL);
+            }
             st = parse_layers(p, arr, sub, pre);
             if (i == 0)
                 net->repeats[ri].len = net->n_layers - net->repeats[ri].first;
+            else if (st != DS_OK && st != DS_ERR_NOMEM) { /* the JSON path is copy 0's too: say which copy */
+                char msg[sizeof p->err->msg];
+                snprintf(msg, sizeof msg, "%s", p->err->msg);
+                ds_error_set(p->err, st, "%s (in copy %s)", msg, pre);
+            }
         }
         p->depth--;
         p->ckpt = outer;
@@ -572,6 +616,18 @@ static ds_status parse_layers(parser *p, json_object *arr, const char *jpath, co
     return DS_OK;
 }
 
+/* A top-level key that is absent ("missing (expected ...)") or of the wrong kind ("expected
+ * ..., found ..."). */
+static ds_status missing_or(parser *p, json_object *root, const char *key, const char *want)
+{
+    json_object *v;
+    char found[80];
+    if (!json_object_object_get_ex(root, key, &v))
+        return perr(p, key, "missing (expected %s)", want, NULL);
+    ds_json_render(v, found, sizeof found);
+    return perr(p, key, "expected %s, found %s", want, found);
+}
+
 static ds_status parse_net(parser *p, json_object *root)
 {
     ds_net *net = p->net;
@@ -583,7 +639,7 @@ static ds_status parse_net(parser *p, json_object *root)
         return st;
     json_object *in, *layers, *loss;
     if (!json_object_object_get_ex(root, "input", &in) || !json_object_is_type(in, json_type_object))
-        return perr(p, "input", "missing (expected an object such as {\"type\": \"tokens\", ...})", NULL, NULL);
+        return missing_or(p, root, "input", "an object such as {\"type\": \"tokens\", ...}");
     const char *itype;
     if ((st = get_str(p, in, "input", "type", &itype)))
         return st;
@@ -613,14 +669,13 @@ static ds_status parse_net(parser *p, json_object *root)
     }
     if (!json_object_object_get_ex(root, "layers", &layers) ||
         !json_object_is_type(layers, json_type_array) || json_object_array_length(layers) == 0)
-        return perr(p, "layers", "missing (expected a non-empty array of layers)", NULL, NULL);
+        return missing_or(p, root, "layers", "a non-empty array of layers");
     if ((st = parse_layers(p, layers, "layers", "")))
         return st;
     net->out_dim = p->dim;
 
     if (!json_object_object_get_ex(root, "loss", &loss) || !json_object_is_type(loss, json_type_object))
-        return perr(p, "loss", "missing (expected {\"type\": \"cross_entropy\"} or {\"type\": \"mse\"})",
-                    NULL, NULL);
+        return missing_or(p, root, "loss", "{\"type\": \"cross_entropy\"} or {\"type\": \"mse\"}");
     static const char *const lkeys[] = {"type", NULL};
     const char *ltype;
     if ((st = check_keys(p, loss, "loss", lkeys)) || (st = get_str(p, loss, "loss", "type", &ltype)))
