@@ -109,4 +109,37 @@ check "one bucketed all-reduce per effective batch: calls = buckets = 5, bytes =
     'all(r["allreduce_calls"] == 5 and r["allreduce_bytes"] == 21984 * 4 and r["world_size"] == 4 for r in L["four"])'
 check "one process does no all-reduce" 'all(r["allreduce_calls"] == 0 for r in L["one"] + L["gas"])'
 
+# ranks started by hand (as torchrun-style scripts do) with a bad launch: a WORLD_SIZE that is
+# not a number (it trained alone, silently), a RANK outside the world, ranks that disagree on
+# WORLD_SIZE, a RANK taken twice: each named, and the other ranks stop at once (they waited
+# out the 300 s store timeout)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+launch_env=(env DS_JOB_SECRET=dp-hand MASTER_ADDR=127.0.0.1 OMP_NUM_THREADS=1)
+"${launch_env[@]}" RANK=1 WORLD_SIZE=abc MASTER_PORT=$port "$B/ds-train" "${common[@]}" --config mb2.json >/dev/null 2>hand1
+[ $? -ne 0 ] && grep -q 'WORLD_SIZE is "abc", not a valid value' hand1 && ok "WORLD_SIZE=abc: refused, named" ||
+    notok "WORLD_SIZE=abc: $(head -c 300 hand1)"
+"${launch_env[@]}" RANK=2 WORLD_SIZE=2 MASTER_PORT=$port "$B/ds-train" "${common[@]}" --config mb2.json >/dev/null 2>hand2
+[ $? -ne 0 ] && grep -q 'RANK 2 is not in 0..1 (WORLD_SIZE 2)' hand2 && ok "RANK 2 of WORLD_SIZE 2: refused, named" ||
+    notok "RANK 2 of 2: $(head -c 300 hand2)"
+start=$(date +%s)
+"${launch_env[@]}" RANK=0 WORLD_SIZE=2 MASTER_PORT=$port timeout 120 "$B/ds-train" "${common[@]}" --config mb2.json >/dev/null 2>ws0 &
+"${launch_env[@]}" RANK=1 WORLD_SIZE=3 MASTER_PORT=$port timeout 120 "$B/ds-train" "${common[@]}" --config mb2.json >/dev/null 2>ws1
+wait
+took=$(( $(date +%s) - start ))
+if grep -q 'rank 1: WORLD_SIZE is 3 here but 2 at rank 0' ws1 && grep -q 'rank 1 failed: WORLD_SIZE is 3 here but 2 at rank 0' ws0 &&
+    [ "$took" -lt 30 ]; then ok "ranks that disagree on WORLD_SIZE: both stop at once (${took} s), naming it"
+else notok "WORLD_SIZE mismatch (${took} s): $(head -c 300 ws0) / $(head -c 300 ws1)"; fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+start=$(date +%s)
+"${launch_env[@]}" RANK=0 WORLD_SIZE=3 MASTER_PORT=$port timeout 120 "$B/ds-train" "${common[@]}" --config mb2.json >/dev/null 2>dup0 &
+"${launch_env[@]}" RANK=1 WORLD_SIZE=3 MASTER_PORT=$port timeout 120 "$B/ds-train" "${common[@]}" --config mb2.json >/dev/null 2>dup1 &
+sleep 1
+"${launch_env[@]}" RANK=1 WORLD_SIZE=3 MASTER_PORT=$port timeout 120 "$B/ds-train" "${common[@]}" --config mb2.json >/dev/null 2>dup2
+wait
+took=$(( $(date +%s) - start ))
+if grep -q 'RANK 1 is taken by another process of this job' dup2 && grep -q 'rank 1 failed: RANK 1 is taken' dup0 &&
+    grep -q 'rank 1 failed: RANK 1 is taken' dup1 && [ "$took" -lt 30 ]; then
+    ok "a RANK taken twice: refused, and the job's other ranks stop at once (${took} s)"
+else notok "RANK taken twice (${took} s): $(head -c 200 dup0) / $(head -c 200 dup1) / $(head -c 200 dup2)"; fi
+
 tap_summary

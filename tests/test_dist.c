@@ -768,6 +768,98 @@ Test(dist, missing_rank_times_out_with_named_error, .timeout = 30)
     munmap(sh, sizeof *sh);
 }
 
+/* A rank that fails at startup (ds_store_fail) or whose store connection ends before it leaves
+ * (it died) ends the others' waits at once, at the store (a GET for its address) and at the
+ * ring's accept (a connect that would never come), naming the cause; they used to wait out the
+ * timeout (20 s here, 300 s in ds-train). mode 0: the last rank calls ds_store_fail; 1: it
+ * exits without closing. */
+static int failing_mode;
+static void failing_rank(shared *sh, int rank, int n, int port)
+{
+    ds_error err = {0};
+    ds_store *store = NULL;
+    ds_comm *comm = NULL;
+    ds_store_options opt = options(rank, n, port, SECRET, 20);
+    double t0 = ds_dist_now();
+    if (rank == n - 1) {
+        if (ds_store_open(&store, &opt, &err) != DS_OK) {
+            snprintf(sh->msg[rank], sizeof sh->msg[rank], "open: %.900s", err.msg);
+            return;
+        }
+        usleep(300 * 1000); /* the others are waiting by now */
+        if (failing_mode == 0) {
+            ds_store_fail(store, "bad config here");
+            ds_store_close(store);
+        }
+        _exit(0); /* mode 1: no close, no leave */
+    }
+    if (ds_store_open(&store, &opt, &err) == DS_OK && ds_comm_cpu_create(&comm, store, 20, &err) == DS_OK) {
+        ds_comm_destroy(comm);
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "no error");
+    } else {
+        snprintf(sh->msg[rank], sizeof sh->msg[rank], "%.400s (after %.1f s)", err.msg, ds_dist_now() - t0);
+    }
+    ds_store_close(store);
+}
+
+static void failing_world(int mode, const char *cause)
+{
+    failing_mode = mode;
+    shared *sh = shared_new();
+    int port = test_free_port();
+    pid_t pids[3];
+    run_ranks(sh, 3, 3, port, failing_rank, pids);
+    for (int r = 0; r < 3; r++) {
+        int status = 0;
+        cr_assert(waitpid(pids[r], &status, 0) == pids[r]);
+    }
+    /* rank 0 waits for rank 2's connect (accept), rank 1 for rank 2's address (a GET) */
+    for (int r = 0; r < 2; r++) {
+        cr_expect(strstr(sh->msg[r], cause) != NULL, "rank %d: %s", r, sh->msg[r]);
+        double secs = 99;
+        const char *after = strstr(sh->msg[r], "(after ");
+        cr_expect(after && sscanf(after, "(after %lf", &secs) == 1 && secs < 5, "rank %d: %s", r, sh->msg[r]);
+    }
+    cr_expect(strstr(sh->msg[0], "rank 0: waiting for rank 2 to connect: ") != NULL, "%s", sh->msg[0]);
+    munmap(sh, sizeof *sh);
+}
+
+Test(dist, a_rank_failed_at_startup_ends_the_others_waits, .timeout = 30)
+{
+    failing_world(0, "rank 2 failed: bad config here");
+}
+
+Test(dist, a_rank_gone_without_leaving_ends_the_others_waits, .timeout = 30)
+{
+    failing_world(1, "a rank's connection to the rendezvous ended before it left");
+}
+
+/* Values up to the documented 16 MiB pass the store (the server's buffer stopped short of it) */
+Test(dist, store_value_of_16_mib, .timeout = 30)
+{
+    int port = test_free_port();
+    ds_error err = {0};
+    ds_store *s = NULL;
+    ds_store_options opt = options(0, 1, port, SECRET, 10);
+    cr_assert_eq(ds_store_open(&s, &opt, &err), DS_OK, "%s", err.msg);
+    const size_t n = 16u << 20;
+    uint8_t *big = malloc(n);
+    cr_assert(big);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (uint8_t)(i * 131 + 7);
+    cr_assert_eq(ds_store_set(s, "big", big, n, &err), DS_OK, "%s", err.msg);
+    void *v = NULL;
+    size_t len = 0;
+    cr_assert_eq(ds_store_get(s, "big", &v, &len, &err), DS_OK, "%s", err.msg);
+    cr_expect(len == n && memcmp(v, big, n) == 0);
+    free(v);
+    cr_expect_eq(ds_store_set(s, "bigger", big, n + 1, &err), DS_ERR_INVALID); /* over the limit: refused here */
+    /* the store still answers */
+    cr_assert_eq(ds_store_set(s, "small", "x", 1, &err), DS_OK, "%s", err.msg);
+    free(big);
+    ds_store_close(s);
+}
+
 /* A store barrier that a rank never reaches says how many arrived. */
 static void barrier_rank(shared *sh, int rank, int n, int port)
 {

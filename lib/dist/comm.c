@@ -572,7 +572,7 @@ static int pending_read(pending *q, const uint8_t want[36])
 }
 
 /* Accept the previous rank's connection, refusing anyone without the proof. */
-static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], const char *secret,
+static ds_status accept_prev(cpu_comm *c, ds_store *store, int lfd, const uint8_t token[32], const char *secret,
                              const char *ip, int port, double timeout_s, ds_error *err)
 {
     int r = c->me, prev = c->prev;
@@ -598,9 +598,20 @@ static ds_status accept_prev(cpu_comm *c, int lfd, const uint8_t token[32], cons
         pf[0] = (struct pollfd){.fd = lfd, .events = POLLIN};
         for (int i = 0; i < np; i++)
             pf[1 + i] = (struct pollfd){.fd = p[i].fd, .events = POLLIN};
-        int n = poll(pf, (nfds_t)(1 + np), (int)((wake - now) * 1000) + 1);
+        /* a second at a time: between them, whether the job failed elsewhere (a rank that left
+         * would never connect) */
+        int ms = (int)((wake - now) * 1000) + 1;
+        int n = poll(pf, (nfds_t)(1 + np), ms > 1000 ? 1000 : ms);
         if (n < 0 && errno != EINTR)
             break;
+        if (n == 0 && ms > 1000) {
+            ds_error why = {0};
+            if (ds_store_aborted(store, &why) != 0) {
+                for (int i = 0; i < np; i++)
+                    close(p[i].fd);
+                return ds_error_set(err, DS_ERR_IO, "rank %d: waiting for rank %d to connect: %s", r, prev, why.msg);
+            }
+        }
         if (n <= 0)
             continue;
         const int polled = np;
@@ -909,7 +920,7 @@ ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ra
         }
     }
     free(peer);
-    if (st == DS_OK) st = accept_prev(c, lfd, token, secret, ip, port, wait_s, err);
+    if (st == DS_OK) st = accept_prev(c, store, lfd, token, secret, ip, port, wait_s, err);
     if (lfd >= 0) close(lfd);
     if (st == DS_OK) st = shm_handshake(c, want_shm, wait_s, err);
     if (st != DS_OK) {
@@ -933,16 +944,50 @@ ds_status ds_dist_join_from_env(ds_store **store, ds_comm **comm, int *rank, int
     *comm = NULL;
     *rank = 0;
     *world = 1;
+    /* unset, empty or 1: one process; anything else must be a valid launch (0 or "abc" used to
+     * train alone, silently) */
     const char *ws = getenv("WORLD_SIZE");
-    if (!ws || atoi(ws) <= 1)
+    if (!ws || !*ws || strcmp(ws, "1") == 0)
         return DS_OK;
     ds_store_options so;
     ds_status st = ds_store_options_from_env(&so, err);
+    if (st == DS_OK && so.world_size == 1)
+        return DS_OK;
     if (st == DS_OK)
         st = ds_store_open(store, &so, err);
+    /* every rank agrees on WORLD_SIZE with rank 0, and no RANK is taken twice: else the others
+     * would wait for ranks that never come */
+    if (st == DS_OK && so.rank == 0) {
+        uint8_t w[8];
+        for (int i = 0; i < 8; i++)
+            w[i] = (uint8_t)((uint64_t)so.world_size >> (8 * i));
+        st = ds_store_set(*store, "ds/world_size", w, 8, err);
+    } else if (st == DS_OK) {
+        void *v = NULL;
+        size_t len = 0;
+        st = ds_store_get(*store, "ds/world_size", &v, &len, err);
+        int64_t w0 = 0;
+        for (int i = 0; st == DS_OK && len == 8 && i < 8; i++)
+            w0 |= (int64_t)((uint8_t *)v)[i] << (8 * i);
+        free(v);
+        if (st == DS_OK && w0 != so.world_size)
+            st = ds_error_set(err, DS_ERR_INVALID, "rank %d: WORLD_SIZE is %d here but %lld at rank 0 (every rank "
+                              "must be started with the same WORLD_SIZE)", so.rank, so.world_size, (long long)w0);
+    }
+    if (st == DS_OK) {
+        char key[64];
+        int64_t n = 0;
+        snprintf(key, sizeof key, "ds/rank/%d", so.rank);
+        st = ds_store_add(*store, key, 1, &n, err);
+        if (st == DS_OK && n > 1)
+            st = ds_error_set(err, DS_ERR_INVALID, "rank %d: RANK %d is taken by another process of this job (every "
+                              "rank must have its own RANK)", so.rank, so.rank);
+    }
     if (st == DS_OK)
         st = ds_comm_cpu_create(comm, *store, 0, err);
     if (st != DS_OK) {
+        if (*store && err)
+            ds_store_fail(*store, err->msg);
         if (*store)
             ds_store_close(*store);
         *store = NULL;

@@ -46,5 +46,9 @@ double ds_store_timeout(const ds_store *s);
 ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, ds_error *err);
 /* A fresh id for a communicator's store keys (same sequence on every rank). */
 unsigned ds_store_next_comm_id(ds_store *s);
+/* Whether a rank of the job has failed (ds_store_fail) or its store connection ended before it
+ * left, asked without waiting: 1 with the reason in why (an error), 0 not, -1 the store itself
+ * failed (why set). For waits outside the store (a peer's connect) to end early. */
+int ds_store_aborted(ds_store *s, ds_error *why);
 
 #endif

@@ -145,6 +145,21 @@ typedef struct server {
     int64_t gone; /* authenticated connections that ended without leaving: their ranks died */
 } server;
 
+/* After a rank's connection ended without its leaving (it exited or failed), a GET that waits,
+ * or would wait, for a key fails at once with this reply (status 1): what it waits for may never
+ * come, and the ranks would otherwise wait out the store's timeout. ds/left and ds/left/all,
+ * rank 0's wait for the others to leave, keep waiting as before. */
+static const char DEAD_MSG[] = "a rank's connection to the rendezvous ended before it left: that rank exited or "
+                               "failed (see its output); the job cannot go on without it";
+static entry *find_entry(server *sv, const char *key);
+static int dead_fails(server *sv, const char *key)
+{
+    return (sv->gone > 0 || find_entry(sv, "ds/failed")) && strncmp(key, "ds/left", 7) != 0;
+}
+
+/* the reply of a GET that dead_fails: a rank's own words (ds_store_fail), else DEAD_MSG */
+static int reply_dead(server *sv, struct conn *c);
+
 static entry *find_entry(server *sv, const char *key)
 {
     for (size_t i = 0; i < sv->num_entries; i++)
@@ -172,6 +187,24 @@ static int reply(conn *c, uint8_t status, const void *value, uint32_t len)
     hdr[0] = status;
     put_u32(hdr + 1, len);
     return out_append(c, hdr, 5) || (len && out_append(c, value, len)) ? -1 : 0;
+}
+
+/* ds/abort counts the failures (ds_store_aborted reads it without waiting) */
+static int set_value(server *sv, const char *key, const uint8_t *value, uint32_t len);
+static int bump_abort(server *sv)
+{
+    entry *e = find_entry(sv, "ds/abort");
+    uint8_t buf[8];
+    put_i64(buf, (e && e->len == 8 ? get_i64(e->value) : 0) + 1);
+    return set_value(sv, "ds/abort", buf, 8);
+}
+
+static int reply_dead(server *sv, conn *c)
+{
+    entry *f = find_entry(sv, "ds/failed");
+    if (f)
+        return reply(c, 1, f->value, f->len);
+    return reply(c, 1, DEAD_MSG, (uint32_t)strlen(DEAD_MSG));
 }
 
 static void conn_drop(conn *c)
@@ -248,12 +281,29 @@ static int conn_process(server *sv, conn *c)
         pos += HDR + (size_t)klen + vlen;
         switch (h[0]) {
         case OP_SET:
+            if (!strcmp(key, "ds/failed") && find_entry(sv, key)) { /* the first failure is the cause */
+                if (reply(c, 0, NULL, 0)) return -1;
+                break;
+            }
             if (set_value(sv, key, value, vlen) || reply(c, 0, NULL, 0)) return -1;
+            if (!strcmp(key, "ds/failed") && bump_abort(sv))
+                return -1;
+            if (!strcmp(key, "ds/failed")) /* ds_store_fail: the others' waits end now */
+                for (size_t i = 0; i < sv->num_conns; i++) {
+                    conn *o = &sv->conns[i];
+                    if (o->fd >= 0 && o->wait_key && dead_fails(sv, o->wait_key)) {
+                        free(o->wait_key);
+                        o->wait_key = NULL;
+                        if (reply_dead(sv, o)) conn_drop(o);
+                    }
+                }
             break;
         case OP_GET: {
             entry *e = find_entry(sv, key);
             if (e) {
                 if (reply(c, 0, e->value, e->len)) return -1;
+            } else if (dead_fails(sv, key)) {
+                if (reply_dead(sv, c)) return -1;
             } else if (!(c->wait_key = strdup(key))) {
                 return -1;
             }
@@ -268,6 +318,11 @@ static int conn_process(server *sv, conn *c)
             uint8_t buf[8];
             put_i64(buf, v);
             if (set_value(sv, key, buf, 8) || reply(c, 0, buf, 8)) return -1;
+            /* rank 0's world decides when all have left (a rank started with another
+             * WORLD_SIZE would count to its own) */
+            if (!strcmp(key, "ds/left") && sv->world_size > 1 && v + sv->gone >= sv->world_size - 1 &&
+                !find_entry(sv, "ds/left/all") && set_value(sv, "ds/left/all", (const uint8_t *)"", 0))
+                return -1;
             break;
         }
         default:
@@ -306,15 +361,18 @@ static void accept_one(server *sv)
 
 static void conn_readable(server *sv, conn *c)
 {
+    /* room for the largest frame a client sends (one request at a time), and the proof */
+    const size_t most = (size_t)VALUE_MAX + KEY_MAX + HDR + 32;
     for (;;) {
-        if (c->in_cap - c->in_len < 65536) {
+        if (c->in_cap - c->in_len < 65536 && c->in_cap < most) {
             size_t cap = c->in_cap * 2 + 65536;
-            if (cap > (size_t)VALUE_MAX + KEY_MAX + HDR + 65536 + 32) { conn_drop(c); return; }
+            if (cap > most) cap = most; /* up to the limit itself (16 MiB values were refused) */
             uint8_t *q = realloc(c->in, cap);
             if (!q) { conn_drop(c); return; }
             c->in = q;
             c->in_cap = cap;
         }
+        if (c->in_len == c->in_cap) break; /* full at the limit: a frame must be complete now */
         ssize_t got = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
         if (got == 0) { conn_drop(c); return; }
         if (got < 0) {
@@ -327,6 +385,7 @@ static void conn_readable(server *sv, conn *c)
         if (!c->authed && c->in_len >= 32) break;
     }
     if (c->fd >= 0 && conn_process(sv, c)) conn_drop(c);
+    else if (c->fd >= 0 && c->in_len == c->in_cap && c->in_cap >= most) conn_drop(c); /* more than any frame */
 }
 
 static void conn_flush(conn *c)
@@ -365,6 +424,16 @@ static void *server_main(void *arg)
             int64_t left = e && e->len == 8 ? get_i64(e->value) : 0;
             if (left + sv->gone >= sv->world_size - 1)
                 (void)set_value(sv, "ds/left/all", (const uint8_t *)"", 0);
+        }
+        if (died)
+            (void)bump_abort(sv);
+        for (size_t i = 0; died && i < n; i++) { /* the GETs waiting now fail (dead_fails) */
+            conn *c = &sv->conns[i];
+            if (c->fd >= 0 && c->wait_key && dead_fails(sv, c->wait_key)) {
+                free(c->wait_key);
+                c->wait_key = NULL;
+                if (reply_dead(sv, c)) conn_drop(c);
+            }
         }
         if (cap < n + 2) {
             cap = (n + 2) * 2;
@@ -646,6 +715,12 @@ static ds_status request(ds_store *s, int op, const char *key, const void *value
                             r == DS_IO_EOF ? "connection closed (rank 0 gone?)" : strerror(e));
     }
     buf[len] = 0;
+    if (rh[0] != 0) { /* the server's refusal, with its reason */
+        ds_status st2 = ds_error_set(err, DS_ERR_IO, "rank %d: %s at the rendezvous at %s:%d: %s", s->rank, what,
+                                     s->addr, s->port, (char *)buf);
+        free(buf);
+        return st2;
+    }
     if (out) {
         *out = buf;
         *out_len = len;
@@ -681,11 +756,18 @@ ds_status ds_store_options_from_env(ds_store_options *opt, ds_error *err)
 ds_status ds_store_open(ds_store **out, const ds_store_options *opt, ds_error *err)
 {
     *out = NULL;
-    if (!opt->addr || !*opt->addr || strlen(opt->addr) >= 256 || opt->port <= 0 ||
-        opt->port > 65535 || opt->world_size < 1 || opt->rank < 0 ||
-        opt->rank >= opt->world_size)
-        return ds_error_set(err, DS_ERR_INVALID, "rendezvous: bad address, port (%d), rank (%d) "
-                            "or world size (%d)", opt->port, opt->rank, opt->world_size);
+    if (!opt->addr || !*opt->addr || strlen(opt->addr) >= 256)
+        return ds_error_set(err, DS_ERR_INVALID, "rendezvous: MASTER_ADDR: expected a host name or IPv4 address "
+                            "(under 256 characters), found \"%.64s\"", opt->addr ? opt->addr : "");
+    if (opt->port <= 0 || opt->port > 65535)
+        return ds_error_set(err, DS_ERR_INVALID, "rendezvous: MASTER_PORT: expected a port in 1..65535, found %d",
+                            opt->port);
+    if (opt->world_size < 1)
+        return ds_error_set(err, DS_ERR_INVALID, "rendezvous: WORLD_SIZE: expected 1 or more, found %d",
+                            opt->world_size);
+    if (opt->rank < 0 || opt->rank >= opt->world_size)
+        return ds_error_set(err, DS_ERR_INVALID, "rendezvous: RANK %d is not in 0..%d (WORLD_SIZE %d)", opt->rank,
+                            opt->world_size - 1, opt->world_size);
     if (!opt->secret || !*opt->secret)
         return ds_error_set(err, DS_ERR_INVALID, "rank %d: no job secret (DS_JOB_SECRET) for the "
                             "rendezvous", opt->rank);
@@ -709,6 +791,33 @@ ds_status ds_store_open(ds_store **out, const ds_store_options *opt, ds_error *e
     }
     *out = s;
     return DS_OK;
+}
+
+int ds_store_aborted(ds_store *s, ds_error *why)
+{
+    int64_t n = 0;
+    if (ds_store_add(s, "ds/abort", 0, &n, why) != DS_OK)
+        return -1;
+    if (n <= 0)
+        return 0;
+    void *v = NULL; /* the failed rank's words, or the server's refusal for a rank gone: at once */
+    size_t len = 0;
+    if (ds_store_get(s, "ds/failed", &v, &len, why) == DS_OK)
+        ds_error_set(why, DS_ERR_IO, "%s", (char *)v);
+    free(v);
+    return 1;
+}
+
+void ds_store_fail(ds_store *s, const char *why)
+{
+    if (!s || s->world_size < 2)
+        return;
+    char msg[1024], own[32];
+    int k = snprintf(own, sizeof own, "rank %d: ", s->rank);
+    if (why && k > 0 && strncmp(why, own, (size_t)k) == 0) /* its messages name it already */
+        why += k;
+    int n = snprintf(msg, sizeof msg, "rank %d failed: %s", s->rank, why ? why : "(no reason given)");
+    (void)ds_store_set(s, "ds/failed", msg, n < 0 ? 0 : (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1, NULL);
 }
 
 void ds_store_close(ds_store *s)

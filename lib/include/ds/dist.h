@@ -42,6 +42,10 @@ ds_status ds_store_open(ds_store **out, const ds_store_options *opt, ds_error *e
 /* Leave the store. Rank 0 keeps serving until every other rank has closed its store (or
  * the timeout passes: a rank that died), then stops the server. */
 void ds_store_close(ds_store *s);
+/* Say at the store that this rank failed (why: its error message) before closing it: the
+ * other ranks' waits at the store then fail at once with "rank R failed: why" instead of
+ * waiting out the timeout. Best effort (an error here is ignored). */
+void ds_store_fail(ds_store *s, const char *why);
 
 int ds_store_rank(const ds_store *s);
 int ds_store_world_size(const ds_store *s);
