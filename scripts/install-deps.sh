@@ -7,7 +7,7 @@ set -e
 TEST=""
 case "${1:-}" in
 "") ;;
---test) TEST="python3-torch python3-numpy" ;;
+--test) TEST="python3-torch python3-numpy iproute2" ;;
 *) echo "usage: scripts/install-deps.sh [--test]" >&2; exit 2 ;;
 esac
 SUDO=""

@@ -42,7 +42,11 @@ const char *ds_store_secret(const ds_store *s);
 const char *ds_store_addr(const ds_store *s);
 int ds_store_port(const ds_store *s);
 double ds_store_timeout(const ds_store *s);
-/* The IPv4 address this process reaches rank 0 from ("127.0.0.1" on one host). */
+/* The IPv4 address this process reaches rank 0 from ("127.0.0.1" on one host); where that is a
+ * loopback address but MASTER_ADDR is a name or address that is not (Debian maps the host's
+ * own name to 127.0.1.1: rank 0's host reaches itself over loopback, while other hosts'
+ * ranks reach it by name), the host's first non-loopback IPv4 address that is up, so that
+ * ranks on other hosts can reach this one. */
 ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, ds_error *err);
 /* A fresh id for a communicator's store keys (same sequence on every rank). */
 unsigned ds_store_next_comm_id(ds_store *s);

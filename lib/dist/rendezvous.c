@@ -6,6 +6,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -918,5 +920,19 @@ ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, ds_error *err)
         !inet_ntop(AF_INET, &sa.sin_addr, ip, (socklen_t)cap))
         return ds_error_set(err, DS_ERR_IO, "rank %d: cannot find this host's address: %s",
                             s->rank, strerror(errno));
+    struct in_addr lit;
+    const int loop_here = (ntohl(sa.sin_addr.s_addr) >> 24) == 127;
+    const int loop_meant = strcmp(s->addr, "localhost") == 0 ||
+                           (inet_pton(AF_INET, s->addr, &lit) == 1 && (ntohl(lit.s_addr) >> 24) == 127);
+    struct ifaddrs *ifs = NULL;
+    if (loop_here && !loop_meant && getifaddrs(&ifs) == 0) {
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next)
+            if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && (i->ifa_flags & IFF_UP) &&
+                !(i->ifa_flags & IFF_LOOPBACK) &&
+                (ntohl(((struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr.s_addr) >> 24) != 127 &&
+                inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr, ip, (socklen_t)cap))
+                break;
+        freeifaddrs(ifs);
+    }
     return DS_OK;
 }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Two "hosts" on one machine: network namespaces joined by a veth pair, each with its own
+# /etc/hosts (ip netns exec mounts /etc/netns/NAME/hosts over it) that maps the host's own name
+# to 127.0.1.1, as Debian's installer does. Rank 0 runs in one, rank 1 in the other, both with
+# MASTER_ADDR = the first host's name: rank 0 reaches its own rendezvous over loopback, so the
+# ring address it publishes must not be a loopback one (rank 1 was told 127.0.0.1 and failed
+# with "cannot connect to rank 0 at 127.0.0.1"). Needs root and ip(8) with netns support:
+# skipped (77) without them. One "ok"/"not ok" line per check.
+. "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
+set -u
+B=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
+    echo "hosts.sh: needs root and ip(8) (iproute2): skipping"
+    exit 77
+fi
+A=dsa$$ Z=dsb$$
+cleanup() {
+    ip netns del "$A" 2>/dev/null
+    ip netns del "$Z" 2>/dev/null
+    rm -rf "/etc/netns/$A" "/etc/netns/$Z" "$T"
+}
+T=$(mktemp -d "${TMPDIR:-/tmp}/ds-hosts.XXXXXX") || exit 1
+trap cleanup EXIT
+if ! ip netns add "$A" 2>"$T/err" || ! ip netns add "$Z" 2>>"$T/err" ||
+    ! ip link add "va$$" type veth peer name "vb$$" 2>>"$T/err"; then
+    echo "hosts.sh: cannot make network namespaces here ($(head -c 200 "$T/err")): skipping"
+    exit 77
+fi
+ip link set "va$$" netns "$A" && ip link set "vb$$" netns "$Z" &&
+    ip -n "$A" addr add 10.231.7.1/24 dev "va$$" && ip -n "$Z" addr add 10.231.7.2/24 dev "vb$$" &&
+    ip -n "$A" link set "va$$" up && ip -n "$Z" link set "vb$$" up &&
+    ip -n "$A" link set lo up && ip -n "$Z" link set lo up || { notok "setting up the namespaces"; tap_summary; exit; }
+mkdir -p "/etc/netns/$A" "/etc/netns/$Z"
+printf '127.0.0.1 localhost\n127.0.1.1 node-a\n10.231.7.2 node-b\n' >"/etc/netns/$A/hosts"
+printf '127.0.0.1 localhost\n10.231.7.1 node-a\n127.0.1.1 node-b\n' >"/etc/netns/$Z/hosts"
+[ "$(ip netns exec "$A" getent hosts node-a | cut -d' ' -f1)" = 127.0.1.1 ] &&
+    [ "$(ip netns exec "$Z" getent hosts node-a | cut -d' ' -f1)" = 10.231.7.1 ] &&
+    ok "node-a is 127.0.1.1 on itself and 10.231.7.1 on node-b" || notok "the namespaces' hosts files"
+cd "$T" || exit 1
+cat > net.json <<'EOF'
+{"input": {"type": "tokens", "vocab_size": 256, "seq_len": 16},
+ "layers": [{"type": "embedding", "name": "wte", "dim": 16}, {"type": "layernorm", "name": "ln"},
+  {"type": "linear", "name": "head", "out": 256}], "loss": {"type": "cross_entropy"}}
+EOF
+echo '{"train_batch_size": 4, "train_micro_batch_size_per_gpu": 2, "optimizer": {"type": "SGD", "params": {"lr": 0.1}}}' >ds.json
+env=(env DS_JOB_SECRET=hosts-test MASTER_ADDR=node-a MASTER_PORT=29517 WORLD_SIZE=2 OMP_NUM_THREADS=1)
+head -c 20000 /usr/share/common-licenses/GPL-3 >text.txt 2>/dev/null || python3 -c "
+import random; random.seed(1); open('text.txt','w').write(' '.join(random.choice(['the','data','rank','host']) for _ in range(4000)))"
+run=(timeout 60 "$B/ds-train" net.json --config ds.json --data text.txt --steps 3 --data-order sequential)
+ip netns exec "$A" "${env[@]}" RANK=0 "${run[@]}" >a.out 2>a.err &
+ip netns exec "$Z" "${env[@]}" RANK=1 "${run[@]}" >b.out 2>b.err
+rb=$?
+wait $!
+ra=$?
+if [ "$ra" = 0 ] && [ "$rb" = 0 ] && grep -q '^done: 3 steps' a.out; then
+    ok "2 ranks on 2 hosts, MASTER_ADDR a name that is loopback on rank 0's host: trained"
+else
+    notok "2 hosts (exit $ra, $rb): $(head -c 300 a.err) / $(head -c 300 b.err)"
+fi
+tap_summary
