@@ -488,6 +488,7 @@ static void catch_sigint(const job *j)
         return;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESETHAND | SA_RESTART; /* a second Ctrl-C ends the process at once */
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
 }
@@ -968,7 +969,7 @@ static int range_test(job *j, json_object *root)
     FILE *csv = fopen(csv_tmp, "w");
     if (!csv) {
         fprintf(stderr, "ds-lrrt: %s: cannot create it (as %s first): %s\n", csv_path, csv_tmp, strerror(errno));
-        free(lr), free(loss), free(sm);
+        free(lr), free(loss), free(sm), free(applied), free(ai), free(alr), free(asm_);
         return 1;
     }
     fprintf(csv, "step,lr,loss,smoothed_loss,skipped\n");

@@ -60,8 +60,17 @@ int outcheck_publish(const char *tmp, const char *path, int force, char *why, si
     int r = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
     if (r != 0 && (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP)) { /* not on this file system */
         r = link(tmp, path);
-        if (r == 0)
+        if (r == 0) {
             unlink(tmp);
+        } else if (errno == EPERM || errno == ENOTSUP || errno == EOPNOTSUPP || errno == ENOSYS) {
+            /* no hard links either (CIFS, some FUSE): a look, then a plain rename; only a file
+             * made in between these two steps could still be replaced */
+            struct stat sb;
+            if (lstat(path, &sb) == 0)
+                errno = EEXIST, r = -1;
+            else
+                r = rename(tmp, path);
+        }
     }
     if (r == 0)
         return 0;

@@ -4,8 +4,10 @@
 # to 127.0.1.1, as Debian's installer does. Rank 0 runs in one, rank 1 in the other, both with
 # MASTER_ADDR = the first host's name: rank 0 reaches its own rendezvous over loopback, so the
 # ring address it publishes must not be a loopback one (rank 1 was told 127.0.0.1 and failed
-# with "cannot connect to rank 0 at 127.0.0.1"). Needs root and ip(8) with netns support:
-# skipped (77) without them. One "ok"/"not ok" line per check.
+# with "cannot connect to rank 0 at 127.0.0.1"), nor just any other of its addresses: each host
+# also has a docker0-like interface, 172.17.0.1 on both, listed before the link between them.
+# Needs root and ip(8) with netns support: skipped (77) without them. One "ok"/"not ok" line
+# per check.
 . "$(cd "$(dirname "$0")" && pwd)/tap.sh" # ok, notok, tap_summary (before any cd)
 set -u
 B=${DS_BUILD_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -15,6 +17,7 @@ if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
 fi
 A=dsa$$ Z=dsb$$
 cleanup() {
+    ip link del "va$$" 2>/dev/null # left in this namespace when the setup failed half-way
     ip netns del "$A" 2>/dev/null
     ip netns del "$Z" 2>/dev/null
     rm -rf "/etc/netns/$A" "/etc/netns/$Z" "$T"
@@ -26,7 +29,9 @@ if ! ip netns add "$A" 2>"$T/err" || ! ip netns add "$Z" 2>>"$T/err" ||
     echo "hosts.sh: cannot make network namespaces here ($(head -c 200 "$T/err")): skipping"
     exit 77
 fi
-ip link set "va$$" netns "$A" && ip link set "vb$$" netns "$Z" &&
+ip -n "$A" link add d0 type veth peer name d1 && ip -n "$A" link set d1 up && ip -n "$A" addr add 172.17.0.1/16 dev d0 && ip -n "$A" link set d0 up &&
+    ip -n "$Z" link add d0 type veth peer name d1 && ip -n "$Z" link set d1 up && ip -n "$Z" addr add 172.17.0.1/16 dev d0 && ip -n "$Z" link set d0 up &&
+    ip link set "va$$" netns "$A" && ip link set "vb$$" netns "$Z" &&
     ip -n "$A" addr add 10.231.7.1/24 dev "va$$" && ip -n "$Z" addr add 10.231.7.2/24 dev "vb$$" &&
     ip -n "$A" link set "va$$" up && ip -n "$Z" link set "vb$$" up &&
     ip -n "$A" link set lo up && ip -n "$Z" link set lo up || { notok "setting up the namespaces"; tap_summary; exit; }

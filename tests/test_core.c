@@ -809,7 +809,18 @@ Test(net, error_paths_in_small_networks)
         snprintf(net, sizeof net, FEAT("{\"type\": \"repeat\", \"name\": \"%s\", \"count\": 1, \"layers\": "
                                        "[{\"type\": \"repeat\", \"name\": \"%s\", \"count\": 1, \"layers\": "
                                        "[{\"type\": \"linear\", \"name\": \"c\", \"out\": 8}]}]}", "mse"), a, bn);
-        parse_fails(net, "layers[0].layers[0].name: the layer's full name", "is 127 characters");
+        parse_fails(net, "layers[0].layers[0]: the copies' names (", ".0) are too long");
+        /* a linear's longest parameter name is NAME.weight: 117 characters leave it at 124 */
+        memset(bn, 'B', 50), bn[50] = 0;
+        snprintf(net, sizeof net, FEAT("{\"type\": \"repeat\", \"name\": \"%s\", \"count\": 1, \"layers\": "
+                                       "[{\"type\": \"linear\", \"name\": \"%s\", \"out\": 8}]}", "mse"), a, bn);
+        ds_net_free(parse_ok(net));
+        /* an attention's is NAME.proj.weight */
+        snprintf(net, sizeof net, "{\"input\": {\"type\": \"tokens\", \"vocab_size\": 8, \"seq_len\": 4}, \"layers\": "
+                 "[{\"type\": \"embedding\", \"name\": \"e\", \"dim\": 8}, {\"type\": \"repeat\", \"name\": \"%s\", "
+                 "\"count\": 1, \"layers\": [{\"type\": \"attention\", \"name\": \"%s\", \"heads\": 2}]}, "
+                 "{\"type\": \"linear\", \"name\": \"h\", \"out\": 8}], \"loss\": {\"type\": \"cross_entropy\"}}", a, bn);
+        parse_fails(net, "layers[1].layers[0].name: the layer's full name", "is 117 characters");
     }
     /* two layers of the same name would share parameter names */
     parse_fails(FEAT("{\"type\": \"linear\", \"name\": \"fc\", \"out\": 8}, {\"type\": \"linear\", \"name\": \"fc\", "

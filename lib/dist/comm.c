@@ -577,12 +577,13 @@ static int from_hex(const char *s, uint8_t *p, size_t n)
     return 0;
 }
 
-static ds_status listen_on(const char *ip, int *fd_out, int *port_out, int rank, ds_error *err)
+/* any: on every address (ip is a name, ds_store_local_ip) */
+static ds_status listen_on(const char *ip, int any, int *fd_out, int *port_out, int rank, ds_error *err)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_ANY)};
     socklen_t sl = sizeof sa;
-    if (fd < 0 || inet_pton(AF_INET, ip, &sa.sin_addr) != 1 ||
+    if (fd < 0 || (!any && inet_pton(AF_INET, ip, &sa.sin_addr) != 1) ||
         bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 64) ||
         getsockname(fd, (struct sockaddr *)&sa, &sl)) {
         int e = errno;
@@ -925,12 +926,12 @@ ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ra
     }
     double wait_s = ds_store_timeout(store);
     const char *secret = ds_store_secret(store);
-    char ip[64], key[96], value[160];
+    char ip[256], key[96], value[400];
     uint8_t token[32];
-    int lfd = -1, port = 0;
-    ds_status st = ds_store_local_ip(store, ip, sizeof ip, err);
+    int lfd = -1, port = 0, any = 0;
+    ds_status st = ds_store_local_ip(store, ip, sizeof ip, &any, err);
     if (st == DS_OK) st = ds_random_bytes(token, 32, err);
-    if (st == DS_OK) st = listen_on(ip, &lfd, &port, r, err);
+    if (st == DS_OK) st = listen_on(ip, any, &lfd, &port, r, err);
     if (st == DS_OK) {
         int k = snprintf(value, sizeof value, "%s %d ", ip, port);
         to_hex(token, 32, value + k);
@@ -952,10 +953,10 @@ ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ra
             ds_error_set(err, st, "%s", e.msg);
     }
     if (st == DS_OK) {
-        char pip[64], hex[65];
+        char pip[256], hex[65];
         int pport;
         uint8_t ptoken[32], proof[36];
-        if (sscanf(peer, "%63s %d %64s", pip, &pport, hex) != 3 || strlen(hex) != 64 ||
+        if (sscanf(peer, "%255s %d %64s", pip, &pport, hex) != 3 || strlen(hex) != 64 ||
             from_hex(hex, ptoken, 32)) {
             st = ds_error_set(err, DS_ERR_INTERNAL, "rank %d: bad address of rank %d in the "
                               "rendezvous: \"%.80s\"", r, next, peer);

@@ -42,12 +42,13 @@ const char *ds_store_secret(const ds_store *s);
 const char *ds_store_addr(const ds_store *s);
 int ds_store_port(const ds_store *s);
 double ds_store_timeout(const ds_store *s);
-/* The IPv4 address this process reaches rank 0 from ("127.0.0.1" on one host); where that is a
- * loopback address but MASTER_ADDR is a name or address that is not (Debian maps the host's
- * own name to 127.0.1.1: rank 0's host reaches itself over loopback, while other hosts'
- * ranks reach it by name), the host's first non-loopback IPv4 address that is up, so that
- * ranks on other hosts can reach this one. */
-ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, ds_error *err);
+/* How the other ranks reach this one: the IPv4 address this process reaches rank 0 from
+ * ("127.0.0.1" on one host), to listen on (*any 0). Where that is a loopback address but
+ * MASTER_ADDR is a name or address that is not (Debian maps the host's own name to 127.0.1.1:
+ * rank 0's host reaches itself over loopback, the other hosts' ranks reach it by that name),
+ * MASTER_ADDR itself, which each rank resolves as it resolved it to reach rank 0, so that it
+ * means this host everywhere; then *any is 1: listen on every address. */
+ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, int *any, ds_error *err);
 /* A fresh id for a communicator's store keys (same sequence on every rank). */
 unsigned ds_store_next_comm_id(ds_store *s);
 /* Whether a rank of the job has failed (ds_store_fail) or its store connection ended before it

@@ -6,8 +6,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ifaddrs.h>
-#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -798,6 +796,9 @@ ds_status ds_store_open(ds_store **out, const ds_store_options *opt, ds_error *e
 int ds_store_aborted(ds_store *s, ds_error *why)
 {
     int64_t n = 0;
+    if (s->fd < 0) /* the connection failed already: no reconnecting to a rank 0 that may be gone */
+        return ds_error_set(why, DS_ERR_IO, "rank %d: the connection to the rendezvous at %s:%d failed", s->rank,
+                            s->addr, s->port), -1;
     if (ds_store_add(s, "ds/abort", 0, &n, why) != DS_OK)
         return -1;
     if (n <= 0)
@@ -812,7 +813,7 @@ int ds_store_aborted(ds_store *s, ds_error *why)
 
 void ds_store_fail(ds_store *s, const char *why)
 {
-    if (!s || s->world_size < 2)
+    if (!s || s->world_size < 2 || s->fd < 0) /* as ds_store_close: no reconnecting to a rank 0 gone */
         return;
     char msg[1024], own[32];
     int k = snprintf(own, sizeof own, "rank %d: ", s->rank);
@@ -910,8 +911,9 @@ ds_status ds_store_barrier(ds_store *s, ds_error *err)
     return ds_error_set(err, st, "%s", e.msg);
 }
 
-ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, ds_error *err)
+ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, int *any, ds_error *err)
 {
+    *any = 0;
     ds_status st;
     if (s->fd < 0 && (st = store_connect(s, err)) != DS_OK) return st;
     struct sockaddr_in sa;
@@ -924,15 +926,9 @@ ds_status ds_store_local_ip(ds_store *s, char *ip, size_t cap, ds_error *err)
     const int loop_here = (ntohl(sa.sin_addr.s_addr) >> 24) == 127;
     const int loop_meant = strcmp(s->addr, "localhost") == 0 ||
                            (inet_pton(AF_INET, s->addr, &lit) == 1 && (ntohl(lit.s_addr) >> 24) == 127);
-    struct ifaddrs *ifs = NULL;
-    if (loop_here && !loop_meant && getifaddrs(&ifs) == 0) {
-        for (struct ifaddrs *i = ifs; i; i = i->ifa_next)
-            if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && (i->ifa_flags & IFF_UP) &&
-                !(i->ifa_flags & IFF_LOOPBACK) &&
-                (ntohl(((struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr.s_addr) >> 24) != 127 &&
-                inet_ntop(AF_INET, &((struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr, ip, (socklen_t)cap))
-                break;
-        freeifaddrs(ifs);
+    if (loop_here && !loop_meant && strlen(s->addr) < cap) {
+        snprintf(ip, cap, "%s", s->addr);
+        *any = 1;
     }
     return DS_OK;
 }

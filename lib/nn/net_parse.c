@@ -239,14 +239,17 @@ static ds_status need_name(parser *p, json_object *obj, const char *jpath, const
         snprintf(path, sizeof path, "%s.name", jpath);
         return perr(p, path, "\"%s\" is not a valid name (no dots, at most 64 characters)", name, NULL);
     }
-    /* the full name, and its longest parameter name (NAME.proj.weight), must fit: never cut */
+    /* the full name, and its longest parameter name (NAME.weight; an attention's
+     * NAME.proj.weight; a repeat has none, its layers are checked as they come), must fit:
+     * never cut */
     const size_t full = strlen(prefix) + (*prefix ? 1 : 0) + strlen(name);
-    if (full + strlen(".proj.weight") >= DS_NAME_MAX) {
-        char path[256], msg[DS_NAME_MAX * 2 + 96];
+    const char *suffix = !strcmp(type, "attention") ? ".proj.weight" : !strcmp(type, "repeat") ? "" : ".weight";
+    if (full + strlen(suffix) >= DS_NAME_MAX) {
+        char path[256], msg[DS_NAME_MAX * 2 + 128];
         snprintf(path, sizeof path, "%s.name", jpath);
-        snprintf(msg, sizeof msg, "the layer's full name %s%s%s is %zu characters; with its parameters' suffixes "
-                 "(at most \".proj.weight\") names must stay under %d: shorten it or the enclosing repeats' names",
-                 prefix, *prefix ? "." : "", name, full, DS_NAME_MAX);
+        snprintf(msg, sizeof msg, "the layer's full name %s%s%s is %zu characters; with its parameters' suffix "
+                 "(\"%s\") names must stay under %d: shorten it or the enclosing repeats' names",
+                 prefix, *prefix ? "." : "", name, full, suffix, DS_NAME_MAX);
         return perr(p, path, "%s", msg, NULL);
     }
     snprintf(path_out, DS_NAME_MAX, "%s%s%s", prefix, *prefix ? "." : "", name);
