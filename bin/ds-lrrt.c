@@ -462,7 +462,8 @@ static ds_status train_step(job *j, ds_engine *eng, int64_t s, int *applied, ds_
             if (st != DS_OK)
                 return st;
         }
-        ds_batch b = {.tokens = j->tok, .targets = j->tgt, .x = j->x, .labels = j->lab, .y = j->y};
+        ds_batch b = {.tokens = j->tok, .targets = j->tgt, .x = j->x, .labels = j->lab, .y = j->y,
+                      .samples = j->MB};
         double loss;
         if ((st = ds_engine_forward(eng, &b, &loss, err)) != DS_OK || (st = ds_engine_backward(eng, err)) != DS_OK ||
             (st = ds_engine_step(eng, err)) != DS_OK)

@@ -1378,7 +1378,7 @@ int main(int argc, char **argv)
             }
             if (rc)
                 break;
-            ds_batch b = {.tokens = tok, .targets = tgt, .x = x, .labels = lab, .y = y};
+            ds_batch b = {.tokens = tok, .targets = tgt, .x = x, .labels = lab, .y = y, .samples = MB};
             double loss;
             if ((st = ds_engine_forward(eng, &b, &loss, &err)) || (st = ds_engine_backward(eng, &err)))
                 rc = 1;

@@ -516,8 +516,29 @@ Test(fp16_engine, fp32_and_bf16_refuse_non_finite_gradients)
         ds_error err = {0};
         fwd_bwd(e, 0);
         inject_inf(e);
+        const ds_net *net = ds_engine_net(e);
+        const int64_t n0 = net->params.t[0].numel;
+        float *before = malloc(n0 * sizeof(float)), *after = malloc(n0 * sizeof(float));
+        float *g = malloc(n0 * sizeof(float));
+        cr_assert(before && after && g);
+        cr_assert_eq(ds_engine_get_param(e, net->params.t[0].name, before, n0, &err), DS_OK, "%s", err.msg);
         cr_assert_eq(ds_engine_step(e, &err), DS_ERR_NUMERIC, "%s", cfgs[k]);
-        cr_assert(strstr(err.msg, k ? "bf16" : "fp32"), "%s", err.msg);
+        cr_assert(strstr(err.msg, k ? "bf16" : "fp32") && strstr(err.msg, "the batch's gradients are discarded"),
+                  "%s", err.msg);
+        /* nothing updated, the batch discarded: its gradients zeroed, and the next batch trains
+         * (the kept inf failed every later step, and at_boundary stayed 0) */
+        cr_assert_eq(ds_engine_get_param(e, net->params.t[0].name, after, n0, &err), DS_OK, "%s", err.msg);
+        cr_assert_arr_eq(before, after, n0 * sizeof(float), "the failed step changed the weights");
+        cr_assert_eq(ds_engine_get_grad(e, net->params.t[0].name, g, n0, &err), DS_OK, "%s", err.msg);
+        for (int64_t i = 0; i < n0; i++)
+            cr_assert_eq(g[i], 0.0f, "gradient %lld kept: %g", (long long)i, g[i]);
+        cr_assert(ds_engine_at_boundary(e));
+        cr_assert_eq(ds_engine_global_steps(e), 0);
+        fwd_bwd(e, 1);
+        cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s: the next batch after the failed step: %s", cfgs[k], err.msg);
+        cr_assert(ds_engine_was_step_applied(e));
+        cr_assert_eq(ds_engine_global_steps(e), 1);
+        free(before), free(after), free(g);
         ds_engine_destroy(e);
     }
     /* bf16 with check_grad_overflow skips instead, at scale 1 */
@@ -529,6 +550,59 @@ Test(fp16_engine, fp32_and_bf16_refuse_non_finite_gradients)
     cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s", err.msg);
     cr_assert(!ds_engine_was_step_applied(e));
     cr_assert_eq(ds_engine_loss_scale(e), 1.0);
+    ds_engine_destroy(e);
+}
+
+/* libds(3): a NULL pointer where the API needs one is DS_ERR_INVALID naming it, never a crash or a
+ * silent change (set_param with a NULL host zeroed the weights and returned DS_OK) */
+Test(fp16_engine, null_arguments_are_errors)
+{
+    ds_engine *e = engine("{\"train_micro_batch_size_per_gpu\": 8}", NULL, 0, DS_OK, NULL, 0);
+    const ds_net *net = ds_engine_net(e);
+    const char *name = net->params.t[0].name;
+    const int64_t n = net->params.t[0].numel;
+    float *w = malloc(n * sizeof(float)), *w2 = malloc(n * sizeof(float));
+    cr_assert(w && w2);
+    ds_error err = {0};
+    cr_assert_eq(ds_engine_get_param(e, name, w, n, &err), DS_OK, "%s", err.msg);
+    double loss;
+    ds_batch b = {0};
+    ds_engine *none = NULL;
+    ds_engine_options o = {0};
+#define NULLARG(call, what)                                                                       \
+    do {                                                                                          \
+        memset(&err, 0, sizeof err);                                                              \
+        cr_expect_eq((call), DS_ERR_INVALID, "%s", #call);                                        \
+        cr_expect(strstr(err.msg, what " is NULL") != NULL, "%s: %s", #call, err.msg);            \
+    } while (0)
+    NULLARG(ds_engine_set_param(e, name, NULL, n, &err), "host");
+    NULLARG(ds_engine_set_grad(e, name, NULL, n, &err), "host");
+    NULLARG(ds_engine_get_param(e, NULL, w2, n, &err), "name");
+    NULLARG(ds_engine_get_output(e, NULL, 1, &err), "host");
+    NULLARG(ds_engine_forward(e, NULL, &loss, &err), "batch");
+    NULLARG(ds_engine_forward(e, &b, NULL, &err), "loss");
+    NULLARG(ds_engine_eval(e, NULL, &loss, &err), "batch");
+    NULLARG(ds_engine_save_checkpoint(e, NULL, NULL, NULL, &err), "dir");
+    NULLARG(ds_engine_load_checkpoint(e, NULL, NULL, NULL, &err), "dir");
+    NULLARG(ds_engine_save_weights(e, NULL, 0, &err), "path");
+    NULLARG(ds_engine_load_weights(e, NULL, &err), "path");
+    NULLARG(ds_engine_step(none, &err), "the engine");
+    NULLARG(ds_engine_backward(none, &err), "the engine");
+    NULLARG(ds_initialize(&none, NULL, &err), "opts");
+    NULLARG(ds_initialize(NULL, &o, &err), "out");
+#undef NULLARG
+    ds_engine_memory_report(e, NULL); /* nothing to report into: nothing done */
+    /* a batch that says how many samples it holds is checked against the micro-batch */
+    mlp_data d;
+    make_data(&d, 0);
+    ds_batch small = {.x = d.x, .labels = d.labels, .samples = 7};
+    cr_expect_eq(ds_engine_forward(e, &small, &loss, &err), DS_ERR_INVALID);
+    cr_expect(strstr(err.msg, "batch: 7 samples, but the micro-batch is 8") != NULL, "%s", err.msg);
+    small.samples = 8;
+    cr_expect_eq(ds_engine_forward(e, &small, &loss, &err), DS_OK, "%s", err.msg);
+    cr_assert_eq(ds_engine_get_param(e, name, w2, n, &err), DS_OK, "%s", err.msg);
+    cr_assert_arr_eq(w, w2, n * sizeof(float), "a refused call changed the weights");
+    free(w), free(w2);
     ds_engine_destroy(e);
 }
 

@@ -1610,6 +1610,8 @@ static json_object *build_manifest(ds_engine *e, const ds_engine_state_info *inf
 ds_status ds_engine_save_checkpoint(ds_engine *e, const char *dir, const char *tag,
                                     const char *client_state_json, ds_error *err)
 {
+    if (!e || !dir) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_save_checkpoint: %s is NULL", !e ? "the engine" : "dir");
     ds_engine_state_info info;
     ds_engine_state_info_get(e, &info);
     ds_engine_scalars sc;
@@ -1621,8 +1623,9 @@ ds_status ds_engine_save_checkpoint(ds_engine *e, const char *dir, const char *t
     }
     /* checks every rank makes alike (same arguments, same engine state): no collective needed */
     if (!valid_tag(tag))
-        return ds_error_set(err, DS_ERR_INVALID, "checkpoint tag \"%s\": expected a non-empty name without '/' "
-                            "that does not start with '.'", tag);
+        return ds_error_set(err, DS_ERR_INVALID, "checkpoint tag \"%.60s%s\": expected a non-empty name of under "
+                            "200 characters, without '/' or a line break, that does not start with '.' (found %zu "
+                            "characters)", tag, strlen(tag) > 60 ? "..." : "", strlen(tag));
     if (!ds_engine_at_boundary(e))
         return ds_error_set(err, DS_ERR_INVALID, "save_checkpoint: call it between effective batches (after the "
                             "step at the accumulation boundary)");
@@ -1975,6 +1978,8 @@ done:
 ds_status ds_engine_load_checkpoint(ds_engine *e, const char *dir, const char *tag,
                                     char **client_state_json, ds_error *err)
 {
+    if (!e || !dir) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_load_checkpoint: %s is NULL", !e ? "the engine" : "dir");
     ds_engine_state_info info;
     ds_engine_state_info_get(e, &info);
     if (client_state_json)

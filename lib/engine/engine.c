@@ -1078,6 +1078,8 @@ static ds_status init_tensor(void *ctx, int tensor, const float *values, ds_erro
 
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err)
 {
+    if (!out || !opts) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_initialize: %s is NULL", !out ? "out" : "opts");
     ds_status st;
     ds_engine *e = calloc(1, sizeof *e);
     if (!e)
@@ -1367,6 +1369,9 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
     const ds_net *net = e->net;
     int64_t B = e->cfg.micro_batch, M = B * net->positions;
     const void *src_in, *src_tg;
+    if (b->samples != 0 && b->samples != B)
+        return ds_error_set(err, DS_ERR_INVALID, "batch: %lld samples, but the micro-batch is %lld "
+                            "(train_micro_batch_size_per_gpu)", (long long)b->samples, (long long)B);
     /* out-of-range ids would index outside the tables: refuse them here, on the host */
     if (net->input == DS_INPUT_TOKENS) {
         if (!b->tokens || !b->targets)
@@ -1432,6 +1437,9 @@ static ds_status upload_batch(ds_engine *e, const ds_batch *b, ds_error *err)
 
 ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
 {
+    if (!e || !batch || !loss) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_forward: %s is NULL",
+                            !e ? "the engine" : !batch ? "batch" : "loss");
     if (e->plan_only)
         return ds_error_set(err, DS_ERR_INVALID, "a planning engine (plan_only) does not train");
     ds_timers_start(&e->timers, DS_TIMER_FWD);
@@ -1465,6 +1473,9 @@ ds_status ds_engine_forward(ds_engine *e, const ds_batch *batch, double *loss, d
 
 ds_status ds_engine_eval(ds_engine *e, const ds_batch *batch, double *loss, ds_error *err)
 {
+    if (!e || !batch || !loss) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_eval: %s is NULL",
+                            !e ? "the engine" : !batch ? "batch" : "loss");
     if (e->plan_only)
         return ds_error_set(err, DS_ERR_INVALID, "a planning engine (plan_only) does not evaluate");
     /* (curriculum learning shortens training forwards only, as DeepSpeed's) */
@@ -1479,6 +1490,8 @@ ds_status ds_engine_eval(ds_engine *e, const ds_batch *batch, double *loss, ds_e
 
 ds_status ds_engine_backward(ds_engine *e, ds_error *err)
 {
+    if (!e) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_backward: %s is NULL", "the engine");
     if (!e->have_forward)
         return ds_error_set(err, DS_ERR_INVALID, "backward without a training forward");
     e->have_forward = 0;
@@ -1511,6 +1524,8 @@ int ds_engine_is_gradient_accumulation_boundary(const ds_engine *e)
 
 ds_status ds_engine_step(ds_engine *e, ds_error *err)
 {
+    if (!e) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_step: %s is NULL", "the engine");
     ds_timers_start(&e->timers, DS_TIMER_STEP);
     if (!ds_engine_is_gradient_accumulation_boundary(e)) {
         e->micro_steps++;
@@ -1600,12 +1615,26 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
             return st;
         overflow = f > 0;
     }
-    if (overflow && !e->check_overflow)
+    if (overflow && !e->check_overflow) {
+        /* nothing is updated; the effective batch is discarded (its gradients zeroed, its
+         * micro-step counted), so that a caller may go on with the next one: the gradients
+         * kept would fail every later step, which would all be "the boundary" again */
+        ds_status zs = e->zero >= 2 ? ops->zero(e->be, e->gpart, (size_t)plen * sizeof(float))
+                                    : ops->zero(e->be, e->grads, (size_t)n * sizeof(float));
+        if (zs != DS_OK)
+            return backend_err(e, zs, err);
+        e->window_loss = 0;
+        e->micro_steps++;
+        e->win_open = 0;
+        ds_timers_stop(&e->timers, DS_TIMER_STEP);
+        ds_timers_micro_end(&e->timers);
         return ds_error_set(err, DS_ERR_NUMERIC,
                             "step %lld: the gradient is not finite (inf or NaN) in %s training; "
-                            "lower the learning rate or check the data",
+                            "lower the learning rate or check the data (nothing was updated; the "
+                            "batch's gradients are discarded)",
                             (long long)e->global_steps + 1,
                             e->cfg.precision == DS_PREC_BF16 ? "bf16" : "fp32");
+    }
     e->step_scale = S;
     if (overflow) {
         /* skip: no update, no scheduler step; the scale drops (or an error at the minimum) */
@@ -1685,6 +1714,8 @@ void ds_engine_last_lr(const ds_engine *e, double *lr, double *mom)
 
 ds_status ds_engine_set_total_steps(ds_engine *e, int64_t steps, ds_error *err)
 {
+    if (!e) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_set_total_steps: %s is NULL", "the engine");
     ds_status st = ds_sched_set_total_steps(&e->cfg.scheduler, steps, err);
     if (st != DS_OK) {
         if (err)
@@ -1697,6 +1728,8 @@ ds_status ds_engine_set_total_steps(ds_engine *e, int64_t steps, ds_error *err)
 
 ds_status ds_engine_set_lr(ds_engine *e, double lr, ds_error *err)
 {
+    if (!e) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_set_lr: %s is NULL", "the engine");
     if (!(lr >= 0) || !isfinite(lr))
         return ds_error_set(err, DS_ERR_INVALID, "learning rate %g: expected a finite number >= 0", lr);
     e->lr = lr;
@@ -1735,6 +1768,8 @@ const char *ds_engine_backend_name(const ds_engine *e) { return ds_backend_descr
 
 void ds_engine_memory_report(const ds_engine *e, ds_memory_report *m)
 {
+    if (!e || !m) /* nothing to report into, or from */
+        return;
     size_t flat = (size_t)e->net->params.total * sizeof(float);
     size_t part = (size_t)(e->pend - e->pbeg) * sizeof(float);
     memset(m, 0, sizeof *m);
@@ -1828,6 +1863,9 @@ static ds_status gather_working(ds_engine *e, int64_t b, int64_t end, float *hos
 
 ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
 {
+    if (!e || !name || !host) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_get_param: %s is NULL",
+                            !e ? "the engine" : !name ? "name" : "host");
     const ds_tensor_info *t = find_tensor(e, name, numel, err);
     if (!t)
         return DS_ERR_INVALID;
@@ -1842,6 +1880,9 @@ ds_status ds_engine_get_param(ds_engine *e, const char *name, float *host, int64
 ds_status ds_engine_set_param(ds_engine *e, const char *name, const float *host, int64_t numel,
                               ds_error *err)
 {
+    if (!e || !name || !host) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_set_param: %s is NULL",
+                            !e ? "the engine" : !name ? "name" : "host");
     const ds_tensor_info *t = find_tensor(e, name, numel, err);
     if (!t)
         return DS_ERR_INVALID;
@@ -1881,12 +1922,18 @@ static ds_status grad_copy(ds_engine *e, const char *name, float *host, const fl
 
 ds_status ds_engine_get_grad(ds_engine *e, const char *name, float *host, int64_t numel, ds_error *err)
 {
+    if (!e || !name || !host) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_get_grad: %s is NULL",
+                            !e ? "the engine" : !name ? "name" : "host");
     return grad_copy(e, name, host, NULL, numel, err);
 }
 
 ds_status ds_engine_set_grad(ds_engine *e, const char *name, const float *host, int64_t numel,
                              ds_error *err)
 {
+    if (!e || !name || !host) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_set_grad: %s is NULL",
+                            !e ? "the engine" : !name ? "name" : "host");
     return grad_copy(e, name, NULL, host, numel, err);
 }
 
@@ -1907,6 +1954,8 @@ void ds_engine_partition(const ds_engine *e, int *stage, int64_t *begin, int64_t
 
 ds_status ds_engine_get_output(ds_engine *e, float *host, int64_t count, ds_error *err)
 {
+    if (!e || !host) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_get_output: %s is NULL", !e ? "the engine" : "host");
     /* (the positions of the last forward: fewer in a curriculum_learning training forward) */
     int64_t want = e->cfg.micro_batch * ds_model_positions(e->model) * e->net->out_dim;
     if (count != want)
@@ -1944,6 +1993,8 @@ static void append(char *buf, size_t size, const char *fmt, const char *a, const
 
 ds_status ds_engine_load_weights(ds_engine *e, const char *path, ds_error *err)
 {
+    if (!e || !path) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_load_weights: %s is NULL", !e ? "the engine" : "path");
     ds_safetensors *st_file;
     ds_status st = ds_st_open(&st_file, path, err);
     if (st != DS_OK)
@@ -2015,6 +2066,8 @@ int ds_engine_save_weights_collective(const ds_engine *e)
 
 ds_status ds_engine_save_weights(ds_engine *e, const char *path, int overwrite, ds_error *err)
 {
+    if (!e || !path) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_save_weights: %s is NULL", !e ? "the engine" : "path");
     struct stat sb;
     const int collective = ds_engine_save_weights_collective(e);
     if (!collective && !overwrite && stat(path, &sb) == 0)
@@ -2164,6 +2217,8 @@ static ds_status partition_buffer(ds_engine *e, int buffer, int64_t begin, int64
 ds_status ds_engine_read_partition(ds_engine *e, int buffer, int64_t begin, int64_t end,
                                    float *host, ds_error *err)
 {
+    if (!e || !host) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_read_partition: %s is NULL", !e ? "the engine" : "host");
     float *base;
     int64_t shift;
     ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
@@ -2180,6 +2235,8 @@ ds_status ds_engine_read_partition(ds_engine *e, int buffer, int64_t begin, int6
 ds_status ds_engine_write_partition(ds_engine *e, int buffer, int64_t begin, int64_t end,
                                     const float *host, ds_error *err)
 {
+    if (!e || !host) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_write_partition: %s is NULL", !e ? "the engine" : "host");
     float *base;
     int64_t shift;
     ds_status st = partition_buffer(e, buffer, begin, end, &base, &shift, err);
@@ -2198,6 +2255,8 @@ ds_status ds_engine_write_partition(ds_engine *e, int buffer, int64_t begin, int
  * training), this rank's partition under ZeRO, then all-gathered (a collective). */
 ds_status ds_engine_sync_weights(ds_engine *e, ds_error *err)
 {
+    if (!e) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_sync_weights: %s is NULL", "the engine");
     const ds_backend_ops *ops = e->be->ops;
     ds_status st = zq_drain(e, err); /* its gathers after the communication thread's collectives */
     if (st != DS_OK)
@@ -2247,6 +2306,8 @@ void ds_engine_get_scalars(const ds_engine *e, ds_engine_scalars *s)
 
 ds_status ds_engine_check_scalars(const ds_engine *e, const ds_engine_scalars *s, ds_error *err)
 {
+    if (!e || !s) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_check_scalars: %s is NULL", !e ? "the engine" : "s");
     if (!ds_engine_at_boundary(e))
         return ds_error_set(err, DS_ERR_INVALID, "the engine is inside an effective batch (micro-step %lld of %lld)",
                             (long long)(e->micro_steps % e->cfg.grad_accum), (long long)e->cfg.grad_accum);
@@ -2265,6 +2326,8 @@ ds_status ds_engine_check_scalars(const ds_engine *e, const ds_engine_scalars *s
 
 ds_status ds_engine_set_scalars(ds_engine *e, const ds_engine_scalars *s, ds_error *err)
 {
+    if (!e || !s) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_engine_set_scalars: %s is NULL", !e ? "the engine" : "s");
     ds_status st = ds_engine_check_scalars(e, s, err);
     if (st != DS_OK)
         return st;

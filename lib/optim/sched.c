@@ -145,7 +145,11 @@ ds_status ds_sched_set_total_steps(ds_sched_config *s, int64_t steps, ds_error *
     if (!s->total_num_steps_auto)
         return DS_OK;
     const int64_t W = warmup_steps(s);
-    if (steps < 1 || (s->type == DS_SCHED_WARMUP_COSINE_LR && steps <= W))
+    if (steps < 1)
+        return ds_error_set(err, DS_ERR_INVALID,
+                            "scheduler.params.total_num_steps is \"auto\": the run's %lld steps: expected 1 "
+                            "or more", (long long)steps);
+    if (s->type == DS_SCHED_WARMUP_COSINE_LR && steps <= W)
         return ds_error_set(err, DS_ERR_INVALID,
                             "scheduler.params.total_num_steps is \"auto\": the run's %lld steps do not "
                             "fit %s (it needs more than warmup_num_steps, %lld)", (long long)steps,

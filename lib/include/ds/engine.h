@@ -67,6 +67,9 @@ typedef struct ds_batch {
     const float *x;
     const int32_t *labels;
     const float *y;
+    /* the samples the arrays hold, checked against the micro-batch (DS_ERR_INVALID when they
+     * differ); 0: not given, the arrays must hold a whole micro-batch (they cannot be checked) */
+    int64_t samples;
 } ds_batch;
 
 ds_status ds_initialize(ds_engine **out, const ds_engine_options *opts, ds_error *err);
