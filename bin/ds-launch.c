@@ -411,19 +411,25 @@ static void load_exports(const options *o, ds_launch_env *exports)
     }
 }
 
-/* Everything a rank gets: the exports, then ds-launch's own variables (which win). */
+/* Everything a rank gets: the exports, then ds-launch's own variables (which win). remote: the
+ * rank starts on another host, from sshd's environment, not ours: the user's OMP_NUM_THREADS
+ * is passed on explicitly, and without one the node agent divides that host's cores (omp
+ * "auto": no value here), not this one's. */
 static void rank_env(const ds_launch_plan *plan, int node, int local, const char *addr, int port,
-                     int cores, const ds_launch_env *exports, ds_launch_env *out)
+                     int cores, const ds_launch_env *exports, bool remote, ds_launch_env *out)
 {
     ds_error err = {0};
-    bool omp_user_set = getenv("OMP_NUM_THREADS") != NULL;
+    const char *user_omp = getenv("OMP_NUM_THREADS");
+    bool omp_user_set = user_omp != NULL, omp_exported = false;
     for (int k = 0; k < exports->count; k++)
         if (strcmp(exports->vars[k].name, "OMP_NUM_THREADS") == 0)
-            omp_user_set = true;
+            omp_user_set = omp_exported = true;
     ds_launch_env own;
-    if (ds_launch_rank_env(plan, node, local, addr, port, cores, omp_user_set, &own, &err) != DS_OK)
+    if (ds_launch_rank_env(plan, node, local, addr, port, cores, omp_user_set || remote, &own, &err) != DS_OK)
         fail_status(NULL, &err);
     memset(out, 0, sizeof *out);
+    if (remote && user_omp && !omp_exported && ds_launch_env_set(out, "OMP_NUM_THREADS", user_omp, &err) != DS_OK)
+        fail_status(NULL, &err);
     for (int k = 0; k < exports->count; k++)
         if (ds_launch_env_set(out, exports->vars[k].name, exports->vars[k].value, &err) != DS_OK)
             fail_status(NULL, &err);
@@ -434,7 +440,7 @@ static void rank_env(const ds_launch_plan *plan, int node, int local, const char
 }
 
 static void print_plan(const options *o, const ds_launch_plan *plan, const char *addr, int port,
-                       int cores, const ds_launch_env *exports)
+                       int cores, const ds_launch_env *exports, bool remote)
 {
     json_object *root = json_object_new_object();
     json_object_object_add(root, "world_size", json_object_new_int(plan->world_size));
@@ -458,7 +464,7 @@ static void print_plan(const options *o, const ds_launch_plan *plan, const char 
             json_object_array_add(ids, json_object_new_int(nd->slot_ids[l]));
             json_object_array_add(ranks, json_object_new_int(nd->first_rank + l));
             ds_launch_env env;
-            rank_env(plan, n, l, addr, port, cores, exports, &env);
+            rank_env(plan, n, l, addr, port, cores, exports, remote, &env);
             json_object *jr = json_object_new_object(), *je = json_object_new_object();
             json_object_object_add(jr, "rank", json_object_new_int(nd->first_rank + l));
             json_object_object_add(jr, "local_rank", json_object_new_int(l));
@@ -520,7 +526,19 @@ static void write_all(int fd, const char *p, size_t n)
     }
 }
 
-/* Emit complete lines of s with the rank prefix; at eof, also the unterminated tail. */
+/* Emit complete lines of s with the rank prefix; at eof, also the unterminated tail. Each line
+ * goes out with its prefix in one write, so that lines of other ranks (and, over ssh, of other
+ * nodes' agents) never land inside it. */
+static void emit_line(int fd, const char *prefix, int plen, const char *p, size_t n, bool newline)
+{
+    char line[sizeof((stream *)0)->buf + 40];
+    memcpy(line, prefix, (size_t)plen);
+    memcpy(line + plen, p, n);
+    if (newline)
+        line[plen + n++] = '\n';
+    write_all(fd, line, (size_t)plen + n);
+}
+
 static void stream_emit(stream *s, int rank, bool eof)
 {
     char prefix[32];
@@ -528,14 +546,11 @@ static void stream_emit(stream *s, int rank, bool eof)
     size_t start = 0;
     for (size_t k = 0; k < s->len; k++)
         if (s->buf[k] == '\n') {
-            write_all(s->out_fd, prefix, (size_t)plen);
-            write_all(s->out_fd, s->buf + start, k + 1 - start);
+            emit_line(s->out_fd, prefix, plen, s->buf + start, k + 1 - start, false);
             start = k + 1;
         }
     if ((eof || (start == 0 && s->len == sizeof s->buf)) && start < s->len) {
-        write_all(s->out_fd, prefix, (size_t)plen);
-        write_all(s->out_fd, s->buf + start, s->len - start);
-        write_all(s->out_fd, "\n", 1);
+        emit_line(s->out_fd, prefix, plen, s->buf + start, s->len - start, true);
         start = s->len;
     }
     memmove(s->buf, s->buf + start, s->len - start);
@@ -1007,7 +1022,7 @@ static int run_job(const options *o, const ds_launch_plan *plan, const char *add
             int rk = plan->nodes[n].first_rank + l;
             jr[count].rank = rk;
             jr[count].host = plan->nodes[n].host;
-            rank_env(plan, n, l, addr, port, cores, exports, &jr[count].env);
+            rank_env(plan, n, l, addr, port, cores, exports, false, &jr[count].env);
             count++;
         }
     }
@@ -1097,6 +1112,18 @@ static int node_agent(void)
             }
         }
     }
+    /* OMP_NUM_THREADS not given (the user set none): this host's cores over its ranks, as the
+     * launcher does for its own host */
+    const int here = count_cores() / (world > 0 ? world : 1);
+    char omp[16];
+    snprintf(omp, sizeof omp, "%d", here > 0 ? here : 1);
+    for (int k = 0; k < world; k++) {
+        bool has = false;
+        for (int i = 0; i < jr[k].env.count; i++)
+            has |= strcmp(jr[k].env.vars[i].name, "OMP_NUM_THREADS") == 0;
+        if (!has && ds_launch_env_set(&jr[k].env, "OMP_NUM_THREADS", omp, &err) != DS_OK)
+            fail_status("node agent", &err);
+    }
     int rc = run_ranks(&o, jr, world, prefix, true, 0);
     for (int k = 0; k < world; k++)
         ds_launch_env_free(&jr[k].env);
@@ -1150,6 +1177,39 @@ static void locked_write(int fd, const char *p, size_t n)
 
 static void node_fail(node_conn *nc, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* A node's output, kept until a line is complete (or the buffer full), then written whole */
+typedef struct line_buf {
+    int fd;
+    char buf[16384];
+    size_t len;
+} line_buf;
+
+static void lines_write(line_buf *lb, const char *p, size_t n)
+{
+    while (n) {
+        size_t k = sizeof lb->buf - lb->len < n ? sizeof lb->buf - lb->len : n;
+        memcpy(lb->buf + lb->len, p, k);
+        lb->len += k, p += k, n -= k;
+        size_t end = lb->len;
+        while (end > 0 && lb->buf[end - 1] != '\n')
+            end--;
+        if (end == 0 && lb->len == sizeof lb->buf) /* a line longer than the buffer: as it is */
+            end = lb->len;
+        if (end) {
+            locked_write(lb->fd, lb->buf, end);
+            memmove(lb->buf, lb->buf + end, lb->len - end);
+            lb->len -= end;
+        }
+    }
+}
+
+static void lines_flush(line_buf *lb)
+{
+    if (lb->len)
+        locked_write(lb->fd, lb->buf, lb->len);
+    lb->len = 0;
+}
+
 static void node_fail(node_conn *nc, int code, const char *fmt, ...)
 {
     char msg[1024];
@@ -1179,10 +1239,23 @@ static void *node_thread(void *arg)
         node_fail(nc, 1, "%s: cannot make an ssh session", nc->host);
         goto out;
     }
-    ssh_options_set(s, SSH_OPTIONS_HOST, nc->host);
+    /* [user@]host[:port]: libssh takes user@host; a hostfile's :port (one colon, digits) is the
+     * node's own and wins over --ssh_port and ~/.ssh/config */
+    char hostpart[256];
+    snprintf(hostpart, sizeof hostpart, "%s", nc->host);
+    char *colon = strchr(hostpart, ':');
+    unsigned int host_port = 0;
+    if (colon && !strchr(colon + 1, ':') && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
+        atol(colon + 1) > 0 && atol(colon + 1) < 65536) {
+        host_port = (unsigned int)atol(colon + 1);
+        *colon = '\0';
+    }
+    ssh_options_set(s, SSH_OPTIONS_HOST, hostpart);
     ssh_options_parse_config(s, NULL); /* ~/.ssh/config: User, Port, IdentityFile, ... */
     if (o->ssh_port > 0)
         ssh_options_set(s, SSH_OPTIONS_PORT, &o->ssh_port);
+    if (host_port > 0)
+        ssh_options_set(s, SSH_OPTIONS_PORT, &host_port);
     unsigned int port_now = 22;
     if (ssh_options_get_port(s, &port_now) == SSH_OK)
         snprintf(port_text, sizeof port_text, "%u", port_now);
@@ -1243,6 +1316,9 @@ static void *node_thread(void *arg)
     bool eof_sent = false, lost = false;
     double deadline = 0;
     char buf[16384];
+    /* the agent's stdout and stderr, passed on a whole line at a time: chunks of two nodes
+     * written as they came mixed their lines */
+    line_buf lb_out = {.fd = 1}, lb_err = {.fd = 2};
     for (;;) {
         if (!eof_sent && teardown_requested()) {
             ssh_channel_send_eof(ch); /* the agent sees end of file: it stops its ranks */
@@ -1251,10 +1327,10 @@ static void *node_thread(void *arg)
         }
         int n = ssh_channel_read_timeout(ch, buf, sizeof buf, 0, 200);
         if (n > 0)
-            locked_write(1, buf, (size_t)n);
+            lines_write(&lb_out, buf, (size_t)n);
         int e;
         while ((e = ssh_channel_read_nonblocking(ch, buf, sizeof buf, 1)) > 0)
-            locked_write(2, buf, (size_t)e);
+            lines_write(&lb_err, buf, (size_t)e);
         if (e == SSH_EOF)
             e = 0;
         if (n == SSH_EOF)
@@ -1270,6 +1346,8 @@ static void *node_thread(void *arg)
             break;
         }
     }
+    lines_flush(&lb_out);
+    lines_flush(&lb_err);
     if (lost) {
         node_fail(nc, 255, "host %s: lost the connection to the node agent: %s", nc->host,
                   ssh_get_error(s));
@@ -1385,7 +1463,7 @@ static int run_remote(const options *o, const ds_launch_plan *plan, const char *
         json_object *rks = json_object_new_array();
         for (int l = 0; l < plan->nodes[n].num_ids; l++) {
             ds_launch_env env;
-            rank_env(plan, n, l, addr, port, cores, exports, &env);
+            rank_env(plan, n, l, addr, port, cores, exports, true, &env);
             json_object *r = json_object_new_object(), *e = json_object_new_object();
             json_object_object_add(r, "rank", json_object_new_int(plan->nodes[n].first_rank + l));
             for (int k = 0; k < env.count; k++)
@@ -1558,7 +1636,7 @@ int main(int argc, char **argv)
     int cores = count_cores();
     int rc;
     if (o.dry_run) {
-        print_plan(&o, &plan, addr, port, cores, &exports);
+        print_plan(&o, &plan, addr, port, cores, &exports, remote);
         rc = 0;
     } else {
         fflush(stdout);

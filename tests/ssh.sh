@@ -44,6 +44,33 @@ else
     notok "two-node job over ssh $(why)"
 fi
 
+# a hostfile's host:port is the node's ssh port (it was handed to libssh as a host name)
+printf '127.0.0.1:2222 slots=1\n127.0.0.2:2222 slots=1\n' >hostsp
+run -H hostsp sh -c 'echo "R=$RANK A=$MASTER_ADDR"'
+if [ "$rc" = 0 ] && grep -qx "\[rank 1\] R=1 A=$(hostname)" out; then
+    ok "hostfile entries host:port: ssh to that port; MASTER_ADDR without it (127.x: this host's name)"
+else
+    notok "host:port entries $(why)"
+fi
+
+# OMP_NUM_THREADS: the user's value reaches the ranks on every node (they start from sshd's
+# environment, not ds-launch's: they ran with every core); without one, each node's agent
+# divides its own host's cores between its ranks
+cores=$(getconf _NPROCESSORS_ONLN)
+OMP_NUM_THREADS=1 run -H hosts --ssh_port 2222 sh -c 'echo "OMP=$OMP_NUM_THREADS"'
+if [ "$rc" = 0 ] && grep -qx '\[rank 0\] OMP=1' out && grep -qx '\[rank 1\] OMP=1' out; then
+    ok "the user's OMP_NUM_THREADS=1 reaches the ranks on both nodes"
+else
+    notok "OMP_NUM_THREADS over ssh $(why)"
+fi
+(unset OMP_NUM_THREADS; timeout 120 "$L" -H hosts --ssh_port 2222 sh -c 'echo "OMP=$OMP_NUM_THREADS"' >"$T/out" 2>"$T/err")
+rc=$?
+if [ "$rc" = 0 ] && grep -qx "\[rank 0\] OMP=$cores" out && grep -qx "\[rank 1\] OMP=$cores" out; then
+    ok "without OMP_NUM_THREADS each node's ranks get its own cores ($cores, 1 rank a node)"
+else
+    notok "OMP_NUM_THREADS unset over ssh $(why)"
+fi
+
 weird1='a b'
 weird2="it's \"quoted\""
 weird3='$HOME;echo pwned `id` $(id)'
