@@ -91,6 +91,7 @@ typedef struct options {
     int num_exports;
     bool dry_run;
     bool no_ssh;    /* run only node node_rank's ranks here (each node runs its own ds-launch) */
+    bool agent;     /* this is a node agent (--node-agent): say a rank's failure to the launcher */
     int node_rank;
     char **program; /* argv of the ranks, NULL-terminated */
     int program_argc;
@@ -526,6 +527,10 @@ static void write_all(int fd, const char *p, size_t n)
     }
 }
 
+/* A node agent's line on stderr that tells the launcher a rank failed there (the launcher
+ * drops it and stops the other nodes at once) */
+#define AGENT_STOP "\036ds-launch node agent: a rank failed, stop the job\n"
+
 /* Emit complete lines of s with the rank prefix; at eof, also the unterminated tail. Each line
  * goes out with its prefix in one write, so that lines of other ranks (and, over ssh, of other
  * nodes' agents) never land inside it. */
@@ -943,6 +948,8 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
                 describe(status, what, sizeof what);
                 fprintf(stderr, "ds-launch: rank %d on %s %s; stopping the other ranks\n", r->rank,
                         jr[r->node].host, what);
+                if (o->agent) /* the launcher stops the other nodes now, not after this one's grace */
+                    fputs(AGENT_STOP, stderr);
                 failed_rank = r->node;
                 exit_code = exit_code_of(status);
                 tearing_down = true;
@@ -1077,6 +1084,7 @@ static int node_agent(void)
     }
     options o;
     memset(&o, 0, sizeof o);
+    o.agent = true;
     o.kill_grace = json_object_object_get_ex(root, "kill_grace", &v) ? json_object_get_int(v) : 30;
     if (json_object_object_get_ex(root, "rank_log_dir", &v) && json_object_is_type(v, json_type_string))
         o.rank_log_dir = json_object_get_string(v);
@@ -1151,6 +1159,10 @@ static pthread_mutex_t remote_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool remote_teardown;  /* under remote_lock */
 static int remote_failed = -1; /* the first node that failed */
 static int remote_done;
+/* DECISIONS.md: every node connects and authenticates before any starts its ranks: a thread
+ * that has waits here (remote_ready of remote_total) until all have, or one has failed */
+static pthread_cond_t remote_cond = PTHREAD_COND_INITIALIZER;
+static int remote_ready, remote_total;
 static int wake_pipe[2] = {-1, -1};
 
 static void wake_main(void)
@@ -1180,9 +1192,35 @@ static void node_fail(node_conn *nc, int code, const char *fmt, ...)
 /* A node's output, kept until a line is complete (or the buffer full), then written whole */
 typedef struct line_buf {
     int fd;
+    int node; /* the node's index: its agent's AGENT_STOP line stops the job */
     char buf[16384];
     size_t len;
 } line_buf;
+
+/* the lines of buf[0, end) written, less an agent's AGENT_STOP, which starts the teardown */
+static void lines_out(line_buf *lb, const char *buf, size_t end)
+{
+    const size_t sl = strlen(AGENT_STOP);
+    size_t from = 0;
+    for (size_t k = 0; k < end;) {
+        const char *nl = memchr(buf + k, '\n', end - k);
+        size_t next = nl ? (size_t)(nl - buf) + 1 : end;
+        if (lb->fd == 2 && next - k == sl && memcmp(buf + k, AGENT_STOP, sl) == 0) {
+            locked_write(lb->fd, buf + from, k - from);
+            from = next;
+            pthread_mutex_lock(&remote_lock);
+            if (!remote_teardown) {
+                remote_teardown = true;
+                remote_failed = lb->node;
+                pthread_cond_broadcast(&remote_cond);
+            }
+            pthread_mutex_unlock(&remote_lock);
+            wake_main();
+        }
+        k = next;
+    }
+    locked_write(lb->fd, buf + from, end - from);
+}
 
 static void lines_write(line_buf *lb, const char *p, size_t n)
 {
@@ -1196,7 +1234,7 @@ static void lines_write(line_buf *lb, const char *p, size_t n)
         if (end == 0 && lb->len == sizeof lb->buf) /* a line longer than the buffer: as it is */
             end = lb->len;
         if (end) {
-            locked_write(lb->fd, lb->buf, end);
+            lines_out(lb, lb->buf, end);
             memmove(lb->buf, lb->buf + end, lb->len - end);
             lb->len -= end;
         }
@@ -1206,7 +1244,7 @@ static void lines_write(line_buf *lb, const char *p, size_t n)
 static void lines_flush(line_buf *lb)
 {
     if (lb->len)
-        locked_write(lb->fd, lb->buf, lb->len);
+        lines_out(lb, lb->buf, lb->len);
     lb->len = 0;
 }
 
@@ -1223,6 +1261,7 @@ static void node_fail(node_conn *nc, int code, const char *fmt, ...)
         fprintf(stderr, "ds-launch: %s\n", msg);
     if (!remote_teardown) {
         remote_teardown = true;
+        pthread_cond_broadcast(&remote_cond);
         remote_failed = nc->index;
     }
     pthread_mutex_unlock(&remote_lock);
@@ -1299,6 +1338,15 @@ static void *node_thread(void *arg)
                   nc->host, port_text, ssh_get_error(s));
         goto out;
     }
+    pthread_mutex_lock(&remote_lock);
+    remote_ready++;
+    pthread_cond_broadcast(&remote_cond);
+    while (remote_ready < remote_total && !remote_teardown)
+        pthread_cond_wait(&remote_cond, &remote_lock);
+    const bool go = !remote_teardown;
+    pthread_mutex_unlock(&remote_lock);
+    if (!go) /* another node failed (or a signal came) before any rank started: none starts here */
+        goto out;
     ch = ssh_channel_new(s);
     if (!ch || ssh_channel_open_session(ch) != SSH_OK ||
         ssh_channel_request_exec(ch, nc->command) != SSH_OK) {
@@ -1318,7 +1366,7 @@ static void *node_thread(void *arg)
     char buf[16384];
     /* the agent's stdout and stderr, passed on a whole line at a time: chunks of two nodes
      * written as they came mixed their lines */
-    line_buf lb_out = {.fd = 1}, lb_err = {.fd = 2};
+    line_buf lb_out = {.fd = 1, .node = nc->index}, lb_err = {.fd = 2, .node = nc->index};
     for (;;) {
         if (!eof_sent && teardown_requested()) {
             ssh_channel_send_eof(ch); /* the agent sees end of file: it stops its ranks */
@@ -1492,11 +1540,13 @@ static int run_remote(const options *o, const ds_launch_plan *plan, const char *
     signal(SIGPIPE, SIG_IGN);
     ssh_init();
     int started = 0;
+    remote_total = nn;
     for (int n = 0; n < nn; n++) {
         if (pthread_create(&remote_nodes[n].thread, NULL, node_thread, &remote_nodes[n]) != 0) {
             fprintf(stderr, "ds-launch: cannot start a thread for host %s\n", remote_nodes[n].host);
             pthread_mutex_lock(&remote_lock);
             remote_teardown = true;
+            pthread_cond_broadcast(&remote_cond);
             pthread_mutex_unlock(&remote_lock);
             break;
         }
@@ -1523,6 +1573,7 @@ static int run_remote(const options *o, const ds_launch_plan *plan, const char *
                 if (!remote_teardown && !stop_signal) {
                     stop_signal = (unsigned char)junk[0];
                     remote_teardown = true;
+                    pthread_cond_broadcast(&remote_cond);
                     fprintf(stderr, "ds-launch: received %s; stopping all %d ranks on %d nodes\n",
                             signal_name(stop_signal), plan->world_size, nn);
                 }

@@ -131,14 +131,56 @@ for how in TERM KILL; do
     fi
 done
 
+# a rank failing beside a rank that ignores TERM: the other node's ranks get TERM at once, not
+# after the failing node's kill grace (its agent told the launcher only when it had ended)
+printf '127.0.0.1 slots=2\n127.0.0.2 slots=1\n' >hosts21
+rm -f "$T/failed_at" "$T/termed_at"
+run -H hosts21 --ssh_port 2222 --kill_grace 6 sh -c '
+case $RANK in
+0) trap "" TERM; sleep 30 ;;
+1) sleep 1; date +%s.%N >"$PWD/failed_at"; exit 7 ;;
+2) trap "date +%s.%N >\"$PWD/termed_at\"; exit 0" TERM; sleep 30 & wait ;;
+esac'
+lag=$(python3 -c 'import sys; print("%.1f" % (float(open(sys.argv[2]).read()) - float(open(sys.argv[1]).read())))' \
+    "$T/failed_at" "$T/termed_at" 2>/dev/null)
+if [ "$rc" = 7 ] && [ -n "$lag" ] && python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) < 3 else 1)' "$lag"; then
+    ok "a rank fails on node 1: node 2's rank gets TERM ${lag} s later (kill grace 6 s)"
+else
+    notok "TERM to the other node (lag ${lag:-none} s) $(why)"
+fi
+
 printf '127.0.0.1 slots=1\n127.0.0.3 slots=1\n' >unreachable
 start=$(date +%s)
-run -H unreachable --ssh_port 2222 --ssh_timeout 5 true
+rm -f "$T/ran.0"
+run -H unreachable --ssh_port 2222 --ssh_timeout 5 sh -c "touch $T/ran.\$RANK"
 took=$(($(date +%s) - start))
 if [ "$rc" != 0 ] && grep -q 'host 127.0.0.3 (port 2222): cannot connect' err && [ "$took" -le 10 ]; then
     ok "an unreachable host gives an error naming it ($took s)"
 else
     notok "unreachable host (took $took s) $(why)"
+fi
+# nothing starts anywhere until every node has connected: a node that takes its time and then
+# fails (a port that accepts and says nothing: the ssh timeout) while rank 0's node is up
+python3 -c '
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.3", 2222)); s.listen(4); conns = []
+end = time.time() + 20
+while time.time() < end:
+    s.settimeout(1)
+    try: conns.append(s.accept()[0])
+    except OSError: pass
+' &
+mute=$!
+sleep 0.5
+rm -f "$T/ran.0"
+run -H unreachable --ssh_port 2222 --ssh_timeout 3 sh -c "touch $T/ran.\$RANK"
+kill $mute 2>/dev/null
+wait $mute 2>/dev/null
+if [ "$rc" != 0 ] && grep -q 'host 127.0.0.3 (port 2222): cannot connect' err && [ ! -e "$T/ran.0" ]; then
+    ok "a node that times out: the job fails naming it, and rank 0 on the node that was up never started"
+else
+    notok "slow failing node: rank 0 started anyway ($( [ -e "$T/ran.0" ] && echo yes || echo no)) $(why)"
 fi
 
 if (exec 3<>/dev/tcp/127.0.0.2/2223) 2>/dev/null; then
