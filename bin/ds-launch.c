@@ -92,6 +92,7 @@ typedef struct options {
     bool dry_run;
     bool no_ssh;    /* run only node node_rank's ranks here (each node runs its own ds-launch) */
     bool agent;     /* this is a node agent (--node-agent): say a rank's failure to the launcher */
+    const char *stop_token; /* the agent's: for AGENT_STOP_FMT */
     int node_rank;
     char **program; /* argv of the ranks, NULL-terminated */
     int program_argc;
@@ -528,8 +529,10 @@ static void write_all(int fd, const char *p, size_t n)
 }
 
 /* A node agent's line on stderr that tells the launcher a rank failed there (the launcher
- * drops it and stops the other nodes at once) */
-#define AGENT_STOP "\036ds-launch node agent: a rank failed, stop the job\n"
+ * drops it and stops the other nodes at once); with the job's stop token, which only the
+ * launcher and the agents know (it is in the plan on the agent's stdin, not in any rank's
+ * environment), so that a rank printing the line cannot stop the job */
+#define AGENT_STOP_FMT "\036ds-launch node agent %s: a rank failed, stop the job\n"
 
 /* Emit complete lines of s with the rank prefix; at eof, also the unterminated tail. Each line
  * goes out with its prefix in one write, so that lines of other ranks (and, over ssh, of other
@@ -842,6 +845,8 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
             } else if (!tearing_down) {
                 /* Could not start this rank: stop the ones already started. */
                 fprintf(stderr, "ds-launch: rank %d could not be started; stopping the job\n", r->rank);
+                if (o->agent && o->stop_token)
+                    fprintf(stderr, AGENT_STOP_FMT, o->stop_token);
                 exit_code = 1;
                 failed_rank = rk; /* an index into ranks */
                 tearing_down = true;
@@ -948,8 +953,9 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
                 describe(status, what, sizeof what);
                 fprintf(stderr, "ds-launch: rank %d on %s %s; stopping the other ranks\n", r->rank,
                         jr[r->node].host, what);
-                if (o->agent) /* the launcher stops the other nodes now, not after this one's grace */
-                    fputs(AGENT_STOP, stderr);
+                if (o->agent && o->stop_token) /* the launcher stops the other nodes now, not after this
+                                                  one's grace */
+                    fprintf(stderr, AGENT_STOP_FMT, o->stop_token);
                 failed_rank = r->node;
                 exit_code = exit_code_of(status);
                 tearing_down = true;
@@ -1085,6 +1091,8 @@ static int node_agent(void)
     options o;
     memset(&o, 0, sizeof o);
     o.agent = true;
+    if (json_object_object_get_ex(root, "stop_token", &v) && json_object_is_type(v, json_type_string))
+        o.stop_token = json_object_get_string(v);
     o.kill_grace = json_object_object_get_ex(root, "kill_grace", &v) ? json_object_get_int(v) : 30;
     if (json_object_object_get_ex(root, "rank_log_dir", &v) && json_object_is_type(v, json_type_string))
         o.rank_log_dir = json_object_get_string(v);
@@ -1163,6 +1171,7 @@ static int remote_done;
  * that has waits here (remote_ready of remote_total) until all have, or one has failed */
 static pthread_cond_t remote_cond = PTHREAD_COND_INITIALIZER;
 static int remote_ready, remote_total;
+static char stop_token[33]; /* this job's AGENT_STOP_FMT token: 16 random bytes in hex */
 static int wake_pipe[2] = {-1, -1};
 
 static void wake_main(void)
@@ -1200,12 +1209,13 @@ typedef struct line_buf {
 /* the lines of buf[0, end) written, less an agent's AGENT_STOP, which starts the teardown */
 static void lines_out(line_buf *lb, const char *buf, size_t end)
 {
-    const size_t sl = strlen(AGENT_STOP);
+    char stop[160];
+    const size_t sl = (size_t)snprintf(stop, sizeof stop, AGENT_STOP_FMT, stop_token);
     size_t from = 0;
     for (size_t k = 0; k < end;) {
         const char *nl = memchr(buf + k, '\n', end - k);
         size_t next = nl ? (size_t)(nl - buf) + 1 : end;
-        if (lb->fd == 2 && next - k == sl && memcmp(buf + k, AGENT_STOP, sl) == 0) {
+        if (lb->fd == 2 && next - k == sl && memcmp(buf + k, stop, sl) == 0) {
             locked_write(lb->fd, buf + from, k - from);
             from = next;
             pthread_mutex_lock(&remote_lock);
@@ -1284,9 +1294,13 @@ static void *node_thread(void *arg)
     snprintf(hostpart, sizeof hostpart, "%s", nc->host);
     char *colon = strchr(hostpart, ':');
     unsigned int host_port = 0;
-    if (colon && !strchr(colon + 1, ':') && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1) &&
-        atol(colon + 1) > 0 && atol(colon + 1) < 65536) {
-        host_port = (unsigned int)atol(colon + 1);
+    if (colon && !strchr(colon + 1, ':') && colon[1] && strspn(colon + 1, "0123456789") == strlen(colon + 1)) {
+        long hp = strlen(colon + 1) > 5 ? 0 : atol(colon + 1);
+        if (hp < 1 || hp > 65535) {
+            node_fail(nc, 255, "host %s: port %s: expected 1..65535", nc->host, colon + 1);
+            goto out;
+        }
+        host_port = (unsigned int)hp;
         *colon = '\0';
     }
     ssh_options_set(s, SSH_OPTIONS_HOST, hostpart);
@@ -1376,6 +1390,10 @@ static void *node_thread(void *arg)
         int n = ssh_channel_read_timeout(ch, buf, sizeof buf, 0, 200);
         if (n > 0)
             lines_write(&lb_out, buf, (size_t)n);
+        else if (n == 0) { /* 200 ms without output: a partial line (a progress bar) goes out as it is */
+            lines_flush(&lb_out);
+            lines_flush(&lb_err);
+        }
         int e;
         while ((e = ssh_channel_read_nonblocking(ch, buf, sizeof buf, 1)) > 0)
             lines_write(&lb_err, buf, (size_t)e);
@@ -1456,6 +1474,13 @@ static char *shell_quote(const char *s)
 static int run_remote(const options *o, const ds_launch_plan *plan, const char *addr, int port,
                       int cores, const ds_launch_env *exports)
 {
+    unsigned char raw[16];
+    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
+        fprintf(stderr, "ds-launch: cannot make the job's stop token: getrandom: %s\n", strerror(errno));
+        return 1;
+    }
+    for (size_t k = 0; k < sizeof raw; k++)
+        snprintf(stop_token + 2 * k, 3, "%02x", raw[k]);
     int nn = plan->num_nodes;
     bool prefix = plan->world_size > 1 && !o->rank_log_dir;
     const char *agent = getenv("DS_LAUNCH_AGENT");
@@ -1504,6 +1529,7 @@ static int run_remote(const options *o, const ds_launch_plan *plan, const char *
         if (cwd)
             json_object_object_add(root, "cwd", json_object_new_string(cwd));
         json_object_object_add(root, "secret", json_object_new_string(getenv("DS_JOB_SECRET")));
+        json_object_object_add(root, "stop_token", json_object_new_string(stop_token));
         json_object *prog = json_object_new_array();
         for (int k = 0; k < o->program_argc; k++)
             json_object_array_add(prog, json_object_new_string(o->program[k]));

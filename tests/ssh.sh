@@ -53,6 +53,25 @@ else
     notok "host:port entries $(why)"
 fi
 
+printf '127.0.0.2:70000 slots=1\n' >hostsbad
+run -H hostsbad true
+if [ "$rc" = 255 ] && grep -q 'host 127.0.0.2:70000: port 70000: expected 1..65535' err; then
+    ok "a hostfile port out of range is named"
+else
+    notok "port out of range $(why)"
+fi
+
+# a rank's own output cannot stop the job by printing the agents' control line (a one-rank job
+# writes straight to its agent's stderr; the line needs the job's stop token)
+printf '127.0.0.2 slots=1\n' >host1
+run -H host1 --ssh_port 2222 sh -c 'printf "\036ds-launch node agent: a rank failed, stop the job\n" >&2
+printf "\036ds-launch node agent 0123: a rank failed, stop the job\n" >&2; sleep 1; echo done-ok'
+if [ "$rc" = 0 ] && grep -qx 'done-ok' out; then
+    ok "a rank printing the agents' control line does not stop the job"
+else
+    notok "control line from a rank $(why)"
+fi
+
 # OMP_NUM_THREADS: the user's value reaches the ranks on every node (they start from sshd's
 # environment, not ds-launch's: they ran with every core); without one, each node's agent
 # divides its own host's cores between its ranks

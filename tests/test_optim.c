@@ -504,6 +504,11 @@ Test(fp16_engine, overflow_at_the_minimum_scale_is_an_error)
     inject_inf(e);
     cr_assert_eq(ds_engine_step(e, &err), DS_ERR_NUMERIC);
     cr_assert(strstr(err.msg, "step 1") && strstr(err.msg, "minimum loss scale 4"), "%s", err.msg);
+    /* as in fp32: the batch is discarded, and the next one trains (it kept failing) */
+    cr_assert(ds_engine_at_boundary(e) && !ds_engine_was_step_applied(e));
+    fwd_bwd(e, 1);
+    cr_assert_eq(ds_engine_step(e, &err), DS_OK, "the next batch after the error: %s", err.msg);
+    cr_assert(ds_engine_was_step_applied(e));
     ds_engine_destroy(e);
 }
 
@@ -533,6 +538,7 @@ Test(fp16_engine, fp32_and_bf16_refuse_non_finite_gradients)
         for (int64_t i = 0; i < n0; i++)
             cr_assert_eq(g[i], 0.0f, "gradient %lld kept: %g", (long long)i, g[i]);
         cr_assert(ds_engine_at_boundary(e));
+        cr_assert(!ds_engine_was_step_applied(e));
         cr_assert_eq(ds_engine_global_steps(e), 0);
         fwd_bwd(e, 1);
         cr_assert_eq(ds_engine_step(e, &err), DS_OK, "%s: the next batch after the failed step: %s", cfgs[k], err.msg);
@@ -590,6 +596,9 @@ Test(fp16_engine, null_arguments_are_errors)
     NULLARG(ds_engine_backward(none, &err), "the engine");
     NULLARG(ds_initialize(&none, NULL, &err), "opts");
     NULLARG(ds_initialize(NULL, &o, &err), "out");
+    char *tag = NULL;
+    NULLARG(ds_ckpt_latest(NULL, &tag, &err), "dir");
+    NULLARG(ds_ckpt_prune(NULL, 1, NULL, &err), "dir");
 #undef NULLARG
     ds_engine_memory_report(e, NULL); /* nothing to report into: nothing done */
     /* a batch that says how many samples it holds is checked against the micro-batch */

@@ -329,6 +329,8 @@ static int valid_tag(const char *tag)
 
 ds_status ds_ckpt_latest(const char *dir, char **tag, ds_error *err)
 {
+    if (!dir || !tag) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_ckpt_latest: %s is NULL", !dir ? "dir" : "tag");
     *tag = NULL;
     char *p = path_join(dir, "latest");
     if (!p)
@@ -1160,6 +1162,8 @@ ds_status ds_ckpt_prune(const char *dir, int keep, int *deleted, ds_error *err)
 {
     if (deleted)
         *deleted = 0;
+    if (!dir) /* libds(3): a NULL pointer argument is an error, never a crash */
+        return ds_error_set(err, DS_ERR_INVALID, "ds_ckpt_prune: dir is NULL");
     if (keep < 1)
         return ds_error_set(err, DS_ERR_INVALID, "keep_last %d: expected at least 1", keep);
     char **tags, *latest;

@@ -1615,10 +1615,19 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
             return st;
         overflow = f > 0;
     }
-    if (overflow && !e->check_overflow) {
-        /* nothing is updated; the effective batch is discarded (its gradients zeroed, its
-         * micro-step counted), so that a caller may go on with the next one: the gradients
-         * kept would fail every later step, which would all be "the boundary" again */
+    /* Not finite where it cannot be skipped (fp32, bf16; fp16 at the minimum loss scale):
+     * DS_ERR_NUMERIC, nothing updated, and the effective batch discarded (its gradients
+     * zeroed, its micro-step counted), so that a caller may go on with the next one: the
+     * gradients kept would fail every later step, which would all be "the boundary" again */
+    ds_error why = {0};
+    ds_status numeric = DS_OK;
+    if (overflow && !e->check_overflow)
+        numeric = ds_error_set(&why, DS_ERR_NUMERIC, "the gradient is not finite (inf or NaN) in %s training; "
+                               "lower the learning rate or check the data",
+                               e->cfg.precision == DS_PREC_BF16 ? "bf16" : "fp32");
+    else if (overflow)
+        numeric = ds_loss_scaler_update(&e->scaler, 1, &why); /* the scale drops, or an error at the minimum */
+    if (numeric != DS_OK) {
         ds_status zs = e->zero >= 2 ? ops->zero(e->be, e->gpart, (size_t)plen * sizeof(float))
                                     : ops->zero(e->be, e->grads, (size_t)n * sizeof(float));
         if (zs != DS_OK)
@@ -1626,21 +1635,16 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         e->window_loss = 0;
         e->micro_steps++;
         e->win_open = 0;
+        e->applied = 0;
         ds_timers_stop(&e->timers, DS_TIMER_STEP);
         ds_timers_micro_end(&e->timers);
-        return ds_error_set(err, DS_ERR_NUMERIC,
-                            "step %lld: the gradient is not finite (inf or NaN) in %s training; "
-                            "lower the learning rate or check the data (nothing was updated; the "
-                            "batch's gradients are discarded)",
-                            (long long)e->global_steps + 1,
-                            e->cfg.precision == DS_PREC_BF16 ? "bf16" : "fp32");
+        ds_timers_boundary(&e->timers);
+        return ds_error_set(err, numeric, "step %lld: %s (nothing was updated; the batch's gradients are discarded)",
+                            (long long)e->global_steps + 1, why.msg);
     }
     e->step_scale = S;
     if (overflow) {
-        /* skip: no update, no scheduler step; the scale drops (or an error at the minimum) */
-        ds_error why = {0};
-        if ((st = ds_loss_scaler_update(&e->scaler, 1, &why)) != DS_OK)
-            return ds_error_set(err, st, "step %lld: %s", (long long)e->global_steps + 1, why.msg);
+        /* skip: no update, no scheduler step; the scale dropped above */
         e->skipped++;
         e->applied = 0;
     } else {
