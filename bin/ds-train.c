@@ -1047,8 +1047,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "ds-train: --inject-grad-inf %lld:%d: there is no rank %d in a job of %d\n",
                 (long long)a.inject_step, a.inject_rank, a.inject_rank, world);
         ds_comm_destroy(comm);
-        if (store)
+        if (store) {
+            ds_store_fail(store, "it stopped with an error (see its output)");
             ds_store_close(store);
+        }
         return 2;
     }
     /* --save's directory first: another output may go in it */
@@ -1072,8 +1074,10 @@ int main(int argc, char **argv)
     }
     if (out_bad) {
         ds_comm_destroy(comm);
-        if (store)
+        if (store) {
+            ds_store_fail(store, "it stopped with an error (see its output)");
             ds_store_close(store);
+        }
         return 2;
     }
 
@@ -1088,8 +1092,10 @@ int main(int argc, char **argv)
     if (st != DS_OK) {
         fprintf(stderr, "ds-train: %s\n", err.msg);
         ds_comm_destroy(comm);
-        if (store)
+        if (store) {
+            ds_store_fail(store, "it stopped with an error (see its output)");
             ds_store_close(store);
+        }
         return 2;
     }
     const ds_config *cfg = ds_engine_config(eng);
@@ -1198,8 +1204,10 @@ int main(int argc, char **argv)
         ds_dataset_close(ds);
         ds_engine_destroy(eng);
         ds_comm_destroy(comm);
-        if (store)
+        if (store) {
+            ds_store_fail(store, "it stopped with an error (see its output)");
             ds_store_close(store);
+        }
         return rc;
     }
     const int64_t start = ds_engine_global_steps(eng);
@@ -1251,8 +1259,10 @@ int main(int argc, char **argv)
         ds_dataset_close(ds);
         ds_engine_destroy(eng);
         ds_comm_destroy(comm);
-        if (store)
+        if (store) {
+            ds_store_fail(store, "it stopped with an error (see its output)");
             ds_store_close(store);
+        }
         return 2;
     }
     int tokens = net->input == DS_INPUT_TOKENS;
@@ -1587,6 +1597,8 @@ int main(int argc, char **argv)
     ds_dataset_close(ds);
     ds_engine_destroy(eng);
     ds_comm_destroy(comm);
+    if (store && rc != 0) /* the other ranks stop waiting for this one at once */
+        ds_store_fail(store, "it stopped with an error (see its output)");
     if (store)
         ds_store_close(store);
     return rc;

@@ -62,4 +62,29 @@ if [ "$ra" = 0 ] && [ "$rb" = 0 ] && grep -q '^done: 3 steps' a.out; then
 else
     notok "2 hosts (exit $ra, $rb): $(head -c 300 a.err) / $(head -c 300 b.err)"
 fi
+# the link between the hosts goes down mid-training: both ranks fail the next collective within
+# seconds (DS_COMM_KEEPALIVE=2: TCP probes the silent peer), not the communicator's 1800 s; TCP
+# between them (DS_COMM_SHM=0: the namespaces share a kernel, whose shared memory would link them)
+env2=(env DS_JOB_SECRET=hosts-test MASTER_ADDR=node-a MASTER_PORT=29518 WORLD_SIZE=2 OMP_NUM_THREADS=1
+    DS_COMM_SHM=0 DS_COMM_KEEPALIVE=2)
+long=(timeout 120 "$B/ds-train" net.json --config ds.json --data text.txt --steps 1000000 --data-order sequential --quiet)
+ip netns exec "$A" "${env2[@]}" RANK=0 "${long[@]}" >a2.out 2>a2.err &
+pa=$!
+ip netns exec "$Z" "${env2[@]}" RANK=1 "${long[@]}" >b2.out 2>b2.err &
+pb=$!
+sleep 3
+cut=$(date +%s)
+ip -n "$Z" link set "vb$$" down
+wait $pa
+ra=$?
+wait $pb
+rb=$?
+took=$(( $(date +%s) - cut ))
+if [ "$ra" != 0 ] && [ "$ra" != 124 ] && [ "$rb" != 0 ] && [ "$rb" != 124 ] && [ "$took" -lt 60 ] &&
+    grep -Eq "(receiving from|sending to) rank 1: (Connection timed out|No route to host)" a2.err; then
+    ok "the link between the hosts cut mid-training: both ranks fail within $took s, naming it"
+else
+    notok "link cut (exit $ra, $rb after $took s): $(head -c 300 a2.err) / $(head -c 300 b2.err)"
+fi
+ip -n "$Z" link set "vb$$" up
 tap_summary

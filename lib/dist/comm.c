@@ -725,6 +725,38 @@ static ds_status shm_wanted(int *want, int rank, ds_error *err)
     return DS_OK;
 }
 
+/* DS_COMM_KEEPALIVE: seconds a ring connection may be silent before TCP probes the peer (3
+ * probes, a third of that apart; data unacknowledged for twice that also fails; 0: none, the
+ * kernel's default of hours). Default 30: a host
+ * that drops off the network (a partition, a power cut) fails the next collective within
+ * about a minute, with "Connection timed out", instead of the communicator's 1800 s (and
+ * keeps its ranks from waiting forever on a link that will never close). Busy or computing
+ * peers answer the probes from their kernel, so long steps are not affected. */
+static ds_status keepalive_wanted(int *secs, int rank, ds_error *err)
+{
+    const char *e = getenv("DS_COMM_KEEPALIVE");
+    char *end = NULL;
+    long v = e && *e ? strtol(e, &end, 10) : 30;
+    if (e && *e && (*end || v < 0 || v > 86400))
+        return ds_error_set(err, DS_ERR_INVALID, "rank %d: DS_COMM_KEEPALIVE=%s: expected seconds from 0 (off) to "
+                            "86400 (default 30)", rank, e);
+    *secs = (int)v;
+    return DS_OK;
+}
+
+static void keepalive_on(int fd, int secs)
+{
+    if (fd < 0 || secs <= 0)
+        return;
+    int one = 1, idle = secs, intvl = secs / 3 > 0 ? secs / 3 : 1, cnt = 3;
+    unsigned int user_ms = (unsigned int)secs * 2000u; /* data sent and never acknowledged */
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof user_ms);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+}
+
 /* The shared-memory offer a rank sends the next one: "DSM1" (or "DSM0": none), its pid, the
  * descriptor of a memfd named ds-comm-<nonce in hex>, the ring's size and the nonce, which is
  * also in the header. The next rank accepts when /proc/<pid>/fd/<fd> is that memfd (so the
@@ -901,8 +933,10 @@ ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ra
         if (ranks[i] == me) pos = i;
     }
     if (pos < 0) return DS_OK; /* not a member */
-    int want_shm;
+    int want_shm, keepalive_s = 0;
     ds_status wst = shm_wanted(&want_shm, me, err);
+    if (wst == DS_OK)
+        wst = keepalive_wanted(&keepalive_s, me, err);
     if (wst != DS_OK) return wst;
     cpu_comm *c = calloc(1, sizeof *c);
     if (!c) return ds_error_set(err, DS_ERR_NOMEM, "out of memory");
@@ -972,6 +1006,10 @@ ds_status ds_comm_cpu_create_group(ds_comm **out, ds_store *store, const int *ra
     free(peer);
     if (st == DS_OK) st = accept_prev(c, store, lfd, token, secret, ip, port, wait_s, err);
     if (lfd >= 0) close(lfd);
+    if (st == DS_OK) {
+        keepalive_on(c->next_fd, keepalive_s);
+        keepalive_on(c->prev_fd, keepalive_s);
+    }
     if (st == DS_OK) st = shm_handshake(c, want_shm, wait_s, err);
     if (st != DS_OK) {
         cpu_destroy(&c->base);

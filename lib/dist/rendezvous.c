@@ -154,7 +154,11 @@ static const char DEAD_MSG[] = "a rank's connection to the rendezvous ended befo
 static entry *find_entry(server *sv, const char *key);
 static int dead_fails(server *sv, const char *key)
 {
-    return (sv->gone > 0 || find_entry(sv, "ds/failed")) && strncmp(key, "ds/left", 7) != 0;
+    /* a rank gone counts as left (ds/left/all comes as the others leave); a rank that said it
+     * failed ends rank 0's wait for the others too: they may never reach it (a partition) */
+    if (find_entry(sv, "ds/failed"))
+        return strcmp(key, "ds/left") != 0;
+    return sv->gone > 0 && strncmp(key, "ds/left", 7) != 0;
 }
 
 /* the reply of a GET that dead_fails: a rank's own words (ds_store_fail), else DEAD_MSG */
@@ -815,6 +819,8 @@ void ds_store_fail(ds_store *s, const char *why)
 {
     if (!s || s->world_size < 2 || s->fd < 0) /* as ds_store_close: no reconnecting to a rank 0 gone */
         return;
+    if (s->timeout_s > 5) /* best effort: a rank 0 cut off by the network is not waited for long */
+        s->timeout_s = 5;
     char msg[1024], own[32];
     int k = snprintf(own, sizeof own, "rank %d: ", s->rank);
     if (why && k > 0 && strncmp(why, own, (size_t)k) == 0) /* its messages name it already */
@@ -834,6 +840,8 @@ void ds_store_close(ds_store *s)
         free(v);
     } else if (!s->server && s->fd >= 0) {
         int64_t left = 0;
+        if (s->timeout_s > 5) /* best effort, as ds_store_fail: a rank 0 out of reach is not waited for */
+            s->timeout_s = 5;
         if (ds_store_add(s, "ds/left", 1, &left, NULL) == DS_OK && left >= s->world_size - 1)
             (void)ds_store_set(s, "ds/left/all", "", 0, NULL);
     }
