@@ -1335,6 +1335,8 @@ int main(int argc, char **argv)
     json_object_put(root);
     close_job(&j);
     ds_comm_destroy(j.comm);
+    if (store && rc != 0) /* the other ranks stop waiting for this one at once */
+        ds_store_fail(store, "it stopped with an error (see its output)");
     if (store)
         ds_store_close(store);
     return rc;
