@@ -217,6 +217,16 @@ Test(filter, exclude)
     filter_gives(two_hosts, NULL, "worker-0:1@worker-1:2,3", "worker-0:0,2,3;worker-1:0,1");
 }
 
+/* hostfile hosts written host:port (an ssh port) are named whole, bare or before :IDS */
+Test(filter, hosts_with_a_port)
+{
+    const char *hosts = "n1:2222 slots=2\nn2:2222 slots=2\n";
+    filter_gives(hosts, "n1:2222", NULL, "n1:2222:0,1");
+    filter_gives(hosts, "n1:2222:1@n2:2222:0", NULL, "n1:2222:1;n2:2222:0");
+    filter_gives(hosts, NULL, "n2:2222", "n1:2222:0,1");
+    filter_fails(hosts, "n3:1", NULL, "--include term \"n3:1\": host 'n3' not found in hostfile");
+}
+
 Test(filter, zero_slot_hosts_dropped_only_with_a_filter)
 {
     const char *hosts = "a slots=0\nb slots=2\n";

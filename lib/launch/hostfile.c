@@ -344,7 +344,16 @@ ds_status ds_launch_plan_filter(ds_launch_plan *plan, const char *include, const
     for (const char *term = spec; st == DS_OK;) {
         const char *end = strchr(term, '@');
         size_t tlen = end ? (size_t)(end - term) : strlen(term);
-        const char *colon = memchr(term, ':', tlen);
+        /* HOST or HOST:IDS, where a hostfile's HOST may itself be host:port: the whole term,
+         * then all but its last ":IDS", name a host before the first ':' is taken as the split */
+        const char *colon = memchr(term, ':', tlen), *last = NULL;
+        for (const char *c = term; c < term + tlen; c++)
+            if (*c == ':')
+                last = c;
+        if (colon && find_host(plan, term, tlen) >= 0)
+            colon = NULL;
+        else if (last && last != colon && find_host(plan, term, (size_t)(last - term)) >= 0)
+            colon = last;
         size_t hlen = colon ? (size_t)(colon - term) : tlen;
         int node = find_host(plan, term, hlen);
         if (node < 0) {
