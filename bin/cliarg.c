@@ -43,3 +43,11 @@ void cliarg_sigbus_message(const char *prog)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGBUS, &sa, NULL);
 }
+
+void cliarg_bar(char *bar, int64_t done, int64_t total)
+{
+    const int filled = total > 0 ? (int)((double)CLIARG_BAR * (double)done / (double)total) : 0;
+    for (int i = 0; i < CLIARG_BAR; i++)
+        bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
+    bar[CLIARG_BAR] = '\0';
+}

@@ -13,4 +13,8 @@ int cliarg_seed(const char *s, uint64_t *out);
  * message saying so, exit status 1, instead of a bare "Bus error". prog: "ds-train", ... */
 void cliarg_sigbus_message(const char *prog);
 
+/* bar[CLIARG_BAR + 1]: a progress bar of done out of total ("=====>    ") for a progress line */
+#define CLIARG_BAR 30
+void cliarg_bar(char *bar, int64_t done, int64_t total);
+
 #endif

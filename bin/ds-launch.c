@@ -413,6 +413,14 @@ static void load_exports(const options *o, ds_launch_env *exports)
     }
 }
 
+static bool env_has(const ds_launch_env *env, const char *name)
+{
+    for (int k = 0; k < env->count; k++)
+        if (strcmp(env->vars[k].name, name) == 0)
+            return true;
+    return false;
+}
+
 /* Everything a rank gets: the exports, then ds-launch's own variables (which win). remote: the
  * rank starts on another host, from sshd's environment, not ours: the user's OMP_NUM_THREADS
  * is passed on explicitly, and without one the node agent divides that host's cores (omp
@@ -422,10 +430,7 @@ static void rank_env(const ds_launch_plan *plan, int node, int local, const char
 {
     ds_error err = {0};
     const char *user_omp = getenv("OMP_NUM_THREADS");
-    bool omp_user_set = user_omp != NULL, omp_exported = false;
-    for (int k = 0; k < exports->count; k++)
-        if (strcmp(exports->vars[k].name, "OMP_NUM_THREADS") == 0)
-            omp_user_set = omp_exported = true;
+    const bool omp_exported = env_has(exports, "OMP_NUM_THREADS"), omp_user_set = user_omp || omp_exported;
     ds_launch_env own;
     if (ds_launch_rank_env(plan, node, local, addr, port, cores, omp_user_set || remote, &own, &err) != DS_OK)
         fail_status(NULL, &err);
@@ -679,29 +684,38 @@ static int make_log_dir(const char *dir)
  * in hex, passed in the environment only (never on a command line, never printed). A secret
  * already in DS_JOB_SECRET is kept, so that the launchers of one job on several nodes
  * (--no_ssh) can share one. */
+/* hex[2 n + 1]: n random bytes in hex; -1 (said, naming what) when getrandom fails */
+static int random_hex(char *hex, size_t n, const char *what)
+{
+    unsigned char raw[64];
+    size_t got = 0;
+    if (n > sizeof raw)
+        return -1;
+    while (got < n) {
+        ssize_t r = getrandom(raw + got, n - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            fprintf(stderr, "ds-launch: cannot make %s: getrandom: %s\n", what, strerror(errno));
+            return -1;
+        }
+        got += (size_t)r;
+    }
+    for (size_t i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    memset(raw, 0, sizeof raw);
+    return 0;
+}
+
 static int set_job_secret(void)
 {
     const char *have = getenv("DS_JOB_SECRET");
     if (have && *have)
         return 0;
-    unsigned char raw[32];
-    size_t got = 0;
-    while (got < sizeof raw) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fprintf(stderr, "ds-launch: cannot make the job secret: getrandom: %s\n",
-                    strerror(errno));
-            return -1;
-        }
-        got += (size_t)n;
-    }
-    char hex[2 * sizeof raw + 1];
-    for (size_t i = 0; i < sizeof raw; i++)
-        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    char hex[2 * 32 + 1];
+    if (random_hex(hex, 32, "the job secret") != 0)
+        return -1;
     int rc = setenv("DS_JOB_SECRET", hex, 1);
-    memset(raw, 0, sizeof raw);
     memset(hex, 0, sizeof hex);
     if (rc != 0) {
         fprintf(stderr, "ds-launch: cannot set DS_JOB_SECRET: %s\n", strerror(errno));
@@ -1133,13 +1147,10 @@ static int node_agent(void)
     const int here = count_cores() / (world > 0 ? world : 1);
     char omp[16];
     snprintf(omp, sizeof omp, "%d", here > 0 ? here : 1);
-    for (int k = 0; k < world; k++) {
-        bool has = false;
-        for (int i = 0; i < jr[k].env.count; i++)
-            has |= strcmp(jr[k].env.vars[i].name, "OMP_NUM_THREADS") == 0;
-        if (!has && ds_launch_env_set(&jr[k].env, "OMP_NUM_THREADS", omp, &err) != DS_OK)
+    for (int k = 0; k < world; k++)
+        if (!env_has(&jr[k].env, "OMP_NUM_THREADS") &&
+            ds_launch_env_set(&jr[k].env, "OMP_NUM_THREADS", omp, &err) != DS_OK)
             fail_status("node agent", &err);
-    }
     int rc = run_ranks(&o, jr, world, prefix, true, 0);
     for (int k = 0; k < world; k++)
         ds_launch_env_free(&jr[k].env);
@@ -1172,6 +1183,20 @@ static int remote_done;
 static pthread_cond_t remote_cond = PTHREAD_COND_INITIALIZER;
 static int remote_ready, remote_total;
 static char stop_token[33]; /* this job's AGENT_STOP_FMT token: 16 random bytes in hex */
+static char stop_line[128];  /* AGENT_STOP_FMT with it, as the agents write it */
+static size_t stop_line_len;
+
+/* The job goes down (under remote_lock): the first failing node (-1: none, a signal) is kept,
+ * and the node threads waiting to start their ranks learn it */
+static void begin_teardown(int node)
+{
+    if (remote_teardown)
+        return;
+    remote_teardown = true;
+    if (node >= 0)
+        remote_failed = node;
+    pthread_cond_broadcast(&remote_cond);
+}
 static int wake_pipe[2] = {-1, -1};
 
 static void wake_main(void)
@@ -1209,21 +1234,15 @@ typedef struct line_buf {
 /* the lines of buf[0, end) written, less an agent's AGENT_STOP, which starts the teardown */
 static void lines_out(line_buf *lb, const char *buf, size_t end)
 {
-    char stop[160];
-    const size_t sl = (size_t)snprintf(stop, sizeof stop, AGENT_STOP_FMT, stop_token);
     size_t from = 0;
     for (size_t k = 0; k < end;) {
         const char *nl = memchr(buf + k, '\n', end - k);
         size_t next = nl ? (size_t)(nl - buf) + 1 : end;
-        if (lb->fd == 2 && next - k == sl && memcmp(buf + k, stop, sl) == 0) {
+        if (lb->fd == 2 && next - k == stop_line_len && memcmp(buf + k, stop_line, stop_line_len) == 0) {
             locked_write(lb->fd, buf + from, k - from);
             from = next;
             pthread_mutex_lock(&remote_lock);
-            if (!remote_teardown) {
-                remote_teardown = true;
-                remote_failed = lb->node;
-                pthread_cond_broadcast(&remote_cond);
-            }
+            begin_teardown(lb->node);
             pthread_mutex_unlock(&remote_lock);
             wake_main();
         }
@@ -1269,11 +1288,7 @@ static void node_fail(node_conn *nc, int code, const char *fmt, ...)
     pthread_mutex_lock(&remote_lock);
     if (msg[0])
         fprintf(stderr, "ds-launch: %s\n", msg);
-    if (!remote_teardown) {
-        remote_teardown = true;
-        pthread_cond_broadcast(&remote_cond);
-        remote_failed = nc->index;
-    }
+    begin_teardown(nc->index);
     pthread_mutex_unlock(&remote_lock);
 }
 
@@ -1474,13 +1489,9 @@ static char *shell_quote(const char *s)
 static int run_remote(const options *o, const ds_launch_plan *plan, const char *addr, int port,
                       int cores, const ds_launch_env *exports)
 {
-    unsigned char raw[16];
-    if (getrandom(raw, sizeof raw, 0) != (ssize_t)sizeof raw) {
-        fprintf(stderr, "ds-launch: cannot make the job's stop token: getrandom: %s\n", strerror(errno));
+    if (random_hex(stop_token, 16, "the job's stop token") != 0)
         return 1;
-    }
-    for (size_t k = 0; k < sizeof raw; k++)
-        snprintf(stop_token + 2 * k, 3, "%02x", raw[k]);
+    stop_line_len = (size_t)snprintf(stop_line, sizeof stop_line, AGENT_STOP_FMT, stop_token);
     int nn = plan->num_nodes;
     bool prefix = plan->world_size > 1 && !o->rank_log_dir;
     const char *agent = getenv("DS_LAUNCH_AGENT");
@@ -1571,8 +1582,7 @@ static int run_remote(const options *o, const ds_launch_plan *plan, const char *
         if (pthread_create(&remote_nodes[n].thread, NULL, node_thread, &remote_nodes[n]) != 0) {
             fprintf(stderr, "ds-launch: cannot start a thread for host %s\n", remote_nodes[n].host);
             pthread_mutex_lock(&remote_lock);
-            remote_teardown = true;
-            pthread_cond_broadcast(&remote_cond);
+            begin_teardown(-1);
             pthread_mutex_unlock(&remote_lock);
             break;
         }
@@ -1598,8 +1608,7 @@ static int run_remote(const options *o, const ds_launch_plan *plan, const char *
                 pthread_mutex_lock(&remote_lock);
                 if (!remote_teardown && !stop_signal) {
                     stop_signal = (unsigned char)junk[0];
-                    remote_teardown = true;
-                    pthread_cond_broadcast(&remote_cond);
+                    begin_teardown(-1);
                     fprintf(stderr, "ds-launch: received %s; stopping all %d ranks on %d nodes\n",
                             signal_name(stop_signal), plan->world_size, nn);
                 }

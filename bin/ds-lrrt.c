@@ -494,22 +494,18 @@ static void catch_sigint(const job *j)
     sigaction(SIGINT, &sa, NULL);
 }
 
-static void release_sigint(const job *j)
+static void release_sigint(void)
 {
     struct sigaction old;
     if (sigaction(SIGINT, NULL, &old) == 0 && old.sa_handler == on_sigint)
         signal(SIGINT, SIG_DFL);
-    (void)j;
 }
 
 /* a progress line on a terminal: step i of n, the lr and the loss */
 static void progress(int64_t i, int64_t n, double lr, double loss)
 {
-    int width = 30, filled = (int)((double)width * (double)i / (double)n);
-    char bar[64];
-    for (int k = 0; k < width; k++)
-        bar[k] = k < filled ? '=' : (k == filled ? '>' : ' ');
-    bar[width] = '\0';
+    char bar[CLIARG_BAR + 1];
+    cliarg_bar(bar, i, n);
     printf("\r[%s] %lld/%lld lr %.3g loss %.4f\033[K", bar, (long long)i, (long long)n, lr, loss);
     fflush(stdout);
 }
@@ -893,10 +889,10 @@ static int range_test(job *j, json_object *root)
     const int tty = j->rank == 0 && !a->quiet && isatty(STDOUT_FILENO);
     const char *stop = "the last lr was reached";
     catch_sigint(j);
+    /* log spacing through the logarithms: max/min itself may overflow (1e-200 .. 1e200) */
+    const double lmin = log(a->min_lr), lmax = log(a->max_lr);
     for (int64_t i = 0; i < n_max; i++) {
         double f = n_max > 1 ? (double)i / (double)(n_max - 1) : 0.0;
-        /* log spacing through the logarithms: max/min itself may overflow (1e-200 .. 1e200) */
-        const double lmin = log(a->min_lr), lmax = log(a->max_lr);
         lr[i] = i == 0 ? a->min_lr : a->log_spacing ? exp(lmin + f * (lmax - lmin)) : a->min_lr + (a->max_lr - a->min_lr) * f;
         ds_status st = ds_engine_set_lr(eng, lr[i], &err);
         if (st == DS_OK)
@@ -933,7 +929,7 @@ static int range_test(job *j, json_object *root)
     }
     if (tty)
         printf("\r\033[K");
-    release_sigint(j);
+    release_sigint();
     double elapsed = now_s() - t0;
     ds_engine_destroy(eng);
     if (rc || j->rank != 0) {
@@ -1049,34 +1045,20 @@ static int own_one_cycle(json_object *root) /* the config has a OneCycle block w
            json_object_object_get_ex(sched, "params", &params) && json_object_is_type(params, json_type_object);
 }
 
-/* The config's own cycle_min_lr, read as its parser reads it (a number, a list of one, or a
- * numeric string); 0 where it is absent or none of those (the engine then says what is wrong). */
-static double own_min_lr(json_object *root)
-{
-    json_object *sched, *p, *mn;
-    if (!json_object_object_get_ex(root, "scheduler", &sched) || !json_object_object_get_ex(sched, "params", &p) ||
-        !json_object_object_get_ex(p, "cycle_min_lr", &mn))
-        return 0;
-    if (json_object_is_type(mn, json_type_array) && json_object_array_length(mn) == 1)
-        mn = json_object_array_get_idx(mn, 0);
-    switch (json_object_get_type(mn)) {
-    case json_type_int:
-    case json_type_double: return json_object_get_double(mn);
-    case json_type_string: {
-        char *end;
-        double d = strtod(json_object_get_string(mn), &end);
-        return end != json_object_get_string(mn) && !*end ? d : 0;
-    }
-    default: return 0;
-    }
-}
-
-/* every --values entry above the config's own cycle_min_lr: checked before the first run */
+/* every --values entry above the config's own cycle_min_lr, as the config's parser reads it:
+ * checked before the first run (a config the parser refuses is left to the first run's engine,
+ * which says what is wrong) */
 static int check_values(const args *a, json_object *root)
 {
     if (!own_one_cycle(root))
         return 0;
-    const double min_lr = own_min_lr(root);
+    ds_config cfg;
+    ds_error err = {0};
+    ds_config_hints hints = {.micro_batch = a->micro > 0 ? a->micro : 1}; /* batch sizes do not matter here */
+    if (ds_config_load_file(&cfg, a->config, 1, a->strict, &hints, &err) != DS_OK)
+        return 0;
+    const double min_lr = cfg.scheduler.cycle_min_lr;
+    ds_config_free(&cfg);
     for (int v = 0; v < a->n_values; v++)
         if (!(a->values[v] > min_lr)) {
             fprintf(stderr, "ds-lrrt: --values: %g is not above %s's cycle_min_lr %g\n", a->values[v], a->config,
@@ -1230,7 +1212,7 @@ static int sweep(job *j, json_object *root)
         if (interrupted)
             break;
     }
-    release_sigint(j);
+    release_sigint();
     double elapsed = now_s() - t0;
     if (rc == 0 && j->rank == 0) {
         char csv_tmp[4200], svg_tmp[4200];

@@ -848,11 +848,8 @@ static void out_identity(const char *path, char *buf, size_t n)
 
 static void progress(int64_t step, int64_t total, double loss, double tps, const char *unit)
 {
-    int width = 30, filled = total > 0 ? (int)((double)width * (double)step / (double)total) : 0;
-    char bar[64];
-    for (int i = 0; i < width; i++)
-        bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
-    bar[width] = '\0';
+    char bar[CLIARG_BAR + 1];
+    cliarg_bar(bar, step, total);
     printf("\r[%s] %lld/%lld loss %.4f %.0f %s/s\033[K", bar, (long long)step, (long long)total, loss, tps, unit);
     fflush(stdout);
 }

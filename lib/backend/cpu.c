@@ -1225,9 +1225,10 @@ static int x86_level(void)
  * products on bf16 units: bf16_kernels), or takes DS_CPU_KERNELS's when that is set (so that
  * whole test programs and scripts can run on another variant, as if cpuid had picked it);
  * "avx2", "generic" or "avx512" forces one. avx512 (the same kernels with 512-bit vectors) is
- * not picked for the rest: the whole suite passes with it, but it is not faster everywhere. gpt-tiny on 2 threads: a Zen 5 EPYC 2% (fp32) and 7% (bf16) faster than avx2; an
- * AMX Xeon (2026-11-29) 9% faster in bf16 but 10% slower in fp32, where its elementwise kernels
- * (GELU 2.7x, LayerNorm, the loss) were slower. */
+ * not picked for the rest: the whole suite passes with it, but it is not faster everywhere.
+ * gpt-tiny on 2 threads: a Zen 5 EPYC 2% (fp32) and 7% (bf16) faster than avx2; an AMX Xeon
+ * (2026-11-29) 9% faster in bf16 but 10% slower in fp32, where its elementwise kernels (GELU
+ * 2.7x, LayerNorm, the loss) were slower. */
 ds_status ds_cpu_backend_create(ds_backend **out, const char *variant, ds_error *err)
 {
     const ds_cpu_kernels *k;

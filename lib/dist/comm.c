@@ -134,8 +134,6 @@ void ds_comm_destroy(ds_comm *c)
 
 _Static_assert(__atomic_always_lock_free(sizeof(uint64_t), 0), "shared-memory links need lock-free 8-byte atomics");
 #define SHM_NONCE_AT 192
-
-
 static uint64_t *shm_count(char *m, int reader) { return (uint64_t *)(void *)(m + (reader ? 128 : 0)); }
 /* Each count has a 32-bit sequence word beside it (bumped after each move of the count) and a
  * flag the other side raises while it sleeps on that word in futex(2) (shm_sleep): so a rank
@@ -1045,22 +1043,17 @@ ds_status ds_dist_join_from_env(ds_store **store, ds_comm **comm, int *rank, int
         st = ds_store_open(store, &so, err);
     /* every rank agrees on WORLD_SIZE with rank 0, and no RANK is taken twice: else the others
      * would wait for ranks that never come */
+    char ws0[16];
+    snprintf(ws0, sizeof ws0, "%d", so.world_size);
     if (st == DS_OK && so.rank == 0) {
-        uint8_t w[8];
-        for (int i = 0; i < 8; i++)
-            w[i] = (uint8_t)((uint64_t)so.world_size >> (8 * i));
-        st = ds_store_set(*store, "ds/world_size", w, 8, err);
+        st = ds_store_set(*store, "ds/world_size", ws0, strlen(ws0), err);
     } else if (st == DS_OK) {
-        void *v = NULL;
-        size_t len = 0;
-        st = ds_store_get(*store, "ds/world_size", &v, &len, err);
-        int64_t w0 = 0;
-        for (int i = 0; st == DS_OK && len == 8 && i < 8; i++)
-            w0 |= (int64_t)((uint8_t *)v)[i] << (8 * i);
+        char *v = NULL; /* rank 0's, as text (the store's values end in a NUL) */
+        st = ds_store_get(*store, "ds/world_size", (void **)&v, NULL, err);
+        if (st == DS_OK && strcmp(v, ws0) != 0)
+            st = ds_error_set(err, DS_ERR_INVALID, "rank %d: WORLD_SIZE is %d here but %s at rank 0 (every rank "
+                              "must be started with the same WORLD_SIZE)", so.rank, so.world_size, v);
         free(v);
-        if (st == DS_OK && w0 != so.world_size)
-            st = ds_error_set(err, DS_ERR_INVALID, "rank %d: WORLD_SIZE is %d here but %lld at rank 0 (every rank "
-                              "must be started with the same WORLD_SIZE)", so.rank, so.world_size, (long long)w0);
     }
     if (st == DS_OK) {
         char key[64];

@@ -145,10 +145,11 @@ typedef struct server {
     int64_t gone; /* authenticated connections that ended without leaving: their ranks died */
 } server;
 
-/* After a rank's connection ended without its leaving (it exited or failed), a GET that waits,
- * or would wait, for a key fails at once with this reply (status 1): what it waits for may never
- * come, and the ranks would otherwise wait out the store's timeout. ds/left and ds/left/all,
- * rank 0's wait for the others to leave, keep waiting as before. */
+/* After a rank's connection ended without its leaving (it exited or failed), or a rank said it
+ * failed (ds_store_fail: ds/failed), a GET that waits, or would wait, for a key fails at once
+ * with this reply (status 1): what it waits for may never come, and the ranks would otherwise
+ * wait out the store's timeout. rank 0's wait for ds/left/all keeps waiting after a death
+ * (the dead count as left), not after a failure said. */
 static const char DEAD_MSG[] = "a rank's connection to the rendezvous ended before it left: that rank exited or "
                                "failed (see its output); the job cannot go on without it";
 static entry *find_entry(server *sv, const char *key);
@@ -209,6 +210,35 @@ static int reply_dead(server *sv, conn *c)
     if (f)
         return reply(c, 1, f->value, f->len);
     return reply(c, 1, DEAD_MSG, (uint32_t)strlen(DEAD_MSG));
+}
+
+static void conn_drop(conn *c);
+
+/* A rank died or said it failed: count it (ds/abort), and end the GETs waiting in vain */
+static int job_failed(server *sv)
+{
+    if (bump_abort(sv))
+        return -1;
+    for (size_t i = 0; i < sv->num_conns; i++) {
+        conn *c = &sv->conns[i];
+        if (c->fd >= 0 && c->wait_key && dead_fails(sv, c->wait_key)) {
+            free(c->wait_key);
+            c->wait_key = NULL;
+            if (reply_dead(sv, c)) conn_drop(c);
+        }
+    }
+    return 0;
+}
+
+/* ds/left/all once every other rank has left or died, counted against rank 0's world (a rank
+ * started with another WORLD_SIZE would count to its own) */
+static int all_left(server *sv)
+{
+    if (sv->world_size < 2 || find_entry(sv, "ds/left/all"))
+        return 0;
+    entry *e = find_entry(sv, "ds/left");
+    int64_t left = e && e->len == 8 ? get_i64(e->value) : 0;
+    return left + sv->gone >= sv->world_size - 1 ? set_value(sv, "ds/left/all", (const uint8_t *)"", 0) : 0;
 }
 
 static void conn_drop(conn *c)
@@ -290,17 +320,8 @@ static int conn_process(server *sv, conn *c)
                 break;
             }
             if (set_value(sv, key, value, vlen) || reply(c, 0, NULL, 0)) return -1;
-            if (!strcmp(key, "ds/failed") && bump_abort(sv))
+            if (!strcmp(key, "ds/failed") && job_failed(sv)) /* ds_store_fail: the others' waits end now */
                 return -1;
-            if (!strcmp(key, "ds/failed")) /* ds_store_fail: the others' waits end now */
-                for (size_t i = 0; i < sv->num_conns; i++) {
-                    conn *o = &sv->conns[i];
-                    if (o->fd >= 0 && o->wait_key && dead_fails(sv, o->wait_key)) {
-                        free(o->wait_key);
-                        o->wait_key = NULL;
-                        if (reply_dead(sv, o)) conn_drop(o);
-                    }
-                }
             break;
         case OP_GET: {
             entry *e = find_entry(sv, key);
@@ -322,10 +343,7 @@ static int conn_process(server *sv, conn *c)
             uint8_t buf[8];
             put_i64(buf, v);
             if (set_value(sv, key, buf, 8) || reply(c, 0, buf, 8)) return -1;
-            /* rank 0's world decides when all have left (a rank started with another
-             * WORLD_SIZE would count to its own) */
-            if (!strcmp(key, "ds/left") && sv->world_size > 1 && v + sv->gone >= sv->world_size - 1 &&
-                !find_entry(sv, "ds/left/all") && set_value(sv, "ds/left/all", (const uint8_t *)"", 0))
+            if (!strcmp(key, "ds/left") && all_left(sv))
                 return -1;
             break;
         }
@@ -423,21 +441,9 @@ static void *server_main(void *arg)
             else if (sv->conns[i].authed && !sv->conns[i].left)
                 sv->gone++, died = 1;
         sv->num_conns = n;
-        if (died && sv->world_size > 1 && !find_entry(sv, "ds/left/all")) {
-            entry *e = find_entry(sv, "ds/left");
-            int64_t left = e && e->len == 8 ? get_i64(e->value) : 0;
-            if (left + sv->gone >= sv->world_size - 1)
-                (void)set_value(sv, "ds/left/all", (const uint8_t *)"", 0);
-        }
-        if (died)
-            (void)bump_abort(sv);
-        for (size_t i = 0; died && i < n; i++) { /* the GETs waiting now fail (dead_fails) */
-            conn *c = &sv->conns[i];
-            if (c->fd >= 0 && c->wait_key && dead_fails(sv, c->wait_key)) {
-                free(c->wait_key);
-                c->wait_key = NULL;
-                if (reply_dead(sv, c)) conn_drop(c);
-            }
+        if (died) {
+            (void)all_left(sv);
+            (void)job_failed(sv);
         }
         if (cap < n + 2) {
             cap = (n + 2) * 2;
@@ -842,8 +848,7 @@ void ds_store_close(ds_store *s)
         int64_t left = 0;
         if (s->timeout_s > 5) /* best effort, as ds_store_fail: a rank 0 out of reach is not waited for */
             s->timeout_s = 5;
-        if (ds_store_add(s, "ds/left", 1, &left, NULL) == DS_OK && left >= s->world_size - 1)
-            (void)ds_store_set(s, "ds/left/all", "", 0, NULL);
+        (void)ds_store_add(s, "ds/left", 1, &left, NULL); /* the server sets ds/left/all (all_left) */
     }
     if (s->fd >= 0) close(s->fd);
     server_stop(s->server);
