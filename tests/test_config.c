@@ -356,6 +356,22 @@ Test(optimizer, adam_means_adamw_unless_adam_w_mode_false)
     cr_expect_float_eq(c.optimizer.weight_decay, 0, 0);
     cr_expect_eq(c.optimizer.adam_w_mode, 0);
     ds_config_free(&c);
+    /* every boolean spelling selects the same: torch_adam "true" or 1, adam_w_mode 0 or "false" */
+    load_ok(&c, OPT("Adam", "\"torch_adam\": true, \"adam_w_mode\": 0"), 1);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0, 0);
+    cr_expect_eq(c.optimizer.adam_w_mode, 0);
+    ds_config_free(&c);
+    load_ok(&c, OPT("Adam", "\"torch_adam\": \"True\", \"adam_w_mode\": \"false\""), 1);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0, 0);
+    cr_expect_eq(c.optimizer.adam_w_mode, 0);
+    ds_config_free(&c);
+    load_ok(&c, OPT("AdamW", "\"torch_adam\": 1"), 1);
+    cr_expect_float_eq(c.optimizer.weight_decay, 0.01, 0);
+    ds_config_free(&c);
+    load_fails(OPT("AdamW", "\"torch_adam\": \"true\", \"bias_correction\": false"), 1, 0, DS_ERR_INVALID,
+               "optimizer.params.bias_correction: torch.optim.AdamW, which torch_adam selects", NULL);
+    load_fails(OPT("AdamW", "\"torch_adam\": \"maybe\""), 1, 0, DS_ERR_INVALID,
+               "optimizer.params.torch_adam: expected a boolean, found \"maybe\"", NULL);
     load_fails(OPT("AdamW", "\"torch_adam\": true, \"bias_correction\": false"), 1, 0, DS_ERR_INVALID,
                "optimizer.params.bias_correction: torch.optim.AdamW, which torch_adam selects, takes no "
                "bias_correction", NULL);
@@ -557,6 +573,31 @@ Test(features, refused_naming_the_key)
                DS_ERR_UNSUPPORTED, "wandb.enabled=true is not supported yet", NULL);
     load_fails(TB8("\"pipeline\": {\"stages\": 2}"), 1, 0, DS_ERR_UNSUPPORTED,
                "ds.json: pipeline is not supported yet", NULL);
+    load_fails(TB8("\"pipeline\": false"), 1, 0, DS_ERR_INVALID, "pipeline: expected an object, found false",
+               NULL);
+    /* ZeRO switches whose other value ds does not build */
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 1, \"load_from_fp32_weights\": false}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "zero_optimization.load_from_fp32_weights=false is not supported yet", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 2, \"ignore_unused_parameters\": \"no\"}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "zero_optimization.ignore_unused_parameters=no is not supported yet", NULL);
+    /* data_types.grad_accum_dtype: accepted where it names what ds does for the precision */
+    {
+        ds_config c;
+        load_ok(&c, TB8("\"fp16\": {\"enabled\": true}, \"data_types\": {\"grad_accum_dtype\": \"fp16\"}"), 1);
+        ds_config_free(&c);
+        load_ok(&c, TB8("\"data_types\": {\"grad_accum_dtype\": \"torch.float32\"}, \"bf16\": {\"enabled\": true}"), 1);
+        ds_config_free(&c);
+        load_ok(&c, TB8("\"data_types\": {\"grad_accum_dtype\": \"fp32\"}"), 1);
+        ds_config_free(&c);
+    }
+    load_fails(TB8("\"data_types\": {\"grad_accum_dtype\": \"fp32\"}, \"fp16\": {\"enabled\": true}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "data_types.grad_accum_dtype=fp32 is not supported yet (fp16 training "
+               "accumulates its gradients in fp16)", NULL);
+    load_fails(TB8("\"bf16\": {\"enabled\": true}, \"data_types\": {\"grad_accum_dtype\": \"bf16\"}"), 1, 0,
+               DS_ERR_UNSUPPORTED, "data_types.grad_accum_dtype=bf16 is not supported yet (bf16 training "
+               "accumulates its gradients in fp32)", NULL);
+    load_fails(TB8("\"data_types\": {\"grad_accum_dtype\": \"half\"}"), 1, 0, DS_ERR_UNSUPPORTED,
+               "data_types.grad_accum_dtype=half is not supported yet (fp32 training", NULL);
     load_fails(TB8("\"elasticity\": {\"enabled\": true}"), 1, 0, DS_ERR_UNSUPPORTED,
                "elasticity.enabled=true is not supported yet", NULL);
     /* every refusal is listed in one message */
@@ -566,6 +607,79 @@ Test(features, refused_naming_the_key)
     /* an invalid value wins over refusals: it must be fixed in any case */
     load_fails(TB8("\"wandb\": {\"enabled\": true}, \"steps_per_print\": \"x\""), 1, 0,
                DS_ERR_INVALID, "steps_per_print: expected an integer", NULL);
+}
+
+/* Values are checked wherever they are accepted: the tuning keys' types, lower bounds below the
+ * limits of features not built, the numbers the engine computes with in fp32 */
+Test(json, values_checked_where_accepted)
+{
+    ds_config c;
+    load_fails(TB8("\"gradient_predivide_factor\": 1e-300"), 1, 0, DS_ERR_INVALID,
+               "gradient_predivide_factor: expected a number in [1e-6, 1e6], found 1e-300", NULL);
+    load_fails(TB8("\"gradient_predivide_factor\": 1e300"), 1, 0, DS_ERR_INVALID,
+               "gradient_predivide_factor: expected a number in [1e-6, 1e6]", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 2, \"offload_optimizer\": {\"device\": \"cpu\", "
+                   "\"pin_memory\": \"banana\"}}"), 1, 0, DS_ERR_INVALID,
+               "zero_optimization.offload_optimizer.pin_memory: expected a boolean, found \"banana\"", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"buffer_count\": -5}}"), 1, 0,
+               DS_ERR_INVALID, "zero_optimization.offload_optimizer.buffer_count: expected an integer >= 0", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"fast_init\": {\"a\": 1}}}"), 1, 0,
+               DS_ERR_INVALID, "zero_optimization.offload_optimizer.fast_init: expected a boolean", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 3, \"offload_param\": {\"buffer_size\": \"huge\"}}"), 1,
+               0, DS_ERR_INVALID, "zero_optimization.offload_param.buffer_size: expected an integer", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"stage\": 3, \"offload_param\": {\"nvme_path\": 7}}"), 1, 0,
+               DS_ERR_INVALID, "zero_optimization.offload_param.nvme_path: expected a string, found 7", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"leaf_module\": 5}"), 1, 0, DS_ERR_INVALID,
+               "zero_optimization.leaf_module: expected an object, found 5", NULL);
+    load_fails(TB8("\"timers\": 5"), 1, 0, DS_ERR_INVALID, "timers: expected an object, found 5", NULL);
+    load_fails(TB8("\"timers\": {\"throughput\": {\"enabled\": \"banana\"}}"), 1, 0, DS_ERR_INVALID,
+               "timers.throughput.enabled: expected a boolean", NULL);
+    load_fails(TB8("\"aio\": \"x\""), 1, 0, DS_ERR_INVALID, "aio: expected an object, found \"x\"", NULL);
+    load_fails(TB8("\"aio\": {\"queue_depth\": -1}"), 1, 0, DS_ERR_INVALID, "aio.queue_depth: expected an integer >= 0",
+               NULL);
+    load_ok(&c, TB8("\"aio\": {\"block_size\": 1048576, \"queue_depth\": 16, \"single_submit\": false, "
+                    "\"overlap_events\": true, \"thread_count\": 2}, \"timers\": {\"throughput\": {\"enabled\": true, "
+                    "\"synchronized\": false}}, \"zero_optimization\": {\"leaf_module\": {\"classes\": [\"X\"]}}"), 1);
+    ds_config_free(&c);
+    load_fails(TB8("\"sequence_parallel_size\": -3"), 1, 0, DS_ERR_INVALID,
+               "sequence_parallel_size: expected an integer >= 1, found -3", NULL);
+    load_fails(TB8("\"zero_optimization\": {\"zero_hpz_partition_size\": -4}"), 1, 0, DS_ERR_INVALID,
+               "zero_optimization.zero_hpz_partition_size: expected an integer >= 0", NULL);
+    load_fails(TB8("\"tensor_parallel\": {\"autotp_size\": -1}"), 1, 0, DS_ERR_INVALID,
+               "tensor_parallel.autotp_size: expected an integer >= 0", NULL);
+    load_fails(TB8("\"vocabulary_size\": -7"), 1, 0, DS_ERR_INVALID, "vocabulary_size: expected an integer >= 0", NULL);
+    load_ok(&c, TB8("\"zero_optimization\": {\"mics_shard_size\": -1}"), 1); /* DeepSpeed's default */
+    ds_config_free(&c);
+    load_fails(TB8("\"zero_optimization\": {\"offload_optimizer\": {\"ratio\": 1.5}}"), 1, 0, DS_ERR_INVALID,
+               "zero_optimization.offload_optimizer.ratio: expected a number in [0, 1], found 1.5", NULL);
+    /* numbers as strings are decimal, as Python's float() and int() read them */
+    load_fails(TB8("\"steps_per_print\": \"0x10\""), 1, 0, DS_ERR_INVALID, "steps_per_print: expected an integer",
+               NULL);
+    load_fails(TB8("\"gradient_clipping\": \"0x1p-2\""), 1, 0, DS_ERR_INVALID, "gradient_clipping: expected a number",
+               NULL);
+    /* "device": null is absent, as null is everywhere */
+    load_ok(&c, TB8("\"device\": null"), 1);
+    cr_expect_str_eq(c.device, "");
+    ds_config_free(&c);
+    /* bf16 and the old bfloat16 together: DeepSpeed reads bf16 alone */
+    load_ok(&c, TB8("\"bf16\": {\"enabled\": false}, \"bfloat16\": {\"enabled\": true}"), 1);
+    cr_expect_eq(c.precision, DS_PREC_FP32);
+    cr_expect(has_warning(&c, "bfloat16 is ignored: bf16 is given too"));
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"bf16\": {\"enabled\": true}, \"bfloat16\": {\"enabled\": false, \"check_grad_overflow\": true}"), 1);
+    cr_expect_eq(c.precision, DS_PREC_BF16);
+    cr_expect_eq(c.bf16_check_overflow, 0);
+    ds_config_free(&c);
+    /* scheduler booleans take the same spellings as every other boolean */
+    load_ok(&c, TB8("\"scheduler\": {\"type\": \"OneCycle\", \"params\": {\"cycle_min_lr\": 0.001, "
+                    "\"cycle_max_lr\": 0.01, \"cycle_first_step_size\": 10, \"cycle_momentum\": 0}}"), 1);
+    ds_config_free(&c);
+    load_ok(&c, TB8("\"scheduler\": {\"type\": \"OneCycle\", \"params\": {\"cycle_min_lr\": 0.001, "
+                    "\"cycle_max_lr\": 0.01, \"cycle_first_step_size\": 10, \"cycle_momentum\": \"yes\"}}"), 1);
+    ds_config_free(&c);
+    load_fails(TB8("\"scheduler\": {\"type\": \"OneCycle\", \"params\": {\"cycle_min_lr\": 0.001, "
+                   "\"cycle_max_lr\": 0.01, \"cycle_first_step_size\": 10, \"cycle_momentum\": 2}}"), 1, 0,
+               DS_ERR_INVALID, "scheduler.params.cycle_momentum: expected a boolean", NULL);
 }
 
 /* tensorboard and csv_monitor: read (the files: tests/monitor.sh); DeepSpeed's defaults */
@@ -1081,7 +1195,14 @@ Test(precision, bad_values_name_the_key)
     load_fails(TB8("\"fp16\": {\"enabled\": true}, \"bf16\": {\"enabled\": true}"), 1, 0, DS_ERR_INVALID,
                "bfloat16 and fp16 modes cannot be simultaneously enabled", NULL);
     load_fails(TB8("\"fp16\": {\"loss_scale\": -1}"), 1, 0, DS_ERR_INVALID,
-               "ds.json: fp16.loss_scale: expected a number >= 0 (0: dynamic scaling), found -1", NULL);
+               "ds.json: fp16.loss_scale: expected 0 (dynamic scaling) or a number in [1.2e-38, 3.4e38]", "found -1");
+    /* the engine scales in fp32: scales that round to 0 or inf there are refused, not trained with */
+    load_fails(TB8("\"fp16\": {\"enabled\": true, \"loss_scale\": 1e-50}"), 1, 0, DS_ERR_INVALID,
+               "fp16.loss_scale: expected 0 (dynamic scaling) or a number in", "found 1e-50");
+    load_fails(TB8("\"fp16\": {\"enabled\": true, \"loss_scale\": 1e300}"), 1, 0, DS_ERR_INVALID,
+               "fp16.loss_scale: expected 0 (dynamic scaling) or a number in", "found 1e300");
+    load_fails(TB8("\"fp16\": {\"enabled\": true, \"min_loss_scale\": 1e-300}"), 1, 0, DS_ERR_INVALID,
+               "fp16.min_loss_scale: expected a number in [1.2e-38, 3.4e38]", NULL);
     load_fails(TB8("\"fp16\": {\"initial_scale_power\": 200}"), 1, 0, DS_ERR_INVALID,
                "fp16.initial_scale_power: expected an integer in [-100, 100], found 200", NULL);
     load_fails(TB8("\"fp16\": {\"loss_scale_window\": 0}"), 1, 0, DS_ERR_INVALID,
@@ -1089,7 +1210,7 @@ Test(precision, bad_values_name_the_key)
     load_fails(TB8("\"fp16\": {\"hysteresis\": 0.5}"), 1, 0, DS_ERR_INVALID,
                "fp16.hysteresis: expected an integer, found 0.5", NULL);
     load_fails(TB8("\"fp16\": {\"min_loss_scale\": 0}"), 1, 0, DS_ERR_INVALID,
-               "fp16.min_loss_scale: expected a number > 0, found 0", NULL);
+               "fp16.min_loss_scale: expected a number in [1.2e-38, 3.4e38] (fp32's normal range), found 0", NULL);
     load_fails(TB8("\"fp16\": {\"consecutive_hysteresis\": \"sometimes\"}"), 1, 0, DS_ERR_INVALID,
                "fp16.consecutive_hysteresis: expected a boolean", NULL);
     load_fails(TB8("\"fp16\": {\"initial_scale\": 16}"), 1, 0, DS_ERR_INVALID,

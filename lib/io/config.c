@@ -4,6 +4,7 @@
 #include "ds/config.h"
 
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +32,9 @@ typedef struct rd {
     const ds_config_hints *hints;   /* client-registered optimizer names, may be NULL */
     int fp16_on, bf16_on;           /* fp16.enabled / bf16.enabled were true */
     int no_allgather;               /* disable_allgather was true */
+    int skip_bfloat16;              /* bf16 is given too: DeepSpeed reads bf16 and never bfloat16 */
+    json_object *accum_dtype;       /* data_types.grad_accum_dtype, checked once the precision is known */
+    int accum16;                    /* it names a 16-bit type: 1 fp16, 2 bf16 (0 fp32) */
     int n_refused;                  /* features not built yet: all are reported together */
     char refused[DS_ERROR_MSG_MAX]; /* "<path>=<value> is not supported yet; ..." */
 } rd;
@@ -43,10 +47,12 @@ typedef enum {
     F_SIZE,   /* integer >= 0, accepted (DeepSpeed's pydantic size fields are ge=0) */
     F_INT,    /* integer, accepted */
     F_OFF,    /* boolean switch; true asks for a feature not built yet */
+    F_ON,     /* boolean switch; false asks for a feature not built yet */
+    F_STR,    /* string (or null), accepted */
     F_NULL,   /* null; any value asks for a feature not built yet */
     F_BLOCK,  /* object; a non-empty one asks for a feature not built yet */
-    F_LIMIT,  /* integer; above .lim asks for a feature not built yet */
-    F_ONE,    /* number; anything but 1 asks for a feature not built yet */
+    F_LIMIT,  /* integer >= .lo; above .lim asks for a feature not built yet */
+    F_ONE,    /* number in [0, 1]; anything but 1 asks for a feature not built yet */
     F_DTYPE,  /* data type name; fp32 is what we do, fp16/bf16 are not built yet */
     F_DEVICE, /* offload device: "none", or "cpu"/"nvme" (not built yet) */
     F_OFFOPT, /* offload_optimizer.device: "none"; "cpu" (recorded: the engine accepts it where the
@@ -74,7 +80,7 @@ typedef struct field {
     fkind kind;
     const struct field *sub; /* F_OBJ */
     const char *use;         /* deprecated: the key that replaces it (warning) */
-    int lim;                 /* F_LIMIT */
+    int lim, lo;             /* F_LIMIT */
 } field;
 
 /* ---- messages ------------------------------------------------------------------------- */
@@ -242,7 +248,7 @@ static ds_status read_num(rd *r, const char *path, json_object *v, const char *e
             return DS_OK;
         }
         *out = strtod(s, &end);
-        if (end == s || *end || *s == ' ' || *s == '\t')
+        if (end == s || *end || *s == ' ' || *s == '\t' || strpbrk(s, "xX")) /* (no hex: Python's float() has none) */
             return bad_type(r, path, expected, v);
         break;
     }
@@ -349,7 +355,7 @@ static ds_status get_str(rd *r, const char *path, json_object *v, const char **o
 /* Table entries (designated, so unnamed members are zero). */
 #define K(n, k) {.name = n, .kind = k}
 #define OBJ(n, s) {.name = n, .kind = F_OBJ, .sub = s}
-#define LIM(n, l) {.name = n, .kind = F_LIMIT, .lim = l}
+#define LIM(n, lo_, l) {.name = n, .kind = F_LIMIT, .lim = l, .lo = lo_}
 #define OLD(n, k, u) {.name = n, .kind = k, .use = u}
 #define N(n) {.name = n, .kind = F_ANY} /* a name only */
 #define END {.name = NULL}
@@ -385,9 +391,9 @@ static const field CKPT_FIELDS[] = {
     K("tag_validation", F_TAGVAL), K("load_universal", F_OFF), K("use_node_local_storage", F_OFF),
     OBJ("parallel_write", PARALLEL_WRITE_FIELDS), K("writer", F_NULL), END};
 static const field DATA_TYPES_FIELDS[] = {K("grad_accum_dtype", F_DTYPE), END};
-static const field TP_INNER_FIELDS[] = {LIM("tp_size", 1), N("*"), END};
+static const field TP_INNER_FIELDS[] = {LIM("tp_size", 1, 1), N("*"), END};
 static const field TP_FIELDS[] = {
-    LIM("autotp_size", 1), OBJ("tensor_parallel", TP_INNER_FIELDS), OBJ("tp", TP_INNER_FIELDS),
+    LIM("autotp_size", 0, 1), OBJ("tensor_parallel", TP_INNER_FIELDS), OBJ("tp", TP_INNER_FIELDS),
     N("*"), END};
 
 /* zero_optimization (pydantic DeepSpeedZeroConfig, extra="forbid"). Stages 0 to 3 are built. The
@@ -395,17 +401,21 @@ static const field TP_FIELDS[] = {
  * their type is right (ds-config(5) says what each does in ds), while keys that ask for a feature
  * (NVMe offload, quantized weights, ...) are refused. */
 static const field OFFLOAD_PARAM_FIELDS[] = {
-    K("device", F_DEVICE), N("nvme_path"), N("buffer_count"), N("buffer_size"), N("max_in_cpu"),
-    N("pin_memory"), END};
+    K("device", F_DEVICE), K("nvme_path", F_STR), K("buffer_count", F_SIZE), K("buffer_size", F_SIZE),
+    K("max_in_cpu", F_SIZE), K("pin_memory", F_BOOL), END};
 static const field OFFLOAD_OPT_FIELDS[] = {
-    K("device", F_OFFOPT), N("nvme_path"), N("buffer_count"), N("pin_memory"), N("pipeline_read"),
-    N("pipeline_write"), N("fast_init"), {.name = "ratio", .kind = F_ONE}, END};
+    K("device", F_OFFOPT), K("nvme_path", F_STR), K("buffer_count", F_SIZE), K("pin_memory", F_BOOL),
+    K("pipeline_read", F_BOOL), K("pipeline_write", F_BOOL), K("fast_init", F_BOOL),
+    {.name = "ratio", .kind = F_ONE}, END};
+/* leaf_module (DeepSpeedZeroLeafModuleConfig): Python class and module names for stage 3's
+ * gathering; ds's layers are its leaves */
+static const field LEAF_FIELDS[] = {N("classes"), N("names"), N("ignored_classes"), N("ignored_names"), END};
 static const field ZERO_FIELDS[] = {
     K("stage", F_SKIP),
     K("contiguous_gradients", F_BOOL), K("reduce_scatter", F_BOOL), K("reduce_bucket_size", F_SIZE),
     K("use_multi_rank_bucket_allreduce", F_BOOL), K("allgather_partitions", F_BOOL),
     K("allgather_bucket_size", F_SIZE), K("overlap_comm", F_BOOL),
-    K("load_from_fp32_weights", F_BOOL), K("elastic_checkpoint", F_BOOL),
+    K("load_from_fp32_weights", F_ON), K("elastic_checkpoint", F_BOOL),
     OBJ("offload_param", OFFLOAD_PARAM_FIELDS), OBJ("offload_optimizer", OFFLOAD_OPT_FIELDS),
     K("sub_group_size", F_SIZE),
     OLD("cpu_offload_param", F_CPUOFFP, "offload_param"),
@@ -423,14 +433,22 @@ static const field ZERO_FIELDS[] = {
     K("use_all_reduce_for_fetch_params", F_BOOL),
     K("stage3_use_all_reduce_for_fetch_params", F_BOOL),
     K("allgather_sequential", F_BOOL), K("stage3_allgather_sequential", F_BOOL),
-    K("ignore_unused_parameters", F_BOOL), K("legacy_stage1", F_OFF),
-    K("round_robin_gradients", F_BOOL), LIM("zero_hpz_partition_size", 1),
+    K("ignore_unused_parameters", F_ON), K("legacy_stage1", F_OFF),
+    K("round_robin_gradients", F_BOOL), LIM("zero_hpz_partition_size", 0, 1),
     K("zero_quantized_weights", F_OFF), K("zero_quantized_nontrainable_weights", F_OFF),
     K("zero_quantized_gradients", F_OFF), K("zeropp_loco_param", F_NULL),
-    LIM("mics_shard_size", 0), K("mics_hierarchical_params_gather", F_BOOL),
+    LIM("mics_shard_size", -1, 0), K("mics_hierarchical_params_gather", F_BOOL),
     K("memory_efficient_linear", F_BOOL), K("pipeline_loading_checkpoint", F_BOOL),
     K("override_module_apply", F_BOOL), K("log_trace_cache_warnings", F_BOOL),
-    K("enable_sanity_checks", F_BOOL), N("leaf_module"), K("zenflow", F_NULL), END};
+    K("enable_sanity_checks", F_BOOL), OBJ("leaf_module", LEAF_FIELDS), K("zenflow", F_NULL), END};
+/* aio (DeepSpeed's AIO config: NVMe offload, refused under zero_optimization) and timers
+ * (the throughput timer's switches): their types checked, and nothing else to do */
+static const field AIO_FIELDS[] = {
+    K("block_size", F_SIZE), K("queue_depth", F_SIZE), K("intra_op_parallelism", F_SIZE),
+    K("thread_count", F_SIZE), K("single_submit", F_BOOL), K("overlap_events", F_BOOL),
+    K("use_gds", F_BOOL), END};
+static const field THROUGHPUT_FIELDS[] = {K("enabled", F_BOOL), K("synchronized", F_BOOL), END};
+static const field TIMERS_FIELDS[] = {OBJ("throughput", THROUGHPUT_FIELDS), END};
 
 /* Every top-level key DeepSpeed reads (plus "seed" and ds's "device"). DeepSpeed ignores unknown top-level keys;
  * we warn, suggesting the nearest of these. */
@@ -448,8 +466,8 @@ static const field TOP_FIELDS[] = {
     K("seq_parallel_communication_data_type", F_DTYPE), K("disable_allgather", F_NOAG),
     K("wall_clock_breakdown", F_WALLCLOCK), K("memory_breakdown", F_OFF), K("dump_state", F_OFF),
     K("dataloader_drop_last", F_OFF), K("graph_harvesting", F_OFF),
-    K("use_data_before_expert_parallelism", F_OFF), K("vocabulary_size", F_INT),
-    LIM("sequence_parallel_size", 1),
+    K("use_data_before_expert_parallelism", F_OFF), K("vocabulary_size", F_SIZE),
+    LIM("sequence_parallel_size", 1, 1),
     {.name = "activation_checkpointing", .kind = F_ACTCKPT, .sub = ACTCKPT_FIELDS},
     OBJ("flops_profiler", FLOPS_FIELDS),
     {.name = "tensorboard", .kind = F_MONITOR, .sub = MONITOR_FIELDS},
@@ -467,7 +485,7 @@ static const field TOP_FIELDS[] = {
     K("weight_quantization", F_BLOCK),
     /* aio only tunes NVMe offload (refused under zero_optimization); timers only the
      * throughput report: both are harmless to accept. */
-    N("aio"), N("timers"),
+    OBJ("aio", AIO_FIELDS), OBJ("timers", TIMERS_FIELDS),
     END};
 
 static ds_status check_section(rd *r, const char *path, json_object *obj, const field *fields);
@@ -846,12 +864,20 @@ static ds_status check_dtype(rd *r, const char *path, json_object *v)
     ds_status st = get_str(r, path, v, &s);
     if (st != DS_OK || !s)
         return st;
+    const int accum = !strcmp(path, "data_types.grad_accum_dtype");
     for (int i = 0; fp32[i]; i++)
-        if (ieq(s, fp32[i]))
+        if (ieq(s, fp32[i])) {
+            if (accum)
+                r->accum_dtype = v, r->accum16 = 0;
             return DS_OK;
+        }
     for (int i = 0; half[i]; i++) {
         if (!ieq(s, half[i]))
             continue;
+        if (accum) { /* what the model's precision makes of it: load() */
+            r->accum_dtype = v, r->accum16 = i < 4 ? 1 : 2;
+            return DS_OK;
+        }
         if (!strcmp(path, "seq_parallel_communication_data_type")) { /* sequence_parallel_size is 1 */
             warn(r, "%s=%s has no effect: it is the type of sequence parallelism's all-to-all, and "
                     "sequence_parallel_size is 1 (DeepSpeed makes no such exchange then either)", path, s);
@@ -885,6 +911,12 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
         if ((st = get_bool(r, path, v, &s, &b)) == DS_OK && s == V_SET && b)
             return unsupported(r, path, v);
         return st;
+    case F_ON:
+        if ((st = get_bool(r, path, v, &s, &b)) == DS_OK && s == V_SET && !b)
+            return unsupported(r, path, v);
+        return st;
+    case F_STR:
+        return get_str(r, path, v, &str);
     case F_INT:
         return get_int(r, path, v, &s, &i);
     case F_SIZE:
@@ -892,11 +924,18 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             return bad_type(r, path, "an integer >= 0", v);
         return st;
     case F_LIMIT:
-        if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i > f->lim)
+        if ((st = get_int(r, path, v, &s, &i)) == DS_OK && s == V_SET && i < f->lo) {
+            char want[48];
+            snprintf(want, sizeof want, "an integer >= %d", f->lo);
+            return bad_type(r, path, want, v);
+        }
+        if (st == DS_OK && s == V_SET && i > f->lim)
             return unsupported(r, path, v);
         return st;
     case F_ONE:
-        if ((st = get_num(r, path, v, &s, &d)) == DS_OK && s == V_SET && d != 1.0)
+        if ((st = get_num(r, path, v, &s, &d)) == DS_OK && s == V_SET && !(d >= 0 && d <= 1))
+            return bad_type(r, path, "a number in [0, 1]", v);
+        if (st == DS_OK && s == V_SET && d != 1.0)
             return unsupported(r, path, v);
         return st;
     case F_NULL:
@@ -905,7 +944,9 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             return unsupported(r, path, v);
         return DS_OK;
     case F_BLOCK:
-        if (v && (!json_object_is_type(v, json_type_object) || json_object_object_length(v) > 0))
+        if (v && !json_object_is_type(v, json_type_object))
+            return bad_type(r, path, "an object", v);
+        if (v && json_object_object_length(v) > 0)
             return unsupported(r, path, NULL);
         return DS_OK;
     case F_DTYPE:
@@ -960,6 +1001,10 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
     case F_FP16:
         return read_precision(r, path, v, 0);
     case F_BF16:
+        if (r->skip_bfloat16 && !strcmp(path, "bfloat16")) {
+            warn(r, "bfloat16 is ignored: bf16 is given too, and DeepSpeed reads bf16 alone then");
+            return DS_OK;
+        }
         return read_precision(r, path, v, 1);
     case F_SCHED: { /* lib/optim/sched.c reads the block */
         char note[256];
@@ -1023,8 +1068,9 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             r->cfg->prescale_gradients = s == V_SET ? b : 0;
         return st;
     case F_PREDIV:
-        if ((st = get_num(r, path, v, &s, &d)) == DS_OK && s == V_SET && !(d > 0))
-            return bad_type(r, path, "a number > 0", v);
+        /* the engine multiplies the gradients by 1/f before the sum and f/W after it, in fp32 */
+        if ((st = get_num(r, path, v, &s, &d)) == DS_OK && s == V_SET && !(d >= 1e-6 && d <= 1e6))
+            return bad_type(r, path, "a number in [1e-6, 1e6]", v);
         if (st == DS_OK)
             r->cfg->gradient_predivide_factor = s == V_SET ? d : 1.0;
         return st;
@@ -1057,7 +1103,9 @@ static ds_status check_field(rd *r, const char *parent, const char *path, json_o
             return bad_type(r, path, "an integer >= 1 (elements)", v);
         r->cfg->allreduce_bucket_size = s == V_SET ? i : 0;
         return st;
-    case F_RUNDEV: { /* "cpu", "cuda", "cuda:N" or "auto" */
+    case F_RUNDEV: { /* "cpu", "cuda", "cuda:N" or "auto"; null is absent */
+        if (!v)
+            return DS_OK;
         if (!json_object_is_type(v, json_type_string))
             return bad_type(r, path, "\"cpu\", \"cuda\", \"cuda:N\" or \"auto\"", v);
         const char *d = json_object_get_string(v);
@@ -1183,8 +1231,9 @@ static ds_status read_precision(rd *r, const char *path, json_object *v, int bf1
                 r->cfg->fp16_auto_cast = b;
         } else if (!bf16 && !strcmp(key, "loss_scale")) {
             if ((st = get_num(r, p, val, &s, &d)) == DS_OK && s == V_SET) {
-                if (d < 0)
-                    return bad_type(r, p, "a number >= 0 (0: dynamic scaling)", val);
+                if (d != 0 && !(d >= FLT_MIN && d <= FLT_MAX)) /* the engine scales in fp32 */
+                    return bad_type(r, p, "0 (dynamic scaling) or a number in [1.2e-38, 3.4e38] (fp32's "
+                                    "normal range)", val);
                 ls->loss_scale = d;
             }
         } else if (!bf16 && !strcmp(key, "initial_scale_power")) {
@@ -1202,8 +1251,8 @@ static ds_status read_precision(rd *r, const char *path, json_object *v, int bf1
                 ls->consecutive_hysteresis = b;
         } else if (!bf16 && !strcmp(key, "min_loss_scale")) {
             if ((st = get_num(r, p, val, &s, &d)) == DS_OK && s == V_SET) {
-                if (!(d > 0))
-                    return bad_type(r, p, "a number > 0", val);
+                if (!(d >= FLT_MIN && d <= FLT_MAX))
+                    return bad_type(r, p, "a number in [1.2e-38, 3.4e38] (fp32's normal range)", val);
                 ls->min_loss_scale = d;
             }
         } else if (bf16 && !strcmp(key, "check_grad_overflow")) {
@@ -1438,11 +1487,20 @@ static ds_status read_optimizer(rd *r, json_object *v)
     int torch_adam = 0, torch_adamw = 0;
     if (adam && params) {
         json_object *tv;
-        int awm = 1;
-        if (json_object_object_get_ex(params, "torch_adam", &tv) && json_object_is_type(tv, json_type_boolean))
-            torch_adam = json_object_get_boolean(tv);
-        if (json_object_object_get_ex(params, "adam_w_mode", &tv) && json_object_is_type(tv, json_type_boolean))
-            awm = json_object_get_boolean(tv);
+        int awm = 1, b2;
+        vstate s2;
+        /* every spelling get_bool takes ("true", 1, ...), as the loop below reads them */
+        if (json_object_object_get_ex(params, "torch_adam", &tv)) {
+            if ((st = get_bool(r, "optimizer.params.torch_adam", tv, &s2, &b2)) != DS_OK)
+                return st;
+            torch_adam = s2 == V_SET && b2;
+        }
+        if (json_object_object_get_ex(params, "adam_w_mode", &tv)) {
+            if ((st = get_bool(r, "optimizer.params.adam_w_mode", tv, &s2, &b2)) != DS_OK)
+                return st;
+            if (s2 == V_SET)
+                awm = b2;
+        }
         torch_adamw = torch_adam && (o->type == DS_OPTIM_ADAMW || awm);
         if (torch_adamw)
             o->weight_decay = 0.01;
@@ -1684,8 +1742,19 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
     else if (json_object_object_get_ex(root, "layers", NULL) && json_object_object_get_ex(root, "input", NULL))
         st = ds_error_set(err, DS_ERR_INVALID, "%s: a network file (it has \"input\" and \"layers\"), not a "
                           "DeepSpeed config: the network comes first, the config after --config", name);
-    if (st == DS_OK)
+    if (st == DS_OK) {
+        r.skip_bfloat16 = json_object_object_get_ex(root, "bf16", NULL) &&
+                          json_object_object_get_ex(root, "bfloat16", NULL);
         st = check_section(&r, "", root, TOP_FIELDS);
+    }
+    /* data_types.grad_accum_dtype: accepted where it names what ds does (fp16 gradients
+     * accumulate in fp16, fp32 and bf16 ones in fp32: ds-config(5)); DeepSpeed refuses fp16 with
+     * fp32 accumulation (without ZeRO) and accumulates bf16 in bf16 where asked */
+    if ((st == DS_OK || st == DS_ERR_UNSUPPORTED) && r.accum_dtype &&
+        r.accum16 != (r.fp16_on && !r.bf16_on ? 1 : 0))
+        st = refuse(&r, "data_types.grad_accum_dtype=%s is not supported yet (%s training accumulates its "
+                    "gradients in %s)", json_object_get_string(r.accum_dtype),
+                    r.fp16_on ? "fp16" : r.bf16_on ? "bf16" : "fp32", r.fp16_on ? "fp16" : "fp32");
     if (st == DS_ERR_UNSUPPORTED || (st == DS_OK && r.n_refused))
         st = ds_error_set(err, DS_ERR_UNSUPPORTED, "%s: %s", name, r.refused);
     if (st == DS_OK && r.fp16_on && r.bf16_on)

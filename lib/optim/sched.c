@@ -285,8 +285,8 @@ static ds_status get_number(prd *r, const char *path, json_object *v, double min
     case json_type_double: d = json_object_get_double(x); break;
     case json_type_string:
         d = strtod(json_object_get_string(x), &end);
-        if (end == json_object_get_string(x) || *end)
-            return bad(r, path, "a number", v);
+        if (end == json_object_get_string(x) || *end || strpbrk(json_object_get_string(x), "xX"))
+            return bad(r, path, "a number", v); /* (no hex: Python's float() has none) */
         break;
     default:
         return bad(r, path, "a number", v);
@@ -312,18 +312,28 @@ static ds_status get_integer(prd *r, const char *path, json_object *v, int64_t m
     return DS_OK;
 }
 
+/* pydantic's lax booleans, as config.c's get_bool: 0/1 and true/false, yes/no, on/off, t/f, y/n,
+ * 1/0 as strings in any case */
 static ds_status get_boolean(prd *r, const char *path, json_object *v, int *out)
 {
+    static const char *const yes[] = {"true", "yes", "on", "t", "y", "1", NULL};
+    static const char *const no[] = {"false", "no", "off", "f", "n", "0", NULL};
     if (json_object_is_type(v, json_type_boolean)) {
         *out = json_object_get_boolean(v);
         return DS_OK;
     }
+    if (json_object_is_type(v, json_type_int) &&
+        (json_object_get_int64(v) == 0 || json_object_get_int64(v) == 1)) {
+        *out = (int)json_object_get_int64(v);
+        return DS_OK;
+    }
     if (json_object_is_type(v, json_type_string)) {
         const char *s = json_object_get_string(v);
-        if (ieq(s, "true") || ieq(s, "false")) {
-            *out = ieq(s, "true");
-            return DS_OK;
-        }
+        for (int i = 0; yes[i]; i++)
+            if (ieq(s, yes[i]) || ieq(s, no[i])) {
+                *out = ieq(s, yes[i]);
+                return DS_OK;
+            }
     }
     return bad(r, path, "a boolean", v);
 }
