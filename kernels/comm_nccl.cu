@@ -197,9 +197,14 @@ static ds_status finish(nccl_comm *c, ncclResult_t r, const char *what, size_t c
         cudaError_t e = cudaStreamQuery(c->cs);
         if (e == cudaSuccess)
             return DS_OK;
-        if (e != cudaErrorNotReady)
-            return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: CUDA: %s (%s)", what, count,
-                        c->base.rank, c->base.size, cudaGetErrorString(e), cudaGetErrorName(e));
+        if (e != cudaErrorNotReady) { /* the collective never completes: abort, so that peers are released
+                                       * and destroy does not wait for it */
+            L->CommAbort(c->nc);
+            c->aborted = 1;
+            return ds_cuda_err_set(err, DS_ERR_BACKEND, "NCCL: %s of %zu elements on rank %d of %d: CUDA: %s (%s); "
+                        "communicator aborted", what, count, c->base.rank, c->base.size, cudaGetErrorString(e),
+                        cudaGetErrorName(e));
+        }
         ncclResult_t ar = ncclSuccess;
         if (L->CommGetAsyncError(c->nc, &ar) == ncclSuccess && ar != ncclSuccess && ar != ncclInProgress) {
             L->CommAbort(c->nc);

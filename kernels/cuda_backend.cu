@@ -120,10 +120,26 @@ static ds_status cuda_zero(ds_backend *b, void *p, size_t bytes)
     return DS_OK;
 }
 
+/* Overlapping ranges are copied as memmove would (the CPU backend's copy): through a temporary
+ * buffer, since cudaMemcpy's result is undefined there. No caller of the engine overlaps. */
 static ds_status cuda_copy(ds_backend *b, void *dst, const void *src, size_t bytes)
 {
-    if (bytes && dst != src)
+    if (!bytes || dst == src)
+        return DS_OK;
+    const char *d = (const char *)dst, *s = (const char *)src;
+    if (!(d < s + bytes && s < d + bytes)) {
         CU_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, STREAM(b)));
+        return DS_OK;
+    }
+    void *tmp = NULL;
+    CU_TRY(cudaMalloc(&tmp, bytes));
+    cudaError_t e = cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyDeviceToDevice, STREAM(b));
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(dst, tmp, bytes, cudaMemcpyDeviceToDevice, STREAM(b));
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(STREAM(b));
+    cudaFree(tmp);
+    CU_TRY(e);
     return DS_OK;
 }
 
@@ -254,9 +270,13 @@ extern "C" void ds_cuda_describe_update(ds_backend *b)
     snprintf(c->describe, sizeof c->describe, "%s, %s GEMMs, %s attention)", c->base, gemm, att);
 }
 
-/* The engine's communication thread: the backend's device, current in that thread too. */
+/* The engine's communication thread: the backend's device, current in that thread too. The side
+ * stream (DS_CUDA_SIDE=1) is switched on by swapping the stream, cuBLAS handle and scratch that
+ * every op reads (ds_cuda_side_begin), which a second thread's ops would see: it goes off for
+ * good. The engine waits for this before its own thread goes on (zq_start). */
 static ds_status cuda_thread_init(ds_backend *b)
 {
+    DS_CUDA(b)->side_ok = 0;
     CU_TRY(cudaSetDevice(DS_CUDA(b)->device));
     return DS_OK;
 }

@@ -32,6 +32,9 @@ __device__ __forceinline__ float gelu_d(float v, int approximate)
     if (approximate) {
         float u = SQRT_2_OVER_PI * (v + GELU_COEF * v * v * v);
         float t = tanhf(u);
+        if (t == 1.0f || t == -1.0f) /* the limits (1, 0) the formula gives there, also where du is inf
+                                      * (|v| above about 1.8e19: 0 * inf would be NaN); as the CPU's */
+            return t > 0.0f ? 1.0f : 0.0f;
         float du = SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_COEF * v * v);
         return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
     }
@@ -85,7 +88,7 @@ template <int S> __global__ void relu_fwd_k(const void *x, void *y, int64_t n, i
     GRID_STRIDE(i, n)
     {
         float v = lda<S>(x, i);
-        sta<S>(y, i, v > 0.0f ? v : 0.0f, rm);
+        sta<S>(y, i, v > 0.0f || v != v ? v : 0.0f, rm); /* NaN stays NaN (torch, the CPU's) */
     }
 }
 
@@ -94,7 +97,7 @@ __global__ void relu_bwd_k(const void *y, const void *dy, void *dx, int64_t n, i
 {
     GRID_STRIDE(i, n)
     {
-        float g = lda<S>(y, i) > 0.0f ? lda<S>(dy, i) : 0.0f;
+        float g = !(lda<S>(y, i) <= 0.0f) ? lda<S>(dy, i) : 0.0f; /* a NaN output passes dy */
         sta<S>(dx, i, accumulate ? lda<S>(dx, i) + g : g, rm);
     }
 }

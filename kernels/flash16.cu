@@ -788,10 +788,25 @@ extern "C" ds_status ds_cuda_attn_di(ds_backend *b, const void *dout, const floa
 }
 
 /* qkv and out are 16-bit values when store16 is on (S16(b), the GEMMs' format), else fp32 */
+/* The kernels read and write pairs of values as one word: 16-bit tensors (store16) 4-byte aligned,
+ * fp32 out 8-byte aligned. The engine's tensors are (cudaMalloc'd, every tensor 16-byte aligned);
+ * a caller of the ops table with another pointer gets an error, not a misaligned-address fault
+ * that would end the CUDA context. */
+static ds_status f16_aligned(ds_backend *b, const char *what, int a16, const void *in16, const void *out)
+{
+    const uintptr_t in_mask = 3, out_mask = a16 ? 3 : 7;
+    if (((uintptr_t)in16 & in_mask) == 0 && ((uintptr_t)out & out_mask) == 0)
+        return DS_OK;
+    return ds_error_set(&b->err, DS_ERR_INVALID, "%s: the fused 16-bit attention needs its 16-bit tensors 4-byte "
+                        "aligned and an fp32 output 8-byte aligned (got %p and %p)", what, in16, out);
+}
+
 extern "C" ds_status ds_cuda_flash16_fwd(ds_backend *b, const void *qkv, void *out, float *state, int64_t B,
                                          int64_t T, int64_t C, int64_t H, int causal)
 {
     const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16, a16 = S16(b) != 0;
+    if (f16_aligned(b, "attention_fwd", a16, a16 ? qkv : NULL, out) != DS_OK)
+        return b->err.code;
     const float sl2 = LOG2E / sqrtf((float)D);
     const int64_t n16 = B * H * T * D;
     uint16_t *k16 = NULL;
@@ -811,6 +826,9 @@ extern "C" ds_status ds_cuda_flash16_bwd(ds_backend *b, const void *dout, const 
                                          void *dqkv, int64_t B, int64_t T, int64_t C, int64_t H, int causal)
 {
     const int D = (int)(C / H), bf = DS_CUDA(b)->gemm16 == DS_ROUND_BF16, a16 = S16(b) != 0;
+    if (f16_aligned(b, "attention_bwd", a16, a16 ? (const void *)((uintptr_t)qkv | (uintptr_t)dout) : NULL, dqkv) !=
+        DS_OK)
+        return b->err.code;
     const float scale = 1.0f / sqrtf((float)D), sl2 = LOG2E * scale;
     const float *lse = state, *ocopy = state + B * H * T;
     const int64_t n16 = B * H * T * D;

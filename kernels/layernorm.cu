@@ -22,6 +22,9 @@ __global__ void layernorm_fwd_k(const void *x, const void *w, const void *bias, 
     if (row >= M)
         return;
     const int64_t xr = row * C;
+    /* the mean of the row shifted by its first value (as the CPU's ln_fwd_row): exact for a
+     * constant row, whose output is then the bias */
+    const float x0 = lda<S>(x, xr);
     float s = 0.0f, v = 0.0f, mu, rs;
     if (c8) {
         for (int64_t c = 8 * lane; c < C; c += 256) {
@@ -29,9 +32,9 @@ __global__ void layernorm_fwd_k(const void *x, const void *w, const void *bias, 
             ld8v<S>(x, xr + c, xv, va);
 #pragma unroll
             for (int k = 0; k < 8; k++)
-                s += xv[k];
+                s += xv[k] - x0;
         }
-        mu = warp_sum(s) / (float)C;
+        mu = x0 + warp_sum(s) / (float)C;
         for (int64_t c = 8 * lane; c < C; c += 256) {
             float xv[8];
             ld8v<S>(x, xr + c, xv, va);
@@ -52,8 +55,8 @@ __global__ void layernorm_fwd_k(const void *x, const void *w, const void *bias, 
         }
     } else {
         for (int64_t c = lane; c < C; c += 32)
-            s += lda<S>(x, xr + c);
-        mu = warp_sum(s) / (float)C;
+            s += lda<S>(x, xr + c) - x0;
+        mu = x0 + warp_sum(s) / (float)C;
         for (int64_t c = lane; c < C; c += 32) {
             float d = lda<S>(x, xr + c) - mu;
             v = fmaf(d, d, v);
@@ -80,6 +83,7 @@ __global__ void layernorm_fwd8_k(const void *x, const void *w, const void *bias,
     if (row >= M)
         return;
     const int64_t xr = row * C;
+    const float x0 = lda<S>(x, xr);
     float xv[4][8], s = 0.0f, v = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; j++)
@@ -87,9 +91,9 @@ __global__ void layernorm_fwd8_k(const void *x, const void *w, const void *bias,
             ld8v<S>(x, xr + 8 * lane + 256 * j, xv[j], va);
 #pragma unroll
             for (int k = 0; k < 8; k++)
-                s += xv[j][k];
+                s += xv[j][k] - x0;
         }
-    const float mu = warp_sum(s) / (float)C;
+    const float mu = x0 + warp_sum(s) / (float)C;
 #pragma unroll
     for (int j = 0; j < 4; j++)
         if (8 * lane + 256 * j < C) {

@@ -235,6 +235,18 @@ Test(cuda, memory_and_errors)
     cr_assert_eq(c.gpu->ops->synchronize(c.gpu), DS_OK, "%s", c.gpu->err.msg);
     float *z = down(&c, d2, n);
     cr_expect(z[0] == 0.0f && z[39] == 0.0f && z[40] == x[40], "zero clears exactly the bytes asked");
+    /* overlapping ranges, both ways, as memmove (the CPU backend's copy) */
+    CALL(c.gpu, upload, d, x, (size_t)n * sizeof(float));
+    CALL(c.gpu, copy, d + 3, d, (size_t)(n - 3) * sizeof(float));
+    float *ov = down(&c, d, n);
+    cr_expect(memcmp(ov + 3, x, (size_t)(n - 3) * sizeof(float)) == 0 && memcmp(ov, x, 3 * sizeof(float)) == 0,
+              "copy to 3 floats above its source");
+    CALL(c.gpu, upload, d, x, (size_t)n * sizeof(float));
+    CALL(c.gpu, copy, d, d + 5, (size_t)(n - 5) * sizeof(float));
+    free(ov);
+    ov = down(&c, d, n);
+    cr_expect(memcmp(ov, x + 5, (size_t)(n - 5) * sizeof(float)) == 0, "copy to 5 floats below its source");
+    free(ov);
     /* an absurd allocation fails with a message, not a crash */
     void *huge = c.gpu->ops->alloc(c.gpu, (size_t)1 << 60);
     cr_expect(huge == NULL);
@@ -486,6 +498,30 @@ static void layernorm_case(ctx *c, int64_t M, int64_t C)
     free(g);
 }
 
+/* constant rows at BERT's eps 1e-12: the mean exact (the row shifted by its first value), so y
+ * is the bias exactly, on the GPU as on the CPU (a mean some ulps off gave y = -0.34 through
+ * rstd 1e6) */
+static void layernorm_const(ctx *c, int64_t M, int64_t C)
+{
+    char what[128];
+    float *x = hbuf(M * C), *w = hrandn(c, C, 1, 0.3), *bi = hrandn(c, C, 0, 0.3);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < C; k++)
+            x[m * C + k] = 0.7f + 0.37f * (float)m;
+    float *y = hbuf(M * C), *mean = hbuf(M), *rstd = hbuf(M);
+    float *x_ = devf(c, x, M * C), *w_ = devf(c, w, C), *bi_ = devf(c, bi, C);
+    float *y_ = dpoison(c, M * C), *mean_ = dpoison(c, M), *rstd_ = dpoison(c, M);
+    CALL(c->cpu, layernorm_fwd, x, w, bi, y, mean, rstd, M, C, 1e-12f);
+    CALL(c->gpu, layernorm_fwd, x_, w_, bi_, y_, mean_, rstd_, M, C, 1e-12f);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < C; k++)
+            cr_assert(y[m * C + k] == bi[k], "cpu layernorm, constant row %lld (C %lld): y %.9g, expected the bias %.9g",
+                      (long long)m, (long long)C, y[m * C + k], bi[k]);
+    snprintf(what, sizeof what, "layernorm_fwd constant rows (C %lld), eps 1e-12", (long long)C);
+    check_dev(c, what, y_, y, M * C, 0);
+    free(x), free(w), free(bi), free(y), free(mean), free(rstd);
+}
+
 Test(cuda, layernorm)
 {
     ctx c;
@@ -499,6 +535,9 @@ Test(cuda, layernorm)
     layernorm_case(&c, 5, 264);
     layernorm_case(&c, 33, 8);
     layernorm_case(&c, 40, 1032);
+    layernorm_const(&c, 5, 768);
+    layernorm_const(&c, 5, 100);
+    layernorm_const(&c, 3, 1032);
     close_ctx(&c);
 }
 
@@ -540,6 +579,34 @@ Test(cuda, activations_dropout_add)
             check_dev(&c, acc ? "relu_bwd acc" : "relu_bwd", dx_, dx, n, 0);
             free(dx);
         }
+    }
+    { /* the edges: huge finite inputs (the tanh form's du overflows above 1.8e19: the limits 1 and
+       * 0, not NaN), infinities and NaN (through ReLU too, as torch: NaN stays, its dy passes) */
+        const float nan = nanf("");
+        float e[9] = {1e20f, -1e20f, 3e38f, -3e38f, nan, 0.0f, 1.0f, -1.0f, 30.0f}, eg[9];
+        for (int i = 0; i < 9; i++)
+            eg[i] = 0.5f + 0.25f * (float)i;
+        float *e_ = devf(&c, e, 9), *eg_ = devf(&c, eg, 9), ey[9], edx[9];
+        for (int ap = 0; ap <= 1; ap++) {
+            float *ey_ = dpoison(&c, 9), *edx_ = dpoison(&c, 9);
+            CALL(c.cpu, gelu_fwd, e, ey, 9, ap);
+            CALL(c.gpu, gelu_fwd, e_, ey_, 9, ap);
+            check_dev(&c, ap ? "gelu_fwd tanh at the edges" : "gelu_fwd erf at the edges", ey_, ey, 9, TOL_EXACTISH);
+            memset(edx, 0, sizeof edx);
+            CALL(c.cpu, gelu_bwd, e, eg, edx, 9, ap, 0);
+            CALL(c.gpu, gelu_bwd, e_, eg_, edx_, 9, ap, 0);
+            check_dev(&c, ap ? "gelu_bwd tanh at the edges" : "gelu_bwd erf at the edges", edx_, edx, 9, TOL_EXACTISH);
+            cr_expect(isfinite(edx[0]) && isfinite(edx[1]), "cpu gelu_bwd at +-1e20: %g %g", edx[0], edx[1]);
+        }
+        float *ey_ = dpoison(&c, 9), *edx_ = dpoison(&c, 9);
+        CALL(c.cpu, relu_fwd, e, ey, 9);
+        CALL(c.gpu, relu_fwd, e_, ey_, 9);
+        check_dev(&c, "relu_fwd at the edges", ey_, ey, 9, 0);
+        cr_expect(isnan(ey[4]), "cpu relu(NaN) = %g", ey[4]);
+        CALL(c.cpu, relu_bwd, ey, eg, edx, 9, 0);
+        float *eyd_ = devf(&c, ey, 9);
+        CALL(c.gpu, relu_bwd, eyd_, eg_, edx_, 9, 0);
+        check_dev(&c, "relu_bwd at the edges", edx_, edx, 9, 0);
     }
     /* dropout: the same mask bit for bit (a pure function of seed and index) */
     for (int k = 0; k < 2; k++) {
@@ -1888,6 +1955,8 @@ static dpair dp_skip(dpair p, int64_t k)
  * DS_CUDA_FLASH is read when the backend is created. The fused kernels copy their tiles
  * straight from 16-byte aligned 16-bit qkv and dO, and pack the heads first otherwise (skip 4:
  * 8-byte aligned). */
+static void *dev16_nan(ctx *c, int64_t n);
+
 static void store16_attention_case(ctx *c, int mode, int path, int64_t B, int64_t T, int64_t C, int64_t H,
                                    int causal, int64_t skip)
 {
@@ -1940,6 +2009,20 @@ static void store16_attention(int mode, int materialized)
         store16_attention_case(&c, mode, 0, 1, 130, 96, 2, 1, 0);
         store16_attention_case(&c, mode, 0, 1, 70, 256, 2, 1, 0); /* 128: tiles of 32 */
         store16_attention_case(&c, mode, 0, 1, 70, 256, 2, 0, 4);
+        /* 16-bit tensors 2 bytes off a word: refused (DS_ERR_INVALID), not a misaligned access */
+        const int64_t B = 1, T = 50, C = 128, H = 2, M = B * T;
+        uint16_t *qkv1 = (uint16_t *)dev16_nan(&c, M * 3 * C + 1), *out1 = (uint16_t *)dev16_nan(&c, M * C + 1);
+        float *st = dpoison(&c, g->ops->attention_state(g, B, T, C, H, 1));
+        cr_assert_eq(g->ops->store16(g, mode), 1);
+        cr_expect_eq(g->ops->attention_fwd(g, (float *)(void *)(qkv1 + 1), (float *)(void *)out1, st, B, T, C, H, 1),
+                     DS_ERR_INVALID, "attention_fwd on qkv 2 bytes off: %s", g->err.msg);
+        cr_expect(strstr(g->err.msg, "4-byte aligned"), "%s", g->err.msg);
+        cr_expect_eq(g->ops->attention_fwd(g, (float *)(void *)qkv1, (float *)(void *)(out1 + 1), st, B, T, C, H, 1),
+                     DS_ERR_INVALID, "attention_fwd on out 2 bytes off: %s", g->err.msg);
+        cr_expect_eq(g->ops->attention_bwd(g, (float *)(void *)(out1 + 1), (float *)(void *)qkv1, st,
+                                           (float *)(void *)qkv1, B, T, C, H, 1),
+                     DS_ERR_INVALID, "attention_bwd on dout 2 bytes off: %s", g->err.msg);
+        g->ops->store16(g, 0);
     }
     close_ctx(&c);
 }

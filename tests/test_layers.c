@@ -1002,6 +1002,58 @@ Test(kernels, transposes_move_bits_and_sum_in_row_order)
     check_transposes(&ds_cpu_kernels_generic_serial);
 }
 
+/* ---- torch's answers at the edges: constant layernorm rows, NaN through ReLU ------------ */
+
+/* A constant row (variance 0) normalises to exactly 0, so y is the bias and the weight gradient
+ * gets nothing from it, as torch's Welford moments give; at eps 1e-12 (BERT's) a mean a few ulps
+ * off became y = -0.34 through rstd 1e6. ReLU keeps NaN (torch's clamp_min) and its backward
+ * passes dy where the output is NaN (threshold_backward), so that a NaN reaches the overflow check. */
+static void check_edges(const ds_cpu_kernels *k)
+{
+    enum { M = 3, C = 768 };
+    static float x[M * C], y[M * C], w[C], b[C], dy[M * C], dx[M * C], dw[C], db[C];
+    float mean[M], rstd[M];
+    const float vals[M] = {0.7f, -123.456f, 3.0e-3f};
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < C; c++)
+            x[m * C + c] = vals[m], dy[m * C + c] = 0.01f * (float)((c * 7 + m) % 13) - 0.05f;
+    for (int c = 0; c < C; c++)
+        w[c] = 1.0f + 0.001f * (float)c, b[c] = 0.25f - 0.0005f * (float)c, dw[c] = db[c] = 0.0f;
+    for (int e = 0; e < 2; e++) {
+        const float eps = e ? 1e-12f : 1e-5f;
+        k->layernorm_fwd(x, w, b, y, mean, rstd, M, C, eps);
+        for (int m = 0; m < M; m++) {
+            cr_assert(memcmp(&mean[m], &vals[m], 4) == 0, "%s layernorm eps %g: constant row %d's mean %a, expected %a",
+                      k->variant, (double)eps, m, mean[m], vals[m]);
+            for (int c = 0; c < C; c++)
+                cr_assert(memcmp(&y[m * C + c], &b[c], 4) == 0, "%s layernorm eps %g: y[%d,%d] %.9g, expected the "
+                          "bias %.9g", k->variant, (double)eps, m, c, y[m * C + c], b[c]);
+        }
+    }
+    k->layernorm_bwd(dy, x, w, mean, rstd, dx, dw, db, M, C, 0);
+    for (int c = 0; c < C; c++)
+        cr_assert(dw[c] == 0.0f, "%s layernorm: dw[%d] %g from constant rows, expected 0", k->variant, c, dw[c]);
+    const float nan = nanf(""), in[5] = {nan, -nan, -1.0f, 0.0f, 2.0f};
+    float out[5], g[5] = {1, 2, 3, 4, 5}, dgo[5];
+    k->relu_fwd(in, out, 5);
+    cr_assert(isnan(out[0]) && isnan(out[1]) && out[2] == 0.0f && out[3] == 0.0f && out[4] == 2.0f,
+              "%s relu(NaN, -NaN, -1, 0, 2) = %g %g %g %g %g", k->variant, out[0], out[1], out[2], out[3], out[4]);
+    k->relu_bwd(out, g, dgo, 5, 0);
+    cr_assert(dgo[0] == 1.0f && dgo[1] == 2.0f && dgo[2] == 0.0f && dgo[3] == 0.0f && dgo[4] == 5.0f,
+              "%s relu_bwd at (NaN, NaN, 0, 0, 2) = %g %g %g %g %g", k->variant, dgo[0], dgo[1], dgo[2], dgo[3], dgo[4]);
+}
+
+Test(kernels, constant_layernorm_rows_and_nan_through_relu)
+{
+    check_edges(&ds_cpu_kernels_generic);
+    check_edges(&ds_cpu_kernels_generic_serial);
+    check_edges(&ds_cpu_kernels_avx2);
+    check_edges(&ds_cpu_kernels_avx2_serial);
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        check_edges(&ds_cpu_kernels_avx512);
+}
+
 /* ---- the softmax's bf16 outputs (attention on bf16 units) ------------------------------ */
 
 /* attn_softmax_fwd with p16 and attn_softmax_bwd with ds16 and p16, of every kernel table, against

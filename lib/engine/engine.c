@@ -62,7 +62,7 @@ struct ds_engine {
         pthread_t thread;
         pthread_mutex_t mu;
         pthread_cond_t cv;
-        int started, stop, *items, head, tail, running;
+        int started, stop, ready, *items, head, tail, running;
         int *slot_busy;        /* a slot's bucket is queued or being reduced */
         ds_status st;
         ds_error err;
@@ -744,6 +744,8 @@ static void *zq_main(void *arg)
         snprintf(q->err.msg, sizeof q->err.msg, "overlap_comm thread: %.900s", e->be->err.msg);
         q->err.code = ist;
     }
+    q->ready = 1; /* thread_init is done (zq_start waits for it) */
+    pthread_cond_broadcast(&q->cv);
     for (;;) {
         while (q->head == q->tail && !q->stop)
             pthread_cond_wait(&q->cv, &q->mu);
@@ -785,6 +787,12 @@ static ds_status zq_start(ds_engine *e, ds_error *err)
         return ds_error_set(err, DS_ERR_IO, "overlap_comm: cannot start the communication thread");
     }
     q->started = 1;
+    /* the backend's thread_init runs before the engine's thread calls it again (it may change
+     * what the backend does with one thread: the CUDA side stream) */
+    pthread_mutex_lock(&q->mu);
+    while (!q->ready)
+        pthread_cond_wait(&q->cv, &q->mu);
+    pthread_mutex_unlock(&q->mu);
     return DS_OK;
 }
 
