@@ -51,3 +51,46 @@ void cliarg_bar(char *bar, int64_t done, int64_t total)
         bar[i] = i < filled ? '=' : (i == filled ? '>' : ' ');
     bar[CLIARG_BAR] = '\0';
 }
+
+void cliarg_bad_option(const struct option *opts, const char *word, int optopt, char *msg, size_t size)
+{
+    if (!word || word[0] != '-' || word[1] != '-') { /* a short option */
+        if (optopt > 0 && optopt < 128)
+            snprintf(msg, size, "unknown option -%c", optopt);
+        else
+            snprintf(msg, size, "unknown option %s", word ? word : "");
+        return;
+    }
+    const char *name = word + 2, *eq = strchr(name, '=');
+    const size_t len = eq ? (size_t)(eq - name) : strlen(name);
+    const struct option *hit = NULL;
+    int n_hit = 0;
+    char list[256] = "";
+    for (const struct option *o = opts; o->name; o++) {
+        if (strncmp(o->name, name, len) != 0)
+            continue;
+        if (strlen(o->name) == len) { /* exact: this one whatever else begins so */
+            hit = o, n_hit = 1;
+            break;
+        }
+        int seen = 0; /* the same option under another spelling */
+        for (const struct option *p = opts; p < o; p++)
+            seen |= strncmp(p->name, name, len) == 0 && p->val == o->val && p->flag == o->flag;
+        if (seen)
+            continue;
+        if (!hit)
+            hit = o;
+        n_hit++;
+        size_t k = strlen(list);
+        if (k + strlen(o->name) + 8 < sizeof list)
+            snprintf(list + k, sizeof list - k, "%s--%s", k ? ", " : "", o->name);
+    }
+    if (n_hit > 1)
+        snprintf(msg, size, "option --%.*s is ambiguous (%s)", (int)len, name, list);
+    else if (hit && eq && hit->has_arg == no_argument)
+        snprintf(msg, size, "option --%s takes no value", hit->name);
+    else if (hit && hit->has_arg == required_argument && !eq)
+        snprintf(msg, size, "option --%s needs a value", hit->name);
+    else
+        snprintf(msg, size, "unknown option %s", word);
+}

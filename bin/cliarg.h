@@ -2,6 +2,8 @@
 #ifndef DS_BIN_CLIARG_H
 #define DS_BIN_CLIARG_H
 
+#include <getopt.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* --seed: 0 to 2^64-1, as a config's "seed" (strtoull alone would take "-1" as 2^64-1).
@@ -16,5 +18,11 @@ void cliarg_sigbus_message(const char *prog);
 /* bar[CLIARG_BAR + 1]: a progress bar of done out of total ("=====>    ") for a progress line */
 #define CLIARG_BAR 30
 void cliarg_bar(char *bar, int64_t done, int64_t total);
+
+/* What went wrong where getopt_long returned '?' or ':' (opterr 0) on word, argv[optind - 1]:
+ * "option --quiet takes no value" (--quiet=3), "option --config needs a value", "option --sa is
+ * ambiguous (--save, --save-weights, --save_interval)", or "unknown option --x" / "-x" (short:
+ * optopt). Into msg[size]. */
+void cliarg_bad_option(const struct option *opts, const char *word, int optopt, char *msg, size_t size);
 
 #endif

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cliarg.h"
 #include "ds/ds.h"
 
 static const char *usage_text =
@@ -312,10 +313,10 @@ int main(int argc, char **argv)
         }
         case 'h': fputs(usage_text, stdout); return 0;
         case 'V': printf("ds-ckpt (ds) %s\n", DS_VERSION); return 0;
-        case ':': return usage_error("%s needs a value", argv[optind - 1]);
-        default: {
-            char o[3] = {'-', (char)optopt, 0};
-            return usage_error("unknown option \"%s\"", optopt ? o : argv[optind - 1]);
+        default: { /* ('?', and ':' for a missing value) */
+            char why[400];
+            cliarg_bad_option(longopts, argv[optind - 1], optopt, why, sizeof why);
+            return usage_error("%s", why);
         }
         }
     }

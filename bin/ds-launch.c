@@ -172,6 +172,11 @@ static void parse_args(options *o, int argc, char **argv)
 #define VALUE()                                                                                    \
     (inline_value ? inline_value                                                                   \
                   : (i + 1 < argc ? argv[++i] : (usage_error("%s needs a value", name), "")))
+#define NOVALUE() /* a switch: --dry-run=no would read as --dry-run */                               \
+    do {                                                                                           \
+        if (inline_value)                                                                          \
+            usage_error("option %s takes no value", name);                                        \
+    } while (0)
         if (strcmp(name, "-H") == 0 || strcmp(name, "--hostfile") == 0) {
             o->hostfile = VALUE();
             o->hostfile_given = true;
@@ -201,15 +206,18 @@ static void parse_args(options *o, int argc, char **argv)
         } else if (strcmp(name, "--ssh_timeout") == 0 || strcmp(name, "--ssh-timeout") == 0) {
             o->ssh_timeout = parse_int(name, VALUE(), 1, 3600);
         } else if (strcmp(name, "--no_ssh") == 0 || strcmp(name, "--no-ssh") == 0) {
+            NOVALUE();
             o->no_ssh = true;
         } else if (strcmp(name, "--node_rank") == 0 || strcmp(name, "--node-rank") == 0) {
             o->node_rank = parse_int(name, VALUE(), 0, 1 << 20);
         } else if (strcmp(name, "--export") == 0) {
             o->exports[o->num_exports++] = VALUE();
         } else if (strcmp(name, "--dry-run") == 0 || strcmp(name, "--dry_run") == 0) {
+            NOVALUE();
             o->dry_run = true;
         } else if (strcmp(name, "--no_python") == 0 || strcmp(name, "--no_local_rank") == 0 ||
                    strcmp(name, "--no_ssh_check") == 0) {
+            NOVALUE();
             /* what ds-launch always does: run the program directly, no --local_rank, no ssh */
         } else {
             size_t k = 0;
@@ -222,6 +230,7 @@ static void parse_args(options *o, int argc, char **argv)
             exit(EXIT_USAGE);
         }
 #undef VALUE
+#undef NOVALUE
     }
     if (i >= argc)
         usage_error("no program to run");
@@ -370,7 +379,8 @@ static void load_exports(const options *o, ds_launch_env *exports)
     ds_error err = {0};
     load_prefix_exports(exports);
     const char *name = getenv("DS_ENV_FILE");
-    if (!name || !*name)
+    const int named = name && *name;
+    if (!named)
         name = ".deepspeed_env";
     char *paths[2] = {NULL, NULL};
     const char *home = getenv("HOME");
@@ -388,13 +398,19 @@ static void load_exports(const options *o, ds_launch_env *exports)
         }
         free(cwd);
     }
+    int found = 0;
     for (int k = 0; k < 2; k++) {
         struct stat sb;
-        if (paths[k] && stat(paths[k], &sb) == 0 &&
-            ds_launch_envfile_load(exports, paths[k], &err) != DS_OK)
-            fail_status(NULL, &err);
+        if (paths[k] && stat(paths[k], &sb) == 0) {
+            found = 1;
+            if (ds_launch_envfile_load(exports, paths[k], &err) != DS_OK)
+                fail_status(NULL, &err);
+        }
         free(paths[k]);
     }
+    if (named && !found) /* DeepSpeed passes over it silently; a typo would go unseen */
+        fprintf(stderr, "ds-launch: warning: DS_ENV_FILE=%s: no such file%s; nothing exported from it\n", name,
+                name[0] == '/' ? "" : " in the home or the working directory");
     for (int k = 0; k < o->num_exports; k++) {
         const char *e = o->exports[k], *eq = strchr(e, '=');
         if (eq == e || !*e) {

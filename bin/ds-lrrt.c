@@ -46,6 +46,8 @@ static const char *usage_text =
     "  --strict-config       unknown config keys are errors, not warnings\n"
     "  --device DEV, --backend NAME   as ds-train (default: the config's \"device\", else auto)\n"
     "  --quiet               no table and no plot on standard output (outputs are still written)\n"
+    "  --deepspeed, --deepspeed_config DS.json   DeepSpeed's spellings: --deepspeed means nothing by\n"
+    "                        itself, --deepspeed_config is --config\n"
     "  -h, --help            this text;  --version  the version\n";
 
 enum {
@@ -145,9 +147,17 @@ static int parse_args(int argc, char **argv, args *a)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case OPT_CONFIG: a->config = optarg; break;
+        case OPT_CONFIG:
+            if (a->config) /* the last would win silently (ds-train refuses it too) */
+                return usage_error("--config given twice (\"%s\" and another)", a->config);
+            a->config = optarg;
+            break;
         case OPT_DEEPSPEED: break;
-        case OPT_DATA: a->data = optarg, a->train_flag = "--data"; break;
+        case OPT_DATA:
+            if (a->data)
+                return usage_error("--data given twice (\"%s\" and another)", a->data);
+            a->data = optarg, a->train_flag = "--data";
+            break;
         case OPT_LABELS: a->labels = optarg, a->train_flag = "--labels"; break;
         case OPT_STEPS:
             if (parse_i64("--steps", optarg, 1, &a->steps))
@@ -249,10 +259,11 @@ static int parse_args(int argc, char **argv, args *a)
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_VERSION: printf("ds-lrrt (ds) %s\n", DS_VERSION); return 0;
         case '?':
-        default:
-            if (optopt >= OPT_CONFIG)
-                return usage_error("option %s needs a value", argv[optind - 1]);
-            return usage_error("unknown option %s", argv[optind - 1]);
+        default: {
+            char why[400];
+            cliarg_bad_option(longopts, argv[optind - 1], optopt, why, sizeof why);
+            return usage_error("%s", why);
+        }
         }
     }
     if (optind < argc)
@@ -263,6 +274,8 @@ static int parse_args(int argc, char **argv, args *a)
         return usage_error("%sno DeepSpeed config given (--config DS.json)", "");
     /* a flag of another mode is an error, not ignored */
     const char *other = a->range_flag ? a->range_flag : a->sweep_flag ? a->sweep_flag : a->train_flag;
+    if (a->print_schedule > 0 && !other && a->quiet) /* the CSV is all it prints */
+        other = "--quiet";
     if (a->print_schedule > 0 && (other || a->net))
         return usage_error("--print-schedule prints the config's schedule without training; %s does not go with it",
                            other ? other : a->net);
@@ -290,6 +303,13 @@ static int parse_args(int argc, char **argv, args *a)
         a->backend = a->device; /* neither: the config's "device", else auto (backend_default) */
     if (a->out && !*a->out)
         return usage_error("--out: expected a file name prefix, found \"%s\"", a->out);
+    if (a->out) { /* PREFIX.csv: "d/" would write the hidden d/.csv */
+        struct stat sb;
+        size_t n = strlen(a->out);
+        if (a->out[n - 1] == '/' || (stat(a->out, &sb) == 0 && S_ISDIR(sb.st_mode)))
+            return usage_error("--out %s: expected a file name prefix (PREFIX.csv, PREFIX.svg), found a directory; "
+                               "add a name, as DIR/lrrt", a->out);
+    }
     if (!a->out)
         a->out = a->sweep ? "sweep" : "lrrt";
     return -1;
@@ -539,6 +559,11 @@ static void warn_curriculum(const ds_config *cfg)
 /* The config file as JSON, to be edited (scheduler removed or replaced). */
 static json_object *read_config(const char *path)
 {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) { /* (as ds-train says it) */
+        fprintf(stderr, "ds-lrrt: %s: is a directory, expected a JSON file\n", path);
+        return NULL;
+    }
     json_object *root = json_object_from_file(path);
     if (!root) {
         char msg[512];

@@ -26,7 +26,8 @@ static const char *usage_text =
     "  report    mean, median and p90 ms per timer, share of the iteration, compute against\n"
     "            communication, the slowest rank, throughput and MFU, loss and memory\n"
     "  compare   the medians of two runs side by side, with the ratio B/A\n"
-    "  export    a table as CSV (default: the step table) or the whole run as JSON (stdout)\n"
+    "  export    a table as CSV (default: the step table), or as JSON with --table, or the whole\n"
+    "            run as JSON (stdout)\n"
     "  plot      an SVG: the step-time breakdown over the steps, and the loss curve\n"
     "\n"
     "  --skip N        leave out the first N optimizer steps (warm-up; default 0)\n"
@@ -110,6 +111,8 @@ static int parse_args(int argc, char **argv, opts *o)
             } else if (!strcmp(s, "--rank")) {
                 if (parse_int(s, val, &v))
                     return 2;
+                if (v > INT_MAX) /* (ranks are ints: a larger number would wrap to another) */
+                    return usage_error("--rank: expected an integer from 0 to 2147483647, found \"%s\"", val);
                 o->rank = (int)v;
             } else if (!strcmp(s, "--format")) {
                 if (strcmp(val, "csv") && strcmp(val, "json"))

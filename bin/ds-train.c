@@ -94,7 +94,7 @@ typedef struct args {
     int64_t plan_world;
     int inject_rank;
     int64_t inject_micro; /* -1: the effective batch's last micro-step */
-    int seed_set, strict, force, summary, quiet;
+    int seed_set, strict, force, summary, quiet, order_set;
     int act_ckpt; /* --checkpoint-activations */
     uint64_t seed;
     ds_data_order order;
@@ -220,6 +220,7 @@ static int parse_args(int argc, char **argv, args *a)
             a->seed_set = 1;
             break;
         case OPT_ORDER:
+            a->order_set = 1;
             if (strcmp(optarg, "shuffled") == 0)
                 a->order = DS_ORDER_SHUFFLED;
             else if (strcmp(optarg, "sequential") == 0)
@@ -293,10 +294,11 @@ static int parse_args(int argc, char **argv, args *a)
         case 'h': fputs(usage_text, stdout); return 0;
         case OPT_VERSION: printf("ds-train (ds) %s\n", DS_VERSION); return 0;
         case '?':
-        default:
-            if (optopt >= OPT_CONFIG)
-                return fail_usage("option %s needs a value", argv[optind - 1]);
-            return fail_usage("unknown option %s", argv[optind - 1]);
+        default: {
+            char why[400];
+            cliarg_bad_option(longopts, argv[optind - 1], optopt, why, sizeof why);
+            return fail_usage("%s", why);
+        }
         }
     }
     if (optind < argc)
@@ -313,6 +315,35 @@ static int parse_args(int argc, char **argv, args *a)
         a->backend = a->device; /* neither: the config's "device", else auto (backend_default) */
     if (a->summary && a->plan)
         return fail_usage("%s--summary and --plan: one at a time", "");
+    if (a->plan_world && !a->plan) /* training's world size is ds-launch's (WORLD_SIZE) */
+        return fail_usage("%s--world_size is for --plan; a training run's world size is the number of ranks "
+                          "ds-launch starts (WORLD_SIZE)", "");
+    if (a->summary || a->plan) { /* they train nothing: a training option would do nothing */
+        const char *unused = a->data                ? "--data"
+                           : a->labels              ? "--labels"
+                           : a->steps >= 0          ? "--steps"
+                           : a->init_from           ? "--init-from"
+                           : a->save                ? "--save-weights"
+                           : a->log_json            ? "--log-json"
+                           : a->prof_db             ? "--prof_db"
+                           : a->ckpt_save           ? "--save"
+                           : a->ckpt_load           ? "--load"
+                           : a->ckpt_tag            ? "--tag"
+                           : a->ckpt_interval       ? "--save_interval"
+                           : a->ckpt_keep           ? "--keep_last"
+                           : a->inject_step         ? "--inject-grad-inf"
+                           : a->seed_set            ? "--seed"
+                           : a->peak_tflops > 0     ? "--peak_tflops"
+                           : a->force               ? "--force"
+                           : a->order_set           ? "--data-order"
+                           : a->backend || a->device ? "--backend/--device"
+                                                     : NULL;
+        if (unused) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "%%s does nothing with %s (it trains nothing): leave it out", a->plan ? "--plan" : "--summary");
+            return fail_usage(msg, unused);
+        }
+    }
     if (a->summary)
         return -1;
     if (!a->config)
@@ -608,6 +639,8 @@ static int summary_only(const args *a)
             return 2;
         }
         batch = cfg.micro_batch;
+        for (int i = 0; i < cfg.n_warnings; i++)
+            fprintf(stderr, "ds-train: warning: %s\n", cfg.warnings[i]);
         ds_config_free(&cfg);
     }
     char *s = ds_net_summary(net, batch);
@@ -628,6 +661,20 @@ static int plan_only(const args *a)
         fprintf(stderr, "ds-train: --plan needs --config DS.json\n");
         return 2;
     }
+    int W = (int)(a->plan_world > 0 ? a->plan_world : 1);
+    { /* the file as training reads it: duplicate keys, integers past 64 bits, --strict-config and
+       * every refusal are the parser's (the stages below get json-c's re-serialised copy), and
+       * its warnings are printed as training prints them */
+        ds_config c;
+        ds_config_hints hints = {.micro_batch = a->micro};
+        if (ds_config_load_file(&c, a->config, W, a->strict, &hints, &err) != DS_OK) {
+            fprintf(stderr, "ds-train: %s\n", err.msg);
+            return 2;
+        }
+        for (int i = 0; i < c.n_warnings; i++)
+            fprintf(stderr, "ds-train: warning: %s\n", c.warnings[i]);
+        ds_config_free(&c);
+    }
     FILE *f = fopen(a->config, "rb");
     if (!f) {
         fprintf(stderr, "ds-train: %s: %s\n", a->config, strerror(errno));
@@ -637,14 +684,9 @@ static int plan_only(const args *a)
     fclose(f);
     if (!root || !json_object_is_type(root, json_type_object)) {
         json_object_put(root);
-        /* let the config parser give the precise message */
-        ds_config c;
-        if (ds_config_load_file(&c, a->config, 1, 0, NULL, &err) == DS_OK)
-            ds_config_free(&c);
-        fprintf(stderr, "ds-train: %s\n", err.msg[0] ? err.msg : "--plan: the config is not a JSON object");
+        fprintf(stderr, "ds-train: %s: --plan: the config is not a JSON object\n", a->config);
         return 2;
     }
-    int W = (int)(a->plan_world > 0 ? a->plan_world : 1);
     ds_memory_report m[4];
     int n_repeats = 0;
     double recompute = 0;
@@ -1525,6 +1567,12 @@ int main(int argc, char **argv)
     } else if (rank == 0 && ran == 0) {
         printf("done: the checkpoint is at step %lld already (--steps %lld); nothing to train\n", (long long)start,
                (long long)steps);
+        /* a run killed between its last save and the prune after it left one too many */
+        int deleted = 0;
+        if (a.ckpt_save && a.ckpt_keep > 0 && ds_ckpt_prune(a.ckpt_save, (int)a.ckpt_keep, &deleted, &err) != DS_OK) {
+            fprintf(stderr, "ds-train: --keep_last: %s\n", err.msg);
+            rc = 1;
+        }
         save_weights0 = 1; /* the loaded weights (under ZeRO the other ranks wait for rank 0's part) */
     } else if (rank == 0) {
         double total = now_s() - t_start;
@@ -1545,9 +1593,13 @@ int main(int argc, char **argv)
         if (a.peak_tflops > 0) /* per device: the job's model FLOP/s over its ranks */
             snprintf(mfu, sizeof mfu, " (MFU %.2f%% of %g TFLOP/s)", 100.0 * gflops / world / (a.peak_tflops * 1e3),
                      a.peak_tflops);
-        printf("done: %lld steps in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
+        char resumed[96] = ""; /* the time and the losses are this run's steps' */
+        if (start > 0)
+            snprintf(resumed, sizeof resumed, " (%lld of them here, from the checkpoint's step %lld)", (long long)ran,
+                     (long long)start);
+        printf("done: %lld steps%s in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
                "%.2f GFLOP/s%s; peak RSS %.0f MiB\n",
-               (long long)steps, total, first_loss, last_loss, med,
+               (long long)steps, resumed, total, first_loss, last_loss, med,
                done_rate, unit, gflops, mfu, ru.ru_maxrss / 1024.0);
         save_weights0 = 1;
     }

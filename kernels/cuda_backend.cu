@@ -370,6 +370,18 @@ EXPORT ds_status ds_cuda_backend_create(ds_backend **out, const char *variant, d
         return ds_cuda_err_set(err, DS_ERR_INVALID,
                                "DS_CUDA_FUSE_ROUND=%s: expected 1 (the kernels round their outputs in 16-bit "
                                "training, the default) or 0 (a separate rounding pass)", fr);
+    { /* the experiments' switches (ds-cuda(7)): 0 or 1, nothing else read as either */
+        static const char *const sw[][2] = {
+            {"DS_CUDA_LT", "1 (cuBLASLt adds the bias in its epilogue, the default) or 0 (a second pass)"},
+            {"DS_CUDA_GELU_FUSE", "1 (the MLP's GELU inside its products, the default) or 0 (its own passes)"},
+            {"DS_CUDA_XENT_ROWS", "0 (the default) or 1 (the cross-entropy reads each row once)"},
+            {"DS_CUDA_SIDE", "0 (the default) or 1 (dW and the bias gradient on a side stream)"}};
+        for (size_t k = 0; k < sizeof sw / sizeof sw[0]; k++) {
+            const char *v = getenv(sw[k][0]);
+            if (v && *v && strcmp(v, "0") && strcmp(v, "1"))
+                return ds_cuda_err_set(err, DS_ERR_INVALID, "%s=%s: expected %s", sw[k][0], v, sw[k][1]);
+        }
+    }
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess)

@@ -102,6 +102,7 @@ for z in $ZERO_STAGES; do for prec in fp32 fp16; do for w in 1 2; do
        run $w "${a[@]/20/10}" --log-json "$id-a.jsonl" --save "$id-r" >/dev/null 2>>err &&
        run $w "${a[@]}" --log-json "$id-b.jsonl" --save "$id-r" --load "$id-r" >out 2>>err &&
        grep -q "resumed from $id-r/global_step10 at step 10" out &&
+       grep -q "done: 20 steps (10 of them here, from the checkpoint's step 10) in" out &&
        same_losses "$id-s.jsonl" "$id-a.jsonl,$id-b.jsonl" 20 2>>err &&
        cmp -s "$id-s/global_step20/mp_rank_00_model_states.safetensors" "$id-r/global_step20/mp_rank_00_model_states.safetensors" &&
        cmp -s "$id-s/global_step20/zero_pp_rank_0_mp_rank_00_optim_states.safetensors" \
@@ -249,7 +250,14 @@ if [ -z "$bad" ] && "$B/ds-ckpt" verify K >v 2>&1 &&
    same_losses straight.jsonl "$(ls k[0-9]*.jsonl | sort -V | paste -sd,),kfinal.jsonl" 200 2>err; then
     ok "$kills SIGKILLs ($midsave inside a save): each time latest named a verified checkpoint and the next run resumed from the newest ($resumes resumes); the pieces give the straight run's losses bit for bit"
 else notok "kills: $bad $(head -c 300 err)"; fi
-[ "$(ls K | grep -c global_step)" = 3 ] && ok "--keep_last 3 keeps 3 checkpoints" || notok "--keep_last: $(ls K)"
+[ "$(ls K | grep -c global_step)" = 3 ] && ok "--keep_last 3 keeps 3 checkpoints" || notok "--keep_last: $(ls K | tr '\n' ' ')"
+# a run killed between its last save and the prune after it leaves one too many: the next run,
+# with nothing left to train, prunes
+run 1 big.json --config k.json --data text.txt --quiet --steps 3 --save KP --save_interval 1 >/dev/null 2>err
+run 1 big.json --config k.json --data text.txt --quiet --steps 3 --load KP --save KP --keep_last 1 >kpout 2>>err
+[ "$(ls KP | grep global_step | tr '\n' ' ')" = "global_step3 " ] && grep -q "nothing to train" kpout &&
+    ok "--keep_last with nothing left to train still prunes (3 saves -> the last 1)" ||
+    notok "--keep_last without training: $(ls KP | tr '\n' ' ') $(head -c 300 err)"
 
 # A run whose saves would meet a checkpoint already there (the save never overwrites one) stops
 # before its first step, naming it, rather than at that save with its steps since lost.

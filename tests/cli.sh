@@ -141,6 +141,12 @@ expect_fail "unknown flag: exit 2, names it" 2 "unknown option --bogus" "${TRAIN
 expect_fail "--steps 0: exit 2" 2 "--steps: expected an integer >= 1" "${TRAIN[@]}" --steps 0
 expect_fail "--steps abc: exit 2" 2 "found \"abc\"" "${TRAIN[@]}" --steps abc
 expect_fail "--steps without a value: exit 2" 2 "--steps needs a value" "${TRAIN[@]}" --steps
+expect_fail "a value to a switch: exit 2, says it takes none" 2 "option --quiet takes no value" "${TRAIN[@]}" --quiet=3
+expect_fail "an ambiguous prefix: exit 2, names the candidates" 2 "option --sa is ambiguous (--save-weights, --save, --save_interval)" \
+    "${TRAIN[@]}" --sa x
+expect_fail "--world_size outside --plan: exit 2" 2 "--world_size is for --plan" "${TRAIN[@]}" --world_size 4
+expect_fail "--steps with --plan: exit 2 (it trains nothing)" 2 "--steps does nothing with --plan" gpt.json --config ds.json --plan --steps 3
+expect_fail "--data with --summary: exit 2" 2 "--data does nothing with --summary" --summary gpt.json --data text.txt
 expect_fail "--data-order bogus: exit 2, names the value" 2 "bogus" "${TRAIN[@]}" --data-order bogus
 expect_fail "missing --config: exit 2" 2 "--config" gpt.json --data text.txt
 expect_fail "missing --data: exit 2" 2 "--data" gpt.json --config ds.json
@@ -408,6 +414,14 @@ if [ "$rc" = 0 ] && grep -q "^\[Rank 0\] activation checkpointing: forward [0-9.
 else
     notok "activation_checkpointing.profile $(why)"
 fi
+# --plan reads the config as training does: duplicate keys, --strict-config, its warnings
+printf '{"train_micro_batch_size_per_gpu": 8,\n "train_micro_batch_size_per_gpu": 4}\n' >dupmb.json
+expect_fail "--plan: a key written twice is refused as in training" 2 "dupmb.json:2: duplicate key" --plan gpt3.json --config dupmb.json
+echo '{"train_micro_batch_size_per_gpu": 4, "frobnicate": 1}' >unk.json
+expect_fail "--plan --strict-config: an unknown key is an error" 2 "unk.json: unknown key \"frobnicate\"" --plan gpt3.json --config unk.json --strict-config
+run --plan gpt3.json --config unk.json
+[ "$rc" = 0 ] && grep -q "warning: unk.json: unknown key \"frobnicate\"" "$T/err" && ok "--plan prints the config's warnings" ||
+    notok "--plan warnings $(why)"
 run --plan gpt3.json --config ds.json
 [ "$rc" = 0 ] && grep -q "^with --checkpoint-activations: activations [0-9.]* MB instead of [0-9.]* MB (3 checkpoints; backward recomputes" "$T/out" &&
     ok "--plan: what --checkpoint-activations would save" || notok "--plan checkpointing line $(why)"

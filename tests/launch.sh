@@ -248,6 +248,10 @@ expect_fail "--node_rank without --no_ssh is refused clearly" 2 "--node_rank nee
 expect_fail "--autotuning is refused" 2 "--autotuning: the autotuner is out of scope" --autotuning tune true
 expect_fail "no program" 2 "no program to run" --num_gpus 2
 expect_fail "unknown option" 2 "unrecognized option --bogus" --bogus true
+expect_fail "a value to a switch (--dry-run=no would read as --dry-run)" 2 "option --dry-run takes no value" --dry-run=no true
+DS_ENV_FILE=/nonexistent/env run --dry-run true
+[ "$rc" = 0 ] && grep -q "warning: DS_ENV_FILE=/nonexistent/env: no such file; nothing exported from it" "$T/err" &&
+    ok "DS_ENV_FILE naming no file: a warning (DeepSpeed is silent)" || notok "DS_ENV_FILE missing $(head -c 300 "$T/err")"
 expect_fail "bad --num_gpus" 2 "--num_gpus: expected an integer" --num_gpus two true
 expect_fail "a program that does not exist" 127 "rank 0: cannot run ./no-such-program" ./no-such-program
 

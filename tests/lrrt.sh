@@ -187,6 +187,11 @@ cmp -s lrrt.csv keep.csv && ok "... and lrrt.csv is unchanged" || notok "lrrt.cs
 expect 2 "nodir/x.csv: cannot write there (nodir: No such file or directory)" "an output folder that does not exist: exit 2 before training" \
     -- "$GPT" --config rt.json --data "$TEXT" --steps 3 --out nodir/x
 expect 2 "--out: expected a file name prefix" "--out '': exit 2" -- "$GPT" --config rt.json --data "$TEXT" --steps 3 --out ""
+mkdir -p outdir
+expect 2 "--out outdir/: expected a file name prefix (PREFIX.csv, PREFIX.svg), found a directory" \
+    "--out DIR/ (it would write DIR/.csv): exit 2" -- "$GPT" --config rt.json --data "$TEXT" --steps 3 --out outdir/
+expect 2 "--config given twice" "--config twice: exit 2 (the last would win)" -- "$GPT" --config rt.json --config rt.json --data "$TEXT"
+expect 2 "option --m is ambiguous (--micro-batch, --min, --max)" "an ambiguous prefix: exit 2" -- "$GPT" --config rt.json --data "$TEXT" --m 1
 mkdir -p late.svg
 expect 2 "late.svg: is a directory" "an SVG path that is a directory: exit 2 before training" \
     -- "$GPT" --config rt.json --data "$TEXT" --steps 3 --out late

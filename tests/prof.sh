@@ -275,6 +275,8 @@ fails "export of a database without its collective table" "no such table: collec
     && ok "a failed export --force keeps the existing output, no temporary left" || notok "failed export: $(head -c 100 keep.json) $(ls keep.json*)"
 "$B/ds-prof" --help | grep -q "^usage: ds-prof report RUN.db" && ok "ds-prof --help" || notok "ds-prof --help"
 fails "--rank the run did not have" "ds-prof: --rank 2: fixture.db has ranks 0 to 1 (world size 2)" report fixture.db --rank 2
+fails "--rank past an int (it wrapped to rank 0)" "ds-prof: --rank: expected an integer from 0 to 2147483647, found \"4294967296\"" \
+    report fixture.db --rank 4294967296
 fails "an option the command does not use: --force for report" "--force is for export and plot, not report" report fixture.db --force
 fails "... --rank for compare" "--rank is for report and plot, not compare" compare fixture.db fixture.db --rank 0
 fails "... --skip for export" "--skip is for report, compare and plot, not export" export fixture.db --skip 1

@@ -359,6 +359,11 @@ ds_status ds_model_create(ds_model **out, const ds_net *net, ds_backend *be, int
      * during the passes) and DS_ACT16 is not 0, for token networks: a features network's first
      * layer reads the fp32 features as they are, which a 16-bit input buffer would round */
     const char *a16 = getenv("DS_ACT16");
+    if (a16 && *a16 && strcmp(a16, "0") && strcmp(a16, "1")) {
+        free(m);
+        return ds_error_set(err, DS_ERR_INVALID, "DS_ACT16=%s: expected 1 (16-bit training stores activations "
+                            "and working weights in 16 bits, the default) or 0 (fp32 buffers)", a16);
+    }
     if (round && net->input == DS_INPUT_TOKENS && be->ops->store16 && be->ops->pack16 &&
         !(a16 && strcmp(a16, "0") == 0)) {
         m->s16 = be->ops->store16(be, round);
