@@ -3,11 +3,13 @@
  * in libds. Exit status: 0 done, 1 failed while training, 2 bad input or usage. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -800,6 +802,43 @@ static int check_output(const char *flag, const char *path, int force, int strea
 }
 
 /* --save DIR: a directory, or a name in a folder that takes one. */
+/* --save's directory is one job's: rank 0 holds an flock on DIR/.ds-train.lock (holding its pid)
+ * for the whole run, and a second job that would save there is refused at once. Two runs saving
+ * into one directory lost work: started together, both died at their first save; with --keep_last
+ * one deleted the other's checkpoints. The lock goes with the process; the file stays (a dot
+ * name, which the checkpoint tools pass over). Returns the descriptor to keep open, or -1. */
+static int lock_save_dir(const char *dir, int *fd_out)
+{
+    char f[4200];
+    *fd_out = -1;
+    snprintf(f, sizeof f, "%s/.ds-train.lock", dir);
+    int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "ds-train: --save %s: cannot create %s: %s\n", dir, f, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (errno == EWOULDBLOCK)
+            fprintf(stderr, "ds-train: --save %s: another ds-train%s%s%s is saving checkpoints there; two runs in "
+                    "one directory would overwrite or prune each other's: give this run another directory\n", dir,
+                    *pid ? " (pid " : "", pid, *pid ? ")" : "");
+        else
+            fprintf(stderr, "ds-train: --save %s: cannot lock %s: %s\n", dir, f, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    char me[32];
+    int n = snprintf(me, sizeof me, "%ld\n", (long)getpid());
+    int wrote = ftruncate(fd, 0) == 0 && pwrite(fd, me, (size_t)n, 0) == n; /* (only the message reads it) */
+    (void)wrote;
+    *fd_out = fd;
+    return 0;
+}
+
 static int check_save_dir(const char *dir)
 {
     struct stat sb;
@@ -1092,8 +1131,9 @@ int main(int argc, char **argv)
         }
         return 2;
     }
-    /* --save's directory first: another output may go in it */
-    int out_bad = check_save_dir(a.ckpt_save) ||
+    /* --save's directory first: another output may go in it; rank 0 locks it for the job */
+    int save_lock = -1;
+    int out_bad = check_save_dir(a.ckpt_save) || (rank == 0 && a.ckpt_save && lock_save_dir(a.ckpt_save, &save_lock)) ||
                   check_output("--save-weights", rank == 0 ? a.save : NULL, a.force, 0) || /* rank 0 writes it */
                   check_output("--log-json", a.log_json, a.force, 1) ||
                   (world == 1 && check_output("--prof_db", a.prof_db, a.force, 0));

@@ -251,6 +251,16 @@ if [ -z "$bad" ] && "$B/ds-ckpt" verify K >v 2>&1 &&
     ok "$kills SIGKILLs ($midsave inside a save): each time latest named a verified checkpoint and the next run resumed from the newest ($resumes resumes); the pieces give the straight run's losses bit for bit"
 else notok "kills: $bad $(head -c 300 err)"; fi
 [ "$(ls K | grep -c global_step)" = 3 ] && ok "--keep_last 3 keeps 3 checkpoints" || notok "--keep_last: $(ls K | tr '\n' ' ')"
+# two runs saving into one directory (both died at their first save; with --keep_last one pruned
+# the other's checkpoints): the second is refused at once, naming the first
+"$B/ds-train" big.json --config k.json --data text.txt --quiet --steps 100000 --save LK >/dev/null 2>lkerr &
+lkpid=$!
+for _ in $(seq 1 200); do [ -s LK/.ds-train.lock ] && break; sleep 0.05; done
+run 1 big.json --config k.json --data text.txt --quiet --steps 3 --save LK >/dev/null 2>lk2err; lkrc=$?
+kill -9 $lkpid 2>/dev/null; wait $lkpid 2>/dev/null
+[ "$lkrc" = 2 ] && grep -q "ds-train: --save LK: another ds-train (pid $lkpid) is saving checkpoints there" lk2err &&
+    ok "a second run saving into a directory in use is refused, naming the first's pid" ||
+    notok "two runs, one --save: exit $lkrc $(head -c 300 lk2err) $(head -c 200 lkerr)"
 # a run killed between its last save and the prune after it leaves one too many: the next run,
 # with nothing left to train, prunes
 run 1 big.json --config k.json --data text.txt --quiet --steps 3 --save KP --save_interval 1 >/dev/null 2>err
@@ -288,6 +298,15 @@ cfg 8 "" 0 1 > c.json
 if run 1 "${a[@]}" --load dmg >out 2>&1; then notok "load accepted a flipped bit"
 elif grep -q "$f: checksum mismatch" out; then ok "ds-train --load refuses a flipped bit, naming the file"
 else notok "load (flip): $(head -c 300 out)"; fi
+# the model file, which a resume does not read (the master weights come from the partitions):
+# checked too, as ds-train(1) says, so that a damaged checkpoint is not resumed from unnoticed
+cp -r z0-fp32-1-r dmgm
+f=dmgm/global_step20/mp_rank_00_model_states.safetensors
+python3 -c "
+import sys; b=bytearray(open('$f','rb').read()); b[-100]^=4; open('$f','wb').write(b)"
+if run 1 "${a[@]}" --load dmgm >out 2>&1; then notok "load accepted a flipped bit in the model file"
+elif grep -q "$f: checksum mismatch" out; then ok "ds-train --load refuses a flipped bit in the model file too"
+else notok "load (model flip): $(head -c 300 out)"; fi
 cp -r z0-fp32-1-r trunc
 f=trunc/global_step20/mp_rank_00_model_states.safetensors
 truncate -s -100 $f
