@@ -850,8 +850,11 @@ static int run_ranks(const options *o, job_rank *jr, int world, bool prefix, boo
                     for (int k = 0; k < env.count; k++)
                         setenv(env.vars[k].name, env.vars[k].value, 1);
                     execvp(o->program[0], o->program);
-                    fprintf(stderr, "ds-launch: rank %d: cannot run %s: %s\n", r->rank, o->program[0],
-                            strerror(errno));
+                    const int e = errno; /* a bare name is looked up in PATH only (./ds-train, not ds-train) */
+                    fprintf(stderr, "ds-launch: rank %d: cannot run %s: %s%s%s%s\n", r->rank, o->program[0], strerror(e),
+                            e == ENOENT && !strchr(o->program[0], '/') ? " (not found in PATH; give its path, as ./" : "",
+                            e == ENOENT && !strchr(o->program[0], '/') ? o->program[0] : "",
+                            e == ENOENT && !strchr(o->program[0], '/') ? ")" : "");
                     _exit(127);
                 }
                 if (pid > 0)

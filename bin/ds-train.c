@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,6 +413,15 @@ static int ckpt_resume(ds_engine *eng, const args *a, uint64_t seed, int64_t tb,
             fprintf(stderr, "ds-train: --load %s\n", err.msg);
             return 2;
         }
+        struct stat sb;
+        if (!tag && stat(a->ckpt_load, &sb) != 0 && errno == ENOENT) {
+            /* (--save's directory exists by now: check_save_dir made it) */
+            if (rank == 0)
+                fprintf(stderr, "ds-train: --load %s: no such directory; a run that started at step 0 here would hide a "
+                        "mistyped path (to start fresh, leave out --load; the command that saves and resumes in one "
+                        "directory gives it to --save too)\n", a->ckpt_load);
+            return 2;
+        }
         if (!tag) { /* DeepSpeed warns and starts fresh too */
             if (rank == 0)
                 fprintf(stderr, "ds-train: --load %s: no checkpoint there yet (no %s/latest); starting at step 0\n",
@@ -513,7 +523,31 @@ static int ckpt_save(ds_engine *eng, const args *a, uint64_t seed, int64_t tb, i
     if (rank == 0 && !a->quiet)
         printf("checkpoint %s/global_step%lld saved%s\n", a->ckpt_save, (long long)step,
                deleted ? " (older ones deleted: --keep_last)" : "");
+    fflush(stdout); /* (a log behind a pipe or nohup shows it now, as it does the step lines) */
     return 0;
+}
+
+/* Ctrl-C in a one-process run: the step under way finishes, a checkpoint is saved there (with
+ * --save), and the run stops with exit status 130 saying where it is; a second Ctrl-C ends it at
+ * once. Under ds-launch the default stays (every rank would stop at a step of its own; the
+ * launcher stops the job). */
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static void catch_sigint(int world)
+{
+    struct sigaction sa, old;
+    if (world > 1 || sigaction(SIGINT, NULL, &old) != 0 || old.sa_handler == SIG_IGN) /* ignored: stays so */
+        return;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_sigint;
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 static double now_s(void)
@@ -792,6 +826,74 @@ static int plan_only(const args *a)
 /* Refuse, before any work is done, an output that would clobber a file, replace something that
  * is not a regular file, or cannot be written (outcheck.h). stream (--log-json): an existing
  * character device or pipe (/dev/stdout) is written as it is, without --force. */
+/* --log-json after --load resumed at step start > 0: the log goes on. Its records up to that step
+ * are kept (the run's history, which --force would have thrown away), the later ones (steps
+ * trained after the checkpoint by the run that stopped) dropped, the rest rewritten atomically;
+ * then it is opened for appending. A line that is not a ds-train step record stops it (it may
+ * be another program's file). NULL with the reason in why. */
+static FILE *continue_log(const char *path, int64_t start, char *why, size_t n)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) /* none yet, or a stream (/dev/stdout, a FIFO) */
+        return fopen(path, "a");
+    FILE *in = fopen(path, "r");
+    if (!in) {
+        snprintf(why, n, "%s", strerror(errno));
+        return NULL;
+    }
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
+        fclose(in);
+        return NULL;
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    long lineno = 0;
+    int bad = 0;
+    while ((len = getline(&line, &cap, in)) > 0) {
+        lineno++;
+        long long step;
+        int used = 0;
+        if (sscanf(line, "{\"step\": %lld,%n", &step, &used) != 1 || used == 0 || line[len - 1] != '\n') {
+            snprintf(why, n, "line %ld is not a ds-train step record; not appending to it (--force starts a new log)",
+                     lineno);
+            bad = 1;
+            break;
+        }
+        if (step <= start && fwrite(line, 1, (size_t)len, out) != (size_t)len) {
+            snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
+            bad = 1;
+            break;
+        }
+    }
+    free(line);
+    fclose(in);
+    if (!bad && (fflush(out) != 0 || fsync(fileno(out)) != 0)) {
+        snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
+        bad = 1;
+    }
+    if (fclose(out) != 0 && !bad) {
+        snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
+        bad = 1;
+    }
+    if (!bad && rename(tmp, path) != 0) {
+        snprintf(why, n, "cannot replace it: %s", strerror(errno));
+        bad = 1;
+    }
+    if (bad) {
+        unlink(tmp);
+        return NULL;
+    }
+    FILE *f = fopen(path, "a");
+    if (!f)
+        snprintf(why, n, "%s", strerror(errno));
+    return f;
+}
+
 static int check_output(const char *flag, const char *path, int force, int stream)
 {
     char why[4400];
@@ -801,7 +903,6 @@ static int check_output(const char *flag, const char *path, int force, int strea
     return -1;
 }
 
-/* --save DIR: a directory, or a name in a folder that takes one. */
 /* --save's directory is one job's: rank 0 holds an flock on DIR/.ds-train.lock (holding its pid)
  * for the whole run, and a second job that would save there is refused at once. Two runs saving
  * into one directory lost work: started together, both died at their first save; with --keep_last
@@ -839,6 +940,7 @@ static int lock_save_dir(const char *dir, int *fd_out)
     return 0;
 }
 
+/* --save DIR: a directory, or a name in a folder that takes one. */
 static int check_save_dir(const char *dir)
 {
     struct stat sb;
@@ -1135,7 +1237,8 @@ int main(int argc, char **argv)
     int save_lock = -1;
     int out_bad = check_save_dir(a.ckpt_save) || (rank == 0 && a.ckpt_save && lock_save_dir(a.ckpt_save, &save_lock)) ||
                   check_output("--save-weights", rank == 0 ? a.save : NULL, a.force, 0) || /* rank 0 writes it */
-                  check_output("--log-json", a.log_json, a.force, 1) ||
+                  /* (with --load, decided once the resume is known: a resumed run's log goes on) */
+                  check_output("--log-json", a.log_json, a.force || a.ckpt_load, 1) ||
                   (world == 1 && check_output("--prof_db", a.prof_db, a.force, 0));
     if (!out_bad) { /* no two outputs may be one file */
         const char *flags[4] = {"--save-weights", "--log-json", "--prof_db", "--save"};
@@ -1290,6 +1393,17 @@ int main(int argc, char **argv)
         return rc;
     }
     const int64_t start = ds_engine_global_steps(eng);
+    if (a.ckpt_load && start == 0 && check_output("--log-json", a.log_json, a.force, 1)) { /* (nothing resumed) */
+        ds_sampler_free(&sampler);
+        ds_dataset_close(ds);
+        ds_engine_destroy(eng);
+        ds_comm_destroy(comm);
+        if (store) {
+            ds_store_fail(store, "it stopped with an error (see its output)");
+            ds_store_close(store);
+        }
+        return 2;
+    }
     size_t pb, gb, ob, ab;
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
     ds_memory_report mrep;
@@ -1311,6 +1425,7 @@ int main(int argc, char **argv)
     /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
     ds_rundb *rundb = NULL;
     int refused = 0;
+    char why[4600];
     if (a.prof_db && cfg->curriculum.enabled) { /* its runs table has one positions per sample */
         if (rank == 0)
             fprintf(stderr, "ds-train: --prof_db with curriculum_learning in %s is not supported yet (the run "
@@ -1318,14 +1433,24 @@ int main(int argc, char **argv)
         refused = 1;
     } else if (a.prof_db && open_rundb(&rundb, &a, ntyped, typed, eng, steps, threads, comm, &err) != DS_OK) {
         fprintf(stderr, "ds-train: --prof_db %s%s\n", err.msg,
-                strstr(err.msg, "not overwriting") ? " (use --force)" : "");
+                !strstr(err.msg, "not overwriting") ? ""
+                : start > 0 ? " (a resumed run records into a database of its own: give it another name, and "
+                              "ds-prof compare puts the two runs side by side; --force replaces it)"
+                            : " (use --force)");
         refused = 1;
     } else if (open_monitors(&mon, cfg, rank, comm, &err) != DS_OK) { /* (before the log: a refusal keeps it) */
         fprintf(stderr, "ds-train: %s: %s\n", a.config, err.msg);
         if (rundb)
             ds_rundb_abandon(rundb, "failed");
         refused = 1;
-    } else if (a.log_json && !(logf = fopen(a.log_json, "w"))) {
+    } else if (a.log_json && start > 0 && !a.force && !(logf = continue_log(a.log_json, start, why, sizeof why))) {
+        fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, why);
+        if (rundb)
+            ds_rundb_abandon(rundb, "failed");
+        ds_monitor_close(mon);
+        mon = NULL;
+        refused = 1;
+    } else if (a.log_json && !logf && !(logf = fopen(a.log_json, "w"))) {
         fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, strerror(errno));
         if (rundb)
             ds_rundb_abandon(rundb, "failed");
@@ -1445,6 +1570,8 @@ int main(int argc, char **argv)
     }
     double first_loss = NAN, last_loss = NAN, t_start = now_s();
     rc = 0;
+    catch_sigint(world);
+    int64_t stopped_at = -1; /* Ctrl-C: the last step trained */
     for (int64_t s = start; s < steps && rc == 0; s++) {
         double t0 = now_s();
         for (int64_t u = 0; u < GAS && rc == 0; u++) {
@@ -1590,12 +1717,31 @@ int main(int argc, char **argv)
         } else if (tty) {
             progress(step, steps, loss, rate, unit);
         }
-        if (a.ckpt_save && ((a.ckpt_interval > 0 && step % a.ckpt_interval == 0) || step == steps)) {
+        const int stop = interrupted != 0;
+        if (a.ckpt_save && ((a.ckpt_interval > 0 && step % a.ckpt_interval == 0) || step == steps || stop)) {
             if (tty)
                 printf("\r\033[K");
             if ((rc = ckpt_save(eng, &a, data_seed, TB, N, rank)) != 0)
                 break;
         }
+        if (stop && step < steps) {
+            stopped_at = step;
+            rc = 130;
+            break;
+        }
+    }
+    signal(SIGINT, SIG_DFL);
+    if (stopped_at >= 0) {
+        if (tty)
+            printf("\r\033[K");
+        fflush(stdout);
+        if (a.ckpt_save)
+            fprintf(stderr, "ds-train: interrupted (Ctrl-C) after step %lld of %lld; saved %s/global_step%lld: the same "
+                    "command with --load %s goes on from there\n", (long long)stopped_at, (long long)steps,
+                    a.ckpt_save, (long long)stopped_at, a.ckpt_save);
+        else
+            fprintf(stderr, "ds-train: interrupted (Ctrl-C) after step %lld of %lld; nothing saved (no --save)\n",
+                    (long long)stopped_at, (long long)steps);
     }
     int64_t ran = steps > start ? steps - start : 0;
     int save_weights0 = 0; /* rank 0 writes --save-weights */
@@ -1662,7 +1808,7 @@ int main(int argc, char **argv)
     }
     if (rundb) {
         if (rc) {
-            ds_rundb_abandon(rundb, "failed");
+            ds_rundb_abandon(rundb, stopped_at >= 0 ? "interrupted" : "failed"); /* (the steps trained are kept) */
         } else if (ds_rundb_close(rundb, "done", &err) != DS_OK) {
             fprintf(stderr, "ds-train: --prof_db %s\n", err.msg);
             rc = 1;

@@ -110,6 +110,54 @@ for z in $ZERO_STAGES; do for prec in fp32 fp16; do for w in 1 2; do
         ok "ZeRO $z, $prec, $w rank(s): 20 steps == 10 + resume + 10, losses and final state bit for bit"
     else notok "ZeRO $z, $prec, $w rank(s): resume is not exact: $(head -c 400 err)"; fi
 done; done; done
+# the interrupted command given again: its --log-json goes on (the records up to the checkpoint
+# kept, those of the steps after it that the stopped run trained dropped), without --force
+cfg 4 "" 0 1 > lj.json
+a=(drop.json --config lj.json --data text.txt --quiet --save lj-r --load lj-r --save_interval 10 --log-json lj.jsonl)
+if run 1 "${a[@]}" --steps 20 >/dev/null 2>err && rm -r lj-r/global_step20 && printf global_step10 > lj-r/latest &&
+   run 1 "${a[@]}" --steps 20 >/dev/null 2>>err &&
+   [ "$(python3 -c 'import json, sys; print(" ".join(str(json.loads(l)["step"]) for l in open(sys.argv[1])))' lj.jsonl)" = \
+     "$(seq -s ' ' 1 20)" ] &&
+   run 1 drop.json --config lj.json --data text.txt --quiet --steps 20 --log-json lj-s.jsonl >/dev/null 2>>err &&
+   same_losses lj-s.jsonl lj.jsonl 20 2>>err; then
+    ok "the same command resumes and its --log-json goes on: steps 1-20 once each, the straight run's losses"
+else notok "--log-json on resume: $(head -c 300 err) $(head -c 200 lj.jsonl)"; fi
+echo '{"step": 1, "loss": 5}' > other.jsonl && echo 'not a record' >> other.jsonl
+run 1 "${a[@]/lj.jsonl/other.jsonl}" --steps 22 >/dev/null 2>err
+[ $? = 2 ] && grep -q "ds-train: --log-json other.jsonl: line 2 is not a ds-train step record; not appending to it" err &&
+    [ "$(wc -l < other.jsonl)" = 2 ] && ok "a --log-json that is not ds-train's is not appended to (exit 2, left as it was)" ||
+    notok "foreign --log-json on resume: $(head -c 300 err)"
+# Ctrl-C: the step under way finishes, a checkpoint is saved there, exit 130 with a line saying
+# where; the same command resumes and the losses are the uninterrupted run's
+if python3 - "$B/ds-train" >ctrlc.out 2>&1 <<'EOF'
+import os, signal, subprocess, sys, time
+cmd = [sys.argv[1], "drop.json", "--config", "lj.json", "--data", "text.txt", "--quiet", "--steps", "100000",
+       "--save", "cc-r", "--load", "cc-r", "--log-json", "cc.jsonl"]
+# (a shell's background job would have SIGINT ignored: the default, as at a terminal)
+p = subprocess.Popen(cmd, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), stdout=subprocess.DEVNULL,
+                     stderr=subprocess.PIPE)
+t0 = time.time()
+while (not os.path.exists("cc.jsonl") or len(open("cc.jsonl").readlines()) < 3) and time.time() - t0 < 60:
+    time.sleep(0.02)
+p.send_signal(signal.SIGINT)
+err = p.communicate()[1].decode()
+n = len(open("cc.jsonl").readlines())
+want = "ds-train: interrupted (Ctrl-C) after step %d of 100000; saved cc-r/global_step%d" % (n, n)
+print(p.returncode, n, err)
+sys.exit(0 if p.returncode == 130 and want in err and os.path.isdir("cc-r/global_step%d" % n) else 1)
+EOF
+then
+    n=$(wc -l < cc.jsonl)
+    if run 1 drop.json --config lj.json --data text.txt --quiet --steps $((n + 4)) --save cc-r --load cc-r --log-json cc.jsonl >/dev/null 2>err &&
+       run 1 drop.json --config lj.json --data text.txt --quiet --steps $((n + 4)) --log-json cc-s.jsonl >/dev/null 2>>err &&
+       same_losses cc-s.jsonl cc.jsonl $((n + 4)) 2>>err; then
+        ok "Ctrl-C: exit 130 after saving the step it finished (step $n); the same command goes on, the straight run's losses"
+    else notok "Ctrl-C resume: $(head -c 300 err)"; fi
+else notok "Ctrl-C: $(head -c 400 ctrlc.out)"; fi
+run 1 drop.json --config lj.json --data text.txt --quiet --steps 2 --load no-such-dir >/dev/null 2>err
+[ $? = 2 ] && grep -q "ds-train: --load no-such-dir: no such directory" err &&
+    ok "--load of a directory that does not exist is refused (a mistyped path would start at step 0)" ||
+    notok "--load of a missing directory: $(head -c 300 err)"
 # curriculum_learning and activation checkpointing: the length follows the step, so a resumed run
 # reads what the straight one did (20 == 10 + resume + 10, with the lengths growing across it)
 sed 's/"count": 1/"count": 2/' drop.json > drop2.json

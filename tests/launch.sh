@@ -254,6 +254,8 @@ DS_ENV_FILE=/nonexistent/env run --dry-run true
     ok "DS_ENV_FILE naming no file: a warning (DeepSpeed is silent)" || notok "DS_ENV_FILE missing $(head -c 300 "$T/err")"
 expect_fail "bad --num_gpus" 2 "--num_gpus: expected an integer" --num_gpus two true
 expect_fail "a program that does not exist" 127 "rank 0: cannot run ./no-such-program" ./no-such-program
+expect_fail "a bare name not in PATH: says to give its path" 127 \
+    "cannot run no-such-program: No such file or directory (not found in PATH; give its path, as ./no-such-program)" no-such-program
 
 run --master_port 0 --dry-run true
 port=$(sed -n 's/.*--master_port 0: using free port \([0-9]*\).*/\1/p' "$T/err")

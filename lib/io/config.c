@@ -1638,8 +1638,9 @@ static ds_status resolve_batch(rd *r, int world_size, const ds_config_hints *hin
         if (!hints || hints->micro_batch == 0)
             return fail(r, DS_ERR_INVALID, "",
                         "train_batch_size is %s and train_micro_batch_size_per_gpu is %s: "
-                        "cannot infer the batch size; set one of them (DeepSpeed: either "
-                        "train_batch_size or train_micro_batch_size_per_gpu needs to be provided)",
+                        "cannot infer the batch size; set one of them, or give the micro-batch to the "
+                        "program (ds-train --micro-batch N, as HuggingFace fills in \"auto\") (DeepSpeed: "
+                        "either train_batch_size or train_micro_batch_size_per_gpu needs to be provided)",
                         tb, mb);
         set[MB] = 1;
         v[MB] = hints->micro_batch;
