@@ -52,6 +52,31 @@ void cliarg_bar(char *bar, int64_t done, int64_t total)
     bar[CLIARG_BAR] = '\0';
 }
 
+/* Edit distance of a[0..na) and b[0..nb) counting a swap of neighbours as one edit (--stpes is
+ * one from --steps), both under 64 characters (else 99) */
+static int edit_distance(const char *a, size_t na, const char *b, size_t nb)
+{
+    if (na >= 64 || nb >= 64)
+        return 99;
+    int d[65][65];
+    for (size_t i = 0; i <= na; i++)
+        d[i][0] = (int)i;
+    for (size_t j = 0; j <= nb; j++)
+        d[0][j] = (int)j;
+    for (size_t i = 1; i <= na; i++)
+        for (size_t j = 1; j <= nb; j++) {
+            int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1 < best)
+                best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best)
+                best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
+        }
+    return d[na][nb];
+}
+
 void cliarg_bad_option(const struct option *opts, const char *word, int optopt, char *msg, size_t size)
 {
     if (!word || word[0] != '-' || word[1] != '-') { /* a short option */
@@ -91,6 +116,18 @@ void cliarg_bad_option(const struct option *opts, const char *word, int optopt, 
         snprintf(msg, size, "option --%s takes no value", hit->name);
     else if (hit && hit->has_arg == required_argument && !eq)
         snprintf(msg, size, "option --%s needs a value", hit->name);
-    else
-        snprintf(msg, size, "unknown option %s", word);
+    else { /* a typo: the nearest option within 2 edits (--stpes: --steps) */
+        const struct option *near = NULL;
+        int best = 3;
+        for (const struct option *o = opts; o->name; o++) {
+            int d = edit_distance(name, len, o->name, strlen(o->name));
+            if (d < best && (size_t)d * 3 <= len)
+                best = d, near = o;
+        }
+        if (near)
+            snprintf(msg, size, "unknown option %.*s (did you mean --%s?)", (int)(eq ? eq - word : (long)strlen(word)), word,
+                     near->name);
+        else
+            snprintf(msg, size, "unknown option %s", word);
+    }
 }

@@ -398,6 +398,10 @@ static int report(sqlite3 *db, const opts *o)
             free(ops);
             print_bytes(cms > 0 ? bytes / (cms / 1e3) : 0);
             printf("/s)\n");
+            if (cms > 1.5 * comm && cms > 0.1) /* ZeRO's buckets: reduced inside bwd, or beside it */
+                printf("the gradient collectives took %.3f ms/step (%.1f%% of fwd+bwd+step): they run inside bwd as its "
+                       "buckets fill (beside it with overlap_comm), so bwd_allreduce above is only the wait at its end\n",
+                       cms, 100.0 * cms / engine);
             double pbytes = scalar(db, "SELECT sum(bytes)" PER_STEP " FROM collective" PARAM, o->skip, o->rank);
             if (!isnan(pbytes) && pbytes > 0) {
                 double prows = scalar(db, "SELECT count(*)" PER_STEP " FROM collective" PARAM, o->skip, o->rank);

@@ -1479,9 +1479,9 @@ int main(int argc, char **argv)
                (long long)net->total_params, backend);
     else { /* "avx2" or "avx512, bf16 GEMMs on AMX-BF16: brg:avx512_core_amx" */
         const char *more = strchr(backend, ',');
-        printf("ds-train %s: %s, %lld parameters; backend cpu (%.*s kernels%s, %d threads)\n", DS_VERSION,
+        printf("ds-train %s: %s, %lld parameters; backend cpu (%.*s kernels%s, %d thread%s)\n", DS_VERSION,
                a.net, (long long)net->total_params, more ? (int)(more - backend) : (int)strlen(backend), backend,
-               more ? more : "", threads);
+               more ? more : "", threads, threads == 1 ? "" : "s");
     }
     if (rank == 0) {
         printf("data: %s (%lld samples, %s order); batch %lld = micro %lld x accumulation %lld x ranks %d; "
@@ -1783,10 +1783,10 @@ int main(int argc, char **argv)
         if (start > 0)
             snprintf(resumed, sizeof resumed, " (%lld of them here, from the checkpoint's step %lld)", (long long)ran,
                      (long long)start);
-        printf("done: %lld steps%s in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
-               "%.2f GFLOP/s%s; peak RSS %.0f MiB\n",
-               (long long)steps, resumed, total, first_loss, last_loss, med,
-               done_rate, unit, gflops, mfu, ru.ru_maxrss / 1024.0);
+        printf("done: %lld step%s%s in %.1f s; loss %.4f -> %.4f; median %.1f ms/step, %.0f %s/s; "
+               "%.2f GFLOP/s%s%s; peak RSS %.0f MiB\n",
+               (long long)steps, steps == 1 ? "" : "s", resumed, total, first_loss, last_loss, med,
+               done_rate, unit, gflops, world > 1 ? " (the job's)" : "", mfu, ru.ru_maxrss / 1024.0);
         save_weights0 = 1;
     }
     if (save_weights0 && a.save) {

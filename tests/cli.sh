@@ -141,6 +141,8 @@ expect_fail "unknown flag: exit 2, names it" 2 "unknown option --bogus" "${TRAIN
 expect_fail "--steps 0: exit 2" 2 "--steps: expected an integer >= 1" "${TRAIN[@]}" --steps 0
 expect_fail "--steps abc: exit 2" 2 "found \"abc\"" "${TRAIN[@]}" --steps abc
 expect_fail "--steps without a value: exit 2" 2 "--steps needs a value" "${TRAIN[@]}" --steps
+expect_fail "a typo'd option: exit 2, the nearest one suggested" 2 "unknown option --stpes (did you mean --steps?)" \
+    "${TRAIN[@]}" --stpes 3
 expect_fail "a value to a switch: exit 2, says it takes none" 2 "option --quiet takes no value" "${TRAIN[@]}" --quiet=3
 expect_fail "an ambiguous prefix: exit 2, names the candidates" 2 "option --sa is ambiguous (--save-weights, --save, --save_interval)" \
     "${TRAIN[@]}" --sa x

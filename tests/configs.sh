@@ -37,7 +37,7 @@ for f in "$TESTDIR"/data/dsconfigs/*.json; do
     "$B/ds-train" net.json --config "$f" --data text.txt --steps 1 --micro-batch 2 --quiet >out 2>err
     rc=$?
     if [ $rc = 0 ]; then
-        grep -q "^done: 1 steps" out || notok "$name: exit 0 without the done line: $(tail -c 300 out)"
+        grep -q "^done: 1 step in" out || notok "$name: exit 0 without the done line: $(tail -c 300 out)"
         echo "$name" >> trained
     elif [ $rc = 2 ] && grep -qF "$name" err; then
         :

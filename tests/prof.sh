@@ -162,6 +162,14 @@ else notok "2 ranks, existing db: exit $rc, $(head -c 400 err9)"; fi
     && grep -q "communication .*87.9 KB/step in 6 collective calls (all_reduce 6)" rep2 \
     && ok "ds-prof report on the 2-rank run: the slowest rank and the communication" \
     || notok "report on two.db: $(head -c 600 rep2) $(head -c 300 err8)"
+# ZeRO-2: the buckets are reduce-scattered inside bwd as they fill, so bwd_allreduce is only the
+# wait at its end; the report says what the calls took
+sed 's/}$/, "zero_optimization": {"stage": 2, "reduce_bucket_size": 5000}}/' dp.json >z2.json
+if "$B/ds-launch" --master_port 0 --num_gpus 2 --export OMP_NUM_THREADS=1 "$B/ds-train" gpt.json --config z2.json \
+    --data text.txt --steps 4 --quiet --prof_db z2.db >outz 2>errz && "$B/ds-prof" report z2.db >repz 2>>errz &&
+    grep -q "^the gradient collectives took [0-9.]* ms/step ([0-9.]*% of fwd+bwd+step): they run inside bwd" repz; then
+    ok "ds-prof report, ZeRO-2: the time in the gradient collectives, beside bwd_allreduce's wait"
+else notok "ZeRO-2 report: $(grep -i 'communication\|collective' repz | head -c 400) $(head -c 300 errz)"; fi
 
 # ---- ds-prof against the fixture ----------------------------------------------------------
 "$SQL" fixture.db "@$TESTDIR/fixtures/prof-run.sql" || notok "fixture.db could not be built"
