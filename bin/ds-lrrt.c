@@ -429,6 +429,8 @@ static ds_status open_data(job *j, ds_engine *eng, ds_error *err)
     }
     if (st != DS_OK)
         return st;
+    if (j->rank == 0 && ds_dataset_warning(j->ds))
+        fprintf(stderr, "ds-lrrt: warning: --data %s: %s\n", a->data, ds_dataset_warning(j->ds));
     j->MB = cfg->micro_batch;
     j->GAS = cfg->grad_accum;
     j->TB = cfg->train_batch_size;

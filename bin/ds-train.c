@@ -1337,6 +1337,8 @@ int main(int argc, char **argv)
         ds_engine_destroy(eng);
         return 2;
     }
+    if (rank == 0 && ds_dataset_warning(ds))
+        fprintf(stderr, "ds-train: warning: --data %s: %s\n", a.data, ds_dataset_warning(ds));
     const int64_t MB = cfg->micro_batch, GAS = cfg->grad_accum, TB = cfg->train_batch_size;
     const int64_t N = ds_dataset_len(ds), T = net->positions;
     if (a.inject_step && a.inject_micro >= GAS) {

@@ -173,6 +173,11 @@ echo '{"train_micro_batch_size_per_gpu": "four"}' >bad-ds.json
 expect_fail "invalid config value: names file and key" 2 "bad-ds.json: train_micro_batch_size_per_gpu" \
     gpt.json --config bad-ds.json --data text.txt
 expect_fail "missing data: exit 2, names it" 2 "nosuch.txt" gpt.json --config ds.json --data nosuch.txt
+# a program's bytes given as text: trains (every byte is a token), with a warning naming it
+head -c 4000 text.txt >bin.txt && printf 'x\0y' >>bin.txt && cat text.txt >>bin.txt
+run gpt.json --config ds.json --data bin.txt --quiet --steps 1
+[ "$rc" = 0 ] && grep -q "ds-train: warning: --data bin.txt: 1 of the text files looks binary (NUL bytes in the first 4 KiB: bin.txt)" "$T/err" &&
+    ok "text data with a NUL byte early: a warning naming the file" || notok "binary-looking data $(why)"
 
 # ---- --summary ------------------------------------------------------------------------------
 

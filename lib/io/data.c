@@ -48,6 +48,8 @@ struct ds_dataset {
     int nseg;
     segment *segs;
     int64_t ntokens;
+    int n_binary;          /* text files with a NUL byte in their first 4 KiB (ds_dataset_warning) */
+    char binary_first[256], warning[512];
     /* features */
     ds_npy *x, *y;
     int dim, n_classes, label_dim;
@@ -127,6 +129,11 @@ static ds_status add_segment(ds_dataset *ds, const char *file, ds_mapped map, si
         return ds_error_set(err, DS_ERR_NOMEM, "%s: out of memory", file);
     }
     ds->segs = s;
+    if (type == TOK_U8 && map.data) { /* text: a NUL byte early is a program, an archive, an image... */
+        size_t k = map.size < 4096 ? map.size : 4096;
+        if (memchr(map.data, 0, k) && ds->n_binary++ == 0)
+            snprintf(ds->binary_first, sizeof ds->binary_first, "%s", file);
+    }
     s[ds->nseg++] = (segment){name, map, map.data ? map.data + offset : NULL, type, ds->ntokens, n};
     ds->ntokens += n;
     return DS_OK;
@@ -541,6 +548,12 @@ ds_status ds_dataset_open_tokens(ds_dataset **out, const char *path, int seq_len
         snprintf(ds->desc, sizeof ds->desc, "%s, %d file%s, %lld tokens%s%s%s", fmt, nfiles,
                  nfiles == 1 ? "" : "s", (long long)ds->ntokens, shards ? " (" : "",
                  shards ? tname : "", shards ? ")" : "");
+    if (ds->n_binary)
+        snprintf(ds->warning, sizeof ds->warning,
+                 "%d of the text files look%s binary (NUL bytes in the first 4 KiB%s%.200s): every byte is a "
+                 "token, so %s as if %s text", ds->n_binary, ds->n_binary == 1 ? "s" : "",
+                 ds->n_binary == 1 ? ": " : "; the first: ", ds->binary_first, ds->n_binary == 1 ? "it trains" : "they train",
+                 ds->n_binary == 1 ? "it were" : "they were");
     *out = ds;
     return DS_OK;
 fail:
@@ -700,6 +713,8 @@ ds_status ds_dataset_get_features(const ds_dataset *ds, int64_t k, float *x, int
 ds_dataset_kind ds_dataset_kind_of(const ds_dataset *ds) { return ds->kind; }
 int64_t ds_dataset_len(const ds_dataset *ds) { return ds->len; }
 const char *ds_dataset_describe(const ds_dataset *ds) { return ds->desc; }
+
+const char *ds_dataset_warning(const ds_dataset *ds) { return ds && ds->warning[0] ? ds->warning : NULL; }
 
 /* --- sampler ------------------------------------------------------------------------------- */
 

@@ -41,6 +41,9 @@ ds_dataset_kind ds_dataset_kind_of(const ds_dataset *ds);
 int64_t ds_dataset_len(const ds_dataset *ds);
 /* A one-line description: "text, 3 files, 1234567 tokens" */
 const char *ds_dataset_describe(const ds_dataset *ds);
+/* A warning about the data, NULL if none: text files that look binary (a NUL byte in their first
+ * 4 KiB; --data /bin/ls trains on a program's bytes). The caller decides whether to show it. */
+const char *ds_dataset_warning(const ds_dataset *ds);
 
 /* Sample k (0 <= k < len) of a token dataset: seq_len inputs and seq_len targets. */
 ds_status ds_dataset_get_tokens(const ds_dataset *ds, int64_t k, int32_t *inputs,
