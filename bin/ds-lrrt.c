@@ -303,10 +303,9 @@ static int parse_args(int argc, char **argv, args *a)
         a->backend = a->device; /* neither: the config's "device", else auto (backend_default) */
     if (a->out && !*a->out)
         return usage_error("--out: expected a file name prefix, found \"%s\"", a->out);
-    if (a->out) { /* PREFIX.csv: "d/" would write the hidden d/.csv */
-        struct stat sb;
+    if (a->out) { /* PREFIX.csv: "d/" would write the hidden d/.csv (a directory named d gets d.csv beside it) */
         size_t n = strlen(a->out);
-        if (a->out[n - 1] == '/' || (stat(a->out, &sb) == 0 && S_ISDIR(sb.st_mode)))
+        if (a->out[n - 1] == '/')
             return usage_error("--out %s: expected a file name prefix (PREFIX.csv, PREFIX.svg), found a directory; "
                                "add a name, as DIR/lrrt", a->out);
     }

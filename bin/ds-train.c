@@ -1,6 +1,7 @@
 /* ds-train: train a network file with a DeepSpeed config on a dataset. A thin client of the
  * engine API: argument parsing, data feeding, printing and exit codes live here, the training
- * in libds. Exit status: 0 done, 1 failed while training, 2 bad input or usage. */
+ * in libds. Exit status: 0 done, 1 failed while training, 2 bad input or usage, 130 stopped by
+ * Ctrl-C (one process: after saving the step it finished). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -49,9 +50,11 @@ static const char *usage_text =
     "                        --save_interval N steps; --keep_last K keeps only the last K saved\n"
     "  --load DIR            resume from DIR's latest checkpoint (--tag T: that one); --steps\n"
     "                        still counts from step 0, so the same command finishes a run.\n"
-    "                        A DIR without a checkpoint yet starts at step 0\n"
+    "                        A DIR without a checkpoint yet starts at step 0; a DIR that\n"
+    "                        does not exist (and is not --save's) is refused\n"
     "  --log-json FILE       one JSON object per optimizer step (rank 0; with \"{rank}\" in\n"
-    "                        FILE, every rank writes its own file)\n"
+    "                        FILE, every rank writes its own file); after --load resumed, an\n"
+    "                        existing FILE goes on from the checkpoint's step\n"
     "  --prof_db FILE        record the run, per step and rank the timers, loss, lr and\n"
     "                        memory, and every collective, in an SQLite database (see ds-prof(1))\n"
     "  --peak_tflops X       peak TFLOP/s of one device, for the MFU that wall_clock_breakdown\n"
@@ -538,16 +541,17 @@ static void on_sigint(int sig)
     interrupted = 1;
 }
 
-static void catch_sigint(int world)
+/* 1 when it took SIGINT over (*old: what to put back after the loop) */
+static int catch_sigint(int world, struct sigaction *old)
 {
-    struct sigaction sa, old;
-    if (world > 1 || sigaction(SIGINT, NULL, &old) != 0 || old.sa_handler == SIG_IGN) /* ignored: stays so */
-        return;
+    struct sigaction sa;
+    if (world > 1 || sigaction(SIGINT, NULL, old) != 0 || old->sa_handler == SIG_IGN) /* ignored: stays so */
+        return 0;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_sigint;
     sa.sa_flags = SA_RESETHAND | SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
+    return sigaction(SIGINT, &sa, NULL) == 0;
 }
 
 static double now_s(void)
@@ -698,9 +702,11 @@ static int plan_only(const args *a)
         return 2;
     }
     int W = (int)(a->plan_world > 0 ? a->plan_world : 1);
-    { /* the file as training reads it: duplicate keys, integers past 64 bits, --strict-config and
-       * every refusal are the parser's (the stages below get json-c's re-serialised copy), and
-       * its warnings are printed as training prints them */
+    /* the file as training reads it: duplicate keys, integers past 64 bits, --strict-config and
+     * every refusal are the parser's, and its warnings are printed as training prints them; the
+     * stages below edit json-c's tree of the same text (read once: the config may be a pipe) */
+    json_object *root = NULL;
+    {
         ds_config c;
         ds_config_hints hints = {.micro_batch = a->micro};
         if (ds_config_load_file(&c, a->config, W, a->strict, &hints, &err) != DS_OK) {
@@ -709,15 +715,9 @@ static int plan_only(const args *a)
         }
         for (int i = 0; i < c.n_warnings; i++)
             fprintf(stderr, "ds-train: warning: %s\n", c.warnings[i]);
+        root = c.json_text ? json_tokener_parse(c.json_text) : NULL;
         ds_config_free(&c);
     }
-    FILE *f = fopen(a->config, "rb");
-    if (!f) {
-        fprintf(stderr, "ds-train: %s: %s\n", a->config, strerror(errno));
-        return 2;
-    }
-    json_object *root = json_object_from_fd(fileno(f));
-    fclose(f);
     if (!root || !json_object_is_type(root, json_type_object)) {
         json_object_put(root);
         fprintf(stderr, "ds-train: %s: --plan: the config is not a JSON object\n", a->config);
@@ -828,50 +828,84 @@ static int plan_only(const args *a)
  * character device or pipe (/dev/stdout) is written as it is, without --force. */
 /* --log-json after --load resumed at step start > 0: the log goes on. Its records up to that step
  * are kept (the run's history, which --force would have thrown away), the later ones (steps
- * trained after the checkpoint by the run that stopped) dropped, the rest rewritten atomically;
- * then it is opened for appending. A line that is not a ds-train step record stops it (it may
- * be another program's file). NULL with the reason in why. */
-static FILE *continue_log(const char *path, int64_t start, char *why, size_t n)
+ * trained after the checkpoint by the run that stopped, a last line cut off by a kill among
+ * them) dropped, the rest rewritten atomically (the real file behind a symbolic link, with its
+ * mode); then it is opened for appending. It must be this run's log: records of ds-train whose
+ * last kept one is the checkpoint's step (not another run's log, nor one with a gap). NULL with
+ * the reason in why; *dropped_partial says a cut-off last line was dropped. */
+static FILE *continue_log(const char *path, int64_t start, char *why, size_t n, int *dropped_partial)
 {
     struct stat sb;
-    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) /* none yet, or a stream (/dev/stdout, a FIFO) */
-        return fopen(path, "a");
-    FILE *in = fopen(path, "r");
-    if (!in) {
+    *dropped_partial = 0;
+    snprintf(why, n, "?");
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) { /* none yet, or a stream (/dev/stdout, a FIFO) */
+        FILE *f = fopen(path, "a");
+        if (!f)
+            snprintf(why, n, "%s", strerror(errno));
+        return f;
+    }
+    char *real = realpath(path, NULL); /* (rename() would replace a link, not its target) */
+    if (!real) {
         snprintf(why, n, "%s", strerror(errno));
         return NULL;
     }
-    char tmp[4300];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *out = fopen(tmp, "w");
-    if (!out) {
-        snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
-        fclose(in);
+    FILE *in = fopen(real, "r");
+    if (!in) {
+        snprintf(why, n, "%s", strerror(errno));
+        free(real);
         return NULL;
     }
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", real, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, sb.st_mode & 07777);
+    FILE *out = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!out) {
+        snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fclose(in);
+        free(real);
+        return NULL;
+    }
+    int moded = fchmod(fd, sb.st_mode & 07777) == 0; /* (past the umask; the file works either way) */
+    (void)moded;
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
     long lineno = 0;
+    long long last_kept = 0;
     int bad = 0;
     while ((len = getline(&line, &cap, in)) > 0) {
         lineno++;
         long long step;
         int used = 0;
-        if (sscanf(line, "{\"step\": %lld,%n", &step, &used) != 1 || used == 0 || line[len - 1] != '\n') {
+        if (line[len - 1] != '\n') { /* the last line (getline's only one without), cut off by a kill */
+            *dropped_partial = 1;
+            break;
+        }
+        if (sscanf(line, "{\"step\": %lld,%n", &step, &used) != 1 || used == 0) {
             snprintf(why, n, "line %ld is not a ds-train step record; not appending to it (--force starts a new log)",
                      lineno);
             bad = 1;
             break;
         }
-        if (step <= start && fwrite(line, 1, (size_t)len, out) != (size_t)len) {
-            snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
-            bad = 1;
-            break;
+        if (step <= start) {
+            if (fwrite(line, 1, (size_t)len, out) != (size_t)len) {
+                snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
+                bad = 1;
+                break;
+            }
+            last_kept = step;
         }
     }
     free(line);
     fclose(in);
+    if (!bad && last_kept != start) {
+        snprintf(why, n, "its records %s step %lld, but the checkpoint is at step %lld: not this run's log? "
+                 "(--force starts a new one; or give another name)", last_kept ? "end at" : "hold no", last_kept,
+                 (long long)start);
+        bad = 1;
+    }
     if (!bad && (fflush(out) != 0 || fsync(fileno(out)) != 0)) {
         snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
         bad = 1;
@@ -880,17 +914,16 @@ static FILE *continue_log(const char *path, int64_t start, char *why, size_t n)
         snprintf(why, n, "cannot write %s: %s", tmp, strerror(errno));
         bad = 1;
     }
-    if (!bad && rename(tmp, path) != 0) {
+    if (!bad && rename(tmp, real) != 0) {
         snprintf(why, n, "cannot replace it: %s", strerror(errno));
         bad = 1;
     }
-    if (bad) {
+    FILE *f = NULL;
+    if (bad)
         unlink(tmp);
-        return NULL;
-    }
-    FILE *f = fopen(path, "a");
-    if (!f)
+    else if (!(f = fopen(real, "a")))
         snprintf(why, n, "%s", strerror(errno));
+    free(real);
     return f;
 }
 
@@ -914,16 +947,27 @@ static int lock_save_dir(const char *dir, int *fd_out)
     *fd_out = -1;
     snprintf(f, sizeof f, "%s/.ds-train.lock", dir);
     int fd = open(f, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0 && errno == EACCES) /* another user's lock file: flock works on a read-only descriptor */
+        fd = open(f, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         fprintf(stderr, "ds-train: --save %s: cannot create %s: %s\n", dir, f, strerror(errno));
         return -1;
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        const int e = errno;
+        if (e == ENOSYS || e == EOPNOTSUPP || e == ENOLCK) { /* a file system without locks (Lustre without
+                                                              * -o flock, NFS without lockd, FUSE): save unguarded */
+            fprintf(stderr, "ds-train: warning: --save %s: this file system cannot lock %s (%s): a second run saving "
+                    "here would not be stopped\n", dir, f, strerror(e));
+            close(fd);
+            return 0;
+        }
         char pid[32] = "";
         ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
         pid[n > 0 ? n : 0] = 0;
         pid[strcspn(pid, "\n")] = 0;
-        if (errno == EWOULDBLOCK)
+        errno = e;
+        if (e == EWOULDBLOCK)
             fprintf(stderr, "ds-train: --save %s: another ds-train%s%s%s is saving checkpoints there; two runs in "
                     "one directory would overwrite or prune each other's: give this run another directory\n", dir,
                     *pid ? " (pid " : "", pid, *pid ? ")" : "");
@@ -1427,7 +1471,8 @@ int main(int argc, char **argv)
     /* every rank takes part (rank 0 writes the file); an existing file is refused on all */
     ds_rundb *rundb = NULL;
     int refused = 0;
-    char why[4600];
+    char why[4600] = "";
+    int cut_line = 0; /* --log-json's last line, cut off by a kill, dropped */
     if (a.prof_db && cfg->curriculum.enabled) { /* its runs table has one positions per sample */
         if (rank == 0)
             fprintf(stderr, "ds-train: --prof_db with curriculum_learning in %s is not supported yet (the run "
@@ -1445,7 +1490,8 @@ int main(int argc, char **argv)
         if (rundb)
             ds_rundb_abandon(rundb, "failed");
         refused = 1;
-    } else if (a.log_json && start > 0 && !a.force && !(logf = continue_log(a.log_json, start, why, sizeof why))) {
+    } else if (a.log_json && start > 0 && !a.force &&
+               !(logf = continue_log(a.log_json, start, why, sizeof why, &cut_line))) {
         fprintf(stderr, "ds-train: --log-json %s: %s\n", a.log_json, why);
         if (rundb)
             ds_rundb_abandon(rundb, "failed");
@@ -1460,6 +1506,9 @@ int main(int argc, char **argv)
         mon = NULL;
         refused = 1;
     }
+    if (!refused && cut_line)
+        fprintf(stderr, "ds-train: warning: --log-json %s: its last line was cut off (the run that stopped was killed "
+                "while writing it): dropped\n", a.log_json);
     if (refused) {
         ds_sampler_free(&sampler);
         ds_dataset_close(ds);
@@ -1487,9 +1536,9 @@ int main(int argc, char **argv)
     }
     if (rank == 0) {
         printf("data: %s (%lld samples, %s order); batch %lld = micro %lld x accumulation %lld x ranks %d; "
-               "%lld steps\n",
+               "%lld step%s\n",
                ds_dataset_describe(ds), (long long)N, a.order == DS_ORDER_SEQUENTIAL ? "sequential" : "shuffled",
-               (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps);
+               (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps, steps == 1 ? "" : "s");
         if (world > 1 && strncmp(backend, "cuda", 4) != 0) /* rank 0's two links of the ring */
             printf("comm: %s\n", ds_comm_describe(comm));
         printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
@@ -1572,7 +1621,8 @@ int main(int argc, char **argv)
     }
     double first_loss = NAN, last_loss = NAN, t_start = now_s();
     rc = 0;
-    catch_sigint(world);
+    struct sigaction old_sigint;
+    const int took_sigint = catch_sigint(world, &old_sigint);
     int64_t stopped_at = -1; /* Ctrl-C: the last step trained */
     for (int64_t s = start; s < steps && rc == 0; s++) {
         double t0 = now_s();
@@ -1732,7 +1782,8 @@ int main(int argc, char **argv)
             break;
         }
     }
-    signal(SIGINT, SIG_DFL);
+    if (took_sigint) /* what it was (a second Ctrl-C may have put the default back already) */
+        sigaction(SIGINT, &old_sigint, NULL);
     if (stopped_at >= 0) {
         if (tty)
             printf("\r\033[K");

@@ -122,6 +122,21 @@ if run 1 "${a[@]}" --steps 20 >/dev/null 2>err && rm -r lj-r/global_step20 && pr
    same_losses lj-s.jsonl lj.jsonl 20 2>>err; then
     ok "the same command resumes and its --log-json goes on: steps 1-20 once each, the straight run's losses"
 else notok "--log-json on resume: $(head -c 300 err) $(head -c 200 lj.jsonl)"; fi
+# a last line cut off by a kill is dropped with a warning; the file keeps its mode and stays
+# behind its symbolic link
+rm -r lj-r/global_step20 && printf global_step10 > lj-r/latest && head -c -40 lj.jsonl > lj-cut && mv lj-cut lj.jsonl &&
+    chmod 600 lj.jsonl && ln -sf lj.jsonl lj-link.jsonl
+run 1 "${a[@]/lj.jsonl/lj-link.jsonl}" --steps 20 >/dev/null 2>err
+if grep -q "warning: --log-json lj-link.jsonl: its last line was cut off" err && [ -L lj-link.jsonl ] &&
+   [ "$(stat -c %a lj.jsonl)" = 600 ] && same_losses lj-s.jsonl lj.jsonl 20 2>>err; then
+    ok "--log-json on resume: a cut-off last line dropped with a warning; mode and symbolic link kept; steps 1-20 once each"
+else notok "--log-json cut/mode/link: $(head -c 300 err) $(stat -c %a lj.jsonl) $(ls -l lj-link.jsonl)"; fi
+# a log whose records end before the checkpoint's step is not this run's: refused, left as it was
+echo '{"step": 1, "loss": 5}' > gap.jsonl
+run 1 "${a[@]/lj.jsonl/gap.jsonl}" --steps 22 >/dev/null 2>err
+[ $? = 2 ] && grep -q "ds-train: --log-json gap.jsonl: its records end at step 1, but the checkpoint is at step 20" err &&
+    [ "$(cat gap.jsonl)" = '{"step": 1, "loss": 5}' ] && ok "a --log-json ending before the checkpoint's step is refused (not this run's)" ||
+    notok "--log-json gap: $(head -c 300 err)"
 echo '{"step": 1, "loss": 5}' > other.jsonl && echo 'not a record' >> other.jsonl
 run 1 "${a[@]/lj.jsonl/other.jsonl}" --steps 22 >/dev/null 2>err
 [ $? = 2 ] && grep -q "ds-train: --log-json other.jsonl: line 2 is not a ds-train step record; not appending to it" err &&
@@ -355,6 +370,17 @@ import sys; b=bytearray(open('$f','rb').read()); b[-100]^=4; open('$f','wb').wri
 if run 1 "${a[@]}" --load dmgm >out 2>&1; then notok "load accepted a flipped bit in the model file"
 elif grep -q "$f: checksum mismatch" out; then ok "ds-train --load refuses a flipped bit in the model file too"
 else notok "load (model flip): $(head -c 300 out)"; fi
+# two ranks: rank 0 checks the model file, and both refuse
+cp -r z0-fp32-2-r dmgm2
+f=dmgm2/global_step20/mp_rank_00_model_states.safetensors
+python3 -c "
+import sys; b=bytearray(open('$f','rb').read()); b[-100]^=4; open('$f','wb').write(b)"
+cfg 4 "" 0 2 > c2.json
+if run 2 drop.json --config c2.json --data text.txt --quiet --steps 30 --load dmgm2 >out 2>&1; then
+    notok "2 ranks: load accepted a flipped bit in the model file"
+elif grep -q "$f: checksum mismatch" out && grep -q "\[rank 1\].*another rank failed" out; then
+    ok "2 ranks: a flipped bit in the model file is refused by both (rank 0 checks it)"
+else notok "2 ranks, model flip: $(head -c 400 out)"; fi
 cp -r z0-fp32-1-r trunc
 f=trunc/global_step20/mp_rank_00_model_states.safetensors
 truncate -s -100 $f

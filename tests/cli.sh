@@ -426,6 +426,8 @@ printf '{"train_micro_batch_size_per_gpu": 8,\n "train_micro_batch_size_per_gpu"
 expect_fail "--plan: a key written twice is refused as in training" 2 "dupmb.json:2: duplicate key" --plan gpt3.json --config dupmb.json
 echo '{"train_micro_batch_size_per_gpu": 4, "frobnicate": 1}' >unk.json
 expect_fail "--plan --strict-config: an unknown key is an error" 2 "unk.json: unknown key \"frobnicate\"" --plan gpt3.json --config unk.json --strict-config
+run --plan gpt3.json --config <(cat ds.json) # (read once: a pipe)
+[ "$rc" = 0 ] && grep -q "^plan: gpt3.json" "$T/out" && ok "--plan with a config from a pipe" || notok "--plan from a pipe $(why)"
 run --plan gpt3.json --config unk.json
 [ "$rc" = 0 ] && grep -q "warning: unk.json: unknown key \"frobnicate\"" "$T/err" && ok "--plan prints the config's warnings" ||
     notok "--plan warnings $(why)"

@@ -666,6 +666,12 @@ Test(json, values_checked_where_accepted)
     cr_expect_eq(c.precision, DS_PREC_FP32);
     cr_expect(has_warning(&c, "bfloat16 is ignored: bf16 is given too"));
     ds_config_free(&c);
+    load_ok(&c, TB8("\"bf16\": null, \"bfloat16\": {\"enabled\": true}"), 1); /* null is absent */
+    cr_expect_eq(c.precision, DS_PREC_BF16);
+    cr_expect(!has_warning(&c, "bfloat16 is ignored"));
+    ds_config_free(&c);
+    load_fails(TB8("\"fp16\": {\"enabled\": true}, \"bf16\": {\"enabled\": true}, \"data_types\": {\"grad_accum_dtype\": "
+                   "\"fp16\"}"), 1, 0, DS_ERR_INVALID, "bfloat16 and fp16 modes cannot be simultaneously enabled", NULL);
     load_ok(&c, TB8("\"bf16\": {\"enabled\": true}, \"bfloat16\": {\"enabled\": false, \"check_grad_overflow\": true}"), 1);
     cr_expect_eq(c.precision, DS_PREC_BF16);
     cr_expect_eq(c.bf16_check_overflow, 0);

@@ -1950,13 +1950,14 @@ static ds_status load_local(ds_engine *e, const ds_engine_state_info *info, cons
     ds_engine_scalars s;
     if ((st = manifest_scalars(e, info, c, &s, err)) != DS_OK)
         goto done;
-    /* the files this rank reads are verified before a byte of them is used, and so is the model
-     * file, which a resume does not read (the master weights come from the partitions) but which
-     * is the checkpoint's weights for every other use: every rank checks it, so that all of them
-     * refuse a damaged checkpoint together (ds-train(1): every file is checked) */
+    /* the files this rank reads are verified before a byte of them is used, and rank 0 checks the
+     * model file, which a resume does not read (the master weights come from the partitions) but
+     * which is the checkpoint's weights for every other use (ds-train(1): every file is checked);
+     * the caller's agree() makes every rank refuse a damaged checkpoint together */
     const int model_i = find_file(c, c->model_file);
-    st = model_i >= 0 ? ds_ckpt_verify_file(c, model_i, err)
-                      : ds_error_set(err, DS_ERR_INVALID, "%s: %s is not in " SUMS, c->path, c->model_file);
+    st = info->rank != 0 ? DS_OK
+       : model_i >= 0    ? ds_ckpt_verify_file(c, model_i, err)
+                         : ds_error_set(err, DS_ERR_INVALID, "%s: %s is not in " SUMS, c->path, c->model_file);
     for (int r = 0; r < c->partition_world && st == DS_OK; r++)
         if (c->parts[r].begin < info->hold_end && c->parts[r].end > info->hold_begin)
             st = ds_ckpt_verify_file(c, find_file(c, c->parts[r].file), err);

@@ -1744,15 +1744,16 @@ static ds_status load(ds_config *cfg, json_object *root, char *text, const char 
         st = ds_error_set(err, DS_ERR_INVALID, "%s: a network file (it has \"input\" and \"layers\"), not a "
                           "DeepSpeed config: the network comes first, the config after --config", name);
     if (st == DS_OK) {
-        r.skip_bfloat16 = json_object_object_get_ex(root, "bf16", NULL) &&
+        json_object *bv = NULL; /* (a null bf16 is absent: DeepSpeed then reads bfloat16) */
+        r.skip_bfloat16 = json_object_object_get_ex(root, "bf16", &bv) && bv &&
                           json_object_object_get_ex(root, "bfloat16", NULL);
         st = check_section(&r, "", root, TOP_FIELDS);
     }
     /* data_types.grad_accum_dtype: accepted where it names what ds does (fp16 gradients
      * accumulate in fp16, fp32 and bf16 ones in fp32: ds-config(5)); DeepSpeed refuses fp16 with
      * fp32 accumulation (without ZeRO) and accumulates bf16 in bf16 where asked */
-    if ((st == DS_OK || st == DS_ERR_UNSUPPORTED) && r.accum_dtype &&
-        r.accum16 != (r.fp16_on && !r.bf16_on ? 1 : 0))
+    if ((st == DS_OK || st == DS_ERR_UNSUPPORTED) && r.accum_dtype && !(r.fp16_on && r.bf16_on) &&
+        r.accum16 != (r.fp16_on ? 1 : 0)) /* (both on: the conflict's error below says what is wrong) */
         st = refuse(&r, "data_types.grad_accum_dtype=%s is not supported yet (%s training accumulates its "
                     "gradients in %s)", json_object_get_string(r.accum_dtype),
                     r.fp16_on ? "fp16" : r.bf16_on ? "bf16" : "fp32", r.fp16_on ? "fp16" : "fp32");
