@@ -1439,17 +1439,6 @@ int main(int argc, char **argv)
         return rc;
     }
     const int64_t start = ds_engine_global_steps(eng);
-    if (a.ckpt_load && start == 0 && check_output("--log-json", a.log_json, a.force, 1)) { /* (nothing resumed) */
-        ds_sampler_free(&sampler);
-        ds_dataset_close(ds);
-        ds_engine_destroy(eng);
-        ds_comm_destroy(comm);
-        if (store) {
-            ds_store_fail(store, "it stopped with an error (see its output)");
-            ds_store_close(store);
-        }
-        return 2;
-    }
     size_t pb, gb, ob, ab;
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
     ds_memory_report mrep;
@@ -1473,7 +1462,9 @@ int main(int argc, char **argv)
     int refused = 0;
     char why[4600] = "";
     int cut_line = 0; /* --log-json's last line, cut off by a kill, dropped */
-    if (a.prof_db && cfg->curriculum.enabled) { /* its runs table has one positions per sample */
+    if (a.ckpt_load && start == 0 && check_output("--log-json", a.log_json, a.force, 1)) {
+        refused = 1; /* (--load found nothing to resume: an existing log is refused as without --load) */
+    } else if (a.prof_db && cfg->curriculum.enabled) { /* its runs table has one positions per sample */
         if (rank == 0)
             fprintf(stderr, "ds-train: --prof_db with curriculum_learning in %s is not supported yet (the run "
                     "database records one sequence length per run)\n", a.config);

@@ -137,6 +137,11 @@ run 1 "${a[@]/lj.jsonl/gap.jsonl}" --steps 22 >/dev/null 2>err
 [ $? = 2 ] && grep -q "ds-train: --log-json gap.jsonl: its records end at step 1, but the checkpoint is at step 20" err &&
     [ "$(cat gap.jsonl)" = '{"step": 1, "loss": 5}' ] && ok "a --log-json ending before the checkpoint's step is refused (not this run's)" ||
     notok "--log-json gap: $(head -c 300 err)"
+# --load with nothing to resume yet: an existing log is refused as without --load
+run 1 drop.json --config lj.json --data text.txt --quiet --steps 2 --save fresh-r --load fresh-r --log-json gap.jsonl >/dev/null 2>err
+[ $? = 2 ] && grep -q "ds-train: --log-json gap.jsonl: the file exists; not overwriting it (use --force)" err &&
+    ok "--load with no checkpoint yet: an existing --log-json is refused (nothing resumed)" ||
+    notok "--load, nothing to resume, existing log: $(head -c 300 err)"
 echo '{"step": 1, "loss": 5}' > other.jsonl && echo 'not a record' >> other.jsonl
 run 1 "${a[@]/lj.jsonl/other.jsonl}" --steps 22 >/dev/null 2>err
 [ $? = 2 ] && grep -q "ds-train: --log-json other.jsonl: line 2 is not a ds-train step record; not appending to it" err &&
