@@ -394,4 +394,24 @@ PYEOF
     ); then ok "--plan, fp16, 4 ranks: $out"; else notok "--plan: $out"; fi
 else notok "--plan failed: $(cat plan.err)"; fi
 grep -q 'Psi' plan.out && grep -q 'ZeRO paper, mixed-precision Adam' plan.out && ok "--plan prints the paper's figures too" || notok "--plan lacks the paper's figures"
+
+# fp16 with gradient accumulation: the running sum over the micro-batches is an fp16 number at
+# every stage (stages 2 and 3 kept it in fp32, so a sum past fp16's range overflowed at stages 0
+# and 1 only, and the stage decided which steps were skipped). One process, 25 steps of a high
+# initial scale: the same steps skipped and the same scale at every stage.
+skips() { python3 -c 'import json, sys; l = [json.loads(x) for x in open(sys.argv[1])]; print("".join("X" if x["skipped"] else "." for x in l), l[-1]["loss_scale"])' "$1"; }
+pat=""
+for st in 0 1 2 3; do
+    echo "{\"train_micro_batch_size_per_gpu\": 4, \"gradient_accumulation_steps\": 2, \"seed\": 7,
+ \"optimizer\": {\"type\": \"AdamW\", \"params\": {\"lr\": 0.003, \"weight_decay\": 0.1}},
+ \"fp16\": {\"enabled\": true, \"initial_scale_power\": 24, \"loss_scale_window\": 2, \"hysteresis\": 1},
+ \"zero_optimization\": {\"stage\": $st}}" > acc16-$st.json
+    "$B/ds-train" net.json --config acc16-$st.json --data text.txt --data-order sequential --steps 25 --quiet \
+        --log-json acc16-$st.jsonl >/dev/null 2>acc16.err || { pat="$pat stage $st failed: $(head -c 200 acc16.err);"; continue; }
+    pat="$pat $(skips acc16-$st.jsonl)"
+done
+set -- $pat
+if [ $# = 8 ] && [ "$1 $2" = "$3 $4" ] && [ "$1 $2" = "$5 $6" ] && [ "$1 $2" = "$7 $8" ] && echo "$1" | grep -q 'X.*\.\+X'; then
+    ok "fp16, accumulation 2, stages 0-3: the same steps skipped ($1) and loss scale ($2)"
+else notok "fp16 accumulation across stages: $pat"; fi
 tap_summary

@@ -49,7 +49,8 @@ struct ds_engine {
     size_t *zoff, *zlen;   /* per-rank blocks of one bucket (world_size entries each) */
     float *gpart;          /* stages 2, 3: this rank's averaged gradient partition */
     int master_owned;      /* master is its own allocation (not an alias of params) */
-    struct zbucket { int64_t b0, b1; int slot, last_layer; } *zb;
+    /* nred: reductions added into gpart since it was last zeroed (the reducing thread's count) */
+    struct zbucket { int64_t b0, b1; int slot, last_layer, nred; } *zb;
     int n_zb;
     float **zslot;         /* stage 2: gradient bucket buffers, n_zslot of zslot_len floats */
     int n_zslot;
@@ -894,6 +895,15 @@ static ds_status zero_reduce_bucket(ds_engine *e, int k, ds_error *err)
     int64_t lo = b->b0 > e->pbeg ? b->b0 : e->pbeg, hi = b->b1 < e->pend ? b->b1 : e->pend;
     if (hi > lo && (st = ops->accumulate(e->be, buf + (lo - b->b0), e->gpart + (lo - e->pbeg), hi - lo, 1)) != DS_OK)
         return backend_err(e, st, err);
+    /* fp16 with gradient accumulation: the partition's running sum over the micro-batches is an
+     * fp16 number, as stages 0 and 1 keep theirs (DeepSpeed's fp16 gradients): a sum past fp16's
+     * range overflows at every stage alike, so the stage does not decide which steps are
+     * skipped. The first micro-batch's reduction is left as it is (at one accumulation step the
+     * stages keep giving the same bits: stage 0's average over the ranks is fp32 too). */
+    if (hi > lo && e->round == DS_ROUND_FP16 && b->nred > 0 &&
+        (st = ops->round16(e->be, e->gpart + (lo - e->pbeg), hi - lo, e->round)) != DS_OK)
+        return backend_err(e, st, err);
+    b->nred++;
     if ((st = ops->zero(e->be, buf, (size_t)len * sizeof(float))) != DS_OK)
         return backend_err(e, st, err);
     return DS_OK;
@@ -1636,6 +1646,8 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
     else if (overflow)
         numeric = ds_loss_scaler_update(&e->scaler, 1, &why); /* the scale drops, or an error at the minimum */
     if (numeric != DS_OK) {
+        for (int k = 0; k < e->n_zb; k++)
+            e->zb[k].nred = 0;
         ds_status zs = e->zero >= 2 ? ops->zero(e->be, e->gpart, (size_t)plen * sizeof(float))
                                     : ops->zero(e->be, e->grads, (size_t)n * sizeof(float));
         if (zs != DS_OK)
@@ -1682,6 +1694,8 @@ ds_status ds_engine_step(ds_engine *e, ds_error *err)
         e->sched_iter++;
         sched_load(e);
     }
+    for (int k = 0; k < e->n_zb; k++)
+        e->zb[k].nred = 0;
     if ((st = e->zero >= 2 ? ops->zero(e->be, e->gpart, (size_t)plen * sizeof(float))
                            : ops->zero(e->be, e->grads, (size_t)n * sizeof(float))) != DS_OK)
         return backend_err(e, st, err);
