@@ -1807,7 +1807,7 @@ int main(int argc, char **argv)
     } else if (rank == 0) {
         double total = now_s() - t_start;
         qsort(ms_hist, (size_t)ran, sizeof *ms_hist, cmp_double);
-        double med = ran > 0 ? ms_hist[ran / 2] : 0;
+        double med = ran > 0 ? (ran % 2 ? ms_hist[ran / 2] : 0.5 * (ms_hist[ran / 2 - 1] + ms_hist[ran / 2])) : 0;
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         if (ds_engine_skipped_steps(eng) > 0)

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # bench-train.sh: training throughput of ds-train against eager PyTorch on
-# the same machine, same model, same data, same micro batch, one after the
-# other.  See scripts/README.md.
+# the same machine, same model, same data, same micro batch, in --rounds
+# rounds (ds-train, then every PyTorch setting, in each), so that drifts of the
+# machine hit both alike; the ratio reported is the median of the rounds' ratios
+# (ds over the round's best PyTorch setting), with their range.  See
+# scripts/README.md.
 #
-# Usage: scripts/bench-train.sh [--steps N] [--warmup W] [--net NET.json]
+# Usage: scripts/bench-train.sh [--rounds R] [--steps N] [--warmup W] [--net NET.json]
 #          [--config DS.json] [--data FILE] [--threads T] [--torch-threads "1 2"]
 #          [--skip-ds] [--skip-torch] [--summary FILE.json] [--retries R] [--keep]
 #
+#   --rounds R       rounds (default 3)
 #   --steps N        optimizer steps per run (default 30)
 #   --warmup W       first W steps not measured (default 5)
 #   --net/--config   default share/configs/gpt-tiny.json / gpt-tiny.ds.json
@@ -38,6 +42,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
+rounds=3
 steps=30
 warmup=5
 net=$root/share/configs/gpt-tiny.json
@@ -55,6 +60,7 @@ retries=2
 die() { echo "bench-train: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
+    --rounds) rounds=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --net) net=$2; shift 2 ;;
@@ -72,6 +78,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$steps" -gt "$warmup" ] 2>/dev/null || die "--steps must be larger than --warmup"
+[ "$rounds" -ge 1 ] 2>/dev/null || die "--rounds must be a whole number >= 1"
 [ -f "$net" ] || die "no network file $net"
 [ -f "$config" ] || die "no config file $config"
 [ -n "$torch_threads" ] || torch_threads=$(printf '%s\n' 1 "$ncpu" | sort -nu | tr '\n' ' ')
@@ -239,7 +246,10 @@ run_ds() {
         --extra "{\"threads\": $threads, \"peak_rss_kb\": ${rss_kb:-null}, \"other_cpu_pct\": $other}" \
         --out "$out"
 }
+# mark a result file with its round
+in_round() { "$py" -c 'import json,sys; d=json.load(open(sys.argv[1])); d["round"]=int(sys.argv[2]); json.dump(d,open(sys.argv[1],"w"))' "$1" "$2"; }
 ds_note=
+cmd=()
 if [ "$skip_ds" = 1 ]; then
     ds_note="--skip-ds"
 else
@@ -256,7 +266,6 @@ else
         extra+=(${DS_TRAIN_ARGS:-})
         cmd=("$ds" "$net" --config "$config" --data "$data" --steps "$steps"
              --data-order sequential --log-json "$work/ds-log.jsonl" "${extra[@]}")
-        with_retries "$work/ds.json" run_ds "$work/ds.json" && results+=("$work/ds.json")
     fi
 fi
 
@@ -272,14 +281,21 @@ run_torch() {
             --data "$data" --steps "$steps" --warmup "$warmup" --threads "$t" --out "$f")
     fi
 }
-if [ "$skip_torch" = 0 ]; then
-    for t in $torch_threads; do
-        for pol in "" PASSIVE; do
-            f=$work/torch-$t-${pol:-default}.json
-            with_retries "$f" run_torch "$t" "$pol" "$f" && results+=("$f")
+for r in $(seq "$rounds"); do
+    echo "bench-train: round $r of $rounds" >&2
+    if [ "${#cmd[@]}" -gt 0 ]; then
+        f=$work/ds-$r.json
+        with_retries "$f" run_ds "$f" && in_round "$f" "$r" && results+=("$f")
+    fi
+    if [ "$skip_torch" = 0 ]; then
+        for t in $torch_threads; do
+            for pol in "" PASSIVE; do
+                f=$work/torch-$t-${pol:-default}-$r.json
+                with_retries "$f" run_torch "$t" "$pol" "$f" && in_round "$f" "$r" && results+=("$f")
+            done
         done
-    done
-fi
+    fi
+done
 
 bt report --net "$net" --warmup "$warmup" --torch-note="$torch_note" --ds-note="$ds_note" \
     ${summary:+--summary "$summary"} "${results[@]}"

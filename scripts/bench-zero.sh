@@ -46,22 +46,33 @@ for r in $(seq 1 "$rounds"); do
                 "$root/share/configs/gpt-tiny.json" --config "$tmp/z$st.json" \
                 --data /usr/share/common-licenses --steps "$steps" --quiet 2>/dev/null | grep 'done:' || true)
             tps=$(echo "$line" | sed -n 's/.*ms\/step, \([0-9.]*\) tokens\/s.*/\1/p')
-            echo "$n $st ${tps:-0}" >> "$tmp/tps"
+            if [ -n "$tps" ]; then echo "$n $st $tps" >> "$tmp/tps"
+            else echo "  round $r, $n ranks, stage $st: the run failed (no done line); left out" >&2
+                echo "$n $st failed" >> "$tmp/tps"; fi
         done
     done
 done
 python3 - "$tmp/tps" <<'PYEOF'
 import statistics, sys
-v = {}
+v, failed = {}, {}
 for l in open(sys.argv[1]):
     n, st, t = l.split()
-    v.setdefault((int(n), st), []).append(float(t))
+    if t == 'failed':  # (a failed run is not a 0 in the median)
+        failed[(int(n), st)] = failed.get((int(n), st), 0) + 1
+    else:
+        v.setdefault((int(n), st), []).append(float(t))
 for n in (2, 4):
-    base = statistics.median(v[(n, '0')])
+    base = statistics.median(v[(n, '0')]) if v.get((n, '0')) else None
     for st in ('0', '1', '2', '2o', '3'):
-        m = statistics.median(v[(n, st)])
         name = 'stage 2 + overlap_comm' if st == '2o' else 'stage ' + st
-        print('  %d ranks, %-22s %8.0f tokens/s  (%.2f of stage 0)' % (n, name + ':', m, m / base if base else 0))
+        f = failed.get((n, st), 0)
+        note = '; %d run(s) failed' % f if f else ''
+        if not v.get((n, st)):
+            print('  %d ranks, %-22s no run finished%s' % (n, name + ':', note))
+            continue
+        m = statistics.median(v[(n, st)])
+        print('  %d ranks, %-22s %8.0f tokens/s  (%s of stage 0, median of %d%s)'
+              % (n, name + ':', m, '%.2f' % (m / base) if base else '-', len(v[(n, st)]), note))
 PYEOF
 
 echo "== 2. deepest GPT that trains under ${limit_mb} MB (RLIMIT_DATA) per rank, 4 ranks"

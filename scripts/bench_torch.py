@@ -266,23 +266,40 @@ def cmd_report(a):
         return tps
 
     noisy = []
-    ds_tps = None
-    for r in ds:
-        ds_tps = row("ds-train x%s" % r.get("threads", "?"), r)
-    best = None
-    for r in th:
-        label = "torch %s x%d%s" % (r["torch_version"], r["threads"],
-                                ", OMP_WAIT_POLICY=" + r["omp_wait_policy"] if r["omp_wait_policy"] else "")
-        tps = row(label, r)
-        if tps and (best is None or tps > best["tokens_per_s"]):
-            best = r
+    rounds = sorted({r.get("round", 1) for r in ds + th})
+    per_round = []  # (round, ds tokens/s, best torch result of the round)
+    for rd in rounds:
+        ds_tps, best = None, None
+        for r in (x for x in ds if x.get("round", 1) == rd):
+            ds_tps = row("round %d: ds-train x%s" % (rd, r.get("threads", "?")), r)
+        for r in (x for x in th if x.get("round", 1) == rd):
+            label = "round %d: torch %s x%d%s" % (rd, r["torch_version"], r["threads"],
+                                                ", OMP_WAIT_POLICY=" + r["omp_wait_policy"]
+                                                if r["omp_wait_policy"] else "")
+            tps = row(label, r)
+            if tps and (best is None or tps > best["tokens_per_s"]):
+                best = r
+        per_round.append((rd, ds_tps, best))
     print()
-    if best:
-        print("PyTorch reference (best setting): %d thread(s)%s: %.0f tokens/s"
-              % (best["threads"], ", OMP_WAIT_POLICY=" + best["omp_wait_policy"]
-                 if best["omp_wait_policy"] else "", best["tokens_per_s"]))
-    if ds_tps and best:
-        print("ratio ds/torch (tokens/s): %.2fx" % (ds_tps / best["tokens_per_s"]))
+    import statistics
+    ratios = [d / b["tokens_per_s"] for _, d, b in per_round if d and b]
+    ds_all = [d for _, d, _ in per_round if d]
+    best_all = [b["tokens_per_s"] for _, _, b in per_round if b]
+    best = max((b for _, _, b in per_round if b), key=lambda b: b["tokens_per_s"], default=None)
+    ds_tps = statistics.median(ds_all) if ds_all else None
+    for rd, d, b in per_round:
+        if b:
+            print("round %d: PyTorch's best setting %d thread(s)%s %.0f tokens/s%s"
+                  % (rd, b["threads"], ", OMP_WAIT_POLICY=" + b["omp_wait_policy"] if b["omp_wait_policy"] else "",
+                     b["tokens_per_s"], "; ds/torch %.2fx" % (d / b["tokens_per_s"]) if d else ""))
+    if ds_all:
+        print("ds-train: median over %d round(s) %.0f tokens/s" % (len(ds_all), ds_tps))
+    if best_all:
+        print("PyTorch reference (each round's best setting): median over %d round(s) %.0f tokens/s"
+              % (len(best_all), statistics.median(best_all)))
+    if ratios:
+        print("ratio ds/torch (tokens/s): %.2fx, the median of %d round(s)' ratios (range %.2f-%.2fx)"
+              % (statistics.median(ratios), len(ratios), min(ratios), max(ratios)))
     elif not ds:
         print("ds-train: not run (%s)" % (a.ds_note or "no result"))
     print("tokens/s = median over the steps after %s warm-up steps; %%peak = GFLOP/s over the"
@@ -296,8 +313,10 @@ def cmd_report(a):
             json.dump({"flops_per_token": fpt, "matmul": mm, "ds": ds, "torch": th,
                        "best_torch": best and {k: best[k] for k in ("threads", "omp_wait_policy",
                                                                      "tokens_per_s")},
-                       "ratio_ds_torch": (ds_tps / best["tokens_per_s"]) if (ds_tps and best)
-                       else None}, f, indent=1)
+                       "ds_tokens_per_s_median": ds_tps,
+                       "torch_best_tokens_per_s_median": statistics.median(best_all) if best_all else None,
+                       "ratios_ds_torch": ratios,
+                       "ratio_ds_torch": statistics.median(ratios) if ratios else None}, f, indent=1)
 
 
 def main():

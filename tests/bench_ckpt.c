@@ -135,7 +135,8 @@ int main(int argc, char **argv)
     double med[4];
     for (int k = 0; k < 4; k++) {
         qsort(ts + k * reps, (size_t)reps, sizeof *ts, cmp);
-        med[k] = ts[k * reps + reps / 2];
+        const double *v = ts + k * reps; /* the median (the middle two's mean for an even count) */
+        med[k] = reps % 2 ? v[reps / 2] : 0.5 * (v[reps / 2 - 1] + v[reps / 2]);
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

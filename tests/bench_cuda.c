@@ -306,6 +306,10 @@ int main(int argc, char **argv)
          CK(ops->adamw_step(be, p, g, m, v, P, &aa)));
     TIME("zero (grads)", 0, 4.0 * P, 1, CK(ops->zero(be, g, (size_t)P * sizeof(float))));
 
+    /* (ms: the mean of 10 calls back to back after 2 warm-up calls, one synchronisation around them,
+     * as a GPU's queue runs them; attention's TFLOP/s counts the full T x T products, which the
+     * causal kernels halve by skipping the blocks above the diagonal) */
+    printf("\nms: the mean of 10 back-to-back calls; attention's TFLOP/s counts the full T x T products\n");
     printf("\n%-34s %9s %9s %9s %6s %10s\n", "op (the shapes above)", "ms", "TFLOP/s", "GB/s", "x/step", "ms/step");
     double total = 0, gemm_total = 0, attn_total = 0;
     for (int i = 0; i < nrows; i++) {

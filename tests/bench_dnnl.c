@@ -31,6 +31,9 @@
 #include <string.h>
 #include <time.h>
 
+/* the median of n sorted values (the mean of the middle two for an even n) */
+#define MEDIAN(v, n) ((n) % 2 ? (v)[(n) / 2] : 0.5 * ((v)[(n) / 2 - 1] + (v)[(n) / 2]))
+
 #define MAX_T 64
 
 static double now_s(void)
@@ -220,7 +223,7 @@ static double time_variant(const prod *q, int bf16, int out16, int split, int pa
             memcpy(&f, &u, 4);
             *sum += f;
         }
-        gf = 2.0 * (double)q->M * (double)q->N * (double)q->K / ts[reps / 2] / 1e9;
+        gf = 2.0 * (double)q->M * (double)q->N * (double)q->K / MEDIAN(ts, reps) / 1e9;
         free(ts);
     }
     for (int t = 0; t < n; t++)
@@ -375,7 +378,7 @@ static double att_time(const att_prod *q, int bf16, int dense, int reps, char *i
                         memcpy(&f, &u, 4);
                         *sum += f;
                     }
-        gf = 2.0 * ATT_B * ATT_H * (double)q->M * (double)q->N * (double)q->K / ts[reps / 2] / 1e9;
+        gf = 2.0 * ATT_B * ATT_H * (double)q->M * (double)q->N * (double)q->K / MEDIAN(ts, reps) / 1e9;
         free(ts);
     }
     for (int t = 0; t < n; t++)
@@ -410,7 +413,7 @@ static double att_repack_ms(int reps)
             ts[r] = now_s() - t0;
     }
     qsort(ts, (size_t)reps, sizeof *ts, cmp_d);
-    double ms = ts[reps / 2] * 1e3;
+    double ms = MEDIAN(ts, reps) * 1e3;
     free(ts), free(src), free(dst);
     return ms;
 }
