@@ -164,10 +164,12 @@ Test(engine, timers_off_by_default)
 }
 
 /* fwd + bwd + step of an effective batch is the engine's time for it: within 5% (plus 0.5 ms)
- * of the wall time of the calls that made it, measured around them. */
-Test(engine, timers_add_up)
+ * of the wall time of the calls that made it, measured around them. The time between the calls
+ * is no timer's: a preemption there (a busy 2-core machine) can take more than the slack, so the
+ * lower bounds are asked of one of up to 3 engines' runs; the upper bounds of every run. */
+static int timers_add_up_once(void)
 {
-    fill_batch();
+    int ok = 1;
     ds_engine *e = mlp(", \"wall_clock_breakdown\": true");
     const ds_timers *t = ds_engine_timers(e);
     cr_assert_not_null(t);
@@ -175,13 +177,20 @@ Test(engine, timers_add_up)
         double wall = micro_step(e);
         cr_expect_eq(ds_engine_global_steps(e), s);
         double m = t->last_micro_ms[DS_TIMER_FWD] + t->last_micro_ms[DS_TIMER_BWD] + t->last_micro_ms[DS_TIMER_STEP];
-        cr_expect(m <= wall && m >= 0.95 * wall - 0.5, "micro: %.3f ms of timers in %.3f ms", m, wall);
+        cr_expect(m <= wall, "micro: %.3f ms of timers in %.3f ms", m, wall);
+        if (!(m >= 0.95 * wall - 0.5)) {
+            cr_log_warn("micro: %.3f ms of timers in %.3f ms of calls (preempted between them?)", m, wall);
+            ok = 0;
+        }
         wall += micro_step(e);
         cr_expect_eq(ds_engine_global_steps(e), s + 1);
         const double *g = t->last_global_ms;
         double sum = g[DS_TIMER_FWD] + g[DS_TIMER_BWD] + g[DS_TIMER_STEP];
-        cr_expect(sum <= wall && sum >= 0.95 * wall - 0.5, "step %d: fwd+bwd+step %.3f ms, calls %.3f ms", s, sum,
-                  wall);
+        cr_expect(sum <= wall, "step %d: fwd+bwd+step %.3f ms, calls %.3f ms", s, sum, wall);
+        if (!(sum >= 0.95 * wall - 0.5)) {
+            cr_log_warn("step %d: fwd+bwd+step %.3f ms, calls %.3f ms (preempted between them?)", s, sum, wall);
+            ok = 0;
+        }
         cr_expect(g[DS_TIMER_FWD] > 0 && g[DS_TIMER_BWD_INNER] > 0 && g[DS_TIMER_STEP] > 0);
         double parts = g[DS_TIMER_BWD_INNER] + g[DS_TIMER_BWD_ALLREDUCE]; /* bwd's clock reads enclose them */
         cr_expect(g[DS_TIMER_BWD] >= parts && g[DS_TIMER_BWD] <= parts + 0.1, "bwd %.4f, parts %.4f", g[DS_TIMER_BWD],
@@ -191,6 +200,16 @@ Test(engine, timers_add_up)
     cr_expect_eq(t->micro_count, 6);
     cr_expect_eq(t->boundary_count, 3);
     ds_engine_destroy(e);
+    return ok;
+}
+
+Test(engine, timers_add_up)
+{
+    fill_batch();
+    int ok = 0;
+    for (int attempt = 0; attempt < 3 && !ok; attempt++)
+        ok = timers_add_up_once();
+    cr_expect(ok, "in 3 runs, never did the timers cover 95%% (less 0.5 ms) of the calls' time");
 }
 
 Test(engine, option_turns_timers_on)
