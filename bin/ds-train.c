@@ -1532,8 +1532,14 @@ int main(int argc, char **argv)
                (long long)TB, (long long)MB, (long long)GAS, world, (long long)steps, steps == 1 ? "" : "s");
         if (world > 1 && strncmp(backend, "cuda", 4) != 0) /* rank 0's two links of the ring */
             printf("comm: %s\n", ds_comm_describe(comm));
-        printf("optimizer: %s lr %g; memory: params %.1f MB, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
-               ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, pb / 1e6, gb / 1e6, ob / 1e6, ab / 1e6);
+        /* params as the per-rank memory line counts them: the working weights, and in 16-bit
+         * training the fp32 master weights beside them */
+        char master[48] = "";
+        if (mrep.master)
+            snprintf(master, sizeof master, ", master %.1f MB", mrep.master / 1e6);
+        printf("optimizer: %s lr %g; memory: params %.1f MB%s, grads %.1f MB, optimizer %.1f MB, activations %.1f MB\n",
+               ds_optimizer_name(&cfg->optimizer), cfg->optimizer.lr, mrep.params / 1e6, master, gb / 1e6, ob / 1e6,
+               ab / 1e6);
         if (cfg->zero.offload_optimizer) /* the engine refuses it on other backends */
             printf("offload_optimizer: cpu; on the cpu backend the optimizer state and step are in host memory "
                    "already\n");
