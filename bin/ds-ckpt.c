@@ -207,6 +207,12 @@ static int verify(const char *dir, const char *tag)
         closedir(dd);
     for (int i = 0; i < nl; i++)
         printf("note: %s/%s: leftover of an interrupted save; not a checkpoint (safe to delete)\n", dir, left[i]);
+    char *newest = NULL; /* what ds-train --load and the other commands take */
+    ds_error nerr = {0};
+    if (!bad && ds_ckpt_newest(dir, &newest, &nerr) == DS_OK && newest && latest && strcmp(newest, latest))
+        printf("note: %s is newer than the %s latest names (a save stopped before it rewrote latest): "
+               "ds-train --load and merge/convert/reshard take %s\n", newest, latest, newest);
+    free(newest);
     if (!bad)
         printf("%s: sound (%d checkpoint%s, latest %s)\n", dir, n, n == 1 ? "" : "s", latest);
     ds_ckpt_free_list(tags, n);
@@ -219,7 +225,29 @@ static int verify(const char *dir, const char *tag)
 static int open_verified(ds_ckpt **c, const char *dir, const char *tag)
 {
     ds_error err = {0};
-    if (ds_ckpt_open(c, dir, tag, &err) != DS_OK) {
+    char *newest = NULL;
+    if (!tag) { /* the checkpoint ds-train --load takes: latest's, or a newer complete one whose save
+                 * stopped before it rewrote latest (ds-checkpoint(5)) */
+        char *latest = NULL;
+        if (ds_ckpt_newest(dir, &newest, &err) != DS_OK) {
+            fprintf(stderr, "ds-ckpt: %s\n", err.msg);
+            return 1;
+        }
+        if (!newest) {
+            fprintf(stderr, "ds-ckpt: %s: no checkpoint (no %s/latest, no tag with manifest.json)\n", dir, dir);
+            return 1;
+        }
+        ds_error ignore = {0};
+        if (ds_ckpt_latest(dir, &latest, &ignore) == DS_OK && latest && strcmp(latest, newest))
+            fprintf(stderr, "ds-ckpt: note: %s/%s is newer than the %s that %s/latest names (a save stopped before it "
+                    "rewrote latest); taking it, as ds-train --load does (--tag %s for the other)\n", dir, newest,
+                    latest, dir, latest);
+        free(latest);
+        tag = newest;
+    }
+    ds_status ost = ds_ckpt_open(c, dir, tag, &err);
+    free(newest);
+    if (ost != DS_OK) {
         fprintf(stderr, "ds-ckpt: %s\n", err.msg);
         return 1;
     }

@@ -244,6 +244,38 @@ mkdir -p proj/src && echo "int main;" > proj/src/main.c
     "$B/ds-ckpt" reshard one-r4 one-r2/ --dp 2 --force >/dev/null 2>>err && ! ls -a | grep -q 'one-r2.*\(tmp\|old\)' \
     && ok "reshard into OUT/ (a trailing slash), then --force over that checkpoint: done, no leftovers" \
     || notok "reshard OUT/: $(head -c 300 err) $(ls -a | grep one-r2)"
+# --force replaces OUT whole: a checkpoint directory with other files in it (notes, a tensorboard
+# folder) is refused and kept, and so is one a ds-train run is saving into (its lock)
+cp -r one-r2 mixed && echo notes > mixed/notes.txt && mkdir mixed/tb
+"$B/ds-ckpt" reshard one mixed --dp 2 --force >/dev/null 2>err; rc=$?
+[ $rc = 2 ] && grep -q "mixed: holds more than checkpoints (notes.txt, tb\|mixed: holds more than checkpoints (tb, notes.txt" err &&
+    [ -f mixed/notes.txt ] && [ -d mixed/tb ] && [ -d mixed/global_step10 ] &&
+    ok "reshard --force over a checkpoint directory with other files: refused (exit 2), everything kept" ||
+    notok "reshard --force over mixed: exit $rc $(head -c 300 err) $(ls mixed | tr '\n' ' ')"
+cp -r one-r2 busy && python3 -c "
+import fcntl, os, subprocess, sys
+fd = os.open('busy/.ds-train.lock', os.O_RDWR | os.O_CREAT, 0o644); fcntl.flock(fd, fcntl.LOCK_EX)
+sys.exit(subprocess.call(['$B/ds-ckpt', 'reshard', 'one', 'busy', '--dp', '2', '--force'], stderr=open('err', 'w'), stdout=subprocess.DEVNULL))"
+rc=$?
+[ $rc = 2 ] && grep -q "busy: a ds-train run is saving checkpoints there" err && [ -d busy/global_step10 ] &&
+    ok "reshard --force over a directory a run holds the lock of: refused (exit 2)" ||
+    notok "reshard --force over busy: exit $rc $(head -c 300 err)"
+# thousands of partitions: SHA256SUMS past 1 MiB is read back (it was written, then refused)
+"$B/ds-ckpt" reshard one wide9k --dp 9000 >/dev/null 2>err && "$B/ds-ckpt" verify wide9k >/dev/null 2>>err &&
+    [ "$(stat -c %s wide9k/global_step10/SHA256SUMS)" -gt 1048576 ] &&
+    ok "reshard --dp 9000: its SHA256SUMS (over 1 MiB) verifies" || notok "reshard --dp 9000: $(head -c 300 err)"
+rm -rf wide9k
+# a save that stopped between its tag's rename and latest's rewrite: merge takes the newer tag, as
+# --load does, with a note; verify says so too
+run 1 drop.json --config lj.json --data text.txt --quiet --steps 4 --save stale --save_interval 2 >/dev/null 2>err &&
+    printf global_step2 > stale/latest
+"$B/ds-ckpt" merge stale stale.st >/dev/null 2>err2; rc=$?
+"$B/ds-ckpt" merge stale stale4.st --tag global_step4 >/dev/null 2>>err
+"$B/ds-ckpt" verify stale >vout 2>&1
+[ $rc = 0 ] && grep -q "note: stale/global_step4 is newer than the global_step2 that stale/latest names" err2 &&
+    cmp -s stale.st stale4.st && grep -q "note: global_step4 is newer than the global_step2 latest names" vout &&
+    ok "latest left behind by a stopped save: merge takes the newer tag as --load does, and says so; so does verify" ||
+    notok "stale latest: exit $rc $(head -c 300 err2) $(head -c 200 err) $(head -c 300 vout)"
 # ZeRO-2 with optimizer state partitioned over 4 ranks, resumed on 2 (re-partitioned on load)
 cfg 2 "" 2 4 > z4.json; cfg 4 "" 2 2 > z2.json
 run 4 "${a[@]}" --config z4.json --save zfour --save_interval 10 --log-json zfour.jsonl >/dev/null 2>err

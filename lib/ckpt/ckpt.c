@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -113,10 +114,32 @@ static int unhex(const char *s, uint8_t d[32])
     return 0;
 }
 
+/* rename(tmp, path), but never over a path that exists: renameat2's RENAME_NOREPLACE, or link
+ * and unlink where the file system lacks it (then, with no hard links either, a look and a plain
+ * rename). -1 with errno EEXIST when path exists. (Works for directories too, except the link
+ * fallback.) */
+static int rename_noreplace(const char *tmp, const char *path)
+{
+    int r = renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE);
+    if (r != 0 && (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP)) { /* not on this file system */
+        struct stat sb;
+        if (lstat(tmp, &sb) == 0 && !S_ISDIR(sb.st_mode) && (r = link(tmp, path)) == 0) {
+            unlink(tmp);
+        } else if (r != 0 && errno != EEXIST) {
+            if (lstat(path, &sb) == 0)
+                errno = EEXIST, r = -1;
+            else
+                r = rename(tmp, path);
+        }
+    }
+    return r;
+}
+
 /* ---- a file written through SHA-256: NAME.part, fsynced, renamed to NAME at the end ------- */
 
 typedef struct out_file {
     int fd;
+    int noreplace; /* the final rename must not replace a file that appeared meanwhile (no --force) */
     char *path, *part;
     ds_sha256_ctx sha;
     int64_t bytes;
@@ -197,8 +220,11 @@ static ds_status out_close(out_file *o, ds_error *err)
     if (close(o->fd) != 0 && st == DS_OK)
         st = ds_error_set(err, DS_ERR_IO, "%s: close failed: %s", o->path, strerror(errno));
     o->fd = -1;
-    if (st == DS_OK && rename(o->part, o->path) != 0)
-        st = ds_error_set(err, DS_ERR_IO, "%s: cannot rename %s to it: %s", o->path, o->part, strerror(errno));
+    if (st == DS_OK && (o->noreplace ? rename_noreplace(o->part, o->path) : rename(o->part, o->path)) != 0)
+        st = errno == EEXIST && o->noreplace
+                 ? ds_error_set(err, DS_ERR_INVALID, "%s: appeared while this ran; not overwriting it (use --force)",
+                                o->path)
+                 : ds_error_set(err, DS_ERR_IO, "%s: cannot rename %s to it: %s", o->path, o->part, strerror(errno));
     if (st != DS_OK) {
         out_abort(o);
         return st;
@@ -419,7 +445,7 @@ static const char *jstr(json_object *o, const char *key)
 static ds_status parse_sums(const char *path, ds_ckpt_file **files, int *n, ds_error *err)
 {
     char *txt;
-    ds_status st = read_text(path, &txt, 1 << 20, err);
+    ds_status st = read_text(path, &txt, 16u << 20, err); /* (65536 partitions: about 8 MiB) */
     if (st != DS_OK)
         return st;
     int cap = 8, k = 0;
@@ -2067,6 +2093,7 @@ ds_status ds_ckpt_export(ds_ckpt *c, const char *out, ds_dtype dtype, int with_o
     }
     out_file o;
     st = out_open(&o, out, err);
+    o.noreplace = !force;
     if (st == DS_OK)
         st = st_write_header(&o, d, n, meta, err);
     json_object_put(meta);
@@ -2139,8 +2166,11 @@ static ds_status copy_file(const char *src, const char *dst, ds_ckpt_file *rec, 
     return st;
 }
 
-/* An existing OUT that reshard --force may replace: a checkpoint directory (latest, or a tag
- * with a manifest) or an empty one; anything else is somebody's, and stays. */
+/* An existing OUT that reshard --force may replace, whole: an empty directory, or a checkpoint
+ * directory that holds nothing but checkpoints (latest, tags with a manifest, the leftovers of
+ * interrupted saves and prunes, ds-train's lock file) and that no ds-train run is saving into
+ * (its lock); anything else is somebody's, and stays: a directory with other files in it
+ * (notes, a tensorboard folder) is refused, naming them. */
 ds_status ds_ckpt_check_output_dir(const char *out, ds_error *err)
 {
     struct stat sb;
@@ -2152,19 +2182,46 @@ ds_status ds_ckpt_check_output_dir(const char *out, ds_error *err)
     int n = 0, is_ckpt = lp && stat(lp, &sb) == 0 && S_ISREG(sb.st_mode), empty = 1;
     free(lp);
     ds_error ignore = {0};
-    if (!is_ckpt && ds_ckpt_list(out, &tags, &n, NULL, NULL, &ignore) == DS_OK && n > 0)
-        is_ckpt = 1;
-    ds_ckpt_free_list(tags, n);
-    DIR *d = is_ckpt ? NULL : opendir(out);
+    if (ds_ckpt_list(out, &tags, &n, NULL, NULL, &ignore) != DS_OK)
+        n = 0, tags = NULL;
+    is_ckpt |= n > 0;
+    char others[512] = "";
+    int n_others = 0;
+    DIR *d = opendir(out);
     struct dirent *de;
-    while (d && (de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
-            empty = 0;
+    while (d && (de = readdir(d))) {
+        const char *nm = de->d_name;
+        if (!strcmp(nm, ".") || !strcmp(nm, ".."))
+            continue;
+        empty = 0;
+        int ours = !strcmp(nm, "latest") || !strcmp(nm, ".ds-train.lock") || !strncmp(nm, ".tmp.", 5) ||
+                   !strncmp(nm, ".del.", 5);
+        for (int i = 0; i < n && !ours; i++)
+            ours = !strcmp(nm, tags[i]);
+        if (!ours && n_others++ < 3) {
+            size_t k = strlen(others);
+            snprintf(others + k, sizeof others - k, "%s%.100s", k ? ", " : "", nm);
+        }
+    }
     if (d)
         closedir(d);
+    ds_ckpt_free_list(tags, n);
     if (!is_ckpt && !empty)
         return ds_error_set(err, DS_ERR_INVALID, "%s: exists and is not a checkpoint directory (no latest, no tag "
                             "with " MANIFEST "); not replacing it, even with --force", out);
+    if (n_others)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: holds more than checkpoints (%s%s); --force replaces the whole "
+                            "directory, so it is not replaced: give another OUT", out, others,
+                            n_others > 3 ? ", ..." : "");
+    char *lk = path_join(out, ".ds-train.lock");
+    int fd = lk ? open(lk, O_RDONLY | O_CLOEXEC) : -1;
+    int busy = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    if (fd >= 0)
+        close(fd);
+    free(lk);
+    if (busy)
+        return ds_error_set(err, DS_ERR_INVALID, "%s: a ds-train run is saving checkpoints there (it holds "
+                            "%s/.ds-train.lock); not replacing it, even with --force", out, out);
     return DS_OK;
 }
 
@@ -2246,8 +2303,10 @@ ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out_arg, int dp, int force, ds
     int had = lstat(out, &sb) == 0;
     if (st == DS_OK && had && rename(out, old) != 0)
         st = ds_error_set(err, DS_ERR_IO, "%s: cannot move it aside: %s", out, strerror(errno));
-    if (st == DS_OK && rename(tmp, out) != 0) {
-        st = ds_error_set(err, DS_ERR_IO, "%s: cannot rename %s to it: %s", out, tmp, strerror(errno));
+    if (st == DS_OK && rename_noreplace(tmp, out) != 0) { /* (OUT is set aside or was never there) */
+        st = errno == EEXIST ? ds_error_set(err, DS_ERR_INVALID, "%s: appeared while this ran; not replacing it%s",
+                                            out, force ? "" : " (use --force)")
+                             : ds_error_set(err, DS_ERR_IO, "%s: cannot rename %s to it: %s", out, tmp, strerror(errno));
         if (had)
             rename(old, out);
     }
