@@ -96,12 +96,27 @@ static int inspect(const char *dir, const char *tag)
         printf("  %-20s  leftover of an interrupted save (not a checkpoint)\n", left[i]);
     ds_ckpt_free_list(tags, n);
     ds_ckpt_free_list(left, nl);
-    const char *show = tag ? tag : latest;
+    char *newest = NULL; /* the tag the other commands and --load take without --tag */
+    ds_error nerr = {0};
+    if (!tag && latest && ds_ckpt_newest(dir, &newest, &nerr) == DS_OK && newest && strcmp(newest, latest)) {
+        char m[4200];
+        struct stat sb;
+        snprintf(m, sizeof m, "%s/%s/manifest.json", dir, latest);
+        if (stat(m, &sb) == 0)
+            printf("note: %s is newer than the %s latest names (a save stopped before it rewrote latest): "
+                   "ds-train --load and merge/convert/reshard take it\n", newest, latest);
+        else {
+            free(newest);
+            newest = NULL;
+        }
+    }
+    const char *show = tag ? tag : newest ? newest : latest;
     if (show) {
         ds_ckpt *c;
         if (ds_ckpt_open(&c, dir, show, &err) != DS_OK) {
             fprintf(stderr, "ds-ckpt: %s\n", err.msg);
             free(latest);
+            free(newest);
             return 1;
         }
         char hb[32];
@@ -135,6 +150,7 @@ static int inspect(const char *dir, const char *tag)
         ds_ckpt_close(c);
     }
     free(latest);
+    free(newest);
     return rc;
 }
 
@@ -238,10 +254,21 @@ static int open_verified(ds_ckpt **c, const char *dir, const char *tag)
             return 1;
         }
         ds_error ignore = {0};
-        if (ds_ckpt_latest(dir, &latest, &ignore) == DS_OK && latest && strcmp(latest, newest))
+        if (ds_ckpt_latest(dir, &latest, &ignore) == DS_OK && latest && strcmp(latest, newest)) {
+            char m[4200];
+            struct stat sb;
+            snprintf(m, sizeof m, "%s/%s/manifest.json", dir, latest);
+            if (stat(m, &sb) != 0) { /* latest's tag is damaged: no silent fallback to an older one */
+                fprintf(stderr, "ds-ckpt: %s/latest names %s, which is not a complete checkpoint (no %s); --tag %s "
+                        "takes the newest complete one\n", dir, latest, m, newest);
+                free(latest);
+                free(newest);
+                return 1;
+            }
             fprintf(stderr, "ds-ckpt: note: %s/%s is newer than the %s that %s/latest names (a save stopped before it "
                     "rewrote latest); taking it, as ds-train --load does (--tag %s for the other)\n", dir, newest,
                     latest, dir, latest);
+        }
         free(latest);
         tag = newest;
     }

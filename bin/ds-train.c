@@ -1217,13 +1217,18 @@ static void print_breakdown(ds_engine *eng, double iter_ms, int world, double pe
         snprintf(mfu, sizeof mfu, ", MFU %.2f%% of %g TFLOP/s", 100.0 * rank_flops / (peak_tflops * 1e12), peak_tflops);
     size_t pb, gb, ob, ab;
     ds_engine_memory(eng, &pb, &gb, &ob, &ab);
+    ds_memory_report mr; /* params as the header counts them: the working weights, master beside */
+    ds_engine_memory_report(eng, &mr);
+    char master[40] = "";
+    if (mr.master)
+        snprintf(master, sizeof master, ", master %.1f", mr.master / 1e6);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("[Rank 0] %.0f %s/s, model %.3f TFLOP/s per rank%s; memory (MB) params %.1f, grads %.1f, "
+    printf("[Rank 0] %.0f %s/s, model %.3f TFLOP/s per rank%s; memory (MB) params %.1f%s, grads %.1f, "
            "optimizer %.1f, activations %.1f, peak RSS %.1f\n",
            (double)cfg->train_batch_size * (double)seqlen / s,
-           net->input == DS_INPUT_TOKENS ? "tokens" : "samples", rank_flops / 1e12, mfu, pb / 1e6, gb / 1e6,
-           ob / 1e6, ab / 1e6, ru.ru_maxrss / 1024.0);
+           net->input == DS_INPUT_TOKENS ? "tokens" : "samples", rank_flops / 1e12, mfu, mr.params / 1e6, master,
+           gb / 1e6, ob / 1e6, ab / 1e6, ru.ru_maxrss / 1024.0);
 }
 
 int main(int argc, char **argv)

@@ -244,7 +244,7 @@ def cmd_report(a):
     if a.torch_note:
         print(a.torch_note)
     print()
-    hdr = "%-46s %7s %9s %9s %8s %6s %8s %6s  %s" % (
+    hdr = "%-56s %7s %9s %9s %8s %6s %8s %6s  %s" % (
         "run", "threads", "tokens/s", "ms/step", "GFLOP/s", "%peak", "RSS MiB", "other", "loss")
     print(hdr)
     print("-" * len(hdr))
@@ -259,8 +259,8 @@ def cmd_report(a):
         oth = r.get("other_cpu_pct")
         if isinstance(oth, (int, float)) and oth > 10:
             noisy.append(label)
-        print("%-46s %7s %9s %9s %8s %6s %8s %6s  %s" % (
-            label[:46], r.get("threads", "?"), _fmt(tps, ".0f"), _fmt(r.get("median_ms"), ".1f"),
+        print("%-56s %7s %9s %9s %8s %6s %8s %6s  %s" % (
+            label[:56], r.get("threads", "?"), _fmt(tps, ".0f"), _fmt(r.get("median_ms"), ".1f"),
             _fmt(gf, ".1f"), _fmt(pct, ".0f"), _fmt(rss / 1024.0 if rss else None, ".0f"),
             _fmt(oth, ".0f") + ("%" if isinstance(oth, (int, float)) else ""), loss))
         return tps

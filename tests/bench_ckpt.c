@@ -90,6 +90,10 @@ int main(int argc, char **argv)
     const char *dir = argv[1];
     double millions = argc > 2 ? atof(argv[2]) : 8;
     int reps = argc > 3 ? atoi(argv[3]) : 3;
+    if (reps < 1 || !(millions > 0)) {
+        fprintf(stderr, "bench_ckpt: expected millions of parameters > 0 and reps >= 1\n");
+        return 2;
+    }
     int hidden = (int)(millions * 1048576.0 / 1024.0);
     char net[512], cfg[256];
     snprintf(net, sizeof net, "{\"input\": {\"type\": \"features\", \"dim\": 1024}, \"layers\": [{\"type\": \"linear\", "

@@ -265,6 +265,16 @@ rc=$?
     [ "$(stat -c %s wide9k/global_step10/SHA256SUMS)" -gt 1048576 ] &&
     ok "reshard --dp 9000: its SHA256SUMS (over 1 MiB) verifies" || notok "reshard --dp 9000: $(head -c 300 err)"
 rm -rf wide9k
+# an OUT that appears while reshard runs (a user's folder) is somebody else's: not replaced, kept
+"$B/ds-ckpt" reshard one late-out --dp 20000 >/dev/null 2>lerr &
+lpid=$!
+for _ in $(seq 1 400); do ls -d late-out.tmp.* >/dev/null 2>&1 && break; sleep 0.02; done
+mkdir late-out && echo precious > late-out/mine.txt
+wait $lpid; lrc=$?
+[ $lrc != 0 ] && grep -q "late-out: appeared while this ran; not replacing it" lerr && [ "$(cat late-out/mine.txt)" = precious ] &&
+    ! ls -d late-out.tmp.* >/dev/null 2>&1 && ok "an OUT that appears while reshard runs is kept (exit $lrc), nothing left behind" ||
+    notok "reshard, OUT appearing meanwhile: exit $lrc $(head -c 300 lerr) $(ls late-out 2>&1 | head -3)"
+rm -rf late-out
 # a save that stopped between its tag's rename and latest's rewrite: merge takes the newer tag, as
 # --load does, with a note; verify says so too
 run 1 drop.json --config lj.json --data text.txt --quiet --steps 4 --save stale --save_interval 2 >/dev/null 2>err &&
@@ -276,6 +286,12 @@ run 1 drop.json --config lj.json --data text.txt --quiet --steps 4 --save stale 
     cmp -s stale.st stale4.st && grep -q "note: global_step4 is newer than the global_step2 latest names" vout &&
     ok "latest left behind by a stopped save: merge takes the newer tag as --load does, and says so; so does verify" ||
     notok "stale latest: exit $rc $(head -c 300 err2) $(head -c 200 err) $(head -c 300 vout)"
+# but a latest that names a damaged tag is refused, not passed over for an older one
+rm stale/global_step4/manifest.json && printf global_step4 > stale/latest
+"$B/ds-ckpt" merge stale stale-d.st >/dev/null 2>err; rc=$?
+[ $rc = 1 ] && grep -q "stale/latest names global_step4, which is not a complete checkpoint" err && [ ! -e stale-d.st ] &&
+    ok "merge when latest names a damaged tag: refused (exit 1), naming the newest complete one" ||
+    notok "merge, damaged latest: exit $rc $(head -c 300 err)"
 # ZeRO-2 with optimizer state partitioned over 4 ranks, resumed on 2 (re-partitioned on load)
 cfg 2 "" 2 4 > z4.json; cfg 4 "" 2 2 > z2.json
 run 4 "${a[@]}" --config z4.json --save zfour --save_interval 10 --log-json zfour.jsonl >/dev/null 2>err

@@ -2194,8 +2194,8 @@ ds_status ds_ckpt_check_output_dir(const char *out, ds_error *err)
         if (!strcmp(nm, ".") || !strcmp(nm, ".."))
             continue;
         empty = 0;
-        int ours = !strcmp(nm, "latest") || !strcmp(nm, ".ds-train.lock") || !strncmp(nm, ".tmp.", 5) ||
-                   !strncmp(nm, ".del.", 5);
+        int ours = !strcmp(nm, "latest") || !strncmp(nm, "latest.part.", 12) || !strcmp(nm, ".ds-train.lock") ||
+                   !strncmp(nm, ".tmp.", 5) || !strncmp(nm, ".del.", 5);
         for (int i = 0; i < n && !ours; i++)
             ours = !strcmp(nm, tags[i]);
         if (!ours && n_others++ < 3) {
@@ -2215,7 +2215,7 @@ ds_status ds_ckpt_check_output_dir(const char *out, ds_error *err)
                             n_others > 3 ? ", ..." : "");
     char *lk = path_join(out, ".ds-train.lock");
     int fd = lk ? open(lk, O_RDONLY | O_CLOEXEC) : -1;
-    int busy = fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    int busy = fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK; /* (a run holds it LOCK_EX) */
     if (fd >= 0)
         close(fd);
     free(lk);
@@ -2242,6 +2242,8 @@ ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out_arg, int dp, int force, ds
         st = ds_ckpt_check_output_dir(out, err);
     if (st != DS_OK)
         return st;
+    struct stat sb0;
+    const int had_at_start = lstat(out, &sb0) == 0; /* (what --force was allowed to replace) */
     /* everything goes to OUT.tmp.PID first; OUT appears (or is replaced) by renames at the end */
     size_t len = strlen(out) + 64;
     char *tmp = malloc(len), *old = malloc(len), *tagdir = NULL;
@@ -2301,14 +2303,24 @@ ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out_arg, int dp, int force, ds
         st = write_latest(tmp, c->tag, err);
     struct stat sb;
     int had = lstat(out, &sb) == 0;
+    /* only what was there at the start, with --force, is replaced, and only if it is still a
+     * directory of checkpoints that no run is saving into: an OUT that appeared while this ran
+     * (a user's folder, a run's first save) is somebody else's */
+    if (st == DS_OK && had && (!force || !had_at_start))
+        st = ds_error_set(err, DS_ERR_INVALID, "%s: appeared while this ran; not replacing it%s (the result is "
+                          "not kept)", out, force ? "" : " (use --force)");
+    if (st == DS_OK && had)
+        st = ds_ckpt_check_output_dir(out, err);
     if (st == DS_OK && had && rename(out, old) != 0)
         st = ds_error_set(err, DS_ERR_IO, "%s: cannot move it aside: %s", out, strerror(errno));
     if (st == DS_OK && rename_noreplace(tmp, out) != 0) { /* (OUT is set aside or was never there) */
         st = errno == EEXIST ? ds_error_set(err, DS_ERR_INVALID, "%s: appeared while this ran; not replacing it%s",
                                             out, force ? "" : " (use --force)")
                              : ds_error_set(err, DS_ERR_IO, "%s: cannot rename %s to it: %s", out, tmp, strerror(errno));
-        if (had)
-            rename(old, out);
+        if (had && rename(old, out) != 0 && err) { /* say where the original is */
+            size_t k = strlen(err->msg);
+            snprintf(err->msg + k, sizeof err->msg - k, "; the checkpoint that was there is at %s", old);
+        }
     }
     if (st == DS_OK && had)
         rm_tree(old);
