@@ -344,7 +344,7 @@ int main(int argc, char **argv)
         {"force", no_argument, 0, 'f'},     {"dtype", required_argument, 0, 'd'},
         {"dp", required_argument, 0, 'n'},  {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},   {0, 0, 0, 0}};
-    const char *tag = NULL, *dtype_s = NULL;
+    const char *tag = NULL, *dtype_s = NULL, *dp_s = NULL;
     int with_opt = 0, force = 0, dp = 0, c;
     opterr = 0; /* our own messages, without the program's path */
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
@@ -356,8 +356,15 @@ int main(int argc, char **argv)
             break;
         case 'o': with_opt = 1; break;
         case 'f': force = 1; break;
-        case 'd': dtype_s = optarg; break;
+        case 'd':
+            if (dtype_s) /* the last would win silently */
+                return usage_error("--dtype given twice (\"%s\" and another)", dtype_s);
+            dtype_s = optarg;
+            break;
         case 'n': {
+            if (dp_s)
+                return usage_error("--dp given twice (\"%s\" and another)", dp_s);
+            dp_s = optarg;
             char *end;
             errno = 0;
             long v = strtol(optarg, &end, 10);
@@ -406,7 +413,13 @@ int main(int argc, char **argv)
     /* the output must not be the checkpoint or anything in it, nor hold it: --force would
      * destroy the input */
     char adir[PATH_MAX], aout[PATH_MAX];
-    if (abs_path(dir, adir, sizeof adir) == 0 && abs_path(out, aout, sizeof aout) == 0) {
+    if (abs_path(dir, adir, sizeof adir) != 0 || abs_path(out, aout, sizeof aout) != 0) {
+        /* (the check below cannot be made: never write where it might be the input) */
+        fprintf(stderr, "ds-ckpt: %s: cannot work out where it is (a path of more than 64 parts that do not exist "
+                "yet, or too long), so cannot check it is not inside the input %s; give a shorter one\n", out, dir);
+        return 2;
+    }
+    {
         /* a file directly in DIR (not latest, not a tag folder) cannot touch the checkpoints:
          * merge and convert may write one there */
         const char *rel = aout + strlen(adir) + (strcmp(adir, "/") != 0);

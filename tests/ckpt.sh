@@ -652,6 +652,16 @@ done
     || notok "output inside the input:$bad"
 "$B/ds-ckpt" convert inp inp/beside.safetensors >/dev/null 2>err && [ -f inp/beside.safetensors ] && "$B/ds-ckpt" verify inp >/dev/null 2>&1 \
     && ok "convert may write a file directly in the checkpoint directory (not latest, not a tag)" || notok "convert beside: $(cat err)"
+# a path the guard cannot resolve (more than 64 parts that do not exist yet) is refused, not
+# written unchecked (it could be inside the input); an option given twice is refused
+deep="inp/$(cat $d/latest)/$(printf 'd/%.0s' $(seq 70))x"
+"$B/ds-ckpt" reshard inp "$deep" --dp 2 >/dev/null 2>err; rc=$?
+"$B/ds-ckpt" convert inp twice.st --dtype bf16 --dtype fp16 >/dev/null 2>err2; rc2=$?
+"$B/ds-ckpt" reshard inp twice --dp 2 --dp 3 >/dev/null 2>>err2; rc3=$?
+[ $rc = 2 ] && grep -q "cannot work out where it is" err && [ ! -e "inp/$(cat $d/latest)/d" ] && [ $rc2 = 2 ] && [ $rc3 = 2 ] &&
+    grep -q -- '--dtype given twice ("bf16" and another)' err2 && grep -q -- '--dp given twice ("2" and another)' err2 &&
+    ok "an output path the guard cannot resolve is refused (nothing written); --dtype or --dp twice is refused" ||
+    notok "deep path / twice: $rc $rc2 $rc3 $(head -c 200 err) $(head -c 200 err2)"
 # a network without parameters saves a checkpoint that verifies and resumes
 echo '{"input": {"type": "features", "dim": 4}, "layers": [{"type": "relu"}], "loss": {"type": "mse"}}' > nop.json
 python3 -c "

@@ -2322,6 +2322,18 @@ ds_status ds_ckpt_reshard(ds_ckpt *c, const char *out_arg, int dp, int force, ds
             snprintf(err->msg + k, sizeof err->msg - k, "; the checkpoint that was there is at %s", old);
         }
     }
+    if (st == DS_OK) { /* the rename itself made durable before the old copy goes */
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%s", out);
+        char *slash = strrchr(parent, '/');
+        if (!slash)
+            snprintf(parent, sizeof parent, ".");
+        else if (slash == parent)
+            parent[1] = 0;
+        else
+            *slash = 0;
+        st = fsync_dir(parent, err);
+    }
     if (st == DS_OK && had)
         rm_tree(old);
 done:
