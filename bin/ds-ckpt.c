@@ -59,6 +59,28 @@ static double peak_rss_mib(void)
     return ru.ru_maxrss / 1024.0;
 }
 
+/* The tag ds-train --load takes without --tag where it is not the one latest names (a save stopped
+ * between renaming its tag into place and rewriting latest), else NULL (freed by the caller).
+ * *damaged: latest names a tag without a manifest; then nothing is taken in its place. */
+static char *newer_than_latest(const char *dir, const char *latest, int *damaged)
+{
+    char *newest = NULL, m[4200];
+    ds_error ignore = {0};
+    struct stat sb;
+    *damaged = 0;
+    if (!latest || ds_ckpt_newest(dir, &newest, &ignore) != DS_OK || !newest || !strcmp(newest, latest)) {
+        free(newest);
+        return NULL;
+    }
+    snprintf(m, sizeof m, "%s/%s/manifest.json", dir, latest);
+    if (stat(m, &sb) != 0) {
+        *damaged = 1;
+        free(newest);
+        return NULL;
+    }
+    return newest;
+}
+
 static int inspect(const char *dir, const char *tag)
 {
     ds_error err = {0};
@@ -96,20 +118,11 @@ static int inspect(const char *dir, const char *tag)
         printf("  %-20s  leftover of an interrupted save (not a checkpoint)\n", left[i]);
     ds_ckpt_free_list(tags, n);
     ds_ckpt_free_list(left, nl);
-    char *newest = NULL; /* the tag the other commands and --load take without --tag */
-    ds_error nerr = {0};
-    if (!tag && latest && ds_ckpt_newest(dir, &newest, &nerr) == DS_OK && newest && strcmp(newest, latest)) {
-        char m[4200];
-        struct stat sb;
-        snprintf(m, sizeof m, "%s/%s/manifest.json", dir, latest);
-        if (stat(m, &sb) == 0)
-            printf("note: %s is newer than the %s latest names (a save stopped before it rewrote latest): "
-                   "ds-train --load and merge/convert/reshard take it\n", newest, latest);
-        else {
-            free(newest);
-            newest = NULL;
-        }
-    }
+    int damaged; /* (the tag the other commands and --load take without --tag) */
+    char *newest = tag ? NULL : newer_than_latest(dir, latest, &damaged);
+    if (newest)
+        printf("note: %s is newer than the %s latest names (a save stopped before it rewrote latest): "
+               "ds-train --load and merge/convert/reshard take it\n", newest, latest);
     const char *show = tag ? tag : newest ? newest : latest;
     if (show) {
         ds_ckpt *c;
@@ -223,9 +236,9 @@ static int verify(const char *dir, const char *tag)
         closedir(dd);
     for (int i = 0; i < nl; i++)
         printf("note: %s/%s: leftover of an interrupted save; not a checkpoint (safe to delete)\n", dir, left[i]);
-    char *newest = NULL; /* what ds-train --load and the other commands take */
-    ds_error nerr = {0};
-    if (!bad && ds_ckpt_newest(dir, &newest, &nerr) == DS_OK && newest && latest && strcmp(newest, latest))
+    int damaged; /* (what ds-train --load and the other commands take) */
+    char *newest = bad ? NULL : newer_than_latest(dir, latest, &damaged);
+    if (newest)
         printf("note: %s is newer than the %s latest names (a save stopped before it rewrote latest): "
                "ds-train --load and merge/convert/reshard take %s\n", newest, latest, newest);
     free(newest);
@@ -254,22 +267,21 @@ static int open_verified(ds_ckpt **c, const char *dir, const char *tag)
             return 1;
         }
         ds_error ignore = {0};
-        if (ds_ckpt_latest(dir, &latest, &ignore) == DS_OK && latest && strcmp(latest, newest)) {
-            char m[4200];
-            struct stat sb;
-            snprintf(m, sizeof m, "%s/%s/manifest.json", dir, latest);
-            if (stat(m, &sb) != 0) { /* latest's tag is damaged: no silent fallback to an older one */
-                fprintf(stderr, "ds-ckpt: %s/latest names %s, which is not a complete checkpoint (no %s); --tag %s "
-                        "takes the newest complete one\n", dir, latest, m, newest);
-                free(latest);
-                free(newest);
-                return 1;
-            }
+        int damaged = 0;
+        char *newer = ds_ckpt_latest(dir, &latest, &ignore) == DS_OK ? newer_than_latest(dir, latest, &damaged) : NULL;
+        if (damaged) /* no silent fallback to an older tag */
+            fprintf(stderr, "ds-ckpt: %s/latest names %s, which is not a complete checkpoint (no %s/%s/manifest.json); "
+                    "--tag %s takes the newest complete one\n", dir, latest, dir, latest, newest);
+        else if (newer)
             fprintf(stderr, "ds-ckpt: note: %s/%s is newer than the %s that %s/latest names (a save stopped before it "
                     "rewrote latest); taking it, as ds-train --load does (--tag %s for the other)\n", dir, newest,
                     latest, dir, latest);
-        }
+        free(newer);
         free(latest);
+        if (damaged) {
+            free(newest);
+            return 1;
+        }
         tag = newest;
     }
     ds_status ost = ds_ckpt_open(c, dir, tag, &err);
